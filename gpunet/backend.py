@@ -1,0 +1,178 @@
+"""The one place that decides between NumPy and CuPy.
+
+Everything else in gpunet writes ``xp = get_array_module(x)`` and calls ``xp.<op>``.
+CuPy is imported lazily, on the first question that needs it, and the import error is
+kept so that asking for CUDA can say *why* it is unavailable.
+
+Devices are strings: ``"cpu"``, ``"cuda"`` and ``"cuda:N"``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy
+
+_cupy = None            # the module, once imported
+_cupy_error = None      # why importing it failed
+_cupy_tried = False
+
+
+def _import_cupy():
+    """Return the cupy module, or None (the reason is kept in ``_cupy_error``)."""
+    global _cupy, _cupy_error, _cupy_tried
+    if not _cupy_tried:
+        _cupy_tried = True
+        try:
+            import cupy
+            _cupy = cupy
+        except Exception as e:  # ImportError, or a broken CUDA install raising anything
+            _cupy_error = e
+    return _cupy
+
+
+def cupy_module():
+    """The cupy module if it is importable, else None."""
+    return _import_cupy()
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    cp = _import_cupy()
+    if cp is None:
+        return False
+    try:
+        return bool(cp.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _is_cupy_array(x) -> bool:
+    # Checked by type name so that asking never imports CuPy.
+    return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "device")
+
+
+def device_of(x) -> str:
+    """The device string of an array: ``"cpu"`` or ``"cuda:N"``."""
+    if _is_cupy_array(x):
+        return f"cuda:{x.device.id}"
+    return "cpu"
+
+
+def get_array_module(*arrays):
+    """Return ``numpy`` or ``cupy``, whichever module the array arguments belong to.
+
+    Non-array arguments (Python scalars, None) are ignored. Mixing NumPy and CuPy arrays
+    raises ``TypeError`` naming both devices: gpunet never transfers data silently.
+    """
+    xp = None
+    first = None
+    for a in arrays:
+        if isinstance(a, numpy.ndarray) or isinstance(a, numpy.generic):
+            mod = numpy
+        elif _is_cupy_array(a):
+            mod = _cupy if _cupy is not None else _import_cupy()
+        else:
+            continue
+        if xp is None:
+            xp, first = mod, a
+        elif mod is not xp:
+            raise TypeError(
+                f"arrays on different devices in one call: {device_of(first)} and "
+                f"{device_of(a)}; move them with gpunet.to_device(x, device) first")
+    return numpy if xp is None else xp
+
+
+def _parse(device) -> tuple[str, int]:
+    if device is None:
+        device = default_device()
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string like 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+    d = device.strip().lower()
+    if d == "cpu":
+        return "cpu", 0
+    if d == "cuda":
+        return "cuda", 0
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda", int(d[5:])
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def require_cuda(index: int = 0):
+    """Return cupy, or raise ``RuntimeError`` saying why CUDA cannot be used."""
+    cp = _import_cupy()
+    if cp is None:
+        raise RuntimeError(
+            "CUDA was requested but CuPy is not installed "
+            f"({type(_cupy_error).__name__}: {_cupy_error}). Install the extra for your "
+            "CUDA toolkit: pip install 'gpunet[cuda12]' or pip install 'gpunet[cuda13]'.")
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise RuntimeError(
+            f"CUDA was requested; CuPy {cp.__version__} is installed but cannot reach a GPU "
+            f"({type(e).__name__}: {e}). Check the NVIDIA driver and CUDA_VISIBLE_DEVICES, "
+            "or use device='cpu'.") from e
+    if n == 0:
+        raise RuntimeError(
+            f"CUDA was requested; CuPy {cp.__version__} is installed but no CUDA device is "
+            "visible. Check the NVIDIA driver and CUDA_VISIBLE_DEVICES, or use device='cpu'.")
+    if index >= n:
+        raise RuntimeError(f"cuda:{index} requested but only {n} CUDA device(s) are visible")
+    return cp
+
+
+def default_device() -> str:
+    """The device from ``GPUNET_DEVICE`` (``auto`` | ``cpu`` | ``cuda``; default ``auto``).
+
+    ``auto`` means CUDA when CuPy is importable and sees a device, else the CPU.
+    ``cuda`` where there is none raises ``RuntimeError`` with the reason.
+    """
+    choice = os.environ.get("GPUNET_DEVICE", "auto").strip().lower() or "auto"
+    if choice == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if choice == "cpu":
+        return "cpu"
+    if choice.startswith("cuda"):
+        kind, index = _parse(choice)
+        require_cuda(index)
+        return choice
+    raise ValueError(f"GPUNET_DEVICE={choice!r}: expected 'auto', 'cpu' or 'cuda'")
+
+
+def resolve_device(device=None) -> str:
+    """Normalize a device argument (None = default device) and check it is usable."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return default_device()
+    kind, index = _parse(device)
+    if kind == "cpu":
+        return "cpu"
+    require_cuda(index)
+    return f"cuda:{index}"
+
+
+def to_device(x, device):
+    """Return ``x`` as an array on ``device`` (a copy only when it has to move)."""
+    kind, index = _parse(resolve_device(device))
+    if kind == "cpu":
+        return to_numpy(x)
+    cp = require_cuda(index)
+    if _is_cupy_array(x) and x.device.id == index:
+        return x
+    with cp.cuda.Device(index):
+        return cp.asarray(x)
+
+
+def to_numpy(x):
+    """Return ``x`` as a NumPy array (copying from the GPU when needed)."""
+    if _is_cupy_array(x):
+        return x.get()
+    return numpy.asarray(x)
+
+
+def synchronize(x=None):
+    """Wait for queued GPU work (a no-op on the CPU); used by timing code."""
+    if _cupy is not None and (x is None or _is_cupy_array(x)):
+        try:
+            _cupy.cuda.get_current_stream().synchronize()
+        except Exception:
+            pass

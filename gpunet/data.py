@@ -1,0 +1,161 @@
+"""Mini-batches: ``DataLoader`` cuts arrays ``(X, y)`` into batches along axis 0.
+
+The arrays stay as they were given (NumPy or CuPy) and are indexed with their own array
+module; nothing moves between host and GPU unless ``device=`` asks for it. The shuffled
+order of every epoch is a pure function of ``(seed, epoch)``, computed on the host, so it
+is the same on every device and a resumed run can reproduce it with ``set_epoch``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy
+
+from .backend import get_array_module, resolve_device, to_device
+
+
+def _check_array(name, a):
+    """Return ``a`` as an array (NumPy/CuPy arrays as they are, anything else through
+    ``numpy.asarray``) with at least one axis."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "ndim")):
+        try:
+            a = numpy.asarray(a)
+        except Exception as e:
+            raise TypeError(f"DataLoader: expected {name} to be a NumPy or CuPy array, "
+                            f"got {type(a).__name__} ({e})") from e
+    if a.dtype == object:
+        raise TypeError(f"DataLoader: expected {name} to be a numeric array, got dtype object")
+    if a.ndim == 0:
+        raise ValueError(f"DataLoader: expected {name} with at least one axis (samples along "
+                         f"axis 0), got a 0-d array")
+    return a
+
+
+class DataLoader:
+    """Iterate over mini-batches of ``X`` (and ``y``) along axis 0.
+
+    ``for xb, yb in DataLoader(X, y, batch_size=64, shuffle=True, seed=0): ...``
+    (with ``y=None`` each item is just ``xb``).
+
+    Arguments:
+        X: array ``(N, ...)``, NumPy or CuPy (other sequences go through ``numpy.asarray``).
+        y: None, or an array ``(N, ...)`` (class indices ``(N,)`` or targets ``(N, C)``)
+            on the same device as ``X``; a NumPy/CuPy mix raises ``TypeError``.
+        batch_size: positive int. The last batch holds the remaining ``N % batch_size``
+            samples unless ``drop_last=True`` drops it.
+        shuffle: False: batches follow the order of ``X``. True: each epoch visits the
+            samples in a fresh order (without replacement).
+        seed: the shuffle seed (a non-negative int). Epoch ``k`` visits the samples in
+            the order ``numpy.random.default_rng([seed, k]).permutation(N)``, computed
+            on the host with NumPy and therefore identical on every device.
+            ``None`` draws a seed from OS entropy once, at construction, and keeps it in
+            ``self.seed`` (so even an unseeded run can be replayed).
+        drop_last: drop the last, incomplete batch (as in PyTorch).
+        device: None (default): batches stay where ``X`` and ``y`` live. A device string
+            (``"cpu"``, ``"cuda"``, ``"cuda:N"``): each batch is moved there with
+            ``gpunet.backend.to_device`` as it is produced; the dataset itself stays put.
+            ``to(device)`` sets it afterwards.
+
+    Epochs. ``self.epoch`` counts the iterations started: each ``iter(loader)`` uses the
+    current value and then advances it by one, so the first pass is epoch 0, the second
+    epoch 1, and so on (an abandoned pass still counts). ``set_epoch(k)`` makes the next
+    pass epoch ``k``: a run resumed after ``k`` completed epochs calls ``set_epoch(k)``
+    and sees the same order it would have seen without the interruption. Unlike
+    PyTorch's ``DataLoader``, whose shuffle draws from a generator that advances with
+    each pass, the order here depends only on ``(seed, epoch)``.
+
+    Batches. Without shuffling a batch is a slice of ``X`` (a view: writing into it
+    writes into ``X``); with shuffling it is a copy gathered by fancy indexing with an
+    index array of ``X``'s array module. ``len(loader)`` is the number of batches per
+    epoch: ``ceil(N / batch_size)``, or ``N // batch_size`` with ``drop_last``.
+    """
+
+    def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
+                 device=None):
+        X = _check_array("X", X)
+        if y is not None:
+            y = _check_array("y", y)
+            get_array_module(X, y)          # raises TypeError on a NumPy/CuPy mix
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(f"DataLoader: expected X and y with the same number of "
+                                 f"samples (axis 0), got X {tuple(X.shape)} and "
+                                 f"y {tuple(y.shape)}")
+        if X.shape[0] == 0:
+            raise ValueError(f"DataLoader: expected at least one sample, got X of shape "
+                             f"{tuple(X.shape)}")
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                or batch_size < 1):
+            raise ValueError(f"DataLoader: expected batch_size to be a positive int, "
+                             f"got {batch_size!r}")
+        if seed is None:
+            seed = int(numpy.random.SeedSequence().entropy)
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"DataLoader: expected seed to be None or a non-negative int, "
+                             f"got {seed!r}")
+        self.X = X
+        self.y = y
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.device = None
+        self.epoch = 0
+        if device is not None:
+            self.to(device)
+
+    @property
+    def num_samples(self) -> int:
+        """``N``, the number of samples (rows of ``X``)."""
+        return int(self.X.shape[0])
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass over the loader epoch ``epoch`` (its shuffled order)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"DataLoader.set_epoch: expected a non-negative int, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def to(self, device):
+        """Move every batch to ``device`` as it is produced (``None``: leave them where
+        the data is). Checked now: an unusable ``"cuda"`` raises ``RuntimeError``.
+        Returns ``self``."""
+        self.device = None if device is None else resolve_device(device)
+        return self
+
+    def order(self, epoch: int | None = None):
+        """The sample order of ``epoch`` (default: the next pass) as a NumPy int64 array:
+        ``arange(N)`` without shuffling, else ``default_rng([seed, epoch]).permutation(N)``."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return numpy.arange(self.num_samples, dtype=numpy.int64)
+        return numpy.random.default_rng([self.seed, int(epoch)]).permutation(self.num_samples)
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch):
+        xp = get_array_module(self.X)
+        n, b = self.num_samples, self.batch_size
+        stop = (n // b) * b if self.drop_last else n
+        index = xp.asarray(self.order(epoch)) if self.shuffle else None
+        for start in range(0, stop, b):
+            if index is None:
+                sel = slice(start, min(start + b, n))
+            else:
+                sel = index[start:start + b]
+            xb = self.X[sel]
+            yb = None if self.y is None else self.y[sel]
+            if self.device is not None:
+                xb = to_device(xb, self.device)
+                yb = None if yb is None else to_device(yb, self.device)
+            yield xb if self.y is None else (xb, yb)
+
+    def __repr__(self):
+        return (f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
+                f"device={self.device!r}, epoch={self.epoch})")

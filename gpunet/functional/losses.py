@@ -1,0 +1,143 @@
+"""Losses as plain functions, each returning ``(loss, dinput)`` in one pass.
+
+``loss`` is a 0-d array on the input's device and in its dtype; ``dinput`` is the gradient of
+that (mean) loss with respect to the first argument.
+"""
+from __future__ import annotations
+
+import numpy
+
+from ..backend import get_array_module
+
+
+def _check_logits(name, logits):
+    if not hasattr(logits, "ndim") or logits.ndim != 2:
+        raise ValueError(f"{name}: expected logits of shape (N, C), got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    if logits.dtype.kind != "f":
+        raise ValueError(f"{name}: expected floating-point logits, got {logits.dtype.name}")
+
+
+def check_labels(name, logits, labels, ignore_index=None):
+    """Validate labels for (N, C) logits: int class indices (N,) in [0, C) (or
+    ``ignore_index``), or probabilities (N, C). Raises ``ValueError``/``TypeError``."""
+    n, c = logits.shape
+    if not hasattr(labels, "ndim"):
+        raise TypeError(f"{name}: expected labels as an array, got {type(labels).__name__}")
+    xp = get_array_module(logits, labels)
+    if labels.ndim == 1:
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected integer class labels of shape ({n},), got dtype {labels.dtype.name}")
+        if labels.shape[0] != n:
+            raise ValueError(f"{name}: expected {n} labels (one per logits row), got {labels.shape[0]}")
+        bad = (labels < 0) | (labels >= c)
+        if ignore_index is not None:
+            bad &= labels != ignore_index
+        if bool(bad.any()):
+            i = int(xp.argmax(bad))
+            raise ValueError(f"{name}: labels must lie in [0, {c}) (or equal ignore_index="
+                             f"{ignore_index}); got {int(labels[i])} at row {i}")
+    elif labels.ndim == 2:
+        if labels.shape != logits.shape:
+            raise ValueError(f"{name}: expected probability targets of shape {tuple(logits.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        if labels.dtype.kind != "f":
+            raise ValueError(f"{name}: expected floating-point probability targets, got {labels.dtype.name}")
+    else:
+        raise ValueError(f"{name}: expected labels of shape ({n},) or ({n}, {c}), got {tuple(labels.shape)}")
+
+
+# -- softmax cross-entropy ---------------------------------------------------------------
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None):
+    """Fused softmax + cross-entropy: ``(loss, dlogits)``.
+
+    ``loss = mean_n [ logsumexp(z_n) - Σ_c t_nc z_nc ]`` over the rows not ignored, where the
+    target ``t`` is the one-hot of an integer label (or the given probability row), smoothed
+    as ``(1-ε)·t + ε/C``. The gradient is ``(softmax(z) - t) / N_valid``; ignored rows get
+    zero loss and zero gradient. The row max is subtracted first, so logits of ±1e4 stay
+    finite. On CuPy arrays, one fused kernel (``kernels/softmax_xent.cu``) does both.
+    """
+    name = "softmax_cross_entropy"
+    _check_logits(name, logits)
+    check_labels(name, logits, labels, ignore_index)
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
+    xp = get_array_module(logits, labels)
+    if xp is not numpy:
+        from .. import cuda
+        return cuda.softmax_xent(logits, labels, eps, ignore_index)
+
+    n, c = logits.shape
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = numpy.exp(z)
+    s = p.sum(axis=1, keepdims=True)
+    p /= s
+    log_s = numpy.log(s[:, 0])                      # logsumexp(z) of the shifted row
+    if labels.ndim == 1:
+        valid = None if ignore_index is None else labels != ignore_index
+        idx = labels if valid is None else numpy.where(valid, labels, 0)
+        rows = numpy.arange(n)
+        z_y = z[rows, idx]
+        # Σ_c t_c z_c with t = (1-ε) onehot + ε/C
+        row_loss = log_s - (1.0 - eps) * z_y
+        if eps:
+            row_loss -= (eps / c) * z.sum(axis=1)
+        dz = p
+        dz[rows, idx] -= 1.0 - eps
+        if eps:
+            dz -= eps / c
+        if valid is not None:
+            row_loss = row_loss * valid
+            dz *= valid[:, None]
+            n_valid = int(valid.sum())
+        else:
+            n_valid = n
+    else:
+        t = labels.astype(logits.dtype, copy=False)
+        if eps:
+            t = (1.0 - eps) * t + eps / c
+        row_loss = log_s * t.sum(axis=1) - (t * z).sum(axis=1)
+        dz = p * t.sum(axis=1, keepdims=True) - t
+        n_valid = n
+    if n_valid == 0:
+        # every row ignored: PyTorch returns NaN; gpunet returns 0 loss and 0 gradient,
+        # so a batch of padding cannot poison training.
+        return numpy.zeros((), dtype=logits.dtype), numpy.zeros_like(logits)
+    scale = 1.0 / n_valid
+    dz *= scale
+    loss = numpy.asarray(row_loss.sum() * scale, dtype=logits.dtype)
+    return loss, dz
+
+
+# -- binary cross-entropy with logits ----------------------------------------------------------
+def bce_with_logits(z, y):
+    """``mean( max(z,0) - z·y + log1p(e^-|z|) )``, finite for any finite z; gradient
+    ``(σ(z) - y) / numel``."""
+    name = "bce_with_logits"
+    if not hasattr(z, "shape") or z.dtype.kind != "f":
+        raise ValueError(f"{name}: expected floating-point logits, got {getattr(z, 'dtype', type(z).__name__)}")
+    if not hasattr(y, "shape") or tuple(y.shape) != tuple(z.shape):
+        raise ValueError(f"{name}: expected targets of shape {tuple(z.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    xp = get_array_module(z, y)
+    y = y.astype(z.dtype, copy=False)
+    e = xp.exp(-xp.abs(z))
+    loss = (xp.maximum(z, 0) - z * y + xp.log1p(e)).mean()
+    sig = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+    dz = (sig - y) * (1.0 / z.size)
+    return xp.asarray(loss, dtype=z.dtype), dz
+
+
+# -- mean squared error -----------------------------------------------------------------------
+def mse(x, y):
+    """``mean((x - y)²)`` over all elements; gradient ``2 (x - y) / numel``."""
+    name = "mse"
+    if not hasattr(x, "shape") or x.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a floating-point input, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not hasattr(y, "shape") or tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    xp = get_array_module(x, y)
+    d = x - y.astype(x.dtype, copy=False)
+    loss = xp.asarray((d * d).mean(), dtype=x.dtype)
+    d *= 2.0 / x.size
+    return loss, d

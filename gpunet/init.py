@@ -1,0 +1,127 @@
+"""Weight initializers: ``f(shape, rng=None, dtype=numpy.float32) -> numpy.ndarray``.
+
+Every initializer draws on the host from ``rng`` (default: the seeded host generator of
+``gpunet.random``), so the same seed gives the same weights on every device.
+
+Fans (``fans(shape)``): a dense weight ``(out, in)`` has ``fan_in = in``,
+``fan_out = out``; a convolution weight ``(out, in, kh, kw)`` has
+``fan_in = in*kh*kw`` and ``fan_out = out*kh*kw``.
+
+==================  =========================================
+``xavier_normal``   N(0, std²), std = sqrt(2 / (fan_in + fan_out))
+``xavier_uniform``  U(-a, a),   a = sqrt(6 / (fan_in + fan_out))
+``he_normal``       N(0, std²), std = sqrt(2 / fan_in)
+``he_uniform``      U(-a, a),   a = sqrt(6 / fan_in)
+``lecun_normal``    N(0, std²), std = sqrt(1 / fan_in)
+==================  =========================================
+
+Xavier keeps the variance of activations and gradients constant through tanh/sigmoid-like
+layers; He doubles it to compensate for ReLU zeroing half its inputs. All-zero weights
+make every hidden unit of a layer identical forever (symmetry is never broken).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from . import random as _random
+
+
+def _rng(rng):
+    return _random.host_rng() if rng is None else rng
+
+
+def _shape(shape):
+    if isinstance(shape, int):
+        return (shape,)
+    return tuple(int(s) for s in shape)
+
+
+def fans(shape) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a weight of ``shape`` (see the module docstring)."""
+    shape = _shape(shape)
+    if len(shape) == 0:
+        raise ValueError("init.fans: expected a weight shape with at least one axis, got ()")
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = int(numpy.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def zeros(shape, rng=None, dtype=numpy.float32):
+    return numpy.zeros(_shape(shape), dtype=dtype)
+
+
+def ones(shape, rng=None, dtype=numpy.float32):
+    return numpy.ones(_shape(shape), dtype=dtype)
+
+
+def constant(shape, value=0.0, rng=None, dtype=numpy.float32):
+    return numpy.full(_shape(shape), value, dtype=dtype)
+
+
+def normal(shape, rng=None, dtype=numpy.float32, std=0.01, mean=0.0):
+    """N(mean, std²) — the course's "small random numbers"."""
+    return _rng(rng).normal(mean, std, size=_shape(shape)).astype(dtype)
+
+
+def uniform(shape, rng=None, dtype=numpy.float32, low=-0.05, high=0.05):
+    return _rng(rng).uniform(low, high, size=_shape(shape)).astype(dtype)
+
+
+def xavier_normal(shape, rng=None, dtype=numpy.float32):
+    fi, fo = fans(shape)
+    return normal(shape, rng, dtype, std=math.sqrt(2.0 / (fi + fo)))
+
+
+def xavier_uniform(shape, rng=None, dtype=numpy.float32):
+    fi, fo = fans(shape)
+    a = math.sqrt(6.0 / (fi + fo))
+    return uniform(shape, rng, dtype, low=-a, high=a)
+
+
+def he_normal(shape, rng=None, dtype=numpy.float32):
+    fi, _ = fans(shape)
+    return normal(shape, rng, dtype, std=math.sqrt(2.0 / fi))
+
+
+def he_uniform(shape, rng=None, dtype=numpy.float32):
+    fi, _ = fans(shape)
+    a = math.sqrt(6.0 / fi)
+    return uniform(shape, rng, dtype, low=-a, high=a)
+
+
+def lecun_normal(shape, rng=None, dtype=numpy.float32):
+    fi, _ = fans(shape)
+    return normal(shape, rng, dtype, std=math.sqrt(1.0 / fi))
+
+
+INITIALIZERS = {
+    "zeros": zeros, "ones": ones, "constant": constant, "normal": normal, "uniform": uniform,
+    "xavier_normal": xavier_normal, "xavier_uniform": xavier_uniform,
+    "he_normal": he_normal, "he_uniform": he_uniform, "lecun_normal": lecun_normal,
+    # the course's names
+    "zero": zeros, "random": normal, "xavier": xavier_normal, "glorot_normal": xavier_normal,
+    "glorot_uniform": xavier_uniform, "he": he_normal, "kaiming_normal": he_normal,
+    "kaiming_uniform": he_uniform,
+}
+
+
+def get(init, layer_name: str = "init"):
+    """Resolve ``init`` (a name above or a callable ``(shape, rng) -> array``) to a callable."""
+    if callable(init):
+        return init
+    if isinstance(init, str) and init.lower() in INITIALIZERS:
+        return INITIALIZERS[init.lower()]
+    known = ", ".join(sorted(INITIALIZERS))
+    raise ValueError(f"{layer_name}: unknown init {init!r}; known initializers: {known}")
+
+
+def make(init, shape, dtype=numpy.float32, layer_name="init"):
+    """Draw a weight with ``init`` from the host generator and check what comes back."""
+    f = get(init, layer_name)
+    w = numpy.asarray(f(_shape(shape), _random.host_rng()))
+    if w.shape != _shape(shape):
+        raise ValueError(f"{layer_name}: init returned shape {w.shape}, expected {_shape(shape)}")
+    return w.astype(dtype, copy=False)

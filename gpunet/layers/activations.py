@@ -1,0 +1,137 @@
+"""Activation layers, thin wrappers over ``gpunet.functional.activations``.
+
+Each caches its input and output in training mode (whichever the backward needs) and
+exposes the function by name, so ``Dense(..., activation="relu")`` and ``ReLU()`` run the
+same code. ``get(name_or_layer)`` resolves the ``activation=`` argument of Dense/Conv2D.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from ..functional import activations as F
+from .base import Layer, check_input
+
+
+class Activation(Layer):
+    """Base for elementwise activations: ``y = f(x)``, ``dx = dy · f'(x)``."""
+
+    name = "identity"
+    _kwargs: dict = {}
+
+    def __init__(self):
+        super().__init__()
+        self._x = self._y = None
+
+    def fn(self, x, inplace=False):
+        return F.FORWARD[self.name](x, inplace=inplace, **self._kwargs)
+
+    def grad_fn(self, dy, x, y):
+        return F.BACKWARD[self.name](dy, x, y, **self._kwargs)
+
+    @property
+    def needs_input(self) -> bool:
+        return F.NEEDS_INPUT[self.name]
+
+    def forward(self, x):
+        check_input(self, x)
+        y = self.fn(x)
+        if self.training:
+            self._x = x if self.needs_input else None
+            self._y = y
+        return y
+
+    def backward(self, dy):
+        if self._y is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before a training-mode forward")
+        return self.grad_fn(dy, self._x, self._y)
+
+
+class Identity(Activation):
+    name = "identity"
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+
+
+class Tanh(Activation):
+    name = "tanh"
+
+
+class ReLU(Activation):
+    name = "relu"
+
+
+class LeakyReLU(Activation):
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self._kwargs = {"negative_slope": self.negative_slope}
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(Activation):
+    name = "elu"
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = float(alpha)
+        self._kwargs = {"alpha": self.alpha}
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class GELU(Activation):
+    """GELU, tanh form (see ``gpunet.functional.activations.gelu``)."""
+    name = "gelu"
+
+
+class SiLU(Activation):
+    name = "silu"
+
+
+class Softplus(Activation):
+    name = "softplus"
+
+
+class Softmax(Activation):
+    """Softmax along ``axis`` with the row max subtracted (no overflow)."""
+    name = "softmax"
+
+    def __init__(self, axis=-1):
+        super().__init__()
+        self.axis = int(axis)
+        self._kwargs = {"axis": self.axis}
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+
+class LogSoftmax(Softmax):
+    name = "log_softmax"
+
+
+_BY_NAME = {
+    "identity": Identity, "linear": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
+    "leaky_relu": LeakyReLU, "elu": ELU, "gelu": GELU, "silu": SiLU, "swish": SiLU,
+    "softplus": Softplus, "softmax": Softmax, "log_softmax": LogSoftmax,
+}
+
+
+def get(activation, layer_name="activation"):
+    """Resolve ``activation=``: None, a snake-case name, an Activation class or instance."""
+    if activation is None:
+        return None
+    if isinstance(activation, Activation):
+        return activation
+    if isinstance(activation, type) and issubclass(activation, Activation):
+        return activation()
+    if isinstance(activation, str) and activation.lower() in _BY_NAME:
+        return _BY_NAME[activation.lower()]()
+    raise ValueError(f"{layer_name}: unknown activation {activation!r}; known: "
+                     f"{', '.join(sorted(_BY_NAME))} (or an activation layer)")

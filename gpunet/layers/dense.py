@@ -1,0 +1,77 @@
+"""Dense (fully connected) layer with an optional fused activation."""
+from __future__ import annotations
+
+import numpy
+
+from .. import init as _init
+from ..functional import activations as FA
+from ..functional.linear import linear_backward
+from ..backend import get_array_module
+from .activations import get as get_activation
+from .base import Layer, Parameter, check_input
+
+
+def default_init(activation) -> str:
+    """He normal for the ReLU family (relu, leaky_relu, elu, gelu, silu), Xavier uniform
+    otherwise (sigmoid, tanh, softmax, none) — PyTorch-free defaults from the course."""
+    return "he_normal" if activation is not None and activation.name in FA.RELU_FAMILY else "xavier_uniform"
+
+
+class Dense(Layer):
+    """``y = act(x @ weight.T + bias)``; ``x (N, in_features)``, ``weight (out, in)``,
+    ``bias (out,)`` initialised to zeros.
+
+    ``activation``: None or a name/layer from ``gpunet.layers.activations``; applied in
+    place on the pre-activation when its derivative needs only the output (ReLU,
+    sigmoid, tanh), saving a pass over memory. ``init``: a name of ``gpunet.init`` or a
+    callable ``(shape, rng) -> array``; None picks He normal for ReLU-family activations and
+    Xavier uniform otherwise.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, init=None):
+        super().__init__()
+        for k, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Dense: {k} must be a positive int, got {v!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = get_activation(activation, "Dense")
+        init = default_init(self.activation) if init is None else init
+        self.weight = Parameter(_init.make(init, (self.out_features, self.in_features), layer_name="Dense"),
+                                "weight", decay=True)
+        self.bias = Parameter(numpy.zeros(self.out_features, numpy.float32), "bias", decay=False) if bias else None
+        self._x = self._z = self._y = None
+
+    def forward(self, x):
+        w = self.weight.data
+        check_input(self, x, ndim=2, dtype=w.dtype, features=self.in_features)
+        xp = get_array_module(x, w)
+        z = xp.matmul(x, w.T)
+        if self.bias is not None:
+            z += self.bias.data
+        act = self.activation
+        if act is None:
+            y = z
+        elif act.needs_input:
+            y = act.fn(z)
+        else:
+            y = act.fn(z, inplace=True)   # z is ours: overwrite it
+        if self.training:
+            self._x, self._y = x, y
+            self._z = z if act is not None and act.needs_input else None
+        return y
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Dense.backward called before a training-mode forward")
+        if self.activation is not None:
+            dy = self.activation.grad_fn(dy, self._z, self._y)
+        dx, dw, db = linear_backward(dy, self._x, self.weight.data, need_bias=self.bias is not None)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        a = f", activation={self.activation.name!r}" if self.activation is not None else ""
+        b = "" if self.bias is not None else ", bias=False"
+        return f"{self.in_features}, {self.out_features}{b}{a}"

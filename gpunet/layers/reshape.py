@@ -1,0 +1,25 @@
+"""Flatten: ``(N, ...) -> (N, -1)``."""
+from __future__ import annotations
+
+from .base import Layer, check_input
+
+
+class Flatten(Layer):
+    """``(N, d1, d2, ...) -> (N, d1*d2*...)``; backward restores the input shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x):
+        check_input(self, x)
+        if x.ndim < 1:
+            raise ValueError(f"Flatten: expected an input with a batch axis, got shape {tuple(x.shape)}")
+        if self.training:
+            self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise RuntimeError("Flatten.backward called before a training-mode forward")
+        return dy.reshape(self._shape)

@@ -1,0 +1,230 @@
+"""DataLoader: batching, shuffle reproducibility, drop_last, devices, validation."""
+import numpy
+import pytest
+
+from gpunet import backend
+from gpunet.data import DataLoader
+
+
+def _backends():
+    yield pytest.param("numpy", id="numpy")
+    yield pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(
+        not backend.cuda_available(), reason="no CUDA device (CuPy path not exercised)"))
+
+
+@pytest.fixture(params=list(_backends()))
+def xp(request):
+    return numpy if request.param == "numpy" else backend.require_cuda()
+
+
+def _data(xp, n=10, features=3):
+    X = xp.arange(n * features, dtype=xp.float32).reshape(n, features)
+    y = xp.arange(n, dtype=xp.int64) * 7      # y[i] = 7 * i identifies row i
+    return X, y
+
+
+def _rows(xb):
+    """Row indices of a batch of ``_data`` (row i starts with 3*i)."""
+    return [int(v) // 3 for v in backend.to_numpy(xb[:, 0])]
+
+
+@pytest.mark.parametrize("n,batch_size,drop_last,sizes", [
+    (10, 3, False, [3, 3, 3, 1]),
+    (10, 3, True, [3, 3, 3]),
+    (10, 5, False, [5, 5]),
+    (10, 5, True, [5, 5]),
+    (10, 64, False, [10]),
+    (10, 64, True, []),
+    (1, 1, False, [1]),
+])
+def test_batch_sizes_and_len(xp, n, batch_size, drop_last, sizes):
+    X, y = _data(xp, n)
+    loader = DataLoader(X, y, batch_size=batch_size, drop_last=drop_last)
+    got = [(xb.shape[0], yb.shape[0]) for xb, yb in loader]
+    assert got == [(s, s) for s in sizes]
+    assert len(loader) == len(sizes)
+
+
+def test_unshuffled_batches_cover_data_in_order(xp):
+    X, y = _data(xp, 10)
+    batches = list(DataLoader(X, y, batch_size=4))
+    assert backend.get_array_module(batches[0][0]) is xp
+    assert backend.get_array_module(batches[0][1]) is xp
+    numpy.testing.assert_array_equal(backend.to_numpy(xp.concatenate([b[0] for b in batches])),
+                                     backend.to_numpy(X))
+    numpy.testing.assert_array_equal(backend.to_numpy(xp.concatenate([b[1] for b in batches])),
+                                     backend.to_numpy(y))
+    assert batches[0][0].dtype == xp.float32 and batches[0][1].dtype == xp.int64
+
+
+def test_x_only_yields_arrays(xp):
+    X, _ = _data(xp, 7)
+    batches = list(DataLoader(X, batch_size=3))
+    assert all(not isinstance(b, tuple) for b in batches)
+    assert [b.shape for b in batches] == [(3, 3), (3, 3), (1, 3)]
+
+
+def test_shuffle_pairs_stay_together_and_cover_each_sample_once(xp):
+    X, y = _data(xp, 23)
+    loader = DataLoader(X, y, batch_size=5, shuffle=True, seed=3)
+    for _ in range(3):
+        seen = []
+        for xb, yb in loader:
+            rows = _rows(xb)
+            assert [int(v) for v in backend.to_numpy(yb)] == [7 * r for r in rows]
+            seen += rows
+        assert sorted(seen) == list(range(23))
+
+
+def test_shuffle_order_follows_documented_formula(xp):
+    X, y = _data(xp, 17)
+    loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=11)
+    for epoch in range(3):
+        order = sum((_rows(xb) for xb, _ in loader), [])
+        expected = numpy.random.default_rng([11, epoch]).permutation(17)
+        assert order == expected.tolist()
+
+
+def test_shuffle_is_reproducible_and_changes_per_epoch(xp):
+    X, y = _data(xp, 50)
+
+    def epochs(loader, k):
+        return [sum((_rows(xb) for xb, _ in loader), []) for _ in range(k)]
+
+    a = epochs(DataLoader(X, y, batch_size=8, shuffle=True, seed=5), 3)
+    b = epochs(DataLoader(X, y, batch_size=8, shuffle=True, seed=5), 3)
+    c = epochs(DataLoader(X, y, batch_size=8, shuffle=True, seed=6), 3)
+    assert a == b
+    assert a[0] != a[1] and a[1] != a[2]           # a fresh order every epoch
+    assert a != c                                   # the seed matters
+    assert a[0] != list(range(50))                  # it does shuffle
+
+
+def test_set_epoch_reproduces_a_resumed_run(xp):
+    X, y = _data(xp, 30)
+    full = DataLoader(X, y, batch_size=7, shuffle=True, seed=9)
+    orders = [sum((_rows(xb) for xb, _ in full), []) for _ in range(4)]
+    assert full.epoch == 4
+    resumed = DataLoader(X, y, batch_size=7, shuffle=True, seed=9)
+    resumed.set_epoch(2)
+    assert [sum((_rows(xb) for xb, _ in resumed), []) for _ in range(2)] == orders[2:]
+    assert resumed.order(1).tolist() == orders[1]
+
+
+def test_batch_size_does_not_change_the_epoch_order(xp):
+    X, y = _data(xp, 20)
+    a = sum((_rows(xb) for xb, _ in DataLoader(X, y, batch_size=3, shuffle=True, seed=1)), [])
+    b = sum((_rows(xb) for xb, _ in DataLoader(X, y, batch_size=6, shuffle=True, seed=1)), [])
+    assert a == b
+
+
+def test_shuffle_with_drop_last_drops_the_tail_of_the_permutation(xp):
+    X, y = _data(xp, 10)
+    loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=2, drop_last=True)
+    rows = [_rows(xb) for xb, _ in loader]
+    assert [len(r) for r in rows] == [4, 4]
+    assert sum(rows, []) == numpy.random.default_rng([2, 0]).permutation(10)[:8].tolist()
+
+
+def test_unseeded_shuffle_draws_and_keeps_a_seed():
+    X, y = _data(numpy, 40)
+    a = DataLoader(X, y, shuffle=True)
+    b = DataLoader(X, y, shuffle=True, seed=a.seed)
+    assert isinstance(a.seed, int) and a.seed >= 0
+    assert [r.tolist() for _, r in a] == [r.tolist() for _, r in b]
+    assert DataLoader(X, y, shuffle=True).seed != a.seed
+
+
+def test_multidimensional_samples_and_targets(xp):
+    X = xp.arange(6 * 2 * 4 * 4, dtype=xp.float64).reshape(6, 2, 4, 4)
+    Y = xp.eye(6, dtype=xp.float64)
+    loader = DataLoader(X, Y, batch_size=4, shuffle=True, seed=0)
+    (xb, yb), (xb2, yb2) = list(loader)
+    assert xb.shape == (4, 2, 4, 4) and yb.shape == (4, 6) and xb2.shape == (2, 2, 4, 4)
+    assert xb.dtype == xp.float64
+    order = numpy.random.default_rng([0, 0]).permutation(6)
+    numpy.testing.assert_array_equal(backend.to_numpy(yb).argmax(1), order[:4])
+
+
+def test_device_cpu_moves_batches_to_numpy(xp):
+    X, y = _data(xp, 5)
+    loader = DataLoader(X, y, batch_size=2, device="cpu")
+    assert loader.device == "cpu"
+    for xb, yb in loader:
+        assert isinstance(xb, numpy.ndarray) and isinstance(yb, numpy.ndarray)
+    assert backend.get_array_module(loader.X) is xp      # the dataset itself stays put
+    assert DataLoader(X, y).to("cpu").device == "cpu"
+    assert DataLoader(X, y, device="cpu").to(None).device is None
+
+
+@pytest.mark.skipif(not backend.cuda_available(), reason="no CUDA device")
+def test_device_cuda_moves_host_batches_to_the_gpu():
+    cp = backend.require_cuda()
+    X, y = _data(numpy, 9)
+    loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=4, device="cuda")
+    got = [(backend.get_array_module(xb), backend.get_array_module(yb)) for xb, yb in loader]
+    assert got == [(cp, cp)] * 3
+    assert isinstance(loader.X, numpy.ndarray)
+
+
+@pytest.mark.skipif(backend.cuda_available(), reason="checks the error on a machine without CUDA")
+def test_device_cuda_without_gpu_raises_runtime_error():
+    X, y = _data(numpy, 4)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        DataLoader(X, y, device="cuda")
+
+
+def test_lists_are_converted():
+    loader = DataLoader([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [0, 1, 2], batch_size=2)
+    (xb, yb), _ = list(loader)
+    assert isinstance(xb, numpy.ndarray) and xb.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert yb.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size=0), r"DataLoader: expected batch_size to be a positive int, got 0"),
+    (dict(batch_size=-3), r"DataLoader: expected batch_size.*got -3"),
+    (dict(batch_size=2.0), r"DataLoader: expected batch_size.*got 2\.0"),
+    (dict(batch_size=True), r"DataLoader: expected batch_size.*got True"),
+    (dict(batch_size="8"), r"DataLoader: expected batch_size.*got '8'"),
+    (dict(seed=-1), r"DataLoader: expected seed.*got -1"),
+    (dict(seed=1.5), r"DataLoader: expected seed.*got 1\.5"),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+    X, y = _data(numpy, 4)
+    with pytest.raises(ValueError, match=match):
+        DataLoader(X, y, **kwargs)
+
+
+def test_numpy_integer_batch_size_is_accepted():
+    X, y = _data(numpy, 4)
+    assert len(DataLoader(X, y, batch_size=numpy.int64(3))) == 2
+
+
+def test_length_mismatch_raises_value_error(xp):
+    X, y = _data(xp, 5)
+    with pytest.raises(ValueError, match=r"DataLoader: expected X and y with the same number "
+                                         r"of samples.*got X \(5, 3\) and y \(4,\)"):
+        DataLoader(X, y[:4])
+
+
+def test_empty_and_scalar_inputs_raise_value_error():
+    with pytest.raises(ValueError, match=r"DataLoader: expected at least one sample.*\(0, 3\)"):
+        DataLoader(numpy.zeros((0, 3)))
+    with pytest.raises(ValueError, match=r"DataLoader: expected X with at least one axis"):
+        DataLoader(numpy.float32(1.0))
+    with pytest.raises(TypeError, match=r"DataLoader: expected X to be a numeric array"):
+        DataLoader(numpy.array([object(), object()]))
+
+
+def test_set_epoch_rejects_negative():
+    loader = DataLoader(numpy.zeros((4, 1)))
+    with pytest.raises(ValueError, match=r"DataLoader.set_epoch: expected a non-negative int, got -1"):
+        loader.set_epoch(-1)
+
+
+@pytest.mark.skipif(not backend.cuda_available(), reason="no CUDA device")
+def test_numpy_cupy_mix_raises_type_error():
+    cp = backend.require_cuda()
+    with pytest.raises(TypeError, match="cpu.*cuda"):
+        DataLoader(numpy.zeros((4, 2)), cp.zeros(4))
