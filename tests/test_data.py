@@ -1,20 +1,12 @@
-"""DataLoader: batching, shuffle reproducibility, drop_last, devices, validation."""
+"""DataLoader: batching, shuffle reproducibility, drop_last, devices, validation.
+
+The ``xp`` fixture (tests/conftest.py) runs each xp test on NumPy and, where there is a
+CUDA device, on CuPy."""
 import numpy
 import pytest
 
 from gpunet import backend
 from gpunet.data import DataLoader
-
-
-def _backends():
-    yield pytest.param("numpy", id="numpy")
-    yield pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(
-        not backend.cuda_available(), reason="no CUDA device (CuPy path not exercised)"))
-
-
-@pytest.fixture(params=list(_backends()))
-def xp(request):
-    return numpy if request.param == "numpy" else backend.require_cuda()
 
 
 def _data(xp, n=10, features=3):
