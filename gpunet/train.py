@@ -1,0 +1,329 @@
+"""The training loop: ``Trainer``, ``History`` and callbacks.
+
+One step, top to bottom: forward → loss → ``zero_grad`` → backward (chain rule, in reverse
+layer order) → optimizer step. The step is the same on every device; only the arrays differ.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy
+
+from .backend import get_array_module, resolve_device, to_device, to_numpy, synchronize
+from .data import DataLoader
+
+try:  # tqdm is a runtime dependency; imported here so the bar's absence is loud
+    from tqdm.auto import tqdm
+except ImportError as e:  # pragma: no cover
+    raise ImportError("gpunet needs tqdm: pip install tqdm") from e
+
+
+class History:
+    """Per-epoch records: ``history["loss"]``, ``history["val_accuracy"]``, …
+
+    ``history.history`` maps each key to a list with one float per epoch run;
+    ``history.epoch`` lists the epoch indices (0-based).
+    """
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def append(self, epoch: int, logs: dict):
+        self.epoch.append(int(epoch))
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __contains__(self, key):
+        return key in self.history
+
+    def keys(self):
+        return self.history.keys()
+
+    def plot(self, path):
+        """Train/validation loss and accuracy curves to ``path`` (needs the ``plot`` extra)."""
+        from .plot import plot_history
+        return plot_history(self, path)
+
+    def __repr__(self):
+        last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class Callback:
+    """Hooks the Trainer calls, in order: ``on_train_begin``; per epoch
+    ``on_epoch_begin``, then per step ``on_backward_end`` (gradients ready, before the
+    optimizer step) and ``on_batch_end``; ``on_epoch_end(trainer, epoch, logs)``, where a
+    callback may add keys to ``logs`` (they go into the History) or set
+    ``trainer.stop_training = True``; finally ``on_train_end``."""
+
+    def on_train_begin(self, trainer): pass
+    def on_epoch_begin(self, trainer, epoch): pass
+    def on_backward_end(self, trainer): pass
+    def on_batch_end(self, trainer, step, logs): pass
+    def on_epoch_end(self, trainer, epoch, logs): pass
+    def on_train_end(self, trainer): pass
+
+
+def _better(mode, value, best, min_delta):
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode_for(monitor, mode):
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return "max" if "acc" in monitor else "min"
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    ``mode="auto"`` minimizes losses and maximizes accuracies. ``restore_best=True`` puts
+    back the weights (and buffers) of the best epoch when training stops or ends.
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto"):
+        if int(patience) < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}")
+        self.monitor, self.patience, self.restore_best = monitor, int(patience), bool(restore_best)
+        self.min_delta = float(min_delta)
+        self.mode = _mode_for(monitor, mode)
+        self.best = None
+        self.best_epoch = None
+        self.stopped_epoch = None
+        self._wait = 0
+        self._best_state = None
+
+    def on_train_begin(self, trainer):
+        self.best, self.best_epoch, self.stopped_epoch, self._wait, self._best_state = None, None, None, 0, None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not among the epoch's "
+                             f"logs {sorted(logs)} (pass val= to fit to get val_* keys)")
+        value = float(logs[self.monitor])
+        if self.best is None or _better(self.mode, value, self.best, self.min_delta):
+            self.best, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best:
+                self._best_state = trainer.model.state_dict()
+        else:
+            self._wait += 1
+            if self._wait >= self.patience:
+                self.stopped_epoch = epoch
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self._best_state is not None:
+            trainer.model.load_state_dict(self._best_state)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (and the optimizer) to ``path`` with ``gpunet.save`` whenever
+    ``monitor`` improves (``save_best_only=False``: after every epoch)."""
+
+    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
+        self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
+        self.mode = _mode_for(monitor, mode)
+        self.best = None
+
+    def on_train_begin(self, trainer):
+        self.best = None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        from .checkpoint import save
+        if self.save_best_only:
+            if self.monitor not in logs:
+                raise ValueError(f"ModelCheckpoint: monitor {self.monitor!r} is not among the "
+                                 f"epoch's logs {sorted(logs)}")
+            value = float(logs[self.monitor])
+            if self.best is not None and not _better(self.mode, value, self.best, 0.0):
+                return
+            self.best = value
+        save(self.path, trainer.model, trainer.optimizer, epoch=int(epoch) + 1,
+             **{k: float(v) for k, v in logs.items()})
+
+
+def _as_loader(data, batch_size, shuffle, seed, device, name):
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        X, y = data
+        return DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    raise TypeError(f"Trainer: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
+
+
+def _correct(out, y):
+    """Number of rows whose argmax matches the label (index, or argmax of a probability
+    row); stays on the device until the epoch ends."""
+    xp = get_array_module(out)
+    pred = out.argmax(axis=1)
+    target = y.argmax(axis=1) if y.ndim == 2 else y
+    return (pred == target).sum()
+
+
+class Trainer:
+    """Fit, evaluate and predict with ``model``, ``loss_fn`` and ``optimizer``.
+
+    ``device=None`` keeps the model where its parameters are; a device string moves the
+    model there first. Batches are moved to the model's device as they are produced.
+    ``metrics``: a tuple of names; ``"accuracy"`` (argmax of the output against an
+    integer label or the argmax of a probability target) is the one built in.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics or ())
+        for m in metrics:
+            if m not in ("accuracy", "acc"):
+                raise ValueError(f"Trainer: unknown metric {m!r}; known metrics: 'accuracy'")
+        self.metrics = tuple("accuracy" for _ in metrics[:1])
+        if device is not None:
+            model.to(resolve_device(device))
+        self.device = model.device
+        self.stop_training = False
+        self.history = None
+        self.epoch = 0
+        self.global_step = 0
+
+    # -- one step --------------------------------------------------------------------------
+    def train_step(self, xb, yb):
+        """forward → loss → backward → update; returns ``(loss, output)`` on the device."""
+        out = self.model.forward(xb)
+        loss = self.loss_fn(out, yb)
+        self.model.zero_grad()
+        self.model.backward(self.loss_fn.backward())
+        for cb in self._callbacks:
+            cb.on_backward_end(self)
+        self.optimizer.step()
+        self.global_step += 1
+        return loss, out
+
+    def fit(self, train, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
+            progress=True, initial_epoch=0) -> History:
+        """Train for ``epochs`` epochs; returns the History (also ``self.history``).
+
+        ``train``/``val``: ``(X, y)`` tuples or DataLoaders. For tuples, a DataLoader with
+        ``batch_size``, ``shuffle`` and ``seed`` is built; epoch ``k`` visits the samples in
+        the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
+        ``gpunet.load`` continues bit for bit. A non-finite loss raises
+        ``FloatingPointError`` naming the epoch and step.
+        """
+        loader = _as_loader(train, batch_size, shuffle, seed, self.device, "train")
+        vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, self.device, "val")
+        self._callbacks = list(callbacks)
+        self.history = History()
+        self.stop_training = False
+        for cb in self._callbacks:
+            cb.on_train_begin(self)
+        try:
+            for epoch in range(int(initial_epoch), int(epochs)):
+                self.epoch = epoch
+                logs = self._train_epoch(loader, epoch, epochs, progress)
+                if vloader is not None:
+                    logs.update({f"val_{k}": v for k, v in self.evaluate(vloader).items()})
+                for cb in self._callbacks:
+                    cb.on_epoch_end(self, epoch, logs)
+                self.history.append(epoch, logs)
+                if progress and vloader is not None:
+                    tqdm.write("  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_")))
+                if self.stop_training:
+                    break
+        finally:
+            for cb in self._callbacks:
+                cb.on_train_end(self)
+            self._callbacks = []
+        return self.history
+
+    def _train_epoch(self, loader, epoch, epochs, progress):
+        self.model.train()
+        for cb in self._callbacks:
+            cb.on_epoch_begin(self, epoch)
+        loader.set_epoch(epoch)
+        total_loss, correct, seen = 0.0, None, 0
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        try:
+            for step, (xb, yb) in enumerate(loader):
+                xb, yb = self._to_model(xb), self._to_model(yb)
+                loss, out = self.train_step(xb, yb)
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"non-finite loss {value} at epoch {epoch + 1}, step {step + 1} "
+                        f"(lower the learning rate, clip gradients, or check the inputs)")
+                n = int(xb.shape[0])
+                total_loss += value * n
+                seen += n
+                if self.metrics:
+                    c = _correct(out, yb)
+                    correct = c if correct is None else correct + c
+                for cb in self._callbacks:
+                    cb.on_batch_end(self, step, {"loss": value})
+                if progress:
+                    bar.update(1)
+                    if step % 10 == 0 or step == len(loader) - 1:
+                        post = {"loss": f"{total_loss / seen:.4f}"}
+                        if self.metrics:
+                            post["acc"] = f"{int(correct) / seen:.4f}"
+                        post["samples/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}"
+                        bar.set_postfix(post)
+        finally:
+            bar.close()
+        synchronize()
+        self.last_epoch_seconds = time.perf_counter() - t0
+        self.last_epoch_samples = seen
+        logs = {"loss": total_loss / max(seen, 1)}
+        if self.metrics:
+            logs["accuracy"] = int(correct) / max(seen, 1)
+        return logs
+
+    def _to_model(self, a):
+        if a is None:
+            return None
+        if self.device == "cpu":
+            return a if isinstance(a, numpy.ndarray) else to_numpy(a)
+        return to_device(a, self.device)
+
+    # -- inference ---------------------------------------------------------------------------
+    def evaluate(self, data, batch_size=256) -> dict:
+        """Mean loss (and accuracy) over ``data`` in eval mode; the mode is restored after."""
+        loader = _as_loader(data, batch_size, False, 0, self.device, "data")
+        was = self.model.training
+        self.model.eval()
+        total, correct, seen = 0.0, 0, 0
+        try:
+            for xb, yb in loader:
+                xb, yb = self._to_model(xb), self._to_model(yb)
+                out = self.model.forward(xb)
+                loss = self.loss_fn(out, yb)
+                self.loss_fn._grad = None
+                n = int(xb.shape[0])
+                total += float(loss) * n
+                seen += n
+                if self.metrics:
+                    correct += int(_correct(out, yb))
+        finally:
+            self.model.train(was)
+        logs = {"loss": total / max(seen, 1)}
+        if self.metrics:
+            logs["accuracy"] = correct / max(seen, 1)
+        return logs
+
+    def predict(self, X, batch_size=256):
+        """Model outputs for ``X`` in eval mode, concatenated, as a NumPy array."""
+        was = self.model.training
+        self.model.eval()
+        outs = []
+        try:
+            for start in range(0, int(X.shape[0]), batch_size):
+                outs.append(to_numpy(self.model.forward(self._to_model(X[start:start + batch_size]))))
+        finally:
+            self.model.train(was)
+        return numpy.concatenate(outs, axis=0)
