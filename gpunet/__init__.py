@@ -14,3 +14,8 @@ from .layers import *  # noqa: F401,F403  (the layer classes of DESIGN §4)
 from .layers import __all__ as _layers_all
 from .losses import SoftmaxCrossEntropy, CrossEntropyLoss, BCEWithLogits, MSELoss
 from .gradcheck import gradcheck
+from . import optim, data, datasets, models
+from .data import DataLoader
+from .train import Trainer, History, Callback, EarlyStopping, ModelCheckpoint
+from .checkpoint import save, load
+from . import train
