@@ -57,7 +57,8 @@ def ones(shape, rng=None, dtype=numpy.float32):
     return numpy.ones(_shape(shape), dtype=dtype)
 
 
-def constant(shape, value=0.0, rng=None, dtype=numpy.float32):
+def constant(shape, rng=None, dtype=numpy.float32, value=0.0):
+    """Every element ``value`` (keyword: the contract's ``f(shape, rng, dtype)`` comes first)."""
     return numpy.full(_shape(shape), value, dtype=dtype)
 
 

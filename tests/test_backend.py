@@ -1,0 +1,218 @@
+"""Backend shim (DESIGN §2): module choice, device strings, the reasons CUDA is unavailable.
+
+The CPU-only branches that depend on CuPy's state are exercised by setting the shim's lazy
+import state (``_cupy``, ``_cupy_error``, ``_cupy_tried``) with ``monkeypatch``: that is
+exactly the state ``_import_cupy`` leaves behind, so the code under test runs unchanged.
+"""
+import types
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import backend
+
+
+# -- fakes standing in for CuPy where it is absent ---------------------------------------------
+class _FakeDevice:
+    def __init__(self, id):
+        self.id = id
+
+
+class _FakeCupyArray:
+    """Looks like a CuPy array to the shim: its type lives in a ``cupy.*`` module and it has
+    a ``.device.id``."""
+
+    def __init__(self, device_id=0):
+        self.device = _FakeDevice(device_id)
+        self.shape = (2,)
+        self.ndim = 1
+
+
+_FakeCupyArray.__module__ = "cupy._core.core"
+
+
+def _fake_cupy_module(device_count=1, count_error=None):
+    def get_device_count():
+        if count_error is not None:
+            raise count_error
+        return device_count
+
+    runtime = types.SimpleNamespace(getDeviceCount=get_device_count)
+    cuda = types.SimpleNamespace(runtime=runtime, is_available=lambda: device_count > 0)
+    return types.SimpleNamespace(__name__="cupy", __version__="14.0.0-fake", cuda=cuda)
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    """Simulate a machine where ``import cupy`` failed."""
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", ModuleNotFoundError("No module named 'cupy'"))
+    monkeypatch.setattr(backend, "_cupy_tried", True)
+
+
+def _install_fake_cupy(monkeypatch, **kw):
+    fake = _fake_cupy_module(**kw)
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setattr(backend, "_cupy_tried", True)
+    return fake
+
+
+# -- get_array_module ---------------------------------------------------------------------------
+def test_get_array_module_numpy_scalars_none():
+    a = numpy.zeros(3, numpy.float32)
+    assert backend.get_array_module(a) is numpy
+    assert backend.get_array_module(numpy.float32(1.0)) is numpy
+    assert backend.get_array_module(1.5, 2, None) is numpy
+    assert backend.get_array_module() is numpy
+    assert backend.get_array_module(None, a, 3.0) is numpy
+    assert gpunet.get_array_module is backend.get_array_module
+
+
+def test_get_array_module_on_fixture_backend(xp):
+    a = xp.ones((2, 2), dtype=xp.float32)
+    assert backend.get_array_module(a) is xp
+    assert backend.get_array_module(None, a, 1.0) is xp
+
+
+def test_get_array_module_fake_cupy(monkeypatch):
+    fake = _install_fake_cupy(monkeypatch)
+    assert backend.get_array_module(_FakeCupyArray(0)) is fake
+    assert backend.get_array_module(None, _FakeCupyArray(1), 2.0) is fake
+    assert backend.device_of(_FakeCupyArray(3)) == "cuda:3"
+    assert backend.device_of(numpy.zeros(1)) == "cpu"
+
+
+@pytest.mark.parametrize("order", ["numpy_first", "cupy_first"])
+def test_mixing_numpy_and_cupy_raises_naming_both_devices(monkeypatch, order):
+    _install_fake_cupy(monkeypatch)
+    a = numpy.zeros(2)
+    g = _FakeCupyArray(1)
+    args = (a, g) if order == "numpy_first" else (g, a)
+    with pytest.raises(TypeError) as e:
+        backend.get_array_module(*args)
+    msg = str(e.value)
+    assert "cpu" in msg and "cuda:1" in msg
+
+
+def test_mixing_real_numpy_and_cupy_raises():
+    if not backend.cuda_available():
+        pytest.skip("needs CuPy with a CUDA device (the fake-CuPy test covers the branch on CPU)")
+    cp = backend.cupy_module()
+    with pytest.raises(TypeError, match="cpu.*cuda:0|cuda:0.*cpu"):
+        backend.get_array_module(numpy.zeros(2), cp.zeros(2))
+
+
+# -- asking for CUDA where there is none -------------------------------------------------------
+def test_to_device_cuda_without_cupy_names_the_extras(no_cupy):
+    x = numpy.arange(3.0)
+    for dev in ("cuda", "cuda:0"):
+        with pytest.raises(RuntimeError) as e:
+            gpunet.to_device(x, dev)
+        msg = str(e.value)
+        assert "gpunet[cuda12]" in msg and "gpunet[cuda13]" in msg
+        assert "not installed" in msg
+
+
+@pytest.mark.parametrize("kw,reason", [
+    ({"device_count": 0}, "no CUDA device"),
+    ({"count_error": RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")},
+     "cannot reach a GPU"),
+])
+def test_to_device_cuda_installed_but_no_device(monkeypatch, kw, reason):
+    _install_fake_cupy(monkeypatch, **kw)
+    with pytest.raises(RuntimeError) as e:
+        gpunet.to_device(numpy.arange(3.0), "cuda")
+    msg = str(e.value)
+    assert reason in msg
+    assert "installed" in msg and "14.0.0-fake" in msg
+    assert "gpunet[cuda12]" not in msg   # the extra is not the problem here
+
+
+def test_cuda_index_beyond_visible_devices(monkeypatch):
+    _install_fake_cupy(monkeypatch, device_count=1)
+    with pytest.raises(RuntimeError, match="cuda:3"):
+        backend.require_cuda(3)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "cuda:-1", "tpu:0"])
+def test_unknown_device_string(bad):
+    with pytest.raises(ValueError, match="unknown device"):
+        gpunet.to_device(numpy.zeros(1), bad)
+
+
+def test_device_must_be_a_string():
+    with pytest.raises(TypeError):
+        gpunet.to_device(numpy.zeros(1), 0)
+
+
+# -- GPUNET_DEVICE / default_device ---------------------------------------------------------------
+def test_default_device_cpu(monkeypatch):
+    monkeypatch.setenv("GPUNET_DEVICE", "cpu")
+    assert gpunet.default_device() == "cpu"
+    monkeypatch.setenv("GPUNET_DEVICE", "  CPU ")
+    assert gpunet.default_device() == "cpu"
+
+
+def test_default_device_auto_without_cuda(monkeypatch, no_cupy):
+    monkeypatch.setenv("GPUNET_DEVICE", "auto")
+    assert gpunet.default_device() == "cpu"
+    monkeypatch.delenv("GPUNET_DEVICE")
+    assert gpunet.default_device() == "cpu"
+    assert backend.resolve_device(None) == "cpu"
+    assert backend.resolve_device("auto") == "cpu"
+
+
+def test_default_device_auto_with_cuda(monkeypatch):
+    _install_fake_cupy(monkeypatch, device_count=2)
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    assert gpunet.default_device() == "cuda"
+
+
+def test_default_device_auto_installed_without_device(monkeypatch):
+    _install_fake_cupy(monkeypatch, device_count=0)
+    monkeypatch.setenv("GPUNET_DEVICE", "auto")
+    assert gpunet.default_device() == "cpu"
+
+
+def test_default_device_cuda_without_cupy_raises(monkeypatch, no_cupy):
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda")
+    with pytest.raises(RuntimeError, match=r"gpunet\[cuda12\]"):
+        gpunet.default_device()
+
+
+def test_default_device_cuda_with_cuda(monkeypatch):
+    _install_fake_cupy(monkeypatch, device_count=1)
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda")
+    assert gpunet.default_device() == "cuda"
+
+
+def test_default_device_garbage(monkeypatch):
+    monkeypatch.setenv("GPUNET_DEVICE", "quantum")
+    with pytest.raises(ValueError, match="quantum"):
+        gpunet.default_device()
+
+
+# -- to_device / to_numpy ---------------------------------------------------------------------------
+def test_to_numpy_roundtrip(xp, device):
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal((3, 4)).astype(numpy.float32)
+    x = gpunet.to_device(a, device)
+    assert backend.get_array_module(x) is xp
+    assert backend.device_of(x).split(":")[0] == device
+    back = gpunet.to_numpy(x)
+    assert isinstance(back, numpy.ndarray)
+    assert back.dtype == numpy.float32
+    numpy.testing.assert_array_equal(back, a)
+
+
+def test_to_numpy_scalars_and_lists():
+    assert gpunet.to_numpy(2.5).shape == ()
+    assert float(gpunet.to_numpy(2.5)) == 2.5
+    numpy.testing.assert_array_equal(gpunet.to_numpy([1, 2, 3]), numpy.array([1, 2, 3]))
+
+
+def test_to_device_cpu_keeps_numpy_arrays():
+    a = numpy.arange(4.0)
+    assert gpunet.to_device(a, "cpu") is a
