@@ -1,0 +1,273 @@
+// defines: bn_stats_partial<T>, bn_stats_finalize<T>, bn_forward_apply<T>, bn_backward_reduce_partial<T>, bn_backward_finalize<T>, bn_backward_apply<T> (T = float, double)
+//
+// Batch normalization in training mode over an NCHW tensor x of shape (N, C, HW) in
+// memory; an (N, C) input is the case HW = 1. Per channel c, over its M = N * HW values:
+//     mean = sum x / M,   var = sum (x - mean)^2 / M   (biased),  inv_std = 1 / sqrt(var + eps)
+//     xhat = (x - mean) * inv_std,   y = gamma * xhat + beta
+// Backward, with dy the gradient of y:
+//     dbeta = sum dy,   dgamma = sum dy * xhat
+//     dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)
+//
+// The reductions are two-level: a grid of (chunks, C) blocks writes one partial per block,
+// and a small kernel (one thread per channel) combines a channel's partials. Statistics
+// are Welford triples (count, mean, m2): each thread sums its values shifted by the
+// channel's first value (x[0, c, 0]), which removes the cancellation of the raw
+// sum-of-squares formula, then threads, warps, blocks and chunks combine with Chan's
+// pairwise formula (gpunet::welford_combine). Counts are held in T (exact below 2**24 in
+// float).
+//
+// Elementwise kernels index the flat tensor; the channel of element i is (i / HW) % C,
+// computed with gpunet::FastDivmod (the launcher passes the host-computed constants and
+// checks N * C * HW < 2**31). They use 16-byte packs when HW is a multiple of the pack
+// width (a pack then lies in one channel) and the arrays are 16-byte aligned.
+#include "common.cuh"
+
+using gpunet::FastDivmod;
+using gpunet::Pack;
+using gpunet::Welford;
+
+namespace {
+
+// Channel c's m-th value (m in [0, N*HW)) lives at ((m / HW) * C + c) * HW + m % HW.
+// Each thread walks its values with a fixed stride, keeping (n, hw) without dividing.
+struct ChannelWalker {
+    long long n, hw;      // position of the current value
+    long long sq, sr;     // stride / HW, stride % HW
+    long long HW, CHW;
+    __device__ __forceinline__ void init(long long m, long long stride, long long HW_, long long C) {
+        HW = HW_;
+        CHW = C * HW_;
+        n = m / HW;
+        hw = m - n * HW;
+        sq = stride / HW;
+        sr = stride - sq * HW;
+    }
+    __device__ __forceinline__ long long offset(long long c) const { return n * CHW + c * HW + hw; }
+    __device__ __forceinline__ void advance() {
+        hw += sr;
+        n += sq;
+        if (hw >= HW) {
+            hw -= HW;
+            ++n;
+        }
+    }
+};
+
+// The range [begin, end) of a channel's M values that chunk b of `chunks` covers.
+__device__ __forceinline__ void chunk_range(long long M, int chunks, int b, long long& begin,
+                                            long long& end) {
+    const long long len = (M + chunks - 1) / chunks;
+    begin = len * b;
+    end = begin + len < M ? begin + len : M;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Forward: statistics.
+// part has (C, chunks, 3) entries: the Welford (count, mean, m2) of each chunk.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, int chunks,
+                                 T* __restrict__ part) {
+    __shared__ Welford<T> scratch[32];
+    const int c = blockIdx.y, b = blockIdx.x;
+    const long long M = static_cast<long long>(N) * HW;
+    long long begin, end;
+    chunk_range(M, chunks, b, begin, end);
+    const T K = x[static_cast<long long>(c) * HW];  // the shift: channel c's first value
+    T s1 = T(0), s2 = T(0);
+    int cnt = 0;
+    ChannelWalker w;
+    w.init(begin + threadIdx.x, blockDim.x, HW, C);
+    for (long long m = begin + threadIdx.x; m < end; m += blockDim.x, w.advance()) {
+        const T d = x[w.offset(c)] - K;
+        s1 += d;
+        s2 += d * d;
+        ++cnt;
+    }
+    Welford<T> st;
+    st.n = T(cnt);
+    st.mean = cnt ? K + s1 / T(cnt) : T(0);
+    const T m2 = cnt ? s2 - s1 * (s1 / T(cnt)) : T(0);
+    st.m2 = m2 > T(0) ? m2 : T(0);
+    st = gpunet::block_welford(st, scratch);
+    if (threadIdx.x == 0) {
+        T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
+        p[0] = st.n;
+        p[1] = st.mean;
+        p[2] = st.m2;
+    }
+}
+
+// One thread per channel: combine the chunks, write mean, biased var and inv_std.
+template <typename T>
+__global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks, T eps,
+                                  T* __restrict__ mean, T* __restrict__ var,
+                                  T* __restrict__ inv_std) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    Welford<T> st;
+    st.n = T(0);
+    st.mean = T(0);
+    st.m2 = T(0);
+    for (int b = 0; b < chunks; ++b) {
+        const T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
+        Welford<T> o;
+        o.n = p[0];
+        o.mean = p[1];
+        o.m2 = p[2];
+        st = gpunet::welford_combine(st, o);
+    }
+    const T v = st.m2 / st.n;
+    mean[c] = st.mean;
+    var[c] = v;
+    inv_std[c] = T(1) / gpunet::dev_sqrt(v + eps);
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward: y = (x - mean) * (gamma * inv_std) + beta.
+// hw_div divides by HW, c_div by C; total = N * C * HW < 2**31.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void bn_forward_apply(const T* __restrict__ x, const T* __restrict__ mean,
+                                 const T* __restrict__ inv_std, const T* __restrict__ gamma,
+                                 const T* __restrict__ beta, T* __restrict__ y, int total,
+                                 unsigned int hw_d, unsigned int hw_mul, unsigned int hw_shr,
+                                 unsigned int c_d, unsigned int c_mul, unsigned int c_shr) {
+    const FastDivmod hw_div{hw_d, hw_mul, hw_shr}, c_div{c_d, c_mul, c_shr};
+    constexpr int P = Pack<T>::N;
+    const int stride = gridDim.x * blockDim.x;
+    const int t0 = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool packed = hw_d % P == 0 && gpunet::is_aligned16(x) && gpunet::is_aligned16(y);
+    if (packed) {
+        const Pack<T>* xp = reinterpret_cast<const Pack<T>*>(x);
+        Pack<T>* yp = reinterpret_cast<Pack<T>*>(y);
+        for (long long q = t0; q < total / P; q += stride) {
+            unsigned int row, c, unused;
+            row = hw_div.div(static_cast<unsigned int>(q * P));
+            c_div.divmod(row, unused, c);
+            const T mu = mean[c], a = gamma[c] * inv_std[c], bt = beta[c];
+            Pack<T> v = xp[q];
+#pragma unroll
+            for (int k = 0; k < P; ++k) v.v[k] = (v.v[k] - mu) * a + bt;
+            yp[q] = v;
+        }
+    } else {
+        for (long long i = t0; i < total; i += stride) {
+            unsigned int row, c, unused;
+            row = hw_div.div(static_cast<unsigned int>(i));
+            c_div.divmod(row, unused, c);
+            y[i] = (x[i] - mean[c]) * (gamma[c] * inv_std[c]) + beta[c];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward: per-chunk sums of dy and dy * (x - mean); part has (C, chunks, 2) entries.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void bn_backward_reduce_partial(const T* __restrict__ dy, const T* __restrict__ x,
+                                           const T* __restrict__ mean, int N, int C, int HW,
+                                           int chunks, T* __restrict__ part) {
+    __shared__ T scratch[32];
+    const int c = blockIdx.y, b = blockIdx.x;
+    const long long M = static_cast<long long>(N) * HW;
+    long long begin, end;
+    chunk_range(M, chunks, b, begin, end);
+    const T mu = mean[c];
+    T sdy = T(0), sdyx = T(0);
+    ChannelWalker w;
+    w.init(begin + threadIdx.x, blockDim.x, HW, C);
+    for (long long m = begin + threadIdx.x; m < end; m += blockDim.x, w.advance()) {
+        const long long o = w.offset(c);
+        const T g = dy[o];
+        sdy += g;
+        sdyx += g * (x[o] - mu);
+    }
+    sdy = gpunet::block_sum(sdy, scratch);
+    sdyx = gpunet::block_sum(sdyx, scratch);
+    if (threadIdx.x == 0) {
+        T* p = part + (static_cast<long long>(c) * chunks + b) * 2;
+        p[0] = sdy;
+        p[1] = sdyx;
+    }
+}
+
+// One thread per channel: dbeta = sum dy, dgamma = inv_std * sum dy (x - mean).
+template <typename T>
+__global__ void bn_backward_finalize(const T* __restrict__ part, int C, int chunks,
+                                     const T* __restrict__ inv_std, T* __restrict__ dgamma,
+                                     T* __restrict__ dbeta) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    T sdy = T(0), sdyx = T(0);
+    for (int b = 0; b < chunks; ++b) {
+        const T* p = part + (static_cast<long long>(c) * chunks + b) * 2;
+        sdy += p[0];
+        sdyx += p[1];
+    }
+    dbeta[c] = sdy;
+    dgamma[c] = sdyx * inv_std[c];
+}
+
+// dx = gamma * inv_std * (dy - dbeta / M - (x - mean) * inv_std * dgamma / M), M = N * HW.
+template <typename T>
+__global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict__ x,
+                                  const T* __restrict__ mean, const T* __restrict__ inv_std,
+                                  const T* __restrict__ gamma, const T* __restrict__ dgamma,
+                                  const T* __restrict__ dbeta, T* __restrict__ dx, int total,
+                                  T inv_M, unsigned int hw_d, unsigned int hw_mul,
+                                  unsigned int hw_shr, unsigned int c_d, unsigned int c_mul,
+                                  unsigned int c_shr) {
+    const FastDivmod hw_div{hw_d, hw_mul, hw_shr}, c_div{c_d, c_mul, c_shr};
+    constexpr int P = Pack<T>::N;
+    const int stride = gridDim.x * blockDim.x;
+    const int t0 = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool packed = hw_d % P == 0 && gpunet::is_aligned16(dy) && gpunet::is_aligned16(x) &&
+                        gpunet::is_aligned16(dx);
+    if (packed) {
+        const Pack<T>* dyp = reinterpret_cast<const Pack<T>*>(dy);
+        const Pack<T>* xp = reinterpret_cast<const Pack<T>*>(x);
+        Pack<T>* dxp = reinterpret_cast<Pack<T>*>(dx);
+        for (long long q = t0; q < total / P; q += stride) {
+            unsigned int row, c, unused;
+            row = hw_div.div(static_cast<unsigned int>(q * P));
+            c_div.divmod(row, unused, c);
+            const T is = inv_std[c], mu = mean[c];
+            const T a = gamma[c] * is, k1 = dbeta[c] * inv_M, k2 = dgamma[c] * is * inv_M;
+            const Pack<T> g = dyp[q];
+            Pack<T> v = xp[q];
+#pragma unroll
+            for (int k = 0; k < P; ++k) v.v[k] = a * (g.v[k] - k1 - (v.v[k] - mu) * k2);
+            dxp[q] = v;
+        }
+    } else {
+        for (long long i = t0; i < total; i += stride) {
+            unsigned int row, c, unused;
+            row = hw_div.div(static_cast<unsigned int>(i));
+            c_div.divmod(row, unused, c);
+            const T is = inv_std[c];
+            dx[i] = gamma[c] * is *
+                    (dy[i] - dbeta[c] * inv_M - (x[i] - mean[c]) * (dgamma[c] * is * inv_M));
+        }
+    }
+}
+
+#define GPUNET_BATCHNORM_INSTANTIATE(T)                                                        \
+    template __global__ void bn_stats_partial<T>(const T*, int, int, int, int, T*);            \
+    template __global__ void bn_stats_finalize<T>(const T*, int, int, T, T*, T*, T*);          \
+    template __global__ void bn_forward_apply<T>(const T*, const T*, const T*, const T*,       \
+                                                 const T*, T*, int, unsigned int,              \
+                                                 unsigned int, unsigned int, unsigned int,     \
+                                                 unsigned int, unsigned int);                  \
+    template __global__ void bn_backward_reduce_partial<T>(const T*, const T*, const T*, int,  \
+                                                           int, int, int, T*);                 \
+    template __global__ void bn_backward_finalize<T>(const T*, int, int, const T*, T*, T*);    \
+    template __global__ void bn_backward_apply<T>(const T*, const T*, const T*, const T*,      \
+                                                  const T*, const T*, const T*, T*, int, T,    \
+                                                  unsigned int, unsigned int, unsigned int,    \
+                                                  unsigned int, unsigned int, unsigned int);
+
+GPUNET_BATCHNORM_INSTANTIATE(float)
+GPUNET_BATCHNORM_INSTANTIATE(double)

@@ -1,0 +1,201 @@
+// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, Welford (+ welford_combine, warp_welford, block_welford), online_lse_combine
+//
+// Shared device helpers of the gpunet kernels. Compiled at run time by NVRTC (through
+// CuPy) and ahead of time by nvcc in CI, so: no host headers (<cmath>, <cfloat>), no
+// host-only macros (INFINITY, FLT_MAX), and every helper is __device__ (or
+// __host__ __device__ when a host test compiles it too).
+//
+// Conventions: reductions are over a full warp (32 lanes, mask 0xffffffff) or over a
+// whole block whose size is a multiple of 32 and at most 1024. Block reductions take a
+// __shared__ scratch array of at least 32 elements and return the result to every thread.
+#pragma once
+
+namespace gpunet {
+
+// ---------------------------------------------------------------------------------------
+// Counter-based hash, bit for bit the one in gpunet/random.py (Chris Wellons' lowbias32).
+// The host computes the keys (k1, k2) of a stream (seed, offset); element i gets
+//     bits[i] = mix32(mix32(i + k1) ^ k2)          (all arithmetic modulo 2**32)
+// ---------------------------------------------------------------------------------------
+__host__ __device__ __forceinline__ unsigned int mix32(unsigned int x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+__host__ __device__ __forceinline__ unsigned int counter_bits(unsigned int i, unsigned int k1,
+                                                              unsigned int k2) {
+    return mix32(mix32(i + k1) ^ k2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Element-type helpers: -inf without INFINITY, and math overloads that pick the float or
+// double routine (accurate versions; CuPy adds -ftz=true, nothing else).
+// ---------------------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
+template <> __device__ __forceinline__ double neg_inf<double>() {
+    return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull));
+}
+
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+__device__ __forceinline__ float dev_log(float x) { return logf(x); }
+__device__ __forceinline__ double dev_log(double x) { return log(x); }
+__device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float dev_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double dev_max(double a, double b) { return fmax(a, b); }
+
+// 16-byte pack of T (float4- / double2-sized) for vectorized loads and stores; a pointer
+// may be reinterpreted as Pack<T>* only when is_aligned16 says so (CuPy allocations are
+// 256-byte aligned, views with an offset need not be).
+template <typename T> struct alignas(16) Pack {
+    static constexpr int N = 16 / sizeof(T);
+    T v[N];
+};
+
+__device__ __forceinline__ bool is_aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
+}
+
+// ---------------------------------------------------------------------------------------
+// Division by a run-time constant d >= 1 without the ~20-instruction integer divide:
+// q = umulhi(n, mul) >> shr, exact for 0 <= n < 2**31 (the host, gpunet/cuda.py
+// fast_divmod_constants, computes mul = ceil(2**(31+l) / d), shr = l - 1 with
+// l = ceil(log2 d); d == 1 is mul = 0 and handled by `is_one`). Launchers check n < 2**31.
+// ---------------------------------------------------------------------------------------
+__host__ __device__ __forceinline__ unsigned int umulhi32(unsigned int a, unsigned int b) {
+#ifdef __CUDA_ARCH__
+    return __umulhi(a, b);
+#else
+    return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32);
+#endif
+}
+
+struct FastDivmod {
+    unsigned int d;
+    unsigned int mul;
+    unsigned int shr;
+    __host__ __device__ __forceinline__ unsigned int div(unsigned int n) const {
+        return d == 1u ? n : (umulhi32(n, mul) >> shr);
+    }
+    // q = n / d, r = n % d
+    __host__ __device__ __forceinline__ void divmod(unsigned int n, unsigned int& q,
+                                                    unsigned int& r) const {
+        q = div(n);
+        r = n - q * d;
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// Warp and block reductions.
+// ---------------------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = dev_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Every thread of the block must call it; `scratch` holds >= 32 elements.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : T(0);
+    return warp_sum(v);
+}
+
+template <typename T> __device__ __forceinline__ T block_max(T v, T* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : neg_inf<T>();
+    return warp_max(v);
+}
+
+// ---------------------------------------------------------------------------------------
+// Welford statistics (count n, mean, m2 = sum of squared deviations) and Chan et al.'s
+// pairwise combine:  delta = b.mean - a.mean,  n = a.n + b.n,
+//     mean = a.mean + delta * b.n / n,   m2 = a.m2 + b.m2 + delta^2 * a.n * b.n / n.
+// The count is held in T: exact below 2**24 per partial in float, which the launchers
+// keep to (a partial covers at most a few million elements only when in double).
+// ---------------------------------------------------------------------------------------
+template <typename T> struct Welford {
+    T n;
+    T mean;
+    T m2;
+};
+
+template <typename T>
+__host__ __device__ __forceinline__ Welford<T> welford_combine(Welford<T> a, Welford<T> b) {
+    const T n = a.n + b.n;
+    if (n == T(0)) return a;
+    const T delta = b.mean - a.mean;
+    const T wb = b.n / n;
+    Welford<T> r;
+    r.n = n;
+    r.mean = a.mean + delta * wb;
+    r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+    return r;
+}
+
+template <typename T> __device__ __forceinline__ Welford<T> warp_welford(Welford<T> w) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        Welford<T> other;
+        other.n = __shfl_xor_sync(0xffffffffu, w.n, o);
+        other.mean = __shfl_xor_sync(0xffffffffu, w.mean, o);
+        other.m2 = __shfl_xor_sync(0xffffffffu, w.m2, o);
+        w = welford_combine(w, other);
+    }
+    return w;
+}
+
+// `scratch` holds >= 32 Welford<T>; every thread gets the block's statistics.
+template <typename T>
+__device__ __forceinline__ Welford<T> block_welford(Welford<T> w, Welford<T>* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    w = warp_welford(w);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = w;
+    __syncthreads();
+    if (lane < nwarps) {
+        w = scratch[lane];
+    } else {
+        w.n = T(0);
+        w.mean = T(0);
+        w.m2 = T(0);
+    }
+    return warp_welford(w);
+}
+
+// ---------------------------------------------------------------------------------------
+// Online log-sum-exp: a running (max m, sum s of exp(x - m)) pair; combining two pairs
+// rescales the smaller-max sum. An empty pair is (-inf, 0) and combines to the other.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void online_lse_combine(T& m, T& s, T m_other, T s_other) {
+    const T mx = dev_max(m, m_other);
+    if (mx == neg_inf<T>()) return;  // both empty: avoid exp(-inf - -inf) = nan
+    s = s * dev_exp(m - mx) + s_other * dev_exp(m_other - mx);
+    m = mx;
+}
+
+}  // namespace gpunet

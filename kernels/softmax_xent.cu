@@ -1,0 +1,356 @@
+// defines: softmax_xent_hard_warp<T, ITEMS>, softmax_xent_hard_block<T>, softmax_xent_soft_warp<T, ITEMS>, softmax_xent_soft_block<T> (T = float, double; ITEMS = 8, 32)
+//
+// Fused softmax cross-entropy: one kernel computes every row's loss and the gradient of
+// the mean loss, so the softmax is never written to memory.
+//
+// Row r of logits z (C classes), target t, smoothing eps, scale = 1 / N_valid:
+//     hard label y:   t_j = (1 - eps) [j == y] + eps / C
+//     soft target q:  t_j = (1 - eps) q_j     + eps / C
+//     lse = m + log(sum_j exp(z_j - m)),  m = max_j z_j     (finite for logits of +-1e4)
+//     row_loss[r] = sum_j t_j (lse - z_j)
+//     dlogits[r, j] = (softmax_j * sum_k t_k - t_j) * scale    (= (softmax - t) * scale
+//                                                                for targets summing to 1)
+// A hard-label row whose label equals ignore_index (when has_ignore) gets loss 0 and a
+// zero gradient. Labels are range-checked by the launcher before the launch; the kernels
+// never index memory with a label (they compare j == y while scanning), so a bad label
+// could not write out of bounds anyway.
+//
+// Two shapes of work:
+//   *_warp<T, ITEMS>: one warp per row, C <= 32 * ITEMS; lane l holds z[l + 32 k] in
+//       registers, so logits are read once (max, then sum of exps, then the gradient).
+//   *_block<T>: one block per row for larger C. Pass 1 reads the row once with an online
+//       (max, sum-exp) per thread; pass 2 re-reads it (mostly from L2) to write the
+//       gradient. Loads are 16-byte packs when C is a multiple of the pack width
+//       and the arrays are 16-byte aligned.
+// Sums of logits are taken relative to a shift (the row max, or the row's first logit in
+// the block kernels) so that logits of 1e4 do not cancel catastrophically.
+#include "common.cuh"
+
+using gpunet::neg_inf;
+using gpunet::dev_exp;
+using gpunet::dev_log;
+using gpunet::dev_max;
+using gpunet::Pack;
+
+namespace {
+
+template <typename T> __device__ __forceinline__ void warp_lse(T& m, T& s) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const T m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const T s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        gpunet::online_lse_combine(m, s, m2, s2);
+    }
+}
+
+// Every thread gets the block's (max, sum of exp(z - max)).
+template <typename T> __device__ __forceinline__ void block_lse(T& m, T& s, T* sm, T* ss) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    warp_lse(m, s);
+    __syncthreads();
+    if (lane == 0) {
+        sm[warp] = m;
+        ss[warp] = s;
+    }
+    __syncthreads();
+    m = lane < nwarps ? sm[lane] : neg_inf<T>();
+    s = lane < nwarps ? ss[lane] : T(0);
+    warp_lse(m, s);
+}
+
+// Fold P candidate values (some may be -inf = absent) into a running (m, s).
+template <typename T, int P>
+__device__ __forceinline__ void lse_update(T& m, T& s, const T (&v)[P]) {
+    T lm = v[0];
+#pragma unroll
+    for (int k = 1; k < P; ++k) lm = dev_max(lm, v[k]);
+    const T mn = dev_max(m, lm);
+    if (mn == neg_inf<T>()) return;
+    T acc = s * dev_exp(m - mn);
+#pragma unroll
+    for (int k = 0; k < P; ++k) acc += dev_exp(v[k] - mn);
+    s = acc;
+    m = mn;
+}
+
+template <typename T> __device__ __forceinline__ void zero_row(T* dz, int C, int tid, int nthreads) {
+    for (int j = tid; j < C; j += nthreads) dz[j] = T(0);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Hard labels (int64), one warp per row.
+// ---------------------------------------------------------------------------------------
+template <typename T, int ITEMS>
+__global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
+                                       const long long* __restrict__ labels,
+                                       T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
+                                       int C, T eps, long long ignore_index, int has_ignore,
+                                       T scale) {
+    const int lane = threadIdx.x & 31;
+    const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;  // the whole warp leaves together
+    const T* z = logits + row * C;
+    T* dz = dlogits + row * C;
+    const long long y = labels[row];
+    if (has_ignore && y == ignore_index) {
+        zero_row(dz, C, lane, 32);
+        if (lane == 0) row_loss[row] = T(0);
+        return;
+    }
+    T v[ITEMS];
+    T m = neg_inf<T>();
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        v[k] = j < C ? z[j] : neg_inf<T>();
+        m = dev_max(m, v[k]);
+    }
+    m = gpunet::warp_max(m);
+    // s = sum exp(z - m); dsum = sum (z - m); dy = z_y - m
+    T s = T(0), dsum = T(0), dy = T(0);
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        if (j < C) {
+            const T d = v[k] - m;
+            dsum += d;
+            if (j == y) dy = d;
+            v[k] = dev_exp(d);
+            s += v[k];
+        }
+    }
+    s = gpunet::warp_sum(s);
+    dsum = gpunet::warp_sum(dsum);
+    dy = gpunet::warp_sum(dy);  // one lane holds it, the others 0
+    const T on = T(1) - eps, off = eps / T(C);
+    const T inv_s = T(1) / s;
+    if (lane == 0) row_loss[row] = dev_log(s) - on * dy - off * dsum;
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        if (j < C) dz[j] = (v[k] * inv_s - off - (j == y ? on : T(0))) * scale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hard labels (int64), one block per row.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void softmax_xent_hard_block(const T* __restrict__ logits,
+                                        const long long* __restrict__ labels,
+                                        T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
+                                        int C, T eps, long long ignore_index, int has_ignore,
+                                        T scale) {
+    __shared__ T sm[32], ss[32];
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const long long row = blockIdx.x;
+    if (row >= N) return;
+    const T* z = logits + row * C;
+    T* dz = dlogits + row * C;
+    const long long y = labels[row];
+    if (has_ignore && y == ignore_index) {
+        zero_row(dz, C, tid, nt);
+        if (tid == 0) row_loss[row] = T(0);
+        return;
+    }
+    constexpr int P = Pack<T>::N;
+    const bool packed =
+        (C % P) == 0 && gpunet::is_aligned16(logits) && gpunet::is_aligned16(dlogits);
+    const T K = z[0];  // shift for the sum of logits
+    T m = neg_inf<T>(), s = T(0), dsum = T(0), zy = T(0);
+    if (packed) {
+        const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
+        for (int q = tid; q < C / P; q += nt) {
+            const Pack<T> pk = zp[q];
+            lse_update(m, s, pk.v);
+#pragma unroll
+            for (int k = 0; k < P; ++k) {
+                dsum += pk.v[k] - K;
+                if (q * P + k == y) zy = pk.v[k];
+            }
+        }
+    } else {
+        for (int j0 = tid; j0 < C; j0 += 4 * nt) {
+            T v[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int j = j0 + k * nt;
+                v[k] = j < C ? z[j] : neg_inf<T>();
+                if (j < C) {
+                    dsum += v[k] - K;
+                    if (j == y) zy = v[k];
+                }
+            }
+            lse_update(m, s, v);
+        }
+    }
+    block_lse(m, s, sm, ss);
+    dsum = gpunet::block_sum(dsum, sm);
+    zy = gpunet::block_sum(zy, sm);
+    const T on = T(1) - eps, off = eps / T(C);
+    // sum (z - m) = sum (z - K) - C (m - K);  loss = log s - on (z_y - m) - off sum (z - m)
+    if (tid == 0)
+        row_loss[row] = dev_log(s) - on * (zy - m) - off * (dsum - T(C) * (m - K));
+    const T inv_s = T(1) / s;
+    if (packed) {
+        const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
+        Pack<T>* dp = reinterpret_cast<Pack<T>*>(dz);
+        for (int q = tid; q < C / P; q += nt) {
+            Pack<T> pk = zp[q];
+#pragma unroll
+            for (int k = 0; k < P; ++k)
+                pk.v[k] = (dev_exp(pk.v[k] - m) * inv_s - off - (q * P + k == y ? on : T(0))) * scale;
+            dp[q] = pk;
+        }
+    } else {
+        for (int j = tid; j < C; j += nt)
+            dz[j] = (dev_exp(z[j] - m) * inv_s - off - (j == y ? on : T(0))) * scale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Soft targets (N, C) of T, one warp per row. z lives in registers; q is read twice
+// (the second time from L1), because its loss terms need the row max first.
+// ---------------------------------------------------------------------------------------
+template <typename T, int ITEMS>
+__global__ void softmax_xent_soft_warp(const T* __restrict__ logits, const T* __restrict__ target,
+                                       T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
+                                       int C, T eps, T scale) {
+    const int lane = threadIdx.x & 31;
+    const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const T* z = logits + row * C;
+    const T* q = target + row * C;
+    T* dz = dlogits + row * C;
+    T v[ITEMS];
+    T m = neg_inf<T>();
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        v[k] = j < C ? z[j] : neg_inf<T>();
+        m = dev_max(m, v[k]);
+    }
+    m = gpunet::warp_max(m);
+    const T on = T(1) - eps, off = eps / T(C);
+    // s = sum exp(z - m); tsum = sum t; tdot = sum t (z - m)
+    T s = T(0), tsum = T(0), tdot = T(0);
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        if (j < C) {
+            const T t = on * q[j] + off;
+            const T d = v[k] - m;
+            tsum += t;
+            tdot += t * d;
+            v[k] = dev_exp(d);
+            s += v[k];
+        }
+    }
+    s = gpunet::warp_sum(s);
+    tsum = gpunet::warp_sum(tsum);
+    tdot = gpunet::warp_sum(tdot);
+    // sum t (lse - z) = tsum (m + log s) - sum t z = tsum log s - sum t (z - m)
+    if (lane == 0) row_loss[row] = tsum * dev_log(s) - tdot;
+    const T w = tsum / s;
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        if (j < C) dz[j] = (v[k] * w - (on * q[j] + off)) * scale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Soft targets, one block per row.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* __restrict__ target,
+                                        T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
+                                        int C, T eps, T scale) {
+    __shared__ T sm[32], ss[32];
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const long long row = blockIdx.x;
+    if (row >= N) return;
+    const T* z = logits + row * C;
+    const T* q = target + row * C;
+    T* dz = dlogits + row * C;
+    const T on = T(1) - eps, off = eps / T(C);
+    const T K = z[0];
+    // tsum = sum t; tdot = sum t (z - K)
+    T m = neg_inf<T>(), s = T(0), tsum = T(0), tdot = T(0);
+    constexpr int P = Pack<T>::N;
+    const bool packed = (C % P) == 0 && gpunet::is_aligned16(logits) &&
+                        gpunet::is_aligned16(target) && gpunet::is_aligned16(dlogits);
+    if (packed) {
+        const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
+        const Pack<T>* qp = reinterpret_cast<const Pack<T>*>(q);
+        for (int i = tid; i < C / P; i += nt) {
+            const Pack<T> pz = zp[i];
+            const Pack<T> pq = qp[i];
+            lse_update(m, s, pz.v);
+#pragma unroll
+            for (int k = 0; k < P; ++k) {
+                const T t = on * pq.v[k] + off;
+                tsum += t;
+                tdot += t * (pz.v[k] - K);
+            }
+        }
+    } else {
+        for (int j0 = tid; j0 < C; j0 += 4 * nt) {
+            T v[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int j = j0 + k * nt;
+                v[k] = j < C ? z[j] : neg_inf<T>();
+                if (j < C) {
+                    const T t = on * q[j] + off;
+                    tsum += t;
+                    tdot += t * (v[k] - K);
+                }
+            }
+            lse_update(m, s, v);
+        }
+    }
+    block_lse(m, s, sm, ss);
+    tsum = gpunet::block_sum(tsum, sm);
+    tdot = gpunet::block_sum(tdot, sm);
+    // sum t (lse - z) = tsum (m - K + log s) - sum t (z - K)
+    if (tid == 0) row_loss[row] = tsum * ((m - K) + dev_log(s)) - tdot;
+    const T w = tsum / s;
+    if (packed) {
+        const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
+        const Pack<T>* qp = reinterpret_cast<const Pack<T>*>(q);
+        Pack<T>* dp = reinterpret_cast<Pack<T>*>(dz);
+        for (int i = tid; i < C / P; i += nt) {
+            Pack<T> pz = zp[i];
+            const Pack<T> pq = qp[i];
+#pragma unroll
+            for (int k = 0; k < P; ++k)
+                pz.v[k] = (dev_exp(pz.v[k] - m) * w - (on * pq.v[k] + off)) * scale;
+            dp[i] = pz;
+        }
+    } else {
+        for (int j = tid; j < C; j += nt)
+            dz[j] = (dev_exp(z[j] - m) * w - (on * q[j] + off)) * scale;
+    }
+}
+
+// Explicit instantiations: nvcc compiles every variant the loader asks NVRTC for.
+#define GPUNET_SOFTMAX_XENT_INSTANTIATE(T)                                                     \
+    template __global__ void softmax_xent_hard_warp<T, 8>(const T*, const long long*, T*, T*,   \
+                                                          int, int, T, long long, int, T);     \
+    template __global__ void softmax_xent_hard_warp<T, 32>(const T*, const long long*, T*, T*,  \
+                                                           int, int, T, long long, int, T);    \
+    template __global__ void softmax_xent_hard_block<T>(const T*, const long long*, T*, T*, int, \
+                                                        int, T, long long, int, T);            \
+    template __global__ void softmax_xent_soft_warp<T, 8>(const T*, const T*, T*, T*, int, int,  \
+                                                          T, T);                               \
+    template __global__ void softmax_xent_soft_warp<T, 32>(const T*, const T*, T*, T*, int, int, \
+                                                           T, T);                              \
+    template __global__ void softmax_xent_soft_block<T>(const T*, const T*, T*, T*, int, int, T, \
+                                                        T);
+
+GPUNET_SOFTMAX_XENT_INSTANTIATE(float)
+GPUNET_SOFTMAX_XENT_INSTANTIATE(double)
