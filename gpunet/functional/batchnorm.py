@@ -1,0 +1,114 @@
+"""Batch normalization, forward above backward, one op over ``(N, C)`` or ``(N, C, H, W)``.
+
+Statistics are per channel ``c`` (axis 1), over the ``M = N·H·W`` values of the batch
+(``M = N`` for 2-D input):
+
+    mean_c = Σ x / M,   var_c = Σ (x - mean_c)² / M          (biased: used to normalize)
+    inv_std_c = 1 / sqrt(var_c + eps)
+    x̂ = (x - mean_c) · inv_std_c,      y = gamma_c · x̂ + beta_c
+
+Backward (the closed form, with the sums over the same M values of a channel):
+
+    dbeta_c  = Σ dy,      dgamma_c = Σ dy · x̂
+    dx = gamma_c · inv_std_c / M · (M·dy - dbeta_c - x̂ · dgamma_c)
+
+A constant channel has ``var = 0``, so ``inv_std = 1/sqrt(eps)``, ``x̂ = 0``, ``y = beta``,
+and the gradient stays finite. ``gamma``/``beta`` may be None (no affine part: gamma 1,
+beta 0). The running statistics (momentum, unbiased variance) are the layer's business
+(``gpunet.layers.BatchNorm``); ``batch_norm_eval`` applies them.
+
+Everything is computed in ``x``'s dtype (``eps`` is a Python float). When ``x`` is a CuPy
+array, the fused kernels of ``kernels/batchnorm.cu`` (through ``gpunet.cuda``) run instead
+of the NumPy body.
+"""
+from __future__ import annotations
+
+import numpy
+
+from ..backend import get_array_module
+
+
+def _axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _bcast(x):
+    """Shape that broadcasts a per-channel ``(C,)`` vector against ``x``."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _affine_or_identity(x, gamma, beta, xp):
+    c = x.shape[1]
+    if gamma is None:
+        gamma = xp.ones(c, dtype=x.dtype)
+    if beta is None:
+        beta = xp.zeros(c, dtype=x.dtype)
+    return gamma, beta
+
+
+def batch_norm_forward(x, gamma, beta, eps=1e-5):
+    """Training-mode batch norm. ``x (N, C[, H, W])``, ``gamma``/``beta`` ``(C,)`` or None.
+
+    Returns ``(y, mean, var, inv_std)``: ``y`` like ``x``; the batch statistics ``(C,)``,
+    ``var`` biased (divided by M).
+    """
+    xp = get_array_module(x, gamma, beta)
+    eps = float(eps)
+    if xp is not numpy:
+        from .. import cuda
+        gamma, beta = _affine_or_identity(x, gamma, beta, xp)
+        return cuda.batchnorm_forward(x, gamma, beta, eps)
+    axes, s = _axes(x), _bcast(x)
+    mean = x.mean(axis=axes)
+    y = x - mean.reshape(s)                 # two passes: stable when |mean| >> std
+    var = (y * y).mean(axis=axes)
+    inv_std = 1.0 / numpy.sqrt(var + eps)
+    y *= inv_std.reshape(s)                 # x̂
+    if gamma is not None:
+        y *= gamma.reshape(s)
+    if beta is not None:
+        y += beta.reshape(s)
+    return y, mean, var, inv_std
+
+
+def batch_norm_backward(dy, x, gamma, mean, inv_std):
+    """Gradients of training-mode batch norm; ``mean``/``inv_std`` are the forward's.
+
+    Returns ``(dx, dgamma, dbeta)`` (``dgamma``/``dbeta`` ``(C,)``, computed even when
+    ``gamma`` is None: they are then the gradients of an identity affine part).
+    """
+    xp = get_array_module(dy, x, gamma, mean, inv_std)
+    if xp is not numpy:
+        from .. import cuda
+        g, _ = _affine_or_identity(x, gamma, None, xp)
+        return cuda.batchnorm_backward(dy, x, g, mean, inv_std)
+    axes, s = _axes(x), _bcast(x)
+    m = x.size // x.shape[1]
+    xhat = x - mean.reshape(s)
+    xhat *= inv_std.reshape(s)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    k = inv_std * (1.0 / m) if gamma is None else gamma * inv_std * (1.0 / m)
+    dx = dy * float(m)
+    dx -= dbeta.reshape(s)
+    xhat *= dgamma.reshape(s)
+    dx -= xhat
+    dx *= k.reshape(s)
+    return dx, dgamma, dbeta
+
+
+def batch_norm_eval(x, running_mean, running_var, gamma, beta, eps=1e-5):
+    """Eval-mode batch norm with fixed statistics:
+    ``y = (x - running_mean) / sqrt(running_var + eps) · gamma + beta``, folded into one
+    per-channel scale and shift. The statistics are cast to ``x``'s dtype."""
+    xp = get_array_module(x, running_mean, running_var, gamma, beta)
+    s = _bcast(x)
+    scale = 1.0 / xp.sqrt(running_var.astype(x.dtype, copy=False) + float(eps))
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -running_mean.astype(x.dtype, copy=False) * scale
+    if beta is not None:
+        shift += beta
+    y = x * scale.reshape(s)
+    y += shift.reshape(s)
+    return y

@@ -1,0 +1,103 @@
+"""Dropout, forward above backward, with a mask that is regenerated instead of stored.
+
+The mask of a draw is a pure function of ``(seed, counter, element)`` through the
+counter-based hash of ``gpunet.random``: element ``i`` is kept iff
+
+    random_bits(seed, counter, shape)[i] >> 8  >=  keep_threshold(p)
+
+i.e. ``uniform[i] >= p`` computed exactly on integers, so each element survives with
+probability ``1 - p`` and the same ``(seed, counter)`` gives the same mask on NumPy and on
+CuPy. The backward regenerates the mask from the same pair, so no mask is kept in memory.
+
+Two conventions (``mode``), with the same expected activation at train and at eval:
+
+* ``"inverted"`` (PyTorch, Keras): train ``y = x·m / (1-p)``, eval ``y = x``;
+* ``"classic"`` (the course's, Srivastava et al. 2014): train ``y = x·m``, eval
+  ``y = x·(1-p)``.
+
+``dropout_forward``/``dropout_backward`` are the training-mode op; ``dropout_eval`` is the
+eval-mode map. ``m`` is 0 or 1, so the backward is the same map as the forward:
+``dx = dy·m·scale``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy
+
+from ..backend import get_array_module
+from ..random import keep_threshold, keys, random_bits
+
+MODES = ("inverted", "classic")
+
+
+def check_p(p, owner="dropout"):
+    """Return ``p`` as a Python float, or raise ``ValueError`` unless ``0 <= p < 1``."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{owner}: p must be a number in [0, 1), got {type(p).__name__} {p!r}")
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{owner}: p (the drop probability) must lie in [0, 1), got {p!r}")
+    return p
+
+
+def check_mode(mode, owner="dropout"):
+    if mode not in MODES:
+        raise ValueError(f"{owner}: mode must be 'inverted' or 'classic', got {mode!r}")
+    return mode
+
+
+def train_scale(p, mode="inverted") -> float:
+    """The factor applied to kept elements in training: ``1/(1-p)`` (inverted) or 1."""
+    return 1.0 / (1.0 - p) if check_mode(mode) == "inverted" else 1.0
+
+
+def keep_mask(shape, p, seed, counter, xp=numpy):
+    """Boolean array of ``shape``: True where draw ``(seed, counter)`` keeps the element."""
+    t = keep_threshold(check_p(p))
+    bits = random_bits(seed, counter, shape, xp)
+    # bits >> 8 >= t  <=>  bits >= t * 256 (integers, t < 2**24 since p < 1): saves a pass.
+    return bits >= xp.uint32(t << 8)
+
+
+def _masked_scale(a, p, seed, counter, scale):
+    """NumPy body of forward and backward, which are one map: ``a · m(seed, counter) · scale``."""
+    if p == 0.0:
+        return a.copy()
+    y = a * keep_mask(a.shape, p, seed, counter, numpy)     # one compare, one multiply
+    if scale != 1.0:
+        y *= scale            # a Python float: stays in a's dtype
+    return y
+
+
+def dropout_forward(x, p, seed, counter, mode="inverted"):
+    """Training-mode dropout: ``y = x · m · scale``, ``scale = 1/(1-p)`` (inverted) or 1
+    (classic); ``m`` is the mask of draw ``(seed, counter)``. Any shape; ``y`` has ``x``'s
+    shape and dtype."""
+    p = check_p(p)
+    scale = train_scale(p, mode)
+    if get_array_module(x) is not numpy:
+        from .. import cuda
+        k1, k2 = keys(seed, counter)
+        return cuda.dropout_forward(x, k1, k2, keep_threshold(p), scale)
+    return _masked_scale(x, p, seed, counter, scale)
+
+
+def dropout_backward(dy, p, seed, counter, mode="inverted"):
+    """``dx = dy · m · scale`` with the mask regenerated from the forward's ``(seed, counter)``."""
+    p = check_p(p)
+    scale = train_scale(p, mode)
+    if get_array_module(dy) is not numpy:
+        from .. import cuda
+        k1, k2 = keys(seed, counter)
+        return cuda.dropout_backward(dy, k1, k2, keep_threshold(p), scale)
+    return _masked_scale(dy, p, seed, counter, scale)
+
+
+def dropout_eval(x, p, mode="inverted"):
+    """Eval-mode dropout: ``x`` itself (inverted) or ``x · (1-p)`` (classic), which is the
+    expectation of the training output over masks in both modes."""
+    p = check_p(p)
+    if check_mode(mode) == "inverted":
+        return x
+    return x * (1.0 - p)

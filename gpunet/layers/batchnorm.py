@@ -1,0 +1,102 @@
+"""Batch normalization over the channel axis of ``(N, C)`` or ``(N, C, H, W)`` input."""
+from __future__ import annotations
+
+import numbers
+
+import numpy
+
+from ..backend import get_array_module
+from ..functional import batchnorm as F
+from .base import Layer, Parameter, check_input
+
+
+class BatchNorm(Layer):
+    """BatchNorm(num_features, eps=1e-5, momentum=0.1, affine=True), PyTorch's conventions.
+
+    Input ``(N, C)`` (like ``BatchNorm1d``) or ``(N, C, H, W)`` (like ``BatchNorm2d``),
+    ``C = num_features``; statistics per channel over the other axes.
+
+    * Training: normalize with the batch mean and the **biased** batch variance,
+      ``y = gamma·(x - mean)/sqrt(var + eps) + beta`` (see ``gpunet.functional.batchnorm``),
+      then update the buffers ``running = (1 - momentum)·running + momentum·batch``, where
+      the running variance takes the **unbiased** batch variance ``var·M/(M-1)``
+      (``M = N·H·W``). Needs ``M > 1``.
+    * Eval: normalize with ``running_mean`` and ``running_var`` (nothing is updated).
+
+    ``gamma`` (init 1) and ``beta`` (init 0) are Parameters with ``decay=False`` (exempt
+    from L1/L2); ``affine=False`` gives a layer without parameters. ``running_mean`` (init
+    0) and ``running_var`` (init 1) are float32 arrays and plain attributes, read at every
+    call, so they may be reassigned; the updates keep their dtype (never promoted by a
+    float64 scalar). ``momentum`` is the weight of the new batch (PyTorch's meaning, the
+    complement of Keras'); the cumulative average of PyTorch's ``momentum=None`` is not
+    offered.
+
+    The input dtype must equal the parameters' dtype (any floating dtype with
+    ``affine=False``).
+    """
+
+    _buffers = ("running_mean", "running_var")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features <= 0:
+            raise ValueError(f"BatchNorm: num_features must be a positive int, got {num_features!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"BatchNorm: eps must be a positive number, got {eps!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
+        c = int(num_features)
+        self.num_features = c
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.gamma = Parameter(numpy.ones(c, numpy.float32), "gamma", decay=False) if affine else None
+        self.beta = Parameter(numpy.zeros(c, numpy.float32), "beta", decay=False) if affine else None
+        self.running_mean = numpy.zeros(c, numpy.float32)
+        self.running_var = numpy.ones(c, numpy.float32)
+        self._cache = None
+
+    def _check(self, x):
+        dtype = self.gamma.data.dtype if self.affine else None
+        check_input(self, x, ndim=(2, 4), dtype=dtype, features=self.num_features, axis=1)
+
+    def forward(self, x):
+        self._check(x)
+        g = self.gamma.data if self.affine else None
+        b = self.beta.data if self.affine else None
+        if not self.training:
+            return F.batch_norm_eval(x, self.running_mean, self.running_var, g, b, self.eps)
+        m = x.size // self.num_features
+        if m < 2:
+            raise ValueError(f"BatchNorm: training needs more than one value per channel to estimate a "
+                             f"variance, got input shape {tuple(x.shape)}")
+        y, mean, var, inv_std = F.batch_norm_forward(x, g, b, self.eps)
+        self._update_running(mean, var, m)
+        self._cache = (x, mean, inv_std)
+        return y
+
+    def _update_running(self, mean, var, m):
+        mom = self.momentum
+        rm, rv = self.running_mean, self.running_var
+        get_array_module(rm, rv, mean)          # a buffer on another device: TypeError, not a copy
+        unbiased = var * (m / (m - 1.0))
+        self.running_mean = rm * (1.0 - mom) + mean.astype(rm.dtype, copy=False) * mom
+        self.running_var = rv * (1.0 - mom) + unbiased.astype(rv.dtype, copy=False) * mom
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError("BatchNorm.backward called before a training-mode forward")
+        x, mean, inv_std = self._cache
+        if tuple(dy.shape) != tuple(x.shape):
+            raise ValueError(f"BatchNorm.backward: expected dy of shape {tuple(x.shape)} (the forward's), "
+                             f"got {tuple(dy.shape)}")
+        dx, dgamma, dbeta = F.batch_norm_backward(dy, x, self.gamma.data if self.affine else None,
+                                                  mean, inv_std)
+        if self.affine:
+            self.gamma.accumulate(dgamma)
+            self.beta.accumulate(dbeta)
+        return dx
+
+    def extra_repr(self):
+        a = "" if self.affine else ", affine=False"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{a}"

@@ -1,0 +1,53 @@
+"""Maxout: the max over groups of channels, a learned piecewise-linear activation."""
+from __future__ import annotations
+
+import numbers
+
+from ..functional import maxout as F
+from .base import Layer, check_input
+
+
+class Maxout(Layer):
+    """Maxout(pieces): ``(N, C·pieces, ...) → (N, C, ...)``; output ``j`` is the max of
+    inputs ``j·pieces … j·pieces + pieces - 1``; the gradient goes to the first maximal
+    input (argmax semantics).
+
+    Used after a layer with ``out·pieces`` outputs, e.g.
+    ``Sequential(Dense(64, 32 * 3), Maxout(3))``: each unit is then
+    ``max_k (w_k·x + b_k)``, a max of ``pieces`` affine functions. Why that can learn any
+    convex piecewise-linear activation: a max of affine pieces is convex and piecewise
+    linear, and conversely every convex piecewise-linear function with ``k`` pieces is the
+    max of its ``k`` affine pieces; so ReLU (``max(0, z)``), leaky ReLU and ``|z|`` are
+    special cases with 2 pieces, and more pieces approximate any convex activation.
+
+    Any rank ≥ 2 (channels on axis 1); a channel count not divisible by ``pieces`` raises
+    ``ValueError``.
+    """
+
+    def __init__(self, pieces):
+        super().__init__()
+        if isinstance(pieces, bool) or not isinstance(pieces, numbers.Integral) or pieces < 1:
+            raise ValueError(f"Maxout: pieces must be a positive int, got {pieces!r}")
+        self.pieces = int(pieces)
+        self._idx = None
+
+    def forward(self, x):
+        check_input(self, x)
+        if x.ndim < 2 or x.shape[1] % self.pieces != 0:
+            raise ValueError(f"Maxout: expected an input (N, C*{self.pieces}, ...) whose axis 1 is a "
+                             f"multiple of pieces={self.pieces}, got shape {tuple(x.shape)}")
+        y, idx = F.maxout_forward(x, self.pieces)
+        if self.training:
+            self._idx = idx
+        return y
+
+    def backward(self, dy):
+        if self._idx is None:
+            raise RuntimeError("Maxout.backward called before a training-mode forward")
+        if tuple(dy.shape) != tuple(self._idx.shape):
+            raise ValueError(f"Maxout.backward: expected dy of shape {tuple(self._idx.shape)} "
+                             f"(the forward's output), got {tuple(dy.shape)}")
+        return F.maxout_backward(dy, self._idx, self.pieces)
+
+    def extra_repr(self):
+        return f"pieces={self.pieces}"
