@@ -36,7 +36,7 @@ def _jsonable(name, v):
                     f"list/dict of them, got {type(v).__name__}")
 
 
-def save(path, model, optimizer=None, **metadata):
+def save(path, model, optimizer=None, /, **metadata):
     """Write ``model`` (and ``optimizer``) and ``metadata`` to ``path`` atomically."""
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
               "__metadata__": numpy.asarray(json.dumps({k: _jsonable(k, v) for k, v in metadata.items()}))}
