@@ -1,0 +1,693 @@
+"""Optimizers, gradient clipping and learning-rate schedules.
+
+Every optimizer takes ``params``: a list of :class:`gpunet.layers.base.Parameter`, or
+anything with a ``.parameters()`` method (a Layer or a whole model), and updates
+``Parameter.data`` in place from ``Parameter.grad``. The update formulas are PyTorch's
+``torch.optim`` ones for the same hyper-parameters (one parameter group, ``maximize=False``,
+SGD ``dampening=0``, non-centered RMSProp, AdaGrad without ``lr_decay``).
+
+Conventions, stated once for the whole module:
+
+* ``g`` is the gradient a step uses, ``w`` the parameter, ``lr`` the current
+  ``optimizer.lr`` (a schedule changes it between steps).
+* Regularization goes into ``g`` before the update: ``weight_decay`` is L2,
+  ``g = grad + weight_decay*w``; ``l1`` is Lasso, ``g = grad + l1*sign(w)``. **Both apply
+  only to parameters with ``decay=True``**: biases and batch-norm gamma/beta
+  (``decay=False``) are exempt. PyTorch decays every parameter of a group; to reproduce
+  gpunet with PyTorch, put the ``decay=False`` parameters in a group with
+  ``weight_decay=0``. AdamW's decoupled decay is exempt on the same parameters.
+* ``Parameter.grad`` is never modified by a step (regularization works in scratch
+  memory). A parameter whose ``grad`` is None is skipped: neither its data, its state nor
+  its step count change.
+* Arithmetic runs in the parameter's dtype on the parameter's device (NumPy or CuPy,
+  through ``xp = get_array_module(p.data)``): hyper-parameters are Python floats, so a
+  float32 model stays float32. ``grad`` must have the shape and dtype of ``data``.
+* ``state_dict()`` returns NumPy arrays only (it fits in an ``.npz`` read with
+  ``allow_pickle=False``): hyper-parameters (``"lr"``, ``"momentum"``, ...), ``"num_params"``
+  and, for parameter ``i`` (its index in ``params``), ``"state.<i>.step"`` and its buffers
+  ``"state.<i>.<buffer>"``. ``load_state_dict`` restores all of it onto each parameter's
+  device and dtype, so a resumed run continues bit for bit (and loading is the way to
+  move an optimizer's state after ``model.to(device)``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from .backend import device_of, get_array_module, to_device, to_numpy
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "AdaGrad",
+    "clip_grad_norm", "clip_grad_value",
+    "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
+]
+
+
+# -- argument checks --------------------------------------------------------------------
+
+def _as_parameters(params, who, allow_empty=False):
+    """A list of Parameters from a list/iterable of them or from an object with ``.parameters()``."""
+    if callable(getattr(params, "parameters", None)):
+        params = params.parameters()
+    if hasattr(params, "shape") or isinstance(params, (str, bytes)):
+        raise TypeError(f"{who}: expected a list of Parameters or a Layer, got {type(params).__name__}")
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"{who}: expected a list of Parameters or a Layer, "
+                        f"got {type(params).__name__}") from None
+    for i, p in enumerate(params):
+        if not (hasattr(p, "data") and hasattr(p, "grad") and hasattr(p, "decay")):
+            raise TypeError(f"{who}: params[{i}] must be a Parameter (with .data, .grad and "
+                            f".decay), got {type(p).__name__}")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError(f"{who}: expected each parameter once, got a list with duplicates")
+    if not params and not allow_empty:
+        raise ValueError(f"{who}: expected at least one parameter, got an empty list")
+    return params
+
+
+def _real(who, name, value):
+    """``value`` as a Python float (never a NumPy float64 scalar), or TypeError."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{who}: expected {name} to be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: expected {name} to be a real number, got {value!r}") from None
+
+
+def _at_least(who, name, value, low=0.0):
+    v = _real(who, name, value)
+    if not v >= low:  # also rejects NaN
+        raise ValueError(f"{who}: expected {name} >= {low:g}, got {value!r}")
+    return v
+
+
+def _in_unit_interval(who, name, value):
+    v = _real(who, name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{who}: expected {name} in [0, 1), got {value!r}")
+    return v
+
+
+def _count(who, name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
+        raise TypeError(f"{who}: expected {name} to be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{who}: expected {name} >= {low}, got {value!r}")
+    return int(value)
+
+
+def _on_device_of(arr, p):
+    """A fresh copy of ``arr`` in ``p.data``'s dtype, on ``p.data``'s device."""
+    host = numpy.array(to_numpy(arr), dtype=p.data.dtype)
+    device = device_of(p.data)
+    return host if device == "cpu" else to_device(host, device)
+
+
+def _scalar_to_python(template, value):
+    """A saved hyper-parameter as the Python type of ``template`` (bool, int, float or tuple)."""
+    if isinstance(template, bool):
+        return bool(value)
+    if isinstance(template, tuple):
+        return tuple(float(v) for v in value)
+    if isinstance(template, int):
+        return int(value)
+    return float(value)
+
+
+# -- optimizers -------------------------------------------------------------------------
+
+class Optimizer:
+    """Base class: parameter list, per-parameter state and step counts, scratch memory,
+    ``zero_grad``, ``state_dict``/``load_state_dict``.
+
+    Subclasses define ``_check(h) -> h`` (validate and normalize hyper-parameters, a dict
+    in signature order), ``_buffers(h)`` (names of the per-parameter state arrays, given
+    the hyper-parameters) and ``_update(i, p, g, lr)`` (one parameter's step).
+    """
+
+    def __init__(self, params, **hyper):
+        name = type(self).__name__
+        self.params = _as_parameters(params, name)
+        for k, v in self._check(hyper).items():
+            setattr(self, k, v)
+        self._hyper_names = tuple(hyper)
+        self.state = [{} for _ in self.params]   # per parameter: buffer name -> array
+        self.steps = [0] * len(self.params)      # per parameter: updates applied so far
+        self._work = {}                          # scratch arrays, keyed by slot/dtype/device
+
+    # -- the step -----------------------------------------------------------------------
+    def step(self):
+        """Apply one update to every parameter that has a gradient."""
+        lr = float(self.lr)
+        if not lr >= 0.0:
+            raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                continue
+            if g.shape != p.data.shape or g.dtype != p.data.dtype:
+                raise ValueError(
+                    f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data "
+                    f"{tuple(p.data.shape)} {p.data.dtype} but grad {tuple(g.shape)} {g.dtype}")
+            st = self.state[i]
+            if st:
+                get_array_module(p.data, *st.values())  # TypeError if the devices differ
+                for k, v in st.items():
+                    if v.dtype != p.data.dtype:
+                        raise ValueError(
+                            f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) is "
+                            f"{p.data.dtype} but its state {k!r} is {v.dtype}; after casting a "
+                            "model, create a new optimizer or load a state_dict")
+            self.steps[i] += 1
+            self._update(i, p, g, lr)
+
+    def zero_grad(self):
+        """Set every parameter's ``grad`` to None."""
+        for p in self.params:
+            p.grad = None
+
+    def _scratch(self, p, slot):
+        """A work array shaped like ``p.data`` (same dtype and device), reused across steps.
+
+        One flat buffer per (slot, dtype, device), as large as the largest parameter, so
+        that a step allocates nothing after the first one.
+        """
+        data = p.data
+        key = (slot, data.dtype, device_of(data))
+        buf = self._work.get(key)
+        n = data.size
+        if buf is None or buf.size < n:
+            xp = get_array_module(data)
+            buf = xp.empty_like(data, shape=(n,))
+            self._work[key] = buf
+        return buf[:n].reshape(data.shape)
+
+    def _regularized(self, p, g, weight_decay, l1):
+        """``g + weight_decay*w + l1*sign(w)`` for a ``decay=True`` parameter (in scratch
+        slot 0, ``p.grad`` untouched); ``g`` itself when nothing applies."""
+        if not p.decay or (weight_decay == 0.0 and l1 == 0.0):
+            return g
+        xp = get_array_module(p.data)
+        s = self._scratch(p, 0)
+        if weight_decay != 0.0:
+            xp.multiply(p.data, weight_decay, out=s)
+            s += g
+        else:
+            xp.copyto(s, g)
+        if l1 != 0.0:
+            t = self._scratch(p, 1)
+            xp.sign(p.data, out=t)
+            t *= l1
+            s += t
+        return s
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Hyper-parameters, step counts and state buffers as NumPy arrays (see the module doc)."""
+        d = {"num_params": numpy.asarray(len(self.params), dtype=numpy.int64)}
+        for k in self._hyper_names:
+            d[k] = numpy.asarray(getattr(self, k))
+        for i, st in enumerate(self.state):
+            d[f"state.{i}.step"] = numpy.asarray(self.steps[i], dtype=numpy.int64)
+            for k, v in st.items():
+                d[f"state.{i}.{k}"] = numpy.array(to_numpy(v), copy=True)
+        return d
+
+    def load_state_dict(self, d):
+        """Restore from ``state_dict()`` output onto the parameters' devices and dtypes.
+
+        Scalars come back as Python floats/ints/bools, so nothing promotes float32
+        arithmetic to float64. Raises ``ValueError`` naming every missing key, shape
+        mismatch and a different number of parameters, before changing anything.
+        """
+        who = f"{type(self).__name__}.load_state_dict"
+        if not hasattr(d, "keys"):
+            raise TypeError(f"{who}: expected a dict of arrays, got {type(d).__name__}")
+        problems = []
+        if "num_params" not in d:
+            problems.append("missing key 'num_params'")
+        elif int(numpy.asarray(to_numpy(d["num_params"]))) != len(self.params):
+            problems.append(f"expected state for {len(self.params)} parameters, got "
+                            f"{int(numpy.asarray(to_numpy(d['num_params'])))}")
+        hyper = {}
+        for k in self._hyper_names:
+            cur = getattr(self, k)
+            want = (len(cur),) if isinstance(cur, tuple) else ()
+            if k not in d:
+                problems.append(f"missing key {k!r}")
+                continue
+            v = numpy.asarray(to_numpy(d[k]))
+            if v.shape != want:
+                problems.append(f"{k!r}: expected shape {want}, got {v.shape}")
+                continue
+            hyper[k] = _scalar_to_python(cur, v)
+        if problems:
+            raise ValueError(f"{who}: " + "; ".join(problems))
+        hyper = self._check(hyper)
+        names = self._buffers(hyper)
+        steps = []
+        for i, p in enumerate(self.params):
+            key = f"state.{i}.step"
+            if key not in d:
+                problems.append(f"missing key {key!r}")
+                steps.append(0)
+                continue
+            n = int(numpy.asarray(to_numpy(d[key])))
+            if n < 0:
+                problems.append(f"{key!r}: expected a count >= 0, got {n}")
+            steps.append(n)
+            if n == 0:
+                continue
+            for b in names:
+                key = f"state.{i}.{b}"
+                if key not in d:
+                    problems.append(f"missing key {key!r}")
+                elif tuple(numpy.shape(d[key])) != tuple(p.data.shape):
+                    problems.append(f"{key!r}: expected shape {tuple(p.data.shape)}, "
+                                    f"got {tuple(numpy.shape(d[key]))}")
+        if problems:
+            raise ValueError(f"{who}: " + "; ".join(problems))
+        for k, v in hyper.items():
+            setattr(self, k, v)
+        self.steps = steps
+        self.state = [{b: _on_device_of(d[f"state.{i}.{b}"], p) for b in names} if steps[i] else {}
+                      for i, p in enumerate(self.params)]
+        self._work = {}
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper_names)
+        return f"{type(self).__name__}({len(self.params)} parameters, {args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, L2 and L1.
+
+    With ``g = grad (+ weight_decay*w + l1*sign(w) on decay=True parameters)``::
+
+        momentum == 0:   w -= lr * g
+        momentum  > 0:   b = g at the first step, else b = momentum*b + g   (dampening 0)
+                         w -= lr * b                    (nesterov=False)
+                         w -= lr * (g + momentum*b)     (nesterov=True)
+
+    as ``torch.optim.SGD``. State: ``momentum_buffer`` (when ``momentum > 0``).
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay, l1=l1)
+
+    def _check(self, h):
+        who = type(self).__name__
+        h = dict(h)
+        h["lr"] = _at_least(who, "lr", h["lr"])
+        h["momentum"] = _at_least(who, "momentum", h["momentum"])
+        h["nesterov"] = bool(h["nesterov"])
+        h["weight_decay"] = _at_least(who, "weight_decay", h["weight_decay"])
+        h["l1"] = _at_least(who, "l1", h["l1"])
+        if h["nesterov"] and h["momentum"] == 0.0:
+            raise ValueError(f"{who}: expected momentum > 0 with nesterov=True, got momentum={h['momentum']!r}")
+        return h
+
+    def _buffers(self, h):
+        return ("momentum_buffer",) if h["momentum"] != 0.0 else ()
+
+    def _update(self, i, p, g, lr):
+        xp = get_array_module(p.data)
+        m = float(self.momentum)
+        g = self._regularized(p, g, float(self.weight_decay), float(self.l1))
+        t = self._scratch(p, 1)
+        if m != 0.0:
+            st = self.state[i]
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = g.copy()
+            else:
+                buf *= m
+                buf += g
+            if self.nesterov:
+                xp.multiply(buf, m, out=t)
+                t += g
+                t *= lr
+            else:
+                xp.multiply(buf, lr, out=t)
+        else:
+            xp.multiply(g, lr, out=t)
+        p.data -= t
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam`` (``amsgrad=False``).
+
+    With ``g = grad (+ weight_decay*w + l1*sign(w) on decay=True parameters)`` and ``t``
+    the parameter's step count (1 at its first update)::
+
+        m = beta1*m + (1-beta1)*g
+        v = beta2*v + (1-beta2)*g*g
+        w -= lr/(1-beta1**t) * m / (sqrt(v)/sqrt(1-beta2**t) + eps)
+
+    State: ``exp_avg`` (m) and ``exp_avg_sq`` (v), zeros before the first step.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1)
+
+    def _check(self, h):
+        who = type(self).__name__
+        h = dict(h)
+        h["lr"] = _at_least(who, "lr", h["lr"])
+        h["betas"] = _betas(who, h["betas"])
+        h["eps"] = _at_least(who, "eps", h["eps"])
+        h["weight_decay"] = _at_least(who, "weight_decay", h["weight_decay"])
+        if "l1" in h:
+            h["l1"] = _at_least(who, "l1", h["l1"])
+        return h
+
+    def _buffers(self, h):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _decayed_grad(self, p, g, lr):
+        return self._regularized(p, g, float(self.weight_decay), float(self.l1))
+
+    def _update(self, i, p, g, lr):
+        xp = get_array_module(p.data)
+        b1, b2 = (float(b) for b in self.betas)
+        g = self._decayed_grad(p, g, lr)
+        st = self.state[i]
+        if not st:
+            st["exp_avg"] = xp.zeros_like(p.data)
+            st["exp_avg_sq"] = xp.zeros_like(p.data)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        t = self._scratch(p, 1)
+        n = self.steps[i]
+        m *= b1
+        xp.multiply(g, 1.0 - b1, out=t)
+        m += t
+        v *= b2
+        xp.multiply(g, g, out=t)
+        t *= 1.0 - b2
+        v += t
+        step_size = lr / (1.0 - b1 ** n)
+        xp.sqrt(v, out=t)
+        t /= math.sqrt(1.0 - b2 ** n)
+        t += float(self.eps)
+        xp.divide(m, t, out=t)
+        t *= step_size
+        p.data -= t
+
+
+def _betas(who, betas):
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: expected betas to be a pair (beta1, beta2), got {betas!r}") from None
+    return (_in_unit_interval(who, "betas[0]", b1), _in_unit_interval(who, "betas[1]", b2))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``.
+
+    Before the Adam update of a ``decay=True`` parameter: ``w *= 1 - lr*weight_decay``
+    (``w -= lr*weight_decay*w``); the gradient itself is not regularized. The Adam update
+    is :class:`Adam`'s. ``decay=False`` parameters are not decayed (PyTorch would).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        Optimizer.__init__(self, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _decayed_grad(self, p, g, lr):
+        wd = float(self.weight_decay)
+        if p.decay and wd != 0.0:
+            p.data *= 1.0 - lr * wd
+        return g
+
+
+class RMSProp(Optimizer):
+    """RMSProp (Hinton), as ``torch.optim.RMSprop`` with ``centered=False``::
+
+        v = alpha*v + (1-alpha)*g*g
+        momentum == 0:  w -= lr * g / (sqrt(v) + eps)
+        momentum  > 0:  b = momentum*b + g / (sqrt(v) + eps);  w -= lr * b
+
+    State: ``square_avg`` (v) and, with momentum, ``momentum_buffer`` (b); zeros before
+    the first step.
+    """
+
+    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+
+    def _check(self, h):
+        who = type(self).__name__
+        h = dict(h)
+        h["lr"] = _at_least(who, "lr", h["lr"])
+        h["alpha"] = _in_unit_interval(who, "alpha", h["alpha"])
+        h["eps"] = _at_least(who, "eps", h["eps"])
+        h["momentum"] = _at_least(who, "momentum", h["momentum"])
+        return h
+
+    def _buffers(self, h):
+        return ("square_avg", "momentum_buffer") if h["momentum"] != 0.0 else ("square_avg",)
+
+    def _update(self, i, p, g, lr):
+        xp = get_array_module(p.data)
+        a, mom = float(self.alpha), float(self.momentum)
+        st = self.state[i]
+        if not st:
+            st["square_avg"] = xp.zeros_like(p.data)
+        if mom != 0.0 and "momentum_buffer" not in st:
+            st["momentum_buffer"] = xp.zeros_like(p.data)
+        v = st["square_avg"]
+        t = self._scratch(p, 1)
+        v *= a
+        xp.multiply(g, g, out=t)
+        t *= 1.0 - a
+        v += t
+        xp.sqrt(v, out=t)
+        t += float(self.eps)
+        xp.divide(g, t, out=t)
+        if mom != 0.0:
+            buf = st["momentum_buffer"]
+            buf *= mom
+            buf += t
+            xp.multiply(buf, lr, out=t)
+        else:
+            t *= lr
+        p.data -= t
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad (Duchi et al.), as ``torch.optim.Adagrad`` (``lr_decay=0``,
+    ``initial_accumulator_value=0``)::
+
+        s += g*g
+        w -= lr * g / (sqrt(s) + eps)
+
+    State: ``sum`` (s), zeros before the first step.
+    """
+
+    def __init__(self, params, lr=0.01, eps=1e-10):
+        super().__init__(params, lr=lr, eps=eps)
+
+    def _check(self, h):
+        who = type(self).__name__
+        return {"lr": _at_least(who, "lr", h["lr"]), "eps": _at_least(who, "eps", h["eps"])}
+
+    def _buffers(self, h):
+        return ("sum",)
+
+    def _update(self, i, p, g, lr):
+        xp = get_array_module(p.data)
+        st = self.state[i]
+        if not st:
+            st["sum"] = xp.zeros_like(p.data)
+        s = st["sum"]
+        t = self._scratch(p, 1)
+        xp.multiply(g, g, out=t)
+        s += t
+        xp.sqrt(s, out=t)
+        t += float(self.eps)
+        xp.divide(g, t, out=t)
+        t *= lr
+        p.data -= t
+
+
+# -- gradient clipping ------------------------------------------------------------------
+
+def clip_grad_norm(params, max_norm) -> float:
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``.
+
+    ``total = sqrt(sum over parameters of ||grad||^2)``; when
+    ``c = max_norm / (total + 1e-6)`` is below 1, every ``grad *= c`` in place (as
+    ``torch.nn.utils.clip_grad_norm_``). Parameters without a gradient are ignored.
+    Returns ``total`` (before clipping) as a Python float; 0.0 when there is no gradient.
+    A non-finite ``total`` is returned with the gradients left as they are, for the
+    caller to inspect. ``params``: a list of Parameters or a Layer.
+    """
+    params = _as_parameters(params, "clip_grad_norm", allow_empty=True)
+    max_norm = _at_least("clip_grad_norm", "max_norm", max_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    xp = get_array_module(*grads)
+    norms = xp.stack([xp.linalg.norm(g.ravel()) for g in grads])
+    total = float(xp.linalg.norm(norms))
+    if not math.isfinite(total):
+        return total
+    c = max_norm / (total + 1e-6)
+    if c < 1.0:
+        for g in grads:
+            g *= c
+    return total
+
+
+def clip_grad_value(params, clip):
+    """Clamp every gradient element into ``[-clip, clip]`` in place (as
+    ``torch.nn.utils.clip_grad_value_``). ``params``: a list of Parameters or a Layer."""
+    params = _as_parameters(params, "clip_grad_value", allow_empty=True)
+    clip = _at_least("clip_grad_value", "clip", clip)
+    for p in params:
+        if p.grad is not None:
+            xp = get_array_module(p.grad)
+            xp.clip(p.grad, -clip, clip, out=p.grad)
+
+
+# -- learning-rate schedules ------------------------------------------------------------
+
+class _Schedule:
+    """Base class: sets ``optimizer.lr = lr_at(last_epoch)`` from a closed form.
+
+    ``base_lr`` is ``optimizer.lr`` when the schedule is created; creating it sets the
+    epoch-0 rate (as PyTorch does), and each ``step()`` advances ``last_epoch`` by one.
+    Call ``scheduler.step()`` after ``optimizer.step()``. Closed forms (rather than
+    PyTorch's chained products) make a restored schedule exact; they agree with
+    PyTorch's to rounding.
+    """
+
+    _hyper: tuple = ()
+
+    def __init__(self, optimizer):
+        if not hasattr(optimizer, "lr"):
+            raise TypeError(f"{type(self).__name__}: expected an optimizer (with .lr), "
+                            f"got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = float(optimizer.lr)
+        self.last_epoch = 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    @property
+    def lr(self) -> float:
+        """The rate of the current epoch."""
+        return self.lr_at(self.last_epoch)
+
+    def step(self) -> float:
+        """Advance one epoch (or step) and set ``optimizer.lr``; returns the new rate."""
+        self.last_epoch += 1
+        self.optimizer.lr = lr = self.lr_at(self.last_epoch)
+        return lr
+
+    def state_dict(self) -> dict:
+        d = {"last_epoch": numpy.asarray(self.last_epoch, dtype=numpy.int64),
+             "base_lr": numpy.asarray(self.base_lr, dtype=numpy.float64)}
+        for k in self._hyper:
+            d[k] = numpy.asarray(getattr(self, k))
+        return d
+
+    def load_state_dict(self, d):
+        """Restore ``last_epoch``, ``base_lr`` and the hyper-parameters, and set
+        ``optimizer.lr`` to the restored epoch's rate. Raises ``ValueError`` naming each
+        missing key."""
+        who = f"{type(self).__name__}.load_state_dict"
+        names = ("last_epoch", "base_lr") + tuple(self._hyper)
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise ValueError(f"{who}: " + "; ".join(f"missing key {k!r}" for k in missing))
+        for k in names:
+            cur = getattr(self, k)
+            setattr(self, k, _scalar_to_python(cur, numpy.asarray(to_numpy(d[k]))))
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper)
+        return f"{type(self).__name__}({args}, last_epoch={self.last_epoch})"
+
+
+class StepLR(_Schedule):
+    """``lr = base_lr * gamma ** (epoch // step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
+
+    _hyper = ("step_size", "gamma")
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size = _count("StepLR", "step_size", step_size, 1)
+        self.gamma = _gamma("StepLR", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(_Schedule):
+    """``lr = base_lr * gamma ** epoch`` (``torch.optim.lr_scheduler.ExponentialLR``)."""
+
+    _hyper = ("gamma",)
+
+    def __init__(self, optimizer, gamma):
+        self.gamma = _gamma("ExponentialLR", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** epoch
+
+
+class CosineAnnealingLR(_Schedule):
+    """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``
+    (``torch.optim.lr_scheduler.CosineAnnealingLR``; past ``T_max`` the cosine rises
+    again, as in PyTorch, without a restart)."""
+
+    _hyper = ("T_max", "eta_min")
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        self.T_max = _count("CosineAnnealingLR", "T_max", T_max, 1)
+        self.eta_min = _at_least("CosineAnnealingLR", "eta_min", eta_min)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * epoch / self.T_max)) / 2.0
+
+
+class LinearWarmup(_Schedule):
+    """Linear warm-up from ``start_factor*base_lr`` to ``base_lr`` over ``warmup_steps``:
+    ``lr = base_lr * (start_factor + (1 - start_factor) * min(epoch, warmup_steps) / warmup_steps)``,
+    and exactly ``base_lr`` from ``warmup_steps`` on (PyTorch's ``LinearLR`` with
+    ``end_factor=1``, ``total_iters=warmup_steps``, default ``start_factor=1/3`` as
+    there). ``start_factor`` in ``(0, 1]``; ``warmup_steps=0`` means no warm-up."""
+
+    _hyper = ("warmup_steps", "start_factor")
+
+    def __init__(self, optimizer, warmup_steps, start_factor=1.0 / 3.0):
+        self.warmup_steps = _count("LinearWarmup", "warmup_steps", warmup_steps, 0)
+        f = _real("LinearWarmup", "start_factor", start_factor)
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"LinearWarmup: expected start_factor in (0, 1], got {start_factor!r}")
+        self.start_factor = f
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        if epoch >= self.warmup_steps:
+            return self.base_lr
+        f = self.start_factor
+        return self.base_lr * (f + (1.0 - f) * epoch / self.warmup_steps)
+
+
+def _gamma(who, gamma):
+    g = _real(who, "gamma", gamma)
+    if not g > 0.0:
+        raise ValueError(f"{who}: expected gamma > 0, got {gamma!r}")
+    return g
