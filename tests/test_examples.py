@@ -1,0 +1,87 @@
+"""The course examples, in their quick modes: each run must show its phenomenon, with a margin.
+
+Every example's ``run(quick=True, out_dir=...)`` returns the figures it measured; the
+tests assert the course's claims on them. The figure files are checked only where
+matplotlib (the ``plot`` extra) is installed; the phenomena are checked everywhere.
+"""
+import importlib
+import math
+import os
+import sys
+
+import numpy
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+try:
+    import matplotlib  # noqa: F401
+    HAVE_MPL = True
+except ImportError:
+    HAVE_MPL = False
+
+
+def _example(name):
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
+    return importlib.import_module(name)
+
+
+_RUNS = {}
+
+
+def _run(name, tmp_path_factory):
+    """Run example ``name`` once per session in quick mode (figure included where matplotlib is)."""
+    if name not in _RUNS:
+        out_dir = str(tmp_path_factory.mktemp(name)) if HAVE_MPL else None
+        _RUNS[name] = _example(name).run(quick=True, out_dir=out_dir)
+    return _RUNS[name]
+
+
+@pytest.mark.parametrize("name, png", [
+    ("vanishing_gradients", "vanishing_gradients.png"),
+    ("initialization", "initialization.png"),
+])
+def test_example_writes_a_legible_png(name, png, tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    path = _run(name, tmp_path_factory)["figure"]
+    assert os.path.basename(path) == png
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < os.path.getsize(path) < 150_000
+
+
+# -- (a) vanishing gradients -------------------------------------------------------------
+
+def test_vanishing_gradients_sigmoid_first_layer_orders_below_last(tmp_path_factory):
+    r = _run("vanishing_gradients", tmp_path_factory)
+    sig, relu = r["sigmoid"], r["relu_he"]
+    assert len(sig["grad_norms"]) == 10
+    assert sig["first_last_ratio"] < 1e-3
+    # the decay is layer by layer, not one odd layer: every layer below the one above it
+    assert all(a < b for a, b in zip(sig["grad_norms"], sig["grad_norms"][1:]))
+    assert relu["first_last_ratio"] > 0.1
+    # ...and it shows in training: ReLU+He learns, the sigmoid net is still near chance
+    assert relu["test_accuracy"] > 0.8
+    assert sig["test_accuracy"] < 0.4
+
+
+# -- (b) initialization ------------------------------------------------------------------
+
+def test_zero_init_keeps_hidden_units_identical(tmp_path_factory):
+    sym = _run("initialization", tmp_path_factory)["symmetry"]
+    zero, xavier = sym["zeros"], sym["xavier_uniform"]
+    assert zero["weight_norm"] > 1e-3             # the weights did train...
+    assert zero["row_spread"] <= 1e-6 * zero["weight_norm"]   # ...and every row is the same
+    assert xavier["row_spread"] > 0.1
+    assert xavier["test_accuracy"] > zero["test_accuracy"] + 0.3
+
+
+def test_activation_std_through_30_relu_layers(tmp_path_factory):
+    d = _run("initialization", tmp_path_factory)["depth_std"]
+    small, xavier, he = d["normal"], d["xavier_normal"], d["he_normal"]
+    assert len(he["std_per_layer"]) == 30
+    assert small["std_layer_30"] < 1e-12 * small["std_layer_1"]      # collapses
+    assert 1e-7 < xavier["std_layer_30"] / xavier["std_layer_1"] < 1e-2   # halves in variance per layer
+    assert 0.2 < he["std_layer_30"] / he["std_layer_1"] < 5            # O(1) at every depth
+    assert min(he["std_per_layer"]) > 0.1 and max(he["std_per_layer"]) < 10
