@@ -37,15 +37,6 @@ def _bcast(x):
     return (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
-def _affine_or_identity(x, gamma, beta, xp):
-    c = x.shape[1]
-    if gamma is None:
-        gamma = xp.ones(c, dtype=x.dtype)
-    if beta is None:
-        beta = xp.zeros(c, dtype=x.dtype)
-    return gamma, beta
-
-
 def batch_norm_forward(x, gamma, beta, eps=1e-5):
     """Training-mode batch norm. ``x (N, C[, H, W])``, ``gamma``/``beta`` ``(C,)`` or None.
 
@@ -56,8 +47,7 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5):
     eps = float(eps)
     if xp is not numpy:
         from .. import cuda
-        gamma, beta = _affine_or_identity(x, gamma, beta, xp)
-        return cuda.batchnorm_forward(x, gamma, beta, eps)
+        return cuda.batchnorm_forward(x, gamma, beta, eps)      # gamma/beta None: 1 / 0
     axes, s = _axes(x), _bcast(x)
     mean = x.mean(axis=axes)
     y = x - mean.reshape(s)                 # two passes: stable when |mean| >> std
@@ -80,8 +70,7 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std):
     xp = get_array_module(dy, x, gamma, mean, inv_std)
     if xp is not numpy:
         from .. import cuda
-        g, _ = _affine_or_identity(x, gamma, None, xp)
-        return cuda.batchnorm_backward(dy, x, g, mean, inv_std)
+        return cuda.batchnorm_backward(dy, x, gamma, mean, inv_std)
     axes, s = _axes(x), _bcast(x)
     m = x.size // x.shape[1]
     xhat = x - mean.reshape(s)

@@ -1,0 +1,147 @@
+"""Diagnostics: the tools to see vanishing/exploding gradients and dead ReLUs.
+
+* ``grad_norms(model)``: the L2 norm of each parameter's gradient. Norms that shrink
+  layer by layer towards the input are vanishing gradients (deep sigmoid/tanh nets,
+  all-small initial weights); norms that grow are exploding ones.
+* ``activation_stats(model, x)``: mean, standard deviation and fraction of exact zeros
+  of every layer's output for a probe batch. A ReLU layer whose zero fraction nears 1 is
+  dead; a std collapsing towards 0 layer by layer is a signal that vanishes forward.
+* ``DiagnosticsCallback(x_probe=None)``: records both into the ``History`` each epoch.
+
+Norms and statistics are computed in float64 (a float32 gradient of 1e20 would overflow
+when squared in float32) and brought to the host in one transfer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from .backend import get_array_module, to_device, to_numpy
+from .layers.base import Layer, Sequential
+from .train import Callback
+
+
+def _l2_norm(g):
+    """sqrt(Σ g²) as a 0-d float64 array on g's device (no host synchronization)."""
+    xp = get_array_module(g)
+    return xp.sqrt(xp.square(g, dtype=xp.float64).sum())
+
+
+def _to_floats(values):
+    """0-d device arrays → Python floats, in one device-to-host transfer."""
+    if not values:
+        return []
+    xp = get_array_module(*values)
+    return [float(v) for v in to_numpy(xp.stack(values))]
+
+
+def grad_norms(model) -> dict:
+    """``{state_dict_name: ||grad||_2}`` for every parameter of ``model`` (a Layer), in the
+    model's order, e.g. ``{"0.weight": 0.83, "0.bias": 0.12, ...}``.
+
+    Parameters whose ``grad`` is None (no backward since the last ``zero_grad``, or a
+    frozen parameter) are omitted, so an empty dict means "no gradients yet".
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"grad_norms: expected a gpunet Layer, got {type(model).__name__}")
+    named = [(k, p.grad) for k, p in model.named_parameters() if p.grad is not None]
+    return dict(zip([k for k, _ in named], _to_floats([_l2_norm(g) for _, g in named])))
+
+
+def _layer_label(i, layer) -> str:
+    return f"{i}:{type(layer).__name__}"
+
+
+def _modes(layer):
+    """Every layer of the tree with its own ``training`` flag (children may differ)."""
+    out = [(layer, layer.training)]
+    for c in layer.children():
+        out += _modes(c)
+    return out
+
+
+def activation_stats(model, x) -> dict:
+    """Statistics of each layer's output for the probe batch ``x``.
+
+    Returns ``{label: {"mean": m, "std": s, "zero_fraction": z}}`` with one entry per
+    layer of a ``Sequential`` (labels ``"<index>:<LayerClass>"``, e.g. ``"1:ReLU"``; a
+    model that is not a Sequential gives one entry for its output). ``std`` is the
+    population standard deviation over all elements; ``zero_fraction`` the fraction of
+    elements exactly 0.
+
+    The layers run one by one in eval mode, so nothing a training step reads changes:
+    dropout draws no mask (it is the identity, or the ``1-p`` scaling of classic
+    dropout), batch norm uses and keeps its running statistics, and no layer caches
+    activations. Every layer's own training flag is restored afterwards. The statistics
+    therefore describe the network as it predicts.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"activation_stats: expected a gpunet Layer, got {type(model).__name__}")
+    layers = list(model) if isinstance(model, Sequential) else [model]
+    modes = _modes(model)
+    model.eval()
+    labels, values = [], []
+    try:
+        for i, layer in enumerate(layers):
+            x = layer.forward(x)
+            xp = get_array_module(x)
+            x64 = x.astype(xp.float64)
+            labels.append(_layer_label(i, layer) if isinstance(model, Sequential) else type(model).__name__)
+            values += [x64.mean(), x64.std(), (x == 0).mean(dtype=xp.float64)]
+    finally:
+        for layer, mode in modes:
+            layer.training = mode
+    floats = _to_floats(values)
+    return {lab: dict(zip(("mean", "std", "zero_fraction"), floats[3 * j:3 * j + 3]))
+            for j, lab in enumerate(labels)}
+
+
+class DiagnosticsCallback(Callback):
+    """Trainer callback: each epoch, per-parameter gradient norms (and, given a probe
+    batch, per-layer activation statistics) go into the ``History``.
+
+    Keys added to the epoch's logs (one float per epoch in ``history.history[key]``):
+
+    * ``"grad_norm/<name>"`` (e.g. ``"grad_norm/0.weight"``): the L2 norm of that
+      parameter's gradient at the LAST training step of the epoch, taken after backward
+      and before the optimizer step (``on_backward_end``); NaN for a parameter that had
+      no gradient at that step, so every list stays one entry per epoch.
+    * with ``x_probe``: ``"act_mean/<label>"``, ``"act_std/<label>"`` and
+      ``"act_zero_fraction/<label>"`` from ``activation_stats(model, x_probe)`` at the end
+      of the epoch (labels ``"<index>:<LayerClass>"``). The probe is moved to the model's
+      device and cast to its parameters' dtype.
+
+    Cost: every step computes the norms on the device (a few small reductions per
+    parameter, no host synchronization); only the last step's are read back.
+    """
+
+    def __init__(self, x_probe=None):
+        self.x_probe = x_probe
+        self._pending = None     # [(name, 0-d norm array or None)] of the latest step
+
+    def on_train_begin(self, trainer):
+        self._pending = None
+
+    def on_backward_end(self, trainer):
+        self._pending = [(k, None if p.grad is None else _l2_norm(p.grad))
+                         for k, p in trainer.model.named_parameters()]
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self._pending is not None:
+            present = [v for _, v in self._pending if v is not None]
+            floats = iter(_to_floats(present))
+            for k, v in self._pending:
+                logs[f"grad_norm/{k}"] = math.nan if v is None else next(floats)
+        if self.x_probe is not None:
+            model = trainer.model
+            params = model.parameters()
+            x = to_device(self.x_probe, model.device)
+            if params and x.dtype.kind == "f" and x.dtype != params[0].data.dtype:
+                x = x.astype(params[0].data.dtype)
+            for label, st in activation_stats(model, x).items():
+                for stat, value in st.items():
+                    logs[f"act_{stat}/{label}"] = value
+
+
+__all__ = ["grad_norms", "activation_stats", "DiagnosticsCallback"]

@@ -1,0 +1,143 @@
+"""Diagnostics: gradient norms, activation statistics, and the Trainer callback."""
+import math
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import BatchNorm, Dense, Dropout, ReLU, Sequential, SoftmaxCrossEntropy, Tanh, optim, to_numpy
+from gpunet.diagnostics import DiagnosticsCallback, activation_stats, grad_norms
+from gpunet.train import Trainer
+
+
+def _model(device, seed=0):
+    gpunet.manual_seed(seed)
+    return Sequential(Dense(6, 8), BatchNorm(8), ReLU(), Dropout(0.5, seed=3), Dense(8, 3)).to(device)
+
+
+def test_grad_norms_match_numpy(xp, device, rng):
+    model = _model(device)
+    assert grad_norms(model) == {}                          # no backward yet: nothing to report
+    x = xp.asarray(rng.standard_normal((10, 6)).astype(numpy.float32))
+    model(x)
+    model.backward(xp.asarray(rng.standard_normal((10, 3)).astype(numpy.float32)))
+    norms = grad_norms(model)
+    names = [k for k, _ in model.named_parameters()]
+    assert list(norms) == names == ["0.weight", "0.bias", "1.gamma", "1.beta", "4.weight", "4.bias"]
+    for k, p in model.named_parameters():
+        assert isinstance(norms[k], float)
+        want = numpy.sqrt(numpy.sum(to_numpy(p.grad).astype(numpy.float64) ** 2))
+        assert norms[k] == pytest.approx(want, rel=1e-12)
+    model[0].bias.grad = None                               # omitted, not reported as 0
+    assert "0.bias" not in grad_norms(model)
+
+
+def test_grad_norm_does_not_overflow_in_float32(xp):
+    layer = Dense(2, 2)
+    layer.weight.grad = xp.full((2, 2), 1e30, dtype=xp.float32)    # squares overflow float32
+    assert grad_norms(layer)["weight"] == pytest.approx(2e30, rel=1e-6)
+
+
+def test_vanishing_gradients_are_visible(xp, device, rng):
+    # The course's picture: in a deep sigmoid-like net with small weights the gradient
+    # shrinks layer by layer towards the input.
+    gpunet.manual_seed(1)
+    layers = []
+    for _ in range(6):
+        layers += [Dense(16, 16, activation="sigmoid", init="normal")]
+    model = Sequential(*layers).to(device)
+    model(xp.asarray(rng.standard_normal((32, 16)).astype(numpy.float32)))
+    model.backward(xp.asarray(rng.standard_normal((32, 16)).astype(numpy.float32)))
+    w = [grad_norms(model)[f"{i}.weight"] for i in range(6)]
+    assert all(a < b for a, b in zip(w, w[1:])), w
+    assert w[0] < 1e-3 * w[-1]
+
+
+def test_activation_stats(xp, device, rng):
+    model = _model(device)
+    x_host = rng.standard_normal((50, 6)).astype(numpy.float32)
+    x = xp.asarray(x_host)
+    model(x)                                              # a training step sets caches/counters
+    counter, rm = model[3].counter, to_numpy(model[1].running_mean).copy()
+    cache = model[0]._x
+    model[1].eval()                                       # a mixed-mode model: restored as is
+    stats = activation_stats(model, x)
+    assert list(stats) == ["0:Dense", "1:BatchNorm", "2:ReLU", "3:Dropout", "4:Dense"]
+    # reference: the same layers in eval mode, by hand
+    h = x_host.astype(numpy.float64)
+    for i, layer in enumerate(model):
+        was = layer.training
+        layer.eval()
+        h = to_numpy(layer(xp.asarray(h.astype(numpy.float32)))).astype(numpy.float64)
+        layer.train(was)
+        st = stats[f"{i}:{type(layer).__name__}"]
+        assert st["mean"] == pytest.approx(h.mean(), rel=1e-5, abs=1e-6)
+        assert st["std"] == pytest.approx(h.std(), rel=1e-5)
+        assert st["zero_fraction"] == pytest.approx(float((h == 0).mean()), abs=1e-12)
+    assert 0.2 < stats["2:ReLU"]["zero_fraction"] < 0.8     # ReLU zeroes about half
+    assert stats["0:Dense"]["zero_fraction"] == 0.0
+    # nothing a training step reads changed; modes restored layer by layer
+    assert model[3].counter == counter and model[0]._x is cache
+    numpy.testing.assert_array_equal(to_numpy(model[1].running_mean), rm)
+    assert [l.training for l in model] == [True, False, True, True, True] and model.training
+
+
+def test_dead_relu_zero_fraction(xp, device, rng):
+    layer = Dense(4, 5, activation="relu").to(device)
+    layer.bias.data = xp.full(5, -100.0, dtype=xp.float32)     # every unit dead
+    model = Sequential(layer, Tanh())
+    st = activation_stats(model, xp.asarray(rng.standard_normal((20, 4)).astype(numpy.float32)))
+    assert st["0:Dense"]["zero_fraction"] == 1.0 and st["1:Tanh"]["std"] == 0.0
+
+
+def test_callback_records_last_step_norms_and_stats(xp, device, rng):
+    X = rng.standard_normal((40, 6)).astype(numpy.float32)
+    y = rng.integers(0, 3, size=40)
+    model = _model(device)
+
+    class LastStep(gpunet.train.Callback):     # what the optimizer saw at the last step
+        def on_backward_end(self, trainer):
+            self.norms = grad_norms(trainer.model)
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            self.per_epoch = getattr(self, "per_epoch", []) + [self.norms]
+
+    spy = LastStep()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+    diag = DiagnosticsCallback(x_probe=X[:16])
+    h = tr.fit((xp.asarray(X), xp.asarray(y)), epochs=3, batch_size=16, callbacks=[diag, spy],
+               progress=False)
+    for name in ("0.weight", "1.gamma", "4.bias"):
+        got = h.history[f"grad_norm/{name}"]
+        assert len(got) == 3
+        assert got == pytest.approx([e[name] for e in spy.per_epoch], rel=1e-12)
+    for stat in ("mean", "std", "zero_fraction"):
+        assert len(h.history[f"act_{stat}/2:ReLU"]) == 3
+    # the probe statistics equal activation_stats of the final model
+    final = activation_stats(model, xp.asarray(X[:16]))
+    assert h.history["act_std/4:Dense"][-1] == pytest.approx(final["4:Dense"]["std"], rel=1e-6)
+
+
+def test_callback_without_probe_and_missing_grads(xp, device, rng):
+    model = _model(device)
+    model[4].bias.grad = None
+
+    class Freeze(gpunet.train.Callback):   # drops one gradient after backward
+        def on_backward_end(self, trainer):
+            trainer.model[4].bias.grad = None
+
+    X = rng.standard_normal((32, 6)).astype(numpy.float32)
+    y = rng.integers(0, 3, size=32)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+    h = tr.fit((xp.asarray(X), xp.asarray(y)), epochs=2, batch_size=16,
+               callbacks=[Freeze(), DiagnosticsCallback()], progress=False)
+    assert all(math.isnan(v) for v in h.history["grad_norm/4.bias"])
+    assert all(v > 0 for v in h.history["grad_norm/4.weight"])
+    assert not any(k.startswith("act_") for k in h.history)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="grad_norms"):
+        grad_norms({"w": 1})
+    with pytest.raises(TypeError, match="activation_stats"):
+        activation_stats(lambda x: x, numpy.ones(3))
