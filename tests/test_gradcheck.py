@@ -1,0 +1,166 @@
+"""gpunet.gradcheck (DESIGN §8) itself: it must pass correct gradients and catch wrong ones."""
+import re
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet.layers.base import Layer, Parameter
+
+
+class Scale(Layer):
+    """``y = x * w`` (w broadcast over the batch), with optional deliberate mistakes."""
+
+    def __init__(self, features, wrong_dx_at=None, wrong_dw_at=None, drop_dw=False, rel_error=0.0):
+        super().__init__()
+        w = numpy.random.default_rng(0).standard_normal(features).astype(numpy.float32) + 2.0
+        self.weight = Parameter(w, "weight")
+        self.wrong_dx_at, self.wrong_dw_at = wrong_dx_at, wrong_dw_at
+        self.drop_dw, self.rel_error = drop_dw, rel_error
+        self._x = None
+
+    def forward(self, x):
+        if self.training:
+            self._x = x
+        return x * self.weight.data
+
+    def backward(self, dy):
+        dx = dy * self.weight.data * (1.0 + self.rel_error)
+        if self.wrong_dx_at is not None:
+            dx[self.wrong_dx_at] += 0.5
+        if not self.drop_dw:
+            dw = (dy * self._x).sum(axis=0)
+            if self.wrong_dw_at is not None:
+                dw[self.wrong_dw_at] -= 0.25
+            self.weight.accumulate(dw)
+        return dx
+
+
+class Counter(Layer):
+    """Output depends on a counter advanced by every forward, like dropout's draw count."""
+    _buffers = ("count",)
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self._k = None
+
+    def forward(self, x):
+        self.count += 1
+        self._k = float(self.count)
+        return x * x * self._k
+
+    def backward(self, dy):
+        raise AssertionError("replaced below")
+
+
+class CounterOK(Counter):
+    def forward(self, x):
+        y = super().forward(x)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        return 2.0 * self._x * self._k * dy
+
+
+def _x(shape=(3, 4), seed=0, dtype=numpy.float32):
+    return numpy.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def test_passes_on_correct_layers(xp):
+    assert gpunet.gradcheck(Scale(4), xp.asarray(_x())) is True
+    assert gpunet.gradcheck(gpunet.Dense(4, 3, activation="tanh"), xp.asarray(_x())) is True
+
+
+def test_wrong_input_gradient_names_the_worst_element(xp):
+    with pytest.raises(AssertionError) as e:
+        gpunet.gradcheck(Scale(4, wrong_dx_at=(2, 1)), xp.asarray(_x()))
+    msg = str(e.value)
+    assert "Scale" in msg and "input" in msg
+    assert "(2, 1)" in msg
+    assert re.search(r"analytic\s+-?[\d.]", msg) and re.search(r"numeric\s+-?[\d.]", msg)
+
+
+def test_wrong_parameter_gradient_names_the_parameter(xp):
+    with pytest.raises(AssertionError) as e:
+        gpunet.gradcheck(Scale(4, wrong_dw_at=3), xp.asarray(_x()))
+    msg = str(e.value)
+    assert "weight" in msg and "(3,)" in msg
+
+
+def test_small_relative_error_is_caught(xp):
+    # 1e-3 relative error is far beyond rtol=1e-4 of a float64 central difference
+    with pytest.raises(AssertionError):
+        gpunet.gradcheck(Scale(4, rel_error=1e-3), xp.asarray(_x()))
+    # and is accepted when the tolerance allows it
+    assert gpunet.gradcheck(Scale(4, rel_error=1e-3), xp.asarray(_x()), rtol=1e-2)
+
+
+def test_missing_parameter_gradient(xp):
+    with pytest.raises(AssertionError, match="weight"):
+        gpunet.gradcheck(Scale(4, drop_dw=True), xp.asarray(_x()))
+
+
+def test_runs_in_float64_and_restores_the_layer(xp):
+    layer = gpunet.Dense(4, 3)
+    w = layer.weight.data.copy()
+    layer.weight.grad = numpy.full((3, 4), 7.0, numpy.float32)
+    x = _x()
+    xin = xp.asarray(x)
+    gpunet.gradcheck(layer, xin)
+    assert layer.weight.data.dtype == numpy.float32 and layer.bias.data.dtype == numpy.float32
+    numpy.testing.assert_array_equal(layer.weight.data, w)
+    numpy.testing.assert_array_equal(layer.weight.grad, numpy.full((3, 4), 7.0))
+    assert layer.bias.grad is None
+    numpy.testing.assert_array_equal(gpunet.to_numpy(xin), x)      # the input is not perturbed
+
+
+def test_float64_catches_errors_below_float32_resolution():
+    """A float32 check could not see a 1e-5 relative error; float64 must."""
+    with pytest.raises(AssertionError):
+        gpunet.gradcheck(Scale(4, rel_error=3e-5), _x(), rtol=1e-5, atol=1e-8)
+
+
+def test_buffers_are_rewound_before_every_forward(xp):
+    assert gpunet.gradcheck(CounterOK(), xp.asarray(_x()))
+
+
+def test_non_contiguous_input_and_parameters(xp):
+    x = xp.asarray(_x((4, 3))).T                       # (3, 4), Fortran order
+    assert gpunet.gradcheck(gpunet.Dense(4, 2), x)
+    layer = gpunet.Dense(4, 2, init=lambda shape, rng: numpy.asfortranarray(rng.standard_normal(shape)))
+    assert gpunet.gradcheck(layer, xp.asarray(_x()))
+
+
+def test_function_form(xp):
+    def square(x):
+        return x * x, lambda dy: 2 * x * dy
+
+    def wrong_square(x):
+        def back(dy):
+            dx = 2 * x * dy
+            dx[1, 0] = 0.0
+            return dx
+        return x * x, back
+
+    x = xp.asarray(_x() + 3.0)      # dx[1, 0] = 2·x·dy is far from 0
+    assert gpunet.gradcheck(square, x)
+    with pytest.raises(AssertionError) as e:
+        gpunet.gradcheck(wrong_square, x)
+    assert "wrong_square" in str(e.value) and "(1, 0)" in str(e.value)
+
+
+def test_function_form_with_scalar_output(xp):
+    def total(x):
+        return (x ** 3).sum(), lambda dy: 3 * x * x * dy
+
+    assert gpunet.gradcheck(total, xp.asarray(_x((2, 3))))
+
+
+def test_gradient_of_wrong_shape(xp):
+    def f(x):
+        return x * 2.0, lambda dy: (2.0 * dy).reshape(-1)
+
+    with pytest.raises(AssertionError, match="shape"):
+        gpunet.gradcheck(f, xp.asarray(_x()))
