@@ -1,0 +1,288 @@
+"""Losses (DESIGN §5) against torch.nn.functional and against gradcheck in float64."""
+import math
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import functional as F
+
+DTYPES = [numpy.float32, numpy.float64]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-5, atol=1e-6) if dtype == numpy.float32 else dict(rtol=1e-10, atol=1e-12)
+
+
+def _logits(n=6, c=5, seed=0, dtype=numpy.float64, scale=2.0):
+    return (numpy.random.default_rng(seed).standard_normal((n, c)) * scale).astype(dtype)
+
+
+def _soft(n=6, c=5, seed=1, dtype=numpy.float64):
+    p = numpy.random.default_rng(seed).random((n, c)) + 0.05
+    return (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+
+
+def _torch_ce(z, target, **kw):
+    torch = pytest.importorskip("torch")
+    tz = torch.tensor(z, requires_grad=True)
+    tt = torch.tensor(target)
+    loss = torch.nn.functional.cross_entropy(tz, tt, **kw)
+    loss.backward()
+    return loss.item(), tz.grad.numpy()
+
+
+def _ce(xp, z, target, **kw):
+    loss_fn = gpunet.SoftmaxCrossEntropy(**kw)
+    loss = loss_fn(xp.asarray(z), xp.asarray(target))
+    return loss, loss_fn.backward()
+
+
+# -- SoftmaxCrossEntropy vs torch -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_ce_int_labels_vs_torch(xp, dtype, smoothing):
+    z = _logits(dtype=dtype)
+    y = numpy.array([0, 4, 2, 2, 1, 3])
+    loss, grad = _ce(xp, z, y, label_smoothing=smoothing)
+    t_loss, t_grad = _torch_ce(z, y, label_smoothing=smoothing)
+    assert loss.shape == () and loss.dtype == dtype
+    assert grad.dtype == dtype and grad.shape == z.shape
+    assert gpunet.get_array_module(loss) is xp and gpunet.get_array_module(grad) is xp
+    numpy.testing.assert_allclose(float(loss), t_loss, **_tol(dtype))
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), t_grad, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_ce_ignore_index_vs_torch(xp, dtype, ignore_index, smoothing):
+    z = _logits(dtype=dtype, seed=2)
+    y = numpy.array([0, ignore_index, 3, ignore_index, 1, 4])
+    loss, grad = _ce(xp, z, y, ignore_index=ignore_index, label_smoothing=smoothing)
+    t_loss, t_grad = _torch_ce(z, y, ignore_index=ignore_index, label_smoothing=smoothing)
+    numpy.testing.assert_allclose(float(loss), t_loss, **_tol(dtype))
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), t_grad, **_tol(dtype))
+    g = gpunet.to_numpy(grad)
+    assert (g[y == ignore_index] == 0).all()
+    # the mean counts only the rows not ignored
+    keep = y != ignore_index
+    loss_kept, _ = _ce(xp, z[keep], y[keep], label_smoothing=smoothing)
+    numpy.testing.assert_allclose(float(loss), float(loss_kept), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.25])
+def test_ce_soft_targets_vs_torch(xp, dtype, smoothing):
+    z = _logits(dtype=dtype, seed=3)
+    t = _soft(dtype=dtype)
+    loss, grad = _ce(xp, z, t, label_smoothing=smoothing)
+    t_loss, t_grad = _torch_ce(z, t, label_smoothing=smoothing)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    numpy.testing.assert_allclose(float(loss), t_loss, **_tol(dtype))
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), t_grad, **_tol(dtype))
+
+
+def test_ce_one_hot_soft_targets_equal_int_labels(xp):
+    z = _logits(seed=4)
+    y = numpy.array([1, 0, 4, 3, 2, 2])
+    a, ga = _ce(xp, z, y, label_smoothing=0.1)
+    b, gb = _ce(xp, z, numpy.eye(5)[y], label_smoothing=0.1)
+    numpy.testing.assert_allclose(float(a), float(b), rtol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(ga), gpunet.to_numpy(gb), rtol=1e-12, atol=1e-15)
+
+
+def test_ce_against_direct_formula(xp):
+    z = _logits(seed=5)
+    y = numpy.array([0, 1, 2, 3, 4, 0])
+    lse = numpy.log(numpy.exp(z).sum(axis=1))
+    expected = float(numpy.mean(lse - z[numpy.arange(6), y]))
+    p = numpy.exp(z - lse[:, None])
+    loss, grad = _ce(xp, z, y)
+    numpy.testing.assert_allclose(float(loss), expected, rtol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), (p - numpy.eye(5)[y]) / 6, rtol=1e-12, atol=1e-15)
+
+
+def test_ce_functional_matches_object(xp):
+    z, y = _logits(seed=6), numpy.array([1, 1, 0, 2, 3, 4])
+    loss, grad = F.softmax_cross_entropy(xp.asarray(z), xp.asarray(y), label_smoothing=0.1)
+    loss2, grad2 = _ce(xp, z, y, label_smoothing=0.1)
+    assert float(loss) == float(loss2)
+    numpy.testing.assert_array_equal(gpunet.to_numpy(grad), gpunet.to_numpy(grad2))
+    assert gpunet.CrossEntropyLoss is gpunet.SoftmaxCrossEntropy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ce_finite_at_huge_logits(xp, dtype):
+    z = numpy.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [-1e4, -1e4, -1e4]], dtype)
+    y = numpy.array([1, 0, 2])
+    for target in (y, numpy.eye(3, dtype=dtype)[y]):
+        loss, grad = _ce(xp, z, target, label_smoothing=0.1)
+        assert numpy.isfinite(float(loss))
+        assert numpy.isfinite(gpunet.to_numpy(grad)).all()
+    loss, grad = _ce(xp, z, y)
+    # row 0: 2e4, row 1: 2e4 + log 2, row 2: log 3; mean over 3 rows
+    numpy.testing.assert_allclose(float(loss), (4e4 + math.log(2) + math.log(3)) / 3, rtol=1e-6)
+    g = gpunet.to_numpy(grad)
+    numpy.testing.assert_allclose(g[0], numpy.array([1, -1, 0]) / 3, atol=1e-7)
+
+
+@pytest.mark.parametrize("labels,match", [
+    (numpy.array([0, 1, -1]), "-1"),
+    (numpy.array([0, 3, 1]), "3"),
+    (numpy.array([0, 1]), "3"),
+    (numpy.array([0, 1, 2, 0]), "4"),
+    (numpy.array([0.0, 1.0, 2.0]), "float64"),
+    (numpy.zeros((3, 4)), r"\(3, 3\)"),
+    (numpy.zeros((3, 3, 1)), "shape"),
+])
+def test_ce_bad_labels(xp, labels, match):
+    z = xp.asarray(_logits(3, 3))
+    with pytest.raises(ValueError, match=match) as e:
+        gpunet.SoftmaxCrossEntropy()(z, xp.asarray(labels))
+    assert "softmax_cross_entropy" in str(e.value)
+
+
+def test_ce_label_equal_to_ignore_index_is_allowed_but_others_are_checked(xp):
+    z = xp.asarray(_logits(3, 3))
+    gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -1, 2])))
+    with pytest.raises(ValueError):
+        gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -2, 2])))
+
+
+def test_ce_bad_logits_and_smoothing(xp):
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        gpunet.SoftmaxCrossEntropy()(xp.asarray(numpy.zeros(3)), xp.asarray(numpy.array([0, 1, 2])))
+    with pytest.raises(ValueError, match="floating"):
+        gpunet.SoftmaxCrossEntropy()(xp.asarray(numpy.zeros((2, 3), numpy.int64)), xp.asarray(numpy.array([0, 1])))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            gpunet.SoftmaxCrossEntropy(label_smoothing=bad)
+
+
+def test_ce_all_rows_ignored_gives_zero_loss_and_gradient(xp):
+    """Documented choice (SoftmaxCrossEntropy docstring): 0 loss and 0 gradient, where
+    PyTorch returns NaN."""
+    z = _logits(3, 4, dtype=numpy.float32)
+    loss, grad = _ce(xp, z, numpy.array([-100, -100, -100]), ignore_index=-100)
+    assert loss.shape == () and loss.dtype == numpy.float32
+    assert float(loss) == 0.0
+    g = gpunet.to_numpy(grad)
+    assert g.shape == z.shape and g.dtype == numpy.float32 and (g == 0).all()
+
+
+# -- gradcheck of each loss -----------------------------------------------------------------------
+def _as_fn(loss_fn, target):
+    def f(x):
+        loss = loss_fn(x, target)
+        return loss, lambda dy: loss_fn.backward() * dy
+    f.__name__ = type(loss_fn).__name__
+    return f
+
+
+@pytest.mark.parametrize("kw,target", [
+    ({}, "int"), ({"label_smoothing": 0.2}, "int"), ({"ignore_index": 1}, "int"),
+    ({}, "soft"), ({"label_smoothing": 0.1}, "soft"),
+])
+def test_ce_gradcheck(xp, kw, target):
+    y = numpy.array([0, 1, 3, 1]) if target == "int" else _soft(4, 4)
+    f = _as_fn(gpunet.SoftmaxCrossEntropy(**kw), xp.asarray(y))
+    assert gpunet.gradcheck(f, xp.asarray(_logits(4, 4, seed=7)))
+
+
+def test_bce_gradcheck(xp):
+    y = numpy.random.default_rng(8).random((3, 4))
+    assert gpunet.gradcheck(_as_fn(gpunet.BCEWithLogits(), xp.asarray(y)), xp.asarray(_logits(3, 4, seed=9)))
+
+
+def test_mse_gradcheck(xp):
+    y = _logits(3, 4, seed=10)
+    assert gpunet.gradcheck(_as_fn(gpunet.MSELoss(), xp.asarray(y)), xp.asarray(_logits(3, 4, seed=11)))
+
+
+# -- BCEWithLogits ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_vs_torch(xp, dtype):
+    torch = pytest.importorskip("torch")
+    z = _logits(4, 3, seed=12, dtype=dtype, scale=4.0)
+    y = numpy.random.default_rng(13).random((4, 3)).astype(dtype)
+    y[0] = (y[0] > 0.5)
+    loss_fn = gpunet.BCEWithLogits()
+    loss = loss_fn(xp.asarray(z), xp.asarray(y))
+    grad = loss_fn.backward()
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.binary_cross_entropy_with_logits(tz, torch.tensor(y))
+    tl.backward()
+    assert loss.shape == () and loss.dtype == dtype and grad.dtype == dtype
+    numpy.testing.assert_allclose(float(loss), tl.item(), **_tol(dtype))
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tz.grad.numpy(), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_finite_at_huge_logits(xp, dtype):
+    z = numpy.array([1e4, -1e4, 1e4, -1e4, 0.0], dtype)
+    y = numpy.array([1.0, 0.0, 0.0, 1.0, 1.0], dtype)
+    loss_fn = gpunet.BCEWithLogits()
+    loss = loss_fn(xp.asarray(z), xp.asarray(y))
+    grad = gpunet.to_numpy(loss_fn.backward())
+    # per element: 0, 0, 1e4, 1e4, log 2
+    numpy.testing.assert_allclose(float(loss), (2e4 + math.log(2)) / 5, rtol=1e-6)
+    numpy.testing.assert_allclose(grad, numpy.array([0, 0, 1, -1, -0.5]) / 5, atol=1e-7)
+
+
+def test_bce_shape_mismatch(xp):
+    with pytest.raises(ValueError, match="bce_with_logits"):
+        gpunet.BCEWithLogits()(xp.asarray(numpy.zeros((2, 3))), xp.asarray(numpy.zeros((3, 2))))
+
+
+# -- MSELoss --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_vs_torch(xp, dtype):
+    torch = pytest.importorskip("torch")
+    x = _logits(3, 4, seed=14, dtype=dtype)
+    y = _logits(3, 4, seed=15, dtype=dtype)
+    loss_fn = gpunet.MSELoss()
+    loss = loss_fn(xp.asarray(x), xp.asarray(y))
+    grad = loss_fn.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tl = torch.nn.functional.mse_loss(tx, torch.tensor(y))
+    tl.backward()
+    assert loss.shape == () and loss.dtype == dtype and grad.dtype == dtype
+    numpy.testing.assert_allclose(float(loss), tl.item(), **_tol(dtype))
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tx.grad.numpy(), **_tol(dtype))
+
+
+def test_mse_shape_mismatch_and_int_input(xp):
+    with pytest.raises(ValueError, match="mse"):
+        gpunet.MSELoss()(xp.asarray(numpy.zeros((2, 3))), xp.asarray(numpy.zeros(6)))
+    with pytest.raises(ValueError, match="mse"):
+        gpunet.MSELoss()(xp.asarray(numpy.zeros((2, 3), numpy.int64)), xp.asarray(numpy.zeros((2, 3))))
+
+
+# -- common contract ------------------------------------------------------------------------------------
+def _all_losses():
+    z = _logits(4, 3, seed=16, dtype=numpy.float32)
+    return [
+        (gpunet.SoftmaxCrossEntropy(), z, numpy.array([0, 2, 1, 1])),
+        (gpunet.BCEWithLogits(), z, (z > 0).astype(numpy.float32)),
+        (gpunet.MSELoss(), z, numpy.zeros_like(z)),
+    ]
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_loss_is_0d_in_logits_dtype_and_float_works(xp, i):
+    loss_fn, z, y = _all_losses()[i]
+    for dtype in DTYPES:
+        loss = loss_fn(xp.asarray(z.astype(dtype)), xp.asarray(y))
+        assert loss.shape == () and loss.ndim == 0 and loss.dtype == dtype
+        assert gpunet.get_array_module(loss) is xp
+        assert isinstance(float(loss), float) and math.isfinite(float(loss))
+        g = loss_fn.backward()
+        assert g.dtype == dtype and g.shape == z.shape
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_backward_before_forward_raises(i):
+    loss_fn, z, y = _all_losses()[i]
+    with pytest.raises(RuntimeError, match=type(loss_fn).__name__):
+        loss_fn.backward()

@@ -1,0 +1,165 @@
+"""Sequential and the Layer container contract (DESIGN §4): indexing, state dicts, summary,
+train/eval, backward by the chain rule."""
+import io
+
+import numpy
+import pytest
+
+import gpunet
+
+
+def _model(seed=0):
+    gpunet.manual_seed(seed)
+    return gpunet.Sequential(gpunet.Dense(4, 8, activation="relu"), gpunet.Tanh(),
+                             gpunet.Dense(8, 3, bias=False), gpunet.Softmax())
+
+
+def _x(shape=(5, 4), seed=0):
+    return numpy.random.default_rng(seed).standard_normal(shape).astype(numpy.float32)
+
+
+def test_indexing_iteration_len():
+    layers = [gpunet.Dense(4, 8), gpunet.ReLU(), gpunet.Dense(8, 2)]
+    m = gpunet.Sequential(*layers)
+    assert len(m) == 3
+    assert m[0] is layers[0] and m[2] is layers[2] and m[-1] is layers[2]
+    assert list(m) == layers
+    sub = m[1:]
+    assert isinstance(sub, gpunet.Sequential) and list(sub) == layers[1:]
+    assert list(gpunet.Sequential(layers)) == layers          # a list is accepted too
+    with pytest.raises(IndexError):
+        m[3]
+
+
+def test_non_layer_argument_raises():
+    with pytest.raises(TypeError, match="Sequential"):
+        gpunet.Sequential(gpunet.Dense(2, 2), "relu")
+
+
+def test_forward_backward_chain(xp, device):
+    m = _model().to(device)
+    x = xp.asarray(_x())
+    y = m(x)
+    ref = x
+    for layer in m:
+        ref = layer(ref)
+    numpy.testing.assert_allclose(gpunet.to_numpy(y), gpunet.to_numpy(ref), rtol=1e-6)
+    assert gpunet.gradcheck(_model(), xp.asarray(_x((3, 4), seed=1)))
+
+
+def test_state_dict_keys_and_values():
+    m = _model()
+    sd = m.state_dict()
+    assert list(sd) == ["0.weight", "0.bias", "2.weight"]
+    assert sd["0.weight"].shape == (8, 4) and sd["0.bias"].shape == (8,) and sd["2.weight"].shape == (3, 8)
+    for v in sd.values():
+        assert isinstance(v, numpy.ndarray)
+    numpy.testing.assert_array_equal(sd["2.weight"], m[2].weight.data)
+    sd["0.weight"][:] = 99.0                          # a copy, not a view of the parameter
+    assert not (m[0].weight.data == 99.0).any()
+    assert [k for k, _ in m.named_parameters()] == list(sd)
+
+
+def test_nested_sequential_keys():
+    m = gpunet.Sequential(gpunet.Dense(2, 3), gpunet.Sequential(gpunet.ReLU(), gpunet.Dense(3, 1)))
+    assert list(m.state_dict()) == ["0.weight", "0.bias", "1.1.weight", "1.1.bias"]
+
+
+def test_load_state_dict_round_trip(xp, device):
+    a = _model(seed=1).to(device)
+    b = _model(seed=2).to(device)
+    x = xp.asarray(_x(seed=3))
+    assert not numpy.allclose(gpunet.to_numpy(a(x)), gpunet.to_numpy(b(x)))
+    assert b.load_state_dict(a.state_dict()) is b
+    numpy.testing.assert_array_equal(gpunet.to_numpy(a(x)), gpunet.to_numpy(b(x)))
+    for p in b.parameters():
+        assert gpunet.get_array_module(p.data) is xp and p.data.dtype == numpy.float32
+    # loaded arrays are copies: changing the dict later does not touch the model
+    sd = a.state_dict()
+    b.load_state_dict(sd)
+    sd["0.bias"][:] = 5.0
+    assert not (gpunet.to_numpy(b[0].bias.data) == 5.0).any()
+
+
+def test_load_state_dict_keeps_parameter_dtype():
+    m = _model()
+    sd = {k: v.astype(numpy.float64) for k, v in m.state_dict().items()}
+    m.load_state_dict(sd)
+    assert all(p.data.dtype == numpy.float32 for p in m.parameters())
+
+
+def test_load_state_dict_missing_and_wrong_shape_name_each_key():
+    m = _model()
+    sd = m.state_dict()
+    del sd["0.bias"]
+    del sd["2.weight"]
+    with pytest.raises(ValueError) as e:
+        m.load_state_dict(sd)
+    assert "0.bias" in str(e.value) and "2.weight" in str(e.value)
+
+    sd = m.state_dict()
+    sd["0.weight"] = numpy.zeros((4, 8), numpy.float32)
+    sd["2.weight"] = numpy.zeros((3, 9), numpy.float32)
+    before = m[0].bias.data.copy()
+    sd["0.bias"] = before + 1
+    with pytest.raises(ValueError) as e:
+        m.load_state_dict(sd)
+    msg = str(e.value)
+    assert "0.weight" in msg and "(8, 4)" in msg and "(4, 8)" in msg
+    assert "2.weight" in msg and "(3, 9)" in msg
+    # nothing was loaded: validation happens before any assignment
+    numpy.testing.assert_array_equal(m[0].bias.data, before)
+
+
+def test_summary_shapes_and_parameter_counts():
+    m = _model()
+    buf = io.StringIO()
+    text = m.summary(input_shape=(4,), file=buf)
+    assert buf.getvalue().strip() == text.strip()
+    lines = text.splitlines()
+    assert "(N, 8)" in text and "(N, 3)" in text
+    assert any("Dense" in l and "(N, 8)" in l and l.rstrip().endswith("40") for l in lines)
+    assert any("Dense" in l and "(N, 3)" in l and l.rstrip().endswith("24") for l in lines)
+    assert any("Tanh" in l and l.rstrip().endswith(" 0") for l in lines)
+    assert "64" in lines[-1]          # 4*8 + 8 + 8*3
+    assert m.training is True         # restored after the dry run
+
+
+def test_summary_keeps_eval_mode():
+    m = _model().eval()
+    m.summary(input_shape=(4,), file=io.StringIO())
+    assert all(not l.training for l in m)
+
+
+def test_train_eval_propagate():
+    m = gpunet.Sequential(gpunet.Dense(2, 3, activation="relu"),
+                          gpunet.Sequential(gpunet.Tanh(), gpunet.Dense(3, 1)))
+    assert m.training and all(l.training for l in m)
+    assert m.eval() is m
+    assert not m.training
+    assert not m[0].training and not m[0].activation.training
+    assert not m[1].training and not m[1][0].training and not m[1][1].training
+    m.train()
+    assert m.training and m[1][1].training and m[0].activation.training
+    m.train(False)
+    assert not m[1][0].training
+
+
+def test_zero_grad_clears_every_parameter():
+    m = _model()
+    x = _x()
+    y = m(x)
+    m.backward(numpy.ones_like(y))
+    assert all(p.grad is not None for p in m.parameters())
+    m.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_flatten_in_sequential(xp):
+    m = gpunet.Sequential(gpunet.Flatten(), gpunet.Dense(12, 2))
+    x = xp.asarray(_x((2, 3, 4)))
+    y = m(x)
+    assert y.shape == (2, 2)
+    dx = m.backward(xp.ones_like(y))
+    assert dx.shape == (2, 3, 4)
+    assert gpunet.gradcheck(m, xp.asarray(_x((2, 3, 2, 2), seed=4)))
