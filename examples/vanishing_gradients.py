@@ -26,6 +26,7 @@ from _common import dense_weights, digits, main, pyplot, save
 
 DEPTH = 10          # Dense layers, the output layer included
 WIDTH = 64
+LR = 0.02
 NETS = {"sigmoid": ("sigmoid", "xavier_uniform"), "relu_he": ("relu", "he_normal")}
 LABELS = {"sigmoid": "sigmoid, Xavier init", "relu_he": "ReLU, He init"}
 
@@ -58,7 +59,7 @@ def run(quick=False, out_dir=None):
     for key, (activation, init) in NETS.items():
         model = build(activation, init)
         norms = weight_grad_norms(model, *batch)
-        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model, lr=0.05, momentum=0.9))
+        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model, lr=LR, momentum=0.9))
         hist = trainer.fit((X, y), val=(Xt, yt), epochs=epochs, batch_size=64, seed=0, progress=False)
         histories[key] = hist
         results[key] = {
@@ -86,7 +87,7 @@ def figure(results, histories, out_dir):
     ax0.legend(fontsize=8)
     ax0.grid(True, which="both", alpha=0.3)
     ax1.set(xlabel="epoch", ylabel="training loss (cross-entropy)",
-            title="Training on digits, SGD lr 0.05, momentum 0.9")
+            title=f"Training on digits, SGD lr {LR}, momentum 0.9")
     ax1.xaxis.get_major_locator().set_params(integer=True)
     ax1.legend(fontsize=8)
     ax1.grid(True, alpha=0.3)

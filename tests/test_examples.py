@@ -41,6 +41,7 @@ def _run(name, tmp_path_factory):
 @pytest.mark.parametrize("name, png", [
     ("vanishing_gradients", "vanishing_gradients.png"),
     ("initialization", "initialization.png"),
+    ("softmax_stability", "softmax_stability.png"),
 ])
 def test_example_writes_a_legible_png(name, png, tmp_path_factory):
     pytest.importorskip("matplotlib")
@@ -85,3 +86,28 @@ def test_activation_std_through_30_relu_layers(tmp_path_factory):
     assert 1e-7 < xavier["std_layer_30"] / xavier["std_layer_1"] < 1e-2   # halves in variance per layer
     assert 0.2 < he["std_layer_30"] / he["std_layer_1"] < 5            # O(1) at every depth
     assert min(he["std_per_layer"]) > 0.1 and max(he["std_per_layer"]) < 10
+
+
+# -- (f) the numerically safe softmax -----------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_naive_softmax_overflows_where_gpunet_does_not(dtype, tmp_path_factory):
+    r = _run("softmax_stability", tmp_path_factory)[dtype]
+    assert all(math.isnan(v) for v in r["naive"])          # inf / inf
+    ours = numpy.array(r["gpunet"])
+    assert numpy.isfinite(ours).all()
+    assert r["gpunet_dtype"] == dtype                      # computed in the input's dtype
+    assert abs(r["gpunet_sum"] - 1.0) < 1e-6
+    e = math.exp(1.0)                                      # softmax([0, 1]) = [1, e] / (1 + e)
+    numpy.testing.assert_allclose(ours, [1 / (1 + e), e / (1 + e)], rtol=1e-6)
+
+
+def test_softmax_cross_entropy_at_huge_logits(tmp_path_factory):
+    r = _run("softmax_stability", tmp_path_factory)
+    ce = r["cross_entropy"]
+    assert not math.isfinite(ce["naive"])
+    assert ce["gpunet"] == pytest.approx(1e4, rel=1e-6)
+    # the naive form breaks at log(max float) - 1 (e^(c+1) overflows first): ~87.7 and ~708.8
+    wrong = r["naive_wrong_from_shift"]
+    assert 86 <= wrong["float32"] <= 89
+    assert 707 <= wrong["float64"] <= 710
