@@ -1,0 +1,214 @@
+"""Plots of what training does: learning curves, activations, gradient norms.
+
+Needs the optional ``plot`` extra (``pip install 'gpunet[plot]'``, i.e. matplotlib),
+imported only when a plot is drawn. Figures are drawn with matplotlib's Agg backend on a
+``Figure`` of their own (no ``pyplot``), so they never open a window nor change the
+backend of a session that uses matplotlib itself; each function writes one image file
+(the format follows the extension: ``.png``, ``.pdf``, ``.svg``) and returns its path.
+
+* ``plot_history(history, path)``: train/validation loss and accuracy per epoch
+  (``History.plot(path)`` calls it);
+* ``activations(path)``: every elementwise activation of ``gpunet.functional.activations``
+  beside its derivative;
+* ``grad_norms(history_or_dict, path)``: per-parameter gradient norms on a log axis.
+
+Command line: ``plot_main(argv)`` implements ``gpunet plot activations --out a.png``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy
+
+INSTALL_HINT = "pip install 'gpunet[plot]'"
+
+# Elementwise activations, in the course's order. Softmax and log-softmax are omitted:
+# they map a vector to a vector and have no curve of one variable.
+ELEMENTWISE = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus")
+
+
+def _figure(**kw):
+    """A matplotlib Figure bound to an Agg canvas; ImportError with the fix when missing."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as e:
+        raise ImportError(f"gpunet.plot needs matplotlib, which is not installed: {INSTALL_HINT}") from e
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    path = os.fspath(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _records(history, who):
+    """``{key: [floats]}`` and the x values (1-based epochs) of a History or a dict."""
+    d = getattr(history, "history", history)
+    if not isinstance(d, dict):
+        raise TypeError(f"{who}: expected a gpunet History or a dict of per-epoch lists, "
+                        f"got {type(history).__name__}")
+    return d
+
+
+def _epochs(history, n):
+    ep = getattr(history, "epoch", None)
+    if ep is not None and len(ep) == n:
+        return [e + 1 for e in ep]
+    return list(range(1, n + 1))
+
+
+def plot_history(history, path):
+    """Learning curves: one panel per quantity (loss first, then accuracy, then any other
+    metric), the training curve and, where recorded, the validation curve (``val_<key>``)
+    against the epoch (1-based). Keys with a ``/`` (diagnostics such as
+    ``grad_norm/0.weight``) are left to ``grad_norms``.
+
+    ``history``: a ``gpunet.train.History`` or a dict ``{key: [one float per epoch]}``.
+    A widening gap between the two loss curves is overfitting; two high curves that stay
+    together are underfitting.
+    """
+    d = _records(history, "plot_history")
+    bases = []
+    for k in d:
+        if "/" in k:
+            continue
+        b = k[4:] if k.startswith("val_") else k
+        if b not in bases:
+            bases.append(b)
+    if not bases:
+        raise ValueError(f"plot_history: no loss or metric curves to plot; keys: {sorted(d)}")
+    order = {"loss": 0, "accuracy": 1}
+    bases.sort(key=lambda b: order.get(b, 2))
+    fig = _figure(figsize=(5.5 * len(bases), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(bases), squeeze=False)[0]
+    for ax, b in zip(axes, bases):
+        for key, label, style in ((b, "train", "-o"), (f"val_{b}", "validation", "--s")):
+            if key in d and len(d[key]):
+                ys = [float(v) for v in d[key]]
+                ax.plot(_epochs(history, len(ys)), ys, style, markersize=3, label=label)
+        pretty = b.replace("_", " ")
+        ax.set_title(pretty.capitalize() if b != "loss" else "Loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(pretty)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training history")
+    return _save(fig, path)
+
+
+def activations(path, x_range=(-4.0, 4.0)):
+    """A grid with every elementwise activation (``ELEMENTWISE``) and its derivative,
+    computed by ``gpunet.functional.activations`` (forward, then backward with ``dy = 1``)
+    on ``x_range``: the slopes show why sigmoid/tanh saturate (derivative → 0, at most 1/4
+    for sigmoid) and why ReLU does not for ``x > 0``."""
+    from .functional import activations as FA
+    x = numpy.linspace(float(x_range[0]), float(x_range[1]), 801)
+    cols = 4
+    rows = math.ceil(len(ELEMENTWISE) / cols)
+    fig = _figure(figsize=(4.0 * cols, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, ELEMENTWISE):
+        y = FA.FORWARD[name](x.copy())
+        dydx = FA.BACKWARD[name](numpy.ones_like(x), x, y)
+        ax.plot(x, y, label="f(x)")
+        ax.plot(x, dydx, "--", label="f'(x)")
+        ax.axhline(0.0, color="0.6", linewidth=0.6)
+        ax.axvline(0.0, color="0.6", linewidth=0.6)
+        ax.set_title(name)
+        ax.set_xlabel("x")
+        ax.set_ylabel("value")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left")
+    for ax in axes[len(ELEMENTWISE):]:
+        ax.set_visible(False)
+    fig.suptitle("Activation functions and their derivatives")
+    return _save(fig, path)
+
+
+def _grad_series(history_or_dict):
+    d = _records(history_or_dict, "grad_norms")
+    prefixed = {k[len("grad_norm/"):]: v for k, v in d.items() if str(k).startswith("grad_norm/")}
+    if prefixed:
+        return prefixed
+    if hasattr(history_or_dict, "history"):
+        raise ValueError("grad_norms: the History has no 'grad_norm/<name>' keys; train with "
+                         "callbacks=[gpunet.diagnostics.DiagnosticsCallback()] to record them")
+    return dict(d)
+
+
+def grad_norms(history_or_dict, path):
+    """Per-parameter gradient L2 norms on a logarithmic axis.
+
+    ``history_or_dict``: a History recorded with ``DiagnosticsCallback`` (its
+    ``grad_norm/<name>`` keys), or a dict ``{name: float}`` (one bar per parameter, e.g.
+    ``gpunet.diagnostics.grad_norms(model)``) or ``{name: [float per epoch]}`` (one curve
+    per parameter). Norms falling by orders of magnitude towards the first layers are
+    vanishing gradients; norms growing without bound are exploding ones. Zero and NaN
+    norms are not drawn (they have no place on a log axis).
+    """
+    series = _grad_series(history_or_dict)
+    if not series:
+        raise ValueError("grad_norms: nothing to plot (an empty dict)")
+    scalar = all(numpy.ndim(v) == 0 for v in series.values())
+    names = list(series)
+    if scalar:
+        fig = _figure(figsize=(max(6.0, 0.45 * len(names) + 2.0), 4.5), layout="constrained")
+        ax = fig.subplots()
+        vals = numpy.array([float(series[k]) for k in names])
+        shown = numpy.where(numpy.isfinite(vals) & (vals > 0), vals, numpy.nan)
+        ax.bar(range(len(names)), shown, color="tab:blue")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_xlabel("parameter")
+        ax.set_title("Gradient norm per parameter")
+    else:
+        fig = _figure(figsize=(8.5, 4.8), layout="constrained")
+        ax = fig.subplots()
+        epochs = getattr(history_or_dict, "epoch", None)
+        for k in names:
+            ys = numpy.atleast_1d(numpy.asarray(series[k], dtype=float))
+            ys = numpy.where(ys > 0, ys, numpy.nan)
+            xs = _epochs(history_or_dict, len(ys)) if epochs is not None else range(1, len(ys) + 1)
+            style = "-" if k.endswith("weight") else ":"
+            ax.plot(list(xs), ys, style, marker="o", markersize=3, label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title("Gradient norm per parameter, last step of each epoch")
+        ax.legend(fontsize=7, ncol=max(1, math.ceil(len(names) / 12)), loc="center left",
+                  bbox_to_anchor=(1.01, 0.5))
+    ax.set_yscale("log")
+    ax.set_ylabel("L2 norm of the gradient (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_axisbelow(True)
+    return _save(fig, path)
+
+
+def plot_main(argv=None) -> int:
+    """``gpunet plot activations [--out PATH] [--xmin X] [--xmax X]``: write the activation
+    grid. Returns the exit status (0 on success, 1 with a message when matplotlib is
+    missing)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="gpunet plot", description="Draw gpunet's teaching plots.")
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("activations", help="every activation function and its derivative")
+    p.add_argument("--out", default="activations.png", help="image file to write (default: %(default)s)")
+    p.add_argument("--xmin", type=float, default=-4.0)
+    p.add_argument("--xmax", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    if args.xmin >= args.xmax:
+        parser.error(f"--xmin ({args.xmin}) must be below --xmax ({args.xmax})")
+    try:
+        path = activations(args.out, (args.xmin, args.xmax))
+    except ImportError as e:
+        print(f"gpunet plot: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+__all__ = ["plot_history", "activations", "grad_norms", "plot_main", "INSTALL_HINT", "ELEMENTWISE"]
