@@ -68,50 +68,50 @@ def _x(shape=(3, 4), seed=0, dtype=numpy.float32):
     return numpy.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
-def test_passes_on_correct_layers(xp):
-    assert gpunet.gradcheck(Scale(4), xp.asarray(_x())) is True
-    assert gpunet.gradcheck(gpunet.Dense(4, 3, activation="tanh"), xp.asarray(_x())) is True
+def test_passes_on_correct_layers(xp, device):
+    assert gpunet.gradcheck(Scale(4).to(device), xp.asarray(_x())) is True
+    assert gpunet.gradcheck(gpunet.Dense(4, 3, activation="tanh").to(device), xp.asarray(_x())) is True
 
 
-def test_wrong_input_gradient_names_the_worst_element(xp):
+def test_wrong_input_gradient_names_the_worst_element(xp, device):
     with pytest.raises(AssertionError) as e:
-        gpunet.gradcheck(Scale(4, wrong_dx_at=(2, 1)), xp.asarray(_x()))
+        gpunet.gradcheck(Scale(4, wrong_dx_at=(2, 1)).to(device), xp.asarray(_x()))
     msg = str(e.value)
     assert "Scale" in msg and "input" in msg
     assert "(2, 1)" in msg
     assert re.search(r"analytic\s+-?[\d.]", msg) and re.search(r"numeric\s+-?[\d.]", msg)
 
 
-def test_wrong_parameter_gradient_names_the_parameter(xp):
+def test_wrong_parameter_gradient_names_the_parameter(xp, device):
     with pytest.raises(AssertionError) as e:
-        gpunet.gradcheck(Scale(4, wrong_dw_at=3), xp.asarray(_x()))
+        gpunet.gradcheck(Scale(4, wrong_dw_at=3).to(device), xp.asarray(_x()))
     msg = str(e.value)
     assert "weight" in msg and "(3,)" in msg
 
 
-def test_small_relative_error_is_caught(xp):
+def test_small_relative_error_is_caught(xp, device):
     # 1e-3 relative error is far beyond rtol=1e-4 of a float64 central difference
     with pytest.raises(AssertionError):
-        gpunet.gradcheck(Scale(4, rel_error=1e-3), xp.asarray(_x()))
+        gpunet.gradcheck(Scale(4, rel_error=1e-3).to(device), xp.asarray(_x()))
     # and is accepted when the tolerance allows it
-    assert gpunet.gradcheck(Scale(4, rel_error=1e-3), xp.asarray(_x()), rtol=1e-2)
+    assert gpunet.gradcheck(Scale(4, rel_error=1e-3).to(device), xp.asarray(_x()), rtol=1e-2)
 
 
-def test_missing_parameter_gradient(xp):
+def test_missing_parameter_gradient(xp, device):
     with pytest.raises(AssertionError, match="weight"):
-        gpunet.gradcheck(Scale(4, drop_dw=True), xp.asarray(_x()))
+        gpunet.gradcheck(Scale(4, drop_dw=True).to(device), xp.asarray(_x()))
 
 
-def test_runs_in_float64_and_restores_the_layer(xp):
-    layer = gpunet.Dense(4, 3)
-    w = layer.weight.data.copy()
-    layer.weight.grad = numpy.full((3, 4), 7.0, numpy.float32)
+def test_runs_in_float64_and_restores_the_layer(xp, device):
+    layer = gpunet.Dense(4, 3).to(device)
+    w = gpunet.to_numpy(layer.weight.data).copy()
+    layer.weight.grad = xp.asarray(numpy.full((3, 4), 7.0, numpy.float32))
     x = _x()
     xin = xp.asarray(x)
     gpunet.gradcheck(layer, xin)
     assert layer.weight.data.dtype == numpy.float32 and layer.bias.data.dtype == numpy.float32
-    numpy.testing.assert_array_equal(layer.weight.data, w)
-    numpy.testing.assert_array_equal(layer.weight.grad, numpy.full((3, 4), 7.0))
+    numpy.testing.assert_array_equal(gpunet.to_numpy(layer.weight.data), w)
+    numpy.testing.assert_array_equal(gpunet.to_numpy(layer.weight.grad), numpy.full((3, 4), 7.0))
     assert layer.bias.grad is None
     numpy.testing.assert_array_equal(gpunet.to_numpy(xin), x)      # the input is not perturbed
 
@@ -126,11 +126,13 @@ def test_buffers_are_rewound_before_every_forward(xp):
     assert gpunet.gradcheck(CounterOK(), xp.asarray(_x()))
 
 
-def test_non_contiguous_input_and_parameters(xp):
+def test_non_contiguous_input_and_parameters(xp, device):
     x = xp.asarray(_x((4, 3))).T                       # (3, 4), Fortran order
-    assert gpunet.gradcheck(gpunet.Dense(4, 2), x)
+    assert gpunet.gradcheck(gpunet.Dense(4, 2).to(device), x)
     layer = gpunet.Dense(4, 2, init=lambda shape, rng: numpy.asfortranarray(rng.standard_normal(shape)))
-    assert gpunet.gradcheck(layer, xp.asarray(_x()))
+    assert not layer.weight.data.flags.c_contiguous
+    layer.weight.data = xp.asarray(layer.weight.data)  # keeps its Fortran order on either backend
+    assert gpunet.gradcheck(layer.to(device), xp.asarray(_x()))
 
 
 def test_function_form(xp):

@@ -44,7 +44,7 @@ def test_forward_backward_chain(xp, device):
     for layer in m:
         ref = layer(ref)
     numpy.testing.assert_allclose(gpunet.to_numpy(y), gpunet.to_numpy(ref), rtol=1e-6)
-    assert gpunet.gradcheck(_model(), xp.asarray(_x((3, 4), seed=1)))
+    assert gpunet.gradcheck(_model().to(device), xp.asarray(_x((3, 4), seed=1)))
 
 
 def test_state_dict_keys_and_values():
@@ -155,11 +155,64 @@ def test_zero_grad_clears_every_parameter():
     assert all(p.grad is None for p in m.parameters())
 
 
-def test_flatten_in_sequential(xp):
-    m = gpunet.Sequential(gpunet.Flatten(), gpunet.Dense(12, 2))
+def test_flatten_in_sequential(xp, device):
+    m = gpunet.Sequential(gpunet.Flatten(), gpunet.Dense(12, 2)).to(device)
     x = xp.asarray(_x((2, 3, 4)))
     y = m(x)
     assert y.shape == (2, 2)
     dx = m.backward(xp.ones_like(y))
     assert dx.shape == (2, 3, 4)
     assert gpunet.gradcheck(m, xp.asarray(_x((2, 3, 2, 2), seed=4)))
+
+
+class _Stateful(gpunet.Layer):
+    """A layer with every kind of buffer the base class handles: an array, an int counter,
+    a float and a bool (like BatchNorm's running statistics and Dropout's draw counter)."""
+    _buffers = ("running", "count", "momentum", "flag")
+
+    def __init__(self, n):
+        super().__init__()
+        self.scale = gpunet.Parameter(numpy.ones(n, numpy.float32), "scale", decay=False)
+        self.running = numpy.zeros(n, numpy.float32)
+        self.count = 0
+        self.momentum = 0.1
+        self.flag = False
+
+    def forward(self, x):
+        self.count += 1
+        return x * self.scale.data
+
+
+def test_buffers_in_state_dict_and_load(xp, device):
+    a = gpunet.Sequential(gpunet.Dense(3, 3), _Stateful(3)).to(device)
+    a[1].running = xp.asarray(numpy.array([1.0, 2.0, 3.0], numpy.float32))
+    a[1].count, a[1].momentum, a[1].flag = 7, 0.25, True
+    sd = a.state_dict()
+    assert list(sd) == ["0.weight", "0.bias", "1.scale", "1.running", "1.count", "1.momentum", "1.flag"]
+    assert all(isinstance(v, numpy.ndarray) for v in sd.values())
+    b = gpunet.Sequential(gpunet.Dense(3, 3), _Stateful(3)).to(device)
+    b.load_state_dict(sd)
+    s = b[1]
+    assert gpunet.get_array_module(s.running) is xp and s.running.dtype == numpy.float32
+    numpy.testing.assert_array_equal(gpunet.to_numpy(s.running), [1.0, 2.0, 3.0])
+    assert type(s.count) is int and s.count == 7
+    assert type(s.momentum) is float and s.momentum == 0.25
+    assert type(s.flag) is bool and s.flag is True
+    del sd["1.count"]
+    sd["1.running"] = numpy.zeros(4, numpy.float32)
+    with pytest.raises(ValueError) as e:
+        b.load_state_dict(sd)
+    assert "1.count" in str(e.value) and "1.running" in str(e.value)
+
+
+def test_to_moves_parameters_gradients_and_buffers(xp, device):
+    m = gpunet.Sequential(gpunet.Dense(3, 2), _Stateful(2))
+    y = m(numpy.ones((1, 3), numpy.float32))
+    m[0].backward(numpy.ones_like(y))
+    assert m.to(device) is m
+    assert m.device.split(":")[0] == device
+    for p in m.parameters():
+        assert gpunet.get_array_module(p.data) is xp
+    assert gpunet.get_array_module(m[0].weight.grad) is xp
+    assert gpunet.get_array_module(m[1].running) is xp
+    assert m.to("cpu").device == "cpu" and isinstance(m[1].running, numpy.ndarray)
