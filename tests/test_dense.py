@@ -212,3 +212,20 @@ def test_against_torch_linear(xp, device, bias, dtype):
 def test_repr_names_configuration():
     r = repr(gpunet.Dense(4, 3, bias=False, activation="relu"))
     assert "Dense" in r and "4" in r and "3" in r and "relu" in r and "bias=False" in r
+
+
+def test_functional_linear(xp):
+    from gpunet.functional import linear, linear_backward
+    rng = numpy.random.default_rng(10)
+    x, w, b = (rng.standard_normal(s) for s in [(5, 4), (3, 4), (3,)])
+    dy = rng.standard_normal((5, 3))
+    y = linear(xp.asarray(x), xp.asarray(w), xp.asarray(b))
+    numpy.testing.assert_allclose(gpunet.to_numpy(y), x @ w.T + b, rtol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(linear(xp.asarray(x), xp.asarray(w))), x @ w.T, rtol=1e-12)
+    dx, dw, db = linear_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w))
+    numpy.testing.assert_allclose(gpunet.to_numpy(dx), dy @ w, rtol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(dw), dy.T @ x, rtol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(db), dy.sum(axis=0), rtol=1e-12)
+    dx, dw2, db = linear_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), need_dx=False, need_bias=False)
+    assert dx is None and db is None
+    numpy.testing.assert_allclose(gpunet.to_numpy(dw2), dy.T @ x, rtol=1e-12)
