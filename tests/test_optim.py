@@ -8,18 +8,10 @@ import numpy
 import pytest
 
 from gpunet import optim
-from gpunet.backend import cuda_available, to_numpy
+from gpunet.backend import to_numpy
 from gpunet.layers.base import Layer, Parameter
 
-BACKENDS = ["numpy"] + (["cupy"] if cuda_available() else [])
-
-
-@pytest.fixture(params=BACKENDS)
-def xp(request):
-    if request.param == "numpy":
-        return numpy
-    import cupy
-    return cupy
+# ``xp`` (numpy, and cupy where a CUDA device is present) comes from tests/conftest.py.
 
 
 def make_param(xp, values, name="w", decay=True, dtype=numpy.float64):
