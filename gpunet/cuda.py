@@ -72,12 +72,13 @@ def kernels_dir() -> Path:
     """The folder holding the ``*.cu`` / ``*.cuh`` sources.
 
     An installed wheel carries them as ``gpunet/kernels/``; a source checkout has them in
-    the top-level ``kernels/`` beside the ``gpunet/`` package.
+    the top-level ``kernels/`` beside the ``gpunet/`` package (``gpunet/kernels`` is a
+    symlink to it there, which is how the wheel build picks them up).
     """
     here = Path(__file__).resolve().parent
     for d in (here / "kernels", here.parent / "kernels"):
         if (d / "common.cuh").is_file():
-            return d
+            return d.resolve()
     raise FileNotFoundError(
         f"gpunet: CUDA kernel sources not found in {here / 'kernels'} (installed wheel) "
         f"or {here.parent / 'kernels'} (source checkout)")

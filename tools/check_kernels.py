@@ -21,7 +21,8 @@ A check fails on: a compile error; any warning (nvcc's ``-Werror all-warnings``,
 by ptxas; a name expression that NVRTC cannot resolve; or a kernel NVRTC builds whose
 mangled name nvcc did not compile (an explicit instantiation missing from the file).
 
-Usage: ``python tools/check_kernels.py [--arch 80 90] [--kernels-dir DIR] [--json PATH]``.
+Usage: ``python tools/check_kernels.py [--arch 80 90] [--kernels-dir DIR] [--file F.cu]
+[--json PATH]``.
 Exit status 0 when every check passes, 1 otherwise (a missing compiler is a failure unless
 ``--allow-missing``). CI installs: ``pip install 'nvidia-cuda-nvrtc==13.0.*'
 'cuda-bindings==13.0.*'`` and has nvcc 13.0 on PATH (or at /usr/local/cuda/bin/nvcc).
@@ -250,6 +251,8 @@ def main(argv=None) -> int:
                     help="SM architectures to compile for (default: 80 90)")
     ap.add_argument("--kernels-dir", type=Path, default=None,
                     help="folder of *.cu/*.cuh (default: the one gpunet.cuda loads)")
+    ap.add_argument("--file", action="append", default=None,
+                    help="check only this kernels/*.cu file (repeatable; default all)")
     ap.add_argument("--compiler", choices=("nvcc", "nvrtc"), action="append",
                     help="run only this compiler (repeatable; default both)")
     ap.add_argument("--allow-missing", action="store_true",
@@ -272,7 +275,8 @@ def main(argv=None) -> int:
                     continue
             kept.append(c)
         compilers = tuple(kept)
-    results = run_checks(args.kernels_dir, tuple(args.arch), compilers, jobs=args.jobs)
+    results = run_checks(args.kernels_dir, tuple(args.arch), compilers, files=args.file,
+                         jobs=args.jobs)
     print(format_table(results))
     failed = [r for r in results if not r.ok]
     print(f"\ncheck_kernels: {len(results) - len(failed)} passed, {len(failed)} failed")
