@@ -19,3 +19,4 @@ from .data import DataLoader
 from .train import Trainer, History, Callback, EarlyStopping, ModelCheckpoint
 from .checkpoint import save, load
 from . import train
+from . import diagnostics
