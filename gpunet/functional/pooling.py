@@ -1,0 +1,132 @@
+"""Pooling over NCHW inputs, forward above backward.
+
+A window of ``kernel = (kh, kw)`` moves by ``stride = (sh, sw)`` over the input padded by
+``padding = (ph, pw)`` on each side; output size ``OH = (H + 2*ph - kh) // sh + 1`` (floor,
+PyTorch's ``ceil_mode=False``). Every op loops over the ``kh*kw`` kernel offsets, each a
+strided slice of the whole batch — never over output positions.
+
+* max pooling pads with ``-inf`` (padding never wins); its gradient goes to the maximal
+  element of each window — the **first** one in row-major window order on ties (PyTorch's
+  and ``argmax``'s rule).
+* average pooling pads with zeros and **counts them**: every window divides by ``kh*kw``
+  (PyTorch's ``count_include_pad=True``, its default).
+* global average pooling: ``(N, C, H, W) -> (N, C)``, the mean over ``H, W``.
+
+Padding larger than half the kernel is rejected (as PyTorch does): a window could then
+lie entirely in the padding.
+"""
+from __future__ import annotations
+
+from .conv import output_size, pad2d, pair
+from ..backend import get_array_module
+
+
+def pool_args(layer_name, kernel_size, stride, padding):
+    """Normalize ``(kernel_size, stride=None -> kernel_size, padding)`` to int pairs."""
+    kernel = pair(kernel_size, layer_name, "kernel_size", 1)
+    stride = kernel if stride is None else pair(stride, layer_name, "stride", 1)
+    padding = pair(padding, layer_name, "padding", 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{layer_name}: padding must be at most half the kernel size "
+                         f"(kernel {kernel}), got padding {padding}")
+    return kernel, stride, padding
+
+
+def _slices(kernel, stride, out_hw):
+    """``((k, i, j), slice_h, slice_w)`` for each kernel offset: the input rows/columns that
+    offset ``(i, j)`` reads for all output positions at once."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i * kw + j, slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw)
+
+
+def _check(name, x):
+    if not hasattr(x, "ndim") or x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+
+
+# -- max pooling: y = max over the window; arg = the offset k = i*kw + j of the first max
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Return ``(y (N, C, OH, OW), arg)``; ``arg`` (same shape, small ints) is the window
+    offset ``i*kw + j`` of the first maximum, which the backward needs."""
+    _check("max_pool2d", x)
+    xp = get_array_module(x)
+    kernel, stride, padding = pool_args("max_pool2d", kernel_size, stride, padding)
+    out_hw = output_size("max_pool2d", x.shape, kernel, stride, padding)
+    xpad = pad2d(x, padding, value=float("-inf"))
+    y = arg = None
+    for k, sh, sw in _slices(kernel, stride, out_hw):
+        v = xpad[:, :, sh, sw]
+        if y is None:
+            y = v.copy()
+            arg = xp.zeros(y.shape, dtype=xp.uint8 if kernel[0] * kernel[1] <= 256 else xp.int32)
+            continue
+        better = v > y                 # strict: an equal later element does not take over
+        xp.copyto(arg, k, where=better)
+        xp.maximum(y, v, out=y)
+    return y, arg
+
+
+def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
+    """``dx (N, C, H, W)``: each ``dy`` element is routed to the input that won its window;
+    overlapping windows (stride < kernel) add."""
+    xp = get_array_module(dy)
+    kernel, stride, padding = pool_args("max_pool2d_backward", kernel_size, stride, padding)
+    n, c, h, w = x_shape
+    (ph, pw) = padding
+    out_hw = dy.shape[2:]
+    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
+    for k, sh, sw in _slices(kernel, stride, out_hw):
+        g = dy * (arg == k)
+        if disjoint:
+            dxpad[:, :, sh, sw] = g
+        else:
+            dxpad[:, :, sh, sw] += g
+    return dxpad[:, :, ph:ph + h, pw:pw + w] if ph or pw else dxpad
+
+
+# -- average pooling: y = (1/(kh*kw)) Σ_window xpad (zero padding counted)
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """``y (N, C, OH, OW)``: the window sum divided by ``kh*kw`` (padding counted)."""
+    _check("avg_pool2d", x)
+    xp = get_array_module(x)
+    kernel, stride, padding = pool_args("avg_pool2d", kernel_size, stride, padding)
+    out_hw = output_size("avg_pool2d", x.shape, kernel, stride, padding)
+    xpad = pad2d(x, padding)
+    y = None
+    for k, sh, sw in _slices(kernel, stride, out_hw):
+        if y is None:
+            y = xpad[:, :, sh, sw].copy()
+        else:
+            y += xpad[:, :, sh, sw]
+    y *= 1.0 / (kernel[0] * kernel[1])
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
+    """``dx``: every input of a window receives ``dy / (kh*kw)``; overlaps add."""
+    xp = get_array_module(dy)
+    kernel, stride, padding = pool_args("avg_pool2d_backward", kernel_size, stride, padding)
+    n, c, h, w = x_shape
+    (ph, pw) = padding
+    g = dy * (1.0 / (kernel[0] * kernel[1]))
+    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    for k, sh, sw in _slices(kernel, stride, dy.shape[2:]):
+        dxpad[:, :, sh, sw] += g
+    return dxpad[:, :, ph:ph + h, pw:pw + w] if ph or pw else dxpad
+
+
+# -- global average pooling: y[n, c] = mean_{h,w} x[n, c, h, w]
+def global_avg_pool2d(x):
+    _check("global_avg_pool2d", x)
+    return x.mean(axis=(2, 3))
+
+
+def global_avg_pool2d_backward(dy, x_shape):
+    xp = get_array_module(dy)
+    n, c, h, w = x_shape
+    g = dy * (1.0 / (h * w))
+    return xp.broadcast_to(g[:, :, None, None], x_shape).copy()

@@ -1,0 +1,105 @@
+"""Conv2D: a 2-D convolution over NCHW inputs with an optional fused activation."""
+from __future__ import annotations
+
+import numpy
+
+from .. import init as _init
+from ..functional import conv as FC
+from .activations import get as get_activation
+from .base import Layer, Parameter
+from .dense import default_init
+
+
+class Conv2D(Layer):
+    """``y = act(conv2d(x, weight) + bias)`` (cross-correlation, as in PyTorch).
+
+    ``x (N, in_channels, H, W)`` → ``y (N, out_channels, OH, OW)`` with
+    ``OH = (H + 2*ph - kh) // sh + 1`` (likewise ``OW``); ``weight (out, in, kh, kw)``,
+    ``bias (out,)`` initialised to zeros. ``kernel_size``, ``stride`` and ``padding`` (zeros)
+    take an int or an ``(h, w)`` pair. A 1-D convolution over sequences of length ``L`` is
+    a ``(1, k)`` kernel on ``(N, C, 1, L)`` inputs (with ``padding=(0, p)``).
+
+    ``activation`` and ``init`` as for :class:`Dense`: the activation is applied in place when
+    its derivative needs only its output; ``init=None`` picks He normal for ReLU-family
+    activations and Xavier uniform otherwise, with ``fan_in = in*kh*kw`` and
+    ``fan_out = out*kh*kw`` (``gpunet.init.fans`` of the 4-D weight).
+
+    Computed by im2col (a strided view, one copy) and a batched GEMM; see
+    ``gpunet.functional.conv``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 activation=None, init=None):
+        super().__init__()
+        for k, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Conv2D: {k} must be a positive int, got {v!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = FC.pair(kernel_size, "Conv2D", "kernel_size", 1)
+        self.stride = FC.pair(stride, "Conv2D", "stride", 1)
+        self.padding = FC.pair(padding, "Conv2D", "padding", 0)
+        self.activation = get_activation(activation, "Conv2D")
+        init = default_init(self.activation) if init is None else init
+        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        self.weight = Parameter(_init.make(init, shape, layer_name="Conv2D"), "weight", decay=True)
+        self.bias = Parameter(numpy.zeros(self.out_channels, numpy.float32), "bias", decay=False) if bias else None
+        self._x = self._cols = self._z = self._y = None
+
+    def _check(self, x):
+        name = "Conv2D"
+        if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+            raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{name}: expected a 4-D input (N, {self.in_channels}, H, W), "
+                             f"got shape {tuple(x.shape)} ({x.ndim}-D)")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{name}: expected {self.in_channels} input channels (axis 1 of NCHW), "
+                             f"got shape {tuple(x.shape)}")
+        w = self.weight.data
+        if x.dtype != w.dtype:
+            raise ValueError(f"{name}: expected dtype {w.dtype.name} (the parameters' dtype), "
+                             f"got {x.dtype.name}; cast the input or the model")
+        FC.output_size(name, x.shape, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, x):
+        self._check(x)
+        w = self.weight.data
+        b = self.bias.data if self.bias is not None else None
+        z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True)
+        act = self.activation
+        if act is None:
+            y = z
+        elif act.needs_input:
+            y = act.fn(z)
+        else:
+            y = act.fn(z, inplace=True)   # z is ours: overwrite it
+        if self.training:
+            self._x, self._cols, self._y = x, cols, y
+            self._z = z if act is not None and act.needs_input else None
+        return y
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Conv2D.backward called before a training-mode forward")
+        if self.activation is not None:
+            dy = self.activation.grad_fn(dy, self._z, self._y)
+        dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
+                                        cols=self._cols, need_bias=self.bias is not None)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        k, s, p = self.kernel_size, self.stride, self.padding
+        one = lambda t: t[0] if t[0] == t[1] else t  # noqa: E731
+        out = f"{self.in_channels}, {self.out_channels}, kernel_size={one(k)}"
+        if s != (1, 1):
+            out += f", stride={one(s)}"
+        if p != (0, 0):
+            out += f", padding={one(p)}"
+        if self.bias is None:
+            out += ", bias=False"
+        if self.activation is not None:
+            out += f", activation={self.activation.name!r}"
+        return out

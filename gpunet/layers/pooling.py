@@ -1,0 +1,96 @@
+"""Pooling layers over NCHW inputs: MaxPool2D, AvgPool2D, GlobalAvgPool2D.
+
+Conventions (see ``gpunet.functional.pooling``): ``stride=None`` means ``kernel_size``;
+``kernel_size``, ``stride`` and ``padding`` take an int or an ``(h, w)`` pair; output size
+``OH = (H + 2*ph - kh) // sh + 1`` (floor). Max pooling pads with ``-inf`` and sends the
+gradient to the first maximal element of each window; average pooling counts the zero
+padding (PyTorch's ``count_include_pad=True``). Padding may be at most half the kernel.
+"""
+from __future__ import annotations
+
+from ..functional import pooling as FP
+from ..functional.conv import output_size
+from .base import Layer
+
+
+def _check4d(layer, x):
+    name = type(layer).__name__
+    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)} ({x.ndim}-D)")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a floating-point input (float32 or float64), got {x.dtype.name}")
+
+
+class _Pool2D(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = FP.pool_args(type(self).__name__, kernel_size,
+                                                                   stride, padding)
+        self._shape = None
+
+    def _check(self, x):
+        _check4d(self, x)
+        output_size(type(self).__name__, x.shape, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        one = lambda t: t[0] if t[0] == t[1] else t  # noqa: E731
+        out = f"kernel_size={one(self.kernel_size)}"
+        if self.stride != self.kernel_size:
+            out += f", stride={one(self.stride)}"
+        if self.padding != (0, 0):
+            out += f", padding={one(self.padding)}"
+        return out
+
+
+class MaxPool2D(_Pool2D):
+    """``y[n, c, p, q] = max`` of the window at ``(p*sh - ph, q*sw - pw)``; ``dx`` routes each
+    ``dy`` to the window's first maximal element (ties: first in row-major order)."""
+
+    def forward(self, x):
+        self._check(x)
+        y, arg = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        if self.training:
+            self._shape, self._arg = x.shape, arg
+        return y
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise RuntimeError("MaxPool2D.backward called before a training-mode forward")
+        return FP.max_pool2d_backward(dy, self._arg, self._shape, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2D(_Pool2D):
+    """``y[n, c, p, q] = (1/(kh*kw)) Σ`` of the zero-padded window (padding counted, as
+    PyTorch's ``count_include_pad=True``); ``dx`` spreads ``dy/(kh*kw)`` over each window."""
+
+    def forward(self, x):
+        self._check(x)
+        if self.training:
+            self._shape = x.shape
+        return FP.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise RuntimeError("AvgPool2D.backward called before a training-mode forward")
+        return FP.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2D(Layer):
+    """``(N, C, H, W) -> (N, C)``: ``y[n, c] = mean_{h,w} x[n, c, h, w]``."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x):
+        _check4d(self, x)
+        if self.training:
+            self._shape = x.shape
+        return FP.global_avg_pool2d(x)
+
+    def backward(self, dy):
+        if self._shape is None:
+            raise RuntimeError("GlobalAvgPool2D.backward called before a training-mode forward")
+        return FP.global_avg_pool2d_backward(dy, self._shape)

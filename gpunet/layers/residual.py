@@ -1,0 +1,34 @@
+"""Residual: a skip connection around a block."""
+from __future__ import annotations
+
+from .base import Layer
+
+
+class Residual(Layer):
+    """``y = x + block(x)``; backward ``dx = dy + block.backward(dy)`` (the identity path
+    carries the gradient unchanged, which is why deep residual nets do not vanish).
+
+    ``block`` must map its input to an output of the same shape. Its parameters appear in
+    ``state_dict`` as ``"block.<name>"`` (e.g. ``"block.0.weight"`` for a Sequential block).
+    """
+
+    def __init__(self, block):
+        super().__init__()
+        if not isinstance(block, Layer):
+            raise TypeError(f"Residual: block must be a Layer, got {type(block).__name__}")
+        self.block = block
+
+    def forward(self, x):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"Residual: expected a NumPy or CuPy array, got {type(x).__name__}")
+        y = self.block.forward(x)
+        if y.shape != x.shape:
+            raise ValueError(f"Residual: the block must keep the input shape; expected output shape "
+                             f"{tuple(x.shape)}, got {tuple(y.shape)}")
+        return x + y          # not in place: the block may have cached y for its backward
+
+    def backward(self, dy):
+        return dy + self.block.backward(dy)
+
+    def extra_repr(self):
+        return repr(self.block)
