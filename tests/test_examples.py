@@ -42,6 +42,8 @@ def _run(name, tmp_path_factory):
     ("vanishing_gradients", "vanishing_gradients.png"),
     ("initialization", "initialization.png"),
     ("softmax_stability", "softmax_stability.png"),
+    ("overfitting", "overfitting.png"),
+    ("batchnorm", "batchnorm.png"),
 ])
 def test_example_writes_a_legible_png(name, png, tmp_path_factory):
     pytest.importorskip("matplotlib")
@@ -111,3 +113,45 @@ def test_softmax_cross_entropy_at_huge_logits(tmp_path_factory):
     wrong = r["naive_wrong_from_shift"]
     assert 86 <= wrong["float32"] <= 89
     assert 707 <= wrong["float64"] <= 710
+
+
+# -- (c) under- and overfitting ------------------------------------------------------------
+
+def test_capacity_sweep_small_underfits_large_overfits(tmp_path_factory):
+    cap = _run("overfitting", tmp_path_factory)["capacity"]
+    small, large = cap["2"], cap["256x256"]
+    assert small["train_loss"] > 1.0 and small["train_accuracy"] < 0.6       # underfits: even train is poor
+    assert large["train_loss"] < 0.05 and large["train_accuracy"] == 1.0     # memorizes, wrong labels included
+    assert large["gap_loss"] > small["gap_loss"] + 0.3
+    assert large["gap_accuracy"] > small["gap_accuracy"] + 0.08
+
+
+def test_regularizers_close_the_gap(tmp_path_factory):
+    reg = _run("overfitting", tmp_path_factory)["regularized"]
+    none = reg["none"]["gap_loss"]
+    for name in ("dropout", "L2 (λ=0.03)", "L1 (λ=0.003)", "early stopping"):
+        assert reg[name]["gap_loss"] < none, name
+    assert reg["dropout"]["gap_loss"] < 0.5 * none
+    assert reg["L1 (λ=0.003)"]["gap_loss"] < 0.5 * none
+    assert reg["L2 (λ=0.03)"]["gap_loss"] < 0.7 * none
+    assert reg["L1 (λ=0.003)"]["zero_weight_fraction"] > 0.5               # L1 makes weights sparse
+    es = reg["early stopping"]
+    assert es["epochs_run"] < reg["none"]["epochs_run"] and es["best_epoch"] < es["epochs_run"]
+    # closing the gap is not bought with validation accuracy
+    assert max(reg[n]["val_accuracy"] for n in reg) > reg["none"]["val_accuracy"] + 0.02
+
+
+# -- (e) batch normalization ----------------------------------------------------------------
+
+def test_batchnorm_trains_where_the_plain_sigmoid_net_stalls(tmp_path_factory):
+    r = _run("batchnorm", tmp_path_factory)
+    plain = r["no BN"]
+    assert plain["final_train_loss"] > 2.2            # stuck near log(10) = 2.30, chance level
+    assert plain["val_accuracy"] < 0.25
+    for placement in ("BN before sigmoid", "BN after sigmoid"):
+        bn = r[placement]
+        assert bn["final_train_loss"] < 1.0, placement
+        assert bn["val_accuracy"] > plain["val_accuracy"] + 0.4, placement   # a wide margin
+        # and the gradient reaches the first layer
+        assert bn["first_last_grad_ratio"] > 0.1, placement
+    assert plain["first_last_grad_ratio"] < 1e-3
