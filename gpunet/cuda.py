@@ -312,6 +312,8 @@ def _bn_layout(name, x):
         raise ValueError(f"gpunet.cuda.{name}: empty input of shape {x.shape}")
     if x.size >= 2**31:
         raise ValueError(f"gpunet.cuda.{name}: at most 2**31 - 1 elements, got {x.size}")
+    if C > 65535:  # the reductions put channels on gridDim.y
+        raise ValueError(f"gpunet.cuda.{name}: at most 65535 channels, got {C}")
     return N, C, HW
 
 

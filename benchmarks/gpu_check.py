@@ -1,0 +1,545 @@
+#!/usr/bin/env python3
+"""One command for a GPU machine: tests, kernel correctness, kernel timings vs PyTorch.
+
+    PYTHONPATH=. python benchmarks/gpu_check.py --out DIR
+
+Needs CuPy (14, CUDA 13), PyTorch with CUDA and pytest; no network. Steps:
+
+1. **compile**: builds every module of ``gpunet.cuda.KERNELS`` through CuPy/NVRTC (timed).
+2. **tests**: ``python -m pytest -q tests`` in a subprocess (the ``xp`` fixture runs each
+   test on NumPy and CuPy), with a time limit; output saved to ``DIR/pytest.txt``.
+3. **correctness**: each launcher of ``gpunet.cuda`` against the NumPy reference ops of
+   ``gpunet.functional`` (computed in float64 from the same inputs) on fresh random
+   inputs (never zeros; the seed is printed and recorded), several shapes including
+   non-multiples of 32 and of the 16-byte pack width, float32 and float64, every kernel
+   variant (warp/block softmax, hard/soft/smoothed/ignored labels, packed/scalar paths,
+   a misaligned view). Dropout must match bit for bit. One call per op also goes through
+   the ``gpunet.functional`` op with CuPy inputs, checking its GPU branch.
+4. **timing**: each fused op (forward + backward) at the shapes below, CUDA events around
+   every call, warm-up first, the median of ``--iters`` calls, inputs rotated among
+   enough copies to exceed 3x the L2 cache, against PyTorch eager on the same shapes:
+   softmax-CE (8192, 32768), (65536, 10), (16384, 1000); BatchNorm NCHW (256, 64, 56, 56)
+   and (256, 512, 7, 7); Dropout p=0.5 over 64M elements, all float32. The device-to-device
+   copy bandwidth of a 1 GiB buffer is measured too, and each op's achieved bandwidth —
+   its compulsory traffic (every input read once, every output written once) over its
+   time — is reported as a fraction of it.
+
+Prints tables and writes ``DIR/gpu_check.json``. Exit status: 0 when the tests and every
+correctness check pass, 1 otherwise, 2 when there is no usable GPU. Timings never decide
+the exit status. Budget: well under 5 minutes on an H100 (``--pytest-timeout`` caps the
+suite).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from gpunet import backend  # noqa: E402
+from gpunet import cuda as gcuda  # noqa: E402
+from gpunet import random as grandom  # noqa: E402
+
+F32, F64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="gpunet GPU check: pytest suite, kernel-vs-NumPy correctness, and kernel "
+                    "timings against PyTorch eager (needs a CUDA GPU, CuPy and PyTorch).",
+        epilog="Run from the source tree: PYTHONPATH=. python benchmarks/gpu_check.py --out DIR")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="directory for gpu_check.json and pytest.txt (created)")
+    ap.add_argument("--skip-tests", action="store_true", help="do not run the pytest suite")
+    ap.add_argument("--skip-timing", action="store_true", help="do not run the timings")
+    ap.add_argument("--pytest-timeout", type=float, default=150.0,
+                    help="seconds the pytest suite may take (default 150)")
+    ap.add_argument("--iters", type=int, default=30, help="timed calls per op (default 30)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the correctness inputs (default: fresh, printed)")
+    ap.add_argument("--no-torch", action="store_true", help="time gpunet only")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------
+
+def table(rows, header):
+    rows = [[str(c) for c in r] for r in rows]
+    w = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+         for i, h in enumerate(header)]
+    out = ["  ".join(str(h).ljust(x) for h, x in zip(header, w)), "  ".join("-" * x for x in w)]
+    out += ["  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows]
+    return "\n".join(out)
+
+
+def close(got, ref, rtol, atol_scale):
+    """(ok, max abs error, error in units of the tolerance) for host arrays."""
+    got = numpy.asarray(got, dtype=numpy.float64)
+    ref = numpy.asarray(ref, dtype=numpy.float64)
+    if got.shape != ref.shape:
+        return False, float("inf"), float("inf")
+    if not numpy.all(numpy.isfinite(got)):
+        return False, float("inf"), float("inf")
+    scale = float(numpy.max(numpy.abs(ref))) if ref.size else 0.0
+    tol = rtol * numpy.abs(ref) + atol_scale * max(scale, 1e-30)
+    err = numpy.abs(got - ref)
+    worst = float(numpy.max(err / tol)) if err.size else 0.0
+    return worst <= 1.0, float(err.max()) if err.size else 0.0, worst
+
+
+TOL = {F32: (1e-4, 1e-5), F64: (1e-10, 1e-12)}   # (rtol, atol relative to max |ref|)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. compile
+# ---------------------------------------------------------------------------------------
+
+def compile_all(cp):
+    rows = {}
+    for f in gcuda.KERNELS:
+        t0 = time.perf_counter()
+        gcuda.module(f, cp.cuda.Device().id)
+        rows[f] = time.perf_counter() - t0
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# 2. tests
+# ---------------------------------------------------------------------------------------
+
+def run_pytest(out_dir: Path, timeout: float):
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        text, rc = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        text += f"\n[gpu_check] pytest stopped after {timeout:.0f} s\n"
+        rc = "timeout"
+    seconds = time.perf_counter() - t0
+    (out_dir / "pytest.txt").write_text(text)
+    summary = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return {"returncode": rc, "seconds": round(seconds, 1), "summary": summary,
+            "passed": rc == 0}
+
+
+# ---------------------------------------------------------------------------------------
+# 3. correctness: kernels vs the NumPy reference ops
+# ---------------------------------------------------------------------------------------
+
+def check_softmax_xent(cp, rng, results):
+    from gpunet.functional.losses import softmax_cross_entropy as ref_op
+    shapes = [(7, 5), (33, 10), (64, 256), (40, 257), (16, 1000), (9, 1024),  # warp kernels
+              (5, 1025), (6, 4096), (3, 4099), (4, 32768)]                   # block kernels
+    for dtype in (F32, F64):
+        rtol, atol = TOL[dtype]
+        for (N, C) in shapes:
+            z = rng.normal(0.0, 3.0, size=(N, C)).astype(dtype)
+            y = rng.integers(0, C, size=N).astype(numpy.int64)
+            q = rng.random((N, C)) + 0.05
+            q = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+            ign = y.copy()
+            ign[rng.random(N) < 0.3] = -100
+            cases = [("hard", y, 0.0, None), ("hard eps=0.1", y, 0.1, None),
+                     ("hard ignore=-100", ign, 0.0, -100), ("soft eps=0.1", q, 0.1, None)]
+            for label, lab, eps, ii in cases:
+                loss, dz = gcuda.softmax_xent(cp.asarray(z), cp.asarray(lab), eps, ii)
+                rl, rdz = ref_op(z.astype(F64), lab.astype(F64) if lab.dtype.kind == "f" else lab,
+                                 eps, ii)
+                ok1, e1, w1 = close(float(loss.get()), rl, rtol, atol)
+                ok2, e2, w2 = close(dz.get(), rdz, rtol, atol)
+                ok = ok1 and ok2 and loss.dtype == dtype and dz.dtype == dtype and loss.ndim == 0
+                results.append(("softmax_xent", f"{(N, C)} {label}", dtype.name, ok,
+                                max(e1, e2), max(w1, w2)))
+    # logits of +-1e4 stay finite, and the ±1e4 rows agree with the float64 reference
+    for dtype in (F32, F64):
+        z = rng.uniform(-1e4, 1e4, size=(37, 300)).astype(dtype)
+        y = rng.integers(0, 300, size=37)
+        loss, dz = gcuda.softmax_xent(cp.asarray(z), cp.asarray(y), 0.1)
+        rl, rdz = ref_op(z.astype(F64), y, 0.1)
+        ok1, e1, w1 = close(float(loss.get()), rl, *TOL[dtype])
+        ok2, e2, w2 = close(dz.get(), rdz, *TOL[dtype])
+        results.append(("softmax_xent", "(37, 300) logits ±1e4 eps=0.1", dtype.name,
+                        ok1 and ok2, max(e1, e2), max(w1, w2)))
+    # a bad label raises ValueError before any launch
+    try:
+        gcuda.softmax_xent(cp.asarray(rng.normal(size=(4, 3)).astype(F32)), cp.asarray([0, 1, 3, 2]))
+        results.append(("softmax_xent", "label 3 of C=3 raises ValueError", "float32", False, 0.0, 0.0))
+    except ValueError:
+        results.append(("softmax_xent", "label 3 of C=3 raises ValueError", "float32", True, 0.0, 0.0))
+    # the functional op's GPU branch
+    from gpunet.functional import losses
+    z = rng.normal(size=(19, 77)).astype(F32)
+    y = rng.integers(0, 77, size=19)
+    l1, d1 = losses.softmax_cross_entropy(cp.asarray(z), cp.asarray(y), 0.05)
+    l0, d0 = losses.softmax_cross_entropy(z, y, 0.05)
+    ok1, e1, w1 = close(float(l1.get()), l0, *TOL[F32])
+    ok2, e2, w2 = close(d1.get(), d0, *TOL[F32])
+    results.append(("functional.softmax_cross_entropy", "(19, 77) cupy vs numpy", "float32",
+                    ok1 and ok2 and isinstance(d1, cp.ndarray), max(e1, e2), max(w1, w2)))
+
+
+def check_batchnorm(cp, rng, results):
+    from gpunet.functional.batchnorm import batch_norm_backward, batch_norm_forward
+    shapes = [(33, 17), (256, 10), (2, 3, 5, 7), (4, 16, 8, 8), (3, 5, 1, 1), (16, 8, 64, 64),
+              (64, 32, 7, 7)]
+    for dtype in (F32, F64):
+        for shape in shapes:
+            for center, affine in ((3.0, True), (1000.0, True), (0.5, False)):
+                # float32 holds values near 1000 only to ~6e-5, a relative 6e-5 of a unit std:
+                # (x - mean), and through it y and dgamma, carry that error in any float32
+                # implementation (NumPy's own float32 path is off by ~2e-4 of max |dgamma|),
+                # so the large-mean case is judged at the data's own precision.
+                rtol, atol = (1e-3, 1e-3) if (dtype == F32 and center > 100) else TOL[dtype]
+                C = shape[1]
+                bshape = (1, C) + (1,) * (len(shape) - 2)
+                x = (rng.normal(size=shape) * rng.uniform(0.5, 2.0, size=bshape)
+                     + center + rng.normal(size=bshape)).astype(dtype)
+                dy = rng.normal(size=shape).astype(dtype)
+                g = rng.normal(1.0, 0.3, size=C).astype(dtype) if affine else None
+                b = rng.normal(0.0, 0.3, size=C).astype(dtype) if affine else None
+                eps = 1e-5
+                gx = cp.asarray(x)
+                y, mean, var, inv_std = gcuda.batchnorm_forward(
+                    gx, None if g is None else cp.asarray(g), None if b is None else cp.asarray(b), eps)
+                dx, dg, db = gcuda.batchnorm_backward(cp.asarray(dy), gx,
+                                                      None if g is None else cp.asarray(g), mean, inv_std)
+                x64 = x.astype(F64)
+                g64 = None if g is None else g.astype(F64)
+                b64 = None if b is None else b.astype(F64)
+                ry, rm, rv, ris = batch_norm_forward(x64, g64, b64, eps)
+                rdx, rdg, rdb = batch_norm_backward(dy.astype(F64), x64, g64, rm, ris)
+                worst_ok, worst_e, worst_w = True, 0.0, 0.0
+                for got, ref in ((y, ry), (mean, rm), (var, rv), (inv_std, ris), (dx, rdx),
+                                 (dg, rdg), (db, rdb)):
+                    ok, e, w = close(got.get(), ref, rtol, atol)
+                    worst_ok &= ok and got.dtype == dtype
+                    worst_e, worst_w = max(worst_e, e), max(worst_w, w)
+                results.append(("batchnorm", f"{shape} mean~{center:g}{'' if affine else ' no-affine'}",
+                                dtype.name, worst_ok, worst_e, worst_w))
+    from gpunet.functional import batchnorm as fbn
+    x = rng.normal(2.0, 1.5, size=(8, 6, 5, 5)).astype(F32)
+    g = rng.normal(1.0, 0.2, size=6).astype(F32)
+    b = rng.normal(size=6).astype(F32)
+    y1 = fbn.batch_norm_forward(cp.asarray(x), cp.asarray(g), cp.asarray(b), 1e-5)[0]
+    y0 = fbn.batch_norm_forward(x, g, b, 1e-5)[0]
+    ok, e, w = close(y1.get(), y0, *TOL[F32])
+    results.append(("functional.batch_norm_forward", "(8, 6, 5, 5) cupy vs numpy", "float32",
+                    ok and isinstance(y1, cp.ndarray), e, w))
+
+
+def check_dropout(cp, rng, results):
+    from gpunet.functional.dropout import dropout_backward, dropout_forward
+    shapes = [(1,), (3,), (1000,), (37, 129), (64, 1024), (2, 3, 5, 7)]
+    for dtype in (F32, F64):
+        for shape in shapes:
+            for p in (0.0, 0.1, 0.5, 0.9):
+                seed, counter = int(rng.integers(0, 2**63)), int(rng.integers(0, 2**20))
+                x = rng.normal(size=shape).astype(dtype)
+                dy = rng.normal(size=shape).astype(dtype)
+                k1, k2 = grandom.keys(seed, counter)
+                t = grandom.keep_threshold(p)
+                scale = 1.0 / (1.0 - p)
+                y = gcuda.dropout_forward(cp.asarray(x), k1, k2, t, scale).get()
+                dx = gcuda.dropout_backward(cp.asarray(dy), k1, k2, t, scale).get()
+                ry = dropout_forward(x, p, seed, counter, "inverted")
+                rdx = dropout_backward(dy, p, seed, counter, "inverted")
+                ok = bool(numpy.array_equal(y, ry) and numpy.array_equal(dx, rdx)
+                          and y.dtype == dtype)
+                err = float(max(numpy.max(numpy.abs(y - ry)), numpy.max(numpy.abs(dx - rdx))))
+                results.append(("dropout", f"{shape} p={p}", dtype.name, ok, err, 0.0 if ok else float("inf")))
+    # a view that starts 1 element into its buffer (not 16-byte aligned): scalar path
+    for dtype in (F32, F64):
+        base = cp.asarray(rng.normal(size=4097).astype(dtype))
+        view = base[1:]
+        k1, k2 = grandom.keys(7, 11)
+        t = grandom.keep_threshold(0.5)
+        y = gcuda.dropout_forward(view, k1, k2, t, 2.0).get()
+        ry = dropout_forward(view.get(), 0.5, 7, 11, "inverted")
+        ok = bool(numpy.array_equal(y, ry))
+        results.append(("dropout", "(4096,) misaligned view p=0.5", dtype.name, ok,
+                        float(numpy.max(numpy.abs(y - ry))), 0.0 if ok else float("inf")))
+    from gpunet.functional import dropout as fd
+    x = rng.normal(size=(33, 65)).astype(F32)
+    y1 = fd.dropout_forward(cp.asarray(x), 0.3, 5, 9, "classic").get()
+    y0 = fd.dropout_forward(x, 0.3, 5, 9, "classic")
+    ok = bool(numpy.array_equal(y1, y0))
+    results.append(("functional.dropout_forward", "(33, 65) classic cupy vs numpy", "float32", ok,
+                    float(numpy.max(numpy.abs(y1 - y0))), 0.0 if ok else float("inf")))
+
+
+def run_correctness(cp, seed):
+    rng = numpy.random.default_rng(seed)
+    results, errors = [], []
+    for fn in (check_softmax_xent, check_batchnorm, check_dropout):
+        try:
+            fn(cp, rng, results)
+        except Exception:
+            errors.append(f"{fn.__name__}:\n{traceback.format_exc()}")
+    return results, errors
+
+
+# ---------------------------------------------------------------------------------------
+# 4. timing
+# ---------------------------------------------------------------------------------------
+
+def median_ms(record_start, record_end, elapsed, sync, fn, arg_sets, warmup, iters):
+    for i in range(warmup):
+        fn(*arg_sets[i % len(arg_sets)])
+    sync()
+    times = []
+    for i in range(iters):
+        args = arg_sets[i % len(arg_sets)]
+        record_start()
+        fn(*args)
+        record_end()
+        times.append(elapsed())
+    return statistics.median(times)
+
+
+def cupy_timer(cp):
+    a, b = cp.cuda.Event(), cp.cuda.Event()
+
+    def end():
+        b.record()
+        b.synchronize()
+    return a.record, end, lambda: cp.cuda.get_elapsed_time(a, b), cp.cuda.Device().synchronize
+
+
+def torch_timer(torch):
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def end():
+        b.record()
+        b.synchronize()
+    return a.record, end, lambda: a.elapsed_time(b), torch.cuda.synchronize
+
+
+def copies_for(nbytes, l2_bytes, cap=64):
+    """How many input sets to rotate so that their total exceeds 3x the L2 cache."""
+    return int(min(cap, max(1, -(-3 * l2_bytes // max(nbytes, 1)))))
+
+
+def run_timing(cp, torch, args):
+    dev = cp.cuda.Device()
+    l2 = int(dev.attributes.get("L2CacheSize", 50 * 2**20))
+    rng = cp.random.default_rng(0) if hasattr(cp.random, "default_rng") else None
+
+    def randn(shape, dtype=cp.float32):
+        if rng is not None:
+            return rng.standard_normal(shape, dtype=cp.float32).astype(dtype, copy=False)
+        return cp.random.standard_normal(shape).astype(dtype)
+
+    ct = cupy_timer(cp)
+    tt = torch_timer(torch) if torch is not None else None
+    rows = []
+
+    # device-to-device copy bandwidth: read + write of a 1 GiB buffer
+    n = 2**28
+    src, dst = cp.empty(n, cp.float32), cp.empty(n, cp.float32)
+    src.fill(1.0)
+    copy_ms = median_ms(*ct, lambda: dst.data.copy_from_device_async(src.data, src.nbytes),
+                        [()], args.warmup, max(10, args.iters // 2))
+    copy_gbs = 2 * src.nbytes / (copy_ms * 1e-3) / 1e9
+    del src, dst
+    cp.get_default_memory_pool().free_all_blocks()
+
+    def record(op, shape, nbytes, g_ms, t_ms):
+        g_bw = nbytes / (g_ms * 1e-3) / 1e9
+        row = {"op": op, "shape": list(shape), "dtype": "float32", "bytes": int(nbytes),
+               "gpunet_ms": round(g_ms, 4), "gpunet_GBs": round(g_bw, 1),
+               "gpunet_frac_copy": round(g_bw / copy_gbs, 3)}
+        if t_ms is not None:
+            t_bw = nbytes / (t_ms * 1e-3) / 1e9
+            row.update({"torch_ms": round(t_ms, 4), "torch_GBs": round(t_bw, 1),
+                        "torch_frac_copy": round(t_bw / copy_gbs, 3),
+                        "speedup_vs_torch": round(t_ms / g_ms, 3)})
+        rows.append(row)
+        print(f"  {op} {shape}: gpunet {g_ms:.3f} ms" + ("" if t_ms is None else f", torch {t_ms:.3f} ms"),
+              flush=True)
+
+    F = torch.nn.functional if torch is not None else None
+
+    # softmax cross-entropy, forward + backward
+    for (N, C) in ((8192, 32768), (65536, 10), (16384, 1000)):
+        per = N * C * 4 + N * 8
+        k = copies_for(per, l2)
+        sets = [(randn((N, C)), cp.asarray(numpy.random.default_rng(i).integers(0, C, N)))
+                for i in range(k)]
+        g_ms = median_ms(*ct, lambda z, y: gcuda.softmax_xent(z, y), sets, args.warmup, args.iters)
+        t_ms = None
+        if torch is not None:
+            tsets = [(torch.from_dlpack(z).requires_grad_(True), torch.from_dlpack(y)) for z, y in sets]
+
+            def t_step(z, y):
+                loss = F.cross_entropy(z, y)
+                return torch.autograd.grad(loss, z)
+            t_ms = median_ms(*tt, t_step, tsets, args.warmup, args.iters)
+            del tsets
+        record("softmax_xent fwd+bwd", (N, C), 2 * N * C * 4 + N * 8, g_ms, t_ms)
+        del sets
+        cp.get_default_memory_pool().free_all_blocks()
+        if torch is not None:
+            torch.cuda.empty_cache()
+
+    # batch norm, forward + backward (training mode)
+    for shape in ((256, 64, 56, 56), (256, 512, 7, 7)):
+        C = shape[1]
+        size = int(numpy.prod(shape)) * 4
+        k = copies_for(2 * size, l2)
+        gamma, beta = randn((C,)) * 0.1 + 1.0, randn((C,)) * 0.1
+        sets = [(randn(shape), randn(shape)) for _ in range(k)]
+
+        def g_step(x, dy):
+            y, mean, var, inv_std = gcuda.batchnorm_forward(x, gamma, beta, 1e-5)
+            return gcuda.batchnorm_backward(dy, x, gamma, mean, inv_std)
+        g_ms = median_ms(*ct, g_step, sets, args.warmup, args.iters)
+        t_ms = None
+        if torch is not None:
+            w = torch.from_dlpack(gamma).clone().requires_grad_(True)
+            b = torch.from_dlpack(beta).clone().requires_grad_(True)
+            rm = torch.zeros(C, device="cuda")
+            rv = torch.ones(C, device="cuda")
+            tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
+
+            def t_step(x, dy):
+                y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
+                return torch.autograd.grad(y, (x, w, b), dy)
+            t_ms = median_ms(*tt, t_step, tsets, args.warmup, args.iters)
+            del tsets
+        # compulsory: forward reads x, writes y; backward reads dy and x, writes dx
+        record("batchnorm fwd+bwd", shape, 5 * size, g_ms, t_ms)
+        del sets
+        cp.get_default_memory_pool().free_all_blocks()
+
+    # dropout p = 0.5, forward + backward, 64M elements
+    n = 64 * 2**20
+    size = n * 4
+    sets = [(randn((n,)), randn((n,))) for _ in range(copies_for(2 * size, l2))]
+    k1, k2 = grandom.keys(1, 2)
+    thr = grandom.keep_threshold(0.5)
+
+    def g_drop(x, dy):
+        gcuda.dropout_forward(x, k1, k2, thr, 2.0)
+        return gcuda.dropout_backward(dy, k1, k2, thr, 2.0)
+    g_ms = median_ms(*ct, g_drop, sets, args.warmup, args.iters)
+    t_ms = None
+    if torch is not None:
+        tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
+
+        def t_drop(x, dy):
+            y = F.dropout(x, 0.5, training=True)
+            return torch.autograd.grad(y, x, dy)
+        t_ms = median_ms(*tt, t_drop, tsets, args.warmup, args.iters)
+        del tsets
+    # compulsory: forward reads x, writes y; backward reads dy, writes dx
+    record("dropout fwd+bwd p=0.5", (n,), 4 * size, g_ms, t_ms)
+    del sets
+    cp.get_default_memory_pool().free_all_blocks()
+    return {"copy_GBs": round(copy_gbs, 1), "copy_ms_1GiB": round(copy_ms, 4), "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    try:
+        cp = backend.require_cuda()
+    except RuntimeError as e:
+        print(f"gpu_check: no usable GPU, nothing was checked: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    report = {"device": name, "cupy": cp.__version__, "numpy": numpy.__version__,
+              "python": platform.python_version(),
+              "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+              "kernels_hash": gcuda.kernels_hash()}
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch as _torch
+            if _torch.cuda.is_available():
+                torch = _torch
+                report["torch"] = _torch.__version__
+            else:
+                report["torch"] = f"{_torch.__version__} (no CUDA: timings without PyTorch)"
+        except ImportError as e:
+            report["torch"] = f"not installed ({e})"
+    print(f"gpu_check on {name}, CuPy {cp.__version__}, torch: {report.get('torch', 'skipped')}",
+          flush=True)
+
+    print("\n[1] compiling kernels", flush=True)
+    report["compile_s"] = {f: round(s, 2) for f, s in compile_all(cp).items()}
+    print(table([[f, f"{s:.2f}"] for f, s in report["compile_s"].items()], ["file", "seconds"]))
+
+    ok = True
+    if not args.skip_tests:
+        print(f"\n[2] pytest (limit {args.pytest_timeout:.0f} s)", flush=True)
+        report["pytest"] = run_pytest(args.out, args.pytest_timeout)
+        print(f"  {report['pytest']['summary']}  ({report['pytest']['seconds']} s, "
+              f"rc={report['pytest']['returncode']}; output in {args.out / 'pytest.txt'})")
+        ok &= report["pytest"]["passed"]
+
+    seed = args.seed if args.seed is not None else int(numpy.random.SeedSequence().entropy % 2**63)
+    print(f"\n[3] correctness vs the NumPy reference (seed {seed})", flush=True)
+    results, errors = run_correctness(cp, seed)
+    report["correctness"] = {
+        "seed": seed, "errors": errors,
+        "checks": [{"op": o, "case": c, "dtype": d, "ok": bool(k), "max_abs_err": e, "err_over_tol": w}
+                   for o, c, d, k, e, w in results]}
+    failed = [r for r in results if not r[3]]
+    if failed:
+        print(table([[o, c, d, "FAIL", f"{e:.2e}", f"{w:.2f}"] for o, c, d, k, e, w in failed],
+                    ["op", "case", "dtype", "result", "max abs err", "err/tol"]))
+    print(f"  {len(results) - len(failed)} of {len(results)} checks passed"
+          + (f"; {len(errors)} section(s) crashed" if errors else ""))
+    for e in errors:
+        print(e)
+    ok &= not failed and not errors
+
+    if not args.skip_timing:
+        print("\n[4] timing (CUDA events, median of %d, float32)" % args.iters, flush=True)
+        try:
+            report["timing"] = run_timing(cp, torch, args)
+            t = report["timing"]
+            print(f"  device-to-device copy: {t['copy_GBs']} GB/s")
+            hdr = ["op", "shape", "gpunet ms", "GB/s", "of copy", "torch ms", "GB/s", "of copy",
+                   "torch/gpunet"]
+            print(table([[r["op"], "x".join(map(str, r["shape"])), r["gpunet_ms"], r["gpunet_GBs"],
+                          f"{r['gpunet_frac_copy']:.0%}", r.get("torch_ms", "-"), r.get("torch_GBs", "-"),
+                          f"{r['torch_frac_copy']:.0%}" if "torch_frac_copy" in r else "-",
+                          r.get("speedup_vs_torch", "-")] for r in t["rows"]], hdr))
+        except Exception:
+            report["timing_error"] = traceback.format_exc()
+            print(report["timing_error"])
+
+    report["passed"] = bool(ok)
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    path = args.out / "gpu_check.json"
+    path.write_text(json.dumps(report, indent=1, default=str))
+    print(f"\ngpu_check: {'PASS' if ok else 'FAIL'} in {report['seconds']} s; report in {path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
