@@ -39,11 +39,6 @@ def digits(n_train=None, standardize=True):
     return (X.astype(numpy.float32), y), (Xt.astype(numpy.float32), yt)
 
 
-def dense_weights(model):
-    """The Dense layers of a Sequential, in order (their ``weight`` is what the course plots)."""
-    return [l for l in model if isinstance(l, gpunet.Dense)]
-
-
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend (a file, never a window)."""
     try:

@@ -29,9 +29,10 @@ import numpy
 
 import gpunet
 from gpunet import BatchNorm, Dense, Sequential, Sigmoid, SoftmaxCrossEntropy, Trainer
+from gpunet.diagnostics import grad_norms
 from gpunet.optim import SGD
 
-from _common import dense_weights, digits, main, pyplot, save
+from _common import digits, main, pyplot, save
 
 HIDDEN = 8
 WIDTH = 64
@@ -60,7 +61,7 @@ def grad_norms_at_init(model, X, y):
     loss_fn = SoftmaxCrossEntropy()
     loss_fn(model(X), y)
     model.backward(loss_fn.backward())
-    norms = [float(numpy.linalg.norm(l.weight.grad)) for l in dense_weights(model)]
+    norms = [v for k, v in grad_norms(model).items() if k.endswith(".weight")]   # the Dense layers
     model.zero_grad()
     return norms
 

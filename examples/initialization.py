@@ -27,6 +27,7 @@ import numpy
 
 import gpunet
 from gpunet import Dense, Sequential, SoftmaxCrossEntropy, Trainer
+from gpunet.diagnostics import activation_stats
 from gpunet.optim import SGD
 
 from _common import digits, main, pyplot, save
@@ -46,16 +47,13 @@ def train_shallow(init, X, y, Xt, yt, epochs):
 
 
 def activation_stds(init, X, depth=DEEP, width=DEEP_WIDTH):
-    """The std of the output of each of ``depth`` ReLU Dense layers at initialization."""
+    """The std of the output of each of ``depth`` ReLU Dense layers at initialization
+    (``gpunet.diagnostics.activation_stats``: the layers run in float32, the statistics
+    are taken in float64)."""
     gpunet.manual_seed(0)
     sizes = [X.shape[1]] + [width] * depth
     model = Sequential(*[Dense(a, b, activation="relu", init=init) for a, b in zip(sizes[:-1], sizes[1:])])
-    model.eval()
-    stds, h = [], X
-    for layer in model:
-        h = layer(h)
-        stds.append(float(h.std()))
-    return stds
+    return [s["std"] for s in activation_stats(model, X).values()]
 
 
 def run(quick=False, out_dir=None):

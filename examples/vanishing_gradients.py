@@ -20,9 +20,10 @@ import numpy
 
 import gpunet
 from gpunet import Dense, Sequential, SoftmaxCrossEntropy, Trainer
+from gpunet.diagnostics import grad_norms
 from gpunet.optim import SGD
 
-from _common import dense_weights, digits, main, pyplot, save
+from _common import digits, main, pyplot, save
 
 DEPTH = 10          # Dense layers, the output layer included
 WIDTH = 64
@@ -42,13 +43,16 @@ def build(activation, init, depth=DEPTH, width=WIDTH, seed=0):
 
 def weight_grad_norms(model, X, y):
     """One forward/backward of the mean cross-entropy on ``(X, y)``; returns the L2 norm
-    of every Dense layer's weight gradient, first layer first."""
+    of every Dense layer's weight gradient (``gpunet.diagnostics.grad_norms``), first
+    layer first."""
     loss_fn = SoftmaxCrossEntropy()
     model.train()
     model.zero_grad()
     loss_fn(model(X), y)
     model.backward(loss_fn.backward())
-    return [float(numpy.linalg.norm(l.weight.grad)) for l in dense_weights(model)]
+    norms = grad_norms(model)       # {"0.weight": ..., "0.bias": ..., "1.weight": ...}
+    model.zero_grad()
+    return [v for k, v in norms.items() if k.endswith(".weight")]
 
 
 def run(quick=False, out_dir=None):

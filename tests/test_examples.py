@@ -20,6 +20,12 @@ try:
 except ImportError:
     HAVE_MPL = False
 
+try:  # optional: the examples' matrices are tiny, and on a busy 2-core runner BLAS threads
+    # spinning against each other cost more than they give (10x here); results do not change
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    threadpool_limits = None
+
 
 def _example(name):
     if EXAMPLES not in sys.path:
@@ -34,7 +40,11 @@ def _run(name, tmp_path_factory):
     """Run example ``name`` once per session in quick mode (figure included where matplotlib is)."""
     if name not in _RUNS:
         out_dir = str(tmp_path_factory.mktemp(name)) if HAVE_MPL else None
-        _RUNS[name] = _example(name).run(quick=True, out_dir=out_dir)
+        if threadpool_limits is None:
+            _RUNS[name] = _example(name).run(quick=True, out_dir=out_dir)
+        else:
+            with threadpool_limits(limits=1, user_api="blas"):
+                _RUNS[name] = _example(name).run(quick=True, out_dir=out_dir)
     return _RUNS[name]
 
 
