@@ -54,6 +54,7 @@ def _run(name, tmp_path_factory):
     ("softmax_stability", "softmax_stability.png"),
     ("overfitting", "overfitting.png"),
     ("batchnorm", "batchnorm.png"),
+    ("maxout", "maxout.png"),
 ])
 def test_example_writes_a_legible_png(name, png, tmp_path_factory):
     pytest.importorskip("matplotlib")
@@ -165,3 +166,16 @@ def test_batchnorm_trains_where_the_plain_sigmoid_net_stalls(tmp_path_factory):
         # and the gradient reaches the first layer
         assert bn["first_last_grad_ratio"] > 0.1, placement
     assert plain["first_last_grad_ratio"] < 1e-3
+
+
+# -- (d) maxout ---------------------------------------------------------------------------------
+
+def test_maxout_is_comparable_to_relu(tmp_path_factory):
+    r = _run("maxout", tmp_path_factory)
+    relu = r["ReLU"]["test_accuracy"]
+    assert relu > 0.85
+    for k in ("maxout, k=2", "maxout, k=3"):
+        assert r[k]["test_accuracy"] > 0.85, k
+        assert abs(r[k]["test_accuracy"] - relu) < 0.05, k
+    assert r["maxout, k=2"]["params"] > r["ReLU"]["params"]     # k pieces cost k times the hidden weights
+    assert r["maxout_1d"] == {"relu_equals_max(0,z)": True, "abs_equals_max(z,-z)": True}
