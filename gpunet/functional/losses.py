@@ -30,6 +30,11 @@ def check_labels(name, logits, labels, ignore_index=None):
             raise ValueError(f"{name}: expected integer class labels of shape ({n},), got dtype {labels.dtype.name}")
         if labels.shape[0] != n:
             raise ValueError(f"{name}: expected {n} labels (one per logits row), got {labels.shape[0]}")
+        if n == 0:
+            return
+        if xp is numpy:   # two reductions decide the common case; the mask only on failure
+            if labels.min() >= 0 and labels.max() < c:
+                return
         bad = (labels < 0) | (labels >= c)
         if ignore_index is not None:
             bad &= labels != ignore_index
@@ -69,45 +74,69 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
         return cuda.softmax_xent(logits, labels, eps, ignore_index)
 
     n, c = logits.shape
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = numpy.exp(z)
-    s = p.sum(axis=1, keepdims=True)
-    p /= s
-    log_s = numpy.log(s[:, 0])                      # logsumexp(z) of the shifted row
+    # Shift by the row max (exp never overflows), gather what the loss needs from the
+    # shifted logits, then exponentiate in place and scale by 1/(N_valid·row sum) in one
+    # multiply: the one (N, C) buffer becomes dlogits.
+    z = numpy.subtract(logits, logits.max(axis=1, keepdims=True))
     if labels.ndim == 1:
-        valid = None if ignore_index is None else labels != ignore_index
-        idx = labels if valid is None else numpy.where(valid, labels, 0)
+        if ignore_index is None:
+            valid, idx, n_valid = None, labels, n
+        else:
+            valid = labels != ignore_index
+            idx = numpy.where(valid, labels, 0)
+            n_valid = int(numpy.count_nonzero(valid))
+        if n_valid == 0:
+            return _all_ignored(logits)
         rows = numpy.arange(n)
         z_y = z[rows, idx]
-        # Σ_c t_c z_c with t = (1-ε) onehot + ε/C
-        row_loss = log_s - (1.0 - eps) * z_y
-        if eps:
-            row_loss -= (eps / c) * z.sum(axis=1)
-        dz = p
-        dz[rows, idx] -= 1.0 - eps
-        if eps:
-            dz -= eps / c
-        if valid is not None:
-            row_loss = row_loss * valid
-            dz *= valid[:, None]
-            n_valid = int(valid.sum())
-        else:
-            n_valid = n
+        z_sum = z.sum(axis=1) if eps else None
     else:
         t = labels.astype(logits.dtype, copy=False)
         if eps:
             t = (1.0 - eps) * t + eps / c
-        row_loss = log_s * t.sum(axis=1) - (t * z).sum(axis=1)
-        dz = p * t.sum(axis=1, keepdims=True) - t
+        t_sum = t.sum(axis=1)
+        tz = numpy.einsum("ij,ij->i", t, z)
         n_valid = n
-    if n_valid == 0:
-        # every row ignored: PyTorch returns NaN; gpunet returns 0 loss and 0 gradient,
-        # so a batch of padding cannot poison training.
-        return numpy.zeros((), dtype=logits.dtype), numpy.zeros_like(logits)
+        if n == 0:
+            return _all_ignored(logits)
     scale = 1.0 / n_valid
-    dz *= scale
-    loss = numpy.asarray(row_loss.sum() * scale, dtype=logits.dtype)
+    p = numpy.exp(z, out=z)
+    s = p.sum(axis=1, keepdims=True)
+    log_s = numpy.log(s[:, 0])                      # logsumexp of the shifted row
+    if labels.ndim == 1:
+        # row loss = log s - Σ_c t_c z_c,  t = (1-ε) onehot + ε/C
+        f = numpy.divide(scale, s)
+        if valid is not None:
+            w = valid.astype(logits.dtype)
+            f *= w[:, None]
+            on = w * ((1.0 - eps) * scale)
+            total = numpy.dot(w, log_s) - (1.0 - eps) * numpy.dot(w, z_y)
+            if eps:
+                total -= (eps / c) * numpy.dot(w, z_sum)
+        else:
+            on = (1.0 - eps) * scale
+            total = log_s.sum() - (1.0 - eps) * z_y.sum()
+            if eps:
+                total -= (eps / c) * z_sum.sum()
+        p *= f                                      # softmax / N_valid
+        p[rows, idx] -= on                          # - (1-ε) onehot / N_valid
+        if eps:
+            p -= (eps / c * scale) if valid is None else (eps / c * scale) * w[:, None]
+        dz = p
+    else:
+        total = numpy.dot(log_s, t_sum) - tz.sum()
+        p *= numpy.divide(t_sum[:, None], s)
+        p -= t
+        p *= scale
+        dz = p
+    loss = numpy.asarray(total * scale, dtype=logits.dtype)
     return loss, dz
+
+
+def _all_ignored(logits):
+    # every row ignored: PyTorch returns NaN; gpunet returns 0 loss and 0 gradient,
+    # so a batch of padding cannot poison training.
+    return numpy.zeros((), dtype=logits.dtype), numpy.zeros_like(logits)
 
 
 # -- binary cross-entropy with logits ----------------------------------------------------------

@@ -1,0 +1,573 @@
+"""``gpunet bench``: training throughput of a fixed set of models, optionally against PyTorch.
+
+One *training step* is forward → softmax cross-entropy → backward → SGD-momentum update
+(lr 0.01, momentum 0.9), on a batch that already lives on the device (data loading is not
+timed). The models (``MODELS``):
+
+* ``mlp-784-128-10``      Dense(784,128,relu) → Dense(128,10),                  batch 64
+* ``mlp-784-1024x2-10``   Dense(784,1024,relu) → Dense(1024,1024,relu) → Dense(1024,10), batch 256
+* ``cnn-28x28``           Conv2D(1,16,3,p=1,relu) → MaxPool2D(2) → Conv2D(16,32,3,p=1,relu)
+                          → MaxPool2D(2) → Flatten → Dense(1568,10),            batch 64
+
+Method. Each framework runs in its own Python process (``python -m gpunet.bench --worker
+FRAMEWORK ...``), so neither sees the other's allocator, thread pool or JIT state. A *run*
+is one such process: per model, warm-up steps, then steps timed one by one with
+``time.perf_counter`` (on CUDA in blocks of steps between two device synchronizations)
+until ``--min-time`` seconds have passed; the run's figure is the median step time. Runs
+alternate between the frameworks (round r runs gpunet then PyTorch, round r+1 the other
+way round) and the table quotes the median over rounds. ``ratio`` is PyTorch's step time
+over gpunet's: above 1, gpunet is faster.
+
+Both frameworks get the same number of threads (``--threads``, default: the CPUs this
+process may run on) through ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``
+and ``torch.set_num_threads``. ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` are passed on as
+they are and recorded; ``--unset-openblas-env`` removes both from the workers'
+environment (the BLAS kernel each worker then uses is recorded when threadpoolctl is
+installed).
+
+On CUDA, ``bench`` also times the fused kernels (softmax-CE, batch-norm forward/backward,
+dropout forward/backward) with CUDA events and reports each one's achieved bandwidth —
+the bytes it must move at least, over its time — as a fraction of the measured
+device-to-device copy bandwidth (the roofline of a memory-bound kernel).
+
+Usage::
+
+    gpunet bench [--quick] [--device cpu|cuda] [--compare torch] [--models NAME ...]
+                 [--json PATH] [--threads N]
+    python -m gpunet.bench ...        (the same, without the console script)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+RESULT_TAG = "GPUNET_BENCH "   # prefix of the JSON lines a worker prints on stdout
+
+MODELS = {
+    "mlp-784-128-10": {"kind": "mlp", "sizes": (784, 128, 10), "batch": 64},
+    "mlp-784-1024x2-10": {"kind": "mlp", "sizes": (784, 1024, 1024, 10), "batch": 256},
+    "cnn-28x28": {"kind": "cnn", "shape": (1, 28, 28), "classes": 10, "batch": 64},
+}
+LR, MOMENTUM = 0.01, 0.9
+FRAMEWORKS = ("gpunet", "torch")
+
+# (rounds, seconds timed per model per run, warm-up steps) for the two modes
+FULL = (5, 2.0, 20)
+QUICK = (3, 0.4, 5)
+
+
+# -- the models, built the same way in both frameworks ------------------------------------
+def _inputs(spec, seed=0):
+    """Host inputs of one batch: float32 ``x`` (standard normal) and int64 labels."""
+    import numpy
+    rng = numpy.random.default_rng(seed)
+    shape = (spec["batch"],) + (tuple(spec["shape"]) if spec["kind"] == "cnn" else (spec["sizes"][0],))
+    classes = spec["classes"] if spec["kind"] == "cnn" else spec["sizes"][-1]
+    x = rng.standard_normal(shape, dtype=numpy.float32)
+    y = rng.integers(0, classes, spec["batch"]).astype(numpy.int64)
+    return x, y
+
+
+def gpunet_step(spec, device):
+    """``(step, sync)``: one gpunet training step on one fixed batch, and a device sync."""
+    import gpunet
+    from gpunet import optim
+    from gpunet.backend import synchronize, to_device
+    from gpunet.layers import Conv2D, Dense, Flatten, MaxPool2D, Sequential
+
+    gpunet.manual_seed(0)
+    if spec["kind"] == "mlp":
+        s = spec["sizes"]
+        layers = [Dense(a, b, activation="relu") for a, b in zip(s[:-2], s[1:-1])]
+        model = Sequential(*layers, Dense(s[-2], s[-1]))
+    else:
+        c, h, w = spec["shape"]
+        model = Sequential(Conv2D(c, 16, 3, padding=1, activation="relu"), MaxPool2D(2),
+                           Conv2D(16, 32, 3, padding=1, activation="relu"), MaxPool2D(2),
+                           Flatten(), Dense(32 * (h // 4) * (w // 4), spec["classes"]))
+    model.to(device)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x, y = (to_device(a, device) for a in _inputs(spec))
+
+    def step():
+        logits = model.forward(x)
+        loss_fn(logits, y)
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+
+    return step, (lambda: synchronize(x))
+
+
+def torch_step(spec, device):
+    """``(step, sync)`` for the same model, loss and optimizer in PyTorch."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if spec["kind"] == "mlp":
+        s = spec["sizes"]
+        layers = []
+        for a, b in zip(s[:-2], s[1:-1]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        model = nn.Sequential(*layers, nn.Linear(s[-2], s[-1]))
+    else:
+        c, h, w = spec["shape"]
+        model = nn.Sequential(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), spec["classes"]))
+    dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
+    model.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x, y = (torch.from_numpy(a).to(dev) for a in _inputs(spec))
+    loss_fn = nn.functional.cross_entropy
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    return step, sync
+
+
+def time_steps(step, sync, min_time, warmup, block=1, max_steps=20000):
+    """Per-step seconds: ``warmup`` untimed steps, then blocks of ``block`` steps, each
+    bracketed by ``sync()``, until ``min_time`` seconds (and at least 5 blocks) have been
+    timed. A block's time is divided evenly among its steps."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times, spent = [], 0.0
+    clock = time.perf_counter
+    while (spent < min_time or len(times) < 5 * block) and len(times) < max_steps:
+        t0 = clock()
+        for _ in range(block):
+            step()
+        sync()
+        dt = clock() - t0
+        spent += dt
+        times.extend([dt / block] * block)
+    return times
+
+
+# -- facts about the machine and the libraries -----------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name", read from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS", "CUPY_TF32", "GPUNET_DEVICE")
+
+
+def worker_facts(framework, device) -> dict:
+    """Versions, BLAS and device of this (worker) process."""
+    import numpy
+    facts = {"framework": framework, "python": platform.python_version(), "numpy": numpy.__version__,
+             "cpu": cpu_model(), "cpus": available_cpus(),
+             "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}}
+    try:
+        import threadpoolctl
+        facts["threadpools"] = [{k: d.get(k) for k in ("internal_api", "version", "architecture",
+                                                          "num_threads", "filepath")}
+                                for d in threadpoolctl.threadpool_info()]
+    except ImportError:
+        facts["threadpools"] = "threadpoolctl not installed"
+    if framework == "gpunet":
+        import gpunet
+        facts["gpunet"] = gpunet.__version__
+        if device.startswith("cuda"):
+            from gpunet.backend import cupy_module
+            cp = cupy_module()
+            idx = int(device.split(":")[1]) if ":" in device else 0
+            props = cp.cuda.runtime.getDeviceProperties(idx)
+            name = props["name"]
+            facts["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+            facts["cupy"] = cp.__version__
+            facts["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
+    else:
+        import torch
+        facts["torch"] = torch.__version__
+        facts["torch_threads"] = torch.get_num_threads()
+        if device.startswith("cuda"):
+            facts["gpu"] = torch.cuda.get_device_name(0)
+            facts["torch_cuda"] = torch.version.cuda
+    return facts
+
+
+# -- the worker: one framework, one process ----------------------------------------------------
+def _emit(obj):
+    sys.stdout.write(RESULT_TAG + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def worker_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpunet.bench --worker")
+    p.add_argument("--worker", choices=FRAMEWORKS + ("roofline",), required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--min-time", type=float, default=FULL[1])
+    p.add_argument("--warmup", type=int, default=FULL[2])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    fw = a.worker
+    if fw == "roofline":
+        _emit({"roofline": roofline(a.device, quick=a.quick)})
+        return 0
+    if fw == "torch":
+        import torch
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            _emit({"error": f"this PyTorch ({torch.__version__}) sees no CUDA device"})
+            return 0
+    else:
+        from gpunet.backend import resolve_device
+        a.device = resolve_device(a.device)
+    _emit({"facts": worker_facts(fw, a.device)})
+    build = gpunet_step if fw == "gpunet" else torch_step
+    block = 10 if a.device.startswith("cuda") else 1
+    for name in a.models:
+        spec = MODELS[name]
+        try:
+            step, sync = build(spec, a.device)
+        except (ImportError, AttributeError) as e:      # a layer this checkout lacks
+            _emit({"model": name, "error": f"{type(e).__name__}: {e}"})
+            continue
+        times = time_steps(step, sync, a.min_time, a.warmup, block=block)
+        _emit({"model": name, "step_times_s": times, "median_s": statistics.median(times)})
+    return 0
+
+
+def _worker_env(threads, unset_openblas):
+    import gpunet
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gpunet.__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = str(threads)
+    if unset_openblas:
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    return env
+
+
+def run_worker(framework, models, device, min_time, warmup, threads, env, quick=False, on_result=None):
+    """Run one worker process; return its parsed JSON lines (``on_result`` sees each)."""
+    cmd = [sys.executable, "-m", "gpunet.bench", "--worker", framework, "--device", device,
+           "--models", *models, "--min-time", str(min_time), "--warmup", str(warmup),
+           "--threads", str(threads)] + (["--quick"] if quick else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out = []
+    for line in proc.stdout:
+        if line.startswith(RESULT_TAG):
+            obj = json.loads(line[len(RESULT_TAG):])
+            out.append(obj)
+            if on_result is not None:
+                on_result(obj)
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise RuntimeError(f"gpunet bench: the {framework} worker failed (exit {proc.returncode}):\n{tail}")
+    return out
+
+
+# -- CUDA: fused kernels against the copy roofline ---------------------------------------------
+def _find_gpu_check_timer():
+    """The CUDA-event timer of ``benchmarks/gpu_check.py`` in a source checkout, if it has one."""
+    import gpunet
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(gpunet.__file__))),
+                        "benchmarks", "gpu_check.py")
+    if not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location("_gpunet_gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception:   # its own imports failed: fall back to the timer below, say so
+        return None
+    for name in ("cuda_time", "time_cuda", "time_kernel", "cuda_timer"):
+        if callable(getattr(mod, name, None)):
+            return getattr(mod, name)
+    return None
+
+
+def cuda_event_time(fn, repeat=20, warmup=3):
+    """Median seconds of ``fn()`` on the current CUDA stream, timed with CUDA events."""
+    from gpunet.backend import require_cuda
+    cp = require_cuda()
+    for _ in range(warmup):
+        fn()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(repeat):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e-3)
+    return statistics.median(times)
+
+
+def roofline(device="cuda", quick=False) -> dict:
+    """Achieved bandwidth of each fused kernel over the device copy bandwidth.
+
+    Bytes counted are the least each kernel must move (every input read once, every output
+    written once), so the fraction is a lower bound of how close it gets to the roofline.
+    """
+    from gpunet.backend import require_cuda, resolve_device
+    from gpunet.functional import batchnorm as FB, dropout as FD, losses as FL
+    device = resolve_device(device)
+    cp = require_cuda(int(device.split(":")[1]) if ":" in device else 0)
+    timer = _find_gpu_check_timer()
+    timer_name = "benchmarks/gpu_check.py" if timer is not None else "gpunet.bench.cuda_event_time"
+    if timer is None:
+        timer = cuda_event_time
+    f4 = 4
+    n = (1 << 24) if quick else (1 << 26)          # elements: 64 MiB / 256 MiB of float32
+    rng = cp.random.default_rng(0)
+    src = rng.standard_normal(n, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    copy_s = timer(lambda: cp.copyto(dst, src))
+    copy_bw = 2 * n * f4 / copy_s
+    rows = []
+
+    def add(name, fn, nbytes, shape):
+        s = timer(fn)
+        rows.append({"kernel": name, "shape": list(shape), "seconds": s, "bytes": nbytes,
+                     "bandwidth_Bps": nbytes / s, "fraction_of_copy": nbytes / s / copy_bw})
+
+    rows_c = 1000
+    logits = rng.standard_normal((n // rows_c, rows_c), dtype=cp.float32)
+    labels = cp.asarray(rng.integers(0, rows_c, n // rows_c), dtype=cp.int64)
+    add("softmax_xent", lambda: FL.softmax_cross_entropy(logits, labels),
+        2 * logits.size * f4 + labels.size * 8, logits.shape)
+    x = src.reshape(n // (64 * 32 * 32), 64, 32, 32)
+    gamma = cp.ones(64, cp.float32)
+    beta = cp.zeros(64, cp.float32)
+    y, mean, var, inv_std = FB.batch_norm_forward(x, gamma, beta)
+    add("batchnorm_forward", lambda: FB.batch_norm_forward(x, gamma, beta), 2 * x.size * f4, x.shape)
+    add("batchnorm_backward", lambda: FB.batch_norm_backward(y, x, gamma, mean, inv_std),
+        3 * x.size * f4, x.shape)
+    add("dropout_forward", lambda: FD.dropout_forward(src, 0.5, 1, 0), 2 * n * f4, src.shape)
+    add("dropout_backward", lambda: FD.dropout_backward(src, 0.5, 1, 0), 2 * n * f4, src.shape)
+    return {"timer": timer_name, "copy_bandwidth_Bps": copy_bw, "copy_bytes": 2 * n * f4, "kernels": rows}
+
+
+# -- the parent: rounds, table, JSON ---------------------------------------------------------
+def _torch_missing_reason():
+    if importlib.util.find_spec("torch") is None:
+        return (f"PyTorch is not installed in this Python ({sys.executable}); "
+                "pip install torch to compare. Reporting gpunet alone.")
+    return None
+
+
+def format_table(report) -> str:
+    has_torch = any("torch" in m and m["torch"].get("median_s") for m in report["models"].values())
+    head = f"{'model':<20} {'batch':>5}  {'device':<8} {'gpunet ms':>10} {'gpunet samples/s':>17}"
+    if has_torch:
+        head += f" {'torch ms':>9} {'torch samples/s':>16} {'ratio':>6}"
+    lines = [head, "-" * len(head)]
+    for name, m in report["models"].items():
+        g = m.get("gpunet", {})
+        if not g.get("median_s"):
+            lines.append(f"{name:<20} {m['batch']:>5}  {report['device']:<8} skipped: {g.get('error', 'no result')}")
+            continue
+        row = (f"{name:<20} {m['batch']:>5}  {report['device']:<8} {g['median_s'] * 1e3:>10.3f} "
+               f"{g['samples_per_s']:>17,.0f}")
+        t = m.get("torch", {})
+        if has_torch and t.get("median_s"):
+            row += f" {t['median_s'] * 1e3:>9.3f} {t['samples_per_s']:>16,.0f} {m['ratio']:>5.2f}x"
+        elif has_torch:
+            row += f" {'-':>9} {'-':>16} {'-':>6}"
+        lines.append(row)
+    lines.append("ratio = PyTorch step time / gpunet step time (above 1: gpunet is faster); "
+                 f"median of {report['rounds']} alternating runs per framework.")
+    return "\n".join(lines)
+
+
+def format_roofline(rf) -> str:
+    lines = [f"fused kernels vs device copy bandwidth {rf['copy_bandwidth_Bps'] / 1e9:,.0f} GB/s "
+             f"(timer: {rf['timer']})",
+             f"{'kernel':<20} {'shape':<22} {'us':>9} {'GB/s':>8} {'of copy':>8}"]
+    for r in rf["kernels"]:
+        lines.append(f"{r['kernel']:<20} {str(tuple(r['shape'])):<22} {r['seconds'] * 1e6:>9.1f} "
+                     f"{r['bandwidth_Bps'] / 1e9:>8,.0f} {r['fraction_of_copy']:>7.0%}")
+    return "\n".join(lines)
+
+
+def add_arguments(p):
+    """Add ``gpunet bench``'s options to an argparse parser."""
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--compare", choices=("torch",), default=None,
+                   help="also run PyTorch on the same models, in its own processes")
+    p.add_argument("--quick", action="store_true", help="3 short rounds (under a minute)")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--rounds", type=int, default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")
+    p.add_argument("--min-time", type=float, default=None,
+                   help=f"seconds timed per model per run (default {FULL[1]}, quick {QUICK[1]})")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for both frameworks (default: all available)")
+    p.add_argument("--unset-openblas-env", action="store_true",
+                   help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment")
+    p.add_argument("--no-roofline", action="store_true", help="skip the CUDA kernel bandwidth table")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the raw numbers here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def add_parser(subparsers):
+    """Register ``bench`` on an argparse subparsers object (for ``gpunet.cli``)."""
+    p = subparsers.add_parser("bench", help="training throughput (and CUDA kernel bandwidth)",
+                              description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+    from gpunet.backend import resolve_device
+    device = args.device
+    if device.startswith("cuda") or device == "auto":
+        device = resolve_device(device)        # RuntimeError saying why there is no CUDA
+    rounds, min_time, warmup = QUICK if args.quick else FULL
+    rounds = args.rounds or rounds
+    min_time = args.min_time if args.min_time is not None else min_time
+    threads = args.threads or available_cpus()
+    for k, v in (("rounds", rounds), ("threads", threads), ("min-time", min_time)):
+        if v <= 0:
+            raise SystemExit(f"gpunet bench: --{k} must be positive, got {v}")
+    frameworks = ["gpunet"]
+    notes = []
+    if args.compare == "torch":
+        why = _torch_missing_reason()
+        if why:
+            notes.append(why)
+            print(f"gpunet bench: --compare torch: {why}", file=sys.stderr)
+        else:
+            frameworks.append("torch")
+    env = _worker_env(threads, args.unset_openblas_env)
+    models = list(dict.fromkeys(args.models))
+    report = {"device": device, "rounds": rounds, "min_time_s": min_time, "warmup_steps": warmup,
+              "threads": threads, "quick": bool(args.quick), "command": list(sys.argv),
+              "cpu": cpu_model(), "cpus": available_cpus(), "platform": platform.platform(),
+              "openblas_env_unset": bool(args.unset_openblas_env),
+              "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+              "step": f"forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})",
+              "notes": notes, "facts": {}, "models": {}}
+    runs = {fw: {m: [] for m in models} for fw in frameworks}
+    errors = {fw: {} for fw in frameworks}
+    bar = tqdm(total=rounds * len(frameworks) * len(models), desc="gpunet bench", unit="run",
+               disable=args.no_progress, file=sys.stderr)
+    try:
+        for r in range(rounds):
+            order = frameworks if r % 2 == 0 else frameworks[::-1]
+            for fw in order:
+                bar.set_postfix_str(f"round {r + 1}/{rounds} {fw}")
+
+                def got(obj, fw=fw):
+                    if "facts" in obj:
+                        report["facts"][fw] = obj["facts"]
+                    elif "model" in obj:
+                        if "error" in obj:
+                            errors[fw][obj["model"]] = obj["error"]
+                        else:
+                            runs[fw][obj["model"]].append(obj["step_times_s"])
+                        bar.update(1)
+                    elif "error" in obj:
+                        errors[fw]["*"] = obj["error"]
+
+                run_worker(fw, models, device, min_time, warmup, threads, env, args.quick, got)
+                if "*" in errors[fw]:
+                    bar.update(len(models))
+        rf = None
+        if device.startswith("cuda") and not args.no_roofline:
+            bar.set_postfix_str("CUDA kernels")
+            res = run_worker("roofline", models, device, min_time, warmup, threads, env, args.quick)
+            rf = next((o["roofline"] for o in res if "roofline" in o), None)
+    finally:
+        bar.close()
+
+    for m in models:
+        spec = MODELS[m]
+        entry = {"batch": spec["batch"], "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}}
+        for fw in frameworks:
+            per_run = [statistics.median(t) for t in runs[fw][m]]
+            if per_run:
+                med = statistics.median(per_run)
+                entry[fw] = {"median_s": med, "samples_per_s": spec["batch"] / med,
+                             "run_medians_s": per_run, "step_times_s": runs[fw][m]}
+            else:
+                entry[fw] = {"error": errors[fw].get(m) or errors[fw].get("*") or "no result"}
+        if entry.get("torch", {}).get("median_s") and entry["gpunet"].get("median_s"):
+            entry["ratio"] = entry["torch"]["median_s"] / entry["gpunet"]["median_s"]
+            entry["ratio_per_round"] = [t / g for g, t in zip(entry["gpunet"]["run_medians_s"],
+                                                              entry["torch"]["run_medians_s"])]
+        report["models"][m] = entry
+    if rf is not None:
+        report["roofline"] = rf
+
+    facts = report["facts"]
+    hw = report["cpu"] if not device.startswith("cuda") else facts.get("gpunet", {}).get("gpu", device)
+    libs = ", ".join(f"{k} {facts[fw][k]}" for fw, k in (("gpunet", "gpunet"), ("gpunet", "numpy"),
+                                                         ("gpunet", "cupy"), ("torch", "torch"))
+                     if k in facts.get(fw, {}))
+    blas = facts.get("gpunet", {}).get("threadpools")
+    if isinstance(blas, list):
+        libs += "".join(f", {d['internal_api']} {d['version']} ({d['architecture']})" for d in blas
+                        if d.get("internal_api") == "openblas")
+    ob = {k: v for k, v in report["env"].items() if k.startswith("OPENBLAS_C") or k == "OPENBLAS_L2_SIZE"}
+    print(f"gpunet bench on {device}: {hw}, {threads} thread(s); {libs}")
+    print(f"OpenBLAS env: {ob or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE not set'}"
+          + (" (unset in the workers)" if args.unset_openblas_env else ""))
+    for fw in frameworks:
+        if "*" in errors[fw]:
+            print(f"{fw}: {errors[fw]['*']}")
+    for note in notes:
+        print(note)
+    print(format_table(report))
+    if rf is not None:
+        print(format_roofline(rf))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"raw numbers written to {args.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" in argv:
+        return worker_main(argv)
+    p = argparse.ArgumentParser(prog="gpunet bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
