@@ -55,6 +55,7 @@ def _run(name, tmp_path_factory):
     ("overfitting", "overfitting.png"),
     ("batchnorm", "batchnorm.png"),
     ("maxout", "maxout.png"),
+    ("backprop_and_descent", "gradient_descent.png"),
 ])
 def test_example_writes_a_legible_png(name, png, tmp_path_factory):
     pytest.importorskip("matplotlib")
@@ -179,3 +180,32 @@ def test_maxout_is_comparable_to_relu(tmp_path_factory):
         assert abs(r[k]["test_accuracy"] - relu) < 0.05, k
     assert r["maxout, k=2"]["params"] > r["ReLU"]["params"]     # k pieces cost k times the hidden weights
     assert r["maxout_1d"] == {"relu_equals_max(0,z)": True, "abs_equals_max(z,-z)": True}
+
+
+# -- activations, backpropagation by the chain rule, gradient descent --------------------------
+
+def test_backprop_matches_the_chain_rule_by_hand(tmp_path_factory):
+    r = _run("backprop_and_descent", tmp_path_factory)
+    slope = r["max_slope"]
+    assert slope["sigmoid"] == pytest.approx(0.25, abs=1e-6)      # why deep sigmoid nets vanish
+    assert slope["tanh"] == pytest.approx(1.0, abs=1e-6) and slope["relu"] == 1.0
+    bp = r["backprop"]
+    assert bp["loss_gpunet"] == pytest.approx(bp["loss_by_hand"], rel=1e-12)
+    assert bp["max_rel_diff_gpunet_vs_hand"] < 1e-10
+    assert bp["gradcheck_passed"] is True
+
+
+def test_gradient_descent_learning_rates(tmp_path_factory):
+    gd = _run("backprop_and_descent", tmp_path_factory)["gradient_descent"]
+    small, good, big = gd["lr=0.003"], gd["lr=0.3"], gd["lr=10"]
+    assert small["diverged"] is None and good["diverged"] is None
+    assert good["final_train_loss"] < 0.5 * small["final_train_loss"]
+    assert good["test_accuracy"] > 0.85 and small["test_accuracy"] < 0.5
+    assert all(b < a for a, b in zip(good["train_loss_per_epoch"], good["train_loss_per_epoch"][1:]))
+    assert big["diverged"] is not None and "non-finite loss" in big["diverged"]
+
+
+def test_activations_figure_from_gpunet_plot(tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    path = _run("backprop_and_descent", tmp_path_factory)["figure_activations"]
+    assert os.path.basename(path) == "activations.png" and os.path.getsize(path) > 5_000
