@@ -30,11 +30,13 @@ namespace {
 
 // Channel c's m-th value (m in [0, N*HW)) lives at ((m / HW) * C + c) * HW + m % HW.
 // Each thread walks its values with a fixed stride, keeping (n, hw) without dividing.
+// (__host__ too: tests/test_kernels_compile.py runs the walk on the host.)
 struct ChannelWalker {
     long long n, hw;      // position of the current value
     long long sq, sr;     // stride / HW, stride % HW
     long long HW, CHW;
-    __device__ __forceinline__ void init(long long m, long long stride, long long HW_, long long C) {
+    __host__ __device__ __forceinline__ void init(long long m, long long stride, long long HW_,
+                                                  long long C) {
         HW = HW_;
         CHW = C * HW_;
         n = m / HW;
@@ -42,8 +44,10 @@ struct ChannelWalker {
         sq = stride / HW;
         sr = stride - sq * HW;
     }
-    __device__ __forceinline__ long long offset(long long c) const { return n * CHW + c * HW + hw; }
-    __device__ __forceinline__ void advance() {
+    __host__ __device__ __forceinline__ long long offset(long long c) const {
+        return n * CHW + c * HW + hw;
+    }
+    __host__ __device__ __forceinline__ void advance() {
         hw += sr;
         n += sq;
         if (hw >= HW) {
@@ -54,8 +58,8 @@ struct ChannelWalker {
 };
 
 // The range [begin, end) of a channel's M values that chunk b of `chunks` covers.
-__device__ __forceinline__ void chunk_range(long long M, int chunks, int b, long long& begin,
-                                            long long& end) {
+__host__ __device__ __forceinline__ void chunk_range(long long M, int chunks, int b,
+                                                     long long& begin, long long& end) {
     const long long len = (M + chunks - 1) / chunks;
     begin = len * b;
     end = begin + len < M ? begin + len : M;

@@ -383,3 +383,49 @@ def test_welford_combine_matches_numpy(host_program):
     assert acc[0] == x.size
     numpy.testing.assert_allclose(acc[1], x.mean(), rtol=1e-14)
     numpy.testing.assert_allclose(acc[2] / acc[0], x.var(), rtol=1e-12)
+
+
+WALK_PROGRAM = r"""
+#include <cstdio>
+#include "batchnorm.cu"
+// stdin: N C HW chunks threads c  ->  every offset bn_stats_partial / bn_backward_reduce_partial
+// read for channel c, walking exactly as their loops do (all chunks, all threads).
+int main() {
+    long long N, C, HW, chunks, threads, c;
+    while (std::scanf("%lld %lld %lld %lld %lld %lld", &N, &C, &HW, &chunks, &threads, &c) == 6) {
+        const long long M = N * HW;
+        for (int b = 0; b < chunks; ++b) {
+            long long begin, end;
+            chunk_range(M, static_cast<int>(chunks), b, begin, end);
+            for (long long t = 0; t < threads; ++t) {
+                ChannelWalker w;
+                w.init(begin + t, threads, HW, C);
+                for (long long m = begin + t; m < end; m += threads, w.advance())
+                    std::printf("%lld ", w.offset(c));
+            }
+        }
+        std::printf("\n");
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_batchnorm_channel_walk_visits_each_value_of_the_channel_once(tmp_path):
+    src, exe = tmp_path / "walk.cu", tmp_path / "walk"
+    src.write_text(WALK_PROGRAM)
+    p = subprocess.run([NVCC, "-std=c++17", "-arch=sm_80", f"-I{KDIR}", "-o", str(exe), str(src)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    configs = [(3, 5, 7, 2, 4), (4, 3, 1, 3, 8), (2, 2, 64, 5, 32), (5, 4, 3, 1, 256),
+               (7, 2, 49, 3, 256), (16, 3, 10, 7, 32), (1, 1, 1, 1, 256)]
+    lines, want = [], []
+    for N, C, HW, chunks, threads in configs:
+        for c in sorted({0, C // 2, C - 1}):
+            lines.append(f"{N} {C} {HW} {chunks} {threads} {c}")
+            want.append(sorted((n * C + c) * HW + hw for n in range(N) for hw in range(HW)))
+    out = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    for line, got, ref in zip(lines, out, want):
+        assert sorted(int(v) for v in got.split()) == ref, line
