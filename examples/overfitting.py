@@ -161,7 +161,9 @@ def figure(results, histories, out_dir):
     ax1.axvline(es["best_epoch"], color="gray", ls=":", label=f"early stopping keeps epoch {es['best_epoch']}")
     ax1.set(xlabel="epoch", ylabel="cross-entropy (eval mode)", title=f"Large model {'x'.join(map(str, LARGE))}",
             yscale="log")
-    ax1.legend(fontsize=7, ncol=2)
+    low = min(min(histories[n]["train_eval_loss"]) for n in ("none", "L2 (λ=0.03)", "dropout"))
+    ax1.set_ylim(bottom=low * 0.02)     # room for the legend under the curves
+    ax1.legend(fontsize=7, ncol=2, loc="lower left")
     ax1.grid(True, which="both", alpha=0.3)
 
     reg = results["regularized"]
