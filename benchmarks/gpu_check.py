@@ -102,6 +102,12 @@ def close(got, ref, rtol, atol_scale):
     return worst <= 1.0, float(err.max()) if err.size else 0.0, worst
 
 
+def _finite(v):
+    """A float for the JSON report (strict JSON has no inf/nan)."""
+    v = float(v)
+    return v if numpy.isfinite(v) else str(v)
+
+
 TOL = {F32: (1e-4, 1e-5), F64: (1e-10, 1e-12)}   # (rtol, atol relative to max |ref|)
 
 
@@ -505,8 +511,8 @@ def main(argv=None) -> int:
     results, errors = run_correctness(cp, seed)
     report["correctness"] = {
         "seed": seed, "errors": errors,
-        "checks": [{"op": o, "case": c, "dtype": d, "ok": bool(k), "max_abs_err": e, "err_over_tol": w}
-                   for o, c, d, k, e, w in results]}
+        "checks": [{"op": o, "case": c, "dtype": d, "ok": bool(k), "max_abs_err": _finite(e),
+                    "err_over_tol": _finite(w)} for o, c, d, k, e, w in results]}
     failed = [r for r in results if not r[3]]
     if failed:
         print(table([[o, c, d, "FAIL", f"{e:.2e}", f"{w:.2f}"] for o, c, d, k, e, w in failed],
