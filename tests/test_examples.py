@@ -209,3 +209,21 @@ def test_activations_figure_from_gpunet_plot(tmp_path_factory):
     pytest.importorskip("matplotlib")
     path = _run("backprop_and_descent", tmp_path_factory)["figure_activations"]
     assert os.path.basename(path) == "activations.png" and os.path.getsize(path) > 5_000
+
+
+# -- docs/concepts.md ----------------------------------------------------------------------------
+
+def test_concepts_doc_embeds_every_committed_figure():
+    import re
+    docs = os.path.join(os.path.dirname(EXAMPLES), "docs")
+    with open(os.path.join(docs, "concepts.md"), encoding="utf-8") as f:
+        text = f.read()
+    linked = set(re.findall(r"!\[[^\]]*\]\(figures/([\w.-]+\.png)\)", text))
+    committed = {n for n in os.listdir(os.path.join(docs, "figures")) if n.endswith(".png")}
+    assert linked == committed
+    for name in committed:
+        assert os.path.getsize(os.path.join(docs, "figures", name)) < 150_000, name
+    # every example the doc names exists, and every example is named
+    named = set(re.findall(r"`(\w+)\.py`", text))
+    examples = {n[:-3] for n in os.listdir(EXAMPLES) if n.endswith(".py") and not n.startswith("_")}
+    assert named == examples
