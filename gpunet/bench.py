@@ -92,6 +92,10 @@ def gpunet_step(spec, device):
         model = Sequential(Conv2D(c, 16, 3, padding=1, activation="relu"), MaxPool2D(2),
                            Conv2D(16, 32, 3, padding=1, activation="relu"), MaxPool2D(2),
                            Flatten(), Dense(32 * (h // 4) * (w // 4), spec["classes"]))
+    if hasattr(model[0], "input_grad"):
+        # The input is data: no gradient for it, as PyTorch computes none for an input
+        # that does not require grad (Dense.input_grad).
+        model[0].input_grad = False
     model.to(device)
     loss_fn = gpunet.SoftmaxCrossEntropy()
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
@@ -298,8 +302,9 @@ def run_worker(framework, models, device, min_time, warmup, threads, env, quick=
 
 
 # -- CUDA: fused kernels against the copy roofline ---------------------------------------------
-def _find_gpu_check_timer():
-    """The CUDA-event timer of ``benchmarks/gpu_check.py`` in a source checkout, if it has one."""
+def _find_gpu_check_timer(cp):
+    """``timer(fn) -> seconds`` built on ``benchmarks/gpu_check.py``'s CUDA-event timing
+    (``median_ms`` with ``cupy_timer``) when this is a source checkout that has it, else None."""
     import gpunet
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(gpunet.__file__))),
                         "benchmarks", "gpu_check.py")
@@ -307,14 +312,13 @@ def _find_gpu_check_timer():
         return None
     spec = importlib.util.spec_from_file_location("_gpunet_gpu_check", path)
     mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception:   # its own imports failed: fall back to the timer below, say so
+    spec.loader.exec_module(mod)
+    if not (callable(getattr(mod, "median_ms", None)) and callable(getattr(mod, "cupy_timer", None))):
         return None
-    for name in ("cuda_time", "time_cuda", "time_kernel", "cuda_timer"):
-        if callable(getattr(mod, name, None)):
-            return getattr(mod, name)
-    return None
+
+    def timer(fn, repeat=20, warmup=3):
+        return mod.median_ms(*mod.cupy_timer(cp), fn, [()], warmup, repeat) * 1e-3
+    return timer
 
 
 def cuda_event_time(fn, repeat=20, warmup=3):
@@ -340,16 +344,17 @@ def roofline(device="cuda", quick=False) -> dict:
     Bytes counted are the least each kernel must move (every input read once, every output
     written once), so the fraction is a lower bound of how close it gets to the roofline.
     """
+    import numpy
     from gpunet.backend import require_cuda, resolve_device
-    from gpunet.functional import batchnorm as FB, dropout as FD, losses as FL
+    from gpunet import cuda as gcuda, random as grandom
     device = resolve_device(device)
     cp = require_cuda(int(device.split(":")[1]) if ":" in device else 0)
-    timer = _find_gpu_check_timer()
-    timer_name = "benchmarks/gpu_check.py" if timer is not None else "gpunet.bench.cuda_event_time"
+    timer = _find_gpu_check_timer(cp)
+    timer_name = "benchmarks/gpu_check.py median_ms" if timer is not None else "gpunet.bench.cuda_event_time"
     if timer is None:
         timer = cuda_event_time
     f4 = 4
-    n = (1 << 24) if quick else (1 << 26)          # elements: 64 MiB / 256 MiB of float32
+    n = (1 << 25) if quick else (1 << 26)          # elements: 128 / 256 MiB of float32, > L2
     rng = cp.random.default_rng(0)
     src = rng.standard_normal(n, dtype=cp.float32)
     dst = cp.empty_like(src)
@@ -364,18 +369,19 @@ def roofline(device="cuda", quick=False) -> dict:
 
     rows_c = 1000
     logits = rng.standard_normal((n // rows_c, rows_c), dtype=cp.float32)
-    labels = cp.asarray(rng.integers(0, rows_c, n // rows_c), dtype=cp.int64)
-    add("softmax_xent", lambda: FL.softmax_cross_entropy(logits, labels),
-        2 * logits.size * f4 + labels.size * 8, logits.shape)
+    labels = cp.asarray(numpy.random.default_rng(0).integers(0, rows_c, n // rows_c))
+    add("softmax_xent", lambda: gcuda.softmax_xent(logits, labels), 2 * logits.size * f4 + labels.size * 8,
+        logits.shape)
     x = src.reshape(n // (64 * 32 * 32), 64, 32, 32)
-    gamma = cp.ones(64, cp.float32)
-    beta = cp.zeros(64, cp.float32)
-    y, mean, var, inv_std = FB.batch_norm_forward(x, gamma, beta)
-    add("batchnorm_forward", lambda: FB.batch_norm_forward(x, gamma, beta), 2 * x.size * f4, x.shape)
-    add("batchnorm_backward", lambda: FB.batch_norm_backward(y, x, gamma, mean, inv_std),
+    gamma, beta = cp.ones(64, cp.float32), cp.zeros(64, cp.float32)
+    y, mean, var, inv_std = gcuda.batchnorm_forward(x, gamma, beta, 1e-5)
+    add("batchnorm_forward", lambda: gcuda.batchnorm_forward(x, gamma, beta, 1e-5), 2 * x.size * f4, x.shape)
+    add("batchnorm_backward", lambda: gcuda.batchnorm_backward(y, x, gamma, mean, inv_std),
         3 * x.size * f4, x.shape)
-    add("dropout_forward", lambda: FD.dropout_forward(src, 0.5, 1, 0), 2 * n * f4, src.shape)
-    add("dropout_backward", lambda: FD.dropout_backward(src, 0.5, 1, 0), 2 * n * f4, src.shape)
+    k1, k2 = grandom.keys(1, 0)
+    thr = grandom.keep_threshold(0.5)
+    add("dropout_forward", lambda: gcuda.dropout_forward(src, k1, k2, thr, 2.0), 2 * n * f4, src.shape)
+    add("dropout_backward", lambda: gcuda.dropout_backward(src, k1, k2, thr, 2.0), 2 * n * f4, src.shape)
     return {"timer": timer_name, "copy_bandwidth_Bps": copy_bw, "copy_bytes": 2 * n * f4, "kernels": rows}
 
 
