@@ -3,10 +3,17 @@
 Every example's ``run(quick=True, out_dir=...)`` returns the figures it measured; the
 tests assert the course's claims on them. The figure files are checked only where
 matplotlib (the ``plot`` extra) is installed; the phenomena are checked everywhere.
+
+Each example runs once per session, in a subprocess of its own: the examples reseed
+gpunet's host generator (``gpunet.manual_seed``), which must not leak into other tests,
+and the subprocess runs with one BLAS thread. The examples' matrices are tiny, and on a
+busy 2-core runner OpenBLAS threads spinning against each other made one example 20x
+slower; the numbers do not depend on the thread count.
 """
-import importlib
+import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy
@@ -20,31 +27,33 @@ try:
 except ImportError:
     HAVE_MPL = False
 
-try:  # optional: the examples' matrices are tiny, and on a busy 2-core runner BLAS threads
-    # spinning against each other cost more than they give (10x here); results do not change
-    from threadpoolctl import threadpool_limits
-except ImportError:
-    threadpool_limits = None
-
-
-def _example(name):
-    if EXAMPLES not in sys.path:
-        sys.path.insert(0, EXAMPLES)
-    return importlib.import_module(name)
-
-
+_DRIVER = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+out_dir = sys.argv[3] or None
+results = importlib.import_module(sys.argv[2]).run(quick=True, out_dir=out_dir)
+with open(sys.argv[4], "w") as f:
+    json.dump(results, f)
+"""
+_THREADS = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 _RUNS = {}
 
 
 def _run(name, tmp_path_factory):
-    """Run example ``name`` once per session in quick mode (figure included where matplotlib is)."""
+    """Run example ``name`` once per session in quick mode (figure included where matplotlib
+    is); returns its dict of measured figures."""
     if name not in _RUNS:
-        out_dir = str(tmp_path_factory.mktemp(name)) if HAVE_MPL else None
-        if threadpool_limits is None:
-            _RUNS[name] = _example(name).run(quick=True, out_dir=out_dir)
-        else:
-            with threadpool_limits(limits=1, user_api="blas"):
-                _RUNS[name] = _example(name).run(quick=True, out_dir=out_dir)
+        work = tmp_path_factory.mktemp(name)
+        out_dir = str(work / "figures") if HAVE_MPL else ""
+        result_file = str(work / "results.json")
+        repo = os.path.dirname(EXAMPLES)     # gpunet importable even when not installed
+        path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+        proc = subprocess.run([sys.executable, "-c", _DRIVER, EXAMPLES, name, out_dir, result_file],
+                              env={**os.environ, **_THREADS, "PYTHONPATH": path},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"examples/{name}.py failed:\n{proc.stderr[-4000:]}"
+        with open(result_file) as f:
+            _RUNS[name] = json.load(f)
     return _RUNS[name]
 
 
