@@ -9,7 +9,8 @@ early layers barely learn. ReLU's derivative is 1 where the unit is active, and 
 gradient norm stays of the same order from the last layer to the first.
 
 Measured: the norm of each Dense layer's weight gradient on one batch at initialization
-(``gpunet.diagnostics.grad_norms``), its first/last ratio, and the test accuracy after
+(``gpunet.diagnostics.grad_norms``), its first/last ratio, the same ratio at the last
+step of training (``gpunet.diagnostics.DiagnosticsCallback``), and the test accuracy after
 training both nets with the same optimizer.
 
 Run: ``python examples/vanishing_gradients.py [out_dir]`` (writes vanishing_gradients.png).
@@ -20,7 +21,7 @@ import numpy
 
 import gpunet
 from gpunet import Dense, Sequential, SoftmaxCrossEntropy, Trainer
-from gpunet.diagnostics import grad_norms
+from gpunet.diagnostics import DiagnosticsCallback, grad_norms
 from gpunet.optim import SGD
 
 from _common import digits, main, pyplot, save
@@ -64,12 +65,16 @@ def run(quick=False, out_dir=None):
         model = build(activation, init)
         norms = weight_grad_norms(model, *batch)
         trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model, lr=LR, momentum=0.9))
-        hist = trainer.fit((X, y), val=(Xt, yt), epochs=epochs, batch_size=64, seed=0, progress=False)
+        hist = trainer.fit((X, y), val=(Xt, yt), epochs=epochs, batch_size=64, seed=0, progress=False,
+                           callbacks=[DiagnosticsCallback()])     # grad_norm/<name> per epoch
         histories[key] = hist
+        last = f"grad_norm/{DEPTH - 1}.weight"
         results[key] = {
             "grad_norms": norms,
             "first_last_ratio": norms[0] / norms[-1],
             "test_accuracy": hist["val_accuracy"][-1],
+            # the same ratio at the last step of training: training does not cure it
+            "first_last_ratio_after_training": hist["grad_norm/0.weight"][-1] / hist[last][-1],
         }
     if out_dir is not None:
         results["figure"] = figure(results, histories, out_dir)

@@ -85,6 +85,9 @@ def test_vanishing_gradients_sigmoid_first_layer_orders_below_last(tmp_path_fact
     # the decay is layer by layer, not one odd layer: every layer below the one above it
     assert all(a < b for a, b in zip(sig["grad_norms"], sig["grad_norms"][1:]))
     assert relu["first_last_ratio"] > 0.1
+    # still so at the end of training (DiagnosticsCallback's record of the last step)
+    assert sig["first_last_ratio_after_training"] < 1e-3
+    assert relu["first_last_ratio_after_training"] > 0.1
     # ...and it shows in training: ReLU+He learns, the sigmoid net is still near chance
     assert relu["test_accuracy"] > 0.8
     assert sig["test_accuracy"] < 0.4
