@@ -174,12 +174,19 @@ def test_crash_mid_save_keeps_old_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["ck.npz"]
 
 
+def _regularized_model(seed):
+    gpunet.manual_seed(seed)
+    return Sequential(Dense(8, 16), gpunet.BatchNorm(16), gpunet.ReLU(), gpunet.Dropout(0.3),
+                      Dense(16, 3))
+
+
 def test_resume_continues_bit_for_bit(tmp_path, rng):
-    """Train 4 epochs straight, or 2 + save + load into fresh objects + 2: same bits."""
+    """Train 4 epochs straight, or 2 + save + load into fresh objects + 2: same bits,
+    with Adam moments, BatchNorm running statistics and dropout draw counters in play."""
     X, y = _blobs(rng)
 
     def make():
-        m = _model(seed=3)
+        m = _regularized_model(seed=3)
         return m, optim.Adam(m.parameters(), lr=5e-3, weight_decay=1e-3)
 
     m1, o1 = make()
@@ -188,7 +195,7 @@ def test_resume_continues_bit_for_bit(tmp_path, rng):
     m2, o2 = make()
     Trainer(m2, SoftmaxCrossEntropy(), o2).fit((X, y), epochs=2, batch_size=16, seed=7, progress=False)
     gpunet.save(tmp_path / "half.npz", m2, o2, epoch=2)
-    m3, o3 = _model(seed=11), None
+    m3, o3 = _regularized_model(seed=11), None
     o3 = optim.Adam(m3.parameters(), lr=5e-3, weight_decay=1e-3)
     meta = gpunet.load(tmp_path / "half.npz", m3, o3)
     h3 = Trainer(m3, SoftmaxCrossEntropy(), o3).fit((X, y), epochs=4, batch_size=16, seed=7,
