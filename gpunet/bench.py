@@ -10,13 +10,20 @@ timed). The models (``MODELS``):
                           → MaxPool2D(2) → Flatten → Dense(1568,10),            batch 64
 
 Method. Each framework runs in its own Python process (``python -m gpunet.bench --worker
-FRAMEWORK ...``), so neither sees the other's allocator, thread pool or JIT state. A *run*
-is one such process: per model, warm-up steps, then steps timed one by one with
-``time.perf_counter`` (on CUDA in blocks of steps between two device synchronizations)
-until ``--min-time`` seconds have passed; the run's figure is the median step time. Runs
-alternate between the frameworks (round r runs gpunet then PyTorch, round r+1 the other
-way round) and the table quotes the median over rounds. ``ratio`` is PyTorch's step time
-over gpunet's: above 1, gpunet is faster.
+FRAMEWORK``), so neither sees the other's allocator, thread pool or import state; both stay
+alive for the whole benchmark, and an idle one blocks on its stdin. A *run* is one model
+timed by one worker: warm-up steps the first time, then steps timed one by one with
+``time.perf_counter`` (on CUDA in blocks of 10 steps between two device synchronizations)
+until ``--min-time`` seconds have passed; the run's figure is its median step time. Runs
+alternate between the frameworks (gpunet first for one model, PyTorch first for the next,
+swapped every round), with a 0.2 s pause after each so that the BLAS/OpenMP threads of the
+last run have stopped spinning, and the table quotes the median over ``--rounds`` rounds.
+Two-thread BLAS slows tenfold when another process takes a core, so each run also records
+how much CPU the rest of the machine used meanwhile (``/proc/stat``); runs where that
+exceeds a quarter of a CPU are "busy", and when at least half the runs are quiet the
+median is taken over the quiet ones (the table says so).
+``ratio`` is PyTorch's step time over gpunet's: above 1, gpunet is faster. The JSON keeps
+every step time of every run.
 
 Both frameworks get the same number of threads (``--threads``, default: the CPUs this
 process may run on) through ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``
@@ -59,8 +66,10 @@ LR, MOMENTUM = 0.01, 0.9
 FRAMEWORKS = ("gpunet", "torch")
 
 # (rounds, seconds timed per model per run, warm-up steps) for the two modes
-FULL = (5, 2.0, 20)
+FULL = (10, 1.0, 20)
 QUICK = (3, 0.4, 5)
+GAP_S = 0.2     # pause between two runs: BLAS/OpenMP threads spin a while after their last call
+BUSY_CPUS = 0.25  # a run during which other processes used more CPU than this is "busy"
 
 
 # -- the models, built the same way in both frameworks ------------------------------------
@@ -164,6 +173,34 @@ def time_steps(step, sync, min_time, warmup, block=1, max_steps=20000):
     return times
 
 
+def machine_busy_seconds():
+    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``), or
+    None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(step, sync, min_time, warmup, block):
+    """``time_steps`` plus how busy the rest of the machine was meanwhile: ``other_cpus``,
+    the CPUs' worth of time other processes used during the run (None off Linux)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    busy0, own0, wall0 = machine_busy_seconds(), os.times(), time.perf_counter()
+    times = time_steps(step, sync, min_time, 0, block=block)
+    busy1, own1, wall1 = machine_busy_seconds(), os.times(), time.perf_counter()
+    other = None
+    if busy0 is not None:
+        own = (own1.user - own0.user) + (own1.system - own0.system)
+        other = max(0.0, (busy1 - busy0) - own) / (wall1 - wall0)
+    return times, other
+
+
 # -- facts about the machine and the libraries -----------------------------------------------
 def cpu_model() -> str:
     """The CPU's model name (``lscpu``'s "Model name", read from /proc/cpuinfo)."""
@@ -230,12 +267,14 @@ def _emit(obj):
 
 
 def worker_main(argv) -> int:
+    """A framework's worker: announce its facts, then serve requests read from stdin, one
+    JSON object a line: ``{"model": NAME, "min_time": s, "warmup": n}`` times that model
+    (built, and warmed up, on its first request) and answers with its step times;
+    ``{"quit": true}`` or end of input stops it. ``--worker roofline`` measures the CUDA
+    kernels once and exits."""
     p = argparse.ArgumentParser(prog="python -m gpunet.bench --worker")
     p.add_argument("--worker", choices=FRAMEWORKS + ("roofline",), required=True)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--min-time", type=float, default=FULL[1])
-    p.add_argument("--warmup", type=int, default=FULL[2])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
@@ -256,15 +295,25 @@ def worker_main(argv) -> int:
     _emit({"facts": worker_facts(fw, a.device)})
     build = gpunet_step if fw == "gpunet" else torch_step
     block = 10 if a.device.startswith("cuda") else 1
-    for name in a.models:
-        spec = MODELS[name]
-        try:
-            step, sync = build(spec, a.device)
-        except (ImportError, AttributeError) as e:      # a layer this checkout lacks
-            _emit({"model": name, "error": f"{type(e).__name__}: {e}"})
+    built = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req.get("quit"):
+            break
+        name = req["model"]
+        warmup = 0
+        if name not in built:
+            try:
+                built[name] = build(MODELS[name], a.device)
+            except (ImportError, AttributeError) as e:      # a layer this checkout lacks
+                built[name] = f"{type(e).__name__}: {e}"
+            warmup = req["warmup"]
+        if isinstance(built[name], str):
+            _emit({"model": name, "error": built[name]})
             continue
-        times = time_steps(step, sync, a.min_time, a.warmup, block=block)
-        _emit({"model": name, "step_times_s": times, "median_s": statistics.median(times)})
+        step, sync = built[name]
+        times, other = timed_run(step, sync, req["min_time"], warmup, block)
+        _emit({"model": name, "step_times_s": times, "median_s": statistics.median(times), "other_cpus": other})
     return 0
 
 
@@ -281,27 +330,57 @@ def _worker_env(threads, unset_openblas):
     return env
 
 
-def run_worker(framework, models, device, min_time, warmup, threads, env, quick=False, on_result=None):
-    """Run one worker process; return its parsed JSON lines (``on_result`` sees each)."""
-    cmd = [sys.executable, "-m", "gpunet.bench", "--worker", framework, "--device", device,
-           "--models", *models, "--min-time", str(min_time), "--warmup", str(warmup),
-           "--threads", str(threads)] + (["--quick"] if quick else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    out = []
-    for line in proc.stdout:
-        if line.startswith(RESULT_TAG):
-            obj = json.loads(line[len(RESULT_TAG):])
-            out.append(obj)
-            if on_result is not None:
-                on_result(obj)
-    err = proc.stderr.read()
-    if proc.wait() != 0:
+class Worker:
+    """One framework's process (``python -m gpunet.bench --worker FRAMEWORK``), kept alive
+    across rounds so that alternating costs no start-up; idle, it blocks on its stdin."""
+
+    def __init__(self, framework, device, threads, env, quick=False):
+        self.framework = framework
+        cmd = [sys.executable, "-m", "gpunet.bench", "--worker", framework, "--device", device,
+               "--threads", str(threads)] + (["--quick"] if quick else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.hello = self._read()          # {"facts": ...} or {"error": ...}
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith(RESULT_TAG):
+                return json.loads(line[len(RESULT_TAG):])
+        err = self.proc.stderr.read()
+        code = self.proc.wait()
         tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"gpunet bench: the {framework} worker failed (exit {proc.returncode}):\n{tail}")
-    return out
+        raise RuntimeError(f"gpunet bench: the {self.framework} worker stopped (exit {code}):\n{tail}")
+
+    def time(self, model, min_time, warmup):
+        self.proc.stdin.write(json.dumps({"model": model, "min_time": min_time, "warmup": warmup}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-# -- CUDA: fused kernels against the copy roofline ---------------------------------------------
+def run_roofline(device, threads, env, quick):
+    cmd = [sys.executable, "-m", "gpunet.bench", "--worker", "roofline", "--device", device,
+           "--threads", str(threads)] + (["--quick"] if quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])["roofline"]
+    tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+    raise RuntimeError(f"gpunet bench: the CUDA kernel timing failed (exit {proc.returncode}):\n{tail}")
+
+
 def _find_gpu_check_timer(cp):
     """``timer(fn) -> seconds`` built on ``benchmarks/gpu_check.py``'s CUDA-event timing
     (``median_ms`` with ``cupy_timer``) when this is a source checkout that has it, else None."""
@@ -414,6 +493,14 @@ def format_table(report) -> str:
         lines.append(row)
     lines.append("ratio = PyTorch step time / gpunet step time (above 1: gpunet is faster); "
                  f"median of {report['rounds']} alternating runs per framework.")
+    busy = [(name, fw, m[fw]["runs"] - m[fw]["quiet_runs"], m[fw]["runs"], m[fw]["median_over"])
+            for name, m in report["models"].items() for fw in FRAMEWORKS
+            if m.get(fw, {}).get("runs") and m[fw]["quiet_runs"] < m[fw]["runs"]]
+    if busy:
+        lines.append(f"machine busy: other processes used more than {BUSY_CPUS} CPU during "
+                     + "; ".join(f"{b} of {n} {fw} runs of {name}" for name, fw, b, n, _ in busy)
+                     + ". Medians use the quiet runs where at least half are quiet, else all runs"
+                     " (the JSON has each run); rerun on an idle machine for clean figures.")
     return "\n".join(lines)
 
 
@@ -487,36 +574,48 @@ def run(args) -> int:
               "step": f"forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})",
               "notes": notes, "facts": {}, "models": {}}
     runs = {fw: {m: [] for m in models} for fw in frameworks}
+    others = {fw: {m: [] for m in models} for fw in frameworks}
     errors = {fw: {} for fw in frameworks}
+    workers = {}
+    rf = None
     bar = tqdm(total=rounds * len(frameworks) * len(models), desc="gpunet bench", unit="run",
                disable=args.no_progress, file=sys.stderr)
     try:
+        for fw in frameworks:
+            bar.set_postfix_str(f"starting {fw}")
+            w = Worker(fw, device, threads, env, args.quick)
+            if "error" in w.hello:
+                errors[fw]["*"] = w.hello["error"]
+                w.close()
+                bar.update(rounds * len(models))
+                continue
+            report["facts"][fw] = w.hello["facts"]
+            workers[fw] = w
         for r in range(rounds):
-            order = frameworks if r % 2 == 0 else frameworks[::-1]
-            for fw in order:
-                bar.set_postfix_str(f"round {r + 1}/{rounds} {fw}")
-
-                def got(obj, fw=fw):
-                    if "facts" in obj:
-                        report["facts"][fw] = obj["facts"]
-                    elif "model" in obj:
-                        if "error" in obj:
-                            errors[fw][obj["model"]] = obj["error"]
-                        else:
-                            runs[fw][obj["model"]].append(obj["step_times_s"])
-                        bar.update(1)
-                    elif "error" in obj:
-                        errors[fw]["*"] = obj["error"]
-
-                run_worker(fw, models, device, min_time, warmup, threads, env, args.quick, got)
-                if "*" in errors[fw]:
-                    bar.update(len(models))
-        rf = None
+            for i, m in enumerate(models):
+                live = [fw for fw in frameworks if fw in workers]
+                order = live if (r + i) % 2 == 0 else live[::-1]
+                for fw in order:
+                    bar.set_postfix_str(f"round {r + 1}/{rounds} {m} {fw}")
+                    if m in errors[fw]:
+                        res = {"error": errors[fw][m]}
+                    else:
+                        res = workers[fw].time(m, min_time, warmup)
+                    if "error" in res:
+                        errors[fw][m] = res["error"]
+                    else:
+                        runs[fw][m].append(res["step_times_s"])
+                        others[fw][m].append(res["other_cpus"])
+                    bar.update(1)
+                    time.sleep(GAP_S)       # let the last run's spinning threads go idle
+        for w in workers.values():
+            w.close()
         if device.startswith("cuda") and not args.no_roofline:
             bar.set_postfix_str("CUDA kernels")
-            res = run_worker("roofline", models, device, min_time, warmup, threads, env, args.quick)
-            rf = next((o["roofline"] for o in res if "roofline" in o), None)
+            rf = run_roofline(device, threads, env, args.quick)
     finally:
+        for w in workers.values():
+            w.close()
         bar.close()
 
     for m in models:
@@ -525,9 +624,14 @@ def run(args) -> int:
         for fw in frameworks:
             per_run = [statistics.median(t) for t in runs[fw][m]]
             if per_run:
-                med = statistics.median(per_run)
+                busy = others[fw][m]
+                quiet = [t for t, o in zip(per_run, busy) if o is None or o <= BUSY_CPUS]
+                used = quiet if len(quiet) * 2 >= len(per_run) and quiet else per_run
+                med = statistics.median(used)
                 entry[fw] = {"median_s": med, "samples_per_s": spec["batch"] / med,
-                             "run_medians_s": per_run, "step_times_s": runs[fw][m]}
+                             "runs": len(per_run), "quiet_runs": len(quiet), "median_over": len(used),
+                             "best_run_median_s": min(per_run), "run_medians_s": per_run,
+                             "other_cpus": busy, "step_times_s": runs[fw][m]}
             else:
                 entry[fw] = {"error": errors[fw].get(m) or errors[fw].get("*") or "no result"}
         if entry.get("torch", {}).get("median_s") and entry["gpunet"].get("median_s"):
