@@ -546,8 +546,11 @@ def run(args) -> int:
     from tqdm.auto import tqdm
     from gpunet.backend import resolve_device
     device = args.device
-    if device.startswith("cuda") or device == "auto":
-        device = resolve_device(device)        # RuntimeError saying why there is no CUDA
+    try:
+        device = resolve_device(device)
+    except (RuntimeError, ValueError) as e:    # an unknown device, or why there is no CUDA
+        print(f"gpunet bench: {e}", file=sys.stderr)
+        return 2
     rounds, min_time, warmup = QUICK if args.quick else FULL
     rounds = args.rounds or rounds
     min_time = args.min_time if args.min_time is not None else min_time

@@ -82,4 +82,5 @@ class Dense(Layer):
     def extra_repr(self):
         a = f", activation={self.activation.name!r}" if self.activation is not None else ""
         b = "" if self.bias is not None else ", bias=False"
-        return f"{self.in_features}, {self.out_features}{b}{a}"
+        g = "" if self.input_grad else ", input_grad=False"
+        return f"{self.in_features}, {self.out_features}{b}{a}{g}"
