@@ -45,6 +45,16 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["strided", "gemm"])
+def path(request, monkeypatch):
+    """Run a test through both im2col/col2im implementations: strided copies and adds, and
+    GEMMs with the gather matrix (normally chosen by image size)."""
+    limit = 0 if request.param == "strided" else 10 ** 9
+    monkeypatch.setattr(FC, "IM2COL_GEMM_MAX_PIXELS", limit)
+    monkeypatch.setattr(FC, "COL2IM_GEMM_MAX_PIXELS", limit)
+    return request.param
+
+
 def make_layer(xp, case, dtype=numpy.float64, bias=True, activation=None, seed=0):
     n, c, h, w, o, k, s, p = case
     gpunet.manual_seed(seed)
@@ -56,7 +66,7 @@ def make_layer(xp, case, dtype=numpy.float64, bias=True, activation=None, seed=0
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_forward_matches_loop(xp, rng, case):
+def test_forward_matches_loop(xp, rng, path, case):
     layer = make_layer(xp, case)
     x = rng.standard_normal(case[:4])
     y = to_numpy(layer(xp.asarray(x)))
@@ -66,7 +76,7 @@ def test_forward_matches_loop(xp, rng, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_gradcheck(xp, rng, case):
+def test_gradcheck(xp, rng, path, case):
     layer = make_layer(xp, case)
     gpunet.gradcheck(layer, xp.asarray(rng.standard_normal(case[:4])))
 
@@ -134,7 +144,7 @@ def test_eval_mode_keeps_no_cache(xp, rng):
 
 # -- against PyTorch ---------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES)
-def test_against_torch(rng, case):
+def test_against_torch(rng, path, case):
     torch = pytest.importorskip("torch")
     layer = make_layer(numpy, case)
     x = rng.standard_normal(case[:4])
@@ -153,7 +163,7 @@ def test_against_torch(rng, case):
 
 
 # -- the op and its helpers ------------------------------------------------------------
-def test_im2col_col2im_adjoint(xp, rng):
+def test_im2col_col2im_adjoint(xp, rng, path):
     # <im2col(x), c> == <x, col2im(c)>: col2im is the transpose of im2col
     shape, kernel, stride, padding = (2, 3, 7, 8), (3, 2), (2, 3), (1, 2)
     x = rng.standard_normal(shape)
@@ -165,7 +175,7 @@ def test_im2col_col2im_adjoint(xp, rng):
                                   rtol=1e-12)
 
 
-def test_functional_backward_without_cols(xp, rng):
+def test_functional_backward_without_cols(xp, rng, path):
     case = (2, 2, 6, 7, 3, (3, 2), (2, 1), (1, 1))
     layer = make_layer(xp, case)
     x = xp.asarray(rng.standard_normal(case[:4]))
@@ -180,7 +190,7 @@ def test_functional_backward_without_cols(xp, rng):
     assert dx is None and db is None and dw.shape == w.shape
 
 
-def test_non_contiguous_input(xp, rng):
+def test_non_contiguous_input(xp, rng, path):
     case = (2, 3, 6, 5, 4, 3, 1, 1)
     layer = make_layer(xp, case)
     base = rng.standard_normal((2, 3, 5, 6))
@@ -327,7 +337,7 @@ def test_cnn_save_load_round_trip(tmp_path, rng):
 
 
 # -- a network ------------------------------------------------------------------------------
-def test_1d_cnn_gradcheck(xp, rng):
+def test_1d_cnn_gradcheck(xp, rng, path):
     gpunet.manual_seed(0)
     k = dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1), activation="tanh")
     model = Sequential(Conv2D(2, 3, **k), Conv2D(3, 2, **k), Flatten(), Dense(2 * 3, 4))

@@ -22,10 +22,23 @@ How (one body for NumPy and CuPy, cuBLAS on the GPU — CuPy 14 has no cuDNN):
 
   **col2im** adds ``kh*kw`` strided slices (one per kernel offset, never a loop over output
   positions) into a zero ``xpad``, then crops the padding.
+* **small images** (a few dozen pixels per plane: 1-D signals, 6×6 feature maps): NumPy's
+  cost there is per row of a strided copy or add, and rows are a handful of elements, so
+  im2col and col2im become GEMMs with a constant 0/1 gather matrix ``G (H*W, kh*kw*OH*OW)``
+  (built once per geometry): ``cols = x.reshape(N*C, H*W) @ G`` and
+  ``dx = dcols.reshape(N*C, kh*kw*OH*OW) @ G.T``. Padding is folded into ``G`` (its padded
+  positions have no row). Same results; measured 2-10× faster below the thresholds
+  ``IM2COL_GEMM_MAX_PIXELS`` and ``COL2IM_GEMM_MAX_PIXELS`` (slower above them: a GEMM spends
+  ``H*W`` multiply-adds per element moved).
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
+import numpy
+
+from ..backend import device_of, get_array_module
+
+IM2COL_GEMM_MAX_PIXELS = 48   # H*W at or below which im2col is a GEMM with the gather matrix
+COL2IM_GEMM_MAX_PIXELS = 64   # likewise for col2im (the strided adds cost more than the copy)
 
 
 def pair(value, layer_name, what, minimum):
@@ -88,11 +101,40 @@ def windows(xpad, kernel, stride, out_hw):
         strides=(s[0], s[1], s[2], s[3], s[2] * stride[0], s[3] * stride[1]))
 
 
+_GATHER = {}
+
+
+def gather_matrix(xp, device, in_hw, kernel, stride, padding, dtype):
+    """The 0/1 matrix ``G (H*W, kh*kw*OH*OW)`` with ``G[h*W + w, ((i*kw + j)*OH + p)*OW + q] = 1``
+    where ``(h, w) = (p*sh + i - ph, q*sw + j - pw)`` lies inside the input: ``x_plane @ G`` is
+    the im2col of one plane. Memoized per geometry, dtype and device."""
+    key = (device, tuple(in_hw), kernel, stride, padding, numpy.dtype(dtype).str)
+    g = _GATHER.get(key)
+    if g is None:
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = in_hw, kernel, stride, padding
+        oh, ow = output_size("gather_matrix", in_hw, kernel, stride, padding)
+        i, j, p, q = numpy.meshgrid(numpy.arange(kh), numpy.arange(kw), numpy.arange(oh), numpy.arange(ow),
+                                    indexing="ij")
+        hh, ww = p * sh + i - ph, q * sw + j - pw
+        inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
+        host = numpy.zeros((h * w, kh * kw * oh * ow), dtype=dtype)
+        host[(hh * w + ww)[inside], numpy.arange(host.shape[1]).reshape(i.shape)[inside]] = 1
+        g = host if xp is numpy else xp.asarray(host)
+        if len(_GATHER) > 256:      # bound the cache; geometries in one model are few
+            _GATHER.clear()
+        _GATHER[key] = g
+    return g
+
+
 def im2col(x, kernel, stride=(1, 1), padding=(0, 0)):
     """``cols (N, C*kh*kw, OH*OW)``: column ``p*OW + q`` of ``cols[n]`` holds the patch that
     output position ``(p, q)`` sees, in ``(c, i, j)`` order (the weight's layout)."""
     out_hw = output_size("im2col", x.shape, kernel, stride, padding)
-    n, c = x.shape[:2]
+    n, c, h, w = x.shape
+    if h * w <= IM2COL_GEMM_MAX_PIXELS:
+        xp = get_array_module(x)
+        g = gather_matrix(xp, device_of(x), (h, w), kernel, stride, padding, x.dtype)
+        return xp.matmul(x.reshape(n * c, h * w), g).reshape(n, c * kernel[0] * kernel[1], -1)
     v = windows(pad2d(x, padding), kernel, stride, out_hw)
     # reshape copies the strided view once (or not at all for a 1x1, stride-1 kernel)
     return v.reshape(n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
@@ -108,17 +150,31 @@ def col2im(dcols, x_shape, kernel, stride=(1, 1), padding=(0, 0)):
     sh, sw = stride
     ph, pw = padding
     oh, ow = output_size("col2im", x_shape, kernel, stride, padding)
+    if h * w <= COL2IM_GEMM_MAX_PIXELS:
+        g = gather_matrix(xp, device_of(dcols), (h, w), kernel, stride, padding, dcols.dtype)
+        return xp.matmul(dcols.reshape(n * c, -1), g.T).reshape(x_shape)
     d6 = dcols.reshape(n, c, kh, kw, oh, ow)
-    hp, wp = h + 2 * ph, w + 2 * pw
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
         return d6.reshape(x_shape)
-    dxpad = xp.zeros((n, c, hp, wp), dtype=dcols.dtype)
+    # Add straight into an unpadded dx (contributions that fall in the padding are dropped),
+    # so dx comes out contiguous: a cropped padded buffer would slow every later op on it.
+    dx = xp.zeros(x_shape, dtype=dcols.dtype)
     for i in range(kh):
+        p0, p1, h0 = _valid(i, ph, sh, oh, h)
         for j in range(kw):
-            dxpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += d6[:, :, i, j]
-    if ph == 0 and pw == 0:
-        return dxpad
-    return dxpad[:, :, ph:ph + h, pw:pw + w]
+            q0, q1, w0 = _valid(j, pw, sw, ow, w)
+            if p1 > p0 and q1 > q0:
+                dx[:, :, h0:h0 + sh * (p1 - p0 - 1) + 1:sh, w0:w0 + sw * (q1 - q0 - 1) + 1:sw] += \
+                    d6[:, :, i, j, p0:p1, q0:q1]
+    return dx
+
+
+def _valid(i, pad, stride, out, size):
+    """For kernel offset ``i``: the outputs ``p0 <= p < p1`` whose input row
+    ``p*stride + i - pad`` lies inside ``[0, size)``, and the first such row ``h0``."""
+    p0 = max(0, -((i - pad) // stride))                 # ceil((pad - i) / stride)
+    p1 = min(out, (size - 1 + pad - i) // stride + 1)
+    return p0, p1, p0 * stride + i - pad
 
 
 def _check(name, x, weight, bias):
@@ -172,10 +228,11 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
     if cols is None:
         cols = im2col(x, (kh, kw), stride, padding)
     # Σ_n dy[n] @ cols[n].T as one GEMM would need (O, N*P) and (N*P, K) operands, i.e. two
-    # transpose copies of large arrays; the batched GEMM plus a sum over a small
-    # (N, O, K) array is cheaper.
-    dw = xp.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
-    db = dy3.sum(axis=(0, 2)) if need_bias else None
+    # transpose copies of large arrays; the batched GEMM dW.T = Σ_n cols[n] @ dy[n].T plus a
+    # sum over a small (N, K, O) array is cheaper (and measured faster than dy[n] @ cols[n].T).
+    dw = xp.matmul(cols, dy3.transpose(0, 2, 1)).sum(axis=0).T.reshape(weight.shape)
+    # summing over N first (whole contiguous planes) is several times faster than axis=(0, 2)
+    db = dy3.sum(axis=0).sum(axis=1) if need_bias else None
     dx = None
     if need_dx:
         dcols = xp.matmul(weight.reshape(o, -1).T, dy3)  # (N, C*kh*kw, OH*OW)

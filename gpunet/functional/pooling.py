@@ -17,7 +17,7 @@ lie entirely in the padding.
 """
 from __future__ import annotations
 
-from .conv import output_size, pad2d, pair
+from .conv import output_size, pad2d, pair, windows
 from ..backend import get_array_module
 
 
@@ -49,23 +49,28 @@ def _check(name, x):
 
 # -- max pooling: y = max over the window; arg = the offset k = i*kw + j of the first max
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Return ``(y (N, C, OH, OW), arg)``; ``arg`` (same shape, small ints) is the window
-    offset ``i*kw + j`` of the first maximum, which the backward needs."""
+    """Return ``(y (N, C, OH, OW), arg)``; ``arg`` (same shape, uint8 for windows of up to
+    256 elements, else int32) is the window offset ``i*kw + j`` of the first maximum, which
+    the backward needs."""
     _check("max_pool2d", x)
     xp = get_array_module(x)
     kernel, stride, padding = pool_args("max_pool2d", kernel_size, stride, padding)
     out_hw = output_size("max_pool2d", x.shape, kernel, stride, padding)
-    xpad = pad2d(x, padding, value=float("-inf"))
-    y = arg = None
-    for k, sh, sw in _slices(kernel, stride, out_hw):
-        v = xpad[:, :, sh, sw]
-        if y is None:
-            y = v.copy()
-            arg = xp.zeros(y.shape, dtype=xp.uint8 if kernel[0] * kernel[1] <= 256 else xp.int32)
-            continue
-        better = v > y                 # strict: an equal later element does not take over
-        xp.copyto(arg, k, where=better)
-        xp.maximum(y, v, out=y)
+    kk = kernel[0] * kernel[1]
+    # One strided copy puts each kernel offset's values in a contiguous plane
+    # c[k] (N, C, OH, OW); every later pass then runs on contiguous memory (elementwise
+    # ops on strided views are several times slower in NumPy).
+    v = windows(pad2d(x, padding, value=float("-inf")), kernel, stride, out_hw)
+    c = xp.ascontiguousarray(v.transpose(2, 3, 0, 1, 4, 5)).reshape((kk,) + x.shape[:2] + out_hw)
+    y = c[0].copy()
+    itype = xp.uint8 if kk <= 256 else xp.int32
+    arg = xp.zeros(y.shape, dtype=itype)
+    for k in range(1, kk):
+        better = c[k] > y              # strict: an equal later element does not take over
+        # arg <= k-1 so far, so max(arg, better*k) sets k exactly where better (much faster
+        # than copyto(..., where=) or where())
+        xp.maximum(arg, better * itype(k), out=arg)
+        xp.maximum(y, c[k], out=y)
     return y, arg
 
 
@@ -76,15 +81,17 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     kernel, stride, padding = pool_args("max_pool2d_backward", kernel_size, stride, padding)
     n, c, h, w = x_shape
     (ph, pw) = padding
+    hp, wp = h + 2 * ph, w + 2 * pw
     out_hw = dy.shape[2:]
-    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
+    # windows that tile the padded input exactly write every element: no zero fill needed
+    tiled = stride == kernel and hp == out_hw[0] * kernel[0] and wp == out_hw[1] * kernel[1]
+    dxpad = (xp.empty if tiled else xp.zeros)((n, c, hp, wp), dtype=dy.dtype)
     for k, sh, sw in _slices(kernel, stride, out_hw):
-        g = dy * (arg == k)
         if disjoint:
-            dxpad[:, :, sh, sw] = g
+            xp.multiply(dy, arg == k, out=dxpad[:, :, sh, sw])
         else:
-            dxpad[:, :, sh, sw] += g
+            dxpad[:, :, sh, sw] += dy * (arg == k)
     return dxpad[:, :, ph:ph + h, pw:pw + w] if ph or pw else dxpad
 
 

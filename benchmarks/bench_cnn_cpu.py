@@ -1,0 +1,96 @@
+"""CNN training-step throughput on the CPU: gpunet (NumPy) against PyTorch (CPU).
+
+    python benchmarks/bench_cnn_cpu.py [--quick] [--rounds R] [--steps S] [--json PATH]
+
+Each measurement runs ``benchmarks/cnn_step.py`` in a fresh process (one framework per
+process, both on 2 threads: ``torch.set_num_threads(2)``, ``OMP_NUM_THREADS`` and
+``OPENBLAS_NUM_THREADS`` = 2), which times ``S`` steps after a warm-up and reports their
+median. Rounds alternate the order of the frameworks (gpunet first in even rounds, torch
+first in odd ones), so a slow spell on a shared machine hits both. The table gives, per
+case, the median over rounds of each framework's per-process median step time and the
+ratio ``torch_time / gpunet_time`` (gpunet's throughput relative to PyTorch's; > 1 means
+gpunet is faster).
+
+A step is forward, softmax cross-entropy, backward and an SGD update; the two cases
+(documented in ``cnn_step.py``):
+
+* ``1d``: (100, 1, 1, 40) inputs; 3 × Conv2D kernel (1, 5), stride (1, 2), padding (0, 2),
+  25 channels, ReLU (lengths 40 → 20 → 10 → 5); Dense(125, 10). Goal: ratio ≥ 1.0.
+* ``2d``: (64, 1, 28, 28) inputs; Conv2D(1, 16, 3, p=1)+ReLU, MaxPool2D(2),
+  Conv2D(16, 32, 3, p=1)+ReLU, MaxPool2D(2), Flatten, Dense(1568, 10). Goal: ratio ≥ 0.8.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOALS = {"1d": 1.0, "2d": 0.8}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_one(framework, case, steps, warmup):
+    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, os.path.join(HERE, "cnn_step.py"), "--framework", framework,
+                          "--case", case, "--steps", str(steps), "--warmup", str(warmup)],
+                         check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 20 steps (default: 7 rounds of 100)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--cases", default="1d,2d")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    a = ap.parse_args(argv)
+    rounds = a.rounds or (3 if a.quick else 7)
+    steps = a.steps or (20 if a.quick else 100)
+    warmup = 5 if a.quick else 10
+    cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    times = {(c, f): [] for c in cases for f in ("gpunet", "torch")}
+    for r in range(rounds):
+        order = ("gpunet", "torch") if r % 2 == 0 else ("torch", "gpunet")
+        for c in cases:
+            for f in order:
+                times[(c, f)].append(run_one(f, c, steps, warmup))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+
+    rows = []
+    for c in cases:
+        g = statistics.median(times[(c, "gpunet")])
+        t = statistics.median(times[(c, "torch")])
+        rows.append({"case": c, "gpunet_ms": g * 1e3, "torch_ms": t * 1e3, "ratio": t / g, "goal": GOALS.get(c),
+                     "gpunet_runs_ms": [v * 1e3 for v in times[(c, "gpunet")]],
+                     "torch_runs_ms": [v * 1e3 for v in times[(c, "torch")]]})
+    import numpy
+    import torch
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); numpy {numpy.__version__}, "
+          f"torch {torch.__version__}; {rounds} rounds x {steps} steps, 2 threads each")
+    print(f"{'case':<6}{'gpunet ms/step':>16}{'torch ms/step':>15}{'ratio':>8}{'goal':>7}")
+    for row in rows:
+        print(f"{row['case']:<6}{row['gpunet_ms']:>16.3f}{row['torch_ms']:>15.3f}{row['ratio']:>8.2f}"
+              f"{row['goal']:>7.1f}")
+    print("ratio = torch step time / gpunet step time (gpunet throughput relative to PyTorch)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": numpy.__version__,
+                       "torch": torch.__version__, "rounds": rounds, "steps": steps, "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""One framework's CNN training-step timing, run by ``bench_cnn_cpu.py`` in its own process.
+
+    python benchmarks/cnn_step.py --framework {gpunet,torch} --case {1d,2d} --steps N --warmup W
+
+Prints one JSON line: ``{"framework", "case", "median_s", "times_s"}``. A step is forward,
+softmax cross-entropy, backward and a plain SGD update (lr 0.01, no momentum), after zeroing
+the gradients; both frameworks run float32 on 2 threads.
+
+Cases (inputs drawn once from a seeded generator, labels in 0..9):
+
+* ``1d``: ``(100, 1, 1, 40)``; three Conv2D layers with kernel ``(1, 5)``, stride ``(1, 2)``,
+  padding ``(0, 2)``, 25 channels, ReLU (lengths 40 → 20 → 10 → 5); Flatten; Dense(125, 10).
+* ``2d``: ``(64, 1, 28, 28)``; Conv2D(1, 16, 3, padding=1)+ReLU, MaxPool2D(2),
+  Conv2D(16, 32, 3, padding=1)+ReLU, MaxPool2D(2), Flatten, Dense(1568, 10).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+
+import numpy  # noqa: E402
+
+SHAPES = {"1d": (100, 1, 1, 40), "2d": (64, 1, 28, 28)}
+
+
+def gpunet_step(case, x, y):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import gpunet
+    from gpunet import layers as L, optim
+    gpunet.manual_seed(0)
+    if case == "1d":
+        k = dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2), activation="relu")
+        model = L.Sequential(L.Conv2D(1, 25, **k), L.Conv2D(25, 25, **k), L.Conv2D(25, 25, **k),
+                             L.Flatten(), L.Dense(125, 10))
+    else:
+        model = L.Sequential(L.Conv2D(1, 16, 3, padding=1, activation="relu"), L.MaxPool2D(2),
+                             L.Conv2D(16, 32, 3, padding=1, activation="relu"), L.MaxPool2D(2),
+                             L.Flatten(), L.Dense(1568, 10))
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    opt = optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    return step
+
+
+def torch_step(case, x, y):
+    import torch
+    from torch import nn
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    if case == "1d":
+        k = dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2))
+        model = nn.Sequential(nn.Conv2d(1, 25, **k), nn.ReLU(), nn.Conv2d(25, 25, **k), nn.ReLU(),
+                              nn.Conv2d(25, 25, **k), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10))
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(1568, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(xt), yt).backward()
+        opt.step()
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--framework", choices=("gpunet", "torch"), required=True)
+    ap.add_argument("--case", choices=tuple(SHAPES), required=True)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    a = ap.parse_args(argv)
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal(SHAPES[a.case]).astype(numpy.float32)
+    y = rng.integers(0, 10, SHAPES[a.case][0]).astype(numpy.int64)
+    step = (gpunet_step if a.framework == "gpunet" else torch_step)(a.case, x, y)
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"framework": a.framework, "case": a.case,
+                      "median_s": float(numpy.median(times)), "times_s": times}))
+
+
+if __name__ == "__main__":
+    main()
