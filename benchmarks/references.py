@@ -35,11 +35,11 @@ _GC = math.sqrt(2.0 / math.pi)
 
 
 def _gelu(x):
-    return 0.5 * x * (1.0 + numpy.tanh(_GC * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + numpy.tanh(_GC * (x + 0.044715 * x * x * x)))
 
 
 def _gelu_b(dy, x, y):
-    t = numpy.tanh(_GC * (x + 0.044715 * x ** 3))
+    t = numpy.tanh(_GC * (x + 0.044715 * x * x * x))
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GC * (1 + 3 * 0.044715 * x * x))
 
 

@@ -137,7 +137,7 @@ def torch_step(spec, device):
         model = nn.Sequential(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), spec["classes"]))
-    dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
+    dev = torch.device(device if device.startswith("cuda") else "cpu")
     model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     x, y = (torch.from_numpy(a).to(dev) for a in _inputs(spec))
@@ -254,8 +254,17 @@ def worker_facts(framework, device) -> dict:
         import torch
         facts["torch"] = torch.__version__
         facts["torch_threads"] = torch.get_num_threads()
+        try:
+            import re
+            cfg = torch.__config__.show()
+            blas = re.search(r"BLAS_INFO=(\w+)", cfg)
+            cap = re.search(r"CPU capability usage: (\w+)", cfg)
+            facts["torch_blas"] = blas.group(1) if blas else "unknown"
+            facts["torch_cpu_capability"] = cap.group(1) if cap else "unknown"
+        except Exception as e:  # a build without __config__: say so, do not guess
+            facts["torch_blas"] = f"unknown ({type(e).__name__})"
         if device.startswith("cuda"):
-            facts["gpu"] = torch.cuda.get_device_name(0)
+            facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
             facts["torch_cuda"] = torch.version.cuda
     return facts
 
@@ -652,8 +661,10 @@ def run(args) -> int:
                      if k in facts.get(fw, {}))
     blas = facts.get("gpunet", {}).get("threadpools")
     if isinstance(blas, list):
-        libs += "".join(f", {d['internal_api']} {d['version']} ({d['architecture']})" for d in blas
+        libs += "".join(f", numpy's {d['internal_api']} {d['version']} ({d['architecture']} kernels)" for d in blas
                         if d.get("internal_api") == "openblas")
+    if "torch_blas" in facts.get("torch", {}):
+        libs += f", torch's BLAS {facts['torch']['torch_blas']} ({facts['torch'].get('torch_cpu_capability')})"
     ob = {k: v for k, v in report["env"].items() if k.startswith("OPENBLAS_C") or k == "OPENBLAS_L2_SIZE"}
     print(f"gpunet bench on {device}: {hw}, {threads} thread(s); {libs}")
     print(f"OpenBLAS env: {ob or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE not set'}"
