@@ -59,11 +59,9 @@ def cmd_train(args):
         model = models.mlp((n_in, 256, 128, 10))
         epochs = args.epochs or 30
     else:
-        if not hasattr(models, "cnn"):
-            raise SystemExit("gpunet train --model cnn: the CNN arrives with the convolution layers")
         Xtr = Xtr.reshape(-1, 1, side, side)
         Xte = Xte.reshape(-1, 1, side, side)
-        model = models.cnn(side)
+        model = models.cnn_digits(image_size=side)
         epochs = args.epochs or 20
     model.to(device)
     lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.05)

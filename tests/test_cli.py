@@ -62,3 +62,9 @@ def test_console_script_entry_point():
     # the installed `gpunet` script and `python -m gpunet.cli` reach the same main
     r = subprocess.run([sys.executable, "-m", "gpunet.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_train_cnn(capsys):
+    assert cli.main(["train", "--model", "cnn", "--epochs", "3", "--device", "cpu", "--quiet"]) == 0
+    acc, _, _ = _final_line(capsys.readouterr().out)
+    assert acc > 0.85
