@@ -1,8 +1,9 @@
 """One framework's CNN training-step timing, run by ``bench_cnn_cpu.py`` in its own process.
 
-    python benchmarks/cnn_step.py --framework {gpunet,torch} --case {1d,2d} --steps N --warmup W
+    python benchmarks/cnn_step.py --framework {gpunet,torch} --case {1d,2d} --steps N --warmup W [--threads T]
 
-Prints one JSON line: ``{"framework", "case", "median_s", "times_s"}``. A step is forward,
+Prints one JSON line: ``{"framework", "case", "threads", "median_s", "cpu_median_s", "times_s"}``
+(wall-clock step times, and the median process CPU time per step). A step is forward,
 softmax cross-entropy, backward and a plain SGD update (lr 0.01, no momentum), after zeroing
 the gradients; both frameworks run float32 on 2 threads.
 
@@ -19,6 +20,8 @@ import os
 import sys
 import time
 
+# BLAS reads its thread count when NumPy loads: the driver sets these in the environment;
+# the defaults below are for running this file by hand.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 
@@ -27,7 +30,7 @@ import numpy  # noqa: E402
 SHAPES = {"1d": (100, 1, 1, 40), "2d": (64, 1, 28, 28)}
 
 
-def gpunet_step(case, x, y):
+def gpunet_step(case, x, y, threads=2):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import gpunet
     from gpunet import layers as L, optim
@@ -51,10 +54,10 @@ def gpunet_step(case, x, y):
     return step
 
 
-def torch_step(case, x, y):
+def torch_step(case, x, y, threads=2):
     import torch
     from torch import nn
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     if case == "1d":
         k = dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2))
@@ -81,20 +84,24 @@ def main(argv=None):
     ap.add_argument("--case", choices=tuple(SHAPES), required=True)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=int(os.environ["OPENBLAS_NUM_THREADS"]))
     a = ap.parse_args(argv)
     rng = numpy.random.default_rng(0)
     x = rng.standard_normal(SHAPES[a.case]).astype(numpy.float32)
     y = rng.integers(0, 10, SHAPES[a.case][0]).astype(numpy.int64)
-    step = (gpunet_step if a.framework == "gpunet" else torch_step)(a.case, x, y)
+    step = (gpunet_step if a.framework == "gpunet" else torch_step)(a.case, x, y, a.threads)
     for _ in range(a.warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(a.steps):
+        c = time.process_time()
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"framework": a.framework, "case": a.case,
-                      "median_s": float(numpy.median(times)), "times_s": times}))
+        cpu.append(time.process_time() - c)
+    print(json.dumps({"framework": a.framework, "case": a.case, "threads": a.threads,
+                      "median_s": float(numpy.median(times)), "cpu_median_s": float(numpy.median(cpu)),
+                      "times_s": times}))
 
 
 if __name__ == "__main__":
