@@ -5,7 +5,9 @@
 Prints one JSON line: ``{"framework", "case", "threads", "median_s", "cpu_median_s", "times_s"}``
 (wall-clock step times, and the median process CPU time per step). A step is forward,
 softmax cross-entropy, backward and a plain SGD update (lr 0.01, no momentum), after zeroing
-the gradients; both frameworks run float32 on 2 threads.
+the gradients; both frameworks run float32 on 2 threads. Neither computes a gradient for the
+input batch (PyTorch: the input does not require grad; gpunet: ``input_grad = False`` on the
+first layer).
 
 Cases (inputs drawn once from a seeded generator, labels in 0..9):
 
@@ -43,6 +45,9 @@ def gpunet_step(case, x, y, threads=2):
         model = L.Sequential(L.Conv2D(1, 16, 3, padding=1, activation="relu"), L.MaxPool2D(2),
                              L.Conv2D(16, 32, 3, padding=1, activation="relu"), L.MaxPool2D(2),
                              L.Flatten(), L.Dense(1568, 10))
+    # The input is data: like PyTorch for an input that does not require grad, compute no
+    # gradient for it (Conv2D.input_grad, as gpunet bench does for Dense).
+    model[0].input_grad = False
     loss_fn = gpunet.SoftmaxCrossEntropy()
     opt = optim.SGD(model.parameters(), lr=0.01)
 

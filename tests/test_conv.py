@@ -124,6 +124,20 @@ def test_gradients_accumulate(xp, rng):
     numpy.testing.assert_allclose(to_numpy(layer.weight.grad), 2 * g1, rtol=1e-12)
 
 
+def test_input_grad_false_skips_dx_keeps_parameter_grads(xp, rng):
+    case = (2, 3, 9, 9, 4, 3, 2, 1)
+    a = make_layer(xp, case, activation="tanh")
+    b = make_layer(xp, case, activation="tanh")
+    b.input_grad = False
+    assert "input_grad=False" in repr(b)
+    x = xp.asarray(rng.standard_normal(case[:4]))
+    dy = xp.asarray(rng.standard_normal(a(x).shape))
+    b(x)
+    assert a.backward(dy) is not None and b.backward(dy) is None
+    for p, q in zip(a.parameters(), b.parameters()):
+        numpy.testing.assert_array_equal(to_numpy(p.grad), to_numpy(q.grad))
+
+
 def test_float32_stays_float32(xp, rng):
     case = (2, 3, 6, 6, 4, 3, 2, 1)
     layer = make_layer(xp, case, dtype=numpy.float32, activation="relu")

@@ -26,6 +26,10 @@ class Conv2D(Layer):
 
     Computed by im2col (a strided view, one copy) and a batched GEMM; see
     ``gpunet.functional.conv``.
+
+    ``input_grad`` (attribute, default True, as for Dense): when False, ``backward`` skips
+    the input gradient (``W.T @ dy`` and col2im) and returns None — for a first layer whose
+    input is data (PyTorch computes nothing for an input that does not require grad).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -43,6 +47,7 @@ class Conv2D(Layer):
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(_init.make(init, shape, layer_name="Conv2D"), "weight", decay=True)
         self.bias = Parameter(numpy.zeros(self.out_channels, numpy.float32), "bias", decay=False) if bias else None
+        self.input_grad = True
         self._x = self._cols = self._z = self._y = None
 
     def _check(self, x):
@@ -84,7 +89,8 @@ class Conv2D(Layer):
         if self.activation is not None:
             dy = self.activation.grad_fn(dy, self._z, self._y)
         dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
-                                        cols=self._cols, need_bias=self.bias is not None)
+                                        cols=self._cols, need_dx=self.input_grad,
+                                        need_bias=self.bias is not None)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -102,4 +108,6 @@ class Conv2D(Layer):
             out += ", bias=False"
         if self.activation is not None:
             out += f", activation={self.activation.name!r}"
+        if not self.input_grad:
+            out += ", input_grad=False"
         return out
