@@ -21,7 +21,8 @@ How (one body for NumPy and CuPy, cuBLAS on the GPU — CuPy 14 has no cuDNN):
       dcols[n] = W.T @ dy[n]            dx = col2im(dcols)
 
   **col2im** adds ``kh*kw`` strided slices (one per kernel offset, never a loop over output
-  positions) into a zero ``xpad``, then crops the padding.
+  positions) into a zero ``dx``; each offset's slice is clipped to the outputs whose input
+  lies inside the image, so no padded buffer is built and ``dx`` comes out contiguous.
 * **small images** (a few dozen pixels per plane: 1-D signals, 6×6 feature maps): NumPy's
   cost there is per row of a strided copy or add, and rows are a handful of elements, so
   im2col and col2im become GEMMs with a constant 0/1 gather matrix ``G (H*W, kh*kw*OH*OW)``

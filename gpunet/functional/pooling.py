@@ -3,7 +3,9 @@
 A window of ``kernel = (kh, kw)`` moves by ``stride = (sh, sw)`` over the input padded by
 ``padding = (ph, pw)`` on each side; output size ``OH = (H + 2*ph - kh) // sh + 1`` (floor,
 PyTorch's ``ceil_mode=False``). Every op loops over the ``kh*kw`` kernel offsets, each a
-strided slice of the whole batch — never over output positions.
+strided slice of the whole batch — never over output positions (max pooling first copies
+the windows once into one contiguous plane per offset, since NumPy's elementwise ops run
+several times faster on contiguous memory).
 
 * max pooling pads with ``-inf`` (padding never wins); its gradient goes to the maximal
   element of each window — the **first** one in row-major window order on ties (PyTorch's
@@ -33,8 +35,8 @@ def pool_args(layer_name, kernel_size, stride, padding):
 
 
 def _slices(kernel, stride, out_hw):
-    """``((k, i, j), slice_h, slice_w)`` for each kernel offset: the input rows/columns that
-    offset ``(i, j)`` reads for all output positions at once."""
+    """``(k, slice_h, slice_w)`` for each kernel offset ``(i, j)``, ``k = i*kw + j``: the
+    (padded) input rows and columns that the offset reads for all output positions at once."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
     for i in range(kh):
         for j in range(kw):
