@@ -150,10 +150,21 @@ def bce_with_logits(z, y):
         raise ValueError(f"{name}: expected targets of shape {tuple(z.shape)}, got {tuple(getattr(y, 'shape', ()))}")
     xp = get_array_module(z, y)
     y = y.astype(z.dtype, copy=False)
-    e = xp.exp(-xp.abs(z))
-    loss = (xp.maximum(z, 0) - z * y + xp.log1p(e)).mean()
-    sig = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
-    dz = (sig - y) * (1.0 / z.size)
+    e = xp.abs(z)
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)                                # e^-|z| <= 1
+    t = xp.log1p(e)
+    t += xp.maximum(z, 0)
+    t -= z * y
+    loss = t.mean()
+    # σ(z) = 1/(1+e) for z >= 0, e/(1+e) below: the numerator is max(e, [z >= 0]) since
+    # e <= 1 (no xp.where, which is slow on mixed signs)
+    dz = (z >= 0).astype(z.dtype)
+    xp.maximum(dz, e, out=dz)
+    e += 1.0
+    dz /= e
+    dz -= y
+    dz *= 1.0 / z.size
     return xp.asarray(loss, dtype=z.dtype), dz
 
 
