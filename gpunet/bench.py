@@ -513,6 +513,39 @@ def format_table(report) -> str:
     return "\n".join(lines)
 
 
+MODEL_TITLES = {
+    "mlp-784-128-10": "MLP 784-128-10 (ReLU)",
+    "mlp-784-1024x2-10": "MLP 784-1024-1024-10 (ReLU)",
+    "cnn-28x28": "CNN 28×28 (conv3×3-16, pool, conv3×3-32, pool, dense)",
+}
+
+
+def format_markdown(report) -> str:
+    """The results as a README table: model, batch, device, samples/s both ways, ratio."""
+    facts = report["facts"]
+    if report["device"].startswith("cuda"):
+        dev = facts.get("gpunet", {}).get("gpu", report["device"])
+    else:
+        dev = f"CPU, {report['threads']} thread{'s' if report['threads'] > 1 else ''}"
+    has_torch = any(m.get("torch", {}).get("median_s") for m in report["models"].values())
+    lines = ["| model | batch | device | gpunet samples/s |" + (" PyTorch samples/s | ratio |" if has_torch else ""),
+             "|---|---:|---|---:|" + ("---:|---:|" if has_torch else "")]
+    for name, m in report["models"].items():
+        g, t = m.get("gpunet", {}), m.get("torch", {})
+        if not g.get("median_s"):
+            continue
+        row = f"| {MODEL_TITLES.get(name, name)} | {m['batch']} | {dev} | {g['samples_per_s']:,.0f} |"
+        if has_torch:
+            row += (f" {t['samples_per_s']:,.0f} | {m['ratio']:.2f}× |" if t.get("median_s") else " – | – |")
+        lines.append(row)
+    versions = ", ".join(f"{k} {facts[fw][k]}" for fw, k in (("gpunet", "numpy"), ("gpunet", "cupy"), ("torch", "torch"))
+                         if k in facts.get(fw, {}))
+    lines.append("")
+    lines.append(f"{report['cpu']}; {versions}; ratio = PyTorch step time / gpunet step time; "
+                 f"median of {report['rounds']} alternating runs; `{report['command']}`")
+    return "\n".join(lines)
+
+
 def format_roofline(rf) -> str:
     lines = [f"fused kernels vs device copy bandwidth {rf['copy_bandwidth_Bps'] / 1e9:,.0f} GB/s "
              f"(timer: {rf['timer']})",
@@ -521,6 +554,25 @@ def format_roofline(rf) -> str:
         lines.append(f"{r['kernel']:<20} {str(tuple(r['shape'])):<22} {r['seconds'] * 1e6:>9.1f} "
                      f"{r['bandwidth_Bps'] / 1e9:>8,.0f} {r['fraction_of_copy']:>7.0%}")
     return "\n".join(lines)
+
+
+def _command_line(args) -> str:
+    """``gpunet bench`` with the options that reproduce this run (defaults left out)."""
+    parts = ["gpunet", "bench"]
+    if args.device != "cpu":
+        parts += ["--device", args.device]
+    if args.compare:
+        parts += ["--compare", args.compare]
+    if args.quick:
+        parts.append("--quick")
+    if list(args.models) != list(MODELS):
+        parts += ["--models", *args.models]
+    for flag, v in (("--rounds", args.rounds), ("--min-time", args.min_time), ("--threads", args.threads)):
+        if v is not None:
+            parts += [flag, str(v)]
+    if args.unset_openblas_env:
+        parts.append("--unset-openblas-env")
+    return " ".join(parts)
 
 
 def add_arguments(p):
@@ -538,6 +590,7 @@ def add_arguments(p):
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment")
     p.add_argument("--no-roofline", action="store_true", help="skip the CUDA kernel bandwidth table")
     p.add_argument("--json", metavar="PATH", default=None, help="write the raw numbers here")
+    p.add_argument("--markdown", action="store_true", help="also print the results as a README table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -579,7 +632,7 @@ def run(args) -> int:
     env = _worker_env(threads, args.unset_openblas_env)
     models = list(dict.fromkeys(args.models))
     report = {"device": device, "rounds": rounds, "min_time_s": min_time, "warmup_steps": warmup,
-              "threads": threads, "quick": bool(args.quick), "command": list(sys.argv),
+              "threads": threads, "quick": bool(args.quick), "command": _command_line(args),
               "cpu": cpu_model(), "cpus": available_cpus(), "platform": platform.platform(),
               "openblas_env_unset": bool(args.unset_openblas_env),
               "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
@@ -677,6 +730,9 @@ def run(args) -> int:
     print(format_table(report))
     if rf is not None:
         print(format_roofline(rf))
+    if args.markdown:
+        print()
+        print(format_markdown(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

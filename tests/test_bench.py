@@ -28,12 +28,16 @@ def test_bench_gpunet_alone_writes_json(tmp_path, capsys):
 def test_compare_torch_reports_both_and_the_ratio(tmp_path, capsys):
     pytest.importorskip("torch")
     path = tmp_path / "b.json"
-    assert bench.main(TINY + ["--compare", "torch", "--json", str(path)]) == 0
+    assert bench.main(TINY + ["--compare", "torch", "--json", str(path), "--markdown"]) == 0
     rep = json.loads(path.read_text())
     m = rep["models"]["mlp-784-128-10"]
     assert m["ratio"] == pytest.approx(m["torch"]["median_s"] / m["gpunet"]["median_s"])
     assert "torch" in rep["facts"]["torch"] and rep["facts"]["torch"]["torch_threads"] == rep["threads"]
-    assert "ratio" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ratio" in out
+    row = f"| MLP 784-128-10 (ReLU) | 64 | CPU, {rep['threads']} thread"
+    assert row in out and f"{m['ratio']:.2f}×" in out
+    assert rep["command"] == "gpunet bench --compare torch --models mlp-784-128-10 --rounds 2 --min-time 0.02"
 
 
 def test_compare_torch_without_torch_says_so_and_reports_gpunet(monkeypatch, capsys):
