@@ -9,6 +9,7 @@ Devices are strings: ``"cpu"``, ``"cuda"`` and ``"cuda:N"``.
 from __future__ import annotations
 
 import os
+import platform
 
 import numpy
 
@@ -176,3 +177,15 @@ def synchronize(x=None):
             _cupy.cuda.get_current_stream().synchronize()
         except Exception:
             pass
+
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's "Model name", read from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

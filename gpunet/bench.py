@@ -55,6 +55,8 @@ import subprocess
 import sys
 import time
 
+from .backend import cpu_model
+
 RESULT_TAG = "GPUNET_BENCH "   # prefix of the JSON lines a worker prints on stdout
 
 MODELS = {
@@ -202,18 +204,6 @@ def timed_run(step, sync, min_time, warmup, block):
 
 
 # -- facts about the machine and the libraries -----------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name", read from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

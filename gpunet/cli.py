@@ -7,6 +7,8 @@ import platform
 import sys
 import time
 
+from gpunet.backend import cpu_model
+
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a model on the embedded digits (default) or MNIST",
@@ -99,24 +101,13 @@ def cmd_train(args):
 
 def _device_name(device):
     if device == "cpu":
-        return f"cpu ({_cpu_model()})"
+        return f"cpu ({cpu_model()})"
     from gpunet.backend import cupy_module
     cp = cupy_module()
     idx = int(device.split(":")[1]) if ":" in device else 0
     props = cp.cuda.runtime.getDeviceProperties(idx)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     return f"{device} ({name})"
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cmd_info(args):
@@ -137,7 +128,7 @@ def cmd_info(args):
               "pip install 'gpunet[cuda12]' or 'gpunet[cuda13]' for the GPU")
     else:
         print(f"cupy     {cp.__version__}")
-    print(f"cpu      {_cpu_model()} ({os.cpu_count()} logical cores)")
+    print(f"cpu      {cpu_model()} ({os.cpu_count()} logical cores)")
     if backend.cuda_available():
         n = cp.cuda.runtime.getDeviceCount()
         for i in range(n):

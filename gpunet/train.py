@@ -158,10 +158,16 @@ def _as_loader(data, batch_size, shuffle, seed, device, name):
     raise TypeError(f"Trainer: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
 
 
+def _first_layer(model):
+    """The layer that sees the data (descending into nested Sequentials)."""
+    while hasattr(model, "layers") and len(model.layers):
+        model = model.layers[0]
+    return model
+
+
 def _correct(out, y):
     """Number of rows whose argmax matches the label (index, or argmax of a probability
     row); stays on the device until the epoch ends."""
-    xp = get_array_module(out)
     pred = out.argmax(axis=1)
     target = y.argmax(axis=1) if y.ndim == 2 else y
     return (pred == target).sum()
@@ -212,9 +218,13 @@ class Trainer:
         ``batch_size``, ``shuffle`` and ``seed`` is built; epoch ``k`` visits the samples in
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
         ``gpunet.load`` continues bit for bit. A non-finite loss raises
-        ``FloatingPointError`` naming the epoch and step.
+        ``FloatingPointError`` naming the epoch and step. While fitting, the first layer
+        skips the gradient with respect to the data (its ``input_grad`` is set False and
+        restored after), as PyTorch skips it for tensors that do not require grad.
         """
         loader = _as_loader(train, batch_size, shuffle, seed, self.device, "train")
+        first = _first_layer(self.model)
+        first_input_grad = getattr(first, "input_grad", None)
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, self.device, "val")
         self._callbacks = list(callbacks)
         self.history = History()
@@ -222,6 +232,8 @@ class Trainer:
         for cb in self._callbacks:
             cb.on_train_begin(self)
         try:
+            if first_input_grad is not None:
+                first.input_grad = False   # nothing consumes the gradient w.r.t. the data
             for epoch in range(int(initial_epoch), int(epochs)):
                 self.epoch = epoch
                 logs = self._train_epoch(loader, epoch, epochs, progress)
@@ -235,6 +247,8 @@ class Trainer:
                 if self.stop_training:
                     break
         finally:
+            if first_input_grad is not None:
+                first.input_grad = first_input_grad
             for cb in self._callbacks:
                 cb.on_train_end(self)
             self._callbacks = []

@@ -203,3 +203,20 @@ def test_resume_continues_bit_for_bit(tmp_path, rng):
     assert h3["loss"] == h1["loss"][2:]
     for k, v in m1.state_dict().items():
         numpy.testing.assert_array_equal(v, m3.state_dict()[k])
+
+
+def test_first_layer_skips_data_gradient_only_while_fitting(rng):
+    X, y = _blobs(rng)
+    model = _model()
+    during = []
+
+    class Spy(Callback):
+        def on_backward_end(self, trainer):
+            during.append((trainer.model[0].input_grad, trainer.model[0].weight.grad is not None))
+
+    Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1)).fit(
+        (X, y), epochs=1, batch_size=50, callbacks=[Spy()], progress=False)
+    assert during == [(False, True)] * 4
+    assert model[0].input_grad is True
+    model(X[:3])
+    assert model.backward(numpy.ones((3, 3), numpy.float32)).shape == (3, 8)
