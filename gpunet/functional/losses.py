@@ -139,15 +139,19 @@ def _all_ignored(logits):
     return numpy.zeros((), dtype=logits.dtype), numpy.zeros_like(logits)
 
 
+def _check_pair(name, what, x, y):
+    """An elementwise loss takes a floating-point ``x`` and targets ``y`` of its shape."""
+    if not hasattr(x, "shape") or x.dtype.kind != "f":
+        raise ValueError(f"{name}: expected floating-point {what}, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not hasattr(y, "shape") or tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+
+
 # -- binary cross-entropy with logits ----------------------------------------------------------
 def bce_with_logits(z, y):
     """``mean( max(z,0) - z·y + log1p(e^-|z|) )``, finite for any finite z; gradient
     ``(σ(z) - y) / numel``."""
-    name = "bce_with_logits"
-    if not hasattr(z, "shape") or z.dtype.kind != "f":
-        raise ValueError(f"{name}: expected floating-point logits, got {getattr(z, 'dtype', type(z).__name__)}")
-    if not hasattr(y, "shape") or tuple(y.shape) != tuple(z.shape):
-        raise ValueError(f"{name}: expected targets of shape {tuple(z.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    _check_pair("bce_with_logits", "logits", z, y)
     xp = get_array_module(z, y)
     y = y.astype(z.dtype, copy=False)
     e = xp.abs(z)
@@ -171,11 +175,7 @@ def bce_with_logits(z, y):
 # -- mean squared error -----------------------------------------------------------------------
 def mse(x, y):
     """``mean((x - y)²)`` over all elements; gradient ``2 (x - y) / numel``."""
-    name = "mse"
-    if not hasattr(x, "shape") or x.dtype.kind != "f":
-        raise ValueError(f"{name}: expected a floating-point input, got {getattr(x, 'dtype', type(x).__name__)}")
-    if not hasattr(y, "shape") or tuple(y.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    _check_pair("mse", "input", x, y)
     xp = get_array_module(x, y)
     d = x - y.astype(x.dtype, copy=False)
     loss = xp.asarray((d * d).mean(), dtype=x.dtype)
