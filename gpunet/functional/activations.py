@@ -20,14 +20,20 @@ def _out(x, inplace):
     return x if inplace else None
 
 
-# -- sigmoid: y = 1 / (1 + e^-x), written as (1 + tanh(x/2)) / 2, which never overflows
+# -- sigmoid: y = 1 / (1 + e^-x)
 def sigmoid(x, inplace=False):
+    """``σ(x) = 1/(1+e^-x)`` for ``x >= 0`` and ``e^x/(1+e^x)`` below. Both forms read
+    ``e = e^-|x| <= 1``, so nothing overflows, and small outputs keep their relative
+    precision (``σ(-20) = 2.06e-9``, where ``(1 + tanh(x/2))/2`` rounds to 0 in float32).
+    The numerator is ``max(e, [x >= 0])``, which avoids ``xp.where`` (slow on mixed signs)."""
     xp = get_array_module(x)
-    y = xp.multiply(x, 0.5, out=_out(x, inplace))
-    xp.tanh(y, out=y)
-    y += 1.0
-    y *= 0.5
-    return y
+    e = xp.abs(x)
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)
+    num = (x >= 0).astype(x.dtype)
+    xp.maximum(num, e, out=num)
+    e += 1.0
+    return xp.divide(num, e, out=x if inplace else num)
 
 
 def sigmoid_backward(dy, x, y):
@@ -128,40 +134,37 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 def gelu(x, inplace=False):
     """GELU in the tanh form (PyTorch's ``GELU(approximate="tanh")``, GPT-2's): NumPy
-    has no ``erf``, and the tanh form has an exact closed-form derivative."""
+    has no ``erf``, and the tanh form has an exact closed-form derivative. Computed as
+    ``x·σ(2u)``, ``u = √(2/π)(x + 0.044715x³)`` (``(1 + tanh u)/2 = σ(2u)``), which keeps
+    relative precision where ``1 + tanh u`` would cancel (large negative x)."""
     xp = get_array_module(x)
-    y = _gelu_tanh(xp, x, x * x)
-    y += 1.0
-    y *= x
-    y *= 0.5
-    return y
+    s = _gelu_sigmoid(xp, x, x * x)
+    s *= x
+    return s
 
 
-def _gelu_tanh(xp, x, x2):
-    """``tanh(√(2/π)(x + 0.044715x³))`` in one new array (every later step in place)."""
+def _gelu_sigmoid(xp, x, x2):
+    """``σ(2u)`` with ``u = √(2/π)(x + 0.044715x³)``, in one new array."""
     t = xp.multiply(x2, x)
     t *= 0.044715
     t += x
-    t *= _GELU_C
-    return xp.tanh(t, out=t)
+    t *= 2.0 * _GELU_C
+    return sigmoid(t, inplace=True)
 
 
 def gelu_backward(dy, x, y):
-    # dy/dx = (1 + t)/2 + x/2 · √(2/π)(1 + 3·0.044715x²)(1 - t²)
+    # y = x·s with s = σ(v), v = 2u:  dy/dx = s + x·s(1 - s)·v',  v' = 2√(2/π)(1 + 3·0.044715x²)
     xp = get_array_module(dy)
     x2 = x * x
-    t = _gelu_tanh(xp, x, x2)
-    d = xp.multiply(t, t)
-    xp.subtract(1.0, d, out=d)
+    s = _gelu_sigmoid(xp, x, x2)
+    d = xp.subtract(1.0, s)
+    d *= s
     x2 *= 3 * 0.044715
     x2 += 1.0
-    x2 *= _GELU_C
+    x2 *= 2.0 * _GELU_C
     d *= x2
     d *= x
-    d *= 0.5
-    t += 1.0
-    t *= 0.5
-    d += t
+    d += s
     d *= dy
     return d
 
