@@ -383,3 +383,60 @@ def test_cnn_digits_accuracy():
     model.eval()
     acc = float((model(xte).argmax(axis=1) == yte).mean())
     assert acc >= 0.97, acc
+
+
+# -- whole-batch rows: CNHW memory, reused buffers ----------------------------
+def test_rows_output_is_cnhw_view_and_backward_takes_any_layout(rng, monkeypatch):
+    monkeypatch.setattr(FC, "IM2COL_GEMM_MAX_PIXELS", 0)
+    case = (3, 2, 6, 6, 4, 3, 1, 1)
+    layer = make_layer(numpy, case)
+    x = rng.standard_normal(case[:4])
+    y = layer(x)
+    assert FC.whole_batch_rows(y) is not None      # (O, N*OH*OW) memory, shown as NCHW
+    dy = rng.standard_normal(y.shape)               # C-contiguous NCHW gradient
+    dx = layer.backward(dy)
+    ref = make_layer(numpy, case)
+    ref(x)
+    dx_ref = ref.backward(numpy.ascontiguousarray(dy.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3))
+    numpy.testing.assert_array_equal(dx, dx_ref)
+    numpy.testing.assert_array_equal(layer.weight.grad, ref.weight.grad)
+
+
+def test_reused_buffers_never_alias_live_arrays(rng, monkeypatch):
+    # outputs kept by the caller are not handed out again; cols is refilled each step
+    monkeypatch.setattr(FC, "IM2COL_GEMM_MAX_PIXELS", 0)
+    case = (2, 3, 7, 6, 4, 3, 1, 1)
+    layer = make_layer(numpy, case)
+    x1, x2 = rng.standard_normal(case[:4]), rng.standard_normal(case[:4])
+    y1 = layer(x1)
+    kept = y1.copy()
+    dx1 = layer.backward(numpy.ones_like(y1))
+    dx1_kept = dx1.copy()
+    y2 = layer(x2)
+    dx2 = layer.backward(numpy.ones_like(y2))
+    numpy.testing.assert_array_equal(y1, kept)
+    numpy.testing.assert_array_equal(dx1, dx1_kept)
+    ref = conv_loop(x2, layer.weight.data, layer.bias.data, layer.stride, layer.padding)
+    numpy.testing.assert_allclose(y2, ref, rtol=1e-12, atol=1e-12)
+    assert not numpy.shares_memory(y1, y2) and not numpy.shares_memory(dx1, dx2)
+    a = FC.empty(numpy, (5, 7), numpy.float32)
+    b = FC.empty(numpy, (5, 7), numpy.float32)
+    assert a is not b                                # a is still referenced here
+    del a
+    assert FC.empty(numpy, (5, 7), numpy.float32) is not b
+
+
+def test_eval_forward_keeps_training_cache(rng, monkeypatch):
+    # an eval-mode forward between a training forward and its backward must not overwrite
+    # the cached cols that the backward uses
+    monkeypatch.setattr(FC, "IM2COL_GEMM_MAX_PIXELS", 0)
+    case = (2, 3, 6, 6, 4, 3, 1, 1)
+    a, b = make_layer(numpy, case), make_layer(numpy, case)
+    x = rng.standard_normal(case[:4])
+    dy = rng.standard_normal(a(x).shape)
+    b(x)
+    b.eval()
+    b(rng.standard_normal(case[:4]))
+    b.train()
+    numpy.testing.assert_array_equal(a.backward(dy), b.backward(dy))
+    numpy.testing.assert_array_equal(a.weight.grad, b.weight.grad)

@@ -189,3 +189,21 @@ def test_backward_before_forward_raises():
     for layer in (MaxPool2D(2), AvgPool2D(2), GlobalAvgPool2D()):
         with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward"):
             layer.backward(numpy.zeros((1, 1, 1, 1)))
+
+
+def test_max_pool_on_cnhw_memory_keeps_layout(rng):
+    # a whole-batch convolution's output is a transposed view of (C, N, H, W) memory
+    from gpunet.functional import pooling as FP
+    base = rng.standard_normal((3, 4, 6, 6))
+    x = base.transpose(1, 0, 2, 3)                  # (4, 3, 6, 6) over CNHW memory
+    xc = numpy.ascontiguousarray(x)
+    y, arg = FP.max_pool2d(x, 2)
+    yc, argc = FP.max_pool2d(xc, 2)
+    numpy.testing.assert_array_equal(y, yc)
+    numpy.testing.assert_array_equal(arg, argc)
+    assert y.transpose(1, 0, 2, 3).flags.c_contiguous
+    dy = rng.standard_normal(y.shape)
+    dx = FP.max_pool2d_backward(dy, arg, x.shape, 2)
+    numpy.testing.assert_array_equal(dx, FP.max_pool2d_backward(dy, argc, x.shape, 2))
+    assert dx.transpose(1, 0, 2, 3).flags.c_contiguous
+

@@ -10,29 +10,41 @@ right. A 1-D convolution is the case ``kh = 1`` on ``(N, C, 1, L)``.
 
 How (one body for NumPy and CuPy, cuBLAS on the GPU — CuPy 14 has no cuDNN):
 
-* **im2col** through stride tricks: ``xp.lib.stride_tricks.as_strided`` gives a view
-  ``(N, C, kh, kw, OH, OW)`` of ``xpad`` without copying; one reshape copies it into
-  ``cols (N, C*kh*kw, OH*OW)``.
-* **one batched GEMM**: ``y[n] = W (O, C*kh*kw) @ cols[n]`` gives ``(N, O, OH*OW)``, which is
-  already NCHW: no transpose copy on the way out, nor for ``dy`` on the way back.
-* backward, for ``dy (N, O, OH, OW)``::
+* **images above** ``IM2COL_GEMM_MAX_PIXELS`` **pixels: one GEMM per layer over the whole
+  batch.** :func:`im2col_rows` builds ``cols (C*kh*kw, N*OH*OW)`` (every image's patches side
+  by side) with ``kh*kw`` strided copies straight from ``x``; ``W (O, C*kh*kw) @ cols`` is
+  one large GEMM (BLAS threads it; per-image GEMMs are too small to thread) and gives
+  ``(O, N*OH*OW)``, i.e. CNHW memory, which the op returns as its ``(N, O, OH, OW)``
+  transposed view — no transpose copy. Pooling keeps that layout and this op's backward
+  takes it as is (any other layout works, at the cost of a copy)::
 
-      dW = Σ_n dy[n] @ cols[n].T        db = Σ_{n,p,q} dy
-      dcols[n] = W.T @ dy[n]            dx = col2im(dcols)
+      dy2 = dy as (O, N*OH*OW)     dW = dy2 @ cols.T     db = row sums of dy2
+      dcols = W.T @ dy2            dx = col2im_rows(dcols)   (CNHW memory, NCHW view)
 
   **col2im** adds ``kh*kw`` strided slices (one per kernel offset, never a loop over output
-  positions) into a zero ``dx``; each offset's slice is clipped to the outputs whose input
-  lies inside the image, so no padded buffer is built and ``dx`` comes out contiguous.
+  positions) into ``dx``; each offset's slice is clipped to the outputs whose input lies
+  inside the image, so no padded buffer is built. For a stride-1 "same" convolution
+  (``k = 2p + 1``) each offset is a shift of the flattened ``H*W`` plane, so the copies and
+  adds run over whole planes rather than ``W``-element rows (entries whose column would
+  wrap into the next row are the ones the padding drops: they are zeroed).
 * **small images** (a few dozen pixels per plane: 1-D signals, 6×6 feature maps): NumPy's
   cost there is per row of a strided copy or add, and rows are a handful of elements, so
-  im2col and col2im become GEMMs with a constant 0/1 gather matrix ``G (H*W, kh*kw*OH*OW)``
-  (built once per geometry): ``cols = x.reshape(N*C, H*W) @ G`` and
-  ``dx = dcols.reshape(N*C, kh*kw*OH*OW) @ G.T``. Padding is folded into ``G`` (its padded
+  :func:`im2col` and :func:`col2im` become GEMMs with a constant 0/1 gather matrix
+  ``G (H*W, kh*kw*OH*OW)`` (built once per geometry): ``cols = x.reshape(N*C, H*W) @ G``
+  ``(N, C*kh*kw, OH*OW)`` and ``dx = dcols.reshape(N*C, kh*kw*OH*OW) @ G.T``, with one batched
+  GEMM ``y[n] = W @ cols[n]`` (NCHW already). Padding is folded into ``G`` (its padded
   positions have no row). Same results; measured 2-10× faster below the thresholds
   ``IM2COL_GEMM_MAX_PIXELS`` and ``COL2IM_GEMM_MAX_PIXELS`` (slower above them: a GEMM spends
-  ``H*W`` multiply-adds per element moved).
+  ``H*W`` multiply-adds per element moved). :func:`im2col`/:func:`col2im` (public) keep the
+  per-image ``(N, C*kh*kw, OH*OW)`` layout at every size.
+* **reused buffers** (NumPy): the large outputs and temporaries come from :func:`empty`,
+  which hands back an earlier array once nothing references it, so a training step does
+  not page-fault fresh memory for the same shapes every time.
 """
 from __future__ import annotations
+
+import sys
+import threading
 
 import numpy
 
@@ -170,6 +182,148 @@ def col2im(dcols, x_shape, kernel, stride=(1, 1), padding=(0, 0)):
     return dx
 
 
+def _offsets(kernel, stride, padding, out_hw, in_hw):
+    """``(i, j, rows_out, cols_out, rows_in, cols_in)`` for each kernel offset whose outputs
+    see the image: ``rows_out``/``cols_out`` slice the outputs ``p0 <= p < p1`` whose input
+    lies inside, ``rows_in``/``cols_in`` the input rows and columns they see."""
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow), (h, w) = kernel, stride, padding, out_hw, in_hw
+    for i in range(kh):
+        p0, p1, h0 = _valid(i, ph, sh, oh, h)
+        for j in range(kw):
+            q0, q1, w0 = _valid(j, pw, sw, ow, w)
+            if p1 > p0 and q1 > q0:
+                yield (i, j, slice(p0, p1), slice(q0, q1),
+                       slice(h0, h0 + sh * (p1 - p0 - 1) + 1, sh), slice(w0, w0 + sw * (q1 - q0 - 1) + 1, sw))
+
+
+def im2col_rows(x, kernel, stride=(1, 1), padding=(0, 0), out=None):
+    """``cols (C*kh*kw, N*OH*OW)``: row ``(c*kh + i)*kw + j`` holds, for every image ``n`` and
+    output position ``(p, q)`` (column ``(n*OH + p)*OW + q``), ``xpad[n, c, p*sh + i, q*sw + j]``.
+
+    The whole batch's patches side by side, so a convolution is one GEMM
+    ``W (O, C*kh*kw) @ cols`` giving ``(O, N*OH*OW)``, i.e. CNHW memory. Built by ``kh*kw``
+    strided copies straight from ``x`` (any layout; padding never materialised: the entries
+    that fall in it are zeroed). ``out``: a C-contiguous array of that shape and dtype to fill instead of a new one."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    oh, ow = output_size("im2col_rows", x.shape, kernel, stride, padding)
+    shape = (c * kh * kw, n * oh * ow)
+    if out is None or tuple(out.shape) != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        out = empty(xp, shape, x.dtype)
+    if _same_plane(kernel, stride, padding):
+        _im2col_same(xp, x, kernel, padding, out)
+        return out
+    c6 = out.reshape(c, kh, kw, n, oh, ow)
+    xt = x.transpose(1, 0, 2, 3)                        # (C, N, H, W) view
+    offs = list(_offsets(kernel, stride, padding, (oh, ow), (h, w)))
+    seen = {(i, j) for i, j, *_ in offs}
+    for i, j, po, qo, hi_, wi in offs:
+        d = c6[:, i, j]
+        d[:, :, po, qo] = xt[:, :, hi_, wi]
+        # zero what lies in the padding (a reused buffer may hold anything there)
+        if po.start > 0:
+            d[:, :, :po.start] = 0
+        if po.stop < oh:
+            d[:, :, po.stop:] = 0
+        if qo.start > 0:
+            d[:, :, po, :qo.start] = 0
+        if qo.stop < ow:
+            d[:, :, po, qo.stop:] = 0
+    for i in range(kh):
+        for j in range(kw):
+            if (i, j) not in seen:                      # an offset that sees only padding
+                c6[:, i, j] = 0
+    return out
+
+
+def col2im_rows(dcols, x_shape, kernel, stride=(1, 1), padding=(0, 0), overwrite=False):
+    """The adjoint of :func:`im2col_rows`: ``dcols (C*kh*kw, N*OH*OW) -> dx (N, C, H, W)``, a
+    view of CNHW memory ``(C, N, H, W)``; ``kh*kw`` strided adds (padding contributions
+    dropped). ``overwrite=True`` lets it
+    use ``dcols`` as scratch (the "same" fast path zeroes the entries it drops)."""
+    xp = get_array_module(dcols)
+    n, c, h, w = x_shape
+    kh, kw = kernel
+    oh, ow = output_size("col2im_rows", x_shape, kernel, stride, padding)
+    if _same_plane(kernel, stride, padding):
+        return _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite)
+    d6 = dcols.reshape(c, kh, kw, n, oh, ow)
+    dxt = empty(xp, (c, n, h, w), dcols.dtype)
+    dxt[...] = 0
+    for i, j, po, qo, hi_, wi in _offsets(kernel, stride, padding, (oh, ow), (h, w)):
+        dxt[:, :, hi_, wi] += d6[:, i, j, :, po, qo]
+    return dxt.transpose(1, 0, 2, 3)
+
+
+def _same_plane(kernel, stride, padding):
+    """A stride-1 "same" convolution (``k = 2p + 1`` both ways): output planes have the input's
+    size, so each kernel offset ``(i, j)`` is a shift of the flattened ``H*W`` plane by
+    ``(i - ph)*W + (j - pw)``: long contiguous runs instead of ``W``-element rows. The
+    entries whose column wraps into the neighbouring row (``w + j - pw`` outside ``[0, W)``)
+    are the ones that the padding drops: they are zeroed."""
+    return stride == (1, 1) and kernel[0] == 2 * padding[0] + 1 and kernel[1] == 2 * padding[1] + 1
+
+
+def _shifts(kernel, padding, w, hw):
+    """``(i, j, dj, dst, src)``: the flattened-plane slices of each kernel offset
+    (``out[dst] <-> in[src]``), centre offset first (it covers the whole plane)."""
+    (kh, kw), (ph, pw) = kernel, padding
+    order = [(ph, pw)] + [(i, j) for i in range(kh) for j in range(kw) if (i, j) != (ph, pw)]
+    for i, j in order:
+        off = (i - ph) * w + (j - pw)
+        if off >= 0:
+            yield i, j, j - pw, slice(0, hw - off), slice(off, hw)
+        else:
+            yield i, j, j - pw, slice(-off, hw), slice(0, hw + off)
+
+
+def _zero_wrapped(d4, dj, h, w):
+    """Zero, in ``d4 (..., H*W)``, the entries of output columns ``q`` with ``q + dj``
+    outside ``[0, W)`` (they read or write a neighbouring row after a flattened shift)."""
+    d5 = d4.reshape(d4.shape[:-1] + (h, w))
+    if dj > 0:
+        d5[..., w - dj:] = 0
+    elif dj < 0:
+        d5[..., :-dj] = 0
+
+
+def _im2col_same(xp, x, kernel, padding, out):
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    hw = h * w
+    x3 = x.transpose(1, 0, 2, 3).reshape(c, n, hw)      # a view for CNHW or C == 1 inputs
+    c5 = out.reshape(c, kh, kw, n, hw)
+    for i, j, dj, dst, src in _shifts(kernel, padding, w, hw):
+        d = c5[:, i, j]
+        d[..., dst] = x3[..., src]
+        if dst.start > 0:
+            d[..., :dst.start] = 0
+        if dst.stop < hw:
+            d[..., dst.stop:] = 0
+        _zero_wrapped(d, dj, h, w)
+
+
+def _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite):
+    n, c, h, w = x_shape
+    kh, kw = kernel
+    hw = h * w
+    d5 = dcols.reshape(c, kh, kw, n, hw)
+    dxt = empty(xp, (c, n, h, w), dcols.dtype)
+    dx3 = dxt.reshape(c, n, hw)
+    for i, j, dj, dst, src in _shifts(kernel, padding, w, hw):
+        d = d5[:, i, j]
+        if dj != 0:
+            if not overwrite:
+                d = d.copy()
+            _zero_wrapped(d, dj, h, w)
+        if dst.start == 0 and dst.stop == hw:           # the centre offset: a plain copy
+            dx3[...] = d
+        else:
+            dx3[..., src] += d[..., dst]
+    return dxt.transpose(1, 0, 2, 3)
+
+
 def _valid(i, pad, stride, out, size):
     """For kernel offset ``i``: the outputs ``p0 <= p < p1`` whose input row
     ``p*stride + i - pad`` lies inside ``[0, size)``, and the first such row ``h0``."""
@@ -192,42 +346,129 @@ def _check(name, x, weight, bias):
         raise ValueError(f"{name}: expected a bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False):
+def _rows_layout(x):
+    """Whether a convolution over ``x`` runs on whole-batch rows (:func:`im2col_rows`, one
+    GEMM per layer) rather than per image with the gather matrix (small images)."""
+    return x.shape[2] * x.shape[3] > IM2COL_GEMM_MAX_PIXELS
+
+
+_FREE = {}                          # (shape, dtype) -> arrays handed out before
+_FREE_LOCK = threading.Lock()
+CACHE_MAX_BYTES = 256 << 20         # bound on the bytes that empty() keeps for reuse
+_cached_bytes = 0
+
+
+def empty(xp, shape, dtype):
+    """An uninitialised array like ``xp.empty(shape, dtype)``; on NumPy, one handed out
+    by an earlier call when nothing references it any more (its reference count shows
+    that only this cache holds it, so no caller or view can see the reuse).
+
+    Why: a new large NumPy array is fresh memory from the OS, and its first touch costs a
+    page fault per 4 KiB page; a training step allocates the same shapes every time, so
+    reusing them skips those faults. Bounded by ``CACHE_MAX_BYTES``; CuPy has its own pool."""
+    global _cached_bytes
+    if xp is not numpy:
+        return xp.empty(shape, dtype=dtype)
+    shape = tuple(int(d) for d in shape)
+    key = (shape, numpy.dtype(dtype))
+    with _FREE_LOCK:
+        lst = _FREE.get(key)
+        if lst is not None:
+            for a in lst:
+                # references: the list's, the loop variable's and getrefcount's argument
+                if sys.getrefcount(a) == 3:
+                    return a
+        a = numpy.empty(shape, dtype=dtype)
+        if _cached_bytes + a.nbytes <= CACHE_MAX_BYTES:
+            _FREE.setdefault(key, []).append(a)
+            _cached_bytes += a.nbytes
+        return a
+
+
+def whole_batch_rows(y):
+    """``y (N, O, OH, OW)`` as its ``(O, N*OH*OW)`` memory when ``y`` is a transposed view of
+    C-contiguous CNHW memory (a whole-batch convolution's output), else None."""
+    yt = y.transpose(1, 0, 2, 3)
+    return yt.reshape(yt.shape[0], -1) if yt.flags.c_contiguous else None
+
+
+def relu_grad(dy, y):
+    """``dy * (y > 0)`` (ReLU's backward through its output ``y``) for a whole-batch
+    convolution's ``y``, written into CNHW memory like ``y``'s (a reused buffer)."""
+    xp = get_array_module(dy, y)
+    y2 = whole_batch_rows(y)
+    dt = dy.transpose(1, 0, 2, 3)
+    out = empty(xp, y2.shape, dy.dtype).reshape(dt.shape)
+    xp.multiply(dt, y2.reshape(dt.shape) > 0, out=out)
+    return out.transpose(1, 0, 2, 3)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_buffer=None):
     """``y = conv2d(x, w) + b`` (see the module docstring): ``(N, C, H, W) -> (N, O, OH, OW)``.
 
     ``stride``, ``padding``: an int or an ``(h, w)`` pair. With ``return_cols=True`` returns
     ``(y, cols)`` so that a layer can hand ``cols`` to :func:`conv2d_backward` instead of
-    rebuilding it.
+    rebuilding it; ``cols_buffer``: a ``cols`` from an earlier call that is no longer needed,
+    overwritten when its shape fits (saves allocating it again).
+
+    Images above ``IM2COL_GEMM_MAX_PIXELS`` pixels: ``cols = im2col_rows(x) (C*kh*kw, N*OH*OW)``
+    and one GEMM ``W @ cols (O, N*OH*OW)``; ``y`` is then its ``(N, O, OH, OW)`` transposed view
+    (CNHW memory, which later elementwise ops, pooling and this layer's backward take as
+    is). Smaller images: ``cols = im2col(x) (N, C*kh*kw, OH*OW)`` and a batched GEMM; ``y``
+    is C-contiguous.
     """
     _check("conv2d", x, weight, bias)
     xp = get_array_module(x, weight, bias)
     stride = pair(stride, "conv2d", "stride", 1)
     padding = pair(padding, "conv2d", "padding", 0)
     o, _, kh, kw = weight.shape
+    n = x.shape[0]
     oh, ow = output_size("conv2d", x.shape, (kh, kw), stride, padding)
+    if _rows_layout(x):
+        cols = im2col_rows(x, (kh, kw), stride, padding, out=cols_buffer)
+        # (O, N*OH*OW): one GEMM, threaded by BLAS
+        y = xp.matmul(weight.reshape(o, -1), cols, out=empty(xp, (o, cols.shape[1]), x.dtype))
+        if bias is not None:
+            y += bias.reshape(o, 1)
+        y = y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+        return (y, cols) if return_cols else y
     cols = im2col(x, (kh, kw), stride, padding)
     y = xp.matmul(weight.reshape(o, -1), cols)          # (N, O, OH*OW): NCHW already
     if bias is not None:
         y += bias.reshape(o, 1)
-    y = y.reshape(x.shape[0], o, oh, ow)
+    y = y.reshape(n, o, oh, ow)
     return (y, cols) if return_cols else y
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True, need_bias=True):
     """Return ``(dx, dweight, dbias)`` for ``dy = dL/dy (N, O, OH, OW)``.
 
-    ``cols``: the ``im2col`` of ``x`` from the forward (rebuilt when None). ``dx`` is None
+    ``cols``: the ``cols`` of ``x`` from the forward (rebuilt when None). ``dx`` is None
     when ``need_dx`` is False (the first layer of a network), ``dbias`` None when
     ``need_bias`` is False.
+
+    Whole-batch rows (2-D ``cols``): ``dy`` as ``(O, N*OH*OW)`` (a view when it is CNHW
+    memory, as the forward's output is), ``dW = dy @ cols.T`` and ``dcols = W.T @ dy`` as one
+    GEMM each, ``db`` row sums, ``dx = col2im_rows(dcols)`` (CNHW memory).
     """
     xp = get_array_module(dy, x, weight)
     stride = pair(stride, "conv2d_backward", "stride", 1)
     padding = pair(padding, "conv2d_backward", "padding", 0)
     n = x.shape[0]
     o, _, kh, kw = weight.shape
-    dy3 = dy.reshape(n, o, -1)
     if cols is None:
-        cols = im2col(x, (kh, kw), stride, padding)
+        cols = (im2col_rows if _rows_layout(x) else im2col)(x, (kh, kw), stride, padding)
+    if cols.ndim == 2:
+        d2 = dy.transpose(1, 0, 2, 3).reshape(o, -1)   # (O, N*OH*OW); a copy only for NCHW dy
+        dw = xp.matmul(d2, cols.T).reshape(weight.shape)
+        db = d2.sum(axis=1) if need_bias else None
+        dx = None
+        if need_dx:
+            w2 = weight.reshape(o, -1)
+            dcols = xp.matmul(w2.T, d2, out=empty(xp, (w2.shape[1], d2.shape[1]), d2.dtype))
+            dx = col2im_rows(dcols, x.shape, (kh, kw), stride, padding, overwrite=True)
+        return dx, dw, db
+    dy3 = dy.reshape(n, o, -1)
     # Σ_n dy[n] @ cols[n].T as one GEMM would need (O, N*P) and (N*P, K) operands, i.e. two
     # transpose copies of large arrays; the batched GEMM dW.T = Σ_n cols[n] @ dy[n].T plus a
     # sum over a small (N, K, O) array is cheaper (and measured faster than dy[n] @ cols[n].T).

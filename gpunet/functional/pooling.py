@@ -19,7 +19,7 @@ lie entirely in the padding.
 """
 from __future__ import annotations
 
-from .conv import output_size, pad2d, pair, windows
+from .conv import empty, output_size, pad2d, pair, windows
 from ..backend import get_array_module
 
 
@@ -49,38 +49,71 @@ def _check(name, x):
                          f"{tuple(getattr(x, 'shape', ()))}")
 
 
+def _cnhw(a):
+    """Whether ``a (N, C, H, W)`` is a transposed view of C-contiguous ``(C, N, H, W)`` memory
+    (what a whole-batch convolution returns). Pooling acts on each ``(H, W)`` plane alone,
+    so it runs on the ``(C, N, H, W)`` view and keeps that layout."""
+    return a.shape[0] > 1 and a.shape[1] > 1 and not a.flags.c_contiguous and \
+        a.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def _swap(a):
+    return a.transpose(1, 0, 2, 3)
+
+
 # -- max pooling: y = max over the window; arg = the offset k = i*kw + j of the first max
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Return ``(y (N, C, OH, OW), arg)``; ``arg`` (same shape, uint8 for windows of up to
     256 elements, else int32) is the window offset ``i*kw + j`` of the first maximum, which
-    the backward needs."""
+    the backward needs. ``y`` and ``arg`` have ``x``'s memory layout when ``x`` is CNHW
+    memory (a whole-batch convolution's output), else they are C-contiguous."""
     _check("max_pool2d", x)
     xp = get_array_module(x)
     kernel, stride, padding = pool_args("max_pool2d", kernel_size, stride, padding)
     out_hw = output_size("max_pool2d", x.shape, kernel, stride, padding)
+    if _cnhw(x):
+        y, arg = _max_pool(xp, _swap(x), kernel, stride, padding, out_hw)
+        return _swap(y), _swap(arg)
+    return _max_pool(xp, x, kernel, stride, padding, out_hw)
+
+
+def _max_pool(xp, x, kernel, stride, padding, out_hw):
     kk = kernel[0] * kernel[1]
-    # One strided copy puts each kernel offset's values in a contiguous plane
-    # c[k] (N, C, OH, OW); every later pass then runs on contiguous memory (elementwise
-    # ops on strided views are several times slower in NumPy).
-    v = windows(pad2d(x, padding, value=float("-inf")), kernel, stride, out_hw)
-    c = xp.ascontiguousarray(v.transpose(2, 3, 0, 1, 4, 5)).reshape((kk,) + x.shape[:2] + out_hw)
-    y = c[0].copy()
+    n, c = x.shape[:2]
+    y = empty(xp, (n, c) + out_hw, x.dtype)
     itype = xp.uint8 if kk <= 256 else xp.int32
-    arg = xp.zeros(y.shape, dtype=itype)
+    arg = empty(xp, y.shape, itype)
+    # One strided copy puts each kernel offset's values in a contiguous plane
+    # cs[k] (N, C, OH, OW) (a reused buffer); every later pass then runs on contiguous memory
+    # (elementwise ops on strided views are several times slower in NumPy).
+    v = windows(pad2d(x, padding, value=float("-inf")), kernel, stride, out_hw)
+    cs = empty(xp, kernel + (n, c) + out_hw, x.dtype)
+    xp.copyto(cs, v.transpose(2, 3, 0, 1, 4, 5))
+    cs = cs.reshape((kk, n, c) + out_hw)
+    y[...] = cs[0]
+    arg[...] = 0
     for k in range(1, kk):
-        better = c[k] > y              # strict: an equal later element does not take over
+        better = cs[k] > y                 # strict: an equal later element does not take over
         # arg <= k-1 so far, so max(arg, better*k) sets k exactly where better (much faster
         # than copyto(..., where=) or where())
         xp.maximum(arg, better * itype(k), out=arg)
-        xp.maximum(y, c[k], out=y)
+        xp.maximum(y, cs[k], out=y)
     return y, arg
 
 
 def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     """``dx (N, C, H, W)``: each ``dy`` element is routed to the input that won its window;
-    overlapping windows (stride < kernel) add."""
+    overlapping windows (stride < kernel) add. ``dx`` has ``arg``'s memory layout (that of
+    the forward's input)."""
     xp = get_array_module(dy)
     kernel, stride, padding = pool_args("max_pool2d_backward", kernel_size, stride, padding)
+    if _cnhw(arg):
+        n, c, h, w = x_shape
+        return _swap(_max_pool_backward(xp, _swap(dy), _swap(arg), (c, n, h, w), kernel, stride, padding))
+    return _max_pool_backward(xp, dy, arg, x_shape, kernel, stride, padding)
+
+
+def _max_pool_backward(xp, dy, arg, x_shape, kernel, stride, padding):
     n, c, h, w = x_shape
     (ph, pw) = padding
     hp, wp = h + 2 * ph, w + 2 * pw
@@ -88,7 +121,9 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     # windows that tile the padded input exactly write every element: no zero fill needed
     tiled = stride == kernel and hp == out_hw[0] * kernel[0] and wp == out_hw[1] * kernel[1]
-    dxpad = (xp.empty if tiled else xp.zeros)((n, c, hp, wp), dtype=dy.dtype)
+    dxpad = empty(xp, (n, c, hp, wp), dy.dtype)
+    if not tiled:
+        dxpad[...] = 0
     for k, sh, sw in _slices(kernel, stride, out_hw):
         if disjoint:
             xp.multiply(dy, arg == k, out=dxpad[:, :, sh, sw])

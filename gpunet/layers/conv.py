@@ -24,8 +24,8 @@ class Conv2D(Layer):
     activations and Xavier uniform otherwise, with ``fan_in = in*kh*kw`` and
     ``fan_out = out*kh*kw`` (``gpunet.init.fans`` of the 4-D weight).
 
-    Computed by im2col (a strided view, one copy) and a batched GEMM; see
-    ``gpunet.functional.conv``.
+    Computed by im2col and one GEMM over the whole batch (the output is then a transposed
+    view of CNHW memory; per-image GEMMs for small images); see ``gpunet.functional.conv``.
 
     ``input_grad`` (attribute, default True, as for Dense): when False, ``backward`` skips
     the input gradient (``W.T @ dy`` and col2im) and returns None — for a first layer whose
@@ -70,7 +70,10 @@ class Conv2D(Layer):
         self._check(x)
         w = self.weight.data
         b = self.bias.data if self.bias is not None else None
-        z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True)
+        # in training, the previous step's cols is done with (this forward replaces it): let
+        # the op overwrite it rather than allocate a new one
+        z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True,
+                            cols_buffer=self._cols if self.training else None)
         act = self.activation
         if act is None:
             y = z
@@ -86,8 +89,11 @@ class Conv2D(Layer):
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("Conv2D.backward called before a training-mode forward")
-        if self.activation is not None:
-            dy = self.activation.grad_fn(dy, self._z, self._y)
+        act = self.activation
+        if act is not None and act.name == "relu" and FC.whole_batch_rows(self._y) is not None:
+            dy = FC.relu_grad(dy, self._y)
+        elif act is not None:
+            dy = act.grad_fn(dy, self._z, self._y)
         dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
                                         cols=self._cols, need_dx=self.input_grad,
                                         need_bias=self.bias is not None)
