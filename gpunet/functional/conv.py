@@ -409,15 +409,16 @@ def relu_grad(dy, y):
     return out.transpose(1, 0, 2, 3)
 
 
-DW_CHUNK_COLUMNS = 8192   # dW's GEMM runs over column chunks of at most this many
+DW_CHUNK_COLUMNS = 4096   # dW's GEMM runs over column chunks of at most this many
 
 
 def _weight_grad(xp, d2, cols, n):
     """``dW = d2 (O, L) @ cols.T (L, K)`` with ``L = N*OH*OW``, as ``Σ_b cols_b @ d2_b.T``
     over ``B`` chunks of whole images (a batched GEMM, then a sum over the small ``(B, K, O)``
-    result). OpenBLAS runs this long-and-thin product badly in one call: measured on 2
-    threads, 0.66 -> 0.17 ms for (16, 50176) x (50176, 9) and 1.40 -> 0.84 ms for
-    (32, 12544) x (12544, 144) with chunks of at most ``DW_CHUNK_COLUMNS`` columns."""
+    result). OpenBLAS runs this long-and-thin product badly in one call, and a thin chunk
+    (``K*O*L/B`` below about a million) runs best on one thread, which it then picks:
+    measured on 2 threads, (16, 50176) x (50176, 10) 0.65 -> 0.19 ms, and
+    (32, 12544) x (12544, 145) 1.31 -> 0.91 ms, with chunks of at most ``DW_CHUNK_COLUMNS``."""
     o, l = d2.shape
     k = cols.shape[0]
     b = next((b for b in range(1, n + 1) if n % b == 0 and l // b <= DW_CHUNK_COLUMNS), n)
