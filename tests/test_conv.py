@@ -440,3 +440,21 @@ def test_eval_forward_keeps_training_cache(rng, monkeypatch):
     b.train()
     numpy.testing.assert_array_equal(a.backward(dy), b.backward(dy))
     numpy.testing.assert_array_equal(a.weight.grad, b.weight.grad)
+
+
+def test_buffer_cache_is_bounded_and_evicts_unreferenced(monkeypatch):
+    monkeypatch.setattr(FC, "_FREE", {})
+    monkeypatch.setattr(FC, "_cached_bytes", 0)
+    monkeypatch.setattr(FC, "CACHE_MAX_BYTES", 1000)
+    a = FC.empty(numpy, (100,), numpy.float32)           # 400 bytes, cached
+    b = FC.empty(numpy, (100,), numpy.float32)           # a is referenced: a second one
+    assert a is not b and FC._cached_bytes == 800
+    c = FC.empty(numpy, (50,), numpy.float64)            # 400 more: no room while a, b live
+    assert FC._cached_bytes == 800 and c.shape == (50,)
+    del a
+    d = FC.empty(numpy, (60,), numpy.float64)            # 480: evicts the free one (a)
+    assert FC._cached_bytes == 880
+    assert FC.empty(numpy, (100,), numpy.float32) is not b   # b still referenced
+    assert FC._cached_bytes <= 1000
+    del d
+    assert FC.empty(numpy, (60,), numpy.float64).shape == (60,)

@@ -371,7 +371,9 @@ def empty(xp, shape, dtype):
 
     Why: a new large NumPy array is fresh memory from the OS, and its first touch costs a
     page fault per 4 KiB page; a training step allocates the same shapes every time, so
-    reusing them skips those faults. Bounded by ``CACHE_MAX_BYTES``; CuPy has its own pool."""
+    reusing them skips those faults. The cache holds at most ``CACHE_MAX_BYTES``: to make
+    room it drops unreferenced arrays of other shapes (least recently added first), and an
+    array that still does not fit is not cached. CuPy has its own memory pool."""
     global _cached_bytes
     if xp is not numpy:
         return xp.empty(shape, dtype=dtype)
@@ -385,10 +387,31 @@ def empty(xp, shape, dtype):
                 if sys.getrefcount(a) == 3:
                     return a
         a = numpy.empty(shape, dtype=dtype)
+        if _cached_bytes + a.nbytes > CACHE_MAX_BYTES:
+            _evict(a.nbytes)
         if _cached_bytes + a.nbytes <= CACHE_MAX_BYTES:
             _FREE.setdefault(key, []).append(a)
             _cached_bytes += a.nbytes
         return a
+
+
+def _evict(nbytes):
+    """Drop unreferenced cached arrays until ``nbytes`` more fit (caller holds the lock)."""
+    global _cached_bytes
+    for key in list(_FREE):
+        keep = []
+        for a in _FREE[key]:
+            # references: the list's, the loop variable's and getrefcount's argument
+            if _cached_bytes + nbytes > CACHE_MAX_BYTES and sys.getrefcount(a) == 3:
+                _cached_bytes -= a.nbytes
+            else:
+                keep.append(a)
+        if keep:
+            _FREE[key] = keep
+        else:
+            del _FREE[key]
+        if _cached_bytes + nbytes <= CACHE_MAX_BYTES:
+            return
 
 
 def whole_batch_rows(y):
