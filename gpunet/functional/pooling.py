@@ -109,7 +109,10 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     kernel, stride, padding = pool_args("max_pool2d_backward", kernel_size, stride, padding)
     if _cnhw(arg):
         n, c, h, w = x_shape
-        return _swap(_max_pool_backward(xp, _swap(dy), _swap(arg), (c, n, h, w), kernel, stride, padding))
+        # dy in arg's layout first (one small copy when it comes C-contiguous, e.g. through
+        # Flatten): the per-offset passes below are several times slower on mixed layouts
+        dyt = xp.ascontiguousarray(_swap(dy))
+        return _swap(_max_pool_backward(xp, dyt, _swap(arg), (c, n, h, w), kernel, stride, padding))
     return _max_pool_backward(xp, dy, arg, x_shape, kernel, stride, padding)
 
 
