@@ -37,14 +37,8 @@ How (one body for NumPy and CuPy, cuBLAS on the GPU — CuPy 14 has no cuDNN):
   ``IM2COL_GEMM_MAX_PIXELS`` and ``COL2IM_GEMM_MAX_PIXELS`` (slower above them: a GEMM spends
   ``H*W`` multiply-adds per element moved). :func:`im2col`/:func:`col2im` (public) keep the
   per-image ``(N, C*kh*kw, OH*OW)`` layout at every size.
-* **reused buffers** (NumPy): the large outputs and temporaries come from :func:`empty`,
-  which hands back an earlier array once nothing references it, so a training step does
-  not page-fault fresh memory for the same shapes every time.
 """
 from __future__ import annotations
-
-import sys
-import threading
 
 import numpy
 
@@ -213,7 +207,7 @@ def im2col_rows(x, kernel, stride=(1, 1), padding=(0, 0), out=None, ones_row=Fal
     oh, ow = output_size("im2col_rows", x.shape, kernel, stride, padding)
     shape = (c * kh * kw + bool(ones_row), n * oh * ow)
     if out is None or tuple(out.shape) != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        out = empty(xp, shape, x.dtype)
+        out = xp.empty(shape, dtype=x.dtype)
     if ones_row:
         out[-1] = 1
     full, out = out, out[:c * kh * kw]
@@ -255,7 +249,7 @@ def col2im_rows(dcols, x_shape, kernel, stride=(1, 1), padding=(0, 0), overwrite
     if _same_plane(kernel, stride, padding):
         return _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite)
     d6 = dcols.reshape(c, kh, kw, n, oh, ow)
-    dxt = empty(xp, (c, n, h, w), dcols.dtype)
+    dxt = xp.empty((c, n, h, w), dtype=dcols.dtype)
     dxt[...] = 0
     for i, j, po, qo, hi_, wi in _offsets(kernel, stride, padding, (oh, ow), (h, w)):
         dxt[:, :, hi_, wi] += d6[:, i, j, :, po, qo]
@@ -315,7 +309,7 @@ def _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite):
     kh, kw = kernel
     hw = h * w
     d5 = dcols.reshape(c, kh, kw, n, hw)
-    dxt = empty(xp, (c, n, h, w), dcols.dtype)
+    dxt = xp.empty((c, n, h, w), dtype=dcols.dtype)
     dx3 = dxt.reshape(c, n, hw)
     for i, j, dj, dst, src in _shifts(kernel, padding, w, hw):
         d = d5[:, i, j]
@@ -358,62 +352,6 @@ def _rows_layout(x):
     return x.shape[2] * x.shape[3] > IM2COL_GEMM_MAX_PIXELS
 
 
-_FREE = {}                          # (shape, dtype) -> arrays handed out before
-_FREE_LOCK = threading.Lock()
-CACHE_MAX_BYTES = 256 << 20         # bound on the bytes that empty() keeps for reuse
-_cached_bytes = 0
-
-
-def empty(xp, shape, dtype):
-    """An uninitialised array like ``xp.empty(shape, dtype)``; on NumPy, one handed out
-    by an earlier call when nothing references it any more (its reference count shows
-    that only this cache holds it, so no caller or view can see the reuse).
-
-    Why: a new large NumPy array is fresh memory from the OS, and its first touch costs a
-    page fault per 4 KiB page; a training step allocates the same shapes every time, so
-    reusing them skips those faults. The cache holds at most ``CACHE_MAX_BYTES``: to make
-    room it drops unreferenced arrays of other shapes (least recently added first), and an
-    array that still does not fit is not cached. CuPy has its own memory pool."""
-    global _cached_bytes
-    if xp is not numpy:
-        return xp.empty(shape, dtype=dtype)
-    shape = tuple(int(d) for d in shape)
-    key = (shape, numpy.dtype(dtype))
-    with _FREE_LOCK:
-        lst = _FREE.get(key)
-        if lst is not None:
-            for a in lst:
-                # references: the list's, the loop variable's and getrefcount's argument
-                if sys.getrefcount(a) == 3:
-                    return a
-        a = numpy.empty(shape, dtype=dtype)
-        if _cached_bytes + a.nbytes > CACHE_MAX_BYTES:
-            _evict(a.nbytes)
-        if _cached_bytes + a.nbytes <= CACHE_MAX_BYTES:
-            _FREE.setdefault(key, []).append(a)
-            _cached_bytes += a.nbytes
-        return a
-
-
-def _evict(nbytes):
-    """Drop unreferenced cached arrays until ``nbytes`` more fit (caller holds the lock)."""
-    global _cached_bytes
-    for key in list(_FREE):
-        keep = []
-        for a in _FREE[key]:
-            # references: the list's, the loop variable's and getrefcount's argument
-            if _cached_bytes + nbytes > CACHE_MAX_BYTES and sys.getrefcount(a) == 3:
-                _cached_bytes -= a.nbytes
-            else:
-                keep.append(a)
-        if keep:
-            _FREE[key] = keep
-        else:
-            del _FREE[key]
-        if _cached_bytes + nbytes <= CACHE_MAX_BYTES:
-            return
-
-
 def whole_batch_rows(y):
     """``y (N, O, OH, OW)`` as its ``(O, N*OH*OW)`` memory when ``y`` is a transposed view of
     C-contiguous CNHW memory (a whole-batch convolution's output), else None."""
@@ -423,13 +361,11 @@ def whole_batch_rows(y):
 
 def relu_grad(dy, y):
     """``dy * (y > 0)`` (ReLU's backward through its output ``y``) for a whole-batch
-    convolution's ``y``, written into CNHW memory like ``y``'s (a reused buffer)."""
+    convolution's ``y``, in CNHW memory like ``y``'s whatever ``dy``'s layout (mixed layouts
+    make NumPy's elementwise passes several times slower)."""
     xp = get_array_module(dy, y)
-    y2 = whole_batch_rows(y)
     dt = dy.transpose(1, 0, 2, 3)
-    out = empty(xp, y2.shape, dy.dtype).reshape(dt.shape)
-    xp.multiply(dt, y2.reshape(dt.shape) > 0, out=out)
-    return out.transpose(1, 0, 2, 3)
+    return xp.multiply(dt, whole_batch_rows(y).reshape(dt.shape) > 0).transpose(1, 0, 2, 3)
 
 
 DW_CHUNK_COLUMNS = 4096   # dW's GEMM runs over column chunks of at most this many
@@ -480,7 +416,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
         w2 = weight.reshape(o, -1) if bias is None else xp.concatenate(
             (weight.reshape(o, -1), bias.reshape(o, 1)), axis=1)
         # (O, N*OH*OW): one GEMM, threaded by BLAS
-        y = xp.matmul(w2, cols, out=empty(xp, (o, cols.shape[1]), x.dtype))
+        y = xp.matmul(w2, cols)
         y = y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
         return (y, cols) if return_cols else y
     cols = im2col(x, (kh, kw), stride, padding)
@@ -521,7 +457,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
         dx = None
         if need_dx:
             w2 = weight.reshape(o, -1)
-            dcols = xp.matmul(w2.T, d2, out=empty(xp, (w2.shape[1], d2.shape[1]), d2.dtype))
+            dcols = xp.matmul(w2.T, d2)
             dx = col2im_rows(dcols, x.shape, (kh, kw), stride, padding, overwrite=True)
         return dx, dw, db
     dy3 = dy.reshape(n, o, -1)

@@ -19,7 +19,7 @@ lie entirely in the padding.
 """
 from __future__ import annotations
 
-from .conv import empty, output_size, pad2d, pair, windows
+from .conv import output_size, pad2d, pair, windows
 from ..backend import get_array_module
 
 
@@ -80,14 +80,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 def _max_pool(xp, x, kernel, stride, padding, out_hw):
     kk = kernel[0] * kernel[1]
     n, c = x.shape[:2]
-    y = empty(xp, (n, c) + out_hw, x.dtype)
+    y = xp.empty((n, c) + out_hw, dtype=x.dtype)
     itype = xp.uint8 if kk <= 256 else xp.int32
-    arg = empty(xp, y.shape, itype)
+    arg = xp.empty(y.shape, dtype=itype)
     # One strided copy puts each kernel offset's values in a contiguous plane
-    # cs[k] (N, C, OH, OW) (a reused buffer); every later pass then runs on contiguous memory
+    # cs[k] (N, C, OH, OW); every later pass then runs on contiguous memory
     # (elementwise ops on strided views are several times slower in NumPy).
     v = windows(pad2d(x, padding, value=float("-inf")), kernel, stride, out_hw)
-    cs = empty(xp, kernel + (n, c) + out_hw, x.dtype)
+    cs = xp.empty(kernel + (n, c) + out_hw, dtype=x.dtype)
     xp.copyto(cs, v.transpose(2, 3, 0, 1, 4, 5))
     cs = cs.reshape((kk, n, c) + out_hw)
     y[...] = cs[0]
@@ -124,7 +124,7 @@ def _max_pool_backward(xp, dy, arg, x_shape, kernel, stride, padding):
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     # windows that tile the padded input exactly write every element: no zero fill needed
     tiled = stride == kernel and hp == out_hw[0] * kernel[0] and wp == out_hw[1] * kernel[1]
-    dxpad = empty(xp, (n, c, hp, wp), dy.dtype)
+    dxpad = xp.empty((n, c, hp, wp), dtype=dy.dtype)
     if not tiled:
         dxpad[...] = 0
     for k, sh, sw in _slices(kernel, stride, out_hw):
