@@ -29,24 +29,12 @@ A step is forward, softmax cross-entropy, backward and an SGD update; the two ca
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOALS = {"1d": 1.0, "2d": 0.8}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_one(framework, case, steps, warmup, threads):
@@ -99,6 +87,7 @@ def main(argv=None):
                      "gpunet_runs_ms": [v * 1e3 for v in times[(c, "gpunet")]],
                      "torch_runs_ms": [v * 1e3 for v in times[(c, "torch")]]})
     import numpy
+    from gpunet.backend import cpu_model
     import torch
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); numpy {numpy.__version__}, "
           f"torch {torch.__version__}; {rounds} rounds x {steps} steps, {a.threads} thread(s) each; "

@@ -116,6 +116,20 @@ class LogSoftmax(Softmax):
     name = "log_softmax"
 
 
+def apply_fused(activation, z):
+    """Apply a layer's fused ``activation`` to its own pre-activation ``z``.
+
+    Returns ``(y, z_saved)``: when the derivative needs only the output (ReLU, sigmoid,
+    tanh) ``z`` is overwritten in place and ``z_saved`` is None; otherwise ``z`` is kept
+    for the backward. Dense and Conv2D share this.
+    """
+    if activation is None:
+        return z, None
+    if activation.needs_input:
+        return activation.fn(z), z
+    return activation.fn(z, inplace=True), None
+
+
 _BY_NAME = {
     "identity": Identity, "linear": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
     "leaky_relu": LeakyReLU, "elu": ELU, "gelu": GELU, "silu": SiLU, "swish": SiLU,

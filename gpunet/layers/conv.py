@@ -5,7 +5,7 @@ import numpy
 
 from .. import init as _init
 from ..functional import conv as FC
-from .activations import get as get_activation
+from .activations import apply_fused, get as get_activation
 from .base import Layer, Parameter
 from .dense import default_init
 
@@ -74,16 +74,9 @@ class Conv2D(Layer):
         # the op overwrite it rather than allocate a new one
         z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True,
                             cols_buffer=self._cols if self.training else None)
-        act = self.activation
-        if act is None:
-            y = z
-        elif act.needs_input:
-            y = act.fn(z)
-        else:
-            y = act.fn(z, inplace=True)   # z is ours: overwrite it
+        y, z_saved = apply_fused(self.activation, z)
         if self.training:
-            self._x, self._cols, self._y = x, cols, y
-            self._z = z if act is not None and act.needs_input else None
+            self._x, self._cols, self._y, self._z = x, cols, y, z_saved
         return y
 
     def backward(self, dy):

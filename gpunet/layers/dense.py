@@ -7,7 +7,7 @@ from .. import init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward
 from ..backend import get_array_module
-from .activations import get as get_activation
+from .activations import apply_fused, get as get_activation
 from .base import Layer, Parameter, check_input
 
 
@@ -54,16 +54,9 @@ class Dense(Layer):
         z = xp.matmul(x, w.T)
         if self.bias is not None:
             z += self.bias.data
-        act = self.activation
-        if act is None:
-            y = z
-        elif act.needs_input:
-            y = act.fn(z)
-        else:
-            y = act.fn(z, inplace=True)   # z is ours: overwrite it
+        y, z_saved = apply_fused(self.activation, z)
         if self.training:
-            self._x, self._y = x, y
-            self._z = z if act is not None and act.needs_input else None
+            self._x, self._y, self._z = x, y, z_saved
         return y
 
     def backward(self, dy):
