@@ -19,7 +19,8 @@ Needs CuPy (14, CUDA 13), PyTorch with CUDA and pytest; no network. Steps:
    every call, warm-up first, the median of ``--iters`` calls, inputs rotated among
    enough copies to exceed 3x the L2 cache, against PyTorch eager on the same shapes:
    softmax-CE (8192, 32768), (65536, 10), (16384, 1000); BatchNorm NCHW (256, 64, 56, 56)
-   and (256, 512, 7, 7); Dropout p=0.5 over 64M elements, all float32. The device-to-device
+   and (256, 512, 7, 7); Dropout p=0.5 over 64M elements, all float32; and one training
+   step of an MLP 784-4096-4096-10 at batch 1024 (SGD momentum), exact float32 on both. The device-to-device
    copy bandwidth of a 1 GiB buffer is measured too, and each op's achieved bandwidth —
    its compulsory traffic (every input read once, every output written once) over its
    time — is reported as a fraction of it.
@@ -460,7 +461,52 @@ def run_timing(cp, torch, args):
     record("dropout fwd+bwd p=0.5", (n,), 4 * size, g_ms, t_ms)
     del sets
     cp.get_default_memory_pool().free_all_blocks()
-    return {"copy_GBs": round(copy_gbs, 1), "copy_ms_1GiB": round(copy_ms, 4), "rows": rows}
+    mlp = time_mlp_step(cp, torch, args, ct, tt, randn)
+    return {"copy_GBs": round(copy_gbs, 1), "copy_ms_1GiB": round(copy_ms, 4), "rows": rows,
+            "mlp_step": mlp}
+
+
+def time_mlp_step(cp, torch, args, ct, tt, randn, sizes=(784, 4096, 4096, 10), batch=1024):
+    """One training step of an MLP (forward, softmax-CE, backward, SGD momentum 0.9), exact
+    float32 on both sides (CuPy's default; PyTorch's matmul TF32 switch is left off)."""
+    import gpunet
+    from gpunet import SoftmaxCrossEntropy, optim
+    gpunet.manual_seed(0)
+    model = gpunet.models.mlp(sizes).to("cuda")
+    model[0].input_grad = False      # as PyTorch: no gradient for the data
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = SoftmaxCrossEntropy()
+    x = randn((batch, sizes[0]))
+    y = cp.asarray(numpy.random.default_rng(0).integers(0, sizes[-1], batch))
+
+    def g_step(x, y):
+        out = model(x)
+        loss_fn(out, y)
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+    g_ms = median_ms(*ct, g_step, [(x, y)], args.warmup, args.iters)
+    result = {"model": "mlp-" + "-".join(map(str, sizes)), "batch": batch,
+              "gpunet_ms": round(g_ms, 4), "gpunet_samples_s": round(batch / (g_ms * 1e-3))}
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        tm = torch.nn.Sequential(*layers[:-1]).cuda()
+        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+        tx, ty = torch.from_dlpack(x), torch.from_dlpack(y)
+
+        def t_step(x, y):
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(tm(x), y).backward()
+            topt.step()
+        t_ms = median_ms(*tt, t_step, [(tx, ty)], args.warmup, args.iters)
+        result.update({"torch_ms": round(t_ms, 4), "torch_samples_s": round(batch / (t_ms * 1e-3)),
+                       "speedup_vs_torch": round(t_ms / g_ms, 3)})
+    print(f"  {result['model']} batch {batch} step: gpunet {g_ms:.3f} ms"
+          + (f", torch {result['torch_ms']:.3f} ms" if "torch_ms" in result else ""), flush=True)
+    return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -535,6 +581,10 @@ def main(argv=None) -> int:
                           f"{r['gpunet_frac_copy']:.0%}", r.get("torch_ms", "-"), r.get("torch_GBs", "-"),
                           f"{r['torch_frac_copy']:.0%}" if "torch_frac_copy" in r else "-",
                           r.get("speedup_vs_torch", "-")] for r in t["rows"]], hdr))
+            m = t["mlp_step"]
+            print(f"  {m['model']}, batch {m['batch']}: gpunet {m['gpunet_samples_s']:,} samples/s"
+                  + (f", torch {m['torch_samples_s']:,} samples/s, torch/gpunet time "
+                     f"{m['speedup_vs_torch']}" if "torch_ms" in m else ""))
         except Exception:
             report["timing_error"] = traceback.format_exc()
             print(report["timing_error"])
