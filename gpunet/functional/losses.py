@@ -18,9 +18,11 @@ def _check_logits(name, logits):
         raise ValueError(f"{name}: expected floating-point logits, got {logits.dtype.name}")
 
 
-def check_labels(name, logits, labels, ignore_index=None):
+def check_labels(name, logits, labels, ignore_index=None, check_values=True):
     """Validate labels for (N, C) logits: int class indices (N,) in [0, C) (or
-    ``ignore_index``), or probabilities (N, C). Raises ``ValueError``/``TypeError``."""
+    ``ignore_index``), or probabilities (N, C). Raises ``ValueError``/``TypeError``.
+    ``check_values=False`` checks shapes and dtypes only (the CUDA launcher checks the
+    values itself, in the same device round trip that counts the valid rows)."""
     n, c = logits.shape
     if not hasattr(labels, "ndim"):
         raise TypeError(f"{name}: expected labels as an array, got {type(labels).__name__}")
@@ -35,6 +37,8 @@ def check_labels(name, logits, labels, ignore_index=None):
         if xp is numpy:   # two reductions decide the common case; the mask only on failure
             if labels.min() >= 0 and labels.max() < c:
                 return
+        if not check_values:
+            return
         bad = (labels < 0) | (labels >= c)
         if ignore_index is not None:
             bad &= labels != ignore_index
@@ -64,11 +68,11 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     """
     name = "softmax_cross_entropy"
     _check_logits(name, logits)
-    check_labels(name, logits, labels, ignore_index)
+    xp = get_array_module(logits, labels)
+    check_labels(name, logits, labels, ignore_index, check_values=xp is numpy)
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
-    xp = get_array_module(logits, labels)
     if xp is not numpy:
         from .. import cuda
         return cuda.softmax_xent(logits, labels, eps, ignore_index)
