@@ -1,74 +1,100 @@
 """Loss objects: ``loss = loss_fn(prediction, target)`` then ``dpred = loss_fn.backward()``.
 
 Each call computes the loss and its gradient in one pass (see ``gpunet.functional.losses``)
-and keeps the gradient for ``backward()``. The loss is a 0-d array on the prediction's
-device; ``float(loss)`` works.
+and keeps the gradient for ``backward()``. The loss is on the prediction's device, in its
+dtype.
+
+``reduction`` (every loss; PyTorch's meanings): ``"mean"`` (default) gives a 0-d array,
+``float(loss)`` works; ``"sum"`` a 0-d array of the sum of the per-row (per-element)
+losses; ``"none"`` those losses unreduced (``(N,)`` for ``SoftmaxCrossEntropy``, the
+prediction's shape for the elementwise losses). ``backward()`` returns the gradient of the
+reduced loss, and for ``"none"`` the gradient of the *sum* of the unreduced losses — what
+PyTorch's ``loss.backward(torch.ones_like(loss))`` gives. An empty batch raises
+``ValueError`` naming the loss and the shape, whatever the reduction (a loss of nothing is a
+bug upstream, not 0).
 """
 from __future__ import annotations
 
 from .functional import losses as F
+from .layers.base import register_loss_gradient
 
 
 class Loss:
-    def __init__(self):
+    def __init__(self, reduction="mean"):
+        self.reduction = F.check_reduction(type(self).__name__, reduction)
         self._grad = None
 
     def __call__(self, prediction, target):
-        return self.forward(prediction, target)
+        if hasattr(prediction, "shape") and hasattr(prediction, "size") and prediction.size == 0:
+            raise ValueError(f"{type(self).__name__}: expected a non-empty batch, got a prediction "
+                             f"of shape {tuple(prediction.shape)}")
+        loss = self.forward(prediction, target)
+        # remember which output this gradient belongs to: the backward of the layer that
+        # produced ``prediction`` checks that its caches come from that same forward
+        register_loss_gradient(self._grad, prediction, f"the {type(self).__name__} loss")
+        return loss
 
     def forward(self, prediction, target):
         raise NotImplementedError
 
     def backward(self):
-        """Gradient of the last computed (mean) loss with respect to the prediction."""
+        """Gradient with respect to the prediction of the last computed loss: of the mean
+        (``reduction="mean"``), of the sum (``"sum"``), or of the sum of the unreduced
+        losses (``"none"``)."""
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
         g, self._grad = self._grad, None
         return g
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Softmax followed by cross-entropy, fused: mean over the rows not ignored.
+    """Softmax followed by cross-entropy, fused.
 
     ``labels``: integer class indices ``(N,)`` or probabilities ``(N, C)``.
     ``label_smoothing=ε`` uses the target ``(1-ε)·onehot + ε/C`` (applied to probability
-    targets too, as PyTorch does). ``ignore_index``: rows with that label contribute no
-    loss and no gradient, and the mean counts only the other rows (all rows ignored gives
-    a zero loss and gradient). Gradient: ``(softmax - target) / N``.
+    targets too, as PyTorch does). ``ignore_index``: rows with that label have loss 0 and
+    no gradient. ``reduction="mean"`` averages over the rows not ignored, with gradient
+    ``(softmax - target) / N_valid``; ``"sum"`` adds the row losses (gradient
+    ``softmax - target``); ``"none"`` returns the ``(N,)`` row losses, 0 on ignored rows,
+    as PyTorch. All rows ignored gives a zero loss and gradient (PyTorch's mean gives NaN).
     """
 
-    def __init__(self, label_smoothing=0.0, ignore_index=None):
-        super().__init__()
+    def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean"):
+        super().__init__(reduction)
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def forward(self, logits, labels):
-        loss, self._grad = F.softmax_cross_entropy(logits, labels, self.label_smoothing, self.ignore_index)
+        loss, self._grad = F.softmax_cross_entropy(logits, labels, self.label_smoothing,
+                                                   self.ignore_index, self.reduction)
         return loss
 
     def __repr__(self):
-        return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index})"
+        return (f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing}, "
+                f"ignore_index={self.ignore_index}, reduction={self.reduction!r})")
 
 
 CrossEntropyLoss = SoftmaxCrossEntropy
 
 
 class BCEWithLogits(Loss):
-    """Binary cross-entropy on logits: ``mean(max(z,0) - z·y + log1p(e^-|z|))``."""
+    """Binary cross-entropy on logits, elementwise ``max(z,0) - z·y + log1p(e^-|z|)``,
+    reduced by ``reduction`` (``"mean"`` over all elements, ``"sum"``, ``"none"``)."""
 
     def forward(self, z, y):
-        loss, self._grad = F.bce_with_logits(z, y)
+        loss, self._grad = F.bce_with_logits(z, y, self.reduction)
         return loss
 
 
 class MSELoss(Loss):
-    """Mean squared error over all elements."""
+    """Squared error ``(x - y)²``, reduced by ``reduction`` (``"mean"`` over all elements,
+    ``"sum"``, ``"none"``)."""
 
     def forward(self, x, y):
-        loss, self._grad = F.mse(x, y)
+        loss, self._grad = F.mse(x, y, self.reduction)
         return loss

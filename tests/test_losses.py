@@ -286,3 +286,138 @@ def test_backward_before_forward_raises(i):
     loss_fn, z, y = _all_losses()[i]
     with pytest.raises(RuntimeError, match=type(loss_fn).__name__):
         loss_fn.backward()
+
+
+# -- reduction="mean" | "sum" | "none" (PyTorch's meanings) ------------------------------------------
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _torch_backward(torch, loss):
+    """PyTorch's gradient as gpunet defines it: of the loss, or of Σ loss for "none"."""
+    loss.backward(torch.ones_like(loss))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kw,target", [
+    ({}, "int"), ({"label_smoothing": 0.2}, "int"),
+    ({"ignore_index": 2}, "int"), ({"ignore_index": -100, "label_smoothing": 0.3}, "int"),
+    ({}, "soft"), ({"label_smoothing": 0.25}, "soft"),
+])
+def test_ce_reduction_vs_torch(xp, reduction, kw, target):
+    torch = pytest.importorskip("torch")
+    z = _logits(7, 5, seed=20)
+    if target == "int":
+        y = numpy.array([0, 2, 4, 2, 1, 3, 2])
+        if kw.get("ignore_index") == -100:
+            y[[1, 5]] = -100
+    else:
+        y = _soft(7, 5, seed=21)
+    loss_fn = gpunet.SoftmaxCrossEntropy(reduction=reduction, **kw)
+    loss = loss_fn(xp.asarray(z), xp.asarray(y))
+    grad = loss_fn.backward()
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor(y), reduction=reduction, **kw)
+    _torch_backward(torch, tl)
+    assert loss.shape == tuple(tl.shape) and loss.dtype == numpy.float64
+    assert gpunet.get_array_module(loss) is xp and gpunet.get_array_module(grad) is xp
+    numpy.testing.assert_allclose(gpunet.to_numpy(loss), tl.detach().numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tz.grad.numpy(), rtol=1e-10, atol=1e-12)
+    if "ignore_index" in kw and reduction == "none":   # ignored rows: loss 0, as PyTorch
+        assert (gpunet.to_numpy(loss)[y == kw["ignore_index"]] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ce_reductions_agree_with_each_other(xp, dtype):
+    """"none" rows sum to "sum", and "mean" is "sum" / N_valid; the gradients scale alike."""
+    z, y = _logits(6, 4, seed=22, dtype=dtype), numpy.array([0, 3, -1, 1, -1, 2])
+    out = {r: _ce(xp, z, y, ignore_index=-1, label_smoothing=0.1, reduction=r) for r in REDUCTIONS}
+    (mean, gm), (total, gs), (rows, gn) = (tuple(map(gpunet.to_numpy, out[r])) for r in REDUCTIONS)
+    assert rows.shape == (6,) and rows.dtype == dtype and total.shape == () == mean.shape
+    numpy.testing.assert_allclose(rows.sum(), total, **_tol(dtype))
+    numpy.testing.assert_allclose(total / 4, mean, **_tol(dtype))
+    numpy.testing.assert_array_equal(gs, gn)
+    numpy.testing.assert_allclose(gs / 4, gm, **_tol(dtype))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@pytest.mark.parametrize("kw,target", [({"label_smoothing": 0.2, "ignore_index": 1}, "int"),
+                                       ({"label_smoothing": 0.1}, "soft")])
+def test_ce_reduction_gradcheck(xp, reduction, kw, target):
+    y = numpy.array([0, 1, 3, 1]) if target == "int" else _soft(4, 4)
+    loss_fn = gpunet.SoftmaxCrossEntropy(reduction=reduction, **kw)
+
+    def f(x):  # "none": the gradient returned is that of the sum of the row losses
+        loss = loss_fn(x, xp.asarray(y))
+        return loss.sum(), lambda dy: loss_fn.backward() * dy
+    assert gpunet.gradcheck(f, xp.asarray(_logits(4, 4, seed=23)))
+
+
+def test_ce_all_rows_ignored_with_each_reduction(xp):
+    z = _logits(3, 4, dtype=numpy.float32)
+    for reduction, shape in (("mean", ()), ("sum", ()), ("none", (3,))):
+        loss, grad = _ce(xp, z, numpy.array([-100, -100, -100]), ignore_index=-100, reduction=reduction)
+        assert loss.shape == shape and loss.dtype == numpy.float32
+        assert (gpunet.to_numpy(loss) == 0).all() and (gpunet.to_numpy(grad) == 0).all()
+
+
+@pytest.mark.parametrize("name", ["bce", "mse"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_elementwise_reduction_vs_torch(xp, name, reduction):
+    torch = pytest.importorskip("torch")
+    x = _logits(4, 3, seed=24, scale=3.0)
+    y = numpy.random.default_rng(25).random((4, 3)) if name == "bce" else _logits(4, 3, seed=26)
+    cls, tf = ((gpunet.BCEWithLogits, torch.nn.functional.binary_cross_entropy_with_logits)
+               if name == "bce" else (gpunet.MSELoss, torch.nn.functional.mse_loss))
+    loss_fn = cls(reduction=reduction)
+    loss = loss_fn(xp.asarray(x), xp.asarray(y))
+    grad = loss_fn.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tl = tf(tx, torch.tensor(y), reduction=reduction)
+    _torch_backward(torch, tl)
+    assert loss.shape == tuple(tl.shape) and loss.dtype == numpy.float64
+    assert gpunet.get_array_module(loss) is xp
+    numpy.testing.assert_allclose(gpunet.to_numpy(loss), tl.detach().numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [F.softmax_cross_entropy, F.bce_with_logits, F.mse])
+def test_functional_reduction_matches_object(xp, fn):
+    z = xp.asarray(_logits(5, 3, seed=27))
+    y = (xp.asarray(numpy.array([0, 2, 1, 1, 0])) if fn is F.softmax_cross_entropy
+         else xp.asarray(numpy.random.default_rng(28).random((5, 3))))
+    cls = {F.softmax_cross_entropy: gpunet.SoftmaxCrossEntropy, F.bce_with_logits: gpunet.BCEWithLogits,
+           F.mse: gpunet.MSELoss}[fn]
+    for reduction in REDUCTIONS:
+        loss, grad = fn(z, y, reduction=reduction)
+        obj = cls(reduction=reduction)
+        loss2 = obj(z, y)
+        numpy.testing.assert_array_equal(gpunet.to_numpy(loss), gpunet.to_numpy(loss2))
+        numpy.testing.assert_array_equal(gpunet.to_numpy(grad), gpunet.to_numpy(obj.backward()))
+
+
+@pytest.mark.parametrize("cls", [gpunet.SoftmaxCrossEntropy, gpunet.BCEWithLogits, gpunet.MSELoss])
+def test_bad_reduction_names_the_loss(cls):
+    for bad in ("avg", "Mean", None, 1):
+        with pytest.raises(ValueError, match=f"{cls.__name__}.*'mean', 'sum' or 'none'.*{bad!r}"):
+            cls(reduction=bad)
+    with pytest.raises(ValueError, match="mse.*reduction"):
+        F.mse(numpy.zeros(2), numpy.zeros(2), reduction="batchmean")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("i", range(3))
+def test_empty_batch_raises_naming_the_loss_and_shape(xp, i, reduction):
+    loss_fn, z, y = _all_losses()[i]
+    loss_fn = type(loss_fn)(reduction=reduction)
+    with pytest.raises(ValueError, match=rf"{type(loss_fn).__name__}: .*empty batch.*\(0, 3\)"):
+        loss_fn(xp.asarray(z[:0]), xp.asarray(y[:0]))
+
+
+def test_empty_batch_raises_in_the_functional_forms(xp):
+    z = xp.asarray(numpy.zeros((0, 4)))
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: .*empty batch.*\(0, 4\)"):
+        F.softmax_cross_entropy(z, xp.asarray(numpy.zeros(0, numpy.int64)))
+    with pytest.raises(ValueError, match=r"bce_with_logits: .*empty batch.*\(0, 4\)"):
+        F.bce_with_logits(z, z)
+    with pytest.raises(ValueError, match=r"mse: .*empty batch.*\(0, 4\)"):
+        F.mse(z, z, reduction="sum")

@@ -1,7 +1,10 @@
 """Losses as plain functions, each returning ``(loss, dinput)`` in one pass.
 
-``loss`` is a 0-d array on the input's device and in its dtype; ``dinput`` is the gradient of
-that (mean) loss with respect to the first argument.
+``loss`` is on the input's device and in its dtype: a 0-d array for ``reduction="mean"``
+(the default) or ``"sum"``, the unreduced per-row (per-element) losses for ``"none"``;
+these are PyTorch's meanings. ``dinput`` is the gradient with respect to the first argument
+of the reduced loss, and for ``"none"`` of the sum of the unreduced losses (what PyTorch's
+``loss.backward(torch.ones_like(loss))`` gives). An empty batch raises ``ValueError``.
 """
 from __future__ import annotations
 
@@ -56,18 +59,50 @@ def check_labels(name, logits, labels, ignore_index=None, check_values=True):
         raise ValueError(f"{name}: expected labels of shape ({n},) or ({n}, {c}), got {tuple(labels.shape)}")
 
 
+# -- reductions ------------------------------------------------------------------------------
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(name, reduction):
+    """``reduction`` must be one of ``"mean"``, ``"sum"``, ``"none"`` (PyTorch's meanings)."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+def check_nonempty(name, what, x):
+    """A loss of nothing is a bug upstream (an empty batch), not 0: raise ``ValueError``."""
+    if x.size == 0:
+        raise ValueError(f"{name}: expected a non-empty batch, got {what} of shape {tuple(x.shape)}")
+
+
+def _reduce(elementwise, reduction):
+    """The reduced loss of a per-element (or per-row) loss array."""
+    if reduction == "none":
+        return elementwise
+    return elementwise.mean() if reduction == "mean" else elementwise.sum()
+
+
 # -- softmax cross-entropy ---------------------------------------------------------------
-def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None):
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean"):
     """Fused softmax + cross-entropy: ``(loss, dlogits)``.
 
-    ``loss = mean_n [ logsumexp(z_n) - Σ_c t_nc z_nc ]`` over the rows not ignored, where the
-    target ``t`` is the one-hot of an integer label (or the given probability row), smoothed
-    as ``(1-ε)·t + ε/C``. The gradient is ``(softmax(z) - t) / N_valid``; ignored rows get
-    zero loss and zero gradient. The row max is subtracted first, so logits of ±1e4 stay
-    finite. On CuPy arrays, one fused kernel (``kernels/softmax_xent.cu``) does both.
+    Row loss ``l_n = logsumexp(z_n) - Σ_c t_nc z_nc``, where the target ``t`` is the one-hot
+    of an integer label (or the given probability row), smoothed as ``(1-ε)·t + ε/C``.
+    Rows whose label is ``ignore_index`` have ``l_n = 0`` and a zero gradient.
+    ``reduction`` (PyTorch's meanings): ``"mean"``: ``Σ l_n / N_valid`` (``N_valid`` counts the
+    rows not ignored; all of them for probability targets), gradient
+    ``(softmax(z) - t) / N_valid``; ``"sum"``: ``Σ l_n``, gradient ``softmax(z) - t``;
+    ``"none"``: the ``(N,)`` vector of ``l_n`` (0 on ignored rows, as PyTorch), and the
+    gradient of its sum, ``softmax(z) - t``. With every row ignored the loss and gradient
+    are zero (PyTorch gives NaN for ``"mean"``). An empty batch raises ``ValueError``.
+    The row max is subtracted first, so logits of ±1e4 stay finite. On CuPy arrays, one
+    fused kernel (``kernels/softmax_xent.cu``) does both.
     """
     name = "softmax_cross_entropy"
     _check_logits(name, logits)
+    check_nonempty(name, "logits", logits)
+    check_reduction(name, reduction)
     xp = get_array_module(logits, labels)
     check_labels(name, logits, labels, ignore_index, check_values=xp is numpy)
     eps = float(label_smoothing)
@@ -75,25 +110,27 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
         raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
     if xp is not numpy:
         from .. import cuda
-        return cuda.softmax_xent(logits, labels, eps, ignore_index)
+        return cuda.softmax_xent(logits, labels, eps, ignore_index, reduction)
 
     n, c = logits.shape
     # Shift by the row max (exp never overflows), gather what the loss needs from the
-    # shifted logits, then exponentiate in place and scale by 1/(N_valid·row sum) in one
-    # multiply: the one (N, C) buffer becomes dlogits.
+    # shifted logits, then exponentiate in place and scale by 1/row sum (and 1/N_valid for
+    # the mean) in one multiply: the one (N, C) buffer becomes dlogits.
     z = numpy.subtract(logits, logits.max(axis=1, keepdims=True))
     if labels.ndim == 1:
-        if ignore_index is None:
-            valid, idx, n_valid = None, labels, n
-        else:
+        w = None                                    # 1 on rows not ignored, 0 on ignored ones
+        idx, n_valid = labels, n
+        if ignore_index is not None:
             valid = labels != ignore_index
-            idx = numpy.where(valid, labels, 0)
             n_valid = int(numpy.count_nonzero(valid))
-        if n_valid == 0:
-            return _all_ignored(logits)
+            if n_valid == 0:
+                return _all_ignored(logits, reduction)
+            idx = numpy.where(valid, labels, 0)
+            w = valid.astype(logits.dtype)
         rows = numpy.arange(n)
-        z_y = z[rows, idx]
-        z_sum = z.sum(axis=1) if eps else None
+        tz = (1.0 - eps) * z[rows, idx]             # Σ_c t_c z_c, t = (1-ε) onehot + ε/C
+        if eps:
+            tz += (eps / c) * z.sum(axis=1)
     else:
         t = labels.astype(logits.dtype, copy=False)
         if eps:
@@ -101,61 +138,54 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
         t_sum = t.sum(axis=1)
         tz = numpy.einsum("ij,ij->i", t, z)
         n_valid = n
-        if n == 0:
-            return _all_ignored(logits)
-    scale = 1.0 / n_valid
+    scale = 1.0 / n_valid if reduction == "mean" else 1.0
     p = numpy.exp(z, out=z)
     s = p.sum(axis=1, keepdims=True)
     log_s = numpy.log(s[:, 0])                      # logsumexp of the shifted row
-    if labels.ndim == 1:
-        # row loss = log s - Σ_c t_c z_c,  t = (1-ε) onehot + ε/C
+    if labels.ndim == 1:                            # Σ t = 1
+        row = log_s - tz
         f = numpy.divide(scale, s)
-        if valid is not None:
-            w = valid.astype(logits.dtype)
+        if w is not None:
+            row *= w
             f *= w[:, None]
-            on = w * ((1.0 - eps) * scale)
-            total = numpy.dot(w, log_s) - (1.0 - eps) * numpy.dot(w, z_y)
-            if eps:
-                total -= (eps / c) * numpy.dot(w, z_sum)
-        else:
-            on = (1.0 - eps) * scale
-            total = log_s.sum() - (1.0 - eps) * z_y.sum()
-            if eps:
-                total -= (eps / c) * z_sum.sum()
-        p *= f                                      # softmax / N_valid
-        p[rows, idx] -= on                          # - (1-ε) onehot / N_valid
+        p *= f                                      # softmax · scale
+        p[rows, idx] -= (1.0 - eps) * scale if w is None else w * ((1.0 - eps) * scale)
         if eps:
-            p -= (eps / c * scale) if valid is None else (eps / c * scale) * w[:, None]
-        dz = p
+            p -= (eps / c * scale) if w is None else (eps / c * scale) * w[:, None]
     else:
-        total = numpy.dot(log_s, t_sum) - tz.sum()
+        row = log_s * t_sum - tz
         p *= numpy.divide(t_sum[:, None], s)
         p -= t
         p *= scale
-        dz = p
-    loss = numpy.asarray(total * scale, dtype=logits.dtype)
-    return loss, dz
+    loss = row if reduction == "none" else row.sum() * scale
+    return numpy.asarray(loss, dtype=logits.dtype), p
 
 
-def _all_ignored(logits):
-    # every row ignored: PyTorch returns NaN; gpunet returns 0 loss and 0 gradient,
-    # so a batch of padding cannot poison training.
-    return numpy.zeros((), dtype=logits.dtype), numpy.zeros_like(logits)
+def _all_ignored(logits, reduction):
+    # every row ignored: PyTorch's mean is NaN (0/0); gpunet returns 0 loss and 0 gradient,
+    # so a batch of padding cannot poison training
+    shape = (logits.shape[0],) if reduction == "none" else ()
+    return numpy.zeros(shape, dtype=logits.dtype), numpy.zeros_like(logits)
 
 
 def _check_pair(name, what, x, y):
-    """An elementwise loss takes a floating-point ``x`` and targets ``y`` of its shape."""
+    """An elementwise loss takes a non-empty floating-point ``x`` and targets ``y`` of its shape."""
     if not hasattr(x, "shape") or x.dtype.kind != "f":
         raise ValueError(f"{name}: expected floating-point {what}, got {getattr(x, 'dtype', type(x).__name__)}")
     if not hasattr(y, "shape") or tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    check_nonempty(name, what, x)
 
 
 # -- binary cross-entropy with logits ----------------------------------------------------------
-def bce_with_logits(z, y):
-    """``mean( max(z,0) - z·y + log1p(e^-|z|) )``, finite for any finite z; gradient
-    ``(σ(z) - y) / numel``."""
-    _check_pair("bce_with_logits", "logits", z, y)
+def bce_with_logits(z, y, reduction="mean"):
+    """Elementwise ``l = max(z,0) - z·y + log1p(e^-|z|)``, finite for any finite z, reduced
+    by ``reduction`` (``"mean"`` over all elements, ``"sum"``, or ``"none"``: ``l`` itself,
+    shaped like ``z``). Gradient: ``(σ(z) - y) / numel`` for the mean, ``σ(z) - y`` for
+    ``"sum"`` and ``"none"`` (the gradient of ``Σ l``)."""
+    name = "bce_with_logits"
+    _check_pair(name, "logits", z, y)
+    check_reduction(name, reduction)
     xp = get_array_module(z, y)
     y = y.astype(z.dtype, copy=False)
     e = xp.abs(z)
@@ -164,7 +194,7 @@ def bce_with_logits(z, y):
     t = xp.log1p(e)
     t += xp.maximum(z, 0)
     t -= z * y
-    loss = t.mean()
+    loss = _reduce(t, reduction)
     # σ(z) = 1/(1+e) for z >= 0, e/(1+e) below: the numerator is max(e, [z >= 0]) since
     # e <= 1 (no xp.where, which is slow on mixed signs)
     dz = (z >= 0).astype(z.dtype)
@@ -172,16 +202,21 @@ def bce_with_logits(z, y):
     e += 1.0
     dz /= e
     dz -= y
-    dz *= 1.0 / z.size
+    if reduction == "mean":
+        dz *= 1.0 / z.size
     return xp.asarray(loss, dtype=z.dtype), dz
 
 
 # -- mean squared error -----------------------------------------------------------------------
-def mse(x, y):
-    """``mean((x - y)²)`` over all elements; gradient ``2 (x - y) / numel``."""
-    _check_pair("mse", "input", x, y)
+def mse(x, y, reduction="mean"):
+    """Elementwise ``l = (x - y)²`` reduced by ``reduction`` (``"mean"`` over all elements,
+    ``"sum"``, or ``"none"``: ``l`` shaped like ``x``). Gradient ``2 (x - y) / numel`` for the
+    mean, ``2 (x - y)`` for ``"sum"`` and ``"none"`` (the gradient of ``Σ l``)."""
+    name = "mse"
+    _check_pair(name, "input", x, y)
+    check_reduction(name, reduction)
     xp = get_array_module(x, y)
     d = x - y.astype(x.dtype, copy=False)
-    loss = xp.asarray((d * d).mean(), dtype=x.dtype)
-    d *= 2.0 / x.size
+    loss = xp.asarray(_reduce(d * d, reduction), dtype=x.dtype)
+    d *= 2.0 / x.size if reduction == "mean" else 2.0
     return loss, d
