@@ -208,18 +208,21 @@ def _grid(work: int, threads: int, device_id: int, per_sm: int = 16) -> int:
 # Softmax cross-entropy (kernels/softmax_xent.cu)
 # ---------------------------------------------------------------------------------------
 
-def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None):
-    """Fused softmax cross-entropy: ``(loss, dlogits)`` of the mean loss over valid rows.
+def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean"):
+    """Fused softmax cross-entropy: ``(loss, dlogits)``, by default of the mean loss over valid rows.
 
     ``logits`` (N, C) float32/float64; ``labels`` integer class indices (N,) or
     probabilities (N, C). With ``eps = label_smoothing`` the target of a row is
     ``(1-eps)*onehot(y) + eps/C`` (hard) or ``(1-eps)*q + eps/C`` (soft);
-    ``row_loss = sum_j t_j * (logsumexp(z) - z_j)``, ``loss = sum row_loss / N_valid``
-    (a 0-d array of logits.dtype) and ``dlogits = (softmax * sum(t) - t) / N_valid``.
-    Rows whose label equals ``ignore_index`` add no loss and get a zero gradient;
-    ``N_valid`` counts the others (all rows for soft targets). With no valid row the loss
-    and the gradient are zero (gpunet's convention, where PyTorch gives NaN), as in the
-    NumPy reference ``gpunet.functional.softmax_cross_entropy``.
+    ``row_loss = sum_j t_j * (logsumexp(z) - z_j)``. ``reduction="mean"``:
+    ``loss = sum row_loss / N_valid`` (a 0-d array of logits.dtype) and
+    ``dlogits = (softmax * sum(t) - t) / N_valid``; ``"sum"``: ``loss = sum row_loss``,
+    ``dlogits = softmax * sum(t) - t``; ``"none"``: ``loss = row_loss`` (N,) with the
+    gradient of its sum, as for ``"sum"``. Rows whose label equals ``ignore_index`` have
+    ``row_loss = 0`` and a zero gradient; ``N_valid`` counts the others (all rows for soft
+    targets). With no valid row the loss and the gradient are zero (gpunet's convention,
+    where PyTorch's mean gives NaN), as in the NumPy reference
+    ``gpunet.functional.softmax_cross_entropy``.
 
     Hard labels are checked on the device before the launch: one outside ``[0, C)``
     (other than ``ignore_index``) raises ``ValueError``.
@@ -233,6 +236,9 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None):
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"gpunet.cuda.softmax_xent: label_smoothing must lie in [0, 1], got {eps}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError("gpunet.cuda.softmax_xent: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
     if C < 1:
         raise ValueError("gpunet.cuda.softmax_xent: logits must have at least one class")
     if C >= 2**31 or N >= 2**31:
@@ -275,8 +281,9 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None):
                                     f" and not ignore_index={int(ignore_index)}")
                                  + f", e.g. {first}")
         if n_valid == 0:
-            return cp.zeros((), dtype=dtype), cp.zeros_like(z)
-        scale = dtype.type(1.0 / n_valid)
+            return cp.zeros((N,) if reduction == "none" else (), dtype=dtype), cp.zeros_like(z)
+        # the kernels write dlogits = (softmax * sum(t) - t) * scale and the unscaled row_loss
+        scale = dtype.type(1.0 / n_valid if reduction == "mean" else 1.0)
         eps_t = dtype.type(eps)
         items = next((i for i in _WARP_ITEMS if C <= 32 * i), None)
         kind = "soft" if soft else "hard"
@@ -295,7 +302,12 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None):
                     numpy.int64(int(ignore_index) if has_ignore else -1),
                     numpy.int32(has_ignore), scale)
         fn((grid,), (threads,), args)
-        loss = row_loss.sum() / dtype.type(n_valid)
+        if reduction == "none":
+            loss = row_loss
+        elif reduction == "sum":
+            loss = row_loss.sum()
+        else:
+            loss = row_loss.sum() / dtype.type(n_valid)
     return loss, dz
 
 
