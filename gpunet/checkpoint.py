@@ -6,21 +6,28 @@ Layout of the archive (format version ``FORMAT_VERSION``)::
     __metadata__     str 0-d         JSON of the keyword metadata (epoch, metrics, …)
     model/<key>      arrays          model.state_dict()  (parameters, buffers, counters)
     optim/<key>      arrays          optimizer.state_dict() (moments, step counts, lr)
+    __scheduler__    str 0-d         the LR schedule's class name (when one was saved)
+    sched/<key>      arrays          scheduler.state_dict() (last_epoch, base_lr, …)
 
 It is written to a temporary file in the same folder, flushed to disk, then renamed over
-``path``: a crash mid-save leaves the old checkpoint intact. It is read with
+``path``: a crash mid-save leaves the old checkpoint intact. File modes are those of any
+other write (a new file: ``0666 & ~umask``; a replaced file keeps its mode), and a
+read-only target is refused (see ``save``). It is read with
 ``allow_pickle=False``: loading a checkpoint never runs code.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 
 import numpy
 
 FORMAT_VERSION = 1
+_SCHED_TYPE = "__scheduler__"
 
 
 def _jsonable(name, v):
@@ -36,8 +43,54 @@ def _jsonable(name, v):
                     f"list/dict of them, got {type(v).__name__}")
 
 
-def save(path, model, optimizer=None, /, **metadata):
-    """Write ``model`` (and ``optimizer``) and ``metadata`` to ``path`` atomically."""
+def _target(path):
+    """The file ``save`` replaces: ``path`` with symlinks resolved (a link keeps pointing at
+    the updated file, as ``open(path, "w")`` would leave it), and its current mode or None.
+
+    A target we may not write raises ``PermissionError`` naming ``path``, as ``open(path,
+    "w")`` would; so does a regular file with no write bit at all (chmod 444), even for
+    root, who could otherwise write anything: read-only means read-only.
+    """
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return real, None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file; gpunet.save replaces regular files only", path)
+    if not os.access(real, os.W_OK) or not st.st_mode & 0o222:
+        raise PermissionError(errno.EACCES, "read-only file; gpunet.save leaves it as it is", path)
+    return real, stat.S_IMODE(st.st_mode)
+
+
+def _temporary(real):
+    """Create an empty temporary file beside ``real``; return ``(fd, name)``. Created with
+    mode 0666 so that the umask (and a default ACL) applies as to any other new file."""
+    folder, base = os.path.split(real)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "could not create a temporary file beside it", real)
+
+
+def save(path, model, optimizer=None, /, *, scheduler=None, **metadata):
+    """Write ``model`` (and ``optimizer``, and a learning-rate ``scheduler``) and
+    ``metadata`` to ``path`` atomically; return ``path``.
+
+    The archive is written to a temporary file beside ``path``, flushed to disk, then
+    renamed over it: a crash mid-save leaves the old file intact. File modes follow any
+    other file write: a new file gets ``0666 & ~umask``; a replaced file keeps its mode
+    (not its owner, when another user owned it). A read-only target (no write permission,
+    or no write bit at all, as after ``chmod 444``) raises ``PermissionError`` and stays as
+    it is. A symlink keeps pointing at the updated file. Every ``OSError`` names ``path``,
+    never the temporary file. ``scheduler`` is a keyword (not metadata); metadata values
+    are JSON-able numbers, strings, bools, None, or lists/dicts of them.
+    """
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
               "__metadata__": numpy.asarray(json.dumps({k: _jsonable(k, v) for k, v in metadata.items()}))}
     for k, v in model.state_dict().items():
@@ -45,22 +98,35 @@ def save(path, model, optimizer=None, /, **metadata):
     if optimizer is not None:
         for k, v in optimizer.state_dict().items():
             arrays["optim/" + k] = numpy.asarray(v)
+    if scheduler is not None:
+        if not hasattr(scheduler, "state_dict"):
+            raise TypeError(f"gpunet.save: scheduler must be a learning-rate schedule (with "
+                            f"state_dict), got {type(scheduler).__name__}")
+        arrays[_SCHED_TYPE] = numpy.asarray(type(scheduler).__name__)
+        for k, v in scheduler.state_dict().items():
+            arrays["sched/" + k] = numpy.asarray(v)
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"gpunet.save: {k!r} is an object array; checkpoints hold plain arrays only")
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".gpunet-", suffix=".tmp", dir=folder)
+    real, mode = _target(path)
+    tmp = None
     try:
+        fd, tmp = _temporary(real)
         with os.fdopen(fd, "wb") as f:
             numpy.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, real)
+        tmp = None
+    except OSError as e:   # name the target, not the temporary file
+        raise (type(e)(e.errno, e.strerror, path) if e.errno is not None
+               else type(e)(f"{path}: {e}")) from e
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
-        raise
     return path
 
 
@@ -68,10 +134,15 @@ def _read(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"gpunet.load: {path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK"):
+        what = ("a .npy array file" if head == b"\x93NUMPY" else "an empty file" if not head
+                else "not an .npz archive")
+        raise ValueError(f"gpunet.load: {path} is not a gpunet checkpoint: it is {what}, and a "
+                         f"checkpoint is an .npz archive written by gpunet.save")
     try:
         with numpy.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("not an npz archive")
             data = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise ValueError(f"gpunet.load: {path} is not a readable gpunet checkpoint "
@@ -89,26 +160,41 @@ def _read(path):
     return data, meta
 
 
-def load(path, model, optimizer=None) -> dict:
-    """Restore ``model`` (and ``optimizer``) from ``path``; return the metadata dict.
+def load(path, model, optimizer=None, *, scheduler=None) -> dict:
+    """Restore ``model`` (and ``optimizer``, and ``scheduler``) from ``path``; return the
+    metadata dict.
 
     Everything a training step reads comes back — parameters, buffers, dropout draw
-    counters, optimizer moments and step counts — so a resumed run continues bit for bit.
-    A missing key or a shape mismatch raises ``ValueError`` naming each such key; a file
-    that is not a gpunet checkpoint raises ``ValueError`` naming the path.
+    counters, optimizer moments and step counts, the schedule's epoch — so a resumed run
+    continues bit for bit. A missing key or a shape mismatch raises ``ValueError`` naming
+    each such key; a file that is not a gpunet checkpoint (a ``.npy`` array, a text file,
+    a truncated or foreign archive) raises ``ValueError`` naming the path. Asking for
+    optimizer or scheduler state that the file does not hold (or a scheduler of another
+    class than the one saved) raises ``ValueError``.
     """
     data, meta = _read(path)
+    where = f"gpunet.load: {os.fspath(path)}"
     model_sd = {k[6:]: v for k, v in data.items() if k.startswith("model/")}
     try:
         model.load_state_dict(model_sd)
     except ValueError as e:
-        raise ValueError(f"gpunet.load: {os.fspath(path)}: {e}") from e
+        raise ValueError(f"{where}: {e}") from e
     if optimizer is not None:
         opt_sd = {k[6:]: v for k, v in data.items() if k.startswith("optim/")}
         if not opt_sd:
-            raise ValueError(f"gpunet.load: {os.fspath(path)} holds no optimizer state")
+            raise ValueError(f"{where} holds no optimizer state")
         try:
             optimizer.load_state_dict(opt_sd)
         except ValueError as e:
-            raise ValueError(f"gpunet.load: {os.fspath(path)}: {e}") from e
+            raise ValueError(f"{where}: {e}") from e
+    if scheduler is not None:
+        if _SCHED_TYPE not in data:
+            raise ValueError(f"{where} holds no scheduler state")
+        saved = str(data[_SCHED_TYPE])
+        if saved != type(scheduler).__name__:
+            raise ValueError(f"{where} holds {saved} state, not {type(scheduler).__name__}")
+        try:
+            scheduler.load_state_dict({k[6:]: v for k, v in data.items() if k.startswith("sched/")})
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
     return meta

@@ -1,0 +1,181 @@
+"""gpunet.save / gpunet.load: file modes, read-only targets, errors naming the path, files
+that are not checkpoints, and scheduler state (DESIGN §8)."""
+import errno
+import os
+import stat
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import Dense, Sequential, optim
+
+
+def _model(seed=0):
+    gpunet.manual_seed(seed)
+    return Sequential(Dense(4, 5, activation="relu"), Dense(5, 2))
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it after."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+def _leftovers(folder, keep):
+    return sorted(set(os.listdir(folder)) - set(keep))
+
+
+# -- file modes --------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
+def test_new_file_gets_0666_minus_umask(tmp_path, umask, mask):
+    umask(mask)
+    path = tmp_path / "new.npz"
+    gpunet.save(path, _model())
+    with open(tmp_path / "plain.txt", "w") as f:   # what any other write gives
+        f.write("x")
+    assert _mode(path) == 0o666 & ~mask == _mode(tmp_path / "plain.txt")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o200])
+def test_replacing_keeps_the_file_mode(tmp_path, umask, mode):
+    umask(0o077)   # the replaced file's mode wins over the umask
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, _model(), tag="old")
+    os.chmod(path, mode)
+    gpunet.save(path, _model(1), tag="new")
+    assert _mode(path) == mode
+    os.chmod(path, 0o600)
+    assert gpunet.load(path, _model())["tag"] == "new"
+    assert _leftovers(tmp_path, ["ck.npz"]) == []
+
+
+@pytest.mark.parametrize("mode", [0o444, 0o400, 0o555])
+def test_read_only_target_raises_and_is_left_intact(tmp_path, mode):
+    """Refused even for root, who could write it: a file without a write bit is read-only."""
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, _model(), tag="old")
+    before = path.read_bytes()
+    os.chmod(path, mode)
+    with pytest.raises(PermissionError) as e:
+        gpunet.save(path, _model(1), tag="new")
+    assert e.value.filename == str(path) and str(path) in str(e.value)
+    assert ".tmp" not in str(e.value)
+    assert path.read_bytes() == before and _mode(path) == mode
+    assert _leftovers(tmp_path, ["ck.npz"]) == []
+
+
+def test_directory_target_raises_naming_it(tmp_path):
+    d = tmp_path / "adir"
+    d.mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        gpunet.save(d, _model())
+    assert e.value.filename == str(d)
+    assert _leftovers(tmp_path, ["adir"]) == [] and os.listdir(d) == []
+
+
+def test_symlink_keeps_pointing_at_the_updated_file(tmp_path):
+    real = tmp_path / "real.npz"
+    gpunet.save(real, _model(), tag="old")
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.npz"
+    link.symlink_to(real)
+    gpunet.save(link, _model(), tag="new")
+    assert link.is_symlink() and gpunet.load(real, _model())["tag"] == "new"
+    assert _mode(real) == 0o640
+
+
+# -- every error names the target path, not the temporary file -----------------------------------
+def test_write_error_names_the_target_and_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, _model(), tag="old")
+    before = path.read_bytes()
+
+    def full(f, **arrays):   # as a full disk would fail, on the temporary file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name if hasattr(f, "name") else None)
+    monkeypatch.setattr(numpy, "savez", full)
+    with pytest.raises(OSError) as e:
+        gpunet.save(path, _model(), tag="new")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert ".tmp" not in str(e.value)
+    assert path.read_bytes() == before and _leftovers(tmp_path, ["ck.npz"]) == []
+
+
+def test_unwritable_folder_error_names_the_target(tmp_path, monkeypatch):
+    """The temporary file cannot be created (a folder we may not write): the error names
+    the checkpoint's path. Simulated, since root may write any folder."""
+    path = tmp_path / "ck.npz"
+    real_open = os.open
+
+    def denied(name, flags, mode=0o777, *a, **k):
+        if str(name).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        return real_open(name, flags, mode, *a, **k)
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(PermissionError) as e:
+        gpunet.save(path, _model())
+    assert e.value.filename == str(path) and ".tmp" not in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_rename_names_the_target(tmp_path, monkeypatch):
+    path = tmp_path / "ck.npz"
+
+    def busy(src, dst):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, dst)
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(OSError) as e:
+        gpunet.save(path, _model())
+    assert e.value.filename == str(path) and ".tmp" not in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+# -- gpunet.load of things that are not checkpoints ------------------------------------------------
+def test_load_npy_says_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.npy"
+    numpy.save(path, numpy.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"weights\.npy is not a gpunet checkpoint.*\.npy array"):
+        gpunet.load(path, _model())
+
+
+@pytest.mark.parametrize("content", [b"epoch,loss\n1,0.5\n", b"\x80\x04K\x01.", b""])
+def test_load_text_or_pickle_says_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"notes\.txt is not a gpunet checkpoint") as e:
+        gpunet.load(path, _model())
+    assert "allow_pickle" not in str(e.value)
+
+
+# -- scheduler state ---------------------------------------------------------------------------
+def test_scheduler_state_round_trip(tmp_path):
+    model = _model()
+    opt = optim.SGD(model.parameters(), lr=0.5)
+    sched = optim.StepLR(opt, step_size=2, gamma=0.3)
+    for _ in range(5):
+        sched.step()
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, model, opt, scheduler=sched, epoch=5)
+    m2 = _model(1)
+    o2 = optim.SGD(m2.parameters(), lr=0.5)
+    s2 = optim.StepLR(o2, step_size=7, gamma=0.9)
+    assert gpunet.load(path, m2, o2, scheduler=s2) == {"epoch": 5}
+    assert (s2.last_epoch, s2.step_size, s2.gamma, s2.base_lr) == (5, 2, 0.3, 0.5)
+    assert o2.lr == opt.lr == 0.5 * 0.3 ** 2
+    assert s2.step() == sched.step()
+
+    with pytest.raises(ValueError, match=r"ck\.npz holds StepLR state, not ExponentialLR"):
+        gpunet.load(path, _model(), scheduler=optim.ExponentialLR(optim.SGD(_model().parameters()), 0.9))
+    plain = tmp_path / "plain.npz"
+    gpunet.save(plain, model, opt)
+    with pytest.raises(ValueError, match=r"plain\.npz holds no scheduler state"):
+        gpunet.load(plain, _model(), scheduler=optim.StepLR(optim.SGD(_model().parameters()), 2))
+    with pytest.raises(TypeError, match="scheduler"):
+        gpunet.save(plain, model, opt, scheduler="StepLR")
