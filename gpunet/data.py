@@ -8,10 +8,33 @@ is the same on every device and a resumed run can reproduce it with ``set_epoch`
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import numpy
 
 from .backend import get_array_module, resolve_device, to_device
+
+
+# Batches a DataLoader yields, by id (weakly: an entry goes when its batch dies). They are
+# data, which needs no gradient: a first Dense/Conv2D skips its input gradient for them.
+_batches: dict = {}
+
+
+def mark_data(x):
+    """Record ``x`` as a data batch (no gradient will be computed for it); returns ``x``.
+    Arrays that cannot be weakly referenced are left unmarked."""
+    k = id(x)
+    try:
+        _batches[k] = weakref.ref(x, lambda _r, k=k: _batches.pop(k, None))
+    except TypeError:
+        pass
+    return x
+
+
+def is_data(x) -> bool:
+    """True when ``x`` is a batch that a DataLoader yielded (and that is still alive)."""
+    r = _batches.get(id(x))
+    return r is not None and r() is x
 
 
 def _check_array(name, a):
@@ -64,7 +87,10 @@ class DataLoader:
     PyTorch's ``DataLoader``, whose shuffle draws from a generator that advances with
     each pass, the order here depends only on ``(seed, epoch)``.
 
-    Batches. Without shuffling a batch is a slice of ``X`` (a view: writing into it
+    Batches are data: like PyTorch tensors that do not require grad, a first Dense or
+    Conv2D layer computes no input gradient for them, and its ``backward`` returns None
+    (``gpunet.data.is_data(xb)`` tells; pass ``xb.copy()`` to get ``dx`` for a batch).
+    Without shuffling a batch is a slice of ``X`` (a view: writing into it
     writes into ``X``); with shuffling it is a copy gathered by fancy indexing with an
     index array of ``X``'s array module. ``len(loader)`` is the number of batches per
     epoch: ``ceil(N / batch_size)``, or ``N // batch_size`` with ``drop_last``.
@@ -153,6 +179,7 @@ class DataLoader:
             if self.device is not None:
                 xb = to_device(xb, self.device)
                 yb = None if yb is None else to_device(yb, self.device)
+            mark_data(xb)
             yield xb if self.y is None else (xb, yb)
 
     def __repr__(self):

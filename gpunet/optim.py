@@ -32,6 +32,7 @@ Conventions, stated once for the whole module:
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy
 
@@ -138,6 +139,8 @@ class Optimizer:
         self.state = [{} for _ in self.params]   # per parameter: buffer name -> array
         self.steps = [0] * len(self.params)      # per parameter: updates applied so far
         self._work = {}                          # scratch arrays, keyed by slot/dtype/device
+        for p in self.params:                    # so that model.to(...) moves our state too
+            p._optimizers = [r for r in p._optimizers if r() is not None] + [weakref.ref(self)]
 
     # -- the step -----------------------------------------------------------------------
     def step(self):
@@ -160,10 +163,20 @@ class Optimizer:
                     if v.dtype != p.data.dtype:
                         raise ValueError(
                             f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) is "
-                            f"{p.data.dtype} but its state {k!r} is {v.dtype}; after casting a "
-                            "model, create a new optimizer or load a state_dict")
+                            f"{p.data.dtype} but its state {k!r} is {v.dtype}; cast the model "
+                            "with model.to(dtype=...), which casts its optimizers' state too")
             self.steps[i] += 1
             self._update(i, p, g, lr)
+
+    def _follow_parameters(self):
+        """Move and cast every state buffer to its parameter's device and dtype (called by
+        ``Layer.to``); the scratch memory is dropped and reallocated on the next step."""
+        for i, p in enumerate(self.params):
+            st = self.state[i]
+            for k, v in st.items():
+                if v.dtype != p.data.dtype or device_of(v) != device_of(p.data):
+                    st[k] = _on_device_of(v, p)
+        self._work = {}
 
     def zero_grad(self):
         """Set every parameter's ``grad`` to None."""

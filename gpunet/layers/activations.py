@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 from ..functional import activations as F
-from .base import Layer, check_input
+from .base import Layer, check_grad, check_input
 
 
 class Activation(Layer):
@@ -43,6 +43,7 @@ class Activation(Layer):
     def backward(self, dy):
         if self._y is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before a training-mode forward")
+        check_grad(self, dy, self._y.shape)
         return self.grad_fn(dy, self._x, self._y)
 
 

@@ -1,4 +1,4 @@
-"""Parameter, Layer, Sequential and Residual: the containers every model is made of.
+"""Parameter, Layer and Sequential: the containers every model is made of.
 
 Conventions, stated once for every layer in gpunet:
 
@@ -6,6 +6,17 @@ Conventions, stated once for every layer in gpunet:
   ``backward`` needs. ``backward(dy)`` returns ``dx`` and **adds** into each
   ``Parameter.grad`` (it assigns when ``grad`` is None), like PyTorch: gradients
   accumulate over several backward calls until ``zero_grad()``.
+* A backward uses exactly what the matching forward cached, or raises. Each training-mode
+  forward replaces the caches and gets a call number; a loss remembers the output it was
+  given, so ``model.backward(loss_fn.backward())`` raises ``RuntimeError`` when that
+  output came from an eval-mode forward, or from an earlier forward whose caches a later
+  one replaced, or when the last training-mode forward failed half-way or ``to()`` cast
+  the model since (the message says which call invalidated the caches). A ``dy`` whose
+  shape is not the forward output's raises ``ValueError``.
+* The data needs no gradient. A first layer that computes a costly input gradient (Dense,
+  Conv2D) skips it when its input is a batch yielded by ``gpunet.DataLoader`` — as PyTorch
+  skips tensors that do not require grad — and ``backward`` then returns None. Any other
+  input (gradcheck's, a nested layer's, your own array) gets its ``dx``.
 * A new layer is in training mode. ``eval()`` switches it (and its children) off.
 * Parameters are created on the host with the seeded host generator
   (``gpunet.manual_seed``), in construction order, then moved with ``to(device)``.
@@ -15,6 +26,10 @@ Conventions, stated once for every layer in gpunet:
 """
 from __future__ import annotations
 
+import functools
+import sys
+import weakref
+
 import numpy
 
 from ..backend import get_array_module, resolve_device, to_device, to_numpy, device_of
@@ -23,19 +38,27 @@ from ..backend import get_array_module, resolve_device, to_device, to_numpy, dev
 class Parameter:
     """A trainable array: ``data``, its gradient ``grad`` (None until a backward),
     a ``name`` and ``decay`` (True: L1/L2 weight decay applies; False for biases and
-    batch-norm's gamma/beta)."""
+    batch-norm's gamma/beta). Optimizers built over it register themselves in
+    ``_optimizers`` (weak references), so that ``Layer.to(dtype=...)`` can cast their
+    state with the parameter."""
 
-    __slots__ = ("data", "grad", "name", "decay")
+    __slots__ = ("data", "grad", "name", "decay", "_optimizers")
 
     def __init__(self, data, name: str = "", decay: bool = True):
         self.data = data
         self.grad = None
         self.name = name
         self.decay = decay
+        self._optimizers = []
 
     @property
     def shape(self):
         return self.data.shape
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(self.data.size)
 
     def accumulate(self, g):
         """Add ``g`` into ``grad`` (assign when there is none yet)."""
@@ -65,7 +88,8 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
     if dtype is not None:
         if x.dtype != dtype:
             raise ValueError(f"{name}: expected dtype {numpy.dtype(dtype).name} (the parameters' dtype), "
-                             f"got {x.dtype.name}; cast the input or the model")
+                             f"got {x.dtype.name}; cast the input (x.astype(...)) or the model "
+                             f"(model.to(dtype=...))")
     elif x.dtype.kind != "f":
         raise ValueError(f"{name}: expected a floating-point input (float32 or float64), got {x.dtype.name}")
     if features is not None and x.shape[axis] != features:
@@ -73,12 +97,155 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
                          f"got shape {tuple(x.shape)}")
 
 
+def check_grad(layer, dy, shape):
+    """Validate ``dy`` of a backward against the forward output's ``shape``."""
+    name = type(layer).__name__
+    if not hasattr(dy, "shape") or not hasattr(dy, "dtype"):
+        raise TypeError(f"{name}.backward: expected dy to be a NumPy or CuPy array, got {type(dy).__name__}")
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(f"{name}.backward: expected dy of shape {tuple(shape)} (the shape of the "
+                         f"forward's output), got {tuple(dy.shape)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Which forward call a gradient belongs to.
+#
+# Every Layer subclass has its forward and backward wrapped (Layer.__init_subclass__):
+# a training-mode forward marks the layer's caches invalid while it runs and stamps them
+# with a fresh call number when it returns; the outermost forward of a call also records
+# its output (weakly: id -> (ref, layer, call number or None for eval)). A loss records
+# the prediction it was given and registers the gradient it hands out, so the backward
+# of the layer that produced that prediction can check that the gradient belongs to the
+# forward whose caches it is about to use.
+# ---------------------------------------------------------------------------------------
+
+_depth = 0
+_outputs: dict = {}          # id(output) -> (weakref(output), weakref(layer), call number, training)
+_loss_grads: dict = {}       # id(grad) -> (weakref(grad), prediction, loss name)
+_INVALID_FAILED = "failed"    # _cache_call values other than a call number
+_INVALID_CAST = "cast"
+
+
+def _weak(x, table, key):
+    """A weak reference to ``x`` that removes ``table[key]`` when ``x`` dies (None when
+    ``x`` cannot be weakly referenced)."""
+    try:
+        return weakref.ref(x, lambda _r, t=table, k=key: t.pop(k, None))
+    except TypeError:
+        return None
+
+
+def register_loss_gradient(grad, prediction, loss_name="the loss"):
+    """Remember that ``grad`` is a loss's gradient with respect to ``prediction`` (called
+    by ``gpunet.losses``; arrays that cannot be weakly referenced are not tracked)."""
+    if grad is None:
+        return
+    k = id(grad)
+    rg = _weak(grad, _loss_grads, k)
+    if rg is None:
+        return
+    # the prediction is held (not weakly) for as long as the gradient lives: the output
+    # of an eval forward that nobody else keeps must still be recognised at backward
+    _loss_grads[k] = (rg, prediction, loss_name)
+
+
+def _wrap_forward(fn):
+    @functools.wraps(fn)
+    def forward(self, x):
+        global _depth
+        d = self.__dict__
+        n = d["_nfwd"] = d.get("_nfwd", 0) + 1     # this layer's forward calls, 1, 2, ...
+        training = self.training
+        if training:
+            d["_cache_call"] = _INVALID_FAILED     # until this forward returns
+        top = _depth == 0
+        _depth += 1
+        try:
+            y = fn(self, x)
+        finally:
+            _depth -= 1
+        if training:
+            d["_cache_call"] = n
+        if top:                                    # the output a user may hand to a loss
+            k = id(y)
+            r = _weak(y, _outputs, k)
+            if r is not None:
+                _outputs[k] = (r, weakref.ref(self), n, training)
+        return y
+    forward._gpunet_wrapped = True
+    return forward
+
+
+def _check_source(layer, dy):
+    """Raise when ``dy`` is not the gradient of the forward whose caches ``layer`` holds."""
+    name = type(layer).__name__
+    state = layer.__dict__.get("_cache_call")
+    if state == _INVALID_FAILED:
+        raise RuntimeError(f"{name}.backward: the last training-mode forward (call "
+                           f"{layer.__dict__.get('_nfwd')}) raised before it finished, so the "
+                           "caches are incomplete; run a training-mode forward again before backward")
+    if state == _INVALID_CAST:
+        raise RuntimeError(f"{name}.backward: the model was moved or cast with to() after the last "
+                           "training-mode forward; run a training-mode forward again before backward")
+    entry = _loss_grads.get(id(dy))
+    if entry is None or entry[0]() is not dy:
+        return
+    pred = entry[1]
+    rec = _outputs.get(id(pred))
+    if rec is None or rec[0]() is not pred or rec[1]() is not layer:
+        return                       # the prediction did not come straight out of this layer
+    call, training = rec[2], rec[3]
+    if not training:
+        raise RuntimeError(
+            f"{name}.backward: dy is the gradient of {entry[2]} computed on the output of "
+            f"forward call {call} of this {name}, an eval-mode forward, which caches nothing; "
+            f"the caches are those of training-mode forward call {state}. Compute the loss on "
+            "a training-mode output (model.train()) before backward")
+    if call != state:
+        raise RuntimeError(
+            f"{name}.backward: dy is the gradient of {entry[2]} computed on the output of "
+            f"forward call {call} of this {name}, but training-mode forward call {state} has "
+            "since replaced the caches; call the loss and backward right after the forward "
+            "they belong to")
+
+
+def _wrap_backward(fn):
+    @functools.wraps(fn)
+    def backward(self, dy):
+        _check_source(self, dy)
+        return fn(self, dy)
+    backward._gpunet_wrapped = True
+    return backward
+
+
+def _short(layer) -> str:
+    """One-line description of a layer (for summary tables)."""
+    if layer._container:
+        n = len(layer.children())
+        return f"{type(layer).__name__}({n} layer{'s' if n != 1 else ''})"
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
 class Layer:
     """Base class: parameters are found among the instance attributes (in assignment
     order), child layers likewise. Subclasses list buffer and counter attribute names in
-    ``_buffers``; they travel in ``state_dict`` and move with ``to(device)``."""
+    ``_buffers``; they travel in ``state_dict`` and move with ``to(device)``.
+
+    Subclasses define ``forward`` and ``backward``; the base wraps both (see the module
+    docstring) so that a backward never mixes caches and gradients of different calls.
+    """
 
     _buffers: tuple = ()
+    _container = False       # True: described by its children (Sequential, Residual)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        f = cls.__dict__.get("forward")
+        if f is not None and not getattr(f, "_gpunet_wrapped", False):
+            cls.forward = _wrap_forward(f)
+        b = cls.__dict__.get("backward")
+        if b is not None and not getattr(b, "_gpunet_wrapped", False):
+            cls.backward = _wrap_backward(b)
 
     def __init__(self):
         self.training = True
@@ -97,6 +264,13 @@ class Layer:
     def children(self) -> list["Layer"]:
         return [v for v in vars(self).values() if isinstance(v, Layer)]
 
+    def named_children(self):
+        """Yield ``(name, layer)`` for the direct children (attribute names, or indices in a
+        Sequential)."""
+        for k, v in vars(self).items():
+            if isinstance(v, Layer):
+                yield k, v
+
     def named_parameters(self, prefix: str = ""):
         """Yield ``(state_dict_name, Parameter)`` for this layer and its children."""
         for k, v in vars(self).items():
@@ -114,6 +288,17 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
+
+    def count_params(self) -> int:
+        """Total number of parameter elements (Keras' ``count_params``; PyTorch users write
+        ``sum(p.numel() for p in model.parameters())``)."""
+        return sum(p.size for p in self.parameters())
+
+    def modules(self):
+        """Yield this layer and every layer inside it, depth first."""
+        yield self
+        for c in self.children():
+            yield from c.modules()
 
     def zero_grad(self):
         for p in self.parameters():
@@ -135,17 +320,57 @@ class Layer:
             return device_of(p.data)
         return "cpu"
 
-    def to(self, device):
-        """Move every parameter, gradient and array buffer to ``device``; returns self."""
-        device = resolve_device(device)
+    @property
+    def dtype(self):
+        """dtype of the first parameter (None for a layer without parameters)."""
         for p in self.parameters():
-            p.data = to_device(p.data, device)
+            return p.data.dtype
+        return None
+
+    def to(self, device=None, dtype=None):
+        """Move and/or cast every parameter, gradient and floating-point buffer; returns self.
+
+        ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"sim"``, or None to stay where
+        each array is. ``dtype``: ``numpy.float32``/``float64`` (or their names), or None
+        to keep it. Integer buffers (dropout's counters) are left alone. Optimizers built
+        over these parameters have their state moved and cast the same way, so training
+        continues without a new optimizer. The caches of the last forward are invalidated
+        (a backward before the next training-mode forward raises).
+        """
+        if device is not None:
+            device = resolve_device(device)
+        if dtype is not None:
+            dtype = numpy.dtype(dtype)
+            if dtype.kind != "f":
+                raise ValueError(f"{type(self).__name__}.to: expected a floating-point dtype "
+                                 f"(float32 or float64), got {dtype.name}")
+
+        def move(a):
+            if device is not None:
+                a = to_device(a, device)
+            if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
+                a = a.astype(dtype)
+            return a
+
+        params = self.parameters()
+        for p in params:
+            p.data = move(p.data)
             if p.grad is not None:
-                p.grad = to_device(p.grad, device)
+                p.grad = move(p.grad)
         for _, owner, k in self.named_buffers():
             v = getattr(owner, k)
             if hasattr(v, "shape"):
-                setattr(owner, k, to_device(v, device))
+                setattr(owner, k, move(v))
+        seen = set()
+        for p in params:
+            for r in p._optimizers:
+                opt = r()
+                if opt is not None and id(opt) not in seen:
+                    seen.add(id(opt))
+                    opt._follow_parameters()
+        for m in self.modules():
+            if isinstance(m.__dict__.get("_cache_call"), int):
+                m._cache_call = _INVALID_CAST
         return self
 
     # -- state ----------------------------------------------------------------------------
@@ -158,34 +383,47 @@ class Layer:
             d[k] = to_numpy(v).copy() if hasattr(v, "shape") else numpy.asarray(v)
         return d
 
-    def load_state_dict(self, d: dict):
-        """Restore from ``state_dict()`` output; every key must be present with its shape.
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Restore from ``state_dict()`` output (PyTorch's convention).
 
-        Raises ``ValueError`` naming each missing key and each shape mismatch.
+        ``strict=True`` (default): the keys must match exactly; missing and unexpected keys
+        and shape mismatches raise one ``ValueError`` naming each of them, before anything
+        is changed; returns ``self``. ``strict=False``: loads the keys that match (a shape
+        mismatch still raises) and returns ``(missing, unexpected)``, two lists of keys.
         """
-        problems = []
+        who = f"{type(self).__name__}.load_state_dict"
+        if not hasattr(state, "keys"):
+            raise TypeError(f"{who}: expected a dict of arrays, got {type(state).__name__}")
         params = dict(self.named_parameters())
         buffers = {k: (owner, attr) for k, owner, attr in self.named_buffers()}
+        known = set(params) | set(buffers)
+        missing = [k for k in list(params) + list(buffers) if k not in state]
+        unexpected = [k for k in state if k not in known]
+        problems = []
+        if strict:
+            if missing:
+                problems.append("missing keys " + ", ".join(repr(k) for k in missing))
+            if unexpected:
+                problems.append("unexpected keys " + ", ".join(repr(k) for k in unexpected))
         for k, p in params.items():
-            if k not in d:
-                problems.append(f"missing key {k!r}")
-            elif tuple(numpy.shape(d[k])) != tuple(p.data.shape):
-                problems.append(f"{k!r}: expected shape {tuple(p.data.shape)}, got {tuple(numpy.shape(d[k]))}")
+            if k in state and tuple(numpy.shape(state[k])) != tuple(p.data.shape):
+                problems.append(f"{k!r}: expected shape {tuple(p.data.shape)}, got {tuple(numpy.shape(state[k]))}")
         for k, (owner, attr) in buffers.items():
             cur = getattr(owner, attr)
-            if k not in d:
-                problems.append(f"missing key {k!r}")
-            elif tuple(numpy.shape(d[k])) != tuple(numpy.shape(cur)):
-                problems.append(f"{k!r}: expected shape {tuple(numpy.shape(cur))}, got {tuple(numpy.shape(d[k]))}")
+            if k in state and tuple(numpy.shape(state[k])) != tuple(numpy.shape(cur)):
+                problems.append(f"{k!r}: expected shape {tuple(numpy.shape(cur))}, got {tuple(numpy.shape(state[k]))}")
         if problems:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+            raise ValueError(f"{who}: " + "; ".join(problems))
         for k, p in params.items():
-            xp = get_array_module(p.data)
-            p.data = to_device(numpy.asarray(d[k], dtype=p.data.dtype), device_of(p.data)) if xp is not numpy \
-                else numpy.array(d[k], dtype=p.data.dtype)
+            if k in state:
+                arr = numpy.array(to_numpy(state[k]), dtype=p.data.dtype)
+                dev = device_of(p.data)
+                p.data = arr if dev == "cpu" else to_device(arr, dev)
         for k, (owner, attr) in buffers.items():
+            if k not in state:
+                continue
             cur = getattr(owner, attr)
-            v = numpy.asarray(d[k])
+            v = numpy.asarray(to_numpy(state[k]))
             if hasattr(cur, "shape"):
                 arr = numpy.array(v, dtype=cur.dtype)
                 setattr(owner, attr, to_device(arr, device_of(cur)) if device_of(cur) != "cpu" else arr)
@@ -195,13 +433,65 @@ class Layer:
                 setattr(owner, attr, int(v))
             else:  # Python float: never let a NumPy float64 scalar promote float32 arithmetic
                 setattr(owner, attr, float(v))
-        return self
+        return self if strict else (missing, unexpected)
 
+    # -- description ----------------------------------------------------------------------
     def extra_repr(self) -> str:
         return ""
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
+        """One line for a leaf layer; a container lists its children one per line, indented
+        (PyTorch's layout)."""
+        kids = list(self.named_children()) if self._container else []
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not kids:
+            return head + ")"
+        lines = [head if not self.extra_repr() else head + ","]
+        for k, c in kids:
+            sub = repr(c).replace("\n", "\n  ")
+            lines.append(f"  ({k}): {sub}")
+        return "\n".join(lines) + "\n)"
+
+    def _summary_rows(self):
+        """``(label, layer)`` pairs that compose in order (a Sequential's layers; a single
+        layer otherwise)."""
+        return [(_short(self), self)]
+
+    def summary(self, input_shape=None, file=None) -> str:
+        """Print (and return) a table: layer, output shape, parameter count, and the total.
+
+        ``input_shape`` (without the batch axis) lets output shapes be computed by running
+        a zero batch of one sample through the layer in eval mode (no state changes).
+        """
+        rows = []
+        x = None
+        if input_shape is not None:
+            p0 = next(iter(self.parameters()), None)
+            dtype = p0.data.dtype if p0 is not None else numpy.float32
+            xp = get_array_module(p0.data) if p0 is not None else numpy
+            x = xp.zeros((1,) + tuple(input_shape), dtype=dtype)
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            for label, l in self._summary_rows():
+                shape = "?"
+                if x is not None:
+                    x = l.forward(x)
+                    shape = "(N, " + ", ".join(str(s) for s in x.shape[1:]) + ")"
+                rows.append((label, shape, l.count_params()))
+        finally:
+            for m, t in modes:
+                m.training = t
+        w0 = max([len(r[0]) for r in rows] + [5])
+        w1 = max([len(r[1]) for r in rows] + [12])
+        lines = [f"{'layer':<{w0}}  {'output shape':<{w1}}  {'params':>10}", "-" * (w0 + w1 + 14)]
+        lines += [f"{a:<{w0}}  {b:<{w1}}  {c:>10,}" for a, b, c in rows]
+        total = self.count_params()
+        trainable_bytes = sum(p.data.nbytes for p in self.parameters())
+        lines += ["-" * (w0 + w1 + 14), f"total parameters: {total:,} ({trainable_bytes / 2**20:.2f} MiB)"]
+        text = "\n".join(lines)
+        print(text, file=file or sys.stdout)
+        return text
 
 
 class Sequential(Layer):
@@ -209,6 +499,8 @@ class Sequential(Layer):
 
     Indexable and iterable; ``state_dict`` keys are ``"<index>.<name>"``.
     """
+
+    _container = True
 
     def __init__(self, *layers):
         super().__init__()
@@ -221,6 +513,10 @@ class Sequential(Layer):
 
     def children(self):
         return list(self.layers)
+
+    def named_children(self):
+        for i, l in enumerate(self.layers):
+            yield str(i), l
 
     def named_parameters(self, prefix: str = ""):
         for i, l in enumerate(self.layers):
@@ -248,44 +544,10 @@ class Sequential(Layer):
 
     def backward(self, dy):
         for l in reversed(self.layers):
+            if dy is None:      # the data needs no gradient: nothing further to propagate
+                break
             dy = l.backward(dy)
         return dy
 
-    def summary(self, input_shape=None, file=None) -> str:
-        """Print (and return) a table: layer, output shape, parameter count.
-
-        ``input_shape`` (without the batch axis) lets output shapes be computed by running
-        a zero batch of one sample through the model in eval mode.
-        """
-        import sys
-        rows = []
-        shape = None
-        x = None
-        if input_shape is not None:
-            p0 = next(iter(self.parameters()), None)
-            dtype = p0.data.dtype if p0 is not None else numpy.float32
-            xp = get_array_module(p0.data) if p0 is not None else numpy
-            x = xp.zeros((1,) + tuple(input_shape), dtype=dtype)
-        was = self.training
-        self.eval()
-        try:
-            for i, l in enumerate(self.layers):
-                if x is not None:
-                    x = l.forward(x)
-                    shape = "(N, " + ", ".join(str(s) for s in x.shape[1:]) + ")"
-                n = sum(int(numpy.prod(p.shape)) for p in l.parameters())
-                rows.append((f"{i}: {l!r}", shape or "?", n))
-        finally:
-            self.train(was)
-        w0 = max(len(r[0]) for r in rows) if rows else 5
-        w1 = max([len(r[1]) for r in rows] + [12])
-        lines = [f"{'layer':<{w0}}  {'output shape':<{w1}}  {'params':>10}", "-" * (w0 + w1 + 14)]
-        lines += [f"{a:<{w0}}  {b:<{w1}}  {c:>10,}" for a, b, c in rows]
-        total = sum(r[2] for r in rows)
-        lines += ["-" * (w0 + w1 + 14), f"total parameters: {total:,}"]
-        text = "\n".join(lines)
-        print(text, file=file or sys.stdout)
-        return text
-
-    def extra_repr(self):
-        return ", ".join(repr(l) for l in self.layers)
+    def _summary_rows(self):
+        return [(f"{i}: {_short(l)}", l) for i, l in enumerate(self.layers)]

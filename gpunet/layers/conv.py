@@ -6,7 +6,8 @@ import numpy
 from .. import init as _init
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
-from .base import Layer, Parameter
+from ..data import is_data
+from .base import Layer, Parameter, check_grad
 from .dense import default_init
 
 
@@ -27,9 +28,10 @@ class Conv2D(Layer):
     Computed by im2col and one GEMM over the whole batch (the output is then a transposed
     view of CNHW memory; per-image GEMMs for small images); see ``gpunet.functional.conv``.
 
-    ``input_grad`` (attribute, default True, as for Dense): when False, ``backward`` skips
-    the input gradient (``W.T @ dy`` and col2im) and returns None — for a first layer whose
-    input is data (PyTorch computes nothing for an input that does not require grad).
+    The data needs no gradient (as for Dense): for a batch yielded by ``gpunet.DataLoader``,
+    or with ``input_grad = False`` (an attribute, default True), ``backward`` skips the input
+    gradient (``W.T @ dy`` and col2im) and returns None, as PyTorch computes nothing for an
+    input that does not require grad.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -49,6 +51,7 @@ class Conv2D(Layer):
         self.bias = Parameter(numpy.zeros(self.out_channels, numpy.float32), "bias", decay=False) if bias else None
         self.input_grad = True
         self._x = self._cols = self._z = self._y = None
+        self._x_is_data = False
 
     def _check(self, x):
         name = "Conv2D"
@@ -77,18 +80,21 @@ class Conv2D(Layer):
         y, z_saved = apply_fused(self.activation, z)
         if self.training:
             self._x, self._cols, self._y, self._z = x, cols, y, z_saved
+            self._x_is_data = is_data(x)
         return y
 
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("Conv2D.backward called before a training-mode forward")
+        check_grad(self, dy, self._y.shape)
         act = self.activation
         if act is not None and act.name == "relu" and FC.whole_batch_rows(self._y) is not None:
             dy = FC.relu_grad(dy, self._y)
         elif act is not None:
             dy = act.grad_fn(dy, self._z, self._y)
         dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
-                                        cols=self._cols, need_dx=self.input_grad,
+                                        cols=self._cols,
+                                        need_dx=self.input_grad and not self._x_is_data,
                                         need_bias=self.bias is not None)
         self.weight.accumulate(dw)
         if self.bias is not None:

@@ -7,8 +7,9 @@ from .. import init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward
 from ..backend import get_array_module
+from ..data import is_data
 from .activations import apply_fused, get as get_activation
-from .base import Layer, Parameter, check_input
+from .base import Layer, Parameter, check_grad, check_input
 
 
 def default_init(activation) -> str:
@@ -27,10 +28,12 @@ class Dense(Layer):
     callable ``(shape, rng) -> array``; None picks He normal for ReLU-family activations and
     Xavier uniform otherwise.
 
-    ``input_grad`` (attribute, default True): when False, ``backward`` skips
-    ``dx = dy @ weight`` and returns None — for a first layer whose input is data, the
-    gradient nobody reads (PyTorch skips it for an input that does not require grad). In
-    ``784-1024-1024-10`` that GEMM is a seventh of a training step's arithmetic.
+    The data needs no gradient: when ``x`` is a batch yielded by ``gpunet.DataLoader``
+    (``gpunet.data.is_data``), ``backward`` skips ``dx = dy @ weight`` and returns None, as
+    PyTorch skips an input that does not require grad; so does ``input_grad = False``
+    (an attribute, default True). In ``784-1024-1024-10`` that GEMM is a seventh of a
+    training step's arithmetic. Any other input (gradcheck's, a previous layer's output)
+    gets its ``dx``.
     """
 
     def __init__(self, in_features, out_features, bias=True, activation=None, init=None):
@@ -46,6 +49,7 @@ class Dense(Layer):
         self.bias = Parameter(numpy.zeros(self.out_features, numpy.float32), "bias", decay=False) if bias else None
         self.input_grad = True
         self._x = self._z = self._y = None
+        self._x_is_data = False
 
     def forward(self, x):
         w = self.weight.data
@@ -57,15 +61,18 @@ class Dense(Layer):
         y, z_saved = apply_fused(self.activation, z)
         if self.training:
             self._x, self._y, self._z = x, y, z_saved
+            self._x_is_data = is_data(x)
         return y
 
     def backward(self, dy):
         x, y = self._x, self._y
         if x is None:
             raise RuntimeError("Dense.backward called before a training-mode forward")
+        check_grad(self, dy, y.shape)
         act = self.activation
         g = dy if act is None else act.grad_fn(dy, self._z, y)   # dL/dz, z = x W^T + b
-        dx, dw, db = linear_backward(g, x, self.weight.data, need_dx=self.input_grad,
+        need_dx = self.input_grad and not self._x_is_data
+        dx, dw, db = linear_backward(g, x, self.weight.data, need_dx=need_dx,
                                      need_bias=self.bias is not None)
         self.weight.accumulate(dw)
         if db is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..functional import pooling as FP
 from ..functional.conv import output_size
-from .base import Layer
+from .base import Layer, check_grad
 
 
 def _check4d(layer, x):
@@ -52,12 +52,13 @@ class MaxPool2D(_Pool2D):
         self._check(x)
         y, arg = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         if self.training:
-            self._shape, self._arg = x.shape, arg
+            self._shape, self._arg, self._out_shape = x.shape, arg, y.shape
         return y
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("MaxPool2D.backward called before a training-mode forward")
+        check_grad(self, dy, self._out_shape)
         return FP.max_pool2d_backward(dy, self._arg, self._shape, self.kernel_size, self.stride, self.padding)
 
 
@@ -67,13 +68,15 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x):
         self._check(x)
+        y = FP.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
         if self.training:
-            self._shape = x.shape
-        return FP.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+            self._shape, self._out_shape = x.shape, y.shape
+        return y
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("AvgPool2D.backward called before a training-mode forward")
+        check_grad(self, dy, self._out_shape)
         return FP.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding)
 
 
@@ -93,4 +96,5 @@ class GlobalAvgPool2D(Layer):
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("GlobalAvgPool2D.backward called before a training-mode forward")
+        check_grad(self, dy, self._shape[:2])
         return FP.global_avg_pool2d_backward(dy, self._shape)

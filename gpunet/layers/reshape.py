@@ -1,7 +1,9 @@
 """Flatten: ``(N, ...) -> (N, -1)``."""
 from __future__ import annotations
 
-from .base import Layer, check_input
+import numpy
+
+from .base import Layer, check_grad, check_input
 
 
 class Flatten(Layer):
@@ -22,4 +24,6 @@ class Flatten(Layer):
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before a training-mode forward")
+        n = self._shape[0]
+        check_grad(self, dy, (n, int(numpy.prod(self._shape[1:], dtype=numpy.int64))))
         return dy.reshape(self._shape)

@@ -1,7 +1,7 @@
 """Residual: a skip connection around a block."""
 from __future__ import annotations
 
-from .base import Layer
+from .base import Layer, check_grad
 
 
 class Residual(Layer):
@@ -25,10 +25,16 @@ class Residual(Layer):
         if y.shape != x.shape:
             raise ValueError(f"Residual: the block must keep the input shape; expected output shape "
                              f"{tuple(x.shape)}, got {tuple(y.shape)}")
+        if self.training:
+            self._shape = x.shape
         return x + y          # not in place: the block may have cached y for its backward
 
     def backward(self, dy):
-        return dy + self.block.backward(dy)
+        shape = self.__dict__.get("_shape")
+        if shape is None:
+            raise RuntimeError("Residual.backward called before a training-mode forward")
+        check_grad(self, dy, shape)
+        g = self.block.backward(dy)
+        return None if g is None else dy + g     # None: the input was data (no gradient)
 
-    def extra_repr(self):
-        return repr(self.block)
+    _container = True

@@ -1,0 +1,331 @@
+"""The Layer contract of issue 10: a backward uses exactly what the matching forward
+cached (or raises), wrong-shaped gradients are named, strict state loading, casting a
+model with ``to(dtype=...)``, ``summary``/``repr``/``count_params`` on every layer, and no
+gradient computed for data a DataLoader yields."""
+import io
+import re
+import sys
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import optim
+
+
+def _mlp(seed=0, dropout=False):
+    gpunet.manual_seed(seed)
+    layers = [gpunet.Dense(4, 8, activation="relu"), gpunet.BatchNorm(8)]
+    if dropout:
+        layers.append(gpunet.Dropout(0.3, seed=5))
+    layers.append(gpunet.Dense(8, 3))
+    return gpunet.Sequential(*layers)
+
+
+def _data(n=6, seed=0):
+    rng = numpy.random.default_rng(seed)
+    return rng.standard_normal((n, 4)).astype(numpy.float32), rng.integers(0, 3, n)
+
+
+def _grads(model):
+    return {k: gpunet.to_numpy(p.grad).copy() for k, p in model.named_parameters()}
+
+
+# -- stale caches ----------------------------------------------------------------------
+
+def test_eval_forward_between_loss_and_backward_is_fine(xp, device):
+    """The loss was computed on the training output: an eval forward in between (e.g. a
+    validation batch) changes no cache, and the gradient equals the plain one."""
+    x, y = _data()
+    x, y = xp.asarray(x), xp.asarray(y)
+    ref, m = _mlp().to(device), _mlp().to(device)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(ref(x), y)
+    ref.backward(loss_fn.backward())
+    loss_fn(m(x), y)
+    g = loss_fn.backward()
+    m.eval()
+    m(xp.asarray(_data(seed=1)[0]))
+    m.train()
+    m.backward(g)
+    for k, v in _grads(ref).items():
+        numpy.testing.assert_array_equal(_grads(m)[k], v)
+
+
+def test_loss_on_eval_output_then_backward_raises():
+    x, y = _data()
+    m = _mlp(dropout=True)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)                      # a training step's loss ...
+    m.eval()
+    loss_fn(m(x), y)                      # ... then the same loss object on an eval output
+    m.train()
+    with pytest.raises(RuntimeError, match=r"forward call 2 .*eval-mode forward.*training-mode forward call 1"):
+        m.backward(loss_fn.backward())
+    assert all(p.grad is None for p in m.parameters())   # nothing was accumulated
+
+
+def test_gradient_of_an_earlier_forward_raises():
+    x, y = _data()
+    m = _mlp()
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)
+    g = loss_fn.backward()
+    m(xp_x := _data(seed=2)[0])            # another training forward replaces the caches
+    assert xp_x.shape == x.shape
+    with pytest.raises(RuntimeError, match=r"forward call 1 .*call 2 has since replaced"):
+        m.backward(g)
+
+
+def test_second_loss_call_on_the_same_output_is_fine():
+    x, y = _data()
+    m = _mlp()
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    out = m(x)
+    a = float(loss_fn(out, y))
+    b = float(loss_fn(out, y))
+    assert a == b
+    m.backward(loss_fn.backward())
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_single_layer_model_is_checked_too():
+    x, y = _data()
+    m = gpunet.Dense(4, 3)
+    loss_fn = gpunet.MSELoss()
+    t = numpy.zeros((6, 3), numpy.float32)
+    loss_fn(m(x), t)
+    g = loss_fn.backward()
+    m(x)
+    with pytest.raises(RuntimeError, match="Dense.backward"):
+        m.backward(g)
+
+
+def test_failed_forward_invalidates_caches():
+    x, y = _data()
+    m = _mlp()
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)
+    g = loss_fn.backward()
+    with pytest.raises(ValueError):
+        m(x[:1])                          # BatchNorm refuses one row: fails half-way
+    with pytest.raises(RuntimeError, match="raised before it finished"):
+        m.backward(g)
+    loss_fn(m(x), y)                      # a fresh forward makes it usable again
+    m.backward(loss_fn.backward())
+
+
+def test_to_invalidates_caches():
+    x, y = _data()
+    m = _mlp()
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)
+    m.to(dtype=numpy.float64)
+    with pytest.raises(RuntimeError, match=r"to\(\)"):
+        m.backward(loss_fn.backward())
+
+
+# -- wrong-shaped dy -------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer,shape", [
+    (lambda: gpunet.Dense(4, 3), (5, 4)),
+    (lambda: gpunet.Dense(4, 3, activation="tanh"), (5, 4)),
+    (lambda: gpunet.ReLU(), (5, 4)),
+    (lambda: gpunet.Softmax(), (5, 4)),
+    (lambda: gpunet.Flatten(), (5, 2, 2)),
+    (lambda: gpunet.Conv2D(2, 3, 3), (2, 2, 5, 5)),
+    (lambda: gpunet.MaxPool2D(2), (2, 2, 4, 4)),
+    (lambda: gpunet.AvgPool2D(2), (2, 2, 4, 4)),
+    (lambda: gpunet.GlobalAvgPool2D(), (2, 2, 4, 4)),
+    (lambda: gpunet.Residual(gpunet.Dense(4, 4)), (5, 4)),
+    (lambda: gpunet.Sequential(gpunet.Dense(4, 3), gpunet.ReLU()), (5, 4)),
+    (lambda: gpunet.BatchNorm(4), (5, 4)),
+    (lambda: gpunet.Dropout(0.5, seed=1), (5, 4)),
+    (lambda: gpunet.Maxout(2), (5, 4)),
+])
+def test_backward_with_wrong_shaped_dy_names_the_layer(layer, shape):
+    l = layer()
+    x = numpy.random.default_rng(0).standard_normal(shape).astype(numpy.float32)
+    y = l(x)
+    bad = numpy.ones((y.shape[0] + 1,) + tuple(y.shape[1:]), numpy.float32)
+    name = type(l[-1] if isinstance(l, gpunet.Sequential) else l).__name__
+    with pytest.raises(ValueError, match=re.escape(f"{name}.backward: expected dy of shape {tuple(y.shape)}")):
+        l.backward(bad)
+
+
+# -- strict loading --------------------------------------------------------------------
+
+def test_load_state_dict_strict_names_unexpected_and_missing_keys():
+    two = gpunet.Sequential(gpunet.Dense(4, 4), gpunet.Dense(4, 4))
+    one = gpunet.Sequential(gpunet.Dense(4, 4))
+    before = one[0].weight.data.copy()
+    with pytest.raises(ValueError, match=r"unexpected keys '1\.weight', '1\.bias'"):
+        one.load_state_dict(two.state_dict())
+    numpy.testing.assert_array_equal(one[0].weight.data, before)   # nothing loaded
+    with pytest.raises(ValueError, match=r"missing keys '1\.weight', '1\.bias'"):
+        two.load_state_dict(one.state_dict())
+
+
+def test_load_state_dict_non_strict_loads_matching_and_returns_lists():
+    two = gpunet.Sequential(gpunet.Dense(4, 4), gpunet.BatchNorm(4))
+    one = gpunet.Sequential(gpunet.Dense(4, 4), gpunet.ReLU(), gpunet.Dense(4, 2))
+    missing, unexpected = one.load_state_dict(two.state_dict(), strict=False)
+    assert missing == ["2.weight", "2.bias"]
+    assert unexpected == ["1.gamma", "1.beta", "1.running_mean", "1.running_var"]
+    numpy.testing.assert_array_equal(one[0].weight.data, two[0].weight.data)
+    bad = two.state_dict()
+    bad["0.weight"] = numpy.zeros((3, 3), numpy.float32)
+    with pytest.raises(ValueError, match=r"'0\.weight': expected shape \(4, 4\), got \(3, 3\)"):
+        one.load_state_dict(bad, strict=False)
+
+
+def test_checkpoint_of_a_bigger_model_does_not_load_silently(tmp_path):
+    path = tmp_path / "two.npz"
+    gpunet.save(path, gpunet.Sequential(gpunet.Dense(4, 4), gpunet.Dense(4, 4)))
+    with pytest.raises(ValueError, match="unexpected keys"):
+        gpunet.load(path, gpunet.Sequential(gpunet.Dense(4, 4)))
+
+
+# -- casting a model -------------------------------------------------------------------
+
+def test_to_dtype_casts_parameters_gradients_buffers_and_optimizer_state(xp, device):
+    x, y = _data()
+    x, y = xp.asarray(x), xp.asarray(y)
+    m = _mlp(dropout=True).to(device)
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)
+    m.backward(loss_fn.backward())
+    opt.step()
+    assert m.to(dtype="float64") is m
+    assert m.dtype == numpy.float64
+    for p in m.parameters():
+        assert p.data.dtype == numpy.float64 and p.grad.dtype == numpy.float64
+        assert gpunet.get_array_module(p.data) is xp
+    assert m[1].running_mean.dtype == numpy.float64 and m[1].running_var.dtype == numpy.float64
+    assert isinstance(m[2].counter, int)          # integer buffers stay as they are
+    for st in opt.state:
+        for v in st.values():
+            assert v.dtype == numpy.float64
+    with pytest.raises(ValueError, match="float32"):
+        m(x)                                      # float32 data into a float64 model: named
+    x64 = x.astype(numpy.float64)
+    m.zero_grad()
+    loss_fn(m(x64), y)
+    m.backward(loss_fn.backward())
+    opt.step()                                    # the optimizer goes on without complaint
+    assert all(p.data.dtype == numpy.float64 for p in m.parameters())
+
+
+def test_to_dtype_matches_a_model_built_in_float64():
+    x, y = _data()
+    a = _mlp().to(dtype=numpy.float64)
+    b = _mlp()
+    for p in b.parameters():
+        p.data = p.data.astype(numpy.float64)
+    for name in ("running_mean", "running_var"):
+        setattr(b[1], name, getattr(b[1], name).astype(numpy.float64))
+    numpy.testing.assert_array_equal(a(x.astype(numpy.float64)), b(x.astype(numpy.float64)))
+
+
+def test_to_rejects_a_non_float_dtype():
+    with pytest.raises(ValueError, match="Dense.to: expected a floating-point dtype"):
+        gpunet.Dense(2, 2).to(dtype=numpy.int32)
+
+
+def test_dtype_error_message_points_to_model_to():
+    with pytest.raises(ValueError, match=r"model\.to\(dtype=\.\.\.\)"):
+        gpunet.Dense(4, 2)(numpy.zeros((1, 4)))
+
+
+# -- summary, repr, parameter count ----------------------------------------------------
+
+@pytest.mark.parametrize("layer,in_shape,count", [
+    (lambda: gpunet.Dense(4, 3), (4,), 15),
+    (lambda: gpunet.Conv2D(1, 2, 3), (1, 5, 5), 20),
+    (lambda: gpunet.BatchNorm(4), (4,), 8),
+    (lambda: gpunet.ReLU(), (4,), 0),
+    (lambda: gpunet.Residual(gpunet.Dense(4, 4)), (4,), 20),
+])
+def test_every_layer_has_summary_and_count(layer, in_shape, count):
+    l = layer()
+    assert l.count_params() == count
+    buf = io.StringIO()
+    text = l.summary(input_shape=in_shape, file=buf)
+    assert buf.getvalue().strip() == text.strip()
+    assert type(l).__name__ in text and f"total parameters: {count:,}" in text
+    assert "(N, " in text
+
+
+def test_repr_is_multiline_for_containers():
+    m = gpunet.Sequential(gpunet.Dense(4, 8, activation="relu"),
+                          gpunet.Residual(gpunet.Sequential(gpunet.Dense(8, 8), gpunet.ReLU())),
+                          gpunet.Dense(8, 2))
+    assert repr(m) == (
+        "Sequential(\n"
+        "  (0): Dense(4, 8, activation='relu')\n"
+        "  (1): Residual(\n"
+        "    (block): Sequential(\n"
+        "      (0): Dense(8, 8)\n"
+        "      (1): ReLU()\n"
+        "    )\n"
+        "  )\n"
+        "  (2): Dense(8, 2)\n"
+        ")")
+    assert m.count_params() == 40 + 72 + 18
+    assert "\n" not in repr(gpunet.Dense(4, 8))
+
+
+# -- no gradient for the data ----------------------------------------------------------
+
+@pytest.mark.parametrize("first", ["dense", "conv", "nested", "residual"])
+def test_dataloader_batches_get_no_input_gradient(first):
+    gpunet.manual_seed(0)
+    rng = numpy.random.default_rng(0)
+    if first == "conv":
+        X = rng.standard_normal((8, 1, 4, 4)).astype(numpy.float32)
+        m = gpunet.Sequential(gpunet.Conv2D(1, 2, 3, padding=1, activation="relu"), gpunet.Flatten(),
+                              gpunet.Dense(32, 3))
+    else:
+        X = rng.standard_normal((8, 4)).astype(numpy.float32)
+        head = {"dense": gpunet.Dense(4, 4, activation="tanh"),
+                "nested": gpunet.Sequential(gpunet.Dense(4, 4), gpunet.Tanh()),
+                "residual": gpunet.Residual(gpunet.Dense(4, 4))}[first]
+        m = gpunet.Sequential(head, gpunet.Dense(4, 3))
+    y = rng.integers(0, 3, 8)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    (xb, yb), = list(gpunet.DataLoader(X, y, batch_size=8))
+    assert gpunet.data.is_data(xb)
+    loss_fn(m(xb), yb)
+    assert m.backward(loss_fn.backward()) is None          # skipped: nobody asked for it
+    from_batch = _grads(m)
+    m.zero_grad()
+    xc = xb.copy()                                          # an ordinary array: dx computed
+    assert not gpunet.data.is_data(xc)
+    loss_fn(m(xc), yb)
+    dx = m.backward(loss_fn.backward())
+    assert dx is not None and dx.shape == X.shape and numpy.abs(dx).sum() > 0
+    for k, v in _grads(m).items():                          # the parameter gradients agree
+        numpy.testing.assert_array_equal(from_batch[k], v)
+
+
+def test_dense_input_gradient_is_not_computed_for_data(monkeypatch):
+    """Count the GEMMs: the data's gradient costs nothing."""
+    import gpunet.functional.linear  # noqa: F401  (the module; the package re-exports a function of that name)
+    FL = sys.modules["gpunet.functional.linear"]
+    calls = []
+    orig = FL.linear_backward
+
+    def spy(*a, **k):
+        calls.append(k.get("need_dx", True))
+        return orig(*a, **k)
+
+    import gpunet.layers.dense as D
+    monkeypatch.setattr(D, "linear_backward", spy)
+    X = numpy.ones((4, 3), numpy.float32)
+    m = gpunet.Sequential(gpunet.Dense(3, 3), gpunet.Dense(3, 2))
+    for xb in gpunet.DataLoader(X, batch_size=4):
+        m(xb)
+        m.backward(numpy.ones((4, 2), numpy.float32))
+    assert calls == [True, False]
+    assert gpunet.gradcheck(m, numpy.random.default_rng(0).standard_normal((3, 3)))
