@@ -2,12 +2,62 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import time
 
 from gpunet.backend import cpu_model
+
+
+class UserError(Exception):
+    """A mistake in how gpunet was invoked (a bad option, a missing file, no GPU): reported
+    as one line on stderr with exit status 2, never as a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (``gpunet train: error: ...``) instead of the
+    usage block followed by the error."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    return parse
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return v
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "sim")
+
+
+def _device_arg(text):
+    d = text.strip().lower()
+    if d in ("auto", "cpu", "cuda", "sim") or (d.startswith("cuda:") and d[5:].isdigit()):
+        return d
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(DEVICES)})")
 
 
 def _add_train(sub):
@@ -17,44 +67,106 @@ def _add_train(sub):
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    p.add_argument("--epochs", type=int, default=None, help="default: 30 (mlp), 20 (cnn)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (adam), 0.05 (sgd)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None, help="default: 30 (mlp), 20 (cnn)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    p.add_argument("--lr", type=_positive_float, default=None, help="default: 1e-3 (adam), 0.05 (sgd)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}",
+                   help="default: auto (GPUNET_DEVICE, else CUDA when CuPy sees a GPU, else cpu)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
+                   help="BLAS threads on the CPU (default: 1 for models whose GEMMs are small, "
+                        "else every available CPU)")
     p.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) here")
-    p.add_argument("--plot", metavar="PATH", default=None, help="write loss/accuracy curves (PNG)")
+    p.add_argument("--plot", metavar="PATH", default=None,
+                   help=f"write loss/accuracy curves (PNG; needs matplotlib: {PLOT_HINT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
 
-def _positive(name, v):
-    if v is not None and v <= 0:
-        raise SystemExit(f"gpunet train: --{name} must be positive, got {v}")
+PLOT_HINT = 'pip install "gpunet[plot]"'
+
+
+def _check_writable(flag, path):
+    """Fail before training, not after it, when ``path`` cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise UserError(f"gpunet train: error: {flag} {path}: is a directory")
+    if not os.path.isdir(parent):
+        raise UserError(f"gpunet train: error: {flag} {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UserError(f"gpunet train: error: {flag} {path}: permission denied")
+
+
+def _check_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"gpunet train: error: --plot needs matplotlib, which is not installed "
+                        f"({_one_line(e)}): {PLOT_HINT}") from None
+
+
+def largest_gemm_macs(model, sample_shape, batch_size) -> int:
+    """Multiply-adds (M·N·K) of the largest GEMM in one training step of ``model`` on batches
+    of ``batch_size`` samples of ``sample_shape``: a Dense layer's ``batch·in·out``, a
+    convolution's ``batch·H_out·W_out·C_out·C_in·kh·kw`` (its whole-batch GEMM). Found by
+    one eval-mode forward of a single zero sample on the host."""
+    import numpy
+    x = numpy.zeros((1, *sample_shape), numpy.float32)
+    largest = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for layer in model:
+            x = layer(x)
+            w = getattr(layer, "weight", None)
+            if w is not None and getattr(w.data, "ndim", 0) in (2, 4):
+                positions = int(numpy.prod(x.shape[2:])) if w.data.ndim == 4 else 1
+                largest = max(largest, int(w.data.size) * positions)
+    finally:
+        model.train(was_training)
+    return largest * int(batch_size)
 
 
 def cmd_train(args):
-    import numpy
     import gpunet
-    from gpunet import datasets, models, optim
+    from gpunet import datasets, models, optim, threads
     from gpunet.backend import resolve_device
 
-    for name in ("epochs", "batch_size", "lr"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    device = resolve_device(args.device)
+    # Everything a user can get wrong is checked before the first epoch.
+    if args.data_dir is not None and args.dataset != "mnist":
+        raise UserError("gpunet train: error: --data-dir is for --dataset mnist "
+                        "(the digits are embedded in gpunet)")
+    if args.dataset == "mnist" and not args.data_dir:
+        raise UserError("gpunet train: error: --dataset mnist needs --data-dir (the folder with "
+                        "train-images-idx3-ubyte[.gz] and friends)")
+    if args.dataset == "mnist" and not os.path.isdir(args.data_dir):
+        raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: no such directory")
+    if args.plot:
+        _check_matplotlib()
+        _check_writable("--plot", args.plot)
+    if args.save:
+        _check_writable("--save", args.save)
+    try:
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as e:     # an unknown device, or why there is no CUDA
+        where = "" if args.device == "auto" else f"--device {args.device}: "   # auto: GPUNET_DEVICE's fault
+        raise UserError(f"gpunet train: error: {where}{_one_line(e)}") from None
     gpunet.manual_seed(args.seed)
 
     if args.dataset == "digits":
         (Xtr, ytr), (Xte, yte) = datasets.load_digits()
         side = 8
     else:
-        if not args.data_dir:
-            raise SystemExit("gpunet train: --dataset mnist needs --data-dir (the folder with "
-                             "train-images-idx3-ubyte[.gz] and friends)")
-        Xtr, ytr = datasets.load_mnist(args.data_dir, "train")
-        Xte, yte = datasets.load_mnist(args.data_dir, "test")
-        side = 28
+        try:
+            Xtr, ytr = datasets.load_mnist(args.data_dir, "train")
+            Xte, yte = datasets.load_mnist(args.data_dir, "test")
+        except (OSError, ValueError, EOFError) as e:   # missing, unreadable or corrupt IDX files
+            raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: {_one_line(e)}") from None
+        side = int(round(Xtr.shape[1] ** 0.5))
+        if side * side != Xtr.shape[1]:
+            raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: images of "
+                            f"{Xtr.shape[1]} pixels are not square")
 
     if args.model == "mlp":
         n_in = Xtr.shape[1]
@@ -65,6 +177,21 @@ def cmd_train(args):
         Xte = Xte.reshape(-1, 1, side, side)
         model = models.cnn_digits(image_size=side)
         epochs = args.epochs or 20
+
+    blas = ""
+    if device == "cpu":
+        n = args.threads or threads.default_threads(largest_gemm_macs(model, Xtr.shape[1:], args.batch_size))
+        try:
+            threads.set_num_threads(n)
+        except RuntimeError as e:
+            if args.threads:      # asked for explicitly: say it could not be done
+                raise UserError(f"gpunet train: error: --threads {args.threads}: {_one_line(e)}") from None
+        libs = threads.blas_libraries()
+        if libs:
+            k = libs[0].get_num_threads()
+            how = "--threads" if args.threads else "auto"
+            blas = f" | {k} BLAS thread{'s' * (k != 1)} ({how}, {str(libs[0]).split(' (')[0]})"
+
     model.to(device)
     lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.05)
     if args.optimizer == "adam":
@@ -82,26 +209,38 @@ def cmd_train(args):
             train_seconds += tr.last_epoch_seconds
             samples += tr.last_epoch_samples
 
-    history = trainer.fit((Xtr, ytr), epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-                          callbacks=[_Clock()], progress=not args.quiet,
-                          val=(Xte, yte) if args.plot else None)
+    try:
+        history = trainer.fit((Xtr, ytr), epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                              callbacks=[_Clock()], progress=not args.quiet,
+                              val=(Xte, yte) if args.plot else None)
+    except FloatingPointError as e:     # the loss blew up: a learning rate too large, most often
+        raise UserError(f"gpunet train: error: {_one_line(e)} (try a smaller --lr than {lr:g})") from None
     wall = time.perf_counter() - t0
     result = trainer.evaluate((Xte, yte))
     if args.save:
-        gpunet.save(args.save, model, opt, epoch=epochs, dataset=args.dataset, model=args.model,
-                    test_accuracy=result["accuracy"])
+        try:
+            gpunet.save(args.save, model, opt, epoch=epochs, dataset=args.dataset, model=args.model,
+                        test_accuracy=result["accuracy"])
+        except OSError as e:
+            raise UserError(f"gpunet train: error: --save {args.save}: {_one_line(e)}") from None
         print(f"saved checkpoint to {args.save}")
     if args.plot:
-        history.plot(args.plot)
+        try:
+            history.plot(args.plot)
+        except OSError as e:
+            raise UserError(f"gpunet train: error: --plot {args.plot}: {_one_line(e)}") from None
         print(f"saved training curves to {args.plot}")
     print(f"test accuracy {result['accuracy']:.4f} | test loss {result['loss']:.4f} | "
-          f"{samples / max(train_seconds, 1e-9):,.0f} samples/s | {wall:.1f} s | device {_device_name(device)}")
+          f"{samples / max(train_seconds, 1e-9):,.0f} samples/s | {wall:.1f} s | "
+          f"device {_device_name(device)}{blas}")
     return 0
 
 
 def _device_name(device):
     if device == "cpu":
         return f"cpu ({cpu_model()})"
+    if not device.startswith("cuda"):
+        return device
     from gpunet.backend import cupy_module
     cp = cupy_module()
     idx = int(device.split(":")[1]) if ":" in device else 0
@@ -129,6 +268,8 @@ def cmd_info(args):
     else:
         print(f"cupy     {cp.__version__}")
     print(f"cpu      {cpu_model()} ({os.cpu_count()} logical cores)")
+    from gpunet import threads
+    print(f"blas     {threads.describe()}")
     if backend.cuda_available():
         n = cp.cuda.runtime.getDeviceCount()
         for i in range(n):
@@ -175,12 +316,23 @@ def _add_plot(sub):
     p.set_defaults(func=None)
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _version():
+    from gpunet import __version__
+    return __version__
+
+
+def _run(argv):
     if argv[:1] == ["plot"]:
+        if not {"-h", "--help"} & set(argv):
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError as e:
+                raise UserError(f"gpunet plot: error: matplotlib is not installed ({_one_line(e)}): "
+                                f"{PLOT_HINT}") from None
         from gpunet.plot import plot_main
         return plot_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="gpunet", description="gpunet: one layer API on NumPy and CuPy")
+    parser = _Parser(prog="gpunet", description="gpunet: one layer API on NumPy and CuPy")
+    parser.add_argument("--version", action="version", version=f"gpunet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{train,bench,info,plot}")
     _add_train(sub)
     _add_bench(sub)
@@ -188,9 +340,32 @@ def main(argv=None):
     _add_plot(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        raise UserError("gpunet: error: a command is required: train, bench, info or plot "
+                        "(see 'gpunet --help')")
     return args.func(args) or 0
+
+
+def main(argv=None):
+    """Run the ``gpunet`` command; returns its exit status.
+
+    A user error (a bad option or number, an unusable device, a missing or unreadable
+    file, a plot without matplotlib) is one line on stderr, ``gpunet <command>: error:
+    ...``, and status 2; a bug still shows its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except UserError as e:
+        print(_one_line(e), file=sys.stderr)
+        return 2
+    except SystemExit as e:
+        if isinstance(e.code, str):     # raise SystemExit("gpunet bench: ...") inside a command
+            print(_one_line(e.code), file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("gpunet: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
