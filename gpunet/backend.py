@@ -4,7 +4,9 @@ Everything else in gpunet writes ``xp = get_array_module(x)`` and calls ``xp.<op
 CuPy is imported lazily, on the first question that needs it, and the import error is
 kept so that asking for CUDA can say *why* it is unavailable.
 
-Devices are strings: ``"cpu"``, ``"cuda"`` and ``"cuda:N"``.
+Devices are strings: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` and ``"sim"``, the simulated CUDA
+device (``gpunet.sim``): its arrays belong to ``gpunet.sim.array``, a CuPy-compatible module
+backed by NumPy, so code written against ``xp`` takes the CUDA branch on it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import os
 import platform
 
 import numpy
+
+from .sim import array as _sim_array
+from .sim.array import ndarray as _SimArray
 
 _cupy = None            # the module, once imported
 _cupy_error = None      # why importing it failed
@@ -52,18 +57,25 @@ def _is_cupy_array(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "device")
 
 
+def _is_sim_array(x) -> bool:
+    return isinstance(x, _SimArray)
+
+
 def device_of(x) -> str:
-    """The device string of an array: ``"cpu"`` or ``"cuda:N"``."""
+    """The device string of an array: ``"cpu"``, ``"cuda:N"`` or ``"sim"``."""
     if _is_cupy_array(x):
         return f"cuda:{x.device.id}"
+    if _is_sim_array(x):
+        return "sim"
     return "cpu"
 
 
 def get_array_module(*arrays):
-    """Return ``numpy`` or ``cupy``, whichever module the array arguments belong to.
+    """Return ``numpy``, ``cupy`` or the sim's ``gpunet.sim.array``, whichever module the
+    array arguments belong to.
 
-    Non-array arguments (Python scalars, None) are ignored. Mixing NumPy and CuPy arrays
-    raises ``TypeError`` naming both devices: gpunet never transfers data silently.
+    Non-array arguments (Python scalars, None) are ignored. Mixing arrays of different
+    devices raises ``TypeError`` naming both: gpunet never transfers data silently.
     """
     xp = None
     first = None
@@ -72,6 +84,8 @@ def get_array_module(*arrays):
             mod = numpy
         elif _is_cupy_array(a):
             mod = _cupy if _cupy is not None else _import_cupy()
+        elif _is_sim_array(a):
+            mod = _sim_array
         else:
             continue
         if xp is None:
@@ -87,15 +101,18 @@ def _parse(device) -> tuple[str, int]:
     if device is None:
         device = default_device()
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string like 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+        raise TypeError("device must be a string like 'cpu', 'cuda', 'cuda:0' or 'sim', "
+                        f"got {device!r}")
     d = device.strip().lower()
     if d == "cpu":
         return "cpu", 0
+    if d == "sim":
+        return "sim", 0
     if d == "cuda":
         return "cuda", 0
     if d.startswith("cuda:") and d[5:].isdigit():
         return "cuda", int(d[5:])
-    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'sim'")
 
 
 def require_cuda(index: int = 0):
@@ -122,22 +139,34 @@ def require_cuda(index: int = 0):
     return cp
 
 
-def default_device() -> str:
-    """The device from ``GPUNET_DEVICE`` (``auto`` | ``cpu`` | ``cuda``; default ``auto``).
+def require_sim():
+    """Return the sim array module, or raise a one-line ``RuntimeError`` saying why the
+    sim device is unavailable (no host C++ compiler)."""
+    from . import sim
+    return sim.require()
 
-    ``auto`` means CUDA when CuPy is importable and sees a device, else the CPU.
-    ``cuda`` where there is none raises ``RuntimeError`` with the reason.
+
+def default_device() -> str:
+    """The device from ``GPUNET_DEVICE`` (``auto`` | ``cpu`` | ``cuda`` | ``sim``; default
+    ``auto``).
+
+    ``auto`` means CUDA when CuPy is importable and sees a device, else the CPU (never the
+    sim unless asked). ``cuda`` where there is none, or ``sim`` without a C++ compiler,
+    raises ``RuntimeError`` with the reason.
     """
     choice = os.environ.get("GPUNET_DEVICE", "auto").strip().lower() or "auto"
     if choice == "auto":
         return "cuda" if cuda_available() else "cpu"
     if choice == "cpu":
         return "cpu"
+    if choice == "sim":
+        require_sim()
+        return "sim"
     if choice.startswith("cuda"):
         kind, index = _parse(choice)
         require_cuda(index)
         return choice
-    raise ValueError(f"GPUNET_DEVICE={choice!r}: expected 'auto', 'cpu' or 'cuda'")
+    raise ValueError(f"GPUNET_DEVICE={choice!r}: expected 'auto', 'cpu', 'cuda' or 'sim'")
 
 
 def resolve_device(device=None) -> str:
@@ -147,6 +176,9 @@ def resolve_device(device=None) -> str:
     kind, index = _parse(device)
     if kind == "cpu":
         return "cpu"
+    if kind == "sim":
+        require_sim()
+        return "sim"
     require_cuda(index)
     return f"cuda:{index}"
 
@@ -156,22 +188,32 @@ def to_device(x, device):
     kind, index = _parse(resolve_device(device))
     if kind == "cpu":
         return to_numpy(x)
+    if kind == "sim":
+        if _is_sim_array(x):
+            return x
+        return _sim_array.asarray(to_numpy(x))
     cp = require_cuda(index)
     if _is_cupy_array(x) and x.device.id == index:
         return x
+    if _is_sim_array(x):
+        x = x.get()
     with cp.cuda.Device(index):
         return cp.asarray(x)
 
 
 def to_numpy(x):
     """Return ``x`` as a NumPy array (copying from the GPU when needed)."""
-    if _is_cupy_array(x):
+    if _is_cupy_array(x) or _is_sim_array(x):
         return x.get()
     return numpy.asarray(x)
 
 
 def synchronize(x=None):
-    """Wait for queued GPU work (a no-op on the CPU); used by timing code."""
+    """Wait for queued GPU work (a no-op on the CPU; a counted sync on the sim); used by
+    timing code."""
+    if _is_sim_array(x):
+        _sim_array.cuda.get_current_stream().synchronize()
+        return
     if _cupy is not None and (x is None or _is_cupy_array(x)):
         try:
             _cupy.cuda.get_current_stream().synchronize()

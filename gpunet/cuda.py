@@ -6,7 +6,9 @@ NVRTC::
 
     cupy.RawModule(code=<file>, options=compile_options(), name_expressions=KERNELS[file])
 
-memoized per (file, device). ``compile_options()`` carries ``-I<kernels dir>`` so that
+memoized per (file, device): a CUDA device id, or ``"sim"``, the simulated device, whose
+``RawModule`` (``gpunet.sim.runtime``) compiles the same sources for the CPU and runs
+them with CUDA semantics. ``compile_options()`` carries ``-I<kernels dir>`` so that
 ``#include "common.cuh"`` resolves, and ``-DGPUNET_KERNELS_HASH=<sha256 of every file in
 kernels/>``: CuPy's on-disk cache key covers the source and the options but not the
 included headers, so the hash makes an edit of ``common.cuh`` recompile every module.
@@ -17,7 +19,7 @@ which ``tools/check_kernels.py`` compiles on machines without a GPU.
 ``KERNELS`` (file -> name expressions) and ``compile_options`` are the single source
 that both this loader and the compile check use.
 
-Launchers (inputs are CuPy arrays on one device; outputs are new CuPy arrays of the
+Launchers (inputs are CuPy arrays on one device, or sim arrays; outputs are new CuPy arrays of the
 input's dtype, float32 or float64; each mirrors a NumPy reference in gpunet.functional):
 
 * ``softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None) -> (loss, dlogits)``
@@ -27,7 +29,8 @@ input's dtype, float32 or float64; each mirrors a NumPy reference in gpunet.func
 * ``dropout_backward(dy, k1, k2, threshold, scale) -> dx``
 
 CuPy is imported lazily, through ``gpunet.backend.require_cuda``; importing this module
-never needs a GPU.
+never needs a GPU. The launchers are written once, against the array module of their
+input (``cupy``, or ``gpunet.sim.array`` on the sim), and run unchanged on both.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import numpy
 
-from .backend import require_cuda
+from .backend import device_of, require_cuda, require_sim
 
 _TYPES = ("float", "double")
 _CTYPE = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
@@ -117,21 +120,32 @@ def kernel_source(file: str, directory=None) -> str:
     return (d / file).read_text()
 
 
-_modules: dict = {}     # (file, device id) -> cupy.RawModule
-_functions: dict = {}   # (file, name expression, device id) -> cupy.RawKernel
-_sm_counts: dict = {}   # device id -> multiprocessor count
+_modules: dict = {}     # (file, device) -> cupy.RawModule
+_functions: dict = {}   # (file, name expression, device) -> cupy.RawKernel
+_sm_counts: dict = {}   # device -> multiprocessor count
 
 
-def module(file: str, device_id: int = 0):
-    """The compiled ``cupy.RawModule`` of ``kernels/<file>`` on ``device_id`` (memoized)."""
+def _xp_of_device(device_id):
+    """``(array module, its device index)`` for a CUDA device id or ``"sim"``."""
+    if device_id == "sim":
+        return require_sim(), 0
+    if isinstance(device_id, bool) or not isinstance(device_id, int):
+        raise TypeError(f"gpunet.cuda: device must be a CUDA device id (int) or 'sim', "
+                        f"got {device_id!r}")
+    return require_cuda(device_id), device_id
+
+
+def module(file: str, device_id=0):
+    """The compiled ``RawModule`` of ``kernels/<file>`` on ``device_id`` (memoized):
+    a CUDA device id (``cupy.RawModule``), or ``"sim"`` (the sim runtime's)."""
     key = (file, device_id)
     mod = _modules.get(key)
     if mod is None:
         if file not in KERNELS:
             raise ValueError(f"gpunet.cuda.module: unknown kernel file {file!r}; "
                              f"known: {sorted(KERNELS)}")
-        cp = require_cuda(device_id)
-        with cp.cuda.Device(device_id):
+        cp, index = _xp_of_device(device_id)
+        with cp.cuda.Device(index):
             mod = cp.RawModule(code=kernel_source(file), options=compile_options(),
                                name_expressions=KERNELS[file])
             mod.compile()
@@ -139,7 +153,7 @@ def module(file: str, device_id: int = 0):
     return mod
 
 
-def kernel(file: str, name: str, device_id: int = 0):
+def kernel(file: str, name: str, device_id=0):
     """The ``cupy.RawKernel`` for name expression ``name`` (e.g. ``"dropout_apply<float>"``)."""
     key = (file, name, device_id)
     fn = _functions.get(key)
@@ -149,11 +163,11 @@ def kernel(file: str, name: str, device_id: int = 0):
     return fn
 
 
-def _sm_count(device_id: int) -> int:
+def _sm_count(device_id) -> int:
     n = _sm_counts.get(device_id)
     if n is None:
-        cp = require_cuda(device_id)
-        n = int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
+        cp, index = _xp_of_device(device_id)
+        n = int(cp.cuda.Device(index).attributes["MultiProcessorCount"])
         _sm_counts[device_id] = n
     return n
 
@@ -180,9 +194,17 @@ def fast_divmod_constants(d: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------
 
 def _cupy_for(x):
-    """require_cuda for the device of x (device 0 for anything that is not a CuPy array)."""
+    """The array module of x's device: the sim's for a sim array, else require_cuda for
+    the device of x (device 0 for anything that is not a CuPy array)."""
+    if device_of(x) == "sim":
+        return require_sim()
     dev = getattr(getattr(x, "device", None), "id", 0)
     return require_cuda(dev if isinstance(dev, int) else 0)
+
+
+def _device(x):
+    """The memoization key of x's device: its CUDA device id, or ``"sim"``."""
+    return "sim" if device_of(x) == "sim" else x.device.id
 
 
 def _float_array(name, x, cp):
@@ -246,7 +268,7 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
     if not isinstance(labels, cp.ndarray):
         raise TypeError("gpunet.cuda.softmax_xent: labels must be a cupy.ndarray, "
                         f"got {type(labels).__name__}")
-    dev = z.device.id
+    dev = _device(z)
     T = _CTYPE[dtype]
     soft = labels.dtype.kind == "f"
     with z.device:
@@ -361,7 +383,7 @@ def batchnorm_forward(x, gamma, beta, eps):
     cp = _cupy_for(x)
     x = _float_array("batchnorm_forward", x, cp)
     N, C, HW = _bn_layout("batchnorm_forward", x)
-    dtype, dev, T = x.dtype, x.device.id, _CTYPE[x.dtype]
+    dtype, dev, T = x.dtype, _device(x), _CTYPE[x.dtype]
     with x.device:
         gamma = _affine("batchnorm_forward", gamma, 1.0, C, dtype, cp)
         beta = _affine("batchnorm_forward", beta, 0.0, C, dtype, cp)
@@ -401,7 +423,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std):
     dy = _float_array("batchnorm_backward", dy, cp)
     _same_dtype("batchnorm_backward", "dy", dy, x.dtype, x.shape)
     N, C, HW = _bn_layout("batchnorm_backward", x)
-    dtype, dev, T = x.dtype, x.device.id, _CTYPE[x.dtype]
+    dtype, dev, T = x.dtype, _device(x), _CTYPE[x.dtype]
     with x.device:
         gamma = _affine("batchnorm_backward", gamma, 1.0, C, dtype, cp)
         for what, a in (("mean", mean), ("inv_std", inv_std)):
@@ -443,7 +465,7 @@ def _dropout(name, x, k1, k2, threshold, scale):
     n = x.size
     if n >= 2**32:
         raise ValueError(f"gpunet.cuda.{name}: at most 2**32 - 1 elements, got {n}")
-    dtype, dev = x.dtype, x.device.id
+    dtype, dev = x.dtype, _device(x)
     with x.device:
         y = cp.empty_like(x)
         if n:
