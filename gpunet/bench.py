@@ -103,21 +103,22 @@ def gpunet_step(spec, device):
         model = Sequential(Conv2D(c, 16, 3, padding=1, activation="relu"), MaxPool2D(2),
                            Conv2D(16, 32, 3, padding=1, activation="relu"), MaxPool2D(2),
                            Flatten(), Dense(32 * (h // 4) * (w // 4), spec["classes"]))
-    if hasattr(model[0], "input_grad"):
-        # The input is data: no gradient for it, as PyTorch computes none for an input
-        # that does not require grad (Dense.input_grad).
-        model[0].input_grad = False
     model.to(device)
     loss_fn = gpunet.SoftmaxCrossEntropy()
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     x, y = (to_device(a, device) for a in _inputs(spec))
+    # The README's own loop, as a user writes it: batches from a DataLoader (here one batch
+    # per pass), model(xb), the loss, zero_grad, backward, step. Nothing tuned: the first
+    # layer skips the data's gradient because DataLoader batches need none.
+    loader = gpunet.DataLoader(x, y, batch_size=spec["batch"])
 
     def step():
-        logits = model.forward(x)
-        loss_fn(logits, y)
-        model.zero_grad()
-        model.backward(loss_fn.backward())
-        opt.step()
+        for xb, yb in loader:
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            model.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
 
     return step, (lambda: synchronize(x))
 
