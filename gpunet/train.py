@@ -6,17 +6,26 @@ layer order) → optimizer step. The step is the same on every device; only the 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 
 import numpy
 
 from .backend import get_array_module, resolve_device, to_device, to_numpy, synchronize
 from .data import DataLoader
+from .optim import clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 
 try:  # tqdm is a runtime dependency; imported here so the bar's absence is loud
     from tqdm.auto import tqdm
 except ImportError as e:  # pragma: no cover
     raise ImportError("gpunet needs tqdm: pip install tqdm") from e
+
+
+def _positive(name, value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not (math.isfinite(float(value)) and float(value) > 0.0)):
+        raise ValueError(f"Trainer: expected {name} to be a positive number, got {value!r}")
+    return float(value)
 
 
 class History:
@@ -124,8 +133,11 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the model (and the optimizer) to ``path`` with ``gpunet.save`` whenever
-    ``monitor`` improves (``save_best_only=False``: after every epoch)."""
+    """Save the model, the optimizer and the Trainer's LR scheduler (when it has one) to
+    ``path`` with ``gpunet.save`` whenever ``monitor`` improves (``save_best_only=False``:
+    after every epoch), with metadata ``epoch`` (epochs completed) and the epoch's logs.
+    Resume with ``meta = gpunet.load(path, model, optimizer, scheduler=scheduler)`` and
+    ``fit(..., initial_epoch=meta["epoch"])``."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
         self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
@@ -145,17 +157,51 @@ class ModelCheckpoint(Callback):
             if self.best is not None and not _better(self.mode, value, self.best, 0.0):
                 return
             self.best = value
-        save(self.path, trainer.model, trainer.optimizer, epoch=int(epoch) + 1,
-             **{k: float(v) for k, v in logs.items()})
+        save(self.path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
+             epoch=int(epoch) + 1, **{k: float(v) for k, v in logs.items()})
 
 
-def _as_loader(data, batch_size, shuffle, seed, device, name):
+def _as_input(X, dtype, who):
+    """``X`` as an array: NumPy/CuPy arrays as they are; anything else (a list, nested
+    lists, a tuple) through ``numpy.asarray`` and, carrying no dtype of its own, cast to the
+    model's parameter dtype ``dtype`` (as Keras casts to its float type)."""
+    if hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "ndim"):
+        return X
+    try:
+        a = numpy.asarray(X)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{who}: expected X as an array or a (nested) list of numbers, got "
+                        f"{type(X).__name__} that does not convert ({e})") from e
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{who}: expected X as an array or a (nested) list of numbers, got "
+                        f"{type(X).__name__} converting to dtype {a.dtype}")
+    return a.astype(dtype) if dtype is not None else a
+
+
+def _check_nonempty(X, who, name):
+    if X.ndim == 0:
+        raise ValueError(f"{who}: expected {name} with samples along axis 0, got a 0-d array")
+    if int(X.shape[0]) == 0:
+        raise ValueError(f"{who}: {name} is empty (X of shape {tuple(X.shape)}); expected at "
+                         f"least one sample")
+
+
+def _as_loader(data, batch_size, shuffle, seed, dtype, who, name):
+    """A DataLoader for ``data`` (an ``(X, y)`` pair or a DataLoader) that yields at least
+    one batch; empty data raises ``ValueError`` naming ``who`` and ``name``."""
     if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
+        loader = data
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
         X, y = data
-        return DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
-    raise TypeError(f"Trainer: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
+        X = _as_input(X, dtype, who)
+        _check_nonempty(X, who, name)
+        loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    else:
+        raise TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
+    if len(loader) == 0:
+        raise ValueError(f"{who}: {name} yields no batch ({loader.num_samples} samples, batch_size "
+                         f"{loader.batch_size}, drop_last={loader.drop_last})")
+    return loader
 
 
 def _first_layer(model):
@@ -180,10 +226,43 @@ class Trainer:
     model there first. Batches are moved to the model's device as they are produced.
     ``metrics``: a tuple of names; ``"accuracy"`` (argmax of the output against an
     integer label or the argmax of a probability target) is the one built in.
+
+    ``scheduler``: a learning-rate schedule of ``optimizer`` (``gpunet.optim.StepLR``,
+    ``ExponentialLR``, ``CosineAnnealingLR``, ``LinearWarmup``), stepped as a PyTorch loop
+    steps it, after ``optimizer.step()``: once at the end of each epoch's training
+    (``scheduler_interval="epoch"``, before validation and the callbacks' ``on_epoch_end``,
+    so a checkpoint saved there holds the next epoch's rate) or after every optimizer step
+    (``"step"``). ``ModelCheckpoint`` saves its state.
+
+    ``clip_grad_norm=max_norm`` rescales the gradients to a global L2 norm of at most
+    ``max_norm`` (``gpunet.optim.clip_grad_norm``; the norm before clipping is kept in
+    ``trainer.last_grad_norm``); ``clip_grad_value=c`` clamps each gradient element into
+    ``[-c, c]``. At most one of the two, as in Keras. Clipping happens after the callbacks'
+    ``on_backward_end`` (they see the raw gradients) and right before ``optimizer.step()``.
+
+    The History records, besides the loss and metrics, ``learning_rate``: the rate of the
+    epoch's last optimizer step.
     """
 
-    def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None):
+    def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
+                 scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        if scheduler is not None:
+            if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
+                raise TypeError(f"Trainer: expected scheduler to be a learning-rate schedule from "
+                                f"gpunet.optim (StepLR, …), got {type(scheduler).__name__}")
+            if getattr(scheduler, "optimizer", None) is not optimizer:
+                raise ValueError(f"Trainer: the scheduler {type(scheduler).__name__} schedules another "
+                                 f"optimizer than the Trainer's; create it with this optimizer")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"Trainer: expected scheduler_interval 'epoch' or 'step', got "
+                             f"{scheduler_interval!r}")
+        if clip_grad_norm is not None and clip_grad_value is not None:
+            raise ValueError("Trainer: pass clip_grad_norm or clip_grad_value, not both")
+        self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
+        self.clip_grad_norm = None if clip_grad_norm is None else _positive("clip_grad_norm", clip_grad_norm)
+        self.clip_grad_value = None if clip_grad_value is None else _positive("clip_grad_value", clip_grad_value)
+        self.last_grad_norm = None
         metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics or ())
         for m in metrics:
             if m not in ("accuracy", "acc"):
@@ -196,19 +275,37 @@ class Trainer:
         self.history = None
         self.epoch = 0
         self.global_step = 0
+        self._callbacks = []
+        self._step_lr = None
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, xb, yb):
-        """forward → loss → backward → update; returns ``(loss, output)`` on the device."""
+        """forward → loss → backward → (clip) → update (→ per-step schedule); returns
+        ``(loss, output)`` on the device."""
         out = self.model.forward(xb)
         loss = self.loss_fn(out, yb)
         self.model.zero_grad()
         self.model.backward(self.loss_fn.backward())
         for cb in self._callbacks:
             cb.on_backward_end(self)
+        if self.clip_grad_norm is not None:
+            self.last_grad_norm = _clip_norm(self.optimizer.params, self.clip_grad_norm)
+        elif self.clip_grad_value is not None:
+            _clip_value(self.optimizer.params, self.clip_grad_value)
+        self._step_lr = float(self.optimizer.lr)
         self.optimizer.step()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
         self.global_step += 1
         return loss, out
+
+    def _batch_loss(self, loss, n):
+        """``(value, total)``: the batch's loss as the step trains on it (a float; for
+        ``reduction="none"`` the sum of the unreduced losses, which is what ``backward``
+        differentiates) and its contribution to the epoch's per-sample mean: ``value * n``
+        for a mean-reduced loss, ``value`` itself for ``"sum"`` and ``"none"``."""
+        value = float(loss) if loss.ndim == 0 else float(loss.sum())
+        return value, (value * n if getattr(self.loss_fn, "reduction", "mean") == "mean" else value)
 
     def fit(self, train, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
             progress=True, initial_epoch=0) -> History:
@@ -218,14 +315,21 @@ class Trainer:
         ``batch_size``, ``shuffle`` and ``seed`` is built; epoch ``k`` visits the samples in
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
         ``gpunet.load`` continues bit for bit. A non-finite loss raises
-        ``FloatingPointError`` naming the epoch and step. While fitting, the first layer
+        ``FloatingPointError`` naming the epoch and step; empty data raises ``ValueError``.
+        The logged ``loss`` is the per-sample mean over the epoch (for a loss with
+        ``reduction="sum"`` or ``"none"``: the summed loss divided by the number of
+        samples). ``learning_rate`` is the rate of the epoch's last optimizer step; with a
+        ``scheduler``, a resumed run restores its state with ``gpunet.load(...,
+        scheduler=...)``. While fitting, the first layer
         skips the gradient with respect to the data (its ``input_grad`` is set False and
         restored after), as PyTorch skips it for tensors that do not require grad.
         """
-        loader = _as_loader(train, batch_size, shuffle, seed, self.device, "train")
+        dtype = self.model.dtype
+        loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train")
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)
-        vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, self.device, "val")
+        vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
+                                                       "Trainer.fit", "val")
         self._callbacks = list(callbacks)
         self.history = History()
         self.stop_training = False
@@ -237,6 +341,9 @@ class Trainer:
             for epoch in range(int(initial_epoch), int(epochs)):
                 self.epoch = epoch
                 logs = self._train_epoch(loader, epoch, epochs, progress)
+                logs["learning_rate"] = self._step_lr
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
                 if vloader is not None:
                     logs.update({f"val_{k}": v for k, v in self.evaluate(vloader).items()})
                 for cb in self._callbacks:
@@ -267,13 +374,13 @@ class Trainer:
             for step, (xb, yb) in enumerate(loader):
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 loss, out = self.train_step(xb, yb)
-                value = float(loss)
+                n = int(xb.shape[0])
+                value, batch_total = self._batch_loss(loss, n)
                 if not math.isfinite(value):
                     raise FloatingPointError(
                         f"non-finite loss {value} at epoch {epoch + 1}, step {step + 1} "
                         f"(lower the learning rate, clip gradients, or check the inputs)")
-                n = int(xb.shape[0])
-                total_loss += value * n
+                total_loss += batch_total
                 seen += n
                 if self.metrics:
                     c = _correct(out, yb)
@@ -307,8 +414,11 @@ class Trainer:
 
     # -- inference ---------------------------------------------------------------------------
     def evaluate(self, data, batch_size=256) -> dict:
-        """Mean loss (and accuracy) over ``data`` in eval mode; the mode is restored after."""
-        loader = _as_loader(data, batch_size, False, 0, self.device, "data")
+        """Mean loss (and accuracy) over ``data`` in eval mode; the mode is restored after.
+
+        ``data``: an ``(X, y)`` pair or a DataLoader; empty data raises ``ValueError``. The
+        loss is the per-sample mean, as in ``fit``."""
+        loader = _as_loader(data, batch_size, False, 0, self.model.dtype, "Trainer.evaluate", "data")
         was = self.model.training
         self.model.eval()
         total, correct, seen = 0.0, 0, 0
@@ -319,7 +429,7 @@ class Trainer:
                 loss = self.loss_fn(out, yb)
                 self.loss_fn._grad = None
                 n = int(xb.shape[0])
-                total += float(loss) * n
+                total += self._batch_loss(loss, n)[1]
                 seen += n
                 if self.metrics:
                     correct += int(_correct(out, yb))
@@ -331,7 +441,18 @@ class Trainer:
         return logs
 
     def predict(self, X, batch_size=256):
-        """Model outputs for ``X`` in eval mode, concatenated, as a NumPy array."""
+        """Model outputs for ``X`` in eval mode, in batches of ``batch_size``, concatenated,
+        as a NumPy array.
+
+        ``X``: a NumPy or CuPy array (kept in its dtype: a float64 array for a float32
+        model raises the layer's dtype error), or an array-like — a list, nested lists —
+        which is converted with ``numpy.asarray`` and cast to the model's dtype, as Keras
+        does. Anything else raises ``TypeError``; an empty ``X`` raises ``ValueError``.
+        """
+        X = _as_input(X, self.model.dtype, "Trainer.predict")
+        _check_nonempty(X, "Trainer.predict", "X")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Trainer.predict: expected batch_size to be a positive int, got {batch_size!r}")
         was = self.model.training
         self.model.eval()
         outs = []

@@ -28,7 +28,8 @@ def test_fit_learns_and_records_history(xp, device, rng):
     tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     h = tr.fit((xp.asarray(X), xp.asarray(y)), val=(xp.asarray(X), xp.asarray(y)), epochs=5,
                batch_size=32, progress=False)
-    assert set(h.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(h.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert h["learning_rate"] == [0.1] * 5
     assert len(h["loss"]) == 5 and h.epoch == [0, 1, 2, 3, 4]
     assert h["loss"][-1] < h["loss"][0]
     assert h["val_accuracy"][-1] > 0.9
@@ -220,3 +221,212 @@ def test_first_layer_skips_data_gradient_only_while_fitting(rng):
     assert model[0].input_grad is True
     model(X[:3])
     assert model.backward(numpy.ones((3, 3), numpy.float32)).shape == (3, 8)
+
+
+# -- schedulers and gradient clipping passed to the Trainer ---------------------------------------
+def _manual_fit(model, opt, X, y, epochs, batch_size, seed, sched=None, interval="epoch", clip=None):
+    """The loop a PyTorch user writes: forward, loss, zero_grad, backward, clip, step, and
+    scheduler.step() per step or per epoch."""
+    loss_fn = SoftmaxCrossEntropy()
+    loader = gpunet.data.DataLoader(X, y, batch_size=batch_size, shuffle=True, seed=seed)
+    lrs = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for xb, yb in loader:
+            loss_fn(model(xb), yb)
+            model.zero_grad()
+            model.backward(loss_fn.backward())
+            if clip is not None:
+                clip(model.parameters())
+            lr = opt.lr
+            opt.step()
+            if sched is not None and interval == "step":
+                sched.step()
+        lrs.append(lr)
+        if sched is not None and interval == "epoch":
+            sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("make_sched,interval", [
+    (lambda o: optim.StepLR(o, step_size=1, gamma=0.5), "epoch"),
+    (lambda o: optim.CosineAnnealingLR(o, T_max=30, eta_min=0.01), "step"),
+    (lambda o: optim.LinearWarmup(o, warmup_steps=2), "epoch"),
+    (lambda o: optim.ExponentialLR(o, gamma=0.97), "step"),
+])
+def test_scheduler_matches_a_hand_written_loop(rng, make_sched, interval):
+    X, y = _blobs(rng, n=100)
+    m1 = _model()
+    o1 = optim.SGD(m1.parameters(), lr=0.1, momentum=0.9)
+    s1 = make_sched(o1)
+    h = Trainer(m1, SoftmaxCrossEntropy(), o1, scheduler=s1, scheduler_interval=interval).fit(
+        (X, y), epochs=3, batch_size=16, seed=4, progress=False)
+    m2 = _model()
+    o2 = optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)
+    s2 = make_sched(o2)
+    lrs = _manual_fit(m2, o2, X, y, 3, 16, 4, s2, interval)
+    assert h["learning_rate"] == lrs and len(set(lrs)) == 3   # the rate changed every epoch
+    assert s1.last_epoch == s2.last_epoch == (3 if interval == "epoch" else 21)
+    assert o1.lr == o2.lr
+    for k, v in m2.state_dict().items():
+        numpy.testing.assert_array_equal(m1.state_dict()[k], v)
+
+
+def test_step_lr_history_is_the_rate_of_each_epoch(rng):
+    X, y = _blobs(rng, n=64)
+    model = _model()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    h = Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=optim.StepLR(opt, 2, gamma=0.1)).fit(
+        (X, y), epochs=5, batch_size=32, progress=False)
+    numpy.testing.assert_allclose(h["learning_rate"], [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-12)
+    assert opt.lr == pytest.approx(0.001)   # the rate of epoch 5 (0-based), as in PyTorch
+
+
+@pytest.mark.parametrize("kw,clip", [
+    ({"clip_grad_norm": 0.05}, lambda ps: optim.clip_grad_norm(ps, 0.05)),
+    ({"clip_grad_value": 0.01}, lambda ps: optim.clip_grad_value(ps, 0.01)),
+])
+def test_gradient_clipping_matches_a_hand_written_loop(rng, kw, clip):
+    X, y = _blobs(rng, n=100)
+    m1 = _model()
+    o1 = optim.SGD(m1.parameters(), lr=0.1)
+    raw, at_step = [], []
+
+    class Spy(Callback):   # callbacks see the raw gradients; the optimizer the clipped ones
+        def on_backward_end(self, trainer):
+            raw.append(optim.clip_grad_norm(trainer.model.parameters(), float("inf")))
+
+    class Recording(optim.SGD):
+        def step(self):
+            at_step.append([p.grad.copy() for p in self.params])
+            super().step()
+    o1 = Recording(m1.parameters(), lr=0.1)
+    tr = Trainer(m1, SoftmaxCrossEntropy(), o1, **kw)
+    tr.fit((X, y), epochs=2, batch_size=16, seed=1, callbacks=[Spy()], progress=False)
+    m2 = _model()
+    _manual_fit(m2, optim.SGD(m2.parameters(), lr=0.1), X, y, 2, 16, 1, clip=clip)
+    for k, v in m2.state_dict().items():
+        numpy.testing.assert_array_equal(m1.state_dict()[k], v)
+    if "clip_grad_norm" in kw:
+        assert max(raw) > 0.05    # clipping had work to do
+        norms = [numpy.sqrt(sum(float((g.astype(numpy.float64) ** 2).sum()) for g in gs)) for gs in at_step]
+        assert max(norms) <= 0.05 * (1 + 1e-5)
+        assert tr.last_grad_norm == pytest.approx(raw[-1])
+    else:
+        assert max(float(abs(g).max()) for gs in at_step for g in gs) <= 0.01
+        assert max(raw) > 0.01
+
+
+def test_trainer_rejects_bad_scheduler_and_clipping_arguments():
+    model = _model()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    other = optim.SGD(model.parameters(), lr=0.1)
+    loss = SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="another optimizer"):
+        Trainer(model, loss, opt, scheduler=optim.StepLR(other, 2))
+    with pytest.raises(TypeError, match="scheduler.*str"):
+        Trainer(model, loss, opt, scheduler="step")
+    with pytest.raises(ValueError, match="scheduler_interval.*'batch'"):
+        Trainer(model, loss, opt, scheduler=optim.StepLR(opt, 2), scheduler_interval="batch")
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(model, loss, opt, clip_grad_norm=1.0, clip_grad_value=1.0)
+    for bad in (0, -1.0, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="clip_grad_norm.*positive"):
+            Trainer(model, loss, opt, clip_grad_norm=bad)
+        with pytest.raises(ValueError, match="clip_grad_value.*positive"):
+            Trainer(model, loss, opt, clip_grad_value=bad)
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_resume_with_scheduler_and_clipping_continues_bit_for_bit(tmp_path, rng, interval):
+    """4 epochs straight, or 2 epochs with ModelCheckpoint + load into fresh objects + 2."""
+    X, y = _blobs(rng)
+
+    def make(seed=3, lr=5e-3):
+        m = _regularized_model(seed)
+        o = optim.Adam(m.parameters(), lr=lr)
+        s = optim.CosineAnnealingLR(o, T_max=4 if interval == "epoch" else 40, eta_min=1e-4)
+        return m, o, s, dict(scheduler=s, scheduler_interval=interval, clip_grad_norm=0.5)
+
+    m1, o1, s1, kw = make()
+    h1 = Trainer(m1, SoftmaxCrossEntropy(), o1, **kw).fit((X, y), epochs=4, batch_size=16, seed=7,
+                                                           progress=False)
+    m2, o2, s2, kw = make()
+    path = tmp_path / "last.npz"
+    Trainer(m2, SoftmaxCrossEntropy(), o2, **kw).fit(
+        (X, y), epochs=2, batch_size=16, seed=7, progress=False,
+        callbacks=[ModelCheckpoint(path, save_best_only=False)])
+    m3, o3, s3, kw = make(seed=11, lr=0.5)
+    meta = gpunet.load(path, m3, o3, scheduler=s3)
+    assert meta["epoch"] == 2 and s3.last_epoch == s2.last_epoch and o3.lr == o2.lr
+    h3 = Trainer(m3, SoftmaxCrossEntropy(), o3, **kw).fit(
+        (X, y), epochs=4, batch_size=16, seed=7, progress=False, initial_epoch=meta["epoch"])
+    assert h3["loss"] == h1["loss"][2:] and h3["learning_rate"] == h1["learning_rate"][2:]
+    assert o3.lr == o1.lr and s3.last_epoch == s1.last_epoch
+    for k, v in m1.state_dict().items():
+        numpy.testing.assert_array_equal(v, m3.state_dict()[k])
+
+
+# -- predict with array-likes; empty data -------------------------------------------------------------
+def test_predict_accepts_lists_cast_to_the_model_dtype(rng):
+    X, y = _blobs(rng, n=20)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters()))
+    want = tr.predict(X)
+    got = tr.predict(X.astype(numpy.float64).tolist(), batch_size=7)   # Python floats: float64
+    assert got.dtype == numpy.float32
+    numpy.testing.assert_array_equal(got, want)
+    numpy.testing.assert_array_equal(tr.predict([list(r) for r in X[:3]]), want[:3])
+    numpy.testing.assert_array_equal(tr.predict(tuple(X[:2].tolist())), want[:2])
+
+
+def test_predict_rejects_what_is_not_array_like():
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters()))
+    with pytest.raises(TypeError, match="Trainer.predict.*list"):
+        tr.predict([[1.0, 2.0], [3.0]])   # ragged
+    with pytest.raises(TypeError, match="Trainer.predict.*list"):
+        tr.predict([["a"] * 8])
+    with pytest.raises(TypeError, match="Trainer.predict.*dict"):
+        tr.predict({"x": 1})
+    with pytest.raises(ValueError, match=r"Trainer.predict: X is empty.*\(0, 8\)"):
+        tr.predict(numpy.zeros((0, 8), numpy.float32))
+    with pytest.raises(ValueError, match="Trainer.predict: X is empty"):
+        tr.predict([])
+    with pytest.raises(ValueError, match="batch_size"):
+        tr.predict(numpy.zeros((2, 8), numpy.float32), batch_size=0)
+
+
+def test_fit_and_evaluate_reject_empty_data(rng):
+    X, y = _blobs(rng, n=10)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters()))
+    with pytest.raises(ValueError, match=r"Trainer.fit: train is empty.*\(0, 8\)"):
+        tr.fit((X[:0], y[:0]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"Trainer.fit: val is empty"):
+        tr.fit((X, y), val=(X[:0], y[:0]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"Trainer.evaluate: data is empty"):
+        tr.evaluate((X[:0], y[:0]))
+    with pytest.raises(ValueError, match=r"Trainer.fit: train yields no batch \(10 samples, batch_size 16"):
+        tr.fit(gpunet.data.DataLoader(X, y, batch_size=16, drop_last=True), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"Trainer.evaluate: data yields no batch"):
+        tr.evaluate(gpunet.data.DataLoader(X, y, batch_size=16, drop_last=True))
+
+
+def test_fit_and_evaluate_with_sum_and_none_reductions(rng):
+    """The logged loss is the per-sample mean whatever the reduction."""
+    X, y = _blobs(rng, n=50)
+    model = _model()
+    mean = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters())).evaluate((X, y), batch_size=16)
+    for reduction in ("sum", "none"):
+        tr = Trainer(model, SoftmaxCrossEntropy(reduction=reduction), optim.SGD(model.parameters()))
+        ev = tr.evaluate((X, y), batch_size=16)
+        assert ev["loss"] == pytest.approx(mean["loss"], rel=1e-6) and ev["accuracy"] == mean["accuracy"]
+    m1, m2 = _model(), _model()
+    h1 = Trainer(m1, SoftmaxCrossEntropy(reduction="none"), optim.SGD(m1.parameters(), lr=0.01)).fit(
+        (X, y), epochs=2, batch_size=10, progress=False)
+    h2 = Trainer(m2, SoftmaxCrossEntropy(reduction="sum"), optim.SGD(m2.parameters(), lr=0.01)).fit(
+        (X, y), epochs=2, batch_size=10, progress=False)
+    assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-6)
+    for k, v in m1.state_dict().items():   # "none" trains on the gradient of the sum
+        numpy.testing.assert_allclose(v, m2.state_dict()[k], rtol=1e-6, atol=1e-7)
