@@ -134,8 +134,12 @@ def _read(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"gpunet.load: {path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(6)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:   # a folder, a file we may not read
+        raise ValueError(f"gpunet.load: {path} is not a readable gpunet checkpoint "
+                         f"({type(e).__name__}: {e.strerror})") from e
     if not head.startswith(b"PK"):
         what = ("a .npy array file" if head == b"\x93NUMPY" else "an empty file" if not head
                 else "not an .npz archive")

@@ -179,3 +179,10 @@ def test_scheduler_state_round_trip(tmp_path):
         gpunet.load(plain, _model(), scheduler=optim.StepLR(optim.SGD(_model().parameters()), 2))
     with pytest.raises(TypeError, match="scheduler"):
         gpunet.save(plain, model, opt, scheduler="StepLR")
+
+
+def test_load_of_a_folder_names_it(tmp_path):
+    d = tmp_path / "ck.npz"
+    d.mkdir()
+    with pytest.raises(ValueError, match=r"ck\.npz is not a readable gpunet checkpoint.*IsADirectoryError"):
+        gpunet.load(d, _model())
