@@ -186,3 +186,10 @@ def test_load_of_a_folder_names_it(tmp_path):
     d.mkdir()
     with pytest.raises(ValueError, match=r"ck\.npz is not a readable gpunet checkpoint.*IsADirectoryError"):
         gpunet.load(d, _model())
+
+
+def test_missing_folder_error_names_the_target(tmp_path):
+    path = tmp_path / "no" / "such" / "ck.npz"
+    with pytest.raises(FileNotFoundError) as e:
+        gpunet.save(path, _model())
+    assert e.value.filename == str(path) and ".tmp" not in str(e.value)
