@@ -298,7 +298,8 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             bad, n_valid = (int(v) for v in counts.get())  # the one host sync
             if bad:
                 first = int(y[out_of_range][0].get())
-                raise ValueError(f"gpunet.cuda.softmax_xent: {bad} label(s) outside [0, {C})"
+                raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} "
+                                 f"label(s) outside [0, {C})"
                                  + ("" if ignore_index is None else
                                     f" and not ignore_index={int(ignore_index)}")
                                  + f", e.g. {first}")

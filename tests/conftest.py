@@ -1,28 +1,52 @@
 """One suite, run on every available backend.
 
-The ``xp`` fixture yields ``numpy`` and, where CuPy sees a CUDA device, ``cupy``: a test
-body written against ``xp`` runs on both (as CuPy's own ``numpy_cupy_allclose`` tests do).
-``device`` is the matching gpunet device string. Build inputs on the host with a seeded
-NumPy generator and move them with ``xp.asarray``; compare with ``gpunet.to_numpy``.
+The ``xp`` fixture yields ``numpy``; where CuPy sees a CUDA device, ``cupy``; and where a
+host C++ compiler is found, the sim device's array module ``gpunet.sim.array`` (the
+simulated CUDA device, DESIGN §12): a test body written against ``xp`` runs on each (as
+CuPy's own ``numpy_cupy_allclose`` tests do). ``device`` is the matching gpunet device
+string (``"cpu"``, ``"cuda"``, ``"sim"``). Build inputs on the host with a seeded NumPy
+generator and move them with ``xp.asarray``; compare with ``gpunet.to_numpy``.
+
+GPU-only tests (kernels against their NumPy reference, CPU/GPU parity) take ``gpu_xp`` /
+``gpu_device`` instead: every GPU-like backend present, ``"cuda"`` and ``"sim"``; they skip
+where there is neither.
 """
 import numpy
 import pytest
 
-from gpunet import backend
+from gpunet import backend, sim
 
-BACKENDS = ["numpy"] + (["cupy"] if backend.cuda_available() else [])
+GPU_BACKENDS = (["cupy"] if backend.cuda_available() else []) + (["sim"] if sim.compiler() else [])
+BACKENDS = ["numpy"] + GPU_BACKENDS
+
+
+def _module(name):
+    if name == "numpy":
+        return numpy
+    if name == "cupy":
+        return backend.cupy_module()
+    return backend.require_sim()
 
 
 @pytest.fixture(params=BACKENDS)
 def xp(request):
-    if request.param == "numpy":
-        return numpy
-    return backend.cupy_module()
+    return _module(request.param)
 
 
 @pytest.fixture
 def device(xp):
-    return "cpu" if xp is numpy else "cuda"
+    return backend.device_of(xp.empty(0)).split(":")[0]
+
+
+@pytest.fixture(params=GPU_BACKENDS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="needs a CUDA device (CuPy) or a C++ compiler for the sim device"))])
+def gpu_xp(request):
+    return _module(request.param)
+
+
+@pytest.fixture
+def gpu_device(gpu_xp):
+    return backend.device_of(gpu_xp.empty(0)).split(":")[0]
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def make_layer(xp, case, dtype=numpy.float64, bias=True, activation=None, seed=0
     layer.weight.data = layer.weight.data.astype(dtype)
     if bias:  # non-zero biases, so that the check can fail
         layer.bias.data = numpy.random.default_rng(seed).standard_normal(o).astype(dtype)
-    return layer.to("cpu" if xp is numpy else "cuda")
+    return layer.to(gpunet.backend.device_of(xp.empty(0)))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -235,7 +235,7 @@ def test_rejects_kernel_larger_than_padded_input(xp):
         layer(xp.zeros((2, 1, 2, 3), numpy.float32))
     with pytest.raises(ValueError, match=r"Conv2D: kernel 3x5 is larger than the padded input 3x4"):
         layer(xp.zeros((2, 1, 3, 2), numpy.float32))
-    layer.to("cpu" if xp is numpy else "cuda")
+    layer.to(gpunet.backend.device_of(xp.empty(0)))
     assert layer(xp.zeros((2, 1, 3, 3), numpy.float32)).shape == (2, 2, 1, 1)   # 3x5 padded: fits
 
 
@@ -315,7 +315,7 @@ def test_same_seed_same_weights():
 # -- checkpoints ------------------------------------------------------------------------
 def test_cnn_state_dict_round_trip(xp, rng):
     from gpunet import models
-    device = "cpu" if xp is numpy else "cuda"
+    device = gpunet.backend.device_of(xp.empty(0))
     gpunet.manual_seed(1)
     a = models.cnn_digits().to(device)
     # train one step so that the weights differ from a fresh model's
@@ -355,7 +355,7 @@ def test_1d_cnn_gradcheck(xp, rng, path):
     gpunet.manual_seed(0)
     k = dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1), activation="tanh")
     model = Sequential(Conv2D(2, 3, **k), Conv2D(3, 2, **k), Flatten(), Dense(2 * 3, 4))
-    model.to("cpu" if xp is numpy else "cuda")
+    model.to(gpunet.backend.device_of(xp.empty(0)))
     gpunet.gradcheck(model, xp.asarray(rng.standard_normal((2, 2, 1, 10))))
 
 

@@ -8,7 +8,7 @@ from gpunet.layers import Conv2D, Dense, Residual, Sequential, Tanh
 
 
 def _to(layer, xp):
-    return layer.to("cpu" if xp is numpy else "cuda")
+    return layer.to(gpunet.backend.device_of(xp.empty(0)))
 
 
 def _conv_block(xp, seed=0):

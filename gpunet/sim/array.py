@@ -653,6 +653,19 @@ def get_array_module(*args):
 # Shape manipulation (views are free)
 # ---------------------------------------------------------------------------------------
 
+def shape(a):
+    return _arr(a).shape
+
+
+def size(a, axis=None):
+    a = _arr(a)
+    return a.size if axis is None else a.shape[axis]
+
+
+def ndim(a):
+    return _arr(a).ndim
+
+
 def reshape(a, newshape, order="C", *, copy=None):
     return _arr(a).reshape(newshape, order=order)
 
