@@ -2,9 +2,10 @@
 
 Every example exposes ``run(quick=False, out_dir=None) -> dict`` of measured figures and a
 ``__main__`` that runs the full mode and writes its PNG to ``docs/figures`` (or to the
-directory given as the first argument). ``quick=True`` is the few-second variant the
-test suite runs; ``out_dir=None`` draws no figure, so the examples run without
-matplotlib (it is the ``plot`` extra, imported only when a figure is written).
+directory given as an argument; ``--quick`` runs the few-second variant the test suite
+runs). ``out_dir=None`` draws no figure, so the examples run without matplotlib (it is
+the ``plot`` extra, imported only when a figure is written): without it, ``__main__``
+prints the numbers, then says the figure was skipped and how to get it.
 """
 from __future__ import annotations
 
@@ -39,12 +40,23 @@ def digits(n_train=None, standardize=True):
     return (X.astype(numpy.float32), y), (Xt.astype(numpy.float32), yt)
 
 
+PLOT_HINT = 'pip install "gpunet[plot]"'
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend (a file, never a window)."""
     try:
         import matplotlib
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("writing the figure needs matplotlib: pip install 'gpunet[plot]'") from e
+    except ImportError as e:
+        raise ImportError(f"writing the figure needs matplotlib: {PLOT_HINT}") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -60,12 +72,22 @@ def save(fig, out_dir, name):
     return path
 
 
-def main(run):
-    """The ``__main__`` of an example: the full mode, the figure in ``docs/figures`` or
-    ``sys.argv[1]``, and the measured figures printed."""
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else FIGURES
-    results = run(quick=False, out_dir=out_dir)
+def main(run, argv=None):
+    """The ``__main__`` of an example: ``[--quick] [out_dir]``. Runs the full (or quick)
+    mode and prints the measured figures; the figure goes to ``out_dir`` (default
+    ``docs/figures``) when matplotlib is installed, else a last line says it was skipped
+    and how to get it. The numbers never depend on matplotlib."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    quick = "--quick" in args
+    args = [a for a in args if a != "--quick"]
+    if len(args) > 1 or any(a.startswith("-") for a in args):
+        sys.exit(f"usage: python {os.path.basename(sys.argv[0])} [--quick] [out_dir]")
+    out_dir = args[0] if args else FIGURES
+    draw = have_matplotlib()
+    results = run(quick=quick, out_dir=out_dir if draw else None)
     print(format_results(results))
+    if not draw:
+        print(f"figure skipped: matplotlib is not installed ({PLOT_HINT} to write it to {out_dir})")
     return results
 
 

@@ -4,6 +4,10 @@ Every example's ``run(quick=True, out_dir=...)`` returns the figures it measured
 tests assert the course's claims on them. The figure files are checked only where
 matplotlib (the ``plot`` extra) is installed; the phenomena are checked everywhere.
 
+Without matplotlib each example's ``__main__`` prints the same numbers, then a last line
+saying the figure was skipped and how to get it (a package named ``matplotlib`` whose
+import fails stands in for a missing one).
+
 Each example runs once per session, in a subprocess of its own: the examples reseed
 gpunet's host generator (``gpunet.manual_seed``), which must not leak into other tests,
 and the subprocess runs with one BLAS thread. The examples' matrices are tiny, and on a
@@ -221,6 +225,47 @@ def test_activations_figure_from_gpunet_plot(tmp_path_factory):
     pytest.importorskip("matplotlib")
     path = _run("backprop_and_descent", tmp_path_factory)["figure_activations"]
     assert os.path.basename(path) == "activations.png" and os.path.getsize(path) > 5_000
+
+
+# -- without matplotlib: the numbers first, then how to get the figure -------------------------
+
+_BLOCK_MATPLOTLIB = "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n"
+_EXAMPLES = ["vanishing_gradients", "initialization", "softmax_stability", "overfitting", "batchnorm",
+             "maxout", "backprop_and_descent"]
+
+
+def test_every_example_is_covered():
+    assert sorted(_EXAMPLES) == sorted(n[:-3] for n in os.listdir(EXAMPLES)
+                                      if n.endswith(".py") and not n.startswith("_"))
+
+
+@pytest.mark.parametrize("name", _EXAMPLES)
+def test_example_without_matplotlib_prints_its_numbers_then_skips_the_figure(name, tmp_path,
+                                                                            tmp_path_factory):
+    # a package named matplotlib, first on the path, whose import fails as a missing one does
+    blocker = tmp_path / "block"
+    (blocker / "matplotlib").mkdir(parents=True)
+    (blocker / "matplotlib" / "__init__.py").write_text(_BLOCK_MATPLOTLIB)
+    repo = os.path.dirname(EXAMPLES)
+    path = os.pathsep.join(p for p in (str(blocker), repo, os.environ.get("PYTHONPATH", "")) if p)
+    out_dir = tmp_path / "figures"
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, f"{name}.py"), "--quick", str(out_dir)],
+                          env={**os.environ, **_THREADS, "PYTHONPATH": path}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.rstrip("\n").split("\n")
+    assert lines[-1].startswith("figure skipped: matplotlib is not installed")
+    assert 'pip install "gpunet[plot]"' in lines[-1]
+    assert not out_dir.exists()                          # nothing half-written
+    # the numbers are all there, and the same as with matplotlib (seeded runs)
+    sys.path.insert(0, EXAMPLES)
+    try:
+        from _common import format_results
+    finally:
+        sys.path.remove(EXAMPLES)
+    expected = {k: v for k, v in _run(name, tmp_path_factory).items() if not k.startswith("figure")}
+    assert "\n".join(lines[:-1]) == format_results(expected)
 
 
 # -- docs/concepts.md ----------------------------------------------------------------------------
