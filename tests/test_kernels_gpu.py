@@ -1,29 +1,28 @@
 """Each fused CUDA kernel against its NumPy reference, on fresh random inputs.
 
-The functional ops dispatch to ``gpunet.cuda`` when given CuPy arrays, so calling the same
-op on a NumPy copy and on a CuPy copy of one random input compares the kernel with the
-NumPy body, which is the oracle. Shapes include non-multiples of 32 and, for softmax-CE,
-both the warp-per-row (C <= 1024) and block-per-row paths. These tests need a CUDA
-device and skip on CPU-only machines (the kernels' compilation is checked there by
-tests/test_kernels_compile.py instead).
+The functional ops dispatch to ``gpunet.cuda`` when given device arrays, so calling the
+same op on a NumPy copy and on a device copy of one random input compares the kernel with
+the NumPy body, which is the oracle. Shapes include non-multiples of 32 and, for
+softmax-CE, both the warp-per-row (C <= 1024) and block-per-row paths. They run on every
+GPU-like backend present (``gpu_xp`` in conftest): ``"cuda"`` where CuPy sees a device,
+and ``"sim"``, the simulated device that runs the same kernels on the CPU, where a C++
+compiler is found; they skip where there is neither.
 """
 import numpy
 import pytest
 
-from gpunet import backend, to_numpy
+from gpunet import to_numpy
 from gpunet.functional import batchnorm as FB
 from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
-
-pytestmark = pytest.mark.skipif(not backend.cuda_available(),
-                                reason="needs a CUDA device (CuPy); kernels are compile-checked on CPU")
 
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
 
 
 @pytest.fixture
-def cp():
-    return backend.cupy_module()
+def cp(gpu_xp):
+    """The device's array module: ``cupy``, or the sim's (``gpunet.sim.array``)."""
+    return gpu_xp
 
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])

@@ -1,0 +1,110 @@
+"""The sim's cost counters (DESIGN §12): exact counts for simple ops, as CuPy would run them.
+
+One elementwise op or reduction is one launch and (without ``out=``) one allocation; a
+matmul is one launch (cuBLAS); views are free; ``asarray(host)`` moves its bytes
+host-to-device; ``.get()``/``float()`` are a sync and their bytes device-to-host.
+"""
+import numpy
+import pytest
+
+import gpunet
+from gpunet import sim
+from gpunet.sim import array as sp
+
+pytestmark = pytest.mark.skipif(sim.compiler() is None, reason="no C++ compiler: no sim device")
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    sim.reset_counters()
+    yield
+
+
+def _delta(fn):
+    sim.reset_counters()
+    out = fn()
+    return sim.counters(), out
+
+
+def test_public_keys_and_reset():
+    c = sim.counters()
+    assert {"launches", "kernels", "syncs", "h2d_bytes", "d2h_bytes", "allocs"} <= set(c)
+    sp.asarray(numpy.ones(4)).sum()
+    assert sim.counters()["launches"] == 1
+    sim.reset_counters()
+    c = sim.counters()
+    assert c["launches"] == c["syncs"] == c["h2d_bytes"] == c["allocs"] == 0 and c["kernels"] == {}
+
+
+def test_h2d_then_elementwise_then_reduction_then_d2h():
+    h = numpy.ones((8, 4), numpy.float32)
+    c, x = _delta(lambda: sp.asarray(h))
+    assert (c["launches"], c["allocs"], c["h2d_bytes"], c["syncs"]) == (0, 1, 128, 0)
+    c, y = _delta(lambda: x * 2.0 + 1.0)
+    assert (c["launches"], c["allocs"], c["kernels"]) == (2, 2, {"multiply": 1, "add": 1})
+    c, s = _delta(lambda: y.sum())
+    assert (c["launches"], c["allocs"], c["kernels"]) == (1, 1, {"sum": 1})
+    c, v = _delta(lambda: float(s))
+    assert v == 96.0 and (c["launches"], c["syncs"], c["d2h_bytes"]) == (0, 1, 4)
+    c, g = _delta(lambda: y.get())
+    assert (c["syncs"], c["d2h_bytes"], c["allocs"]) == (1, 128, 0)
+
+
+def test_matmul_is_one_launch():
+    a = sp.asarray(numpy.ones((3, 5)))
+    b = sp.asarray(numpy.ones((5, 2)))
+    c, _ = _delta(lambda: a @ b)
+    assert (c["launches"], c["kernels"], c["allocs"]) == (1, {"matmul": 1}, 1)
+    c, _ = _delta(lambda: a.T.dot(a))
+    assert c["kernels"] == {"matmul": 1}
+
+
+def test_views_are_free_and_copies_are_not():
+    x = sp.asarray(numpy.ones((4, 6)))
+    c, _ = _delta(lambda: (x.reshape(6, 4), x.T, x[1:3], x[0, 0], sp.broadcast_to(x[:1], (4, 6))))
+    assert (c["launches"], c["allocs"], c["syncs"]) == (0, 0, 0)
+    c, _ = _delta(lambda: x.T.reshape(-1))          # not viewable: a copy kernel
+    assert (c["launches"], c["allocs"]) == (1, 1)
+    c, _ = _delta(lambda: x.astype(numpy.float32))
+    assert (c["kernels"], c["allocs"]) == ({"astype": 1}, 1)
+    c, _ = _delta(lambda: x.astype(numpy.float64, copy=False))
+    assert c["launches"] == 0
+
+
+def test_inplace_and_out_allocate_nothing():
+    x = sp.asarray(numpy.ones(10))
+    y = sp.empty_like(x)
+
+    def f():
+        nonlocal x
+        x += 1.0
+        sp.multiply(x, 2.0, out=y)
+        y[2:] = 0.0
+    c, _ = _delta(f)
+    assert (c["launches"], c["allocs"]) == (3, 0)
+
+
+def test_boolean_mask_indexing_syncs():
+    x = sp.asarray(numpy.arange(10.0))
+    c, _ = _delta(lambda: x[x > 4])
+    assert c["syncs"] == 1 and c["launches"] == 3     # compare, scan, gather
+
+
+def test_creation_counts():
+    c, _ = _delta(lambda: (sp.empty(5), sp.zeros(5), sp.full((2, 2), 3.0)))
+    assert (c["allocs"], c["launches"], c["h2d_bytes"]) == (3, 2, 0)
+
+
+def test_softmax_xent_launcher_one_sync_per_call():
+    """The CuPy branch of softmax-CE checks the labels in one device round trip (the
+    launcher's only sync) and launches the fused kernel once."""
+    pytest.importorskip("gpunet.sim.runtime")
+    rng = numpy.random.default_rng(0)
+    z = gpunet.to_device(rng.standard_normal((16, 10)).astype(numpy.float32), "sim")
+    y = gpunet.to_device(rng.integers(0, 10, 16), "sim")
+    gpunet.functional.softmax_cross_entropy(z, y)      # compile outside the count
+    c, (loss, dz) = _delta(lambda: gpunet.functional.softmax_cross_entropy(z, y))
+    assert c["syncs"] == 1 and c["h2d_bytes"] == 0
+    assert sum(v for k, v in c["kernels"].items() if k.startswith("softmax_xent")) == 1
+    float(loss)
+    assert sim.counters()["syncs"] == 2
