@@ -216,3 +216,89 @@ def test_to_numpy_scalars_and_lists():
 def test_to_device_cpu_keeps_numpy_arrays():
     a = numpy.arange(4.0)
     assert gpunet.to_device(a, "cpu") is a
+
+
+# -- the simulated CUDA device ("sim", DESIGN §12) ------------------------------------------------
+needs_sim = pytest.mark.skipif(gpunet.sim.compiler() is None, reason="no C++ compiler: no sim device")
+
+
+@needs_sim
+def test_sim_device_strings_and_round_trip():
+    from gpunet.sim import array as sp
+    a = numpy.arange(6, dtype=numpy.float32).reshape(2, 3)
+    x = gpunet.to_device(a, "sim")
+    assert isinstance(x, sp.ndarray) and backend.device_of(x) == "sim"
+    assert backend.get_array_module(x) is sp
+    assert gpunet.to_device(x, " SIM ") is x
+    assert backend.resolve_device("sim") == "sim"
+    back = gpunet.to_numpy(x)
+    assert isinstance(back, numpy.ndarray) and back.dtype == numpy.float32
+    numpy.testing.assert_array_equal(back, a)
+    numpy.testing.assert_array_equal(gpunet.to_device(x, "cpu"), a)
+
+
+@needs_sim
+def test_sim_default_device_from_environment(monkeypatch):
+    monkeypatch.setenv("GPUNET_DEVICE", "sim")
+    assert gpunet.default_device() == "sim"
+    assert backend.resolve_device(None) == "sim"
+
+
+def test_auto_never_picks_sim(monkeypatch, no_cupy):
+    monkeypatch.setenv("GPUNET_DEVICE", "auto")
+    assert gpunet.default_device() == "cpu"
+
+
+@needs_sim
+@pytest.mark.parametrize("order", ["numpy_first", "sim_first"])
+def test_mixing_numpy_and_sim_raises_naming_both_devices(order):
+    a, s = numpy.zeros(2), gpunet.to_device(numpy.zeros(2), "sim")
+    with pytest.raises(TypeError, match="cpu.*sim|sim.*cpu"):
+        backend.get_array_module(*((a, s) if order == "numpy_first" else (s, a)))
+
+
+@needs_sim
+def test_mixing_fake_cupy_and_sim_raises(monkeypatch):
+    _install_fake_cupy(monkeypatch)
+    with pytest.raises(TypeError, match="cuda:0.*sim"):
+        backend.get_array_module(_FakeCupyArray(0), gpunet.to_device(numpy.zeros(2), "sim"))
+
+
+def test_sim_without_a_compiler_says_so_in_one_line(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert gpunet.sim.compiler() is None
+    for ask in (lambda: gpunet.to_device(numpy.zeros(1), "sim"),
+                lambda: backend.resolve_device("sim"),
+                lambda: gpunet.Dense(2, 2).to("sim")):
+        with pytest.raises(RuntimeError) as e:
+            ask()
+        msg = str(e.value)
+        assert "sim" in msg and "C++ compiler" in msg and "\n" not in msg
+    monkeypatch.setenv("GPUNET_DEVICE", "sim")
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        gpunet.default_device()
+
+
+def test_cxx_names_the_compiler(monkeypatch, tmp_path):
+    fake = tmp_path / "my-c++"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    assert gpunet.sim.compiler() == str(fake)
+
+
+@needs_sim
+def test_model_to_sim_and_back():
+    gpunet.manual_seed(0)
+    m = gpunet.Sequential(gpunet.Dense(4, 3, activation="relu"), gpunet.Dense(3, 2))
+    ref = m(numpy.ones((5, 4), numpy.float32))
+    m.to("sim")
+    assert m.device == "sim"
+    y = m(gpunet.to_device(numpy.ones((5, 4), numpy.float32), "sim"))
+    assert backend.device_of(y) == "sim"
+    numpy.testing.assert_allclose(gpunet.to_numpy(y), ref, rtol=1e-6)
+    with pytest.raises(TypeError, match="sim"):
+        m(numpy.ones((5, 4), numpy.float32))
+    m.to("cpu")
+    assert m.device == "cpu"
