@@ -1,8 +1,8 @@
 """docs/guide.md runs as written.
 
 Every ```python block of the guide is executed, in order, in one namespace, in a fresh
-temporary working directory (the snippets may write files there). A block whose first
-lines carry ``# needs: cuda`` or ``# needs: sim`` is skipped, alone, when that device is
+temporary working directory (the snippets may write files there). A block with a
+``# needs: cuda`` or ``# needs: sim`` comment line is skipped, alone, when that device is
 unavailable here; nothing else is ever skipped, and a block that raises fails its test
 with a traceback pointing at the guide's line. Each block is its own test
 (``test_python_block[guide.md:LINE]``); selecting one with ``-k`` first runs every block
@@ -17,7 +17,6 @@ import importlib.util
 import os
 import re
 import shlex
-import sys
 import traceback
 from pathlib import Path
 
@@ -77,34 +76,36 @@ def _skip_reason(needs):
 
 
 class _Guide:
-    """The shared namespace, the working directory, and how far the guide has run."""
+    """The shared namespace and the outcome of every block run so far."""
 
-    def __init__(self, workdir):
+    def __init__(self):
         self.ns = {"__name__": "__guide__"}
-        self.workdir = workdir
-        self.next = 0           # index into PYTHON of the next block to run
+        self.outcomes = []      # per block, in order: None (ran), ("skip", why) or ("fail", message)
 
-    def run_through(self, index):
-        """Run every block up to and including ``index``; skip ``index`` itself (only) when
-        its device is missing. Blocks above it that need a missing device are passed over."""
-        while self.next <= index:
-            i = self.next
-            self.next += 1
-            line, needs, src = PYTHON[i]
-            why = _skip_reason(needs)
-            if why is not None:
-                if i == index:
-                    pytest.skip(f"docs/guide.md:{line}: {why}")
-                continue
-            # padded so that tracebacks give the block's line numbers in the guide
-            code = compile("\n" * (line - 1) + src, str(GUIDE), "exec")
-            tb = None
-            try:
-                exec(code, self.ns)
-            except (Exception, SystemExit) as e:  # a snippet calling sys.exit fails too
-                tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
-            if tb is not None:
-                pytest.fail(f"the python block at docs/guide.md:{line} raised:\n{tb}", pytrace=False)
+    def _run(self, line, needs, src):
+        why = _skip_reason(needs)
+        if why is not None:
+            return "skip", f"docs/guide.md:{line}: {why}"
+        # padded so that tracebacks give the block's line numbers in the guide
+        code = compile("\n" * (line - 1) + src, str(GUIDE), "exec")
+        try:
+            exec(code, self.ns)
+        except (Exception, SystemExit) as e:  # a snippet calling sys.exit fails too
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
+            return "fail", f"the python block at docs/guide.md:{line} raised:\n{tb}"
+        return None
+
+    def check(self, index):
+        """Run every block not yet run up to ``index`` (in order: the snippets build on each
+        other), then report block ``index``'s own outcome."""
+        while len(self.outcomes) <= index:
+            self.outcomes.append(self._run(*PYTHON[len(self.outcomes)]))
+        outcome = self.outcomes[index]
+        if outcome is not None:
+            kind, message = outcome
+            if kind == "skip":
+                pytest.skip(message)
+            pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def guide(tmp_path_factory):
     n_threads = threads.get_num_threads()
     os.chdir(workdir)
     try:
-        yield _Guide(workdir)
+        yield _Guide()
     finally:
         os.chdir(cwd)
         os.environ.clear()
@@ -134,7 +135,7 @@ def test_guide_has_blocks():
 @pytest.mark.parametrize("index", range(len(PYTHON)),
                          ids=[f"guide.md:{line}" for line, _, _ in PYTHON])
 def test_python_block(guide, index):
-    guide.run_through(index)
+    guide.check(index)
 
 
 # --- the commands -----------------------------------------------------------------------
