@@ -1,4 +1,6 @@
-"""The gpunet command line (run in-process through gpunet.cli.main)."""
+"""The gpunet command line: in-process through gpunet.cli.main, and as a user runs it (a
+subprocess) for the errors: every user error is one line on stderr and exit status 2."""
+import os
 import re
 import subprocess
 import sys
@@ -44,12 +46,11 @@ def test_train_progress_bar_and_bad_arguments(capsys):
     assert cli.main(["train", "--epochs", "1", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "samples/s" in err
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--epochs", "0"])
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--dataset", "mnist"])  # needs --data-dir
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--optimizer", "lbfgs"])
+    for argv in (["train", "--epochs", "0"], ["train", "--dataset", "mnist"],  # mnist needs --data-dir
+                 ["train", "--optimizer", "lbfgs"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "error" in err, (argv, err)
 
 
 def test_info(capsys):
@@ -68,3 +69,122 @@ def test_train_cnn(capsys):
     assert cli.main(["train", "--model", "cnn", "--epochs", "3", "--device", "cpu", "--quiet"]) == 0
     acc, _, _ = _final_line(capsys.readouterr().out)
     assert acc > 0.85
+
+
+# -- user errors, as a user meets them: one line on stderr, exit status 2 ---------------------
+
+_BLOCK_MATPLOTLIB = "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n"
+
+
+def _gpunet(args, tmp_path, env=None, block_matplotlib=False):
+    """Run ``python -m gpunet.cli ARGS`` in ``tmp_path`` as a user would."""
+    e = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    if block_matplotlib:    # a package named matplotlib whose import fails as a missing one does
+        blocker = tmp_path / "block"
+        (blocker / "matplotlib").mkdir(parents=True, exist_ok=True)
+        (blocker / "matplotlib" / "__init__.py").write_text(_BLOCK_MATPLOTLIB)
+        e["PYTHONPATH"] = os.pathsep.join(p for p in (str(blocker), e.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "gpunet.cli", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=e, timeout=300)
+
+
+def _assert_user_error(p, *needles):
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
+    assert len(lines) == 1, p.stderr[-3000:]
+    assert lines[0].startswith("gpunet") and "error" in lines[0], lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert p.stdout == "", p.stdout      # failed before training: nothing printed
+
+
+def _cuda_available():
+    from gpunet import backend
+    return backend.cuda_available()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train", "--epochs", "x"], ["--epochs", "'x'"]),
+    (["train", "--epochs", "0"], ["--epochs"]),
+    (["train", "--batch-size", "-3"], ["--batch-size"]),
+    (["train", "--lr", "nan"], ["--lr"]),
+    (["train", "--lr", "1e-3x"], ["--lr"]),
+    (["train", "--seed", "-1"], ["--seed"]),
+    (["train", "--threads", "0"], ["--threads"]),
+    (["train", "--device", "gpu"], ["--device", "'gpu'"]),
+    (["train", "--model", "resnet"], ["--model"]),
+    (["train", "--no-such-flag"], ["--no-such-flag"]),
+    (["train", "--dataset", "mnist"], ["--data-dir"]),
+    (["train", "--dataset", "mnist", "--data-dir", "missing"], ["missing"]),
+    (["train", "--data-dir", "."], ["--data-dir"]),               # the digits are embedded
+    (["train", "--save", "no/such/dir/m.npz"], ["--save"]),
+    (["train", "--save", "."], ["--save"]),                       # a directory
+    (["frobnicate"], ["frobnicate"]),
+    ([], ["command"]),
+])
+def test_bad_arguments_are_one_line(args, needles, tmp_path):
+    _assert_user_error(_gpunet(args, tmp_path), *needles)
+
+
+def test_corrupt_or_unreadable_data_files_are_one_line(tmp_path):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    (data / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    (data / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde")
+    _assert_user_error(_gpunet(["train", "--dataset", "mnist", "--data-dir", str(data)], tmp_path),
+                       "--data-dir", "train-images-idx3-ubyte")
+    (data / "train-images-idx3-ubyte.gz").unlink()
+    (data / "train-images-idx3-ubyte").mkdir()               # a folder where the file should be
+    _assert_user_error(_gpunet(["train", "--dataset", "mnist", "--data-dir", str(data)], tmp_path),
+                       "--data-dir")
+
+
+@pytest.mark.skipif(_cuda_available(), reason="a GPU is visible: --device cuda works here")
+def test_cuda_without_a_gpu_is_one_line(tmp_path):
+    _assert_user_error(_gpunet(["train", "--device", "cuda"], tmp_path), "--device cuda", "CUDA")
+    _assert_user_error(_gpunet(["train"], tmp_path, env={"GPUNET_DEVICE": "cuda"}), "CUDA")
+
+
+def test_bad_gpunet_device_is_one_line(tmp_path):
+    _assert_user_error(_gpunet(["train"], tmp_path, env={"GPUNET_DEVICE": "bogus"}), "GPUNET_DEVICE", "bogus")
+    p = _gpunet(["info"], tmp_path, env={"GPUNET_DEVICE": "bogus"})      # info reports it, no traceback
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert re.search(r"^device +unavailable: .*bogus", p.stdout, flags=re.M), p.stdout
+
+
+def test_device_sim_is_a_choice(tmp_path):
+    for d in ("sim", "cpu", "cuda", "cuda:1", "auto", "SIM"):
+        assert cli._device_arg(d) == d.lower()
+    p = _gpunet(["train", "--help"], tmp_path)
+    assert "{auto,cpu,cuda,cuda:N,sim}" in p.stdout
+
+
+def test_train_on_sim(tmp_path):
+    # the simulated CUDA device (gpunet/sim): its runtime module is what CuPy's RawModule maps to
+    pytest.importorskip("gpunet.sim.runtime", reason="the sim device's runtime has not landed yet")
+    p = _gpunet(["train", "--device", "sim", "--epochs", "1", "--quiet"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _final_line(p.stdout)[2] == "sim"
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path):
+    p = _gpunet(["train", "--plot", "curves.png"], tmp_path, block_matplotlib=True)
+    _assert_user_error(p, "--plot", "matplotlib", 'pip install "gpunet[plot]"')
+    assert "epoch" not in p.stderr                           # no epoch was trained
+    assert not (tmp_path / "curves.png").exists()
+    p = _gpunet(["plot", "activations", "--out", "a.png"], tmp_path, block_matplotlib=True)
+    _assert_user_error(p, "matplotlib", 'pip install "gpunet[plot]"')
+    # and without --plot, matplotlib is not needed
+    p = _gpunet(["train", "--epochs", "1", "--quiet", "--device", "cpu"], tmp_path, block_matplotlib=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_version(tmp_path):
+    p = _gpunet(["--version"], tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == f"gpunet {gpunet.__version__}", (p.stdout, p.stderr)
+
+
+def test_help_lists_sim_and_threads(tmp_path):
+    p = _gpunet(["train", "--help"], tmp_path)
+    assert p.returncode == 0
+    assert "sim" in p.stdout and "--threads" in p.stdout and "--version" not in p.stdout
