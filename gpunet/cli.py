@@ -279,8 +279,8 @@ def cmd_info(args):
     env = os.environ.get("GPUNET_DEVICE", "auto")
     try:
         dev = backend.default_device()
-    except RuntimeError as e:
-        dev = f"unavailable: {e}"
+    except (RuntimeError, ValueError) as e:     # no CUDA, or a GPUNET_DEVICE it does not know
+        dev = f"unavailable: {_one_line(e)}"
     print(f"device   {dev} (GPUNET_DEVICE={env})")
     try:
         from gpunet import cuda as gcuda

@@ -224,10 +224,13 @@ def available_cpus() -> int:
 
 
 # Largest GEMM of a training step, in multiply-adds, below which gpunet picks one BLAS
-# thread. Below it a GEMM lasts well under a millisecond, so a second thread can save at
-# most a fraction of that, while a thread that waits for a busy CPU costs a scheduler
-# time slice (milliseconds). Measured in benchmarks/RESULTS.md ("CPU threads under a busy core").
-SMALL_GEMM_MACS = 2 ** 24
+# thread. Below it a GEMM lasts about a millisecond or less (2**26 MACs: ~1 ms at ~60
+# GFLOP/s per core), so a second thread can save at most a fraction of that, while a
+# thread that waits for a busy CPU costs a scheduler time slice (milliseconds), on every
+# GEMM. Both models of ``gpunet train`` on the digits are below it (MLP: 2.1e6, CNN:
+# 1.9e7); the benchmark models of ``gpunet bench`` (MLP 784-1024-1024-10 at batch 256:
+# 2.7e8) are above. Measured in benchmarks/RESULTS.md ("CPU threads under a busy core").
+SMALL_GEMM_MACS = 2 ** 26
 
 
 def default_threads(largest_gemm_macs: int) -> int:
