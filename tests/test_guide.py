@@ -17,13 +17,14 @@ import importlib.util
 import os
 import re
 import shlex
+import textwrap
 import traceback
 from pathlib import Path
 
 import pytest
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guide.md"
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^\1```[ \t]*$", re.M | re.S)
 NEEDS = re.compile(r"^\s*#\s*needs:\s*(\w+)", re.M)
 
 
@@ -33,9 +34,10 @@ def _blocks(lang):
     text = GUIDE.read_text(encoding="utf-8")
     out = []
     for m in FENCE.finditer(text):
-        if m.group(1) == lang:
-            line = text.count("\n", 0, m.start(2)) + 1
-            out.append((line, tuple(NEEDS.findall(m.group(2))), m.group(2)))
+        if m.group(2) == lang:     # (a block inside a list item is indented: dedent it)
+            line = text.count("\n", 0, m.start(3)) + 1
+            src = textwrap.dedent(m.group(3))
+            out.append((line, tuple(NEEDS.findall(src)), src))
     return out
 
 
@@ -176,18 +178,23 @@ def test_guide_has_commands():
 @pytest.mark.parametrize("line,argv", COMMANDS,
                          ids=[f"guide.md:{line}:{' '.join(argv[:2])}" for line, argv in COMMANDS])
 def test_gpunet_command(line, argv, capsys):
-    top = _help([], capsys)
-    if not argv:
-        return
-    sub = argv[0]
-    if sub.startswith("-"):
-        assert sub in top, f"docs/guide.md:{line}: gpunet has no option {sub}"
-        return
-    commands = re.search(r"\{([\w,]+)\}", top).group(1).split(",")
-    assert sub in commands, f"docs/guide.md:{line}: 'gpunet {sub}' is not a subcommand ({commands})"
-    text = _help([sub], capsys)
-    for word in argv[1:]:
+    """``gpunet [SUB [SUBSUB]] [--flag ...]``: each subcommand is one that the level above
+    lists (and its ``--help`` works); each ``--flag`` is listed by the deepest one's help."""
+    path, text = [], _help([], capsys)
+    for word in argv:
+        if word.startswith("-"):
+            continue
+        choices = re.search(r"^\s*\{([\w,-]+)\}", text, re.M)
+        if choices is None:
+            break                       # a positional value, not a subcommand
+        commands = choices.group(1).split(",")
+        assert word in commands, \
+            f"docs/guide.md:{line}: 'gpunet {' '.join(path + [word])}' is not a command ({commands})"
+        path.append(word)
+        text = _help(path, capsys)
+    assert path or argv[0].startswith("-"), f"docs/guide.md:{line}: no gpunet subcommand"
+    for word in argv:
         if word.startswith("--"):
             flag = word.split("=", 1)[0]
-            assert re.search(re.escape(flag) + r"\b", text), \
-                f"docs/guide.md:{line}: 'gpunet {sub}' has no option {flag}"
+            assert re.search(re.escape(flag) + r"(?![\w-])", text), \
+                f"docs/guide.md:{line}: 'gpunet {' '.join(path)}' has no option {flag}"
