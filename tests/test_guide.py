@@ -113,11 +113,13 @@ class _Guide:
 @pytest.fixture(scope="module")
 def guide(tmp_path_factory):
     """Run the blocks in a temporary working directory, restoring afterwards what a snippet
-    may change process-wide (working directory, environment, BLAS threads)."""
+    may change process-wide (working directory, environment, BLAS threads, and the host
+    generator that ``gpunet.manual_seed`` replaces)."""
     workdir = tmp_path_factory.mktemp("guide")
     cwd, env = os.getcwd(), dict(os.environ)
-    from gpunet import threads
+    from gpunet import random as grandom, threads
     n_threads = threads.get_num_threads()
+    rng, rng_state = grandom._host_rng, grandom._host_rng.bit_generator.state
     os.chdir(workdir)
     try:
         yield _Guide()
@@ -125,6 +127,8 @@ def guide(tmp_path_factory):
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
+        rng.bit_generator.state = rng_state
+        grandom._host_rng = rng
         if n_threads is not None and threads.get_num_threads() != n_threads:
             threads.set_num_threads(n_threads)
 
