@@ -1,0 +1,144 @@
+"""gpunet.threads: the BLAS library NumPy runs on, its thread count, and the count that
+``gpunet train`` picks or is told (``--threads``). threadpoolctl, where installed, is an
+independent second reading of the same count (it is a test tool, not a gpunet dependency).
+No timing here: the measurement that motivates the default is in benchmarks/RESULTS.md."""
+import re
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import cli, threads
+
+linux_or_mac = pytest.mark.skipif(not (sys.platform.startswith("linux") or sys.platform == "darwin"),
+                                  reason="gpunet finds BLAS libraries on Linux and macOS only")
+
+
+@pytest.fixture
+def restore_threads():
+    before = threads.get_num_threads()
+    yield
+    if before is not None:
+        threads.set_num_threads(before)
+
+
+def _threadpoolctl_counts():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"}
+
+
+@linux_or_mac
+def test_finds_numpys_blas():
+    libs = threads.blas_libraries()
+    assert libs, "no BLAS library found"
+    assert libs[0].api in ("openblas", "mkl", "blis")
+    assert libs[0].get_num_threads() >= 1
+    # the same library (and the same count) threadpoolctl sees
+    counts = _threadpoolctl_counts()
+    import os
+    ours = {os.path.realpath(lib.path): lib.get_num_threads() for lib in libs}
+    theirs = {os.path.realpath(p): n for p, n in counts.items()}
+    assert ours == theirs
+
+
+@linux_or_mac
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_set_and_get(n, restore_threads):
+    before = threads.get_num_threads()
+    assert threads.set_num_threads(n) == before
+    assert threads.get_num_threads() == n
+    assert set(_threadpoolctl_counts().values()) == {n}
+    a = numpy.arange(64 * 64, dtype=numpy.float64).reshape(64, 64)
+    numpy.testing.assert_array_equal(a @ a, numpy.einsum("ij,jk->ik", a, a))   # still computes
+    assert f"{n} thread" in threads.describe()
+
+
+@linux_or_mac
+def test_limit_restores(restore_threads):
+    threads.set_num_threads(2)
+    with threads.limit(1):
+        assert threads.get_num_threads() == 1
+    assert threads.get_num_threads() == 2
+    with pytest.raises(KeyError):
+        with threads.limit(1):
+            raise KeyError("inside")
+    assert threads.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_bad_counts(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        threads.set_num_threads(bad)
+
+
+def test_no_blas_found_raises(monkeypatch):
+    monkeypatch.setattr(threads, "blas_libraries", lambda: [])
+    with pytest.raises(RuntimeError, match="no BLAS library"):
+        threads.set_num_threads(1)
+    assert threads.get_num_threads() is None
+    assert "no OpenBLAS/MKL/BLIS" in threads.describe()
+
+
+def test_default_threads():
+    assert threads.default_threads(0) == 1
+    assert threads.default_threads(threads.SMALL_GEMM_MACS - 1) == 1
+    assert threads.default_threads(threads.SMALL_GEMM_MACS) == threads.available_cpus()
+    assert threads.available_cpus() >= 1
+
+
+def test_largest_gemm_of_the_train_models():
+    # MLP 64-256-128-10: the 256 -> 128 layer, batch·256·128
+    mlp = gpunet.models.mlp((64, 256, 128, 10))
+    assert cli.largest_gemm_macs(mlp, (64,), 64) == 64 * 256 * 128
+    # CNN on 8x8: conv 16 -> 32 (3x3, same padding) over 8·8 positions
+    cnn = gpunet.models.cnn_digits(image_size=8)
+    assert cli.largest_gemm_macs(cnn, (1, 8, 8), 64) == 64 * 8 * 8 * 32 * 16 * 9
+    assert cnn.training and mlp.training                  # the probe leaves the mode as it was
+    # both digits models are small: one BLAS thread
+    for m, shape in ((mlp, (64,)), (cnn, (1, 8, 8))):
+        assert threads.default_threads(cli.largest_gemm_macs(m, shape, 64)) == 1
+    # a large MLP (784-1024-1024-10 at batch 256, gpunet bench's) gets every CPU
+    big = gpunet.models.mlp((784, 1024, 1024, 10))
+    assert threads.default_threads(cli.largest_gemm_macs(big, (784,), 256)) == threads.available_cpus()
+
+
+def _train(*args):
+    # a fresh process: the count gpunet train sets is process-wide
+    p = subprocess.run([sys.executable, "-m", "gpunet.cli", "train", "--device", "cpu", "--epochs", "1",
+                        "--quiet", *args], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = [l for l in p.stdout.splitlines() if l.startswith("test accuracy")][-1]
+    m = re.search(r"\| (\d+) BLAS threads? \((auto|--threads), ", line)
+    assert m, line
+    return int(m.group(1)), m.group(2)
+
+
+@linux_or_mac
+def test_train_reports_the_threads_it_used():
+    assert _train() == (1, "auto")                        # small model: one thread
+    assert _train("--threads", "2") == (2, "--threads")
+    assert _train("--threads", "1", "--model", "cnn") == (1, "--threads")
+
+
+@linux_or_mac
+def test_train_sets_the_count_in_process(restore_threads, capsys):
+    threads.set_num_threads(2)
+    assert cli.main(["train", "--device", "cpu", "--epochs", "1", "--quiet", "--threads", "3"]) == 0
+    assert "3 BLAS threads (--threads" in capsys.readouterr().out
+    assert threads.get_num_threads() == 3
+    assert set(_threadpoolctl_counts().values()) == {3}
+
+
+@linux_or_mac
+def test_info_shows_blas_and_count():
+    code = ("import sys; from gpunet import threads, cli; threads.set_num_threads(int(sys.argv[1])); "
+            "sys.exit(cli.main(['info']))")
+    for n in (1, 2):
+        p = subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        line = [l for l in p.stdout.splitlines() if l.startswith("blas")]
+        assert len(line) == 1, p.stdout
+        assert re.search(rf"(OpenBLAS|MKL|BLIS).*: {n} threads?$", line[0]), line[0]
