@@ -37,9 +37,15 @@ dropout forward/backward) with CUDA events and reports each one's achieved bandw
 the bytes it must move at least, over its time — as a fraction of the measured
 device-to-device copy bandwidth (the roofline of a memory-bound kernel).
 
+On the simulated CUDA device (``--device sim``, ``gpunet.sim``) times mean nothing; ``bench``
+instead runs one training step per model in this process and prints what it costs a GPU
+by the sim's counters (``gpunet.sim.counters()``): kernel launches (array ops as CuPy
+launches them, plus gpunet's fused kernels), host syncs, bytes copied host-to-device and
+device-to-host, and allocations, per step (after one warm-up step that compiles).
+
 Usage::
 
-    gpunet bench [--quick] [--device cpu|cuda] [--compare torch] [--models NAME ...]
+    gpunet bench [--quick] [--device cpu|cuda|sim] [--compare torch] [--models NAME ...]
                  [--json PATH] [--threads N]
     python -m gpunet.bench ...        (the same, without the console script)
 """
@@ -568,7 +574,8 @@ def _command_line(args) -> str:
 
 def add_arguments(p):
     """Add ``gpunet bench``'s options to an argparse parser."""
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N, auto, or sim (counts GPU costs instead of timing)")
     p.add_argument("--compare", choices=("torch",), default=None,
                    help="also run PyTorch on the same models, in its own processes")
     p.add_argument("--quick", action="store_true", help="3 short rounds (under a minute)")
@@ -604,6 +611,8 @@ def run(args) -> int:
     except (RuntimeError, ValueError) as e:    # an unknown device, or why there is no CUDA
         print(f"gpunet bench: {e}", file=sys.stderr)
         return 2
+    if device == "sim":
+        return run_sim(args)
     rounds, min_time, warmup = QUICK if args.quick else FULL
     rounds = args.rounds or rounds
     min_time = args.min_time if args.min_time is not None else min_time
@@ -727,6 +736,63 @@ def run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
+        print(f"raw numbers written to {args.json}")
+    return 0
+
+
+# -- the simulated device: GPU costs per step instead of times ----------------------------
+SIM_KEYS = ("launches", "fused", "syncs", "h2d_bytes", "d2h_bytes", "allocs")
+
+
+def sim_costs(models=tuple(MODELS), steps=2) -> dict:
+    """Per model, what one training step costs on a GPU, by the sim's counters.
+
+    One warm-up step (kernel compilation, memoized buffers) is not counted; then ``steps``
+    steps are, and each must cost the same (a step whose cost drifts is a leak: reported
+    as ``ValueError``). Returns ``{model: {"launches", "fused" (gpunet's own kernels),
+    "syncs", "h2d_bytes", "d2h_bytes", "allocs", "kernels": {name: launches}}}``.
+    """
+    from gpunet import sim
+    out = {}
+    for m in models:
+        step, _ = gpunet_step(MODELS[m], "sim")
+        step()
+        per = []
+        for _ in range(steps):
+            sim.reset_counters()
+            step()
+            c = sim.counters()
+            c["fused"] = sum(v for k, v in c["kernels"].items() if "<" in k)
+            per.append({k: c[k] for k in SIM_KEYS} | {"kernels": c["kernels"]})
+        if any(p != per[0] for p in per[1:]):
+            raise ValueError(f"gpunet bench: {m}: the sim's per-step costs differ between "
+                             f"steps: {per}")
+        out[m] = per[0]
+    return out
+
+
+def format_sim_costs(costs) -> str:
+    lines = [f"{'model':<20} {'launches':>9} {'fused':>6} {'syncs':>6} {'h2d bytes':>10} "
+             f"{'d2h bytes':>10} {'allocs':>7}"]
+    for m, c in costs.items():
+        lines.append(f"{m:<20} {c['launches']:>9} {c['fused']:>6} {c['syncs']:>6} "
+                     f"{c['h2d_bytes']:>10} {c['d2h_bytes']:>10} {c['allocs']:>7}")
+    return "\n".join(lines)
+
+
+def run_sim(args) -> int:
+    """``gpunet bench --device sim``: the GPU cost table of one training step per model."""
+    models = list(dict.fromkeys(args.models))
+    costs = sim_costs(models)
+    print("gpunet bench on sim (the simulated CUDA device: GPU costs, not times), "
+          f"per training step: forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})")
+    print(format_sim_costs(costs))
+    print("launches: array ops as CuPy launches them (one per elementwise op, reduction, "
+          "cuBLAS matmul) plus fused = gpunet's own kernels; syncs: host waits; "
+          "bytes: host<->device copies")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": "sim", "command": _command_line(args), "models": costs}, f, indent=1)
         print(f"raw numbers written to {args.json}")
     return 0
 

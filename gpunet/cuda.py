@@ -289,13 +289,14 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
                                  f"{(N,)}, got {labels.shape}")
             y = cp.ascontiguousarray(labels.astype(cp.int64, copy=False))
             out_of_range = (y < 0) | (y >= C)
+            # the one host sync; no host-to-device copy (N is known on the host)
             if ignore_index is not None:
                 valid = y != int(ignore_index)
                 out_of_range &= valid
                 counts = cp.stack([cp.count_nonzero(out_of_range), cp.count_nonzero(valid)])
+                bad, n_valid = (int(v) for v in counts.get())
             else:
-                counts = cp.stack([cp.count_nonzero(out_of_range), cp.asarray(N)])
-            bad, n_valid = (int(v) for v in counts.get())  # the one host sync
+                bad, n_valid = int(cp.count_nonzero(out_of_range)), N
             if bad:
                 first = int(y[out_of_range][0].get())
                 raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} "

@@ -165,3 +165,11 @@ def test_linalg_norm_and_as_strided():
     assert abs(float(n) - numpy.linalg.norm(x.get())) < 1e-5
     w = sp.lib.stride_tricks.as_strided(x, shape=(2, 2), strides=(x.strides[0], x.strides[1]))
     numpy.testing.assert_array_equal(w.get(), x.get()[:, :2])
+
+
+def test_arrays_can_be_weakly_referenced_like_cupys():
+    import weakref
+    x = _x()
+    r = weakref.ref(x)
+    assert r() is x
+    assert gpunet.data.is_data(gpunet.data.mark_data(x))

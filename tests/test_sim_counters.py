@@ -108,3 +108,31 @@ def test_softmax_xent_launcher_one_sync_per_call():
     assert sum(v for k, v in c["kernels"].items() if k.startswith("softmax_xent")) == 1
     float(loss)
     assert sim.counters()["syncs"] == 2
+    c, _ = _delta(lambda: gpunet.functional.softmax_cross_entropy(z, y, ignore_index=3))
+    assert c["syncs"] == 1 and c["h2d_bytes"] == 0
+
+
+def test_bench_sim_costs_per_training_step():
+    """``gpunet bench --device sim``'s numbers: a training step of the MLP and of the CNN
+    costs one host sync (the loss's label check), no host-to-device bytes (the batch is
+    already on the device), one fused softmax-CE kernel, and the same every step."""
+    pytest.importorskip("gpunet.sim.runtime")
+    from gpunet import bench
+    costs = bench.sim_costs(["mlp-784-128-10", "cnn-28x28"])
+    for m, c in costs.items():
+        assert c["syncs"] == 1 and c["h2d_bytes"] == 0 and c["d2h_bytes"] == 8, (m, c)
+        assert c["fused"] == 1 and c["kernels"]["softmax_xent_hard_warp<float, 8>"] == 1
+        assert c["launches"] == sum(c["kernels"].values())
+    # per Dense: forward x @ W.T and dW; dx only for the second (the first layer's input is
+    # a DataLoader batch, which needs no gradient)
+    assert costs["mlp-784-128-10"]["kernels"]["matmul"] == 5
+    assert costs["cnn-28x28"]["launches"] > costs["mlp-784-128-10"]["launches"]
+
+
+def test_bench_cli_prints_the_sim_table(capsys):
+    pytest.importorskip("gpunet.sim.runtime")
+    from gpunet import bench
+    assert bench.main(["--device", "sim", "--models", "mlp-784-128-10"]) == 0
+    out = capsys.readouterr().out
+    assert "launches" in out and "syncs" in out and "h2d bytes" in out
+    assert "mlp-784-128-10" in out

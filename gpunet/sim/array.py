@@ -128,7 +128,7 @@ class ndarray:
     ``ndarray(shape, dtype=float, memptr=None, strides=None, order='C')`` allocates an
     uninitialized array; other arrays come from the module's functions and ops.
     """
-    __slots__ = ("_a", "_base")
+    __slots__ = ("_a", "_base", "__weakref__")   # CuPy arrays can be weakly referenced
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
