@@ -29,6 +29,7 @@ class Loss:
             raise ValueError(f"{type(self).__name__}: expected a non-empty batch, got a prediction "
                              f"of shape {tuple(prediction.shape)}")
         loss = self.forward(prediction, target)
+        self._handed_out = False
         # remember which output this gradient belongs to: the backward of the layer that
         # produced ``prediction`` checks that its caches come from that same forward
         register_loss_gradient(self._grad, prediction, f"the {type(self).__name__} loss")
@@ -42,8 +43,13 @@ class Loss:
         (``reduction="mean"``), of the sum (``"sum"``), or of the sum of the unreduced
         losses (``"none"``)."""
         if self._grad is None:
+            if getattr(self, "_handed_out", False):
+                raise RuntimeError(f"{type(self).__name__}.backward: the gradient of the last loss "
+                                   "was already returned by an earlier backward(); compute the loss "
+                                   "again before the next backward")
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
         g, self._grad = self._grad, None
+        self._handed_out = True
         return g
 
     def __repr__(self):

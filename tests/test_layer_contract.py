@@ -329,3 +329,15 @@ def test_dense_input_gradient_is_not_computed_for_data(monkeypatch):
         m.backward(numpy.ones((4, 2), numpy.float32))
     assert calls == [True, False]
     assert gpunet.gradcheck(m, numpy.random.default_rng(0).standard_normal((3, 3)))
+
+
+def test_parameter_dtype_and_second_loss_backward_message():
+    d = gpunet.Dense(2, 2)
+    assert d.weight.dtype == numpy.float32
+    loss_fn = gpunet.MSELoss()
+    with pytest.raises(RuntimeError, match="before the loss was computed"):
+        loss_fn.backward()
+    loss_fn(d(numpy.ones((1, 2), numpy.float32)), numpy.zeros((1, 2), numpy.float32))
+    loss_fn.backward()
+    with pytest.raises(RuntimeError, match="already returned"):
+        loss_fn.backward()

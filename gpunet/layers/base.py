@@ -60,6 +60,10 @@ class Parameter:
         """Number of elements."""
         return int(self.data.size)
 
+    @property
+    def dtype(self):
+        return self.data.dtype
+
     def accumulate(self, g):
         """Add ``g`` into ``grad`` (assign when there is none yet)."""
         if self.grad is None:
