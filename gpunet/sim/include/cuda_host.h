@@ -109,7 +109,7 @@ int gpunet_sim_run(const gpunet_sim_launch* launch, void (*thunk)(void** args));
 int gpunet_sim_barrier(int op, int pred, const char* file, int line);
 void gpunet_sim_warp(int kind, unsigned int mask, unsigned long long value, int b, int c,
                      unsigned long long* out, const char* file, int line);
-unsigned int gpunet_sim_activemask(void);
+unsigned int gpunet_sim_activemask(const char* file, int line);
 [[noreturn]] void gpunet_sim_trap(const char* what, const char* file, int line);
 }
 
@@ -213,7 +213,9 @@ static inline int __all_sync(unsigned int mask, int pred, const char* file = __b
                              int line = __builtin_LINE()) {
     return (__ballot_sync(mask, pred, file, line) & mask) == mask;
 }
-static inline unsigned int __activemask() { return gpunet_sim_activemask(); }
+static inline unsigned int __activemask(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return gpunet_sim_activemask(file, line);
+}
 
 [[noreturn]] static inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
     gpunet_sim_trap("__trap()", file, line);

@@ -141,6 +141,12 @@ struct Group {
     int line;
 };
 
+struct AMask {
+    unsigned int arrived;
+    const char* file;
+    int line;
+};
+
 struct Sched {
     // the launch
     void (*thunk)(void**) = nullptr;
@@ -150,6 +156,7 @@ struct Sched {
     int n = 0;  // threads
     Thread t[kMaxThreads];
     std::vector<Group> groups[kMaxThreads / 32];
+    AMask amask[kMaxThreads / 32];
     int ready[kMaxThreads];
     int rhead = 0, rcount = 0;
     int next = 0;  // first unstarted thread
@@ -395,7 +402,10 @@ void reset_block(int n) {
         S.t[i].st = kUnstarted;
         S.t[i].w = nullptr;
     }
-    for (int w = 0; w < (n + 31) / 32; ++w) S.groups[w].clear();
+    for (int w = 0; w < (n + 31) / 32; ++w) {
+        S.groups[w].clear();
+        S.amask[w].arrived = 0;
+    }
     S.rhead = S.rcount = 0;
     S.next = 0;
     S.exited = 0;
@@ -414,6 +424,8 @@ void abandon_block() {
         th.w = nullptr;
     }
 }
+
+bool settle_activemasks();
 
 // Runs the block; false when it failed (S.msg says why).
 bool run_block() {
@@ -450,6 +462,8 @@ bool run_block() {
             switch_to_worker(w);
         } else if (S.exited == S.n) {
             return true;
+        } else if (settle_activemasks()) {
+            continue;
         } else {
             S.failed = true;
             S.msg = deadlock_report();
@@ -593,14 +607,62 @@ extern "C" void gpunet_sim_warp(int kind, unsigned int mask, unsigned long long 
     *out = me.out;
 }
 
-extern "C" unsigned int gpunet_sim_activemask(void) {
-    const int base = S.cur & ~31;
+// __activemask(): the lanes of the warp that execute this call together. Threads run one
+// at a time, so the call waits until every other lane of the warp has either arrived at
+// the same call or can no longer arrive before something else happens (it exited, or waits
+// at a barrier or another warp operation, or nothing else can run): the result is the
+// lanes that arrived.
+namespace {
+unsigned int exited_lanes(int base) {
     unsigned int m = 0;
-    for (int l = 0; l < 32 && base + l < S.n; ++l) {
-        const State st = S.t[base + l].st;
-        if (st != kExited && st != kFailed) m |= 1u << l;
-    }
+    for (int l = 0; l < 32 && base + l < S.n; ++l)
+        if (S.t[base + l].st == kExited) m |= 1u << l;
     return m;
+}
+
+// Every arrived lane gets the mask of arrived lanes; all but `running` (the caller, or -1)
+// become ready.
+void complete_activemask(int warp, int running) {
+    AMask& a = S.amask[warp];
+    for (int l = 0; l < 32; ++l) {
+        if (!(a.arrived >> l & 1u)) continue;
+        S.t[warp * 32 + l].out = a.arrived;
+        if (warp * 32 + l != running) make_ready(warp * 32 + l);
+    }
+    a.arrived = 0;
+}
+
+// Called by the scheduler when nothing can run: settle every pending __activemask().
+bool settle_activemasks() {
+    bool any = false;
+    for (int w = 0; w < (S.n + 31) / 32; ++w) {
+        if (S.amask[w].arrived) {
+            complete_activemask(w, -1);
+            any = true;
+        }
+    }
+    return any;
+}
+}  // namespace
+
+extern "C" unsigned int gpunet_sim_activemask(const char* file, int line) {
+    const int tid = S.cur, warp = tid >> 5, lane = tid & 31, base = tid & ~31;
+    const int nlanes = S.n - base < 32 ? S.n - base : 32;
+    const unsigned int exist = nlanes == 32 ? 0xffffffffu : (1u << nlanes) - 1u;
+    AMask& a = S.amask[warp];
+    if (a.arrived && !same_site(file, line, a.file, a.line)) complete_activemask(warp, -1);
+    if (!a.arrived) {
+        a.file = file;
+        a.line = line;
+    }
+    a.arrived |= 1u << lane;
+    if ((a.arrived | exited_lanes(base)) == exist) {
+        const unsigned int m = a.arrived;
+        complete_activemask(warp, tid);
+        return m;
+    }
+    park(kWarp);
+    return static_cast<unsigned int>(S.t[S.cur].out);
 }
 
 extern "C" void gpunet_sim_trap(const char* what, const char* file, int line) {
