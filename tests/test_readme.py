@@ -26,3 +26,34 @@ def test_python_example_runs_and_learns(capsys):
     out = capsys.readouterr().out
     acc = float(out.split("test accuracy")[1].strip())
     assert acc > 0.9
+
+
+def _quick_start_commands():
+    section = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```\w*\n(.*?)```", section, flags=re.S)[0]
+    return [l.strip() for l in block.splitlines() if l.strip()]
+
+
+def test_ci_runs_the_quick_start_verbatim_in_a_stock_venv():
+    """.ci/run runs the README's two commands exactly as written, first, in a fresh venv with
+    the interpreter's own pip and setuptools: no upgrade and no other install before them."""
+    script = (README.parent / ".ci" / "run").read_text()
+    lines = [l.strip() for l in script.splitlines() if l.strip() and not l.strip().startswith("#")]
+    commands = _quick_start_commands()
+    at = [lines.index(c) if c in lines else None for c in commands]
+    assert None not in at, f".ci/run lacks a README command verbatim: {commands}"
+    assert at[0] < at[1], "the two commands must run in the README's order"
+    before = lines[:at[1]]
+    venvs = [i for i, l in enumerate(before) if re.search(r"\bpython3? -m venv\b", l)]
+    assert venvs and venvs[0] < at[0], "no fresh venv before the quick start"
+    assert not any("--upgrade-deps" in l or "--system-site-packages" in l for l in before)
+    activates = [i for i, l in enumerate(before) if re.match(r"(\.|source) .*/bin/activate", l)]
+    assert activates and venvs[0] < activates[0] < at[0], "the quick start must run inside the venv"
+    # nothing is installed or upgraded between the venv and the README's test command
+    for l in before[venvs[0] + 1:]:
+        if l != commands[0]:
+            assert not re.search(r"\b(install|ensurepip|--upgrade)\b", l), l
+    # and the test command runs again after the extras are installed
+    after = lines[at[1] + 1:]
+    extras = [i for i, l in enumerate(after) if "pip install" in l]
+    assert extras and commands[1] in after[extras[0] + 1:]
