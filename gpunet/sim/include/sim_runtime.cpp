@@ -113,6 +113,7 @@ gpunet_sim_trampoline:
 
 struct Worker {
     char* lo = nullptr;  // the usable stack is [lo, lo + kStack); a guard page lies below
+    char* top = nullptr;  // where the stack starts: staggered per worker (see new_worker)
 #if GPUNET_SIM_USE_UCONTEXT
     ucontext_t ctx;
 #else
@@ -204,13 +205,13 @@ void init_context(Worker* w) {
 #if GPUNET_SIM_USE_UCONTEXT
     getcontext(&w->ctx);
     w->ctx.uc_stack.ss_sp = w->lo;
-    w->ctx.uc_stack.ss_size = kStack;
+    w->ctx.uc_stack.ss_size = static_cast<size_t>(w->top - w->lo);
     w->ctx.uc_link = nullptr;
     makecontext(&w->ctx, reinterpret_cast<void (*)()>(gpunet_sim_worker_main), 1, w);
 #else
     // Stack image that gpunet_sim_swap pops: r15 r14 r13 r12 rbx rbp, then the return
     // address; the trampoline calls r13(r12) with rsp 16-byte aligned.
-    void** sp = reinterpret_cast<void**>(w->lo + kStack) - 9;
+    void** sp = reinterpret_cast<void**>(w->top) - 9;
     sp[0] = nullptr;                                               // r15
     sp[1] = nullptr;                                               // r14
     sp[2] = reinterpret_cast<void*>(&gpunet_sim_worker_main);       // r13
@@ -236,6 +237,9 @@ Worker* new_worker() {
     mprotect(mem, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
     Worker* w = new Worker;
     w->lo = static_cast<char*>(mem) + page;
+    // Stacks kStack apart would put every fiber's hot top frames in the same cache sets;
+    // start each at a different offset (a multiple of 64 bytes below 16 KiB).
+    w->top = w->lo + kStack - (S.all.size() * 1088) % 16384;
     init_context(w);
     S.all.push_back(w);
     return w;
