@@ -129,6 +129,7 @@ def largest_gemm_macs(model, sample_shape, batch_size) -> int:
 
 
 def cmd_train(args):
+    import numpy
     import gpunet
     from gpunet import datasets, models, optim, threads
     from gpunet.backend import resolve_device
@@ -178,8 +179,10 @@ def cmd_train(args):
         model = models.cnn_digits(image_size=side)
         epochs = args.epochs or 20
 
+    # BLAS threads: what --threads says, else (where NumPy does the math: cpu, sim) one
+    # thread for small GEMMs, which a second thread only slows down on a busy machine.
     blas = ""
-    if device == "cpu":
+    if args.threads or not device.startswith("cuda"):
         n = args.threads or threads.default_threads(largest_gemm_macs(model, Xtr.shape[1:], args.batch_size))
         try:
             threads.set_num_threads(n)
@@ -187,7 +190,7 @@ def cmd_train(args):
             if args.threads:      # asked for explicitly: say it could not be done
                 raise UserError(f"gpunet train: error: --threads {args.threads}: {_one_line(e)}") from None
         libs = threads.blas_libraries()
-        if libs:
+        if libs and not device.startswith("cuda"):
             k = libs[0].get_num_threads()
             how = "--threads" if args.threads else "auto"
             blas = f" | {k} BLAS thread{'s' * (k != 1)} ({how}, {str(libs[0]).split(' (')[0]})"
@@ -210,11 +213,14 @@ def cmd_train(args):
             samples += tr.last_epoch_samples
 
     try:
-        history = trainer.fit((Xtr, ytr), epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-                              callbacks=[_Clock()], progress=not args.quiet,
-                              val=(Xte, yte) if args.plot else None)
+        # a diverging run is reported once, by the Trainer's non-finite loss check below,
+        # not by a screenful of NumPy overflow warnings before it
+        with numpy.errstate(over="ignore", invalid="ignore"):
+            history = trainer.fit((Xtr, ytr), epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                                  callbacks=[_Clock()], progress=not args.quiet,
+                                  val=(Xte, yte) if args.plot else None)
     except FloatingPointError as e:     # the loss blew up: a learning rate too large, most often
-        raise UserError(f"gpunet train: error: {_one_line(e)} (try a smaller --lr than {lr:g})") from None
+        raise UserError(f"gpunet train: error: {_one_line(e)} (--lr {lr:g})") from None
     wall = time.perf_counter() - t0
     result = trainer.evaluate((Xte, yte))
     if args.save:

@@ -126,6 +126,14 @@ def test_bad_arguments_are_one_line(args, needles, tmp_path):
     _assert_user_error(_gpunet(args, tmp_path), *needles)
 
 
+def test_diverging_training_is_one_line(tmp_path):
+    p = _gpunet(["train", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "2", "--quiet", "--device", "cpu"],
+                tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+    assert "non-finite loss" in lines[0] and "--lr 10000" in lines[0]
+
+
 def test_corrupt_or_unreadable_data_files_are_one_line(tmp_path):
     data = tmp_path / "mnist"
     data.mkdir()
