@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Run gpunet's CUDA kernels on the sim device under AddressSanitizer + UndefinedBehaviorSanitizer.
+
+    python tools/sim_sanitize.py            # the edge-shape set; exit 0 when all is clean
+    python tools/sim_sanitize.py --list     # print the cases
+    python tools/sim_sanitize.py -k bn_     # only the cases whose name contains "bn_"
+    python tools/sim_sanitize.py --plant oob|ubsan   # a deliberately broken kernel (self-check)
+
+The parent process finds g++'s ``libasan.so`` / ``libubsan.so`` (``$CXX -print-file-name``),
+and re-runs this script in a child with ``LD_PRELOAD`` of both, ``GPUNET_SIM_SANITIZE=1``
+(the sim runtime and every kernel module are built with ``-fsanitize=address,undefined
+-fno-sanitize-recover=all -fno-omit-frame-pointer``, cached apart from the normal build),
+``ASAN_OPTIONS=detect_leaks=0`` (the Python interpreter's own allocations are not ours)
+and ``halt_on_error``. The child runs every launcher of ``gpunet/cuda.py`` through the
+functional ops on sim arrays, over the edge shapes of issue 11, and compares each result
+with the NumPy reference in ``gpunet/functional``. The parent exits non-zero when the
+child fails, a result differs, or the output holds any sanitizer report.
+
+Edge shapes: N = 1; C = 1, 2, 31, 32, 33, 255, 256, 257, 1023, 1024, 1025, 10000 (the
+warp kernels' bounds 32·8 and 32·32, the block kernels, C not a multiple of the pack
+width); offset (unaligned) views; all rows ignored, some ignored; soft targets; label
+smoothing; batch norm on (N, C) and (N, C, H, W) with HW = 1, 3, 25 (odd), 4, 16 and rows
+enough that a channel spans several chunks, N = 1; dropout with n = 1, n not a multiple
+of 4, unaligned, and grid-stride sizes; float32 and float64.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_REPORT = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|"
+                     r"SUMMARY: (Address|UndefinedBehavior)Sanitizer")
+
+
+# ---------------------------------------------------------------------------------------
+# Parent: set up the sanitizer runtime and run the child
+# ---------------------------------------------------------------------------------------
+
+def _cxx():
+    env = os.environ.get("CXX")
+    if env:
+        return shlex.split(env)
+    for name in ("g++", "c++"):
+        if shutil.which(name):
+            return [name]
+    return None
+
+
+def sanitizer_env() -> dict:
+    cxx = _cxx()
+    if cxx is None:
+        raise SystemExit("sim_sanitize: the sim device needs a C++ compiler (g++); none found")
+    libs = []
+    for lib in ("libasan.so", "libubsan.so"):
+        p = subprocess.run([*cxx, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(p) or not os.path.exists(p):
+            raise SystemExit(f"sim_sanitize: {cxx[0]} has no {lib} (install the compiler's "
+                             "sanitizer runtimes, e.g. libasan8 and libubsan1 for g++ 12)")
+        libs.append(os.path.realpath(p))
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = ":".join(libs + ([env["LD_PRELOAD"]] if env.get("LD_PRELOAD") else []))
+    env["GPUNET_SIM_SANITIZE"] = "1"
+    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=23"
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_parent(argv) -> int:
+    env = sanitizer_env()
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--child", *argv], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.stdout
+    sys.stdout.write(out)
+    reports = [line for line in out.splitlines() if _REPORT.search(line)]
+    elapsed = time.perf_counter() - t0
+    if p.returncode != 0 or reports:
+        print(f"sim_sanitize: FAILED (exit status {p.returncode}, {len(reports)} sanitizer "
+              f"report line(s)) in {elapsed:.1f} s", file=sys.stderr)
+        return 1
+    print(f"sim_sanitize: clean in {elapsed:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Child: the edge shapes
+# ---------------------------------------------------------------------------------------
+
+def cases():
+    """(name, function) pairs; each function raises AssertionError on a wrong result."""
+    import numpy
+
+    from gpunet import backend
+    from gpunet import functional as F
+    from gpunet import to_numpy
+
+    sp = backend.require_sim()
+    rng = numpy.random.default_rng(11)
+    out = []
+
+    def tol(dtype):
+        return dict(rtol=1e-10, atol=1e-12) if dtype == numpy.float64 else dict(rtol=3e-5, atol=3e-6)
+
+    def on_sim(a, offset):
+        """``a`` as a sim array; offset > 0: a view starting `offset` elements into a
+        larger buffer (so its address is not 16-byte aligned)."""
+        if not offset:
+            return sp.asarray(a)
+        flat = numpy.concatenate([numpy.zeros(offset, a.dtype), a.ravel()])
+        return sp.asarray(flat)[offset:].reshape(a.shape)
+
+    def check(want, got, dtype):
+        for w, g in zip(want, got):
+            numpy.testing.assert_allclose(to_numpy(g), w, **tol(dtype))
+
+    dtypes = (numpy.float32, numpy.float64)
+
+    # Softmax cross-entropy
+    for dtype in dtypes:
+        short = "f32" if dtype == numpy.float32 else "f64"
+        for N, C in [(1, 1), (1, 2), (3, 31), (2, 32), (2, 33), (2, 255), (2, 256), (2, 257),
+                     (2, 1023), (2, 1024), (2, 1025), (2, 10000), (1, 10000), (9, 7)]:
+            for variant in ("hard", "smooth", "ignore_some", "ignore_all", "soft", "soft_smooth",
+                            "offset"):
+                if variant == "offset" and N * C < 2:
+                    continue
+
+                def run(N=N, C=C, variant=variant, dtype=dtype):
+                    z = (rng.standard_normal((N, C)) * 3).astype(dtype)
+                    eps = 0.1 if "smooth" in variant else 0.0
+                    ignore = None
+                    if variant.startswith("soft"):
+                        q = rng.random((N, C)).astype(dtype)
+                        labels = q / q.sum(1, keepdims=True)
+                    else:
+                        labels = rng.integers(0, C, N)
+                        if variant == "ignore_some":
+                            ignore = -100
+                            labels[::2] = ignore
+                        elif variant == "ignore_all":
+                            ignore = -100
+                            labels[:] = ignore
+                    offset = 1 if variant == "offset" else 0
+                    want = F.softmax_cross_entropy(z, labels, label_smoothing=eps, ignore_index=ignore)
+                    got = F.softmax_cross_entropy(on_sim(z, offset), sp.asarray(labels),
+                                                  label_smoothing=eps, ignore_index=ignore)
+                    check(want, got, dtype)
+
+                out.append((f"xent_{variant}_N{N}_C{C}_{short}", run))
+
+    # Batch norm (forward and backward)
+    bn_shapes = [(1, 1), (1, 5), (7, 1), (64, 3), (5, 33), (3, 2, 1, 1), (4, 3, 1, 3),
+                 (2, 3, 5, 5), (3, 2, 2, 2), (2, 5, 4, 4), (4096, 1, 2, 2), (2048, 2, 3, 3),
+                 (16384, 2), (1, 4, 3, 3)]
+    for dtype in dtypes:
+        short = "f32" if dtype == numpy.float32 else "f64"
+        for shape in bn_shapes:
+            for offset in (0, 1):
+                def run(shape=shape, offset=offset, dtype=dtype):
+                    C = shape[1]
+                    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+                    dy = rng.standard_normal(shape).astype(dtype)
+                    g = rng.standard_normal(C).astype(dtype)
+                    b = rng.standard_normal(C).astype(dtype)
+                    y, mean, var, inv = F.batch_norm_forward(x, g, b)
+                    want = (y, mean, var, inv, *F.batch_norm_backward(dy, x, g, mean, inv))
+                    xs, dys = on_sim(x, offset), on_sim(dy, offset)
+                    ys, ms, vs, ivs = F.batch_norm_forward(xs, sp.asarray(g), sp.asarray(b))
+                    got = (ys, ms, vs, ivs,
+                           *F.batch_norm_backward(dys, xs, sp.asarray(g), ms, ivs))
+                    # dx of a one-value channel is 0 up to rounding: compare it absolutely
+                    scale = max(1.0, float(numpy.abs(want[4]).max()))
+                    for k, (w, gg) in enumerate(zip(want, got)):
+                        t = tol(dtype)
+                        if k == 4:
+                            t = dict(rtol=t["rtol"], atol=t["rtol"] * scale * 10)
+                        numpy.testing.assert_allclose(to_numpy(gg), w, **t)
+
+                tag = "x".join(map(str, shape))
+                out.append((f"bn_{tag}{'_offset' if offset else ''}_{short}", run))
+
+    # Dropout (forward and backward)
+    for dtype in dtypes:
+        short = "f32" if dtype == numpy.float32 else "f64"
+        for n in (1, 2, 3, 5, 7, 1001, 4096, 40001):
+            for offset in (0, 1, 3):
+                def run(n=n, offset=offset, dtype=dtype):
+                    x = rng.standard_normal(n).astype(dtype)
+                    want = (F.dropout_forward(x, 0.3, 5, 9), F.dropout_backward(x, 0.3, 5, 9))
+                    xs = on_sim(x, offset)
+                    got = (F.dropout_forward(xs, 0.3, 5, 9), F.dropout_backward(xs, 0.3, 5, 9))
+                    check(want, got, dtype)
+
+                out.append((f"dropout_n{n}_offset{offset}_{short}", run))
+    return out
+
+
+PLANTED = {
+    # writes one element past the end of its output
+    "oob": r'''extern "C" __global__ void planted(float* y, int n) {
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i <= n) y[i] = 1.0f;
+    }''',
+    # signed overflow
+    "ubsan": r'''extern "C" __global__ void planted(float* y, int n) {
+        int v = n;
+        for (int k = 0; k < 40; ++k) v *= 3;
+        y[threadIdx.x] = static_cast<float>(v);
+    }''',
+}
+
+
+def run_planted(kind) -> int:
+    import numpy
+
+    from gpunet import backend
+    from gpunet.sim.runtime import RawKernel
+
+    sp = backend.require_sim()
+    y = sp.empty((32,), dtype=numpy.float32)
+    RawKernel(PLANTED[kind], "planted")((1,), (64,), (y, numpy.int32(32)))
+    print(f"planted {kind}: the kernel ran without a report", flush=True)
+    return 0
+
+
+def run_child(args) -> int:
+    if args.plant:
+        return run_planted(args.plant)
+    from gpunet.sim import runtime
+
+    assert runtime.sanitizing(), "the child must run with GPUNET_SIM_SANITIZE=1"
+    todo = [(n, f) for n, f in cases() if not args.k or any(k in n for k in args.k)]
+    failed = []
+    t0 = time.perf_counter()
+    for name, fn in todo:
+        try:
+            fn()
+        except AssertionError as e:
+            failed.append(name)
+            print(f"FAIL {name}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", flush=True)
+            print(str(e), flush=True)
+        else:
+            if args.verbose:
+                print(f"ok   {name}", flush=True)
+    print(f"sim_sanitize: {len(todo) - len(failed)}/{len(todo)} cases match NumPy "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--list", action="store_true", help="print the case names and exit")
+    ap.add_argument("-k", action="append", help="run only cases whose name contains this")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every case")
+    ap.add_argument("--plant", choices=sorted(PLANTED), help="run a deliberately broken kernel")
+    args = ap.parse_args(argv)
+    if args.list:
+        sys.path.insert(0, str(REPO))
+        for name, _ in cases():
+            print(name)
+        return 0
+    if args.child:
+        sys.path.insert(0, str(REPO))
+        return run_child(args)
+    rest = [a for a in (argv if argv is not None else sys.argv[1:])]
+    return run_parent(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
