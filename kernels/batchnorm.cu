@@ -11,10 +11,13 @@
 // The reductions are two-level: a grid of (chunks, C) blocks writes one partial per block,
 // and a small kernel (one thread per channel) combines a channel's partials. Statistics
 // are Welford triples (count, mean, m2): each thread sums its values shifted by the
-// channel's first value (x[0, c, 0]), which removes the cancellation of the raw
-// sum-of-squares formula, then threads, warps, blocks and chunks combine with Chan's
-// pairwise formula (gpunet::welford_combine). Counts are held in T (exact below 2**24 in
-// float).
+// channel's first value K = x[0, c, 0], which removes the cancellation of the raw
+// sum-of-squares formula, then threads, warps and the block combine with Chan's pairwise
+// formula (gpunet::welford_combine) on means still relative to K: for float data with a
+// large mean and a small spread (1e4 + 0.01 noise), absolute means rounded at 1e4 would
+// make the combine's differences of means lose the spread. A block adds K back once, when
+// it writes its partial; the finalize kernel combines the partials relative to the first
+// one's mean. Counts are held in T (exact below 2**24 in float).
 //
 // Elementwise kernels index the flat tensor; the channel of element i is (i / HW) % C,
 // computed with gpunet::FastDivmod (the launcher passes the host-computed constants and
@@ -90,16 +93,18 @@ __global__ void bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, 
         s2 += d * d;
         ++cnt;
     }
+    // Means relative to K until the block's statistics are complete: absolute means of 1e4
+    // rounded per thread would make their differences (the combine's delta) lose the spread.
     Welford<T> st;
     st.n = T(cnt);
-    st.mean = cnt ? K + s1 / T(cnt) : T(0);
-    const T m2 = cnt ? s2 - s1 * (s1 / T(cnt)) : T(0);
+    st.mean = cnt ? s1 / T(cnt) : T(0);
+    const T m2 = cnt ? s2 - s1 * st.mean : T(0);
     st.m2 = m2 > T(0) ? m2 : T(0);
     st = gpunet::block_welford(st, scratch);
     if (threadIdx.x == 0) {
         T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
         p[0] = st.n;
-        p[1] = st.mean;
+        p[1] = K + st.mean;
         p[2] = st.m2;
     }
 }
@@ -111,6 +116,9 @@ __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks,
                                   T* __restrict__ inv_std) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
+    // Combine relative to the first chunk's mean (the chunk means share their leading
+    // digits; a running absolute mean would be rounded at every step).
+    const T shift = part[static_cast<long long>(c) * chunks * 3 + 1];
     Welford<T> st;
     st.n = T(0);
     st.mean = T(0);
@@ -119,12 +127,12 @@ __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks,
         const T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
         Welford<T> o;
         o.n = p[0];
-        o.mean = p[1];
+        o.mean = p[1] - shift;
         o.m2 = p[2];
         st = gpunet::welford_combine(st, o);
     }
     const T v = st.m2 / st.n;
-    mean[c] = st.mean;
+    mean[c] = shift + st.mean;
     var[c] = v;
     inv_std[c] = T(1) / gpunet::dev_sqrt(v + eps);
 }
