@@ -173,3 +173,10 @@ def test_arrays_can_be_weakly_referenced_like_cupys():
     r = weakref.ref(x)
     assert r() is x
     assert gpunet.data.is_data(gpunet.data.mark_data(x))
+
+
+def test_ops_never_warn_like_a_gpu(recwarn):
+    x = sp.asarray(numpy.array([1e38, 0.0], numpy.float32))
+    y = (x * x, x / x[1], sp.log(x), x.sum() * 10, x @ x)
+    assert [w.message for w in recwarn] == []
+    assert numpy.isinf(y[0].get()[0]) and numpy.isnan(y[1].get()[1])
