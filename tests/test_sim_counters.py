@@ -136,3 +136,19 @@ def test_bench_cli_prints_the_sim_table(capsys):
     out = capsys.readouterr().out
     assert "launches" in out and "syncs" in out and "h2d bytes" in out
     assert "mlp-784-128-10" in out
+
+
+def test_kernel_modules_are_memoized_per_device_with_the_sim_apart():
+    pytest.importorskip("gpunet.sim.runtime")
+    from gpunet import cuda as gcuda
+    from gpunet.sim import runtime
+    mod = gcuda.module("dropout.cu", "sim")
+    assert isinstance(mod, runtime.RawModule)
+    assert gcuda.module("dropout.cu", "sim") is mod
+    assert ("dropout.cu", "sim") in gcuda._modules and ("dropout.cu", 0) not in gcuda._modules \
+        or not isinstance(gcuda._modules.get(("dropout.cu", 0)), runtime.RawModule)
+    k = gcuda.kernel("dropout.cu", "dropout_apply<float>", "sim")
+    assert gcuda.kernel("dropout.cu", "dropout_apply<float>", "sim") is k
+    assert gcuda._sm_count("sim") == sim.MULTIPROCESSOR_COUNT
+    with pytest.raises(TypeError, match="sim"):
+        gcuda.module("dropout.cu", "gpu")
