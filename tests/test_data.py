@@ -149,11 +149,10 @@ def test_device_cpu_moves_batches_to_numpy(xp):
     assert DataLoader(X, y, device="cpu").to(None).device is None
 
 
-@pytest.mark.skipif(not backend.cuda_available(), reason="no CUDA device")
-def test_device_cuda_moves_host_batches_to_the_gpu():
-    cp = backend.require_cuda()
+def test_device_moves_host_batches_to_the_gpu(gpu_xp, gpu_device):
+    cp = gpu_xp
     X, y = _data(numpy, 9)
-    loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=4, device="cuda")
+    loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=4, device=gpu_device)
     got = [(backend.get_array_module(xb), backend.get_array_module(yb)) for xb, yb in loader]
     assert got == [(cp, cp)] * 3
     assert isinstance(loader.X, numpy.ndarray)
@@ -215,8 +214,6 @@ def test_set_epoch_rejects_negative():
         loader.set_epoch(-1)
 
 
-@pytest.mark.skipif(not backend.cuda_available(), reason="no CUDA device")
-def test_numpy_cupy_mix_raises_type_error():
-    cp = backend.require_cuda()
-    with pytest.raises(TypeError, match="cpu.*cuda"):
-        DataLoader(numpy.zeros((4, 2)), cp.zeros(4))
+def test_numpy_device_mix_raises_type_error(gpu_xp, gpu_device):
+    with pytest.raises(TypeError, match=f"cpu.*{gpu_device}"):
+        DataLoader(numpy.zeros((4, 2)), gpu_xp.zeros(4))
