@@ -2,6 +2,7 @@
 ``gpunet train`` picks or is told (``--threads``). threadpoolctl, where installed, is an
 independent second reading of the same count (it is a test tool, not a gpunet dependency).
 No timing here: the measurement that motivates the default is in benchmarks/RESULTS.md."""
+import os
 import re
 import subprocess
 import sys
@@ -25,9 +26,20 @@ def restore_threads():
 
 
 def _threadpoolctl_counts():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    """threadpoolctl's reading {library path: threads}, or None where it is not installed
+    (CI installs it with the test tools; the checks of our own reading run without it)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
     return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
             if i["user_api"] == "blas"}
+
+
+def _assert_threadpoolctl_reads(n):
+    counts = _threadpoolctl_counts()
+    if counts is not None:
+        assert counts and set(counts.values()) == {n}, counts
 
 
 @linux_or_mac
@@ -36,12 +48,16 @@ def test_finds_numpys_blas():
     assert libs, "no BLAS library found"
     assert libs[0].api in ("openblas", "mkl", "blis")
     assert libs[0].get_num_threads() >= 1
+    # NumPy's own record of its BLAS names the same library
+    if numpy.lib.NumpyVersion(numpy.__version__) >= "1.26.0":
+        config = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        assert libs[0].api in config["name"].lower(), (libs[0], config["name"])
     # the same library (and the same count) threadpoolctl sees
     counts = _threadpoolctl_counts()
-    import os
-    ours = {os.path.realpath(lib.path): lib.get_num_threads() for lib in libs}
-    theirs = {os.path.realpath(p): n for p, n in counts.items()}
-    assert ours == theirs
+    if counts is not None:
+        ours = {os.path.realpath(lib.path): lib.get_num_threads() for lib in libs}
+        theirs = {os.path.realpath(p): n for p, n in counts.items()}
+        assert ours == theirs
 
 
 @linux_or_mac
@@ -50,7 +66,7 @@ def test_set_and_get(n, restore_threads):
     before = threads.get_num_threads()
     assert threads.set_num_threads(n) == before
     assert threads.get_num_threads() == n
-    assert set(_threadpoolctl_counts().values()) == {n}
+    _assert_threadpoolctl_reads(n)
     a = numpy.arange(64 * 64, dtype=numpy.float64).reshape(64, 64)
     numpy.testing.assert_array_equal(a @ a, numpy.einsum("ij,jk->ik", a, a))   # still computes
     assert f"{n} thread" in threads.describe()
@@ -129,7 +145,7 @@ def test_train_sets_the_count_in_process(restore_threads, capsys):
     assert cli.main(["train", "--device", "cpu", "--epochs", "1", "--quiet", "--threads", "3"]) == 0
     assert "3 BLAS threads (--threads" in capsys.readouterr().out
     assert threads.get_num_threads() == 3
-    assert set(_threadpoolctl_counts().values()) == {3}
+    _assert_threadpoolctl_reads(3)
 
 
 @linux_or_mac
