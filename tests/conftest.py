@@ -9,12 +9,19 @@ generator and move them with ``xp.asarray``; compare with ``gpunet.to_numpy``.
 
 GPU-only tests (kernels against their NumPy reference, CPU/GPU parity) take ``gpu_xp`` /
 ``gpu_device`` instead: every GPU-like backend present, ``"cuda"`` and ``"sim"``; they skip
-where there is neither.
+where there is neither. ``GPUNET_REQUIRE_SIM=1`` (CI) turns a missing C++ compiler into an
+error instead of silently dropping the sim from the suite.
 """
+import os
+
 import numpy
 import pytest
 
 from gpunet import backend, sim
+
+if os.environ.get("GPUNET_REQUIRE_SIM", "") not in ("", "0") and sim.compiler() is None:
+    raise pytest.UsageError("GPUNET_REQUIRE_SIM is set but no C++ compiler was found for the "
+                            "sim device ($CXX, g++, c++, clang++)")
 
 GPU_BACKENDS = (["cupy"] if backend.cuda_available() else []) + (["sim"] if sim.compiler() else [])
 BACKENDS = ["numpy"] + GPU_BACKENDS
