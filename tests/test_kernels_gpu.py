@@ -86,3 +86,26 @@ def test_dropout_kernel_is_bit_identical(cp, dtype, shape, p, mode):
         ref_b = FD.dropout_backward(x, p, 1234, counter, mode)
         got_b = FD.dropout_backward(cp.asarray(x), p, 1234, counter, mode)
         numpy.testing.assert_array_equal(to_numpy(got_b), ref_b)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_kernels_on_unaligned_views_match_numpy(cp, dtype):
+    """A contiguous view one element into its buffer is not 16-byte aligned: the kernels
+    must take their scalar paths (never a misaligned vector load) and agree with NumPy."""
+    rng = numpy.random.default_rng(7)
+    n, c = 24, 16                                  # widths that would take the packed paths
+    flat = rng.standard_normal(n * c + 1).astype(dtype)
+    z = cp.asarray(flat)[1:].reshape(n, c)
+    assert z.data.ptr % 16 != 0
+    labels = rng.integers(0, c, n)
+    ref = FL.softmax_cross_entropy(flat[1:].reshape(n, c), labels)
+    got = FL.softmax_cross_entropy(z, cp.asarray(labels))
+    numpy.testing.assert_allclose(float(got[0]), float(ref[0]), **TOL[dtype])
+    numpy.testing.assert_allclose(to_numpy(got[1]), ref[1], **TOL[dtype])
+    x4 = cp.asarray(flat)[1:].reshape(n, c // 4, 2, 2)
+    ref = FB.batch_norm_forward(flat[1:].reshape(n, c // 4, 2, 2), None, None, 1e-5)
+    got = FB.batch_norm_forward(x4, None, None, 1e-5)
+    for r, g in zip(ref, got):
+        numpy.testing.assert_allclose(to_numpy(g), r, **TOL[dtype])
+    ref = FD.dropout_forward(flat[1:], 0.3, 99, 5, "inverted")
+    numpy.testing.assert_array_equal(to_numpy(FD.dropout_forward(cp.asarray(flat)[1:], 0.3, 99, 5, "inverted")), ref)
