@@ -152,3 +152,13 @@ def test_kernel_modules_are_memoized_per_device_with_the_sim_apart():
     assert gcuda._sm_count("sim") == sim.MULTIPROCESSOR_COUNT
     with pytest.raises(TypeError, match="sim"):
         gcuda.module("dropout.cu", "gpu")
+
+
+def test_integer_array_and_list_indexing():
+    x = sp.asarray(numpy.arange(10.0))
+    i = sp.asarray(numpy.array([3, 1]))
+    c, y = _delta(lambda: x[i])
+    assert (c["launches"], c["allocs"], c["syncs"], c["h2d_bytes"]) == (1, 1, 0, 0)
+    c, y = _delta(lambda: x[[3, 1]])
+    assert (c["launches"], c["syncs"], c["h2d_bytes"]) == (1, 0, 16)
+    assert y.get().tolist() == [3.0, 1.0]

@@ -437,8 +437,10 @@ def _index(key):
             out.append(k._a)
         elif isinstance(k, _np.ndarray):
             raise _unsupported(k)
-        elif isinstance(k, list):
+        elif isinstance(k, list):       # CuPy copies a list index to the device first
             kind = "advanced" if kind == "basic" else kind
+            k = _np.asarray(k)
+            _C.h2d(k.nbytes)
             out.append(k)
         else:
             out.append(k)
