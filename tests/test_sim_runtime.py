@@ -500,6 +500,8 @@ def test_arguments_follow_cupys_mapping(mod):
     k(1, 32, [x, y, numpy.int32(2), 3, numpy.uint32(4), 0.5, numpy.float32(0.25)])
     assert y.a[0] == 1 + 2 + 3 + 4 + 0.5 + 0.25
     k(1, 32, (x, None, numpy.int32(2), True, numpy.uint32(4), 0.5, numpy.float32(0.25)))  # null y
+    k(1, 32, (x.data, y.data, numpy.int32(1), 0, numpy.uint32(0), 0.0, numpy.float32(0)))  # pointers
+    assert y.a[0] == 2
 
 
 @pytest.mark.parametrize("index,bad,pattern", [

@@ -18,7 +18,7 @@ or warp operation that not every thread reaches raises ``RuntimeError`` naming t
 and the block.
 
 Arguments follow CuPy's rules (``cupy/cuda/function.pyx``): an array is passed as its
-``.data.ptr``; ``None`` is a null pointer; NumPy scalars are passed as their bytes; a
+``.data.ptr`` (a memory pointer ``x.data`` as its ``.ptr``); ``None`` is a null pointer; NumPy scalars are passed as their bytes; a
 Python ``int`` (``bool`` included) is an int64, a ``float`` a float64, a ``complex`` a
 complex128; anything else, a ``numpy.ndarray`` included, raises ``TypeError``. Where a
 real GPU would silently read garbage, the sim raises ``TypeError`` naming the kernel and
@@ -476,6 +476,8 @@ class RawKernel:
             ptr = None
             if not isinstance(a, numpy.ndarray):
                 ptr = getattr(getattr(a, "data", None), "ptr", None)
+                if ptr is None and type(a) not in _NUMPY_SCALARS:
+                    ptr = getattr(a, "ptr", None)  # a memory pointer (x.data), as CuPy takes
             if isinstance(ptr, int):
                 if p.kind != "p":
                     raise TypeError(f"gpunet.sim: {where}: an array for a non-pointer parameter")
