@@ -213,6 +213,8 @@ extern "C" __global__ void half_convert(const unsigned short* h, float* f, const
     }
 }
 
+#include <cuda_fp16.h>
+
 extern "C" __global__ void half_ops(const __half* a, const __half* b, __half* out, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;

@@ -306,8 +306,10 @@ def _compile_module(code: str, names: tuple, options: tuple):
     def make(tmp, out):
         src = tmp / "sim_module.cu"
         src.write_text(source)
+        # -I of the header's folder last: <cuda_fp16.h> and <cuda_runtime.h> are stubs there.
         pre = _run_compiler([*argv, f"-std={std}", "-E", "-x", "c++", "-include", str(HEADER),
-                             *hopts, str(src)], "the kernel source (preprocessing)")
+                             *hopts, f"-I{INCLUDE_DIR}", str(src)],
+                            "the kernel source (preprocessing)")
         ii = tmp / "sim_module.ii"
         ii.write_text(_rewrite_shared(pre))
         _run_compiler([*argv, *flags, "-x", "c++", str(ii), "-o", str(out)], "the kernel source")

@@ -515,6 +515,17 @@ static inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
 static inline int __hisinf(__half a) {
     return (a.__x & 0x7fffu) == 0x7c00u ? ((a.__x & 0x8000u) ? -1 : 1) : 0;
 }
+static inline __half2 make_half2(__half x, __half y) { return __half2{x, y}; }
+static inline __half2 __half2half2(__half a) { return __half2{a, a}; }
+static inline __half2 __lows2half2(__half2 a, __half2 b) { return __half2{a.x, b.x}; }
+static inline __half2 __highs2half2(__half2 a, __half2 b) { return __half2{a.y, b.y}; }
+static inline __half2 __hneg2(__half2 a) { return __half2{-a.x, -a.y}; }
+static inline __half2 __habs2(__half2 a) { return __half2{__habs(a.x), __habs(a.y)}; }
+static inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+    return __half2{__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)};
+}
+static inline __half2 __hmax2(__half2 a, __half2 b) { return __half2{__hmax(a.x, b.x), __hmax(a.y, b.y)}; }
+static inline __half2 __hmin2(__half2 a, __half2 b) { return __half2{__hmin(a.x, b.x), __hmin(a.y, b.y)}; }
 static inline __half hexp(__half a) { return __half(expf(a)); }
 static inline __half hlog(__half a) { return __half(logf(a)); }
 static inline __half hsqrt(__half a) { return __half(sqrtf(a)); }

@@ -1,0 +1,3 @@
+// defines: nothing: on the sim device, cuda_host.h (force-included) already provides what
+// <cuda_runtime.h> declares for kernels, so that kernel sources may include it unchanged.
+#pragma once
