@@ -198,6 +198,20 @@ extern "C" __global__ void traps(const float* x) {
     assert(x[threadIdx.x] < 100.0f);
 }
 
+extern "C" __global__ void wild(float* x) {
+    if (blockIdx.x == 1 && threadIdx.x == 3) x[1ll << 34] = 1.0f;
+}
+
+__device__ int deep(int n) {
+    volatile char frame[512];
+    frame[0] = static_cast<char>(n);
+    return n ? deep(n - 1) + frame[0] : 0;
+}
+
+extern "C" __global__ void overflow_stack(int* out, int depth) {
+    out[threadIdx.x] = deep(threadIdx.x == 1 ? depth : 1);
+}
+
 extern "C" __global__ void typed(const float* x, float* y, int n, long long m, unsigned int u,
                                  double d, float f) {
     if (threadIdx.x == 0 && y != nullptr)
@@ -229,7 +243,8 @@ NAMES = ["reverse_shared", "many_barriers", "indices", "shuffles<int, 32>", "shu
          "shuffles<int, 8>", "shuffles<double, 32>", "shuffles<long long, 4>", "split_warps",
          "votes", "atomics", "dyn_sum", "dyn_bytes", "bar_in_branch", "shfl_missing_lane",
          "two_barriers", "shfl_vs_barrier", "mask_without_caller", "reads_outside_mask",
-         "partial_warp_full_mask", "traps", "typed", "half_convert", "half_ops"]
+         "partial_warp_full_mask", "traps", "wild", "overflow_stack", "typed", "half_convert",
+         "half_ops"]
 
 
 @pytest.fixture(scope="module")
@@ -487,6 +502,19 @@ def test_trap_and_assert_raise(mod):
     x[7], x[9] = 1, 1000
     with pytest.raises(RuntimeError, match=r"thread \(9, 0, 0\): assertion failed"):
         k(1, 32, (Dev(x),))
+    _still_works(mod)
+
+
+@pytest.mark.skipif(runtime.sanitizing(), reason="AddressSanitizer reports faults itself")
+def test_illegal_address_and_stack_overflow_raise_instead_of_crashing(mod):
+    with pytest.raises(RuntimeError, match=r"'wild' block \(1, 0, 0\) thread \(3, 0, 0\): illegal memory access"):
+        mod.get_function("wild")(2, 32, (Dev(numpy.zeros(32, numpy.float32)),))
+    _still_works(mod)
+    out = Dev(numpy.zeros(32, numpy.int32))
+    mod.get_function("overflow_stack")(1, 32, (out, numpy.int32(10)))  # a modest depth runs
+    assert out.a[1] == sum(range(11)) and out.a[0] == 1
+    with pytest.raises(RuntimeError, match=r"'overflow_stack' block \(0, 0, 0\) thread \(1, 0, 0\): illegal memory access"):
+        mod.get_function("overflow_stack")(1, 32, (out, numpy.int32(10**6)))
     _still_works(mod)
 
 

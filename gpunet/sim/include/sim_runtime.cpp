@@ -24,6 +24,7 @@
 
 #include <stdarg.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <mutex>
@@ -169,6 +170,7 @@ struct Sched {
     int bar_line = 0;
     // failure
     bool failed = false;
+    volatile sig_atomic_t in_kernel = 0;  // a worker (kernel code) is running
     std::string msg;
     // contexts
 #if GPUNET_SIM_USE_UCONTEXT
@@ -247,6 +249,7 @@ Worker* new_worker() {
 
 // Scheduler -> worker.
 void switch_to_worker(Worker* w) {
+    S.in_kernel = 1;
 #if GPUNET_SIM_ASAN
     __sanitizer_start_switch_fiber(&S.sched_fake, w->lo, kStack);
 #endif
@@ -258,6 +261,7 @@ void switch_to_worker(Worker* w) {
 #if GPUNET_SIM_ASAN
     __sanitizer_finish_switch_fiber(S.sched_fake, nullptr, nullptr);
 #endif
+    S.in_kernel = 0;
 }
 
 // Worker -> scheduler; returns when the scheduler resumes this worker.
@@ -673,6 +677,71 @@ extern "C" void gpunet_sim_trap(const char* what, const char* file, int line) {
     fail(format("%s at %s:%d", what, base_name(file), line));
 }
 
+// ---------------------------------------------------------------------------------------
+// A fault in kernel code (a wild pointer, a fiber's stack overflowing into its guard page)
+// fails the launch like CUDA's illegal address error instead of killing the process. The
+// handler runs on its own stack, records the message without allocating, and leaves the
+// faulting fiber for the scheduler, which abandons the block. Faults outside kernel code
+// go to the previous handler. Not under AddressSanitizer, which reports them itself.
+// ---------------------------------------------------------------------------------------
+namespace {
+#if !GPUNET_SIM_ASAN
+struct sigaction old_segv, old_bus;
+stack_t old_altstack;
+alignas(16) char fault_stack[64 * 1024];
+char fault_msg[512];
+
+void on_fault(int sig, siginfo_t* info, void*) {
+    if (!S.in_kernel || S.cur < 0 || !S.t[S.cur].w) {
+        sigaction(sig, sig == SIGSEGV ? &old_segv : &old_bus, nullptr);
+        return;  // the faulting instruction runs again, under the previous handler
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);  // the handler is left without returning
+    snprintf(fault_msg, sizeof fault_msg,
+             "kernel '%s' block (%u, %u, %u) thread (%u, %u, %u): illegal memory access at "
+             "address %p (%s)", S.name, gpunet_sim_blockIdx.x, gpunet_sim_blockIdx.y,
+             gpunet_sim_blockIdx.z, gpunet_sim_threadIdx.x, gpunet_sim_threadIdx.y,
+             gpunet_sim_threadIdx.z, info->si_addr, sig == SIGSEGV ? "SIGSEGV" : "SIGBUS");
+    S.failed = true;
+    S.msg.clear();  // filled from fault_msg by the scheduler side
+    Thread& th = S.t[S.cur];
+    th.st = kFailed;
+    switch_to_scheduler(th.w);
+    __builtin_trap();
+}
+
+void install_fault_handler() {
+    fault_msg[0] = 0;
+    stack_t ss;
+    ss.ss_sp = fault_stack;
+    ss.ss_size = sizeof fault_stack;
+    ss.ss_flags = 0;
+    sigaltstack(&ss, &old_altstack);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+}
+
+void remove_fault_handler() {
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+    old_altstack.ss_flags &= SS_DISABLE;
+    sigaltstack(&old_altstack, nullptr);
+    if (fault_msg[0]) S.msg = fault_msg;
+}
+#else
+void install_fault_handler() {}
+void remove_fault_handler() {}
+#endif
+}  // namespace
+
 extern "C" int gpunet_sim_run(const gpunet_sim_launch* l, void (*thunk)(void**)) {
     std::lock_guard<std::mutex> lock(launch_mutex);
     auto error = [&](const std::string& m) {
@@ -699,6 +768,7 @@ extern "C" int gpunet_sim_run(const gpunet_sim_launch* l, void (*thunk)(void**))
     __asan_poison_memory_region(gpunet_sim_dynamic_smem + used, kDynSmem - used);
 #endif
     bool ok = true;
+    install_fault_handler();
     for (unsigned z = 0; ok && z < l->grid[2]; ++z) {
         for (unsigned y = 0; ok && y < l->grid[1]; ++y) {
             for (unsigned x = 0; ok && x < l->grid[0]; ++x) {
@@ -715,6 +785,7 @@ extern "C" int gpunet_sim_run(const gpunet_sim_launch* l, void (*thunk)(void**))
 #if GPUNET_SIM_ASAN
     __asan_unpoison_memory_region(gpunet_sim_dynamic_smem, kDynSmem);
 #endif
+    remove_fault_handler();
     S.thunk = nullptr;
     S.args = nullptr;
     if (!ok) return error(S.msg);
