@@ -15,7 +15,8 @@ compiled into a shared library. ``include/sim_runtime.cpp`` (built once, loaded 
 ``RTLD_GLOBAL``) runs a launch: blocks one after another, the threads of a block as
 fibers, ``__syncthreads`` and the ``*_sync`` warp operations as real rendezvous; a barrier
 or warp operation that not every thread reaches raises ``RuntimeError`` naming the kernel
-and the block.
+and the block, as do ``__trap()``, a failed ``assert`` and a fault in kernel code (a wild
+pointer, a stack overflow: CUDA's illegal address error); the runtime stays usable.
 
 Arguments follow CuPy's rules (``cupy/cuda/function.pyx``): an array is passed as its
 ``.data.ptr`` (a memory pointer ``x.data`` as its ``.ptr``); ``None`` is a null pointer; NumPy scalars are passed as their bytes; a
