@@ -19,9 +19,9 @@ and the block, as do ``__trap()``, a failed ``assert`` and a fault in kernel cod
 pointer, a stack overflow: CUDA's illegal address error); the runtime stays usable.
 
 Arguments follow CuPy's rules (``cupy/cuda/function.pyx``): an array is passed as its
-``.data.ptr`` (a memory pointer ``x.data`` as its ``.ptr``); ``None`` is a null pointer; NumPy scalars are passed as their bytes; a
-Python ``int`` (``bool`` included) is an int64, a ``float`` a float64, a ``complex`` a
-complex128; anything else, a ``numpy.ndarray`` included, raises ``TypeError``. Where a
+``.data.ptr`` (a memory pointer ``x.data`` as its ``.ptr``); ``None`` is a null pointer;
+NumPy scalars are passed as their bytes; a Python ``int`` (``bool`` included) is an int64,
+a ``float`` a float64, a ``complex`` a complex128; anything else, a ``numpy.ndarray`` included, raises ``TypeError``. Where a
 real GPU would silently read garbage, the sim raises ``TypeError`` naming the kernel and
 the parameter: a scalar whose kind or size differs from the parameter's type, an array
 for a scalar parameter or a scalar for a pointer, an array whose dtype differs from the
