@@ -190,10 +190,13 @@ def cmd_train(args):
             if args.threads:      # asked for explicitly: say it could not be done
                 raise UserError(f"gpunet train: error: --threads {args.threads}: {_one_line(e)}") from None
         libs = threads.blas_libraries()
-        if libs and not device.startswith("cuda"):
-            k = libs[0].get_num_threads()
-            how = "--threads" if args.threads else "auto"
-            blas = f" | {k} BLAS thread{'s' * (k != 1)} ({how}, {str(libs[0]).split(' (')[0]})"
+        if not device.startswith("cuda"):
+            if libs:
+                k = libs[0].get_num_threads()
+                how = "--threads" if args.threads else "auto"
+                blas = f" | {k} BLAS thread{'s' * (k != 1)} ({how}, {libs[0].label})"
+            else:
+                blas = " | BLAS threads unknown (no OpenBLAS/MKL/BLIS found)"
 
     model.to(device)
     lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.05)

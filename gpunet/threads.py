@@ -92,12 +92,16 @@ class BlasLibrary:
     def set_num_threads(self, n: int) -> None:
         self._set(int(n))
 
-    def __str__(self):
+    @property
+    def label(self) -> str:
+        """Name and version, e.g. ``"OpenBLAS 0.3.31"``."""
         name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}[self.api]
-        version = f" {self.version}" if self.version else ""
+        return f"{name} {self.version}" if self.version else name
+
+    def __str__(self):
         threading = f", {self.threading}" if self.threading else ""
         n = self.get_num_threads()
-        return f"{name}{version} ({os.path.basename(self.path)}{threading}): {n} thread{'s' * (n != 1)}"
+        return f"{self.label} ({os.path.basename(self.path)}{threading}): {n} thread{'s' * (n != 1)}"
 
 
 def _open(path, kind) -> BlasLibrary | None:

@@ -158,3 +158,12 @@ def test_info_shows_blas_and_count():
         line = [l for l in p.stdout.splitlines() if l.startswith("blas")]
         assert len(line) == 1, p.stdout
         assert re.search(rf"(OpenBLAS|MKL|BLIS).*: {n} threads?$", line[0]), line[0]
+
+
+def test_train_where_no_blas_is_found(monkeypatch, capsys):
+    monkeypatch.setattr(threads, "blas_libraries", lambda: [])
+    assert cli.main(["train", "--device", "cpu", "--epochs", "1", "--quiet"]) == 0
+    assert "| BLAS threads unknown" in capsys.readouterr().out     # trains, and says it cannot tell
+    assert cli.main(["train", "--device", "cpu", "--epochs", "1", "--quiet", "--threads", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threads 2" in err[0] and "no BLAS library" in err[0]
