@@ -129,6 +129,18 @@ def largest_gemm_macs(model, sample_shape, batch_size) -> int:
 
 
 def cmd_train(args):
+    """``gpunet train``. The BLAS thread count it sets is put back when it returns, so that
+    calling ``gpunet.cli.main`` from Python leaves the process as it found it."""
+    from gpunet import threads
+    before = threads.get_num_threads()
+    try:
+        return _train(args)
+    finally:
+        if before is not None and threads.get_num_threads() != before:
+            threads.set_num_threads(before)
+
+
+def _train(args):
     import numpy
     import gpunet
     from gpunet import datasets, models, optim, threads

@@ -140,12 +140,12 @@ def test_train_reports_the_threads_it_used():
 
 
 @linux_or_mac
-def test_train_sets_the_count_in_process(restore_threads, capsys):
+def test_train_in_process_restores_the_count(restore_threads, capsys):
     threads.set_num_threads(2)
     assert cli.main(["train", "--device", "cpu", "--epochs", "1", "--quiet", "--threads", "3"]) == 0
-    assert "3 BLAS threads (--threads" in capsys.readouterr().out
-    assert threads.get_num_threads() == 3
-    _assert_threadpoolctl_reads(3)
+    assert "3 BLAS threads (--threads" in capsys.readouterr().out   # read back from the library
+    assert threads.get_num_threads() == 2            # and put back afterwards
+    _assert_threadpoolctl_reads(2)
 
 
 @linux_or_mac
