@@ -28,6 +28,11 @@
 #include <type_traits>
 #include <utility>
 
+// Kernel code is device code of a compute capability 8.0 GPU (the sim device's), compiled
+// as NVRTC compiles it: `#ifdef __CUDA_ARCH__` branches take the device path.
+#define __CUDACC__ 1
+#define __CUDA_ARCH__ 800
+
 // ---------------------------------------------------------------------------------------
 // Qualifiers
 // ---------------------------------------------------------------------------------------
