@@ -400,7 +400,7 @@ def batchnorm_forward(x, gamma, beta, eps):
             (chunks, C), (256,), (x, i32(N), i32(C), i32(HW), i32(chunks), part))
         kernel("batchnorm.cu", f"bn_stats_finalize<{T}>", dev)(
             (-(-C // 128),), (128,),
-            (part, i32(C), i32(chunks), dtype.type(eps), mean, var, inv_std))
+            (part, x, i32(C), i32(HW), i32(chunks), dtype.type(eps), mean, var, inv_std))
         total = x.size
         pack = 16 // dtype.itemsize
         work = total // pack if HW % pack == 0 else total

@@ -104,21 +104,18 @@ __global__ void bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, 
     if (threadIdx.x == 0) {
         T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
         p[0] = st.n;
-        p[1] = K + st.mean;
+        p[1] = st.mean;  // relative to K
         p[2] = st.m2;
     }
 }
 
 // One thread per channel: combine the chunks, write mean, biased var and inv_std.
 template <typename T>
-__global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks, T eps,
-                                  T* __restrict__ mean, T* __restrict__ var,
-                                  T* __restrict__ inv_std) {
+__global__ void bn_stats_finalize(const T* __restrict__ part, const T* __restrict__ x, int C,
+                                  int HW, int chunks, T eps, T* __restrict__ mean,
+                                  T* __restrict__ var, T* __restrict__ inv_std) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    // Combine relative to the first chunk's mean (the chunk means share their leading
-    // digits; a running absolute mean would be rounded at every step).
-    const T shift = part[static_cast<long long>(c) * chunks * 3 + 1];
     Welford<T> st;
     st.n = T(0);
     st.mean = T(0);
@@ -127,12 +124,12 @@ __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks,
         const T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
         Welford<T> o;
         o.n = p[0];
-        o.mean = p[1] - shift;
+        o.mean = p[1];
         o.m2 = p[2];
         st = gpunet::welford_combine(st, o);
     }
     const T v = st.m2 / st.n;
-    mean[c] = shift + st.mean;
+    mean[c] = x[static_cast<long long>(c) * HW] + st.mean;  // the partials' shift K, added once
     var[c] = v;
     inv_std[c] = T(1) / gpunet::dev_sqrt(v + eps);
 }
@@ -268,7 +265,7 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
 
 #define GPUNET_BATCHNORM_INSTANTIATE(T)                                                        \
     template __global__ void bn_stats_partial<T>(const T*, int, int, int, int, T*);            \
-    template __global__ void bn_stats_finalize<T>(const T*, int, int, T, T*, T*, T*);          \
+    template __global__ void bn_stats_finalize<T>(const T*, const T*, int, int, int, T, T*, T*, T*); \
     template __global__ void bn_forward_apply<T>(const T*, const T*, const T*, const T*,       \
                                                  const T*, T*, int, unsigned int,              \
                                                  unsigned int, unsigned int, unsigned int,     \
