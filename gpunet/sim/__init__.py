@@ -30,17 +30,21 @@ def reset_counters() -> None:
     _counters.reset()
 
 
+_found: dict = {}   # (CXX, PATH) -> compiler path or None: every launcher asks
+
+
 def compiler():
     """The host C++ compiler the sim builds kernels with (``$CXX``, else ``g++``, ``c++``
     or ``clang++`` on the PATH), or None when there is none."""
-    cxx = os.environ.get("CXX")
-    if cxx:
-        return shutil.which(cxx.split()[0])
-    for name in ("g++", "c++", "clang++"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+    cxx, path = os.environ.get("CXX"), os.environ.get("PATH")
+    key = (cxx, path)
+    if key not in _found:
+        if cxx:
+            _found[key] = shutil.which(cxx.split()[0], path=path)
+        else:
+            _found[key] = next(filter(None, (shutil.which(n, path=path)
+                                             for n in ("g++", "c++", "clang++"))), None)
+    return _found[key]
 
 
 def require():
