@@ -50,7 +50,7 @@ def _view(a, of):
 
 def _result(r, of, name):
     """``r`` came from an op on ``of`` that NumPy may have done as a view or a copy."""
-    if isinstance(r, _np.ndarray) and _np.may_share_memory(r, of._a):
+    if isinstance(r, _np.ndarray) and (r.size == 0 or _np.may_share_memory(r, of._a)):
         return _view(r, of)
     _C.launch(name)
     return _new(_np.ascontiguousarray(r) if isinstance(r, _np.ndarray) else r)
@@ -69,7 +69,7 @@ def _operand(x):
     raise _unsupported(x)
 
 
-def _arr(x, what="a"):
+def _arr(x):
     """A sim ndarray argument (CuPy functions refuse NumPy arrays and lists)."""
     if isinstance(x, ndarray):
         return x
