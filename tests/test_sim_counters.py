@@ -162,3 +162,28 @@ def test_integer_array_and_list_indexing():
     c, y = _delta(lambda: x[[3, 1]])
     assert (c["launches"], c["syncs"], c["h2d_bytes"]) == (1, 0, 16)
     assert y.get().tolist() == [3.0, 1.0]
+
+
+def test_fused_ops_launch_budgets():
+    """Batch norm is three kernels each way, dropout one, none of them syncs or copies to
+    the device; a non-contiguous dropout input costs one copy kernel first."""
+    pytest.importorskip("gpunet.sim.runtime")
+    from gpunet.functional import batchnorm as FB
+    from gpunet.functional import dropout as FD
+    rng = numpy.random.default_rng(0)
+    x = gpunet.to_device(rng.standard_normal((8, 4, 3, 3)).astype(numpy.float32), "sim")
+    g = gpunet.to_device(rng.uniform(0.5, 1.5, 4).astype(numpy.float32), "sim")
+    b = gpunet.to_device(rng.standard_normal(4).astype(numpy.float32), "sim")
+    y, mean, var, inv_std = FB.batch_norm_forward(x, g, b)        # compiles
+    FB.batch_norm_backward(x, x, g, mean, inv_std)
+    FD.dropout_forward(x, 0.5, 1, 0, "inverted")
+    c, _ = _delta(lambda: FB.batch_norm_forward(x, g, b))
+    assert c["kernels"] == {"bn_stats_partial<float>": 1, "bn_stats_finalize<float>": 1,
+                            "bn_forward_apply<float>": 1}
+    assert c["syncs"] == c["h2d_bytes"] == c["d2h_bytes"] == 0
+    c, _ = _delta(lambda: FB.batch_norm_backward(x, x, g, mean, inv_std))
+    assert c["launches"] == 3 and c["syncs"] == c["h2d_bytes"] == 0
+    c, _ = _delta(lambda: FD.dropout_forward(x, 0.5, 1, 0, "inverted"))
+    assert c["kernels"] == {"dropout_apply<float>": 1} and c["allocs"] == 1 and c["syncs"] == 0
+    c, _ = _delta(lambda: FD.dropout_backward(x.transpose(1, 0, 2, 3), 0.5, 1, 0, "inverted"))
+    assert c["kernels"] == {"copy": 1, "dropout_apply<float>": 1}
