@@ -123,8 +123,12 @@ def test_indexing_and_inplace():
     numpy.testing.assert_array_equal(x.get(), (h + 1) * 2)
     with pytest.raises(TypeError):
         x[numpy.array([0, 1])]
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):   # as CuPy
         x[0] = numpy.ones(4, numpy.float32)
+    with pytest.raises(TypeError):
+        x[0] = [1.0, 2.0, 3.0, 4.0]
+    x[0, 0] = numpy.array(5.0)                                          # 0-d: a scalar
+    assert float(x[0, 0]) == 5.0
 
 
 def test_ufunc_out_and_dtype():

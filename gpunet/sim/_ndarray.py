@@ -69,6 +69,17 @@ def _operand(x):
     raise _unsupported(x)
 
 
+def _fill_value(v):
+    """A value CuPy fills with (``fill``, ``x[...] = v``): a scalar or a 0-d NumPy array.
+    A host array is refused with CuPy's own error (``cupy/cupy#593``), a list with
+    ``TypeError``: writing host data into a device array is an explicit ``set``/``asarray``."""
+    if isinstance(v, _np.ndarray):
+        if v.shape != ():
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        return v[()]
+    return _operand(v)
+
+
 def _arr(x):
     """A sim ndarray argument (CuPy functions refuse NumPy arrays and lists)."""
     if isinstance(x, ndarray):
@@ -266,7 +277,7 @@ class ndarray:
 
     def fill(self, value):
         _C.launch("fill")
-        self._a.fill(_operand(value))
+        self._a.fill(_fill_value(value))
 
     def __copy__(self):
         return self.copy()
@@ -294,7 +305,7 @@ class ndarray:
 
     def __setitem__(self, key, value):
         k, _ = _index(key)
-        v = _operand(value)
+        v = value._a if isinstance(value, ndarray) else _fill_value(value)
         _C.launch("setitem")
         self._a[k] = v
 
