@@ -184,3 +184,13 @@ def test_ops_never_warn_like_a_gpu(recwarn):
     y = (x * x, x / x[1], sp.log(x), x.sum() * 10, x @ x)
     assert [w.message for w in recwarn] == []
     assert numpy.isinf(y[0].get()[0]) and numpy.isnan(y[1].get()[1])
+
+
+def test_copyto_takes_device_arrays_and_scalars_only():
+    x = _x()
+    sp.copyto(x, sp.ones((2, 3), numpy.float32))
+    sp.copyto(x, 2.0, where=x > 0)
+    sp.copyto(x, numpy.array([3.0], numpy.float32))      # size 1: a scalar, as in CuPy
+    assert x.get().tolist() == [[3.0] * 3] * 2
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
+        sp.copyto(x, numpy.ones((2, 3), numpy.float32))

@@ -315,7 +315,13 @@ def where(condition, x=None, y=None):
 
 
 def copyto(dst, src, casting="same_kind", where=None):
+    """As CuPy: ``src`` is a sim array or a scalar (a size-1 host array counts as one);
+    a larger host array raises ``ValueError``: no silent host-to-device copy."""
     dst = _arr(dst)
+    if isinstance(src, _np.ndarray):
+        if src.size != 1:
+            raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
+        src = src.reshape(())[()]
     kw = {} if where is None else {"where": _operand(where)}
     _C.launch("copy")
     _np.copyto(dst._a, _operand(src), casting=casting, **kw)
