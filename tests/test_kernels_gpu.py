@@ -55,8 +55,11 @@ def test_softmax_xent_kernel_rejects_bad_labels_before_launch(cp):
 
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-@pytest.mark.parametrize("shape", [(37, 3), (256, 100), (5, 7, 9, 11), (16, 64, 14, 14), (3, 33, 1, 1)])
+@pytest.mark.parametrize("shape", [(37, 3), (256, 100), (5, 7, 9, 11), (16, 64, 14, 14), (3, 33, 1, 1),
+                                   (8192, 2), (4, 3, 64, 64)])
 def test_batchnorm_kernels_match_numpy(cp, dtype, shape):
+    """The last two shapes split each channel over several blocks (``_bn_chunks``: at
+    least 2048 values per block) on the sim's 2 SMs and on a large GPU alike."""
     rng = numpy.random.default_rng(sum(shape))
     C = shape[1]
     x = (rng.standard_normal(shape) * 2 + rng.standard_normal((1, C) + (1,) * (len(shape) - 2))).astype(dtype)
