@@ -194,3 +194,12 @@ def test_copyto_takes_device_arrays_and_scalars_only():
     assert x.get().tolist() == [[3.0] * 3] * 2
     with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
         sp.copyto(x, numpy.ones((2, 3), numpy.float32))
+
+
+def test_copy_deepcopy_and_pickle_stay_on_the_device():
+    import copy
+    import pickle
+    x = _x()
+    for y in (copy.copy(x), copy.deepcopy(x), pickle.loads(pickle.dumps(x))):
+        assert isinstance(y, sp.ndarray) and y.data.ptr != x.data.ptr
+        numpy.testing.assert_array_equal(y.get(), x.get())
