@@ -19,8 +19,9 @@ which ``tools/check_kernels.py`` compiles on machines without a GPU.
 ``KERNELS`` (file -> name expressions) and ``compile_options`` are the single source
 that both this loader and the compile check use.
 
-Launchers (inputs are CuPy arrays on one device, or sim arrays; outputs are new CuPy arrays of the
-input's dtype, float32 or float64; each mirrors a NumPy reference in gpunet.functional):
+Launchers (inputs are CuPy arrays on one device, or sim arrays; outputs are new arrays of
+that module, of the input's dtype, float32 or float64; each mirrors a NumPy reference in
+gpunet.functional):
 
 * ``softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None) -> (loss, dlogits)``
 * ``batchnorm_forward(x, gamma, beta, eps) -> (y, mean, var, inv_std)``
