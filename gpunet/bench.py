@@ -777,6 +777,9 @@ def format_sim_costs(costs) -> str:
     for m, c in costs.items():
         lines.append(f"{m:<20} {c['launches']:>9} {c['fused']:>6} {c['syncs']:>6} "
                      f"{c['h2d_bytes']:>10} {c['d2h_bytes']:>10} {c['allocs']:>7}")
+    for m, c in costs.items():
+        top = sorted(c["kernels"].items(), key=lambda kv: (-kv[1], kv[0]))[:4]
+        lines.append(f"  {m}: most launched " + ", ".join(f"{k} x{v}" for k, v in top))
     return "\n".join(lines)
 
 
