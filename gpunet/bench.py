@@ -609,17 +609,17 @@ def run(args) -> int:
     try:
         device = resolve_device(device)
     except (RuntimeError, ValueError) as e:    # an unknown device, or why there is no CUDA
-        print(f"gpunet bench: {e}", file=sys.stderr)
+        print(f"gpunet bench: error: {e}", file=sys.stderr)
         return 2
     if device == "sim":
         return run_sim(args)
     rounds, min_time, warmup = QUICK if args.quick else FULL
-    rounds = args.rounds or rounds
+    rounds = args.rounds if args.rounds is not None else rounds
     min_time = args.min_time if args.min_time is not None else min_time
-    threads = args.threads or available_cpus()
+    threads = args.threads if args.threads is not None else available_cpus()
     for k, v in (("rounds", rounds), ("threads", threads), ("min-time", min_time)):
         if v <= 0:
-            raise SystemExit(f"gpunet bench: --{k} must be positive, got {v}")
+            raise SystemExit(f"gpunet bench: error: --{k} must be positive, got {v}")
     frameworks = ["gpunet"]
     notes = []
     if args.compare == "torch":

@@ -121,6 +121,8 @@ def _cuda_available():
     (["train", "--save", "."], ["--save"]),                       # a directory
     (["frobnicate"], ["frobnicate"]),
     ([], ["command"]),
+    (["bench", "--rounds", "0"], ["--rounds"]),
+    (["bench", "--threads", "0"], ["--threads"]),
 ])
 def test_bad_arguments_are_one_line(args, needles, tmp_path):
     _assert_user_error(_gpunet(args, tmp_path), *needles)
