@@ -60,7 +60,7 @@ def test_wheel_carries_every_kernel_source(wheel):
             arc = f"gpunet/kernels/{p.name}"
             assert arc in names, f"{arc} missing from {wheel.name}"
             assert z.read(arc) == p.read_bytes(), f"{arc} differs from kernels/{p.name}"
-        assert "gpunet/cuda.py" in names
+        assert "gpunet/cuda/__init__.py" in names and "gpunet/cuda/loader.py" in names
 
 
 def test_installed_wheel_loader_finds_its_kernels(wheel, tmp_path):

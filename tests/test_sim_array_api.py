@@ -160,7 +160,7 @@ def test_every_xp_name_gpunet_uses_exists_in_both():
 
 
 def test_launcher_names_exist_in_both():
-    src = (ROOT / "gpunet" / "cuda.py").read_text()
+    src = "".join(p.read_text() for p in sorted((ROOT / "gpunet" / "cuda").glob("*.py")))
     used = set(re.findall(r"\bcp\.([A-Za-z_][\w.]*)", src))
     assert {"ndarray", "empty", "ascontiguousarray", "cuda.Device", "RawModule"} <= used
     for path in sorted(used):

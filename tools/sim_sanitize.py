@@ -11,7 +11,7 @@ and re-runs this script in a child with ``LD_PRELOAD`` of both, ``GPUNET_SIM_SAN
 (the sim runtime and every kernel module are built with ``-fsanitize=address,undefined
 -fno-sanitize-recover=all -fno-omit-frame-pointer``, cached apart from the normal build),
 ``ASAN_OPTIONS=detect_leaks=0`` (the Python interpreter's own allocations are not ours)
-and ``halt_on_error``. The child runs every launcher of ``gpunet/cuda.py`` through the
+and ``halt_on_error``. The child runs every launcher of ``gpunet/cuda/`` through the
 functional ops on sim arrays, over the edge shapes of issue 11, and compares each result
 with the NumPy reference in ``gpunet/functional``. The parent exits non-zero when the
 child fails, a result differs, or the output holds any sanitizer report.

@@ -1,0 +1,122 @@
+"""Launchers of the training-mode batch-norm kernels (``kernels/batchnorm.cu``)."""
+from __future__ import annotations
+
+import numpy
+
+from .loader import (_CTYPE, _cupy_for, _device, _float_array, _grid, _same_dtype, _sm_count,
+                     fast_divmod_constants, kernel)
+
+
+def _bn_layout(name, x):
+    if x.ndim not in (2, 4):
+        raise ValueError(f"gpunet.cuda.{name}: x must be (N, C) or (N, C, H, W), got shape {x.shape}")
+    N, C = x.shape[:2]
+    HW = 1 if x.ndim == 2 else x.shape[2] * x.shape[3]
+    if N * HW == 0 or C == 0:
+        raise ValueError(f"gpunet.cuda.{name}: empty input of shape {x.shape}")
+    if x.size >= 2**31:
+        raise ValueError(f"gpunet.cuda.{name}: at most 2**31 - 1 elements, got {x.size}")
+    if C > 65535:  # the reductions put channels on gridDim.y
+        raise ValueError(f"gpunet.cuda.{name}: at most 65535 channels, got {C}")
+    return N, C, HW
+
+
+def _bn_chunks(N, C, HW, dtype, dev):
+    """How many blocks share one channel's reduction: enough blocks to fill the GPU,
+    at least 2048 values per block, and (float32) fewer than 2**24 values per block so
+    the Welford counts stay exact."""
+    M = N * HW
+    want = -(-4 * _sm_count(dev) // C)
+    chunks = max(1, min(want, M // 2048))
+    if dtype == numpy.float32:
+        chunks = max(chunks, -(-M // (2**24 - 1)))
+    return chunks
+
+
+def _affine(name, p, default, C, dtype, cp):
+    if p is None:
+        return cp.full((C,), default, dtype=dtype)
+    if not isinstance(p, cp.ndarray):
+        raise TypeError(f"gpunet.cuda.{name}: expected a cupy.ndarray, got {type(p).__name__}")
+    _same_dtype(name, "gamma/beta", p, dtype, (C,))
+    return cp.ascontiguousarray(p)
+
+
+def batchnorm_forward(x, gamma, beta, eps):
+    """Training-mode batch norm: ``(y, mean, var, inv_std)``.
+
+    ``x`` (N, C) or (N, C, H, W); per channel over N (and H, W):
+    ``mean``, biased ``var``, ``inv_std = 1/sqrt(var + eps)`` (each shape (C,)) and
+    ``y = (x - mean) * inv_std * gamma + beta``. ``gamma``/``beta`` are (C,) of x's dtype,
+    or None for 1 / 0 (affine=False). Running statistics are the caller's business.
+    """
+    cp = _cupy_for(x)
+    x = _float_array("batchnorm_forward", x, cp)
+    N, C, HW = _bn_layout("batchnorm_forward", x)
+    dtype, dev, T = x.dtype, _device(x), _CTYPE[x.dtype]
+    with x.device:
+        gamma = _affine("batchnorm_forward", gamma, 1.0, C, dtype, cp)
+        beta = _affine("batchnorm_forward", beta, 0.0, C, dtype, cp)
+        chunks = _bn_chunks(N, C, HW, dtype, dev)
+        part = cp.empty((C, chunks, 3), dtype=dtype)
+        mean = cp.empty((C,), dtype=dtype)
+        var = cp.empty((C,), dtype=dtype)
+        inv_std = cp.empty((C,), dtype=dtype)
+        y = cp.empty_like(x)
+        i32 = numpy.int32
+        kernel("batchnorm.cu", f"bn_stats_partial<{T}>", dev)(
+            (chunks, C), (256,), (x, i32(N), i32(C), i32(HW), i32(chunks), part))
+        kernel("batchnorm.cu", f"bn_stats_finalize<{T}>", dev)(
+            (-(-C // 128),), (128,),
+            (part, x, i32(C), i32(HW), i32(chunks), dtype.type(eps), mean, var, inv_std))
+        total = x.size
+        pack = 16 // dtype.itemsize
+        work = total // pack if HW % pack == 0 else total
+        kernel("batchnorm.cu", f"bn_forward_apply<{T}>", dev)(
+            (_grid(work, 256, dev),), (256,),
+            (x, mean, inv_std, gamma, beta, y, i32(total),
+             *(numpy.uint32(v) for v in fast_divmod_constants(HW)),
+             *(numpy.uint32(v) for v in fast_divmod_constants(C))))
+    return y, mean, var, inv_std
+
+
+def batchnorm_backward(dy, x, gamma, mean, inv_std):
+    """Training-mode batch-norm backward: ``(dx, dgamma, dbeta)``.
+
+    ``dbeta = sum dy``, ``dgamma = sum dy * xhat`` with ``xhat = (x - mean) * inv_std``
+    (sums per channel over N, H, W; shape (C,)), and
+    ``dx = gamma * inv_std * (dy - dbeta/M - xhat * dgamma/M)``, ``M = N*H*W``.
+    ``mean`` and ``inv_std`` are what ``batchnorm_forward`` returned; ``gamma`` None = 1.
+    """
+    cp = _cupy_for(x)
+    x = _float_array("batchnorm_backward", x, cp)
+    dy = _float_array("batchnorm_backward", dy, cp)
+    _same_dtype("batchnorm_backward", "dy", dy, x.dtype, x.shape)
+    N, C, HW = _bn_layout("batchnorm_backward", x)
+    dtype, dev, T = x.dtype, _device(x), _CTYPE[x.dtype]
+    with x.device:
+        gamma = _affine("batchnorm_backward", gamma, 1.0, C, dtype, cp)
+        for what, a in (("mean", mean), ("inv_std", inv_std)):
+            _same_dtype("batchnorm_backward", what, a, dtype, (C,))
+        mean = cp.ascontiguousarray(mean)
+        inv_std = cp.ascontiguousarray(inv_std)
+        chunks = _bn_chunks(N, C, HW, dtype, dev)
+        part = cp.empty((C, chunks, 2), dtype=dtype)
+        dgamma = cp.empty((C,), dtype=dtype)
+        dbeta = cp.empty((C,), dtype=dtype)
+        dx = cp.empty_like(x)
+        i32 = numpy.int32
+        kernel("batchnorm.cu", f"bn_backward_reduce_partial<{T}>", dev)(
+            (chunks, C), (256,), (dy, x, mean, i32(N), i32(C), i32(HW), i32(chunks), part))
+        kernel("batchnorm.cu", f"bn_backward_finalize<{T}>", dev)(
+            (-(-C // 128),), (128,), (part, i32(C), i32(chunks), inv_std, dgamma, dbeta))
+        total = x.size
+        pack = 16 // dtype.itemsize
+        work = total // pack if HW % pack == 0 else total
+        kernel("batchnorm.cu", f"bn_backward_apply<{T}>", dev)(
+            (_grid(work, 256, dev),), (256,),
+            (dy, x, mean, inv_std, gamma, dgamma, dbeta, dx, i32(total),
+             dtype.type(1.0 / (N * HW)),
+             *(numpy.uint32(v) for v in fast_divmod_constants(HW)),
+             *(numpy.uint32(v) for v in fast_divmod_constants(C))))
+    return dx, dgamma, dbeta
