@@ -10,14 +10,16 @@
 //
 // The reductions are two-level: a grid of (chunks, C) blocks writes one partial per block,
 // and a small kernel (one thread per channel) combines a channel's partials. Statistics
-// are Welford triples (count, mean, m2): each thread sums its values shifted by the
-// channel's first value K = x[0, c, 0], which removes the cancellation of the raw
-// sum-of-squares formula, then threads, warps and the block combine with Chan's pairwise
-// formula (gpunet::welford_combine) on means still relative to K: for float data with a
-// large mean and a small spread (1e4 + 0.01 noise), absolute means rounded at 1e4 would
-// make the combine's differences of means lose the spread. A block adds K back once, when
-// it writes its partial; the finalize kernel combines the partials relative to the first
-// one's mean. Counts are held in T (exact below 2**24 in float).
+// are Welford triples (count, mean, m2) of d = x - K, K = x[0, c, 0] the channel's first
+// value: each thread folds its values in groups of 4 (the group's mean and m2 by two
+// passes in registers, then Chan's pairwise combine, gpunet::welford_combine's formula),
+// then warps, the block and the finalize kernel combine the same way. No raw sum of
+// squares is ever formed, so nothing cancels when K is an outlier (x[0, c] = 1e3 among
+// N(0, 1) values: s2 - s1^2/n would lose ~1e6 relative); and the means stay relative to
+// K up to the finalize, which adds K back once, because for float data with a large mean
+// and a small spread (1e4 + 0.01 noise) absolute means rounded at 1e4 would make the
+// combine's differences of means lose the spread (d = x - K is exact there: Sterbenz).
+// One read of x for the statistics. Counts are held in T (exact below 2**24 in float).
 //
 // Elementwise kernels index the flat tensor; the channel of element i is (i / HW) % C,
 // computed with gpunet::FastDivmod (the launcher passes the host-computed constants and
@@ -74,8 +76,10 @@ __host__ __device__ __forceinline__ void chunk_range(long long M, int chunks, in
 // Forward: statistics.
 // part has (C, chunks, 3) entries: the Welford (count, mean, m2) of each chunk.
 // ---------------------------------------------------------------------------------------
+// 256 threads (the launcher's), at least 4 blocks per SM: caps registers at 64 (the
+// double variant's divisions would take ~74 and leave 3 blocks per SM for a load-bound loop).
 template <typename T>
-__global__ void bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, int chunks,
+__global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, int chunks,
                                  T* __restrict__ part) {
     __shared__ Welford<T> scratch[32];
     const int c = blockIdx.y, b = blockIdx.x;
@@ -83,23 +87,44 @@ __global__ void bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, 
     long long begin, end;
     chunk_range(M, chunks, b, begin, end);
     const T K = x[static_cast<long long>(c) * HW];  // the shift: channel c's first value
-    T s1 = T(0), s2 = T(0);
-    int cnt = 0;
+    // Per thread, groups of G values (G loads in flight): each group's mean and m2 from
+    // its values in registers (two passes), then Chan's combine into the thread's running
+    // (n, mean, m2). No raw sum of squares, so a shift K that is an outlier (x[0, c] = 1e3,
+    // the rest N(0, 1)) cancels nothing: the shift only has to keep d = x - K exact when
+    // |mean| >> spread (Sterbenz), and one division per group is cheap next to the loads.
+    constexpr int G = 4;
+    Welford<T> st;
+    st.n = T(0);
+    st.mean = T(0);  // relative to K until the block's statistics are complete: absolute
+    st.m2 = T(0);    // means of 1e4 would make the combine's delta lose a 0.01 spread
+    int cnt = 0;     // exact count; st.n = T(cnt) (< 2**24 per block in float, launcher)
     ChannelWalker w;
     w.init(begin + threadIdx.x, blockDim.x, HW, C);
-    for (long long m = begin + threadIdx.x; m < end; m += blockDim.x, w.advance()) {
-        const T d = x[w.offset(c)] - K;
-        s1 += d;
-        s2 += d * d;
-        ++cnt;
+    for (long long m0 = begin + threadIdx.x; m0 < end; m0 += G * blockDim.x) {
+        T d[G];
+        T s = T(0);
+        int g = 0;
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+            const bool in = m0 + k * static_cast<long long>(blockDim.x) < end;
+            d[k] = in ? x[w.offset(c)] - K : T(0);
+            s += d[k];
+            g += in;
+            w.advance();  // past the end: positions only, never read
+        }
+        const T gmean = s / T(g);
+        T gm2 = T(0);
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+            const T e = d[k] - gmean;
+            if (k < g) gm2 += e * e;  // the group's valid values come first
+        }
+        cnt += g;
+        const T n = T(cnt), delta = gmean - st.mean, wb = T(g) / n;
+        st.mean += delta * wb;
+        st.m2 += gm2 + delta * delta * st.n * wb;
+        st.n = n;
     }
-    // Means relative to K until the block's statistics are complete: absolute means of 1e4
-    // rounded per thread would make their differences (the combine's delta) lose the spread.
-    Welford<T> st;
-    st.n = T(cnt);
-    st.mean = cnt ? s1 / T(cnt) : T(0);
-    const T m2 = cnt ? s2 - s1 * st.mean : T(0);
-    st.m2 = m2 > T(0) ? m2 : T(0);
     st = gpunet::block_welford(st, scratch);
     if (threadIdx.x == 0) {
         T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
