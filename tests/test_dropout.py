@@ -166,3 +166,58 @@ def test_p_zero_is_identity_in_both_modes(xp, rng):
         layer = Dropout(0.0, mode=mode, seed=0)
         numpy.testing.assert_array_equal(to_numpy(layer(x)), to_numpy(x))
         numpy.testing.assert_array_equal(to_numpy(layer.backward(x)), to_numpy(x))
+
+
+# ---------------------------------------------------------------------------------------
+# p at the top of [0, 1) (issue 15): keep_threshold(p) reaches 2**24 for p in
+# (1 - 2**-24, 1), where no 24-bit draw is kept; the NumPy reference must agree with the
+# kernel (it raised OverflowError computing the uint32 threshold 2**24 * 256).
+# ---------------------------------------------------------------------------------------
+
+def _unmix32(x):
+    """Inverse of gpunet.random's mix32 (each step of lowbias32 is a bijection on 2**32)."""
+    m = 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * pow(0x846CA68B, -1, 2**32)) & m
+    x ^= (x >> 15) ^ (x >> 30)
+    x = (x * pow(0x7FEB352D, -1, 2**32)) & m
+    x ^= x >> 16
+    return x
+
+
+def counter_with_draw(seed, index, bits):
+    """A counter (below 2**32) whose draw gives element ``index`` exactly ``bits``: the
+    hash inverted, so a test can place the largest 24-bit draw where it wants it."""
+    k1, _ = R.keys(seed, 0)
+    k2 = R._mix32_int((index + k1) & 0xFFFFFFFF) ^ _unmix32(bits)
+    # k2 = mix32(k1 ^ mix32(offset_lo ^ mix32(0 + golden2)))  with offset_hi = 0
+    return _unmix32(_unmix32(k2) ^ k1) ^ R._mix32_int(R._GOLDEN2)
+
+
+def test_counter_with_draw_places_the_draw():
+    for seed, index, bits in ((0, 0, 0xFFFFFFFF), (7, 5, 0xFFFFFF00), (2**40 + 3, 999, 12345)):
+        c = counter_with_draw(seed, index, bits)
+        assert int(R.random_bits(seed, c, (index + 1,))[index]) == bits
+
+
+TOP_P = [1 - 2.0**-23, 1 - 2.0**-24, 1 - 2.0**-25, 1 - 2.0**-40, float(numpy.nextafter(1.0, 0.0))]
+
+
+@pytest.mark.parametrize("p", TOP_P)
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_p_at_top_of_range(xp, p, mode):
+    """Element 5 draws the largest 24-bit value 2**24 - 1: it is kept iff
+    keep_threshold(p) <= 2**24 - 1 (p <= 1 - 2**-24), and every other p drops everything,
+    on NumPy and on the device alike (the kernel: forward and backward)."""
+    seed = 31
+    counter = counter_with_draw(seed, 5, 0xFFFFFF80)
+    x_host = numpy.random.default_rng(5).uniform(1.0, 2.0, 4099).astype(numpy.float32)
+    want_mask = host_mask(x_host.shape, p, seed, counter)
+    assert bool(want_mask[5]) == (R.keep_threshold(p) < 2**24) == (p <= 1 - 2.0**-24)
+    assert want_mask.sum() == want_mask[5]          # the rest draw lower values
+    numpy.testing.assert_array_equal(F.keep_mask(x_host.shape, p, seed, counter), want_mask)
+    scale = F.train_scale(p, mode)
+    want = numpy.where(want_mask, x_host * numpy.float32(scale), numpy.float32(0))
+    for op in (F.dropout_forward, F.dropout_backward):
+        y = op(xp.asarray(x_host), p, seed, counter, mode)
+        numpy.testing.assert_array_equal(to_numpy(y), want)

@@ -7,7 +7,8 @@ counter-based hash of ``gpunet.random``: element ``i`` is kept iff
 
 i.e. ``uniform[i] >= p`` computed exactly on integers, so each element survives with
 probability ``1 - p`` and the same ``(seed, counter)`` gives the same mask on NumPy and on
-CuPy. The backward regenerates the mask from the same pair, so no mask is kept in memory.
+CuPy. For ``p`` in ``(1 - 2**-24, 1)`` the threshold is ``2**24``, above every 24-bit draw:
+both paths drop every element. The backward regenerates the mask from the same pair, so no mask is kept in memory.
 
 Two conventions (``mode``), with the same expected activation at train and at eval:
 
@@ -56,7 +57,11 @@ def keep_mask(shape, p, seed, counter, xp=numpy):
     """Boolean array of ``shape``: True where draw ``(seed, counter)`` keeps the element."""
     t = keep_threshold(check_p(p))
     bits = random_bits(seed, counter, shape, xp)
-    # bits >> 8 >= t  <=>  bits >= t * 256 (integers, t < 2**24 since p < 1): saves a pass.
+    if t >= 2**24:
+        # p in (1 - 2**-24, 1): no 24-bit draw reaches t, every element is dropped (as the
+        # kernel does); t * 256 = 2**32 would not fit the uint32 compare below.
+        return xp.zeros(bits.shape, dtype=bool)
+    # bits >> 8 >= t  <=>  bits >= t * 256 (integers, t < 2**24 here): saves a pass.
     return bits >= xp.uint32(t << 8)
 
 
