@@ -32,6 +32,7 @@ KERNELS: dict[str, list[str]] = {
         for t in _TYPES
     ],
     "dropout.cu": [f"dropout_apply<{t}>" for t in _TYPES],
+    "conv.cu": [f"{k}<{t}>" for k in ("im2col", "col2im", "conv_bias_act", "conv_act_grad") for t in _TYPES],
 }
 
 # What CuPy appends to the options of every RawModule it compiles with NVRTC.

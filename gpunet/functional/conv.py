@@ -43,6 +43,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import device_of, get_array_module
+from .activations import relu_backward
 
 IM2COL_GEMM_MAX_PIXELS = 48   # H*W at or below which im2col is a GEMM with the gather matrix
 COL2IM_GEMM_MAX_PIXELS = 64   # likewise for col2im (the strided adds cost more than the copy)
@@ -388,8 +389,10 @@ def _weight_grad(xp, d2, cols, n):
     return xp.matmul(c3, d3.transpose(0, 2, 1)).sum(axis=0).T
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_buffer=None):
-    """``y = conv2d(x, w) + b`` (see the module docstring): ``(N, C, H, W) -> (N, O, OH, OW)``.
+def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_buffer=None,
+           activation=None):
+    """``y = conv2d(x, w) + b`` (see the module docstring): ``(N, C, H, W) -> (N, O, OH, OW)``;
+    ``activation="relu"``: ``y = max(conv2d(x, w) + b, 0)`` (fused; the default None: none).
 
     ``stride``, ``padding``: an int or an ``(h, w)`` pair. With ``return_cols=True`` returns
     ``(y, cols)`` so that a layer can hand ``cols`` to :func:`conv2d_backward` instead of
@@ -401,14 +404,43 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
     (CNHW memory, which later elementwise ops, pooling and this layer's backward take as
     is). Smaller images: ``cols = im2col(x) (N, C*kh*kw, OH*OW)`` and a batched GEMM; ``y``
     is C-contiguous.
+
+    On a GPU (CuPy or the sim), at every size: ``cols (C*kh*kw, N*OH*OW)`` by one im2col
+    kernel (``x`` read in place, any layout), the one GEMM ``W @ cols``, and one epilogue
+    kernel that adds the bias, applies the fused ReLU and writes ``y`` NCHW-contiguous (so
+    batch norm, dropout and flatten take it without a copy): three launches.
     """
     _check("conv2d", x, weight, bias)
     xp = get_array_module(x, weight, bias)
     stride = pair(stride, "conv2d", "stride", 1)
     padding = pair(padding, "conv2d", "padding", 0)
+    relu = _fused_relu("conv2d", activation)
     o, _, kh, kw = weight.shape
     n = x.shape[0]
     oh, ow = output_size("conv2d", x.shape, (kh, kw), stride, padding)
+    if xp is not numpy:
+        from ..cuda import conv as cuda_conv
+        cols = cuda_conv.im2col_rows(x, (kh, kw), stride, padding, (oh, ow), out=cols_buffer)
+        z = xp.matmul(weight.reshape(o, -1), cols)     # (O, N*OH*OW): CNHW, one plain GEMM
+        y = cuda_conv.conv_bias_act(z, bias, n, (oh, ow), relu)
+        return (y, cols) if return_cols else y
+    y, cols = _conv2d_numpy(xp, x, weight, bias, stride, padding, (oh, ow), cols_buffer)
+    if relu:
+        xp.maximum(y, 0, out=y)
+    return (y, cols) if return_cols else y
+
+
+def _fused_relu(name, activation):
+    if activation not in (None, "relu"):
+        raise ValueError(f"{name}: activation must be None or 'relu' (the one fused here), "
+                         f"got {activation!r}")
+    return activation == "relu"
+
+
+def _conv2d_numpy(xp, x, weight, bias, stride, padding, out_hw, cols_buffer):
+    o, _, kh, kw = weight.shape
+    n = x.shape[0]
+    oh, ow = out_hw
     if _rows_layout(x):
         # the bias rides in the GEMM as a last column of W against a row of ones in cols
         # (saves a pass over y here and one over dy for db in the backward)
@@ -417,32 +449,57 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
             (weight.reshape(o, -1), bias.reshape(o, 1)), axis=1)
         # (O, N*OH*OW): one GEMM, threaded by BLAS
         y = xp.matmul(w2, cols)
-        y = y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
-        return (y, cols) if return_cols else y
+        return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3), cols
     cols = im2col(x, (kh, kw), stride, padding)
     y = xp.matmul(weight.reshape(o, -1), cols)          # (N, O, OH*OW): NCHW already
     if bias is not None:
         y += bias.reshape(o, 1)
-    y = y.reshape(n, o, oh, ow)
-    return (y, cols) if return_cols else y
+    return y.reshape(n, o, oh, ow), cols
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True, need_bias=True):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True, need_bias=True,
+                    y=None, activation=None):
     """Return ``(dx, dweight, dbias)`` for ``dy = dL/dy (N, O, OH, OW)``.
 
     ``cols``: the ``cols`` of ``x`` from the forward (rebuilt when None). ``dx`` is None
     when ``need_dx`` is False (the first layer of a network), ``dbias`` None when
-    ``need_bias`` is False.
+    ``need_bias`` is False. ``activation="relu"`` with ``y``, the forward's output: ``dy``
+    is the gradient of that output, and ``dy * (y > 0)`` flows into the convolution.
 
     Whole-batch rows (2-D ``cols``): ``dy`` as ``(O, N*OH*OW)`` (a view when it is CNHW
     memory, as the forward's output is), ``dW = dy @ cols.T`` and ``dcols = W.T @ dy`` as one
     GEMM each, ``db`` row sums, ``dx = col2im_rows(dcols)`` (CNHW memory).
+
+    On a GPU: one kernel gives ``d2 = dy * (y > 0)`` (or ``dy``) as ``(O, N*OH*OW)``
+    (CNHW memory, from ``dy`` of any layout), then ``dW = d2 @ cols.T`` and
+    ``dcols = W.T @ d2`` are plain 2-D GEMMs on C-contiguous operands and their transposed
+    views (no operand copies), ``db`` one row-sum reduction, and one col2im kernel gives
+    ``dx`` NCHW-contiguous: at most five launches.
     """
     xp = get_array_module(dy, x, weight)
     stride = pair(stride, "conv2d_backward", "stride", 1)
     padding = pair(padding, "conv2d_backward", "padding", 0)
+    relu = _fused_relu("conv2d_backward", activation)
+    if relu and y is None:
+        raise ValueError("conv2d_backward: activation='relu' needs y, the forward's output")
     n = x.shape[0]
     o, _, kh, kw = weight.shape
+    if xp is not numpy:
+        from ..cuda import conv as cuda_conv
+        out_hw = output_size("conv2d_backward", x.shape, (kh, kw), stride, padding)
+        d2 = cuda_conv.conv_act_grad(dy, y if relu else None)    # (O, N*OH*OW)
+        if cols is None:
+            cols = cuda_conv.im2col_rows(x, (kh, kw), stride, padding, out_hw)
+        k = weight[0].size
+        dw = xp.matmul(d2, cols[:k].T).reshape(weight.shape)
+        db = d2.sum(axis=1) if need_bias else None
+        dx = None
+        if need_dx:
+            dcols = xp.matmul(weight.reshape(o, -1).T, d2)
+            dx = cuda_conv.col2im_rows(dcols, x.shape, (kh, kw), stride, padding, out_hw)
+        return dx, dw, db
+    if relu:
+        dy = relu_grad(dy, y) if whole_batch_rows(y) is not None else relu_backward(dy, None, y)
     if cols is None:
         cols = im2col_rows(x, (kh, kw), stride, padding, ones_row=need_bias) if _rows_layout(x) else \
             im2col(x, (kh, kw), stride, padding)

@@ -75,9 +75,12 @@ class Conv2D(Layer):
         b = self.bias.data if self.bias is not None else None
         # in training, the previous step's cols is done with (this forward replaces it): let
         # the op overwrite it rather than allocate a new one
+        # ReLU rides in the op (on a GPU, in the kernel that writes y); others apply here
+        relu = self._relu()
         z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True,
-                            cols_buffer=self._cols if self.training else None)
-        y, z_saved = apply_fused(self.activation, z)
+                            cols_buffer=self._cols if self.training else None,
+                            activation="relu" if relu else None)
+        y, z_saved = (z, None) if relu else apply_fused(self.activation, z)
         if self.training:
             self._x, self._cols, self._y, self._z = x, cols, y, z_saved
             self._x_is_data = is_data(x)
@@ -87,19 +90,21 @@ class Conv2D(Layer):
         if self._x is None:
             raise RuntimeError("Conv2D.backward called before a training-mode forward")
         check_grad(self, dy, self._y.shape)
-        act = self.activation
-        if act is not None and act.name == "relu" and FC.whole_batch_rows(self._y) is not None:
-            dy = FC.relu_grad(dy, self._y)
-        elif act is not None:
+        act, relu = self.activation, self._relu()
+        if act is not None and not relu:
             dy = act.grad_fn(dy, self._z, self._y)
         dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
                                         cols=self._cols,
                                         need_dx=self.input_grad and not self._x_is_data,
-                                        need_bias=self.bias is not None)
+                                        need_bias=self.bias is not None,
+                                        y=self._y, activation="relu" if relu else None)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
         return dx
+
+    def _relu(self):
+        return self.activation is not None and self.activation.name == "relu"
 
     def extra_repr(self):
         k, s, p = self.kernel_size, self.stride, self.padding
