@@ -21,6 +21,7 @@ from .sim.array import ndarray as _SimArray
 _cupy = None            # the module, once imported
 _cupy_error = None      # why importing it failed
 _cupy_tried = False
+_device_count = (None, 0)   # (cupy module, CUDA devices it sees), once asked successfully
 
 
 def _import_cupy():
@@ -53,8 +54,12 @@ def cuda_available() -> bool:
 
 
 def _is_cupy_array(x) -> bool:
-    # Checked by type name so that asking never imports CuPy.
-    return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "device")
+    # Checked by type name so that asking never imports CuPy; once CuPy is imported, its
+    # subclasses count too (a softmax-CE loss is one: gpunet.cuda.softmax_xent).
+    if type(x).__module__.split(".")[0] == "cupy":
+        return hasattr(x, "device")
+    nd = getattr(_cupy, "ndarray", None)
+    return nd is not None and isinstance(x, nd)
 
 
 def _is_sim_array(x) -> bool:
@@ -116,7 +121,13 @@ def _parse(device) -> tuple[str, int]:
 
 
 def require_cuda(index: int = 0):
-    """Return cupy, or raise ``RuntimeError`` saying why CUDA cannot be used."""
+    """Return cupy, or raise ``RuntimeError`` saying why CUDA cannot be used.
+
+    The device count is asked once and cached (CUDA does not add devices to a running
+    process), so per-step callers (``to_device``, the kernel launchers) make no query."""
+    global _device_count
+    if _device_count[0] is not None and _device_count[0] is _cupy and 0 <= index < _device_count[1]:
+        return _cupy
     cp = _import_cupy()
     if cp is None:
         raise RuntimeError(
@@ -136,6 +147,7 @@ def require_cuda(index: int = 0):
             "visible. Check the NVIDIA driver and CUDA_VISIBLE_DEVICES, or use device='cpu'.")
     if index >= n:
         raise RuntimeError(f"cuda:{index} requested but only {n} CUDA device(s) are visible")
+    _device_count = (cp, n)
     return cp
 
 

@@ -1,4 +1,4 @@
-// defines: softmax_xent_hard_warp<T, ITEMS>, softmax_xent_hard_block<T>, softmax_xent_soft_warp<T, ITEMS>, softmax_xent_soft_block<T> (T = float, double; ITEMS = 8, 32)
+// defines: softmax_xent_hard_warp<T, ITEMS>, softmax_xent_hard_block<T>, softmax_xent_soft_warp<T, ITEMS>, softmax_xent_soft_block<T>, softmax_xent_count_valid<T> (T = float, double; ITEMS = 8, 32)
 //
 // Fused softmax cross-entropy: one kernel computes every row's loss and the gradient of
 // the mean loss, so the softmax is never written to memory.
@@ -11,9 +11,18 @@
 //     dlogits[r, j] = (softmax_j * sum_k t_k - t_j) * scale    (= (softmax - t) * scale
 //                                                                for targets summing to 1)
 // A hard-label row whose label equals ignore_index (when has_ignore) gets loss 0 and a
-// zero gradient. Labels are range-checked by the launcher before the launch; the kernels
-// never index memory with a label (they compare j == y while scanning), so a bad label
-// could not write out of bounds anyway.
+// zero gradient.
+//
+// Labels are checked on the device, without a host sync: a label outside [0, C) (and not
+// ignore_index) gets a zero gradient and a NaN row loss, and is recorded in `status`, a
+// long long[8] the launcher keeps per device (zeroed; the host reads it only when a loss
+// it reads is not finite): status[0] counts bad labels; the first thread to claim
+// status[1] (0 -> 1) writes its label, row, C, has_ignore and ignore_index to
+// status[2..6]. While status[0] != 0 (an error not yet reported), every row loss is NaN,
+// so the error stays sticky, as CUDA's are, until the host reads it. The kernels never
+// index memory with a label (they compare j == y while scanning).
+// With n_valid != nullptr the gradient is scaled by scale / n_valid[0] (the mean over the
+// rows not ignored, counted on the device by softmax_xent_count_valid).
 //
 // Two shapes of work:
 //   *_warp<T, ITEMS>: one warp per row, C <= 32 * ITEMS; lane l holds z[l + 32 k] in
@@ -78,6 +87,36 @@ template <typename T> __device__ __forceinline__ void zero_row(T* dz, int C, int
     for (int j = tid; j < C; j += nthreads) dz[j] = T(0);
 }
 
+template <typename T> __device__ __forceinline__ T quiet_nan();
+template <> __device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double quiet_nan<double>() {
+    return __longlong_as_double(0x7ff8000000000000ll);
+}
+
+// A label outside [0, C): counted, and the first one recorded (see the file's header).
+__device__ __forceinline__ void flag_bad_label(long long* status, long long y, long long row,
+                                               int C, long long ignore_index, int has_ignore) {
+    unsigned long long* u = reinterpret_cast<unsigned long long*>(status);
+    atomicAdd(u, 1ull);
+    if (atomicCAS(u + 1, 0ull, 1ull) == 0ull) {
+        status[2] = y;
+        status[3] = row;
+        status[4] = C;
+        status[5] = has_ignore;
+        status[6] = ignore_index;
+    }
+}
+
+// The row's loss as written: NaN while a bad label is pending.
+template <typename T> __device__ __forceinline__ T checked_loss(T loss, const long long* status) {
+    return status[0] != 0 ? quiet_nan<T>() : loss;
+}
+
+// The gradient's scale: scale / n_valid[0] when the launcher counted the rows on the device.
+template <typename T> __device__ __forceinline__ T row_scale(T scale, const T* n_valid) {
+    return n_valid != nullptr ? scale / n_valid[0] : scale;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -88,18 +127,24 @@ __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
                                        const long long* __restrict__ labels,
                                        T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
                                        int C, T eps, long long ignore_index, int has_ignore,
-                                       T scale) {
+                                       T scale, const T* __restrict__ n_valid,
+                                       long long* status) {
     const int lane = threadIdx.x & 31;
     const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return;  // the whole warp leaves together
     const T* z = logits + row * C;
     T* dz = dlogits + row * C;
     const long long y = labels[row];
-    if (has_ignore && y == ignore_index) {
+    const bool ignored = has_ignore && y == ignore_index;
+    if (ignored || y < 0 || y >= C) {
         zero_row(dz, C, lane, 32);
-        if (lane == 0) row_loss[row] = T(0);
+        if (lane == 0) {
+            row_loss[row] = ignored ? T(0) : quiet_nan<T>();
+            if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
+        }
         return;
     }
+    scale = row_scale(scale, n_valid);
     T v[ITEMS];
     T m = neg_inf<T>();
 #pragma unroll
@@ -127,7 +172,7 @@ __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
     dy = gpunet::warp_sum(dy);  // one lane holds it, the others 0
     const T on = T(1) - eps, off = eps / T(C);
     const T inv_s = T(1) / s;
-    if (lane == 0) row_loss[row] = dev_log(s) - on * dy - off * dsum;
+    if (lane == 0) row_loss[row] = checked_loss(dev_log(s) - on * dy - off * dsum, status);
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
@@ -143,7 +188,8 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
                                         const long long* __restrict__ labels,
                                         T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
                                         int C, T eps, long long ignore_index, int has_ignore,
-                                        T scale) {
+                                        T scale, const T* __restrict__ n_valid,
+                                        long long* status) {
     __shared__ T sm[32], ss[32];
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long row = blockIdx.x;
@@ -151,11 +197,16 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     const T* z = logits + row * C;
     T* dz = dlogits + row * C;
     const long long y = labels[row];
-    if (has_ignore && y == ignore_index) {
+    const bool ignored = has_ignore && y == ignore_index;
+    if (ignored || y < 0 || y >= C) {
         zero_row(dz, C, tid, nt);
-        if (tid == 0) row_loss[row] = T(0);
+        if (tid == 0) {
+            row_loss[row] = ignored ? T(0) : quiet_nan<T>();
+            if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
+        }
         return;
     }
+    scale = row_scale(scale, n_valid);
     constexpr int P = Pack<T>::N;
     const bool packed =
         (C % P) == 0 && gpunet::is_aligned16(logits) && gpunet::is_aligned16(dlogits);
@@ -193,7 +244,8 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     const T on = T(1) - eps, off = eps / T(C);
     // sum (z - m) = sum (z - K) - C (m - K);  loss = log s - on (z_y - m) - off sum (z - m)
     if (tid == 0)
-        row_loss[row] = dev_log(s) - on * (zy - m) - off * (dsum - T(C) * (m - K));
+        row_loss[row] =
+            checked_loss(dev_log(s) - on * (zy - m) - off * (dsum - T(C) * (m - K)), status);
     const T inv_s = T(1) / s;
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
@@ -337,14 +389,32 @@ __global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* _
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The mean's divisor on the device: n_valid[0] = max(1, number of labels != ignore_index).
+// One block.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void softmax_xent_count_valid(const long long* __restrict__ labels, int N,
+                                         long long ignore_index, T* __restrict__ n_valid) {
+    __shared__ int scratch[32];
+    int n = 0;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) n += labels[i] != ignore_index ? 1 : 0;
+    n = gpunet::block_sum(n, scratch);
+    if (threadIdx.x == 0) n_valid[0] = T(n > 0 ? n : 1);
+}
+
 // Explicit instantiations: nvcc compiles every variant the loader asks NVRTC for.
 #define GPUNET_SOFTMAX_XENT_INSTANTIATE(T)                                                     \
     template __global__ void softmax_xent_hard_warp<T, 8>(const T*, const long long*, T*, T*,   \
-                                                          int, int, T, long long, int, T);     \
+                                                          int, int, T, long long, int, T,      \
+                                                          const T*, long long*);               \
     template __global__ void softmax_xent_hard_warp<T, 32>(const T*, const long long*, T*, T*,  \
-                                                           int, int, T, long long, int, T);    \
+                                                           int, int, T, long long, int, T,     \
+                                                           const T*, long long*);              \
     template __global__ void softmax_xent_hard_block<T>(const T*, const long long*, T*, T*, int, \
-                                                        int, T, long long, int, T);            \
+                                                        int, T, long long, int, T, const T*,   \
+                                                        long long*);                           \
+    template __global__ void softmax_xent_count_valid<T>(const long long*, int, long long, T*); \
     template __global__ void softmax_xent_soft_warp<T, 8>(const T*, const T*, T*, T*, int, int,  \
                                                           T, T);                               \
     template __global__ void softmax_xent_soft_warp<T, 32>(const T*, const T*, T*, T*, int, int, \

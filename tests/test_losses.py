@@ -137,17 +137,49 @@ def test_ce_finite_at_huge_logits(xp, dtype):
     (numpy.zeros((3, 3, 1)), "shape"),
 ])
 def test_ce_bad_labels(xp, labels, match):
+    """NumPy raises at the call; on a GPU a bad label *value* is found on the device and
+    raised when the loss is read (shapes and dtypes are still checked at the call)."""
     z = xp.asarray(_logits(3, 3))
     with pytest.raises(ValueError, match=match) as e:
-        gpunet.SoftmaxCrossEntropy()(z, xp.asarray(labels))
+        loss = gpunet.SoftmaxCrossEntropy()(z, xp.asarray(labels))
+        assert xp is not numpy, "the NumPy path checks label values at once"
+        float(loss)
     assert "softmax_cross_entropy" in str(e.value)
 
 
 def test_ce_label_equal_to_ignore_index_is_allowed_but_others_are_checked(xp):
     z = xp.asarray(_logits(3, 3))
-    gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -1, 2])))
-    with pytest.raises(ValueError):
-        gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -2, 2])))
+    float(gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -1, 2]))))
+    with pytest.raises(ValueError, match="-2"):
+        float(gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -2, 2]))))
+
+
+def test_ce_bad_label_on_a_gpu_is_raised_when_a_loss_is_read(gpu_xp):
+    """The device-side label check: no host sync at the call; the bad row's loss is NaN and
+    its gradient zero; every later loss reads NaN and raises the error (sticky, as CUDA's
+    errors are) until it is raised once; then losses are clean again."""
+    from gpunet import sim
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    z = gpu_xp.asarray(_logits(4, 3))
+    good = gpu_xp.asarray(numpy.array([0, 1, 2, 1]))
+    ref = float(loss_fn(z, good))
+    sim.reset_counters()
+    bad = loss_fn(z, gpu_xp.asarray(numpy.array([0, 7, 2, 1])))
+    g = gpunet.to_numpy(loss_fn.backward())
+    later = loss_fn(z, good)
+    if gpu_xp.__name__ != "cupy":
+        assert sim.counters()["syncs"] == 1          # the gradient's read only
+    assert not g[1].any() and g[0].any()
+    with pytest.raises(ValueError, match=r"1 label\(s\) outside \[0, 3\), e.g. 7 at row 1"):
+        f"{later:.4f}"                              # any read: format, float, item, get
+    assert math.isnan(float(bad))                   # the flag is cleared: a plain NaN now
+    assert float(loss_fn(z, good)) == ref            # cleared once raised
+    with pytest.raises(ValueError, match="e.g. 7"):
+        float(loss_fn(z, gpu_xp.asarray(numpy.array([0, 7, 2, 1]))))
+    with pytest.raises(ValueError, match="e.g. -5 at row 0.*"):
+        gpunet.to_numpy(gpunet.SoftmaxCrossEntropy(reduction="none")(
+            z, gpu_xp.asarray(numpy.array([-5, 1, 2, 1]))))
+    assert float(loss_fn(z, good)) == ref
 
 
 def test_ce_bad_logits_and_smoothing(xp):

@@ -24,6 +24,7 @@ KERNELS: dict[str, list[str]] = {
         *(f"softmax_xent_hard_block<{t}>" for t in _TYPES),
         *(f"softmax_xent_soft_warp<{t}, {i}>" for t in _TYPES for i in _WARP_ITEMS),
         *(f"softmax_xent_soft_block<{t}>" for t in _TYPES),
+        *(f"softmax_xent_count_valid<{t}>" for t in _TYPES),
     ],
     "batchnorm.cu": [
         f"{k}<{t}>" for k in ("bn_stats_partial", "bn_stats_finalize", "bn_forward_apply",

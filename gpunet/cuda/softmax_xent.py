@@ -1,9 +1,104 @@
-"""Launcher of the fused softmax cross-entropy kernels (``kernels/softmax_xent.cu``)."""
+"""Launcher of the fused softmax cross-entropy kernels (``kernels/softmax_xent.cu``).
+
+Labels are checked on the device, never with a host sync: the kernel flags a label outside
+``[0, C)`` in a small per-device status buffer and makes its row loss NaN, and every loss
+it computes stays NaN while such an error is pending. The ``ValueError`` naming the label
+is raised when a loss is next read on the host (``float(loss)``, ``loss.item()``,
+``loss.get()``, printing: the loss is a ``cupy.ndarray`` subclass whose reads check the
+flag when the value read is not finite), or by ``raise_label_error`` (``Trainer`` calls
+it at its progress refreshes and at the end of every epoch). Like CUDA's asynchronous
+errors, it surfaces later than the call that caused it, but it is named; unlike them it
+is cleared once raised.
+"""
 from __future__ import annotations
 
 import numpy
 
 from .loader import _CTYPE, _WARP_ITEMS, _cupy_for, _device, _float_array, kernel
+
+# per device: long long[8], the kernels' label status (layout in kernels/softmax_xent.cu)
+_status: dict = {}
+# per (device, dtype): the mean's divisor counted on the device (with ignore_index)
+_n_valid: dict = {}
+_checked: dict = {}     # array class -> its checked-read subclass
+
+
+def _status_buffer(cp, dev):
+    st = _status.get(dev)
+    if st is None:
+        with cp.cuda.Device(0 if dev == "sim" else dev):
+            st = _status[dev] = cp.zeros(8, dtype=cp.int64)
+    return st
+
+
+def raise_label_error(device=None):
+    """Raise the ``ValueError`` of a bad label flagged on ``device`` (a CUDA device id,
+    ``"sim"``, or an array on that device) since the last check, and clear the flag; a
+    no-op when nothing is flagged or the device never ran the kernel. One host sync."""
+    if device is not None and not isinstance(device, (int, str)):
+        device = _device(device)
+    st = _status.get(device)
+    if st is None:
+        return
+    bad, _, label, row, C, has_ignore, ignore_index, _ = (int(v) for v in st.get())
+    if bad == 0:
+        return
+    st.fill(0)
+    raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} label(s) outside "
+                     f"[0, {C})" + (f" and not ignore_index={ignore_index}" if has_ignore else "")
+                     + f", e.g. {label} at row {row} (checked on the device, reported when a loss "
+                     "was read)")
+
+
+class _CheckedRead:
+    """Host reads of a softmax-CE loss: when the value read is not finite, a pending bad
+    label on its device raises its ``ValueError`` (``raise_label_error``)."""
+    __slots__ = ()
+
+    def _checked(self, value):
+        if not numpy.all(numpy.isfinite(value)):
+            raise_label_error(_device(self))
+        return value
+
+    def get(self, *args, **kwargs):
+        return self._checked(super().get(*args, **kwargs))
+
+    def item(self):
+        return self._checked(super().item())
+
+    def tolist(self):
+        return self.get().tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        return bool(self.item()) if self.size == 1 else super().__bool__()
+
+    def __repr__(self):
+        return repr(self.get())
+
+    def __str__(self):
+        return str(self.get())
+
+    def __format__(self, spec):
+        h = self.get()
+        return format(h if h.ndim else h[()], spec)
+
+
+def _checked_loss(cp, a):
+    """``a`` as its class's checked-read subclass, sharing its memory (no copy, no launch)."""
+    base = type(a)
+    sub = _checked.get(base)
+    if sub is None:
+        sub = _checked[base] = type(base.__name__, (_CheckedRead, base), {"__slots__": ()})
+    if cp.__name__ == "cupy":
+        return sub(a.shape, a.dtype, a.data, a.strides)
+    a.__class__ = sub        # the sim's ndarray: same layout, no memptr constructor
+    return a
 
 
 def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean"):
@@ -22,8 +117,12 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
     where PyTorch's mean gives NaN), as in the NumPy reference
     ``gpunet.functional.softmax_cross_entropy``.
 
-    Hard labels are checked on the device before the launch: one outside ``[0, C)``
-    (other than ``ignore_index``) raises ``ValueError``.
+    Hard labels are checked on the device, without a host sync: a label outside
+    ``[0, C)`` (other than ``ignore_index``) gets a zero gradient and a NaN loss, and the
+    ``ValueError`` naming it is raised when the loss is read on the host (``float(loss)``)
+    or by ``raise_label_error`` (see the module's docstring): a delayed error, as CUDA's
+    asynchronous errors are. With ``ignore_index`` and ``reduction="mean"``, ``N_valid`` is
+    counted on the device too (one small kernel) and the mean divides there.
     """
     cp = _cupy_for(logits)
     z = _float_array("softmax_xent", logits, cp)
@@ -64,26 +163,17 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
                 raise ValueError(f"gpunet.cuda.softmax_xent: integer labels must have shape "
                                  f"{(N,)}, got {labels.shape}")
             y = cp.ascontiguousarray(labels.astype(cp.int64, copy=False))
-            out_of_range = (y < 0) | (y >= C)
-            # the one host sync; no host-to-device copy (N is known on the host)
-            if ignore_index is not None:
-                valid = y != int(ignore_index)
-                out_of_range &= valid
-                counts = cp.stack([cp.count_nonzero(out_of_range), cp.count_nonzero(valid)])
-                bad, n_valid = (int(v) for v in counts.get())
-            else:
-                bad, n_valid = int(cp.count_nonzero(out_of_range)), N
-            if bad:
-                first = int(y[out_of_range][0].get())
-                raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} "
-                                 f"label(s) outside [0, {C})"
-                                 + ("" if ignore_index is None else
-                                    f" and not ignore_index={int(ignore_index)}")
-                                 + f", e.g. {first}")
-        if n_valid == 0:
-            return cp.zeros((N,) if reduction == "none" else (), dtype=dtype), cp.zeros_like(z)
+            n_valid = N
+            if ignore_index is not None and reduction == "mean":
+                # N_valid = max(1, labels != ignore_index) stays on the device
+                n_valid = _n_valid.get((dev, dtype))
+                if n_valid is None:
+                    n_valid = _n_valid[(dev, dtype)] = cp.empty((1,), dtype=dtype)
+                kernel("softmax_xent.cu", f"softmax_xent_count_valid<{T}>", dev)(
+                    (1,), (256,), (y, numpy.int32(N), numpy.int64(int(ignore_index)), n_valid))
         # the kernels write dlogits = (softmax * sum(t) - t) * scale and the unscaled row_loss
-        scale = dtype.type(1.0 / n_valid if reduction == "mean" else 1.0)
+        host_n = n_valid if isinstance(n_valid, int) else 1
+        scale = dtype.type(1.0 / host_n if reduction == "mean" else 1.0)
         eps_t = dtype.type(eps)
         items = next((i for i in _WARP_ITEMS if C <= 32 * i), None)
         kind = "soft" if soft else "hard"
@@ -100,12 +190,15 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             has_ignore = ignore_index is not None
             args = (z, y, row_loss, dz, numpy.int32(N), numpy.int32(C), eps_t,
                     numpy.int64(int(ignore_index) if has_ignore else -1),
-                    numpy.int32(has_ignore), scale)
+                    numpy.int32(has_ignore), scale,
+                    None if isinstance(n_valid, int) else n_valid, _status_buffer(cp, dev))
         fn((grid,), (threads,), args)
         if reduction == "none":
             loss = row_loss
         elif reduction == "sum":
             loss = row_loss.sum()
-        else:
+        elif isinstance(n_valid, int):
             loss = row_loss.sum() / dtype.type(n_valid)
-    return loss, dz
+        else:
+            loss = row_loss.sum() / n_valid[0]
+    return (loss if soft else _checked_loss(cp, loss)), dz

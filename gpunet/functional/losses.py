@@ -24,8 +24,8 @@ def _check_logits(name, logits):
 def check_labels(name, logits, labels, ignore_index=None, check_values=True):
     """Validate labels for (N, C) logits: int class indices (N,) in [0, C) (or
     ``ignore_index``), or probabilities (N, C). Raises ``ValueError``/``TypeError``.
-    ``check_values=False`` checks shapes and dtypes only (the CUDA launcher checks the
-    values itself, in the same device round trip that counts the valid rows)."""
+    ``check_values=False`` checks shapes and dtypes only (the CUDA kernel checks the
+    values itself, on the device; see ``softmax_cross_entropy``)."""
     n, c = logits.shape
     if not hasattr(labels, "ndim"):
         raise TypeError(f"{name}: expected labels as an array, got {type(labels).__name__}")
@@ -98,6 +98,14 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     are zero (PyTorch gives NaN for ``"mean"``). An empty batch raises ``ValueError``.
     The row max is subtracted first, so logits of ±1e4 stay finite. On CuPy arrays, one
     fused kernel (``kernels/softmax_xent.cu``) does both.
+
+    A label outside ``[0, C)`` (other than ``ignore_index``) raises ``ValueError`` naming
+    it. NumPy raises at once. On a GPU (CuPy, the sim) the check runs on the device, with
+    no host sync: the error is delayed, like CUDA's asynchronous errors but named, until
+    the loss is read on the host (``float(loss)``, ``loss.item()``, printing it) — that
+    loss is NaN, and so is every softmax-CE loss computed until the error is raised — or
+    until ``Trainer`` checks, at its progress refreshes and at the latest at the end of the
+    epoch (``gpunet.cuda.softmax_xent.raise_label_error`` checks explicitly).
     """
     name = "softmax_cross_entropy"
     _check_logits(name, logits)
