@@ -37,6 +37,7 @@ import weakref
 import numpy
 
 from .backend import device_of, get_array_module, to_device, to_numpy
+from .cuda import optim as _mt
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "AdaGrad",
@@ -108,6 +109,15 @@ def _on_device_of(arr, p):
     return host if device == "cpu" else to_device(host, device)
 
 
+def _contiguous(g, xp):
+    """``g`` itself when C-contiguous, else a C-contiguous copy (a kernel reads it flat)."""
+    return g if g.flags.c_contiguous else xp.ascontiguousarray(g)
+
+
+def _flag(cond, bit):
+    return bit if cond else 0
+
+
 def _scalar_to_python(template, value):
     """A saved hyper-parameter as the Python type of ``template`` (bool, int, float or tuple)."""
     if isinstance(template, bool):
@@ -127,7 +137,10 @@ class Optimizer:
 
     Subclasses define ``_check(h) -> h`` (validate and normalize hyper-parameters, a dict
     in signature order), ``_buffers(h)`` (names of the per-parameter state arrays, given
-    the hyper-parameters) and ``_update(i, p, g, lr)`` (one parameter's step).
+    the hyper-parameters) and ``_update(i, p, g, lr)`` (one parameter's step, the NumPy
+    reference); for arrays on a CUDA device or the sim, ``_fused_state(i, p, xp)`` (the
+    parameter's state buffers, created at its first step) and ``_fused_apply(table, grads,
+    lr, k, steps)`` (the multi-tensor launch, see ``_step_fused``).
     """
 
     def __init__(self, params, **hyper):
@@ -139,6 +152,8 @@ class Optimizer:
         self.state = [{} for _ in self.params]   # per parameter: buffer name -> array
         self.steps = [0] * len(self.params)      # per parameter: updates applied so far
         self._work = {}                          # scratch arrays, keyed by slot/dtype/device
+        self._tables = {}                        # fused path: (dtype, first) -> (key, table)
+        self._launches = 0                       # fused path: steps launched
         for p in self.params:                    # so that model.to(...) moves our state too
             p._optimizers = [r for r in p._optimizers if r() is not None] + [weakref.ref(self)]
 
@@ -148,25 +163,93 @@ class Optimizer:
         lr = float(self.lr)
         if not lr >= 0.0:
             raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
+        if not isinstance(self.params[0].data, numpy.ndarray):
+            return self._step_fused(lr)
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
-            if g.shape != p.data.shape or g.dtype != p.data.dtype:
-                raise ValueError(
-                    f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data "
-                    f"{tuple(p.data.shape)} {p.data.dtype} but grad {tuple(g.shape)} {g.dtype}")
-            st = self.state[i]
-            if st:
-                get_array_module(p.data, *st.values())  # TypeError if the devices differ
-                for k, v in st.items():
-                    if v.dtype != p.data.dtype:
-                        raise ValueError(
-                            f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) is "
-                            f"{p.data.dtype} but its state {k!r} is {v.dtype}; cast the model "
-                            "with model.to(dtype=...), which casts its optimizers' state too")
+            self._check_step(i, p, g)
             self.steps[i] += 1
             self._update(i, p, g, lr)
+
+    def _check_step(self, i, p, g):
+        if g.shape != p.data.shape or g.dtype != p.data.dtype:
+            raise ValueError(
+                f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data "
+                f"{tuple(p.data.shape)} {p.data.dtype} but grad {tuple(g.shape)} {g.dtype}")
+        st = self.state[i]
+        if st:
+            get_array_module(p.data, *st.values())  # TypeError if the devices differ
+            for k, v in st.items():
+                if v.dtype != p.data.dtype:
+                    raise ValueError(
+                        f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) is "
+                        f"{p.data.dtype} but its state {k!r} is {v.dtype}; cast the model "
+                        "with model.to(dtype=...), which casts its optimizers' state too")
+
+    def _step_fused(self, lr):
+        """The step on a CUDA device (or the sim): one multi-tensor kernel launch
+        (``kernels/optim.cu``) per dtype present, per 64 parameters, for every parameter
+        with a gradient; the same arithmetic as ``_update``.
+
+        The launch reads a device table of the parameters' data and state addresses,
+        sizes, step offsets and decay flags, built on the first step and rebuilt (one
+        host-to-device copy of 64 bytes per parameter) only when one of those changes:
+        a parameter gains or loses its gradient, its data or state is replaced
+        (``model.to``, ``load_state_dict``). The gradients' addresses and the
+        hyper-parameters are kernel arguments, so a steady-state step copies nothing to
+        the device and never waits for it.
+        """
+        who = type(self).__name__
+        active, device = [], None
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                continue
+            self._check_step(i, p, g)
+            for a in (p.data, g):
+                d = device_of(a)
+                if device is None:
+                    device = d
+                elif d != device:
+                    raise TypeError(f"{who}: every parameter and gradient must be on one "
+                                    f"device; params[{i}] ({p.name or 'unnamed'}) has "
+                                    f"{'data' if a is p.data else 'grad'} on {d}, others on "
+                                    f"{device}")
+            if not p.data.flags.c_contiguous:
+                raise ValueError(f"{who}: params[{i}] ({p.name or 'unnamed'}) data must be "
+                                 "C-contiguous on a device")
+            active.append(i)
+        if not active:
+            return
+        self._launches += 1
+        k = self._launches
+        xp = get_array_module(self.params[active[0]].data)
+        groups = {}
+        for i in active:
+            self.steps[i] += 1
+            groups.setdefault(self.params[i].data.dtype, []).append(i)
+        for dtype, idx in groups.items():
+            for start in range(0, len(idx), _mt.MAX_TENSORS):
+                part = idx[start:start + _mt.MAX_TENSORS]
+                rows = []
+                for i in part:
+                    p = self.params[i]
+                    s1, s2 = self._fused_state(i, p, xp)
+                    rows.append((p.data, s1, s2, p.data.size, self.steps[i] - k, p.decay))
+                table = self._fused_table((dtype, start), rows, xp)
+                grads = [_contiguous(self.params[i].grad, xp) for i in part]
+                self._fused_apply(table, grads, lr, k, [self.steps[i] for i in part])
+
+    def _fused_table(self, slot, rows, xp):
+        """The device table of ``rows``, reused while its contents stay the same."""
+        key = tuple((_mt._ptr(w), _mt._ptr(s1), _mt._ptr(s2), n, step0, bool(decay))
+                    for w, s1, s2, n, step0, decay in rows)
+        hit = self._tables.get(slot)
+        if hit is None or hit[0] != key:
+            hit = self._tables[slot] = (key, _mt.tensor_table(xp, rows))
+        return hit[1]
 
     def _follow_parameters(self):
         """Move and cast every state buffer to its parameter's device and dtype (called by
@@ -177,6 +260,7 @@ class Optimizer:
                 if v.dtype != p.data.dtype or device_of(v) != device_of(p.data):
                     st[k] = _on_device_of(v, p)
         self._work = {}
+        self._tables = {}
 
     def zero_grad(self):
         """Set every parameter's ``grad`` to None."""
@@ -290,6 +374,7 @@ class Optimizer:
         self.state = [{b: _on_device_of(d[f"state.{i}.{b}"], p) for b in names} if steps[i] else {}
                       for i, p in enumerate(self.params)]
         self._work = {}
+        self._tables = {}
         return self
 
     def __repr__(self):
@@ -352,6 +437,20 @@ class SGD(Optimizer):
             xp.multiply(g, lr, out=t)
         p.data -= t
 
+    def _fused_state(self, i, p, xp):
+        if self.momentum == 0.0:
+            return None, None
+        st = self.state[i]
+        if "momentum_buffer" not in st:  # the kernel sets b = g at step 1 (zeros: m*0 + g later)
+            st["momentum_buffer"] = xp.zeros_like(p.data)
+        return st["momentum_buffer"], None
+
+    def _fused_apply(self, table, grads, lr, k, steps):
+        m, wd, l1 = float(self.momentum), float(self.weight_decay), float(self.l1)
+        flags = (_flag(wd != 0.0, _mt.WD) | _flag(l1 != 0.0, _mt.L1)
+                 | _flag(m != 0.0, _mt.MOMENTUM) | _flag(m != 0.0 and self.nesterov, _mt.NESTEROV))
+        _mt.sgd_step(table, grads, lr=lr, momentum=m, weight_decay=wd, l1=l1, flags=flags, k=k)
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam`` (``amsgrad=False``).
@@ -412,6 +511,30 @@ class Adam(Optimizer):
         t *= step_size
         p.data -= t
 
+    def _fused_state(self, i, p, xp):
+        st = self.state[i]
+        if not st:
+            st["exp_avg"] = xp.zeros_like(p.data)
+            st["exp_avg_sq"] = xp.zeros_like(p.data)
+        return st["exp_avg"], st["exp_avg_sq"]
+
+    _decoupled = False
+
+    def _fused_apply(self, table, grads, lr, k, steps):
+        b1, b2 = (float(b) for b in self.betas)
+        wd, l1 = float(self.weight_decay), float(getattr(self, "l1", 0.0))
+        flags = _flag(wd != 0.0, _mt.WD) | _flag(l1 != 0.0 and not self._decoupled, _mt.L1)
+        flags |= _flag(self._decoupled, _mt.DECOUPLED)
+        step_size = bias2 = 0.0
+        if min(steps) == max(steps):  # as _update computes them, bit for bit
+            n = steps[0]
+            step_size = lr / (1.0 - b1 ** n)
+            bias2 = math.sqrt(1.0 - b2 ** n)
+            flags |= _mt.UNIFORM
+        _mt.adam_step(table, grads, lr=lr, beta1=b1, beta2=b2, eps=float(self.eps),
+                      weight_decay=wd, l1=l1, decay_factor=1.0 - lr * wd, step_size=step_size,
+                      bias2=bias2, flags=flags, k=k)
+
 
 def _betas(who, betas):
     try:
@@ -428,6 +551,8 @@ class AdamW(Adam):
     (``w -= lr*weight_decay*w``); the gradient itself is not regularized. The Adam update
     is :class:`Adam`'s. ``decay=False`` parameters are not decayed (PyTorch would).
     """
+
+    _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         Optimizer.__init__(self, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -491,6 +616,19 @@ class RMSProp(Optimizer):
             t *= lr
         p.data -= t
 
+    def _fused_state(self, i, p, xp):
+        st = self.state[i]
+        if not st:
+            st["square_avg"] = xp.zeros_like(p.data)
+        if self.momentum != 0.0 and "momentum_buffer" not in st:
+            st["momentum_buffer"] = xp.zeros_like(p.data)
+        return st["square_avg"], st.get("momentum_buffer") if self.momentum != 0.0 else None
+
+    def _fused_apply(self, table, grads, lr, k, steps):
+        mom = float(self.momentum)
+        _mt.rmsprop_step(table, grads, lr=lr, alpha=float(self.alpha), eps=float(self.eps),
+                         momentum=mom, flags=_flag(mom != 0.0, _mt.MOMENTUM))
+
 
 class AdaGrad(Optimizer):
     """AdaGrad (Duchi et al.), as ``torch.optim.Adagrad`` (``lr_decay=0``,
@@ -527,18 +665,33 @@ class AdaGrad(Optimizer):
         t *= lr
         p.data -= t
 
+    def _fused_state(self, i, p, xp):
+        st = self.state[i]
+        if not st:
+            st["sum"] = xp.zeros_like(p.data)
+        return st["sum"], None
+
+    def _fused_apply(self, table, grads, lr, k, steps):
+        _mt.adagrad_step(table, grads, lr=lr, eps=float(self.eps))
+
 
 # -- gradient clipping ------------------------------------------------------------------
 
-def clip_grad_norm(params, max_norm) -> float:
+def clip_grad_norm(params, max_norm):
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``.
 
     ``total = sqrt(sum over parameters of ||grad||^2)``; when
     ``c = max_norm / (total + 1e-6)`` is below 1, every ``grad *= c`` in place (as
     ``torch.nn.utils.clip_grad_norm_``). Parameters without a gradient are ignored.
-    Returns ``total`` (before clipping) as a Python float; 0.0 when there is no gradient.
     A non-finite ``total`` is returned with the gradients left as they are, for the
     caller to inspect. ``params``: a list of Parameters or a Layer.
+
+    Returns ``total`` (before clipping): a Python float for NumPy gradients, 0.0 when there
+    is no gradient. On a CUDA device (or the sim) the norm is computed and the scaling
+    applied on the device, without a host sync (one reduction launch and one scaling
+    launch per dtype and 64 gradients, the sum of squares in float64), and ``total`` is a
+    0-d float64 array on that device: ``float(total)`` (or printing it) waits for the
+    device, so read it only when needed.
     """
     params = _as_parameters(params, "clip_grad_norm", allow_empty=True)
     max_norm = _at_least("clip_grad_norm", "max_norm", max_norm)
@@ -546,6 +699,9 @@ def clip_grad_norm(params, max_norm) -> float:
     if not grads:
         return 0.0
     xp = get_array_module(*grads)
+    if xp is not numpy:
+        return _on_grad_lists(grads, xp, lambda tables, lists: _mt.grad_norm_and_scale(
+            tables, lists, max_norm))
     norms = xp.stack([xp.linalg.norm(g.ravel()) for g in grads])
     total = float(xp.linalg.norm(norms))
     if not math.isfinite(total):
@@ -562,10 +718,52 @@ def clip_grad_value(params, clip):
     ``torch.nn.utils.clip_grad_value_``). ``params``: a list of Parameters or a Layer."""
     params = _as_parameters(params, "clip_grad_value", allow_empty=True)
     clip = _at_least("clip_grad_value", "clip", clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and not isinstance(grads[0], numpy.ndarray):   # one launch per dtype and 64 grads
+        xp = get_array_module(*grads)
+        _on_grad_lists(grads, xp, lambda tables, lists: [
+            _mt.grad_clamp(t, gs, clip) for t, gs in zip(tables, lists)])
+        return
     for p in params:
         if p.grad is not None:
             xp = get_array_module(p.grad)
             xp.clip(p.grad, -clip, clip, out=p.grad)
+
+
+_grad_tables: dict = {}   # (device, dtype, sizes) -> device table of a gradient list
+
+
+def _on_grad_lists(grads, xp, launch):
+    """Run ``launch(tables, grad_lists)`` over ``grads`` (device arrays, one device) cut
+    into same-dtype lists of at most 64; a gradient that is not C-contiguous is worked on
+    in a contiguous copy, written back afterwards. The clipping kernels read only the
+    sizes from a table, so tables are cached by (device, dtype, sizes)."""
+    lists = {}
+    for g in grads:
+        lists.setdefault(g.dtype, []).append(g)
+    tables, grad_lists, back = [], [], []
+    for dtype, gs in lists.items():
+        for start in range(0, len(gs), _mt.MAX_TENSORS):
+            part = gs[start:start + _mt.MAX_TENSORS]
+            flat = []
+            for g in part:
+                c = _contiguous(g, xp)
+                if c is not g:
+                    back.append((g, c))
+                flat.append(c)
+            key = (device_of(part[0]), dtype, tuple(g.size for g in part))
+            table = _grad_tables.get(key)
+            if table is None:
+                if len(_grad_tables) >= 256:
+                    _grad_tables.clear()
+                table = _grad_tables[key] = _mt.tensor_table(
+                    xp, [(None, None, None, g.size, 0, False) for g in part])
+            tables.append(table)
+            grad_lists.append(flat)
+    out = launch(tables, grad_lists)
+    for g, c in back:
+        g[...] = c
+    return out
 
 
 # -- learning-rate schedules ------------------------------------------------------------

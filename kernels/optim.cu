@@ -1,0 +1,393 @@
+// defines: mt_sgd<T>, mt_adam<T>, mt_rmsprop<T>, mt_adagrad<T>, mt_grad_sumsq<T>, mt_grad_scale<T>, mt_grad_clamp<T> (T = float, double): multi-tensor optimizer steps and gradient clipping, one launch for up to 64 tensors
+//
+// Multi-tensor apply. One launch updates every tensor of a list; the list is
+//   * a device table of MtEntry rows (parameter and state addresses, sizes, step offsets,
+//     decay flags), built by the host once and rebuilt only when one of those changes, and
+//   * the gradients, passed as kernel arguments g00 .. g77 (64 pointers, tensor j in
+//     g<j/8><j%8>, unused ones null): gradients are new arrays after every zero_grad() and
+//     backward, and kernel arguments travel with the launch, so a step copies nothing to
+//     the device.
+// Each tensor is cut into chunks of MT_CHUNK elements, numbered across the list
+// (entry.chunk0 is the tensor's first chunk); blocks stride over the chunks and find a
+// chunk's tensor by binary search in the table.
+//
+// Arithmetic is the NumPy reference's (gpunet/optim.py), operation for operation, each
+// product and sum rounded to T (the __*_rn intrinsics keep the compiler from contracting
+// them into FMAs): with equal step counts the result is the NumPy one bit for bit (up to
+// -ftz on denormals). Hyper-parameters come as doubles, computed by the host as Python
+// computes them, and are rounded to T here, as NumPy rounds a Python float scalar.
+#include "common.cuh"
+
+#define MT_MAX 64
+#define MT_CHUNK 2048
+
+// flags
+#define MT_WD 1          // weight_decay != 0 (L2 in the gradient; AdamW: decoupled)
+#define MT_L1 2          // l1 != 0
+#define MT_MOMENTUM 4    // momentum != 0
+#define MT_NESTEROV 8
+#define MT_DECOUPLED 16  // AdamW: w *= 1 - lr*weight_decay instead of L2
+#define MT_UNIFORM 32    // Adam: every tensor has the same step count; step_size/bias2 given
+
+// One tensor of the list (8 words of 8 bytes; the host writes the same layout, int64).
+struct MtEntry {
+    unsigned long long w;   // parameter data (T*)
+    unsigned long long s1;  // first state buffer (T*), 0 when unused
+    unsigned long long s2;  // second state buffer (T*), 0 when unused
+    long long n;            // elements
+    long long chunk0;       // index of the tensor's first chunk in the list
+    long long step0;        // the tensor's step count this launch is step0 + k
+    long long decay;        // 1: weight decay and L1 apply to this tensor
+    long long pad;
+};
+
+#define MT_G8(Q, a)                                                                            \
+    Q* __restrict__ g##a##0, Q* __restrict__ g##a##1, Q* __restrict__ g##a##2,                 \
+        Q* __restrict__ g##a##3, Q* __restrict__ g##a##4, Q* __restrict__ g##a##5,             \
+        Q* __restrict__ g##a##6, Q* __restrict__ g##a##7
+#define MT_GRADS(Q)                                                                            \
+    MT_G8(Q, 0), MT_G8(Q, 1), MT_G8(Q, 2), MT_G8(Q, 3), MT_G8(Q, 4), MT_G8(Q, 5), MT_G8(Q, 6), \
+        MT_G8(Q, 7)
+#define MT_SET8(s, a)                                                                          \
+    s[8 * a + 0] = g##a##0;                                                                    \
+    s[8 * a + 1] = g##a##1;                                                                    \
+    s[8 * a + 2] = g##a##2;                                                                    \
+    s[8 * a + 3] = g##a##3;                                                                    \
+    s[8 * a + 4] = g##a##4;                                                                    \
+    s[8 * a + 5] = g##a##5;                                                                    \
+    s[8 * a + 6] = g##a##6;                                                                    \
+    s[8 * a + 7] = g##a##7;
+// Thread 0 copies the 64 gradient arguments into shared memory, where a tensor index can
+// pick one.
+#define MT_GATHER_GRADS(s)                                                                     \
+    if (threadIdx.x == 0) {                                                                    \
+        MT_SET8(s, 0) MT_SET8(s, 1) MT_SET8(s, 2) MT_SET8(s, 3)                                \
+        MT_SET8(s, 4) MT_SET8(s, 5) MT_SET8(s, 6) MT_SET8(s, 7)                                \
+    }                                                                                          \
+    __syncthreads();
+
+namespace mt {
+
+__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
+
+// numpy.sign: -1, 0 or 1, NaN for NaN.
+template <typename T> __device__ __forceinline__ T sign(T w) {
+    return w > T(0) ? T(1) : (w < T(0) ? T(-1) : (w == T(0) ? T(0) : w));
+}
+
+// g + weight_decay*w + l1*sign(w), in Optimizer._regularized's order.
+template <typename T>
+__device__ __forceinline__ T regularized(T g, T w, T wd, T l1, int flags) {
+    if (flags & MT_WD) g = add(mul(w, wd), g);
+    if (flags & MT_L1) g = add(g, mul(sign(w), l1));
+    return g;
+}
+
+// The tensor that chunk c belongs to: the last entry with chunk0 <= c.
+__device__ __forceinline__ int find(const MtEntry* __restrict__ table, int ntensors, long long c) {
+    int lo = 0, hi = ntensors - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (table[mid].chunk0 <= c) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// The element range [begin, end) of chunk c within its tensor e.
+__device__ __forceinline__ void chunk_range(const MtEntry& e, long long c, long long& begin,
+                                            long long& end) {
+    begin = (c - e.chunk0) * MT_CHUNK;
+    end = begin + MT_CHUNK < e.n ? begin + MT_CHUNK : e.n;
+}
+
+}  // namespace mt
+
+// ---------------------------------------------------------------------------------------
+// Optimizer steps. lr and the step-dependent scalars are arguments; k is the launch number,
+// so a tensor's step count (1 at its first update) is entry.step0 + k.
+// ---------------------------------------------------------------------------------------
+
+// SGD: g = grad (+ wd*w + l1*sign(w) on decay rows); with momentum b = g at the first step,
+// else b = momentum*b + g; w -= lr*b, or lr*(g + momentum*b) with Nesterov; else w -= lr*g.
+// State s1: the momentum buffer.
+template <typename T>
+__global__ void mt_sgd(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                       double lr, double momentum, double weight_decay, double l1, int flags,
+                       long long k, MT_GRADS(const T)) {
+    __shared__ const T* gs[MT_MAX];
+    MT_GATHER_GRADS(gs)
+    const T lr_ = T(lr), m = T(momentum), wd = T(weight_decay), l1_ = T(l1);
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        T* __restrict__ w = reinterpret_cast<T*>(e.w);
+        T* __restrict__ buf = reinterpret_cast<T*>(e.s1);
+        const T* __restrict__ g = gs[j];
+        const bool first = e.step0 + k == 1;
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            const T wv = w[i];
+            T gv = g[i];
+            if (e.decay) gv = mt::regularized(gv, wv, wd, l1_, flags);
+            T t;
+            if (flags & MT_MOMENTUM) {
+                const T b = first ? gv : mt::add(mt::mul(buf[i], m), gv);
+                buf[i] = b;
+                t = (flags & MT_NESTEROV) ? mt::mul(mt::add(mt::mul(b, m), gv), lr_)
+                                          : mt::mul(b, lr_);
+            } else {
+                t = mt::mul(gv, lr_);
+            }
+            w[i] = mt::sub(wv, t);
+        }
+    }
+}
+
+// Adam / AdamW (torch.optim.Adam, amsgrad=False), with n the tensor's step count:
+//   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
+//   w -= lr/(1-b1^n) * m / (sqrt(v)/sqrt(1-b2^n) + eps)
+// Adam: g regularized as SGD's. AdamW (MT_DECOUPLED): w *= 1 - lr*wd first, on decay rows.
+// MT_UNIFORM: step_size = lr/(1-b1^n) and bias2 = sqrt(1-b2^n) are the host's (every tensor
+// has the same n); otherwise each block computes them for its tensor in double.
+// State: s1 = m (exp_avg), s2 = v (exp_avg_sq).
+template <typename T>
+__global__ void mt_adam(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                        double lr, double beta1, double one_minus_beta1, double beta2,
+                        double one_minus_beta2, double eps, double weight_decay, double l1,
+                        double decay_factor, double step_size, double bias2, int flags, long long k,
+                        MT_GRADS(const T)) {
+    __shared__ const T* gs[MT_MAX];
+    MT_GATHER_GRADS(gs)
+    const T b1 = T(beta1), omb1 = T(one_minus_beta1), b2 = T(beta2), omb2 = T(one_minus_beta2);
+    const T eps_ = T(eps), wd = T(weight_decay), l1_ = T(l1), df = T(decay_factor);
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        double ss = step_size, bc2 = bias2;
+        if (!(flags & MT_UNIFORM)) {
+            const double n = static_cast<double>(e.step0 + k);
+            ss = __ddiv_rn(lr, __dsub_rn(1.0, pow(beta1, n)));
+            bc2 = __dsqrt_rn(__dsub_rn(1.0, pow(beta2, n)));
+        }
+        const T ss_ = T(ss), bc2_ = T(bc2);
+        T* __restrict__ w = reinterpret_cast<T*>(e.w);
+        T* __restrict__ m = reinterpret_cast<T*>(e.s1);
+        T* __restrict__ v = reinterpret_cast<T*>(e.s2);
+        const T* __restrict__ g = gs[j];
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            T wv = w[i];
+            T gv = g[i];
+            if (e.decay) {
+                if (flags & MT_DECOUPLED) {
+                    if (flags & MT_WD) wv = mt::mul(wv, df);
+                } else {
+                    gv = mt::regularized(gv, wv, wd, l1_, flags);
+                }
+            }
+            const T mv = mt::add(mt::mul(m[i], b1), mt::mul(gv, omb1));
+            const T vv = mt::add(mt::mul(v[i], b2), mt::mul(mt::mul(gv, gv), omb2));
+            m[i] = mv;
+            v[i] = vv;
+            T t = mt::add(mt::div(mt::sqrt_rn(vv), bc2_), eps_);
+            t = mt::mul(mt::div(mv, t), ss_);
+            w[i] = mt::sub(wv, t);
+        }
+    }
+}
+
+// RMSProp (torch.optim.RMSprop, centered=False):
+//   v = alpha*v + (1-alpha)*g*g;  t = g/(sqrt(v) + eps)
+//   momentum: b = momentum*b + t, w -= lr*b;  else w -= lr*t
+// State: s1 = v (square_avg), s2 = b (momentum_buffer, with momentum).
+template <typename T>
+__global__ void mt_rmsprop(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                           double lr, double alpha, double one_minus_alpha, double eps,
+                           double momentum, int flags, MT_GRADS(const T)) {
+    __shared__ const T* gs[MT_MAX];
+    MT_GATHER_GRADS(gs)
+    const T lr_ = T(lr), a = T(alpha), oma = T(one_minus_alpha), eps_ = T(eps), mom = T(momentum);
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        T* __restrict__ w = reinterpret_cast<T*>(e.w);
+        T* __restrict__ v = reinterpret_cast<T*>(e.s1);
+        T* __restrict__ buf = reinterpret_cast<T*>(e.s2);
+        const T* __restrict__ g = gs[j];
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            const T gv = g[i];
+            const T vv = mt::add(mt::mul(v[i], a), mt::mul(mt::mul(gv, gv), oma));
+            v[i] = vv;
+            T t = mt::div(gv, mt::add(mt::sqrt_rn(vv), eps_));
+            if (flags & MT_MOMENTUM) {
+                const T b = mt::add(mt::mul(buf[i], mom), t);
+                buf[i] = b;
+                t = mt::mul(b, lr_);
+            } else {
+                t = mt::mul(t, lr_);
+            }
+            w[i] = mt::sub(w[i], t);
+        }
+    }
+}
+
+// AdaGrad (torch.optim.Adagrad, lr_decay=0): s += g*g;  w -= lr * g/(sqrt(s) + eps).
+// State: s1 = s (sum).
+template <typename T>
+__global__ void mt_adagrad(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                           double lr, double eps, MT_GRADS(const T)) {
+    __shared__ const T* gs[MT_MAX];
+    MT_GATHER_GRADS(gs)
+    const T lr_ = T(lr), eps_ = T(eps);
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        T* __restrict__ w = reinterpret_cast<T*>(e.w);
+        T* __restrict__ s = reinterpret_cast<T*>(e.s1);
+        const T* __restrict__ g = gs[j];
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            const T gv = g[i];
+            const T sv = mt::add(s[i], mt::mul(gv, gv));
+            s[i] = sv;
+            const T t = mt::mul(mt::div(gv, mt::add(mt::sqrt_rn(sv), eps_)), lr_);
+            w[i] = mt::sub(w[i], t);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gradient clipping: only entry.n and entry.chunk0 of the table are read.
+// ---------------------------------------------------------------------------------------
+
+// Sum of squares of every gradient, in double. Each block writes its partial sum to
+// partials[blockIdx.x]; the last block to finish (a ticket counter, reset to 0 for the
+// next launch) adds them in block order, so the result does not depend on the schedule:
+//   sum = partials[0] + ... + partials[gridDim.x-1]  (+ *acc when accumulate)
+// finalize == 0: *acc = sum (another dtype's launch follows). finalize == 1:
+//   *total = sqrt(sum);  *coef = max_norm / (*total + 1e-6) when *total is finite, else 1
+// (clip_grad_norm's rule: the gradients are scaled by coef when coef < 1).
+template <typename T>
+__global__ void mt_grad_sumsq(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                              double* __restrict__ partials, unsigned int* __restrict__ ticket,
+                              double* __restrict__ acc, int accumulate, int finalize,
+                              double max_norm, double* __restrict__ total,
+                              double* __restrict__ coef, MT_GRADS(const T)) {
+    __shared__ const T* gs[MT_MAX];
+    __shared__ double scratch[32];
+    __shared__ bool last;
+    MT_GATHER_GRADS(gs)
+    double s = 0.0;
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        const T* __restrict__ g = gs[j];
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            const double x = static_cast<double>(g[i]);
+            s += x * x;
+        }
+    }
+    s = gpunet::block_sum(s, scratch);
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = s;
+        __threadfence();
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile double* vp = partials;
+    double p = 0.0;
+    // One partial per thread and round (the grid is at most a few blocks per SM), summed
+    // in a fixed order.
+    for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) p += vp[b];
+    p = gpunet::block_sum(p, scratch);
+    if (threadIdx.x == 0) {
+        if (accumulate) p += *acc;
+        if (finalize) {
+            const double t = __dsqrt_rn(p);
+            *total = t;
+            *coef = (t - t == 0.0) ? __ddiv_rn(max_norm, __dadd_rn(t, 1e-6)) : 1.0;
+        } else {
+            *acc = p;
+        }
+        *ticket = 0u;
+    }
+}
+
+// g *= coef, every gradient, when *coef < 1 (read on the device: no host sync).
+template <typename T>
+__global__ void mt_grad_scale(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                              const double* __restrict__ coef, MT_GRADS(T)) {
+    __shared__ T* gs[MT_MAX];
+    MT_GATHER_GRADS(gs)
+    const double cd = *coef;
+    if (!(cd < 1.0)) return;
+    const T cv = T(cd);
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        T* __restrict__ g = gs[j];
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) g[i] = mt::mul(g[i], cv);
+    }
+}
+
+// g = clip(g, -clip, clip), every gradient (NaN stays NaN, as numpy.clip).
+template <typename T>
+__global__ void mt_grad_clamp(const MtEntry* __restrict__ table, int ntensors, long long nchunks,
+                              double clip, MT_GRADS(T)) {
+    __shared__ T* gs[MT_MAX];
+    MT_GATHER_GRADS(gs)
+    const T lo = T(-clip), hi = T(clip);
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int j = mt::find(table, ntensors, c);
+        const MtEntry e = table[j];
+        long long begin, end;
+        mt::chunk_range(e, c, begin, end);
+        T* __restrict__ g = gs[j];
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            T x = g[i];
+            x = x < lo ? lo : x;
+            g[i] = x > hi ? hi : x;
+        }
+    }
+}
+
+#define MT_INSTANTIATE(T)                                                                      \
+    template __global__ void mt_sgd<T>(const MtEntry*, int, long long, double, double, double, \
+                                       double, int, long long, MT_GRADS(const T));             \
+    template __global__ void mt_adam<T>(const MtEntry*, int, long long, double, double, double, \
+                                        double, double, double, double, double, double, double, \
+                                        double, int, long long, MT_GRADS(const T));            \
+    template __global__ void mt_rmsprop<T>(const MtEntry*, int, long long, double, double,     \
+                                           double, double, double, int, MT_GRADS(const T));    \
+    template __global__ void mt_adagrad<T>(const MtEntry*, int, long long, double, double,     \
+                                           MT_GRADS(const T));                                 \
+    template __global__ void mt_grad_sumsq<T>(const MtEntry*, int, long long, double*,         \
+                                              unsigned int*, double*, int, int, double, double*, \
+                                              double*, MT_GRADS(const T));                     \
+    template __global__ void mt_grad_scale<T>(const MtEntry*, int, long long, const double*,   \
+                                              MT_GRADS(T));                                    \
+    template __global__ void mt_grad_clamp<T>(const MtEntry*, int, long long, double, MT_GRADS(T));
+
+MT_INSTANTIATE(float)
+MT_INSTANTIATE(double)
