@@ -37,6 +37,9 @@ KERNELS: dict[str, list[str]] = {
                                         "mt_grad_sumsq", "mt_grad_scale", "mt_grad_clamp")
                  for t in _TYPES],
     "conv.cu": [f"{k}<{t}>" for k in ("im2col", "col2im", "conv_bias_act", "conv_act_grad") for t in _TYPES],
+    "pooling.cu": [*(f"{k}<{t}, {i}>" for k in ("max_pool_forward", "max_pool_backward")
+                   for t in _TYPES for i in ("unsigned char", "int")),
+                 *(f"{k}<{t}>" for k in ("avg_pool_forward", "avg_pool_backward") for t in _TYPES)],
 }
 
 # What CuPy appends to the options of every RawModule it compiles with NVRTC.

@@ -14,10 +14,16 @@ several times faster on contiguous memory).
   (PyTorch's ``count_include_pad=True``, its default).
 * global average pooling: ``(N, C, H, W) -> (N, C)``, the mean over ``H, W``.
 
+On a GPU (CuPy or the sim) max and average pooling are one kernel launch each way
+(``kernels/pooling.cu``: the same operations in the same order, so the same results); they
+read their input in any layout and return NCHW-contiguous arrays.
+
 Padding larger than half the kernel is rejected (as PyTorch does): a window could then
 lie entirely in the padding.
 """
 from __future__ import annotations
+
+import numpy
 
 from .conv import output_size, pad2d, pair, windows
 from ..backend import get_array_module
@@ -71,6 +77,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     xp = get_array_module(x)
     kernel, stride, padding = pool_args("max_pool2d", kernel_size, stride, padding)
     out_hw = output_size("max_pool2d", x.shape, kernel, stride, padding)
+    if xp is not numpy:
+        from ..cuda import pooling as cuda_pool
+        return cuda_pool.max_pool2d(x, kernel, stride, padding, out_hw)
     if _cnhw(x):
         y, arg = _max_pool(xp, _swap(x), kernel, stride, padding, out_hw)
         return _swap(y), _swap(arg)
@@ -107,6 +116,9 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     the forward's input)."""
     xp = get_array_module(dy)
     kernel, stride, padding = pool_args("max_pool2d_backward", kernel_size, stride, padding)
+    if xp is not numpy:
+        from ..cuda import pooling as cuda_pool
+        return cuda_pool.max_pool2d_backward(dy, arg, x_shape, kernel, stride, padding)
     if _cnhw(arg):
         n, c, h, w = x_shape
         # dy in arg's layout first (one small copy when it comes C-contiguous, e.g. through
@@ -142,6 +154,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     xp = get_array_module(x)
     kernel, stride, padding = pool_args("avg_pool2d", kernel_size, stride, padding)
     out_hw = output_size("avg_pool2d", x.shape, kernel, stride, padding)
+    if xp is not numpy:
+        from ..cuda import pooling as cuda_pool
+        return cuda_pool.avg_pool2d(x, kernel, stride, padding, out_hw)
     xpad = pad2d(x, padding)
     y = None
     for k, sh, sw in _slices(kernel, stride, out_hw):
@@ -157,6 +172,9 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
     """``dx``: every input of a window receives ``dy / (kh*kw)``; overlaps add."""
     xp = get_array_module(dy)
     kernel, stride, padding = pool_args("avg_pool2d_backward", kernel_size, stride, padding)
+    if xp is not numpy:
+        from ..cuda import pooling as cuda_pool
+        return cuda_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding)
     n, c, h, w = x_shape
     (ph, pw) = padding
     g = dy * (1.0 / (kernel[0] * kernel[1]))

@@ -1,0 +1,179 @@
+// defines: max_pool_forward<T, I>, max_pool_backward<T, I> (T = float, double; I = unsigned char, int: the argmax type), avg_pool_forward<T>, avg_pool_backward<T>: 2-D pooling over NCHW, one launch per op
+//
+// A window of (kh, kw) moves by (sh, sw) over the input padded by (ph, pw) on each side;
+// output (N, C, OH, OW). Semantics are gpunet/functional/pooling.py's, in the same order of
+// operations, so results match the NumPy reference bit for bit:
+//   max: padding is -inf; y = the window's first element, then for each later element k
+//        (row-major, k = i*kw + j) arg = k where it is strictly greater, and y = max(y, v)
+//        with NaN propagating (NumPy's maximum); backward routes dy to element arg.
+//   avg: padding counts as 0 and every window divides by kh*kw (count_include_pad):
+//        y = (sum in offset order) * scale, scale = 1/(kh*kw) in T; backward adds dy*scale.
+// Backward kernels gather: each input element sums, in offset order (i, then j, ascending),
+// what the windows that contain it send, so they need no atomics and are deterministic.
+//
+// Launch shape as in conv.cu: gridDim.y strides over the N*C planes, gridDim.x * blockDim.x
+// over a plane's elements (grid-stride loops). Inputs x and dy may have any element strides
+// (a transposed view needs no copy); arg is C-contiguous (N, C, OH, OW) and every output
+// C-contiguous. Plane sizes and N*C are < 2**31 (the launchers check it).
+#include "common.cuh"
+
+using gpunet::FastDivmod;
+
+template <typename T, typename I>
+__global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* __restrict__ arg,
+                                 int planes, int C, int H, int W, long long sxn, long long sxc,
+                                 long long sxh, long long sxw, int kh, int kw, int sh, int sw,
+                                 int ph, int pw, unsigned int ow_d, unsigned int ow_mul,
+                                 unsigned int ow_shr, int P) {
+    const FastDivmod per_row{ow_d, ow_mul, ow_shr};
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int n = plane / C, c = plane - n * C;
+        const T* xc = x + n * sxn + c * sxc;
+        T* yo = y + static_cast<long long>(plane) * P;
+        I* ao = arg + static_cast<long long>(plane) * P;
+        for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < P; k += gridDim.x * blockDim.x) {
+            unsigned int p, q;
+            per_row.divmod(static_cast<unsigned int>(k), p, q);
+            const int h0 = static_cast<int>(p) * sh - ph, w0 = static_cast<int>(q) * sw - pw;
+            T best = gpunet::neg_inf<T>();
+            int a = 0;
+            for (int i = 0; i < kh; ++i) {
+                const int h = h0 + i;
+                for (int j = 0; j < kw; ++j) {
+                    const int w = w0 + j;
+                    const T v = (h >= 0 && h < H && w >= 0 && w < W) ? xc[h * sxh + w * sxw]
+                                                                     : gpunet::neg_inf<T>();
+                    if (i == 0 && j == 0) {
+                        best = v;
+                    } else {
+                        const bool better = v > best;
+                        if (better) a = i * kw + j;
+                        if (better || v != v) best = v;
+                    }
+                }
+            }
+            yo[k] = best;
+            ao[k] = static_cast<I>(a);
+        }
+    }
+}
+
+template <typename T, typename I>
+__global__ void max_pool_backward(const T* __restrict__ dy, const I* __restrict__ arg,
+                                  T* __restrict__ dx, int planes, int C, int H, int kh, int kw,
+                                  int sh, int sw, int ph, int pw, int OH, int OW, long long sdn,
+                                  long long sdc, long long sdh, long long sdw,
+                                  unsigned int w_d, unsigned int w_mul, unsigned int w_shr) {
+    const FastDivmod per_row{w_d, w_mul, w_shr};
+    const int HW = H * static_cast<int>(w_d);
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int n = plane / C, c = plane - n * C;
+        const T* g = dy + n * sdn + c * sdc;
+        const I* ai = arg + static_cast<long long>(plane) * OH * OW;
+        T* out = dx + static_cast<long long>(plane) * HW;
+        for (int hw = blockIdx.x * blockDim.x + threadIdx.x; hw < HW; hw += gridDim.x * blockDim.x) {
+            unsigned int uh, uw;
+            per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
+            const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
+            T s = T(0);
+            for (int i = 0; i < kh && i <= hh; ++i) {
+                const int ti = hh - i;
+                if (ti % sh != 0 || ti / sh >= OH) continue;
+                const int p = ti / sh;
+                for (int j = 0; j < kw && j <= ww; ++j) {
+                    const int tj = ww - j;
+                    if (tj % sw != 0 || tj / sw >= OW) continue;
+                    const int q = tj / sw;
+                    if (static_cast<int>(ai[p * OW + q]) == i * kw + j) s += g[p * sdh + q * sdw];
+                }
+            }
+            out[hw] = s;
+        }
+    }
+}
+
+template <typename T>
+__global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, int planes, int C,
+                                 int H, int W, long long sxn, long long sxc, long long sxh,
+                                 long long sxw, int kh, int kw, int sh, int sw, int ph, int pw,
+                                 unsigned int ow_d, unsigned int ow_mul, unsigned int ow_shr,
+                                 int P, T scale) {
+    const FastDivmod per_row{ow_d, ow_mul, ow_shr};
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int n = plane / C, c = plane - n * C;
+        const T* xc = x + n * sxn + c * sxc;
+        T* yo = y + static_cast<long long>(plane) * P;
+        for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < P; k += gridDim.x * blockDim.x) {
+            unsigned int p, q;
+            per_row.divmod(static_cast<unsigned int>(k), p, q);
+            const int h0 = static_cast<int>(p) * sh - ph, w0 = static_cast<int>(q) * sw - pw;
+            T s = T(0);
+            for (int i = 0; i < kh; ++i) {
+                const int h = h0 + i;
+                for (int j = 0; j < kw; ++j) {
+                    const int w = w0 + j;
+                    const T v = (h >= 0 && h < H && w >= 0 && w < W) ? xc[h * sxh + w * sxw] : T(0);
+                    s = (i == 0 && j == 0) ? v : s + v;
+                }
+            }
+            yo[k] = s * scale;
+        }
+    }
+}
+
+template <typename T>
+__global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, int planes, int C,
+                                  int H, int kh, int kw, int sh, int sw, int ph, int pw, int OH,
+                                  int OW, long long sdn, long long sdc, long long sdh, long long sdw,
+                                  unsigned int w_d, unsigned int w_mul, unsigned int w_shr, T scale) {
+    const FastDivmod per_row{w_d, w_mul, w_shr};
+    const int HW = H * static_cast<int>(w_d);
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int n = plane / C, c = plane - n * C;
+        const T* g = dy + n * sdn + c * sdc;
+        T* out = dx + static_cast<long long>(plane) * HW;
+        for (int hw = blockIdx.x * blockDim.x + threadIdx.x; hw < HW; hw += gridDim.x * blockDim.x) {
+            unsigned int uh, uw;
+            per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
+            const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
+            T s = T(0);
+            for (int i = 0; i < kh && i <= hh; ++i) {
+                const int ti = hh - i;
+                if (ti % sh != 0 || ti / sh >= OH) continue;
+                const int p = ti / sh;
+                for (int j = 0; j < kw && j <= ww; ++j) {
+                    const int tj = ww - j;
+                    if (tj % sw != 0 || tj / sw >= OW) continue;
+                    s += g[p * sdh + (tj / sw) * sdw] * scale;
+                }
+            }
+            out[hw] = s;
+        }
+    }
+}
+
+#define GPUNET_MAX_POOL_INSTANTIATE(T, I)                                                          \
+    template __global__ void max_pool_forward<T, I>(const T*, T*, I*, int, int, int, int, long long, \
+                                                    long long, long long, long long, int, int, int,  \
+                                                    int, int, int, unsigned int, unsigned int,       \
+                                                    unsigned int, int);                              \
+    template __global__ void max_pool_backward<T, I>(const T*, const I*, T*, int, int, int, int,     \
+                                                     int, int, int, int, int, int, int, long long,   \
+                                                     long long, long long, long long, unsigned int,  \
+                                                     unsigned int, unsigned int);
+#define GPUNET_AVG_POOL_INSTANTIATE(T)                                                             \
+    template __global__ void avg_pool_forward<T>(const T*, T*, int, int, int, int, long long,       \
+                                                 long long, long long, long long, int, int, int,    \
+                                                 int, int, int, unsigned int, unsigned int,         \
+                                                 unsigned int, int, T);                             \
+    template __global__ void avg_pool_backward<T>(const T*, T*, int, int, int, int, int, int, int,  \
+                                                  int, int, int, int, long long, long long,         \
+                                                  long long, long long, unsigned int, unsigned int, \
+                                                  unsigned int, T);
+
+GPUNET_MAX_POOL_INSTANTIATE(float, unsigned char)
+GPUNET_MAX_POOL_INSTANTIATE(float, int)
+GPUNET_MAX_POOL_INSTANTIATE(double, unsigned char)
+GPUNET_MAX_POOL_INSTANTIATE(double, int)
+GPUNET_AVG_POOL_INSTANTIATE(float)
+GPUNET_AVG_POOL_INSTANTIATE(double)
