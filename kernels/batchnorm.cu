@@ -10,16 +10,16 @@
 //
 // The reductions are two-level: a grid of (chunks, C) blocks writes one partial per block,
 // and a small kernel (one thread per channel) combines a channel's partials. Statistics
-// are Welford triples (count, mean, m2) of d = x - K, K = x[0, c, 0] the channel's first
-// value: each thread folds its values in groups of 4 (the group's mean and m2 by two
-// passes in registers, then Chan's pairwise combine, gpunet::welford_combine's formula),
-// then warps, the block and the finalize kernel combine the same way. No raw sum of
-// squares is ever formed, so nothing cancels when K is an outlier (x[0, c] = 1e3 among
-// N(0, 1) values: s2 - s1^2/n would lose ~1e6 relative); and the means stay relative to
-// K up to the finalize, which adds K back once, because for float data with a large mean
-// and a small spread (1e4 + 0.01 noise) absolute means rounded at 1e4 would make the
-// combine's differences of means lose the spread (d = x - K is exact there: Sterbenz).
-// One read of x for the statistics. Counts are held in T (exact below 2**24 in float).
+// are Welford (count, mean, m2) with the mean held as hi + lo (gpunet::WelfordHiLo): each
+// thread folds its values in groups of 4 (the group's mean and m2 by two passes in
+// registers, relative to the thread's running mean), then warps, the block and the
+// finalize kernel combine with Chan's pairwise formula. No raw sum of squares is formed
+// and no fixed shift is used, so nothing cancels when the channel holds an outlier
+// (x[0, c] = 1e3 among N(0, 1) values: a shift by it made s2 - s1^2/n lose ~1e6 relative,
+// and K + mean_rel rounded the mean at ulp(1e3)); and the split mean keeps float data with
+// a large mean and a small spread (1e4 + 0.01 noise) exact in the differences of means,
+// where means rounded at 1e4 would lose the spread. One read of x for the statistics.
+// Counts are held in T (exact below 2**24 in float).
 //
 // Elementwise kernels index the flat tensor; the channel of element i is (i / HW) % C,
 // computed with gpunet::FastDivmod (the launcher passes the host-computed constants and
@@ -29,7 +29,7 @@
 
 using gpunet::FastDivmod;
 using gpunet::Pack;
-using gpunet::Welford;
+using gpunet::WelfordHiLo;
 
 namespace {
 
@@ -74,32 +74,36 @@ __host__ __device__ __forceinline__ void chunk_range(long long M, int chunks, in
 
 // ---------------------------------------------------------------------------------------
 // Forward: statistics.
-// part has (C, chunks, 3) entries: the Welford (count, mean, m2) of each chunk.
+// part has (C, chunks, 4) entries: the WelfordHiLo (count, mean hi, mean lo, m2) of each
+// chunk.
 // ---------------------------------------------------------------------------------------
 // 256 threads (the launcher's), at least 4 blocks per SM: caps registers at 64 (the
-// double variant's divisions would take ~74 and leave 3 blocks per SM for a load-bound loop).
+// double variant's divisions would take more and leave 3 blocks per SM for a load-bound
+// loop).
 template <typename T>
-__global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__ x, int N, int C, int HW, int chunks,
-                                 T* __restrict__ part) {
-    __shared__ Welford<T> scratch[32];
+__global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__ x, int N,
+                                                           int C, int HW, int chunks,
+                                                           T* __restrict__ part) {
+    __shared__ WelfordHiLo<T> scratch[32];
     const int c = blockIdx.y, b = blockIdx.x;
     const long long M = static_cast<long long>(N) * HW;
     long long begin, end;
     chunk_range(M, chunks, b, begin, end);
-    const T K = x[static_cast<long long>(c) * HW];  // the shift: channel c's first value
-    // Per thread, groups of G values (G loads in flight): each group's mean and m2 from
-    // its values in registers (two passes), then Chan's combine into the thread's running
-    // (n, mean, m2). No raw sum of squares, so a shift K that is an outlier (x[0, c] = 1e3,
-    // the rest N(0, 1)) cancels nothing: the shift only has to keep d = x - K exact when
-    // |mean| >> spread (Sterbenz), and one division per group is cheap next to the loads.
-    constexpr int G = 4;
-    Welford<T> st;
+    WelfordHiLo<T> st;
     st.n = T(0);
-    st.mean = T(0);  // relative to K until the block's statistics are complete: absolute
-    st.m2 = T(0);    // means of 1e4 would make the combine's delta lose a 0.01 spread
-    int cnt = 0;     // exact count; st.n = T(cnt) (< 2**24 per block in float, launcher)
+    st.hi = T(0);  // the thread's mean is hi + lo; hi starts at its first value, so the
+    st.lo = T(0);  // first group's differences are exact when |mean| >> spread (Sterbenz)
+    st.m2 = T(0);
+    int cnt = 0;   // exact count; st.n = T(cnt) (< 2**24 per block in float: the launcher)
     ChannelWalker w;
     w.init(begin + threadIdx.x, blockDim.x, HW, C);
+    if (begin + threadIdx.x < end) st.hi = x[w.offset(c)];
+    // Groups of G values (G loads in flight): the group's mean and m2 of d = x - hi by two
+    // passes in registers, then Chan's combine into the running statistics, whose mean is
+    // re-split into hi + lo after each group. No raw sum of squares is formed and the
+    // shift is always the running mean, so no value (an outlier first one included) makes
+    // anything cancel. One division per group next to G loads.
+    constexpr int G = 4;
     for (long long m0 = begin + threadIdx.x; m0 < end; m0 += G * blockDim.x) {
         T d[G];
         T s = T(0);
@@ -107,7 +111,7 @@ __global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__
 #pragma unroll
         for (int k = 0; k < G; ++k) {
             const bool in = m0 + k * static_cast<long long>(blockDim.x) < end;
-            d[k] = in ? x[w.offset(c)] - K : T(0);
+            d[k] = in ? x[w.offset(c)] - st.hi : T(0);
             s += d[k];
             g += in;
             w.advance();  // past the end: positions only, never read
@@ -120,41 +124,45 @@ __global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__
             if (k < g) gm2 += e * e;  // the group's valid values come first
         }
         cnt += g;
-        const T n = T(cnt), delta = gmean - st.mean, wb = T(g) / n;
-        st.mean += delta * wb;
+        const T n = T(cnt), delta = gmean - st.lo, wb = T(g) / n;
         st.m2 += gm2 + delta * delta * st.n * wb;
         st.n = n;
+        gpunet::two_sum(st.hi, st.lo + delta * wb, st.hi, st.lo);
     }
-    st = gpunet::block_welford(st, scratch);
+    st = gpunet::block_welford_hilo(st, scratch);
     if (threadIdx.x == 0) {
-        T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
+        T* p = part + (static_cast<long long>(c) * chunks + b) * 4;
         p[0] = st.n;
-        p[1] = st.mean;  // relative to K
-        p[2] = st.m2;
+        p[1] = st.hi;
+        p[2] = st.lo;
+        p[3] = st.m2;
     }
 }
 
-// One thread per channel: combine the chunks, write mean, biased var and inv_std.
+// One thread per channel: combine the chunks, write mean (hi + lo rounded once), biased
+// var and inv_std.
 template <typename T>
-__global__ void bn_stats_finalize(const T* __restrict__ part, const T* __restrict__ x, int C,
-                                  int HW, int chunks, T eps, T* __restrict__ mean,
-                                  T* __restrict__ var, T* __restrict__ inv_std) {
+__global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks, T eps,
+                                  T* __restrict__ mean, T* __restrict__ var,
+                                  T* __restrict__ inv_std) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    Welford<T> st;
+    WelfordHiLo<T> st;
     st.n = T(0);
-    st.mean = T(0);
+    st.hi = T(0);
+    st.lo = T(0);
     st.m2 = T(0);
     for (int b = 0; b < chunks; ++b) {
-        const T* p = part + (static_cast<long long>(c) * chunks + b) * 3;
-        Welford<T> o;
+        const T* p = part + (static_cast<long long>(c) * chunks + b) * 4;
+        WelfordHiLo<T> o;
         o.n = p[0];
-        o.mean = p[1];
-        o.m2 = p[2];
-        st = gpunet::welford_combine(st, o);
+        o.hi = p[1];
+        o.lo = p[2];
+        o.m2 = p[3];
+        st = gpunet::welford_hilo_combine(st, o);
     }
     const T v = st.m2 / st.n;
-    mean[c] = x[static_cast<long long>(c) * HW] + st.mean;  // the partials' shift K, added once
+    mean[c] = st.hi + st.lo;
     var[c] = v;
     inv_std[c] = T(1) / gpunet::dev_sqrt(v + eps);
 }
@@ -290,7 +298,7 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
 
 #define GPUNET_BATCHNORM_INSTANTIATE(T)                                                        \
     template __global__ void bn_stats_partial<T>(const T*, int, int, int, int, T*);            \
-    template __global__ void bn_stats_finalize<T>(const T*, const T*, int, int, int, T, T*, T*, T*); \
+    template __global__ void bn_stats_finalize<T>(const T*, int, int, T, T*, T*, T*);         \
     template __global__ void bn_forward_apply<T>(const T*, const T*, const T*, const T*,       \
                                                  const T*, T*, int, unsigned int,              \
                                                  unsigned int, unsigned int, unsigned int,     \

@@ -1,4 +1,4 @@
-// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, Welford (+ welford_combine, warp_welford, block_welford), online_lse_combine
+// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, Welford (+ welford_combine, warp_welford, block_welford), WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine
 //
 // Shared device helpers of the gpunet kernels. Compiled at run time by NVRTC (through
 // CuPy) and ahead of time by nvcc in CI, so: no host headers (<cmath>, <cfloat>), no
@@ -184,6 +184,83 @@ __device__ __forceinline__ Welford<T> block_welford(Welford<T> w, Welford<T>* sc
         w.m2 = T(0);
     }
     return warp_welford(w);
+}
+
+// ---------------------------------------------------------------------------------------
+// Welford statistics whose mean is an unevaluated sum hi + lo (hi the mean rounded to T,
+// lo the rest, |lo| <= ulp(hi) / 2, kept exact by two_sum), for reductions that must not
+// depend on a shift: every difference the combine forms is between partial means, so its
+// rounding error is eps times the distance the mean moves, never eps times a shift's
+// distance from the data (a first value that is an outlier), and a mean of 1e4 is held
+// well below one float ulp (a spread of 0.01 survives the differences of means).
+//     delta = (b.hi - a.hi) + (b.lo - a.lo),   n = a.n + b.n,   wb = b.n / n
+//     (hi, lo) = two_sum(a.hi, a.lo + delta * wb),   m2 = a.m2 + b.m2 + delta^2 a.n wb
+// An empty side (n = 0) returns the other unchanged. Counts in T, as for Welford.
+// ---------------------------------------------------------------------------------------
+template <typename T> struct WelfordHiLo {
+    T n;
+    T hi;
+    T lo;
+    T m2;
+};
+
+// s + e == a + b exactly (Knuth's branch-free TwoSum; additions only, so no FMA
+// contraction can change it).
+template <typename T> __host__ __device__ __forceinline__ void two_sum(T a, T b, T& s, T& e) {
+    s = a + b;
+    const T bb = s - a;
+    e = (a - (s - bb)) + (b - bb);
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ WelfordHiLo<T> welford_hilo_combine(WelfordHiLo<T> a,
+                                                                      WelfordHiLo<T> b) {
+    if (b.n == T(0)) return a;
+    if (a.n == T(0)) return b;
+    const T n = a.n + b.n;
+    const T delta = (b.hi - a.hi) + (b.lo - a.lo);
+    const T wb = b.n / n;
+    WelfordHiLo<T> r;
+    r.n = n;
+    two_sum(a.hi, a.lo + delta * wb, r.hi, r.lo);
+    r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
+    return r;
+}
+
+template <typename T>
+__device__ __forceinline__ WelfordHiLo<T> warp_welford_hilo(WelfordHiLo<T> w) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        WelfordHiLo<T> other;
+        other.n = __shfl_xor_sync(0xffffffffu, w.n, o);
+        other.hi = __shfl_xor_sync(0xffffffffu, w.hi, o);
+        other.lo = __shfl_xor_sync(0xffffffffu, w.lo, o);
+        other.m2 = __shfl_xor_sync(0xffffffffu, w.m2, o);
+        w = welford_hilo_combine(w, other);
+    }
+    return w;
+}
+
+// `scratch` holds >= 32 WelfordHiLo<T>; every thread gets the block's statistics (up to
+// rounding: lanes combine in different orders, so use one thread's result).
+template <typename T>
+__device__ __forceinline__ WelfordHiLo<T> block_welford_hilo(WelfordHiLo<T> w,
+                                                           WelfordHiLo<T>* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nwarps = (blockDim.x + 31) >> 5;
+    w = warp_welford_hilo(w);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = w;
+    __syncthreads();
+    if (lane < nwarps) {
+        w = scratch[lane];
+    } else {
+        w.n = T(0);
+        w.hi = T(0);
+        w.lo = T(0);
+        w.m2 = T(0);
+    }
+    return warp_welford_hilo(w);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def batchnorm_forward(x, gamma, beta, eps):
         gamma = _affine("batchnorm_forward", gamma, 1.0, C, dtype, cp)
         beta = _affine("batchnorm_forward", beta, 0.0, C, dtype, cp)
         chunks = _bn_chunks(N, C, HW, dtype, dev)
-        part = cp.empty((C, chunks, 3), dtype=dtype)
+        part = cp.empty((C, chunks, 4), dtype=dtype)   # (n, mean hi, mean lo, m2)
         mean = cp.empty((C,), dtype=dtype)
         var = cp.empty((C,), dtype=dtype)
         inv_std = cp.empty((C,), dtype=dtype)
@@ -68,7 +68,7 @@ def batchnorm_forward(x, gamma, beta, eps):
             (chunks, C), (256,), (x, i32(N), i32(C), i32(HW), i32(chunks), part))
         kernel("batchnorm.cu", f"bn_stats_finalize<{T}>", dev)(
             (-(-C // 128),), (128,),
-            (part, x, i32(C), i32(HW), i32(chunks), dtype.type(eps), mean, var, inv_std))
+            (part, i32(C), i32(chunks), dtype.type(eps), mean, var, inv_std))
         total = x.size
         pack = 16 // dtype.itemsize
         work = total // pack if HW % pack == 0 else total
