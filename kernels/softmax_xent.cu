@@ -29,10 +29,11 @@
 //       registers, so logits are read once (max, then sum of exps, then the gradient).
 //   *_block<T>: one block per row for larger C. Pass 1 reads the row once with an online
 //       (max, sum-exp) per thread; pass 2 re-reads it (mostly from L2) to write the
-//       gradient. Loads are 16-byte packs when C is a multiple of the pack width
+//       gradient and sum the loss's terms in z - m; the loss is written after pass 2. Loads are 16-byte packs when C is a multiple of the pack width
 //       and the arrays are 16-byte aligned.
-// Sums of logits are taken relative to a shift (the row max, or the row's first logit in
-// the block kernels) so that logits of 1e4 do not cancel catastrophically.
+// Sums of logits are taken relative to the row max m (in the block kernels during pass 2,
+// once m is known), so that logits of +-1e4 do not cancel: every term z_j - m <= 0 is
+// computed once and used for both the loss and the gradient.
 #include "common.cuh"
 
 using gpunet::neg_inf;
@@ -210,18 +211,18 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     constexpr int P = Pack<T>::N;
     const bool packed =
         (C % P) == 0 && gpunet::is_aligned16(logits) && gpunet::is_aligned16(dlogits);
-    const T K = z[0];  // shift for the sum of logits
-    T m = neg_inf<T>(), s = T(0), dsum = T(0), zy = T(0);
+    // Pass 1: the row's (max m, sum of exp(z - m)) and z_y. The sum of logits waits for
+    // pass 2, where it is taken relative to m: relative to any logit chosen before the max
+    // is known (z[0] = -1e4, say) it would cancel against C (m - z[0]).
+    T m = neg_inf<T>(), s = T(0), zy = T(0);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
         for (int q = tid; q < C / P; q += nt) {
             const Pack<T> pk = zp[q];
             lse_update(m, s, pk.v);
 #pragma unroll
-            for (int k = 0; k < P; ++k) {
-                dsum += pk.v[k] - K;
+            for (int k = 0; k < P; ++k)
                 if (q * P + k == y) zy = pk.v[k];
-            }
         }
     } else {
         for (int j0 = tid; j0 < C; j0 += 4 * nt) {
@@ -230,37 +231,41 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
             for (int k = 0; k < 4; ++k) {
                 const int j = j0 + k * nt;
                 v[k] = j < C ? z[j] : neg_inf<T>();
-                if (j < C) {
-                    dsum += v[k] - K;
-                    if (j == y) zy = v[k];
-                }
+                if (j == y) zy = v[k];
             }
             lse_update(m, s, v);
         }
     }
     block_lse(m, s, sm, ss);
-    dsum = gpunet::block_sum(dsum, sm);
     zy = gpunet::block_sum(zy, sm);
     const T on = T(1) - eps, off = eps / T(C);
-    // sum (z - m) = sum (z - K) - C (m - K);  loss = log s - on (z_y - m) - off sum (z - m)
-    if (tid == 0)
-        row_loss[row] =
-            checked_loss(dev_log(s) - on * (zy - m) - off * (dsum - T(C) * (m - K)), status);
     const T inv_s = T(1) / s;
+    // Pass 2: the gradient, and dsum = sum (z - m) from the same differences.
+    T dsum = T(0);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
         Pack<T>* dp = reinterpret_cast<Pack<T>*>(dz);
         for (int q = tid; q < C / P; q += nt) {
             Pack<T> pk = zp[q];
 #pragma unroll
-            for (int k = 0; k < P; ++k)
-                pk.v[k] = (dev_exp(pk.v[k] - m) * inv_s - off - (q * P + k == y ? on : T(0))) * scale;
+            for (int k = 0; k < P; ++k) {
+                const T d = pk.v[k] - m;
+                dsum += d;
+                pk.v[k] = (dev_exp(d) * inv_s - off - (q * P + k == y ? on : T(0))) * scale;
+            }
             dp[q] = pk;
         }
     } else {
-        for (int j = tid; j < C; j += nt)
-            dz[j] = (dev_exp(z[j] - m) * inv_s - off - (j == y ? on : T(0))) * scale;
+        for (int j = tid; j < C; j += nt) {
+            const T d = z[j] - m;
+            dsum += d;
+            dz[j] = (dev_exp(d) * inv_s - off - (j == y ? on : T(0))) * scale;
+        }
     }
+    dsum = gpunet::block_sum(dsum, sm);
+    // loss = log s - on (z_y - m) - off sum (z - m)
+    if (tid == 0)
+        row_loss[row] = checked_loss(dev_log(s) - on * (zy - m) - off * dsum, status);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -329,9 +334,10 @@ __global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* _
     const T* q = target + row * C;
     T* dz = dlogits + row * C;
     const T on = T(1) - eps, off = eps / T(C);
-    const T K = z[0];
-    // tsum = sum t; tdot = sum t (z - K)
-    T m = neg_inf<T>(), s = T(0), tsum = T(0), tdot = T(0);
+    // Pass 1: (max m, sum of exp(z - m)) and tsum = sum t. tdot = sum t (z - m) waits for
+    // pass 2, where m is known: relative to a logit chosen before (z[0] = -1e4, say) it
+    // would cancel against tsum (m - z[0]).
+    T m = neg_inf<T>(), s = T(0), tsum = T(0);
     constexpr int P = Pack<T>::N;
     const bool packed = (C % P) == 0 && gpunet::is_aligned16(logits) &&
                         gpunet::is_aligned16(target) && gpunet::is_aligned16(dlogits);
@@ -343,11 +349,7 @@ __global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* _
             const Pack<T> pq = qp[i];
             lse_update(m, s, pz.v);
 #pragma unroll
-            for (int k = 0; k < P; ++k) {
-                const T t = on * pq.v[k] + off;
-                tsum += t;
-                tdot += t * (pz.v[k] - K);
-            }
+            for (int k = 0; k < P; ++k) tsum += on * pq.v[k] + off;
         }
     } else {
         for (int j0 = tid; j0 < C; j0 += 4 * nt) {
@@ -356,21 +358,16 @@ __global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* _
             for (int k = 0; k < 4; ++k) {
                 const int j = j0 + k * nt;
                 v[k] = j < C ? z[j] : neg_inf<T>();
-                if (j < C) {
-                    const T t = on * q[j] + off;
-                    tsum += t;
-                    tdot += t * (v[k] - K);
-                }
+                if (j < C) tsum += on * q[j] + off;
             }
             lse_update(m, s, v);
         }
     }
     block_lse(m, s, sm, ss);
     tsum = gpunet::block_sum(tsum, sm);
-    tdot = gpunet::block_sum(tdot, sm);
-    // sum t (lse - z) = tsum (m - K + log s) - sum t (z - K)
-    if (tid == 0) row_loss[row] = tsum * ((m - K) + dev_log(s)) - tdot;
     const T w = tsum / s;
+    // Pass 2: the gradient, and tdot from the same t and z - m.
+    T tdot = T(0);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
         const Pack<T>* qp = reinterpret_cast<const Pack<T>*>(q);
@@ -379,14 +376,23 @@ __global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* _
             Pack<T> pz = zp[i];
             const Pack<T> pq = qp[i];
 #pragma unroll
-            for (int k = 0; k < P; ++k)
-                pz.v[k] = (dev_exp(pz.v[k] - m) * w - (on * pq.v[k] + off)) * scale;
+            for (int k = 0; k < P; ++k) {
+                const T d = pz.v[k] - m, t = on * pq.v[k] + off;
+                tdot += t * d;
+                pz.v[k] = (dev_exp(d) * w - t) * scale;
+            }
             dp[i] = pz;
         }
     } else {
-        for (int j = tid; j < C; j += nt)
-            dz[j] = (dev_exp(z[j] - m) * w - (on * q[j] + off)) * scale;
+        for (int j = tid; j < C; j += nt) {
+            const T d = z[j] - m, t = on * q[j] + off;
+            tdot += t * d;
+            dz[j] = (dev_exp(d) * w - t) * scale;
+        }
     }
+    tdot = gpunet::block_sum(tdot, sm);
+    // sum t (lse - z) = tsum (m + log s) - sum t z = tsum log s - sum t (z - m)
+    if (tid == 0) row_loss[row] = tsum * dev_log(s) - tdot;
 }
 
 // ---------------------------------------------------------------------------------------
