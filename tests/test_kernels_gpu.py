@@ -118,3 +118,162 @@ def test_kernels_on_unaligned_views_match_numpy(cp, dtype):
         numpy.testing.assert_allclose(to_numpy(g), r, **TOL[dtype])
     ref = FD.dropout_forward(flat[1:], 0.3, 99, 5, "inverted")
     numpy.testing.assert_array_equal(to_numpy(FD.dropout_forward(cp.asarray(flat)[1:], 0.3, 99, 5, "inverted")), ref)
+
+
+# ---------------------------------------------------------------------------------------
+# Accuracy at the extremes (issue 15). Rule: against a truth computed in long double
+# (float64 and better on x86: 64-bit significand) from the same input values, a kernel's
+# error is at most twice the NumPy reference's error in the same dtype, or at most a floor
+# of a few ulps (stated per op below: what the kernels guarantee, docs/concepts.md).
+# ---------------------------------------------------------------------------------------
+
+LD = numpy.longdouble
+
+
+def _within_rule(what, kernel_err, numpy_err, floor):
+    assert kernel_err <= max(2 * numpy_err, floor), (
+        f"{what}: kernel error {kernel_err:.3g} > max(2 x NumPy's {numpy_err:.3g}, floor {floor:.3g})")
+
+
+def _max_rel(got, truth, scale):
+    """max |got - truth| / scale, elementwise scale (broadcast) or one number."""
+    return float(numpy.max(numpy.abs(to_numpy(got).astype(LD) - truth) / scale))
+
+
+# Batch norm. Floors, in eps of the dtype: mean 2 and var 4 (per channel, relative to
+# |mean| + std and to var + (eps |mean|)^2, the variance the dtype can resolve), y, dx,
+# dgamma, dbeta 8 (relative to the largest true value of each).
+BN_FLOOR_ULPS = dict(mean=2, var=4, y=8, dx=8, dgamma=8, dbeta=8)
+
+
+def _bn_input(kind, shape, rng):
+    if kind == "large_mean":
+        return 1e4 + rng.standard_normal(shape)
+    if kind == "large_mean_small_spread":
+        return 1e4 + 0.01 * rng.standard_normal(shape)
+    x = rng.standard_normal(shape)
+    if kind == "outlier_first":
+        x[0] = 1e3                                   # x[0, c] (and x[0, c, :, :]) of every channel
+    elif kind == "constant_channel":
+        x[:, 1] = 0.1                                # inexact in binary: rounding shows
+    return x
+
+
+def _bn_truth(x, gamma, beta, dy, eps):
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    s = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    xl, g, b, d = (a.astype(LD) for a in (x, gamma, beta, dy))
+    mean = xl.mean(axis=axes)
+    xc = xl - mean.reshape(s)
+    var = (xc * xc).mean(axis=axes)
+    inv = 1 / numpy.sqrt(var + LD(eps))
+    xh = xc * inv.reshape(s)
+    M = x.size // x.shape[1]
+    dbeta, dgamma = d.sum(axis=axes), (d * xh).sum(axis=axes)
+    dx = (g * inv / M).reshape(s) * (M * d - dbeta.reshape(s) - xh * dgamma.reshape(s))
+    return dict(mean=mean, var=var, y=xh * g.reshape(s) + b.reshape(s), dx=dx, dgamma=dgamma,
+                dbeta=dbeta)
+
+
+def _bn_run(x, gamma, beta, dy, eps, asarray):
+    y, mean, var, inv = FB.batch_norm_forward(asarray(x), asarray(gamma), asarray(beta), eps)
+    dx, dgamma, dbeta = FB.batch_norm_backward(asarray(dy), asarray(x), asarray(gamma), mean, inv)
+    return dict(mean=mean, var=var, y=y, dx=dx, dgamma=dgamma, dbeta=dbeta)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("shape", [(3, 5), (64, 3), (16384, 2), (4, 3, 8, 8)])
+@pytest.mark.parametrize("kind", ["large_mean", "large_mean_small_spread", "outlier_first",
+                                  "constant_channel"])
+def test_batchnorm_accuracy_at_extremes(cp, dtype, shape, kind):
+    """(16384, 2) splits each channel over several blocks (the finalize combine)."""
+    rng = numpy.random.default_rng([len(kind), *shape])
+    C, eps = shape[1], 1e-5
+    x = _bn_input(kind, shape, rng).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype)
+    beta = rng.standard_normal(C).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    truth = _bn_truth(x, gamma, beta, dy, eps)
+    ref = _bn_run(x, gamma, beta, dy, eps, lambda a: a)
+    got = _bn_run(x, gamma, beta, dy, eps, cp.asarray)
+    ulp = float(numpy.finfo(dtype).eps)
+    std = numpy.sqrt(truth["var"])
+    scale = dict(mean=numpy.abs(truth["mean"]) + std,
+                 var=truth["var"] + (ulp * numpy.abs(truth["mean"])) ** 2)
+    for k, floor_ulps in BN_FLOOR_ULPS.items():
+        sc = scale.get(k, numpy.abs(truth[k]).max())
+        _within_rule(f"batch norm {k} ({kind}, {shape}, {dtype.__name__})",
+                     _max_rel(got[k], truth[k], sc), _max_rel(ref[k], truth[k], sc),
+                     floor_ulps * ulp)
+    if kind == "constant_channel":
+        # exactly: the channel's mean is its value, its variance 0, and y = beta
+        assert to_numpy(got["mean"])[1] == x[(0, 1) + (0,) * (x.ndim - 2)]
+        assert to_numpy(got["var"])[1] == 0
+        numpy.testing.assert_array_equal(to_numpy(got["y"])[:, 1], numpy.broadcast_to(
+            beta[1], x[:, 1].shape))
+
+
+# Softmax cross-entropy. Floor: 8 eps of the dtype, relative to the largest true row loss
+# and to the largest true gradient entry (CUDA's expf/logf are within 2 and 1 ulp).
+XENT_FLOOR_ULPS = 8
+
+
+def _xent_truth(z, labels, eps):
+    zl = z.astype(LD)
+    n, c = z.shape
+    m = zl.max(axis=1, keepdims=True)
+    e = numpy.exp(zl - m)
+    s = e.sum(axis=1, keepdims=True)
+    if labels.ndim == 1:
+        t = numpy.zeros((n, c), LD)
+        t[numpy.arange(n), labels] = 1
+    else:
+        t = labels.astype(LD)
+    t = (1 - LD(eps)) * t + LD(eps) / c
+    row = (t * (m + numpy.log(s) - zl)).sum(axis=1)
+    return row, e / s * t.sum(axis=1, keepdims=True) - t       # gradient of the sum
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("c", [100, 1000, 2048, 2051, 9000])     # warp 8 / 32, block packed / not, 512 threads
+@pytest.mark.parametrize("variant", ["labels", "smoothing", "soft", "soft_smoothing"])
+@pytest.mark.parametrize("kind", ["negative_first_logit", "logits_pm_1e4"])
+def test_softmax_xent_accuracy_at_extremes(cp, dtype, c, variant, kind):
+    rng = numpy.random.default_rng(c)
+    n = 6
+    z = rng.standard_normal((n, c)) * 3
+    if kind == "negative_first_logit":
+        z[:, 0] = -1e4
+    else:
+        z = numpy.where(rng.random((n, c)) < 0.5, -1e4, 1e4) + rng.standard_normal((n, c))
+    z = z.astype(dtype)
+    eps = 0.1 if "smoothing" in variant else 0.0
+    if variant.startswith("soft"):
+        q = rng.random((n, c))
+        labels = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+    else:
+        labels = rng.integers(0, c, n)
+    row_t, grad_t = _xent_truth(z, labels, eps)
+    ref = FL.softmax_cross_entropy(z, labels, eps, None, "none")
+    got = FL.softmax_cross_entropy(cp.asarray(z), cp.asarray(labels), eps, None, "none")
+    floor = XENT_FLOOR_ULPS * float(numpy.finfo(dtype).eps)
+    what = f"softmax-CE ({kind}, C={c}, {variant}, {dtype.__name__})"
+    for k, (g, r, t) in enumerate(zip(got, ref, (row_t, grad_t))):
+        sc = numpy.abs(t).max()
+        _within_rule(f"{what} {('row loss', 'gradient')[k]}", _max_rel(g, t, sc), _max_rel(r, t, sc),
+                     floor)
+
+
+# Dropout: bit for bit at the top of p's range, where keep_threshold(p) reaches 2**24 (no
+# 24-bit draw is kept) and the NumPy reference once overflowed its uint32 threshold.
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("p", [1 - 2.0**-22, 1 - 2.0**-24, 1 - 2.0**-25, float(numpy.nextafter(1.0, 0.0))])
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_dropout_kernel_bit_identical_at_top_of_p_range(cp, dtype, p, mode):
+    x = numpy.random.default_rng(3).standard_normal((4099,)).astype(dtype)
+    for counter in range(8):
+        ref = FD.dropout_forward(x, p, 77, counter, mode)
+        got = FD.dropout_forward(cp.asarray(x), p, 77, counter, mode)
+        numpy.testing.assert_array_equal(to_numpy(got), ref)
+        numpy.testing.assert_array_equal(to_numpy(FD.dropout_backward(cp.asarray(x), p, 77, counter, mode)),
+                                         FD.dropout_backward(x, p, 77, counter, mode))
