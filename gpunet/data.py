@@ -4,6 +4,12 @@ The arrays stay as they were given (NumPy or CuPy) and are indexed with their ow
 module; nothing moves between host and GPU unless ``device=`` asks for it. The shuffled
 order of every epoch is a pure function of ``(seed, epoch)``, computed on the host, so it
 is the same on every device and a resumed run can reproduce it with ``set_epoch``.
+
+Resident data: with ``device=`` a GPU (``"cuda"``, ``"sim"``), host data that fits in
+``RESIDENT_FRACTION`` of the device's free memory is copied there once, on the first pass;
+batches are then gathered on the device (the epoch's order is copied once per epoch, ``8 N``
+bytes), so a training step moves no bytes from the host. Larger data is moved batch by
+batch, as it is produced.
 """
 from __future__ import annotations
 
@@ -12,7 +18,32 @@ import weakref
 
 import numpy
 
-from .backend import get_array_module, resolve_device, to_device
+from .backend import device_of, get_array_module, require_cuda, resolve_device, to_device
+
+#: A host dataset is copied whole to a GPU device when its bytes are at most this fraction
+#: of the device's free memory (``cupy.cuda.runtime.memGetInfo``, asked once per loader).
+RESIDENT_FRACTION = 0.5
+#: The sim has no memory of its own (host RAM backs it): its free memory is taken to be
+#: this many bytes, so datasets up to ``RESIDENT_FRACTION * SIM_FREE_BYTES`` = 2 GiB are
+#: resident there.
+SIM_FREE_BYTES = 4 * 2**30
+
+
+def fits_on_device(nbytes: int, device) -> bool:
+    """True when ``nbytes`` of data may live on ``device`` (a GPU device string) for the
+    whole run: ``nbytes <= RESIDENT_FRACTION * free memory`` (``SIM_FREE_BYTES`` on the
+    sim). One device query on CUDA; none on the sim."""
+    device = resolve_device(device)
+    if device == "cpu":
+        return False
+    if device == "sim":
+        free = SIM_FREE_BYTES
+    else:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        cp = require_cuda(index)
+        with cp.cuda.Device(index):
+            free, _total = cp.cuda.runtime.memGetInfo()
+    return int(nbytes) <= RESIDENT_FRACTION * int(free)
 
 
 # Batches a DataLoader yields, by id (weakly: an entry goes when its batch dies). They are
@@ -75,9 +106,12 @@ class DataLoader:
             ``self.seed`` (so even an unseeded run can be replayed).
         drop_last: drop the last, incomplete batch (as in PyTorch).
         device: None (default): batches stay where ``X`` and ``y`` live. A device string
-            (``"cpu"``, ``"cuda"``, ``"cuda:N"``): each batch is moved there with
-            ``gpunet.backend.to_device`` as it is produced; the dataset itself stays put.
-            ``to(device)`` sets it afterwards.
+            (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"sim"``): batches are delivered there.
+            On a GPU device, host data that fits (``fits_on_device``) is copied there once,
+            on the first pass, and batches are gathered on the device (``self.resident``
+            tells); otherwise each batch is moved with ``gpunet.backend.to_device`` as it
+            is produced. ``self.X``/``self.y`` stay the arrays given. ``to(device)`` sets it
+            afterwards.
 
     Epochs. ``self.epoch`` counts the iterations started: each ``iter(loader)`` uses the
     current value and then advances it by one, so the first pass is epoch 0, the second
@@ -126,6 +160,7 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.device = None
         self.epoch = 0
+        self._resident = None       # (X, y) on self.device, once copied
         if device is not None:
             self.to(device)
 
@@ -149,7 +184,14 @@ class DataLoader:
         the data is). Checked now: an unusable ``"cuda"`` raises ``RuntimeError``.
         Returns ``self``."""
         self.device = None if device is None else resolve_device(device)
+        self._resident = None
         return self
+
+    @property
+    def resident(self) -> bool:
+        """True once the dataset has been copied whole to ``self.device`` (or already lived
+        there): batches are gathered on the device, without host-to-device copies."""
+        return self._resident is not None
 
     def order(self, epoch: int | None = None):
         """The sample order of ``epoch`` (default: the next pass) as a NumPy int64 array:
@@ -164,8 +206,24 @@ class DataLoader:
         self.epoch += 1
         return self._batches(epoch)
 
+    def _source(self):
+        """``(X, y, move)``: the arrays to gather batches from, and whether each batch still
+        has to be moved to ``self.device``."""
+        if self.device is None:
+            return self.X, self.y, False
+        if self._resident is None and self.device != "cpu":
+            on = device_of(self.X) == self.device and (self.y is None or device_of(self.y) == self.device)
+            nbytes = self.X.nbytes + (0 if self.y is None else self.y.nbytes)
+            if on or fits_on_device(nbytes, self.device):
+                self._resident = (to_device(self.X, self.device),
+                                  None if self.y is None else to_device(self.y, self.device))
+        if self._resident is not None:
+            return (*self._resident, False)
+        return self.X, self.y, True
+
     def _batches(self, epoch):
-        xp = get_array_module(self.X)
+        X, y, move = self._source()
+        xp = get_array_module(X)
         n, b = self.num_samples, self.batch_size
         stop = (n // b) * b if self.drop_last else n
         index = xp.asarray(self.order(epoch)) if self.shuffle else None
@@ -174,9 +232,9 @@ class DataLoader:
                 sel = slice(start, min(start + b, n))
             else:
                 sel = index[start:start + b]
-            xb = self.X[sel]
-            yb = None if self.y is None else self.y[sel]
-            if self.device is not None:
+            xb = X[sel]
+            yb = None if y is None else y[sel]
+            if move:
                 xb = to_device(xb, self.device)
                 yb = None if yb is None else to_device(yb, self.device)
             mark_data(xb)

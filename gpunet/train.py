@@ -2,6 +2,14 @@
 
 One step, top to bottom: forward → loss → ``zero_grad`` → backward (chain rule, in reverse
 layer order) → optimizer step. The step is the same on every device; only the arrays differ.
+
+On a GPU (``"cuda"``, ``"sim"``) a steady-state step makes no host sync: each step's loss
+and correct count are written into a small device record, which the host reads only when
+the progress bar refreshes (time-based, at most ``1 / PROGRESS_REFRESH_SECONDS`` times a
+second) and at the end of the epoch; the checks that need the values (a non-finite loss, a
+bad label flagged by the softmax-CE kernel) run on what was read then, and still name the
+step. ``(X, y)`` data is copied to the device once when it fits (``gpunet.data``'s
+residency rule), so a step moves no bytes from the host either.
 """
 from __future__ import annotations
 
@@ -11,8 +19,17 @@ import time
 
 import numpy
 
-from .backend import get_array_module, resolve_device, to_device, to_numpy, synchronize
+from .backend import device_of, get_array_module, resolve_device, to_device, to_numpy, synchronize
 from .data import DataLoader
+
+#: Seconds between two progress-bar refreshes, each of which reads the running loss and
+#: accuracy from the device (one host sync).
+PROGRESS_REFRESH_SECONDS = 0.25
+
+
+def _clock():
+    """The clock that times progress refreshes (``time.perf_counter``; tests replace it)."""
+    return time.perf_counter()
 from .optim import clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 
 try:  # tqdm is a runtime dependency; imported here so the bar's absence is loud
@@ -68,7 +85,11 @@ class Callback:
     ``on_epoch_begin``, then per step ``on_backward_end`` (gradients ready, before the
     optimizer step) and ``on_batch_end``; ``on_epoch_end(trainer, epoch, logs)``, where a
     callback may add keys to ``logs`` (they go into the History) or set
-    ``trainer.stop_training = True``; finally ``on_train_end``."""
+    ``trainer.stop_training = True``; finally ``on_train_end``.
+
+    ``on_batch_end``'s ``logs["loss"]`` is the batch's loss: a float on the CPU; on a GPU
+    the 0-d device array, so that the step stays free of host syncs (``float()`` it to
+    read it, at the cost of one sync)."""
 
     def on_train_begin(self, trainer): pass
     def on_epoch_begin(self, trainer, epoch): pass
@@ -186,16 +207,18 @@ def _check_nonempty(X, who, name):
                          f"least one sample")
 
 
-def _as_loader(data, batch_size, shuffle, seed, dtype, who, name):
+def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None):
     """A DataLoader for ``data`` (an ``(X, y)`` pair or a DataLoader) that yields at least
-    one batch; empty data raises ``ValueError`` naming ``who`` and ``name``."""
+    one batch; empty data raises ``ValueError`` naming ``who`` and ``name``. An ``(X, y)``
+    pair gets ``device`` (on a GPU: resident when it fits, see ``gpunet.data``)."""
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         X, y = data
         X = _as_input(X, dtype, who)
         _check_nonempty(X, who, name)
-        loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            device=None if device == "cpu" else device)
     else:
         raise TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
     if len(loader) == 0:
@@ -211,12 +234,53 @@ def _first_layer(model):
     return model
 
 
-def _correct(out, y):
+def _correct(out, y, into):
     """Number of rows whose argmax matches the label (index, or argmax of a probability
-    row); stays on the device until the epoch ends."""
+    row), written into the 0-d array ``into`` on the device (no host sync)."""
     pred = out.argmax(axis=1)
     target = y.argmax(axis=1) if y.ndim == 2 else y
-    return (pred == target).sum()
+    (pred == target).sum(dtype=into.dtype, out=into)
+
+
+class _Record:
+    """Per-step ``(loss, correct)`` of one pass, kept on the model's device and read by the
+    host in bulk (one sync per ``read``), in step order, so the totals are the same sums a
+    per-step ``float(loss)`` would give. ``bad`` is the first step whose loss is not finite."""
+
+    def __init__(self, xp, steps, mean):
+        self.rows = xp.zeros((steps, 2), dtype=numpy.float64)
+        self.mean = mean
+        self.n = []                 # batch sizes, on the host
+        self.done = 0               # steps read so far
+        self.total = 0.0            # sum of per-sample losses over the steps read
+        self.correct = 0
+        self.seen = 0               # samples of the steps read
+        self.bad = None             # (step, value) of the first non-finite loss
+
+    def add(self, loss, out, y, metrics):
+        """Record step ``len(self.n)``; returns the batch's loss (0-d, on the device)."""
+        step = len(self.n)
+        value = loss if loss.ndim == 0 else loss.sum()
+        self.rows[step, 0, ...] = value
+        if metrics:
+            _correct(out, y, self.rows[step, 1, ...])
+        self.n.append(int(out.shape[0]))
+        return value
+
+    def read(self):
+        """Bring the steps not yet read to the host (one sync) and add them up."""
+        upto = len(self.n)
+        if upto <= self.done:
+            return
+        rows = to_numpy(self.rows[self.done:upto])
+        for i, (v, c) in enumerate(rows.tolist()):
+            s, n = self.done + i, self.n[self.done + i]
+            if not math.isfinite(v) and self.bad is None:
+                self.bad = (s, v)
+            self.total += v * n if self.mean else v
+            self.correct += int(c)
+            self.seen += n
+        self.done = upto
 
 
 class Trainer:
@@ -299,14 +363,6 @@ class Trainer:
         self.global_step += 1
         return loss, out
 
-    def _batch_loss(self, loss, n):
-        """``(value, total)``: the batch's loss as the step trains on it (a float; for
-        ``reduction="none"`` the sum of the unreduced losses, which is what ``backward``
-        differentiates) and its contribution to the epoch's per-sample mean: ``value * n``
-        for a mean-reduced loss, ``value`` itself for ``"sum"`` and ``"none"``."""
-        value = float(loss) if loss.ndim == 0 else float(loss.sum())
-        return value, (value * n if getattr(self.loss_fn, "reduction", "mean") == "mean" else value)
-
     def fit(self, train, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
             progress=True, initial_epoch=0) -> History:
         """Train for ``epochs`` epochs; returns the History (also ``self.history``).
@@ -316,6 +372,11 @@ class Trainer:
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
         ``gpunet.load`` continues bit for bit. A non-finite loss raises
         ``FloatingPointError`` naming the epoch and step; empty data raises ``ValueError``.
+        On a GPU the loss is read in bulk (see the module's docstring), so these errors come
+        at the next progress refresh or at the end of the epoch, still naming the step
+        where the loss first was not finite; a label outside the classes raises the loss's
+        ``ValueError`` naming it and the step. ``(X, y)`` data that fits on the GPU is
+        copied there once and batched there.
         The logged ``loss`` is the per-sample mean over the epoch (for a loss with
         ``reduction="sum"`` or ``"none"``: the summed loss divided by the number of
         samples). ``learning_rate`` is the rate of the epoch's last optimizer step; with a
@@ -325,11 +386,12 @@ class Trainer:
         restored after), as PyTorch skips it for tensors that do not require grad.
         """
         dtype = self.model.dtype
-        loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train")
+        loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
+                            self.device)
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
-                                                       "Trainer.fit", "val")
+                                                       "Trainer.fit", "val", self.device)
         self._callbacks = list(callbacks)
         self.history = History()
         self.stop_training = False
@@ -366,50 +428,78 @@ class Trainer:
         for cb in self._callbacks:
             cb.on_epoch_begin(self, epoch)
         loader.set_epoch(epoch)
-        total_loss, correct, seen = 0.0, None, 0
+        on_host = self.device == "cpu"
+        rec = _Record(self._xp(), len(loader), getattr(self.loss_fn, "reduction", "mean") == "mean")
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
+        last_refresh = _clock()
+        seen = 0
         try:
             for step, (xb, yb) in enumerate(loader):
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 loss, out = self.train_step(xb, yb)
-                n = int(xb.shape[0])
-                value, batch_total = self._batch_loss(loss, n)
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"non-finite loss {value} at epoch {epoch + 1}, step {step + 1} "
-                        f"(lower the learning rate, clip gradients, or check the inputs)")
-                total_loss += batch_total
-                seen += n
-                if self.metrics:
-                    c = _correct(out, yb)
-                    correct = c if correct is None else correct + c
+                value = rec.add(loss, out, yb, self.metrics)
+                seen += int(xb.shape[0])
+                if on_host:      # reading is free on the CPU: check every step, as it happens
+                    rec.read()
+                    self._check(rec, epoch)
+                    value = float(value)
                 for cb in self._callbacks:
                     cb.on_batch_end(self, step, {"loss": value})
                 if progress:
                     bar.update(1)
-                    if step % 10 == 0 or step == len(loader) - 1:
-                        post = {"loss": f"{total_loss / seen:.4f}"}
+                    now = _clock()
+                    if now - last_refresh >= PROGRESS_REFRESH_SECONDS or step == len(loader) - 1:
+                        last_refresh = now
+                        rec.read()
+                        self._check(rec, epoch)
+                        post = {"loss": f"{rec.total / max(rec.seen, 1):.4f}"}
                         if self.metrics:
-                            post["acc"] = f"{int(correct) / seen:.4f}"
+                            post["acc"] = f"{rec.correct / max(rec.seen, 1):.4f}"
                         post["samples/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}"
                         bar.set_postfix(post)
+            rec.read()
+            self._check(rec, epoch)
         finally:
             bar.close()
         synchronize()
         self.last_epoch_seconds = time.perf_counter() - t0
-        self.last_epoch_samples = seen
-        logs = {"loss": total_loss / max(seen, 1)}
+        self.last_epoch_samples = rec.seen
+        logs = {"loss": rec.total / max(rec.seen, 1)}
         if self.metrics:
-            logs["accuracy"] = int(correct) / max(seen, 1)
+            logs["accuracy"] = rec.correct / max(rec.seen, 1)
         return logs
+
+    def _check(self, rec, epoch):
+        """Raise for the first step read whose loss was not finite: the softmax-CE kernel's
+        ``ValueError`` when a bad label made it so, else ``FloatingPointError``."""
+        if rec.bad is None:
+            return
+        step, value = rec.bad
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        if self.device != "cpu":
+            from .cuda.softmax_xent import raise_label_error
+            try:
+                raise_label_error(rec.rows)
+            except ValueError as e:
+                raise ValueError(f"{e}; at {where}") from None
+        raise FloatingPointError(
+            f"non-finite loss {value} at {where} "
+            f"(lower the learning rate, clip gradients, or check the inputs)")
+
+    def _xp(self):
+        """The array module of the model's device."""
+        p = next(iter(self.model.parameters()), None)
+        return numpy if p is None else get_array_module(p.data)
 
     def _to_model(self, a):
         if a is None:
             return None
         if self.device == "cpu":
             return a if isinstance(a, numpy.ndarray) else to_numpy(a)
+        if device_of(a) == self.device:     # resident batches: no device lookup per step
+            return a
         return to_device(a, self.device)
 
     # -- inference ---------------------------------------------------------------------------
@@ -417,27 +507,30 @@ class Trainer:
         """Mean loss (and accuracy) over ``data`` in eval mode; the mode is restored after.
 
         ``data``: an ``(X, y)`` pair or a DataLoader; empty data raises ``ValueError``. The
-        loss is the per-sample mean, as in ``fit``."""
-        loader = _as_loader(data, batch_size, False, 0, self.model.dtype, "Trainer.evaluate", "data")
+        loss is the per-sample mean, as in ``fit``. On a GPU the per-batch losses and
+        counts stay on the device and are read once, at the end (one host sync); a bad
+        label raises the loss's ``ValueError`` then."""
+        loader = _as_loader(data, batch_size, False, 0, self.model.dtype, "Trainer.evaluate", "data",
+                            self.device)
         was = self.model.training
         self.model.eval()
-        total, correct, seen = 0.0, 0, 0
+        rec = _Record(self._xp(), len(loader), getattr(self.loss_fn, "reduction", "mean") == "mean")
         try:
             for xb, yb in loader:
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 out = self.model.forward(xb)
                 loss = self.loss_fn(out, yb)
                 self.loss_fn._grad = None
-                n = int(xb.shape[0])
-                total += self._batch_loss(loss, n)[1]
-                seen += n
-                if self.metrics:
-                    correct += int(_correct(out, yb))
+                rec.add(loss, out, yb, self.metrics)
+            rec.read()
         finally:
             self.model.train(was)
-        logs = {"loss": total / max(seen, 1)}
+        if rec.bad is not None and self.device != "cpu":
+            from .cuda.softmax_xent import raise_label_error
+            raise_label_error(rec.rows)
+        logs = {"loss": rec.total / max(rec.seen, 1)}
         if self.metrics:
-            logs["accuracy"] = correct / max(seen, 1)
+            logs["accuracy"] = rec.correct / max(rec.seen, 1)
         return logs
 
     def predict(self, X, batch_size=256):

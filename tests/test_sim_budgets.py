@@ -1,0 +1,188 @@
+"""Budgets of a training step on the sim device (issue 12, part A): host syncs and
+host-to-device bytes, exact counts from ``gpunet.sim.counters()``.
+
+A steady-state step of ``Trainer.fit`` makes no host sync and, with the data resident on the
+device, copies no byte from the host; the host reads the device's record of losses and
+correct counts once per progress refresh (time-based) and once at the end of the epoch.
+A hand-written loop's step makes no sync until ``float(loss)``.
+"""
+import numpy
+import pytest
+
+import gpunet
+from gpunet import Dense, Sequential, SoftmaxCrossEntropy, data as gdata, optim, sim, train
+from gpunet.train import Callback, Trainer
+
+pytestmark = pytest.mark.skipif(sim.compiler() is None, reason="no C++ compiler: no sim device")
+
+N, D, C, B = 200, 8, 3, 16          # 13 steps per epoch, the last one of 8 samples
+STEPS = -(-N // B)
+
+
+def _blobs(n=N, d=D, c=C, seed=0):
+    rng = numpy.random.default_rng(seed)
+    centers = rng.normal(0, 3, size=(c, d))
+    y = rng.integers(0, c, size=n)
+    X = (centers[y] + rng.normal(0, 1, size=(n, d))).astype(numpy.float32)
+    return X, y.astype(numpy.int64)
+
+
+def _trainer(device="sim"):
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(D, 16, activation="relu"), Dense(16, C)).to(device)
+    return Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+
+
+class Costs(Callback):
+    """The sim's counters of every step (from one ``on_batch_end`` to the next) and of
+    every epoch (``on_epoch_begin`` to ``on_epoch_end``, the epoch-end read included)."""
+
+    def __init__(self):
+        self.steps, self.epochs = [], []
+
+    def on_epoch_begin(self, trainer, epoch):
+        sim.reset_counters()
+        self._epoch = []
+
+    def on_batch_end(self, trainer, step, logs):
+        self._epoch.append(sim.counters())
+        self.steps.append(self._epoch[-1] if step == 0 else _minus(self._epoch[-1], self._epoch[-2]))
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.epochs.append(sim.counters())
+
+
+def _minus(a, b):
+    return {k: a[k] - b[k] for k in ("launches", "syncs", "h2d_bytes", "d2h_bytes")}
+
+
+def _fit(progress=False, epochs=2, **kw):
+    """Fit twice on fresh loaders; count the second fit (the first compiles the kernels
+    and creates what the optimizer keeps on the device)."""
+    X, y = _blobs()
+    tr = _trainer()
+    tr.fit((X[:B], y[:B]), epochs=1, batch_size=B, progress=False)
+    costs = Costs()
+    h = tr.fit((X, y), epochs=epochs, batch_size=B, callbacks=[costs], progress=progress, **kw)
+    return tr, h, costs
+
+
+def test_trainer_step_makes_no_sync_and_copies_no_byte_with_resident_data():
+    tr, h, costs = _fit()
+    assert len(costs.steps) == 2 * STEPS
+    steady = costs.steps[2:STEPS] + costs.steps[STEPS + 1:]
+    for c in steady:
+        assert (c["syncs"], c["h2d_bytes"], c["d2h_bytes"]) == (0, 0, 0), c
+    # every steady step launches the same kernels (the last, smaller batch included)
+    assert len({c["launches"] for c in steady}) == 1
+    # one read per epoch: the record of 13 steps x (loss, correct) in float64
+    for e in costs.epochs:
+        assert (e["syncs"], e["d2h_bytes"]) == (1, STEPS * 2 * 8)
+    # the data went to the device once (epoch 0), the shuffled order once per epoch
+    assert costs.epochs[0]["h2d_bytes"] == N * D * 4 + N * 8 + N * 8
+    assert costs.epochs[1]["h2d_bytes"] == N * 8
+    assert h["loss"][1] < h["loss"][0]
+    assert costs.steps[0]["h2d_bytes"] == costs.epochs[0]["h2d_bytes"]   # before step 1 ends
+
+
+def test_progress_refreshes_are_time_based_one_sync_each(monkeypatch):
+    """With a clock that advances one unit per step and a refresh every 3 units, the bar
+    reads the device at steps 3, 6, 9, 12 and at the last step (13): 5 syncs an epoch, and
+    none at the epoch's end, where nothing is left unread."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train, "_clock", lambda: next(ticks))
+    monkeypatch.setattr(train, "PROGRESS_REFRESH_SECONDS", 3)
+    _, _, costs = _fit(progress=True)
+    syncs = [c["syncs"] for c in costs.steps[:STEPS]]
+    # step k's counters run from the previous on_batch_end to this one: the refresh after
+    # step k is counted in step k + 1, the one after the last step in the epoch's total
+    assert [i for i, s in enumerate(syncs) if s] == [3, 6, 9, 12]
+    assert all(s == 1 for s in syncs if s)
+    assert [e["syncs"] for e in costs.epochs] == [5, 5]
+
+
+def test_a_clock_that_stands_still_refreshes_once_per_epoch(monkeypatch):
+    monkeypatch.setattr(train, "_clock", lambda: 0.0)
+    _, _, costs = _fit(progress=True)
+    assert sum(c["syncs"] for c in costs.steps) == 0
+    assert [e["syncs"] for e in costs.epochs] == [1, 1]
+
+
+def test_history_on_the_sim_matches_the_cpu():
+    """The device record gives the same History as reading every loss (float32 sums in
+    another order on the device are the only difference: close, not bit-equal)."""
+    X, y = _blobs()
+    hs = []
+    for device in ("cpu", "sim"):
+        tr = _trainer(device)
+        hs.append(tr.fit((X, y), epochs=2, batch_size=B, progress=False))
+    for k in ("loss", "accuracy"):
+        numpy.testing.assert_allclose(hs[1][k], hs[0][k], rtol=1e-5)
+
+
+def test_data_too_large_for_the_device_moves_batch_by_batch(monkeypatch):
+    monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.0)
+    _, _, costs = _fit(epochs=1)
+    for c in costs.steps[1:STEPS - 1]:
+        assert (c["syncs"], c["h2d_bytes"]) == (0, B * D * 4 + B * 8), c
+    assert costs.steps[STEPS - 1]["h2d_bytes"] == (N % B) * (D * 4 + 8)
+
+
+def test_evaluate_reads_the_device_once():
+    X, y = _blobs()
+    tr = _trainer()
+    tr.evaluate((X, y), batch_size=32)          # compile, buffers
+    sim.reset_counters()
+    ev = tr.evaluate((X, y), batch_size=32)
+    c = sim.counters()
+    assert c["syncs"] == 1 and c["d2h_bytes"] == -(-N // 32) * 2 * 8
+    cpu = _trainer("cpu").evaluate((X, y), batch_size=32)
+    assert ev["accuracy"] == cpu["accuracy"]
+    assert ev["loss"] == pytest.approx(cpu["loss"], rel=1e-5)
+
+
+def test_hand_written_loop_makes_no_sync_until_the_loss_is_read():
+    X, y = _blobs()
+    tr = _trainer()
+    model, loss_fn, opt = tr.model, tr.loss_fn, tr.optimizer
+    loader = gdata.DataLoader(X, y, batch_size=B, shuffle=True, seed=0, device="sim")
+    it = iter(loader)
+
+    def step():
+        xb, yb = next(it)
+        loss = loss_fn(model(xb), yb)
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+        return loss
+
+    float(step())                               # warm-up: compile, the data's one copy
+    assert loader.resident
+    sim.reset_counters()
+    losses = [step() for _ in range(3)]
+    c = sim.counters()
+    assert (c["syncs"], c["h2d_bytes"], c["d2h_bytes"]) == (0, 0, 0)
+    value = float(losses[-1])
+    c = sim.counters()
+    assert (c["syncs"], c["d2h_bytes"]) == (1, 4) and numpy.isfinite(value)
+
+
+def test_a_bad_label_is_raised_with_its_step_at_the_end_of_the_epoch():
+    X, y = _blobs()
+    y[2 * B + 5] = 7                             # step 3 (no shuffle), row 5 of its batch
+    tr = _trainer()
+    costs = Costs()
+    with pytest.raises(ValueError, match=r"e\.g\. 7 at row 5.*epoch 1, step 3$"):
+        tr.fit((X, y), epochs=2, batch_size=B, shuffle=False, callbacks=[costs], progress=False)
+    # no step synced to find it: the epoch-end read did, then the flag's read
+    assert len(costs.steps) == STEPS and sum(c["syncs"] for c in costs.steps) == 0
+    float(tr.loss_fn(tr.model(gpunet.to_device(X[:4], "sim")), gpunet.to_device(y[:4], "sim")))
+
+
+def test_a_non_finite_loss_names_its_step_on_the_sim_as_on_the_cpu():
+    X, y = _blobs()
+    X[4 * B + 1] = numpy.inf                     # step 5, without shuffling
+    for device in ("cpu", "sim"):
+        with pytest.raises(FloatingPointError, match=r"at epoch 1, step 5 "):
+            with numpy.errstate(invalid="ignore", over="ignore"):
+                _trainer(device).fit((X, y), epochs=1, batch_size=B, shuffle=False, progress=False)
