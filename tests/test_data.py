@@ -217,3 +217,32 @@ def test_set_epoch_rejects_negative():
 def test_numpy_device_mix_raises_type_error(gpu_xp, gpu_device):
     with pytest.raises(TypeError, match=f"cpu.*{gpu_device}"):
         DataLoader(numpy.zeros((4, 2)), gpu_xp.zeros(4))
+
+
+def test_host_data_is_resident_on_a_gpu_device_when_it_fits(gpu_xp, gpu_device, monkeypatch):
+    """device= a GPU: data that fits is copied once (on the first pass) and batches are
+    gathered there, the same batches as on the host; too large, it moves batch by batch."""
+    from gpunet import data as gdata
+    X, y = _data(numpy, 11)
+    loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=3, device=gpu_device)
+    assert not loader.resident
+    got = [(backend.to_numpy(xb), backend.to_numpy(yb)) for xb, yb in loader]
+    assert loader.resident and isinstance(loader.X, numpy.ndarray)
+    want = list(DataLoader(X, y, batch_size=4, shuffle=True, seed=3))
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        numpy.testing.assert_array_equal(gx, wx)
+        numpy.testing.assert_array_equal(gy, wy)
+    assert gdata.fits_on_device(10**6, gpu_device)
+    monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.0)
+    small = DataLoader(X, y, batch_size=4, device=gpu_device)
+    assert [backend.get_array_module(xb) for xb, _ in small] == [gpu_xp] * 3
+    assert not small.resident and not gdata.fits_on_device(1, gpu_device)
+
+
+def test_sim_residency_rule():
+    from gpunet import data as gdata, sim
+    if sim.compiler() is None:
+        pytest.skip("no sim device")
+    limit = int(gdata.RESIDENT_FRACTION * gdata.SIM_FREE_BYTES)
+    assert gdata.fits_on_device(limit, "sim") and not gdata.fits_on_device(limit + 1, "sim")
+    assert not gdata.fits_on_device(1, "cpu")

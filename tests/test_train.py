@@ -430,3 +430,21 @@ def test_fit_and_evaluate_with_sum_and_none_reductions(rng):
     assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-6)
     for k, v in m1.state_dict().items():   # "none" trains on the gradient of the sum
         numpy.testing.assert_allclose(v, m2.state_dict()[k], rtol=1e-6, atol=1e-7)
+
+
+def test_batch_end_loss_is_a_float_on_the_cpu_and_a_device_scalar_on_a_gpu(device, rng):
+    """On a GPU the step hands callbacks the batch loss without reading it (no host sync);
+    its value is the one the epoch's loss is made of."""
+    X, y = _blobs(rng, n=64)
+    model = _model().to(device)
+    seen = []
+
+    class Grab(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            seen.append(logs["loss"])
+
+    h = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1)).fit(
+        (X, y), epochs=1, batch_size=16, shuffle=False, callbacks=[Grab()], progress=False)
+    assert len(seen) == 4
+    assert all(isinstance(v, float) for v in seen) == (device == "cpu")
+    assert h["loss"][0] == pytest.approx(sum(float(v) for v in seen) / 4, rel=1e-12)

@@ -94,7 +94,8 @@ def _checked_loss(cp, a):
     base = type(a)
     sub = _checked.get(base)
     if sub is None:
-        sub = _checked[base] = type(base.__name__, (_CheckedRead, base), {"__slots__": ()})
+        sub = _checked[base] = type(base.__name__, (_CheckedRead, base),
+                                    {"__slots__": (), "__module__": __name__})
     if cp.__name__ == "cupy":
         return sub(a.shape, a.dtype, a.data, a.strides)
     a.__class__ = sub        # the sim's ndarray: same layout, no memptr constructor
