@@ -28,6 +28,11 @@ Conventions, stated once for the whole module:
   ``"state.<i>.<buffer>"``. ``load_state_dict`` restores all of it onto each parameter's
   device and dtype, so a resumed run continues bit for bit (and loading is the way to
   move an optimizer's state after ``model.to(device)``).
+* On a CUDA device (or the sim), ``step()`` is one kernel launch per dtype present (per 64
+  parameters) over every parameter with a gradient (``kernels/optim.cu``, multi-tensor
+  apply), with the NumPy path's arithmetic operation for operation; a steady-state step
+  neither copies to the device nor waits for it (see ``Optimizer._step_fused``).
+  ``clip_grad_norm`` then returns a 0-d device array instead of a float.
 """
 from __future__ import annotations
 
@@ -244,7 +249,7 @@ class Optimizer:
 
     def _fused_table(self, slot, rows, xp):
         """The device table of ``rows``, reused while its contents stay the same."""
-        key = tuple((_mt._ptr(w), _mt._ptr(s1), _mt._ptr(s2), n, step0, bool(decay))
+        key = tuple((_mt.address(w), _mt.address(s1), _mt.address(s2), n, step0, bool(decay))
                     for w, s1, s2, n, step0, decay in rows)
         hit = self._tables.get(slot)
         if hit is None or hit[0] != key:

@@ -31,7 +31,8 @@ WD, L1, MOMENTUM, NESTEROV, DECOUPLED, UNIFORM = 1, 2, 4, 8, 16, 32
 _ENTRY_WORDS = 8
 
 
-def _ptr(a) -> int:
+def address(a) -> int:
+    """The device address of array ``a``'s first element (0 for None)."""
     return 0 if a is None else int(a.data.ptr)
 
 
@@ -45,7 +46,7 @@ def table_rows(rows):
     host = numpy.zeros((len(rows), _ENTRY_WORDS), dtype=numpy.int64)
     chunk0 = 0
     for j, (w, s1, s2, n, step0, decay) in enumerate(rows):
-        host[j, 0:3] = [_signed(_ptr(w)), _signed(_ptr(s1)), _signed(_ptr(s2))]
+        host[j, 0:3] = [_signed(address(w)), _signed(address(s1)), _signed(address(s2))]
         host[j, 3:7] = [n, chunk0, step0, 1 if decay else 0]
         chunk0 += -(-n // CHUNK)
     return host, chunk0
