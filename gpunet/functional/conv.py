@@ -37,6 +37,15 @@ How (one body for NumPy and CuPy, cuBLAS on the GPU — CuPy 14 has no cuDNN):
   ``IM2COL_GEMM_MAX_PIXELS`` and ``COL2IM_GEMM_MAX_PIXELS`` (slower above them: a GEMM spends
   ``H*W`` multiply-adds per element moved). :func:`im2col`/:func:`col2im` (public) keep the
   per-image ``(N, C*kh*kw, OH*OW)`` layout at every size.
+* **on a GPU** (CuPy, or the sim device), at every size: the whole-batch rows again, with
+  ``kernels/conv.cu`` doing what is not a GEMM in one launch each (``gpunet.cuda.conv``):
+  im2col reads ``x`` in any layout; an epilogue adds the bias, applies a fused ReLU and
+  writes ``y`` **NCHW-contiguous** (so batch norm, dropout and flatten take it without a
+  copy); in the backward one kernel turns ``dy`` (times ``y > 0`` for a fused ReLU) into
+  ``d2 (O, N*OH*OW)``, so ``dW = d2 @ cols.T`` and ``dcols = W.T @ d2`` are plain 2-D GEMMs
+  whose operands cuBLAS takes as they are (C-contiguous or transposed views: no copies), and
+  col2im gathers (each input element sums its contributions in kernel-offset order: no
+  atomics, deterministic). A conv layer costs 3 launches forward and at most 5 backward.
 """
 from __future__ import annotations
 
