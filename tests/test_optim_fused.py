@@ -214,6 +214,36 @@ def test_state_dict_round_trip_on_the_device(gpu_xp):
     _assert_same(host, dev2, oh, od2, 1e-6)
 
 
+def test_momentum_switched_on_mid_training(gpu_xp):
+    # the momentum buffer appears at a step count > 1: b = g there, as in the NumPy path
+    host, dev = _pair(gpu_xp, numpy.float64)
+    oh, od = optim.SGD(host, lr=0.1), optim.SGD(dev, lr=0.1)
+    rng = numpy.random.default_rng(9)
+    for step in range(4):
+        _set_grads(host, dev, gpu_xp, rng)
+        if step == 2:
+            oh.momentum = od.momentum = 0.9
+        oh.step()
+        od.step()
+    _assert_same(host, dev, oh, od, 1e-12)
+
+
+def test_empty_parameters(gpu_xp):
+    shapes = [((0,), True), ((3,), True), ((0, 4), False)]
+    host, dev = _pair(gpu_xp, numpy.float32, shapes)
+    for only_empty in (False, True):
+        ps_h, ps_d = (host[::2], dev[::2]) if only_empty else (host, dev)
+        oh, od = optim.Adam(ps_h, lr=0.1), optim.Adam(ps_d, lr=0.1)
+        for a, b in zip(ps_h, ps_d):
+            g = numpy.ones(a.data.shape, numpy.float32)
+            a.grad, b.grad = g, gpu_xp.asarray(g)
+        oh.step()
+        od.step()
+        _assert_same(ps_h, ps_d, oh, od, 1e-6)
+        total = optim.clip_grad_norm(ps_d, 1.0)
+        assert float(total) == pytest.approx(optim.clip_grad_norm(ps_h, 1.0), rel=1e-6)
+
+
 def test_non_contiguous_gradient(gpu_xp):
     w = numpy.arange(12.0).reshape(3, 4)
     g = numpy.linspace(-1, 1, 12).reshape(4, 3)
@@ -287,6 +317,8 @@ def test_clip_grad_norm_costs_no_sync(gpu_xp):
     assert c["kernels"] == {"mt_grad_sumsq<float>": 1, "mt_grad_scale<float>": 1}
     assert c["syncs"] == 0 and c["d2h_bytes"] == 0 and c["h2d_bytes"] == 0
     assert float(total) == pytest.approx(1.0, rel=1e-5)   # already clipped to 1 once
+    c, _ = _counted(lambda: float(total))
+    assert c["syncs"] == 1 and c["d2h_bytes"] == 8           # reading the norm is the sync
 
 
 def test_clip_grad_norm_non_finite_leaves_gradients(gpu_xp):
