@@ -21,7 +21,11 @@ warp kernels' bounds 32·8 and 32·32, the block kernels, C not a multiple of th
 width); offset (unaligned) views; all rows ignored, some ignored; soft targets; label
 smoothing; batch norm on (N, C) and (N, C, H, W) with HW = 1, 3, 25 (odd), 4, 16 and rows
 enough that a channel spans several chunks, N = 1; dropout with n = 1, n not a multiple
-of 4, unaligned, and grid-stride sizes; float32 and float64.
+of 4, unaligned, and grid-stride sizes; float32 and float64. And inputs at the extremes
+(issue 15), checked against a long-double truth with the accuracy rule of
+tests/test_kernels_gpu.py (``extreme_*``): batch norm with a large mean, a large mean
+and a small spread, an outlier first value, a constant channel; softmax-CE with a first
+logit of -1e4 and logits of +-1e4; dropout with p at the top of [0, 1).
 """
 from __future__ import annotations
 
@@ -203,6 +207,110 @@ def cases():
                     check(want, got, dtype)
 
                 out.append((f"dropout_n{n}_offset{offset}_{short}", run))
+
+    out += extreme_cases(sp, on_sim)
+    return out
+
+
+def extreme_cases(sp, on_sim):
+    """Inputs at the extremes (issue 15), each kernel against a truth in long double with
+    the rule of tests/test_kernels_gpu.py: error <= max(2 x the NumPy reference's error in
+    the same dtype, a floor of a few eps). Batch norm: large mean, large mean with a small
+    spread, an outlier first value, a constant channel; softmax-CE: first logit -1e4,
+    logits of +-1e4; dropout: p at the top of [0, 1), bit for bit."""
+    import numpy
+
+    from gpunet import functional as F
+    from gpunet import to_numpy
+
+    L = numpy.longdouble
+    out = []
+
+    def within(what, got, ref, truth, scale, floor):
+        k = float(numpy.max(numpy.abs(to_numpy(got).astype(L) - truth) / scale))
+        n = float(numpy.max(numpy.abs(numpy.asarray(ref).astype(L) - truth) / scale))
+        assert k <= max(2 * n, floor), f"{what}: kernel error {k:.3g}, NumPy {n:.3g}, floor {floor:.3g}"
+
+    for dtype in (numpy.float32, numpy.float64):
+        short = "f32" if dtype == numpy.float32 else "f64"
+        ulp = float(numpy.finfo(dtype).eps)
+        for kind in ("large_mean", "small_spread", "outlier_first", "constant_channel"):
+            for shape in ((3, 5), (1, 2), (16384, 2), (4, 3, 8, 8), (2, 3, 5, 5)):
+                for offset in (0, 1):
+                    def run(kind=kind, shape=shape, offset=offset, dtype=dtype, ulp=ulp):
+                        rng = numpy.random.default_rng([len(kind), *shape])
+                        x = rng.standard_normal(shape)
+                        if kind == "large_mean":
+                            x += 1e4
+                        elif kind == "small_spread":
+                            x = 1e4 + 0.01 * x
+                        elif kind == "outlier_first":
+                            x[0] = 1e3
+                        else:
+                            x[:, shape[1] // 2] = 0.1
+                        x = x.astype(dtype)
+                        axes = (0,) if x.ndim == 2 else (0, 2, 3)
+                        xl = x.astype(L)
+                        mean = xl.mean(axis=axes)
+                        s = (1, shape[1]) + (1,) * (x.ndim - 2)
+                        var = ((xl - mean.reshape(s)) ** 2).mean(axis=axes)
+                        y = (xl - mean.reshape(s)) / numpy.sqrt(var + L(1e-5)).reshape(s)
+                        ref = F.batch_norm_forward(x, None, None)
+                        got = F.batch_norm_forward(on_sim(x, offset), None, None)
+                        std = numpy.sqrt(var)
+                        within("mean", got[1], ref[1], mean, numpy.abs(mean) + std, 2 * ulp)
+                        within("var", got[2], ref[2], var, var + (ulp * numpy.abs(mean)) ** 2, 4 * ulp)
+                        within("y", got[0], ref[0], y, max(float(numpy.abs(y).max()), 1.0), 8 * ulp)
+
+                    tag = "x".join(map(str, shape))
+                    out.append((f"extreme_bn_{kind}_{tag}{'_offset' if offset else ''}_{short}", run))
+
+        for kind in ("negative_first_logit", "logits_pm_1e4"):
+            for C in (33, 1000, 2048, 2051, 10000):
+                for variant in ("hard", "smooth", "soft", "soft_smooth"):
+                    def run(kind=kind, C=C, variant=variant, dtype=dtype, ulp=ulp):
+                        rng = numpy.random.default_rng(C)
+                        N = 3
+                        z = rng.standard_normal((N, C)) * 3
+                        if kind == "negative_first_logit":
+                            z[:, 0] = -1e4
+                        else:
+                            z = numpy.where(rng.random((N, C)) < 0.5, -1e4, 1e4) + z
+                        z = z.astype(dtype)
+                        eps = 0.1 if "smooth" in variant else 0.0
+                        if variant.startswith("soft"):
+                            q = rng.random((N, C))
+                            labels = (q / q.sum(1, keepdims=True)).astype(dtype)
+                            t = labels.astype(L)
+                        else:
+                            labels = rng.integers(0, C, N)
+                            t = numpy.zeros((N, C), L)
+                            t[numpy.arange(N), labels] = 1
+                        t = (1 - L(eps)) * t + L(eps) / C
+                        zl = z.astype(L)
+                        m = zl.max(1, keepdims=True)
+                        e = numpy.exp(zl - m)
+                        lse = m + numpy.log(e.sum(1, keepdims=True))
+                        row = (t * (lse - zl)).sum(1)
+                        grad = e / e.sum(1, keepdims=True) * t.sum(1, keepdims=True) - t
+                        ref = F.softmax_cross_entropy(z, labels, eps, None, "none")
+                        got = F.softmax_cross_entropy(on_sim(z, 1 if C % 2 else 0), sp.asarray(labels),
+                                                      eps, None, "none")
+                        within("row loss", got[0], ref[0], row, float(numpy.abs(row).max()), 8 * ulp)
+                        within("gradient", got[1], ref[1], grad, float(numpy.abs(grad).max()), 8 * ulp)
+
+                    out.append((f"extreme_xent_{kind}_C{C}_{variant}_{short}", run))
+
+        for p in (1 - 2.0**-24, 1 - 2.0**-25, float(numpy.nextafter(1.0, 0.0))):
+            for n in (1, 7, 4099):
+                for offset in (0, 1):
+                    def run(p=p, n=n, offset=offset, dtype=dtype):
+                        x = numpy.random.default_rng(n).standard_normal(n).astype(dtype)
+                        for f in (F.dropout_forward, F.dropout_backward):
+                            numpy.testing.assert_array_equal(to_numpy(f(on_sim(x, offset), p, 5, 9)),
+                                                             f(x, p, 5, 9))
+
+                    out.append((f"extreme_dropout_p{p!r}_n{n}_offset{offset}_{short}", run))
     return out
 
 
