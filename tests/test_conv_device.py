@@ -349,3 +349,37 @@ def test_pool_backward_takes_a_transposed_dy(gpu_xp):
                                      FP.max_pool2d_backward(dy, arg_ref, x.shape, 2))
     numpy.testing.assert_array_equal(to_numpy(FP.avg_pool2d_backward(dyd, x.shape, 3, 2, 1)),
                                      FP.avg_pool2d_backward(dy, x.shape, 3, 2, 1))
+
+
+def test_cnn_training_parity_with_numpy(gpu_xp, gpu_device):
+    # 10 SGD-momentum steps of a CNN with batch norm, dropout and both poolings, in
+    # float64: the device run stays with the NumPy run
+    from gpunet import optim
+    from gpunet.layers import AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential
+
+    def build():
+        gpunet.manual_seed(7)
+        m = Sequential(Conv2D(2, 6, 3, padding=1, activation="relu"), BatchNorm(6), Dropout(0.2, seed=3),
+                       MaxPool2D(2), Conv2D(6, 8, (3, 1), padding=(1, 0), activation="tanh"),
+                       AvgPool2D(2, stride=1), Flatten(), Dense(8 * 4 * 4, 5))
+        return m.to(dtype=numpy.float64)
+
+    rng = numpy.random.default_rng(14)
+    x = rng.standard_normal((6, 2, 10, 10))
+    labels = rng.integers(0, 5, 6)
+    ref, dev = build(), build().to(gpu_device)
+    runs = []
+    for m, xs, ys in ((ref, x, labels), (dev, gpu_xp.asarray(x), gpu_xp.asarray(labels))):
+        loss_fn = gpunet.SoftmaxCrossEntropy()
+        opt = optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for _ in range(10):
+            losses.append(float(loss_fn(m(xs), ys)))
+            m.zero_grad()
+            m.backward(loss_fn.backward())
+            opt.step()
+        runs.append(losses)
+    numpy.testing.assert_allclose(runs[1], runs[0], rtol=1e-9)
+    assert runs[0][-1] < runs[0][0]
+    for a, b in zip(ref.parameters(), dev.parameters()):
+        numpy.testing.assert_allclose(to_numpy(b.data), a.data, rtol=1e-8, atol=1e-10, err_msg=a.name)
