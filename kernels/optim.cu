@@ -4,9 +4,9 @@
 //   * a device table of MtEntry rows (parameter and state addresses, sizes, step offsets,
 //     decay flags), built by the host once and rebuilt only when one of those changes, and
 //   * the gradients, passed as kernel arguments g00 .. g77 (64 pointers, tensor j in
-//     g<j/8><j%8>, unused ones null): gradients are new arrays after every zero_grad() and
-//     backward, and kernel arguments travel with the launch, so a step copies nothing to
-//     the device.
+//     g<j/8><j%8>; the unused ones are never read): gradients are new arrays after every
+//     zero_grad() and backward, and kernel arguments travel with the launch, so a step
+//     copies nothing to the device.
 // Each tensor is cut into chunks of MT_CHUNK elements, numbered across the list
 // (entry.chunk0 is the tensor's first chunk); blocks stride over the chunks and find a
 // chunk's tensor by binary search in the table.

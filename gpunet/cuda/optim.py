@@ -68,9 +68,10 @@ def tensor_table(xp, rows):
 
 def _launch(name, table, grads, scalars):
     """Launch ``name<T>`` over ``table = (device table, ntensors, nchunks)`` with the
-    gradient pointers ``grads`` (C-contiguous arrays of one dtype; padded with null
-    pointers). A list without elements still launches one block (the norm reduction
-    must write its result)."""
+    gradient pointers ``grads`` (C-contiguous arrays of one dtype). The unused pointer
+    arguments repeat the first gradient (the kernels never read them): CuPy 13 turns a
+    ``None`` argument into 0xffffffff rather than a null pointer (cupy/cupy#9046). A list
+    without elements still launches one block (the norm reduction must write its result)."""
     t, ntensors, nchunks = table
     if len(grads) != ntensors:
         raise ValueError(f"gpunet.cuda.optim.{name}: {ntensors} tensors in the table, "
@@ -82,7 +83,7 @@ def _launch(name, table, grads, scalars):
         kernel("optim.cu", f"{name}<{_CTYPE[g0.dtype]}>", dev)(
             (blocks,), (THREADS,),
             (t, numpy.int32(ntensors), numpy.int64(nchunks), *scalars,
-             *grads, *([None] * (MAX_TENSORS - len(grads)))))
+             *grads, *([g0] * (MAX_TENSORS - len(grads)))))
 
 
 def sgd_step(table, grads, *, lr, momentum, weight_decay, l1, flags, k):
