@@ -75,9 +75,9 @@ class Conv2D(Layer):
         self._check(x)
         w = self.weight.data
         b = self.bias.data if self.bias is not None else None
-        # in training, the previous step's cols is done with (this forward replaces it): let
+        # ReLU rides in the op (on a GPU, in the kernel that writes y); others apply here.
+        # In training, the previous step's cols is done with (this forward replaces it): let
         # the op overwrite it rather than allocate a new one
-        # ReLU rides in the op (on a GPU, in the kernel that writes y); others apply here
         relu = self._relu()
         z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True,
                             cols_buffer=self._cols if self.training else None,
