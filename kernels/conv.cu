@@ -25,6 +25,16 @@
 
 using gpunet::FastDivmod;
 
+namespace {
+// The outputs p (0 <= p < out) whose window, moved by `stride` over a padded axis, covers
+// padded position hp with kernel offset i = hp - p*stride in [0, k): p_lo <= p <= p_hi.
+// Looping p from p_hi down visits the offsets i in ascending order.
+__device__ __forceinline__ void covering(int hp, int k, int stride, int out, int& p_lo, int& p_hi) {
+    p_lo = hp >= k ? (hp - k + stride) / stride : 0;
+    p_hi = min(hp / stride, out - 1);
+}
+}  // namespace
+
 // x (N, C, H, W) with element strides (sxn, sxc, sxh, sxw) -> cols (K, L), K = C*kh*kw.
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, int K, int H, int W,
@@ -66,15 +76,15 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int plan
             unsigned int uh, uw;
             per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
             const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
+            int p_lo, p_hi, q_lo, q_hi;
+            covering(hh, kh, sh, OH, p_lo, p_hi);
+            covering(ww, kw, sw, OW, q_lo, q_hi);
             T s = T(0);
-            for (int i = 0; i < kh && i <= hh; ++i) {
-                const int ti = hh - i;
-                if (ti % sh != 0 || ti / sh >= OH) continue;
-                const int p = ti / sh;
-                for (int j = 0; j < kw && j <= ww; ++j) {
-                    const int tj = ww - j;
-                    if (tj % sw != 0 || tj / sw >= OW) continue;
-                    s += dc[static_cast<long long>(i * kw + j) * L + p * OW + tj / sw];
+            for (int p = p_hi; p >= p_lo; --p) {        // kernel row i = hh - p*sh ascending
+                const int i = hh - p * sh;
+                for (int q = q_hi; q >= q_lo; --q) {
+                    const int j = ww - q * sw;
+                    s += dc[static_cast<long long>(i * kw + j) * L + p * OW + q];
                 }
             }
             out[hw] = s;

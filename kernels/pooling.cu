@@ -19,6 +19,16 @@
 
 using gpunet::FastDivmod;
 
+namespace {
+// The outputs p (0 <= p < out) whose window, moved by `stride` over a padded axis, covers
+// padded position hp with kernel offset i = hp - p*stride in [0, k): p_lo <= p <= p_hi.
+// Looping p from p_hi down visits the offsets i in ascending order.
+__device__ __forceinline__ void covering(int hp, int k, int stride, int out, int& p_lo, int& p_hi) {
+    p_lo = hp >= k ? (hp - k + stride) / stride : 0;
+    p_hi = min(hp / stride, out - 1);
+}
+}  // namespace
+
 template <typename T, typename I>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* __restrict__ arg,
                                  int planes, int C, int H, int W, long long sxn, long long sxc,
@@ -75,16 +85,14 @@ __global__ void max_pool_backward(const T* __restrict__ dy, const I* __restrict_
             unsigned int uh, uw;
             per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
             const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
+            int p_lo, p_hi, q_lo, q_hi;
+            covering(hh, kh, sh, OH, p_lo, p_hi);
+            covering(ww, kw, sw, OW, q_lo, q_hi);
             T s = T(0);
-            for (int i = 0; i < kh && i <= hh; ++i) {
-                const int ti = hh - i;
-                if (ti % sh != 0 || ti / sh >= OH) continue;
-                const int p = ti / sh;
-                for (int j = 0; j < kw && j <= ww; ++j) {
-                    const int tj = ww - j;
-                    if (tj % sw != 0 || tj / sw >= OW) continue;
-                    const int q = tj / sw;
-                    if (static_cast<int>(ai[p * OW + q]) == i * kw + j) s += g[p * sdh + q * sdw];
+            for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
+                const int i = hh - p * sh;
+                for (int q = q_hi; q >= q_lo; --q) {
+                    if (static_cast<int>(ai[p * OW + q]) == i * kw + ww - q * sw) s += g[p * sdh + q * sdw];
                 }
             }
             out[hw] = s;
@@ -136,16 +144,12 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
             unsigned int uh, uw;
             per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
             const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
+            int p_lo, p_hi, q_lo, q_hi;
+            covering(hh, kh, sh, OH, p_lo, p_hi);
+            covering(ww, kw, sw, OW, q_lo, q_hi);
             T s = T(0);
-            for (int i = 0; i < kh && i <= hh; ++i) {
-                const int ti = hh - i;
-                if (ti % sh != 0 || ti / sh >= OH) continue;
-                const int p = ti / sh;
-                for (int j = 0; j < kw && j <= ww; ++j) {
-                    const int tj = ww - j;
-                    if (tj % sw != 0 || tj / sw >= OW) continue;
-                    s += g[p * sdh + (tj / sw) * sdw] * scale;
-                }
+            for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
+                for (int q = q_hi; q >= q_lo; --q) s += g[p * sdh + q * sdw] * scale;
             }
             out[hw] = s;
         }
