@@ -1,7 +1,11 @@
 """gpunet's CUDA kernels: where they live, how they are compiled, and their launchers.
 
-One launcher module per ``kernels/*.cu`` file (``softmax_xent``, ``batchnorm``,
-``dropout``); ``loader`` finds, compiles and memoizes them.
+One launcher module per ``kernels/*.cu`` file: ``softmax_xent``, ``batchnorm`` and
+``dropout`` (the fused ops below), ``optim`` (multi-tensor optimizer updates and
+sync-free gradient clipping, used by ``gpunet.optim``), ``conv`` (im2col, col2im and the
+bias/activation epilogue around cuBLAS GEMMs, used by ``gpunet.functional.conv``) and
+``pooling`` (max/average pooling, used by ``gpunet.functional.pooling``); ``loader``
+finds, compiles and memoizes them.
 
 The kernels are CUDA C++ sources in ``kernels/`` (a source checkout's top-level folder,
 or ``gpunet/kernels/`` inside an installed wheel), compiled at run time by CuPy through
@@ -22,9 +26,9 @@ which ``tools/check_kernels.py`` compiles on machines without a GPU.
 ``KERNELS`` (file -> name expressions) and ``compile_options`` are the single source
 that both this loader and the compile check use.
 
-Launchers (inputs are CuPy arrays on one device, or sim arrays; outputs are new arrays of
-that module, of the input's dtype, float32 or float64; each mirrors a NumPy reference in
-gpunet.functional):
+Launchers of the fused ops, re-exported here (inputs are CuPy arrays on one device, or sim
+arrays; outputs are new arrays of that module, of the input's dtype, float32 or float64;
+each mirrors a NumPy reference in gpunet.functional):
 
 * ``softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None) -> (loss, dlogits)``
 * ``batchnorm_forward(x, gamma, beta, eps) -> (y, mean, var, inv_std)``
