@@ -287,7 +287,10 @@ class Trainer:
     """Fit, evaluate and predict with ``model``, ``loss_fn`` and ``optimizer``.
 
     ``device=None`` keeps the model where its parameters are; a device string moves the
-    model there first. Batches are moved to the model's device as they are produced.
+    model there first. ``(X, y)`` data on the host is copied to a GPU model's device once
+    when it fits (``gpunet.data.fits_on_device``) and batched there; otherwise, and for
+    DataLoaders given as they are, batches are moved to the model's device as they are
+    produced.
     ``metrics``: a tuple of names; ``"accuracy"`` (argmax of the output against an
     integer label or the argmax of a probability target) is the one built in.
 
