@@ -125,8 +125,8 @@ class DataLoader:
     Conv2D layer computes no input gradient for them, and its ``backward`` returns None
     (``gpunet.data.is_data(xb)`` tells; pass ``xb.copy()`` to get ``dx`` for a batch).
     Without shuffling a batch is a slice of ``X`` (a view: writing into it
-    writes into ``X``); with shuffling it is a copy gathered by fancy indexing with an
-    index array of ``X``'s array module. ``len(loader)`` is the number of batches per
+    writes into ``X``; of the device copy when the data is resident); with shuffling it is
+    a copy gathered by fancy indexing with an index array of the data's array module. ``len(loader)`` is the number of batches per
     epoch: ``ceil(N / batch_size)``, or ``N // batch_size`` with ``drop_last``.
     """
 
