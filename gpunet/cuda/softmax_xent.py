@@ -198,8 +198,8 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             loss = row_loss
         elif reduction == "sum":
             loss = row_loss.sum()
-        elif isinstance(n_valid, int):
-            loss = row_loss.sum() / dtype.type(n_valid)
+        elif isinstance(n_valid, int):      # n_valid == N: one reduction, sum then / N
+            loss = row_loss.mean()
         else:
             loss = row_loss.sum() / n_valid[0]
     return (loss if soft else _checked_loss(cp, loss)), dz
