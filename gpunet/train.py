@@ -234,52 +234,61 @@ def _first_layer(model):
     return model
 
 
-def _correct(out, y, into):
-    """Number of rows whose argmax matches the label (index, or argmax of a probability
-    row), written into the 0-d array ``into`` on the device (no host sync)."""
-    pred = out.argmax(axis=1)
-    target = y.argmax(axis=1) if y.ndim == 2 else y
-    (pred == target).sum(dtype=into.dtype, out=into)
-
-
 class _Record:
-    """Per-step ``(loss, correct)`` of one pass, kept on the model's device and read by the
-    host in bulk (one sync per ``read``), in step order, so the totals are the same sums a
-    per-step ``float(loss)`` would give. ``bad`` is the first step whose loss is not finite."""
+    """The running loss and accuracy of one pass, kept on the model's device and read by
+    the host in bulk (``read``: one sync), so a step launches 2 small ops for them (argmax,
+    compare) and never waits.
 
-    def __init__(self, xp, steps, mean):
-        self.rows = xp.zeros((steps, 2), dtype=numpy.float64)
-        self.mean = mean
+    Each step's loss (0-d, on the device) is kept as it is until the next ``read`` stacks
+    them into ``rows[:steps]``; each sample's hit (argmax of the output == label, or argmax
+    of a probability target) goes into ``hits``; ``read`` counts the new hits into
+    ``rows[steps]`` and brings ``rows[done:]`` to the host. The host adds the losses in step
+    order, so the totals are the sums a per-step ``float(loss)`` would give. ``bad`` is the
+    first step whose loss is not finite."""
+
+    def __init__(self, xp, steps, samples, mean, metrics):
+        self.xp, self.mean, self.metrics = xp, mean, metrics
+        self.rows = xp.zeros(steps + 1, dtype=numpy.float64)
+        self.hits = xp.zeros(samples if metrics else 0, dtype=bool)
+        self.losses = []            # losses of the steps not read yet
         self.n = []                 # batch sizes, on the host
         self.done = 0               # steps read so far
         self.total = 0.0            # sum of per-sample losses over the steps read
         self.correct = 0
         self.seen = 0               # samples of the steps read
+        self.filled = 0             # samples recorded
         self.bad = None             # (step, value) of the first non-finite loss
 
-    def add(self, loss, out, y, metrics):
-        """Record step ``len(self.n)``; returns the batch's loss (0-d, on the device)."""
-        step = len(self.n)
+    def add(self, loss, out, y):
+        """Record a step; returns the batch's loss (0-d, on the device)."""
         value = loss if loss.ndim == 0 else loss.sum()
-        self.rows[step, 0, ...] = value
-        if metrics:
-            _correct(out, y, self.rows[step, 1, ...])
-        self.n.append(int(out.shape[0]))
+        self.losses.append(value)
+        n = int(out.shape[0])
+        if self.metrics:
+            target = y.argmax(axis=1) if y.ndim == 2 else y
+            self.xp.equal(out.argmax(axis=1), target, out=self.hits[self.filled:self.filled + n])
+        self.filled += n
+        self.n.append(n)
         return value
 
     def read(self):
         """Bring the steps not yet read to the host (one sync) and add them up."""
-        upto = len(self.n)
+        upto, steps = len(self.n), self.rows.shape[0] - 1
         if upto <= self.done:
             return
-        rows = to_numpy(self.rows[self.done:upto])
-        for i, (v, c) in enumerate(rows.tolist()):
+        self.xp.stack(self.losses, out=self.rows[self.done:upto])
+        self.losses = []
+        if self.metrics:
+            self.hits[self.seen:self.filled].sum(dtype=numpy.float64, out=self.rows[steps, ...])
+        rows = to_numpy(self.rows[self.done:]).tolist()
+        for i, v in enumerate(rows[:upto - self.done]):
             s, n = self.done + i, self.n[self.done + i]
             if not math.isfinite(v) and self.bad is None:
                 self.bad = (s, v)
             self.total += v * n if self.mean else v
-            self.correct += int(c)
             self.seen += n
+        if self.metrics:
+            self.correct += int(rows[-1])
         self.done = upto
 
 
@@ -432,7 +441,7 @@ class Trainer:
             cb.on_epoch_begin(self, epoch)
         loader.set_epoch(epoch)
         on_host = self.device == "cpu"
-        rec = _Record(self._xp(), len(loader), getattr(self.loss_fn, "reduction", "mean") == "mean")
+        rec = self._record(loader)
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -442,7 +451,7 @@ class Trainer:
             for step, (xb, yb) in enumerate(loader):
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 loss, out = self.train_step(xb, yb)
-                value = rec.add(loss, out, yb, self.metrics)
+                value = rec.add(loss, out, yb)
                 seen += int(xb.shape[0])
                 if on_host:      # reading is free on the CPU: check every step, as it happens
                     rec.read()
@@ -491,10 +500,12 @@ class Trainer:
             f"non-finite loss {value} at {where} "
             f"(lower the learning rate, clip gradients, or check the inputs)")
 
-    def _xp(self):
-        """The array module of the model's device."""
+    def _record(self, loader):
+        """A ``_Record`` for one pass over ``loader`` on the model's device."""
         p = next(iter(self.model.parameters()), None)
-        return numpy if p is None else get_array_module(p.data)
+        xp = numpy if p is None else get_array_module(p.data)
+        return _Record(xp, len(loader), loader.num_samples,
+                       getattr(self.loss_fn, "reduction", "mean") == "mean", bool(self.metrics))
 
     def _to_model(self, a):
         if a is None:
@@ -517,14 +528,14 @@ class Trainer:
                             self.device)
         was = self.model.training
         self.model.eval()
-        rec = _Record(self._xp(), len(loader), getattr(self.loss_fn, "reduction", "mean") == "mean")
+        rec = self._record(loader)
         try:
             for xb, yb in loader:
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 out = self.model.forward(xb)
                 loss = self.loss_fn(out, yb)
                 self.loss_fn._grad = None
-                rec.add(loss, out, yb, self.metrics)
+                rec.add(loss, out, yb)
             rec.read()
         finally:
             self.model.train(was)
