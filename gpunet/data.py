@@ -6,10 +6,12 @@ order of every epoch is a pure function of ``(seed, epoch)``, computed on the ho
 is the same on every device and a resumed run can reproduce it with ``set_epoch``.
 
 Resident data: with ``device=`` a GPU (``"cuda"``, ``"sim"``), host data that fits in
-``RESIDENT_FRACTION`` of the device's free memory is copied there once, on the first pass;
-batches are then gathered on the device (the epoch's order is copied once per epoch, ``8 N``
-bytes), so a training step moves no bytes from the host. Larger data is moved batch by
-batch, as it is produced.
+``RESIDENT_FRACTION`` of the device's free memory is copied there once, on the first pass,
+and batches come from the device: the epoch's order is copied once per epoch (``8 N``
+bytes), and when twice the data fits too, the epoch's shuffled copy is gathered in one go
+(two launches an epoch), so that batches are slices of it and a step launches nothing for
+its data; else each batch is gathered (two launches a step). A training step moves no bytes
+from the host either way. Larger data is moved batch by batch, as it is produced.
 """
 from __future__ import annotations
 
@@ -126,7 +128,8 @@ class DataLoader:
     (``gpunet.data.is_data(xb)`` tells; pass ``xb.copy()`` to get ``dx`` for a batch).
     Without shuffling a batch is a slice of ``X`` (a view: writing into it
     writes into ``X``; of the device copy when the data is resident); with shuffling it is
-    a copy gathered by fancy indexing with an index array of the data's array module. ``len(loader)`` is the number of batches per
+    a copy gathered by fancy indexing with an index array of the data's array module (for
+    resident data that fits twice: a slice of the epoch's shuffled copy). ``len(loader)`` is the number of batches per
     epoch: ``ceil(N / batch_size)``, or ``N // batch_size`` with ``drop_last``.
     """
 
@@ -161,6 +164,7 @@ class DataLoader:
         self.device = None
         self.epoch = 0
         self._resident = None       # (X, y) on self.device, once copied
+        self._permute = False       # resident and shuffled: gather each epoch's copy at once
         if device is not None:
             self.to(device)
 
@@ -185,6 +189,7 @@ class DataLoader:
         Returns ``self``."""
         self.device = None if device is None else resolve_device(device)
         self._resident = None
+        self._permute = False
         return self
 
     @property
@@ -217,6 +222,7 @@ class DataLoader:
             if on or fits_on_device(nbytes, self.device):
                 self._resident = (to_device(self.X, self.device),
                                   None if self.y is None else to_device(self.y, self.device))
+                self._permute = self.shuffle and fits_on_device(2 * nbytes, self.device)
         if self._resident is not None:
             return (*self._resident, False)
         return self.X, self.y, True
@@ -227,6 +233,8 @@ class DataLoader:
         n, b = self.num_samples, self.batch_size
         stop = (n // b) * b if self.drop_last else n
         index = xp.asarray(self.order(epoch)) if self.shuffle else None
+        if index is not None and self._permute and X is self._resident[0]:
+            X, y, index = X[index], None if y is None else y[index], None   # the epoch's copy
         for start in range(0, stop, b):
             if index is None:
                 sel = slice(start, min(start + b, n))

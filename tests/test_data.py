@@ -246,3 +246,25 @@ def test_sim_residency_rule():
     limit = int(gdata.RESIDENT_FRACTION * gdata.SIM_FREE_BYTES)
     assert gdata.fits_on_device(limit, "sim") and not gdata.fits_on_device(limit + 1, "sim")
     assert not gdata.fits_on_device(1, "cpu")
+
+
+def test_resident_data_that_fits_once_but_not_twice_is_gathered_batch_by_batch(monkeypatch):
+    """Shuffled resident data is gathered a whole epoch at a time only when a second copy
+    fits too; otherwise batch by batch. The batches are the host's either way."""
+    from gpunet import data as gdata, sim
+    if sim.compiler() is None:
+        pytest.skip("no sim device")
+    X, y = _data(numpy, 11)
+    want = list(DataLoader(X, y, batch_size=4, shuffle=True, seed=5))
+    for free, permute in ((10**9, True), (X.nbytes + y.nbytes, False)):
+        monkeypatch.setattr(gdata, "SIM_FREE_BYTES", free)
+        monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 1.0)
+        loader = DataLoader(X, y, batch_size=4, shuffle=True, seed=5, device="sim")
+        sim.reset_counters()
+        got = [(backend.to_numpy(xb), backend.to_numpy(yb)) for xb, yb in loader]
+        assert loader.resident and loader._permute is permute
+        # takes: X and y once for the epoch, or once per batch
+        assert sim.counters()["kernels"].get("take", 0) == (2 if permute else 2 * len(want))
+        for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            numpy.testing.assert_array_equal(gx, wx)
+            numpy.testing.assert_array_equal(gy, wy)
