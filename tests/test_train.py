@@ -448,3 +448,15 @@ def test_batch_end_loss_is_a_float_on_the_cpu_and_a_device_scalar_on_a_gpu(devic
     assert len(seen) == 4
     assert all(isinstance(v, float) for v in seen) == (device == "cpu")
     assert h["loss"][0] == pytest.approx(sum(float(v) for v in seen) / 4, rel=1e-12)
+
+
+def test_evaluate_raises_a_bad_label_on_every_device(device, rng):
+    """On the CPU at the call; on a GPU when evaluate reads its record, once, at the end."""
+    X, y = _blobs(rng, n=40)
+    y[33] = 5
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters()))
+    with pytest.raises(ValueError, match="5"):
+        tr.evaluate((X, y), batch_size=16)
+    y[33] = 1
+    assert tr.evaluate((X, y), batch_size=16)["loss"] > 0     # nothing left pending
