@@ -105,7 +105,8 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     the loss is read on the host (``float(loss)``, ``loss.item()``, printing it) — that
     loss is NaN, and so is every softmax-CE loss computed until the error is raised — or
     until ``Trainer`` checks, at its progress refreshes and at the latest at the end of the
-    epoch (``gpunet.cuda.softmax_xent.raise_label_error`` checks explicitly).
+    epoch (``from gpunet.cuda.softmax_xent import raise_label_error``; ``raise_label_error(x)``
+    checks the device of array ``x`` explicitly, one sync).
     """
     name = "softmax_cross_entropy"
     _check_logits(name, logits)
