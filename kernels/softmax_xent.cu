@@ -21,8 +21,9 @@
 // status[2..6]. While status[0] != 0 (an error not yet reported), every row loss is NaN,
 // so the error stays sticky, as CUDA's are, until the host reads it. The kernels never
 // index memory with a label (they compare j == y while scanning).
-// With n_valid != nullptr the gradient is scaled by scale / n_valid[0] (the mean over the
-// rows not ignored, counted on the device by softmax_xent_count_valid).
+// The gradient is scaled by scale / n_valid[0]: the launcher passes the mean's divisor
+// counted on the device by softmax_xent_count_valid, or a 1 (exact: scale / 1 == scale).
+// Never a null pointer: CuPy 13 passes None as 0xffffffff (cupy/cupy#9046).
 //
 // Two shapes of work:
 //   *_warp<T, ITEMS>: one warp per row, C <= 32 * ITEMS; lane l holds z[l + 32 k] in
@@ -113,9 +114,9 @@ template <typename T> __device__ __forceinline__ T checked_loss(T loss, const lo
     return status[0] != 0 ? quiet_nan<T>() : loss;
 }
 
-// The gradient's scale: scale / n_valid[0] when the launcher counted the rows on the device.
+// The gradient's scale (see the file's header).
 template <typename T> __device__ __forceinline__ T row_scale(T scale, const T* n_valid) {
-    return n_valid != nullptr ? scale / n_valid[0] : scale;
+    return scale / n_valid[0];
 }
 
 }  // namespace

@@ -18,9 +18,19 @@ from .loader import _CTYPE, _WARP_ITEMS, _cupy_for, _device, _float_array, kerne
 
 # per device: long long[8], the kernels' label status (layout in kernels/softmax_xent.cu)
 _status: dict = {}
-# per (device, dtype): the mean's divisor counted on the device (with ignore_index)
-_n_valid: dict = {}
+# per (device, dtype, kind): the gradient's divisor the hard kernels read, "count" (the
+# mean's N_valid, counted on the device with ignore_index) or "one" (a constant 1). Never
+# None: CuPy 13 passes None as 0xffffffff, not a null pointer (cupy/cupy#9046).
+_divisors: dict = {}
 _checked: dict = {}     # array class -> its checked-read subclass
+
+
+def _divisor(cp, dev, dtype, kind):
+    d = _divisors.get((dev, dtype, kind))
+    if d is None:
+        with cp.cuda.Device(0 if dev == "sim" else dev):
+            d = _divisors[(dev, dtype, kind)] = (cp.ones if kind == "one" else cp.empty)((1,), dtype)
+    return d
 
 
 def _status_buffer(cp, dev):
@@ -167,9 +177,7 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             n_valid = N
             if ignore_index is not None and reduction == "mean":
                 # N_valid = max(1, labels != ignore_index) stays on the device
-                n_valid = _n_valid.get((dev, dtype))
-                if n_valid is None:
-                    n_valid = _n_valid[(dev, dtype)] = cp.empty((1,), dtype=dtype)
+                n_valid = _divisor(cp, dev, dtype, "count")
                 kernel("softmax_xent.cu", f"softmax_xent_count_valid<{T}>", dev)(
                     (1,), (256,), (y, numpy.int32(N), numpy.int64(int(ignore_index)), n_valid))
         # the kernels write dlogits = (softmax * sum(t) - t) * scale and the unscaled row_loss
@@ -192,7 +200,8 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             args = (z, y, row_loss, dz, numpy.int32(N), numpy.int32(C), eps_t,
                     numpy.int64(int(ignore_index) if has_ignore else -1),
                     numpy.int32(has_ignore), scale,
-                    None if isinstance(n_valid, int) else n_valid, _status_buffer(cp, dev))
+                    _divisor(cp, dev, dtype, "one") if isinstance(n_valid, int) else n_valid,
+                    _status_buffer(cp, dev))
         fn((grid,), (threads,), args)
         if reduction == "none":
             loss = row_loss
