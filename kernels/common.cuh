@@ -1,4 +1,4 @@
-// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, Welford (+ welford_combine, warp_welford, block_welford), WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine
+// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, Welford (+ welford_combine, warp_welford, block_welford), WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering
 //
 // Shared device helpers of the gpunet kernels. Compiled at run time by NVRTC (through
 // CuPy) and ahead of time by nvcc in CI, so: no host headers (<cmath>, <cfloat>), no
@@ -273,6 +273,17 @@ __device__ __forceinline__ void online_lse_combine(T& m, T& s, T m_other, T s_ot
     if (mx == neg_inf<T>()) return;  // both empty: avoid exp(-inf - -inf) = nan
     s = s * dev_exp(m - mx) + s_other * dev_exp(m_other - mx);
     m = mx;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sliding windows (convolution's col2im, pooling's backward): the outputs p (0 <= p < out)
+// whose window, moved by `stride` over a padded axis, covers padded position hp with
+// kernel offset i = hp - p*stride in [0, k): p_lo <= p <= p_hi. Looping p from p_hi down
+// visits the offsets i in ascending order (the NumPy path's summation order).
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ void covering(int hp, int k, int stride, int out, int& p_lo, int& p_hi) {
+    p_lo = hp >= k ? (hp - k + stride) / stride : 0;
+    p_hi = min(hp / stride, out - 1);
 }
 
 }  // namespace gpunet

@@ -24,16 +24,7 @@
 #include "common.cuh"
 
 using gpunet::FastDivmod;
-
-namespace {
-// The outputs p (0 <= p < out) whose window, moved by `stride` over a padded axis, covers
-// padded position hp with kernel offset i = hp - p*stride in [0, k): p_lo <= p <= p_hi.
-// Looping p from p_hi down visits the offsets i in ascending order.
-__device__ __forceinline__ void covering(int hp, int k, int stride, int out, int& p_lo, int& p_hi) {
-    p_lo = hp >= k ? (hp - k + stride) / stride : 0;
-    p_hi = min(hp / stride, out - 1);
-}
-}  // namespace
+using gpunet::covering;
 
 // x (N, C, H, W) with element strides (sxn, sxc, sxh, sxw) -> cols (K, L), K = C*kh*kw.
 template <typename T>

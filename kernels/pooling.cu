@@ -18,16 +18,7 @@
 #include "common.cuh"
 
 using gpunet::FastDivmod;
-
-namespace {
-// The outputs p (0 <= p < out) whose window, moved by `stride` over a padded axis, covers
-// padded position hp with kernel offset i = hp - p*stride in [0, k): p_lo <= p <= p_hi.
-// Looping p from p_hi down visits the offsets i in ascending order.
-__device__ __forceinline__ void covering(int hp, int k, int stride, int out, int& p_lo, int& p_hi) {
-    p_lo = hp >= k ? (hp - k + stride) / stride : 0;
-    p_hi = min(hp / stride, out - 1);
-}
-}  // namespace
+using gpunet::covering;
 
 template <typename T, typename I>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* __restrict__ arg,
