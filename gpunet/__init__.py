@@ -20,3 +20,4 @@ from .train import Trainer, History, Callback, EarlyStopping, ModelCheckpoint
 from .checkpoint import save, load
 from . import train
 from . import diagnostics
+from . import amp

@@ -8,6 +8,7 @@ Layout of the archive (format version ``FORMAT_VERSION``)::
     optim/<key>      arrays          optimizer.state_dict() (moments, step counts, lr)
     __scheduler__    str 0-d         the LR schedule's class name (when one was saved)
     sched/<key>      arrays          scheduler.state_dict() (last_epoch, base_lr, …)
+    scaler/<key>     arrays          GradScaler.state_dict() (scale, growth tracker; when saved)
 
 It is written to a temporary file in the same folder, flushed to disk, then renamed over
 ``path``: a crash mid-save leaves the old checkpoint intact. File modes are those of any
@@ -78,7 +79,7 @@ def _temporary(real):
     raise FileExistsError(errno.EEXIST, "could not create a temporary file beside it", real)
 
 
-def save(path, model, optimizer=None, /, *, scheduler=None, **metadata):
+def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metadata):
     """Write ``model`` (and ``optimizer``, and a learning-rate ``scheduler``) and
     ``metadata`` to ``path`` atomically; return ``path``.
 
@@ -88,7 +89,8 @@ def save(path, model, optimizer=None, /, *, scheduler=None, **metadata):
     (not its owner, when another user owned it). A read-only target (no write permission,
     or no write bit at all, as after ``chmod 444``) raises ``PermissionError`` and stays as
     it is. A symlink keeps pointing at the updated file. Every ``OSError`` names ``path``,
-    never the temporary file. ``scheduler`` is a keyword (not metadata); metadata values
+    never the temporary file. ``scheduler`` and ``scaler`` (a ``gpunet.amp.GradScaler``)
+    are keywords (not metadata); metadata values
     are JSON-able numbers, strings, bools, None, or lists/dicts of them.
     """
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
@@ -105,6 +107,12 @@ def save(path, model, optimizer=None, /, *, scheduler=None, **metadata):
         arrays[_SCHED_TYPE] = numpy.asarray(type(scheduler).__name__)
         for k, v in scheduler.state_dict().items():
             arrays["sched/" + k] = numpy.asarray(v)
+    if scaler is not None:
+        if not hasattr(scaler, "state_dict"):
+            raise TypeError(f"gpunet.save: scaler must be a gpunet.amp.GradScaler, got "
+                            f"{type(scaler).__name__}")
+        for k, v in scaler.state_dict().items():
+            arrays["scaler/" + k] = numpy.asarray(v)
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"gpunet.save: {k!r} is an object array; checkpoints hold plain arrays only")
@@ -164,17 +172,17 @@ def _read(path):
     return data, meta
 
 
-def load(path, model, optimizer=None, *, scheduler=None) -> dict:
-    """Restore ``model`` (and ``optimizer``, and ``scheduler``) from ``path``; return the
-    metadata dict.
+def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
+    """Restore ``model`` (and ``optimizer``, ``scheduler``, a loss ``scaler``) from
+    ``path``; return the metadata dict.
 
     Everything a training step reads comes back — parameters, buffers, dropout draw
     counters, optimizer moments and step counts, the schedule's epoch — so a resumed run
     continues bit for bit. A missing key or a shape mismatch raises ``ValueError`` naming
     each such key; a file that is not a gpunet checkpoint (a ``.npy`` array, a text file,
     a truncated or foreign archive) raises ``ValueError`` naming the path. Asking for
-    optimizer or scheduler state that the file does not hold (or a scheduler of another
-    class than the one saved) raises ``ValueError``.
+    optimizer, scheduler or scaler state that the file does not hold (or a scheduler of
+    another class than the one saved) raises ``ValueError``.
     """
     data, meta = _read(path)
     where = f"gpunet.load: {os.fspath(path)}"
@@ -199,6 +207,14 @@ def load(path, model, optimizer=None, *, scheduler=None) -> dict:
             raise ValueError(f"{where} holds {saved} state, not {type(scheduler).__name__}")
         try:
             scheduler.load_state_dict({k[6:]: v for k, v in data.items() if k.startswith("sched/")})
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+    if scaler is not None:
+        sc_sd = {k[7:]: v for k, v in data.items() if k.startswith("scaler/")}
+        if not sc_sd:
+            raise ValueError(f"{where} holds no GradScaler state")
+        try:
+            scaler.load_state_dict(sc_sd)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
     return meta

@@ -1,0 +1,217 @@
+"""Mixed precision: dynamic loss scaling (``GradScaler``), as ``torch.amp.GradScaler``.
+
+The module is named after ``torch.amp`` (``torch.cuda.amp`` before PyTorch 2.3), where a
+PyTorch user looks for it: ``gpunet.amp.GradScaler``.
+
+Why scale: float16 holds magnitudes from about 6e-8 (subnormal) to 65504; small
+gradients underflow to zero in half precision. Multiplying the loss gradient by a large
+``S`` before backward keeps them representable; dividing the parameter gradients by ``S``
+(in their own dtype) before the optimizer step undoes it. When ``S`` is too large the
+gradients overflow to inf/NaN: that step is skipped and ``S`` halves. After
+``growth_interval`` clean steps in a row ``S`` doubles.
+
+gpunet's backward is explicit, so the scaler scales the loss *gradient* (the loss itself
+stays float32 and unscaled, for logging)::
+
+    scaler = gpunet.amp.GradScaler()
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        model.backward(scaler.scale(loss_fn.backward()))   # dlogits * S
+        scaler.step(optimizer)        # unscale the grads; skip the step on inf/NaN
+        scaler.update()               # grow or back off S
+        optimizer.zero_grad()
+
+To clip gradients, call ``scaler.unscale_(optimizer)`` first, then
+``gpunet.optim.clip_grad_norm(...)``, then ``scaler.step(optimizer)`` (as in PyTorch).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from .backend import get_array_module
+
+__all__ = ["GradScaler"]
+
+
+def _times(x, c: float):
+    """``x * c`` in ``x``'s dtype. A half array is multiplied in float32 and rounded once:
+    NumPy (and CuPy) would round ``c`` itself to float16 first, and 2**16 is inf there."""
+    if x.dtype.itemsize < 4:
+        return (x.astype(numpy.float32) * c).astype(x.dtype)
+    return x * c
+
+
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (PyTorch keeps the scale in a float32 tensor); inf past
+    float32's range."""
+    with numpy.errstate(over="ignore"):
+        return float(numpy.float32(v))
+
+
+class GradScaler:
+    """Dynamic loss scaling with ``torch.amp.GradScaler``'s constants and update rule.
+
+    ``GradScaler(init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
+    growth_interval=2000, enabled=True)``.
+
+    * ``scale(x)``: ``x * S`` (a loss, or the loss gradient that ``model.backward`` takes),
+      in ``x``'s dtype (a float16 ``x`` is multiplied in float32 and rounded once).
+      Disabled: ``x`` itself.
+    * ``unscale_(optimizer)``: ``grad *= 1/S`` in place for every parameter of
+      ``optimizer`` with a gradient, and records whether any gradient held an inf or NaN
+      (checked before the division). At most once per step (``RuntimeError`` otherwise).
+    * ``step(optimizer)``: ``unscale_`` if not done yet, then ``optimizer.step()`` unless an
+      inf/NaN was found (the step is *skipped*: parameters, optimizer state and step counts
+      are unchanged). Returns True when the optimizer stepped.
+    * ``update()``: after the step(s) of one iteration: an inf/NaN in any of them sets
+      ``S *= backoff_factor`` and resets the count of clean steps; otherwise the count
+      grows, and at ``growth_interval`` ``S *= growth_factor`` (if that stays finite in
+      float32) and the count restarts. ``update(new_scale)`` sets ``S`` directly.
+    * ``get_scale()``, ``state_dict()``/``load_state_dict()`` (keys ``scale``,
+      ``growth_factor``, ``backoff_factor``, ``growth_interval``, ``growth_tracker``;
+      NumPy arrays, saved by ``gpunet.save(..., scaler=)``).
+
+    ``S`` is kept as PyTorch keeps it, rounded to float32, so the sequence of scales is
+    ``torch.amp.GradScaler``'s for the same sequence of overflows.
+
+    On a CUDA device (or the sim) the check is one float64 sum-of-squares reduction over
+    all gradients (``clip_grad_norm``'s multi-tensor kernel: one launch per 64 gradients
+    of a dtype; the sum is finite exactly when every gradient element is) and the division
+    one launch per gradient; deciding whether to step then reads that one flag: **one host
+    sync per step**, in ``step`` (PyTorch avoids it by passing the flag into its fused
+    optimizers; gpunet's optimizer kernels do not take one yet).
+    """
+
+    def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
+                 growth_interval=2000, enabled=True):
+        init_scale, growth_factor, backoff_factor = (float(init_scale), float(growth_factor),
+                                                     float(backoff_factor))
+        if not (init_scale > 0.0 and math.isfinite(init_scale)):
+            raise ValueError(f"GradScaler: expected a finite init_scale > 0, got {init_scale!r}")
+        if not growth_factor > 1.0:
+            raise ValueError(f"GradScaler: expected growth_factor > 1, got {growth_factor!r}")
+        if not 0.0 < backoff_factor < 1.0:
+            raise ValueError(f"GradScaler: expected backoff_factor in (0, 1), got {backoff_factor!r}")
+        if isinstance(growth_interval, bool) or not isinstance(growth_interval, (int, numpy.integer)) \
+                or growth_interval < 1:
+            raise ValueError(f"GradScaler: expected an int growth_interval >= 1, got {growth_interval!r}")
+        self.enabled = bool(enabled)
+        self._scale = _f32(init_scale)
+        self.growth_factor = growth_factor
+        self.backoff_factor = backoff_factor
+        self.growth_interval = int(growth_interval)
+        self._growth_tracker = 0
+        self._pending = {}        # id(optimizer) -> found-inf flag of this iteration (0-d array or bool)
+
+    # -- the iteration ---------------------------------------------------------------------
+    def get_scale(self) -> float:
+        """The current scale ``S`` (1.0 when disabled)."""
+        return self._scale if self.enabled else 1.0
+
+    def scale(self, x):
+        """``x * S`` in ``x``'s dtype (``x`` itself when disabled)."""
+        if not self.enabled:
+            return x
+        return _times(x, self._scale)
+
+    def unscale_(self, optimizer):
+        """Divide ``optimizer``'s gradients by ``S`` in place and note whether any was inf/NaN."""
+        if not self.enabled:
+            return
+        if id(optimizer) in self._pending:
+            raise RuntimeError("GradScaler.unscale_: already called for this optimizer since "
+                               "the last update()")
+        grads = [p.grad for p in optimizer.params if p.grad is not None]
+        found = False
+        if grads:
+            xp = get_array_module(*grads)
+            inv = 1.0 / self._scale
+            if xp is numpy:
+                found = not all(bool(numpy.isfinite(g).all()) for g in grads)
+            else:
+                from .optim import clip_grad_norm
+                # a float64 sum of squares of every element: finite iff all of them are
+                # (max float32**2 * 2**40 elements < float64 max); max_norm=inf scales nothing
+                found = ~xp.isfinite(clip_grad_norm([p for p in optimizer.params
+                                                     if p.grad is not None], math.inf))
+            for g in grads:
+                if g.dtype.itemsize < 4:
+                    g[...] = _times(g, inv)
+                else:
+                    g *= inv
+        self._pending[id(optimizer)] = found
+
+    def step(self, optimizer) -> bool:
+        """``unscale_`` (if not called yet), then ``optimizer.step()`` unless a gradient was
+        inf/NaN. Returns whether the optimizer stepped. On a device: the one host sync."""
+        if not self.enabled:
+            optimizer.step()
+            return True
+        if id(optimizer) not in self._pending:
+            self.unscale_(optimizer)
+        if bool(self._pending[id(optimizer)]):
+            self._pending[id(optimizer)] = True
+            return False
+        self._pending[id(optimizer)] = False
+        optimizer.step()
+        return True
+
+    def update(self, new_scale=None):
+        """Back off, grow or keep ``S`` from this iteration's steps (see the class doc)."""
+        if not self.enabled:
+            return
+        if new_scale is not None:
+            new_scale = float(new_scale)
+            if not (new_scale > 0.0 and math.isfinite(new_scale)):
+                raise ValueError(f"GradScaler.update: expected a finite new_scale > 0, got {new_scale!r}")
+            self._scale = _f32(new_scale)
+        else:
+            if not self._pending:
+                raise RuntimeError("GradScaler.update: no step() or unscale_() since the last update()")
+            found = any(bool(f) for f in self._pending.values())
+            if found:
+                self._scale = _f32(self._scale * self.backoff_factor)
+                self._growth_tracker = 0
+            else:
+                self._growth_tracker += 1
+                if self._growth_tracker == self.growth_interval:
+                    grown = _f32(self._scale * self.growth_factor)
+                    if math.isfinite(grown):
+                        self._scale = grown
+                    self._growth_tracker = 0
+        self._pending = {}
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The scale, the factors, the interval and the count of clean steps, as NumPy arrays."""
+        return {"scale": numpy.asarray(self._scale, dtype=numpy.float64),
+                "growth_factor": numpy.asarray(self.growth_factor, dtype=numpy.float64),
+                "backoff_factor": numpy.asarray(self.backoff_factor, dtype=numpy.float64),
+                "growth_interval": numpy.asarray(self.growth_interval, dtype=numpy.int64),
+                "growth_tracker": numpy.asarray(self._growth_tracker, dtype=numpy.int64)}
+
+    def load_state_dict(self, d):
+        """Restore from ``state_dict()`` output; a missing key raises ``ValueError`` naming it."""
+        missing = [k for k in ("scale", "growth_factor", "backoff_factor", "growth_interval",
+                               "growth_tracker") if k not in d]
+        if missing:
+            raise ValueError("GradScaler.load_state_dict: missing key(s) " + ", ".join(map(repr, missing)))
+        restored = GradScaler(float(d["scale"]), float(d["growth_factor"]),
+                              float(d["backoff_factor"]), int(d["growth_interval"]))
+        tracker = int(d["growth_tracker"])
+        if not 0 <= tracker < restored.growth_interval:
+            raise ValueError(f"GradScaler.load_state_dict: growth_tracker {tracker} outside "
+                             f"[0, {restored.growth_interval})")
+        self._scale = restored._scale
+        self.growth_factor, self.backoff_factor = restored.growth_factor, restored.backoff_factor
+        self.growth_interval = restored.growth_interval
+        self._growth_tracker = tracker
+        self._pending = {}
+        return self
+
+    def __repr__(self):
+        return (f"GradScaler(scale={self._scale!r}, growth_factor={self.growth_factor!r}, "
+                f"backoff_factor={self.backoff_factor!r}, growth_interval={self.growth_interval}, "
+                f"enabled={self.enabled})")

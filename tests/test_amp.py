@@ -1,0 +1,191 @@
+"""gpunet.amp.GradScaler: skip / grow / back off against hand-computed sequences with
+injected overflows, against torch.amp.GradScaler's scale sequence, the unscaled
+gradients, state_dict and checkpoint resume (DESIGN §13)."""
+import math
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import Dense, Sequential, SoftmaxCrossEntropy, optim, to_numpy
+from gpunet.amp import GradScaler
+
+
+def _model(xp, seed=0):
+    gpunet.manual_seed(seed)
+    m = Sequential(Dense(6, 8, activation="relu"), Dense(8, 3))
+    return m.to(gpunet.backend.device_of(xp.empty(0)))
+
+
+def _batch(xp, seed):
+    r = numpy.random.default_rng(seed)
+    return (xp.asarray(r.standard_normal((5, 6)).astype(numpy.float32)),
+            xp.asarray(r.integers(0, 3, 5)))
+
+
+def _iteration(model, loss_fn, opt, scaler, x, y, poison=None):
+    """One scaled step; ``poison`` (a float) is written into the first weight gradient."""
+    loss_fn(model(x), y)
+    model.backward(scaler.scale(loss_fn.backward()))
+    if poison is not None:
+        model[0].weight.grad[0, 0] = poison
+    stepped = scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    return stepped
+
+
+def test_hand_computed_sequence_skip_grow_backoff(xp):
+    model, loss_fn = _model(xp), SoftmaxCrossEntropy()
+    opt = optim.SGD(model, lr=0.1)
+    scaler = GradScaler(init_scale=8.0, growth_interval=3)
+    # overflow at iterations 1 (inf) and 5 (NaN); clean elsewhere
+    poison = {1: math.inf, 5: math.nan}
+    want_scales = [8.0, 4.0, 4.0, 4.0, 8.0, 4.0, 4.0, 4.0, 8.0, 8.0]
+    want_stepped = [True, False, True, True, True, False, True, True, True, True]
+    scales, stepped = [], []
+    for i in range(10):
+        x, y = _batch(xp, i)
+        before = to_numpy(model[0].weight.data).copy()
+        s = _iteration(model, loss_fn, opt, scaler, x, y, poison.get(i))
+        stepped.append(s)
+        scales.append(scaler.get_scale())
+        after = to_numpy(model[0].weight.data)
+        if s:
+            assert not numpy.array_equal(before, after)
+        else:   # skipped: nothing changed, the step count neither
+            numpy.testing.assert_array_equal(before, after)
+    assert stepped == want_stepped
+    assert scales == want_scales
+    assert opt.steps[0] == sum(want_stepped)
+
+
+def test_unscaled_gradients_and_step_equal_the_unscaled_run(xp):
+    """With a power-of-two scale the unscaled gradients are the plain ones bit for bit,
+    so a scaled run of Adam equals the run without scaling."""
+    runs = []
+    for use in (False, True):
+        model, loss_fn = _model(xp), SoftmaxCrossEntropy()
+        opt = optim.Adam(model, lr=1e-2)
+        scaler = GradScaler(enabled=use)
+        for i in range(4):
+            x, y = _batch(xp, 10 + i)
+            assert _iteration(model, loss_fn, opt, scaler, x, y)
+        runs.append([to_numpy(p.data) for p in model.parameters()])
+    for a, b in zip(*runs):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_unscale_twice_and_update_without_step_raise():
+    model, loss_fn = _model(numpy), SoftmaxCrossEntropy()
+    opt = optim.SGD(model)
+    scaler = GradScaler()
+    with pytest.raises(RuntimeError, match="no step"):
+        scaler.update()
+    x, y = _batch(numpy, 0)
+    loss_fn(model(x), y)
+    model.backward(scaler.scale(loss_fn.backward()))
+    scaler.unscale_(opt)
+    with pytest.raises(RuntimeError, match="already called"):
+        scaler.unscale_(opt)
+    assert scaler.step(opt)          # uses the recorded flag, does not unscale again
+    scaler.update()
+
+
+def test_scale_keeps_dtype_and_disabled_is_identity(xp):
+    g = xp.asarray(numpy.array([2.0**-10, -3 * 2.0**-11], dtype=numpy.float16))
+    s = GradScaler().scale(g)
+    assert s.dtype == numpy.float16
+    numpy.testing.assert_array_equal(to_numpy(s), numpy.array([64.0, -96.0], numpy.float16))
+    assert GradScaler(enabled=False).scale(g) is g
+
+
+def test_growth_stops_at_float32_max():
+    scaler = GradScaler(init_scale=2.0**127, growth_interval=1)
+    model, loss_fn = _model(numpy), SoftmaxCrossEntropy()
+    opt = optim.SGD(model, lr=0.0)
+    x, y = _batch(numpy, 0)
+    _iteration(model, loss_fn, opt, scaler, x, y, poison=0.0)
+    assert scaler.get_scale() == 2.0**127     # 2**128 is inf in float32: not applied
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_scale_sequence_matches_torch_grad_scaler():
+    """Inject the same overflow pattern into gpunet's and torch's scalers (on CPU)."""
+    rng = numpy.random.default_rng(3)
+    pattern = rng.random(60) < 0.3
+    w = torch.nn.Parameter(torch.zeros(4))
+    topt = torch.optim.SGD([w], lr=0.1)
+    tscaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=4)
+    model, loss_fn = _model(numpy), SoftmaxCrossEntropy()
+    opt = optim.SGD(model, lr=0.01)
+    scaler = GradScaler(init_scale=1024.0, growth_interval=4)
+    ours, theirs = [], []
+    for i, bad in enumerate(pattern):
+        tscaler.scale(torch.tensor(1.0))
+        w.grad = torch.full((4,), math.inf if bad else 1.0)
+        tscaler.step(topt)
+        tscaler.update()
+        theirs.append(tscaler.get_scale())
+        x, y = _batch(numpy, i)
+        _iteration(model, loss_fn, opt, scaler, x, y, math.inf if bad else None)
+        ours.append(scaler.get_scale())
+    assert ours == theirs
+    assert len(set(ours)) > 3
+
+
+def test_state_dict_roundtrip_and_checkpoint_resume_bit_identical(tmp_path, xp):
+    def run(model, opt, scaler, start, stop):
+        loss_fn = SoftmaxCrossEntropy()
+        for i in range(start, stop):
+            x, y = _batch(xp, 100 + i)
+            _iteration(model, loss_fn, opt, scaler, x, y, math.inf if i in (2, 7) else None)
+
+    model = _model(xp)
+    opt = optim.Adam(model, lr=1e-2)
+    scaler = GradScaler(init_scale=4.0, growth_interval=2)
+    run(model, opt, scaler, 0, 5)
+    path = gpunet.save(tmp_path / "ck.npz", model, opt, scaler=scaler)
+    run(model, opt, scaler, 5, 10)
+    want = [to_numpy(p.data) for p in model.parameters()], scaler.state_dict()
+
+    model2 = _model(xp, seed=1)
+    opt2 = optim.Adam(model2, lr=1e-2)
+    scaler2 = GradScaler()
+    gpunet.load(path, model2, opt2, scaler=scaler2)
+    run(model2, opt2, scaler2, 5, 10)
+    for a, b in zip(want[0], [to_numpy(p.data) for p in model2.parameters()]):
+        numpy.testing.assert_array_equal(a, b)
+    assert {k: float(v) for k, v in scaler2.state_dict().items()} == \
+        {k: float(v) for k, v in want[1].items()}
+
+
+def test_checkpoint_without_scaler_state_raises_and_old_files_load(tmp_path):
+    model = _model(numpy)
+    path = gpunet.save(tmp_path / "ck.npz", model)
+    gpunet.load(path, model)                       # no scaler asked: as before
+    with pytest.raises(ValueError, match="no GradScaler state"):
+        gpunet.load(path, model, scaler=GradScaler())
+    with pytest.raises(ValueError, match="missing key"):
+        GradScaler().load_state_dict({"scale": numpy.asarray(2.0)})
+
+
+def test_device_check_adds_one_sync(gpu_xp):
+    """On the sim: unscale_ + step + update wait for the device once (the found-inf flag)."""
+    from gpunet import sim
+    if gpu_xp is not gpunet.backend.require_sim():
+        pytest.skip("counters are the sim's")
+    model, loss_fn = _model(gpu_xp), SoftmaxCrossEntropy()
+    opt = optim.SGD(model, lr=0.1)
+    scaler = GradScaler()
+    x, y = _batch(gpu_xp, 0)
+    _iteration(model, loss_fn, opt, scaler, x, y)      # warm-up: tables, kernels
+    loss_fn(model(x), y)
+    model.backward(scaler.scale(loss_fn.backward()))
+    sim.reset_counters()
+    scaler.step(opt)
+    scaler.update()
+    assert sim.counters()["syncs"] == 1
+    assert sim.counters()["h2d_bytes"] == 0
