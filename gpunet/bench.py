@@ -25,6 +25,19 @@ median is taken over the quiet ones (the table says so).
 ``ratio`` is PyTorch's step time over gpunet's: above 1, gpunet is faster. The JSON keeps
 every step time of every run.
 
+The floor (with ``--compare torch`` on the CPU; ``--no-floor`` skips it). NumPy's BLAS and
+PyTorch's are different libraries (OpenBLAS and MKL in the PyPI wheels), and on some CPUs
+one runs the same GEMM much faster than the other. So each round also times, in the same
+two worker processes and alternating like the steps, the matrix products that one gpunet
+step issues, alone: same shapes, same operand strides (so the same transposes and C/F
+orders reach BLAS; a test checks them against a real step), and for the CNN its im2col
+and col2im copies (:func:`floor_ops`), once in NumPy and once in PyTorch
+(:func:`floor_step`). ``floor`` is the PyTorch/NumPy time ratio of that work: the step
+ratio gpunet would reach if it added nothing around its GEMMs that PyTorch does not.
+``of floor`` = ratio / floor. The table, the markdown and the JSON name the CPU (vendor,
+model) and the BLAS kernels each library picked (OpenBLAS's core name through
+``gpunet.threads``, PyTorch's build configuration).
+
 Both frameworks get the same number of threads (``--threads``, default: the CPUs this
 process may run on) through ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``
 and ``torch.set_num_threads``. ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` are passed on as
@@ -46,7 +59,7 @@ device-to-host, and allocations, per step (after one warm-up step that compiles)
 Usage::
 
     gpunet bench [--quick] [--device cpu|cuda|sim] [--compare torch] [--models NAME ...]
-                 [--json PATH] [--threads N]
+                 [--json PATH] [--threads N] [--no-floor] [--markdown]
     python -m gpunet.bench ...        (the same, without the console script)
 """
 from __future__ import annotations
@@ -162,6 +175,132 @@ def torch_step(spec, device):
     return step, sync
 
 
+# -- the BLAS floor: the step's GEMMs (and the CNN's im2col copies) alone --------------------
+def floor_ops(spec) -> list[dict]:
+    """The matrix products (and, for a CNN, the im2col/col2im copies) that one gpunet CPU
+    training step of ``spec`` issues, with their shapes and operand layouts, as a list of
+    ``{"op", "what", ...}``. ``op`` is one of
+
+    * ``"gemm"``: ``A @ B`` with ``A`` stored C-contiguous as ``a`` (used transposed when
+      ``ta``), likewise ``B`` as ``b``/``tb`` (``"NT"`` = ``x @ W.T`` on a weight ``(out, in)``);
+    * ``"chunked_gemm"``: a convolution's weight gradient as ``gpunet.functional.conv``
+      computes it: ``cols (K, L)`` and ``d2 (O, L)`` cut into ``chunks`` column blocks, one
+      batched GEMM ``cols_b @ d2_b.T`` over strided views (no copies), then the sum over
+      blocks;
+    * ``"im2col"``: ``x (C, N, H, W)`` (CNHW, as the previous layer leaves it) into
+      ``cols (C*k*k, N*H*W)`` of a stride-1 "same" ``k``×``k`` convolution: one copy of
+      ``x`` into a zero-padded buffer, then ``k*k`` strided copies (one per kernel offset);
+    * ``"col2im"``: its adjoint: ``k*k`` strided adds into a zeroed padded buffer, then one
+      copy of the interior out.
+
+    These are what NumPy's BLAS and memory passes cannot do faster whatever gpunet does
+    around them; :func:`floor_step` runs them in NumPy or PyTorch alike.
+    """
+    n = spec["batch"]
+    ops = []
+
+    def dense(a, b, first):
+        ops.append({"op": "gemm", "what": f"dense {a}->{b} forward x @ W.T", "a": (n, a), "ta": False,
+                    "b": (b, a), "tb": True})
+        ops.append({"op": "gemm", "what": f"dense {a}->{b} dW = dy.T @ x", "a": (n, b), "ta": True,
+                    "b": (n, a), "tb": False})
+        if not first:
+            ops.append({"op": "gemm", "what": f"dense {a}->{b} dx = dy @ W", "a": (n, b), "ta": False,
+                        "b": (b, a), "tb": False})
+
+    if spec["kind"] == "mlp":
+        s = spec["sizes"]
+        for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+            dense(a, b, i == 0)
+        return ops
+    from .functional.conv import DW_CHUNK_COLUMNS
+    c, h, w = spec["shape"]
+    for i, (ci, co) in enumerate(((c, 16), (16, 32))):
+        hh, ww = h >> i, w >> i
+        k = ci * 9 + 1                                   # + the ones row that carries the bias
+        length = n * hh * ww
+        chunks = next((b for b in range(1, n + 1) if n % b == 0 and length // b <= DW_CHUNK_COLUMNS), n)
+        ops.append({"op": "im2col", "what": f"conv{i + 1} im2col", "x": (ci, n, hh, ww), "k": 3})
+        ops.append({"op": "gemm", "what": f"conv{i + 1} forward [W|b] @ cols", "a": (co, k), "ta": False,
+                    "b": (k, length), "tb": False})
+        ops.append({"op": "chunked_gemm", "what": f"conv{i + 1} dW = d2 @ cols.T", "cols": (k, length),
+                    "d2": (co, length), "chunks": chunks})
+        if i > 0:
+            ops.append({"op": "gemm", "what": f"conv{i + 1} dcols = W.T @ d2", "a": (co, k - 1), "ta": True,
+                        "b": (co, length), "tb": False})
+            ops.append({"op": "col2im", "what": f"conv{i + 1} col2im", "x": (ci, n, hh, ww), "k": 3})
+    dense(32 * (h // 4) * (w // 4), spec["classes"], False)
+    return ops
+
+
+def floor_step(spec, framework):
+    """``(step, sync)`` running :func:`floor_ops` once per call in ``framework`` ("numpy"
+    or "torch") on fixed random float32 operands (outputs allocated per call, as in a step)."""
+    import numpy
+    rng = numpy.random.default_rng(0)
+    ops = floor_ops(spec)
+    if framework == "torch":
+        import torch
+        new = lambda shape: torch.from_numpy(rng.standard_normal(shape, dtype=numpy.float32))  # noqa: E731
+        zeros = lambda shape: torch.zeros(shape, dtype=torch.float32)                          # noqa: E731
+        mm, copy = (lambda a, b: torch.matmul(a, b)), (lambda dst, src: dst.copy_(src))
+        t = lambda a: a.transpose(-1, -2)                                                       # noqa: E731
+        perm = lambda a, order: a.permute(*order)                                               # noqa: E731
+        bsum = lambda a: a.sum(dim=0)                                                           # noqa: E731
+    else:
+        new = lambda shape: rng.standard_normal(shape, dtype=numpy.float32)                     # noqa: E731
+        zeros = lambda shape: numpy.zeros(shape, numpy.float32)                                 # noqa: E731
+        mm, copy = (lambda a, b: numpy.matmul(a, b)), numpy.copyto   # looked up per call (tests wrap it)
+        t = lambda a: a.swapaxes(-1, -2)                                                        # noqa: E731
+        perm = lambda a, order: a.transpose(*order)                                             # noqa: E731
+        bsum = lambda a: a.sum(axis=0)                                                          # noqa: E731
+    calls = []
+    for op in ops:
+        if op["op"] == "gemm":
+            a, b = new(op["a"]), new(op["b"])
+            a, b = (t(a) if op["ta"] else a), (t(b) if op["tb"] else b)
+            calls.append(lambda a=a, b=b: mm(a, b))
+        elif op["op"] == "chunked_gemm":
+            (k, length), o, nb = op["cols"], op["d2"][0], op["chunks"]
+            c3 = perm(new(op["cols"]).reshape(k, nb, length // nb), (1, 0, 2))
+            d3t = perm(new(op["d2"]).reshape(o, nb, length // nb), (1, 2, 0))
+            calls.append(lambda c3=c3, d3t=d3t: bsum(mm(c3, d3t)))
+        else:
+            c, n, h, w = op["x"]
+            kk, p = op["k"], op["k"] // 2
+            x, pad = new(op["x"]), zeros((c, n, h + 2 * p, w + 2 * p))
+            inner = pad[:, :, p:p + h, p:p + w]
+            offsets = [(i, j) for i in range(kk) for j in range(kk)]
+            if op["op"] == "im2col":
+                cols = new((c, kk, kk, n, h, w))
+
+                def im2col(x=x, pad=pad, inner=inner, cols=cols, offsets=offsets, h=h, w=w):
+                    copy(inner, x)
+                    for i, j in offsets:
+                        copy(cols[:, i, j], pad[:, :, i:i + h, j:j + w])
+                calls.append(im2col)
+            else:
+                dcols = new((c, kk, kk, n, h, w))
+
+                def col2im(x=x, pad=pad, inner=inner, dcols=dcols, offsets=offsets, h=h, w=w):
+                    pad[...] = 0
+                    for i, j in offsets:
+                        pad[:, :, i:i + h, j:j + w] += dcols[:, i, j]
+                    copy(x, inner)
+                calls.append(col2im)
+
+    if framework == "torch":
+        def step():
+            with torch.no_grad():       # plain tensors (no autograd), and no graph either way
+                for f in calls:
+                    f()
+    else:
+        def step():
+            for f in calls:
+                f()
+    return step, (lambda: None)
+
+
 def time_steps(step, sync, min_time, warmup, block=1, max_steps=20000):
     """Per-step seconds: ``warmup`` untimed steps, then blocks of ``block`` steps, each
     bracketed by ``sync()``, until ``min_time`` seconds (and at least 5 blocks) have been
@@ -218,6 +357,66 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_vendor() -> str:
+    """The CPU vendor (``/proc/cpuinfo``'s ``vendor_id``: ``GenuineIntel``, ``AuthenticAMD``,
+    …; on Arm its ``CPU implementer``), or ``platform.processor()``/``machine()`` elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("vendor_id", "CPU implementer")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numpy_blas() -> list[dict]:
+    """NumPy's BLAS as ``gpunet.threads`` finds it in this process: per library its API,
+    version, threading, threads and, for OpenBLAS, the kernels it picked for this CPU
+    (``openblas_get_corename``, e.g. ``SkylakeX``, ``Zen``, ``Haswell``)."""
+    import ctypes
+    from . import threads
+    out = []
+    for lib in threads.blas_libraries():
+        d = {"api": lib.api, "version": lib.version, "threading": lib.threading,
+             "threads": lib.get_num_threads(), "path": lib.path, "kernels": None}
+        if lib.api == "openblas":
+            try:
+                handle = ctypes.CDLL(lib.path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+                f = threads._symbol(handle, threads._openblas_names("get_corename"))
+                if f is not None:
+                    f.restype, f.argtypes = ctypes.c_char_p, []
+                    d["kernels"] = (f() or b"").decode(errors="replace") or None
+            except OSError:
+                pass
+        out.append(d)
+    return out
+
+
+def blas_summary(facts) -> dict:
+    """``{"numpy": ..., "torch": ...}``: one line each on the BLAS a worker's matrix products
+    ran on (library, version, kernels), from the workers' facts."""
+    out = {}
+    g = facts.get("gpunet", {})
+    libs = g.get("numpy_blas") or []
+    if libs:
+        d = libs[0]
+        name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(d["api"], d["api"])
+        out["numpy"] = " ".join(v for v in (name, d.get("version")) if v) + \
+            (f" ({d['kernels']} kernels)" if d.get("kernels") else "")
+    elif isinstance(g.get("threadpools"), list) and g["threadpools"]:
+        d = g["threadpools"][0]
+        out["numpy"] = f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')} kernels)"
+    elif g:
+        out["numpy"] = "unknown (no BLAS library found by gpunet.threads)"
+    t = facts.get("torch", {})
+    if "torch_blas" in t:
+        name = {"mkl": "MKL"}.get(t["torch_blas"], t["torch_blas"])
+        out["torch"] = " ".join(v for v in (name, t.get("torch_blas_version")) if v) + \
+            f" ({t.get('torch_cpu_capability')} kernels)"
+    return out
+
+
 ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "CUPY_TF32", "GPUNET_DEVICE")
 
@@ -226,7 +425,7 @@ def worker_facts(framework, device) -> dict:
     """Versions, BLAS and device of this (worker) process."""
     import numpy
     facts = {"framework": framework, "python": platform.python_version(), "numpy": numpy.__version__,
-             "cpu": cpu_model(), "cpus": available_cpus(),
+             "cpu": cpu_model(), "cpu_vendor": cpu_vendor(), "cpus": available_cpus(),
              "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}}
     try:
         import threadpoolctl
@@ -238,6 +437,7 @@ def worker_facts(framework, device) -> dict:
     if framework == "gpunet":
         import gpunet
         facts["gpunet"] = gpunet.__version__
+        facts["numpy_blas"] = numpy_blas()
         if device.startswith("cuda"):
             from gpunet.backend import cupy_module
             cp = cupy_module()
@@ -258,6 +458,9 @@ def worker_facts(framework, device) -> dict:
             cap = re.search(r"CPU capability usage: (\w+)", cfg)
             facts["torch_blas"] = blas.group(1) if blas else "unknown"
             facts["torch_cpu_capability"] = cap.group(1) if cap else "unknown"
+            mkl = re.search(r"Math Kernel Library Version ([\d.]+)", cfg)
+            if mkl:
+                facts["torch_blas_version"] = mkl.group(1)
         except Exception as e:  # a build without __config__: say so, do not guess
             facts["torch_blas"] = f"unknown ({type(e).__name__})"
         if device.startswith("cuda"):
@@ -300,26 +503,30 @@ def worker_main(argv) -> int:
         a.device = resolve_device(a.device)
     _emit({"facts": worker_facts(fw, a.device)})
     build = gpunet_step if fw == "gpunet" else torch_step
+    floor_fw = "numpy" if fw == "gpunet" else "torch"
     block = 10 if a.device.startswith("cuda") else 1
     built = {}
     for line in sys.stdin:
         req = json.loads(line)
         if req.get("quit"):
             break
-        name = req["model"]
+        name, part = req["model"], req.get("part", "step")
+        key = (name, part)
         warmup = 0
-        if name not in built:
+        if key not in built:
             try:
-                built[name] = build(MODELS[name], a.device)
+                built[key] = (build(MODELS[name], a.device) if part == "step"
+                              else floor_step(MODELS[name], floor_fw))
             except (ImportError, AttributeError) as e:      # a layer this checkout lacks
-                built[name] = f"{type(e).__name__}: {e}"
+                built[key] = f"{type(e).__name__}: {e}"
             warmup = req["warmup"]
-        if isinstance(built[name], str):
-            _emit({"model": name, "error": built[name]})
+        if isinstance(built[key], str):
+            _emit({"model": name, "part": part, "error": built[key]})
             continue
-        step, sync = built[name]
+        step, sync = built[key]
         times, other = timed_run(step, sync, req["min_time"], warmup, block)
-        _emit({"model": name, "step_times_s": times, "median_s": statistics.median(times), "other_cpus": other})
+        _emit({"model": name, "part": part, "step_times_s": times, "median_s": statistics.median(times),
+               "other_cpus": other})
     return 0
 
 
@@ -357,8 +564,9 @@ class Worker:
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise RuntimeError(f"gpunet bench: the {self.framework} worker stopped (exit {code}):\n{tail}")
 
-    def time(self, model, min_time, warmup):
-        self.proc.stdin.write(json.dumps({"model": model, "min_time": min_time, "warmup": warmup}) + "\n")
+    def time(self, model, min_time, warmup, part="step"):
+        self.proc.stdin.write(json.dumps({"model": model, "part": part, "min_time": min_time,
+                                          "warmup": warmup}) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -478,11 +686,28 @@ def _torch_missing_reason():
     return None
 
 
+def _summarize(per_run_times, busy, batch, error=None) -> dict:
+    """One framework's runs of one model (or of its floor): the median over the quiet runs
+    when at least half are quiet, else over all."""
+    per_run = [statistics.median(t) for t in per_run_times]
+    if not per_run:
+        return {"error": error or "no result"}
+    quiet = [t for t, o in zip(per_run, busy) if o is None or o <= BUSY_CPUS]
+    used = quiet if len(quiet) * 2 >= len(per_run) and quiet else per_run
+    med = statistics.median(used)
+    return {"median_s": med, "samples_per_s": batch / med, "runs": len(per_run), "quiet_runs": len(quiet),
+            "median_over": len(used), "best_run_median_s": min(per_run), "run_medians_s": per_run,
+            "other_cpus": busy, "step_times_s": per_run_times}
+
+
 def format_table(report) -> str:
     has_torch = any("torch" in m and m["torch"].get("median_s") for m in report["models"].values())
     head = f"{'model':<20} {'batch':>5}  {'device':<8} {'gpunet ms':>10} {'gpunet samples/s':>17}"
     if has_torch:
         head += f" {'torch ms':>9} {'torch samples/s':>16} {'ratio':>6}"
+    has_floor = any(m.get("floor", {}).get("ratio") for m in report["models"].values())
+    if has_floor:
+        head += f" {'floor ms np/torch':>18} {'floor':>6} {'of floor':>8}"
     lines = [head, "-" * len(head)]
     for name, m in report["models"].items():
         g = m.get("gpunet", {})
@@ -496,12 +721,30 @@ def format_table(report) -> str:
             row += f" {t['median_s'] * 1e3:>9.3f} {t['samples_per_s']:>16,.0f} {m['ratio']:>5.2f}x"
         elif has_torch:
             row += f" {'-':>9} {'-':>16} {'-':>6}"
+        fl = m.get("floor", {})
+        if has_floor and fl.get("ratio"):
+            ms = f"{fl['numpy']['median_s'] * 1e3:.3f}/{fl['torch']['median_s'] * 1e3:.3f}"
+            of = f"{m['of_floor']:>7.2f}x" if "of_floor" in m else f"{'-':>8}"
+            row += f" {ms:>18} {fl['ratio']:>5.2f}x {of}"
+        elif has_floor:
+            row += f" {'-':>18} {'-':>6} {'-':>8}"
         lines.append(row)
     lines.append("ratio = PyTorch step time / gpunet step time (above 1: gpunet is faster); "
                  f"median of {report['rounds']} alternating runs per framework.")
+    if has_floor:
+        lines.append("floor = the same ratio for the step's GEMMs (and the CNN's im2col/col2im copies) alone, "
+                     "NumPy against PyTorch: what this BLAS allows; of floor = ratio / floor "
+                     "(1.00x: gpunet adds no more around its GEMMs than PyTorch does).")
+    if report.get("blas"):
+        lines.append(f"CPU: {report.get('cpu_vendor', '?')} {report['cpu']}; BLAS: "
+                     + "; ".join(f"{k} {v}" for k, v in report["blas"].items()))
     busy = [(name, fw, m[fw]["runs"] - m[fw]["quiet_runs"], m[fw]["runs"], m[fw]["median_over"])
             for name, m in report["models"].items() for fw in FRAMEWORKS
             if m.get(fw, {}).get("runs") and m[fw]["quiet_runs"] < m[fw]["runs"]]
+    busy += [(f"{name} floor", lib, fl[lib]["runs"] - fl[lib]["quiet_runs"], fl[lib]["runs"],
+              fl[lib]["median_over"])
+             for name, m in report["models"].items() for fl in [m.get("floor", {})]
+             for lib in ("numpy", "torch") if fl.get(lib, {}).get("runs") and fl[lib]["quiet_runs"] < fl[lib]["runs"]]
     if busy:
         lines.append(f"machine busy: other processes used more than {BUSY_CPUS} CPU during "
                      + "; ".join(f"{b} of {n} {fw} runs of {name}" for name, fw, b, n, _ in busy)
@@ -525,8 +768,10 @@ def format_markdown(report) -> str:
     else:
         dev = f"CPU, {report['threads']} thread{'s' if report['threads'] > 1 else ''}"
     has_torch = any(m.get("torch", {}).get("median_s") for m in report["models"].values())
-    lines = ["| model | batch | device | gpunet samples/s |" + (" PyTorch samples/s | ratio |" if has_torch else ""),
-             "|---|---:|---|---:|" + ("---:|---:|" if has_torch else "")]
+    has_floor = any(m.get("floor", {}).get("ratio") for m in report["models"].values())
+    lines = ["| model | batch | device | gpunet samples/s |" + (" PyTorch samples/s | ratio |" if has_torch else "")
+             + (" floor | of floor |" if has_floor else ""),
+             "|---|---:|---|---:|" + ("---:|---:|" if has_torch else "") + ("---:|---:|" if has_floor else "")]
     for name, m in report["models"].items():
         g, t = m.get("gpunet", {}), m.get("torch", {})
         if not g.get("median_s"):
@@ -534,12 +779,20 @@ def format_markdown(report) -> str:
         row = f"| {MODEL_TITLES.get(name, name)} | {m['batch']} | {dev} | {g['samples_per_s']:,.0f} |"
         if has_torch:
             row += (f" {t['samples_per_s']:,.0f} | {m['ratio']:.2f}× |" if t.get("median_s") else " – | – |")
+        if has_floor:
+            fl = m.get("floor", {})
+            row += f" {fl['ratio']:.2f}× |" if fl.get("ratio") else " – |"
+            row += f" {m['of_floor']:.2f} |" if "of_floor" in m else " – |"
         lines.append(row)
     versions = ", ".join(f"{k} {facts[fw][k]}" for fw, k in (("gpunet", "numpy"), ("gpunet", "cupy"), ("torch", "torch"))
                          if k in facts.get(fw, {}))
     lines.append("")
-    lines.append(f"{report['cpu']}; {versions}; ratio = PyTorch step time / gpunet step time; "
-                 f"median of {report['rounds']} alternating runs; `{report['command']}`")
+    blas = "; ".join(f"{k}'s BLAS {v}" for k, v in report.get("blas", {}).items())
+    lines.append(f"{report.get('cpu_vendor', '')} {report['cpu']}; {versions}" + (f"; {blas}" if blas else "")
+                 + "; ratio = PyTorch step time / gpunet step time; "
+                 + ("floor = the same ratio for the step's GEMMs (and im2col/col2im copies) alone; "
+                    "of floor = ratio / floor; " if has_floor else "")
+                 + f"median of {report['rounds']} alternating runs; `{report['command']}`")
     return "\n".join(lines)
 
 
@@ -569,6 +822,8 @@ def _command_line(args) -> str:
             parts += [flag, str(v)]
     if args.unset_openblas_env:
         parts.append("--unset-openblas-env")
+    if getattr(args, "no_floor", False):
+        parts.append("--no-floor")
     return " ".join(parts)
 
 
@@ -587,6 +842,8 @@ def add_arguments(p):
     p.add_argument("--unset-openblas-env", action="store_true",
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment")
     p.add_argument("--no-roofline", action="store_true", help="skip the CUDA kernel bandwidth table")
+    p.add_argument("--no-floor", action="store_true",
+                   help="with --compare torch on the CPU: skip timing the steps' GEMMs alone (the floor)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the raw numbers here")
     p.add_argument("--markdown", action="store_true", help="also print the results as a README table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -633,13 +890,15 @@ def run(args) -> int:
     models = list(dict.fromkeys(args.models))
     report = {"device": device, "rounds": rounds, "min_time_s": min_time, "warmup_steps": warmup,
               "threads": threads, "quick": bool(args.quick), "command": _command_line(args),
-              "cpu": cpu_model(), "cpus": available_cpus(), "platform": platform.platform(),
+              "cpu": cpu_model(), "cpu_vendor": cpu_vendor(), "cpus": available_cpus(),
+              "platform": platform.platform(),
               "openblas_env_unset": bool(args.unset_openblas_env),
               "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
               "step": f"forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})",
               "notes": notes, "facts": {}, "models": {}}
-    runs = {fw: {m: [] for m in models} for fw in frameworks}
-    others = {fw: {m: [] for m in models} for fw in frameworks}
+    parts = ("step", "floor")
+    runs = {fw: {(m, part): [] for m in models for part in parts} for fw in frameworks}
+    others = {fw: {(m, part): [] for m in models for part in parts} for fw in frameworks}
     errors = {fw: {} for fw in frameworks}
     workers = {}
     rf = None
@@ -656,23 +915,32 @@ def run(args) -> int:
                 continue
             report["facts"][fw] = w.hello["facts"]
             workers[fw] = w
+        # the floor needs both frameworks, and is a CPU (BLAS) measure
+        floor = not args.no_floor and "torch" in workers and not device.startswith("cuda")
+        report["floor"] = floor
+        todo = [p for p in parts if p == "step" or floor]
+        if floor:
+            bar.total += rounds * len(workers) * len(models)
+            bar.refresh()
         for r in range(rounds):
             for i, m in enumerate(models):
                 live = [fw for fw in frameworks if fw in workers]
                 order = live if (r + i) % 2 == 0 else live[::-1]
-                for fw in order:
-                    bar.set_postfix_str(f"round {r + 1}/{rounds} {m} {fw}")
-                    if m in errors[fw]:
-                        res = {"error": errors[fw][m]}
-                    else:
-                        res = workers[fw].time(m, min_time, warmup)
-                    if "error" in res:
-                        errors[fw][m] = res["error"]
-                    else:
-                        runs[fw][m].append(res["step_times_s"])
-                        others[fw][m].append(res["other_cpus"])
-                    bar.update(1)
-                    time.sleep(GAP_S)       # let the last run's spinning threads go idle
+                for part in todo:
+                    for fw in order:
+                        bar.set_postfix_str(f"round {r + 1}/{rounds} {m} {fw}" + (" floor" if part == "floor" else ""))
+                        key = (m, part)
+                        if key in errors[fw]:
+                            res = {"error": errors[fw][key]}
+                        else:
+                            res = workers[fw].time(m, min_time, warmup, part)
+                        if "error" in res:
+                            errors[fw][key] = res["error"]
+                        else:
+                            runs[fw][key].append(res["step_times_s"])
+                            others[fw][key].append(res["other_cpus"])
+                        bar.update(1)
+                        time.sleep(GAP_S)       # let the last run's spinning threads go idle
         for w in workers.values():
             w.close()
         if device.startswith("cuda") and not args.no_roofline:
@@ -687,25 +955,32 @@ def run(args) -> int:
         spec = MODELS[m]
         entry = {"batch": spec["batch"], "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}}
         for fw in frameworks:
-            per_run = [statistics.median(t) for t in runs[fw][m]]
-            if per_run:
-                busy = others[fw][m]
-                quiet = [t for t, o in zip(per_run, busy) if o is None or o <= BUSY_CPUS]
-                used = quiet if len(quiet) * 2 >= len(per_run) and quiet else per_run
-                med = statistics.median(used)
-                entry[fw] = {"median_s": med, "samples_per_s": spec["batch"] / med,
-                             "runs": len(per_run), "quiet_runs": len(quiet), "median_over": len(used),
-                             "best_run_median_s": min(per_run), "run_medians_s": per_run,
-                             "other_cpus": busy, "step_times_s": runs[fw][m]}
-            else:
-                entry[fw] = {"error": errors[fw].get(m) or errors[fw].get("*") or "no result"}
+            entry[fw] = _summarize(runs[fw][(m, "step")], others[fw][(m, "step")], spec["batch"],
+                                   errors[fw].get((m, "step")) or errors[fw].get("*"))
         if entry.get("torch", {}).get("median_s") and entry["gpunet"].get("median_s"):
             entry["ratio"] = entry["torch"]["median_s"] / entry["gpunet"]["median_s"]
             entry["ratio_per_round"] = [t / g for g, t in zip(entry["gpunet"]["run_medians_s"],
                                                               entry["torch"]["run_medians_s"])]
+        if report.get("floor"):
+            fl = {"ops": [{k: list(v) if isinstance(v, tuple) else v for k, v in op.items()}
+                          for op in floor_ops(spec)]}
+            for fw, lib in (("gpunet", "numpy"), ("torch", "torch")):
+                fl[lib] = _summarize(runs[fw][(m, "floor")], others[fw][(m, "floor")], spec["batch"],
+                                     errors[fw].get((m, "floor")))
+            if fl["numpy"].get("median_s") and fl["torch"].get("median_s"):
+                fl["ratio"] = fl["torch"]["median_s"] / fl["numpy"]["median_s"]
+                fl["ratio_per_round"] = [t / g for g, t in zip(fl["numpy"]["run_medians_s"],
+                                                               fl["torch"]["run_medians_s"])]
+                if "ratio" in entry:
+                    entry["of_floor"] = entry["ratio"] / fl["ratio"]
+                    # the share of gpunet's step that the floor's work takes
+                    entry["floor_share"] = fl["numpy"]["median_s"] / entry["gpunet"]["median_s"]
+            entry["floor"] = fl
         report["models"][m] = entry
     if rf is not None:
         report["roofline"] = rf
+    report.setdefault("floor", False)
+    report["blas"] = blas_summary(report["facts"])
 
     facts = report["facts"]
     hw = report["cpu"] if not device.startswith("cuda") else facts.get("gpunet", {}).get("gpu", device)

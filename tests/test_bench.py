@@ -23,6 +23,8 @@ def test_bench_gpunet_alone_writes_json(tmp_path, capsys):
     assert all(len(run) >= 5 for run in g["step_times_s"])
     assert g["median_s"] > 0 and g["samples_per_s"] == pytest.approx(64 / g["median_s"])
     assert "torch" not in rep["models"]["mlp-784-128-10"]
+    assert rep["floor"] is False and "floor" not in rep["models"]["mlp-784-128-10"]   # needs --compare torch
+    assert rep["cpu_vendor"] == bench.cpu_vendor() and "numpy" in rep["blas"]
 
 
 def test_compare_torch_reports_both_and_the_ratio(tmp_path, capsys):
@@ -38,6 +40,83 @@ def test_compare_torch_reports_both_and_the_ratio(tmp_path, capsys):
     row = f"| MLP 784-128-10 (ReLU) | 64 | CPU, {rep['threads']} thread"
     assert row in out and f"{m['ratio']:.2f}×" in out
     assert rep["command"] == "gpunet bench --compare torch --models mlp-784-128-10 --rounds 2 --min-time 0.02"
+    # the floor: the step's GEMMs alone, NumPy against PyTorch, in the same alternating rounds
+    fl = m["floor"]
+    assert rep["floor"] is True
+    assert fl["ratio"] == pytest.approx(fl["torch"]["median_s"] / fl["numpy"]["median_s"])
+    assert len(fl["numpy"]["run_medians_s"]) == 2 and len(fl["torch"]["run_medians_s"]) == 2
+    assert len(fl["ratio_per_round"]) == 2
+    assert m["of_floor"] == pytest.approx(m["ratio"] / fl["ratio"])
+    assert m["floor_share"] == pytest.approx(fl["numpy"]["median_s"] / m["gpunet"]["median_s"])
+    assert [op["what"] for op in fl["ops"]] == [op["what"] for op in bench.floor_ops(bench.MODELS["mlp-784-128-10"])]
+    # the machine and the BLAS kernels, in the JSON, the table and the markdown
+    assert rep["cpu_vendor"] == bench.cpu_vendor() and rep["facts"]["gpunet"]["cpu_vendor"] == rep["cpu_vendor"]
+    assert rep["facts"]["gpunet"]["numpy_blas"] == bench.numpy_blas()
+    assert set(rep["blas"]) == {"numpy", "torch"} and rep["facts"]["torch"]["torch_blas"].lower() in rep["blas"]["torch"].lower()
+    assert "floor" in out and "of floor" in out and f"BLAS: numpy {rep['blas']['numpy']}" in out
+    assert f"| {fl['ratio']:.2f}× | {m['of_floor']:.2f} |" in out
+    assert "| floor | of floor |" in out and rep["cpu_vendor"] in out.split("| MLP")[-1]
+
+
+def test_no_floor_leaves_it_out(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "b.json"
+    assert bench.main(["--models", "mlp-784-128-10", "--rounds", "1", "--min-time", "0.01", "--no-progress",
+                       "--compare", "torch", "--no-floor", "--markdown", "--json", str(path)]) == 0
+    rep = json.loads(path.read_text())
+    assert rep["floor"] is False and "floor" not in rep["models"]["mlp-784-128-10"]
+    assert "of_floor" not in rep["models"]["mlp-784-128-10"] and "of floor" not in capsys.readouterr().out
+    assert rep["command"].endswith("--no-floor")
+
+
+def _recorded(module, fn):
+    """The operands (shape, strides in elements) of every ``module.matmul`` call ``fn`` makes."""
+    real, seen = module.matmul, []
+
+    def spy(a, b, *args, **kwargs):
+        for t in (a, b):
+            st = t.stride() if callable(getattr(t, "stride", None)) else tuple(v // t.itemsize for v in t.strides)
+            seen.append((tuple(t.shape), tuple(st)))
+        return real(a, b, *args, **kwargs)
+    module.matmul = spy
+    try:
+        fn()
+    finally:
+        module.matmul = real
+    return sorted(zip(seen[::2], seen[1::2]))
+
+
+@pytest.mark.parametrize("name", list(bench.MODELS))
+def test_floor_runs_the_steps_gemms_with_their_layouts(name):
+    """The floor times the very products a gpunet CPU step issues: same shapes, same strides
+    (so the same transposes and C/F orders reach BLAS), in NumPy and in PyTorch alike."""
+    spec = bench.MODELS[name]
+    step, _ = bench.gpunet_step(spec, "cpu")
+    step()
+    in_step = _recorded(numpy, step)
+    floor, _ = bench.floor_step(spec, "numpy")
+    assert _recorded(numpy, floor) == in_step
+    torch = pytest.importorskip("torch")
+    floor_t, _ = bench.floor_step(spec, "torch")
+    assert _recorded(torch, floor_t) == in_step
+
+
+def test_table_shows_the_floor_without_torch_figures_missing():
+    """format_table/format_markdown on a hand-made report: the floor columns appear only with a
+    floor ratio, and a model without one gets dashes."""
+    def fw(s):
+        return {"median_s": s, "samples_per_s": 64 / s, "runs": 1, "quiet_runs": 1, "median_over": 1}
+    rep = {"device": "cpu", "rounds": 1, "threads": 2, "cpu": "X", "cpu_vendor": "V", "command": "gpunet bench",
+           "blas": {"numpy": "OpenBLAS 1 (K kernels)", "torch": "MKL 2 (AVX512 kernels)"},
+           "facts": {"gpunet": {"numpy": "2"}, "torch": {"torch": "2"}},
+           "models": {"a": {"batch": 64, "gpunet": fw(0.002), "torch": fw(0.001), "ratio": 0.5,
+                            "floor": {"numpy": fw(0.001), "torch": fw(0.0008), "ratio": 0.8}, "of_floor": 0.625},
+                      "b": {"batch": 64, "gpunet": fw(0.002), "torch": fw(0.002), "ratio": 1.0}}}
+    table = bench.format_table(rep)
+    assert "0.80x" in table and "0.62x" in table and "1.000/0.800" in table
+    assert "CPU: V X; BLAS: numpy OpenBLAS 1 (K kernels); torch MKL 2 (AVX512 kernels)" in table
+    md = bench.format_markdown(rep)
+    assert "| 0.50× | 0.80× | 0.62 |" in md and "| 1.00× | – | – |" in md
 
 
 def test_compare_torch_without_torch_says_so_and_reports_gpunet(monkeypatch, capsys):
