@@ -107,9 +107,25 @@ def _inputs(spec, seed=0):
 
 def gpunet_step(spec, device):
     """``(step, sync)``: one gpunet training step on one fixed batch, and a device sync."""
+    from gpunet.backend import synchronize
+    model, loss_fn, opt, loader, x = _gpunet_parts(spec, device)
+
+    def step():
+        for xb, yb in loader:
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            model.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
+
+    return step, (lambda: synchronize(x))
+
+
+def _gpunet_parts(spec, device):
+    """``(model, loss_fn, optimizer, loader, x)`` of :func:`gpunet_step`."""
     import gpunet
     from gpunet import optim
-    from gpunet.backend import synchronize, to_device
+    from gpunet.backend import to_device
     from gpunet.layers import Conv2D, Dense, Flatten, MaxPool2D, Sequential
 
     gpunet.manual_seed(0)
@@ -130,16 +146,105 @@ def gpunet_step(spec, device):
     # per pass), model(xb), the loss, zero_grad, backward, step. Nothing tuned: the first
     # layer skips the data's gradient because DataLoader batches need none.
     loader = gpunet.DataLoader(x, y, batch_size=spec["batch"])
+    return model, loss_fn, opt, loader, x
+
+
+# -- where a CPU step's time goes -------------------------------------------------------------
+def profile(spec, min_time=2.0, warmup=20) -> dict:
+    """Per-phase times of :func:`gpunet_step`'s step on the CPU, in this process.
+
+    The step is the same loop; each layer's ``forward``/``backward`` (wrapped on the
+    instance), the loss, ``zero_grad``, the loss's backward and the optimizer step are timed
+    with ``perf_counter``, and so is every ``numpy.matmul`` (wrapped), which splits each
+    phase into GEMM and the rest. Steps run until ``min_time`` seconds have passed; each
+    figure is a median over the steps (so the phases need not add up to the median step
+    exactly). The wrappers cost a few microseconds per call: noticeable for a step well
+    under a millisecond. Returns ``{"step_s", "phases": [{"phase", "s", "gemm_s"}]}``."""
+    import numpy
+    model, loss_fn, opt, loader, _ = _gpunet_parts(spec, "cpu")
+    clock = time.perf_counter
+    gemm = [0.0]
+    real_mm = numpy.matmul
+
+    def mm(*args, **kwargs):
+        t0 = clock()
+        try:
+            return real_mm(*args, **kwargs)
+        finally:
+            gemm[0] += clock() - t0
+
+    rec = {}
+
+    def timed(name, fn):
+        def run(*args):
+            g0, t0 = gemm[0], clock()
+            out = fn(*args)
+            rec[name] = (clock() - t0, gemm[0] - g0)
+            return out
+        return run
+
+    layers = list(model.layers)
+    for i, layer in enumerate(layers):
+        layer.forward = timed(f"{i} {type(layer).__name__} forward", layer.forward)
+        layer.backward = timed(f"{i} {type(layer).__name__} backward", layer.backward)
+    loss_f = timed("loss forward", loss_fn.__call__)
+    loss_b = timed("loss backward", loss_fn.backward)
+    zero = timed("zero_grad", model.zero_grad)
+    step_opt = timed("optimizer step", opt.step)
 
     def step():
-        for xb, yb in loader:
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            model.zero_grad()
-            model.backward(loss_fn.backward())
-            opt.step()
+        t0 = clock()
+        it = iter(loader)
+        xb, yb = next(it)
+        rec["data"] = (clock() - t0, 0.0)
+        logits = model(xb)
+        loss_f(logits, yb)
+        zero()
+        model.backward(loss_b())
+        step_opt()
+        for _ in it:        # the loader yields one batch: this ends it, as the loop does
+            pass
 
-    return step, (lambda: synchronize(x))
+    numpy.matmul = mm
+    try:
+        for _ in range(warmup):
+            step()
+        rows, steps, spent = [], [], 0.0
+        while spent < min_time or len(steps) < 5:
+            rec.clear()
+            t0 = clock()
+            step()
+            dt = clock() - t0
+            spent += dt
+            steps.append(dt)
+            rows.append(dict(rec))
+    finally:
+        numpy.matmul = real_mm
+        for layer in layers:
+            del layer.forward, layer.backward
+    order = ["data"] + [f"{i} {type(l).__name__} forward" for i, l in enumerate(layers)] + \
+        ["loss forward", "zero_grad", "loss backward"] + \
+        [f"{i} {type(l).__name__} backward" for i, l in reversed(list(enumerate(layers)))] + ["optimizer step"]
+    phases = []
+    for name in order:
+        got = [r[name] for r in rows if name in r]
+        if got:
+            phases.append({"phase": name, "s": statistics.median(t for t, _ in got),
+                           "gemm_s": statistics.median(g for _, g in got)})
+    return {"step_s": statistics.median(steps), "steps": len(steps), "phases": phases}
+
+
+def format_profile(name, prof) -> str:
+    step = prof["step_s"]
+    lines = [f"{name}: step {step * 1e3:.3f} ms (median of {prof['steps']} steps, timers on)",
+             f"  {'phase':<28} {'ms':>8} {'of step':>8} {'GEMM ms':>8} {'other ms':>9}"]
+    for p in prof["phases"]:
+        lines.append(f"  {p['phase']:<28} {p['s'] * 1e3:>8.3f} {p['s'] / step:>7.0%} {p['gemm_s'] * 1e3:>8.3f} "
+                     f"{(p['s'] - p['gemm_s']) * 1e3:>9.3f}")
+    g = sum(p["gemm_s"] for p in prof["phases"])
+    t = sum(p["s"] for p in prof["phases"])
+    lines.append(f"  {'sum of phases':<28} {t * 1e3:>8.3f} {t / step:>7.0%} {g * 1e3:>8.3f} {(t - g) * 1e3:>9.3f}")
+    return "\n".join(lines)
 
 
 def torch_step(spec, device):
@@ -188,10 +293,9 @@ def floor_ops(spec) -> list[dict]:
       batched GEMM ``cols_b @ d2_b.T`` over strided views (no copies), then the sum over
       blocks;
     * ``"im2col"``: ``x (C, N, H, W)`` (CNHW, as the previous layer leaves it) into
-      ``cols (C*k*k, N*H*W)`` of a stride-1 "same" ``k``×``k`` convolution: one copy of
-      ``x`` into a zero-padded buffer, then ``k*k`` strided copies (one per kernel offset);
-    * ``"col2im"``: its adjoint: ``k*k`` strided adds into a zeroed padded buffer, then one
-      copy of the interior out.
+      ``cols (C*k*k + 1, N*H*W)`` (the last row ones) of a stride-1 "same" ``k``×``k``
+      convolution, by ``k*k`` shifted copies of the flattened planes, as gpunet does it;
+    * ``"col2im"``: its adjoint, one copy and ``k*k - 1`` shifted adds (:func:`_floor_copies`).
 
     These are what NumPy's BLAS and memory passes cannot do faster whatever gpunet does
     around them; :func:`floor_step` runs them in NumPy or PyTorch alike.
@@ -242,14 +346,14 @@ def floor_step(spec, framework):
     if framework == "torch":
         import torch
         new = lambda shape: torch.from_numpy(rng.standard_normal(shape, dtype=numpy.float32))  # noqa: E731
-        zeros = lambda shape: torch.zeros(shape, dtype=torch.float32)                          # noqa: E731
+        empty = lambda shape: torch.empty(shape, dtype=torch.float32)                          # noqa: E731
         mm, copy = (lambda a, b: torch.matmul(a, b)), (lambda dst, src: dst.copy_(src))
         t = lambda a: a.transpose(-1, -2)                                                       # noqa: E731
         perm = lambda a, order: a.permute(*order)                                               # noqa: E731
         bsum = lambda a: a.sum(dim=0)                                                           # noqa: E731
     else:
         new = lambda shape: rng.standard_normal(shape, dtype=numpy.float32)                     # noqa: E731
-        zeros = lambda shape: numpy.zeros(shape, numpy.float32)                                 # noqa: E731
+        empty = lambda shape: numpy.empty(shape, numpy.float32)                                 # noqa: E731
         mm, copy = (lambda a, b: numpy.matmul(a, b)), numpy.copyto   # looked up per call (tests wrap it)
         t = lambda a: a.swapaxes(-1, -2)                                                        # noqa: E731
         perm = lambda a, order: a.transpose(*order)                                             # noqa: E731
@@ -266,28 +370,7 @@ def floor_step(spec, framework):
             d3t = perm(new(op["d2"]).reshape(o, nb, length // nb), (1, 2, 0))
             calls.append(lambda c3=c3, d3t=d3t: bsum(mm(c3, d3t)))
         else:
-            c, n, h, w = op["x"]
-            kk, p = op["k"], op["k"] // 2
-            x, pad = new(op["x"]), zeros((c, n, h + 2 * p, w + 2 * p))
-            inner = pad[:, :, p:p + h, p:p + w]
-            offsets = [(i, j) for i in range(kk) for j in range(kk)]
-            if op["op"] == "im2col":
-                cols = new((c, kk, kk, n, h, w))
-
-                def im2col(x=x, pad=pad, inner=inner, cols=cols, offsets=offsets, h=h, w=w):
-                    copy(inner, x)
-                    for i, j in offsets:
-                        copy(cols[:, i, j], pad[:, :, i:i + h, j:j + w])
-                calls.append(im2col)
-            else:
-                dcols = new((c, kk, kk, n, h, w))
-
-                def col2im(x=x, pad=pad, inner=inner, dcols=dcols, offsets=offsets, h=h, w=w):
-                    pad[...] = 0
-                    for i, j in offsets:
-                        pad[:, :, i:i + h, j:j + w] += dcols[:, i, j]
-                    copy(x, inner)
-                calls.append(col2im)
+            calls.append(_floor_copies(op, new, empty))
 
     if framework == "torch":
         def step():
@@ -299,6 +382,57 @@ def floor_step(spec, framework):
             for f in calls:
                 f()
     return step, (lambda: None)
+
+
+def _floor_copies(op, new, empty):
+    """The im2col or col2im of a stride-1 "same" convolution as ``gpunet.functional.conv``
+    does it on the CPU (each kernel offset one shift of the flattened ``H*W`` planes: long
+    contiguous runs; the entries a shift wraps into the neighbouring row are zeroed), in
+    indexing that NumPy arrays and PyTorch tensors share, so both libraries run the same
+    passes over the same memory."""
+    from .functional.conv import _shifts
+    c, n, h, w = op["x"]
+    kk = op["k"]
+    hw, rows = h * w, c * kk * kk
+
+    def zero_wrapped(d, dj):
+        d4 = d.reshape(c, n, h, w)
+        if dj > 0:
+            d4[..., w - dj:] = 0
+        elif dj < 0:
+            d4[..., :-dj] = 0
+
+    shifts = list(_shifts((kk, kk), (kk // 2, kk // 2), w, hw))
+    if op["op"] == "im2col":
+        x3 = new(op["x"]).reshape(c, n, hw)
+        cols = new((rows + 1, n * hw))           # + the ones row that carries the bias
+
+        def im2col():
+            cols[rows] = 1
+            c5 = cols[:rows].reshape(c, kk, kk, n, hw)
+            for i, j, dj, dst, src in shifts:
+                d = c5[:, i, j]
+                d[..., dst] = x3[..., src]
+                if dst.start > 0:
+                    d[..., :dst.start] = 0
+                if dst.stop < hw:
+                    d[..., dst.stop:] = 0
+                zero_wrapped(d, dj)
+        return im2col
+    dcols = new((rows, n * hw))
+
+    def col2im():
+        d5 = dcols.reshape(c, kk, kk, n, hw)
+        dx3 = empty((c, n, h, w)).reshape(c, n, hw)
+        for i, j, dj, dst, src in shifts:
+            d = d5[:, i, j]
+            zero_wrapped(d, dj)
+            if dst.start == 0 and dst.stop == hw:
+                dx3[...] = d
+            else:
+                dx3[..., src] += d[..., dst]
+        return dx3
+    return col2im
 
 
 def time_steps(step, sync, min_time, warmup, block=1, max_steps=20000):
@@ -842,6 +976,9 @@ def add_arguments(p):
     p.add_argument("--unset-openblas-env", action="store_true",
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment")
     p.add_argument("--no-roofline", action="store_true", help="skip the CUDA kernel bandwidth table")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of comparing: where a CPU step's time goes (per layer forward/backward, "
+                        "loss, zero_grad, optimizer; GEMM vs the rest), in this process")
     p.add_argument("--no-floor", action="store_true",
                    help="with --compare torch on the CPU: skip timing the steps' GEMMs alone (the floor)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the raw numbers here")
@@ -870,6 +1007,8 @@ def run(args) -> int:
         return 2
     if device == "sim":
         return run_sim(args)
+    if args.profile:
+        return run_profile(args, device)
     rounds, min_time, warmup = QUICK if args.quick else FULL
     rounds = args.rounds if args.rounds is not None else rounds
     min_time = args.min_time if args.min_time is not None else min_time
@@ -1011,6 +1150,30 @@ def run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
+        print(f"raw numbers written to {args.json}")
+    return 0
+
+
+def run_profile(args, device) -> int:
+    """``gpunet bench --profile``: :func:`profile` per model, on the CPU."""
+    if device != "cpu":
+        print(f"gpunet bench: error: --profile times NumPy steps on the CPU, not on {device}", file=sys.stderr)
+        return 2
+    threads = args.threads if args.threads is not None else available_cpus()
+    from . import threads as blas_threads
+    out = {}
+    with blas_threads.limit(threads):
+        print(f"gpunet bench --profile: {cpu_vendor()} {cpu_model()}, {threads} BLAS thread(s); "
+              f"step = forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})")
+        for m in dict.fromkeys(args.models):
+            prof = profile(MODELS[m], min_time=args.min_time if args.min_time is not None else
+                           (0.5 if args.quick else 2.0))
+            out[m] = prof
+            print(format_profile(m, prof))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": "cpu", "profile": out, "cpu": cpu_model(), "cpu_vendor": cpu_vendor(),
+                       "threads": threads}, f, indent=1)
         print(f"raw numbers written to {args.json}")
     return 0
 

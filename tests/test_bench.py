@@ -145,3 +145,28 @@ def test_dense_input_grad_false_skips_dx_and_keeps_parameter_grads():
     assert a.backward(dy) is not None and b.backward(dy) is None
     numpy.testing.assert_array_equal(a.weight.grad, b.weight.grad)
     numpy.testing.assert_array_equal(a.bias.grad, b.bias.grad)
+
+
+def test_floor_copies_are_gpunets_im2col_and_col2im():
+    """The floor's im2col/col2im (written once for NumPy and PyTorch) compute what
+    ``gpunet.functional.conv`` computes for the CNN's stride-1 "same" 3x3 convolutions."""
+    from gpunet.functional import conv as FC
+    rng = numpy.random.default_rng(0)
+    made = []
+
+    def new(shape):
+        made.append(rng.standard_normal(shape, dtype=numpy.float32))
+        return made[-1]
+    empty = lambda shape: numpy.empty(shape, numpy.float32)  # noqa: E731
+    c, n, h, w = 3, 2, 7, 9
+    im2col = bench._floor_copies({"op": "im2col", "x": (c, n, h, w), "k": 3}, new, empty)
+    im2col()
+    x, cols = made
+    want = FC.im2col_rows(x.transpose(1, 0, 2, 3), (3, 3), (1, 1), (1, 1), ones_row=True)
+    numpy.testing.assert_array_equal(cols, want)
+    made.clear()
+    col2im = bench._floor_copies({"op": "col2im", "x": (c, n, h, w), "k": 3}, new, empty)
+    dcols = made[0].copy()
+    dx = col2im().reshape(c, n, h, w)
+    want = FC.col2im_rows(dcols, (n, c, h, w), (3, 3), (1, 1), (1, 1))
+    numpy.testing.assert_array_equal(dx, want.transpose(1, 0, 2, 3))
