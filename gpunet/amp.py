@@ -23,6 +23,15 @@ stays float32 and unscaled, for logging)::
 
 To clip gradients, call ``scaler.unscale_(optimizer)`` first, then
 ``gpunet.optim.clip_grad_norm(...)``, then ``scaler.step(optimizer)`` (as in PyTorch).
+
+The float16 policy (``MixedPrecision``, what ``Trainer(..., precision="fp16")`` uses)
+keeps the model's parameters and the optimizer's state in float32 and runs forward and
+backward on float16 copies of the Dense and Conv2D parameters::
+
+    mp = gpunet.amp.MixedPrecision(model)
+    loss = loss_fn(mp.forward(x), y)                 # float32 logits and loss
+    mp.backward(scaler.scale(loss_fn.backward()))    # float32 gradients on the masters
+    scaler.step(optimizer); scaler.update()
 """
 from __future__ import annotations
 
@@ -31,8 +40,11 @@ import math
 import numpy
 
 from .backend import get_array_module
+from .layers.base import Layer
 
-__all__ = ["GradScaler"]
+__all__ = ["GradScaler", "MixedPrecision", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16")
 
 
 def _times(x, c: float):
@@ -215,3 +227,95 @@ class GradScaler:
         return (f"GradScaler(scale={self._scale!r}, growth_factor={self.growth_factor!r}, "
                 f"backoff_factor={self.backoff_factor!r}, growth_interval={self.growth_interval}, "
                 f"enabled={self.enabled})")
+
+
+def _check_precision(precision, who):
+    if precision not in PRECISIONS:
+        raise ValueError(f"{who}: expected precision 'fp32' or 'fp16', got {precision!r}")
+    return precision
+
+
+class MixedPrecision:
+    """Run ``model`` in float16 with float32 master weights (Apex's O2, Keras'
+    ``mixed_float16`` policy, for gpunet's explicit backward).
+
+    * The model's Parameters keep float32 ``data`` (the *master* weights: the optimizer
+      updates them, and its state is float32 with them). ``forward`` replaces the
+      ``data`` of every Dense and Conv2D parameter by a float16 copy, casts the input to
+      float16, runs the model and returns the output cast to float32 (so the loss, its
+      softmax and its gradient are float32). In training mode the copies stay in place for
+      ``backward``; in eval mode the masters are put back right away.
+    * ``backward(dy)`` casts the (scaled) output gradient to float16, runs
+      ``model.backward``, then puts the masters back with their gradients cast to
+      float32 (added to a gradient they already held, so accumulation works as usual).
+    * BatchNorm keeps float32 parameters and normalizes a float16 input in float32
+      (statistics and running buffers in float32, see ``gpunet.BatchNorm``); activations,
+      dropout and pooling run on the float16 activations.
+    * Matmuls: Dense and Conv2D multiply float16 arrays. On a GPU that is a float16 GEMM
+      (cuBLAS accumulates in float32). On NumPy there is no float16 BLAS: NumPy's own loop
+      accumulates in float32 too (the same numbers to rounding) but runs 25-50x slower than
+      a float32 GEMM, so fp16 on the CPU is for testing the policy, not for speed.
+
+    Pair it with a ``GradScaler``: without loss scaling, gradients below 6e-8 vanish in
+    float16. The cost per step on a device: one cast launch per Dense/Conv2D parameter
+    forward and one per gradient after backward.
+    """
+
+    HALF_LAYERS = ("Dense", "Conv2D")
+
+    def __init__(self, model, dtype=numpy.float16):
+        if not isinstance(model, Layer):
+            raise TypeError(f"MixedPrecision: expected a gpunet Layer, got {type(model).__name__}")
+        dtype = numpy.dtype(dtype)
+        if dtype != numpy.float16:
+            raise ValueError(f"MixedPrecision: dtype must be float16, got {dtype.name}")
+        self.model, self.dtype = model, dtype
+        self._half_params = [p for layer in model.modules()
+                             if type(layer).__name__ in self.HALF_LAYERS for p in layer.parameters()]
+        for p in self._half_params:
+            if p.data.dtype != numpy.float32:
+                raise ValueError(f"MixedPrecision: expected float32 (master) parameters, "
+                                 f"{p.name} is {p.data.dtype.name}")
+        self._masters = None       # the float32 data while the float16 copies are in place
+
+    def _to_half(self):
+        if self._masters is None:
+            self._masters = [p.data for p in self._half_params]
+        for p, master in zip(self._half_params, self._masters):
+            p.data = master.astype(self.dtype)
+
+    def _to_master(self):
+        """Put the float32 masters back; a float16 gradient becomes float32 (a gradient the
+        parameter held before the forward was float32 and had the float16 ones added in)."""
+        if self._masters is None:
+            return
+        for p, master in zip(self._half_params, self._masters):
+            p.data = master
+            if p.grad is not None and p.grad.dtype != master.dtype:
+                p.grad = p.grad.astype(master.dtype)
+        self._masters = None
+
+    def forward(self, x):
+        """The model's output for ``x`` computed in float16, returned in float32."""
+        self._to_half()
+        try:
+            y = self.model.forward(x.astype(self.dtype))
+        except BaseException:
+            self._to_master()
+            raise
+        if not self.model.training:
+            self._to_master()
+        return y.astype(numpy.float32)
+
+    def backward(self, dy):
+        """``model.backward`` of the float16 copy of ``dy``; the float32 master parameters
+        come back with float32 gradients. Returns ``dx`` (float16, or None)."""
+        if self._masters is None:
+            raise RuntimeError("MixedPrecision.backward called without a training-mode forward")
+        try:
+            dx = self.model.backward(dy.astype(self.dtype))
+        except BaseException:
+            self._to_master()
+            raise
+        self._to_master()
+        return dx

@@ -20,6 +20,7 @@ import time
 import numpy
 
 from .backend import device_of, get_array_module, resolve_device, to_device, to_numpy, synchronize
+from .amp import GradScaler, MixedPrecision, _check_precision
 from .data import DataLoader
 
 #: Seconds between two progress-bar refreshes, each of which reads the running loss and
@@ -158,7 +159,8 @@ class ModelCheckpoint(Callback):
     ``path`` with ``gpunet.save`` whenever ``monitor`` improves (``save_best_only=False``:
     after every epoch), with metadata ``epoch`` (epochs completed) and the epoch's logs.
     Resume with ``meta = gpunet.load(path, model, optimizer, scheduler=scheduler)`` and
-    ``fit(..., initial_epoch=meta["epoch"])``."""
+    ``fit(..., initial_epoch=meta["epoch"])``. With ``precision="fp16"`` the Trainer's
+    loss scaler is saved too (``gpunet.load(..., scaler=trainer.scaler)``)."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
         self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
@@ -179,7 +181,7 @@ class ModelCheckpoint(Callback):
                 return
             self.best = value
         save(self.path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
-             epoch=int(epoch) + 1, **{k: float(v) for k, v in logs.items()})
+             scaler=getattr(trainer, "scaler", None), epoch=int(epoch) + 1, **{k: float(v) for k, v in logs.items()})
 
 
 def _as_input(X, dtype, who):
@@ -318,11 +320,29 @@ class Trainer:
 
     The History records, besides the loss and metrics, ``learning_rate``: the rate of the
     epoch's last optimizer step.
+
+    ``precision="fp16"`` (default ``"fp32"``): mixed precision (``gpunet.amp``). The model's
+    parameters and the optimizer's state stay float32 (master weights); forward and
+    backward run on float16 copies of the Dense and Conv2D parameters with float16
+    activations (``gpunet.amp.MixedPrecision``); the output is cast to float32 for the
+    loss; BatchNorm keeps float32 statistics. The loss gradient is scaled by
+    ``trainer.scaler`` (``scaler=``, default ``gpunet.amp.GradScaler()``: 2**16, x2 after
+    2000 clean steps, x0.5 and the step skipped on inf/NaN gradients); clipping unscales
+    first; callbacks' ``on_backward_end`` see the scaled gradients. Evaluate and predict
+    run in float16 as well. On a device, loss scaling reads one flag per step (one host
+    sync, see ``GradScaler``).
     """
 
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
-                 scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None):
+                 scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
+                 precision="fp32", scaler=None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.precision = _check_precision(precision, "Trainer")
+        if scaler is not None and not isinstance(scaler, GradScaler):
+            raise TypeError(f"Trainer: expected scaler to be a gpunet.amp.GradScaler, got "
+                            f"{type(scaler).__name__}")
+        if scaler is not None and precision != "fp16":
+            raise ValueError("Trainer: a loss scaler is for precision='fp16'")
         if scheduler is not None:
             if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
                 raise TypeError(f"Trainer: expected scheduler to be a learning-rate schedule from "
@@ -347,6 +367,8 @@ class Trainer:
         if device is not None:
             model.to(resolve_device(device))
         self.device = model.device
+        self.amp = MixedPrecision(model) if precision == "fp16" else None
+        self.scaler = (scaler or GradScaler()) if precision == "fp16" else None
         self.stop_training = False
         self.history = None
         self.epoch = 0
@@ -358,22 +380,35 @@ class Trainer:
     def train_step(self, xb, yb):
         """forward → loss → backward → (clip) → update (→ per-step schedule); returns
         ``(loss, output)`` on the device."""
-        out = self.model.forward(xb)
+        out = self._forward(xb)
         loss = self.loss_fn(out, yb)
         self.model.zero_grad()
-        self.model.backward(self.loss_fn.backward())
+        if self.amp is None:
+            self.model.backward(self.loss_fn.backward())
+        else:
+            self.amp.backward(self.scaler.scale(self.loss_fn.backward()))
         for cb in self._callbacks:
             cb.on_backward_end(self)
+        if self.scaler is not None and (self.clip_grad_norm is not None
+                                        or self.clip_grad_value is not None):
+            self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm is not None:
             self.last_grad_norm = _clip_norm(self.optimizer.params, self.clip_grad_norm)
         elif self.clip_grad_value is not None:
             _clip_value(self.optimizer.params, self.clip_grad_value)
         self._step_lr = float(self.optimizer.lr)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)    # skipped on inf/NaN gradients
+            self.scaler.update()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         self.global_step += 1
         return loss, out
+
+    def _forward(self, x):
+        return self.model.forward(x) if self.amp is None else self.amp.forward(x)
 
     def fit(self, train, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
             progress=True, initial_epoch=0) -> History:
@@ -532,7 +567,7 @@ class Trainer:
         try:
             for xb, yb in loader:
                 xb, yb = self._to_model(xb), self._to_model(yb)
-                out = self.model.forward(xb)
+                out = self._forward(xb)
                 loss = self.loss_fn(out, yb)
                 self.loss_fn._grad = None
                 rec.add(loss, out, yb)
@@ -565,7 +600,7 @@ class Trainer:
         outs = []
         try:
             for start in range(0, int(X.shape[0]), batch_size):
-                outs.append(to_numpy(self.model.forward(self._to_model(X[start:start + batch_size]))))
+                outs.append(to_numpy(self._forward(self._to_model(X[start:start + batch_size]))))
         finally:
             self.model.train(was)
         return numpy.concatenate(outs, axis=0)

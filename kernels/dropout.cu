@@ -1,4 +1,4 @@
-// defines: dropout_apply<T> (T = float, double): y = x * keep * scale, the mask regenerated from (k1, k2)
+// defines: dropout_apply<T> (T = float, double, __half): y = x * keep * scale, the mask regenerated from (k1, k2)
 //
 // Dropout without mask memory. Element i of the flat, C-ordered tensor is kept iff
 //     (bits[i] >> 8) >= threshold,   bits[i] = mix32(mix32(i + k1) ^ k2)
@@ -9,15 +9,35 @@
 // the mask is recomputed instead of stored. scale is 1/(1-p) for inverted dropout and 1
 // for the classic form. Dropped elements are x * 0 (so a NaN or inf input stays NaN).
 //
-// Each thread handles 16-byte packs (4 floats or 2 doubles) when both arrays are 16-byte
-// aligned, with a scalar loop for the tail; n < 2**32 (the launcher checks it).
+// Each thread handles 16-byte packs (4 floats, 2 doubles or 8 halves) when both arrays are
+// 16-byte aligned, with a scalar loop for the tail; n < 2**32 (the launcher checks it).
+//
+// __half: storage only. The product is taken in float and rounded to half once, with scale
+// passed as a float holding the half-rounded 1/(1-p): the bits NumPy's float16 path gives
+// (x * m, then *= scale, a Python float that NumPy rounds to float16 first).
+#include <cuda_fp16.h>
+
 #include "common.cuh"
 
 using gpunet::Pack;
 
+// The type of the scale argument: T, but float for __half (a float kernel argument is
+// portable across CuPy versions; its value is a half).
+template <typename T> struct DropoutScale { using type = T; };
+template <> struct DropoutScale<__half> { using type = float; };
+
+template <typename T>
+__device__ __forceinline__ T dropout_one(T x, bool keep, T scale) {
+    return x * (keep ? scale : T(0));
+}
+__device__ __forceinline__ __half dropout_one(__half x, bool keep, float scale) {
+    return __float2half_rn(__half2float(x) * (keep ? scale : 0.0f));
+}
+
 template <typename T>
 __global__ void dropout_apply(const T* __restrict__ x, T* __restrict__ y, long long n,
-                              unsigned int k1, unsigned int k2, unsigned int threshold, T scale) {
+                              unsigned int k1, unsigned int k2, unsigned int threshold,
+                              typename DropoutScale<T>::type scale) {
     constexpr int P = Pack<T>::N;
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     const long long t0 = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -32,7 +52,7 @@ __global__ void dropout_apply(const T* __restrict__ x, T* __restrict__ y, long l
 #pragma unroll
             for (int k = 0; k < P; ++k) {
                 const bool keep = (gpunet::counter_bits(i0 + k, k1, k2) >> 8) >= threshold;
-                v.v[k] = v.v[k] * (keep ? scale : T(0));
+                v.v[k] = dropout_one(v.v[k], keep, scale);
             }
             yp[q] = v;
         }
@@ -41,7 +61,7 @@ __global__ void dropout_apply(const T* __restrict__ x, T* __restrict__ y, long l
     for (long long i = done + t0; i < n; i += stride) {
         const bool keep =
             (gpunet::counter_bits(static_cast<unsigned int>(i), k1, k2) >> 8) >= threshold;
-        y[i] = x[i] * (keep ? scale : T(0));
+        y[i] = dropout_one(x[i], keep, scale);
     }
 }
 
@@ -49,3 +69,5 @@ template __global__ void dropout_apply<float>(const float*, float*, long long, u
                                               unsigned int, unsigned int, float);
 template __global__ void dropout_apply<double>(const double*, double*, long long, unsigned int,
                                                unsigned int, unsigned int, double);
+template __global__ void dropout_apply<__half>(const __half*, __half*, long long, unsigned int,
+                                               unsigned int, unsigned int, float);

@@ -81,6 +81,26 @@ def find_nvcc():
     return None
 
 
+def cuda_include_dir():
+    """The CUDA toolkit's ``include`` folder (``$CUDA_PATH``/``$CUDA_HOME``, beside nvcc, or
+    ``/usr/local/cuda``), or None.
+
+    CuPy compiles every RawModule with ``-I<its CUDA include dir>`` added (that is how its
+    own float16 kernels find ``<cuda_fp16.h>``); the NVRTC check adds the same folder, so
+    that kernels including ``<cuda_fp16.h>`` compile here as they do under CuPy.
+    """
+    cands = [os.path.join(os.environ[k], "include") for k in ("CUDA_PATH", "CUDA_HOME")
+             if os.environ.get(k)]
+    nvcc = find_nvcc()
+    if nvcc:
+        cands.append(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"))
+    cands.append("/usr/local/cuda/include")
+    for c in cands:
+        if os.path.isfile(os.path.join(c, "cuda_fp16.h")):
+            return c
+    return None
+
+
 def nvrtc_module():
     """``cuda.bindings.nvrtc`` with a loadable libnvrtc, or raise ImportError saying why."""
     try:
@@ -162,7 +182,9 @@ def check_nvrtc(file: str, arch: int, directory=None, names=None) -> Result:
             (err,) = nvrtc.nvrtcAddNameExpression(prog, n.encode())
             if int(err) != 0:
                 res.problems.append(f"nvrtcAddNameExpression({n}): {err}")
-        opts = [o.encode() for o in (*gcuda.compile_options(arch, d), "-Xptxas=-v")]
+        inc = cuda_include_dir()
+        opts = [o.encode() for o in (*gcuda.compile_options(arch, d), "-Xptxas=-v",
+                                     *((f"-I{inc}",) if inc else ()))]
         t0 = time.perf_counter()
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         res.seconds = time.perf_counter() - t0

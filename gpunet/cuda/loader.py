@@ -32,7 +32,7 @@ KERNELS: dict[str, list[str]] = {
                               "bn_backward_apply")
         for t in _TYPES
     ],
-    "dropout.cu": [f"dropout_apply<{t}>" for t in _TYPES],
+    "dropout.cu": [f"dropout_apply<{t}>" for t in (*_TYPES, "__half")],
     "optim.cu": [f"{k}<{t}>" for k in ("mt_sgd", "mt_adam", "mt_rmsprop", "mt_adagrad",
                                         "mt_grad_sumsq", "mt_grad_scale", "mt_grad_clamp")
                  for t in _TYPES],

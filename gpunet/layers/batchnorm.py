@@ -32,7 +32,10 @@ class BatchNorm(Layer):
     offered.
 
     The input dtype must equal the parameters' dtype (any floating dtype with
-    ``affine=False``).
+    ``affine=False``), with one exception for mixed precision (``gpunet.amp``): a float16
+    input with float32 parameters (or none) is normalized in float32 (statistics, running
+    buffers, ``dgamma``/``dbeta`` in float32) and the output and ``dx`` are rounded to
+    float16; ``dy`` may then be float16.
     """
 
     _buffers = ("running_mean", "running_var")
@@ -60,7 +63,14 @@ class BatchNorm(Layer):
         dtype = self.gamma.data.dtype if self.affine else None
         check_input(self, x, ndim=(2, 4), dtype=dtype, features=self.num_features, axis=1)
 
+    def _half(self, x) -> bool:
+        """A float16 input to normalize in float32 (see the class doc)."""
+        return (getattr(x, "dtype", None) == numpy.float16
+                and (not self.affine or self.gamma.data.dtype == numpy.float32))
+
     def forward(self, x):
+        if self._half(x):
+            return self.forward(x.astype(numpy.float32)).astype(numpy.float16)
         self._check(x)
         g = self.gamma.data if self.affine else None
         b = self.beta.data if self.affine else None
@@ -87,6 +97,8 @@ class BatchNorm(Layer):
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before a training-mode forward")
         x, mean, inv_std = self._cache
+        if getattr(dy, "dtype", None) == numpy.float16 and x.dtype == numpy.float32:
+            return self.backward(dy.astype(numpy.float32)).astype(numpy.float16)
         if tuple(dy.shape) != tuple(x.shape):
             raise ValueError(f"BatchNorm.backward: expected dy of shape {tuple(x.shape)} (the forward's), "
                              f"got {tuple(dy.shape)}")
