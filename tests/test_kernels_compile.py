@@ -192,13 +192,13 @@ def _planted(tmp_path, old, new, file="dropout.cu"):
     return d
 
 
-KEEP_LINE = "v.v[k] = v.v[k] * (keep ? scale : T(0));"
+KEEP_LINE = "v.v[k] = dropout_one(v.v[k], keep, scale);"
 
 
 @needs_nvcc
 @needs_nvrtc
 def test_planted_undefined_identifier_fails_both_compilers(tmp_path):
-    d = _planted(tmp_path, KEEP_LINE, "v.v[k] = v.v[k] * (keep ? scale : T(0)) + planted_undefined;")
+    d = _planted(tmp_path, KEEP_LINE, "v.v[k] = dropout_one(v.v[k], keep, scale) + planted_undefined;")
     rc, rr = ck.check_nvcc("dropout.cu", 80, d), ck.check_nvrtc("dropout.cu", 80, d)
     assert not rc.ok and any("planted_undefined" in p for p in rc.problems)
     assert not rr.ok and any("planted_undefined" in p for p in rr.problems)
@@ -209,7 +209,7 @@ def test_planted_undefined_identifier_fails_both_compilers(tmp_path):
 @needs_nvrtc
 def test_planted_INFINITY_fails_nvrtc(tmp_path):
     # nvcc's implicit host headers define INFINITY; NVRTC (what CuPy runs) does not.
-    d = _planted(tmp_path, KEEP_LINE, "v.v[k] = v.v[k] * (keep ? scale : T(0)) + T(0) * T(INFINITY);")
+    d = _planted(tmp_path, KEEP_LINE, "v.v[k] = dropout_one(v.v[k], keep, scale) + T(0) * T(INFINITY);")
     rr = ck.check_nvrtc("dropout.cu", 80, d)
     assert not rr.ok and any("INFINITY" in p for p in rr.problems)
 
