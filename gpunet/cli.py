@@ -71,6 +71,9 @@ def _add_train(sub):
     p.add_argument("--batch-size", type=_int_at_least(1), default=64)
     p.add_argument("--lr", type=_positive_float, default=None, help="default: 1e-3 (adam), 0.05 (sgd)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: float16 forward/backward, float32 master weights, dynamic "
+                        "loss scaling (gpunet.amp)")
     p.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}",
                    help="default: auto (GPUNET_DEVICE, else CUDA when CuPy sees a GPU, else cpu)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
@@ -216,7 +219,8 @@ def _train(args):
         opt = optim.Adam(model.parameters(), lr=lr)
     else:
         opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    trainer = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), opt, device=device)
+    trainer = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), opt, device=device,
+                             precision=args.precision)
 
     t0 = time.perf_counter()
     train_seconds, samples = 0.0, 0
@@ -240,7 +244,8 @@ def _train(args):
     result = trainer.evaluate((Xte, yte))
     if args.save:
         try:
-            gpunet.save(args.save, model, opt, epoch=epochs, dataset=args.dataset, model=args.model,
+            gpunet.save(args.save, model, opt, scaler=trainer.scaler, epoch=epochs,
+                        dataset=args.dataset, model=args.model,
                         test_accuracy=result["accuracy"])
         except OSError as e:
             raise UserError(f"gpunet train: error: --save {args.save}: {_one_line(e)}") from None
@@ -253,7 +258,8 @@ def _train(args):
         print(f"saved training curves to {args.plot}")
     print(f"test accuracy {result['accuracy']:.4f} | test loss {result['loss']:.4f} | "
           f"{samples / max(train_seconds, 1e-9):,.0f} samples/s | {wall:.1f} s | "
-          f"device {_device_name(device)}{blas}")
+          f"device {_device_name(device)}{blas}"
+          f"{' | fp16 (loss scale %g)' % trainer.scaler.get_scale() if trainer.scaler else ''}")
     return 0
 
 

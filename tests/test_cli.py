@@ -198,3 +198,22 @@ def test_help_lists_sim_and_threads(tmp_path):
     p = _gpunet(["train", "--help"], tmp_path)
     assert p.returncode == 0
     assert "sim" in p.stdout and "--threads" in p.stdout and "--version" not in p.stdout
+
+
+def test_train_fp16_saves_the_loss_scaler(tmp_path, capsys):
+    """--precision fp16: float16 forward/backward, float32 master weights in the checkpoint,
+    the GradScaler's state saved beside them; accuracy as float32's (>= 0.95)."""
+    ck = tmp_path / "m.npz"
+    assert cli.main(["train", "--precision", "fp16", "--epochs", "10", "--device", "cpu",
+                     "--quiet", "--save", str(ck)]) == 0
+    out = capsys.readouterr().out
+    acc, _, _ = _final_line(out)
+    assert acc >= 0.95
+    assert "fp16 (loss scale " in out
+    model = gpunet.models.mlp((64, 256, 128, 10))
+    scaler = gpunet.amp.GradScaler()
+    gpunet.load(ck, model, scaler=scaler)
+    assert all(p.data.dtype == "float32" for p in model.parameters())
+    assert 1.0 <= scaler.get_scale() <= 2.0**16
+    p = _gpunet(["train", "--precision", "bf16"], tmp_path)
+    assert p.returncode == 2 and "--precision" in p.stderr
