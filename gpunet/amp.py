@@ -41,6 +41,8 @@ import numpy
 
 from .backend import get_array_module
 from .layers.base import Layer
+from .layers.conv import Conv2D
+from .layers.dense import Dense
 
 __all__ = ["GradScaler", "MixedPrecision", "PRECISIONS"]
 
@@ -261,7 +263,7 @@ class MixedPrecision:
     forward and one per gradient after backward.
     """
 
-    HALF_LAYERS = ("Dense", "Conv2D")
+    HALF_LAYERS = (Dense, Conv2D)
 
     def __init__(self, model, dtype=numpy.float16):
         if not isinstance(model, Layer):
@@ -271,7 +273,7 @@ class MixedPrecision:
             raise ValueError(f"MixedPrecision: dtype must be float16, got {dtype.name}")
         self.model, self.dtype = model, dtype
         self._half_params = [p for layer in model.modules()
-                             if type(layer).__name__ in self.HALF_LAYERS for p in layer.parameters()]
+                             if isinstance(layer, self.HALF_LAYERS) for p in layer.parameters()]
         for p in self._half_params:
             if p.data.dtype != numpy.float32:
                 raise ValueError(f"MixedPrecision: expected float32 (master) parameters, "
@@ -283,6 +285,13 @@ class MixedPrecision:
             self._masters = [p.data for p in self._half_params]
         for p, master in zip(self._half_params, self._masters):
             p.data = master.astype(self.dtype)
+
+    def restore(self):
+        """Put the float32 masters back now (``backward`` and an eval-mode ``forward`` do
+        it; call it when a training-mode forward is not followed by ``backward``, e.g. the
+        loss raised). Float16 gradients are cast to float32. Nothing happens when the
+        masters are in place."""
+        self._to_master()
 
     def _to_master(self):
         """Put the float32 masters back; a float16 gradient becomes float32 (a gradient the

@@ -381,12 +381,17 @@ class Trainer:
         """forward → loss → backward → (clip) → update (→ per-step schedule); returns
         ``(loss, output)`` on the device."""
         out = self._forward(xb)
-        loss = self.loss_fn(out, yb)
-        self.model.zero_grad()
         if self.amp is None:
+            loss = self.loss_fn(out, yb)
+            self.model.zero_grad()
             self.model.backward(self.loss_fn.backward())
         else:
-            self.amp.backward(self.scaler.scale(self.loss_fn.backward()))
+            try:
+                loss = self.loss_fn(out, yb)
+                self.model.zero_grad()
+                self.amp.backward(self.scaler.scale(self.loss_fn.backward()))
+            finally:
+                self.amp.restore()     # float32 masters in place even when the loss raised
         for cb in self._callbacks:
             cb.on_backward_end(self)
         if self.scaler is not None and (self.clip_grad_norm is not None

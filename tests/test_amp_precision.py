@@ -155,3 +155,12 @@ def test_trainer_fp16_checkpoint_resume_bit_identical(tmp_path):
     assert t2.scaler.get_scale() == t.scaler.get_scale()
     for a, b in zip(t.model.parameters(), t2.model.parameters()):
         numpy.testing.assert_array_equal(a.data, b.data)
+
+
+def test_trainer_fp16_bad_label_leaves_float32_masters():
+    m = _mlp()
+    t = Trainer(m, SoftmaxCrossEntropy(), optim.Adam(m), precision="fp16")
+    X = numpy.random.default_rng(0).random((8, 64), dtype=numpy.float32)
+    with pytest.raises(ValueError):
+        t.fit((X, numpy.full(8, 12)), epochs=1, progress=False)
+    assert all(p.data.dtype == numpy.float32 for p in m.parameters())
