@@ -164,3 +164,19 @@ def test_trainer_fp16_bad_label_leaves_float32_masters():
     with pytest.raises(ValueError):
         t.fit((X, numpy.full(8, 12)), epochs=1, progress=False)
     assert all(p.data.dtype == numpy.float32 for p in m.parameters())
+
+
+def test_trainer_fp16_clips_unscaled_gradients(xp, device):
+    """With clipping, the Trainer unscales before clip_grad_norm: the norm it records is the
+    float32 run's to float16 rounding (1e-2), not S times it."""
+    r = numpy.random.default_rng(4)
+    X, y = r.random((64, 64), dtype=numpy.float32), r.integers(0, 10, 64)
+    norms = {}
+    for precision in ("fp32", "fp16"):
+        m = _mlp()
+        t = Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m, lr=0.0), device=device,
+                    precision=precision, clip_grad_norm=1e9,
+                    scaler=GradScaler(init_scale=1024.0) if precision == "fp16" else None)
+        t.fit((X, y), epochs=1, batch_size=64, shuffle=False, progress=False)
+        norms[precision] = float(t.last_grad_norm)
+    assert norms["fp16"] == pytest.approx(norms["fp32"], rel=1e-2)
