@@ -180,3 +180,16 @@ def test_trainer_fp16_clips_unscaled_gradients(xp, device):
         t.fit((X, y), epochs=1, batch_size=64, shuffle=False, progress=False)
         norms[precision] = float(t.last_grad_norm)
     assert norms["fp16"] == pytest.approx(norms["fp32"], rel=1e-2)
+
+
+def test_numpy_float16_matmul_is_float32_rounded_once():
+    from gpunet.functional.linear import matmul
+    r = numpy.random.default_rng(5)
+    a = r.standard_normal((7, 300)).astype(numpy.float16)
+    b = r.standard_normal((300, 9)).astype(numpy.float16)
+    got = matmul(a, b)
+    assert got.dtype == numpy.float16
+    numpy.testing.assert_array_equal(got, (a.astype(numpy.float32) @ b.astype(numpy.float32))
+                                     .astype(numpy.float16))
+    exact = a.astype(numpy.float64) @ b.astype(numpy.float64)   # within a half ulp + sum error
+    assert numpy.max(numpy.abs(got - exact) / numpy.maximum(numpy.abs(exact), 1.0)) < 2e-3

@@ -5,7 +5,7 @@ import numpy
 
 from .. import init as _init
 from ..functional import activations as FA
-from ..functional.linear import linear_backward
+from ..functional.linear import linear_backward, matmul
 from ..backend import get_array_module
 from ..data import is_data
 from .activations import apply_fused, get as get_activation
@@ -54,8 +54,8 @@ class Dense(Layer):
     def forward(self, x):
         w = self.weight.data
         check_input(self, x, ndim=2, dtype=w.dtype, features=self.in_features)
-        xp = get_array_module(x, w)
-        z = xp.matmul(x, w.T)
+        get_array_module(x, w)            # TypeError when x and w are on different devices
+        z = matmul(x, w.T)
         if self.bias is not None:
             z += self.bias.data
         y, z_saved = apply_fused(self.activation, z)
