@@ -254,9 +254,11 @@ class MixedPrecision:
       (statistics and running buffers in float32, see ``gpunet.BatchNorm``); activations,
       dropout and pooling run on the float16 activations.
     * Matmuls: Dense and Conv2D multiply float16 arrays. On a GPU that is a float16 GEMM
-      (cuBLAS accumulates in float32). On NumPy there is no float16 BLAS: NumPy's own loop
-      accumulates in float32 too (the same numbers to rounding) but runs 25-50x slower than
-      a float32 GEMM, so fp16 on the CPU is for testing the policy, not for speed.
+      (cuBLAS accumulates in float32). NumPy has no float16 BLAS: Dense's matmuls
+      (``gpunet.functional.linear.matmul``) run as float32 GEMMs rounded once to float16;
+      Conv2D's still use NumPy's float16 loop (float32 accumulation, the same numbers to
+      rounding, 25-100x slower). fp16 on the CPU is for testing the policy, not for speed.
+      Conv2D and pooling have no float16 kernels on a GPU device yet (``TypeError``).
 
     Pair it with a ``GradScaler``: without loss scaling, gradients below 6e-8 vanish in
     float16. The cost per step on a device: one cast launch per Dense/Conv2D parameter
