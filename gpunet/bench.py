@@ -317,16 +317,19 @@ def floor_ops(spec) -> list[dict]:
         for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
             dense(a, b, i == 0)
         return ops
-    from .functional.conv import DW_CHUNK_COLUMNS
+    from .functional.conv import FWD_CHUNK_MAX_K, _chunks
     c, h, w = spec["shape"]
     for i, (ci, co) in enumerate(((c, 16), (16, 32))):
         hh, ww = h >> i, w >> i
         k = ci * 9 + 1                                   # + the ones row that carries the bias
         length = n * hh * ww
-        chunks = next((b for b in range(1, n + 1) if n % b == 0 and length // b <= DW_CHUNK_COLUMNS), n)
+        chunks = _chunks(n, length)
         ops.append({"op": "im2col", "what": f"conv{i + 1} im2col", "x": (ci, n, hh, ww), "k": 3})
-        ops.append({"op": "gemm", "what": f"conv{i + 1} forward [W|b] @ cols", "a": (co, k), "ta": False,
-                    "b": (k, length), "tb": False})
+        fwd = {"op": "gemm", "what": f"conv{i + 1} forward [W|b] @ cols", "a": (co, k), "ta": False,
+               "b": (k, length), "tb": False}
+        if k <= FWD_CHUNK_MAX_K and chunks > 1:        # a thin K: column chunks, one batched call
+            fwd.update(what=fwd["what"] + f" in {chunks} column chunks", chunks=chunks)
+        ops.append(fwd)
         ops.append({"op": "chunked_gemm", "what": f"conv{i + 1} dW = d2 @ cols.T", "cols": (k, length),
                     "d2": (co, length), "chunks": chunks})
         if i > 0:
@@ -347,14 +350,14 @@ def floor_step(spec, framework):
         import torch
         new = lambda shape: torch.from_numpy(rng.standard_normal(shape, dtype=numpy.float32))  # noqa: E731
         empty = lambda shape: torch.empty(shape, dtype=torch.float32)                          # noqa: E731
-        mm, copy = (lambda a, b: torch.matmul(a, b)), (lambda dst, src: dst.copy_(src))
+        mm, copy = (lambda a, b, **kw: torch.matmul(a, b, **kw)), (lambda dst, src: dst.copy_(src))
         t = lambda a: a.transpose(-1, -2)                                                       # noqa: E731
         perm = lambda a, order: a.permute(*order)                                               # noqa: E731
         bsum = lambda a: a.sum(dim=0)                                                           # noqa: E731
     else:
         new = lambda shape: rng.standard_normal(shape, dtype=numpy.float32)                     # noqa: E731
         empty = lambda shape: numpy.empty(shape, numpy.float32)                                 # noqa: E731
-        mm, copy = (lambda a, b: numpy.matmul(a, b)), numpy.copyto   # looked up per call (tests wrap it)
+        mm, copy = (lambda a, b, **kw: numpy.matmul(a, b, **kw)), numpy.copyto   # looked up per call (tests wrap it)
         t = lambda a: a.swapaxes(-1, -2)                                                        # noqa: E731
         perm = lambda a, order: a.transpose(*order)                                             # noqa: E731
         bsum = lambda a: a.sum(axis=0)                                                          # noqa: E731
@@ -363,7 +366,13 @@ def floor_step(spec, framework):
         if op["op"] == "gemm":
             a, b = new(op["a"]), new(op["b"])
             a, b = (t(a) if op["ta"] else a), (t(b) if op["tb"] else b)
-            calls.append(lambda a=a, b=b: mm(a, b))
+            if op.get("chunks"):        # b's column chunks, batched, into a C-contiguous result
+                nb, (k, length), o = op["chunks"], op["b"], op["a"][0]
+                b3 = perm(b.reshape(k, nb, length // nb), (1, 0, 2))
+                calls.append(lambda a=a, b3=b3, nb=nb, o=o, length=length:
+                             mm(a, b3, out=perm(empty((o, length)).reshape(o, nb, length // nb), (1, 0, 2))))
+            else:
+                calls.append(lambda a=a, b=b: mm(a, b))
         elif op["op"] == "chunked_gemm":
             (k, length), o, nb = op["cols"], op["d2"][0], op["chunks"]
             c3 = perm(new(op["cols"]).reshape(k, nb, length // nb), (1, 0, 2))
