@@ -1,4 +1,4 @@
-// defines: im2col<T>, col2im<T>, conv_bias_act<T>, conv_act_grad<T> (T = float, double): the non-GEMM passes of a whole-batch convolution, one launch each
+// defines: im2col<T>, col2im<T>, conv_bias_act<T>, conv_act_grad<T> (T = float, double, __half): the non-GEMM passes of a whole-batch convolution, one launch each
 //
 // A convolution on the GPU is im2col, one cuBLAS GEMM, and an epilogue (gpunet/functional/
 // conv.py): with K = C*kh*kw, P = OH*OW and L = N*P,
@@ -21,7 +21,11 @@
 // gpunet::FastDivmod (launchers pass the host-computed constants and check that every index
 // inside a row is < 2**31). Inputs x and dy may have any strides (element strides, so a
 // transposed view needs no copy); every output is C-contiguous.
+//
+// __half: storage only; sums, bias and ReLU in float (A = gpunet::Acc<T>::type, half.cuh),
+// each output rounded once.
 #include "common.cuh"
+#include "half.cuh"
 
 using gpunet::FastDivmod;
 using gpunet::covering;
@@ -45,9 +49,8 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, int K, int
             per_row.divmod(pq, p, q);
             const int h = static_cast<int>(p) * sh + i - ph;
             const int w = static_cast<int>(q) * sw + j - pw;
-            T v = T(0);
-            if (h >= 0 && h < H && w >= 0 && w < W) v = xc[n * sxn + h * sxh + w * sxw];
-            row[col] = v;
+            row[col] = (h >= 0 && h < H && w >= 0 && w < W) ? xc[n * sxn + h * sxh + w * sxw]
+                                                            : gpunet::from_acc<T>(0);
         }
     }
 }
@@ -57,6 +60,7 @@ template <typename T>
 __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int planes, int C, int H,
                        int kh, int kw, int sh, int sw, int ph, int pw, int OH, int OW, int L,
                        unsigned int w_d, unsigned int w_mul, unsigned int w_shr) {
+    using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{w_d, w_mul, w_shr};
     const int W = static_cast<int>(w_d), HW = H * W;
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
@@ -70,15 +74,15 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int plan
             int p_lo, p_hi, q_lo, q_hi;
             covering(hh, kh, sh, OH, p_lo, p_hi);
             covering(ww, kw, sw, OW, q_lo, q_hi);
-            T s = T(0);
+            A s = A(0);
             for (int p = p_hi; p >= p_lo; --p) {        // kernel row i = hh - p*sh ascending
                 const int i = hh - p * sh;
                 for (int q = q_hi; q >= q_lo; --q) {
                     const int j = ww - q * sw;
-                    s += dc[static_cast<long long>(i * kw + j) * L + p * OW + q];
+                    s += gpunet::to_acc(dc[static_cast<long long>(i * kw + j) * L + p * OW + q]);
                 }
             }
-            out[hw] = s;
+            out[hw] = gpunet::from_acc<T>(s);
         }
     }
 }
@@ -87,16 +91,17 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int plan
 template <typename T>
 __global__ void conv_bias_act(const T* __restrict__ z, const T* __restrict__ bias, T* __restrict__ y,
                               int planes, int O, int N, int P, int has_bias, int relu) {
+    using A = typename gpunet::Acc<T>::type;
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / O, o = plane - n * O;
         const T* src = z + (static_cast<long long>(o) * N + n) * P;
         T* dst = y + static_cast<long long>(plane) * P;
-        const T b = has_bias ? bias[o] : T(0);
+        const A b = has_bias ? gpunet::to_acc(bias[o]) : A(0);
         for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < P; k += gridDim.x * blockDim.x) {
-            T v = src[k];
+            A v = gpunet::to_acc(src[k]);
             if (has_bias) v += b;
-            if (relu && v < T(0)) v = T(0);  // NaN stays NaN, as NumPy's maximum(z, 0)
-            dst[k] = v;
+            if (relu && v < A(0)) v = A(0);  // NaN stays NaN, as NumPy's maximum(z, 0)
+            dst[k] = gpunet::from_acc<T>(v);
         }
     }
 }
@@ -109,6 +114,7 @@ __global__ void conv_act_grad(const T* __restrict__ dy, const T* __restrict__ y,
                               long long sw, int relu,
                               unsigned int p_d, unsigned int ow_d, unsigned int ow_mul,
                               unsigned int ow_shr) {
+    using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{ow_d, ow_mul, ow_shr};
     const int P = static_cast<int>(p_d);
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
@@ -119,9 +125,9 @@ __global__ void conv_act_grad(const T* __restrict__ dy, const T* __restrict__ y,
         for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < P; k += gridDim.x * blockDim.x) {
             unsigned int p, q;
             per_row.divmod(static_cast<unsigned int>(k), p, q);
-            T v = g[p * sh + q * sw];
-            if (relu) v = v * (yy[k] > T(0) ? T(1) : T(0));  // dy * (y > 0), as NumPy
-            dst[k] = v;
+            A v = gpunet::to_acc(g[p * sh + q * sw]);
+            if (relu) v = v * (gpunet::to_acc(yy[k]) > A(0) ? A(1) : A(0));  // dy * (y > 0), as NumPy
+            dst[k] = gpunet::from_acc<T>(v);
         }
     }
 }
@@ -140,3 +146,4 @@ __global__ void conv_act_grad(const T* __restrict__ dy, const T* __restrict__ y,
 
 GPUNET_CONV_INSTANTIATE(float)
 GPUNET_CONV_INSTANTIATE(double)
+GPUNET_CONV_INSTANTIATE(__half)

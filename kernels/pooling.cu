@@ -1,4 +1,4 @@
-// defines: max_pool_forward<T, I>, max_pool_backward<T, I> (T = float, double; I = unsigned char, int: the argmax type), avg_pool_forward<T>, avg_pool_backward<T>: 2-D pooling over NCHW, one launch per op
+// defines: max_pool_forward<T, I>, max_pool_backward<T, I> (T = float, double, __half; I = unsigned char, int: the argmax type), avg_pool_forward<T>, avg_pool_backward<T> (T = float, double): 2-D pooling over NCHW, one launch per op
 //
 // A window of (kh, kw) moves by (sh, sw) over the input padded by (ph, pw) on each side;
 // output (N, C, OH, OW). Semantics are gpunet/functional/pooling.py's, in the same order of
@@ -15,7 +15,10 @@
 // over a plane's elements (grid-stride loops). Inputs x and dy may have any element strides
 // (a transposed view needs no copy); arg is C-contiguous (N, C, OH, OW) and every output
 // C-contiguous. Plane sizes and N*C are < 2**31 (the launchers check it).
+// Max pooling on __half compares in float (A = gpunet::Acc<T>::type, half.cuh; exact) and
+// sums its backward in float, rounded once.
 #include "common.cuh"
+#include "half.cuh"
 
 using gpunet::FastDivmod;
 using gpunet::covering;
@@ -26,6 +29,7 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* 
                                  long long sxh, long long sxw, int kh, int kw, int sh, int sw,
                                  int ph, int pw, unsigned int ow_d, unsigned int ow_mul,
                                  unsigned int ow_shr, int P) {
+    using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{ow_d, ow_mul, ow_shr};
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
@@ -36,14 +40,14 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* 
             unsigned int p, q;
             per_row.divmod(static_cast<unsigned int>(k), p, q);
             const int h0 = static_cast<int>(p) * sh - ph, w0 = static_cast<int>(q) * sw - pw;
-            T best = gpunet::neg_inf<T>();
+            A best = gpunet::neg_inf<A>();
             int a = 0;
             for (int i = 0; i < kh; ++i) {
                 const int h = h0 + i;
                 for (int j = 0; j < kw; ++j) {
                     const int w = w0 + j;
-                    const T v = (h >= 0 && h < H && w >= 0 && w < W) ? xc[h * sxh + w * sxw]
-                                                                     : gpunet::neg_inf<T>();
+                    const A v = (h >= 0 && h < H && w >= 0 && w < W) ? gpunet::to_acc(xc[h * sxh + w * sxw])
+                                                                     : gpunet::neg_inf<A>();
                     if (i == 0 && j == 0) {
                         best = v;
                     } else {
@@ -53,7 +57,7 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* 
                     }
                 }
             }
-            yo[k] = best;
+            yo[k] = gpunet::from_acc<T>(best);
             ao[k] = static_cast<I>(a);
         }
     }
@@ -65,6 +69,7 @@ __global__ void max_pool_backward(const T* __restrict__ dy, const I* __restrict_
                                   int sh, int sw, int ph, int pw, int OH, int OW, long long sdn,
                                   long long sdc, long long sdh, long long sdw,
                                   unsigned int w_d, unsigned int w_mul, unsigned int w_shr) {
+    using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{w_d, w_mul, w_shr};
     const int HW = H * static_cast<int>(w_d);
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
@@ -79,14 +84,15 @@ __global__ void max_pool_backward(const T* __restrict__ dy, const I* __restrict_
             int p_lo, p_hi, q_lo, q_hi;
             covering(hh, kh, sh, OH, p_lo, p_hi);
             covering(ww, kw, sw, OW, q_lo, q_hi);
-            T s = T(0);
+            A s = A(0);
             for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
                 const int i = hh - p * sh;
                 for (int q = q_hi; q >= q_lo; --q) {
-                    if (static_cast<int>(ai[p * OW + q]) == i * kw + ww - q * sw) s += g[p * sdh + q * sdw];
+                    if (static_cast<int>(ai[p * OW + q]) == i * kw + ww - q * sw)
+                        s += gpunet::to_acc(g[p * sdh + q * sdw]);
                 }
             }
-            out[hw] = s;
+            out[hw] = gpunet::from_acc<T>(s);
         }
     }
 }
@@ -170,5 +176,7 @@ GPUNET_MAX_POOL_INSTANTIATE(float, unsigned char)
 GPUNET_MAX_POOL_INSTANTIATE(float, int)
 GPUNET_MAX_POOL_INSTANTIATE(double, unsigned char)
 GPUNET_MAX_POOL_INSTANTIATE(double, int)
+GPUNET_MAX_POOL_INSTANTIATE(__half, unsigned char)
+GPUNET_MAX_POOL_INSTANTIATE(__half, int)
 GPUNET_AVG_POOL_INSTANTIATE(float)
 GPUNET_AVG_POOL_INSTANTIATE(double)

@@ -193,3 +193,85 @@ def test_numpy_float16_matmul_is_float32_rounded_once():
                                      .astype(numpy.float16))
     exact = a.astype(numpy.float64) @ b.astype(numpy.float64)   # within a half ulp + sum error
     assert numpy.max(numpy.abs(got - exact) / numpy.maximum(numpy.abs(exact), 1.0)) < 2e-3
+
+
+# -- float16 conv and max-pool kernels (the fp16 CNN on a device) ---------------------------
+
+def _h(a):
+    return a.astype(numpy.float16)
+
+
+def test_half_conv_kernels_match_float32_rounded(gpu_xp):
+    """im2col/col2im/conv_bias_act/conv_act_grad on float16: float arithmetic inside, each
+    output rounded once, so equal (tolerance 0) to the float32 computation rounded:
+    im2col/col2im against NumPy's float32 reference, the epilogues against the float32
+    kernels (equal to NumPy's bit for bit, test_conv_device)."""
+    from gpunet.cuda import conv as CC
+    from gpunet.functional import conv as FC
+    r = numpy.random.default_rng(6)
+    n, c, h, w, o, k, s, p = 3, 2, 7, 6, 4, (3, 2), (2, 1), (1, 1)
+    oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+    x = _h(r.standard_normal((n, c, h, w)) * 4)
+    cols = to_numpy(CC.im2col_rows(gpu_xp.asarray(x), k, s, p, (oh, ow)))
+    numpy.testing.assert_array_equal(cols, _h(FC.im2col_rows(x.astype(numpy.float32), k, s, p)))
+    dcols = _h(r.standard_normal(cols.shape) * 4)
+    dx = to_numpy(CC.col2im_rows(gpu_xp.asarray(dcols), x.shape, k, s, p, (oh, ow)))
+    assert dx.dtype == numpy.float16
+    numpy.testing.assert_array_equal(
+        dx, _h(FC.col2im_rows(dcols.astype(numpy.float32), x.shape, k, s, p)))
+    z, b = _h(r.standard_normal((o, n * oh * ow)) * 4), _h(r.standard_normal(o))
+    for relu in (False, True):
+        got = to_numpy(CC.conv_bias_act(gpu_xp.asarray(z), gpu_xp.asarray(b), n, (oh, ow), relu=relu))
+        ref = to_numpy(CC.conv_bias_act(gpu_xp.asarray(z.astype(numpy.float32)),
+                                        gpu_xp.asarray(b.astype(numpy.float32)), n, (oh, ow), relu=relu))
+        numpy.testing.assert_array_equal(got, _h(ref))
+    y = numpy.maximum(_h(r.standard_normal((n, o, oh, ow))), 0)
+    dy = _h(r.standard_normal((n, o, oh, ow)))
+    got = to_numpy(CC.conv_act_grad(gpu_xp.asarray(dy), gpu_xp.asarray(y)))
+    ref = to_numpy(CC.conv_act_grad(gpu_xp.asarray(dy.astype(numpy.float32)),
+                                    gpu_xp.asarray(y.astype(numpy.float32))))
+    numpy.testing.assert_array_equal(got, _h(ref))
+
+
+def test_half_max_pool_kernels_match_float32_rounded(gpu_xp):
+    """max pooling on float16 (compare in float: exact; backward sums in float, rounded
+    once) against the float32 kernels rounded (tolerance 0); average pooling has no
+    float16 kernel and says so."""
+    from gpunet.cuda import pooling as CP
+    r = numpy.random.default_rng(7)
+    x = _h(r.standard_normal((2, 3, 7, 7)))
+    k, s, p, out = (3, 3), (2, 2), (1, 1), (4, 4)
+    y, arg = CP.max_pool2d(gpu_xp.asarray(x), k, s, p, out)
+    y32, arg32 = CP.max_pool2d(gpu_xp.asarray(x.astype(numpy.float32)), k, s, p, out)
+    numpy.testing.assert_array_equal(to_numpy(y), _h(to_numpy(y32)))
+    numpy.testing.assert_array_equal(to_numpy(arg), to_numpy(arg32))
+    dy = _h(r.standard_normal(to_numpy(y).shape))
+    dx = CP.max_pool2d_backward(gpu_xp.asarray(dy), arg, x.shape, k, s, p)
+    dx32 = CP.max_pool2d_backward(gpu_xp.asarray(dy.astype(numpy.float32)), arg32, x.shape, k, s, p)
+    numpy.testing.assert_array_equal(to_numpy(dx), _h(to_numpy(dx32)))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        CP.avg_pool2d(gpu_xp.asarray(x), k, s, p, out)
+
+
+def test_fp16_cnn_on_device_matches_numpy_fp16(gpu_xp, gpu_device):
+    """A conv/max-pool/dense network under MixedPrecision on the device against the same on
+    NumPy: outputs within 1e-3 and master gradients within 1e-2 (relative to the largest;
+    the device sums col2im and the pooling backward in float32, NumPy in float16)."""
+    from gpunet import Conv2D, Flatten, MaxPool2D
+    r = numpy.random.default_rng(8)
+    x, y = r.random((8, 1, 8, 8), dtype=numpy.float32), numpy.arange(8) % 10
+    res = {}
+    for dev in ("cpu", gpu_device):
+        gpunet.manual_seed(0)
+        m = Sequential(Conv2D(1, 4, 3, padding=1, activation="relu"),
+                       Conv2D(4, 6, 3, padding=1, activation="relu"), MaxPool2D(2), Flatten(),
+                       Dense(96, 10)).to(dev)
+        mp, loss_fn = MixedPrecision(m), SoftmaxCrossEntropy()
+        out = mp.forward(gpunet.to_device(x, dev))
+        loss_fn(out, gpunet.to_device(y, dev))
+        mp.backward(loss_fn.backward() * 1024.0)
+        res[dev] = [to_numpy(out)] + [to_numpy(q.grad) for q in m.parameters()]
+    for i, (a, b) in enumerate(zip(res["cpu"], res[gpu_device])):
+        assert b.dtype == numpy.float32
+        err = numpy.abs(a - b).max() / numpy.abs(a).max()
+        assert err < (1e-3 if i == 0 else 1e-2), (i, err)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy
 
-from .loader import _CTYPE, _cupy_for, _device, _float_array, _sm_count, fast_divmod_constants, kernel
+from .loader import _CTYPE, _HALF_CTYPE, _cupy_for, _device, _float_array, _sm_count, fast_divmod_constants, kernel
 
 _I32_MAX = 2**31 - 1
 
@@ -43,11 +43,14 @@ def _strides(name, a):
     return tuple(numpy.int64(v) for v in s)
 
 
-def _check_float(name, x, cp):
+def _check_float(name, x, cp, half=True):
+    """TypeError unless ``x`` is a float32/float64 array (or float16, when ``half``: the
+    conv and max-pool kernels have a __half instantiation)."""
     if not isinstance(x, cp.ndarray):
         raise TypeError(f"gpunet.cuda.{name}: expected a cupy.ndarray, got {type(x).__name__}")
-    if x.dtype not in _CTYPE:
-        raise TypeError(f"gpunet.cuda.{name}: expected float32 or float64, got {x.dtype}")
+    if x.dtype not in (_HALF_CTYPE if half else _CTYPE):
+        raise TypeError(f"gpunet.cuda.{name}: expected {'float16, ' if half else ''}float32 or "
+                        f"float64, got {x.dtype}")
 
 
 def im2col_rows(x, kernel_hw, stride, padding, out_hw, out=None):
@@ -67,7 +70,7 @@ def im2col_rows(x, kernel_hw, stride, padding, out_hw, out=None):
         if out.size:
             grid, block = _rows_grid(k, n * p, dev)
             i32 = numpy.int32
-            kernel("conv.cu", f"im2col<{_CTYPE[dtype]}>", dev)(
+            kernel("conv.cu", f"im2col<{_HALF_CTYPE[dtype]}>", dev)(
                 grid, block,
                 (x, out, i32(k), i32(h), i32(w), *_strides("im2col_rows", x),
                  i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i32(n * p),
@@ -80,7 +83,7 @@ def col2im_rows(dcols, x_shape, kernel_hw, stride, padding, out_hw):
     (C-contiguous); each input element sums, in kernel-offset order, the entries that
     read it (a gather: deterministic, no atomics)."""
     cp = _cupy_for(dcols)
-    dcols = _float_array("col2im_rows", dcols, cp)
+    dcols = _float_array("col2im_rows", dcols, cp, half=True)
     n, c, h, w = x_shape
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_hw, stride, padding, out_hw
     if dcols.shape != (c * kh * kw, n * oh * ow):
@@ -93,7 +96,7 @@ def col2im_rows(dcols, x_shape, kernel_hw, stride, padding, out_hw):
         if dx.size:
             grid, block = _rows_grid(n * c, h * w, dev)
             i32 = numpy.int32
-            kernel("conv.cu", f"col2im<{_CTYPE[dtype]}>", dev)(
+            kernel("conv.cu", f"col2im<{_HALF_CTYPE[dtype]}>", dev)(
                 grid, block,
                 (dcols, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
                  i32(ph), i32(pw), i32(oh), i32(ow), i32(n * oh * ow), *_divmod_args(w)))
@@ -104,7 +107,7 @@ def conv_bias_act(z, bias, n, out_hw, relu=False):
     """``y (N, O, OH, OW)``, NCHW-contiguous, from the GEMM's ``z (O, N*OH*OW)`` (CNHW
     memory): ``y[n, o] = z[o, n] + bias[o]`` (no bias: None), then ``max(y, 0)`` when ``relu``."""
     cp = _cupy_for(z)
-    z = _float_array("conv_bias_act", z, cp)
+    z = _float_array("conv_bias_act", z, cp, half=True)
     o = z.shape[0]
     oh, ow = out_hw
     p = oh * ow
@@ -122,7 +125,7 @@ def conv_bias_act(z, bias, n, out_hw, relu=False):
         if y.size:
             grid, block = _rows_grid(n * o, p, dev)
             i32 = numpy.int32
-            kernel("conv.cu", f"conv_bias_act<{_CTYPE[dtype]}>", dev)(
+            kernel("conv.cu", f"conv_bias_act<{_HALF_CTYPE[dtype]}>", dev)(
                 grid, block,
                 (z, z if bias is None else bias, y, i32(n * o), i32(o), i32(n), i32(p),
                  i32(bias is not None), i32(bool(relu))))
@@ -151,7 +154,7 @@ def conv_act_grad(dy, y=None):
         if d2.size:
             grid, block = _rows_grid(o * n, p, dev)
             i32 = numpy.int32
-            kernel("conv.cu", f"conv_act_grad<{_CTYPE[dtype]}>", dev)(
+            kernel("conv.cu", f"conv_act_grad<{_HALF_CTYPE[dtype]}>", dev)(
                 grid, block,
                 (dy, dy if y is None else y, d2, i32(o * n), i32(n), i32(o),
                  *_strides("conv_act_grad", dy), i32(y is not None),

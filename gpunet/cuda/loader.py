@@ -14,6 +14,9 @@ from ..backend import device_of, require_cuda, require_sim
 
 _TYPES = ("float", "double")
 _CTYPE = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
+# the kernels with a __half instantiation (float arithmetic inside, kernels/half.cuh):
+# dropout, convolution, max pooling
+_HALF_CTYPE = {**_CTYPE, numpy.dtype(numpy.float16): "__half"}
 
 # Rows of at most 32 * ITEMS classes take the warp-per-row kernels.
 _WARP_ITEMS = (8, 32)
@@ -36,9 +39,10 @@ KERNELS: dict[str, list[str]] = {
     "optim.cu": [f"{k}<{t}>" for k in ("mt_sgd", "mt_adam", "mt_rmsprop", "mt_adagrad",
                                         "mt_grad_sumsq", "mt_grad_scale", "mt_grad_clamp")
                  for t in _TYPES],
-    "conv.cu": [f"{k}<{t}>" for k in ("im2col", "col2im", "conv_bias_act", "conv_act_grad") for t in _TYPES],
+    "conv.cu": [f"{k}<{t}>" for k in ("im2col", "col2im", "conv_bias_act", "conv_act_grad")
+                for t in (*_TYPES, "__half")],
     "pooling.cu": [*(f"{k}<{t}, {i}>" for k in ("max_pool_forward", "max_pool_backward")
-                   for t in _TYPES for i in ("unsigned char", "int")),
+                   for t in (*_TYPES, "__half") for i in ("unsigned char", "int")),
                  *(f"{k}<{t}>" for k in ("avg_pool_forward", "avg_pool_backward") for t in _TYPES)],
 }
 
@@ -186,11 +190,13 @@ def _device(x):
     return "sim" if device_of(x) == "sim" else x.device.id
 
 
-def _float_array(name, x, cp):
+def _float_array(name, x, cp, half=False):
+    """``x`` C-contiguous; TypeError unless a float32/float64 (and float16 with ``half``) array."""
     if not isinstance(x, cp.ndarray):
         raise TypeError(f"gpunet.cuda.{name}: expected a cupy.ndarray, got {type(x).__name__}")
-    if x.dtype not in _CTYPE:
-        raise TypeError(f"gpunet.cuda.{name}: expected float32 or float64, got {x.dtype}")
+    if x.dtype not in (_HALF_CTYPE if half else _CTYPE):
+        raise TypeError(f"gpunet.cuda.{name}: expected {'float16, ' if half else ''}float32 or "
+                        f"float64, got {x.dtype}")
     return cp.ascontiguousarray(x)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy
 
 from .conv import _check_float, _check_sizes, _divmod_args, _rows_grid, _strides
-from .loader import _CTYPE, _cupy_for, _device, kernel
+from .loader import _CTYPE, _HALF_CTYPE, _cupy_for, _device, kernel
 
 
 def _arg_ctype(kk):
@@ -34,7 +34,7 @@ def max_pool2d(x, kernel_hw, stride, padding, out_hw):
         if y.size:
             grid, block = _rows_grid(n * c, oh * ow, dev)
             i32 = numpy.int32
-            kernel("pooling.cu", f"max_pool_forward<{_CTYPE[dtype]}, {_arg_ctype(kk)}>", dev)(
+            kernel("pooling.cu", f"max_pool_forward<{_HALF_CTYPE[dtype]}, {_arg_ctype(kk)}>", dev)(
                 grid, block,
                 (x, y, arg, i32(n * c), i32(c), i32(h), i32(w), *_strides("max_pool2d", x),
                  i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), *_divmod_args(ow),
@@ -62,7 +62,7 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_hw, stride, padding):
         if dx.size:
             grid, block = _rows_grid(n * c, h * w, dev)
             i32 = numpy.int32
-            kernel("pooling.cu", f"max_pool_backward<{_CTYPE[dtype]}, {_arg_ctype(kk)}>", dev)(
+            kernel("pooling.cu", f"max_pool_backward<{_HALF_CTYPE[dtype]}, {_arg_ctype(kk)}>", dev)(
                 grid, block,
                 (dy, arg, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
                  i32(ph), i32(pw), i32(oh), i32(ow), *_strides("max_pool2d_backward", dy),
@@ -73,7 +73,7 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_hw, stride, padding):
 def avg_pool2d(x, kernel_hw, stride, padding, out_hw):
     """``y (N, C, OH, OW)``: the window sum (zero padding counted) times ``1/(kh*kw)``."""
     cp = _cupy_for(x)
-    _check_float("avg_pool2d", x, cp)
+    _check_float("avg_pool2d", x, cp, half=False)
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_hw, stride, padding, out_hw
     _check_sizes("avg_pool2d", planes=n * c, plane=max(h * w, oh * ow))
@@ -94,7 +94,7 @@ def avg_pool2d(x, kernel_hw, stride, padding, out_hw):
 def avg_pool2d_backward(dy, x_shape, kernel_hw, stride, padding):
     """``dx (N, C, H, W)``: every input of a window receives ``dy * (1/(kh*kw))``; overlaps add."""
     cp = _cupy_for(dy)
-    _check_float("avg_pool2d_backward", dy, cp)
+    _check_float("avg_pool2d_backward", dy, cp, half=False)
     n, c, h, w = x_shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_hw, stride, padding
     oh, ow = dy.shape[2:]
