@@ -52,7 +52,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import device_of, get_array_module
-from .activations import relu_backward
+from .activations import relu_backward, relu_mask_times
 
 IM2COL_GEMM_MAX_PIXELS = 48   # H*W at or below which im2col is a GEMM with the gather matrix
 COL2IM_GEMM_MAX_PIXELS = 64   # likewise for col2im (the strided adds cost more than the copy)
@@ -375,7 +375,7 @@ def relu_grad(dy, y):
     make NumPy's elementwise passes several times slower)."""
     xp = get_array_module(dy, y)
     dt = dy.transpose(1, 0, 2, 3)
-    return xp.multiply(dt, whole_batch_rows(y).reshape(dt.shape) > 0).transpose(1, 0, 2, 3)
+    return relu_mask_times(xp, dt, whole_batch_rows(y).reshape(dt.shape)).transpose(1, 0, 2, 3)
 
 
 DW_CHUNK_COLUMNS = 4096   # dW's GEMM runs over column chunks of at most this many
