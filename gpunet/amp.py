@@ -258,9 +258,8 @@ class MixedPrecision:
       (``gpunet.functional.linear.matmul``) run as float32 GEMMs rounded once to float16;
       Conv2D's still use NumPy's float16 loop (float32 accumulation, the same numbers to
       rounding, 25-100x slower). fp16 on the CPU is for testing the policy, not for speed.
-      On a device, convolution (im2col, col2im, bias/ReLU epilogues), max pooling and
-      dropout have float16 kernels (float arithmetic, rounded once); average pooling does
-      not yet (``TypeError``).
+      On a device, convolution (im2col, col2im, bias/ReLU epilogues), max and average
+      pooling and dropout have float16 kernels (float arithmetic, rounded once).
 
     Pair it with a ``GradScaler``: without loss scaling, gradients below 6e-8 vanish in
     float16. The cost per step on a device: one cast launch per Dense/Conv2D parameter

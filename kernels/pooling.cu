@@ -1,4 +1,4 @@
-// defines: max_pool_forward<T, I>, max_pool_backward<T, I> (T = float, double, __half; I = unsigned char, int: the argmax type), avg_pool_forward<T>, avg_pool_backward<T> (T = float, double): 2-D pooling over NCHW, one launch per op
+// defines: max_pool_forward<T, I>, max_pool_backward<T, I> (T = float, double, __half; I = unsigned char, int: the argmax type), avg_pool_forward<T>, avg_pool_backward<T> (T = float, double, __half): 2-D pooling over NCHW, one launch per op
 //
 // A window of (kh, kw) moves by (sh, sw) over the input padded by (ph, pw) on each side;
 // output (N, C, OH, OW). Semantics are gpunet/functional/pooling.py's, in the same order of
@@ -15,8 +15,9 @@
 // over a plane's elements (grid-stride loops). Inputs x and dy may have any element strides
 // (a transposed view needs no copy); arg is C-contiguous (N, C, OH, OW) and every output
 // C-contiguous. Plane sizes and N*C are < 2**31 (the launchers check it).
-// Max pooling on __half compares in float (A = gpunet::Acc<T>::type, half.cuh; exact) and
-// sums its backward in float, rounded once.
+// __half: storage only. Max pooling compares in float (A = gpunet::Acc<T>::type, half.cuh;
+// exact); sums (average pooling, the backward kernels) and the products by scale (a float,
+// 1/(kh*kw) rounded to float) are float, each output rounded once.
 #include "common.cuh"
 #include "half.cuh"
 
@@ -102,7 +103,8 @@ __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, int
                                  int H, int W, long long sxn, long long sxc, long long sxh,
                                  long long sxw, int kh, int kw, int sh, int sw, int ph, int pw,
                                  unsigned int ow_d, unsigned int ow_mul, unsigned int ow_shr,
-                                 int P, T scale) {
+                                 int P, typename gpunet::Acc<T>::type scale) {
+    using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{ow_d, ow_mul, ow_shr};
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
@@ -112,16 +114,16 @@ __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, int
             unsigned int p, q;
             per_row.divmod(static_cast<unsigned int>(k), p, q);
             const int h0 = static_cast<int>(p) * sh - ph, w0 = static_cast<int>(q) * sw - pw;
-            T s = T(0);
+            A s = A(0);
             for (int i = 0; i < kh; ++i) {
                 const int h = h0 + i;
                 for (int j = 0; j < kw; ++j) {
                     const int w = w0 + j;
-                    const T v = (h >= 0 && h < H && w >= 0 && w < W) ? xc[h * sxh + w * sxw] : T(0);
+                    const A v = (h >= 0 && h < H && w >= 0 && w < W) ? gpunet::to_acc(xc[h * sxh + w * sxw]) : A(0);
                     s = (i == 0 && j == 0) ? v : s + v;
                 }
             }
-            yo[k] = s * scale;
+            yo[k] = gpunet::from_acc<T>(s * scale);
         }
     }
 }
@@ -130,7 +132,9 @@ template <typename T>
 __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, int planes, int C,
                                   int H, int kh, int kw, int sh, int sw, int ph, int pw, int OH,
                                   int OW, long long sdn, long long sdc, long long sdh, long long sdw,
-                                  unsigned int w_d, unsigned int w_mul, unsigned int w_shr, T scale) {
+                                  unsigned int w_d, unsigned int w_mul, unsigned int w_shr,
+                                  typename gpunet::Acc<T>::type scale) {
+    using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{w_d, w_mul, w_shr};
     const int HW = H * static_cast<int>(w_d);
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
@@ -144,11 +148,11 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
             int p_lo, p_hi, q_lo, q_hi;
             covering(hh, kh, sh, OH, p_lo, p_hi);
             covering(ww, kw, sw, OW, q_lo, q_hi);
-            T s = T(0);
+            A s = A(0);
             for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
-                for (int q = q_hi; q >= q_lo; --q) s += g[p * sdh + q * sdw] * scale;
+                for (int q = q_hi; q >= q_lo; --q) s += gpunet::to_acc(g[p * sdh + q * sdw]) * scale;
             }
-            out[hw] = s;
+            out[hw] = gpunet::from_acc<T>(s);
         }
     }
 }
@@ -166,11 +170,11 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
     template __global__ void avg_pool_forward<T>(const T*, T*, int, int, int, int, long long,       \
                                                  long long, long long, long long, int, int, int,    \
                                                  int, int, int, unsigned int, unsigned int,         \
-                                                 unsigned int, int, T);                             \
+                                                 unsigned int, int, typename gpunet::Acc<T>::type); \
     template __global__ void avg_pool_backward<T>(const T*, T*, int, int, int, int, int, int, int,  \
                                                   int, int, int, int, long long, long long,         \
                                                   long long, long long, unsigned int, unsigned int, \
-                                                  unsigned int, T);
+                                                  unsigned int, typename gpunet::Acc<T>::type);
 
 GPUNET_MAX_POOL_INSTANTIATE(float, unsigned char)
 GPUNET_MAX_POOL_INSTANTIATE(float, int)
@@ -180,3 +184,4 @@ GPUNET_MAX_POOL_INSTANTIATE(__half, unsigned char)
 GPUNET_MAX_POOL_INSTANTIATE(__half, int)
 GPUNET_AVG_POOL_INSTANTIATE(float)
 GPUNET_AVG_POOL_INSTANTIATE(double)
+GPUNET_AVG_POOL_INSTANTIATE(__half)

@@ -233,10 +233,9 @@ def test_half_conv_kernels_match_float32_rounded(gpu_xp):
     numpy.testing.assert_array_equal(got, _h(ref))
 
 
-def test_half_max_pool_kernels_match_float32_rounded(gpu_xp):
-    """max pooling on float16 (compare in float: exact; backward sums in float, rounded
-    once) against the float32 kernels rounded (tolerance 0); average pooling has no
-    float16 kernel and says so."""
+def test_half_pool_kernels_match_float32_rounded(gpu_xp):
+    """max and average pooling on float16 (compares, sums and the 1/(kh*kw) products in
+    float, each output rounded once) against the float32 kernels rounded (tolerance 0)."""
     from gpunet.cuda import pooling as CP
     r = numpy.random.default_rng(7)
     x = _h(r.standard_normal((2, 3, 7, 7)))
@@ -249,23 +248,27 @@ def test_half_max_pool_kernels_match_float32_rounded(gpu_xp):
     dx = CP.max_pool2d_backward(gpu_xp.asarray(dy), arg, x.shape, k, s, p)
     dx32 = CP.max_pool2d_backward(gpu_xp.asarray(dy.astype(numpy.float32)), arg32, x.shape, k, s, p)
     numpy.testing.assert_array_equal(to_numpy(dx), _h(to_numpy(dx32)))
-    with pytest.raises(TypeError, match="float32 or float64"):
-        CP.avg_pool2d(gpu_xp.asarray(x), k, s, p, out)
+    ya = CP.avg_pool2d(gpu_xp.asarray(x), k, s, p, out)
+    ya32 = CP.avg_pool2d(gpu_xp.asarray(x.astype(numpy.float32)), k, s, p, out)
+    numpy.testing.assert_array_equal(to_numpy(ya), _h(to_numpy(ya32)))
+    da = CP.avg_pool2d_backward(gpu_xp.asarray(dy), x.shape, k, s, p)
+    da32 = CP.avg_pool2d_backward(gpu_xp.asarray(dy.astype(numpy.float32)), x.shape, k, s, p)
+    numpy.testing.assert_array_equal(to_numpy(da), _h(to_numpy(da32)))
 
 
 def test_fp16_cnn_on_device_matches_numpy_fp16(gpu_xp, gpu_device):
-    """A conv/max-pool/dense network under MixedPrecision on the device against the same on
+    """A conv/max-pool/avg-pool/dense network under MixedPrecision on the device against the same on
     NumPy: outputs within 1e-3 and master gradients within 1e-2 (relative to the largest;
     the device sums col2im and the pooling backward in float32, NumPy in float16)."""
-    from gpunet import Conv2D, Flatten, MaxPool2D
+    from gpunet import AvgPool2D, Conv2D, Flatten, MaxPool2D
     r = numpy.random.default_rng(8)
     x, y = r.random((8, 1, 8, 8), dtype=numpy.float32), numpy.arange(8) % 10
     res = {}
     for dev in ("cpu", gpu_device):
         gpunet.manual_seed(0)
         m = Sequential(Conv2D(1, 4, 3, padding=1, activation="relu"),
-                       Conv2D(4, 6, 3, padding=1, activation="relu"), MaxPool2D(2), Flatten(),
-                       Dense(96, 10)).to(dev)
+                       Conv2D(4, 6, 3, padding=1, activation="relu"), MaxPool2D(2),
+                       AvgPool2D(2), Flatten(), Dense(24, 10)).to(dev)
         mp, loss_fn = MixedPrecision(m), SoftmaxCrossEntropy()
         out = mp.forward(gpunet.to_device(x, dev))
         loss_fn(out, gpunet.to_device(y, dev))

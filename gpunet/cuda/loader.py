@@ -15,7 +15,7 @@ from ..backend import device_of, require_cuda, require_sim
 _TYPES = ("float", "double")
 _CTYPE = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 # the kernels with a __half instantiation (float arithmetic inside, kernels/half.cuh):
-# dropout, convolution, max pooling
+# dropout, convolution, pooling
 _HALF_CTYPE = {**_CTYPE, numpy.dtype(numpy.float16): "__half"}
 
 # Rows of at most 32 * ITEMS classes take the warp-per-row kernels.
@@ -43,7 +43,8 @@ KERNELS: dict[str, list[str]] = {
                 for t in (*_TYPES, "__half")],
     "pooling.cu": [*(f"{k}<{t}, {i}>" for k in ("max_pool_forward", "max_pool_backward")
                    for t in (*_TYPES, "__half") for i in ("unsigned char", "int")),
-                 *(f"{k}<{t}>" for k in ("avg_pool_forward", "avg_pool_backward") for t in _TYPES)],
+                 *(f"{k}<{t}>" for k in ("avg_pool_forward", "avg_pool_backward")
+                   for t in (*_TYPES, "__half"))],
 }
 
 # What CuPy appends to the options of every RawModule it compiles with NVRTC.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy
 
 from .conv import _check_float, _check_sizes, _divmod_args, _rows_grid, _strides
-from .loader import _CTYPE, _HALF_CTYPE, _cupy_for, _device, kernel
+from .loader import _HALF_CTYPE, _cupy_for, _device, kernel
 
 
 def _arg_ctype(kk):
@@ -70,10 +70,15 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_hw, stride, padding):
     return dx
 
 
+def _scale(dtype, kk):
+    """``1/(kh*kw)`` as the kernel's scalar: in ``dtype``, float32 for float16 (float inside)."""
+    return (numpy.float32 if dtype == numpy.float16 else dtype.type)(1.0 / kk)
+
+
 def avg_pool2d(x, kernel_hw, stride, padding, out_hw):
     """``y (N, C, OH, OW)``: the window sum (zero padding counted) times ``1/(kh*kw)``."""
     cp = _cupy_for(x)
-    _check_float("avg_pool2d", x, cp, half=False)
+    _check_float("avg_pool2d", x, cp)
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_hw, stride, padding, out_hw
     _check_sizes("avg_pool2d", planes=n * c, plane=max(h * w, oh * ow))
@@ -83,18 +88,18 @@ def avg_pool2d(x, kernel_hw, stride, padding, out_hw):
         if y.size:
             grid, block = _rows_grid(n * c, oh * ow, dev)
             i32 = numpy.int32
-            kernel("pooling.cu", f"avg_pool_forward<{_CTYPE[dtype]}>", dev)(
+            kernel("pooling.cu", f"avg_pool_forward<{_HALF_CTYPE[dtype]}>", dev)(
                 grid, block,
                 (x, y, i32(n * c), i32(c), i32(h), i32(w), *_strides("avg_pool2d", x),
                  i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), *_divmod_args(ow),
-                 i32(oh * ow), dtype.type(1.0 / (kh * kw))))
+                 i32(oh * ow), _scale(dtype, kh * kw)))
     return y
 
 
 def avg_pool2d_backward(dy, x_shape, kernel_hw, stride, padding):
     """``dx (N, C, H, W)``: every input of a window receives ``dy * (1/(kh*kw))``; overlaps add."""
     cp = _cupy_for(dy)
-    _check_float("avg_pool2d_backward", dy, cp, half=False)
+    _check_float("avg_pool2d_backward", dy, cp)
     n, c, h, w = x_shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_hw, stride, padding
     oh, ow = dy.shape[2:]
@@ -105,9 +110,9 @@ def avg_pool2d_backward(dy, x_shape, kernel_hw, stride, padding):
         if dx.size:
             grid, block = _rows_grid(n * c, h * w, dev)
             i32 = numpy.int32
-            kernel("pooling.cu", f"avg_pool_backward<{_CTYPE[dtype]}>", dev)(
+            kernel("pooling.cu", f"avg_pool_backward<{_HALF_CTYPE[dtype]}>", dev)(
                 grid, block,
                 (dy, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
                  i32(ph), i32(pw), i32(oh), i32(ow), *_strides("avg_pool2d_backward", dy),
-                 *_divmod_args(w), dtype.type(1.0 / (kh * kw))))
+                 *_divmod_args(w), _scale(dtype, kh * kw)))
     return dx
