@@ -278,3 +278,26 @@ def test_fp16_cnn_on_device_matches_numpy_fp16(gpu_xp, gpu_device):
         assert b.dtype == numpy.float32
         err = numpy.abs(a - b).max() / numpy.abs(a).max()
         assert err < (1e-3 if i == 0 else 1e-2), (i, err)
+
+
+def test_fp16_trainer_step_costs_on_the_sim():
+    """A steady fp16 Trainer step of gpunet train's MLP with Adam on the sim: one host sync
+    (the loss scaler's skip decision), nothing copied to the device, at most 50 launches
+    (the fp32 step's 24, plus a cast per Dense parameter each way, the input/output/gradient
+    casts, the scaling, the inf/NaN reduction and a multiply per gradient)."""
+    from gpunet import sim
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    (Xtr, ytr), _ = datasets.load_digits()
+    gpunet.manual_seed(0)
+    m = gpunet.models.mlp((64, 256, 128, 10))
+    t = Trainer(m, SoftmaxCrossEntropy(), optim.Adam(m, lr=1e-3), device="sim", precision="fp16",
+                scaler=GradScaler(init_scale=1024.0))
+    X, Y = gpunet.to_device(Xtr[:128], "sim"), gpunet.to_device(ytr[:128], "sim")
+    for _ in range(3):
+        t.train_step(X[:64], Y[:64])
+    sim.reset_counters()
+    t.train_step(X[64:], Y[64:])
+    c = sim.counters()
+    assert (c["syncs"], c["h2d_bytes"]) == (1, 0)
+    assert c["launches"] <= 50, c["launches"]
