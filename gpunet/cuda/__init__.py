@@ -27,8 +27,10 @@ which ``tools/check_kernels.py`` compiles on machines without a GPU.
 that both this loader and the compile check use.
 
 Launchers of the fused ops, re-exported here (inputs are CuPy arrays on one device, or sim
-arrays; outputs are new arrays of that module, of the input's dtype, float32 or float64;
-each mirrors a NumPy reference in gpunet.functional):
+arrays; outputs are new arrays of that module, of the input's dtype, float32 or float64 —
+and float16 for dropout, convolution and pooling, whose ``__half`` kernels compute in
+float and round each output once (``kernels/half.cuh``); each mirrors a NumPy reference
+in gpunet.functional):
 
 * ``softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None) -> (loss, dlogits)``
 * ``batchnorm_forward(x, gamma, beta, eps) -> (y, mean, var, inv_std)``
