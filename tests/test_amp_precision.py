@@ -301,3 +301,19 @@ def test_fp16_trainer_step_costs_on_the_sim():
     c = sim.counters()
     assert (c["syncs"], c["h2d_bytes"]) == (1, 0)
     assert c["launches"] <= 50, c["launches"]
+
+
+def test_model_checkpoint_saves_the_trainers_scaler(tmp_path):
+    from gpunet.train import ModelCheckpoint
+    (Xtr, ytr), _ = datasets.load_digits()
+    m = _mlp()
+    t = Trainer(m, SoftmaxCrossEntropy(), optim.Adam(m), precision="fp16",
+                scaler=GradScaler(init_scale=2.0**20, growth_interval=5))
+    path = tmp_path / "best.npz"
+    t.fit((Xtr[:256], ytr[:256]), epochs=2, progress=False,
+          callbacks=[ModelCheckpoint(path, monitor="loss", save_best_only=False)])
+    scaler = GradScaler()
+    meta = gpunet.load(path, _mlp(seed=3), scaler=scaler)
+    assert meta["epoch"] == 2
+    assert scaler.state_dict()["scale"] == t.scaler.get_scale() < 2.0**20   # backed off
+    assert int(scaler.state_dict()["growth_interval"]) == 5
