@@ -144,6 +144,12 @@ class GradScaler:
             inv = 1.0 / self._scale
             if xp is numpy:
                 found = not all(bool(numpy.isfinite(g).all()) for g in grads)
+            elif any(g.dtype not in (numpy.float32, numpy.float64) for g in grads):
+                # float16 gradients (a model cast to float16): the fused reduction has no
+                # half kernel; one isfinite-all per gradient, combined on the device
+                found = ~xp.isfinite(grads[0]).all()
+                for g in grads[1:]:
+                    found |= ~xp.isfinite(g).all()
             else:
                 from .optim import clip_grad_norm
                 # a float64 sum of squares of every element: finite iff all of them are

@@ -189,3 +189,25 @@ def test_device_check_adds_one_sync(gpu_xp):
     scaler.update()
     assert sim.counters()["syncs"] == 1
     assert sim.counters()["h2d_bytes"] == 0
+
+
+def test_unscale_float16_gradients(xp):
+    """Gradients of a model cast to float16: divided by S in float32 and rounded once, an
+    inf among them found (on a device without a sync until step reads it)."""
+    class _Opt:
+        def __init__(self, params):
+            self.params, self.stepped = params, 0
+
+        def step(self):
+            self.stepped += 1
+
+    p1 = gpunet.layers.base.Parameter(numpy.zeros(3, numpy.float16))
+    p2 = gpunet.layers.base.Parameter(numpy.zeros(2, numpy.float16))
+    for bad in (False, True):
+        p1.grad = xp.asarray(numpy.array([64.0, -96.0, 2.0**-10], numpy.float16))
+        p2.grad = xp.asarray(numpy.array([1.0, numpy.inf if bad else 3.0], numpy.float16))
+        opt, scaler = _Opt([p1, p2]), GradScaler(init_scale=2.0**10)
+        assert scaler.step(opt) is (not bad) and opt.stepped == (0 if bad else 1)
+        numpy.testing.assert_array_equal(to_numpy(p1.grad),
+                                         numpy.array([2.0**-4, -96 * 2.0**-10, 2.0**-20], numpy.float16))
+        assert to_numpy(p1.grad).dtype == numpy.float16
