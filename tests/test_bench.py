@@ -170,3 +170,21 @@ def test_floor_copies_are_gpunets_im2col_and_col2im():
     dx = col2im().reshape(c, n, h, w)
     want = FC.col2im_rows(dcols, (n, c, h, w), (3, 3), (1, 1), (1, 1))
     numpy.testing.assert_array_equal(dx, want.transpose(1, 0, 2, 3))
+
+
+def test_profile_breaks_a_step_into_phases(tmp_path, capsys):
+    """--profile: one row per layer forward and backward, the loss, zero_grad and the
+    optimizer, each split into GEMM and the rest (no timing judged)."""
+    path = tmp_path / "p.json"
+    assert bench.main(["--profile", "--models", "cnn-28x28", "--min-time", "0.01", "--threads", "1",
+                       "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    prof = json.loads(path.read_text())["profile"]["cnn-28x28"]
+    names = [p["phase"] for p in prof["phases"]]
+    assert names[0] == "data" and names[-1] == "optimizer step"
+    for i, layer in enumerate(("Conv2D", "MaxPool2D", "Conv2D", "MaxPool2D", "Flatten", "Dense")):
+        assert f"{i} {layer} forward" in names and f"{i} {layer} backward" in names
+    assert {"loss forward", "zero_grad", "loss backward"} <= set(names)
+    assert all(0 <= p["gemm_s"] <= p["s"] for p in prof["phases"])
+    assert sum(p["gemm_s"] for p in prof["phases"]) > 0          # the convolutions' GEMMs were seen
+    assert prof["steps"] >= 5 and "2 Conv2D backward" in out and "GEMM ms" in out
