@@ -51,7 +51,11 @@ def test_compare_torch_reports_both_and_the_ratio(tmp_path, capsys):
     assert [op["what"] for op in fl["ops"]] == [op["what"] for op in bench.floor_ops(bench.MODELS["mlp-784-128-10"])]
     # the machine and the BLAS kernels, in the JSON, the table and the markdown
     assert rep["cpu_vendor"] == bench.cpu_vendor() and rep["facts"]["gpunet"]["cpu_vendor"] == rep["cpu_vendor"]
-    assert rep["facts"]["gpunet"]["numpy_blas"] == bench.numpy_blas()
+    blas = rep["facts"]["gpunet"]["numpy_blas"]
+    here = bench.numpy_blas()
+    assert [{k: v for k, v in d.items() if k != "threads"} for d in blas] == \
+        [{k: v for k, v in d.items() if k != "threads"} for d in here]
+    assert all(d["threads"] == rep["threads"] for d in blas)      # the worker's, set by --threads
     assert set(rep["blas"]) == {"numpy", "torch"} and rep["facts"]["torch"]["torch_blas"].lower() in rep["blas"]["torch"].lower()
     assert "floor" in out and "of floor" in out and f"BLAS: numpy {rep['blas']['numpy']}" in out
     assert f"| {fl['ratio']:.2f}× | {m['of_floor']:.2f} |" in out
