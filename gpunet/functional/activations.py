@@ -71,17 +71,17 @@ def relu_backward(dy, x, y):
     # A unit whose output is 0 passes no gradient: a "dead" ReLU stays dead.
     xp = get_array_module(dy, y)
     if xp is numpy:
-        return relu_mask_times(xp, dy, y)
+        return relu_mask_times(dy, y)
     return dy * (y > 0)
 
 
-def relu_mask_times(xp, dy, y):
+def relu_mask_times(dy, y):
     """``dy * (y > 0)`` on NumPy, the same products (``dy * 1.0`` or ``dy * 0.0``): the mask
     is written as floats into the result, which is then multiplied in place. NumPy's
     float-by-bool multiply casts the mask through a buffer; this is 16% faster on a
     (16, 64, 28, 28) float32 array (0.70 -> 0.59 ms, one thread)."""
-    out = xp.empty(xp.broadcast_shapes(dy.shape, y.shape), dtype=dy.dtype)
-    xp.greater(y, 0, out=out)
+    out = numpy.empty(numpy.broadcast_shapes(dy.shape, y.shape), dtype=dy.dtype)
+    numpy.greater(y, 0, out=out)
     out *= dy
     return out
 

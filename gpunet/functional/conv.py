@@ -372,10 +372,10 @@ def whole_batch_rows(y):
 def relu_grad(dy, y):
     """``dy * (y > 0)`` (ReLU's backward through its output ``y``) for a whole-batch
     convolution's ``y``, in CNHW memory like ``y``'s whatever ``dy``'s layout (mixed layouts
-    make NumPy's elementwise passes several times slower)."""
-    xp = get_array_module(dy, y)
+    make NumPy's elementwise passes several times slower). NumPy only (the CPU path)."""
+    get_array_module(dy, y)                             # a TypeError for mixed devices
     dt = dy.transpose(1, 0, 2, 3)
-    return relu_mask_times(xp, dt, whole_batch_rows(y).reshape(dt.shape)).transpose(1, 0, 2, 3)
+    return relu_mask_times(dt, whole_batch_rows(y).reshape(dt.shape)).transpose(1, 0, 2, 3)
 
 
 DW_CHUNK_COLUMNS = 4096   # dW's GEMM runs over column chunks of at most this many
