@@ -432,7 +432,10 @@ class SGD(Optimizer):
         t = self._scratch(p, 1)
         st = self.state[i]
         buf = st.get("momentum_buffer") if m != 0.0 else None
-        if (xp is numpy and p.data.size > UPDATE_CHUNK and (m == 0.0 or buf is not None)
+        fresh = m != 0.0 and buf is None
+        if fresh:
+            buf = st["momentum_buffer"] = g.copy()      # PyTorch's first step: buf = g
+        if (xp is numpy and p.data.size > UPDATE_CHUNK and not fresh
                 and all(a.flags.c_contiguous for a in (p.data, g, t) + ((buf,) if m != 0.0 else ()))):
             # the same passes, a cache-sized block at a time: each block's 3-4 passes then
             # run from L2 instead of streaming the whole arrays 3-4 times (same results,
@@ -443,27 +446,15 @@ class SGD(Optimizer):
                 blk = slice(s, s + UPDATE_CHUNK)
                 self._update_block(xp, w1[blk], g1[blk], t1[blk], None if b1 is None else b1[blk], m, lr)
             return
-        if m != 0.0:
-            if buf is None:
-                buf = st["momentum_buffer"] = g.copy()
-            else:
+        self._update_block(xp, p.data, g, t, buf, m, lr, advance=not fresh)
+
+    def _update_block(self, xp, w, g, t, buf, m, lr, advance=True):
+        """One update's passes over ``w`` (a whole parameter or a block of it); ``buf`` is
+        None without momentum, ``advance=False`` when it was just set to ``g``."""
+        if buf is not None:
+            if advance:
                 buf *= m
                 buf += g
-            if self.nesterov:
-                xp.multiply(buf, m, out=t)
-                t += g
-                t *= lr
-            else:
-                xp.multiply(buf, lr, out=t)
-        else:
-            xp.multiply(g, lr, out=t)
-        p.data -= t
-
-    def _update_block(self, xp, w, g, t, buf, m, lr):
-        """``_update``'s passes on one block (``buf`` is None without momentum)."""
-        if buf is not None:
-            buf *= m
-            buf += g
             if self.nesterov:
                 xp.multiply(buf, m, out=t)
                 t += g
