@@ -399,18 +399,10 @@ def _floor_copies(op, new, empty):
     contiguous runs; the entries a shift wraps into the neighbouring row are zeroed), in
     indexing that NumPy arrays and PyTorch tensors share, so both libraries run the same
     passes over the same memory."""
-    from .functional.conv import _shifts
+    from .functional.conv import _col2im_planes, _im2col_planes, _shifts
     c, n, h, w = op["x"]
     kk = op["k"]
     hw, rows = h * w, c * kk * kk
-
-    def zero_wrapped(d, dj):
-        d4 = d.reshape(c, n, h, w)
-        if dj > 0:
-            d4[..., w - dj:] = 0
-        elif dj < 0:
-            d4[..., :-dj] = 0
-
     shifts = list(_shifts((kk, kk), (kk // 2, kk // 2), w, hw))
     if op["op"] == "im2col":
         x3 = new(op["x"]).reshape(c, n, hw)
@@ -418,28 +410,13 @@ def _floor_copies(op, new, empty):
 
         def im2col():
             cols[rows] = 1
-            c5 = cols[:rows].reshape(c, kk, kk, n, hw)
-            for i, j, dj, dst, src in shifts:
-                d = c5[:, i, j]
-                d[..., dst] = x3[..., src]
-                if dst.start > 0:
-                    d[..., :dst.start] = 0
-                if dst.stop < hw:
-                    d[..., dst.stop:] = 0
-                zero_wrapped(d, dj)
+            _im2col_planes(x3, cols[:rows].reshape(c, kk, kk, n, hw), shifts, h, w)
         return im2col
     dcols = new((rows, n * hw))
 
     def col2im():
-        d5 = dcols.reshape(c, kk, kk, n, hw)
         dx3 = empty((c, n, h, w)).reshape(c, n, hw)
-        for i, j, dj, dst, src in shifts:
-            d = d5[:, i, j]
-            zero_wrapped(d, dj)
-            if dst.start == 0 and dst.stop == hw:
-                dx3[...] = d
-            else:
-                dx3[..., src] += d[..., dst]
+        _col2im_planes(dcols.reshape(c, kk, kk, n, hw), dx3, shifts, h, w)
         return dx3
     return col2im
 

@@ -298,13 +298,12 @@ def _zero_wrapped(d4, dj, h, w):
         d5[..., :-dj] = 0
 
 
-def _im2col_same(xp, x, kernel, padding, out):
-    n, c, h, w = x.shape
-    kh, kw = kernel
+def _im2col_planes(x3, c5, shifts, h, w):
+    """im2col of a stride-1 "same" convolution by flattened-plane shifts:
+    ``x3 (C, N, H*W)`` -> ``c5 (C, kh, kw, N, H*W)``. Only indexing that NumPy, CuPy and
+    PyTorch share, so ``gpunet.bench``'s BLAS floor runs these very passes on tensors."""
     hw = h * w
-    x3 = x.transpose(1, 0, 2, 3).reshape(c, n, hw)      # a view for CNHW or C == 1 inputs
-    c5 = out.reshape(c, kh, kw, n, hw)
-    for i, j, dj, dst, src in _shifts(kernel, padding, w, hw):
+    for i, j, dj, dst, src in shifts:
         d = c5[:, i, j]
         d[..., dst] = x3[..., src]
         if dst.start > 0:
@@ -314,14 +313,12 @@ def _im2col_same(xp, x, kernel, padding, out):
         _zero_wrapped(d, dj, h, w)
 
 
-def _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite):
-    n, c, h, w = x_shape
-    kh, kw = kernel
+def _col2im_planes(d5, dx3, shifts, h, w, overwrite=True):
+    """The adjoint of ``_im2col_planes``: ``d5 (C, kh, kw, N, H*W)`` summed into
+    ``dx3 (C, N, H*W)``; the wrapped entries of ``d5`` are zeroed in place
+    (``overwrite=True``) or in copies of the offsets that have them."""
     hw = h * w
-    d5 = dcols.reshape(c, kh, kw, n, hw)
-    dxt = xp.empty((c, n, h, w), dtype=dcols.dtype)
-    dx3 = dxt.reshape(c, n, hw)
-    for i, j, dj, dst, src in _shifts(kernel, padding, w, hw):
+    for i, j, dj, dst, src in shifts:
         d = d5[:, i, j]
         if dj != 0:
             if not overwrite:
@@ -331,6 +328,22 @@ def _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite):
             dx3[...] = d
         else:
             dx3[..., src] += d[..., dst]
+
+
+def _im2col_same(xp, x, kernel, padding, out):
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    x3 = x.transpose(1, 0, 2, 3).reshape(c, n, h * w)   # a view for CNHW or C == 1 inputs
+    _im2col_planes(x3, out.reshape(c, kh, kw, n, h * w), _shifts(kernel, padding, w, h * w), h, w)
+
+
+def _col2im_same(xp, dcols, x_shape, kernel, padding, overwrite):
+    n, c, h, w = x_shape
+    kh, kw = kernel
+    hw = h * w
+    dxt = xp.empty((c, n, h, w), dtype=dcols.dtype)
+    _col2im_planes(dcols.reshape(c, kh, kw, n, hw), dxt.reshape(c, n, hw),
+                   _shifts(kernel, padding, w, hw), h, w, overwrite)
     return dxt.transpose(1, 0, 2, 3)
 
 
