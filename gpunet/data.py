@@ -114,6 +114,9 @@ class DataLoader:
             tells); otherwise each batch is moved with ``gpunet.backend.to_device`` as it
             is produced. ``self.X``/``self.y`` stay the arrays given. ``to(device)`` sets it
             afterwards.
+        comm: None, or a ``gpunet.distributed`` communicator: each process gets its share
+            of every *global* batch of ``size · batch_size`` samples (``batch_size`` is the
+            per-process batch), see "Sharding" below.
 
     Epochs. ``self.epoch`` counts the iterations started: each ``iter(loader)`` uses the
     current value and then advances it by one, so the first pass is epoch 0, the second
@@ -131,10 +134,23 @@ class DataLoader:
     a copy gathered by fancy indexing with an index array of the data's array module (for
     resident data that fits twice: a slice of the epoch's shuffled copy). ``len(loader)`` is the number of batches per
     epoch: ``ceil(N / batch_size)``, or ``N // batch_size`` with ``drop_last``.
+
+    Sharding (``comm`` of ``S`` processes, rank ``r``; PyTorch ``DistributedSampler``'s
+    guarantees: disjoint, equal shares, reshuffled each epoch from the shared seed). Every
+    process computes the same epoch order (above). Without ``drop_last`` it is padded to a
+    multiple of ``S`` with its own first ``(-N) mod S`` entries (those samples are seen
+    twice that epoch, as in ``DistributedSampler``), then cut into global batches of
+    ``B = S·batch_size`` (the last one shorter, still a multiple of ``S``); process ``r``
+    gets the ``r``-th of the ``S`` equal consecutive slices of each global batch. So the
+    processes' batches stacked in rank order are exactly the batches one process with
+    ``batch_size=B`` sees (the same examples in the same order, up to the padding), which is
+    what lets a checkpoint of ``S`` processes resume on ``M``. With ``drop_last`` the last
+    incomplete global batch is dropped (no padding). ``len(loader)`` counts global batches;
+    ``num_samples`` stays ``N``. Shard with ``gpunet.distributed.shard(X, y, comm, ...)``.
     """
 
     def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
-                 device=None):
+                 device=None, comm=None):
         X = _check_array("X", X)
         if y is not None:
             y = _check_array("y", y)
@@ -163,6 +179,10 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.device = None
         self.epoch = 0
+        if comm is not None and not all(hasattr(comm, a) for a in ("rank", "size")):
+            raise TypeError(f"DataLoader: expected comm to be a gpunet.distributed communicator, "
+                            f"got {type(comm).__name__}")
+        self.comm = comm
         self._resident = None       # (X, y) on self.device, once copied
         self._permute = False       # resident and shuffled: gather each epoch's copy at once
         if device is not None:
@@ -175,7 +195,27 @@ class DataLoader:
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
+        if self.comm is not None:
+            b *= self.comm.size
         return n // b if self.drop_last else -(-n // b)
+
+    def shard_order(self, epoch: int | None = None):
+        """This process's samples of ``epoch``, in the order it visits them (see
+        "Sharding"; without ``comm``: ``order(epoch)``, truncated with ``drop_last``)."""
+        order = self.order(epoch)
+        n, b = self.num_samples, self.batch_size
+        size, rank = (1, 0) if self.comm is None else (self.comm.size, self.comm.rank)
+        big = size * b
+        if self.drop_last:
+            order = order[:(n // big) * big]
+        elif n % size:
+            order = numpy.concatenate([order, order[:size - n % size]])
+        parts = []
+        for start in range(0, order.size, big):
+            g = order[start:start + big]
+            k = g.size // size
+            parts.append(g[rank * k:(rank + 1) * k])
+        return numpy.concatenate(parts) if parts else order[:0]
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over the loader epoch ``epoch`` (its shuffled order)."""
@@ -233,6 +273,9 @@ class DataLoader:
         n, b = self.num_samples, self.batch_size
         stop = (n // b) * b if self.drop_last else n
         index = xp.asarray(self.order(epoch)) if self.shuffle else None
+        if self.comm is not None:
+            local = self.shard_order(epoch)
+            stop, index = local.size, xp.asarray(local)
         if index is not None and self._permute and X is self._resident[0]:
             X, y, index = X[index], None if y is None else y[index], None   # the epoch's copy
         for start in range(0, stop, b):
@@ -251,4 +294,5 @@ class DataLoader:
     def __repr__(self):
         return (f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
-                f"device={self.device!r}, epoch={self.epoch})")
+                f"device={self.device!r}, epoch={self.epoch}"
+                + ("" if self.comm is None else f", rank={self.comm.rank} of {self.comm.size}") + ")")

@@ -76,9 +76,12 @@ def _mix32(x, xp):
     return x
 
 
-def random_bits(seed: int, offset: int, shape, xp=numpy):
-    """uint32 array of ``shape``: ``bits[i]`` of the hash above, element ``i`` in C order."""
+def random_bits(seed: int, offset: int, shape, xp=numpy, start: int = 0):
+    """uint32 array of ``shape``: ``bits[start + i]`` of the hash above, element ``i`` in C
+    order (``start`` > 0 draws a later stretch of the same stream: the element index is
+    folded into ``k1``, ``i + start + k1`` modulo 2**32, so kernels take ``k1 + start``)."""
     k1, k2 = keys(seed, offset)
+    k1 = (k1 + int(start)) & _M32
     n = int(numpy.prod(shape, dtype=numpy.int64))
     if n >= 2**32:
         raise ValueError(f"random: at most 2**32 - 1 elements per draw, got shape {tuple(shape)}")
@@ -90,9 +93,10 @@ def random_bits(seed: int, offset: int, shape, xp=numpy):
     return x.reshape(shape)
 
 
-def uniform(seed: int, offset: int, shape, xp=numpy):
-    """float32 array of ``shape`` with values in [0, 1): identical bits on NumPy and CuPy."""
-    bits = random_bits(seed, offset, shape, xp)
+def uniform(seed: int, offset: int, shape, xp=numpy, start: int = 0):
+    """float32 array of ``shape`` with values in [0, 1): identical bits on NumPy and CuPy
+    (elements ``start, start + 1, ...`` of the stream, see ``random_bits``)."""
+    bits = random_bits(seed, offset, shape, xp, start)
     return (bits >> xp.uint32(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
 
 

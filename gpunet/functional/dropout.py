@@ -53,10 +53,11 @@ def train_scale(p, mode="inverted") -> float:
     return 1.0 / (1.0 - p) if check_mode(mode) == "inverted" else 1.0
 
 
-def keep_mask(shape, p, seed, counter, xp=numpy):
-    """Boolean array of ``shape``: True where draw ``(seed, counter)`` keeps the element."""
+def keep_mask(shape, p, seed, counter, xp=numpy, start=0):
+    """Boolean array of ``shape``: True where draw ``(seed, counter)`` keeps the element
+    (elements ``start, start + 1, ...`` of the draw's stream)."""
     t = keep_threshold(check_p(p))
-    bits = random_bits(seed, counter, shape, xp)
+    bits = random_bits(seed, counter, shape, xp, start)
     if t >= 2**24:
         # p in (1 - 2**-24, 1): no 24-bit draw reaches t, every element is dropped (as the
         # kernel does); t * 256 = 2**32 would not fit the uint32 compare below.
@@ -65,38 +66,46 @@ def keep_mask(shape, p, seed, counter, xp=numpy):
     return bits >= xp.uint32(t << 8)
 
 
-def _masked_scale(a, p, seed, counter, scale):
+def _keys(seed, counter, start):
+    """The kernel's ``(k1, k2)`` for elements ``start, start + 1, ...`` of the draw: the
+    element offset folds into ``k1`` (``bits[i] = mix32(mix32(i + k1) ^ k2)``)."""
+    k1, k2 = keys(seed, counter)
+    return (k1 + int(start)) & 0xFFFFFFFF, k2
+
+
+def _masked_scale(a, p, seed, counter, scale, start):
     """NumPy body of forward and backward, which are one map: ``a · m(seed, counter) · scale``."""
     if p == 0.0:
         return a.copy()
-    y = a * keep_mask(a.shape, p, seed, counter, numpy)     # one compare, one multiply
+    y = a * keep_mask(a.shape, p, seed, counter, numpy, start)     # one compare, one multiply
     if scale != 1.0:
         y *= scale            # a Python float: stays in a's dtype
     return y
 
 
-def dropout_forward(x, p, seed, counter, mode="inverted"):
+def dropout_forward(x, p, seed, counter, mode="inverted", start=0):
     """Training-mode dropout: ``y = x · m · scale``, ``scale = 1/(1-p)`` (inverted) or 1
-    (classic); ``m`` is the mask of draw ``(seed, counter)``. Any shape; ``y`` has ``x``'s
-    shape and dtype."""
+    (classic); ``m`` is the mask of draw ``(seed, counter)`` (its elements ``start, start + 1, ...``:
+    a data-parallel process draws its share of the global batch's mask, see
+    ``gpunet.layers.Dropout``). Any shape; ``y`` has ``x``'s shape and dtype."""
     p = check_p(p)
     scale = train_scale(p, mode)
     if get_array_module(x) is not numpy:
         from .. import cuda
-        k1, k2 = keys(seed, counter)
+        k1, k2 = _keys(seed, counter, start)
         return cuda.dropout_forward(x, k1, k2, keep_threshold(p), scale)
-    return _masked_scale(x, p, seed, counter, scale)
+    return _masked_scale(x, p, seed, counter, scale, start)
 
 
-def dropout_backward(dy, p, seed, counter, mode="inverted"):
+def dropout_backward(dy, p, seed, counter, mode="inverted", start=0):
     """``dx = dy · m · scale`` with the mask regenerated from the forward's ``(seed, counter)``."""
     p = check_p(p)
     scale = train_scale(p, mode)
     if get_array_module(dy) is not numpy:
         from .. import cuda
-        k1, k2 = keys(seed, counter)
+        k1, k2 = _keys(seed, counter, start)
         return cuda.dropout_backward(dy, k1, k2, keep_threshold(p), scale)
-    return _masked_scale(dy, p, seed, counter, scale)
+    return _masked_scale(dy, p, seed, counter, scale, start)
 
 
 def dropout_eval(x, p, mode="inverted"):

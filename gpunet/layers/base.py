@@ -40,9 +40,14 @@ class Parameter:
     a ``name`` and ``decay`` (True: L1/L2 weight decay applies; False for biases and
     batch-norm's gamma/beta). Optimizers built over it register themselves in
     ``_optimizers`` (weak references), so that ``Layer.to(dtype=...)`` can cast their
-    state with the parameter."""
+    state with the parameter.
 
-    __slots__ = ("data", "grad", "name", "decay", "_optimizers")
+    ``register_post_accumulate_grad_hook(hook)`` (PyTorch's name) calls ``hook(param)``
+    each time a layer's backward has added into ``grad`` through ``accumulate`` — the
+    moment the gradient of that backward is complete (``gpunet.distributed`` starts its
+    all-reduces there)."""
+
+    __slots__ = ("data", "grad", "name", "decay", "_optimizers", "_hooks")
 
     def __init__(self, data, name: str = "", decay: bool = True):
         self.data = data
@@ -50,6 +55,7 @@ class Parameter:
         self.name = name
         self.decay = decay
         self._optimizers = []
+        self._hooks = None
 
     @property
     def shape(self):
@@ -70,9 +76,38 @@ class Parameter:
             self.grad = g
         else:
             self.grad += g
+        if self._hooks:
+            for hook in tuple(self._hooks.values()):
+                hook(self)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` after every ``accumulate``; returns a handle whose
+        ``remove()`` unregisters it."""
+        if not callable(hook):
+            raise TypeError(f"Parameter.register_post_accumulate_grad_hook: expected a callable, "
+                            f"got {type(hook).__name__}")
+        if self._hooks is None:
+            self._hooks = {}
+        handle = _HookHandle(self._hooks)
+        self._hooks[handle.id] = hook
+        return handle
 
     def __repr__(self):
         return f"Parameter(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype}, decay={self.decay})"
+
+
+class _HookHandle:
+    """What ``register_post_accumulate_grad_hook`` returns: ``remove()`` unregisters."""
+
+    _next = 0
+
+    def __init__(self, table):
+        _HookHandle._next += 1
+        self.id = _HookHandle._next
+        self._table = table
+
+    def remove(self):
+        self._table.pop(self.id, None)
 
 
 def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):

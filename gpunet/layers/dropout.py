@@ -34,6 +34,15 @@ class Dropout(Layer):
     construction (``gpunet.manual_seed`` makes it reproducible). Eval-mode forwards draw
     nothing and leave the counter alone.
 
+    Data parallelism: ``shard`` (a plain attribute, default 0; not saved) makes a training
+    forward on an input of ``n`` elements draw elements ``[shard·n, (shard+1)·n)`` of the
+    stream ``(seed, counter)`` instead of ``[0, n)``.
+    ``gpunet.distributed.broadcast_parameters`` gives every process the root's ``seed``
+    and ``counter`` and sets ``shard = comm.rank``: with equal per-process batches, the
+    masks of the processes are the slices of the mask that one process would draw for the
+    global batch (the processes' batches stacked in rank order), so the processes never
+    share a mask and a run on S processes matches a run on one.
+
     ``p`` outside ``[0, 1)`` raises ``ValueError``.
     """
 
@@ -49,17 +58,18 @@ class Dropout(Layer):
             raise ValueError(f"Dropout: seed must be None or an int in [0, 2**63), got {seed!r}")
         self.seed = int(seed)
         self.counter = 0
-        self._draw = None          # (seed, counter) of the last training forward
+        self.shard = 0
+        self._draw = None          # (seed, counter, start) of the last training forward
         self._shape = None
 
     def forward(self, x):
         check_input(self, x)
         if not self.training:
             return F.dropout_eval(x, self.p, self.mode)
-        self._draw = (self.seed, self.counter)
+        self._draw = (self.seed, self.counter, int(self.shard) * int(x.size))
         self._shape = x.shape
         self.counter += 1
-        return F.dropout_forward(x, self.p, self._draw[0], self._draw[1], self.mode)
+        return F.dropout_forward(x, self.p, *self._draw[:2], self.mode, self._draw[2])
 
     def backward(self, dy):
         if self._draw is None:
@@ -67,7 +77,7 @@ class Dropout(Layer):
         if tuple(dy.shape) != tuple(self._shape):
             raise ValueError(f"Dropout.backward: expected dy of shape {tuple(self._shape)} (the forward's), "
                              f"got {tuple(dy.shape)}")
-        return F.dropout_backward(dy, self.p, self._draw[0], self._draw[1], self.mode)
+        return F.dropout_backward(dy, self.p, *self._draw[:2], self.mode, self._draw[2])
 
     def extra_repr(self):
         return f"p={self.p}, mode={self.mode!r}"

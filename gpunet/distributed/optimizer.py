@@ -1,0 +1,263 @@
+"""``DistributedOptimizer``: gradients averaged across processes, in buckets, during backward.
+
+The parameters are cut, in reverse order (the order in which a backward produces their
+gradients: last layer first), into buckets of about ``bucket_mb`` MiB of one dtype. A
+hook on every parameter (``Parameter.register_post_accumulate_grad_hook``) counts the
+gradients of the running backward; when a bucket's last gradient arrives, its gradients
+are packed into one flat buffer and its all-reduce starts at once (MPI ``Iallreduce`` on
+the CPU, NCCL on a communication stream on CUDA) while the backward goes on through the
+earlier layers; every later hook call tests the buckets in flight, which is what makes
+MPI progress without a progress thread. ``step()`` waits for the buckets still in
+flight, reduces those that never started (a parameter without a hook call, a second
+backward before the step), writes the averages back into ``p.grad`` and then runs the
+wrapped optimizer's step.
+
+Every process must run the same sequence of backwards and steps (the collectives are
+matched by order), and produce gradients for the same parameters, as with PyTorch's DDP
+(without ``find_unused_parameters``): a parameter whose ``grad`` is None on this process
+counts as zeros in the average and keeps ``grad=None`` here.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy
+
+from ..backend import get_array_module
+
+
+class _Bucket:
+    __slots__ = ("index", "params", "sizes", "buffer", "ready", "handle", "dirty", "launched_at")
+
+    def __init__(self, index, params):
+        self.index, self.params = index, params
+        self.sizes = [p.size for p in params]
+        self.buffer = None
+        self.ready = set()
+        self.handle = None
+        self.dirty = False
+        self.launched_at = None
+
+    @property
+    def nbytes(self):
+        return sum(p.data.nbytes for p in self.params)
+
+
+class DistributedOptimizer:
+    """DistributedOptimizer(optimizer, comm, bucket_mb=4.0, compression=None)
+
+    Wraps a ``gpunet.optim`` optimizer: ``step()`` first makes every ``p.grad`` the mean
+    of the processes' gradients, then steps. Everything else (``lr``, ``params``,
+    ``state_dict()``, ``load_state_dict()``, a schedule built on it) is the wrapped
+    optimizer's, so checkpoints are the same as on one process.
+
+    ``bucket_mb``: the bucket size in MiB (a bucket closes once it holds at least that
+    much; a parameter larger than it is a bucket of its own). ``compression="fp16"``:
+    float32/float64 gradients travel as float16 (each process's share scaled by
+    ``1/size`` first, so the sum stays in range), halving the bytes at the cost of fp16
+    rounding. With ``comm.size == 1`` nothing is reduced or hooked.
+
+    ``no_sync()``: a context in which backwards start no all-reduce (gradient accumulation
+    over micro-batches: the reduction then happens at ``step()``). ``trace``: set it to a
+    list to record ``("grad", i)`` for each hook call (``i``: the index in ``params``) and ``("launch", bucket)`` for each
+    all-reduce started during backward, in call order. ``stats``: ``launched`` (buckets
+    started by hooks), ``synchronous`` (buckets reduced inside ``step``), ``wait_seconds``
+    (time ``step`` spent waiting for or doing reductions), ``steps``.
+    """
+
+    def __init__(self, optimizer, comm, bucket_mb=4.0, compression=None):
+        if not hasattr(optimizer, "step") or not hasattr(optimizer, "params"):
+            raise TypeError(f"DistributedOptimizer: expected a gpunet.optim optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if not all(hasattr(comm, a) for a in ("rank", "size", "iallreduce")):
+            raise TypeError(f"DistributedOptimizer: expected a communicator from "
+                            f"gpunet.distributed.init(), got {type(comm).__name__}")
+        if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
+            raise ValueError(f"DistributedOptimizer: expected bucket_mb to be a positive number, "
+                             f"got {bucket_mb!r}")
+        if compression not in (None, "fp16"):
+            raise ValueError(f"DistributedOptimizer: expected compression None or 'fp16', got "
+                             f"{compression!r}")
+        object.__setattr__(self, "optimizer", optimizer)
+        self.comm, self.bucket_mb, self.compression = comm, float(bucket_mb), compression
+        self.trace = None
+        self.stats = {"launched": 0, "synchronous": 0, "wait_seconds": 0.0, "steps": 0}
+        self._sync = True
+        self._buckets = []
+        self._where = {}            # id(param) -> (bucket, position, index in params)
+        self._handles = []
+        self._layout = None
+        if comm.size > 1:
+            self._build()
+            for p in optimizer.params:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
+
+    # -- the wrapped optimizer ------------------------------------------------------------------
+    def __getattr__(self, name):
+        return getattr(self.__dict__["optimizer"], name)
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.optimizer.lr = value
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, d):
+        return self.optimizer.load_state_dict(d)
+
+    def zero_grad(self):
+        self.optimizer.zero_grad()
+
+    def __repr__(self):
+        return (f"DistributedOptimizer({self.optimizer!r}, comm={self.comm!r}, "
+                f"buckets={len(self._buckets)}, bucket_mb={self.bucket_mb}, "
+                f"compression={self.compression!r})")
+
+    # -- buckets --------------------------------------------------------------------------------
+    def _signature(self):
+        return tuple((p.data.dtype.str, p.data.shape, type(p.data).__module__) for p in self.optimizer.params)
+
+    def _build(self):
+        """Cut the parameters (reversed) into buckets of one dtype and about bucket_mb MiB."""
+        cap = self.bucket_mb * 2**20
+        self._buckets, self._where = [], {}
+        self._index = {id(p): i for i, p in enumerate(self.optimizer.params)}
+        open_ = {}                      # dtype -> params of the bucket being filled
+        for p in reversed(self.optimizer.params):
+            key = (p.data.dtype.str, type(p.data).__module__)
+            group = open_.setdefault(key, [])
+            group.append(p)
+            if sum(q.data.nbytes for q in group) >= cap:
+                self._close(group)
+                open_[key] = []
+        for group in open_.values():
+            if group:
+                self._close(group)
+        self._layout = self._signature()
+
+    def _close(self, group):
+        b = _Bucket(len(self._buckets), list(group))
+        self._buckets.append(b)
+        for i, p in enumerate(group):
+            self._where[id(p)] = (b, i, self._index[id(p)])
+
+    @property
+    def buckets(self):
+        """The buckets as lists of parameter names, in launch order."""
+        return [[p.name for p in b.params] for b in self._buckets]
+
+    def _pack(self, b):
+        p0 = b.params[0].data
+        xp = get_array_module(p0)
+        wire = numpy.float16 if self.compression == "fp16" else p0.dtype
+        n = sum(b.sizes)
+        if b.buffer is None or b.buffer.dtype != wire or b.buffer.size != n or get_array_module(b.buffer) is not xp:
+            b.buffer = xp.empty(n, dtype=wire)
+        off = 0
+        pre = 1.0 / self.comm.size if self.compression == "fp16" else None
+        for p, k in zip(b.params, b.sizes):
+            seg = b.buffer[off:off + k]
+            if p.grad is None:
+                seg[...] = 0
+            elif pre is None:
+                seg[...] = p.grad.reshape(-1)
+            else:
+                seg[...] = (p.grad.reshape(-1) * pre).astype(wire)
+            off += k
+        return b.buffer
+
+    def _launch(self, b):
+        self._pack(b)
+        b.handle = self.comm.iallreduce(b.buffer, "sum")
+        b.launched_at = time.perf_counter()
+
+    def _unpack(self, b):
+        scale = None if self.compression == "fp16" else 1.0 / self.comm.size
+        off = 0
+        for p, k in zip(b.params, b.sizes):
+            if p.grad is not None:
+                seg = b.buffer[off:off + k].reshape(p.grad.shape)
+                if scale is None:
+                    p.grad[...] = seg                   # float16 -> the gradient's dtype
+                else:
+                    xp = get_array_module(seg)
+                    xp.multiply(seg, scale, out=p.grad)
+            off += k
+
+    # -- during backward ------------------------------------------------------------------------------
+    def _on_grad(self, p):
+        if not self._sync or self._layout is None:
+            return
+        where = self._where.get(id(p))
+        if where is None:
+            return
+        b, i, k = where
+        if self.trace is not None:
+            self.trace.append(("grad", k))
+        if i in b.ready or b.handle is not None:
+            b.dirty = True              # a second backward before step: reduce again at step
+        b.ready.add(i)
+        for other in self._buckets:     # MPI progresses inside MPI calls: poke what is in flight
+            if other.handle is not None:
+                other.handle.test()
+        if not b.dirty and len(b.ready) == len(b.params) and b.handle is None:
+            self._launch(b)
+            self.stats["launched"] += 1
+            if self.trace is not None:
+                self.trace.append(("launch", b.index))
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backwards inside start no all-reduce; ``step()`` reduces everything."""
+        was, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = was
+
+    # -- the step ------------------------------------------------------------------------------------
+    def synchronize(self):
+        """Make every ``p.grad`` the mean over the processes (waits for the buckets in
+        flight, reduces the others); called by ``step()``."""
+        if self.comm.size == 1:
+            return
+        if self._layout != self._signature():      # the model was cast or moved: rebuild
+            for b in self._buckets:
+                if b.handle is not None:
+                    b.handle.wait()
+            self._build()
+        t0 = time.perf_counter()
+        for b in self._buckets:
+            if b.handle is not None and not b.dirty:
+                b.handle.wait()
+            else:
+                if b.handle is not None:
+                    b.handle.wait()              # the stale one must finish before reuse
+                self._pack(b)
+                self.comm.iallreduce(b.buffer, "sum").wait()
+                self.stats["synchronous"] += 1
+            self._unpack(b)
+        self.stats["wait_seconds"] += time.perf_counter() - t0
+        self._reset()
+
+    def _reset(self):
+        for b in self._buckets:
+            b.ready.clear()
+            b.handle, b.dirty, b.launched_at = None, False, None
+
+    def step(self):
+        self.synchronize()
+        self.stats["steps"] += 1
+        return self.optimizer.step()
+
+    def close(self):
+        """Unregister the gradient hooks (the wrapped optimizer is left as it is)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []

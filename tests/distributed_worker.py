@@ -1,0 +1,138 @@
+"""What the processes of tests/test_distributed.py run (``mpiexec -n 2 python
+tests/distributed_worker.py SCENARIO OUTDIR``); also imported by the test for the
+one-process references. Each process writes ``OUTDIR/<scenario>.<rank>.npz``."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gpunet  # noqa: E402
+from gpunet import distributed as D  # noqa: E402
+
+N, FEATURES, CLASSES = 320, 12, 5          # 5 global batches of 64 an epoch
+GLOBAL_BATCH, STEPS = 64, 20
+
+
+def data():
+    rng = numpy.random.default_rng(123)
+    X = rng.standard_normal((N, FEATURES))
+    y = rng.integers(0, CLASSES, N)
+    return X, y
+
+
+def model(kind, comm=None, seed=0):
+    """float64 models; ``comm`` given: SyncBatchNorm in place of BatchNorm."""
+    gpunet.manual_seed(seed)
+    L = gpunet.layers
+    if kind == "mlp":
+        layers = [L.Dense(FEATURES, 32, activation="relu"), L.Dense(32, 16, activation="tanh"),
+                  L.Dense(16, CLASSES)]
+    elif kind == "bn":
+        bn = L.BatchNorm(32) if comm is None else D.SyncBatchNorm(32, comm=comm)
+        layers = [L.Dense(FEATURES, 32), bn, L.ReLU(), L.Dense(32, CLASSES)]
+    elif kind == "dropout":
+        layers = [L.Dense(FEATURES, 32, activation="relu"), L.Dropout(0.3), L.Dense(32, CLASSES)]
+    elif kind == "big":
+        layers = [L.Dense(FEATURES, 256, activation="relu"), L.Dense(256, 256, activation="relu"),
+                  L.Dense(256, CLASSES)]
+    else:
+        raise ValueError(kind)
+    return L.Sequential(*layers).to(dtype=numpy.float64)
+
+
+def train(net, opt, loader, steps, loss_fn=None):
+    loss_fn = loss_fn or gpunet.SoftmaxCrossEntropy()
+    done = 0
+    while done < steps:
+        for xb, yb in loader:
+            out = net(xb)
+            loss_fn(out, yb)
+            net.zero_grad()
+            net.backward(loss_fn.backward())
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    return net
+
+
+def params(net):
+    return {k: v for k, v in net.state_dict().items()}
+
+
+def equivalence(kind, comm):
+    X, y = data()
+    net = model(kind, comm, seed=comm.rank + 1)        # different weights until broadcast
+    D.broadcast_parameters(net, comm)
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), comm,
+                                 bucket_mb=0.01)
+    loader = D.shard(X, y, comm, batch_size=GLOBAL_BATCH // comm.size, seed=0)
+    train(net, opt, loader, STEPS)
+    return params(net), {"launched": opt.stats["launched"], "synchronous": opt.stats["synchronous"]}
+
+
+def reference(kind):
+    """One process, global batch, plain layers and optimizer."""
+    X, y = data()
+    net = model(kind, None, seed=1)
+    opt = gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    train(net, opt, gpunet.DataLoader(X, y, batch_size=GLOBAL_BATCH, shuffle=True, seed=0), STEPS)
+    return params(net)
+
+
+def overlap(comm):
+    X, y = data()
+    net = model("big", comm)
+    D.broadcast_parameters(net, comm)
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.01), comm, bucket_mb=0.1)
+    opt.trace = []
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(net(X[:64]), y[:64])
+    net.zero_grad()
+    net.backward(loss_fn.backward())
+    opt.trace.append(("backward_end", -1))
+    opt.step()
+    kinds = {"grad": 0, "launch": 1, "backward_end": 2}
+    trace = numpy.array([(kinds[k], v) for k, v in opt.trace], dtype=numpy.int64)
+    return {"trace": trace, "buckets": numpy.int64(len(opt.buckets))}, {}
+
+
+def fail(comm):
+    X, y = data()
+    net = model("mlp", comm)
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05), comm)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    for step, (xb, yb) in enumerate(D.shard(X, y, comm, batch_size=8), start=1):
+        if step == 3 and comm.rank == 1:
+            raise RuntimeError("injected failure at step 3 on rank 1")
+        loss_fn(net(xb), yb)
+        net.zero_grad()
+        net.backward(loss_fn.backward())
+        opt.step()
+    return {}, {}
+
+
+def main():
+    scenario, out = sys.argv[1], sys.argv[2]
+    comm = D.init()
+    if scenario in ("mlp", "bn", "dropout"):
+        arrays, info = equivalence(scenario, comm)
+    elif scenario == "overlap":
+        arrays, info = overlap(comm)
+    elif scenario == "fail":
+        arrays, info = fail(comm)
+    else:
+        raise ValueError(scenario)
+    arrays = dict(arrays)
+    for k, v in info.items():
+        arrays["info." + k] = numpy.asarray(v)
+    arrays["info.size"] = numpy.asarray(comm.size)
+    numpy.savez(os.path.join(out, f"{scenario}.{comm.rank}.npz"), **arrays)
+
+
+if __name__ == "__main__":
+    main()

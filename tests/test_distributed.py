@@ -1,0 +1,276 @@
+"""gpunet.distributed under ``mpiexec -n 2`` (launched here; skipped without mpi4py and
+mpiexec, i.e. without the ``mpi`` extra), against one-process references computed in this
+process; and the one-process world, which needs no MPI."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import distributed as D
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import distributed_worker as W  # noqa: E402
+
+
+def mpiexec():
+    """The mpiexec of this interpreter's environment (the mpich wheel puts it beside
+    python), else the one on PATH; None when mpi4py or mpiexec is missing."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+needs_mpi = pytest.mark.skipif(mpiexec() is None, reason="needs mpi4py and mpiexec (the mpi extra)")
+
+
+def launch(args, n=2, timeout=120):
+    """Run ``mpiexec -n n python args...`` from the repo root; returns (CompletedProcess, seconds)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[v] = "1"                  # two processes on a small machine: one BLAS thread each
+    for v in [k for k in env if k.startswith(("PMI_", "PMIX_", "OMPI_")) or k == "MPI_LOCALRANKID"]:
+        del env[v]                     # a test run under mpiexec itself must not leak its world
+    t0 = time.perf_counter()
+    r = subprocess.run([mpiexec(), "-n", str(n), sys.executable, *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    return r, time.perf_counter() - t0
+
+
+def run_worker(scenario, tmp_path, n=2):
+    r, _ = launch([os.path.join(HERE, "distributed_worker.py"), scenario, str(tmp_path)], n)
+    assert r.returncode == 0, f"mpiexec failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return [dict(numpy.load(tmp_path / f"{scenario}.{rank}.npz")) for rank in range(n)]
+
+
+def assert_same_model(got, ref, rtol=1e-10):
+    """Every array within ``rtol`` of the reference, relative to the largest parameter
+    magnitude of the model (a bias in front of a BatchNorm has an exact gradient of zero:
+    its values are rounding noise of order 1e-17 and get no elementwise relative test)."""
+    scale = max(float(numpy.max(numpy.abs(v))) for v in ref.values() if v.dtype.kind == "f")
+    for k, v in ref.items():
+        if v.dtype.kind == "f":
+            numpy.testing.assert_allclose(got[k], v, rtol=rtol, atol=rtol * scale, err_msg=k)
+        else:
+            numpy.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+# -- two processes ---------------------------------------------------------------------------------
+@needs_mpi
+@pytest.mark.parametrize("kind", ["mlp", "bn", "dropout"])
+def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
+    """2 processes × batch 32, 20 SGD-momentum steps (float64), different initial weights
+    until broadcast_parameters, vs 1 process × batch 64 with plain layers (BatchNorm for
+    SyncBatchNorm, the same Dropout seed) and a plain SGD: the same parameters and buffers
+    to 1e-10. With dropout this holds because each process draws its rank's stretch of the
+    mask stream (Dropout.shard); with a shared mask it would not."""
+    ref = W.reference(kind)
+    ranks = run_worker(kind, tmp_path)
+    for rank, got in enumerate(ranks):
+        assert int(got["info.size"]) == 2
+        assert int(got["info.launched"]) >= W.STEPS     # the buckets started during backward
+        assert_same_model(got, ref)
+
+
+@needs_mpi
+def test_first_bucket_allreduce_starts_before_backward_ends(tmp_path):
+    """Call order recorded by DistributedOptimizer.trace: the all-reduce of bucket 0 (the
+    last layer's gradients) starts before the backward has produced the first layer's
+    weight gradient (params[0]) and before the backward returns."""
+    for got in run_worker("overlap", tmp_path):
+        trace = [tuple(t) for t in got["trace"].tolist()]
+        assert int(got["buckets"]) >= 2
+        launch0 = trace.index((1, 0))
+        assert launch0 < trace.index((0, 0)) < trace.index((2, -1))
+        launches = [i for i, t in enumerate(trace) if t[0] == 1]
+        assert len(launches) == int(got["buckets"])            # every bucket during backward
+        assert max(launches) < trace.index((2, -1))
+
+
+@needs_mpi
+def test_an_exception_in_one_process_ends_all_of_them(tmp_path):
+    """Rank 1 raises at step 3 while rank 0 goes on into the next all-reduce: both exit
+    non-zero within 30 s, the error on stderr."""
+    r, seconds = launch([os.path.join(HERE, "distributed_worker.py"), "fail", str(tmp_path)], timeout=90)
+    assert r.returncode != 0
+    assert seconds < 30
+    assert "injected failure at step 3 on rank 1" in r.stderr
+    assert not list(tmp_path.glob("fail.*.npz"))
+
+
+# -- one process, no MPI ------------------------------------------------------------------------------
+def test_init_without_a_launcher_is_a_world_of_one(monkeypatch):
+    for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALRANKID"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(D.comm, "_WORLD", None)
+    comm = D.init(device="cpu")
+    assert (comm.rank, comm.size, comm.local_rank, comm.backend, comm.device) == (0, 1, 0, "self", "cpu")
+    assert D.init() is comm
+    x = numpy.arange(6.0).reshape(2, 3)
+    numpy.testing.assert_array_equal(comm.allreduce(x), x)
+    numpy.testing.assert_array_equal(comm.allreduce(x, "mean"), x)
+    assert comm.broadcast(x) is x
+    numpy.testing.assert_array_equal(comm.allgather(x), x[None])
+    h = comm.iallreduce(x.copy())
+    assert h.test() and h.wait() is h.array
+    assert comm.bcast_object({"a": 1}) == {"a": 1} and comm.allgather_object(3) == [3]
+    with pytest.raises(ValueError, match="op"):
+        comm.allreduce(x, "prod")
+    with pytest.raises(ValueError, match="device"):
+        monkeypatch.setattr(D.comm, "_WORLD", None)
+        D.init(device="tpu")
+
+
+def one_process_comm():
+    return D.Communicator()
+
+
+def test_size_one_distributed_optimizer_is_the_optimizer():
+    X, y = W.data()
+    a, b = W.model("mlp", seed=3), W.model("mlp", seed=3)
+    comm = one_process_comm()
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(a.parameters(), lr=0.05, momentum=0.9), comm)
+    W.train(a, opt, D.shard(X, y, comm, batch_size=64, seed=0), 7)
+    W.train(b, gpunet.optim.SGD(b.parameters(), lr=0.05, momentum=0.9),
+            gpunet.DataLoader(X, y, batch_size=64, shuffle=True, seed=0), 7)
+    for k, v in b.state_dict().items():
+        numpy.testing.assert_array_equal(a.state_dict()[k], v)
+    assert opt.state_dict().keys() == opt.optimizer.state_dict().keys()
+    opt.lr = 0.5                                    # schedules set the wrapped optimizer's rate
+    assert opt.optimizer.lr == 0.5
+
+
+def test_distributed_optimizer_rejects_bad_arguments():
+    net = W.model("mlp")
+    sgd = gpunet.optim.SGD(net.parameters())
+    with pytest.raises(TypeError, match="DistributedOptimizer.*optimizer"):
+        D.DistributedOptimizer(object(), one_process_comm())
+    with pytest.raises(TypeError, match="DistributedOptimizer.*communicator"):
+        D.DistributedOptimizer(sgd, object())
+    with pytest.raises(ValueError, match="bucket_mb"):
+        D.DistributedOptimizer(sgd, one_process_comm(), bucket_mb=0)
+    with pytest.raises(ValueError, match="compression"):
+        D.DistributedOptimizer(sgd, one_process_comm(), compression="int8")
+
+
+class FakeComm:
+    """A rank of a world of ``size`` for index arithmetic (no collectives)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+@pytest.mark.parametrize("n,size,batch,drop_last", [(320, 2, 32, False), (103, 3, 8, False),
+                                                    (103, 3, 8, True), (7, 4, 5, False)])
+def test_shards_are_disjoint_equal_and_stack_into_the_global_batches(n, size, batch, drop_last):
+    X = numpy.arange(n, dtype=numpy.float64)[:, None]
+    y = numpy.arange(n)
+    loaders = [D.shard(X, y, FakeComm(r, size), seed=5, batch_size=batch, drop_last=drop_last)
+               for r in range(size)]
+    single = gpunet.DataLoader(X, y, batch_size=size * batch, shuffle=True, seed=5, drop_last=drop_last)
+    for epoch in range(3):
+        per_rank = [[yb for _, yb in ld] for ld in loaders]
+        assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(single)
+        order = single.order(epoch)
+        padded = order if drop_last or n % size == 0 else numpy.concatenate([order, order[:size - n % size]])
+        seen = []
+        for step, ref in enumerate(single):
+            parts = [per_rank[r][step] for r in range(size)]
+            assert len({p.size for p in parts}) == 1                       # equal shares
+            stacked = numpy.concatenate(parts)
+            seen.append(stacked)
+            want = padded[step * size * batch:(step + 1) * size * batch]
+            numpy.testing.assert_array_equal(stacked, want)                # the global batch
+            numpy.testing.assert_array_equal(stacked[:ref[1].size], ref[1])
+        seen = numpy.concatenate(seen)
+        if not drop_last:
+            assert sorted(set(seen.tolist())) == list(range(n))            # every sample
+            assert seen.size == n + (-n) % size                            # padding only
+        shares = [numpy.concatenate(b) for b in per_rank]
+        if n % size == 0 or drop_last:
+            assert len(set(numpy.concatenate(shares).tolist())) == sum(s.size for s in shares)
+    assert loaders[0].order(0).tolist() != loaders[0].order(1).tolist()    # reshuffled per epoch
+
+
+def test_sync_batchnorm_in_a_world_of_one_is_batchnorm():
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((16, 3, 4, 4))
+    dy = rng.standard_normal(x.shape)
+    bn = gpunet.layers.BatchNorm(3).to(dtype=numpy.float64)
+    sbn = D.SyncBatchNorm(3, comm=one_process_comm()).to(dtype=numpy.float64)
+    sbn.gamma.data[...] = bn.gamma.data[...] = rng.uniform(0.5, 1.5, 3)
+    numpy.testing.assert_allclose(sbn(x), bn(x), rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(sbn.backward(dy), bn.backward(dy), rtol=1e-10, atol=1e-12)
+    for a, b in ((sbn.gamma.grad, bn.gamma.grad), (sbn.beta.grad, bn.beta.grad),
+                 (sbn.running_mean, bn.running_mean), (sbn.running_var, bn.running_var)):
+        numpy.testing.assert_allclose(a, b, rtol=1e-12)
+    sbn.eval(), bn.eval()
+    numpy.testing.assert_allclose(sbn(x), bn(x), rtol=1e-12)
+    gpunet.gradcheck(D.SyncBatchNorm(3, comm=one_process_comm()).to(dtype=numpy.float64), x[:4])
+
+
+def test_sync_batchnorm_convert_keeps_parameters_and_buffers():
+    net = gpunet.layers.Sequential(gpunet.layers.Dense(4, 3), gpunet.layers.BatchNorm(3))
+    gamma, rm = net[1].gamma, net[1].running_mean
+    D.SyncBatchNorm.convert(net, one_process_comm())
+    assert isinstance(net[1], D.SyncBatchNorm)
+    assert net[1].gamma is gamma and net[1].running_mean is rm
+    assert list(net.state_dict()) == ["0.weight", "0.bias", "1.gamma", "1.beta", "1.running_mean",
+                                      "1.running_var"]
+
+
+def test_dropout_shard_draws_the_next_stretch_of_the_stream(xp, device):
+    """shard r on n elements = elements [r n, (r+1) n) of the mask one process draws for
+    the stacked batch: forward and backward, on every backend (the kernel takes the
+    offset folded into k1) against NumPy."""
+    x = xp.ones((8, 5), dtype=xp.float32)
+    whole = gpunet.layers.Dropout(0.4, seed=11)
+    parts = [gpunet.layers.Dropout(0.4, seed=11) for _ in range(2)]
+    for r, d in enumerate(parts):
+        d.shard = r
+    y = gpunet.to_numpy(whole(xp.ones((16, 5), dtype=xp.float32)))
+    ys = [gpunet.to_numpy(d(x)) for d in parts]
+    numpy.testing.assert_array_equal(numpy.concatenate(ys), y)
+    numpy.testing.assert_array_equal(
+        numpy.concatenate([gpunet.to_numpy(d.backward(x)) for d in parts]),
+        gpunet.to_numpy(whole.backward(xp.ones((16, 5), dtype=xp.float32))))
+    assert not numpy.array_equal(ys[0], ys[1])
+    host = gpunet.layers.Dropout(0.4, seed=11)
+    host.shard = 1
+    numpy.testing.assert_array_equal(host(numpy.ones((8, 5), numpy.float32)), ys[1])
+
+
+def test_broadcast_parameters_in_a_world_of_one_sets_dropout_shards():
+    net = gpunet.layers.Sequential(gpunet.layers.Dense(3, 3), gpunet.layers.Dropout(0.5))
+    before = net.state_dict()
+    assert D.broadcast_parameters(net, one_process_comm()) is net
+    for k, v in before.items():
+        numpy.testing.assert_array_equal(net.state_dict()[k], v)
+    assert net[1].shard == 0
+    with pytest.raises(TypeError, match="broadcast_parameters"):
+        D.broadcast_parameters(object(), one_process_comm())
+
+
+def test_post_accumulate_grad_hook():
+    p = gpunet.layers.Parameter(numpy.zeros(3))
+    seen = []
+    h = p.register_post_accumulate_grad_hook(lambda q: seen.append(q.grad.copy()))
+    p.accumulate(numpy.ones(3))
+    p.accumulate(numpy.ones(3))
+    h.remove()
+    p.accumulate(numpy.ones(3))
+    assert [s.tolist() for s in seen] == [[1, 1, 1], [2, 2, 2]]
+    with pytest.raises(TypeError, match="callable"):
+        p.register_post_accumulate_grad_hook(3)
