@@ -46,6 +46,21 @@ def _positive(name, value):
     return float(value)
 
 
+def _check_comm(comm, optimizer):
+    """``comm`` for ``Trainer(comm=...)``: a communicator, and with more than one process an
+    optimizer that averages the gradients over it."""
+    if comm is None:
+        return None
+    if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce", "bcast_object")):
+        raise TypeError(f"Trainer: expected comm to be a gpunet.distributed communicator, got "
+                        f"{type(comm).__name__}")
+    if comm.size > 1 and getattr(optimizer, "comm", None) is not comm:
+        raise ValueError(f"Trainer: comm has {comm.size} processes but the optimizer "
+                         f"{type(optimizer).__name__} does not average gradients over it; wrap it: "
+                         "gpunet.distributed.DistributedOptimizer(optimizer, comm)")
+    return comm
+
+
 class History:
     """Per-epoch records: ``history["loss"]``, ``history["val_accuracy"]``, …
 
@@ -159,7 +174,9 @@ class ModelCheckpoint(Callback):
     ``path`` with ``gpunet.save`` whenever ``monitor`` improves (``save_best_only=False``:
     after every epoch), with metadata ``epoch`` (epochs completed) and the epoch's logs.
     Resume with ``meta = gpunet.load(path, model, optimizer, scheduler=scheduler)`` and
-    ``fit(..., initial_epoch=meta["epoch"])``. With ``precision="fp16"`` the Trainer's
+    ``fit(..., initial_epoch=meta["epoch"])``. Under ``Trainer(comm=...)`` only rank 0
+    writes (every process holds the same model and optimizer state; the file resumes on
+    any number of processes). With ``precision="fp16"`` the Trainer's
     loss scaler is saved too (``gpunet.load(..., scaler=trainer.scaler)``)."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
@@ -180,6 +197,8 @@ class ModelCheckpoint(Callback):
             if self.best is not None and not _better(self.mode, value, self.best, 0.0):
                 return
             self.best = value
+        if getattr(trainer, "comm", None) is not None and trainer.comm.rank != 0:
+            return                       # the processes hold the same model: rank 0 writes
         save(self.path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
              scaler=getattr(trainer, "scaler", None), epoch=int(epoch) + 1, **{k: float(v) for k, v in logs.items()})
 
@@ -209,10 +228,11 @@ def _check_nonempty(X, who, name):
                          f"least one sample")
 
 
-def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None):
+def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, comm=None):
     """A DataLoader for ``data`` (an ``(X, y)`` pair or a DataLoader) that yields at least
     one batch; empty data raises ``ValueError`` naming ``who`` and ``name``. An ``(X, y)``
-    pair gets ``device`` (on a GPU: resident when it fits, see ``gpunet.data``)."""
+    pair gets ``device`` (on a GPU: resident when it fits, see ``gpunet.data``) and ``comm``
+    (this process's shard of each global batch)."""
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, (tuple, list)) and len(data) == 2:
@@ -220,7 +240,7 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None):
         X = _as_input(X, dtype, who)
         _check_nonempty(X, who, name)
         loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                            device=None if device == "cpu" else device)
+                            device=None if device == "cpu" else device, comm=comm)
     else:
         raise TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
     if len(loader) == 0:
@@ -331,12 +351,25 @@ class Trainer:
     first; callbacks' ``on_backward_end`` see the scaled gradients. Evaluate and predict
     run in float16 as well. On a device, loss scaling reads one flag per step (one host
     sync, see ``GradScaler``).
+
+    ``comm`` (a ``gpunet.distributed`` communicator): data-parallel training, one Trainer
+    per process. ``(X, y)`` training data is sharded (``gpunet.distributed.shard``:
+    ``batch_size`` is the per-process batch, the global batch is ``comm.size`` times it);
+    the optimizer must be a ``DistributedOptimizer`` over ``comm`` when ``comm.size > 1``.
+    The logged loss and accuracy (train and val) are the means over every process's
+    samples, the same numbers on every process (reduced, then broadcast from rank 0), so
+    callbacks such as ``EarlyStopping`` decide alike everywhere; ``stop_training`` is rank
+    0's. ``(X, y)`` validation/evaluation data is split into contiguous shares (no padding).
+    The progress bar is rank 0's and ``ModelCheckpoint`` writes from rank 0 only; a
+    checkpoint resumes on any number of processes (keep the global batch to continue the
+    same run). ``last_epoch_samples``/``last_epoch_seconds`` stay this process's.
     """
 
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
                  scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
-                 precision="fp32", scaler=None):
+                 precision="fp32", scaler=None, comm=None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.comm = _check_comm(comm, optimizer)
         self.precision = _check_precision(precision, "Trainer")
         if scaler is not None and not isinstance(scaler, GradScaler):
             raise TypeError(f"Trainer: expected scaler to be a gpunet.amp.GradScaler, got "
@@ -439,7 +472,9 @@ class Trainer:
         """
         dtype = self.model.dtype
         loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
-                            self.device)
+                            self.device, self.comm)
+        progress = progress and (self.comm is None or self.comm.rank == 0)
+        val = self._share(val)
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
@@ -462,6 +497,8 @@ class Trainer:
                     logs.update({f"val_{k}": v for k, v in self.evaluate(vloader).items()})
                 for cb in self._callbacks:
                     cb.on_epoch_end(self, epoch, logs)
+                if self.comm is not None:
+                    self.stop_training = bool(self.comm.bcast_object(bool(self.stop_training)))
                 self.history.append(epoch, logs)
                 if progress and vloader is not None:
                     tqdm.write("  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_")))
@@ -518,10 +555,32 @@ class Trainer:
         synchronize()
         self.last_epoch_seconds = time.perf_counter() - t0
         self.last_epoch_samples = rec.seen
-        logs = {"loss": rec.total / max(rec.seen, 1)}
+        return self._logs(rec)
+
+    def _logs(self, rec):
+        """Mean loss (and accuracy) of a pass; with ``comm``, over every process's samples
+        (the sums all-reduced, then rank 0's result broadcast: identical everywhere)."""
+        total, seen, correct = float(rec.total), float(rec.seen), float(rec.correct)
+        if self.comm is not None and self.comm.size > 1:
+            sums = self.comm.allreduce(numpy.array([total, seen, correct]))
+            total, seen, correct = (float(v) for v in self.comm.broadcast(sums))
+        logs = {"loss": total / max(seen, 1.0)}
         if self.metrics:
-            logs["accuracy"] = rec.correct / max(rec.seen, 1)
+            logs["accuracy"] = correct / max(seen, 1.0)
         return logs
+
+    def _share(self, data):
+        """This process's contiguous share of an ``(X, y)`` pair (``comm``); anything else
+        as it is."""
+        if self.comm is None or self.comm.size == 1 or not (isinstance(data, (tuple, list))
+                                                            and len(data) == 2):
+            return data
+        X, y = data
+        n, r, size = len(X), self.comm.rank, self.comm.size
+        if n < size:
+            raise ValueError(f"Trainer: {n} evaluation samples cannot be shared by {size} processes")
+        lo, hi = r * n // size, (r + 1) * n // size
+        return X[lo:hi], (None if y is None else y[lo:hi])
 
     def _check(self, rec, epoch):
         """Raise for the first step read whose loss was not finite: the softmax-CE kernel's
@@ -564,8 +623,8 @@ class Trainer:
         loss is the per-sample mean, as in ``fit``. On a GPU the per-batch losses and
         counts stay on the device and are read once, at the end (one host sync); a bad
         label raises the loss's ``ValueError`` then."""
-        loader = _as_loader(data, batch_size, False, 0, self.model.dtype, "Trainer.evaluate", "data",
-                            self.device)
+        loader = _as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
+                            "Trainer.evaluate", "data", self.device)
         was = self.model.training
         self.model.eval()
         rec = self._record(loader)
@@ -582,10 +641,7 @@ class Trainer:
         if rec.bad is not None and self.device != "cpu":
             from .cuda.softmax_xent import raise_label_error
             raise_label_error(rec.rows)
-        logs = {"loss": rec.total / max(rec.seen, 1)}
-        if self.metrics:
-            logs["accuracy"] = rec.correct / max(rec.seen, 1)
-        return logs
+        return self._logs(rec)
 
     def predict(self, X, batch_size=256):
         """Model outputs for ``X`` in eval mode, in batches of ``batch_size``, concatenated,

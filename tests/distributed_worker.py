@@ -101,6 +101,49 @@ def overlap(comm):
     return {"trace": trace, "buckets": numpy.int64(len(opt.buckets))}, {}
 
 
+def val_data():
+    rng = numpy.random.default_rng(7)
+    return rng.standard_normal((50, FEATURES)), rng.integers(0, CLASSES, 50)
+
+
+def trainer(comm, path, epochs, initial_epoch=0, batch_size=None, callbacks=(), net=None, opt=None):
+    """Trainer(comm=...) on the dropout model; ``path``: the checkpoint to resume from."""
+    if net is None:
+        net = model("dropout", comm, seed=comm.rank + 1)
+        D.broadcast_parameters(net, comm)
+        opt = gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        if comm.size > 1:
+            opt = D.DistributedOptimizer(opt, comm)
+        if initial_epoch:
+            gpunet.load(path, net, opt)
+    t = gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), opt, comm=comm)
+    h = t.fit(data(), val=val_data(), epochs=epochs, initial_epoch=initial_epoch,
+              batch_size=batch_size or GLOBAL_BATCH // comm.size, callbacks=callbacks, progress=False)
+    return net, opt, h
+
+
+def resume(comm, out):
+    """2 epochs with a ModelCheckpoint (rank 0 writes), then a third epoch in the same
+    processes: the uninterrupted run."""
+    import gpunet.checkpoint as C
+    saves = []
+    real = C.save
+
+    def counting(*a, **k):
+        saves.append(a[0])
+        return real(*a, **k)
+    C.save = counting
+    path = os.path.join(out, "ckpt.npz")
+    stop = gpunet.EarlyStopping(monitor="val_loss", patience=100)
+    net, opt, h = trainer(comm, path, 2, callbacks=[gpunet.ModelCheckpoint(path, save_best_only=False), stop])
+    C.save = real
+    net, opt, h3 = trainer(comm, path, 3, initial_epoch=2, net=net, opt=opt)
+    arrays = params(net)
+    for k in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        arrays["history." + k] = numpy.array(h[k] + h3[k])
+    return arrays, {"saves": len(saves)}
+
+
 def fail(comm):
     X, y = data()
     net = model("mlp", comm)
@@ -125,6 +168,8 @@ def main():
         arrays, info = overlap(comm)
     elif scenario == "fail":
         arrays, info = fail(comm)
+    elif scenario == "resume":
+        arrays, info = resume(comm, out)
     else:
         raise ValueError(scenario)
     arrays = dict(arrays)

@@ -274,3 +274,74 @@ def test_post_accumulate_grad_hook():
     assert [s.tolist() for s in seen] == [[1, 1, 1], [2, 2, 2]]
     with pytest.raises(TypeError, match="callable"):
         p.register_post_accumulate_grad_hook(3)
+
+
+# -- Trainer(comm=...) ------------------------------------------------------------------------------
+@needs_mpi
+def test_checkpoint_of_two_processes_resumes_on_one(tmp_path):
+    """Trainer(comm=) on 2 processes × 32 (dropout, SGD momentum), ModelCheckpoint after
+    epochs 1 and 2 (written by rank 0 only), then epoch 3 in the same processes: the
+    uninterrupted run. One process loads the epoch-2 checkpoint and trains epoch 3 with
+    batch 64: the same parameters to 1e-10; the 2-process logs (means over both processes'
+    samples, identical on both) equal a 1-process run's with batch 64."""
+    ranks = run_worker("resume", tmp_path)
+    assert [int(g["info.saves"]) for g in ranks] == [2, 0]
+    for k in ("history.loss", "history.val_loss", "history.accuracy", "history.val_accuracy"):
+        numpy.testing.assert_array_equal(ranks[0][k], ranks[1][k])
+    comm = one_process_comm()
+    net, _, h = W.trainer(comm, str(tmp_path / "ckpt.npz"), 3, initial_epoch=2)
+    ref = {k: v for k, v in net.state_dict().items()}
+    for got in ranks:
+        assert_same_model({k: got[k] for k in ref}, ref)
+    _, _, full = W.trainer(comm, None, 3)                     # one process from the start
+    for k in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        numpy.testing.assert_allclose(ranks[0]["history." + k], full[k], rtol=1e-10)
+
+
+class LoopbackComm:
+    """Rank ``rank`` of a world of 2 whose other process always contributes the same as
+    this one (sums double): enough to run a Trainer in-process as a non-root rank."""
+
+    backend, device, local_rank = "fake", "cpu", 0
+
+    def __init__(self, rank=1):
+        self.rank, self.size = rank, 2
+
+    def iallreduce(self, buf, op="sum"):
+        buf *= 2.0
+        return D.Handle(buf)
+
+    def allreduce(self, x, op="sum"):
+        return self.iallreduce(x.copy(), op).wait()
+
+    def broadcast(self, x, root=0):
+        return x
+
+    def bcast_object(self, obj, root=0):
+        return obj
+
+
+def test_trainer_on_a_non_root_rank_shows_no_bar_and_writes_no_checkpoint(tmp_path, capsys):
+    comm = LoopbackComm(rank=1)
+    net = W.model("mlp")
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05), comm)
+    t = gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), opt, comm=comm)
+    path = tmp_path / "c.npz"
+    h = t.fit(W.data(), val=W.val_data(), epochs=2, batch_size=16,
+              callbacks=[gpunet.ModelCheckpoint(str(path), save_best_only=False)])
+    assert not path.exists()
+    assert "epoch" not in capsys.readouterr().err
+    assert len(h["loss"]) == 2 and all(numpy.isfinite(h["loss"]))
+    assert opt.stats["steps"] == 2 * len(D.shard(*W.data(), comm, batch_size=16))
+    t.comm = None
+    assert len(t.evaluate(W.val_data())) == 2
+
+
+def test_trainer_rejects_a_plain_optimizer_with_several_processes():
+    net = W.model("mlp")
+    with pytest.raises(ValueError, match="DistributedOptimizer"):
+        gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(net.parameters()),
+                       comm=LoopbackComm())
+    with pytest.raises(TypeError, match="comm"):
+        gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(net.parameters()),
+                       comm=object())
