@@ -79,11 +79,16 @@ def _add_train(sub):
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
                    help="BLAS threads on the CPU (default: 1 for models whose GEMMs are small, "
-                        "else every available CPU)")
+                        "else every available CPU; with --distributed, shared by the processes "
+                        "of the node)")
     p.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) here")
     p.add_argument("--plot", metavar="PATH", default=None,
                    help=f"write loss/accuracy curves (PNG; needs matplotlib: {PLOT_HINT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of an MPI launch (mpiexec -n N gpunet "
+                        "train --distributed; needs the mpi extra): --batch-size per process, "
+                        "gradients averaged (gpunet.distributed); one GPU per process on CUDA")
     p.set_defaults(func=cmd_train)
 
 
@@ -169,6 +174,15 @@ def _train(args):
         where = "" if args.device == "auto" else f"--device {args.device}: "   # auto: GPUNET_DEVICE's fault
         raise UserError(f"gpunet train: error: {where}{_one_line(e)}") from None
     gpunet.manual_seed(args.seed)
+    comm = None
+    if args.distributed:
+        from gpunet import distributed
+        try:
+            comm = distributed.init(device="cuda" if device.startswith("cuda") else "cpu")
+        except (RuntimeError, ImportError) as e:
+            raise UserError(f"gpunet train: error: --distributed: {_one_line(e)}") from None
+        if device.startswith("cuda"):
+            device = comm.device                    # cuda:<local rank>
 
     if args.dataset == "digits":
         (Xtr, ytr), (Xte, yte) = datasets.load_digits()
@@ -199,6 +213,8 @@ def _train(args):
     blas = ""
     if args.threads or not device.startswith("cuda"):
         n = args.threads or threads.default_threads(largest_gemm_macs(model, Xtr.shape[1:], args.batch_size))
+        if comm is not None and not args.threads:     # the node's CPUs shared by its processes
+            n = max(1, min(n, threads.available_cpus() // comm.local_size))
         try:
             threads.set_num_threads(n)
         except RuntimeError as e:
@@ -219,8 +235,12 @@ def _train(args):
         opt = optim.Adam(model.parameters(), lr=lr)
     else:
         opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    root = comm is None or comm.rank == 0
+    if comm is not None:
+        distributed.broadcast_parameters(model, comm)
+        opt = distributed.DistributedOptimizer(opt, comm)
     trainer = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), opt, device=device,
-                             precision=args.precision)
+                             precision=args.precision, comm=comm)
 
     t0 = time.perf_counter()
     train_seconds, samples = 0.0, 0
@@ -242,6 +262,13 @@ def _train(args):
         raise UserError(f"gpunet train: error: {_one_line(e)} (--lr {lr:g})") from None
     wall = time.perf_counter() - t0
     result = trainer.evaluate((Xte, yte))
+    procs = ""
+    if comm is not None:           # throughput of the run: every process's samples
+        samples = int(comm.allreduce(numpy.array([samples], numpy.int64))[0])
+        train_seconds = float(comm.allreduce(numpy.array([train_seconds]), "max")[0])
+        procs = f" | {comm.size} process{'es' * (comm.size != 1)} ({comm.backend})"
+        if not root:
+            return 0
     if args.save:
         try:
             gpunet.save(args.save, model, opt, scaler=trainer.scaler, epoch=epochs,
@@ -258,7 +285,7 @@ def _train(args):
         print(f"saved training curves to {args.plot}")
     print(f"test accuracy {result['accuracy']:.4f} | test loss {result['loss']:.4f} | "
           f"{samples / max(train_seconds, 1e-9):,.0f} samples/s | {wall:.1f} s | "
-          f"device {_device_name(device)}{blas}"
+          f"device {_device_name(device)}{blas}{procs}"
           f"{' | fp16 (loss scale %g)' % trainer.scaler.get_scale() if trainer.scaler else ''}")
     return 0
 
@@ -372,6 +399,16 @@ def _run(argv):
     return args.func(args) or 0
 
 
+def _end_world(code):
+    """After an error in a data-parallel run (``--distributed``) of several processes: end
+    them all (``MPI_Abort``), since the others may be waiting in a collective."""
+    comm = sys.modules.get("gpunet.distributed.comm")
+    world = getattr(comm, "_WORLD", None)
+    if world is not None and world.size > 1:
+        sys.stderr.flush()
+        world.abort(code)
+
+
 def main(argv=None):
     """Run the ``gpunet`` command; returns its exit status.
 
@@ -384,6 +421,7 @@ def main(argv=None):
         return _run(argv)
     except UserError as e:
         print(_one_line(e), file=sys.stderr)
+        _end_world(2)
         return 2
     except SystemExit as e:
         if isinstance(e.code, str):     # raise SystemExit("gpunet bench: ...") inside a command

@@ -345,3 +345,29 @@ def test_trainer_rejects_a_plain_optimizer_with_several_processes():
     with pytest.raises(TypeError, match="comm"):
         gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(net.parameters()),
                        comm=object())
+
+
+# -- the command line ---------------------------------------------------------------------------------
+@needs_mpi
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_cli_train_distributed_under_mpiexec(model, tmp_path):
+    path = tmp_path / "m.npz"
+    r, _ = launch(["-m", "gpunet.cli", "train", "--distributed", "--model", model, "--epochs", "2",
+                   "--batch-size", "32", "--quiet", "--save", str(path)], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("test accuracy")]
+    assert len(lines) == 1 and "2 processes (mpi)" in lines[0]       # rank 0 reports
+    acc = float(lines[0].split()[2])
+    assert acc > 0.5
+    net = gpunet.models.mlp((64, 256, 128, 10)) if model == "mlp" else gpunet.models.cnn_digits()
+    meta = gpunet.load(str(path), net)
+    assert meta["test_accuracy"] == pytest.approx(acc, abs=1e-4)
+
+
+def test_cli_train_distributed_without_a_launcher_is_one_process(capsys, monkeypatch):
+    from gpunet.cli import main
+    for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALRANKID"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(D.comm, "_WORLD", None)
+    assert main(["train", "--distributed", "--epochs", "1", "--quiet", "--device", "cpu"]) == 0
+    assert "1 process (self)" in capsys.readouterr().out
