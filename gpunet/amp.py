@@ -257,7 +257,8 @@ class MixedPrecision:
       ``model.backward``, then puts the masters back with their gradients cast to
       float32 (added to a gradient they already held, so accumulation works as usual).
     * BatchNorm keeps float32 parameters and normalizes a float16 input in float32
-      (statistics and running buffers in float32, see ``gpunet.BatchNorm``); activations,
+      (statistics and running buffers in float32, see ``gpunet.BatchNorm``); on a device
+      its half kernels read and write the float16 activations directly. Activations,
       dropout and pooling run on the float16 activations.
     * Matmuls: Dense and Conv2D multiply float16 arrays. On a GPU that is a float16 GEMM
       (cuBLAS accumulates in float32). NumPy has no float16 BLAS: Dense's matmuls
@@ -265,7 +266,12 @@ class MixedPrecision:
       Conv2D's still use NumPy's float16 loop (float32 accumulation, the same numbers to
       rounding, 25-100x slower). fp16 on the CPU is for testing the policy, not for speed.
       On a device, convolution (im2col, col2im, bias/ReLU epilogues), max and average
-      pooling and dropout have float16 kernels (float arithmetic, rounded once).
+      pooling, batch norm, dropout and softmax cross-entropy have float16 kernels (float
+      arithmetic, rounded once).
+    * The output is returned in float32, so the loss runs on float32 logits. The fused
+      softmax-CE also takes float16 logits (float32 loss, float16 gradient); in a
+      hand-written loop pass it the loss scale, ``softmax_cross_entropy(logits16, y,
+      grad_scale=scaler.get_scale())``, so the gradient is scaled before it is rounded.
 
     Pair it with a ``GradScaler``: without loss scaling, gradients below 6e-8 vanish in
     float16. The cost per step on a device: one cast launch per Dense/Conv2D parameter

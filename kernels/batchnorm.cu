@@ -1,4 +1,4 @@
-// defines: bn_stats_partial<T>, bn_stats_finalize<T>, bn_forward_apply<T>, bn_backward_reduce_partial<T>, bn_backward_finalize<T>, bn_backward_apply<T> (T = float, double)
+// defines: bn_stats_partial<T>, bn_forward_apply<T>, bn_backward_reduce_partial<T>, bn_backward_apply<T> (T = float, double, __half), bn_stats_finalize<A>, bn_backward_finalize<A> (A = float, double)
 //
 // Batch normalization in training mode over an NCHW tensor x of shape (N, C, HW) in
 // memory; an (N, C) input is the case HW = 1. Per channel c, over its M = N * HW values:
@@ -25,11 +25,20 @@
 // computed with gpunet::FastDivmod (the launcher passes the host-computed constants and
 // checks N * C * HW < 2**31). They use 16-byte packs when HW is a multiple of the pack
 // width (a pack then lies in one channel) and the arrays are 16-byte aligned.
+//
+// __half activations (mixed precision): x, y, dy and dx are half, everything else is
+// float (A = acc_t<T>, half.cuh): the arithmetic, the partials, mean/var/inv_std,
+// gamma/beta and dgamma/dbeta. Each y and dx element is computed in float and rounded
+// once. The finalize kernels see only A, so they exist for float and double.
 #include "common.cuh"
+#include "half.cuh"
 
 using gpunet::FastDivmod;
 using gpunet::Pack;
 using gpunet::WelfordHiLo;
+using gpunet::acc_t;
+using gpunet::from_acc;
+using gpunet::to_acc;
 
 namespace {
 
@@ -83,21 +92,22 @@ __host__ __device__ __forceinline__ void chunk_range(long long M, int chunks, in
 template <typename T>
 __global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__ x, int N,
                                                            int C, int HW, int chunks,
-                                                           T* __restrict__ part) {
-    __shared__ WelfordHiLo<T> scratch[32];
+                                                           acc_t<T>* __restrict__ part) {
+    using A = acc_t<T>;
+    __shared__ WelfordHiLo<A> scratch[32];
     const int c = blockIdx.y, b = blockIdx.x;
     const long long M = static_cast<long long>(N) * HW;
     long long begin, end;
     chunk_range(M, chunks, b, begin, end);
-    WelfordHiLo<T> st;
-    st.n = T(0);
-    st.hi = T(0);  // the thread's mean is hi + lo; hi starts at its first value, so the
-    st.lo = T(0);  // first group's differences are exact when |mean| >> spread (Sterbenz)
-    st.m2 = T(0);
-    int cnt = 0;   // exact count; st.n = T(cnt) (< 2**24 per block in float: the launcher)
+    WelfordHiLo<A> st;
+    st.n = A(0);
+    st.hi = A(0);  // the thread's mean is hi + lo; hi starts at its first value, so the
+    st.lo = A(0);  // first group's differences are exact when |mean| >> spread (Sterbenz)
+    st.m2 = A(0);
+    int cnt = 0;   // exact count; st.n = A(cnt) (< 2**24 per block in float: the launcher)
     ChannelWalker w;
     w.init(begin + threadIdx.x, blockDim.x, HW, C);
-    if (begin + threadIdx.x < end) st.hi = x[w.offset(c)];
+    if (begin + threadIdx.x < end) st.hi = to_acc(x[w.offset(c)]);
     // Groups of G values (G loads in flight): the group's mean and m2 of d = x - hi by two
     // passes in registers, then Chan's combine into the running statistics, whose mean is
     // re-split into hi + lo after each group. No raw sum of squares is formed and the
@@ -105,33 +115,33 @@ __global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__
     // anything cancel. One division per group next to G loads.
     constexpr int G = 4;
     for (long long m0 = begin + threadIdx.x; m0 < end; m0 += G * blockDim.x) {
-        T d[G];
-        T s = T(0);
+        A d[G];
+        A s = A(0);
         int g = 0;
 #pragma unroll
         for (int k = 0; k < G; ++k) {
             const bool in = m0 + k * static_cast<long long>(blockDim.x) < end;
-            d[k] = in ? x[w.offset(c)] - st.hi : T(0);
+            d[k] = in ? to_acc(x[w.offset(c)]) - st.hi : A(0);
             s += d[k];
             g += in;
             w.advance();  // past the end: positions only, never read
         }
-        const T gmean = s / T(g);
-        T gm2 = T(0);
+        const A gmean = s / A(g);
+        A gm2 = A(0);
 #pragma unroll
         for (int k = 0; k < G; ++k) {
-            const T e = d[k] - gmean;
+            const A e = d[k] - gmean;
             if (k < g) gm2 += e * e;  // the group's valid values come first
         }
         cnt += g;
-        const T n = T(cnt), delta = gmean - st.lo, wb = T(g) / n;
+        const A n = A(cnt), delta = gmean - st.lo, wb = A(g) / n;
         st.m2 += gm2 + delta * delta * st.n * wb;
         st.n = n;
         gpunet::two_sum(st.hi, st.lo + delta * wb, st.hi, st.lo);
     }
     st = gpunet::block_welford_hilo(st, scratch);
     if (threadIdx.x == 0) {
-        T* p = part + (static_cast<long long>(c) * chunks + b) * 4;
+        A* p = part + (static_cast<long long>(c) * chunks + b) * 4;
         p[0] = st.n;
         p[1] = st.hi;
         p[2] = st.lo;
@@ -172,11 +182,13 @@ __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks,
 // hw_div divides by HW, c_div by C; total = N * C * HW < 2**31.
 // ---------------------------------------------------------------------------------------
 template <typename T>
-__global__ void bn_forward_apply(const T* __restrict__ x, const T* __restrict__ mean,
-                                 const T* __restrict__ inv_std, const T* __restrict__ gamma,
-                                 const T* __restrict__ beta, T* __restrict__ y, int total,
+__global__ void bn_forward_apply(const T* __restrict__ x, const acc_t<T>* __restrict__ mean,
+                                 const acc_t<T>* __restrict__ inv_std,
+                                 const acc_t<T>* __restrict__ gamma,
+                                 const acc_t<T>* __restrict__ beta, T* __restrict__ y, int total,
                                  unsigned int hw_d, unsigned int hw_mul, unsigned int hw_shr,
                                  unsigned int c_d, unsigned int c_mul, unsigned int c_shr) {
+    using A = acc_t<T>;
     const FastDivmod hw_div{hw_d, hw_mul, hw_shr}, c_div{c_d, c_mul, c_shr};
     constexpr int P = Pack<T>::N;
     const int stride = gridDim.x * blockDim.x;
@@ -189,10 +201,10 @@ __global__ void bn_forward_apply(const T* __restrict__ x, const T* __restrict__ 
             unsigned int row, c, unused;
             row = hw_div.div(static_cast<unsigned int>(q * P));
             c_div.divmod(row, unused, c);
-            const T mu = mean[c], a = gamma[c] * inv_std[c], bt = beta[c];
+            const A mu = mean[c], a = gamma[c] * inv_std[c], bt = beta[c];
             Pack<T> v = xp[q];
 #pragma unroll
-            for (int k = 0; k < P; ++k) v.v[k] = (v.v[k] - mu) * a + bt;
+            for (int k = 0; k < P; ++k) v.v[k] = from_acc<T>((to_acc(v.v[k]) - mu) * a + bt);
             yp[q] = v;
         }
     } else {
@@ -200,7 +212,7 @@ __global__ void bn_forward_apply(const T* __restrict__ x, const T* __restrict__ 
             unsigned int row, c, unused;
             row = hw_div.div(static_cast<unsigned int>(i));
             c_div.divmod(row, unused, c);
-            y[i] = (x[i] - mean[c]) * (gamma[c] * inv_std[c]) + beta[c];
+            y[i] = from_acc<T>((to_acc(x[i]) - mean[c]) * (gamma[c] * inv_std[c]) + beta[c]);
         }
     }
 }
@@ -210,27 +222,28 @@ __global__ void bn_forward_apply(const T* __restrict__ x, const T* __restrict__ 
 // ---------------------------------------------------------------------------------------
 template <typename T>
 __global__ void bn_backward_reduce_partial(const T* __restrict__ dy, const T* __restrict__ x,
-                                           const T* __restrict__ mean, int N, int C, int HW,
-                                           int chunks, T* __restrict__ part) {
-    __shared__ T scratch[32];
+                                           const acc_t<T>* __restrict__ mean, int N, int C,
+                                           int HW, int chunks, acc_t<T>* __restrict__ part) {
+    using A = acc_t<T>;
+    __shared__ A scratch[32];
     const int c = blockIdx.y, b = blockIdx.x;
     const long long M = static_cast<long long>(N) * HW;
     long long begin, end;
     chunk_range(M, chunks, b, begin, end);
-    const T mu = mean[c];
-    T sdy = T(0), sdyx = T(0);
+    const A mu = mean[c];
+    A sdy = A(0), sdyx = A(0);
     ChannelWalker w;
     w.init(begin + threadIdx.x, blockDim.x, HW, C);
     for (long long m = begin + threadIdx.x; m < end; m += blockDim.x, w.advance()) {
         const long long o = w.offset(c);
-        const T g = dy[o];
+        const A g = to_acc(dy[o]);
         sdy += g;
-        sdyx += g * (x[o] - mu);
+        sdyx += g * (to_acc(x[o]) - mu);
     }
     sdy = gpunet::block_sum(sdy, scratch);
     sdyx = gpunet::block_sum(sdyx, scratch);
     if (threadIdx.x == 0) {
-        T* p = part + (static_cast<long long>(c) * chunks + b) * 2;
+        A* p = part + (static_cast<long long>(c) * chunks + b) * 2;
         p[0] = sdy;
         p[1] = sdyx;
     }
@@ -256,12 +269,15 @@ __global__ void bn_backward_finalize(const T* __restrict__ part, int C, int chun
 // dx = gamma * inv_std * (dy - dbeta / M - (x - mean) * inv_std * dgamma / M), M = N * HW.
 template <typename T>
 __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict__ x,
-                                  const T* __restrict__ mean, const T* __restrict__ inv_std,
-                                  const T* __restrict__ gamma, const T* __restrict__ dgamma,
-                                  const T* __restrict__ dbeta, T* __restrict__ dx, int total,
-                                  T inv_M, unsigned int hw_d, unsigned int hw_mul,
-                                  unsigned int hw_shr, unsigned int c_d, unsigned int c_mul,
-                                  unsigned int c_shr) {
+                                  const acc_t<T>* __restrict__ mean,
+                                  const acc_t<T>* __restrict__ inv_std,
+                                  const acc_t<T>* __restrict__ gamma,
+                                  const acc_t<T>* __restrict__ dgamma,
+                                  const acc_t<T>* __restrict__ dbeta, T* __restrict__ dx,
+                                  int total, acc_t<T> inv_M, unsigned int hw_d,
+                                  unsigned int hw_mul, unsigned int hw_shr, unsigned int c_d,
+                                  unsigned int c_mul, unsigned int c_shr) {
+    using A = acc_t<T>;
     const FastDivmod hw_div{hw_d, hw_mul, hw_shr}, c_div{c_d, c_mul, c_shr};
     constexpr int P = Pack<T>::N;
     const int stride = gridDim.x * blockDim.x;
@@ -276,12 +292,13 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
             unsigned int row, c, unused;
             row = hw_div.div(static_cast<unsigned int>(q * P));
             c_div.divmod(row, unused, c);
-            const T is = inv_std[c], mu = mean[c];
-            const T a = gamma[c] * is, k1 = dbeta[c] * inv_M, k2 = dgamma[c] * is * inv_M;
+            const A is = inv_std[c], mu = mean[c];
+            const A a = gamma[c] * is, k1 = dbeta[c] * inv_M, k2 = dgamma[c] * is * inv_M;
             const Pack<T> g = dyp[q];
             Pack<T> v = xp[q];
 #pragma unroll
-            for (int k = 0; k < P; ++k) v.v[k] = a * (g.v[k] - k1 - (v.v[k] - mu) * k2);
+            for (int k = 0; k < P; ++k)
+                v.v[k] = from_acc<T>(a * (to_acc(g.v[k]) - k1 - (to_acc(v.v[k]) - mu) * k2));
             dxp[q] = v;
         }
     } else {
@@ -289,27 +306,33 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
             unsigned int row, c, unused;
             row = hw_div.div(static_cast<unsigned int>(i));
             c_div.divmod(row, unused, c);
-            const T is = inv_std[c];
-            dx[i] = gamma[c] * is *
-                    (dy[i] - dbeta[c] * inv_M - (x[i] - mean[c]) * (dgamma[c] * is * inv_M));
+            const A is = inv_std[c];
+            dx[i] = from_acc<T>(gamma[c] * is *
+                                (to_acc(dy[i]) - dbeta[c] * inv_M -
+                                 (to_acc(x[i]) - mean[c]) * (dgamma[c] * is * inv_M)));
         }
     }
 }
 
-#define GPUNET_BATCHNORM_INSTANTIATE(T)                                                        \
-    template __global__ void bn_stats_partial<T>(const T*, int, int, int, int, T*);            \
-    template __global__ void bn_stats_finalize<T>(const T*, int, int, T, T*, T*, T*);         \
-    template __global__ void bn_forward_apply<T>(const T*, const T*, const T*, const T*,       \
-                                                 const T*, T*, int, unsigned int,              \
+// T: the storage type of x, y, dy, dx; A = acc_t<T>: everything else.
+#define GPUNET_BATCHNORM_INSTANTIATE(T, A)                                                     \
+    template __global__ void bn_stats_partial<T>(const T*, int, int, int, int, A*);            \
+    template __global__ void bn_forward_apply<T>(const T*, const A*, const A*, const A*,       \
+                                                 const A*, T*, int, unsigned int,              \
                                                  unsigned int, unsigned int, unsigned int,     \
                                                  unsigned int, unsigned int);                  \
-    template __global__ void bn_backward_reduce_partial<T>(const T*, const T*, const T*, int,  \
-                                                           int, int, int, T*);                 \
-    template __global__ void bn_backward_finalize<T>(const T*, int, int, const T*, T*, T*);    \
-    template __global__ void bn_backward_apply<T>(const T*, const T*, const T*, const T*,      \
-                                                  const T*, const T*, const T*, T*, int, T,    \
+    template __global__ void bn_backward_reduce_partial<T>(const T*, const T*, const A*, int,  \
+                                                           int, int, int, A*);                 \
+    template __global__ void bn_backward_apply<T>(const T*, const T*, const A*, const A*,      \
+                                                  const A*, const A*, const A*, T*, int, A,    \
                                                   unsigned int, unsigned int, unsigned int,    \
                                                   unsigned int, unsigned int, unsigned int);
+#define GPUNET_BATCHNORM_FINALIZE_INSTANTIATE(A)                                               \
+    template __global__ void bn_stats_finalize<A>(const A*, int, int, A, A*, A*, A*);         \
+    template __global__ void bn_backward_finalize<A>(const A*, int, int, const A*, A*, A*);
 
-GPUNET_BATCHNORM_INSTANTIATE(float)
-GPUNET_BATCHNORM_INSTANTIATE(double)
+GPUNET_BATCHNORM_INSTANTIATE(float, float)
+GPUNET_BATCHNORM_INSTANTIATE(double, double)
+GPUNET_BATCHNORM_INSTANTIATE(__half, float)
+GPUNET_BATCHNORM_FINALIZE_INSTANTIATE(float)
+GPUNET_BATCHNORM_FINALIZE_INSTANTIATE(double)

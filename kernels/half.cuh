@@ -1,4 +1,4 @@
-// defines: gpunet::Acc<T> (the arithmetic type of storage type T: float for __half, T otherwise), gpunet::to_acc, gpunet::from_acc<T>: half storage with float arithmetic
+// defines: gpunet::Acc<T> (the arithmetic type of storage type T: float for __half, T otherwise), gpunet::acc_t<T>, gpunet::to_acc, gpunet::from_acc<T>: half storage with float arithmetic
 //
 // A kernel templated on its storage type T loads with to_acc, computes in Acc<T>::type and
 // stores with from_acc<T> (round to nearest even). For float and double these are the
@@ -14,6 +14,7 @@ namespace gpunet {
 
 template <typename T> struct Acc { using type = T; };
 template <> struct Acc<__half> { using type = float; };
+template <typename T> using acc_t = typename Acc<T>::type;
 
 template <typename T> __device__ __forceinline__ T to_acc(T v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }

@@ -1,4 +1,4 @@
-// defines: softmax_xent_hard_warp<T, ITEMS>, softmax_xent_hard_block<T>, softmax_xent_soft_warp<T, ITEMS>, softmax_xent_soft_block<T>, softmax_xent_count_valid<T> (T = float, double; ITEMS = 8, 32)
+// defines: softmax_xent_hard_warp<T, ITEMS>, softmax_xent_hard_block<T>, softmax_xent_soft_warp<T, ITEMS>, softmax_xent_soft_block<T> (T = float, double, __half; ITEMS = 8, 32), softmax_xent_count_valid<A> (A = float, double)
 //
 // Fused softmax cross-entropy: one kernel computes every row's loss and the gradient of
 // the mean loss, so the softmax is never written to memory.
@@ -35,13 +35,24 @@
 // Sums of logits are taken relative to the row max m (in the block kernels during pass 2,
 // once m is known), so that logits of +-1e4 do not cancel: every term z_j - m <= 0 is
 // computed once and used for both the loss and the gradient.
+//
+// __half logits (mixed precision): storage only. T is the type of logits and dlogits,
+// A = acc_t<T> (half.cuh: float for __half, T otherwise) that of everything else: the
+// arithmetic, the row statistics, the row losses (float32), the soft targets (float32),
+// eps, scale and n_valid. Each gradient element is computed in float and rounded once to
+// half, after the multiplication by scale (the launcher folds a loss scale into it, so a
+// scaled gradient is rounded, not a small unscaled one).
 #include "common.cuh"
+#include "half.cuh"
 
 using gpunet::neg_inf;
 using gpunet::dev_exp;
 using gpunet::dev_log;
 using gpunet::dev_max;
 using gpunet::Pack;
+using gpunet::acc_t;
+using gpunet::from_acc;
+using gpunet::to_acc;
 
 namespace {
 
@@ -86,7 +97,28 @@ __device__ __forceinline__ void lse_update(T& m, T& s, const T (&v)[P]) {
 }
 
 template <typename T> __device__ __forceinline__ void zero_row(T* dz, int C, int tid, int nthreads) {
-    for (int j = tid; j < C; j += nthreads) dz[j] = T(0);
+    for (int j = tid; j < C; j += nthreads) dz[j] = from_acc<T>(0);
+}
+
+// A 16-byte pack of storage values as P arithmetic values.
+template <typename T, int P>
+__device__ __forceinline__ void unpack(const Pack<T>& pk, acc_t<T> (&v)[P]) {
+#pragma unroll
+    for (int k = 0; k < P; ++k) v[k] = to_acc(pk.v[k]);
+}
+
+// The P targets q[i*P .. i*P + P) of a row whose targets are 16-byte aligned, in 16-byte
+// packs of A (one pack for float and double logits, two for __half: P = 8 floats).
+template <typename A, int P>
+__device__ __forceinline__ void load_run(const A* __restrict__ q, int i, A (&t)[P]) {
+    constexpr int QA = Pack<A>::N;
+    const Pack<A>* qp = reinterpret_cast<const Pack<A>*>(q) + static_cast<long long>(i) * (P / QA);
+#pragma unroll
+    for (int h = 0; h < P / QA; ++h) {
+        const Pack<A> pk = qp[h];
+#pragma unroll
+        for (int k = 0; k < QA; ++k) t[h * QA + k] = pk.v[k];
+    }
 }
 
 template <typename T> __device__ __forceinline__ T quiet_nan();
@@ -127,10 +159,11 @@ template <typename T> __device__ __forceinline__ T row_scale(T scale, const T* n
 template <typename T, int ITEMS>
 __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
                                        const long long* __restrict__ labels,
-                                       T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
-                                       int C, T eps, long long ignore_index, int has_ignore,
-                                       T scale, const T* __restrict__ n_valid,
-                                       long long* status) {
+                                       acc_t<T>* __restrict__ row_loss, T* __restrict__ dlogits,
+                                       int N, int C, acc_t<T> eps, long long ignore_index,
+                                       int has_ignore, acc_t<T> scale,
+                                       const acc_t<T>* __restrict__ n_valid, long long* status) {
+    using A = acc_t<T>;
     const int lane = threadIdx.x & 31;
     const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return;  // the whole warp leaves together
@@ -141,28 +174,28 @@ __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
     if (ignored || y < 0 || y >= C) {
         zero_row(dz, C, lane, 32);
         if (lane == 0) {
-            row_loss[row] = ignored ? T(0) : quiet_nan<T>();
+            row_loss[row] = ignored ? A(0) : quiet_nan<A>();
             if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
         }
         return;
     }
     scale = row_scale(scale, n_valid);
-    T v[ITEMS];
-    T m = neg_inf<T>();
+    A v[ITEMS];
+    A m = neg_inf<A>();
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
-        v[k] = j < C ? z[j] : neg_inf<T>();
+        v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
         m = dev_max(m, v[k]);
     }
     m = gpunet::warp_max(m);
     // s = sum exp(z - m); dsum = sum (z - m); dy = z_y - m
-    T s = T(0), dsum = T(0), dy = T(0);
+    A s = A(0), dsum = A(0), dy = A(0);
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
         if (j < C) {
-            const T d = v[k] - m;
+            const A d = v[k] - m;
             dsum += d;
             if (j == y) dy = d;
             v[k] = dev_exp(d);
@@ -172,13 +205,13 @@ __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
     s = gpunet::warp_sum(s);
     dsum = gpunet::warp_sum(dsum);
     dy = gpunet::warp_sum(dy);  // one lane holds it, the others 0
-    const T on = T(1) - eps, off = eps / T(C);
-    const T inv_s = T(1) / s;
+    const A on = A(1) - eps, off = eps / A(C);
+    const A inv_s = A(1) / s;
     if (lane == 0) row_loss[row] = checked_loss(dev_log(s) - on * dy - off * dsum, status);
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
-        if (j < C) dz[j] = (v[k] * inv_s - off - (j == y ? on : T(0))) * scale;
+        if (j < C) dz[j] = from_acc<T>((v[k] * inv_s - off - (j == y ? on : A(0))) * scale);
     }
 }
 
@@ -188,11 +221,12 @@ __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
 template <typename T>
 __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
                                         const long long* __restrict__ labels,
-                                        T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
-                                        int C, T eps, long long ignore_index, int has_ignore,
-                                        T scale, const T* __restrict__ n_valid,
-                                        long long* status) {
-    __shared__ T sm[32], ss[32];
+                                        acc_t<T>* __restrict__ row_loss, T* __restrict__ dlogits,
+                                        int N, int C, acc_t<T> eps, long long ignore_index,
+                                        int has_ignore, acc_t<T> scale,
+                                        const acc_t<T>* __restrict__ n_valid, long long* status) {
+    using A = acc_t<T>;
+    __shared__ A sm[32], ss[32];
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long row = blockIdx.x;
     if (row >= N) return;
@@ -203,7 +237,7 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     if (ignored || y < 0 || y >= C) {
         zero_row(dz, C, tid, nt);
         if (tid == 0) {
-            row_loss[row] = ignored ? T(0) : quiet_nan<T>();
+            row_loss[row] = ignored ? A(0) : quiet_nan<A>();
             if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
         }
         return;
@@ -215,23 +249,24 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     // Pass 1: the row's (max m, sum of exp(z - m)) and z_y. The sum of logits waits for
     // pass 2, where it is taken relative to m: relative to any logit chosen before the max
     // is known (z[0] = -1e4, say) it would cancel against C (m - z[0]).
-    T m = neg_inf<T>(), s = T(0), zy = T(0);
+    A m = neg_inf<A>(), s = A(0), zy = A(0);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
         for (int q = tid; q < C / P; q += nt) {
-            const Pack<T> pk = zp[q];
-            lse_update(m, s, pk.v);
+            A v[P];
+            unpack(zp[q], v);
 #pragma unroll
             for (int k = 0; k < P; ++k)
-                if (q * P + k == y) zy = pk.v[k];
+                if (q * P + k == y) zy = v[k];
+            lse_update(m, s, v);
         }
     } else {
         for (int j0 = tid; j0 < C; j0 += 4 * nt) {
-            T v[4];
+            A v[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const int j = j0 + k * nt;
-                v[k] = j < C ? z[j] : neg_inf<T>();
+                v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
                 if (j == y) zy = v[k];
             }
             lse_update(m, s, v);
@@ -239,10 +274,10 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     }
     block_lse(m, s, sm, ss);
     zy = gpunet::block_sum(zy, sm);
-    const T on = T(1) - eps, off = eps / T(C);
-    const T inv_s = T(1) / s;
+    const A on = A(1) - eps, off = eps / A(C);
+    const A inv_s = A(1) / s;
     // Pass 2: the gradient, and dsum = sum (z - m) from the same differences.
-    T dsum = T(0);
+    A dsum = A(0);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
         Pack<T>* dp = reinterpret_cast<Pack<T>*>(dz);
@@ -250,17 +285,17 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
             Pack<T> pk = zp[q];
 #pragma unroll
             for (int k = 0; k < P; ++k) {
-                const T d = pk.v[k] - m;
+                const A d = to_acc(pk.v[k]) - m;
                 dsum += d;
-                pk.v[k] = (dev_exp(d) * inv_s - off - (q * P + k == y ? on : T(0))) * scale;
+                pk.v[k] = from_acc<T>((dev_exp(d) * inv_s - off - (q * P + k == y ? on : A(0))) * scale);
             }
             dp[q] = pk;
         }
     } else {
         for (int j = tid; j < C; j += nt) {
-            const T d = z[j] - m;
+            const A d = to_acc(z[j]) - m;
             dsum += d;
-            dz[j] = (dev_exp(d) * inv_s - off - (j == y ? on : T(0))) * scale;
+            dz[j] = from_acc<T>((dev_exp(d) * inv_s - off - (j == y ? on : A(0))) * scale);
         }
     }
     dsum = gpunet::block_sum(dsum, sm);
@@ -270,37 +305,39 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
 }
 
 // ---------------------------------------------------------------------------------------
-// Soft targets (N, C) of T, one warp per row. z lives in registers; q is read twice
+// Soft targets (N, C) of A, one warp per row. z lives in registers; q is read twice
 // (the second time from L1), because its loss terms need the row max first.
 // ---------------------------------------------------------------------------------------
 template <typename T, int ITEMS>
-__global__ void softmax_xent_soft_warp(const T* __restrict__ logits, const T* __restrict__ target,
-                                       T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
-                                       int C, T eps, T scale) {
+__global__ void softmax_xent_soft_warp(const T* __restrict__ logits,
+                                       const acc_t<T>* __restrict__ target,
+                                       acc_t<T>* __restrict__ row_loss, T* __restrict__ dlogits,
+                                       int N, int C, acc_t<T> eps, acc_t<T> scale) {
+    using A = acc_t<T>;
     const int lane = threadIdx.x & 31;
     const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return;
     const T* z = logits + row * C;
-    const T* q = target + row * C;
+    const A* q = target + row * C;
     T* dz = dlogits + row * C;
-    T v[ITEMS];
-    T m = neg_inf<T>();
+    A v[ITEMS];
+    A m = neg_inf<A>();
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
-        v[k] = j < C ? z[j] : neg_inf<T>();
+        v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
         m = dev_max(m, v[k]);
     }
     m = gpunet::warp_max(m);
-    const T on = T(1) - eps, off = eps / T(C);
+    const A on = A(1) - eps, off = eps / A(C);
     // s = sum exp(z - m); tsum = sum t; tdot = sum t (z - m)
-    T s = T(0), tsum = T(0), tdot = T(0);
+    A s = A(0), tsum = A(0), tdot = A(0);
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
         if (j < C) {
-            const T t = on * q[j] + off;
-            const T d = v[k] - m;
+            const A t = on * q[j] + off;
+            const A d = v[k] - m;
             tsum += t;
             tdot += t * d;
             v[k] = dev_exp(d);
@@ -312,11 +349,11 @@ __global__ void softmax_xent_soft_warp(const T* __restrict__ logits, const T* __
     tdot = gpunet::warp_sum(tdot);
     // sum t (lse - z) = tsum (m + log s) - sum t z = tsum log s - sum t (z - m)
     if (lane == 0) row_loss[row] = tsum * dev_log(s) - tdot;
-    const T w = tsum / s;
+    const A w = tsum / s;
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const int j = lane + 32 * k;
-        if (j < C) dz[j] = (v[k] * w - (on * q[j] + off)) * scale;
+        if (j < C) dz[j] = from_acc<T>((v[k] * w - (on * q[j] + off)) * scale);
     }
 }
 
@@ -324,41 +361,43 @@ __global__ void softmax_xent_soft_warp(const T* __restrict__ logits, const T* __
 // Soft targets, one block per row.
 // ---------------------------------------------------------------------------------------
 template <typename T>
-__global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* __restrict__ target,
-                                        T* __restrict__ row_loss, T* __restrict__ dlogits, int N,
-                                        int C, T eps, T scale) {
-    __shared__ T sm[32], ss[32];
+__global__ void softmax_xent_soft_block(const T* __restrict__ logits,
+                                        const acc_t<T>* __restrict__ target,
+                                        acc_t<T>* __restrict__ row_loss, T* __restrict__ dlogits,
+                                        int N, int C, acc_t<T> eps, acc_t<T> scale) {
+    using A = acc_t<T>;
+    __shared__ A sm[32], ss[32];
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long row = blockIdx.x;
     if (row >= N) return;
     const T* z = logits + row * C;
-    const T* q = target + row * C;
+    const A* q = target + row * C;
     T* dz = dlogits + row * C;
-    const T on = T(1) - eps, off = eps / T(C);
+    const A on = A(1) - eps, off = eps / A(C);
     // Pass 1: (max m, sum of exp(z - m)) and tsum = sum t. tdot = sum t (z - m) waits for
     // pass 2, where m is known: relative to a logit chosen before (z[0] = -1e4, say) it
     // would cancel against tsum (m - z[0]).
-    T m = neg_inf<T>(), s = T(0), tsum = T(0);
+    A m = neg_inf<A>(), s = A(0), tsum = A(0);
     constexpr int P = Pack<T>::N;
     const bool packed = (C % P) == 0 && gpunet::is_aligned16(logits) &&
                         gpunet::is_aligned16(target) && gpunet::is_aligned16(dlogits);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
-        const Pack<T>* qp = reinterpret_cast<const Pack<T>*>(q);
         for (int i = tid; i < C / P; i += nt) {
-            const Pack<T> pz = zp[i];
-            const Pack<T> pq = qp[i];
-            lse_update(m, s, pz.v);
+            A v[P], t[P];
+            unpack(zp[i], v);
+            load_run(q, i, t);
+            lse_update(m, s, v);
 #pragma unroll
-            for (int k = 0; k < P; ++k) tsum += on * pq.v[k] + off;
+            for (int k = 0; k < P; ++k) tsum += on * t[k] + off;
         }
     } else {
         for (int j0 = tid; j0 < C; j0 += 4 * nt) {
-            T v[4];
+            A v[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const int j = j0 + k * nt;
-                v[k] = j < C ? z[j] : neg_inf<T>();
+                v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
                 if (j < C) tsum += on * q[j] + off;
             }
             lse_update(m, s, v);
@@ -366,29 +405,29 @@ __global__ void softmax_xent_soft_block(const T* __restrict__ logits, const T* _
     }
     block_lse(m, s, sm, ss);
     tsum = gpunet::block_sum(tsum, sm);
-    const T w = tsum / s;
+    const A w = tsum / s;
     // Pass 2: the gradient, and tdot from the same t and z - m.
-    T tdot = T(0);
+    A tdot = A(0);
     if (packed) {
         const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
-        const Pack<T>* qp = reinterpret_cast<const Pack<T>*>(q);
         Pack<T>* dp = reinterpret_cast<Pack<T>*>(dz);
         for (int i = tid; i < C / P; i += nt) {
             Pack<T> pz = zp[i];
-            const Pack<T> pq = qp[i];
+            A qq[P];
+            load_run(q, i, qq);
 #pragma unroll
             for (int k = 0; k < P; ++k) {
-                const T d = pz.v[k] - m, t = on * pq.v[k] + off;
+                const A d = to_acc(pz.v[k]) - m, t = on * qq[k] + off;
                 tdot += t * d;
-                pz.v[k] = (dev_exp(d) * w - t) * scale;
+                pz.v[k] = from_acc<T>((dev_exp(d) * w - t) * scale);
             }
             dp[i] = pz;
         }
     } else {
         for (int j = tid; j < C; j += nt) {
-            const T d = z[j] - m, t = on * q[j] + off;
+            const A d = to_acc(z[j]) - m, t = on * q[j] + off;
             tdot += t * d;
-            dz[j] = (dev_exp(d) * w - t) * scale;
+            dz[j] = from_acc<T>((dev_exp(d) * w - t) * scale);
         }
     }
     tdot = gpunet::block_sum(tdot, sm);
@@ -410,24 +449,28 @@ __global__ void softmax_xent_count_valid(const long long* __restrict__ labels, i
     if (threadIdx.x == 0) n_valid[0] = T(n > 0 ? n : 1);
 }
 
-// Explicit instantiations: nvcc compiles every variant the loader asks NVRTC for.
-#define GPUNET_SOFTMAX_XENT_INSTANTIATE(T)                                                     \
-    template __global__ void softmax_xent_hard_warp<T, 8>(const T*, const long long*, T*, T*,   \
-                                                          int, int, T, long long, int, T,      \
-                                                          const T*, long long*);               \
-    template __global__ void softmax_xent_hard_warp<T, 32>(const T*, const long long*, T*, T*,  \
-                                                           int, int, T, long long, int, T,     \
-                                                           const T*, long long*);              \
-    template __global__ void softmax_xent_hard_block<T>(const T*, const long long*, T*, T*, int, \
-                                                        int, T, long long, int, T, const T*,   \
+// Explicit instantiations: nvcc compiles every variant the loader asks NVRTC for. T is
+// the storage type of logits and dlogits, A = acc_t<T> that of the arithmetic, the row
+// losses, the targets and the scalars (count_valid exists for A only).
+#define GPUNET_SOFTMAX_XENT_INSTANTIATE(T, A)                                                  \
+    template __global__ void softmax_xent_hard_warp<T, 8>(const T*, const long long*, A*, T*,   \
+                                                          int, int, A, long long, int, A,      \
+                                                          const A*, long long*);               \
+    template __global__ void softmax_xent_hard_warp<T, 32>(const T*, const long long*, A*, T*,  \
+                                                           int, int, A, long long, int, A,     \
+                                                           const A*, long long*);              \
+    template __global__ void softmax_xent_hard_block<T>(const T*, const long long*, A*, T*, int, \
+                                                        int, A, long long, int, A, const A*,   \
                                                         long long*);                           \
-    template __global__ void softmax_xent_count_valid<T>(const long long*, int, long long, T*); \
-    template __global__ void softmax_xent_soft_warp<T, 8>(const T*, const T*, T*, T*, int, int,  \
-                                                          T, T);                               \
-    template __global__ void softmax_xent_soft_warp<T, 32>(const T*, const T*, T*, T*, int, int, \
-                                                           T, T);                              \
-    template __global__ void softmax_xent_soft_block<T>(const T*, const T*, T*, T*, int, int, T, \
-                                                        T);
+    template __global__ void softmax_xent_soft_warp<T, 8>(const T*, const A*, A*, T*, int, int,  \
+                                                          A, A);                               \
+    template __global__ void softmax_xent_soft_warp<T, 32>(const T*, const A*, A*, T*, int, int, \
+                                                           A, A);                              \
+    template __global__ void softmax_xent_soft_block<T>(const T*, const A*, A*, T*, int, int, A, \
+                                                        A);
 
-GPUNET_SOFTMAX_XENT_INSTANTIATE(float)
-GPUNET_SOFTMAX_XENT_INSTANTIATE(double)
+GPUNET_SOFTMAX_XENT_INSTANTIATE(float, float)
+GPUNET_SOFTMAX_XENT_INSTANTIATE(double, double)
+GPUNET_SOFTMAX_XENT_INSTANTIATE(__half, float)
+template __global__ void softmax_xent_count_valid<float>(const long long*, int, long long, float*);
+template __global__ void softmax_xent_count_valid<double>(const long long*, int, long long, double*);

@@ -317,3 +317,155 @@ def test_model_checkpoint_saves_the_trainers_scaler(tmp_path):
     assert meta["epoch"] == 2
     assert scaler.state_dict()["scale"] == t.scaler.get_scale() < 2.0**20   # backed off
     assert int(scaler.state_dict()["growth_interval"]) == 5
+
+
+# -- float16 softmax cross-entropy and batch norm ---------------------------------------------
+
+def _within_half_ulp(got, ref32, floor=0.0):
+    """|got - ref32| <= one float16 ulp at ref32's magnitude (half of it is the rounding of
+    a correctly rounded result, the rest covers float32 arithmetic in another order and a
+    value near a rounding boundary) + floor (float32's rounding of the terms)."""
+    got = numpy.asarray(got, dtype=numpy.float64)
+    ref = numpy.asarray(ref32, dtype=numpy.float64)
+    ulp = numpy.spacing(numpy.abs(ref).astype(numpy.float16)).astype(numpy.float64)
+    bad = numpy.abs(got - ref) > ulp + floor
+    assert not bad.any(), (numpy.argwhere(bad)[:5], got[bad][:5], ref[bad][:5])
+
+
+@pytest.mark.parametrize("n,c", [(5, 10), (9, 7), (3, 300), (2, 1030), (2, 2048), (1, 1)])
+def test_half_softmax_xent_matches_float32_reference(gpu_xp, n, c):
+    """softmax_xent<__half> (float16 logits; row statistics, loss and targets in float32;
+    dlogits rounded once to float16 after the loss scale): the loss is float32 and within
+    rtol 1e-6 of NumPy's float32 computation on the same (upcast) logits; each gradient
+    element within one float16 ulp of NumPy's float32 gradient, + 1e-6 of the gradient's
+    scale (grad_scale / N for the mean): float32's rounding in softmax - target, which
+    cancels (C = 1: exactly 0, float32 gives ~2e-8 of the scale). The warp kernels (C <= 1024)
+    do the float32 kernel's arithmetic in the same order: equal to its result rounded.
+    NumPy's float16 path (float32 inside) gives the float32 result rounded: equal."""
+    from gpunet.functional import softmax_cross_entropy as sce
+    r = numpy.random.default_rng(n * 1000 + c)
+    z = _h(r.standard_normal((n, c)) * 3)
+    q = r.random((n, c)).astype(numpy.float32)
+    targets = [r.integers(0, c, n), q / q.sum(1, keepdims=True)]
+    for labels in targets:
+        for eps, red, ignore in ((0.0, "mean", None), (0.1, "sum", None), (0.0, "none", None),
+                                 (0.1, "mean", -100)):
+            if ignore is not None:
+                if labels.ndim == 2:
+                    continue
+                labels = labels.copy()
+                labels[::2] = ignore
+            kw = dict(label_smoothing=eps, ignore_index=ignore, reduction=red, grad_scale=1024.0)
+            l32, g32 = sce(z.astype(numpy.float32), labels, **kw)
+            lh, gh = sce(gpu_xp.asarray(z), gpu_xp.asarray(labels), **kw)
+            lh, gh = to_numpy(lh), to_numpy(gh)
+            assert lh.dtype == numpy.float32 and gh.dtype == numpy.float16
+            numpy.testing.assert_allclose(lh, l32, rtol=1e-6, atol=1e-6)
+            _within_half_ulp(gh, g32, floor=1e-6 * 1024.0 / (n if red == "mean" else 1))
+            ln, gn = sce(z, labels, **kw)                                   # NumPy float16
+            assert ln.dtype == numpy.float32 and gn.dtype == numpy.float16
+            numpy.testing.assert_array_equal(ln, l32)
+            numpy.testing.assert_array_equal(gn, _h(g32))
+            if c <= 1024:
+                _, gk = sce(gpu_xp.asarray(z.astype(numpy.float32)), gpu_xp.asarray(labels), **kw)
+                numpy.testing.assert_array_equal(gh, _h(to_numpy(gk)))
+
+
+def test_half_softmax_xent_grad_scale_keeps_small_gradients(gpu_xp):
+    """Why the loss scale goes into the kernel: a confident row's gradient entries (~1e-9)
+    are flushed to zero in float16 unscaled, and survive with grad_scale=2**16 (the
+    default GradScaler scale), equal to the float32 gradient times the scale, rounded.
+    grad_scale <= 0 or not finite raises ValueError on NumPy and the device alike."""
+    from gpunet.functional import softmax_cross_entropy as sce
+    z = _h(numpy.array([[20.0, 0.0, 0.0, 0.0]] * 64))
+    y = numpy.zeros(64, numpy.int64)
+    for xp_ in (numpy, gpu_xp):
+        _, g1 = sce(xp_.asarray(z), xp_.asarray(y))
+        _, gs = sce(xp_.asarray(z), xp_.asarray(y), grad_scale=2.0**16)
+        g1, gs = to_numpy(g1), to_numpy(gs)
+        assert (g1[:, 1:] == 0).all()                      # 2e-9 / 64: below float16's 6e-8
+        _, g32 = sce(z.astype(numpy.float32), y)
+        assert (gs[:, 1:] != 0).all()
+        _within_half_ulp(gs, g32 * 2.0**16, floor=1e-6 * 2.0**16 / 64)
+        for bad in (0.0, -1.0, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="grad_scale"):
+                sce(xp_.asarray(z), xp_.asarray(y), grad_scale=bad)
+
+
+def test_half_softmax_xent_bad_label_is_still_reported(gpu_xp):
+    from gpunet.cuda.softmax_xent import raise_label_error
+    from gpunet.functional import softmax_cross_entropy as sce
+    z = gpu_xp.asarray(_h(numpy.ones((4, 5))))
+    loss, g = sce(z, gpu_xp.asarray(numpy.array([0, 1, 7, 2])))
+    assert (to_numpy(g)[2] == 0).all()
+    with pytest.raises(ValueError, match="7 at row 2"):
+        float(loss)
+    raise_label_error(z)
+
+
+@pytest.mark.parametrize("shape", [(64, 3), (5, 33), (2, 3, 5, 5), (4, 3, 4, 4), (2, 2, 8, 8),
+                                   (2048, 2, 3, 3), (1, 4, 3, 3)])
+def test_half_batchnorm_kernels_match_float32_reference(gpu_xp, shape):
+    """bn_*<__half>: float16 x, dy -> float16 y, dx with float32 statistics, gamma/beta and
+    dgamma/dbeta. The float32 outputs (mean, var, inv_std, dgamma, dbeta) within rtol 3e-5
+    of NumPy's float32 computation on the upcast inputs (summation order differs); y and
+    dx within one float16 ulp of NumPy's float32 values + 1e-5 of their largest (x - mean
+    and dx's sum of O(1) terms cancel: float32's rounding, and a mean that differs in its
+    last bits, show near 0); and y, dx equal (tolerance 0) to the
+    float32 kernels' results rounded: the same arithmetic per element. NumPy's float16
+    path equals its float32 path rounded."""
+    from gpunet.functional import batchnorm as FB
+    r = numpy.random.default_rng(sum(shape))
+    c = shape[1]
+    x = _h(r.standard_normal(shape) * 2 + 0.5)
+    dy = _h(r.standard_normal(shape))
+    g, b = r.standard_normal(c).astype(numpy.float32), r.standard_normal(c).astype(numpy.float32)
+    x32, dy32 = x.astype(numpy.float32), dy.astype(numpy.float32)
+    y32, m32, v32, i32 = FB.batch_norm_forward(x32, g, b)
+    dx32, dg32, db32 = FB.batch_norm_backward(dy32, x32, g, m32, i32)
+    gx, gdy, gg, gb = (gpu_xp.asarray(a) for a in (x, dy, g, b))
+    y, m, v, inv = FB.batch_norm_forward(gx, gg, gb)
+    dx, dg, db = FB.batch_norm_backward(gdy, gx, gg, m, inv)
+    assert to_numpy(y).dtype == to_numpy(dx).dtype == numpy.float16
+    for got, ref in ((m, m32), (v, v32), (inv, i32), (dg, dg32), (db, db32)):
+        got = to_numpy(got)
+        assert got.dtype == numpy.float32
+        numpy.testing.assert_allclose(got, ref, rtol=3e-5, atol=3e-5 * numpy.abs(ref).max())
+    _within_half_ulp(to_numpy(y), y32, floor=1e-5 * numpy.abs(y32).max())
+    _within_half_ulp(to_numpy(dx), dx32, floor=1e-5 * numpy.abs(dx32).max())
+    yk = FB.batch_norm_forward(gpu_xp.asarray(x32), gg, gb)[0]
+    dxk = FB.batch_norm_backward(gpu_xp.asarray(dy32), gpu_xp.asarray(x32), gg, m, inv)[0]
+    numpy.testing.assert_array_equal(to_numpy(y), _h(to_numpy(yk)))
+    numpy.testing.assert_array_equal(to_numpy(dx), _h(to_numpy(dxk)))
+    yn, mn, _, invn = FB.batch_norm_forward(x, g, b)                      # NumPy float16
+    dxn, dgn, _ = FB.batch_norm_backward(dy, x, g, mn, invn)
+    numpy.testing.assert_array_equal(yn, _h(y32))
+    numpy.testing.assert_array_equal(dxn, _h(dx32))
+    assert mn.dtype == dgn.dtype == numpy.float32
+
+
+def test_batchnorm_layer_keeps_half_activations_on_the_device(gpu_xp, gpu_device):
+    """Under MixedPrecision the BatchNorm layer hands its float16 input to the half kernels:
+    no float32 copy of the activations (on the sim: the __half kernels run, no float32 BN
+    kernel); running statistics and gradients float32; eval mode float16 out."""
+    from gpunet import sim
+    gpunet.manual_seed(0)
+    m = Sequential(Dense(16, 32), BatchNorm(32), Dense(32, 4)).to(gpu_device)
+    mp, loss_fn = MixedPrecision(m), SoftmaxCrossEntropy()
+    r = numpy.random.default_rng(3)
+    x, y = gpu_xp.asarray(r.random((8, 16), dtype=numpy.float32)), gpu_xp.asarray(r.integers(0, 4, 8))
+    if gpu_device == "sim":
+        sim.reset_counters()
+    loss_fn(mp.forward(x), y)
+    mp.backward(loss_fn.backward())
+    if gpu_device == "sim":
+        k = sim.counters()["kernels"]
+        assert k.get("bn_stats_partial<__half>") == 1 and k.get("bn_backward_apply<__half>") == 1, k
+        assert not any(name.startswith("bn_") and name.endswith("<float>") and "finalize" not in name
+                       for name in k), k
+    bn = m[1]
+    assert bn.running_mean.dtype == bn.running_var.dtype == numpy.float32
+    assert bn.gamma.grad.dtype == numpy.float32
+    assert bn.forward(gpu_xp.asarray(_h(r.random((8, 32))))).dtype == numpy.float16
+    m.eval()
+    assert bn.forward(gpu_xp.asarray(_h(r.random((8, 32))))).dtype == numpy.float16

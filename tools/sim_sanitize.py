@@ -21,7 +21,9 @@ warp kernels' bounds 32·8 and 32·32, the block kernels, C not a multiple of th
 width); offset (unaligned) views; all rows ignored, some ignored; soft targets; label
 smoothing; batch norm on (N, C) and (N, C, H, W) with HW = 1, 3, 25 (odd), 4, 16 and rows
 enough that a channel spans several chunks, N = 1; dropout with n = 1, n not a multiple
-of 4, unaligned, and grid-stride sizes; float32 and float64. And inputs at the extremes
+of 4, unaligned, and grid-stride sizes; float32 and float64, and float16 for the __half
+kernels of softmax-CE, batch norm and dropout (against NumPy's float16 path: float32
+inside, rounded once). And inputs at the extremes
 (issue 15), checked against a long-double truth with the accuracy rule of
 tests/test_kernels_gpu.py (``extreme_*``): batch norm with a large mean, a large mean
 and a small spread, an outlier first value, a constant channel; softmax-CE with a first
@@ -114,6 +116,8 @@ def cases():
     out = []
 
     def tol(dtype):
+        if dtype == numpy.float16:   # half outputs: two float16 ulps (float32 inside, rounded once)
+            return dict(rtol=2e-3, atol=2e-3)
         return dict(rtol=1e-10, atol=1e-12) if dtype == numpy.float64 else dict(rtol=3e-5, atol=3e-6)
 
     def on_sim(a, offset):
@@ -129,10 +133,11 @@ def cases():
             numpy.testing.assert_allclose(to_numpy(g), w, **tol(dtype))
 
     dtypes = (numpy.float32, numpy.float64)
+    SHORT = {numpy.float16: "f16", numpy.float32: "f32", numpy.float64: "f64"}
 
-    # Softmax cross-entropy
-    for dtype in dtypes:
-        short = "f32" if dtype == numpy.float32 else "f64"
+    # Softmax cross-entropy (float16 logits: the __half kernels, float32 loss and targets)
+    for dtype in (*dtypes, numpy.float16):
+        short = SHORT[dtype]
         for N, C in [(1, 1), (1, 2), (3, 31), (2, 32), (2, 33), (2, 255), (2, 256), (2, 257),
                      (2, 1023), (2, 1024), (2, 1025), (2, 10000), (1, 10000), (9, 7)]:
             for variant in ("hard", "smooth", "ignore_some", "ignore_all", "soft", "soft_smooth",
@@ -145,7 +150,7 @@ def cases():
                     eps = 0.1 if "smooth" in variant else 0.0
                     ignore = None
                     if variant.startswith("soft"):
-                        q = rng.random((N, C)).astype(dtype)
+                        q = rng.random((N, C)).astype(numpy.float32 if dtype == numpy.float16 else dtype)
                         labels = q / q.sum(1, keepdims=True)
                     else:
                         labels = rng.integers(0, C, N)
@@ -167,16 +172,17 @@ def cases():
     bn_shapes = [(1, 1), (1, 5), (7, 1), (64, 3), (5, 33), (3, 2, 1, 1), (4, 3, 1, 3),
                  (2, 3, 5, 5), (3, 2, 2, 2), (2, 5, 4, 4), (4096, 1, 2, 2), (2048, 2, 3, 3),
                  (16384, 2), (1, 4, 3, 3)]
-    for dtype in dtypes:
-        short = "f32" if dtype == numpy.float32 else "f64"
+    for dtype in (*dtypes, numpy.float16):
+        short = SHORT[dtype]
+        pdtype = numpy.float32 if dtype == numpy.float16 else dtype   # gamma/beta, statistics
         for shape in bn_shapes:
             for offset in (0, 1):
                 def run(shape=shape, offset=offset, dtype=dtype):
                     C = shape[1]
                     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
                     dy = rng.standard_normal(shape).astype(dtype)
-                    g = rng.standard_normal(C).astype(dtype)
-                    b = rng.standard_normal(C).astype(dtype)
+                    g = rng.standard_normal(C).astype(pdtype)
+                    b = rng.standard_normal(C).astype(pdtype)
                     y, mean, var, inv = F.batch_norm_forward(x, g, b)
                     want = (y, mean, var, inv, *F.batch_norm_backward(dy, x, g, mean, inv))
                     xs, dys = on_sim(x, offset), on_sim(dy, offset)
@@ -195,8 +201,8 @@ def cases():
                 out.append((f"bn_{tag}{'_offset' if offset else ''}_{short}", run))
 
     # Dropout (forward and backward)
-    for dtype in dtypes:
-        short = "f32" if dtype == numpy.float32 else "f64"
+    for dtype in (*dtypes, numpy.float16):
+        short = SHORT[dtype]
         for n in (1, 2, 3, 5, 7, 1001, 4096, 40001):
             for offset in (0, 1, 3):
                 def run(n=n, offset=offset, dtype=dtype):

@@ -28,11 +28,13 @@ that both this loader and the compile check use.
 
 Launchers of the fused ops, re-exported here (inputs are CuPy arrays on one device, or sim
 arrays; outputs are new arrays of that module, of the input's dtype, float32 or float64 —
-and float16 for dropout, convolution and pooling, whose ``__half`` kernels compute in
-float and round each output once (``kernels/half.cuh``); each mirrors a NumPy reference
-in gpunet.functional):
+and float16 for every launcher here, convolution and pooling, whose ``__half`` kernels
+compute in float and round each output once (``kernels/half.cuh``; softmax-CE's loss and
+batch norm's statistics and affine parameters stay float32 then); each mirrors a NumPy
+reference in gpunet.functional):
 
-* ``softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None) -> (loss, dlogits)``
+* ``softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean",
+  grad_scale=1.0) -> (loss, dlogits)``
 * ``batchnorm_forward(x, gamma, beta, eps) -> (y, mean, var, inv_std)``
 * ``batchnorm_backward(dy, x, gamma, mean, inv_std) -> (dx, dgamma, dbeta)``
 * ``dropout_forward(x, k1, k2, threshold, scale) -> y``

@@ -1,10 +1,14 @@
-"""Launchers of the training-mode batch-norm kernels (``kernels/batchnorm.cu``)."""
+"""Launchers of the training-mode batch-norm kernels (``kernels/batchnorm.cu``).
+
+float16 activations (mixed precision): ``x``, ``y``, ``dy`` and ``dx`` are float16, the
+statistics, ``gamma``/``beta`` and ``dgamma``/``dbeta`` float32, all arithmetic float32
+(each output element rounded once)."""
 from __future__ import annotations
 
 import numpy
 
-from .loader import (_CTYPE, _cupy_for, _device, _float_array, _grid, _same_dtype, _sm_count,
-                     fast_divmod_constants, kernel)
+from .loader import (_CTYPE, _HALF_CTYPE, _acc_dtype, _cupy_for, _device, _float_array, _grid,
+                     _same_dtype, _sm_count, fast_divmod_constants, kernel)
 
 
 def _bn_layout(name, x):
@@ -28,7 +32,7 @@ def _bn_chunks(N, C, HW, dtype, dev):
     M = N * HW
     want = -(-4 * _sm_count(dev) // C)
     chunks = max(1, min(want, M // 2048))
-    if dtype == numpy.float32:
+    if dtype != numpy.float64:          # float counts (float32 and float16 activations)
         chunks = max(chunks, -(-M // (2**24 - 1)))
     return chunks
 
@@ -47,28 +51,31 @@ def batchnorm_forward(x, gamma, beta, eps):
 
     ``x`` (N, C) or (N, C, H, W); per channel over N (and H, W):
     ``mean``, biased ``var``, ``inv_std = 1/sqrt(var + eps)`` (each shape (C,)) and
-    ``y = (x - mean) * inv_std * gamma + beta``. ``gamma``/``beta`` are (C,) of x's dtype,
-    or None for 1 / 0 (affine=False). Running statistics are the caller's business.
+    ``y = (x - mean) * inv_std * gamma + beta``. ``gamma``/``beta`` are (C,) of x's dtype
+    (float32 for float16 ``x``, whose statistics are float32 too), or None for 1 / 0
+    (affine=False). Running statistics are the caller's business.
     """
     cp = _cupy_for(x)
-    x = _float_array("batchnorm_forward", x, cp)
+    x = _float_array("batchnorm_forward", x, cp, half=True)
     N, C, HW = _bn_layout("batchnorm_forward", x)
-    dtype, dev, T = x.dtype, _device(x), _CTYPE[x.dtype]
+    dtype, dev, T = x.dtype, _device(x), _HALF_CTYPE[x.dtype]
+    acc = _acc_dtype(dtype)
+    A = _CTYPE[acc]
     with x.device:
-        gamma = _affine("batchnorm_forward", gamma, 1.0, C, dtype, cp)
-        beta = _affine("batchnorm_forward", beta, 0.0, C, dtype, cp)
-        chunks = _bn_chunks(N, C, HW, dtype, dev)
-        part = cp.empty((C, chunks, 4), dtype=dtype)   # (n, mean hi, mean lo, m2)
-        mean = cp.empty((C,), dtype=dtype)
-        var = cp.empty((C,), dtype=dtype)
-        inv_std = cp.empty((C,), dtype=dtype)
+        gamma = _affine("batchnorm_forward", gamma, 1.0, C, acc, cp)
+        beta = _affine("batchnorm_forward", beta, 0.0, C, acc, cp)
+        chunks = _bn_chunks(N, C, HW, acc, dev)
+        part = cp.empty((C, chunks, 4), dtype=acc)   # (n, mean hi, mean lo, m2)
+        mean = cp.empty((C,), dtype=acc)
+        var = cp.empty((C,), dtype=acc)
+        inv_std = cp.empty((C,), dtype=acc)
         y = cp.empty_like(x)
         i32 = numpy.int32
         kernel("batchnorm.cu", f"bn_stats_partial<{T}>", dev)(
             (chunks, C), (256,), (x, i32(N), i32(C), i32(HW), i32(chunks), part))
-        kernel("batchnorm.cu", f"bn_stats_finalize<{T}>", dev)(
+        kernel("batchnorm.cu", f"bn_stats_finalize<{A}>", dev)(
             (-(-C // 128),), (128,),
-            (part, i32(C), i32(chunks), dtype.type(eps), mean, var, inv_std))
+            (part, i32(C), i32(chunks), acc.type(eps), mean, var, inv_std))
         total = x.size
         pack = 16 // dtype.itemsize
         work = total // pack if HW % pack == 0 else total
@@ -87,28 +94,31 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std):
     (sums per channel over N, H, W; shape (C,)), and
     ``dx = gamma * inv_std * (dy - dbeta/M - xhat * dgamma/M)``, ``M = N*H*W``.
     ``mean`` and ``inv_std`` are what ``batchnorm_forward`` returned; ``gamma`` None = 1.
+    float16 ``dy``/``x``: ``gamma``, ``mean``, ``inv_std``, ``dgamma``, ``dbeta`` float32.
     """
     cp = _cupy_for(x)
-    x = _float_array("batchnorm_backward", x, cp)
-    dy = _float_array("batchnorm_backward", dy, cp)
+    x = _float_array("batchnorm_backward", x, cp, half=True)
+    dy = _float_array("batchnorm_backward", dy, cp, half=True)
     _same_dtype("batchnorm_backward", "dy", dy, x.dtype, x.shape)
     N, C, HW = _bn_layout("batchnorm_backward", x)
-    dtype, dev, T = x.dtype, _device(x), _CTYPE[x.dtype]
+    dtype, dev, T = x.dtype, _device(x), _HALF_CTYPE[x.dtype]
+    acc = _acc_dtype(dtype)
+    A = _CTYPE[acc]
     with x.device:
-        gamma = _affine("batchnorm_backward", gamma, 1.0, C, dtype, cp)
+        gamma = _affine("batchnorm_backward", gamma, 1.0, C, acc, cp)
         for what, a in (("mean", mean), ("inv_std", inv_std)):
-            _same_dtype("batchnorm_backward", what, a, dtype, (C,))
+            _same_dtype("batchnorm_backward", what, a, acc, (C,))
         mean = cp.ascontiguousarray(mean)
         inv_std = cp.ascontiguousarray(inv_std)
-        chunks = _bn_chunks(N, C, HW, dtype, dev)
-        part = cp.empty((C, chunks, 2), dtype=dtype)
-        dgamma = cp.empty((C,), dtype=dtype)
-        dbeta = cp.empty((C,), dtype=dtype)
+        chunks = _bn_chunks(N, C, HW, acc, dev)
+        part = cp.empty((C, chunks, 2), dtype=acc)
+        dgamma = cp.empty((C,), dtype=acc)
+        dbeta = cp.empty((C,), dtype=acc)
         dx = cp.empty_like(x)
         i32 = numpy.int32
         kernel("batchnorm.cu", f"bn_backward_reduce_partial<{T}>", dev)(
             (chunks, C), (256,), (dy, x, mean, i32(N), i32(C), i32(HW), i32(chunks), part))
-        kernel("batchnorm.cu", f"bn_backward_finalize<{T}>", dev)(
+        kernel("batchnorm.cu", f"bn_backward_finalize<{A}>", dev)(
             (-(-C // 128),), (128,), (part, i32(C), i32(chunks), inv_std, dgamma, dbeta))
         total = x.size
         pack = 16 // dtype.itemsize
@@ -116,7 +126,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std):
         kernel("batchnorm.cu", f"bn_backward_apply<{T}>", dev)(
             (_grid(work, 256, dev),), (256,),
             (dy, x, mean, inv_std, gamma, dgamma, dbeta, dx, i32(total),
-             dtype.type(1.0 / (N * HW)),
+             acc.type(1.0 / (N * HW)),
              *(numpy.uint32(v) for v in fast_divmod_constants(HW)),
              *(numpy.uint32(v) for v in fast_divmod_constants(C))))
     return dx, dgamma, dbeta

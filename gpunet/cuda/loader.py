@@ -15,25 +15,34 @@ from ..backend import device_of, require_cuda, require_sim
 _TYPES = ("float", "double")
 _CTYPE = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 # the kernels with a __half instantiation (float arithmetic inside, kernels/half.cuh):
-# dropout, convolution, pooling
+# softmax-CE, batch norm, dropout, convolution, pooling
 _HALF_CTYPE = {**_CTYPE, numpy.dtype(numpy.float16): "__half"}
+
+
+def _acc_dtype(dtype):
+    """The arithmetic dtype of storage dtype ``dtype`` (``acc_t`` in kernels/half.cuh):
+    float32 for float16, ``dtype`` otherwise."""
+    dtype = numpy.dtype(dtype)
+    return numpy.dtype(numpy.float32) if dtype == numpy.float16 else dtype
 
 # Rows of at most 32 * ITEMS classes take the warp-per-row kernels.
 _WARP_ITEMS = (8, 32)
 
 KERNELS: dict[str, list[str]] = {
     "softmax_xent.cu": [
-        *(f"softmax_xent_hard_warp<{t}, {i}>" for t in _TYPES for i in _WARP_ITEMS),
-        *(f"softmax_xent_hard_block<{t}>" for t in _TYPES),
-        *(f"softmax_xent_soft_warp<{t}, {i}>" for t in _TYPES for i in _WARP_ITEMS),
-        *(f"softmax_xent_soft_block<{t}>" for t in _TYPES),
+        *(f"softmax_xent_hard_warp<{t}, {i}>" for t in (*_TYPES, "__half") for i in _WARP_ITEMS),
+        *(f"softmax_xent_hard_block<{t}>" for t in (*_TYPES, "__half")),
+        *(f"softmax_xent_soft_warp<{t}, {i}>" for t in (*_TYPES, "__half") for i in _WARP_ITEMS),
+        *(f"softmax_xent_soft_block<{t}>" for t in (*_TYPES, "__half")),
         *(f"softmax_xent_count_valid<{t}>" for t in _TYPES),
     ],
+    # the elementwise passes and the partial reductions read and write __half; the
+    # finalize kernels work on the float partials only
     "batchnorm.cu": [
-        f"{k}<{t}>" for k in ("bn_stats_partial", "bn_stats_finalize", "bn_forward_apply",
-                              "bn_backward_reduce_partial", "bn_backward_finalize",
-                              "bn_backward_apply")
-        for t in _TYPES
+        *(f"{k}<{t}>" for k in ("bn_stats_partial", "bn_forward_apply",
+                                "bn_backward_reduce_partial", "bn_backward_apply")
+          for t in (*_TYPES, "__half")),
+        *(f"{k}<{t}>" for k in ("bn_stats_finalize", "bn_backward_finalize") for t in _TYPES),
     ],
     "dropout.cu": [f"dropout_apply<{t}>" for t in (*_TYPES, "__half")],
     "optim.cu": [f"{k}<{t}>" for k in ("mt_sgd", "mt_adam", "mt_rmsprop", "mt_adagrad",

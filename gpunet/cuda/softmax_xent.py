@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy
 
-from .loader import _CTYPE, _WARP_ITEMS, _cupy_for, _device, _float_array, kernel
+from .loader import _CTYPE, _HALF_CTYPE, _WARP_ITEMS, _acc_dtype, _cupy_for, _device, _float_array, kernel
 
 # per device: long long[8], the kernels' label status (layout in kernels/softmax_xent.cu)
 _status: dict = {}
@@ -112,10 +112,11 @@ def _checked_loss(cp, a):
     return a
 
 
-def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean"):
+def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean",
+                 grad_scale=1.0):
     """Fused softmax cross-entropy: ``(loss, dlogits)``, by default of the mean loss over valid rows.
 
-    ``logits`` (N, C) float32/float64; ``labels`` integer class indices (N,) or
+    ``logits`` (N, C) float16/float32/float64; ``labels`` integer class indices (N,) or
     probabilities (N, C). With ``eps = label_smoothing`` the target of a row is
     ``(1-eps)*onehot(y) + eps/C`` (hard) or ``(1-eps)*q + eps/C`` (soft);
     ``row_loss = sum_j t_j * (logsumexp(z) - z_j)``. ``reduction="mean"``:
@@ -134,9 +135,16 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
     or by ``raise_label_error`` (see the module's docstring): a delayed error, as CUDA's
     asynchronous errors are. With ``ignore_index`` and ``reduction="mean"``, ``N_valid`` is
     counted on the device too (one small kernel) and the mean divides there.
+
+    float16 logits: read as half, everything computed in float32; the loss (and the row
+    losses) are float32, probability targets are read as float32, and ``dlogits`` is
+    float16, each element rounded once. ``grad_scale`` (a positive float, default 1)
+    multiplies ``dlogits`` before that rounding: pass the loss scale
+    (``GradScaler.get_scale()``) so that small gradients are scaled before they are
+    stored in half, not flushed (the loss itself is never scaled).
     """
     cp = _cupy_for(logits)
-    z = _float_array("softmax_xent", logits, cp)
+    z = _float_array("softmax_xent", logits, cp, half=True)
     if z.ndim != 2:
         raise ValueError(f"gpunet.cuda.softmax_xent: logits must be (N, C), got shape {z.shape}")
     N, C = z.shape
@@ -154,17 +162,21 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
     if not isinstance(labels, cp.ndarray):
         raise TypeError("gpunet.cuda.softmax_xent: labels must be a cupy.ndarray, "
                         f"got {type(labels).__name__}")
+    grad_scale = float(grad_scale)
+    if not (grad_scale > 0.0 and grad_scale < float("inf")):
+        raise ValueError(f"gpunet.cuda.softmax_xent: grad_scale must be a finite float > 0, got {grad_scale}")
     dev = _device(z)
-    T = _CTYPE[dtype]
+    acc = _acc_dtype(dtype)                   # the arithmetic's, the loss's, the targets'
+    T, A = _HALF_CTYPE[dtype], _CTYPE[acc]
     soft = labels.dtype.kind == "f"
     with z.device:
-        row_loss = cp.empty((N,), dtype=dtype)
+        row_loss = cp.empty((N,), dtype=acc)
         dz = cp.empty_like(z)
         if soft:
             if labels.shape != (N, C):
                 raise ValueError("gpunet.cuda.softmax_xent: probability targets must have the "
                                  f"logits' shape {(N, C)}, got {labels.shape}")
-            q = cp.ascontiguousarray(labels.astype(dtype, copy=False))
+            q = cp.ascontiguousarray(labels.astype(acc, copy=False))
             n_valid = N
         else:
             if labels.dtype.kind not in "iu":
@@ -177,13 +189,13 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             n_valid = N
             if ignore_index is not None and reduction == "mean":
                 # N_valid = max(1, labels != ignore_index) stays on the device
-                n_valid = _divisor(cp, dev, dtype, "count")
-                kernel("softmax_xent.cu", f"softmax_xent_count_valid<{T}>", dev)(
+                n_valid = _divisor(cp, dev, acc, "count")
+                kernel("softmax_xent.cu", f"softmax_xent_count_valid<{A}>", dev)(
                     (1,), (256,), (y, numpy.int32(N), numpy.int64(int(ignore_index)), n_valid))
         # the kernels write dlogits = (softmax * sum(t) - t) * scale and the unscaled row_loss
         host_n = n_valid if isinstance(n_valid, int) else 1
-        scale = dtype.type(1.0 / host_n if reduction == "mean" else 1.0)
-        eps_t = dtype.type(eps)
+        scale = acc.type((1.0 / host_n if reduction == "mean" else 1.0) * grad_scale)
+        eps_t = acc.type(eps)
         items = next((i for i in _WARP_ITEMS if C <= 32 * i), None)
         kind = "soft" if soft else "hard"
         if items is not None:
@@ -200,7 +212,7 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             args = (z, y, row_loss, dz, numpy.int32(N), numpy.int32(C), eps_t,
                     numpy.int64(int(ignore_index) if has_ignore else -1),
                     numpy.int32(has_ignore), scale,
-                    _divisor(cp, dev, dtype, "one") if isinstance(n_valid, int) else n_valid,
+                    _divisor(cp, dev, acc, "one") if isinstance(n_valid, int) else n_valid,
                     _status_buffer(cp, dev))
         fn((grid,), (threads,), args)
         if reduction == "none":

@@ -17,9 +17,12 @@ and the gradient stays finite. ``gamma``/``beta`` may be None (no affine part: g
 beta 0). The running statistics (momentum, unbiased variance) are the layer's business
 (``gpunet.layers.BatchNorm``); ``batch_norm_eval`` applies them.
 
-Everything is computed in ``x``'s dtype (``eps`` is a Python float). When ``x`` is a CuPy
-array, the fused kernels of ``kernels/batchnorm.cu`` (through ``gpunet.cuda``) run instead
-of the NumPy body.
+Everything is computed in ``x``'s dtype (``eps`` is a Python float), except for float16
+``x`` (mixed precision): then the arithmetic, the statistics ``mean``/``var``/``inv_std``
+and ``dgamma``/``dbeta`` are float32 (``gamma``/``beta`` are used as float32), and ``y`` and
+``dx`` are float16, each element rounded once. When ``x`` is a CuPy array, the fused
+kernels of ``kernels/batchnorm.cu`` (through ``gpunet.cuda``; with ``__half`` variants)
+run instead of the NumPy body.
 """
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ def _bcast(x):
     return (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
+def _f32(*vs):
+    """The per-channel vectors of a float16 computation as float32 (None stays None)."""
+    return [v if v is None or v.dtype == numpy.float32 else v.astype(numpy.float32)
+            for v in vs]
+
+
 def batch_norm_forward(x, gamma, beta, eps=1e-5):
     """Training-mode batch norm. ``x (N, C[, H, W])``, ``gamma``/``beta`` ``(C,)`` or None.
 
@@ -45,9 +54,14 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5):
     """
     xp = get_array_module(x, gamma, beta)
     eps = float(eps)
+    if x.dtype == numpy.float16:
+        gamma, beta = _f32(gamma, beta)
     if xp is not numpy:
         from .. import cuda
         return cuda.batchnorm_forward(x, gamma, beta, eps)      # gamma/beta None: 1 / 0
+    if x.dtype == numpy.float16:    # float32 inside, y rounded once
+        y, mean, var, inv_std = batch_norm_forward(x.astype(numpy.float32), gamma, beta, eps)
+        return y.astype(numpy.float16), mean, var, inv_std
     axes, s = _axes(x), _bcast(x)
     mean = x.mean(axis=axes)
     y = x - mean.reshape(s)                 # two passes: stable when |mean| >> std
@@ -68,9 +82,17 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std):
     ``gamma`` is None: they are then the gradients of an identity affine part).
     """
     xp = get_array_module(dy, x, gamma, mean, inv_std)
+    if x.dtype == numpy.float16:
+        gamma, mean, inv_std = _f32(gamma, mean, inv_std)
     if xp is not numpy:
         from .. import cuda
         return cuda.batchnorm_backward(dy, x, gamma, mean, inv_std)
+    if x.dtype == numpy.float16:    # float32 inside, dx rounded once
+        if dy.dtype != numpy.float16:
+            raise ValueError(f"batch_norm_backward: expected float16 dy for float16 x, got {dy.dtype}")
+        dx, dgamma, dbeta = batch_norm_backward(dy.astype(numpy.float32), x.astype(numpy.float32),
+                                                gamma, mean, inv_std)
+        return dx.astype(numpy.float16), dgamma, dbeta
     axes, s = _axes(x), _bcast(x)
     m = x.size // x.shape[1]
     xhat = x - mean.reshape(s)
@@ -89,8 +111,12 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std):
 def batch_norm_eval(x, running_mean, running_var, gamma, beta, eps=1e-5):
     """Eval-mode batch norm with fixed statistics:
     ``y = (x - running_mean) / sqrt(running_var + eps) · gamma + beta``, folded into one
-    per-channel scale and shift. The statistics are cast to ``x``'s dtype."""
+    per-channel scale and shift. The statistics are cast to ``x``'s dtype; a float16 ``x``
+    is computed in float32 and ``y`` rounded once."""
     xp = get_array_module(x, running_mean, running_var, gamma, beta)
+    if x.dtype == numpy.float16:
+        return batch_norm_eval(x.astype(numpy.float32), *_f32(running_mean, running_var, gamma, beta),
+                               eps).astype(numpy.float16)
     s = _bcast(x)
     scale = 1.0 / xp.sqrt(running_var.astype(x.dtype, copy=False) + float(eps))
     if gamma is not None:

@@ -84,7 +84,8 @@ def _reduce(elementwise, reduction):
 
 
 # -- softmax cross-entropy ---------------------------------------------------------------
-def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean"):
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None, reduction="mean",
+                          grad_scale=1.0):
     """Fused softmax + cross-entropy: ``(loss, dlogits)``.
 
     Row loss ``l_n = logsumexp(z_n) - Σ_c t_nc z_nc``, where the target ``t`` is the one-hot
@@ -107,6 +108,12 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     until ``Trainer`` checks, at its progress refreshes and at the latest at the end of the
     epoch (``from gpunet.cuda.softmax_xent import raise_label_error``; ``raise_label_error(x)``
     checks the device of array ``x`` explicitly, one sync).
+
+    float16 logits (mixed precision) are computed in float32: the loss is float32 and
+    ``dlogits`` float16, each element rounded once (on a device, one kernel reads the half
+    logits). ``grad_scale`` (a finite float > 0, default 1) multiplies the gradient before
+    that rounding, for loss scaling (pass ``GradScaler.get_scale()``; the loss is not
+    scaled): unscaled, gradients below float16's 6e-8 would be flushed to zero first.
     """
     name = "softmax_cross_entropy"
     _check_logits(name, logits)
@@ -117,9 +124,16 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
+    grad_scale = float(grad_scale)
+    if not (0.0 < grad_scale < float("inf")):
+        raise ValueError(f"{name}: grad_scale must be a finite float > 0, got {grad_scale}")
     if xp is not numpy:
         from .. import cuda
-        return cuda.softmax_xent(logits, labels, eps, ignore_index, reduction)
+        return cuda.softmax_xent(logits, labels, eps, ignore_index, reduction, grad_scale)
+    if logits.dtype == numpy.float16:   # float32 inside, the gradient rounded once
+        loss, dz = softmax_cross_entropy(logits.astype(numpy.float32), labels, eps,
+                                         ignore_index, reduction, grad_scale)
+        return loss, dz.astype(numpy.float16)
 
     n, c = logits.shape
     # Shift by the row max (exp never overflows), gather what the loss needs from the
@@ -148,24 +162,25 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
         tz = numpy.einsum("ij,ij->i", t, z)
         n_valid = n
     scale = 1.0 / n_valid if reduction == "mean" else 1.0
+    g = scale * grad_scale                          # the gradient's scale
     p = numpy.exp(z, out=z)
     s = p.sum(axis=1, keepdims=True)
     log_s = numpy.log(s[:, 0])                      # logsumexp of the shifted row
     if labels.ndim == 1:                            # Σ t = 1
         row = log_s - tz
-        f = numpy.divide(scale, s)
+        f = numpy.divide(g, s)
         if w is not None:
             row *= w
             f *= w[:, None]
         p *= f                                      # softmax · scale
-        p[rows, idx] -= (1.0 - eps) * scale if w is None else w * ((1.0 - eps) * scale)
+        p[rows, idx] -= (1.0 - eps) * g if w is None else w * ((1.0 - eps) * g)
         if eps:
-            p -= (eps / c * scale) if w is None else (eps / c * scale) * w[:, None]
+            p -= (eps / c * g) if w is None else (eps / c * g) * w[:, None]
     else:
         row = log_s * t_sum - tz
         p *= numpy.divide(t_sum[:, None], s)
         p -= t
-        p *= scale
+        p *= g
     loss = row if reduction == "none" else row.sum() * scale
     return numpy.asarray(loss, dtype=logits.dtype), p
 

@@ -33,9 +33,11 @@ class BatchNorm(Layer):
 
     The input dtype must equal the parameters' dtype (any floating dtype with
     ``affine=False``), with one exception for mixed precision (``gpunet.amp``): a float16
-    input with float32 parameters (or none) is normalized in float32 (statistics, running
-    buffers, ``dgamma``/``dbeta`` in float32) and the output and ``dx`` are rounded to
-    float16; ``dy`` may then be float16.
+    input with float32 parameters (or none). A float16 input is always normalized in
+    float32 (statistics, running buffers, ``dgamma``/``dbeta`` in float32; see
+    ``gpunet.functional.batchnorm``) and the output and ``dx`` are float16, rounded once;
+    on a device the half kernels read and write the float16 activations directly (no
+    float32 copy). ``dy`` is then float16, or float32 (``dx`` is then float32).
     """
 
     _buffers = ("running_mean", "running_var")
@@ -70,8 +72,9 @@ class BatchNorm(Layer):
 
     def forward(self, x):
         if self._half(x):
-            return self.forward(x.astype(numpy.float32)).astype(numpy.float16)
-        self._check(x)
+            check_input(self, x, ndim=(2, 4), features=self.num_features, axis=1)
+        else:
+            self._check(x)
         g = self.gamma.data if self.affine else None
         b = self.beta.data if self.affine else None
         if not self.training:
@@ -97,16 +100,16 @@ class BatchNorm(Layer):
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before a training-mode forward")
         x, mean, inv_std = self._cache
-        if getattr(dy, "dtype", None) == numpy.float16 and x.dtype == numpy.float32:
-            return self.backward(dy.astype(numpy.float32)).astype(numpy.float16)
+        if x.dtype == numpy.float16 and getattr(dy, "dtype", x.dtype) != x.dtype:
+            x = x.astype(dy.dtype)          # a float32 dy: backward in float32
         if tuple(dy.shape) != tuple(x.shape):
             raise ValueError(f"BatchNorm.backward: expected dy of shape {tuple(x.shape)} (the forward's), "
                              f"got {tuple(dy.shape)}")
         dx, dgamma, dbeta = F.batch_norm_backward(dy, x, self.gamma.data if self.affine else None,
                                                   mean, inv_std)
-        if self.affine:
-            self.gamma.accumulate(dgamma)
-            self.beta.accumulate(dbeta)
+        if self.affine:     # float32 sums of a float16 model (cast with .to) go back to float16
+            self.gamma.accumulate(dgamma.astype(self.gamma.data.dtype, copy=False))
+            self.beta.accumulate(dbeta.astype(self.beta.data.dtype, copy=False))
         return dx
 
     def extra_repr(self):
