@@ -58,4 +58,5 @@ def test_clean_cases_pass_and_are_compared_with_numpy():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "ok   dropout_n7_offset1_f32" in out and "ok   xent_ignore_all_N2_C33_f64" in out, out
-    assert "4/4 cases match NumPy" in out and "sim_sanitize: clean" in out, out
+    assert "ok   dropout_n7_offset1_f16" in out and "ok   xent_ignore_all_N2_C33_f16" in out, out
+    assert "6/6 cases match NumPy" in out and "sim_sanitize: clean" in out, out
