@@ -237,7 +237,22 @@ class GradScaler:
                 f"enabled={self.enabled})")
 
 
+# Why there is no "bf16" (see the guide's mixed-precision section): checked for CuPy 14.
+BF16_UNSUPPORTED = (
+    "bfloat16 is not supported: NumPy has no bfloat16 dtype (so neither gpunet's CPU path "
+    "nor the sim device can hold one), CuPy 14 holds bfloat16 arrays only when the optional "
+    "ml_dtypes package is installed (experimental there), which gpunet does not depend on, "
+    "and gpunet's kernels have float16 (__half) variants only; use precision='fp16'")
+
+
+def _is_bf16(x) -> bool:
+    return (isinstance(x, str) and x.lower() in ("bf16", "bfloat16")) or \
+        getattr(x, "__name__", None) == "bfloat16" or str(getattr(x, "name", "")) == "bfloat16"
+
+
 def _check_precision(precision, who):
+    if _is_bf16(precision):
+        raise ValueError(f"{who}: precision={precision!r}: {BF16_UNSUPPORTED}")
     if precision not in PRECISIONS:
         raise ValueError(f"{who}: expected precision 'fp32' or 'fp16', got {precision!r}")
     return precision
@@ -274,7 +289,13 @@ class MixedPrecision:
       grad_scale=scaler.get_scale())``, so the gradient is scaled before it is rounded.
 
     Pair it with a ``GradScaler``: without loss scaling, gradients below 6e-8 vanish in
-    float16. The cost per step on a device: one cast launch per Dense/Conv2D parameter
+    float16.
+
+    float16 only: ``dtype="bfloat16"`` (and ``Trainer(precision="bf16")``) raises
+    ``ValueError``. NumPy has no bfloat16 dtype, so neither the CPU path nor the sim can
+    hold one; CuPy 14 can, but only with the optional ``ml_dtypes`` package (an
+    experimental addition there), which gpunet does not depend on; and the kernels have
+    no bfloat16 variants. The cost per step on a device: one cast launch per Dense/Conv2D parameter
     forward and one per gradient after backward.
     """
 
@@ -283,6 +304,8 @@ class MixedPrecision:
     def __init__(self, model, dtype=numpy.float16):
         if not isinstance(model, Layer):
             raise TypeError(f"MixedPrecision: expected a gpunet Layer, got {type(model).__name__}")
+        if _is_bf16(dtype):
+            raise ValueError(f"MixedPrecision: dtype {dtype!r}: {BF16_UNSUPPORTED}")
         dtype = numpy.dtype(dtype)
         if dtype != numpy.float16:
             raise ValueError(f"MixedPrecision: dtype must be float16, got {dtype.name}")

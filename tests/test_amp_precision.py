@@ -115,7 +115,17 @@ def test_policy_rejects_non_float32_masters_and_backward_without_forward():
     with pytest.raises(RuntimeError, match="without a training-mode forward"):
         MixedPrecision(Sequential(Dense(4, 3))).backward(numpy.zeros((2, 3), numpy.float32))
     with pytest.raises(ValueError, match="precision"):
-        Trainer(Sequential(Dense(4, 3)), SoftmaxCrossEntropy(), None, precision="bf16")
+        Trainer(Sequential(Dense(4, 3)), SoftmaxCrossEntropy(), None, precision="fp8")
+
+
+def test_bfloat16_is_refused_with_the_reason():
+    """No bfloat16 (NumPy has none; CuPy 14 only through the optional ml_dtypes): a clear
+    ValueError naming why, from the Trainer and from MixedPrecision."""
+    for bad in ("bf16", "bfloat16", "BF16"):
+        with pytest.raises(ValueError, match="bfloat16 is not supported: NumPy has no bfloat16.*ml_dtypes"):
+            Trainer(Sequential(Dense(4, 3)), SoftmaxCrossEntropy(), None, precision=bad)
+    with pytest.raises(ValueError, match="MixedPrecision: dtype 'bfloat16': bfloat16 is not supported"):
+        MixedPrecision(Sequential(Dense(4, 3)), dtype="bfloat16")
 
 
 def test_trainer_fp16_digits_within_half_a_point_of_fp32(xp, device):
