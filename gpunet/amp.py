@@ -90,12 +90,19 @@ class GradScaler:
     ``S`` is kept as PyTorch keeps it, rounded to float32, so the sequence of scales is
     ``torch.amp.GradScaler``'s for the same sequence of overflows.
 
-    On a CUDA device (or the sim) the check is one float64 sum-of-squares reduction over
-    all gradients (``clip_grad_norm``'s multi-tensor kernel: one launch per 64 gradients
-    of a dtype; the sum is finite exactly when every gradient element is) and the division
-    one launch per gradient; deciding whether to step then reads that one flag: **one host
-    sync per step**, in ``step`` (PyTorch avoids it by passing the flag into its fused
-    optimizers; gpunet's optimizer kernels do not take one yet).
+    On a CUDA device (or the sim), with a gpunet optimizer and float32/float64 gradients,
+    the whole iteration runs on the device without a host sync, as PyTorch's fused
+    optimizers do: ``S``, ``1/S``, the count of clean steps and the found-inf flag live
+    in device buffers (copied there once, from the host values, at the first ``scale`` or
+    ``unscale_`` on a device); ``unscale_`` is one float64 sum-of-squares reduction over
+    all gradients (finite exactly when every element is) and one scaling launch per
+    dtype; ``step`` passes that sum to the optimizer's fused kernel, which skips the whole
+    update (parameters, state, step counts) when it is not finite; ``update`` is one
+    single-thread launch (``amp_update_scale`` in ``kernels/optim.cu``). ``step`` then
+    returns a lazy truth value (reading it waits for the device), and ``get_scale()`` /
+    ``state_dict()`` read the device (one sync each per buffer read). Other optimizers
+    (any object with ``params`` and ``step()``) and float16 gradients take the host path:
+    one sync per step, in ``step``.
     """
 
     def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
@@ -117,18 +124,59 @@ class GradScaler:
         self.backoff_factor = backoff_factor
         self.growth_interval = int(growth_interval)
         self._growth_tracker = 0
-        self._pending = {}        # id(optimizer) -> found-inf flag of this iteration (0-d array or bool)
+        self._pending = {}        # id(optimizer) -> found-inf flag of this iteration (bool, a
+        #                           0-d device bool array, or _DeviceCheck on the fused path)
+        self._dev = None          # _ScalerState on a device: S, 1/S, tracker and flag there
 
     # -- the iteration ---------------------------------------------------------------------
     def get_scale(self) -> float:
-        """The current scale ``S`` (1.0 when disabled)."""
-        return self._scale if self.enabled else 1.0
+        """The current scale ``S`` (1.0 when disabled); on a device, a host sync."""
+        if not self.enabled:
+            return 1.0
+        if self._dev is not None:
+            self._scale = float(self._dev.scale.get())
+        return self._scale
+
+    def _host(self):
+        """Bring ``S`` and the tracker back from the device (host syncs) and drop the
+        device state: the host values rule again (re-copied at the next device use)."""
+        if self._dev is not None:
+            self._scale = float(self._dev.scale.get())
+            self._growth_tracker = int(self._dev.tracker.get())
+            self._dev = None
+
+    def _device_state(self, like):
+        """The device state on ``like``'s device, created from the host values."""
+        from .backend import device_of
+        if self._dev is None or device_of(self._dev.scale) != device_of(like):
+            from .cuda import graphs
+            if graphs.capturing() is not None:
+                raise RuntimeError("GradScaler: the first scaled step on a device copies the "
+                                   "scale to it; run one step before capturing a CUDA graph")
+            self._host()
+            self._dev = _ScalerState(get_array_module(like), self._scale, self._growth_tracker)
+        return self._dev
 
     def scale(self, x):
-        """``x * S`` in ``x``'s dtype (``x`` itself when disabled)."""
+        """``x * S`` in ``x``'s dtype (``x`` itself when disabled); on a device, ``S`` is
+        read there (one launch, no sync)."""
         if not self.enabled:
             return x
-        return _times(x, self._scale)
+        if isinstance(x, numpy.ndarray) or numpy.isscalar(x):
+            self._host()
+            return _times(x, self._scale)
+        s = self._device_state(x).scale
+        if x.dtype.itemsize < 4:
+            return (x.astype(numpy.float32) * s).astype(x.dtype)
+        return x * s
+
+    def _fused(self, optimizer, grads):
+        """Whether ``unscale_``/``step`` run on the device without a sync: a gpunet
+        optimizer, device gradients, all float32/float64."""
+        from .optim import Optimizer
+        return (isinstance(optimizer, Optimizer) and grads
+                and not isinstance(grads[0], numpy.ndarray)
+                and all(g.dtype in (numpy.float32, numpy.float64) for g in grads))
 
     def unscale_(self, optimizer):
         """Divide ``optimizer``'s gradients by ``S`` in place and note whether any was inf/NaN."""
@@ -138,9 +186,18 @@ class GradScaler:
             raise RuntimeError("GradScaler.unscale_: already called for this optimizer since "
                                "the last update()")
         grads = [p.grad for p in optimizer.params if p.grad is not None]
+        if self._fused(optimizer, grads):
+            from .optim import _unscale_on_device
+            d = self._device_state(grads[0])
+            self._pending[id(optimizer)] = _DeviceCheck(_unscale_on_device(grads, d.inv, d.found))
+            return
         found = False
         if grads:
             xp = get_array_module(*grads)
+            if self._dev is not None and xp is not numpy:
+                self._scale = float(self._dev.scale.get())
+            else:
+                self._host()
             inv = 1.0 / self._scale
             if xp is numpy:
                 found = not all(bool(numpy.isfinite(g).all()) for g in grads)
@@ -165,13 +222,18 @@ class GradScaler:
 
     def step(self, optimizer) -> bool:
         """``unscale_`` (if not called yet), then ``optimizer.step()`` unless a gradient was
-        inf/NaN. Returns whether the optimizer stepped. On a device: the one host sync."""
+        inf/NaN. Returns whether the optimizer stepped: a bool, or on the device path a
+        lazy truth value (``bool()`` of it waits for the device; the step itself does not)."""
         if not self.enabled:
             optimizer.step()
             return True
         if id(optimizer) not in self._pending:
             self.unscale_(optimizer)
-        if bool(self._pending[id(optimizer)]):
+        check = self._pending[id(optimizer)]
+        if isinstance(check, _DeviceCheck):
+            optimizer._step(found=check.total)     # the kernel skips on a non-finite sum
+            return check
+        if bool(check):
             self._pending[id(optimizer)] = True
             return False
         self._pending[id(optimizer)] = False
@@ -186,7 +248,18 @@ class GradScaler:
             new_scale = float(new_scale)
             if not (new_scale > 0.0 and math.isfinite(new_scale)):
                 raise ValueError(f"GradScaler.update: expected a finite new_scale > 0, got {new_scale!r}")
+            self._host()
             self._scale = _f32(new_scale)
+        elif self._dev is not None:
+            if not self._pending:
+                raise RuntimeError("GradScaler.update: no step() or unscale_() since the last update()")
+            from .cuda import optim as _mt
+            d = self._dev
+            if any(bool(f) for f in self._pending.values() if not isinstance(f, _DeviceCheck)):
+                d.found.fill(1.0)      # a host-path optimizer of this iteration overflowed
+            _mt.amp_update(d.found, d.scale, d.inv, d.tracker, growth_factor=self.growth_factor,
+                           backoff_factor=self.backoff_factor,
+                           growth_interval=self.growth_interval)
         else:
             if not self._pending:
                 raise RuntimeError("GradScaler.update: no step() or unscale_() since the last update()")
@@ -205,7 +278,11 @@ class GradScaler:
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The scale, the factors, the interval and the count of clean steps, as NumPy arrays."""
+        """The scale, the factors, the interval and the count of clean steps, as NumPy
+        arrays (read from the device when they live there: host syncs)."""
+        if self._dev is not None:
+            self._scale = float(self._dev.scale.get())
+            self._growth_tracker = int(self._dev.tracker.get())
         return {"scale": numpy.asarray(self._scale, dtype=numpy.float64),
                 "growth_factor": numpy.asarray(self.growth_factor, dtype=numpy.float64),
                 "backoff_factor": numpy.asarray(self.backoff_factor, dtype=numpy.float64),
@@ -229,6 +306,7 @@ class GradScaler:
         self.growth_interval = restored.growth_interval
         self._growth_tracker = tracker
         self._pending = {}
+        self._dev = None
         return self
 
     def __repr__(self):
@@ -248,6 +326,41 @@ BF16_UNSUPPORTED = (
 def _is_bf16(x) -> bool:
     return (isinstance(x, str) and x.lower() in ("bf16", "bfloat16")) or \
         getattr(x, "__name__", None) == "bfloat16" or str(getattr(x, "name", "")) == "bfloat16"
+
+
+class _ScalerState:
+    """A GradScaler's state on a device (0-d arrays): ``scale`` (float32, as PyTorch keeps
+    it), ``inv`` (1/scale, float64), ``tracker`` (int64: clean steps in a row) and
+    ``found`` (float64: nonzero when a gradient of this iteration was inf/NaN)."""
+
+    def __init__(self, xp, scale, tracker):
+        self.scale = xp.asarray(numpy.float32(scale))
+        self.inv = xp.asarray(numpy.float64(1.0 / scale))
+        self.tracker = xp.asarray(numpy.int64(tracker))
+        self.found = xp.zeros((), dtype=numpy.float64)
+
+
+class _DeviceCheck:
+    """The device path's found-inf record of one optimizer and iteration: ``total``, the
+    float64 sum of squares of its (scaled) gradients, finite exactly when every element
+    is. Its truth value (reading it is a host sync) is whether the optimizer stepped."""
+
+    __slots__ = ("total",)
+
+    def __init__(self, total):
+        self.total = total
+
+    def __bool__(self):
+        return math.isfinite(float(self.total))
+
+    def __eq__(self, other):
+        return bool(self) == other
+
+    def __hash__(self):
+        return hash(bool(self))
+
+    def __repr__(self):
+        return f"<GradScaler step on the device: stepped={bool(self)}>"
 
 
 def _check_precision(precision, who):

@@ -28,11 +28,15 @@ Conventions, stated once for the whole module:
   ``"state.<i>.<buffer>"``. ``load_state_dict`` restores all of it onto each parameter's
   device and dtype, so a resumed run continues bit for bit (and loading is the way to
   move an optimizer's state after ``model.to(device)``).
-* On a CUDA device (or the sim), ``step()`` is one kernel launch per dtype present (per 64
-  parameters) over every parameter with a gradient (``kernels/optim.cu``, multi-tensor
-  apply), with the NumPy path's arithmetic operation for operation; a steady-state step
-  neither copies to the device nor waits for it (see ``Optimizer._step_fused``).
-  ``clip_grad_norm`` then returns a 0-d device array instead of a float.
+* On a CUDA device (or the sim), ``step()`` is one kernel launch per dtype present, however
+  many parameters, over every parameter with a gradient (``kernels/optim.cu``,
+  multi-tensor apply), with the NumPy path's arithmetic operation for operation; a
+  steady-state step neither copies to the device nor waits for it (see
+  ``Optimizer._step_fused``). The learning rate and the step counts then live on the
+  device (a changed ``lr`` costs one more launch, a fill, at the next step; reading
+  ``optimizer.steps`` waits for the device once), so that a CUDA graph replaying a
+  captured step (``gpunet.cuda.graphs``) follows a schedule. ``clip_grad_norm`` then
+  returns a 0-d device array instead of a float.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ import weakref
 import numpy
 
 from .backend import device_of, get_array_module, to_device, to_numpy
+from .cuda import graphs as _graphs
 from .cuda import optim as _mt
 
 __all__ = [
@@ -145,7 +150,10 @@ class Optimizer:
     the hyper-parameters) and ``_update(i, p, g, lr)`` (one parameter's step, the NumPy
     reference); for arrays on a CUDA device or the sim, ``_fused_state(i, p, xp)`` (the
     parameter's state buffers, created at its first step) and ``_fused_apply(table, grads,
-    lr, k, steps)`` (the multi-tensor launch, see ``_step_fused``).
+    found)`` (the multi-tensor launch, see ``_step_fused``).
+
+    ``steps`` (the per-parameter step counts) is a list; after a step on a device it is
+    read back from the device's counters when asked for (one host sync).
     """
 
     def __init__(self, params, **hyper):
@@ -155,21 +163,43 @@ class Optimizer:
             setattr(self, k, v)
         self._hyper_names = tuple(hyper)
         self.state = [{} for _ in self.params]   # per parameter: buffer name -> array
-        self.steps = [0] * len(self.params)      # per parameter: updates applied so far
+        self._steps = [0] * len(self.params)     # per parameter: updates applied so far
         self._work = {}                          # scratch arrays, keyed by slot/dtype/device
-        self._tables = {}                        # fused path: (dtype, first) -> (key, table)
-        self._launches = 0                       # fused path: steps launched
+        self._tables = {}                        # fused path: dtype -> (key, table)
+        self._dev = None                         # fused path: _mt.DeviceScalars (lr, steps)
+        self._steps_on_device = False            # the device's counters are ahead of _steps
         for p in self.params:                    # so that model.to(...) moves our state too
             p._optimizers = [r for r in p._optimizers if r() is not None] + [weakref.ref(self)]
+
+    @property
+    def steps(self) -> list:
+        """Per parameter, the number of updates applied so far (a host sync after a step
+        on a device: the counts are the device's)."""
+        if self._steps_on_device:
+            self._steps = [int(n) for n in self._dev.steps.get()]
+            self._steps_on_device = False
+        return self._steps
+
+    @steps.setter
+    def steps(self, value):
+        self._steps = [int(n) for n in value]
+        self._steps_on_device = False
+        self._dev = None          # recreated from the host counts at the next device step
+        self._tables = {}
 
     # -- the step -----------------------------------------------------------------------
     def step(self):
         """Apply one update to every parameter that has a gradient."""
+        self._step()
+
+    def _step(self, found=None):
+        """``step()``; on a device, ``found`` (a 0-d float64 device array, the loss
+        scaler's sum of squares of the gradients) skips the step when not finite."""
         lr = float(self.lr)
         if not lr >= 0.0:
             raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
         if not isinstance(self.params[0].data, numpy.ndarray):
-            return self._step_fused(lr)
+            return self._step_fused(lr, found)
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
@@ -193,18 +223,23 @@ class Optimizer:
                         f"{p.data.dtype} but its state {k!r} is {v.dtype}; cast the model "
                         "with model.to(dtype=...), which casts its optimizers' state too")
 
-    def _step_fused(self, lr):
+    def _step_fused(self, lr, found=None):
         """The step on a CUDA device (or the sim): one multi-tensor kernel launch
-        (``kernels/optim.cu``) per dtype present, per 64 parameters, for every parameter
-        with a gradient; the same arithmetic as ``_update``.
+        (``kernels/optim.cu``) per dtype present, whatever the number of parameters, for
+        every parameter with a gradient; the same arithmetic as ``_update``.
 
         The launch reads a device table of the parameters' data and state addresses,
-        sizes, step offsets and decay flags, built on the first step and rebuilt (one
-        host-to-device copy of 64 bytes per parameter) only when one of those changes:
-        a parameter gains or loses its gradient, its data or state is replaced
-        (``model.to``, ``load_state_dict``). The gradients' addresses and the
-        hyper-parameters are kernel arguments, so a steady-state step copies nothing to
-        the device and never waits for it.
+        sizes, step-counter addresses and decay flags, built on the first step and rebuilt
+        (one host-to-device copy of 64 bytes per parameter) only when one of those
+        changes: a parameter gains or loses its gradient, its data or state is replaced
+        (``model.to``, ``load_state_dict``). The first 64 gradients of a dtype are kernel
+        arguments; a gradient past them is read from the table, which is rebuilt when one
+        of those moved (in a steady loop CuPy's memory pool and a CUDA graph give them
+        the same address every step). The learning rate is read from a device buffer,
+        rewritten (one fill launch) only when ``lr`` changed, and the step counts are
+        device counters the kernel increments: a steady-state step copies nothing to the
+        device and never waits for it. Under CUDA-graph capture the lr buffer is rewritten
+        before each replay instead (``gpunet.cuda.graphs``).
         """
         who = type(self).__name__
         active, device = [], None
@@ -228,37 +263,66 @@ class Optimizer:
             active.append(i)
         if not active:
             return
-        self._launches += 1
-        k = self._launches
         xp = get_array_module(self.params[active[0]].data)
+        dev = self._device_scalars(xp, lr)
         groups = {}
         for i in active:
-            self.steps[i] += 1
             groups.setdefault(self.params[i].data.dtype, []).append(i)
         for dtype, idx in groups.items():
-            for start in range(0, len(idx), _mt.MAX_TENSORS):
-                part = idx[start:start + _mt.MAX_TENSORS]
-                rows = []
-                for i in part:
-                    p = self.params[i]
-                    s1, s2 = self._fused_state(i, p, xp)
-                    rows.append((p.data, s1, s2, p.data.size, self.steps[i] - k, p.decay))
-                table = self._fused_table((dtype, start), rows, xp)
-                grads = [_contiguous(self.params[i].grad, xp) for i in part]
-                self._fused_apply(table, grads, lr, k, [self.steps[i] for i in part])
+            rows, grads = [], []
+            for i in idx:
+                p = self.params[i]
+                s1, s2 = self._fused_state(i, p, xp)
+                g = _contiguous(p.grad, xp)
+                rows.append((p.data, s1, s2, p.data.size, dev.step_address(i), p.decay, g))
+                grads.append(g)
+            table = self._fused_table(dtype, rows, xp)
+            self._fused_apply(table, grads, found)
+        self._steps_on_device = True
+
+    def _device_scalars(self, xp, lr):
+        """The device's lr buffer and step counters (created from the host counts at the
+        first device step, and again after a load or a move), with ``lr`` written."""
+        dev = self._dev
+        if dev is None or device_of(dev.steps) != device_of(self.params[0].data):
+            if _graphs.capturing() is not None:
+                raise RuntimeError(f"{type(self).__name__}: the first step on a device copies the "
+                                   "step counts and lr to it; run one step before capturing a "
+                                   "CUDA graph")
+            steps = self.steps                 # the device's, if a previous one had them
+            dev = self._dev = _mt.DeviceScalars(xp, steps, lr)
+            self._tables = {}
+        cap = _graphs.capturing()
+        if cap is None:
+            dev.set_lr(lr)
+        else:       # a fill captured now would replay today's lr forever
+            cap.before_replay(self._refresh_lr)
+        return dev
+
+    def _refresh_lr(self):
+        """Write the current ``lr`` to the device (before a graph replay)."""
+        lr = float(self.lr)
+        if not lr >= 0.0:
+            raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
+        self._dev.set_lr(lr)
 
     def _fused_table(self, slot, rows, xp):
         """The device table of ``rows``, reused while its contents stay the same."""
-        key = tuple((_mt.address(w), _mt.address(s1), _mt.address(s2), n, step0, bool(decay))
-                    for w, s1, s2, n, step0, decay in rows)
+        key = _mt.table_key(rows)
         hit = self._tables.get(slot)
         if hit is None or hit[0] != key:
+            if _graphs.capturing() is not None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: its table of parameters changed during CUDA-graph "
+                    "capture (a parameter gained or lost its gradient, or an array moved); "
+                    "run an eager step with the same parameters before capturing")
             hit = self._tables[slot] = (key, _mt.tensor_table(xp, rows))
         return hit[1]
 
     def _follow_parameters(self):
         """Move and cast every state buffer to its parameter's device and dtype (called by
         ``Layer.to``); the scratch memory is dropped and reallocated on the next step."""
+        self.steps = self.steps      # read back from a device, recreated there if needed
         for i, p in enumerate(self.params):
             st = self.state[i]
             for k, v in st.items():
@@ -313,8 +377,9 @@ class Optimizer:
         d = {"num_params": numpy.asarray(len(self.params), dtype=numpy.int64)}
         for k in self._hyper_names:
             d[k] = numpy.asarray(getattr(self, k))
+        steps = self.steps
         for i, st in enumerate(self.state):
-            d[f"state.{i}.step"] = numpy.asarray(self.steps[i], dtype=numpy.int64)
+            d[f"state.{i}.step"] = numpy.asarray(steps[i], dtype=numpy.int64)
             for k, v in st.items():
                 d[f"state.{i}.{k}"] = numpy.array(to_numpy(v), copy=True)
         return d
@@ -473,11 +538,12 @@ class SGD(Optimizer):
             st["momentum_buffer"] = xp.zeros_like(p.data)
         return st["momentum_buffer"], None
 
-    def _fused_apply(self, table, grads, lr, k, steps):
+    def _fused_apply(self, table, grads, found):
         m, wd, l1 = float(self.momentum), float(self.weight_decay), float(self.l1)
         flags = (_flag(wd != 0.0, _mt.WD) | _flag(l1 != 0.0, _mt.L1)
                  | _flag(m != 0.0, _mt.MOMENTUM) | _flag(m != 0.0 and self.nesterov, _mt.NESTEROV))
-        _mt.sgd_step(table, grads, lr=lr, momentum=m, weight_decay=wd, l1=l1, flags=flags, k=k)
+        _mt.sgd_step(table, grads, self._dev, momentum=m, weight_decay=wd, l1=l1, flags=flags,
+                     found=found)
 
 
 class Adam(Optimizer):
@@ -548,20 +614,13 @@ class Adam(Optimizer):
 
     _decoupled = False
 
-    def _fused_apply(self, table, grads, lr, k, steps):
+    def _fused_apply(self, table, grads, found):
         b1, b2 = (float(b) for b in self.betas)
         wd, l1 = float(self.weight_decay), float(getattr(self, "l1", 0.0))
         flags = _flag(wd != 0.0, _mt.WD) | _flag(l1 != 0.0 and not self._decoupled, _mt.L1)
         flags |= _flag(self._decoupled, _mt.DECOUPLED)
-        step_size = bias2 = 0.0
-        if min(steps) == max(steps):  # as _update computes them, bit for bit
-            n = steps[0]
-            step_size = lr / (1.0 - b1 ** n)
-            bias2 = math.sqrt(1.0 - b2 ** n)
-            flags |= _mt.UNIFORM
-        _mt.adam_step(table, grads, lr=lr, beta1=b1, beta2=b2, eps=float(self.eps),
-                      weight_decay=wd, l1=l1, decay_factor=1.0 - lr * wd, step_size=step_size,
-                      bias2=bias2, flags=flags, k=k)
+        _mt.adam_step(table, grads, self._dev, beta1=b1, beta2=b2, eps=float(self.eps),
+                      weight_decay=wd, l1=l1, flags=flags, found=found)
 
 
 def _betas(who, betas):
@@ -652,10 +711,10 @@ class RMSProp(Optimizer):
             st["momentum_buffer"] = xp.zeros_like(p.data)
         return st["square_avg"], st.get("momentum_buffer") if self.momentum != 0.0 else None
 
-    def _fused_apply(self, table, grads, lr, k, steps):
+    def _fused_apply(self, table, grads, found):
         mom = float(self.momentum)
-        _mt.rmsprop_step(table, grads, lr=lr, alpha=float(self.alpha), eps=float(self.eps),
-                         momentum=mom, flags=_flag(mom != 0.0, _mt.MOMENTUM))
+        _mt.rmsprop_step(table, grads, self._dev, alpha=float(self.alpha), eps=float(self.eps),
+                         momentum=mom, flags=_flag(mom != 0.0, _mt.MOMENTUM), found=found)
 
 
 class AdaGrad(Optimizer):
@@ -699,8 +758,8 @@ class AdaGrad(Optimizer):
             st["sum"] = xp.zeros_like(p.data)
         return st["sum"], None
 
-    def _fused_apply(self, table, grads, lr, k, steps):
-        _mt.adagrad_step(table, grads, lr=lr, eps=float(self.eps))
+    def _fused_apply(self, table, grads, found):
+        _mt.adagrad_step(table, grads, self._dev, eps=float(self.eps), found=found)
 
 
 # -- gradient clipping ------------------------------------------------------------------
@@ -717,7 +776,7 @@ def clip_grad_norm(params, max_norm):
     Returns ``total`` (before clipping): a Python float for NumPy gradients, 0.0 when there
     is no gradient. On a CUDA device (or the sim) the norm is computed and the scaling
     applied on the device, without a host sync (one reduction launch and one scaling
-    launch per dtype and 64 gradients, the sum of squares in float64), and ``total`` is a
+    launch per dtype, the sum of squares in float64), and ``total`` is a
     0-d float64 array on that device: ``float(total)`` (or printing it) waits for the
     device, so read it only when needed.
     """
@@ -741,13 +800,22 @@ def clip_grad_norm(params, max_norm):
     return total
 
 
+def _unscale_on_device(grads, inv_scale, found_any):
+    """``GradScaler.unscale_`` on device gradients (float32/float64): ``g *= inv_scale``
+    and the float64 sum of squares (returned, a 0-d device array; ``found_any`` set to 1
+    when it is not finite), one reduction and one scaling launch per dtype, no sync."""
+    xp = get_array_module(*grads)
+    return _on_grad_lists(grads, xp, lambda tables, lists: _mt.unscale_and_check(
+        tables, lists, inv_scale, found_any))
+
+
 def clip_grad_value(params, clip):
     """Clamp every gradient element into ``[-clip, clip]`` in place (as
     ``torch.nn.utils.clip_grad_value_``). ``params``: a list of Parameters or a Layer."""
     params = _as_parameters(params, "clip_grad_value", allow_empty=True)
     clip = _at_least("clip_grad_value", "clip", clip)
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not isinstance(grads[0], numpy.ndarray):   # one launch per dtype and 64 grads
+    if grads and not isinstance(grads[0], numpy.ndarray):   # one launch per dtype
         xp = get_array_module(*grads)
         _on_grad_lists(grads, xp, lambda tables, lists: [
             _mt.grad_clamp(t, gs, clip) for t, gs in zip(tables, lists)])
@@ -758,36 +826,35 @@ def clip_grad_value(params, clip):
             xp.clip(p.grad, -clip, clip, out=p.grad)
 
 
-_grad_tables: dict = {}   # (device, dtype, sizes) -> device table of a gradient list
+_grad_tables: dict = {}   # (device, dtype, sizes, far addresses) -> device table of a gradient list
 
 
 def _on_grad_lists(grads, xp, launch):
     """Run ``launch(tables, grad_lists)`` over ``grads`` (device arrays, one device) cut
-    into same-dtype lists of at most 64; a gradient that is not C-contiguous is worked on
-    in a contiguous copy, written back afterwards. The clipping kernels read only the
-    sizes from a table, so tables are cached by (device, dtype, sizes)."""
+    into same-dtype lists; a gradient that is not C-contiguous is worked on in a
+    contiguous copy, written back afterwards. The clipping kernels read only the sizes
+    (and, past the first 64 gradients, the addresses) from a table, so tables are cached
+    by (device, dtype, sizes, those addresses)."""
     lists = {}
     for g in grads:
         lists.setdefault(g.dtype, []).append(g)
     tables, grad_lists, back = [], [], []
     for dtype, gs in lists.items():
-        for start in range(0, len(gs), _mt.MAX_TENSORS):
-            part = gs[start:start + _mt.MAX_TENSORS]
-            flat = []
-            for g in part:
-                c = _contiguous(g, xp)
-                if c is not g:
-                    back.append((g, c))
-                flat.append(c)
-            key = (device_of(part[0]), dtype, tuple(g.size for g in part))
-            table = _grad_tables.get(key)
-            if table is None:
-                if len(_grad_tables) >= 256:
-                    _grad_tables.clear()
-                table = _grad_tables[key] = _mt.tensor_table(
-                    xp, [(None, None, None, g.size, 0, False) for g in part])
-            tables.append(table)
-            grad_lists.append(flat)
+        flat = []
+        for g in gs:
+            c = _contiguous(g, xp)
+            if c is not g:
+                back.append((g, c))
+            flat.append(c)
+        rows = [(None, None, None, g.size, 0, False, g) for g in flat]
+        key = (device_of(flat[0]), dtype, _mt.table_key(rows))
+        table = _grad_tables.get(key)
+        if table is None:
+            if len(_grad_tables) >= 256:
+                _grad_tables.clear()
+            table = _grad_tables[key] = _mt.tensor_table(xp, rows)
+        tables.append(table)
+        grad_lists.append(flat)
     out = launch(tables, grad_lists)
     for g, c in back:
         g[...] = c

@@ -112,14 +112,15 @@ def test_growth_stops_at_float32_max():
 torch = pytest.importorskip("torch")
 
 
-def test_scale_sequence_matches_torch_grad_scaler():
-    """Inject the same overflow pattern into gpunet's and torch's scalers (on CPU)."""
+def test_scale_sequence_matches_torch_grad_scaler(xp):
+    """Inject the same overflow pattern into gpunet's and torch's scalers (torch on CPU;
+    gpunet on each backend: on a device the scale is updated there)."""
     rng = numpy.random.default_rng(3)
     pattern = rng.random(60) < 0.3
     w = torch.nn.Parameter(torch.zeros(4))
     topt = torch.optim.SGD([w], lr=0.1)
     tscaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=4)
-    model, loss_fn = _model(numpy), SoftmaxCrossEntropy()
+    model, loss_fn = _model(xp), SoftmaxCrossEntropy()
     opt = optim.SGD(model, lr=0.01)
     scaler = GradScaler(init_scale=1024.0, growth_interval=4)
     ours, theirs = [], []
@@ -129,7 +130,7 @@ def test_scale_sequence_matches_torch_grad_scaler():
         tscaler.step(topt)
         tscaler.update()
         theirs.append(tscaler.get_scale())
-        x, y = _batch(numpy, i)
+        x, y = _batch(xp, i)
         _iteration(model, loss_fn, opt, scaler, x, y, math.inf if bad else None)
         ours.append(scaler.get_scale())
     assert ours == theirs
@@ -172,8 +173,10 @@ def test_checkpoint_without_scaler_state_raises_and_old_files_load(tmp_path):
         GradScaler().load_state_dict({"scale": numpy.asarray(2.0)})
 
 
-def test_device_check_adds_one_sync(gpu_xp):
-    """On the sim: unscale_ + step + update wait for the device once (the found-inf flag)."""
+def test_device_step_makes_no_sync(gpu_xp):
+    """On the sim: unscale_ + step + update run on the device without waiting for it (the
+    found-inf check goes into the optimizer's kernel, the scale's update is a kernel): 4
+    launches (sum of squares, 1/S, the optimizer, the update), 0 syncs, 0 bytes copied."""
     from gpunet import sim
     if gpu_xp is not gpunet.backend.require_sim():
         pytest.skip("counters are the sim's")
@@ -182,13 +185,23 @@ def test_device_check_adds_one_sync(gpu_xp):
     scaler = GradScaler()
     x, y = _batch(gpu_xp, 0)
     _iteration(model, loss_fn, opt, scaler, x, y)      # warm-up: tables, kernels
-    loss_fn(model(x), y)
-    model.backward(scaler.scale(loss_fn.backward()))
-    sim.reset_counters()
-    scaler.step(opt)
-    scaler.update()
-    assert sim.counters()["syncs"] == 1
-    assert sim.counters()["h2d_bytes"] == 0
+    for poison in (None, math.inf):
+        loss_fn(model(x), y)
+        model.backward(scaler.scale(loss_fn.backward()))
+        if poison is not None:
+            model[0].weight.grad[0, 0] = poison
+        sim.reset_counters()
+        stepped = scaler.step(opt)
+        scaler.update()
+        c = sim.counters()
+        assert c["syncs"] == 0 and c["h2d_bytes"] == 0 and c["d2h_bytes"] == 0
+        assert c["kernels"] == {"mt_grad_sumsq<float>": 1, "mt_grad_scale<float>": 1,
+                                "mt_sgd<float>": 1, "amp_update_scale": 1}
+        opt.zero_grad()
+        sim.reset_counters()
+        assert bool(stepped) is (poison is None)       # reading the outcome is the sync
+        assert sim.counters()["syncs"] == 1
+    assert scaler.get_scale() == 2.0**15 and opt.steps == [2, 2, 2, 2]
 
 
 def test_unscale_float16_gradients(xp):

@@ -210,3 +210,23 @@ def test_gpunet_train_mlp_step_with_adam_fits_the_issue_budget():
         assert "take" not in c["kernels"] and "setitem" not in c["kernels"], c
         assert (c["kernels"]["argmax"], c["kernels"]["equal"]) == (1, 1), c
     assert costs.steps[steps]["kernels"]["take"] == 2          # the epoch's shuffled copy
+
+
+def test_optimizer_launches_do_not_grow_with_the_number_of_parameters():
+    """A deep, narrow MLP with 160 parameter tensors (80 Dense layers): the optimizer's
+    update is one launch per steady step (issue 12: at most 2 whatever the number of
+    parameters), with Adam and with SGD-momentum, and no sync."""
+    X, y = _blobs()
+    for make in (lambda ps: optim.Adam(ps, lr=1e-3), lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9)):
+        gpunet.manual_seed(0)
+        model = Sequential(Dense(D, 4, activation="relu"),
+                           *(Dense(4, 4, activation="relu") for _ in range(78)), Dense(4, C)).to("sim")
+        assert len(model.parameters()) == 160
+        tr = Trainer(model, SoftmaxCrossEntropy(), make(model.parameters()))
+        costs = Costs()
+        tr.fit((X[:4 * B], y[:4 * B]), epochs=2, batch_size=B, callbacks=[costs], progress=False)
+        steady = costs.steps[1:4] + costs.steps[5:]
+        for c in steady:
+            mt = {k: v for k, v in c["kernels"].items() if k.startswith("mt_") or k == "fill"}
+            assert sum(mt.values()) <= 2 and len(mt) == 1, mt
+            assert c["syncs"] == 0, c

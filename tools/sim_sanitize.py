@@ -215,6 +215,98 @@ def cases():
                 out.append((f"dropout_n{n}_offset{offset}_{short}", run))
 
     out += extreme_cases(sp, on_sim)
+    out += optim_cases(sp, tol)
+    return out
+
+
+def optim_cases(sp, tol):
+    """The multi-tensor optimizer, clipping and loss-scaler kernels (kernels/optim.cu):
+    1, 3 and 70 tensors (past the 64 passed as arguments), one of them without a gradient
+    at the second step, one of size 0; against the NumPy path."""
+    import math
+
+    import numpy
+
+    from gpunet import optim, to_numpy
+    from gpunet.amp import GradScaler
+    from gpunet.layers.base import Parameter
+
+    configs = {"sgd_nesterov_l1": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True,
+                                                        weight_decay=0.01, l1=0.01),
+               "adam_l2": lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1),
+               "adamw": lambda ps: optim.AdamW(ps, lr=0.01),
+               "rmsprop_momentum": lambda ps: optim.RMSProp(ps, lr=0.01, momentum=0.5),
+               "adagrad": lambda ps: optim.AdaGrad(ps, lr=0.1)}
+    out = []
+    for dtype in (numpy.float32, numpy.float64):
+        short = "f32" if dtype == numpy.float32 else "f64"
+        for n in (1, 3, 70):
+            for name, make in configs.items():
+                def run(n=n, make=make, dtype=dtype):
+                    rng = numpy.random.default_rng(n)
+                    sizes = [(0 if j == 1 else 1 + 997 * (j % 3)) for j in range(n)]
+                    w0 = [rng.standard_normal(k).astype(dtype) for k in sizes]
+                    hs = [Parameter(w.copy(), "p", j % 2 == 0) for j, w in enumerate(w0)]
+                    ds = [Parameter(sp.asarray(w), "p", j % 2 == 0) for j, w in enumerate(w0)]
+                    oh, od = make(hs), make(ds)
+                    for step in range(3):
+                        for j, (h, d) in enumerate(zip(hs, ds)):
+                            if step == 1 and j == n - 1 and n > 1:
+                                h.grad = d.grad = None
+                                continue
+                            g = rng.standard_normal(sizes[j]).astype(dtype)
+                            h.grad, d.grad = g, sp.asarray(g)
+                        if step == 2:
+                            oh.lr = od.lr = oh.lr * 0.5
+                        oh.step()
+                        od.step()
+                    for h, d in zip(hs, ds):
+                        numpy.testing.assert_allclose(to_numpy(d.data), h.data, **tol(dtype))
+                    assert od.steps == oh.steps
+
+                out.append((f"optim_{name}_n{n}_{short}", run))
+
+            def run_clip(n=n, dtype=dtype):
+                rng = numpy.random.default_rng(n)
+                gs = [(rng.standard_normal(1 + 700 * (j % 4)) * 3).astype(dtype) for j in range(n)]
+                hs = [Parameter(numpy.zeros_like(g), "p", True) for g in gs]
+                ds = [Parameter(sp.zeros(g.shape, dtype), "p", True) for g in gs]
+                for h, d, g in zip(hs, ds, gs):
+                    h.grad, d.grad = g.copy(), sp.asarray(g)
+                want = optim.clip_grad_norm(hs, 1.0)
+                got = float(optim.clip_grad_norm(ds, 1.0))
+                assert abs(got - want) <= 1e-5 * want, (got, want)
+                optim.clip_grad_value(hs, 0.01)
+                optim.clip_grad_value(ds, 0.01)
+                for h, d in zip(hs, ds):
+                    numpy.testing.assert_allclose(to_numpy(d.grad), h.grad, **tol(dtype))
+
+            out.append((f"optim_clip_n{n}_{short}", run_clip))
+
+            def run_scaler(n=n, dtype=dtype):
+                rng = numpy.random.default_rng(n)
+                w0 = [rng.standard_normal(5).astype(dtype) for _ in range(n)]
+                runs = []
+                for xp in (numpy, sp):
+                    ps = [Parameter(xp.asarray(w.copy()), "p", True) for w in w0]
+                    opt, scaler = optim.Adam(ps, lr=0.01), GradScaler(init_scale=8.0, growth_interval=2)
+                    scales = []
+                    for step in range(6):
+                        g0 = numpy.random.default_rng(step).standard_normal(5).astype(dtype)
+                        for j, p in enumerate(ps):
+                            g = g0 * 8.0
+                            if step in (1, 4) and j == n - 1:
+                                g[2] = math.inf if step == 1 else math.nan
+                            p.grad = xp.asarray(g)
+                        scaler.step(opt)
+                        scaler.update()
+                        scales.append(scaler.get_scale())
+                    runs.append((scales, [to_numpy(p.data) for p in ps], opt.steps))
+                assert runs[0][0] == runs[1][0] and runs[0][2] == runs[1][2], (runs[0][0], runs[1][0])
+                for a, b in zip(runs[0][1], runs[1][1]):
+                    numpy.testing.assert_allclose(b, a, **tol(dtype))
+
+            out.append((f"optim_scaler_n{n}_{short}", run_scaler))
     return out
 
 

@@ -45,9 +45,9 @@ KERNELS: dict[str, list[str]] = {
         *(f"{k}<{t}>" for k in ("bn_stats_finalize", "bn_backward_finalize") for t in _TYPES),
     ],
     "dropout.cu": [f"dropout_apply<{t}>" for t in (*_TYPES, "__half")],
-    "optim.cu": [f"{k}<{t}>" for k in ("mt_sgd", "mt_adam", "mt_rmsprop", "mt_adagrad",
-                                        "mt_grad_sumsq", "mt_grad_scale", "mt_grad_clamp")
-                 for t in _TYPES],
+    "optim.cu": [*(f"{k}<{t}>" for k in ("mt_sgd", "mt_adam", "mt_rmsprop", "mt_adagrad",
+                                          "mt_grad_sumsq", "mt_grad_scale", "mt_grad_clamp")
+                   for t in _TYPES), "amp_update_scale"],
     "conv.cu": [f"{k}<{t}>" for k in ("im2col", "col2im", "conv_bias_act", "conv_act_grad")
                 for t in (*_TYPES, "__half")],
     "pooling.cu": [*(f"{k}<{t}, {i}>" for k in ("max_pool_forward", "max_pool_backward")

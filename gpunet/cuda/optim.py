@@ -1,18 +1,24 @@
-"""Launchers of the multi-tensor optimizer and clipping kernels (``kernels/optim.cu``).
+"""Launchers of the multi-tensor optimizer, clipping and loss-scaler kernels
+(``kernels/optim.cu``).
 
-A launch covers a *tensor list* of at most ``MAX_TENSORS`` same-dtype tensors on one
-device: a device table (``tensor_table``, one ``MtEntry`` row of 8 int64 words per tensor:
-data and state addresses, size, first chunk, step offset, decay flag) and the gradients,
-passed as kernel arguments (a gradient is a new array after every ``zero_grad()`` and
-backward; arguments travel with the launch, so a step copies nothing host-to-device). The
-caller (``gpunet.optim``) builds a table once and reuses it for as long as the addresses,
-sizes, step offsets and decay flags it holds stay the same; keep the arrays whose addresses
-it holds alive while it is in use.
+A launch covers a *tensor list* of same-dtype tensors on one device, of any length: a
+device table (``tensor_table``, one ``MtEntry`` row of 8 int64 words per tensor: data and
+state addresses, size, first chunk, the address of its step counter, decay flag, and the
+gradient's address for a tensor past the first ``MAX_ARGS``) and the first ``MAX_ARGS``
+gradients, passed as kernel arguments (a gradient is a new array after every
+``zero_grad()`` and backward; arguments travel with the launch, so a step copies nothing
+host-to-device however the gradients move). The caller (``gpunet.optim``) builds a table
+once and reuses it for as long as the addresses, sizes and flags it holds stay the same;
+keep the arrays whose addresses it holds alive while it is in use.
 
-A tensor's step count in a launch is ``step0 + k``: ``step0`` in the table, ``k`` (the
-caller's launch counter) an argument, so that the table survives steps. Hyper-parameters
-are Python floats computed as ``gpunet/optim.py`` computes them; the kernels round them to
-the tensors' dtype as NumPy rounds a Python scalar.
+Scalars that change during training live on the device, so that a CUDA graph that
+captured a step reads their current values when replayed: the learning rate (a float64
+device buffer, ``DeviceScalars.lr``, rewritten by ``set_lr`` with a one-element fill when
+a schedule changes it), each tensor's step count (int64 counters, ``DeviceScalars.steps``,
+incremented by the kernel itself) and the loss scaler's check (``found``: a sum of squares
+that, when not finite, skips the whole step). The other hyper-parameters are Python floats
+computed as ``gpunet/optim.py`` computes them; the kernels round them to the tensors'
+dtype as NumPy rounds a Python scalar.
 """
 from __future__ import annotations
 
@@ -20,13 +26,13 @@ import numpy
 
 from .loader import _CTYPE, _cupy_for, _device, _sm_count, kernel
 
-MAX_TENSORS = 64      # gradient pointers per launch (kernels/optim.cu MT_MAX)
+MAX_ARGS = 64         # gradients passed as arguments (kernels/optim.cu MT_MAX); the rest: table
 CHUNK = 2048          # elements per chunk (MT_CHUNK)
 THREADS = 256
 _BLOCKS_PER_SM = 4
 
 # flags (kernels/optim.cu)
-WD, L1, MOMENTUM, NESTEROV, DECOUPLED, UNIFORM = 1, 2, 4, 8, 16, 32
+WD, L1, MOMENTUM, NESTEROV, DECOUPLED, FOUND, ALWAYS = 1, 2, 4, 8, 16, 32, 64
 
 _ENTRY_WORDS = 8
 
@@ -39,17 +45,27 @@ def address(a) -> int:
 def table_rows(rows):
     """``rows`` -> ``(host table (n, 8) int64, number of chunks)``.
 
-    Each row is ``(data, state1, state2, size, step0, decay)``: arrays (or None) for the
-    first three. Tensors of size 0 take no chunk (their row is kept, so that a tensor's
-    index is its gradient's argument position).
+    Each row is ``(data, state1, state2, size, step, decay, grad)``: arrays (or None) for
+    ``data``, ``state1``, ``state2`` and ``grad``, ``step`` the address (int, 0 for none)
+    of the tensor's int64 step counter. The gradient's address is written only for rows
+    ``MAX_ARGS`` and beyond (the first ones are kernel arguments). Tensors of size 0 take
+    no chunk (their row is kept, so that a tensor's index is its gradient's position).
     """
     host = numpy.zeros((len(rows), _ENTRY_WORDS), dtype=numpy.int64)
     chunk0 = 0
-    for j, (w, s1, s2, n, step0, decay) in enumerate(rows):
+    for j, (w, s1, s2, n, step, decay, g) in enumerate(rows):
         host[j, 0:3] = [_signed(address(w)), _signed(address(s1)), _signed(address(s2))]
-        host[j, 3:7] = [n, chunk0, step0, 1 if decay else 0]
+        host[j, 3:8] = [n, chunk0, _signed(int(step)), 1 if decay else 0,
+                        _signed(address(g)) if j >= MAX_ARGS else 0]
         chunk0 += -(-n // CHUNK)
     return host, chunk0
+
+
+def table_key(rows):
+    """What a table of ``rows`` depends on: reuse a table while its key is unchanged."""
+    return tuple((address(w), address(s1), address(s2), n, int(step), bool(decay),
+                  address(g) if j >= MAX_ARGS else 0)
+                 for j, (w, s1, s2, n, step, decay, g) in enumerate(rows))
 
 
 def _signed(p: int) -> int:
@@ -59,19 +75,19 @@ def _signed(p: int) -> int:
 def tensor_table(xp, rows):
     """A device table for ``rows`` (see ``table_rows``): ``(table, ntensors, nchunks)``.
     Its one host-to-device copy is ``64 * len(rows)`` bytes."""
-    if not 1 <= len(rows) <= MAX_TENSORS:
-        raise ValueError(f"gpunet.cuda.optim: a tensor list holds 1 to {MAX_TENSORS} tensors, "
-                         f"got {len(rows)}")
+    if not rows:
+        raise ValueError("gpunet.cuda.optim: a tensor list holds at least 1 tensor, got 0")
     host, nchunks = table_rows(rows)
     return xp.asarray(host), len(rows), nchunks
 
 
 def _launch(name, table, grads, scalars):
     """Launch ``name<T>`` over ``table = (device table, ntensors, nchunks)`` with the
-    gradient pointers ``grads`` (C-contiguous arrays of one dtype). The unused pointer
-    arguments repeat the first gradient (the kernels never read them): CuPy 13 turns a
-    ``None`` argument into 0xffffffff rather than a null pointer (cupy/cupy#9046). A list
-    without elements still launches one block (the norm reduction must write its result)."""
+    first ``MAX_ARGS`` gradient pointers of ``grads`` (C-contiguous arrays of one dtype) as
+    arguments. The unused pointer arguments repeat the first gradient (the kernels never
+    read them): CuPy 13 turns a ``None`` argument into 0xffffffff rather than a null
+    pointer (cupy/cupy#9046). A list without elements still launches one block (the norm
+    reduction must write its result)."""
     t, ntensors, nchunks = table
     if len(grads) != ntensors:
         raise ValueError(f"gpunet.cuda.optim.{name}: {ntensors} tensors in the table, "
@@ -79,41 +95,76 @@ def _launch(name, table, grads, scalars):
     g0 = grads[0]
     dev = _device(g0)
     blocks = max(1, min(nchunks, _sm_count(dev) * _BLOCKS_PER_SM))
+    args = list(grads[:MAX_ARGS])
     with g0.device:
         kernel("optim.cu", f"{name}<{_CTYPE[g0.dtype]}>", dev)(
             (blocks,), (THREADS,),
             (t, numpy.int32(ntensors), numpy.int64(nchunks), *scalars,
-             *grads, *([g0] * (MAX_TENSORS - len(grads)))))
+             *args, *([g0] * (MAX_ARGS - len(args)))))
 
 
-def sgd_step(table, grads, *, lr, momentum, weight_decay, l1, flags, k):
+class DeviceScalars:
+    """An optimizer's scalars on its device: ``lr`` (float64[1]), ``steps`` (int64, one
+    counter per parameter of the optimizer: the table rows point into it) and the
+    launches' last-block ``ticket`` (uint32, 0 between launches). ``lr_value`` is the
+    value last written into ``lr`` (host bookkeeping: rewriting is needed only when the
+    optimizer's ``lr`` differs from it)."""
+
+    def __init__(self, xp, steps, lr):
+        self.steps = xp.asarray(numpy.asarray(steps, dtype=numpy.int64))
+        self.lr = xp.full((1,), lr, dtype=numpy.float64)
+        self.ticket = xp.zeros((1,), dtype=numpy.uint32)
+        self.lr_value = float(lr)
+
+    def step_address(self, i: int) -> int:
+        return address(self.steps) + 8 * i
+
+    def set_lr(self, lr: float):
+        """Write ``lr`` into the device buffer (one fill launch, no copy) if it changed."""
+        if lr != self.lr_value:
+            self.lr.fill(lr)
+            self.lr_value = lr
+
+
+def _found_args(found, scalars, flags):
+    """The ``found``/``ticket`` arguments: without a check, ``lr`` stands in for the
+    unread pointer."""
+    if found is None:
+        return flags & ~FOUND, scalars.lr
+    return flags | FOUND, found
+
+
+def sgd_step(table, grads, scalars, *, momentum, weight_decay, l1, flags, found=None):
     """One SGD step of every tensor in ``table`` (state1: momentum buffer)."""
+    flags, f = _found_args(found, scalars, flags)
     _launch("mt_sgd", table, grads,
-            (float(lr), float(momentum), float(weight_decay), float(l1),
-             numpy.int32(flags), numpy.int64(k)))
+            (scalars.lr, float(momentum), float(weight_decay), float(l1),
+             numpy.int32(flags), f, scalars.ticket))
 
 
-def adam_step(table, grads, *, lr, beta1, beta2, eps, weight_decay, l1, decay_factor,
-              step_size, bias2, flags, k):
-    """One Adam/AdamW step (state1: exp_avg, state2: exp_avg_sq). With ``UNIFORM`` in
-    ``flags``, ``step_size = lr/(1-beta1**n)`` and ``bias2 = sqrt(1-beta2**n)`` hold for
-    every tensor; otherwise each tensor's are computed on the device from its step count."""
+def adam_step(table, grads, scalars, *, beta1, beta2, eps, weight_decay, l1, flags, found=None):
+    """One Adam/AdamW step (state1: exp_avg, state2: exp_avg_sq); the bias corrections
+    ``lr/(1-beta1**n)`` and ``sqrt(1-beta2**n)`` are computed on the device from each
+    tensor's step count, AdamW's ``1 - lr*weight_decay`` from the device's lr."""
+    flags, f = _found_args(found, scalars, flags)
     _launch("mt_adam", table, grads,
-            (float(lr), float(beta1), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2),
-             float(eps), float(weight_decay), float(l1), float(decay_factor),
-             float(step_size), float(bias2), numpy.int32(flags), numpy.int64(k)))
+            (scalars.lr, float(beta1), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2),
+             float(eps), float(weight_decay), float(l1), numpy.int32(flags), f, scalars.ticket))
 
 
-def rmsprop_step(table, grads, *, lr, alpha, eps, momentum, flags):
+def rmsprop_step(table, grads, scalars, *, alpha, eps, momentum, flags, found=None):
     """One RMSProp step (state1: square_avg, state2: momentum_buffer)."""
+    flags, f = _found_args(found, scalars, flags)
     _launch("mt_rmsprop", table, grads,
-            (float(lr), float(alpha), 1.0 - float(alpha), float(eps), float(momentum),
-             numpy.int32(flags)))
+            (scalars.lr, float(alpha), 1.0 - float(alpha), float(eps), float(momentum),
+             numpy.int32(flags), f, scalars.ticket))
 
 
-def adagrad_step(table, grads, *, lr, eps):
+def adagrad_step(table, grads, scalars, *, eps, flags=0, found=None):
     """One AdaGrad step (state1: sum)."""
-    _launch("mt_adagrad", table, grads, (float(lr), float(eps)))
+    flags, f = _found_args(found, scalars, flags)
+    _launch("mt_adagrad", table, grads,
+            (scalars.lr, float(eps), numpy.int32(flags), f, scalars.ticket))
 
 
 # -- clipping -------------------------------------------------------------------------------
@@ -158,8 +209,40 @@ def grad_norm_and_scale(tables, grad_lists, max_norm):
                 (s.partials, s.ticket, s.acc, numpy.int32(i > 0), numpy.int32(i == last),
                  float(max_norm), total, s.coef))
     for table, grads in zip(tables, grad_lists):
-        _launch("mt_grad_scale", table, grads, (s.coef,))
+        _launch("mt_grad_scale", table, grads, (s.coef, numpy.int32(0)))
     return total
+
+
+def unscale_and_check(tables, grad_lists, inv_scale, found_any):
+    """The loss scaler's ``unscale_`` on the device: the float64 sum of squares of every
+    gradient (returned as a new 0-d device array: finite exactly when every element is),
+    ``found_any[0] = 1`` when it is not finite, then ``g *= inv_scale[0]`` on every
+    gradient. One reduction launch and one scaling launch per tensor list; no host sync."""
+    g0 = grad_lists[0][0]
+    cp = _cupy_for(g0)
+    s = clip_scratch(g0)
+    with g0.device:
+        total = cp.empty((), dtype=numpy.float64)
+    last = len(tables) - 1
+    for i, (table, grads) in enumerate(zip(tables, grad_lists)):
+        _launch("mt_grad_sumsq", table, grads,
+                (s.partials, s.ticket, s.acc, numpy.int32(i > 0), numpy.int32(2 if i == last else 0),
+                 0.0, total, found_any))
+    for table, grads in zip(tables, grad_lists):
+        _launch("mt_grad_scale", table, grads, (inv_scale, numpy.int32(ALWAYS)))
+    return total
+
+
+def amp_update(found_any, scale, inv_scale, tracker, *, growth_factor, backoff_factor,
+               growth_interval):
+    """The loss scaler's update on the device (one single-thread launch): back off, grow
+    or keep ``scale[0]`` (float32) from ``found_any[0]``, count clean steps in
+    ``tracker[0]`` (int64), set ``inv_scale[0] = 1/scale[0]`` (float64) and clear
+    ``found_any``."""
+    with scale.device:
+        kernel("optim.cu", "amp_update_scale", _device(scale))(
+            (1,), (1,), (found_any, scale, inv_scale, tracker, float(growth_factor),
+                         float(backoff_factor), numpy.int64(growth_interval)))
 
 
 def grad_clamp(table, grads, clip):
