@@ -970,6 +970,10 @@ def add_arguments(p):
     p.add_argument("--json", metavar="PATH", default=None, help="write the raw numbers here")
     p.add_argument("--markdown", action="store_true", help="also print the results as a README table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="under mpiexec -n N: data-parallel samples/s per process, scaling efficiency "
+                        "against one process with all the threads, and the share of the all-reduce "
+                        "hidden behind backward (gpunet.distributed.bench)")
     return p
 
 
@@ -993,6 +997,9 @@ def run(args) -> int:
         return 2
     if device == "sim":
         return run_sim(args)
+    if getattr(args, "distributed", False):
+        from .distributed.bench import run_distributed
+        return run_distributed(args, device)
     if args.profile:
         return run_profile(args, device)
     rounds, min_time, warmup = QUICK if args.quick else FULL

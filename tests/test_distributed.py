@@ -371,3 +371,21 @@ def test_cli_train_distributed_without_a_launcher_is_one_process(capsys, monkeyp
     monkeypatch.setattr(D.comm, "_WORLD", None)
     assert main(["train", "--distributed", "--epochs", "1", "--quiet", "--device", "cpu"]) == 0
     assert "1 process (self)" in capsys.readouterr().out
+
+
+@needs_mpi
+def test_bench_distributed_reports_every_figure(tmp_path):
+    """The report's structure and ranges, not its speed (timing is benchmarks' business)."""
+    out = tmp_path / "b.json"
+    r, _ = launch(["-m", "gpunet.cli", "bench", "--distributed", "--quick", "--rounds", "1",
+                   "--min-time", "0.05", "--models", "mlp-784-128-10", "--json", str(out)], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("gpunet bench --distributed: 2 processes (mpi)") == 1
+    import json
+    rep = json.loads(out.read_text())
+    row = rep["models"]["mlp-784-128-10"]
+    assert rep["processes"] == 2 and row["batch_per_process"] == 32 and row["global_batch"] == 64
+    assert row["samples_per_s"] == pytest.approx(2 * row["samples_per_s_per_process"])
+    assert row["efficiency"] > 0 and 0.0 <= row["hidden_fraction"] <= 1.0
+    assert row["allreduce_seconds"] > 0 and row["buckets"] >= 1
+    assert all(len(v) == 1 for k, v in row["runs"].items() if k != "reference" and not k.startswith("others"))

@@ -18,6 +18,11 @@
 
 Arrays on the simulated device (``"sim"``) go through the host and MPI.
 
+On the CPU a non-blocking all-reduce moves forward only inside MPI calls, so a daemon
+thread pokes MPI's progress engine while one is in flight (``Communicator.progress_thread``;
+``GPUNET_MPI_PROGRESS_THREAD=0`` turns it off; it needs ``MPI_THREAD_MULTIPLE``, which
+mpi4py asks for by default).
+
 Failure: under a launcher, ``init()`` installs a ``sys.excepthook`` that prints the
 traceback and then calls ``MPI_Abort`` on the world, so an exception in one process ends
 every process (non-zero exit, the first error on stderr) instead of leaving the others
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import numpy
@@ -130,6 +136,9 @@ class Communicator:
         self.device = device
         self._nccl = nccl
         self._stream = None
+        self._progress = None          # the _Progress thread, started at the first Iallreduce
+        self.progress_thread = (mpi_comm is not None and nccl is None
+                                and os.environ.get("GPUNET_MPI_PROGRESS_THREAD", "1") != "0")
         self.backend = "self" if mpi_comm is None else ("nccl" if nccl is not None else "mpi")
 
     def __repr__(self):
@@ -156,7 +165,15 @@ class Communicator:
                 b *= scale
         if isinstance(buf, numpy.ndarray):
             req = self.mpi.Iallreduce(_import_mpi().IN_PLACE, buf, op=self._mpi_op(op))
-            return Handle(buf, request=req, finish=finish)
+            progress = self._progress_thread()
+            if progress is None:
+                return Handle(buf, request=req, finish=finish)
+            progress.started()
+
+            def done(b=buf):
+                progress.finished()
+                finish(b)
+            return Handle(buf, request=req, finish=done)
         if self._nccl is not None and _is_cupy(buf):
             return Handle(buf, event=self._nccl_allreduce(buf, op), finish=finish)
         host = numpy.ascontiguousarray(to_numpy(buf))
@@ -219,6 +236,19 @@ class Communicator:
             self.mpi.Abort(int(code))
         os._exit(int(code))
 
+    def _progress_thread(self):
+        """The thread that makes MPI progress while the caller computes (see ``_Progress``);
+        None when ``progress_thread`` is off or MPI lacks ``MPI_THREAD_MULTIPLE``."""
+        if not self.progress_thread:
+            return None
+        if self._progress is None:
+            MPI = _import_mpi()
+            if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+                self.progress_thread = False
+                return None
+            self._progress = _Progress(self.mpi.Dup())
+        return self._progress
+
     # -- NCCL (not yet run on a GPU) -----------------------------------------------------------------
     def _comm_stream(self):
         if self._stream is None:
@@ -240,6 +270,43 @@ class Communicator:
                 "min": nccl.NCCL_MIN}[op]
         self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size, _nccl_dtype(buf), code, stream.ptr)
         return stream.record()
+
+
+class _Progress:
+    """A daemon thread that, while non-blocking all-reduces are in flight, calls
+    ``Iprobe`` on a private duplicate of the communicator every ``poll`` seconds.
+
+    MPICH (and Open MPI) move a non-blocking collective forward only inside MPI calls; the
+    backward pass makes none while a layer's GEMM runs, so without this an all-reduce
+    started during backward would mostly run inside ``step()``'s wait. ``Iprobe`` enters
+    the progress engine without touching the requests (which the main thread alone
+    tests and waits on, as MPI requires). The thread sleeps between polls and blocks on
+    an event when nothing is in flight, so it costs no CPU between steps."""
+
+    def __init__(self, probe_comm, poll=50e-6):
+        self.comm, self.poll = probe_comm, poll
+        self.count = 0
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        threading.Thread(target=self._run, name="gpunet-mpi-progress", daemon=True).start()
+
+    def started(self):
+        with self.lock:
+            self.count += 1
+            self.wake.set()
+
+    def finished(self):
+        with self.lock:
+            self.count -= 1
+            if self.count == 0:
+                self.wake.clear()
+
+    def _run(self):
+        while True:
+            self.wake.wait()
+            while self.count > 0:
+                self.comm.Iprobe()
+                time.sleep(self.poll)
 
 
 def _nccl_dtype(x):
