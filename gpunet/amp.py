@@ -390,9 +390,10 @@ class MixedPrecision:
       dropout and pooling run on the float16 activations.
     * Matmuls: Dense and Conv2D multiply float16 arrays. On a GPU that is a float16 GEMM
       (cuBLAS accumulates in float32). NumPy has no float16 BLAS: Dense's matmuls
-      (``gpunet.functional.linear.matmul``) run as float32 GEMMs rounded once to float16;
-      Conv2D's still use NumPy's float16 loop (float32 accumulation, the same numbers to
-      rounding, 25-100x slower). fp16 on the CPU is for testing the policy, not for speed.
+      (``gpunet.functional.linear.matmul``) run as float32 GEMMs rounded once to float16,
+      and Conv2D computes in float32 on upcast copies and rounds its outputs once (NumPy's
+      own float16 loop was ~100x slower). fp16 on the CPU is for testing the policy, not
+      for speed: the casts cost more than the halved memory saves.
       On a device, convolution (im2col, col2im, bias/ReLU epilogues), max and average
       pooling, batch norm, dropout and softmax cross-entropy have float16 kernels (float
       arithmetic, rounded once).

@@ -481,3 +481,27 @@ def test_batchnorm_layer_keeps_half_activations_on_the_device(gpu_xp, gpu_device
     assert bn.forward(gpu_xp.asarray(_h(r.random((8, 32))))).dtype == numpy.float16
     m.eval()
     assert bn.forward(gpu_xp.asarray(_h(r.random((8, 32))))).dtype == numpy.float16
+
+
+@pytest.mark.parametrize("hw", [(6, 5), (30, 30)])     # per-image gather GEMMs / whole-batch rows
+def test_numpy_float16_conv2d_is_float32_rounded_once(hw):
+    """NumPy Conv2D on float16 (the fp16 policy on the CPU): x, weight, bias upcast, the
+    float32 convolution (GEMMs in float32), each output rounded once: equal (tolerance 0)
+    to the float32 computation rounded, forward (with the fused ReLU) and backward."""
+    from gpunet.functional import conv as FC
+    r = numpy.random.default_rng(9)
+    x = _h(r.standard_normal((3, 2) + hw))
+    w, b = _h(r.standard_normal((4, 2, 3, 3)) * 0.5), _h(r.standard_normal(4))
+    f = [a.astype(numpy.float32) for a in (x, w, b)]
+    y16, cols = FC.conv2d(x, w, b, 1, 1, return_cols=True, activation="relu")
+    y32, cols32 = FC.conv2d(*f, 1, 1, return_cols=True, activation="relu")
+    assert y16.dtype == numpy.float16 and cols.dtype == numpy.float32
+    numpy.testing.assert_array_equal(y16, _h(y32))
+    dy = _h(r.standard_normal(y16.shape))
+    for c16, c32 in ((cols, cols32), (None, None)):
+        got = FC.conv2d_backward(dy, x, w, 1, 1, cols=c16, y=y16, activation="relu")
+        want = FC.conv2d_backward(dy.astype(numpy.float32), *f[:2], 1, 1, cols=c32,
+                                  y=_h(y32).astype(numpy.float32), activation="relu")
+        for g, ref in zip(got, want):
+            assert g.dtype == numpy.float16
+            numpy.testing.assert_array_equal(g, _h(ref))

@@ -46,6 +46,11 @@ How (one body for NumPy and CuPy, cuBLAS on the GPU — CuPy 14 has no cuDNN):
   whose operands cuBLAS takes as they are (C-contiguous or transposed views: no copies), and
   col2im gathers (each input element sums its contributions in kernel-offset order: no
   atomics, deterministic). A conv layer costs 3 launches forward and at most 5 backward.
+
+float16 (mixed precision): on a GPU the kernels above have ``__half`` variants and the
+GEMMs are cuBLAS's float16 GEMMs (float32 accumulation). NumPy has no float16 GEMM, so
+its path upcasts ``x``, ``W``, ``b`` (and ``dy``, ``y``) to float32, runs the float32 path
+and rounds each output once; ``cols`` is then float32.
 """
 from __future__ import annotations
 
@@ -473,10 +478,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
         z = xp.matmul(weight.reshape(o, -1), cols)     # (O, N*OH*OW): CNHW, one plain GEMM
         y = cuda_conv.conv_bias_act(z, bias, n, (oh, ow), relu)
         return (y, cols) if return_cols else y
+    if x.dtype == numpy.float16:
+        # NumPy has no float16 GEMM (its own loop is ~100x slower): float16 storage,
+        # float32 arithmetic (the policy's float32 accumulation), y rounded once; cols is
+        # the float32 copy the backward then reuses
+        y, cols = conv2d(*_f32(x, weight, bias), stride, padding, True, cols_buffer, activation)
+        y = y.astype(numpy.float16)      # keeps y's memory layout (CNHW for whole-batch rows)
+        return (y, cols) if return_cols else y
     y, cols = _conv2d_numpy(xp, x, weight, bias, stride, padding, (oh, ow), cols_buffer)
     if relu:
         xp.maximum(y, 0, out=y)
     return (y, cols) if return_cols else y
+
+
+def _f32(*arrays):
+    """float16 NumPy arrays as float32 (None stays None; views keep their layout)."""
+    return [None if a is None else a.astype(numpy.float32) for a in arrays]
 
 
 def _fused_relu(name, activation):
@@ -547,6 +564,16 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
             dcols = xp.matmul(weight.reshape(o, -1).T, d2)
             dx = cuda_conv.col2im_rows(dcols, x.shape, (kh, kw), stride, padding, out_hw)
         return dx, dw, db
+    if x.dtype == numpy.float16:
+        # as the forward: float32 arithmetic on float16 storage (cols, from the forward, is
+        # float32 already), each gradient rounded once to float16
+        if dy.dtype != numpy.float16:
+            raise ValueError(f"conv2d_backward: expected float16 dy for float16 x, got {dy.dtype}")
+        dy32, x32, w32, y32 = _f32(dy, x, weight, y)
+        grads = conv2d_backward(dy32, x32, w32, stride, padding,
+                                cols if cols is None or cols.dtype == numpy.float32 else None,
+                                need_dx, need_bias, y32, activation)
+        return tuple(None if g is None else g.astype(numpy.float16) for g in grads)
     if relu:
         dy = relu_grad(dy, y) if whole_batch_rows(y) is not None else relu_backward(dy, None, y)
     if cols is None:
