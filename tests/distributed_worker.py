@@ -101,6 +101,46 @@ def overlap(comm):
     return {"trace": trace, "buckets": numpy.int64(len(opt.buckets))}, {}
 
 
+def accumulate(comm, use_no_sync, reference=False, compression=None):
+    """Two micro-batches per step, gradients accumulated (no zero_grad between): with
+    ``no_sync`` on the first, or without it (the first backward's all-reduces are then
+    stale and redone at step). ``reference``: one process, micro-batches of both ranks."""
+    X, y = data()
+    net = model("mlp", None if reference else comm, seed=1 if reference else comm.rank + 1)
+    opt = gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    if not reference:
+        D.broadcast_parameters(net, comm)
+        opt = D.DistributedOptimizer(opt, comm, bucket_mb=0.01, compression=compression)
+    if compression:
+        net.to(dtype=numpy.float32)
+        X = X.astype(numpy.float32)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    size = 1 if reference else comm.size
+    micro = 32 // size
+    loader = gpunet.DataLoader(X, y, batch_size=micro, shuffle=True, seed=0,
+                               comm=None if reference else comm)
+    batches = list(loader)
+    for step in range(len(batches) // 2):
+        net.zero_grad()
+        for k in range(2):
+            xb, yb = batches[2 * step + k]
+            ctx = opt.no_sync() if (use_no_sync and k == 0 and not reference) else _nothing()
+            with ctx:
+                loss_fn(net(xb), yb)
+                net.backward(loss_fn.backward())
+        opt.step()
+    info = {} if reference else {"synchronous": opt.stats["synchronous"], "launched": opt.stats["launched"]}
+    return params(net), info
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
 def val_data():
     rng = numpy.random.default_rng(7)
     return rng.standard_normal((50, FEATURES)), rng.integers(0, CLASSES, 50)
@@ -170,6 +210,10 @@ def main():
         arrays, info = fail(comm)
     elif scenario == "resume":
         arrays, info = resume(comm, out)
+    elif scenario in ("accumulate", "accumulate_no_sync"):
+        arrays, info = accumulate(comm, scenario.endswith("no_sync"))
+    elif scenario == "fp16":
+        arrays, info = accumulate(comm, True, compression="fp16")
     else:
         raise ValueError(scenario)
     arrays = dict(arrays)

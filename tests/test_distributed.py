@@ -389,3 +389,29 @@ def test_bench_distributed_reports_every_figure(tmp_path):
     assert row["efficiency"] > 0 and 0.0 <= row["hidden_fraction"] <= 1.0
     assert row["allreduce_seconds"] > 0 and row["buckets"] >= 1
     assert all(len(v) == 1 for k, v in row["runs"].items() if k != "reference" and not k.startswith("others"))
+
+
+@needs_mpi
+@pytest.mark.parametrize("scenario", ["accumulate", "accumulate_no_sync"])
+def test_gradient_accumulation_over_micro_batches(scenario, tmp_path):
+    """Two backwards per step without zero_grad between them (2 processes × 16 per
+    micro-batch): with no_sync() around the first, or without (the all-reduces the first
+    backward started are stale and step() reduces again) — the same parameters as one
+    process accumulating over micro-batches of 32."""
+    ref, _ = W.accumulate(None, False, reference=True)
+    for got in run_worker(scenario, tmp_path):
+        assert_same_model(got, ref)
+        if scenario == "accumulate":         # the stale buckets were reduced again in step()
+            assert int(got["info.synchronous"]) > 0
+        else:                                # no_sync: the second backward's launches only
+            assert int(got["info.synchronous"]) == 0 and int(got["info.launched"]) > 0
+
+
+@needs_mpi
+def test_fp16_compression_stays_close(tmp_path):
+    """float16 on the wire: within float16 rounding of the float32 reference."""
+    ref, _ = W.accumulate(None, False, reference=True)
+    for got in run_worker("fp16", tmp_path):
+        for k, v in ref.items():
+            numpy.testing.assert_allclose(got[k], v, rtol=2e-2, atol=2e-3, err_msg=k)
+        assert any(not numpy.array_equal(got[k], v.astype(got[k].dtype)) for k, v in ref.items())

@@ -9,8 +9,9 @@ the CPU, NCCL on a communication stream on CUDA) while the backward goes on thro
 earlier layers; every later hook call tests the buckets in flight, which is what makes
 MPI progress without a progress thread. ``step()`` waits for the buckets still in
 flight, reduces those that never started (a parameter without a hook call, a second
-backward before the step), writes the averages back into ``p.grad`` and then runs the
-wrapped optimizer's step.
+backward before the step), makes each ``p.grad`` a view of its bucket's averaged buffer
+(each process's share is scaled by ``1/size`` while packing, so the sum is the mean) and
+then runs the wrapped optimizer's step.
 
 Every process must run the same sequence of backwards and steps (the collectives are
 matched by order), and produce gradients for the same parameters, as with PyTorch's DDP
@@ -28,11 +29,19 @@ from ..backend import get_array_module
 
 
 class _Bucket:
-    __slots__ = ("index", "params", "sizes", "buffer", "ready", "handle", "dirty", "launched_at")
+    """Parameters reduced together. Two buffers, used in turns: after a step the
+    parameters' ``grad`` are views of one (see ``_unpack``) while the next round packs and
+    reduces into the other, so a gradient added into a view (a second backward without
+    ``zero_grad``) never lands in a buffer that is being reduced."""
+
+    __slots__ = ("index", "params", "sizes", "buffers", "turn", "buffer", "ready", "handle",
+                 "dirty", "launched_at")
 
     def __init__(self, index, params):
         self.index, self.params = index, params
         self.sizes = [p.size for p in params]
+        self.buffers = [None, None]
+        self.turn = 0
         self.buffer = None
         self.ready = set()
         self.handle = None
@@ -153,24 +162,27 @@ class DistributedOptimizer:
         return [[p.name for p in b.params] for b in self._buckets]
 
     def _pack(self, b):
+        """Fill this round's buffer of ``b`` with ``grad / size`` (zeros for a None grad)."""
         p0 = b.params[0].data
         xp = get_array_module(p0)
         wire = numpy.float16 if self.compression == "fp16" else p0.dtype
         n = sum(b.sizes)
-        if b.buffer is None or b.buffer.dtype != wire or b.buffer.size != n or get_array_module(b.buffer) is not xp:
-            b.buffer = xp.empty(n, dtype=wire)
+        buf = b.buffers[b.turn]
+        if buf is None or buf.dtype != wire or buf.size != n or get_array_module(buf) is not xp:
+            buf = b.buffers[b.turn] = xp.empty(n, dtype=wire)
+        b.buffer = buf
+        scale = 1.0 / self.comm.size
         off = 0
-        pre = 1.0 / self.comm.size if self.compression == "fp16" else None
         for p, k in zip(b.params, b.sizes):
-            seg = b.buffer[off:off + k]
+            seg = buf[off:off + k]
             if p.grad is None:
                 seg[...] = 0
-            elif pre is None:
-                seg[...] = p.grad.reshape(-1)
+            elif self.compression is None:
+                xp.multiply(p.grad.reshape(-1), scale, out=seg)
             else:
-                seg[...] = (p.grad.reshape(-1) * pre).astype(wire)
+                seg[...] = p.grad.reshape(-1) * scale       # rounded to float16 once
             off += k
-        return b.buffer
+        return buf
 
     def _launch(self, b):
         self._pack(b)
@@ -178,16 +190,16 @@ class DistributedOptimizer:
         b.launched_at = time.perf_counter()
 
     def _unpack(self, b):
-        scale = None if self.compression == "fp16" else 1.0 / self.comm.size
+        """Hand the averages to the parameters: ``grad`` becomes a view of the bucket's
+        buffer (no copy); with compression, the float16 sums are cast into ``grad``."""
         off = 0
         for p, k in zip(b.params, b.sizes):
             if p.grad is not None:
                 seg = b.buffer[off:off + k].reshape(p.grad.shape)
-                if scale is None:
-                    p.grad[...] = seg                   # float16 -> the gradient's dtype
+                if self.compression is None:
+                    p.grad = seg
                 else:
-                    xp = get_array_module(seg)
-                    xp.multiply(seg, scale, out=p.grad)
+                    p.grad[...] = seg
             off += k
 
     # -- during backward ------------------------------------------------------------------------------
@@ -252,6 +264,7 @@ class DistributedOptimizer:
         for b in self._buckets:
             b.ready.clear()
             b.handle, b.dirty, b.launched_at = None, False, None
+            b.turn ^= 1
 
     def step(self):
         self.synchronize()
