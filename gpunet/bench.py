@@ -50,6 +50,15 @@ dropout forward/backward) with CUDA events and reports each one's achieved bandw
 the bytes it must move at least, over its time — as a fraction of the measured
 device-to-device copy bandwidth (the roofline of a memory-bound kernel).
 
+``--precision fp16``: every step runs under gpunet's float16 policy
+(``gpunet.amp.MixedPrecision`` + ``GradScaler``) and PyTorch's (``torch.autocast`` with
+float16 + ``torch.amp.GradScaler``); each worker also times its framework's fp32 step in
+the same rounds, and a second table gives each framework's fp16 speed-up. No floor then.
+On a CPU these figures test the policies, not tensor cores (NumPy has no float16 GEMM:
+gpunet computes float16 layers in float32 on upcast copies). ``--models
+mlp-784-4096x2-10`` (batch 1024, not in the default set) is the MLP of the GPU comparison
+in issue 14.
+
 On the simulated CUDA device (``--device sim``, ``gpunet.sim``) times mean nothing; ``bench``
 instead runs one training step per model in this process and prints what it costs a GPU
 by the sim's counters (``gpunet.sim.counters()``): kernel launches (array ops as CuPy
@@ -59,7 +68,7 @@ device-to-host, and allocations, per step (after one warm-up step that compiles)
 Usage::
 
     gpunet bench [--quick] [--device cpu|cuda|sim] [--compare torch] [--models NAME ...]
-                 [--json PATH] [--threads N] [--no-floor] [--markdown]
+                 [--precision fp32|fp16] [--json PATH] [--threads N] [--no-floor] [--markdown]
     python -m gpunet.bench ...        (the same, without the console script)
 """
 from __future__ import annotations
@@ -83,6 +92,12 @@ MODELS = {
     "mlp-784-1024x2-10": {"kind": "mlp", "sizes": (784, 1024, 1024, 10), "batch": 256},
     "cnn-28x28": {"kind": "cnn", "shape": (1, 28, 28), "classes": 10, "batch": 64},
 }
+# not run by default (seconds a step on a CPU): the issue-14 GPU comparison's MLP
+EXTRA_MODELS = {
+    "mlp-784-4096x2-10": {"kind": "mlp", "sizes": (784, 4096, 4096, 10), "batch": 1024},
+}
+ALL_MODELS = {**MODELS, **EXTRA_MODELS}
+PRECISIONS = ("fp32", "fp16")
 LR, MOMENTUM = 0.01, 0.9
 FRAMEWORKS = ("gpunet", "torch")
 
@@ -105,10 +120,25 @@ def _inputs(spec, seed=0):
     return x, y
 
 
-def gpunet_step(spec, device):
-    """``(step, sync)``: one gpunet training step on one fixed batch, and a device sync."""
+def gpunet_step(spec, device, precision="fp32"):
+    """``(step, sync)``: one gpunet training step on one fixed batch, and a device sync.
+    ``precision="fp16"``: the same step under ``gpunet.amp.MixedPrecision`` with a
+    ``GradScaler`` (float32 masters, float16 forward/backward, dynamic loss scaling)."""
     from gpunet.backend import synchronize
     model, loss_fn, opt, loader, x = _gpunet_parts(spec, device)
+    if precision == "fp16":
+        from gpunet.amp import GradScaler, MixedPrecision
+        mp, scaler = MixedPrecision(model), GradScaler()
+
+        def step():
+            for xb, yb in loader:
+                loss_fn(mp.forward(xb), yb)
+                model.zero_grad()
+                mp.backward(scaler.scale(loss_fn.backward()))
+                scaler.step(opt)
+                scaler.update()
+
+        return step, (lambda: synchronize(x))
 
     def step():
         for xb, yb in loader:
@@ -247,8 +277,10 @@ def format_profile(name, prof) -> str:
     return "\n".join(lines)
 
 
-def torch_step(spec, device):
-    """``(step, sync)`` for the same model, loss and optimizer in PyTorch."""
+def torch_step(spec, device, precision="fp32"):
+    """``(step, sync)`` for the same model, loss and optimizer in PyTorch; ``precision="fp16"``:
+    ``torch.autocast(dtype=float16)`` around forward and loss, and ``torch.amp.GradScaler``
+    (PyTorch's float16 recipe; on the CPU autocast float16 exists since PyTorch 2.x)."""
     import torch
     from torch import nn
 
@@ -269,6 +301,20 @@ def torch_step(spec, device):
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     x, y = (torch.from_numpy(a).to(dev) for a in _inputs(spec))
     loss_fn = nn.functional.cross_entropy
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if precision == "fp16":
+        scaler = torch.amp.GradScaler(dev.type)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.float16):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        step()      # an autocast this PyTorch lacks (float16 on its CPU) fails here, not timed
+        return step, sync
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -276,7 +322,6 @@ def torch_step(spec, device):
         loss.backward()
         opt.step()
 
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     return step, sync
 
 
@@ -606,6 +651,7 @@ def worker_main(argv) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     a = p.parse_args(argv)
     fw = a.worker
     if fw == "roofline":
@@ -635,10 +681,15 @@ def worker_main(argv) -> int:
         warmup = 0
         if key not in built:
             try:
-                built[key] = (build(MODELS[name], a.device) if part == "step"
-                              else floor_step(MODELS[name], floor_fw))
+                if part == "floor":
+                    built[key] = floor_step(ALL_MODELS[name], floor_fw)
+                else:   # "step" at --precision; "fp32": the float32 step beside an fp16 one
+                    built[key] = build(ALL_MODELS[name], a.device,
+                                       a.precision if part == "step" else "fp32")
             except (ImportError, AttributeError) as e:      # a layer this checkout lacks
                 built[key] = f"{type(e).__name__}: {e}"
+            except RuntimeError as e:   # e.g. an autocast dtype this PyTorch has not on the CPU
+                built[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warmup = req["warmup"]
         if isinstance(built[key], str):
             _emit({"model": name, "part": part, "error": built[key]})
@@ -667,10 +718,10 @@ class Worker:
     """One framework's process (``python -m gpunet.bench --worker FRAMEWORK``), kept alive
     across rounds so that alternating costs no start-up; idle, it blocks on its stdin."""
 
-    def __init__(self, framework, device, threads, env, quick=False):
+    def __init__(self, framework, device, threads, env, quick=False, precision="fp32"):
         self.framework = framework
         cmd = [sys.executable, "-m", "gpunet.bench", "--worker", framework, "--device", device,
-               "--threads", str(threads)] + (["--quick"] if quick else [])
+               "--threads", str(threads), "--precision", precision] + (["--quick"] if quick else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
         self.hello = self._read()          # {"facts": ...} or {"error": ...}
@@ -873,6 +924,31 @@ def format_table(report) -> str:
     return "\n".join(lines)
 
 
+def format_precision(report) -> str:
+    """The fp16 run's second table: each framework's fp32 and fp16 step and the speed-up."""
+    fws = [fw for fw in FRAMEWORKS if any(fw in m.get("fp32", {}) for m in report["models"].values())]
+    head = f"{'model':<20}" + "".join(f" {fw + ' fp32 ms':>15} {fw + ' fp16 ms':>15} {'fp16 speed-up':>13}"
+                                      for fw in fws)
+    lines = [head, "-" * len(head)]
+
+    def ms(d):
+        return f"{d['median_s'] * 1e3:.3f}" if d.get("median_s") else "-"
+    for name, m in report["models"].items():
+        row = f"{name:<20}"
+        for fw in fws:
+            sp = m.get("fp16_speedup", {}).get(fw)
+            row += (f" {ms(m.get('fp32', {}).get(fw, {})):>15} {ms(m.get(fw, {})):>15} "
+                    + (f"{sp:>12.2f}x" if sp else f"{'-':>13}"))
+        lines.append(row)
+    lines.append("fp16 speed-up = the framework's fp32 step time / its fp16 step time (same worker, "
+                 "alternating); the first table's ratio compares the fp16 steps.")
+    errs = {f"{fw} {name}{' fp32' if part else ''}": d["error"] for name, m in report["models"].items()
+            for part, src in (("", m), ("fp32", m.get("fp32", {}))) for fw in fws
+            for d in [src.get(fw, {})] if d.get("error")}
+    lines += [f"{k}: not measured ({v})" for k, v in errs.items()]
+    return "\n".join(lines)
+
+
 MODEL_TITLES = {
     "mlp-784-128-10": "MLP 784-128-10 (ReLU)",
     "mlp-784-1024x2-10": "MLP 784-1024-1024-10 (ReLU)",
@@ -940,6 +1016,8 @@ def _command_line(args) -> str:
     for flag, v in (("--rounds", args.rounds), ("--min-time", args.min_time), ("--threads", args.threads)):
         if v is not None:
             parts += [flag, str(v)]
+    if getattr(args, "precision", "fp32") != "fp32":
+        parts += ["--precision", args.precision]
     if args.unset_openblas_env:
         parts.append("--unset-openblas-env")
     if getattr(args, "no_floor", False):
@@ -954,7 +1032,12 @@ def add_arguments(p):
     p.add_argument("--compare", choices=("torch",), default=None,
                    help="also run PyTorch on the same models, in its own processes")
     p.add_argument("--quick", action="store_true", help="3 short rounds (under a minute)")
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=list(ALL_MODELS), default=list(MODELS),
+                   help="default: " + " ".join(MODELS))
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16: every step under gpunet.amp.MixedPrecision + GradScaler (PyTorch: "
+                        "autocast(float16) + GradScaler), each beside the same framework's fp32 "
+                        "step, alternating; with --device sim: the fp16 step's GPU costs")
     p.add_argument("--rounds", type=int, default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")
     p.add_argument("--min-time", type=float, default=None,
                    help=f"seconds timed per model per run (default {FULL[1]}, quick {QUICK[1]})")
@@ -997,6 +1080,11 @@ def run(args) -> int:
         return 2
     if device == "sim":
         return run_sim(args)
+    precision = getattr(args, "precision", "fp32")
+    if precision != "fp32" and (getattr(args, "distributed", False) or args.profile):
+        print("gpunet bench: error: --precision fp16 times the single-process steps; it does not "
+              "combine with --distributed or --profile", file=sys.stderr)
+        return 2
     if getattr(args, "distributed", False):
         from .distributed.bench import run_distributed
         return run_distributed(args, device)
@@ -1011,6 +1099,10 @@ def run(args) -> int:
             raise SystemExit(f"gpunet bench: error: --{k} must be positive, got {v}")
     frameworks = ["gpunet"]
     notes = []
+    if precision == "fp16" and not device.startswith("cuda"):
+        notes.append("fp16 on the CPU: NumPy has no float16 GEMM (gpunet computes float16 layers "
+                     "in float32 on upcast copies) and CPUs without float16 arithmetic convert "
+                     "too; these times test the policy, they say nothing about a GPU's tensor cores")
     if args.compare == "torch":
         why = _torch_missing_reason()
         if why:
@@ -1026,9 +1118,12 @@ def run(args) -> int:
               "platform": platform.platform(),
               "openblas_env_unset": bool(args.unset_openblas_env),
               "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
-              "step": f"forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})",
+              "step": f"forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})"
+                      + (" in fp16: gpunet MixedPrecision + GradScaler, PyTorch autocast(float16) + "
+                         "GradScaler" if precision == "fp16" else ""),
+              "precision": precision,
               "notes": notes, "facts": {}, "models": {}}
-    parts = ("step", "floor")
+    parts = ("step", "floor", "fp32")
     runs = {fw: {(m, part): [] for m in models for part in parts} for fw in frameworks}
     others = {fw: {(m, part): [] for m in models for part in parts} for fw in frameworks}
     errors = {fw: {} for fw in frameworks}
@@ -1039,7 +1134,7 @@ def run(args) -> int:
     try:
         for fw in frameworks:
             bar.set_postfix_str(f"starting {fw}")
-            w = Worker(fw, device, threads, env, args.quick)
+            w = Worker(fw, device, threads, env, args.quick, precision)
             if "error" in w.hello:
                 errors[fw]["*"] = w.hello["error"]
                 w.close()
@@ -1047,12 +1142,14 @@ def run(args) -> int:
                 continue
             report["facts"][fw] = w.hello["facts"]
             workers[fw] = w
-        # the floor needs both frameworks, and is a CPU (BLAS) measure
-        floor = not args.no_floor and "torch" in workers and not device.startswith("cuda")
+        # the floor needs both frameworks, and is a CPU (BLAS) measure of float32 GEMMs
+        floor = (not args.no_floor and "torch" in workers and not device.startswith("cuda")
+                 and precision == "fp32")
         report["floor"] = floor
-        todo = [p for p in parts if p == "step" or floor]
-        if floor:
-            bar.total += rounds * len(workers) * len(models)
+        todo = [p for p in parts if p == "step" or (p == "floor" and floor)
+                or (p == "fp32" and precision == "fp16")]
+        if len(todo) > 1:
+            bar.total += (len(todo) - 1) * rounds * len(workers) * len(models)
             bar.refresh()
         for r in range(rounds):
             for i, m in enumerate(models):
@@ -1060,7 +1157,7 @@ def run(args) -> int:
                 order = live if (r + i) % 2 == 0 else live[::-1]
                 for part in todo:
                     for fw in order:
-                        bar.set_postfix_str(f"round {r + 1}/{rounds} {m} {fw}" + (" floor" if part == "floor" else ""))
+                        bar.set_postfix_str(f"round {r + 1}/{rounds} {m} {fw}" + ("" if part == "step" else f" {part}"))
                         key = (m, part)
                         if key in errors[fw]:
                             res = {"error": errors[fw][key]}
@@ -1084,11 +1181,18 @@ def run(args) -> int:
         bar.close()
 
     for m in models:
-        spec = MODELS[m]
+        spec = ALL_MODELS[m]
         entry = {"batch": spec["batch"], "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}}
         for fw in frameworks:
             entry[fw] = _summarize(runs[fw][(m, "step")], others[fw][(m, "step")], spec["batch"],
                                    errors[fw].get((m, "step")) or errors[fw].get("*"))
+        if precision == "fp16":      # each framework's fp32 step, and fp16's speed-up over it
+            entry["fp32"] = {fw: _summarize(runs[fw][(m, "fp32")], others[fw][(m, "fp32")], spec["batch"],
+                                            errors[fw].get((m, "fp32")) or errors[fw].get("*"))
+                             for fw in frameworks}
+            entry["fp16_speedup"] = {fw: entry["fp32"][fw]["median_s"] / entry[fw]["median_s"]
+                                     for fw in frameworks
+                                     if entry["fp32"][fw].get("median_s") and entry[fw].get("median_s")}
         if entry.get("torch", {}).get("median_s") and entry["gpunet"].get("median_s"):
             entry["ratio"] = entry["torch"]["median_s"] / entry["gpunet"]["median_s"]
             entry["ratio_per_round"] = [t / g for g, t in zip(entry["gpunet"]["run_medians_s"],
@@ -1135,6 +1239,8 @@ def run(args) -> int:
     for note in notes:
         print(note)
     print(format_table(report))
+    if precision == "fp16":
+        print(format_precision(report))
     if rf is not None:
         print(format_roofline(rf))
     if args.markdown:
@@ -1159,7 +1265,7 @@ def run_profile(args, device) -> int:
         print(f"gpunet bench --profile: {cpu_vendor()} {cpu_model()}, {threads} BLAS thread(s); "
               f"step = forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})")
         for m in dict.fromkeys(args.models):
-            prof = profile(MODELS[m], min_time=args.min_time if args.min_time is not None else
+            prof = profile(ALL_MODELS[m], min_time=args.min_time if args.min_time is not None else
                            (0.5 if args.quick else 2.0))
             out[m] = prof
             print(format_profile(m, prof))
@@ -1175,18 +1281,18 @@ def run_profile(args, device) -> int:
 SIM_KEYS = ("launches", "fused", "syncs", "h2d_bytes", "d2h_bytes", "allocs")
 
 
-def sim_costs(models=tuple(MODELS), steps=2) -> dict:
+def sim_costs(models=tuple(MODELS), steps=2, precision="fp32") -> dict:
     """Per model, what one training step costs on a GPU, by the sim's counters.
 
     One warm-up step (kernel compilation, memoized buffers) is not counted; then ``steps``
     steps are, and each must cost the same (a step whose cost drifts is a leak: reported
-    as ``ValueError``). Returns ``{model: {"launches", "fused" (gpunet's own kernels),
+    as ``ValueError``). ``precision="fp16"``: the MixedPrecision + GradScaler step. Returns ``{model: {"launches", "fused" (gpunet's own kernels),
     "syncs", "h2d_bytes", "d2h_bytes", "allocs", "kernels": {name: launches}}}``.
     """
     from gpunet import sim
     out = {}
     for m in models:
-        step, _ = gpunet_step(MODELS[m], "sim")
+        step, _ = gpunet_step(ALL_MODELS[m], "sim", precision)
         step()
         per = []
         for _ in range(steps):
@@ -1217,16 +1323,19 @@ def format_sim_costs(costs) -> str:
 def run_sim(args) -> int:
     """``gpunet bench --device sim``: the GPU cost table of one training step per model."""
     models = list(dict.fromkeys(args.models))
-    costs = sim_costs(models)
+    precision = getattr(args, "precision", "fp32")
+    costs = sim_costs(models, precision=precision)
     print("gpunet bench on sim (the simulated CUDA device: GPU costs, not times), "
-          f"per training step: forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})")
+          f"per training step: forward + softmax-CE + backward + SGD(lr={LR}, momentum={MOMENTUM})"
+          + (", fp16 (MixedPrecision + GradScaler)" if precision == "fp16" else ""))
     print(format_sim_costs(costs))
     print("launches: array ops as CuPy launches them (one per elementwise op, reduction, "
           "cuBLAS matmul) plus fused = gpunet's own kernels; syncs: host waits; "
           "bytes: host<->device copies")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": "sim", "command": _command_line(args), "models": costs}, f, indent=1)
+            json.dump({"device": "sim", "command": _command_line(args), "precision": precision,
+                       "models": costs}, f, indent=1)
         print(f"raw numbers written to {args.json}")
     return 0
 

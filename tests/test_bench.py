@@ -192,3 +192,38 @@ def test_profile_breaks_a_step_into_phases(tmp_path, capsys):
     assert all(0 <= p["gemm_s"] <= p["s"] for p in prof["phases"])
     assert sum(p["gemm_s"] for p in prof["phases"]) > 0          # the convolutions' GEMMs were seen
     assert prof["steps"] >= 5 and "2 Conv2D backward" in out and "GEMM ms" in out
+
+
+def test_precision_fp16_times_each_framework_beside_its_fp32_step(tmp_path, capsys):
+    """--precision fp16: the first table compares the fp16 steps (gpunet MixedPrecision +
+    GradScaler, PyTorch autocast(float16) + GradScaler), the second each framework's fp32
+    and fp16 steps, timed alternately in the same worker; no floor (a float32 GEMM measure);
+    the JSON carries both and the speed-ups; on the CPU a note says what the times mean."""
+    path = tmp_path / "b.json"
+    torch = pytest.importorskip("torch")
+    assert bench.main(TINY + ["--precision", "fp16", "--compare", "torch", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads(path.read_text())
+    m = rep["models"]["mlp-784-128-10"]
+    assert rep["precision"] == "fp16" and "autocast(float16)" in rep["step"] and rep["floor"] is False
+    assert rep["command"].endswith("--precision fp16") and "floor" not in m
+    for fw in ("gpunet", "torch"):
+        assert len(m["fp32"][fw]["run_medians_s"]) == 2 and len(m[fw]["run_medians_s"]) == 2
+        assert m["fp16_speedup"][fw] == pytest.approx(m["fp32"][fw]["median_s"] / m[fw]["median_s"])
+    assert m["ratio"] == pytest.approx(m["torch"]["median_s"] / m["gpunet"]["median_s"])
+    assert "fp16 speed-up" in out and "gpunet fp32 ms" in out and "torch fp16 ms" in out
+    assert "fp16 on the CPU" in out and torch.__version__ in out
+    assert bench.main(["--precision", "fp16", "--profile"]) == 2
+
+
+def test_sim_costs_of_the_fp16_step():
+    """--device sim --precision fp16: the MixedPrecision + GradScaler step's GPU costs:
+    no host sync (the scaler's check and skip run in the fused optimizer), nothing copied,
+    the same every step; more launches than fp32 (the casts)."""
+    from gpunet import sim
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    c16 = bench.sim_costs(["mlp-784-128-10"], precision="fp16")["mlp-784-128-10"]
+    c32 = bench.sim_costs(["mlp-784-128-10"])["mlp-784-128-10"]
+    assert (c16["syncs"], c16["h2d_bytes"], c16["d2h_bytes"]) == (0, 0, 0)
+    assert c32["launches"] < c16["launches"] and c16["kernels"].get("astype", 0) > 0
