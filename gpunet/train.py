@@ -46,6 +46,28 @@ def _positive(name, value):
     return float(value)
 
 
+def _check_cuda_graph(cuda_graph, model, device, comm):
+    """``cuda_graph`` for ``Trainer(cuda_graph=...)``: a bool, True only on a GPU and for a
+    model that a graph can replay (see ``gpunet.cuda.graphs``)."""
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"Trainer: expected cuda_graph to be a bool, got {cuda_graph!r}")
+    if not cuda_graph:
+        return False
+    if device == "cpu":
+        raise ValueError("Trainer: cuda_graph=True needs a 'cuda' or 'sim' model, got one on 'cpu'")
+    if comm is not None:
+        raise ValueError("Trainer: cuda_graph=True with comm= is not supported (the gradient "
+                         "all-reduce runs host code during backward)")
+    from .layers import BatchNorm, Dropout
+    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (Dropout, BatchNorm))})
+    if bad:
+        raise ValueError(f"Trainer: cuda_graph=True cannot replay {', '.join(bad)}: Dropout's mask "
+                         "counter is a host value passed to its kernel each step and BatchNorm "
+                         "replaces its running-statistics arrays each step, which a CUDA graph "
+                         "would freeze")
+    return True
+
+
 def _check_comm(comm, optimizer):
     """``comm`` for ``Trainer(comm=...)``: a communicator, and with more than one process an
     optimizer that averages the gradients over it."""
@@ -349,8 +371,19 @@ class Trainer:
     ``trainer.scaler`` (``scaler=``, default ``gpunet.amp.GradScaler()``: 2**16, x2 after
     2000 clean steps, x0.5 and the step skipped on inf/NaN gradients); clipping unscales
     first; callbacks' ``on_backward_end`` see the scaled gradients. Evaluate and predict
-    run in float16 as well. On a device, loss scaling reads one flag per step (one host
-    sync, see ``GradScaler``).
+    run in float16 as well. On a device, loss scaling makes no host sync (the skip decision
+    is the optimizer kernel's, see ``GradScaler``).
+
+    ``cuda_graph=True`` (a ``"cuda"`` or ``"sim"`` model): each ``fit`` runs its first
+    full-size batch eagerly, captures the second as a CUDA graph (forward, loss, backward,
+    clipping, optimizer, loss scaling: ``gpunet.cuda.graphs``) and replays it for every
+    following batch of that shape, which is first copied into the graph's static input
+    buffers; a batch of another shape (the last, partial one) runs eagerly. A replayed
+    step is one graph launch, plus 2 copies in (the batch) and the record's 3 small
+    launches (a copy of the loss, argmax, compare), with the same results as the eager
+    step. Callbacks' ``on_backward_end`` runs at capture only. Models with ``Dropout`` or
+    ``BatchNorm`` are refused (``ValueError``), as is ``comm``; a schedule may change
+    ``lr`` (written to the device before each replay), other hyper-parameters are frozen.
 
     ``comm`` (a ``gpunet.distributed`` communicator): data-parallel training, one Trainer
     per process. ``(X, y)`` training data is sharded (``gpunet.distributed.shard``:
@@ -367,7 +400,7 @@ class Trainer:
 
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
                  scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
-                 precision="fp32", scaler=None, comm=None):
+                 precision="fp32", scaler=None, comm=None, cuda_graph=False):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.comm = _check_comm(comm, optimizer)
         self.precision = _check_precision(precision, "Trainer")
@@ -408,11 +441,56 @@ class Trainer:
         self.global_step = 0
         self._callbacks = []
         self._step_lr = None
+        self.cuda_graph = _check_cuda_graph(cuda_graph, model, self.device, comm)
+        self._graph = None          # (batch key, CUDAGraph, static x, static y, loss, output)
+        self._graph_warm = None     # the batch key of the eager warm-up step
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, xb, yb):
         """forward → loss → backward → (clip) → update (→ per-step schedule); returns
         ``(loss, output)`` on the device."""
+        self._step_lr = float(self.optimizer.lr)
+        loss, out = self._device_step(xb, yb)
+        self._after_step()
+        return loss, out
+
+    def _after_step(self):
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.global_step += 1
+
+    def _graph_step(self, xb, yb):
+        """``train_step`` through a CUDA graph (``cuda_graph=True``): the first batch of a
+        shape runs eagerly (kernels compiled, optimizer tables and state made), the second
+        is captured (``gpunet.cuda.graphs.CUDAGraph``, into static copies of the batch),
+        the next ones of that shape are copied into the static buffers and replayed; a
+        batch of another shape (the last, partial one) runs eagerly. Returns ``(loss,
+        output, static)``: with ``static``, both are the graph's arrays, overwritten by the
+        next replay."""
+        from .cuda.graphs import CUDAGraph
+        key = (tuple(xb.shape), xb.dtype, tuple(yb.shape), yb.dtype)
+        st = self._graph
+        if st is None and self._graph_warm != key:
+            self._graph_warm = key
+            return (*self.train_step(xb, yb), False)
+        if st is not None and st[0] != key:
+            return (*self.train_step(xb, yb), False)
+        self._step_lr = float(self.optimizer.lr)
+        if st is None:
+            sx, sy = xb.copy(), yb.copy()
+            g = CUDAGraph(self.device)
+            loss, out = g.capture(self._device_step, sx, sy, model=self.model)
+            self._graph = (key, g, sx, sy, loss, out)
+        else:
+            _, g, sx, sy, loss, out = st
+            sx[...] = xb
+            sy[...] = yb
+            g.replay()
+        self._after_step()
+        return loss, out, True
+
+    def _device_step(self, xb, yb):
+        """The device work of a step: forward, loss, backward, clipping, the update."""
         out = self._forward(xb)
         if self.amp is None:
             loss = self.loss_fn(out, yb)
@@ -434,15 +512,11 @@ class Trainer:
             self.last_grad_norm = _clip_norm(self.optimizer.params, self.clip_grad_norm)
         elif self.clip_grad_value is not None:
             _clip_value(self.optimizer.params, self.clip_grad_value)
-        self._step_lr = float(self.optimizer.lr)
         if self.scaler is None:
             self.optimizer.step()
         else:
             self.scaler.step(self.optimizer)    # skipped on inf/NaN gradients
             self.scaler.update()
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
-        self.global_step += 1
         return loss, out
 
     def _forward(self, x):
@@ -471,6 +545,7 @@ class Trainer:
         restored after), as PyTorch skips it for tensors that do not require grad.
         """
         dtype = self.model.dtype
+        self._graph = self._graph_warm = None    # captured again: the arrays may have changed
         loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
                             self.device, self.comm)
         progress = progress and (self.comm is None or self.comm.rank == 0)
@@ -527,8 +602,12 @@ class Trainer:
         try:
             for step, (xb, yb) in enumerate(loader):
                 xb, yb = self._to_model(xb), self._to_model(yb)
-                loss, out = self.train_step(xb, yb)
-                value = rec.add(loss, out, yb)
+                if self.cuda_graph:
+                    loss, out, static = self._graph_step(xb, yb)
+                    value = rec.add(loss.copy() if static else loss, out, yb)
+                else:
+                    loss, out = self.train_step(xb, yb)
+                    value = rec.add(loss, out, yb)
                 seen += int(xb.shape[0])
                 if on_host:      # reading is free on the CPU: check every step, as it happens
                     rec.read()

@@ -170,7 +170,7 @@ def test_launcher_names_exist_in_both():
             obj = getattr(obj, part)    # RawModule imports the sim runtime
 
 
-@pytest.mark.parametrize("cls", ["Device", "Stream", "MemoryPointer"])
+@pytest.mark.parametrize("cls", ["Device", "Stream", "MemoryPointer", "Event", "Graph"])
 def test_cuda_classes_offer_only_cupys_attributes(cls):
     ours, theirs = getattr(sp.cuda, cls), getattr(cupy.cuda, cls)
     missing = [n for n in _public(ours) if not hasattr(theirs, n)]

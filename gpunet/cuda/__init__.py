@@ -5,7 +5,8 @@ One launcher module per ``kernels/*.cu`` file: ``softmax_xent``, ``batchnorm`` a
 sync-free gradient clipping, used by ``gpunet.optim``), ``conv`` (im2col, col2im and the
 bias/activation epilogue around cuBLAS GEMMs, used by ``gpunet.functional.conv``) and
 ``pooling`` (max/average pooling, used by ``gpunet.functional.pooling``); ``loader``
-finds, compiles and memoizes them.
+finds, compiles and memoizes them. ``graphs`` captures a training step as a CUDA graph and
+replays it (``CUDAGraph``, re-exported here).
 
 The kernels are CUDA C++ sources in ``kernels/`` (a source checkout's top-level folder,
 or ``gpunet/kernels/`` inside an installed wheel), compiled at run time by CuPy through
@@ -53,7 +54,9 @@ from .softmax_xent import softmax_xent
 from .batchnorm import batchnorm_backward, batchnorm_forward
 from .batchnorm import _bn_chunks  # noqa: F401 (tests)
 from .dropout import dropout_backward, dropout_forward
+from .graphs import CUDAGraph
 
 __all__ = ["KERNELS", "CUPY_ADDED_OPTIONS", "kernels_dir", "kernels_hash", "compile_options",
            "kernel_source", "module", "kernel", "fast_divmod_constants", "softmax_xent",
-           "batchnorm_forward", "batchnorm_backward", "dropout_forward", "dropout_backward"]
+           "batchnorm_forward", "batchnorm_backward", "dropout_forward", "dropout_backward",
+           "CUDAGraph"]

@@ -98,27 +98,145 @@ class MemoryPointer:
 
 
 class Stream:
-    """The null stream: work on the sim is done when the call returns; ``synchronize``
-    is counted as a host sync."""
+    """``cupy.cuda.Stream`` of the sim. Work on the sim is done when the call returns, so
+    a stream orders nothing by itself; what it models:
+
+    * ``synchronize()`` is a host sync (counted);
+    * CUDA-graph capture: ``begin_capture()`` / ``end_capture() -> Graph`` record the work
+      issued in between (``gpunet.sim._counters``: launches, arguments, addresses,
+      allocations, kept as the graph's memory); syncs and synchronous copies raise while
+      capturing; ``is_capturing()``;
+    * ordering: ``record(event)`` / ``wait_event(event)`` and the stream that an async
+      copy ran on (``gpunet.sim.array.ndarray.set(..., stream=)``): reading an array whose
+      copy on another stream has not been waited for raises (see ``_order``).
+    """
+
+    _current: list = []
 
     def __init__(self, null=False, non_blocking=False, priority=None):
         self.null = null
+        self._non_blocking = bool(non_blocking)
+        self._capturing = False
+        self._seq = 0          # events recorded on this stream so far
+        self._waits = {}       # id(other stream) -> the last of its event numbers waited for
 
     def synchronize(self):
         _counters.sync()
 
+    def use(self):
+        Stream._current[:] = [self]
+        return self
+
     def __enter__(self):
+        Stream._current.append(self)
         return self
 
     def __exit__(self, *exc):
+        Stream._current.pop()
         return False
+
+    @property
+    def is_non_blocking(self):
+        return self._non_blocking
+
+    def begin_capture(self, mode=None):
+        if self.null:
+            raise RuntimeError("cudaErrorStreamCaptureUnsupported: the null stream cannot be "
+                               "captured; capture on a Stream(non_blocking=True)")
+        _counters.begin_capture()
+        self._capturing = True
+
+    def end_capture(self):
+        if not self._capturing:
+            raise RuntimeError("cudaErrorIllegalState: end_capture on a stream that is not "
+                               "capturing")
+        self._capturing = False
+        return Graph(_counters.end_capture())
+
+    def is_capturing(self):
+        return self._capturing
+
+    def record(self, event=None):
+        if event is None:
+            event = Event()
+        self._seq += 1
+        event._at = (self, self._seq)
+        return event
+
+    def wait_event(self, event):
+        if event._at is not None:
+            other, seq = event._at
+            if other is not self:
+                self._waits[id(other)] = max(self._waits.get(id(other), 0), seq)
+
+    def _has_waited(self, other, seq):
+        """Whether this stream waited for an event of ``other`` recorded at or after ``seq``."""
+        return other is self or self._waits.get(id(other), 0) >= seq
+
+
+class Event:
+    """``cupy.cuda.Event`` of the sim: a point of a stream (``Stream.record``); ``done``
+    is always True and ``synchronize`` a host sync (the sim's work is done already)."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self._at = None
+
+    def record(self, stream=None):
+        (stream or get_current_stream()).record(self)
+
+    @property
+    def done(self):
+        return True
+
+    def synchronize(self):
+        _counters.sync()
+
+
+class Graph:
+    """``cupy.cuda.Graph`` of the sim (from ``Stream.end_capture``). ``launch()`` replays
+    it: the sim cannot run recorded host-side kernels apart from the Python that issued
+    them, so it re-runs that Python (given by ``gpunet.cuda.graphs.CUDAGraph``, which
+    sets it) in replay mode, where every launch, argument and address must be the
+    captured one and allocations get the captured buffers back; it counts as one launch
+    (``cudaGraphLaunch``). A graph captured with the bare CuPy calls has no such Python and
+    cannot be launched on the sim."""
+
+    def __init__(self, trace=None):
+        self._trace = trace
+        self._replay = None
+
+    def launch(self, stream=None):
+        if self._replay is None:
+            raise RuntimeError("gpunet.sim: a graph captured with the bare Stream.begin_capture/"
+                               "end_capture calls cannot be replayed on the sim; capture through "
+                               "gpunet.cuda.graphs.CUDAGraph")
+        _counters.replay(self._trace, self._replay)
+
+    def upload(self, stream=None):
+        pass
 
 
 _null_stream = Stream(null=True)
 
 
 def get_current_stream(device_id=-1):
-    return _null_stream
+    return Stream._current[-1] if Stream._current else _null_stream
+
+
+class PinnedMemoryPointer(bytearray):
+    """What ``alloc_pinned_memory`` returns: ``ptr`` and ``size``, and the buffer protocol
+    (``numpy.frombuffer(pointer, dtype, count)`` views it, as with CuPy's)."""
+
+    def __init__(self, size):
+        super().__init__(max(int(size), 1))
+        self.size = int(size)
+        self.ptr = _np.frombuffer(self, _np.uint8).ctypes.data
+
+
+def alloc_pinned_memory(size):
+    """Page-locked host memory of ``size`` bytes (a plain host buffer on the sim; copies
+    from it with ``ndarray.set(..., stream=)`` are counted as asynchronous)."""
+    return PinnedMemoryPointer(size)
 
 
 def is_available():

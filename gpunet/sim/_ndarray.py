@@ -37,10 +37,27 @@ def _wrap(a, base=None):
 
 
 def _new(a):
-    """A freshly allocated result: counted as one allocation."""
+    """A freshly allocated result: counted as one allocation. While a CUDA graph is
+    replayed, the result goes into the buffer its capture allocated (the graph's memory)."""
+    if _C._mode is not None:
+        if not isinstance(a, _np.ndarray):
+            a = _np.asarray(a)
+        buf = _C.pool_buffer(a.shape, a.dtype)
+        if buf is not None:
+            _np.copyto(buf, a)
+            return _wrap(buf)
+        x = _wrap(a)
+        _C.alloc(x._a.nbytes)
+        _C.pool_keep(x._a)
+        return x
     x = _wrap(a)
     _C.alloc(x._a.nbytes)
     return x
+
+
+def _touch(x):
+    """Note an array operand's address (CUDA-graph capture/replay; nothing otherwise)."""
+    _C.event("operand", (x._a.ctypes.data, x._a.nbytes))
 
 
 def _view(a, of):
@@ -63,8 +80,12 @@ def _unsupported(x):
 def _operand(x):
     """The NumPy value of an operand of an op: sim arrays and scalars only, as in CuPy."""
     if isinstance(x, ndarray):
+        if _C._mode is not None:
+            _touch(x)
         return x._a
     if isinstance(x, (_np.generic, _numbers.Number)):
+        if _C._mode is not None:
+            _C.event("scalar", (type(x).__name__, repr(x)))
         return x
     raise _unsupported(x)
 
@@ -83,6 +104,8 @@ def _fill_value(v):
 def _arr(x):
     """A sim ndarray argument (CuPy functions refuse NumPy arrays and lists)."""
     if isinstance(x, ndarray):
+        if _C._mode is not None:
+            _touch(x)
         return x
     raise _unsupported(x)
 
@@ -94,6 +117,8 @@ def _out(out, r, name):
         return _new(r)
     if not isinstance(out, ndarray):
         raise TypeError(f"out must be a cupy.ndarray, got {type(out).__name__}")
+    if _C._mode is not None:
+        _touch(out)
     _np.copyto(out._a, r, casting="same_kind")
     return out
 
@@ -116,6 +141,12 @@ class ndarray:
             raise NotImplementedError("sim ndarray: memptr= and strides= are not supported")
         self._a = _np.empty(shape, dtype=dtype, order=order)
         self._base = None
+        if _C._mode is not None:
+            buf = _C.pool_buffer(self._a.shape, self._a.dtype)
+            if buf is not None:
+                self._a = buf
+                return
+            _C.pool_keep(self._a)
         _C.alloc(self._a.nbytes)
 
     # -- attributes -----------------------------------------------------------------------
@@ -428,6 +459,8 @@ class _Ufunc:
                 out = out[0]
             if not isinstance(out, ndarray):
                 raise TypeError(f"output must be a cupy.ndarray, got {type(out).__name__}")
+            if _C._mode is not None:
+                _touch(out)
             with _quiet():
                 self._f(*ins, out=out._a, **kw)
             _C.launch(self.__name__)

@@ -454,6 +454,8 @@ class RawKernel:
                          ctypes.cast(ptrs, ctypes.POINTER(ctypes.c_void_p)), self._name_bytes,
                          ctypes.cast(err, ctypes.c_char_p), len(err))
         _counters.launch(self.name)
+        if _counters._mode is not None:      # CUDA-graph capture/replay: the arguments' bytes
+            _counters.event("args", (self.name, bytes(buf)))
         rc = self._entry(ctypes.byref(launch))
         del keep
         if rc != 0:

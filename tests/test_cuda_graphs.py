@@ -1,0 +1,228 @@
+"""CUDA graphs (issue 12): ``gpunet.cuda.graphs.CUDAGraph`` in a hand-written loop and
+``Trainer(..., cuda_graph=True)``, on the sim device, where a replay re-runs the captured
+step and checks every launch, kernel argument, operand address and allocation against the
+capture (``gpunet.sim._counters``). Budgets: a replayed step is 1 graph launch and 0 syncs;
+results equal the eager run's bit for bit."""
+import math
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import (BatchNorm, Dense, Dropout, Sequential, SoftmaxCrossEntropy, datasets, models,
+                    optim, sim, to_numpy)
+from gpunet.cuda import CUDAGraph
+from gpunet.cuda.graphs import capturing
+from gpunet.sim._counters import GraphReplayError
+from gpunet.train import Callback, Trainer
+
+pytestmark = pytest.mark.skipif(sim.compiler() is None, reason="no C++ compiler: no sim device")
+
+B = 16
+
+
+def _data(n=96, d=8, c=3, seed=0):
+    rng = numpy.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(numpy.float32), rng.integers(0, c, n)
+
+
+def _setup(hidden=None, lr=0.01):
+    gpunet.manual_seed(0)
+    m = Sequential(Dense(8, 16, activation="relu"), *(hidden or ()), Dense(16, 3)).to("sim")
+    return m, SoftmaxCrossEntropy(), optim.Adam(m.parameters(), lr=lr)
+
+
+def _loop(m, lf, opt):
+    sp = gpunet.backend.require_sim()
+    sx, sy = sp.empty((B, 8), numpy.float32), sp.empty((B,), numpy.int64)
+
+    def step():
+        loss = lf(m(sx), sy)
+        m.zero_grad()
+        m.backward(lf.backward())
+        opt.step()
+        return loss
+
+    def load(X, y, i):
+        sx[...] = sp.asarray(X[B * i:B * (i + 1)])
+        sy[...] = sp.asarray(y[B * i:B * (i + 1)])
+    return step, load
+
+
+def _eager(X, y, steps, lrs=None):
+    m, lf, opt = _setup()
+    sp = gpunet.backend.require_sim()
+    losses = []
+    for i in range(steps):
+        if lrs:
+            opt.lr = lrs[i]
+        loss = lf(m(sp.asarray(X[B * i:B * (i + 1)])), sp.asarray(y[B * i:B * (i + 1)]))
+        m.zero_grad()
+        m.backward(lf.backward())
+        opt.step()
+        losses.append(float(loss))
+    return m, opt, losses
+
+
+def test_hand_written_loop_replays_in_one_launch_with_the_eager_results():
+    X, y = _data()
+    lrs = [0.01, 0.01, 0.01, 0.005, 0.005, 0.0025]     # a schedule: lr changes between replays
+    m, lf, opt = _setup()
+    step, load = _loop(m, lf, opt)
+    load(X, y, 0)
+    losses = [float(step())]                   # eager warm-up: kernels, table, state
+    g = CUDAGraph("sim")
+    load(X, y, 1)
+    loss = g.capture(step)
+    assert capturing() is None
+    losses.append(float(loss))
+    costs = []
+    for i in range(2, 6):
+        opt.lr = lrs[i]
+        load(X, y, i)
+        sim.reset_counters()
+        g.replay()
+        costs.append(sim.counters())
+        losses.append(float(loss))             # the static output holds this step's loss
+    for c, lr_changed in zip(costs, (False, True, False, True)):
+        want = {"cudaGraphLaunch": 1, **({"fill": 1} if lr_changed else {})}
+        assert c["kernels"] == want, c
+        assert (c["graph_launches"], c["syncs"], c["h2d_bytes"], c["allocs"]) == (1, 0, 0, 0)
+    me, oe, want_losses = _eager(X, y, 6, lrs)
+    assert losses == want_losses
+    for a, b in zip(m.parameters(), me.parameters()):
+        numpy.testing.assert_array_equal(to_numpy(a.data), to_numpy(b.data))
+    assert opt.steps == oe.steps == [6] * 4
+
+
+def test_capture_refuses_a_host_sync_and_a_copy_from_the_host():
+    X, y = _data()
+    m, lf, opt = _setup()
+    step, load = _loop(m, lf, opt)
+    load(X, y, 0)
+    step()
+    for bad, what in ((lambda: float(step()), "host synchronization"),
+                      (lambda: gpunet.to_device(X[:2], "sim"), "host-to-device copy")):
+        with pytest.raises(RuntimeError, match=f"stream is capturing.*{what}"):
+            CUDAGraph("sim").capture(bad)
+        assert capturing() is None and not sim._counters.capturing()
+
+
+def test_a_step_that_reallocates_fails_loudly_on_replay():
+    X, y = _data()
+    m, lf, opt = _setup()
+    step, load = _loop(m, lf, opt)
+    load(X, y, 0)
+    step()
+    g = CUDAGraph("sim")
+    g.capture(step)
+    g.replay()
+    w = m[0].weight
+    w.data = w.data.copy()                     # a new array: the graph holds the old address
+    with pytest.raises(GraphReplayError, match="captured .* replayed"):
+        g.replay()
+
+
+@pytest.mark.parametrize("layer", [lambda: BatchNorm(16), lambda: Dropout(0.2, seed=1)])
+def test_per_step_host_state_is_caught(layer):
+    """BatchNorm replaces its running statistics every step and Dropout passes a new mask
+    counter to its kernel: a real graph would silently reuse the captured ones."""
+    X, y = _data()
+    m, lf, opt = _setup(hidden=[layer()])
+    step, load = _loop(m, lf, opt)
+    load(X, y, 0)
+    step()
+    g = CUDAGraph("sim")
+    g.capture(step)
+    with pytest.raises(GraphReplayError):
+        g.replay()
+
+
+def test_sim_graph_api_is_cupys():
+    sp = gpunet.backend.require_sim()
+    with pytest.raises(RuntimeError, match="null stream cannot be captured"):
+        sp.cuda.get_current_stream().begin_capture()
+    s = sp.cuda.Stream(non_blocking=True)
+    s.begin_capture()
+    assert s.is_capturing()
+    g = s.end_capture()
+    with pytest.raises(RuntimeError, match="through gpunet.cuda.graphs.CUDAGraph"):
+        g.launch()
+    with pytest.raises(ValueError, match="'cuda' or 'sim'"):
+        CUDAGraph("cpu")
+    with pytest.raises(RuntimeError, match="nothing captured"):
+        CUDAGraph("sim").replay()
+
+
+class _Costs(Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_epoch_begin(self, trainer, epoch):
+        sim.reset_counters()
+
+    def on_batch_end(self, trainer, step, logs):
+        self.steps.append(sim.counters())
+        sim.reset_counters()
+
+
+def _fit(kind, cuda_graph):
+    (X, y), _ = datasets.load_digits()
+    X, y = X[:300], y[:300]
+    gpunet.manual_seed(0)
+    if kind == "mlp_adam":
+        m = models.mlp((64, 256, 128, 10)).to("sim")
+        opt, kw = optim.Adam(m, lr=1e-3), {}
+    elif kind == "mlp_fp16":
+        m = models.mlp((64, 32, 10)).to("sim")
+        opt = optim.Adam(m, lr=1e-2)
+        kw = dict(precision="fp16", scaler=gpunet.amp.GradScaler(init_scale=2.0**20, growth_interval=3))
+    else:
+        m = models.cnn_digits(channels=(4, 8)).to("sim")
+        X = X.reshape(-1, 1, 8, 8)
+        opt = optim.SGD(m, lr=0.05, momentum=0.9)
+        kw = dict(scheduler=optim.StepLR(opt, 3, 0.5), scheduler_interval="step", clip_grad_norm=0.5)
+    tr = Trainer(m, SoftmaxCrossEntropy(), opt, cuda_graph=cuda_graph, **kw)
+    costs = _Costs()
+    h = tr.fit((X, y), epochs=2, batch_size=32, callbacks=[costs], progress=False)
+    return tr, h, costs.steps
+
+
+@pytest.mark.parametrize("kind", ["mlp_adam", "mlp_fp16", "cnn_sgd_schedule_clip"])
+def test_trainer_cuda_graph_one_launch_per_step_same_results(kind):
+    tr, h, steps = _fit(kind, True)
+    tr0, h0, _ = _fit(kind, False)
+    assert h["loss"] == h0["loss"] and h["accuracy"] == h0["accuracy"]
+    for a, b in zip(tr.model.parameters(), tr0.model.parameters()):
+        numpy.testing.assert_array_equal(to_numpy(a.data), to_numpy(b.data))
+    assert tr.optimizer.steps == tr0.optimizer.steps
+    if tr.scaler is not None:
+        assert tr.scaler.state_dict().keys() == tr0.scaler.state_dict().keys()
+        assert tr.scaler.get_scale() == tr0.scaler.get_scale()
+    per_epoch = math.ceil(300 / 32)            # 10 steps, the last one of 12 samples
+    # eager: epoch 1's warm-up (0) and capture (1), the partial batches; the first step
+    # of epoch 2 replays too but also shuffles the epoch's data on the device
+    others = (0, 1, per_epoch - 1, per_epoch, 2 * per_epoch - 1)
+    replayed = [c for i, c in enumerate(steps) if i not in others]
+    assert len(steps) == 2 * per_epoch and len(replayed) == 15
+    assert steps[per_epoch]["graph_launches"] == 1
+    assert all(steps[i]["graph_launches"] == 0 for i in (0, 1, per_epoch - 1, 2 * per_epoch - 1))
+    for c in replayed:
+        # the graph, the batch copied into its static inputs (2), the record's loss copy,
+        # argmax and compare; a fill when a per-step schedule changed lr
+        extra = {k: v for k, v in c["kernels"].items() if k != "fill"}
+        assert extra == {"cudaGraphLaunch": 1, "setitem": 2, "copy": 1, "argmax": 1, "equal": 1}, c
+        assert (c["graph_launches"], c["syncs"], c["h2d_bytes"]) == (1, 0, 0)
+
+
+def test_trainer_refuses_what_a_graph_cannot_replay():
+    gpunet.manual_seed(0)
+    for extra in (Dropout(0.1), BatchNorm(16)):
+        m = Sequential(Dense(8, 16), extra, Dense(16, 3)).to("sim")
+        with pytest.raises(ValueError, match=type(extra).__name__):
+            Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m), cuda_graph=True)
+    m = Sequential(Dense(8, 3))
+    with pytest.raises(ValueError, match="'cuda' or 'sim'"):
+        Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m), cuda_graph=True)
+    with pytest.raises(TypeError, match="bool"):
+        Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m), cuda_graph="yes")
