@@ -11,7 +11,16 @@ and batches come from the device: the epoch's order is copied once per epoch (``
 bytes), and when twice the data fits too, the epoch's shuffled copy is gathered in one go
 (two launches an epoch), so that batches are slices of it and a step launches nothing for
 its data; else each batch is gathered (two launches a step). A training step moves no bytes
-from the host either way. Larger data is moved batch by batch, as it is produced.
+from the host either way.
+
+Larger data is staged (``_Stager``): each batch is gathered on the host into page-locked
+(pinned) memory and copied to a fresh device array on a second stream, one batch ahead, so
+that the copy of batch ``k+1`` overlaps the compute of batch ``k``; events order it (the
+copy waits until the allocation is safe on the compute stream, the compute stream waits
+for the copy before it reads). No step waits for the device, except that reusing one of
+the two pinned buffers waits for its previous copy (an event that has normally completed
+long before). Host data of another array type, or a loader without a GPU ``device``,
+moves batch by batch with ``gpunet.backend.to_device``.
 """
 from __future__ import annotations
 
@@ -20,7 +29,8 @@ import weakref
 
 import numpy
 
-from .backend import device_of, get_array_module, require_cuda, resolve_device, to_device
+from .backend import (device_of, get_array_module, require_cuda, require_sim, resolve_device,
+                      to_device)
 
 #: A host dataset is copied whole to a GPU device when its bytes are at most this fraction
 #: of the device's free memory (``cupy.cuda.runtime.memGetInfo``, asked once per loader).
@@ -85,6 +95,73 @@ def _check_array(name, a):
         raise ValueError(f"DataLoader: expected {name} with at least one axis (samples along "
                          f"axis 0), got a 0-d array")
     return a
+
+
+class _Stager:
+    """Host batches to ``device`` through pinned memory on a second stream, one batch ahead.
+
+    ``run(batches)`` takes an iterator of host index selections (slices or int arrays) and
+    yields ``(xb, yb)`` device arrays: for each selection, the rows of ``X`` (and ``y``)
+    are gathered into one of two pinned host buffers (waiting, on the host, only if that
+    buffer's previous copy has not completed), a device array is allocated on the compute
+    stream, the copy stream waits for an event recorded there (the memory may have been
+    freed by work still queued on it), copies asynchronously and records an event, which
+    the compute stream waits for before the batch is handed out. The copy of the next batch
+    is issued before this one is yielded, so it runs while this one is computed on."""
+
+    def __init__(self, X, y, batch_size, device):
+        self.X, self.y = X, y
+        self.device = device
+        index = int(device.split(":")[1]) if ":" in device else 0
+        self.xp = require_sim() if device == "sim" else require_cuda(index)
+        self.dev = self.xp.cuda.Device(index)
+        with self.dev:
+            self.copy_stream = self.xp.cuda.Stream(non_blocking=True)
+        self.pinned = [[self._pinned(a, batch_size) for a in (X, y) if a is not None]
+                       for _ in range(2)]
+        self.copied = [None, None]      # the event of each pinned buffer's last copy
+
+    def _pinned(self, a, rows):
+        n = rows * int(numpy.prod(a.shape[1:], dtype=numpy.int64))
+        mem = self.xp.cuda.alloc_pinned_memory(max(n * a.itemsize, 1))
+        return numpy.frombuffer(mem, a.dtype, n).reshape((rows,) + a.shape[1:])
+
+    def _stage(self, k, sel):
+        slot = k % 2
+        done = self.copied[slot]
+        if done is not None and not done.done:
+            done.synchronize()          # the pinned buffer's previous copy is still running
+        xp, compute = self.xp, self.xp.cuda.get_current_stream()
+        out = []
+        for a, host in zip((self.X, self.y), self.pinned[slot]):
+            if isinstance(sel, slice):
+                rows = a[sel]
+                h = host[:rows.shape[0]]
+                h[...] = rows
+            else:
+                h = host[:len(sel)]
+                numpy.take(a, sel, axis=0, out=h)
+            d = xp.empty(h.shape, h.dtype)
+            out.append((d, h))
+        self.copy_stream.wait_event(compute.record())
+        for d, h in out:
+            d.set(h, stream=self.copy_stream)
+        ev = self.copied[slot] = self.copy_stream.record()
+        return [d for d, _ in out], ev
+
+    def run(self, selections):
+        with self.dev:
+            compute = self.xp.cuda.get_current_stream()
+            ahead = None
+            for k, sel in enumerate(selections):
+                staged = self._stage(k, sel)
+                if ahead is not None:
+                    yield ahead
+                arrays, ev = staged
+                compute.wait_event(ev)
+                ahead = arrays
+            if ahead is not None:
+                yield ahead
 
 
 class DataLoader:
@@ -267,6 +344,12 @@ class DataLoader:
             return (*self._resident, False)
         return self.X, self.y, True
 
+    def _staged(self):
+        """Whether batches go through pinned memory on a second stream (``_Stager``):
+        NumPy data, a GPU device, not resident."""
+        return (self.device not in (None, "cpu") and isinstance(self.X, numpy.ndarray)
+                and (self.y is None or isinstance(self.y, numpy.ndarray)))
+
     def _batches(self, epoch):
         X, y, move = self._source()
         xp = get_array_module(X)
@@ -278,6 +361,15 @@ class DataLoader:
             stop, index = local.size, xp.asarray(local)
         if index is not None and self._permute and X is self._resident[0]:
             X, y, index = X[index], None if y is None else y[index], None   # the epoch's copy
+        if move and self._staged():
+            host = None if index is None else self.shard_order(epoch) if self.comm is not None \
+                else self.order(epoch)
+            sels = (slice(s, min(s + b, n)) if host is None else host[s:s + b]
+                    for s in range(0, stop, b))
+            for arrays in _Stager(X, y, b, self.device).run(sels):
+                xb = mark_data(arrays[0])
+                yield xb if self.y is None else (xb, arrays[1])
+            return
         for start in range(0, stop, b):
             if index is None:
                 sel = slice(start, min(start + b, n))

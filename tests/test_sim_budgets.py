@@ -53,7 +53,7 @@ class Costs(Callback):
 
 
 def _minus(a, b):
-    d = {k: a[k] - b[k] for k in ("launches", "syncs", "h2d_bytes", "d2h_bytes")}
+    d = {k: a[k] - b[k] for k in ("launches", "syncs", "h2d_bytes", "d2h_bytes", "h2d_async_bytes")}
     d["kernels"] = {k: v - b["kernels"].get(k, 0) for k, v in a["kernels"].items()
                     if v != b["kernels"].get(k, 0)}
     return d
@@ -124,11 +124,52 @@ def test_history_on_the_sim_matches_the_cpu():
 
 
 def test_data_too_large_for_the_device_moves_batch_by_batch(monkeypatch):
+    """Data that does not fit goes through pinned memory on a second stream, one batch
+    ahead: step k's counters hold the asynchronous copy of batch k+1 (the first step's, of
+    batches 0 and 1; the last step's, nothing), never a sync, and the same launches as a
+    resident step; the results are the resident run's."""
     monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.0)
-    _, _, costs = _fit(epochs=1)
-    for c in costs.steps[1:STEPS - 1]:
-        assert (c["syncs"], c["h2d_bytes"]) == (0, B * D * 4 + B * 8), c
-    assert costs.steps[STEPS - 1]["h2d_bytes"] == (N % B) * (D * 4 + 8)
+    tr, h, costs = _fit(epochs=1)
+    full, last = B * (D * 4 + 8), (N % B) * (D * 4 + 8)
+    want = [2 * full] + [full] * (STEPS - 3) + [last, 0]
+    assert [c["h2d_bytes"] for c in costs.steps] == want
+    assert [c["h2d_async_bytes"] for c in costs.steps[1:]] == want[1:]
+    assert all(c["syncs"] == 0 for c in costs.steps)
+    assert len({c["launches"] for c in costs.steps[1:]}) == 1
+    monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.5)
+    tr2, h2, _ = _fit(epochs=1)
+    assert h2["loss"] == pytest.approx(h["loss"], rel=1e-6)
+    for a, b in zip(tr.model.parameters(), tr2.model.parameters()):
+        numpy.testing.assert_allclose(gpunet.to_numpy(a.data), gpunet.to_numpy(b.data), rtol=1e-6)
+
+
+def test_staged_batches_are_the_host_batches_and_ordered_by_events(monkeypatch):
+    """The staged loader yields the batches of the host loader (shuffled, sharded-free,
+    with and without labels); reading a staged copy without the event wait raises on the
+    sim (what a GPU would do silently: read stale data)."""
+    monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.0)
+    X, y = _blobs()
+    for shuffle in (False, True):
+        for labels in (y, None):
+            staged = gdata.DataLoader(X, labels, batch_size=B, shuffle=shuffle, seed=3, device="sim")
+            host = gdata.DataLoader(X, labels, batch_size=B, shuffle=shuffle, seed=3)
+            n = 0
+            for a, b in zip(staged, host):
+                a, b = (a, b) if labels is not None else ((a,), (b,))
+                for u, v in zip(a, b):
+                    numpy.testing.assert_array_equal(gpunet.to_numpy(u), v)
+                n += 1
+            assert n == STEPS and not staged.resident
+    sp = gpunet.backend.require_sim()
+    copy = sp.cuda.Stream(non_blocking=True)
+    pinned = numpy.frombuffer(sp.cuda.alloc_pinned_memory(4 * 8), numpy.float32, 8)
+    pinned[...] = 1.0
+    d = sp.empty(8, numpy.float32)
+    d.set(pinned, stream=copy)
+    with pytest.raises(RuntimeError, match="wait_event"):
+        d + 1
+    sp.cuda.get_current_stream().wait_event(copy.record())
+    assert float((d + 1).sum()) == 16.0
 
 
 def test_evaluate_reads_the_device_once():

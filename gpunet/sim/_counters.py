@@ -176,6 +176,38 @@ def _refuse(what):
                            "wait for the host or copy from pageable host memory)")
 
 
+# Host-to-device copies issued on a stream and not yet known to be waited for by the
+# stream that reads their destination: (start, end, stream, op number).
+_pending: list = []
+
+
+def copy_on_stream(a, stream) -> None:
+    """``a`` (a NumPy buffer of a sim array) was filled by an async copy enqueued on
+    ``stream``: a read of it from another stream must first wait for an event recorded on
+    ``stream`` after the copy (``Stream.wait_event``)."""
+    start = a.ctypes.data
+    _pending.append((start, start + a.nbytes, stream, stream._enqueue()))
+
+
+def check_ready(a) -> None:
+    """Raise if ``a`` (a NumPy buffer about to be read) overlaps a copy on another stream
+    that the current stream has not waited for; forget the copies it has waited for."""
+    from ._cuda import get_current_stream
+    cur = get_current_stream()
+    start = a.ctypes.data
+    end = start + max(a.nbytes, 1)
+    for entry in list(_pending):
+        s0, e0, stream, q = entry
+        if s0 < end and start < e0:
+            if not cur._has_waited(stream, q):
+                raise RuntimeError(
+                    f"gpunet.sim: an array is read on {cur!r} while its host-to-device copy on "
+                    f"{stream!r} may still be running: record an event on the copy's stream "
+                    "after the copy and make the reading stream wait for it "
+                    "(stream.wait_event(event)); on a GPU this read could see stale data")
+            _pending.remove(entry)
+
+
 def launch(name: str, n: int = 1) -> None:
     if _mode is not None:
         event("launch", name)

@@ -117,8 +117,8 @@ class Stream:
         self.null = null
         self._non_blocking = bool(non_blocking)
         self._capturing = False
-        self._seq = 0          # events recorded on this stream so far
-        self._waits = {}       # id(other stream) -> the last of its event numbers waited for
+        self._ops = 0          # async operations enqueued on this stream so far
+        self._waits = {}       # id(other stream) -> the last of its operations waited for
 
     def synchronize(self):
         _counters.sync()
@@ -156,11 +156,14 @@ class Stream:
     def is_capturing(self):
         return self._capturing
 
+    def _enqueue(self):
+        self._ops += 1
+        return self._ops
+
     def record(self, event=None):
         if event is None:
             event = Event()
-        self._seq += 1
-        event._at = (self, self._seq)
+        event._at = (self, self._ops)
         return event
 
     def wait_event(self, event):
@@ -169,9 +172,13 @@ class Stream:
             if other is not self:
                 self._waits[id(other)] = max(self._waits.get(id(other), 0), seq)
 
-    def _has_waited(self, other, seq):
-        """Whether this stream waited for an event of ``other`` recorded at or after ``seq``."""
-        return other is self or self._waits.get(id(other), 0) >= seq
+    def _has_waited(self, other, op):
+        """Whether this stream waited for an event of ``other`` recorded after its
+        operation number ``op``."""
+        return other is self or self._waits.get(id(other), 0) >= op
+
+    def __repr__(self):
+        return "<sim null stream>" if self.null else f"<sim Stream 0x{id(self):x}>"
 
 
 class Event:

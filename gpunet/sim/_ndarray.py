@@ -55,6 +55,20 @@ def _new(a):
     return x
 
 
+def _pinned(arr):
+    """Whether the NumPy array ``arr`` views memory from ``cuda.alloc_pinned_memory``."""
+    b = arr
+    for _ in range(8):
+        b = getattr(b, "base", None) if not isinstance(b, cuda.PinnedMemoryPointer) else b
+        if b is None:
+            return False
+        if isinstance(b, cuda.PinnedMemoryPointer):
+            return True
+        if isinstance(b, memoryview):
+            b = b.obj
+    return False
+
+
 def _touch(x):
     """Note an array operand's address (CUDA-graph capture/replay; nothing otherwise)."""
     _C.event("operand", (x._a.ctypes.data, x._a.nbytes))
@@ -82,6 +96,8 @@ def _operand(x):
     if isinstance(x, ndarray):
         if _C._mode is not None:
             _touch(x)
+        if _C._pending:
+            _C.check_ready(x._a)
         return x._a
     if isinstance(x, (_np.generic, _numbers.Number)):
         if _C._mode is not None:
@@ -106,6 +122,8 @@ def _arr(x):
     if isinstance(x, ndarray):
         if _C._mode is not None:
             _touch(x)
+        if _C._pending:
+            _C.check_ready(x._a)
         return x
     raise _unsupported(x)
 
@@ -183,6 +201,8 @@ class ndarray:
     # -- host syncs -------------------------------------------------------------------------
     def get(self, stream=None, order="C", out=None, blocking=True):
         """Copy to the host: a NumPy array (one sync, ``nbytes`` device-to-host)."""
+        if _C._pending:
+            _C.check_ready(self._a)
         _C.sync()
         _C.d2h(self._a.nbytes)
         if out is not None:
@@ -193,12 +213,21 @@ class ndarray:
         return _np.array(self._a, order=order, copy=True)
 
     def set(self, arr, stream=None):
-        """Copy the host array ``arr`` (same shape and dtype) into this array."""
+        """Copy the host array ``arr`` (same shape and dtype) into this array. From pinned
+        memory (``cuda.alloc_pinned_memory``) on a ``stream``, the copy is asynchronous:
+        no sync, counted in ``h2d_async_bytes`` too, and reading this array from another
+        stream before waiting for an event recorded on ``stream`` after it raises."""
         if not isinstance(arr, _np.ndarray):
             raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray, got {type(arr)}")
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise ValueError(f"set: shape/dtype mismatch: {arr.shape} {arr.dtype} into "
                              f"{self.shape} {self.dtype}")
+        if stream is not None and _pinned(arr):
+            _C.h2d_async(arr.nbytes)
+            self._a[...] = arr
+            if stream is not cuda.get_current_stream():
+                _C.copy_on_stream(self._a, stream)
+            return
         _C.h2d(arr.nbytes)
         self._a[...] = arr
 

@@ -494,6 +494,8 @@ class RawKernel:
                                     f"pointer to a {p.psize}-byte {_KIND_WORDS[p.pkind]}")
                 raw[16 * i:16 * i + 8] = (ptr & _PTR_MASK).to_bytes(8, sys.byteorder)
                 keep.append(a)
+                if _counters._pending and hasattr(a, "_a"):     # a copy on another stream
+                    _counters.check_ready(a._a)
                 continue
             if type(a) in _NUMPY_SCALARS:
                 x = a
