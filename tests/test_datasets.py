@@ -231,3 +231,25 @@ def test_load_mnist_not_gzip_names_the_path(tmp_path):
     with pytest.raises(ValueError, match="cannot read") as info:
         load_mnist(tmp_path)
     assert bad in str(info.value)
+
+
+def test_make_mnist1d_is_deterministic_and_shaped():
+    """The MNIST-1D-style generator: float32 (n, length) signals, int64 labels 0..9 all
+    present, the same arrays for the same seed, others for another, the class templates
+    visible in the class means; bad sizes raise ValueError."""
+    from gpunet import datasets
+    (a, ya), (b, yb) = datasets.make_mnist1d(300, 200, length=40, seed=3)
+    (a2, ya2), (b2, yb2) = datasets.make_mnist1d(300, 200, length=40, seed=3)
+    assert a.shape == (300, 40) and b.shape == (200, 40) and a.dtype == numpy.float32
+    assert ya.dtype == numpy.int64 and set(numpy.unique(ya)) == set(range(10))
+    for u, v in ((a, a2), (ya, ya2), (b, b2), (yb, yb2)):
+        numpy.testing.assert_array_equal(u, v)
+    (c, _), _ = datasets.make_mnist1d(300, 200, seed=4)
+    assert not numpy.array_equal(a, c)
+    assert numpy.isfinite(a).all() and 0.3 < float(a.std()) < 1.5
+    # the class means differ (the templates show through shift, scale and noise)
+    means = numpy.stack([a[ya == k].mean(axis=0) for k in range(10)])
+    assert numpy.abs(means[0] - means[1]).max() > 0.2
+    for bad in (dict(n_train=0), dict(n_test=-1), dict(length=10), dict(n_train=2.5)):
+        with pytest.raises(ValueError, match="make_mnist1d"):
+            datasets.make_mnist1d(**bad)

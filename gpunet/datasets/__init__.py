@@ -9,6 +9,11 @@ E. Alpaydin and C. Kaynak (1998), UCI Machine Learning Repository
 (https://archive.ics.uci.edu/dataset/80), licensed CC BY 4.0; gpunet ships the 1,797-image copy
 that scikit-learn bundles (``sklearn/datasets/data/digits.csv.gz``), converted to npz.
 
+``make_mnist1d(n_train, n_test, length, seed)`` generates an MNIST-1D-style data set in
+memory (1-D signals of 10 classes, after the idea of Greydanus' MNIST-1D; gpunet's own
+generator), deterministic from its seed: a quick benchmark that a small model learns in
+seconds.
+
 ``load_mnist(directory, split)`` reads MNIST or Fashion-MNIST from the IDX files
 (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte``, raw or ``.gz``) that the user already has; gpunet downloads
@@ -23,7 +28,7 @@ from importlib import resources
 
 import numpy
 
-__all__ = ["load_digits", "load_mnist"]
+__all__ = ["load_digits", "load_mnist", "make_mnist1d"]
 
 DIGITS_FILE = "digits.npz"
 DIGITS_COUNT = 1797
@@ -148,3 +153,66 @@ def load_mnist(directory, split="train"):
     X = images.reshape(images.shape[0], -1).astype(numpy.float32) / numpy.float32(255.0)
     y = labels.astype(numpy.int64)
     return X, y
+
+
+# The ten class templates of make_mnist1d: control values, linearly interpolated to the
+# pattern's width. Distinct shapes (a bump up or down, ramps, steps, waves), chosen by hand.
+MNIST1D_TEMPLATES = (
+    (0.0, 0.5, 1.0, 1.0, 0.5, 0.0),       # 0 bump up
+    (0.0, -0.5, -1.0, -1.0, -0.5, 0.0),   # 1 bump down
+    (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0),    # 2 ramp up
+    (1.0, 0.6, 0.2, -0.2, -0.6, -1.0),    # 3 ramp down
+    (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0),    # 4 step up
+    (1.0, 1.0, 1.0, -1.0, -1.0, -1.0),    # 5 step down
+    (0.0, 1.0, 0.0, 0.0, 1.0, 0.0),       # 6 two bumps
+    (0.0, 1.0, 0.0, -1.0, 0.0, 0.0),      # 7 peak, then trough
+    (0.0, -1.0, 0.0, 1.0, 0.0, 0.0),      # 8 trough, then peak
+    (1.0, -1.0, 1.0, -1.0, 1.0, -1.0),    # 9 zigzag
+)
+
+
+def make_mnist1d(n_train=4000, n_test=4000, length=40, seed=0):
+    """An MNIST-1D-style classification set, generated (nothing is downloaded or stored).
+
+    After the idea of S. Greydanus' MNIST-1D (2020: small 1-D signals whose classes a
+    linear model separates badly and a small MLP or CNN well); the templates and the
+    transformations here are gpunet's own. Each example: the template of its class
+    (``MNIST1D_TEMPLATES``, 10 shapes), interpolated to a random width of 10 to 18 samples
+    (scale in x), times a random amplitude in [0.7, 1.3], placed at a random shift inside
+    ``length`` samples, plus a random linear trend (slope within +-0.5 over the signal),
+    correlated noise (white noise smoothed by a 5-tap moving average, std about 0.15) and
+    white noise (std 0.1).
+
+    Returns ``(X_train, y_train), (X_test, y_test)``: ``X`` float32 ``(n, length)``, ``y``
+    int64 ``(n,)`` with classes 0..9 drawn uniformly. Deterministic: the same arguments
+    give the same arrays (``numpy.random.default_rng(seed)``); the test examples come from
+    the same stream after the training ones.
+    """
+    for name, v in (("n_train", n_train), ("n_test", n_test), ("length", length)):
+        if isinstance(v, bool) or not isinstance(v, (int, numpy.integer)) or v < (20 if name == "length" else 1):
+            raise ValueError(f"make_mnist1d: {name} must be an int >= {20 if name == 'length' else 1}, "
+                             f"got {v!r}")
+    rng = numpy.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, 10, n)
+    X = numpy.empty((n, length), numpy.float64)
+    t = numpy.arange(length)
+    templates = numpy.asarray(MNIST1D_TEMPLATES)
+    width = rng.integers(10, 19, n)
+    amp = rng.uniform(0.7, 1.3, n)
+    shift = rng.random(n)
+    slope = rng.uniform(-0.5, 0.5, n)
+    white = rng.standard_normal((n, length)) * 0.1
+    raw = rng.standard_normal((n, length + 4)) * 0.35
+    smooth = sum(raw[:, k:k + length] for k in range(5)) / 5.0      # moving average of 5
+    for i in range(n):
+        w = int(width[i])
+        pattern = numpy.interp(numpy.linspace(0.0, 5.0, w), numpy.arange(6.0), templates[y[i]])
+        start = int(shift[i] * (length - w + 1))
+        X[i] = 0.0
+        X[i, start:start + w] = amp[i] * pattern
+    X += slope[:, None] * (t / (length - 1) - 0.5)
+    X += smooth + white
+    X = X.astype(numpy.float32)
+    y = y.astype(numpy.int64)
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
