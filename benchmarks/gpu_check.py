@@ -23,7 +23,12 @@ Needs CuPy (14, CUDA 13), PyTorch with CUDA and pytest; no network. Steps:
    step of an MLP 784-4096-4096-10 at batch 1024 (SGD momentum), exact float32 on both. The device-to-device
    copy bandwidth of a 1 GiB buffer is measured too, and each op's achieved bandwidth —
    its compulsory traffic (every input read once, every output written once) over its
-   time — is reported as a fraction of it.
+   time — is reported as a fraction of it. Then mixed precision (issue 14,
+   :func:`run_fp16_timing`): the same fused ops on float16 tensors against the copy
+   roofline and PyTorch, and the MLP 784-4096-4096-10 (batch 1024) and CNN (batch 256)
+   training steps in fp16 (``MixedPrecision`` + ``GradScaler``) against PyTorch
+   autocast(float16) + ``GradScaler``, each beside its fp32 step. Step 3 checks the
+   float16 kernels too (:func:`check_half`).
 
 Prints tables and writes ``DIR/gpu_check.json``. Exit status: 0 when the tests and every
 correctness check pass, 1 otherwise, 2 when there is no usable GPU. Timings never decide
@@ -293,10 +298,77 @@ def check_dropout(cp, rng, results):
                     float(numpy.max(numpy.abs(y1 - y0))), 0.0 if ok else float("inf")))
 
 
+F16 = numpy.dtype(numpy.float16)
+
+
+def half_close(got, ref32, floor=0.0):
+    """(ok, max abs error, error in units of the tolerance) of a float16 result against a
+    float32 reference: within one float16 ulp at the reference's magnitude (a correctly
+    rounded value is within half of one) plus ``floor`` (float32's own rounding)."""
+    got = numpy.asarray(got, dtype=F64)
+    ref = numpy.asarray(ref32, dtype=F64)
+    if got.shape != ref.shape or not numpy.all(numpy.isfinite(got)):
+        return False, float("inf"), float("inf")
+    tol = numpy.spacing(numpy.abs(ref).astype(F16)).astype(F64) + floor
+    err = numpy.abs(got - ref)
+    worst = float(numpy.max(err / tol)) if err.size else 0.0
+    return worst <= 1.0, float(err.max()) if err.size else 0.0, worst
+
+
+def check_half(cp, rng, results):
+    """The float16 (__half) kernels against NumPy's float32 computation on the same
+    (float16) inputs, as tests/test_amp_precision.py judges them on the sim: softmax-CE
+    (loss float32 within rtol 1e-6; dlogits within one float16 ulp + 1e-6 of the gradient's
+    scale), batch norm (statistics and dgamma/dbeta float32 within 3e-5; y, dx within one
+    float16 ulp + 1e-5 of their largest), dropout (bit for bit NumPy's float16 path)."""
+    from gpunet.functional import batchnorm as fbn
+    from gpunet.functional import dropout as fd
+    from gpunet.functional.losses import softmax_cross_entropy as sce
+    gs = 1024.0
+    for (N, C) in [(33, 10), (64, 256), (9, 1024), (5, 1025), (6, 4096), (3, 4099), (4, 32768)]:
+        z = rng.normal(0.0, 3.0, size=(N, C)).astype(F16)
+        y = rng.integers(0, C, size=N).astype(numpy.int64)
+        q = rng.random((N, C)).astype(F32) + 0.05
+        q /= q.sum(axis=1, keepdims=True)
+        for label, lab, eps, red in (("hard", y, 0.0, "mean"), ("hard eps=0.1 sum", y, 0.1, "sum"),
+                                     ("soft eps=0.1", q, 0.1, "mean")):
+            loss, dz = sce(cp.asarray(z), cp.asarray(lab), eps, None, red, grad_scale=gs)
+            rl, rdz = sce(z.astype(F32), lab, eps, None, red, grad_scale=gs)
+            ok1, e1, w1 = close(float(loss.get()), rl, 1e-6, 1e-6)
+            ok2, e2, w2 = half_close(dz.get(), rdz, 1e-6 * gs / (N if red == "mean" else 1))
+            ok = ok1 and ok2 and loss.dtype == F32 and dz.dtype == F16
+            results.append(("softmax_xent half", f"{(N, C)} {label} grad_scale={gs:g}", "float16", ok,
+                            max(e1, e2), max(w1, w2)))
+    for shape in [(33, 17), (256, 10), (2, 3, 5, 7), (4, 16, 8, 8), (16, 8, 64, 64), (64, 32, 7, 7)]:
+        C = shape[1]
+        x = (rng.normal(size=shape) * 2 + 0.5).astype(F16)
+        dy = rng.normal(size=shape).astype(F16)
+        g, b = rng.normal(1.0, 0.3, size=C).astype(F32), rng.normal(size=C).astype(F32)
+        x32, dy32 = x.astype(F32), dy.astype(F32)
+        ry, rm, rv, ri = fbn.batch_norm_forward(x32, g, b, 1e-5)
+        rdx, rdg, rdb = fbn.batch_norm_backward(dy32, x32, g, rm, ri)
+        gx, gg = cp.asarray(x), cp.asarray(g)
+        yy, m, v, inv = fbn.batch_norm_forward(gx, gg, cp.asarray(b), 1e-5)
+        dx, dg, db = fbn.batch_norm_backward(cp.asarray(dy), gx, gg, m, inv)
+        checks = [close(a.get(), r, 3e-5, 3e-5) for a, r in ((m, rm), (v, rv), (inv, ri), (dg, rdg), (db, rdb))]
+        checks += [half_close(yy.get(), ry, 1e-5 * float(numpy.abs(ry).max())),
+                   half_close(dx.get(), rdx, 1e-5 * float(numpy.abs(rdx).max()))]
+        ok = all(c[0] for c in checks) and yy.dtype == F16 and dx.dtype == F16 and m.dtype == F32
+        results.append(("batchnorm half", f"{shape}", "float16", ok, max(c[1] for c in checks),
+                        max(c[2] for c in checks)))
+    for shape in [(3,), (1000,), (64, 1024), (2, 3, 5, 7)]:
+        x = rng.normal(size=shape).astype(F16)
+        y = fd.dropout_forward(cp.asarray(x), 0.3, 5, 9).get()
+        ry = fd.dropout_forward(x, 0.3, 5, 9)
+        ok = bool(numpy.array_equal(y, ry)) and y.dtype == F16
+        results.append(("dropout half", f"{shape} p=0.3", "float16", ok,
+                        float(numpy.max(numpy.abs(y.astype(F64) - ry))), 0.0 if ok else float("inf")))
+
+
 def run_correctness(cp, seed):
     rng = numpy.random.default_rng(seed)
     results, errors = [], []
-    for fn in (check_softmax_xent, check_batchnorm, check_dropout):
+    for fn in (check_softmax_xent, check_batchnorm, check_dropout, check_half):
         try:
             fn(cp, rng, results)
         except Exception:
@@ -462,8 +534,141 @@ def run_timing(cp, torch, args):
     del sets
     cp.get_default_memory_pool().free_all_blocks()
     mlp = time_mlp_step(cp, torch, args, ct, tt, randn)
+    try:
+        fp16 = run_fp16_timing(cp, torch, args, ct, tt, copy_gbs, l2)
+    except Exception:
+        fp16 = {"error": traceback.format_exc()}
+        print(fp16["error"], flush=True)
     return {"copy_GBs": round(copy_gbs, 1), "copy_ms_1GiB": round(copy_ms, 4), "rows": rows,
-            "mlp_step": mlp}
+            "mlp_step": mlp, "fp16": fp16}
+
+
+FP16_KERNEL_SHAPES = {"softmax_xent": ((8192, 32768), (65536, 10), (16384, 1000)),
+                      "batchnorm": ((256, 64, 56, 56), (256, 512, 7, 7)),
+                      "dropout": (64 * 2**20,)}
+FP16_MODELS = ("mlp-784-4096x2-10", "cnn-28x28")
+
+
+def run_fp16_timing(cp, torch, args, ct, tt, copy_gbs, l2, shapes=FP16_KERNEL_SHAPES,
+                    models=FP16_MODELS, cnn_batch=256):
+    """Issue 14's GPU measurements. (a) Each float16 (__half) fused kernel, forward +
+    backward, against the copy roofline: its compulsory bytes (float16 activations and
+    gradients read or written once; softmax-CE's float32 row losses and int64 labels; batch
+    norm's per-channel vectors neglected) over its time, as a fraction of the measured
+    device-to-device copy bandwidth; beside PyTorch eager on the same float16 tensors
+    (cross_entropy on half logits; batch_norm with half input and float32 affine and
+    running statistics; dropout on half). (b) The training steps of ``gpunet bench``'s
+    models in fp16 (MixedPrecision + GradScaler) against PyTorch autocast(float16) +
+    GradScaler (``gpunet.bench.gpunet_step`` / ``torch_step``), and each in fp32 too; the
+    CNN at batch ``cnn_batch``. Goal (the issue): >= 80% of copy bandwidth on the fused
+    ops, >= 1.0x PyTorch autocast on the steps. ``ct``/``tt``: the timers of
+    :func:`median_ms`."""
+    from gpunet import bench
+    from gpunet.functional import batchnorm as fbn
+    from gpunet.functional import dropout as fd
+    from gpunet.functional.losses import softmax_cross_entropy as sce
+    nrng = numpy.random.default_rng(0)
+
+    def randh(shape):
+        return cp.asarray(nrng.standard_normal(shape, dtype=numpy.float32).astype(F16))
+
+    rows = []
+
+    def record(op, shape, nbytes, g_ms, t_ms):
+        g_bw = nbytes / (g_ms * 1e-3) / 1e9
+        row = {"op": op, "shape": list(shape), "dtype": "float16", "bytes": int(nbytes),
+               "gpunet_ms": round(g_ms, 4), "gpunet_GBs": round(g_bw, 1),
+               "gpunet_frac_copy": round(g_bw / copy_gbs, 3)}
+        if t_ms is not None:
+            t_bw = nbytes / (t_ms * 1e-3) / 1e9
+            row.update({"torch_ms": round(t_ms, 4), "torch_GBs": round(t_bw, 1),
+                        "torch_frac_copy": round(t_bw / copy_gbs, 3),
+                        "speedup_vs_torch": round(t_ms / g_ms, 3)})
+        rows.append(row)
+        print(f"  {op} {shape} float16: gpunet {g_ms:.3f} ms ({g_bw / copy_gbs:.0%} of copy)"
+              + ("" if t_ms is None else f", torch {t_ms:.3f} ms"), flush=True)
+
+    F = torch.nn.functional if torch is not None else None
+    for (N, C) in shapes["softmax_xent"]:
+        k = copies_for(N * C * 2, l2)
+        sets = [(randh((N, C)), cp.asarray(nrng.integers(0, C, N))) for _ in range(k)]
+        g_ms = median_ms(*ct, lambda z, y: sce(z, y, grad_scale=1024.0), sets, args.warmup, args.iters)
+        t_ms = None
+        if torch is not None:
+            tsets = [(torch.from_dlpack(z).requires_grad_(True), torch.from_dlpack(y)) for z, y in sets]
+            t_ms = median_ms(*tt, lambda z, y: torch.autograd.grad(F.cross_entropy(z, y) * 1024.0, z),
+                             tsets, args.warmup, args.iters)
+            del tsets
+        # logits read, gradient written (float16), labels read, row losses written (float32)
+        record("softmax_xent fwd+bwd", (N, C), 2 * N * C * 2 + N * 8 + N * 4, g_ms, t_ms)
+        del sets
+    for shape in shapes["batchnorm"]:
+        C = shape[1]
+        size = int(numpy.prod(shape)) * 2
+        gamma = cp.asarray(nrng.normal(1.0, 0.1, C).astype(F32))
+        beta = cp.asarray(nrng.normal(0.0, 0.1, C).astype(F32))
+        sets = [(randh(shape), randh(shape)) for _ in range(copies_for(2 * size, l2))]
+
+        def g_bn(x, dy):
+            y, mean, var, inv_std = fbn.batch_norm_forward(x, gamma, beta, 1e-5)
+            return fbn.batch_norm_backward(dy, x, gamma, mean, inv_std)
+        g_ms = median_ms(*ct, g_bn, sets, args.warmup, args.iters)
+        t_ms = None
+        if torch is not None:
+            w = torch.from_dlpack(gamma).clone().requires_grad_(True)
+            b = torch.from_dlpack(beta).clone().requires_grad_(True)
+            rm, rv = torch.zeros(C, device="cuda"), torch.ones(C, device="cuda")
+            tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
+
+            def t_bn(x, dy):
+                y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
+                return torch.autograd.grad(y, (x, w, b), dy)
+            t_ms = median_ms(*tt, t_bn, tsets, args.warmup, args.iters)
+            del tsets
+        record("batchnorm fwd+bwd", shape, 5 * size, g_ms, t_ms)   # x twice, y, dy, dx
+        del sets
+    for n in shapes["dropout"]:
+        size = n * 2
+        sets = [(randh((n,)), randh((n,))) for _ in range(copies_for(2 * size, l2))]
+
+        def g_drop(x, dy):
+            fd.dropout_forward(x, 0.5, 1, 2)
+            return fd.dropout_backward(dy, 0.5, 1, 2)
+        g_ms = median_ms(*ct, g_drop, sets, args.warmup, args.iters)
+        t_ms = None
+        if torch is not None:
+            tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
+            t_ms = median_ms(*tt, lambda x, dy: torch.autograd.grad(F.dropout(x, 0.5, training=True), x, dy),
+                             tsets, args.warmup, args.iters)
+            del tsets
+        record("dropout fwd+bwd p=0.5", (n,), 4 * size, g_ms, t_ms)
+        del sets
+    if hasattr(cp, "get_default_memory_pool"):
+        cp.get_default_memory_pool().free_all_blocks()
+
+    steps = []
+    device = "sim" if "sim" in cp.__name__ else "cuda"
+    for name in models:
+        spec = dict(bench.ALL_MODELS[name])
+        if spec["kind"] == "cnn":
+            spec["batch"] = cnn_batch
+        res = {"model": name, "batch": spec["batch"]}
+        for precision in ("fp32", "fp16"):
+            step, _ = bench.gpunet_step(spec, device, precision)
+            res[f"gpunet_{precision}_ms"] = round(median_ms(*ct, step, [()], args.warmup, args.iters), 4)
+            if torch is not None:
+                tstep, _ = bench.torch_step(spec, "cuda", precision)
+                res[f"torch_{precision}_ms"] = round(median_ms(*tt, tstep, [()], args.warmup, args.iters), 4)
+        res["gpunet_fp16_speedup"] = round(res["gpunet_fp32_ms"] / res["gpunet_fp16_ms"], 3)
+        if torch is not None:
+            res["torch_fp16_speedup"] = round(res["torch_fp32_ms"] / res["torch_fp16_ms"], 3)
+            res["fp16_vs_torch_autocast"] = round(res["torch_fp16_ms"] / res["gpunet_fp16_ms"], 3)
+        steps.append(res)
+        print(f"  {name} batch {spec['batch']}: gpunet fp32 {res['gpunet_fp32_ms']} ms, fp16 "
+              f"{res['gpunet_fp16_ms']} ms" + (f"; torch fp32 {res['torch_fp32_ms']} ms, autocast fp16 "
+                                               f"{res['torch_fp16_ms']} ms" if torch is not None else ""),
+              flush=True)
+    return {"kernels": rows, "steps": steps}
 
 
 def time_mlp_step(cp, torch, args, ct, tt, randn, sizes=(784, 4096, 4096, 10), batch=1024):
@@ -581,6 +786,18 @@ def main(argv=None) -> int:
                           f"{r['gpunet_frac_copy']:.0%}", r.get("torch_ms", "-"), r.get("torch_GBs", "-"),
                           f"{r['torch_frac_copy']:.0%}" if "torch_frac_copy" in r else "-",
                           r.get("speedup_vs_torch", "-")] for r in t["rows"]], hdr))
+            if "kernels" in t.get("fp16", {}):
+                print(table([[r["op"], "x".join(map(str, r["shape"])), r["gpunet_ms"], r["gpunet_GBs"],
+                              f"{r['gpunet_frac_copy']:.0%}", r.get("torch_ms", "-"), r.get("torch_GBs", "-"),
+                              f"{r['torch_frac_copy']:.0%}" if "torch_frac_copy" in r else "-",
+                              r.get("speedup_vs_torch", "-")] for r in t["fp16"]["kernels"]],
+                            ["op (float16)", "shape", "gpunet ms", "GB/s", "of copy", "torch ms", "GB/s",
+                             "of copy", "torch/gpunet"]))
+                print(table([[s_["model"], s_["batch"], s_["gpunet_fp32_ms"], s_["gpunet_fp16_ms"],
+                              s_.get("torch_fp32_ms", "-"), s_.get("torch_fp16_ms", "-"),
+                              s_.get("fp16_vs_torch_autocast", "-")] for s_ in t["fp16"]["steps"]],
+                            ["model", "batch", "gpunet fp32 ms", "gpunet fp16 ms", "torch fp32 ms",
+                             "torch autocast ms", "torch/gpunet fp16"]))
             m = t["mlp_step"]
             print(f"  {m['model']}, batch {m['batch']}: gpunet {m['gpunet_samples_s']:,} samples/s"
                   + (f", torch {m['torch_samples_s']:,} samples/s, torch/gpunet time "

@@ -42,3 +42,41 @@ def test_without_a_gpu_it_says_why_and_exits_2(tmp_path):
     assert p.returncode == 2
     assert "no usable GPU" in p.stderr and "CUDA" in p.stderr
     assert not (tmp_path / "o" / "gpu_check.json").exists()
+
+
+def _load_gpu_check():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fp16_checks_and_timings_run_on_the_sim():
+    """The GPU-only fp16 code of gpu_check (check_half, run_fp16_timing) runs end to end on
+    the sim, with small shapes and a wall-clock timer (times mean nothing there): the half
+    kernels pass their checks, and every row and step is filled in."""
+    import time
+    from types import SimpleNamespace
+
+    import numpy
+    from gpunet import sim
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    gc = _load_gpu_check()
+    sp = backend.require_sim()
+    results = []
+    gc.check_half(sp, numpy.random.default_rng(0), results)
+    bad = [r for r in results if not r[3]]
+    assert results and not bad, bad
+    t = {}
+    timer = (lambda: t.__setitem__("a", time.perf_counter()), lambda: t.__setitem__("b", time.perf_counter()),
+             lambda: (t["b"] - t["a"]) * 1e3, lambda: None)
+    out = gc.run_fp16_timing(sp, None, SimpleNamespace(warmup=1, iters=2), timer, None, 100.0, 2**20,
+                             shapes={"softmax_xent": ((64, 100),), "batchnorm": ((8, 4, 4, 4),),
+                                     "dropout": (1000,)}, models=("mlp-784-128-10",))
+    assert [r["op"] for r in out["kernels"]] == ["softmax_xent fwd+bwd", "batchnorm fwd+bwd",
+                                                 "dropout fwd+bwd p=0.5"]
+    assert all(r["gpunet_ms"] > 0 and r["dtype"] == "float16" for r in out["kernels"])
+    (step,) = out["steps"]
+    assert step["gpunet_fp32_ms"] > 0 and step["gpunet_fp16_ms"] > 0 and "torch_fp16_ms" not in step
