@@ -415,3 +415,25 @@ def test_fp16_compression_stays_close(tmp_path):
         for k, v in ref.items():
             numpy.testing.assert_allclose(got[k], v, rtol=2e-2, atol=2e-3, err_msg=k)
         assert any(not numpy.array_equal(got[k], v.astype(got[k].dtype)) for k, v in ref.items())
+
+
+def test_nccl_path_uses_only_names_the_installed_cupy_has():
+    """The NCCL path cannot run without GPUs; this checks every ``nccl.X`` and
+    ``self._nccl.X`` it names against the installed CuPy (the cuda extras bring NCCL)."""
+    import re
+    cupy = pytest.importorskip("cupy")
+    from cupy.cuda import nccl
+    if not nccl.available:
+        pytest.skip("CuPy cannot load the NCCL library (pip install nvidia-nccl-cu13)")
+    src = open(D.comm.__file__).read()
+    module_names = set(re.findall(r"\bnccl\.(\w+)", src))
+    method_names = set(re.findall(r"self\._nccl\.(\w+)", src))
+    assert {"NcclCommunicator", "get_unique_id", "NCCL_SUM", "NCCL_FLOAT32"} <= module_names
+    assert {"allReduce", "bcast"} <= method_names
+    assert [n for n in module_names if not hasattr(nccl, n)] == []
+    assert [n for n in method_names if not hasattr(nccl.NcclCommunicator, n)] == []
+    assert isinstance(nccl.get_unique_id(), bytes)         # CuPy 14: bytes, sent over MPI as is
+    for n in ("record", "wait_event"):
+        assert hasattr(cupy.cuda.Stream, n)
+    assert "non_blocking" in cupy.cuda.Stream.__init__.__doc__
+    assert hasattr(cupy.cuda.Event, "done") and hasattr(cupy.cuda, "get_current_stream")
