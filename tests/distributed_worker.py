@@ -17,11 +17,11 @@ N, FEATURES, CLASSES = 320, 12, 5          # 5 global batches of 64 an epoch
 GLOBAL_BATCH, STEPS = 64, 20
 
 
-def data():
+def data(kind=None):
     rng = numpy.random.default_rng(123)
     X = rng.standard_normal((N, FEATURES))
     y = rng.integers(0, CLASSES, N)
-    return X, y
+    return (X.reshape(N, 1, 3, 4) if kind == "convbn" else X), y
 
 
 def model(kind, comm=None, seed=0):
@@ -34,6 +34,9 @@ def model(kind, comm=None, seed=0):
     elif kind == "bn":
         bn = L.BatchNorm(32) if comm is None else D.SyncBatchNorm(32, comm=comm)
         layers = [L.Dense(FEATURES, 32), bn, L.ReLU(), L.Dense(32, CLASSES)]
+    elif kind == "convbn":               # (N, 1, 3, 4) images: statistics over N·H·W
+        bn = L.BatchNorm(4) if comm is None else D.SyncBatchNorm(4, comm=comm)
+        layers = [L.Conv2D(1, 4, 3, padding=1), bn, L.ReLU(), L.Flatten(), L.Dense(48, CLASSES)]
     elif kind == "dropout":
         layers = [L.Dense(FEATURES, 32, activation="relu"), L.Dropout(0.3), L.Dense(32, CLASSES)]
     elif kind == "big":
@@ -65,7 +68,7 @@ def params(net):
 
 
 def equivalence(kind, comm):
-    X, y = data()
+    X, y = data(kind)
     net = model(kind, comm, seed=comm.rank + 1)        # different weights until broadcast
     D.broadcast_parameters(net, comm)
     opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), comm,
@@ -77,7 +80,7 @@ def equivalence(kind, comm):
 
 def reference(kind):
     """One process, global batch, plain layers and optimizer."""
-    X, y = data()
+    X, y = data(kind)
     net = model(kind, None, seed=1)
     opt = gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     train(net, opt, gpunet.DataLoader(X, y, batch_size=GLOBAL_BATCH, shuffle=True, seed=0), STEPS)
@@ -202,7 +205,7 @@ def fail(comm):
 def main():
     scenario, out = sys.argv[1], sys.argv[2]
     comm = D.init()
-    if scenario in ("mlp", "bn", "dropout"):
+    if scenario in ("mlp", "bn", "convbn", "dropout"):
         arrays, info = equivalence(scenario, comm)
     elif scenario == "overlap":
         arrays, info = overlap(comm)

@@ -69,7 +69,7 @@ def assert_same_model(got, ref, rtol=1e-10):
 
 # -- two processes ---------------------------------------------------------------------------------
 @needs_mpi
-@pytest.mark.parametrize("kind", ["mlp", "bn", "dropout"])
+@pytest.mark.parametrize("kind", ["mlp", "bn", "convbn", "dropout"])
 def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
     """2 processes × batch 32, 20 SGD-momentum steps (float64), different initial weights
     until broadcast_parameters, vs 1 process × batch 64 with plain layers (BatchNorm for
