@@ -64,12 +64,15 @@ def train(net, opt, loader, steps, loss_fn=None):
 
 
 def params(net):
-    return {k: v for k, v in net.state_dict().items()}
+    return dict(net.state_dict())
 
 
-def equivalence(kind, comm):
+def equivalence(kind, comm, device=None):
     X, y = data(kind)
     net = model(kind, comm, seed=comm.rank + 1)        # different weights until broadcast
+    if device is not None:                             # the sim: reduced through the host
+        net.to(device)
+        X, y = gpunet.to_device(X, device), gpunet.to_device(y, device)
     D.broadcast_parameters(net, comm)
     opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), comm,
                                  bucket_mb=0.01)
@@ -207,6 +210,8 @@ def main():
     comm = D.init()
     if scenario in ("mlp", "bn", "convbn", "dropout"):
         arrays, info = equivalence(scenario, comm)
+    elif scenario == "sim":
+        arrays, info = equivalence("bn", comm, device="sim")
     elif scenario == "overlap":
         arrays, info = overlap(comm)
     elif scenario == "fail":

@@ -84,6 +84,24 @@ def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
         assert_same_model(got, ref)
 
 
+def _sim_available():
+    try:
+        import gpunet.sim
+        return bool(gpunet.sim.compiler())
+    except ImportError:
+        return False
+
+
+@needs_mpi
+@pytest.mark.skipif(not _sim_available(), reason="the sim device needs a C++ compiler")
+def test_two_processes_on_the_sim_device(tmp_path):
+    """Device arrays that are not CuPy's (the sim) are reduced through the host: the
+    SyncBatchNorm model on the sim, 2 × 32, against BatchNorm on NumPy with batch 64."""
+    ref = W.reference("bn")
+    for got in run_worker("sim", tmp_path):
+        assert_same_model(got, ref, rtol=1e-9)
+
+
 @needs_mpi
 def test_first_bucket_allreduce_starts_before_backward_ends(tmp_path):
     """Call order recorded by DistributedOptimizer.trace: the all-reduce of bucket 0 (the

@@ -346,8 +346,9 @@ def init(device="auto"):
     """The communicator of this process (created once; later calls return the same one).
 
     ``device``: ``"auto"`` (CUDA with NCCL when CuPy sees a GPU — ``GPUNET_DEVICE`` is
-    honoured through ``gpunet.default_device()`` — else the CPU with MPI), ``"cpu"`` or
-    ``"cuda"``. Not started by an MPI launcher: a world of one (``backend="self"``), MPI is
+    honoured through ``gpunet.default_device()`` — else the CPU with MPI; with
+    ``GPUNET_DEVICE=sim``, ``comm.device`` is ``"sim"`` and its arrays are reduced through the
+    host), ``"cpu"`` or ``"cuda"``. Not started by an MPI launcher: a world of one (``backend="self"``), MPI is
     not imported. Started by one: mpi4py is required (``pip install 'gpunet[mpi]'``).
     With CUDA each process uses ``cuda:<local_rank>`` (made the current CuPy device): run at
     most as many processes per node as it has GPUs.
@@ -357,18 +358,21 @@ def init(device="auto"):
         return _WORLD
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"gpunet.distributed.init: expected device 'auto', 'cpu' or 'cuda', got {device!r}")
+    host = "cpu"
     if device == "auto":
         from ..backend import default_device
-        device = "cuda" if default_device().startswith("cuda") else "cpu"
+        host = default_device()                 # "cpu", "sim" or "cuda..."
+        device = "cuda" if host.startswith("cuda") else "cpu"
+        host = "cpu" if device == "cuda" else host
     if not launched_by_mpi():
-        _WORLD = Communicator(device="cuda:0" if device == "cuda" else "cpu")
+        _WORLD = Communicator(device="cuda:0" if device == "cuda" else host)
         return _WORLD
     MPI = _import_mpi()
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = node.Get_rank(), node.Get_size()
     nccl_comm = None
-    dev = "cpu"
+    dev = host
     if device == "cuda":
         import cupy
         from cupy.cuda import nccl
