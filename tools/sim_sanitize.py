@@ -23,7 +23,8 @@ smoothing; batch norm on (N, C) and (N, C, H, W) with HW = 1, 3, 25 (odd), 4, 16
 enough that a channel spans several chunks, N = 1; dropout with n = 1, n not a multiple
 of 4, unaligned, and grid-stride sizes; float32 and float64, and float16 for the __half
 kernels of softmax-CE, batch norm and dropout (against NumPy's float16 path: float32
-inside, rounded once). And inputs at the extremes
+inside, rounded once); convolution (im2col, col2im, the bias/ReLU epilogue and its
+gradient) and max/average pooling, forward and backward, aligned and offset, in all three. And inputs at the extremes
 (issue 15), checked against a long-double truth with the accuracy rule of
 tests/test_kernels_gpu.py (``extreme_*``): batch norm with a large mean, a large mean
 and a small spread, an outlier first value, a constant channel; softmax-CE with a first
@@ -177,7 +178,7 @@ def cases():
         pdtype = numpy.float32 if dtype == numpy.float16 else dtype   # gamma/beta, statistics
         for shape in bn_shapes:
             for offset in (0, 1):
-                def run(shape=shape, offset=offset, dtype=dtype):
+                def run(shape=shape, offset=offset, dtype=dtype, pdtype=pdtype):
                     C = shape[1]
                     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
                     dy = rng.standard_normal(shape).astype(dtype)
@@ -213,6 +214,59 @@ def cases():
                     check(want, got, dtype)
 
                 out.append((f"dropout_n{n}_offset{offset}_{short}", run))
+
+    # Convolution (im2col, col2im, bias/ReLU epilogue, its gradient) and pooling (max, avg),
+    # forward and backward; float16 against NumPy's float16 path (float32 inside, rounded
+    # once; the device rounds the GEMM's output before the epilogue: a few float16 ulps)
+    conv_cases = [((1, 1, 5, 5), (2, 1, 3, 3), 1, 1), ((2, 3, 7, 6), (4, 3, 3, 2), (2, 1), (1, 0)),
+                  ((1, 2, 8, 8), (3, 2, 1, 1), 1, 0), ((2, 2, 9, 9), (3, 2, 3, 3), 2, 1),
+                  ((3, 1, 4, 5), (1, 1, 4, 5), 1, 0)]
+    for dtype in (*dtypes, numpy.float16):
+        short = SHORT[dtype]
+        for xs, ws, st, pd in conv_cases:
+            for offset in (0, 1):
+                def run(xs=xs, ws=ws, st=st, pd=pd, offset=offset, dtype=dtype):
+                    x = rng.standard_normal(xs).astype(dtype)
+                    w = (rng.standard_normal(ws) * 0.5).astype(dtype)
+                    b = rng.standard_normal(ws[0]).astype(dtype)
+                    y = F.conv2d(x, w, b, st, pd, activation="relu")
+                    dy = rng.standard_normal(y.shape).astype(dtype)
+                    want = (y, *F.conv2d_backward(dy, x, w, st, pd, y=y, activation="relu"))
+                    ys = F.conv2d(on_sim(x, offset), sp.asarray(w), sp.asarray(b), st, pd, activation="relu")
+                    got = (ys, *F.conv2d_backward(on_sim(dy, offset), on_sim(x, offset), sp.asarray(w), st, pd,
+                                                  y=ys, activation="relu"))
+                    for wv, g in zip(want, got):
+                        t = tol(dtype)
+                        if dtype == numpy.float16:
+                            scale = float(numpy.abs(wv.astype(numpy.float64)).max()) if wv.size else 1.0
+                            t = dict(rtol=4e-3, atol=4e-3 * max(scale, 1.0))
+                        numpy.testing.assert_allclose(to_numpy(g).astype(numpy.float64),
+                                                      wv.astype(numpy.float64), **t)
+
+                tag = "x".join(map(str, xs)) + "_k" + "x".join(map(str, ws[2:]))
+                out.append((f"conv_{tag}{'_offset' if offset else ''}_{short}", run))
+        for xs, k, st, pd in (((2, 3, 7, 7), 3, 2, 1), ((1, 1, 4, 4), 2, None, 0), ((2, 2, 9, 8), 2, 2, 0)):
+            for offset in (0, 1):
+                def run(xs=xs, k=k, st=st, pd=pd, offset=offset, dtype=dtype):
+                    x = rng.standard_normal(xs).astype(dtype)
+                    y, arg = F.max_pool2d(x, k, st, pd)
+                    dy = rng.standard_normal(y.shape).astype(dtype)
+                    want = (y, F.max_pool2d_backward(dy, arg, x.shape, k, st, pd), F.avg_pool2d(x, k, st, pd),
+                            F.avg_pool2d_backward(dy, x.shape, k, st, pd))
+                    gy, garg = F.max_pool2d(on_sim(x, offset), k, st, pd)
+                    got = (gy, F.max_pool2d_backward(on_sim(dy, offset), garg, x.shape, k, st, pd),
+                           F.avg_pool2d(on_sim(x, offset), k, st, pd),
+                           F.avg_pool2d_backward(on_sim(dy, offset), x.shape, k, st, pd))
+                    numpy.testing.assert_array_equal(to_numpy(garg), arg)
+                    for wv, g in zip(want, got):
+                        t = tol(dtype)
+                        if dtype == numpy.float16:   # NumPy sums float16 windows in float16
+                            t = dict(rtol=4e-3, atol=4e-3)
+                        numpy.testing.assert_allclose(to_numpy(g).astype(numpy.float64),
+                                                      wv.astype(numpy.float64), **t)
+
+                tag = "x".join(map(str, xs)) + f"_k{k}"
+                out.append((f"pool_{tag}{'_offset' if offset else ''}_{short}", run))
 
     out += extreme_cases(sp, on_sim)
     out += optim_cases(sp, tol)
