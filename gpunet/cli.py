@@ -73,7 +73,7 @@ def _add_train(sub):
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: float16 forward/backward, float32 master weights, dynamic "
-                        "loss scaling (gpunet.amp)")
+                        "loss scaling (gpunet.amp); bfloat16 is not supported (NumPy has none)")
     p.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}",
                    help="default: auto (GPUNET_DEVICE, else CUDA when CuPy sees a GPU, else cpu)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
