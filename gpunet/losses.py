@@ -2,7 +2,7 @@
 
 Each call computes the loss and its gradient in one pass (see ``gpunet.functional.losses``)
 and keeps the gradient for ``backward()``. The loss is on the prediction's device, in its
-dtype.
+dtype (``SoftmaxCrossEntropy`` of float16 logits: a float32 loss, a float16 gradient).
 
 ``reduction`` (every loss; PyTorch's meanings): ``"mean"`` (default) gives a 0-d array,
 ``float(loss)`` works; ``"sum"`` a 0-d array of the sum of the per-row (per-element)

@@ -1,6 +1,7 @@
 """Losses as plain functions, each returning ``(loss, dinput)`` in one pass.
 
-``loss`` is on the input's device and in its dtype: a 0-d array for ``reduction="mean"``
+``loss`` is on the input's device and in its dtype (float32 for softmax cross-entropy of
+float16 logits): a 0-d array for ``reduction="mean"``
 (the default) or ``"sum"``, the unreduced per-row (per-element) losses for ``"none"``;
 these are PyTorch's meanings. ``dinput`` is the gradient with respect to the first argument
 of the reduced loss, and for ``"none"`` of the sum of the unreduced losses (what PyTorch's
