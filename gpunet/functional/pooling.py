@@ -80,6 +80,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.max_pool2d(x, kernel, stride, padding, out_hw)
+    if x.dtype == numpy.float16:    # NumPy's float16 loops are slow: float32 inside (exact here)
+        y, arg = max_pool2d(x.astype(numpy.float32), kernel, stride, padding)
+        return y.astype(numpy.float16), arg
     if _cnhw(x):
         y, arg = _max_pool(xp, _swap(x), kernel, stride, padding, out_hw)
         return _swap(y), _swap(arg)
@@ -119,6 +122,9 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.max_pool2d_backward(dy, arg, x_shape, kernel, stride, padding)
+    if dy.dtype == numpy.float16:   # float32 sums of overlapping windows, rounded once
+        return max_pool2d_backward(dy.astype(numpy.float32), arg, x_shape, kernel, stride,
+                                   padding).astype(numpy.float16)
     if _cnhw(arg):
         n, c, h, w = x_shape
         # dy in arg's layout first (one small copy when it comes C-contiguous, e.g. through
@@ -157,6 +163,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.avg_pool2d(x, kernel, stride, padding, out_hw)
+    if x.dtype == numpy.float16:    # float32 sums, rounded once (as the device kernel)
+        return avg_pool2d(x.astype(numpy.float32), kernel, stride, padding).astype(numpy.float16)
     xpad = pad2d(x, padding)
     y = None
     for k, sh, sw in _slices(kernel, stride, out_hw):
@@ -175,6 +183,9 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding)
+    if dy.dtype == numpy.float16:   # float32 sums, rounded once (as the device kernel)
+        return avg_pool2d_backward(dy.astype(numpy.float32), x_shape, kernel, stride,
+                                   padding).astype(numpy.float16)
     n, c, h, w = x_shape
     (ph, pw) = padding
     g = dy * (1.0 / (kernel[0] * kernel[1]))
