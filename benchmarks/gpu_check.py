@@ -29,6 +29,13 @@ Needs CuPy (14, CUDA 13), PyTorch with CUDA and pytest; no network. Steps:
    training steps in fp16 (``MixedPrecision`` + ``GradScaler``) against PyTorch
    autocast(float16) + ``GradScaler``, each beside its fp32 step. Step 3 checks the
    float16 kernels too (:func:`check_half`).
+5. **training throughput** (issue 12): samples/s of ``gpunet train``'s models on the
+   embedded digits (the MLP 64-256-128-10 and ``--model cnn``, batch 64, Adam lr 1e-3,
+   data resident on the device): gpunet ``Trainer.fit`` eager and with
+   ``cuda_graph=True``, against PyTorch eager (default Adam), PyTorch ``Adam(fused=True)``
+   and PyTorch with the whole step captured in a CUDA graph (``torch.cuda.graph``,
+   ``Adam(capturable=True)``), each timed over its last epochs after warm-up epochs (wall
+   clock, the device synchronized at both ends; no per-step host reads on either side).
 
 Prints tables and writes ``DIR/gpu_check.json``. Exit status: 0 when the tests and every
 correctness check pass, 1 otherwise, 2 when there is no usable GPU. Timings never decide
@@ -77,6 +84,10 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=None,
                     help="seed of the correctness inputs (default: fresh, printed)")
     ap.add_argument("--no-torch", action="store_true", help="time gpunet only")
+    ap.add_argument("--skip-train", action="store_true", help="do not run the training throughput")
+    ap.add_argument("--train-epochs", type=int, default=6,
+                    help="epochs per training-throughput run, the first 2 untimed (default 6; "
+                         "at least 2)")
     return ap.parse_args(argv)
 
 
@@ -715,6 +726,161 @@ def time_mlp_step(cp, torch, args, ct, tt, randn, sizes=(784, 4096, 4096, 10), b
 
 
 # ---------------------------------------------------------------------------------------
+# 5. training throughput: gpunet train's models, gpunet vs PyTorch, eager and graphs
+# ---------------------------------------------------------------------------------------
+
+TRAIN_MODELS = ("mlp", "cnn")
+TORCH_VARIANTS = ("eager", "fused_adam", "cuda_graph")
+
+
+def _timed(epochs, warm_epochs):
+    if not 0 <= warm_epochs < epochs:
+        raise ValueError(f"training throughput: expected 0 <= warm_epochs < epochs, got "
+                         f"{warm_epochs} and {epochs}")
+
+
+def _digits(kind):
+    from gpunet import datasets
+    (X, y), _ = datasets.load_digits()
+    return (X.reshape(-1, 1, 8, 8) if kind == "cnn" else X), y
+
+
+def gpunet_train_throughput(device, kind, cuda_graph, epochs=6, batch=64, warm_epochs=2):
+    """samples/s of ``Trainer.fit`` on the digits (what ``gpunet train [--model cnn]``
+    runs), over the epochs after ``warm_epochs``; also the final training loss."""
+    import gpunet
+    from gpunet import SoftmaxCrossEntropy, models, optim
+    from gpunet.train import Callback, Trainer
+    _timed(epochs, warm_epochs)
+    X, y = _digits(kind)
+    gpunet.manual_seed(0)
+    model = (models.cnn_digits() if kind == "cnn" else models.mlp((64, 256, 128, 10))).to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=1e-3),
+                 cuda_graph=cuda_graph)
+
+    class Timer(Callback):
+        seconds, samples = 0.0, 0
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch >= warm_epochs:
+                Timer.seconds += trainer.last_epoch_seconds
+                Timer.samples += trainer.last_epoch_samples
+    h = tr.fit((X, y), epochs=epochs, batch_size=batch, callbacks=[Timer()], progress=False)
+    return {"framework": "gpunet", "model": kind, "variant": "cuda_graph" if cuda_graph else "eager",
+            "samples_s": round(Timer.samples / max(Timer.seconds, 1e-12)),
+            "final_loss": round(float(h["loss"][-1]), 4)}
+
+
+def _torch_model(torch, kind):
+    nn = torch.nn
+    if kind == "cnn":
+        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                             nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 16, 10))
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def torch_train_throughput(torch, device, kind, variant, epochs=6, batch=64, warm_epochs=2):
+    """samples/s of the same model, data (resident on ``device``), batch and Adam in
+    PyTorch: ``eager`` (torch.optim.Adam's default), ``fused_adam`` (``fused=True``) or
+    ``cuda_graph`` (the full batches' whole step captured once with ``torch.cuda.graph``
+    and replayed, ``capturable=True`` Adam; the last partial batch eager). The loss is
+    summed on the device, read once per epoch."""
+    if variant not in TORCH_VARIANTS:
+        raise ValueError(f"torch_train_throughput: variant {variant!r} not in {TORCH_VARIANTS}")
+    if variant == "cuda_graph" and not str(device).startswith("cuda"):
+        raise ValueError("torch_train_throughput: cuda_graph needs a CUDA device")
+    _timed(epochs, warm_epochs)
+    torch.manual_seed(0)
+    Xh, yh = _digits(kind)
+    X, y = torch.as_tensor(Xh, device=device), torch.as_tensor(yh, device=device)
+    model = _torch_model(torch, kind).to(device)
+    kw = {"fused": True} if variant == "fused_adam" else {"capturable": True} if variant == "cuda_graph" else {}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **kw)
+    loss_fn = torch.nn.functional.cross_entropy
+    n = X.shape[0]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    graph = static = None
+    if variant == "cuda_graph":
+        sx, sy = X[:batch].clone(), y[:batch].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):                 # warm-up on a side stream, as PyTorch advises
+                step(sx, sy)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            static = step(sx, sy)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    seconds, samples, last = 0.0, 0, float("nan")
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen).to(device)
+        Xe, ye = X[order], y[order]
+        total = torch.zeros((), device=device)
+        sync()
+        t0 = time.perf_counter()
+        for s in range(0, n, batch):
+            xb, yb = Xe[s:s + batch], ye[s:s + batch]
+            if graph is not None and xb.shape[0] == batch:
+                sx.copy_(xb)
+                sy.copy_(yb)
+                graph.replay()
+                total += static * batch
+            else:
+                total += step(xb, yb) * xb.shape[0]
+        sync()
+        if epoch >= warm_epochs:
+            seconds += time.perf_counter() - t0
+            samples += n
+        last = float(total) / n
+    return {"framework": "torch", "model": kind, "variant": variant,
+            "samples_s": round(samples / max(seconds, 1e-12)), "final_loss": round(last, 4)}
+
+
+def run_train_throughput(torch, device, epochs, models=TRAIN_MODELS):
+    """Every (model, framework, variant) run on ``device``; a failing run is recorded with
+    its error instead of a number. gpunet/torch ratios are per model, against torch eager."""
+    rows = []
+    warm = min(2, epochs - 1)
+    for kind in models:
+        for cg in (False, True):
+            try:
+                rows.append(gpunet_train_throughput(device, kind, cg, epochs, warm_epochs=warm))
+            except Exception as e:
+                rows.append({"framework": "gpunet", "model": kind,
+                             "variant": "cuda_graph" if cg else "eager", "error": repr(e)})
+        if torch is None:
+            continue
+        tdev = "cuda" if device.startswith("cuda") else "cpu"
+        for variant in TORCH_VARIANTS:
+            try:
+                rows.append(torch_train_throughput(torch, tdev, kind, variant, epochs,
+                                                   warm_epochs=warm))
+            except Exception as e:
+                rows.append({"framework": "torch", "model": kind, "variant": variant, "error": repr(e)})
+        base = next((r.get("samples_s") for r in rows if r["model"] == kind
+                     and r["framework"] == "torch" and r["variant"] == "eager"), None)
+        for r in rows:
+            if r["model"] == kind and base and r.get("samples_s"):
+                r["vs_torch_eager"] = round(r["samples_s"] / base, 3)
+    for r in rows:
+        print(f"  {r['model']:4s} {r['framework']:6s} {r['variant']:10s} "
+              + (f"{r['samples_s']:>10,} samples/s" if "samples_s" in r else f"ERROR {r['error']}"),
+              flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -805,6 +971,14 @@ def main(argv=None) -> int:
         except Exception:
             report["timing_error"] = traceback.format_exc()
             print(report["timing_error"])
+
+    if not args.skip_train:
+        print(f"\n[5] training throughput (digits, batch 64, Adam; {args.train_epochs} epochs, "
+              "the first 2 untimed)", flush=True)
+        report["train_throughput"] = run_train_throughput(torch, "cuda", args.train_epochs)
+        print(table([[r["model"], r["framework"], r["variant"], r.get("samples_s", "error"),
+                      r.get("vs_torch_eager", "-")] for r in report["train_throughput"]],
+                    ["model", "framework", "variant", "samples/s", "vs torch eager"]))
 
     report["passed"] = bool(ok)
     report["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -80,3 +80,31 @@ def test_fp16_checks_and_timings_run_on_the_sim():
     assert all(r["gpunet_ms"] > 0 and r["dtype"] == "float16" for r in out["kernels"])
     (step,) = out["steps"]
     assert step["gpunet_fp32_ms"] > 0 and step["gpunet_fp16_ms"] > 0 and "torch_fp16_ms" not in step
+
+
+def test_training_throughput_logic_runs_without_a_gpu():
+    """Step 5's code paths on what this machine has: gpunet's Trainer eager and with a CUDA
+    graph on the sim, PyTorch eager and fused Adam on the CPU (its CUDA-graph variant needs
+    CUDA and is refused with a ValueError here). Numbers are not judged, only that every
+    run finishes with a finite loss, the graph run reaching the eager run's loss."""
+    from gpunet import sim
+    if sim.compiler() is None:
+        pytest.skip("needs the sim device")
+    gc = _load_gpu_check()
+    eager = gc.gpunet_train_throughput("sim", "mlp", False, epochs=3, warm_epochs=1)
+    graph = gc.gpunet_train_throughput("sim", "mlp", True, epochs=3, warm_epochs=1)
+    for r in (eager, graph):
+        assert r["samples_s"] > 0 and 0 < r["final_loss"] < 3
+    assert graph["final_loss"] == eager["final_loss"]
+    torch = pytest.importorskip("torch")
+    for variant in ("eager", "fused_adam"):
+        r = gc.torch_train_throughput(torch, "cpu", "mlp", variant, epochs=3, warm_epochs=1)
+        assert r["samples_s"] > 0 and 0 < r["final_loss"] < 3
+    with pytest.raises(ValueError, match="CUDA"):
+        gc.torch_train_throughput(torch, "cpu", "mlp", "cuda_graph", epochs=1)
+    rows = gc.run_train_throughput(torch, "sim", 2, models=("mlp",))
+    assert {(r["framework"], r["variant"]) for r in rows} == {
+        ("gpunet", "eager"), ("gpunet", "cuda_graph"), ("torch", "eager"),
+        ("torch", "fused_adam"), ("torch", "cuda_graph")}
+    assert "error" in next(r for r in rows if r["variant"] == "cuda_graph" and r["framework"] == "torch")
+    assert all("vs_torch_eager" in r for r in rows if "samples_s" in r)
