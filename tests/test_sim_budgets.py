@@ -271,3 +271,21 @@ def test_optimizer_launches_do_not_grow_with_the_number_of_parameters():
             mt = {k: v for k, v in c["kernels"].items() if k.startswith("mt_") or k == "fill"}
             assert sum(mt.values()) <= 2 and len(mt) == 1, mt
             assert c["syncs"] == 0, c
+
+
+def test_an_abandoned_staged_copy_is_forgotten_with_its_array(monkeypatch):
+    """A loop that stops early leaves the next batch's copy un-waited; once that array is
+    gone its memory may hold another array, which must read without complaint."""
+    import gc
+    monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.0)
+    X, y = _blobs()
+    it = iter(gdata.DataLoader(X, y, batch_size=B, device="sim"))
+    next(it)
+    del it
+    gc.collect()
+    from gpunet.sim import _counters
+    sp = gpunet.backend.require_sim()
+    for _ in range(50):                    # fresh arrays over the freed memory
+        a = sp.asarray(X[:B])
+        float(a.sum())
+    assert all(e[4]() is not None for e in _counters._pending)

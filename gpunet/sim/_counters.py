@@ -177,7 +177,8 @@ def _refuse(what):
 
 
 # Host-to-device copies issued on a stream and not yet known to be waited for by the
-# stream that reads their destination: (start, end, stream, op number).
+# stream that reads their destination: (start, end, stream, op number, weak reference to
+# the destination buffer: an entry goes with its buffer, whose memory NumPy may reuse).
 _pending: list = []
 
 
@@ -185,8 +186,9 @@ def copy_on_stream(a, stream) -> None:
     """``a`` (a NumPy buffer of a sim array) was filled by an async copy enqueued on
     ``stream``: a read of it from another stream must first wait for an event recorded on
     ``stream`` after the copy (``Stream.wait_event``)."""
+    import weakref
     start = a.ctypes.data
-    _pending.append((start, start + a.nbytes, stream, stream._enqueue()))
+    _pending.append((start, start + a.nbytes, stream, stream._enqueue(), weakref.ref(a)))
 
 
 def check_ready(a) -> None:
@@ -197,7 +199,10 @@ def check_ready(a) -> None:
     start = a.ctypes.data
     end = start + max(a.nbytes, 1)
     for entry in list(_pending):
-        s0, e0, stream, q = entry
+        s0, e0, stream, q, alive = entry
+        if alive() is None:              # the copy's destination is gone (never read)
+            _pending.remove(entry)
+            continue
         if s0 < end and start < e0:
             if not cur._has_waited(stream, q):
                 raise RuntimeError(
