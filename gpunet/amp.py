@@ -155,6 +155,11 @@ class GradScaler:
                                    "scale to it; run one step before capturing a CUDA graph")
             self._host()
             self._dev = _ScalerState(get_array_module(like), self._scale, self._growth_tracker)
+        else:
+            from .cuda import graphs
+            cap = graphs.capturing()
+            if cap is not None:
+                cap.keep(self._dev)      # a graph reads these buffers at every replay
         return self._dev
 
     def scale(self, x):

@@ -296,26 +296,39 @@ class Optimizer:
         if cap is None:
             dev.set_lr(lr)
         else:       # a fill captured now would replay today's lr forever
-            cap.before_replay(self._refresh_lr)
+            cap.before_replay(self._before_replay)
+            cap.keep(dev)
         return dev
 
-    def _refresh_lr(self):
-        """Write the current ``lr`` to the device (before a graph replay)."""
+    def _before_replay(self):
+        """Before a graph replay: write the current ``lr`` to the device, and note that the
+        replay advances the device's step counts."""
+        if self._dev is None:
+            raise RuntimeError(f"{type(self).__name__}: its device state (lr, step counts) was "
+                               "replaced since the CUDA graph was captured (load_state_dict, "
+                               "model.to); capture the step again")
         lr = float(self.lr)
         if not lr >= 0.0:
             raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
         self._dev.set_lr(lr)
+        self._steps_on_device = True
 
     def _fused_table(self, slot, rows, xp):
         """The device table of ``rows``, reused while its contents stay the same."""
         key = _mt.table_key(rows)
         hit = self._tables.get(slot)
-        if hit is None or hit[0] != key:
-            if _graphs.capturing() is not None:
+        cap = _graphs.capturing()
+        if cap is not None:
+            # the eager table, or, where gradients past the 64th are new arrays in the
+            # capture, the graph's own patched copy; anything else cannot be captured
+            table = _mt.captured_table(cap, self, slot, hit, rows)
+            if table is None:
                 raise RuntimeError(
                     f"{type(self).__name__}: its table of parameters changed during CUDA-graph "
                     "capture (a parameter gained or lost its gradient, or an array moved); "
                     "run an eager step with the same parameters before capturing")
+            return table
+        if hit is None or hit[0] != key:
             hit = self._tables[slot] = (key, _mt.tensor_table(xp, rows))
         return hit[1]
 
@@ -826,7 +839,7 @@ def clip_grad_value(params, clip):
             xp.clip(p.grad, -clip, clip, out=p.grad)
 
 
-_grad_tables: dict = {}   # (device, dtype, sizes, far addresses) -> device table of a gradient list
+_grad_tables: dict = {}   # (device, dtype, sizes) -> (table key, device table of a gradient list)
 
 
 def _on_grad_lists(grads, xp, launch):
@@ -834,7 +847,8 @@ def _on_grad_lists(grads, xp, launch):
     into same-dtype lists; a gradient that is not C-contiguous is worked on in a
     contiguous copy, written back afterwards. The clipping kernels read only the sizes
     (and, past the first 64 gradients, the addresses) from a table, so tables are cached
-    by (device, dtype, sizes, those addresses)."""
+    by (device, dtype, sizes) and rebuilt, or under CUDA-graph capture patched, when one
+    of those addresses moved."""
     lists = {}
     for g in grads:
         lists.setdefault(g.dtype, []).append(g)
@@ -847,12 +861,22 @@ def _on_grad_lists(grads, xp, launch):
                 back.append((g, c))
             flat.append(c)
         rows = [(None, None, None, g.size, 0, False, g) for g in flat]
-        key = (device_of(flat[0]), dtype, _mt.table_key(rows))
-        table = _grad_tables.get(key)
-        if table is None:
-            if len(_grad_tables) >= 256:
-                _grad_tables.clear()
-            table = _grad_tables[key] = _mt.tensor_table(xp, rows)
+        slot = (device_of(flat[0]), dtype, tuple(g.size for g in flat))
+        hit = _grad_tables.get(slot)
+        key = _mt.table_key(rows)
+        cap = _graphs.capturing()
+        table = None
+        if cap is not None:    # see Optimizer._fused_table
+            table = _mt.captured_table(cap, _grad_tables, slot, hit, rows)
+            if table is None:
+                raise RuntimeError("gpunet.optim: a gradient list changed during CUDA-graph "
+                                   "capture; run an eager step with the same parameters first")
+        else:
+            if hit is None or hit[0] != key:
+                if len(_grad_tables) >= 256:
+                    _grad_tables.clear()
+                hit = _grad_tables[slot] = (key, _mt.tensor_table(xp, rows))
+            table = hit[1]
         tables.append(table)
         grad_lists.append(flat)
     out = launch(tables, grad_lists)

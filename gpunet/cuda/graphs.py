@@ -43,10 +43,14 @@ A batch of another shape (the last, partial one) runs eagerly, outside the graph
 Limits (refused or caught): layers that draw a new value from the host each step, such as
 ``Dropout`` (its mask counter is a kernel argument) and ``BatchNorm`` in training mode
 (it replaces its running-statistics arrays each step), cannot be replayed; a parameter
-that gains or loses its gradient, or more than 64 parameter tensors of one dtype whose
-gradient addresses are in the optimizer's table, need a new capture; callbacks that run
-Python per step (``on_backward_end``) run at capture only. Only ``lr`` may change between
-replays (written to the device before each); other hyper-parameters are frozen.
+that gains or loses its gradient needs a new capture, as does replacing the model's or the
+optimizer's arrays (``model.to``, ``load_state_dict``); callbacks that run Python per step
+(``on_backward_end``) run at capture only. Only ``lr`` may change between replays (written
+to the device before each); other hyper-parameters are frozen. Past 64 parameter tensors
+of a dtype, the optimizer's and clipping's tables hold gradient addresses: the graph uses
+its own copy of each such table, patched in the graph (one small fill per such gradient),
+so any number of parameters can be captured. The graph keeps alive every array it reads
+that the host might drop (``CUDAGraph.keep``).
 
 On the sim device a graph is checked rather than trusted: replay re-runs the captured
 Python with every launch, kernel argument (bytes), operand address and allocation compared

@@ -68,6 +68,45 @@ def table_key(rows):
                  for j, (w, s1, s2, n, step, decay, g) in enumerate(rows))
 
 
+def captured_table(cap, owner, slot, hit, rows):
+    """The table that a step being captured into the CUDA graph ``cap`` uses for ``rows``,
+    given the eager table ``hit = (key, table)`` of ``(owner, slot)`` (or None):
+
+    * the eager table itself when it holds ``rows`` (the graph keeps it alive);
+    * when it differs only in gradients past ``MAX_ARGS`` (new arrays in the capture): a
+      copy of it made in the graph, those rows' gradient addresses written by one
+      single-element fill each, so that no host-to-device copy is captured and the eager
+      table is left as it is (the graph keeps it too: it copies from it at every replay);
+    * None when anything else differs (the step cannot be captured as it is).
+
+    The choice made at capture is remembered in ``cap``: the sim re-runs the capture's
+    Python at every replay and must take the same path with the same arrays."""
+    memo = cap.__dict__.setdefault("_tables", {})
+    choice = memo.get((id(owner), slot))
+    if choice is None:
+        if hit is None:
+            return None
+        cap.keep(hit[1][0])
+        choice = memo[(id(owner), slot)] = (hit[0] == table_key(rows), hit)
+    as_is, (old_key, (table, ntensors, nchunks)) = choice
+    if as_is:
+        return table, ntensors, nchunks
+    new_key = table_key(rows)
+    if len(new_key) != len(old_key):
+        return None
+    moved = []
+    for j, (a, b) in enumerate(zip(old_key, new_key)):
+        if a != b:
+            if j < MAX_ARGS or a[:6] != b[:6]:
+                return None
+            moved.append((j, b[6]))
+    t = table.copy()
+    for j, ptr in moved:
+        t[j, 7:8].fill(_signed(ptr))
+    cap.keep(t)
+    return t, ntensors, nchunks
+
+
 def _signed(p: int) -> int:
     return p - 2**64 if p >= 2**63 else p
 
