@@ -35,7 +35,7 @@ class _Bucket:
     ``zero_grad``) never lands in a buffer that is being reduced."""
 
     __slots__ = ("index", "params", "sizes", "buffers", "turn", "buffer", "ready", "handle",
-                 "dirty", "launched_at")
+                 "dirty")
 
     def __init__(self, index, params):
         self.index, self.params = index, params
@@ -46,7 +46,6 @@ class _Bucket:
         self.ready = set()
         self.handle = None
         self.dirty = False
-        self.launched_at = None
 
     @property
     def nbytes(self):
@@ -67,10 +66,14 @@ class DistributedOptimizer:
     ``1/size`` first, so the sum stays in range), halving the bytes at the cost of fp16
     rounding. With ``comm.size == 1`` nothing is reduced or hooked.
 
+    After ``step()`` (with ``comm.size > 1``, without compression) each ``p.grad`` is a view
+    of its bucket's buffer, whose contents the step after next overwrites (the next
+    ``zero_grad()`` drops the view as usual); copy a gradient to keep it longer.
+
     ``no_sync()``: a context in which backwards start no all-reduce (gradient accumulation
     over micro-batches: the reduction then happens at ``step()``). ``trace``: set it to a
-    list to record ``("grad", i)`` for each hook call (``i``: the index in ``params``) and ``("launch", bucket)`` for each
-    all-reduce started during backward, in call order. ``stats``: ``launched`` (buckets
+    list to record ``("grad", i)`` for each hook call (``i``: the index in ``params``) and
+    ``("launch", bucket)`` for each all-reduce started during backward, in call order. ``stats``: ``launched`` (buckets
     started by hooks), ``synchronous`` (buckets reduced inside ``step``), ``wait_seconds``
     (time ``step`` spent waiting for or doing reductions, unpacking excluded), ``steps``.
     """
@@ -187,7 +190,6 @@ class DistributedOptimizer:
     def _launch(self, b):
         self._pack(b)
         b.handle = self.comm.iallreduce(b.buffer, "sum")
-        b.launched_at = time.perf_counter()
 
     def _unpack(self, b):
         """Hand the averages to the parameters: ``grad`` becomes a view of the bucket's
@@ -263,7 +265,7 @@ class DistributedOptimizer:
     def _reset(self):
         for b in self._buckets:
             b.ready.clear()
-            b.handle, b.dirty, b.launched_at = None, False, None
+            b.handle, b.dirty = None, False
             b.turn ^= 1
 
     def step(self):
