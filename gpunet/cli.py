@@ -405,7 +405,6 @@ def _end_world(code):
     comm = sys.modules.get("gpunet.distributed.comm")
     world = getattr(comm, "_WORLD", None)
     if world is not None and world.size > 1:
-        sys.stderr.flush()
         world.abort(code)
 
 

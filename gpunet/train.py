@@ -395,7 +395,9 @@ class Trainer:
     0's. ``(X, y)`` validation/evaluation data is split into contiguous shares (no padding).
     The progress bar is rank 0's and ``ModelCheckpoint`` writes from rank 0 only; a
     checkpoint resumes on any number of processes (keep the global batch to continue the
-    same run). ``last_epoch_samples``/``last_epoch_seconds`` stay this process's.
+    same run). ``last_epoch_samples``/``last_epoch_seconds`` stay this process's. The
+    gradients are averaged right after backward (``optimizer.synchronize()``), so callbacks,
+    clipping and the loss scaler's inf/NaN check see the same values on every process.
     """
 
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
@@ -503,6 +505,9 @@ class Trainer:
                 self.amp.backward(self.scaler.scale(self.loss_fn.backward()))
             finally:
                 self.amp.restore()     # float32 masters in place even when the loss raised
+        sync = getattr(self.optimizer, "synchronize", None)
+        if sync is not None:        # a DistributedOptimizer: average before anything reads them
+            sync()
         for cb in self._callbacks:
             cb.on_backward_end(self)
         if self.scaler is not None and (self.clip_grad_norm is not None

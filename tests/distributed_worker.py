@@ -190,6 +190,38 @@ def resume(comm, out):
     return arrays, {"saves": len(saves)}
 
 
+class Spike(gpunet.layers.Layer):
+    """Identity, except that rank 1's first backward makes its gradient non-finite."""
+
+    def __init__(self, rank):
+        super().__init__()
+        self.rank, self.calls = rank, 0
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        self.calls += 1
+        return dy * numpy.inf if (self.rank == 1 and self.calls == 1) else dy
+
+
+def fp16(comm):
+    """Trainer(precision="fp16", clip_grad_norm=...) on 2 processes where only rank 1's
+    first gradients are non-finite: the loss scaler's check and the clipping see the
+    averaged gradients, so every process skips that step and backs off alike."""
+    net = model("mlp", comm, seed=comm.rank + 1).to(dtype=numpy.float32)
+    net.layers.insert(1, Spike(comm.rank))
+    D.broadcast_parameters(net, comm)
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), comm)
+    t = gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), opt, comm=comm, precision="fp16",
+                       clip_grad_norm=1.0)
+    X, y = data()
+    t.fit((X.astype(numpy.float32), y), epochs=2, batch_size=16, progress=False)
+    out = params(net)
+    out["scale"] = numpy.asarray(t.scaler.get_scale())
+    return out, {"steps": opt.stats["steps"]}
+
+
 def fail(comm):
     X, y = data()
     net = model("mlp", comm)
@@ -222,6 +254,8 @@ def main():
         arrays, info = accumulate(comm, scenario.endswith("no_sync"))
     elif scenario == "fp16":
         arrays, info = accumulate(comm, True, compression="fp16")
+    elif scenario == "amp":
+        arrays, info = fp16(comm)
     else:
         raise ValueError(scenario)
     arrays = dict(arrays)

@@ -455,3 +455,28 @@ def test_nccl_path_uses_only_names_the_installed_cupy_has():
         assert hasattr(cupy.cuda.Stream, n)
     assert "non_blocking" in cupy.cuda.Stream.__init__.__doc__
     assert hasattr(cupy.cuda.Event, "done") and hasattr(cupy.cuda, "get_current_stream")
+
+
+@needs_mpi
+def test_trainer_fp16_with_clipping_steps_alike_on_every_process(tmp_path):
+    """Only rank 1's first gradients are non-finite. The inf/NaN check and the clipping
+    read the averaged gradients (Trainer synchronizes right after backward), so both
+    processes skip that step, back the scale off once (2**16 → 2**15) and end with the
+    same weights."""
+    a, b = run_worker("amp", tmp_path)
+    assert float(a["scale"]) == float(b["scale"]) == 2.0**15
+    for k in a:
+        if not k.startswith("info."):
+            numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+
+@needs_mpi
+def test_cli_error_in_a_distributed_run_ends_every_process(tmp_path):
+    """A diverging run (--lr 1e6): the one-line error, and every process ends (MPI_Abort)
+    instead of waiting in a collective for the one that stopped."""
+    r, seconds = launch(["-m", "gpunet.cli", "train", "--distributed", "--optimizer", "sgd", "--lr", "1e6",
+                         "--epochs", "3", "--quiet"], timeout=120)
+    assert r.returncode != 0 and seconds < 30
+    assert "gpunet train: error: non-finite loss" in r.stderr
+    assert "Traceback" not in r.stderr

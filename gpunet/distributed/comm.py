@@ -234,8 +234,16 @@ class Communicator:
             self.mpi.Barrier()
 
     def abort(self, code=1):
-        """End every process of the world with exit status ``code`` (``MPI_Abort``)."""
+        """End every process of the world with exit status ``code`` (``MPI_Abort``), after
+        flushing stdout/stderr and half a second for the launcher to forward them (MPICH's
+        proxies die with the abort and would drop what they still hold)."""
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
         if self.mpi is not None:
+            time.sleep(0.5)
             self.mpi.Abort(int(code))
         os._exit(int(code))
 
@@ -329,14 +337,14 @@ _WORLD = None
 
 def _install_excepthook(comm):
     """Print the traceback, then ``MPI_Abort``: one failing process ends the run."""
-    previous = sys.excepthook
+    import traceback
 
     def hook(kind, value, tb):
         try:
-            sys.stderr.write(f"gpunet.distributed: rank {comm.rank} of {comm.size} failed; "
-                             "aborting every process\n")
-            previous(kind, value, tb)
+            text = (f"gpunet.distributed: rank {comm.rank} of {comm.size} failed; aborting every "
+                    "process\n" + "".join(traceback.format_exception(kind, value, tb)))
             sys.stderr.flush()
+            os.write(2, text.encode("utf-8", "replace"))   # one write, past Python's buffers
         finally:
             comm.abort(1)
     sys.excepthook = hook

@@ -34,11 +34,12 @@ class _Bucket:
     reduces into the other, so a gradient added into a view (a second backward without
     ``zero_grad``) never lands in a buffer that is being reduced."""
 
-    __slots__ = ("index", "params", "sizes", "buffers", "turn", "buffer", "ready", "handle",
-                 "dirty")
+    __slots__ = ("index", "params", "sizes", "dtype", "buffers", "turn", "buffer", "ready",
+                 "handle", "dirty")
 
     def __init__(self, index, params):
         self.index, self.params = index, params
+        self.dtype = params[0].data.dtype        # the parameters' (master) dtype
         self.sizes = [p.size for p in params]
         self.buffers = [None, None]
         self.turn = 0
@@ -96,6 +97,7 @@ class DistributedOptimizer:
         self.trace = None
         self.stats = {"launched": 0, "synchronous": 0, "wait_seconds": 0.0, "steps": 0}
         self._sync = True
+        self._synced = False        # synchronize() ran since the last gradient hook
         self._buckets = []
         self._where = {}            # id(param) -> (bucket, position, index in params)
         self._handles = []
@@ -166,9 +168,10 @@ class DistributedOptimizer:
 
     def _pack(self, b):
         """Fill this round's buffer of ``b`` with ``grad / size`` (zeros for a None grad)."""
-        p0 = b.params[0].data
-        xp = get_array_module(p0)
-        wire = numpy.float16 if self.compression == "fp16" else p0.dtype
+        xp = get_array_module(b.params[0].data)
+        # the dtype the bucket was built for: under mixed precision a hook runs while the
+        # parameters hold float16 copies, and the float16 gradients are cast in here
+        wire = numpy.float16 if self.compression == "fp16" else b.dtype
         n = sum(b.sizes)
         buf = b.buffers[b.turn]
         if buf is None or buf.dtype != wire or buf.size != n or get_array_module(buf) is not xp:
@@ -206,6 +209,7 @@ class DistributedOptimizer:
 
     # -- during backward ------------------------------------------------------------------------------
     def _on_grad(self, p):
+        self._synced = False
         if not self._sync or self._layout is None:
             return
         where = self._where.get(id(p))
@@ -238,7 +242,11 @@ class DistributedOptimizer:
     # -- the step ------------------------------------------------------------------------------------
     def synchronize(self):
         """Make every ``p.grad`` the mean over the processes (waits for the buckets in
-        flight, reduces the others); called by ``step()``."""
+        flight, reduces the others). ``step()`` calls it unless it already ran after the
+        last backward: call it yourself before anything that reads the gradients and must
+        see the same values on every process — clipping, a loss scaler's ``unscale_`` and
+        inf/NaN check (``Trainer`` does, right after backward)."""
+        self._synced = True
         if self.comm.size == 1:
             return
         if self._layout != self._signature():      # the model was cast or moved: rebuild
@@ -268,10 +276,21 @@ class DistributedOptimizer:
             b.handle, b.dirty = None, False
             b.turn ^= 1
 
-    def step(self):
-        self.synchronize()
+    def _ready(self):
+        if not self._synced:
+            self.synchronize()
+        self._synced = False
         self.stats["steps"] += 1
+
+    def step(self):
+        self._ready()
         return self.optimizer.step()
+
+    def _step(self, found=None):
+        """The wrapped optimizer's device step with a loss scaler's inf/NaN flag
+        (``GradScaler.step``'s path on a GPU)."""
+        self._ready()
+        return self.optimizer._step(found=found)
 
     def close(self):
         """Unregister the gradient hooks (the wrapped optimizer is left as it is)."""
