@@ -65,7 +65,10 @@ class DistributedOptimizer:
     much; a parameter larger than it is a bucket of its own). ``compression="fp16"``:
     float32/float64 gradients travel as float16 (each process's share scaled by
     ``1/size`` first, so the sum stays in range), halving the bytes at the cost of fp16
-    rounding. With ``comm.size == 1`` nothing is reduced or hooked.
+    rounding. It pays where the wire is the bottleneck and the reduction is native (NCCL);
+    MPICH sums float16 in software: on the 2-core test machine an all-reduce of 1.86 M
+    float16 elements took 30 ms against 4 ms for the same count in float32 (medians of 30,
+    alternating, machine shared), so on the CPU leave it off. With ``comm.size == 1`` nothing is reduced or hooked.
 
     After ``step()`` (with ``comm.size > 1``, without compression) each ``p.grad`` is a view
     of its bucket's buffer, whose contents the step after next overwrites (the next
