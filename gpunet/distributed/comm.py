@@ -119,7 +119,8 @@ class Communicator:
     """The processes of a data-parallel run (see the module docstring for the backends).
 
     Attributes: ``rank``, ``size``, ``local_rank``, ``local_size``, ``backend`` (``"self"``,
-    ``"mpi"`` or ``"nccl"``), ``device`` (``"cpu"``, or ``"cuda:<local_rank>"`` with NCCL),
+    ``"mpi"`` or ``"nccl"``), ``device`` (``"cuda:<local_rank>"`` with NCCL, else ``"cpu"`` or,
+    with ``GPUNET_DEVICE=sim``, ``"sim"``),
     ``mpi`` (the mpi4py communicator, or None in a world of one).
 
     Collectives (every process calls them in the same order):
