@@ -172,6 +172,30 @@ def test_staged_batches_are_the_host_batches_and_ordered_by_events(monkeypatch):
     assert float((d + 1).sum()) == 16.0
 
 
+def test_a_new_stream_does_not_inherit_a_freed_streams_waits():
+    """The sim's ordering check keys waits by a stream serial, not id(): a freed stream's
+    id comes back for the next stream CPython allocates, and with id() keys that stream
+    inherited the waits (the staged-loader test above then failed now and then)."""
+    sp = gpunet.backend.require_sim()
+    cur = sp.cuda.get_current_stream()
+    pinned = numpy.frombuffer(sp.cuda.alloc_pinned_memory(4 * 8), numpy.float32, 8)
+    pinned[...] = 1.0
+    d = sp.empty(8, numpy.float32)
+    for _ in range(20):
+        copy = sp.cuda.Stream(non_blocking=True)
+        for _ in range(3):
+            d.set(pinned, stream=copy)
+        cur.wait_event(copy.record())
+        float((d + 1).sum())
+        del copy
+        fresh = sp.cuda.Stream(non_blocking=True)
+        d.set(pinned, stream=fresh)
+        with pytest.raises(RuntimeError, match="wait_event"):
+            d + 1
+        cur.wait_event(fresh.record())
+        del fresh
+
+
 def test_evaluate_reads_the_device_once():
     X, y = _blobs()
     tr = _trainer()
