@@ -237,6 +237,15 @@ def grad_norm_and_scale(tables, grad_lists, max_norm):
     gradient when that factor is below 1 (a non-finite norm scales nothing), without a
     host sync: one reduction launch and one scaling launch per tensor list. Returns the
     norm as a new 0-d float64 device array."""
+    return _sumsq_then_scale(tables, grad_lists, 1, float(max_norm),
+                             lambda s: s.coef, lambda s: s.coef, 0)
+
+
+def _sumsq_then_scale(tables, grad_lists, final_mode, max_norm, flag_of, factor_of, scale_mode):
+    """The shared body of the two functions around it: ``mt_grad_sumsq`` over every tensor
+    list (its last launch finishes the float64 total with ``final_mode``, writing
+    ``flag_of(scratch)``), then ``mt_grad_scale`` by ``factor_of(scratch)`` with
+    ``scale_mode``. Returns the total, a new 0-d float64 device array."""
     g0 = grad_lists[0][0]
     cp = _cupy_for(g0)
     s = clip_scratch(g0)
@@ -245,10 +254,10 @@ def grad_norm_and_scale(tables, grad_lists, max_norm):
     last = len(tables) - 1
     for i, (table, grads) in enumerate(zip(tables, grad_lists)):
         _launch("mt_grad_sumsq", table, grads,
-                (s.partials, s.ticket, s.acc, numpy.int32(i > 0), numpy.int32(i == last),
-                 float(max_norm), total, s.coef))
+                (s.partials, s.ticket, s.acc, numpy.int32(i > 0),
+                 numpy.int32(final_mode if i == last else 0), max_norm, total, flag_of(s)))
     for table, grads in zip(tables, grad_lists):
-        _launch("mt_grad_scale", table, grads, (s.coef, numpy.int32(0)))
+        _launch("mt_grad_scale", table, grads, (factor_of(s), numpy.int32(scale_mode)))
     return total
 
 
@@ -257,19 +266,8 @@ def unscale_and_check(tables, grad_lists, inv_scale, found_any):
     gradient (returned as a new 0-d device array: finite exactly when every element is),
     ``found_any[0] = 1`` when it is not finite, then ``g *= inv_scale[0]`` on every
     gradient. One reduction launch and one scaling launch per tensor list; no host sync."""
-    g0 = grad_lists[0][0]
-    cp = _cupy_for(g0)
-    s = clip_scratch(g0)
-    with g0.device:
-        total = cp.empty((), dtype=numpy.float64)
-    last = len(tables) - 1
-    for i, (table, grads) in enumerate(zip(tables, grad_lists)):
-        _launch("mt_grad_sumsq", table, grads,
-                (s.partials, s.ticket, s.acc, numpy.int32(i > 0), numpy.int32(2 if i == last else 0),
-                 0.0, total, found_any))
-    for table, grads in zip(tables, grad_lists):
-        _launch("mt_grad_scale", table, grads, (inv_scale, numpy.int32(ALWAYS)))
-    return total
+    return _sumsq_then_scale(tables, grad_lists, 2, 0.0,
+                             lambda s: found_any, lambda s: inv_scale, ALWAYS)
 
 
 def amp_update(found_any, scale, inv_scale, tracker, *, growth_factor, backoff_factor,
