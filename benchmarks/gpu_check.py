@@ -428,6 +428,23 @@ def copies_for(nbytes, l2_bytes, cap=64):
     return int(min(cap, max(1, -(-3 * l2_bytes // max(nbytes, 1)))))
 
 
+def bandwidth_row(rows, dtype, copy_gbs, op, shape, nbytes, g_ms, t_ms):
+    """Append a fused op's timing row (gpunet, and PyTorch when ``t_ms`` is not None: ms,
+    GB/s, share of the device-to-device copy bandwidth ``copy_gbs``) to ``rows`` and print it."""
+    g_bw = nbytes / (g_ms * 1e-3) / 1e9
+    row = {"op": op, "shape": list(shape), "dtype": dtype, "bytes": int(nbytes),
+           "gpunet_ms": round(g_ms, 4), "gpunet_GBs": round(g_bw, 1),
+           "gpunet_frac_copy": round(g_bw / copy_gbs, 3)}
+    if t_ms is not None:
+        t_bw = nbytes / (t_ms * 1e-3) / 1e9
+        row.update({"torch_ms": round(t_ms, 4), "torch_GBs": round(t_bw, 1),
+                    "torch_frac_copy": round(t_bw / copy_gbs, 3),
+                    "speedup_vs_torch": round(t_ms / g_ms, 3)})
+    rows.append(row)
+    print(f"  {op} {shape} {dtype}: gpunet {g_ms:.3f} ms ({g_bw / copy_gbs:.0%} of copy)"
+          + ("" if t_ms is None else f", torch {t_ms:.3f} ms"), flush=True)
+
+
 def run_timing(cp, torch, args):
     dev = cp.cuda.Device()
     l2 = int(dev.attributes.get("L2CacheSize", 50 * 2**20))
@@ -449,22 +466,11 @@ def run_timing(cp, torch, args):
     copy_ms = median_ms(*ct, lambda: dst.data.copy_from_device_async(src.data, src.nbytes),
                         [()], args.warmup, max(10, args.iters // 2))
     copy_gbs = 2 * src.nbytes / (copy_ms * 1e-3) / 1e9
-    del src, dst
+    src = dst = None          # free the 2 GiB (the timed lambda is done with them)
     cp.get_default_memory_pool().free_all_blocks()
 
     def record(op, shape, nbytes, g_ms, t_ms):
-        g_bw = nbytes / (g_ms * 1e-3) / 1e9
-        row = {"op": op, "shape": list(shape), "dtype": "float32", "bytes": int(nbytes),
-               "gpunet_ms": round(g_ms, 4), "gpunet_GBs": round(g_bw, 1),
-               "gpunet_frac_copy": round(g_bw / copy_gbs, 3)}
-        if t_ms is not None:
-            t_bw = nbytes / (t_ms * 1e-3) / 1e9
-            row.update({"torch_ms": round(t_ms, 4), "torch_GBs": round(t_bw, 1),
-                        "torch_frac_copy": round(t_bw / copy_gbs, 3),
-                        "speedup_vs_torch": round(t_ms / g_ms, 3)})
-        rows.append(row)
-        print(f"  {op} {shape}: gpunet {g_ms:.3f} ms" + ("" if t_ms is None else f", torch {t_ms:.3f} ms"),
-              flush=True)
+        bandwidth_row(rows, "float32", copy_gbs, op, shape, nbytes, g_ms, t_ms)
 
     F = torch.nn.functional if torch is not None else None
 
@@ -586,18 +592,7 @@ def run_fp16_timing(cp, torch, args, ct, tt, copy_gbs, l2, shapes=FP16_KERNEL_SH
     rows = []
 
     def record(op, shape, nbytes, g_ms, t_ms):
-        g_bw = nbytes / (g_ms * 1e-3) / 1e9
-        row = {"op": op, "shape": list(shape), "dtype": "float16", "bytes": int(nbytes),
-               "gpunet_ms": round(g_ms, 4), "gpunet_GBs": round(g_bw, 1),
-               "gpunet_frac_copy": round(g_bw / copy_gbs, 3)}
-        if t_ms is not None:
-            t_bw = nbytes / (t_ms * 1e-3) / 1e9
-            row.update({"torch_ms": round(t_ms, 4), "torch_GBs": round(t_bw, 1),
-                        "torch_frac_copy": round(t_bw / copy_gbs, 3),
-                        "speedup_vs_torch": round(t_ms / g_ms, 3)})
-        rows.append(row)
-        print(f"  {op} {shape} float16: gpunet {g_ms:.3f} ms ({g_bw / copy_gbs:.0%} of copy)"
-              + ("" if t_ms is None else f", torch {t_ms:.3f} ms"), flush=True)
+        bandwidth_row(rows, "float16", copy_gbs, op, shape, nbytes, g_ms, t_ms)
 
     F = torch.nn.functional if torch is not None else None
     for (N, C) in shapes["softmax_xent"]:
