@@ -47,8 +47,8 @@ def _positive(name, value):
 
 
 def _check_cuda_graph(cuda_graph, model, device, comm):
-    """``cuda_graph`` for ``Trainer(cuda_graph=...)``: a bool, True only on a GPU and for a
-    model that a graph can replay (see ``gpunet.cuda.graphs``)."""
+    """``cuda_graph`` for ``Trainer(cuda_graph=...)``: a bool, True only on a GPU (or the
+    sim) and without ``comm`` (see ``gpunet.cuda.graphs``)."""
     if not isinstance(cuda_graph, bool):
         raise TypeError(f"Trainer: expected cuda_graph to be a bool, got {cuda_graph!r}")
     if not cuda_graph:
@@ -58,13 +58,6 @@ def _check_cuda_graph(cuda_graph, model, device, comm):
     if comm is not None:
         raise ValueError("Trainer: cuda_graph=True with comm= is not supported (the gradient "
                          "all-reduce runs host code during backward)")
-    from .layers import BatchNorm, Dropout
-    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (Dropout, BatchNorm))})
-    if bad:
-        raise ValueError(f"Trainer: cuda_graph=True cannot replay {', '.join(bad)}: Dropout's mask "
-                         "counter is a host value passed to its kernel each step and BatchNorm "
-                         "replaces its running-statistics arrays each step, which a CUDA graph "
-                         "would freeze")
     return True
 
 
@@ -381,9 +374,10 @@ class Trainer:
     buffers; a batch of another shape (the last, partial one) runs eagerly. A replayed
     step is one graph launch, plus 2 copies in (the batch) and the record's 3 small
     launches (a copy of the loss, argmax, compare), with the same results as the eager
-    step. Callbacks' ``on_backward_end`` runs at capture only. Models with ``Dropout`` or
-    ``BatchNorm`` are refused (``ValueError``), as is ``comm``; a schedule may change
-    ``lr`` (written to the device before each replay), other hyper-parameters are frozen.
+    step (``Dropout`` draws its mask from a counter on the device, ``BatchNorm`` updates its
+    running statistics in place). Callbacks' ``on_backward_end`` runs at capture only.
+    ``comm`` is refused (``ValueError``); a schedule may change ``lr`` (written to the device
+    before each replay), other hyper-parameters are frozen.
 
     ``comm`` (a ``gpunet.distributed`` communicator): data-parallel training, one Trainer
     per process. ``(X, y)`` training data is sharded (``gpunet.distributed.shard``:

@@ -9,7 +9,7 @@ import numpy
 import pytest
 
 import gpunet
-from gpunet import (BatchNorm, Dense, Dropout, Sequential, SoftmaxCrossEntropy, datasets, models,
+from gpunet import (BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential, SoftmaxCrossEntropy, datasets, models,
                     optim, sim, to_numpy)
 from gpunet.cuda import CUDAGraph
 from gpunet.cuda.graphs import capturing
@@ -49,8 +49,8 @@ def _loop(m, lf, opt):
     return step, load
 
 
-def _eager(X, y, steps, lrs=None):
-    m, lf, opt = _setup()
+def _eager(X, y, steps, lrs=None, hidden=None):
+    m, lf, opt = _setup(hidden=hidden)
     sp = gpunet.backend.require_sim()
     losses = []
     for i in range(steps):
@@ -129,18 +129,53 @@ def test_a_step_that_reallocates_fails_loudly_on_replay():
         g.replay()
 
 
-@pytest.mark.parametrize("layer", [lambda: BatchNorm(16), lambda: Dropout(0.2, seed=1)])
-def test_per_step_host_state_is_caught(layer):
-    """BatchNorm replaces its running statistics every step and Dropout passes a new mask
-    counter to its kernel: a real graph would silently reuse the captured ones."""
+def _bn_dropout():
+    return [BatchNorm(16), Dropout(0.3, seed=1)]
+
+
+def test_batchnorm_and_dropout_replay_like_eager_steps():
+    """BatchNorm updates its running statistics in place and Dropout draws its mask from a
+    counter on the device: replays give the eager run's losses, weights, statistics and
+    masks bit for bit, one launch each."""
     X, y = _data()
-    m, lf, opt = _setup(hidden=[layer()])
+    m, lf, opt = _setup(hidden=_bn_dropout())
+    bn, drop = m[1], m[2]
     step, load = _loop(m, lf, opt)
     load(X, y, 0)
-    step()
+    losses = [float(step())]
     g = CUDAGraph("sim")
-    g.capture(step)
-    with pytest.raises(GraphReplayError):
+    load(X, y, 1)
+    loss = g.capture(step, model=m)
+    losses.append(float(loss))
+    for i in range(2, 6):
+        load(X, y, i)
+        sim.reset_counters()
+        g.replay()
+        c = sim.counters()
+        assert c["kernels"] == {"cudaGraphLaunch": 1}, c
+        assert (c["graph_launches"], c["syncs"], c["h2d_bytes"], c["allocs"]) == (1, 0, 0, 0)
+        losses.append(float(loss))
+    me, _, want_losses = _eager(X, y, 6, hidden=_bn_dropout())
+    assert losses == want_losses
+    for a, b in zip(m.parameters(), me.parameters()):
+        numpy.testing.assert_array_equal(to_numpy(a.data), to_numpy(b.data))
+    for k in ("running_mean", "running_var"):
+        numpy.testing.assert_array_equal(to_numpy(getattr(bn, k)), to_numpy(getattr(me[1], k)))
+    assert not numpy.array_equal(to_numpy(bn.running_mean), numpy.zeros(16))
+    # the last replay drew (seed 1, counter 5), as gpunet.random computes it on the host
+    assert drop.counter == me[2].counter == 6
+    assert [int(v) for v in to_numpy(drop._state)] == [6, *gpunet.random.keys(1, 0)[:1],
+                                                       gpunet.random.keys(1, 5)[1]]
+    g.replay()
+    assert drop.counter == 7                   # read again after a replay: the device's
+    drop.counter = 2                           # written in place: the graph draws from 2
+    g.replay()
+    assert drop.counter == 3 and int(to_numpy(drop._state)[2]) == gpunet.random.keys(1, 2)[1]
+    ones = gpunet.to_device(numpy.ones((B, 16), numpy.float32), "sim")
+    kept = to_numpy(drop.backward(ones)) != 0  # the mask of the replay's draw, NumPy's
+    numpy.testing.assert_array_equal(kept, gpunet.functional.dropout.keep_mask((B, 16), 0.3, 1, 2))
+    bn.load_state_dict(bn.state_dict())        # new arrays: the graph updates the old ones
+    with pytest.raises(RuntimeError, match="running_mean was replaced.*capture the step again"):
         g.replay()
 
 
@@ -183,6 +218,15 @@ def _fit(kind, cuda_graph):
         m = models.mlp((64, 32, 10)).to("sim")
         opt = optim.Adam(m, lr=1e-2)
         kw = dict(precision="fp16", scaler=gpunet.amp.GradScaler(init_scale=2.0**20, growth_interval=3))
+    elif kind == "mlp_bn_dropout":
+        m = Sequential(Dense(64, 32, activation="relu"), BatchNorm(32), Dropout(0.3, seed=4),
+                       Dense(32, 10)).to("sim")
+        opt, kw = optim.Adam(m, lr=1e-2), {}
+    elif kind == "cnn_bn_dropout":
+        m = Sequential(Conv2D(1, 4, 3, padding=1, activation="relu"), BatchNorm(4),
+                       Dropout(0.2, seed=5), MaxPool2D(2), Flatten(), Dense(4 * 4 * 4, 10)).to("sim")
+        X = X.reshape(-1, 1, 8, 8)
+        opt, kw = optim.SGD(m, lr=0.05, momentum=0.9), {}
     else:
         m = models.cnn_digits(channels=(4, 8)).to("sim")
         X = X.reshape(-1, 1, 8, 8)
@@ -194,7 +238,8 @@ def _fit(kind, cuda_graph):
     return tr, h, costs.steps
 
 
-@pytest.mark.parametrize("kind", ["mlp_adam", "mlp_fp16", "cnn_sgd_schedule_clip"])
+@pytest.mark.parametrize("kind", ["mlp_adam", "mlp_fp16", "cnn_sgd_schedule_clip", "mlp_bn_dropout",
+                                  "cnn_bn_dropout"])
 def test_trainer_cuda_graph_one_launch_per_step_same_results(kind):
     tr, h, steps = _fit(kind, True)
     tr0, h0, _ = _fit(kind, False)
@@ -202,6 +247,11 @@ def test_trainer_cuda_graph_one_launch_per_step_same_results(kind):
     for a, b in zip(tr.model.parameters(), tr0.model.parameters()):
         numpy.testing.assert_array_equal(to_numpy(a.data), to_numpy(b.data))
     assert tr.optimizer.steps == tr0.optimizer.steps
+    for a, b in zip(tr.model.state_dict().items(), tr0.model.state_dict().items()):
+        assert a[0] == b[0]                    # running statistics, dropout counters too
+        numpy.testing.assert_array_equal(a[1], b[1], err_msg=a[0])
+    if "dropout" in kind:
+        assert tr.model[2].counter == 20
     if tr.scaler is not None:
         assert tr.scaler.state_dict().keys() == tr0.scaler.state_dict().keys()
         assert tr.scaler.get_scale() == tr0.scaler.get_scale()
@@ -223,10 +273,6 @@ def test_trainer_cuda_graph_one_launch_per_step_same_results(kind):
 
 def test_trainer_refuses_what_a_graph_cannot_replay():
     gpunet.manual_seed(0)
-    for extra in (Dropout(0.1), BatchNorm(16)):
-        m = Sequential(Dense(8, 16), extra, Dense(16, 3)).to("sim")
-        with pytest.raises(ValueError, match=type(extra).__name__):
-            Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m), cuda_graph=True)
     m = Sequential(Dense(8, 3))
     with pytest.raises(ValueError, match="'cuda' or 'sim'"):
         Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m), cuda_graph=True)

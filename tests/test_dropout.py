@@ -221,3 +221,42 @@ def test_p_at_top_of_range(xp, p, mode):
     for op in (F.dropout_forward, F.dropout_backward):
         y = op(xp.asarray(x_host), p, seed, counter, mode)
         numpy.testing.assert_array_equal(to_numpy(y), want)
+
+
+def test_device_counter_lives_on_the_device():
+    """On a device the draw counter is a device buffer: a training forward is the draw
+    launch and the mask kernel, no host sync; reading ``counter`` syncs once, setting it
+    (and ``seed``) writes the buffer in place; the host takes the counter back. Masks equal
+    the host's for the same (seed, counter, shard) throughout."""
+    from gpunet import sim
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    sp = gpunet.backend.require_sim()
+    x = numpy.random.default_rng(3).standard_normal((6, 50)).astype(numpy.float32)
+    dev, ref = Dropout(0.4, seed=2**40 + 9), Dropout(0.4, seed=2**40 + 9)
+    dev.shard = ref.shard = 2
+    xd = sp.asarray(x)
+
+    def same(n=1):
+        for _ in range(n):
+            numpy.testing.assert_array_equal(to_numpy(dev(xd)), ref(x))
+            numpy.testing.assert_array_equal(to_numpy(dev.backward(xd)), ref.backward(x))
+
+    same()
+    state = dev._state
+    sim.reset_counters()
+    dev(xd)
+    ref(x)
+    c = sim.counters()
+    assert c["kernels"] == {"dropout_next_draw": 1, "dropout_apply_state<float>": 1}, c
+    assert (c["syncs"], c["h2d_bytes"], c["d2h_bytes"]) == (0, 0, 0)
+    assert dev.counter == ref.counter == 2 and dev._state is state
+    dev.counter = ref.counter = 2**32 - 1          # in place: the same buffer
+    dev.seed = ref.seed = 77
+    same(3)                                        # the counter crosses 2**32 on the device
+    assert dev._state is state and dev.counter == ref.counter == 2**32 + 2
+    assert dev.state_dict()["counter"] == 2**32 + 2
+    ref.load_state_dict(dev.state_dict())
+    numpy.testing.assert_array_equal(dev(x), ref(x))   # a host forward takes the counter back
+    assert dev._state is None and dev.counter == ref.counter == 2**32 + 3
+    same()

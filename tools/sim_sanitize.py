@@ -214,6 +214,27 @@ def cases():
                     check(want, got, dtype)
 
                 out.append((f"dropout_n{n}_offset{offset}_{short}", run))
+        # the draw counter on the device (a Dropout layer there): next_draw then the
+        # state-reading kernel; a seed and counter past 2**32, an element offset (shard)
+        for n in (1, 7, 4099):
+            for offset in (0, 1):
+                def run(n=n, offset=offset, dtype=dtype):
+                    from gpunet import cuda as gcuda
+                    seed, counter, start = 2**40 + 3, 2**32 + 7, 5 * n
+                    x = rng.standard_normal(n).astype(dtype)
+                    want = [F.dropout_forward(x, 0.3, seed, c, "inverted", start)
+                            for c in (counter, counter + 1)]
+                    st = gcuda.draw_state(sp, seed, counter)
+                    xs, got = on_sim(x, offset), []
+                    for _ in range(2):
+                        gcuda.next_draw(st)
+                        got.append(F.dropout_forward_state(xs, 0.3, st, "inverted", start))
+                    check(want, got, dtype)
+                    dx = F.dropout_backward_state(xs, 0.3, st, "inverted", start)
+                    numpy.testing.assert_array_equal(to_numpy(dx), want[1])
+                    assert int(to_numpy(st)[0]) == counter + 2
+
+                out.append((f"dropout_state_n{n}_offset{offset}_{short}", run))
 
     # Convolution (im2col, col2im, bias/ReLU epilogue, its gradient) and pooling (max, avg),
     # forward and backward; float16 against NumPy's float16 path (float32 inside, rounded

@@ -40,6 +40,10 @@ reference in gpunet.functional):
 * ``batchnorm_backward(dy, x, gamma, mean, inv_std) -> (dx, dgamma, dbeta)``
 * ``dropout_forward(x, k1, k2, threshold, scale) -> y``
 * ``dropout_backward(dy, k1, k2, threshold, scale) -> dx``
+* ``draw_state(xp, seed, counter)``, ``next_draw(state)``,
+  ``dropout_forward_state(x, state, start, threshold, scale)``,
+  ``dropout_backward_state(dy, state, start, threshold, scale)``: the same with the draw
+  counter on the device (a ``Dropout`` layer there; a CUDA graph replays fresh masks)
 
 CuPy is imported lazily, through ``gpunet.backend.require_cuda``; importing this module
 never needs a GPU. The launchers are written once, against the array module of their
@@ -53,10 +57,12 @@ from .loader import _device, _functions, _modules, _sm_count, _sm_counts  # noqa
 from .softmax_xent import softmax_xent
 from .batchnorm import batchnorm_backward, batchnorm_forward
 from .batchnorm import _bn_chunks  # noqa: F401 (tests)
-from .dropout import dropout_backward, dropout_forward
+from .dropout import (dropout_backward, dropout_backward_state, dropout_forward,
+                      dropout_forward_state, draw_state, next_draw)
 from .graphs import CUDAGraph
 
 __all__ = ["KERNELS", "CUPY_ADDED_OPTIONS", "kernels_dir", "kernels_hash", "compile_options",
            "kernel_source", "module", "kernel", "fast_divmod_constants", "softmax_xent",
            "batchnorm_forward", "batchnorm_backward", "dropout_forward", "dropout_backward",
+           "draw_state", "next_draw", "dropout_forward_state", "dropout_backward_state",
            "CUDAGraph"]

@@ -40,9 +40,14 @@ Usage in a hand-written loop (``Trainer(..., cuda_graph=True)`` does all of this
 
 A batch of another shape (the last, partial one) runs eagerly, outside the graph.
 
-Limits (refused or caught): layers that draw a new value from the host each step, such as
-``Dropout`` (its mask counter is a kernel argument) and ``BatchNorm`` in training mode
-(it replaces its running-statistics arrays each step), cannot be replayed; a parameter
+State that changes every step lives on the device and is updated there: ``Dropout``
+keeps its draw counter in a device buffer that a single-thread launch advances (each
+replay draws the mask an eager step with that counter draws; reading ``counter`` waits for
+the device, setting it writes in place), ``BatchNorm`` updates its running statistics in
+place (``updated_in_place``: a replay refuses once they were replaced).
+
+Limits (refused or caught): a layer that passes a new host value to a kernel each step
+cannot be replayed (the sim catches it); a parameter
 that gains or loses its gradient needs a new capture, as does replacing the model's or the
 optimizer's arrays (``model.to``, ``load_state_dict``); callbacks that run Python per step
 (``on_backward_end``) run at capture only. Only ``lr`` may change between replays (written
@@ -83,6 +88,41 @@ def release_step_buffers(model):
 def capturing():
     """The ``CUDAGraph`` capturing (or, on the sim, replaying) now, or None."""
     return _capture
+
+
+class _SameArrays:
+    """A ``before_replay`` hook: the arrays ``owner.<names>`` that the graph updates in
+    place must still be the owner's (not replaced by ``load_state_dict`` or ``to``).
+    Hooks that check the same owner and names are equal (registered once)."""
+
+    def __init__(self, owner, names):
+        self.owner, self.names = owner, tuple(names)
+        self.arrays = tuple(getattr(owner, n) for n in self.names)
+
+    def __eq__(self, other):
+        return (isinstance(other, _SameArrays) and other.owner is self.owner
+                and other.names == self.names)
+
+    __hash__ = None
+
+    def __call__(self):
+        for n, a in zip(self.names, self.arrays):
+            if getattr(self.owner, n) is not a:
+                raise RuntimeError(f"{type(self.owner).__name__}: its {n} was replaced since the "
+                                   "CUDA graph was captured (load_state_dict, model.to); capture "
+                                   "the step again")
+
+
+def updated_in_place(owner, *names):
+    """Under capture, note that the step updates the arrays ``owner.<names>`` in place: the
+    graph keeps them alive and refuses to replay once one was replaced. No-op otherwise."""
+    cap = _capture
+    if cap is None:
+        return
+    hook = _SameArrays(owner, names)
+    cap.before_replay(hook)
+    for a in hook.arrays:
+        cap.keep(a)
 
 
 class CUDAGraph:

@@ -44,7 +44,8 @@ KERNELS: dict[str, list[str]] = {
           for t in (*_TYPES, "__half")),
         *(f"{k}<{t}>" for k in ("bn_stats_finalize", "bn_backward_finalize") for t in _TYPES),
     ],
-    "dropout.cu": [f"dropout_apply<{t}>" for t in (*_TYPES, "__half")],
+    "dropout.cu": [f"dropout_apply{v}<{t}>" for v in ("", "_state") for t in (*_TYPES, "__half")]
+                  + ["dropout_next_draw"],
     "optim.cu": [*(f"{k}<{t}>" for k in ("mt_sgd", "mt_adam", "mt_rmsprop", "mt_adagrad",
                                           "mt_grad_sumsq", "mt_grad_scale", "mt_grad_clamp")
                    for t in _TYPES), "amp_update_scale"],

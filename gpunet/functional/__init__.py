@@ -7,7 +7,8 @@ from .activations import (sigmoid, sigmoid_backward, tanh, tanh_backward, relu, 
                           log_softmax, log_softmax_backward)
 from .linear import linear, linear_backward
 from .losses import softmax_cross_entropy, bce_with_logits, mse
-from .dropout import dropout_forward, dropout_backward, dropout_eval
+from .dropout import (dropout_forward, dropout_backward, dropout_eval, dropout_forward_state,
+                      dropout_backward_state)
 from .batchnorm import batch_norm_forward, batch_norm_backward, batch_norm_eval
 from .maxout import maxout_forward, maxout_backward
 from .conv import conv2d, conv2d_backward, im2col, col2im; from .pooling import max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward  # noqa: E501,E702

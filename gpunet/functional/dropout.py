@@ -108,6 +108,22 @@ def dropout_backward(dy, p, seed, counter, mode="inverted", start=0):
     return _masked_scale(dy, p, seed, counter, scale, start)
 
 
+def dropout_forward_state(x, p, state, mode="inverted", start=0):
+    """``dropout_forward`` of a device array with the draw ``(seed, counter)`` held on the
+    device (``state``, see ``gpunet.cuda.draw_state``; its last ``next_draw``): the same
+    mask, without the counter passing through the host (a CUDA graph replays it)."""
+    from .. import cuda
+    p = check_p(p)
+    return cuda.dropout_forward_state(x, state, start, keep_threshold(p), train_scale(p, mode))
+
+
+def dropout_backward_state(dy, p, state, mode="inverted", start=0):
+    """``dropout_backward`` with the mask of ``state``'s last draw (``dropout_forward_state``)."""
+    from .. import cuda
+    p = check_p(p)
+    return cuda.dropout_backward_state(dy, state, start, keep_threshold(p), train_scale(p, mode))
+
+
 def dropout_eval(x, p, mode="inverted"):
     """Eval-mode dropout: ``x`` itself (inverted) or ``x · (1-p)`` (classic), which is the
     expectation of the training output over masks in both modes."""

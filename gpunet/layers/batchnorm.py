@@ -27,7 +27,10 @@ class BatchNorm(Layer):
     from L1/L2); ``affine=False`` gives a layer without parameters. ``running_mean`` (init
     0) and ``running_var`` (init 1) are float32 arrays and plain attributes, read at every
     call, so they may be reassigned; the updates keep their dtype (never promoted by a
-    float64 scalar). ``momentum`` is the weight of the new batch (PyTorch's meaning, the
+    float64 scalar). On a device (``"cuda"``, ``"sim"``) a training forward updates them
+    in place (same values as NumPy's ``rm·(1-momentum) + mean·momentum``), so a CUDA graph
+    can replay the update; a graph refuses to replay once they were replaced
+    (``load_state_dict``, ``to``). On the host each update makes new arrays. ``momentum`` is the weight of the new batch (PyTorch's meaning, the
     complement of Keras'); the cumulative average of PyTorch's ``momentum=None`` is not
     offered.
 
@@ -91,10 +94,20 @@ class BatchNorm(Layer):
     def _update_running(self, mean, var, m):
         mom = self.momentum
         rm, rv = self.running_mean, self.running_var
-        get_array_module(rm, rv, mean)          # a buffer on another device: TypeError, not a copy
+        xp = get_array_module(rm, rv, mean)     # a buffer on another device: TypeError, not a copy
         unbiased = var * (m / (m - 1.0))
-        self.running_mean = rm * (1.0 - mom) + mean.astype(rm.dtype, copy=False) * mom
-        self.running_var = rv * (1.0 - mom) + unbiased.astype(rv.dtype, copy=False) * mom
+        if xp is numpy:
+            self.running_mean = rm * (1.0 - mom) + mean.astype(rm.dtype, copy=False) * mom
+            self.running_var = rv * (1.0 - mom) + unbiased.astype(rv.dtype, copy=False) * mom
+            return
+        # a device: the same roundings, in place, so the buffers keep their addresses and a
+        # CUDA graph replays the update (gpunet.cuda.graphs)
+        rm *= 1.0 - mom
+        rm += mean.astype(rm.dtype, copy=False) * mom
+        rv *= 1.0 - mom
+        rv += unbiased.astype(rv.dtype, copy=False) * mom
+        from ..cuda.graphs import updated_in_place
+        updated_in_place(self, "running_mean", "running_var")
 
     def backward(self, dy):
         if self._cache is None:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numbers
 
+import numpy
+
 from .. import random as _random
+from ..backend import get_array_module
 from ..functional import dropout as F
 from .base import Layer, check_input
 
@@ -34,6 +37,16 @@ class Dropout(Layer):
     construction (``gpunet.manual_seed`` makes it reproducible). Eval-mode forwards draw
     nothing and leave the counter alone.
 
+    On a device (``"cuda"``, ``"sim"``) the counter lives in a small device buffer (the
+    draw state, ``gpunet.cuda.draw_state``, made from ``counter`` at the first training
+    forward there): each training forward is one single-thread launch that takes the draw
+    and advances the counter on the device, then the mask kernel reading the keys from it,
+    so no host value changes from step to step and a CUDA graph replays fresh masks. The
+    masks are the same as on the host for the same ``(seed, counter)``. Reading ``counter``
+    (``state_dict``, checkpoints) copies it back, one host sync, only when read; setting it
+    (or ``seed``) writes the device buffer in place. A forward on the host takes the counter
+    back from the device.
+
     Data parallelism: ``shard`` (a plain attribute, default 0; not saved) makes a training
     forward on an input of ``n`` elements draw elements ``[shard·n, (shard+1)·n)`` of the
     stream ``(seed, counter)`` instead of ``[0, n)``.
@@ -56,19 +69,81 @@ class Dropout(Layer):
             seed = int(_random.host_rng().integers(2**63))
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise ValueError(f"Dropout: seed must be None or an int in [0, 2**63), got {seed!r}")
-        self.seed = int(seed)
-        self.counter = 0
+        self._seed = int(seed)
+        self._counter = 0
+        self._state = None         # on a device: the draw state (gpunet.cuda.draw_state)
+        self._ahead = False        # the device's counter is ahead of _counter
         self.shard = 0
         self._draw = None          # (seed, counter, start) of the last training forward
         self._shape = None
+
+    # seed and counter: on a device the counter lives in the draw state and advances there;
+    # reading it waits for the device (once per batch of draws), setting it writes in place
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        self._seed = int(value)
+        if self._state is not None:
+            from ..random import keys
+            self._state[1:2] = self._state.dtype.type(keys(self._seed, 0)[0])
+
+    @property
+    def counter(self) -> int:
+        if self._ahead:
+            self._counter = int(self._state[0:1].get()[0])
+            self._ahead = False
+        return self._counter
+
+    @counter.setter
+    def counter(self, value):
+        self._counter = int(value)
+        self._ahead = False
+        if self._state is not None:
+            self._state[0:1] = self._state.dtype.type(self._counter)
+
+    def _device_state(self, x):
+        """The draw state on ``x``'s device, made from the host counter the first time (and
+        after a move to another device)."""
+        from ..backend import device_of
+        st = self._state
+        if st is not None and device_of(st) == device_of(x):
+            return st
+        from ..cuda import draw_state
+        from ..cuda.graphs import capturing
+        if capturing() is not None:
+            raise RuntimeError("Dropout: the first training forward on a device copies the draw "
+                               "counter to it; run one step before capturing a CUDA graph")
+        counter = self.counter              # the old device's, if any
+        self._state = None
+        with x.device:
+            st = draw_state(get_array_module(x), self._seed, counter)
+        self._state, self._counter, self._ahead = st, counter, False
+        return st
 
     def forward(self, x):
         check_input(self, x)
         if not self.training:
             return F.dropout_eval(x, self.p, self.mode)
-        self._draw = (self.seed, self.counter, int(self.shard) * int(x.size))
+        start = int(self.shard) * int(x.size)
         self._shape = x.shape
-        self.counter += 1
+        if get_array_module(x) is not numpy:
+            # the counter stays on the device: one single-thread launch takes the draw
+            from ..cuda import next_draw
+            from ..cuda.graphs import updated_in_place
+            st = self._device_state(x)
+            next_draw(st)
+            self._ahead = True
+            updated_in_place(self, "_state")
+            self._draw = (None, st, start)
+            return F.dropout_forward_state(x, self.p, st, self.mode, start)
+        if self._state is not None:         # back on the host: the counter comes along
+            self._counter = self.counter
+            self._state = None
+        self._draw = (self.seed, self._counter, start)
+        self._counter += 1
         return F.dropout_forward(x, self.p, *self._draw[:2], self.mode, self._draw[2])
 
     def backward(self, dy):
@@ -77,7 +152,10 @@ class Dropout(Layer):
         if tuple(dy.shape) != tuple(self._shape):
             raise ValueError(f"Dropout.backward: expected dy of shape {tuple(self._shape)} (the forward's), "
                              f"got {tuple(dy.shape)}")
-        return F.dropout_backward(dy, self.p, *self._draw[:2], self.mode, self._draw[2])
+        seed, counter, start = self._draw
+        if seed is None:                    # a device draw: its keys are in the state
+            return F.dropout_backward_state(dy, self.p, counter, self.mode, start)
+        return F.dropout_backward(dy, self.p, seed, counter, self.mode, start)
 
     def extra_repr(self):
         return f"p={self.p}, mode={self.mode!r}"
