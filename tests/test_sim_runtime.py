@@ -280,6 +280,8 @@ def test_every_gpunet_kernel_compiles_with_its_parameter_types(file):
         floats = [p for p in k._params if p.kind == "p" and p.pkind == "f"]
         if T == "__half":   # half storage; its scalars (dropout's scale) are float
             assert k._params[0].spelling == "const __half*", (name, [p.spelling for p in k._params])
+        elif name == "dropout_next_draw":      # integers only: the draw state
+            assert [p.spelling for p in k._params] == ["long long unsigned int*"]
         elif file in ELEMENTWISE_FILES and not name.startswith("softmax_xent_count_valid"):
             # (others may accumulate in double, e.g. the optimizers' sum of squares)
             assert floats and all(p.psize == size for p in floats), (name, [p.spelling for p in k._params])
@@ -318,7 +320,12 @@ def _run_op(name, rng):
     else:
         x = rng.standard_normal(1003).astype(dtype)
         want = F.dropout_forward(x, 0.3, seed=7, counter=2)
-        got = F.dropout_forward(sp.asarray(x), 0.3, seed=7, counter=2)
+        if "_state" in name or "next_draw" in name:     # the counter on the device
+            st = gcuda.draw_state(sp, 7, 2)
+            gcuda.next_draw(st)
+            got = F.dropout_forward_state(sp.asarray(x), 0.3, st)
+        else:
+            got = F.dropout_forward(sp.asarray(x), 0.3, seed=7, counter=2)
     for w, g in zip(want, got):
         numpy.testing.assert_allclose(gpunet.to_numpy(g), w, **tol)
 

@@ -120,6 +120,8 @@ def updated_in_place(owner, *names):
     if cap is None:
         return
     hook = _SameArrays(owner, names)
+    if hook in cap._hooks:          # the sim's replay re-runs the step: noted already
+        return
     cap.before_replay(hook)
     for a in hook.arrays:
         cap.keep(a)
