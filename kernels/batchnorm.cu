@@ -149,12 +149,25 @@ __global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__
     }
 }
 
+// Correctly rounded product and sum, never contracted into an FMA: the running-statistics
+// update below rounds each operation, as NumPy does.
+__device__ __forceinline__ float bn_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double bn_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float bn_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double bn_add(double a, double b) { return __dadd_rn(a, b); }
+
 // One thread per channel: combine the chunks, write mean (hi + lo rounded once), biased
-// var and inv_std.
+// var and inv_std. With update != 0 it also updates the running statistics in
+// place, each operation rounded as in gpunet.layers.BatchNorm's NumPy path:
+//     running_mean = running_mean * keep + mean * mom
+//     running_var  = running_var * keep + (var * ratio) * mom
+// (keep = 1 - momentum, ratio = M / (M - 1) for the unbiased variance, all in T).
 template <typename T>
 __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks, T eps,
                                   T* __restrict__ mean, T* __restrict__ var,
-                                  T* __restrict__ inv_std) {
+                                  T* __restrict__ inv_std, int update,
+                                  T* __restrict__ running_mean, T* __restrict__ running_var,
+                                  T ratio, T keep, T mom) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     WelfordHiLo<T> st;
@@ -172,9 +185,14 @@ __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks,
         st = gpunet::welford_hilo_combine(st, o);
     }
     const T v = st.m2 / st.n;
-    mean[c] = st.hi + st.lo;
+    const T mu = st.hi + st.lo;
+    mean[c] = mu;
     var[c] = v;
     inv_std[c] = T(1) / gpunet::dev_sqrt(v + eps);
+    if (update) {
+        running_mean[c] = bn_add(bn_mul(running_mean[c], keep), bn_mul(mu, mom));
+        running_var[c] = bn_add(bn_mul(running_var[c], keep), bn_mul(bn_mul(v, ratio), mom));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -328,7 +346,8 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
                                                   unsigned int, unsigned int, unsigned int,    \
                                                   unsigned int, unsigned int, unsigned int);
 #define GPUNET_BATCHNORM_FINALIZE_INSTANTIATE(A)                                               \
-    template __global__ void bn_stats_finalize<A>(const A*, int, int, A, A*, A*, A*);         \
+    template __global__ void bn_stats_finalize<A>(const A*, int, int, A, A*, A*, A*, int, A*,  \
+                                                  A*, A, A, A);                                \
     template __global__ void bn_backward_finalize<A>(const A*, int, int, const A*, A*, A*);
 
 GPUNET_BATCHNORM_INSTANTIATE(float, float)

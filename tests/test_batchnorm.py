@@ -162,3 +162,38 @@ def test_bad_input(xp):
     for kw in ({"num_features": 0}, {"num_features": 3, "eps": 0}, {"num_features": 3, "momentum": 1.5}):
         with pytest.raises(ValueError, match="BatchNorm"):
             BatchNorm(**kw)
+
+
+@pytest.mark.parametrize("dtype,shape", [(numpy.float32, (7, 5, 3, 3)), (numpy.float64, (9, 4)),
+                                         (numpy.float16, (6, 3, 4, 4))])
+def test_device_running_statistics_update_in_place_in_the_statistics_kernel(dtype, shape):
+    """On a device the statistics kernel updates running_mean/var in place (no launch of
+    its own; the arrays keep their addresses, for CUDA graphs), with NumPy's roundings:
+    ``rm*(1-momentum) + mean*momentum``, the variance unbiased first."""
+    import gpunet
+    from gpunet import sim
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    sp = gpunet.backend.require_sim()
+    bn = BatchNorm(shape[1], momentum=0.37)
+    if dtype == numpy.float64:
+        bn.to(dtype=numpy.float64)
+    bn.to("sim")
+    rm, rv = bn.running_mean, bn.running_var
+    want_m, want_v = to_numpy(rm), to_numpy(rv)
+    g, b = (p.data.astype(rm.dtype) for p in (bn.gamma, bn.beta))
+    rng = numpy.random.default_rng(1)
+    for _ in range(3):
+        x = sp.asarray((rng.standard_normal(shape) * 3 + 2).astype(dtype))
+        sim.reset_counters()
+        bn(x)
+        assert sim.counters()["launches"] == 3, sim.counters()["kernels"]
+        _, mean, var, _ = F.batch_norm_forward(x, g, b, bn.eps)
+        m = x.size // shape[1]
+        want_m = want_m * (1.0 - 0.37) + to_numpy(mean) * 0.37
+        want_v = want_v * (1.0 - 0.37) + (to_numpy(var) * (m / (m - 1.0))) * 0.37
+        assert bn.running_mean is rm and bn.running_var is rv
+        numpy.testing.assert_array_equal(to_numpy(rm), want_m)
+        numpy.testing.assert_array_equal(to_numpy(rv), want_v)
+    with pytest.raises(ValueError, match="running= is for device arrays"):
+        F.batch_norm_forward(numpy.ones((4, 2)), None, None, running=(want_m, want_v, 0.1))

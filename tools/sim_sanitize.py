@@ -201,6 +201,27 @@ def cases():
                 tag = "x".join(map(str, shape))
                 out.append((f"bn_{tag}{'_offset' if offset else ''}_{short}", run))
 
+    # Batch norm's running statistics, updated in place by its statistics kernel (a layer
+    # on a device), against the update that layer makes on the host from the same statistics
+    for dtype in (*dtypes, numpy.float16):
+        short = SHORT[dtype]
+        for shape in ((2, 1), (7, 5), (3, 4, 2, 3), (2048, 2, 3, 3)):
+            def run(shape=shape, dtype=dtype):
+                acc = numpy.float32 if dtype == numpy.float16 else dtype
+                x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+                C, m = shape[1], x.size // shape[1]
+                rm = rng.standard_normal(C).astype(acc)
+                rv = rng.random(C).astype(acc) + 1
+                rms, rvs = sp.asarray(rm), sp.asarray(rv)
+                _, mean, var, _ = F.batch_norm_forward(on_sim(x, 0), None, None, 1e-5,
+                                                       (rms, rvs, 0.3))
+                mean, var = to_numpy(mean), to_numpy(var)
+                numpy.testing.assert_array_equal(to_numpy(rms), rm * (1.0 - 0.3) + mean * 0.3)
+                numpy.testing.assert_array_equal(to_numpy(rvs),
+                                                 rv * (1.0 - 0.3) + (var * (m / (m - 1.0))) * 0.3)
+
+            out.append((f"bn_running_{'x'.join(map(str, shape))}_{short}", run))
+
     # Dropout (forward and backward)
     for dtype in (*dtypes, numpy.float16):
         short = SHORT[dtype]

@@ -46,14 +46,17 @@ def _affine(name, p, default, C, dtype, cp):
     return cp.ascontiguousarray(p)
 
 
-def batchnorm_forward(x, gamma, beta, eps):
+def batchnorm_forward(x, gamma, beta, eps, running=None):
     """Training-mode batch norm: ``(y, mean, var, inv_std)``.
 
     ``x`` (N, C) or (N, C, H, W); per channel over N (and H, W):
     ``mean``, biased ``var``, ``inv_std = 1/sqrt(var + eps)`` (each shape (C,)) and
     ``y = (x - mean) * inv_std * gamma + beta``. ``gamma``/``beta`` are (C,) of x's dtype
     (float32 for float16 ``x``, whose statistics are float32 too), or None for 1 / 0
-    (affine=False). Running statistics are the caller's business.
+    (affine=False). ``running``: None, or ``(running_mean, running_var, momentum)``,
+    contiguous (C,) arrays of the statistics' dtype, which the statistics kernel then
+    updates in place (``running*(1-momentum) + batch*momentum``, the variance unbiased by
+    ``M/(M-1)``, each operation rounded as NumPy rounds it): no extra launch.
     """
     cp = _cupy_for(x)
     x = _float_array("batchnorm_forward", x, cp, half=True)
@@ -69,13 +72,30 @@ def batchnorm_forward(x, gamma, beta, eps):
         mean = cp.empty((C,), dtype=acc)
         var = cp.empty((C,), dtype=acc)
         inv_std = cp.empty((C,), dtype=acc)
-        y = cp.empty_like(x)
         i32 = numpy.int32
+        if running is None:
+            upd = (i32(0), mean, var, acc.type(0), acc.type(0), acc.type(0))
+        else:
+            rm, rv, mom = running
+            for what, a in (("running_mean", rm), ("running_var", rv)):
+                if not isinstance(a, cp.ndarray):
+                    raise TypeError(f"gpunet.cuda.batchnorm_forward: expected {what} to be a "
+                                    f"cupy.ndarray, got {type(a).__name__}")
+                _same_dtype("batchnorm_forward", what, a, acc, (C,))
+                if not a.flags.c_contiguous or _device(a) != dev:
+                    raise ValueError(f"gpunet.cuda.batchnorm_forward: {what} must be contiguous "
+                                     f"and on the input's device")
+            M = N * HW
+            if M < 2:
+                raise ValueError("gpunet.cuda.batchnorm_forward: updating running statistics "
+                                 f"needs more than one value per channel, got shape {x.shape}")
+            upd = (i32(1), rm, rv, acc.type(M / (M - 1.0)), acc.type(1.0 - mom), acc.type(mom))
+        y = cp.empty_like(x)
         kernel("batchnorm.cu", f"bn_stats_partial<{T}>", dev)(
             (chunks, C), (256,), (x, i32(N), i32(C), i32(HW), i32(chunks), part))
         kernel("batchnorm.cu", f"bn_stats_finalize<{A}>", dev)(
             (-(-C // 128),), (128,),
-            (part, i32(C), i32(chunks), acc.type(eps), mean, var, inv_std))
+            (part, i32(C), i32(chunks), acc.type(eps), mean, var, inv_std, *upd))
         total = x.size
         pack = 16 // dtype.itemsize
         work = total // pack if HW % pack == 0 else total

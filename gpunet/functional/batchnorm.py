@@ -46,11 +46,13 @@ def _f32(*vs):
             for v in vs]
 
 
-def batch_norm_forward(x, gamma, beta, eps=1e-5):
+def batch_norm_forward(x, gamma, beta, eps=1e-5, running=None):
     """Training-mode batch norm. ``x (N, C[, H, W])``, ``gamma``/``beta`` ``(C,)`` or None.
 
     Returns ``(y, mean, var, inv_std)``: ``y`` like ``x``; the batch statistics ``(C,)``,
-    ``var`` biased (divided by M).
+    ``var`` biased (divided by M). ``running`` (device arrays only): None, or
+    ``(running_mean, running_var, momentum)`` of the statistics' dtype, updated in place by
+    the statistics kernel (``gpunet.cuda.batchnorm_forward``).
     """
     xp = get_array_module(x, gamma, beta)
     eps = float(eps)
@@ -58,7 +60,10 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5):
         gamma, beta = _f32(gamma, beta)
     if xp is not numpy:
         from .. import cuda
-        return cuda.batchnorm_forward(x, gamma, beta, eps)      # gamma/beta None: 1 / 0
+        return cuda.batchnorm_forward(x, gamma, beta, eps, running)   # gamma/beta None: 1 / 0
+    if running is not None:
+        raise ValueError("batch_norm_forward: running= is for device arrays; on the host the "
+                         "caller updates the running statistics")
     if x.dtype == numpy.float16:    # float32 inside, y rounded once
         y, mean, var, inv_std = batch_norm_forward(x.astype(numpy.float32), gamma, beta, eps)
         return y.astype(numpy.float16), mean, var, inv_std

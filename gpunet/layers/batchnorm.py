@@ -28,11 +28,15 @@ class BatchNorm(Layer):
     0) and ``running_var`` (init 1) are float32 arrays and plain attributes, read at every
     call, so they may be reassigned; the updates keep their dtype (never promoted by a
     float64 scalar). On a device (``"cuda"``, ``"sim"``) a training forward updates them
-    in place (same values as NumPy's ``rm·(1-momentum) + mean·momentum``), so a CUDA graph
-    can replay the update; a graph refuses to replay once they were replaced
-    (``load_state_dict``, ``to``). On the host each update makes new arrays. ``momentum`` is the weight of the new batch (PyTorch's meaning, the
-    complement of Keras'); the cumulative average of PyTorch's ``momentum=None`` is not
-    offered.
+    in place, inside the statistics kernel when they have the statistics' dtype (float32
+    for float16 input, else the input's) and are contiguous, by array operations
+    otherwise; each operation is rounded as on the host (``rm·(1-momentum) +
+    mean·momentum``), so the values are the host formula's for the same batch statistics.
+    The arrays keep their addresses, so a CUDA graph replays the update; a graph refuses
+    to replay once they were replaced (``load_state_dict``, ``to``). On the host each
+    update makes new arrays. ``momentum`` is the weight of the new batch (PyTorch's
+    meaning, the complement of Keras'); the cumulative average of PyTorch's
+    ``momentum=None`` is not offered.
 
     The input dtype must equal the parameters' dtype (any floating dtype with
     ``affine=False``), with one exception for mixed precision (``gpunet.amp``): a float16
@@ -86,8 +90,20 @@ class BatchNorm(Layer):
         if m < 2:
             raise ValueError(f"BatchNorm: training needs more than one value per channel to estimate a "
                              f"variance, got input shape {tuple(x.shape)}")
-        y, mean, var, inv_std = F.batch_norm_forward(x, g, b, self.eps)
-        self._update_running(mean, var, m)
+        rm, rv = self.running_mean, self.running_var
+        acc = numpy.float32 if x.dtype == numpy.float16 else x.dtype
+        if (get_array_module(x) is not numpy and rm.dtype == rv.dtype == acc
+                and get_array_module(x, rm, rv) is not numpy
+                and rm.flags.c_contiguous and rv.flags.c_contiguous):
+            # the statistics kernel updates the running statistics in place (no launch of
+            # its own); the arrays keep their addresses, so a CUDA graph replays the update
+            y, mean, var, inv_std = F.batch_norm_forward(x, g, b, self.eps,
+                                                         running=(rm, rv, self.momentum))
+            from ..cuda.graphs import updated_in_place
+            updated_in_place(self, "running_mean", "running_var")
+        else:
+            y, mean, var, inv_std = F.batch_norm_forward(x, g, b, self.eps)
+            self._update_running(mean, var, m)
         self._cache = (x, mean, inv_std)
         return y
 
