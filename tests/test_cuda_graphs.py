@@ -147,6 +147,7 @@ def test_batchnorm_and_dropout_replay_like_eager_steps():
     load(X, y, 1)
     loss = g.capture(step, model=m)
     losses.append(float(loss))
+    kept = len(g._keep)
     for i in range(2, 6):
         load(X, y, i)
         sim.reset_counters()
@@ -155,6 +156,7 @@ def test_batchnorm_and_dropout_replay_like_eager_steps():
         assert c["kernels"] == {"cudaGraphLaunch": 1}, c
         assert (c["graph_launches"], c["syncs"], c["h2d_bytes"], c["allocs"]) == (1, 0, 0, 0)
         losses.append(float(loss))
+    assert len(g._keep) == kept                # the sim's re-runs keep nothing more
     me, _, want_losses = _eager(X, y, 6, hidden=_bn_dropout())
     assert losses == want_losses
     for a, b in zip(m.parameters(), me.parameters()):

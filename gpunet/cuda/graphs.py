@@ -144,7 +144,7 @@ class CUDAGraph:
         self._kind, self._index = kind, index
         self._graph = None
         self._hooks = []
-        self._keep = []
+        self._keep = {}            # id -> object (an object kept is alive, so its id is its own)
         self._run = None
 
     def before_replay(self, hook):
@@ -154,8 +154,9 @@ class CUDAGraph:
             self._hooks.append(hook)
 
     def keep(self, obj):
-        """Keep ``obj`` (an array the graph reads) alive as long as the graph."""
-        self._keep.append(obj)
+        """Keep ``obj`` (an array the graph reads) alive as long as the graph; once each (the
+        sim's replays re-run the captured step, and with it every ``keep``)."""
+        self._keep.setdefault(id(obj), obj)
 
     def _modules(self):
         from ..backend import require_cuda, require_sim
