@@ -1,4 +1,4 @@
-// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, Welford (+ welford_combine, warp_welford, block_welford), WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering
+// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering
 //
 // Shared device helpers of the gpunet kernels. Compiled at run time by NVRTC (through
 // CuPy) and ahead of time by nvcc in CI, so: no host headers (<cmath>, <cfloat>), no
@@ -130,64 +130,8 @@ template <typename T> __device__ __forceinline__ T block_max(T v, T* scratch) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Welford statistics (count n, mean, m2 = sum of squared deviations) and Chan et al.'s
-// pairwise combine:  delta = b.mean - a.mean,  n = a.n + b.n,
-//     mean = a.mean + delta * b.n / n,   m2 = a.m2 + b.m2 + delta^2 * a.n * b.n / n.
-// The count is held in T: exact below 2**24 per partial in float, which the launchers
-// keep to (a partial covers at most a few million elements only when in double).
-// ---------------------------------------------------------------------------------------
-template <typename T> struct Welford {
-    T n;
-    T mean;
-    T m2;
-};
-
-template <typename T>
-__host__ __device__ __forceinline__ Welford<T> welford_combine(Welford<T> a, Welford<T> b) {
-    const T n = a.n + b.n;
-    if (n == T(0)) return a;
-    const T delta = b.mean - a.mean;
-    const T wb = b.n / n;
-    Welford<T> r;
-    r.n = n;
-    r.mean = a.mean + delta * wb;
-    r.m2 = a.m2 + b.m2 + delta * delta * a.n * wb;
-    return r;
-}
-
-template <typename T> __device__ __forceinline__ Welford<T> warp_welford(Welford<T> w) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        Welford<T> other;
-        other.n = __shfl_xor_sync(0xffffffffu, w.n, o);
-        other.mean = __shfl_xor_sync(0xffffffffu, w.mean, o);
-        other.m2 = __shfl_xor_sync(0xffffffffu, w.m2, o);
-        w = welford_combine(w, other);
-    }
-    return w;
-}
-
-// `scratch` holds >= 32 Welford<T>; every thread gets the block's statistics.
-template <typename T>
-__device__ __forceinline__ Welford<T> block_welford(Welford<T> w, Welford<T>* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int nwarps = (blockDim.x + 31) >> 5;
-    w = warp_welford(w);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = w;
-    __syncthreads();
-    if (lane < nwarps) {
-        w = scratch[lane];
-    } else {
-        w.n = T(0);
-        w.mean = T(0);
-        w.m2 = T(0);
-    }
-    return warp_welford(w);
-}
-
-// ---------------------------------------------------------------------------------------
-// Welford statistics whose mean is an unevaluated sum hi + lo (hi the mean rounded to T,
+// Welford statistics (count n, mean, m2 = sum of squared deviations, combined pairwise
+// after Chan et al.) whose mean is an unevaluated sum hi + lo (hi the mean rounded to T,
 // lo the rest, |lo| <= ulp(hi) / 2, kept exact by two_sum), for reductions that must not
 // depend on a shift: every difference the combine forms is between partial means, so its
 // rounding error is eps times the distance the mean moves, never eps times a shift's
@@ -195,7 +139,8 @@ __device__ __forceinline__ Welford<T> block_welford(Welford<T> w, Welford<T>* sc
 // well below one float ulp (a spread of 0.01 survives the differences of means).
 //     delta = (b.hi - a.hi) + (b.lo - a.lo),   n = a.n + b.n,   wb = b.n / n
 //     (hi, lo) = two_sum(a.hi, a.lo + delta * wb),   m2 = a.m2 + b.m2 + delta^2 a.n wb
-// An empty side (n = 0) returns the other unchanged. Counts in T, as for Welford.
+// An empty side (n = 0) returns the other unchanged. The count is held in T: exact below
+// 2**24 per partial in float, which the launchers keep to.
 // ---------------------------------------------------------------------------------------
 template <typename T> struct WelfordHiLo {
     T n;

@@ -287,7 +287,7 @@ HOST_PROGRAM = r"""
 // Commands on stdin, one per line:
 //   b k1 k2 start count        -> counter_bits(i, k1, k2) for i in [start, start + count)
 //   d divisor mul shr n        -> q r of FastDivmod
-//   w n1 mean1 m2_1 n2 mean2 m2_2  -> welford_combine (double)
+//   w n1 hi1 lo1 m2_1 n2 hi2 lo2 m2_2  -> welford_hilo_combine (double): n hi lo m2
 int main() {
     char op;
     while (std::scanf(" %c", &op) == 1) {
@@ -303,10 +303,11 @@ int main() {
             f.divmod(n, q, r);
             std::printf("%u %u\n", q, r);
         } else if (op == 'w') {
-            gpunet::Welford<double> a, b;
-            std::scanf("%lf %lf %lf %lf %lf %lf", &a.n, &a.mean, &a.m2, &b.n, &b.mean, &b.m2);
-            gpunet::Welford<double> c = gpunet::welford_combine(a, b);
-            std::printf("%.17g %.17g %.17g\n", c.n, c.mean, c.m2);
+            gpunet::WelfordHiLo<double> a, b;
+            std::scanf("%lf %lf %lf %lf %lf %lf %lf %lf", &a.n, &a.hi, &a.lo, &a.m2, &b.n, &b.hi,
+                       &b.lo, &b.m2);
+            gpunet::WelfordHiLo<double> c = gpunet::welford_hilo_combine(a, b);
+            std::printf("%.17g %.17g %.17g %.17g\n", c.n, c.hi, c.lo, c.m2);
         }
     }
     return 0;
@@ -372,17 +373,18 @@ def test_fast_divmod_device_code_on_host(host_program):
 
 
 def test_welford_combine_matches_numpy(host_program):
+    # the batch-norm kernels' combine (welford_hilo_combine), partials entered with lo = 0
     rng = numpy.random.default_rng(3)
     x = rng.normal(1000.0, 3.0, size=10_000)   # large mean: the naive formula would cancel
     chunks = numpy.array_split(x, 7)
-    acc = (0.0, 0.0, 0.0)
+    acc = (0.0, 0.0, 0.0, 0.0)
     for c in chunks:
-        part = (float(c.size), float(c.mean()), float(((c - c.mean()) ** 2).sum()))
-        out = host_program("w {} {} {} {} {} {}\n".format(*acc, *part))
+        part = (float(c.size), float(c.mean()), 0.0, float(((c - c.mean()) ** 2).sum()))
+        out = host_program("w {} {} {} {} {} {} {} {}\n".format(*acc, *part))
         acc = tuple(float(v) for v in out[0].split())
     assert acc[0] == x.size
-    numpy.testing.assert_allclose(acc[1], x.mean(), rtol=1e-14)
-    numpy.testing.assert_allclose(acc[2] / acc[0], x.var(), rtol=1e-12)
+    numpy.testing.assert_allclose(acc[1] + acc[2], x.mean(), rtol=1e-14)
+    numpy.testing.assert_allclose(acc[3] / acc[0], x.var(), rtol=1e-12)
 
 
 WALK_PROGRAM = r"""
