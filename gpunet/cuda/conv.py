@@ -53,6 +53,22 @@ def _check_float(name, x, cp, half=True):
                         f"float64, got {x.dtype}")
 
 
+def _launch_rows(cp, ref, out_shape, rows, length, source, name, args, out=None):
+    """The launch the row-grid kernels share: ``out`` (``out_shape``, ``ref``'s dtype, on
+    ``ref``'s device; a given ``out`` is filled instead when it is C-contiguous of that shape
+    and dtype), then, unless it is empty, ``source``'s kernel ``name`` (``{T}`` replaced by
+    the dtype's C type) over ``rows`` rows of ``length`` elements, with the arguments
+    ``args(out)``. Returns ``out``."""
+    dtype, dev = ref.dtype, _device(ref)
+    with ref.device:
+        if out is None or out.shape != out_shape or out.dtype != dtype or not out.flags.c_contiguous:
+            out = cp.empty(out_shape, dtype=dtype)
+        if out.size:
+            grid, block = _rows_grid(rows, length, dev)
+            kernel(source, name.format(T=_HALF_CTYPE[dtype]), dev)(grid, block, args(out))
+    return out
+
+
 def im2col_rows(x, kernel_hw, stride, padding, out_hw, out=None):
     """``cols (C*kh*kw, N*OH*OW)`` of ``x (N, C, H, W)`` (any strides, read in place):
     row ``(c*kh + i)*kw + j``, column ``(n*OH + p)*OW + q`` is ``xpad[n, c, p*sh + i, q*sw + j]``.
@@ -63,19 +79,11 @@ def im2col_rows(x, kernel_hw, stride, padding, out_hw, out=None):
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_hw, stride, padding, out_hw
     k, p = c * kh * kw, oh * ow
     _check_sizes("im2col_rows", columns=n * p, rows=k)
-    dtype, dev = x.dtype, _device(x)
-    with x.device:
-        if out is None or out.shape != (k, n * p) or out.dtype != dtype or not out.flags.c_contiguous:
-            out = cp.empty((k, n * p), dtype=dtype)
-        if out.size:
-            grid, block = _rows_grid(k, n * p, dev)
-            i32 = numpy.int32
-            kernel("conv.cu", f"im2col<{_HALF_CTYPE[dtype]}>", dev)(
-                grid, block,
-                (x, out, i32(k), i32(h), i32(w), *_strides("im2col_rows", x),
-                 i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i32(n * p),
-                 *_divmod_args(p), *_divmod_args(ow)))
-    return out
+    i32 = numpy.int32
+    return _launch_rows(cp, x, (k, n * p), k, n * p, "conv.cu", "im2col<{T}>", lambda cols: (
+        x, cols, i32(k), i32(h), i32(w), *_strides("im2col_rows", x),
+        i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i32(n * p),
+        *_divmod_args(p), *_divmod_args(ow)), out=out)
 
 
 def col2im_rows(dcols, x_shape, kernel_hw, stride, padding, out_hw):
@@ -90,17 +98,10 @@ def col2im_rows(dcols, x_shape, kernel_hw, stride, padding, out_hw):
         raise ValueError(f"gpunet.cuda.col2im_rows: dcols must have shape {(c * kh * kw, n * oh * ow)}, "
                          f"got {dcols.shape}")
     _check_sizes("col2im_rows", planes=n * c, plane=h * w, columns=n * oh * ow)
-    dtype, dev = dcols.dtype, _device(dcols)
-    with dcols.device:
-        dx = cp.empty((n, c, h, w), dtype=dtype)
-        if dx.size:
-            grid, block = _rows_grid(n * c, h * w, dev)
-            i32 = numpy.int32
-            kernel("conv.cu", f"col2im<{_HALF_CTYPE[dtype]}>", dev)(
-                grid, block,
-                (dcols, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
-                 i32(ph), i32(pw), i32(oh), i32(ow), i32(n * oh * ow), *_divmod_args(w)))
-    return dx
+    i32 = numpy.int32
+    return _launch_rows(cp, dcols, (n, c, h, w), n * c, h * w, "conv.cu", "col2im<{T}>", lambda dx: (
+        dcols, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
+        i32(ph), i32(pw), i32(oh), i32(ow), i32(n * oh * ow), *_divmod_args(w)))
 
 
 def conv_bias_act(z, bias, n, out_hw, relu=False):
@@ -119,17 +120,10 @@ def conv_bias_act(z, bias, n, out_hw, relu=False):
                              f"got {bias.shape} {bias.dtype}")
         bias = cp.ascontiguousarray(bias)
     _check_sizes("conv_bias_act", planes=n * o, plane=p)
-    dtype, dev = z.dtype, _device(z)
-    with z.device:
-        y = cp.empty((n, o, oh, ow), dtype=dtype)
-        if y.size:
-            grid, block = _rows_grid(n * o, p, dev)
-            i32 = numpy.int32
-            kernel("conv.cu", f"conv_bias_act<{_HALF_CTYPE[dtype]}>", dev)(
-                grid, block,
-                (z, z if bias is None else bias, y, i32(n * o), i32(o), i32(n), i32(p),
-                 i32(bias is not None), i32(bool(relu))))
-    return y
+    i32 = numpy.int32
+    return _launch_rows(cp, z, (n, o, oh, ow), n * o, p, "conv.cu", "conv_bias_act<{T}>", lambda y: (
+        z, z if bias is None else bias, y, i32(n * o), i32(o), i32(n), i32(p),
+        i32(bias is not None), i32(bool(relu))))
 
 
 def conv_act_grad(dy, y=None):
@@ -148,15 +142,8 @@ def conv_act_grad(dy, y=None):
                              f"got {y.shape} {y.dtype}")
         y = cp.ascontiguousarray(y)
     _check_sizes("conv_act_grad", planes=n * o, plane=p)
-    dtype, dev = dy.dtype, _device(dy)
-    with dy.device:
-        d2 = cp.empty((o, n * p), dtype=dtype)
-        if d2.size:
-            grid, block = _rows_grid(o * n, p, dev)
-            i32 = numpy.int32
-            kernel("conv.cu", f"conv_act_grad<{_HALF_CTYPE[dtype]}>", dev)(
-                grid, block,
-                (dy, dy if y is None else y, d2, i32(o * n), i32(n), i32(o),
-                 *_strides("conv_act_grad", dy), i32(y is not None),
-                 numpy.uint32(p), *_divmod_args(ow)))
-    return d2
+    i32 = numpy.int32
+    return _launch_rows(cp, dy, (o, n * p), o * n, p, "conv.cu", "conv_act_grad<{T}>", lambda d2: (
+        dy, dy if y is None else y, d2, i32(o * n), i32(n), i32(o),
+        *_strides("conv_act_grad", dy), i32(y is not None),
+        numpy.uint32(p), *_divmod_args(ow)))

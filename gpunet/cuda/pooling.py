@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy
 
-from .conv import _check_float, _check_sizes, _divmod_args, _rows_grid, _strides
+from .conv import _check_float, _check_sizes, _divmod_args, _launch_rows, _rows_grid, _strides
 from .loader import _HALF_CTYPE, _cupy_for, _device, kernel
 
 
@@ -56,18 +56,12 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_hw, stride, padding):
                          f"got {arg.shape} {arg.dtype}")
     arg = cp.ascontiguousarray(arg)
     _check_sizes("max_pool2d_backward", planes=n * c, plane=max(h * w, oh * ow))
-    dtype, dev = dy.dtype, _device(dy)
-    with dy.device:
-        dx = cp.empty((n, c, h, w), dtype=dtype)
-        if dx.size:
-            grid, block = _rows_grid(n * c, h * w, dev)
-            i32 = numpy.int32
-            kernel("pooling.cu", f"max_pool_backward<{_HALF_CTYPE[dtype]}, {_arg_ctype(kk)}>", dev)(
-                grid, block,
-                (dy, arg, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
-                 i32(ph), i32(pw), i32(oh), i32(ow), *_strides("max_pool2d_backward", dy),
-                 *_divmod_args(w)))
-    return dx
+    i32 = numpy.int32
+    return _launch_rows(cp, dy, (n, c, h, w), n * c, h * w, "pooling.cu",
+                        f"max_pool_backward<{{T}}, {_arg_ctype(kk)}>", lambda dx: (
+        dy, arg, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
+        i32(ph), i32(pw), i32(oh), i32(ow), *_strides("max_pool2d_backward", dy),
+        *_divmod_args(w)))
 
 
 def _scale(dtype, kk):
@@ -82,18 +76,12 @@ def avg_pool2d(x, kernel_hw, stride, padding, out_hw):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel_hw, stride, padding, out_hw
     _check_sizes("avg_pool2d", planes=n * c, plane=max(h * w, oh * ow))
-    dtype, dev = x.dtype, _device(x)
-    with x.device:
-        y = cp.empty((n, c, oh, ow), dtype=dtype)
-        if y.size:
-            grid, block = _rows_grid(n * c, oh * ow, dev)
-            i32 = numpy.int32
-            kernel("pooling.cu", f"avg_pool_forward<{_HALF_CTYPE[dtype]}>", dev)(
-                grid, block,
-                (x, y, i32(n * c), i32(c), i32(h), i32(w), *_strides("avg_pool2d", x),
-                 i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), *_divmod_args(ow),
-                 i32(oh * ow), _scale(dtype, kh * kw)))
-    return y
+    i32 = numpy.int32
+    return _launch_rows(cp, x, (n, c, oh, ow), n * c, oh * ow, "pooling.cu", "avg_pool_forward<{T}>",
+                        lambda y: (
+        x, y, i32(n * c), i32(c), i32(h), i32(w), *_strides("avg_pool2d", x),
+        i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), *_divmod_args(ow),
+        i32(oh * ow), _scale(x.dtype, kh * kw)))
 
 
 def avg_pool2d_backward(dy, x_shape, kernel_hw, stride, padding):
@@ -104,15 +92,9 @@ def avg_pool2d_backward(dy, x_shape, kernel_hw, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_hw, stride, padding
     oh, ow = dy.shape[2:]
     _check_sizes("avg_pool2d_backward", planes=n * c, plane=max(h * w, oh * ow))
-    dtype, dev = dy.dtype, _device(dy)
-    with dy.device:
-        dx = cp.empty((n, c, h, w), dtype=dtype)
-        if dx.size:
-            grid, block = _rows_grid(n * c, h * w, dev)
-            i32 = numpy.int32
-            kernel("pooling.cu", f"avg_pool_backward<{_HALF_CTYPE[dtype]}>", dev)(
-                grid, block,
-                (dy, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
-                 i32(ph), i32(pw), i32(oh), i32(ow), *_strides("avg_pool2d_backward", dy),
-                 *_divmod_args(w), _scale(dtype, kh * kw)))
-    return dx
+    i32 = numpy.int32
+    return _launch_rows(cp, dy, (n, c, h, w), n * c, h * w, "pooling.cu", "avg_pool_backward<{T}>",
+                        lambda dx: (
+        dy, dx, i32(n * c), i32(c), i32(h), i32(kh), i32(kw), i32(sh), i32(sw),
+        i32(ph), i32(pw), i32(oh), i32(ow), *_strides("avg_pool2d_backward", dy),
+        *_divmod_args(w), _scale(dy.dtype, kh * kw)))
