@@ -46,7 +46,7 @@ def _positive(name, value):
     return float(value)
 
 
-def _check_cuda_graph(cuda_graph, model, device, comm):
+def _check_cuda_graph(cuda_graph, device, comm):
     """``cuda_graph`` for ``Trainer(cuda_graph=...)``: a bool, True only on a GPU (or the
     sim) and without ``comm`` (see ``gpunet.cuda.graphs``)."""
     if not isinstance(cuda_graph, bool):
@@ -437,7 +437,7 @@ class Trainer:
         self.global_step = 0
         self._callbacks = []
         self._step_lr = None
-        self.cuda_graph = _check_cuda_graph(cuda_graph, model, self.device, comm)
+        self.cuda_graph = _check_cuda_graph(cuda_graph, self.device, comm)
         self._graph = None          # (batch key, CUDAGraph, static x, static y, loss, output)
         self._graph_warm = None     # the batch key of the eager warm-up step
 
