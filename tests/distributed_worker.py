@@ -237,9 +237,32 @@ def fail(comm):
     return {}, {}
 
 
+def nccl_calls(comm):
+    """On one GPU (a world of one process: NCCL refuses two ranks on one device): NCCL's
+    all-reduce and broadcast through the Communicator's own NCCL calls, on its stream and
+    ordered by its events, for every dtype it maps. A sum over one rank is the identity,
+    so this checks the calls, the dtype table and the stream order, not a reduction."""
+    import cupy
+    from gpunet.distributed.comm import Handle, _nccl_dtype
+    assert comm.backend == "nccl" and comm.device.startswith("cuda"), (comm.backend, comm.device)
+    out = {}
+    for dt in ("float16", "float32", "float64", "int32", "int64", "uint8"):
+        x = cupy.arange(1000, dtype=dt) % 97
+        x += 1                                       # queued on the current stream first
+        Handle(x, event=comm._nccl_allreduce(x, "sum")).wait()
+        out["allreduce." + dt] = cupy.asnumpy(x)
+        y = cupy.arange(300, dtype=dt) % 13
+        stream = comm._comm_stream()
+        comm._after_current(stream)
+        comm._nccl.bcast(y.data.ptr, y.size, _nccl_dtype(y), 0, stream.ptr)
+        cupy.cuda.get_current_stream().wait_event(stream.record())
+        out["bcast." + dt] = cupy.asnumpy(y)
+    return out, {}
+
+
 def main():
     scenario, out = sys.argv[1], sys.argv[2]
-    comm = D.init()
+    comm = D.init(device="cuda") if scenario == "nccl" else D.init()
     if scenario in ("mlp", "bn", "convbn", "dropout"):
         arrays, info = equivalence(scenario, comm)
     elif scenario == "sim":
@@ -256,6 +279,8 @@ def main():
         arrays, info = accumulate(comm, True, compression="fp16")
     elif scenario == "amp":
         arrays, info = fp16(comm)
+    elif scenario == "nccl":
+        arrays, info = nccl_calls(comm)
     else:
         raise ValueError(scenario)
     arrays = dict(arrays)

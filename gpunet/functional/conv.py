@@ -58,6 +58,7 @@ import numpy
 
 from ..backend import device_of, get_array_module
 from .activations import relu_backward, relu_mask_times
+from .linear import device_matmul
 
 IM2COL_GEMM_MAX_PIXELS = 48   # H*W at or below which im2col is a GEMM with the gather matrix
 COL2IM_GEMM_MAX_PIXELS = 64   # likewise for col2im (the strided adds cost more than the copy)
@@ -156,7 +157,8 @@ def im2col(x, kernel, stride=(1, 1), padding=(0, 0)):
     if h * w <= IM2COL_GEMM_MAX_PIXELS:
         xp = get_array_module(x)
         g = gather_matrix(xp, device_of(x), (h, w), kernel, stride, padding, x.dtype)
-        return xp.matmul(x.reshape(n * c, h * w), g).reshape(n, c * kernel[0] * kernel[1], -1)
+        cols = device_matmul(xp, x.reshape(n * c, h * w), g)
+        return cols.reshape(n, c * kernel[0] * kernel[1], -1)
     v = windows(pad2d(x, padding), kernel, stride, out_hw)
     # reshape copies the strided view once (or not at all for a 1x1, stride-1 kernel)
     return v.reshape(n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
@@ -174,7 +176,7 @@ def col2im(dcols, x_shape, kernel, stride=(1, 1), padding=(0, 0)):
     oh, ow = output_size("col2im", x_shape, kernel, stride, padding)
     if h * w <= COL2IM_GEMM_MAX_PIXELS:
         g = gather_matrix(xp, device_of(dcols), (h, w), kernel, stride, padding, dcols.dtype)
-        return xp.matmul(dcols.reshape(n * c, -1), g.T).reshape(x_shape)
+        return device_matmul(xp, dcols.reshape(n * c, -1), g.T).reshape(x_shape)
     d6 = dcols.reshape(n, c, kh, kw, oh, ow)
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
         return d6.reshape(x_shape)
@@ -410,10 +412,10 @@ def _weight_grad(xp, d2, cols, n):
     k = cols.shape[0]
     b = _chunks(n, l)
     if b == 1:
-        return xp.matmul(cols, d2.T).T
+        return device_matmul(xp, cols, d2.T).T
     c3 = cols.reshape(k, b, l // b).transpose(1, 0, 2)
     d3 = d2.reshape(o, b, l // b).transpose(1, 0, 2)
-    return xp.matmul(c3, d3.transpose(0, 2, 1)).sum(axis=0).T
+    return device_matmul(xp, c3, d3.transpose(0, 2, 1)).sum(axis=0).T
 
 
 FWD_CHUNK_MAX_K = 16      # forward GEMMs with at most this many rows of cols run in column chunks
@@ -436,9 +438,9 @@ def _forward_gemm(xp, w2, cols, n):
     length = cols.shape[1]
     b = _chunks(n, length)
     if k > FWD_CHUNK_MAX_K or b == 1:
-        return xp.matmul(w2, cols)
+        return device_matmul(xp, w2, cols)
     y = xp.empty((o, length), dtype=cols.dtype)
-    xp.matmul(w2, cols.reshape(k, b, length // b).transpose(1, 0, 2),
+    device_matmul(xp, w2, cols.reshape(k, b, length // b).transpose(1, 0, 2),
               out=y.reshape(o, b, length // b).transpose(1, 0, 2))
     return y
 
@@ -475,7 +477,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
     if xp is not numpy:
         from ..cuda import conv as cuda_conv
         cols = cuda_conv.im2col_rows(x, (kh, kw), stride, padding, (oh, ow), out=cols_buffer)
-        z = xp.matmul(weight.reshape(o, -1), cols)     # (O, N*OH*OW): CNHW, one plain GEMM
+        z = device_matmul(xp, weight.reshape(o, -1), cols)   # (O, N*OH*OW): CNHW, one GEMM
         y = cuda_conv.conv_bias_act(z, bias, n, (oh, ow), relu)
         return (y, cols) if return_cols else y
     if x.dtype == numpy.float16:
@@ -517,7 +519,7 @@ def _conv2d_numpy(xp, x, weight, bias, stride, padding, out_hw, cols_buffer):
         y = _forward_gemm(xp, w2, cols, n)
         return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3), cols
     cols = im2col(x, (kh, kw), stride, padding)
-    y = xp.matmul(weight.reshape(o, -1), cols)          # (N, O, OH*OW): NCHW already
+    y = device_matmul(xp, weight.reshape(o, -1), cols)   # (N, O, OH*OW): NCHW already
     if bias is not None:
         y += bias.reshape(o, 1)
     return y.reshape(n, o, oh, ow), cols
@@ -557,11 +559,11 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
         if cols is None:
             cols = cuda_conv.im2col_rows(x, (kh, kw), stride, padding, out_hw)
         k = weight[0].size
-        dw = xp.matmul(d2, cols[:k].T).reshape(weight.shape)
+        dw = device_matmul(xp, d2, cols[:k].T).reshape(weight.shape)
         db = d2.sum(axis=1) if need_bias else None
         dx = None
         if need_dx:
-            dcols = xp.matmul(weight.reshape(o, -1).T, d2)
+            dcols = device_matmul(xp, weight.reshape(o, -1).T, d2)
             dx = cuda_conv.col2im_rows(dcols, x.shape, (kh, kw), stride, padding, out_hw)
         return dx, dw, db
     if x.dtype == numpy.float16:
@@ -590,18 +592,18 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
         dx = None
         if need_dx:
             w2 = weight.reshape(o, -1)
-            dcols = xp.matmul(w2.T, d2)
+            dcols = device_matmul(xp, w2.T, d2)
             dx = col2im_rows(dcols, x.shape, (kh, kw), stride, padding, overwrite=True)
         return dx, dw, db
     dy3 = dy.reshape(n, o, -1)
     # Σ_n dy[n] @ cols[n].T as one GEMM would need (O, N*P) and (N*P, K) operands, i.e. two
     # transpose copies of large arrays; the batched GEMM dW.T = Σ_n cols[n] @ dy[n].T plus a
     # sum over a small (N, K, O) array is cheaper (and measured faster than dy[n] @ cols[n].T).
-    dw = xp.matmul(cols, dy3.transpose(0, 2, 1)).sum(axis=0).T.reshape(weight.shape)
+    dw = device_matmul(xp, cols, dy3.transpose(0, 2, 1)).sum(axis=0).T.reshape(weight.shape)
     # summing over N first (whole contiguous planes) is several times faster than axis=(0, 2)
     db = dy3.sum(axis=0).sum(axis=1) if need_bias else None
     dx = None
     if need_dx:
-        dcols = xp.matmul(weight.reshape(o, -1).T, dy3)  # (N, C*kh*kw, OH*OW)
+        dcols = device_matmul(xp, weight.reshape(o, -1).T, dy3)  # (N, C*kh*kw, OH*OW)
         dx = col2im(dcols, x.shape, (kh, kw), stride, padding)
     return dx, dw, db

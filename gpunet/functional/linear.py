@@ -18,7 +18,18 @@ def matmul(a, b):
     matmul is cuBLAS's (float32 accumulation), unchanged."""
     if a.dtype == numpy.float16 and b.dtype == numpy.float16 and isinstance(a, numpy.ndarray):
         return numpy.matmul(a.astype(numpy.float32), b.astype(numpy.float32)).astype(numpy.float16)
-    return get_array_module(a, b).matmul(a, b)
+    return device_matmul(get_array_module(a, b), a, b)
+
+
+def device_matmul(xp, a, b, out=None):
+    """``xp.matmul(a, b, out=out)``, except on CUDA, where gpunet's own cuBLAS call
+    (:func:`gpunet.cuda.blas.matmul`, the same ``cublasGemmEx`` CuPy makes) runs instead of
+    CuPy's: CuPy refuses every cuBLAS call while a stream captures a CUDA graph, and eager and
+    captured steps must compute the same products. Every GEMM of gpunet goes through here."""
+    if xp.__name__ == "cupy":
+        from ..cuda import blas
+        return blas.matmul(a, b, out=out)
+    return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
 
 
 def linear(x, weight, bias=None):
