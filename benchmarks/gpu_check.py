@@ -875,6 +875,83 @@ def run_train_throughput(torch, device, epochs, models=TRAIN_MODELS):
     return rows
 
 
+def _readme_code(device):
+    """The README's layer-API example (its one python block) on ``device``."""
+    import re
+    text = (REPO / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    if '.to("cpu")' not in code:
+        raise RuntimeError("README example: no .to(\"cpu\") to point at the GPU")
+    return code.replace('.to("cpu")', f'.to("{device}")')
+
+
+TORCH_README_LOOP = """
+import numpy as np, torch
+import gpunet
+(X, y), (X_test, y_test) = gpunet.datasets.load_digits()
+Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(DEV)
+loss_fn = torch.nn.CrossEntropyLoss()
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+for epoch in range(20):
+    g = torch.Generator().manual_seed(epoch)
+    order = torch.randperm(len(Xt), generator=g)
+    for s in range(0, len(Xt), 64):
+        idx = order[s:s + 64]
+        xb, yb = Xt[idx].to(DEV), yt[idx].to(DEV)
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+with torch.no_grad():
+    pred = model(torch.as_tensor(X_test, device=DEV)).argmax(1).cpu().numpy()
+print("test accuracy", (pred == y_test).mean())
+"""
+
+
+def readme_loop_throughput(torch, device="cuda", rounds=3):
+    """samples/s of the README's own training loop (20 epochs of the digits, batch 64, host
+    batches from ``gpunet.DataLoader``) run as written with ``.to("cuda")``, against the same
+    loop written in PyTorch (host tensors, each batch moved with ``.to``), alternating, one
+    warm-up run each, medians of ``rounds``; the test accuracy each run printed."""
+    import contextlib
+    import io
+    from gpunet import datasets
+    n = len(datasets.load_digits()[0][0])
+    codes = {"gpunet": _readme_code(device)}
+    if torch is not None:
+        codes["torch"] = TORCH_README_LOOP.replace("DEV", repr(device))
+    sync = ((lambda: torch.cuda.synchronize()) if torch is not None and device.startswith("cuda")
+            else (lambda: None))
+    from gpunet import backend
+    times = {k: [] for k in codes}
+    acc = {}
+    for r in range(rounds + 1):
+        for name, code in codes.items():
+            buf = io.StringIO()
+            backend.synchronize()
+            sync()
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(buf):
+                exec(compile(code, f"<README loop, {name}>", "exec"), {"__name__": "__readme__"})
+            backend.synchronize()
+            sync()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+            acc[name] = buf.getvalue().strip().split()[-1]
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"framework": name, "samples_s": round(20 * n / med), "seconds": round(med, 3),
+                     "runs_s": [round(t, 3) for t in ts], "test_accuracy": acc[name]})
+    if len(rows) == 2:
+        rows[0]["vs_torch"] = round(rows[0]["samples_s"] / rows[1]["samples_s"], 3)
+    for r in rows:
+        print(f"  README loop {r['framework']:6s} {r['samples_s']:>9,} samples/s "
+              f"(median of {r['runs_s']} s; test accuracy {r['test_accuracy']})", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -974,6 +1051,15 @@ def main(argv=None) -> int:
         print(table([[r["model"], r["framework"], r["variant"], r.get("samples_s", "error"),
                       r.get("vs_torch_eager", "-")] for r in report["train_throughput"]],
                     ["model", "framework", "variant", "samples/s", "vs torch eager"]))
+
+    if not args.skip_train:
+        print("\n[6] the README's training loop on the GPU (20 epochs, batch 64; alternating, "
+              "medians of 3)", flush=True)
+        try:
+            report["readme_loop"] = readme_loop_throughput(torch, "cuda")
+        except Exception:
+            report["readme_loop_error"] = traceback.format_exc()
+            print(report["readme_loop_error"])
 
     report["passed"] = bool(ok)
     report["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call on a lent GPU machine (no network): environment facts, gpu_check
-# (compile, kernel correctness, timings against PyTorch, training throughput), then the
-# pytest suite on NumPy + CuPy. Everything is written under $OUT.
+# (compile, kernel correctness, timings against PyTorch, training throughput, the README's
+# loop), the pytest suite on NumPy + CuPy, `gpunet train` and `gpunet bench` on the GPU. Everything is written under $OUT.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
@@ -25,5 +25,12 @@ timeout "${PYTEST_S:-170}" python3 -m pytest -q -p no:cacheprovider -n "${PYTEST
 echo "pytest rc=$?"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" | head -60
 tail -3 "$OUT/pytest.txt"
+echo "== gpunet train --device cuda"
+timeout "${TRAIN_S:-90}" python3 -m gpunet.cli train --device cuda > "$OUT/train.txt" 2>&1
+echo "train rc=$?"; tail -4 "$OUT/train.txt"
+echo "== gpunet bench --device cuda --compare torch --quick"
+timeout "${BENCH_S:-150}" python3 -m gpunet.cli bench --device cuda --compare torch --quick \
+    --no-progress --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
+echo "bench rc=$?"; tail -25 "$OUT/bench.txt"
 echo "== gpu_check output (end)"
 tail -c 6000 "$OUT/gpu_check.txt"
