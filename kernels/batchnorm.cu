@@ -37,7 +37,9 @@ using gpunet::FastDivmod;
 using gpunet::Pack;
 using gpunet::WelfordHiLo;
 using gpunet::acc_t;
+using gpunet::add_rn;
 using gpunet::from_acc;
+using gpunet::mul_rn;
 using gpunet::to_acc;
 
 namespace {
@@ -149,19 +151,13 @@ __global__ void __launch_bounds__(256, 4) bn_stats_partial(const T* __restrict__
     }
 }
 
-// Correctly rounded product and sum, never contracted into an FMA: the running-statistics
-// update below rounds each operation, as NumPy does.
-__device__ __forceinline__ float bn_mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double bn_mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float bn_add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double bn_add(double a, double b) { return __dadd_rn(a, b); }
-
 // One thread per channel: combine the chunks, write mean (hi + lo rounded once), biased
 // var and inv_std. With update != 0 it also updates the running statistics in
 // place, each operation rounded as in gpunet.layers.BatchNorm's NumPy path:
 //     running_mean = running_mean * keep + mean * mom
 //     running_var  = running_var * keep + (var * ratio) * mom
-// (keep = 1 - momentum, ratio = M / (M - 1) for the unbiased variance, all in T).
+// (keep = 1 - momentum, ratio = M / (M - 1) for the unbiased variance, all in T; add_rn and
+// mul_rn keep the compiler from contracting a product and its sum into an FMA).
 template <typename T>
 __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks, T eps,
                                   T* __restrict__ mean, T* __restrict__ var,
@@ -190,8 +186,8 @@ __global__ void bn_stats_finalize(const T* __restrict__ part, int C, int chunks,
     var[c] = v;
     inv_std[c] = T(1) / gpunet::dev_sqrt(v + eps);
     if (update) {
-        running_mean[c] = bn_add(bn_mul(running_mean[c], keep), bn_mul(mu, mom));
-        running_var[c] = bn_add(bn_mul(running_var[c], keep), bn_mul(bn_mul(v, ratio), mom));
+        running_mean[c] = add_rn(mul_rn(running_mean[c], keep), mul_rn(mu, mom));
+        running_var[c] = add_rn(mul_rn(running_var[c], keep), mul_rn(mul_rn(v, ratio), mom));
     }
 }
 

@@ -1,4 +1,4 @@
-// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering
+// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, add_rn/sub_rn/mul_rn/div_rn/sqrt_rn, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering
 //
 // Shared device helpers of the gpunet kernels. Compiled at run time by NVRTC (through
 // CuPy) and ahead of time by nvcc in CI, so: no host headers (<cmath>, <cfloat>), no
@@ -49,6 +49,21 @@ __device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float dev_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double dev_max(double a, double b) { return fmax(a, b); }
+
+// Correctly rounded arithmetic that the compiler never contracts: nvcc and NVRTC fuse
+// a * b + c into one FMA (rounded once) by default, where NumPy rounds the product and
+// then the sum. A kernel whose result must equal the NumPy reference bit for bit writes
+// each product (and the sum it feeds) with these.
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
 
 // 16-byte pack of T (float4- / double2-sized) for vectorized loads and stores; a pointer
 // may be reinterpreted as Pack<T>* only when is_aligned16 says so (CuPy allocations are

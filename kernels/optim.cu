@@ -31,6 +31,12 @@
 // 1-lr*wd) are computed here in double, as Python computes them.
 #include "common.cuh"
 
+using gpunet::add_rn;
+using gpunet::div_rn;
+using gpunet::mul_rn;
+using gpunet::sqrt_rn;
+using gpunet::sub_rn;
+
 #define MT_MAX 64
 #define MT_CHUNK 2048
 
@@ -82,17 +88,6 @@ struct MtEntry {
 
 namespace mt {
 
-__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float div(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div(double a, double b) { return __ddiv_rn(a, b); }
-__device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
-__device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
-
 // numpy.sign: -1, 0 or 1, NaN for NaN.
 template <typename T> __device__ __forceinline__ T sign(T w) {
     return w > T(0) ? T(1) : (w < T(0) ? T(-1) : (w == T(0) ? T(0) : w));
@@ -101,8 +96,8 @@ template <typename T> __device__ __forceinline__ T sign(T w) {
 // g + weight_decay*w + l1*sign(w), in Optimizer._regularized's order.
 template <typename T>
 __device__ __forceinline__ T regularized(T g, T w, T wd, T l1, int flags) {
-    if (flags & MT_WD) g = add(mul(w, wd), g);
-    if (flags & MT_L1) g = add(g, mul(sign(w), l1));
+    if (flags & MT_WD) g = add_rn(mul_rn(w, wd), g);
+    if (flags & MT_L1) g = add_rn(g, mul_rn(sign(w), l1));
     return g;
 }
 
@@ -196,14 +191,14 @@ __global__ void mt_sgd(const MtEntry* __restrict__ table, int ntensors, long lon
             if (e.decay) gv = mt::regularized(gv, wv, wd, l1_, flags);
             T t;
             if (flags & MT_MOMENTUM) {
-                const T b = first ? gv : mt::add(mt::mul(buf[i], m), gv);
+                const T b = first ? gv : add_rn(mul_rn(buf[i], m), gv);
                 buf[i] = b;
-                t = (flags & MT_NESTEROV) ? mt::mul(mt::add(mt::mul(b, m), gv), lr_)
-                                          : mt::mul(b, lr_);
+                t = (flags & MT_NESTEROV) ? mul_rn(add_rn(mul_rn(b, m), gv), lr_)
+                                          : mul_rn(b, lr_);
             } else {
-                t = mt::mul(gv, lr_);
+                t = mul_rn(gv, lr_);
             }
-            w[i] = mt::sub(wv, t);
+            w[i] = sub_rn(wv, t);
         }
     }
     mt::advance_steps(table, ntensors, ticket);
@@ -245,18 +240,18 @@ __global__ void mt_adam(const MtEntry* __restrict__ table, int ntensors, long lo
             T gv = g[i];
             if (e.decay) {
                 if (flags & MT_DECOUPLED) {
-                    if (flags & MT_WD) wv = mt::mul(wv, df);
+                    if (flags & MT_WD) wv = mul_rn(wv, df);
                 } else {
                     gv = mt::regularized(gv, wv, wd, l1_, flags);
                 }
             }
-            const T mv = mt::add(mt::mul(m[i], b1), mt::mul(gv, omb1));
-            const T vv = mt::add(mt::mul(v[i], b2), mt::mul(mt::mul(gv, gv), omb2));
+            const T mv = add_rn(mul_rn(m[i], b1), mul_rn(gv, omb1));
+            const T vv = add_rn(mul_rn(v[i], b2), mul_rn(mul_rn(gv, gv), omb2));
             m[i] = mv;
             v[i] = vv;
-            T t = mt::add(mt::div(mt::sqrt_rn(vv), bc2_), eps_);
-            t = mt::mul(mt::div(mv, t), ss_);
-            w[i] = mt::sub(wv, t);
+            T t = add_rn(div_rn(sqrt_rn(vv), bc2_), eps_);
+            t = mul_rn(div_rn(mv, t), ss_);
+            w[i] = sub_rn(wv, t);
         }
     }
     mt::advance_steps(table, ntensors, ticket);
@@ -287,17 +282,17 @@ __global__ void mt_rmsprop(const MtEntry* __restrict__ table, int ntensors, long
         const T* __restrict__ g = mt::grad(gs, e, j);
         for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
             const T gv = g[i];
-            const T vv = mt::add(mt::mul(v[i], a), mt::mul(mt::mul(gv, gv), oma));
+            const T vv = add_rn(mul_rn(v[i], a), mul_rn(mul_rn(gv, gv), oma));
             v[i] = vv;
-            T t = mt::div(gv, mt::add(mt::sqrt_rn(vv), eps_));
+            T t = div_rn(gv, add_rn(sqrt_rn(vv), eps_));
             if (flags & MT_MOMENTUM) {
-                const T b = mt::add(mt::mul(buf[i], mom), t);
+                const T b = add_rn(mul_rn(buf[i], mom), t);
                 buf[i] = b;
-                t = mt::mul(b, lr_);
+                t = mul_rn(b, lr_);
             } else {
-                t = mt::mul(t, lr_);
+                t = mul_rn(t, lr_);
             }
-            w[i] = mt::sub(w[i], t);
+            w[i] = sub_rn(w[i], t);
         }
     }
     mt::advance_steps(table, ntensors, ticket);
@@ -324,10 +319,10 @@ __global__ void mt_adagrad(const MtEntry* __restrict__ table, int ntensors, long
         const T* __restrict__ g = mt::grad(gs, e, j);
         for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
             const T gv = g[i];
-            const T sv = mt::add(s[i], mt::mul(gv, gv));
+            const T sv = add_rn(s[i], mul_rn(gv, gv));
             s[i] = sv;
-            const T t = mt::mul(mt::div(gv, mt::add(mt::sqrt_rn(sv), eps_)), lr_);
-            w[i] = mt::sub(w[i], t);
+            const T t = mul_rn(div_rn(gv, add_rn(sqrt_rn(sv), eps_)), lr_);
+            w[i] = sub_rn(w[i], t);
         }
     }
     mt::advance_steps(table, ntensors, ticket);
@@ -417,7 +412,7 @@ __global__ void mt_grad_scale(const MtEntry* __restrict__ table, int ntensors, l
         long long begin, end;
         mt::chunk_range(e, c, begin, end);
         T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) g[i] = mt::mul(g[i], cv);
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) g[i] = mul_rn(g[i], cv);
     }
 }
 

@@ -7,7 +7,9 @@
 //        (row-major, k = i*kw + j) arg = k where it is strictly greater, and y = max(y, v)
 //        with NaN propagating (NumPy's maximum); backward routes dy to element arg.
 //   avg: padding counts as 0 and every window divides by kh*kw (count_include_pad):
-//        y = (sum in offset order) * scale, scale = 1/(kh*kw) in T; backward adds dy*scale.
+//        y = (sum in offset order) * scale, scale = 1/(kh*kw) in T; backward adds dy*scale,
+//        the product rounded before the sum (mul_rn/add_rn: an FMA, which nvcc and NVRTC
+//        form from `s += g * scale` by default, rounds once: last bits differ from NumPy).
 // Backward kernels gather: each input element sums, in offset order (i, then j, ascending),
 // what the windows that contain it send, so they need no atomics and are deterministic.
 //
@@ -22,7 +24,9 @@
 #include "half.cuh"
 
 using gpunet::FastDivmod;
+using gpunet::add_rn;
 using gpunet::covering;
+using gpunet::mul_rn;
 
 template <typename T, typename I>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* __restrict__ arg,
@@ -150,7 +154,8 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
             covering(ww, kw, sw, OW, q_lo, q_hi);
             A s = A(0);
             for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
-                for (int q = q_hi; q >= q_lo; --q) s += gpunet::to_acc(g[p * sdh + q * sdw]) * scale;
+                for (int q = q_hi; q >= q_lo; --q)
+                    s = add_rn(s, mul_rn(gpunet::to_acc(g[p * sdh + q * sdw]), scale));
             }
             out[hw] = gpunet::from_acc<T>(s);
         }

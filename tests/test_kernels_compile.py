@@ -179,6 +179,48 @@ def test_nvcc_instantiates_what_the_loader_asks_nvrtc_for(all_checks):
             assert set(nvrtc.entries) <= set(nvcc.entries), (f, a)
 
 
+# Kernels whose device results the tests compare with the NumPy reference bit for bit
+# (tests/test_conv_device.py, test_kernels_gpu.py, test_optim_fused.py): file -> kernels
+# left out (results compared within a tolerance). nvcc and NVRTC contract a * b + c into
+# an FMA by default, which rounds once where NumPy rounds the product and then the sum
+# (avg_pool_backward's `s += dy * scale` differed from NumPy by the last bits on an H200);
+# those kernels must write such arithmetic with gpunet::mul_rn/add_rn (common.cuh). The sim
+# compiles for the host without FMA, so only the PTX shows a contraction.
+EXACT_KERNELS = {"pooling.cu": (), "dropout.cu": (), "conv.cu": (), "optim.cu": ("mt_grad_sumsq",)}
+_PTX_ENTRY = re.compile(r"\.entry\s+(\w+)\((.*?)^\}", re.S | re.M)
+_PTX_FMA = re.compile(r"\bfma\.rn[.\w]*\.f(?:16|32|64)\b")
+
+
+def _ptx_fma_counts(file, directory=KDIR, arch=80):
+    """{mangled kernel name: number of fma instructions} in nvcc's PTX of ``file``, compiled
+    with the loader's options (contraction on, as CuPy's NVRTC has it)."""
+    with subprocess.Popen([NVCC, "-ptx", *gcuda.compile_options(arch, directory), "-o", "-",
+                           str(Path(directory) / file)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as p:
+        out, err = p.communicate()
+    assert p.returncode == 0, err
+    return {m.group(1): len(_PTX_FMA.findall(m.group(2))) for m in _PTX_ENTRY.finditer(out)}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("file", sorted(EXACT_KERNELS))
+def test_kernels_equal_to_numpy_have_no_contracted_fma(file):
+    counts = _ptx_fma_counts(file)
+    assert len(counts) == len(gcuda.KERNELS[file])
+    fused = {k: n for k, n in counts.items() if n and not any(x in k for x in EXACT_KERNELS[file])}
+    assert not fused, f"{file}: products contracted into FMAs (use gpunet::mul_rn/add_rn): {fused}"
+
+
+@needs_nvcc
+def test_contracted_fma_is_detected(tmp_path):
+    # the avg_pool_backward line as it was before mul_rn/add_rn: the check above sees its FMA
+    d = _planted(tmp_path, "s = add_rn(s, mul_rn(gpunet::to_acc(g[p * sdh + q * sdw]), scale));",
+                 "s += gpunet::to_acc(g[p * sdh + q * sdw]) * scale;", file="pooling.cu")
+    counts = _ptx_fma_counts("pooling.cu", d)
+    fused = sorted(k for k, n in counts.items() if n)
+    assert len(fused) == 3 and all("avg_pool_backward" in k for k in fused), fused
+
+
 # ---------------------------------------------------------------------------------------
 # The checker fails when it should (plants go into a copy of kernels/)
 # ---------------------------------------------------------------------------------------
