@@ -9,7 +9,8 @@ generator and move them with ``xp.asarray``; compare with ``gpunet.to_numpy``.
 
 GPU-only tests (kernels against their NumPy reference, CPU/GPU parity) take ``gpu_xp`` /
 ``gpu_device`` instead: every GPU-like backend present, ``"cuda"`` and ``"sim"``; they skip
-where there is neither. ``GPUNET_REQUIRE_SIM=1`` (CI) turns a missing C++ compiler into an
+where there is neither. Sim-only tests (cost counters, launch budgets) take ``sim_xp``,
+which skips where the sim has no C++ compiler (CuPy or not). ``GPUNET_REQUIRE_SIM=1`` (CI) turns a missing C++ compiler into an
 error instead of silently dropping the sim from the suite.
 """
 import os
@@ -54,6 +55,15 @@ def gpu_xp(request):
 @pytest.fixture
 def gpu_device(gpu_xp):
     return backend.device_of(gpu_xp.empty(0)).split(":")[0]
+
+
+@pytest.fixture
+def sim_xp():
+    """The sim device's array module, for sim-only tests (cost counters, launch budgets):
+    skips where there is no C++ compiler, without asking the sim for it."""
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    return sim.require()
 
 
 @pytest.fixture

@@ -173,17 +173,16 @@ def test_checkpoint_without_scaler_state_raises_and_old_files_load(tmp_path):
         GradScaler().load_state_dict({"scale": numpy.asarray(2.0)})
 
 
-def test_device_step_makes_no_sync(gpu_xp):
-    """On the sim: unscale_ + step + update run on the device without waiting for it (the
-    found-inf check goes into the optimizer's kernel, the scale's update is a kernel): 4
-    launches (sum of squares, 1/S, the optimizer, the update), 0 syncs, 0 bytes copied."""
+def test_device_step_makes_no_sync(sim_xp):
+    """On the sim (the counters are the sim's): unscale_ + step + update run on the device
+    without waiting for it (the found-inf check goes into the optimizer's kernel, the
+    scale's update is a kernel): 4 launches (sum of squares, 1/S, the optimizer, the
+    update), 0 syncs, 0 bytes copied."""
     from gpunet import sim
-    if gpu_xp is not gpunet.backend.require_sim():
-        pytest.skip("counters are the sim's")
-    model, loss_fn = _model(gpu_xp), SoftmaxCrossEntropy()
+    model, loss_fn = _model(sim_xp), SoftmaxCrossEntropy()
     opt = optim.SGD(model, lr=0.1)
     scaler = GradScaler()
-    x, y = _batch(gpu_xp, 0)
+    x, y = _batch(sim_xp, 0)
     _iteration(model, loss_fn, opt, scaler, x, y)      # warm-up: tables, kernels
     for poison in (None, math.inf):
         loss_fn(model(x), y)

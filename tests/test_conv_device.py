@@ -188,13 +188,6 @@ def test_conv_bn_dropout_stack_matches_numpy_and_copies_nothing(gpu_xp, gpu_devi
 
 
 # -- launch budgets on the sim --------------------------------------------------------------
-@pytest.fixture
-def sim_xp():
-    if sim.compiler() is None:
-        pytest.skip("needs a C++ compiler for the sim device")
-    return sim.require()
-
-
 @pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[6], CONV_CASES[9]])
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_conv_layer_launches_on_sim(sim_xp, case, activation):
