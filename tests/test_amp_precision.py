@@ -128,22 +128,41 @@ def test_bfloat16_is_refused_with_the_reason():
         MixedPrecision(Sequential(Dense(4, 3)), dtype="bfloat16")
 
 
+# seeds per device for the digits comparison below (the sim takes ~40 s a seed)
+DIGITS_SEEDS = {"cpu": 8, "cuda": 8, "sim": 2}
+
+
 def test_trainer_fp16_digits_within_half_a_point_of_fp32(xp, device):
-    """Digits MLP (Dense, BatchNorm, Dropout), Adam, 10 epochs: fp16 test accuracy within
-    0.5 percentage points of float32 on the same device."""
+    """Digits MLP (Dense, BatchNorm, Dropout), Adam, 10 epochs, on the same device: the mean
+    over seeds (initial weights and shuffling) of fp16 minus float32 test accuracy is within
+    0.5 percentage points (issue 14's criterion), and every run is above 95%.
+
+    Why a mean over seeds: the test set has 360 images, one image is 0.28 points, and two
+    runs that differ only in rounding follow different trajectories and end a few images
+    apart either way. On NumPy, seeds 0-15 gave fp16 - fp32 of -2 to +4 images (standard
+    deviation 1.6 images, 0.45 points; mean +0.3 images); on an H200 the single seed this
+    test used to run gave -2 images (0.56 points) and failed. So one pair of runs measures
+    noise, not precision. The mean of 8 seeds has a standard error of about 0.16 points, so
+    the 0.5-point bound is about 3 standard errors: an fp16 loss of half a point would fail
+    it, trajectory noise should not (NumPy, seeds 0-7: +0.24 points). The sim runs 2 seeds
+    only (each pair of fits costs it ~40 s): there the check is mostly that the device's half
+    kernels train; the statistical weight is NumPy's and CUDA's."""
     (Xtr, ytr), (Xte, yte) = datasets.load_digits()
-    acc = {}
-    for precision in ("fp32", "fp16"):
-        m = _mlp()
-        t = Trainer(m, SoftmaxCrossEntropy(), optim.Adam(m, lr=3e-3), device=device,
-                    precision=precision)
-        t.fit((Xtr, ytr), epochs=10, progress=False)
-        acc[precision] = t.evaluate((Xte, yte))["accuracy"]
-        assert m[0].weight.data.dtype == numpy.float32
-        if precision == "fp16":
-            assert 1.0 < t.scaler.get_scale() <= 2.0**16
-    assert acc["fp32"] > 0.95
-    assert abs(acc["fp16"] - acc["fp32"]) <= 0.005, acc
+    diffs = []
+    for seed in range(DIGITS_SEEDS[device]):
+        acc = {}
+        for precision in ("fp32", "fp16"):
+            m = _mlp(seed=seed)
+            t = Trainer(m, SoftmaxCrossEntropy(), optim.Adam(m, lr=3e-3), device=device,
+                        precision=precision)
+            t.fit((Xtr, ytr), epochs=10, seed=seed, progress=False)
+            acc[precision] = t.evaluate((Xte, yte))["accuracy"]
+            assert m[0].weight.data.dtype == numpy.float32
+            if precision == "fp16":
+                assert 1.0 < t.scaler.get_scale() <= 2.0**16
+        assert min(acc.values()) > 0.95, (seed, acc)
+        diffs.append(acc["fp16"] - acc["fp32"])
+    assert abs(numpy.mean(diffs)) <= 0.005, [round(d * len(yte)) for d in diffs]
 
 
 def test_trainer_fp16_checkpoint_resume_bit_identical(tmp_path):
