@@ -3,6 +3,7 @@ mpiexec, i.e. without the ``mpi`` extra), against one-process references compute
 process; and the one-process world, which needs no MPI."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -35,6 +36,31 @@ def mpiexec():
 needs_mpi = pytest.mark.skipif(mpiexec() is None, reason="needs mpi4py and mpiexec (the mpi extra)")
 
 
+@functools.lru_cache(maxsize=None)
+def is_open_mpi(exe) -> bool:
+    """Whether ``exe`` is Open MPI's launcher: ``mpiexec --version`` says "(Open MPI) x.y"
+    (older ones "(OpenRTE)"); MPICH's says "HYDRA build details"."""
+    try:
+        p = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s in p.stdout + p.stderr for s in ("Open MPI", "OpenRTE"))
+
+
+def mpiexec_argv(exe, n, env):
+    """``[exe, -n, n, ...]`` for this machine, setting in ``env`` what the launch needs.
+    Open MPI refuses to start as root (a container's user) unless OMPI_ALLOW_RUN_AS_ROOT and
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM are 1 (MPICH ignores them), and refuses more processes
+    than it counts slots (cores) unless told --oversubscribe (MPICH oversubscribes freely,
+    and would reject the flag)."""
+    argv = [exe, "-n", str(n)]
+    if is_open_mpi(exe):
+        argv.append("--oversubscribe")
+    if os.geteuid() == 0:
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    return argv
+
+
 def launch(args, n=2, timeout=120):
     """Run ``mpiexec -n n python args...`` from the repo root; returns (CompletedProcess, seconds)."""
     env = dict(os.environ)
@@ -43,8 +69,9 @@ def launch(args, n=2, timeout=120):
         env[v] = "1"                  # two processes on a small machine: one BLAS thread each
     for v in [k for k in env if k.startswith(("PMI_", "PMIX_", "OMPI_")) or k == "MPI_LOCALRANKID"]:
         del env[v]                     # a test run under mpiexec itself must not leak its world
+    argv = mpiexec_argv(mpiexec(), n, env)
     t0 = time.perf_counter()
-    r = subprocess.run([mpiexec(), "-n", str(n), sys.executable, *args], cwd=ROOT, env=env,
+    r = subprocess.run([*argv, sys.executable, *args], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout)
     return r, time.perf_counter() - t0
 
@@ -129,6 +156,27 @@ def test_an_exception_in_one_process_ends_all_of_them(tmp_path):
 
 
 # -- one process, no MPI ------------------------------------------------------------------------------
+@pytest.mark.parametrize("flavour, version", [
+    ("openmpi", "mpiexec (Open MPI) 4.1.6\n\nReport bugs to https://www.open-mpi.org/community/help/"),
+    ("openmpi", "mpirun (Open MPI) 5.0.3"),
+    ("mpich", "HYDRA build details:\n    Version:                                 4.2.0")])
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_mpiexec_command_suits_the_flavour_and_the_user(tmp_path, monkeypatch, flavour, version, uid):
+    """Open MPI (as found on the GPU machine, run as root there) needs the run-as-root
+    variables and --oversubscribe; MPICH gets neither flag. A fake launcher that only
+    prints its version stands for each."""
+    exe = tmp_path / "mpiexec"
+    exe.write_text(f"#!/bin/sh\ncat <<'EOF'\n{version}\nEOF\n")
+    exe.chmod(0o755)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    env = {}
+    argv = mpiexec_argv(str(exe), 2, env)
+    assert argv[:3] == [str(exe), "-n", "2"]
+    assert ("--oversubscribe" in argv) == (flavour == "openmpi") and len(argv) <= 4
+    root = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    assert env == (root if uid == 0 else {})
+
+
 def test_init_without_a_launcher_is_a_world_of_one(monkeypatch):
     for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALRANKID"):
         monkeypatch.delenv(v, raising=False)
