@@ -82,6 +82,22 @@ def test_fp16_checks_and_timings_run_on_the_sim():
     assert step["gpunet_fp32_ms"] > 0 and step["gpunet_fp16_ms"] > 0 and "torch_fp16_ms" not in step
 
 
+def test_softmax_xent_checks_pass_on_the_sim(sim_xp):
+    """check_softmax_xent on the sim, whose labels are checked on the device as on CUDA: every
+    check passes, the bad label's ValueError comes from reading its loss (a check expecting
+    it at the call failed on an H200, and the loss it left unread then made the next,
+    unrelated loss read raise), and no flag is left pending afterwards."""
+    import numpy
+    from gpunet.cuda.softmax_xent import raise_label_error
+    gc = _load_gpu_check()
+    results = []
+    gc.check_softmax_xent(sim_xp, numpy.random.default_rng(0), results)
+    bad = [r for r in results if not r[3]]
+    assert len(results) == 84 and not bad, bad
+    assert any("label 3 of C=3 raises ValueError" in r[1] for r in results)
+    raise_label_error("sim")     # nothing pending: no ValueError
+
+
 def test_training_throughput_logic_runs_without_a_gpu():
     """Step 5's code paths on what this machine has: gpunet's Trainer eager and with a CUDA
     graph on the sim, PyTorch eager and fused Adam on the CPU (its CUDA-graph variant needs

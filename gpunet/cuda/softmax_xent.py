@@ -9,6 +9,12 @@ flag when the value read is not finite), or by ``raise_label_error`` (``Trainer`
 it at its progress refreshes and at the end of every epoch). Like CUDA's asynchronous
 errors, it surfaces later than the call that caused it, but it is named; unlike them it
 is cleared once raised.
+
+The flag belongs to the device, not to a call: a bad call whose loss is never read leaves
+it set, and the next read of any later loss on that device (NaN, as said) raises it. That
+is what lets ``Trainer`` read only an accumulated loss record, never a step's loss; the
+message says so. To tie the error to one call, read that call's loss (or call
+``raise_label_error``) before the next.
 """
 from __future__ import annotations
 
@@ -56,8 +62,9 @@ def raise_label_error(device=None):
     st.fill(0)
     raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} label(s) outside "
                      f"[0, {C})" + (f" and not ignore_index={ignore_index}" if has_ignore else "")
-                     + f", e.g. {label} at row {row} (checked on the device, reported when a loss "
-                     "was read)")
+                     + f", e.g. {label} at row {row} (checked on the device and raised at a later "
+                     "read: the bad labels were in this or an earlier softmax_xent call on the device, "
+                     "and every loss computed while the error was pending is NaN)")
 
 
 class _CheckedRead:
