@@ -237,6 +237,17 @@ def _planted(tmp_path, old, new, file="dropout.cu"):
 KEEP_LINE = "v.v[k] = dropout_one(v.v[k], keep, scale);"
 
 
+def test_nvrtc_check_bypasses_nvrtcs_cache():
+    """NVRTC 12.9+ caches programs in the CUDA driver's cache (where a driver exists, so not
+    here): a cache hit compiles nothing and prints no ptxas report, which made the clean
+    compile after the planted one below list no kernel on an H200. The check asks for
+    --no-cache where NVRTC knows it, keeping the loader's options and -Xptxas=-v."""
+    opts = ck.nvrtc_options(80, KDIR, (13, 0))
+    assert opts[: len(gcuda.compile_options(80))] == gcuda.compile_options(80)
+    assert "-Xptxas=-v" in opts and "--no-cache" in opts
+    assert "--no-cache" not in ck.nvrtc_options(80, KDIR, (12, 8))
+
+
 @needs_nvcc
 @needs_nvrtc
 def test_planted_undefined_identifier_fails_both_compilers(tmp_path):

@@ -10,7 +10,8 @@ For each ``kernels/*.cu`` and each architecture (default sm_80 and sm_90) two co
   (``from cuda.bindings import nvrtc``, packages ``cuda-bindings`` and
   ``nvidia-cuda-nvrtc``) with exactly the options and name expressions the loader uses
   (``gpunet.cuda.compile_options(arch)`` and ``gpunet.cuda.KERNELS``), plus
-  ``-Xptxas=-v``, which only makes ptxas report registers and spills.
+  ``-Xptxas=-v``, which only makes ptxas report registers and spills, and ``--no-cache``
+  (NVRTC 12.9+), so that a cached program cannot skip that report (``nvrtc_options``).
   Why these bindings and not CuPy's own ``cupy.cuda.compiler.compile_using_nvrtc``: they
   need no GPU, no driver and no CuPy, only the NVRTC shared library from the
   ``nvidia-cuda-nvrtc`` wheel (pinned to 13.0.* to match nvcc 13.0); CuPy asks the
@@ -162,6 +163,20 @@ def check_nvcc(file: str, arch: int, directory=None, nvcc=None) -> Result:
     return res
 
 
+def nvrtc_options(arch: int, directory=None, version=(13, 0)) -> tuple:
+    """The NVRTC options of the check: the loader's (``compile_options(arch)``), the CUDA
+    include folder, ``-Xptxas=-v`` for the register and spill report, and from NVRTC 12.9
+    on ``--no-cache``. NVRTC 12.9+ keeps compiled programs in the CUDA driver's cache where
+    a driver is installed; a hit skips the compilation and with it the ptxas report, so on
+    the H200 the second clean compile of dropout.cu in one pytest run (0.0 s) listed no
+    kernel and failed as "name expressions with no compiled kernel". Without a driver (CPU
+    CI) nothing is cached either way."""
+    inc = cuda_include_dir()
+    no_cache = ("--no-cache",) if tuple(int(v) for v in version) >= (12, 9) else ()
+    return (*gcuda.compile_options(arch, directory), "-Xptxas=-v", *no_cache,
+            *((f"-I{inc}",) if inc else ()))
+
+
 def check_nvrtc(file: str, arch: int, directory=None, names=None) -> Result:
     """Compile ``file`` with NVRTC as CuPy would on an ``sm_<arch>`` device."""
     d = Path(directory) if directory is not None else gcuda.kernels_dir()
@@ -182,9 +197,7 @@ def check_nvrtc(file: str, arch: int, directory=None, names=None) -> Result:
             (err,) = nvrtc.nvrtcAddNameExpression(prog, n.encode())
             if int(err) != 0:
                 res.problems.append(f"nvrtcAddNameExpression({n}): {err}")
-        inc = cuda_include_dir()
-        opts = [o.encode() for o in (*gcuda.compile_options(arch, d), "-Xptxas=-v",
-                                     *((f"-I{inc}",) if inc else ()))]
+        opts = [o.encode() for o in nvrtc_options(arch, d, nvrtc.nvrtcVersion()[1:])]
         t0 = time.perf_counter()
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         res.seconds = time.perf_counter() - t0
