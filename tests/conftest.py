@@ -10,8 +10,9 @@ generator and move them with ``xp.asarray``; compare with ``gpunet.to_numpy``.
 GPU-only tests (kernels against their NumPy reference, CPU/GPU parity) take ``gpu_xp`` /
 ``gpu_device`` instead: every GPU-like backend present, ``"cuda"`` and ``"sim"``; they skip
 where there is neither. Sim-only tests (cost counters, launch budgets) take ``sim_xp``,
-which skips where the sim has no C++ compiler (CuPy or not). ``GPUNET_REQUIRE_SIM=1`` (CI) turns a missing C++ compiler into an
-error instead of silently dropping the sim from the suite.
+which skips where the sim has no C++ compiler (CuPy or not). ``GPUNET_REQUIRE_SIM=1`` (CI)
+turns a missing C++ compiler into an error instead of silently dropping the sim from the
+suite.
 """
 import os
 
