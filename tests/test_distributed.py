@@ -50,12 +50,17 @@ def is_open_mpi(exe) -> bool:
 def mpiexec_argv(exe, n, env):
     """``[exe, -n, n, ...]`` for this machine, setting in ``env`` what the launch needs.
     Open MPI refuses to start as root (a container's user) unless OMPI_ALLOW_RUN_AS_ROOT and
-    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM are 1 (MPICH ignores them), and refuses more processes
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM are 1 (MPICH ignores them), refuses more processes
     than it counts slots (cores) unless told --oversubscribe (MPICH oversubscribes freely,
-    and would reject the flag)."""
+    and would reject the flag), and without ssh or rsh on the PATH needs an agent named."""
     argv = [exe, "-n", str(n)]
     if is_open_mpi(exe):
         argv.append("--oversubscribe")
+        if not (shutil.which("ssh") or shutil.which("rsh")):
+            # Open MPI 4 refuses to start even on one node when its remote-launch agent is
+            # missing (a container without ssh, as on the GPU machine); any program that
+            # exists does, since a local launch never runs it (open-mpi/ompi#12386)
+            env["OMPI_MCA_plm_rsh_agent"] = "sh"
     if os.geteuid() == 0:
         env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     return argv
@@ -161,20 +166,27 @@ def test_an_exception_in_one_process_ends_all_of_them(tmp_path):
     ("openmpi", "mpirun (Open MPI) 5.0.3"),
     ("mpich", "HYDRA build details:\n    Version:                                 4.2.0")])
 @pytest.mark.parametrize("uid", [0, 1000])
-def test_mpiexec_command_suits_the_flavour_and_the_user(tmp_path, monkeypatch, flavour, version, uid):
-    """Open MPI (as found on the GPU machine, run as root there) needs the run-as-root
-    variables and --oversubscribe; MPICH gets neither flag. A fake launcher that only
-    prints its version stands for each."""
+@pytest.mark.parametrize("ssh", [True, False])
+def test_mpiexec_command_suits_the_flavour_and_the_user(tmp_path, monkeypatch, flavour, version, uid,
+                                                        ssh):
+    """Open MPI (as found on the GPU machine, run as root there, without ssh) needs the
+    run-as-root variables, --oversubscribe and, without ssh/rsh, a launch agent named; MPICH
+    gets none of these. A fake launcher that only prints its version stands for each."""
     exe = tmp_path / "mpiexec"
     exe.write_text(f"#!/bin/sh\ncat <<'EOF'\n{version}\nEOF\n")
     exe.chmod(0o755)
     monkeypatch.setattr(os, "geteuid", lambda: uid)
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: (
+        f"/usr/bin/{name}" if ssh else None) if name in ("ssh", "rsh") else which(name, *a, **k))
     env = {}
     argv = mpiexec_argv(str(exe), 2, env)
     assert argv[:3] == [str(exe), "-n", "2"]
     assert ("--oversubscribe" in argv) == (flavour == "openmpi") and len(argv) <= 4
-    root = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    assert env == (root if uid == 0 else {})
+    want = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if uid == 0 else {}
+    if flavour == "openmpi" and not ssh:
+        want["OMPI_MCA_plm_rsh_agent"] = "sh"
+    assert env == want
 
 
 def test_init_without_a_launcher_is_a_world_of_one(monkeypatch):

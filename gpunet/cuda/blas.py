@@ -116,7 +116,39 @@ def _element_strides(x):
 
 _lock = threading.Lock()
 _lib = None
-_workspaces = {}
+_local = threading.local()        # per thread (CuPy's cuBLAS handles are per thread too)
+
+# How the workspace is handled, "set" (default): cublasSetWorkspace with gpunet's own buffer
+# before every call, as PyTorch does, so that cuBLAS never allocates during a capture;
+# "default": the library's default pool (what CuPy's calls use). GPUNET_CUBLAS_WORKSPACE.
+WORKSPACE = os.environ.get("GPUNET_CUBLAS_WORKSPACE", "set")
+# GPUNET_CUBLAS=cupy sends gpunet's GEMMs back to cupy.matmul (eager steps only: CuPy refuses
+# cuBLAS during a graph capture).
+ENABLED = os.environ.get("GPUNET_CUBLAS", "gpunet") != "cupy"
+
+
+class _DeviceState:
+    """What each call needs of a device, looked up once per thread: CuPy's cuBLAS handle,
+    the workspace, the tensor-op algorithm choice."""
+    __slots__ = ("handle", "workspace", "ws_ptr", "cc")
+
+    def __init__(self, cp, dev_id):
+        with cp.cuda.Device(dev_id):
+            self.handle = cp.cuda.device.get_cublas_handle()
+            self.workspace = cp.empty(WORKSPACE_BYTES, dtype=cp.uint8)
+            self.ws_ptr = self.workspace.data.ptr
+            self.cc = int(cp.cuda.Device(dev_id).compute_capability)
+
+
+def _state(cp):
+    states = getattr(_local, "states", None)
+    if states is None:
+        states = _local.states = {}
+    dev_id = cp.cuda.runtime.getDevice()
+    st = states.get(dev_id)
+    if st is None:
+        st = states[dev_id] = _DeviceState(cp, dev_id)
+    return st
 
 
 def _library(cp):
@@ -131,19 +163,17 @@ def _library(cp):
                 with open("/proc/self/maps") as f:
                     for line in f:
                         p = line.split()[-1] if "/" in line else ""
-                        name = os.path.basename(p)
-                        if name.startswith("libcublas.so"):
+                        if os.path.basename(p).startswith("libcublas.so"):
                             path = p
                             break
                 lib = ctypes.CDLL(path or "libcublas.so.13")
-                v, i, z, c_int, ll = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t,
-                                      ctypes.c_int, ctypes.c_longlong)
+                v, i, z, ll = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_longlong
                 lib.cublasSetStream_v2.argtypes = [v, v]
                 lib.cublasSetWorkspace_v2.argtypes = [v, v, z]
                 lib.cublasGemmEx.argtypes = [v, i, i, i, i, i, v, v, i, i, v, i, i, v, v, i, i,
                                              i, i]
                 lib.cublasGemmStridedBatchedEx.argtypes = [v, i, i, i, i, i, v, v, i, i, ll, v,
-                                                           i, i, ll, v, v, i, i, ll, c_int, i, i]
+                                                           i, i, ll, v, v, i, i, ll, i, i, i]
                 for fn in (lib.cublasSetStream_v2, lib.cublasSetWorkspace_v2, lib.cublasGemmEx,
                            lib.cublasGemmStridedBatchedEx):
                     fn.restype = ctypes.c_int
@@ -156,11 +186,9 @@ def _check(status, fn):
         raise RuntimeError(f"gpunet.cuda.blas: {fn} returned cuBLAS status {status}")
 
 
-def _workspace(cp, dev):
-    ws = _workspaces.get(dev)
-    if ws is None:
-        ws = _workspaces[dev] = cp.empty(WORKSPACE_BYTES, dtype=cp.uint8)
-    return ws
+_ONE32, _ZERO32 = ctypes.c_float(1.0), ctypes.c_float(0.0)
+_ONE64, _ZERO64 = ctypes.c_double(1.0), ctypes.c_double(0.0)
+_ALPHA = {COMPUTE_64F: (ctypes.addressof(_ONE64), ctypes.addressof(_ZERO64))}
 
 
 def compute_type(dtype):
@@ -221,29 +249,23 @@ def matmul(a, b, out=None):
 
 
 def _gemm(cp, plan, b_ptr, a_ptr, c_ptr, dtype):
-    lib = _library(cp)
-    dev = cp.cuda.Device()
-    handle = cp.cuda.device.get_cublas_handle()
-    stream = cp.cuda.get_current_stream().ptr
-    _check(lib.cublasSetStream_v2(handle, stream), "cublasSetStream")
-    ws = _workspace(cp, dev.id)
-    _check(lib.cublasSetWorkspace_v2(handle, ws.data.ptr, WORKSPACE_BYTES), "cublasSetWorkspace")
+    lib = _lib or _library(cp)
+    st = _state(cp)
+    handle = st.handle
+    _check(lib.cublasSetStream_v2(handle, cp.cuda.get_current_stream().ptr), "cublasSetStream")
+    if WORKSPACE == "set":
+        _check(lib.cublasSetWorkspace_v2(handle, st.ws_ptr, WORKSPACE_BYTES), "cublasSetWorkspace")
     ct = compute_type(dtype)
-    if ct == COMPUTE_64F:
-        one, zero = ctypes.c_double(1.0), ctypes.c_double(0.0)
-    else:
-        one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
-    cc = int(dev.compute_capability)
-    algo = GEMM_DEFAULT_TENSOR_OP if cc >= 80 or (cc >= 70 and dtype == numpy.float16) \
+    one, zero = _ALPHA.get(ct, (ctypes.addressof(_ONE32), ctypes.addressof(_ZERO32)))
+    algo = GEMM_DEFAULT_TENSOR_OP if st.cc >= 80 or (st.cc >= 70 and dtype == numpy.float16) \
         else GEMM_DEFAULT
     t = CUDA_R[dtype]
     p = plan
     if p.batch == 1:
-        _check(lib.cublasGemmEx(handle, p.transb, p.transa, p.m, p.n, p.k, ctypes.addressof(one),
-                                b_ptr, t, p.ldb, a_ptr, t, p.lda, ctypes.addressof(zero), c_ptr, t,
-                                p.ldc, ct, algo), "cublasGemmEx")
+        _check(lib.cublasGemmEx(handle, p.transb, p.transa, p.m, p.n, p.k, one, b_ptr, t, p.ldb,
+                                a_ptr, t, p.lda, zero, c_ptr, t, p.ldc, ct, algo), "cublasGemmEx")
     else:
         _check(lib.cublasGemmStridedBatchedEx(
-            handle, p.transb, p.transa, p.m, p.n, p.k, ctypes.addressof(one), b_ptr, t, p.ldb,
-            p.stride_b, a_ptr, t, p.lda, p.stride_a, ctypes.addressof(zero), c_ptr, t, p.ldc,
-            p.stride_c, p.batch, ct, algo), "cublasGemmStridedBatchedEx")
+            handle, p.transb, p.transa, p.m, p.n, p.k, one, b_ptr, t, p.ldb, p.stride_b, a_ptr,
+            t, p.lda, p.stride_a, zero, c_ptr, t, p.ldc, p.stride_c, p.batch, ct, algo),
+            "cublasGemmStridedBatchedEx")

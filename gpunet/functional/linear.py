@@ -25,10 +25,12 @@ def device_matmul(xp, a, b, out=None):
     """``xp.matmul(a, b, out=out)``, except on CUDA, where gpunet's own cuBLAS call
     (:func:`gpunet.cuda.blas.matmul`, the same ``cublasGemmEx`` CuPy makes) runs instead of
     CuPy's: CuPy refuses every cuBLAS call while a stream captures a CUDA graph, and eager and
-    captured steps must compute the same products. Every GEMM of gpunet goes through here."""
+    captured steps must compute the same products. Every GEMM of gpunet goes through here
+    (``GPUNET_CUBLAS=cupy`` restores CuPy's for eager steps)."""
     if xp.__name__ == "cupy":
         from ..cuda import blas
-        return blas.matmul(a, b, out=out)
+        if blas.ENABLED:
+            return blas.matmul(a, b, out=out)
     return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
 
 
