@@ -142,3 +142,44 @@ def test_compute_type_follows_cupy_tf32_setting(monkeypatch):
     monkeypatch.setenv("CUPY_TF32", "1")
     assert blas.compute_type(numpy.dtype(numpy.float32)) == blas.COMPUTE_32F_FAST_TF32
     assert blas.compute_type(numpy.dtype(numpy.float64)) == blas.COMPUTE_64F
+
+
+class _FakeArray:
+    """What blas.matmul reads of a CuPy array, backed by a NumPy array (no GPU here)."""
+
+    def __init__(self, x):
+        self.x = x
+        self.shape, self.strides, self.dtype = x.shape, x.strides, x.dtype
+        self.ndim, self.size, self.itemsize = x.ndim, x.size, x.itemsize
+        self.data = type("Ptr", (), {"ptr": x.__array_interface__["data"][0]})()
+
+    def reshape(self, shape):
+        return _FakeArray(self.x.reshape(shape))
+
+
+def test_a_repeated_layout_reuses_its_plan_and_gives_the_same_call(monkeypatch):
+    """The plan of a layout that needs no copy is kept: the second product of the same
+    layout makes the same cuBLAS call without working it out again; another layout (a
+    transposed operand) gets its own plan."""
+    import sys
+    import types
+    fake = types.ModuleType("cupy")
+    fake.empty = lambda shape, dtype: _FakeArray(numpy.empty(shape, dtype))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(blas, "_plans", {})
+    calls = []
+    monkeypatch.setattr(blas, "_gemm", lambda cp, plan, b, a, c, dtype: calls.append(plan))
+    planned = []
+    real_plan = blas.gemm_plan
+    monkeypatch.setattr(blas, "gemm_plan", lambda *a: planned.append(a) or real_plan(*a))
+    rng = numpy.random.default_rng(0)
+    a = _FakeArray(rng.standard_normal((5, 7)).astype(numpy.float32))
+    b = _FakeArray(rng.standard_normal((7, 3)).astype(numpy.float32))
+    bt = _FakeArray(numpy.ascontiguousarray(b.x.T).T)
+    c1 = blas.matmul(a, b)
+    c2 = blas.matmul(a, b)
+    assert c1.shape == c2.shape == (5, 3) and len(planned) == 1 and calls[0] == calls[1]
+    blas.matmul(a, bt)
+    assert len(planned) == 2 and calls[2] != calls[0] and calls[2].transb == blas.OP_T
+    blas.matmul(a, bt)
+    assert len(planned) == 2 and calls[3] == calls[2]
