@@ -11,11 +11,11 @@ cannot see cuBLAS).
 import numpy
 import pytest
 
-import gpunet
-from gpunet import (BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential,
-                    SoftmaxCrossEntropy, backend, datasets, models, optim)
+from gpunet import SoftmaxCrossEntropy, backend
 from gpunet.backend import to_numpy
 from gpunet.train import Trainer
+
+import graph_cases  # noqa: E402  (tests/ is on sys.path under pytest)
 
 pytestmark = pytest.mark.skipif(not backend.cuda_available(), reason="needs a CUDA GPU and CuPy")
 
@@ -95,38 +95,13 @@ def test_blas_matmul_is_captured_and_replayed_in_a_graph():
 
 
 def _fit(kind, cuda_graph):
-    (X, y), _ = datasets.load_digits()
-    X, y = X[:300], y[:300]
-    gpunet.manual_seed(0)
-    kw = {}
-    if kind == "mlp_adam":
-        m = models.mlp((64, 256, 128, 10)).to("cuda")
-        opt = optim.Adam(m, lr=1e-3)
-    elif kind == "mlp_fp16":
-        m = models.mlp((64, 32, 10)).to("cuda")
-        opt = optim.Adam(m, lr=1e-2)
-        kw = dict(precision="fp16", scaler=gpunet.amp.GradScaler(init_scale=2.0**20, growth_interval=3))
-    elif kind == "cnn_bn_dropout":
-        m = Sequential(Conv2D(1, 4, 3, padding=1, activation="relu"), BatchNorm(4),
-                       Dropout(0.2, seed=5), MaxPool2D(2), Flatten(), Dense(4 * 4 * 4, 10)).to("cuda")
-        X = X.reshape(-1, 1, 8, 8)
-        opt = optim.SGD(m, lr=0.05, momentum=0.9)
-    elif kind == "mlp_bn_dropout":
-        m = Sequential(Dense(64, 32, activation="relu"), BatchNorm(32), Dropout(0.3, seed=4),
-                       Dense(32, 10)).to("cuda")
-        opt = optim.Adam(m, lr=1e-2)
-    else:
-        m = models.cnn_digits(channels=(4, 8)).to("cuda")
-        X = X.reshape(-1, 1, 8, 8)
-        opt = optim.SGD(m, lr=0.05, momentum=0.9)
-        kw = dict(scheduler=optim.StepLR(opt, 3, 0.5), scheduler_interval="step", clip_grad_norm=0.5)
+    m, X, y, opt, kw = graph_cases.build(kind, "cuda")
     tr = Trainer(m, SoftmaxCrossEntropy(), opt, cuda_graph=cuda_graph, **kw)
     h = tr.fit((X, y), epochs=2, batch_size=32, progress=False)
     return tr, h
 
 
-@pytest.mark.parametrize("kind", ["mlp_adam", "mlp_fp16", "cnn_sgd_schedule_clip", "mlp_bn_dropout",
-                                  "cnn_bn_dropout"])
+@pytest.mark.parametrize("kind", graph_cases.KINDS)
 def test_trainer_cuda_graph_gives_the_eager_results_on_the_gpu(kind):
     tr, h = _fit(kind, True)
     tr0, h0 = _fit(kind, False)

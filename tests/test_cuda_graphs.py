@@ -9,12 +9,13 @@ import numpy
 import pytest
 
 import gpunet
-from gpunet import (BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Sequential, SoftmaxCrossEntropy, datasets, models,
-                    optim, sim, to_numpy)
+from gpunet import BatchNorm, Dense, Dropout, Sequential, SoftmaxCrossEntropy, optim, sim, to_numpy
 from gpunet.cuda import CUDAGraph
 from gpunet.cuda.graphs import capturing
 from gpunet.sim._counters import GraphReplayError
 from gpunet.train import Callback, Trainer
+
+import graph_cases  # noqa: E402  (tests/ is on sys.path under pytest)
 
 pytestmark = pytest.mark.skipif(sim.compiler() is None, reason="no C++ compiler: no sim device")
 
@@ -210,38 +211,14 @@ class _Costs(Callback):
 
 
 def _fit(kind, cuda_graph):
-    (X, y), _ = datasets.load_digits()
-    X, y = X[:300], y[:300]
-    gpunet.manual_seed(0)
-    if kind == "mlp_adam":
-        m = models.mlp((64, 256, 128, 10)).to("sim")
-        opt, kw = optim.Adam(m, lr=1e-3), {}
-    elif kind == "mlp_fp16":
-        m = models.mlp((64, 32, 10)).to("sim")
-        opt = optim.Adam(m, lr=1e-2)
-        kw = dict(precision="fp16", scaler=gpunet.amp.GradScaler(init_scale=2.0**20, growth_interval=3))
-    elif kind == "mlp_bn_dropout":
-        m = Sequential(Dense(64, 32, activation="relu"), BatchNorm(32), Dropout(0.3, seed=4),
-                       Dense(32, 10)).to("sim")
-        opt, kw = optim.Adam(m, lr=1e-2), {}
-    elif kind == "cnn_bn_dropout":
-        m = Sequential(Conv2D(1, 4, 3, padding=1, activation="relu"), BatchNorm(4),
-                       Dropout(0.2, seed=5), MaxPool2D(2), Flatten(), Dense(4 * 4 * 4, 10)).to("sim")
-        X = X.reshape(-1, 1, 8, 8)
-        opt, kw = optim.SGD(m, lr=0.05, momentum=0.9), {}
-    else:
-        m = models.cnn_digits(channels=(4, 8)).to("sim")
-        X = X.reshape(-1, 1, 8, 8)
-        opt = optim.SGD(m, lr=0.05, momentum=0.9)
-        kw = dict(scheduler=optim.StepLR(opt, 3, 0.5), scheduler_interval="step", clip_grad_norm=0.5)
+    m, X, y, opt, kw = graph_cases.build(kind, "sim")
     tr = Trainer(m, SoftmaxCrossEntropy(), opt, cuda_graph=cuda_graph, **kw)
     costs = _Costs()
     h = tr.fit((X, y), epochs=2, batch_size=32, callbacks=[costs], progress=False)
     return tr, h, costs.steps
 
 
-@pytest.mark.parametrize("kind", ["mlp_adam", "mlp_fp16", "cnn_sgd_schedule_clip", "mlp_bn_dropout",
-                                  "cnn_bn_dropout"])
+@pytest.mark.parametrize("kind", graph_cases.KINDS)
 def test_trainer_cuda_graph_one_launch_per_step_same_results(kind):
     tr, h, steps = _fit(kind, True)
     tr0, h0, _ = _fit(kind, False)
