@@ -25,10 +25,14 @@ timeout "${CHECK_S:-210}" python3 benchmarks/gpu_check.py --out "$OUT" --skip-te
     > "$OUT/gpu_check.txt" 2>&1
 echo "gpu_check rc=$?"
 echo "== pytest"
-timeout "${PYTEST_S:-170}" python3 -m pytest -q -p no:cacheprovider -n "${PYTEST_N:-8}" \
+# -v: one line per test as it ends, so a run stopped by its time limit still names what
+# failed (run 3 of 2026-11-29 was stopped at 93% with one anonymous F); 170 s was too short
+# once the distributed tests could start there (mpiexec per test)
+timeout "${PYTEST_S:-300}" python3 -m pytest -v -p no:cacheprovider -n "${PYTEST_N:-8}" \
     --timeout 100 ${PYTEST_ARGS:-tests} > "$OUT/pytest.txt" 2>&1
 echo "pytest rc=$?"
-grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" | head -60
+grep -E "^(FAILED|ERROR)|\] (FAILED|ERROR) " "$OUT/pytest.txt" | head -60
+grep -cE "\] PASSED " "$OUT/pytest.txt" | sed 's/^/passed so far: /'
 tail -3 "$OUT/pytest.txt"
 echo "== gpunet train --device cuda"
 timeout "${TRAIN_S:-90}" python3 -m gpunet.cli train --device cuda > "$OUT/train.txt" 2>&1
