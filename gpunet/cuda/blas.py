@@ -26,6 +26,7 @@ GEMM (``tests/test_cuda_blas.py``); the calls themselves run only on a GPU
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import threading
@@ -40,20 +41,11 @@ GEMM_DEFAULT, GEMM_DEFAULT_TENSOR_OP = -1, 99                  # cublasGemmAlgo_
 WORKSPACE_BYTES = 32 << 20   # cuBLAS's recommended workspace on Hopper (4 MiB suffices before)
 
 
-class GemmPlan(tuple):
-    """The arguments of one column-major cuBLAS call computing a row-major
-    ``C[b] = A[b] @ B[b]`` as ``C[b]^T = B[b]^T @ A[b]^T``: ``(transb, transa, m, n, k, ldb,
-    lda, ldc, stride_b, stride_a, stride_c, batch)``; strides and leading dimensions in
-    elements (a batch stride of 0 broadcasts a matrix over the batch)."""
-    __slots__ = ()
-    fields = ("transb", "transa", "m", "n", "k", "ldb", "lda", "ldc",
-              "stride_b", "stride_a", "stride_c", "batch")
-
-    def __getattr__(self, name):
-        try:
-            return self[self.fields.index(name)]
-        except ValueError:
-            raise AttributeError(name) from None
+GemmPlan = collections.namedtuple(
+    "GemmPlan", "transb transa m n k ldb lda ldc stride_b stride_a stride_c batch")
+GemmPlan.__doc__ = """The arguments of one column-major cuBLAS call computing a row-major
+``C[b] = A[b] @ B[b]`` as ``C[b]^T = B[b]^T @ A[b]^T``; strides and leading dimensions in
+elements (a batch stride of 0 broadcasts a matrix over the batch)."""
 
 
 def operand(rows, cols, s_row, s_col):
@@ -101,8 +93,8 @@ def gemm_plan(a_shape, a_strides, b_shape, b_strides, c_strides=None):
         return None, "c"
     if min(sa[0], sb[0]) < 0:
         return None, "a" if sa[0] < 0 else "b"
-    return GemmPlan((pb[0], pa[0], n, m, k, pb[1], pa[1], ldc, sb[0], sa[0],
-                     sc_b if batch > 1 else m * n, batch)), None
+    return GemmPlan(pb[0], pa[0], n, m, k, pb[1], pa[1], ldc, sb[0], sa[0],
+                    sc_b if batch > 1 else m * n, batch), None
 
 
 def _element_strides(x):
