@@ -455,6 +455,22 @@ def bandwidth_row(rows, dtype, copy_gbs, op, shape, nbytes, g_ms, t_ms):
           + ("" if t_ms is None else f", torch {t_ms:.3f} ms"), flush=True)
 
 
+def torch_batchnorm_ms(torch, tt, gamma, beta, sets, args):
+    """Median ms of PyTorch's training-mode batch norm forward + backward (input, weight and
+    bias gradients) on the same ``(x, dy)`` sets as gpunet's, shared through DLPack."""
+    F = torch.nn.functional
+    c = gamma.shape[0]
+    w = torch.from_dlpack(gamma).clone().requires_grad_(True)
+    b = torch.from_dlpack(beta).clone().requires_grad_(True)
+    rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
+    tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
+
+    def t_bn(x, dy):
+        y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
+        return torch.autograd.grad(y, (x, w, b), dy)
+    return median_ms(*tt, t_bn, tsets, args.warmup, args.iters)
+
+
 def run_timing(cp, torch, args):
     dev = cp.cuda.Device()
     l2 = int(dev.attributes.get("L2CacheSize", 50 * 2**20))
@@ -518,19 +534,7 @@ def run_timing(cp, torch, args):
             y, mean, var, inv_std = gcuda.batchnorm_forward(x, gamma, beta, 1e-5)
             return gcuda.batchnorm_backward(dy, x, gamma, mean, inv_std)
         g_ms = median_ms(*ct, g_step, sets, args.warmup, args.iters)
-        t_ms = None
-        if torch is not None:
-            w = torch.from_dlpack(gamma).clone().requires_grad_(True)
-            b = torch.from_dlpack(beta).clone().requires_grad_(True)
-            rm = torch.zeros(C, device="cuda")
-            rv = torch.ones(C, device="cuda")
-            tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
-
-            def t_step(x, dy):
-                y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
-                return torch.autograd.grad(y, (x, w, b), dy)
-            t_ms = median_ms(*tt, t_step, tsets, args.warmup, args.iters)
-            del tsets
+        t_ms = None if torch is None else torch_batchnorm_ms(torch, tt, gamma, beta, sets, args)
         # compulsory: forward reads x, writes y; backward reads dy and x, writes dx
         record("batchnorm fwd+bwd", shape, 5 * size, g_ms, t_ms)
         del sets
@@ -629,18 +633,7 @@ def run_fp16_timing(cp, torch, args, ct, tt, copy_gbs, l2, shapes=FP16_KERNEL_SH
             y, mean, var, inv_std = fbn.batch_norm_forward(x, gamma, beta, 1e-5)
             return fbn.batch_norm_backward(dy, x, gamma, mean, inv_std)
         g_ms = median_ms(*ct, g_bn, sets, args.warmup, args.iters)
-        t_ms = None
-        if torch is not None:
-            w = torch.from_dlpack(gamma).clone().requires_grad_(True)
-            b = torch.from_dlpack(beta).clone().requires_grad_(True)
-            rm, rv = torch.zeros(C, device="cuda"), torch.ones(C, device="cuda")
-            tsets = [(torch.from_dlpack(x).requires_grad_(True), torch.from_dlpack(dy)) for x, dy in sets]
-
-            def t_bn(x, dy):
-                y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)
-                return torch.autograd.grad(y, (x, w, b), dy)
-            t_ms = median_ms(*tt, t_bn, tsets, args.warmup, args.iters)
-            del tsets
+        t_ms = None if torch is None else torch_batchnorm_ms(torch, tt, gamma, beta, sets, args)
         record("batchnorm fwd+bwd", shape, 5 * size, g_ms, t_ms)   # x twice, y, dy, dx
         del sets
     for n in shapes["dropout"]:
