@@ -50,6 +50,17 @@ def _loop(m, lf, opt):
     return step, load
 
 
+def _warmed(hidden=None):
+    """The model, optimizer and hand-written step of ``_loop`` after one eager step on
+    batch 0 (kernels compiled, the optimizer's state made): ``(X, y, m, opt, step, load,
+    that step's loss)``."""
+    X, y = _data()
+    m, lf, opt = _setup(hidden=hidden)
+    step, load = _loop(m, lf, opt)
+    load(X, y, 0)
+    return X, y, m, opt, step, load, float(step())
+
+
 def _eager(X, y, steps, lrs=None, hidden=None):
     m, lf, opt = _setup(hidden=hidden)
     sp = gpunet.backend.require_sim()
@@ -66,12 +77,9 @@ def _eager(X, y, steps, lrs=None, hidden=None):
 
 
 def test_hand_written_loop_replays_in_one_launch_with_the_eager_results():
-    X, y = _data()
     lrs = [0.01, 0.01, 0.01, 0.005, 0.005, 0.0025]     # a schedule: lr changes between replays
-    m, lf, opt = _setup()
-    step, load = _loop(m, lf, opt)
-    load(X, y, 0)
-    losses = [float(step())]                   # eager warm-up: kernels, table, state
+    X, y, m, opt, step, load, first = _warmed()
+    losses = [first]                           # eager warm-up: kernels, table, state
     g = CUDAGraph("sim")
     load(X, y, 1)
     loss = g.capture(step)
@@ -103,11 +111,7 @@ def test_hand_written_loop_replays_in_one_launch_with_the_eager_results():
 
 
 def test_capture_refuses_a_host_sync_and_a_copy_from_the_host():
-    X, y = _data()
-    m, lf, opt = _setup()
-    step, load = _loop(m, lf, opt)
-    load(X, y, 0)
-    step()
+    X, y, m, opt, step, load, _ = _warmed()
     for bad, what in ((lambda: float(step()), "host synchronization"),
                       (lambda: gpunet.to_device(X[:2], "sim"), "host-to-device copy")):
         with pytest.raises(RuntimeError, match=f"stream is capturing.*{what}"):
@@ -116,11 +120,7 @@ def test_capture_refuses_a_host_sync_and_a_copy_from_the_host():
 
 
 def test_a_step_that_reallocates_fails_loudly_on_replay():
-    X, y = _data()
-    m, lf, opt = _setup()
-    step, load = _loop(m, lf, opt)
-    load(X, y, 0)
-    step()
+    X, y, m, opt, step, load, _ = _warmed()
     g = CUDAGraph("sim")
     g.capture(step)
     g.replay()
@@ -138,12 +138,9 @@ def test_batchnorm_and_dropout_replay_like_eager_steps():
     """BatchNorm updates its running statistics in place and Dropout draws its mask from a
     counter on the device: replays give the eager run's losses, weights, statistics and
     masks bit for bit, one launch each."""
-    X, y = _data()
-    m, lf, opt = _setup(hidden=_bn_dropout())
+    X, y, m, opt, step, load, first = _warmed(hidden=_bn_dropout())
     bn, drop = m[1], m[2]
-    step, load = _loop(m, lf, opt)
-    load(X, y, 0)
-    losses = [float(step())]
+    losses = [first]
     g = CUDAGraph("sim")
     load(X, y, 1)
     loss = g.capture(step, model=m)
