@@ -164,11 +164,15 @@ def test_every_xp_name_gpunet_uses_exists_in_both():
 CUPY_ONLY = ("blas.py",)
 
 
+def _cp_names(files):
+    """Every ``cp.X.Y`` the sources in ``files`` name."""
+    return set(re.findall(r"\bcp\.([A-Za-z_][\w.]*)", "".join(p.read_text() for p in files)))
+
+
 def test_launcher_names_exist_in_both():
     files = sorted((ROOT / "gpunet" / "cuda").glob("*.py"))
-    names = lambda fs: set(re.findall(r"\bcp\.([A-Za-z_][\w.]*)", "".join(p.read_text() for p in fs)))  # noqa: E731
-    used = names(f for f in files if f.name not in CUPY_ONLY)
-    cupy_only = names(f for f in files if f.name in CUPY_ONLY)
+    used = _cp_names(f for f in files if f.name not in CUPY_ONLY)
+    cupy_only = _cp_names(f for f in files if f.name in CUPY_ONLY)
     assert {"ndarray", "empty", "ascontiguousarray", "cuda.Device", "RawModule"} <= used
     assert {"cuda.device.get_cublas_handle", "cuda.get_current_stream"} <= cupy_only
     for path in sorted(used | cupy_only):
