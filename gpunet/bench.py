@@ -337,8 +337,8 @@ def floor_ops(spec) -> list[dict]:
       computes it: ``cols (K, L)`` and ``d2 (O, L)`` cut into ``chunks`` column blocks, one
       batched GEMM ``cols_b @ d2_b.T`` over strided views (no copies), then the sum over
       blocks;
-    * ``"im2col"``: ``x (C, N, H, W)`` (CNHW, as the previous layer leaves it) into
-      ``cols (C*k*k + 1, N*H*W)`` (the last row ones) of a stride-1 "same" ``k``×``k``
+    * ``"im2col"``: ``x (C, H, W, N)`` (CHWN, as the previous layer leaves it) into
+      ``cols (C*k*k + 1, H*W*N)`` (the last row ones) of a stride-1 "same" ``k``×``k``
       convolution, by ``k*k`` shifted copies of the flattened planes, as gpunet does it;
     * ``"col2im"``: its adjoint, one copy and ``k*k - 1`` shifted adds (:func:`_floor_copies`).
 
@@ -348,11 +348,14 @@ def floor_ops(spec) -> list[dict]:
     n = spec["batch"]
     ops = []
 
-    def dense(a, b, first):
-        ops.append({"op": "gemm", "what": f"dense {a}->{b} forward x @ W.T", "a": (n, a), "ta": False,
+    def dense(a, b, first, x_batch_last=False):
+        # x_batch_last: x is (n, a) F-ordered, i.e. (a, n) memory used transposed (a
+        # flattened batch-last convolution output)
+        xa = {"a": (a, n), "ta": True} if x_batch_last else {"a": (n, a), "ta": False}
+        ops.append({"op": "gemm", "what": f"dense {a}->{b} forward x @ W.T", **xa,
                     "b": (b, a), "tb": True})
         ops.append({"op": "gemm", "what": f"dense {a}->{b} dW = dy.T @ x", "a": (n, b), "ta": True,
-                    "b": (n, a), "tb": False})
+                    "b": xa["a"], "tb": xa["ta"]})
         if not first:
             ops.append({"op": "gemm", "what": f"dense {a}->{b} dx = dy @ W", "a": (n, b), "ta": False,
                         "b": (b, a), "tb": False})
@@ -369,7 +372,7 @@ def floor_ops(spec) -> list[dict]:
         k = ci * 9 + 1                                   # + the ones row that carries the bias
         length = n * hh * ww
         chunks = _chunks(n, length)
-        ops.append({"op": "im2col", "what": f"conv{i + 1} im2col", "x": (ci, n, hh, ww), "k": 3})
+        ops.append({"op": "im2col", "what": f"conv{i + 1} im2col", "x": (ci, hh, ww, n), "k": 3})
         fwd = {"op": "gemm", "what": f"conv{i + 1} forward [W|b] @ cols", "a": (co, k), "ta": False,
                "b": (k, length), "tb": False}
         if k <= FWD_CHUNK_MAX_K and chunks > 1:        # a thin K: column chunks, one batched call
@@ -380,8 +383,9 @@ def floor_ops(spec) -> list[dict]:
         if i > 0:
             ops.append({"op": "gemm", "what": f"conv{i + 1} dcols = W.T @ d2", "a": (co, k - 1), "ta": True,
                         "b": (co, length), "tb": False})
-            ops.append({"op": "col2im", "what": f"conv{i + 1} col2im", "x": (ci, n, hh, ww), "k": 3})
-    dense(32 * (h // 4) * (w // 4), spec["classes"], False)
+            ops.append({"op": "col2im", "what": f"conv{i + 1} col2im", "x": (ci, hh, ww, n), "k": 3})
+    # Flatten of the last pooling's CHWN output is a view: (N, C*H*W) F-ordered
+    dense(32 * (h // 4) * (w // 4), spec["classes"], False, x_batch_last=True)
     return ops
 
 
@@ -440,28 +444,28 @@ def floor_step(spec, framework):
 
 def _floor_copies(op, new, empty):
     """The im2col or col2im of a stride-1 "same" convolution as ``gpunet.functional.conv``
-    does it on the CPU (each kernel offset one shift of the flattened ``H*W`` planes: long
-    contiguous runs; the entries a shift wraps into the neighbouring row are zeroed), in
-    indexing that NumPy arrays and PyTorch tensors share, so both libraries run the same
-    passes over the same memory."""
+    does it on the CPU (batch-last planes ``(H, W, N)``; each kernel offset one shift of the
+    flattened plane: long contiguous runs; the entries a shift wraps into the neighbouring
+    row are zeroed), in indexing that NumPy arrays and PyTorch tensors share, so both
+    libraries run the same passes over the same memory."""
     from .functional.conv import _col2im_planes, _im2col_planes, _shifts
-    c, n, h, w = op["x"]
+    c, h, w, n = op["x"]
     kk = op["k"]
     hw, rows = h * w, c * kk * kk
-    shifts = list(_shifts((kk, kk), (kk // 2, kk // 2), w, hw))
+    shifts = list(_shifts((kk, kk), (kk // 2, kk // 2), w, hw, n))
     if op["op"] == "im2col":
-        x3 = new(op["x"]).reshape(c, n, hw)
-        cols = new((rows + 1, n * hw))           # + the ones row that carries the bias
+        x3 = new(op["x"]).reshape(c, 1, hw * n)
+        cols = new((rows + 1, hw * n))           # + the ones row that carries the bias
 
         def im2col():
             cols[rows] = 1
-            _im2col_planes(x3, cols[:rows].reshape(c, kk, kk, n, hw), shifts, h, w)
+            _im2col_planes(x3, cols[:rows].reshape(c, kk, kk, 1, hw * n), shifts, h, w, n)
         return im2col
-    dcols = new((rows, n * hw))
+    dcols = new((rows, hw * n))
 
     def col2im():
-        dx3 = empty((c, n, h, w)).reshape(c, n, hw)
-        _col2im_planes(dcols.reshape(c, kk, kk, n, hw), dx3, shifts, h, w)
+        dx3 = empty((c, h, w, n)).reshape(c, 1, hw * n)
+        _col2im_planes(dcols.reshape(c, kk, kk, 1, hw * n), dx3, shifts, h, w, n)
         return dx3
     return col2im
 

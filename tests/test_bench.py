@@ -163,17 +163,18 @@ def test_floor_copies_are_gpunets_im2col_and_col2im():
         return made[-1]
     empty = lambda shape: numpy.empty(shape, numpy.float32)  # noqa: E731
     c, n, h, w = 3, 2, 7, 9
-    im2col = bench._floor_copies({"op": "im2col", "x": (c, n, h, w), "k": 3}, new, empty)
+    im2col = bench._floor_copies({"op": "im2col", "x": (c, h, w, n), "k": 3}, new, empty)
     im2col()
-    x, cols = made
-    want = FC.im2col_rows(x.transpose(1, 0, 2, 3), (3, 3), (1, 1), (1, 1), ones_row=True)
+    x, cols = made                                  # x: CHWN memory
+    want = FC.im2col_rows(x.transpose(3, 0, 1, 2), (3, 3), (1, 1), (1, 1), ones_row=True,
+                          batch_last=True)
     numpy.testing.assert_array_equal(cols, want)
     made.clear()
-    col2im = bench._floor_copies({"op": "col2im", "x": (c, n, h, w), "k": 3}, new, empty)
+    col2im = bench._floor_copies({"op": "col2im", "x": (c, h, w, n), "k": 3}, new, empty)
     dcols = made[0].copy()
-    dx = col2im().reshape(c, n, h, w)
-    want = FC.col2im_rows(dcols, (n, c, h, w), (3, 3), (1, 1), (1, 1))
-    numpy.testing.assert_array_equal(dx, want.transpose(1, 0, 2, 3))
+    dx = col2im().reshape(c, h, w, n)
+    want = FC.col2im_rows(dcols, (n, c, h, w), (3, 3), (1, 1), (1, 1), batch_last=True)
+    numpy.testing.assert_array_equal(dx, want.transpose(1, 2, 3, 0))
 
 
 def test_profile_breaks_a_step_into_phases(tmp_path, capsys):

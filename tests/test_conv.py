@@ -386,20 +386,40 @@ def test_cnn_digits_accuracy():
 
 
 # -- whole-batch rows: CNHW memory, reused buffers ----------------------------
-def test_rows_output_is_cnhw_view_and_backward_takes_any_layout(rng, monkeypatch):
+def test_rows_output_is_chwn_view_and_backward_takes_any_layout(rng, monkeypatch):
     monkeypatch.setattr(FC, "IM2COL_GEMM_MAX_PIXELS", 0)
     case = (3, 2, 6, 6, 4, 3, 1, 1)
     layer = make_layer(numpy, case)
     x = rng.standard_normal(case[:4])
     y = layer(x)
-    assert FC.whole_batch_rows(y) is not None      # (O, N*OH*OW) memory, shown as NCHW
+    assert FC.whole_batch_rows(y) is not None      # (O, OH*OW*N) memory, shown as NCHW
+    assert y.transpose(1, 2, 3, 0).flags.c_contiguous
     dy = rng.standard_normal(y.shape)               # C-contiguous NCHW gradient
     dx = layer.backward(dy)
+    assert dx.transpose(1, 2, 3, 0).flags.c_contiguous
     ref = make_layer(numpy, case)
     ref(x)
-    dx_ref = ref.backward(numpy.ascontiguousarray(dy.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3))
+    dx_ref = ref.backward(numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2))
     numpy.testing.assert_array_equal(dx, dx_ref)
     numpy.testing.assert_array_equal(layer.weight.grad, ref.weight.grad)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batch_last_rows_are_the_same_columns_reordered(rng, case):
+    """im2col_rows(batch_last=True) holds the default's columns in (p, q, n) order instead of
+    (n, p, q), and col2im_rows(batch_last=True) of the reordered dcols is the same dx."""
+    n, c, h, w, o, k, s, p = case
+    kernel, stride, padding = (FC.pair(v, "t", "t", m) for v, m in ((k, 1), (s, 1), (p, 0)))
+    x = rng.standard_normal((n, c, h, w))
+    oh, ow = FC.output_size("t", x.shape, kernel, stride, padding)
+    ref = FC.im2col_rows(x, kernel, stride, padding, ones_row=True)
+    got = FC.im2col_rows(x, kernel, stride, padding, ones_row=True, batch_last=True)
+    reorder = lambda a: a.reshape(-1, n, oh, ow).transpose(0, 2, 3, 1).reshape(a.shape[0], -1)  # noqa: E731
+    numpy.testing.assert_array_equal(got, reorder(ref))
+    dcols = rng.standard_normal(ref[:-1].shape)
+    dx = FC.col2im_rows(reorder(dcols), x.shape, kernel, stride, padding, batch_last=True)
+    numpy.testing.assert_array_equal(dx, FC.col2im_rows(dcols, x.shape, kernel, stride, padding))
+    assert dx.transpose(1, 2, 3, 0).flags.c_contiguous
 
 
 def test_reused_cols_never_alias_live_arrays(rng, monkeypatch):

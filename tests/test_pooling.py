@@ -191,19 +191,24 @@ def test_backward_before_forward_raises():
             layer.backward(numpy.zeros((1, 1, 1, 1)))
 
 
-def test_max_pool_on_cnhw_memory_keeps_layout(rng):
-    # a whole-batch convolution's output is a transposed view of (C, N, H, W) memory
+@pytest.mark.parametrize("order", [(1, 0, 2, 3), (1, 2, 3, 0)], ids=["cnhw", "chwn"])
+@pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool_on_conv_memory_keeps_layout(rng, order, kernel, stride, padding):
+    # a whole-batch convolution's output is a view of (C, H, W, N) memory on the CPU
+    # ((C, N, H, W) is kept too); results equal those on a C-contiguous copy
     from gpunet.functional import pooling as FP
-    base = rng.standard_normal((3, 4, 6, 6))
-    x = base.transpose(1, 0, 2, 3)                  # (4, 3, 6, 6) over CNHW memory
+    inverse = tuple(numpy.argsort(order))
+    base = rng.standard_normal(tuple((4, 3, 7, 6)[i] for i in order))
+    base[..., ::2] = 0.5                            # ties
+    x = base.transpose(inverse)                     # (4, 3, 7, 6) over that memory
     xc = numpy.ascontiguousarray(x)
-    y, arg = FP.max_pool2d(x, 2)
-    yc, argc = FP.max_pool2d(xc, 2)
+    y, arg = FP.max_pool2d(x, kernel, stride, padding)
+    yc, argc = FP.max_pool2d(xc, kernel, stride, padding)
     numpy.testing.assert_array_equal(y, yc)
     numpy.testing.assert_array_equal(arg, argc)
-    assert y.transpose(1, 0, 2, 3).flags.c_contiguous
-    dy = rng.standard_normal(y.shape)
-    dx = FP.max_pool2d_backward(dy, arg, x.shape, 2)
-    numpy.testing.assert_array_equal(dx, FP.max_pool2d_backward(dy, argc, x.shape, 2))
-    assert dx.transpose(1, 0, 2, 3).flags.c_contiguous
-
+    assert y.transpose(order).flags.c_contiguous and arg.transpose(order).flags.c_contiguous
+    dy = rng.standard_normal(y.shape)               # C-contiguous: copied into arg's layout
+    dx = FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride, padding)
+    numpy.testing.assert_array_equal(dx, FP.max_pool2d_backward(dy, argc, x.shape, kernel, stride, padding))
+    if padding == 0:
+        assert dx.transpose(order).flags.c_contiguous

@@ -5,7 +5,10 @@ A window of ``kernel = (kh, kw)`` moves by ``stride = (sh, sw)`` over the input 
 PyTorch's ``ceil_mode=False``). Every op loops over the ``kh*kw`` kernel offsets, each a
 strided slice of the whole batch — never over output positions (max pooling first copies
 the windows once into one contiguous plane per offset, since NumPy's elementwise ops run
-several times faster on contiguous memory).
+several times faster on contiguous memory). On the CPU max pooling runs in its input's
+memory order when that is CHWN (a whole-batch convolution's output: each window member a
+run of ``N`` images, so NumPy's per-row cost is paid 4.5x less often than on 14-element
+rows of NCHW), CNHW or NCHW, and returns ``y``, ``arg`` and ``dx`` in that same order.
 
 * max pooling pads with ``-inf`` (padding never wins); its gradient goes to the maximal
   element of each window — the **first** one in row-major window order on ties (PyTorch's
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import numpy
 
-from .conv import output_size, pad2d, pair, windows
+from .conv import output_size, pad2d, pair
 from ..backend import get_array_module
 
 
@@ -55,24 +58,47 @@ def _check(name, x):
                          f"{tuple(getattr(x, 'shape', ()))}")
 
 
-def _cnhw(a):
-    """Whether ``a (N, C, H, W)`` is a transposed view of C-contiguous ``(C, N, H, W)`` memory
-    (what a whole-batch convolution returns). Pooling acts on each ``(H, W)`` plane alone,
-    so it runs on the ``(C, N, H, W)`` view and keeps that layout."""
-    return a.shape[0] > 1 and a.shape[1] > 1 and not a.flags.c_contiguous and \
-        a.transpose(1, 0, 2, 3).flags.c_contiguous
+def _layout(a):
+    """How pooling sees ``a (N, C, H, W)``'s memory: ``"chwn"`` (a whole-batch convolution's
+    output on the CPU: C-contiguous ``(C, H, W, N)``), ``"cnhw"`` (C-contiguous
+    ``(C, N, H, W)``), ``"nchw"`` (C-contiguous), or None (anything else: pooled from a
+    C-contiguous copy)."""
+    if a.flags.c_contiguous:
+        return "nchw"
+    if a.transpose(1, 2, 3, 0).flags.c_contiguous:
+        return "chwn"
+    if a.transpose(1, 0, 2, 3).flags.c_contiguous:
+        return "cnhw"
+    return None
 
 
-def _swap(a):
-    return a.transpose(1, 0, 2, 3)
+def _to_planes(a, layout):
+    """``a (N, C, H, W)`` as the C-contiguous ``(A, H, W, B)`` view of its memory that pooling
+    runs on: each ``(H, W)`` plane holds ``B`` interleaved images (``B = N`` for CHWN, else 1)."""
+    n, c, h, w = a.shape
+    if layout == "chwn":
+        return a.transpose(1, 2, 3, 0)
+    if layout == "cnhw":
+        return a.transpose(1, 0, 2, 3).reshape(c * n, h, w, 1)
+    return a.reshape(n * c, h, w, 1)
+
+
+def _from_planes(t, layout, n, c):
+    """The inverse of :func:`_to_planes`: ``t (A, OH, OW, B)`` as an ``(N, C, OH, OW)`` view."""
+    oh, ow = t.shape[1:3]
+    if layout == "chwn":
+        return t.transpose(3, 0, 1, 2)
+    if layout == "cnhw":
+        return t.reshape(c, n, oh, ow).transpose(1, 0, 2, 3)
+    return t.reshape(n, c, oh, ow)
 
 
 # -- max pooling: y = max over the window; arg = the offset k = i*kw + j of the first max
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Return ``(y (N, C, OH, OW), arg)``; ``arg`` (same shape, uint8 for windows of up to
     256 elements, else int32) is the window offset ``i*kw + j`` of the first maximum, which
-    the backward needs. ``y`` and ``arg`` have ``x``'s memory layout when ``x`` is CNHW
-    memory (a whole-batch convolution's output), else they are C-contiguous."""
+    the backward needs. ``y`` and ``arg`` keep ``x``'s memory layout when it is CHWN (a
+    whole-batch convolution's output on the CPU), CNHW or NCHW (any other: NCHW)."""
     _check("max_pool2d", x)
     xp = get_array_module(x)
     kernel, stride, padding = pool_args("max_pool2d", kernel_size, stride, padding)
@@ -83,25 +109,44 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     if x.dtype == numpy.float16:    # NumPy's float16 loops are slow: float32 inside (exact here)
         y, arg = max_pool2d(x.astype(numpy.float32), kernel, stride, padding)
         return y.astype(numpy.float16), arg
-    if _cnhw(x):
-        y, arg = _max_pool(xp, _swap(x), kernel, stride, padding, out_hw)
-        return _swap(y), _swap(arg)
-    return _max_pool(xp, x, kernel, stride, padding, out_hw)
-
-
-def _max_pool(xp, x, kernel, stride, padding, out_hw):
-    kk = kernel[0] * kernel[1]
+    layout = _layout(x)
+    if layout is None:
+        x, layout = numpy.ascontiguousarray(x), "nchw"
     n, c = x.shape[:2]
-    y = xp.empty((n, c) + out_hw, dtype=x.dtype)
+    y, arg = _max_pool(xp, _to_planes(x, layout), kernel, stride, padding, out_hw)
+    return _from_planes(y, layout, n, c), _from_planes(arg, layout, n, c)
+
+
+def _pad_planes(t, padding, value):
+    """``t (A, H, W, B)`` with ``padding = (ph, pw)`` rows/columns of ``value`` around each
+    plane (``t`` itself when there is none)."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return t
+    a, h, w, b = t.shape
+    out = numpy.full((a, h + 2 * ph, w + 2 * pw, b), value, dtype=t.dtype)
+    out[:, ph:ph + h, pw:pw + w] = t
+    return out
+
+
+def _max_pool(xp, t, kernel, stride, padding, out_hw):
+    """Max pooling of the planes ``t (A, H, W, B)``: ``(y, arg)`` as ``(A, OH, OW, B)``."""
+    kk = kernel[0] * kernel[1]
+    a, b = t.shape[0], t.shape[3]
+    y = xp.empty((a,) + out_hw + (b,), dtype=t.dtype)
     itype = xp.uint8 if kk <= 256 else xp.int32
     arg = xp.empty(y.shape, dtype=itype)
-    # One strided copy puts each kernel offset's values in a contiguous plane
-    # cs[k] (N, C, OH, OW); every later pass then runs on contiguous memory
+    # One strided copy puts each kernel offset's values in a contiguous block
+    # cs[k] (A, OH, OW, B); every later pass then runs on contiguous memory
     # (elementwise ops on strided views are several times slower in NumPy).
-    v = windows(pad2d(x, padding, value=float("-inf")), kernel, stride, out_hw)
-    cs = xp.empty(kernel + (n, c) + out_hw, dtype=x.dtype)
-    xp.copyto(cs, v.transpose(2, 3, 0, 1, 4, 5))
-    cs = cs.reshape((kk, n, c) + out_hw)
+    tp = _pad_planes(t, padding, float("-inf"))
+    s = tp.strides
+    v = xp.lib.stride_tricks.as_strided(
+        tp, shape=kernel + (a,) + out_hw + (b,),
+        strides=(s[1], s[2], s[0], s[1] * stride[0], s[2] * stride[1], s[3]))
+    cs = xp.empty(kernel + (a,) + out_hw + (b,), dtype=t.dtype)
+    xp.copyto(cs, v)
+    cs = cs.reshape((kk,) + y.shape)
     y[...] = cs[0]
     arg[...] = 0
     for k in range(1, kk):
@@ -125,32 +170,45 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     if dy.dtype == numpy.float16:   # float32 sums of overlapping windows, rounded once
         return max_pool2d_backward(dy.astype(numpy.float32), arg, x_shape, kernel, stride,
                                    padding).astype(numpy.float16)
-    if _cnhw(arg):
-        n, c, h, w = x_shape
-        # dy in arg's layout first (one small copy when it comes C-contiguous, e.g. through
-        # Flatten): the per-offset passes below are several times slower on mixed layouts
-        dyt = xp.ascontiguousarray(_swap(dy))
-        return _swap(_max_pool_backward(xp, dyt, _swap(arg), (c, n, h, w), kernel, stride, padding))
-    return _max_pool_backward(xp, dy, arg, x_shape, kernel, stride, padding)
+    layout = _layout(arg)
+    if layout is None:
+        arg, layout = numpy.ascontiguousarray(arg), "nchw"
+    n, c = x_shape[:2]
+    argt = _to_planes(arg, layout)
+    # dy in arg's layout first (one small copy when it comes otherwise, e.g. NCHW through
+    # Flatten): the per-offset passes below are several times slower on mixed layouts
+    dyt = _to_planes(dy, layout) if _layout(dy) == layout else \
+        _to_planes(_copy_as(dy, arg), layout)
+    planes = (argt.shape[0],) + tuple(x_shape[2:]) + (argt.shape[3],)
+    return _from_planes(_max_pool_backward(xp, dyt, argt, planes, kernel, stride, padding),
+                        layout, n, c)
 
 
-def _max_pool_backward(xp, dy, arg, x_shape, kernel, stride, padding):
-    n, c, h, w = x_shape
+def _copy_as(a, like):
+    """A copy of ``a`` in ``like``'s memory layout."""
+    out = numpy.empty_like(like, dtype=a.dtype)     # order "K": like's strides
+    out[...] = a
+    return out
+
+
+def _max_pool_backward(xp, dy, arg, planes, kernel, stride, padding):
+    """``dx`` planes ``(A, H, W, B)`` from ``dy`` and ``arg`` planes ``(A, OH, OW, B)``."""
+    a, h, w, b = planes
     (ph, pw) = padding
     hp, wp = h + 2 * ph, w + 2 * pw
-    out_hw = dy.shape[2:]
+    out_hw = dy.shape[1:3]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     # windows that tile the padded input exactly write every element: no zero fill needed
     tiled = stride == kernel and hp == out_hw[0] * kernel[0] and wp == out_hw[1] * kernel[1]
-    dxpad = xp.empty((n, c, hp, wp), dtype=dy.dtype)
+    dxpad = xp.empty((a, hp, wp, b), dtype=dy.dtype)
     if not tiled:
         dxpad[...] = 0
     for k, sh, sw in _slices(kernel, stride, out_hw):
         if disjoint:
-            xp.multiply(dy, arg == k, out=dxpad[:, :, sh, sw])
+            xp.multiply(dy, arg == k, out=dxpad[:, sh, sw])
         else:
-            dxpad[:, :, sh, sw] += dy * (arg == k)
-    return dxpad[:, :, ph:ph + h, pw:pw + w] if ph or pw else dxpad
+            dxpad[:, sh, sw] += dy * (arg == k)
+    return dxpad[:, ph:ph + h, pw:pw + w] if ph or pw else dxpad
 
 
 # -- average pooling: y = (1/(kh*kw)) Σ_window xpad (zero padding counted)
