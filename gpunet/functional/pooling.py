@@ -147,9 +147,16 @@ def _max_pool(xp, t, kernel, stride, padding, out_hw):
     cs = xp.empty(kernel + (a,) + out_hw + (b,), dtype=t.dtype)
     xp.copyto(cs, v)
     cs = cs.reshape((kk,) + y.shape)
-    y[...] = cs[0]
-    arg[...] = 0
-    for k in range(1, kk):
+    if kk == 1:
+        y[...] = cs[0]
+        arg[...] = 0
+    else:                                  # the loop's first step, without the copy and fill
+        xp.maximum(cs[0], cs[1], out=y)
+        if itype == xp.uint8:
+            xp.greater(cs[1], cs[0], out=arg.view(xp.bool_))
+        else:
+            arg[...] = cs[1] > cs[0]
+    for k in range(2, kk):
         better = cs[k] > y                 # strict: an equal later element does not take over
         # arg <= k-1 so far, so max(arg, better*k) sets k exactly where better (much faster
         # than copyto(..., where=) or where())
