@@ -548,12 +548,13 @@ def test_trainer_fp16_mnist1d_within_half_a_point_of_fp32(xp, device):
 def test_numpy_float16_pooling_is_float32_rounded_once():
     """NumPy max/average pooling on float16 compute in float32 and round once (NumPy's
     float16 loops are slow, and the device kernels sum in float too): equal (tolerance 0)
-    to the float32 results rounded, the argmax equal, for plain and CNHW-layout input,
+    to the float32 results rounded, the argmax equal, for plain, CNHW and CHWN memory,
     disjoint and overlapping windows."""
     from gpunet.functional import pooling as FP
     r = numpy.random.default_rng(10)
     base = _h(r.standard_normal((3, 4, 9, 9)))
-    for x in (base, base.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3)):   # NCHW, CNHW memory
+    for x in (base, base.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3),    # NCHW, CNHW,
+              base.transpose(1, 2, 3, 0).copy().transpose(3, 0, 1, 2)):         # CHWN memory
         for k, s, p in ((2, 2, 0), (3, 2, 1)):
             x32 = x.astype(numpy.float32)
             y, arg = FP.max_pool2d(x, k, s, p)

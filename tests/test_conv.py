@@ -385,7 +385,7 @@ def test_cnn_digits_accuracy():
     assert acc >= 0.97, acc
 
 
-# -- whole-batch rows: CNHW memory, reused buffers ----------------------------
+# -- whole-batch rows: CHWN memory, reused buffers ----------------------------
 def test_rows_output_is_chwn_view_and_backward_takes_any_layout(rng, monkeypatch):
     monkeypatch.setattr(FC, "IM2COL_GEMM_MAX_PIXELS", 0)
     case = (3, 2, 6, 6, 4, 3, 1, 1)

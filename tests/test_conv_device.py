@@ -291,17 +291,16 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", POOL_CASES)
-@pytest.mark.parametrize("layout", ["nchw", "cnhw"])
+@pytest.mark.parametrize("layout", ["nchw", "cnhw", "chwn"])
 def test_pooling_kernels_equal_numpy(gpu_xp, case, dtype, layout):
     shape, k, s, p = case
     rng = numpy.random.default_rng(11)
-    base = rng.standard_normal((shape[1], shape[0]) + shape[2:] if layout == "cnhw" else shape)
-    base = base.astype(dtype)
+    # memory order of the NCHW axes: CHWN is the CPU convolution's output, CNHW an older one
+    order = {"nchw": (0, 1, 2, 3), "cnhw": (1, 0, 2, 3), "chwn": (1, 2, 3, 0)}[layout]
+    inverse = tuple(numpy.argsort(order))
+    base = rng.standard_normal(tuple(shape[i] for i in order)).astype(dtype)
     base[..., ::3] = numpy.round(base[..., ::3])     # ties inside windows
-    if layout == "cnhw":   # a whole-batch convolution's memory, shown as NCHW
-        x, xd = base.transpose(1, 0, 2, 3), gpu_xp.asarray(base).transpose(1, 0, 2, 3)
-    else:
-        x, xd = base, gpu_xp.asarray(base)
+    x, xd = base.transpose(inverse), gpu_xp.asarray(base).transpose(inverse)
     y_ref, arg_ref = FP.max_pool2d(x, k, s, p)
     y, arg = FP.max_pool2d(xd, k, s, p)
     numpy.testing.assert_array_equal(to_numpy(y), y_ref)

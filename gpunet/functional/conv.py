@@ -499,7 +499,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
     if xp is not numpy:
         from ..cuda import conv as cuda_conv
         cols = cuda_conv.im2col_rows(x, (kh, kw), stride, padding, (oh, ow), out=cols_buffer)
-        z = device_matmul(xp, weight.reshape(o, -1), cols)   # (O, N*OH*OW): CNHW, one GEMM
+        z = device_matmul(xp, weight.reshape(o, -1), cols)   # (O, N*OH*OW): one GEMM
         y = cuda_conv.conv_bias_act(z, bias, n, (oh, ow), relu)
         return (y, cols) if return_cols else y
     if x.dtype == numpy.float16:

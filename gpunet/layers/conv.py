@@ -25,8 +25,8 @@ class Conv2D(Layer):
     activations and Xavier uniform otherwise, with ``fan_in = in*kh*kw`` and
     ``fan_out = out*kh*kw`` (``gpunet.init.fans`` of the 4-D weight).
 
-    Computed by im2col and one GEMM over the whole batch (on the CPU the output is then a
-    transposed view of CNHW memory, per-image GEMMs for small images; on a GPU it is
+    Computed by im2col and one GEMM over the whole batch (on the CPU the output is then an
+    NCHW view of batch-last CHWN memory, per-image GEMMs for small images; on a GPU it is
     NCHW-contiguous, with the bias and a ReLU fused into the kernel that writes it); see
     ``gpunet.functional.conv``.
 
