@@ -7,10 +7,21 @@ from gpunet import optim
 from gpunet.layers.base import Parameter
 
 
-@pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(),
-                                    dict(momentum=0.5, weight_decay=1e-3, l1=1e-4)])
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9),
+    lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True),
+    lambda ps: optim.SGD(ps, lr=0.01),
+    lambda ps: optim.SGD(ps, lr=0.01, momentum=0.5, weight_decay=1e-3, l1=1e-4),
+    lambda ps: optim.Adam(ps, lr=0.01),
+    lambda ps: optim.Adam(ps, lr=0.01, weight_decay=1e-3, l1=1e-4),
+    lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=1e-2),
+    lambda ps: optim.RMSProp(ps, lr=0.01),
+    lambda ps: optim.RMSProp(ps, lr=0.01, momentum=0.9),
+    lambda ps: optim.AdaGrad(ps, lr=0.01),
+], ids=["sgd-momentum", "sgd-nesterov", "sgd", "sgd-decay", "adam", "adam-decay", "adamw",
+        "rmsprop", "rmsprop-momentum", "adagrad"])
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-def test_sgd_blocked_update_is_bit_identical(monkeypatch, kwargs, dtype):
+def test_blocked_update_is_bit_identical(monkeypatch, make, dtype):
     rng = numpy.random.default_rng(0)
     shapes = [(37, 50), (1001,), (7, 3)]      # above, above and below a block of 256
     w0 = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -19,16 +30,16 @@ def test_sgd_blocked_update_is_bit_identical(monkeypatch, kwargs, dtype):
     def run(chunk):
         monkeypatch.setattr(optim, "UPDATE_CHUNK", chunk)
         ps = [Parameter(w.copy(), "w", decay=True) for w in w0]
-        opt = optim.SGD(ps, lr=0.01, **kwargs)
+        opt = make(ps)
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = g.copy()
             opt.step()
-        return [p.data for p in ps], [opt.state[i].get("momentum_buffer") for i in range(len(ps))]
+        state = [opt.state[i].get(k) for i in range(len(ps)) for k in sorted(opt.state[i])]
+        return [p.data for p in ps], state
 
-    (wa, ba), (wb, bb) = run(256), run(1 << 40)
-    for a, b in zip(wa + ba, wb + bb):
-        if a is None:
-            assert b is None
-        else:
-            assert a.dtype == dtype and numpy.array_equal(a, b)
+    (wa, sa), (wb, sb) = run(256), run(1 << 40)
+    assert len(sa) == len(sb)
+    assert not numpy.array_equal(wa[0], w0[0])         # the steps moved the weights
+    for a, b in zip(wa + sa, wb + sb):
+        assert a.dtype == dtype and numpy.array_equal(a, b)
