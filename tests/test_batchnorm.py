@@ -197,3 +197,32 @@ def test_device_running_statistics_update_in_place_in_the_statistics_kernel(dtyp
         numpy.testing.assert_array_equal(to_numpy(rv), want_v)
     with pytest.raises(ValueError, match="running= is for device arrays"):
         F.batch_norm_forward(numpy.ones((4, 2)), None, None, running=(want_m, want_v, 0.1))
+
+
+@pytest.mark.parametrize("order", [(1, 2, 3, 0), (1, 0, 2, 3)], ids=["chwn", "cnhw"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dy_same_layout", [True, False])
+def test_channel_major_memory_runs_per_channel_and_keeps_layout(rng, order, affine, dy_same_layout):
+    """A CPU convolution's output (CHWN memory; CNHW too) is normalized channel by channel
+    over its own memory: the same results as on a C-contiguous copy (up to the order of
+    the sums), the output and dx in the input's memory order, a constant channel finite."""
+    inverse = tuple(numpy.argsort(order))
+    shape = (5, 3, 4, 6)
+    x = (rng.standard_normal(tuple(shape[i] for i in order)) * 3 + 2).transpose(inverse)
+    x[:, 2] = 1.5                                           # a constant channel
+    xc = numpy.ascontiguousarray(x)
+    gamma, beta = (rng.uniform(0.5, 2.0, 3), rng.standard_normal(3)) if affine else (None, None)
+    y, mean, var, inv_std = F.batch_norm_forward(x, gamma, beta)
+    yc, meanc, varc, inv_stdc = F.batch_norm_forward(xc, gamma, beta)
+    assert y.transpose(order).flags.c_contiguous
+    for a, b in ((y, yc), (mean, meanc), (var, varc), (inv_std, inv_stdc)):
+        numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert var[2] == 0 and numpy.all(numpy.isfinite(y))
+    dy = rng.standard_normal(shape)
+    if dy_same_layout:
+        dy = numpy.ascontiguousarray(dy.transpose(order)).transpose(inverse)
+    dx, dgamma, dbeta = F.batch_norm_backward(dy, x, gamma, mean, inv_std)
+    dxc, dgammac, dbetac = F.batch_norm_backward(numpy.ascontiguousarray(dy), xc, gamma, meanc, inv_stdc)
+    assert dx.transpose(order).flags.c_contiguous
+    for a, b in ((dx, dxc), (dgamma, dgammac), (dbeta, dbetac)):
+        numpy.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
