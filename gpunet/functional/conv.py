@@ -480,8 +480,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
     Images above ``IM2COL_GEMM_MAX_PIXELS`` pixels: ``cols = im2col_rows(x, batch_last=True)
     (C*kh*kw, OH*OW*N)`` and one GEMM ``W @ cols (O, OH*OW*N)``; ``y`` is then its
     ``(N, O, OH, OW)`` view (CHWN memory, which later elementwise ops, pooling and this
-    layer's backward take as is). Smaller images: ``cols = im2col(x) (N, C*kh*kw, OH*OW)`` and a batched GEMM; ``y``
-    is C-contiguous.
+    layer's backward take as is). Smaller images: ``cols = im2col(x) (N, C*kh*kw, OH*OW)``
+    and a batched GEMM; ``y`` is C-contiguous.
 
     On a GPU (CuPy or the sim), at every size: ``cols (C*kh*kw, N*OH*OW)`` by one im2col
     kernel (``x`` read in place, any layout), the one GEMM ``W @ cols``, and one epilogue
