@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import get_array_module
+from .layout import ORDERS, copy_as, memory_order
 
 
 def _axes(x):
@@ -49,15 +50,12 @@ def _channel_rows(a):
     """``a (N, C, H, W)`` as ``(C, M)`` rows of its own memory when that memory is
     channel-major (CHWN, as a CPU convolution leaves it, or CNHW), with the function that
     turns ``(C, M)`` rows of that order back into an ``(N, C, H, W)`` view; else None."""
-    if a.ndim != 4 or a.shape[0] < 2 or a.flags.c_contiguous:
+    name = memory_order(a) if a.ndim == 4 else None
+    if name not in ("chwn", "cnhw"):
         return None
-    n, c, h, w = a.shape
-    for order, back in (((1, 2, 3, 0), (3, 0, 1, 2)), ((1, 0, 2, 3), (1, 0, 2, 3))):
-        t = a.transpose(order)
-        if t.flags.c_contiguous:
-            shape = t.shape
-            return t.reshape(c, -1), (lambda r, shape=shape, back=back: r.reshape(shape).transpose(back))
-    return None
+    t = a.transpose(ORDERS[name])
+    back = tuple(numpy.argsort(ORDERS[name]))
+    return t.reshape(a.shape[1], -1), (lambda r: r.reshape(t.shape).transpose(back))
 
 
 def _f32(*vs):
@@ -107,7 +105,7 @@ def _forward_rows(r, back, gamma, beta, eps):
     """The forward over channel rows ``r (C, M)`` (channel-major memory), one channel at a
     time: a channel's 200 KiB or so then stays in cache through its passes, where the
     whole-tensor passes stream the batch from memory once each (and reduce over strided
-    axes); (64, 16, 28, 28) in CHWN memory: 4.3 -> 1.2 ms. The same formulas."""
+    axes); (64, 16, 28, 28) in CHWN memory: 4.25 -> 1.61 ms. The same formulas."""
     c = r.shape[0]
     y = numpy.empty_like(r)
     mean = r.mean(axis=1)
@@ -147,10 +145,9 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std):
         return dx.astype(numpy.float16), dgamma, dbeta
     rows = _channel_rows(x)
     if rows is not None:
-        dyr = _channel_rows(dy) if dy.strides == x.strides else None
-        if dyr is None:             # dy in x's memory order first (one copy)
-            dyr = _channel_rows(_copy_as(dy, x))
-        return _backward_rows(dyr[0], rows[0], rows[1], gamma, mean, inv_std)
+        if dy.strides != x.strides:     # dy in x's memory order first (one copy)
+            dy = copy_as(dy, x)
+        return _backward_rows(_channel_rows(dy)[0], rows[0], rows[1], gamma, mean, inv_std)
     axes, s = _axes(x), _bcast(x)
     m = x.size // x.shape[1]
     xhat = x - mean.reshape(s)
@@ -164,12 +161,6 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std):
     dx -= xhat
     dx *= k.reshape(s)
     return dx, dgamma, dbeta
-
-
-def _copy_as(a, like):
-    out = numpy.empty_like(like, dtype=a.dtype)     # order "K": like's memory order
-    out[...] = a
-    return out
 
 
 def _backward_rows(dy, x, back, gamma, mean, inv_std):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy
 
 from .conv import output_size, pad2d, pair
+from .layout import copy_as, memory_order
 from ..backend import get_array_module
 
 
@@ -56,20 +57,6 @@ def _check(name, x):
     if not hasattr(x, "ndim") or x.ndim != 4:
         raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape "
                          f"{tuple(getattr(x, 'shape', ()))}")
-
-
-def _layout(a):
-    """How pooling sees ``a (N, C, H, W)``'s memory: ``"chwn"`` (a whole-batch convolution's
-    output on the CPU: C-contiguous ``(C, H, W, N)``), ``"cnhw"`` (C-contiguous
-    ``(C, N, H, W)``), ``"nchw"`` (C-contiguous), or None (anything else: pooled from a
-    C-contiguous copy)."""
-    if a.flags.c_contiguous:
-        return "nchw"
-    if a.transpose(1, 2, 3, 0).flags.c_contiguous:
-        return "chwn"
-    if a.transpose(1, 0, 2, 3).flags.c_contiguous:
-        return "cnhw"
-    return None
 
 
 def _to_planes(a, layout):
@@ -109,8 +96,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     if x.dtype == numpy.float16:    # NumPy's float16 loops are slow: float32 inside (exact here)
         y, arg = max_pool2d(x.astype(numpy.float32), kernel, stride, padding)
         return y.astype(numpy.float16), arg
-    layout = _layout(x)
-    if layout is None:
+    layout = memory_order(x)
+    if layout is None:          # any other memory: pooled from a C-contiguous copy
         x, layout = numpy.ascontiguousarray(x), "nchw"
     n, c = x.shape[:2]
     y, arg = _max_pool(xp, _to_planes(x, layout), kernel, stride, padding, out_hw)
@@ -177,25 +164,17 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     if dy.dtype == numpy.float16:   # float32 sums of overlapping windows, rounded once
         return max_pool2d_backward(dy.astype(numpy.float32), arg, x_shape, kernel, stride,
                                    padding).astype(numpy.float16)
-    layout = _layout(arg)
+    layout = memory_order(arg)
     if layout is None:
         arg, layout = numpy.ascontiguousarray(arg), "nchw"
     n, c = x_shape[:2]
     argt = _to_planes(arg, layout)
     # dy in arg's layout first (one small copy when it comes otherwise, e.g. NCHW through
     # Flatten): the per-offset passes below are several times slower on mixed layouts
-    dyt = _to_planes(dy, layout) if _layout(dy) == layout else \
-        _to_planes(_copy_as(dy, arg), layout)
+    dyt = _to_planes(dy if memory_order(dy) == layout else copy_as(dy, arg), layout)
     planes = (argt.shape[0],) + tuple(x_shape[2:]) + (argt.shape[3],)
     return _from_planes(_max_pool_backward(xp, dyt, argt, planes, kernel, stride, padding),
                         layout, n, c)
-
-
-def _copy_as(a, like):
-    """A copy of ``a`` in ``like``'s memory layout."""
-    out = numpy.empty_like(like, dtype=a.dtype)     # order "K": like's strides
-    out[...] = a
-    return out
 
 
 def _max_pool_backward(xp, dy, arg, planes, kernel, stride, padding):
