@@ -43,3 +43,19 @@ def test_blocked_update_is_bit_identical(monkeypatch, make, dtype):
     assert not numpy.array_equal(wa[0], w0[0])         # the steps moved the weights
     for a, b in zip(wa + sa, wb + sb):
         assert a.dtype == dtype and numpy.array_equal(a, b)
+
+
+def test_blocked_update_reuses_one_block_of_scratch(monkeypatch):
+    """Every block of an update works in the same first elements of the scratch array, so
+    the scratch stays in cache; the rest of it is never written."""
+    monkeypatch.setattr(optim, "UPDATE_CHUNK", 256)
+    p = Parameter(numpy.ones((40, 50), numpy.float32), "w")
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    scratch = opt._scratch(p, 1).reshape(-1)
+    scratch[:] = numpy.nan
+    for _ in range(2):
+        p.grad = numpy.full((40, 50), 0.5, numpy.float32)
+        opt.step()
+    assert numpy.isnan(scratch[256:]).all()
+    assert not numpy.isnan(scratch[:256]).any()
+    assert numpy.allclose(p.data, 1 - 0.1 * 0.5 - 0.1 * (0.9 * 0.5 + 0.5))
