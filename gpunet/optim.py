@@ -365,21 +365,18 @@ class Optimizer:
             self._work[key] = buf
         return buf[:n].reshape(data.shape)
 
-    def _regularized(self, p, g, weight_decay, l1):
-        """``g + weight_decay*w + l1*sign(w)`` for a ``decay=True`` parameter (in scratch
-        slot 0, ``p.grad`` untouched); ``g`` itself when nothing applies."""
-        if not p.decay or (weight_decay == 0.0 and l1 == 0.0):
-            return g
-        xp = get_array_module(p.data)
-        s = self._scratch(p, 0)
+    @staticmethod
+    def _regularize(xp, w, g, s, t, weight_decay, l1):
+        """``g + weight_decay*w + l1*sign(w)`` written into ``s`` (``t`` is scratch) and
+        returned. Elementwise, so :func:`_in_blocks` runs it a block at a time inside an
+        update's passes; ``p.grad`` stays untouched."""
         if weight_decay != 0.0:
-            xp.multiply(p.data, weight_decay, out=s)
+            xp.multiply(w, weight_decay, out=s)
             s += g
         else:
             xp.copyto(s, g)
         if l1 != 0.0:
-            t = self._scratch(p, 1)
-            xp.sign(p.data, out=t)
+            xp.sign(w, out=t)
             t *= l1
             s += t
         return s
@@ -531,19 +528,22 @@ class SGD(Optimizer):
 
     def _update(self, i, p, g, lr):
         xp = get_array_module(p.data)
-        m = float(self.momentum)
-        g = self._regularized(p, g, float(self.weight_decay), float(self.l1))
-        t = self._scratch(p, 1)
+        m, wd, l1 = float(self.momentum), float(self.weight_decay), float(self.l1)
+        reg = p.decay and (wd != 0.0 or l1 != 0.0)
         st = self.state[i]
         buf = st.get("momentum_buffer") if m != 0.0 else None
         fresh = m != 0.0 and buf is None
         if fresh:
-            buf = st["momentum_buffer"] = g.copy()      # PyTorch's first step: buf = g
+            buf = st["momentum_buffer"] = xp.empty_like(p.data)
         nesterov = self.nesterov
 
-        def passes(w, g, t, buf):
+        def passes(w, g, s, t, buf):
+            if reg:
+                g = self._regularize(xp, w, g, s, t, wd, l1)
             if buf is not None:
-                if not fresh:
+                if fresh:
+                    xp.copyto(buf, g)           # PyTorch's first step: buf = g
+                else:
                     buf *= m
                     buf += g
                 if nesterov:
@@ -556,7 +556,8 @@ class SGD(Optimizer):
                 xp.multiply(g, lr, out=t)
             w -= t
 
-        _in_blocks(xp, (p.data, g, t, buf), passes, work=(2,))
+        _in_blocks(xp, (p.data, g, self._scratch(p, 0) if reg else None, self._scratch(p, 1), buf),
+                   passes, work=(2, 3))
 
     def _fused_state(self, i, p, xp):
         if self.momentum == 0.0:
@@ -604,13 +605,18 @@ class Adam(Optimizer):
     def _buffers(self, h):
         return ("exp_avg", "exp_avg_sq")
 
-    def _decayed_grad(self, p, g, lr):
-        return self._regularized(p, g, float(self.weight_decay), float(self.l1))
+    def _decays(self, p):
+        return p.decay and (float(self.weight_decay) != 0.0 or float(self.l1) != 0.0)
+
+    def _decayed_grad(self, xp, w, g, s, t, lr):
+        """The gradient the update uses, for one block (``s``, ``t``: scratch): L2/L1 added
+        to it (see :meth:`Optimizer._regularize`)."""
+        return self._regularize(xp, w, g, s, t, float(self.weight_decay), float(self.l1))
 
     def _update(self, i, p, g, lr):
         xp = get_array_module(p.data)
         b1, b2 = (float(b) for b in self.betas)
-        g = self._decayed_grad(p, g, lr)
+        decays = self._decays(p)
         st = self.state[i]
         if not st:
             st["exp_avg"] = xp.zeros_like(p.data)
@@ -619,7 +625,9 @@ class Adam(Optimizer):
         step_size = lr / (1.0 - b1 ** n)
         c2, eps = math.sqrt(1.0 - b2 ** n), float(self.eps)
 
-        def passes(w, g, m, v, t):
+        def passes(w, g, m, v, s, t):
+            if decays:
+                g = self._decayed_grad(xp, w, g, s, t, lr)
             m *= b1
             xp.multiply(g, 1.0 - b1, out=t)
             m += t
@@ -634,8 +642,9 @@ class Adam(Optimizer):
             t *= step_size
             w -= t
 
-        _in_blocks(xp, (p.data, g, st["exp_avg"], st["exp_avg_sq"], self._scratch(p, 1)), passes,
-                   work=(4,))
+        _in_blocks(xp, (p.data, g, st["exp_avg"], st["exp_avg_sq"],
+                        self._scratch(p, 0) if decays else None, self._scratch(p, 1)),
+                   passes, work=(4, 5))
 
     def _fused_state(self, i, p, xp):
         st = self.state[i]
@@ -676,10 +685,11 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         Optimizer.__init__(self, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
-    def _decayed_grad(self, p, g, lr):
-        wd = float(self.weight_decay)
-        if p.decay and wd != 0.0:
-            p.data *= 1.0 - lr * wd
+    def _decays(self, p):
+        return p.decay and float(self.weight_decay) != 0.0
+
+    def _decayed_grad(self, xp, w, g, s, t, lr):
+        w *= 1.0 - lr * float(self.weight_decay)
         return g
 
 
