@@ -341,3 +341,42 @@ def test_parameter_dtype_and_second_loss_backward_message():
     loss_fn.backward()
     with pytest.raises(RuntimeError, match="already returned"):
         loss_fn.backward()
+
+
+# -- the dtype of a backward's dy ---------------------------------------------------------
+
+def _bwd_cases():
+    return [
+        (lambda: gpunet.Dense(4, 3), (5, 4)), (lambda: gpunet.Conv2D(2, 3, 3), (2, 2, 5, 5)),
+        (lambda: gpunet.MaxPool2D(2), (2, 3, 4, 4)), (lambda: gpunet.AvgPool2D(2), (2, 3, 4, 4)),
+        (lambda: gpunet.GlobalAvgPool2D(), (2, 3, 4, 4)), (lambda: gpunet.BatchNorm(3), (5, 3)),
+        (lambda: gpunet.Dropout(0.5, seed=1), (5, 4)), (lambda: gpunet.Maxout(2), (5, 4)),
+        (lambda: gpunet.Flatten(), (2, 3, 4)), (lambda: gpunet.ReLU(), (5, 4)),
+        (lambda: gpunet.LeakyReLU(), (5, 4)), (lambda: gpunet.Softmax(), (5, 4)),
+        (lambda: gpunet.Residual(gpunet.Dense(4, 4)), (5, 4)),
+    ]
+
+
+@pytest.mark.parametrize("bad", ["int64", "bool", "complex64", "float64"])
+@pytest.mark.parametrize("case", range(13))
+def test_backward_rejects_dy_of_another_dtype(case, bad):
+    """A dy that is not floating point, or not the forward output's dtype, raises a
+    ValueError naming the layer, before any computation (it used to promote dx to float64,
+    return an int or bool dx, propagate complex numbers, or fail inside NumPy)."""
+    make, shape = _bwd_cases()[case]
+    layer = make()
+    x = numpy.random.default_rng(0).standard_normal(shape).astype(numpy.float32)
+    y = layer(x)
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"{name}\.backward: expected .*dy.*got {bad}"):
+        layer.backward(numpy.ones(y.shape, bad))
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_backward_rejects_dy_that_is_not_an_array(case):
+    make, shape = _bwd_cases()[case]
+    layer = make()
+    y = layer(numpy.ones(shape, numpy.float32))
+    name = type(layer).__name__
+    with pytest.raises(TypeError, match=rf"{name}\.backward: expected dy to be a NumPy or CuPy array, got list"):
+        layer.backward(numpy.ones(y.shape, numpy.float32).tolist())

@@ -43,7 +43,7 @@ class Activation(Layer):
     def backward(self, dy):
         if self._y is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before a training-mode forward")
-        check_grad(self, dy, self._y.shape)
+        check_grad(self, dy, self._y.shape, self._y.dtype)
         return self.grad_fn(dy, self._x, self._y)
 
 

@@ -136,14 +136,20 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
                          f"got shape {tuple(x.shape)}")
 
 
-def check_grad(layer, dy, shape):
-    """Validate ``dy`` of a backward against the forward output's ``shape``."""
+def check_grad(layer, dy, shape, dtype=None):
+    """Validate ``dy`` of a backward against the forward output's ``shape`` and, when given,
+    its ``dtype`` (without one: any floating dtype)."""
     name = type(layer).__name__
     if not hasattr(dy, "shape") or not hasattr(dy, "dtype"):
         raise TypeError(f"{name}.backward: expected dy to be a NumPy or CuPy array, got {type(dy).__name__}")
     if tuple(dy.shape) != tuple(shape):
         raise ValueError(f"{name}.backward: expected dy of shape {tuple(shape)} (the shape of the "
                          f"forward's output), got {tuple(dy.shape)}")
+    if dtype is not None and dy.dtype != dtype:
+        raise ValueError(f"{name}.backward: expected dy of dtype {numpy.dtype(dtype).name} (the "
+                         f"forward's output's), got {dy.dtype.name}")
+    if dy.dtype.kind != "f":
+        raise ValueError(f"{name}.backward: expected a floating-point dy, got {dy.dtype.name}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy
 
 from ..backend import get_array_module
 from ..functional import batchnorm as F
-from .base import Layer, Parameter, check_input
+from .base import Layer, Parameter, check_grad, check_input
 
 
 class BatchNorm(Layer):
@@ -129,11 +129,10 @@ class BatchNorm(Layer):
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before a training-mode forward")
         x, mean, inv_std = self._cache
-        if x.dtype == numpy.float16 and getattr(dy, "dtype", x.dtype) != x.dtype:
+        half32 = x.dtype == numpy.float16 and getattr(dy, "dtype", None) == numpy.float32
+        check_grad(self, dy, x.shape, None if half32 else x.dtype)
+        if half32:
             x = x.astype(dy.dtype)          # a float32 dy: backward in float32
-        if tuple(dy.shape) != tuple(x.shape):
-            raise ValueError(f"BatchNorm.backward: expected dy of shape {tuple(x.shape)} (the forward's), "
-                             f"got {tuple(dy.shape)}")
         dx, dgamma, dbeta = F.batch_norm_backward(dy, x, self.gamma.data if self.affine else None,
                                                   mean, inv_std)
         if self.affine:     # float32 sums of a float16 model (cast with .to) go back to float16

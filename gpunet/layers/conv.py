@@ -91,7 +91,7 @@ class Conv2D(Layer):
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("Conv2D.backward called before a training-mode forward")
-        check_grad(self, dy, self._y.shape)
+        check_grad(self, dy, self._y.shape, self._y.dtype)
         act, relu = self.activation, self._relu()
         if act is not None and not relu:
             dy = act.grad_fn(dy, self._z, self._y)

@@ -68,7 +68,7 @@ class Dense(Layer):
         x, y = self._x, self._y
         if x is None:
             raise RuntimeError("Dense.backward called before a training-mode forward")
-        check_grad(self, dy, y.shape)
+        check_grad(self, dy, y.shape, y.dtype)
         act = self.activation
         g = dy if act is None else act.grad_fn(dy, self._z, y)   # dL/dz, z = x W^T + b
         need_dx = self.input_grad and not self._x_is_data

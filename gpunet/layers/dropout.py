@@ -8,7 +8,7 @@ import numpy
 from .. import random as _random
 from ..backend import get_array_module
 from ..functional import dropout as F
-from .base import Layer, check_input
+from .base import Layer, check_grad, check_input
 
 
 class Dropout(Layer):
@@ -128,7 +128,7 @@ class Dropout(Layer):
         if not self.training:
             return F.dropout_eval(x, self.p, self.mode)
         start = int(self.shard) * int(x.size)
-        self._shape = x.shape
+        self._shape, self._dtype = x.shape, x.dtype
         if get_array_module(x) is not numpy:
             # the counter stays on the device: one single-thread launch takes the draw
             from ..cuda import next_draw
@@ -149,9 +149,7 @@ class Dropout(Layer):
     def backward(self, dy):
         if self._draw is None:
             raise RuntimeError("Dropout.backward called before a training-mode forward")
-        if tuple(dy.shape) != tuple(self._shape):
-            raise ValueError(f"Dropout.backward: expected dy of shape {tuple(self._shape)} (the forward's), "
-                             f"got {tuple(dy.shape)}")
+        check_grad(self, dy, self._shape, self._dtype)
         seed, counter, start = self._draw
         if seed is None:                    # a device draw: its keys are in the state
             return F.dropout_backward_state(dy, self.p, counter, self.mode, start)

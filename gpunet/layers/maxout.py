@@ -4,7 +4,7 @@ from __future__ import annotations
 import numbers
 
 from ..functional import maxout as F
-from .base import Layer, check_input
+from .base import Layer, check_grad, check_input
 
 
 class Maxout(Layer):
@@ -38,15 +38,13 @@ class Maxout(Layer):
                              f"multiple of pieces={self.pieces}, got shape {tuple(x.shape)}")
         y, idx = F.maxout_forward(x, self.pieces)
         if self.training:
-            self._idx = idx
+            self._idx, self._dtype = idx, y.dtype
         return y
 
     def backward(self, dy):
         if self._idx is None:
             raise RuntimeError("Maxout.backward called before a training-mode forward")
-        if tuple(dy.shape) != tuple(self._idx.shape):
-            raise ValueError(f"Maxout.backward: expected dy of shape {tuple(self._idx.shape)} "
-                             f"(the forward's output), got {tuple(dy.shape)}")
+        check_grad(self, dy, self._idx.shape, self._dtype)
         return F.maxout_backward(dy, self._idx, self.pieces)
 
     def extra_repr(self):

@@ -52,13 +52,13 @@ class MaxPool2D(_Pool2D):
         self._check(x)
         y, arg = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         if self.training:
-            self._shape, self._arg, self._out_shape = x.shape, arg, y.shape
+            self._shape, self._arg, self._out_shape, self._dtype = x.shape, arg, y.shape, y.dtype
         return y
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("MaxPool2D.backward called before a training-mode forward")
-        check_grad(self, dy, self._out_shape)
+        check_grad(self, dy, self._out_shape, self._dtype)
         return FP.max_pool2d_backward(dy, self._arg, self._shape, self.kernel_size, self.stride, self.padding)
 
 
@@ -70,13 +70,13 @@ class AvgPool2D(_Pool2D):
         self._check(x)
         y = FP.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
         if self.training:
-            self._shape, self._out_shape = x.shape, y.shape
+            self._shape, self._out_shape, self._dtype = x.shape, y.shape, y.dtype
         return y
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("AvgPool2D.backward called before a training-mode forward")
-        check_grad(self, dy, self._out_shape)
+        check_grad(self, dy, self._out_shape, self._dtype)
         return FP.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding)
 
 
@@ -90,11 +90,11 @@ class GlobalAvgPool2D(Layer):
     def forward(self, x):
         _check4d(self, x)
         if self.training:
-            self._shape = x.shape
+            self._shape, self._dtype = x.shape, x.dtype
         return FP.global_avg_pool2d(x)
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("GlobalAvgPool2D.backward called before a training-mode forward")
-        check_grad(self, dy, self._shape[:2])
+        check_grad(self, dy, self._shape[:2], self._dtype)
         return FP.global_avg_pool2d_backward(dy, self._shape)

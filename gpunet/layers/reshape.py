@@ -18,12 +18,12 @@ class Flatten(Layer):
         if x.ndim < 1:
             raise ValueError(f"Flatten: expected an input with a batch axis, got shape {tuple(x.shape)}")
         if self.training:
-            self._shape = x.shape
+            self._shape, self._dtype = x.shape, x.dtype
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before a training-mode forward")
         n = self._shape[0]
-        check_grad(self, dy, (n, int(numpy.prod(self._shape[1:], dtype=numpy.int64))))
+        check_grad(self, dy, (n, int(numpy.prod(self._shape[1:], dtype=numpy.int64))), self._dtype)
         return dy.reshape(self._shape)

@@ -26,14 +26,14 @@ class Residual(Layer):
             raise ValueError(f"Residual: the block must keep the input shape; expected output shape "
                              f"{tuple(x.shape)}, got {tuple(y.shape)}")
         if self.training:
-            self._shape = x.shape
+            self._shape, self._dtype = x.shape, x.dtype
         return x + y          # not in place: the block may have cached y for its backward
 
     def backward(self, dy):
         shape = self.__dict__.get("_shape")
         if shape is None:
             raise RuntimeError("Residual.backward called before a training-mode forward")
-        check_grad(self, dy, shape)
+        check_grad(self, dy, shape, self._dtype)
         g = self.block.backward(dy)
         return None if g is None else dy + g     # None: the input was data (no gradient)
 
