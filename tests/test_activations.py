@@ -215,3 +215,29 @@ def test_eval_forward_does_not_cache():
     layer(numpy.ones((2, 2), numpy.float32))
     with pytest.raises(RuntimeError):
         layer.backward(numpy.ones((2, 2), numpy.float32))
+
+
+# -- bad hyper-parameters and axes (found by fuzzing) ------------------------------------------
+
+@pytest.mark.parametrize("cls", [gpunet.Softmax, gpunet.LogSoftmax])
+@pytest.mark.parametrize("axis", [2, -3])
+def test_softmax_axis_out_of_range_names_the_layer(cls, axis):
+    """Used to fail inside NumPy (AxisError: axis 2 is out of bounds ...), not naming the layer."""
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: expected an input with axis {axis}, got shape \(2, 3\)"):
+        cls(axis=axis)(numpy.ones((2, 3), numpy.float32))
+
+
+@pytest.mark.parametrize("axis", ["a", 1.5, None])
+def test_softmax_axis_must_be_an_int(axis):
+    """'a' used to raise int()'s message; 1.5 was silently truncated to axis 1."""
+    with pytest.raises(TypeError, match="Softmax: expected axis to be an int"):
+        gpunet.Softmax(axis=axis)
+
+
+@pytest.mark.parametrize("make,name", [(lambda v: gpunet.LeakyReLU(v), "LeakyReLU: expected negative_slope"),
+                                       (lambda v: gpunet.ELU(v), "ELU: expected alpha")])
+@pytest.mark.parametrize("value", ["a", None, float("nan"), float("inf")])
+def test_activation_hyper_parameters_must_be_finite_numbers(make, name, value):
+    """'a'/None used to raise float()'s message; NaN was accepted and gave NaN outputs."""
+    with pytest.raises(ValueError, match=name):
+        make(value)

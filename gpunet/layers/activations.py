@@ -6,6 +6,8 @@ same code. ``get(name_or_layer)`` resolves the ``activation=`` argument of Dense
 """
 from __future__ import annotations
 
+import math
+import numbers
 from functools import partial
 
 from ..functional import activations as F
@@ -32,8 +34,11 @@ class Activation(Layer):
     def needs_input(self) -> bool:
         return F.NEEDS_INPUT[self.name]
 
-    def forward(self, x):
+    def _check(self, x):
         check_input(self, x)
+
+    def forward(self, x):
+        self._check(x)
         y = self.fn(x)
         if self.training:
             self._x = x if self.needs_input else None
@@ -68,7 +73,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _finite("LeakyReLU", "negative_slope", negative_slope)
         self._kwargs = {"negative_slope": self.negative_slope}
 
     def extra_repr(self):
@@ -80,7 +85,7 @@ class ELU(Activation):
 
     def __init__(self, alpha=1.0):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = _finite("ELU", "alpha", alpha)
         self._kwargs = {"alpha": self.alpha}
 
     def extra_repr(self):
@@ -106,8 +111,16 @@ class Softmax(Activation):
 
     def __init__(self, axis=-1):
         super().__init__()
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{type(self).__name__}: expected axis to be an int, got {axis!r}")
         self.axis = int(axis)
         self._kwargs = {"axis": self.axis}
+
+    def _check(self, x):
+        check_input(self, x)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"{type(self).__name__}: expected an input with axis {self.axis}, got "
+                             f"shape {tuple(x.shape)} ({x.ndim}-D)")
 
     def extra_repr(self):
         return f"axis={self.axis}"
@@ -115,6 +128,13 @@ class Softmax(Activation):
 
 class LogSoftmax(Softmax):
     name = "log_softmax"
+
+
+def _finite(layer, name, value):
+    """A hyper-parameter that must be a finite real number, as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{layer}: expected {name} to be a finite number, got {value!r}")
+    return float(value)
 
 
 def apply_fused(activation, z):
