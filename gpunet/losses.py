@@ -15,6 +15,8 @@ bug upstream, not 0).
 """
 from __future__ import annotations
 
+import numbers
+
 from .functional import losses as F
 from .layers.base import register_loss_gradient
 
@@ -70,9 +72,11 @@ class SoftmaxCrossEntropy(Loss):
 
     def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean"):
         super().__init__(reduction)
-        if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = F.check_label_smoothing("SoftmaxCrossEntropy", label_smoothing)
+        if ignore_index is not None and (isinstance(ignore_index, bool)
+                                         or not isinstance(ignore_index, numbers.Integral)):
+            raise TypeError(f"SoftmaxCrossEntropy: expected ignore_index to be None or an int, "
+                            f"got {ignore_index!r}")
         self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def forward(self, logits, labels):

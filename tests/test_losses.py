@@ -454,3 +454,33 @@ def test_empty_batch_raises_in_the_functional_forms(xp):
         F.bce_with_logits(z, z)
     with pytest.raises(ValueError, match=r"mse: .*empty batch.*\(0, 4\)"):
         F.mse(z, z, reduction="sum")
+
+
+# -- bad hyper-parameters and targets (found by fuzzing) ---------------------------------------
+
+@pytest.mark.parametrize("value", ["a", None, float("nan"), -0.1, 2])
+def test_ce_label_smoothing_must_be_a_number_in_unit_interval(value):
+    """'a'/None used to raise float()'s message, not naming the loss."""
+    with pytest.raises(ValueError, match="SoftmaxCrossEntropy: label_smoothing must lie in"):
+        gpunet.SoftmaxCrossEntropy(label_smoothing=value)
+    z = numpy.zeros((2, 3), numpy.float32)
+    with pytest.raises(ValueError, match="softmax_cross_entropy: label_smoothing must lie in"):
+        gpunet.functional.softmax_cross_entropy(z, numpy.array([0, 1]), label_smoothing=value)
+
+
+@pytest.mark.parametrize("value", [1.5, "a", True])
+def test_ce_ignore_index_must_be_an_int(value):
+    """1.5 used to be truncated to 1 silently (rows labelled 1 then ignored)."""
+    with pytest.raises(TypeError, match="SoftmaxCrossEntropy: expected ignore_index to be None or an int"):
+        gpunet.SoftmaxCrossEntropy(ignore_index=value)
+
+
+@pytest.mark.parametrize("loss,name", [(gpunet.MSELoss, "mse"), (gpunet.BCEWithLogits, "bce_with_logits")])
+@pytest.mark.parametrize("bad", ["complex64", "object", "<U1"])
+def test_elementwise_losses_reject_targets_that_are_not_real_numbers(loss, name, bad):
+    """complex targets used to lose their imaginary part silently, object targets were
+    accepted, strings failed in NumPy's conversion without naming the loss."""
+    x = numpy.zeros((2, 3), numpy.float32)
+    y = numpy.ones((2, 3)).astype(bad) if bad != "<U1" else numpy.full((2, 3), "a")
+    with pytest.raises(ValueError, match=rf"{name}: expected real-valued .*targets, got"):
+        loss()(x, y)

@@ -9,6 +9,8 @@ of the reduced loss, and for ``"none"`` of the sum of the unreduced losses (what
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy
 
 from ..backend import get_array_module
@@ -71,6 +73,13 @@ def check_reduction(name, reduction):
     return reduction
 
 
+def check_label_smoothing(name, value):
+    """``label_smoothing`` must be a real number in ``[0, 1]``; returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {value!r}")
+    return float(value)
+
+
 def check_nonempty(name, what, x):
     """A loss of nothing is a bug upstream (an empty batch), not 0: raise ``ValueError``."""
     if x.size == 0:
@@ -122,9 +131,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     check_reduction(name, reduction)
     xp = get_array_module(logits, labels)
     check_labels(name, logits, labels, ignore_index, check_values=xp is numpy)
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
+    eps = check_label_smoothing(name, label_smoothing)
     grad_scale = float(grad_scale)
     if not (0.0 < grad_scale < float("inf")):
         raise ValueError(f"{name}: grad_scale must be a finite float > 0, got {grad_scale}")
@@ -199,6 +206,8 @@ def _check_pair(name, what, x, y):
         raise ValueError(f"{name}: expected floating-point {what}, got {getattr(x, 'dtype', type(x).__name__)}")
     if not hasattr(y, "shape") or tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real-valued (floating, integer or bool) targets, got {y.dtype.name}")
     check_nonempty(name, what, x)
 
 
