@@ -22,6 +22,7 @@ make every hidden unit of a layer identical forever (symmetry is never broken).
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy
 
@@ -32,15 +33,52 @@ def _rng(rng):
     return _random.host_rng() if rng is None else rng
 
 
-def _shape(shape):
-    if isinstance(shape, int):
-        return (shape,)
-    return tuple(int(s) for s in shape)
+def _shape(shape, who="init"):
+    """``shape`` (an int or a sequence of ints >= 0) as a tuple; TypeError/ValueError naming
+    ``who`` otherwise (a float size used to be truncated, a negative one failed in NumPy)."""
+    dims = (shape,) if isinstance(shape, numbers.Integral) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(f"{who}: expected shape to be an int or a tuple of ints, got {shape!r}") from None
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"{who}: expected shape to be an int or a tuple of ints, got {shape!r}")
+        if d < 0:
+            raise ValueError(f"{who}: expected sizes >= 0 in shape, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def _check(who, shape, rng, dtype):
+    """Validate the contract's ``(shape, rng, dtype)``; returns ``(shape, dtype)``."""
+    shape = _shape(shape, who)
+    if rng is not None and not (hasattr(rng, "normal") and hasattr(rng, "uniform")):
+        raise TypeError(f"{who}: expected rng to be None or a numpy.random.Generator, "
+                        f"got {type(rng).__name__}")
+    try:
+        dt = numpy.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{who}: expected a floating-point dtype, got {dtype!r}") from None
+    if dt.kind != "f":
+        raise ValueError(f"{who}: expected a floating-point dtype (float32 or float64), got {dt.name}")
+    return shape, dt
+
+
+def _real(v) -> bool:
+    """A finite real number (not a bool)."""
+    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+
+
+def _fan(who, name, fan, shape):
+    if fan <= 0:
+        raise ValueError(f"{who}: {name} of shape {shape} is 0; expected a weight shape with no "
+                         f"zero-sized axis")
+    return fan
 
 
 def fans(shape) -> tuple[int, int]:
     """``(fan_in, fan_out)`` of a weight of ``shape`` (see the module docstring)."""
-    shape = _shape(shape)
+    shape = _shape(shape, "init.fans")
     if len(shape) == 0:
         raise ValueError("init.fans: expected a weight shape with at least one axis, got ()")
     if len(shape) == 1:
@@ -50,51 +88,70 @@ def fans(shape) -> tuple[int, int]:
 
 
 def zeros(shape, rng=None, dtype=numpy.float32):
-    return numpy.zeros(_shape(shape), dtype=dtype)
+    shape, dtype = _check("init.zeros", shape, rng, dtype)
+    return numpy.zeros(shape, dtype=dtype)
 
 
 def ones(shape, rng=None, dtype=numpy.float32):
-    return numpy.ones(_shape(shape), dtype=dtype)
+    shape, dtype = _check("init.ones", shape, rng, dtype)
+    return numpy.ones(shape, dtype=dtype)
 
 
 def constant(shape, rng=None, dtype=numpy.float32, value=0.0):
     """Every element ``value`` (keyword: the contract's ``f(shape, rng, dtype)`` comes first)."""
-    return numpy.full(_shape(shape), value, dtype=dtype)
+    shape, dtype = _check("init.constant", shape, rng, dtype)
+    if not _real(value):
+        raise ValueError(f"init.constant: expected value to be a finite number, got {value!r}")
+    return numpy.full(shape, value, dtype=dtype)
 
 
 def normal(shape, rng=None, dtype=numpy.float32, std=0.01, mean=0.0):
     """N(mean, std²) — the course's "small random numbers"."""
-    return _rng(rng).normal(mean, std, size=_shape(shape)).astype(dtype)
+    shape, dtype = _check("init.normal", shape, rng, dtype)
+    if not (_real(std) and _real(mean) and std >= 0):
+        raise ValueError(f"init.normal: expected a finite std >= 0 and a finite mean, got std={std!r}, "
+                         f"mean={mean!r}")
+    return _rng(rng).normal(mean, std, size=shape).astype(dtype)
 
 
 def uniform(shape, rng=None, dtype=numpy.float32, low=-0.05, high=0.05):
-    return _rng(rng).uniform(low, high, size=_shape(shape)).astype(dtype)
+    shape, dtype = _check("init.uniform", shape, rng, dtype)
+    if not (_real(low) and _real(high) and low <= high):
+        raise ValueError(f"init.uniform: expected finite low <= high, got low={low!r}, high={high!r}")
+    return _rng(rng).uniform(low, high, size=shape).astype(dtype)
 
 
 def xavier_normal(shape, rng=None, dtype=numpy.float32):
+    shape, dtype = _check("init.xavier_normal", shape, rng, dtype)
     fi, fo = fans(shape)
+    _fan("init.xavier_normal", "fan_in + fan_out", fi + fo, shape)
     return normal(shape, rng, dtype, std=math.sqrt(2.0 / (fi + fo)))
 
 
 def xavier_uniform(shape, rng=None, dtype=numpy.float32):
+    shape, dtype = _check("init.xavier_uniform", shape, rng, dtype)
     fi, fo = fans(shape)
+    _fan("init.xavier_uniform", "fan_in + fan_out", fi + fo, shape)
     a = math.sqrt(6.0 / (fi + fo))
     return uniform(shape, rng, dtype, low=-a, high=a)
 
 
 def he_normal(shape, rng=None, dtype=numpy.float32):
-    fi, _ = fans(shape)
+    shape, dtype = _check("init.he_normal", shape, rng, dtype)
+    fi = _fan("init.he_normal", "fan_in", fans(shape)[0], shape)
     return normal(shape, rng, dtype, std=math.sqrt(2.0 / fi))
 
 
 def he_uniform(shape, rng=None, dtype=numpy.float32):
-    fi, _ = fans(shape)
+    shape, dtype = _check("init.he_uniform", shape, rng, dtype)
+    fi = _fan("init.he_uniform", "fan_in", fans(shape)[0], shape)
     a = math.sqrt(6.0 / fi)
     return uniform(shape, rng, dtype, low=-a, high=a)
 
 
 def lecun_normal(shape, rng=None, dtype=numpy.float32):
-    fi, _ = fans(shape)
+    shape, dtype = _check("init.lecun_normal", shape, rng, dtype)
+    fi = _fan("init.lecun_normal", "fan_in", fans(shape)[0], shape)
     return normal(shape, rng, dtype, std=math.sqrt(1.0 / fi))
 
 

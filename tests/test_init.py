@@ -158,3 +158,48 @@ def test_default_init_follows_activation_layer_instances():
     assert abs(float(d.weight.data.std()) / math.sqrt(2 / 400) - 1) < 0.03
     d = gpunet.Dense(400, 300, activation=gpunet.Tanh)
     assert float(numpy.abs(d.weight.data).max()) <= math.sqrt(6 / 700)
+
+
+# -- bad arguments name the initializer (found by fuzzing) -------------------------------------
+
+_ALL = ["zeros", "ones", "constant", "normal", "uniform", "xavier_normal", "xavier_uniform",
+        "he_normal", "he_uniform", "lecun_normal"]
+
+
+@pytest.mark.parametrize("name", _ALL)
+@pytest.mark.parametrize("shape,err", [((3, -1), ValueError), ((2.5, 3), TypeError), (None, TypeError),
+                                       ("ab", TypeError)])
+def test_bad_shape_names_the_initializer(name, shape, err):
+    """(2.5, 3) used to be truncated to (2, 3) silently; the others failed in NumPy or int()."""
+    with pytest.raises(err, match=rf"init\.{name}: expected .*shape"):
+        getattr(init, name)(shape)
+
+
+@pytest.mark.parametrize("name", _ALL)
+def test_non_float_dtype_and_bad_rng_name_the_initializer(name):
+    """dtype=int32 used to truncate the weights to integers silently (mostly zeros); an rng
+    that is not a Generator failed with AttributeError."""
+    f = getattr(init, name)
+    with pytest.raises(ValueError, match=rf"init\.{name}: expected a floating-point dtype .*got int32"):
+        f((3, 3), None, numpy.int32)
+    with pytest.raises(TypeError, match=rf"init\.{name}: expected rng to be None or a numpy.random.Generator, got int"):
+        f((3, 3), 5)
+
+
+@pytest.mark.parametrize("name,shape", [("he_normal", (3, 0)), ("he_uniform", (3, 0)),
+                                        ("lecun_normal", (3, 0)), ("xavier_normal", (0, 0)),
+                                        ("xavier_uniform", (0, 0))])
+def test_zero_fan_names_the_initializer(name, shape):
+    """Used to raise ZeroDivisionError."""
+    with pytest.raises(ValueError, match=rf"init\.{name}: fan_in.* is 0"):
+        getattr(init, name)(shape)
+
+
+@pytest.mark.parametrize("call", [lambda: init.normal((2, 2), std=-1), lambda: init.normal((2, 2), std=float("nan")),
+                                  lambda: init.uniform((2, 2), low=1, high=-1),
+                                  lambda: init.uniform((2, 2), low=float("nan")),
+                                  lambda: init.constant((2, 2), value="a")])
+def test_bad_distribution_parameters_name_the_initializer(call):
+    """std=nan used to give NaN weights silently; the others failed inside NumPy."""
+    with pytest.raises(ValueError, match=r"init\.(normal|uniform|constant): expected"):
+        call()
