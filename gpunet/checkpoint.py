@@ -79,6 +79,23 @@ def _temporary(real):
     raise FileExistsError(errno.EEXIST, "could not create a temporary file beside it", real)
 
 
+def _check_args(who, path, model, optimizer):
+    """Check the arguments' types before anything is read or written; returns the path."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{who}: expected path to be a str or os.PathLike, got "
+                        f"{type(path).__name__}") from None
+    for name, obj in (("model", model), ("optimizer", optimizer)):
+        if obj is None and name == "optimizer":
+            continue
+        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+            kind = "a gpunet Layer" if name == "model" else "None or a gpunet optimizer"
+            raise TypeError(f"{who}: expected {name} to be {kind} (with state_dict and "
+                            f"load_state_dict), got {type(obj).__name__}")
+    return path
+
+
 def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metadata):
     """Write ``model`` (and ``optimizer``, and a learning-rate ``scheduler``) and
     ``metadata`` to ``path`` atomically; return ``path``.
@@ -93,6 +110,7 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
     are keywords (not metadata); metadata values
     are JSON-able numbers, strings, bools, None, or lists/dicts of them.
     """
+    path = _check_args("gpunet.save", path, model, optimizer)
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
               "__metadata__": numpy.asarray(json.dumps({k: _jsonable(k, v) for k, v in metadata.items()}))}
     for k, v in model.state_dict().items():
@@ -184,8 +202,9 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
     optimizer, scheduler or scaler state that the file does not hold (or a scheduler of
     another class than the one saved) raises ``ValueError``.
     """
+    path = _check_args("gpunet.load", path, model, optimizer)
     data, meta = _read(path)
-    where = f"gpunet.load: {os.fspath(path)}"
+    where = f"gpunet.load: {path}"
     model_sd = {k[6:]: v for k, v in data.items() if k.startswith("model/")}
     try:
         model.load_state_dict(model_sd)

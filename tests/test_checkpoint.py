@@ -193,3 +193,29 @@ def test_missing_folder_error_names_the_target(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         gpunet.save(path, _model())
     assert e.value.filename == str(path) and ".tmp" not in str(e.value)
+
+
+# -- argument types (found by fuzzing) ---------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [gpunet.save, gpunet.load])
+def test_save_and_load_name_a_model_or_optimizer_of_the_wrong_type(tmp_path, fn):
+    """Used to raise AttributeError ('NoneType' object has no attribute 'state_dict'); load
+    with a bad optimizer had already overwritten the model's parameters when it failed."""
+    p = str(tmp_path / "m.npz")
+    m = Sequential(Dense(4, 3))
+    gpunet.save(p, m, optim.SGD(m))
+    who = f"gpunet.{fn.__name__}"
+    with pytest.raises(TypeError, match=rf"{who}: expected model to be a gpunet Layer .*got NoneType"):
+        fn(p, None)
+    fresh = Sequential(Dense(4, 3))
+    before = fresh[0].weight.data.copy()
+    with pytest.raises(TypeError, match=rf"{who}: expected optimizer to be None or a gpunet optimizer .*got str"):
+        fn(p, fresh, "sgd")
+    numpy.testing.assert_array_equal(fresh[0].weight.data, before)
+
+
+@pytest.mark.parametrize("fn", [gpunet.save, gpunet.load])
+@pytest.mark.parametrize("path", [None, 123])
+def test_save_and_load_name_a_path_of_the_wrong_type(fn, path):
+    with pytest.raises(TypeError, match=rf"gpunet\.{fn.__name__}: expected path to be a str or os.PathLike"):
+        fn(path, Sequential(Dense(4, 3)))
