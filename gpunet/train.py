@@ -22,6 +22,7 @@ import numpy
 from .backend import device_of, get_array_module, resolve_device, to_device, to_numpy, synchronize
 from .amp import GradScaler, MixedPrecision, _check_precision
 from .data import DataLoader
+from .layers.base import Layer
 
 #: Seconds between two progress-bar refreshes, each of which reads the running loss and
 #: accuracy from the device (one host sync).
@@ -59,6 +60,53 @@ def _check_cuda_graph(cuda_graph, device, comm):
         raise ValueError("Trainer: cuda_graph=True with comm= is not supported (the gradient "
                          "all-reduce runs host code during backward)")
     return True
+
+
+def _check_parts(model, loss_fn, optimizer):
+    """The model is a Layer, the loss a loss object, and the optimizer one that updates some
+    of the model's parameters (one built over another model would train nothing)."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"Trainer: expected model to be a gpunet Layer, got {type(model).__name__}")
+    if not (callable(loss_fn) and hasattr(loss_fn, "backward")):
+        raise TypeError(f"Trainer: expected loss_fn to be a loss object with backward() (e.g. "
+                        f"gpunet.SoftmaxCrossEntropy()), got {type(loss_fn).__name__}")
+    if not (hasattr(optimizer, "step") and hasattr(optimizer, "zero_grad")):
+        raise TypeError(f"Trainer: expected optimizer to be a gpunet optimizer (with step and "
+                        f"zero_grad), got {type(optimizer).__name__}")
+    params = getattr(optimizer, "params", None)
+    if isinstance(params, list) and params:
+        mine = {id(p) for p in model.parameters()}
+        if mine and not any(id(p) in mine for p in params):
+            raise ValueError(f"Trainer: the optimizer updates none of the model's parameters; "
+                             f"expected an optimizer built over this model "
+                             f"({type(optimizer).__name__}(model, ...))")
+
+
+_HOOKS = ("on_train_begin", "on_epoch_begin", "on_backward_end", "on_batch_end", "on_epoch_end",
+          "on_train_end")
+
+
+def _check_callbacks(callbacks, who):
+    if isinstance(callbacks, Callback) or isinstance(callbacks, (str, bytes)):
+        raise TypeError(f"{who}: expected callbacks to be a list of callbacks, got "
+                        f"{type(callbacks).__name__} (write callbacks=[...])")
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(f"{who}: expected callbacks to be a list of callbacks, got "
+                        f"{type(callbacks).__name__}") from None
+    for i, cb in enumerate(callbacks):
+        missing = [h for h in _HOOKS if not hasattr(cb, h)]
+        if missing:
+            raise TypeError(f"{who}: callbacks[{i}] must be a gpunet.train.Callback (with "
+                            f"{', '.join(missing)}), got {type(cb).__name__}")
+    return callbacks
+
+
+def _count_arg(who, name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{who}: expected {name} to be an int >= 0, got {value!r}")
+    return int(value)
 
 
 def _check_comm(comm, optimizer):
@@ -252,6 +300,8 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
         loader = data
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         X, y = data
+        if y is None:
+            raise TypeError(f"{who}: {name} must be an (X, y) tuple with labels y, got y=None")
         X = _as_input(X, dtype, who)
         _check_nonempty(X, who, name)
         loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
@@ -397,6 +447,7 @@ class Trainer:
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
                  scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
                  precision="fp32", scaler=None, comm=None, cuda_graph=False):
+        _check_parts(model, loss_fn, optimizer)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.comm = _check_comm(comm, optimizer)
         self.precision = _check_precision(precision, "Trainer")
@@ -543,6 +594,9 @@ class Trainer:
         skips the gradient with respect to the data (its ``input_grad`` is set False and
         restored after), as PyTorch skips it for tensors that do not require grad.
         """
+        epochs = _count_arg("Trainer.fit", "epochs", epochs)
+        initial_epoch = _count_arg("Trainer.fit", "initial_epoch", initial_epoch)
+        callbacks = _check_callbacks(callbacks, "Trainer.fit")
         dtype = self.model.dtype
         self._graph = self._graph_warm = None    # captured again: the arrays may have changed
         loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
@@ -553,7 +607,7 @@ class Trainer:
         first_input_grad = getattr(first, "input_grad", None)
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
                                                        "Trainer.fit", "val", self.device)
-        self._callbacks = list(callbacks)
+        self._callbacks = callbacks
         self.history = History()
         self.stop_training = False
         for cb in self._callbacks:
@@ -561,7 +615,7 @@ class Trainer:
         try:
             if first_input_grad is not None:
                 first.input_grad = False   # nothing consumes the gradient w.r.t. the data
-            for epoch in range(int(initial_epoch), int(epochs)):
+            for epoch in range(initial_epoch, epochs):
                 self.epoch = epoch
                 logs = self._train_epoch(loader, epoch, epochs, progress)
                 logs["learning_rate"] = self._step_lr

@@ -460,3 +460,65 @@ def test_evaluate_raises_a_bad_label_on_every_device(device, rng):
         tr.evaluate((X, y), batch_size=16)
     y[33] = 1
     assert tr.evaluate((X, y), batch_size=16)["loss"] > 0     # nothing left pending
+
+
+# -- argument checks (found by fuzzing) --------------------------------------------------------
+
+def _fuzz_trainer():
+    m = gpunet.Sequential(gpunet.Dense(4, 8, activation="relu"), gpunet.Dense(8, 3))
+    return m, gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(m, lr=0.1))
+
+
+def _fuzz_data():
+    rng = numpy.random.default_rng(0)
+    return rng.standard_normal((20, 4)).astype(numpy.float32), numpy.arange(20) % 3
+
+
+@pytest.mark.parametrize("which,value,err,msg", [
+    ("model", None, TypeError, "expected model to be a gpunet Layer, got NoneType"),
+    ("loss", "ce", TypeError, "expected loss_fn to be a loss object with backward"),
+    ("loss", None, TypeError, "expected loss_fn to be a loss object with backward"),
+    ("opt", None, TypeError, "expected optimizer to be a gpunet optimizer"),
+    ("opt", "other", ValueError, "the optimizer updates none of the model's parameters"),
+])
+def test_trainer_checks_model_loss_and_optimizer(which, value, err, msg):
+    """None used to fail later with AttributeError / 'NoneType' object is not callable (at
+    fit), and an optimizer over another model trained nothing, silently."""
+    m = gpunet.Dense(4, 3)
+    loss, opt = gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(m)
+    if which == "model":
+        m = value
+    elif which == "loss":
+        loss = value
+    elif value == "other":
+        opt = gpunet.optim.SGD(gpunet.Dense(4, 3))
+    else:
+        opt = value
+    with pytest.raises(err, match=f"Trainer: {msg}"):
+        gpunet.Trainer(m, loss, opt)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"epochs": -1}, "expected epochs to be an int >= 0, got -1"),
+    ({"epochs": 1.5}, "expected epochs to be an int >= 0, got 1.5"),
+    ({"epochs": "2"}, "expected epochs to be an int >= 0, got '2'"),
+    ({"initial_epoch": -1}, "expected initial_epoch to be an int >= 0"),
+    ({"callbacks": "x"}, "expected callbacks to be a list of callbacks, got str"),
+    ({"callbacks": [3]}, r"callbacks\[0\] must be a gpunet.train.Callback"),
+    ({"callbacks": gpunet.EarlyStopping()}, "expected callbacks to be a list of callbacks, got EarlyStopping"),
+])
+def test_fit_checks_epochs_and_callbacks(kw, msg):
+    """epochs=-1 used to train nothing and 1.5 one epoch, silently; callbacks='x' or [3]
+    raised AttributeError, a bare callback 'object is not iterable'."""
+    _, t = _fuzz_trainer()
+    X, y = _fuzz_data()
+    with pytest.raises((TypeError, ValueError), match=f"Trainer.fit: {msg}"):
+        t.fit((X, y), progress=False, **kw)
+
+
+def test_fit_names_missing_labels():
+    """(X, None) used to fail with 'too many values to unpack (expected 2)'."""
+    _, t = _fuzz_trainer()
+    X, _ = _fuzz_data()
+    with pytest.raises(TypeError, match=r"Trainer.fit: train must be an \(X, y\) tuple with labels y, got y=None"):
+        t.fit((X, None), epochs=1, progress=False)
