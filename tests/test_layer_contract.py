@@ -380,3 +380,24 @@ def test_backward_rejects_dy_that_is_not_an_array(case):
     name = type(layer).__name__
     with pytest.raises(TypeError, match=rf"{name}\.backward: expected dy to be a NumPy or CuPy array, got list"):
         layer.backward(numpy.ones(y.shape, numpy.float32).tolist())
+
+
+@pytest.mark.parametrize("value,got", [
+    (numpy.full((3, 4), None, object), "object"),
+    (numpy.ones((3, 4), numpy.complex64), "complex64"),
+    (numpy.full((3, 4), "a"), "str32"),
+])
+def test_load_state_dict_rejects_values_that_are_not_real_numbers(value, got):
+    """An object array of None used to load as NaN weights and complex values lost their
+    imaginary part, silently; strings failed in float()'s conversion, naming no key."""
+    d = gpunet.Dense(4, 3)
+    before = d.weight.data.copy()
+    with pytest.raises(ValueError, match=rf"Dense.load_state_dict: 'weight': expected real numbers, got dtype {got}"):
+        d.load_state_dict({"weight": value, "bias": numpy.zeros(3)})
+    numpy.testing.assert_array_equal(d.weight.data, before)
+
+
+def test_load_state_dict_rejects_a_float_for_an_integer_counter():
+    """Dropout's seed 1.5 used to be truncated to 1, silently."""
+    with pytest.raises(ValueError, match=r"Dropout.load_state_dict: 'seed': expected integers, got dtype float64"):
+        gpunet.Dropout(0.5).load_state_dict({"seed": numpy.array(1.5), "counter": numpy.array(0)})

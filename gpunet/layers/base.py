@@ -450,13 +450,26 @@ class Layer:
                 problems.append("missing keys " + ", ".join(repr(k) for k in missing))
             if unexpected:
                 problems.append("unexpected keys " + ", ".join(repr(k) for k in unexpected))
+        def kind_problem(k, kinds, what):
+            # a value that would not convert faithfully: None/objects (NaN), complex (the
+            # imaginary part dropped), strings; a float for an integer counter (truncated)
+            dt = getattr(state[k], "dtype", None)
+            dt = numpy.asarray(state[k]).dtype if dt is None else dt
+            if dt.kind not in kinds:
+                problems.append(f"{k!r}: expected {what}, got dtype {dt.name}")
+
         for k, p in params.items():
             if k in state and tuple(numpy.shape(state[k])) != tuple(p.data.shape):
                 problems.append(f"{k!r}: expected shape {tuple(p.data.shape)}, got {tuple(numpy.shape(state[k]))}")
+            elif k in state:
+                kind_problem(k, "biuf", "real numbers")
         for k, (owner, attr) in buffers.items():
             cur = getattr(owner, attr)
             if k in state and tuple(numpy.shape(state[k])) != tuple(numpy.shape(cur)):
                 problems.append(f"{k!r}: expected shape {tuple(numpy.shape(cur))}, got {tuple(numpy.shape(state[k]))}")
+            elif k in state:
+                integral = isinstance(cur, (bool, int)) or getattr(cur, "dtype", numpy.dtype("f")).kind in "biu"
+                kind_problem(k, "biu" if integral else "biuf", "integers" if integral else "real numbers")
         if problems:
             raise ValueError(f"{who}: " + "; ".join(problems))
         for k, p in params.items():
