@@ -456,3 +456,9 @@ def test_eval_forward_keeps_training_cache(rng, monkeypatch):
     numpy.testing.assert_array_equal(a.backward(dy), b.backward(dy))
     numpy.testing.assert_array_equal(a.weight.grad, b.weight.grad)
 
+
+
+def test_conv2d_names_an_empty_batch():
+    """Found by fuzzing: N = 0 used to fail inside im2col's reshape, naming no layer."""
+    with pytest.raises(ValueError, match=r"Conv2D: expected a non-empty batch, got shape \(0, 2, 5, 5\)"):
+        gpunet.Conv2D(2, 3, 3)(numpy.zeros((0, 2, 5, 5), numpy.float32))

@@ -216,3 +216,12 @@ def test_to_moves_parameters_gradients_and_buffers(xp, device):
     assert gpunet.get_array_module(m[0].weight.grad) is xp
     assert gpunet.get_array_module(m[1].running) is xp
     assert m.to("cpu").device == "cpu" and isinstance(m[1].running, numpy.ndarray)
+
+
+def test_flatten_passes_an_empty_batch_through():
+    """Found by fuzzing: (0, 3, 4) used to fail in NumPy's reshape ('cannot reshape array of
+    size 0 into shape (0,newaxis)'); Dense and the pools pass empty batches."""
+    f = gpunet.Flatten()
+    y = f(numpy.zeros((0, 3, 4), numpy.float32))
+    assert y.shape == (0, 12)
+    assert f.backward(numpy.zeros((0, 12), numpy.float32)).shape == (0, 3, 4)

@@ -34,6 +34,8 @@ class Conv2D(Layer):
     or with ``input_grad = False`` (an attribute, default True), ``backward`` skips the input
     gradient (``W.T @ dy`` and col2im) and returns None, as PyTorch computes nothing for an
     input that does not require grad.
+
+    An empty batch (``N = 0``) raises ``ValueError``.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -69,6 +71,8 @@ class Conv2D(Layer):
         if x.dtype != w.dtype:
             raise ValueError(f"{name}: expected dtype {w.dtype.name} (the parameters' dtype), "
                              f"got {x.dtype.name}; cast the input or the model")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
         FC.output_size(name, x.shape, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x):

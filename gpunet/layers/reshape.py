@@ -1,6 +1,8 @@
 """Flatten: ``(N, ...) -> (N, -1)``."""
 from __future__ import annotations
 
+import math
+
 import numpy
 
 from .base import Layer, check_grad, check_input
@@ -19,7 +21,8 @@ class Flatten(Layer):
             raise ValueError(f"Flatten: expected an input with a batch axis, got shape {tuple(x.shape)}")
         if self.training:
             self._shape, self._dtype = x.shape, x.dtype
-        return x.reshape(x.shape[0], -1)
+        # the size, not -1: an empty batch (0, ...) has no -1 to infer
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy):
         if self._shape is None:
