@@ -1076,6 +1076,12 @@ def add_parser(subparsers):
 def run(args) -> int:
     from tqdm.auto import tqdm
     from gpunet.backend import resolve_device
+    if getattr(args, "json", None):         # before the benchmarks, not after them
+        from .cli import UserError, _check_writable
+        try:
+            _check_writable("--json", args.json, prog="gpunet bench")
+        except UserError as e:      # SystemExit(str): one line under `python -m gpunet.cli` too
+            raise SystemExit(str(e)) from None
     device = args.device
     try:
         device = resolve_device(device)

@@ -95,15 +95,15 @@ def _add_train(sub):
 PLOT_HINT = 'pip install "gpunet[plot]"'
 
 
-def _check_writable(flag, path):
-    """Fail before training, not after it, when ``path`` cannot be written."""
+def _check_writable(flag, path, prog="gpunet train"):
+    """Fail before training (or benchmarking), not after it, when ``path`` cannot be written."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
-        raise UserError(f"gpunet train: error: {flag} {path}: is a directory")
+        raise UserError(f"{prog}: error: {flag} {path}: is a directory")
     if not os.path.isdir(parent):
-        raise UserError(f"gpunet train: error: {flag} {path}: no such directory {parent}")
+        raise UserError(f"{prog}: error: {flag} {path}: no such directory {parent}")
     if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UserError(f"gpunet train: error: {flag} {path}: permission denied")
+        raise UserError(f"{prog}: error: {flag} {path}: permission denied")
 
 
 def _check_matplotlib():

@@ -123,6 +123,9 @@ def _cuda_available():
     ([], ["command"]),
     (["bench", "--rounds", "0"], ["--rounds"]),
     (["bench", "--threads", "0"], ["--threads"]),
+    # found by fuzzing: these used to run every benchmark, then end in a traceback
+    (["bench", "--quick", "--rounds", "1", "--json", "no/such/dir/b.json"], ["gpunet bench", "--json"]),
+    (["bench", "--quick", "--rounds", "1", "--json", "."], ["gpunet bench", "--json", "directory"]),
 ])
 def test_bad_arguments_are_one_line(args, needles, tmp_path):
     _assert_user_error(_gpunet(args, tmp_path), *needles)
