@@ -209,6 +209,12 @@ class Optimizer:
             self._update(i, p, g, lr)
 
     def _check_step(self, i, p, g):
+        if not (hasattr(g, "shape") and hasattr(g, "dtype")):
+            raise TypeError(f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has a grad "
+                            f"that is not an array: {type(g).__name__}")
+        if p.data.dtype.kind != "f":
+            raise ValueError(f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data of "
+                             f"dtype {p.data.dtype}; expected floating point (float32 or float64)")
         if g.shape != p.data.shape or g.dtype != p.data.dtype:
             raise ValueError(
                 f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data "

@@ -652,3 +652,19 @@ def test_schedule_drives_training_lr():
         opt.step()
         sched.step()
     numpy.testing.assert_allclose(p.data, [-(1.0 + 0.5 + 0.25)])
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW, optim.RMSProp, optim.AdaGrad])
+def test_step_names_a_grad_that_is_not_an_array_and_integer_data(cls):
+    """Found by fuzzing: a list grad raised AttributeError ('list' object has no attribute
+    'shape'); int64 data with an int64 grad failed inside NumPy's update (UFuncTypeError)."""
+    from gpunet.layers import Dense
+    d = Dense(4, 3)
+    o = cls(d)
+    d.weight.grad = numpy.ones(d.weight.shape).tolist()
+    with pytest.raises(TypeError, match=rf"{cls.__name__}: params\[0\] \(weight\) has a grad that is not an array: list"):
+        o.step()
+    d.weight.data = d.weight.data.astype(numpy.int64)
+    d.weight.grad = numpy.ones(d.weight.shape, numpy.int64)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: params\[0\] \(weight\) has data of dtype int64; expected floating point"):
+        o.step()
