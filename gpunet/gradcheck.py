@@ -1,6 +1,9 @@
 """Gradient checking by central differences, in float64."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy
 
 from .backend import get_array_module, to_numpy
@@ -31,6 +34,16 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
     Raises ``AssertionError`` naming the worst element when analytic and numeric
     gradients disagree beyond ``atol + rtol·|numeric|``; returns True otherwise.
     """
+    if not (isinstance(layer_or_fn, Layer) or callable(layer_or_fn)):
+        raise TypeError(f"gradcheck: expected a Layer or a callable f(x) -> (y, backward), got "
+                        f"{type(layer_or_fn).__name__}")
+    if not (hasattr(x, "dtype") and hasattr(x, "astype")):
+        raise TypeError(f"gradcheck: expected x to be a NumPy or CuPy array, got {type(x).__name__}")
+    for k, v in (("eps", eps), ("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"gradcheck: expected {k} to be a finite number >= 0, got {v!r}")
+    if eps == 0:
+        raise ValueError("gradcheck: expected eps > 0 (the central-difference step), got 0")
     xp = get_array_module(x)
     x = x.astype(numpy.float64, order="C")   # a copy, C order: perturbed through a flat view
     rng = numpy.random.default_rng(seed)

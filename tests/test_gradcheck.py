@@ -166,3 +166,21 @@ def test_gradient_of_wrong_shape(xp):
 
     with pytest.raises(AssertionError, match="shape"):
         gpunet.gradcheck(f, xp.asarray(_x()))
+
+
+@pytest.mark.parametrize("kw,err,msg", [
+    ({"eps": 0}, ValueError, "expected eps > 0"),
+    ({"eps": float("nan")}, ValueError, "expected eps to be a finite number >= 0"),
+    ({"rtol": -1}, ValueError, "expected rtol to be a finite number >= 0"),
+    ({"x": "list"}, TypeError, "expected x to be a NumPy or CuPy array, got list"),
+    ({"layer": None}, TypeError, "expected a Layer or a callable"),
+])
+def test_gradcheck_names_bad_arguments(kw, err, msg):
+    """Found by fuzzing: eps=0 raised ZeroDivisionError, a list x AttributeError ('list'
+    object has no attribute 'astype'), layer None "'NoneType' object is not callable"."""
+    layer = kw.pop("layer", gpunet.Dense(3, 2))
+    x = numpy.ones((2, 3))
+    if kw.pop("x", None) == "list":
+        x = x.tolist()
+    with pytest.raises(err, match=f"gradcheck: {msg}"):
+        gpunet.gradcheck(layer, x, **kw)
