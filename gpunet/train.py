@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import time
 
 import numpy
@@ -198,8 +199,11 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto"):
-        if int(patience) < 0:
-            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}")
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
+        if (isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real)
+                or not (min_delta >= 0 and math.isfinite(min_delta))):
+            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
         self.monitor, self.patience, self.restore_best = monitor, int(patience), bool(restore_best)
         self.min_delta = float(min_delta)
         self.mode = _mode_for(monitor, mode)
@@ -243,12 +247,24 @@ class ModelCheckpoint(Callback):
     loss scaler is saved too (``gpunet.load(..., scaler=trainer.scaler)``)."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
+        try:
+            os.fspath(path)
+        except TypeError:
+            raise TypeError(f"ModelCheckpoint: expected path to be a str or os.PathLike, got "
+                            f"{type(path).__name__}") from None
         self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
         self.mode = _mode_for(monitor, mode)
         self.best = None
 
     def on_train_begin(self, trainer):
         self.best = None
+        # fail before the first epoch, not after it
+        path = os.fspath(self.path)
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ValueError(f"ModelCheckpoint: path {path} is a directory; expected a file path")
+        if not os.path.isdir(parent):
+            raise ValueError(f"ModelCheckpoint: path {path}: no such directory {parent}")
 
     def on_epoch_end(self, trainer, epoch, logs):
         from .checkpoint import save

@@ -522,3 +522,28 @@ def test_fit_names_missing_labels():
     X, _ = _fuzz_data()
     with pytest.raises(TypeError, match=r"Trainer.fit: train must be an \(X, y\) tuple with labels y, got y=None"):
         t.fit((X, None), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"patience": "a"}, "patience must be an int >= 0, got 'a'"),
+    ({"patience": 1.5}, "patience must be an int >= 0, got 1.5"),
+    ({"min_delta": "a"}, "min_delta must be a finite number >= 0"),
+    ({"min_delta": -1}, "min_delta must be a finite number >= 0"),
+])
+def test_early_stopping_checks_its_arguments(kw, msg):
+    """Found by fuzzing: 'a' raised int()/float()'s message, patience=1.5 became 1 silently."""
+    with pytest.raises(ValueError, match=f"EarlyStopping: {msg}"):
+        EarlyStopping(**kw)
+
+
+def test_model_checkpoint_checks_its_path_before_training(tmp_path):
+    """Found by fuzzing: path None raised os.fspath's TypeError, and a folder or a missing
+    folder raised IsADirectoryError/FileNotFoundError after the first epoch had trained."""
+    with pytest.raises(TypeError, match="ModelCheckpoint: expected path to be a str or os.PathLike, got NoneType"):
+        ModelCheckpoint(None)
+    X, y = _fuzz_data()
+    for path, msg in ((str(tmp_path), "is a directory"), (str(tmp_path / "no" / "m.npz"), "no such directory")):
+        _, t = _fuzz_trainer()
+        with pytest.raises(ValueError, match=f"ModelCheckpoint: path .*{msg}"):
+            t.fit((X, y), val=(X, y), epochs=1, progress=False, callbacks=[ModelCheckpoint(path)])
+        assert t.global_step == 0            # before the first step, not after an epoch
