@@ -24,6 +24,8 @@ The hash (all arithmetic modulo 2**32; ``mix32`` is Chris Wellons' "lowbias32"):
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy
 
 from .backend import get_array_module
@@ -38,6 +40,8 @@ _host_rng = numpy.random.default_rng(0)
 def manual_seed(seed: int) -> None:
     """Reseed the host generator that layer constructors draw initial weights from."""
     global _host_rng
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"manual_seed: expected seed to be an int >= 0, got {seed!r}")
     _host_rng = numpy.random.default_rng(int(seed))
 
 

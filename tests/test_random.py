@@ -165,3 +165,11 @@ def test_host_generator_seeded_with_zero_at_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("seed", [-1, "a", 1.5, None])
+def test_manual_seed_names_a_bad_seed(seed):
+    """Found by fuzzing: -1 and 'a' raised NumPy's / int()'s messages, 1.5 became 1 silently."""
+    with pytest.raises(ValueError, match="manual_seed: expected seed to be an int >= 0"):
+        gpunet.manual_seed(seed)
+    gpunet.manual_seed(0)
