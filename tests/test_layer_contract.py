@@ -401,3 +401,14 @@ def test_load_state_dict_rejects_a_float_for_an_integer_counter():
     """Dropout's seed 1.5 used to be truncated to 1, silently."""
     with pytest.raises(ValueError, match=r"Dropout.load_state_dict: 'seed': expected integers, got dtype float64"):
         gpunet.Dropout(0.5).load_state_dict({"seed": numpy.array(1.5), "counter": numpy.array(0)})
+
+
+def test_train_mode_must_be_a_bool_and_to_names_an_unknown_dtype():
+    """Found by fuzzing: train('no') switched training ON (bool('no') is True), silently,
+    where PyTorch raises; to(dtype='foo') raised NumPy's 'data type not understood'."""
+    d = gpunet.Dense(2, 2).eval()
+    with pytest.raises(TypeError, match="Dense.train: expected mode to be a bool, got 'no'"):
+        d.train("no")
+    assert d.training is False
+    with pytest.raises(TypeError, match="Dense.to: expected a floating-point dtype .*got 'foo'"):
+        d.to(dtype="foo")

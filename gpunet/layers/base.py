@@ -350,6 +350,8 @@ class Layer:
             p.grad = None
 
     def train(self, mode: bool = True):
+        if not isinstance(mode, (bool, numpy.bool_)):
+            raise TypeError(f"{type(self).__name__}.train: expected mode to be a bool, got {mode!r}")
         self.training = bool(mode)
         for c in self.children():
             c.train(mode)
@@ -385,7 +387,11 @@ class Layer:
         if device is not None:
             device = resolve_device(device)
         if dtype is not None:
-            dtype = numpy.dtype(dtype)
+            try:
+                dtype = numpy.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"{type(self).__name__}.to: expected a floating-point dtype "
+                                f"(float32 or float64), got {dtype!r}") from None
             if dtype.kind != "f":
                 raise ValueError(f"{type(self).__name__}.to: expected a floating-point dtype "
                                  f"(float32 or float64), got {dtype.name}")
