@@ -241,3 +241,12 @@ def test_activation_hyper_parameters_must_be_finite_numbers(make, name, value):
     """'a'/None used to raise float()'s message; NaN was accepted and gave NaN outputs."""
     with pytest.raises(ValueError, match=name):
         make(value)
+
+
+@pytest.mark.parametrize("cls", [gpunet.Sigmoid, gpunet.Tanh, gpunet.ReLU, gpunet.LeakyReLU, gpunet.GELU,
+                                 gpunet.SiLU, gpunet.Softplus, gpunet.Softmax, gpunet.LogSoftmax])
+def test_activation_layers_name_a_0d_input(cls):
+    """Found by fuzzing: Sigmoid/GELU/LeakyReLU/Softmax/LogSoftmax of a 0-d array raised
+    NumPy's 'return arrays must be of ArrayType'; ReLU returned a NumPy scalar."""
+    with pytest.raises(ValueError, match=f"{cls.__name__}: expected an input with at least one axis, got a 0-d array"):
+        cls()(numpy.array(1.0, numpy.float32))

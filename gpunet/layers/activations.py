@@ -36,6 +36,9 @@ class Activation(Layer):
 
     def _check(self, x):
         check_input(self, x)
+        if x.ndim == 0:
+            raise ValueError(f"{type(self).__name__}: expected an input with at least one axis, "
+                             f"got a 0-d array")
 
     def forward(self, x):
         self._check(x)
@@ -117,7 +120,7 @@ class Softmax(Activation):
         self._kwargs = {"axis": self.axis}
 
     def _check(self, x):
-        check_input(self, x)
+        super()._check(x)
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{type(self).__name__}: expected an input with axis {self.axis}, got "
                              f"shape {tuple(x.shape)} ({x.ndim}-D)")
