@@ -182,4 +182,10 @@ def make(init, shape, dtype=numpy.float32, layer_name="init"):
     w = numpy.asarray(f(_shape(shape), _random.host_rng()))
     if w.shape != _shape(shape):
         raise ValueError(f"{layer_name}: init returned shape {w.shape}, expected {_shape(shape)}")
+    # once per weight, at construction: a weight that is not real numbers, or not finite,
+    # would make every output NaN from the first step
+    if w.dtype.kind not in "biuf":
+        raise ValueError(f"{layer_name}: init returned an array of dtype {w.dtype}, expected real numbers")
+    if not numpy.isfinite(w).all():
+        raise ValueError(f"{layer_name}: init returned non-finite values (NaN or inf), expected finite weights")
     return w.astype(dtype, copy=False)

@@ -203,3 +203,12 @@ def test_bad_distribution_parameters_name_the_initializer(call):
     """std=nan used to give NaN weights silently; the others failed inside NumPy."""
     with pytest.raises(ValueError, match=r"init\.(normal|uniform|constant): expected"):
         call()
+
+
+@pytest.mark.parametrize("bad,msg", [(numpy.nan, "non-finite values"), (numpy.inf, "non-finite values"),
+                                     ("a", "dtype <U1, expected real numbers")])
+def test_dense_names_a_callable_init_that_returns_non_finite_or_non_numeric_weights(bad, msg):
+    """Found by fuzzing: an init returning NaN built a Dense whose every output is NaN,
+    silently; one returning strings failed in NumPy's conversion, naming no layer."""
+    with pytest.raises(ValueError, match=f"Dense: init returned .*{msg}"):
+        gpunet.Dense(4, 3, init=lambda shape, rng: numpy.full(shape, bad))
