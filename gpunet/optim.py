@@ -975,6 +975,8 @@ class _Schedule:
         ``optimizer.lr`` to the restored epoch's rate. Raises ``ValueError`` naming each
         missing key."""
         who = f"{type(self).__name__}.load_state_dict"
+        if not hasattr(d, "keys"):
+            raise TypeError(f"{who}: expected a dict, got {type(d).__name__}")
         names = ("last_epoch", "base_lr") + tuple(self._hyper)
         missing = [k for k in names if k not in d]
         if missing:

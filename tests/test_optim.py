@@ -668,3 +668,11 @@ def test_step_names_a_grad_that_is_not_an_array_and_integer_data(cls):
     d.weight.grad = numpy.ones(d.weight.shape, numpy.int64)
     with pytest.raises(ValueError, match=rf"{cls.__name__}: params\[0\] \(weight\) has data of dtype int64; expected floating point"):
         o.step()
+
+
+def test_schedule_load_state_dict_names_a_non_dict():
+    """Found by fuzzing: None raised "argument of type 'NoneType' is not iterable"."""
+    from gpunet.layers import Dense
+    s = optim.StepLR(optim.SGD(Dense(2, 2)), 2)
+    with pytest.raises(TypeError, match="StepLR.load_state_dict: expected a dict, got NoneType"):
+        s.load_state_dict(None)
