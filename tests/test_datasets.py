@@ -253,3 +253,9 @@ def test_make_mnist1d_is_deterministic_and_shaped():
     for bad in (dict(n_train=0), dict(n_test=-1), dict(length=10), dict(n_train=2.5)):
         with pytest.raises(ValueError, match="make_mnist1d"):
             datasets.make_mnist1d(**bad)
+
+
+def test_load_mnist_names_a_directory_of_the_wrong_type():
+    """Found by fuzzing: None raised os.fspath's TypeError, naming nothing."""
+    with pytest.raises(TypeError, match="load_mnist: expected directory to be a str or os.PathLike, got NoneType"):
+        load_mnist(None)

@@ -138,7 +138,11 @@ def load_mnist(directory, split="train"):
     """
     if split not in _SPLIT_PREFIX:
         raise ValueError(f"load_mnist: expected split 'train' or 'test', got {split!r}")
-    directory = os.fspath(directory)
+    try:
+        directory = os.fspath(directory)
+    except TypeError:
+        raise TypeError(f"load_mnist: expected directory to be a str or os.PathLike, got "
+                        f"{type(directory).__name__}") from None
     if not os.path.isdir(directory):
         raise ValueError(f"load_mnist: expected a directory holding the MNIST IDX files, "
                          f"got {directory!r} (not a directory)")
