@@ -463,10 +463,10 @@ class Trainer:
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
                  scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
                  precision="fp32", scaler=None, comm=None, cuda_graph=False):
-        _check_parts(model, loss_fn, optimizer)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.comm = _check_comm(comm, optimizer)
         self.precision = _check_precision(precision, "Trainer")
+        _check_parts(model, loss_fn, optimizer)
         if scaler is not None and not isinstance(scaler, GradScaler):
             raise TypeError(f"Trainer: expected scaler to be a gpunet.amp.GradScaler, got "
                             f"{type(scaler).__name__}")
