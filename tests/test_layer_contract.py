@@ -412,3 +412,28 @@ def test_train_mode_must_be_a_bool_and_to_names_an_unknown_dtype():
     assert d.training is False
     with pytest.raises(TypeError, match="Dense.to: expected a floating-point dtype .*got 'foo'"):
         d.to(dtype="foo")
+
+
+@pytest.mark.parametrize("make,attr,value,x_shape", [
+    (lambda: gpunet.Dense(4, 3), "weight", numpy.zeros((3, 5), numpy.float32), (2, 4)),
+    (lambda: gpunet.Dense(4, 3), "bias", numpy.zeros(5, numpy.float32), (2, 4)),
+    (lambda: gpunet.Conv2D(2, 3, 3), "weight", numpy.zeros((3, 2, 2, 2), numpy.float32), (1, 2, 5, 5)),
+    (lambda: gpunet.BatchNorm(3), "gamma", numpy.ones(4, numpy.float32), (5, 3)),
+    (lambda: gpunet.BatchNorm(3), "running_mean", numpy.zeros(4, numpy.float32), (5, 3)),
+])
+def test_reassigned_parameter_or_buffer_of_another_shape_is_named(make, attr, value, x_shape):
+    """Parameter.data and BatchNorm's buffers may be reassigned (DESIGN §4); found by fuzzing:
+    one of another shape failed inside NumPy (broadcasting, reshape, matmul), and Conv2D
+    silently convolved with a 2x2 kernel while its kernel_size said 3x3."""
+    layer = make()
+    target = getattr(layer, attr)
+    if isinstance(target, gpunet.layers.base.Parameter):
+        target.data = value
+    else:
+        setattr(layer, attr, value)
+    name = type(layer).__name__
+    x = numpy.ones(x_shape, numpy.float32)
+    for training in (True, False):
+        layer.train(training)
+        with pytest.raises(ValueError, match=rf"{name}: expected {attr} of shape .*, got {tuple(value.shape)}".replace("(", r"\(").replace(")", r"\)")):
+            layer(x)

@@ -136,6 +136,16 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
                          f"got shape {tuple(x.shape)}")
 
 
+def check_shapes(layer, *named):
+    """``named``: ``(name, array, expected shape)`` triples for arrays a layer reads at every
+    call (parameters and buffers are plain attributes that may be reassigned): a reassigned
+    array of another shape raises ``ValueError`` naming the layer and the attribute."""
+    for attr, arr, shape in named:
+        if arr is not None and tuple(arr.shape) != shape:
+            raise ValueError(f"{type(layer).__name__}: expected {attr} of shape {shape}, got "
+                             f"{tuple(arr.shape)} (reassigned?)")
+
+
 def check_grad(layer, dy, shape, dtype=None):
     """Validate ``dy`` of a backward against the forward output's ``shape`` and, when given,
     its ``dtype`` (without one: any floating dtype)."""

@@ -7,7 +7,7 @@ import numpy
 
 from ..backend import get_array_module
 from ..functional import batchnorm as F
-from .base import Layer, Parameter, check_grad, check_input
+from .base import Layer, Parameter, check_grad, check_input, check_shapes
 
 
 class BatchNorm(Layer):
@@ -84,6 +84,11 @@ class BatchNorm(Layer):
             self._check(x)
         g = self.gamma.data if self.affine else None
         b = self.beta.data if self.affine else None
+        c = (self.num_features,)
+        if (self.running_mean.shape != c or self.running_var.shape != c
+                or (g is not None and (g.shape != c or b.shape != c))):
+            check_shapes(self, ("gamma", g, c), ("beta", b, c), ("running_mean", self.running_mean, c),
+                         ("running_var", self.running_var, c))
         if not self.training:
             return F.batch_norm_eval(x, self.running_mean, self.running_var, g, b, self.eps)
         m = x.size // self.num_features

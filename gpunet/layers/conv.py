@@ -7,7 +7,7 @@ from .. import init as _init
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
-from .base import Layer, Parameter, check_grad
+from .base import Layer, Parameter, check_grad, check_shapes
 from .dense import default_init
 
 
@@ -68,6 +68,9 @@ class Conv2D(Layer):
             raise ValueError(f"{name}: expected {self.in_channels} input channels (axis 1 of NCHW), "
                              f"got shape {tuple(x.shape)}")
         w = self.weight.data
+        ws, bs = (self.out_channels, self.in_channels) + self.kernel_size, (self.out_channels,)
+        if w.shape != ws or (self.bias is not None and self.bias.data.shape != bs):
+            check_shapes(self, ("weight", w, ws), ("bias", self.bias.data if self.bias is not None else None, bs))
         if x.dtype != w.dtype:
             raise ValueError(f"{name}: expected dtype {w.dtype.name} (the parameters' dtype), "
                              f"got {x.dtype.name}; cast the input or the model")

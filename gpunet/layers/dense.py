@@ -9,7 +9,7 @@ from ..functional.linear import linear_backward, matmul
 from ..backend import get_array_module
 from ..data import is_data
 from .activations import apply_fused, get as get_activation
-from .base import Layer, Parameter, check_grad, check_input
+from .base import Layer, Parameter, check_grad, check_input, check_shapes
 
 
 def default_init(activation) -> str:
@@ -50,10 +50,14 @@ class Dense(Layer):
         self.input_grad = True
         self._x = self._z = self._y = None
         self._x_is_data = False
+        self._shapes = ((self.out_features, self.in_features), (self.out_features,))  # weight, bias
 
     def forward(self, x):
         w = self.weight.data
         check_input(self, x, ndim=2, dtype=w.dtype, features=self.in_features)
+        if w.shape != self._shapes[0] or (self.bias is not None and self.bias.data.shape != self._shapes[1]):
+            check_shapes(self, ("weight", w, self._shapes[0]),
+                         ("bias", self.bias.data if self.bias is not None else None, self._shapes[1]))
         get_array_module(x, w)            # TypeError when x and w are on different devices
         z = matmul(x, w.T)
         if self.bias is not None:
