@@ -23,6 +23,7 @@ import numpy
 from .backend import device_of, get_array_module, resolve_device, to_device, to_numpy, synchronize
 from .amp import GradScaler, MixedPrecision, _check_precision
 from .data import DataLoader
+from .losses import BCEWithLogits
 from .layers.base import Layer
 
 #: Seconds between two progress-bar refreshes, each of which reads the running loss and
@@ -349,8 +350,9 @@ class _Record:
     order, so the totals are the sums a per-step ``float(loss)`` would give. ``bad`` is the
     first step whose loss is not finite."""
 
-    def __init__(self, xp, steps, samples, mean, metrics):
+    def __init__(self, xp, steps, samples, mean, metrics, threshold=0.5):
         self.xp, self.mean, self.metrics = xp, mean, metrics
+        self.threshold = threshold  # one output column: a hit is (out > threshold) == (y > 0.5)
         self.rows = xp.zeros(steps + 1, dtype=numpy.float64)
         self.hits = xp.zeros(samples if metrics else 0, dtype=bool)
         self.losses = []            # losses of the steps not read yet
@@ -368,8 +370,12 @@ class _Record:
         self.losses.append(value)
         n = int(out.shape[0])
         if self.metrics:
-            target = y.argmax(axis=1) if y.ndim == 2 else y
-            self.xp.equal(out.argmax(axis=1), target, out=self.hits[self.filled:self.filled + n])
+            hits = self.hits[self.filled:self.filled + n]
+            if out.ndim == 2 and out.shape[1] == 1:     # binary: no argmax to take
+                self.xp.equal(out.reshape(n) > self.threshold, y.reshape(n) > 0.5, out=hits)
+            else:
+                target = y.argmax(axis=1) if y.ndim == 2 else y
+                self.xp.equal(out.argmax(axis=1), target, out=hits)
         self.filled += n
         self.n.append(n)
         return value
@@ -404,7 +410,10 @@ class Trainer:
     DataLoaders given as they are, batches are moved to the model's device as they are
     produced.
     ``metrics``: a tuple of names; ``"accuracy"`` (argmax of the output against an
-    integer label or the argmax of a probability target) is the one built in.
+    integer label or the argmax of a probability target) is the one built in. With one
+    output column there is no argmax to take: accuracy is then binary, as Keras's
+    ``binary_accuracy``: the output above 0 (``BCEWithLogits``: a logit) or above 0.5 (any
+    other loss: a probability or a 0/1 regression target) against a target above 0.5.
 
     ``scheduler``: a learning-rate schedule of ``optimizer`` (``gpunet.optim.StepLR``,
     ``ExponentialLR``, ``CosineAnnealingLR``, ``LinearWarmup``), stepped as a PyTorch loop
@@ -752,7 +761,8 @@ class Trainer:
         p = next(iter(self.model.parameters()), None)
         xp = numpy if p is None else get_array_module(p.data)
         return _Record(xp, len(loader), loader.num_samples,
-                       getattr(self.loss_fn, "reduction", "mean") == "mean", bool(self.metrics))
+                       getattr(self.loss_fn, "reduction", "mean") == "mean", bool(self.metrics),
+                       threshold=0.0 if isinstance(self.loss_fn, BCEWithLogits) else 0.5)
 
     def _to_model(self, a):
         if a is None:

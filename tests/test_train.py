@@ -547,3 +547,23 @@ def test_model_checkpoint_checks_its_path_before_training(tmp_path):
         with pytest.raises(ValueError, match=f"ModelCheckpoint: path .*{msg}"):
             t.fit((X, y), val=(X, y), epochs=1, progress=False, callbacks=[ModelCheckpoint(path)])
         assert t.global_step == 0            # before the first step, not after an epoch
+
+
+@pytest.mark.parametrize("loss, targets", [("bce", "float"), ("mse", "float"), ("bce", "int")])
+def test_accuracy_of_one_output_column_is_binary_accuracy(loss, targets):
+    """One output column has no argmax to take (it is always 0, which made every such model
+    score 1.0): accuracy is then binary, the output thresholded at 0 for BCEWithLogits
+    (logits) and at 0.5 otherwise, against targets > 0.5, as Keras's binary accuracy."""
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(numpy.float32)
+    y = (x[:, 0] > 0.2).astype(numpy.float32 if targets == "float" else numpy.int64)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(3, 1))
+    loss_fn = gpunet.losses.BCEWithLogits() if loss == "bce" else gpunet.losses.MSELoss()
+    trainer = Trainer(model, loss_fn, optim.SGD(model, lr=0.0))
+    logs = trainer.evaluate((x, y.reshape(-1, 1)), batch_size=16)
+    model.eval()
+    out = model(x)[:, 0]
+    expect = numpy.mean((out > (0.0 if loss == "bce" else 0.5)) == (y > 0.5))
+    assert 0.0 < expect < 1.0                      # a model that gets some right, some wrong
+    assert logs["accuracy"] == pytest.approx(expect)
