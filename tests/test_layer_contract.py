@@ -403,6 +403,26 @@ def test_load_state_dict_rejects_a_float_for_an_integer_counter():
         gpunet.Dropout(0.5).load_state_dict({"seed": numpy.array(1.5), "counter": numpy.array(0)})
 
 
+def test_load_state_dict_rejects_negative_variances_and_dropout_counters():
+    """A negative running variance loaded silently and gave NaN outputs in eval mode; a
+    negative Dropout seed or counter loaded silently too. Nothing changes on the error."""
+    bn = gpunet.BatchNorm(3)
+    state = bn.state_dict()
+    state["running_var"] = numpy.array([1.0, -0.5, 1.0], numpy.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm.load_state_dict: 'running_var': expected values >= 0"):
+        bn.load_state_dict(state)
+    numpy.testing.assert_array_equal(bn.running_var, numpy.ones(3, numpy.float32))
+    state["running_var"] = numpy.array([1.0, 0.0, 2.0], numpy.float32)      # zero is fine
+    bn.load_state_dict(state)
+    numpy.testing.assert_array_equal(bn.running_var, [1.0, 0.0, 2.0])
+    for key in ("seed", "counter"):
+        d = gpunet.Dropout(0.5)
+        state = d.state_dict()
+        state[key] = numpy.array(-1)
+        with pytest.raises(ValueError, match=rf"Dropout.load_state_dict: '{key}': expected values >= 0"):
+            d.load_state_dict(state)
+
+
 def test_train_mode_must_be_a_bool_and_to_names_an_unknown_dtype():
     """Found by fuzzing: train('no') switched training ON (bool('no') is True), silently,
     where PyTorch raises; to(dtype='foo') raised NumPy's 'data type not understood'."""

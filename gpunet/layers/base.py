@@ -485,7 +485,11 @@ class Layer:
                 problems.append(f"{k!r}: expected shape {tuple(numpy.shape(cur))}, got {tuple(numpy.shape(state[k]))}")
             elif k in state:
                 integral = isinstance(cur, (bool, int)) or getattr(cur, "dtype", numpy.dtype("f")).kind in "biu"
+                n0 = len(problems)
                 kind_problem(k, "biu" if integral else "biuf", "integers" if integral else "real numbers")
+                if (len(problems) == n0 and attr in getattr(owner, "_nonnegative_buffers", ())
+                        and bool((numpy.asarray(to_numpy(state[k])) < 0).any())):
+                    problems.append(f"{k!r}: expected values >= 0, got a negative one")
         if problems:
             raise ValueError(f"{who}: " + "; ".join(problems))
         for k, p in params.items():

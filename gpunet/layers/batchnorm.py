@@ -48,6 +48,7 @@ class BatchNorm(Layer):
     """
 
     _buffers = ("running_mean", "running_var")
+    _nonnegative_buffers = ("running_var",)      # checked by load_state_dict
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()

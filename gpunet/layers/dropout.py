@@ -60,6 +60,7 @@ class Dropout(Layer):
     """
 
     _buffers = ("seed", "counter")
+    _nonnegative_buffers = ("seed", "counter")   # checked by load_state_dict
 
     def __init__(self, p=0.5, mode="inverted", seed=None):
         super().__init__()
