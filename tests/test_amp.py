@@ -109,12 +109,10 @@ def test_growth_stops_at_float32_max():
     assert scaler.get_scale() == 2.0**127     # 2**128 is inf in float32: not applied
 
 
-torch = pytest.importorskip("torch")
-
-
 def test_scale_sequence_matches_torch_grad_scaler(xp):
     """Inject the same overflow pattern into gpunet's and torch's scalers (torch on CPU;
     gpunet on each backend: on a device the scale is updated there)."""
+    torch = pytest.importorskip("torch")
     rng = numpy.random.default_rng(3)
     pattern = rng.random(60) < 0.3
     w = torch.nn.Parameter(torch.zeros(4))
