@@ -39,27 +39,36 @@ def test_train_step(benchmark, model, impl):
 
 
 @pytest.mark.parametrize("impl", ["gpunet", "numpy"])
-def test_mlp_steps_learn(impl):
+def test_mlp_steps_learn(impl, monkeypatch):
     """Not a timing: the benchmarked steps train (the loss on the fixed batch falls), so the
-    numbers above belong to working code."""
+    numbers above belong to working code. The gpunet step is the very ``gpunet_step`` that
+    ``test_train_step`` times; its model and loss are taken from the parts it builds, only
+    to read the loss between steps."""
     spec = MODELS["mlp-784-128-10"]
     x, y = _inputs(spec)
     if impl == "numpy":
         net = R.NumpyMLP(spec["sizes"])
         losses = [float(net.step(x, y)) for _ in range(30)]
     else:
-        import gpunet
-        from gpunet import optim
-        from gpunet.layers import Dense, Sequential
-        gpunet.manual_seed(0)
-        model = Sequential(Dense(784, 128, activation="relu"), Dense(128, 10))
-        model[0].input_grad = False
-        loss_fn = gpunet.SoftmaxCrossEntropy()
-        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        from gpunet import bench
+        built = []
+        real_parts = bench._gpunet_parts
+
+        def parts(*args, **kwargs):
+            built.append(real_parts(*args, **kwargs))
+            return built[-1]
+        monkeypatch.setattr(bench, "_gpunet_parts", parts)
+        step, _ = gpunet_step(spec, "cpu")
+        (model, loss_fn, _, _, xd), = built
+        assert numpy.array_equal(xd, x)
+
+        def loss():
+            model.eval()                     # a forward that leaves the step's caches alone
+            value = float(loss_fn(model(x), y))
+            model.train()
+            return value
         losses = []
         for _ in range(30):
-            losses.append(float(loss_fn(model.forward(x), y)))
-            model.zero_grad()
-            model.backward(loss_fn.backward())
-            opt.step()
+            losses.append(loss())
+            step()
     assert numpy.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
