@@ -79,14 +79,35 @@ def test_early_stopping_unknown_monitor(rng):
         tr.fit((X, y), epochs=2, callbacks=[EarlyStopping()], progress=False)
 
 
-def test_model_checkpoint_saves_best(tmp_path, rng):
+@pytest.mark.parametrize("monitor,scripted", [("val_loss", [5.0, 3.0, 4.0, 2.5, 2.9]),
+                                               ("val_accuracy", [0.1, 0.5, 0.4, 0.8, 0.7])])
+def test_model_checkpoint_saves_best(tmp_path, rng, monitor, scripted):
+    """The file is rewritten only when the monitored value improves (lower loss, higher
+    accuracy: mode "auto"), and holds the best epoch's weights and logs."""
     X, y = _blobs(rng)
     model = _model()
     path = tmp_path / "best.npz"
+    seen, in_file = [], []
+
+    class Script(Callback):  # runs before ModelCheckpoint and sets the monitored value
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs[monitor] = scripted[epoch]
+            seen.append(trainer.model.state_dict())
+
+    class Read(Callback):    # runs after it: the epoch the file holds now
+        def on_epoch_end(self, trainer, epoch, logs):
+            in_file.append(gpunet.load(path, _model(seed=5))["epoch"])
+
     tr = Trainer(model, SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=1e-2))
-    tr.fit((X, y), val=(X, y), epochs=4, callbacks=[ModelCheckpoint(path)], progress=False)
-    meta = gpunet.load(path, _model(seed=5))
-    assert 1 <= meta["epoch"] <= 4 and "val_loss" in meta
+    tr.fit((X, y), val=(X, y), epochs=5, callbacks=[Script(), ModelCheckpoint(path, monitor=monitor), Read()],
+           progress=False)
+    assert in_file == [1, 2, 2, 4, 4]          # epochs completed at the improvements 0, 1, 3
+    best = _model(seed=5)
+    meta = gpunet.load(path, best)
+    assert meta["epoch"] == 4 and meta[monitor] == scripted[3]
+    for k, v in best.state_dict().items():
+        numpy.testing.assert_array_equal(v, seen[3][k])
+    assert not numpy.array_equal(seen[3]["0.weight"], seen[4]["0.weight"])
 
 
 def test_bad_train_argument():
