@@ -122,5 +122,11 @@ def test_training_throughput_logic_runs_without_a_gpu():
     assert {(r["framework"], r["variant"]) for r in rows} == {
         ("gpunet", "eager"), ("gpunet", "cuda_graph"), ("torch", "eager"),
         ("torch", "fused_adam"), ("torch", "cuda_graph")}
-    assert "error" in next(r for r in rows if r["variant"] == "cuda_graph" and r["framework"] == "torch")
-    assert all("vs_torch_eager" in r for r in rows if "samples_s" in r)
+    # only PyTorch's CUDA-graph variant is refused here; every other run finished, with its
+    # ratio to PyTorch eager (a run failing inside run_train_throughput is recorded as an
+    # error row, which must not pass for a finished run)
+    failed = [(r["framework"], r["variant"]) for r in rows if "error" in r]
+    assert failed == [("torch", "cuda_graph")], [r.get("error") for r in rows]
+    for r in rows:
+        if "error" not in r:
+            assert r["samples_s"] > 0 and 0 < r["final_loss"] < 3 and "vs_torch_eager" in r, r
