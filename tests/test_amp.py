@@ -100,13 +100,18 @@ def test_scale_keeps_dtype_and_disabled_is_identity(xp):
     assert GradScaler(enabled=False).scale(g) is g
 
 
-def test_growth_stops_at_float32_max():
+def test_growth_stops_at_float32_max(xp):
+    """On every backend: on a device the growth and its cap are the update kernel's own
+    (amp_update_scale in kernels/optim.cu), not the host's code."""
     scaler = GradScaler(init_scale=2.0**127, growth_interval=1)
-    model, loss_fn = _model(numpy), SoftmaxCrossEntropy()
+    model, loss_fn = _model(xp), SoftmaxCrossEntropy()
     opt = optim.SGD(model, lr=0.0)
-    x, y = _batch(numpy, 0)
+    x, y = _batch(xp, 0)
     _iteration(model, loss_fn, opt, scaler, x, y, poison=0.0)
     assert scaler.get_scale() == 2.0**127     # 2**128 is inf in float32: not applied
+    scaler.update(2.0**126)
+    _iteration(model, loss_fn, opt, scaler, x, y, poison=0.0)
+    assert scaler.get_scale() == 2.0**127     # below the cap it still grows
 
 
 def test_scale_sequence_matches_torch_grad_scaler(xp):
