@@ -89,6 +89,29 @@ def test_adam_by_hand(xp):
     numpy.testing.assert_allclose(got[0], [0.9, -0.9], atol=1e-6)
 
 
+@pytest.mark.parametrize("wd,l1", [(0.0, 0.3), (0.2, 0.0), (0.2, 0.3)], ids=["l1", "l2", "l1+l2"])
+def test_adam_regularization_by_hand(xp, wd, l1):
+    """Adam's L2/L1 (coupled: added to the gradient before the moments), against the formula
+    g = grad + wd*w + l1*sign(w) written out here; each of the two alone and both."""
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-8
+    w0 = [1.5, -0.5, 0.0]
+    grads = [[0.2, 0.1, -0.3], [-0.4, 0.05, 0.2], [0.1, -0.2, 0.0]]
+    p = make_param(xp, w0)
+    got = run_steps(optim.Adam([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, l1=l1), p, grads, xp)
+    for j, w in enumerate(w0):
+        m = v = 0.0
+        for t, row in enumerate(grads, start=1):
+            g = row[j] + wd * w + l1 * (w > 0) - l1 * (w < 0)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            w = w - lr * (m / (1 - b1 ** t)) / (math.sqrt(v / (1 - b2 ** t)) + eps)
+            assert got[t - 1][j] == pytest.approx(w, rel=1e-12, abs=1e-15), (t, j)
+    # the regularization moved the weights: the unregularized run ends elsewhere
+    q = make_param(xp, w0)
+    plain = run_steps(optim.Adam([q], lr=lr, betas=(b1, b2), eps=eps), q, grads, xp)
+    assert numpy.abs(got[-1] - plain[-1]).max() > 1e-3
+
+
 def test_adamw_by_hand(xp):
     lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-8, 0.5
     grads = [[1.0], [2.0]]
