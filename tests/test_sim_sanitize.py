@@ -60,3 +60,11 @@ def test_clean_cases_pass_and_are_compared_with_numpy():
     assert "ok   dropout_n7_offset1_f32" in out and "ok   xent_ignore_all_N2_C33_f64" in out, out
     assert "ok   dropout_n7_offset1_f16" in out and "ok   xent_ignore_all_N2_C33_f16" in out, out
     assert "6/6 cases match NumPy" in out and "sim_sanitize: clean" in out, out
+
+
+def test_a_selection_that_matches_no_case_fails():
+    """``-k`` with a typo would run nothing and report '0/0 cases match NumPy' as clean."""
+    r = _tool("-k", "no_such_case")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "no case matches -k no_such_case" in out and "sim_sanitize: clean" not in out, out

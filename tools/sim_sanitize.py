@@ -543,6 +543,10 @@ def run_child(args) -> int:
 
     assert runtime.sanitizing(), "the child must run with GPUNET_SIM_SANITIZE=1"
     todo = [(n, f) for n, f in cases() if not args.k or any(k in n for k in args.k)]
+    if not todo:      # a -k that matches nothing checks nothing: that is not a clean run
+        print(f"sim_sanitize: no case matches -k {' -k '.join(args.k or [])} (--list prints them)",
+              flush=True)
+        return 1
     failed = []
     t0 = time.perf_counter()
     for name, fn in todo:
