@@ -49,7 +49,11 @@ def _cases():
                        tf("leaky_relu", negative_slope=0.01)),
         "leaky_relu_0.2": (lambda: gpunet.LeakyReLU(negative_slope=0.2),
                            lambda x: numpy.where(x > 0, x, 0.2 * x), tf("leaky_relu", negative_slope=0.2)),
+        "leaky_relu_2.0": (lambda: gpunet.LeakyReLU(negative_slope=2.0),     # slope > 1: its own branch
+                           lambda x: numpy.where(x > 0, x, 2.0 * x), tf("leaky_relu", negative_slope=2.0)),
         "elu": (gpunet.ELU, lambda x: numpy.where(x > 0, x, numpy.exp(x) - 1), tf("elu", alpha=1.0)),
+        "elu_-0.5": (lambda: gpunet.ELU(alpha=-0.5),                              # alpha < 0: its own branch
+                     lambda x: numpy.where(x > 0, x, -0.5 * (numpy.exp(x) - 1)), tf("elu", alpha=-0.5)),
         "elu_0.5": (lambda: gpunet.ELU(alpha=0.5), lambda x: numpy.where(x > 0, x, 0.5 * (numpy.exp(x) - 1)),
                     tf("elu", alpha=0.5)),
         "gelu": (gpunet.GELU, _np_gelu_tanh, tf("gelu")),
