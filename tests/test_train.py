@@ -71,6 +71,26 @@ def test_early_stopping_stops_and_restores_best(rng):
     assert not numpy.array_equal(seen[1]["0.weight"], seen[3]["0.weight"])
 
 
+@pytest.mark.parametrize("monitor,scripted", [("val_loss", [5.0, 4.95, 4.0, 3.95, 3.92, 1.0]),
+                                               ("val_accuracy", [0.5, 0.55, 0.7, 0.75, 0.78, 0.99])])
+def test_early_stopping_min_delta(rng, monitor, scripted):
+    """An improvement counts only when it beats the best by more than min_delta (0.1 here),
+    lower for a loss, higher for an accuracy: epochs 1, 3 and 4 improve by less."""
+    X, y = _blobs(rng)
+    model = _model()
+
+    class Script(Callback):  # runs before EarlyStopping and sets the monitored value
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs[monitor] = scripted[epoch]
+
+    es = EarlyStopping(monitor=monitor, patience=2, min_delta=0.1, restore_best=False)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+    h = tr.fit((X, y), val=(X[:50], y[:50]), epochs=6, batch_size=8, callbacks=[Script(), es],
+               progress=False)
+    assert (es.best_epoch, es.best, es.stopped_epoch) == (2, scripted[2], 4)
+    assert len(h["loss"]) == 5
+
+
 def test_early_stopping_unknown_monitor(rng):
     X, y = _blobs(rng)
     model = _model()
