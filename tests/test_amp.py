@@ -226,3 +226,28 @@ def test_unscale_float16_gradients(xp):
         numpy.testing.assert_array_equal(to_numpy(p1.grad),
                                          numpy.array([2.0**-4, -96 * 2.0**-10, 2.0**-20], numpy.float16))
         assert to_numpy(p1.grad).dtype == numpy.float16
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(init_scale=0.0), "finite init_scale > 0, got 0.0"),
+    (dict(init_scale=math.inf), "finite init_scale > 0, got inf"),
+    (dict(growth_factor=1.0), "growth_factor > 1, got 1.0"),
+    (dict(backoff_factor=1.0), r"backoff_factor in \(0, 1\), got 1.0"),
+    (dict(backoff_factor=0.0), r"backoff_factor in \(0, 1\), got 0.0"),
+    (dict(growth_interval=0), "int growth_interval >= 1, got 0"),
+    (dict(growth_interval=2.0), "int growth_interval >= 1, got 2.0"),
+    (dict(growth_interval=True), "int growth_interval >= 1, got True"),
+])
+def test_bad_arguments_name_the_scaler(kwargs, message):
+    with pytest.raises(ValueError, match="GradScaler: expected .*" + message):
+        GradScaler(**kwargs)
+
+
+def test_bad_new_scale_and_tracker_raise():
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="GradScaler.update: expected a finite new_scale > 0"):
+            GradScaler().update(bad)
+    d = GradScaler(growth_interval=3).state_dict()
+    d["growth_tracker"] = numpy.asarray(3)
+    with pytest.raises(ValueError, match=r"growth_tracker 3 outside \[0, 3\)"):
+        GradScaler().load_state_dict(d)
