@@ -58,17 +58,23 @@ __all__ = [
 
 # -- argument checks --------------------------------------------------------------------
 
+def _listed(value, who, expected):
+    """``list(value)`` for an argument that must be a list (or another iterable) of
+    something: a string, bytes or an array (iterable, but never meant as such a list) or a
+    non-iterable raises ``TypeError``: "``who``: expected ``expected``, got <type>"."""
+    if hasattr(value, "shape") or isinstance(value, (str, bytes)):
+        raise TypeError(f"{who}: expected {expected}, got {type(value).__name__}")
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{who}: expected {expected}, got {type(value).__name__}") from None
+
+
 def _as_parameters(params, who, allow_empty=False):
     """A list of Parameters from a list/iterable of them or from an object with ``.parameters()``."""
     if callable(getattr(params, "parameters", None)):
         params = params.parameters()
-    if hasattr(params, "shape") or isinstance(params, (str, bytes)):
-        raise TypeError(f"{who}: expected a list of Parameters or a Layer, got {type(params).__name__}")
-    try:
-        params = list(params)
-    except TypeError:
-        raise TypeError(f"{who}: expected a list of Parameters or a Layer, "
-                        f"got {type(params).__name__}") from None
+    params = _listed(params, who, "a list of Parameters or a Layer")
     for i, p in enumerate(params):
         if not (hasattr(p, "data") and hasattr(p, "grad") and hasattr(p, "decay")):
             raise TypeError(f"{who}: params[{i}] must be a Parameter (with .data, .grad and "

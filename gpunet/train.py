@@ -34,7 +34,7 @@ PROGRESS_REFRESH_SECONDS = 0.25
 def _clock():
     """The clock that times progress refreshes (``time.perf_counter``; tests replace it)."""
     return time.perf_counter()
-from .optim import clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
+from .optim import _listed, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 
 try:  # tqdm is a runtime dependency; imported here so the bar's absence is loud
     from tqdm.auto import tqdm
@@ -89,14 +89,10 @@ _HOOKS = ("on_train_begin", "on_epoch_begin", "on_backward_end", "on_batch_end",
 
 
 def _check_callbacks(callbacks, who):
-    if isinstance(callbacks, Callback) or isinstance(callbacks, (str, bytes)):
+    if isinstance(callbacks, Callback):
         raise TypeError(f"{who}: expected callbacks to be a list of callbacks, got "
                         f"{type(callbacks).__name__} (write callbacks=[...])")
-    try:
-        callbacks = list(callbacks)
-    except TypeError:
-        raise TypeError(f"{who}: expected callbacks to be a list of callbacks, got "
-                        f"{type(callbacks).__name__}") from None
+    callbacks = _listed(callbacks, who, "callbacks to be a list of callbacks")
     for i, cb in enumerate(callbacks):
         missing = [h for h in _HOOKS if not hasattr(cb, h)]
         if missing:
