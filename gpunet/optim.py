@@ -201,9 +201,7 @@ class Optimizer:
     def _step(self, found=None):
         """``step()``; on a device, ``found`` (a 0-d float64 device array, the loss
         scaler's sum of squares of the gradients) skips the step when not finite."""
-        lr = float(self.lr)
-        if not lr >= 0.0:
-            raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
+        lr = _at_least(type(self).__name__, "lr", self.lr)    # it may have been reassigned
         if not isinstance(self.params[0].data, numpy.ndarray):
             return self._step_fused(lr, found)
         for i, p in enumerate(self.params):
@@ -319,9 +317,7 @@ class Optimizer:
             raise RuntimeError(f"{type(self).__name__}: its device state (lr, step counts) was "
                                "replaced since the CUDA graph was captured (load_state_dict, "
                                "model.to); capture the step again")
-        lr = float(self.lr)
-        if not lr >= 0.0:
-            raise ValueError(f"{type(self).__name__}: expected lr >= 0, got {self.lr!r}")
+        lr = _at_least(type(self).__name__, "lr", self.lr)    # it may have been reassigned
         self._dev.set_lr(lr)
         self._steps_on_device = True
 

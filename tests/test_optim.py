@@ -699,3 +699,18 @@ def test_schedule_load_state_dict_names_a_non_dict():
     s = optim.StepLR(optim.SGD(Dense(2, 2)), 2)
     with pytest.raises(TypeError, match="StepLR.load_state_dict: expected a dict, got NoneType"):
         s.load_state_dict(None)
+
+
+def test_step_names_an_lr_reassigned_to_a_bad_value():
+    """``opt.lr`` is a plain attribute (schedules set it): a string used to fail in
+    float()'s words at step(), naming nothing."""
+    p = Parameter(numpy.ones(3, numpy.float32), "w")
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = numpy.ones(3, numpy.float32)
+    opt.lr = "a"
+    with pytest.raises(TypeError, match="SGD: expected lr to be a real number, got 'a'"):
+        opt.step()
+    opt.lr = -1.0
+    with pytest.raises(ValueError, match="SGD: expected lr >= 0, got -1.0"):
+        opt.step()
+    numpy.testing.assert_array_equal(p.data, numpy.ones(3, numpy.float32))
