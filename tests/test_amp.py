@@ -251,3 +251,13 @@ def test_bad_new_scale_and_tracker_raise():
     d["growth_tracker"] = numpy.asarray(3)
     with pytest.raises(ValueError, match=r"growth_tracker 3 outside \[0, 3\)"):
         GradScaler().load_state_dict(d)
+
+
+def test_grad_scaler_defaults_are_pytorchs():
+    """GradScaler says "as torch.amp.GradScaler": the same defaults."""
+    import inspect
+    torch = pytest.importorskip("torch")
+    mine = inspect.signature(GradScaler).parameters
+    ref = inspect.signature(torch.amp.GradScaler).parameters
+    for name in ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled"):
+        assert mine[name].default == ref[name].default, name

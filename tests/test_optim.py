@@ -714,3 +714,21 @@ def test_step_names_an_lr_reassigned_to_a_bad_value():
     with pytest.raises(ValueError, match="SGD: expected lr >= 0, got -1.0"):
         opt.step()
     numpy.testing.assert_array_equal(p.data, numpy.ones(3, numpy.float32))
+
+
+@pytest.mark.parametrize("ours, theirs, names", [
+    ("Adam", "Adam", ("lr", "betas", "eps", "weight_decay")),
+    ("AdamW", "AdamW", ("lr", "betas", "eps", "weight_decay")),
+    ("RMSProp", "RMSprop", ("lr", "alpha", "eps", "momentum")),
+    ("AdaGrad", "Adagrad", ("lr", "eps")),
+    ("SGD", "SGD", ("momentum", "nesterov", "weight_decay")),
+])
+def test_defaults_are_pytorchs(ours, theirs, names):
+    """The optimizers say "as torch.optim.X": their defaults are PyTorch's (SGD's lr aside:
+    gpunet's is 0.01, PyTorch's 1e-3)."""
+    import inspect
+    torch = pytest.importorskip("torch")
+    mine = inspect.signature(getattr(optim, ours)).parameters
+    ref = inspect.signature(getattr(torch.optim, theirs)).parameters
+    for name in names:
+        assert mine[name].default == ref[name].default, (ours, name)
