@@ -260,3 +260,12 @@ def test_device_counter_lives_on_the_device():
     numpy.testing.assert_array_equal(dev(x), ref(x))   # a host forward takes the counter back
     assert dev._state is None and dev.counter == ref.counter == 2**32 + 3
     same()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_0d_input_is_named(training):
+    """A 0-d input came back as a NumPy scalar (the activation layers already refuse it)."""
+    d = Dropout(0.5)
+    d.train(training)
+    with pytest.raises(ValueError, match="Dropout: expected an input with at least one axis, got a 0-d array"):
+        d(numpy.array(1.0, numpy.float32))
