@@ -196,8 +196,7 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto"):
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
+        patience = _count_arg("EarlyStopping", "patience", patience)
         if (isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real)
                 or not (min_delta >= 0 and math.isfinite(min_delta))):
             raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")

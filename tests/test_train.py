@@ -566,8 +566,8 @@ def test_fit_names_missing_labels():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    ({"patience": "a"}, "patience must be an int >= 0, got 'a'"),
-    ({"patience": 1.5}, "patience must be an int >= 0, got 1.5"),
+    ({"patience": "a"}, "expected patience to be an int >= 0, got 'a'"),
+    ({"patience": 1.5}, "expected patience to be an int >= 0, got 1.5"),
     ({"min_delta": "a"}, "min_delta must be a finite number >= 0"),
     ({"min_delta": -1}, "min_delta must be a finite number >= 0"),
 ])
