@@ -336,12 +336,12 @@ def _first_layer(model):
 class _Record:
     """The running loss and accuracy of one pass, kept on the model's device and read by
     the host in bulk (``read``: one sync), so a step launches 2 small ops for them (argmax,
-    compare) and never waits.
+    compare; with one output column two thresholds and a compare) and never waits.
 
     Each step's loss (0-d, on the device) is kept as it is until the next ``read`` stacks
     them into ``rows[:steps]``; each sample's hit (argmax of the output == label, or argmax
-    of a probability target) goes into ``hits``; ``read`` counts the new hits into
-    ``rows[steps]`` and brings ``rows[done:]`` to the host. The host adds the losses in step
+    of a probability target; binary accuracy for one output column) goes into ``hits``;
+    ``read`` counts the new hits into ``rows[steps]`` and brings ``rows[done:]`` to the host. The host adds the losses in step
     order, so the totals are the sums a per-step ``float(loss)`` would give. ``bad`` is the
     first step whose loss is not finite."""
 

@@ -313,3 +313,34 @@ def test_an_abandoned_staged_copy_is_forgotten_with_its_array(monkeypatch):
         a = sp.asarray(X[:B])
         float(a.sum())
     assert all(e[4]() is not None for e in _counters._pending)
+
+
+def test_binary_accuracy_costs_no_sync_and_matches_the_cpu():
+    """One output column: the binary-accuracy record (two thresholds and a compare on the
+    device) keeps a steady fit step free of syncs and copies, evaluate reads the device
+    once, and the accuracy is the CPU's."""
+    X, y = _blobs(c=2)
+    y[::5] = 1 - y[::5]                 # label noise: no model gets them all
+    yb = y.reshape(-1, 1).astype(numpy.float32)
+
+    def trainer(device):
+        gpunet.manual_seed(0)
+        model = Sequential(Dense(D, 16, activation="relu"), Dense(16, 1)).to(device)
+        return Trainer(model, gpunet.losses.BCEWithLogits(), optim.SGD(model.parameters(), lr=0.1))
+
+    tr = trainer("sim")
+    tr.fit((X[:B], yb[:B]), epochs=1, batch_size=B, progress=False)
+    costs = Costs()
+    h = tr.fit((X, yb), epochs=1, batch_size=B, callbacks=[costs], progress=False)
+    for c in costs.steps[2:]:
+        assert (c["syncs"], c["h2d_bytes"], c["d2h_bytes"]) == (0, 0, 0), c
+    assert costs.epochs[0]["syncs"] == 1
+    cpu = trainer("cpu")
+    cpu.fit((X[:B], yb[:B]), epochs=1, batch_size=B, progress=False)
+    hc = cpu.fit((X, yb), epochs=1, batch_size=B, progress=False)
+    assert 0.5 < h["accuracy"][0] < 1.0
+    assert h["accuracy"] == hc["accuracy"]
+    sim.reset_counters()
+    ev = tr.evaluate((X, yb), batch_size=32)
+    assert sim.counters()["syncs"] == 1
+    assert ev["accuracy"] == cpu.evaluate((X, yb), batch_size=32)["accuracy"]
