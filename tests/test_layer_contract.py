@@ -115,6 +115,63 @@ def test_failed_forward_invalidates_caches():
     m.backward(loss_fn.backward())
 
 
+@pytest.mark.parametrize("make", [lambda: gpunet.Dense(4, 4), gpunet.ReLU, lambda: gpunet.BatchNorm(4),
+                                  lambda: gpunet.Dropout(0.3, seed=1),
+                                  lambda: gpunet.Residual(gpunet.Dense(4, 4))],
+                         ids=["Dense", "ReLU", "BatchNorm", "Dropout", "Residual"])
+def test_layer_object_used_twice_in_one_forward_raises_at_backward(make):
+    """Sequential(a, act, a) keeps a's caches of the second call only; the backward of the
+    first call would pair them with its own gradient (a silently wrong weight gradient
+    before). It raises, and a model forward that uses each layer once is fine again."""
+    shared = make()
+    m = gpunet.Sequential(shared, gpunet.Tanh(), shared)
+    x = _data()[0]
+    y = m(x)
+    assert y.shape == (6, 4)                 # the forward itself is right
+    with pytest.raises(RuntimeError, match=rf"{type(shared).__name__}.backward: .*ran forward more "
+                                           r"than once within one forward of the model"):
+        m.backward(numpy.ones_like(y))
+    shared(x)                                # on its own: one call per forward, usable again
+    assert shared.backward(numpy.ones((6, 4), numpy.float32)).shape == (6, 4)
+
+
+def test_forward_reentering_itself_is_one_call():
+    """A subclass whose forward calls the base forward is not 'used twice'."""
+    class Doubled(gpunet.Dense):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+        def backward(self, dy):
+            return super().backward(dy * 2)
+
+    gpunet.manual_seed(0)
+    layer = Doubled(4, 3).to(dtype=numpy.float64)
+    assert gpunet.gradcheck(layer, _data()[0].astype(numpy.float64))
+
+
+def test_tied_parameter_is_listed_once_and_gets_both_gradients():
+    """b.weight = a.weight ties the weights: parameters() lists the Parameter once (as
+    PyTorch's does), an optimizer accepts the model, the gradient is the sum over both
+    uses (gradcheck), and state_dict keeps a key for each place."""
+    gpunet.manual_seed(0)
+    a, b = gpunet.Dense(4, 4), gpunet.Dense(4, 4)
+    b.weight = a.weight
+    m = gpunet.Sequential(a, gpunet.Tanh(), b)
+    assert [p.name for p in m.parameters()] == ["weight", "bias", "bias"]
+    assert m.count_params() == 16 + 4 + 4
+    assert list(m.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert gpunet.gradcheck(m, _data()[0].astype(numpy.float64))
+    assert m[0].weight.data.dtype == numpy.float32       # gradcheck restored the tied weight
+    w0 = a.weight.data.copy()
+    opt = optim.SGD(m, lr=0.1)
+    m.zero_grad()
+    y = m(_data()[0])
+    m.backward(numpy.ones_like(y))
+    g = a.weight.grad.copy()
+    opt.step()
+    numpy.testing.assert_allclose(a.weight.data, w0 - numpy.float32(0.1) * g, rtol=1e-6)
+
+
 def test_to_invalidates_caches():
     x, y = _data()
     m = _mlp()

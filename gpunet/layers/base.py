@@ -175,10 +175,12 @@ def check_grad(layer, dy, shape, dtype=None):
 # ---------------------------------------------------------------------------------------
 
 _depth = 0
+_top_calls = 0               # outermost forward calls so far (a call number for each model forward)
 _outputs: dict = {}          # id(output) -> (weakref(output), weakref(layer), call number, training)
 _loss_grads: dict = {}       # id(grad) -> (weakref(grad), prediction, loss name)
 _INVALID_FAILED = "failed"    # _cache_call values other than a call number
 _INVALID_CAST = "cast"
+_INVALID_REUSED = "reused"    # the layer ran twice within one outermost forward
 
 
 def _weak(x, table, key):
@@ -207,20 +209,33 @@ def register_loss_gradient(grad, prediction, loss_name="the loss"):
 def _wrap_forward(fn):
     @functools.wraps(fn)
     def forward(self, x):
-        global _depth
+        global _depth, _top_calls
         d = self.__dict__
         n = d["_nfwd"] = d.get("_nfwd", 0) + 1     # this layer's forward calls, 1, 2, ...
         training = self.training
-        if training:
-            d["_cache_call"] = _INVALID_FAILED     # until this forward returns
         top = _depth == 0
+        if top:
+            _top_calls += 1
+        # a layer object used twice inside one model forward (Sequential(d, act, d)) keeps
+        # the caches of its last call only; its backwards would pair them with the gradient
+        # of the other call, so they raise. A forward re-entering itself (a float16 input
+        # redone in float32, a subclass calling super().forward) is one call, not two.
+        reentrant = d.get("_fwd_active", 0) > 0
+        reused = False
+        if training:
+            if not reentrant:
+                reused = d.get("_fwd_top") == _top_calls
+                d["_fwd_top"] = _top_calls
+            d["_cache_call"] = _INVALID_FAILED     # until this forward returns
+        d["_fwd_active"] = d.get("_fwd_active", 0) + 1
         _depth += 1
         try:
             y = fn(self, x)
         finally:
             _depth -= 1
+            d["_fwd_active"] -= 1
         if training:
-            d["_cache_call"] = n
+            d["_cache_call"] = _INVALID_REUSED if reused else n
         if top:                                    # the output a user may hand to a loss
             k = id(y)
             r = _weak(y, _outputs, k)
@@ -239,6 +254,13 @@ def _check_source(layer, dy):
         raise RuntimeError(f"{name}.backward: the last training-mode forward (call "
                            f"{layer.__dict__.get('_nfwd')}) raised before it finished, so the "
                            "caches are incomplete; run a training-mode forward again before backward")
+    if state == _INVALID_REUSED:
+        raise RuntimeError(f"{name}.backward: this {name} ran forward more than once within one "
+                           "forward of the model (the same layer object used in two places); it "
+                           "keeps the caches of its last call only, so a backward would pair them "
+                           "with the gradient of another call. Use a separate layer for each place "
+                           "(to tie weights, assign one layer's Parameter to the other: "
+                           "b.weight = a.weight)")
     if state == _INVALID_CAST:
         raise RuntimeError(f"{name}.backward: the model was moved or cast with to() after the last "
                            "training-mode forward; run a training-mode forward again before backward")
@@ -342,7 +364,16 @@ class Layer:
                 yield from v.named_buffers(prefix + k + ".")
 
     def parameters(self) -> list[Parameter]:
-        return [p for _, p in self.named_parameters()]
+        """Every Parameter once, in ``named_parameters`` order. A Parameter shared by two
+        layers (tied weights, ``b.weight = a.weight``) is listed once, as PyTorch's
+        ``parameters()`` does, so an optimizer updates it once with the sum of both
+        layers' gradients; ``state_dict`` keeps a key for each place, as PyTorch's does."""
+        seen, out = set(), []
+        for _, p in self.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
 
     def count_params(self) -> int:
         """Total number of parameter elements (Keras' ``count_params``; PyTorch users write
