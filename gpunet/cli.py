@@ -165,6 +165,10 @@ def _train(args):
         raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: no such directory")
     if args.plot:
         _check_matplotlib()
+        from gpunet.plot import _image_path
+        _, problem = _image_path(args.plot)
+        if problem:                 # an extension matplotlib has no format for
+            raise UserError(f"gpunet train: error: --plot {args.plot}: {problem}")
         _check_writable("--plot", args.plot)
     if args.save:
         _check_writable("--save", args.save)
@@ -279,10 +283,10 @@ def _train(args):
         print(f"saved checkpoint to {args.save}")
     if args.plot:
         try:
-            history.plot(args.plot)
+            written = history.plot(args.plot)
         except OSError as e:
             raise UserError(f"gpunet train: error: --plot {args.plot}: {_one_line(e)}") from None
-        print(f"saved training curves to {args.plot}")
+        print(f"saved training curves to {written}")
     print(f"test accuracy {result['accuracy']:.4f} | test loss {result['loss']:.4f} | "
           f"{samples / max(train_seconds, 1e-9):,.0f} samples/s | {wall:.1f} s | "
           f"device {_device_name(device)}{blas}{procs}"

@@ -41,10 +41,41 @@ def _figure(**kw):
     return fig
 
 
-def _save(fig, path):
-    path = os.fspath(path)
-    fig.savefig(path, dpi=120)
+def image_path(path):
+    """The file an image for ``path`` goes to, checked before anything is drawn. The format
+    follows the extension; a path without one gets matplotlib's default format
+    (``savefig.format``, PNG) and its extension appended, as ``savefig`` does. An extension
+    matplotlib cannot write raises ``ValueError`` naming the path and the formats it can;
+    ImportError with the fix when matplotlib is missing."""
+    path, problem = _image_path(path)
+    if problem:
+        raise ValueError(f"gpunet.plot: cannot write {path}: {problem}")
     return path
+
+
+def _image_path(path):
+    """``(path written, None)``, or ``(path, why it cannot be written)``."""
+    path = os.fspath(path)
+    try:
+        import matplotlib
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as e:
+        raise ImportError(f"gpunet.plot needs matplotlib, which is not installed: {INSTALL_HINT}") from e
+    ext = os.path.splitext(path)[1][1:]
+    if not ext:
+        return f"{path}.{matplotlib.rcParams['savefig.format']}", None
+    known = FigureCanvasBase.get_supported_filetypes()
+    if ext.lower() not in known:
+        return path, (f"expected an image extension ({', '.join('.' + k for k in sorted(known))}), "
+                      f"got .{ext}")
+    return path, None
+
+
+def _save(fig, path):
+    """Write ``fig``; returns the path written (see ``image_path``)."""
+    written = image_path(path)
+    fig.savefig(os.fspath(path), dpi=120)
+    return written
 
 
 def _records(history, who):
@@ -191,7 +222,10 @@ def grad_norms(history_or_dict, path):
 def plot_main(argv=None) -> int:
     """``gpunet plot activations [--out PATH] [--xmin X] [--xmax X]``: write the activation
     grid. Returns the exit status (0 on success, 1 with a message when matplotlib is
-    missing)."""
+    missing). An ``--out`` that cannot be written (no such directory, a directory, an
+    extension matplotlib has no format for) raises ``SystemExit`` with the message before
+    anything is drawn, as argparse's errors do; the ``gpunet`` command prints it as one line
+    with exit status 2."""
     import argparse
     parser = argparse.ArgumentParser(prog="gpunet plot", description="Draw gpunet's teaching plots.")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -200,15 +234,23 @@ def plot_main(argv=None) -> int:
     p.add_argument("--xmin", type=float, default=-4.0)
     p.add_argument("--xmax", type=float, default=4.0)
     args = parser.parse_args(argv)
-    if args.xmin >= args.xmax:
-        parser.error(f"--xmin ({args.xmin}) must be below --xmax ({args.xmax})")
+    if not (math.isfinite(args.xmin) and math.isfinite(args.xmax) and args.xmin < args.xmax):
+        parser.error(f"--xmin ({args.xmin}) must be below --xmax ({args.xmax}), both finite")
+    from .cli import UserError, _check_writable
     try:
-        path = activations(args.out, (args.xmin, args.xmax))
+        _, problem = _image_path(args.out)
     except ImportError as e:
         print(f"gpunet plot: {e}", file=sys.stderr)
         return 1
+    try:
+        if problem:
+            raise UserError(f"gpunet plot: error: --out {args.out}: {problem}")
+        _check_writable("--out", args.out, prog="gpunet plot")
+    except UserError as e:      # SystemExit(str): one line under `python -m gpunet.cli` too
+        raise SystemExit(str(e)) from None
+    path = activations(args.out, (args.xmin, args.xmax))
     print(f"wrote {path}")
     return 0
 
 
-__all__ = ["plot_history", "activations", "grad_norms", "plot_main", "INSTALL_HINT", "ELEMENTWISE"]
+__all__ = ["plot_history", "activations", "grad_norms", "plot_main", "image_path", "INSTALL_HINT", "ELEMENTWISE"]

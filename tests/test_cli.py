@@ -193,6 +193,36 @@ def test_plot_without_matplotlib_fails_before_training(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["plot", "activations", "--out", "no/such/dir/a.png"], ["gpunet plot", "--out", "no such directory"]),
+    (["plot", "activations", "--out", "."], ["gpunet plot", "--out", "directory"]),
+    (["plot", "activations", "--out", "a.xyz"], ["gpunet plot", "--out", ".png", "got .xyz"]),
+    (["plot", "activations", "--xmin", "nan"], ["gpunet plot", "--xmin"]),
+    (["train", "--plot", "curves.xyz"], ["gpunet train", "--plot", ".png", "got .xyz"]),
+])
+def test_unwritable_plot_paths_are_one_line(args, needles, tmp_path):
+    # found by the first-hour audit: the first three ended in a traceback, the --plot one
+    # after every epoch had been trained
+    pytest.importorskip("matplotlib")
+    p = _gpunet(args, tmp_path)
+    if args[0] == "plot" and args[2] == "--xmin":      # argparse's error: usage, then the line
+        assert p.returncode == 2 and "Traceback" not in p.stderr and "--xmin" in p.stderr, p.stderr
+        return
+    _assert_user_error(p, *needles)
+    assert "epoch" not in p.stderr and not list(tmp_path.glob("*.xyz"))
+
+
+def test_plot_path_without_extension_names_the_file_written(tmp_path):
+    # matplotlib appends .png to a path without an extension; the message names that file
+    pytest.importorskip("matplotlib")
+    p = _gpunet(["plot", "activations", "--out", "figure"], tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == "wrote figure.png", (p.stdout, p.stderr)
+    assert (tmp_path / "figure.png").stat().st_size > 1000
+    p = _gpunet(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--plot", "curves"], tmp_path)
+    assert p.returncode == 0 and "saved training curves to curves.png" in p.stdout, (p.stdout, p.stderr)
+    assert (tmp_path / "curves.png").exists() and not (tmp_path / "curves").exists()
+
+
 def test_version(tmp_path):
     p = _gpunet(["--version"], tmp_path)
     assert p.returncode == 0 and p.stdout.strip() == f"gpunet {gpunet.__version__}", (p.stdout, p.stderr)

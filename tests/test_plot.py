@@ -93,6 +93,19 @@ def test_plot_main(tmp_path, capsys):
         plot.plot_main(["activations", "--xmin", "2", "--xmax", "1"])
 
 
+def test_image_path(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert plot.image_path(tmp_path / "a.svg") == str(tmp_path / "a.svg")
+    assert plot.image_path("curves") == "curves.png"       # what savefig writes
+    with pytest.raises(ValueError, match=r"gpunet.plot: cannot write a\.xyz: .*\.png.*got \.xyz"):
+        plot.image_path("a.xyz")
+    with pytest.raises(ValueError, match="got .xyz"):       # before anything is drawn
+        plot.activations(tmp_path / "a.xyz")
+    assert not (tmp_path / "a.xyz").exists()
+    assert plot.plot_history({"loss": [1.0, 0.5]}, tmp_path / "h") == str(tmp_path / "h.png")
+    assert_png(tmp_path / "h.png")
+
+
 @pytest.fixture
 def no_matplotlib(monkeypatch):
     """Make every matplotlib import fail, as on a machine without the extra."""
