@@ -904,8 +904,11 @@ def format_table(report) -> str:
         elif has_floor:
             row += f" {'-':>18} {'-':>6} {'-':>8}"
         lines.append(row)
-    lines.append("ratio = PyTorch step time / gpunet step time (above 1: gpunet is faster); "
-                 f"median of {report['rounds']} alternating runs per framework.")
+    if has_torch:
+        lines.append("ratio = PyTorch step time / gpunet step time (above 1: gpunet is faster); "
+                     f"median of {report['rounds']} alternating runs per framework.")
+    else:                       # gpunet alone: no ratio column, nothing alternates
+        lines.append(f"median of {report['rounds']} runs.")
     if has_floor:
         lines.append("floor = the same ratio for the step's GEMMs (and the CNN's im2col/col2im copies) alone, "
                      "NumPy against PyTorch: what this BLAS allows; of floor = ratio / floor "
