@@ -484,3 +484,28 @@ def test_elementwise_losses_reject_targets_that_are_not_real_numbers(loss, name,
     y = numpy.ones((2, 3)).astype(bad) if bad != "<U1" else numpy.full((2, 3), "a")
     with pytest.raises(ValueError, match=rf"{name}: expected real-valued .*targets, got"):
         loss()(x, y)
+
+
+def test_losses_name_a_list_or_number_where_an_array_belongs():
+    """Found by the first-hour audit: a list of targets was reported as 'expected targets of
+    shape (4, 1), got ()', and list logits as a shape error; they are TypeErrors naming the
+    loss and the argument, as PyTorch's losses refuse what is not a tensor."""
+    z = numpy.zeros((4, 1), numpy.float32)
+    cases = [(gpunet.MSELoss(), z, [[0.0]] * 4, r"mse: expected targets as a NumPy or CuPy array, got list"),
+             (gpunet.MSELoss(), z.tolist(), z, r"mse: expected input as a NumPy or CuPy array, got list"),
+             (gpunet.BCEWithLogits(), z, 1.0, r"bce_with_logits: expected targets as .* got float"),
+             (gpunet.SoftmaxCrossEntropy(), [[0.0, 1.0]], numpy.array([0]),
+              r"softmax_cross_entropy: expected logits as a NumPy or CuPy array, got list"),
+             (gpunet.SoftmaxCrossEntropy(), numpy.zeros((2, 3), numpy.float32), [0, 1],
+              r"softmax_cross_entropy: expected labels as a NumPy or CuPy array, got list")]
+    for loss_fn, x, y, match in cases:
+        with pytest.raises(TypeError, match=match):
+            loss_fn(x, y)
+
+
+def test_ce_label_error_mentions_ignore_index_only_when_set():
+    z = numpy.zeros((2, 3), numpy.float32)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\); got 5 at row 1$"):
+        gpunet.SoftmaxCrossEntropy()(z, numpy.array([0, 5]))
+    with pytest.raises(ValueError, match=r"\[0, 3\) \(or equal ignore_index=-100\); got 5 at row 1"):
+        gpunet.SoftmaxCrossEntropy(ignore_index=-100)(z, numpy.array([0, 5]))

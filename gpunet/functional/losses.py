@@ -16,8 +16,16 @@ import numpy
 from ..backend import get_array_module
 
 
+def _check_array(name, what, a):
+    """A loss takes NumPy or CuPy arrays, as PyTorch's take tensors: anything else (a list,
+    a number) raises ``TypeError`` naming the loss and the argument."""
+    if not (hasattr(a, "ndim") and hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected {what} as a NumPy or CuPy array, got {type(a).__name__}")
+
+
 def _check_logits(name, logits):
-    if not hasattr(logits, "ndim") or logits.ndim != 2:
+    _check_array(name, "logits", logits)
+    if logits.ndim != 2:
         raise ValueError(f"{name}: expected logits of shape (N, C), got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
     if logits.dtype.kind != "f":
@@ -30,8 +38,7 @@ def check_labels(name, logits, labels, ignore_index=None, check_values=True):
     ``check_values=False`` checks shapes and dtypes only (the CUDA kernel checks the
     values itself, on the device; see ``softmax_cross_entropy``)."""
     n, c = logits.shape
-    if not hasattr(labels, "ndim"):
-        raise TypeError(f"{name}: expected labels as an array, got {type(labels).__name__}")
+    _check_array(name, "labels", labels)
     xp = get_array_module(logits, labels)
     if labels.ndim == 1:
         if labels.dtype.kind not in "iu":
@@ -50,8 +57,9 @@ def check_labels(name, logits, labels, ignore_index=None, check_values=True):
             bad &= labels != ignore_index
         if bool(bad.any()):
             i = int(xp.argmax(bad))
-            raise ValueError(f"{name}: labels must lie in [0, {c}) (or equal ignore_index="
-                             f"{ignore_index}); got {int(labels[i])} at row {i}")
+            also = "" if ignore_index is None else f" (or equal ignore_index={ignore_index})"
+            raise ValueError(f"{name}: labels must lie in [0, {c}){also}; got {int(labels[i])} "
+                             f"at row {i}")
     elif labels.ndim == 2:
         if labels.shape != logits.shape:
             raise ValueError(f"{name}: expected probability targets of shape {tuple(logits.shape)}, "
@@ -202,10 +210,12 @@ def _all_ignored(logits, reduction):
 
 def _check_pair(name, what, x, y):
     """An elementwise loss takes a non-empty floating-point ``x`` and targets ``y`` of its shape."""
-    if not hasattr(x, "shape") or x.dtype.kind != "f":
-        raise ValueError(f"{name}: expected floating-point {what}, got {getattr(x, 'dtype', type(x).__name__)}")
-    if not hasattr(y, "shape") or tuple(y.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(getattr(y, 'shape', ()))}")
+    _check_array(name, what, x)
+    _check_array(name, "targets", y)
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name}: expected floating-point {what}, got {x.dtype}")
+    if tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(y.shape)}")
     if y.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected real-valued (floating, integer or bool) targets, got {y.dtype.name}")
     check_nonempty(name, what, x)
