@@ -135,6 +135,35 @@ def test_layer_object_used_twice_in_one_forward_raises_at_backward(make):
     assert shared.backward(numpy.ones((6, 4), numpy.float32)).shape == (6, 4)
 
 
+def test_training_forward_of_an_inner_layer_before_backward_raises():
+    """model[1:](h) (or the layer inside another model) in training mode between the
+    model's forward and its backward replaces that layer's caches; the backward raises
+    instead of pairing them with the model's gradient (a weight gradient off by 0.24 before,
+    when the shapes agreed). An eval-mode forward of an inner layer changes no cache."""
+    x, y = _data()
+    ref, m = _mlp(), _mlp()
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(ref(x), y)
+    ref.backward(loss_fn.backward())
+    for between in (lambda: m[1:](m[0](x)), lambda: gpunet.Sequential(m[2])(m[1](m[0](x)))):
+        m.zero_grad()
+        loss_fn(m(x), y)
+        g = loss_fn.backward()
+        between()                            # the same batch shape: no shape check can notice
+        with pytest.raises(RuntimeError, match=r"Dense.backward: the caches of this Dense come "
+                                               r"from another training-mode forward than the Sequential's"):
+            m.backward(g)
+    m.zero_grad()
+    loss_fn(m(x), y)
+    g = loss_fn.backward()
+    m.eval()
+    m[2](m[1](m[0](x)))                      # eval mode: the caches stay those of m(x)
+    m.train()
+    m.backward(g)
+    for k, v in _grads(ref).items():
+        numpy.testing.assert_array_equal(_grads(m)[k], v)
+
+
 def test_forward_reentering_itself_is_one_call():
     """A subclass whose forward calls the base forward is not 'used twice'."""
     class Doubled(gpunet.Dense):

@@ -286,11 +286,32 @@ def _check_source(layer, dy):
             "they belong to")
 
 
+_bwd_depth = 0
+_bwd_outer = None            # (layer name, its forward's outermost call) of the running backward
+
+
 def _wrap_backward(fn):
     @functools.wraps(fn)
     def backward(self, dy):
+        global _bwd_depth, _bwd_outer
         _check_source(self, dy)
-        return fn(self, dy)
+        mine = self.__dict__.get("_fwd_top")
+        if _bwd_depth == 0:
+            _bwd_outer = (type(self).__name__, mine)
+        elif isinstance(mine, int) and isinstance(_bwd_outer[1], int) and mine != _bwd_outer[1]:
+            # a layer inside the model ran a training-mode forward of its own (model[2](h),
+            # or inside another model) after the model's forward: its caches are not the
+            # ones this gradient belongs to
+            name, outer = type(self).__name__, _bwd_outer[0]
+            raise RuntimeError(f"{name}.backward: the caches of this {name} come from another "
+                               f"training-mode forward than the {outer}'s being differentiated (the "
+                               f"{name} ran on its own or inside another model since); run the "
+                               f"{outer}'s forward again before backward")
+        _bwd_depth += 1
+        try:
+            return fn(self, dy)
+        finally:
+            _bwd_depth -= 1
     backward._gpunet_wrapped = True
     return backward
 
