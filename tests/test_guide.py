@@ -138,6 +138,19 @@ def test_guide_has_blocks():
     assert BASH, "docs/guide.md should show the gpunet commands"
 
 
+def test_contents_lists_every_section():
+    """The contents at the top lists each numbered section, in order, with a link to its
+    heading (GitHub's anchor: lower case, punctuation dropped, spaces as hyphens); it once
+    skipped from 10 to 12."""
+    text = GUIDE.read_text(encoding="utf-8")
+    headings = re.findall(r"^## (\d+\. .+)$", text, flags=re.M)
+    listed = re.findall(r"^\d+\. \[(.+?)\]\(#(.+?)\)$", text, flags=re.M)
+    assert headings and [f"{h.split('. ', 1)[0]}. {t}" for h, (t, _) in zip(headings, listed)] == headings
+    assert len(listed) == len(headings), (listed, headings)
+    for h, (_, anchor) in zip(headings, listed):
+        assert re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") == anchor, (h, anchor)
+
+
 @pytest.mark.parametrize("index", range(len(PYTHON)),
                          ids=[f"guide.md:{line}" for line, _, _ in PYTHON])
 def test_python_block(guide, index):
