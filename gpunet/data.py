@@ -82,13 +82,17 @@ def is_data(x) -> bool:
 
 def _check_array(name, a):
     """Return ``a`` as an array (NumPy/CuPy arrays as they are, anything else through
-    ``numpy.asarray``) with at least one axis."""
+    ``numpy.asarray``) with at least one axis. Python floats become float32, as
+    ``torch.tensor`` makes them (its default dtype, and the parameters' here): NumPy's
+    float64 would be refused by a float32 model's first layer."""
     if not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "ndim")):
         try:
             a = numpy.asarray(a)
         except Exception as e:
             raise TypeError(f"DataLoader: expected {name} to be a NumPy or CuPy array, "
                             f"got {type(a).__name__} ({e})") from e
+        if a.dtype == numpy.float64:
+            a = a.astype(numpy.float32)
     if a.dtype == object:
         raise TypeError(f"DataLoader: expected {name} to be a numeric array, got dtype object")
     if a.ndim == 0:
@@ -171,7 +175,9 @@ class DataLoader:
     (with ``y=None`` each item is just ``xb``).
 
     Arguments:
-        X: array ``(N, ...)``, NumPy or CuPy (other sequences go through ``numpy.asarray``).
+        X: array ``(N, ...)``, NumPy or CuPy. Other sequences (nested lists) go through
+            ``numpy.asarray``, except that Python floats become float32, as ``torch.tensor``
+            makes them: the parameters' default dtype (a float64 model takes a float64 array).
         y: None, or an array ``(N, ...)`` (class indices ``(N,)`` or targets ``(N, C)``)
             on the same device as ``X``; a NumPy/CuPy mix raises ``TypeError``.
         batch_size: positive int. The last batch holds the remaining ``N % batch_size``

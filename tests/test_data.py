@@ -5,6 +5,7 @@ CUDA device, on CuPy."""
 import numpy
 import pytest
 
+import gpunet
 from gpunet import backend
 from gpunet.data import DataLoader
 
@@ -170,6 +171,15 @@ def test_lists_are_converted():
     (xb, yb), _ = list(loader)
     assert isinstance(xb, numpy.ndarray) and xb.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert yb.tolist() == [0, 1]
+    # Python floats become float32, as torch.tensor makes them, so that the README's loop
+    # takes a list (NumPy's float64 was refused by the first Dense; found by the first-hour
+    # audit); integers stay int64, arrays keep their dtype
+    assert xb.dtype == numpy.float32 and yb.dtype == numpy.int64
+    model = gpunet.Sequential(gpunet.Dense(2, 3))
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(model(xb), yb)
+    model.backward(loss_fn.backward())
+    assert DataLoader(numpy.zeros((3, 2)), batch_size=2).X.dtype == numpy.float64
 
 
 @pytest.mark.parametrize("kwargs,match", [
