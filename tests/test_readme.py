@@ -74,3 +74,16 @@ def test_ci_runs_the_quick_start_verbatim_in_a_stock_venv():
     after = lines[at[1] + 1:]
     extras = [i for i, l in enumerate(after) if "pip install" in l]
     assert extras and commands[1] in after[extras[0] + 1:]
+
+
+def test_devices_section_quotes_what_bench_on_the_sim_prints():
+    """The Devices section's example of `gpunet bench --device sim` is the count the command
+    prints today (it said 16 launches after the step had become 15)."""
+    from gpunet import bench, sim
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    m = re.search(r"MLP 784-128-10 with SGD-momentum: (\d+) launches, (\d+) of them gpunet's fused "
+                  r"kernels, (\d+) syncs,\s+(\d+) bytes host-to-device", README.read_text())
+    assert m, "the README's example of gpunet bench --device sim"
+    c = bench.sim_costs(["mlp-784-128-10"])["mlp-784-128-10"]
+    assert tuple(int(v) for v in m.groups()) == (c["launches"], c["fused"], c["syncs"], c["h2d_bytes"])
