@@ -237,6 +237,12 @@ def test_backward_with_wrong_shaped_dy_names_the_layer(layer, shape):
     name = type(l[-1] if isinstance(l, gpunet.Sequential) else l).__name__
     with pytest.raises(ValueError, match=re.escape(f"{name}.backward: expected dy of shape {tuple(y.shape)}")):
         l.backward(bad)
+    # the newcomer's model.backward(loss) (found by the first-hour audit): the message says
+    # what goes there instead of only 'got ()'
+    with pytest.raises(ValueError, match=re.escape(f"{name}.backward: expected dy of shape "
+                                                   f"{tuple(y.shape)}") + r".*got \(\); a 0-d dy is a loss "
+                                                   r"value: pass its gradient, loss_fn\.backward\(\)"):
+        l.backward(numpy.array(0.5, numpy.float32))
 
 
 # -- strict loading --------------------------------------------------------------------

@@ -153,8 +153,10 @@ def check_grad(layer, dy, shape, dtype=None):
     if not hasattr(dy, "shape") or not hasattr(dy, "dtype"):
         raise TypeError(f"{name}.backward: expected dy to be a NumPy or CuPy array, got {type(dy).__name__}")
     if tuple(dy.shape) != tuple(shape):
+        # a 0-d dy is most often the loss itself, model.backward(loss): say what goes there
+        hint = "; a 0-d dy is a loss value: pass its gradient, loss_fn.backward()" if dy.ndim == 0 else ""
         raise ValueError(f"{name}.backward: expected dy of shape {tuple(shape)} (the shape of the "
-                         f"forward's output), got {tuple(dy.shape)}")
+                         f"forward's output), got {tuple(dy.shape)}{hint}")
     if dtype is not None and dy.dtype != dtype:
         raise ValueError(f"{name}.backward: expected dy of dtype {numpy.dtype(dtype).name} (the "
                          f"forward's output's), got {dy.dtype.name}")
