@@ -343,13 +343,22 @@ class _Record:
     of a probability target; binary accuracy for one output column) goes into ``hits``;
     ``read`` counts the new hits into ``rows[steps]`` and brings ``rows[done:]`` to the host. The host adds the losses in step
     order, so the totals are the sums a per-step ``float(loss)`` would give. ``bad`` is the
-    first step whose loss is not finite."""
+    first step whose loss is not finite.
 
-    def __init__(self, xp, steps, samples, mean, metrics, threshold=0.5):
+    ``ignore``: the loss's ``ignore_index``. Samples with that integer label are no hit and
+    are not counted for the accuracy either (``counted``): each sample's "counted" flag goes
+    into ``valid`` and ``read`` sums the new ones into ``rows[steps + 1]``. Without it every
+    sample counts (``counted`` follows ``seen`` on the host, nothing more is launched)."""
+
+    def __init__(self, xp, steps, samples, mean, metrics, threshold=0.5, ignore=None):
         self.xp, self.mean, self.metrics = xp, mean, metrics
         self.threshold = threshold  # one output column: a hit is (out > threshold) == (y > 0.5)
-        self.rows = xp.zeros(steps + 1, dtype=numpy.float64)
+        self.ignore = ignore if metrics else None
+        self.steps = steps
+        self.rows = xp.zeros(steps + (1 if self.ignore is None else 2), dtype=numpy.float64)
         self.hits = xp.zeros(samples if metrics else 0, dtype=bool)
+        self.valid = xp.zeros(samples if self.ignore is not None else 0, dtype=bool)
+        self.counted = 0            # samples of the steps read that count for the accuracy
         self.losses = []            # losses of the steps not read yet
         self.n = []                 # batch sizes, on the host
         self.done = 0               # steps read so far
@@ -371,19 +380,28 @@ class _Record:
             else:
                 target = y.argmax(axis=1) if y.ndim == 2 else y
                 self.xp.equal(out.argmax(axis=1), target, out=hits)
+            if self.ignore is not None:
+                valid = self.valid[self.filled:self.filled + n]
+                if y.ndim == 1 and y.dtype.kind in "iu" and not (out.ndim == 2 and out.shape[1] == 1):
+                    self.xp.not_equal(y, self.ignore, out=valid)
+                    hits &= valid
+                else:               # probability or binary targets: ignore_index does not apply
+                    valid[...] = True
         self.filled += n
         self.n.append(n)
         return value
 
     def read(self):
         """Bring the steps not yet read to the host (one sync) and add them up."""
-        upto, steps = len(self.n), self.rows.shape[0] - 1
+        upto, steps = len(self.n), self.steps
         if upto <= self.done:
             return
         self.xp.stack(self.losses, out=self.rows[self.done:upto])
         self.losses = []
         if self.metrics:
             self.hits[self.seen:self.filled].sum(dtype=numpy.float64, out=self.rows[steps, ...])
+        if self.ignore is not None:
+            self.valid[self.seen:self.filled].sum(dtype=numpy.float64, out=self.rows[steps + 1, ...])
         rows = to_numpy(self.rows[self.done:]).tolist()
         for i, v in enumerate(rows[:upto - self.done]):
             s, n = self.done + i, self.n[self.done + i]
@@ -391,8 +409,12 @@ class _Record:
                 self.bad = (s, v)
             self.total += v * n if self.mean else v
             self.seen += n
+            if self.ignore is None:
+                self.counted += n
         if self.metrics:
-            self.correct += int(rows[-1])
+            self.correct += int(rows[steps - self.done])
+        if self.ignore is not None:
+            self.counted += int(rows[steps + 1 - self.done])
         self.done = upto
 
 
@@ -409,6 +431,9 @@ class Trainer:
     output column there is no argmax to take: accuracy is then binary, as Keras's
     ``binary_accuracy``: the output above 0 (``BCEWithLogits``: a logit) or above 0.5 (any
     other loss: a probability or a 0/1 regression target) against a target above 0.5.
+    Samples whose integer label is the loss's ``ignore_index`` count neither as hits nor
+    in the denominator of the accuracy (as Keras leaves a loss's ``ignore_class`` out of
+    its metrics); the loss is the loss function's per-batch value weighted by batch size.
 
     ``scheduler``: a learning-rate schedule of ``optimizer`` (``gpunet.optim.StepLR``,
     ``ExponentialLR``, ``CosineAnnealingLR``, ``LinearWarmup``), stepped as a PyTorch loop
@@ -697,7 +722,7 @@ class Trainer:
                         self._check(rec, epoch)
                         post = {"loss": f"{rec.total / max(rec.seen, 1):.4f}"}
                         if self.metrics:
-                            post["acc"] = f"{rec.correct / max(rec.seen, 1):.4f}"
+                            post["acc"] = f"{rec.correct / max(rec.counted, 1):.4f}"
                         post["samples/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}"
                         bar.set_postfix(post)
             rec.read()
@@ -712,13 +737,14 @@ class Trainer:
     def _logs(self, rec):
         """Mean loss (and accuracy) of a pass; with ``comm``, over every process's samples
         (the sums all-reduced, then rank 0's result broadcast: identical everywhere)."""
-        total, seen, correct = float(rec.total), float(rec.seen), float(rec.correct)
+        total, seen = float(rec.total), float(rec.seen)
+        correct, counted = float(rec.correct), float(rec.counted)
         if self.comm is not None and self.comm.size > 1:
-            sums = self.comm.allreduce(numpy.array([total, seen, correct]))
-            total, seen, correct = (float(v) for v in self.comm.broadcast(sums))
+            sums = self.comm.allreduce(numpy.array([total, seen, correct, counted]))
+            total, seen, correct, counted = (float(v) for v in self.comm.broadcast(sums))
         logs = {"loss": total / max(seen, 1.0)}
         if self.metrics:
-            logs["accuracy"] = correct / max(seen, 1.0)
+            logs["accuracy"] = correct / max(counted, 1.0)
         return logs
 
     def _share(self, data):
@@ -757,7 +783,8 @@ class Trainer:
         xp = numpy if p is None else get_array_module(p.data)
         return _Record(xp, len(loader), loader.num_samples,
                        getattr(self.loss_fn, "reduction", "mean") == "mean", bool(self.metrics),
-                       threshold=0.0 if isinstance(self.loss_fn, BCEWithLogits) else 0.5)
+                       threshold=0.0 if isinstance(self.loss_fn, BCEWithLogits) else 0.5,
+                       ignore=getattr(self.loss_fn, "ignore_index", None))
 
     def _to_model(self, a):
         if a is None:

@@ -609,3 +609,29 @@ def test_accuracy_of_one_output_column_is_binary_accuracy(loss, targets):
     expect = numpy.mean((out > (0.0 if loss == "bce" else 0.5)) == (y > 0.5))
     assert 0.0 < expect < 1.0                      # a model that gets some right, some wrong
     assert logs["accuracy"] == pytest.approx(expect)
+
+
+def test_accuracy_leaves_out_the_loss_ignore_index(xp, device):
+    """Rows labelled with the loss's ignore_index are neither hits nor counted: the accuracy
+    is over the other rows (it counted them as misses: 0.38 where the other rows scored
+    0.76), in evaluate, in fit's History, and on every backend."""
+    rng = numpy.random.default_rng(1)
+    x = rng.standard_normal((50, 8)).astype(numpy.float32)
+    y = rng.integers(0, 3, 50)
+    y[::3] = -100
+    gpunet.manual_seed(0)
+    model = _model().to(device)
+    trainer = Trainer(model, SoftmaxCrossEntropy(ignore_index=-100), optim.SGD(model, lr=0.0))
+    out = trainer.predict(x)
+    keep = y != -100
+    expect = float(numpy.mean(out.argmax(axis=1)[keep] == y[keep]))
+    assert 0.0 < expect < 1.0
+    xd, yd = xp.asarray(x), xp.asarray(y)
+    assert trainer.evaluate((xd, yd), batch_size=16)["accuracy"] == pytest.approx(expect)
+    history = trainer.fit((xd, yd), epochs=1, batch_size=16, progress=False)
+    assert history["accuracy"] == [pytest.approx(expect)]
+    # without ignore_index every row counts (a label of -100 would be an error there)
+    plain = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.0))
+    y2 = numpy.where(keep, y, 0)
+    assert plain.evaluate((xp.asarray(x), xp.asarray(y2)))["accuracy"] == pytest.approx(
+        float(numpy.mean(out.argmax(axis=1) == y2)))
