@@ -345,26 +345,30 @@ class _Record:
     order, so the totals are the sums a per-step ``float(loss)`` would give. ``bad`` is the
     first step whose loss is not finite.
 
-    ``ignore``: the loss's ``ignore_index``. Samples with that integer label are no hit and
-    are not counted for the accuracy either (``counted``): each sample's "counted" flag goes
-    into ``valid`` and ``read`` sums the new ones into ``rows[steps + 1]``. Without it every
-    sample counts (``counted`` follows ``seen`` on the host, nothing more is launched)."""
+    ``ignore``: the loss's ``ignore_index``. A sample with that integer label is neither
+    a hit nor counted: each sample's "counted" flag goes into ``valid``, and each step's
+    count into ``rows[steps + 1 + step]`` (one more small reduction per step); a mean
+    loss is weighted by that count, and ``counted`` (the denominator of both the loss and
+    the accuracy) adds them up. The pass's loss is then the mean over the counted samples,
+    whatever the batch size and order (as one ``SoftmaxCrossEntropy`` call over the whole
+    data would give). Without it every sample counts (``counted`` follows ``seen`` on
+    the host, nothing more is launched)."""
 
     def __init__(self, xp, steps, samples, mean, metrics, threshold=0.5, ignore=None):
         self.xp, self.mean, self.metrics = xp, mean, metrics
         self.threshold = threshold  # one output column: a hit is (out > threshold) == (y > 0.5)
-        self.ignore = ignore if metrics else None
+        self.ignore = ignore
         self.steps = steps
-        self.rows = xp.zeros(steps + (1 if self.ignore is None else 2), dtype=numpy.float64)
+        self.rows = xp.zeros(steps + 1 + (0 if ignore is None else steps), dtype=numpy.float64)
         self.hits = xp.zeros(samples if metrics else 0, dtype=bool)
-        self.valid = xp.zeros(samples if self.ignore is not None else 0, dtype=bool)
-        self.counted = 0            # samples of the steps read that count for the accuracy
+        self.valid = xp.zeros(samples if ignore is not None else 0, dtype=bool)
         self.losses = []            # losses of the steps not read yet
         self.n = []                 # batch sizes, on the host
         self.done = 0               # steps read so far
         self.total = 0.0            # sum of per-sample losses over the steps read
         self.correct = 0
         self.seen = 0               # samples of the steps read
+        self.counted = 0            # of those, the samples not ignored
         self.filled = 0             # samples recorded
         self.bad = None             # (step, value) of the first non-finite loss
 
@@ -373,20 +377,24 @@ class _Record:
         value = loss if loss.ndim == 0 else loss.sum()
         self.losses.append(value)
         n = int(out.shape[0])
+        binary = out.ndim == 2 and out.shape[1] == 1
+        valid = None
+        if self.ignore is not None:
+            valid = self.valid[self.filled:self.filled + n]
+            if y.ndim == 1 and y.dtype.kind in "iu" and not binary:
+                self.xp.not_equal(y, self.ignore, out=valid)
+            else:                   # probability or binary targets: ignore_index does not apply
+                valid[...] = True
+            valid.sum(dtype=numpy.float64, out=self.rows[self.steps + 1 + len(self.n), ...])
         if self.metrics:
             hits = self.hits[self.filled:self.filled + n]
-            if out.ndim == 2 and out.shape[1] == 1:     # binary: no argmax to take
+            if binary:              # no argmax to take
                 self.xp.equal(out.reshape(n) > self.threshold, y.reshape(n) > 0.5, out=hits)
             else:
                 target = y.argmax(axis=1) if y.ndim == 2 else y
                 self.xp.equal(out.argmax(axis=1), target, out=hits)
-            if self.ignore is not None:
-                valid = self.valid[self.filled:self.filled + n]
-                if y.ndim == 1 and y.dtype.kind in "iu" and not (out.ndim == 2 and out.shape[1] == 1):
-                    self.xp.not_equal(y, self.ignore, out=valid)
-                    hits &= valid
-                else:               # probability or binary targets: ignore_index does not apply
-                    valid[...] = True
+            if valid is not None:
+                hits &= valid
         self.filled += n
         self.n.append(n)
         return value
@@ -400,21 +408,17 @@ class _Record:
         self.losses = []
         if self.metrics:
             self.hits[self.seen:self.filled].sum(dtype=numpy.float64, out=self.rows[steps, ...])
-        if self.ignore is not None:
-            self.valid[self.seen:self.filled].sum(dtype=numpy.float64, out=self.rows[steps + 1, ...])
         rows = to_numpy(self.rows[self.done:]).tolist()
         for i, v in enumerate(rows[:upto - self.done]):
             s, n = self.done + i, self.n[self.done + i]
             if not math.isfinite(v) and self.bad is None:
                 self.bad = (s, v)
-            self.total += v * n if self.mean else v
+            k = n if self.ignore is None else int(rows[steps + 1 + s - self.done])
+            self.total += v * k if self.mean else v
             self.seen += n
-            if self.ignore is None:
-                self.counted += n
+            self.counted += k
         if self.metrics:
             self.correct += int(rows[steps - self.done])
-        if self.ignore is not None:
-            self.counted += int(rows[steps + 1 - self.done])
         self.done = upto
 
 
@@ -433,7 +437,8 @@ class Trainer:
     other loss: a probability or a 0/1 regression target) against a target above 0.5.
     Samples whose integer label is the loss's ``ignore_index`` count neither as hits nor
     in the denominator of the accuracy (as Keras leaves a loss's ``ignore_class`` out of
-    its metrics); the loss is the loss function's per-batch value weighted by batch size.
+    its metrics), and the loss is the mean over the other samples (each batch's mean
+    weighted by its count of them), so it does not depend on the batch size or order.
 
     ``scheduler``: a learning-rate schedule of ``optimizer`` (``gpunet.optim.StepLR``,
     ``ExponentialLR``, ``CosineAnnealingLR``, ``LinearWarmup``), stepped as a PyTorch loop
@@ -633,7 +638,8 @@ class Trainer:
         copied there once and batched there.
         The logged ``loss`` is the per-sample mean over the epoch (for a loss with
         ``reduction="sum"`` or ``"none"``: the summed loss divided by the number of
-        samples). ``learning_rate`` is the rate of the epoch's last optimizer step; with a
+        samples; samples labelled with the loss's ``ignore_index`` are not counted).
+        ``learning_rate`` is the rate of the epoch's last optimizer step; with a
         ``scheduler``, a resumed run restores its state with ``gpunet.load(...,
         scheduler=...)``. While fitting, the first layer
         skips the gradient with respect to the data (its ``input_grad`` is set False and
@@ -720,7 +726,7 @@ class Trainer:
                         last_refresh = now
                         rec.read()
                         self._check(rec, epoch)
-                        post = {"loss": f"{rec.total / max(rec.seen, 1):.4f}"}
+                        post = {"loss": f"{rec.total / max(rec.counted, 1):.4f}"}
                         if self.metrics:
                             post["acc"] = f"{rec.correct / max(rec.counted, 1):.4f}"
                         post["samples/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}"
@@ -737,12 +743,11 @@ class Trainer:
     def _logs(self, rec):
         """Mean loss (and accuracy) of a pass; with ``comm``, over every process's samples
         (the sums all-reduced, then rank 0's result broadcast: identical everywhere)."""
-        total, seen = float(rec.total), float(rec.seen)
-        correct, counted = float(rec.correct), float(rec.counted)
+        total, correct, counted = float(rec.total), float(rec.correct), float(rec.counted)
         if self.comm is not None and self.comm.size > 1:
-            sums = self.comm.allreduce(numpy.array([total, seen, correct, counted]))
-            total, seen, correct, counted = (float(v) for v in self.comm.broadcast(sums))
-        logs = {"loss": total / max(seen, 1.0)}
+            sums = self.comm.allreduce(numpy.array([total, correct, counted]))
+            total, correct, counted = (float(v) for v in self.comm.broadcast(sums))
+        logs = {"loss": total / max(counted, 1.0)}
         if self.metrics:
             logs["accuracy"] = correct / max(counted, 1.0)
         return logs

@@ -611,10 +611,12 @@ def test_accuracy_of_one_output_column_is_binary_accuracy(loss, targets):
     assert logs["accuracy"] == pytest.approx(expect)
 
 
-def test_accuracy_leaves_out_the_loss_ignore_index(xp, device):
+def test_accuracy_and_loss_leave_out_the_loss_ignore_index(xp, device):
     """Rows labelled with the loss's ignore_index are neither hits nor counted: the accuracy
-    is over the other rows (it counted them as misses: 0.38 where the other rows scored
-    0.76), in evaluate, in fit's History, and on every backend."""
+    is over the other rows (it counted them as misses: 0.18 where the other rows scored
+    0.27), in evaluate, in fit's History, and on every backend. The loss is the mean over
+    the other rows whatever the batch size (each batch's mean was weighted by its size,
+    ignored rows included: the epoch's loss changed with the shuffle at lr 0)."""
     rng = numpy.random.default_rng(1)
     x = rng.standard_normal((50, 8)).astype(numpy.float32)
     y = rng.integers(0, 3, 50)
@@ -630,6 +632,11 @@ def test_accuracy_leaves_out_the_loss_ignore_index(xp, device):
     assert trainer.evaluate((xd, yd), batch_size=16)["accuracy"] == pytest.approx(expect)
     history = trainer.fit((xd, yd), epochs=1, batch_size=16, progress=False)
     assert history["accuracy"] == [pytest.approx(expect)]
+    whole = float(SoftmaxCrossEntropy(ignore_index=-100)(out, y))   # one call over all rows
+    for batch_size in (7, 16, 50):
+        assert trainer.evaluate((xd, yd), batch_size=batch_size)["loss"] == pytest.approx(whole, rel=1e-6)
+    history = trainer.fit((xd, yd), epochs=3, batch_size=16, progress=False)
+    assert history["loss"] == [pytest.approx(whole, rel=1e-6)] * 3
     # without ignore_index every row counts (a label of -100 would be an error there)
     plain = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.0))
     y2 = numpy.where(keep, y, 0)
