@@ -992,10 +992,11 @@ def format_markdown(report) -> str:
     lines.append("")
     blas = "; ".join(f"{k}'s BLAS {v}" for k, v in report.get("blas", {}).items())
     lines.append(f"{report.get('cpu_vendor', '')} {report['cpu']}; {versions}" + (f"; {blas}" if blas else "")
-                 + "; ratio = PyTorch step time / gpunet step time; "
+                 + ("; ratio = PyTorch step time / gpunet step time; " if has_torch else "; ")
                  + ("floor = the same ratio for the step's GEMMs (and im2col/col2im copies) alone; "
                     "of floor = ratio / floor; " if has_floor else "")
-                 + f"median of {report['rounds']} alternating runs; `{report['command']}`")
+                 + f"median of {report['rounds']}{' alternating' if has_torch else ''} runs; "
+                 + f"`{report['command']}`")
     return "\n".join(lines)
 
 

@@ -131,6 +131,12 @@ def test_compare_torch_without_torch_says_so_and_reports_gpunet(monkeypatch, cap
     assert "mlp-784-128-10" in cap.out and "torch ms" not in cap.out
     # no legend for a ratio column that is not there (found by the first-hour audit)
     assert "ratio =" not in cap.out and "alternating" not in cap.out and "median of 2 runs." in cap.out
+    rep = {"device": "cpu", "rounds": 2, "threads": 1, "cpu": "X", "command": "gpunet bench --markdown",
+           "facts": {"gpunet": {"numpy": "2"}},
+           "models": {"a": {"batch": 64, "gpunet": {"median_s": 0.001, "samples_per_s": 64000.0}}}}
+    md = bench.format_markdown(rep)
+    assert "| a | 64 | CPU, 1 thread | 64,000 |" in md and "ratio" not in md and "alternating" not in md
+    assert md.endswith("median of 2 runs; `gpunet bench --markdown`"), md
 
 
 def test_bad_device_is_a_clear_error(capsys):
