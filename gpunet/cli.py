@@ -64,19 +64,22 @@ def _add_train(sub):
     p = sub.add_parser("train", help="train a model on the embedded digits (default) or MNIST",
                        description="Train an MLP (default) or a CNN and print test accuracy, "
                                    "throughput and the device used.")
-    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                   help="default: digits (embedded); mnist needs --data-dir")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST/Fashion-MNIST IDX files")
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="default: mlp")
     p.add_argument("--epochs", type=_int_at_least(1), default=None, help="default: 30 (mlp), 20 (cnn)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="default: 64")
     p.add_argument("--lr", type=_positive_float, default=None, help="default: 1e-3 (adam), 0.05 (sgd)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
+                   help="default: adam (sgd: with momentum 0.9)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: float16 forward/backward, float32 master weights, dynamic "
+                   help="default: fp32; fp16: float16 forward/backward, float32 master weights, dynamic "
                         "loss scaling (gpunet.amp); bfloat16 is not supported (NumPy has none)")
     p.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}",
                    help="default: auto (GPUNET_DEVICE, else CUDA when CuPy sees a GPU, else cpu)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="initial weights and shuffling (default: 0)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
                    help="BLAS threads on the CPU (default: 1 for models whose GEMMs are small, "
                         "else every available CPU; with --distributed, shared by the processes "

@@ -59,6 +59,18 @@ def test_info(capsys):
     assert "gpunet" in out and "numpy" in out and "device" in out and "cpu" in out
 
 
+def test_train_help_states_every_default():
+    """`gpunet train --help` says what each option does when it is left out (it showed no
+    default for --batch-size, --seed, --model, --dataset, --optimizer, --precision)."""
+    import argparse
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli._add_train(sub)
+    undocumented = [a.option_strings[0] for a in sub.choices["train"]._actions
+                    if not any(a.default is d for d in (None, False, argparse.SUPPRESS))
+                    and "default" not in (a.help or "")]
+    assert not undocumented, undocumented
+
+
 def test_console_script_entry_point():
     # the installed `gpunet` script and `python -m gpunet.cli` reach the same main
     r = subprocess.run([sys.executable, "-m", "gpunet.cli", "--help"], capture_output=True, text=True)
