@@ -1043,7 +1043,7 @@ def add_arguments(p):
     p.add_argument("--models", nargs="+", choices=list(ALL_MODELS), default=list(MODELS),
                    help="default: " + " ".join(MODELS))
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp16: every step under gpunet.amp.MixedPrecision + GradScaler (PyTorch: "
+                   help="default: fp32; fp16: every step under gpunet.amp.MixedPrecision + GradScaler (PyTorch: "
                         "autocast(float16) + GradScaler), each beside the same framework's fp32 "
                         "step, alternating; with --device sim: the fp16 step's GPU costs")
     p.add_argument("--rounds", type=int, default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")

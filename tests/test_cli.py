@@ -59,13 +59,16 @@ def test_info(capsys):
     assert "gpunet" in out and "numpy" in out and "device" in out and "cpu" in out
 
 
-def test_train_help_states_every_default():
-    """`gpunet train --help` says what each option does when it is left out (it showed no
-    default for --batch-size, --seed, --model, --dataset, --optimizer, --precision)."""
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_help_states_every_default(command):
+    """`gpunet train --help` and `gpunet bench --help` say what each option does when it is
+    left out (train showed no default for --batch-size, --seed, --model, --dataset,
+    --optimizer, --precision; bench none for --precision)."""
     import argparse
     sub = argparse.ArgumentParser().add_subparsers()
     cli._add_train(sub)
-    undocumented = [a.option_strings[0] for a in sub.choices["train"]._actions
+    cli._add_bench(sub)
+    undocumented = [a.option_strings[0] for a in sub.choices[command]._actions
                     if not any(a.default is d for d in (None, False, argparse.SUPPRESS))
                     and "default" not in (a.help or "")]
     assert not undocumented, undocumented
