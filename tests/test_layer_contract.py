@@ -164,6 +164,38 @@ def test_training_forward_of_an_inner_layer_before_backward_raises():
         numpy.testing.assert_array_equal(_grads(m)[k], v)
 
 
+def test_gradient_of_another_models_output_raises():
+    """One loss object, two models: m1.backward given the gradient of m2's output ran on
+    m1's caches without a word. A layer inside the model that produced the output, or the
+    model around the layer, is still accepted (a wrapper's backward may hand it on)."""
+    x, y = _data()
+    m1, m2 = _mlp(seed=0), _mlp(seed=1)
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    m1(x)
+    loss_fn(m2(x), y)
+    with pytest.raises(RuntimeError, match=r"Sequential.backward: dy is the gradient of the "
+                                           r"SoftmaxCrossEntropy loss computed on the output of another model"):
+        m1.backward(loss_fn.backward())
+    assert all(p.grad is None for p in m1.parameters())
+
+    class Wrapper(gpunet.Layer):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def backward(self, dy):
+            return self.net.backward(dy)
+
+    w = Wrapper(_mlp(seed=2))
+    loss_fn(w(x), y)
+    assert w.backward(loss_fn.backward()).shape == x.shape
+    loss_fn(w(x), y)
+    assert w.net.backward(loss_fn.backward()).shape == x.shape
+
+
 def test_forward_reentering_itself_is_one_call():
     """A subclass whose forward calls the base forward is not 'used twice'."""
     class Doubled(gpunet.Dense):

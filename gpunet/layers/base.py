@@ -248,8 +248,9 @@ def _wrap_forward(fn):
     return forward
 
 
-def _check_source(layer, dy):
-    """Raise when ``dy`` is not the gradient of the forward whose caches ``layer`` holds."""
+def _check_source(layer, dy, outermost=False):
+    """Raise when ``dy`` is not the gradient of the forward whose caches ``layer`` holds.
+    ``outermost``: the backward a user called (not one a container runs for its child)."""
     name = type(layer).__name__
     state = layer.__dict__.get("_cache_call")
     if state == _INVALID_FAILED:
@@ -271,8 +272,16 @@ def _check_source(layer, dy):
         return
     pred = entry[1]
     rec = _outputs.get(id(pred))
-    if rec is None or rec[0]() is not pred or rec[1]() is not layer:
-        return                       # the prediction did not come straight out of this layer
+    if rec is None or rec[0]() is not pred:
+        return                       # the prediction did not come straight out of a layer
+    source = rec[1]()
+    if source is not layer:
+        if outermost and source is not None and not _related(layer, source):
+            raise RuntimeError(
+                f"{name}.backward: dy is the gradient of {entry[2]} computed on the output of "
+                f"another model (a {type(source).__name__} that neither is this {name} nor holds "
+                f"it or is inside it); pass each model the gradient of its own output")
+        return
     call, training = rec[2], rec[3]
     if not training:
         raise RuntimeError(
@@ -288,6 +297,11 @@ def _check_source(layer, dy):
             "they belong to")
 
 
+def _related(a, b) -> bool:
+    """Whether one of the layers ``a`` and ``b`` is the other or inside it."""
+    return any(m is b for m in a.modules()) or any(m is a for m in b.modules())
+
+
 _bwd_depth = 0
 _bwd_outer = None            # (layer name, its forward's outermost call) of the running backward
 
@@ -296,7 +310,7 @@ def _wrap_backward(fn):
     @functools.wraps(fn)
     def backward(self, dy):
         global _bwd_depth, _bwd_outer
-        _check_source(self, dy)
+        _check_source(self, dy, outermost=_bwd_depth == 0)
         mine = self.__dict__.get("_fwd_top")
         if _bwd_depth == 0:
             _bwd_outer = (type(self).__name__, mine)
