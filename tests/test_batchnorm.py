@@ -2,6 +2,7 @@
 import numpy
 import pytest
 
+import gpunet
 from gpunet import BatchNorm, gradcheck, to_numpy
 from gpunet.functional import batchnorm as F
 
@@ -162,6 +163,22 @@ def test_bad_input(xp):
     for kw in ({"num_features": 0}, {"num_features": 3, "eps": 0}, {"num_features": 3, "momentum": 1.5}):
         with pytest.raises(ValueError, match="BatchNorm"):
             BatchNorm(**kw)
+
+
+def test_a_last_batch_of_one_sample_is_named_with_the_fix():
+    """Found by the first-hour audit: a Trainer.fit whose epoch ended in a batch of one sample
+    trained the whole epoch, then failed with no hint of the cause; the message says it."""
+    (X, y), _ = gpunet.datasets.load_digits()
+    X, y = X[:5], y[:5]                              # batch_size=2: the last batch holds one
+    model = gpunet.Sequential(gpunet.Dense(64, 3), BatchNorm(3), gpunet.Dense(3, 10))
+    trainer = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model, lr=0.1))
+    with pytest.raises(ValueError, match=r"got input shape \(1, 3\); a batch of one sample .*"
+                                         r"N % batch_size == 1.*drop_last=True"):
+        trainer.fit((X, y), epochs=1, batch_size=2, progress=False)
+    loader = gpunet.DataLoader(X, y, batch_size=2, drop_last=True)
+    trainer.fit(loader, epochs=1, progress=False)       # what the message proposes works
+    with pytest.raises(ValueError, match=r"variance, got input shape \(0, 3\)$"):   # no sample: no hint
+        BatchNorm(3)(numpy.ones((0, 3), numpy.float32))
 
 
 @pytest.mark.parametrize("dtype,shape", [(numpy.float32, (7, 5, 3, 3)), (numpy.float64, (9, 4)),

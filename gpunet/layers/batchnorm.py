@@ -93,9 +93,11 @@ class BatchNorm(Layer):
         if not self.training:
             return F.batch_norm_eval(x, self.running_mean, self.running_var, g, b, self.eps)
         m = x.size // self.num_features
-        if m < 2:
+        if m < 2:   # PyTorch refuses it too; the usual cause is an epoch's last batch
+            hint = ("; a batch of one sample is most often an epoch's last (N % batch_size == 1): "
+                    "pass DataLoader(..., drop_last=True) or another batch_size") if x.shape[0] == 1 else ""
             raise ValueError(f"BatchNorm: training needs more than one value per channel to estimate a "
-                             f"variance, got input shape {tuple(x.shape)}")
+                             f"variance, got input shape {tuple(x.shape)}{hint}")
         rm, rv = self.running_mean, self.running_var
         acc = numpy.float32 if x.dtype == numpy.float16 else x.dtype
         if (get_array_module(x) is not numpy and rm.dtype == rv.dtype == acc
