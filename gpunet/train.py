@@ -180,6 +180,16 @@ def _better(mode, value, best, min_delta):
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+def _monitored(who, monitor, logs) -> float:
+    """The value of ``monitor`` in an epoch's ``logs``; ``ValueError`` listing the keys there
+    when it is absent (with the fix when it is a ``val_*`` key and ``fit`` had no ``val``)."""
+    if monitor not in logs:
+        hint = ("; pass val= to fit to get val_* keys" if monitor.startswith("val_")
+                and not any(k.startswith("val_") for k in logs) else "")
+        raise ValueError(f"{who}: monitor {monitor!r} is not among the epoch's logs {sorted(logs)}{hint}")
+    return float(logs[monitor])
+
+
 def _mode_for(monitor, mode):
     if mode in ("min", "max"):
         return mode
@@ -213,10 +223,7 @@ class EarlyStopping(Callback):
         self.best, self.best_epoch, self.stopped_epoch, self._wait, self._best_state = None, None, None, 0, None
 
     def on_epoch_end(self, trainer, epoch, logs):
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not among the epoch's "
-                             f"logs {sorted(logs)} (pass val= to fit to get val_* keys)")
-        value = float(logs[self.monitor])
+        value = _monitored("EarlyStopping", self.monitor, logs)
         if self.best is None or _better(self.mode, value, self.best, self.min_delta):
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best:
@@ -265,10 +272,7 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, trainer, epoch, logs):
         from .checkpoint import save
         if self.save_best_only:
-            if self.monitor not in logs:
-                raise ValueError(f"ModelCheckpoint: monitor {self.monitor!r} is not among the "
-                                 f"epoch's logs {sorted(logs)}")
-            value = float(logs[self.monitor])
+            value = _monitored("ModelCheckpoint", self.monitor, logs)
             if self.best is not None and not _better(self.mode, value, self.best, 0.0):
                 return
             self.best = value

@@ -642,3 +642,20 @@ def test_accuracy_and_loss_leave_out_the_loss_ignore_index(xp, device):
     y2 = numpy.where(keep, y, 0)
     assert plain.evaluate((xp.asarray(x), xp.asarray(y2)))["accuracy"] == pytest.approx(
         float(numpy.mean(out.argmax(axis=1) == y2)))
+
+
+def test_a_monitor_missing_from_the_logs_is_named_with_what_is_there(rng, tmp_path):
+    """EarlyStopping and ModelCheckpoint list the epoch's keys, and suggest val= only when
+    fit had none (found by the first-hour audit: a typo'd 'val_acc' beside a val_accuracy
+    got 'pass val= to fit', and ModelCheckpoint gave no hint without val)."""
+    X, y = _blobs(rng)
+    for cb, who in ((lambda m: EarlyStopping(monitor=m), "EarlyStopping"),
+                    (lambda m: ModelCheckpoint(str(tmp_path / "m.npz"), monitor=m), "ModelCheckpoint")):
+        model = _model()
+        tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+        with pytest.raises(ValueError, match=rf"{who}: monitor 'val_acc' is not among the epoch's logs "
+                                             r"\[.*'val_accuracy', 'val_loss'\]$"):
+            tr.fit((X, y), val=(X, y), epochs=1, callbacks=[cb("val_acc")], progress=False)
+        with pytest.raises(ValueError, match=rf"{who}: monitor 'val_loss' .*\['accuracy', 'learning_rate', "
+                                             r"'loss'\]; pass val= to fit to get val_\* keys"):
+            tr.fit((X, y), epochs=1, callbacks=[cb("val_loss")], progress=False)
