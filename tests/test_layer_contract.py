@@ -581,3 +581,29 @@ def test_reassigned_parameter_or_buffer_of_another_shape_is_named(make, attr, va
         layer.train(training)
         with pytest.raises(ValueError, match=rf"{name}: expected {attr} of shape .*, got {tuple(value.shape)}".replace("(", r"\(").replace(")", r"\)")):
             layer(x)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: gpunet.Dense(4, 3), (5, 4)),
+    (lambda: gpunet.Conv2D(2, 3, 3, padding=1), (2, 2, 4, 4)),
+    (lambda: gpunet.BatchNorm(4), (5, 4)),
+    (lambda: gpunet.BatchNorm(2, affine=False), (2, 2, 4, 4)),
+    (lambda: gpunet.Sequential(gpunet.Dense(4, 3), gpunet.ReLU()), (5, 4)),
+])
+def test_an_input_on_another_device_names_the_layer_and_both_devices(layer, shape):
+    """Found by the first-hour audit: the README loop with device = "sim" but a host batch
+    raised 'arrays on different devices in one call: cpu and sim', naming no layer."""
+    if gpunet.sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    x = numpy.random.default_rng(0).standard_normal(shape).astype(numpy.float32)
+    l = layer()
+    name = type(l[0] if isinstance(l, gpunet.Sequential) else l).__name__
+    l.to("sim")
+    for mode in (l.train, l.eval):
+        with pytest.raises(TypeError, match=rf"^{name}: expected an input on sim \(the parameters' device\), "
+                                            r"got one on cpu; move it with gpunet\.to_device\(x, 'sim'\), "
+                                            r"or the model with model\.to\('cpu'\)$"):
+            mode()(x)
+    l.to("cpu")
+    with pytest.raises(TypeError, match=rf"^{name}: expected an input on cpu .* got one on sim"):
+        l(gpunet.to_device(x, "sim"))

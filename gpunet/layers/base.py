@@ -136,6 +136,16 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
                          f"got shape {tuple(x.shape)}")
 
 
+def check_device(layer, x, p):
+    """``x`` on the device of the layer's parameter array ``p``, else ``TypeError`` naming the
+    layer, both devices and the two ways out (gpunet never copies behind your back)."""
+    dx, dp = device_of(x), device_of(p)
+    if dx != dp:
+        raise TypeError(f"{type(layer).__name__}: expected an input on {dp} (the parameters' device), "
+                        f"got one on {dx}; move it with gpunet.to_device(x, {dp!r}), or the model "
+                        f"with model.to({dx!r})")
+
+
 def check_shapes(layer, *named):
     """``named``: ``(name, array, expected shape)`` triples for arrays a layer reads at every
     call (parameters and buffers are plain attributes that may be reassigned): a reassigned

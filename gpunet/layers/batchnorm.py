@@ -7,7 +7,7 @@ import numpy
 
 from ..backend import get_array_module
 from ..functional import batchnorm as F
-from .base import Layer, Parameter, check_grad, check_input, check_shapes
+from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
 
 
 class BatchNorm(Layer):
@@ -91,6 +91,7 @@ class BatchNorm(Layer):
             check_shapes(self, ("gamma", g, c), ("beta", b, c), ("running_mean", self.running_mean, c),
                          ("running_var", self.running_var, c))
         if not self.training:
+            check_device(self, x, self.running_mean)
             return F.batch_norm_eval(x, self.running_mean, self.running_var, g, b, self.eps)
         m = x.size // self.num_features
         if m < 2:   # PyTorch refuses it too; the usual cause is an epoch's last batch
@@ -98,6 +99,7 @@ class BatchNorm(Layer):
                     "pass DataLoader(..., drop_last=True) or another batch_size") if x.shape[0] == 1 else ""
             raise ValueError(f"BatchNorm: training needs more than one value per channel to estimate a "
                              f"variance, got input shape {tuple(x.shape)}{hint}")
+        check_device(self, x, self.running_mean)
         rm, rv = self.running_mean, self.running_var
         acc = numpy.float32 if x.dtype == numpy.float16 else x.dtype
         if (get_array_module(x) is not numpy and rm.dtype == rv.dtype == acc

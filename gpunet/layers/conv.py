@@ -7,7 +7,7 @@ from .. import init as _init
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
-from .base import Layer, Parameter, check_grad, check_shapes
+from .base import Layer, Parameter, check_device, check_grad, check_shapes
 from .dense import default_init
 
 
@@ -77,6 +77,7 @@ class Conv2D(Layer):
         if x.shape[0] == 0:
             raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
         FC.output_size(name, x.shape, self.kernel_size, self.stride, self.padding)
+        check_device(self, x, w)
 
     def forward(self, x):
         self._check(x)

@@ -6,10 +6,9 @@ import numpy
 from .. import init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
-from ..backend import get_array_module
 from ..data import is_data
 from .activations import apply_fused, get as get_activation
-from .base import Layer, Parameter, check_grad, check_input, check_shapes
+from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
 
 
 def default_init(activation) -> str:
@@ -58,7 +57,7 @@ class Dense(Layer):
         if w.shape != self._shapes[0] or (self.bias is not None and self.bias.data.shape != self._shapes[1]):
             check_shapes(self, ("weight", w, self._shapes[0]),
                          ("bias", self.bias.data if self.bias is not None else None, self._shapes[1]))
-        get_array_module(x, w)            # TypeError when x and w are on different devices
+        check_device(self, x, w)
         z = matmul(x, w.T)
         if self.bias is not None:
             z += self.bias.data
