@@ -607,3 +607,14 @@ def test_an_input_on_another_device_names_the_layer_and_both_devices(layer, shap
     l.to("cpu")
     with pytest.raises(TypeError, match=rf"^{name}: expected an input on cpu .* got one on sim"):
         l(gpunet.to_device(x, "sim"))
+
+
+def test_a_1d_input_says_how_to_make_it_2d():
+    """Found by the first-hour audit: a 1-D X (one feature, or one sample) got 'expected a
+    2-D input, got shape (64,) (1-D)' with no way out named; Dense and BatchNorm name both."""
+    for layer in (gpunet.Dense(64, 3), gpunet.BatchNorm(64)):
+        with pytest.raises(ValueError, match=r"expected a 2-D (or 4-D )?input, got shape \(64,\) \(1-D\); "
+                                             r"one sample: x\[None\], one feature per sample: x\.reshape\(-1, 1\)$"):
+            layer(numpy.ones(64, numpy.float32))
+    with pytest.raises(ValueError, match=r"got shape \(2, 3, 4\) \(3-D\)$"):     # no hint beyond 1-D
+        gpunet.Dense(4, 3)(numpy.ones((2, 3, 4), numpy.float32))

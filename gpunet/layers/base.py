@@ -123,7 +123,10 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
             want = " or ".join(f"{r}-D" for r in allowed)
-            raise ValueError(f"{name}: expected a {want} input, got shape {tuple(x.shape)} ({x.ndim}-D)")
+            # a 1-D array is one sample, or one feature per sample: say how to make either 2-D
+            hint = ("; one sample: x[None], one feature per sample: x.reshape(-1, 1)"
+                    if x.ndim == 1 and 2 in allowed else "")
+            raise ValueError(f"{name}: expected a {want} input, got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
     if dtype is not None:
         if x.dtype != dtype:
             raise ValueError(f"{name}: expected dtype {numpy.dtype(dtype).name} (the parameters' dtype), "
