@@ -407,7 +407,10 @@ class Optimizer:
 
         Scalars come back as Python floats/ints/bools, so nothing promotes float32
         arithmetic to float64. Raises ``ValueError`` naming every missing key, shape
-        mismatch and a different number of parameters, before changing anything.
+        mismatch and a different number of parameters, before changing anything; a state
+        whose hyper-parameters are not this optimizer's (another kind of optimizer saved it,
+        e.g. Adam's loaded into SGD or AdamW) raises naming both sets, strictly, as a
+        model's ``load_state_dict`` refuses unexpected keys.
         """
         who = f"{type(self).__name__}.load_state_dict"
         if not hasattr(d, "keys"):
@@ -430,6 +433,11 @@ class Optimizer:
                 problems.append(f"{k!r}: expected shape {want}, got {v.shape}")
                 continue
             hyper[k] = _scalar_to_python(cur, v)
+        held = sorted(k for k in d.keys() if k != "num_params" and not str(k).startswith("state."))
+        if set(held) != set(self._hyper_names):    # most often another optimizer's state
+            problems.append(f"the state holds the hyper-parameters {', '.join(held) or 'none'}, "
+                            f"expected {', '.join(sorted(self._hyper_names))}: another kind of "
+                            f"optimizer's state? load it into an optimizer of the kind that saved it")
         if problems:
             raise ValueError(f"{who}: " + "; ".join(problems))
         hyper = self._check(hyper)

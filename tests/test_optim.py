@@ -732,3 +732,21 @@ def test_defaults_are_pytorchs(ours, theirs, names):
     ref = inspect.signature(getattr(torch.optim, theirs)).parameters
     for name in names:
         assert mine[name].default == ref[name].default, (ours, name)
+
+
+def test_another_optimizers_state_is_named():
+    """Found by the first-hour audit: a `gpunet train` checkpoint (Adam) loaded with an SGD
+    said only "missing key 'momentum'; missing key 'nesterov'", and loaded into an AdamW
+    it was accepted, Adam's l1 dropped. Both name the hyper-parameters the state holds."""
+    params = _model(numpy, numpy.float64)
+    adam = optim.Adam(params, lr=0.1, l1=1e-3)
+    for p in params:
+        p.grad = numpy.ones_like(p.data)
+    adam.step()
+    state = adam.state_dict()
+    for other in (optim.SGD, optim.AdamW):
+        with pytest.raises(ValueError, match=rf"{other.__name__}\.load_state_dict: .*the state holds the "
+                                             r"hyper-parameters betas, eps, l1, lr, weight_decay, expected .*: "
+                                             r"another kind of optimizer's state\?"):
+            other(_model(numpy, numpy.float64)).load_state_dict(state)
+    optim.Adam(_model(numpy, numpy.float64)).load_state_dict(state)       # its own kind loads
