@@ -76,7 +76,13 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
         return True
 
     f = layer_or_fn
-    y, back = f(x)
+    out = f(x)
+    if not (isinstance(out, tuple) and len(out) == 2 and callable(out[1])):
+        raise TypeError(f"gradcheck: expected the function to return (y, backward) with "
+                        f"backward(dy) -> dx, got {type(out).__name__}"
+                        + (f" of shape {tuple(out.shape)}" if hasattr(out, "shape") else "")
+                        + "; for a layer, pass the Layer itself")
+    y, back = out
     r = xp.asarray(rng.standard_normal(numpy.shape(y)))
     dx = back(r.copy())
 

@@ -174,6 +174,10 @@ def test_gradient_of_wrong_shape(xp):
     ({"rtol": -1}, ValueError, "expected rtol to be a finite number >= 0"),
     ({"x": "list"}, TypeError, "expected x to be a NumPy or CuPy array, got list"),
     ({"layer": None}, TypeError, "expected a Layer or a callable"),
+    # found by the first-hour audit: a function returning y alone read "'numpy.ndarray'
+    # object is not callable", from inside gradcheck
+    ({"layer": lambda x: x * 2.0}, TypeError, r"expected the function to return \(y, backward\) with "
+                                             r"backward\(dy\) -> dx, got ndarray of shape \(2, 3\)"),
 ])
 def test_gradcheck_names_bad_arguments(kw, err, msg):
     """Found by fuzzing: eps=0 raised ZeroDivisionError, a list x AttributeError ('list'

@@ -125,6 +125,18 @@ def test_summary_shapes_and_parameter_counts():
     assert m.training is True         # restored after the dry run
 
 
+def test_summary_input_shape_takes_an_int_and_names_anything_else():
+    """Found by the first-hour audit: summary(input_shape=4) raised "'int' object is not
+    iterable"; an int n means (n,), as numpy.zeros(n) does, and anything else is named."""
+    m = _model()
+    assert m.summary(input_shape=4, file=io.StringIO()) == m.summary(input_shape=(4,), file=io.StringIO())
+    assert m.summary(input_shape=(numpy.int64(4),), file=io.StringIO()) == m.summary(input_shape=4, file=io.StringIO())
+    for bad in ("4", (4.0,), (0,), (True,), 4.0):
+        with pytest.raises(TypeError, match=r"Sequential\.summary: expected input_shape as a tuple of positive "
+                                            r"ints without the batch axis, e\.g\. \(64,\) or \(1, 8, 8\), got "):
+            m.summary(input_shape=bad, file=io.StringIO())
+
+
 def test_summary_keeps_eval_mode():
     m = _model().eval()
     m.summary(input_shape=(4,), file=io.StringIO())

@@ -27,6 +27,7 @@ Conventions, stated once for every layer in gpunet:
 from __future__ import annotations
 
 import functools
+import numbers
 import sys
 import weakref
 
@@ -620,11 +621,18 @@ class Layer:
         """Print (and return) a table: layer, output shape, parameter count, and the total.
 
         ``input_shape`` (without the batch axis) lets output shapes be computed by running
-        a zero batch of one sample through the layer in eval mode (no state changes).
+        a zero batch of one sample through the layer in eval mode (no state changes); an int
+        ``n`` means ``(n,)``, as ``numpy.zeros(n)`` does.
         """
         rows = []
         x = None
         if input_shape is not None:
+            shape = (input_shape,) if isinstance(input_shape, numbers.Integral) else input_shape
+            if (not isinstance(shape, (tuple, list)) or not all(
+                    isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in shape)):
+                raise TypeError(f"{type(self).__name__}.summary: expected input_shape as a tuple of positive "
+                                f"ints without the batch axis, e.g. (64,) or (1, 8, 8), got {input_shape!r}")
+            input_shape = tuple(int(s) for s in shape)
             p0 = next(iter(self.parameters()), None)
             dtype = p0.data.dtype if p0 is not None else numpy.float32
             xp = get_array_module(p0.data) if p0 is not None else numpy
