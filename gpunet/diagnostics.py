@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 
-import numpy
-
 from .backend import get_array_module, to_device, to_numpy
 from .layers.base import Layer, Sequential
 from .train import Callback

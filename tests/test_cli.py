@@ -74,10 +74,16 @@ def test_help_states_every_default(command):
     assert not undocumented, undocumented
 
 
-def test_console_script_entry_point():
-    # the installed `gpunet` script and `python -m gpunet.cli` reach the same main
-    r = subprocess.run([sys.executable, "-m", "gpunet.cli", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "train" in r.stdout
+@pytest.mark.parametrize("module", ["gpunet.cli", "gpunet"])
+def test_console_script_entry_point(module):
+    # the installed `gpunet` script, `python -m gpunet.cli` and `python -m gpunet` reach the
+    # same main: its help, and its one-line user errors with status 2
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: gpunet " in r.stdout and "train" in r.stdout
+    r = subprocess.run([sys.executable, "-m", module, "train", "--epochs", "x"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "gpunet train: error: argument --epochs: expected an integer, got 'x' (see 'gpunet train --help')"]
 
 
 def test_train_cnn(capsys):

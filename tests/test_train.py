@@ -1,6 +1,5 @@
 """Trainer, History and callbacks; checkpoints and bit-for-bit resume."""
 import os
-import zipfile
 
 import numpy
 import pytest

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from functools import partial
 
 from ..functional import activations as F
 from .base import Layer, check_grad, check_input

@@ -143,6 +143,8 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
 def check_device(layer, x, p):
     """``x`` on the device of the layer's parameter array ``p``, else ``TypeError`` naming the
     layer, both devices and the two ways out (gpunet never copies behind your back)."""
+    if type(x) is type(p) is numpy.ndarray:     # the CPU's every call: one comparison
+        return
     dx, dp = device_of(x), device_of(p)
     if dx != dp:
         raise TypeError(f"{type(layer).__name__}: expected an input on {dp} (the parameters' device), "
@@ -438,7 +440,7 @@ class Layer:
             yield from c.modules()
 
     def zero_grad(self):
-        for p in self.parameters():
+        for _, p in self.named_parameters():     # a tied Parameter twice: harmless, no set
             p.grad = None
 
     def train(self, mode: bool = True):
