@@ -618,3 +618,14 @@ def test_a_1d_input_says_how_to_make_it_2d():
             layer(numpy.ones(64, numpy.float32))
     with pytest.raises(ValueError, match=r"got shape \(2, 3, 4\) \(3-D\)$"):     # no hint beyond 1-D
         gpunet.Dense(4, 3)(numpy.ones((2, 3, 4), numpy.float32))
+
+
+@pytest.mark.parametrize("make", [gpunet.Flatten, lambda: gpunet.Maxout(2), gpunet.ReLU, gpunet.Softmax,
+                                  lambda: gpunet.Dropout(0.5)])
+def test_a_0d_input_is_named_by_every_rank_free_layer(make):
+    # layers without a fixed rank share check_input's rule: every layer takes a batch, so a
+    # 0-d array (a NumPy scalar) is refused there, with one message, before any computation
+    layer = make()
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=f"^{name}: expected an input with at least one axis, got a 0-d array$"):
+        layer(numpy.ones((), numpy.float32))

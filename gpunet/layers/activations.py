@@ -35,9 +35,6 @@ class Activation(Layer):
 
     def _check(self, x):
         check_input(self, x)
-        if x.ndim == 0:
-            raise ValueError(f"{type(self).__name__}: expected an input with at least one axis, "
-                             f"got a 0-d array")
 
     def forward(self, x):
         self._check(x)

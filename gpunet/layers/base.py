@@ -114,13 +114,17 @@ class _HookHandle:
 def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
     """Validate ``x`` before any computation; raise ``ValueError``/``TypeError`` naming the layer.
 
-    ``ndim``: an int or a tuple of allowed ranks. ``dtype``: the parameters' dtype (None:
-    any floating dtype). ``features``: required size along ``axis``.
+    ``ndim``: an int or a tuple of allowed ranks (None: any rank but 0, since every layer
+    takes a batch). ``dtype``: the parameters' dtype (None: any floating dtype).
+    ``features``: required size along ``axis``.
     """
     name = type(layer).__name__
     if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
-    if ndim is not None:
+    if ndim is None:
+        if x.ndim == 0:
+            raise ValueError(f"{name}: expected an input with at least one axis, got a 0-d array")
+    else:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
             want = " or ".join(f"{r}-D" for r in allowed)

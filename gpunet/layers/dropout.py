@@ -126,8 +126,6 @@ class Dropout(Layer):
 
     def forward(self, x):
         check_input(self, x)
-        if x.ndim == 0:
-            raise ValueError("Dropout: expected an input with at least one axis, got a 0-d array")
         if not self.training:
             return F.dropout_eval(x, self.p, self.mode)
         start = int(self.shard) * int(x.size)

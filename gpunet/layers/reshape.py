@@ -17,8 +17,6 @@ class Flatten(Layer):
 
     def forward(self, x):
         check_input(self, x)
-        if x.ndim < 1:
-            raise ValueError(f"Flatten: expected an input with a batch axis, got shape {tuple(x.shape)}")
         if self.training:
             self._shape, self._dtype = x.shape, x.dtype
         # the size, not -1: an empty batch (0, ...) has no -1 to infer
