@@ -66,6 +66,22 @@ def _target(path):
     return real, stat.S_IMODE(st.st_mode)
 
 
+def unwritable(path):
+    """Why a file cannot be written at ``path`` (``"is a directory"``, ``"no such directory
+    <parent>"``, ``"permission denied"``), or None: checked before a run that ends by
+    writing it, so that it fails before the work, not after (``gpunet train --save``,
+    ``ModelCheckpoint``, ``gpunet bench --json``)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        return "is a directory"
+    if not os.path.isdir(parent):
+        return f"no such directory {parent}"
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
+
+
 def _temporary(real):
     """Create an empty temporary file beside ``real``; return ``(fd, name)``. Created with
     mode 0666 so that the umask (and a default ACL) applies as to any other new file."""

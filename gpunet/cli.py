@@ -9,6 +9,7 @@ import sys
 import time
 
 from gpunet.backend import cpu_model
+from gpunet.checkpoint import unwritable
 
 
 class UserError(Exception):
@@ -100,13 +101,9 @@ PLOT_HINT = 'pip install "gpunet[plot]"'
 
 def _check_writable(flag, path, prog="gpunet train"):
     """Fail before training (or benchmarking), not after it, when ``path`` cannot be written."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise UserError(f"{prog}: error: {flag} {path}: is a directory")
-    if not os.path.isdir(parent):
-        raise UserError(f"{prog}: error: {flag} {path}: no such directory {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UserError(f"{prog}: error: {flag} {path}: permission denied")
+    problem = unwritable(path)
+    if problem:
+        raise UserError(f"{prog}: error: {flag} {path}: {problem}")
 
 
 def _check_matplotlib():

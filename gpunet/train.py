@@ -262,12 +262,11 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, trainer):
         self.best = None
         # fail before the first epoch, not after it
-        path = os.fspath(self.path)
-        parent = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise ValueError(f"ModelCheckpoint: path {path} is a directory; expected a file path")
-        if not os.path.isdir(parent):
-            raise ValueError(f"ModelCheckpoint: path {path}: no such directory {parent}")
+        from .checkpoint import unwritable
+        problem = unwritable(self.path)
+        if problem:
+            raise ValueError(f"ModelCheckpoint: path {os.fspath(self.path)}: {problem}; expected a "
+                             f"file path it can write")
 
     def on_epoch_end(self, trainer, epoch, logs):
         from .checkpoint import save
