@@ -344,3 +344,40 @@ def test_binary_accuracy_costs_no_sync_and_matches_the_cpu():
     ev = tr.evaluate((X, yb), batch_size=32)
     assert sim.counters()["syncs"] == 1
     assert ev["accuracy"] == cpu.evaluate((X, yb), batch_size=32)["accuracy"]
+
+
+def test_ignore_index_record_costs_three_launches_and_no_sync():
+    """With the loss's ignore_index, the record counts each step's rows not ignored on the
+    device: a not_equal, a sum into the record and an ``&=`` on the hits, 3 launches a step
+    beyond the loss's own. A steady step still makes no sync and copies no byte; the epoch's
+    one read brings the counts with the losses ((2 * 13 + 1) float64), and loss and accuracy
+    equal the CPU's."""
+    X, y = _blobs()
+    y[::4] = -100
+
+    def fit(device, ignore):
+        gpunet.manual_seed(0)
+        model = Sequential(Dense(D, 16, activation="relu"), Dense(16, C)).to(device)
+        tr = Trainer(model, SoftmaxCrossEntropy(ignore_index=ignore),
+                     optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        labels = y if ignore is not None else numpy.where(y < 0, 0, y)
+        tr.fit((X[:B], labels[:B]), epochs=1, batch_size=B, progress=False)
+        costs = Costs()
+        h = tr.fit((X, labels), epochs=1, batch_size=B, callbacks=[costs], progress=False)
+        return h, costs
+
+    h, costs = fit("sim", -100)
+    steady = costs.steps[2:]
+    for c in steady:
+        assert (c["syncs"], c["h2d_bytes"], c["d2h_bytes"]) == (0, 0, 0), c
+        assert c["kernels"]["not_equal"] == c["kernels"]["bitwise_and"] == 1, c
+    assert costs.epochs[0]["syncs"] == 1
+    assert costs.epochs[0]["d2h_bytes"] == (2 * STEPS + 1) * 8
+    # the loss with ignore_index launches count_valid and a divide and sums instead of a
+    # mean (+2 over a plain step); the record adds the other 3
+    _, plain = fit("sim", None)
+    assert {c["launches"] for c in steady} == {plain.steps[3]["launches"] + 5}
+    hc, _ = fit("cpu", -100)
+    assert 0.0 < h["accuracy"][0] < 1.0
+    assert h["accuracy"] == pytest.approx(hc["accuracy"], abs=1e-12)
+    assert h["loss"] == pytest.approx(hc["loss"], rel=1e-5)
