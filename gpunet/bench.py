@@ -1090,7 +1090,8 @@ def run(args) -> int:
     try:
         device = resolve_device(device)
     except (RuntimeError, ValueError) as e:    # an unknown device, or why there is no CUDA
-        print(f"gpunet bench: error: {e}", file=sys.stderr)
+        from .cli import _device_message
+        print(f"gpunet bench: error: {_device_message(e)}", file=sys.stderr)
         return 2
     if device == "sim":
         return run_sim(args)

@@ -29,6 +29,12 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+def _device_message(error) -> str:
+    """A device error from :mod:`gpunet.backend` in the command line's words: the library
+    tells a Python caller to use ``device='cpu'``; on the command line that is ``--device cpu``."""
+    return _one_line(error).replace("device='cpu'", "--device cpu")
+
+
 def _int_at_least(low):
     def parse(text):
         try:
@@ -176,7 +182,7 @@ def _train(args):
         device = resolve_device(args.device)
     except (RuntimeError, ValueError) as e:     # an unknown device, or why there is no CUDA
         where = "" if args.device == "auto" else f"--device {args.device}: "   # auto: GPUNET_DEVICE's fault
-        raise UserError(f"gpunet train: error: {where}{_one_line(e)}") from None
+        raise UserError(f"gpunet train: error: {where}{_device_message(e)}") from None
     gpunet.manual_seed(args.seed)
     comm = None
     if args.distributed:
@@ -338,7 +344,7 @@ def cmd_info(args):
     try:
         dev = backend.default_device()
     except (RuntimeError, ValueError) as e:     # no CUDA, or a GPUNET_DEVICE it does not know
-        dev = f"unavailable: {_one_line(e)}"
+        dev = f"unavailable: {_device_message(e)}"
     print(f"device   {dev} (GPUNET_DEVICE={env})")
     try:
         from gpunet import cuda as gcuda

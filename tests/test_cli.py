@@ -175,8 +175,23 @@ def test_corrupt_or_unreadable_data_files_are_one_line(tmp_path):
 
 @pytest.mark.skipif(_cuda_available(), reason="a GPU is visible: --device cuda works here")
 def test_cuda_without_a_gpu_is_one_line(tmp_path):
-    _assert_user_error(_gpunet(["train", "--device", "cuda"], tmp_path), "--device cuda", "CUDA")
+    p = _gpunet(["train", "--device", "cuda"], tmp_path)
+    _assert_user_error(p, "--device cuda", "CUDA")
+    assert "device='cpu'" not in p.stderr, p.stderr     # the library's words, not the command line's
     _assert_user_error(_gpunet(["train"], tmp_path, env={"GPUNET_DEVICE": "cuda"}), "CUDA")
+    p = _gpunet(["bench", "--device", "cuda", "--quick"], tmp_path)
+    assert p.returncode == 2 and "device='cpu'" not in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(_cuda_available(), reason="a GPU is visible: there is no error to word")
+def test_device_errors_say_the_command_line_option():
+    from gpunet import backend
+    with pytest.raises(RuntimeError) as e:
+        backend.require_cuda()
+    text = cli._device_message(e.value)
+    assert "device='cpu'" not in text and "\n" not in text
+    if "device='cpu'" in str(e.value):             # CuPy installed, no GPU: the CPU hint
+        assert "--device cpu" in text
 
 
 def test_bad_gpunet_device_is_one_line(tmp_path):
