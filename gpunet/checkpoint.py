@@ -206,6 +206,30 @@ def _read(path):
     return data, meta
 
 
+def _section(data, prefix):
+    """The entries of ``data`` under ``prefix`` (``"model/"``, ...), with the prefix cut."""
+    return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+
+
+def _restore_all(where, parts):
+    """``obj.load_state_dict(state)`` for each ``(obj, state)`` of ``parts``, in order; when
+    one raises, the objects loaded before it get their previous state back (each part
+    checks its own state before changing anything, so the failing one is unchanged), and
+    the error names ``where``: a failed load changes nothing."""
+    done = []
+    try:
+        for i, (obj, state) in enumerate(parts):
+            before = obj.state_dict() if i < len(parts) - 1 else None
+            obj.load_state_dict(state)
+            done.append((obj, before))
+    except BaseException as e:
+        for obj, before in reversed(done):
+            obj.load_state_dict(before)
+        if isinstance(e, (ValueError, TypeError)):
+            raise ValueError(f"{where}: {e}") from e
+        raise
+
+
 def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
     """Restore ``model`` (and ``optimizer``, ``scheduler``, a loss ``scaler``) from
     ``path``; return the metadata dict.
@@ -216,40 +240,30 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
     each such key; a file that is not a gpunet checkpoint (a ``.npy`` array, a text file,
     a truncated or foreign archive) raises ``ValueError`` naming the path. Asking for
     optimizer, scheduler or scaler state that the file does not hold (or a scheduler of
-    another class than the one saved) raises ``ValueError``.
+    another class than the one saved) raises ``ValueError``. A load that raises changes
+    nothing: the model, optimizer, scheduler and scaler keep the state they had (as
+    ``load_state_dict`` checks everything before it changes anything).
     """
     path = _check_args("gpunet.load", path, model, optimizer)
     data, meta = _read(path)
     where = f"gpunet.load: {path}"
-    model_sd = {k[6:]: v for k, v in data.items() if k.startswith("model/")}
-    try:
-        model.load_state_dict(model_sd)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
+    parts = [(model, _section(data, "model/"))]
     if optimizer is not None:
-        opt_sd = {k[6:]: v for k, v in data.items() if k.startswith("optim/")}
+        opt_sd = _section(data, "optim/")
         if not opt_sd:
             raise ValueError(f"{where} holds no optimizer state")
-        try:
-            optimizer.load_state_dict(opt_sd)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+        parts.append((optimizer, opt_sd))
     if scheduler is not None:
         if _SCHED_TYPE not in data:
             raise ValueError(f"{where} holds no scheduler state")
         saved = str(data[_SCHED_TYPE])
         if saved != type(scheduler).__name__:
             raise ValueError(f"{where} holds {saved} state, not {type(scheduler).__name__}")
-        try:
-            scheduler.load_state_dict({k[6:]: v for k, v in data.items() if k.startswith("sched/")})
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+        parts.append((scheduler, _section(data, "sched/")))
     if scaler is not None:
-        sc_sd = {k[7:]: v for k, v in data.items() if k.startswith("scaler/")}
+        sc_sd = _section(data, "scaler/")
         if not sc_sd:
             raise ValueError(f"{where} holds no GradScaler state")
-        try:
-            scaler.load_state_dict(sc_sd)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+        parts.append((scaler, sc_sd))
+    _restore_all(where, parts)
     return meta

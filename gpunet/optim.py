@@ -991,9 +991,9 @@ class _Schedule:
         missing = [k for k in names if k not in d]
         if missing:
             raise ValueError(f"{who}: " + "; ".join(f"missing key {k!r}" for k in missing))
-        for k in names:
-            cur = getattr(self, k)
-            setattr(self, k, _scalar_to_python(cur, numpy.asarray(to_numpy(d[k]))))
+        values = {k: _scalar_to_python(getattr(self, k), numpy.asarray(to_numpy(d[k]))) for k in names}
+        for k, v in values.items():
+            setattr(self, k, v)
         self.optimizer.lr = self.lr_at(self.last_epoch)
         return self
 

@@ -219,3 +219,60 @@ def test_save_and_load_name_a_model_or_optimizer_of_the_wrong_type(tmp_path, fn)
 def test_save_and_load_name_a_path_of_the_wrong_type(fn, path):
     with pytest.raises(TypeError, match=rf"gpunet\.{fn.__name__}: expected path to be a str or os.PathLike"):
         fn(path, Sequential(Dense(4, 3)))
+
+
+# -- a failed load changes nothing -------------------------------------------------------------
+def _state(obj):
+    return {k: numpy.array(v) for k, v in obj.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(numpy.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("case", ["optimizer of another kind", "optimizer of another model",
+                                  "no optimizer state", "scheduler of another class",
+                                  "no scheduler state", "no scaler state"])
+def test_a_failed_load_leaves_model_optimizer_and_scheduler_as_they_were(tmp_path, case):
+    """gpunet.load used to load the model (and the optimizer) and only then raise for the
+    optimizer, the scheduler or the scaler: the caller was left with a half-loaded run."""
+    model = Sequential(Dense(4, 5, activation="relu"), gpunet.Dropout(0.2), Dense(5, 2))
+    opt = optim.Adam(model, lr=0.1)
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    x, y = numpy.ones((3, 4), numpy.float32), numpy.array([0, 1, 1])
+    loss = gpunet.SoftmaxCrossEntropy()
+    loss(model(x), y)
+    model.backward(loss.backward())
+    opt.step()
+    sched.step()
+    full, bare = tmp_path / "full.npz", tmp_path / "bare.npz"
+    gpunet.save(full, model, opt, scheduler=sched)
+    gpunet.save(bare, model)
+
+    m2 = Sequential(Dense(4, 5, activation="relu"), gpunet.Dropout(0.2), Dense(5, 2))
+    o2 = optim.Adam(m2, lr=0.01)
+    s2 = optim.StepLR(o2, step_size=3, gamma=0.9)
+    path, kw = full, {}
+    if case == "optimizer of another kind":
+        o2 = optim.SGD(m2, lr=0.01, momentum=0.9)
+    elif case == "optimizer of another model":
+        o2 = optim.Adam(m2[2], lr=0.01)
+    elif case == "no optimizer state":
+        path = bare
+    elif case == "scheduler of another class":
+        kw["scheduler"] = optim.ExponentialLR(o2, 0.9)
+    elif case == "no scheduler state":
+        path, kw["scheduler"] = bare, s2
+    else:
+        kw["scheduler"], kw["scaler"] = s2, gpunet.amp.GradScaler()
+    # a step of its own first, so that the optimizer has state that could be overwritten
+    loss(m2(x), y)
+    m2.backward(loss.backward())
+    o2.step()
+    model_before, opt_before, sched_before = _state(m2), _state(o2), _state(s2)
+    lr_before = o2.lr
+    with pytest.raises(ValueError, match=rf"gpunet\.load: {path}"):
+        gpunet.load(path, m2, o2, **kw)
+    assert _same(_state(m2), model_before)
+    assert _same(_state(o2), opt_before) and o2.lr == lr_before
+    assert _same(_state(s2), sched_before)
