@@ -35,7 +35,7 @@ def build(kind, device):
         m = models.cnn_digits(channels=(4, 8)).to(device)
         X = X.reshape(-1, 1, 8, 8)
         opt = optim.SGD(m, lr=0.05, momentum=0.9)
-        kw = dict(scheduler=optim.StepLR(opt, 3, 0.5), scheduler_interval="step", clip_grad_norm=0.5)
+        kw = dict(scheduler=optim.LinearWarmup(opt, 5), scheduler_interval="step", clip_grad_norm=0.5)
     else:
         raise ValueError(kind)
     return m, X, y, opt, kw

@@ -149,9 +149,16 @@ class CUDAGraph:
 
     def before_replay(self, hook):
         """Call ``hook()`` before every replay, outside the graph (an optimizer writes its
-        current lr to the device there)."""
+        current lr to the device there), and before the graph's first run, the one
+        ``capture`` makes: on CUDA right before that launch; on the sim, whose capture
+        runs the work as it records it, at once, outside the recording (the hook is
+        registered before the captured work that reads what it writes)."""
         if hook not in self._hooks:
             self._hooks.append(hook)
+            if self._kind == "sim" and self._graph is None:
+                from ..sim import _counters
+                with _counters.outside_capture():
+                    hook()
 
     def keep(self, obj):
         """Keep ``obj`` (an array the graph reads) alive as long as the graph; once each (the
@@ -196,6 +203,8 @@ class CUDAGraph:
             self._run = run
             graph._replay = self._replay_on_sim
         else:
+            for hook in self._hooks:   # as before every replay: the lr of this step, ...
+                hook()
             with dev:
                 graph.launch(stream=xp.cuda.get_current_stream())
         return out

@@ -33,6 +33,7 @@ copy while capturing or replaying raises ``RuntimeError``, as CUDA refuses them
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 _state = {"launches": 0, "syncs": 0, "h2d_bytes": 0, "d2h_bytes": 0, "allocs": 0, "alloc_bytes": 0,
@@ -79,6 +80,21 @@ def end_capture() -> Trace:
         raise RuntimeError("cudaErrorIllegalState: end_capture without begin_capture")
     trace, _mode = _mode[1], None
     return trace
+
+
+@contextlib.contextmanager
+def outside_capture():
+    """Run the body as host code between launches would run, outside the capture being
+    recorded (``CUDAGraph`` runs a hook registered during a sim capture there: on CUDA it
+    would run before the graph's first launch, which on the sim is the capture itself)."""
+    global _mode
+    if _mode is None or _mode[0] != "capture":
+        raise RuntimeError("gpunet.sim: outside_capture() is for the body of a capture")
+    saved, _mode = _mode, None
+    try:
+        yield
+    finally:
+        _mode = saved
 
 
 def _last_launch(trace, upto):
