@@ -300,9 +300,15 @@ class GradScaler:
                                "growth_tracker") if k not in d]
         if missing:
             raise ValueError("GradScaler.load_state_dict: missing key(s) " + ", ".join(map(repr, missing)))
-        restored = GradScaler(float(d["scale"]), float(d["growth_factor"]),
-                              float(d["backoff_factor"]), int(d["growth_interval"]))
-        tracker = int(d["growth_tracker"])
+        from .optim import _state_value
+        try:
+            v = {k: _state_value(k, t, d[k]) for k, t in (
+                ("scale", 1.0), ("growth_factor", 1.0), ("backoff_factor", 1.0),
+                ("growth_interval", 1), ("growth_tracker", 0))}
+        except ValueError as e:
+            raise ValueError(f"GradScaler.load_state_dict: {e}") from None
+        restored = GradScaler(v["scale"], v["growth_factor"], v["backoff_factor"], v["growth_interval"])
+        tracker = v["growth_tracker"]
         if not 0 <= tracker < restored.growth_interval:
             raise ValueError(f"GradScaler.load_state_dict: growth_tracker {tracker} outside "
                              f"[0, {restored.growth_interval})")

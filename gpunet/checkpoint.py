@@ -195,15 +195,31 @@ def _read(path):
                          f"({type(e).__name__}: {e})") from e
     if "__format__" not in data:
         raise ValueError(f"gpunet.load: {path} is not a gpunet checkpoint (no __format__ entry)")
-    version = int(data["__format__"])
+    fmt = data["__format__"]
+    if fmt.shape != () or fmt.dtype.kind not in "iu":
+        raise ValueError(f"gpunet.load: {path} is not a gpunet checkpoint: its __format__ entry "
+                         f"is {_described(fmt)}, expected a 0-d integer (the format version)")
+    version = int(fmt)
     if version != FORMAT_VERSION:
         raise ValueError(f"gpunet.load: {path} has checkpoint format version {version}; this gpunet "
                          f"reads version {FORMAT_VERSION}")
+    text = data.get("__metadata__")
+    if text is None or text.shape != () or text.dtype.kind != "U":
+        raise ValueError(f"gpunet.load: {path}: unreadable metadata: expected a 0-d string "
+                         f"__metadata__ entry, got {'none' if text is None else _described(text)}")
     try:
-        meta = json.loads(str(data["__metadata__"]))
-    except (KeyError, ValueError) as e:
+        meta = json.loads(str(text))
+    except ValueError as e:
         raise ValueError(f"gpunet.load: {path}: unreadable metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"gpunet.load: {path}: unreadable metadata: expected a JSON object of "
+                         f"keyword metadata, got a JSON {type(meta).__name__}")
     return data, meta
+
+
+def _described(a):
+    """``a``'s shape and dtype, as an error message shows them."""
+    return f"an array of shape {a.shape} and dtype {a.dtype.name}"
 
 
 def _section(data, prefix):

@@ -134,15 +134,26 @@ def _flag(cond, bit):
     return bit if cond else 0
 
 
-def _scalar_to_python(template, value):
-    """A saved hyper-parameter as the Python type of ``template`` (bool, int, float or tuple)."""
+def _state_value(key, template, value):
+    """A saved hyper-parameter or count ``value`` as the Python type of ``template`` (bool,
+    int, float, or a tuple of floats). Anything else raises ``ValueError`` naming ``key``,
+    what was expected and what was found: another shape, a string or complex number, a
+    float for an integer (``int()`` would truncate it)."""
+    v = numpy.asarray(to_numpy(value))
+    want = (len(template),) if isinstance(template, tuple) else ()
     if isinstance(template, bool):
-        return bool(value)
+        kinds, what = "b", "a bool"
+    elif isinstance(template, int):
+        kinds, what = "iu", "an integer"
+    else:
+        kinds, what = "iuf", "real numbers" if want else "a real number"
+    if v.shape != want:
+        raise ValueError(f"{key!r}: expected shape {want}, got {v.shape}")
+    if v.dtype.kind not in kinds:
+        raise ValueError(f"{key!r}: expected {what}, got dtype {v.dtype.name}")
     if isinstance(template, tuple):
-        return tuple(float(v) for v in value)
-    if isinstance(template, int):
-        return int(value)
-    return float(value)
+        return tuple(float(x) for x in v)
+    return type(template)(v.item())
 
 
 # -- optimizers -------------------------------------------------------------------------
@@ -407,7 +418,8 @@ class Optimizer:
 
         Scalars come back as Python floats/ints/bools, so nothing promotes float32
         arithmetic to float64. Raises ``ValueError`` naming every missing key, shape
-        mismatch and a different number of parameters, before changing anything; a state
+        mismatch, value of another kind (a string or complex number; a float where a count
+        is an int) and a different number of parameters, before changing anything; a state
         whose hyper-parameters are not this optimizer's (another kind of optimizer saved it,
         e.g. Adam's loaded into SGD or AdamW) raises naming both sets, strictly, as a
         model's ``load_state_dict`` refuses unexpected keys.
@@ -416,23 +428,24 @@ class Optimizer:
         if not hasattr(d, "keys"):
             raise TypeError(f"{who}: expected a dict of arrays, got {type(d).__name__}")
         problems = []
-        if "num_params" not in d:
-            problems.append("missing key 'num_params'")
-        elif int(numpy.asarray(to_numpy(d["num_params"]))) != len(self.params):
-            problems.append(f"expected state for {len(self.params)} parameters, got "
-                            f"{int(numpy.asarray(to_numpy(d['num_params'])))}")
+
+        def value(key, template):        # None, with the problem noted, when it is not one
+            try:
+                return _state_value(key, template, d[key])
+            except ValueError as e:
+                problems.append(str(e))
+
+        n = value("num_params", 0) if "num_params" in d else problems.append("missing key 'num_params'")
+        if n is not None and n != len(self.params):
+            problems.append(f"expected state for {len(self.params)} parameters, got {n}")
         hyper = {}
         for k in self._hyper_names:
-            cur = getattr(self, k)
-            want = (len(cur),) if isinstance(cur, tuple) else ()
             if k not in d:
                 problems.append(f"missing key {k!r}")
                 continue
-            v = numpy.asarray(to_numpy(d[k]))
-            if v.shape != want:
-                problems.append(f"{k!r}: expected shape {want}, got {v.shape}")
-                continue
-            hyper[k] = _scalar_to_python(cur, v)
+            v = value(k, getattr(self, k))
+            if v is not None:
+                hyper[k] = v
         held = sorted(k for k in d.keys() if k != "num_params" and not str(k).startswith("state."))
         if set(held) != set(self._hyper_names):    # most often another optimizer's state
             problems.append(f"the state holds the hyper-parameters {', '.join(held) or 'none'}, "
@@ -449,11 +462,11 @@ class Optimizer:
                 problems.append(f"missing key {key!r}")
                 steps.append(0)
                 continue
-            n = int(numpy.asarray(to_numpy(d[key])))
-            if n < 0:
+            n = value(key, 0)
+            if n is not None and n < 0:
                 problems.append(f"{key!r}: expected a count >= 0, got {n}")
-            steps.append(n)
-            if n == 0:
+            steps.append(n or 0)
+            if not n:
                 continue
             for b in names:
                 key = f"state.{i}.{b}"
@@ -462,6 +475,9 @@ class Optimizer:
                 elif tuple(numpy.shape(d[key])) != tuple(p.data.shape):
                     problems.append(f"{key!r}: expected shape {tuple(p.data.shape)}, "
                                     f"got {tuple(numpy.shape(d[key]))}")
+                elif numpy.asarray(to_numpy(d[key])).dtype.kind not in "iuf":
+                    problems.append(f"{key!r}: expected real numbers, got dtype "
+                                    f"{numpy.asarray(to_numpy(d[key])).dtype.name}")
         if problems:
             raise ValueError(f"{who}: " + "; ".join(problems))
         for k, v in hyper.items():
@@ -980,10 +996,16 @@ class _Schedule:
             d[k] = numpy.asarray(getattr(self, k))
         return d
 
+    @staticmethod
+    def _checked(hyper: dict) -> dict:
+        """``hyper`` (the values of ``_hyper``) checked as the constructor checks them."""
+        return hyper
+
     def load_state_dict(self, d):
         """Restore ``last_epoch``, ``base_lr`` and the hyper-parameters, and set
         ``optimizer.lr`` to the restored epoch's rate. Raises ``ValueError`` naming each
-        missing key."""
+        missing key, and a value that is not what the constructor accepts (a count that is
+        not an int >= 0, a rate that is not a number >= 0, ...), before changing anything."""
         who = f"{type(self).__name__}.load_state_dict"
         if not hasattr(d, "keys"):
             raise TypeError(f"{who}: expected a dict, got {type(d).__name__}")
@@ -991,7 +1013,14 @@ class _Schedule:
         missing = [k for k in names if k not in d]
         if missing:
             raise ValueError(f"{who}: " + "; ".join(f"missing key {k!r}" for k in missing))
-        values = {k: _scalar_to_python(getattr(self, k), numpy.asarray(to_numpy(d[k]))) for k in names}
+        try:
+            values = {k: _state_value(k, getattr(self, k), d[k]) for k in names}
+            if values["last_epoch"] < 0:
+                raise ValueError(f"'last_epoch': expected an int >= 0, got {values['last_epoch']}")
+            _at_least(type(self).__name__, "base_lr", values["base_lr"])
+            values.update(self._checked({k: values[k] for k in self._hyper}))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{who}: {e}") from None
         for k, v in values.items():
             setattr(self, k, v)
         self.optimizer.lr = self.lr_at(self.last_epoch)
@@ -1008,9 +1037,13 @@ class StepLR(_Schedule):
     _hyper = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = _count("StepLR", "step_size", step_size, 1)
-        self.gamma = _gamma("StepLR", gamma)
+        vars(self).update(self._checked({"step_size": step_size, "gamma": gamma}))
         super().__init__(optimizer)
+
+    @staticmethod
+    def _checked(h):
+        return {"step_size": _count("StepLR", "step_size", h["step_size"], 1),
+                "gamma": _gamma("StepLR", h["gamma"])}
 
     def lr_at(self, epoch):
         return self.base_lr * self.gamma ** (epoch // self.step_size)
@@ -1022,8 +1055,12 @@ class ExponentialLR(_Schedule):
     _hyper = ("gamma",)
 
     def __init__(self, optimizer, gamma):
-        self.gamma = _gamma("ExponentialLR", gamma)
+        vars(self).update(self._checked({"gamma": gamma}))
         super().__init__(optimizer)
+
+    @staticmethod
+    def _checked(h):
+        return {"gamma": _gamma("ExponentialLR", h["gamma"])}
 
     def lr_at(self, epoch):
         return self.base_lr * self.gamma ** epoch
@@ -1037,9 +1074,13 @@ class CosineAnnealingLR(_Schedule):
     _hyper = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = _count("CosineAnnealingLR", "T_max", T_max, 1)
-        self.eta_min = _at_least("CosineAnnealingLR", "eta_min", eta_min)
+        vars(self).update(self._checked({"T_max": T_max, "eta_min": eta_min}))
         super().__init__(optimizer)
+
+    @staticmethod
+    def _checked(h):
+        return {"T_max": _count("CosineAnnealingLR", "T_max", h["T_max"], 1),
+                "eta_min": _at_least("CosineAnnealingLR", "eta_min", h["eta_min"])}
 
     def lr_at(self, epoch):
         return self.eta_min + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * epoch / self.T_max)) / 2.0
@@ -1055,12 +1096,16 @@ class LinearWarmup(_Schedule):
     _hyper = ("warmup_steps", "start_factor")
 
     def __init__(self, optimizer, warmup_steps, start_factor=1.0 / 3.0):
-        self.warmup_steps = _count("LinearWarmup", "warmup_steps", warmup_steps, 0)
-        f = _real("LinearWarmup", "start_factor", start_factor)
-        if not 0.0 < f <= 1.0:
-            raise ValueError(f"LinearWarmup: expected start_factor in (0, 1], got {start_factor!r}")
-        self.start_factor = f
+        vars(self).update(self._checked({"warmup_steps": warmup_steps, "start_factor": start_factor}))
         super().__init__(optimizer)
+
+    @staticmethod
+    def _checked(h):
+        steps = _count("LinearWarmup", "warmup_steps", h["warmup_steps"], 0)
+        f = _real("LinearWarmup", "start_factor", h["start_factor"])
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"LinearWarmup: expected start_factor in (0, 1], got {h['start_factor']!r}")
+        return {"warmup_steps": steps, "start_factor": f}
 
     def lr_at(self, epoch):
         if epoch >= self.warmup_steps:

@@ -2,6 +2,7 @@
 that are not checkpoints, and scheduler state (DESIGN §8)."""
 import errno
 import os
+import re
 import stat
 
 import numpy
@@ -276,3 +277,42 @@ def test_a_failed_load_leaves_model_optimizer_and_scheduler_as_they_were(tmp_pat
     assert _same(_state(m2), model_before)
     assert _same(_state(o2), opt_before) and o2.lr == lr_before
     assert _same(_state(s2), sched_before)
+
+
+# -- entries that are not what gpunet.save writes ----------------------------------------------
+@pytest.mark.parametrize("key, value, message", [
+    ("__format__", numpy.asarray("1"), r"__format__ entry is an array of shape \(\) and dtype str"),
+    ("__format__", numpy.arange(2), r"__format__ entry is an array of shape \(2,\)"),
+    ("__metadata__", numpy.asarray("[1, 2]"), "expected a JSON object .* got a JSON list"),
+    ("optim/num_params", numpy.arange(4), r"'num_params': expected shape \(\), got \(4,\)"),
+    ("optim/lr", numpy.asarray("fast"), "'lr': expected a real number, got dtype str"),
+    ("optim/state.0.step", numpy.asarray(1.5), "'state.0.step': expected an integer, got dtype float64"),
+    ("optim/state.0.exp_avg", numpy.ones((5, 4), complex), "'state.0.exp_avg': expected real numbers, got dtype complex128"),
+    ("sched/last_epoch", numpy.arange(3), r"'last_epoch': expected shape \(\), got \(3,\)"),
+    ("sched/last_epoch", numpy.asarray(-5), "'last_epoch': expected an int >= 0, got -5"),
+    ("sched/step_size", numpy.asarray(0), "StepLR: expected step_size >= 1, got 0"),
+    ("scaler/growth_interval", numpy.asarray(2.5), "'growth_interval': expected an integer, got dtype float64"),
+])
+def test_malformed_entries_raise_value_error_naming_path_and_entry(tmp_path, key, value, message):
+    """Each used to raise a TypeError or ZeroDivisionError without the path, a ValueError
+    without the entry, or to load: a float step count truncated, a complex moment cast to its
+    real part, a negative schedule epoch, a JSON list as the metadata dict."""
+    model = _model()
+    opt = optim.Adam(model, lr=0.1)
+    sched = optim.StepLR(opt, step_size=2)
+    loss = gpunet.SoftmaxCrossEntropy()
+    loss(model(numpy.ones((3, 4), numpy.float32)), numpy.array([0, 1, 1]))
+    model.backward(loss.backward())
+    opt.step()
+    good = tmp_path / "good.npz"
+    gpunet.save(good, model, opt, scheduler=sched, scaler=gpunet.amp.GradScaler())
+    with numpy.load(good) as z:
+        entries = dict(z)
+    entries[key] = value
+    bad = tmp_path / "bad.npz"
+    with open(bad, "wb") as f:
+        numpy.savez(f, **entries)
+    m2 = _model(1)
+    o2 = optim.Adam(m2, lr=0.1)
+    with pytest.raises(ValueError, match=rf"gpunet\.load: {re.escape(str(bad))}.*{message}"):
+        gpunet.load(bad, m2, o2, scheduler=optim.StepLR(o2, step_size=2), scaler=gpunet.amp.GradScaler())
