@@ -203,6 +203,9 @@ class EarlyStopping(Callback):
 
     ``mode="auto"`` minimizes losses and maximizes accuracies. ``restore_best=True`` puts
     back the weights (and buffers) of the best epoch when training stops or ends.
+    Each ``fit`` starts afresh (best value, epochs waited, best weights), as Keras'
+    ``EarlyStopping`` does at ``on_train_begin``; checkpoints do not hold this state, so a
+    resumed run counts its patience from the epoch it resumes at.
     """
 
     def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto"):
@@ -247,20 +250,33 @@ class ModelCheckpoint(Callback):
     ``fit(..., initial_epoch=meta["epoch"])``. Under ``Trainer(comm=...)`` only rank 0
     writes (every process holds the same model and optimizer state; the file resumes on
     any number of processes). With ``precision="fp16"`` the Trainer's
-    loss scaler is saved too (``gpunet.load(..., scaler=trainer.scaler)``)."""
+    loss scaler is saved too (``gpunet.load(..., scaler=trainer.scaler)``).
 
-    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
+    ``best`` (the best monitored value so far) is kept from one ``fit`` to the next, as
+    Keras keeps it: continuing a run with another ``fit(..., initial_epoch=k)`` and the
+    same callback overwrites the file only with a better epoch. A run resumed in a new
+    process starts from ``initial_value_threshold`` (Keras' name), e.g.
+    ``ModelCheckpoint(path, initial_value_threshold=meta["val_loss"])`` with the metadata
+    of the file it resumes from; None: the first epoch is saved."""
+
+    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto",
+                 initial_value_threshold=None):
         try:
             os.fspath(path)
         except TypeError:
             raise TypeError(f"ModelCheckpoint: expected path to be a str or os.PathLike, got "
                             f"{type(path).__name__}") from None
+        if initial_value_threshold is not None and (
+                isinstance(initial_value_threshold, bool)
+                or not isinstance(initial_value_threshold, numbers.Real)
+                or math.isnan(initial_value_threshold)):
+            raise ValueError(f"ModelCheckpoint: expected initial_value_threshold to be None or a "
+                             f"number, got {initial_value_threshold!r}")
         self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
         self.mode = _mode_for(monitor, mode)
-        self.best = None
+        self.best = None if initial_value_threshold is None else float(initial_value_threshold)
 
     def on_train_begin(self, trainer):
-        self.best = None
         # fail before the first epoch, not after it
         from .checkpoint import unwritable
         problem = unwritable(self.path)

@@ -658,3 +658,34 @@ def test_a_monitor_missing_from_the_logs_is_named_with_what_is_there(rng, tmp_pa
         with pytest.raises(ValueError, match=rf"{who}: monitor 'val_loss' .*\['accuracy', 'learning_rate', "
                                              r"'loss'\]; pass val= to fit to get val_\* keys"):
             tr.fit((X, y), epochs=1, callbacks=[cb("val_loss")], progress=False)
+
+
+def test_model_checkpoint_keeps_its_best_value_across_fits_and_takes_an_initial_one(tmp_path, rng):
+    """Continuing a run with a second fit and the same ModelCheckpoint used to overwrite the
+    best epoch's file with the next epoch, however bad (its best was reset at each fit);
+    Keras keeps it, and takes initial_value_threshold for a run resumed in a new process."""
+    X, y = _blobs(rng)
+    path = tmp_path / "best.npz"
+    scripted = {0: 1.0, 1: 0.5, 2: 0.9, 3: 0.4, 4: 0.7}
+
+    class Script(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_loss"] = scripted[epoch]
+
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.Adam(model, lr=1e-2))
+    ck = ModelCheckpoint(path)
+    tr.fit((X, y), epochs=2, callbacks=[Script(), ck], progress=False)
+    assert gpunet.load(path, _model())["epoch"] == 2 and ck.best == 0.5
+    tr.fit((X, y), epochs=3, initial_epoch=2, callbacks=[Script(), ck], progress=False)
+    assert gpunet.load(path, _model())["epoch"] == 2          # not 3 (0.9 > 0.5)
+    tr.fit((X, y), epochs=4, initial_epoch=3, callbacks=[Script(), ck], progress=False)
+    assert gpunet.load(path, _model())["epoch"] == 4          # 0.4 < 0.5
+
+    meta = gpunet.load(path, _model())
+    fresh = ModelCheckpoint(path, initial_value_threshold=meta["val_loss"])
+    tr.fit((X, y), epochs=5, initial_epoch=4, callbacks=[Script(), fresh], progress=False)
+    assert gpunet.load(path, _model())["epoch"] == 4          # 0.7 > 0.4: kept
+    for bad in ("0.5", float("nan"), True):
+        with pytest.raises(ValueError, match="ModelCheckpoint: expected initial_value_threshold"):
+            ModelCheckpoint(path, initial_value_threshold=bad)
