@@ -243,6 +243,21 @@ def test_to_invalidates_caches():
         m.backward(loss_fn.backward())
 
 
+def test_load_state_dict_invalidates_caches():
+    """A backward after load_state_dict used to run: dx through the loaded weights with the
+    activations of the old ones (PyTorch refuses: the parameters were modified in place)."""
+    x, y = _data()
+    m = _mlp()
+    other = _mlp().state_dict()
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    loss_fn(m(x), y)
+    m.load_state_dict(other)
+    with pytest.raises(RuntimeError, match=r"Sequential.backward: load_state_dict replaced"):
+        m.backward(loss_fn.backward())
+    loss_fn(m(x), y)                       # a new forward: fine again
+    m.backward(loss_fn.backward())
+
+
 # -- wrong-shaped dy -------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer,shape", [

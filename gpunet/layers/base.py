@@ -11,8 +11,9 @@ Conventions, stated once for every layer in gpunet:
   given, so ``model.backward(loss_fn.backward())`` raises ``RuntimeError`` when that
   output came from an eval-mode forward, or from an earlier forward whose caches a later
   one replaced, or when the last training-mode forward failed half-way or ``to()`` cast
-  the model since (the message says which call invalidated the caches). A ``dy`` whose
-  shape is not the forward output's raises ``ValueError``.
+  the model or ``load_state_dict`` replaced its state since (the message says which call
+  invalidated the caches). A ``dy`` whose shape is not the forward output's raises
+  ``ValueError``.
 * The data needs no gradient. A first layer that computes a costly input gradient (Dense,
   Conv2D) skips it when its input is a batch yielded by ``gpunet.DataLoader`` — as PyTorch
   skips tensors that do not require grad — and ``backward`` then returns None. Any other
@@ -202,6 +203,7 @@ _outputs: dict = {}          # id(output) -> (weakref(output), weakref(layer), c
 _loss_grads: dict = {}       # id(grad) -> (weakref(grad), prediction, loss name)
 _INVALID_FAILED = "failed"    # _cache_call values other than a call number
 _INVALID_CAST = "cast"
+_INVALID_LOADED = "loaded"
 _INVALID_REUSED = "reused"    # the layer ran twice within one outermost forward
 
 
@@ -287,6 +289,10 @@ def _check_source(layer, dy, outermost=False):
     if state == _INVALID_CAST:
         raise RuntimeError(f"{name}.backward: the model was moved or cast with to() after the last "
                            "training-mode forward; run a training-mode forward again before backward")
+    if state == _INVALID_LOADED:
+        raise RuntimeError(f"{name}.backward: load_state_dict replaced the parameters and buffers "
+                           "after the last training-mode forward, whose caches belong to the old "
+                           "ones; run a training-mode forward again before backward")
     entry = _loss_grads.get(id(dy))
     if entry is None or entry[0]() is not dy:
         return
@@ -517,10 +523,16 @@ class Layer:
                 if opt is not None and id(opt) not in seen:
                     seen.add(id(opt))
                     opt._follow_parameters()
+        self._invalidate_caches(_INVALID_CAST)
+        return self
+
+    def _invalidate_caches(self, why):
+        """Make a backward before the next training-mode forward raise, saying ``why``: the
+        caches of the last forward belong to arrays that ``to()`` or ``load_state_dict``
+        replaced (PyTorch's autograd refuses a backward through tensors modified in place)."""
         for m in self.modules():
             if isinstance(m.__dict__.get("_cache_call"), int):
-                m._cache_call = _INVALID_CAST
-        return self
+                m._cache_call = why
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -599,6 +611,7 @@ class Layer:
                 setattr(owner, attr, int(v))
             else:  # Python float: never let a NumPy float64 scalar promote float32 arithmetic
                 setattr(owner, attr, float(v))
+        self._invalidate_caches(_INVALID_LOADED)
         return self if strict else (missing, unexpected)
 
     # -- description ----------------------------------------------------------------------
