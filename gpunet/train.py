@@ -176,7 +176,14 @@ class Callback:
     def on_train_end(self, trainer): pass
 
 
-def _better(mode, value, best, min_delta):
+def _improves(mode, value, best, min_delta):
+    """Whether ``value`` improves on ``best`` (None: nothing seen yet) by more than
+    ``min_delta``. NaN never improves, not even on nothing, as in Keras (whose best starts
+    at +-inf): a NaN epoch is neither the best one nor a bar that later epochs cannot pass."""
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
@@ -227,7 +234,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         value = _monitored("EarlyStopping", self.monitor, logs)
-        if self.best is None or _better(self.mode, value, self.best, self.min_delta):
+        if _improves(self.mode, value, self.best, self.min_delta):
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best:
                 self._best_state = trainer.model.state_dict()
@@ -288,7 +295,7 @@ class ModelCheckpoint(Callback):
         from .checkpoint import save
         if self.save_best_only:
             value = _monitored("ModelCheckpoint", self.monitor, logs)
-            if self.best is not None and not _better(self.mode, value, self.best, 0.0):
+            if not _improves(self.mode, value, self.best, 0.0):
                 return
             self.best = value
         if getattr(trainer, "comm", None) is not None and trainer.comm.rank != 0:

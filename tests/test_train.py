@@ -689,3 +689,24 @@ def test_model_checkpoint_keeps_its_best_value_across_fits_and_takes_an_initial_
     for bad in ("0.5", float("nan"), True):
         with pytest.raises(ValueError, match="ModelCheckpoint: expected initial_value_threshold"):
             ModelCheckpoint(path, initial_value_threshold=bad)
+
+
+def test_a_nan_epoch_is_never_the_best_one(tmp_path, rng):
+    """A NaN monitored value in the first epoch used to become the best value for good (no
+    later value compares better than NaN): EarlyStopping stopped a run that kept improving
+    and ModelCheckpoint kept the NaN epoch. As in Keras, NaN never improves."""
+    X, y = _blobs(rng)
+    scripted = [float("nan"), 0.5, 0.3, float("nan"), 0.2]
+
+    class Script(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_loss"] = scripted[epoch]
+
+    model = _model()
+    path = tmp_path / "best.npz"
+    stop, ck = EarlyStopping(patience=2), ModelCheckpoint(path)
+    h = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model)).fit(
+        (X, y), epochs=5, callbacks=[Script(), ck, stop], progress=False)
+    assert len(h.epoch) == 5 and stop.stopped_epoch is None
+    assert (stop.best, stop.best_epoch, ck.best) == (0.2, 4, 0.2)
+    assert gpunet.load(path, _model())["epoch"] == 5
