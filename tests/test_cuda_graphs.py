@@ -137,6 +137,28 @@ def _bn_dropout():
     return [BatchNorm(16), Dropout(0.3, seed=1)]
 
 
+def test_dropout_counter_read_between_replays_is_the_devices():
+    """On CUDA a replay runs no Python: the host runs the graph's before_replay hooks and
+    the device advances the draw counter. Reading ``counter`` (a checkpoint, EarlyStopping's
+    best state) between replays then returned the value of the previous read, so a
+    checkpoint written after an epoch of replays held a stale counter and a resumed run
+    drew the same masks again. Emulated here: the hooks, then the graph's draw launch (the
+    sim's own replay re-runs the forward, which hid it)."""
+    from gpunet.cuda import next_draw
+    X, y, m, opt, step, load, _ = _warmed(hidden=_bn_dropout())
+    drop = m[2]
+    g = CUDAGraph("sim")
+    load(X, y, 1)
+    g.capture(step, model=m)
+    assert drop.counter == 2                   # read: the device's value is now the host's
+    for _ in range(3):                         # three replays as CUDA runs them
+        for hook in g._hooks:
+            hook()
+        next_draw(drop._state)
+    assert drop.counter == 5
+    assert drop.state_dict()["counter"] == 5
+
+
 def test_batchnorm_and_dropout_replay_like_eager_steps():
     """BatchNorm updates its running statistics in place and Dropout draws its mask from a
     counter on the device: replays give the eager run's losses, weights, statistics and

@@ -133,11 +133,14 @@ class Dropout(Layer):
         if get_array_module(x) is not numpy:
             # the counter stays on the device: one single-thread launch takes the draw
             from ..cuda import next_draw
-            from ..cuda.graphs import updated_in_place
+            from ..cuda.graphs import capturing, updated_in_place
             st = self._device_state(x)
             next_draw(st)
             self._ahead = True
             updated_in_place(self, "_state")
+            cap = capturing()
+            if cap is not None:
+                cap.before_replay(self._replayed)
             self._draw = (None, st, start)
             return F.dropout_forward_state(x, self.p, st, self.mode, start)
         if self._state is not None:         # back on the host: the counter comes along
@@ -146,6 +149,12 @@ class Dropout(Layer):
         self._draw = (self.seed, self._counter, start)
         self._counter += 1
         return F.dropout_forward(x, self.p, *self._draw[:2], self.mode, self._draw[2])
+
+    def _replayed(self):
+        """Before each CUDA-graph replay: the replay advances the device counter without
+        running ``forward`` (on CUDA; the sim re-runs it), so the next read of ``counter``
+        (``state_dict``, a checkpoint) must come from the device."""
+        self._ahead = True
 
     def backward(self, dy):
         if self._draw is None:
