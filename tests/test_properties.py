@@ -1,0 +1,575 @@
+"""Property-based tests (hypothesis) of invariants that need no oracle library.
+
+Each property holds for every input the strategy draws: softmax's shift invariance and
+normalization at extreme logits, cross-entropy's sign, gradcheck's agreement with the
+layers (and its catching a wrong gradient), the convolution and pooling against naive
+loops over output positions (ties included), dropout's masks and scalings, batch norm's
+output statistics and gradient identities, and the bad-input rule of DESIGN §4 (a wrong
+input raises ValueError/TypeError naming the layer, never a NumPy error).
+"""
+import math
+
+import numpy
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+import gpunet
+from gpunet import random as grandom
+from gpunet.functional import activations as FA
+from gpunet.functional import conv as FC
+from gpunet.functional import dropout as FD
+from gpunet.functional import losses as FL
+from gpunet.layers.base import Layer
+from prop_helpers import conv_geometry, normal, pool_geometry, props, seeds
+
+DTYPES = st.sampled_from([numpy.float32, numpy.float64])
+
+
+# -- softmax and cross-entropy -------------------------------------------------------------
+
+@props(40)
+@given(seed=seeds, n=st.integers(1, 5), c=st.integers(1, 9), dtype=DTYPES,
+       smoothing=st.sampled_from([0.0, 0.1, 1.0]), shift_bits=st.integers(0, 20))
+def test_softmax_and_xent_are_shift_invariant_bit_for_bit(seed, n, c, dtype, smoothing, shift_bits):
+    """Integer logits and an integer shift per row: ``x + s`` is exact, and so is
+    ``(x + s) - max(x + s) = x - max(x)``, so a max-subtracting softmax, log-softmax and
+    softmax-CE (loss and gradient) give the same bits with and without the shift."""
+    rng = numpy.random.default_rng(seed)
+    x = rng.integers(-2**10, 2**10, (n, c)).astype(dtype)
+    s = rng.integers(-2**shift_bits, 2**shift_bits + 1, (n, 1)).astype(dtype)
+    xs = x + s
+    numpy.testing.assert_array_equal(xs - s, x)               # the shift is exact
+    for f in (FA.softmax, FA.log_softmax):
+        numpy.testing.assert_array_equal(f(xs), f(x))
+    labels = rng.integers(0, c, n)
+    for reduction in ("none", "sum"):
+        a = FL.softmax_cross_entropy(x, labels, smoothing, None, reduction)
+        b = FL.softmax_cross_entropy(xs, labels, smoothing, None, reduction)
+        numpy.testing.assert_array_equal(a[0], b[0])
+        numpy.testing.assert_array_equal(a[1], b[1])
+
+
+@props(50)
+@given(seed=seeds, n=st.integers(1, 5), c=st.integers(1, 9), dtype=DTYPES,
+       scale=st.sampled_from([1.0, 1e4, 1e30]), axis=st.sampled_from([0, 1, -1]))
+def test_softmax_is_a_distribution_at_extreme_logits(seed, n, c, dtype, scale, axis):
+    """``softmax`` is finite, in ``[0, 1]``, sums to 1 along its axis, has its maximum
+    where the logits do; ``log_softmax <= 0``, finite and ``log`` of the softmax where that
+    is normal; the Softmax layer's input gradient sums to zero along the axis."""
+    x = normal(seed, (n, c), scale, dtype)
+    y = FA.softmax(x, axis=axis)
+    ly = FA.log_softmax(x, axis=axis)
+    eps = numpy.finfo(dtype).eps
+    assert y.dtype == ly.dtype == dtype
+    assert numpy.all(numpy.isfinite(y)) and numpy.all((y >= 0) & (y <= 1))
+    numpy.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=0, atol=4 * x.shape[axis] * eps)
+    top = numpy.take_along_axis(y, numpy.expand_dims(numpy.argmax(x, axis=axis), axis), axis=axis)
+    numpy.testing.assert_array_equal(top, y.max(axis=axis, keepdims=True))
+    assert numpy.all(numpy.isfinite(ly)) and numpy.all(ly <= 0)
+    normal_ = y > numpy.finfo(dtype).tiny
+    numpy.testing.assert_allclose(numpy.exp(ly.astype(numpy.float64))[normal_], y[normal_],
+                                  rtol=16 * eps * (1 + float(numpy.abs(ly[normal_]).max(initial=0))))
+    layer = gpunet.Softmax(axis=axis)
+    layer(x)
+    dx = layer.backward(normal(seed + 1, x.shape, 1.0, dtype))
+    assert numpy.all(numpy.abs(dx.sum(axis=axis)) <= 16 * x.shape[axis] * eps)
+
+
+@props(50)
+@given(seed=seeds, n=st.integers(1, 6), c=st.integers(1, 9), dtype=DTYPES,
+       scale=st.sampled_from([1.0, 1e4, 1e30]), smoothing=st.floats(0.0, 1.0),
+       soft=st.booleans(), ignore=st.booleans())
+def test_cross_entropy_is_nonnegative_and_finite(seed, n, c, dtype, scale, smoothing, soft, ignore):
+    """Every row loss is finite and ``>= 0`` (``logsumexp(z) >= z_c``, computed from the
+    max-shifted logits, so it holds after rounding too); the gradient is finite, every
+    entry of the mean's gradient is at most ``1/N_valid`` in magnitude, and each row of an
+    integer-label gradient sums to 0."""
+    rng = numpy.random.default_rng(seed)
+    z = (rng.standard_normal((n, c)) * scale).astype(dtype)
+    if soft:
+        t = rng.random((n, c))
+        labels = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+        ignore_index = None
+    else:
+        labels = rng.integers(0, c, n)
+        ignore_index = -1 if ignore else None
+        if ignore:
+            labels[rng.random(n) < 0.3] = -1
+    rows, _ = FL.softmax_cross_entropy(z, labels, smoothing, ignore_index, "none")
+    loss, g = FL.softmax_cross_entropy(z, labels, smoothing, ignore_index, "mean")
+    assert rows.shape == (n,) and numpy.all(numpy.isfinite(rows)) and numpy.all(rows >= 0)
+    assert numpy.isfinite(loss) and loss >= 0 and numpy.all(numpy.isfinite(g))
+    n_valid = n if ignore_index is None else int(numpy.sum(labels != ignore_index))
+    if n_valid:
+        assert numpy.abs(g).max() <= (1 + 4 * numpy.finfo(dtype).eps) / n_valid
+    if not soft:
+        eps = numpy.finfo(dtype).eps
+        assert numpy.all(numpy.abs(g.sum(axis=1)) <= 4 * c * eps / max(n_valid, 1))
+
+
+# -- gradcheck -----------------------------------------------------------------------------
+
+def _layer_cases():
+    """``(name, build(draw) -> (layer, input shape))`` for small float64 gradchecks."""
+    acts = st.sampled_from(["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus",
+                            "softmax", "log_softmax", "identity"])
+
+    @st.composite
+    def dense(draw):
+        fin, fout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        return gpunet.Dense(fin, fout, bias=draw(st.booleans()), activation=draw(st.one_of(st.none(), acts))), \
+            (draw(st.integers(1, 3)), fin)
+
+    @st.composite
+    def conv(draw):
+        h, w, k, s, p = conv_geometry(draw, max_hw=5)
+        cin, cout = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+        return gpunet.Conv2D(cin, cout, k, s, p, bias=draw(st.booleans()),
+                             activation=draw(st.sampled_from([None, "relu", "tanh"]))), \
+            (draw(st.integers(1, 2)), cin, h, w)
+
+    @st.composite
+    def pool(draw):
+        h, w, k, s, p = pool_geometry(draw, max_hw=5)
+        cls = draw(st.sampled_from([gpunet.MaxPool2D, gpunet.AvgPool2D]))
+        return cls(k, s, p), (draw(st.integers(1, 2)), draw(st.integers(1, 2)), h, w)
+
+    @st.composite
+    def batchnorm(draw):
+        c = draw(st.integers(1, 3))
+        shape = draw(st.sampled_from([(4, c), (2, c, 2, 2), (3, c, 1, 2)]))
+        return gpunet.BatchNorm(c, affine=draw(st.booleans()), momentum=draw(st.floats(0, 1))), shape
+
+    @st.composite
+    def activation(draw):
+        name = draw(acts)
+        layer = gpunet.layers.activations.get(name)
+        return layer, (draw(st.integers(1, 3)), draw(st.integers(1, 4)))
+
+    @st.composite
+    def maxout(draw):
+        k = draw(st.integers(1, 3))
+        return gpunet.Maxout(k), (draw(st.integers(1, 2)), k * draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+
+    @st.composite
+    def dropout(draw):
+        return gpunet.Dropout(draw(st.floats(0.0, 0.9)), mode=draw(st.sampled_from(["inverted", "classic"])),
+                              seed=draw(st.integers(0, 2**63 - 1))), \
+            (draw(st.integers(1, 3)), draw(st.integers(1, 5)))
+
+    @st.composite
+    def stack(draw):
+        c = draw(st.integers(1, 2))
+        layer = gpunet.Sequential(gpunet.Conv2D(1, c, 2, padding=1), gpunet.BatchNorm(c), gpunet.ReLU(),
+                                  gpunet.MaxPool2D(2), gpunet.Flatten(), gpunet.Dense(c * 4, 2))
+        return layer, (2, 1, 3, 3)
+
+    return dict(dense=dense(), conv=conv(), pool=pool(), batchnorm=batchnorm(), activation=activation(),
+                maxout=maxout(), dropout=dropout(), stack=stack())
+
+
+LAYER_CASES = _layer_cases()
+
+
+@props(60)
+@given(case=st.sampled_from(sorted(LAYER_CASES)).flatmap(lambda k: LAYER_CASES[k]), seed=seeds)
+def test_gradcheck_agrees_with_every_layer(case, seed):
+    """Every layer's backward (input and parameter gradients) agrees with central
+    differences in float64 (``gpunet.gradcheck``: dropout's counter and batch norm's
+    running statistics are rewound for every probe)."""
+    layer, shape = case
+    for i, p in enumerate(layer.parameters()):       # biases start at 0: a ReLU over padding would
+        p.data = p.data + normal(seed + 1 + i, p.data.shape, 0.5, p.data.dtype)   # sit on its kink
+    x = normal(seed, shape)
+    if isinstance(layer, (gpunet.MaxPool2D, gpunet.Maxout)):
+        # max: well-separated values, so no probe of +-1e-6 changes which one wins
+        x = numpy.random.default_rng(seed).permutation(x.size).reshape(shape) * 0.1
+    assert gpunet.gradcheck(layer, x)
+
+
+class _OffByOne(Layer):
+    """A layer whose backward is the wrapped layer's with one input-gradient element or
+    one parameter-gradient element wrong by ``delta``."""
+
+    def __init__(self, inner, where, index, delta):
+        super().__init__()
+        self.inner, self.where, self.index, self.delta = inner, where, index, delta
+        self._buffers = ()
+
+    def parameters(self):
+        return self.inner.parameters()
+
+    def named_parameters(self):
+        return self.inner.named_parameters()
+
+    def named_buffers(self):
+        return self.inner.named_buffers()
+
+    def forward(self, x):
+        return self.inner.forward(x)
+
+    def backward(self, dy):
+        dx = self.inner.backward(dy)
+        p = None if self.where == "input" else self.inner.parameters()[self.where]
+        g = (dx if p is None else p.grad).copy()      # a copy: a gradient may be a transposed view
+        g.reshape(-1)[self.index % g.size] += self.delta
+        if p is None:
+            return g
+        p.grad = g
+        return dx
+
+
+@props(25)
+@given(case=st.sampled_from(["dense", "conv", "batchnorm"]).flatmap(lambda k: LAYER_CASES[k]), seed=seeds,
+       pick=st.integers(0, 10), index=st.integers(0, 1000), delta=st.sampled_from([1e-3, -0.5]))
+def test_gradcheck_catches_a_wrong_gradient(case, seed, pick, index, delta):
+    """A gradient wrong in one element by more than gradcheck's tolerance is caught, in the
+    input gradient or in any parameter's."""
+    layer, shape = case
+    params = layer.parameters()
+    where = "input" if pick >= len(params) else pick
+    bad = _OffByOne(layer, where, index, delta)
+    with pytest.raises(AssertionError, match="gradcheck"):
+        gpunet.gradcheck(bad, normal(seed, shape))
+
+
+# -- convolution against a loop over output positions ----------------------------------------
+
+def _conv_loops(x, w, b, stride, padding):
+    n, cin, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    y = numpy.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            y[:, :, i, j] = numpy.einsum("nchw,ochw->no", patch, w)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def _conv_loops_backward(dy, x, w, stride, padding):
+    n, cin, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    dxp = numpy.zeros((n, cin, h + 2 * ph, wd + 2 * pw))
+    dw = numpy.zeros_like(w)
+    xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    for i in range(dy.shape[2]):
+        for j in range(dy.shape[3]):
+            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            dw += numpy.einsum("no,nchw->ochw", dy[:, :, i, j], patch)
+            dxp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += numpy.einsum("no,ochw->nchw", dy[:, :, i, j], w)
+    return dxp[:, :, ph:ph + h, pw:pw + wd], dw, dy.sum(axis=(0, 2, 3))
+
+
+@st.composite
+def conv_args(draw):
+    h, w, k, s, p = conv_geometry(draw)
+    return dict(n=draw(st.integers(1, 3)), cin=draw(st.integers(1, 3)), cout=draw(st.integers(1, 3)),
+                h=h, w=w, kernel=k, stride=s, padding=p, bias=draw(st.booleans()), seed=draw(seeds))
+
+
+@props(40)
+@given(case=conv_args())
+def test_conv2d_matches_loops_over_output_positions(case):
+    """The im2col/GEMM convolution (both the small-image gather-matrix path and the
+    whole-batch rows path, the "same"-plane shortcut) against a loop over output positions:
+    forward, input, weight and bias gradients, float64."""
+    c = case
+    x = normal(c["seed"], (c["n"], c["cin"], c["h"], c["w"]))
+    w = normal(c["seed"] + 1, (c["cout"], c["cin"]) + c["kernel"])
+    b = normal(c["seed"] + 2, (c["cout"],)) if c["bias"] else None
+    y = FC.conv2d(x, w, b, c["stride"], c["padding"])
+    want = _conv_loops(x, w, b, c["stride"], c["padding"])
+    numpy.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    dy = normal(c["seed"] + 3, want.shape)
+    dx, dw, db = FC.conv2d_backward(dy, x, w, c["stride"], c["padding"], need_bias=c["bias"])
+    wdx, wdw, wdb = _conv_loops_backward(dy, x, w, c["stride"], c["padding"])
+    numpy.testing.assert_allclose(dx, wdx, rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(dw, wdw, rtol=1e-12, atol=1e-12)
+    if c["bias"]:
+        numpy.testing.assert_allclose(db, wdb, rtol=1e-12, atol=1e-12)
+
+
+# -- pooling against loops, ties included ------------------------------------------------------
+
+def _pool_loops(x, kernel, stride, padding, kind):
+    """Max pooling (first maximum in row-major window order wins, padding never does) or
+    average pooling (zero padding counted), with the backward of ``dy``: loops over output
+    positions."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = numpy.zeros((n, c, oh, ow), x.dtype)
+    src = numpy.zeros((n, c, oh, ow, 2), int)         # the input position each max came from
+    for a in range(n):
+        for b in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, where, total = -numpy.inf, None, 0.0
+                    for u in range(kh):
+                        for v in range(kw):
+                            r, q = i * sh + u - ph, j * sw + v - pw
+                            if 0 <= r < h and 0 <= q < w:
+                                total += float(x[a, b, r, q])
+                                if where is None or x[a, b, r, q] > best:
+                                    best, where = x[a, b, r, q], (r, q)
+                    y[a, b, i, j] = best if kind == "max" else total / (kh * kw)
+                    src[a, b, i, j] = where
+    return y, src
+
+
+@st.composite
+def pool_args(draw):
+    h, w, k, s, p = pool_geometry(draw)
+    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), h=h, w=w, kernel=k,
+                stride=k if s is None else s, padding=p, ties=draw(st.booleans()), seed=draw(seeds),
+                dtype=draw(DTYPES))
+
+
+@props(40)
+@given(case=pool_args())
+def test_max_pool_matches_loops_with_ties(case):
+    """MaxPool2D's output equals the loop's exactly, and its gradient goes to the first
+    maximal element of each window (row-major) — with many ties (inputs rounded to a few
+    integers); every ``dy`` lands on exactly one input, so ``sum(dx) = sum(dy)``."""
+    c = case
+    shape = (c["n"], c["c"], c["h"], c["w"])
+    x = normal(c["seed"], shape, 1.0, c["dtype"])
+    if c["ties"]:
+        x = numpy.round(x)
+    layer = gpunet.MaxPool2D(c["kernel"], c["stride"], c["padding"])
+    y = layer(x)
+    want, src = _pool_loops(x, c["kernel"], c["stride"], c["padding"], "max")
+    numpy.testing.assert_array_equal(y, want)
+    dy = numpy.random.default_rng(c["seed"] + 1).integers(-8, 9, y.shape).astype(c["dtype"])
+    dx = layer.backward(dy)
+    wdx = numpy.zeros(shape, c["dtype"])
+    for idx in numpy.ndindex(*y.shape):
+        r, q = src[idx]
+        wdx[idx[0], idx[1], r, q] += dy[idx]
+    numpy.testing.assert_array_equal(dx, wdx)         # small integers: sums are exact
+    assert dx.sum() == dy.sum()
+
+
+@props(30)
+@given(case=pool_args())
+def test_avg_pool_matches_loops_and_spreads_the_gradient(case):
+    """AvgPool2D against the loop (padding counted in the divisor); its backward is the
+    adjoint: ``<dx, x> = <dy, y>``, and without padding ``sum(dx)`` is the sum of ``dy``
+    times the fraction of each window inside the input (1 when there is no padding)."""
+    c = case
+    shape = (c["n"], c["c"], c["h"], c["w"])
+    x = normal(c["seed"], shape, 1.0, c["dtype"])
+    layer = gpunet.AvgPool2D(c["kernel"], c["stride"], c["padding"])
+    y = layer(x)
+    want, _ = _pool_loops(x.astype(numpy.float64), c["kernel"], c["stride"], c["padding"], "avg")
+    tol = 1e-5 if c["dtype"] == numpy.float32 else 1e-12
+    numpy.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+    dy = normal(c["seed"] + 1, y.shape, 1.0, c["dtype"])
+    dx = layer.backward(dy)
+    numpy.testing.assert_allclose(numpy.vdot(dx, x), numpy.vdot(dy, y), rtol=tol * 10, atol=tol * 10)
+    inside, _ = _pool_loops(numpy.ones(shape), c["kernel"], c["stride"], c["padding"], "avg")
+    numpy.testing.assert_allclose(dx.sum(dtype=numpy.float64), (dy * inside).sum(dtype=numpy.float64),
+                                  rtol=tol * 10, atol=tol * 10)
+
+
+@props(25)
+@given(seed=seeds, n=st.integers(1, 3), c=st.integers(1, 3), pieces=st.integers(1, 4),
+       spatial=st.lists(st.integers(1, 3), max_size=2).map(tuple), dtype=DTYPES)
+def test_maxout_gradient_goes_to_the_first_maximum(seed, n, c, pieces, spatial, dtype):
+    """With ties (inputs rounded to a few integers), each output's gradient lands on the
+    first maximal input of its group (DESIGN §4)."""
+    x = numpy.round(normal(seed, (n, c * pieces) + spatial, 1.0, dtype))
+    layer = gpunet.Maxout(pieces)
+    y = layer(x)
+    groups = x.reshape((n, c, pieces) + spatial)
+    numpy.testing.assert_array_equal(y, groups.max(axis=2))
+    dy = normal(seed + 1, y.shape, 1.0, dtype)
+    dx = layer.backward(dy)
+    first = numpy.argmax(groups, axis=2)                       # argmax: the first maximum
+    want = numpy.zeros_like(groups)
+    numpy.put_along_axis(want, first[:, :, None], dy[:, :, None], axis=2)
+    numpy.testing.assert_array_equal(dx, want.reshape(x.shape))
+
+
+# -- dropout -------------------------------------------------------------------------------
+
+@props(40)
+@given(seed=st.integers(0, 2**63 - 1), counter=st.integers(0, 2**40), n=st.integers(1, 3000),
+       p=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([2.0**-24, 1 - 2.0**-24, 0.5])),
+       start=st.integers(0, 2**20))
+def test_dropout_mask_is_uniform_at_least_p(seed, counter, n, p, start):
+    """Element ``i`` of draw ``(seed, counter)`` is kept iff ``uniform[i] >= p`` exactly
+    (``gpunet.random``'s stream, elements ``start, start+1, ...``), and a stretch of the
+    stream from ``start`` is the slice of the stream from 0 (data-parallel shards)."""
+    m = FD.keep_mask((n,), p, seed, counter, numpy, start)
+    u = grandom.uniform(seed, counter, (n,), numpy, start)
+    assert u.dtype == numpy.float32 and numpy.all((u >= 0) & (u < 1))
+    numpy.testing.assert_array_equal(m, u.astype(numpy.float64) >= p)
+    whole = grandom.uniform(seed, counter, (start + n,), numpy) if start + n <= 2**21 else None
+    if whole is not None:
+        numpy.testing.assert_array_equal(u, whole[start:])
+
+
+@props(30)
+@given(seed=st.integers(0, 2**63 - 1), shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
+       p=st.floats(0.0, 0.95), mode=st.sampled_from(["inverted", "classic"]), dtype=DTYPES)
+def test_dropout_layer_scales_and_masks(seed, shape, p, mode, dtype):
+    """Training: ``y`` is 0 or ``x·scale`` (``1/(1-p)`` inverted, 1 classic), the backward
+    applies the same mask and scale, the mask is the same for both dtypes and a fresh one
+    at the next forward; the kept fraction is within 6 sigma of ``1-p``; eval: ``x``
+    (inverted) or ``x·(1-p)`` (classic)."""
+    x = normal(seed % 2**32, shape, 1.0, dtype)
+    assume(numpy.all(x != 0))
+    layer = gpunet.Dropout(p, mode=mode, seed=seed)
+    y = layer(x)
+    dx = layer.backward(numpy.ones_like(x))
+    scale = 1.0 / (1.0 - p) if mode == "inverted" else 1.0
+    kept = y != 0
+    numpy.testing.assert_array_equal(y[kept], x[kept] * dtype(scale) if scale != 1.0 else x[kept])
+    numpy.testing.assert_array_equal(dx, numpy.where(kept, numpy.ones_like(x) * dtype(scale), 0))
+    size = x.size
+    sigma = math.sqrt(size * p * (1 - p))
+    assert abs(kept.sum() - size * (1 - p)) <= 6 * sigma + 1
+    other = gpunet.Dropout(p, mode=mode, seed=seed)
+    y_other = other(x.astype(numpy.float64 if dtype == numpy.float32 else numpy.float32))
+    numpy.testing.assert_array_equal(y_other != 0, kept)        # the mask ignores the dtype
+    y2 = layer(x)
+    if size >= 64 and 0.1 <= p <= 0.9:
+        assert numpy.any((y2 != 0) != kept)                     # a fresh mask each forward
+    assert layer.counter == 2
+    layer.eval()
+    want = x if mode == "inverted" else x * dtype(1.0 - p)
+    numpy.testing.assert_array_equal(layer(x), want)
+    assert layer.counter == 2
+
+
+# -- batch norm ----------------------------------------------------------------------------
+
+@props(40)
+@given(seed=seeds, c=st.integers(1, 4), four=st.booleans(), n=st.integers(2, 6), hw=st.integers(1, 3),
+       log_scale=st.integers(-2, 3), shift=st.sampled_from([0.0, 5.0, 1e3]), dtype=DTYPES,
+       eps=st.sampled_from([1e-5, 1e-2]))
+def test_batchnorm_output_statistics_and_gradient_identities(seed, c, four, n, hw, log_scale, shift,
+                                                             dtype, eps):
+    """Training mode: each channel of ``y`` has mean ``beta`` and biased variance
+    ``gamma² var/(var + eps)``; the input gradient of each channel sums to 0 and its
+    product with the normalized input ``x̂`` is ``gamma/sqrt(var+eps) Σ dy·x̂ ·
+    eps/(var+eps)`` (0 as eps -> 0: the two directions batch norm removes);
+    ``dbeta = Σ dy`` and ``dgamma = Σ dy·x̂``."""
+    shape = (n, c, hw, hw + 1) if four else (n, c)
+    x64 = normal(seed, shape, 10.0 ** log_scale) + shift
+    x = x64.astype(dtype)
+    gamma, beta = normal(seed + 1, (c,), 1.0, dtype) + 1, normal(seed + 2, (c,), 1.0, dtype)
+    bn = gpunet.BatchNorm(c, eps=eps)
+    bn.gamma.data, bn.beta.data = gamma, beta
+    y = bn(x)
+    axes = (0, 2, 3) if four else (0,)
+    s = (1, c) + (1,) * (len(shape) - 2)
+    xd = x.astype(numpy.float64)
+    var = xd.var(axis=axes)
+    f32 = dtype == numpy.float32
+    rel = 1e-3 if f32 else 1e-9
+    # what float32 can resolve of a channel of mean |shift| and spread 10^log_scale
+    ulp_spread = numpy.finfo(dtype).eps * (abs(shift) + 10.0 ** log_scale) / numpy.sqrt(var + eps)
+    yd = y.astype(numpy.float64)
+    numpy.testing.assert_allclose(yd.mean(axis=axes), beta, rtol=0,
+                                  atol=rel + 8 * float(ulp_spread.max()) * float(numpy.abs(gamma).max()))
+    numpy.testing.assert_allclose(yd.var(axis=axes), gamma.astype(numpy.float64) ** 2 * var / (var + eps),
+                                  rtol=rel + 16 * float(ulp_spread.max()), atol=rel * 1e-3)
+    dy = normal(seed + 3, shape, 1.0, dtype)
+    dx = bn.backward(dy).astype(numpy.float64)
+    xhat = (xd - xd.mean(axis=axes).reshape(s)) / numpy.sqrt(var + eps).reshape(s)
+    m = x.size // c
+    dscale = numpy.abs(gamma).reshape(-1) / numpy.sqrt(var + eps) * numpy.sqrt(m)
+    bound = (rel + 64 * float(ulp_spread.max())) * dscale * numpy.abs(dy).max() * numpy.sqrt(m)
+    assert numpy.all(numpy.abs(dx.sum(axis=axes)) <= bound)
+    # Σ dx·x̂ = gamma/sqrt(var+eps) · Σ dy·x̂ · (1 - mean x̂²), and mean x̂² = var/(var+eps)
+    inv = 1 / numpy.sqrt(var + eps)
+    want = gamma * inv * (dy * xhat).sum(axis=axes) * (eps / (var + eps))
+    assert numpy.all(numpy.abs((dx * xhat).sum(axis=axes) - want) <= bound * 4)
+    numpy.testing.assert_allclose(bn.beta.grad, dy.astype(numpy.float64).sum(axis=axes), rtol=rel, atol=rel)
+    numpy.testing.assert_allclose(bn.gamma.grad, (dy * xhat).sum(axis=axes), rtol=rel * 10,
+                                  atol=rel * 10 + 64 * float(ulp_spread.max()) * m)
+
+
+# -- bad input: ValueError/TypeError naming the layer -----------------------------------------
+
+def _valid(layer, shape, dtype, param_dtype):
+    """Whether DESIGN §4 and the layer's docstring accept an input of ``shape``/``dtype``."""
+    if dtype.kind != "f" or len(shape) == 0:
+        return False
+    if isinstance(layer, gpunet.Dense):
+        return len(shape) == 2 and shape[1] == layer.in_features and dtype == param_dtype
+    if isinstance(layer, gpunet.Conv2D):
+        return (len(shape) == 4 and shape[1] == layer.in_channels and dtype == param_dtype
+                and shape[2] + 2 * layer.padding[0] >= layer.kernel_size[0]
+                and shape[3] + 2 * layer.padding[1] >= layer.kernel_size[1])
+    if isinstance(layer, (gpunet.MaxPool2D, gpunet.AvgPool2D)):
+        return (len(shape) == 4 and shape[2] + 2 * layer.padding[0] >= layer.kernel_size[0]
+                and shape[3] + 2 * layer.padding[1] >= layer.kernel_size[1])
+    if isinstance(layer, gpunet.GlobalAvgPool2D):
+        return len(shape) == 4
+    if isinstance(layer, gpunet.BatchNorm):
+        # float16 input with float32 parameters: the mixed-precision exception
+        mixed = dtype == numpy.float16 and param_dtype == numpy.float32
+        return (len(shape) in (2, 4) and shape[1] == layer.num_features and (dtype == param_dtype or mixed)
+                and math.prod(shape) // layer.num_features >= 2)
+    if isinstance(layer, gpunet.Maxout):
+        return len(shape) >= 2 and shape[1] % layer.pieces == 0
+    if isinstance(layer, gpunet.Softmax):
+        return -len(shape) <= layer.axis < len(shape)
+    return True                                       # elementwise layers, Flatten: any rank >= 1
+
+
+BAD_INPUT_LAYERS = {
+    "Dense": lambda: gpunet.Dense(3, 2),
+    "Conv2D": lambda: gpunet.Conv2D(2, 3, (2, 3), stride=2, padding=(0, 1)),
+    "MaxPool2D": lambda: gpunet.MaxPool2D(3, 1, 1),
+    "AvgPool2D": lambda: gpunet.AvgPool2D((2, 3), None, (1, 0)),
+    "GlobalAvgPool2D": gpunet.GlobalAvgPool2D,
+    "BatchNorm": lambda: gpunet.BatchNorm(2),
+    "Maxout": lambda: gpunet.Maxout(2),
+    "Dropout": lambda: gpunet.Dropout(0.3, seed=1),
+    "ReLU": gpunet.ReLU,
+    "Softmax": lambda: gpunet.Softmax(axis=1),
+    "Flatten": gpunet.Flatten,
+}
+
+
+@props(150)
+@given(name=st.sampled_from(sorted(BAD_INPUT_LAYERS)),
+       shape=st.lists(st.integers(1, 4), min_size=0, max_size=5).map(tuple),
+       dtype=st.sampled_from(["float64", "float32", "float16", "int64", "bool", "complex128"]),
+       param_dtype=st.sampled_from(["float32", "float64"]), as_list=st.booleans())
+@example(name="Softmax", shape=(3,), dtype="float64", param_dtype="float64", as_list=False)
+def test_bad_input_raises_naming_the_layer(name, shape, dtype, param_dtype, as_list):
+    """A forward on any shape/dtype either works (when the layer accepts it) or raises
+    ValueError/TypeError whose message starts with the layer's name — never a NumPy error
+    from deep inside; a Python list is refused with TypeError. Then a backward with a ``dy``
+    of the wrong shape or dtype raises ValueError naming ``<Layer>.backward``."""
+    layer = BAD_INPUT_LAYERS[name]()
+    layer.to(dtype=param_dtype)
+    dtype, param_dtype = numpy.dtype(dtype), numpy.dtype(param_dtype)
+    x = (numpy.arange(math.prod(shape)).reshape(shape) % 5).astype(dtype)
+    arg = x.tolist() if as_list else x
+    valid = not as_list and _valid(layer, shape, dtype, param_dtype)
+    if valid:
+        y = layer(arg)
+        assert y.dtype == dtype
+    else:
+        with pytest.raises((ValueError, TypeError)) as info:
+            layer(arg)
+        assert str(info.value).startswith(f"{name}:"), str(info.value)
+        if as_list:
+            assert info.type is TypeError
+        return
+    for bad in (numpy.zeros(y.shape + (1,), y.dtype), numpy.zeros(y.shape, numpy.int64),
+                numpy.zeros(y.shape, numpy.float32 if y.dtype == numpy.float64 else numpy.float64)):
+        with pytest.raises((ValueError, TypeError)) as info:
+            layer.backward(bad)
+        assert str(info.value).startswith(f"{name}.backward:"), str(info.value)
