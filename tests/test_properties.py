@@ -416,6 +416,31 @@ def test_dropout_mask_is_uniform_at_least_p(seed, counter, n, p, start):
 
 
 @props(30)
+@given(seed=st.integers(0, 2**63 - 1), n=st.integers(1, 200),
+       p=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.floats(0.9999, 1.0, exclude_max=True)),
+       mode=st.sampled_from(["inverted", "classic"]),
+       dtype=st.sampled_from([numpy.float16, numpy.float32, numpy.float64]))
+@example(seed=0, n=8, p=0.99999, mode="inverted", dtype=numpy.float16)
+def test_dropout_drops_to_zero_at_any_p(seed, n, p, mode, dtype):
+    """For every ``p`` in ``[0, 1)`` and dtype, forward and backward: a dropped element is
+    ``x·0`` (0 for finite ``x``), a kept one ``x·scale`` with the scale rounded to the
+    dtype first (DESIGN §4; kernels/dropout.cu). float16 with ``p > 1 - 1/65520``: the
+    scale rounds to inf, the kept elements are inf, the dropped ones still 0 (they were
+    NaN, ``0·inf``, on the NumPy path, while the kernel gave 0)."""
+    x = normal(seed % 2**32, (n,), 1.0, dtype)
+    keep = FD.keep_mask(x.shape, p, seed, 5, numpy)
+    with numpy.errstate(over="ignore"):
+        scale = dtype(FD.train_scale(p, mode))
+    for f in (FD.dropout_forward, FD.dropout_backward):
+        with numpy.errstate(over="ignore", invalid="ignore"):
+            y = f(x, p, seed, 5, mode)
+        assert y.dtype == dtype
+        numpy.testing.assert_array_equal(y[~keep], numpy.zeros(int((~keep).sum()), dtype))
+        with numpy.errstate(over="ignore"):
+            numpy.testing.assert_array_equal(y[keep], x[keep] * scale)
+
+
+@props(30)
 @given(seed=st.integers(0, 2**63 - 1), shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
        p=st.floats(0.0, 0.95), mode=st.sampled_from(["inverted", "classic"]), dtype=DTYPES)
 def test_dropout_layer_scales_and_masks(seed, shape, p, mode, dtype):

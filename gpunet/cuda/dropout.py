@@ -35,10 +35,11 @@ def _dropout(name, x, k1, k2, threshold, scale, state=None):
             t = '__half' if half else _CTYPE[dtype]
             keys = ((numpy.uint32(int(k1)), numpy.uint32(int(k2))) if state is None
                     else (state, numpy.uint32(int(k1))))
+            with numpy.errstate(over="ignore"):     # float16, p > 1 - 1/65520: an inf scale
+                s = numpy.float32(numpy.float16(scale)) if half else dtype.type(scale)
             kernel("dropout.cu", f"dropout_apply{'' if state is None else '_state'}<{t}>", dev)(
                 (_grid(-(-n // pack), 256, dev),), (256,),
-                (x, y, numpy.int64(n), *keys, numpy.uint32(int(threshold)),
-                 numpy.float32(numpy.float16(scale)) if half else dtype.type(scale)))
+                (x, y, numpy.int64(n), *keys, numpy.uint32(int(threshold)), s))
     return y
 
 

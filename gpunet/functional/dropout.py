@@ -77,9 +77,17 @@ def _masked_scale(a, p, seed, counter, scale, start):
     """NumPy body of forward and backward, which are one map: ``a · m(seed, counter) · scale``."""
     if p == 0.0:
         return a.copy()
-    y = a * keep_mask(a.shape, p, seed, counter, numpy, start)     # one compare, one multiply
+    keep = keep_mask(a.shape, p, seed, counter, numpy, start)
+    y = a * keep                                                   # one compare, one multiply
     if scale != 1.0:
-        y *= scale            # a Python float: stays in a's dtype
+        with numpy.errstate(over="ignore"):
+            s = a.dtype.type(scale)   # the scale in a's dtype, as y *= scale rounds it
+        if numpy.isinf(s):
+            # float16 with p > 1 - 1/65520: the scale rounds to inf. A dropped element stays
+            # x*0 (the kernel's), not 0*inf = NaN; a kept one is x*inf, as in the kernel
+            numpy.multiply(a, s, out=y, where=keep)
+        else:
+            y *= scale            # a Python float: stays in a's dtype
     return y
 
 
