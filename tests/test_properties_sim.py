@@ -1,0 +1,321 @@
+"""Property-based tests (hypothesis): the CPU (NumPy) path against the sim device, which
+runs the real ``kernels/*.cu`` on the CPU (DESIGN §12), on random shapes and settings.
+
+Only the claims the project makes are checked, with the strength it makes them:
+
+* bit for bit: dropout masks forward and backward (any shape, ``p``, seed, counter,
+  element offset; ``test_kernels_gpu``, ``test_amp_precision``), max/avg pooling forward,
+  argmax and backward in any input layout (``kernels/pooling.cu``: "the same operations
+  in the same order"; ``test_conv_device``), im2col and, outside the "same"-plane
+  shortcut, col2im (``test_conv_device``), the fused optimizers (README: "the NumPy path's
+  arithmetic, bit for bit on the sim"; ``test_optim_fused``), batch norm's running
+  statistics given the device's batch statistics, and a constant channel's mean, zero
+  variance and ``y = beta`` (``test_batchnorm``, ``test_kernels_gpu``);
+* within ``test_kernels_gpu``'s tolerances: softmax cross-entropy and batch norm forward
+  and backward (the kernels reduce in another order).
+
+Every test skips where the sim has no C++ compiler (and CI's ``GPUNET_REQUIRE_SIM=1`` makes
+that an error in conftest).
+"""
+import numpy
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import gpunet
+from gpunet import backend, optim, sim, to_numpy
+from gpunet.functional import batchnorm as FB
+from gpunet.functional import conv as FC
+from gpunet.functional import dropout as FD
+from gpunet.functional import losses as FL
+from gpunet.functional import pooling as FP
+from gpunet.layers.base import Parameter
+from prop_helpers import conv_geometry, normal, pool_geometry, props, seeds
+
+# test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
+TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
+DTYPES = st.sampled_from([numpy.float32, numpy.float64])
+
+
+def _sim():
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    return backend.require_sim()
+
+
+# -- dropout -------------------------------------------------------------------------------
+
+@props(30)
+@given(seed=st.integers(0, 2**63 - 1), counter=st.integers(0, 2**40), start=st.integers(0, 2**31),
+       shape=st.lists(st.integers(1, 37), min_size=1, max_size=3).map(tuple),
+       p=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([0.0, 2.0**-24, 1 - 2.0**-24])),
+       mode=st.sampled_from(["inverted", "classic"]),
+       dtype=st.sampled_from([numpy.float16, numpy.float32, numpy.float64]))
+@example(seed=0, counter=0, start=0, shape=(1,), p=0.99999, mode="inverted", dtype=numpy.float16)
+def test_dropout_kernels_equal_numpy_bit_for_bit(seed, counter, start, shape, p, mode, dtype):
+    sp = _sim()
+    x = normal(seed % 2**32, shape, 1.0, dtype)
+    for f in (FD.dropout_forward, FD.dropout_backward):
+        ref = f(x, p, seed, counter, mode, start)
+        got = f(sp.asarray(x), p, seed, counter, mode, start)
+        assert got.dtype == ref.dtype
+        numpy.testing.assert_array_equal(to_numpy(got), ref)
+
+
+@props(15)
+@given(seed=st.integers(0, 2**63 - 1), shape=st.lists(st.integers(1, 20), min_size=1, max_size=3).map(tuple),
+       p=st.floats(0.0, 0.95), mode=st.sampled_from(["inverted", "classic"]), shard=st.integers(0, 3),
+       counter=st.integers(0, 2**33), dtype=DTYPES)
+def test_dropout_layer_on_the_sim_draws_the_cpu_masks(seed, shape, p, mode, shard, counter, dtype):
+    """The layer's device path (the counter in a device buffer, advanced by a launch) draws
+    the host's masks for the same seed, counter and shard, forward after forward."""
+    sp = _sim()
+    cpu, dev = gpunet.Dropout(p, mode, seed=seed), gpunet.Dropout(p, mode, seed=seed)
+    for layer in (cpu, dev):
+        layer.counter, layer.shard = counter, shard
+    dev.to("sim")
+    for step in range(3):
+        x = normal(step, shape, 1.0, dtype)
+        y, yd = cpu(x), dev(sp.asarray(x))
+        numpy.testing.assert_array_equal(to_numpy(yd), y)
+        dy = normal(step + 10, shape, 1.0, dtype)
+        numpy.testing.assert_array_equal(to_numpy(dev.backward(sp.asarray(dy))), cpu.backward(dy))
+    assert dev.counter == cpu.counter == counter + 3
+
+
+# -- pooling -------------------------------------------------------------------------------
+
+@st.composite
+def pool_cases(draw):
+    h, w, k, s, p = pool_geometry(draw, max_hw=11)
+    return dict(shape=(draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w), kernel=k, stride=s,
+                padding=p, layout=draw(st.sampled_from(["nchw", "cnhw", "chwn"])),
+                ties=draw(st.booleans()), dtype=draw(DTYPES), seed=draw(seeds))
+
+
+@props(30)
+@given(case=pool_cases())
+def test_pooling_kernels_equal_numpy_bit_for_bit(case):
+    sp = _sim()
+    c = case
+    shape, k, s, p = c["shape"], c["kernel"], c["stride"], c["padding"]
+    order = {"nchw": (0, 1, 2, 3), "cnhw": (1, 0, 2, 3), "chwn": (1, 2, 3, 0)}[c["layout"]]
+    inverse = tuple(numpy.argsort(order))
+    base = normal(c["seed"], tuple(shape[i] for i in order), 1.0, c["dtype"])
+    if c["ties"]:
+        base = numpy.round(base)
+    x, xd = base.transpose(inverse), sp.asarray(base).transpose(inverse)
+    y_ref, arg_ref = FP.max_pool2d(x, k, s, p)
+    y, arg = FP.max_pool2d(xd, k, s, p)
+    numpy.testing.assert_array_equal(to_numpy(y), y_ref)
+    numpy.testing.assert_array_equal(to_numpy(arg), arg_ref)
+    dy = normal(c["seed"] + 1, y_ref.shape, 1.0, c["dtype"])
+    dyd = sp.asarray(dy)
+    numpy.testing.assert_array_equal(to_numpy(FP.max_pool2d_backward(dyd, arg, shape, k, s, p)),
+                                     FP.max_pool2d_backward(dy, arg_ref, shape, k, s, p))
+    numpy.testing.assert_array_equal(to_numpy(FP.avg_pool2d(xd, k, s, p)), FP.avg_pool2d(x, k, s, p))
+    numpy.testing.assert_array_equal(to_numpy(FP.avg_pool2d_backward(dyd, shape, k, s, p)),
+                                     FP.avg_pool2d_backward(dy, shape, k, s, p))
+
+
+# -- im2col / col2im -----------------------------------------------------------------------
+
+@st.composite
+def conv_cases(draw):
+    h, w, k, s, p = conv_geometry(draw, max_hw=12)
+    return dict(shape=(draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w), kernel=k, stride=s,
+                padding=p, dtype=draw(DTYPES), seed=draw(seeds))
+
+
+@props(30)
+@given(case=conv_cases())
+def test_im2col_col2im_kernels_equal_numpy(case):
+    """im2col bit for bit; col2im bit for bit outside the NumPy path's "same"-plane
+    shortcut (which adds the centre offset first), within the GEMM tolerance there."""
+    sp = _sim()
+    from gpunet.cuda import conv as CC
+    c = case
+    x = normal(c["seed"], c["shape"], 1.0, c["dtype"])
+    k, s, p = c["kernel"], c["stride"], c["padding"]
+    out_hw = FC.output_size("t", x.shape, k, s, p)
+    cols_ref = FC.im2col_rows(x, k, s, p)
+    numpy.testing.assert_array_equal(to_numpy(CC.im2col_rows(sp.asarray(x), k, s, p, out_hw)), cols_ref)
+    dcols = normal(c["seed"] + 1, cols_ref.shape, 1.0, c["dtype"])
+    dx_ref = FC.col2im_rows(dcols, x.shape, k, s, p)
+    dx = to_numpy(CC.col2im_rows(sp.asarray(dcols), x.shape, k, s, p, out_hw))
+    if FC._same_plane(k, s, p):
+        tol = dict(rtol=2e-5, atol=2e-5) if c["dtype"] == numpy.float32 else dict(rtol=1e-12, atol=1e-12)
+        numpy.testing.assert_allclose(dx, dx_ref, **tol)
+    else:
+        numpy.testing.assert_array_equal(dx, dx_ref)
+
+
+# -- fused optimizers ----------------------------------------------------------------------
+
+@st.composite
+def optimizer_cases(draw):
+    name = draw(st.sampled_from(["SGD", "Adam", "AdamW", "RMSProp", "AdaGrad"]))
+    lr = draw(st.sampled_from([1e-3, 0.01, 0.1, 0.5]))
+    unit = st.floats(0.0, 0.999)
+    if name == "SGD":
+        m = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        kw = dict(lr=lr, momentum=m, nesterov=m > 0 and draw(st.booleans()),
+                  weight_decay=draw(st.sampled_from([0.0, 0.05])), l1=draw(st.sampled_from([0.0, 0.01])))
+    elif name == "Adam":
+        kw = dict(lr=lr, betas=(draw(unit), draw(unit)), eps=draw(st.sampled_from([1e-8, 1e-6])),
+                  weight_decay=draw(st.sampled_from([0.0, 0.1])), l1=draw(st.sampled_from([0.0, 0.01])))
+    elif name == "AdamW":
+        kw = dict(lr=lr, betas=(draw(unit), draw(unit)), eps=draw(st.sampled_from([1e-8, 1e-6])),
+                  weight_decay=draw(st.sampled_from([0.0, 0.1])))
+    elif name == "RMSProp":
+        kw = dict(lr=lr, alpha=draw(unit), eps=draw(st.sampled_from([1e-8, 1e-6])),
+                  momentum=draw(st.sampled_from([0.0, 0.7])))
+    else:
+        kw = dict(lr=lr, eps=draw(st.sampled_from([1e-10, 1e-6])))
+    sizes = draw(st.lists(st.one_of(st.integers(1, 40), st.integers(2040, 2100)), min_size=1, max_size=4))
+    steps = draw(st.integers(1, 4))
+    return dict(name=name, kw=kw, sizes=sizes, decay=[draw(st.booleans()) for _ in sizes],
+                has_grad=[[draw(st.booleans()) for _ in sizes] for _ in range(steps)],
+                new_lr=draw(st.one_of(st.none(), st.sampled_from([1e-4, 0.2]))), dtype=draw(DTYPES),
+                seed=draw(seeds))
+
+
+@props(30)
+@given(case=optimizer_cases())
+def test_fused_optimizers_equal_numpy_bit_for_bit(case):
+    """Random hyper-parameters, parameter sizes around the kernel's 2048-element chunks,
+    parameters skipped at some steps (their step counts fall behind), a learning rate
+    changed between steps: parameters and every state buffer equal the NumPy path's."""
+    sp = _sim()
+    c = case
+    rng = numpy.random.default_rng(c["seed"])
+    w0 = [rng.standard_normal(n).astype(c["dtype"]) for n in c["sizes"]]
+    host = [Parameter(w.copy(), f"p{i}", d) for i, (w, d) in enumerate(zip(w0, c["decay"]))]
+    dev = [Parameter(sp.asarray(w), f"p{i}", d) for i, (w, d) in enumerate(zip(w0, c["decay"]))]
+    oh, od = (getattr(optim, c["name"])(ps, **c["kw"]) for ps in (host, dev))
+    for step, mask in enumerate(c["has_grad"]):
+        if step == 1 and c["new_lr"] is not None:
+            oh.lr = od.lr = c["new_lr"]
+        for a, b, on in zip(host, dev, mask):
+            g = (rng.standard_normal(a.data.shape) * 2).astype(c["dtype"]) if on else None
+            a.grad, b.grad = g, None if g is None else sp.asarray(g)
+        oh.step()
+        od.step()
+    for a, b in zip(host, dev):
+        numpy.testing.assert_array_equal(to_numpy(b.data), a.data)
+    assert od.steps == oh.steps
+    for sh, sd in zip(oh.state, od.state):
+        assert sorted(sh) == sorted(sd)
+        for k in sh:
+            numpy.testing.assert_array_equal(to_numpy(sd[k]), sh[k], err_msg=k)
+
+
+# -- softmax cross-entropy -----------------------------------------------------------------
+
+@props(30)
+@given(seed=seeds, n=st.integers(1, 40), c=st.one_of(st.integers(1, 70), st.integers(1020, 1100)),
+       variant=st.sampled_from(["labels", "ignore", "soft"]), smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+       reduction=st.sampled_from(["mean", "sum", "none"]), scale=st.sampled_from([1.0, 3.0, 10.0]),
+       dtype=DTYPES)
+def test_softmax_xent_kernel_matches_numpy(seed, n, c, variant, smoothing, reduction, scale, dtype):
+    """Both kernel paths (warp per row, C <= 1024; block per row above), every variant and
+    reduction, within ``test_kernels_gpu``'s tolerances."""
+    sp = _sim()
+    rng = numpy.random.default_rng(seed)
+    logits = (rng.standard_normal((n, c)) * scale).astype(dtype)
+    ignore = -100 if variant == "ignore" else None
+    if variant == "soft":
+        t = rng.random((n, c))
+        labels = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+    else:
+        labels = rng.integers(0, c, n)
+        if ignore is not None:
+            labels[rng.random(n) < 0.4] = ignore
+    ref = FL.softmax_cross_entropy(logits, labels, smoothing, ignore, reduction)
+    got = FL.softmax_cross_entropy(sp.asarray(logits), sp.asarray(labels), smoothing, ignore, reduction)
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        numpy.testing.assert_allclose(to_numpy(g), r, **TOL[dtype])
+
+
+# -- batch norm ----------------------------------------------------------------------------
+
+@props(30)
+@given(seed=seeds, c=st.integers(1, 5), four=st.booleans(), n=st.integers(2, 9), h=st.integers(1, 5),
+       w=st.integers(1, 5), dtype=DTYPES, eps=st.sampled_from([1e-5, 1e-3]), affine=st.booleans(),
+       constant=st.integers(-1, 4), momentum=st.floats(0.0, 1.0))
+def test_batchnorm_kernels_match_numpy(seed, c, four, n, h, w, dtype, eps, affine, constant, momentum):
+    """Forward and backward within ``test_kernels_gpu``'s tolerances; a constant channel
+    gets its value as the mean, variance 0 and ``y = beta`` exactly on the device (the
+    NumPy path's plain ``x.mean`` is not exact there, docs/concepts.md: that channel is
+    checked for exactness, not against NumPy); the running statistics the statistics
+    kernel updates in place are the host formula, rounded as on the host, applied to the
+    device's batch statistics."""
+    sp = _sim()
+    shape = (n, c, h, w) if four else (n, c)
+    x = (normal(seed, shape) * 2 + normal(seed + 1, (1, c) + (1,) * (len(shape) - 2))).astype(dtype)
+    if 0 <= constant < c:
+        x[:, constant] = 0.1                       # inexact in binary: rounding would show
+    gamma = numpy.random.default_rng(seed + 2).uniform(0.5, 1.5, c).astype(dtype) if affine else None
+    beta = normal(seed + 3, (c,), 1.0, dtype) if affine else None
+    dy = normal(seed + 4, shape, 1.0, dtype)
+    dev = (lambda a: None if a is None else sp.asarray(a))
+    ref = FB.batch_norm_forward(x, gamma, beta, eps)
+    got = FB.batch_norm_forward(dev(x), dev(gamma), dev(beta), eps)
+    const = 0 <= constant < c
+
+    def others(a):          # the channels compared with NumPy: all but a constant one
+        a = to_numpy(a)
+        return numpy.delete(a, constant, axis=0 if a.ndim == 1 else 1) if const else a
+    for r, g in zip(ref, got):
+        numpy.testing.assert_allclose(others(g), others(r), **TOL[dtype])
+    if const:
+        assert to_numpy(got[1])[constant] == x.reshape(n, c, -1)[0, constant, 0]
+        assert to_numpy(got[2])[constant] == 0
+        numpy.testing.assert_array_equal(to_numpy(got[0])[:, constant],
+                                         beta[constant] if affine else numpy.zeros_like(x[:, constant]))
+    ref_b = FB.batch_norm_backward(dy, x, gamma, ref[1], ref[3])
+    got_b = FB.batch_norm_backward(dev(dy), dev(x), dev(gamma), got[1], got[3])
+    for r, g in zip(ref_b, got_b):
+        if r is None:
+            assert g is None
+            continue
+        numpy.testing.assert_allclose(others(g), others(r), rtol=TOL[dtype]["rtol"] * 10,
+                                      atol=TOL[dtype]["atol"] * 10)
+    # the running statistics: in place, the host's roundings of the device's statistics
+    rm0 = normal(seed + 5, (c,), 1.0, dtype)
+    rv0 = numpy.abs(normal(seed + 6, (c,), 1.0, dtype)) + 0.5
+    rm, rv = sp.asarray(rm0), sp.asarray(rv0)
+    FB.batch_norm_forward(dev(x), dev(gamma), dev(beta), eps, running=(rm, rv, momentum))
+    mean, var = to_numpy(got[1]), to_numpy(got[2])
+    m = x.size // c
+    numpy.testing.assert_array_equal(to_numpy(rm), rm0 * (1.0 - momentum) + mean * momentum)
+    numpy.testing.assert_array_equal(to_numpy(rv), rv0 * (1.0 - momentum) + (var * (m / (m - 1.0))) * momentum)
+
+
+@props(15)
+@given(seed=seeds, c=st.integers(1, 4), n=st.integers(2, 6), hw=st.integers(1, 4),
+       p=st.floats(0.0, 0.9), relu=st.booleans())
+def test_conv_bn_dropout_pool_stack_on_the_sim_matches_cpu(seed, c, n, hw, p, relu):
+    """A float64 Conv2D-BatchNorm-ReLU-Dropout-MaxPool-AvgPool stack, one training step,
+    forward and every gradient, sim against CPU (the GEMMs sum in another order: within
+    test_conv_device's float64 tolerance)."""
+    sp = _sim()
+
+    def build():
+        gpunet.manual_seed(seed)
+        return gpunet.Sequential(gpunet.Conv2D(2, c, 3, padding=1, activation="relu" if relu else None),
+                                 gpunet.BatchNorm(c), gpunet.ReLU(), gpunet.Dropout(p, seed=seed),
+                                 gpunet.MaxPool2D(2, 1), gpunet.AvgPool2D(2, 1, 1))
+    cpu, dev = build().to(dtype=numpy.float64), build().to(dtype=numpy.float64)
+    dev.to("sim")
+    x = normal(seed, (n, 2, hw + 2, hw + 3))
+    y = cpu(x)
+    yd = dev(sp.asarray(x))
+    numpy.testing.assert_allclose(to_numpy(yd), y, rtol=1e-12, atol=1e-12)
+    dy = normal(seed + 1, y.shape)
+    dx = cpu.backward(dy)
+    dxd = dev.backward(sp.asarray(dy))
+    numpy.testing.assert_allclose(to_numpy(dxd), dx, rtol=1e-11, atol=1e-11)
+    for (name, a), (_, b) in zip(cpu.named_parameters(), dev.named_parameters()):
+        numpy.testing.assert_allclose(to_numpy(b.grad), a.grad, rtol=1e-11, atol=1e-11, err_msg=name)
