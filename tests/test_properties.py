@@ -21,7 +21,7 @@ from gpunet.functional import conv as FC
 from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
-from prop_helpers import conv_geometry, normal, pool_geometry, props, seeds
+from prop_helpers import PERMS, build_stack, conv_geometry, in_layout, normal, pool_geometry, props, seeds, stacks
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -598,3 +598,27 @@ def test_bad_input_raises_naming_the_layer(name, shape, dtype, param_dtype, as_l
         with pytest.raises((ValueError, TypeError)) as info:
             layer.backward(bad)
         assert str(info.value).startswith(f"{name}.backward:"), str(info.value)
+
+
+# -- memory layout -------------------------------------------------------------------------
+
+@props(40)
+@given(case=stacks(), xperm=st.sampled_from(PERMS), dperm=st.sampled_from(PERMS), step=st.integers(1, 2))
+def test_layers_give_the_same_numbers_in_any_memory_layout(case, xperm, dperm, step):
+    """A stack of conv, batch norm, activation, pooling and dropout layers fed an input
+    (and a ``dy``) in any memory order, strided or not, gives the output and gradients it
+    gives on C-contiguous arrays (float64; batch norm sums in another order over
+    channel-major memory, so within rounding)."""
+    x = normal(case["seed"], (case["n"], case["c"], case["h"], case["w"]))
+    a, b = build_stack(case), build_stack(case)
+    ya = a(x)
+    yb = b(in_layout(x, xperm, step))
+    numpy.testing.assert_allclose(yb, ya, rtol=1e-12, atol=1e-12)
+    dy = normal(case["seed"] + 1, ya.shape)
+    dxa = a.backward(dy)
+    dxb = b.backward(in_layout(dy, dperm, step))
+    numpy.testing.assert_allclose(dxb, dxa, rtol=1e-11, atol=1e-11)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        numpy.testing.assert_allclose(q.grad, p.grad, rtol=1e-11, atol=1e-11, err_msg=name)
+    for (name, u), (_, v) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+        numpy.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -30,7 +30,7 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
-from prop_helpers import conv_geometry, normal, pool_geometry, props, seeds
+from prop_helpers import PERMS, build_stack, conv_geometry, normal, pool_geometry, props, seeds, stacks
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -319,3 +319,33 @@ def test_conv_bn_dropout_pool_stack_on_the_sim_matches_cpu(seed, c, n, hw, p, re
     numpy.testing.assert_allclose(to_numpy(dxd), dx, rtol=1e-11, atol=1e-11)
     for (name, a), (_, b) in zip(cpu.named_parameters(), dev.named_parameters()):
         numpy.testing.assert_allclose(to_numpy(b.grad), a.grad, rtol=1e-11, atol=1e-11, err_msg=name)
+
+
+@props(25)
+@given(case=stacks(), xperm=st.sampled_from(PERMS), dperm=st.sampled_from(PERMS), step=st.integers(1, 2))
+def test_layers_on_the_sim_match_the_cpu_in_any_memory_layout(case, xperm, dperm, step):
+    """The device kernels read their inputs in any layout (im2col, pooling, batch norm,
+    dropout, the epilogues): a random stack on the sim, fed ``x`` and ``dy`` in any memory
+    order, strided or not, matches the CPU's on C-contiguous arrays (float64; the GEMMs
+    and reductions sum in another order)."""
+    sp = _sim()
+    x = normal(case["seed"], (case["n"], case["c"], case["h"], case["w"]))
+    cpu, dev = build_stack(case), build_stack(case).to("sim")
+    y = cpu(x)
+    yd = dev(_dev_layout(sp, x, xperm, step))
+    numpy.testing.assert_allclose(to_numpy(yd), y, rtol=1e-11, atol=1e-11)
+    dy = normal(case["seed"] + 1, y.shape)
+    dx = cpu.backward(dy)
+    dxd = dev.backward(_dev_layout(sp, dy, dperm, step))
+    numpy.testing.assert_allclose(to_numpy(dxd), dx, rtol=1e-10, atol=1e-10)
+    for (name, p), (_, q) in zip(cpu.named_parameters(), dev.named_parameters()):
+        numpy.testing.assert_allclose(to_numpy(q.grad), p.grad, rtol=1e-10, atol=1e-10, err_msg=name)
+    for (name, u), (_, v) in zip(sorted(cpu.state_dict().items()), sorted(dev.state_dict().items())):
+        numpy.testing.assert_allclose(v, u, rtol=1e-11, atol=1e-11, err_msg=name)
+
+
+def _dev_layout(sp, a, perm, step):
+    """``a`` on the sim as an ``a.shape`` view of memory in axis order ``perm`` (strided by
+    ``step``)."""
+    buf = sp.asarray(numpy.ascontiguousarray(numpy.repeat(a.transpose(perm)[..., None], step, axis=-1)))
+    return buf[..., 0].transpose(tuple(numpy.argsort(perm)))
