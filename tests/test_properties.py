@@ -622,3 +622,97 @@ def test_layers_give_the_same_numbers_in_any_memory_layout(case, xperm, dperm, s
         numpy.testing.assert_allclose(q.grad, p.grad, rtol=1e-11, atol=1e-11, err_msg=name)
     for (name, u), (_, v) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
         numpy.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+# -- float16 on the NumPy path: the float32 computation, each output rounded once ---------------
+
+def _h(a):
+    return a.astype(numpy.float16)
+
+
+@st.composite
+def half_conv_cases(draw):
+    h, w, k, s, p = conv_geometry(draw)
+    return dict(shape=(draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w), cout=draw(st.integers(1, 3)),
+                kernel=k, stride=s, padding=p, relu=draw(st.booleans()), bias=draw(st.booleans()),
+                scale=draw(st.sampled_from([0.5, 4.0, 100.0])), seed=draw(seeds))
+
+
+@props(30)
+@given(case=half_conv_cases())
+def test_float16_conv_is_float32_rounded_once(case):
+    """Conv2D's NumPy path on float16 (both image-size paths, any geometry, the fused ReLU):
+    output, input, weight and bias gradients equal the float32 computation rounded once
+    (tolerance 0; ``gpunet.functional.conv``)."""
+    c = case
+    k, s, p = c["kernel"], c["stride"], c["padding"]
+    x = _h(normal(c["seed"], c["shape"], c["scale"]))
+    w = _h(normal(c["seed"] + 1, (c["cout"], c["shape"][1]) + k, 0.5))
+    b = _h(normal(c["seed"] + 2, (c["cout"],))) if c["bias"] else None
+    f = [None if a is None else a.astype(numpy.float32) for a in (x, w, b)]
+    act = "relu" if c["relu"] else None
+    with numpy.errstate(over="ignore"):
+        y16, cols = FC.conv2d(x, w, b, s, p, return_cols=True, activation=act)
+        y32, cols32 = FC.conv2d(*f, s, p, return_cols=True, activation=act)
+        numpy.testing.assert_array_equal(y16, _h(y32))
+        dy = _h(normal(c["seed"] + 3, y16.shape))
+        got = FC.conv2d_backward(dy, x, w, s, p, cols=cols, need_bias=c["bias"], y=y16, activation=act)
+        want = FC.conv2d_backward(dy.astype(numpy.float32), *f[:2], s, p, cols=cols32, need_bias=c["bias"],
+                                  y=_h(y32).astype(numpy.float32), activation=act)
+    for g, ref in zip(got, want):
+        if ref is None:
+            assert g is None
+            continue
+        assert g.dtype == numpy.float16
+        numpy.testing.assert_array_equal(g, _h(ref))
+
+
+@props(30)
+@given(case=pool_args(), perm=st.sampled_from(PERMS))
+def test_float16_pooling_is_float32_rounded_once(case, perm):
+    """Max and average pooling of float16 in any memory order: output, argmax and both
+    backwards equal the float32 results rounded once."""
+    from gpunet.functional import pooling as FP
+    c = case
+    shape, k, s, p = (c["n"], c["c"], c["h"], c["w"]), c["kernel"], c["stride"], c["padding"]
+    x = in_layout(_h(normal(c["seed"], shape)), perm)
+    x32 = x.astype(numpy.float32)
+    y, arg = FP.max_pool2d(x, k, s, p)
+    y32, arg32 = FP.max_pool2d(x32, k, s, p)
+    assert y.dtype == numpy.float16
+    numpy.testing.assert_array_equal(y, _h(y32))
+    numpy.testing.assert_array_equal(arg, arg32)
+    dy = _h(normal(c["seed"] + 1, y.shape))
+    numpy.testing.assert_array_equal(FP.max_pool2d_backward(dy, arg, shape, k, s, p),
+                                     _h(FP.max_pool2d_backward(dy.astype(numpy.float32), arg32, shape, k, s, p)))
+    numpy.testing.assert_array_equal(FP.avg_pool2d(x, k, s, p), _h(FP.avg_pool2d(x32, k, s, p)))
+    numpy.testing.assert_array_equal(FP.avg_pool2d_backward(dy, shape, k, s, p),
+                                     _h(FP.avg_pool2d_backward(dy.astype(numpy.float32), shape, k, s, p)))
+
+
+@props(30)
+@given(seed=seeds, c=st.integers(1, 4), four=st.booleans(), n=st.integers(2, 6), hw=st.integers(1, 4),
+       perm=st.sampled_from(PERMS), affine=st.booleans(), shift=st.sampled_from([0.0, 0.5, 100.0]))
+def test_float16_batchnorm_is_float32_rounded_once(seed, c, four, n, hw, perm, affine, shift):
+    """Batch norm of float16 (float32 gamma/beta) in any memory order: statistics and
+    dgamma/dbeta float32, ``y`` and ``dx`` the float32 computation on the upcast input
+    rounded once (``gpunet.functional.batchnorm``)."""
+    from gpunet.functional import batchnorm as FB
+    shape = (n, c, hw, hw + 1) if four else (n, c)
+    x = _h(normal(seed, shape, 2.0) + shift)
+    if four:
+        x = in_layout(x, perm)
+    dy = _h(normal(seed + 1, shape))
+    g = normal(seed + 2, (c,), 1.0, numpy.float32) if affine else None
+    b = normal(seed + 3, (c,), 1.0, numpy.float32) if affine else None
+    x32 = x.astype(numpy.float32)
+    y32, m32, v32, i32 = FB.batch_norm_forward(x32, g, b)
+    dx32, dg32, db32 = FB.batch_norm_backward(dy.astype(numpy.float32), x32, g, m32, i32)
+    y, m, v, inv = FB.batch_norm_forward(x, g, b)
+    dx, dg, db = FB.batch_norm_backward(dy, x, g, m, inv)
+    assert y.dtype == dx.dtype == numpy.float16
+    for got, ref in ((m, m32), (v, v32), (inv, i32), (dg, dg32), (db, db32)):
+        assert got.dtype == numpy.float32
+        numpy.testing.assert_array_equal(got, ref)
+    numpy.testing.assert_array_equal(y, _h(y32))
+    numpy.testing.assert_array_equal(dx, _h(dx32))

@@ -349,3 +349,88 @@ def _dev_layout(sp, a, perm, step):
     ``step``)."""
     buf = sp.asarray(numpy.ascontiguousarray(numpy.repeat(a.transpose(perm)[..., None], step, axis=-1)))
     return buf[..., 0].transpose(tuple(numpy.argsort(perm)))
+
+
+# -- float16 kernels: the float32 kernels' arithmetic, each output rounded once -------------------
+
+def _h(a):
+    return a.astype(numpy.float16)
+
+
+@props(25)
+@given(case=conv_cases(), cout=st.integers(1, 3), pool=pool_cases(), scale=st.sampled_from([1.0, 4.0, 100.0]))
+def test_half_kernels_equal_the_float32_kernels_rounded(case, cout, pool, scale):
+    """im2col, col2im, the conv epilogues (bias, fused ReLU, its gradient) and max/avg
+    pooling forward and backward on float16: equal (tolerance 0) to the float32 kernels'
+    results rounded to float16 (``gpunet.cuda``: ``__half`` kernels compute in float and
+    round each output once), any geometry."""
+    sp = _sim()
+    from gpunet.cuda import conv as CC
+    from gpunet.cuda import pooling as CP
+    c = case
+    k, s, p = c["kernel"], c["stride"], c["padding"]
+    x = _h(normal(c["seed"], c["shape"], scale))
+    oh, ow = FC.output_size("t", x.shape, k, s, p)
+    x16, x32 = sp.asarray(x), sp.asarray(x.astype(numpy.float32))
+    cols = CC.im2col_rows(x16, k, s, p, (oh, ow))
+    numpy.testing.assert_array_equal(to_numpy(cols), _h(to_numpy(CC.im2col_rows(x32, k, s, p, (oh, ow)))))
+    dcols = _h(normal(c["seed"] + 1, cols.shape, scale))
+    numpy.testing.assert_array_equal(
+        to_numpy(CC.col2im_rows(sp.asarray(dcols), x.shape, k, s, p, (oh, ow))),
+        _h(to_numpy(CC.col2im_rows(sp.asarray(dcols.astype(numpy.float32)), x.shape, k, s, p, (oh, ow)))))
+    n = x.shape[0]
+    z, b = _h(normal(c["seed"] + 2, (cout, n * oh * ow), scale)), _h(normal(c["seed"] + 3, (cout,)))
+    for relu in (False, True):
+        with numpy.errstate(over="ignore"):
+            want = _h(to_numpy(CC.conv_bias_act(sp.asarray(z.astype(numpy.float32)),
+                                                sp.asarray(b.astype(numpy.float32)), n, (oh, ow), relu=relu)))
+        numpy.testing.assert_array_equal(
+            to_numpy(CC.conv_bias_act(sp.asarray(z), sp.asarray(b), n, (oh, ow), relu=relu)), want)
+    y = numpy.maximum(_h(normal(c["seed"] + 4, (n, cout, oh, ow))), 0)
+    dy = _h(normal(c["seed"] + 5, y.shape))
+    numpy.testing.assert_array_equal(
+        to_numpy(CC.conv_act_grad(sp.asarray(dy), sp.asarray(y))),
+        _h(to_numpy(CC.conv_act_grad(sp.asarray(dy.astype(numpy.float32)), sp.asarray(y.astype(numpy.float32))))))
+    # pooling
+    q = pool
+    pk, ps, pp = q["kernel"], q["kernel"] if q["stride"] is None else q["stride"], q["padding"]
+    px = _h(normal(q["seed"], q["shape"], scale))
+    pout = FC.output_size("t", px.shape, pk, ps, pp)
+    p16, p32 = sp.asarray(px), sp.asarray(px.astype(numpy.float32))
+    y16, arg16 = CP.max_pool2d(p16, pk, ps, pp, pout)
+    y32, arg32 = CP.max_pool2d(p32, pk, ps, pp, pout)
+    numpy.testing.assert_array_equal(to_numpy(y16), _h(to_numpy(y32)))
+    numpy.testing.assert_array_equal(to_numpy(arg16), to_numpy(arg32))
+    pdy = _h(normal(q["seed"] + 1, to_numpy(y16).shape, scale))
+    pdy16, pdy32 = sp.asarray(pdy), sp.asarray(pdy.astype(numpy.float32))
+    numpy.testing.assert_array_equal(to_numpy(CP.max_pool2d_backward(pdy16, arg16, px.shape, pk, ps, pp)),
+                                     _h(to_numpy(CP.max_pool2d_backward(pdy32, arg32, px.shape, pk, ps, pp))))
+    numpy.testing.assert_array_equal(to_numpy(CP.avg_pool2d(p16, pk, ps, pp, pout)),
+                                     _h(to_numpy(CP.avg_pool2d(p32, pk, ps, pp, pout))))
+    numpy.testing.assert_array_equal(to_numpy(CP.avg_pool2d_backward(pdy16, px.shape, pk, ps, pp)),
+                                     _h(to_numpy(CP.avg_pool2d_backward(pdy32, px.shape, pk, ps, pp))))
+
+
+@props(25)
+@given(seed=seeds, c=st.integers(1, 4), four=st.booleans(), n=st.integers(2, 7), hw=st.integers(1, 4),
+       affine=st.booleans(), shift=st.sampled_from([0.0, 0.5, 100.0]))
+def test_half_batchnorm_kernels_equal_the_float32_kernels_rounded(seed, c, four, n, hw, affine, shift):
+    """Batch norm's ``__half`` kernels: float32 statistics and dgamma/dbeta equal to the
+    float32 kernels' on the upcast input, ``y`` and ``dx`` equal to theirs rounded once."""
+    sp = _sim()
+    shape = (n, c, hw, hw + 1) if four else (n, c)
+    x = _h(normal(seed, shape, 2.0) + shift)
+    dy = _h(normal(seed + 1, shape))
+    g = sp.asarray(normal(seed + 2, (c,), 1.0, numpy.float32)) if affine else None
+    b = sp.asarray(normal(seed + 3, (c,), 1.0, numpy.float32)) if affine else None
+    x16, x32 = sp.asarray(x), sp.asarray(x.astype(numpy.float32))
+    y, m, v, inv = FB.batch_norm_forward(x16, g, b)
+    dx, dg, db = FB.batch_norm_backward(sp.asarray(dy), x16, g, m, inv)
+    y32, m32, v32, inv32 = FB.batch_norm_forward(x32, g, b)
+    dx32, dg32, db32 = FB.batch_norm_backward(sp.asarray(dy.astype(numpy.float32)), x32, g, m32, inv32)
+    for got, ref in ((m, m32), (v, v32), (inv, inv32), (dg, dg32), (db, db32)):
+        assert got.dtype == numpy.float32
+        numpy.testing.assert_array_equal(to_numpy(got), to_numpy(ref))
+    assert y.dtype == dx.dtype == numpy.float16
+    numpy.testing.assert_array_equal(to_numpy(y), _h(to_numpy(y32)))
+    numpy.testing.assert_array_equal(to_numpy(dx), _h(to_numpy(dx32)))
