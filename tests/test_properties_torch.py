@@ -480,3 +480,74 @@ def test_optimizer_steps_match_torch(case):
         for i, (p, t) in enumerate(zip(params, tparams)):
             _close(p.data, t, f"{c['name']} parameter {i}", rtol=1e-12, atol=1e-15)
     assert opt.steps == [sum(m[i] for m in c["has_grad"]) for i in range(len(params))]
+
+
+@props(30)
+@given(seed=seeds, shapes=st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple), min_size=1,
+                                   max_size=4),
+       has_grad=st.lists(st.booleans(), min_size=4, max_size=4), max_norm=st.sampled_from([0.0, 0.1, 1.0, 1e3]),
+       clip=st.sampled_from([0.0, 0.05, 1.0]), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_gradient_clipping_matches_torch(seed, shapes, has_grad, max_norm, clip, scale):
+    """``clip_grad_norm`` (the returned norm and the scaled gradients; parameters without a
+    gradient ignored, none at all: 0.0) and ``clip_grad_value`` against ``torch.nn.utils``."""
+    torch = _torch()
+    rng = numpy.random.default_rng(seed)
+    grads = [rng.standard_normal(s) * scale if on else None for s, on in zip(shapes, has_grad)]
+    for fn in ("norm", "value"):
+        params = [Parameter(numpy.zeros(s), f"p{i}", True) for i, s in enumerate(shapes)]
+        tparams = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+        for p, t, g in zip(params, tparams, grads):
+            p.grad = None if g is None else g.copy()
+            t.grad = None if g is None else torch.tensor(g.copy())
+        if all(g is None for g in grads):      # PyTorch 2.13 raises on no gradient at all
+            assert optim.clip_grad_norm(params, max_norm) == 0.0
+            optim.clip_grad_value(params, clip)
+            assert all(p.grad is None for p in params)
+            return
+        if fn == "norm":
+            total = optim.clip_grad_norm(params, max_norm)
+            ttotal = torch.nn.utils.clip_grad_norm_(tparams, max_norm)
+            assert total == pytest.approx(float(ttotal), rel=1e-12, abs=1e-300)
+        else:
+            optim.clip_grad_value(params, clip)
+            torch.nn.utils.clip_grad_value_(tparams, clip)
+        for p, t in zip(params, tparams):
+            if t.grad is None:
+                assert p.grad is None
+            else:
+                _close(p.grad, t.grad, f"clip_grad_{fn}", rtol=1e-12, atol=0)
+
+
+SCHEDULES = {
+    "StepLR": (lambda d: dict(step_size=d(st.integers(1, 5)), gamma=d(st.sampled_from([0.1, 0.5, 0.9, 1.5])))),
+    "ExponentialLR": (lambda d: dict(gamma=d(st.sampled_from([0.5, 0.9, 0.99, 1.1])))),
+    "CosineAnnealingLR": (lambda d: dict(T_max=d(st.integers(1, 7)), eta_min=d(st.sampled_from([0.0, 1e-3, 0.05])))),
+    "LinearWarmup": (lambda d: dict(warmup_steps=d(st.integers(0, 6)),
+                                    start_factor=d(st.sampled_from([1.0 / 3.0, 0.01, 0.5, 1.0])))),
+}
+
+
+@props(30)
+@given(name=st.sampled_from(sorted(SCHEDULES)), data=st.data(), base_lr=st.sampled_from([1e-3, 0.1, 1.0]),
+       steps=st.integers(1, 25))
+def test_schedules_match_torch(name, data, base_lr, steps):
+    """Every schedule, random hyper-parameters, ``steps`` steps (the cosine past ``T_max``):
+    gpunet's closed forms equal PyTorch's chained products to rounding."""
+    torch = _torch()
+    kw = SCHEDULES[name](data.draw)
+    opt = optim.SGD([Parameter(numpy.zeros(1), "w", True)], lr=base_lr)
+    sched = getattr(optim, name)(opt, **kw)
+    tp = torch.zeros(1, requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=base_lr)
+    if name == "LinearWarmup":
+        assume(kw["warmup_steps"] > 0)          # total_iters=0: PyTorch divides by zero
+        tsched = torch.optim.lr_scheduler.LinearLR(topt, start_factor=kw["start_factor"], end_factor=1.0,
+                                                   total_iters=kw["warmup_steps"])
+    else:
+        tsched = getattr(torch.optim.lr_scheduler, name)(topt, **kw)
+    for _ in range(steps):
+        assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10, abs=1e-12 * base_lr)
+        topt.step()
+        tsched.step()
+        sched.step()
+    assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10, abs=1e-12 * base_lr)
