@@ -222,8 +222,9 @@ class DataLoader:
     guarantees: disjoint, equal shares, reshuffled each epoch from the shared seed). Every
     process computes the same epoch order (above). Without ``drop_last`` it is padded to a
     multiple of ``S`` with its own first ``(-N) mod S`` entries (those samples are seen
-    twice that epoch, as in ``DistributedSampler``), then cut into global batches of
-    ``B = S·batch_size`` (the last one shorter, still a multiple of ``S``); process ``r``
+    twice that epoch, as in ``DistributedSampler``; cycled when ``N`` is smaller than
+    that, e.g. one sample on three processes: each gets it once), then cut into global
+    batches of ``B = S·batch_size`` (the last one shorter, still a multiple of ``S``); process ``r``
     gets the ``r``-th of the ``S`` equal consecutive slices of each global batch. So the
     processes' batches stacked in rank order are exactly the batches one process with
     ``batch_size=B`` sees (the same examples in the same order, up to the padding), which is
@@ -292,7 +293,9 @@ class DataLoader:
         if self.drop_last:
             order = order[:(n // big) * big]
         elif n % size:
-            order = numpy.concatenate([order, order[:size - n % size]])
+            # pad with the order's own first entries, cycled when N < (-N) mod S (fewer
+            # samples than the padding needs, as DistributedSampler repeats them)
+            order = numpy.resize(order, n + size - n % size)
         parts = []
         for start in range(0, order.size, big):
             g = order[start:start + big]

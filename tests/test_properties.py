@@ -716,3 +716,70 @@ def test_float16_batchnorm_is_float32_rounded_once(seed, c, four, n, hw, perm, a
         numpy.testing.assert_array_equal(got, ref)
     numpy.testing.assert_array_equal(y, _h(y32))
     numpy.testing.assert_array_equal(dx, _h(dx32))
+
+
+# -- DataLoader ------------------------------------------------------------------------------
+
+class _Rank:
+    """A rank of a world of ``size`` (what DataLoader reads of a communicator)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+@props(60)
+@given(n=st.integers(1, 40), batch=st.integers(1, 12), shuffle=st.booleans(), drop_last=st.booleans(),
+       seed=st.integers(0, 2**32), epochs=st.integers(1, 3))
+def test_dataloader_visits_every_sample_once_per_epoch(n, batch, shuffle, drop_last, seed, epochs):
+    """Each epoch: ``len(loader)`` batches of ``batch_size`` (the last shorter unless
+    dropped), rows of ``X`` and ``y`` kept together, every sample exactly once (or all but
+    the ``N % batch_size`` of the last batch with ``drop_last``), in the order
+    ``default_rng([seed, epoch]).permutation(N)`` when shuffled."""
+    X = numpy.arange(n, dtype=numpy.float64)[:, None] * numpy.ones((1, 3))
+    y = numpy.arange(n) * 10
+    loader = gpunet.DataLoader(X, y, batch_size=batch, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    for epoch in range(epochs):
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        sizes = [yb.size for _, yb in batches]
+        assert all(s == batch for s in sizes[:-1]) and (not sizes or 1 <= sizes[-1] <= batch)
+        for xb, yb in batches:
+            numpy.testing.assert_array_equal(xb[:, 0] * 10, yb)
+            numpy.testing.assert_array_equal(xb[:, 1], xb[:, 0])
+        seen = numpy.concatenate([yb // 10 for _, yb in batches]) if batches else numpy.zeros(0, int)
+        order = numpy.random.default_rng([seed, epoch]).permutation(n) if shuffle else numpy.arange(n)
+        want = order[:(n // batch) * batch] if drop_last else order
+        numpy.testing.assert_array_equal(seen, want)
+
+
+@props(60)
+@given(n=st.integers(1, 30), size=st.integers(1, 5), batch=st.integers(1, 6), drop_last=st.booleans(),
+       seed=st.integers(0, 2**32), epoch=st.integers(0, 2))
+@example(n=1, size=3, batch=2, drop_last=False, seed=0, epoch=0)
+def test_dataloader_shards_stack_into_the_global_batches(n, size, batch, drop_last, seed, epoch):
+    """Sharded over ``S`` processes (DataLoader's "Sharding", PyTorch DistributedSampler's
+    guarantees): every rank yields ``len(loader)`` batches; at each step the ranks' batches
+    have one size and, stacked in rank order, are the global batch of ``S·batch_size``
+    samples of the epoch's order (padded with its own first entries to a multiple of
+    ``S`` without ``drop_last``), so every sample is seen."""
+    X = numpy.arange(n, dtype=numpy.float64)[:, None]
+    loaders = [gpunet.DataLoader(X, batch_size=batch, shuffle=True, seed=seed, drop_last=drop_last,
+                                 comm=_Rank(r, size)) for r in range(size)]
+    for ld in loaders:
+        ld.set_epoch(epoch)
+    per_rank = [list(ld) for ld in loaders]
+    order = loaders[0].order(epoch)
+    big = size * batch
+    if drop_last:
+        padded = order[:(n // big) * big]
+    else:
+        padded = numpy.resize(order, -(-n // size) * size)     # cycled, as DistributedSampler
+    for r, batches in enumerate(per_rank):
+        assert len(batches) == len(loaders[r]), (r, [b.ravel().tolist() for b in batches], len(loaders[r]))
+    for step in range(len(per_rank[0])):
+        parts = [per_rank[r][step][:, 0] for r in range(size)]
+        assert len({p.size for p in parts}) == 1
+        numpy.testing.assert_array_equal(numpy.concatenate(parts), padded[step * big:(step + 1) * big])
+    if not drop_last:
+        seen = set(numpy.concatenate([b[:, 0] for bs in per_rank for b in bs]).astype(int).tolist())
+        assert seen == set(range(n))
