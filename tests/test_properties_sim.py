@@ -434,3 +434,32 @@ def test_half_batchnorm_kernels_equal_the_float32_kernels_rounded(seed, c, four,
     assert y.dtype == dx.dtype == numpy.float16
     numpy.testing.assert_array_equal(to_numpy(y), _h(to_numpy(y32)))
     numpy.testing.assert_array_equal(to_numpy(dx), _h(to_numpy(dx32)))
+
+
+@props(20)
+@given(n=st.integers(1, 40), batch=st.integers(1, 12), shuffle=st.booleans(), drop_last=st.booleans(),
+       seed=st.integers(0, 2**32), size=st.integers(1, 3), resident=st.booleans())
+def test_dataloader_on_the_sim_yields_the_cpu_batches(n, batch, shuffle, drop_last, seed, size, resident):
+    """Resident on the sim (the epoch's order, or its shuffled copy, gathered on the
+    device) or staged batch by batch through pinned memory: the batches equal the CPU
+    loader's, two epochs, every rank of a sharded loader."""
+    _sim()
+    import gpunet.data as D
+    X = numpy.random.default_rng(seed).standard_normal((n, 3))
+    y = numpy.arange(n)
+    saved = D.SIM_FREE_BYTES
+    D.SIM_FREE_BYTES = saved if resident else 0               # 0: nothing fits, batches are staged
+    try:
+        for r in range(size):
+            comm = None if size == 1 else type("Rank", (), {"rank": r, "size": size})()
+            kw = dict(batch_size=batch, shuffle=shuffle or size > 1, seed=seed, drop_last=drop_last, comm=comm)
+            cpu, dev = gpunet.DataLoader(X, y, **kw), gpunet.DataLoader(X, y, device="sim", **kw)
+            for _ in range(2):
+                a, b = list(cpu), list(dev)
+                assert len(a) == len(b) == len(cpu)
+                for (xa, ya), (xb, yb) in zip(a, b):
+                    numpy.testing.assert_array_equal(to_numpy(xb), xa)
+                    numpy.testing.assert_array_equal(to_numpy(yb), ya)
+            assert dev.resident == resident
+    finally:
+        D.SIM_FREE_BYTES = saved
