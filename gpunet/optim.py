@@ -215,13 +215,14 @@ class Optimizer:
         lr = _at_least(type(self).__name__, "lr", self.lr)    # it may have been reassigned
         if not isinstance(self.params[0].data, numpy.ndarray):
             return self._step_fused(lr, found)
-        for i, p in enumerate(self.params):
-            g = p.grad
-            if g is None:
-                continue
-            self._check_step(i, p, g)
+        # every gradient is checked before any parameter changes (as on a device): a
+        # refused step leaves no parameter, state or step count half-updated
+        active = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
+        for i, p in active:
+            self._check_step(i, p, p.grad)
+        for i, p in active:
             self.steps[i] += 1
-            self._update(i, p, g, lr)
+            self._update(i, p, p.grad, lr)
 
     def _check_step(self, i, p, g):
         if not (hasattr(g, "shape") and hasattr(g, "dtype")):

@@ -95,3 +95,53 @@ def build_stack(case):
                            "max": lambda: gpunet.MaxPool2D(2, 1), "avg": lambda: gpunet.AvgPool2D(3, 1, 1),
                            "dropout": lambda: gpunet.Dropout(0.3, seed=case["seed"])}[k]())
     return gpunet.Sequential(*layers).to(dtype=numpy.float64)
+
+
+@st.composite
+def bad_step_cases(draw):
+    """An optimizer, a few parameters with a gradient, one of which (``bad``) is of the
+    wrong shape or dtype, and how many good steps come first."""
+    name = draw(st.sampled_from(["SGD", "Adam", "AdamW", "RMSProp", "AdaGrad"]))
+    kw = {"SGD": dict(lr=0.1, momentum=0.9, weight_decay=0.01), "Adam": dict(lr=0.01, l1=0.01),
+          "AdamW": dict(lr=0.01), "RMSProp": dict(lr=0.01, momentum=0.5), "AdaGrad": dict(lr=0.1)}[name]
+    k = draw(st.integers(2, 4))
+    return dict(name=name, kw=kw, sizes=[draw(st.integers(1, 5)) for _ in range(k)], bad=draw(st.integers(0, k - 1)),
+                how=draw(st.sampled_from(["shape", "dtype"])), warm=draw(st.integers(0, 2)),
+                dtype=draw(st.sampled_from([numpy.float32, numpy.float64])), seed=draw(seeds))
+
+
+def check_a_refused_step_changes_nothing(xp, case):
+    """Run ``case`` (``bad_step_cases``) on array module ``xp``: the step with the bad
+    gradient raises ValueError naming the optimizer and the parameter, and leaves every
+    parameter, state buffer and step count as it was (nothing half-applied)."""
+    import pytest
+    from gpunet import optim, to_numpy
+    from gpunet.layers.base import Parameter
+    c = case
+    rng = numpy.random.default_rng(c["seed"])
+    params = [Parameter(xp.asarray(rng.standard_normal(n).astype(c["dtype"])), f"p{i}", True)
+              for i, n in enumerate(c["sizes"])]
+    opt = getattr(optim, c["name"])(params, **c["kw"])
+
+    def set_grads(bad):
+        for i, p in enumerate(params):
+            g = rng.standard_normal(p.data.shape).astype(c["dtype"])
+            if bad and i == c["bad"]:
+                g = numpy.zeros(g.size + 1, g.dtype) if c["how"] == "shape" else \
+                    g.astype(numpy.float64 if c["dtype"] == numpy.float32 else numpy.float32)
+            p.grad = xp.asarray(g)
+    for _ in range(c["warm"]):
+        set_grads(False)
+        opt.step()
+    before = ([to_numpy(p.data).copy() for p in params], list(opt.steps),
+              [{k: to_numpy(v).copy() for k, v in state.items()} for state in opt.state])
+    set_grads(True)
+    with pytest.raises(ValueError, match=rf"^{c['name']}: params\[{c['bad']}\] \(p{c['bad']}\)"):
+        opt.step()
+    for p, d in zip(params, before[0]):
+        numpy.testing.assert_array_equal(to_numpy(p.data), d)
+    assert list(opt.steps) == before[1]
+    for state, old in zip(opt.state, before[2]):
+        assert sorted(state) == sorted(old)
+        for k in state:
+            numpy.testing.assert_array_equal(to_numpy(state[k]), old[k])

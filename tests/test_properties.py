@@ -21,7 +21,8 @@ from gpunet.functional import conv as FC
 from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
-from prop_helpers import PERMS, build_stack, conv_geometry, in_layout, normal, pool_geometry, props, seeds, stacks
+from prop_helpers import (PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing, conv_geometry,
+                          in_layout, normal, pool_geometry, props, seeds, stacks)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -783,3 +784,15 @@ def test_dataloader_shards_stack_into_the_global_batches(n, size, batch, drop_la
     if not drop_last:
         seen = set(numpy.concatenate([b[:, 0] for bs in per_rank for b in bs]).astype(int).tolist())
         assert seen == set(range(n))
+
+
+# -- optimizers ------------------------------------------------------------------------------
+
+@props(30)
+@given(case=bad_step_cases())
+@example(case=dict(name="SGD", kw=dict(lr=0.1, momentum=0.9, weight_decay=0.01), sizes=[2, 3], bad=1,
+                   how="shape", warm=0, dtype=numpy.float64, seed=0))
+def test_a_refused_optimizer_step_changes_nothing(case):
+    """A gradient of the wrong shape or dtype raises ValueError naming the optimizer and
+    the parameter before any parameter is updated (as the fused device path does)."""
+    check_a_refused_step_changes_nothing(numpy, case)

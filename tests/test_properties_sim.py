@@ -30,7 +30,8 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
-from prop_helpers import PERMS, build_stack, conv_geometry, normal, pool_geometry, props, seeds, stacks
+from prop_helpers import (PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing, conv_geometry,
+                          normal, pool_geometry, props, seeds, stacks)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -463,3 +464,10 @@ def test_dataloader_on_the_sim_yields_the_cpu_batches(n, batch, shuffle, drop_la
             assert dev.resident == resident
     finally:
         D.SIM_FREE_BYTES = saved
+
+
+@props(20)
+@given(case=bad_step_cases())
+def test_a_refused_optimizer_step_on_the_sim_changes_nothing(case):
+    """The fused path: a bad gradient raises before the launch (nothing updated)."""
+    check_a_refused_step_changes_nothing(_sim(), case)
