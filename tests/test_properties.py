@@ -796,3 +796,54 @@ def test_a_refused_optimizer_step_changes_nothing(case):
     """A gradient of the wrong shape or dtype raises ValueError naming the optimizer and
     the parameter before any parameter is updated (as the fused device path does)."""
     check_a_refused_step_changes_nothing(numpy, case)
+
+
+# -- losses: bad input -------------------------------------------------------------------------
+
+ARRAY_SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
+ARRAY_DTYPES = st.sampled_from(["float64", "float32", "int64", "bool", "complex128"])
+
+
+def _xent_valid(z, t, ignore):
+    if z.ndim != 2 or z.dtype.kind != "f":
+        return False
+    if t.ndim == 1:
+        return (t.dtype.kind in "iu" and t.shape[0] == z.shape[0]
+                and bool(numpy.all(((t >= 0) & (t < z.shape[1])) | (t == ignore))))
+    return t.ndim == 2 and t.shape == z.shape and t.dtype.kind == "f"
+
+
+@props(150)
+@given(loss=st.sampled_from(["SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss"]), zshape=ARRAY_SHAPES,
+       zdtype=ARRAY_DTYPES, tshape=ARRAY_SHAPES, tdtype=ARRAY_DTYPES, as_list=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+@example(loss="SoftmaxCrossEntropy", zshape=(2, 3), zdtype="float64", tshape=(2,), tdtype="int64",
+         as_list=False, reduction="mean")
+@example(loss="BCEWithLogits", zshape=(), zdtype="float64", tshape=(), tdtype="float64", as_list=False,
+         reduction="mean")                                  # one logit: raised NumPy's TypeError
+def test_bad_loss_input_raises_naming_the_loss(loss, zshape, zdtype, tshape, tdtype, as_list, reduction):
+    """Any prediction/target shapes and dtypes: the loss either computes (when DESIGN §5
+    accepts them) or raises ValueError/TypeError naming the loss (the class or its
+    function in gpunet.functional), never a NumPy error; lists raise TypeError."""
+    z = (numpy.arange(math.prod(zshape)).reshape(zshape) % 3).astype(zdtype)
+    t = (numpy.arange(math.prod(tshape)).reshape(tshape) % 4).astype(tdtype)
+    ignore = 3 if loss == "SoftmaxCrossEntropy" else None
+    fn = getattr(gpunet, loss)(reduction=reduction, **({"ignore_index": ignore} if ignore is not None else {}))
+    if loss == "SoftmaxCrossEntropy":
+        valid = _xent_valid(z, t, ignore)
+    else:
+        valid = z.ndim >= 0 and z.dtype.kind == "f" and t.shape == z.shape and t.dtype.kind in "biuf"
+    if as_list:
+        z, valid = z.tolist(), False
+    names = {"SoftmaxCrossEntropy": "softmax_cross_entropy", "BCEWithLogits": "bce_with_logits",
+             "MSELoss": "mse"}
+    if valid:
+        out = fn(z, t)
+        assert numpy.all(numpy.isfinite(out)) and fn.backward().shape == z.shape
+        return
+    with pytest.raises((ValueError, TypeError)) as info:
+        fn(z, t)
+    msg = str(info.value)
+    assert msg.startswith(f"{loss}:") or msg.startswith(f"{names[loss]}:"), msg
+    if as_list:
+        assert info.type is TypeError

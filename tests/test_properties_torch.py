@@ -386,11 +386,13 @@ def test_softmax_cross_entropy_matches_torch(case):
 
 
 @props(30)
-@given(seed=seeds, shape=st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple),
+@given(seed=seeds, shape=st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple),
        reduction=st.sampled_from(["mean", "sum", "none"]), scale=st.sampled_from([1.0, 50.0, 1e3, 1e30]),
        kind=st.sampled_from(["bce", "mse"]))
+@example(seed=0, shape=(), reduction="mean", scale=1.0, kind="bce")
 def test_bce_and_mse_match_torch(seed, shape, reduction, scale, kind):
-    """BCE with logits is finite at any finite logit (DESIGN §5): logits up to 1e30."""
+    """BCE with logits is finite at any finite logit (DESIGN §5): logits up to 1e30; any
+    rank, a single 0-d logit included."""
     torch = _torch()
     rng = numpy.random.default_rng(seed)
     z = rng.standard_normal(shape) * scale

@@ -231,6 +231,11 @@ def bce_with_logits(z, y, reduction="mean"):
     _check_pair(name, "logits", z, y)
     check_reduction(name, reduction)
     xp = get_array_module(z, y)
+    if z.ndim == 0 and xp is numpy:
+        # one logit (PyTorch takes 0-d too): NumPy's ufuncs return scalars for 0-d arrays,
+        # which the out= passes below cannot write into; computed as shape (1,)
+        loss, dz = bce_with_logits(z.reshape(1), y.reshape(1), reduction)
+        return loss.reshape(()), dz.reshape(())
     y = y.astype(z.dtype, copy=False)
     e = xp.abs(z)
     xp.negative(e, out=e)
