@@ -7,6 +7,7 @@ property's example count by ``k`` for a longer local search; CI leaves it unset)
 drawn from a NumPy generator seeded by hypothesis (``seeds``): the shapes and hyper-parameters are what hypothesis
 explores and shrinks; the values only need to be generic (no ties, never all zeros).
 """
+import math
 import os
 
 import numpy
@@ -145,3 +146,78 @@ def check_a_refused_step_changes_nothing(xp, case):
         assert sorted(state) == sorted(old)
         for k in state:
             numpy.testing.assert_array_equal(to_numpy(state[k]), old[k])
+
+
+def _accepts(layer, shape, dtype, param_dtype):
+    """Whether DESIGN §4 and the layer's docstring accept an input of ``shape``/``dtype``."""
+    if dtype.kind != "f" or len(shape) == 0:
+        return False
+    if isinstance(layer, gpunet.Dense):
+        return len(shape) == 2 and shape[1] == layer.in_features and dtype == param_dtype
+    if isinstance(layer, gpunet.Conv2D):
+        return (len(shape) == 4 and shape[1] == layer.in_channels and dtype == param_dtype
+                and shape[2] + 2 * layer.padding[0] >= layer.kernel_size[0]
+                and shape[3] + 2 * layer.padding[1] >= layer.kernel_size[1])
+    if isinstance(layer, (gpunet.MaxPool2D, gpunet.AvgPool2D)):
+        return (len(shape) == 4 and shape[2] + 2 * layer.padding[0] >= layer.kernel_size[0]
+                and shape[3] + 2 * layer.padding[1] >= layer.kernel_size[1])
+    if isinstance(layer, gpunet.GlobalAvgPool2D):
+        return len(shape) == 4
+    if isinstance(layer, gpunet.BatchNorm):
+        # float16 input with float32 parameters: the mixed-precision exception
+        mixed = dtype == numpy.float16 and param_dtype == numpy.float32
+        return (len(shape) in (2, 4) and shape[1] == layer.num_features and (dtype == param_dtype or mixed)
+                and math.prod(shape) // layer.num_features >= 2)
+    if isinstance(layer, gpunet.Maxout):
+        return len(shape) >= 2 and shape[1] % layer.pieces == 0
+    if isinstance(layer, gpunet.Softmax):
+        return -len(shape) <= layer.axis < len(shape)
+    return True                                       # elementwise layers, Flatten: any rank >= 1
+
+
+BAD_INPUT_LAYERS = {
+    "Dense": lambda: gpunet.Dense(3, 2),
+    "Conv2D": lambda: gpunet.Conv2D(2, 3, (2, 3), stride=2, padding=(0, 1)),
+    "MaxPool2D": lambda: gpunet.MaxPool2D(3, 1, 1),
+    "AvgPool2D": lambda: gpunet.AvgPool2D((2, 3), None, (1, 0)),
+    "GlobalAvgPool2D": gpunet.GlobalAvgPool2D,
+    "BatchNorm": lambda: gpunet.BatchNorm(2),
+    "Maxout": lambda: gpunet.Maxout(2),
+    "Dropout": lambda: gpunet.Dropout(0.3, seed=1),
+    "ReLU": gpunet.ReLU,
+    "Softmax": lambda: gpunet.Softmax(axis=1),
+    "Flatten": gpunet.Flatten,
+}
+
+
+def check_bad_input(xp, name, shape, dtype, param_dtype, as_list):
+    """Layer ``name`` of ``BAD_INPUT_LAYERS`` (parameters of ``param_dtype``) on the device
+    of ``xp``, given an input of ``shape``/``dtype`` (a nested list when ``as_list``): a
+    result when the layer accepts it (then a backward with a ``dy`` of the wrong shape or
+    dtype raises naming ``<Layer>.backward``), else ValueError/TypeError whose message
+    starts with the layer's name (TypeError for a list)."""
+    import pytest
+    from gpunet.backend import device_of
+    layer = BAD_INPUT_LAYERS[name]()
+    layer.to(dtype=param_dtype)
+    dtype, param_dtype = numpy.dtype(dtype), numpy.dtype(param_dtype)
+    x = (numpy.arange(math.prod(shape)).reshape(shape) % 5).astype(dtype)
+    valid = not as_list and _accepts(layer, shape, dtype, param_dtype)
+    if xp is not numpy:
+        layer.to(device_of(xp.empty(0)))
+    arg = x.tolist() if as_list else xp.asarray(x)
+    if valid:
+        y = layer(arg)
+        assert y.dtype == dtype
+    else:
+        with pytest.raises((ValueError, TypeError)) as info:
+            layer(arg)
+        assert str(info.value).startswith(f"{name}:"), str(info.value)
+        if as_list:
+            assert info.type is TypeError
+        return
+    for bad in (numpy.zeros(y.shape + (1,), y.dtype), numpy.zeros(y.shape, numpy.int64),
+                numpy.zeros(y.shape, numpy.float32 if y.dtype == numpy.float64 else numpy.float64)):
+        with pytest.raises((ValueError, TypeError)) as info:
+            layer.backward(xp.asarray(bad))
+        assert str(info.value).startswith(f"{name}.backward:"), str(info.value)

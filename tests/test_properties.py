@@ -21,8 +21,8 @@ from gpunet.functional import conv as FC
 from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
-from prop_helpers import (PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing, conv_geometry,
-                          in_layout, normal, pool_geometry, props, seeds, stacks)
+from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
+                          check_bad_input, conv_geometry, in_layout, normal, pool_geometry, props, seeds, stacks)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -525,48 +525,6 @@ def test_batchnorm_output_statistics_and_gradient_identities(seed, c, four, n, h
 
 # -- bad input: ValueError/TypeError naming the layer -----------------------------------------
 
-def _valid(layer, shape, dtype, param_dtype):
-    """Whether DESIGN §4 and the layer's docstring accept an input of ``shape``/``dtype``."""
-    if dtype.kind != "f" or len(shape) == 0:
-        return False
-    if isinstance(layer, gpunet.Dense):
-        return len(shape) == 2 and shape[1] == layer.in_features and dtype == param_dtype
-    if isinstance(layer, gpunet.Conv2D):
-        return (len(shape) == 4 and shape[1] == layer.in_channels and dtype == param_dtype
-                and shape[2] + 2 * layer.padding[0] >= layer.kernel_size[0]
-                and shape[3] + 2 * layer.padding[1] >= layer.kernel_size[1])
-    if isinstance(layer, (gpunet.MaxPool2D, gpunet.AvgPool2D)):
-        return (len(shape) == 4 and shape[2] + 2 * layer.padding[0] >= layer.kernel_size[0]
-                and shape[3] + 2 * layer.padding[1] >= layer.kernel_size[1])
-    if isinstance(layer, gpunet.GlobalAvgPool2D):
-        return len(shape) == 4
-    if isinstance(layer, gpunet.BatchNorm):
-        # float16 input with float32 parameters: the mixed-precision exception
-        mixed = dtype == numpy.float16 and param_dtype == numpy.float32
-        return (len(shape) in (2, 4) and shape[1] == layer.num_features and (dtype == param_dtype or mixed)
-                and math.prod(shape) // layer.num_features >= 2)
-    if isinstance(layer, gpunet.Maxout):
-        return len(shape) >= 2 and shape[1] % layer.pieces == 0
-    if isinstance(layer, gpunet.Softmax):
-        return -len(shape) <= layer.axis < len(shape)
-    return True                                       # elementwise layers, Flatten: any rank >= 1
-
-
-BAD_INPUT_LAYERS = {
-    "Dense": lambda: gpunet.Dense(3, 2),
-    "Conv2D": lambda: gpunet.Conv2D(2, 3, (2, 3), stride=2, padding=(0, 1)),
-    "MaxPool2D": lambda: gpunet.MaxPool2D(3, 1, 1),
-    "AvgPool2D": lambda: gpunet.AvgPool2D((2, 3), None, (1, 0)),
-    "GlobalAvgPool2D": gpunet.GlobalAvgPool2D,
-    "BatchNorm": lambda: gpunet.BatchNorm(2),
-    "Maxout": lambda: gpunet.Maxout(2),
-    "Dropout": lambda: gpunet.Dropout(0.3, seed=1),
-    "ReLU": gpunet.ReLU,
-    "Softmax": lambda: gpunet.Softmax(axis=1),
-    "Flatten": gpunet.Flatten,
-}
-
-
 @props(150)
 @given(name=st.sampled_from(sorted(BAD_INPUT_LAYERS)),
        shape=st.lists(st.integers(1, 4), min_size=0, max_size=5).map(tuple),
@@ -578,27 +536,7 @@ def test_bad_input_raises_naming_the_layer(name, shape, dtype, param_dtype, as_l
     ValueError/TypeError whose message starts with the layer's name — never a NumPy error
     from deep inside; a Python list is refused with TypeError. Then a backward with a ``dy``
     of the wrong shape or dtype raises ValueError naming ``<Layer>.backward``."""
-    layer = BAD_INPUT_LAYERS[name]()
-    layer.to(dtype=param_dtype)
-    dtype, param_dtype = numpy.dtype(dtype), numpy.dtype(param_dtype)
-    x = (numpy.arange(math.prod(shape)).reshape(shape) % 5).astype(dtype)
-    arg = x.tolist() if as_list else x
-    valid = not as_list and _valid(layer, shape, dtype, param_dtype)
-    if valid:
-        y = layer(arg)
-        assert y.dtype == dtype
-    else:
-        with pytest.raises((ValueError, TypeError)) as info:
-            layer(arg)
-        assert str(info.value).startswith(f"{name}:"), str(info.value)
-        if as_list:
-            assert info.type is TypeError
-        return
-    for bad in (numpy.zeros(y.shape + (1,), y.dtype), numpy.zeros(y.shape, numpy.int64),
-                numpy.zeros(y.shape, numpy.float32 if y.dtype == numpy.float64 else numpy.float64)):
-        with pytest.raises((ValueError, TypeError)) as info:
-            layer.backward(bad)
-        assert str(info.value).startswith(f"{name}.backward:"), str(info.value)
+    check_bad_input(numpy, name, shape, dtype, param_dtype, as_list)
 
 
 # -- memory layout -------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
-from prop_helpers import (PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing, conv_geometry,
-                          normal, pool_geometry, props, seeds, stacks)
+from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
+                          check_bad_input, conv_geometry, normal, pool_geometry, props, seeds, stacks)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -471,3 +471,14 @@ def test_dataloader_on_the_sim_yields_the_cpu_batches(n, batch, shuffle, drop_la
 def test_a_refused_optimizer_step_on_the_sim_changes_nothing(case):
     """The fused path: a bad gradient raises before the launch (nothing updated)."""
     check_a_refused_step_changes_nothing(_sim(), case)
+
+
+@props(60)
+@given(name=st.sampled_from(sorted(BAD_INPUT_LAYERS)),
+       shape=st.lists(st.integers(1, 4), min_size=0, max_size=5).map(tuple),
+       dtype=st.sampled_from(["float64", "float32", "float16", "int64", "bool", "complex128"]),
+       param_dtype=st.sampled_from(["float32", "float64"]))
+def test_bad_input_on_the_sim_raises_naming_the_layer(name, shape, dtype, param_dtype):
+    """The device paths check like the NumPy path: a named ValueError/TypeError or a
+    result, never an error from the array module or a kernel launcher."""
+    check_bad_input(_sim(), name, shape, dtype, param_dtype, False)
