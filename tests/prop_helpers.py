@@ -221,3 +221,61 @@ def check_bad_input(xp, name, shape, dtype, param_dtype, as_list):
         with pytest.raises((ValueError, TypeError)) as info:
             layer.backward(xp.asarray(bad))
         assert str(info.value).startswith(f"{name}.backward:"), str(info.value)
+
+
+@st.composite
+def resume_cases(draw):
+    case = draw(stacks())
+    opt = draw(st.sampled_from(["SGD", "Adam", "AdamW", "RMSProp", "AdaGrad"]))
+    kw = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), "Adam": dict(lr=1e-3, l1=1e-4),
+          "AdamW": dict(lr=1e-3), "RMSProp": dict(lr=1e-3, momentum=0.5), "AdaGrad": dict(lr=0.05)}[opt]
+    case["kinds"] = ["conv3"] + case["kinds"]          # at least one parameter
+    return dict(case, opt=opt, kw=kw, before=draw(st.integers(1, 3)), after=draw(st.integers(1, 3)),
+                sched=draw(st.booleans()), dtype=draw(st.sampled_from([numpy.float32, numpy.float64])))
+
+
+def _train_steps(device, model, opt, sched, case, first, count):
+    """``count`` steps of the mean squared output on batches ``first, first+1, ...``."""
+    losses = []
+    for k in range(first, first + count):
+        x = gpunet.to_device(normal(case["seed"] + 100 + k, (case["n"], case["c"], case["h"], case["w"]), 1.0,
+                                    case["dtype"]), device)
+        y = model(x)
+        losses.append(float((y * y).mean()))
+        model.zero_grad()
+        model.backward(y * (2.0 / y.size))
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return losses
+
+
+def check_resume(device, case):
+    """Train ``case`` (``resume_cases``) on ``device`` a few steps, save, load into a model
+    and optimizer built from another seed, continue both: the same losses, parameters,
+    buffers, dropout counters and optimizer state, bit for bit."""
+    import os
+    import tempfile
+
+    def build(seed_shift):
+        m = build_stack(dict(case, seed=case["seed"] + seed_shift)).to(dtype=case["dtype"]).to(device)
+        o = getattr(gpunet.optim, case["opt"])(m.parameters(), **case["kw"])
+        s = gpunet.optim.StepLR(o, step_size=2, gamma=0.5) if case["sched"] else None
+        return m, o, s
+    m1, o1, s1 = build(0)
+    _train_steps(device, m1, o1, s1, case, 0, case["before"])
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ck.npz")
+        gpunet.save(path, m1, o1, scheduler=s1, step=case["before"])
+        m2, o2, s2 = build(1)
+        assert gpunet.load(path, m2, o2, scheduler=s2)["step"] == case["before"]
+    a = _train_steps(device, m1, o1, s1, case, case["before"], case["after"])
+    b = _train_steps(device, m2, o2, s2, case, case["before"], case["after"])
+    assert numpy.all(numpy.isfinite(a))
+    numpy.testing.assert_array_equal(b, a)
+    for (k, u), (_, v) in zip(sorted(m1.state_dict().items()), sorted(m2.state_dict().items())):
+        numpy.testing.assert_array_equal(gpunet.to_numpy(v), gpunet.to_numpy(u), err_msg=k)
+    sa, sb = o1.state_dict(), o2.state_dict()
+    assert sorted(sa) == sorted(sb)
+    for k in sa:
+        numpy.testing.assert_array_equal(gpunet.to_numpy(sb[k]), gpunet.to_numpy(sa[k]), err_msg=k)

@@ -22,7 +22,8 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, conv_geometry, in_layout, normal, pool_geometry, props, seeds, stacks)
+                          check_bad_input, check_resume, conv_geometry, in_layout, normal, pool_geometry, props,
+                          resume_cases, seeds, stacks)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -785,3 +786,15 @@ def test_bad_loss_input_raises_naming_the_loss(loss, zshape, zdtype, tshape, tdt
     assert msg.startswith(f"{loss}:") or msg.startswith(f"{names[loss]}:"), msg
     if as_list:
         assert info.type is TypeError
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+@props(25)
+@given(case=resume_cases())
+def test_a_resumed_run_continues_bit_for_bit(case):
+    """Train a random stack a few steps, save (model, optimizer, schedule), load into a
+    model and optimizer built from another seed, and continue: the losses and every
+    parameter, buffer, dropout counter and optimizer state equal those of the run that
+    was never interrupted (DESIGN §8)."""
+    check_resume("cpu", case)

@@ -31,7 +31,8 @@ from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, conv_geometry, normal, pool_geometry, props, seeds, stacks)
+                          check_bad_input, check_resume, conv_geometry, normal, pool_geometry, props, resume_cases,
+                          seeds, stacks)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -482,3 +483,12 @@ def test_bad_input_on_the_sim_raises_naming_the_layer(name, shape, dtype, param_
     """The device paths check like the NumPy path: a named ValueError/TypeError or a
     result, never an error from the array module or a kernel launcher."""
     check_bad_input(_sim(), name, shape, dtype, param_dtype, False)
+
+
+@props(15)
+@given(case=resume_cases())
+def test_a_resumed_run_on_the_sim_continues_bit_for_bit(case):
+    """Save and resume on the sim (device counters, fused optimizer state and step counts,
+    running statistics updated in place): the run continues bit for bit."""
+    _sim()
+    check_resume("sim", case)
