@@ -279,3 +279,65 @@ def check_resume(device, case):
     assert sorted(sa) == sorted(sb)
     for k in sa:
         numpy.testing.assert_array_equal(gpunet.to_numpy(sb[k]), gpunet.to_numpy(sa[k]), err_msg=k)
+
+
+@st.composite
+def evaluate_cases(draw):
+    """Data, a loss and a batch size for ``Trainer.evaluate``."""
+    kind = draw(st.sampled_from(["labels", "soft", "bce", "mse"]))
+    # softmax-CE over one class is degenerate (and one output column means binary accuracy,
+    # where ignore_index does not apply): two classes at least
+    c = 1 if kind == "bce" else draw(st.integers(1 if kind == "mse" else 2, 5))
+    return dict(kind=kind, n=draw(st.integers(1, 30)), c=c, batch=draw(st.integers(1, 12)),
+                reduction=draw(st.sampled_from(["mean", "sum", "none"])),
+                smoothing=draw(st.sampled_from([0.0, 0.2])) if kind in ("labels", "soft") else 0.0,
+                ignore=draw(st.sampled_from([None, -1, 0])) if kind == "labels" else None,
+                ignored=draw(st.floats(0.0, 1.0)), seed=draw(seeds))
+
+
+def check_evaluate(device, case):
+    """``Trainer.evaluate`` over ``case`` (``evaluate_cases``) on ``device``: the loss is
+    the per-sample mean over the samples not ignored, whatever the batch size (one loss
+    call over the whole data for ``reduction="mean"``, the sum over them divided by their
+    count otherwise); the accuracy counts argmax hits (binary for one output column: a
+    logit above 0 for BCE, an output above 0.5 otherwise) over the same samples."""
+    import pytest
+    c = case
+    rng = numpy.random.default_rng(c["seed"])
+    X = rng.standard_normal((c["n"], 4))
+    gpunet.manual_seed(c["seed"] % 2**32)
+    model = gpunet.Dense(4, c["c"]).to(dtype=numpy.float64)
+    if c["kind"] == "labels":
+        y = rng.integers(0, c["c"], c["n"])
+        if c["ignore"] is not None:
+            y[rng.random(c["n"]) < c["ignored"]] = c["ignore"]
+        loss = gpunet.SoftmaxCrossEntropy(c["smoothing"], c["ignore"], c["reduction"])
+    elif c["kind"] == "soft":
+        t = rng.random((c["n"], c["c"]))
+        y = t / t.sum(axis=1, keepdims=True)
+        loss = gpunet.SoftmaxCrossEntropy(c["smoothing"], None, c["reduction"])
+    elif c["kind"] == "bce":
+        y = rng.integers(0, 2, (c["n"], 1)).astype(numpy.float64)
+        loss = gpunet.BCEWithLogits(reduction=c["reduction"])
+    else:
+        y = rng.standard_normal((c["n"], c["c"]))
+        loss = gpunet.MSELoss(reduction=c["reduction"])
+    out = model(X)
+    keep = numpy.ones(c["n"], bool) if c["ignore"] is None else y != c["ignore"]
+    counted = int(keep.sum())
+    ref = type(loss)(**{k: getattr(loss, k) for k in ("label_smoothing", "ignore_index") if hasattr(loss, k)},
+                     reduction="sum")
+    if c["kind"] == "mse" and c["reduction"] == "mean":
+        want = float(((out - y) ** 2).mean(axis=1).sum()) / counted     # the mean of per-sample means
+    else:
+        want = float(ref(out, y)) / max(counted, 1)
+    if c["c"] == 1:
+        hits = (out[:, 0] > (0.0 if c["kind"] == "bce" else 0.5)) == (
+            (y if y.ndim == 1 else y[:, 0]) > 0.5)
+    else:
+        hits = out.argmax(axis=1) == (y if y.ndim == 1 else y.argmax(axis=1))
+    acc = float((hits & keep).sum()) / max(counted, 1)
+    trainer = gpunet.Trainer(model, loss, gpunet.optim.SGD(model, lr=0.1), device=device)
+    logs = trainer.evaluate((X, y), batch_size=c["batch"])
+    assert logs["loss"] == pytest.approx(want, rel=1e-12, abs=1e-12), (logs, want)
+    assert logs["accuracy"] == acc, (logs, acc)

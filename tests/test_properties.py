@@ -22,7 +22,7 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_resume, conv_geometry, in_layout, normal, pool_geometry, props,
+                          check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, in_layout, normal, pool_geometry, props,
                           resume_cases, seeds, stacks)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
@@ -798,3 +798,11 @@ def test_a_resumed_run_continues_bit_for_bit(case):
     parameter, buffer, dropout counter and optimizer state equal those of the run that
     was never interrupted (DESIGN §8)."""
     check_resume("cpu", case)
+
+
+# -- Trainer ---------------------------------------------------------------------------------
+
+@props(40)
+@given(case=evaluate_cases())
+def test_trainer_evaluate_is_the_per_sample_mean_whatever_the_batch_size(case):
+    check_evaluate("cpu", case)

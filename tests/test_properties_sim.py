@@ -31,7 +31,7 @@ from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_resume, conv_geometry, normal, pool_geometry, props, resume_cases,
+                          check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, normal, pool_geometry, props, resume_cases,
                           seeds, stacks)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
@@ -492,3 +492,12 @@ def test_a_resumed_run_on_the_sim_continues_bit_for_bit(case):
     running statistics updated in place): the run continues bit for bit."""
     _sim()
     check_resume("sim", case)
+
+
+@props(20)
+@given(case=evaluate_cases())
+def test_trainer_evaluate_on_the_sim_is_the_per_sample_mean(case):
+    """The device records (losses and hits summed on the device, read once) give the
+    CPU's numbers."""
+    _sim()
+    check_evaluate("sim", case)
