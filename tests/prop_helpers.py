@@ -341,3 +341,46 @@ def check_evaluate(device, case):
     logs = trainer.evaluate((X, y), batch_size=c["batch"])
     assert logs["loss"] == pytest.approx(want, rel=1e-12, abs=1e-12), (logs, want)
     assert logs["accuracy"] == acc, (logs, acc)
+
+
+@st.composite
+def fit_cases(draw):
+    """A small classifier, data and the Trainer's options (``build_fit``, ``trainer_of``)."""
+    c = dict(n=draw(st.integers(2, 40)), batch=draw(st.integers(2, 16)), epochs=draw(st.integers(1, 3)),
+             shuffle=draw(st.booleans()), opt=draw(st.sampled_from(["SGD", "Adam", "RMSProp"])),
+             clip=draw(st.sampled_from([None, ("norm", 0.5), ("value", 0.05)])),
+             sched=draw(st.sampled_from([None, "epoch", "step"])), dropout=draw(st.booleans()),
+             bn=draw(st.booleans()), ignore=draw(st.booleans()), seed=draw(seeds))
+    if c["bn"] and c["n"] % c["batch"] == 1:
+        c["n"] += 1             # batch norm refuses a last batch of one sample (by design)
+    return c
+
+
+def build_fit(case, device="cpu"):
+    """``(model, loss, optimizer, scheduler, X, y)`` of a ``fit_cases`` case."""
+    c = case
+    gpunet.manual_seed(c["seed"] % 2**32)
+    layers = [gpunet.Dense(5, 8, activation="relu")]
+    if c["bn"]:
+        layers.append(gpunet.BatchNorm(8))
+    if c["dropout"]:
+        layers.append(gpunet.Dropout(0.3))
+    model = gpunet.Sequential(*layers, gpunet.Dense(8, 3)).to(device)
+    kw = {"SGD": dict(lr=0.1, momentum=0.9), "Adam": dict(lr=0.01), "RMSProp": dict(lr=0.01)}[c["opt"]]
+    opt = getattr(gpunet.optim, c["opt"])(model, **kw)
+    sched = None if c["sched"] is None else gpunet.optim.StepLR(opt, step_size=2, gamma=0.5)
+    loss = gpunet.SoftmaxCrossEntropy(ignore_index=-1 if c["ignore"] else None)
+    rng = numpy.random.default_rng(c["seed"])
+    X = rng.standard_normal((c["n"], 5)).astype(numpy.float32)
+    y = rng.integers(-1 if c["ignore"] else 0, 3, c["n"])
+    return model, loss, opt, sched, X, y
+
+
+def trainer_of(case, device="cpu", **kw):
+    """A Trainer of ``build_fit(case)`` with the case's clipping and schedule."""
+    c = case
+    model, loss, opt, sched, X, y = build_fit(case, device)
+    clip = {} if c["clip"] is None else {f"clip_grad_{c['clip'][0]}": c["clip"][1]}
+    t = gpunet.Trainer(model, loss, opt, device=device, scheduler=sched,
+                       scheduler_interval=c["sched"] or "epoch", **clip, **kw)
+    return t, X, y

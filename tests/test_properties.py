@@ -21,9 +21,10 @@ from gpunet.functional import conv as FC
 from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
-from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, in_layout, normal, pool_geometry, props,
-                          resume_cases, seeds, stacks)
+from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_fit, build_stack,
+                          check_a_refused_step_changes_nothing, check_bad_input, check_evaluate, check_resume,
+                          conv_geometry, evaluate_cases, fit_cases, in_layout, normal, pool_geometry, props,
+                          resume_cases, seeds, stacks, trainer_of)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -806,3 +807,39 @@ def test_a_resumed_run_continues_bit_for_bit(case):
 @given(case=evaluate_cases())
 def test_trainer_evaluate_is_the_per_sample_mean_whatever_the_batch_size(case):
     check_evaluate("cpu", case)
+
+
+@props(25)
+@given(case=fit_cases())
+def test_trainer_fit_is_the_plain_training_loop(case):
+    """``Trainer.fit`` (any batch size, a partial last batch, shuffling, clipping, a
+    schedule stepped per epoch or per step, dropout, batch norm, ignored labels) gives
+    the parameters, buffers and per-epoch mean losses of the loop a user writes with a
+    DataLoader, bit for bit."""
+    c = case
+    trainer, X, y = trainer_of(c)
+    hist = trainer.fit((X, y), epochs=c["epochs"], batch_size=c["batch"], shuffle=c["shuffle"], seed=7,
+                       progress=False)
+    model, loss_fn, opt, sched, X, y = build_fit(c)
+    loader = gpunet.DataLoader(X, y, batch_size=c["batch"], shuffle=c["shuffle"], seed=7)
+    for epoch in range(c["epochs"]):
+        total, counted = 0.0, 0
+        model.train()
+        for xb, yb in loader:
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            model.zero_grad()
+            model.backward(loss_fn.backward())
+            if c["clip"] is not None:
+                getattr(gpunet.optim, f"clip_grad_{c['clip'][0]}")(model, c["clip"][1])
+            opt.step()
+            if c["sched"] == "step":
+                sched.step()
+            k = int((yb != -1).sum())
+            total += float(loss) * k
+            counted += k
+        if c["sched"] == "epoch":
+            sched.step()
+        assert hist.history["loss"][epoch] == pytest.approx(total / max(counted, 1), rel=1e-6)
+    for (k, u), (_, v) in zip(sorted(model.state_dict().items()), sorted(trainer.model.state_dict().items())):
+        numpy.testing.assert_array_equal(v, u, err_msg=k)

@@ -31,8 +31,8 @@ from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, normal, pool_geometry, props, resume_cases,
-                          seeds, stacks)
+                          check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, fit_cases,
+                          normal, pool_geometry, props, resume_cases, seeds, stacks, trainer_of)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -501,3 +501,26 @@ def test_trainer_evaluate_on_the_sim_is_the_per_sample_mean(case):
     CPU's numbers."""
     _sim()
     check_evaluate("sim", case)
+
+
+@props(20)
+@given(case=fit_cases())
+def test_fit_with_a_cuda_graph_equals_eager_fit_on_the_sim(case):
+    """``Trainer(..., cuda_graph=True)`` on the sim (the first full batch eager, the second
+    captured, then replays; the partial last batch eager; a schedule's lr written before
+    each replay; dropout's device counter; batch norm's in-place running statistics):
+    the History and every parameter, buffer and optimizer state equal the eager run's,
+    bit for bit ("the same results as the eager step", gpunet.train.Trainer)."""
+    _sim()
+    c = case
+    runs = []
+    for graph in (False, True):
+        t, X, y = trainer_of(c, "sim", cuda_graph=graph)
+        h = t.fit((X, y), epochs=c["epochs"], batch_size=c["batch"], shuffle=c["shuffle"], seed=7, progress=False)
+        runs.append((h.history, t.model.state_dict(), t.optimizer.state_dict()))
+    (ha, ma, oa), (hb, mb, ob) = runs
+    assert ha == hb
+    for a, b in ((ma, mb), (oa, ob)):
+        assert sorted(a) == sorted(b)
+        for k in a:
+            numpy.testing.assert_array_equal(to_numpy(b[k]), to_numpy(a[k]), err_msg=k)
