@@ -481,11 +481,17 @@ class MixedPrecision:
 
     def backward(self, dy):
         """``model.backward`` of the float16 copy of ``dy``; the float32 master parameters
-        come back with float32 gradients. Returns ``dx`` (float16, or None)."""
+        come back with float32 gradients. Returns ``dx`` (float16, or None).
+
+        A scaled gradient that overflows float16 here is expected: the ``GradScaler`` finds
+        the inf/NaN gradients and skips the step. So NumPy's overflow and invalid-value
+        warnings are silenced for this backward (PyTorch prints none either); the inf/NaN
+        values themselves are left for the scaler to see."""
         if self._masters is None:
             raise RuntimeError("MixedPrecision.backward called without a training-mode forward")
         try:
-            dx = self.model.backward(dy.astype(self.dtype))
+            with numpy.errstate(over="ignore", invalid="ignore"):
+                dx = self.model.backward(dy.astype(self.dtype))
         except BaseException:
             self._to_master()
             raise

@@ -570,3 +570,20 @@ def test_numpy_float16_pooling_is_float32_rounded_once():
             numpy.testing.assert_array_equal(
                 FP.avg_pool2d_backward(dy, x.shape, k, s, p),
                 _h(FP.avg_pool2d_backward(dy.astype(numpy.float32), x.shape, k, s, p)))
+
+
+def test_trainer_fp16_overflowing_steps_are_skipped_without_numpy_warnings():
+    # a loss scale of 2**30 overflows the float16 backward: the scaler skips those steps and
+    # backs off; NumPy's overflow/invalid warnings for it are noise (PyTorch prints none)
+    import warnings
+    (X, y), _ = gpunet.datasets.load_digits()
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(64, 128, activation="relu"), Dense(128, 10))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tr = Trainer(model, SoftmaxCrossEntropy(), opt, precision="fp16",
+                 scaler=GradScaler(init_scale=2.0**30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr.fit((X[:512], y[:512]), epochs=1, batch_size=64, progress=False)
+    assert tr.scaler.get_scale() < 2.0**30          # steps were skipped: it backed off
+    assert all(numpy.isfinite(p.data).all() for p in model.parameters())
