@@ -209,7 +209,8 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs.
 
     ``mode="auto"`` minimizes losses and maximizes accuracies. ``restore_best=True`` puts
-    back the weights (and buffers) of the best epoch when training stops or ends.
+    back the weights (and batch-norm statistics) of the best epoch when training stops or
+    ends; Dropout counters are not rewound, so a later ``fit`` draws fresh masks.
     Each ``fit`` starts afresh (best value, epochs waited, best weights), as Keras'
     ``EarlyStopping`` does at ``on_train_begin``; checkpoints do not hold this state, so a
     resumed run counts its patience from the epoch it resumes at.
@@ -246,7 +247,14 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer):
         if self.restore_best and self._best_state is not None:
+            # the best epoch's weights and statistics, but each Dropout's counter stays where
+            # it is (PyTorch's RNG is not in a state_dict either): training on after the
+            # restore draws new masks, not again the ones drawn since the best epoch
+            from .layers.dropout import Dropout
+            drops = [(d, d.counter) for d in trainer.model.modules() if isinstance(d, Dropout)]
             trainer.model.load_state_dict(self._best_state)
+            for d, counter in drops:
+                d.counter = counter
 
 
 class ModelCheckpoint(Callback):

@@ -71,6 +71,35 @@ def test_early_stopping_stops_and_restores_best(rng):
     assert not numpy.array_equal(seen[1]["0.weight"], seen[3]["0.weight"])
 
 
+def test_early_stopping_restore_keeps_dropout_drawing_new_masks(xp, device, rng):
+    """restore_best puts back the best epoch's weights, not its Dropout counter: a fit after
+    the restore draws masks never drawn before (PyTorch's RNG is not in a state_dict)."""
+    from gpunet import Dropout
+    X, y = _blobs(rng, n=64)
+    gpunet.manual_seed(0)
+    drop = Dropout(0.5)
+    model = Sequential(Dense(8, 16, activation="relu"), drop, Dense(16, 3)).to(device)
+    scripted = [1.0, 2.0, 3.0]          # best at epoch 0, then 2 epochs without gain
+
+    class Script(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_loss"] = scripted[epoch]
+            if epoch == 0:
+                weights.update({k: v.copy() for k, v in trainer.model.state_dict().items()})
+
+    weights = {}
+    es = EarlyStopping(monitor="val_loss", patience=2, restore_best=True)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+    tr.fit((xp.asarray(X), xp.asarray(y)), val=(xp.asarray(X), xp.asarray(y)), epochs=3,
+           batch_size=16, callbacks=[Script(), es], progress=False)
+    assert es.best_epoch == 0 and es.stopped_epoch == 2
+    state = model.state_dict()
+    for k in ("0.weight", "0.bias", "2.weight"):       # the best epoch's weights are back
+        numpy.testing.assert_array_equal(state[k], weights[k])
+    assert int(weights["1.counter"]) == 4               # 4 training forwards by epoch 0's end
+    assert drop.counter == 12                            # ... 12 by the end: not rewound
+
+
 @pytest.mark.parametrize("monitor,scripted", [("val_loss", [5.0, 4.95, 4.0, 3.95, 3.92, 1.0]),
                                                ("val_accuracy", [0.5, 0.55, 0.7, 0.75, 0.78, 0.99])])
 def test_early_stopping_min_delta(rng, monitor, scripted):
