@@ -384,3 +384,38 @@ def trainer_of(case, device="cpu", **kw):
     t = gpunet.Trainer(model, loss, opt, device=device, scheduler=sched,
                        scheduler_interval=c["sched"] or "epoch", **clip, **kw)
     return t, X, y
+
+
+@st.composite
+def scaler_cases(draw):
+    """GradScaler settings and a sequence of iterations, some with an inf or NaN gradient."""
+    k = draw(st.integers(1, 14))
+    return dict(init=draw(st.sampled_from([1.0, 2.0**16, 3.0, 2.0**126])),
+                growth=draw(st.sampled_from([2.0, 1.5, 3.0])), backoff=draw(st.sampled_from([0.5, 0.25, 0.9])),
+                interval=draw(st.integers(1, 3)), bad=[draw(st.sampled_from([None, None, "inf", "nan"]))
+                                                         for _ in range(k)],
+                seed=draw(seeds))
+
+
+def run_scaler(case, xp=numpy):
+    """A float32 parameter stepped by SGD through gpunet's GradScaler on ``xp`` for the
+    iterations of ``case``; the gradient handed to it is the raw one times the current scale.
+    Returns the scales after each update and the final parameter."""
+    from gpunet.amp import GradScaler
+    from gpunet.layers.base import Parameter
+    c = case
+    rng = numpy.random.default_rng(c["seed"])
+    p = Parameter(xp.asarray(rng.standard_normal(4).astype(numpy.float32)), "w", True)
+    opt = gpunet.optim.SGD([p], lr=0.1, momentum=0.5)
+    scaler = GradScaler(c["init"], c["growth"], c["backoff"], c["interval"])
+    scales = []
+    for bad in c["bad"]:
+        with numpy.errstate(over="ignore"):          # a scale near float32's top: inf, as in fp16
+            g = (rng.standard_normal(4) * numpy.float32(scaler.get_scale())).astype(numpy.float32)
+        if bad is not None:
+            g[1] = numpy.inf if bad == "inf" else numpy.nan
+        p.grad = xp.asarray(g)
+        scaler.step(opt)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    return scales, gpunet.to_numpy(p.data)

@@ -32,7 +32,7 @@ from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
                           check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, fit_cases,
-                          normal, pool_geometry, props, resume_cases, seeds, stacks, trainer_of)
+                          normal, pool_geometry, props, resume_cases, run_scaler, scaler_cases, seeds, stacks, trainer_of)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -524,3 +524,15 @@ def test_fit_with_a_cuda_graph_equals_eager_fit_on_the_sim(case):
         assert sorted(a) == sorted(b)
         for k in a:
             numpy.testing.assert_array_equal(to_numpy(b[k]), to_numpy(a[k]), err_msg=k)
+
+
+@props(20)
+@given(case=scaler_cases())
+def test_grad_scaler_on_the_sim_matches_the_cpu(case):
+    """The device path of GradScaler (scale, tracker and found-inf flag in device buffers,
+    the skip decided by the optimizer kernel, ``amp_update_scale``) gives the host path's
+    scales and parameters, bit for bit."""
+    sp = _sim()
+    (dev_scales, dev_w), (scales, w) = run_scaler(case, sp), run_scaler(case)
+    assert dev_scales == scales
+    numpy.testing.assert_array_equal(dev_w, w)

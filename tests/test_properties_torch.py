@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import gpunet
 from gpunet import optim
 from gpunet.layers.base import Parameter
-from prop_helpers import conv_geometry, normal, pool_geometry, props, seeds
+from prop_helpers import conv_geometry, normal, pool_geometry, props, run_scaler, scaler_cases, seeds
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="needs PyTorch, the oracle of these properties")
@@ -557,3 +557,34 @@ def test_schedules_match_torch(name, data, base_lr, steps):
         tsched.step()
         sched.step()
     assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10, abs=1e-12 * base_lr)
+
+
+@props(40)
+@given(case=scaler_cases())
+def test_grad_scaler_matches_torch(case):
+    """gpunet.amp.GradScaler against ``torch.amp.GradScaler("cpu")`` on the same scaled
+    gradients (an inf or NaN at some iterations, growth past float32's range refused):
+    the same scale after every update, the same steps skipped, the same parameters (to
+    float32 rounding)."""
+    torch = _torch()
+    c = case
+    scales, w = run_scaler(c)
+    rng = numpy.random.default_rng(c["seed"])
+    tp = torch.tensor(rng.standard_normal(4).astype(numpy.float32), requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=0.1, momentum=0.5)
+    ts = torch.amp.GradScaler("cpu", init_scale=c["init"], growth_factor=c["growth"],
+                              backoff_factor=c["backoff"], growth_interval=c["interval"])
+    tscales = []
+    for bad in c["bad"]:
+        ts.scale(torch.ones(1))                 # PyTorch makes its scale tensor here
+        with numpy.errstate(over="ignore"):          # a scale near float32's top: inf, as in fp16
+            g = (rng.standard_normal(4) * numpy.float32(ts.get_scale())).astype(numpy.float32)
+        if bad is not None:
+            g[1] = numpy.inf if bad == "inf" else numpy.nan
+        tp.grad = torch.tensor(g)
+        ts.step(topt)
+        ts.update()
+        tscales.append(ts.get_scale())
+    assert scales == tscales
+    # float32 SGD: PyTorch's add_(alpha=-lr) may round once where gpunet rounds lr*g first
+    _close(w, tp, "parameter", rtol=1e-6, atol=1e-7)
