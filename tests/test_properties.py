@@ -168,8 +168,24 @@ def _layer_cases():
                                   gpunet.MaxPool2D(2), gpunet.Flatten(), gpunet.Dense(c * 4, 2))
         return layer, (2, 1, 3, 3)
 
+    @st.composite
+    def residual(draw):
+        c = draw(st.integers(1, 2))
+        if draw(st.booleans()):
+            d = draw(st.integers(1, 4))
+            return gpunet.Residual(gpunet.Sequential(gpunet.Dense(d, d, activation="tanh"), gpunet.Dense(d, d))), \
+                (draw(st.integers(1, 3)), d)
+        block = gpunet.Sequential(gpunet.Conv2D(c, c, 3, padding=1), gpunet.BatchNorm(c), gpunet.ELU())
+        return gpunet.Residual(block), (2, c, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+
+    @st.composite
+    def global_pool(draw):
+        c = draw(st.integers(1, 3))
+        return gpunet.Sequential(gpunet.GlobalAvgPool2D(), gpunet.Dense(c, 2)), \
+            (draw(st.integers(1, 2)), c, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+
     return dict(dense=dense(), conv=conv(), pool=pool(), batchnorm=batchnorm(), activation=activation(),
-                maxout=maxout(), dropout=dropout(), stack=stack())
+                maxout=maxout(), dropout=dropout(), stack=stack(), residual=residual(), global_pool=global_pool())
 
 
 LAYER_CASES = _layer_cases()
