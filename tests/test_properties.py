@@ -859,3 +859,34 @@ def test_trainer_fit_is_the_plain_training_loop(case):
         assert hist.history["loss"][epoch] == pytest.approx(total / max(counted, 1), rel=1e-6)
     for (k, u), (_, v) in zip(sorted(model.state_dict().items()), sorted(trainer.model.state_dict().items())):
         numpy.testing.assert_array_equal(v, u, err_msg=k)
+
+
+@props(30)
+@given(case=stacks(), residual=st.booleans())
+def test_summary_counts_and_shapes_and_changes_nothing(case, residual):
+    """``summary(input_shape)`` of a random stack (optionally wrapped in a Residual, which
+    needs a shape-preserving block): the total parameter count is the sum of the
+    parameters' sizes, the last output shape is the forward's, and nothing (buffers,
+    dropout counters, training mode) changes."""
+    import io
+    model = build_stack(case)
+    shape = (case["c"], case["h"], case["w"])
+    y = model.eval()(numpy.zeros((1,) + shape))
+    model.train()
+    if residual:
+        if y.shape[1:] != shape:
+            return
+        model = gpunet.Sequential(gpunet.Residual(model), gpunet.Flatten())
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    out = io.StringIO()
+    text = model.summary(shape, file=out)
+    assert out.getvalue() == text + "\n"
+    total = sum(p.data.size for p in model.parameters())
+    assert f"total parameters: {total:,} " in text
+    last = "(N, " + ", ".join(str(s) for s in (y.shape[1:] if not residual else (math.prod(shape),))) + ")"
+    assert last in text, text
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert sorted(after) == sorted(before)
+    for k in before:
+        numpy.testing.assert_array_equal(after[k], before[k], err_msg=k)
