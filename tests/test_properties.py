@@ -890,3 +890,34 @@ def test_summary_counts_and_shapes_and_changes_nothing(case, residual):
     assert sorted(after) == sorted(before)
     for k in before:
         numpy.testing.assert_array_equal(after[k], before[k], err_msg=k)
+
+
+@props(12)
+@given(seed=seeds, extra=st.integers(0, 6), cin=st.integers(1, 3), cout=st.integers(1, 4), h=st.integers(12, 22),
+       w=st.integers(12, 22), k=st.integers(1, 3), stride=st.integers(1, 2), bias=st.booleans(),
+       relu=st.booleans())
+def test_conv2d_chunked_gemms_match_loops(seed, extra, cin, cout, h, w, k, stride, bias, relu):
+    """Batches whose ``N*OH*OW`` exceeds ``DW_CHUNK_COLUMNS`` (the weight gradient's GEMM
+    and, for a thin ``C*kh*kw + 1 <= 16``, the forward's GEMM run in column chunks, a
+    divisor of ``N`` of them) against the loop over output positions, through the layer
+    (fused ReLU included)."""
+    p = k // 2
+    oh, ow = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+    n = FC.DW_CHUNK_COLUMNS // (oh * ow) + 1 + extra     # the smallest such batches, and a few more
+    layer = gpunet.Conv2D(cin, cout, k, stride, p, bias=bias, activation="relu" if relu else None)
+    x = normal(seed, (n, cin, h, w))
+    wt, b = normal(seed + 1, layer.weight.data.shape), normal(seed + 2, (cout,))
+    layer.weight.data = wt
+    if bias:
+        layer.bias.data = b
+    y = layer(x)
+    z = _conv_loops(x, wt, b if bias else None, (stride, stride), (p, p))
+    numpy.testing.assert_allclose(y, numpy.maximum(z, 0) if relu else z, rtol=1e-12, atol=1e-12)
+    dy = normal(seed + 3, y.shape)
+    dx = layer.backward(dy)
+    dz = dy * (z > 0) if relu else dy
+    wdx, wdw, wdb = _conv_loops_backward(dz, x, wt, (stride, stride), (p, p))
+    numpy.testing.assert_allclose(dx, wdx, rtol=1e-11, atol=1e-11)
+    numpy.testing.assert_allclose(layer.weight.grad, wdw, rtol=1e-11, atol=1e-10)
+    if bias:
+        numpy.testing.assert_allclose(layer.bias.grad, wdb, rtol=1e-11, atol=1e-10)
