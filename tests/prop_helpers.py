@@ -11,7 +11,7 @@ import math
 import os
 
 import numpy
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
 import gpunet
@@ -223,12 +223,16 @@ def check_bad_input(xp, name, shape, dtype, param_dtype, as_list):
         assert str(info.value).startswith(f"{name}.backward:"), str(info.value)
 
 
+# an optimizer of each kind with all its state buffers in use
+OPT_KW = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), "Adam": dict(lr=1e-3, l1=1e-4),
+          "AdamW": dict(lr=1e-3), "RMSProp": dict(lr=1e-3, momentum=0.5), "AdaGrad": dict(lr=0.05)}
+
+
 @st.composite
 def resume_cases(draw):
     case = draw(stacks())
-    opt = draw(st.sampled_from(["SGD", "Adam", "AdamW", "RMSProp", "AdaGrad"]))
-    kw = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), "Adam": dict(lr=1e-3, l1=1e-4),
-          "AdamW": dict(lr=1e-3), "RMSProp": dict(lr=1e-3, momentum=0.5), "AdaGrad": dict(lr=0.05)}[opt]
+    opt = draw(st.sampled_from(sorted(OPT_KW)))
+    kw = OPT_KW[opt]
     case["kinds"] = ["conv3"] + case["kinds"]          # at least one parameter
     return dict(case, opt=opt, kw=kw, before=draw(st.integers(1, 3)), after=draw(st.integers(1, 3)),
                 sched=draw(st.booleans()), dtype=draw(st.sampled_from([numpy.float32, numpy.float64])))
@@ -258,8 +262,7 @@ def check_resume(device, case):
     import tempfile
 
     def build(seed_shift):
-        m = build_stack(dict(case, seed=case["seed"] + seed_shift)).to(dtype=case["dtype"]).to(device)
-        o = getattr(gpunet.optim, case["opt"])(m.parameters(), **case["kw"])
+        m, o = _resume_parts(dict(case, seed=case["seed"] + seed_shift), device)
         s = gpunet.optim.StepLR(o, step_size=2, gamma=0.5) if case["sched"] else None
         return m, o, s
     m1, o1, s1 = build(0)
@@ -419,3 +422,61 @@ def run_scaler(case, xp=numpy):
         scaler.update()
         scales.append(scaler.get_scale())
     return scales, gpunet.to_numpy(p.data)
+
+
+@st.composite
+def load_cases(draw):
+    """A checkpoint's model/optimizer and a target's, the same or different."""
+    a = draw(resume_cases())
+    b = dict(a) if draw(st.booleans()) else draw(resume_cases())
+    if draw(st.booleans()):
+        opt = draw(st.sampled_from(sorted(OPT_KW)))
+        b = dict(b, opt=opt, kw=OPT_KW[opt])
+    return dict(a=a, b=dict(b, dtype=a["dtype"], seed=a["seed"] + 1), sched=draw(st.booleans()))
+
+
+def _resume_parts(case, device):
+    m = build_stack(case).to(dtype=case["dtype"]).to(device)
+    return m, getattr(gpunet.optim, case["opt"])(m.parameters(), **case["kw"])
+
+
+def check_failed_load_changes_nothing(device, case):
+    """Save ``case["a"]`` after a step; load it into ``case["b"]`` (trained a step):
+    either it loads (the same architecture and optimizer: B then holds A's state) or it
+    raises ValueError naming the path, and B — model, optimizer, schedule — is as it was:
+    its state dicts, and the next training step, equal those of an untouched copy."""
+    import os
+    import tempfile
+    a, b = case["a"], case["b"]
+    ma, oa = _resume_parts(a, device)
+    _train_steps(device, ma, oa, None, a, 0, 1)
+    sa = gpunet.optim.StepLR(oa, 2) if case["sched"] else None
+    runs = []
+    for _ in range(2):                               # B, and an untouched copy of it
+        mb, ob = _resume_parts(b, device)
+        _train_steps(device, mb, ob, None, b, 0, 1)
+        runs.append((mb, ob, gpunet.optim.ExponentialLR(ob, 0.5) if case["sched"] else None))
+    (mb, ob, sb), (mc, oc, sc) = runs
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ck.npz")
+        gpunet.save(path, ma, oa, scheduler=sa)
+        try:
+            gpunet.load(path, mb, ob, scheduler=sb)
+        except ValueError as e:
+            event("refused")
+            assert str(e).startswith(f"gpunet.load: {path}"), str(e)
+        else:
+            event("loaded")
+            for (k, u), (_, v) in zip(sorted(ma.state_dict().items()), sorted(mb.state_dict().items())):
+                numpy.testing.assert_array_equal(gpunet.to_numpy(v), gpunet.to_numpy(u), err_msg=k)
+            return
+    for x, y in ((mb, mc), (ob, oc)) + (((sb, sc),) if sb is not None else ()):
+        u, v = x.state_dict(), y.state_dict()
+        assert sorted(u) == sorted(v)
+        for k in u:
+            numpy.testing.assert_array_equal(gpunet.to_numpy(u[k]), gpunet.to_numpy(v[k]), err_msg=k)
+    la = _train_steps(device, mb, ob, sb, b, 1, 1)
+    lc = _train_steps(device, mc, oc, sc, b, 1, 1)
+    assert la == lc
+    for p, q in zip(mb.parameters(), mc.parameters()):
+        numpy.testing.assert_array_equal(gpunet.to_numpy(p.data), gpunet.to_numpy(q.data))

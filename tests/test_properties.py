@@ -22,7 +22,8 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_fit, build_stack,
-                          check_a_refused_step_changes_nothing, check_bad_input, check_evaluate, check_resume,
+                          check_a_refused_step_changes_nothing, check_bad_input, check_evaluate,
+                          check_failed_load_changes_nothing, check_resume, load_cases,
                           conv_geometry, evaluate_cases, fit_cases, in_layout, normal, pool_geometry, props,
                           resume_cases, seeds, stacks, trainer_of)
 
@@ -921,3 +922,12 @@ def test_conv2d_chunked_gemms_match_loops(seed, extra, cin, cout, h, w, k, strid
     numpy.testing.assert_allclose(layer.weight.grad, wdw, rtol=1e-11, atol=1e-10)
     if bias:
         numpy.testing.assert_allclose(layer.bias.grad, wdb, rtol=1e-11, atol=1e-10)
+
+
+@props(30)
+@given(case=load_cases())
+def test_a_failed_load_changes_nothing(case):
+    """Loading a checkpoint of another architecture or optimizer raises ValueError naming
+    the file, and leaves the model, optimizer and schedule as they were, down to the next
+    training step (DESIGN §8: "a load that raises changes nothing")."""
+    check_failed_load_changes_nothing("cpu", case)

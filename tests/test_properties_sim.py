@@ -31,7 +31,8 @@ from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_evaluate, check_resume, conv_geometry, evaluate_cases, fit_cases,
+                          check_bad_input, check_evaluate, check_failed_load_changes_nothing, check_resume,
+                          conv_geometry, evaluate_cases, fit_cases, load_cases,
                           normal, pool_geometry, props, resume_cases, run_scaler, scaler_cases, seeds, stacks, trainer_of)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
@@ -536,3 +537,12 @@ def test_grad_scaler_on_the_sim_matches_the_cpu(case):
     (dev_scales, dev_w), (scales, w) = run_scaler(case, sp), run_scaler(case)
     assert dev_scales == scales
     numpy.testing.assert_array_equal(dev_w, w)
+
+
+@props(15)
+@given(case=load_cases())
+def test_a_failed_load_on_the_sim_changes_nothing(case):
+    """The same on the sim, where the optimizer's step counts and tables live on the
+    device and the rollback replaces arrays the fused kernel reads."""
+    _sim()
+    check_failed_load_changes_nothing("sim", case)
