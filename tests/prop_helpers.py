@@ -480,3 +480,21 @@ def check_failed_load_changes_nothing(device, case):
     assert la == lc
     for p, q in zip(mb.parameters(), mc.parameters()):
         numpy.testing.assert_array_equal(gpunet.to_numpy(p.data), gpunet.to_numpy(q.data))
+
+
+def check_early_stopping_restores_the_best(device, case, patience):
+    """``fit`` with validation data and ``EarlyStopping(restore_best=True)``: afterwards
+    the model evaluates to exactly the best epoch's ``val_loss``, and training stopped
+    ``patience`` epochs after it (or at the last epoch)."""
+    c = dict(case, epochs=case["epochs"] + 4, sched=None)
+    t, X, y = trainer_of(c, device)
+    t.optimizer.lr = t.optimizer.lr * 5               # a large rate: the val loss goes up and down
+    Xv, yv = X[: max(2, c["n"] // 2)] + 0.1, y[: max(2, c["n"] // 2)]
+    stop = gpunet.EarlyStopping(patience=patience, restore_best=True)
+    h = t.fit((X, y), val=(Xv, yv), epochs=c["epochs"], batch_size=c["batch"], shuffle=c["shuffle"], seed=3,
+              callbacks=[stop], progress=False)
+    vals = h.history["val_loss"]
+    best = min(range(len(vals)), key=lambda i: (vals[i], i))
+    assert stop.best_epoch == best and stop.best == vals[best]
+    assert len(vals) == min(c["epochs"], best + patience + 1)
+    assert t.evaluate((Xv, yv))["loss"] == vals[best]

@@ -22,10 +22,10 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_fit, build_stack,
-                          check_a_refused_step_changes_nothing, check_bad_input, check_evaluate,
-                          check_failed_load_changes_nothing, check_resume, load_cases,
-                          conv_geometry, evaluate_cases, fit_cases, in_layout, normal, pool_geometry, props,
-                          resume_cases, seeds, stacks, trainer_of)
+                          check_a_refused_step_changes_nothing, check_bad_input,
+                          check_early_stopping_restores_the_best, check_evaluate, check_failed_load_changes_nothing,
+                          check_resume, conv_geometry, evaluate_cases, fit_cases, in_layout, load_cases, normal,
+                          pool_geometry, props, resume_cases, seeds, stacks, trainer_of)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -931,3 +931,9 @@ def test_a_failed_load_changes_nothing(case):
     the file, and leaves the model, optimizer and schedule as they were, down to the next
     training step (DESIGN §8: "a load that raises changes nothing")."""
     check_failed_load_changes_nothing("cpu", case)
+
+
+@props(20)
+@given(case=fit_cases(), patience=st.integers(1, 3))
+def test_early_stopping_restores_the_best_epoch(case, patience):
+    check_early_stopping_restores_the_best("cpu", case, patience)

@@ -31,9 +31,10 @@ from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_evaluate, check_failed_load_changes_nothing, check_resume,
-                          conv_geometry, evaluate_cases, fit_cases, load_cases,
-                          normal, pool_geometry, props, resume_cases, run_scaler, scaler_cases, seeds, stacks, trainer_of)
+                          check_bad_input, check_early_stopping_restores_the_best, check_evaluate,
+                          check_failed_load_changes_nothing, check_resume, conv_geometry, evaluate_cases, fit_cases,
+                          load_cases, normal, pool_geometry, props, resume_cases, run_scaler, scaler_cases, seeds,
+                          stacks, trainer_of)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -587,3 +588,10 @@ def test_optimizer_state_moves_between_cpu_and_sim_bit_for_bit(case, split, firs
     assert sorted(sa) == sorted(sb)
     for k in sa:
         numpy.testing.assert_array_equal(sb[k], sa[k], err_msg=k)
+
+
+@props(12)
+@given(case=fit_cases(), patience=st.integers(1, 3))
+def test_early_stopping_on_the_sim_restores_the_best_epoch(case, patience):
+    _sim()
+    check_early_stopping_restores_the_best("sim", case, patience)
