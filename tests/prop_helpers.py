@@ -498,3 +498,46 @@ def check_early_stopping_restores_the_best(device, case, patience):
     assert stop.best_epoch == best and stop.best == vals[best]
     assert len(vals) == min(c["epochs"], best + patience + 1)
     assert t.evaluate((Xv, yv))["loss"] == vals[best]
+
+
+def _xent_valid(z, t, ignore):
+    if z.ndim != 2 or z.dtype.kind != "f":
+        return False
+    if t.ndim == 1:
+        return (t.dtype.kind in "iu" and t.shape[0] == z.shape[0]
+                and bool(numpy.all(((t >= 0) & (t < z.shape[1])) | (t == ignore))))
+    return t.ndim == 2 and t.shape == z.shape and t.dtype.kind == "f"
+
+
+def check_bad_loss_input(xp, loss, zshape, zdtype, tshape, tdtype, as_list, reduction):
+    """``loss`` (a class name) on a prediction and a target of the given shapes and dtypes
+    on ``xp``'s device: a finite result when DESIGN §5 accepts them, else ValueError/
+    TypeError whose message starts with the loss's name or its function's (TypeError for a
+    list). On a device a label outside the classes is found there and raised when the loss
+    is read (``softmax_cross_entropy``'s docstring): the read is part of the call here."""
+    import pytest
+    z = (numpy.arange(math.prod(zshape)).reshape(zshape) % 3).astype(zdtype)
+    t = (numpy.arange(math.prod(tshape)).reshape(tshape) % 4).astype(tdtype)
+    ignore = 3 if loss == "SoftmaxCrossEntropy" else None
+    fn = getattr(gpunet, loss)(reduction=reduction, **({"ignore_index": ignore} if ignore is not None else {}))
+    if loss == "SoftmaxCrossEntropy":
+        valid = _xent_valid(z, t, ignore)
+    else:
+        valid = z.dtype.kind == "f" and t.shape == z.shape and t.dtype.kind in "biuf"
+    if as_list:
+        z, valid = z.tolist(), False
+    else:
+        z = xp.asarray(z)
+    t = xp.asarray(t)
+    names = {"SoftmaxCrossEntropy": "softmax_cross_entropy", "BCEWithLogits": "bce_with_logits",
+             "MSELoss": "mse"}
+    if valid:
+        out = gpunet.to_numpy(fn(z, t))
+        assert numpy.all(numpy.isfinite(out)) and fn.backward().shape == z.shape
+        return
+    with pytest.raises((ValueError, TypeError)) as info:
+        gpunet.to_numpy(fn(z, t))
+    msg = str(info.value)
+    assert msg.startswith(f"{loss}:") or msg.startswith(f"{names[loss]}:"), msg
+    if as_list:
+        assert info.type is TypeError

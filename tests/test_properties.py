@@ -23,7 +23,7 @@ from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_fit, build_stack,
                           check_a_refused_step_changes_nothing, check_bad_input,
-                          check_early_stopping_restores_the_best, check_evaluate, check_failed_load_changes_nothing,
+                          check_bad_loss_input, check_early_stopping_restores_the_best, check_evaluate, check_failed_load_changes_nothing,
                           check_resume, conv_geometry, evaluate_cases, fit_cases, in_layout, load_cases, normal,
                           pool_geometry, props, resume_cases, seeds, stacks, trainer_of)
 
@@ -761,15 +761,6 @@ ARRAY_SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 ARRAY_DTYPES = st.sampled_from(["float64", "float32", "int64", "bool", "complex128"])
 
 
-def _xent_valid(z, t, ignore):
-    if z.ndim != 2 or z.dtype.kind != "f":
-        return False
-    if t.ndim == 1:
-        return (t.dtype.kind in "iu" and t.shape[0] == z.shape[0]
-                and bool(numpy.all(((t >= 0) & (t < z.shape[1])) | (t == ignore))))
-    return t.ndim == 2 and t.shape == z.shape and t.dtype.kind == "f"
-
-
 @props(150)
 @given(loss=st.sampled_from(["SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss"]), zshape=ARRAY_SHAPES,
        zdtype=ARRAY_DTYPES, tshape=ARRAY_SHAPES, tdtype=ARRAY_DTYPES, as_list=st.booleans(),
@@ -782,28 +773,7 @@ def test_bad_loss_input_raises_naming_the_loss(loss, zshape, zdtype, tshape, tdt
     """Any prediction/target shapes and dtypes: the loss either computes (when DESIGN §5
     accepts them) or raises ValueError/TypeError naming the loss (the class or its
     function in gpunet.functional), never a NumPy error; lists raise TypeError."""
-    z = (numpy.arange(math.prod(zshape)).reshape(zshape) % 3).astype(zdtype)
-    t = (numpy.arange(math.prod(tshape)).reshape(tshape) % 4).astype(tdtype)
-    ignore = 3 if loss == "SoftmaxCrossEntropy" else None
-    fn = getattr(gpunet, loss)(reduction=reduction, **({"ignore_index": ignore} if ignore is not None else {}))
-    if loss == "SoftmaxCrossEntropy":
-        valid = _xent_valid(z, t, ignore)
-    else:
-        valid = z.ndim >= 0 and z.dtype.kind == "f" and t.shape == z.shape and t.dtype.kind in "biuf"
-    if as_list:
-        z, valid = z.tolist(), False
-    names = {"SoftmaxCrossEntropy": "softmax_cross_entropy", "BCEWithLogits": "bce_with_logits",
-             "MSELoss": "mse"}
-    if valid:
-        out = fn(z, t)
-        assert numpy.all(numpy.isfinite(out)) and fn.backward().shape == z.shape
-        return
-    with pytest.raises((ValueError, TypeError)) as info:
-        fn(z, t)
-    msg = str(info.value)
-    assert msg.startswith(f"{loss}:") or msg.startswith(f"{names[loss]}:"), msg
-    if as_list:
-        assert info.type is TypeError
+    check_bad_loss_input(numpy, loss, zshape, zdtype, tshape, tdtype, as_list, reduction)
 
 
 # -- checkpoints ---------------------------------------------------------------------------

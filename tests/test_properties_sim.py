@@ -31,7 +31,7 @@ from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
 from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_early_stopping_restores_the_best, check_evaluate,
+                          check_bad_input, check_bad_loss_input, check_early_stopping_restores_the_best, check_evaluate,
                           check_failed_load_changes_nothing, check_resume, conv_geometry, evaluate_cases, fit_cases,
                           load_cases, normal, pool_geometry, props, resume_cases, run_scaler, scaler_cases, seeds,
                           stacks, trainer_of)
@@ -595,3 +595,16 @@ def test_optimizer_state_moves_between_cpu_and_sim_bit_for_bit(case, split, firs
 def test_early_stopping_on_the_sim_restores_the_best_epoch(case, patience):
     _sim()
     check_early_stopping_restores_the_best("sim", case, patience)
+
+
+@props(60)
+@given(loss=st.sampled_from(["SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss"]),
+       zshape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple),
+       zdtype=st.sampled_from(["float64", "float32", "int64", "bool", "complex128"]),
+       tshape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple),
+       tdtype=st.sampled_from(["float64", "float32", "int64", "bool", "complex128"]),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_bad_loss_input_on_the_sim_raises_naming_the_loss(loss, zshape, zdtype, tshape, tdtype, reduction):
+    """The losses on device arrays check like on NumPy; the softmax-CE kernel's label
+    check raises, naming the loss, when the loss is read."""
+    check_bad_loss_input(_sim(), loss, zshape, zdtype, tshape, tdtype, False, reduction)
