@@ -541,3 +541,29 @@ def check_bad_loss_input(xp, loss, zshape, zdtype, tshape, tdtype, as_list, redu
     assert msg.startswith(f"{loss}:") or msg.startswith(f"{names[loss]}:"), msg
     if as_list:
         assert info.type is TypeError
+
+
+ELEMENTWISE = {"sigmoid": gpunet.Sigmoid, "tanh": gpunet.Tanh, "relu": gpunet.ReLU,
+               "leaky_relu": lambda: gpunet.LeakyReLU(-0.5), "elu": lambda: gpunet.ELU(2.0), "gelu": gpunet.GELU,
+               "silu": gpunet.SiLU, "softplus": gpunet.Softplus, "identity": gpunet.Identity}
+
+
+@st.composite
+def finite_arrays(draw):
+    dtype = draw(st.sampled_from([numpy.float16, numpy.float32, numpy.float64]))
+    width = numpy.finfo(dtype).bits
+    values = draw(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=width), min_size=1, max_size=12))
+    return numpy.array(values, dtype=dtype)
+
+
+def check_activation_is_finite(xp, name, x):
+    """``ELEMENTWISE[name]`` on ``x`` (finite, any float dtype) on ``xp``'s device: finite
+    outputs, and finite input gradients (dy = 1) within the derivative's bound (2 here)."""
+    layer = ELEMENTWISE[name]()
+    with numpy.errstate(over="ignore", under="ignore", invalid="ignore"):
+        y = gpunet.to_numpy(layer(xp.asarray(x)))
+        dx = gpunet.to_numpy(layer.backward(xp.ones_like(xp.asarray(x))))
+    assert y.dtype == dx.dtype == x.dtype
+    assert numpy.all(numpy.isfinite(y)), (x, y)
+    assert numpy.all(numpy.isfinite(dx)), (x, dx)
+    assert numpy.all(numpy.abs(dx.astype(numpy.float64)) <= 2.0 + 1e-3), (x, dx)

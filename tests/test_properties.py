@@ -21,11 +21,12 @@ from gpunet.functional import conv as FC
 from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.layers.base import Layer
-from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_fit, build_stack,
-                          check_a_refused_step_changes_nothing, check_bad_input,
-                          check_bad_loss_input, check_early_stopping_restores_the_best, check_evaluate, check_failed_load_changes_nothing,
-                          check_resume, conv_geometry, evaluate_cases, fit_cases, in_layout, load_cases, normal,
-                          pool_geometry, props, resume_cases, seeds, stacks, trainer_of)
+from prop_helpers import (BAD_INPUT_LAYERS, ELEMENTWISE, PERMS, bad_step_cases, build_fit, build_stack,
+                          check_a_refused_step_changes_nothing, check_activation_is_finite, check_bad_input,
+                          check_bad_loss_input, check_early_stopping_restores_the_best, check_evaluate,
+                          check_failed_load_changes_nothing, check_resume, conv_geometry, evaluate_cases,
+                          finite_arrays, fit_cases, in_layout, load_cases, normal, pool_geometry, props,
+                          resume_cases, seeds, stacks, trainer_of)
 
 DTYPES = st.sampled_from([numpy.float32, numpy.float64])
 
@@ -907,3 +908,16 @@ def test_a_failed_load_changes_nothing(case):
 @given(case=fit_cases(), patience=st.integers(1, 3))
 def test_early_stopping_restores_the_best_epoch(case, patience):
     check_early_stopping_restores_the_best("cpu", case, patience)
+
+
+# -- activations at any finite input ------------------------------------------------------
+
+@props(60)
+@given(name=st.sampled_from(sorted(ELEMENTWISE)), x=finite_arrays())
+@example(name="gelu", x=numpy.array([300.0, -300.0, 1.0], numpy.float16))
+def test_elementwise_activations_are_finite_at_any_finite_input(name, x):
+    """Every elementwise activation maps finite inputs of any float dtype, up to the
+    dtype's largest values, to finite outputs, and its input gradient (of a bounded
+    derivative, for dy = 1) is finite there too: nothing overflows into inf and inf·0
+    into NaN on the way (GELU's backward did, in float16 from |x| = 256 on: x² = inf)."""
+    check_activation_is_finite(numpy, name, x)

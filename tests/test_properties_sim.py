@@ -30,11 +30,12 @@ from gpunet.functional import dropout as FD
 from gpunet.functional import losses as FL
 from gpunet.functional import pooling as FP
 from gpunet.layers.base import Parameter
-from prop_helpers import (BAD_INPUT_LAYERS, PERMS, bad_step_cases, build_stack, check_a_refused_step_changes_nothing,
-                          check_bad_input, check_bad_loss_input, check_early_stopping_restores_the_best, check_evaluate,
-                          check_failed_load_changes_nothing, check_resume, conv_geometry, evaluate_cases, fit_cases,
-                          load_cases, normal, pool_geometry, props, resume_cases, run_scaler, scaler_cases, seeds,
-                          stacks, trainer_of)
+from prop_helpers import (BAD_INPUT_LAYERS, ELEMENTWISE, PERMS, bad_step_cases, build_stack,
+                          check_a_refused_step_changes_nothing, check_activation_is_finite, check_bad_input,
+                          check_bad_loss_input, check_early_stopping_restores_the_best, check_evaluate,
+                          check_failed_load_changes_nothing, check_resume, conv_geometry, evaluate_cases,
+                          finite_arrays, fit_cases, load_cases, normal, pool_geometry, props, resume_cases,
+                          run_scaler, scaler_cases, seeds, stacks, trainer_of)
 
 # test_kernels_gpu.TOL: softmax-CE and batch norm forward; batch norm backward 10x
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -608,3 +609,10 @@ def test_bad_loss_input_on_the_sim_raises_naming_the_loss(loss, zshape, zdtype, 
     """The losses on device arrays check like on NumPy; the softmax-CE kernel's label
     check raises, naming the loss, when the loss is read."""
     check_bad_loss_input(_sim(), loss, zshape, zdtype, tshape, tdtype, False, reduction)
+
+
+@props(30)
+@given(name=st.sampled_from(sorted(ELEMENTWISE)), x=finite_arrays())
+@example(name="gelu", x=numpy.array([300.0, -300.0, 1.0], numpy.float16))
+def test_elementwise_activations_on_the_sim_are_finite_at_any_finite_input(name, x):
+    check_activation_is_finite(_sim(), name, x)

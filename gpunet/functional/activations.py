@@ -175,6 +175,10 @@ def gelu_backward(dy, x, y):
     s = _gelu_sigmoid(xp, x, x2)
     d = xp.subtract(1.0, s)
     d *= s
+    # s(1 - s) is exactly 0 in every dtype from |x| ~ 22 on (float64; sooner below), so
+    # capping x² at 1e4 (|x| = 100) changes no result, and keeps x² and v' finite where
+    # they would overflow (float16 from |x| = 256: inf·0 = NaN)
+    xp.minimum(x2, 1e4, out=x2)
     x2 *= 3 * 0.044715
     x2 += 1.0
     x2 *= 2.0 * _GELU_C
