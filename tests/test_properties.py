@@ -921,3 +921,27 @@ def test_elementwise_activations_are_finite_at_any_finite_input(name, x):
     derivative, for dy = 1) is finite there too: nothing overflows into inf and inf·0
     into NaN on the way (GELU's backward did, in float16 from |x| = 256 on: x² = inf)."""
     check_activation_is_finite(numpy, name, x)
+
+
+@props(40)
+@given(x=finite_arrays(), cols=st.integers(1, 4))
+def test_softmax_layers_are_finite_at_any_finite_logits(x, cols):
+    """Softmax of any finite row, up to the dtype's largest values, is finite, in [0, 1]
+    and sums to 1; LogSoftmax is finite wherever its true value is representable (the
+    row's spread below half the dtype's maximum); both input gradients are finite."""
+    n = x.size // cols
+    assume(n >= 1)
+    x = x[:n * cols].reshape(n, cols)
+    eps = float(numpy.finfo(x.dtype).eps)
+    with numpy.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for layer in (gpunet.Softmax(), gpunet.LogSoftmax()):
+            y = layer(x)
+            dx = layer.backward(numpy.ones_like(x) / cols)
+            assert numpy.all(numpy.isfinite(dx)), (x, dx)
+            if isinstance(layer, gpunet.LogSoftmax):
+                spread = x.astype(numpy.float64).max(axis=1) - x.astype(numpy.float64).min(axis=1)
+                ok = spread <= float(numpy.finfo(x.dtype).max) / 2
+                assert numpy.all(numpy.isfinite(y[ok])), (x, y)
+            else:
+                assert numpy.all((y >= 0) & (y <= 1)), (x, y)
+                numpy.testing.assert_allclose(y.astype(numpy.float64).sum(axis=1), 1.0, atol=4 * cols * eps)
