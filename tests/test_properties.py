@@ -945,3 +945,31 @@ def test_softmax_layers_are_finite_at_any_finite_logits(x, cols):
             else:
                 assert numpy.all((y >= 0) & (y <= 1)), (x, y)
                 numpy.testing.assert_allclose(y.astype(numpy.float64).sum(axis=1), 1.0, atol=4 * cols * eps)
+
+
+# -- SyncBatchNorm ---------------------------------------------------------------------------
+
+@props(30)
+@given(case=stacks(), momentum=st.floats(0.0, 1.0), affine=st.booleans(), dtype=DTYPES)
+def test_sync_batchnorm_in_a_world_of_one_is_batchnorm(case, momentum, affine, dtype):
+    """SyncBatchNorm on one process (``gpunet.distributed.Communicator()``) gives
+    BatchNorm's output, gradients and running statistics (its own two passes, within
+    rounding), train and eval, any shape; and its state loads into a BatchNorm."""
+    from gpunet import distributed as D
+    c = case["c"]
+    shape = (case["n"] + 1, c, case["h"], case["w"]) if case["kinds"][0] != "bn" else (case["n"] + 1, c)
+    x = normal(case["seed"], shape, 3.0, dtype) + 1
+    dy = normal(case["seed"] + 1, shape, 1.0, dtype)
+    a = gpunet.BatchNorm(c, momentum=momentum, affine=affine).to(dtype=dtype)
+    b = D.SyncBatchNorm(c, momentum=momentum, affine=affine, comm=D.Communicator()).to(dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == numpy.float32 else dict(rtol=1e-10, atol=1e-10)
+    numpy.testing.assert_allclose(b(x), a(x), **tol)
+    numpy.testing.assert_allclose(b.backward(dy), a.backward(dy), **tol)
+    for (k, u), (_, v) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+        numpy.testing.assert_allclose(v, u, err_msg=k, **tol)
+    if affine:
+        numpy.testing.assert_allclose(b.gamma.grad, a.gamma.grad, **tol)
+        numpy.testing.assert_allclose(b.beta.grad, a.beta.grad, **tol)
+    a.eval(), b.eval()
+    numpy.testing.assert_allclose(b(x), a(x), **tol)
+    a.load_state_dict(b.state_dict())
