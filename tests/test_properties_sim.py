@@ -616,3 +616,32 @@ def test_bad_loss_input_on_the_sim_raises_naming_the_loss(loss, zshape, zdtype, 
 @example(name="gelu", x=numpy.array([300.0, -300.0, 1.0], numpy.float16))
 def test_elementwise_activations_on_the_sim_are_finite_at_any_finite_input(name, x):
     check_activation_is_finite(_sim(), name, x)
+
+
+@props(15)
+@given(case=fit_cases())
+def test_fit_on_the_sim_matches_the_cpu(case):
+    """The same ``Trainer.fit`` on the CPU and on the sim (float32; any batch size, partial
+    last batch, shuffling, clipping, schedules, dropout, batch norm, ignored labels): the
+    History and the final weights agree within test_parity's float32 tolerance (the
+    kernels sum in another order), the dropout counters exactly; then ``predict`` agrees.
+    SGD only, as in test_parity: Adam and RMSProp divide by the gradient's own size, so a
+    gradient at rounding level (batch norm over two samples) makes a full-size step of its
+    rounding noise, which no tolerance bounds."""
+    _sim()
+    c = dict(case, opt="SGD")
+    runs = []
+    for device in ("cpu", "sim"):
+        t, X, y = trainer_of(c, device)
+        h = t.fit((X, y), epochs=c["epochs"], batch_size=c["batch"], shuffle=c["shuffle"], seed=7, progress=False)
+        runs.append((h.history, t.model.state_dict(), t.predict(X, batch_size=c["batch"] + 1)))
+    (ha, ma, pa), (hb, mb, pb) = runs
+    assert sorted(ha) == sorted(hb)
+    for k in ha:
+        numpy.testing.assert_allclose(hb[k], ha[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    for k in ma:
+        if k.endswith("counter") or k.endswith("seed"):
+            assert int(mb[k]) == int(ma[k]), k
+        else:
+            numpy.testing.assert_allclose(mb[k], ma[k], rtol=1e-3, atol=1e-4, err_msg=k)
+    numpy.testing.assert_allclose(pb, pa, rtol=1e-3, atol=1e-4)
