@@ -75,9 +75,18 @@ def stacks(draw):
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     h, w = draw(st.integers(4, 9)), draw(st.integers(4, 9))
     seed = draw(seeds)
-    kinds = draw(st.lists(st.sampled_from(["conv3", "conv1", "conv_s2", "conv_relu", "bn", "relu", "tanh",
+    drawn = draw(st.lists(st.sampled_from(["conv3", "conv1", "conv_s2", "conv_relu", "bn", "relu", "tanh",
                                            "max", "avg", "dropout"]), min_size=1, max_size=4))
-    return dict(n=n, c=c, h=h, w=w, kinds=kinds, seed=seed)
+    kinds, oh, ow = [], h, w
+    for k in drawn:             # the layers the image is still large enough for
+        if k == "max":          # 2x2, stride 1
+            if oh < 2 or ow < 2:
+                continue
+            oh, ow = oh - 1, ow - 1
+        elif k == "conv_s2":    # (2, 3) kernel, stride 2, padding 1
+            oh, ow = oh // 2 + 1, (ow - 1) // 2 + 1
+        kinds.append(k)
+    return dict(n=n, c=c, h=h, w=w, kinds=kinds or ["relu"], seed=seed)
 
 
 def build_stack(case):
