@@ -4,8 +4,14 @@ Each property holds for every input the strategy draws: softmax's shift invarian
 normalization at extreme logits, cross-entropy's sign, gradcheck's agreement with the
 layers (and its catching a wrong gradient), the convolution and pooling against naive
 loops over output positions (ties included), dropout's masks and scalings, batch norm's
-output statistics and gradient identities, and the bad-input rule of DESIGN §4 (a wrong
-input raises ValueError/TypeError naming the layer, never a NumPy error).
+output statistics and gradient identities, the bad-input rule of DESIGN §4 for layers
+and losses (a wrong input raises ValueError/TypeError naming the layer, never a NumPy
+error), the same numbers in any memory layout, float16 as float32 rounded once, the
+DataLoader's epochs and shards, a refused optimizer step or a failed load changing
+nothing, resuming bit for bit, Trainer.fit/evaluate against the plain loop, early
+stopping, finite activations at any finite input, SyncBatchNorm on one process. The
+ones that also run on the sim device share their bodies with tests/test_properties_sim.py
+through tests/prop_helpers.py.
 """
 import math
 

@@ -12,7 +12,13 @@ Only the claims the project makes are checked, with the strength it makes them:
   statistics given the device's batch statistics, and a constant channel's mean, zero
   variance and ``y = beta`` (``test_batchnorm``, ``test_kernels_gpu``);
 * within ``test_kernels_gpu``'s tolerances: softmax cross-entropy and batch norm forward
-  and backward (the kernels reduce in another order).
+  and backward (the kernels reduce in another order);
+* float16 kernels equal to the float32 kernels rounded once (``gpunet.cuda``); the
+  optimizer state moved between CPU and sim, a resumed run, a CUDA-graph fit against the
+  eager fit, GradScaler's device path against its host path: bit for bit; layers in any
+  memory layout, a training stack and ``Trainer.fit`` against the CPU: within tolerance;
+  the bad-input rules, a refused step, a failed load, ``evaluate`` and early stopping as
+  on the CPU (shared bodies in tests/prop_helpers.py).
 
 Every test skips where the sim has no C++ compiler (and CI's ``GPUNET_REQUIRE_SIM=1`` makes
 that an error in conftest).
