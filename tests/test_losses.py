@@ -314,6 +314,19 @@ def test_loss_is_0d_in_logits_dtype_and_float_works(xp, i):
         assert g.dtype == dtype and g.shape == z.shape
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_elementwise_losses_of_0d_inputs_give_0d_array_gradients(xp, reduction):
+    # a 0-d prediction (one regression target): the gradient is a 0-d array of the
+    # input's kind and dtype, as PyTorch's is a 0-d tensor; MSELoss gave a NumPy scalar
+    for loss_fn, x, y, grad in ((gpunet.MSELoss(reduction=reduction), 1.5, 1.0, 1.0),
+                                (gpunet.BCEWithLogits(reduction=reduction), 0.0, 1.0, -0.5)):
+        loss = loss_fn(xp.asarray(numpy.float32(x)), xp.asarray(numpy.float32(y)))
+        g = loss_fn.backward()
+        assert loss.shape == () and g.shape == (), (type(loss_fn).__name__, g)
+        assert isinstance(g, xp.ndarray) and g.dtype == numpy.float32, (type(loss_fn).__name__, type(g))
+        assert float(g) == grad
+
+
 @pytest.mark.parametrize("i", range(3))
 def test_backward_before_forward_raises(i):
     loss_fn, z, y = _all_losses()[i]

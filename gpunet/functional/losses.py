@@ -265,7 +265,8 @@ def mse(x, y, reduction="mean"):
     _check_pair(name, "input", x, y)
     check_reduction(name, reduction)
     xp = get_array_module(x, y)
-    d = x - y.astype(x.dtype, copy=False)
+    # into an array even for a 0-d x (x - y would be a NumPy scalar there, and the gradient too)
+    d = xp.subtract(x, y.astype(x.dtype, copy=False), out=xp.empty_like(x))
     loss = xp.asarray(_reduce(d * d, reduction), dtype=x.dtype)
     d *= 2.0 / x.size if reduction == "mean" else 2.0
     return loss, d
