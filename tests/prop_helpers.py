@@ -576,3 +576,4 @@ def check_activation_is_finite(xp, name, x):
     assert numpy.all(numpy.isfinite(y)), (x, y)
     assert numpy.all(numpy.isfinite(dx)), (x, dx)
     assert numpy.all(numpy.abs(dx.astype(numpy.float64)) <= 2.0 + 1e-3), (x, dx)
+

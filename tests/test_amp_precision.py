@@ -549,27 +549,15 @@ def test_numpy_float16_pooling_is_float32_rounded_once():
     """NumPy max/average pooling on float16 compute in float32 and round once (NumPy's
     float16 loops are slow, and the device kernels sum in float too): equal (tolerance 0)
     to the float32 results rounded, the argmax equal, for plain, CNHW and CHWN memory,
-    disjoint and overlapping windows."""
-    from gpunet.functional import pooling as FP
+    disjoint and overlapping windows (tests/test_properties.py draws the same over random
+    geometries and memory orders)."""
+    from pool_checks import assert_half_pooling_is_float32_rounded_once
     r = numpy.random.default_rng(10)
     base = _h(r.standard_normal((3, 4, 9, 9)))
     for x in (base, base.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3),    # NCHW, CNHW,
               base.transpose(1, 2, 3, 0).copy().transpose(3, 0, 1, 2)):         # CHWN memory
         for k, s, p in ((2, 2, 0), (3, 2, 1)):
-            x32 = x.astype(numpy.float32)
-            y, arg = FP.max_pool2d(x, k, s, p)
-            y32, arg32 = FP.max_pool2d(x32, k, s, p)
-            assert y.dtype == numpy.float16
-            numpy.testing.assert_array_equal(y, _h(y32))
-            numpy.testing.assert_array_equal(arg, arg32)
-            dy = _h(r.standard_normal(y.shape))
-            numpy.testing.assert_array_equal(
-                FP.max_pool2d_backward(dy, arg, x.shape, k, s, p),
-                _h(FP.max_pool2d_backward(dy.astype(numpy.float32), arg32, x.shape, k, s, p)))
-            numpy.testing.assert_array_equal(FP.avg_pool2d(x, k, s, p), _h(FP.avg_pool2d(x32, k, s, p)))
-            numpy.testing.assert_array_equal(
-                FP.avg_pool2d_backward(dy, x.shape, k, s, p),
-                _h(FP.avg_pool2d_backward(dy.astype(numpy.float32), x.shape, k, s, p)))
+            assert_half_pooling_is_float32_rounded_once(x, k, s, p, lambda sh: _h(r.standard_normal(sh)))
 
 
 def test_trainer_fp16_overflowing_steps_are_skipped_without_numpy_warnings():

@@ -15,6 +15,7 @@ import gpunet
 from gpunet import sim, to_numpy
 from gpunet.functional import conv as FC
 from gpunet.functional import pooling as FP
+from pool_checks import assert_device_pooling_equals_numpy
 
 # the GEMM sums in another order than NumPy's BLAS; the other kernels are exact or nearly
 TOL = {numpy.float32: dict(rtol=2e-5, atol=2e-5), numpy.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -301,18 +302,9 @@ def test_pooling_kernels_equal_numpy(gpu_xp, case, dtype, layout):
     base = rng.standard_normal(tuple(shape[i] for i in order)).astype(dtype)
     base[..., ::3] = numpy.round(base[..., ::3])     # ties inside windows
     x, xd = base.transpose(inverse), gpu_xp.asarray(base).transpose(inverse)
-    y_ref, arg_ref = FP.max_pool2d(x, k, s, p)
-    y, arg = FP.max_pool2d(xd, k, s, p)
-    numpy.testing.assert_array_equal(to_numpy(y), y_ref)
-    numpy.testing.assert_array_equal(to_numpy(arg), arg_ref)
-    assert arg.dtype == arg_ref.dtype and y.flags.c_contiguous
-    dy = rng.standard_normal(y_ref.shape).astype(dtype)
-    dyd = gpu_xp.asarray(dy)
-    numpy.testing.assert_array_equal(to_numpy(FP.max_pool2d_backward(dyd, arg, shape, k, s, p)),
-                                     FP.max_pool2d_backward(dy, arg_ref, shape, k, s, p))
-    numpy.testing.assert_array_equal(to_numpy(FP.avg_pool2d(xd, k, s, p)), FP.avg_pool2d(x, k, s, p))
-    numpy.testing.assert_array_equal(to_numpy(FP.avg_pool2d_backward(dyd, shape, k, s, p)),
-                                     FP.avg_pool2d_backward(dy, shape, k, s, p))
+    y, _ = assert_device_pooling_equals_numpy(
+        x, xd, k, s, p, lambda sh: rng.standard_normal(sh).astype(dtype), gpu_xp.asarray)
+    assert y.flags.c_contiguous
 
 
 def test_max_pool_kernel_nan_inf_and_large_windows(gpu_xp):
