@@ -522,3 +522,25 @@ def test_ce_label_error_mentions_ignore_index_only_when_set():
         gpunet.SoftmaxCrossEntropy()(z, numpy.array([0, 5]))
     with pytest.raises(ValueError, match=r"\[0, 3\) \(or equal ignore_index=-100\); got 5 at row 1"):
         gpunet.SoftmaxCrossEntropy(ignore_index=-100)(z, numpy.array([0, 5]))
+
+
+@pytest.mark.parametrize("loss_fn, name, what, other", [
+    (gpunet.SoftmaxCrossEntropy(), "softmax_cross_entropy", "logits", "labels"),
+    (gpunet.BCEWithLogits(), "bce_with_logits", "logits", "targets"),
+    (gpunet.MSELoss(), "mse", "input", "targets"),
+])
+def test_targets_on_another_device_name_the_loss_both_devices_and_the_move(loss_fn, name, what, other):
+    """Found by the second first-hour audit: labels left on the host beside logits on the
+    device raised 'arrays on different devices in one call: sim and cpu', naming no loss
+    and no argument."""
+    if gpunet.sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    rng = numpy.random.default_rng(0)
+    pred = rng.standard_normal((4, 3)).astype(numpy.float32)
+    target = (numpy.array([0, 2, 1, 1]) if other == "labels"
+              else rng.uniform(size=(4, 3)).astype(numpy.float32))
+    with pytest.raises(TypeError, match=rf"^{name}: expected {other} on sim \(the device of the {what}\), "
+                                        rf"got them on cpu; move them with gpunet\.to_device\({other}, 'sim'\)$"):
+        loss_fn(gpunet.to_device(pred, "sim"), target)
+    with pytest.raises(TypeError, match=rf"^{name}: expected {other} on cpu .* got them on sim"):
+        loss_fn(pred, gpunet.to_device(target, "sim"))

@@ -13,7 +13,20 @@ import numbers
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module
+
+
+def _module(name, what, x, other_what, other):
+    """The array module of a loss's two arrays; on two devices, ``TypeError`` naming the loss,
+    both arguments and their devices, and the move that fixes it (the second argument goes
+    where the first, the model's output, is)."""
+    if type(x) is type(other) is numpy.ndarray:     # the CPU's every call: one comparison
+        return numpy
+    dx, do = device_of(x), device_of(other)
+    if dx != do:
+        raise TypeError(f"{name}: expected {other_what} on {dx} (the device of the {what}), got them on "
+                        f"{do}; move them with gpunet.to_device({other_what}, {dx!r})")
+    return get_array_module(x, other)
 
 
 def _check_array(name, what, a):
@@ -137,7 +150,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     _check_logits(name, logits)
     check_nonempty(name, "logits", logits)
     check_reduction(name, reduction)
-    xp = get_array_module(logits, labels)
+    xp = _module(name, "logits", logits, "labels", labels)
     check_labels(name, logits, labels, ignore_index, check_values=xp is numpy)
     eps = check_label_smoothing(name, label_smoothing)
     grad_scale = float(grad_scale)
@@ -230,7 +243,7 @@ def bce_with_logits(z, y, reduction="mean"):
     name = "bce_with_logits"
     _check_pair(name, "logits", z, y)
     check_reduction(name, reduction)
-    xp = get_array_module(z, y)
+    xp = _module(name, "logits", z, "targets", y)
     if z.ndim == 0 and xp is numpy:
         # one logit (PyTorch takes 0-d too): NumPy's ufuncs return scalars for 0-d arrays,
         # which the out= passes below cannot write into; computed as shape (1,)
@@ -264,7 +277,7 @@ def mse(x, y, reduction="mean"):
     name = "mse"
     _check_pair(name, "input", x, y)
     check_reduction(name, reduction)
-    xp = get_array_module(x, y)
+    xp = _module(name, "input", x, "targets", y)
     # into an array even for a 0-d x (x - y would be a NumPy scalar there, and the gradient too)
     d = xp.subtract(x, y.astype(x.dtype, copy=False), out=xp.empty_like(x))
     loss = xp.asarray(_reduce(d * d, reduction), dtype=x.dtype)
