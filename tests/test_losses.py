@@ -518,7 +518,7 @@ def test_losses_name_a_list_or_number_where_an_array_belongs():
 
 def test_ce_label_error_mentions_ignore_index_only_when_set():
     z = numpy.zeros((2, 3), numpy.float32)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\); got 5 at row 1$"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\); got 5 at row 1 \(the logits have 3 columns"):
         gpunet.SoftmaxCrossEntropy()(z, numpy.array([0, 5]))
     with pytest.raises(ValueError, match=r"\[0, 3\) \(or equal ignore_index=-100\); got 5 at row 1"):
         gpunet.SoftmaxCrossEntropy(ignore_index=-100)(z, numpy.array([0, 5]))
@@ -544,3 +544,30 @@ def test_targets_on_another_device_name_the_loss_both_devices_and_the_move(loss_
         loss_fn(gpunet.to_device(pred, "sim"), target)
     with pytest.raises(TypeError, match=rf"^{name}: expected {other} on cpu .* got them on sim"):
         loss_fn(pred, gpunet.to_device(target, "sim"))
+
+
+@pytest.mark.parametrize("labels, hint", [
+    (numpy.array([0.0, 1.0, 2.0]), r"got dtype float64; class labels are integer indices: y\.astype\(numpy\.int64\)$"),
+    (numpy.array(["cat", "dog", "cat"]), r"got dtype str96; map class names to indices 0\.\.C-1 first: "
+                                         r"names, y = numpy\.unique\(y, return_inverse=True\)$"),
+    (numpy.array([[0], [2], [1]]), r"or integer class labels of shape \(3,\), got \(3, 1\); class indices go "
+                                   r"as a 1-D array: y\.ravel\(\)$"),
+    (numpy.eye(3, dtype=numpy.int64), r"got int64; pass one-hot rows as floats \(y\.astype\(logits\.dtype\)\) "
+                                      r"or class indices \(y\.argmax\(1\)\)$"),
+    (numpy.array([1, 3, 2]), r"(got|e\.g\.) 3 at row 1 \(the logits have 3 columns, one per class: labels numbered "
+                             r"from 1 need y - 1, more classes need a last layer with more outputs\)"),
+    (numpy.array([0, -100, 2]), r"(got|e\.g\.) -100 at row 1 \(if such rows are padding to skip: "
+                                r"SoftmaxCrossEntropy\(ignore_index=-100\)\)"),
+])
+def test_ce_label_mistakes_say_how_to_fix_them(xp, labels, hint):
+    """Found by the second first-hour audit: float labels, string labels, Keras' (N, 1)
+    sparse labels, integer one-hot rows, labels numbered 1..C and -100 padding were refused
+    without a way out ('expected probability targets of shape (3, 3), got (3, 1)' for the
+    (N, 1) labels, which are no probability targets). On a device the range is checked
+    there and raised at the read, with the same hint."""
+    if labels.dtype.kind == "U" and xp is not numpy:
+        pytest.skip("CuPy has no string arrays")
+    z = xp.asarray(_logits(3, 3))
+    with pytest.raises(ValueError, match=hint) as e:
+        float(gpunet.SoftmaxCrossEntropy()(z, xp.asarray(labels)))
+    assert "softmax_cross_entropy" in str(e.value)

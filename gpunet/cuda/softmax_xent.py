@@ -60,9 +60,11 @@ def raise_label_error(device=None):
     if bad == 0:
         return
     st.fill(0)
+    from ..functional.losses import label_range_hint
     raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} label(s) outside "
                      f"[0, {C})" + (f" and not ignore_index={ignore_index}" if has_ignore else "")
-                     + f", e.g. {label} at row {row} (checked on the device and raised at a later "
+                     + f", e.g. {label} at row {row}{label_range_hint(label, C, ignore_index if has_ignore else None)}"
+                     " (checked on the device and raised at a later "
                      "read: the bad labels were in this or an earlier softmax_xent call on the device, "
                      "and every loss computed while the error was pending is NaN)")
 

@@ -55,7 +55,14 @@ def check_labels(name, logits, labels, ignore_index=None, check_values=True):
     xp = get_array_module(logits, labels)
     if labels.ndim == 1:
         if labels.dtype.kind not in "iu":
-            raise ValueError(f"{name}: expected integer class labels of shape ({n},), got dtype {labels.dtype.name}")
+            # float labels (a habit from Keras, or y read from a CSV) and class names: say how
+            # to make the integer indices PyTorch's CrossEntropyLoss takes too
+            hint = ("; class labels are integer indices: y.astype(numpy.int64)" if labels.dtype.kind == "f"
+                    else "; map class names to indices 0..C-1 first: "
+                         "names, y = numpy.unique(y, return_inverse=True)" if labels.dtype.kind in "US"
+                    else "")
+            raise ValueError(f"{name}: expected integer class labels of shape ({n},), got dtype "
+                             f"{labels.dtype.name}{hint}")
         if labels.shape[0] != n:
             raise ValueError(f"{name}: expected {n} labels (one per logits row), got {labels.shape[0]}")
         if n == 0:
@@ -72,15 +79,32 @@ def check_labels(name, logits, labels, ignore_index=None, check_values=True):
             i = int(xp.argmax(bad))
             also = "" if ignore_index is None else f" (or equal ignore_index={ignore_index})"
             raise ValueError(f"{name}: labels must lie in [0, {c}){also}; got {int(labels[i])} "
-                             f"at row {i}")
+                             f"at row {i}{label_range_hint(int(labels[i]), c, ignore_index)}")
     elif labels.ndim == 2:
         if labels.shape != logits.shape:
-            raise ValueError(f"{name}: expected probability targets of shape {tuple(logits.shape)}, "
-                             f"got {tuple(labels.shape)}")
+            # (N, 1) integer labels are Keras' sparse labels: gpunet (as PyTorch) takes them 1-D
+            hint = ("; class indices go as a 1-D array: y.ravel()"
+                    if labels.shape == (n, 1) and labels.dtype.kind in "iu" else "")
+            raise ValueError(f"{name}: expected probability targets of shape {tuple(logits.shape)} "
+                             f"or integer class labels of shape ({n},), got {tuple(labels.shape)}{hint}")
         if labels.dtype.kind != "f":
-            raise ValueError(f"{name}: expected floating-point probability targets, got {labels.dtype.name}")
+            raise ValueError(f"{name}: expected floating-point probability targets, got {labels.dtype.name}; "
+                             f"pass one-hot rows as floats (y.astype(logits.dtype)) or class indices "
+                             f"(y.argmax(1))")
     else:
         raise ValueError(f"{name}: expected labels of shape ({n},) or ({n}, {c}), got {tuple(labels.shape)}")
+
+
+def label_range_hint(label, c, ignore_index=None):
+    """What a label outside ``[0, C)`` most often means (this check's and the CUDA kernel's
+    message): ``C`` or more, labels numbered from 1 or a last layer with too few outputs; a
+    negative one without ``ignore_index``, padding meant to be skipped."""
+    if label >= c:
+        return (f" (the logits have {c} columns, one per class: labels numbered from 1 need y - 1, "
+                f"more classes need a last layer with more outputs)")
+    if ignore_index is None:
+        return f" (if such rows are padding to skip: SoftmaxCrossEntropy(ignore_index={label}))"
+    return ""
 
 
 # -- reductions ------------------------------------------------------------------------------
