@@ -373,7 +373,7 @@ def test_to_rejects_a_non_float_dtype():
 
 
 def test_dtype_error_message_points_to_model_to():
-    with pytest.raises(ValueError, match=r"model\.to\(dtype=\.\.\.\)"):
+    with pytest.raises(ValueError, match=r"model\.to\(dtype=numpy\.float64\)"):
         gpunet.Dense(4, 2)(numpy.zeros((1, 4)))
 
 
@@ -644,3 +644,40 @@ def test_a_0d_input_is_named_by_every_rank_free_layer(make):
     name = type(layer).__name__
     with pytest.raises(ValueError, match=f"^{name}: expected an input with at least one axis, got a 0-d array$"):
         layer(numpy.ones((), numpy.float32))
+
+
+@pytest.mark.parametrize("layer, x, hint", [
+    (lambda: gpunet.Dense(4, 3), numpy.zeros((2, 4), numpy.uint8),
+     r"^Dense: expected dtype float32 \(the parameters' dtype\), got uint8; pixels of 0\.\.255 become floats "
+     r"in \[0, 1\] with x\.astype\(numpy\.float32\) / 255$"),
+    (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 1, 5, 5), numpy.uint8),
+     r"^Conv2D: expected dtype float32 .* got uint8; pixels of 0\.\.255 .* x\.astype\(numpy\.float32\) / 255$"),
+    (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 1, 5, 5)),
+     r"^Conv2D: expected dtype float32 \(the parameters' dtype\), got float64; cast the input "
+     r"\(x\.astype\(numpy\.float32\)\) or the model \(model\.to\(dtype=numpy\.float64\)\)$"),
+    (lambda: gpunet.Dense(4, 3), numpy.zeros((2, 4), numpy.int64),
+     r"^Dense: expected dtype float32 .* got int64; cast the input: x\.astype\(numpy\.float32\)$"),
+    (lambda: gpunet.MaxPool2D(2), numpy.zeros((2, 1, 4, 4), numpy.uint8),
+     r"^MaxPool2D: expected a floating-point input \(float32 or float64\), got uint8; pixels of 0\.\.255 "),
+    (lambda: gpunet.ReLU(), numpy.zeros((2, 4), numpy.int32),
+     r"^ReLU: expected a floating-point input .* got int32; cast the input: x\.astype\(numpy\.float32\)$"),
+    (lambda: gpunet.Conv2D(3, 2, 3), numpy.zeros((2, 8, 8, 3), numpy.float32),
+     r"^Conv2D: expected 3 input channels \(axis 1 of NCHW\), got shape \(2, 8, 8, 3\); the input looks "
+     r"channels-last \(NHWC, Keras' layout\): x\.transpose\(0, 3, 1, 2\) makes it NCHW$"),
+    (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 784), numpy.float32),
+     r"^Conv2D: expected a 4-D input \(N, 1, H, W\), got shape \(2, 784\) \(2-D\); flat square images "
+     r"become NCHW with x\.reshape\(-1, 1, 28, 28\)$"),
+    (lambda: gpunet.Conv2D(3, 2, 3), numpy.zeros((2, 3 * 64), numpy.float32),
+     r"x\.reshape\(-1, 3, 8, 8\)$"),
+    (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 28, 28), numpy.float32),
+     r"got shape \(2, 28, 28\) \(3-D\); single-channel images \(N, H, W\) become NCHW with x\[:, None\]$"),
+    (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 10), numpy.float32), r"got shape \(2, 10\) \(2-D\)$"),
+    (lambda: gpunet.Conv2D(2, 2, 3), numpy.zeros((2, 3, 8, 8), numpy.float32), r"got shape \(2, 3, 8, 8\)$"),
+])
+def test_image_input_mistakes_say_how_to_fix_them(layer, x, hint):
+    """Found by the second first-hour audit: uint8 images got 'cast the input (x.astype(...))'
+    from Dense and 'cast the input or the model' from Conv2D (never the scaling to [0, 1]),
+    and channels-last (Keras' NHWC), flat (N, 784) and (N, H, W) batches fed to a CNN got
+    only the shape they were not."""
+    with pytest.raises(ValueError, match=hint):
+        layer()(x)

@@ -133,16 +133,33 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
             hint = ("; one sample: x[None], one feature per sample: x.reshape(-1, 1)"
                     if x.ndim == 1 and 2 in allowed else "")
             raise ValueError(f"{name}: expected a {want} input, got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
-    if dtype is not None:
-        if x.dtype != dtype:
-            raise ValueError(f"{name}: expected dtype {numpy.dtype(dtype).name} (the parameters' dtype), "
-                             f"got {x.dtype.name}; cast the input (x.astype(...)) or the model "
-                             f"(model.to(dtype=...))")
-    elif x.dtype.kind != "f":
-        raise ValueError(f"{name}: expected a floating-point input (float32 or float64), got {x.dtype.name}")
+    check_dtype(layer, x, dtype)
     if features is not None and x.shape[axis] != features:
         raise ValueError(f"{name}: expected {features} features along axis {axis}, "
                          f"got shape {tuple(x.shape)}")
+
+
+def check_dtype(layer, x, dtype=None):
+    """``x`` of ``dtype`` (the parameters'; None: any floating dtype), else ``ValueError``
+    naming the layer, both dtypes and the cast that fixes it: for uint8 data (images of
+    0..255, which PyTorch's ToTensor and Keras' examples scale) the scaling too; gpunet, like
+    PyTorch, never casts an input behind your back."""
+    if dtype is not None:
+        if x.dtype == dtype:
+            return
+        want = numpy.dtype(dtype).name
+        expected = f"dtype {want} (the parameters' dtype)"
+    elif x.dtype.kind == "f":
+        return
+    else:
+        want, expected = "float32", "a floating-point input (float32 or float64)"
+    if x.dtype == numpy.uint8:
+        fix = f"pixels of 0..255 become floats in [0, 1] with x.astype(numpy.{want}) / 255"
+    elif x.dtype.kind == "f":
+        fix = f"cast the input (x.astype(numpy.{want})) or the model (model.to(dtype=numpy.{x.dtype.name}))"
+    else:
+        fix = f"cast the input: x.astype(numpy.{want})"
+    raise ValueError(f"{type(layer).__name__}: expected {expected}, got {x.dtype.name}; {fix}")
 
 
 def check_device(layer, x, p):

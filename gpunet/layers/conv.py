@@ -7,7 +7,7 @@ from .. import init as _init
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
-from .base import Layer, Parameter, check_device, check_grad, check_shapes
+from .base import Layer, Parameter, check_device, check_dtype, check_grad, check_shapes
 from .dense import default_init
 
 
@@ -61,19 +61,29 @@ class Conv2D(Layer):
         name = "Conv2D"
         if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
             raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+        c = self.in_channels
         if x.ndim != 4:
-            raise ValueError(f"{name}: expected a 4-D input (N, {self.in_channels}, H, W), "
-                             f"got shape {tuple(x.shape)} ({x.ndim}-D)")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"{name}: expected {self.in_channels} input channels (axis 1 of NCHW), "
-                             f"got shape {tuple(x.shape)}")
+            # flat images (N, C*H*W), as MNIST loaders give them, or single-channel (N, H, W):
+            # say how to make them NCHW
+            hint = ""
+            if x.ndim == 2 and x.shape[1] % c == 0 and round((x.shape[1] // c) ** 0.5) ** 2 == x.shape[1] // c:
+                s = round((x.shape[1] // c) ** 0.5)
+                hint = f"; flat square images become NCHW with x.reshape(-1, {c}, {s}, {s})"
+            elif x.ndim == 3 and c == 1:
+                hint = "; single-channel images (N, H, W) become NCHW with x[:, None]"
+            raise ValueError(f"{name}: expected a 4-D input (N, {c}, H, W), "
+                             f"got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
+        if x.shape[1] != c:
+            # channels-last (NHWC) images, Keras' and TensorFlow's default layout
+            hint = ("; the input looks channels-last (NHWC, Keras' layout): x.transpose(0, 3, 1, 2) "
+                    "makes it NCHW" if x.shape[3] == c else "")
+            raise ValueError(f"{name}: expected {c} input channels (axis 1 of NCHW), "
+                             f"got shape {tuple(x.shape)}{hint}")
         w = self.weight.data
         ws, bs = (self.out_channels, self.in_channels) + self.kernel_size, (self.out_channels,)
         if w.shape != ws or (self.bias is not None and self.bias.data.shape != bs):
             check_shapes(self, ("weight", w, ws), ("bias", self.bias.data if self.bias is not None else None, bs))
-        if x.dtype != w.dtype:
-            raise ValueError(f"{name}: expected dtype {w.dtype.name} (the parameters' dtype), "
-                             f"got {x.dtype.name}; cast the input or the model")
+        check_dtype(self, x, w.dtype)
         if x.shape[0] == 0:
             raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
         FC.output_size(name, x.shape, self.kernel_size, self.stride, self.padding)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..functional import pooling as FP
 from ..functional.conv import output_size
-from .base import Layer, check_grad
+from .base import Layer, check_dtype, check_grad
 
 
 def _check4d(layer, x):
@@ -19,8 +19,7 @@ def _check4d(layer, x):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)} ({x.ndim}-D)")
-    if x.dtype.kind != "f":
-        raise ValueError(f"{name}: expected a floating-point input (float32 or float64), got {x.dtype.name}")
+    check_dtype(layer, x)
 
 
 class _Pool2D(Layer):
