@@ -58,7 +58,8 @@ def _target(path):
     except FileNotFoundError:
         return real, None
     if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        raise IsADirectoryError(errno.EISDIR, f"{os.strerror(errno.EISDIR)} (gpunet.save writes one "
+                                f"file: pass a file path, e.g. {os.path.join(path, 'model.npz')!r})", path)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file; gpunet.save replaces regular files only", path)
     if not os.access(real, os.W_OK) or not st.st_mode & 0o222:
@@ -164,7 +165,12 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
         os.replace(tmp, real)
         tmp = None
     except OSError as e:   # name the target, not the temporary file
-        raise (type(e)(e.errno, e.strerror, path) if e.errno is not None
+        why = e.strerror
+        folder = os.path.dirname(real)
+        if isinstance(e, FileNotFoundError) and not os.path.isdir(folder):
+            # PyTorch's torch.save says so too; open() would not: the folder is what is missing
+            why = f"{why} (no folder {folder!r}; gpunet.save creates none: os.makedirs({folder!r}) first)"
+        raise (type(e)(e.errno, why, path) if e.errno is not None
                else type(e)(f"{path}: {e}")) from e
     finally:
         if tmp is not None and os.path.lexists(tmp):

@@ -196,6 +196,25 @@ def test_missing_folder_error_names_the_target(tmp_path):
     assert e.value.filename == str(path) and ".tmp" not in str(e.value)
 
 
+def test_a_folder_or_a_missing_folder_says_what_to_pass(tmp_path):
+    """Found by the second first-hour audit: gpunet.save('checkpoints/', model) said only
+    '[Errno 21] Is a directory', and a path in a folder not made yet '[Errno 2] No such file
+    or directory' (torch.save names the missing parent). The error types, errno and filename
+    stay those of open()."""
+    d = tmp_path / "adir"
+    d.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"gpunet\.save writes one file: pass a file path, e\.g\. "
+                                                + re.escape(repr(str(d / "model.npz")))) as e:
+        gpunet.save(d, _model())
+    assert e.value.errno == errno.EISDIR and e.value.filename == str(d)
+    path = tmp_path / "no" / "such" / "ck.npz"
+    folder = str(tmp_path / "no" / "such")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"(no folder {folder!r}; gpunet.save creates none: "
+                                                          f"os.makedirs({folder!r}) first)")) as e:
+        gpunet.save(path, _model())
+    assert e.value.errno == errno.ENOENT and e.value.filename == str(path)
+
+
 # -- argument types (found by fuzzing) ---------------------------------------------------------
 
 @pytest.mark.parametrize("fn", [gpunet.save, gpunet.load])
