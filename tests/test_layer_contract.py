@@ -681,3 +681,24 @@ def test_image_input_mistakes_say_how_to_fix_them(layer, x, hint):
     only the shape they were not."""
     with pytest.raises(ValueError, match=hint):
         layer()(x)
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("fit", r"gpunet\.Trainer\(model, loss_fn, optimizer\)\.fit\(\(X, y\), epochs=\.\.\.\)"),
+    ("compile", r"holds no loss or optimizer: pass them to gpunet\.Trainer\(model, loss_fn, optimizer\)$"),
+    ("predict", r"model\.eval\(\)\(X\) predicts .* or gpunet\.Trainer\(model, loss_fn, optimizer\)\.predict\(X\)"),
+    ("evaluate", r"\.evaluate\(\(X, y\)\)"),
+    ("add", r"Sequential\(layer1, layer2, \.\.\.\), or model\.layers\.append\(layer\)$"),
+    ("cuda", r"model\.to\('cuda'\)$"),
+    ("save_weights", r"gpunet\.save\(path, model\)"),
+])
+def test_keras_and_pytorch_model_methods_say_where_gpunet_has_them(name, hint):
+    """Found by the second first-hour audit: model.fit/compile/predict/add (Keras) and
+    model.cuda() (PyTorch) were bare AttributeErrors; they still are AttributeErrors (hasattr
+    is False), now saying what gpunet does instead. Other missing names are unchanged."""
+    m = gpunet.Sequential(gpunet.Dense(4, 3))
+    with pytest.raises(AttributeError, match=rf"^'Sequential' object has no attribute '{name}'; .*{hint}"):
+        getattr(m, name)
+    assert not hasattr(m, name) and not hasattr(gpunet.Dense(4, 3), name)
+    with pytest.raises(AttributeError, match=r"^'Dense' object has no attribute 'parameterz'$"):
+        gpunet.Dense(4, 3).parameterz

@@ -383,6 +383,28 @@ def _short(layer) -> str:
     return f"{type(layer).__name__}({layer.extra_repr()})"
 
 
+_TRAINER = "gpunet.Trainer(model, loss_fn, optimizer)"
+_ELSEWHERE = {     # Keras' and PyTorch's model methods: what a gpunet model does instead
+    "compile": f"a gpunet model holds no loss or optimizer: pass them to {_TRAINER}",
+    "fit": f"train with {_TRAINER}.fit((X, y), epochs=...), or a loop (README: the layer API in 16 lines)",
+    "evaluate": f"{_TRAINER}.evaluate((X, y)) gives the loss and metrics",
+    "predict": f"model.eval()(X) predicts (eval mode: dropout off, batch norm's running statistics), "
+               f"or {_TRAINER}.predict(X), batch by batch",
+    "add": "a Sequential takes its layers at once, Sequential(layer1, layer2, ...), or model.layers.append(layer)",
+    "append": "model.layers.append(layer)",
+    "cuda": "model.to('cuda')",
+    "cpu": "model.to('cpu')",
+    "double": "model.to(dtype=numpy.float64)",
+    "float": "model.to(dtype=numpy.float32)",
+    "save": "gpunet.save(path, model) writes a checkpoint",
+    "save_weights": "gpunet.save(path, model) writes a checkpoint",
+    "load_weights": "gpunet.load(path, model) reads a checkpoint",
+    "get_weights": "model.state_dict() maps names to NumPy arrays",
+    "set_weights": "model.load_state_dict(state)",
+    "requires_grad_": "every Parameter is trained; leave one out of the optimizer's list to freeze it",
+}
+
+
 class Layer:
     """Base class: parameters are found among the instance attributes (in assignment
     order), child layers likewise. Subclasses list buffer and counter attribute names in
@@ -416,6 +438,13 @@ class Layer:
 
     def __call__(self, x):
         return self.forward(x)
+
+    def __getattr__(self, name):
+        # only reached for a missing attribute: Keras' and PyTorch's model methods that gpunet
+        # puts elsewhere name where (a model is only its layers; Trainer trains and predicts)
+        hint = _ELSEWHERE.get(name)
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg if hint is None else f"{msg}; {hint}", name=name, obj=self)
 
     # -- structure ----------------------------------------------------------------------
     def children(self) -> list["Layer"]:
