@@ -337,6 +337,18 @@ def _check_nonempty(X, who, name):
                          f"least one sample")
 
 
+_KERAS_FIT = {"validation_data": "val=(X_val, y_val)", "verbose": "progress=True or False",
+              "validation_split": "split the data yourself and pass val=(X_val, y_val)"}
+
+
+def _unexpected_keyword(who, unknown):
+    """The ``TypeError`` Python raises for an unknown keyword, plus gpunet's name for Keras'."""
+    k = next(iter(unknown))
+    hint = _KERAS_FIT.get(k)
+    return TypeError(f"{who}() got an unexpected keyword argument {k!r}"
+                     + ("" if hint is None else f"; gpunet takes {hint} (Keras' {k}= is not one of its names)"))
+
+
 def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, comm=None):
     """A DataLoader for ``data`` (an ``(X, y)`` pair or a DataLoader) that yields at least
     one batch; empty data raises ``ValueError`` naming ``who`` and ``name``. An ``(X, y)``
@@ -353,7 +365,14 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
         loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                             device=None if device == "cpu" else device, comm=comm)
     else:
-        raise TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got {type(data).__name__}")
+        # an array here is most often Keras' fit(X, y) / evaluate(X, y): y went to the next argument
+        method = who.rpartition(".")[2]
+        hint = (f"; X and y go together as one tuple: {method}((X, y))"
+                + (", and validation data as val=(X_val, y_val)" if method == "fit"
+                   else ", and outputs without labels come from predict(X)" if method == "evaluate" else "")
+                if hasattr(data, "shape") else "")
+        raise TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got "
+                        f"{type(data).__name__}{hint}")
     if len(loader) == 0:
         raise ValueError(f"{who}: {name} yields no batch ({loader.num_samples} samples, batch_size "
                          f"{loader.batch_size}, drop_last={loader.drop_last})")
@@ -657,7 +676,7 @@ class Trainer:
         return self.model.forward(x) if self.amp is None else self.amp.forward(x)
 
     def fit(self, train, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
-            progress=True, initial_epoch=0) -> History:
+            progress=True, initial_epoch=0, **unknown) -> History:
         """Train for ``epochs`` epochs; returns the History (also ``self.history``).
 
         ``train``/``val``: ``(X, y)`` tuples or DataLoaders. For tuples, a DataLoader with
@@ -678,7 +697,13 @@ class Trainer:
         scheduler=...)``. While fitting, the first layer
         skips the gradient with respect to the data (its ``input_grad`` is set False and
         restored after), as PyTorch skips it for tensors that do not require grad.
+
+        Keras' keywords are not taken (a ``TypeError`` names gpunet's): ``validation_data``
+        is ``val``, ``verbose`` is ``progress``; ``validation_split`` has none (split ``X``
+        yourself and pass ``val``).
         """
+        if unknown:
+            raise _unexpected_keyword("Trainer.fit", unknown)
         epochs = _count_arg("Trainer.fit", "epochs", epochs)
         initial_epoch = _count_arg("Trainer.fit", "initial_epoch", initial_epoch)
         callbacks = _check_callbacks(callbacks, "Trainer.fit")

@@ -739,3 +739,32 @@ def test_a_nan_epoch_is_never_the_best_one(tmp_path, rng):
     assert len(h.epoch) == 5 and stop.stopped_epoch is None
     assert (stop.best, stop.best_epoch, ck.best) == (0.2, 4, 0.2)
     assert gpunet.load(path, _model())["epoch"] == 5
+
+
+def test_keras_fit_habits_say_what_gpunet_takes():
+    """Found by the second first-hour audit: Keras' trainer.fit(X, y) and evaluate(X, y)
+    said only 'train must be an (X, y) tuple or a DataLoader, got ndarray', and
+    validation_data= / verbose= were Python's bare 'unexpected keyword argument'."""
+    (X, y), _ = gpunet.datasets.load_digits()
+    gpunet.manual_seed(0)
+    model = gpunet.Sequential(gpunet.Dense(64, 10))
+    t = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model.parameters()))
+    before = model.state_dict()
+    with pytest.raises(TypeError, match=r"^Trainer\.fit: train must be an \(X, y\) tuple or a DataLoader, got "
+                                        r"ndarray; X and y go together as one tuple: fit\(\(X, y\)\), and "
+                                        r"validation data as val=\(X_val, y_val\)$"):
+        t.fit(X, y, epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"^Trainer\.evaluate: data must be .* got ndarray; X and y go together "
+                                        r"as one tuple: evaluate\(\(X, y\)\), and outputs without labels come "
+                                        r"from predict\(X\)$"):
+        t.evaluate(X)
+    with pytest.raises(TypeError, match=r"^Trainer\.fit\(\) got an unexpected keyword argument 'validation_data'; "
+                                        r"gpunet takes val=\(X_val, y_val\) \(Keras' validation_data= is not "
+                                        r"one of its names\)$"):
+        t.fit((X, y), validation_data=(X, y), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"'verbose'; gpunet takes progress=True or False"):
+        t.fit((X, y), verbose=0, epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"^Trainer\.fit\(\) got an unexpected keyword argument 'epoch'$"):
+        t.fit((X, y), epoch=1)
+    after = model.state_dict()
+    assert all(numpy.array_equal(before[k], after[k]) for k in before)     # nothing trained
