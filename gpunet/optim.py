@@ -74,15 +74,28 @@ def _as_parameters(params, who, allow_empty=False):
     """A list of Parameters from a list/iterable of them or from an object with ``.parameters()``."""
     if callable(getattr(params, "parameters", None)):
         params = params.parameters()
+    if callable(params) and not hasattr(params, "__iter__"):     # optim.SGD(model.parameters)
+        raise TypeError(f"{who}: expected a list of Parameters or a Layer, got the "
+                        f"{type(params).__name__} {getattr(params, '__name__', '?')!r}; call it: "
+                        f"model.{getattr(params, '__name__', 'parameters')}()")
+    iterator = hasattr(params, "__iter__") and iter(params) is params
     params = _listed(params, who, "a list of Parameters or a Layer")
     for i, p in enumerate(params):
         if not (hasattr(p, "data") and hasattr(p, "grad") and hasattr(p, "decay")):
+            # PyTorch habits: named_parameters() pairs, parameter-group dicts
+            hint = ("; named_parameters() yields (name, parameter) pairs: pass model.parameters()"
+                    if isinstance(p, tuple) and len(p) == 2 and hasattr(p[1], "decay") else
+                    "; parameter groups (dicts) are PyTorch's: gpunet takes one list of parameters, "
+                    "so give each group its own optimizer" if isinstance(p, dict) else "")
             raise TypeError(f"{who}: params[{i}] must be a Parameter (with .data, .grad and "
-                            f".decay), got {type(p).__name__}")
+                            f".decay), got {type(p).__name__}{hint}")
     if len({id(p) for p in params}) != len(params):
         raise ValueError(f"{who}: expected each parameter once, got a list with duplicates")
     if not params and not allow_empty:
-        raise ValueError(f"{who}: expected at least one parameter, got an empty list")
+        # a generator or iterator is used up by the first optimizer built over it
+        what = ("an empty iterator (used up already? model.parameters() returns a new list at "
+                "each call)" if iterator else "an empty list")
+        raise ValueError(f"{who}: expected at least one parameter, got {what}")
     return params
 
 

@@ -750,3 +750,29 @@ def test_another_optimizers_state_is_named():
                                              r"another kind of optimizer's state\?"):
             other(_model(numpy, numpy.float64)).load_state_dict(state)
     optim.Adam(_model(numpy, numpy.float64)).load_state_dict(state)       # its own kind loads
+
+
+def test_pytorch_parameter_habits_say_what_to_pass():
+    """Found by the second first-hour audit: optim.SGD(model.parameters) said 'got method',
+    model.named_parameters() 'params[0] must be a Parameter ..., got tuple', PyTorch's
+    parameter groups 'got dict', and a generator used up by a first optimizer 'got an empty
+    list' for the second, with no way out named."""
+    from gpunet import Dense, Sequential
+    m = Sequential(Dense(4, 3))
+    with pytest.raises(TypeError, match=r"^SGD: expected a list of Parameters or a Layer, got the method "
+                                        r"'parameters'; call it: model\.parameters\(\)$"):
+        optim.SGD(m.parameters)
+    with pytest.raises(TypeError, match=r"^Adam: params\[0\] must be a Parameter .* got tuple; named_parameters\(\) "
+                                        r"yields \(name, parameter\) pairs: pass model\.parameters\(\)$"):
+        optim.Adam(m.named_parameters())
+    with pytest.raises(TypeError, match=r"got dict; parameter groups \(dicts\) are PyTorch's: gpunet takes one "
+                                        r"list of parameters, so give each group its own optimizer$"):
+        optim.SGD([{"params": m.parameters(), "lr": 0.1}])
+    gen = (p for p in m.parameters())
+    assert len(optim.SGD(gen).params) == 2
+    with pytest.raises(ValueError, match=r"^Adam: expected at least one parameter, got an empty iterator \(used up "
+                                         r"already\? model\.parameters\(\) returns a new list at each call\)$"):
+        optim.Adam(gen)
+    with pytest.raises(ValueError, match=r"^SGD: expected at least one parameter, got an empty list$"):
+        optim.SGD([])
+    assert len(optim.SGD(m).params) == len(optim.SGD(iter(m.parameters())).params) == 2
