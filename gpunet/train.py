@@ -355,6 +355,9 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
     pair gets ``device`` (on a GPU: resident when it fits, see ``gpunet.data``) and ``comm``
     (this process's shard of each global batch)."""
     if isinstance(data, DataLoader):
+        if data.y is None:      # it yields X batches alone, which fit/evaluate cannot unpack
+            raise TypeError(f"{who}: {name} is a DataLoader without labels (it yields X batches "
+                            f"alone); build it as DataLoader(X, y, ...)")
         loader = data
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         X, y = data

@@ -768,3 +768,18 @@ def test_keras_fit_habits_say_what_gpunet_takes():
         t.fit((X, y), epoch=1)
     after = model.state_dict()
     assert all(numpy.array_equal(before[k], after[k]) for k in before)     # nothing trained
+
+
+def test_a_dataloader_without_labels_is_named_by_fit_and_evaluate():
+    """Found by the second first-hour audit: Trainer.fit(gpunet.DataLoader(X)) failed inside
+    the epoch with 'too many values to unpack (expected 2)'."""
+    (X, y), _ = gpunet.datasets.load_digits()
+    model = gpunet.Sequential(gpunet.Dense(64, 10))
+    t = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model.parameters()))
+    with pytest.raises(TypeError, match=r"^Trainer\.fit: train is a DataLoader without labels \(it yields X "
+                                        r"batches alone\); build it as DataLoader\(X, y, \.\.\.\)$"):
+        t.fit(gpunet.DataLoader(X), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"^Trainer\.fit: val is a DataLoader without labels"):
+        t.fit((X, y), val=gpunet.DataLoader(X), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"^Trainer\.evaluate: data is a DataLoader without labels"):
+        t.evaluate(gpunet.DataLoader(X))
