@@ -571,3 +571,19 @@ def test_ce_label_mistakes_say_how_to_fix_them(xp, labels, hint):
     with pytest.raises(ValueError, match=hint) as e:
         float(gpunet.SoftmaxCrossEntropy()(z, xp.asarray(labels)))
     assert "softmax_cross_entropy" in str(e.value)
+
+
+@pytest.mark.parametrize("loss_fn, name", [(gpunet.MSELoss(), "mse"), (gpunet.BCEWithLogits(), "bce_with_logits")])
+def test_one_output_per_sample_against_1d_targets_says_how_to_reshape(loss_fn, name):
+    """Found by the second first-hour audit: a regression model's (N, 1) output against the
+    (N,) targets a dataset gives said 'expected targets of shape (8, 1), got (8,)', with no
+    way out (PyTorch broadcasts the pair to (N, N) with a warning)."""
+    out = numpy.zeros((8, 1), numpy.float32)
+    with pytest.raises(ValueError, match=rf"^{name}: expected targets of shape \(8, 1\), got \(8,\); one target "
+                                         r"per sample goes as a column: targets\.reshape\(-1, 1\)$"):
+        loss_fn(out, numpy.ones(8, numpy.float32))
+    with pytest.raises(ValueError, match=rf"^{name}: expected targets of shape \(8,\), got \(8, 1\); one target "
+                                         r"per sample goes as a 1-D array: targets\.ravel\(\)$"):
+        loss_fn(out[:, 0], numpy.ones((8, 1), numpy.float32))
+    with pytest.raises(ValueError, match=rf"^{name}: expected targets of shape \(8, 1\), got \(8, 2\)$"):
+        loss_fn(out, numpy.ones((8, 2), numpy.float32))

@@ -252,7 +252,12 @@ def _check_pair(name, what, x, y):
     if x.dtype.kind != "f":
         raise ValueError(f"{name}: expected floating-point {what}, got {x.dtype}")
     if tuple(y.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: expected targets of shape {tuple(x.shape)}, got {tuple(y.shape)}")
+        # one output per sample against 1-D targets (or the reverse): the usual regression
+        # slip, which PyTorch broadcasts to (N, N) with a warning
+        xs, ys = tuple(x.shape), tuple(y.shape)
+        hint = ("; one target per sample goes as a column: targets.reshape(-1, 1)" if xs == ys + (1,)
+                else "; one target per sample goes as a 1-D array: targets.ravel()" if ys == xs + (1,) else "")
+        raise ValueError(f"{name}: expected targets of shape {xs}, got {ys}{hint}")
     if y.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected real-valued (floating, integer or bool) targets, got {y.dtype.name}")
     check_nonempty(name, what, x)
