@@ -16,20 +16,37 @@ bug upstream, not 0).
 from __future__ import annotations
 
 import numbers
+import warnings
 
 from .functional import losses as F
-from .layers.base import register_loss_gradient
+from .layers.base import output_activation, register_loss_gradient
 
 
 class Loss:
+    #: the output activation this loss applies itself (a model that applies it too, as Keras'
+    #: Dense(10, activation="softmax") does, is warned about at the loss's first call)
+    _applies = None
+    _hint = ""
+    _checked_input = True
+
     def __init__(self, reduction="mean"):
         self.reduction = F.check_reduction(type(self).__name__, reduction)
         self._grad = None
+        if self._applies is not None:
+            self._checked_input = False
 
     def __call__(self, prediction, target):
         if hasattr(prediction, "shape") and hasattr(prediction, "size") and prediction.size == 0:
             raise ValueError(f"{type(self).__name__}: expected a non-empty batch, got a prediction "
                              f"of shape {tuple(prediction.shape)}")
+        if not self._checked_input:
+            self._checked_input = True      # once per loss object: nothing per step
+            if output_activation(prediction) == self._applies:
+                warnings.warn(f"{type(self).__name__}: the prediction is the output of a {self._applies} "
+                              f"(the model's last layer), but this loss applies the {self._applies} "
+                              f"itself and expects raw logits; applied twice it trains slowly and badly. "
+                              f"Remove the model's output {self._applies}{self._hint}",
+                              UserWarning, stacklevel=2)
         loss = self.forward(prediction, target)
         self._handed_out = False
         # remember which output this gradient belongs to: the backward of the layer that
@@ -68,7 +85,15 @@ class SoftmaxCrossEntropy(Loss):
     ``(softmax - target) / N_valid``; ``"sum"`` adds the row losses (gradient
     ``softmax - target``); ``"none"`` returns the ``(N,)`` row losses, 0 on ignored rows,
     as PyTorch. All rows ignored gives a zero loss and gradient (PyTorch's mean gives NaN).
+
+    The logits are the raw outputs of the last layer: a model ending in a softmax (Keras'
+    ``Dense(10, activation="softmax")``, whose loss takes ``from_logits=False``) gets a
+    ``UserWarning`` at the loss's first call, as Keras warns when ``from_logits=True`` meets
+    a softmax output.
     """
+
+    _applies = "softmax"
+    _hint = " (the argmax of the logits is the predicted class; gpunet.Softmax() of them the probabilities)."
 
     def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean"):
         super().__init__(reduction)
@@ -94,7 +119,13 @@ CrossEntropyLoss = SoftmaxCrossEntropy
 
 class BCEWithLogits(Loss):
     """Binary cross-entropy on logits, elementwise ``max(z,0) - z·y + log1p(e^-|z|)``,
-    reduced by ``reduction`` (``"mean"`` over all elements, ``"sum"``, ``"none"``)."""
+    reduced by ``reduction`` (``"mean"`` over all elements, ``"sum"``, ``"none"``).
+
+    ``z`` are raw logits: a model ending in a sigmoid gets a ``UserWarning`` at the loss's
+    first call (see ``SoftmaxCrossEntropy``)."""
+
+    _applies = "sigmoid"
+    _hint = " (a logit above 0 is a probability above 0.5)."
 
     def forward(self, z, y):
         loss, self._grad = F.bce_with_logits(z, y, self.reduction)

@@ -247,6 +247,23 @@ def register_loss_gradient(grad, prediction, loss_name="the loss"):
     _loss_grads[k] = (rg, prediction, loss_name)
 
 
+def output_activation(prediction):
+    """The name of the activation that produced ``prediction`` (``"softmax"``, ``"sigmoid"``,
+    ...) when it is the output of a model's forward whose last layer is an activation layer
+    or has a fused ``activation``; else None. Looked up in the table of model outputs (one
+    dict lookup), for the losses' check that they are given logits."""
+    entry = _outputs.get(id(prediction))
+    if entry is None or entry[0]() is not prediction:
+        return None
+    layer = entry[1]()
+    while layer is not None and getattr(layer, "_container", False) and getattr(layer, "layers", None):
+        layer = layer.layers[-1]          # Sequential: its last layer made the output
+    if layer is None or getattr(layer, "_container", False):
+        return None
+    act = layer if hasattr(layer, "grad_fn") and hasattr(layer, "name") else getattr(layer, "activation", None)
+    return getattr(act, "name", None)
+
+
 def _wrap_forward(fn):
     @functools.wraps(fn)
     def forward(self, x):
