@@ -66,6 +66,22 @@ def _is_sim_array(x) -> bool:
     return isinstance(x, _SimArray)
 
 
+def is_array(x) -> bool:
+    """True for what layers and losses compute on: a NumPy, CuPy or sim array (an ``ndim``, a
+    ``shape`` and a NumPy ``dtype``). A ``torch.Tensor`` has the first two but torch's dtype,
+    and NumPy's operations on it fail deep inside: it is not one (see ``array_hint``)."""
+    return isinstance(x, numpy.ndarray) or (hasattr(x, "ndim") and hasattr(x, "shape")
+                                            and isinstance(getattr(x, "dtype", None), numpy.dtype))
+
+
+def array_hint(x) -> str:
+    """The way from ``x`` to an array, for the error that refuses it: a PyTorch tensor's
+    ``.numpy()`` (gpunet never converts another framework's tensors behind your back)."""
+    if type(x).__module__.split(".")[0] == "torch":
+        return "; a torch.Tensor becomes a NumPy array with x.numpy() (x.detach().cpu().numpy() on a GPU)"
+    return ""
+
+
 def device_of(x) -> str:
     """The device string of an array: ``"cpu"``, ``"cuda:N"`` or ``"sim"``."""
     if _is_cupy_array(x):

@@ -20,7 +20,7 @@ import time
 
 import numpy
 
-from .backend import device_of, get_array_module, resolve_device, to_device, to_numpy, synchronize
+from .backend import array_hint, device_of, get_array_module, is_array, resolve_device, to_device, to_numpy, synchronize
 from .amp import GradScaler, MixedPrecision, _check_precision
 from .data import DataLoader
 from .losses import BCEWithLogits
@@ -315,18 +315,19 @@ class ModelCheckpoint(Callback):
 def _as_input(X, dtype, who):
     """``X`` as an array: NumPy/CuPy arrays as they are; anything else (a list, nested
     lists, a tuple) through ``numpy.asarray`` and, carrying no dtype of its own, cast to the
-    model's parameter dtype ``dtype`` (as Keras casts to its float type)."""
-    if hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "ndim"):
+    model's parameter dtype ``dtype`` (as Keras casts to its float type). An array-like
+    with a dtype of its own (a CPU ``torch.Tensor``) is converted and keeps it."""
+    if is_array(X):
         return X
     try:
         a = numpy.asarray(X)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:     # torch raises RuntimeError too
         raise TypeError(f"{who}: expected X as an array or a (nested) list of numbers, got "
-                        f"{type(X).__name__} that does not convert ({e})") from e
+                        f"{type(X).__name__} that does not convert ({e}){array_hint(X)}") from e
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{who}: expected X as an array or a (nested) list of numbers, got "
                         f"{type(X).__name__} converting to dtype {a.dtype}")
-    return a.astype(dtype) if dtype is not None else a
+    return a.astype(dtype) if dtype is not None and not hasattr(X, "dtype") else a
 
 
 def _check_nonempty(X, who, name):

@@ -278,3 +278,58 @@ def test_resident_data_that_fits_once_but_not_twice_is_gathered_batch_by_batch(m
         for (gx, gy), (wx, wy) in zip(got, want, strict=True):
             numpy.testing.assert_array_equal(gx, wx)
             numpy.testing.assert_array_equal(gy, wy)
+
+
+class _TensorLike:
+    """What a CPU torch.Tensor looks like to gpunet, without torch: ``ndim``, ``shape``, a
+    dtype that is not NumPy's, ``__array__`` and indexing."""
+    __module__ = "torch"
+
+    def __init__(self, a):
+        self._a = a
+        self.ndim, self.shape, self.dtype = a.ndim, a.shape, f"torch.{a.dtype}"
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __getitem__(self, i):
+        return _TensorLike(self._a[i])
+
+
+def _tensor_cases():
+    rng = numpy.random.default_rng(0)
+    X, y = rng.standard_normal((10, 4)).astype(numpy.float32), rng.integers(0, 3, 10)
+    cases = [(_TensorLike(X), _TensorLike(y), _TensorLike(X.astype(numpy.float64)))]
+    try:
+        import torch
+        cases.append((torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(X.astype(numpy.float64))))
+    except ImportError:
+        pass
+    return X, y, cases
+
+
+def test_torch_tensors_are_named_by_layers_and_losses_and_converted_by_the_loaders():
+    """Found by the second first-hour audit: a torch.Tensor given to a layer or a loss failed
+    inside with "AttributeError: 'torch.dtype' object has no attribute 'kind'" (it has an
+    ndim and a dtype, torch's); DataLoader yielded torch batches that the model then
+    refused so. Layers and losses now raise TypeError naming x.numpy(); DataLoader and
+    Trainer convert a CPU tensor as they convert a list, keeping its dtype."""
+    X, y, cases = _tensor_cases()
+    for tX, ty, tX64 in cases:
+        model = gpunet.Sequential(gpunet.Dense(4, 3))
+        for call in (lambda: model(tX), lambda: gpunet.Conv2D(1, 1, 1)(tX), lambda: gpunet.MaxPool2D(1)(tX),
+                     lambda: gpunet.SoftmaxCrossEntropy()(model(X), ty), lambda: gpunet.MSELoss()(tX, X)):
+            with pytest.raises(TypeError, match=r"a NumPy or CuPy array, got \w+; a torch\.Tensor becomes a "
+                                                r"NumPy array with x\.numpy\(\)"):
+                call()
+        batches = list(gpunet.DataLoader(tX, ty, batch_size=4))
+        assert all(type(a) is numpy.ndarray for b in batches for a in b)
+        numpy.testing.assert_array_equal(numpy.concatenate([b[0] for b in batches]), X)
+        assert next(iter(gpunet.DataLoader(tX64, ty)))[0].dtype == numpy.float64    # its own dtype kept
+        t = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model.parameters()))
+        numpy.testing.assert_array_equal(t.predict(tX), t.predict(X))
+        with pytest.raises(ValueError, match="Dense: expected dtype float32"):
+            t.predict(tX64)

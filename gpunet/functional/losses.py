@@ -13,7 +13,7 @@ import numbers
 
 import numpy
 
-from ..backend import device_of, get_array_module
+from ..backend import array_hint, device_of, get_array_module, is_array
 
 
 def _module(name, what, x, other_what, other):
@@ -32,8 +32,8 @@ def _module(name, what, x, other_what, other):
 def _check_array(name, what, a):
     """A loss takes NumPy or CuPy arrays, as PyTorch's take tensors: anything else (a list,
     a number) raises ``TypeError`` naming the loss and the argument."""
-    if not (hasattr(a, "ndim") and hasattr(a, "shape") and hasattr(a, "dtype")):
-        raise TypeError(f"{name}: expected {what} as a NumPy or CuPy array, got {type(a).__name__}")
+    if not is_array(a):
+        raise TypeError(f"{name}: expected {what} as a NumPy or CuPy array, got {type(a).__name__}{array_hint(a)}")
 
 
 def _check_logits(name, logits):

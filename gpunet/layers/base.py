@@ -34,7 +34,7 @@ import weakref
 
 import numpy
 
-from ..backend import get_array_module, resolve_device, to_device, to_numpy, device_of
+from ..backend import array_hint, get_array_module, is_array, resolve_device, to_device, to_numpy, device_of
 
 
 class Parameter:
@@ -120,8 +120,8 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
     ``features``: required size along ``axis``.
     """
     name = type(layer).__name__
-    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+    if not is_array(x):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}{array_hint(x)}")
     if ndim is None:
         if x.ndim == 0:
             raise ValueError(f"{name}: expected an input with at least one axis, got a 0-d array")
@@ -188,8 +188,9 @@ def check_grad(layer, dy, shape, dtype=None):
     """Validate ``dy`` of a backward against the forward output's ``shape`` and, when given,
     its ``dtype`` (without one: any floating dtype)."""
     name = type(layer).__name__
-    if not hasattr(dy, "shape") or not hasattr(dy, "dtype"):
-        raise TypeError(f"{name}.backward: expected dy to be a NumPy or CuPy array, got {type(dy).__name__}")
+    if not is_array(dy):
+        raise TypeError(f"{name}.backward: expected dy to be a NumPy or CuPy array, got "
+                        f"{type(dy).__name__}{array_hint(dy)}")
     if tuple(dy.shape) != tuple(shape):
         # a 0-d dy is most often the loss itself, model.backward(loss): say what goes there
         hint = "; a 0-d dy is a loss value: pass its gradient, loss_fn.backward()" if dy.ndim == 0 else ""

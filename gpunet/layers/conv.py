@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy
 
 from .. import init as _init
+from ..backend import array_hint, is_array
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
@@ -59,8 +60,8 @@ class Conv2D(Layer):
 
     def _check(self, x):
         name = "Conv2D"
-        if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
-            raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+        if not is_array(x):
+            raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}{array_hint(x)}")
         c = self.in_channels
         if x.ndim != 4:
             # flat images (N, C*H*W), as MNIST loaders give them, or single-channel (N, H, W):

@@ -1,6 +1,7 @@
 """Residual: a skip connection around a block."""
 from __future__ import annotations
 
+from ..backend import array_hint, is_array
 from .base import Layer, check_grad
 
 
@@ -19,8 +20,8 @@ class Residual(Layer):
         self.block = block
 
     def forward(self, x):
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(f"Residual: expected a NumPy or CuPy array, got {type(x).__name__}")
+        if not is_array(x):
+            raise TypeError(f"Residual: expected a NumPy or CuPy array, got {type(x).__name__}{array_hint(x)}")
         y = self.block.forward(x)
         if y.shape != x.shape:
             raise ValueError(f"Residual: the block must keep the input shape; expected output shape "
