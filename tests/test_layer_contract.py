@@ -631,7 +631,7 @@ def test_a_1d_input_says_how_to_make_it_2d():
         with pytest.raises(ValueError, match=r"expected a 2-D (or 4-D )?input, got shape \(64,\) \(1-D\); "
                                              r"one sample: x\[None\], one feature per sample: x\.reshape\(-1, 1\)$"):
             layer(numpy.ones(64, numpy.float32))
-    with pytest.raises(ValueError, match=r"got shape \(2, 3, 4\) \(3-D\)$"):     # no hint beyond 1-D
+    with pytest.raises(ValueError, match=r"got shape \(2, 3, 4\) \(3-D\); a Flatten"):     # not the 1-D hint
         gpunet.Dense(4, 3)(numpy.ones((2, 3, 4), numpy.float32))
 
 
@@ -702,3 +702,20 @@ def test_keras_and_pytorch_model_methods_say_where_gpunet_has_them(name, hint):
     assert not hasattr(m, name) and not hasattr(gpunet.Dense(4, 3), name)
     with pytest.raises(AttributeError, match=r"^'Dense' object has no attribute 'parameterz'$"):
         gpunet.Dense(4, 3).parameterz
+
+
+def test_images_into_a_dense_layer_name_flatten():
+    """Found by the second first-hour audit: a CNN without Flatten before its Dense head, or
+    (N, H, W) images into an MLP, said only 'Dense: expected a 2-D input, got shape
+    (4, 4, 6, 6) (4-D)'; the message now names the layer that goes between and whether the
+    flattened size fits the Dense."""
+    x = numpy.zeros((4, 1, 8, 8), numpy.float32)
+    model = gpunet.Sequential(gpunet.Conv2D(1, 4, 3), gpunet.Dense(144, 10))
+    with pytest.raises(ValueError, match=r"^Dense: expected a 2-D input, got shape \(4, 4, 6, 6\) \(4-D\); a Flatten\(\) "
+                                         r"layer before it makes each sample 1-D \(shape \(4, 144\), 144 features "
+                                         r"as expected\)$"):
+        model(x)
+    with pytest.raises(ValueError, match=r"got shape \(4, 8, 8\) \(3-D\); a Flatten\(\) layer before it makes each "
+                                         r"sample 1-D \(shape \(4, 64\), but this layer expects 10 features\)$"):
+        gpunet.Dense(10, 3)(x[:, 0])
+    gpunet.Sequential(gpunet.Conv2D(1, 4, 3), gpunet.Flatten(), gpunet.Dense(144, 10))(x)

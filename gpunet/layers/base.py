@@ -132,6 +132,12 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
             # a 1-D array is one sample, or one feature per sample: say how to make either 2-D
             hint = ("; one sample: x[None], one feature per sample: x.reshape(-1, 1)"
                     if x.ndim == 1 and 2 in allowed else "")
+            if x.ndim > 2 and allowed == (2,):
+                # images (or a convolution's output) into a Dense: PyTorch's nn.Flatten goes between
+                flat = (int(x.shape[0]), int(numpy.prod(x.shape[1:])))
+                hint = (f"; a Flatten() layer before it makes each sample 1-D (shape {flat}"
+                        + (f", {features} features as expected)" if features == flat[1] else
+                           ")" if features is None else f", but this layer expects {features} features)"))
             raise ValueError(f"{name}: expected a {want} input, got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
     check_dtype(layer, x, dtype)
     if features is not None and x.shape[axis] != features:
