@@ -617,7 +617,7 @@ def test_an_input_on_another_device_names_the_layer_and_both_devices(layer, shap
     for mode in (l.train, l.eval):
         with pytest.raises(TypeError, match=rf"^{name}: expected an input on sim \(the parameters' device\), "
                                             r"got one on cpu; move it with gpunet\.to_device\(x, 'sim'\), "
-                                            r"or the model with model\.to\('cpu'\)$"):
+                                            r"or the model with model\.to\('cpu'\)(\n|$)"):
             mode()(x)
     l.to("cpu")
     with pytest.raises(TypeError, match=rf"^{name}: expected an input on cpu .* got one on sim"):
@@ -713,7 +713,7 @@ def test_images_into_a_dense_layer_name_flatten():
     model = gpunet.Sequential(gpunet.Conv2D(1, 4, 3), gpunet.Dense(144, 10))
     with pytest.raises(ValueError, match=r"^Dense: expected a 2-D input, got shape \(4, 4, 6, 6\) \(4-D\); a Flatten\(\) "
                                          r"layer before it makes each sample 1-D \(shape \(4, 144\), 144 features "
-                                         r"as expected\)$"):
+                                         r"as expected\)\n\(raised by model layer 1: Dense\(144, 10\)\)$"):
         model(x)
     with pytest.raises(ValueError, match=r"got shape \(4, 8, 8\) \(3-D\); a Flatten\(\) layer before it makes each "
                                          r"sample 1-D \(shape \(4, 64\), but this layer expects 10 features\)$"):

@@ -237,3 +237,24 @@ def test_flatten_passes_an_empty_batch_through():
     y = f(numpy.zeros((0, 3, 4), numpy.float32))
     assert y.shape == (0, 12)
     assert f.backward(numpy.zeros((0, 12), numpy.float32)).shape == (0, 3, 4)
+
+
+def test_an_error_inside_a_sequential_notes_which_layer_raised():
+    """Found by the second first-hour audit: in Sequential(Dense(64, 32), Dense(64, 10)) the
+    error 'Dense: expected 64 features along axis 1, got shape (4, 32)' did not say which of
+    the two Dense layers refused. A note (shown under the message in a traceback; the
+    message itself is unchanged) gives the layer's index path, the prefix of its
+    state_dict keys."""
+    import sys
+    if sys.version_info < (3, 11):
+        pytest.skip("exception notes need Python 3.11")
+    x = numpy.zeros((4, 64), numpy.float32)
+    model = gpunet.Sequential(gpunet.Dense(64, 32), gpunet.Sequential(gpunet.ReLU(), gpunet.Dense(64, 10)))
+    with pytest.raises(ValueError) as e:
+        model(x)
+    assert str(e.value) == "Dense: expected 64 features along axis 1, got shape (4, 32)"
+    assert e.value.__notes__ == ["(raised by model layer 1.1: Dense(64, 10))"]
+    assert "1.1.weight" in model.state_dict()
+    with pytest.raises(TypeError) as e:
+        gpunet.Sequential(gpunet.Dense(64, 10))([[0.0] * 64])
+    assert e.value.__notes__ == ["(raised by model layer 0: Dense(64, 10))"]

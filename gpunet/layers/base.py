@@ -794,8 +794,25 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def forward(self, x):
-        for l in self.layers:
-            x = l.forward(x)
+        try:
+            for l in self.layers:
+                x = l.forward(x)
+        except (ValueError, TypeError) as e:
+            # which of several alike layers refused its input (the error names its class only):
+            # a note (Python 3.11+), shown under the message in the traceback, as Keras names
+            # the layer; nested Sequentials make a path, the prefix of its state_dict keys
+            if hasattr(e, "add_note"):
+                i = next(i for i, m in enumerate(self.layers) if m is l)
+                path = getattr(e, "_gpunet_path", None)
+                if path is None:
+                    path = e._gpunet_path = [i]
+                    e._gpunet_layer = _short(l)
+                    e.add_note("")
+                else:
+                    path.insert(0, i)
+                e.__notes__[-1] = (f"(raised by model layer {'.'.join(map(str, path))}: "
+                                   f"{e._gpunet_layer})")
+            raise
         return x
 
     def backward(self, dy):
