@@ -719,3 +719,17 @@ def test_images_into_a_dense_layer_name_flatten():
                                          r"sample 1-D \(shape \(4, 64\), but this layer expects 10 features\)$"):
         gpunet.Dense(10, 3)(x[:, 0])
     gpunet.Sequential(gpunet.Conv2D(1, 4, 3), gpunet.Flatten(), gpunet.Dense(144, 10))(x)
+
+
+def test_a_float16_input_points_to_mixed_precision_not_a_float16_model():
+    """Found by the second first-hour audit: float16 data into a float32 model was told to
+    cast the model with model.to(dtype=numpy.float16), a pure-float16 model, where gpunet's
+    half precision is Trainer(..., precision='fp16')."""
+    for layer in (gpunet.Dense(4, 3), gpunet.Conv2D(4, 3, 1)):
+        x = numpy.zeros((2, 4) if isinstance(layer, gpunet.Dense) else (2, 4, 3, 3), numpy.float16)
+        with pytest.raises(ValueError, match=r"got float16; cast the input \(x\.astype\(numpy\.float32\)\); half "
+                                             r"precision trains through Trainer\(\.\.\., precision='fp16'\) "
+                                             r"\(float32 weights, float16 compute\)$"):
+            layer(x)
+    with pytest.raises(ValueError, match=r"got float16; cast the input \(x\.astype\(numpy\.float64\)\) or the model"):
+        gpunet.Dense(4, 3).to(dtype=numpy.float64)(numpy.zeros((2, 4), numpy.float16))

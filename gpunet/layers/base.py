@@ -161,6 +161,10 @@ def check_dtype(layer, x, dtype=None):
         want, expected = "float32", "a floating-point input (float32 or float64)"
     if x.dtype == numpy.uint8:
         fix = f"pixels of 0..255 become floats in [0, 1] with x.astype(numpy.{want}) / 255"
+    elif x.dtype == numpy.float16 and want == "float32":
+        # a float16 model is not how gpunet trains in half precision: mixed precision is
+        fix = ("cast the input (x.astype(numpy.float32)); half precision trains through "
+               "Trainer(..., precision='fp16') (float32 weights, float16 compute)")
     elif x.dtype.kind == "f":
         fix = f"cast the input (x.astype(numpy.{want})) or the model (model.to(dtype=numpy.{x.dtype.name}))"
     else:
