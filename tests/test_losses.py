@@ -620,3 +620,25 @@ def test_a_model_ending_in_the_losses_own_activation_is_warned_about_once(model,
         logits_model = gpunet.Sequential(gpunet.Dense(4, out.shape[1]))
         loss_fn()(logits_model(x), target)     # logits: none
         gpunet.MSELoss()(out, out.copy())      # MSE applies no activation
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda x, y: gpunet.SoftmaxCrossEntropy(x, y), "SoftmaxCrossEntropy"),
+    (lambda x, y: gpunet.CrossEntropyLoss(x), "SoftmaxCrossEntropy"),
+    (lambda x, y: gpunet.MSELoss(x), "MSELoss"),
+    (lambda x, y: gpunet.BCEWithLogits(x), "BCEWithLogits"),
+])
+def test_data_given_to_a_loss_constructor_says_a_loss_is_an_object(make, name):
+    """Found by the second first-hour audit: SoftmaxCrossEntropy(logits, labels) (PyTorch's
+    F.cross_entropy(logits, y) habit) printed the whole logits array in 'label_smoothing must
+    lie in [0, 1], got array([[...' and MSELoss(pred) in its reduction error."""
+    x, y = numpy.zeros((4, 10), numpy.float32), numpy.zeros(4, numpy.int64)
+    with pytest.raises(TypeError, match=rf"^{name}: expected (label_smoothing in \[0, 1\]|reduction 'mean', 'sum' "
+                                        rf"or 'none'), got an array of shape \(4, 10\); a loss is an object called "
+                                        rf"on the data: {name}\(\)\(prediction, target\)$"):
+        make(x, y)
+    with pytest.raises(TypeError, match=r"^softmax_cross_entropy: expected label_smoothing in \[0, 1\], got an "
+                                        r"array of shape \(4, 10\)$"):
+        F.softmax_cross_entropy(x, y, x)
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        gpunet.SoftmaxCrossEntropy(label_smoothing=2.0)

@@ -111,8 +111,20 @@ def label_range_hint(label, c, ignore_index=None):
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _data_for_a_setting(name, what, value):
+    """An array where a loss's setting belongs is data given to the loss's constructor
+    (``SoftmaxCrossEntropy(logits, labels)``, as ``F.cross_entropy(logits, y)`` takes it):
+    ``TypeError`` saying that a loss is an object, called on the data (never the array's
+    printout, which the range error would show)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        hint = (f"; a loss is an object called on the data: {name}()(prediction, target)"
+                if name[:1].isupper() else "")           # a class's name, not a function's
+        raise TypeError(f"{name}: expected {what}, got an array of shape {tuple(value.shape)}{hint}")
+
+
 def check_reduction(name, reduction):
     """``reduction`` must be one of ``"mean"``, ``"sum"``, ``"none"`` (PyTorch's meanings)."""
+    _data_for_a_setting(name, "reduction 'mean', 'sum' or 'none'", reduction)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
     return reduction
@@ -120,6 +132,7 @@ def check_reduction(name, reduction):
 
 def check_label_smoothing(name, value):
     """``label_smoothing`` must be a real number in ``[0, 1]``; returns it as a float."""
+    _data_for_a_setting(name, "label_smoothing in [0, 1]", value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {value!r}")
     return float(value)
