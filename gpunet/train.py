@@ -67,6 +67,13 @@ def _check_cuda_graph(cuda_graph, device, comm):
 def _check_parts(model, loss_fn, optimizer):
     """The model is a Layer, the loss a loss object, and the optimizer one that updates some
     of the model's parameters (one built over another model would train nothing)."""
+    # a class where an instance belongs (Trainer(model, SoftmaxCrossEntropy, optim.Adam)) has a
+    # backward, a step and a zero_grad too: name it before the checks below let it through
+    for what, obj, make in (("model", model, "its layers"), ("loss_fn", loss_fn, ""),
+                            ("optimizer", optimizer, "model.parameters(), lr=...")):
+        if isinstance(obj, type):
+            raise TypeError(f"Trainer: expected {what} to be an object, got the class {obj.__name__}; "
+                            f"create one: {obj.__name__}({make})")
     if not isinstance(model, Layer):
         raise TypeError(f"Trainer: expected model to be a gpunet Layer, got {type(model).__name__}")
     if not (callable(loss_fn) and hasattr(loss_fn, "backward")):

@@ -783,3 +783,20 @@ def test_a_dataloader_without_labels_is_named_by_fit_and_evaluate():
         t.fit((X, y), val=gpunet.DataLoader(X), epochs=1, progress=False)
     with pytest.raises(TypeError, match=r"^Trainer\.evaluate: data is a DataLoader without labels"):
         t.evaluate(gpunet.DataLoader(X))
+
+
+def test_a_class_where_an_object_belongs_says_create_one():
+    """Found by the second first-hour audit: Trainer(model, SoftmaxCrossEntropy, optim.Adam)
+    was accepted (a class has backward, step and zero_grad too) and fit then failed inside
+    with "type object 'Adam' has no attribute 'lr'"."""
+    model = gpunet.Sequential(gpunet.Dense(4, 3))
+    loss_fn, opt = gpunet.SoftmaxCrossEntropy(), gpunet.optim.Adam(model.parameters())
+    with pytest.raises(TypeError, match=r"^Trainer: expected optimizer to be an object, got the class Adam; create "
+                                        r"one: Adam\(model\.parameters\(\), lr=\.\.\.\)$"):
+        gpunet.Trainer(model, loss_fn, gpunet.optim.Adam)
+    with pytest.raises(TypeError, match=r"^Trainer: expected loss_fn to be an object, got the class "
+                                        r"SoftmaxCrossEntropy; create one: SoftmaxCrossEntropy\(\)$"):
+        gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy, opt)
+    with pytest.raises(TypeError, match=r"got the class Sequential; create one: Sequential\(its layers\)$"):
+        gpunet.Trainer(gpunet.Sequential, loss_fn, opt)
+    gpunet.Trainer(model, loss_fn, opt)
