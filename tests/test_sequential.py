@@ -258,3 +258,18 @@ def test_an_error_inside_a_sequential_notes_which_layer_raised():
     with pytest.raises(TypeError) as e:
         gpunet.Sequential(gpunet.Dense(64, 10))([[0.0] * 64])
     assert e.value.__notes__ == ["(raised by model layer 0: Dense(64, 10))"]
+
+
+def test_an_activation_name_or_a_layer_class_in_a_sequential_says_what_goes_there():
+    """Found by the second first-hour audit: Sequential(Dense(4, 3), gpunet.ReLU) (the class,
+    not an instance) said 'argument 1 must be a Layer, got type', and Keras' habit of
+    naming the activation, Sequential(Dense(4, 3), "relu"), 'got str'."""
+    with pytest.raises(TypeError, match=r"^Sequential: argument 1 must be a Layer, got the class ReLU; create one: "
+                                        r"ReLU\(\)$"):
+        gpunet.Sequential(gpunet.Dense(4, 3), gpunet.ReLU)
+    with pytest.raises(TypeError, match=r"^Sequential: argument 1 must be a Layer, got str; an activation goes as a "
+                                        r"layer, gpunet\.LeakyReLU\(\), or fused, Dense\(\.\.\., "
+                                        r"activation='leaky_relu'\)$"):
+        gpunet.Sequential(gpunet.Dense(4, 3), "leaky_relu")
+    with pytest.raises(TypeError, match=r"^Sequential: argument 0 must be a Layer, got str$"):
+        gpunet.Sequential("dense")

@@ -754,6 +754,19 @@ class Layer:
         return text
 
 
+def _activation_class(name):
+    """The class name of the activation layer called ``name`` (``"relu"`` -> ``"ReLU"``), or None."""
+    from .activations import Activation
+    found = [c.__name__ for c in _subclasses(Activation) if getattr(c, "name", None) == name]
+    return found[0] if found else None
+
+
+def _subclasses(cls):
+    for c in cls.__subclasses__():
+        yield c
+        yield from _subclasses(c)
+
+
 class Sequential(Layer):
     """Layers applied in order; backward runs them in reverse (the chain rule).
 
@@ -768,7 +781,12 @@ class Sequential(Layer):
             layers = tuple(layers[0])
         for i, l in enumerate(layers):
             if not isinstance(l, Layer):
-                raise TypeError(f"Sequential: argument {i} must be a Layer, got {type(l).__name__}")
+                # Sequential(Dense(...), gpunet.ReLU) or (..., "relu"): say what goes there
+                hint = (f"; create one: {l.__name__}()" if isinstance(l, type) and issubclass(l, Layer) else
+                        f"; an activation goes as a layer, gpunet.{_activation_class(l)}(), or fused, "
+                        f"Dense(..., activation={l!r})" if isinstance(l, str) and _activation_class(l) else "")
+                what = f"the class {l.__name__}" if isinstance(l, type) else type(l).__name__
+                raise TypeError(f"Sequential: argument {i} must be a Layer, got {what}{hint}")
         self.layers = list(layers)
 
     def children(self):
