@@ -146,7 +146,15 @@ class History:
             self.history.setdefault(k, []).append(float(v))
 
     def __getitem__(self, key):
-        return self.history[key]
+        try:
+            return self.history[key]
+        except KeyError:
+            # a KeyError still (a dict's), naming what was recorded (Keras 1's 'acc'/'val_acc'
+            # are 'accuracy'/'val_accuracy' here, and val_* need fit(..., val=...))
+            hint = ("; val_* keys need fit(..., val=(X_val, y_val))" if str(key).startswith("val_")
+                    and not any(k.startswith("val_") for k in self.history) else "")
+            raise KeyError(f"History: no {key!r}; recorded: {', '.join(map(repr, self.history)) or 'nothing'}"
+                           f"{hint}") from None
 
     def __contains__(self, key):
         return key in self.history

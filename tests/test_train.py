@@ -800,3 +800,20 @@ def test_a_class_where_an_object_belongs_says_create_one():
     with pytest.raises(TypeError, match=r"got the class Sequential; create one: Sequential\(its layers\)$"):
         gpunet.Trainer(gpunet.Sequential, loss_fn, opt)
     gpunet.Trainer(model, loss_fn, opt)
+
+
+def test_a_history_key_not_recorded_names_the_recorded_ones():
+    """Found by the second first-hour audit: history["val_acc"] (Keras 1's name, in many
+    tutorials) was a bare KeyError: 'val_acc'. Still a KeyError, now listing the keys."""
+    (X, y), _ = gpunet.datasets.load_digits()
+    model = gpunet.Sequential(gpunet.Dense(64, 10))
+    t = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model.parameters()))
+    h = t.fit((X[:64], y[:64]), val=(X[:32], y[:32]), epochs=1, progress=False)
+    with pytest.raises(KeyError, match=r"History: no 'val_acc'; recorded: 'loss', 'accuracy', 'learning_rate', "
+                                       r"'val_loss', 'val_accuracy'\"$"):
+        h["val_acc"]
+    h = t.fit((X[:64], y[:64]), epochs=1, progress=False)
+    with pytest.raises(KeyError, match=r"recorded: 'loss', 'accuracy', 'learning_rate'; val_\* keys need "
+                                       r"fit\(\.\.\., val=\(X_val, y_val\)\)"):
+        h["val_loss"]
+    assert h["loss"] == h.history["loss"] and "val_loss" not in h
