@@ -664,6 +664,9 @@ def test_a_0d_input_is_named_by_every_rank_free_layer(make):
     (lambda: gpunet.Conv2D(3, 2, 3), numpy.zeros((2, 8, 8, 3), numpy.float32),
      r"^Conv2D: expected 3 input channels \(axis 1 of NCHW\), got shape \(2, 8, 8, 3\); the input looks "
      r"channels-last \(NHWC, Keras' layout\): x\.transpose\(0, 3, 1, 2\) makes it NCHW$"),
+    (lambda: gpunet.BatchNorm(3), numpy.zeros((2, 8, 8, 3), numpy.float32),
+     r"^BatchNorm: expected 3 features along axis 1, got shape \(2, 8, 8, 3\); the input looks channels-last "
+     r"\(NHWC, Keras' layout\): x\.transpose\(0, 3, 1, 2\) makes it NCHW$"),
     (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 784), numpy.float32),
      r"^Conv2D: expected a 4-D input \(N, 1, H, W\), got shape \(2, 784\) \(2-D\); flat square images "
      r"become NCHW with x\.reshape\(-1, 1, 28, 28\)$"),

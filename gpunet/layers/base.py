@@ -141,8 +141,10 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
             raise ValueError(f"{name}: expected a {want} input, got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
     check_dtype(layer, x, dtype)
     if features is not None and x.shape[axis] != features:
+        hint = (f"; the input looks channels-last (NHWC, Keras' layout): x.transpose(0, 3, 1, 2) makes it NCHW"
+                if x.ndim == 4 and axis == 1 and x.shape[3] == features else "")
         raise ValueError(f"{name}: expected {features} features along axis {axis}, "
-                         f"got shape {tuple(x.shape)}")
+                         f"got shape {tuple(x.shape)}{hint}")
 
 
 def check_dtype(layer, x, dtype=None):
