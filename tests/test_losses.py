@@ -642,3 +642,14 @@ def test_data_given_to_a_loss_constructor_says_a_loss_is_an_object(make, name):
         F.softmax_cross_entropy(x, y, x)
     with pytest.raises(ValueError, match="label_smoothing must lie in"):
         gpunet.SoftmaxCrossEntropy(label_smoothing=2.0)
+
+
+def test_ce_over_one_output_column_names_bce(xp):
+    """Found by the second first-hour audit: a binary problem built as Dense(n, 1) with
+    SoftmaxCrossEntropy (a softmax over one column is 1 whatever the logit: nothing to learn)
+    got the hint for labels numbered from 1."""
+    z = xp.asarray(_logits(3, 1))
+    with pytest.raises(ValueError, match=r"\(the logits have 1 column: two classes with one output go with "
+                                         r"BCEWithLogits and float 0/1 targets of shape \(N, 1\), or give the last "
+                                         r"layer 2 outputs\)"):
+        float(gpunet.SoftmaxCrossEntropy()(z, xp.asarray(numpy.array([0, 1, 0]))))

@@ -99,6 +99,9 @@ def label_range_hint(label, c, ignore_index=None):
     """What a label outside ``[0, C)`` most often means (this check's and the CUDA kernel's
     message): ``C`` or more, labels numbered from 1 or a last layer with too few outputs; a
     negative one without ``ignore_index``, padding meant to be skipped."""
+    if c == 1:      # softmax over one column is 1 whatever the logit: the loss learns nothing
+        return (" (the logits have 1 column: two classes with one output go with BCEWithLogits and "
+                "float 0/1 targets of shape (N, 1), or give the last layer 2 outputs)")
     if label >= c:
         return (f" (the logits have {c} columns, one per class: labels numbered from 1 need y - 1, "
                 f"more classes need a last layer with more outputs)")
