@@ -409,6 +409,17 @@ def scaler_cases(draw):
                 seed=draw(seeds))
 
 
+def scaled_gradients(case, rng, get_scale):
+    """The float32 gradient of each iteration of ``case``: a raw one times the loss scaler's
+    scale at that iteration (``get_scale()``), with an inf or NaN where ``case["bad"]`` says."""
+    for bad in case["bad"]:
+        with numpy.errstate(over="ignore"):          # a scale near float32's top: inf, as in fp16
+            g = (rng.standard_normal(4) * numpy.float32(get_scale())).astype(numpy.float32)
+        if bad is not None:
+            g[1] = numpy.inf if bad == "inf" else numpy.nan
+        yield g
+
+
 def run_scaler(case, xp=numpy):
     """A float32 parameter stepped by SGD through gpunet's GradScaler on ``xp`` for the
     iterations of ``case``; the gradient handed to it is the raw one times the current scale.
@@ -421,11 +432,7 @@ def run_scaler(case, xp=numpy):
     opt = gpunet.optim.SGD([p], lr=0.1, momentum=0.5)
     scaler = GradScaler(c["init"], c["growth"], c["backoff"], c["interval"])
     scales = []
-    for bad in c["bad"]:
-        with numpy.errstate(over="ignore"):          # a scale near float32's top: inf, as in fp16
-            g = (rng.standard_normal(4) * numpy.float32(scaler.get_scale())).astype(numpy.float32)
-        if bad is not None:
-            g[1] = numpy.inf if bad == "inf" else numpy.nan
+    for g in scaled_gradients(c, rng, scaler.get_scale):
         p.grad = xp.asarray(g)
         scaler.step(opt)
         scaler.update()

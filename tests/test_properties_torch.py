@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 import gpunet
 from gpunet import optim
 from gpunet.layers.base import Parameter
-from prop_helpers import conv_geometry, normal, pool_geometry, props, run_scaler, scaler_cases, seeds
+from prop_helpers import (conv_geometry, normal, pool_geometry, props, run_scaler, scaled_gradients,
+                          scaler_cases, seeds)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="needs PyTorch, the oracle of these properties")
@@ -577,13 +578,12 @@ def test_grad_scaler_matches_torch(case):
     topt = torch.optim.SGD([tp], lr=0.1, momentum=0.5)
     ts = torch.amp.GradScaler("cpu", init_scale=c["init"], growth_factor=c["growth"],
                               backoff_factor=c["backoff"], growth_interval=c["interval"])
-    tscales = []
-    for bad in c["bad"]:
+    def scale():
         ts.scale(torch.ones(1))                 # PyTorch makes its scale tensor here
-        with numpy.errstate(over="ignore"):          # a scale near float32's top: inf, as in fp16
-            g = (rng.standard_normal(4) * numpy.float32(ts.get_scale())).astype(numpy.float32)
-        if bad is not None:
-            g[1] = numpy.inf if bad == "inf" else numpy.nan
+        return ts.get_scale()
+
+    tscales = []
+    for g in scaled_gradients(c, rng, scale):
         tp.grad = torch.tensor(g)
         ts.step(topt)
         ts.update()
