@@ -128,8 +128,9 @@ def test_bfloat16_is_refused_with_the_reason():
         MixedPrecision(Sequential(Dense(4, 3)), dtype="bfloat16")
 
 
-# seeds per device for the digits comparison below (the sim takes ~40 s a seed)
-DIGITS_SEEDS = {"cpu": 8, "cuda": 8, "sim": 2}
+# seeds per device for the digits comparison below (the sim takes ~40 s a seed, and ran
+# 87 s of CI's ~5 min suite with 2 seeds: it runs one, see the docstring)
+DIGITS_SEEDS = {"cpu": 8, "cuda": 8, "sim": 1}
 
 
 def test_trainer_fp16_digits_within_half_a_point_of_fp32(xp, device):
@@ -144,9 +145,10 @@ def test_trainer_fp16_digits_within_half_a_point_of_fp32(xp, device):
     test used to run gave -2 images (0.56 points) and failed. So one pair of runs measures
     noise, not precision. The mean of 8 seeds has a standard error of about 0.16 points, so
     the 0.5-point bound is about 3 standard errors: an fp16 loss of half a point would fail
-    it, trajectory noise should not (NumPy, seeds 0-7: +0.24 points). The sim runs 2 seeds
-    only (each pair of fits costs it ~40 s): there the check is mostly that the device's half
-    kernels train; the statistical weight is NumPy's and CUDA's."""
+    it, trajectory noise should not (NumPy, seeds 0-7: +0.24 points). The sim runs seed 0
+    only (each pair of fits costs it ~40 s): there the check is that the device's half
+    kernels train, deterministically (seed 0: 354 of 360 right in both precisions; seed 1,
+    when it ran too, 352 and 353); the statistical weight is NumPy's and CUDA's."""
     (Xtr, ytr), (Xte, yte) = datasets.load_digits()
     diffs = []
     for seed in range(DIGITS_SEEDS[device]):
