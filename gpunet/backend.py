@@ -82,6 +82,15 @@ def array_hint(x) -> str:
     return ""
 
 
+def device_mismatch(x, ref):
+    """``None`` when ``x`` is on ``ref``'s device (two NumPy arrays: one type comparison, the
+    CPU's every call), else ``(device of x, device of ref)`` for the caller's error."""
+    if type(x) is type(ref) is numpy.ndarray:
+        return None
+    dx, dr = device_of(x), device_of(ref)
+    return None if dx == dr else (dx, dr)
+
+
 def device_of(x) -> str:
     """The device string of an array: ``"cpu"``, ``"cuda:N"`` or ``"sim"``."""
     if _is_cupy_array(x):

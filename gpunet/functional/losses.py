@@ -13,7 +13,7 @@ import numbers
 
 import numpy
 
-from ..backend import array_hint, device_of, get_array_module, is_array
+from ..backend import array_hint, device_mismatch, get_array_module, is_array
 
 
 def _module(name, what, x, other_what, other):
@@ -22,8 +22,9 @@ def _module(name, what, x, other_what, other):
     where the first, the model's output, is)."""
     if type(x) is type(other) is numpy.ndarray:     # the CPU's every call: one comparison
         return numpy
-    dx, do = device_of(x), device_of(other)
-    if dx != do:
+    bad = device_mismatch(x, other)
+    if bad is not None:
+        dx, do = bad
         raise TypeError(f"{name}: expected {other_what} on {dx} (the device of the {what}), got them on "
                         f"{do}; move them with gpunet.to_device({other_what}, {dx!r})")
     return get_array_module(x, other)

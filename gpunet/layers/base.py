@@ -34,7 +34,8 @@ import weakref
 
 import numpy
 
-from ..backend import array_hint, get_array_module, is_array, resolve_device, to_device, to_numpy, device_of
+from ..backend import (array_hint, get_array_module, is_array, resolve_device, to_device, to_numpy,
+                       device_mismatch, device_of)
 
 
 class Parameter:
@@ -120,8 +121,7 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
     ``features``: required size along ``axis``.
     """
     name = type(layer).__name__
-    if not is_array(x):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}{array_hint(x)}")
+    check_array(layer, x)
     if ndim is None:
         if x.ndim == 0:
             raise ValueError(f"{name}: expected an input with at least one axis, got a 0-d array")
@@ -141,10 +141,25 @@ def check_input(layer, x, ndim=None, dtype=None, features=None, axis=1):
             raise ValueError(f"{name}: expected a {want} input, got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
     check_dtype(layer, x, dtype)
     if features is not None and x.shape[axis] != features:
-        hint = (f"; the input looks channels-last (NHWC, Keras' layout): x.transpose(0, 3, 1, 2) makes it NCHW"
-                if x.ndim == 4 and axis == 1 and x.shape[3] == features else "")
+        hint = channels_last_hint(x, features) if axis == 1 else ""
         raise ValueError(f"{name}: expected {features} features along axis {axis}, "
                          f"got shape {tuple(x.shape)}{hint}")
+
+
+def check_array(layer, x):
+    """``x`` is a NumPy, CuPy or sim array, else ``TypeError`` naming the layer (and, for a
+    torch tensor, its ``.numpy()``)."""
+    if not is_array(x):
+        raise TypeError(f"{type(layer).__name__}: expected a NumPy or CuPy array, got "
+                        f"{type(x).__name__}{array_hint(x)}")
+
+
+def channels_last_hint(x, channels):
+    """For a 4-D ``x`` whose axis 1 is not ``channels`` but whose last axis is: images in
+    Keras' channels-last (NHWC) layout, and the transpose that makes them NCHW; else ``""``."""
+    if x.ndim == 4 and x.shape[3] == channels:
+        return "; the input looks channels-last (NHWC, Keras' layout): x.transpose(0, 3, 1, 2) makes it NCHW"
+    return ""
 
 
 def check_dtype(layer, x, dtype=None):
@@ -177,10 +192,9 @@ def check_dtype(layer, x, dtype=None):
 def check_device(layer, x, p):
     """``x`` on the device of the layer's parameter array ``p``, else ``TypeError`` naming the
     layer, both devices and the two ways out (gpunet never copies behind your back)."""
-    if type(x) is type(p) is numpy.ndarray:     # the CPU's every call: one comparison
-        return
-    dx, dp = device_of(x), device_of(p)
-    if dx != dp:
+    bad = device_mismatch(x, p)
+    if bad is not None:
+        dx, dp = bad
         raise TypeError(f"{type(layer).__name__}: expected an input on {dp} (the parameters' device), "
                         f"got one on {dx}; move it with gpunet.to_device(x, {dp!r}), or the model "
                         f"with model.to({dx!r})")
@@ -757,16 +771,11 @@ class Layer:
 
 
 def _activation_class(name):
-    """The class name of the activation layer called ``name`` (``"relu"`` -> ``"ReLU"``), or None."""
-    from .activations import Activation
-    found = [c.__name__ for c in _subclasses(Activation) if getattr(c, "name", None) == name]
-    return found[0] if found else None
-
-
-def _subclasses(cls):
-    for c in cls.__subclasses__():
-        yield c
-        yield from _subclasses(c)
+    """The class name of the activation layer called ``name`` (``"relu"`` -> ``"ReLU"``), or None:
+    the names ``activation=`` takes (``layers.activations._BY_NAME``)."""
+    from .activations import _BY_NAME
+    cls = _BY_NAME.get(name.lower())
+    return None if cls is None else cls.__name__
 
 
 class Sequential(Layer):

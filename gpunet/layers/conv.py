@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy
 
 from .. import init as _init
-from ..backend import array_hint, is_array
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
-from .base import Layer, Parameter, check_device, check_dtype, check_grad, check_shapes
+from .base import (Layer, Parameter, channels_last_hint, check_array, check_device, check_dtype,
+                   check_grad, check_shapes)
 from .dense import default_init
 
 
@@ -60,8 +60,7 @@ class Conv2D(Layer):
 
     def _check(self, x):
         name = "Conv2D"
-        if not is_array(x):
-            raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}{array_hint(x)}")
+        check_array(self, x)
         c = self.in_channels
         if x.ndim != 4:
             # flat images (N, C*H*W), as MNIST loaders give them, or single-channel (N, H, W):
@@ -76,10 +75,8 @@ class Conv2D(Layer):
                              f"got shape {tuple(x.shape)} ({x.ndim}-D){hint}")
         if x.shape[1] != c:
             # channels-last (NHWC) images, Keras' and TensorFlow's default layout
-            hint = ("; the input looks channels-last (NHWC, Keras' layout): x.transpose(0, 3, 1, 2) "
-                    "makes it NCHW" if x.shape[3] == c else "")
             raise ValueError(f"{name}: expected {c} input channels (axis 1 of NCHW), "
-                             f"got shape {tuple(x.shape)}{hint}")
+                             f"got shape {tuple(x.shape)}{channels_last_hint(x, c)}")
         w = self.weight.data
         ws, bs = (self.out_channels, self.in_channels) + self.kernel_size, (self.out_channels,)
         if w.shape != ws or (self.bias is not None and self.bias.data.shape != bs):

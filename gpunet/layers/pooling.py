@@ -8,16 +8,14 @@ padding (PyTorch's ``count_include_pad=True``). Padding may be at most half the 
 """
 from __future__ import annotations
 
-from ..backend import array_hint, is_array
 from ..functional import pooling as FP
 from ..functional.conv import output_size
-from .base import Layer, check_dtype, check_grad
+from .base import Layer, check_array, check_dtype, check_grad
 
 
 def _check4d(layer, x):
     name = type(layer).__name__
-    if not is_array(x):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}{array_hint(x)}")
+    check_array(layer, x)
     if x.ndim != 4:
         raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)} ({x.ndim}-D)")
     check_dtype(layer, x)
