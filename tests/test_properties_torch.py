@@ -248,6 +248,20 @@ def _bn_input(case):
     return x
 
 
+def _bn_setup(c, var_floor):
+    """The case's input, affine parameters and running buffers (variances at least
+    ``var_floor``), and a float64 BatchNorm holding copies of them."""
+    C = c["c"]
+    x = _bn_input(c)
+    gamma, beta = normal(c["seed"] + 1, (C,)) + 1.0, normal(c["seed"] + 2, (C,))
+    rm, rv = normal(c["seed"] + 3, (C,)), numpy.abs(normal(c["seed"] + 4, (C,))) + var_floor
+    bn = gpunet.BatchNorm(C, eps=c["eps"], momentum=c["momentum"], affine=c["affine"])
+    if c["affine"]:
+        _set64(bn, gamma=gamma, beta=beta)
+    bn.running_mean, bn.running_var = rm.copy(), rv.copy()
+    return x, gamma, beta, rm, rv, bn
+
+
 @props(40)
 @given(case=bn_cases())
 @example(case=dict(shape=(2, 1), c=1, affine=True, momentum=0.1, eps=1e-5, log_scale=0, shift=0.0,
@@ -258,15 +272,8 @@ def test_batchnorm_train_matches_torch(case):
     of zero variance."""
     torch = _torch()
     c = case
-    C = c["c"]
-    x = _bn_input(c)
-    gamma, beta = normal(c["seed"] + 1, (C,)) + 1.0, normal(c["seed"] + 2, (C,))
-    rm0, rv0 = normal(c["seed"] + 3, (C,)), numpy.abs(normal(c["seed"] + 4, (C,))) + 0.5
+    x, gamma, beta, rm0, rv0, bn = _bn_setup(c, var_floor=0.5)
     dy = normal(c["seed"] + 5, x.shape)
-    bn = gpunet.BatchNorm(C, eps=c["eps"], momentum=c["momentum"], affine=c["affine"])
-    if c["affine"]:
-        _set64(bn, gamma=gamma, beta=beta)
-    bn.running_mean, bn.running_var = rm0.copy(), rv0.copy()
     y = bn(x)
     dx = bn.backward(dy)
     tx, tg, tb = _leaf(torch, x), _leaf(torch, gamma), _leaf(torch, beta)
@@ -291,14 +298,7 @@ def test_batchnorm_train_matches_torch(case):
 def test_batchnorm_eval_matches_torch(case):
     torch = _torch()
     c = case
-    C = c["c"]
-    x = _bn_input(c)
-    gamma, beta = normal(c["seed"] + 1, (C,)) + 1.0, normal(c["seed"] + 2, (C,))
-    rm, rv = normal(c["seed"] + 3, (C,)), numpy.abs(normal(c["seed"] + 4, (C,))) + 0.01
-    bn = gpunet.BatchNorm(C, eps=c["eps"], momentum=c["momentum"], affine=c["affine"])
-    if c["affine"]:
-        _set64(bn, gamma=gamma, beta=beta)
-    bn.running_mean, bn.running_var = rm.copy(), rv.copy()
+    x, gamma, beta, rm, rv, bn = _bn_setup(c, var_floor=0.01)
     bn.eval()
     y = bn(x)
     ty = torch.nn.functional.batch_norm(torch.tensor(x), torch.tensor(rm), torch.tensor(rv),
