@@ -1046,10 +1046,13 @@ def add_arguments(p):
                    help="default: fp32; fp16: every step under gpunet.amp.MixedPrecision + GradScaler (PyTorch: "
                         "autocast(float16) + GradScaler), each beside the same framework's fp32 "
                         "step, alternating; with --device sim: the fp16 step's GPU costs")
-    p.add_argument("--rounds", type=int, default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")
-    p.add_argument("--min-time", type=float, default=None,
+    # checked as they are parsed (a NaN or infinite --min-time, or --threads 0 under
+    # --profile, used to be taken: the first timed nothing, the second ended in a traceback)
+    from .cli import _int_at_least, _positive_float
+    p.add_argument("--rounds", type=_int_at_least(1), default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")
+    p.add_argument("--min-time", type=_positive_float, default=None,
                    help=f"seconds timed per model per run (default {FULL[1]}, quick {QUICK[1]})")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for both frameworks (default: all available)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="CPU threads for both frameworks (default: all available)")
     p.add_argument("--unset-openblas-env", action="store_true",
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment")
     p.add_argument("--no-roofline", action="store_true", help="skip the CUDA kernel bandwidth table")

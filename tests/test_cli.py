@@ -147,6 +147,14 @@ def _cuda_available():
     # found by fuzzing: these used to run every benchmark, then end in a traceback
     (["bench", "--quick", "--rounds", "1", "--json", "no/such/dir/b.json"], ["gpunet bench", "--json"]),
     (["bench", "--quick", "--rounds", "1", "--json", "."], ["gpunet bench", "--json", "directory"]),
+    # found by the CLI audit: a NaN or infinite --min-time was taken (nothing timed, NaN in the
+    # --json report), and --profile did not check --threads (0: a ValueError traceback)
+    (["bench", "--quick", "--rounds", "1", "--models", "mlp-784-128-10", "--min-time", "nan"],
+     ["gpunet bench", "--min-time", "'nan'"]),
+    (["bench", "--quick", "--rounds", "1", "--models", "mlp-784-128-10", "--min-time", "inf"],
+     ["gpunet bench", "--min-time", "'inf'"]),
+    (["bench", "--profile", "--models", "mlp-784-128-10", "--threads", "0"], ["gpunet bench", "--threads"]),
+    (["bench", "--profile", "--models", "mlp-784-128-10", "--min-time", "-1"], ["gpunet bench", "--min-time"]),
 ])
 def test_bad_arguments_are_one_line(args, needles, tmp_path):
     _assert_user_error(_gpunet(args, tmp_path), *needles)
