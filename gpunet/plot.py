@@ -222,27 +222,28 @@ def grad_norms(history_or_dict, path):
 def plot_main(argv=None) -> int:
     """``gpunet plot activations [--out PATH] [--xmin X] [--xmax X]``: write the activation
     grid. Returns the exit status (0 on success, 1 with a message when matplotlib is
-    missing). An ``--out`` that cannot be written (no such directory, a directory, an
-    extension matplotlib has no format for) raises ``SystemExit`` with the message before
-    anything is drawn, as argparse's errors do; the ``gpunet`` command prints it as one line
+    missing). A bad option (an unknown plot, a value that is not a number, ``--xmin`` not
+    below ``--xmax``) or an ``--out`` that cannot be written (no such directory, a
+    directory, an extension matplotlib has no format for) raises ``SystemExit`` with a
+    one-line message before anything is drawn; the ``gpunet`` command prints it as one line
     with exit status 2."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="gpunet plot", description="Draw gpunet's teaching plots.")
-    sub = parser.add_subparsers(dest="what", required=True)
+    from .cli import UserError, _Parser, _check_writable
+    # gpunet's parser: an argparse error is one line, not the usage block and then the line
+    parser = _Parser(prog="gpunet plot", description="Draw gpunet's teaching plots.")
+    sub = parser.add_subparsers(dest="what", required=True, metavar="{activations}")
     p = sub.add_parser("activations", help="every activation function and its derivative")
     p.add_argument("--out", default="activations.png", help="image file to write (default: %(default)s)")
-    p.add_argument("--xmin", type=float, default=-4.0)
-    p.add_argument("--xmax", type=float, default=4.0)
-    args = parser.parse_args(argv)
-    if not (math.isfinite(args.xmin) and math.isfinite(args.xmax) and args.xmin < args.xmax):
-        parser.error(f"--xmin ({args.xmin}) must be below --xmax ({args.xmax}), both finite")
-    from .cli import UserError, _check_writable
+    p.add_argument("--xmin", type=float, default=-4.0, help="left end of the x axis (default: %(default)s)")
+    p.add_argument("--xmax", type=float, default=4.0, help="right end of the x axis (default: %(default)s)")
     try:
-        _, problem = _image_path(args.out)
-    except ImportError as e:
-        print(f"gpunet plot: {e}", file=sys.stderr)
-        return 1
-    try:
+        args = parser.parse_args(argv)
+        if not (math.isfinite(args.xmin) and math.isfinite(args.xmax) and args.xmin < args.xmax):
+            p.error(f"--xmin ({args.xmin}) must be below --xmax ({args.xmax}), both finite")
+        try:
+            _, problem = _image_path(args.out)
+        except ImportError as e:
+            print(f"gpunet plot: {e}", file=sys.stderr)
+            return 1
         if problem:
             raise UserError(f"gpunet plot: error: --out {args.out}: {problem}")
         _check_writable("--out", args.out, prog="gpunet plot")
