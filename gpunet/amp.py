@@ -39,6 +39,7 @@ import math
 
 import numpy
 
+from . import _args
 from .backend import get_array_module
 from .layers.base import Layer
 from .layers.conv import Conv2D
@@ -107,22 +108,13 @@ class GradScaler:
 
     def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
                  growth_interval=2000, enabled=True):
-        init_scale, growth_factor, backoff_factor = (float(init_scale), float(growth_factor),
-                                                     float(backoff_factor))
-        if not (init_scale > 0.0 and math.isfinite(init_scale)):
-            raise ValueError(f"GradScaler: expected a finite init_scale > 0, got {init_scale!r}")
-        if not growth_factor > 1.0:
-            raise ValueError(f"GradScaler: expected growth_factor > 1, got {growth_factor!r}")
-        if not 0.0 < backoff_factor < 1.0:
-            raise ValueError(f"GradScaler: expected backoff_factor in (0, 1), got {backoff_factor!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, (int, numpy.integer)) \
-                or growth_interval < 1:
-            raise ValueError(f"GradScaler: expected an int growth_interval >= 1, got {growth_interval!r}")
-        self.enabled = bool(enabled)
-        self._scale = _f32(init_scale)
-        self.growth_factor = growth_factor
-        self.backoff_factor = backoff_factor
-        self.growth_interval = int(growth_interval)
+        who = "GradScaler"
+        self._scale = _f32(_args.real(who, "init_scale", init_scale, low=0.0, low_open=True))
+        self.growth_factor = _args.real(who, "growth_factor", growth_factor, low=1.0, low_open=True)
+        self.backoff_factor = _args.real(who, "backoff_factor", backoff_factor, low=0.0, high=1.0,
+                                         low_open=True, high_open=True)
+        self.growth_interval = _args.integer(who, "growth_interval", growth_interval, low=1)
+        self.enabled = _args.flag(who, "enabled", enabled)
         self._growth_tracker = 0
         self._pending = {}        # id(optimizer) -> found-inf flag of this iteration (bool, a
         #                           0-d device bool array, or _DeviceCheck on the fused path)
@@ -250,9 +242,7 @@ class GradScaler:
         if not self.enabled:
             return
         if new_scale is not None:
-            new_scale = float(new_scale)
-            if not (new_scale > 0.0 and math.isfinite(new_scale)):
-                raise ValueError(f"GradScaler.update: expected a finite new_scale > 0, got {new_scale!r}")
+            new_scale = _args.real("GradScaler.update", "new_scale", new_scale, low=0.0, low_open=True)
             self._host()
             self._scale = _f32(new_scale)
         elif self._dev is not None:
@@ -431,7 +421,11 @@ class MixedPrecision:
             raise TypeError(f"MixedPrecision: expected a gpunet Layer, got {type(model).__name__}")
         if _is_bf16(dtype):
             raise ValueError(f"MixedPrecision: dtype {dtype!r}: {BF16_UNSUPPORTED}")
-        dtype = numpy.dtype(dtype)
+        try:
+            dtype = numpy.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"MixedPrecision: expected dtype to be float16 (numpy.float16 or "
+                            f"'float16'), got {dtype!r}") from None
         if dtype != numpy.float16:
             raise ValueError(f"MixedPrecision: dtype must be float16, got {dtype.name}")
         self.model, self.dtype = model, dtype

@@ -127,11 +127,13 @@ def get_array_module(*arrays):
     return numpy if xp is None else xp
 
 
-def _parse(device) -> tuple[str, int]:
+def _parse(device, who=None) -> tuple[str, int]:
+    """``(kind, index)`` of a device string; the errors start with ``who`` (the caller) when
+    given."""
     if device is None:
         device = default_device()
     if not isinstance(device, str):
-        raise TypeError("device must be a string like 'cpu', 'cuda', 'cuda:0' or 'sim', "
+        raise TypeError(f"{who + ': ' if who else ''}device must be a string like 'cpu', 'cuda', 'cuda:0' or 'sim', "
                         f"got {device!r}")
     d = device.strip().lower()
     if d == "cpu":
@@ -142,7 +144,7 @@ def _parse(device) -> tuple[str, int]:
         return "cuda", 0
     if d.startswith("cuda:") and d[5:].isdigit():
         return "cuda", int(d[5:])
-    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'sim'")
+    raise ValueError(f"{who + ': ' if who else ''}unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'sim'")
 
 
 def require_cuda(index: int = 0):
@@ -206,11 +208,13 @@ def default_device() -> str:
     raise ValueError(f"GPUNET_DEVICE={choice!r}: expected 'auto', 'cpu', 'cuda' or 'sim'")
 
 
-def resolve_device(device=None) -> str:
-    """Normalize a device argument (None = default device) and check it is usable."""
+def resolve_device(device=None, who=None) -> str:
+    """Normalize a device argument (None = default device) and check it is usable. A device
+    that is not a string raises ``TypeError``, an unknown name ``ValueError``, both starting
+    with ``who`` (the caller, e.g. ``"DataLoader"``) when given."""
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return default_device()
-    kind, index = _parse(device)
+    kind, index = _parse(device, who)
     if kind == "cpu":
         return "cpu"
     if kind == "sim":
@@ -222,7 +226,7 @@ def resolve_device(device=None) -> str:
 
 def to_device(x, device):
     """Return ``x`` as an array on ``device`` (a copy only when it has to move)."""
-    kind, index = _parse(resolve_device(device))
+    kind, index = _parse(resolve_device(device, "to_device"))
     if kind == "cpu":
         return to_numpy(x)
     if kind == "sim":

@@ -24,11 +24,11 @@ moves batch by batch with ``gpunet.backend.to_device``.
 """
 from __future__ import annotations
 
-import numbers
 import weakref
 
 import numpy
 
+from . import _args
 from .backend import (array_hint, device_of, is_array, get_array_module, require_cuda, require_sim, resolve_device,
                       to_device)
 
@@ -184,14 +184,17 @@ class DataLoader:
             on the same device as ``X``; a NumPy/CuPy mix raises ``TypeError``.
         batch_size: positive int. The last batch holds the remaining ``N % batch_size``
             samples unless ``drop_last=True`` drops it.
-        shuffle: False: batches follow the order of ``X``. True: each epoch visits the
-            samples in a fresh order (without replacement).
+        shuffle: a bool (``numpy.bool_`` too; anything else, e.g. ``"yes"`` or ``1``, raises
+            ``TypeError`` rather than being read by its truthiness). False: batches follow
+            the order of ``X``. True: each epoch visits the samples in a fresh order
+            (without replacement).
         seed: the shuffle seed (a non-negative int). Epoch ``k`` visits the samples in
             the order ``numpy.random.default_rng([seed, k]).permutation(N)``, computed
             on the host with NumPy and therefore identical on every device.
             ``None`` draws a seed from OS entropy once, at construction, and keeps it in
             ``self.seed`` (so even an unseeded run can be replayed).
-        drop_last: drop the last, incomplete batch (as in PyTorch).
+        drop_last: a bool, checked as ``shuffle`` is: drop the last, incomplete batch (as in
+            PyTorch).
         device: None (default): batches stay where ``X`` and ``y`` live. A device string
             (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"sim"``): batches are delivered there.
             On a GPU device, host data that fits (``fits_on_device``) is copied there once,
@@ -248,21 +251,13 @@ class DataLoader:
         if X.shape[0] == 0:
             raise ValueError(f"DataLoader: expected at least one sample, got X of shape "
                              f"{tuple(X.shape)}")
-        if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-                or batch_size < 1):
-            raise ValueError(f"DataLoader: expected batch_size to be a positive int, "
-                             f"got {batch_size!r}")
-        if seed is None:
-            seed = int(numpy.random.SeedSequence().entropy)
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"DataLoader: expected seed to be None or a non-negative int, "
-                             f"got {seed!r}")
+        self.batch_size = _args.integer("DataLoader", "batch_size", batch_size, low=1)
+        self.shuffle = _args.flag("DataLoader", "shuffle", shuffle)
+        seed = _args.integer("DataLoader", "seed", seed, low=0, none=True)
+        self.seed = int(numpy.random.SeedSequence().entropy) if seed is None else seed
+        self.drop_last = _args.flag("DataLoader", "drop_last", drop_last)
         self.X = X
         self.y = y
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
         self.device = None
         self.epoch = 0
         if comm is not None and not all(hasattr(comm, a) for a in ("rank", "size")):
@@ -307,15 +302,13 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over the loader epoch ``epoch`` (its shuffled order)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(f"DataLoader.set_epoch: expected a non-negative int, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = _args.integer("DataLoader.set_epoch", "epoch", epoch, low=0)
 
     def to(self, device):
         """Move every batch to ``device`` as it is produced (``None``: leave them where
         the data is). Checked now: an unusable ``"cuda"`` raises ``RuntimeError``.
         Returns ``self``."""
-        self.device = None if device is None else resolve_device(device)
+        self.device = None if device is None else resolve_device(device, "DataLoader")
         self._resident = None
         self._permute = False
         return self

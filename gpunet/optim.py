@@ -45,6 +45,7 @@ import weakref
 
 import numpy
 
+from . import _args
 from .backend import device_of, get_array_module, to_device, to_numpy
 from .cuda import graphs as _graphs
 from .cuda import optim as _mt
@@ -99,36 +100,18 @@ def _as_parameters(params, who, allow_empty=False):
     return params
 
 
-def _real(who, name, value):
-    """``value`` as a Python float (never a NumPy float64 scalar), or TypeError."""
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{who}: expected {name} to be a real number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{who}: expected {name} to be a real number, got {value!r}") from None
-
-
-def _at_least(who, name, value, low=0.0):
-    v = _real(who, name, value)
-    if not v >= low:  # also rejects NaN
-        raise ValueError(f"{who}: expected {name} >= {low:g}, got {value!r}")
-    return v
+def _at_least(who, name, value, low=0.0, finite=True):
+    """A finite real number ``>= low`` (a rate, a decay, an epsilon) as a Python float, never
+    a NumPy float64 scalar; a bool, a string, NaN or inf raises (``gpunet._args.real``)."""
+    return _args.real(who, name, value, low=low, finite=finite)
 
 
 def _in_unit_interval(who, name, value):
-    v = _real(who, name, value)
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"{who}: expected {name} in [0, 1), got {value!r}")
-    return v
+    return _args.real(who, name, value, low=0.0, high=1.0, high_open=True)
 
 
 def _count(who, name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
-        raise TypeError(f"{who}: expected {name} to be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{who}: expected {name} >= {low}, got {value!r}")
-    return int(value)
+    return _args.integer(who, name, value, low=low)
 
 
 def _on_device_of(arr, p):
@@ -218,6 +201,14 @@ class Optimizer:
         self._tables = {}
 
     # -- the step -----------------------------------------------------------------------
+    def _current_lr(self) -> float:
+        """``self.lr``, checked at each step: a plain attribute, it may have been reassigned
+        (a Python float that is finite and >= 0, what schedules set, costs one comparison)."""
+        lr = self.lr
+        if type(lr) is float and 0.0 <= lr < math.inf:
+            return lr
+        return _at_least(type(self).__name__, "lr", lr)
+
     def step(self):
         """Apply one update to every parameter that has a gradient."""
         self._step()
@@ -225,7 +216,7 @@ class Optimizer:
     def _step(self, found=None):
         """``step()``; on a device, ``found`` (a 0-d float64 device array, the loss
         scaler's sum of squares of the gradients) skips the step when not finite."""
-        lr = _at_least(type(self).__name__, "lr", self.lr)    # it may have been reassigned
+        lr = self._current_lr()
         if not isinstance(self.params[0].data, numpy.ndarray):
             return self._step_fused(lr, found)
         # every gradient is checked before any parameter changes (as on a device): a
@@ -342,7 +333,7 @@ class Optimizer:
             raise RuntimeError(f"{type(self).__name__}: its device state (lr, step counts) was "
                                "replaced since the CUDA graph was captured (load_state_dict, "
                                "model.to); capture the step again")
-        lr = _at_least(type(self).__name__, "lr", self.lr)    # it may have been reassigned
+        lr = self._current_lr()
         self._dev.set_lr(lr)
         self._steps_on_device = True
 
@@ -562,7 +553,7 @@ class SGD(Optimizer):
         h = dict(h)
         h["lr"] = _at_least(who, "lr", h["lr"])
         h["momentum"] = _at_least(who, "momentum", h["momentum"])
-        h["nesterov"] = bool(h["nesterov"])
+        h["nesterov"] = _args.flag(who, "nesterov", h["nesterov"])
         h["weight_decay"] = _at_least(who, "weight_decay", h["weight_decay"])
         h["l1"] = _at_least(who, "l1", h["l1"])
         if h["nesterov"] and h["momentum"] == 0.0:
@@ -875,7 +866,7 @@ def clip_grad_norm(params, max_norm):
     device, so read it only when needed.
     """
     params = _as_parameters(params, "clip_grad_norm", allow_empty=True)
-    max_norm = _at_least("clip_grad_norm", "max_norm", max_norm)
+    max_norm = _at_least("clip_grad_norm", "max_norm", max_norm, finite=False)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
@@ -907,7 +898,7 @@ def clip_grad_value(params, clip):
     """Clamp every gradient element into ``[-clip, clip]`` in place (as
     ``torch.nn.utils.clip_grad_value_``). ``params``: a list of Parameters or a Layer."""
     params = _as_parameters(params, "clip_grad_value", allow_empty=True)
-    clip = _at_least("clip_grad_value", "clip", clip)
+    clip = _at_least("clip_grad_value", "clip", clip, finite=False)
     grads = [p.grad for p in params if p.grad is not None]
     if grads and not isinstance(grads[0], numpy.ndarray):   # one launch per dtype
         xp = get_array_module(*grads)
@@ -1116,9 +1107,7 @@ class LinearWarmup(_Schedule):
     @staticmethod
     def _checked(h):
         steps = _count("LinearWarmup", "warmup_steps", h["warmup_steps"], 0)
-        f = _real("LinearWarmup", "start_factor", h["start_factor"])
-        if not 0.0 < f <= 1.0:
-            raise ValueError(f"LinearWarmup: expected start_factor in (0, 1], got {h['start_factor']!r}")
+        f = _args.real("LinearWarmup", "start_factor", h["start_factor"], low=0.0, high=1.0, low_open=True)
         return {"warmup_steps": steps, "start_factor": f}
 
     def lr_at(self, epoch):
@@ -1129,7 +1118,4 @@ class LinearWarmup(_Schedule):
 
 
 def _gamma(who, gamma):
-    g = _real(who, "gamma", gamma)
-    if not g > 0.0:
-        raise ValueError(f"{who}: expected gamma > 0, got {gamma!r}")
-    return g
+    return _args.real(who, "gamma", gamma, low=0.0, low_open=True)

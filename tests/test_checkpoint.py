@@ -309,7 +309,7 @@ def test_a_failed_load_leaves_model_optimizer_and_scheduler_as_they_were(tmp_pat
     ("optim/state.0.exp_avg", numpy.ones((5, 4), complex), "'state.0.exp_avg': expected real numbers, got dtype complex128"),
     ("sched/last_epoch", numpy.arange(3), r"'last_epoch': expected shape \(\), got \(3,\)"),
     ("sched/last_epoch", numpy.asarray(-5), "'last_epoch': expected an int >= 0, got -5"),
-    ("sched/step_size", numpy.asarray(0), "StepLR: expected step_size >= 1, got 0"),
+    ("sched/step_size", numpy.asarray(0), "StepLR: expected step_size to be a positive int, got 0"),
     ("scaler/growth_interval", numpy.asarray(2.5), "'growth_interval': expected an integer, got dtype float64"),
 ])
 def test_malformed_entries_raise_value_error_naming_path_and_entry(tmp_path, key, value, message):

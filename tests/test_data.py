@@ -220,7 +220,7 @@ def test_empty_and_scalar_inputs_raise_value_error():
 
 def test_set_epoch_rejects_negative():
     loader = DataLoader(numpy.zeros((4, 1)))
-    with pytest.raises(ValueError, match=r"DataLoader.set_epoch: expected a non-negative int, got -1"):
+    with pytest.raises(ValueError, match=r"DataLoader.set_epoch: expected epoch to be an int >= 0, got -1"):
         loader.set_epoch(-1)
 
 

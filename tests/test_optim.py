@@ -649,13 +649,13 @@ def test_schedule_state_round_trip(make):
 
 def test_schedule_validation():
     opt = optim.SGD([make_param(numpy, [1.0])])
-    with pytest.raises(ValueError, match="StepLR: expected step_size >= 1, got 0"):
+    with pytest.raises(ValueError, match="StepLR: expected step_size to be a positive int, got 0"):
         optim.StepLR(opt, 0)
-    with pytest.raises(TypeError, match="StepLR: expected step_size to be an int, got 2.5"):
+    with pytest.raises(TypeError, match="StepLR: expected step_size to be a positive int, got 2.5"):
         optim.StepLR(opt, 2.5)
     with pytest.raises(ValueError, match="ExponentialLR: expected gamma > 0, got -0.5"):
         optim.ExponentialLR(opt, -0.5)
-    with pytest.raises(ValueError, match="CosineAnnealingLR: expected T_max >= 1, got 0"):
+    with pytest.raises(ValueError, match="CosineAnnealingLR: expected T_max to be a positive int, got 0"):
         optim.CosineAnnealingLR(opt, 0)
     with pytest.raises(ValueError, match="CosineAnnealingLR: expected eta_min >= 0, got -1.0"):
         optim.CosineAnnealingLR(opt, 10, eta_min=-1.0)

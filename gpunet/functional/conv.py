@@ -58,6 +58,8 @@ and rounds each output once; ``cols`` is then float32.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy
 
 from ..backend import device_of, get_array_module
@@ -69,8 +71,9 @@ COL2IM_GEMM_MAX_PIXELS = 64   # likewise for col2im (the strided adds cost more 
 
 
 def pair(value, layer_name, what, minimum):
-    """``value`` (an int or an ``(h, w)`` pair of ints) as a tuple of two ints ``>= minimum``."""
-    if isinstance(value, bool):
+    """``value`` (an int or an ``(h, w)`` pair of ints, NumPy integers included) as a tuple of
+    two ints ``>= minimum``; a float, even ``3.0``, or a bool raises ``TypeError``."""
+    if isinstance(value, (bool, numpy.bool_)):
         raise TypeError(f"{layer_name}: {what} must be an int or an (h, w) pair of ints, got {value!r}")
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -80,13 +83,9 @@ def pair(value, layer_name, what, minimum):
         items = (value, value)
     out = []
     for v in items:
-        try:
-            iv = int(v)
-        except (TypeError, ValueError):
-            raise TypeError(f"{layer_name}: {what} must be an int or an (h, w) pair of ints, "
-                            f"got {value!r}") from None
-        if isinstance(v, bool) or iv != v:
+        if type(v) is not int and (isinstance(v, (bool, numpy.bool_)) or not isinstance(v, numbers.Integral)):
             raise TypeError(f"{layer_name}: {what} must be an int or an (h, w) pair of ints, got {value!r}")
+        iv = int(v)
         if iv < minimum:
             raise ValueError(f"{layer_name}: {what} must be >= {minimum}, got {value!r}")
         out.append(iv)

@@ -119,8 +119,9 @@ def _data_for_a_setting(name, what, value):
     """An array where a loss's setting belongs is data given to the loss's constructor
     (``SoftmaxCrossEntropy(logits, labels)``, as ``F.cross_entropy(logits, y)`` takes it):
     ``TypeError`` saying that a loss is an object, called on the data (never the array's
-    printout, which the range error would show)."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
+    printout, which the range error would show). A NumPy scalar (``numpy.float32(0.1)``) is
+    a number, not data."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, numpy.generic):
         hint = (f"; a loss is an object called on the data: {name}()(prediction, target)"
                 if name[:1].isupper() else "")           # a class's name, not a function's
         raise TypeError(f"{name}: expected {what}, got an array of shape {tuple(value.shape)}{hint}")

@@ -34,6 +34,7 @@ import weakref
 
 import numpy
 
+from .. import _args
 from ..backend import (array_hint, get_array_module, is_array, resolve_device, to_device, to_numpy,
                        device_mismatch, device_of)
 
@@ -579,7 +580,7 @@ class Layer:
         (a backward before the next training-mode forward raises).
         """
         if device is not None:
-            device = resolve_device(device)
+            device = resolve_device(device, f"{type(self).__name__}.to")
         if dtype is not None:
             try:
                 dtype = numpy.dtype(dtype)
@@ -643,6 +644,7 @@ class Layer:
         mismatch still raises) and returns ``(missing, unexpected)``, two lists of keys.
         """
         who = f"{type(self).__name__}.load_state_dict"
+        strict = _args.flag(who, "strict", strict)
         if not hasattr(state, "keys"):
             raise TypeError(f"{who}: expected a dict of arrays, got {type(state).__name__}")
         params = dict(self.named_parameters())

@@ -5,6 +5,7 @@ import numbers
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 from ..functional import batchnorm as F
 from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
@@ -54,15 +55,11 @@ class BatchNorm(Layer):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features <= 0:
             raise ValueError(f"BatchNorm: num_features must be a positive int, got {num_features!r}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"BatchNorm: eps must be a positive number, got {eps!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
         c = int(num_features)
         self.num_features = c
-        self.eps = float(eps)
-        self.momentum = float(momentum)
-        self.affine = bool(affine)
+        self.eps = _args.real(type(self).__name__, "eps", eps, low=0.0, low_open=True)
+        self.momentum = _args.real(type(self).__name__, "momentum", momentum, low=0.0, high=1.0)
+        self.affine = affine = _args.flag(type(self).__name__, "affine", affine)
         self.gamma = Parameter(numpy.ones(c, numpy.float32), "gamma", decay=False) if affine else None
         self.beta = Parameter(numpy.zeros(c, numpy.float32), "beta", decay=False) if affine else None
         self.running_mean = numpy.zeros(c, numpy.float32)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import init as _init
+from .. import _args, init as _init
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
@@ -53,7 +53,8 @@ class Conv2D(Layer):
         init = default_init(self.activation) if init is None else init
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(_init.make(init, shape, layer_name="Conv2D"), "weight", decay=True)
-        self.bias = Parameter(numpy.zeros(self.out_channels, numpy.float32), "bias", decay=False) if bias else None
+        self.bias = (Parameter(numpy.zeros(self.out_channels, numpy.float32), "bias", decay=False)
+                     if _args.flag("Conv2D", "bias", bias) else None)
         self.input_grad = True
         self._x = self._cols = self._z = self._y = None
         self._x_is_data = False

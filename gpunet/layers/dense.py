@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import init as _init
+from .. import _args, init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
@@ -45,7 +45,8 @@ class Dense(Layer):
         init = default_init(self.activation) if init is None else init
         self.weight = Parameter(_init.make(init, (self.out_features, self.in_features), layer_name="Dense"),
                                 "weight", decay=True)
-        self.bias = Parameter(numpy.zeros(self.out_features, numpy.float32), "bias", decay=False) if bias else None
+        self.bias = (Parameter(numpy.zeros(self.out_features, numpy.float32), "bias", decay=False)
+                     if _args.flag("Dense", "bias", bias) else None)
         self.input_grad = True
         self._x = self._z = self._y = None
         self._x_is_data = False

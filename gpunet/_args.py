@@ -1,0 +1,115 @@
+"""Checks of the arguments of public constructors and functions, shared by the whole package.
+
+Each check returns the value as a plain Python ``bool``/``int``/``float``/``str`` or raises:
+``ArgumentTypeError`` for a value of the wrong type (a string or an int where a bool is
+expected, a float or a bool where an int is, a bool or a string where a number is),
+``ValueError`` for a value of the right type outside its range (NaN, inf, a negative rate,
+an unknown name). ``ArgumentTypeError`` is a ``TypeError`` and also a ``ValueError`` (as
+NumPy's ``AxisError`` is both a ``ValueError`` and an ``IndexError``): several of gpunet's
+checks raised ``ValueError`` for a wrong type before they shared this module (PyTorch's
+``DataLoader`` does too, for ``batch_size="8"``), and code that catches either keeps
+working. The message names the caller (``who``: a class, ``Class.method`` or function), the argument,
+what was expected and what was given::
+
+    DataLoader: expected drop_last to be a bool (True or False), got 'no' (str)
+
+NumPy's scalars count as what they hold (``numpy.bool_`` as a bool, ``numpy.int64`` as an
+int, ``numpy.float32`` as a number): users pass them. A bool is never an int or a number
+here, although Python's ``bool`` subclasses ``int``: ``Maxout(True)`` or ``lr=True`` is a
+slip, not a request for 1.
+
+These run in constructors, once; nothing calls them per training step.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy
+
+_BOOLS = (bool, numpy.bool_)
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (see the module docstring: also a ``ValueError``)."""
+
+
+def _got(value) -> str:
+    """``value`` as a type error shows it: its repr and, unless the repr says it, its type."""
+    r = repr(value)
+    if len(r) > 80:
+        r = r[:77] + "..."
+    name = type(value).__name__
+    return r if r.startswith(("np.", "numpy.", name)) or value is None else f"{r} ({name})"
+
+
+def flag(who: str, name: str, value) -> bool:
+    """``value`` (a bool or ``numpy.bool_``) as a bool; anything else, even ``0``/``1`` or
+    ``"no"``, raises ``TypeError`` (taken by truthiness, ``"no"`` would mean True)."""
+    if isinstance(value, _BOOLS):
+        return bool(value)
+    raise ArgumentTypeError(f"{who}: expected {name} to be a bool (True or False), got {_got(value)}")
+
+
+def _int_text(low, none) -> str:
+    what = ("an int" if low is None else "a positive int" if low == 1
+            else f"an int >= {low}")
+    return f"None or {what}" if none else what
+
+
+def integer(who: str, name: str, value, low: int | None = None, high: int | None = None,
+            none: bool = False):
+    """``value`` (an int or ``numpy.integer``, not a bool) as an int in ``[low, high)``
+    (either bound may be None); ``none=True`` lets None through as None. A float, even
+    ``3.0``, raises ``TypeError``: a count is never rounded."""
+    if value is None and none:
+        return None
+    if isinstance(value, _BOOLS) or not isinstance(value, numbers.Integral):
+        what = _int_text(low, none) if high is None else f"an int in [{low}, {high})"
+        raise ArgumentTypeError(f"{who}: expected {name} to be {what}, got {_got(value)}")
+    if (low is not None and value < low) or (high is not None and value >= high):
+        what = _int_text(low, none) if high is None else f"an int in [{low}, {high})"
+        raise ValueError(f"{who}: expected {name} to be {what}, got {value!r}")
+    return int(value)
+
+
+def _bounds(low, high, low_open, high_open) -> str:
+    """The range as the messages write it: ``>= 0``, ``> 0``, ``in [0, 1)``."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def real(who: str, name: str, value, low: float | None = None, high: float | None = None,
+         low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
+    """``value`` (an int, a float or a NumPy real scalar; not a bool, not a string) as a
+    Python float (a NumPy float64 scalar would promote float32 arithmetic) within the bounds:
+    ``low``/``high`` (None: unbounded), excluded when ``low_open``/``high_open``. NaN is never
+    accepted; ``finite=False`` lets ``inf`` through (a threshold such as ``max_norm=inf``
+    that means "no limit")."""
+    if isinstance(value, _BOOLS) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{who}: expected {name} to be a real number, got {_got(value)}")
+    v = float(value)
+    ok = not math.isnan(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        if low is None and high is None:
+            raise ValueError(f"{who}: expected {name} to be a number, got {value!r}")
+        raise ValueError(f"{who}: expected {name} {_bounds(low, high, low_open, high_open)}, got {value!r}")
+    if finite and not math.isfinite(v):
+        raise ValueError(f"{who}: expected {name} to be finite, got {value!r}")
+    return v
+
+
+def choice(who: str, name: str, value, choices) -> str:
+    """``value``, one of the strings ``choices`` (exactly: no case folding), else
+    ``ValueError`` listing them."""
+    if isinstance(value, str) and value in choices:
+        return value
+    known = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{who}: expected {name} to be one of {known}, got {_got(value)}")

@@ -1,0 +1,204 @@
+"""Arguments of the public constructors and functions: a flag, a count, a rate or a name of
+the wrong type or out of range raises ``TypeError``/``ValueError`` naming the class or
+function, the argument, what was expected and what was given; NumPy scalars count as what
+they hold. Flags used to be taken by truthiness (``DataLoader(drop_last="no")`` dropped
+data), rates took ``True`` as 1.0 and ``inf`` as a rate."""
+import math
+import re
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import amp, optim
+
+
+def _xy(n=10):
+    return numpy.zeros((n, 3), numpy.float32), numpy.zeros(n, numpy.int64)
+
+
+def _dense():
+    return gpunet.Dense(3, 2)
+
+
+def _opt():
+    return optim.SGD(_dense(), lr=0.1)
+
+
+# -- flags: a bool or numpy.bool_, never truthiness ---------------------------------------
+
+FLAGS = [
+    ("DataLoader", "shuffle", lambda v: gpunet.DataLoader(*_xy(), shuffle=v)),
+    ("DataLoader", "drop_last", lambda v: gpunet.DataLoader(*_xy(), drop_last=v)),
+    ("Dense", "bias", lambda v: gpunet.Dense(3, 2, bias=v)),
+    ("Conv2D", "bias", lambda v: gpunet.Conv2D(1, 2, 3, bias=v)),
+    ("BatchNorm", "affine", lambda v: gpunet.BatchNorm(3, affine=v)),
+    ("SGD", "nesterov", lambda v: optim.SGD(_dense(), momentum=0.9, nesterov=v)),
+    ("GradScaler", "enabled", lambda v: amp.GradScaler(enabled=v)),
+    ("Dense.load_state_dict", "strict", lambda v: _dense().load_state_dict(_dense().state_dict(), strict=v)),
+]
+
+
+@pytest.mark.parametrize("who,name,make", FLAGS, ids=[f"{w}-{n}" for w, n, _ in FLAGS])
+@pytest.mark.parametrize("bad", ["no", "False", 0, 1, None, 1.0])
+def test_flag_of_another_type_raises_naming_it(who, name, make, bad):
+    shown = "None" if bad is None else f"{bad!r} ({type(bad).__name__})"
+    with pytest.raises(TypeError, match="^" + re.escape(f"{who}: expected {name} to be a bool "
+                                                        f"(True or False), got {shown}") + "$"):
+        make(bad)
+
+
+@pytest.mark.parametrize("who,name,make", FLAGS, ids=[f"{w}-{n}" for w, n, _ in FLAGS])
+def test_flag_takes_bools_and_numpy_bools(who, name, make):
+    for v in (True, False, numpy.True_, numpy.False_):
+        make(v)
+
+
+def test_drop_last_and_shuffle_mean_what_they_say():
+    """The bug that started this: drop_last="no" was truthy and dropped the last batch."""
+    X, y = _xy(10)
+    assert len(gpunet.DataLoader(X, y, batch_size=4, drop_last=numpy.False_)) == 3
+    assert len(gpunet.DataLoader(X, y, batch_size=4, drop_last=numpy.True_)) == 2
+    loader = gpunet.DataLoader(X, y, batch_size=4, shuffle=numpy.bool_(True), seed=0)
+    assert loader.shuffle is True and loader.drop_last is False
+    assert gpunet.Dense(3, 2, bias=numpy.False_).bias is None
+    assert optim.SGD(_dense(), momentum=0.9, nesterov=numpy.True_).nesterov is True
+    assert amp.GradScaler(enabled=numpy.False_).enabled is False
+
+
+def test_a_wrong_type_is_a_type_error_and_a_value_error():
+    """Earlier checks raised ValueError for a wrong type (DataLoader's batch_size="8", as
+    PyTorch's DataLoader does); the shared checks raise a TypeError that is a ValueError too."""
+    from gpunet._args import ArgumentTypeError
+    with pytest.raises(ArgumentTypeError) as e:
+        gpunet.DataLoader(*_xy(), drop_last="no")
+    assert isinstance(e.value, TypeError) and isinstance(e.value, ValueError)
+
+
+# -- rates: real numbers, never a bool, a string, NaN or inf ------------------------------
+
+RATES = [
+    ("SGD", "lr", lambda v: optim.SGD(_dense(), lr=v)),
+    ("SGD", "momentum", lambda v: optim.SGD(_dense(), momentum=v)),
+    ("SGD", "weight_decay", lambda v: optim.SGD(_dense(), weight_decay=v)),
+    ("SGD", "l1", lambda v: optim.SGD(_dense(), l1=v)),
+    ("Adam", "lr", lambda v: optim.Adam(_dense(), lr=v)),
+    ("Adam", "eps", lambda v: optim.Adam(_dense(), eps=v)),
+    ("Adam", "l1", lambda v: optim.Adam(_dense(), l1=v)),
+    ("AdamW", "weight_decay", lambda v: optim.AdamW(_dense(), weight_decay=v)),
+    ("RMSProp", "momentum", lambda v: optim.RMSProp(_dense(), momentum=v)),
+    ("AdaGrad", "lr", lambda v: optim.AdaGrad(_dense(), lr=v)),
+    ("AdaGrad", "eps", lambda v: optim.AdaGrad(_dense(), eps=v)),
+    ("StepLR", "gamma", lambda v: optim.StepLR(_opt(), 2, gamma=v)),
+    ("ExponentialLR", "gamma", lambda v: optim.ExponentialLR(_opt(), v)),
+    ("CosineAnnealingLR", "eta_min", lambda v: optim.CosineAnnealingLR(_opt(), 5, eta_min=v)),
+    ("BatchNorm", "eps", lambda v: gpunet.BatchNorm(3, eps=v)),
+    ("GradScaler", "init_scale", lambda v: amp.GradScaler(init_scale=v)),
+    ("GradScaler", "growth_factor", lambda v: amp.GradScaler(growth_factor=v)),
+    ("GradScaler.update", "new_scale", lambda v: amp.GradScaler().update(v)),
+]
+
+
+@pytest.mark.parametrize("who,name,make", RATES, ids=[f"{w}-{n}" for w, n, _ in RATES])
+def test_rate_of_another_type_raises_naming_it(who, name, make):
+    for bad, shown in ((True, r"True \(bool\)"), ("0.1", r"'0.1' \(str\)"), (None, "None")):
+        if bad is None and name == "new_scale":
+            continue          # update(None) is the ordinary update
+        with pytest.raises(TypeError, match=rf"^{who}: expected {name} to be a real number, got {shown}$"):
+            make(bad)
+
+
+@pytest.mark.parametrize("who,name,make", RATES, ids=[f"{w}-{n}" for w, n, _ in RATES])
+def test_rate_nan_inf_and_negative_raise_naming_it(who, name, make):
+    with pytest.raises(ValueError, match=rf"^{who}: expected {name} to be finite, got inf$"):
+        make(math.inf)
+    for bad in (math.nan, -1.0, -math.inf):
+        with pytest.raises(ValueError, match=rf"^{who}: expected {name} (>=?|in) .*, got {bad!r}$"):
+            make(bad)
+
+
+@pytest.mark.parametrize("who,name,make", RATES, ids=[f"{w}-{n}" for w, n, _ in RATES])
+def test_rate_takes_numpy_scalars_as_python_floats(who, name, make):
+    obj = make(numpy.float32(1.5) if name in ("growth_factor", "init_scale", "new_scale") else numpy.float32(0.25))
+    if obj is not None and name not in ("init_scale",):
+        value = getattr(obj, name)
+        assert type(value) is float
+
+
+def test_lr_reassigned_to_inf_or_a_bool_is_refused_at_the_step():
+    opt = _opt()
+    p = opt.params[0]
+    p.grad = numpy.ones_like(p.data)
+    before = p.data.copy()
+    for bad, exc in ((math.inf, ValueError), (True, TypeError)):
+        opt.lr = bad
+        with pytest.raises(exc, match="SGD: expected lr"):
+            opt.step()
+    numpy.testing.assert_array_equal(p.data, before)
+
+
+def test_clipping_thresholds_take_inf_as_no_limit():
+    """max_norm/clip are thresholds, not rates: inf means no clipping (as in PyTorch)."""
+    d = _dense()
+    d.weight.grad = numpy.full(d.weight.shape, 3.0, numpy.float32)
+    assert optim.clip_grad_norm(d, math.inf) == pytest.approx(math.sqrt(6 * 9.0))
+    optim.clip_grad_value(d, math.inf)
+    numpy.testing.assert_array_equal(d.weight.grad, 3.0)
+    for fn, name in ((optim.clip_grad_norm, "max_norm"), (optim.clip_grad_value, "clip")):
+        with pytest.raises(TypeError, match=rf"^{fn.__name__}: expected {name} to be a real number, got True"):
+            fn(d, True)
+        with pytest.raises(ValueError, match=rf"^{fn.__name__}: expected {name} >= 0, got nan"):
+            fn(d, math.nan)
+
+
+def test_label_smoothing_takes_a_numpy_scalar():
+    """numpy.float32(0.1) was refused as "an array of shape ()" (data given to a setting)."""
+    loss = gpunet.SoftmaxCrossEntropy(label_smoothing=numpy.float32(0.25))
+    assert type(loss.label_smoothing) is float and loss.label_smoothing == 0.25
+    with pytest.raises(TypeError, match="an array of shape"):
+        gpunet.SoftmaxCrossEntropy(numpy.zeros((2, 3)))
+
+
+# -- counts: ints (NumPy integers too), never a float or a bool ---------------------------
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: gpunet.Conv2D(1, 2, 3.0), r"^Conv2D: kernel_size must be an int or an \(h, w\) pair of ints, got 3\.0$"),
+    (lambda: gpunet.Conv2D(1, 2, (3.0, 3)), r"^Conv2D: kernel_size must be an int .*got \(3\.0, 3\)$"),
+    (lambda: gpunet.Conv2D(1, 2, 3, stride=(1, True)), r"^Conv2D: stride must be an int .*got \(1, True\)$"),
+    (lambda: gpunet.MaxPool2D(2.0), r"^MaxPool2D: kernel_size must be an int .*got 2\.0$"),
+    (lambda: gpunet.AvgPool2D(2, padding=numpy.float64(1.0)), r"^AvgPool2D: padding must be an int"),
+    (lambda: gpunet.DataLoader(*_xy(), batch_size=2.0), r"^DataLoader: expected batch_size to be a positive int, got 2\.0 \(float\)$"),
+    (lambda: amp.GradScaler(growth_interval=numpy.float64(10)), r"^GradScaler: expected growth_interval to be a positive int"),
+    (lambda: gpunet.DataLoader(*_xy()).set_epoch(True), r"^DataLoader.set_epoch: expected epoch to be an int >= 0, got True \(bool\)$"),
+])
+def test_count_of_another_type_raises_type_error(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_counts_take_numpy_integers():
+    conv = gpunet.Conv2D(numpy.int32(1), numpy.int64(2), (numpy.int64(3), 3), stride=numpy.int8(1))
+    assert conv.kernel_size == (3, 3) and all(type(k) is int for k in conv.kernel_size + conv.stride)
+    loader = gpunet.DataLoader(*_xy(), batch_size=numpy.int64(4), seed=numpy.uint8(3))
+    assert type(loader.batch_size) is int and type(loader.seed) is int
+    assert amp.GradScaler(growth_interval=numpy.int64(5)).growth_interval == 5
+
+
+# -- names and devices --------------------------------------------------------------------
+
+def test_mixed_precision_dtype_error_names_the_class():
+    with pytest.raises(TypeError, match=r"^MixedPrecision: expected dtype to be float16 .*got 3$"):
+        amp.MixedPrecision(_dense(), dtype=3)
+
+
+@pytest.mark.parametrize("who,call", [
+    ("DataLoader", lambda d: gpunet.DataLoader(*_xy(), device=d)),
+    ("DataLoader", lambda d: gpunet.DataLoader(*_xy()).to(d)),
+    ("Dense.to", lambda d: _dense().to(d)),
+    ("to_device", lambda d: gpunet.to_device(numpy.zeros(2), d)),
+])
+def test_device_errors_name_the_caller(who, call):
+    with pytest.raises(ValueError, match=rf"^{who}: unknown device 'gpu': expected 'cpu', 'cuda', 'cuda:N' or 'sim'$"):
+        call("gpu")
+    with pytest.raises(TypeError, match=rf"^{who}: device must be a string like 'cpu'.*got 3$"):
+        call(3)
