@@ -224,9 +224,31 @@ def resolve_device(device=None, who=None) -> str:
     return f"cuda:{index}"
 
 
+def host_array(x):
+    """``x`` (not an array) as a NumPy array, with PyTorch's default dtypes: through
+    ``numpy.asarray``, except that Python floats (a float, or lists/tuples holding floats)
+    become float32, as ``torch.tensor([0.5, 1.0])`` makes them (torch's default dtype, and
+    gpunet's parameters'); NumPy would make them float64, which a float32 model's first layer
+    refuses. Python ints stay int64 and bools bool, as in PyTorch. Anything with a dtype of
+    its own (a NumPy scalar, a CPU ``torch.Tensor``, whose ``__array__`` NumPy uses) keeps
+    it, as ``torch.from_numpy`` keeps a NumPy array's."""
+    typed = hasattr(x, "dtype")
+    a = numpy.asarray(x)
+    if a.dtype == numpy.float64 and not typed:
+        a = a.astype(numpy.float32)
+    return a
+
+
 def to_device(x, device):
-    """Return ``x`` as an array on ``device`` (a copy only when it has to move)."""
+    """Return ``x`` as an array on ``device`` (a copy only when it has to move).
+
+    An array (NumPy, CuPy, sim; a NumPy scalar too) keeps its dtype, as ``torch.from_numpy``
+    does. Anything else goes through ``host_array`` first: Python floats and lists of them
+    become float32, as ``torch.tensor`` makes them (``to_device([0.5, 1.0], "cpu")`` is
+    float32, ``to_device(numpy.array([0.5, 1.0]), "cpu")`` stays float64), ints int64."""
     kind, index = _parse(resolve_device(device, "to_device"))
+    if not is_array(x):
+        x = host_array(x)
     if kind == "cpu":
         return to_numpy(x)
     if kind == "sim":
@@ -243,7 +265,9 @@ def to_device(x, device):
 
 
 def to_numpy(x):
-    """Return ``x`` as a NumPy array (copying from the GPU when needed)."""
+    """Return ``x`` as a NumPy array (copying from the GPU when needed). Anything that is
+    not an array goes through ``numpy.asarray`` as it is (Python floats become float64, as
+    in NumPy); ``to_device(x, "cpu")`` gives PyTorch's float32 for them instead."""
     if _is_cupy_array(x) or _is_sim_array(x):
         return x.get()
     return numpy.asarray(x)

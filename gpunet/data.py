@@ -29,8 +29,8 @@ import weakref
 import numpy
 
 from . import _args
-from .backend import (array_hint, device_of, is_array, get_array_module, require_cuda, require_sim, resolve_device,
-                      to_device)
+from .backend import (array_hint, device_of, host_array, is_array, get_array_module, require_cuda, require_sim,
+                      resolve_device, to_device)
 
 #: A host dataset is copied whole to a GPU device when its bytes are at most this fraction
 #: of the device's free memory (``cupy.cuda.runtime.memGetInfo``, asked once per loader).
@@ -82,19 +82,16 @@ def is_data(x) -> bool:
 
 def _check_array(name, a):
     """Return ``a`` as an array (NumPy/CuPy arrays as they are, anything else through
-    ``numpy.asarray``) with at least one axis. Python floats become float32, as
+    ``gpunet.backend.host_array``) with at least one axis. Python floats become float32, as
     ``torch.tensor`` makes them (its default dtype, and the parameters' here): NumPy's
     float64 would be refused by a float32 model's first layer. An array-like with a dtype
     of its own (a CPU ``torch.Tensor``, whose ``__array__`` NumPy uses) keeps it."""
     if not is_array(a):
-        typed = hasattr(a, "dtype")
         try:
-            a = numpy.asarray(a)
+            a = host_array(a)
         except Exception as e:
             raise TypeError(f"DataLoader: expected {name} to be a NumPy or CuPy array, "
                             f"got {type(a).__name__} ({e}){array_hint(a)}") from e
-        if a.dtype == numpy.float64 and not typed:
-            a = a.astype(numpy.float32)
     if a.dtype == object:
         raise TypeError(f"DataLoader: expected {name} to be a numeric array, got dtype object")
     if a.ndim == 0:

@@ -218,6 +218,30 @@ def test_to_device_cpu_keeps_numpy_arrays():
     assert gpunet.to_device(a, "cpu") is a
 
 
+def test_to_device_gives_python_floats_torchs_float32_and_keeps_array_dtypes(xp, device):
+    """As torch.tensor vs torch.from_numpy: Python floats (a float, a list of them, a list
+    mixing ints and floats) become float32, the parameters' dtype and the DataLoader's; an
+    array or a NumPy scalar keeps its dtype; Python ints are int64 and bools bool."""
+    cases = [(1.5, numpy.float32, ()), ([0.5, 1.0], numpy.float32, (2,)),
+             ([[1, 2.5], [3, 4]], numpy.float32, (2, 2)), ((0.25,), numpy.float32, (1,)),
+             ([1, 2, 3], numpy.int64, (3,)), ([True, False], numpy.bool_, (2,)),
+             (numpy.array([0.5, 1.0]), numpy.float64, (2,)), (numpy.float64(0.5), numpy.float64, ()),
+             (numpy.arange(3, dtype=numpy.float16), numpy.float16, (3,))]
+    for x, dtype, shape in cases:
+        a = gpunet.to_device(x, device)
+        assert backend.get_array_module(a) is xp
+        assert a.dtype == dtype and a.shape == shape, (x, a.dtype, a.shape)
+        numpy.testing.assert_array_equal(gpunet.to_numpy(a), numpy.asarray(x).astype(dtype))
+    # the same dtype as a DataLoader's batches of the same lists
+    xb = next(iter(gpunet.DataLoader([[0.5, 1.0], [2.0, 3.0]], batch_size=2)))
+    assert xb.dtype == gpunet.to_device([[0.5, 1.0]], "cpu").dtype == numpy.float32
+
+
+def test_to_device_list_of_floats_feeds_a_float32_model():
+    model = gpunet.Dense(2, 1)
+    assert model(gpunet.to_device([[0.5, 1.0]], "cpu")).dtype == numpy.float32
+
+
 # -- the simulated CUDA device ("sim", DESIGN §12) ------------------------------------------------
 needs_sim = pytest.mark.skipif(gpunet.sim.compiler() is None, reason="no C++ compiler: no sim device")
 
