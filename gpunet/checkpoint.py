@@ -27,6 +27,8 @@ import zipfile
 
 import numpy
 
+from . import _args
+
 FORMAT_VERSION = 1
 _SCHED_TYPE = "__scheduler__"
 
@@ -233,28 +235,46 @@ def _section(data, prefix):
     return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
 
 
-def _restore_all(where, parts):
+def _restore_all(where, parts, strict=True):
     """``obj.load_state_dict(state)`` for each ``(obj, state)`` of ``parts``, in order; when
     one raises, the objects loaded before it get their previous state back (each part
     checks its own state before changing anything, so the failing one is unchanged), and
-    the error names ``where``: a failed load changes nothing."""
+    the error names ``where``: a failed load changes nothing. The first part (the model)
+    is loaded with ``strict=False`` when ``strict`` is False; returns what its
+    ``load_state_dict`` returned."""
     done = []
+    first = None
     try:
         for i, (obj, state) in enumerate(parts):
             before = obj.state_dict() if i < len(parts) - 1 else None
-            obj.load_state_dict(state)
+            out = obj.load_state_dict(state) if strict or i else obj.load_state_dict(state, strict=False)
             done.append((obj, before))
+            first = out if i == 0 else first
     except BaseException as e:
         for obj, before in reversed(done):
             obj.load_state_dict(before)
         if isinstance(e, (ValueError, TypeError)):
             raise ValueError(f"{where}: {e}") from e
         raise
+    return first
 
 
-def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
+class Metadata(dict):
+    """What ``load`` returns: the checkpoint's keyword metadata (a plain ``dict`` in every
+    other respect), with ``missing_keys`` and ``unexpected_keys``, the model's keys that the
+    file did not hold and the file's model keys that the model does not have (the fields of
+    what PyTorch's ``load_state_dict`` returns; both empty after a ``strict=True`` load,
+    which raises on either)."""
+
+    def __init__(self, meta, missing_keys=(), unexpected_keys=()):
+        super().__init__(meta)
+        self.missing_keys = list(missing_keys)
+        self.unexpected_keys = list(unexpected_keys)
+
+
+def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=True) -> dict:
     """Restore ``model`` (and ``optimizer``, ``scheduler``, a loss ``scaler``) from
-    ``path``; return the metadata dict.
+    ``path``; return the metadata dict (a :class:`Metadata`).
 
     Everything a training step reads comes back — parameters, buffers, dropout draw
     counters, optimizer moments and step counts, the schedule's epoch — so a resumed run
@@ -265,8 +285,19 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
     another class than the one saved) raises ``ValueError``. A load that raises changes
     nothing: the model, optimizer, scheduler and scaler keep the state they had (as
     ``load_state_dict`` checks everything before it changes anything).
+
+    ``strict`` (PyTorch's ``load_state_dict(strict=)``; a bool): True, the default, loads
+    a checkpoint of this model only: a model key that the file does not hold, or a model
+    key in the file that the model does not have, raises ``ValueError`` naming the file
+    and every such key. False loads the model's keys that the file holds and ignores the
+    rest (a pretrained feature extractor into a model with a new head, say), and the
+    returned metadata's ``missing_keys`` and ``unexpected_keys`` list what was skipped.
+    A shape mismatch raises either way, and ``strict`` applies to the model's keys only:
+    optimizer, scheduler and scaler state must match (an optimizer's state is per
+    parameter), and when it does not, the load raises and the model keeps its state too.
     """
     path = _check_args("gpunet.load", path, model, optimizer)
+    strict = _args.flag("gpunet.load", "strict", strict)
     data, meta = _read(path)
     where = f"gpunet.load: {path}"
     parts = [(model, _section(data, "model/"))]
@@ -287,5 +318,8 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None) -> dict:
         if not sc_sd:
             raise ValueError(f"{where} holds no GradScaler state")
         parts.append((scaler, sc_sd))
-    _restore_all(where, parts)
-    return meta
+    result = _restore_all(where, parts, strict)
+    if strict:
+        return Metadata(meta)
+    missing, unexpected = result
+    return Metadata(meta, missing, unexpected)

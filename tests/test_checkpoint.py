@@ -335,3 +335,75 @@ def test_malformed_entries_raise_value_error_naming_path_and_entry(tmp_path, key
     o2 = optim.Adam(m2, lr=0.1)
     with pytest.raises(ValueError, match=rf"gpunet\.load: {re.escape(str(bad))}.*{message}"):
         gpunet.load(bad, m2, o2, scheduler=optim.StepLR(o2, step_size=2), scaler=gpunet.amp.GradScaler())
+
+
+# -- strict= (PyTorch's load_state_dict semantics, for the model's keys) ------------------------
+def _trained_pair(tmp_path):
+    """A checkpoint of Dense(4, 5)-ReLU-Dense(5, 2), and a model that shares its first layer
+    but has a head of another shape (key '1.weight' of another shape would raise, so the
+    new head sits at index 2 after a Dropout: keys '2.weight', '2.bias', '1.seed', ...)."""
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, _model(0), epoch=3)
+    gpunet.manual_seed(1)
+    other = Sequential(Dense(4, 5, activation="relu"), gpunet.Dropout(0.1), Dense(5, 7))
+    return path, other
+
+
+def test_load_of_another_models_checkpoint_names_every_key_and_changes_nothing(tmp_path):
+    path, other = _trained_pair(tmp_path)
+    before = _state(other)
+    with pytest.raises(ValueError, match=rf"^gpunet\.load: {re.escape(str(path))}: Sequential\.load_state_dict: "
+                                         r"missing keys '2\.weight', '2\.bias', '1\.seed', '1\.counter'; "
+                                         r"unexpected keys '1\.weight', '1\.bias'$"):
+        gpunet.load(path, other)
+    assert _same(_state(other), before)
+
+
+def test_load_strict_false_loads_what_matches_and_lists_the_rest(tmp_path):
+    path, other = _trained_pair(tmp_path)
+    head = {k: v.copy() for k, v in _state(other).items() if not k.startswith("0.")}
+    meta = gpunet.load(path, other, strict=False)
+    assert meta == {"epoch": 3} and isinstance(meta, dict)
+    assert meta.missing_keys == ["2.weight", "2.bias", "1.seed", "1.counter"]
+    assert meta.unexpected_keys == ["1.weight", "1.bias"]
+    saved = _state(_model(0))
+    for k in ("0.weight", "0.bias"):
+        numpy.testing.assert_array_equal(other.state_dict()[k], saved[k])
+    assert _same({k: v for k, v in _state(other).items() if not k.startswith("0.")}, head)
+    # a strict load of its own checkpoint lists nothing
+    meta = gpunet.load(path, _model(5))
+    assert meta.missing_keys == [] and meta.unexpected_keys == []
+
+
+def test_load_strict_false_still_refuses_a_shape_mismatch_and_a_foreign_optimizer(tmp_path):
+    path = tmp_path / "ck.npz"
+    model = _model(0)
+    gpunet.save(path, model, optim.Adam(model))
+    gpunet.manual_seed(2)
+    wide = Sequential(Dense(4, 6, activation="relu"), Dense(6, 2))
+    before = _state(wide)
+    with pytest.raises(ValueError, match=r"'0\.weight': expected shape \(6, 4\), got \(5, 4\)"):
+        gpunet.load(path, wide, strict=False)
+    assert _same(_state(wide), before)
+    # the model would load, the optimizer's per-parameter state cannot: nothing changes
+    path2, other = _trained_pair(tmp_path)
+    src = _model(0)
+    src_opt = optim.Adam(src)
+    loss = gpunet.SoftmaxCrossEntropy()
+    loss(src(numpy.ones((3, 4), numpy.float32)), numpy.array([0, 1, 1]))
+    src.backward(loss.backward())
+    src_opt.step()                 # moments of the saved model's shapes: (2, 5) for its head
+    gpunet.save(path2, src, src_opt)
+    opt = optim.Adam(other)
+    before = _state(other)
+    with pytest.raises(ValueError, match=rf"gpunet\.load: {re.escape(str(path2))}"):
+        gpunet.load(path2, other, opt, strict=False)
+    assert _same(_state(other), before)
+
+
+@pytest.mark.parametrize("bad", ["no", 0, None])
+def test_load_strict_must_be_a_bool(tmp_path, bad):
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, _model(0))
+    with pytest.raises(TypeError, match=rf"^gpunet\.load: expected strict to be a bool \(True or False\), got {re.escape(repr(bad))}"):
+        gpunet.load(path, _model(1), strict=bad)
