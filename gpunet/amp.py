@@ -86,7 +86,10 @@ class GradScaler:
       float32) and the count restarts. ``update(new_scale)`` sets ``S`` directly.
     * ``get_scale()``, ``state_dict()``/``load_state_dict()`` (keys ``scale``,
       ``growth_factor``, ``backoff_factor``, ``growth_interval``, ``growth_tracker``;
-      NumPy arrays, saved by ``gpunet.save(..., scaler=)``).
+      NumPy arrays, saved by ``gpunet.save(..., scaler=)``). Disabled (``enabled=False``):
+      ``state_dict()`` is ``{}`` and ``load_state_dict`` ignores its argument, as in PyTorch;
+      an enabled scaler refuses that empty state with a ``ValueError`` saying where it came
+      from.
 
     ``S`` is kept as PyTorch keeps it, rounded to float32, so the sequence of scales is
     ``torch.amp.GradScaler``'s for the same sequence of overflows.
@@ -274,7 +277,10 @@ class GradScaler:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The scale, the factors, the interval and the count of clean steps, as NumPy
-        arrays (read from the device when they live there: host syncs)."""
+        arrays (read from the device when they live there: host syncs). A disabled scaler
+        has no state: ``{}``, as ``torch.amp.GradScaler(enabled=False).state_dict()``."""
+        if not self.enabled:
+            return {}
         if self._dev is not None:
             self._scale = float(self._dev.scale.get())
             self._growth_tracker = int(self._dev.tracker.get())
@@ -285,7 +291,16 @@ class GradScaler:
                 "growth_tracker": numpy.asarray(self._growth_tracker, dtype=numpy.int64)}
 
     def load_state_dict(self, d):
-        """Restore from ``state_dict()`` output; a missing key raises ``ValueError`` naming it."""
+        """Restore from ``state_dict()`` output; a missing key raises ``ValueError`` naming it.
+        As in PyTorch, a disabled scaler ignores ``d`` (it has no state to restore), and an
+        enabled one refuses the empty state of a disabled one, saying so."""
+        if not self.enabled:
+            return self
+        if hasattr(d, "keys") and len(d) == 0:
+            raise ValueError("GradScaler.load_state_dict: the state is empty, as a disabled "
+                             "GradScaler (enabled=False) saves it; an enabled scaler needs the "
+                             "keys 'scale', 'growth_factor', 'backoff_factor', 'growth_interval', "
+                             "'growth_tracker'")
         missing = [k for k in ("scale", "growth_factor", "backoff_factor", "growth_interval",
                                "growth_tracker") if k not in d]
         if missing:

@@ -282,7 +282,8 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
     each such key; a file that is not a gpunet checkpoint (a ``.npy`` array, a text file,
     a truncated or foreign archive) raises ``ValueError`` naming the path. Asking for
     optimizer, scheduler or scaler state that the file does not hold (or a scheduler of
-    another class than the one saved) raises ``ValueError``. A load that raises changes
+    another class than the one saved) raises ``ValueError``; a disabled ``scaler``
+    (``enabled=False``) has no state and asks for none. A load that raises changes
     nothing: the model, optimizer, scheduler and scaler keep the state they had (as
     ``load_state_dict`` checks everything before it changes anything).
 
@@ -313,10 +314,12 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
         if saved != type(scheduler).__name__:
             raise ValueError(f"{where} holds {saved} state, not {type(scheduler).__name__}")
         parts.append((scheduler, _section(data, "sched/")))
-    if scaler is not None:
+    if scaler is not None and getattr(scaler, "enabled", True):
+        # a disabled scaler has no state (its state_dict is {}, as PyTorch's): nothing to load
         sc_sd = _section(data, "scaler/")
         if not sc_sd:
-            raise ValueError(f"{where} holds no GradScaler state")
+            raise ValueError(f"{where} holds no GradScaler state (it was saved without a scaler, "
+                             f"or with a disabled one)")
         parts.append((scaler, sc_sd))
     result = _restore_all(where, parts, strict)
     if strict:

@@ -261,3 +261,38 @@ def test_grad_scaler_defaults_are_pytorchs():
     ref = inspect.signature(torch.amp.GradScaler).parameters
     for name in ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled"):
         assert mine[name].default == ref[name].default, name
+
+
+def test_disabled_scaler_has_no_state_as_in_pytorch(tmp_path):
+    """A disabled GradScaler returned its full state (scale 65536, ...), which an enabled one
+    would then have loaded as if it had been scaling; PyTorch's disabled scaler returns {}
+    and ignores what it is given, and its enabled scaler refuses {}."""
+    off = GradScaler(enabled=False)
+    assert off.state_dict() == {}
+    on = GradScaler(init_scale=2.0**10).state_dict()
+    assert off.load_state_dict(on) is off and off.state_dict() == {}
+    assert off.load_state_dict({}) is off
+    with pytest.raises(ValueError, match=r"^GradScaler\.load_state_dict: the state is empty, as a "
+                                         r"disabled GradScaler \(enabled=False\) saves it"):
+        GradScaler().load_state_dict({})
+    # checkpoints: a disabled scaler saves nothing and asks for nothing; an enabled one
+    # loading a file saved with a disabled scaler says what the file holds
+    model = Dense(3, 2)
+    gpunet.save(tmp_path / "off.npz", model, scaler=off)
+    gpunet.save(tmp_path / "on.npz", model, scaler=GradScaler(init_scale=2.0**10))
+    with numpy.load(tmp_path / "off.npz") as z:
+        assert not [k for k in z.files if k.startswith("scaler/")]
+    gpunet.load(tmp_path / "off.npz", model, scaler=GradScaler(enabled=False))
+    gpunet.load(tmp_path / "on.npz", model, scaler=GradScaler(enabled=False))
+    with pytest.raises(ValueError, match=r"holds no GradScaler state \(it was saved without a scaler, "
+                                         r"or with a disabled one\)"):
+        gpunet.load(tmp_path / "off.npz", model, scaler=GradScaler())
+
+
+def test_disabled_scaler_state_matches_pytorchs():
+    torch = pytest.importorskip("torch")
+    theirs = torch.amp.GradScaler("cpu", enabled=False)
+    assert GradScaler(enabled=False).state_dict() == theirs.state_dict() == {}
+    theirs.load_state_dict({})          # accepted there too
+    with pytest.raises(RuntimeError, match="empty"):
+        torch.amp.GradScaler("cpu").load_state_dict({})
