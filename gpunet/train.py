@@ -101,6 +101,9 @@ def _check_callbacks(callbacks, who):
                         f"{type(callbacks).__name__} (write callbacks=[...])")
     callbacks = _listed(callbacks, who, "callbacks to be a list of callbacks")
     for i, cb in enumerate(callbacks):
+        if isinstance(cb, type):    # callbacks=[EarlyStopping]: its hooks are there, unbound
+            raise TypeError(f"{who}: expected callbacks[{i}] to be a callback object, got the class "
+                            f"{cb.__name__}; create one: {cb.__name__}(...)")
         missing = [h for h in _HOOKS if not hasattr(cb, h)]
         if missing:
             raise TypeError(f"{who}: callbacks[{i}] must be a gpunet.train.Callback (with "
@@ -212,11 +215,16 @@ def _monitored(who, monitor, logs) -> float:
     return float(logs[monitor])
 
 
-def _mode_for(monitor, mode):
-    if mode in ("min", "max"):
+def _mode_for(who, monitor, mode):
+    """``monitor`` checked (a str: a key of the epoch's logs) and the direction of ``mode``
+    (``"auto"``: max for accuracies, min for everything else)."""
+    if not isinstance(monitor, str):
+        raise TypeError(f"{who}: expected monitor to be the name of a logged value (a str such as "
+                        f"'val_loss' or 'val_accuracy'), got {monitor!r}")
+    if isinstance(mode, str) and mode in ("min", "max"):
         return mode
     if mode != "auto":
-        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        raise ValueError(f"{who}: expected mode to be 'auto', 'min' or 'max', got {mode!r}")
     return "max" if "acc" in monitor else "min"
 
 
@@ -238,7 +246,7 @@ class EarlyStopping(Callback):
             raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
         self.monitor, self.patience, self.restore_best = monitor, int(patience), bool(restore_best)
         self.min_delta = float(min_delta)
-        self.mode = _mode_for(monitor, mode)
+        self.mode = _mode_for("EarlyStopping", monitor, mode)
         self.best = None
         self.best_epoch = None
         self.stopped_epoch = None
@@ -303,7 +311,7 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"ModelCheckpoint: expected initial_value_threshold to be None or a "
                              f"number, got {initial_value_threshold!r}")
         self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
-        self.mode = _mode_for(monitor, mode)
+        self.mode = _mode_for("ModelCheckpoint", monitor, mode)
         self.best = None if initial_value_threshold is None else float(initial_value_threshold)
 
     def on_train_begin(self, trainer):
@@ -594,13 +602,18 @@ class Trainer:
         self.clip_grad_norm = None if clip_grad_norm is None else _positive("clip_grad_norm", clip_grad_norm)
         self.clip_grad_value = None if clip_grad_value is None else _positive("clip_grad_value", clip_grad_value)
         self.last_grad_norm = None
-        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics or ())
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(
+            _listed(metrics or (), "Trainer", "metrics to be a tuple of metric names such as ('accuracy',)"))
         for m in metrics:
-            if m not in ("accuracy", "acc"):
+            if not isinstance(m, str) or m not in ("accuracy", "acc"):
                 raise ValueError(f"Trainer: unknown metric {m!r}; known metrics: 'accuracy'")
         self.metrics = tuple("accuracy" for _ in metrics[:1])
         if device is not None:
-            model.to(resolve_device(device))
+            try:
+                device = resolve_device(device)
+            except ValueError as e:        # an unknown device name
+                raise ValueError(f"Trainer: device={device!r}: {e}") from None
+            model.to(device)
         self.device = model.device
         self.amp = MixedPrecision(model) if precision == "fp16" else None
         self.scaler = (scaler or GradScaler()) if precision == "fp16" else None

@@ -576,6 +576,10 @@ def test_trainer_checks_model_loss_and_optimizer(which, value, err, msg):
     ({"callbacks": "x"}, "expected callbacks to be a list of callbacks, got str"),
     ({"callbacks": [3]}, r"callbacks\[0\] must be a gpunet.train.Callback"),
     ({"callbacks": gpunet.EarlyStopping()}, "expected callbacks to be a list of callbacks, got EarlyStopping"),
+    # found by the Trainer audit: the class itself passed the hook check and then raised
+    # "on_train_begin() missing 1 required positional argument: 'trainer'"
+    ({"callbacks": [gpunet.EarlyStopping]},
+     r"expected callbacks\[0\] to be a callback object, got the class EarlyStopping; create one"),
 ])
 def test_fit_checks_epochs_and_callbacks(kw, msg):
     """epochs=-1 used to train nothing and 1.5 one epoch, silently; callbacks='x' or [3]
@@ -604,6 +608,34 @@ def test_early_stopping_checks_its_arguments(kw, msg):
     """Found by fuzzing: 'a' raised int()/float()'s message, patience=1.5 became 1 silently."""
     with pytest.raises(ValueError, match=f"EarlyStopping: {msg}"):
         EarlyStopping(**kw)
+
+
+@pytest.mark.parametrize("cls,args", [(EarlyStopping, ()), (ModelCheckpoint, ("m.npz",))])
+@pytest.mark.parametrize("kw,err,msg", [
+    ({"mode": "maximize"}, ValueError, "expected mode to be 'auto', 'min' or 'max', got 'maximize'"),
+    ({"mode": None}, ValueError, "expected mode to be 'auto', 'min' or 'max', got None"),
+    ({"monitor": 5}, TypeError, "expected monitor to be the name of a logged value .*, got 5"),
+    ({"monitor": None}, TypeError, "expected monitor to be the name of a logged value .*, got None"),
+])
+def test_callbacks_name_themselves_in_monitor_and_mode_errors(cls, args, kw, err, msg):
+    """Found by the Trainer audit: mode='maximize' raised 'mode must be ...' without naming
+    the callback, and a monitor that is not a str raised "argument of type 'int' is not
+    iterable" from inside the mode check."""
+    with pytest.raises(err, match=f"^{cls.__name__}: {msg}"):
+        cls(*args, **kw)
+
+
+@pytest.mark.parametrize("kw,err,msg", [
+    ({"metrics": 5}, TypeError, r"expected metrics to be a tuple of metric names such as \('accuracy',\), got int"),
+    ({"metrics": ("accuracy", 5)}, ValueError, "unknown metric 5"),
+    ({"device": "gpu"}, ValueError, "device='gpu': unknown device 'gpu'"),
+])
+def test_trainer_names_itself_for_bad_metrics_and_device(kw, err, msg):
+    """Found by the Trainer audit: metrics=5 raised "'int' object is not iterable" and
+    device='gpu' the backend's message without naming the Trainer or its argument."""
+    m = gpunet.Sequential(gpunet.Dense(4, 3))
+    with pytest.raises(err, match=f"^Trainer: {msg}"):
+        gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(m, lr=0.1), **kw)
 
 
 def test_model_checkpoint_checks_its_path_before_training(tmp_path):
