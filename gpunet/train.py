@@ -406,6 +406,23 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
     return loader
 
 
+def _check_val_monitors(callbacks, metrics):
+    """Before training without validation data: an ``EarlyStopping`` or a best-only
+    ``ModelCheckpoint`` that monitors one of the Trainer's own ``val_*`` keys would only
+    fail at the end of the first epoch (Keras warns there and stops nothing). Not once a
+    callback of the user's own (a class from outside gpunet) comes first in the list: it
+    may write that key into the logs itself."""
+    own = {"val_loss", *(f"val_{m}" for m in metrics)}
+    for cb in callbacks:
+        if not type(cb).__module__.startswith("gpunet."):
+            return
+        if (isinstance(cb, EarlyStopping) or (isinstance(cb, ModelCheckpoint) and cb.save_best_only)) \
+                and cb.monitor in own:
+            raise ValueError(f"Trainer.fit: {type(cb).__name__} monitors {cb.monitor!r}, which needs "
+                             f"validation data: pass val=(X_val, y_val) to fit, or monitor "
+                             f"{cb.monitor[4:]!r} (the training {cb.monitor[4:]})")
+
+
 def _first_layer(model):
     """The layer that sees the data (descending into nested Sequentials)."""
     while hasattr(model, "layers") and len(model.layers):
@@ -730,6 +747,21 @@ class Trainer:
         skips the gradient with respect to the data (its ``input_grad`` is set False and
         restored after), as PyTorch skips it for tensors that do not require grad.
 
+        ``epochs`` is the epoch to stop at, as in Keras: ``initial_epoch=k`` runs epochs
+        ``k .. epochs-1``; an ``initial_epoch`` past ``epochs`` raises ``ValueError`` (Keras
+        runs nothing, silently). ``trainer.global_step`` counts the optimizer steps of every
+        ``fit``; a fit with ``initial_epoch=k`` on a Trainer that has taken no step yet (a run
+        resumed with ``gpunet.load``) starts it at ``k * len(loader)``, the steps those epochs
+        took (the resume contract keeps the data and the batch size), as Lightning restores
+        its ``global_step`` from a checkpoint.
+
+        Without ``val``, an ``EarlyStopping`` or best-only ``ModelCheckpoint`` monitoring
+        ``val_loss`` or ``val_accuracy`` raises ``ValueError`` before the first epoch (Keras
+        warns at each epoch's end and neither stops nor saves), unless a callback of your
+        own comes before it in ``callbacks`` (it may write that key into the logs); a
+        ``monitor`` missing from an epoch's logs raises at that epoch's end, listing the keys
+        there.
+
         Keras' keywords are not taken (a ``TypeError`` names gpunet's): ``validation_data``
         is ``val``, ``verbose`` is ``progress``; ``validation_split`` has none (split ``X``
         yourself and pass ``val``).
@@ -738,6 +770,10 @@ class Trainer:
             raise _unexpected_keyword("Trainer.fit", unknown)
         epochs = _count_arg("Trainer.fit", "epochs", epochs)
         initial_epoch = _count_arg("Trainer.fit", "initial_epoch", initial_epoch)
+        if initial_epoch > epochs:
+            raise ValueError(f"Trainer.fit: initial_epoch={initial_epoch} is past epochs={epochs}; epochs "
+                             f"is the epoch to stop at, not the number of epochs to run (as in Keras): "
+                             f"for {epochs} more epoch{'s' * (epochs != 1)} pass epochs={initial_epoch + epochs}")
         callbacks = _check_callbacks(callbacks, "Trainer.fit")
         dtype = self.model.dtype
         self._graph = self._graph_warm = None    # captured again: the arrays may have changed
@@ -749,6 +785,13 @@ class Trainer:
         first_input_grad = getattr(first, "input_grad", None)
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
                                                        "Trainer.fit", "val", self.device)
+        if vloader is None:
+            _check_val_monitors(callbacks, self.metrics)
+        if initial_epoch and not self.global_step:
+            # a run resumed on a fresh Trainer (gpunet.load, then fit(initial_epoch=k)): the k
+            # epochs before took k * len(loader) steps, as the resume contract keeps the data
+            # and the (global) batch size
+            self.global_step = initial_epoch * len(loader)
         self._callbacks = callbacks
         self.history = History()
         self.stop_training = False

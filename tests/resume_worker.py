@@ -1,6 +1,7 @@
 """What tests/test_resume.py runs in fresh processes: ``python tests/resume_worker.py MODE
-CHECKPOINT DEVICE PRECISION GRAPH``, printing one JSON line ``{"loss": [...], "state":
-{key: sha1 of the bytes}}`` of the run's History and final model, optimizer and schedule.
+CHECKPOINT DEVICE PRECISION GRAPH``, printing one JSON line ``{"loss": [...],
+"global_step": n, "state": {key: sha1 of the bytes}}`` of the run's History, the Trainer's
+step count and the final model, optimizer and schedule.
 
 MODE ``full`` trains epochs 0-3 in one go; ``first`` trains epochs 0-1 with a
 ModelCheckpoint writing CHECKPOINT after every epoch; ``resume`` builds everything afresh
@@ -54,7 +55,7 @@ def main(mode, path, device, precision, graph):
     state = {**{"model/" + k: v for k, v in model.state_dict().items()},
              **{"optim/" + k: v for k, v in opt.state_dict().items()},
              **{"sched/" + k: v for k, v in sched.state_dict().items()}}
-    print(json.dumps({"loss": h["loss"], "state": {
+    print(json.dumps({"loss": h["loss"], "global_step": tr.global_step, "state": {
         k: hashlib.sha1(numpy.ascontiguousarray(v).tobytes()).hexdigest() for k, v in state.items()}}))
 
 

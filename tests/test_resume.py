@@ -43,6 +43,7 @@ def test_a_run_resumed_in_a_fresh_process_continues_bit_for_bit(tmp_path, device
     resumed = _worker("resume", path, device, precision, graph)
     assert first["loss"] == full["loss"][:2]
     assert resumed["loss"] == full["loss"][2:]
+    assert resumed["global_step"] == full["global_step"] == 2 * first["global_step"]
     assert resumed["state"].keys() == full["state"].keys()
     assert [k for k in full["state"] if resumed["state"][k] != full["state"][k]] == []
 

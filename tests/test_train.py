@@ -716,9 +716,77 @@ def test_a_monitor_missing_from_the_logs_is_named_with_what_is_there(rng, tmp_pa
         with pytest.raises(ValueError, match=rf"{who}: monitor 'val_acc' is not among the epoch's logs "
                                              r"\[.*'val_accuracy', 'val_loss'\]$"):
             tr.fit((X, y), val=(X, y), epochs=1, callbacks=[cb("val_acc")], progress=False)
-        with pytest.raises(ValueError, match=rf"{who}: monitor 'val_loss' .*\['accuracy', 'learning_rate', "
+        with pytest.raises(ValueError, match=rf"{who}: monitor 'val_f1' .*\['accuracy', 'learning_rate', "
                                              r"'loss'\]; pass val= to fit to get val_\* keys"):
-            tr.fit((X, y), epochs=1, callbacks=[cb("val_loss")], progress=False)
+            tr.fit((X, y), epochs=1, callbacks=[cb("val_f1")], progress=False)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy"])
+def test_monitoring_validation_keys_without_val_fails_before_training(rng, tmp_path, monitor):
+    """Found by the Trainer audit: EarlyStopping() (monitor='val_loss', its default) without
+    val= trained a whole epoch before failing. Now fit refuses before the first step; a
+    ModelCheckpoint saving every epoch monitors nothing and is let through."""
+    X, y = _blobs(rng)
+    for cb in (EarlyStopping(monitor=monitor), ModelCheckpoint(str(tmp_path / "m.npz"), monitor=monitor)):
+        model = _model()
+        tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+        with pytest.raises(ValueError, match=rf"^Trainer.fit: {type(cb).__name__} monitors '{monitor}', "
+                                             rf"which needs validation data: pass val=\(X_val, y_val\) "
+                                             rf"to fit, or monitor '{monitor[4:]}'"):
+            tr.fit((X, y), epochs=1, callbacks=[cb], progress=False)
+        assert tr.global_step == 0
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    every = ModelCheckpoint(str(tmp_path / "e.npz"), monitor=monitor, save_best_only=False)
+    tr.fit((X, y), epochs=1, callbacks=[every], progress=False)
+    assert (tmp_path / "e.npz").exists()
+
+    class Writes(Callback):         # a callback of the user's own may log the key itself
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs[monitor] = 1.0
+    stop = EarlyStopping(monitor=monitor, patience=0)
+    tr.fit((X, y), epochs=2, callbacks=[Writes(), stop], progress=False)
+    assert stop.best == 1.0 and stop.stopped_epoch == 1
+
+
+def test_initial_epoch_past_epochs_is_refused():
+    """Found by the Trainer audit: fit(epochs=2, initial_epoch=3), which a user writes who
+    reads epochs as a count, trained nothing and returned an empty History."""
+    _, t = _fuzz_trainer()
+    X, y = _fuzz_data()
+    with pytest.raises(ValueError, match=r"^Trainer.fit: initial_epoch=3 is past epochs=2; epochs is the "
+                                         r"epoch to stop at, .*: for 2 more epochs pass epochs=5$"):
+        t.fit((X, y), epochs=2, initial_epoch=3, progress=False)
+    assert t.fit((X, y), epochs=3, initial_epoch=3, progress=False).epoch == []   # nothing left: fine
+
+
+@pytest.mark.parametrize("steps_per_epoch", [4, 5])
+def test_global_step_of_a_resumed_run_counts_the_epochs_before_it(tmp_path, steps_per_epoch):
+    """Found by the Trainer audit: a run resumed on a fresh Trainer (gpunet.load, then
+    fit(initial_epoch=k)) counted global_step from 0, so it ended k epochs' steps short of
+    the run that never stopped. A Trainer that has stepped keeps counting."""
+    rng = numpy.random.default_rng(0)
+    X, y = rng.standard_normal((16 * steps_per_epoch - 3, 4)).astype(numpy.float32), rng.integers(0, 3, 16 * steps_per_epoch - 3)
+    path = str(tmp_path / "last.npz")
+    _, full = _fuzz_trainer()
+    full.fit((X, y), epochs=3, batch_size=16, progress=False)
+    assert full.global_step == 3 * steps_per_epoch
+    _, first = _fuzz_trainer()
+    first.fit((X, y), epochs=2, batch_size=16, progress=False,
+              callbacks=[ModelCheckpoint(path, monitor="loss", save_best_only=False)])
+    model, resumed = _fuzz_trainer()
+    meta = gpunet.load(path, model, resumed.optimizer)
+
+    class Seen(Callback):
+        def on_train_begin(self, trainer):
+            self.at_begin = trainer.global_step
+    seen = Seen()
+    resumed.fit((X, y), epochs=3, initial_epoch=meta["epoch"], batch_size=16, progress=False,
+                callbacks=[seen])
+    assert seen.at_begin == 2 * steps_per_epoch         # callbacks see it from the start
+    assert resumed.global_step == full.global_step
+    first.fit((X, y), epochs=3, initial_epoch=2, batch_size=16, progress=False)   # the same Trainer
+    assert first.global_step == full.global_step
 
 
 def test_model_checkpoint_keeps_its_best_value_across_fits_and_takes_an_initial_one(tmp_path, rng):
