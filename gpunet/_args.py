@@ -57,19 +57,16 @@ def _int_text(low, none) -> str:
     return f"None or {what}" if none else what
 
 
-def integer(who: str, name: str, value, low: int | None = None, high: int | None = None,
-            none: bool = False):
-    """``value`` (an int or ``numpy.integer``, not a bool) as an int in ``[low, high)``
-    (either bound may be None); ``none=True`` lets None through as None. A float, even
-    ``3.0``, raises ``TypeError``: a count is never rounded."""
+def integer(who: str, name: str, value, low: int | None = None, none: bool = False):
+    """``value`` (an int or ``numpy.integer``, not a bool) as an int ``>= low`` (None: any);
+    ``none=True`` lets None through as None. A float, even ``3.0``, raises
+    ``ArgumentTypeError``: a count is never rounded."""
     if value is None and none:
         return None
     if isinstance(value, _BOOLS) or not isinstance(value, numbers.Integral):
-        what = _int_text(low, none) if high is None else f"an int in [{low}, {high})"
-        raise ArgumentTypeError(f"{who}: expected {name} to be {what}, got {_got(value)}")
-    if (low is not None and value < low) or (high is not None and value >= high):
-        what = _int_text(low, none) if high is None else f"an int in [{low}, {high})"
-        raise ValueError(f"{who}: expected {name} to be {what}, got {value!r}")
+        raise ArgumentTypeError(f"{who}: expected {name} to be {_int_text(low, none)}, got {_got(value)}")
+    if low is not None and value < low:
+        raise ValueError(f"{who}: expected {name} to be {_int_text(low, none)}, got {value!r}")
     return int(value)
 
 

@@ -280,6 +280,8 @@ class DataLoader:
     def shard_order(self, epoch: int | None = None):
         """This process's samples of ``epoch``, in the order it visits them (see
         "Sharding"; without ``comm``: ``order(epoch)``, truncated with ``drop_last``)."""
+        if epoch is not None:
+            epoch = _args.integer("DataLoader.shard_order", "epoch", epoch, low=0)
         order = self.order(epoch)
         n, b = self.num_samples, self.batch_size
         size, rank = (1, 0) if self.comm is None else (self.comm.size, self.comm.rank)
@@ -319,7 +321,7 @@ class DataLoader:
     def order(self, epoch: int | None = None):
         """The sample order of ``epoch`` (default: the next pass) as a NumPy int64 array:
         ``arange(N)`` without shuffling, else ``default_rng([seed, epoch]).permutation(N)``."""
-        epoch = self.epoch if epoch is None else epoch
+        epoch = self.epoch if epoch is None else _args.integer("DataLoader.order", "epoch", epoch, low=0)
         if not self.shuffle:
             return numpy.arange(self.num_samples, dtype=numpy.int64)
         return numpy.random.default_rng([self.seed, int(epoch)]).permutation(self.num_samples)

@@ -195,7 +195,12 @@ class Optimizer:
 
     @steps.setter
     def steps(self, value):
-        self._steps = [int(n) for n in value]
+        who = f"{type(self).__name__}.steps"
+        value = _listed(value, who, "a list of ints >= 0, one per parameter")
+        if len(value) != len(self.params):
+            raise ValueError(f"{who}: expected {len(self.params)} step counts (one per parameter), "
+                             f"got {len(value)}")
+        self._steps = [_args.integer(who, f"steps[{i}]", n, low=0) for i, n in enumerate(value)]
         self._steps_on_device = False
         self._dev = None          # recreated from the host counts at the next device step
         self._tables = {}

@@ -202,3 +202,39 @@ def test_device_errors_name_the_caller(who, call):
         call("gpu")
     with pytest.raises(TypeError, match=rf"^{who}: device must be a string like 'cpu'.*got 3$"):
         call(3)
+
+
+# -- setters and epoch arguments: int() used to truncate or parse what it was given ---------
+
+@pytest.mark.parametrize("who,name,call", [
+    ("Dropout.seed", "seed", lambda v: setattr(gpunet.Dropout(0.5), "seed", v)),
+    ("Dropout.counter", "counter", lambda v: setattr(gpunet.Dropout(0.5), "counter", v)),
+    ("DataLoader.order", "epoch", lambda v: gpunet.DataLoader(*_xy(), shuffle=True, seed=0).order(v)),
+    ("DataLoader.shard_order", "epoch", lambda v: gpunet.DataLoader(*_xy(), shuffle=True, seed=0).shard_order(v)),
+    ("make_mnist1d", "seed", lambda v: gpunet.datasets.make_mnist1d(n_train=10, n_test=10, seed=v)),
+    ("SGD.steps", "steps[0]", lambda v: setattr(_opt(), "steps", [v, 0])),
+])
+def test_integer_setters_and_epochs_refuse_floats_bools_strings_negatives(who, name, call):
+    for bad in (2.5, True, "1"):
+        with pytest.raises(TypeError, match=rf"^{re.escape(who)}: expected {re.escape(name)} to be an int >= 0, "
+                                            rf"got {re.escape(repr(bad))} \({type(bad).__name__}\)$"):
+            call(bad)
+    with pytest.raises(ValueError, match=rf"^{re.escape(who)}: expected {re.escape(name)} to be an int >= 0, got -1$"):
+        call(-1)
+    call(numpy.int64(1))
+
+
+def test_dropout_seed_and_counter_setters_keep_working():
+    d = gpunet.Dropout(0.5, seed=3)
+    d.seed, d.counter = numpy.int64(7), 4
+    assert (d.seed, d.counter) == (7, 4) and type(d.seed) is int
+    with pytest.raises(ValueError, match=r"^Dropout: expected seed to be an int in \[0, 2\*\*63\), got 9223372036854775808$"):
+        gpunet.Dropout(0.5, seed=2**63)
+    loaded = gpunet.Dropout(0.5)
+    loaded.load_state_dict(d.state_dict())
+    assert (loaded.seed, loaded.counter) == (7, 4)
+
+
+def test_optimizer_steps_setter_checks_the_length():
+    with pytest.raises(ValueError, match=r"^SGD\.steps: expected 2 step counts \(one per parameter\), got 1$"):
+        _opt().steps = [0]

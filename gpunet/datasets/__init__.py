@@ -28,6 +28,8 @@ from importlib import resources
 
 import numpy
 
+from .. import _args
+
 __all__ = ["load_digits", "load_mnist", "make_mnist1d"]
 
 DIGITS_FILE = "digits.npz"
@@ -196,7 +198,7 @@ def make_mnist1d(n_train=4000, n_test=4000, length=40, seed=0):
         if isinstance(v, bool) or not isinstance(v, (int, numpy.integer)) or v < (20 if name == "length" else 1):
             raise ValueError(f"make_mnist1d: {name} must be an int >= {20 if name == 'length' else 1}, "
                              f"got {v!r}")
-    rng = numpy.random.default_rng(seed)
+    rng = numpy.random.default_rng(_args.integer("make_mnist1d", "seed", seed, low=0))
     n = n_train + n_test
     y = rng.integers(0, 10, n)
     X = numpy.empty((n, length), numpy.float64)

@@ -1,11 +1,9 @@
 """Dropout: zero each activation with probability ``p`` during training."""
 from __future__ import annotations
 
-import numbers
-
 import numpy
 
-from .. import random as _random
+from .. import _args, random as _random
 from ..backend import get_array_module
 from ..functional import dropout as F
 from .base import Layer, check_grad, check_input
@@ -66,11 +64,8 @@ class Dropout(Layer):
         super().__init__()
         self.p = F.check_p(p, "Dropout")
         self.mode = F.check_mode(mode, "Dropout")
-        if seed is None:
-            seed = int(_random.host_rng().integers(2**63))
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise ValueError(f"Dropout: seed must be None or an int in [0, 2**63), got {seed!r}")
-        self._seed = int(seed)
+        seed = _draw_number("Dropout", "seed", seed, none=True)
+        self._seed = int(_random.host_rng().integers(2**63)) if seed is None else seed
         self._counter = 0
         self._state = None         # on a device: the draw state (gpunet.cuda.draw_state)
         self._ahead = False        # the device's counter is ahead of _counter
@@ -86,7 +81,7 @@ class Dropout(Layer):
 
     @seed.setter
     def seed(self, value):
-        self._seed = int(value)
+        self._seed = _draw_number("Dropout.seed", "seed", value)
         if self._state is not None:
             from ..random import keys
             self._state[1:2] = self._state.dtype.type(keys(self._seed, 0)[0])
@@ -100,7 +95,7 @@ class Dropout(Layer):
 
     @counter.setter
     def counter(self, value):
-        self._counter = int(value)
+        self._counter = _draw_number("Dropout.counter", "counter", value)
         self._ahead = False
         if self._state is not None:
             self._state[0:1] = self._state.dtype.type(self._counter)
@@ -167,3 +162,12 @@ class Dropout(Layer):
 
     def extra_repr(self):
         return f"p={self.p}, mode={self.mode!r}"
+
+
+def _draw_number(who, name, value, none=False):
+    """A seed or a draw counter: an int in ``[0, 2**63)`` (None too when ``none``); a float
+    (``int()`` would truncate it), a bool or a string raises, naming ``who``."""
+    v = _args.integer(who, name, value, low=0, none=none)
+    if v is not None and v >= 2**63:
+        raise ValueError(f"{who}: expected {name} to be an int in [0, 2**63), got {value!r}")
+    return v
