@@ -15,9 +15,9 @@ bug upstream, not 0).
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 
+from . import _args
 from .functional import losses as F
 from .layers.base import output_activation, register_loss_gradient
 
@@ -98,11 +98,7 @@ class SoftmaxCrossEntropy(Loss):
     def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean"):
         super().__init__(reduction)
         self.label_smoothing = F.check_label_smoothing("SoftmaxCrossEntropy", label_smoothing)
-        if ignore_index is not None and (isinstance(ignore_index, bool)
-                                         or not isinstance(ignore_index, numbers.Integral)):
-            raise TypeError(f"SoftmaxCrossEntropy: expected ignore_index to be None or an int, "
-                            f"got {ignore_index!r}")
-        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.ignore_index = _args.integer("SoftmaxCrossEntropy", "ignore_index", ignore_index, none=True)
 
     def forward(self, logits, labels):
         loss, self._grad = F.softmax_cross_entropy(logits, labels, self.label_smoothing,

@@ -24,10 +24,9 @@ The hash (all arithmetic modulo 2**32; ``mix32`` is Chris Wellons' "lowbias32"):
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy
 
+from . import _args
 from .backend import get_array_module
 
 _M32 = 0xFFFFFFFF
@@ -40,9 +39,7 @@ _host_rng = numpy.random.default_rng(0)
 def manual_seed(seed: int) -> None:
     """Reseed the host generator that layer constructors draw initial weights from."""
     global _host_rng
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"manual_seed: expected seed to be an int >= 0, got {seed!r}")
-    _host_rng = numpy.random.default_rng(int(seed))
+    _host_rng = numpy.random.default_rng(_args.integer("manual_seed", "seed", seed, low=0))
 
 
 def host_rng() -> numpy.random.Generator:

@@ -238,3 +238,19 @@ def test_dropout_seed_and_counter_setters_keep_working():
 def test_optimizer_steps_setter_checks_the_length():
     with pytest.raises(ValueError, match=r"^SGD\.steps: expected 2 step counts \(one per parameter\), got 1$"):
         _opt().steps = [0]
+
+
+@pytest.mark.parametrize("who,name,make", [
+    ("Dense", "in_features", lambda v: gpunet.Dense(v, 2)),
+    ("Conv2D", "out_channels", lambda v: gpunet.Conv2D(1, v, 3)),
+    ("BatchNorm", "num_features", lambda v: gpunet.BatchNorm(v)),
+    ("Maxout", "pieces", lambda v: gpunet.Maxout(v)),
+])
+def test_layer_sizes_say_positive_int_and_a_float_is_a_type_error(who, name, make):
+    """These refused floats before, with a ValueError only; the shared check says the same
+    in one format and raises a TypeError (that is still a ValueError)."""
+    with pytest.raises(TypeError, match=rf"^{who}: expected {name} to be a positive int, got 2\.0 \(float\)$"):
+        make(2.0)
+    with pytest.raises(ValueError, match=rf"^{who}: expected {name} to be a positive int, got 0$"):
+        make(0)
+    assert getattr(make(numpy.int64(2)), name) == 2

@@ -266,7 +266,7 @@ def test_rejects_bad_arguments(kwargs, exc, match):
 
 
 def test_rejects_bad_channels_and_names():
-    with pytest.raises(ValueError, match="Conv2D: in_channels must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Conv2D: expected in_channels to be a positive int, got 0"):
         Conv2D(0, 2, 3)
     with pytest.raises(ValueError, match="Conv2D: unknown activation 'relux'"):
         Conv2D(1, 2, 3, activation="relux")

@@ -69,5 +69,5 @@ def test_bad_input(xp):
     with pytest.raises(ValueError, match="Maxout"):
         Maxout(2)(xp.ones(4, dtype=xp.float32))
     for bad in (0, -2, 2.5, True):
-        with pytest.raises(ValueError, match="Maxout: pieces"):
+        with pytest.raises(ValueError, match="Maxout: expected pieces to be a positive int"):
             Maxout(bad)

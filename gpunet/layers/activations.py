@@ -6,9 +6,7 @@ same code. ``get(name_or_layer)`` resolves the ``activation=`` argument of Dense
 """
 from __future__ import annotations
 
-import math
-import numbers
-
+from .. import _args
 from ..functional import activations as F
 from .base import Layer, check_grad, check_input
 
@@ -72,7 +70,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = _finite("LeakyReLU", "negative_slope", negative_slope)
+        self.negative_slope = _args.real("LeakyReLU", "negative_slope", negative_slope)
         self._kwargs = {"negative_slope": self.negative_slope}
 
     def extra_repr(self):
@@ -84,7 +82,7 @@ class ELU(Activation):
 
     def __init__(self, alpha=1.0):
         super().__init__()
-        self.alpha = _finite("ELU", "alpha", alpha)
+        self.alpha = _args.real("ELU", "alpha", alpha)
         self._kwargs = {"alpha": self.alpha}
 
     def extra_repr(self):
@@ -110,9 +108,7 @@ class Softmax(Activation):
 
     def __init__(self, axis=-1):
         super().__init__()
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"{type(self).__name__}: expected axis to be an int, got {axis!r}")
-        self.axis = int(axis)
+        self.axis = _args.integer(type(self).__name__, "axis", axis)
         self._kwargs = {"axis": self.axis}
 
     def _check(self, x):
@@ -127,13 +123,6 @@ class Softmax(Activation):
 
 class LogSoftmax(Softmax):
     name = "log_softmax"
-
-
-def _finite(layer, name, value):
-    """A hyper-parameter that must be a finite real number, as a Python float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{layer}: expected {name} to be a finite number, got {value!r}")
-    return float(value)
 
 
 def apply_fused(activation, z):

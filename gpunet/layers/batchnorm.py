@@ -1,8 +1,6 @@
 """Batch normalization over the channel axis of ``(N, C)`` or ``(N, C, H, W)`` input."""
 from __future__ import annotations
 
-import numbers
-
 import numpy
 
 from .. import _args
@@ -53,9 +51,7 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features <= 0:
-            raise ValueError(f"BatchNorm: num_features must be a positive int, got {num_features!r}")
-        c = int(num_features)
+        c = _args.integer(type(self).__name__, "num_features", num_features, low=1)
         self.num_features = c
         self.eps = _args.real(type(self).__name__, "eps", eps, low=0.0, low_open=True)
         self.momentum = _args.real(type(self).__name__, "momentum", momentum, low=0.0, high=1.0)

@@ -42,10 +42,8 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  activation=None, init=None):
         super().__init__()
-        for k, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"Conv2D: {k} must be a positive int, got {v!r}")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = _args.integer("Conv2D", "in_channels", in_channels, low=1)
+        self.out_channels = _args.integer("Conv2D", "out_channels", out_channels, low=1)
         self.kernel_size = FC.pair(kernel_size, "Conv2D", "kernel_size", 1)
         self.stride = FC.pair(stride, "Conv2D", "stride", 1)
         self.padding = FC.pair(padding, "Conv2D", "padding", 0)

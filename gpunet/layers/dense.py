@@ -37,10 +37,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, bias=True, activation=None, init=None):
         super().__init__()
-        for k, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"Dense: {k} must be a positive int, got {v!r}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _args.integer("Dense", "in_features", in_features, low=1)
+        self.out_features = _args.integer("Dense", "out_features", out_features, low=1)
         self.activation = get_activation(activation, "Dense")
         init = default_init(self.activation) if init is None else init
         self.weight = Parameter(_init.make(init, (self.out_features, self.in_features), layer_name="Dense"),

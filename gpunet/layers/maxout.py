@@ -1,8 +1,7 @@
 """Maxout: the max over groups of channels, a learned piecewise-linear activation."""
 from __future__ import annotations
 
-import numbers
-
+from .. import _args
 from ..functional import maxout as F
 from .base import Layer, check_grad, check_input
 
@@ -26,9 +25,7 @@ class Maxout(Layer):
 
     def __init__(self, pieces):
         super().__init__()
-        if isinstance(pieces, bool) or not isinstance(pieces, numbers.Integral) or pieces < 1:
-            raise ValueError(f"Maxout: pieces must be a positive int, got {pieces!r}")
-        self.pieces = int(pieces)
+        self.pieces = _args.integer("Maxout", "pieces", pieces, low=1)
         self._idx = None
 
     def forward(self, x):
