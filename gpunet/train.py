@@ -34,6 +34,7 @@ PROGRESS_REFRESH_SECONDS = 0.25
 def _clock():
     """The clock that times progress refreshes (``time.perf_counter``; tests replace it)."""
     return time.perf_counter()
+from . import _args
 from .optim import _listed, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 
 try:  # tqdm is a runtime dependency; imported here so the bar's absence is loud
@@ -109,12 +110,6 @@ def _check_callbacks(callbacks, who):
             raise TypeError(f"{who}: callbacks[{i}] must be a gpunet.train.Callback (with "
                             f"{', '.join(missing)}), got {type(cb).__name__}")
     return callbacks
-
-
-def _count_arg(who, name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{who}: expected {name} to be an int >= 0, got {value!r}")
-    return int(value)
 
 
 def _check_comm(comm, optimizer):
@@ -240,11 +235,12 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto"):
-        patience = _count_arg("EarlyStopping", "patience", patience)
+        patience = _args.integer("EarlyStopping", "patience", patience, low=0)
         if (isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real)
                 or not (min_delta >= 0 and math.isfinite(min_delta))):
             raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
-        self.monitor, self.patience, self.restore_best = monitor, int(patience), bool(restore_best)
+        self.monitor, self.patience, self.restore_best = (
+            monitor, int(patience), _args.flag("EarlyStopping", "restore_best", restore_best))
         self.min_delta = float(min_delta)
         self.mode = _mode_for("EarlyStopping", monitor, mode)
         self.best = None
@@ -310,7 +306,8 @@ class ModelCheckpoint(Callback):
                 or math.isnan(initial_value_threshold)):
             raise ValueError(f"ModelCheckpoint: expected initial_value_threshold to be None or a "
                              f"number, got {initial_value_threshold!r}")
-        self.path, self.monitor, self.save_best_only = path, monitor, bool(save_best_only)
+        self.path, self.monitor = path, monitor
+        self.save_best_only = _args.flag("ModelCheckpoint", "save_best_only", save_best_only)
         self.mode = _mode_for("ModelCheckpoint", monitor, mode)
         self.best = None if initial_value_threshold is None else float(initial_value_threshold)
 
@@ -768,8 +765,10 @@ class Trainer:
         """
         if unknown:
             raise _unexpected_keyword("Trainer.fit", unknown)
-        epochs = _count_arg("Trainer.fit", "epochs", epochs)
-        initial_epoch = _count_arg("Trainer.fit", "initial_epoch", initial_epoch)
+        epochs = _args.integer("Trainer.fit", "epochs", epochs, low=0)
+        initial_epoch = _args.integer("Trainer.fit", "initial_epoch", initial_epoch, low=0)
+        shuffle = _args.flag("Trainer.fit", "shuffle", shuffle)
+        progress = _args.flag("Trainer.fit", "progress", progress)
         if initial_epoch > epochs:
             raise ValueError(f"Trainer.fit: initial_epoch={initial_epoch} is past epochs={epochs}; epochs "
                              f"is the epoch to stop at, not the number of epochs to run (as in Keras): "

@@ -590,6 +590,27 @@ def test_fit_checks_epochs_and_callbacks(kw, msg):
         t.fit((X, y), progress=False, **kw)
 
 
+@pytest.mark.parametrize("kw", [{"progress": "no"}, {"progress": 0}, {"shuffle": "no"}, {"shuffle": None}])
+def test_fit_flags_are_bools(kw):
+    """Found by the Trainer audit: progress='no' drew the bar (taken by truthiness) and
+    shuffle='no' shuffled; now TypeError, as gpunet._args.flag raises for every flag."""
+    _, t = _fuzz_trainer()
+    X, y = _fuzz_data()
+    (name, value), = kw.items()
+    with pytest.raises(TypeError, match=f"^Trainer.fit: expected {name} to be a bool .*, got {value!r}"):
+        t.fit((X, y), epochs=1, **kw)
+    assert t.global_step == 0
+
+
+@pytest.mark.parametrize("cls,args,name", [(EarlyStopping, (), "restore_best"),
+                                           (ModelCheckpoint, ("m.npz",), "save_best_only")])
+def test_callback_flags_are_bools(cls, args, name):
+    """Found by the Trainer audit: restore_best='no' and save_best_only='no' meant True."""
+    with pytest.raises(TypeError, match=f"^{cls.__name__}: expected {name} to be a bool .*, got 'no'"):
+        cls(*args, **{name: "no"})
+    assert getattr(cls(*args, **{name: numpy.bool_(False)}), name) is False
+
+
 def test_fit_names_missing_labels():
     """(X, None) used to fail with 'too many values to unpack (expected 2)'."""
     _, t = _fuzz_trainer()
