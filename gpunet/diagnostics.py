@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 
-from .backend import get_array_module, to_device, to_numpy
+import numpy
+
+from .backend import get_array_module, is_array, to_device, to_numpy
 from .layers.base import Layer, Sequential
 from .train import Callback
 
@@ -73,9 +75,16 @@ def activation_stats(model, x) -> dict:
     dropout), batch norm uses and keeps its running statistics, and no layer caches
     activations. Every layer's own training flag is restored afterwards. The statistics
     therefore describe the network as it predicts.
+
+    An ``x`` without samples (0-d, or 0 along axis 0) raises ``ValueError``: its
+    statistics would be NaN.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"activation_stats: expected a gpunet Layer, got {type(model).__name__}")
+    shape = getattr(x, "shape", None)
+    if shape is not None and (len(shape) == 0 or shape[0] == 0):
+        raise ValueError(f"activation_stats: expected a probe batch x with at least one sample "
+                         f"along axis 0, got shape {tuple(shape)}")
     layers = list(model) if isinstance(model, Sequential) else [model]
     modes = _modes(model)
     model.eval()
@@ -112,14 +121,48 @@ class DiagnosticsCallback(Callback):
 
     Cost: every step computes the norms on the device (a few small reductions per
     parameter, no host synchronization); only the last step's are read back.
+
+    ``x_probe`` is checked when it is given (an array or nested list of numbers with at
+    least one sample, else ``TypeError``/``ValueError``) and, at the start of each ``fit``,
+    run through the model once, so that a probe the model cannot take (wrong shape or
+    dtype) raises ``ValueError`` naming ``DiagnosticsCallback`` before the first step,
+    not after the first epoch.
     """
 
     def __init__(self, x_probe=None):
+        if x_probe is not None and not is_array(x_probe):
+            given = type(x_probe).__name__
+            try:
+                x_probe = numpy.asarray(x_probe)
+            except (ValueError, TypeError) as e:
+                raise TypeError(f"DiagnosticsCallback: expected x_probe to be an array or a nested "
+                                f"list of numbers, got {given} ({e})") from None
+            if x_probe.dtype.kind not in "biuf":
+                raise TypeError(f"DiagnosticsCallback: expected x_probe to be an array or a nested "
+                                f"list of numbers, got {given} (dtype {x_probe.dtype})")
+        if x_probe is not None and (x_probe.ndim == 0 or x_probe.shape[0] == 0):
+            raise ValueError(f"DiagnosticsCallback: expected x_probe with at least one sample along "
+                             f"axis 0, got shape {tuple(x_probe.shape)}")
         self.x_probe = x_probe
         self._pending = None     # [(name, 0-d norm array or None)] of the latest step
 
     def on_train_begin(self, trainer):
         self._pending = None
+        if self.x_probe is not None:     # a probe the model cannot take: now, not after an epoch
+            try:
+                activation_stats(trainer.model, self._probe(trainer.model))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"DiagnosticsCallback: x_probe of shape {tuple(self.x_probe.shape)} "
+                                 f"does not fit the model: {e}") from e
+
+    def _probe(self, model):
+        """The probe on the model's device, in its parameters' dtype (as the docstring says:
+        an integer probe, raw pixel values say, is cast too)."""
+        params = model.parameters()
+        x = to_device(self.x_probe, model.device)
+        if params and x.dtype.kind in "biuf" and x.dtype != params[0].data.dtype:
+            x = x.astype(params[0].data.dtype)
+        return x
 
     def on_backward_end(self, trainer):
         self._pending = [(k, None if p.grad is None else _l2_norm(p.grad))
@@ -132,12 +175,7 @@ class DiagnosticsCallback(Callback):
             for k, v in self._pending:
                 logs[f"grad_norm/{k}"] = math.nan if v is None else next(floats)
         if self.x_probe is not None:
-            model = trainer.model
-            params = model.parameters()
-            x = to_device(self.x_probe, model.device)
-            if params and x.dtype.kind == "f" and x.dtype != params[0].data.dtype:
-                x = x.astype(params[0].data.dtype)
-            for label, st in activation_stats(model, x).items():
+            for label, st in activation_stats(trainer.model, self._probe(trainer.model)).items():
                 for stat, value in st.items():
                     logs[f"act_{stat}/{label}"] = value
 

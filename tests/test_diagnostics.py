@@ -141,3 +141,48 @@ def test_bad_arguments():
         grad_norms({"w": 1})
     with pytest.raises(TypeError, match="activation_stats"):
         activation_stats(lambda x: x, numpy.ones(3))
+
+
+@pytest.mark.parametrize("probe, err, msg", [
+    (lambda X: X[:, :5], ValueError, r"x_probe of shape \(16, 5\) does not fit the model: Dense: expected 6 features"),
+    (lambda X: X[0], ValueError, r"x_probe of shape \(6,\) does not fit the model: Dense: expected a 2-D input"),
+    (lambda X: "abc", TypeError, r"expected x_probe to be an array or a nested list of numbers, got str"),
+    (lambda X: X[:0], ValueError, r"expected x_probe with at least one sample along axis 0, got shape \(0, 6\)"),
+])
+def test_a_probe_the_model_cannot_take_fails_before_the_first_step(rng, probe, err, msg):
+    """Found by the Trainer audit: a bad x_probe raised the layer's error (not naming the
+    callback) at the end of the first epoch, after it had trained; 'abc' became a 0-d
+    array. Now the constructor or the start of fit raises, naming DiagnosticsCallback."""
+    X = rng.standard_normal((16, 6)).astype(numpy.float32)
+    y = rng.integers(0, 3, size=16)
+    model = _model("cpu")
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(err, match=f"^DiagnosticsCallback: {msg}"):
+        tr.fit((X, y), epochs=1, callbacks=[DiagnosticsCallback(x_probe=probe(X))], progress=False)
+    assert tr.global_step == 0
+
+
+def test_the_probe_checked_at_the_start_changes_nothing_and_integer_probes_are_cast(rng):
+    """The probe's forward at the start of fit runs in eval mode: the run's losses and
+    weights are those of a run without the callback (Dropout draws no mask, BatchNorm
+    keeps its statistics). An integer probe is cast to the parameters' dtype, as the
+    callback's docstring says (it used to raise the layer's dtype error)."""
+    X = rng.standard_normal((32, 6)).astype(numpy.float32)
+    y = rng.integers(0, 3, size=32)
+    runs = []
+    for cbs in ([], [DiagnosticsCallback(x_probe=(X[:8] * 10).astype(numpy.int64))]):
+        model = _model("cpu")
+        tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+        h = tr.fit((X, y), epochs=2, batch_size=8, callbacks=cbs, progress=False)
+        runs.append((h["loss"], model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for k, v in runs[0][1].items():
+        numpy.testing.assert_array_equal(v, runs[1][1][k])
+    assert "act_std/4:Dense" in h
+
+
+def test_activation_stats_of_an_empty_probe_is_an_error_not_nan():
+    """Found by the Trainer audit: an empty probe gave NaN statistics and NumPy's warnings."""
+    with pytest.raises(ValueError, match=r"^activation_stats: expected a probe batch x with at least "
+                                         r"one sample along axis 0, got shape \(0, 6\)"):
+        activation_stats(_model("cpu"), numpy.zeros((0, 6), numpy.float32))
