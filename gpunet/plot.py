@@ -45,9 +45,19 @@ def image_path(path):
     """The file an image for ``path`` goes to, checked before anything is drawn. The format
     follows the extension; a path without one gets matplotlib's default format
     (``savefig.format``, PNG) and its extension appended, as ``savefig`` does. An extension
-    matplotlib cannot write raises ``ValueError`` naming the path and the formats it can;
+    matplotlib cannot write raises ``ValueError`` naming the path and the formats it can,
+    and so does a file that cannot be written (in a missing directory, over a directory,
+    without permission); a path that is not a str or os.PathLike raises ``TypeError``;
     ImportError with the fix when matplotlib is missing."""
+    from .checkpoint import unwritable
+    try:
+        os.fspath(path)
+    except TypeError:
+        raise TypeError(f"gpunet.plot: expected path to be a str or os.PathLike, got "
+                        f"{type(path).__name__}") from None
     path, problem = _image_path(path)
+    if problem is None:
+        problem = unwritable(path)
     if problem:
         raise ValueError(f"gpunet.plot: cannot write {path}: {problem}")
     return path
@@ -71,11 +81,28 @@ def _image_path(path):
     return path, None
 
 
-def _save(fig, path):
-    """Write ``fig``; returns the path written (see ``image_path``)."""
-    written = image_path(path)
+def _save(fig, path, written):
+    """Write ``fig`` to ``path`` (``written``: what ``image_path`` made of it, checked
+    before the figure was drawn); returns ``written``."""
     fig.savefig(os.fspath(path), dpi=120)
     return written
+
+
+def _per_epoch(who, key, values, scalar=False):
+    """``values`` of ``history[key]`` as a list of floats (``scalar=True``: a number as a
+    float, too); ``TypeError`` naming the key when it is not a sequence of numbers (one per
+    epoch), or a number where ``scalar``."""
+    expected = f"{'a number or ' if scalar else ''}a list of numbers (one per epoch)"
+    try:
+        ndim = numpy.ndim(values)
+    except ValueError:              # ragged nested lists
+        ndim = None
+    if isinstance(values, (str, bytes)) or ndim not in ((0, 1) if scalar else (1,)):
+        raise TypeError(f"{who}: expected {key!r} to hold {expected}, got {type(values).__name__}")
+    try:
+        return float(values) if ndim == 0 else [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: expected {key!r} to hold {expected}, got {values!r}"[:300]) from None
 
 
 def _records(history, who):
@@ -100,11 +127,14 @@ def plot_history(history, path):
     against the epoch (1-based). Keys with a ``/`` (diagnostics such as
     ``grad_norm/0.weight``) are left to ``grad_norms``.
 
-    ``history``: a ``gpunet.train.History`` or a dict ``{key: [one float per epoch]}``.
+    ``history``: a ``gpunet.train.History`` or a dict ``{key: [one float per epoch]}``
+    (a value that is not a list of numbers raises ``TypeError`` naming its key).
     A widening gap between the two loss curves is overfitting; two high curves that stay
     together are underfitting.
     """
     d = _records(history, "plot_history")
+    written = image_path(path)
+    d = {k: _per_epoch("plot_history", k, v) for k, v in d.items() if "/" not in str(k)}
     bases = []
     for k in d:
         if "/" in k:
@@ -121,7 +151,7 @@ def plot_history(history, path):
     for ax, b in zip(axes, bases):
         for key, label, style in ((b, "train", "-o"), (f"val_{b}", "validation", "--s")):
             if key in d and len(d[key]):
-                ys = [float(v) for v in d[key]]
+                ys = d[key]
                 ax.plot(_epochs(history, len(ys)), ys, style, markersize=3, label=label)
         pretty = b.replace("_", " ")
         ax.set_title(pretty.capitalize() if b != "loss" else "Loss")
@@ -130,16 +160,26 @@ def plot_history(history, path):
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle("Training history")
-    return _save(fig, path)
+    return _save(fig, path, written)
 
 
 def activations(path, x_range=(-4.0, 4.0)):
     """A grid with every elementwise activation (``ELEMENTWISE``) and its derivative,
     computed by ``gpunet.functional.activations`` (forward, then backward with ``dy = 1``)
     on ``x_range``: the slopes show why sigmoid/tanh saturate (derivative → 0, at most 1/4
-    for sigmoid) and why ReLU does not for ``x > 0``."""
+    for sigmoid) and why ReLU does not for ``x > 0``. ``x_range`` is ``(low, high)``, two
+    finite numbers with ``low < high`` (else ``ValueError``)."""
     from .functional import activations as FA
-    x = numpy.linspace(float(x_range[0]), float(x_range[1]), 801)
+    try:
+        low, high = (float(v) for v in x_range)
+        ok = math.isfinite(low) and math.isfinite(high) and low < high
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"activations: expected x_range to be (low, high), two finite numbers with "
+                         f"low < high, got {x_range!r}")
+    written = image_path(path)
+    x = numpy.linspace(low, high, 801)
     cols = 4
     rows = math.ceil(len(ELEMENTWISE) / cols)
     fig = _figure(figsize=(4.0 * cols, 3.3 * rows), layout="constrained")
@@ -159,7 +199,7 @@ def activations(path, x_range=(-4.0, 4.0)):
     for ax in axes[len(ELEMENTWISE):]:
         ax.set_visible(False)
     fig.suptitle("Activation functions and their derivatives")
-    return _save(fig, path)
+    return _save(fig, path, written)
 
 
 def _grad_series(history_or_dict):
@@ -181,11 +221,17 @@ def grad_norms(history_or_dict, path):
     ``gpunet.diagnostics.grad_norms(model)``) or ``{name: [float per epoch]}`` (one curve
     per parameter). Norms falling by orders of magnitude towards the first layers are
     vanishing gradients; norms growing without bound are exploding ones. Zero and NaN
-    norms are not drawn (they have no place on a log axis).
+    norms are not drawn (they have no place on a log axis); when no norm is left to draw,
+    ``ValueError`` says so.
     """
     series = _grad_series(history_or_dict)
     if not series:
         raise ValueError("grad_norms: nothing to plot (an empty dict)")
+    written = image_path(path)
+    series = {k: _per_epoch("grad_norms", k, v, scalar=True) for k, v in series.items()}
+    if not any(v > 0 for vs in series.values() for v in numpy.atleast_1d(vs) if math.isfinite(v)):
+        raise ValueError(f"grad_norms: no norm above 0 and finite to draw on a log axis (zero and "
+                         f"NaN norms are not drawn): {series!r}"[:300])
     scalar = all(numpy.ndim(v) == 0 for v in series.values())
     names = list(series)
     if scalar:
@@ -216,7 +262,7 @@ def grad_norms(history_or_dict, path):
     ax.set_ylabel("L2 norm of the gradient (log scale)")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_axisbelow(True)
-    return _save(fig, path)
+    return _save(fig, path, written)
 
 
 def plot_main(argv=None) -> int:

@@ -132,3 +132,32 @@ def test_missing_matplotlib_says_how_to_install(no_matplotlib, tmp_path, capsys)
     assert plot.plot_main(["activations", "--out", str(tmp_path / "c.png")]) == 1
     assert "pip install 'gpunet[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize("call, err, msg", [
+    (lambda p: plot.plot_history({"loss": 1.0}, p / "x.png"), TypeError,
+     r"^plot_history: expected 'loss' to hold a list of numbers \(one per epoch\), got float"),
+    (lambda p: plot.plot_history({"loss": ["a", "b"]}, p / "x.png"), TypeError,
+     r"^plot_history: expected 'loss' to hold a list of numbers \(one per epoch\), got \['a', 'b'\]"),
+    (lambda p: plot.plot_history({"loss": [1.0]}, None), TypeError,
+     r"^gpunet.plot: expected path to be a str or os.PathLike, got NoneType"),
+    (lambda p: plot.plot_history({"loss": [1.0]}, p / "no" / "x.png"), ValueError,
+     r"^gpunet.plot: cannot write .*x\.png: no such directory"),
+    (lambda p: plot.activations(p / "x.png", x_range=(3, 1)), ValueError,
+     r"^activations: expected x_range to be \(low, high\), two finite numbers with low < high, got \(3, 1\)"),
+    (lambda p: plot.activations(p / "x.png", x_range=(float("nan"), 1)), ValueError, r"^activations: .*got \(nan, 1\)"),
+    (lambda p: plot.activations(p / "x.png", x_range="ab"), ValueError, r"^activations: .*got 'ab'"),
+    (lambda p: plot.grad_norms({"0.weight": 0.0, "0.bias": float("nan")}, p / "x.png"), ValueError,
+     r"^grad_norms: no norm above 0 and finite to draw on a log axis"),
+    (lambda p: plot.grad_norms({"0.weight": "x"}, p / "x.png"), TypeError,
+     r"^grad_norms: expected '0.weight' to hold a number or a list of numbers .*, got str"),
+])
+def test_bad_arguments_name_the_function_and_draw_nothing(tmp_path, call, err, msg):
+    """Found by the plot audit: a dict of scalars raised "object of type 'float' has no
+    len()", strings float()'s message, path None os.fspath's, a missing folder PIL's
+    FileNotFoundError after drawing, x_range (3, 1) or NaN drew a reversed or empty grid,
+    all-zero gradient norms matplotlib's "Data cannot be log-scaled"."""
+    pytest.importorskip("matplotlib")
+    with pytest.raises(err, match=msg):
+        call(tmp_path)
+    assert not list(tmp_path.rglob("*.png"))
