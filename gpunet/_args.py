@@ -1,15 +1,15 @@
 """Checks of the arguments of public constructors and functions, shared by the whole package.
 
-Each check returns the value as a plain Python ``bool``/``int``/``float``/``str`` or raises:
+Each check returns the value as a plain Python ``bool``/``int``/``float`` or raises:
 ``ArgumentTypeError`` for a value of the wrong type (a string or an int where a bool is
 expected, a float or a bool where an int is, a bool or a string where a number is),
-``ValueError`` for a value of the right type outside its range (NaN, inf, a negative rate,
-an unknown name). ``ArgumentTypeError`` is a ``TypeError`` and also a ``ValueError`` (as
-NumPy's ``AxisError`` is both a ``ValueError`` and an ``IndexError``): several of gpunet's
-checks raised ``ValueError`` for a wrong type before they shared this module (PyTorch's
-``DataLoader`` does too, for ``batch_size="8"``), and code that catches either keeps
-working. The message names the caller (``who``: a class, ``Class.method`` or function), the argument,
-what was expected and what was given::
+``ValueError`` for a value of the right type outside its range (NaN, inf, a negative rate).
+``ArgumentTypeError`` is a ``TypeError`` and also a ``ValueError`` (as NumPy's ``AxisError``
+is both a ``ValueError`` and an ``IndexError``): several of gpunet's checks raised
+``ValueError`` for a wrong type before they shared this module (PyTorch's ``DataLoader``
+does too, for ``batch_size="8"``), and code that catches either keeps working. The message
+names the caller (``who``: a class, ``Class.method`` or function), the argument, what was
+expected and what was given::
 
     DataLoader: expected drop_last to be a bool (True or False), got 'no' (str)
 
@@ -18,7 +18,9 @@ int, ``numpy.float32`` as a number): users pass them. A bool is never an int or 
 here, although Python's ``bool`` subclasses ``int``: ``Maxout(True)`` or ``lr=True`` is a
 slip, not a request for 1.
 
-These run in constructors, once; nothing calls them per training step.
+These run in constructors and setters, once. Per training step only the optimizer's check
+of a reassigned ``lr`` may call ``real``, and only when ``lr`` is not already a finite
+Python float >= 0 (``Optimizer._current_lr``).
 """
 from __future__ import annotations
 
@@ -101,12 +103,3 @@ def real(who: str, name: str, value, low: float | None = None, high: float | Non
     if finite and not math.isfinite(v):
         raise ValueError(f"{who}: expected {name} to be finite, got {value!r}")
     return v
-
-
-def choice(who: str, name: str, value, choices) -> str:
-    """``value``, one of the strings ``choices`` (exactly: no case folding), else
-    ``ValueError`` listing them."""
-    if isinstance(value, str) and value in choices:
-        return value
-    known = ", ".join(repr(c) for c in choices)
-    raise ValueError(f"{who}: expected {name} to be one of {known}, got {_got(value)}")
