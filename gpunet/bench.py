@@ -1080,6 +1080,40 @@ def add_parser(subparsers):
     return p
 
 
+# What each mode of ``gpunet bench`` reads besides --models, --json, --quick (a hint
+# that never changes what is measured) and --no-progress, which every mode takes; any
+# other option given with it is refused (--precision fp16 is refused by --distributed
+# and --profile on its own).
+_MODE_OPTIONS = {
+    "--device sim": ("--precision",),
+    "--distributed": ("--rounds", "--min-time", "--threads"),
+    "--profile": ("--min-time", "--threads"),
+}
+# destination, default of the options a mode may not read
+_OPTION_DEFAULTS = {"--compare": ("compare", None), "--rounds": ("rounds", None), "--min-time": ("min_time", None),
+                    "--threads": ("threads", None), "--unset-openblas-env": ("unset_openblas_env", False),
+                    "--no-roofline": ("no_roofline", False), "--profile": ("profile", False),
+                    "--no-floor": ("no_floor", False), "--markdown": ("markdown", False),
+                    "--distributed": ("distributed", False)}
+
+
+def _check_mode_options(args, device):
+    """``SystemExit`` (one line) naming the options the chosen mode would silently ignore
+    (``--compare torch --profile`` used to profile gpunet alone, and print no comparison)."""
+    mode = ("--device sim" if device == "sim" else "--distributed" if getattr(args, "distributed", False)
+            else "--profile" if getattr(args, "profile", False) else None)
+    if mode is None:
+        return
+    ignored = [flag for flag, (dest, default) in _OPTION_DEFAULTS.items()
+               if flag != mode and flag not in _MODE_OPTIONS[mode]
+               and getattr(args, dest, default) not in (default,)]
+    if ignored:
+        raise SystemExit(f"gpunet bench: error: {', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} "
+                         f"not apply to {mode} (it reads --models, --json"
+                         f"{''.join(', ' + o for o in _MODE_OPTIONS[mode])}); leave "
+                         f"{'it' if len(ignored) == 1 else 'them'} out")
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
     from gpunet.backend import resolve_device
@@ -1094,8 +1128,10 @@ def run(args) -> int:
         device = resolve_device(device)
     except (RuntimeError, ValueError) as e:    # an unknown device, or why there is no CUDA
         from .cli import _device_message
-        print(f"gpunet bench: error: {_device_message(e)}", file=sys.stderr)
+        where = "" if device == "auto" else f"--device {device}: "   # auto: GPUNET_DEVICE's fault
+        print(f"gpunet bench: error: {where}{_device_message(e)}", file=sys.stderr)
         return 2
+    _check_mode_options(args, device)
     if device == "sim":
         return run_sim(args)
     precision = getattr(args, "precision", "fp32")

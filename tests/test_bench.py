@@ -236,3 +236,35 @@ def test_sim_costs_of_the_fp16_step():
     c32 = bench.sim_costs(["mlp-784-128-10"])["mlp-784-128-10"]
     assert (c16["syncs"], c16["h2d_bytes"], c16["d2h_bytes"]) == (0, 0, 0)
     assert c32["launches"] < c16["launches"] and c16["kernels"].get("astype", 0) > 0
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--device", "sim", "--compare", "torch"], ["--compare does not apply to --device sim"]),
+    (["--device", "sim", "--rounds", "3", "--markdown"], ["--rounds, --markdown do not apply to --device sim"]),
+    (["--profile", "--compare", "torch"], ["--compare does not apply to --profile"]),
+    (["--profile", "--rounds", "2", "--no-floor"], ["--rounds, --no-floor do not apply to --profile"]),
+    (["--distributed", "--profile"], ["--profile does not apply to --distributed"]),
+    (["--distributed", "--compare", "torch", "--markdown"], ["--compare, --markdown do not apply to --distributed"]),
+    (["--device", "tpu"], ["gpunet bench: error: --device tpu: unknown device 'tpu'"]),
+])
+def test_options_a_mode_would_ignore_are_refused(argv, needles, capsys):
+    """Found by the CLI audit: --compare torch with --profile, --distributed or --device sim
+    printed no comparison, --markdown no table, --rounds changed nothing, all silently.
+    Refused before anything runs (one line, status 2), naming what the mode reads."""
+    from gpunet import cli
+    assert cli.main(["bench", *argv, "--models", "mlp-784-128-10", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_distributed_takes_every_model_that_models_offers(monkeypatch, capsys):
+    """Found by the CLI audit: --distributed looked models up in MODELS, so the extra model
+    that --models offers (mlp-784-4096x2-10) ended in a KeyError traceback. A tiny extra
+    model stands in for it here (the real one takes seconds a step)."""
+    monkeypatch.setitem(bench.ALL_MODELS, "mlp-784-8-10", {"kind": "mlp", "sizes": (784, 8, 10), "batch": 64})
+    assert "mlp-784-8-10" not in bench.MODELS
+    assert bench.main(["--distributed", "--quick", "--rounds", "1", "--min-time", "0.01",
+                       "--models", "mlp-784-8-10", "--no-progress"]) == 0
+    assert "mlp-784-8-10" in capsys.readouterr().out

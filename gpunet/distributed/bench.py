@@ -123,7 +123,7 @@ def run_distributed(args, device) -> int:
               "threads_per_process": per, "reference_threads": ref_threads,
               "cpu": bench.cpu_model(), "rounds": rounds, "models": {}}
     for name in args.models:
-        spec = bench.MODELS[name]
+        spec = bench.ALL_MODELS[name]         # --models offers the extra ones too
         if spec["batch"] % comm.size:
             raise SystemExit(f"gpunet bench: error: --distributed: {name}'s batch {spec['batch']} "
                              f"does not split into {comm.size} equal shares")
