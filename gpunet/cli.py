@@ -93,7 +93,9 @@ def _add_train(sub):
                         "of the node)")
     p.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) here")
     p.add_argument("--plot", metavar="PATH", default=None,
-                   help=f"write loss/accuracy curves (PNG; needs matplotlib: {PLOT_HINT})")
+                   help=f"write loss/accuracy curves (train and test) to an image; the format "
+                        f"follows the extension (.png, .svg, .pdf, ...; none: .png is appended); "
+                        f"needs matplotlib: {PLOT_HINT}")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes of an MPI launch (mpiexec -n N gpunet "
