@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 
 import numpy
 
@@ -729,7 +730,12 @@ class Trainer:
         ``batch_size``, ``shuffle`` and ``seed`` is built; epoch ``k`` visits the samples in
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
         ``gpunet.load`` continues bit for bit. A non-finite loss raises
-        ``FloatingPointError`` naming the epoch and step; empty data raises ``ValueError``.
+        ``FloatingPointError`` naming the epoch and step and ends the run there, as Keras'
+        ``TerminateOnNaN`` would stop it (the callbacks' ``on_train_end`` still runs, the
+        epochs before stay in ``trainer.history``, and a ``ModelCheckpoint`` file keeps the
+        last good epoch); a non-finite ``val_loss`` is recorded and warned about
+        (``RuntimeWarning``, once per fit), as validation cannot corrupt the weights.
+        Empty data raises ``ValueError``.
         On a GPU the loss is read in bulk (see the module's docstring), so these errors come
         at the next progress refresh or at the end of the epoch, still naming the step
         where the loss first was not finite; a label outside the classes raises the loss's
@@ -794,6 +800,7 @@ class Trainer:
         self._callbacks = callbacks
         self.history = History()
         self.stop_training = False
+        warned_val = False
         for cb in self._callbacks:
             cb.on_train_begin(self)
         try:
@@ -807,6 +814,13 @@ class Trainer:
                     self.scheduler.step()
                 if vloader is not None:
                     logs.update({f"val_{k}": v for k, v in self.evaluate(vloader).items()})
+                    if not (math.isfinite(logs["val_loss"]) or warned_val):
+                        warned_val = True       # once per fit: the History holds every epoch's
+                        warnings.warn(
+                            f"Trainer.fit: val_loss is {logs['val_loss']} at epoch {epoch + 1} while "
+                            f"the training loss is finite: the validation data holds NaN or inf, or "
+                            f"the model's outputs overflow on it (EarlyStopping and ModelCheckpoint "
+                            f"never count such an epoch as an improvement)", RuntimeWarning, stacklevel=2)
                 for cb in self._callbacks:
                     cb.on_epoch_end(self, epoch, logs)
                 if self.comm is not None:

@@ -938,3 +938,51 @@ def test_a_history_key_not_recorded_names_the_recorded_ones():
                                        r"fit\(\.\.\., val=\(X_val, y_val\)\)"):
         h["val_loss"]
     assert h["loss"] == h.history["loss"] and "val_loss" not in h
+
+
+def test_a_nan_validation_loss_is_warned_about_once_and_recorded(rng):
+    """Found by the Trainer audit: NaN validation data gave val_loss nan in the History and
+    nothing else. Now a RuntimeWarning names it (once per fit, with the epoch); training
+    goes on, since validation cannot corrupt the weights (Keras' TerminateOnNaN looks at
+    the training loss only)."""
+    import warnings
+    X, y = _blobs(rng)
+    Xv = X.copy()
+    Xv[3, 0] = numpy.nan
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = tr.fit((X, y), val=(Xv, y), epochs=3, progress=False)
+    ours = [w for w in caught if "val_loss" in str(w.message)]
+    assert len(ours) == 1 and ours[0].category is RuntimeWarning
+    assert str(ours[0].message).startswith("Trainer.fit: val_loss is nan at epoch 1 while the training loss is finite")
+    assert len(h["val_loss"]) == 3 and numpy.isnan(h["val_loss"]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # finite validation: no warning
+        tr.fit((X, y), val=(X, y), epochs=1, progress=False)
+
+
+def test_a_nan_training_loss_ends_the_run_keeping_what_came_before(rng, tmp_path):
+    """As Keras' TerminateOnNaN stops a run: FloatingPointError names the epoch and step,
+    the callbacks' on_train_end runs (EarlyStopping restores the best weights), the earlier
+    epochs stay in trainer.history and the checkpoint holds the last good epoch."""
+    X, y = _blobs(rng)
+
+    class PoisonAt(Callback):        # a NaN weight from the third epoch on
+        def on_epoch_begin(self, trainer, epoch):
+            if epoch == 2:
+                trainer.model[0].weight.data[0, 0] = numpy.nan
+
+        def on_train_end(self, trainer):
+            self.ended = True
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    poison, stop = PoisonAt(), EarlyStopping(monitor="loss", patience=5)
+    path = tmp_path / "last.npz"
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at epoch 3, step 1"):
+        tr.fit((X, y), epochs=5, progress=False,
+               callbacks=[poison, stop, ModelCheckpoint(path, monitor="loss", save_best_only=False)])
+    assert poison.ended and tr.history.epoch == [0, 1]
+    assert gpunet.load(path, _model())["epoch"] == 2
+    assert numpy.isfinite(model[0].weight.data).all()         # the best epoch's weights are back
