@@ -735,7 +735,9 @@ class Trainer:
         epochs before stay in ``trainer.history``, and a ``ModelCheckpoint`` file keeps the
         last good epoch); a non-finite ``val_loss`` is recorded and warned about
         (``RuntimeWarning``, once per fit), as validation cannot corrupt the weights.
-        Empty data raises ``ValueError``.
+        Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
+        through the model and the loss (as ``evaluate`` runs them), so validation data of
+        the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch.
         On a GPU the loss is read in bulk (see the module's docstring), so these errors come
         at the next progress refresh or at the end of the epoch, still naming the step
         where the loss first was not finite; a label outside the classes raises the loss's
@@ -792,6 +794,8 @@ class Trainer:
                                                        "Trainer.fit", "val", self.device)
         if vloader is None:
             _check_val_monitors(callbacks, self.metrics)
+        else:
+            self._check_val_fits(vloader)
         if initial_epoch and not self.global_step:
             # a run resumed on a fresh Trainer (gpunet.load, then fit(initial_epoch=k)): the k
             # epochs before took k * len(loader) steps, as the resume contract keeps the data
@@ -837,6 +841,19 @@ class Trainer:
                 cb.on_train_end(self)
             self._callbacks = []
         return self.history
+
+    def _check_val_fits(self, vloader):
+        """The first validation sample through the model and the loss (``evaluate``: eval
+        mode, nothing a training step reads changes) before the first epoch: validation
+        data of the wrong shape, dtype or labels fails now, naming ``val``, not after an
+        epoch of training. A shape check alone would not do: a model ending in global
+        pooling takes images of any size."""
+        try:
+            self.evaluate(DataLoader(vloader.X[:1], vloader.y[:1], batch_size=1))
+        except (ValueError, TypeError) as e:
+            kind = ValueError if isinstance(e, ValueError) else TypeError
+            raise kind(f"Trainer.fit: val does not fit the model and loss (checked on its first "
+                       f"sample, before training): {e}") from e
 
     def _train_epoch(self, loader, epoch, epochs, progress):
         self.model.train()

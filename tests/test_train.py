@@ -986,3 +986,43 @@ def test_a_nan_training_loss_ends_the_run_keeping_what_came_before(rng, tmp_path
     assert poison.ended and tr.history.epoch == [0, 1]
     assert gpunet.load(path, _model())["epoch"] == 2
     assert numpy.isfinite(model[0].weight.data).all()         # the best epoch's weights are back
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (lambda X, y: (X[:, :5], y), "Dense: expected 8 features along axis 1"),
+    (lambda X, y: (X.astype(numpy.float64), y), "Dense: expected dtype float32"),
+    (lambda X, y: (X, y + 3), r"softmax_cross_entropy: labels must lie in \[0, 3\)"),
+    (lambda X, y: (X, numpy.ones((len(y), 5), numpy.float32)), "softmax_cross_entropy: expected probability targets"),
+    (lambda X, y: gpunet.DataLoader(X[:, :5], y, batch_size=7), "Dense: expected 8 features along axis 1"),
+])
+def test_validation_data_that_does_not_fit_fails_before_training(rng, bad, msg):
+    """Found by the Trainer audit: validation data of the wrong shape, dtype or labels
+    raised the layer's or the loss's error at the end of the first epoch, after it had
+    trained, without saying that the validation data was at fault. Its first sample now
+    goes through evaluate before the first step."""
+    X, y = _blobs(rng)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"^Trainer.fit: val does not fit the model and loss \(checked on "
+                                         rf"its first sample, before training\): {msg}"):
+        tr.fit((X, y), val=bad(X, y), epochs=2, progress=False)
+    assert tr.global_step == 0
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, before[k])
+
+
+def test_the_validation_check_changes_nothing_a_run_reads(rng):
+    """The first-sample check runs in eval mode: a model with BatchNorm and Dropout trains
+    to the same bits with val= as without (val only adds the val_* keys)."""
+    X, y = _blobs(rng)
+    runs = []
+    for val in (None, (X[:50], y[:50])):
+        gpunet.manual_seed(0)
+        model = Sequential(Dense(8, 16), gpunet.BatchNorm(16), gpunet.ReLU(), gpunet.Dropout(0.3), Dense(16, 3))
+        h = Trainer(model, SoftmaxCrossEntropy(), optim.Adam(model, lr=1e-2)).fit(
+            (X, y), val=val, epochs=2, progress=False)
+        runs.append((h["loss"], model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for k, v in runs[0][1].items():
+        numpy.testing.assert_array_equal(v, runs[1][1][k])
