@@ -292,7 +292,13 @@ class ModelCheckpoint(Callback):
     same callback overwrites the file only with a better epoch. A run resumed in a new
     process starts from ``initial_value_threshold`` (Keras' name), e.g.
     ``ModelCheckpoint(path, initial_value_threshold=meta["val_loss"])`` with the metadata
-    of the file it resumes from; None: the first epoch is saved."""
+    of the file it resumes from; None: the first epoch is saved.
+
+    ``path`` may be a template, as Keras' ``filepath`` is: ``"ckpt-{epoch:02d}.npz"`` or
+    ``"best-{val_loss:.3f}.npz"`` is formatted with ``epoch`` (1-based: epochs completed)
+    and the epoch's logs, so each saved epoch gets its own file (without a template, each
+    save replaces the one file). A field the logs do not hold raises ``ValueError`` naming
+    it and the keys there, at the first save; a path without braces is used as it is."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto",
                  initial_value_threshold=None):
@@ -320,6 +326,21 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"ModelCheckpoint: path {os.fspath(self.path)}: {problem}; expected a "
                              f"file path it can write")
 
+    def _file(self, epoch, logs):
+        """``path``, formatted with the 1-based ``epoch`` and the logs when it has braces."""
+        path = os.fspath(self.path)
+        if "{" not in path:
+            return path
+        try:
+            return path.format(epoch=int(epoch) + 1, **logs)
+        except (KeyError, IndexError) as e:
+            field = repr(e.args[0]) if isinstance(e, KeyError) else "a positional field"
+            raise ValueError(f"ModelCheckpoint: path {path!r} asks for {field}, which the epoch's logs "
+                             f"do not hold; it may use 'epoch' and {sorted(logs)}") from None
+        except ValueError as e:           # a format spec that does not fit, or stray braces
+            raise ValueError(f"ModelCheckpoint: path {path!r} is not a template str.format can fill "
+                             f"with epoch and the epoch's logs ({e}); double a literal brace: {{{{ }}}}") from None
+
     def on_epoch_end(self, trainer, epoch, logs):
         from .checkpoint import save
         if self.save_best_only:
@@ -327,9 +348,10 @@ class ModelCheckpoint(Callback):
             if not _improves(self.mode, value, self.best, 0.0):
                 return
             self.best = value
+        path = self._file(epoch, logs)   # on every process: a bad template fails everywhere
         if getattr(trainer, "comm", None) is not None and trainer.comm.rank != 0:
             return                       # the processes hold the same model: rank 0 writes
-        save(self.path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
+        save(path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
              scaler=getattr(trainer, "scaler", None), epoch=int(epoch) + 1, **{k: float(v) for k, v in logs.items()})
 
 

@@ -1026,3 +1026,29 @@ def test_the_validation_check_changes_nothing_a_run_reads(rng):
     assert runs[0][0] == runs[1][0]
     for k, v in runs[0][1].items():
         numpy.testing.assert_array_equal(v, runs[1][1][k])
+
+
+def test_model_checkpoint_formats_a_keras_style_template(rng, tmp_path):
+    """Found by the Trainer audit: ModelCheckpoint("ckpt-{epoch:02d}.npz"), Keras' way of
+    keeping one file per epoch, wrote a file literally named ckpt-{epoch:02d}.npz and
+    replaced it every epoch, losing all but the last. The path is now formatted with the
+    1-based epoch and the epoch's logs; a field the logs lack is a ValueError naming it."""
+    X, y = _blobs(rng)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    template = str(tmp_path / "ckpt-{epoch:02d}-{val_loss:.3f}.npz")
+    h = tr.fit((X, y), val=(X, y), epochs=3, progress=False,
+               callbacks=[ModelCheckpoint(template, save_best_only=False)])
+    want = sorted(f"ckpt-{e + 1:02d}-{v:.3f}.npz" for e, v in enumerate(h["val_loss"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == want
+    assert gpunet.load(tmp_path / want[1], _model())["epoch"] == 2
+    for bad, msg in (("{val_acc}", r"asks for 'val_acc', which the epoch's logs do not hold; it may use "
+                                    r"'epoch' and \['accuracy', 'learning_rate', 'loss', 'val_accuracy', 'val_loss'\]"),
+                     ("{epoch:d", "is not a template str.format can fill"),
+                     ("{0}", "asks for a positional field")):
+        with pytest.raises(ValueError, match=r"^ModelCheckpoint: path .*" + msg):
+            tr.fit((X, y), val=(X, y), epochs=1, progress=False,
+                   callbacks=[ModelCheckpoint(str(tmp_path / f"m-{bad}.npz"), save_best_only=False)])
+    plain = tmp_path / "plain.npz"          # no braces: one file, replaced
+    tr.fit((X, y), epochs=2, progress=False, callbacks=[ModelCheckpoint(plain, monitor="loss", save_best_only=False)])
+    assert gpunet.load(plain, _model())["epoch"] == 2
