@@ -798,6 +798,8 @@ class Trainer:
         epochs = _args.integer("Trainer.fit", "epochs", epochs, low=0)
         initial_epoch = _args.integer("Trainer.fit", "initial_epoch", initial_epoch, low=0)
         shuffle = _args.flag("Trainer.fit", "shuffle", shuffle)
+        batch_size = _args.integer("Trainer.fit", "batch_size", batch_size, low=1)
+        seed = _args.integer("Trainer.fit", "seed", seed, low=0, none=True)
         progress = _args.flag("Trainer.fit", "progress", progress)
         if initial_epoch > epochs:
             raise ValueError(f"Trainer.fit: initial_epoch={initial_epoch} is past epochs={epochs}; epochs "
@@ -994,6 +996,7 @@ class Trainer:
         loss is the per-sample mean, as in ``fit``. On a GPU the per-batch losses and
         counts stay on the device and are read once, at the end (one host sync); a bad
         label raises the loss's ``ValueError`` then."""
+        batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
         loader = _as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
                             "Trainer.evaluate", "data", self.device)
         was = self.model.training
@@ -1025,8 +1028,7 @@ class Trainer:
         """
         X = _as_input(X, self.model.dtype, "Trainer.predict")
         _check_nonempty(X, "Trainer.predict", "X")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Trainer.predict: expected batch_size to be a positive int, got {batch_size!r}")
+        batch_size = _args.integer("Trainer.predict", "batch_size", batch_size, low=1)
         was = self.model.training
         self.model.eval()
         outs = []

@@ -578,6 +578,10 @@ def test_trainer_checks_model_loss_and_optimizer(which, value, err, msg):
     ({"callbacks": gpunet.EarlyStopping()}, "expected callbacks to be a list of callbacks, got EarlyStopping"),
     # found by the Trainer audit: the class itself passed the hook check and then raised
     # "on_train_begin() missing 1 required positional argument: 'trainer'"
+    # found by the Trainer audit: these named DataLoader, not the call the user made
+    ({"batch_size": 0}, "expected batch_size to be a positive int, got 0"),
+    ({"batch_size": "8"}, "expected batch_size to be a positive int, got '8'"),
+    ({"seed": -1}, "expected seed to be None or an int >= 0, got -1"),
     ({"callbacks": [gpunet.EarlyStopping]},
      r"expected callbacks\[0\] to be a callback object, got the class EarlyStopping; create one"),
 ])
@@ -609,6 +613,16 @@ def test_callback_flags_are_bools(cls, args, name):
     with pytest.raises(TypeError, match=f"^{cls.__name__}: expected {name} to be a bool .*, got 'no'"):
         cls(*args, **{name: "no"})
     assert getattr(cls(*args, **{name: numpy.bool_(False)}), name) is False
+
+
+def test_evaluate_and_predict_name_themselves_for_a_bad_batch_size():
+    """Found by the Trainer audit: evaluate(batch_size=0) named DataLoader."""
+    _, t = _fuzz_trainer()
+    X, y = _fuzz_data()
+    with pytest.raises(ValueError, match=r"^Trainer.evaluate: expected batch_size to be a positive int, got 0"):
+        t.evaluate((X, y), batch_size=0)
+    with pytest.raises(TypeError, match=r"^Trainer.predict: expected batch_size to be a positive int, got 2.0"):
+        t.predict(X, batch_size=2.0)
 
 
 def test_fit_names_missing_labels():
