@@ -66,13 +66,14 @@ def _check_cuda_graph(cuda_graph, device, comm):
     return True
 
 
-def _check_parts(model, loss_fn, optimizer):
+def _check_parts(model, loss_fn, optimizer, scheduler=None, scaler=None):
     """The model is a Layer, the loss a loss object, and the optimizer one that updates some
     of the model's parameters (one built over another model would train nothing)."""
     # a class where an instance belongs (Trainer(model, SoftmaxCrossEntropy, optim.Adam)) has a
     # backward, a step and a zero_grad too: name it before the checks below let it through
     for what, obj, make in (("model", model, "its layers"), ("loss_fn", loss_fn, ""),
-                            ("optimizer", optimizer, "model.parameters(), lr=...")):
+                            ("optimizer", optimizer, "model.parameters(), lr=..."),
+                            ("scheduler", scheduler, "optimizer, ..."), ("scaler", scaler, "")):
         if isinstance(obj, type):
             raise TypeError(f"Trainer: expected {what} to be an object, got the class {obj.__name__}; "
                             f"create one: {obj.__name__}({make})")
@@ -617,7 +618,7 @@ class Trainer:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.comm = _check_comm(comm, optimizer)
         self.precision = _check_precision(precision, "Trainer")
-        _check_parts(model, loss_fn, optimizer)
+        _check_parts(model, loss_fn, optimizer, scheduler, scaler)
         if scaler is not None and not isinstance(scaler, GradScaler):
             raise TypeError(f"Trainer: expected scaler to be a gpunet.amp.GradScaler, got "
                             f"{type(scaler).__name__}")

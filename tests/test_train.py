@@ -664,10 +664,15 @@ def test_callbacks_name_themselves_in_monitor_and_mode_errors(cls, args, kw, err
     ({"metrics": 5}, TypeError, r"expected metrics to be a tuple of metric names such as \('accuracy',\), got int"),
     ({"metrics": ("accuracy", 5)}, ValueError, "unknown metric 5"),
     ({"device": "gpu"}, ValueError, "device='gpu': unknown device 'gpu'"),
+    ({"scheduler": optim.StepLR}, TypeError, r"expected scheduler to be an object, got the class StepLR; create one"),
+    ({"precision": "fp16", "scaler": gpunet.amp.GradScaler}, TypeError,
+     r"expected scaler to be an object, got the class GradScaler; create one: GradScaler\(\)"),
 ])
 def test_trainer_names_itself_for_bad_metrics_and_device(kw, err, msg):
     """Found by the Trainer audit: metrics=5 raised "'int' object is not iterable" and
-    device='gpu' the backend's message without naming the Trainer or its argument."""
+    device='gpu' the backend's message without naming the Trainer or its argument; the
+    class StepLR (not an instance) was said to 'schedule another optimizer', the class
+    GradScaler was reported as 'got type'."""
     m = gpunet.Sequential(gpunet.Dense(4, 3))
     with pytest.raises(err, match=f"^Trainer: {msg}"):
         gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(m, lr=0.1), **kw)
