@@ -236,7 +236,10 @@ class EarlyStopping(Callback):
     resumed run counts its patience from the epoch it resumes at.
     """
 
-    def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto"):
+    def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto",
+                 **unknown):
+        if unknown:
+            raise _unexpected_keyword("EarlyStopping", unknown, _KERAS_CALLBACKS)
         patience = _args.integer("EarlyStopping", "patience", patience, low=0)
         if (isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real)
                 or not (min_delta >= 0 and math.isfinite(min_delta))):
@@ -301,8 +304,10 @@ class ModelCheckpoint(Callback):
     save replaces the one file). A field the logs do not hold raises ``ValueError`` naming
     it and the keys there, at the first save; a path without braces is used as it is."""
 
-    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto",
-                 initial_value_threshold=None):
+    def __init__(self, path=None, monitor="val_loss", save_best_only=True, mode="auto",
+                 initial_value_threshold=None, **unknown):
+        if unknown:
+            raise _unexpected_keyword("ModelCheckpoint", unknown, _KERAS_CALLBACKS)
         try:
             os.fspath(path)
         except TypeError:
@@ -384,14 +389,27 @@ def _check_nonempty(X, who, name):
 
 _KERAS_FIT = {"validation_data": "val=(X_val, y_val)", "verbose": "progress=True or False",
               "validation_split": "split the data yourself and pass val=(X_val, y_val)"}
+# Keras' keywords of its EarlyStopping and ModelCheckpoint, and what gpunet has instead
+_KERAS_CALLBACKS = {
+    "restore_best_weights": "restore_best=True or False",
+    "verbose": "gpunet's callbacks print nothing (read stopped_epoch, best, best_epoch)",
+    "baseline": "gpunet has no baseline (stop in a callback of your own: trainer.stop_training = True)",
+    "start_from_epoch": "gpunet counts the patience from the first epoch",
+    "filepath": "path (the first argument)",
+    "save_weights_only": "gpunet always saves the model and the optimizer (gpunet.load(path, model) "
+                         "loads only the model)",
+    "save_freq": "gpunet writes a checkpoint at the end of an epoch only",
+}
 
 
-def _unexpected_keyword(who, unknown):
+def _unexpected_keyword(who, unknown, hints=_KERAS_FIT):
     """The ``TypeError`` Python raises for an unknown keyword, plus gpunet's name for Keras'."""
     k = next(iter(unknown))
-    hint = _KERAS_FIT.get(k)
+    hint = hints.get(k)
+    if hint is not None and not hint.startswith("gpunet"):
+        hint = f"gpunet takes {hint}"
     return TypeError(f"{who}() got an unexpected keyword argument {k!r}"
-                     + ("" if hint is None else f"; gpunet takes {hint} (Keras' {k}= is not one of its names)"))
+                     + ("" if hint is None else f"; {hint} (Keras' {k}= is not one of its names)"))
 
 
 def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, comm=None):

@@ -1071,3 +1071,21 @@ def test_model_checkpoint_formats_a_keras_style_template(rng, tmp_path):
     plain = tmp_path / "plain.npz"          # no braces: one file, replaced
     tr.fit((X, y), epochs=2, progress=False, callbacks=[ModelCheckpoint(plain, monitor="loss", save_best_only=False)])
     assert gpunet.load(plain, _model())["epoch"] == 2
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda: EarlyStopping(restore_best_weights=True),
+     r"^EarlyStopping\(\) got an unexpected keyword argument 'restore_best_weights'; gpunet takes restore_best=True or False"),
+    (lambda: EarlyStopping(monitor="loss", verbose=1), r"'verbose'; gpunet's callbacks print nothing"),
+    (lambda: EarlyStopping(baseline=0.5), r"'baseline'; gpunet has no baseline"),
+    (lambda: ModelCheckpoint(filepath="m.npz"), r"^ModelCheckpoint\(\) got an unexpected keyword argument 'filepath'; gpunet takes path"),
+    (lambda: ModelCheckpoint("m.npz", save_weights_only=True), r"'save_weights_only'; gpunet always saves the model and the optimizer"),
+    (lambda: EarlyStopping(foo=1), r"^EarlyStopping\(\) got an unexpected keyword argument 'foo'$"),
+])
+def test_keras_keywords_of_the_callbacks_get_gpunets_names(make, msg):
+    """Found by the Trainer audit: EarlyStopping(restore_best_weights=True), as a Keras user
+    writes it, raised Python's bare 'unexpected keyword argument', and
+    ModelCheckpoint(filepath=...) 'missing 1 required positional argument: path'. As fit
+    does for validation_data=, the TypeError now says gpunet's name or that there is none."""
+    with pytest.raises(TypeError, match=msg):
+        make()
