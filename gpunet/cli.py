@@ -170,14 +170,18 @@ def _train(args):
         raise UserError("gpunet train: error: --dataset mnist needs --data-dir (the folder with "
                         "train-images-idx3-ubyte[.gz] and friends)")
     if args.dataset == "mnist" and not os.path.isdir(args.data_dir):
-        raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: no such directory")
+        what = "not a directory" if os.path.exists(args.data_dir) else "no such directory"
+        raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: {what}")
     if args.plot:
         _check_matplotlib()
         from gpunet.plot import _image_path
-        _, problem = _image_path(args.plot)
+        image, problem = _image_path(args.plot)
         if problem:                 # an extension matplotlib has no format for
             raise UserError(f"gpunet train: error: --plot {args.plot}: {problem}")
         _check_writable("--plot", args.plot)
+        if args.save and os.path.abspath(image) == os.path.abspath(args.save):
+            raise UserError(f"gpunet train: error: --save {args.save} and --plot {args.plot} name the "
+                            f"same file: the curves would overwrite the checkpoint; give them two paths")
     if args.save:
         _check_writable("--save", args.save)
     try:

@@ -140,6 +140,8 @@ def _cuda_available():
     (["train", "--data-dir", "."], ["--data-dir"]),               # the digits are embedded
     (["train", "--save", "no/such/dir/m.npz"], ["--save"]),
     (["train", "--save", "."], ["--save"]),                       # a directory
+    # found by the CLI audit: a file given as --data-dir was 'no such directory'
+    (["train", "--dataset", "mnist", "--data-dir", "f.txt"], ["--data-dir f.txt: not a directory"]),
     (["frobnicate"], ["frobnicate"]),
     ([], ["command"]),
     (["bench", "--rounds", "0"], ["--rounds"]),
@@ -157,6 +159,7 @@ def _cuda_available():
     (["bench", "--profile", "--models", "mlp-784-128-10", "--min-time", "-1"], ["gpunet bench", "--min-time"]),
 ])
 def test_bad_arguments_are_one_line(args, needles, tmp_path):
+    (tmp_path / "f.txt").write_text("not a folder")
     _assert_user_error(_gpunet(args, tmp_path), *needles)
 
 
@@ -243,6 +246,9 @@ def test_plot_without_matplotlib_fails_before_training(tmp_path):
     (["plot", "activations", "--out", "a.xyz"], ["gpunet plot", "--out", ".png", "got .xyz"]),
     (["plot", "activations", "--xmin", "nan"], ["gpunet plot", "--xmin"]),
     (["train", "--plot", "curves.xyz"], ["gpunet train", "--plot", ".png", "got .xyz"]),
+    # found by the CLI audit: the curves overwrote the checkpoint after training
+    (["train", "--save", "run.png", "--plot", "run.png"], ["gpunet train", "--save run.png and --plot run.png name the same file"]),
+    (["train", "--save", "run.png", "--plot", "run"], ["gpunet train", "same file"]),   # run -> run.png
 ])
 def test_unwritable_plot_paths_are_one_line(args, needles, tmp_path):
     # found by the first-hour audit: the first three ended in a traceback, the --plot one
