@@ -445,21 +445,31 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
     return loader
 
 
-def _check_val_monitors(callbacks, metrics):
-    """Before training without validation data: an ``EarlyStopping`` or a best-only
-    ``ModelCheckpoint`` that monitors one of the Trainer's own ``val_*`` keys would only
-    fail at the end of the first epoch (Keras warns there and stops nothing). Not once a
-    callback of the user's own (a class from outside gpunet) comes first in the list: it
-    may write that key into the logs itself."""
-    own = {"val_loss", *(f"val_{m}" for m in metrics)}
+def _check_monitors(callbacks, metrics, has_val):
+    """Before training: an ``EarlyStopping`` or a best-only ``ModelCheckpoint`` that
+    monitors one of the keys a Trainer can log (``loss``, ``accuracy``, their ``val_*``)
+    which this run will not log (no ``val``; no ``"accuracy"`` metric) would only fail at
+    the end of the first epoch (Keras warns there and stops nothing). Not once a callback
+    of the user's own (a class from outside gpunet) comes first in the list: it may write
+    that key into the logs itself."""
+    logged = {"loss", "learning_rate", *metrics}
+    if has_val:
+        logged |= {f"val_{k}" for k in ("loss", *metrics)}
     for cb in callbacks:
         if not type(cb).__module__.startswith("gpunet."):
             return
-        if (isinstance(cb, EarlyStopping) or (isinstance(cb, ModelCheckpoint) and cb.save_best_only)) \
-                and cb.monitor in own:
-            raise ValueError(f"Trainer.fit: {type(cb).__name__} monitors {cb.monitor!r}, which needs "
+        if not (isinstance(cb, EarlyStopping) or (isinstance(cb, ModelCheckpoint) and cb.save_best_only)):
+            continue
+        m = cb.monitor
+        if m in logged or m not in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            continue
+        if m.startswith("val_") and not has_val:
+            raise ValueError(f"Trainer.fit: {type(cb).__name__} monitors {m!r}, which needs "
                              f"validation data: pass val=(X_val, y_val) to fit, or monitor "
-                             f"{cb.monitor[4:]!r} (the training {cb.monitor[4:]})")
+                             f"{m[4:]!r} (the training {m[4:]})")
+        raise ValueError(f"Trainer.fit: {type(cb).__name__} monitors {m!r}, which this Trainer does "
+                         f"not compute (it was built with metrics={metrics!r}); build it with "
+                         f"metrics=('accuracy',) or monitor {'val_loss' if has_val else 'loss'!r}")
 
 
 def _first_layer(model):
@@ -803,8 +813,10 @@ class Trainer:
 
         Without ``val``, an ``EarlyStopping`` or best-only ``ModelCheckpoint`` monitoring
         ``val_loss`` or ``val_accuracy`` raises ``ValueError`` before the first epoch (Keras
-        warns at each epoch's end and neither stops nor saves), unless a callback of your
-        own comes before it in ``callbacks`` (it may write that key into the logs); a
+        warns at each epoch's end and neither stops nor saves), and so does one monitoring
+        ``accuracy``/``val_accuracy`` on a Trainer built with ``metrics=()``, unless a
+        callback of your own comes before it in ``callbacks`` (it may write that key into
+        the logs); a
         ``monitor`` missing from an epoch's logs raises at that epoch's end, listing the keys
         there.
 
@@ -835,9 +847,8 @@ class Trainer:
         first_input_grad = getattr(first, "input_grad", None)
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
                                                        "Trainer.fit", "val", self.device)
-        if vloader is None:
-            _check_val_monitors(callbacks, self.metrics)
-        else:
+        _check_monitors(callbacks, self.metrics, vloader is not None)
+        if vloader is not None:
             self._check_val_fits(vloader)
         if initial_epoch and not self.global_step:
             # a run resumed on a fresh Trainer (gpunet.load, then fit(initial_epoch=k)): the k

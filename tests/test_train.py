@@ -789,6 +789,21 @@ def test_monitoring_validation_keys_without_val_fails_before_training(rng, tmp_p
     assert stop.best == 1.0 and stop.stopped_epoch == 1
 
 
+@pytest.mark.parametrize("monitor, val", [("accuracy", False), ("val_accuracy", True)])
+def test_monitoring_accuracy_without_the_metric_fails_before_training(rng, monitor, val):
+    """Found by the Trainer audit: Trainer(metrics=()) with EarlyStopping(monitor='accuracy')
+    trained an epoch, then said 'accuracy' was not among the logs."""
+    X, y = _blobs(rng)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1), metrics=())
+    with pytest.raises(ValueError, match=rf"^Trainer.fit: EarlyStopping monitors '{monitor}', which this "
+                                         r"Trainer does not compute \(it was built with metrics=\(\)\); "
+                                         r"build it with metrics=\('accuracy',\)"):
+        tr.fit((X, y), val=(X, y) if val else None, epochs=1, progress=False,
+               callbacks=[EarlyStopping(monitor=monitor)])
+    assert tr.global_step == 0
+
+
 def test_initial_epoch_past_epochs_is_refused():
     """Found by the Trainer audit: fit(epochs=2, initial_epoch=3), which a user writes who
     reads epochs as a count, trained nothing and returned an empty History."""
