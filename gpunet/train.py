@@ -102,6 +102,8 @@ def _check_callbacks(callbacks, who):
     if isinstance(callbacks, Callback):
         raise TypeError(f"{who}: expected callbacks to be a list of callbacks, got "
                         f"{type(callbacks).__name__} (write callbacks=[...])")
+    if callbacks is None:           # Keras' default, which its users pass
+        return []
     callbacks = _listed(callbacks, who, "callbacks to be a list of callbacks")
     for i, cb in enumerate(callbacks):
         if isinstance(cb, type):    # callbacks=[EarlyStopping]: its hooks are there, unbound

@@ -615,6 +615,14 @@ def test_callback_flags_are_bools(cls, args, name):
     assert getattr(cls(*args, **{name: numpy.bool_(False)}), name) is False
 
 
+def test_fit_takes_callbacks_none_as_keras_does():
+    """Found by the Trainer audit: callbacks=None (Keras' default, which its users write)
+    raised 'expected callbacks to be a list of callbacks, got NoneType'."""
+    _, t = _fuzz_trainer()
+    X, y = _fuzz_data()
+    assert t.fit((X, y), epochs=1, callbacks=None, progress=False).epoch == [0]
+
+
 def test_evaluate_and_predict_name_themselves_for_a_bad_batch_size():
     """Found by the Trainer audit: evaluate(batch_size=0) named DataLoader."""
     _, t = _fuzz_trainer()
