@@ -429,8 +429,12 @@ def main(argv=None):
 
     A user error (a bad option or number, an unusable device, a missing or unreadable
     file, a plot without matplotlib) is one line on stderr, ``gpunet <command>: error:
-    ...``, and status 2; a bug still shows its traceback.
+    ...``, and status 2; a bug still shows its traceback. ``argv`` is a list of strings
+    (None: ``sys.argv[1:]``); one string raises ``TypeError``.
     """
+    if isinstance(argv, (str, bytes)):      # main("train --epochs 2") would parse 't', 'r', ...
+        raise TypeError(f"gpunet.cli.main: expected argv to be a list of strings such as "
+                        f"['train', '--epochs', '2'], got a {type(argv).__name__}: {argv!r}")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)

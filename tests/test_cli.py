@@ -319,3 +319,11 @@ def test_train_fp16_saves_the_loss_scaler(tmp_path, capsys):
     assert 1.0 <= scaler.get_scale() <= 2.0**16
     p = _gpunet(["train", "--precision", "bf16"], tmp_path)
     assert p.returncode == 2 and "--precision" in p.stderr
+
+
+def test_main_refuses_one_string_for_argv():
+    """Found by the CLI audit: cli.main("train --epochs 2") took the string as a list of
+    characters and answered "invalid choice: 't'"."""
+    with pytest.raises(TypeError, match=r"^gpunet.cli.main: expected argv to be a list of strings such as "
+                                        r"\['train', '--epochs', '2'\], got a str: 'train --epochs 2'"):
+        cli.main("train --epochs 2")
