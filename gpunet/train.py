@@ -179,7 +179,9 @@ class Callback:
     ``on_epoch_begin``, then per step ``on_backward_end`` (gradients ready, before the
     optimizer step) and ``on_batch_end``; ``on_epoch_end(trainer, epoch, logs)``, where a
     callback may add keys to ``logs`` (they go into the History) or set
-    ``trainer.stop_training = True``; finally ``on_train_end``.
+    ``trainer.stop_training = True``; finally ``on_train_end``, which runs even when
+    ``fit`` raises after ``on_train_begin`` (a non-finite loss, Ctrl-C), so that
+    ``EarlyStopping`` puts the best weights back then too.
 
     ``on_batch_end``'s ``logs["loss"]`` is the batch's loss: a float on the CPU; on a GPU
     the 0-d device array, so that the step stays free of host syncs (``float()`` it to
@@ -236,6 +238,12 @@ class EarlyStopping(Callback):
     Each ``fit`` starts afresh (best value, epochs waited, best weights), as Keras'
     ``EarlyStopping`` does at ``on_train_begin``; checkpoints do not hold this state, so a
     resumed run counts its patience from the epoch it resumes at.
+
+    A NaN monitored value never improves, so it counts as an epoch waited, as in Keras
+    (Lightning's ``check_finite=True`` stops at once instead); a NaN training loss never
+    gets here: ``fit`` raises ``FloatingPointError`` at that step, and ``on_train_end``
+    still restores the best weights. A ``monitor`` that is not in the epoch's logs raises
+    ``ValueError`` listing the keys there (Keras warns and goes on without stopping).
     """
 
     def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto",
