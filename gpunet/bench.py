@@ -1048,7 +1048,7 @@ def add_arguments(p):
                         "step, alternating; with --device sim: the fp16 step's GPU costs")
     # checked as they are parsed (a NaN or infinite --min-time, or --threads 0 under
     # --profile, used to be taken: the first timed nothing, the second ended in a traceback)
-    from .cli import _int_at_least, _positive_float
+    from .cli import _int_at_least, _positive_float, user_path
     p.add_argument("--rounds", type=_int_at_least(1), default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")
     p.add_argument("--min-time", type=_positive_float, default=None,
                    help=f"seconds timed per model per run (default {FULL[1]}, quick {QUICK[1]})")
@@ -1061,7 +1061,7 @@ def add_arguments(p):
                         "loss, zero_grad, optimizer; GEMM vs the rest), in this process")
     p.add_argument("--no-floor", action="store_true",
                    help="with --compare torch on the CPU: skip timing the steps' GEMMs alone (the floor)")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the raw numbers here")
+    p.add_argument("--json", metavar="PATH", type=user_path, default=None, help="write the raw numbers here")
     p.add_argument("--markdown", action="store_true", help="also print the results as a README table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",

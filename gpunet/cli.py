@@ -57,6 +57,12 @@ def _positive_float(text):
     return v
 
 
+def user_path(text):
+    """A path option with ``~`` expanded: the shell leaves ``--save=~/m.npz`` (and a quoted
+    ``~``) as it is, and ``~`` would then be a folder of that name in the working directory."""
+    return os.path.expanduser(text)
+
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "sim")
 
 
@@ -73,7 +79,7 @@ def _add_train(sub):
                                    "throughput and the device used.")
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
                    help="default: digits (embedded); mnist needs --data-dir")
-    p.add_argument("--data-dir", default=None, help="folder with the MNIST/Fashion-MNIST IDX files")
+    p.add_argument("--data-dir", type=user_path, default=None, help="folder with the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="default: mlp")
     p.add_argument("--epochs", type=_int_at_least(1), default=None, help="default: 30 (mlp), 20 (cnn)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="default: 64")
@@ -91,8 +97,8 @@ def _add_train(sub):
                    help="BLAS threads on the CPU (default: 1 for models whose GEMMs are small, "
                         "else every available CPU; with --distributed, shared by the processes "
                         "of the node)")
-    p.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) here")
-    p.add_argument("--plot", metavar="PATH", default=None,
+    p.add_argument("--save", metavar="PATH", type=user_path, default=None, help="write a checkpoint (.npz) here")
+    p.add_argument("--plot", metavar="PATH", type=user_path, default=None,
                    help=f"write loss/accuracy curves (train and test) to an image; the format "
                         f"follows the extension (.png, .svg, .pdf, ...; none: .png is appended); "
                         f"needs matplotlib: {PLOT_HINT}")

@@ -273,12 +273,12 @@ def plot_main(argv=None) -> int:
     directory, an extension matplotlib has no format for) raises ``SystemExit`` with a
     one-line message before anything is drawn; the ``gpunet`` command prints it as one line
     with exit status 2."""
-    from .cli import UserError, _Parser, _check_writable
+    from .cli import UserError, _Parser, _check_writable, user_path
     # gpunet's parser: an argparse error is one line, not the usage block and then the line
     parser = _Parser(prog="gpunet plot", description="Draw gpunet's teaching plots.")
     sub = parser.add_subparsers(dest="what", required=True, metavar="{activations}")
     p = sub.add_parser("activations", help="every activation function and its derivative")
-    p.add_argument("--out", default="activations.png", help="image file to write (default: %(default)s)")
+    p.add_argument("--out", type=user_path, default="activations.png", help="image file to write (default: %(default)s)")
     p.add_argument("--xmin", type=float, default=-4.0, help="left end of the x axis (default: %(default)s)")
     p.add_argument("--xmax", type=float, default=4.0, help="right end of the x axis (default: %(default)s)")
     try:

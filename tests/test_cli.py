@@ -327,3 +327,17 @@ def test_main_refuses_one_string_for_argv():
     with pytest.raises(TypeError, match=r"^gpunet.cli.main: expected argv to be a list of strings such as "
                                         r"\['train', '--epochs', '2'\], got a str: 'train --epochs 2'"):
         cli.main("train --epochs 2")
+
+
+def test_path_options_expand_the_home_folder(tmp_path, monkeypatch, capsys):
+    """Found by the CLI audit: the shell leaves '--save=~/m.npz' as it is, and gpunet wrote
+    (or refused, 'no such directory <cwd>/~') a path under a folder named '~'."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--save=~/m.npz"]) == 0
+    assert (home / "m.npz").exists() and not (work / "~").exists()
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir=~/nope"]) == 2
+    assert f"--data-dir {home / 'nope'}: no such directory" in capsys.readouterr().err
