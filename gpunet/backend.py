@@ -186,8 +186,8 @@ def require_sim():
 
 
 def default_device() -> str:
-    """The device from ``GPUNET_DEVICE`` (``auto`` | ``cpu`` | ``cuda`` | ``sim``; default
-    ``auto``).
+    """The device from ``GPUNET_DEVICE`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` |
+    ``sim``, any case; default ``auto``).
 
     ``auto`` means CUDA when CuPy is importable and sees a device, else the CPU (never the
     sim unless asked). ``cuda`` where there is none, or ``sim`` without a C++ compiler,
@@ -201,11 +201,11 @@ def default_device() -> str:
     if choice == "sim":
         require_sim()
         return "sim"
-    if choice.startswith("cuda"):
-        kind, index = _parse(choice)
-        require_cuda(index)
+    if choice == "cuda" or (choice.startswith("cuda:") and choice[5:].isdigit()):
+        require_cuda(int(choice[5:]) if choice != "cuda" else 0)
         return choice
-    raise ValueError(f"GPUNET_DEVICE={choice!r}: expected 'auto', 'cpu', 'cuda' or 'sim'")
+    raise ValueError(f"GPUNET_DEVICE={os.environ['GPUNET_DEVICE']!r}: expected 'auto', 'cpu', "
+                     "'cuda', 'cuda:N' (N a device index) or 'sim'")
 
 
 def resolve_device(device=None, who=None) -> str:

@@ -194,6 +194,20 @@ def test_default_device_garbage(monkeypatch):
         gpunet.default_device()
 
 
+def test_default_device_cuda_index(monkeypatch):
+    """``cuda:N`` is accepted (``cuda:1`` with two devices), and the error for an unknown
+    value lists it among the accepted forms: message and accepted set agree."""
+    _install_fake_cupy(monkeypatch, device_count=2)
+    monkeypatch.setenv("GPUNET_DEVICE", " CUDA:1 ")
+    assert gpunet.default_device() == "cuda:1"
+    for bad in ("quantum", "cuda:x", "cudax", "cuda:-1", "cuda:"):
+        monkeypatch.setenv("GPUNET_DEVICE", bad)
+        with pytest.raises(ValueError) as e:
+            gpunet.default_device()
+        assert str(e.value) == (f"GPUNET_DEVICE={bad!r}: expected 'auto', 'cpu', 'cuda', "
+                                "'cuda:N' (N a device index) or 'sim'")
+
+
 # -- to_device / to_numpy ---------------------------------------------------------------------------
 def test_to_numpy_roundtrip(xp, device):
     rng = numpy.random.default_rng(0)
