@@ -44,8 +44,10 @@ SIM_FREE_BYTES = 4 * 2**30
 def fits_on_device(nbytes: int, device) -> bool:
     """True when ``nbytes`` of data may live on ``device`` (a GPU device string) for the
     whole run: ``nbytes <= RESIDENT_FRACTION * free memory`` (``SIM_FREE_BYTES`` on the
-    sim). One device query on CUDA; none on the sim."""
-    device = resolve_device(device)
+    sim). One device query on CUDA; none on the sim. ``nbytes`` that is not an int >= 0
+    raises (``TypeError``/``ValueError`` naming the function), as a bad ``device`` does."""
+    nbytes = _args.integer("fits_on_device", "nbytes", nbytes, low=0)
+    device = resolve_device(device, who="fits_on_device")
     if device == "cpu":
         return False
     if device == "sim":
@@ -55,7 +57,7 @@ def fits_on_device(nbytes: int, device) -> bool:
         cp = require_cuda(index)
         with cp.cuda.Device(index):
             free, _total = cp.cuda.runtime.memGetInfo()
-    return int(nbytes) <= RESIDENT_FRACTION * int(free)
+    return nbytes <= RESIDENT_FRACTION * int(free)
 
 
 # Batches a DataLoader yields, by id (weakly: an entry goes when its batch dies). They are

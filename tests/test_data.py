@@ -258,6 +258,26 @@ def test_sim_residency_rule():
     assert not gdata.fits_on_device(1, "cpu")
 
 
+@pytest.mark.parametrize("nbytes, exc, text", [
+    ("x", TypeError, "expected nbytes to be an int >= 0, got 'x' (str)"),
+    (1.5, TypeError, "expected nbytes to be an int >= 0, got 1.5 (float)"),
+    (True, TypeError, "expected nbytes to be an int >= 0, got True (bool)"),
+    (None, TypeError, "expected nbytes to be an int >= 0, got None"),
+    (-1, ValueError, "expected nbytes to be an int >= 0, got -1"),
+])
+def test_fits_on_device_refuses_bad_nbytes(nbytes, exc, text):
+    """A bad ``nbytes`` raises, naming the function, on every device (it answered False on
+    the CPU, and ``int("x")`` failed only on a GPU); numpy ints are counts too."""
+    from gpunet import data as gdata
+    for device in ("cpu", "sim"):
+        with pytest.raises(exc) as e:
+            gdata.fits_on_device(nbytes, device)
+        assert str(e.value) == f"fits_on_device: {text}"
+    assert gdata.fits_on_device(numpy.int64(0), "cpu") is False
+    with pytest.raises(ValueError, match="^fits_on_device: unknown device 'tpu'"):
+        gdata.fits_on_device(1, "tpu")
+
+
 def test_resident_data_that_fits_once_but_not_twice_is_gathered_batch_by_batch(monkeypatch):
     """Shuffled resident data is gathered a whole epoch at a time only when a second copy
     fits too; otherwise batch by batch. The batches are the host's either way."""
