@@ -36,6 +36,9 @@ FLAGS = [
     ("SGD", "nesterov", lambda v: optim.SGD(_dense(), momentum=0.9, nesterov=v)),
     ("GradScaler", "enabled", lambda v: amp.GradScaler(enabled=v)),
     ("Dense.load_state_dict", "strict", lambda v: _dense().load_state_dict(_dense().state_dict(), strict=v)),
+    # public attributes users assign: checked in the setter
+    ("Dense", "input_grad", lambda v: setattr(_dense(), "input_grad", v)),
+    ("Conv2D", "input_grad", lambda v: setattr(gpunet.Conv2D(1, 2, 3), "input_grad", v)),
 ]
 
 
@@ -64,6 +67,23 @@ def test_drop_last_and_shuffle_mean_what_they_say():
     assert gpunet.Dense(3, 2, bias=numpy.False_).bias is None
     assert optim.SGD(_dense(), momentum=0.9, nesterov=numpy.True_).nesterov is True
     assert amp.GradScaler(enabled=numpy.False_).enabled is False
+
+
+def test_input_grad_assigned_means_what_it_says():
+    """``input_grad = "no"`` was stored and read by truthiness (the input gradient was
+    computed); now it raises, and a NumPy bool is stored as a bool that backward obeys."""
+    x = numpy.ones((4, 3), numpy.float32)
+    for layer, x in ((_dense(), x), (gpunet.Conv2D(1, 2, 3), numpy.ones((2, 1, 5, 5), numpy.float32))):
+        assert layer.input_grad is True
+        with pytest.raises(TypeError):
+            layer.input_grad = "no"
+        assert layer.input_grad is True
+        dy = numpy.ones_like(layer(x))
+        assert layer.backward(dy).shape == x.shape
+        layer.input_grad = numpy.False_
+        assert layer.input_grad is False and "input_grad=False" in repr(layer)
+        layer(x)
+        assert layer.backward(dy) is None
 
 
 def test_a_wrong_type_is_a_type_error_and_a_value_error():
