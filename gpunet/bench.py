@@ -1394,12 +1394,13 @@ def run_sim(args) -> int:
 
 
 def main(argv=None) -> int:
+    """``python -m gpunet.bench ARGS``: ``gpunet bench ARGS`` through ``gpunet.cli.main``, so
+    that its errors are the command's (one line, status 2); ``--worker``: a timing worker."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--worker" in argv:
         return worker_main(argv)
-    p = argparse.ArgumentParser(prog="gpunet bench", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    from .cli import main as cli_main
+    return cli_main(["bench", *argv])
 
 
 if __name__ == "__main__":

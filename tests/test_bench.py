@@ -139,6 +139,24 @@ def test_compare_torch_without_torch_says_so_and_reports_gpunet(monkeypatch, cap
     assert md.endswith("median of 2 runs; `gpunet bench --markdown`"), md
 
 
+@pytest.mark.parametrize("args", [["--rounds", "x"], ["--models", "nope"], ["--threads", "0"],
+                                  ["--profile", "--compare", "torch"]])
+def test_python_m_gpunet_bench_errors_as_gpunet_bench_does(args, tmp_path):
+    """``python -m gpunet.bench`` printed argparse's usage block and error (two lines or more);
+    it is ``gpunet bench`` now: the same one line and status 2."""
+    import os
+    import subprocess
+    import sys
+
+    def run(*module):
+        return subprocess.run([sys.executable, "-m", *module, *args], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, timeout=120)
+    direct, command = run("gpunet.bench"), run("gpunet.cli", "bench")
+    assert command.returncode == 2 and len(command.stderr.splitlines()) == 1, command.stderr
+    assert command.stderr.startswith("gpunet bench: error: ") and command.stdout == ""
+    assert (direct.returncode, direct.stdout, direct.stderr) == (2, "", command.stderr)
+
+
 def test_bad_device_is_a_clear_error(capsys):
     assert bench.main(["--device", "tpu", "--no-progress"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
