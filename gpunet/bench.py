@@ -670,6 +670,12 @@ def worker_main(argv) -> int:
     else:
         from gpunet.backend import resolve_device
         a.device = resolve_device(a.device)
+        if a.threads:   # OpenBLAS caps OPENBLAS_NUM_THREADS at the CPU count; torch's count is not capped
+            from gpunet import threads
+            try:
+                threads.set_num_threads(a.threads)
+            except RuntimeError:    # no BLAS gpunet can drive: the environment's count stands
+                pass
     _emit({"facts": worker_facts(fw, a.device)})
     build = gpunet_step if fw == "gpunet" else torch_step
     floor_fw = "numpy" if fw == "gpunet" else "torch"
@@ -1051,7 +1057,9 @@ def add_arguments(p):
     p.add_argument("--rounds", type=_int_at_least(1), default=None, help=f"runs per framework (default {FULL[0]}, quick {QUICK[0]})")
     p.add_argument("--min-time", type=_positive_float, default=None,
                    help=f"seconds timed per model per run (default {FULL[1]}, quick {QUICK[1]})")
-    p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="CPU threads for both frameworks (default: all available)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
+                   help="CPU threads for both frameworks (default: all available; more than the CPUs "
+                        "is allowed, with a note on stderr)")
     p.add_argument("--unset-openblas-env", action="store_true",
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment")
     p.add_argument("--no-roofline", action="store_true", help="skip the CUDA kernel bandwidth table")
@@ -1138,6 +1146,9 @@ def run(args) -> int:
         print("gpunet bench: error: --precision fp16 times the single-process steps; it does not "
               "combine with --distributed or --profile", file=sys.stderr)
         return 2
+    if not getattr(args, "distributed", False):      # run_distributed notes it once, with its processes
+        from .cli import threads_note
+        threads_note("gpunet bench", args.threads)
     if getattr(args, "distributed", False):
         from .distributed.bench import run_distributed
         return run_distributed(args, device)

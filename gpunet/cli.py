@@ -57,6 +57,22 @@ def _positive_float(text):
     return v
 
 
+def threads_note(prog, n, processes=1):
+    """Print one line on stderr when ``--threads n`` (per process, ``processes`` of them on
+    this node) is more threads than the CPUs this process may run on. The count is used as
+    given, as ``torch.set_num_threads`` takes any count (oversubscribing is a legitimate
+    experiment), but the threads then take turns on the CPUs, which a mistyped count
+    should not do silently."""
+    from gpunet.threads import available_cpus
+    cpus = available_cpus()
+    if n is None or n * processes <= cpus:
+        return
+    what = f"--threads {n}" + (f" x {processes} processes" if processes > 1 else "")
+    print(f"{prog}: note: {what} is more threads than the {cpus} CPU{'s' * (cpus != 1)} this "
+          "process may run on; all of them are started (as torch.set_num_threads would), and "
+          "they take turns on the CPUs", file=sys.stderr)
+
+
 def user_path(text):
     """A path option with ``~`` expanded: the shell leaves ``--save=~/m.npz`` (and a quoted
     ``~``) as it is, and ``~`` would then be a folder of that name in the working directory."""
@@ -96,7 +112,7 @@ def _add_train(sub):
     p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
                    help="BLAS threads on the CPU (default: 1 for models whose GEMMs are small, "
                         "else every available CPU; with --distributed, shared by the processes "
-                        "of the node)")
+                        "of the node); more than the CPUs is allowed, with a note on stderr")
     p.add_argument("--save", metavar="PATH", type=user_path, default=None, help="write a checkpoint (.npz) here")
     p.add_argument("--plot", metavar="PATH", type=user_path, default=None,
                    help=f"write loss/accuracy curves (train and test) to an image; the format "
@@ -233,6 +249,8 @@ def _train(args):
     # BLAS threads: what --threads says, else (where NumPy does the math: cpu, sim) one
     # thread for small GEMMs, which a second thread only slows down on a busy machine.
     blas = ""
+    if comm is None or comm.rank == 0:
+        threads_note("gpunet train", args.threads, comm.local_size if comm is not None else 1)
     if args.threads or not device.startswith("cuda"):
         n = args.threads or threads.default_threads(largest_gemm_macs(model, Xtr.shape[1:], args.batch_size))
         if comm is not None and not args.threads:     # the node's CPUs shared by its processes

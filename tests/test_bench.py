@@ -157,6 +157,23 @@ def test_python_m_gpunet_bench_errors_as_gpunet_bench_does(args, tmp_path):
     assert (direct.returncode, direct.stdout, direct.stderr) == (2, "", command.stderr)
 
 
+def test_threads_above_the_cpus_reach_numpys_blas_too(tmp_path, capsys):
+    """``--threads N`` above the CPU count: PyTorch's worker got N threads but NumPy's
+    OpenBLAS capped OPENBLAS_NUM_THREADS at the CPU count, silently; now the gpunet worker
+    sets N itself and a note on stderr says the threads outnumber the CPUs."""
+    from gpunet import threads
+    n = bench.available_cpus() + 1
+    path = tmp_path / "b.json"
+    assert bench.main(TINY + ["--rounds", "1", "--threads", str(n), "--json", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"gpunet bench: note: --threads {n} is more threads than the {n - 1} CPU" in err
+    rep = json.loads(path.read_text())
+    assert rep["threads"] == n
+    if not threads.blas_libraries():
+        pytest.skip("no BLAS library gpunet.threads can drive: the worker's count is the environment's")
+    assert [lib["threads"] for lib in rep["facts"]["gpunet"]["numpy_blas"]] == [n] * len(threads.blas_libraries())
+
+
 def test_bad_device_is_a_clear_error(capsys):
     assert bench.main(["--device", "tpu", "--no-progress"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err

@@ -28,6 +28,27 @@ def test_default_train_reaches_accuracy(capsys, monkeypatch):
     assert sps > 0 and device == "cpu"
 
 
+def test_train_threads_above_the_cpus_is_noted_and_used(capsys):
+    """``--threads N`` above the CPU count was used without a word; it is still used (as
+    torch.set_num_threads takes any count) and a one-line note on stderr says so."""
+    from gpunet import threads
+    if not threads.blas_libraries():
+        pytest.skip("no BLAS library gpunet.threads can drive")
+    cpus = threads.available_cpus()
+    before = threads.get_num_threads()
+    try:
+        assert cli.main(["train", "--epochs", "1", "--device", "cpu", "--quiet", "--threads", str(cpus + 1)]) == 0
+        assert cli.main(["train", "--epochs", "1", "--device", "cpu", "--quiet", "--threads", str(cpus)]) == 0
+    finally:
+        threads.set_num_threads(before)
+    cap = capsys.readouterr()
+    assert cap.err.splitlines() == [
+        f"gpunet train: note: --threads {cpus + 1} is more threads than the {cpus} CPU{'s' * (cpus != 1)} "
+        "this process may run on; all of them are started (as torch.set_num_threads would), and "
+        "they take turns on the CPUs"]
+    assert f"| {cpus + 1} BLAS threads (--threads" in cap.out and f"BLAS thread{'s' * (cpus != 1)} (--threads" in cap.out
+
+
 def test_train_options_save_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     ck, png = tmp_path / "m.npz", tmp_path / "curves.png"

@@ -119,6 +119,9 @@ def run_distributed(args, device) -> int:
     per = args.threads or max(1, bench.available_cpus() // max(comm.local_size, 1))
     ref_threads = per * comm.local_size
     root = comm.rank == 0
+    if root:
+        from ..cli import threads_note
+        threads_note("gpunet bench", args.threads, comm.local_size)
     report = {"processes": comm.size, "backend": comm.backend, "device": device,
               "threads_per_process": per, "reference_threads": ref_threads,
               "cpu": bench.cpu_model(), "rounds": rounds, "models": {}}
