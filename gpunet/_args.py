@@ -53,6 +53,18 @@ def flag(who: str, name: str, value) -> bool:
     raise ArgumentTypeError(f"{who}: expected {name} to be a bool (True or False), got {_got(value)}")
 
 
+def communicator(who: str, name: str, value, needs=("rank", "size"), none: bool = False):
+    """``value`` when it has the attributes ``needs`` of a ``gpunet.distributed``
+    communicator (by attribute, not by class: a wrapper or a test's fake world works too);
+    ``none=True`` lets None through. Anything else raises ``ArgumentTypeError``."""
+    if value is None and none:
+        return None
+    if value is None or not all(hasattr(value, a) for a in needs):
+        raise ArgumentTypeError(f"{who}: expected {name} to be {'None or ' if none else ''}a gpunet.distributed "
+                                f"communicator (gpunet.distributed.init()), got {_got(value)}")
+    return value
+
+
 def _int_text(low, none) -> str:
     what = ("an int" if low is None else "a positive int" if low == 1
             else f"an int >= {low}")

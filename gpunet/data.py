@@ -259,10 +259,7 @@ class DataLoader:
         self.y = y
         self.device = None
         self.epoch = 0
-        if comm is not None and not all(hasattr(comm, a) for a in ("rank", "size")):
-            raise TypeError(f"DataLoader: expected comm to be a gpunet.distributed communicator, "
-                            f"got {type(comm).__name__}")
-        self.comm = comm
+        self.comm = _args.communicator("DataLoader", "comm", comm, none=True)
         self._resident = None       # (X, y) on self.device, once copied
         self._permute = False       # resident and shuffled: gather each epoch's copy at once
         if device is not None:

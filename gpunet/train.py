@@ -119,11 +119,9 @@ def _check_callbacks(callbacks, who):
 def _check_comm(comm, optimizer):
     """``comm`` for ``Trainer(comm=...)``: a communicator, and with more than one process an
     optimizer that averages the gradients over it."""
-    if comm is None:
+    if _args.communicator("Trainer", "comm", comm, ("rank", "size", "allreduce", "bcast_object"),
+                          none=True) is None:
         return None
-    if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce", "bcast_object")):
-        raise TypeError(f"Trainer: expected comm to be a gpunet.distributed communicator, got "
-                        f"{type(comm).__name__}")
     if comm.size > 1 and getattr(optimizer, "comm", None) is not comm:
         raise ValueError(f"Trainer: comm has {comm.size} processes but the optimizer "
                          f"{type(optimizer).__name__} does not average gradients over it; wrap it: "

@@ -243,6 +243,60 @@ def test_distributed_optimizer_rejects_bad_arguments():
         D.DistributedOptimizer(sgd, one_process_comm(), compression="int8")
 
 
+def test_distributed_arguments_name_the_function_the_argument_and_the_value(monkeypatch):
+    """The public API's arguments through gpunet._args: a wrong type is a TypeError, a value
+    out of range a ValueError, each naming the function, the argument and the value. Before,
+    bucket_mb="4" was a ValueError and numpy.float32(4) was refused, a root was never checked
+    (a world of one ignored it; MPI failed deep inside mpi4py), shard(X, y, None) gave every
+    process all of the data, and SyncBatchNorm(comm="x") failed at its first forward."""
+    net = W.model("mlp")
+    sgd = gpunet.optim.SGD(net.parameters())
+    comm = one_process_comm()
+    X, y = W.data()
+    cases = [
+        (TypeError, "DistributedOptimizer: expected bucket_mb to be a real number, got '4' (str)",
+         lambda: D.DistributedOptimizer(sgd, comm, bucket_mb="4")),
+        (TypeError, "DistributedOptimizer: expected bucket_mb to be a real number, got True (bool)",
+         lambda: D.DistributedOptimizer(sgd, comm, bucket_mb=True)),
+        (ValueError, "DistributedOptimizer: expected bucket_mb > 0, got nan",
+         lambda: D.DistributedOptimizer(sgd, comm, bucket_mb=float("nan"))),
+        (ValueError, "DistributedOptimizer: expected bucket_mb to be finite, got inf",
+         lambda: D.DistributedOptimizer(sgd, comm, bucket_mb=float("inf"))),
+        (TypeError, "broadcast_parameters: expected root to be an int >= 0, got '0' (str)",
+         lambda: D.broadcast_parameters(net, comm, root="0")),
+        (ValueError, "broadcast_parameters: expected root to be a rank in [0, 1), got 1",
+         lambda: D.broadcast_parameters(net, comm, root=1)),
+        (TypeError, "broadcast_parameters: expected comm to be a gpunet.distributed communicator "
+                    "(gpunet.distributed.init()), got None",
+         lambda: D.broadcast_parameters(net, None)),
+        (ValueError, "Communicator.broadcast: expected root to be an int >= 0, got -1",
+         lambda: comm.broadcast(numpy.zeros(3), root=-1)),
+        (TypeError, "Communicator.bcast_object: expected root to be an int >= 0, got 0.0 (float)",
+         lambda: comm.bcast_object({}, root=0.0)),
+        (TypeError, "Communicator.abort: expected code to be an int, got '1' (str)",
+         lambda: comm.abort("1")),
+        (ValueError, "Communicator: expected local_size to be a positive int, got 0",
+         lambda: D.Communicator(local_size=0)),
+        (TypeError, "shard: expected comm to be a gpunet.distributed communicator "
+                    "(gpunet.distributed.init()), got None",
+         lambda: D.shard(X, y, None)),
+        (TypeError, "SyncBatchNorm: expected comm to be None or a gpunet.distributed communicator "
+                    "(gpunet.distributed.init()), got 'x' (str)",
+         lambda: D.SyncBatchNorm(4, comm="x")),
+        (TypeError, "gpunet.distributed.init: expected device 'auto', 'cpu' or 'cuda', got None",
+         lambda: D.init(device=None)),
+    ]
+    monkeypatch.setattr(D.comm, "_WORLD", None)
+    for exc, message, call in cases:
+        with pytest.raises(exc) as e:
+            call()
+        assert str(e.value) == message
+    opt = D.DistributedOptimizer(sgd, comm, bucket_mb=numpy.float32(0.5))
+    assert opt.bucket_mb == 0.5 and type(opt.bucket_mb) is float
+    assert D.broadcast_parameters(net, comm, root=numpy.int64(0)) is net
+    assert comm.bcast_object(3, root=numpy.int32(0)) == 3
+
+
 class FakeComm:
     """A rank of a world of ``size`` for index arithmetic (no collectives)."""
 

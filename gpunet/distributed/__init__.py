@@ -17,7 +17,8 @@ launched with ``mpiexec -n 2 python script.py`` (or ``srun``). Names (DESIGN.md 
 """
 from __future__ import annotations
 
-from .comm import Communicator, Handle, init, launched_by_mpi
+from .. import _args
+from .comm import Communicator, Handle, check_root, init, launched_by_mpi
 from .optimizer import DistributedOptimizer
 from .batchnorm import SyncBatchNorm
 
@@ -33,6 +34,8 @@ def broadcast_parameters(model, comm, root=0):
     from ..layers import Dropout
     if not hasattr(model, "named_parameters"):
         raise TypeError(f"broadcast_parameters: expected a gpunet Layer, got {type(model).__name__}")
+    _args.communicator("broadcast_parameters", "comm", comm, ("rank", "size", "broadcast", "bcast_object"))
+    root = check_root("broadcast_parameters", root, comm.size)
     for _, p in model.named_parameters():
         comm.broadcast(p.data, root=root)
     scalars = {}
@@ -58,6 +61,7 @@ def shard(X, y, comm, seed=0, batch_size=64, shuffle=True, drop_last=False, devi
     from ``seed`` (the same on every process). Padding, order and what a run on one
     process with ``batch_size · comm.size`` sees: ``gpunet.data.DataLoader``, "Sharding"."""
     from ..data import DataLoader
+    _args.communicator("shard", "comm", comm)     # None would give every process all of the data
     return DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                       drop_last=drop_last, device=device, comm=comm)
 

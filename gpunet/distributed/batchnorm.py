@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 from ..functional import batchnorm as F
 from ..layers import BatchNorm
@@ -52,7 +53,7 @@ class SyncBatchNorm(BatchNorm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, comm=None):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
-        if comm is None:
+        if _args.communicator("SyncBatchNorm", "comm", comm, ("rank", "size", "allreduce"), none=True) is None:
             from .comm import init
             comm = init()
         self.comm = comm

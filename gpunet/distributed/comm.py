@@ -40,6 +40,7 @@ import time
 
 import numpy
 
+from .. import _args
 from ..backend import device_of, to_device, to_numpy
 
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -66,6 +67,15 @@ def _check_op(op, who):
     if op not in _OPS:
         raise ValueError(f"{who}: expected op to be one of {', '.join(map(repr, _OPS))}, got {op!r}")
     return op
+
+
+def check_root(who, root, size):
+    """``root`` as an int rank of a world of ``size`` processes, or the error naming ``who``
+    (MPI's own, from deep inside mpi4py, names neither; a world of one never reached it)."""
+    root = _args.integer(who, "root", root, low=0)
+    if root >= size:
+        raise ValueError(f"{who}: expected root to be a rank in [0, {size}), got {root}")
+    return root
 
 
 def _is_cupy(x) -> bool:
@@ -136,7 +146,8 @@ class Communicator:
         self.mpi = mpi_comm
         self.rank = 0 if mpi_comm is None else int(mpi_comm.Get_rank())
         self.size = 1 if mpi_comm is None else int(mpi_comm.Get_size())
-        self.local_rank, self.local_size = int(local_rank), int(local_size)
+        self.local_rank = _args.integer("Communicator", "local_rank", local_rank, low=0)
+        self.local_size = _args.integer("Communicator", "local_size", local_size, low=1)
         self.device = device
         self._nccl = nccl
         self._stream = None
@@ -194,6 +205,7 @@ class Communicator:
 
     def broadcast(self, x, root=0):
         """Overwrite ``x`` (an array, in place) with the root's; returns ``x``."""
+        root = check_root("Communicator.broadcast", root, self.size)
         if self.size == 1:
             return x
         if isinstance(x, numpy.ndarray):
@@ -225,6 +237,7 @@ class Communicator:
 
     # -- Python objects, control ------------------------------------------------------------------
     def bcast_object(self, obj, root=0):
+        root = check_root("Communicator.bcast_object", root, self.size)
         return obj if self.size == 1 else self.mpi.bcast(obj, root=root)
 
     def allgather_object(self, obj):
@@ -238,6 +251,7 @@ class Communicator:
         """End every process of the world with exit status ``code`` (``MPI_Abort``), after
         flushing stdout/stderr and half a second for the launcher to forward them (MPICH's
         proxies die with the abort and would drop what they still hold)."""
+        code = _args.integer("Communicator.abort", "code", code)
         for f in (sys.stdout, sys.stderr):
             try:
                 f.flush()
@@ -245,8 +259,8 @@ class Communicator:
                 pass
         if self.mpi is not None:
             time.sleep(0.5)
-            self.mpi.Abort(int(code))
-        os._exit(int(code))
+            self.mpi.Abort(code)
+        os._exit(code)
 
     def _progress_thread(self):
         """The thread that makes MPI progress while the caller computes (see ``_Progress``);
@@ -365,6 +379,9 @@ def init(device="auto"):
     global _WORLD
     if _WORLD is not None:
         return _WORLD
+    if not isinstance(device, str):
+        raise _args.ArgumentTypeError(f"gpunet.distributed.init: expected device 'auto', 'cpu' or 'cuda', "
+                                      f"got {_args._got(device)}")
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"gpunet.distributed.init: expected device 'auto', 'cpu' or 'cuda', got {device!r}")
     host = "cpu"

@@ -25,6 +25,7 @@ import time
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 
 
@@ -86,17 +87,13 @@ class DistributedOptimizer:
         if not hasattr(optimizer, "step") or not hasattr(optimizer, "params"):
             raise TypeError(f"DistributedOptimizer: expected a gpunet.optim optimizer, got "
                             f"{type(optimizer).__name__}")
-        if not all(hasattr(comm, a) for a in ("rank", "size", "iallreduce")):
-            raise TypeError(f"DistributedOptimizer: expected a communicator from "
-                            f"gpunet.distributed.init(), got {type(comm).__name__}")
-        if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
-            raise ValueError(f"DistributedOptimizer: expected bucket_mb to be a positive number, "
-                             f"got {bucket_mb!r}")
+        _args.communicator("DistributedOptimizer", "comm", comm, ("rank", "size", "iallreduce"))
+        bucket_mb = _args.real("DistributedOptimizer", "bucket_mb", bucket_mb, low=0, low_open=True)
         if compression not in (None, "fp16"):
             raise ValueError(f"DistributedOptimizer: expected compression None or 'fp16', got "
                              f"{compression!r}")
         object.__setattr__(self, "optimizer", optimizer)
-        self.comm, self.bucket_mb, self.compression = comm, float(bucket_mb), compression
+        self.comm, self.bucket_mb, self.compression = comm, bucket_mb, compression
         self.trace = None
         self.stats = {"launched": 0, "synchronous": 0, "wait_seconds": 0.0, "steps": 0}
         self._sync = True
