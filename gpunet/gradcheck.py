@@ -1,11 +1,9 @@
 """Gradient checking by central differences, in float64."""
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy
 
+from . import _args
 from .backend import get_array_module, to_numpy
 from .layers.base import Layer
 
@@ -39,11 +37,10 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
                         f"{type(layer_or_fn).__name__}")
     if not (hasattr(x, "dtype") and hasattr(x, "astype")):
         raise TypeError(f"gradcheck: expected x to be a NumPy or CuPy array, got {type(x).__name__}")
-    for k, v in (("eps", eps), ("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v >= 0 and math.isfinite(v)):
-            raise ValueError(f"gradcheck: expected {k} to be a finite number >= 0, got {v!r}")
-    if eps == 0:
-        raise ValueError("gradcheck: expected eps > 0 (the central-difference step), got 0")
+    eps = _args.real("gradcheck", "eps", eps, low=0, low_open=True)   # the central-difference step
+    rtol = _args.real("gradcheck", "rtol", rtol, low=0)
+    atol = _args.real("gradcheck", "atol", atol, low=0)
+    seed = _args.integer("gradcheck", "seed", seed, low=0)
     xp = get_array_module(x)
     x = x.astype(numpy.float64, order="C")   # a copy, C order: perturbed through a flat view
     rng = numpy.random.default_rng(seed)

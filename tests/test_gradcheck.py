@@ -170,8 +170,15 @@ def test_gradient_of_wrong_shape(xp):
 
 @pytest.mark.parametrize("kw,err,msg", [
     ({"eps": 0}, ValueError, "expected eps > 0"),
-    ({"eps": float("nan")}, ValueError, "expected eps to be a finite number >= 0"),
-    ({"rtol": -1}, ValueError, "expected rtol to be a finite number >= 0"),
+    ({"eps": float("nan")}, ValueError, "expected eps > 0, got nan"),
+    ({"rtol": -1}, ValueError, "expected rtol >= 0, got -1"),
+    # the second audit: a wrong type was a ValueError only, and seed went unchecked into
+    # numpy.random.default_rng (a float or a negative seed failed inside NumPy)
+    ({"atol": "1e-6"}, TypeError, r"expected atol to be a real number, got '1e-6' \(str\)"),
+    ({"eps": True}, TypeError, r"expected eps to be a real number, got True \(bool\)"),
+    ({"atol": float("inf")}, ValueError, "expected atol to be finite, got inf"),
+    ({"seed": 1.5}, TypeError, r"expected seed to be an int >= 0, got 1.5 \(float\)"),
+    ({"seed": -1}, ValueError, "expected seed to be an int >= 0, got -1"),
     ({"x": "list"}, TypeError, "expected x to be a NumPy or CuPy array, got list"),
     ({"layer": None}, TypeError, "expected a Layer or a callable"),
     # found by the first-hour audit: a function returning y alone read "'numpy.ndarray'
