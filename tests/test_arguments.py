@@ -274,3 +274,83 @@ def test_layer_sizes_say_positive_int_and_a_float_is_a_type_error(who, name, mak
     with pytest.raises(ValueError, match=rf"^{who}: expected {name} to be a positive int, got 0$"):
         make(0)
     assert getattr(make(numpy.int64(2)), name) == 2
+
+
+# -- gpunet.functional: the hyper-parameters of the per-step functions ---------------------
+
+def _fx():
+    return numpy.random.default_rng(0).standard_normal((4, 6)).astype(numpy.float32)
+
+
+def _fimg():
+    return numpy.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(numpy.float32)
+
+
+_F = gpunet.functional
+_G, _B = numpy.ones(6, numpy.float32), numpy.zeros(6, numpy.float32)
+FUNCTIONAL = [
+    # silently wrong before: inplace="no" overwrote the input, NaN hyper-parameters gave NaN
+    # outputs, a negative eps NaN statistics, a str ignore_index matched no label, a float
+    # start shifted the mask, a str flag was read as True
+    (lambda: _F.relu(_fx(), inplace="no"), TypeError,
+     "relu: expected inplace to be a bool (True or False), got 'no' (str)"),
+    (lambda: _F.softmax(_fx(), inplace=1), TypeError,
+     "softmax: expected inplace to be a bool (True or False), got 1 (int)"),
+    (lambda: _F.leaky_relu(_fx(), float("nan")), ValueError, "leaky_relu: expected negative_slope to be a number, got nan"),
+    (lambda: _F.leaky_relu_backward(_fx(), _fx(), _fx(), float("inf")), ValueError,
+     "leaky_relu_backward: expected negative_slope to be finite, got inf"),
+    (lambda: _F.elu(_fx(), float("nan")), ValueError, "elu: expected alpha to be a number, got nan"),
+    (lambda: _F.batch_norm_forward(_fx(), _G, _B, eps=-1.0), ValueError, "batch_norm_forward: expected eps > 0, got -1.0"),
+    (lambda: _F.batch_norm_eval(_fx(), _B, _B, _G, _B, eps=0), ValueError, "batch_norm_eval: expected eps > 0, got 0"),
+    (lambda: _F.softmax_cross_entropy(_fx(), numpy.array([0, 1, 2, 3]), ignore_index="1"), TypeError,
+     "softmax_cross_entropy: expected ignore_index to be None or an int, got '1' (str)"),
+    (lambda: _F.dropout_forward(_fx(), 0.5, 0, 0, start=1.5), TypeError,
+     "dropout_forward: expected start to be an int >= 0, got 1.5 (float)"),
+    (lambda: _F.linear_backward(_fx(), _fx(), numpy.ones((6, 6), numpy.float32), need_dx="no"), TypeError,
+     "linear_backward: expected need_dx to be a bool (True or False), got 'no' (str)"),
+    (lambda: _F.conv2d(_fimg(), numpy.ones((2, 3, 3, 3), numpy.float32), return_cols="no"), TypeError,
+     "conv2d: expected return_cols to be a bool (True or False), got 'no' (str)"),
+    # errors from deep inside NumPy or Python before
+    (lambda: _F.leaky_relu(_fx(), "a"), TypeError, "leaky_relu: expected negative_slope to be a real number, got 'a' (str)"),
+    (lambda: _F.elu_backward(_fx(), _fx(), _fx(), None), TypeError, "elu_backward: expected alpha to be a real number, got None"),
+    (lambda: _F.softmax(_fx(), axis=2), ValueError, "softmax: expected axis in [-2, 2) for an input of 2 dimensions, got 2"),
+    (lambda: _F.log_softmax(_fx(), axis=1.0), TypeError, "log_softmax: expected axis to be an int, got 1.0 (float)"),
+    (lambda: _F.softmax_backward(_fx(), _fx(), _fx(), axis=-3), ValueError,
+     "softmax_backward: expected axis in [-2, 2) for an input of 2 dimensions, got -3"),
+    (lambda: _F.batch_norm_forward(_fx(), _G, _B, eps="a"), TypeError,
+     "batch_norm_forward: expected eps to be a real number, got 'a' (str)"),
+    (lambda: _F.maxout_forward(_fx(), 0), ValueError, "maxout_forward: expected pieces to be a positive int, got 0"),
+    (lambda: _F.maxout_forward(_fx(), 4), ValueError,
+     "maxout_forward: expected pieces to divide the input's 6 channels (axis 1), got 4"),
+    (lambda: _F.maxout_backward(_fx(), numpy.zeros((4, 6), numpy.uint8), 2.0), TypeError,
+     "maxout_backward: expected pieces to be a positive int, got 2.0 (float)"),
+    (lambda: _F.dropout_forward(_fx(), 0.5, "a", 0), TypeError, "dropout_forward: expected seed to be an int >= 0, got 'a' (str)"),
+    (lambda: _F.dropout_backward(_fx(), 0.5, 0, -1), ValueError, "dropout_backward: expected counter to be an int >= 0, got -1"),
+    (lambda: _F.softmax_cross_entropy(_fx(), numpy.array([0, 1, 2, 3]), grad_scale="2"), TypeError,
+     "softmax_cross_entropy: expected grad_scale to be a real number, got '2' (str)"),
+    (lambda: _F.im2col(_fimg(), 0), ValueError, "im2col: kernel must be >= 1, got 0"),
+    (lambda: _F.col2im(numpy.zeros((2, 27, 16), numpy.float32), (2, 3, 6, 6), 3, stride=0), ValueError,
+     "col2im: stride must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("call,exc,message", FUNCTIONAL, ids=[m.split(" ")[0] + str(i) for i, (_, _, m) in enumerate(FUNCTIONAL)])
+def test_functional_hyper_parameters_are_checked(call, exc, message):
+    with pytest.raises(exc) as e:
+        call()
+    assert str(e.value) == message
+
+
+def test_functional_hyper_parameters_take_numpy_scalars_and_ints():
+    """What the checks let through on their slow path: NumPy scalars, ints where a real is
+    expected, numpy.bool_ flags; results as with the Python values."""
+    x = _fx()
+    numpy.testing.assert_array_equal(_F.leaky_relu(x, numpy.float32(0.5)), _F.leaky_relu(x, 0.5))
+    numpy.testing.assert_array_equal(_F.elu(x, 1), _F.elu(x, 1.0))
+    numpy.testing.assert_array_equal(_F.softmax(x, axis=numpy.int64(0)), _F.softmax(x, axis=0))
+    y = x.copy()
+    assert _F.relu(y, inplace=numpy.True_) is y
+    numpy.testing.assert_array_equal(_F.maxout_forward(x, numpy.int64(2))[0], _F.maxout_forward(x, 2)[0])
+    numpy.testing.assert_array_equal(_F.dropout_forward(x, 0.5, numpy.int64(3), numpy.uint32(1)),
+                                     _F.dropout_forward(x, 0.5, 3, 1))
+    numpy.testing.assert_array_equal(_F.im2col(_fimg(), 3), _F.im2col(_fimg(), (3, 3), (1, 1), (0, 0)))

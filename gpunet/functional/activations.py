@@ -8,6 +8,13 @@ whether the backward reads ``x``; when it does not, the forward may overwrite it
 
 Every body is written once against ``xp`` and runs on NumPy and CuPy, in the input's
 dtype (Python-float constants never promote float32).
+
+Hyper-parameters (``inplace``, ``negative_slope``, ``alpha``, ``axis``) are checked on
+every call, as ``gpunet._args`` checks a constructor's: ``inplace="no"`` would overwrite the
+input, a NaN slope would fill the output with NaN. The layers call these per step with
+values their constructors checked, so each check is one type test (and a range test) on
+that path and calls ``gpunet._args`` only for anything else: a bool, a finite Python
+float, an int axis of the input.
 """
 from __future__ import annotations
 
@@ -15,11 +22,21 @@ import math
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 
 
 def _out(x, inplace):
     return x if inplace else None
+
+
+def _axis(who, axis, ndim) -> int:
+    """The slow path of ``axis``: not an int, or not an axis of an ``ndim``-D input."""
+    axis = _args.integer(who, "axis", axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{who}: expected axis in [{-ndim}, {ndim}) for an input of {ndim} "
+                         f"dimension{'s' * (ndim != 1)}, got {axis}")
+    return axis
 
 
 # -- sigmoid: y = 1 / (1 + e^-x)
@@ -28,6 +45,8 @@ def sigmoid(x, inplace=False):
     ``e = e^-|x| <= 1``, so nothing overflows, and small outputs keep their relative
     precision (``σ(-20) = 2.06e-9``, where ``(1 + tanh(x/2))/2`` rounds to 0 in float32).
     The numerator is ``max(e, [x >= 0])``, which avoids ``xp.where`` (slow on mixed signs)."""
+    if inplace.__class__ is not bool:
+        inplace = _args.flag("sigmoid", "inplace", inplace)
     xp = get_array_module(x)
     e = xp.abs(x)
     xp.negative(e, out=e)
@@ -49,6 +68,8 @@ def sigmoid_backward(dy, x, y):
 
 # -- tanh
 def tanh(x, inplace=False):
+    if inplace.__class__ is not bool:
+        inplace = _args.flag("tanh", "inplace", inplace)
     xp = get_array_module(x)
     return xp.tanh(x, out=_out(x, inplace))
 
@@ -63,6 +84,8 @@ def tanh_backward(dy, x, y):
 
 # -- ReLU: y = max(x, 0)
 def relu(x, inplace=False):
+    if inplace.__class__ is not bool:
+        inplace = _args.flag("relu", "inplace", inplace)
     xp = get_array_module(x)
     return xp.maximum(x, 0, out=_out(x, inplace))
 
@@ -91,8 +114,12 @@ def relu_mask_times(dy, y):
 #    than plain passes. max(x, slope*x) picks the right branch for any slope <= 1
 #    (negative ones included), min(x, slope*x) for slope > 1; both are exact.
 def leaky_relu(x, negative_slope=0.01, inplace=False):
+    if inplace.__class__ is not bool:
+        inplace = _args.flag("leaky_relu", "inplace", inplace)
+    s = negative_slope
+    if s.__class__ is not float or s - s != 0.0:         # s - s: NaN for NaN and ±inf
+        s = _args.real("leaky_relu", "negative_slope", s)
     xp = get_array_module(x)
-    s = float(negative_slope)
     t = xp.multiply(x, s)
     pick = xp.maximum if s <= 1.0 else xp.minimum
     return pick(x, t, out=x if inplace else t)
@@ -100,8 +127,10 @@ def leaky_relu(x, negative_slope=0.01, inplace=False):
 
 def leaky_relu_backward(dy, x, y, negative_slope=0.01):
     # dx = dy·c with c = 1 where x > 0, slope elsewhere, built exactly from the 0/1 mask m
+    s = negative_slope
+    if s.__class__ is not float or s - s != 0.0:
+        s = _args.real("leaky_relu_backward", "negative_slope", s)
     xp = get_array_module(dy)
-    s = float(negative_slope)
     m = (x > 0).astype(dy.dtype)
     if 0.0 <= s <= 1.0:
         xp.maximum(m, s, out=m)                 # 1 or s
@@ -118,11 +147,13 @@ def leaky_relu_backward(dy, x, y, negative_slope=0.01):
 # -- ELU: y = x for x > 0, alpha*(e^x - 1) otherwise
 #    = alpha*expm1(min(x, 0)) + max(x, 0): one of the two terms is 0, so this is exact.
 def elu(x, alpha=1.0, inplace=False):
+    if alpha.__class__ is not float or alpha - alpha != 0.0:
+        alpha = _args.real("elu", "alpha", alpha)
     xp = get_array_module(x)
     y = xp.minimum(x, 0)
     xp.expm1(y, out=y)
     if alpha != 1.0:
-        y *= float(alpha)
+        y *= alpha
     y += xp.maximum(x, 0)
     return y
 
@@ -130,8 +161,9 @@ def elu(x, alpha=1.0, inplace=False):
 def elu_backward(dy, x, y, alpha=1.0):
     # dy/dx = 1 for x > 0, alpha*e^x = y + alpha otherwise; for alpha >= 0, y <= 0 there
     # and y > 0 above, so min(y, 0) + alpha is the derivative except where x > 0.
+    if alpha.__class__ is not float or alpha - alpha != 0.0:
+        alpha = _args.real("elu_backward", "alpha", alpha)
     xp = get_array_module(dy)
-    alpha = float(alpha)
     if alpha < 0.0:
         return dy * xp.where(x > 0, 1.0, y + alpha).astype(dy.dtype, copy=False)
     d = xp.minimum(y, 0)
@@ -228,6 +260,10 @@ def softplus_backward(dy, x, y):
 # -- Softmax along an axis, with the row max subtracted: e^(x-m) never overflows and the
 #    result is unchanged, since softmax(x - m) = softmax(x).
 def softmax(x, axis=-1, inplace=False):
+    if axis.__class__ is not int or not -x.ndim <= axis < x.ndim:
+        axis = _axis("softmax", axis, x.ndim)
+    if inplace.__class__ is not bool:
+        inplace = _args.flag("softmax", "inplace", inplace)
     xp = get_array_module(x)
     y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=_out(x, inplace))
     xp.exp(y, out=y)
@@ -236,6 +272,8 @@ def softmax(x, axis=-1, inplace=False):
 
 
 def softmax_backward(dy, x, y, axis=-1):
+    if axis.__class__ is not int or not -dy.ndim <= axis < dy.ndim:
+        axis = _axis("softmax_backward", axis, dy.ndim)
     # Jacobian-vector product: dx = y * (dy - Σ dy·y)
     xp = get_array_module(dy)
     t = xp.multiply(dy, y)
@@ -246,12 +284,16 @@ def softmax_backward(dy, x, y, axis=-1):
 
 # -- LogSoftmax: y = x - m - log Σ e^(x-m)
 def log_softmax(x, axis=-1, inplace=False):
+    if axis.__class__ is not int or not -x.ndim <= axis < x.ndim:
+        axis = _axis("log_softmax", axis, x.ndim)
     xp = get_array_module(x)
     z = x - x.max(axis=axis, keepdims=True)
     return xp.subtract(z, xp.log(xp.exp(z).sum(axis=axis, keepdims=True)), out=z)
 
 
 def log_softmax_backward(dy, x, y, axis=-1):
+    if axis.__class__ is not int or not -dy.ndim <= axis < dy.ndim:
+        axis = _axis("log_softmax_backward", axis, dy.ndim)
     # dx = dy - softmax · Σ dy, with softmax = e^y
     xp = get_array_module(dy)
     t = xp.exp(y)

@@ -31,8 +31,11 @@ run over the rows (a different order of additions than the whole-tensor reductio
 """
 from __future__ import annotations
 
+import math
+
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 from .layout import ORDERS, copy_as, memory_order
 
@@ -72,8 +75,9 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5, running=None):
     ``(running_mean, running_var, momentum)`` of the statistics' dtype, updated in place by
     the statistics kernel (``gpunet.cuda.batchnorm_forward``).
     """
+    if eps.__class__ is not float or not 0.0 < eps < math.inf:    # -1 gave NaN, "x" failed in float()
+        eps = _args.real("batch_norm_forward", "eps", eps, low=0, low_open=True)
     xp = get_array_module(x, gamma, beta)
-    eps = float(eps)
     if x.dtype == numpy.float16:
         gamma, beta = _f32(gamma, beta)
     if xp is not numpy:
@@ -191,12 +195,14 @@ def batch_norm_eval(x, running_mean, running_var, gamma, beta, eps=1e-5):
     ``y = (x - running_mean) / sqrt(running_var + eps) · gamma + beta``, folded into one
     per-channel scale and shift. The statistics are cast to ``x``'s dtype; a float16 ``x``
     is computed in float32 and ``y`` rounded once."""
+    if eps.__class__ is not float or not 0.0 < eps < math.inf:
+        eps = _args.real("batch_norm_eval", "eps", eps, low=0, low_open=True)
     xp = get_array_module(x, running_mean, running_var, gamma, beta)
     if x.dtype == numpy.float16:
         return batch_norm_eval(x.astype(numpy.float32), *_f32(running_mean, running_var, gamma, beta),
                                eps).astype(numpy.float16)
     s = _bcast(x)
-    scale = 1.0 / xp.sqrt(running_var.astype(x.dtype, copy=False) + float(eps))
+    scale = 1.0 / xp.sqrt(running_var.astype(x.dtype, copy=False) + eps)
     if gamma is not None:
         scale = scale * gamma
     shift = -running_mean.astype(x.dtype, copy=False) * scale

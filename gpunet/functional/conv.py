@@ -62,6 +62,7 @@ import numbers
 
 import numpy
 
+from .. import _args
 from ..backend import device_of, get_array_module
 from .activations import relu_backward, relu_mask_times
 from .linear import device_matmul
@@ -154,7 +155,14 @@ def gather_matrix(xp, device, in_hw, kernel, stride, padding, dtype):
 
 def im2col(x, kernel, stride=(1, 1), padding=(0, 0)):
     """``cols (N, C*kh*kw, OH*OW)``: column ``p*OW + q`` of ``cols[n]`` holds the patch that
-    output position ``(p, q)`` sees, in ``(c, i, j)`` order (the weight's layout)."""
+    output position ``(p, q)`` sees, in ``(c, i, j)`` order (the weight's layout).
+    ``kernel``, ``stride``, ``padding``: an int or an ``(h, w)`` pair, as for ``conv2d``."""
+    return _im2col(x, pair(kernel, "im2col", "kernel", 1), pair(stride, "im2col", "stride", 1),
+                   pair(padding, "im2col", "padding", 0))
+
+
+def _im2col(x, kernel, stride, padding):
+    """:func:`im2col` of checked ``(h, w)`` tuples (conv2d's per-step call)."""
     out_hw = output_size("im2col", x.shape, kernel, stride, padding)
     n, c, h, w = x.shape
     if h * w <= IM2COL_GEMM_MAX_PIXELS:
@@ -171,6 +179,12 @@ def col2im(dcols, x_shape, kernel, stride=(1, 1), padding=(0, 0)):
     """The adjoint of :func:`im2col`: ``dcols (N, C*kh*kw, OH*OW) -> dx (N, C, H, W)``,
     summing the contributions of overlapping patches; a loop over the ``kh*kw`` kernel
     offsets, each adding one strided slice."""
+    return _col2im(dcols, x_shape, pair(kernel, "col2im", "kernel", 1), pair(stride, "col2im", "stride", 1),
+                   pair(padding, "col2im", "padding", 0))
+
+
+def _col2im(dcols, x_shape, kernel, stride, padding):
+    """:func:`col2im` of checked ``(h, w)`` tuples (conv2d_backward's per-step call)."""
     xp = get_array_module(dcols)
     n, c, h, w = x_shape
     kh, kw = kernel
@@ -488,6 +502,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, return_cols=False, cols_bu
     batch norm, dropout and flatten take it without a copy): three launches.
     """
     _check("conv2d", x, weight, bias)
+    if return_cols.__class__ is not bool:       # "no" returned a tuple
+        return_cols = _args.flag("conv2d", "return_cols", return_cols)
     xp = get_array_module(x, weight, bias)
     stride = pair(stride, "conv2d", "stride", 1)
     padding = pair(padding, "conv2d", "padding", 0)
@@ -540,7 +556,7 @@ def _conv2d_numpy(xp, x, weight, bias, stride, padding, out_hw, cols_buffer):
         # (O, OH*OW*N): one GEMM, threaded by BLAS; CHWN memory, returned as its NCHW view
         y = _forward_gemm(xp, w2, cols, n)
         return y.reshape(o, oh, ow, n).transpose(3, 0, 1, 2), cols
-    cols = im2col(x, (kh, kw), stride, padding)
+    cols = _im2col(x, (kh, kw), stride, padding)
     y = device_matmul(xp, weight.reshape(o, -1), cols)   # (N, O, OH*OW): NCHW already
     if bias is not None:
         y += bias.reshape(o, 1)
@@ -567,6 +583,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
     views (no operand copies), ``db`` one row-sum reduction, and one col2im kernel gives
     ``dx`` NCHW-contiguous: at most five launches.
     """
+    if need_dx.__class__ is not bool or need_bias.__class__ is not bool:
+        need_dx = _args.flag("conv2d_backward", "need_dx", need_dx)
+        need_bias = _args.flag("conv2d_backward", "need_bias", need_bias)
     xp = get_array_module(dy, x, weight)
     stride = pair(stride, "conv2d_backward", "stride", 1)
     padding = pair(padding, "conv2d_backward", "padding", 0)
@@ -604,7 +623,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
     if cols is None:
         cols = im2col_rows(x, (kh, kw), stride, padding, ones_row=need_bias, batch_last=True) \
             if _rows_layout(x) else \
-            im2col(x, (kh, kw), stride, padding)
+            _im2col(x, (kh, kw), stride, padding)
     if cols.ndim == 2:
         d2 = dy.transpose(1, 2, 3, 0).reshape(o, -1)   # (O, OH*OW*N); a copy unless CHWN dy
         k = weight[0].size
@@ -629,5 +648,5 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
     dx = None
     if need_dx:
         dcols = device_matmul(xp, weight.reshape(o, -1).T, dy3)  # (N, C*kh*kw, OH*OW)
-        dx = col2im(dcols, x.shape, (kh, kw), stride, padding)
+        dx = _col2im(dcols, x.shape, (kh, kw), stride, padding)
     return dx, dw, db

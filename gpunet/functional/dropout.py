@@ -26,6 +26,7 @@ import numbers
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 from ..random import keep_threshold, keys, random_bits
 
@@ -46,6 +47,13 @@ def check_mode(mode, owner="dropout"):
     if mode not in MODES:
         raise ValueError(f"{owner}: mode must be 'inverted' or 'classic', got {mode!r}")
     return mode
+
+
+def _draw(who, seed, counter, start):
+    """The slow path of a draw's ``(seed, counter, start)``: each an int >= 0 (a float start
+    was taken, a string seed failed in ``int()``, a negative counter named ``random``)."""
+    return (_args.integer(who, "seed", seed, low=0), _args.integer(who, "counter", counter, low=0),
+            _args.integer(who, "start", start, low=0))
 
 
 def train_scale(p, mode="inverted") -> float:
@@ -96,6 +104,9 @@ def dropout_forward(x, p, seed, counter, mode="inverted", start=0):
     (classic); ``m`` is the mask of draw ``(seed, counter)`` (its elements ``start, start + 1, ...``:
     a data-parallel process draws its share of the global batch's mask, see
     ``gpunet.layers.Dropout``). Any shape; ``y`` has ``x``'s shape and dtype."""
+    if (seed.__class__ is not int or counter.__class__ is not int or start.__class__ is not int
+            or (seed | counter | start) < 0):       # the OR of ints >= 0 is >= 0
+        seed, counter, start = _draw("dropout_forward", seed, counter, start)
     p = check_p(p)
     scale = train_scale(p, mode)
     if get_array_module(x) is not numpy:
@@ -107,6 +118,9 @@ def dropout_forward(x, p, seed, counter, mode="inverted", start=0):
 
 def dropout_backward(dy, p, seed, counter, mode="inverted", start=0):
     """``dx = dy · m · scale`` with the mask regenerated from the forward's ``(seed, counter)``."""
+    if (seed.__class__ is not int or counter.__class__ is not int or start.__class__ is not int
+            or (seed | counter | start) < 0):
+        seed, counter, start = _draw("dropout_backward", seed, counter, start)
     p = check_p(p)
     scale = train_scale(p, mode)
     if get_array_module(dy) is not numpy:

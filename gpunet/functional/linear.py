@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
 
 
@@ -45,6 +46,9 @@ def linear(x, weight, bias=None):
 def linear_backward(dy, x, weight, need_dx=True, need_bias=True):
     """Return ``(dx, dweight, dbias)``; ``dx`` is None when ``need_dx`` is False (the first
     layer of a network need not compute it), ``dbias`` None when there is no bias."""
+    if need_dx.__class__ is not bool or need_bias.__class__ is not bool:     # "no" read as True
+        need_dx = _args.flag("linear_backward", "need_dx", need_dx)
+        need_bias = _args.flag("linear_backward", "need_bias", need_bias)
     get_array_module(dy, x, weight)
     dw = matmul(dy.T, x)
     db = dy.sum(axis=0) if need_bias else None

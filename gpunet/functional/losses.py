@@ -9,10 +9,12 @@ of the reduced loss, and for ``"none"`` of the sum of the unreduced losses (what
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy
 
+from .. import _args
 from ..backend import array_hint, device_mismatch, get_array_module, is_array
 
 
@@ -193,11 +195,12 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=None
     check_nonempty(name, "logits", logits)
     check_reduction(name, reduction)
     xp = _module(name, "logits", logits, "labels", labels)
+    if ignore_index is not None and ignore_index.__class__ is not int:   # "1" was compared, never equal
+        ignore_index = _args.integer(name, "ignore_index", ignore_index, none=True)
     check_labels(name, logits, labels, ignore_index, check_values=xp is numpy)
     eps = check_label_smoothing(name, label_smoothing)
-    grad_scale = float(grad_scale)
-    if not (0.0 < grad_scale < float("inf")):
-        raise ValueError(f"{name}: grad_scale must be a finite float > 0, got {grad_scale}")
+    if grad_scale.__class__ is not float or not 0.0 < grad_scale < math.inf:
+        grad_scale = _args.real(name, "grad_scale", grad_scale, low=0, low_open=True)
     if xp is not numpy:
         from .. import cuda
         return cuda.softmax_xent(logits, labels, eps, ignore_index, reduction, grad_scale)

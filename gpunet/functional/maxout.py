@@ -14,7 +14,18 @@ from __future__ import annotations
 
 import numpy
 
+from .. import _args
 from ..backend import get_array_module
+
+
+def _pieces(who, pieces, channels=None):
+    """The slow path of ``pieces``: not an int >= 1, or (``channels`` given) not a divisor
+    of the input's channels."""
+    pieces = _args.integer(who, "pieces", pieces, low=1)
+    if channels is not None and channels % pieces:
+        raise ValueError(f"{who}: expected pieces to divide the input's {channels} channels "
+                         f"(axis 1), got {pieces}")
+    return pieces
 
 
 def _grouped(x, pieces):
@@ -25,6 +36,8 @@ def _grouped(x, pieces):
 def maxout_forward(x, pieces):
     """Return ``(y, idx)``: ``y (N, C, ...)`` the group maxima, ``idx`` the index (in
     ``[0, pieces)``) of the first maximal input of each group, same shape as ``y``."""
+    if pieces.__class__ is not int or pieces < 1 or x.shape[1] % pieces:
+        pieces = _pieces("maxout_forward", pieces, x.shape[1])
     xp = get_array_module(x)
     g = _grouped(x, pieces)
     y = g.max(axis=2)
@@ -38,6 +51,8 @@ def maxout_forward(x, pieces):
 
 def maxout_backward(dy, idx, pieces):
     """``dx (N, C·pieces, ...)``: ``dy`` routed to the winning input of each group, 0 elsewhere."""
+    if pieces.__class__ is not int or pieces < 1:
+        pieces = _pieces("maxout_backward", pieces)
     xp = get_array_module(dy, idx)
     k = xp.arange(pieces, dtype=idx.dtype).reshape((1, 1, pieces) + (1,) * (dy.ndim - 2))
     onehot = idx[:, :, None] == k
