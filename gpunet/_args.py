@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 
 import numpy
 
@@ -55,6 +56,22 @@ def flag(who: str, name: str, value) -> bool:
     if isinstance(value, _BOOLS):
         return bool(value)
     raise ArgumentTypeError(f"{who}: expected {name} to be a bool (True or False), got {_got(value)}")
+
+
+def flag_property(who: str, name: str, doc: str) -> property:
+    """A public bool attribute that users assign (``Dense.input_grad``,
+    ``DataLoader.shuffle``), as a property: the assignment goes through :func:`flag`
+    (``layer.input_grad = "no"`` raises instead of being read as True later) and stores a
+    Python bool in the instance's ``__dict__`` under ``_<name>``. Reading it calls a C
+    ``operator.attrgetter``, no Python function (about 70 ns against 11 ns for a plain
+    attribute): cheap enough for a read per step. ``who``: the class named in errors, None
+    for the instance's class."""
+    key = "_" + name
+
+    def set_flag(self, value):
+        self.__dict__[key] = flag(who or type(self).__name__, name, value)
+
+    return property(operator.attrgetter(key), set_flag, doc=doc)
 
 
 def communicator(who: str, name: str, value, needs=("rank", "size"), none: bool = False):

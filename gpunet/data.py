@@ -237,6 +237,11 @@ class DataLoader:
     ``num_samples`` stays ``N``. Shard with ``gpunet.distributed.shard(X, y, comm, ...)``.
     """
 
+    shuffle = _args.flag_property("DataLoader", "shuffle", "Shuffle each epoch (a bool; assigning "
+                                  "anything else raises, as the argument does).")
+    drop_last = _args.flag_property("DataLoader", "drop_last", "Drop the last, incomplete batch (a bool, "
+                                    "checked as shuffle is).")
+
     def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
                  device=None, comm=None):
         X = _check_array("X", X)
@@ -251,10 +256,10 @@ class DataLoader:
             raise ValueError(f"DataLoader: expected at least one sample, got X of shape "
                              f"{tuple(X.shape)}")
         self.batch_size = _args.integer("DataLoader", "batch_size", batch_size, low=1)
-        self.shuffle = _args.flag("DataLoader", "shuffle", shuffle)
+        self.shuffle = shuffle
         seed = _args.integer("DataLoader", "seed", seed, low=0, none=True)
         self.seed = int(numpy.random.SeedSequence().entropy) if seed is None else seed
-        self.drop_last = _args.flag("DataLoader", "drop_last", drop_last)
+        self.drop_last = drop_last
         self.X = X
         self.y = y
         self.device = None

@@ -39,6 +39,8 @@ FLAGS = [
     # public attributes users assign: checked in the setter
     ("Dense", "input_grad", lambda v: setattr(_dense(), "input_grad", v)),
     ("Conv2D", "input_grad", lambda v: setattr(gpunet.Conv2D(1, 2, 3), "input_grad", v)),
+    ("DataLoader", "shuffle", lambda v: setattr(gpunet.DataLoader(*_xy()), "shuffle", v)),
+    ("DataLoader", "drop_last", lambda v: setattr(gpunet.DataLoader(*_xy()), "drop_last", v)),
 ]
 
 
@@ -84,6 +86,17 @@ def test_input_grad_assigned_means_what_it_says():
         assert layer.input_grad is False and "input_grad=False" in repr(layer)
         layer(x)
         assert layer.backward(dy) is None
+
+
+def test_loader_flags_assigned_mean_what_they_say():
+    """``loader.drop_last = "no"`` was stored and read by truthiness (the last batch was
+    dropped); a NumPy bool assigned is stored as a bool."""
+    loader = gpunet.DataLoader(*_xy(10), batch_size=4)
+    with pytest.raises(TypeError):
+        loader.drop_last = "no"
+    assert loader.drop_last is False and len(loader) == 3
+    loader.drop_last, loader.shuffle = numpy.True_, numpy.False_
+    assert loader.drop_last is True and loader.shuffle is False and len(loader) == 2
 
 
 def test_a_wrong_type_is_a_type_error_and_a_value_error():

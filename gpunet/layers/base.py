@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import numbers
-import operator
 import sys
 import weakref
 
@@ -449,20 +448,6 @@ _ELSEWHERE = {     # Keras' and PyTorch's model methods: what a gpunet model doe
     "set_weights": "model.load_state_dict(state)",
     "requires_grad_": "every Parameter is trained; leave one out of the optimizer's list to freeze it",
 }
-
-
-def flag_attribute(name: str, doc: str) -> property:
-    """A public bool attribute of a layer that users assign (``Dense.input_grad``), as a
-    property: the assignment is checked by ``gpunet._args.flag`` (``layer.input_grad = "no"``
-    raises ``TypeError`` naming the class and the attribute, where the value used to be read
-    by truthiness later); the value lives in the instance's ``__dict__`` under ``_<name>``.
-    Reading it (once per backward) calls a C ``operator.attrgetter``, no Python function."""
-    key = "_" + name
-
-    def set_flag(self, value):
-        self.__dict__[key] = _args.flag(type(self).__name__, name, value)
-
-    return property(operator.attrgetter(key), set_flag, doc=doc)
 
 
 class Layer:

@@ -7,7 +7,7 @@ from .. import _args, init as _init
 from ..functional import conv as FC
 from .activations import apply_fused, get as get_activation
 from ..data import is_data
-from .base import (flag_attribute, Layer, Parameter, channels_last_hint, check_array, check_device, check_dtype,
+from .base import (Layer, Parameter, channels_last_hint, check_array, check_device, check_dtype,
                    check_grad, check_shapes)
 from .dense import default_init
 
@@ -39,8 +39,8 @@ class Conv2D(Layer):
     An empty batch (``N = 0``) raises ``ValueError``.
     """
 
-    input_grad = flag_attribute("input_grad", "False: ``backward`` computes no input gradient and "
-                                 "returns None (default True).")
+    input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
+                                       "returns None (default True).")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  activation=None, init=None):

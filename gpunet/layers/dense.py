@@ -8,7 +8,7 @@ from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
 from .activations import apply_fused, get as get_activation
-from .base import flag_attribute, Layer, Parameter, check_device, check_grad, check_input, check_shapes
+from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
 
 
 def default_init(activation) -> str:
@@ -35,8 +35,8 @@ class Dense(Layer):
     gets its ``dx``.
     """
 
-    input_grad = flag_attribute("input_grad", "False: ``backward`` computes no input gradient and "
-                                 "returns None (default True).")
+    input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
+                                       "returns None (default True).")
 
     def __init__(self, in_features, out_features, bias=True, activation=None, init=None):
         super().__init__()
