@@ -196,16 +196,16 @@ def default_device() -> str:
     choice = os.environ.get("GPUNET_DEVICE", "auto").strip().lower() or "auto"
     if choice == "auto":
         return "cuda" if cuda_available() else "cpu"
-    if choice == "cpu":
-        return "cpu"
-    if choice == "sim":
+    try:
+        kind, index = _parse(choice)
+    except ValueError:
+        raise ValueError(f"GPUNET_DEVICE={os.environ['GPUNET_DEVICE']!r}: expected 'auto', 'cpu', "
+                         "'cuda', 'cuda:N' (N a device index) or 'sim'") from None
+    if kind == "sim":
         require_sim()
-        return "sim"
-    if choice == "cuda" or (choice.startswith("cuda:") and choice[5:].isdigit()):
-        require_cuda(int(choice[5:]) if choice != "cuda" else 0)
-        return choice
-    raise ValueError(f"GPUNET_DEVICE={os.environ['GPUNET_DEVICE']!r}: expected 'auto', 'cpu', "
-                     "'cuda', 'cuda:N' (N a device index) or 'sim'")
+    elif kind == "cuda":
+        require_cuda(index)
+    return choice
 
 
 def resolve_device(device=None, who=None) -> str:
