@@ -14,7 +14,6 @@ residency rule), so a step moves no bytes from the host either.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 import warnings
@@ -45,10 +44,7 @@ except ImportError as e:  # pragma: no cover
 
 
 def _positive(name, value):
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not (math.isfinite(float(value)) and float(value) > 0.0)):
-        raise ValueError(f"Trainer: expected {name} to be a positive number, got {value!r}")
-    return float(value)
+    return _args.real("Trainer", name, value, low=0.0, low_open=True)
 
 
 def _check_cuda_graph(cuda_graph, device, comm):
@@ -248,13 +244,10 @@ class EarlyStopping(Callback):
                  **unknown):
         if unknown:
             raise _unexpected_keyword("EarlyStopping", unknown, _KERAS_CALLBACKS)
-        patience = _args.integer("EarlyStopping", "patience", patience, low=0)
-        if (isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real)
-                or not (min_delta >= 0 and math.isfinite(min_delta))):
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
-        self.monitor, self.patience, self.restore_best = (
-            monitor, int(patience), _args.flag("EarlyStopping", "restore_best", restore_best))
-        self.min_delta = float(min_delta)
+        self.monitor = monitor
+        self.patience = _args.integer("EarlyStopping", "patience", patience, low=0)
+        self.restore_best = _args.flag("EarlyStopping", "restore_best", restore_best)
+        self.min_delta = _args.real("EarlyStopping", "min_delta", min_delta, low=0.0)
         self.mode = _mode_for("EarlyStopping", monitor, mode)
         self.best = None
         self.best_epoch = None
@@ -321,16 +314,13 @@ class ModelCheckpoint(Callback):
         except TypeError:
             raise TypeError(f"ModelCheckpoint: expected path to be a str or os.PathLike, got "
                             f"{type(path).__name__}") from None
-        if initial_value_threshold is not None and (
-                isinstance(initial_value_threshold, bool)
-                or not isinstance(initial_value_threshold, numbers.Real)
-                or math.isnan(initial_value_threshold)):
-            raise ValueError(f"ModelCheckpoint: expected initial_value_threshold to be None or a "
-                             f"number, got {initial_value_threshold!r}")
+        if initial_value_threshold is not None:      # any number but NaN; inf is a bar too
+            initial_value_threshold = _args.real("ModelCheckpoint", "initial_value_threshold",
+                                                 initial_value_threshold, finite=False)
         self.path, self.monitor = path, monitor
         self.save_best_only = _args.flag("ModelCheckpoint", "save_best_only", save_best_only)
         self.mode = _mode_for("ModelCheckpoint", monitor, mode)
-        self.best = None if initial_value_threshold is None else float(initial_value_threshold)
+        self.best = initial_value_threshold
 
     def on_train_begin(self, trainer):
         # fail before the first epoch, not after it
