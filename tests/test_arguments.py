@@ -319,6 +319,17 @@ FUNCTIONAL = [
      "softmax_cross_entropy: expected ignore_index to be None or an int, got '1' (str)"),
     (lambda: _F.dropout_forward(_fx(), 0.5, 0, 0, start=1.5), TypeError,
      "dropout_forward: expected start to be an int >= 0, got 1.5 (float)"),
+    # the device-state variants took any start int() took: 1.5 drew start 1's mask, True
+    # start 1, "1" start 1, -1 wrapped to start 2**32 - 1 (seen on the sim); checked before
+    # any device work, so a host array and no state reach the check
+    (lambda: _F.dropout_forward_state(_fx(), 0.5, None, start=1.5), TypeError,
+     "dropout_forward_state: expected start to be an int >= 0, got 1.5 (float)"),
+    (lambda: _F.dropout_forward_state(_fx(), 0.5, None, start=True), TypeError,
+     "dropout_forward_state: expected start to be an int >= 0, got True (bool)"),
+    (lambda: _F.dropout_backward_state(_fx(), 0.5, None, start=-1), ValueError,
+     "dropout_backward_state: expected start to be an int >= 0, got -1"),
+    (lambda: _F.dropout_backward_state(_fx(), 0.5, None, start="1"), TypeError,
+     "dropout_backward_state: expected start to be an int >= 0, got '1' (str)"),
     (lambda: _F.linear_backward(_fx(), _fx(), numpy.ones((6, 6), numpy.float32), need_dx="no"), TypeError,
      "linear_backward: expected need_dx to be a bool (True or False), got 'no' (str)"),
     (lambda: _F.conv2d(_fimg(), numpy.ones((2, 3, 3, 3), numpy.float32), return_cols="no"), TypeError,

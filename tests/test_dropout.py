@@ -262,6 +262,31 @@ def test_device_counter_lives_on_the_device():
     same()
 
 
+def test_device_state_start_is_checked_as_the_host_start_is():
+    """``dropout_forward_state``/``dropout_backward_state`` took any ``start`` that ``int()``
+    took (a float drew the mask of its truncation, a negative one wrapped modulo 2**32,
+    True was 1); now an int >= 0 as ``dropout_forward``'s ``start``. A NumPy int still
+    draws the mask of its value."""
+    from gpunet import sim
+    from gpunet import cuda as gcuda
+    if sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    sp = gpunet.backend.require_sim()
+    x = numpy.random.default_rng(5).standard_normal(40).astype(numpy.float32)
+    st = gcuda.draw_state(sp, 7, 2)
+    gcuda.next_draw(st)
+    for start in (3, numpy.int64(3)):
+        numpy.testing.assert_array_equal(to_numpy(F.dropout_forward_state(sp.asarray(x), 0.5, st, start=start)),
+                                         F.dropout_forward(x, 0.5, 7, 2, start=3))
+        numpy.testing.assert_array_equal(to_numpy(F.dropout_backward_state(sp.asarray(x), 0.5, st, start=start)),
+                                         F.dropout_backward(x, 0.5, 7, 2, start=3))
+    for fn in (F.dropout_forward_state, F.dropout_backward_state):
+        for start, exc in ((3.0, TypeError), (3.5, TypeError), (True, TypeError), ("3", TypeError),
+                           (-1, ValueError)):
+            with pytest.raises(exc, match=rf"^{fn.__name__}: expected start to be an int >= 0, got "):
+                fn(sp.asarray(x), 0.5, st, start=start)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_a_0d_input_is_named(training):
     """A 0-d input came back as a NumPy scalar (the activation layers already refuse it)."""

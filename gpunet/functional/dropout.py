@@ -51,7 +51,8 @@ def check_mode(mode, owner="dropout"):
 
 def _draw(who, seed, counter, start):
     """The slow path of a draw's ``(seed, counter, start)``: each an int >= 0 (a float start
-    was taken, a string seed failed in ``int()``, a negative counter named ``random``)."""
+    was truncated by ``int()``, a string seed failed in ``int()``, a negative counter named
+    ``random``)."""
     return (_args.integer(who, "seed", seed, low=0), _args.integer(who, "counter", counter, low=0),
             _args.integer(who, "start", start, low=0))
 
@@ -133,7 +134,10 @@ def dropout_backward(dy, p, seed, counter, mode="inverted", start=0):
 def dropout_forward_state(x, p, state, mode="inverted", start=0):
     """``dropout_forward`` of a device array with the draw ``(seed, counter)`` held on the
     device (``state``, see ``gpunet.cuda.draw_state``; its last ``next_draw``): the same
-    mask, without the counter passing through the host (a CUDA graph replays it)."""
+    mask, without the counter passing through the host (a CUDA graph replays it).
+    ``start``: an int >= 0, as in ``dropout_forward``."""
+    if start.__class__ is not int or start < 0:
+        start = _args.integer("dropout_forward_state", "start", start, low=0)
     from .. import cuda
     p = check_p(p)
     return cuda.dropout_forward_state(x, state, start, keep_threshold(p), train_scale(p, mode))
@@ -141,6 +145,8 @@ def dropout_forward_state(x, p, state, mode="inverted", start=0):
 
 def dropout_backward_state(dy, p, state, mode="inverted", start=0):
     """``dropout_backward`` with the mask of ``state``'s last draw (``dropout_forward_state``)."""
+    if start.__class__ is not int or start < 0:
+        start = _args.integer("dropout_backward_state", "start", start, low=0)
     from .. import cuda
     p = check_p(p)
     return cuda.dropout_backward_state(dy, state, start, keep_threshold(p), train_scale(p, mode))
