@@ -41,6 +41,7 @@ Conventions, stated once for the whole module:
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 
 import numpy
@@ -53,7 +54,7 @@ from .cuda import optim as _mt
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "AdaGrad",
     "clip_grad_norm", "clip_grad_value",
-    "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
+    "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup", "ReduceLROnPlateau",
 ]
 
 
@@ -132,12 +133,14 @@ def _flag(cond, bit):
 
 def _state_value(key, template, value):
     """A saved hyper-parameter or count ``value`` as the Python type of ``template`` (bool,
-    int, float, or a tuple of floats). Anything else raises ``ValueError`` naming ``key``,
-    what was expected and what was found: another shape, a string or complex number, a
-    float for an integer (``int()`` would truncate it)."""
+    int, float, str, or a tuple of floats). Anything else raises ``ValueError`` naming
+    ``key``, what was expected and what was found: another shape, a string or complex
+    number where a number belongs, a float for an integer (``int()`` would truncate it)."""
     v = numpy.asarray(to_numpy(value))
     want = (len(template),) if isinstance(template, tuple) else ()
-    if isinstance(template, bool):
+    if isinstance(template, str):       # a choice such as ReduceLROnPlateau's mode
+        kinds, what = "U", "a string"
+    elif isinstance(template, bool):
         kinds, what = "b", "a bool"
     elif isinstance(template, int):
         kinds, what = "iu", "an integer"
@@ -972,9 +975,14 @@ class _Schedule:
     Call ``scheduler.step()`` after ``optimizer.step()``. Closed forms (rather than
     PyTorch's chained products) make a restored schedule exact; they agree with
     PyTorch's to rounding.
+
+    ``state_dict()`` holds ``last_epoch``, ``base_lr``, the hyper-parameters ``_hyper``
+    and the counters ``_counters`` (a schedule that is not a closed form keeps its position
+    there: ``ReduceLROnPlateau``), each as a 0-d NumPy array.
     """
 
     _hyper: tuple = ()
+    _counters: tuple = ()
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
@@ -983,7 +991,11 @@ class _Schedule:
         self.optimizer = optimizer
         self.base_lr = float(optimizer.lr)
         self.last_epoch = 0
-        optimizer.lr = self.lr_at(0)
+        self._start()
+        optimizer.lr = self.lr
+
+    def _start(self):
+        """Set the counters of ``_counters`` to their values at creation (none here)."""
 
     def lr_at(self, epoch: int) -> float:
         raise NotImplementedError
@@ -1002,7 +1014,7 @@ class _Schedule:
     def state_dict(self) -> dict:
         d = {"last_epoch": numpy.asarray(self.last_epoch, dtype=numpy.int64),
              "base_lr": numpy.asarray(self.base_lr, dtype=numpy.float64)}
-        for k in self._hyper:
+        for k in self._hyper + self._counters:
             d[k] = numpy.asarray(getattr(self, k))
         return d
 
@@ -1011,15 +1023,19 @@ class _Schedule:
         """``hyper`` (the values of ``_hyper``) checked as the constructor checks them."""
         return hyper
 
+    def _checked_counters(self, counters: dict) -> dict:
+        """``counters`` (the values of ``_counters``) checked: values a run can reach."""
+        return counters
+
     def load_state_dict(self, d):
-        """Restore ``last_epoch``, ``base_lr`` and the hyper-parameters, and set
+        """Restore ``last_epoch``, ``base_lr``, the hyper-parameters (and counters), and set
         ``optimizer.lr`` to the restored epoch's rate. Raises ``ValueError`` naming each
         missing key, and a value that is not what the constructor accepts (a count that is
         not an int >= 0, a rate that is not a number >= 0, ...), before changing anything."""
         who = f"{type(self).__name__}.load_state_dict"
         if not hasattr(d, "keys"):
             raise TypeError(f"{who}: expected a dict, got {type(d).__name__}")
-        names = ("last_epoch", "base_lr") + tuple(self._hyper)
+        names = ("last_epoch", "base_lr") + tuple(self._hyper) + tuple(self._counters)
         missing = [k for k in names if k not in d]
         if missing:
             raise ValueError(f"{who}: " + "; ".join(f"missing key {k!r}" for k in missing))
@@ -1029,11 +1045,12 @@ class _Schedule:
                 raise ValueError(f"'last_epoch': expected an int >= 0, got {values['last_epoch']}")
             _at_least(type(self).__name__, "base_lr", values["base_lr"])
             values.update(self._checked({k: values[k] for k in self._hyper}))
+            values.update(self._checked_counters({k: values[k] for k in self._counters}))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{who}: {e}") from None
         for k, v in values.items():
             setattr(self, k, v)
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self.optimizer.lr = self.lr
         return self
 
     def __repr__(self):
@@ -1124,3 +1141,174 @@ class LinearWarmup(_Schedule):
 
 def _gamma(who, gamma):
     return _args.real(who, "gamma", gamma, low=0.0, low_open=True)
+
+
+def _one_of(who, name, value, choices):
+    """``value`` when it is one of the strings ``choices``; ``TypeError`` for a value that is
+    not a string, ``ValueError`` for another string (both naming ``who`` and ``name``)."""
+    text = " or ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise _args.ArgumentTypeError(f"{who}: expected {name} to be {text}, got {_args._got(value)}")
+    if value not in choices:
+        raise ValueError(f"{who}: expected {name} to be {text}, got {value!r}")
+    return value
+
+
+def _metric_value(who, value) -> float:
+    """The monitored value given to ``ReduceLROnPlateau.step`` as a Python float: a real
+    number (Python or NumPy, not a bool) or a 0-d array (NumPy, CuPy: reading one is a host
+    sync; a 0-d torch tensor works too). NaN and inf pass (they count as epochs without
+    improvement); anything else raises ``TypeError``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numpy.bool_)):
+        return float(value)
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if getattr(value, "ndim", None) == 0 and kind not in ("b", "c", "O", "S", "U", "V"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise _args.ArgumentTypeError(
+        f"{who}: expected metrics to be the monitored value, a real number or a 0-d array (e.g. "
+        f"scheduler.step(val_loss)), got {_args._got(value)}")
+
+
+class ReduceLROnPlateau(_Schedule):
+    """Multiply the rate by ``factor`` when a monitored value has stopped improving
+    (``torch.optim.lr_scheduler.ReduceLROnPlateau``, same arguments and the same decisions).
+
+    Call ``scheduler.step(metrics)`` once per epoch, after validation, with the value it
+    watches (``metrics``: a number or a 0-d array, e.g. the validation loss); it returns
+    the rate for the next epoch. Creating it leaves ``optimizer.lr`` as it is. At each step:
+
+    * the value improves on ``best`` when, with ``mode="min"``, it is below
+      ``best * (1 - threshold)`` (``threshold_mode="rel"``) or ``best - threshold``
+      (``"abs"``); with ``mode="max"``, above ``best * (1 + threshold)`` or
+      ``best + threshold``. ``best`` starts at +inf (``"min"``) or -inf (``"max"``), so the
+      first finite value improves. An improvement sets ``best`` and resets
+      ``num_bad_epochs`` to 0, anything else adds 1 to it.
+    * during a cooldown (``cooldown_counter > 0``) the counter goes down by one and
+      ``num_bad_epochs`` is set back to 0: bad epochs are not counted then.
+    * when ``num_bad_epochs > patience`` (``patience=0``: the first epoch that does not
+      improve), ``new = max(lr * factor, min_lr)`` becomes ``optimizer.lr`` if it is more
+      than ``eps`` below the current rate (else the rate stays: PyTorch's ``eps`` rule),
+      ``cooldown_counter = cooldown`` and ``num_bad_epochs = 0``. ``lr`` is read from
+      the optimizer then, so a rate you set by hand in between is the one reduced.
+
+    A NaN value never improves (every comparison with NaN is false, as in PyTorch and Keras):
+    it counts as a bad epoch, and so does ``inf`` in ``"min"`` mode; neither becomes ``best``.
+    With ``threshold_mode="rel"`` and a negative ``best``, ``best * (1 - threshold)`` lies
+    above ``best`` (in ``"min"`` mode), so a value slightly worse than ``best`` counts as an
+    improvement: PyTorch's rule, kept as it is; use ``"abs"`` for values that can be negative.
+
+    Arguments (checked, ``ValueError``/``TypeError`` naming the argument): ``mode`` "min"
+    or "max"; ``factor`` in ``[0, 1)``; ``patience`` and ``cooldown`` ints >= 0;
+    ``threshold``, ``min_lr``, ``eps`` finite numbers >= 0; ``threshold_mode`` "rel" or
+    "abs". ``min_lr`` is one number: a gpunet optimizer has one rate (PyTorch also takes a
+    list, one per parameter group).
+
+    ``monitor`` (gpunet's, keyword only; not in PyTorch) is the key of the epoch's logs that
+    a ``Trainer(scheduler=...)`` steps it with: ``"loss"``, ``"accuracy"``, ``"val_loss"``
+    or ``"val_accuracy"``; None (the default) watches ``"val_loss"`` when ``fit`` has
+    validation data and ``"loss"`` otherwise, as Keras' callback watches ``val_loss``. The
+    Trainer steps it once per epoch after validation (``scheduler_interval="step"`` is
+    refused), and refuses a ``mode`` that contradicts the key (accuracy with ``"min"``, a
+    loss with ``"max"``). A hand-written loop ignores ``monitor``.
+
+    ``state_dict()`` holds the hyper-parameters, ``last_epoch`` (steps taken), ``best``,
+    ``num_bad_epochs``, ``cooldown_counter`` and ``last_lr`` (the rate after the last
+    step); ``load_state_dict`` checks them all and sets ``optimizer.lr = last_lr``, so a
+    run resumed from a checkpoint (``gpunet.save(..., scheduler=)``) reduces the rate at
+    the same epochs as the run it continues. ``monitor`` is not saved: it is the resumed
+    Trainer's choice. ``base_lr`` is the rate at creation, for reference.
+    """
+
+    _hyper = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+    _counters = ("best", "num_bad_epochs", "cooldown_counter", "last_lr")
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8, *, monitor=None):
+        vars(self).update(self._checked({
+            "mode": mode, "factor": factor, "patience": patience, "threshold": threshold,
+            "threshold_mode": threshold_mode, "cooldown": cooldown, "min_lr": min_lr, "eps": eps}))
+        if monitor is not None and not isinstance(monitor, str):
+            raise _args.ArgumentTypeError(
+                f"ReduceLROnPlateau: expected monitor to be None or the name of a logged value "
+                f"('loss', 'accuracy', 'val_loss', 'val_accuracy'), got {_args._got(monitor)}")
+        self.monitor = monitor
+        super().__init__(optimizer)
+
+    @staticmethod
+    def _checked(h):
+        who = "ReduceLROnPlateau"
+        return {"mode": _one_of(who, "mode", h["mode"], ("min", "max")),
+                "factor": _args.real(who, "factor", h["factor"], low=0.0, high=1.0, high_open=True),
+                "patience": _count(who, "patience", h["patience"], 0),
+                "threshold": _at_least(who, "threshold", h["threshold"]),
+                "threshold_mode": _one_of(who, "threshold_mode", h["threshold_mode"], ("rel", "abs")),
+                "cooldown": _count(who, "cooldown", h["cooldown"], 0),
+                "min_lr": _at_least(who, "min_lr", h["min_lr"]),
+                "eps": _at_least(who, "eps", h["eps"])}
+
+    def _checked_counters(self, c):
+        who = "ReduceLROnPlateau"
+        if math.isnan(c["best"]):
+            raise ValueError("'best': expected a number or +-inf, got nan")
+        return {"best": c["best"],
+                "num_bad_epochs": _count(who, "num_bad_epochs", c["num_bad_epochs"], 0),
+                "cooldown_counter": _count(who, "cooldown_counter", c["cooldown_counter"], 0),
+                "last_lr": _at_least(who, "last_lr", c["last_lr"])}
+
+    def _start(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_lr = self.base_lr
+
+    @property
+    def lr(self) -> float:
+        """The rate after the last ``step`` (at creation: the optimizer's rate then)."""
+        return self.last_lr
+
+    def lr_at(self, epoch):
+        raise TypeError("ReduceLROnPlateau has no closed form: its rate depends on the values "
+                        "given to step(); read .lr (the current rate)")
+
+    def _is_better(self, value, best) -> bool:
+        """Whether ``value`` improves on ``best`` under ``mode``, ``threshold_mode`` and
+        ``threshold`` (False for NaN)."""
+        t = self.threshold
+        if self.mode == "min":
+            return value < (best * (1.0 - t) if self.threshold_mode == "rel" else best - t)
+        return value > (best * (t + 1.0) if self.threshold_mode == "rel" else best + t)
+
+    @property
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def step(self, metrics=None) -> float:
+        """One epoch with the monitored value ``metrics``; reduces ``optimizer.lr`` after
+        more than ``patience`` epochs without improvement (see the class docstring) and
+        returns the rate for the next epoch."""
+        current = _metric_value("ReduceLROnPlateau.step", metrics)
+        self.last_epoch += 1
+        if self._is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.in_cooldown:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            old = _at_least("ReduceLROnPlateau.step", "optimizer.lr", self.optimizer.lr)
+            new = max(old * self.factor, self.min_lr)
+            if old - new > self.eps:
+                self.optimizer.lr = new
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        self.last_lr = lr = float(self.optimizer.lr)
+        return lr
+
+    def __repr__(self):
+        monitor = "" if self.monitor is None else f", monitor={self.monitor!r}"
+        return f"{super().__repr__()[:-1]}{monitor}, best={self.best!r}, num_bad_epochs={self.num_bad_epochs})"

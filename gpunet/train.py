@@ -35,7 +35,7 @@ def _clock():
     """The clock that times progress refreshes (``time.perf_counter``; tests replace it)."""
     return time.perf_counter()
 from . import _args
-from .optim import _listed, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
+from .optim import ReduceLROnPlateau, _listed, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 
 try:  # tqdm is a runtime dependency; imported here so the bar's absence is loud
     from tqdm.auto import tqdm
@@ -470,6 +470,36 @@ def _check_monitors(callbacks, metrics, has_val):
                          f"metrics=('accuracy',) or monitor {'val_loss' if has_val else 'loss'!r}")
 
 
+def _plateau_monitor(scheduler, metrics, has_val):
+    """Before training: the key of the epoch's logs that a ``ReduceLROnPlateau`` schedule
+    is stepped with (its ``monitor``; None: ``val_loss`` with validation data, else
+    ``loss``). It is stepped before the callbacks run, so the key must be one the Trainer
+    logs itself, and ``mode`` must go the way the key improves (a loss down, an accuracy
+    up): anything else raises ``ValueError``."""
+    monitor, mode = scheduler.monitor, scheduler.mode
+    if monitor is None:
+        if mode == "max":
+            raise ValueError("Trainer.fit: ReduceLROnPlateau(mode='max') needs monitor='accuracy' or "
+                             "'val_accuracy' (without monitor it watches the loss, which is minimized)")
+        monitor = "val_loss" if has_val else "loss"
+    logged = ["loss", *metrics]
+    if has_val:
+        logged += [f"val_{k}" for k in ("loss", *metrics)]
+    if monitor not in logged:
+        hint = ("; pass val=(X_val, y_val) to fit to get val_* keys" if monitor.startswith("val_")
+                and not has_val else
+                "; build the Trainer with metrics=('accuracy',)" if monitor.endswith("accuracy") and not metrics
+                else "; to watch a value that a callback computes, call scheduler.step(value) in "
+                "that callback instead of passing scheduler= to the Trainer")
+        raise ValueError(f"Trainer.fit: ReduceLROnPlateau monitors {monitor!r}, which this run does not "
+                         f"log (it logs {', '.join(repr(k) for k in logged)}){hint}")
+    want = "max" if monitor.endswith("accuracy") else "min"
+    if mode != want:
+        raise ValueError(f"Trainer.fit: ReduceLROnPlateau monitors {monitor!r} with mode={mode!r}: "
+                         f"it would cut the rate while the model improves; pass mode={want!r}")
+    return monitor
+
+
 def _first_layer(model):
     """The layer that sees the data (descending into nested Sequentials)."""
     while hasattr(model, "layers") and len(model.layers):
@@ -589,7 +619,10 @@ class Trainer:
     steps it, after ``optimizer.step()``: once at the end of each epoch's training
     (``scheduler_interval="epoch"``, before validation and the callbacks' ``on_epoch_end``,
     so a checkpoint saved there holds the next epoch's rate) or after every optimizer step
-    (``"step"``). ``ModelCheckpoint`` saves its state.
+    (``"step"``). ``ModelCheckpoint`` saves its state. ``ReduceLROnPlateau`` is stepped
+    once per epoch after validation (before the callbacks) with the logged value of its
+    ``monitor`` (default ``val_loss`` with validation data, else ``loss``; checked before
+    the first epoch); ``scheduler_interval="step"`` is refused for it.
 
     ``clip_grad_norm=max_norm`` rescales the gradients to a global L2 norm of at most
     ``max_norm`` (``gpunet.optim.clip_grad_norm``; the norm before clipping is kept in
@@ -659,6 +692,10 @@ class Trainer:
                                  f"optimizer than the Trainer's; create it with this optimizer")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"Trainer: expected scheduler_interval 'epoch' or 'step', got "
+                             f"{scheduler_interval!r}")
+        if isinstance(scheduler, ReduceLROnPlateau) and scheduler_interval != "epoch":
+            raise ValueError(f"Trainer: ReduceLROnPlateau is stepped once per epoch with the monitored "
+                             f"value (scheduler_interval='epoch'), got scheduler_interval="
                              f"{scheduler_interval!r}")
         if clip_grad_norm is not None and clip_grad_value is not None:
             raise ValueError("Trainer: pass clip_grad_norm or clip_grad_value, not both")
@@ -846,6 +883,8 @@ class Trainer:
         vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
                                                        "Trainer.fit", "val", self.device)
         _check_monitors(callbacks, self.metrics, vloader is not None)
+        plateau = (_plateau_monitor(self.scheduler, self.metrics, vloader is not None)
+                   if isinstance(self.scheduler, ReduceLROnPlateau) else None)
         if vloader is not None:
             self._check_val_fits(vloader)
         if initial_epoch and not self.global_step:
@@ -866,7 +905,7 @@ class Trainer:
                 self.epoch = epoch
                 logs = self._train_epoch(loader, epoch, epochs, progress)
                 logs["learning_rate"] = self._step_lr
-                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                if self.scheduler is not None and self.scheduler_interval == "epoch" and plateau is None:
                     self.scheduler.step()
                 if vloader is not None:
                     logs.update({f"val_{k}": v for k, v in self.evaluate(vloader).items()})
@@ -877,6 +916,8 @@ class Trainer:
                             f"the training loss is finite: the validation data holds NaN or inf, or "
                             f"the model's outputs overflow on it (EarlyStopping and ModelCheckpoint "
                             f"never count such an epoch as an improvement)", RuntimeWarning, stacklevel=2)
+                if plateau is not None:     # after validation, before the callbacks (a checkpoint)
+                    self.scheduler.step(logs[plateau])
                 for cb in self._callbacks:
                     cb.on_epoch_end(self, epoch, logs)
                 if self.comm is not None:
