@@ -198,6 +198,46 @@ def test_has_no_closed_form():
         ReduceLROnPlateau(_opt()).lr_at(3)
 
 
+def _keras_rates(values, lr, mode, factor, patience, min_delta, cooldown, min_lr):
+    """Keras' ``ReduceLROnPlateau`` callback's rule as its documentation and source state it
+    (``keras/src/callbacks/reduce_lr_on_plateau.py``), written out here: the cooldown is
+    counted down first, an improvement is ``a < best - min_delta`` (``>`` and ``+`` for max),
+    a bad epoch outside the cooldown adds to ``wait``, and ``wait >= patience`` cuts the
+    rate if it is above ``min_lr``."""
+    best, wait, cool, out = (math.inf if mode == "min" else -math.inf), 0, 0, []
+    for v in values:
+        if cool > 0:
+            cool -= 1
+            wait = 0
+        if (v < best - min_delta) if mode == "min" else (v > best + min_delta):
+            best, wait = v, 0
+        elif cool == 0:
+            wait += 1
+            if wait >= patience and lr > min_lr:
+                lr, cool, wait = max(lr * factor, min_lr), cooldown, 0
+        out.append(lr)
+    return out
+
+
+def test_the_keras_mapping_in_the_guide():
+    """docs/guide.md: Keras' (patience=p, min_delta=d, cooldown=c) is (patience=max(p-1, 0),
+    threshold=d, threshold_mode="abs", cooldown=max(c-1, 0), eps=0): the same rates on 600
+    random configurations and sequences."""
+    rng = random.Random(7)
+    cuts = 0
+    for _ in range(600):
+        mode = rng.choice(["min", "max"])
+        p, c = rng.randint(0, 5), rng.randint(0, 3)
+        f, d, low = rng.choice([0.1, 0.5]), rng.choice([0.0, 1e-3, 0.1]), rng.choice([0.0, 1e-3])
+        values = [round(rng.gauss(0.0, 1.0), 1) for _ in range(40)]
+        want = _keras_rates(values, 0.1, mode, f, p, d, c, low)
+        s = ReduceLROnPlateau(_opt(0.1), mode=mode, factor=f, patience=max(p - 1, 0), threshold=d,
+                              threshold_mode="abs", cooldown=max(c - 1, 0), min_lr=low, eps=0.0)
+        assert [s.step(v) for v in values] == want, (mode, p, c, f, d, low, values)
+        cuts += want[-1] < 0.1
+    assert cuts > 300
+
+
 # -- arguments ------------------------------------------------------------------------------
 
 BAD = [
