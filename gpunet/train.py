@@ -824,6 +824,9 @@ class Trainer:
         Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
         through the model and the loss (as ``evaluate`` runs them), so validation data of
         the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch.
+        Under ``comm`` these checks (and each epoch's validation) fail on every process when
+        they fail on one: that process raises its error, the others a ``RuntimeError``
+        naming its rank, rather than waiting for it in the next all-reduce.
         On a GPU the loss is read in bulk (see the module's docstring), so these errors come
         at the next progress refresh or at the end of the epoch, still naming the step
         where the loss first was not finite; a label outside the classes raises the loss's
@@ -874,19 +877,24 @@ class Trainer:
         callbacks = _check_callbacks(callbacks, "Trainer.fit")
         dtype = self.model.dtype
         self._graph = self._graph_warm = None    # captured again: the arrays may have changed
-        loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
-                            self.device, self.comm)
+
+        def data():         # the data checks: on one process of several, they may fail alone
+            loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
+                                self.device, self.comm)
+            shared = self._share(val)
+            vloader = None if shared is None else _as_loader(shared, max(batch_size, 256), False, 0, dtype,
+                                                             "Trainer.fit", "val", self.device)
+            _check_monitors(callbacks, self.metrics, vloader is not None)
+            if vloader is not None:
+                self._check_val_fits(vloader)
+            return loader, vloader
+        loader, vloader = self._agree("Trainer.fit", "the checks of the data before training "
+                                      "(train, val and val's first sample through the model)", data)
         progress = progress and (self.comm is None or self.comm.rank == 0)
-        val = self._share(val)
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)
-        vloader = None if val is None else _as_loader(val, max(batch_size, 256), False, 0, dtype,
-                                                       "Trainer.fit", "val", self.device)
-        _check_monitors(callbacks, self.metrics, vloader is not None)
         plateau = (_plateau_monitor(self.scheduler, self.metrics, vloader is not None)
                    if isinstance(self.scheduler, ReduceLROnPlateau) else None)
-        if vloader is not None:
-            self._check_val_fits(vloader)
         if initial_epoch and not self.global_step:
             # a run resumed on a fresh Trainer (gpunet.load, then fit(initial_epoch=k)): the k
             # epochs before took k * len(loader) steps, as the resume contract keeps the data
@@ -942,7 +950,7 @@ class Trainer:
         epoch of training. A shape check alone would not do: a model ending in global
         pooling takes images of any size."""
         try:
-            self.evaluate(DataLoader(vloader.X[:1], vloader.y[:1], batch_size=1))
+            self._evaluate_pass(DataLoader(vloader.X[:1], vloader.y[:1], batch_size=1))
         except (ValueError, TypeError) as e:
             kind = ValueError if isinstance(e, ValueError) else TypeError
             raise kind(f"Trainer.fit: val does not fit the model and loss (checked on its first "
@@ -1009,6 +1017,30 @@ class Trainer:
             logs["accuracy"] = correct / max(counted, 1.0)
         return logs
 
+    def _agree(self, who, what, run):
+        """``run()`` on this process; with ``comm`` (more than one process), the processes
+        then tell each other whether it raised (one all-reduce of a flag per rank), so
+        that an error on one of them does not leave the others waiting for it in the next
+        collective: the failing process raises its own error, every other one a
+        ``RuntimeError`` naming the failing rank(s)."""
+        comm = self.comm
+        if comm is None or comm.size == 1:
+            return run()
+        failed = numpy.zeros(comm.size)
+        try:
+            out = run()
+        except Exception:
+            failed[comm.rank] = 1.0
+            comm.allreduce(failed)          # the others learn it; this error stays this process's
+            raise
+        ranks = [r for r, f in enumerate(comm.allreduce(failed)) if f]
+        if ranks:
+            raise RuntimeError(f"{who}: {what} failed on rank{'s' * (len(ranks) > 1)} "
+                               f"{', '.join(map(str, ranks))} of {comm.size} (that process raised the "
+                               f"error); rank {comm.rank} stops too instead of waiting for it in the "
+                               f"next collective")
+        return out
+
     def _share(self, data):
         """This process's contiguous share of an ``(X, y)`` pair (``comm``); anything else
         as it is."""
@@ -1064,10 +1096,20 @@ class Trainer:
         ``data``: an ``(X, y)`` pair or a DataLoader; empty data raises ``ValueError``. The
         loss is the per-sample mean, as in ``fit``. On a GPU the per-batch losses and
         counts stay on the device and are read once, at the end (one host sync); a bad
-        label raises the loss's ``ValueError`` then."""
+        label raises the loss's ``ValueError`` then. Under ``comm``, an error on one process
+        (its share of the data does not fit) is raised there, and every other process
+        raises a ``RuntimeError`` naming that rank instead of waiting for it in the
+        all-reduce of the logs."""
         batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
-        loader = _as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
-                            "Trainer.evaluate", "data", self.device)
+
+        def local():
+            return self._evaluate_pass(_as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
+                                                  "Trainer.evaluate", "data", self.device))
+        return self._logs(self._agree("Trainer.evaluate", "the evaluation", local))
+
+    def _evaluate_pass(self, loader):
+        """``evaluate``'s pass over ``loader`` on this process (no collective): its
+        ``_Record``, read."""
         was = self.model.training
         self.model.eval()
         rec = self._record(loader)
@@ -1084,7 +1126,7 @@ class Trainer:
         if rec.bad is not None and self.device != "cpu":
             from .cuda.softmax_xent import raise_label_error
             raise_label_error(rec.rows)
-        return self._logs(rec)
+        return rec
 
     def predict(self, X, batch_size=256):
         """Model outputs for ``X`` in eval mode, in batches of ``batch_size``, concatenated,

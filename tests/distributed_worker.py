@@ -237,6 +237,23 @@ def fail(comm):
     return {}, {}
 
 
+def valfail(comm):
+    """fit with a val that does not fit the model on rank 1 only (a column too many), the
+    error caught as a script may catch it: each rank records what it raised."""
+    Xv, yv = val_data()
+    if comm.rank == 1:
+        Xv = numpy.concatenate([Xv, Xv[:, :1]], axis=1)
+    net = model("mlp", comm)
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.05), comm)
+    t = gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), opt, comm=comm)
+    try:
+        t.fit(data(), val=gpunet.DataLoader(Xv, yv, batch_size=64), epochs=1, batch_size=16, progress=False)
+        raised = ""
+    except Exception as e:
+        raised = f"{type(e).__name__}: {e}"
+    return {"raised": numpy.asarray(raised)}, {"steps": opt.stats["steps"]}
+
+
 def nccl_calls(comm):
     """On one GPU (a world of one process: NCCL refuses two ranks on one device): NCCL's
     all-reduce and broadcast through the Communicator's own NCCL calls, on its stream and
@@ -271,6 +288,8 @@ def main():
         arrays, info = overlap(comm)
     elif scenario == "fail":
         arrays, info = fail(comm)
+    elif scenario == "valfail":
+        arrays, info = valfail(comm)
     elif scenario == "resume":
         arrays, info = resume(comm, out)
     elif scenario in ("accumulate", "accumulate_no_sync"):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy
@@ -76,13 +78,23 @@ def launch(args, n=2, timeout=120):
         del env[v]                     # a test run under mpiexec itself must not leak its world
     argv = mpiexec_argv(mpiexec(), n, env)
     t0 = time.perf_counter()
-    r = subprocess.run([*argv, sys.executable, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    # a session of its own: past the timeout the launcher and every process it started
+    # are killed, so that a run hung in a collective fails the test and leaves nothing behind
+    with subprocess.Popen([*argv, sys.executable, *args], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            pytest.fail(f"mpiexec {' '.join(args)} ran past {timeout} s (killed): a process waiting "
+                        f"in a collective?\n{out}\n{err}")
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     return r, time.perf_counter() - t0
 
 
-def run_worker(scenario, tmp_path, n=2):
-    r, _ = launch([os.path.join(HERE, "distributed_worker.py"), scenario, str(tmp_path)], n)
+def run_worker(scenario, tmp_path, n=2, timeout=120):
+    r, _ = launch([os.path.join(HERE, "distributed_worker.py"), scenario, str(tmp_path)], n, timeout)
     assert r.returncode == 0, f"mpiexec failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     return [dict(numpy.load(tmp_path / f"{scenario}.{rank}.npz")) for rank in range(n)]
 
@@ -469,6 +481,172 @@ def test_trainer_on_a_non_root_rank_shows_no_bar_and_writes_no_checkpoint(tmp_pa
     assert len(t.evaluate(W.val_data())) == 2
 
 
+class ThreadWorld:
+    """``size`` ranks in threads of this process, with the collectives a Trainer uses.
+
+    The ranks take turns: a rank runs while it holds the world's lock and lets it go only
+    while it waits in a collective, so gpunet's module-level state (a backward's depth, the
+    layers' output records) sees one rank at a time, as it sees one process. A non-blocking
+    all-reduce (a gradient bucket's, started in a backward hook) meets the others only at
+    ``wait()``, outside the backward. Sums are in rank order: the same on every rank. A rank
+    left waiting ``timeout`` seconds for the others raises ``TimeoutError``, so a rank that
+    never comes fails the test instead of hanging it."""
+
+    def __init__(self, size, timeout=30.0):
+        self.size, self.timeout = size, timeout
+        self.cond = threading.Condition()
+        self.slots = [None] * size
+        self.arrived = 0
+        self.generation = 0
+        self.result = None
+
+    def exchange(self, rank, value):
+        """Every rank's ``value`` (in rank order), once every rank has given one."""
+        gen = self.generation
+        self.slots[rank] = value
+        self.arrived += 1
+        if self.arrived == self.size:
+            self.result, self.slots = self.slots, [None] * self.size
+            self.arrived = 0
+            self.generation += 1
+            self.cond.notify_all()
+            return self.result
+        if not self.cond.wait_for(lambda: self.generation != gen, self.timeout):
+            raise TimeoutError(f"rank {rank} waited {self.timeout} s in a collective for the other ranks")
+        return self.result
+
+    def run(self, work, timeout=120.0):
+        """``work(comm)`` on every rank; per rank, what it returned or raised."""
+        out = [None] * self.size
+
+        def one(comm):
+            with self.cond:
+                try:
+                    out[comm.rank] = work(comm)
+                except BaseException as e:
+                    out[comm.rank] = e
+        threads = [threading.Thread(target=one, args=(ThreadComm(self, r),), daemon=True)
+                   for r in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in threads), "a rank is still running"
+        return out
+
+
+class _Deferred:
+    """A ``ThreadComm`` all-reduce in flight: it runs at ``wait()``."""
+
+    def __init__(self, comm, buf, op):
+        self.comm, self.buf, self.op, self.done = comm, buf, op, False
+
+    def test(self):
+        return self.done
+
+    def wait(self):
+        if not self.done:
+            self.done = True
+            parts = self.comm.world.exchange(self.comm.rank, numpy.array(self.buf, copy=True))
+            total = functools.reduce({"sum": numpy.add, "mean": numpy.add, "max": numpy.maximum,
+                                      "min": numpy.minimum}[self.op], parts)
+            self.buf[...] = total / self.comm.size if self.op == "mean" else total
+        return self.buf
+
+
+class ThreadComm:
+    backend, device, local_rank = "threads", "cpu", 0
+
+    def __init__(self, world, rank):
+        self.world, self.rank, self.size = world, rank, world.size
+
+    def iallreduce(self, buf, op="sum"):
+        return _Deferred(self, buf, op)
+
+    def allreduce(self, x, op="sum"):
+        return self.iallreduce(x.copy(), op).wait()
+
+    def broadcast(self, x, root=0):
+        x[...] = self.world.exchange(self.rank, numpy.array(x, copy=True))[root]
+        return x
+
+    def bcast_object(self, obj, root=0):
+        return self.world.exchange(self.rank, obj)[root]
+
+
+def _fit_on_ranks(world, train_of, val_of, epochs=1):
+    """``fit`` on every rank of ``world`` (the MLP, SGD, rank-specific data); per rank, the
+    History or the exception, and the optimizer."""
+    nets = [W.model("mlp") for _ in range(world.size)]     # built here: manual_seed is global
+    opts = {}
+
+    def work(comm):
+        opts[comm.rank] = opt = D.DistributedOptimizer(gpunet.optim.SGD(nets[comm.rank].parameters(),
+                                                                        lr=0.05), comm)
+        t = gpunet.Trainer(nets[comm.rank], gpunet.SoftmaxCrossEntropy(), opt, comm=comm)
+        return t.fit(train_of(comm.rank), val=val_of(comm.rank), epochs=epochs, batch_size=16,
+                     progress=False)
+    return world.run(work), opts
+
+
+def test_thread_world_reduces_as_one_process():
+    """The in-process world the tests below use: 2 ranks × batch 16 for 2 epochs log what
+    one process with batch 32 logs (its collectives meet as MPI's do)."""
+    got, _ = _fit_on_ranks(ThreadWorld(2), lambda r: W.data(), lambda r: W.val_data(), epochs=2)
+    net = W.model("mlp")
+    t = gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(net.parameters(), lr=0.05))
+    ref = t.fit(W.data(), val=W.val_data(), epochs=2, batch_size=32, progress=False)
+    for h in got:
+        assert isinstance(h, gpunet.History), got
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            numpy.testing.assert_allclose(h[k], ref[k], rtol=1e-10, err_msg=k)
+
+
+def test_val_that_fails_on_one_rank_fails_on_every_rank():
+    """Rank 1's val has a column too many: its check before training raises the
+    ValueError that names val, and rank 0 (whose val fits) raises a RuntimeError naming
+    rank 1, instead of waiting for it in a collective (before: rank 0 waited in the
+    check's all-reduce, here until the barrier timed out). No step was taken."""
+    world = ThreadWorld(2)
+    Xv, yv = W.val_data()
+    bad = numpy.concatenate([Xv, Xv[:, :1]], axis=1)
+    got, opts = _fit_on_ranks(world, lambda r: W.data(),
+                              lambda r: gpunet.DataLoader(bad if r == 1 else Xv, yv, batch_size=64))
+    assert isinstance(got[1], ValueError), got
+    assert str(got[1]).startswith("Trainer.fit: val does not fit the model and loss")
+    assert isinstance(got[0], RuntimeError), got
+    assert str(got[0]).startswith("Trainer.fit: the checks of the data before training")
+    assert "failed on rank 1 of 2" in str(got[0]) and "rank 0 stops too" in str(got[0])
+    assert all(o.stats["steps"] == 0 for o in opts.values())
+
+
+def test_train_data_refused_on_one_rank_fails_on_every_rank():
+    """Rank 0's training data is empty (its DataLoader refuses it): rank 0 raises that,
+    rank 1 a RuntimeError naming rank 0."""
+    world = ThreadWorld(2)
+    X, y = W.data()
+    got, _ = _fit_on_ranks(world, lambda r: (X[:0], y[:0]) if r == 0 else (X, y), lambda r: None)
+    assert isinstance(got[0], ValueError) and "train" in str(got[0]), got
+    assert isinstance(got[1], RuntimeError) and "failed on rank 0 of 2" in str(got[1]), got
+
+
+def test_validation_that_fails_on_one_rank_at_an_epoch_end_fails_on_every_rank():
+    """Rank 1's val has a label outside the classes past its first sample (the check
+    before training passes): the epoch's evaluate raises the loss's ValueError on rank 1
+    and a RuntimeError naming rank 1 on rank 0 (before: rank 0 waited in the all-reduce
+    of the logs)."""
+    world = ThreadWorld(2)
+    Xv, yv = W.val_data()
+    yb = yv.copy()
+    yb[10] = W.CLASSES + 3
+    got, opts = _fit_on_ranks(world, lambda r: W.data(),
+                              lambda r: gpunet.DataLoader(Xv, yb if r == 1 else yv, batch_size=64))
+    assert isinstance(got[1], ValueError) and "Trainer.fit" not in str(got[1]), got
+    assert isinstance(got[0], RuntimeError), got
+    assert str(got[0]).startswith("Trainer.evaluate: the evaluation failed on rank 1 of 2"), got
+    assert opts[0].stats["steps"] == opts[1].stats["steps"] > 0       # it failed after the epoch
+
+
 def test_trainer_rejects_a_plain_optimizer_with_several_processes():
     net = W.model("mlp")
     with pytest.raises(ValueError, match="DistributedOptimizer"):
@@ -583,6 +761,18 @@ def test_trainer_fp16_with_clipping_steps_alike_on_every_process(tmp_path):
         if not k.startswith("info."):
             numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
+
+
+@needs_mpi
+def test_val_that_fails_on_one_process_fails_on_every_process(tmp_path):
+    """Under mpiexec, rank 1's val does not fit the model; each process catches what fit
+    raises: rank 1 its ValueError naming val, rank 0 a RuntimeError naming rank 1, and
+    both exit (before: rank 0 waited in an all-reduce until the launch timed out)."""
+    ranks = run_worker("valfail", tmp_path, timeout=60)
+    assert str(ranks[1]["raised"]).startswith("ValueError: Trainer.fit: val does not fit the model and loss")
+    assert str(ranks[0]["raised"]).startswith("RuntimeError: Trainer.fit: the checks of the data before training")
+    assert "failed on rank 1 of 2" in str(ranks[0]["raised"])
+    assert all(int(r["info.steps"]) == 0 for r in ranks)
 
 
 @needs_mpi
