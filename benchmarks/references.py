@@ -43,6 +43,20 @@ def _gelu_b(dy, x, y):
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GC * (1 + 3 * 0.044715 * x * x))
 
 
+# NumPy has no erf: the exact GELU's reference calls math.erf per element (slow; it is the
+# correctness reference, and the "numpy" row of the exact form measures that loop)
+_erf = numpy.frompyfunc(math.erf, 1, 1)
+
+
+def _gelu_exact(x):
+    return (0.5 * x * (1.0 + _erf(x * (1 / math.sqrt(2))).astype(x.dtype))).astype(x.dtype)
+
+
+def _gelu_exact_b(dy, x, y):
+    cdf = 0.5 * (1.0 + _erf(x * (1 / math.sqrt(2))).astype(x.dtype))
+    return (dy * (cdf + x * numpy.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))).astype(x.dtype)
+
+
 def _softmax(x):
     e = numpy.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -61,7 +75,8 @@ ACTIVATIONS = {
                    lambda dy, x, y: dy * numpy.where(x > 0, F32(1), F32(0.01))),
     "elu": (lambda x: numpy.where(x > 0, x, numpy.expm1(numpy.minimum(x, 0))),
             lambda dy, x, y: dy * numpy.where(x > 0, F32(1), y + 1)),
-    "gelu": (_gelu, _gelu_b),
+    "gelu": (_gelu_exact, _gelu_exact_b),
+    "gelu_tanh": (_gelu, _gelu_b),
     "silu": (lambda x: x * _sig(x), lambda dy, x, y: dy * (_sig(x) * (1 + x * (1 - _sig(x))))),
     "softplus": (lambda x: numpy.maximum(x, 0) + numpy.log1p(numpy.exp(-numpy.abs(x))),
                  lambda dy, x, y: dy * _sig(x)),

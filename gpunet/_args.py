@@ -86,6 +86,17 @@ def communicator(who: str, name: str, value, needs=("rank", "size"), none: bool 
     return value
 
 
+def choice(who: str, name: str, value, choices: tuple):
+    """``value`` when it is one of the strings ``choices``; a non-string raises
+    ``ArgumentTypeError``, another string ``ValueError``, both naming the choices."""
+    names = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{who}: expected {name} to be {names}, got {_got(value)}")
+    if value not in choices:
+        raise ValueError(f"{who}: expected {name} to be {names}, got {value!r}")
+    return str(value)
+
+
 def _int_text(low, none) -> str:
     what = ("an int" if low is None else "a positive int" if low == 1
             else f"an int >= {low}")

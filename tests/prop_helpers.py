@@ -561,7 +561,8 @@ def check_bad_loss_input(xp, loss, zshape, zdtype, tshape, tdtype, as_list, redu
 
 ELEMENTWISE = {"sigmoid": gpunet.Sigmoid, "tanh": gpunet.Tanh, "relu": gpunet.ReLU,
                "leaky_relu": lambda: gpunet.LeakyReLU(-0.5), "elu": lambda: gpunet.ELU(2.0), "gelu": gpunet.GELU,
-               "silu": gpunet.SiLU, "softplus": gpunet.Softplus, "identity": gpunet.Identity}
+               "gelu_tanh": lambda: gpunet.GELU(approximate="tanh"), "silu": gpunet.SiLU, "softplus": gpunet.Softplus,
+               "identity": gpunet.Identity}
 
 
 @st.composite

@@ -1,6 +1,7 @@
 """Activation layers (DESIGN §4): forward against a direct NumPy formula and against
 torch.nn.functional, backward against torch autograd and against gradcheck in float64."""
 import math
+import re
 
 import numpy
 import pytest
@@ -23,6 +24,21 @@ def _np_gelu_tanh(x):
     return 0.5 * x * (1 + numpy.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
+_erfc = numpy.frompyfunc(math.erfc, 1, 1)
+
+
+def _np_gelu(x):
+    """``x·Φ(x) = x·erfc(-x/√2)/2`` in float64 through ``math.erfc`` (no cancellation at
+    large negative x, unlike ``(1 + erf)/2``)."""
+    x = numpy.asarray(x, numpy.float64)
+    return x * _erfc(-x / math.sqrt(2)).astype(numpy.float64) / 2
+
+
+def _np_gelu_grad(x):
+    x = numpy.asarray(x, numpy.float64)
+    return _erfc(-x / math.sqrt(2)).astype(numpy.float64) / 2 + x * numpy.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
 # id -> (layer factory, NumPy formula in float64, torch function or None)
 def _cases():
     import importlib.util
@@ -36,7 +52,7 @@ def _cases():
         return {
             "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": F.relu,
             "leaky_relu": lambda t: F.leaky_relu(t, **kw), "elu": lambda t: F.elu(t, **kw),
-            "gelu": lambda t: F.gelu(t, approximate="tanh"), "silu": F.silu,
+            "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "silu": F.silu,
             "softplus": F.softplus, "softmax": lambda t: F.softmax(t, **kw),
             "log_softmax": lambda t: F.log_softmax(t, **kw), "identity": lambda t: t,
         }[name]
@@ -56,7 +72,8 @@ def _cases():
                      lambda x: numpy.where(x > 0, x, -0.5 * (numpy.exp(x) - 1)), tf("elu", alpha=-0.5)),
         "elu_0.5": (lambda: gpunet.ELU(alpha=0.5), lambda x: numpy.where(x > 0, x, 0.5 * (numpy.exp(x) - 1)),
                     tf("elu", alpha=0.5)),
-        "gelu": (gpunet.GELU, _np_gelu_tanh, tf("gelu")),
+        "gelu": (gpunet.GELU, _np_gelu, tf("gelu")),
+        "gelu_tanh": (lambda: gpunet.GELU(approximate="tanh"), _np_gelu_tanh, tf("gelu_tanh")),
         "silu": (gpunet.SiLU, lambda x: x / (1 + numpy.exp(-x)), tf("silu")),
         "softplus": (gpunet.Softplus, lambda x: numpy.log(1 + numpy.exp(x)), tf("softplus")),
         "softmax": (gpunet.Softmax, lambda x: _np_softmax(x, -1), tf("softmax", dim=-1)),
@@ -116,8 +133,8 @@ def test_forward_backward_match_torch(xp, case, dtype):
     t = torch.tensor(x, requires_grad=True)
     ty = tfn(t)
     ty.backward(torch.tensor(dy))
-    # float32: values are O(1); an absolute 1e-5 allows the cancellation in GELU's slope
-    # 0.5(1+t) + 0.5·x·(1-t²)·u' where tanh t -> -1 (x ~ -4), which both sides suffer.
+    # float32: values are O(1); an absolute 1e-5 allows the cancellation in the tanh GELU's
+    # slope 0.5(1+t) + 0.5·x·(1-t²)·u' where tanh t -> -1 (x ~ -4), which both sides suffer.
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == numpy.float32 else dict(rtol=1e-10, atol=1e-12)
     numpy.testing.assert_allclose(gpunet.to_numpy(y), ty.detach().numpy(), **tol)
     numpy.testing.assert_allclose(gpunet.to_numpy(dx), t.grad.numpy(), **tol)
@@ -254,3 +271,189 @@ def test_activation_layers_name_a_0d_input(cls):
     NumPy's 'return arrays must be of ArrayType'; ReLU returned a NumPy scalar."""
     with pytest.raises(ValueError, match=f"{cls.__name__}: expected an input with at least one axis, got a 0-d array"):
         cls()(numpy.array(1.0, numpy.float32))
+
+
+# -- GELU: the exact form (PyTorch's default) and the tanh form ---------------------------------
+
+def _wide(dtype):
+    """Inputs over GELU's whole range in ``dtype``: a dense grid, random normals, and the
+    ends where the tail underflows (float64 from |x| ~ 38.5, float32 from ~14, float16 ~5)."""
+    rng = numpy.random.default_rng(11)
+    end = {numpy.float64: 42.0, numpy.float32: 17.0, numpy.float16: 8.0}[dtype]
+    x = numpy.concatenate([numpy.linspace(-end, end, 4001), rng.standard_normal(2000) * 3,
+                           [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8]])
+    return x.astype(dtype)
+
+
+def test_gelu_exact_float64_matches_erfc():
+    """float64 against ``x·erfc(-x/√2)/2`` (math.erfc) over [-42, 42]: relative error at
+    most (6 + x²)·eps. The x² term is the rounding of x² in e^(-x²/2) (gpunet) and of x/√2
+    in math.erfc's argument (the reference): both grow as the function's condition number;
+    below |x| = 1 the bound is 7 eps. Subnormal results (x < -37.6, where e^(-x²/2) is
+    subnormal) hold to 64 of the smallest subnormal. The derivative Φ + xφ likewise, with
+    an absolute floor of 2 eps where it crosses 0 (x ~ -0.75)."""
+    x = _wide(numpy.float64)
+    eps = numpy.finfo(numpy.float64).eps
+    y = FA.gelu(x)
+    ref = _np_gelu(x)
+    bound = (6 + x * x) * eps * numpy.abs(ref) + 64 * 2.0 ** -1074
+    assert numpy.all(numpy.abs(y - ref) <= bound), numpy.max(numpy.abs(y - ref) / numpy.maximum(bound, 1e-300))
+    d = FA.gelu_backward(numpy.ones_like(x), x, y)
+    dref = _np_gelu_grad(x)
+    dbound = (6 + x * x) * eps * numpy.abs(dref) + 2 * eps
+    assert numpy.all(numpy.abs(d - dref) <= dbound)
+    # not merely the tanh form within those bounds: the two differ by up to 4.7e-4
+    assert numpy.abs(FA.gelu(x, approximate="tanh") - ref).max() > 1e-4
+
+
+def test_gelu_exact_matches_mpmath_within_stated_ulps():
+    """Against 40-digit mpmath, the precision the docstring states: ``x·Φ(x)`` within 4 eps
+    (float64) or 5 eps (float32, evaluated in float32) relative for |x| <= 3, and within
+    x²·eps up to |x| = 12 (the rounding of x² in e^(-x²/2))."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    rng = numpy.random.default_rng(16)
+    for dtype, near in ((numpy.float64, 4.0), (numpy.float32, 5.0)):
+        a = numpy.concatenate([numpy.linspace(1e-3, 3, 1000), rng.uniform(3, 12, 1000)])
+        x = numpy.concatenate([a, -a]).astype(dtype)
+        ref = numpy.array([float(mpmath.mpf(float(v)) * mpmath.erfc(-mpmath.mpf(float(v)) / mpmath.sqrt(2)) / 2)
+                           for v in x])
+        rel = numpy.abs(FA.gelu(x).astype(numpy.float64) / ref - 1) / numpy.finfo(dtype).eps
+        x64 = x.astype(numpy.float64)
+        bound = numpy.where(numpy.abs(x64) <= 3, near, x64 * x64)
+        assert numpy.all(rel <= bound), (dtype, x[numpy.argmax(rel / bound)], numpy.max(rel / bound))
+
+
+def test_gelu_coefficients_are_the_fit_tools_output():
+    """The tables in the code are what tools/fit_gelu_erfc.py computes (needs mpmath)."""
+    pytest.importorskip("mpmath")
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "fit_gelu_erfc.py"
+    spec = importlib.util.spec_from_file_location("fit_gelu_erfc", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    t = tool.tables()
+    assert t["float64"] == FA._ERFC_F64
+    assert t["float32"] == FA._ERFC_F32
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_torch_over_the_whole_range(dtype, approximate):
+    """Both forms against torch's F.gelu of the same form, in float32 and float64, from
+    -42 to 42 (float64) or -17 to 17 (float32): forward and dx within 4 ulp of the larger
+    value plus an absolute term for PyTorch's cancellation at large negative x (its
+    ``1 + erf`` or ``1 + tanh`` keeps a few eps absolute: |x|·eps on y; gpunet keeps the
+    tiny true value there, where PyTorch gives 0); dx likewise, with x² in that term."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    x = _wide(dtype)
+    dy = numpy.random.default_rng(12).standard_normal(x.shape).astype(dtype)
+    layer = gpunet.GELU(approximate=approximate)
+    y = layer(x)
+    dx = layer.backward(dy)
+    t = torch.tensor(x, requires_grad=True)
+    ty = F.gelu(t, approximate=approximate)
+    ty.backward(torch.tensor(dy))
+    eps = float(numpy.finfo(dtype).eps)
+    ty, tdx = ty.detach().numpy(), t.grad.numpy()
+    scale = numpy.maximum(1.0, numpy.abs(x.astype(numpy.float64)))
+    numpy.testing.assert_array_less(numpy.abs(y - ty), 4 * eps * numpy.abs(ty) + 4 * eps * scale)
+    # dx: the tanh form's slope cancels in 1 - tanh² (both sides) with a factor x·u' ~ x³
+    numpy.testing.assert_array_less(numpy.abs(dx - tdx), 4 * eps * numpy.abs(tdx) + 4 * eps * scale**2 * numpy.abs(dy)
+                                    + 1e-300)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float16, numpy.float32, numpy.float64])
+def test_gelu_exact_at_extremes(xp, dtype):
+    """±inf, NaN, ±1e4 (±300 and ±65504 in float16): y is x or 0 beyond the tail and
+    inf/0 at ±inf (PyTorch: NaN), dx 1 or 0; NaN in gives NaN out; nothing else is NaN."""
+    big = 300.0 if dtype == numpy.float16 else 1e4
+    vals = [numpy.inf, -numpy.inf, numpy.nan, big, -big, 0.5]
+    if dtype == numpy.float16:
+        vals += [65504.0, -65504.0]
+    x = numpy.array(vals, dtype)
+    with numpy.errstate(invalid="raise", over="raise"):       # no inf·0 on the host path
+        y = FA.gelu(xp.asarray(x)) if xp is numpy else FA.gelu(xp.asarray(x))
+        d = FA.gelu_backward(xp.ones_like(xp.asarray(x)), xp.asarray(x), y)
+    y, d = gpunet.to_numpy(y), gpunet.to_numpy(d)
+    assert y.dtype == d.dtype == dtype
+    assert y[0] == numpy.inf and y[1] == 0 and numpy.isnan(y[2]) and y[3] == big and y[4] == 0
+    assert d[0] == 1 and d[1] == 0 and numpy.isnan(d[2]) and d[3] == 1 and d[4] == 0
+    assert not numpy.isnan(numpy.delete(y, 2)).any() and not numpy.isnan(numpy.delete(d, 2)).any()
+    if dtype == numpy.float16:
+        assert list(y[6:]) == [65504.0, 0.0] and list(d[6:]) == [1.0, 0.0]
+
+
+def test_gelu_float16_is_the_float32_result_rounded_once(xp):
+    """float16 is evaluated in float32 and rounded once: the same values as the float32
+    path's, cast (so within half a float16 ulp of x·Φ(x))."""
+    x = numpy.random.default_rng(13).standard_normal(4000).astype(numpy.float16) * numpy.float16(4)
+    dy = numpy.ones_like(x)
+    y16 = FA.gelu(xp.asarray(x))
+    x32 = x.astype(numpy.float32)
+    y32 = FA.gelu(xp.asarray(x32))
+    assert gpunet.to_numpy(y16).tobytes() == gpunet.to_numpy(y32).astype(numpy.float16).tobytes()
+    d16 = FA.gelu_backward(xp.asarray(dy), xp.asarray(x), y16)
+    d32 = FA.gelu_backward(xp.asarray(dy.astype(numpy.float32)), xp.asarray(x32), y32)
+    assert gpunet.to_numpy(d16).tobytes() == gpunet.to_numpy(d32).astype(numpy.float16).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [numpy.float16, numpy.float32, numpy.float64])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_on_the_gpu_backends_is_the_cpus_bit_for_bit(gpu_xp, dtype, approximate):
+    """The same ufunc sequence on every backend: the sim device gives the CPU's bits (its
+    ufuncs are NumPy's); on CuPy the same formula runs as CuPy ufuncs."""
+    x = numpy.concatenate([_wide(dtype), numpy.array([numpy.inf, -numpy.inf], dtype)])
+    dy = numpy.random.default_rng(14).standard_normal(x.shape).astype(dtype)
+    with numpy.errstate(all="ignore"):
+        y = FA.gelu(x, approximate=approximate)
+        d = FA.gelu_backward(dy, x, y, approximate=approximate)
+        gy = FA.gelu(gpu_xp.asarray(x), approximate=approximate)
+        gd = FA.gelu_backward(gpu_xp.asarray(dy), gpu_xp.asarray(x), gy, approximate=approximate)
+    if gpu_xp.__name__.startswith("cupy"):
+        numpy.testing.assert_allclose(gpunet.to_numpy(gy), y, rtol=8 * numpy.finfo(dtype).eps, atol=0)
+    else:
+        assert gpunet.to_numpy(gy).tobytes() == y.tobytes()
+        assert gpunet.to_numpy(gd).tobytes() == d.tobytes()
+
+
+def test_gelu_tanh_form_is_pytorchs_formula():
+    """``approximate="tanh"`` is ``x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`` and differs from
+    the default exact form."""
+    x = numpy.linspace(-6, 6, 1201)
+    numpy.testing.assert_allclose(gpunet.GELU(approximate="tanh")(x), _np_gelu_tanh(x), rtol=1e-13, atol=1e-15)
+    diff = numpy.abs(gpunet.GELU()(x) - _np_gelu_tanh(x)).max()
+    assert 4e-4 < diff < 5e-4
+
+
+@pytest.mark.parametrize("value,exc", [("exact", ValueError), ("NONE", ValueError), ("", ValueError),
+                                       (None, TypeError), (True, TypeError), (0, TypeError)])
+def test_gelu_bad_approximate_names_the_choices(value, exc):
+    msg = rf"expected approximate to be 'none' or 'tanh', got {re.escape(repr(value))}"
+    with pytest.raises(exc, match=r"^GELU: " + msg):
+        gpunet.GELU(approximate=value)
+    x = numpy.ones(3)
+    with pytest.raises(exc, match=r"^gelu: " + msg):
+        FA.gelu(x, approximate=value)
+    with pytest.raises(exc, match=r"^gelu_backward: " + msg):
+        FA.gelu_backward(x, x, x, approximate=value)
+
+
+def test_gelu_layer_repr_and_activation_names():
+    """``activation="gelu"`` is the exact form (F.gelu's default); the tanh form goes in
+    as a layer, fused exactly as the separate layer."""
+    from gpunet.layers.activations import get
+    assert get("gelu").approximate == "none"
+    assert repr(gpunet.GELU(approximate="tanh")) == "GELU(approximate='tanh')"
+    x = numpy.random.default_rng(15).standard_normal((5, 4))
+    for approximate in ("none", "tanh"):
+        fused = gpunet.Dense(4, 3, activation=gpunet.GELU(approximate=approximate)).to(dtype=numpy.float64)
+        plain = gpunet.Dense(4, 3).to(dtype=numpy.float64)
+        plain.load_state_dict(fused.state_dict())
+        sep = gpunet.GELU(approximate=approximate)
+        numpy.testing.assert_array_equal(fused(x), sep(plain(x)))
+        dy = numpy.ones((5, 3))
+        numpy.testing.assert_array_equal(fused.backward(dy), plain.backward(sep.backward(dy)))
+        assert gpunet.gradcheck(fused, x)
