@@ -375,7 +375,7 @@ def test_gelu_exact_at_extremes(xp, dtype):
         vals += [65504.0, -65504.0]
     x = numpy.array(vals, dtype)
     with numpy.errstate(invalid="raise", over="raise"):       # no inf·0 on the host path
-        y = FA.gelu(xp.asarray(x)) if xp is numpy else FA.gelu(xp.asarray(x))
+        y = FA.gelu(xp.asarray(x))
         d = FA.gelu_backward(xp.ones_like(xp.asarray(x)), xp.asarray(x), y)
     y, d = gpunet.to_numpy(y), gpunet.to_numpy(d)
     assert y.dtype == d.dtype == dtype
@@ -413,7 +413,12 @@ def test_gelu_on_the_gpu_backends_is_the_cpus_bit_for_bit(gpu_xp, dtype, approxi
         gy = FA.gelu(gpu_xp.asarray(x), approximate=approximate)
         gd = FA.gelu_backward(gpu_xp.asarray(dy), gpu_xp.asarray(x), gy, approximate=approximate)
     if gpu_xp.__name__.startswith("cupy"):
-        numpy.testing.assert_allclose(gpunet.to_numpy(gy), y, rtol=8 * numpy.finfo(dtype).eps, atol=0)
+        # CUDA's exp/divide may round differently: a few ulps of the evaluation dtype (one
+        # float16 ulp after the final rounding), subnormal results to the smallest normal
+        rtol = float(numpy.finfo(dtype).eps) if dtype == numpy.float16 else 64 * float(numpy.finfo(dtype).eps)
+        tiny = float(numpy.finfo(dtype).tiny)
+        numpy.testing.assert_allclose(gpunet.to_numpy(gy), y, rtol=rtol, atol=tiny)
+        numpy.testing.assert_allclose(gpunet.to_numpy(gd), d, rtol=rtol, atol=tiny + rtol * numpy.abs(dy).max())
     else:
         assert gpunet.to_numpy(gy).tobytes() == y.tobytes()
         assert gpunet.to_numpy(gd).tobytes() == d.tobytes()
