@@ -214,6 +214,24 @@ def test_repr_names_configuration():
     assert "Dense" in r and "4" in r and "3" in r and "relu" in r and "bias=False" in r
 
 
+@pytest.mark.parametrize("make, activation, shown", [
+    (lambda a: gpunet.Dense(4, 3, activation=a), "gelu", "Dense(4, 3, activation='gelu')"),
+    (lambda a: gpunet.Dense(4, 3, activation=a), gpunet.GELU(), "Dense(4, 3, activation='gelu')"),
+    (lambda a: gpunet.Dense(4, 3, activation=a), gpunet.GELU(approximate="tanh"),
+     "Dense(4, 3, activation=GELU(approximate='tanh'))"),
+    (lambda a: gpunet.Dense(4, 3, activation=a), gpunet.LeakyReLU(0.2),
+     "Dense(4, 3, activation=LeakyReLU(negative_slope=0.2))"),
+    (lambda a: gpunet.Conv2D(1, 2, 3, activation=a), "relu", "Conv2D(1, 2, kernel_size=3, activation='relu')"),
+    (lambda a: gpunet.Conv2D(1, 2, 3, activation=a), gpunet.ELU(2.0),
+     "Conv2D(1, 2, kernel_size=3, activation=ELU(alpha=2.0))"),
+])
+def test_repr_shows_activation_settings(make, activation, shown):
+    """A fused activation prints as its name when its settings are the defaults, and as the
+    layer when they are not: Dense with GELU(approximate="tanh") used to print
+    activation='gelu', the same as the exact form."""
+    assert repr(make(activation)) == shown
+
+
 def test_functional_linear(xp):
     from gpunet.functional import linear, linear_backward
     rng = numpy.random.default_rng(10)

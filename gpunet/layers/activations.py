@@ -31,6 +31,19 @@ class Activation(Layer):
     def needs_input(self) -> bool:
         return F.NEEDS_INPUT[self.name]
 
+    def as_argument(self) -> str:
+        """How ``Dense``/``Conv2D`` print this activation in their ``repr``: the name
+        (``'gelu'``) when its settings are its class's defaults, so ``activation="gelu"``
+        reads back as written; else the layer itself (``GELU(approximate='tanh')``), so
+        that two layers that compute different things never print alike."""
+        try:
+            default = type(self)()
+        except TypeError:           # a subclass whose arguments have no defaults
+            default = None
+        if default is not None and default.extra_repr() == self.extra_repr():
+            return repr(self.name)
+        return repr(self)
+
     def _check(self, x):
         check_input(self, x)
 

@@ -137,7 +137,7 @@ class Conv2D(Layer):
         if self.bias is None:
             out += ", bias=False"
         if self.activation is not None:
-            out += f", activation={self.activation.name!r}"
+            out += f", activation={self.activation.as_argument()}"
         if not self.input_grad:
             out += ", input_grad=False"
         return out

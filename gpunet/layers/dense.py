@@ -85,7 +85,7 @@ class Dense(Layer):
         return dx
 
     def extra_repr(self):
-        a = f", activation={self.activation.name!r}" if self.activation is not None else ""
+        a = f", activation={self.activation.as_argument()}" if self.activation is not None else ""
         b = "" if self.bias is not None else ", bias=False"
         g = "" if self.input_grad else ", input_grad=False"
         return f"{self.in_features}, {self.out_features}{b}{a}{g}"
