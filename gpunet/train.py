@@ -922,8 +922,8 @@ class Trainer:
                         warnings.warn(
                             f"Trainer.fit: val_loss is {logs['val_loss']} at epoch {epoch + 1} while "
                             f"the training loss is finite: the validation data holds NaN or inf, or "
-                            f"the model's outputs overflow on it (EarlyStopping and ModelCheckpoint "
-                            f"never count such an epoch as an improvement)", RuntimeWarning, stacklevel=2)
+                            f"the model's outputs overflow on it (EarlyStopping, ModelCheckpoint and "
+                            f"ReduceLROnPlateau never count such an epoch as an improvement)", RuntimeWarning, stacklevel=2)
                 if plateau is not None:     # after validation, before the callbacks (a checkpoint)
                     self.scheduler.step(logs[plateau])
                 for cb in self._callbacks:

@@ -1002,6 +1002,7 @@ def test_a_nan_validation_loss_is_warned_about_once_and_recorded(rng):
     ours = [w for w in caught if "val_loss" in str(w.message)]
     assert len(ours) == 1 and ours[0].category is RuntimeWarning
     assert str(ours[0].message).startswith("Trainer.fit: val_loss is nan at epoch 1 while the training loss is finite")
+    assert "EarlyStopping, ModelCheckpoint and ReduceLROnPlateau never count" in str(ours[0].message)
     assert len(h["val_loss"]) == 3 and numpy.isnan(h["val_loss"]).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")          # finite validation: no warning
