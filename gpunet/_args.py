@@ -58,20 +58,41 @@ def flag(who: str, name: str, value) -> bool:
     raise ArgumentTypeError(f"{who}: expected {name} to be a bool (True or False), got {_got(value)}")
 
 
-def flag_property(who: str, name: str, doc: str) -> property:
-    """A public bool attribute that users assign (``Dense.input_grad``,
-    ``DataLoader.shuffle``), as a property: the assignment goes through :func:`flag`
-    (``layer.input_grad = "no"`` raises instead of being read as True later) and stores a
-    Python bool in the instance's ``__dict__`` under ``_<name>``. Reading it calls a C
-    ``operator.attrgetter``, no Python function (about 70 ns against 11 ns for a plain
-    attribute): cheap enough for a read per step. ``who``: the class named in errors, None
-    for the instance's class."""
+def checked_property(who: str, name: str, doc: str, check, **limits) -> property:
+    """A public attribute that users assign (``Dense.input_grad``, ``DataLoader.batch_size``,
+    ``SGD.momentum``), as a property: the assignment goes through ``check(who, name, value,
+    **limits)`` (one of the checks here), so ``loader.batch_size = 2.5`` raises as the
+    constructor's argument does instead of failing later, or being used as it is, and the
+    value the check returns (a Python ``bool``/``int``/``float``) is stored in the
+    instance's ``__dict__`` under ``_<name>``. Reading it calls a C ``operator.attrgetter``,
+    no Python function (about 70 ns against 11 ns for a plain attribute): cheap enough for
+    a few reads per step, not for one per element. ``who``: the class named in errors,
+    None for the instance's class."""
     key = "_" + name
 
-    def set_flag(self, value):
-        self.__dict__[key] = flag(who or type(self).__name__, name, value)
+    def set_value(self, value):
+        self.__dict__[key] = check(who or type(self).__name__, name, value, **limits)
 
-    return property(operator.attrgetter(key), set_flag, doc=doc)
+    return property(operator.attrgetter(key), set_value, doc=doc)
+
+
+def flag_property(who: str, name: str, doc: str) -> property:
+    """A bool attribute checked on assignment by :func:`flag` (``layer.input_grad = "no"``
+    raises instead of being read as True later); see :func:`checked_property`."""
+    return checked_property(who, name, doc, flag)
+
+
+def integer_property(who: str, name: str, doc: str, low: int | None = None) -> property:
+    """An int attribute checked on assignment by :func:`integer` (``>= low``; a float, a
+    bool or a string raises); see :func:`checked_property`."""
+    return checked_property(who, name, doc, integer, low=low)
+
+
+def real_property(who: str, name: str, doc: str, **limits) -> property:
+    """A real-number attribute checked on assignment by :func:`real` with ``limits``
+    (``low``, ``high``, ``low_open``, ``high_open``, ``finite``); see
+    :func:`checked_property`."""
+    return checked_property(who, name, doc, real, **limits)
 
 
 def communicator(who: str, name: str, value, needs=("rank", "size"), none: bool = False):

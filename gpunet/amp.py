@@ -109,15 +109,25 @@ class GradScaler:
     one sync per step, in ``step``.
     """
 
+    # checked on assignment too, as the constructor's arguments are (read a few times a step)
+    growth_factor = _args.real_property("GradScaler", "growth_factor", "S *= growth_factor after "
+                                        "growth_interval clean steps (a finite number > 1).",
+                                        low=1.0, low_open=True)
+    backoff_factor = _args.real_property("GradScaler", "backoff_factor", "S *= backoff_factor after an "
+                                         "inf/NaN (a number in (0, 1)).", low=0.0, high=1.0,
+                                         low_open=True, high_open=True)
+    growth_interval = _args.integer_property("GradScaler", "growth_interval", "Clean steps before S grows "
+                                             "(a positive int).", low=1)
+    enabled = _args.flag_property("GradScaler", "enabled", "Whether the scaler scales (a bool).")
+
     def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
                  growth_interval=2000, enabled=True):
         who = "GradScaler"
         self._scale = _f32(_args.real(who, "init_scale", init_scale, low=0.0, low_open=True))
-        self.growth_factor = _args.real(who, "growth_factor", growth_factor, low=1.0, low_open=True)
-        self.backoff_factor = _args.real(who, "backoff_factor", backoff_factor, low=0.0, high=1.0,
-                                         low_open=True, high_open=True)
-        self.growth_interval = _args.integer(who, "growth_interval", growth_interval, low=1)
-        self.enabled = _args.flag(who, "enabled", enabled)
+        self.growth_factor = growth_factor
+        self.backoff_factor = backoff_factor
+        self.growth_interval = growth_interval
+        self.enabled = enabled
         self._growth_tracker = 0
         self._pending = {}        # id(optimizer) -> found-inf flag of this iteration (bool, a
         #                           0-d device bool array, or _DeviceCheck on the fused path)

@@ -24,6 +24,7 @@ moves batch by batch with ``gpunet.backend.to_device``.
 """
 from __future__ import annotations
 
+import operator
 import weakref
 
 import numpy
@@ -205,6 +206,10 @@ class DataLoader:
             of every *global* batch of ``size · batch_size`` samples (``batch_size`` is the
             per-process batch), see "Sharding" below.
 
+    ``batch_size``, ``seed``, ``shuffle``, ``drop_last``, ``epoch`` and ``device`` may be
+    assigned afterwards; they are checked as the arguments are (``loader.batch_size = 2.5``
+    raises ``TypeError``), and assigning ``device`` is ``to(device)``.
+
     Epochs. ``self.epoch`` counts the iterations started: each ``iter(loader)`` uses the
     current value and then advances it by one, so the first pass is epoch 0, the second
     epoch 1, and so on (an abandoned pass still counts). ``set_epoch(k)`` makes the next
@@ -241,6 +246,12 @@ class DataLoader:
                                   "anything else raises, as the argument does).")
     drop_last = _args.flag_property("DataLoader", "drop_last", "Drop the last, incomplete batch (a bool, "
                                     "checked as shuffle is).")
+    batch_size = _args.integer_property("DataLoader", "batch_size", "Samples per batch (a positive int; "
+                                        "assigning anything else raises, as the argument does).", low=1)
+    seed = _args.integer_property("DataLoader", "seed", "The shuffle seed (an int >= 0, checked on "
+                                  "assignment).", low=0)
+    epoch = _args.integer_property("DataLoader", "epoch", "The epoch of the next pass (an int >= 0, "
+                                   "checked on assignment as by set_epoch).", low=0)
 
     def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
                  device=None, comm=None):
@@ -262,13 +273,9 @@ class DataLoader:
         self.drop_last = drop_last
         self.X = X
         self.y = y
-        self.device = None
         self.epoch = 0
         self.comm = _args.communicator("DataLoader", "comm", comm, none=True)
-        self._resident = None       # (X, y) on self.device, once copied
-        self._permute = False       # resident and shuffled: gather each epoch's copy at once
-        if device is not None:
-            self.to(device)
+        self.device = device        # resolve_device, and no resident copy (_resident, _permute)
 
     @property
     def num_samples(self) -> int:
@@ -310,11 +317,18 @@ class DataLoader:
     def to(self, device):
         """Move every batch to ``device`` as it is produced (``None``: leave them where
         the data is). Checked now: an unusable ``"cuda"`` raises ``RuntimeError``.
-        Returns ``self``."""
-        self.device = None if device is None else resolve_device(device, "DataLoader")
+        Returns ``self``. Assigning ``loader.device`` does the same."""
+        self.device = device
+        return self
+
+    def _set_device(self, device):
+        self._device = None if device is None else resolve_device(device, "DataLoader")
         self._resident = None
         self._permute = False
-        return self
+
+    device = property(operator.attrgetter("_device"), _set_device, doc=(
+        "Where batches are delivered (None: where the data is); assigning it is ``to(device)``: "
+        "checked, and resident data is copied again to the new device at the next pass."))
 
     @property
     def resident(self) -> bool:
@@ -359,6 +373,7 @@ class DataLoader:
 
     def _batches(self, epoch):
         X, y, move = self._source()
+        device = self.device        # the attributes a batch needs, read once a pass
         xp = get_array_module(X)
         n, b = self.num_samples, self.batch_size
         stop = (n // b) * b if self.drop_last else n
@@ -373,7 +388,7 @@ class DataLoader:
                 else self.order(epoch)
             sels = (slice(s, min(s + b, n)) if host is None else host[s:s + b]
                     for s in range(0, stop, b))
-            for arrays in _Stager(X, y, b, self.device).run(sels):
+            for arrays in _Stager(X, y, b, device).run(sels):
                 xb = mark_data(arrays[0])
                 yield xb if self.y is None else (xb, arrays[1])
             return
@@ -385,8 +400,8 @@ class DataLoader:
             xb = X[sel]
             yb = None if y is None else y[sel]
             if move:
-                xb = to_device(xb, self.device)
-                yb = None if yb is None else to_device(yb, self.device)
+                xb = to_device(xb, device)
+                yb = None if yb is None else to_device(yb, device)
             mark_data(xb)
             yield xb if self.y is None else (xb, yb)
 

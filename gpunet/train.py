@@ -14,6 +14,7 @@ residency rule), so a step moves no bytes from the host either.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import time
 import warnings
@@ -223,6 +224,24 @@ def _mode_for(who, monitor, mode):
     return "max" if "acc" in monitor else "min"
 
 
+def _monitor_properties(who):
+    """``monitor`` and ``mode`` of a callback, checked on assignment as in its constructor
+    (``_mode_for``); ``mode`` reads as ``"min"`` or ``"max"``, and a mode given as ``"auto"``
+    follows a later assignment of ``monitor`` (``"val_accuracy"``: max)."""
+    def set_monitor(self, value):
+        self.__dict__["_mode"] = _mode_for(who, value, self.__dict__.get("_mode_given", "auto"))
+        self.__dict__["_monitor"] = value
+
+    def set_mode(self, value):
+        self.__dict__["_mode"] = _mode_for(who, self.monitor, value)
+        self.__dict__["_mode_given"] = value
+
+    return (property(operator.attrgetter("_monitor"), set_monitor,
+                     doc="The key of the epoch's logs watched (a str, checked on assignment)."),
+            property(operator.attrgetter("_mode"), set_mode,
+                     doc="'min' or 'max' (assign 'auto', 'min' or 'max'; 'auto': max for accuracies)."))
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs.
 
@@ -240,15 +259,24 @@ class EarlyStopping(Callback):
     ``ValueError`` listing the keys there (Keras warns and goes on without stopping).
     """
 
+    # checked on assignment too, as the constructor's arguments are
+    patience = _args.integer_property("EarlyStopping", "patience", "Epochs without improvement before "
+                                      "stopping (an int >= 0).", low=0)
+    restore_best = _args.flag_property("EarlyStopping", "restore_best", "Put back the best epoch's weights "
+                                       "at the end (a bool).")
+    min_delta = _args.real_property("EarlyStopping", "min_delta", "The least change that counts as an "
+                                    "improvement (a finite number >= 0).", low=0.0)
+    monitor, mode = _monitor_properties("EarlyStopping")
+
     def __init__(self, monitor="val_loss", patience=5, restore_best=True, min_delta=0.0, mode="auto",
                  **unknown):
         if unknown:
             raise _unexpected_keyword("EarlyStopping", unknown, _KERAS_CALLBACKS)
         self.monitor = monitor
-        self.patience = _args.integer("EarlyStopping", "patience", patience, low=0)
-        self.restore_best = _args.flag("EarlyStopping", "restore_best", restore_best)
-        self.min_delta = _args.real("EarlyStopping", "min_delta", min_delta, low=0.0)
-        self.mode = _mode_for("EarlyStopping", monitor, mode)
+        self.patience = patience
+        self.restore_best = restore_best
+        self.min_delta = min_delta
+        self.mode = mode
         self.best = None
         self.best_epoch = None
         self.stopped_epoch = None
@@ -305,6 +333,11 @@ class ModelCheckpoint(Callback):
     save replaces the one file). A field the logs do not hold raises ``ValueError`` naming
     it and the keys there, at the first save; a path without braces is used as it is."""
 
+    # checked on assignment too, as the constructor's arguments are
+    save_best_only = _args.flag_property("ModelCheckpoint", "save_best_only", "Save only when monitor "
+                                         "improves (a bool; False: every epoch).")
+    monitor, mode = _monitor_properties("ModelCheckpoint")
+
     def __init__(self, path=None, monitor="val_loss", save_best_only=True, mode="auto",
                  initial_value_threshold=None, **unknown):
         if unknown:
@@ -318,8 +351,8 @@ class ModelCheckpoint(Callback):
             initial_value_threshold = _args.real("ModelCheckpoint", "initial_value_threshold",
                                                  initial_value_threshold, finite=False)
         self.path, self.monitor = path, monitor
-        self.save_best_only = _args.flag("ModelCheckpoint", "save_best_only", save_best_only)
-        self.mode = _mode_for("ModelCheckpoint", monitor, mode)
+        self.save_best_only = save_best_only
+        self.mode = mode
         self.best = initial_value_threshold
 
     def on_train_begin(self, trainer):

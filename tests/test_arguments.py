@@ -41,6 +41,12 @@ FLAGS = [
     ("Conv2D", "input_grad", lambda v: setattr(gpunet.Conv2D(1, 2, 3), "input_grad", v)),
     ("DataLoader", "shuffle", lambda v: setattr(gpunet.DataLoader(*_xy()), "shuffle", v)),
     ("DataLoader", "drop_last", lambda v: setattr(gpunet.DataLoader(*_xy()), "drop_last", v)),
+    ("SGD", "nesterov", lambda v: setattr(optim.SGD(_dense(), momentum=0.9), "nesterov", v)),
+    ("GradScaler", "enabled", lambda v: setattr(amp.GradScaler(), "enabled", v)),
+    ("ModelCheckpoint", "save_best_only", lambda v: setattr(gpunet.ModelCheckpoint("c.npz"), "save_best_only", v)),
+    ("EarlyStopping", "restore_best", lambda v: setattr(gpunet.EarlyStopping(), "restore_best", v)),
+    ("Dense", "training", lambda v: setattr(_dense(), "training", v)),
+    ("Sequential", "training", lambda v: setattr(gpunet.Sequential(_dense()), "training", v)),
 ]
 
 
@@ -99,6 +105,74 @@ def test_loader_flags_assigned_mean_what_they_say():
     assert loader.drop_last is True and loader.shuffle is False and len(loader) == 2
 
 
+def test_attributes_assigned_after_construction_mean_what_they_say():
+    """Checked in the constructor, then assigned unchecked and read by truthiness or used as
+    given: ``nesterov="no"`` ran Nesterov momentum, ``momentum="0.9"`` went through
+    ``float()``, ``enabled="no"`` scaled, ``save_best_only="no"`` saved the best only,
+    ``training="no"`` left dropout on, ``mode="maximize"`` maximized, ``batch_size=2.5``
+    and ``seed=1.5`` failed inside ``len``/NumPy, ``AdamW.l1`` was stored and never used.
+    Now each raises and leaves the attribute as it was; right values are stored as Python
+    values."""
+    opt = optim.SGD(_dense(), lr=0.1, momentum=0.9)
+    for name, bad in (("nesterov", "no"), ("momentum", "0.9"), ("momentum", True), ("weight_decay", math.nan)):
+        with pytest.raises((TypeError, ValueError), match=f"^SGD: expected {name}"):
+            setattr(opt, name, bad)
+    assert opt.nesterov is False and opt.momentum == 0.9 and opt.weight_decay == 0.0
+    opt.nesterov = numpy.True_
+    assert opt.nesterov is True
+    with pytest.raises(ValueError, match=r"^SGD: expected momentum > 0 with nesterov=True, got momentum=0\.0$"):
+        opt.momentum = 0                 # the constructor's cross-check: nesterov first
+    opt.nesterov, opt.momentum = False, numpy.float32(0.0)
+    assert type(opt.momentum) is float and opt.momentum == 0.0
+    with pytest.raises(AttributeError, match=r"^AdamW has no hyper-parameter 'l1'; its hyper-parameters "
+                                             r"are lr, betas, eps, weight_decay$"):
+        optim.AdamW(_dense()).l1 = 0.1
+    adam = optim.Adam(_dense())
+    with pytest.raises(TypeError, match=r"^Adam: expected betas to be a pair"):
+        adam.betas = 0.9
+    adam.betas = (numpy.float32(0.5), 0.75)
+    assert adam.betas == (0.5, 0.75) and optim.Adam(_dense()).load_state_dict(adam.state_dict()).betas == (0.5, 0.75)
+
+    scaler = amp.GradScaler()
+    with pytest.raises(TypeError):
+        scaler.enabled = "no"
+    assert scaler.enabled is True
+    cb = gpunet.ModelCheckpoint("c.npz")
+    with pytest.raises(TypeError):
+        cb.save_best_only = "no"
+    with pytest.raises(ValueError, match=r"^ModelCheckpoint: expected mode to be 'auto', 'min' or 'max', got 'maximize'$"):
+        cb.mode = "maximize"
+    with pytest.raises(TypeError, match=r"^ModelCheckpoint: expected monitor to be the name of a logged value"):
+        cb.monitor = 3
+    assert cb.save_best_only is True and cb.monitor == "val_loss" and cb.mode == "min"
+    cb.monitor = "val_accuracy"            # mode "auto" follows the monitor, as in the constructor
+    assert cb.mode == "max"
+    stop = gpunet.EarlyStopping(monitor="val_loss", mode="min")
+    stop.monitor = "val_accuracy"          # a mode given stays
+    assert stop.mode == "min"
+
+    net = gpunet.Sequential(_dense(), gpunet.Dropout(0.5))
+    with pytest.raises(TypeError, match=r"^Dropout: expected training to be a bool \(True or False\), got 'no' \(str\)$"):
+        net[1].training = "no"
+    net.eval()
+    assert net.training is False and net[1].training is False
+    x = numpy.ones((4, 3), numpy.float32)
+    numpy.testing.assert_array_equal(net(x), net[0](x))       # eval: dropout is the identity
+
+    loader = gpunet.DataLoader(*_xy(10), batch_size=4, shuffle=True, seed=0)
+    for name, bad in (("batch_size", 2.5), ("batch_size", 0), ("seed", 1.5), ("seed", -1), ("epoch", "1")):
+        with pytest.raises((TypeError, ValueError), match=f"^DataLoader: expected {name} to be "):
+            setattr(loader, name, bad)
+    assert (loader.batch_size, loader.seed, loader.epoch, len(loader)) == (4, 0, 0, 3)
+    loader.batch_size, loader.seed = numpy.int64(5), numpy.uint16(1)
+    assert type(loader.batch_size) is int and type(loader.seed) is int and len(loader) == 2
+    assert [len(xb) for xb, _ in loader] == [5, 5]
+    with pytest.raises(ValueError, match=r"^DataLoader: unknown device 'gpu'"):
+        loader.device = "gpu"
+    loader.device = "cpu"
+    assert loader.device == "cpu" and loader.to(None).device is None
+
+
 def test_a_wrong_type_is_a_type_error_and_a_value_error():
     """Earlier checks raised ValueError for a wrong type (DataLoader's batch_size="8", as
     PyTorch's DataLoader does); the shared checks raise a TypeError that is a ValueError too."""
@@ -129,7 +203,24 @@ RATES = [
     ("GradScaler", "init_scale", lambda v: amp.GradScaler(init_scale=v)),
     ("GradScaler", "growth_factor", lambda v: amp.GradScaler(growth_factor=v)),
     ("GradScaler.update", "new_scale", lambda v: amp.GradScaler().update(v)),
+    # assigned after construction: checked as the argument is (float() took "0.9" and True)
+    ("SGD", "momentum", lambda v: _assigned(optim.SGD(_dense()), "momentum", v)),
+    ("SGD", "weight_decay", lambda v: _assigned(optim.SGD(_dense()), "weight_decay", v)),
+    ("SGD", "l1", lambda v: _assigned(optim.SGD(_dense()), "l1", v)),
+    ("Adam", "eps", lambda v: _assigned(optim.Adam(_dense()), "eps", v)),
+    ("Adam", "l1", lambda v: _assigned(optim.Adam(_dense()), "l1", v)),
+    ("AdamW", "weight_decay", lambda v: _assigned(optim.AdamW(_dense()), "weight_decay", v)),
+    ("RMSProp", "momentum", lambda v: _assigned(optim.RMSProp(_dense()), "momentum", v)),
+    ("RMSProp", "eps", lambda v: _assigned(optim.RMSProp(_dense()), "eps", v)),
+    ("AdaGrad", "eps", lambda v: _assigned(optim.AdaGrad(_dense()), "eps", v)),
+    ("GradScaler", "growth_factor", lambda v: _assigned(amp.GradScaler(), "growth_factor", v)),
+    ("EarlyStopping", "min_delta", lambda v: _assigned(gpunet.EarlyStopping(), "min_delta", v)),
 ]
+
+
+def _assigned(obj, name, value):
+    setattr(obj, name, value)
+    return obj
 
 
 @pytest.mark.parametrize("who,name,make", RATES, ids=[f"{w}-{n}" for w, n, _ in RATES])
@@ -203,6 +294,9 @@ def test_label_smoothing_takes_a_numpy_scalar():
     (lambda: gpunet.DataLoader(*_xy(), batch_size=2.0), r"^DataLoader: expected batch_size to be a positive int, got 2\.0 \(float\)$"),
     (lambda: amp.GradScaler(growth_interval=numpy.float64(10)), r"^GradScaler: expected growth_interval to be a positive int"),
     (lambda: gpunet.DataLoader(*_xy()).set_epoch(True), r"^DataLoader.set_epoch: expected epoch to be an int >= 0, got True \(bool\)$"),
+    (lambda: setattr(gpunet.DataLoader(*_xy()), "batch_size", 2.0), r"^DataLoader: expected batch_size to be a positive int, got 2\.0 \(float\)$"),
+    (lambda: setattr(gpunet.DataLoader(*_xy()), "batch_size", "8"), r"^DataLoader: expected batch_size to be a positive int, got '8' \(str\)$"),
+    (lambda: setattr(amp.GradScaler(), "growth_interval", 10.0), r"^GradScaler: expected growth_interval to be a positive int, got 10\.0"),
 ])
 def test_count_of_another_type_raises_type_error(make, message):
     with pytest.raises(TypeError, match=message):
@@ -246,6 +340,9 @@ def test_device_errors_name_the_caller(who, call):
     ("DataLoader.shard_order", "epoch", lambda v: gpunet.DataLoader(*_xy(), shuffle=True, seed=0).shard_order(v)),
     ("make_mnist1d", "seed", lambda v: gpunet.datasets.make_mnist1d(n_train=10, n_test=10, seed=v)),
     ("SGD.steps", "steps[0]", lambda v: setattr(_opt(), "steps", [v, 0])),
+    ("DataLoader", "seed", lambda v: setattr(gpunet.DataLoader(*_xy()), "seed", v)),
+    ("DataLoader", "epoch", lambda v: setattr(gpunet.DataLoader(*_xy()), "epoch", v)),
+    ("EarlyStopping", "patience", lambda v: setattr(gpunet.EarlyStopping(), "patience", v)),
 ])
 def test_integer_setters_and_epochs_refuse_floats_bools_strings_negatives(who, name, call):
     for bad in (2.5, True, "1"):
