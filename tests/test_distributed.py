@@ -647,6 +647,24 @@ def test_validation_that_fails_on_one_rank_at_an_epoch_end_fails_on_every_rank()
     assert opts[0].stats["steps"] == opts[1].stats["steps"] > 0       # it failed after the epoch
 
 
+def test_distributed_optimizer_assigns_the_wrapped_optimizers_hyper_parameters():
+    """``dopt.momentum = 0.5`` was stored on the wrapper (reads gave 0.5, the steps used
+    the wrapped optimizer's 0.9; "x" was taken too); now it is the wrapped optimizer's,
+    checked there."""
+    net = W.model("mlp")
+    inner = gpunet.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt = D.DistributedOptimizer(inner, LoopbackComm())
+    opt.momentum, opt.lr = 0.5, 0.2
+    assert inner.momentum == 0.5 and inner.lr == 0.2 and opt.momentum == 0.5
+    with pytest.raises(TypeError, match="^SGD: expected momentum to be a real number, got 'x'"):
+        opt.momentum = "x"
+    assert inner.momentum == 0.5 and "momentum" not in vars(opt)
+    adamw = D.DistributedOptimizer(gpunet.optim.AdamW(net.parameters()), LoopbackComm())
+    assert not hasattr(adamw, "l1") and not hasattr(opt, "betas")
+    with pytest.raises(AttributeError, match="^AdamW has no hyper-parameter 'l1'"):
+        adamw.l1 = 0.1
+
+
 def test_trainer_rejects_a_plain_optimizer_with_several_processes():
     net = W.model("mlp")
     with pytest.raises(ValueError, match="DistributedOptimizer"):

@@ -54,13 +54,21 @@ class _Bucket:
         return sum(p.data.nbytes for p in self.params)
 
 
+def _forwarded(name):
+    """An attribute of the wrapped optimizer, read and assigned there."""
+    return property(lambda self: getattr(self.optimizer, name),
+                    lambda self, value: setattr(self.optimizer, name, value),
+                    doc=f"The wrapped optimizer's {name}.")
+
+
 class DistributedOptimizer:
     """DistributedOptimizer(optimizer, comm, bucket_mb=4.0, compression=None)
 
     Wraps a ``gpunet.optim`` optimizer: ``step()`` first makes every ``p.grad`` the mean
     of the processes' gradients, then steps. Everything else (``lr``, ``params``,
     ``state_dict()``, ``load_state_dict()``, a schedule built on it) is the wrapped
-    optimizer's, so checkpoints are the same as on one process.
+    optimizer's, so checkpoints are the same as on one process; assigning a
+    hyper-parameter (``opt.lr``, ``opt.momentum``, ...) assigns the wrapped optimizer's.
 
     ``bucket_mb``: the bucket size in MiB (a bucket closes once it holds at least that
     much; a parameter larger than it is a bucket of its own). ``compression="fp16"``:
@@ -118,6 +126,16 @@ class DistributedOptimizer:
     @lr.setter
     def lr(self, value):
         self.optimizer.lr = value
+
+    # the wrapped optimizer's other hyper-parameters: assigned there (and checked there),
+    # not stored on the wrapper, where they would hide the optimizer's and never be used
+    momentum = _forwarded("momentum")
+    nesterov = _forwarded("nesterov")
+    betas = _forwarded("betas")
+    eps = _forwarded("eps")
+    weight_decay = _forwarded("weight_decay")
+    l1 = _forwarded("l1")
+    alpha = _forwarded("alpha")
 
     def state_dict(self):
         return self.optimizer.state_dict()
