@@ -277,7 +277,7 @@ class GradScaler:
                 self._growth_tracker = 0
             else:
                 self._growth_tracker += 1
-                if self._growth_tracker == self.growth_interval:
+                if self._growth_tracker >= self.growth_interval:   # >=: the interval may have been lowered
                     grown = _f32(self._scale * self.growth_factor)
                     if math.isfinite(grown):
                         self._scale = grown

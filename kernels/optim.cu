@@ -440,8 +440,8 @@ __global__ void mt_grad_clamp(const MtEntry* __restrict__ table, int ntensors, l
 // The loss scaler's update (torch.amp's _amp_update_scale_), one thread, after the
 // iteration's checks (mt_grad_sumsq, finalize 2) and steps:
 //   *found_any != 0: S = float(S * backoff), tracker = 0
-//   else: tracker += 1; at growth_interval: S = float(S * growth) when that is finite in
-//         float32, tracker = 0
+//   else: tracker += 1; at growth_interval (or past it, when growth_interval was lowered
+//         below the count): S = float(S * growth) when that is finite in float32, tracker = 0
 // then *inv_scale = 1/S (double) and *found_any = 0 for the next iteration.
 __global__ void amp_update_scale(double* __restrict__ found_any, float* __restrict__ scale,
                                             double* __restrict__ inv_scale,
@@ -454,7 +454,7 @@ __global__ void amp_update_scale(double* __restrict__ found_any, float* __restri
         *tracker = 0;
     } else {
         long long t = *tracker + 1;
-        if (t == growth_interval) {
+        if (t >= growth_interval) {
             const double grown = __dmul_rn(s, growth);
             // float(grown) is finite iff grown < 2^128 - 2^103 (halfway to 2^128 rounds up)
             if (grown < 3.4028235677973366e38) *scale = static_cast<float>(grown);

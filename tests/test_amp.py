@@ -60,6 +60,23 @@ def test_hand_computed_sequence_skip_grow_backoff(xp):
     assert opt.steps[0] == sum(want_stepped)
 
 
+def test_lowering_growth_interval_below_the_clean_count_still_grows(xp):
+    """growth_interval lowered below the count of clean steps already made: the next clean
+    step grows the scale (the count is past the interval). It compared with ==, so the
+    count went on past the interval and the scale never grew again; on a device too (the
+    update kernel)."""
+    model, loss_fn = _model(xp), SoftmaxCrossEntropy()
+    opt = optim.SGD(model, lr=0.1)
+    scaler = GradScaler(init_scale=8.0, growth_interval=5)
+    scales = []
+    for i in range(6):
+        if i == 3:
+            scaler.growth_interval = 2      # three clean steps counted so far
+        _iteration(model, loss_fn, opt, scaler, *_batch(xp, i), None)
+        scales.append(scaler.get_scale())
+    assert scales == [8.0, 8.0, 8.0, 16.0, 16.0, 32.0]
+
+
 def test_unscaled_gradients_and_step_equal_the_unscaled_run(xp):
     """With a power-of-two scale the unscaled gradients are the plain ones bit for bit,
     so a scaled run of Adam equals the run without scaling."""
