@@ -19,7 +19,11 @@ import os
 import numpy
 import pytest
 
-from gpunet import backend, sim
+if os.environ.get("GPUNET_CI_RECORD") or os.environ.get("GPUNET_CI_RERUN"):
+    import ci_stages     # CI's stage 1 records what it covered, stage 2 runs the rest (.ci/run)
+    ci_stages.start()    # before gpunet is imported, to see what it asks for
+
+from gpunet import backend, sim  # noqa: E402
 
 if os.environ.get("GPUNET_REQUIRE_SIM", "") not in ("", "0") and sim.compiler() is None:
     raise pytest.UsageError("GPUNET_REQUIRE_SIM is set but no C++ compiler was found for the "
@@ -70,6 +74,11 @@ def sim_xp():
 @pytest.fixture
 def rng():
     return numpy.random.default_rng(1234)
+
+
+def pytest_configure(config):
+    if os.environ.get("GPUNET_CI_RECORD") or os.environ.get("GPUNET_CI_RERUN"):
+        ci_stages.register(config)
 
 
 def pytest_report_header(config):

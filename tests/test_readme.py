@@ -74,6 +74,14 @@ def test_ci_runs_the_quick_start_verbatim_in_a_stock_venv():
     after = lines[at[1] + 1:]
     extras = [i for i, l in enumerate(after) if "pip install" in l]
     assert extras and commands[1] in after[extras[0] + 1:]
+    # stage 1 records what it covered and stage 2 reads that record (tests/ci_stages.py): each
+    # variable is exported for its own stage's test command only
+    second = at[1] + 1 + extras[0] + 1 + after[extras[0] + 1:].index(commands[1])
+    record = [l for l in lines[:at[1]] if l.startswith("export GPUNET_CI_RECORD=")]
+    rerun = [l for l in lines[at[1]:second] if l.startswith("export GPUNET_CI_RERUN=")]
+    assert len(record) == 1 and len(rerun) == 1, (record, rerun)
+    assert record[0].split("=", 1)[1] == rerun[0].split("=", 1)[1], "stage 2 must read stage 1's record"
+    assert lines[at[1] + 1] == "unset GPUNET_CI_RECORD" and lines[second + 1] == "unset GPUNET_CI_RERUN"
 
 
 def test_devices_section_quotes_what_bench_on_the_sim_prints():
