@@ -161,3 +161,24 @@ def test_stage_2_refuses_a_missing_record(tmp_path):
     p = _pytest(tmp_path, {"GPUNET_CI_RERUN": str(tmp_path / "nowhere.jsonl"), "PYTHONPATH": ROOT})
     assert p.returncode != 0
     assert "cannot read stage 1's record" in p.stdout + p.stderr
+
+
+def test_an_ask_outside_the_tests_makes_stage_2_run_everything(tmp_path):
+    """conftest.py (the project's code, outside any test) tries a module and could keep the
+    answer for every test: stage 2 cannot tell which tests depend on it, so it runs them all."""
+    suite, extras = tmp_path / "suite", tmp_path / "extras"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "conftest.py").write_text(CONFTEST + "\ntry:\n    import ci_extra_h\nexcept ImportError:\n    pass\n")
+    (suite / "test_u.py").write_text("def test_one():\n    pass\n\n\ndef test_two():\n    pass\n")
+    (extras / "ci_extra_h").mkdir(parents=True)
+    (extras / "ci_extra_h" / "__init__.py").write_text("")
+    record = tmp_path / "record.jsonl"
+    s1 = _pytest(suite, {"GPUNET_CI_RECORD": str(record), "PYTHONPATH": ROOT})
+    assert "2 passed" in s1.stdout, s1.stdout + s1.stderr
+    s2 = _pytest(suite, {"GPUNET_CI_RERUN": str(record), "PYTHONPATH": os.pathsep.join((str(extras), ROOT))},
+                 "--collect-only")
+    assert "2 tests collected" in s2.stdout and "deselected" not in s2.stdout, s2.stdout
+    assert "all: asked outside any test for ci_extra_h" in s2.stdout, s2.stdout
+    s2_bare = _pytest(suite, {"GPUNET_CI_RERUN": str(record), "PYTHONPATH": ROOT}, "--collect-only")
+    assert "2 deselected" in s2_bare.stdout, s2_bare.stdout
