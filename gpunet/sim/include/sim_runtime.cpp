@@ -9,8 +9,10 @@
 // instructions of assembly) runs one CUDA thread's body as a plain call; when the body
 // returns, the same worker starts the next unstarted thread at once, so a kernel without
 // barriers costs one call per thread. A thread that waits (at __syncthreads or a *_sync
-// warp operation) parks its worker and hands control back to the scheduler, which starts
-// the next thread on another worker or resumes a thread whose wait is over. The thread
+// warp operation) parks its worker: when a thread whose wait is over is queued, control
+// passes straight to that thread's worker (one stack switch; the scheduler would take the
+// same thread next), otherwise back to the scheduler, which starts the next thread on
+// another worker. The thread
 // that completes a rendezvous (the last of the block at a barrier, the last lane of the
 // mask at a warp operation) computes every participant's result, queues the others and
 // carries on. When no thread can run and some have not exited, the block is deadlocked:
@@ -58,6 +60,7 @@ alignas(256) unsigned char gpunet_sim_dynamic_smem[48 * 1024];
 namespace {
 
 constexpr int kMaxThreads = 1024;
+static_assert((kMaxThreads & (kMaxThreads - 1)) == 0, "the ready ring indexes with a mask");
 constexpr size_t kDynSmem = sizeof(gpunet_sim_dynamic_smem);
 #if GPUNET_SIM_ASAN
 constexpr size_t kStack = 1024 * 1024;  // sanitizer reports run on the fiber's stack
@@ -182,6 +185,7 @@ struct Sched {
     void* sched_fake = nullptr;
     const void* main_lo = nullptr;
     size_t main_size = 0;
+    bool by_scheduler = false;  // the last switch to a worker came from the scheduler
 #endif
     std::vector<Worker*> all, spare;
 };
@@ -189,7 +193,7 @@ struct Sched {
 Sched S;
 std::mutex launch_mutex;
 
-void set_indices(int tid) {
+inline __attribute__((always_inline)) void set_indices(int tid) {
     S.cur = tid;
     const unsigned bx = gpunet_sim_blockDim.x, by = gpunet_sim_blockDim.y;
     const unsigned u = static_cast<unsigned>(tid);
@@ -251,6 +255,7 @@ Worker* new_worker() {
 void switch_to_worker(Worker* w) {
     S.in_kernel = 1;
 #if GPUNET_SIM_ASAN
+    S.by_scheduler = true;
     __sanitizer_start_switch_fiber(&S.sched_fake, w->lo, kStack);
 #endif
 #if GPUNET_SIM_USE_UCONTEXT
@@ -264,7 +269,21 @@ void switch_to_worker(Worker* w) {
     S.in_kernel = 0;
 }
 
-// Worker -> scheduler; returns when the scheduler resumes this worker.
+#if GPUNET_SIM_ASAN
+// A worker resumed: learn the scheduler's stack when the scheduler resumed it (a worker
+// that another worker resumed, see switch_to_ready, learns nothing).
+void resumed(Worker* w) {
+    const void* lo;
+    size_t size;
+    __sanitizer_finish_switch_fiber(w->fake, &lo, &size);
+    if (S.by_scheduler) {
+        S.main_lo = lo;
+        S.main_size = size;
+    }
+}
+#endif
+
+// Worker -> scheduler; returns when this worker is resumed.
 void switch_to_scheduler(Worker* w) {
 #if GPUNET_SIM_ASAN
     __sanitizer_start_switch_fiber(&w->fake, S.main_lo, S.main_size);
@@ -275,7 +294,31 @@ void switch_to_scheduler(Worker* w) {
     gpunet_sim_swap(&w->sp, S.sched_sp);
 #endif
 #if GPUNET_SIM_ASAN
-    __sanitizer_finish_switch_fiber(w->fake, &S.main_lo, &S.main_size);
+    resumed(w);
+#endif
+}
+
+// Worker -> the next ready thread's worker, without a round trip through the scheduler
+// (whose loop would take the same thread next: the caller checked S.rcount and S.failed,
+// and the switch is what run_block does with them); returns when this worker is resumed.
+inline __attribute__((always_inline)) void switch_to_ready(Worker* w) {
+    const int tid = S.ready[S.rhead];
+    S.rhead = (S.rhead + 1) & (kMaxThreads - 1);
+    --S.rcount;
+    S.t[tid].st = kRunning;
+    set_indices(tid);
+    Worker* to = S.t[tid].w;
+#if GPUNET_SIM_ASAN
+    S.by_scheduler = false;
+    __sanitizer_start_switch_fiber(&w->fake, to->lo, kStack);
+#endif
+#if GPUNET_SIM_USE_UCONTEXT
+    swapcontext(&w->ctx, &to->ctx);
+#else
+    gpunet_sim_swap(&w->sp, to->sp);
+#endif
+#if GPUNET_SIM_ASAN
+    resumed(w);
 #endif
 }
 
@@ -325,15 +368,16 @@ bool same_site(const char* f1, int l1, const char* f2, int l2) {
 
 void make_ready(int tid) {
     S.t[tid].st = kReady;
-    S.ready[(S.rhead + S.rcount) % kMaxThreads] = tid;
+    S.ready[(S.rhead + S.rcount) & (kMaxThreads - 1)] = tid;
     ++S.rcount;
 }
 
 // The running thread waits until someone makes it ready.
-void park(State why) {
+inline __attribute__((always_inline)) void park(State why) {
     Thread& th = S.t[S.cur];
     th.st = why;
-    switch_to_scheduler(th.w);
+    if (S.rcount && !S.failed) switch_to_ready(th.w);
+    else switch_to_scheduler(th.w);
 }
 
 const char* warp_op_name(int kind) {
@@ -444,7 +488,7 @@ bool run_block() {
         }
         if (S.rcount) {
             const int tid = S.ready[S.rhead];
-            S.rhead = (S.rhead + 1) % kMaxThreads;
+            S.rhead = (S.rhead + 1) & (kMaxThreads - 1);
             --S.rcount;
             S.t[tid].st = kRunning;
             set_indices(tid);
@@ -504,7 +548,9 @@ extern "C" void gpunet_sim_worker_main(Worker* w) {
             continue;
         }
         S.spare.push_back(w);
-        switch_to_scheduler(w);  // resumed with w->tid set to a new thread
+        // Resumed (by the scheduler) with w->tid set to a new thread.
+        if (S.rcount && !S.failed) switch_to_ready(w);
+        else switch_to_scheduler(w);
     }
 }
 
@@ -538,28 +584,80 @@ extern "C" int gpunet_sim_barrier(int op, int pred, const char* file, int line) 
     return static_cast<int>(S.t[S.cur].out);
 }
 
+// The failures of gpunet_sim_warp, out of line: its common path (a lane that arrives and
+// parks) then keeps a small stack frame, which matters with a block's worth of fibers
+// switching at every warp operation.
+namespace {
+[[noreturn]] __attribute__((noinline, cold)) void warp_fail_lane(int kind, unsigned int mask,
+                                                                 int lane, const char* file,
+                                                                 int line) {
+    fail(format("%s at %s:%d: mask 0x%08x does not include the calling lane %d",
+                warp_op_name(kind), base_name(file), line, mask, lane));
+}
+
+[[noreturn]] __attribute__((noinline, cold)) void warp_fail_exist(int kind, unsigned int mask,
+                                                                  unsigned int exist,
+                                                                  const char* file, int line) {
+    fail(format("%s at %s:%d: mask 0x%08x names lanes %s, which do not exist in a block of "
+                "%d threads", warp_op_name(kind), base_name(file), line, mask,
+                lanes(mask & ~exist).c_str(), S.n));
+}
+
+[[noreturn]] __attribute__((noinline, cold)) void warp_fail_group(int kind, unsigned int mask,
+                                                                  const Group& x,
+                                                                  const char* file, int line) {
+    fail(format("%s at %s:%d with mask 0x%08x while lanes %s wait in %s at %s:%d with mask "
+                "0x%08x (the lanes of a mask must meet in the same warp operation)",
+                warp_op_name(kind), base_name(file), line, mask, lanes(x.arrived).c_str(),
+                warp_op_name(x.kind), base_name(x.file), x.line, x.mask));
+}
+
+[[noreturn]] __attribute__((noinline, cold)) void warp_fail_src(int kind, unsigned int mask,
+                                                                int l, int src,
+                                                                const char* file, int line) {
+    fail(format("%s at %s:%d: lane %d reads lane %d, which is not in the mask 0x%08x",
+                warp_op_name(kind), base_name(file), line, l, src, mask));
+}
+
+// The last lane of the mask arrived: every participant's result (lanes in increasing
+// order, visiting only the mask's bits); the others become ready in lane order.
+__attribute__((noinline)) void complete_warp_op(int kind, unsigned int mask, int lane, int base,
+                                                std::vector<Group>& gs, Group* g,
+                                                const char* file, int line) {
+    if (kind <= GPUNET_SIM_SHFL_BFLY) {
+        for (unsigned int m = mask; m; m &= m - 1) {
+            const int l = __builtin_ctz(m);
+            Thread& th = S.t[base + l];
+            if (!(mask >> th.src & 1u)) warp_fail_src(kind, mask, l, th.src, file, line);
+            th.out = S.t[base + th.src].in;
+        }
+    } else {
+        unsigned int ballot = 0;
+        for (unsigned int m = mask; m; m &= m - 1) {
+            const int l = __builtin_ctz(m);
+            if (S.t[base + l].in) ballot |= 1u << l;
+        }
+        for (unsigned int m = mask; m; m &= m - 1) S.t[base + __builtin_ctz(m)].out = ballot;
+    }
+    gs.erase(gs.begin() + (g - gs.data()));
+    for (unsigned int m = mask & ~(1u << lane); m; m &= m - 1) make_ready(base + __builtin_ctz(m));
+}
+}  // namespace
+
 extern "C" void gpunet_sim_warp(int kind, unsigned int mask, unsigned long long value, int b, int c,
                                 unsigned long long* out, const char* file, int line) {
     const int tid = S.cur;
     const int warp = tid >> 5, lane = tid & 31, base = tid & ~31;
     const int nlanes = S.n - base < 32 ? S.n - base : 32;
     const unsigned int exist = nlanes == 32 ? 0xffffffffu : (1u << nlanes) - 1u;
-    const char* op = warp_op_name(kind);
-    if (!(mask >> lane & 1u))
-        fail(format("%s at %s:%d: mask 0x%08x does not include the calling lane %d", op,
-                    base_name(file), line, mask, lane));
-    if (mask & ~exist)
-        fail(format("%s at %s:%d: mask 0x%08x names lanes %s, which do not exist in a block of "
-                    "%d threads", op, base_name(file), line, mask, lanes(mask & ~exist).c_str(), S.n));
+    if (__builtin_expect(!(mask >> lane & 1u), 0)) warp_fail_lane(kind, mask, lane, file, line);
+    if (__builtin_expect((mask & ~exist) != 0, 0)) warp_fail_exist(kind, mask, exist, file, line);
     std::vector<Group>& gs = S.groups[warp];
     Group* g = nullptr;
     for (Group& x : gs) {
         if (!(x.mask & mask)) continue;
         if (x.mask != mask || x.kind != kind || !same_site(file, line, x.file, x.line))
-            fail(format("%s at %s:%d with mask 0x%08x while lanes %s wait in %s at %s:%d with mask "
-                        "0x%08x (the lanes of a mask must meet in the same warp operation)",
-                        op, base_name(file), line, mask, lanes(x.arrived).c_str(),
-                        warp_op_name(x.kind), base_name(x.file), x.line, x.mask));
+            warp_fail_group(kind, mask, x, file, line);
         g = &x;
         break;
     }
@@ -593,25 +691,7 @@ extern "C" void gpunet_sim_warp(int kind, unsigned int mask, unsigned long long 
         *out = S.t[S.cur].out;
         return;
     }
-    // The last lane of the mask: every participant's result.
-    unsigned int ballot = 0;
-    for (int l = 0; l < 32; ++l)
-        if ((mask >> l & 1u) && S.t[base + l].in) ballot |= 1u << l;
-    for (int l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
-        Thread& th = S.t[base + l];
-        if (kind <= GPUNET_SIM_SHFL_BFLY) {
-            if (!(mask >> th.src & 1u))
-                fail(format("%s at %s:%d: lane %d reads lane %d, which is not in the mask 0x%08x",
-                            op, base_name(file), line, l, th.src, mask));
-            th.out = S.t[base + th.src].in;
-        } else {
-            th.out = ballot;
-        }
-    }
-    gs.erase(gs.begin() + (g - gs.data()));
-    for (int l = 0; l < 32; ++l)
-        if ((mask >> l & 1u) && l != lane) make_ready(base + l);
+    complete_warp_op(kind, mask, lane, base, gs, g, file, line);
     *out = me.out;
 }
 
