@@ -1,7 +1,6 @@
 """Tests for gpunet.optim: optimizers against hand-written formulas and torch.optim,
 regularization on decay=True parameters only, dtypes, state round trips, clipping,
 schedules and argument checks."""
-import io
 import math
 
 import numpy
@@ -10,6 +9,7 @@ import pytest
 from gpunet import optim
 from gpunet.backend import to_numpy
 from gpunet.layers.base import Layer, Parameter
+from npz_helpers import through_npz
 
 # ``xp`` (numpy, and cupy where a CUDA device is present) comes from tests/conftest.py.
 
@@ -311,14 +311,6 @@ def test_sgd_float32_arithmetic_is_float32(xp):
 
 # -- state_dict ---------------------------------------------------------------------------
 
-def _through_npz(d):
-    buf = io.BytesIO()
-    numpy.savez(buf, **d)
-    buf.seek(0)
-    with numpy.load(buf, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
 @pytest.mark.parametrize("make", ALL_OPTIONS, ids=ALL_IDS)
 def test_state_dict_round_trip_continues_bit_for_bit(xp, make):
     grads = _grads(xp, numpy.float32, 8)
@@ -329,7 +321,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(xp, make):
     params_b = _model(xp, numpy.float32)
     opt_b = make(params_b)
     _train(opt_b, params_b, grads[:4])
-    saved = _through_npz(opt_b.state_dict())
+    saved = through_npz(opt_b.state_dict())
     for v in saved.values():
         assert isinstance(v, numpy.ndarray) and v.dtype != object
 
@@ -631,7 +623,7 @@ def test_schedule_state_round_trip(make):
     sched_b = make(opt_b)
     for _ in range(5):
         sched_b.step()
-    saved = _through_npz(sched_b.state_dict())
+    saved = through_npz(sched_b.state_dict())
 
     opt_c = optim.SGD([make_param(numpy, [1.0])], lr=0.2)
     sched_c = make(opt_c)

@@ -4,7 +4,6 @@ mid-plateau), argument checks, and the Trainer stepping it with a monitored valu
 CPU, and on the sim device with a CUDA graph)."""
 from __future__ import annotations
 
-import io
 import math
 import random
 
@@ -14,18 +13,11 @@ import pytest
 import gpunet
 from gpunet import Dense, Parameter, Sequential, SoftmaxCrossEntropy, optim, sim
 from gpunet.optim import ReduceLROnPlateau
+from npz_helpers import through_npz
 
 
 def _opt(lr=0.1):
     return optim.SGD([Parameter(numpy.zeros(2))], lr=lr)
-
-
-def _through_npz(d):
-    buf = io.BytesIO()
-    numpy.savez(buf, **d)
-    buf.seek(0)
-    with numpy.load(buf, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
 
 
 def _metrics(rng, n):
@@ -284,7 +276,7 @@ def test_state_round_trip_mid_plateau():
     b = ReduceLROnPlateau(_opt(0.5), **kw)
     first = [b.step(v) for v in values[:8]]
     assert (b.num_bad_epochs, b.cooldown_counter, b.best) == (2, 0, 3.0)
-    saved = _through_npz(b.state_dict())
+    saved = through_npz(b.state_dict())
     assert saved["mode"].dtype.kind == "U"
     opt_c = _opt(9.0)
     c = ReduceLROnPlateau(opt_c, mode="max", factor=0.9, patience=7, threshold_mode="abs", eps=0.0)
