@@ -857,8 +857,8 @@ class Trainer:
         Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
         through the model and the loss (as ``evaluate`` runs them), so validation data of
         the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch.
-        Under ``comm`` these checks (and each epoch's validation) fail on every process when
-        they fail on one: that process raises its error, the others a ``RuntimeError``
+        Under ``comm`` these checks (the callbacks' ``on_train_begin`` and each epoch's
+        validation too) fail on every process when they fail on one: that process raises its error, the others a ``RuntimeError``
         naming its rank, rather than waiting for it in the next all-reduce.
         On a GPU the loss is read in bulk (see the module's docstring), so these errors come
         at the next progress refresh or at the end of the epoch, still naming the step
@@ -937,8 +937,10 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         warned_val = False
-        for cb in self._callbacks:
-            cb.on_train_begin(self)
+        def begin():        # a callback's check (a checkpoint path) may fail on one process
+            for cb in self._callbacks:
+                cb.on_train_begin(self)
+        self._agree("Trainer.fit", "the callbacks' on_train_begin", begin)
         try:
             if first_input_grad is not None:
                 first.input_grad = False   # nothing consumes the gradient w.r.t. the data

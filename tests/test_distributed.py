@@ -574,9 +574,9 @@ class ThreadComm:
         return self.world.exchange(self.rank, obj)[root]
 
 
-def _fit_on_ranks(world, train_of, val_of, epochs=1):
-    """``fit`` on every rank of ``world`` (the MLP, SGD, rank-specific data); per rank, the
-    History or the exception, and the optimizer."""
+def _fit_on_ranks(world, train_of, val_of, epochs=1, callbacks_of=lambda r: ()):
+    """``fit`` on every rank of ``world`` (the MLP, SGD, rank-specific data and callbacks);
+    per rank, the History or the exception, and the optimizer."""
     nets = [W.model("mlp") for _ in range(world.size)]     # built here: manual_seed is global
     opts = {}
 
@@ -585,7 +585,7 @@ def _fit_on_ranks(world, train_of, val_of, epochs=1):
                                                                         lr=0.05), comm)
         t = gpunet.Trainer(nets[comm.rank], gpunet.SoftmaxCrossEntropy(), opt, comm=comm)
         return t.fit(train_of(comm.rank), val=val_of(comm.rank), epochs=epochs, batch_size=16,
-                     progress=False)
+                     progress=False, callbacks=callbacks_of(comm.rank))
     return world.run(work), opts
 
 
@@ -645,6 +645,21 @@ def test_validation_that_fails_on_one_rank_at_an_epoch_end_fails_on_every_rank()
     assert isinstance(got[0], RuntimeError), got
     assert str(got[0]).startswith("Trainer.evaluate: the evaluation failed on rank 1 of 2"), got
     assert opts[0].stats["steps"] == opts[1].stats["steps"] > 0       # it failed after the epoch
+
+
+def test_a_callback_that_fails_to_begin_on_one_rank_fails_on_every_rank(tmp_path):
+    """Rank 1's ModelCheckpoint path lies in a directory that does not exist (on a cluster:
+    a path that only rank 0's node has): its on_train_begin raises the ValueError naming
+    the path, and rank 0 a RuntimeError naming rank 1 (before: rank 0 went on into the
+    first step's all-reduce and waited there, here until the timeout). No step was taken."""
+    world = ThreadWorld(2)
+    paths = {0: tmp_path / "best.npz", 1: tmp_path / "missing" / "best.npz"}
+    got, opts = _fit_on_ranks(world, lambda r: W.data(), lambda r: W.val_data(),
+                              callbacks_of=lambda r: [gpunet.ModelCheckpoint(paths[r])])
+    assert isinstance(got[1], ValueError) and "ModelCheckpoint: path" in str(got[1]), got
+    assert isinstance(got[0], RuntimeError), got
+    assert str(got[0]).startswith("Trainer.fit: the callbacks' on_train_begin failed on rank 1 of 2"), got
+    assert all(o.stats["steps"] == 0 for o in opts.values())
 
 
 def test_distributed_optimizer_assigns_the_wrapped_optimizers_hyper_parameters():
