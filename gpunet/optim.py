@@ -1190,17 +1190,6 @@ def _gamma(who, gamma):
     return _args.real(who, "gamma", gamma, low=0.0, low_open=True)
 
 
-def _one_of(who, name, value, choices):
-    """``value`` when it is one of the strings ``choices``; ``TypeError`` for a value that is
-    not a string, ``ValueError`` for another string (both naming ``who`` and ``name``)."""
-    text = " or ".join(repr(c) for c in choices)
-    if not isinstance(value, str):
-        raise _args.ArgumentTypeError(f"{who}: expected {name} to be {text}, got {_args._got(value)}")
-    if value not in choices:
-        raise ValueError(f"{who}: expected {name} to be {text}, got {value!r}")
-    return value
-
-
 def _metric_value(who, value) -> float:
     """The monitored value given to ``ReduceLROnPlateau.step`` as a Python float: a real
     number (Python or NumPy, not a bool) or a 0-d array (NumPy, CuPy: reading one is a host
@@ -1287,11 +1276,11 @@ class ReduceLROnPlateau(_Schedule):
     @staticmethod
     def _checked(h):
         who = "ReduceLROnPlateau"
-        return {"mode": _one_of(who, "mode", h["mode"], ("min", "max")),
+        return {"mode": _args.choice(who, "mode", h["mode"], ("min", "max")),
                 "factor": _args.real(who, "factor", h["factor"], low=0.0, high=1.0, high_open=True),
                 "patience": _count(who, "patience", h["patience"], 0),
                 "threshold": _at_least(who, "threshold", h["threshold"]),
-                "threshold_mode": _one_of(who, "threshold_mode", h["threshold_mode"], ("rel", "abs")),
+                "threshold_mode": _args.choice(who, "threshold_mode", h["threshold_mode"], ("rel", "abs")),
                 "cooldown": _count(who, "cooldown", h["cooldown"], 0),
                 "min_lr": _at_least(who, "min_lr", h["min_lr"]),
                 "eps": _at_least(who, "eps", h["eps"])}
