@@ -204,6 +204,17 @@ inline __attribute__((always_inline)) void set_indices(int tid) {
     }
 }
 
+// The ready queue's first thread, taken off it and made the running thread (its indices
+// set); the scheduler's loop and a parking worker's direct hand-off both take it so.
+inline __attribute__((always_inline)) int run_next_ready() {
+    const int tid = S.ready[S.rhead];
+    S.rhead = (S.rhead + 1) & (kMaxThreads - 1);
+    --S.rcount;
+    S.t[tid].st = kRunning;
+    set_indices(tid);
+    return tid;
+}
+
 // ---------------------------------------------------------------------------------------
 // Workers
 // ---------------------------------------------------------------------------------------
@@ -302,12 +313,7 @@ void switch_to_scheduler(Worker* w) {
 // (whose loop would take the same thread next: the caller checked S.rcount and S.failed,
 // and the switch is what run_block does with them); returns when this worker is resumed.
 inline __attribute__((always_inline)) void switch_to_ready(Worker* w) {
-    const int tid = S.ready[S.rhead];
-    S.rhead = (S.rhead + 1) & (kMaxThreads - 1);
-    --S.rcount;
-    S.t[tid].st = kRunning;
-    set_indices(tid);
-    Worker* to = S.t[tid].w;
+    Worker* to = S.t[run_next_ready()].w;
 #if GPUNET_SIM_ASAN
     S.by_scheduler = false;
     __sanitizer_start_switch_fiber(&w->fake, to->lo, kStack);
@@ -487,12 +493,7 @@ bool run_block() {
             return false;
         }
         if (S.rcount) {
-            const int tid = S.ready[S.rhead];
-            S.rhead = (S.rhead + 1) & (kMaxThreads - 1);
-            --S.rcount;
-            S.t[tid].st = kRunning;
-            set_indices(tid);
-            switch_to_worker(S.t[tid].w);
+            switch_to_worker(S.t[run_next_ready()].w);
         } else if (S.next < S.n) {
             Worker* w;
             if (!S.spare.empty()) {
