@@ -858,8 +858,9 @@ class Trainer:
         through the model and the loss (as ``evaluate`` runs them), so validation data of
         the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch.
         Under ``comm`` these checks (the callbacks' ``on_train_begin`` and each epoch's
-        validation too) fail on every process when they fail on one: that process raises its error, the others a ``RuntimeError``
-        naming its rank, rather than waiting for it in the next all-reduce.
+        validation too) fail on every process when they fail on one: that process raises
+        its error, the others a ``RuntimeError`` naming its rank, rather than waiting for
+        it in the next all-reduce.
         On a GPU the loss is read in bulk (see the module's docstring), so these errors come
         at the next progress refresh or at the end of the epoch, still naming the step
         where the loss first was not finite; a label outside the classes raises the loss's
@@ -958,7 +959,8 @@ class Trainer:
                             f"Trainer.fit: val_loss is {logs['val_loss']} at epoch {epoch + 1} while "
                             f"the training loss is finite: the validation data holds NaN or inf, or "
                             f"the model's outputs overflow on it (EarlyStopping, ModelCheckpoint and "
-                            f"ReduceLROnPlateau never count such an epoch as an improvement)", RuntimeWarning, stacklevel=2)
+                            f"ReduceLROnPlateau never count such an epoch as an improvement)",
+                            RuntimeWarning, stacklevel=2)
                 if plateau is not None:     # after validation, before the callbacks (a checkpoint)
                     self.scheduler.step(logs[plateau])
                 for cb in self._callbacks:
