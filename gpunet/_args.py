@@ -58,7 +58,7 @@ def flag(who: str, name: str, value) -> bool:
     raise ArgumentTypeError(f"{who}: expected {name} to be a bool (True or False), got {_got(value)}")
 
 
-def checked_property(who: str, name: str, doc: str, check, **limits) -> property:
+def checked_property(who: str, name: str, doc: str, check, *, then=None, **limits) -> property:
     """A public attribute that users assign (``Dense.input_grad``, ``DataLoader.batch_size``,
     ``SGD.momentum``), as a property: the assignment goes through ``check(who, name, value,
     **limits)`` (one of the checks here), so ``loader.batch_size = 2.5`` raises as the
@@ -67,13 +67,31 @@ def checked_property(who: str, name: str, doc: str, check, **limits) -> property
     instance's ``__dict__`` under ``_<name>``. Reading it calls a C ``operator.attrgetter``,
     no Python function (about 70 ns against 11 ns for a plain attribute): cheap enough for
     a few reads per step, not for one per element. ``who``: the class named in errors,
-    None for the instance's class."""
+    None for the instance's class. ``then(self)``, when given, runs after each assignment
+    and recomputes what the instance derived from the value (an activation's keyword
+    arguments): the per-step path then reads what it read before, with no check on it."""
     key = "_" + name
 
     def set_value(self, value):
         self.__dict__[key] = check(who or type(self).__name__, name, value, **limits)
+        if then is not None:
+            then(self)
 
     return property(operator.attrgetter(key), set_value, doc=doc)
+
+
+def read_only(who: str, name: str, doc: str, hint: str) -> property:
+    """A public attribute fixed at construction because something was derived from it (a
+    layer's weight shape from ``in_features``, a loader's device copy from ``X``): reading
+    it is a C ``operator.attrgetter`` of ``_<name>`` (the constructor stores it there);
+    assigning it raises ``AttributeError`` naming ``who`` and saying, in ``hint``, how to get
+    what the assignment wanted (``"create a new DataLoader(X, y, ...)"``), instead of being
+    stored and ignored, or breaking the next step."""
+    def refuse(self, value):
+        raise AttributeError(f"{who or type(self).__name__}: {name} cannot be assigned after "
+                             f"construction; {hint}")
+
+    return property(operator.attrgetter("_" + name), refuse, doc=doc)
 
 
 def flag_property(who: str, name: str, doc: str) -> property:

@@ -206,9 +206,14 @@ class DataLoader:
             of every *global* batch of ``size · batch_size`` samples (``batch_size`` is the
             per-process batch), see "Sharding" below.
 
-    ``batch_size``, ``seed``, ``shuffle``, ``drop_last``, ``epoch`` and ``device`` may be
-    assigned afterwards; they are checked as the arguments are (``loader.batch_size = 2.5``
-    raises ``TypeError``), and assigning ``device`` is ``to(device)``.
+    ``batch_size``, ``seed``, ``shuffle``, ``drop_last``, ``epoch``, ``device`` and ``comm``
+    may be assigned afterwards; they are checked as the arguments are (``loader.batch_size =
+    2.5`` raises ``TypeError``, ``loader.comm = object()`` too), take effect at the next
+    pass, and assigning ``device`` is ``to(device)``. ``X`` and ``y`` are fixed: assigning
+    either raises ``AttributeError`` (create a new loader for other data). Replacing one of
+    them alone would leave ``X`` and ``y`` of different lengths for a while, and the device
+    copy of a resident loader would go on serving the old data; PyTorch's ``DataLoader``
+    refuses a new ``dataset`` too (``ValueError``), and Keras takes the data at each ``fit``.
 
     Epochs. ``self.epoch`` counts the iterations started: each ``iter(loader)`` uses the
     current value and then advances it by one, so the first pass is epoch 0, the second
@@ -252,6 +257,15 @@ class DataLoader:
                                   "assignment).", low=0)
     epoch = _args.integer_property("DataLoader", "epoch", "The epoch of the next pass (an int >= 0, "
                                    "checked on assignment as by set_epoch).", low=0)
+    comm = _args.checked_property("DataLoader", "comm", "None or the communicator the epochs are sharded "
+                                  "over (checked on assignment as the argument is).",
+                                  _args.communicator, none=True)
+    X = _args.read_only("DataLoader", "X", "The samples given (fixed at construction).",
+                        "create a new DataLoader(X, y, ...) for other data (the number of samples, a "
+                        "device copy of the data and the shards are made from X and y together)")
+    y = _args.read_only("DataLoader", "y", "The targets given, or None (fixed at construction).",
+                        "create a new DataLoader(X, y, ...) for other data (the number of samples, a "
+                        "device copy of the data and the shards are made from X and y together)")
 
     def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
                  device=None, comm=None):
@@ -271,10 +285,9 @@ class DataLoader:
         seed = _args.integer("DataLoader", "seed", seed, low=0, none=True)
         self.seed = int(numpy.random.SeedSequence().entropy) if seed is None else seed
         self.drop_last = drop_last
-        self.X = X
-        self.y = y
+        self._X, self._y = X, y
         self.epoch = 0
-        self.comm = _args.communicator("DataLoader", "comm", comm, none=True)
+        self.comm = comm
         self.device = device        # resolve_device, and no resident copy (_resident, _permute)
 
     @property
