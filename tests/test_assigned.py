@@ -55,3 +55,162 @@ def test_loader_comm_is_checked_on_assignment_and_used_at_the_next_pass():
     assert [yb.tolist() for _, yb in loader] == [[2, 3], [6, 7], [9]]    # rank 1's halves
     loader.comm = None
     assert [yb.tolist() for _, yb in loader][0] == [0, 1] and len(loader) == 5
+
+
+# -- layers -------------------------------------------------------------------------------
+
+def _sync_bn():
+    from gpunet.distributed import SyncBatchNorm
+    return SyncBatchNorm(3)
+
+
+LAYER_SETTINGS = [
+    # who, layer, attribute, bad value, error, message (after "who: ")
+    ("Dropout", lambda: gpunet.Dropout(0.5), "p", 1.5, ValueError, r"p \(the drop probability\) must lie in \[0, 1\), got 1\.5"),
+    ("Dropout", lambda: gpunet.Dropout(0.5), "p", "0.5", TypeError, r"p must be a number in \[0, 1\), got str '0\.5'"),
+    ("Dropout", lambda: gpunet.Dropout(0.5), "mode", "dropout", ValueError, r"mode must be 'inverted' or 'classic', got 'dropout'"),
+    ("Dropout", lambda: gpunet.Dropout(0.5), "shard", 1.5, TypeError, r"expected shard to be an int >= 0, got 1\.5 \(float\)"),
+    ("Dropout", lambda: gpunet.Dropout(0.5), "shard", -1, ValueError, r"expected shard to be an int >= 0, got -1"),
+    ("BatchNorm", lambda: gpunet.BatchNorm(3), "momentum", 1.5, ValueError, r"expected momentum in \[0, 1\], got 1\.5"),
+    ("BatchNorm", lambda: gpunet.BatchNorm(3), "momentum", math.nan, ValueError, r"expected momentum in \[0, 1\], got nan"),
+    ("BatchNorm", lambda: gpunet.BatchNorm(3), "momentum", "0.1", TypeError, r"expected momentum to be a real number, got '0\.1' \(str\)"),
+    ("BatchNorm", lambda: gpunet.BatchNorm(3), "eps", 0.0, ValueError, r"expected eps > 0, got 0\.0"),
+    ("SyncBatchNorm", _sync_bn, "eps", -1.0, ValueError, r"expected eps > 0, got -1\.0"),
+    ("SyncBatchNorm", _sync_bn, "comm", None, TypeError, r"expected comm to be a gpunet\.distributed communicator "
+                                                           r"\(gpunet\.distributed\.init\(\)\), got None"),
+    ("LeakyReLU", lambda: gpunet.LeakyReLU(), "negative_slope", math.nan, ValueError, r"expected negative_slope to be a number, got nan"),
+    ("LeakyReLU", lambda: gpunet.LeakyReLU(), "negative_slope", "0.2", TypeError, r"expected negative_slope to be a real number, got '0\.2' \(str\)"),
+    ("ELU", lambda: gpunet.ELU(), "alpha", math.inf, ValueError, r"expected alpha to be finite, got inf"),
+    ("GELU", lambda: gpunet.GELU(), "approximate", "erf", ValueError, r"expected approximate to be 'none' or 'tanh', got 'erf'"),
+    ("GELU", lambda: gpunet.GELU(), "approximate", None, TypeError, r"expected approximate to be 'none' or 'tanh', got None"),
+    ("Softmax", lambda: gpunet.Softmax(), "axis", 1.0, TypeError, r"expected axis to be an int, got 1\.0 \(float\)"),
+    ("LogSoftmax", lambda: gpunet.LogSoftmax(), "axis", "1", TypeError, r"expected axis to be an int, got '1' \(str\)"),
+    ("Maxout", lambda: gpunet.Maxout(2), "pieces", 0, ValueError, r"expected pieces to be a positive int, got 0"),
+    ("Maxout", lambda: gpunet.Maxout(2), "pieces", 2.0, TypeError, r"expected pieces to be a positive int, got 2\.0 \(float\)"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "stride", 0, ValueError, r"stride must be >= 1, got 0"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "stride", 1.5, TypeError, r"stride must be an int or an \(h, w\) pair of ints, got 1\.5"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "padding", (1, -1), ValueError, r"padding must be >= 0, got \(1, -1\)"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "activation", "rleu", ValueError, r"unknown activation 'rleu'; known: "),
+    ("Dense", lambda: gpunet.Dense(3, 2), "activation", 3, ValueError, r"unknown activation 3; known: "),
+    ("MaxPool2D", lambda: gpunet.MaxPool2D(2), "stride", 0, ValueError, r"stride must be >= 1, got 0"),
+    ("MaxPool2D", lambda: gpunet.MaxPool2D(2), "padding", 2, ValueError,
+     r"padding must be at most half the kernel size \(kernel \(2, 2\)\), got padding \(2, 2\)"),
+    ("AvgPool2D", lambda: gpunet.AvgPool2D(3, padding=1), "kernel_size", 1, ValueError,
+     r"padding must be at most half the kernel size \(kernel \(1, 1\)\), got padding \(1, 1\)"),
+    ("AvgPool2D", lambda: gpunet.AvgPool2D(2), "kernel_size", 2.0, TypeError, r"kernel_size must be an int or an \(h, w\) pair"),
+]
+
+
+@pytest.mark.parametrize("who,make,name,bad,exc,message", LAYER_SETTINGS,
+                         ids=[f"{w}-{n}-{b!r}" for w, _, n, b, _, _ in LAYER_SETTINGS])
+def test_layer_setting_assigned_a_bad_value_raises_and_keeps_the_old_one(who, make, name, bad, exc, message):
+    """Before, each was stored: NaN running statistics (momentum), a ZeroDivisionError or a
+    TypeError from inside the forward (pieces, stride, padding), a NaN output
+    (negative_slope), an AttributeError on the string (activation), or nothing at all."""
+    layer = make()
+    before = getattr(layer, name)
+    with pytest.raises(exc, match=rf"^{who}: {message}"):
+        setattr(layer, name, bad)
+    assert getattr(layer, name) == before
+
+
+FIXED = [
+    ("Dense", lambda: gpunet.Dense(3, 2), "in_features", "the weight has shape"),
+    ("Dense", lambda: gpunet.Dense(3, 2), "out_features", "the weight has shape"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "in_channels", "the weight has shape"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "out_channels", "the weight has shape"),
+    ("Conv2D", lambda: gpunet.Conv2D(3, 2, 3), "kernel_size", "the weight has shape"),
+    ("BatchNorm", lambda: gpunet.BatchNorm(3), "num_features", "gamma, beta and the running statistics"),
+    ("BatchNorm", lambda: gpunet.BatchNorm(3), "affine", "gamma and beta exist only with affine=True"),
+]
+
+
+@pytest.mark.parametrize("who,make,name,hint", FIXED, ids=[f"{w}-{n}" for w, _, n, _ in FIXED])
+def test_sizes_a_weight_was_made_from_are_read_only(who, make, name, hint):
+    """``dense.in_features = 4`` was stored: the next forward then refused the 3-feature
+    input it was built for, and ``out_features = 4`` was stored and ignored (the weight keeps
+    2 rows); ``BatchNorm.affine = False`` left gamma and beta applied."""
+    layer = make()
+    before = getattr(layer, name)
+    with pytest.raises(AttributeError, match=rf"^{who}: {name} cannot be assigned after construction; "
+                                             rf"{re.escape(hint)}"):
+        setattr(layer, name, 4 if name != "affine" else False)
+    assert getattr(layer, name) == before
+
+
+def _x(shape, seed=0):
+    return numpy.random.default_rng(seed).standard_normal(shape).astype(numpy.float32)
+
+
+def test_activation_settings_assigned_take_effect_at_the_next_forward():
+    """``LeakyReLU.negative_slope``, ``ELU.alpha``, ``GELU.approximate`` and
+    ``Softmax.axis`` were stored while the forward kept using the constructor's value (the
+    keyword arguments were made once): the layer computed one thing and printed another."""
+    x = _x((4, 5))
+    for layer, name, value, same in (
+            (gpunet.LeakyReLU(), "negative_slope", 0.25, gpunet.LeakyReLU(0.25)),
+            (gpunet.ELU(), "alpha", 2.0, gpunet.ELU(2.0)),
+            (gpunet.GELU(), "approximate", "tanh", gpunet.GELU(approximate="tanh")),
+            (gpunet.Softmax(), "axis", 0, gpunet.Softmax(axis=0)),
+            (gpunet.LogSoftmax(), "axis", numpy.int64(0), gpunet.LogSoftmax(axis=0))):
+        setattr(layer, name, value)
+        assert repr(layer) == repr(same)
+        y = layer(x)
+        numpy.testing.assert_array_equal(y, same(x))
+        dy = _x((4, 5), 1)
+        numpy.testing.assert_array_equal(layer.backward(dy), same.backward(dy))
+    assert type(gpunet.LogSoftmax(axis=numpy.int64(0)).axis) is int
+
+
+def test_fused_activation_assigned_takes_effect_at_the_next_forward():
+    """``dense.activation = "relu"`` was stored as the string and the next forward failed
+    with an AttributeError on it; now it is resolved as the argument is."""
+    x = _x((4, 3))
+    dense = gpunet.Dense(3, 5)
+    ref = gpunet.Dense(3, 5, activation="relu")
+    ref.weight.data[...] = dense.weight.data
+    dense.activation = "relu"
+    assert repr(dense) == repr(ref)
+    numpy.testing.assert_array_equal(dense(x), ref(x))
+    dense.activation = None
+    assert dense(x).min() < 0
+    conv = gpunet.Conv2D(2, 3, 3)
+    conv.activation = gpunet.Sigmoid
+    y = conv(_x((1, 2, 5, 5)))
+    assert isinstance(conv.activation, gpunet.Sigmoid) and 0 < y.min() and y.max() < 1
+
+
+def test_stride_and_padding_assigned_take_effect_at_the_next_forward():
+    """``conv.stride = 2`` was stored as an int and the next forward failed indexing it
+    (TypeError: 'int' object is not subscriptable); now it is stored as the pair the
+    constructor makes, as for the pooling layers (whose three settings are checked
+    together)."""
+    x = _x((2, 3, 8, 8))
+    conv, ref = gpunet.Conv2D(3, 4, 3), gpunet.Conv2D(3, 4, 3, stride=2, padding=(1, 0))
+    ref.weight.data[...] = conv.weight.data
+    conv.stride, conv.padding = 2, (numpy.int64(1), 0)
+    assert conv.stride == (2, 2) and conv.padding == (1, 0) and repr(conv) == repr(ref)
+    numpy.testing.assert_array_equal(conv(x), ref(x))
+    pool = gpunet.MaxPool2D(2)
+    pool.stride, pool.padding = 1, 1
+    assert (pool.kernel_size, pool.stride, pool.padding) == ((2, 2), (1, 1), (1, 1))
+    numpy.testing.assert_array_equal(pool(x), gpunet.MaxPool2D(2, stride=1, padding=1)(x))
+    pool.stride = None                    # the kernel size, as in the constructor
+    assert pool.stride == (2, 2)
+    pool.kernel_size = 3                  # the stride stays (PyTorch keeps it too)
+    assert pool(x).shape == gpunet.MaxPool2D(3, stride=2, padding=1)(x).shape
+
+
+def test_dropout_and_batchnorm_settings_assigned_take_effect():
+    x = _x((64, 3))
+    drop = gpunet.Dropout(0.5, seed=1)
+    drop.p, drop.mode = numpy.float32(0.25), "classic"
+    assert type(drop.p) is float and drop.p == 0.25
+    numpy.testing.assert_array_equal(drop(x), gpunet.Dropout(0.25, mode="classic", seed=1)(x))
+    bn = gpunet.BatchNorm(3)
+    bn.momentum = 1.0                     # the running mean becomes the batch's
+    bn(x)
+    numpy.testing.assert_allclose(bn.running_mean, x.mean(axis=0), rtol=1e-5, atol=1e-6)
+    maxout = gpunet.Maxout(2)
+    maxout.pieces = numpy.int64(3)
+    assert maxout(_x((2, 6))).shape == (2, 2) and type(maxout.pieces) is int

@@ -48,8 +48,13 @@ class SyncBatchNorm(BatchNorm):
     the parameters, buffers and ``state_dict`` keys are ``BatchNorm``'s, so a checkpoint
     loads into either. Every process must call forward and backward together. A float16
     input is normalized in float32, as by ``BatchNorm``. ``convert(model, comm)`` replaces
-    every ``BatchNorm`` inside a model.
+    every ``BatchNorm`` inside a model. ``comm`` may be assigned afterwards (a communicator,
+    checked as the argument is; the next training forward reduces over it).
     """
+
+    comm = _args.checked_property("SyncBatchNorm", "comm", "The communicator the statistics are reduced "
+                                  "over (checked on assignment).", _args.communicator,
+                                  needs=("rank", "size", "allreduce"))
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, comm=None):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)

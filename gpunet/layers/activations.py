@@ -11,6 +11,17 @@ from ..functional import activations as F
 from .base import Layer, check_grad, check_input
 
 
+def _setting(name: str, doc: str, check, **limits) -> property:
+    """An activation's setting (``negative_slope``, ``alpha``, ``approximate``, ``axis``) as a
+    property checked on assignment as the constructor's argument is, that also rebuilds the
+    keyword arguments ``fn``/``grad_fn`` pass (``_kwargs``), so ``layer.alpha = 2.0`` takes
+    effect at the next forward instead of being stored and ignored."""
+    def rebuild(self):
+        self._kwargs = {**self._kwargs, name: getattr(self, name)}
+
+    return _args.checked_property(None, name, doc, check, then=rebuild, **limits)
+
+
 class Activation(Layer):
     """Base for elementwise activations: ``y = f(x)``, ``dx = dy · f'(x)``."""
 
@@ -80,11 +91,11 @@ class ReLU(Activation):
 
 class LeakyReLU(Activation):
     name = "leaky_relu"
+    negative_slope = _setting("negative_slope", "The slope for x < 0 (a finite number).", _args.real)
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = _args.real("LeakyReLU", "negative_slope", negative_slope)
-        self._kwargs = {"negative_slope": self.negative_slope}
+        self.negative_slope = negative_slope
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -92,11 +103,12 @@ class LeakyReLU(Activation):
 
 class ELU(Activation):
     name = "elu"
+    alpha = _setting("alpha", "ELU's alpha: the output tends to -alpha as x -> -inf (a finite number).",
+                     _args.real)
 
     def __init__(self, alpha=1.0):
         super().__init__()
-        self.alpha = _args.real("ELU", "alpha", alpha)
-        self._kwargs = {"alpha": self.alpha}
+        self.alpha = alpha
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -110,11 +122,12 @@ class GELU(Activation):
     form there, pass the layer: ``Dense(..., activation=GELU(approximate="tanh"))``.
     The exact form's precision and cost: ``gpunet.functional.activations.gelu``."""
     name = "gelu"
+    approximate = _setting("approximate", "'none' (the exact form) or 'tanh'.", _args.choice,
+                           choices=F.GELU_FORMS)
 
     def __init__(self, approximate="none"):
         super().__init__()
-        self.approximate = _args.choice("GELU", "approximate", approximate, F.GELU_FORMS)
-        self._kwargs = {"approximate": self.approximate}
+        self.approximate = approximate
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
@@ -131,11 +144,12 @@ class Softplus(Activation):
 class Softmax(Activation):
     """Softmax along ``axis`` with the row max subtracted (no overflow)."""
     name = "softmax"
+    axis = _setting("axis", "The axis normalized over (an int; checked against the input's rank at each "
+                    "forward).", _args.integer)
 
     def __init__(self, axis=-1):
         super().__init__()
-        self.axis = _args.integer(type(self).__name__, "axis", axis)
-        self._kwargs = {"axis": self.axis}
+        self.axis = axis
 
     def _check(self, x):
         super()._check(x)
@@ -172,6 +186,17 @@ _BY_NAME = {
 }
 
 
+def activation_property(who: str) -> property:
+    """``Dense.activation``/``Conv2D.activation`` as a property: assigning it resolves the
+    value as the constructor's argument (a name, an activation class or layer, or None), so
+    ``layer.activation = "relu"`` applies ReLU from the next forward (the string was stored
+    and the forward failed reading its ``needs_input``) and an unknown name raises
+    ``ValueError`` then. ``init`` is not redone: the weights stay as they are."""
+    return _args.checked_property(who, "activation", "The fused activation (an Activation layer or None; "
+                                  "assign a name, a class or a layer).",
+                                  lambda who, name, value: get(value, who))
+
+
 def get(activation, layer_name="activation"):
     """Resolve ``activation=``: None, a snake-case name, an Activation class or instance."""
     if activation is None:
@@ -184,3 +209,4 @@ def get(activation, layer_name="activation"):
         return _BY_NAME[activation.lower()]()
     raise ValueError(f"{layer_name}: unknown activation {activation!r}; known: "
                      f"{', '.join(sorted(_BY_NAME))} (or an activation layer)")
+

@@ -44,18 +44,33 @@ class BatchNorm(Layer):
     ``gpunet.functional.batchnorm``) and the output and ``dx`` are float16, rounded once;
     on a device the half kernels read and write the float16 activations directly (no
     float32 copy). ``dy`` is then float16, or float32 (``dx`` is then float32).
+
+    ``eps`` and ``momentum`` may be assigned afterwards (checked as the arguments are; the
+    next forward uses them). ``num_features`` and ``affine`` are fixed: ``gamma``, ``beta``
+    and the running statistics were made from them, and assigning either raises
+    ``AttributeError``.
     """
 
     _buffers = ("running_mean", "running_var")
     _nonnegative_buffers = ("running_var",)      # checked by load_state_dict
+    eps = _args.real_property(None, "eps", "Added to the variance (a finite number > 0).",
+                              low=0.0, low_open=True)
+    momentum = _args.real_property(None, "momentum", "The weight of a batch in the running statistics "
+                                   "(a number in [0, 1]).", low=0.0, high=1.0)
+    num_features = _args.read_only(None, "num_features", "Channels (fixed at construction).",
+                                   "gamma, beta and the running statistics have num_features entries; "
+                                   "create a new layer for another channel count")
+    affine = _args.read_only(None, "affine", "Whether the layer has gamma and beta (fixed at construction).",
+                             "gamma and beta exist only with affine=True; create a new layer with "
+                             "affine=..., or leave gamma and beta out of the optimizer to freeze them")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
         c = _args.integer(type(self).__name__, "num_features", num_features, low=1)
-        self.num_features = c
-        self.eps = _args.real(type(self).__name__, "eps", eps, low=0.0, low_open=True)
-        self.momentum = _args.real(type(self).__name__, "momentum", momentum, low=0.0, high=1.0)
-        self.affine = affine = _args.flag(type(self).__name__, "affine", affine)
+        self._num_features = c
+        self.eps = eps
+        self.momentum = momentum
+        self._affine = affine = _args.flag(type(self).__name__, "affine", affine)
         self.gamma = Parameter(numpy.ones(c, numpy.float32), "gamma", decay=False) if affine else None
         self.beta = Parameter(numpy.zeros(c, numpy.float32), "beta", decay=False) if affine else None
         self.running_mean = numpy.zeros(c, numpy.float32)

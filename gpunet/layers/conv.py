@@ -5,7 +5,7 @@ import numpy
 
 from .. import _args, init as _init
 from ..functional import conv as FC
-from .activations import apply_fused, get as get_activation
+from .activations import activation_property, apply_fused
 from ..data import is_data
 from .base import (Layer, Parameter, channels_last_hint, check_array, check_device, check_dtype,
                    check_grad, check_shapes)
@@ -37,20 +37,39 @@ class Conv2D(Layer):
     input that does not require grad.
 
     An empty batch (``N = 0``) raises ``ValueError``.
+
+    ``stride``, ``padding``, ``activation`` and ``input_grad`` may be assigned afterwards
+    (checked as the arguments are; an int stride or padding is stored as a pair; the next
+    forward uses them). ``in_channels``, ``out_channels`` and ``kernel_size`` are fixed (the
+    weight's shape): assigning one raises ``AttributeError``.
     """
 
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
+    activation = activation_property("Conv2D")
+    stride = _args.checked_property("Conv2D", "stride", "The (h, w) stride (assign an int or a pair of "
+                                    "ints >= 1).", lambda who, name, value: FC.pair(value, who, name, 1))
+    padding = _args.checked_property("Conv2D", "padding", "The (h, w) zero padding (assign an int or a pair "
+                                     "of ints >= 0).", lambda who, name, value: FC.pair(value, who, name, 0))
+    in_channels = _args.read_only("Conv2D", "in_channels", "Input channels (fixed at construction).",
+                                  "the weight has shape (out_channels, in_channels, kh, kw); create a new "
+                                  "Conv2D for other sizes")
+    out_channels = _args.read_only("Conv2D", "out_channels", "Output channels (fixed at construction).",
+                                   "the weight has shape (out_channels, in_channels, kh, kw); create a new "
+                                   "Conv2D for other sizes")
+    kernel_size = _args.read_only("Conv2D", "kernel_size", "The (kh, kw) kernel (fixed at construction).",
+                                  "the weight has shape (out_channels, in_channels, kh, kw); create a new "
+                                  "Conv2D for other sizes")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  activation=None, init=None):
         super().__init__()
-        self.in_channels = _args.integer("Conv2D", "in_channels", in_channels, low=1)
-        self.out_channels = _args.integer("Conv2D", "out_channels", out_channels, low=1)
-        self.kernel_size = FC.pair(kernel_size, "Conv2D", "kernel_size", 1)
-        self.stride = FC.pair(stride, "Conv2D", "stride", 1)
-        self.padding = FC.pair(padding, "Conv2D", "padding", 0)
-        self.activation = get_activation(activation, "Conv2D")
+        self._in_channels = _args.integer("Conv2D", "in_channels", in_channels, low=1)
+        self._out_channels = _args.integer("Conv2D", "out_channels", out_channels, low=1)
+        self._kernel_size = FC.pair(kernel_size, "Conv2D", "kernel_size", 1)
+        self.stride = stride
+        self.padding = padding
+        self.activation = activation
         init = default_init(self.activation) if init is None else init
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(_init.make(init, shape, layer_name="Conv2D"), "weight", decay=True)

@@ -7,7 +7,7 @@ from .. import _args, init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
-from .activations import apply_fused, get as get_activation
+from .activations import activation_property, apply_fused
 from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
 
 
@@ -33,16 +33,27 @@ class Dense(Layer):
     (an attribute, default True). In ``784-1024-1024-10`` that GEMM is a seventh of a
     training step's arithmetic. Any other input (gradcheck's, a previous layer's output)
     gets its ``dx``.
+
+    ``activation`` and ``input_grad`` may be assigned afterwards (checked as the arguments
+    are; the next forward uses them). ``in_features`` and ``out_features`` are fixed (the
+    weight's shape): assigning either raises ``AttributeError``.
     """
 
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
+    activation = activation_property("Dense")
+    in_features = _args.read_only("Dense", "in_features", "Input features (fixed at construction).",
+                                  "the weight has shape (out_features, in_features); create a new "
+                                  "Dense(in_features, out_features) for other sizes")
+    out_features = _args.read_only("Dense", "out_features", "Output features (fixed at construction).",
+                                   "the weight has shape (out_features, in_features); create a new "
+                                   "Dense(in_features, out_features) for other sizes")
 
     def __init__(self, in_features, out_features, bias=True, activation=None, init=None):
         super().__init__()
-        self.in_features = _args.integer("Dense", "in_features", in_features, low=1)
-        self.out_features = _args.integer("Dense", "out_features", out_features, low=1)
-        self.activation = get_activation(activation, "Dense")
+        self._in_features = _args.integer("Dense", "in_features", in_features, low=1)
+        self._out_features = _args.integer("Dense", "out_features", out_features, low=1)
+        self.activation = activation
         init = default_init(self.activation) if init is None else init
         self.weight = Parameter(_init.make(init, (self.out_features, self.in_features), layer_name="Dense"),
                                 "weight", decay=True)

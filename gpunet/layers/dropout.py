@@ -54,16 +54,24 @@ class Dropout(Layer):
     global batch (the processes' batches stacked in rank order), so the processes never
     share a mask and a run on S processes matches a run on one.
 
-    ``p`` outside ``[0, 1)`` raises ``ValueError``.
+    ``p`` outside ``[0, 1)`` raises ``ValueError``. ``p``, ``mode`` and ``shard`` may be
+    assigned afterwards (the next training forward uses them); they are checked as the
+    arguments are (``layer.p = 1.5`` raises at the assignment, not at the next forward).
     """
 
     _buffers = ("seed", "counter")
     _nonnegative_buffers = ("seed", "counter")   # checked by load_state_dict
+    p = _args.checked_property(None, "p", "The drop probability (a number in [0, 1)).",
+                               lambda who, name, value: F.check_p(value, who))
+    mode = _args.checked_property(None, "mode", "'inverted' or 'classic' (see the class doc).",
+                                  lambda who, name, value: F.check_mode(value, who))
+    shard = _args.integer_property(None, "shard", "This process's slice of the draw (an int >= 0; "
+                                   "set by gpunet.distributed.broadcast_parameters).", low=0)
 
     def __init__(self, p=0.5, mode="inverted", seed=None):
         super().__init__()
-        self.p = F.check_p(p, "Dropout")
-        self.mode = F.check_mode(mode, "Dropout")
+        self.p = p
+        self.mode = mode
         seed = _draw_number("Dropout", "seed", seed, none=True)
         self._seed = int(_random.host_rng().integers(2**63)) if seed is None else seed
         self._counter = 0

@@ -20,12 +20,14 @@ class Maxout(Layer):
     special cases with 2 pieces, and more pieces approximate any convex activation.
 
     Any rank ≥ 2 (channels on axis 1); a channel count not divisible by ``pieces`` raises
-    ``ValueError``.
+    ``ValueError``. ``pieces`` may be assigned afterwards (checked as the argument is).
     """
+
+    pieces = _args.integer_property("Maxout", "pieces", "Inputs per output (a positive int).", low=1)
 
     def __init__(self, pieces):
         super().__init__()
-        self.pieces = _args.integer("Maxout", "pieces", pieces, low=1)
+        self.pieces = pieces
         self._idx = None
 
     def forward(self, x):

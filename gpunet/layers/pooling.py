@@ -5,8 +5,13 @@ Conventions (see ``gpunet.functional.pooling``): ``stride=None`` means ``kernel_
 ``OH = (H + 2*ph - kh) // sh + 1`` (floor). Max pooling pads with ``-inf`` and sends the
 gradient to the first maximal element of each window; average pooling counts the zero
 padding (PyTorch's ``count_include_pad=True``). Padding may be at most half the kernel.
+``kernel_size``, ``stride`` and ``padding`` may be assigned afterwards: each assignment is
+checked with the other two as the constructor checks them (``stride = None`` is the kernel
+size again; a stride given or derived stays when ``kernel_size`` changes, as in PyTorch).
 """
 from __future__ import annotations
+
+import operator
 
 from ..functional import pooling as FP
 from ..functional.conv import output_size
@@ -21,11 +26,27 @@ def _check4d(layer, x):
     check_dtype(layer, x)
 
 
+def _window(name):
+    """``kernel_size``, ``stride`` or ``padding`` of a pooling layer as a property: an
+    assignment reruns the constructor's check of the three with the new value."""
+    key, names = "_" + name, ("kernel_size", "stride", "padding")
+
+    def set_value(self, value):
+        args = {n: getattr(self, "_" + n) for n in names}
+        args[name] = value
+        self.__dict__[key] = dict(zip(names, FP.pool_args(type(self).__name__, **args)))[name]
+
+    return property(operator.attrgetter(key), set_value,
+                    doc=f"The (h, w) {name} (assign an int or a pair; checked as in the constructor).")
+
+
 class _Pool2D(Layer):
+    kernel_size, stride, padding = _window("kernel_size"), _window("stride"), _window("padding")
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = FP.pool_args(type(self).__name__, kernel_size,
-                                                                   stride, padding)
+        self._kernel_size, self._stride, self._padding = FP.pool_args(type(self).__name__, kernel_size,
+                                                                      stride, padding)
         self._shape = None
 
     def _check(self, x):
