@@ -81,6 +81,14 @@ __host__ __device__ __forceinline__ void chunk_range(long long M, int chunks, in
     end = begin + len < M ? begin + len : M;
 }
 
+// The channel of element i of an NCHW tensor (hw_div divides by HW, c_div by C).
+__device__ __forceinline__ unsigned int channel_of(unsigned int i, const FastDivmod& hw_div,
+                                                   const FastDivmod& c_div) {
+    unsigned int n, c;
+    c_div.divmod(hw_div.div(i), n, c);
+    return c;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -212,9 +220,7 @@ __global__ void bn_forward_apply(const T* __restrict__ x, const acc_t<T>* __rest
         const Pack<T>* xp = reinterpret_cast<const Pack<T>*>(x);
         Pack<T>* yp = reinterpret_cast<Pack<T>*>(y);
         for (long long q = t0; q < total / P; q += stride) {
-            unsigned int row, c, unused;
-            row = hw_div.div(static_cast<unsigned int>(q * P));
-            c_div.divmod(row, unused, c);
+            const unsigned int c = channel_of(static_cast<unsigned int>(q * P), hw_div, c_div);
             const A mu = mean[c], a = gamma[c] * inv_std[c], bt = beta[c];
             Pack<T> v = xp[q];
 #pragma unroll
@@ -223,9 +229,7 @@ __global__ void bn_forward_apply(const T* __restrict__ x, const acc_t<T>* __rest
         }
     } else {
         for (long long i = t0; i < total; i += stride) {
-            unsigned int row, c, unused;
-            row = hw_div.div(static_cast<unsigned int>(i));
-            c_div.divmod(row, unused, c);
+            const unsigned int c = channel_of(static_cast<unsigned int>(i), hw_div, c_div);
             y[i] = from_acc<T>((to_acc(x[i]) - mean[c]) * (gamma[c] * inv_std[c]) + beta[c]);
         }
     }
@@ -303,9 +307,7 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
         const Pack<T>* xp = reinterpret_cast<const Pack<T>*>(x);
         Pack<T>* dxp = reinterpret_cast<Pack<T>*>(dx);
         for (long long q = t0; q < total / P; q += stride) {
-            unsigned int row, c, unused;
-            row = hw_div.div(static_cast<unsigned int>(q * P));
-            c_div.divmod(row, unused, c);
+            const unsigned int c = channel_of(static_cast<unsigned int>(q * P), hw_div, c_div);
             const A is = inv_std[c], mu = mean[c];
             const A a = gamma[c] * is, k1 = dbeta[c] * inv_M, k2 = dgamma[c] * is * inv_M;
             const Pack<T> g = dyp[q];
@@ -317,9 +319,7 @@ __global__ void bn_backward_apply(const T* __restrict__ dy, const T* __restrict_
         }
     } else {
         for (long long i = t0; i < total; i += stride) {
-            unsigned int row, c, unused;
-            row = hw_div.div(static_cast<unsigned int>(i));
-            c_div.divmod(row, unused, c);
+            const unsigned int c = channel_of(static_cast<unsigned int>(i), hw_div, c_div);
             const A is = inv_std[c];
             dx[i] = from_acc<T>(gamma[c] * is *
                                 (to_acc(dy[i]) - dbeta[c] * inv_M -

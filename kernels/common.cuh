@@ -1,4 +1,4 @@
-// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, add_rn/sub_rn/mul_rn/div_rn/sqrt_rn, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_sum, block_max, WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering
+// defines: gpunet::mix32, counter_bits, neg_inf, dev_exp/dev_log/dev_sqrt/dev_max, add_rn/sub_rn/mul_rn/div_rn/sqrt_rn, Pack, is_aligned16, umulhi32, FastDivmod, warp_sum, warp_max, block_reduce, block_sum, block_max, WelfordHiLo (+ two_sum, welford_hilo_combine, warp_welford_hilo, block_welford_hilo), online_lse_combine, covering, Cover2d, Window2d
 //
 // Shared device helpers of the gpunet kernels. Compiled at run time by NVRTC (through
 // CuPy) and ahead of time by nvcc in CI, so: no host headers (<cmath>, <cfloat>), no
@@ -121,27 +121,28 @@ template <typename T> __device__ __forceinline__ T warp_max(T v) {
     return v;
 }
 
-// Every thread of the block must call it; `scratch` holds >= 32 elements.
-template <typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
+// A block reduction from a warp one: each warp reduces its values (warp_op), lane 0 of
+// each writes the result to scratch[warp], and every warp reduces those (`identity` past
+// the last warp). Every thread of the block must call it and gets the result; `scratch`
+// holds >= 32 elements.
+template <typename T, typename WarpOp>
+__device__ __forceinline__ T block_reduce(T v, T* scratch, T identity, WarpOp warp_op) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nwarps = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
+    v = warp_op(v);
     __syncthreads();  // scratch may still be read by a previous reduction
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? scratch[lane] : T(0);
-    return warp_sum(v);
+    v = lane < nwarps ? scratch[lane] : identity;
+    return warp_op(v);
+}
+
+template <typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
+    return block_reduce(v, scratch, T(0), [](T x) { return warp_sum(x); });
 }
 
 template <typename T> __device__ __forceinline__ T block_max(T v, T* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int nwarps = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? scratch[lane] : neg_inf<T>();
-    return warp_max(v);
+    return block_reduce(v, scratch, neg_inf<T>(), [](T x) { return warp_max(x); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -206,21 +207,8 @@ __device__ __forceinline__ WelfordHiLo<T> warp_welford_hilo(WelfordHiLo<T> w) {
 template <typename T>
 __device__ __forceinline__ WelfordHiLo<T> block_welford_hilo(WelfordHiLo<T> w,
                                                            WelfordHiLo<T>* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int nwarps = (blockDim.x + 31) >> 5;
-    w = warp_welford_hilo(w);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = w;
-    __syncthreads();
-    if (lane < nwarps) {
-        w = scratch[lane];
-    } else {
-        w.n = T(0);
-        w.hi = T(0);
-        w.lo = T(0);
-        w.m2 = T(0);
-    }
-    return warp_welford_hilo(w);
+    const WelfordHiLo<T> empty{T(0), T(0), T(0), T(0)};
+    return block_reduce(w, scratch, empty, [](WelfordHiLo<T> x) { return warp_welford_hilo(x); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -245,5 +233,38 @@ __device__ __forceinline__ void covering(int hp, int k, int stride, int out, int
     p_lo = hp >= k ? (hp - k + stride) / stride : 0;
     p_hi = min(hp / stride, out - 1);
 }
+
+// Input element (h, w) seen from the padded plane: (hh, ww) = (h + ph, w + pw), and the
+// outputs p_lo..p_hi (rows), q_lo..q_hi (columns) whose windows cover it (covering()).
+struct Cover2d {
+    int hh, ww, p_lo, p_hi, q_lo, q_hi;
+};
+
+// A kh x kw window moved by (sh, sw) over a plane padded by (ph, pw) on each side.
+struct Window2d {
+    int kh, kw, sh, sw, ph, pw;
+
+    // Output element k of the row-major output plane (per_row divides by OW): the input
+    // position (h0, w0) of its window's first element (negative inside the padding).
+    __device__ __forceinline__ void origin(const FastDivmod& per_row, int k, int& h0, int& w0) const {
+        unsigned int p, q;
+        per_row.divmod(static_cast<unsigned int>(k), p, q);
+        h0 = static_cast<int>(p) * sh - ph;
+        w0 = static_cast<int>(q) * sw - pw;
+    }
+
+    // Input element hw of the row-major H x W input plane (per_row divides by W), for an
+    // OH x OW output.
+    __device__ __forceinline__ Cover2d cover(const FastDivmod& per_row, int hw, int OH, int OW) const {
+        unsigned int uh, uw;
+        per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
+        Cover2d c;
+        c.hh = static_cast<int>(uh) + ph;
+        c.ww = static_cast<int>(uw) + pw;
+        covering(c.hh, kh, sh, OH, c.p_lo, c.p_hi);
+        covering(c.ww, kw, sw, OW, c.q_lo, c.q_hi);
+        return c;
+    }
+};
 
 }  // namespace gpunet

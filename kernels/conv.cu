@@ -28,7 +28,6 @@
 #include "half.cuh"
 
 using gpunet::FastDivmod;
-using gpunet::covering;
 
 // x (N, C, H, W) with element strides (sxn, sxc, sxh, sxw) -> cols (K, L), K = C*kh*kw.
 template <typename T>
@@ -62,23 +61,19 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int plan
                        unsigned int w_d, unsigned int w_mul, unsigned int w_shr) {
     using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{w_d, w_mul, w_shr};
+    const gpunet::Window2d win{kh, kw, sh, sw, ph, pw};
     const int W = static_cast<int>(w_d), HW = H * W;
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
         const T* dc = dcols + static_cast<long long>(c) * kh * kw * L + static_cast<long long>(n) * OH * OW;
         T* out = dx + static_cast<long long>(plane) * HW;
         for (int hw = blockIdx.x * blockDim.x + threadIdx.x; hw < HW; hw += gridDim.x * blockDim.x) {
-            unsigned int uh, uw;
-            per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
-            const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
-            int p_lo, p_hi, q_lo, q_hi;
-            covering(hh, kh, sh, OH, p_lo, p_hi);
-            covering(ww, kw, sw, OW, q_lo, q_hi);
+            const gpunet::Cover2d cv = win.cover(per_row, hw, OH, OW);
             A s = A(0);
-            for (int p = p_hi; p >= p_lo; --p) {        // kernel row i = hh - p*sh ascending
-                const int i = hh - p * sh;
-                for (int q = q_hi; q >= q_lo; --q) {
-                    const int j = ww - q * sw;
+            for (int p = cv.p_hi; p >= cv.p_lo; --p) {        // kernel row i = hh - p*sh ascending
+                const int i = cv.hh - p * sh;
+                for (int q = cv.q_hi; q >= cv.q_lo; --q) {
+                    const int j = cv.ww - q * sw;
                     s += gpunet::to_acc(dc[static_cast<long long>(i * kw + j) * L + p * OW + q]);
                 }
             }

@@ -112,17 +112,27 @@ __device__ __forceinline__ int find(const MtEntry* __restrict__ table, int ntens
     return lo;
 }
 
-// The element range [begin, end) of chunk c within its tensor e.
-__device__ __forceinline__ void chunk_range(const MtEntry& e, long long c, long long& begin,
-                                            long long& end) {
-    begin = (c - e.chunk0) * MT_CHUNK;
-    end = begin + MT_CHUNK < e.n ? begin + MT_CHUNK : e.n;
+// Chunk c of the list: its tensor j, that tensor's row e, and the chunk's element range
+// [begin, end) within the tensor.
+struct Chunk {
+    int j;
+    MtEntry e;
+    long long begin;
+    long long end;
+};
+
+__device__ __forceinline__ void locate(const MtEntry* __restrict__ table, int ntensors, long long c,
+                                       Chunk& k) {
+    k.j = find(table, ntensors, c);
+    k.e = table[k.j];
+    k.begin = (c - k.e.chunk0) * MT_CHUNK;
+    k.end = k.begin + MT_CHUNK < k.e.n ? k.begin + MT_CHUNK : k.e.n;
 }
 
-// Tensor j's gradient: an argument (in shared memory) for j < MT_MAX, else from its row.
+// The chunk's gradient: an argument (in shared memory) for tensor j < MT_MAX, else from its row.
 template <typename Q>
-__device__ __forceinline__ Q* grad(Q* const* gs, const MtEntry& e, int j) {
-    return j < MT_MAX ? gs[j] : reinterpret_cast<Q*>(e.g);
+__device__ __forceinline__ Q* grad(Q* const* gs, const Chunk& k) {
+    return k.j < MT_MAX ? gs[k.j] : reinterpret_cast<Q*>(k.e.g);
 }
 
 // Whether the step is skipped: MT_FOUND and *found (a sum of squares) not finite.
@@ -177,15 +187,14 @@ __global__ void mt_sgd(const MtEntry* __restrict__ table, int ntensors, long lon
     MT_GATHER_GRADS(gs)
     const T lr_ = T(*lr), m = T(momentum), wd = T(weight_decay), l1_ = T(l1);
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        const MtEntry& e = k.e;
         T* __restrict__ w = reinterpret_cast<T*>(e.w);
         T* __restrict__ buf = reinterpret_cast<T*>(e.s1);
-        const T* __restrict__ g = mt::grad(gs, e, j);
+        const T* __restrict__ g = mt::grad(gs, k);
         const bool first = mt::step_of(e) == 1;
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) {
             const T wv = w[i];
             T gv = g[i];
             if (e.decay) gv = mt::regularized(gv, wv, wd, l1_, flags);
@@ -224,18 +233,17 @@ __global__ void mt_adam(const MtEntry* __restrict__ table, int ntensors, long lo
     const T eps_ = T(eps), wd = T(weight_decay), l1_ = T(l1);
     const T df = T(__dsub_rn(1.0, __dmul_rn(lrd, weight_decay)));
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        const MtEntry& e = k.e;
         const double n = static_cast<double>(mt::step_of(e));
         const T ss_ = T(__ddiv_rn(lrd, __dsub_rn(1.0, pow(beta1, n))));
         const T bc2_ = T(__dsqrt_rn(__dsub_rn(1.0, pow(beta2, n))));
         T* __restrict__ w = reinterpret_cast<T*>(e.w);
         T* __restrict__ m = reinterpret_cast<T*>(e.s1);
         T* __restrict__ v = reinterpret_cast<T*>(e.s2);
-        const T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const T* __restrict__ g = mt::grad(gs, k);
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) {
             T wv = w[i];
             T gv = g[i];
             if (e.decay) {
@@ -272,15 +280,14 @@ __global__ void mt_rmsprop(const MtEntry* __restrict__ table, int ntensors, long
     MT_GATHER_GRADS(gs)
     const T lr_ = T(*lr), a = T(alpha), oma = T(one_minus_alpha), eps_ = T(eps), mom = T(momentum);
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        const MtEntry& e = k.e;
         T* __restrict__ w = reinterpret_cast<T*>(e.w);
         T* __restrict__ v = reinterpret_cast<T*>(e.s1);
         T* __restrict__ buf = reinterpret_cast<T*>(e.s2);
-        const T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const T* __restrict__ g = mt::grad(gs, k);
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) {
             const T gv = g[i];
             const T vv = add_rn(mul_rn(v[i], a), mul_rn(mul_rn(gv, gv), oma));
             v[i] = vv;
@@ -310,14 +317,13 @@ __global__ void mt_adagrad(const MtEntry* __restrict__ table, int ntensors, long
     MT_GATHER_GRADS(gs)
     const T lr_ = T(*lr), eps_ = T(eps);
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        const MtEntry& e = k.e;
         T* __restrict__ w = reinterpret_cast<T*>(e.w);
         T* __restrict__ s = reinterpret_cast<T*>(e.s1);
-        const T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const T* __restrict__ g = mt::grad(gs, k);
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) {
             const T gv = g[i];
             const T sv = add_rn(s[i], mul_rn(gv, gv));
             s[i] = sv;
@@ -355,12 +361,10 @@ __global__ void mt_grad_sumsq(const MtEntry* __restrict__ table, int ntensors, l
     MT_GATHER_GRADS(gs)
     double s = 0.0;
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
-        const T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        const T* __restrict__ g = mt::grad(gs, k);
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) {
             const double x = static_cast<double>(g[i]);
             s += x * x;
         }
@@ -407,12 +411,10 @@ __global__ void mt_grad_scale(const MtEntry* __restrict__ table, int ntensors, l
     if (!(flags & MT_ALWAYS) && !(cd < 1.0)) return;
     const T cv = T(cd);
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
-        T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) g[i] = mul_rn(g[i], cv);
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        T* __restrict__ g = mt::grad(gs, k);
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) g[i] = mul_rn(g[i], cv);
     }
 }
 
@@ -424,12 +426,10 @@ __global__ void mt_grad_clamp(const MtEntry* __restrict__ table, int ntensors, l
     MT_GATHER_GRADS(gs)
     const T lo = T(-clip), hi = T(clip);
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int j = mt::find(table, ntensors, c);
-        const MtEntry e = table[j];
-        long long begin, end;
-        mt::chunk_range(e, c, begin, end);
-        T* __restrict__ g = mt::grad(gs, e, j);
-        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        mt::Chunk k;
+        mt::locate(table, ntensors, c, k);
+        T* __restrict__ g = mt::grad(gs, k);
+        for (long long i = k.begin + threadIdx.x; i < k.end; i += blockDim.x) {
             T x = g[i];
             x = x < lo ? lo : x;
             g[i] = x > hi ? hi : x;

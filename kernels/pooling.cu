@@ -23,10 +23,33 @@
 #include "common.cuh"
 #include "half.cuh"
 
+using gpunet::Cover2d;
 using gpunet::FastDivmod;
+using gpunet::Window2d;
 using gpunet::add_rn;
-using gpunet::covering;
 using gpunet::mul_rn;
+
+namespace {
+
+// Output element k's window (the output plane row-major, per_row divides by OW), visited in
+// offset order (i, then j, ascending): f(i, j, v), v the input element in A, or `pad` where
+// the window lies in the padding.
+template <typename A, typename T, typename F>
+__device__ __forceinline__ void for_window(const T* xc, int H, int W, long long sxh, long long sxw,
+                                           const Window2d& win, const FastDivmod& per_row, int k,
+                                           A pad, F f) {
+    int h0, w0;
+    win.origin(per_row, k, h0, w0);
+    for (int i = 0; i < win.kh; ++i) {
+        const int h = h0 + i;
+        for (int j = 0; j < win.kw; ++j) {
+            const int w = w0 + j;
+            f(i, j, (h >= 0 && h < H && w >= 0 && w < W) ? gpunet::to_acc(xc[h * sxh + w * sxw]) : pad);
+        }
+    }
+}
+
+}  // namespace
 
 template <typename T, typename I>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* __restrict__ arg,
@@ -36,32 +59,24 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, I* 
                                  unsigned int ow_shr, int P) {
     using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{ow_d, ow_mul, ow_shr};
+    const Window2d win{kh, kw, sh, sw, ph, pw};
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
         const T* xc = x + n * sxn + c * sxc;
         T* yo = y + static_cast<long long>(plane) * P;
         I* ao = arg + static_cast<long long>(plane) * P;
         for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < P; k += gridDim.x * blockDim.x) {
-            unsigned int p, q;
-            per_row.divmod(static_cast<unsigned int>(k), p, q);
-            const int h0 = static_cast<int>(p) * sh - ph, w0 = static_cast<int>(q) * sw - pw;
             A best = gpunet::neg_inf<A>();
             int a = 0;
-            for (int i = 0; i < kh; ++i) {
-                const int h = h0 + i;
-                for (int j = 0; j < kw; ++j) {
-                    const int w = w0 + j;
-                    const A v = (h >= 0 && h < H && w >= 0 && w < W) ? gpunet::to_acc(xc[h * sxh + w * sxw])
-                                                                     : gpunet::neg_inf<A>();
-                    if (i == 0 && j == 0) {
-                        best = v;
-                    } else {
-                        const bool better = v > best;
-                        if (better) a = i * kw + j;
-                        if (better || v != v) best = v;
-                    }
+            for_window(xc, H, W, sxh, sxw, win, per_row, k, gpunet::neg_inf<A>(), [&](int i, int j, A v) {
+                if (i == 0 && j == 0) {
+                    best = v;
+                } else {
+                    const bool better = v > best;
+                    if (better) a = i * kw + j;
+                    if (better || v != v) best = v;
                 }
-            }
+            });
             yo[k] = gpunet::from_acc<T>(best);
             ao[k] = static_cast<I>(a);
         }
@@ -76,6 +91,7 @@ __global__ void max_pool_backward(const T* __restrict__ dy, const I* __restrict_
                                   unsigned int w_d, unsigned int w_mul, unsigned int w_shr) {
     using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{w_d, w_mul, w_shr};
+    const Window2d win{kh, kw, sh, sw, ph, pw};
     const int HW = H * static_cast<int>(w_d);
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
@@ -83,17 +99,12 @@ __global__ void max_pool_backward(const T* __restrict__ dy, const I* __restrict_
         const I* ai = arg + static_cast<long long>(plane) * OH * OW;
         T* out = dx + static_cast<long long>(plane) * HW;
         for (int hw = blockIdx.x * blockDim.x + threadIdx.x; hw < HW; hw += gridDim.x * blockDim.x) {
-            unsigned int uh, uw;
-            per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
-            const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
-            int p_lo, p_hi, q_lo, q_hi;
-            covering(hh, kh, sh, OH, p_lo, p_hi);
-            covering(ww, kw, sw, OW, q_lo, q_hi);
+            const Cover2d cv = win.cover(per_row, hw, OH, OW);
             A s = A(0);
-            for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
-                const int i = hh - p * sh;
-                for (int q = q_hi; q >= q_lo; --q) {
-                    if (static_cast<int>(ai[p * OW + q]) == i * kw + ww - q * sw)
+            for (int p = cv.p_hi; p >= cv.p_lo; --p) {        // offsets in ascending order
+                const int i = cv.hh - p * sh;
+                for (int q = cv.q_hi; q >= cv.q_lo; --q) {
+                    if (static_cast<int>(ai[p * OW + q]) == i * kw + cv.ww - q * sw)
                         s += gpunet::to_acc(g[p * sdh + q * sdw]);
                 }
             }
@@ -110,23 +121,15 @@ __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, int
                                  int P, typename gpunet::Acc<T>::type scale) {
     using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{ow_d, ow_mul, ow_shr};
+    const Window2d win{kh, kw, sh, sw, ph, pw};
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
         const T* xc = x + n * sxn + c * sxc;
         T* yo = y + static_cast<long long>(plane) * P;
         for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < P; k += gridDim.x * blockDim.x) {
-            unsigned int p, q;
-            per_row.divmod(static_cast<unsigned int>(k), p, q);
-            const int h0 = static_cast<int>(p) * sh - ph, w0 = static_cast<int>(q) * sw - pw;
             A s = A(0);
-            for (int i = 0; i < kh; ++i) {
-                const int h = h0 + i;
-                for (int j = 0; j < kw; ++j) {
-                    const int w = w0 + j;
-                    const A v = (h >= 0 && h < H && w >= 0 && w < W) ? gpunet::to_acc(xc[h * sxh + w * sxw]) : A(0);
-                    s = (i == 0 && j == 0) ? v : s + v;
-                }
-            }
+            for_window(xc, H, W, sxh, sxw, win, per_row, k, A(0),
+                       [&](int i, int j, A v) { s = (i == 0 && j == 0) ? v : s + v; });
             yo[k] = gpunet::from_acc<T>(s * scale);
         }
     }
@@ -140,21 +143,17 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
                                   typename gpunet::Acc<T>::type scale) {
     using A = typename gpunet::Acc<T>::type;
     const FastDivmod per_row{w_d, w_mul, w_shr};
+    const Window2d win{kh, kw, sh, sw, ph, pw};
     const int HW = H * static_cast<int>(w_d);
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int n = plane / C, c = plane - n * C;
         const T* g = dy + n * sdn + c * sdc;
         T* out = dx + static_cast<long long>(plane) * HW;
         for (int hw = blockIdx.x * blockDim.x + threadIdx.x; hw < HW; hw += gridDim.x * blockDim.x) {
-            unsigned int uh, uw;
-            per_row.divmod(static_cast<unsigned int>(hw), uh, uw);
-            const int hh = static_cast<int>(uh) + ph, ww = static_cast<int>(uw) + pw;
-            int p_lo, p_hi, q_lo, q_hi;
-            covering(hh, kh, sh, OH, p_lo, p_hi);
-            covering(ww, kw, sw, OW, q_lo, q_hi);
+            const Cover2d cv = win.cover(per_row, hw, OH, OW);
             A s = A(0);
-            for (int p = p_hi; p >= p_lo; --p) {        // offsets in ascending order
-                for (int q = q_hi; q >= q_lo; --q)
+            for (int p = cv.p_hi; p >= cv.p_lo; --p) {        // offsets in ascending order
+                for (int q = cv.q_hi; q >= cv.q_lo; --q)
                     s = add_rn(s, mul_rn(gpunet::to_acc(g[p * sdh + q * sdw]), scale));
             }
             out[hw] = gpunet::from_acc<T>(s);

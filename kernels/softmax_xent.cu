@@ -151,6 +151,39 @@ template <typename T> __device__ __forceinline__ T row_scale(T scale, const T* n
     return scale / n_valid[0];
 }
 
+// A hard-label row whose label y is ignore_index (when has_ignore) or outside [0, C): a zero
+// gradient (written by threads tid, tid + nt, ...) and, by tid 0, a row loss of 0, or NaN
+// with the bad label recorded. Whether the row is one (and done).
+template <typename T>
+__device__ __forceinline__ bool unscored(long long y, long long row, int C, long long ignore_index,
+                                         int has_ignore, acc_t<T>* row_loss, T* dz,
+                                         long long* status, int tid, int nt) {
+    const bool ignored = has_ignore && y == ignore_index;
+    if (ignored || y < 0 || y >= C) {
+        zero_row(dz, C, tid, nt);
+        if (tid == 0) {
+            row_loss[row] = ignored ? acc_t<T>(0) : quiet_nan<acc_t<T>>();
+            if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
+        }
+        return true;
+    }
+    return false;
+}
+
+// Lane l's logits z[l + 32 k] (-inf past C) into v; returns the row max (to every lane).
+template <typename T, int ITEMS>
+__device__ __forceinline__ acc_t<T> warp_load_row(const T* z, int C, int lane, acc_t<T> (&v)[ITEMS]) {
+    using A = acc_t<T>;
+    A m = neg_inf<A>();
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const int j = lane + 32 * k;
+        v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
+        m = dev_max(m, v[k]);
+    }
+    return gpunet::warp_max(m);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -170,25 +203,10 @@ __global__ void softmax_xent_hard_warp(const T* __restrict__ logits,
     const T* z = logits + row * C;
     T* dz = dlogits + row * C;
     const long long y = labels[row];
-    const bool ignored = has_ignore && y == ignore_index;
-    if (ignored || y < 0 || y >= C) {
-        zero_row(dz, C, lane, 32);
-        if (lane == 0) {
-            row_loss[row] = ignored ? A(0) : quiet_nan<A>();
-            if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
-        }
-        return;
-    }
+    if (unscored(y, row, C, ignore_index, has_ignore, row_loss, dz, status, lane, 32)) return;
     scale = row_scale(scale, n_valid);
     A v[ITEMS];
-    A m = neg_inf<A>();
-#pragma unroll
-    for (int k = 0; k < ITEMS; ++k) {
-        const int j = lane + 32 * k;
-        v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
-        m = dev_max(m, v[k]);
-    }
-    m = gpunet::warp_max(m);
+    A m = warp_load_row(z, C, lane, v);
     // s = sum exp(z - m); dsum = sum (z - m); dy = z_y - m
     A s = A(0), dsum = A(0), dy = A(0);
 #pragma unroll
@@ -233,15 +251,7 @@ __global__ void softmax_xent_hard_block(const T* __restrict__ logits,
     const T* z = logits + row * C;
     T* dz = dlogits + row * C;
     const long long y = labels[row];
-    const bool ignored = has_ignore && y == ignore_index;
-    if (ignored || y < 0 || y >= C) {
-        zero_row(dz, C, tid, nt);
-        if (tid == 0) {
-            row_loss[row] = ignored ? A(0) : quiet_nan<A>();
-            if (!ignored) flag_bad_label(status, y, row, C, ignore_index, has_ignore);
-        }
-        return;
-    }
+    if (unscored(y, row, C, ignore_index, has_ignore, row_loss, dz, status, tid, nt)) return;
     scale = row_scale(scale, n_valid);
     constexpr int P = Pack<T>::N;
     const bool packed =
@@ -321,14 +331,7 @@ __global__ void softmax_xent_soft_warp(const T* __restrict__ logits,
     const A* q = target + row * C;
     T* dz = dlogits + row * C;
     A v[ITEMS];
-    A m = neg_inf<A>();
-#pragma unroll
-    for (int k = 0; k < ITEMS; ++k) {
-        const int j = lane + 32 * k;
-        v[k] = j < C ? to_acc(z[j]) : neg_inf<A>();
-        m = dev_max(m, v[k]);
-    }
-    m = gpunet::warp_max(m);
+    A m = warp_load_row(z, C, lane, v);
     const A on = A(1) - eps, off = eps / A(C);
     // s = sum exp(z - m); tsum = sum t; tdot = sum t (z - m)
     A s = A(0), tsum = A(0), tdot = A(0);
