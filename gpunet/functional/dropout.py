@@ -100,35 +100,32 @@ def _masked_scale(a, p, seed, counter, scale, start):
     return y
 
 
+def _train_map(who, a, p, seed, counter, mode, start):
+    """``a · m · scale`` for ``dropout_forward`` (``a = x``) and ``dropout_backward``
+    (``a = dy``): the same map, with the device op of the same name."""
+    if (seed.__class__ is not int or counter.__class__ is not int or start.__class__ is not int
+            or (seed | counter | start) < 0):       # the OR of ints >= 0 is >= 0
+        seed, counter, start = _draw(who, seed, counter, start)
+    p = check_p(p)
+    scale = train_scale(p, mode)
+    if get_array_module(a) is not numpy:
+        from .. import cuda
+        k1, k2 = _keys(seed, counter, start)
+        return getattr(cuda, who)(a, k1, k2, keep_threshold(p), scale)
+    return _masked_scale(a, p, seed, counter, scale, start)
+
+
 def dropout_forward(x, p, seed, counter, mode="inverted", start=0):
     """Training-mode dropout: ``y = x · m · scale``, ``scale = 1/(1-p)`` (inverted) or 1
     (classic); ``m`` is the mask of draw ``(seed, counter)`` (its elements ``start, start + 1, ...``:
     a data-parallel process draws its share of the global batch's mask, see
     ``gpunet.layers.Dropout``). Any shape; ``y`` has ``x``'s shape and dtype."""
-    if (seed.__class__ is not int or counter.__class__ is not int or start.__class__ is not int
-            or (seed | counter | start) < 0):       # the OR of ints >= 0 is >= 0
-        seed, counter, start = _draw("dropout_forward", seed, counter, start)
-    p = check_p(p)
-    scale = train_scale(p, mode)
-    if get_array_module(x) is not numpy:
-        from .. import cuda
-        k1, k2 = _keys(seed, counter, start)
-        return cuda.dropout_forward(x, k1, k2, keep_threshold(p), scale)
-    return _masked_scale(x, p, seed, counter, scale, start)
+    return _train_map("dropout_forward", x, p, seed, counter, mode, start)
 
 
 def dropout_backward(dy, p, seed, counter, mode="inverted", start=0):
     """``dx = dy · m · scale`` with the mask regenerated from the forward's ``(seed, counter)``."""
-    if (seed.__class__ is not int or counter.__class__ is not int or start.__class__ is not int
-            or (seed | counter | start) < 0):
-        seed, counter, start = _draw("dropout_backward", seed, counter, start)
-    p = check_p(p)
-    scale = train_scale(p, mode)
-    if get_array_module(dy) is not numpy:
-        from .. import cuda
-        k1, k2 = _keys(seed, counter, start)
-        return cuda.dropout_backward(dy, k1, k2, keep_threshold(p), scale)
-    return _masked_scale(dy, p, seed, counter, scale, start)
+    return _train_map("dropout_backward", dy, p, seed, counter, mode, start)
 
 
 def dropout_forward_state(x, p, state, mode="inverted", start=0):
