@@ -115,6 +115,19 @@ def _check_args(who, path, model, optimizer):
     return path
 
 
+def _state_of(name, obj, kind):
+    """``obj.state_dict()`` of a keyword argument of ``save``, or the TypeError naming it."""
+    if not hasattr(obj, "state_dict"):
+        raise TypeError(f"gpunet.save: {name} must be {kind}, got {type(obj).__name__}")
+    return obj.state_dict()
+
+
+def _put(arrays, prefix, state):
+    """Add a state dict's entries to the archive's arrays under ``prefix``."""
+    for k, v in state.items():
+        arrays[prefix + k] = numpy.asarray(v)
+
+
 def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metadata):
     """Write ``model`` (and ``optimizer``, and a learning-rate ``scheduler``) and
     ``metadata`` to ``path`` atomically; return ``path``.
@@ -132,24 +145,15 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
     path = _check_args("gpunet.save", path, model, optimizer)
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
               "__metadata__": numpy.asarray(json.dumps({k: _jsonable(k, v) for k, v in metadata.items()}))}
-    for k, v in model.state_dict().items():
-        arrays["model/" + k] = numpy.asarray(v)
+    _put(arrays, "model/", model.state_dict())
     if optimizer is not None:
-        for k, v in optimizer.state_dict().items():
-            arrays["optim/" + k] = numpy.asarray(v)
+        _put(arrays, "optim/", optimizer.state_dict())
     if scheduler is not None:
-        if not hasattr(scheduler, "state_dict"):
-            raise TypeError(f"gpunet.save: scheduler must be a learning-rate schedule (with "
-                            f"state_dict), got {type(scheduler).__name__}")
+        state = _state_of("scheduler", scheduler, "a learning-rate schedule (with state_dict)")
         arrays[_SCHED_TYPE] = numpy.asarray(type(scheduler).__name__)
-        for k, v in scheduler.state_dict().items():
-            arrays["sched/" + k] = numpy.asarray(v)
+        _put(arrays, "sched/", state)
     if scaler is not None:
-        if not hasattr(scaler, "state_dict"):
-            raise TypeError(f"gpunet.save: scaler must be a gpunet.amp.GradScaler, got "
-                            f"{type(scaler).__name__}")
-        for k, v in scaler.state_dict().items():
-            arrays["scaler/" + k] = numpy.asarray(v)
+        _put(arrays, "scaler/", _state_of("scaler", scaler, "a gpunet.amp.GradScaler"))
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"gpunet.save: {k!r} is an object array; checkpoints hold plain arrays only")

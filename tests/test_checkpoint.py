@@ -178,8 +178,11 @@ def test_scheduler_state_round_trip(tmp_path):
     gpunet.save(plain, model, opt)
     with pytest.raises(ValueError, match=r"plain\.npz holds no scheduler state"):
         gpunet.load(plain, _model(), scheduler=optim.StepLR(optim.SGD(_model().parameters()), 2))
-    with pytest.raises(TypeError, match="scheduler"):
+    with pytest.raises(TypeError, match=r"^gpunet\.save: scheduler must be a learning-rate schedule "
+                                        r"\(with state_dict\), got str$"):
         gpunet.save(plain, model, opt, scheduler="StepLR")
+    with pytest.raises(TypeError, match=r"^gpunet\.save: scaler must be a gpunet\.amp\.GradScaler, got int$"):
+        gpunet.save(plain, model, opt, scaler=1)
 
 
 def test_load_of_a_folder_names_it(tmp_path):
