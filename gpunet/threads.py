@@ -71,6 +71,25 @@ def _symbol(lib, names):
     return None
 
 
+def _function(lib, names, restype):
+    """The first of ``names`` that ``lib`` exports, as a C function of no arguments returning
+    ``restype``; None when it exports none of them."""
+    f = _symbol(lib, names)
+    if f is not None:
+        f.restype, f.argtypes = restype, []
+    return f
+
+
+def _thread_calls(lib, get_names, set_names, c_count):
+    """``(get, set)``: the library's thread-count getter and setter (the count a
+    ``c_count``), or None when it lacks either."""
+    get, set_ = _function(lib, get_names, c_count), _symbol(lib, set_names)
+    if get is None or set_ is None:
+        return None
+    set_.restype, set_.argtypes = None, [c_count]
+    return get, set_
+
+
 def _openblas_names(func):
     return [f"{prefix}_{func}{suffix}" for prefix in ("openblas", "scipy_openblas")
             for suffix in ("", "64_", "_64")]
@@ -111,30 +130,24 @@ def _open(path, kind) -> BlasLibrary | None:
     except OSError:
         return None
     if kind == "openblas":
-        get = _symbol(lib, _openblas_names("get_num_threads"))
-        set_ = _symbol(lib, _openblas_names("set_num_threads"))
-        if get is None or set_ is None:
+        calls = _thread_calls(lib, _openblas_names("get_num_threads"),
+                              _openblas_names("set_num_threads"), ctypes.c_int)
+        if calls is None:
             return None
-        get.restype, get.argtypes = ctypes.c_int, []
-        set_.restype, set_.argtypes = None, [ctypes.c_int]
         version, threading = "", ""
-        config = _symbol(lib, _openblas_names("get_config"))
+        config = _function(lib, _openblas_names("get_config"), ctypes.c_char_p)
         if config is not None:
-            config.restype, config.argtypes = ctypes.c_char_p, []
             words = (config() or b"").decode(errors="replace").split()
             if len(words) >= 2 and words[0] == "OpenBLAS":
                 version = words[1]
-        parallel = _symbol(lib, _openblas_names("get_parallel"))
+        parallel = _function(lib, _openblas_names("get_parallel"), ctypes.c_int)
         if parallel is not None:
-            parallel.restype, parallel.argtypes = ctypes.c_int, []
             threading = {0: "sequential", 1: "pthreads", 2: "openmp"}.get(parallel(), "")
-        return BlasLibrary("openblas", path, version, threading, get, set_)
+        return BlasLibrary("openblas", path, version, threading, *calls)
     if kind == "mkl":
-        get, set_ = _symbol(lib, ["MKL_Get_Max_Threads"]), _symbol(lib, ["MKL_Set_Num_Threads"])
-        if get is None or set_ is None:
+        calls = _thread_calls(lib, ["MKL_Get_Max_Threads"], ["MKL_Set_Num_Threads"], ctypes.c_int)
+        if calls is None:
             return None
-        get.restype, get.argtypes = ctypes.c_int, []
-        set_.restype, set_.argtypes = None, [ctypes.c_int]
         version = ""
         vs = _symbol(lib, ["MKL_Get_Version_String"])
         if vs is not None:
@@ -142,19 +155,16 @@ def _open(path, kind) -> BlasLibrary | None:
             vs(buf, len(buf))
             m = re.search(r"\d+(\.\d+)+", buf.value.decode(errors="replace"))
             version = m.group(0) if m else ""
-        return BlasLibrary("mkl", path, version, "", get, set_)
-    get = _symbol(lib, ["bli_thread_get_num_threads"])
-    set_ = _symbol(lib, ["bli_thread_set_num_threads"])
-    if get is None or set_ is None:
+        return BlasLibrary("mkl", path, version, "", *calls)
+    calls = _thread_calls(lib, ["bli_thread_get_num_threads"], ["bli_thread_set_num_threads"],
+                          ctypes.c_long)
+    if calls is None:
         return None
-    get.restype, get.argtypes = ctypes.c_long, []
-    set_.restype, set_.argtypes = None, [ctypes.c_long]
     version = ""
-    vs = _symbol(lib, ["bli_info_get_version_str"])
+    vs = _function(lib, ["bli_info_get_version_str"], ctypes.c_char_p)
     if vs is not None:
-        vs.restype, vs.argtypes = ctypes.c_char_p, []
         version = (vs() or b"").decode(errors="replace")
-    return BlasLibrary("blis", path, version, "", get, set_)
+    return BlasLibrary("blis", path, version, "", *calls)
 
 
 _cache: dict[str, BlasLibrary | None] = {}
