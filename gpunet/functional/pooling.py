@@ -59,6 +59,14 @@ def _check(name, x):
                          f"{tuple(getattr(x, 'shape', ()))}")
 
 
+def _forward_args(name, x, kernel_size, stride, padding):
+    """A forward's ``(xp, kernel, stride, padding, out_hw)``, its input and arguments checked."""
+    _check(name, x)
+    xp = get_array_module(x)
+    kernel, stride, padding = pool_args(name, kernel_size, stride, padding)
+    return xp, kernel, stride, padding, output_size(name, x.shape, kernel, stride, padding)
+
+
 def _to_planes(a, layout):
     """``a (N, C, H, W)`` as the C-contiguous ``(A, H, W, B)`` view of its memory that pooling
     runs on: each ``(H, W)`` plane holds ``B`` interleaved images (``B = N`` for CHWN, else 1)."""
@@ -86,10 +94,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     256 elements, else int32) is the window offset ``i*kw + j`` of the first maximum, which
     the backward needs. ``y`` and ``arg`` keep ``x``'s memory layout when it is CHWN (a
     whole-batch convolution's output on the CPU), CNHW or NCHW (any other: NCHW)."""
-    _check("max_pool2d", x)
-    xp = get_array_module(x)
-    kernel, stride, padding = pool_args("max_pool2d", kernel_size, stride, padding)
-    out_hw = output_size("max_pool2d", x.shape, kernel, stride, padding)
+    xp, kernel, stride, padding, out_hw = _forward_args("max_pool2d", x, kernel_size, stride, padding)
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.max_pool2d(x, kernel, stride, padding, out_hw)
@@ -200,10 +205,7 @@ def _max_pool_backward(xp, dy, arg, planes, kernel, stride, padding):
 # -- average pooling: y = (1/(kh*kw)) Σ_window xpad (zero padding counted)
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """``y (N, C, OH, OW)``: the window sum divided by ``kh*kw`` (padding counted)."""
-    _check("avg_pool2d", x)
-    xp = get_array_module(x)
-    kernel, stride, padding = pool_args("avg_pool2d", kernel_size, stride, padding)
-    out_hw = output_size("avg_pool2d", x.shape, kernel, stride, padding)
+    xp, kernel, stride, padding, out_hw = _forward_args("avg_pool2d", x, kernel_size, stride, padding)
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.avg_pool2d(x, kernel, stride, padding, out_hw)
