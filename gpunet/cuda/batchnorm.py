@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy
 
-from .loader import (_CTYPE, _HALF_CTYPE, _acc_dtype, _cupy_for, _device, _float_array, _grid,
-                     _same_dtype, _sm_count, fast_divmod_constants, kernel)
+from .loader import (_CTYPE, _HALF_CTYPE, _acc_dtype, _cupy_for, _device, _divmod_args,
+                     _float_array, _grid, _same_dtype, _sm_count, kernel)
 
 
 def _bn_layout(name, x):
@@ -37,6 +37,20 @@ def _bn_chunks(N, C, HW, dtype, dev):
     return chunks
 
 
+def _bn_types(x):
+    """``(dev, T, acc, A)``: ``x``'s device and C type (the kernels' storage type), and the
+    dtype and C type of the statistics and the arithmetic."""
+    acc = _acc_dtype(x.dtype)
+    return _device(x), _HALF_CTYPE[x.dtype], acc, _CTYPE[acc]
+
+
+def _apply_grid(x, HW, dev):
+    """The apply kernels' grid: a thread per 16-byte pack of ``x`` when ``HW`` is a multiple of
+    the pack's length (the kernel then loads packs), else a thread per element."""
+    pack = 16 // x.dtype.itemsize
+    return _grid(x.size // pack if HW % pack == 0 else x.size, 256, dev)
+
+
 def _affine(name, p, default, C, dtype, cp):
     if p is None:
         return cp.full((C,), default, dtype=dtype)
@@ -61,9 +75,7 @@ def batchnorm_forward(x, gamma, beta, eps, running=None):
     cp = _cupy_for(x)
     x = _float_array("batchnorm_forward", x, cp, half=True)
     N, C, HW = _bn_layout("batchnorm_forward", x)
-    dtype, dev, T = x.dtype, _device(x), _HALF_CTYPE[x.dtype]
-    acc = _acc_dtype(dtype)
-    A = _CTYPE[acc]
+    dev, T, acc, A = _bn_types(x)
     with x.device:
         gamma = _affine("batchnorm_forward", gamma, 1.0, C, acc, cp)
         beta = _affine("batchnorm_forward", beta, 0.0, C, acc, cp)
@@ -96,14 +108,9 @@ def batchnorm_forward(x, gamma, beta, eps, running=None):
         kernel("batchnorm.cu", f"bn_stats_finalize<{A}>", dev)(
             (-(-C // 128),), (128,),
             (part, i32(C), i32(chunks), acc.type(eps), mean, var, inv_std, *upd))
-        total = x.size
-        pack = 16 // dtype.itemsize
-        work = total // pack if HW % pack == 0 else total
         kernel("batchnorm.cu", f"bn_forward_apply<{T}>", dev)(
-            (_grid(work, 256, dev),), (256,),
-            (x, mean, inv_std, gamma, beta, y, i32(total),
-             *(numpy.uint32(v) for v in fast_divmod_constants(HW)),
-             *(numpy.uint32(v) for v in fast_divmod_constants(C))))
+            (_apply_grid(x, HW, dev),), (256,),
+            (x, mean, inv_std, gamma, beta, y, i32(x.size), *_divmod_args(HW), *_divmod_args(C)))
     return y, mean, var, inv_std
 
 
@@ -121,9 +128,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std):
     dy = _float_array("batchnorm_backward", dy, cp, half=True)
     _same_dtype("batchnorm_backward", "dy", dy, x.dtype, x.shape)
     N, C, HW = _bn_layout("batchnorm_backward", x)
-    dtype, dev, T = x.dtype, _device(x), _HALF_CTYPE[x.dtype]
-    acc = _acc_dtype(dtype)
-    A = _CTYPE[acc]
+    dev, T, acc, A = _bn_types(x)
     with x.device:
         gamma = _affine("batchnorm_backward", gamma, 1.0, C, acc, cp)
         for what, a in (("mean", mean), ("inv_std", inv_std)):
@@ -140,13 +145,8 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std):
             (chunks, C), (256,), (dy, x, mean, i32(N), i32(C), i32(HW), i32(chunks), part))
         kernel("batchnorm.cu", f"bn_backward_finalize<{A}>", dev)(
             (-(-C // 128),), (128,), (part, i32(C), i32(chunks), inv_std, dgamma, dbeta))
-        total = x.size
-        pack = 16 // dtype.itemsize
-        work = total // pack if HW % pack == 0 else total
         kernel("batchnorm.cu", f"bn_backward_apply<{T}>", dev)(
-            (_grid(work, 256, dev),), (256,),
-            (dy, x, mean, inv_std, gamma, dgamma, dbeta, dx, i32(total),
-             acc.type(1.0 / (N * HW)),
-             *(numpy.uint32(v) for v in fast_divmod_constants(HW)),
-             *(numpy.uint32(v) for v in fast_divmod_constants(C))))
+            (_apply_grid(x, HW, dev),), (256,),
+            (dy, x, mean, inv_std, gamma, dgamma, dbeta, dx, i32(x.size), acc.type(1.0 / (N * HW)),
+             *_divmod_args(HW), *_divmod_args(C)))
     return dx, dgamma, dbeta

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy
 
-from .loader import _CTYPE, _HALF_CTYPE, _cupy_for, _device, _float_array, _sm_count, fast_divmod_constants, kernel
+from .loader import _CTYPE, _HALF_CTYPE, _cupy_for, _device, _divmod_args, _float_array, _sm_count, kernel
 
 _I32_MAX = 2**31 - 1
 
@@ -24,10 +24,6 @@ def _rows_grid(rows: int, length: int, dev) -> tuple[tuple[int, int], tuple[int]
     gx = max(1, min(-(-length // threads), cap))
     gy = max(1, min(rows, 65535, cap // gx))
     return (gx, gy), (threads,)
-
-
-def _divmod_args(d):
-    return tuple(numpy.uint32(v) for v in fast_divmod_constants(d))
 
 
 def _check_sizes(name, **sizes):

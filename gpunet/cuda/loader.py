@@ -183,6 +183,11 @@ def fast_divmod_constants(d: int) -> tuple[int, int, int]:
     return d, mul, l - 1
 
 
+def _divmod_args(d):
+    """``fast_divmod_constants(d)`` as the kernel arguments of a ``gpunet::FastDivmod``."""
+    return tuple(numpy.uint32(v) for v in fast_divmod_constants(d))
+
+
 # ---------------------------------------------------------------------------------------
 # Launch helpers
 # ---------------------------------------------------------------------------------------

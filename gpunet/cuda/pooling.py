@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy
 
-from .conv import _check_float, _check_sizes, _divmod_args, _launch_rows, _rows_grid, _strides
-from .loader import _HALF_CTYPE, _cupy_for, _device, kernel
+from .conv import _check_float, _check_sizes, _launch_rows, _rows_grid, _strides
+from .loader import _HALF_CTYPE, _cupy_for, _device, _divmod_args, kernel
 
 
 def _arg_ctype(kk):
