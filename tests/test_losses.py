@@ -233,22 +233,33 @@ def test_mse_gradcheck(xp):
     assert gpunet.gradcheck(_as_fn(gpunet.MSELoss(), xp.asarray(y)), xp.asarray(_logits(3, 4, seed=11)))
 
 
+def _elementwise_vs_torch(xp, loss_fn, torch_name, x, y, **kw):
+    """``(loss, grad)`` of ``loss_fn(x, y)`` and, as NumPy arrays, those of
+    ``torch.nn.functional.<torch_name>(x, y, **kw)`` (the gradient with respect to ``x``)."""
+    torch = pytest.importorskip("torch")
+    loss = loss_fn(xp.asarray(x), xp.asarray(y))
+    grad = loss_fn.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tl = getattr(torch.nn.functional, torch_name)(tx, torch.tensor(y), **kw)
+    _torch_backward(torch, tl)
+    return loss, grad, tl.detach().numpy(), tx.grad.numpy()
+
+
+def _assert_mean_matches_torch(xp, dtype, loss_fn, torch_name, x, y):
+    """A mean-reduced elementwise loss: a 0-d loss and a gradient in ``dtype``, both PyTorch's."""
+    loss, grad, t_loss, t_grad = _elementwise_vs_torch(xp, loss_fn, torch_name, x, y)
+    assert loss.shape == () and loss.dtype == dtype and grad.dtype == dtype
+    numpy.testing.assert_allclose(float(loss), float(t_loss), **_tol(dtype))
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), t_grad, **_tol(dtype))
+
+
 # -- BCEWithLogits ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bce_vs_torch(xp, dtype):
-    torch = pytest.importorskip("torch")
     z = _logits(4, 3, seed=12, dtype=dtype, scale=4.0)
     y = numpy.random.default_rng(13).random((4, 3)).astype(dtype)
     y[0] = (y[0] > 0.5)
-    loss_fn = gpunet.BCEWithLogits()
-    loss = loss_fn(xp.asarray(z), xp.asarray(y))
-    grad = loss_fn.backward()
-    tz = torch.tensor(z, requires_grad=True)
-    tl = torch.nn.functional.binary_cross_entropy_with_logits(tz, torch.tensor(y))
-    tl.backward()
-    assert loss.shape == () and loss.dtype == dtype and grad.dtype == dtype
-    numpy.testing.assert_allclose(float(loss), tl.item(), **_tol(dtype))
-    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tz.grad.numpy(), **_tol(dtype))
+    _assert_mean_matches_torch(xp, dtype, gpunet.BCEWithLogits(), "binary_cross_entropy_with_logits", z, y)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -271,18 +282,9 @@ def test_bce_shape_mismatch(xp):
 # -- MSELoss --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mse_vs_torch(xp, dtype):
-    torch = pytest.importorskip("torch")
     x = _logits(3, 4, seed=14, dtype=dtype)
     y = _logits(3, 4, seed=15, dtype=dtype)
-    loss_fn = gpunet.MSELoss()
-    loss = loss_fn(xp.asarray(x), xp.asarray(y))
-    grad = loss_fn.backward()
-    tx = torch.tensor(x, requires_grad=True)
-    tl = torch.nn.functional.mse_loss(tx, torch.tensor(y))
-    tl.backward()
-    assert loss.shape == () and loss.dtype == dtype and grad.dtype == dtype
-    numpy.testing.assert_allclose(float(loss), tl.item(), **_tol(dtype))
-    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tx.grad.numpy(), **_tol(dtype))
+    _assert_mean_matches_torch(xp, dtype, gpunet.MSELoss(), "mse_loss", x, y)
 
 
 def test_mse_shape_mismatch_and_int_input(xp):
@@ -409,21 +411,16 @@ def test_ce_all_rows_ignored_with_each_reduction(xp):
 @pytest.mark.parametrize("name", ["bce", "mse"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_elementwise_reduction_vs_torch(xp, name, reduction):
-    torch = pytest.importorskip("torch")
     x = _logits(4, 3, seed=24, scale=3.0)
     y = numpy.random.default_rng(25).random((4, 3)) if name == "bce" else _logits(4, 3, seed=26)
-    cls, tf = ((gpunet.BCEWithLogits, torch.nn.functional.binary_cross_entropy_with_logits)
-               if name == "bce" else (gpunet.MSELoss, torch.nn.functional.mse_loss))
-    loss_fn = cls(reduction=reduction)
-    loss = loss_fn(xp.asarray(x), xp.asarray(y))
-    grad = loss_fn.backward()
-    tx = torch.tensor(x, requires_grad=True)
-    tl = tf(tx, torch.tensor(y), reduction=reduction)
-    _torch_backward(torch, tl)
-    assert loss.shape == tuple(tl.shape) and loss.dtype == numpy.float64
+    cls, tf = ((gpunet.BCEWithLogits, "binary_cross_entropy_with_logits")
+               if name == "bce" else (gpunet.MSELoss, "mse_loss"))
+    loss, grad, t_loss, t_grad = _elementwise_vs_torch(xp, cls(reduction=reduction), tf, x, y,
+                                                       reduction=reduction)
+    assert loss.shape == t_loss.shape and loss.dtype == numpy.float64
     assert gpunet.get_array_module(loss) is xp
-    numpy.testing.assert_allclose(gpunet.to_numpy(loss), tl.detach().numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(gpunet.to_numpy(grad), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(loss), t_loss, rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(gpunet.to_numpy(grad), t_grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("fn", [F.softmax_cross_entropy, F.bce_with_logits, F.mse])
