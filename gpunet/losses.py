@@ -12,6 +12,10 @@ reduced loss, and for ``"none"`` the gradient of the *sum* of the unreduced loss
 PyTorch's ``loss.backward(torch.ones_like(loss))`` gives. An empty batch raises
 ``ValueError`` naming the loss and the shape, whatever the reduction (a loss of nothing is a
 bug upstream, not 0).
+
+``reduction``, ``label_smoothing`` and ``ignore_index`` may be assigned afterwards: they are
+checked as the arguments are (``loss.reduction = "avg"`` raises ``ValueError`` then, not at
+the next call) and the next call uses them.
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ class Loss:
     _applies = None
     _hint = ""
     _checked_input = True
+    reduction = _args.checked_property(None, "reduction", "'mean', 'sum' or 'none' (checked on assignment).",
+                                       lambda who, name, value: F.check_reduction(who, value))
 
     def __init__(self, reduction="mean"):
-        self.reduction = F.check_reduction(type(self).__name__, reduction)
+        self.reduction = reduction
         self._grad = None
         if self._applies is not None:
             self._checked_input = False
@@ -95,10 +101,17 @@ class SoftmaxCrossEntropy(Loss):
     _applies = "softmax"
     _hint = " (the argmax of the logits is the predicted class; gpunet.Softmax() of them the probabilities)."
 
+    label_smoothing = _args.checked_property("SoftmaxCrossEntropy", "label_smoothing", "A number in [0, 1] "
+                                             "(checked on assignment).",
+                                             lambda who, name, value: F.check_label_smoothing(who, value))
+    ignore_index = _args.checked_property("SoftmaxCrossEntropy", "ignore_index", "None or the label whose "
+                                          "rows are left out (an int; checked on assignment).",
+                                          _args.integer, none=True)
+
     def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean"):
         super().__init__(reduction)
-        self.label_smoothing = F.check_label_smoothing("SoftmaxCrossEntropy", label_smoothing)
-        self.ignore_index = _args.integer("SoftmaxCrossEntropy", "ignore_index", ignore_index, none=True)
+        self.label_smoothing = label_smoothing
+        self.ignore_index = ignore_index
 
     def forward(self, logits, labels):
         loss, self._grad = F.softmax_cross_entropy(logits, labels, self.label_smoothing,

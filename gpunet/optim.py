@@ -1014,6 +1014,23 @@ def _on_grad_lists(grads, xp, launch):
 
 # -- learning-rate schedules ------------------------------------------------------------
 
+def _schedule_hyper(name):
+    """A schedule's hyper-parameter (``StepLR.gamma``, ``ReduceLROnPlateau.mode``) as a
+    property: assigning it runs the schedule's own ``_checked`` on its hyper-parameters with
+    the new value, as the constructor does (``sched.gamma = -1`` or ``"0.1"`` raises
+    there, instead of a negative or NaN rate, or a TypeError inside the next ``step``), and
+    stores what that returns; the next ``step`` uses it. A read is a C attrgetter."""
+    key = "_" + name
+
+    def set_hyper(self, value):
+        h = {k: getattr(self, k) for k in self._hyper}
+        h[name] = value
+        self.__dict__[key] = self._checked(h)[name]
+
+    return property(operator.attrgetter(key), set_hyper,
+                    doc=f"The {name} hyper-parameter (checked on assignment as in the constructor).")
+
+
 class _Schedule:
     """Base class: sets ``optimizer.lr = lr_at(last_epoch)`` from a closed form.
 
@@ -1026,20 +1043,41 @@ class _Schedule:
     ``state_dict()`` holds ``last_epoch``, ``base_lr``, the hyper-parameters ``_hyper``
     and the counters ``_counters`` (a schedule that is not a closed form keeps its position
     there: ``ReduceLROnPlateau``), each as a 0-d NumPy array.
+
+    The hyper-parameters, ``base_lr``, ``last_epoch`` (and ``ReduceLROnPlateau``'s counters
+    and ``monitor``) may be assigned: each assignment is checked as the constructor (or
+    ``load_state_dict``) checks the value, so ``sched.gamma = -1`` raises there instead of
+    giving negative or NaN rates, and the next ``step()`` uses the new value.
     """
 
     _hyper: tuple = ()
     _counters: tuple = ()
+    base_lr = _args.checked_property(None, "base_lr", "The rate the closed form starts from (a finite "
+                                     "number >= 0, checked on assignment).", _at_least)
+    last_epoch = _args.integer_property(None, "last_epoch", "Steps taken (an int >= 0, checked on "
+                                        "assignment; the next step() goes on from it).", low=0)
+
+    def __init_subclass__(cls, **kwargs):
+        """Each hyper-parameter a subclass lists in ``_hyper`` becomes a property checked on
+        assignment (:func:`_schedule_hyper`)."""
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("_hyper", ()):
+            setattr(cls, name, _schedule_hyper(name))
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
             raise TypeError(f"{type(self).__name__}: expected an optimizer (with .lr), "
                             f"got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = float(optimizer.lr)
-        self.last_epoch = 0
+        self._base_lr = float(optimizer.lr)
+        self._last_epoch = 0
         self._start()
         optimizer.lr = self.lr
+
+    def _store(self, hyper: dict):
+        """Store checked hyper-parameters (the constructor's) behind their properties."""
+        for k, v in hyper.items():
+            self.__dict__["_" + k] = v
 
     def _start(self):
         """Set the counters of ``_counters`` to their values at creation (none here)."""
@@ -1054,7 +1092,7 @@ class _Schedule:
 
     def step(self) -> float:
         """Advance one epoch (or step) and set ``optimizer.lr``; returns the new rate."""
-        self.last_epoch += 1
+        self._last_epoch += 1
         self.optimizer.lr = lr = self.lr_at(self.last_epoch)
         return lr
 
@@ -1111,7 +1149,7 @@ class StepLR(_Schedule):
     _hyper = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        vars(self).update(self._checked({"step_size": step_size, "gamma": gamma}))
+        self._store(self._checked({"step_size": step_size, "gamma": gamma}))
         super().__init__(optimizer)
 
     @staticmethod
@@ -1129,7 +1167,7 @@ class ExponentialLR(_Schedule):
     _hyper = ("gamma",)
 
     def __init__(self, optimizer, gamma):
-        vars(self).update(self._checked({"gamma": gamma}))
+        self._store(self._checked({"gamma": gamma}))
         super().__init__(optimizer)
 
     @staticmethod
@@ -1148,7 +1186,7 @@ class CosineAnnealingLR(_Schedule):
     _hyper = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        vars(self).update(self._checked({"T_max": T_max, "eta_min": eta_min}))
+        self._store(self._checked({"T_max": T_max, "eta_min": eta_min}))
         super().__init__(optimizer)
 
     @staticmethod
@@ -1170,7 +1208,7 @@ class LinearWarmup(_Schedule):
     _hyper = ("warmup_steps", "start_factor")
 
     def __init__(self, optimizer, warmup_steps, start_factor=1.0 / 3.0):
-        vars(self).update(self._checked({"warmup_steps": warmup_steps, "start_factor": start_factor}))
+        self._store(self._checked({"warmup_steps": warmup_steps, "start_factor": start_factor}))
         super().__init__(optimizer)
 
     @staticmethod
@@ -1206,6 +1244,16 @@ def _metric_value(who, value) -> float:
     raise _args.ArgumentTypeError(
         f"{who}: expected metrics to be the monitored value, a real number or a 0-d array (e.g. "
         f"scheduler.step(val_loss)), got {_args._got(value)}")
+
+
+def _monitor_name(who, value):
+    """``ReduceLROnPlateau``'s ``monitor``: None or a string (the Trainer checks the key
+    against the logs before the first epoch)."""
+    if value is not None and not isinstance(value, str):
+        raise _args.ArgumentTypeError(
+            f"{who}: expected monitor to be None or the name of a logged value "
+            f"('loss', 'accuracy', 'val_loss', 'val_accuracy'), got {_args._got(value)}")
+    return value
 
 
 class ReduceLROnPlateau(_Schedule):
@@ -1260,16 +1308,25 @@ class ReduceLROnPlateau(_Schedule):
 
     _hyper = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
     _counters = ("best", "num_bad_epochs", "cooldown_counter", "last_lr")
+    # the counters, checked when assigned (a resumed or hand-steered run), written by step()
+    # behind the properties
+    best = _args.real_property("ReduceLROnPlateau", "best", "The best monitored value so far (a number or "
+                               "+-inf, not NaN).", finite=False)
+    num_bad_epochs = _args.integer_property("ReduceLROnPlateau", "num_bad_epochs", "Epochs without "
+                                            "improvement since the last (an int >= 0).", low=0)
+    cooldown_counter = _args.integer_property("ReduceLROnPlateau", "cooldown_counter", "Epochs of cooldown "
+                                              "left (an int >= 0).", low=0)
+    last_lr = _args.checked_property("ReduceLROnPlateau", "last_lr", "The rate after the last step (a "
+                                     "finite number >= 0).", _at_least)
+    monitor = _args.checked_property("ReduceLROnPlateau", "monitor", "The logged value a Trainer steps it "
+                                     "with (None or a name; checked on assignment).",
+                                     lambda who, name, value: _monitor_name(who, value))
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8, *, monitor=None):
-        vars(self).update(self._checked({
+        self._store(self._checked({
             "mode": mode, "factor": factor, "patience": patience, "threshold": threshold,
             "threshold_mode": threshold_mode, "cooldown": cooldown, "min_lr": min_lr, "eps": eps}))
-        if monitor is not None and not isinstance(monitor, str):
-            raise _args.ArgumentTypeError(
-                f"ReduceLROnPlateau: expected monitor to be None or the name of a logged value "
-                f"('loss', 'accuracy', 'val_loss', 'val_accuracy'), got {_args._got(monitor)}")
         self.monitor = monitor
         super().__init__(optimizer)
 
@@ -1295,10 +1352,10 @@ class ReduceLROnPlateau(_Schedule):
                 "last_lr": _at_least(who, "last_lr", c["last_lr"])}
 
     def _start(self):
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
-        self.last_lr = self.base_lr
+        self._best = math.inf if self.mode == "min" else -math.inf
+        self._num_bad_epochs = 0
+        self._cooldown_counter = 0
+        self._last_lr = self.base_lr
 
     @property
     def lr(self) -> float:
@@ -1326,23 +1383,23 @@ class ReduceLROnPlateau(_Schedule):
         more than ``patience`` epochs without improvement (see the class docstring) and
         returns the rate for the next epoch."""
         current = _metric_value("ReduceLROnPlateau.step", metrics)
-        self.last_epoch += 1
+        self._last_epoch += 1
         if self._is_better(current, self.best):
-            self.best = current
-            self.num_bad_epochs = 0
+            self._best = current
+            self._num_bad_epochs = 0
         else:
-            self.num_bad_epochs += 1
+            self._num_bad_epochs += 1
         if self.in_cooldown:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
+            self._cooldown_counter -= 1
+            self._num_bad_epochs = 0
         if self.num_bad_epochs > self.patience:
             old = _at_least("ReduceLROnPlateau.step", "optimizer.lr", self.optimizer.lr)
             new = max(old * self.factor, self.min_lr)
             if old - new > self.eps:
                 self.optimizer.lr = new
-            self.cooldown_counter = self.cooldown
-            self.num_bad_epochs = 0
-        self.last_lr = lr = float(self.optimizer.lr)
+            self._cooldown_counter = self.cooldown
+            self._num_bad_epochs = 0
+        self._last_lr = lr = float(self.optimizer.lr)
         return lr
 
     def __repr__(self):

@@ -214,3 +214,108 @@ def test_dropout_and_batchnorm_settings_assigned_take_effect():
     maxout = gpunet.Maxout(2)
     maxout.pieces = numpy.int64(3)
     assert maxout(_x((2, 6))).shape == (2, 2) and type(maxout.pieces) is int
+
+
+# -- losses and schedules -----------------------------------------------------------------
+
+LOSS_SETTINGS = [
+    ("SoftmaxCrossEntropy", gpunet.SoftmaxCrossEntropy, "reduction", "avg", ValueError,
+     r"expected reduction 'mean', 'sum' or 'none', got 'avg'"),
+    ("MSELoss", gpunet.MSELoss, "reduction", None, ValueError, r"expected reduction 'mean', 'sum' or 'none', got None"),
+    ("BCEWithLogits", gpunet.BCEWithLogits, "reduction", 3, ValueError, r"expected reduction 'mean', 'sum' or 'none', got 3"),
+    ("SoftmaxCrossEntropy", gpunet.SoftmaxCrossEntropy, "label_smoothing", 1.5, ValueError,
+     r"label_smoothing must lie in \[0, 1\], got 1\.5"),
+    ("SoftmaxCrossEntropy", gpunet.SoftmaxCrossEntropy, "label_smoothing", math.nan, ValueError,
+     r"label_smoothing must lie in \[0, 1\], got nan"),
+    ("SoftmaxCrossEntropy", gpunet.SoftmaxCrossEntropy, "ignore_index", "1", TypeError,
+     r"expected ignore_index to be None or an int, got '1' \(str\)"),
+    ("SoftmaxCrossEntropy", gpunet.SoftmaxCrossEntropy, "ignore_index", 1.0, TypeError,
+     r"expected ignore_index to be None or an int, got 1\.0 \(float\)"),
+]
+
+
+@pytest.mark.parametrize("who,make,name,bad,exc,message", LOSS_SETTINGS,
+                         ids=[f"{w}-{n}-{b!r}" for w, _, n, b, _, _ in LOSS_SETTINGS])
+def test_loss_setting_assigned_a_bad_value_raises_naming_the_loss(who, make, name, bad, exc, message):
+    """Stored before, and the next call failed in gpunet.functional's check, naming the
+    function (``softmax_cross_entropy: ...``) rather than the loss and the assignment."""
+    loss = make()
+    before = getattr(loss, name)
+    with pytest.raises(exc, match=rf"^{who}: {message}$"):
+        setattr(loss, name, bad)
+    assert getattr(loss, name) == before
+
+
+def test_loss_settings_assigned_take_effect_at_the_next_call():
+    logits, labels = _x((4, 3)), numpy.array([0, 1, 2, 1])
+    loss = gpunet.SoftmaxCrossEntropy()
+    loss.reduction, loss.label_smoothing, loss.ignore_index = "sum", numpy.float32(0.25), numpy.int64(1)
+    assert type(loss.label_smoothing) is float and type(loss.ignore_index) is int
+    ref = gpunet.SoftmaxCrossEntropy(label_smoothing=0.25, ignore_index=1, reduction="sum")
+    numpy.testing.assert_array_equal(loss(logits, labels), ref(logits, labels))
+    numpy.testing.assert_array_equal(loss.backward(), ref.backward())
+
+
+def _sgd():
+    return optim.SGD(gpunet.Dense(3, 2), lr=0.1)
+
+
+SCHEDULE_SETTINGS = [
+    ("StepLR", lambda: optim.StepLR(_sgd(), 2), "gamma", -1, ValueError, r"expected gamma > 0, got -1"),
+    ("StepLR", lambda: optim.StepLR(_sgd(), 2), "gamma", "0.1", TypeError, r"expected gamma to be a real number, got '0\.1' \(str\)"),
+    ("StepLR", lambda: optim.StepLR(_sgd(), 2), "step_size", 0, ValueError, r"expected step_size to be a positive int, got 0"),
+    ("StepLR", lambda: optim.StepLR(_sgd(), 2), "step_size", 1.5, TypeError, r"expected step_size to be a positive int, got 1\.5 \(float\)"),
+    ("StepLR", lambda: optim.StepLR(_sgd(), 2), "base_lr", -0.1, ValueError, r"expected base_lr >= 0, got -0\.1"),
+    ("StepLR", lambda: optim.StepLR(_sgd(), 2), "last_epoch", -1, ValueError, r"expected last_epoch to be an int >= 0, got -1"),
+    ("ExponentialLR", lambda: optim.ExponentialLR(_sgd(), 0.9), "gamma", math.nan, ValueError, r"expected gamma > 0, got nan"),
+    ("CosineAnnealingLR", lambda: optim.CosineAnnealingLR(_sgd(), 5), "T_max", 0, ValueError, r"expected T_max to be a positive int, got 0"),
+    ("CosineAnnealingLR", lambda: optim.CosineAnnealingLR(_sgd(), 5), "eta_min", -1, ValueError, r"expected eta_min >= 0, got -1"),
+    ("LinearWarmup", lambda: optim.LinearWarmup(_sgd(), 5), "warmup_steps", 2.5, TypeError,
+     r"expected warmup_steps to be an int >= 0, got 2\.5 \(float\)"),
+    ("LinearWarmup", lambda: optim.LinearWarmup(_sgd(), 5), "start_factor", 2, ValueError, r"expected start_factor in \(0, 1\], got 2"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "mode", "maximize", ValueError,
+     r"expected mode to be 'min' or 'max', got 'maximize'"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "factor", 2.0, ValueError, r"expected factor in \[0, 1\), got 2\.0"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "patience", 1.5, TypeError,
+     r"expected patience to be an int >= 0, got 1\.5 \(float\)"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "threshold_mode", "relative", ValueError,
+     r"expected threshold_mode to be 'rel' or 'abs', got 'relative'"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "cooldown", -1, ValueError,
+     r"expected cooldown to be an int >= 0, got -1"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "min_lr", "0", TypeError,
+     r"expected min_lr to be a real number, got '0' \(str\)"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "num_bad_epochs", -1, ValueError,
+     r"expected num_bad_epochs to be an int >= 0, got -1"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "best", math.nan, ValueError,
+     r"expected best to be a number, got nan"),
+    ("ReduceLROnPlateau", lambda: optim.ReduceLROnPlateau(_sgd()), "monitor", 3, TypeError,
+     r"expected monitor to be None or the name of a logged value \('loss', 'accuracy', 'val_loss', "
+     r"'val_accuracy'\), got 3 \(int\)"),
+]
+
+
+@pytest.mark.parametrize("who,make,name,bad,exc,message", SCHEDULE_SETTINGS,
+                         ids=[f"{w}-{n}-{b!r}" for w, _, n, b, _, _ in SCHEDULE_SETTINGS])
+def test_schedule_setting_assigned_a_bad_value_raises_and_keeps_the_old_one(who, make, name, bad, exc, message):
+    """Before, each was stored: ``gamma = -1`` gave negative rates, NaN NaN rates,
+    ``factor = 2.0`` raised the rate on a plateau, ``mode = "maximize"`` was read as "max",
+    ``step_size = 0``/``T_max = 0`` a ZeroDivisionError at the next step, a string a
+    TypeError there, ``num_bad_epochs = -1`` delayed the next reduction."""
+    sched = make()
+    before = getattr(sched, name)
+    with pytest.raises(exc, match=rf"^{who}: {message}$"):
+        setattr(sched, name, bad)
+    assert getattr(sched, name) == before
+
+
+def test_schedule_settings_assigned_take_effect_at_the_next_step():
+    sched = optim.StepLR(_sgd(), 2, gamma=0.5)
+    sched.gamma, sched.step_size = numpy.float32(0.25), numpy.int64(1)
+    assert type(sched.gamma) is float and type(sched.step_size) is int
+    assert sched.step() == pytest.approx(0.1 * 0.25) and sched.optimizer.lr == pytest.approx(0.025)
+    restored = optim.StepLR(_sgd(), 3).load_state_dict(sched.state_dict())
+    assert (restored.gamma, restored.step_size, restored.last_epoch) == (0.25, 1, 1)
+    plateau = optim.ReduceLROnPlateau(_sgd(), patience=5)
+    plateau.patience, plateau.factor = 0, 0.5
+    plateau.step(1.0)
+    assert plateau.step(1.0) == pytest.approx(0.05)
