@@ -91,13 +91,19 @@ def _unsupported(x):
     return TypeError(f"Unsupported type {type(x)}")
 
 
+def _read(x):
+    """Sim array ``x`` is about to be read by an op: a graph capture records it, and work a
+    stream still has pending on it is waited for."""
+    if _C._mode is not None:
+        _touch(x)
+    if _C._pending:
+        _C.check_ready(x._a)
+
+
 def _operand(x):
     """The NumPy value of an operand of an op: sim arrays and scalars only, as in CuPy."""
     if isinstance(x, ndarray):
-        if _C._mode is not None:
-            _touch(x)
-        if _C._pending:
-            _C.check_ready(x._a)
+        _read(x)
         return x._a
     if isinstance(x, (_np.generic, _numbers.Number)):
         if _C._mode is not None:
@@ -120,10 +126,7 @@ def _fill_value(v):
 def _arr(x):
     """A sim ndarray argument (CuPy functions refuse NumPy arrays and lists)."""
     if isinstance(x, ndarray):
-        if _C._mode is not None:
-            _touch(x)
-        if _C._pending:
-            _C.check_ready(x._a)
+        _read(x)
         return x
     raise _unsupported(x)
 
