@@ -440,6 +440,10 @@ class MixedPrecision:
     """
 
     HALF_LAYERS = (Dense, Conv2D)
+    model = _args.read_only("MixedPrecision", "model", "The wrapped model (fixed at construction).",
+                            "the float16 parameters were listed from it; create a new MixedPrecision(model)")
+    dtype = _args.read_only("MixedPrecision", "dtype", "numpy.float16 (the only one).",
+                            "float16 is the only precision offered")
 
     def __init__(self, model, dtype=numpy.float16):
         if not isinstance(model, Layer):
@@ -453,7 +457,7 @@ class MixedPrecision:
                             f"'float16'), got {dtype!r}") from None
         if dtype != numpy.float16:
             raise ValueError(f"MixedPrecision: dtype must be float16, got {dtype.name}")
-        self.model, self.dtype = model, dtype
+        self._model, self._dtype = model, dtype
         self._half_params = [p for layer in model.modules()
                              if isinstance(layer, self.HALF_LAYERS) for p in layer.parameters()]
         for p in self._half_params:

@@ -63,6 +63,48 @@ def _check_cuda_graph(cuda_graph, device, comm):
     return True
 
 
+_NEW_TRAINER = "create a new Trainer(model, loss_fn, optimizer, ...) with the one you want"
+
+
+def _metric_names(metrics):
+    """``metrics`` for ``Trainer(metrics=...)``: a name or a sequence of names (None: none),
+    as the tuple the Trainer keeps: ``("accuracy",)`` or ``()``."""
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(
+        _listed(metrics or (), "Trainer", "metrics to be a tuple of metric names such as ('accuracy',)"))
+    for m in metrics:
+        if not isinstance(m, str) or m not in ("accuracy", "acc"):
+            raise ValueError(f"Trainer: unknown metric {m!r}; known metrics: 'accuracy'")
+    return tuple("accuracy" for _ in metrics[:1])
+
+
+def _check_scheduler(optimizer, scheduler, scheduler_interval):
+    """``scheduler`` (None or a schedule of ``optimizer``) and ``scheduler_interval``
+    (``"epoch"`` or ``"step"``; ``"epoch"`` for ``ReduceLROnPlateau``) for a Trainer."""
+    if scheduler is not None:
+        if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
+            raise TypeError(f"Trainer: expected scheduler to be a learning-rate schedule from "
+                            f"gpunet.optim (StepLR, …), got {type(scheduler).__name__}")
+        if getattr(scheduler, "optimizer", None) is not optimizer:
+            raise ValueError(f"Trainer: the scheduler {type(scheduler).__name__} schedules another "
+                             f"optimizer than the Trainer's; create it with this optimizer")
+    if not isinstance(scheduler_interval, str) or scheduler_interval not in ("epoch", "step"):
+        raise ValueError(f"Trainer: expected scheduler_interval 'epoch' or 'step', got "
+                         f"{scheduler_interval!r}")
+    if isinstance(scheduler, ReduceLROnPlateau) and scheduler_interval != "epoch":
+        raise ValueError(f"Trainer: ReduceLROnPlateau is stepped once per epoch with the monitored "
+                         f"value (scheduler_interval='epoch'), got scheduler_interval="
+                         f"{scheduler_interval!r}")
+
+
+def _check_scaler(scaler, precision):
+    """``scaler`` for a Trainer: None, or a ``GradScaler`` with ``precision="fp16"``."""
+    if scaler is not None and not isinstance(scaler, GradScaler):
+        raise TypeError(f"Trainer: expected scaler to be a gpunet.amp.GradScaler, got "
+                        f"{type(scaler).__name__}")
+    if scaler is not None and precision != "fp16":
+        raise ValueError("Trainer: a loss scaler is for precision='fp16'")
+
+
 def _check_parts(model, loss_fn, optimizer, scheduler=None, scaler=None):
     """The model is a Layer, the loss a loss object, and the optimizer one that updates some
     of the model's parameters (one built over another model would train nothing)."""
@@ -310,6 +352,15 @@ class EarlyStopping(Callback):
                 d.counter = counter
 
 
+def _path(path):
+    try:
+        os.fspath(path)
+    except TypeError:
+        raise TypeError(f"ModelCheckpoint: expected path to be a str or os.PathLike, got "
+                        f"{type(path).__name__}") from None
+    return path
+
+
 class ModelCheckpoint(Callback):
     """Save the model, the optimizer and the Trainer's LR scheduler (when it has one) to
     ``path`` with ``gpunet.save`` whenever ``monitor`` improves (``save_best_only=False``:
@@ -337,20 +388,18 @@ class ModelCheckpoint(Callback):
     save_best_only = _args.flag_property("ModelCheckpoint", "save_best_only", "Save only when monitor "
                                          "improves (a bool; False: every epoch).")
     monitor, mode = _monitor_properties("ModelCheckpoint")
+    path = _args.checked_property("ModelCheckpoint", "path", "Where to save (a str or os.PathLike, maybe a "
+                                  "template; checked on assignment).", lambda who, name, value: _path(value))
 
     def __init__(self, path=None, monitor="val_loss", save_best_only=True, mode="auto",
                  initial_value_threshold=None, **unknown):
         if unknown:
             raise _unexpected_keyword("ModelCheckpoint", unknown, _KERAS_CALLBACKS)
-        try:
-            os.fspath(path)
-        except TypeError:
-            raise TypeError(f"ModelCheckpoint: expected path to be a str or os.PathLike, got "
-                            f"{type(path).__name__}") from None
+        self.path = path
         if initial_value_threshold is not None:      # any number but NaN; inf is a bar too
             initial_value_threshold = _args.real("ModelCheckpoint", "initial_value_threshold",
                                                  initial_value_threshold, finite=False)
-        self.path, self.monitor = path, monitor
+        self.monitor = monitor
         self.save_best_only = save_best_only
         self.mode = mode
         self.best = initial_value_threshold
@@ -702,64 +751,142 @@ class Trainer:
     same run). ``last_epoch_samples``/``last_epoch_seconds`` stay this process's. The
     gradients are averaged right after backward (``optimizer.synchronize()``), so callbacks,
     clipping and the loss scaler's inf/NaN check see the same values on every process.
+
+    Assigned afterwards (``trainer.clip_grad_norm = 1.0``, from a callback too): ``loss_fn``,
+    ``metrics``, ``scheduler``, ``scheduler_interval``, ``clip_grad_norm``,
+    ``clip_grad_value``, ``scaler``, ``comm`` and ``cuda_graph`` are checked as the arguments
+    are and used from the next step (a captured CUDA graph is captured again). ``model``,
+    ``optimizer``, ``precision`` and ``device`` are fixed, since the float16 copies, the
+    model's place and the schedule were made from them: assigning one raises
+    ``AttributeError``; create a new Trainer instead (Keras re-``compile``s for the same).
     """
+
+    # settings that may be assigned after construction: checked as the arguments are (the
+    # setters below); the ones something was built from are read-only
+    model = _args.read_only("Trainer", "model", "The model (fixed at construction).", _NEW_TRAINER)
+    optimizer = _args.read_only("Trainer", "optimizer", "The optimizer (fixed at construction).", _NEW_TRAINER)
+    precision = _args.read_only("Trainer", "precision", "'fp32' or 'fp16' (fixed at construction).",
+                                "the float16 copies of the parameters and the loss scaler are made "
+                                "from it; " + _NEW_TRAINER)
+    device = _args.read_only("Trainer", "device", "The model's device (fixed at construction).",
+                             "the model (and a precision='fp16' trainer's float16 copies) were moved "
+                             "there; " + _NEW_TRAINER)
 
     def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
                  scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
                  precision="fp32", scaler=None, comm=None, cuda_graph=False):
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.comm = _check_comm(comm, optimizer)
-        self.precision = _check_precision(precision, "Trainer")
+        self._model, self._optimizer = model, optimizer
+        self._graph = None          # (batch key, CUDAGraph, static x, static y, loss, output)
+        self._graph_warm = None     # the batch key of the eager warm-up step
+        self._cuda_graph = False
+        self.comm = comm
+        self._precision = _check_precision(precision, "Trainer")
         _check_parts(model, loss_fn, optimizer, scheduler, scaler)
-        if scaler is not None and not isinstance(scaler, GradScaler):
-            raise TypeError(f"Trainer: expected scaler to be a gpunet.amp.GradScaler, got "
-                            f"{type(scaler).__name__}")
-        if scaler is not None and precision != "fp16":
-            raise ValueError("Trainer: a loss scaler is for precision='fp16'")
-        if scheduler is not None:
-            if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
-                raise TypeError(f"Trainer: expected scheduler to be a learning-rate schedule from "
-                                f"gpunet.optim (StepLR, …), got {type(scheduler).__name__}")
-            if getattr(scheduler, "optimizer", None) is not optimizer:
-                raise ValueError(f"Trainer: the scheduler {type(scheduler).__name__} schedules another "
-                                 f"optimizer than the Trainer's; create it with this optimizer")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"Trainer: expected scheduler_interval 'epoch' or 'step', got "
-                             f"{scheduler_interval!r}")
-        if isinstance(scheduler, ReduceLROnPlateau) and scheduler_interval != "epoch":
-            raise ValueError(f"Trainer: ReduceLROnPlateau is stepped once per epoch with the monitored "
-                             f"value (scheduler_interval='epoch'), got scheduler_interval="
-                             f"{scheduler_interval!r}")
+        self._loss_fn = loss_fn
+        _check_scaler(scaler, precision)
+        _check_scheduler(optimizer, scheduler, scheduler_interval)
         if clip_grad_norm is not None and clip_grad_value is not None:
             raise ValueError("Trainer: pass clip_grad_norm or clip_grad_value, not both")
+        self._scheduler = self._clip_grad_norm = self._clip_grad_value = None
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
-        self.clip_grad_norm = None if clip_grad_norm is None else _positive("clip_grad_norm", clip_grad_norm)
-        self.clip_grad_value = None if clip_grad_value is None else _positive("clip_grad_value", clip_grad_value)
+        self.clip_grad_norm, self.clip_grad_value = clip_grad_norm, clip_grad_value
         self.last_grad_norm = None
-        metrics = (metrics,) if isinstance(metrics, str) else tuple(
-            _listed(metrics or (), "Trainer", "metrics to be a tuple of metric names such as ('accuracy',)"))
-        for m in metrics:
-            if not isinstance(m, str) or m not in ("accuracy", "acc"):
-                raise ValueError(f"Trainer: unknown metric {m!r}; known metrics: 'accuracy'")
-        self.metrics = tuple("accuracy" for _ in metrics[:1])
+        self.metrics = metrics
         if device is not None:
             try:
                 device = resolve_device(device)
             except ValueError as e:        # an unknown device name
                 raise ValueError(f"Trainer: device={device!r}: {e}") from None
             model.to(device)
-        self.device = model.device
+        self._device = model.device
         self.amp = MixedPrecision(model) if precision == "fp16" else None
-        self.scaler = (scaler or GradScaler()) if precision == "fp16" else None
+        self.scaler = scaler
         self.stop_training = False
         self.history = None
         self.epoch = 0
         self.global_step = 0
         self._callbacks = []
         self._step_lr = None
-        self.cuda_graph = _check_cuda_graph(cuda_graph, self.device, comm)
-        self._graph = None          # (batch key, CUDAGraph, static x, static y, loss, output)
-        self._graph_warm = None     # the batch key of the eager warm-up step
+        self.cuda_graph = cuda_graph
+
+    def _recapture(self):
+        """A setting a captured CUDA graph holds changed: capture again at the next batch."""
+        self._graph = self._graph_warm = None
+
+    def _set_loss_fn(self, value):
+        _check_parts(self.model, value, self.optimizer)
+        self._loss_fn = value
+        self._recapture()
+
+    def _set_comm(self, value):
+        value = _check_comm(value, self.optimizer)
+        if value is not None and self.cuda_graph:
+            _check_cuda_graph(True, "cuda", value)      # raises: graphs without comm only
+        self._comm = value
+
+    def _set_metrics(self, value):
+        self._metrics = _metric_names(value)
+
+    def _set_scheduler(self, value):
+        _check_parts(self.model, self.loss_fn, self.optimizer, value)
+        _check_scheduler(self.optimizer, value, getattr(self, "_scheduler_interval", "epoch"))
+        self._scheduler = value
+
+    def _set_scheduler_interval(self, value):
+        _check_scheduler(self.optimizer, self.scheduler, value)
+        self._scheduler_interval = value
+
+    def _set_clip_grad_norm(self, value):
+        self._set_clip("clip_grad_norm", value, "clip_grad_value")
+
+    def _set_clip_grad_value(self, value):
+        self._set_clip("clip_grad_value", value, "clip_grad_norm")
+
+    def _set_clip(self, name, value, other):
+        value = None if value is None else _positive(name, value)
+        if value is not None and getattr(self, other) is not None:
+            raise ValueError(f"Trainer: pass clip_grad_norm or clip_grad_value, not both; set {other} "
+                             f"to None first")
+        self.__dict__["_" + name] = value
+        self._recapture()
+
+    def _set_scaler(self, value):
+        if value is not None:
+            _check_parts(self.model, self.loss_fn, self.optimizer, scaler=value)
+        _check_scaler(value, self.precision)
+        self._scaler = (value or GradScaler()) if self.precision == "fp16" else None
+        self._recapture()
+
+    def _set_cuda_graph(self, value):
+        self._cuda_graph = _check_cuda_graph(value, self.device, self.comm)
+        self._recapture()
+
+    # reads are C attrgetters (a few per step); the setters above check as the constructor does
+    loss_fn = property(operator.attrgetter("_loss_fn"), _set_loss_fn, doc=(
+        "The loss object (checked on assignment as the argument is; the next step uses it)."))
+    comm = property(operator.attrgetter("_comm"), _set_comm, doc=(
+        "None or the communicator of data-parallel training (checked on assignment as the "
+        "argument is: with more than one process the optimizer must average over it)."))
+    metrics = property(operator.attrgetter("_metrics"), _set_metrics, doc=(
+        "The metric names, ``(\"accuracy\",)`` or ``()``; assign a name, names or None (checked "
+        "as the argument is)."))
+    scheduler = property(operator.attrgetter("_scheduler"), _set_scheduler, doc=(
+        "None or a learning-rate schedule of ``optimizer`` (checked on assignment as the argument "
+        "is, with ``scheduler_interval``)."))
+    scheduler_interval = property(operator.attrgetter("_scheduler_interval"), _set_scheduler_interval, doc=(
+        "``\"epoch\"`` or ``\"step\"`` (checked on assignment, with ``scheduler``)."))
+    clip_grad_norm = property(operator.attrgetter("_clip_grad_norm"), _set_clip_grad_norm, doc=(
+        "None or the global L2 norm the gradients are clipped to (a finite number > 0; checked on "
+        "assignment; not with clip_grad_value)."))
+    clip_grad_value = property(operator.attrgetter("_clip_grad_value"), _set_clip_grad_value, doc=(
+        "None or the bound the gradient elements are clamped to (a finite number > 0; checked on "
+        "assignment; not with clip_grad_norm)."))
+    scaler = property(operator.attrgetter("_scaler"), _set_scaler, doc=(
+        "The loss scaler of a ``precision=\"fp16\"`` trainer, None otherwise; assigning a "
+        "``GradScaler`` replaces it (None: a new default one), checked as the argument is."))
+    cuda_graph = property(operator.attrgetter("_cuda_graph"), _set_cuda_graph, doc=(
+        "Whether ``fit`` captures and replays a CUDA graph (a bool; True only on a ``\"cuda\"`` "
+        "or ``\"sim\"`` model and without ``comm``; checked on assignment)."))
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, xb, yb):

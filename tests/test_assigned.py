@@ -319,3 +319,128 @@ def test_schedule_settings_assigned_take_effect_at_the_next_step():
     plateau.patience, plateau.factor = 0, 0.5
     plateau.step(1.0)
     assert plateau.step(1.0) == pytest.approx(0.05)
+
+
+# -- Trainer, callbacks, gpunet.amp, gpunet.distributed ------------------------------------
+
+def _trainer(**kw):
+    net = gpunet.Sequential(gpunet.Dense(4, 8, activation="relu"), gpunet.Dense(8, 3))
+    return gpunet.Trainer(net, gpunet.SoftmaxCrossEntropy(), optim.SGD(net.parameters(), lr=0.1), **kw)
+
+
+def _data(n=32):
+    return _x((n, 4)), numpy.arange(n) % 3
+
+
+def _other_schedule():
+    return optim.StepLR(optim.SGD(gpunet.Dense(4, 3).parameters(), lr=0.1), 1)
+
+
+TRAINER_SETTINGS = [
+    # stored before, and then: a TypeError inside fit, a metric silently dropped, a schedule
+    # never stepped, a scaler or a comm failing inside a step
+    ("metrics", ("f1",), ValueError, r"unknown metric 'f1'; known metrics: 'accuracy'"),
+    ("metrics", 3, TypeError, r"expected metrics to be a tuple of metric names such as \('accuracy',\), got int"),
+    ("clip_grad_norm", 0.0, ValueError, r"expected clip_grad_norm > 0, got 0\.0"),
+    ("clip_grad_norm", "1", TypeError, r"expected clip_grad_norm to be a real number, got '1' \(str\)"),
+    ("clip_grad_value", math.nan, ValueError, r"expected clip_grad_value > 0, got nan"),
+    ("scheduler_interval", "batch", ValueError, r"expected scheduler_interval 'epoch' or 'step', got 'batch'"),
+    ("scheduler", "step", TypeError, r"expected scheduler to be a learning-rate schedule from gpunet\.optim "
+                                     r"\(StepLR, …\), got str"),
+    ("scaler", gpunet.amp.GradScaler(), ValueError, r"a loss scaler is for precision='fp16'"),
+    ("cuda_graph", "yes", TypeError, r"expected cuda_graph to be a bool, got 'yes'"),
+    ("cuda_graph", True, ValueError, r"cuda_graph=True needs a 'cuda' or 'sim' model, got one on 'cpu'"),
+    ("comm", 3, TypeError, r"expected comm to be None or a gpunet\.distributed communicator "
+                           r"\(gpunet\.distributed\.init\(\)\), got 3 \(int\)"),
+    ("loss_fn", gpunet.MSELoss, TypeError, r"expected loss_fn to be an object, got the class MSELoss; "
+                                           r"create one: MSELoss\(\)"),
+    ("loss_fn", "mse", TypeError, r"expected loss_fn to be a loss object with backward\(\)"),
+]
+
+
+@pytest.mark.parametrize("name,bad,exc,message", TRAINER_SETTINGS,
+                         ids=[f"{n}-{b!r}" for n, b, _, _ in TRAINER_SETTINGS])
+def test_trainer_setting_assigned_a_bad_value_raises_and_keeps_the_old_one(name, bad, exc, message):
+    t = _trainer()
+    before = getattr(t, name)
+    with pytest.raises(exc, match=rf"^Trainer: {message}"):
+        setattr(t, name, bad)
+    assert getattr(t, name) is before or getattr(t, name) == before
+
+
+def test_trainer_cross_checks_hold_on_assignment():
+    t = _trainer(clip_grad_norm=1.0)
+    with pytest.raises(ValueError, match=r"^Trainer: pass clip_grad_norm or clip_grad_value, not both; "
+                                         r"set clip_grad_norm to None first$"):
+        t.clip_grad_value = 0.5
+    t.clip_grad_norm, t.clip_grad_value = None, numpy.float32(0.5)
+    assert t.clip_grad_value == 0.5 and type(t.clip_grad_value) is float
+    with pytest.raises(ValueError, match=r"^Trainer: the scheduler StepLR schedules another optimizer"):
+        t.scheduler = _other_schedule()
+    t.scheduler = optim.ReduceLROnPlateau(t.optimizer)
+    with pytest.raises(ValueError, match=r"^Trainer: ReduceLROnPlateau is stepped once per epoch"):
+        t.scheduler_interval = "step"
+    assert t.scheduler_interval == "epoch"
+
+
+@pytest.mark.parametrize("name,hint", [("model", "create a new Trainer"), ("optimizer", "create a new Trainer"),
+                                       ("precision", "the float16 copies"), ("device", "the model")])
+def test_trainer_parts_things_were_built_from_are_read_only(name, hint):
+    """``trainer.precision = "fp16"`` was stored and training went on in float32;
+    ``device = "sim"`` moved the data and not the model; ``model``/``optimizer`` left the
+    scheduler, the float16 copies and the comm check on the old ones."""
+    t = _trainer()
+    before = getattr(t, name)
+    with pytest.raises(AttributeError, match=rf"^Trainer: {name} cannot be assigned after construction; "
+                                             rf"{re.escape(hint)}"):
+        setattr(t, name, {"precision": "fp16", "device": "sim"}.get(name, None))
+    assert getattr(t, name) is before
+
+
+def test_trainer_settings_assigned_take_effect_in_the_next_fit():
+    """``metrics = "acc"`` was stored as the string; it is normalized as the argument is. A
+    metric removed leaves the history, a schedule assigned is stepped, a new loss used."""
+    t = _trainer()
+    t.metrics = None
+    h = t.fit(_data(), epochs=1, batch_size=8, progress=False)
+    assert "accuracy" not in h.history and t.metrics == ()
+    t.metrics = "acc"
+    assert t.metrics == ("accuracy",)
+    t.scheduler = optim.StepLR(t.optimizer, 1, gamma=0.5)
+    t.loss_fn = gpunet.SoftmaxCrossEntropy(label_smoothing=0.5)
+    h = t.fit(_data(), epochs=2, batch_size=8, progress=False)
+    assert "accuracy" in h.history and t.optimizer.lr == pytest.approx(0.025)
+    t.comm = None                        # None is fine: no data parallelism
+
+
+def test_checkpoint_path_amp_and_distributed_optimizer_on_assignment():
+    """``ModelCheckpoint.path = 3`` failed only at the first save, after an epoch;
+    ``MixedPrecision.dtype = float32`` ran "mixed" precision in float32; a
+    DistributedOptimizer's ``bucket_mb``/``comm`` were stored and ignored (the buckets were
+    cut already) and ``compression = "fp32"`` was taken."""
+    cb = gpunet.ModelCheckpoint("c.npz")
+    with pytest.raises(TypeError, match=r"^ModelCheckpoint: expected path to be a str or os\.PathLike, got int$"):
+        cb.path = 3
+    assert cb.path == "c.npz"
+    mp = gpunet.amp.MixedPrecision(gpunet.Dense(2, 2))
+    for name in ("model", "dtype"):
+        with pytest.raises(AttributeError, match=rf"^MixedPrecision: {name} cannot be assigned after construction"):
+            setattr(mp, name, numpy.dtype("float32"))
+    assert mp.dtype == numpy.float16
+    from gpunet.distributed import DistributedOptimizer
+    opt = DistributedOptimizer(_sgd(), _Comm(0, 1))
+    with pytest.raises(ValueError, match=r"^DistributedOptimizer: expected compression None or 'fp16', got 'fp32'$"):
+        opt.compression = "fp32"
+    for name in ("comm", "bucket_mb"):
+        with pytest.raises(AttributeError, match=rf"^DistributedOptimizer: {name} cannot be assigned after "
+                                                 rf"construction; .*DistributedOptimizer\(optimizer, comm"):
+            setattr(opt, name, 1.0)
+    opt.compression = "fp16"
+    assert opt.compression == "fp16" and opt.bucket_mb == 4.0
+
+
+class _Comm(_World):
+    """A world of one with the collective DistributedOptimizer asks for."""
+
+    def iallreduce(self, array, op):
+        raise AssertionError("a world of one reduces nothing")

@@ -54,6 +54,13 @@ class _Bucket:
         return sum(p.data.nbytes for p in self.params)
 
 
+def _compression(compression):
+    if compression is not None and (not isinstance(compression, str) or compression != "fp16"):
+        raise ValueError(f"DistributedOptimizer: expected compression None or 'fp16', got "
+                         f"{compression!r}")
+    return compression
+
+
 def _forwarded(name):
     """An attribute of the wrapped optimizer, read and assigned there."""
     return property(lambda self: getattr(self.optimizer, name),
@@ -78,6 +85,9 @@ class DistributedOptimizer:
     MPICH sums float16 in software: on the 2-core test machine an all-reduce of 1.86 M
     float16 elements took 30 ms against 4 ms for the same count in float32 (medians of 30,
     alternating, machine shared), so on the CPU leave it off. With ``comm.size == 1`` nothing is reduced or hooked.
+    ``compression`` may be assigned between steps (checked as the argument is; every process
+    must assign the same); ``comm`` and ``bucket_mb`` are fixed (the buckets and hooks were
+    made from them): assigning either raises ``AttributeError``.
 
     After ``step()`` (with ``comm.size > 1``, without compression) each ``p.grad`` is a view
     of its bucket's buffer, whose contents the step after next overwrites (the next
@@ -91,17 +101,25 @@ class DistributedOptimizer:
     (time ``step`` spent waiting for or doing reductions, unpacking excluded), ``steps``.
     """
 
+    compression = _args.checked_property("DistributedOptimizer", "compression", "None or 'fp16' (checked on "
+                                         "assignment; every process must assign the same, between steps).",
+                                         lambda who, name, value: _compression(value))
+    comm = _args.read_only("DistributedOptimizer", "comm", "The communicator (fixed at construction).",
+                           "the buckets and gradient hooks were made for it; wrap the optimizer in a new "
+                           "DistributedOptimizer(optimizer, comm)")
+    bucket_mb = _args.read_only("DistributedOptimizer", "bucket_mb", "The bucket size in MiB (fixed at "
+                                "construction).", "the buckets were cut at construction; wrap the optimizer "
+                                "in a new DistributedOptimizer(optimizer, comm, bucket_mb=...)")
+
     def __init__(self, optimizer, comm, bucket_mb=4.0, compression=None):
         if not hasattr(optimizer, "step") or not hasattr(optimizer, "params"):
             raise TypeError(f"DistributedOptimizer: expected a gpunet.optim optimizer, got "
                             f"{type(optimizer).__name__}")
         _args.communicator("DistributedOptimizer", "comm", comm, ("rank", "size", "iallreduce"))
         bucket_mb = _args.real("DistributedOptimizer", "bucket_mb", bucket_mb, low=0, low_open=True)
-        if compression not in (None, "fp16"):
-            raise ValueError(f"DistributedOptimizer: expected compression None or 'fp16', got "
-                             f"{compression!r}")
+        _compression(compression)
         object.__setattr__(self, "optimizer", optimizer)
-        self.comm, self.bucket_mb, self.compression = comm, bucket_mb, compression
+        self._comm, self._bucket_mb, self.compression = comm, bucket_mb, compression
         self.trace = None
         self.stats = {"launched": 0, "synchronous": 0, "wait_seconds": 0.0, "steps": 0}
         self._sync = True
