@@ -444,3 +444,17 @@ class _Comm(_World):
 
     def iallreduce(self, array, op):
         raise AssertionError("a world of one reduces nothing")
+
+
+@pytest.mark.parametrize("name", ["rank", "size", "local_rank", "local_size", "device", "backend", "mpi"])
+def test_communicator_attributes_are_read_only(name):
+    """``comm.size = 2`` in a world of one was stored: a DataLoader over it then served half
+    the data (rank 0's share of two) and nothing complained."""
+    from gpunet.distributed import Communicator
+    comm = Communicator()
+    before = getattr(comm, name)
+    with pytest.raises(AttributeError, match=rf"^Communicator: {name} cannot be assigned after construction; "
+                                             r"they describe the processes mpirun started"):
+        setattr(comm, name, 2)
+    assert getattr(comm, name) == before
+    assert len(gpunet.DataLoader(*_xy(10), batch_size=5, comm=comm)) == 2

@@ -140,21 +140,34 @@ class Communicator:
     ``bcast_object``/``allgather_object`` for picklable Python objects; ``barrier()``;
     ``abort(code)`` ends every process. ``op`` is ``"sum"``, ``"mean"``, ``"max"`` or
     ``"min"``.
+
+    The attributes describe the processes the launcher started and are read-only: assigning
+    ``comm.size = 2`` in a world of one would make the loaders shard and the collectives
+    divide as if there were two (``AttributeError`` instead).
     """
 
+    _FIXED = "they describe the processes mpirun started; gpunet.distributed.init() makes the communicator"
+    mpi = _args.read_only("Communicator", "mpi", "The mpi4py communicator, or None.", _FIXED)
+    rank = _args.read_only("Communicator", "rank", "This process's rank.", _FIXED)
+    size = _args.read_only("Communicator", "size", "The number of processes.", _FIXED)
+    local_rank = _args.read_only("Communicator", "local_rank", "The rank on this node.", _FIXED)
+    local_size = _args.read_only("Communicator", "local_size", "Processes on this node.", _FIXED)
+    device = _args.read_only("Communicator", "device", "This process's device.", _FIXED)
+    backend = _args.read_only("Communicator", "backend", "'self', 'mpi' or 'nccl'.", _FIXED)
+
     def __init__(self, mpi_comm=None, device="cpu", nccl=None, local_rank=0, local_size=1):
-        self.mpi = mpi_comm
-        self.rank = 0 if mpi_comm is None else int(mpi_comm.Get_rank())
-        self.size = 1 if mpi_comm is None else int(mpi_comm.Get_size())
-        self.local_rank = _args.integer("Communicator", "local_rank", local_rank, low=0)
-        self.local_size = _args.integer("Communicator", "local_size", local_size, low=1)
-        self.device = device
+        self._mpi = mpi_comm
+        self._rank = 0 if mpi_comm is None else int(mpi_comm.Get_rank())
+        self._size = 1 if mpi_comm is None else int(mpi_comm.Get_size())
+        self._local_rank = _args.integer("Communicator", "local_rank", local_rank, low=0)
+        self._local_size = _args.integer("Communicator", "local_size", local_size, low=1)
+        self._device = device
         self._nccl = nccl
         self._stream = None
         self._progress = None          # the _Progress thread, started at the first Iallreduce
         self.progress_thread = (mpi_comm is not None and nccl is None
                                 and os.environ.get("GPUNET_MPI_PROGRESS_THREAD", "0") == "1")
-        self.backend = "self" if mpi_comm is None else ("nccl" if nccl is not None else "mpi")
+        self._backend = "self" if mpi_comm is None else ("nccl" if nccl is not None else "mpi")
 
     def __repr__(self):
         return (f"Communicator(backend={self.backend!r}, rank={self.rank}, size={self.size}, "
