@@ -165,14 +165,17 @@ def _bounds(low, high, low_open, high_open) -> str:
 
 
 def real(who: str, name: str, value, low: float | None = None, high: float | None = None,
-         low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
+         low_open: bool = False, high_open: bool = False, finite: bool = True, none: bool = False):
     """``value`` (an int, a float or a NumPy real scalar; not a bool, not a string) as a
     Python float (a NumPy float64 scalar would promote float32 arithmetic) within the bounds:
     ``low``/``high`` (None: unbounded), excluded when ``low_open``/``high_open``. NaN is never
     accepted; ``finite=False`` lets ``inf`` through (a threshold such as ``max_norm=inf``
-    that means "no limit")."""
+    that means "no limit"); ``none=True`` lets None through as None."""
+    if value is None and none:
+        return None
     if isinstance(value, _BOOLS) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{who}: expected {name} to be a real number, got {_got(value)}")
+        raise ArgumentTypeError(f"{who}: expected {name} to be {'None or ' if none else ''}a real number, "
+                                f"got {_got(value)}")
     v = float(value)
     ok = not math.isnan(v)
     if ok and low is not None:

@@ -306,6 +306,9 @@ class EarlyStopping(Callback):
                                       "stopping (an int >= 0).", low=0)
     restore_best = _args.flag_property("EarlyStopping", "restore_best", "Put back the best epoch's weights "
                                        "at the end (a bool).")
+    best = _args.real_property("EarlyStopping", "best", "The best monitored value of this fit (None before "
+                               "the first epoch; a number or +-inf, checked on assignment).",
+                               finite=False, none=True)
     min_delta = _args.real_property("EarlyStopping", "min_delta", "The least change that counts as an "
                                     "improvement (a finite number >= 0).", low=0.0)
     monitor, mode = _monitor_properties("EarlyStopping")
@@ -388,6 +391,8 @@ class ModelCheckpoint(Callback):
     save_best_only = _args.flag_property("ModelCheckpoint", "save_best_only", "Save only when monitor "
                                          "improves (a bool; False: every epoch).")
     monitor, mode = _monitor_properties("ModelCheckpoint")
+    best = _args.real_property("ModelCheckpoint", "best", "The best monitored value saved so far (None: "
+                               "none yet; a number or +-inf, checked on assignment).", finite=False, none=True)
     path = _args.checked_property("ModelCheckpoint", "path", "Where to save (a str or os.PathLike, maybe a "
                                   "template; checked on assignment).", lambda who, name, value: _path(value))
 
@@ -396,9 +401,9 @@ class ModelCheckpoint(Callback):
         if unknown:
             raise _unexpected_keyword("ModelCheckpoint", unknown, _KERAS_CALLBACKS)
         self.path = path
-        if initial_value_threshold is not None:      # any number but NaN; inf is a bar too
-            initial_value_threshold = _args.real("ModelCheckpoint", "initial_value_threshold",
-                                                 initial_value_threshold, finite=False)
+        # any number but NaN; inf is a bar too
+        initial_value_threshold = _args.real("ModelCheckpoint", "initial_value_threshold",
+                                             initial_value_threshold, finite=False, none=True)
         self.monitor = monitor
         self.save_best_only = save_best_only
         self.mode = mode

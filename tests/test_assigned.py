@@ -458,3 +458,19 @@ def test_communicator_attributes_are_read_only(name):
         setattr(comm, name, 2)
     assert getattr(comm, name) == before
     assert len(gpunet.DataLoader(*_xy(10), batch_size=5, comm=comm)) == 2
+
+
+@pytest.mark.parametrize("who,make", [("EarlyStopping", lambda: gpunet.EarlyStopping(monitor="loss")),
+                                      ("ModelCheckpoint", lambda: gpunet.ModelCheckpoint("c.npz", monitor="loss"))])
+def test_callback_best_is_checked_on_assignment(who, make):
+    """``best = "0.5"`` was stored and the epoch's comparison failed with a TypeError
+    between str and float; ``best = nan`` made every later epoch a non-improvement."""
+    cb = make()
+    for bad, exc, message in (("0.5", TypeError, r"to be None or a real number, got '0\.5' \(str\)"),
+                              (math.nan, ValueError, r"to be a number, got nan")):
+        with pytest.raises(exc, match=rf"^{who}: expected best {message}$"):
+            cb.best = bad
+    cb.best = numpy.float32(0.5)
+    assert type(cb.best) is float and cb.best == 0.5
+    cb.best = None
+    assert cb.best is None
