@@ -194,11 +194,20 @@ class Optimizer:
 
     ``steps`` (the per-parameter step counts) is a list; after a step on a device it is
     read back from the device's counters when asked for (one host sync).
+
+    ``params`` is fixed: the state, the step counts and the parameters' link back to the
+    optimizer (``model.to`` moves the state) were made for that list, so assigning it raises
+    ``AttributeError`` (before, ``opt.params = other.parameters()`` was stored and the next step
+    applied the old momentum to the new parameters, or failed broadcasting their shapes).
     """
+
+    params = _args.read_only(None, "params", "The Parameters updated, a list (fixed at construction).",
+                             "the state and the step counts were made for them; create a new optimizer "
+                             "over the parameters you want")
 
     def __init__(self, params, **hyper):
         name = type(self).__name__
-        self.params = _as_parameters(params, name)
+        self._params = _as_parameters(params, name)
         self._hyper_names = tuple(hyper)
         self._store(self._check(hyper))
         self.state = [{} for _ in self.params]   # per parameter: buffer name -> array

@@ -474,3 +474,18 @@ def test_callback_best_is_checked_on_assignment(who, make):
     assert type(cb.best) is float and cb.best == 0.5
     cb.best = None
     assert cb.best is None
+
+
+def test_optimizer_params_are_read_only():
+    """``opt.params = other.parameters()`` was stored: the next step applied the old
+    parameters' momentum to the new ones, and failed broadcasting (2, 3) against (4, 3)."""
+    from gpunet.distributed import DistributedOptimizer
+    first, other = gpunet.Dense(3, 2), gpunet.Dense(3, 4)
+    for opt, who in ((optim.SGD(first.parameters(), lr=0.1, momentum=0.9), "SGD"),
+                     (DistributedOptimizer(optim.Adam(first.parameters()), _Comm(0, 1)), "Adam")):
+        before = opt.params
+        with pytest.raises(AttributeError, match=rf"^{who}: params cannot be assigned after construction; "
+                                                 r"the state and the step counts were made for them; create "
+                                                 r"a new optimizer over the parameters you want$"):
+            opt.params = other.parameters()
+        assert opt.params is before or opt.params == before

@@ -147,6 +147,7 @@ class DistributedOptimizer:
 
     # the wrapped optimizer's other hyper-parameters: assigned there (and checked there),
     # not stored on the wrapper, where they would hide the optimizer's and never be used
+    params = _forwarded("params")       # read-only there: assigning raises, naming the optimizer
     momentum = _forwarded("momentum")
     nesterov = _forwarded("nesterov")
     betas = _forwarded("betas")
