@@ -489,3 +489,17 @@ def test_optimizer_params_are_read_only():
                                                  r"a new optimizer over the parameters you want$"):
             opt.params = other.parameters()
         assert opt.params is before or opt.params == before
+
+
+def test_residual_block_is_checked_on_assignment_and_keeps_its_state_dict_names():
+    """``res.block = 3`` was stored and the next forward failed on ``3.forward``. A layer
+    held through a checked property keeps its name in ``named_children``/``state_dict``."""
+    res = gpunet.Residual(gpunet.Sequential(gpunet.Dense(3, 3)))
+    with pytest.raises(TypeError, match=r"^Residual: block must be a Layer, got int$"):
+        res.block = 3
+    assert list(res.state_dict()) == ["block.0.weight", "block.0.bias"]
+    res.block = gpunet.Dense(3, 3, activation="tanh")
+    assert list(res.state_dict()) == ["block.weight", "block.bias"]
+    assert [k for k, _ in res.block.named_children()] == ["activation"]
+    x = _x((2, 3))
+    numpy.testing.assert_allclose(res(x), x + res.block(x))

@@ -194,7 +194,7 @@ def activation_property(who: str) -> property:
     ``ValueError`` then. ``init`` is not redone: the weights stay as they are."""
     return _args.checked_property(who, "activation", "The fused activation (an Activation layer or None; "
                                   "assign a name, a class or a layer).",
-                                  lambda who, name, value: get(value, who))
+                                  lambda who, name, value: get(value, who), child=True)
 
 
 def get(activation, layer_name="activation"):

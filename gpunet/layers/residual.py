@@ -1,8 +1,15 @@
 """Residual: a skip connection around a block."""
 from __future__ import annotations
 
+from .. import _args
 from ..backend import array_hint, is_array
 from .base import Layer, check_grad
+
+
+def _block(block):
+    if not isinstance(block, Layer):
+        raise TypeError(f"Residual: block must be a Layer, got {type(block).__name__}")
+    return block
 
 
 class Residual(Layer):
@@ -11,12 +18,15 @@ class Residual(Layer):
 
     ``block`` must map its input to an output of the same shape. Its parameters appear in
     ``state_dict`` as ``"block.<name>"`` (e.g. ``"block.0.weight"`` for a Sequential block).
+    ``block`` may be assigned another layer afterwards (checked as the argument is).
     """
+
+    block = _args.checked_property("Residual", "block", "The layer the skip connection runs around "
+                                   "(a Layer; checked on assignment).",
+                                   lambda who, name, value: _block(value), child=True)
 
     def __init__(self, block):
         super().__init__()
-        if not isinstance(block, Layer):
-            raise TypeError(f"Residual: block must be a Layer, got {type(block).__name__}")
         self.block = block
 
     def forward(self, x):
