@@ -764,6 +764,8 @@ class Trainer:
     ``optimizer``, ``precision`` and ``device`` are fixed, since the float16 copies, the
     model's place and the schedule were made from them: assigning one raises
     ``AttributeError``; create a new Trainer instead (Keras re-``compile``s for the same).
+    Likewise a model moved after ``Trainer(...)`` (``model.to("cuda")``): ``fit``,
+    ``evaluate`` and ``predict`` raise ``ValueError`` naming both devices.
     """
 
     # settings that may be assigned after construction: checked as the arguments are (the
@@ -1041,6 +1043,7 @@ class Trainer:
                              f"is the epoch to stop at, not the number of epochs to run (as in Keras): "
                              f"for {epochs} more epoch{'s' * (epochs != 1)} pass epochs={initial_epoch + epochs}")
         callbacks = _check_callbacks(callbacks, "Trainer.fit")
+        self._check_model_device("Trainer.fit")
         dtype = self.model.dtype
         self._graph = self._graph_warm = None    # captured again: the arrays may have changed
 
@@ -1258,6 +1261,17 @@ class Trainer:
             return a
         return to_device(a, self.device)
 
+    def _check_model_device(self, who):
+        """The model must still be on the Trainer's device: moved after ``Trainer(...)``
+        (``model.to("cuda")``), its first layer would reject the batches the Trainer puts on
+        the old device, with an error naming the layer and ``to_device``."""
+        now = self.model.device
+        if now != self._device:
+            raise ValueError(f"{who}: the model is on {now!r}, but this Trainer was made for it on "
+                             f"{self._device!r} (the model was moved after Trainer(...)); make a new "
+                             f"Trainer for the moved model, or pass device={now!r} to it, or move the "
+                             f"model back with model.to({self._device!r})")
+
     # -- inference ---------------------------------------------------------------------------
     def evaluate(self, data, batch_size=256) -> dict:
         """Mean loss (and accuracy) over ``data`` in eval mode; the mode is restored after.
@@ -1270,6 +1284,7 @@ class Trainer:
         raises a ``RuntimeError`` naming that rank instead of waiting for it in the
         all-reduce of the logs."""
         batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
+        self._check_model_device("Trainer.evaluate")
 
         def local():
             return self._evaluate_pass(_as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
@@ -1309,6 +1324,7 @@ class Trainer:
         X = _as_input(X, self.model.dtype, "Trainer.predict")
         _check_nonempty(X, "Trainer.predict", "X")
         batch_size = _args.integer("Trainer.predict", "batch_size", batch_size, low=1)
+        self._check_model_device("Trainer.predict")
         was = self.model.training
         self.model.eval()
         outs = []

@@ -1116,3 +1116,25 @@ def test_keras_keywords_of_the_callbacks_get_gpunets_names(make, msg):
     does for validation_data=, the TypeError now says gpunet's name or that there is none."""
     with pytest.raises(TypeError, match=msg):
         make()
+
+
+def test_fit_evaluate_predict_name_a_model_moved_after_the_trainer(gpu_device, rng):
+    """Found by the attribute audit: ``model.to(device)`` after ``Trainer(...)`` left the
+    Trainer on the old device, and fit failed in the first Dense, whose message said to
+    move the input with ``to_device``. fit, evaluate and predict now name both devices and
+    the ways out; with the model moved back, training goes on."""
+    X, y = _blobs(rng, n=32)
+    model = _model()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), device="cpu")
+    model.to(gpu_device)
+    calls = {"fit": lambda: trainer.fit((X, y), epochs=1, progress=False),
+             "evaluate": lambda: trainer.evaluate((X, y)), "predict": lambda: trainer.predict(X)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^Trainer.{name}: the model is on '{gpu_device}', but this "
+                                             rf"Trainer was made for it on 'cpu' \(the model was moved after "
+                                             rf"Trainer\(...\)\); make a new Trainer .* model.to\('cpu'\)$"):
+            call()
+    assert trainer.history is None
+    model.to("cpu")
+    trainer.fit((X, y), epochs=1, progress=False)
+    assert len(trainer.history["loss"]) == 1 and trainer.predict(X).shape == (32, 3)
