@@ -209,4 +209,3 @@ def get(activation, layer_name="activation"):
         return _BY_NAME[activation.lower()]()
     raise ValueError(f"{layer_name}: unknown activation {activation!r}; known: "
                      f"{', '.join(sorted(_BY_NAME))} (or an activation layer)")
-
