@@ -13,6 +13,15 @@ import gpunet
 from gpunet import optim
 
 
+def _assert_refused(obj, name, bad, exc, pattern):
+    """``obj.name = bad`` raises ``exc`` matching ``pattern`` and leaves the old value."""
+    before = getattr(obj, name)
+    with pytest.raises(exc, match=pattern):
+        setattr(obj, name, bad)
+    after = getattr(obj, name)
+    assert after is before or after == before
+
+
 def _xy(n=10):
     return numpy.arange(n * 3, dtype=numpy.float32).reshape(n, 3), numpy.arange(n, dtype=numpy.int64)
 
@@ -107,11 +116,7 @@ def test_layer_setting_assigned_a_bad_value_raises_and_keeps_the_old_one(who, ma
     """Before, each was stored: NaN running statistics (momentum), a ZeroDivisionError or a
     TypeError from inside the forward (pieces, stride, padding), a NaN output
     (negative_slope), an AttributeError on the string (activation), or nothing at all."""
-    layer = make()
-    before = getattr(layer, name)
-    with pytest.raises(exc, match=rf"^{who}: {message}"):
-        setattr(layer, name, bad)
-    assert getattr(layer, name) == before
+    _assert_refused(make(), name, bad, exc, rf"^{who}: {message}")
 
 
 FIXED = [
@@ -239,11 +244,7 @@ LOSS_SETTINGS = [
 def test_loss_setting_assigned_a_bad_value_raises_naming_the_loss(who, make, name, bad, exc, message):
     """Stored before, and the next call failed in gpunet.functional's check, naming the
     function (``softmax_cross_entropy: ...``) rather than the loss and the assignment."""
-    loss = make()
-    before = getattr(loss, name)
-    with pytest.raises(exc, match=rf"^{who}: {message}$"):
-        setattr(loss, name, bad)
-    assert getattr(loss, name) == before
+    _assert_refused(make(), name, bad, exc, rf"^{who}: {message}$")
 
 
 def test_loss_settings_assigned_take_effect_at_the_next_call():
@@ -301,11 +302,7 @@ def test_schedule_setting_assigned_a_bad_value_raises_and_keeps_the_old_one(who,
     ``factor = 2.0`` raised the rate on a plateau, ``mode = "maximize"`` was read as "max",
     ``step_size = 0``/``T_max = 0`` a ZeroDivisionError at the next step, a string a
     TypeError there, ``num_bad_epochs = -1`` delayed the next reduction."""
-    sched = make()
-    before = getattr(sched, name)
-    with pytest.raises(exc, match=rf"^{who}: {message}$"):
-        setattr(sched, name, bad)
-    assert getattr(sched, name) == before
+    _assert_refused(make(), name, bad, exc, rf"^{who}: {message}$")
 
 
 def test_schedule_settings_assigned_take_effect_at_the_next_step():
@@ -361,11 +358,7 @@ TRAINER_SETTINGS = [
 @pytest.mark.parametrize("name,bad,exc,message", TRAINER_SETTINGS,
                          ids=[f"{n}-{b!r}" for n, b, _, _ in TRAINER_SETTINGS])
 def test_trainer_setting_assigned_a_bad_value_raises_and_keeps_the_old_one(name, bad, exc, message):
-    t = _trainer()
-    before = getattr(t, name)
-    with pytest.raises(exc, match=rf"^Trainer: {message}"):
-        setattr(t, name, bad)
-    assert getattr(t, name) is before or getattr(t, name) == before
+    _assert_refused(_trainer(), name, bad, exc, rf"^Trainer: {message}")
 
 
 def test_trainer_cross_checks_hold_on_assignment():
