@@ -158,24 +158,26 @@ def _state_value(key, template, value):
 
 # -- optimizers -------------------------------------------------------------------------
 
-def _hyper(name):
-    """A hyper-parameter other than ``lr`` (which schedules rewrite, checked at each step
-    by ``Optimizer._current_lr``) as a property: assigning it runs the optimizer's own
-    ``_check`` on its hyper-parameters with the new value, as the constructor does
-    (``opt.momentum = "0.9"`` or ``True`` raises; ``SGD.momentum = 0`` with
-    ``nesterov=True`` raises), and stores what it returns (a Python float, bool or pair).
-    A read is a C ``operator.attrgetter`` (about 70 ns against 11 ns for a plain
-    attribute), a few per parameter and step."""
+def _hyper(name, names="_hyper_names", check="_check"):
+    """A hyper-parameter as a property: assigning it runs the owner's own check (method
+    ``check``) on all its hyper-parameters (listed in attribute ``names``) with the new
+    value, as the constructor does, and stores what it returns. Optimizers: every one but
+    ``lr`` (which schedules rewrite, checked at each step by ``Optimizer._current_lr``):
+    ``opt.momentum = "0.9"`` or ``True`` raises, ``SGD.momentum = 0`` with ``nesterov=True``
+    raises. Schedules (``_hyper``, ``_checked``): ``sched.gamma = -1`` raises instead of
+    giving negative or NaN rates, or a TypeError inside the next ``step``. A read is a C
+    ``operator.attrgetter`` (about 70 ns against 11 ns for a plain attribute), a few per
+    parameter and step."""
     key = "_" + name
 
     def set_hyper(self, value):
-        who = type(self).__name__
-        if name not in self._hyper_names:          # AdamW has no l1
-            raise AttributeError(f"{who} has no hyper-parameter {name!r}; its hyper-parameters are "
-                                 f"{', '.join(self._hyper_names)}")
-        h = {k: getattr(self, k) for k in self._hyper_names}
+        listed = getattr(self, names)
+        if name not in listed:          # AdamW has no l1
+            raise AttributeError(f"{type(self).__name__} has no hyper-parameter {name!r}; its "
+                                 f"hyper-parameters are {', '.join(listed)}")
+        h = {k: getattr(self, k) for k in listed}
         h[name] = value
-        self.__dict__[key] = self._check(h)[name]
+        self.__dict__[key] = getattr(self, check)(h)[name]
 
     return property(operator.attrgetter(key), set_hyper,
                     doc=f"The {name} hyper-parameter (checked on assignment as in the constructor).")
@@ -1023,23 +1025,6 @@ def _on_grad_lists(grads, xp, launch):
 
 # -- learning-rate schedules ------------------------------------------------------------
 
-def _schedule_hyper(name):
-    """A schedule's hyper-parameter (``StepLR.gamma``, ``ReduceLROnPlateau.mode``) as a
-    property: assigning it runs the schedule's own ``_checked`` on its hyper-parameters with
-    the new value, as the constructor does (``sched.gamma = -1`` or ``"0.1"`` raises
-    there, instead of a negative or NaN rate, or a TypeError inside the next ``step``), and
-    stores what that returns; the next ``step`` uses it. A read is a C attrgetter."""
-    key = "_" + name
-
-    def set_hyper(self, value):
-        h = {k: getattr(self, k) for k in self._hyper}
-        h[name] = value
-        self.__dict__[key] = self._checked(h)[name]
-
-    return property(operator.attrgetter(key), set_hyper,
-                    doc=f"The {name} hyper-parameter (checked on assignment as in the constructor).")
-
-
 class _Schedule:
     """Base class: sets ``optimizer.lr = lr_at(last_epoch)`` from a closed form.
 
@@ -1068,10 +1053,10 @@ class _Schedule:
 
     def __init_subclass__(cls, **kwargs):
         """Each hyper-parameter a subclass lists in ``_hyper`` becomes a property checked on
-        assignment (:func:`_schedule_hyper`)."""
+        assignment by the subclass's ``_checked`` (:func:`_hyper`)."""
         super().__init_subclass__(**kwargs)
         for name in cls.__dict__.get("_hyper", ()):
-            setattr(cls, name, _schedule_hyper(name))
+            setattr(cls, name, _hyper(name, names="_hyper", check="_checked"))
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
