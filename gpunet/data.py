@@ -260,12 +260,10 @@ class DataLoader:
     comm = _args.checked_property("DataLoader", "comm", "None or the communicator the epochs are sharded "
                                   "over (checked on assignment as the argument is).",
                                   _args.communicator, none=True)
-    X = _args.read_only("DataLoader", "X", "The samples given (fixed at construction).",
-                        "create a new DataLoader(X, y, ...) for other data (the number of samples, a "
-                        "device copy of the data and the shards are made from X and y together)")
-    y = _args.read_only("DataLoader", "y", "The targets given, or None (fixed at construction).",
-                        "create a new DataLoader(X, y, ...) for other data (the number of samples, a "
-                        "device copy of the data and the shards are made from X and y together)")
+    _new_data = ("create a new DataLoader(X, y, ...) for other data (the number of samples, a device "
+                 "copy of the data and the shards are made from X and y together)")
+    X = _args.read_only("DataLoader", "X", "The samples given (fixed at construction).", _new_data)
+    y = _args.read_only("DataLoader", "y", "The targets given, or None (fixed at construction).", _new_data)
 
     def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
                  device=None, comm=None):

@@ -827,8 +827,8 @@ class Trainer:
 
     def _set_comm(self, value):
         value = _check_comm(value, self.optimizer)
-        if value is not None and self.cuda_graph:
-            _check_cuda_graph(True, "cuda", value)      # raises: graphs without comm only
+        if self.cuda_graph:                 # graphs are captured without comm only
+            _check_cuda_graph(True, self.device, value)
         self._comm = value
 
     def _set_metrics(self, value):

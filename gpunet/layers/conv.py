@@ -51,15 +51,12 @@ class Conv2D(Layer):
                                     "ints >= 1).", lambda who, name, value: FC.pair(value, who, name, 1))
     padding = _args.checked_property("Conv2D", "padding", "The (h, w) zero padding (assign an int or a pair "
                                      "of ints >= 0).", lambda who, name, value: FC.pair(value, who, name, 0))
-    in_channels = _args.read_only("Conv2D", "in_channels", "Input channels (fixed at construction).",
-                                  "the weight has shape (out_channels, in_channels, kh, kw); create a new "
-                                  "Conv2D for other sizes")
+    _new_sizes = "the weight has shape (out_channels, in_channels, kh, kw); create a new Conv2D for other sizes"
+    in_channels = _args.read_only("Conv2D", "in_channels", "Input channels (fixed at construction).", _new_sizes)
     out_channels = _args.read_only("Conv2D", "out_channels", "Output channels (fixed at construction).",
-                                   "the weight has shape (out_channels, in_channels, kh, kw); create a new "
-                                   "Conv2D for other sizes")
+                                   _new_sizes)
     kernel_size = _args.read_only("Conv2D", "kernel_size", "The (kh, kw) kernel (fixed at construction).",
-                                  "the weight has shape (out_channels, in_channels, kh, kw); create a new "
-                                  "Conv2D for other sizes")
+                                  _new_sizes)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  activation=None, init=None):

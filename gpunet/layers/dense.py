@@ -42,12 +42,11 @@ class Dense(Layer):
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
     activation = activation_property("Dense")
-    in_features = _args.read_only("Dense", "in_features", "Input features (fixed at construction).",
-                                  "the weight has shape (out_features, in_features); create a new "
-                                  "Dense(in_features, out_features) for other sizes")
+    _new_sizes = ("the weight has shape (out_features, in_features); create a new "
+                  "Dense(in_features, out_features) for other sizes")
+    in_features = _args.read_only("Dense", "in_features", "Input features (fixed at construction).", _new_sizes)
     out_features = _args.read_only("Dense", "out_features", "Output features (fixed at construction).",
-                                   "the weight has shape (out_features, in_features); create a new "
-                                   "Dense(in_features, out_features) for other sizes")
+                                   _new_sizes)
 
     def __init__(self, in_features, out_features, bias=True, activation=None, init=None):
         super().__init__()
