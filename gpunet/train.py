@@ -613,18 +613,25 @@ class _Record:
     the accuracy) adds them up. The pass's loss is then the mean over the counted samples,
     whatever the batch size and order (as one ``SoftmaxCrossEntropy`` call over the whole
     data would give). Without it every sample counts (``counted`` follows ``seen`` on
-    the host, nothing more is launched)."""
+    the host, nothing more is launched).
 
-    def __init__(self, xp, steps, samples, mean, metrics, threshold=0.5, ignore=None):
-        self.xp, self.mean, self.metrics = xp, mean, metrics
-        self.threshold = threshold  # one output column: a hit is (out > threshold) == (y > 0.5)
-        self.ignore = ignore
-        self.steps = steps
+    The loss's terms (``mean``: whether its reduction is the mean, so the step's value is
+    weighted by its count; ``threshold``; ``ignore``) come with each step, because
+    ``Trainer.loss_fn`` may be assigned in the middle of a pass and counts from the next
+    step. ``ignore`` given to the constructor is the first step's, to size ``rows`` and
+    ``valid`` up front; a later step's ``ignore_index`` grows them then (once per pass).
+    ``metrics`` is fixed for the pass: accuracy is counted over all of its samples."""
+
+    def __init__(self, xp, steps, samples, metrics, ignore=None):
+        self.xp, self.metrics = xp, metrics
+        self.steps, self.samples = steps, samples
         self.rows = xp.zeros(steps + 1 + (0 if ignore is None else steps), dtype=numpy.float64)
         self.hits = xp.zeros(samples if metrics else 0, dtype=bool)
         self.valid = xp.zeros(samples if ignore is not None else 0, dtype=bool)
         self.losses = []            # losses of the steps not read yet
         self.n = []                 # batch sizes, on the host
+        self.mean = []              # per step: the loss was a mean (weight it by the count)
+        self.by_valid = []          # per step: its count is in rows (an ignore_index applied)
         self.done = 0               # steps read so far
         self.total = 0.0            # sum of per-sample losses over the steps read
         self.correct = 0
@@ -633,24 +640,28 @@ class _Record:
         self.filled = 0             # samples recorded
         self.bad = None             # (step, value) of the first non-finite loss
 
-    def add(self, loss, out, y):
-        """Record a step; returns the batch's loss (0-d, on the device)."""
+    def add(self, loss, out, y, mean=True, threshold=0.5, ignore=None):
+        """Record a step made with a loss of these terms (see the class); returns the
+        batch's loss (0-d, on the device)."""
         value = loss if loss.ndim == 0 else loss.sum()
         self.losses.append(value)
         n = int(out.shape[0])
         binary = out.ndim == 2 and out.shape[1] == 1
         valid = None
-        if self.ignore is not None:
+        if ignore is not None:
+            if self.valid.size == 0:    # a loss with ignore_index assigned during the pass
+                self._grow()
             valid = self.valid[self.filled:self.filled + n]
             if y.ndim == 1 and y.dtype.kind in "iu" and not binary:
-                self.xp.not_equal(y, self.ignore, out=valid)
+                self.xp.not_equal(y, ignore, out=valid)
             else:                   # probability or binary targets: ignore_index does not apply
                 valid[...] = True
             valid.sum(dtype=numpy.float64, out=self.rows[self.steps + 1 + len(self.n), ...])
         if self.metrics:
             hits = self.hits[self.filled:self.filled + n]
             if binary:              # no argmax to take
-                self.xp.equal(out.reshape(n) > self.threshold, y.reshape(n) > 0.5, out=hits)
+                # one output column: a hit is (out > threshold) == (y > 0.5)
+                self.xp.equal(out.reshape(n) > threshold, y.reshape(n) > 0.5, out=hits)
             else:
                 target = y.argmax(axis=1) if y.ndim == 2 else y
                 self.xp.equal(out.argmax(axis=1), target, out=hits)
@@ -658,7 +669,17 @@ class _Record:
                 hits &= valid
         self.filled += n
         self.n.append(n)
+        self.mean.append(mean)
+        self.by_valid.append(valid is not None)
         return value
+
+    def _grow(self):
+        """Room for per-step counts: ``rows`` gains ``steps`` entries, ``valid`` one flag per
+        sample (the steps before had no ``ignore_index``: their counts are their sizes)."""
+        rows = self.xp.zeros(2 * self.steps + 1, dtype=numpy.float64)
+        rows[:self.steps + 1] = self.rows
+        self.rows = rows
+        self.valid = self.xp.zeros(self.samples, dtype=bool)
 
     def read(self):
         """Bring the steps not yet read to the host (one sync) and add them up."""
@@ -674,8 +695,8 @@ class _Record:
             s, n = self.done + i, self.n[self.done + i]
             if not math.isfinite(v) and self.bad is None:
                 self.bad = (s, v)
-            k = n if self.ignore is None else int(rows[steps + 1 + s - self.done])
-            self.total += v * k if self.mean else v
+            k = int(rows[steps + 1 + s - self.done]) if self.by_valid[s] else n
+            self.total += v * k if self.mean[s] else v
             self.seen += n
             self.counted += k
         if self.metrics:
@@ -760,7 +781,10 @@ class Trainer:
     Assigned afterwards (``trainer.clip_grad_norm = 1.0``, from a callback too): ``loss_fn``,
     ``metrics``, ``scheduler``, ``scheduler_interval``, ``clip_grad_norm``,
     ``clip_grad_value``, ``scaler``, ``comm`` and ``cuda_graph`` are checked as the arguments
-    are and used from the next step (a captured CUDA graph is captured again). ``model``,
+    are and used from the next step (a captured CUDA graph is captured again); a ``loss_fn``
+    assigned in the middle of an epoch enters that epoch's logged loss with its own
+    reduction and ``ignore_index`` from its first step, and ``metrics``, counted over whole
+    passes, from the next epoch (or ``evaluate``). ``model``,
     ``optimizer``, ``precision`` and ``device`` are fixed, since the float16 copies, the
     model's place and the schedule were made from them: assigning one raises
     ``AttributeError``; create a new Trainer instead (Keras re-``compile``s for the same).
@@ -876,7 +900,7 @@ class Trainer:
         "argument is: with more than one process the optimizer must average over it)."))
     metrics = property(operator.attrgetter("_metrics"), _set_metrics, doc=(
         "The metric names, ``(\"accuracy\",)`` or ``()``; assign a name, names or None (checked "
-        "as the argument is)."))
+        "as the argument is; counted from the next epoch or evaluate)."))
     scheduler = property(operator.attrgetter("_scheduler"), _set_scheduler, doc=(
         "None or a learning-rate schedule of ``optimizer`` (checked on assignment as the argument "
         "is, with ``scheduler_interval``)."))
@@ -1145,10 +1169,10 @@ class Trainer:
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 if self.cuda_graph:
                     loss, out, static = self._graph_step(xb, yb)
-                    value = rec.add(loss.copy() if static else loss, out, yb)
+                    value = rec.add(loss.copy() if static else loss, out, yb, *self._loss_terms())
                 else:
                     loss, out = self.train_step(xb, yb)
-                    value = rec.add(loss, out, yb)
+                    value = rec.add(loss, out, yb, *self._loss_terms())
                 seen += int(xb.shape[0])
                 if on_host:      # reading is free on the CPU: check every step, as it happens
                     rec.read()
@@ -1164,7 +1188,7 @@ class Trainer:
                         rec.read()
                         self._check(rec, epoch)
                         post = {"loss": f"{rec.total / max(rec.counted, 1):.4f}"}
-                        if self.metrics:
+                        if rec.metrics:
                             post["acc"] = f"{rec.correct / max(rec.counted, 1):.4f}"
                         post["samples/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}"
                         bar.set_postfix(post)
@@ -1185,7 +1209,7 @@ class Trainer:
             sums = self.comm.allreduce(numpy.array([total, correct, counted]))
             total, correct, counted = (float(v) for v in self.comm.broadcast(sums))
         logs = {"loss": total / max(counted, 1.0)}
-        if self.metrics:
+        if rec.metrics:         # as the pass began: a metric switched on during it counts from the next
             logs["accuracy"] = correct / max(counted, 1.0)
         return logs
 
@@ -1247,10 +1271,16 @@ class Trainer:
         """A ``_Record`` for one pass over ``loader`` on the model's device."""
         p = next(iter(self.model.parameters()), None)
         xp = numpy if p is None else get_array_module(p.data)
-        return _Record(xp, len(loader), loader.num_samples,
-                       getattr(self.loss_fn, "reduction", "mean") == "mean", bool(self.metrics),
-                       threshold=0.0 if isinstance(self.loss_fn, BCEWithLogits) else 0.5,
+        return _Record(xp, len(loader), loader.num_samples, bool(self.metrics),
                        ignore=getattr(self.loss_fn, "ignore_index", None))
+
+    def _loss_terms(self):
+        """``(mean, threshold, ignore)`` of the loss as it is now, for ``_Record.add``: read
+        at every step, since ``loss_fn`` (or its ``reduction``/``ignore_index``) may be
+        assigned from a callback in the middle of a pass."""
+        f = self._loss_fn
+        return (getattr(f, "reduction", "mean") == "mean", 0.0 if isinstance(f, BCEWithLogits) else 0.5,
+                getattr(f, "ignore_index", None))
 
     def _to_model(self, a):
         if a is None:
@@ -1303,7 +1333,7 @@ class Trainer:
                 out = self._forward(xb)
                 loss = self.loss_fn(out, yb)
                 self.loss_fn._grad = None
-                rec.add(loss, out, yb)
+                rec.add(loss, out, yb, *self._loss_terms())
             rec.read()
         finally:
             self.model.train(was)

@@ -1138,3 +1138,54 @@ def test_fit_evaluate_predict_name_a_model_moved_after_the_trainer(gpu_device, r
     model.to("cpu")
     trainer.fit((X, y), epochs=1, progress=False)
     assert len(trainer.history["loss"]) == 1 and trainer.predict(X).shape == (32, 3)
+
+
+@pytest.mark.parametrize("new", [dict(reduction="sum"), dict(ignore_index=1),
+                                 dict(reduction="none", ignore_index=2)])
+def test_loss_assigned_mid_epoch_is_logged_with_its_own_reduction(xp, device, rng, new):
+    # Trainer.loss_fn may be assigned from a callback and counts from the next step; the
+    # epoch's logged loss must then add each step as its own loss reduced it. With lr 0 the
+    # weights stay put, so the expected value is the per-sample mean by hand: every sample
+    # of the first batch, then only the samples the new loss does not ignore.
+    X, y = _blobs(rng, n=96)
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.0))
+
+    class Swap(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            if step == 0:
+                trainer.loss_fn = SoftmaxCrossEntropy(**new)
+
+    h = tr.fit((xp.asarray(X), xp.asarray(y)), epochs=1, batch_size=32, shuffle=False,
+               progress=False, callbacks=[Swap()])
+    rows = gpunet.to_numpy(SoftmaxCrossEntropy(reduction="none")(model(xp.asarray(X)), xp.asarray(y)))
+    keep = numpy.ones(96, bool)
+    if "ignore_index" in new:
+        keep[32:] = y[32:] != new["ignore_index"]
+    assert h["loss"][0] == pytest.approx(rows[keep].sum() / keep.sum(), rel=1e-5)
+    hits = gpunet.to_numpy(model(xp.asarray(X))).argmax(1) == y
+    assert h["accuracy"][0] == pytest.approx(hits[keep].sum() / keep.sum())
+
+
+def test_metrics_assigned_mid_epoch_count_from_the_next_epoch(xp, device, rng):
+    # accuracy is counted over a whole pass: switched on in the middle of epoch 0, the
+    # epoch logs none (not 0.0 from the steps it never counted); epoch 1 logs it
+    X, y = _blobs(rng, n=96)
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.0), metrics=None)
+
+    class On(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, trainer, step, logs):
+            trainer.metrics = "accuracy"
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            self.seen.append(dict(logs))
+
+    cb = On()
+    tr.fit((xp.asarray(X), xp.asarray(y)), epochs=2, batch_size=32, progress=False, callbacks=[cb])
+    assert "accuracy" not in cb.seen[0]
+    hits = gpunet.to_numpy(model(xp.asarray(X))).argmax(1) == y
+    assert cb.seen[1]["accuracy"] == pytest.approx(hits.mean())
