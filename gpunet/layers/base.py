@@ -39,6 +39,11 @@ from ..backend import (array_hint, get_array_module, is_array, resolve_device, t
                        device_mismatch, device_of)
 
 
+#: how to freeze parameters in gpunet (PyTorch's requires_grad = False, Keras' trainable = False)
+_FREEZE = ("an optimizer updates exactly the parameters it was given: to freeze some, build it "
+           "without them, e.g. optim.Adam(model[1:].parameters()) trains all but model[0]")
+
+
 class Parameter:
     """A trainable array: ``data``, its gradient ``grad`` (None until a backward),
     a ``name`` and ``decay`` (True: L1/L2 weight decay applies; False for biases and
@@ -95,6 +100,27 @@ class Parameter:
         handle = _HookHandle(self._hooks)
         self._hooks[handle.id] = hook
         return handle
+
+    @property
+    def requires_grad(self) -> bool:
+        """Always True: every backward computes every parameter's gradient. PyTorch freezes a
+        parameter with ``requires_grad = False``; gpunet's optimizers update exactly the
+        parameters they were given, so a frozen parameter is one left out of the
+        optimizer's list. Assigning True changes nothing; assigning False raises
+        ``AttributeError`` saying so (stored and ignored, it would freeze nothing)."""
+        return True
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if not _args.flag("Parameter", "requires_grad", value):
+            raise AttributeError(f"Parameter: requires_grad cannot be set to False ({self.name or 'unnamed'} "
+                                 f"would still be trained); {_FREEZE}")
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """PyTorch's in-place spelling of ``requires_grad = ...``; returns self (False raises,
+        see ``requires_grad``)."""
+        self.requires_grad = requires_grad
+        return self
 
     def __repr__(self):
         return f"Parameter(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype}, decay={self.decay})"
@@ -446,7 +472,7 @@ _ELSEWHERE = {     # Keras' and PyTorch's model methods: what a gpunet model doe
     "load_weights": "gpunet.load(path, model) reads a checkpoint",
     "get_weights": "model.state_dict() maps names to NumPy arrays",
     "set_weights": "model.load_state_dict(state)",
-    "requires_grad_": "every Parameter is trained; leave one out of the optimizer's list to freeze it",
+    "requires_grad_": _FREEZE,
 }
 
 
@@ -463,6 +489,22 @@ class Layer:
     _container = False       # True: described by its children (Sequential, Residual)
     training = _args.flag_property(None, "training", "Training mode (a bool): set by train()/eval(); "
                                    "assigning anything else raises, as train() does.")
+
+    @property
+    def trainable(self) -> bool:
+        """Always True, for Keras' ``layer.trainable``: an optimizer built over a layer's
+        parameters trains them. Keras freezes a layer with ``trainable = False``; gpunet
+        freezes what the optimizer is not given (``optim.Adam(model[1:].parameters())``
+        trains all but ``model[0]``). Assigning True changes nothing; assigning False
+        raises ``AttributeError`` saying so, instead of being stored and ignored while the
+        layer goes on training."""
+        return True
+
+    @trainable.setter
+    def trainable(self, value):
+        if not _args.flag(type(self).__name__, "trainable", value):
+            raise AttributeError(f"{type(self).__name__}: trainable = False (Keras' way to freeze a layer) "
+                                 f"would change nothing here; {_FREEZE}")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
