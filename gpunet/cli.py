@@ -95,7 +95,9 @@ def _add_train(sub):
                                    "throughput and the device used.")
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
                    help="default: digits (embedded); mnist needs --data-dir")
-    p.add_argument("--data-dir", type=user_path, default=None, help="folder with the MNIST/Fashion-MNIST IDX files")
+    p.add_argument("--data-dir", type=user_path, default=None,
+                   help="folder with the MNIST/Fashion-MNIST IDX files (labels 0..C-1: the model gets C "
+                        "outputs, at least 10)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="default: mlp")
     p.add_argument("--epochs", type=_int_at_least(1), default=None, help="default: 30 (mlp), 20 (cnn)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="default: 64")
@@ -235,15 +237,21 @@ def _train(args):
         if side * side != Xtr.shape[1]:
             raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: images of "
                             f"{Xtr.shape[1]} pixels are not square")
+    # one output per class: the IDX labels may run past 9 (EMNIST's letters are 1..26), and a
+    # 10-output model would stop at its first batch with a loss error about its last layer
+    classes = max(10, int(max(ytr.max(), yte.max())) + 1)
+    if classes != 10 and (comm is None or comm.rank == 0):
+        print(f"gpunet train: note: the labels run up to {classes - 1}: the model has {classes} "
+              f"outputs, one per class 0..{classes - 1}", file=sys.stderr)
 
     if args.model == "mlp":
         n_in = Xtr.shape[1]
-        model = models.mlp((n_in, 256, 128, 10))
+        model = models.mlp((n_in, 256, 128, classes))
         epochs = args.epochs or 30
     else:
         Xtr = Xtr.reshape(-1, 1, side, side)
         Xte = Xte.reshape(-1, 1, side, side)
-        model = models.cnn_digits(image_size=side)
+        model = models.cnn_digits(image_size=side, num_classes=classes)
         epochs = args.epochs or 20
 
     # BLAS threads: what --threads says, else (where NumPy does the math: cpu, sim) one

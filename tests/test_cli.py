@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 import gpunet
@@ -112,6 +113,26 @@ def test_train_cnn(capsys):
     acc, _, _ = _final_line(capsys.readouterr().out)
     assert acc > 0.85
 
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_train_sizes_the_output_layer_from_the_idx_labels(model, tmp_path, capsys):
+    """IDX files whose labels run past 9 (EMNIST's letters are numbered 1..26) train a model
+    with one output per label (found by the data audit: a 10-output model stopped at its first
+    batch with a traceback from the loss, whose advice, a last layer with more outputs, the
+    command line gives no way to follow)."""
+    from test_datasets import _write_split     # tests/ is on sys.path under pytest
+    rng = numpy.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        images = rng.integers(0, 256, size=(n, 8, 8), dtype=numpy.uint8)
+        labels = rng.integers(1, 27, size=n, dtype=numpy.uint8)
+        labels[0] = 26
+        _write_split(str(tmp_path), prefix, images, labels)
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--model", model,
+                     "--epochs", "1", "--device", "cpu", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    _final_line(out)
+    assert "27 outputs" in err, err
 
 # -- user errors, as a user meets them: one line on stderr, exit status 2 ---------------------
 
