@@ -53,3 +53,39 @@ def test_the_way_the_error_names_freezes():
     _step(model, optim.SGD(model[1:].parameters(), lr=0.1))
     assert numpy.array_equal(model[0].weight.data, before[0])
     assert not numpy.array_equal(model[1].weight.data, before[1])
+
+
+@pytest.mark.parametrize("make, attr", [
+    (lambda: Dense(4, 3), "weight"), (lambda: Dense(4, 3), "bias"),
+    (lambda: gpunet.Conv2D(1, 2, 3), "weight"), (lambda: gpunet.Conv2D(1, 2, 3), "bias"),
+    (lambda: gpunet.BatchNorm(3), "gamma"), (lambda: gpunet.BatchNorm(3), "beta"),
+])
+def test_an_array_assigned_to_a_parameter_attribute_is_refused_by_name(make, attr):
+    layer = make()
+    p = getattr(layer, attr)
+    with pytest.raises(TypeError, match=rf"{type(layer).__name__}: expected {attr} to be a gpunet.Parameter, "
+                                        rf"got ndarray; to change its values assign layer.{attr}.data = array"):
+        setattr(layer, attr, numpy.zeros(p.shape, numpy.float32))
+    assert getattr(layer, attr) is p                     # nothing stored
+    with pytest.raises(TypeError, match=r"got list"):
+        setattr(layer, attr, p.data.tolist())
+
+
+def test_what_a_parameter_attribute_takes():
+    gpunet.manual_seed(0)
+    a, b = Dense(4, 4), Dense(4, 4)
+    b.weight = a.weight                                  # tied weights: a Parameter
+    assert b.weight is a.weight and len(Sequential(a, ReLU(), b).parameters()) == 3
+    b.bias = None                                        # PyTorch's linear.bias = None: no bias
+    assert [k for k in b.state_dict()] == ["weight"] and b(numpy.ones((2, 4), numpy.float32)).shape == (2, 4)
+    with pytest.raises(TypeError, match="got None"):
+        b.weight = None
+    bn = gpunet.BatchNorm(3)
+    with pytest.raises(TypeError, match="affine=False"):
+        bn.gamma = None
+    plain = gpunet.BatchNorm(3, affine=False)
+    plain.gamma = None
+    assert plain.gamma is None and list(plain.state_dict()) == ["running_mean", "running_var"]
+    w = gpunet.Parameter(numpy.full((4, 4), 0.5, numpy.float32), "weight")
+    b.weight = w
+    assert b.parameters()[0] is w and list(vars(b)).index("weight") < list(vars(b)).index("bias")

@@ -126,6 +126,43 @@ class Parameter:
         return f"Parameter(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype}, decay={self.decay})"
 
 
+class ParameterSlot:
+    """A layer attribute that holds a Parameter (``Dense.weight``/``bias``,
+    ``Conv2D.weight``/``bias``, ``BatchNorm.gamma``/``beta``): assigning anything else
+    raises ``TypeError`` naming the layer, the attribute, what it got and the two ways to
+    do what was meant, as PyTorch refuses a tensor assigned to a parameter attribute.
+    Before, ``layer.weight = array`` was stored, left the parameter list (and the
+    optimizer's) without it, and the next forward failed on ``array.data``, a memoryview.
+
+    ``optional(layer)``: whether None is allowed (a bias may be removed, as PyTorch's
+    ``linear.bias = None``; BatchNorm's gamma and beta are None exactly when
+    ``affine=False``). Only assignment is intercepted (the descriptor has no ``__get__``),
+    so reading ``layer.weight`` stays a plain instance-dict read, and the Parameter stays in
+    ``vars(layer)`` under its own name, where ``named_parameters`` finds it."""
+
+    def __init__(self, optional=lambda layer: False, none_hint=""):
+        self.optional = optional
+        self.none_hint = none_hint
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __set__(self, layer, value):
+        if not isinstance(value, Parameter):
+            if value is None and self.optional(layer):
+                layer.__dict__[self.name] = value
+                return
+            who, k = type(layer).__name__, self.name
+            if value is None:
+                raise TypeError(f"{who}: expected {k} to be a gpunet.Parameter, got None{self.none_hint}")
+            raise TypeError(
+                f"{who}: expected {k} to be a gpunet.Parameter, got {type(value).__name__}"
+                f"{array_hint(value)}; to change its values assign layer.{k}.data = array (the "
+                f"optimizer goes on updating the same Parameter), or make a new one, layer.{k} = "
+                f"gpunet.Parameter(array, {k!r}) (an optimizer built before does not hold it)")
+        layer.__dict__[self.name] = value
+
+
 class _HookHandle:
     """What ``register_post_accumulate_grad_hook`` returns: ``remove()`` unregisters."""
 

@@ -6,7 +6,7 @@ import numpy
 from .. import _args
 from ..backend import get_array_module
 from ..functional import batchnorm as F
-from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
+from .base import Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_shapes
 
 
 class BatchNorm(Layer):
@@ -45,6 +45,8 @@ class BatchNorm(Layer):
     on a device the half kernels read and write the float16 activations directly (no
     float32 copy). ``dy`` is then float16, or float32 (``dx`` is then float32).
 
+    ``gamma`` and ``beta`` take a ``Parameter`` (None with ``affine=False``); any other
+    value raises ``TypeError`` (``layer.gamma.data = array`` changes the values).
     ``eps`` and ``momentum`` may be assigned afterwards (checked as the arguments are; the
     next forward uses them). ``num_features`` and ``affine`` are fixed: ``gamma``, ``beta``
     and the running statistics were made from them, and assigning either raises
@@ -52,6 +54,10 @@ class BatchNorm(Layer):
     """
 
     _buffers = ("running_mean", "running_var")
+    gamma = ParameterSlot(optional=lambda layer: not layer.affine,
+                          none_hint=" (this layer has affine=True; BatchNorm(..., affine=False) has no gamma and beta)")
+    beta = ParameterSlot(optional=lambda layer: not layer.affine,
+                         none_hint=" (this layer has affine=True; BatchNorm(..., affine=False) has no gamma and beta)")
     _nonnegative_buffers = ("running_var",)      # checked by load_state_dict
     eps = _args.real_property(None, "eps", "Added to the variance (a finite number > 0).",
                               low=0.0, low_open=True)

@@ -7,7 +7,7 @@ from .. import _args, init as _init
 from ..functional import conv as FC
 from .activations import activation_property, apply_fused
 from ..data import is_data
-from .base import (Layer, Parameter, channels_last_hint, check_array, check_device, check_dtype,
+from .base import (Layer, Parameter, ParameterSlot, channels_last_hint, check_array, check_device, check_dtype,
                    check_grad, check_shapes)
 from .dense import default_init
 
@@ -38,6 +38,8 @@ class Conv2D(Layer):
 
     An empty batch (``N = 0``) raises ``ValueError``.
 
+    ``weight`` and ``bias`` take a ``Parameter`` (``bias`` also None, which removes it);
+    any other value raises ``TypeError`` (``layer.weight.data = array`` changes the values).
     ``stride``, ``padding``, ``activation`` and ``input_grad`` may be assigned afterwards
     (checked as the arguments are; an int stride or padding is stored as a pair; the next
     forward uses them). ``in_channels``, ``out_channels`` and ``kernel_size`` are fixed (the
@@ -47,6 +49,8 @@ class Conv2D(Layer):
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
     activation = activation_property("Conv2D")
+    weight = ParameterSlot()
+    bias = ParameterSlot(optional=lambda layer: True)
     stride = _args.checked_property("Conv2D", "stride", "The (h, w) stride (assign an int or a pair of "
                                     "ints >= 1).", lambda who, name, value: FC.pair(value, who, name, 1))
     padding = _args.checked_property("Conv2D", "padding", "The (h, w) zero padding (assign an int or a pair "

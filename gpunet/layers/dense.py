@@ -8,7 +8,7 @@ from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
 from .activations import activation_property, apply_fused
-from .base import Layer, Parameter, check_device, check_grad, check_input, check_shapes
+from .base import Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_shapes
 
 
 def default_init(activation) -> str:
@@ -34,6 +34,8 @@ class Dense(Layer):
     training step's arithmetic. Any other input (gradcheck's, a previous layer's output)
     gets its ``dx``.
 
+    ``weight`` and ``bias`` take a ``Parameter`` (``bias`` also None, which removes it);
+    any other value raises ``TypeError`` (``layer.weight.data = array`` changes the values).
     ``activation`` and ``input_grad`` may be assigned afterwards (checked as the arguments
     are; the next forward uses them). ``in_features`` and ``out_features`` are fixed (the
     weight's shape): assigning either raises ``AttributeError``.
@@ -42,6 +44,8 @@ class Dense(Layer):
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
     activation = activation_property("Dense")
+    weight = ParameterSlot()
+    bias = ParameterSlot(optional=lambda layer: True)
     _new_sizes = ("the weight has shape (out_features, in_features); create a new "
                   "Dense(in_features, out_features) for other sizes")
     in_features = _args.read_only("Dense", "in_features", "Input features (fixed at construction).", _new_sizes)
