@@ -89,3 +89,35 @@ def test_what_a_parameter_attribute_takes():
     w = gpunet.Parameter(numpy.full((4, 4), 0.5, numpy.float32), "weight")
     b.weight = w
     assert b.parameters()[0] is w and list(vars(b)).index("weight") < list(vars(b)).index("bias")
+
+
+def test_a_pytorch_state_dict_loads_where_keys_and_shapes_match():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tmodel = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model = Sequential(Dense(4, 8), ReLU(), Dense(8, 3))
+    assert model.load_state_dict(tmodel.state_dict()) is model
+    x = numpy.random.default_rng(0).standard_normal((5, 4)).astype(numpy.float32)
+    numpy.testing.assert_allclose(model(x), tmodel(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert model[0].weight.data.dtype == numpy.float32
+    # a torch BatchNorm's names differ: strict loading says which
+    with pytest.raises(ValueError, match="missing keys 'gamma', 'beta'.*unexpected keys 'weight', 'bias'"):
+        gpunet.BatchNorm(3).load_state_dict(torch.nn.BatchNorm1d(3).state_dict())
+
+
+def test_a_value_numpy_cannot_read_is_named_with_its_key():
+    class Unreadable:
+        def __array__(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    model = _mlp()
+    state = model.state_dict()
+    state["1.bias"] = Unreadable()
+    before = model[0].weight.data.copy()
+    with pytest.raises(ValueError, match=r"'1.bias': expected an array, got Unreadable that NumPy cannot "
+                                         r"read \(can't convert cuda:0"):
+        model.load_state_dict(state)
+    assert numpy.array_equal(model[0].weight.data, before)      # nothing loaded
+    state["1.bias"] = [0.5, 0.5, 0.5]                            # a list is an array's values
+    model.load_state_dict(state)
+    assert model[1].bias.data.tolist() == [0.5, 0.5, 0.5] and model[1].bias.data.dtype == numpy.float32

@@ -513,6 +513,25 @@ _ELSEWHERE = {     # Keras' and PyTorch's model methods: what a gpunet model doe
 }
 
 
+def _readable_values(state, keys, problems) -> dict:
+    """``{k: state[k]}`` for ``keys``, each value an array or a number: anything else (a
+    CPU ``torch.Tensor``, a list) through ``numpy.asarray``; a value it cannot read (a CUDA
+    tensor) is left out and noted in ``problems``."""
+    out = {}
+    for k in keys:
+        v = state[k]
+        if not (is_array(v) or isinstance(v, (numbers.Number, numpy.generic))):
+            try:
+                v = numpy.asarray(v)
+            except Exception as e:
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                problems.append(f"{k!r}: expected an array, got {type(v).__name__} that NumPy cannot "
+                                f"read ({first}){array_hint(v)}")
+                continue
+        out[k] = v
+    return out
+
+
 class Layer:
     """Base class: parameters are found among the instance attributes (in assignment
     order), child layers likewise. Subclasses list buffer and counter attribute names in
@@ -738,6 +757,14 @@ class Layer:
         and shape mismatches raise one ``ValueError`` naming each of them, before anything
         is changed; returns ``self``. ``strict=False``: loads the keys that match (a shape
         mismatch still raises) and returns ``(missing, unexpected)``, two lists of keys.
+
+        Values are arrays (NumPy, CuPy) or anything ``numpy.asarray`` reads, a CPU
+        ``torch.Tensor`` included: a PyTorch model's ``state_dict()`` loads wherever its keys
+        and shapes are gpunet's (``nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8,
+        3))`` into ``Sequential(Dense(4, 8), ReLU(), Dense(8, 3))``: Dense's weight is ``(out,
+        in)`` as ``nn.Linear``'s; BatchNorm's ``gamma``/``beta`` are PyTorch's
+        ``weight``/``bias``). A value that cannot be read (a CUDA tensor) is named in the
+        ``ValueError``. Values are copied into the parameters' dtype and device.
         """
         who = f"{type(self).__name__}.load_state_dict"
         strict = _args.flag(who, "strict", strict)
@@ -754,6 +781,8 @@ class Layer:
                 problems.append("missing keys " + ", ".join(repr(k) for k in missing))
             if unexpected:
                 problems.append("unexpected keys " + ", ".join(repr(k) for k in unexpected))
+        state = _readable_values(state, [k for k in list(params) + list(buffers) if k in state], problems)
+
         def kind_problem(k, kinds, what):
             # a value that would not convert faithfully: None/objects (NaN), complex (the
             # imaginary part dropped), strings; a float for an integer counter (truncated)
