@@ -601,7 +601,8 @@ class _Record:
 
     Each step's loss (0-d, on the device) is kept as it is until the next ``read`` stacks
     them into ``rows[:steps]``; each sample's hit (argmax of the output == label, or argmax
-    of a probability target; binary accuracy for one output column) goes into ``hits``;
+    of a probability target; binary accuracy for one output column; for several outputs per
+    label or with ``BCEWithLogits``, the fraction right: ``_fractions``) goes into ``hits``;
     ``read`` counts the new hits into ``rows[steps]`` and brings ``rows[done:]`` to the host. The host adds the losses in step
     order, so the totals are the sums a per-step ``float(loss)`` would give. ``bad`` is the
     first step whose loss is not finite.
@@ -640,7 +641,7 @@ class _Record:
         self.filled = 0             # samples recorded
         self.bad = None             # (step, value) of the first non-finite loss
 
-    def add(self, loss, out, y, mean=True, threshold=0.5, ignore=None):
+    def add(self, loss, out, y, mean=True, threshold=0.5, ignore=None, elementwise=False):
         """Record a step made with a loss of these terms (see the class); returns the
         batch's loss (0-d, on the device)."""
         value = loss if loss.ndim == 0 else loss.sum()
@@ -662,16 +663,51 @@ class _Record:
             if binary:              # no argmax to take
                 # one output column: a hit is (out > threshold) == (y > 0.5)
                 self.xp.equal(out.reshape(n) > threshold, y.reshape(n) > 0.5, out=hits)
+            elif elementwise or out.ndim != 2:
+                hits = self._fractions(out, y, n, threshold, elementwise)
             else:
                 target = y.argmax(axis=1) if y.ndim == 2 else y
                 self.xp.equal(out.argmax(axis=1), target, out=hits)
             if valid is not None:
-                hits &= valid
+                if hits.dtype == bool:
+                    hits &= valid
+                else:
+                    hits *= valid
         self.filled += n
         self.n.append(n)
         self.mean.append(mean)
         self.by_valid.append(valid is not None)
         return value
+
+    def _fractions(self, out, y, n, threshold, elementwise):
+        """Each sample's hit as the fraction of its outputs that are right (into ``hits``,
+        made float64 at the first such batch of the pass), when a sample has several: every
+        element of ``BCEWithLogits`` outputs (multi-label, masks) and of an output with one
+        channel along axis 1 is a binary hit, as for one output column; otherwise each
+        position of an ``(N, C, ...)`` output is a hit when its argmax along axis 1 is the
+        integer label ``(N, ...)``, or the argmax of a target of the output's shape. Targets
+        that fit neither raise ``ValueError`` naming both shapes."""
+        xp = self.xp
+        if self.hits.dtype == bool:
+            self.hits = self.hits.astype(numpy.float64)
+        hits = self.hits[self.filled:self.filled + n]
+        if elementwise or out.shape[1:2] in ((), (1,)):
+            ok = y.size == out.size
+            if ok:
+                right = xp.equal(out.reshape(n, -1) > threshold, y.reshape(n, -1) > 0.5)
+        else:
+            pred = out.argmax(axis=1)
+            target = y if y.ndim == out.ndim - 1 else y.argmax(axis=1) if y.shape == out.shape else None
+            ok = target is not None and target.shape == pred.shape
+            if ok:
+                right = xp.equal(pred, target).reshape(n, -1)
+        if not ok:
+            raise ValueError(f"Trainer: the accuracy metric cannot compare outputs of shape "
+                             f"{tuple(out.shape)} with targets of shape {tuple(y.shape)} (expected targets "
+                             f"of the outputs' shape, or integer labels without axis 1); build the "
+                             f"Trainer with metrics=() to train without it")
+        right.mean(axis=1, out=hits)
+        return hits
 
     def _grow(self):
         """Room for per-step counts: ``rows`` gains ``steps`` entries, ``valid`` one flag per
@@ -700,7 +736,7 @@ class _Record:
             self.seen += n
             self.counted += k
         if self.metrics:
-            self.correct += int(rows[steps - self.done])
+            self.correct += rows[steps - self.done]     # whole counts, unless _fractions
         self.done = upto
 
 
@@ -717,6 +753,12 @@ class Trainer:
     output column there is no argmax to take: accuracy is then binary, as Keras's
     ``binary_accuracy``: the output above 0 (``BCEWithLogits``: a logit) or above 0.5 (any
     other loss: a probability or a 0/1 regression target) against a target above 0.5.
+    ``BCEWithLogits`` is scored that way on every output element (multi-label ``(N, C)``
+    targets, masks), as Keras scores binary cross-entropy. A sample with several outputs per
+    label scores the fraction it gets right: ``(N, 1, ...)`` outputs (an autoencoder's or a
+    mask's) element by element as above, ``(N, C, ...)`` ones position by position by the
+    argmax along axis 1; targets that fit neither raise ``ValueError`` naming both shapes
+    (pass ``metrics=()``).
     Samples whose integer label is the loss's ``ignore_index`` count neither as hits nor
     in the denominator of the accuracy (as Keras leaves a loss's ``ignore_class`` out of
     its metrics), and the loss is the mean over the other samples (each batch's mean
@@ -1275,12 +1317,13 @@ class Trainer:
                        ignore=getattr(self.loss_fn, "ignore_index", None))
 
     def _loss_terms(self):
-        """``(mean, threshold, ignore)`` of the loss as it is now, for ``_Record.add``: read
-        at every step, since ``loss_fn`` (or its ``reduction``/``ignore_index``) may be
-        assigned from a callback in the middle of a pass."""
+        """``(mean, threshold, ignore, elementwise)`` of the loss as it is now, for
+        ``_Record.add``: read at every step, since ``loss_fn`` (or its
+        ``reduction``/``ignore_index``) may be assigned from a callback in the middle of a pass."""
         f = self._loss_fn
-        return (getattr(f, "reduction", "mean") == "mean", 0.0 if isinstance(f, BCEWithLogits) else 0.5,
-                getattr(f, "ignore_index", None))
+        bce = isinstance(f, BCEWithLogits)
+        return (getattr(f, "reduction", "mean") == "mean", 0.0 if bce else 0.5,
+                getattr(f, "ignore_index", None), bce)
 
     def _to_model(self, a):
         if a is None:

@@ -722,6 +722,78 @@ def test_accuracy_of_one_output_column_is_binary_accuracy(loss, targets):
     assert logs["accuracy"] == pytest.approx(expect)
 
 
+
+def _accuracy_reference(out, y, threshold):
+    """Keras' binary accuracy over every element of each sample, averaged per sample."""
+    n = out.shape[0]
+    return float(numpy.mean(numpy.mean((out.reshape(n, -1) > threshold) == (y.reshape(n, -1) > 0.5), axis=1)))
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_accuracy_of_image_outputs_is_per_element(loss, device):
+    """Outputs with more than one element per sample and one channel (a convolutional
+    autoencoder's or a segmentation mask's (N, 1, H, W)) under the default metrics: the
+    accuracy is the binary accuracy of every element, as for one output column (found by the
+    data audit: fit and evaluate crashed inside NumPy, 'operands could not be broadcast
+    together with shapes (4,6,6) (4,1,6,6) (4,)'), in fit's History and evaluate, and the
+    same on every backend."""
+    rng = numpy.random.default_rng(0)
+    x = rng.random((10, 1, 6, 6), dtype=numpy.float32)
+    y = (x > 0.5).astype(numpy.float32)
+    gpunet.manual_seed(0)
+    model = Sequential(gpunet.Conv2D(1, 1, 3, padding=1)).to(device)
+    loss_fn = gpunet.losses.BCEWithLogits() if loss == "bce" else gpunet.losses.MSELoss()
+    trainer = Trainer(model, loss_fn, optim.SGD(model, lr=0.0))
+    h = trainer.fit((x, y), epochs=1, batch_size=4, progress=False)
+    ev = trainer.evaluate((x, y), batch_size=3)
+    expect = _accuracy_reference(trainer.predict(x), y, 0.0 if loss == "bce" else 0.5)
+    assert 0.0 < expect < 1.0
+    assert ev["accuracy"] == pytest.approx(expect)
+    assert h["accuracy"][0] == pytest.approx(expect)
+
+
+def test_accuracy_with_bce_and_several_columns_is_binary_accuracy(device):
+    """BCEWithLogits over several columns (multi-label targets) is scored as Keras scores
+    binary cross-entropy: each (sample, column) a binary hit of the logit above 0 against the
+    target above 0.5, not the argmax of the logits against the argmax of the 0/1 targets (0.5
+    where the elements scored 0.44)."""
+    rng = numpy.random.default_rng(5)
+    x = rng.standard_normal((12, 6)).astype(numpy.float32)
+    y = (rng.random((12, 3)) < 0.5).astype(numpy.float32)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(6, 5, activation="relu"), Dense(5, 3)).to(device)
+    trainer = Trainer(model, gpunet.losses.BCEWithLogits(), optim.SGD(model, lr=0.0))
+    out = trainer.predict(x)
+    expect = _accuracy_reference(out, y, 0.0)
+    assert expect != pytest.approx(float(numpy.mean(out.argmax(1) == y.argmax(1))))
+    assert trainer.evaluate((x, y), batch_size=5)["accuracy"] == pytest.approx(expect)
+
+
+def test_accuracy_of_several_channels_is_the_argmax_per_position(device):
+    """(N, C, H, W) outputs with C > 1 against targets of that shape: each position is a hit
+    when the argmax along axis 1 (the channels) agrees, and a sample scores the fraction of its
+    positions that do; targets the outputs cannot be compared with raise ValueError naming
+    both shapes, instead of NumPy's broadcasting error."""
+    rng = numpy.random.default_rng(2)
+    x = rng.random((7, 1, 5, 5), dtype=numpy.float32)
+    y = rng.random((7, 3, 5, 5), dtype=numpy.float32)
+    gpunet.manual_seed(0)
+    model = Sequential(gpunet.Conv2D(1, 3, 3, padding=1)).to(device)
+    trainer = Trainer(model, gpunet.losses.MSELoss(), optim.SGD(model, lr=0.0))
+    out = trainer.predict(x)
+    expect = float(numpy.mean(out.argmax(1) == y.argmax(1)))
+    assert 0.0 < expect < 1.0
+    assert trainer.evaluate((x, y), batch_size=4)["accuracy"] == pytest.approx(expect)
+
+    class Mean(gpunet.losses.Loss):     # a loss of the user's that takes any targets
+        def forward(self, z, t):
+            self._grad = z * 0.0
+            return z.mean()
+    trainer = Trainer(model, Mean(), optim.SGD(model, lr=0.0))
+    with pytest.raises(ValueError, match=r"accuracy metric cannot compare outputs of shape \(4, 3, 5, 5\) "
+                                         r"with targets of shape \(4, 2\)"):
+        trainer.evaluate((x, numpy.zeros((7, 2), numpy.float32)), batch_size=4)
+
 def test_accuracy_and_loss_leave_out_the_loss_ignore_index(xp, device):
     """Rows labelled with the loss's ignore_index are neither hits nor counted: the accuracy
     is over the other rows (it counted them as misses: 0.18 where the other rows scored
