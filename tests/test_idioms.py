@@ -121,3 +121,28 @@ def test_a_value_numpy_cannot_read_is_named_with_its_key():
     state["1.bias"] = [0.5, 0.5, 0.5]                            # a list is an array's values
     model.load_state_dict(state)
     assert model[1].bias.data.tolist() == [0.5, 0.5, 0.5] and model[1].bias.data.dtype == numpy.float32
+
+
+def test_parameter_data_takes_an_array_and_names_anything_else():
+    layer = Dense(4, 3)
+    w = layer.weight.data
+    with pytest.raises(TypeError, match=r"Parameter.data: expected a NumPy or CuPy array for weight, got list"):
+        layer.weight.data = w.tolist()
+    assert layer.weight.data is w                                 # nothing stored
+    with pytest.raises(TypeError, match="got list"):
+        gpunet.Parameter([1.0, 2.0], "bias")
+    layer.weight.data = w.astype(numpy.float64)                  # reassigning an array: a cast, as documented
+    assert layer.weight.dtype == numpy.float64 and "data" in vars(layer.weight)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"got Tensor; a torch.Tensor becomes a NumPy array with x.numpy\(\)"):
+        layer.weight.data = torch.zeros(3, 4)
+
+
+def test_a_deep_copied_model_is_independent():
+    import copy
+    model = _mlp()
+    twin = copy.deepcopy(model)
+    twin[0].weight.data[...] = 0
+    assert not (model[0].weight.data == 0).all()
+    x = numpy.ones((2, 4), numpy.float32)
+    assert twin(x).shape == (2, 3)

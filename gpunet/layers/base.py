@@ -39,6 +39,23 @@ from ..backend import (array_hint, get_array_module, is_array, resolve_device, t
                        device_mismatch, device_of)
 
 
+class _ArraySlot:
+    """``Parameter.data``: a plain attribute that may be reassigned (``p.data =
+    p.data.astype(numpy.float64)``), but only with an array (NumPy, CuPy, sim). Anything
+    else raises ``TypeError`` at the assignment, naming the parameter, as PyTorch refuses
+    ``p.data = [...]``; before, a list or a ``torch.Tensor`` was stored and the next forward
+    failed inside NumPy (``'list' object has no attribute 'dtype'``, ``Cannot interpret
+    'torch.float32' as a data type``). Only assignment is intercepted (no ``__get__``): a
+    read is an instance-dict read, as fast as the slot it was."""
+
+    def __set__(self, p, value):
+        if not is_array(value):
+            raise TypeError(f"Parameter.data: expected a NumPy or CuPy array for "
+                            f"{getattr(p, 'name', '') or 'this parameter'}, "
+                            f"got {type(value).__name__}{array_hint(value)}")
+        p.__dict__["data"] = value
+
+
 #: how to freeze parameters in gpunet (PyTorch's requires_grad = False, Keras' trainable = False)
 _FREEZE = ("an optimizer updates exactly the parameters it was given: to freeze some, build it "
            "without them, e.g. optim.Adam(model[1:].parameters()) trains all but model[0]")
@@ -47,7 +64,8 @@ _FREEZE = ("an optimizer updates exactly the parameters it was given: to freeze 
 class Parameter:
     """A trainable array: ``data``, its gradient ``grad`` (None until a backward),
     a ``name`` and ``decay`` (True: L1/L2 weight decay applies; False for biases and
-    batch-norm's gamma/beta). Optimizers built over it register themselves in
+    batch-norm's gamma/beta). ``data`` may be reassigned with another array (``p.data =
+    p.data.astype(numpy.float64)`` casts it); anything else raises ``TypeError``. Optimizers built over it register themselves in
     ``_optimizers`` (weak references), so that ``Layer.to(dtype=...)`` can cast their
     state with the parameter.
 
@@ -56,12 +74,13 @@ class Parameter:
     moment the gradient of that backward is complete (``gpunet.distributed`` starts its
     all-reduces there)."""
 
-    __slots__ = ("data", "grad", "name", "decay", "_optimizers", "_hooks")
+    __slots__ = ("grad", "name", "decay", "_optimizers", "_hooks", "__dict__")
+    data = _ArraySlot()
 
     def __init__(self, data, name: str = "", decay: bool = True):
+        self.name = name
         self.data = data
         self.grad = None
-        self.name = name
         self.decay = decay
         self._optimizers = []
         self._hooks = None
