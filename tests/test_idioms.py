@@ -146,3 +146,22 @@ def test_a_deep_copied_model_is_independent():
     assert not (model[0].weight.data == 0).all()
     x = numpy.ones((2, 4), numpy.float32)
     assert twin(x).shape == (2, 3)
+
+
+class _Twice(gpunet.Layer):
+    """A custom layer written as a PyTorch module: forward only (no autograd here)."""
+
+    def forward(self, x):
+        return 2 * x
+
+
+def test_a_custom_layer_without_backward_says_what_to_write():
+    model = Sequential(Dense(4, 4), _Twice())
+    x = numpy.ones((2, 4), numpy.float32)
+    loss_fn = gpunet.MSELoss()
+    loss_fn(model(x), x)
+    with pytest.raises(NotImplementedError, match=r"_Twice defines no backward\(dy\): gpunet has no autograd.*"
+                                                  r"Parameter.accumulate"):
+        model.backward(loss_fn.backward())
+    with pytest.raises(NotImplementedError, match=r"Layer defines no forward\(x\)"):
+        gpunet.Layer()(x)

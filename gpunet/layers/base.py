@@ -595,10 +595,17 @@ class Layer:
 
     # -- the step ---------------------------------------------------------------------
     def forward(self, x):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no forward(x): a Layer subclass "
+                                  "defines forward(x), which returns the output and, in training mode, "
+                                  "keeps what its backward needs")
 
     def backward(self, dy):
-        raise NotImplementedError
+        # gpunet has no autograd (PyTorch derives backward from forward): say what to write
+        raise NotImplementedError(f"{type(self).__name__} defines no backward(dy): gpunet has no autograd, "
+                                  "so a Layer subclass defines backward(dy), which returns the gradient "
+                                  "with respect to its input and adds each parameter's gradient with "
+                                  "Parameter.accumulate(g) (help(gpunet.layers.base); gpunet.gradcheck(layer, "
+                                  "x) checks it)")
 
     def __call__(self, x):
         return self.forward(x)
