@@ -165,3 +165,16 @@ def test_a_custom_layer_without_backward_says_what_to_write():
         model.backward(loss_fn.backward())
     with pytest.raises(NotImplementedError, match=r"Layer defines no forward\(x\)"):
         gpunet.Layer()(x)
+
+
+class _NoSuper(gpunet.Layer):
+    def __init__(self):                  # super().__init__() forgotten
+        self.scale = 2.0
+
+    def forward(self, x):
+        return self.scale * x
+
+
+def test_a_custom_layer_that_skipped_super_init_is_told_so():
+    with pytest.raises(AttributeError, match=r"_NoSuper.__init__ did not call super\(\).__init__\(\)"):
+        Sequential(Dense(4, 4), _NoSuper())(numpy.ones((2, 4), numpy.float32))

@@ -614,6 +614,10 @@ class Layer:
         # only reached for a missing attribute: Keras' and PyTorch's model methods that gpunet
         # puts elsewhere name where (a model is only its layers; Trainer trains and predicts)
         hint = _ELSEWHERE.get(name)
+        if name == "training" and "_training" not in self.__dict__:
+            # PyTorch: "cannot assign module before Module.__init__() call"
+            hint = (f"{type(self).__name__}.__init__ did not call super().__init__(), which "
+                    "sets training mode (a new layer trains, as in PyTorch)")
         msg = f"{type(self).__name__!r} object has no attribute {name!r}"
         raise AttributeError(msg if hint is None else f"{msg}; {hint}", name=name, obj=self)
 
