@@ -878,6 +878,7 @@ class Trainer:
         self.history = None
         self.epoch = 0
         self.global_step = 0
+        self._next_order = 0        # the shuffle epoch a fit without initial_epoch starts at
         self._callbacks = []
         self._step_lr = None
         self.cuda_graph = cuda_graph
@@ -1048,7 +1049,11 @@ class Trainer:
         ``train``/``val``: ``(X, y)`` tuples or DataLoaders. For tuples, a DataLoader with
         ``batch_size``, ``shuffle`` and ``seed`` is built; epoch ``k`` visits the samples in
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
-        ``gpunet.load`` continues bit for bit. A non-finite loss raises
+        ``gpunet.load`` continues bit for bit. A fit without ``initial_epoch`` on a Trainer
+        that has trained before goes on with the orders after those of its last epoch (so
+        ``fit(epochs=1)`` in a loop reshuffles at each call, as Keras' ``fit`` and a PyTorch
+        ``DataLoader`` do, and ``fit(epochs=5)`` twice takes the orders of one
+        ``fit(epochs=10)``); its History and callbacks still count its epochs from 0. A non-finite loss raises
         ``FloatingPointError`` naming the epoch and step and ends the run there, as Keras'
         ``TerminateOnNaN`` would stop it (the callbacks' ``on_train_end`` still runs, the
         epochs before stay in ``trainer.history``, and a ``ModelCheckpoint`` file keeps the
@@ -1146,9 +1151,13 @@ class Trainer:
         try:
             if first_input_grad is not None:
                 first.input_grad = False   # nothing consumes the gradient w.r.t. the data
+            # the shuffle: epoch k takes the order of (seed, k); a fit without initial_epoch goes
+            # on from the orders of the fits before it, as Keras and a PyTorch loop reshuffle
+            order_base = 0 if initial_epoch else self._next_order
             for epoch in range(initial_epoch, epochs):
                 self.epoch = epoch
-                logs = self._train_epoch(loader, epoch, epochs, progress)
+                logs = self._train_epoch(loader, epoch, epochs, progress, order_base + epoch)
+                self._next_order = order_base + epoch + 1
                 logs["learning_rate"] = self._step_lr
                 if self.scheduler is not None and self.scheduler_interval == "epoch" and plateau is None:
                     self.scheduler.step()
@@ -1194,11 +1203,11 @@ class Trainer:
             raise kind(f"Trainer.fit: val does not fit the model and loss (checked on its first "
                        f"sample, before training): {e}") from e
 
-    def _train_epoch(self, loader, epoch, epochs, progress):
+    def _train_epoch(self, loader, epoch, epochs, progress, order_epoch):
         self.model.train()
         for cb in self._callbacks:
             cb.on_epoch_begin(self, epoch)
-        loader.set_epoch(epoch)
+        loader.set_epoch(order_epoch)
         on_host = self.device == "cpu"
         rec = self._record(loader)
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",

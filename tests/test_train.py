@@ -702,6 +702,32 @@ def test_model_checkpoint_checks_its_path_before_training(tmp_path):
         assert t.global_step == 0            # before the first step, not after an epoch
 
 
+
+@pytest.mark.parametrize("loader", [False, True], ids=["tuple", "DataLoader"])
+def test_a_second_fit_goes_on_with_new_shuffles(loader):
+    """fit(epochs=2) twice on one Trainer trains as fit(epochs=4) once: the second fit takes
+    the shuffles of epochs 2 and 3 (found by the data audit: each fit started again at epoch
+    0's order, so fit(epochs=1) in a loop visited the samples in one order every time, where
+    Keras' fit and a PyTorch DataLoader reshuffle). initial_epoch still picks the order."""
+    X, y = _blobs(numpy.random.default_rng(0), n=50)
+
+    def run(*fits):
+        gpunet.manual_seed(0)
+        model = _model()
+        trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1, momentum=0.9))
+        data = gpunet.data.DataLoader(X, y, batch_size=8, shuffle=True, seed=3) if loader else (X, y)
+        for kw in fits:
+            trainer.fit(data, batch_size=8, seed=3, progress=False, **kw)
+        return [p.data.copy() for p in model.parameters()]
+
+    once = run(dict(epochs=4))
+    for a, b in zip(once, run(dict(epochs=2), dict(epochs=2))):
+        numpy.testing.assert_array_equal(a, b)
+    for a, b in zip(once, run(dict(epochs=2), dict(epochs=4, initial_epoch=2))):
+        numpy.testing.assert_array_equal(a, b)
+    again = run(dict(epochs=2), dict(epochs=3, initial_epoch=1))    # 4 epochs, orders 0, 1, 1, 2
+    assert any(not numpy.array_equal(a, b) for a, b in zip(once, again))
+
 @pytest.mark.parametrize("loss, targets", [("bce", "float"), ("mse", "float"), ("bce", "int")])
 def test_accuracy_of_one_output_column_is_binary_accuracy(loss, targets):
     """One output column has no argmax to take (it is always 0, which made every such model
