@@ -178,3 +178,40 @@ class _NoSuper(gpunet.Layer):
 def test_a_custom_layer_that_skipped_super_init_is_told_so():
     with pytest.raises(AttributeError, match=r"_NoSuper.__init__ did not call super\(\).__init__\(\)"):
         Sequential(Dense(4, 4), _NoSuper())(numpy.ones((2, 4), numpy.float32))
+
+
+class _Blocks(gpunet.Layer):
+    """Layers held in a list attribute, as PyTorch's nn.ModuleList holds them."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = [Dense(4, 4, activation="relu"), gpunet.Dropout(0.5), Dense(4, 3)]
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+    def backward(self, dy):
+        for b in reversed(self.blocks):
+            dy = b.backward(dy)
+        return dy
+
+
+def test_layers_in_a_list_attribute_are_children_as_in_a_module_list():
+    gpunet.manual_seed(0)
+    model = _Blocks()
+    assert [k for k, _ in model.named_parameters()] == ["blocks.0.weight", "blocks.0.bias",
+                                                        "blocks.2.weight", "blocks.2.bias"]
+    assert list(model.state_dict())[-2:] == ["blocks.1.seed", "blocks.1.counter"]
+    assert model.count_params() == 4 * 4 + 4 + 4 * 3 + 3
+    assert model.eval().blocks[1].training is False and model.train().blocks[1].training is True
+    before = model.blocks[2].weight.data.copy()
+    _step(model, optim.SGD(model, lr=0.1))                       # the optimizer trains them
+    assert not numpy.array_equal(model.blocks[2].weight.data, before)
+    model.to(dtype=numpy.float64)
+    assert model.blocks[0].weight.dtype == numpy.float64
+    twin = _Blocks()
+    twin.to(dtype=numpy.float64).load_state_dict(model.state_dict())
+    x = numpy.ones((2, 4))
+    assert numpy.array_equal(twin.eval()(x), model.eval()(x))

@@ -551,9 +551,36 @@ def _readable_values(state, keys, problems) -> dict:
     return out
 
 
+def _members(layer):
+    """``(name, Parameter or Layer)`` for what ``layer``'s attributes hold, in assignment
+    order: an attribute holding one is named by the attribute; a public list or tuple
+    attribute holding only Parameters and Layers (``self.blocks = [Dense(...), ...]``, what
+    PyTorch writes as ``nn.ModuleList``) gives ``"<attr>.<i>"`` for each, the names
+    ``ModuleList`` gives. Before, such a list was passed over: its layers were left out of
+    ``parameters()`` (so no optimizer trained them), ``state_dict``, ``to()`` and
+    ``train()``/``eval()``, silently."""
+    for k, v in vars(layer).items():
+        if isinstance(v, (Parameter, Layer)):
+            yield k, v
+        elif type(v) in _SEQUENCES and _holds_members(k, v):
+            for i, e in enumerate(v):
+                yield f"{k}.{i}", e
+
+
+_SEQUENCES = (list, tuple)
+
+
+def _holds_members(k, v) -> bool:
+    """Whether attribute ``k``, a list or tuple ``v``, is one ``_members`` looks into."""
+    return bool(v) and k[0] != "_" and all(isinstance(e, (Parameter, Layer)) for e in v)
+
+
 class Layer:
     """Base class: parameters are found among the instance attributes (in assignment
-    order), child layers likewise. Subclasses list buffer and counter attribute names in
+    order), child layers likewise, also inside a list or tuple attribute (PyTorch's
+    ``nn.ModuleList``: ``self.blocks = [Dense(4, 4), Dense(4, 4)]`` gives the state_dict keys
+    ``blocks.0.weight``, ...; a list is read at each call, so appending to it registers the
+    new layer). Subclasses list buffer and counter attribute names in
     ``_buffers``; they travel in ``state_dict`` and move with ``to(device)``.
 
     Subclasses define ``forward`` and ``backward``; the base wraps both (see the module
@@ -623,27 +650,34 @@ class Layer:
 
     # -- structure ----------------------------------------------------------------------
     def children(self) -> list["Layer"]:
-        return [v for v in vars(self).values() if isinstance(v, Layer)]
+        return [v for _, v in _members(self) if isinstance(v, Layer)]
 
     def named_children(self):
-        """Yield ``(name, layer)`` for the direct children (attribute names, or indices in a
-        Sequential)."""
-        for k, v in vars(self).items():
+        """Yield ``(name, layer)`` for the direct children (attribute names, ``"<attr>.<i>"``
+        inside a list attribute, or indices in a Sequential)."""
+        for k, v in _members(self):
             if isinstance(v, Layer):
                 yield k, v
 
     def named_parameters(self, prefix: str = ""):
-        """Yield ``(state_dict_name, Parameter)`` for this layer and its children."""
+        """Yield ``(state_dict_name, Parameter)`` for this layer and its children (the
+        names ``_members`` gives; written out here, since ``zero_grad`` walks it every step)."""
         for k, v in vars(self).items():
             if isinstance(v, Parameter):
                 yield prefix + k, v
             elif isinstance(v, Layer):
                 yield from v.named_parameters(prefix + k + ".")
+            elif type(v) in _SEQUENCES and _holds_members(k, v):
+                for i, e in enumerate(v):
+                    if isinstance(e, Parameter):
+                        yield f"{prefix}{k}.{i}", e
+                    else:
+                        yield from e.named_parameters(f"{prefix}{k}.{i}.")
 
     def named_buffers(self, prefix: str = ""):
         for k in self._buffers:
             yield prefix + k, self, k
-        for k, v in vars(self).items():
+        for k, v in _members(self):
             if isinstance(v, Layer):
                 yield from v.named_buffers(prefix + k + ".")
 
