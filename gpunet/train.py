@@ -587,6 +587,27 @@ def _plateau_monitor(scheduler, metrics, has_val):
     return monitor
 
 
+def _nonfinite_note(loader) -> str:
+    """Where the data of ``loader`` holds NaN or inf, for the message about a non-finite
+    loss: ``"X holds 2 NaN/inf values, in rows 3 and 7"`` (rows of the data as given; and so
+    for ``y``), ``""`` when both are finite. One pass over the data (one sync on a device),
+    made only once a loss was not finite."""
+    found = []
+    for name, a in (("X", loader.X), ("y", loader.y)):
+        if a is None or a.dtype.kind not in "fc":
+            continue
+        xp = get_array_module(a)
+        bad = ~xp.isfinite(a)
+        count = int(bad.sum())
+        if not count:
+            continue
+        rows = to_numpy(bad.reshape(a.shape[0], -1).any(axis=1).nonzero()[0]).tolist()
+        shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+        found.append(f"{name} holds {count} NaN/inf value{'s' * (count != 1)}, in "
+                     f"row{'s' * (len(rows) != 1)} {shown}")
+    return "; ".join(found)
+
+
 def _first_layer(model):
     """The layer that sees the data (descending into nested Sequentials)."""
     while hasattr(model, "layers") and len(model.layers):
@@ -1053,12 +1074,14 @@ class Trainer:
         that has trained before goes on with the orders after those of its last epoch (so
         ``fit(epochs=1)`` in a loop reshuffles at each call, as Keras' ``fit`` and a PyTorch
         ``DataLoader`` do, and ``fit(epochs=5)`` twice takes the orders of one
-        ``fit(epochs=10)``); its History and callbacks still count its epochs from 0. A non-finite loss raises
-        ``FloatingPointError`` naming the epoch and step and ends the run there, as Keras'
-        ``TerminateOnNaN`` would stop it (the callbacks' ``on_train_end`` still runs, the
-        epochs before stay in ``trainer.history``, and a ``ModelCheckpoint`` file keeps the
-        last good epoch); a non-finite ``val_loss`` is recorded and warned about
-        (``RuntimeWarning``, once per fit), as validation cannot corrupt the weights.
+        ``fit(epochs=10)``); its History and callbacks still count its epochs from 0.
+        A non-finite loss raises ``FloatingPointError`` naming the epoch and step (and the
+        rows of the training data that hold NaN or inf, when there are any) and ends the run
+        there, as Keras' ``TerminateOnNaN`` would stop it (the callbacks' ``on_train_end``
+        still runs, the epochs before stay in ``trainer.history``, and a ``ModelCheckpoint``
+        file keeps the last good epoch); a non-finite ``val_loss`` is recorded and warned
+        about (``RuntimeWarning``, once per fit, naming the rows of ``val`` that hold NaN or
+        inf), as validation cannot corrupt the weights.
         Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
         through the model and the loss (as ``evaluate`` runs them), so validation data of
         the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch.
@@ -1162,15 +1185,17 @@ class Trainer:
                 if self.scheduler is not None and self.scheduler_interval == "epoch" and plateau is None:
                     self.scheduler.step()
                 if vloader is not None:
-                    logs.update({f"val_{k}": v for k, v in self.evaluate(vloader).items()})
+                    logs.update({f"val_{k}": v for k, v in self._evaluate(vloader)[0].items()})
                     if not (math.isfinite(logs["val_loss"]) or warned_val):
                         warned_val = True       # once per fit: the History holds every epoch's
+                        note = _nonfinite_note(vloader)
                         warnings.warn(
                             f"Trainer.fit: val_loss is {logs['val_loss']} at epoch {epoch + 1} while "
-                            f"the training loss is finite: the validation data holds NaN or inf, or "
-                            f"the model's outputs overflow on it (EarlyStopping, ModelCheckpoint and "
-                            f"ReduceLROnPlateau never count such an epoch as an improvement)",
-                            RuntimeWarning, stacklevel=2)
+                            f"the training loss is finite: "
+                            + (f"the validation data {note}" if note else "the validation data is "
+                               "finite, so the model's outputs overflow on it")
+                            + " (EarlyStopping, ModelCheckpoint and ReduceLROnPlateau never count such "
+                            "an epoch as an improvement)", RuntimeWarning, stacklevel=2)
                 if plateau is not None:     # after validation, before the callbacks (a checkpoint)
                     self.scheduler.step(logs[plateau])
                 for cb in self._callbacks:
@@ -1227,7 +1252,7 @@ class Trainer:
                 seen += int(xb.shape[0])
                 if on_host:      # reading is free on the CPU: check every step, as it happens
                     rec.read()
-                    self._check(rec, epoch)
+                    self._check(rec, epoch, loader)
                     value = float(value)
                 for cb in self._callbacks:
                     cb.on_batch_end(self, step, {"loss": value})
@@ -1237,14 +1262,14 @@ class Trainer:
                     if now - last_refresh >= PROGRESS_REFRESH_SECONDS or step == len(loader) - 1:
                         last_refresh = now
                         rec.read()
-                        self._check(rec, epoch)
+                        self._check(rec, epoch, loader)
                         post = {"loss": f"{rec.total / max(rec.counted, 1):.4f}"}
                         if rec.metrics:
                             post["acc"] = f"{rec.correct / max(rec.counted, 1):.4f}"
                         post["samples/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}"
                         bar.set_postfix(post)
             rec.read()
-            self._check(rec, epoch)
+            self._check(rec, epoch, loader)
         finally:
             bar.close()
         synchronize()
@@ -1301,9 +1326,10 @@ class Trainer:
         lo, hi = r * n // size, (r + 1) * n // size
         return X[lo:hi], (None if y is None else y[lo:hi])
 
-    def _check(self, rec, epoch):
+    def _check(self, rec, epoch, loader):
         """Raise for the first step read whose loss was not finite: the softmax-CE kernel's
-        ``ValueError`` when a bad label made it so, else ``FloatingPointError``."""
+        ``ValueError`` when a bad label made it so, else ``FloatingPointError``, which names
+        the rows of ``loader``'s data that hold NaN or inf when there are any."""
         if rec.bad is None:
             return
         step, value = rec.bad
@@ -1314,6 +1340,10 @@ class Trainer:
                 raise_label_error(rec.rows)
             except ValueError as e:
                 raise ValueError(f"{e}; at {where}") from None
+        note = _nonfinite_note(loader)
+        if note:
+            raise FloatingPointError(f"non-finite loss {value} at {where}: the training data {note}; "
+                                     f"drop or fill those rows")
         raise FloatingPointError(
             f"non-finite loss {value} at {where} "
             f"(lower the learning rate, clip gradients, or check the inputs)")
@@ -1361,17 +1391,31 @@ class Trainer:
         ``data``: an ``(X, y)`` pair or a DataLoader; empty data raises ``ValueError``. The
         loss is the per-sample mean, as in ``fit``. On a GPU the per-batch losses and
         counts stay on the device and are read once, at the end (one host sync); a bad
-        label raises the loss's ``ValueError`` then. Under ``comm``, an error on one process
+        label raises the loss's ``ValueError`` then. A loss that is not finite is returned
+        with a ``RuntimeWarning`` naming the rows of the data that hold NaN or inf (or saying
+        there are none: the model's outputs overflow). Under ``comm``, an error on one process
         (its share of the data does not fit) is raised there, and every other process
         raises a ``RuntimeError`` naming that rank instead of waiting for it in the
         all-reduce of the logs."""
         batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
         self._check_model_device("Trainer.evaluate")
+        logs, loader = self._evaluate(data, batch_size)
+        if not math.isfinite(logs["loss"]):
+            note = _nonfinite_note(loader)
+            warnings.warn(f"Trainer.evaluate: the loss is {logs['loss']}: "
+                          + (f"the data {note}" if note else "the data is finite, so the model's "
+                             "outputs overflow on it"), RuntimeWarning, stacklevel=2)
+        return logs
+
+    def _evaluate(self, data, batch_size=256):
+        """``evaluate``'s logs, without its warning, and the loader of this process's data."""
+        loaders = []
 
         def local():
-            return self._evaluate_pass(_as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
-                                                  "Trainer.evaluate", "data", self.device))
-        return self._logs(self._agree("Trainer.evaluate", "the evaluation", local))
+            loaders.append(_as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
+                                      "Trainer.evaluate", "data", self.device))
+            return self._evaluate_pass(loaders[0])
+        return self._logs(self._agree("Trainer.evaluate", "the evaluation", local)), loaders[0]
 
     def _evaluate_pass(self, loader):
         """``evaluate``'s pass over ``loader`` on this process (no collective): its

@@ -251,7 +251,8 @@ def test_a_non_finite_loss_names_its_step_on_the_sim_as_on_the_cpu():
     X, y = _blobs()
     X[4 * B + 1] = numpy.inf                     # step 5, without shuffling
     for device in ("cpu", "sim"):
-        with pytest.raises(FloatingPointError, match=r"at epoch 1, step 5 "):
+        with pytest.raises(FloatingPointError, match=rf"at epoch 1, step 5: the training data X holds "
+                                                     rf"{X.shape[1]} NaN/inf values, in row {4 * B + 1};"):
             with numpy.errstate(invalid="ignore", over="ignore"):
                 _trainer(device).fit((X, y), epochs=1, batch_size=B, shuffle=False, progress=False)
 

@@ -1107,6 +1107,42 @@ def test_a_nan_validation_loss_is_warned_about_once_and_recorded(rng):
         tr.fit((X, y), val=(X, y), epochs=1, progress=False)
 
 
+
+def test_nan_or_inf_in_the_data_is_named_by_its_rows(device, rng):
+    """Found by the data audit: NaN in the training data ended fit with 'non-finite loss nan
+    at epoch 1, step 1 (lower the learning rate, clip gradients, or check the inputs)', and
+    evaluate returned a loss of nan without a word. Now fit's FloatingPointError and
+    evaluate's RuntimeWarning (and fit's warning about val) name the rows of X or y that hold
+    NaN or inf, on every backend; finite data that diverges keeps the advice on the rate."""
+    import warnings
+    X, y = _blobs(rng, n=40)
+    bad = X.copy()
+    bad[[5, 31], 2] = numpy.nan
+    bad[31, 0] = numpy.inf
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at epoch 1, step \d+: the training "
+                                                 r"data X holds 3 NaN/inf values, in rows 5, 31; drop or fill"):
+        tr.fit((bad, y), epochs=1, batch_size=8, progress=False)
+    model = _model().to(device)                 # the step with NaN made the weights NaN
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with pytest.warns(RuntimeWarning, match=r"Trainer.evaluate: the loss is nan: the data X holds 3 NaN/inf "
+                                            r"values, in rows 5, 31"):
+        assert numpy.isnan(tr.evaluate((bad, y))["loss"])
+    with pytest.warns(RuntimeWarning, match=r"the validation data X holds 3 NaN/inf values, in rows 5, 31"):
+        tr.fit((X, y), val=(bad, y), epochs=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # finite data: no warning
+        tr.evaluate((X, y))
+
+    gpunet.manual_seed(0)
+    reg = Sequential(Dense(8, 1)).to(device)
+    target = rng.standard_normal((40, 1)).astype(numpy.float32)
+    target[17] = numpy.nan
+    tr = Trainer(reg, gpunet.losses.MSELoss(), optim.SGD(reg, lr=0.1), metrics=())
+    with pytest.raises(FloatingPointError, match=r"the training data y holds 1 NaN/inf value, in row 17;"):
+        tr.fit((X, target), epochs=1, batch_size=8, progress=False)
+
 def test_a_nan_training_loss_ends_the_run_keeping_what_came_before(rng, tmp_path):
     """As Keras' TerminateOnNaN stops a run: FloatingPointError names the epoch and step,
     the callbacks' on_train_end runs (EarlyStopping restores the best weights), the earlier
