@@ -1034,6 +1034,14 @@ class _Schedule:
     PyTorch's chained products) make a restored schedule exact; they agree with
     PyTorch's to rounding.
 
+    One consequence differs from PyTorch: an ``optimizer.lr`` set by hand holds only until
+    the next ``step()``, which sets the closed form's rate again (PyTorch's chained
+    ``StepLR`` and ``ExponentialLR`` would go on from the hand-set rate: at ``gamma=0.5``,
+    ``opt.lr = 1.0`` then ``step()`` gives 0.5 there, ``base_lr·0.5**epoch`` here). To
+    change a scheduled run's rates, assign ``base_lr``: every later rate follows it.
+    (``ReduceLROnPlateau`` is no closed form: it reads ``optimizer.lr`` at each step, as
+    PyTorch's does, so a hand-set rate carries on there.)
+
     ``state_dict()`` holds ``last_epoch``, ``base_lr``, the hyper-parameters ``_hyper``
     and the counters ``_counters`` (a schedule that is not a closed form keeps its position
     there: ``ReduceLROnPlateau``), each as a 0-d NumPy array.

@@ -215,3 +215,15 @@ def test_layers_in_a_list_attribute_are_children_as_in_a_module_list():
     twin.to(dtype=numpy.float64).load_state_dict(model.state_dict())
     x = numpy.ones((2, 4))
     assert numpy.array_equal(twin.eval()(x), model.eval()(x))
+
+
+def test_a_hand_set_rate_lasts_until_a_closed_form_schedule_steps_and_base_lr_moves_it():
+    opt = optim.SGD(Dense(2, 2), lr=0.1)
+    sched = optim.ExponentialLR(opt, gamma=0.5)
+    opt.lr = 1.0                     # PyTorch's chained ExponentialLR would step to 0.5
+    assert sched.step() == opt.lr == 0.05
+    sched.base_lr = 1.0
+    assert sched.step() == opt.lr == 0.25
+    plateau = optim.ReduceLROnPlateau(optim.SGD(Dense(2, 2), lr=0.1), patience=0)
+    plateau.optimizer.lr = 0.7       # read at each step, as PyTorch's
+    assert plateau.step(1.0) == 0.7 and plateau.step(2.0) == pytest.approx(0.07)
