@@ -83,12 +83,28 @@ def is_data(x) -> bool:
     return r is not None and r() is x
 
 
+def plain_array(who, name, a):
+    """``a`` as the plain array it holds: a ``numpy.matrix`` (what scipy.sparse's ``todense()``
+    gives) becomes an ndarray (NumPy's reductions on a matrix refuse ``keepdims``, which the
+    losses pass); a ``numpy.ma.MaskedArray`` raises ``TypeError`` (its mask would be lost:
+    the arithmetic of the layers does not carry it). Anything else as it is."""
+    if isinstance(a, numpy.ma.MaskedArray):
+        raise TypeError(f"{who}: expected {name} to be a plain array, got a numpy.ma.MaskedArray, whose "
+                        f"mask the layers would drop; fill the masked values ({name}.filled(value)) or "
+                        f"leave out their rows first")
+    if isinstance(a, numpy.matrix):
+        return numpy.asarray(a)
+    return a
+
+
 def _check_array(name, a):
     """Return ``a`` as an array (NumPy/CuPy arrays as they are, anything else through
-    ``gpunet.backend.host_array``) with at least one axis. Python floats become float32, as
+    ``gpunet.backend.host_array``; a ``numpy.matrix`` as an ndarray, a masked array refused:
+    ``plain_array``) with at least one axis. Python floats become float32, as
     ``torch.tensor`` makes them (its default dtype, and the parameters' here): NumPy's
     float64 would be refused by a float32 model's first layer. An array-like with a dtype
     of its own (a CPU ``torch.Tensor``, whose ``__array__`` NumPy uses) keeps it."""
+    a = plain_array("DataLoader", name, a)
     if not is_array(a):
         try:
             a = host_array(a)

@@ -23,7 +23,7 @@ import numpy
 
 from .backend import array_hint, device_of, get_array_module, is_array, resolve_device, to_device, to_numpy, synchronize
 from .amp import GradScaler, MixedPrecision, _check_precision
-from .data import DataLoader
+from .data import DataLoader, plain_array
 from .losses import BCEWithLogits
 from .layers.base import Layer
 
@@ -450,7 +450,9 @@ def _as_input(X, dtype, who):
     """``X`` as an array: NumPy/CuPy arrays as they are; anything else (a list, nested
     lists, a tuple) through ``numpy.asarray`` and, carrying no dtype of its own, cast to the
     model's parameter dtype ``dtype`` (as Keras casts to its float type). An array-like
-    with a dtype of its own (a CPU ``torch.Tensor``) is converted and keeps it."""
+    with a dtype of its own (a CPU ``torch.Tensor``) is converted and keeps it. A
+    ``numpy.matrix`` becomes an ndarray, a masked array raises ``TypeError`` (``plain_array``)."""
+    X = plain_array(who, "X", X)
     if is_array(X):
         return X
     try:

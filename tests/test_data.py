@@ -182,6 +182,39 @@ def test_lists_are_converted():
     assert DataLoader(numpy.zeros((3, 2)), batch_size=2).X.dtype == numpy.float64
 
 
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")     # numpy.matrix's own
+def test_a_numpy_matrix_is_taken_as_its_array_and_a_masked_array_refused():
+    """Found by the data audit: a numpy.matrix (what scipy.sparse's todense() gives) went
+    through DataLoader and fit into the loss, which failed inside NumPy ('matrix.max() got an
+    unexpected keyword argument keepdims'); a masked array failed inside numpy.ma ('operands
+    could not be broadcast together'), and would have dropped its mask. Now the matrix trains
+    as the ndarray it holds, in DataLoader, fit, evaluate and predict, and a masked array
+    raises TypeError naming the way out."""
+    rng = numpy.random.default_rng(0)
+    X = rng.standard_normal((12, 4)).astype(numpy.float32)
+    y = rng.integers(0, 3, 12)
+    xb, _ = next(iter(DataLoader(numpy.asmatrix(X), y, batch_size=5)))
+    assert type(xb) is numpy.ndarray and xb.shape == (5, 4)
+
+    def trainer():
+        gpunet.manual_seed(0)
+        model = gpunet.Sequential(gpunet.Dense(4, 3))
+        return gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model, lr=0.1))
+    a, b = trainer(), trainer()
+    assert (a.fit((numpy.asmatrix(X), y), epochs=2, batch_size=5, progress=False).history
+            == b.fit((X, y), epochs=2, batch_size=5, progress=False).history)
+    assert a.evaluate((numpy.asmatrix(X), y)) == b.evaluate((X, y))
+    p = a.predict(numpy.asmatrix(X))
+    assert type(p) is numpy.ndarray
+    numpy.testing.assert_array_equal(p, b.predict(X))
+
+    masked = numpy.ma.masked_array(X, mask=X > 1)
+    for call in (lambda: DataLoader(masked, y), lambda: DataLoader(X, numpy.ma.masked_array(y)),
+                 lambda: a.fit((masked, y), progress=False), lambda: a.predict(masked)):
+        with pytest.raises(TypeError, match=r"expected [Xy] to be a plain array, got a numpy.ma.MaskedArray"):
+            call()
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=0), r"DataLoader: expected batch_size to be a positive int, got 0"),
     (dict(batch_size=-3), r"DataLoader: expected batch_size.*got -3"),
