@@ -156,6 +156,16 @@ def _state_value(key, template, value):
     return type(template)(v.item())
 
 
+def _hinted_getattr(hints: dict):
+    """A ``__getattr__`` (reached only for a missing attribute) that adds, for PyTorch's
+    names in ``hints``, where gpunet keeps the same thing."""
+    def __getattr__(self, name):
+        hint = hints.get(name)
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg if hint is None else f"{msg}; {hint}", name=name, obj=self)
+    return __getattr__
+
+
 # -- optimizers -------------------------------------------------------------------------
 
 def _hyper(name, names="_hyper_names", check="_check"):
@@ -203,6 +213,12 @@ class Optimizer:
     applied the old momentum to the new parameters, or failed broadcasting their shapes).
     """
 
+    __getattr__ = _hinted_getattr({
+        "param_groups": "a gpunet optimizer has one parameter group: its rate is opt.lr (read it, or "
+                        "assign it), its other hyper-parameters attributes too (opt.momentum, "
+                        "opt.weight_decay, ...); for groups with other settings, build one optimizer each",
+        "add_param_group": "a gpunet optimizer has one parameter group: build another optimizer over "
+                           "the new parameters"})
     params = _args.read_only(None, "params", "The Parameters updated, a list (fixed at construction).",
                              "the state and the step counts were made for them; create a new optimizer "
                              "over the parameters you want")
@@ -1054,6 +1070,9 @@ class _Schedule:
 
     _hyper: tuple = ()
     _counters: tuple = ()
+    __getattr__ = _hinted_getattr({
+        name: "sched.lr (or optimizer.lr) is the current rate, a float (PyTorch's get_last_lr() is a "
+              "list, one rate per group)" for name in ("get_last_lr", "get_lr")})
     base_lr = _args.checked_property(None, "base_lr", "The rate the closed form starts from (a finite "
                                      "number >= 0, checked on assignment).", _at_least)
     last_epoch = _args.integer_property(None, "last_epoch", "Steps taken (an int >= 0, checked on "

@@ -227,3 +227,14 @@ def test_a_hand_set_rate_lasts_until_a_closed_form_schedule_steps_and_base_lr_mo
     plateau = optim.ReduceLROnPlateau(optim.SGD(Dense(2, 2), lr=0.1), patience=0)
     plateau.optimizer.lr = 0.7       # read at each step, as PyTorch's
     assert plateau.step(1.0) == 0.7 and plateau.step(2.0) == pytest.approx(0.07)
+
+
+def test_pytorch_names_for_the_rate_say_where_gpunet_keeps_it():
+    opt = optim.SGD(Dense(2, 2), lr=0.1)
+    with pytest.raises(AttributeError, match=r"'SGD' object has no attribute 'param_groups'; .*opt.lr"):
+        opt.param_groups[0]["lr"] = 0.01
+    sched = optim.StepLR(opt, step_size=1)
+    with pytest.raises(AttributeError, match=r"'StepLR' object has no attribute 'get_last_lr'; sched.lr"):
+        sched.get_last_lr()
+    with pytest.raises(AttributeError, match=r"^'SGD' object has no attribute 'nonsense'$"):
+        opt.nonsense
