@@ -676,6 +676,14 @@ def test_a_0d_input_is_named_by_every_rank_free_layer(make):
      r"got shape \(2, 28, 28\) \(3-D\); single-channel images \(N, H, W\) become NCHW with x\[:, None\]$"),
     (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 10), numpy.float32), r"got shape \(2, 10\) \(2-D\)$"),
     (lambda: gpunet.Conv2D(2, 2, 3), numpy.zeros((2, 3, 8, 8), numpy.float32), r"got shape \(2, 3, 8, 8\)$"),
+    # found by the data audit: big-endian data (binary files, FITS) was 'expected dtype float32 ...,
+    # got float32'
+    (lambda: gpunet.Dense(4, 3), numpy.zeros((2, 4), ">f4"),
+     r"^Dense: expected dtype float32 \(the parameters' dtype\), got float32 in big-endian byte order "
+     r"\(>f4\), not this machine's; x\.astype\(numpy\.float32\) makes it native$"),
+    (lambda: gpunet.Conv2D(1, 2, 3), numpy.zeros((2, 1, 5, 5), ">f8"),
+     r"got float64 in big-endian byte order \(>f8\), not this machine's; cast the input: "
+     r"x\.astype\(numpy\.float32\)$"),
 ])
 def test_image_input_mistakes_say_how_to_fix_them(layer, x, hint):
     """Found by the second first-hour audit: uint8 images got 'cast the input (x.astype(...))'

@@ -269,7 +269,13 @@ def check_dtype(layer, x, dtype=None):
         fix = f"cast the input (x.astype(numpy.{want})) or the model (model.to(dtype=numpy.{x.dtype.name}))"
     else:
         fix = f"cast the input: x.astype(numpy.{want})"
-    raise ValueError(f"{type(layer).__name__}: expected {expected}, got {x.dtype.name}; {fix}")
+    got = x.dtype.name
+    if not x.dtype.isnative:        # '>f4' is named float32 too: say what differs
+        got += (f" in {'big' if x.dtype.byteorder == '>' else 'little'}-endian byte order ({x.dtype.str}), "
+                f"not this machine's")
+        fix = (f"x.astype(numpy.{want}) makes it native" if x.dtype.name == want
+               else f"cast the input: x.astype(numpy.{want})")
+    raise ValueError(f"{type(layer).__name__}: expected {expected}, got {got}; {fix}")
 
 
 def check_device(layer, x, p):
