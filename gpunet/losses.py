@@ -53,6 +53,12 @@ class Loss:
                               f"itself and expects raw logits; applied twice it trains slowly and badly. "
                               f"Remove the model's output {self._applies}{self._hint}",
                               UserWarning, stacklevel=2)
+            if self._applies == "softmax" and getattr(prediction, "ndim", 0) == 2 and prediction.shape[1] == 1:
+                warnings.warn(f"{type(self).__name__}: the logits have 1 column: the softmax of one column "
+                              f"is 1 whatever the logit, so the loss and its gradient are 0 and nothing "
+                              f"trains. Two classes with one output go with BCEWithLogits() and float 0/1 "
+                              f"targets of shape (N, 1); else give the last layer one output per class",
+                              UserWarning, stacklevel=2)
         loss = self.forward(prediction, target)
         self._handed_out = False
         # remember which output this gradient belongs to: the backward of the layer that
@@ -95,7 +101,8 @@ class SoftmaxCrossEntropy(Loss):
     The logits are the raw outputs of the last layer: a model ending in a softmax (Keras'
     ``Dense(10, activation="softmax")``, whose loss takes ``from_logits=False``) gets a
     ``UserWarning`` at the loss's first call, as Keras warns when ``from_logits=True`` meets
-    a softmax output.
+    a softmax output; so do logits of one column (the loss of one class is 0 whatever the
+    model does: PyTorch computes it without a word).
     """
 
     _applies = "softmax"

@@ -641,6 +641,7 @@ def test_data_given_to_a_loss_constructor_says_a_loss_is_an_object(make, name):
         gpunet.SoftmaxCrossEntropy(label_smoothing=2.0)
 
 
+@pytest.mark.filterwarnings("ignore:SoftmaxCrossEntropy. the logits have 1 column")   # the next test's
 def test_ce_over_one_output_column_names_bce(xp):
     """Found by the second first-hour audit: a binary problem built as Dense(n, 1) with
     SoftmaxCrossEntropy (a softmax over one column is 1 whatever the logit: nothing to learn)
@@ -650,3 +651,23 @@ def test_ce_over_one_output_column_names_bce(xp):
                                          r"BCEWithLogits and float 0/1 targets of shape \(N, 1\), or give the last "
                                          r"layer 2 outputs\)"):
         float(gpunet.SoftmaxCrossEntropy()(z, xp.asarray(numpy.array([0, 1, 0]))))
+
+
+def test_ce_over_one_output_column_warns_that_nothing_trains(xp):
+    """Found by the data audit: SoftmaxCrossEntropy over one output column with labels that
+    are all 0 (one class present) trained silently with a loss of exactly 0 (PyTorch too: its
+    cross_entropy is 0 there). The loss's first call warns, naming BCEWithLogits; the loss
+    value is the same."""
+    import warnings
+    z = xp.asarray(_logits(3, 1))
+    y = xp.asarray(numpy.zeros(3, numpy.int64))
+    fn = gpunet.SoftmaxCrossEntropy()
+    with pytest.warns(UserWarning, match=r"^SoftmaxCrossEntropy: the logits have 1 column: the softmax of one "
+                                         r"column is 1 whatever the logit, so the loss and its gradient are 0 "
+                                         r"and nothing trains\. Two classes with one output go with "
+                                         r"BCEWithLogits\(\)"):
+        assert float(fn(z, y)) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fn(z, y)                                                    # once per loss object
+        gpunet.SoftmaxCrossEntropy()(xp.asarray(_logits(3, 2)), y)  # two columns: none
