@@ -238,3 +238,23 @@ def test_pytorch_names_for_the_rate_say_where_gpunet_keeps_it():
         sched.get_last_lr()
     with pytest.raises(AttributeError, match=r"^'SGD' object has no attribute 'nonsense'$"):
         opt.nonsense
+
+
+def test_a_sequential_is_edited_in_place_as_pytorch_s_is():
+    model = _mlp()
+    model[-1] = Dense(8, 5)                               # a new classifier head
+    assert model(numpy.ones((2, 4), numpy.float32)).shape == (2, 5)
+    model.append(gpunet.Softmax()).insert(0, gpunet.Identity()).extend([gpunet.Identity()])
+    assert [type(l).__name__ for l in model] == ["Identity", "Dense", "Dense", "Softmax", "Identity"]
+    del model[0]
+    assert list(model.state_dict())[:2] == ["0.weight", "0.bias"]
+    model[1:3] = [Dense(8, 3)]
+    assert len(model) == 3 and model[1].out_features == 3
+    with pytest.raises(TypeError, match=r"Sequential: model\[0\] must be a Layer, got the class ReLU; create one: ReLU\(\)"):
+        model[0] = ReLU
+    with pytest.raises(TypeError, match=r"Sequential.append: layer must be a Layer, got str; an activation goes "
+                                        r"as a layer, gpunet.ReLU\(\)"):
+        model.append("relu")
+    with pytest.raises(TypeError, match=r"Sequential.extend: item 1 must be a Layer, got int"):
+        model.extend([ReLU(), 3])
+    assert len(model) == 3                                # nothing half-added

@@ -699,7 +699,7 @@ def test_image_input_mistakes_say_how_to_fix_them(layer, x, hint):
     ("compile", r"holds no loss or optimizer: pass them to gpunet\.Trainer\(model, loss_fn, optimizer\)$"),
     ("predict", r"model\.eval\(\)\(X\) predicts .* or gpunet\.Trainer\(model, loss_fn, optimizer\)\.predict\(X\)"),
     ("evaluate", r"\.evaluate\(\(X, y\)\)"),
-    ("add", r"Sequential\(layer1, layer2, \.\.\.\), or model\.layers\.append\(layer\)$"),
+    ("add", r"Sequential\(layer1, layer2, \.\.\.\), or model\.append\(layer\)$"),
     ("cuda", r"model\.to\('cuda'\)$"),
     ("save_weights", r"gpunet\.save\(path, model\)"),
 ])

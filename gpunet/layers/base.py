@@ -523,8 +523,7 @@ _ELSEWHERE = {     # Keras' and PyTorch's model methods: what a gpunet model doe
     "evaluate": f"{_TRAINER}.evaluate((X, y)) gives the loss and metrics",
     "predict": f"model.eval()(X) predicts (eval mode: dropout off, batch norm's running statistics), "
                f"or {_TRAINER}.predict(X), batch by batch",
-    "add": "a Sequential takes its layers at once, Sequential(layer1, layer2, ...), or model.layers.append(layer)",
-    "append": "model.layers.append(layer)",
+    "add": "a Sequential takes its layers at once, Sequential(layer1, layer2, ...), or model.append(layer)",
     "cuda": "model.to('cuda')",
     "cpu": "model.to('cpu')",
     "double": "model.to(dtype=numpy.float64)",
@@ -975,10 +974,25 @@ def _activation_class(name):
     return None if cls is None else cls.__name__
 
 
+def _check_layer(who, what, l):
+    """``l`` is a Layer, else ``TypeError`` naming ``who`` and ``what`` (``"argument 2"``)."""
+    if not isinstance(l, Layer):
+        # Sequential(Dense(...), gpunet.ReLU) or (..., "relu"): say what goes there
+        hint = (f"; create one: {l.__name__}()" if isinstance(l, type) and issubclass(l, Layer) else
+                f"; an activation goes as a layer, gpunet.{_activation_class(l)}(), or fused, "
+                f"Dense(..., activation={l!r})" if isinstance(l, str) and _activation_class(l) else "")
+        got = f"the class {l.__name__}" if isinstance(l, type) else type(l).__name__
+        raise TypeError(f"{who}: {what} must be a Layer, got {got}{hint}")
+
+
 class Sequential(Layer):
     """Layers applied in order; backward runs them in reverse (the chain rule).
 
-    Indexable and iterable; ``state_dict`` keys are ``"<index>.<name>"``.
+    Indexable and iterable; ``state_dict`` keys are ``"<index>.<name>"``. As PyTorch's
+    ``nn.Sequential``, it is edited in place with ``model[i] = layer`` (replacing a
+    classifier head), ``del model[i]``, ``append``, ``insert`` and ``extend``, each checking
+    that it is given layers; the keys follow the new indices. An optimizer built before
+    does not hold the parameters of a layer added since (build it after the edit).
     """
 
     _container = True
@@ -988,13 +1002,7 @@ class Sequential(Layer):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, l in enumerate(layers):
-            if not isinstance(l, Layer):
-                # Sequential(Dense(...), gpunet.ReLU) or (..., "relu"): say what goes there
-                hint = (f"; create one: {l.__name__}()" if isinstance(l, type) and issubclass(l, Layer) else
-                        f"; an activation goes as a layer, gpunet.{_activation_class(l)}(), or fused, "
-                        f"Dense(..., activation={l!r})" if isinstance(l, str) and _activation_class(l) else "")
-                what = f"the class {l.__name__}" if isinstance(l, type) else type(l).__name__
-                raise TypeError(f"Sequential: argument {i} must be a Layer, got {what}{hint}")
+            _check_layer("Sequential", f"argument {i}", l)
         self.layers = list(layers)
 
     def children(self):
@@ -1016,6 +1024,38 @@ class Sequential(Layer):
         if isinstance(i, slice):
             return Sequential(*self.layers[i])
         return self.layers[i]
+
+    def __setitem__(self, i, layer):
+        if isinstance(i, slice):
+            layer = list(layer)
+            for j, l in enumerate(layer):
+                _check_layer("Sequential", f"item {j} of the assigned layers", l)
+        else:
+            _check_layer("Sequential", f"model[{i}]", layer)
+        self.layers[i] = layer
+
+    def __delitem__(self, i):
+        del self.layers[i]
+
+    def append(self, layer):
+        """Add ``layer`` at the end; returns self (PyTorch's ``nn.Sequential.append``)."""
+        _check_layer("Sequential.append", "layer", layer)
+        self.layers.append(layer)
+        return self
+
+    def insert(self, index, layer):
+        """Insert ``layer`` before ``index``; returns self."""
+        _check_layer("Sequential.insert", "layer", layer)
+        self.layers.insert(index, layer)
+        return self
+
+    def extend(self, layers):
+        """Append each of ``layers``; returns self."""
+        layers = list(layers)
+        for j, l in enumerate(layers):
+            _check_layer("Sequential.extend", f"item {j}", l)
+        self.layers.extend(layers)
+        return self
 
     def __len__(self):
         return len(self.layers)
