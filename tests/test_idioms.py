@@ -258,3 +258,15 @@ def test_a_sequential_is_edited_in_place_as_pytorch_s_is():
     with pytest.raises(TypeError, match=r"Sequential.extend: item 1 must be a Layer, got int"):
         model.extend([ReLU(), 3])
     assert len(model) == 3                                # nothing half-added
+
+
+def test_a_seeded_dropout_leaves_the_initial_weights_of_later_layers_as_without_it():
+    """What the Dropout docstring and the guide say: Dropout(seed=None) draws its seed from
+    the host generator (later layers' weights move); Dropout(p, seed=s) draws nothing."""
+    def second_dense(*middle):
+        gpunet.manual_seed(0)
+        return Sequential(Dense(4, 8), *middle, Dense(8, 3))[-1].weight.data
+
+    plain = second_dense()
+    assert numpy.array_equal(second_dense(gpunet.Dropout(0.5, seed=1)), plain)
+    assert not numpy.array_equal(second_dense(gpunet.Dropout(0.5)), plain)

@@ -35,6 +35,13 @@ class Dropout(Layer):
     construction (``gpunet.manual_seed`` makes it reproducible). Eval-mode forwards draw
     nothing and leave the counter alone.
 
+    That draw differs from PyTorch, whose dropout draws nothing when it is built: after the
+    same ``gpunet.manual_seed``, every layer built after a ``Dropout(seed=None)`` gets other
+    initial weights than in the same model without it. To compare a model with and
+    without dropout from the same initial weights (the course's overfitting experiment),
+    give each Dropout a ``seed``, which draws nothing from the host generator
+    (``examples/overfitting.py`` does).
+
     On a device (``"cuda"``, ``"sim"``) the counter lives in a small device buffer (the
     draw state, ``gpunet.cuda.draw_state``, made from ``counter`` at the first training
     forward there): each training forward is one single-thread launch that takes the draw
