@@ -265,8 +265,9 @@ def test_a_seeded_dropout_leaves_the_initial_weights_of_later_layers_as_without_
     the host generator (later layers' weights move); Dropout(p, seed=s) draws nothing."""
     def second_dense(*middle):
         gpunet.manual_seed(0)
-        return Sequential(Dense(4, 8), *middle, Dense(8, 3))[-1].weight.data
+        first = Dense(4, 8)
+        return Sequential(first, *(make() for make in middle), Dense(8, 3))[-1].weight.data
 
     plain = second_dense()
-    assert numpy.array_equal(second_dense(gpunet.Dropout(0.5, seed=1)), plain)
-    assert not numpy.array_equal(second_dense(gpunet.Dropout(0.5)), plain)
+    assert numpy.array_equal(second_dense(lambda: gpunet.Dropout(0.5, seed=1)), plain)
+    assert not numpy.array_equal(second_dense(lambda: gpunet.Dropout(0.5)), plain)
