@@ -271,3 +271,15 @@ def test_a_seeded_dropout_leaves_the_initial_weights_of_later_layers_as_without_
     plain = second_dense()
     assert numpy.array_equal(second_dense(lambda: gpunet.Dropout(0.5, seed=1)), plain)
     assert not numpy.array_equal(second_dense(lambda: gpunet.Dropout(0.5)), plain)
+
+
+@pytest.mark.parametrize("call, hint", [
+    (lambda: gpunet.init.constant((2, 2), 0.5), r"pass the value by keyword, init.constant\(shape, value=0.5\)"),
+    (lambda: gpunet.init.normal((2, 2), 0.0, 0.02), r"pass std and mean by keyword"),
+    (lambda: gpunet.init.uniform((2, 2), -1, 1), r"pass low and high by keyword"),
+])
+def test_pytorch_s_positional_init_settings_name_the_keyword(call, hint):
+    with pytest.raises(TypeError, match=r"expected rng to be None or a numpy.random.Generator, got (float|int); "
+                                        r"the second argument is the rng: " + hint):
+        call()
+    assert gpunet.init.constant((2, 2), value=0.5).tolist() == [[0.5, 0.5], [0.5, 0.5]]
