@@ -24,7 +24,8 @@ import numpy
 from .backend import array_hint, device_of, get_array_module, is_array, resolve_device, to_device, to_numpy, synchronize
 from .amp import GradScaler, MixedPrecision, _check_precision
 from .data import DataLoader, plain_array
-from .losses import BCEWithLogits
+from .functional.losses import check_labels
+from .losses import BCEWithLogits, SoftmaxCrossEntropy
 from .layers.base import Layer
 
 #: Seconds between two progress-bar refreshes, each of which reads the running loss and
@@ -1086,7 +1087,10 @@ class Trainer:
         inf), as validation cannot corrupt the weights.
         Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
         through the model and the loss (as ``evaluate`` runs them), so validation data of
-        the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch.
+        the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch; and
+        with ``SoftmaxCrossEntropy`` every integer label of ``train`` and ``val`` is checked
+        against the model's outputs (one pass over ``y``): a label outside ``[0, C)``, other
+        than ``ignore_index``, raises ``ValueError`` naming its row of the data.
         Under ``comm`` these checks (the callbacks' ``on_train_begin`` and each epoch's
         validation too) fail on every process when they fail on one: that process raises
         its error, the others a ``RuntimeError`` naming its rank, rather than waiting for
@@ -1150,8 +1154,10 @@ class Trainer:
             vloader = None if shared is None else _as_loader(shared, max(batch_size, 256), False, 0, dtype,
                                                              "Trainer.fit", "val", self.device)
             _check_monitors(callbacks, self.metrics, vloader is not None)
+            self._check_class_labels(loader, "Trainer.fit", "train")
             if vloader is not None:
                 self._check_val_fits(vloader)
+                self._check_class_labels(vloader, "Trainer.fit", "val")
             return loader, vloader
         loader, vloader = self._agree("Trainer.fit", "the checks of the data before training "
                                       "(train, val and val's first sample through the model)", data)
@@ -1216,6 +1222,33 @@ class Trainer:
                 cb.on_train_end(self)
             self._callbacks = []
         return self.history
+
+    def _check_class_labels(self, loader, who, name):
+        """For a ``SoftmaxCrossEntropy``: every integer class label of ``loader``'s data
+        (one pass over ``y``) against the model's number of outputs (one sample through the
+        model in eval mode, as ``_check_val_fits`` runs one), so that a label outside
+        ``[0, C)`` (other than ``ignore_index``) raises ``ValueError`` naming its row of the
+        data before anything trains. Without it the loss names the row of a batch (a
+        shuffled one, at that), and on a GPU only at the next read of the losses."""
+        f, y = self.loss_fn, loader.y
+        if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1 or y.dtype.kind not in "iu":
+            return
+        was = self.model.training
+        self.model.eval()
+        try:
+            out = self._forward(self._to_model(loader.X[:1]))
+        finally:
+            self.model.train(was)
+        if out.ndim != 2:
+            return                          # the loss names that at the first step
+        xp = get_array_module(y)
+        logits = xp.broadcast_to(xp.zeros((), out.dtype), (int(y.shape[0]), int(out.shape[1])))
+        try:
+            check_labels("softmax_cross_entropy", logits, y, f.ignore_index)
+        except ValueError as e:
+            raise ValueError(f"{who}: {name}'s labels do not fit the model's {int(out.shape[1])} outputs "
+                             f"(all {int(y.shape[0])} checked before training; the row is {name}'s): "
+                             f"{e}") from None
 
     def _check_val_fits(self, vloader):
         """The first validation sample through the model and the loss (``evaluate``: eval

@@ -631,16 +631,20 @@ def test_train_data_refused_on_one_rank_fails_on_every_rank():
 
 
 def test_validation_that_fails_on_one_rank_at_an_epoch_end_fails_on_every_rank():
-    """Rank 1's val has a label outside the classes past its first sample (the check
-    before training passes): the epoch's evaluate raises the loss's ValueError on rank 1
-    and a RuntimeError naming rank 1 on rank 0 (before: rank 0 waited in the all-reduce
-    of the logs)."""
+    """Rank 1's val gets a label outside the classes when its first epoch begins (after the
+    checks before training, which would name it): the epoch's evaluate raises the loss's
+    ValueError on rank 1 and a RuntimeError naming rank 1 on rank 0 (before: rank 0 waited
+    in the all-reduce of the logs)."""
     world = ThreadWorld(2)
     Xv, yv = W.val_data()
     yb = yv.copy()
-    yb[10] = W.CLASSES + 3
+
+    class Spoil(gpunet.train.Callback):
+        def on_epoch_begin(self, trainer, epoch):
+            yb[10] = W.CLASSES + 3
     got, opts = _fit_on_ranks(world, lambda r: W.data(),
-                              lambda r: gpunet.DataLoader(Xv, yb if r == 1 else yv, batch_size=64))
+                              lambda r: gpunet.DataLoader(Xv, yb if r == 1 else yv, batch_size=64),
+                              callbacks_of=lambda r: [Spoil()] if r == 1 else [])
     assert isinstance(got[1], ValueError) and "Trainer.fit" not in str(got[1]), got
     assert isinstance(got[0], RuntimeError), got
     assert str(got[0]).startswith("Trainer.evaluate: the evaluation failed on rank 1 of 2"), got

@@ -760,6 +760,7 @@ ARRAY_SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 ARRAY_DTYPES = st.sampled_from(["float64", "float32", "int64", "bool", "complex128"])
 
 
+@pytest.mark.filterwarnings("ignore:SoftmaxCrossEntropy. the logits have 1 column")
 @props(150)
 @given(loss=st.sampled_from(["SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss"]), zshape=ARRAY_SHAPES,
        zdtype=ARRAY_DTYPES, tshape=ARRAY_SHAPES, tdtype=ARRAY_DTYPES, as_list=st.booleans(),

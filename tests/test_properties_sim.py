@@ -598,6 +598,7 @@ def test_early_stopping_on_the_sim_restores_the_best_epoch(case, patience):
     check_early_stopping_restores_the_best("sim", case, patience)
 
 
+@pytest.mark.filterwarnings("ignore:SoftmaxCrossEntropy. the logits have 1 column")
 @props(60)
 @given(loss=st.sampled_from(["SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss"]),
        zshape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple),

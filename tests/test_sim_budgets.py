@@ -237,11 +237,14 @@ def test_hand_written_loop_makes_no_sync_until_the_loss_is_read():
 
 def test_a_bad_label_is_raised_with_its_step_at_the_end_of_the_epoch():
     X, y = _blobs()
-    y[2 * B + 5] = 7                             # step 3 (no shuffle), row 5 of its batch
+
+    class Spoil(Callback):      # after fit's checks of the labels, which would name it first
+        def on_epoch_begin(self, trainer, epoch):
+            y[2 * B + 5] = 7                     # step 3 (no shuffle), row 5 of its batch
     tr = _trainer()
     costs = Costs()
     with pytest.raises(ValueError, match=r"e\.g\. 7 at row 5.*epoch 1, step 3$"):
-        tr.fit((X, y), epochs=2, batch_size=B, shuffle=False, callbacks=[costs], progress=False)
+        tr.fit((X, y), epochs=2, batch_size=B, shuffle=False, callbacks=[Spoil(), costs], progress=False)
     # no step synced to find it: the epoch-end read did, then the flag's read
     assert len(costs.steps) == STEPS and sum(c["syncs"] for c in costs.steps) == 0
     float(tr.loss_fn(tr.model(gpunet.to_device(X[:4], "sim")), gpunet.to_device(y[:4], "sim")))

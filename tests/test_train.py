@@ -1083,6 +1083,33 @@ def test_a_history_key_not_recorded_names_the_recorded_ones():
     assert h["loss"] == h.history["loss"] and "val_loss" not in h
 
 
+
+def test_labels_outside_the_classes_are_named_by_their_row_before_training(device, rng):
+    """Found by the data audit: a label outside [0, C) in the training data was named by its
+    row in a shuffled batch ('got 5 at row 2'; y[2] was fine), on a GPU only at the end of
+    the epoch; one in val past its first sample failed after an epoch of training. Now fit
+    checks every label of train and val against the model's outputs first, naming the row
+    of the data (ignore_index excepted), on every backend, and nothing trains."""
+    X, y = _blobs(rng, n=40)
+    model = _model().to(device)
+    opt = optim.SGD(model, lr=0.1)
+    tr = Trainer(model, SoftmaxCrossEntropy(), opt)
+    before = [numpy.array(gpunet.to_numpy(p.data)) for p in model.parameters()]
+    bad = y.copy()
+    bad[27] = 5
+    for train, val, name in (((X, bad), None, "train"), ((X, y), (X, bad), "val"),
+                             (gpunet.DataLoader(X, bad, batch_size=8, shuffle=True), None, "train")):
+        with pytest.raises(ValueError, match=rf"^Trainer\.fit: {name}'s labels do not fit the model's 3 outputs "
+                                             rf"\(all 40 checked before training; the row is {name}'s\): "
+                                             rf"softmax_cross_entropy: labels must lie in \[0, 3\); got 5 at row 27 "):
+            tr.fit(train, val=val, epochs=1, batch_size=8, progress=False)
+    assert tr.global_step == 0
+    for b, p in zip(before, model.parameters()):
+        numpy.testing.assert_array_equal(b, gpunet.to_numpy(p.data))
+    bad[27] = -100
+    h = Trainer(model, SoftmaxCrossEntropy(ignore_index=-100), opt).fit((X, bad), epochs=1, progress=False)
+    assert numpy.isfinite(h["loss"][0])
+
 def test_a_nan_validation_loss_is_warned_about_once_and_recorded(rng):
     """Found by the Trainer audit: NaN validation data gave val_loss nan in the History and
     nothing else. Now a RuntimeWarning names it (once per fit, with the epoch); training
