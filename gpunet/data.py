@@ -25,6 +25,7 @@ moves batch by batch with ``gpunet.backend.to_device``.
 from __future__ import annotations
 
 import operator
+import warnings
 import weakref
 
 import numpy
@@ -210,7 +211,8 @@ class DataLoader:
             ``None`` draws a seed from OS entropy once, at construction, and keeps it in
             ``self.seed`` (so even an unseeded run can be replayed).
         drop_last: a bool, checked as ``shuffle`` is: drop the last, incomplete batch (as in
-            PyTorch).
+            PyTorch). With fewer samples than one batch that is every sample: a pass then
+            yields nothing and warns (``UserWarning``; ``Trainer`` raises ``ValueError``).
         device: None (default): batches stay where ``X`` and ``y`` live. A device string
             (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"sim"``): batches are delivered there.
             On a GPU device, host data that fits (``fits_on_device``) is copied there once,
@@ -372,6 +374,11 @@ class DataLoader:
         return numpy.random.default_rng([self.seed, int(epoch)]).permutation(self.num_samples)
 
     def __iter__(self):
+        if self.drop_last and not len(self):
+            b = self.batch_size * (1 if self.comm is None else self.comm.size)
+            warnings.warn(f"DataLoader: drop_last=True with {self.num_samples} samples, fewer than one "
+                          f"batch of {b}: this pass yields no batch (pass drop_last=False, or a batch_size "
+                          f"of at most {self.num_samples})", UserWarning, stacklevel=2)
         epoch = self.epoch
         self.epoch += 1
         return self._batches(epoch)

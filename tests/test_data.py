@@ -30,6 +30,7 @@ def _rows(xb):
     (10, 64, True, []),
     (1, 1, False, [1]),
 ])
+@pytest.mark.filterwarnings("ignore:DataLoader. drop_last=True with 10 samples")     # (10, 64, True)
 def test_batch_sizes_and_len(xp, n, batch_size, drop_last, sizes):
     X, y = _data(xp, n)
     loader = DataLoader(X, y, batch_size=batch_size, drop_last=drop_last)
@@ -214,6 +215,24 @@ def test_a_numpy_matrix_is_taken_as_its_array_and_a_masked_array_refused():
                  lambda: a.fit((masked, y), progress=False), lambda: a.predict(masked)):
         with pytest.raises(TypeError, match=r"expected [Xy] to be a plain array, got a numpy.ma.MaskedArray"):
             call()
+
+
+def test_drop_last_that_drops_every_sample_warns():
+    """Found by the data audit: DataLoader(X, y, batch_size=64, drop_last=True) over 10
+    samples gave a hand-written loop no batch and no word (the loop trained nothing; PyTorch
+    is as silent). Each such pass warns; one batch or more does not."""
+    import warnings
+    X, y = numpy.zeros((10, 3), numpy.float32), numpy.zeros(10, numpy.int64)
+    loader = DataLoader(X, y, batch_size=64, drop_last=True)
+    with pytest.warns(UserWarning, match=r"^DataLoader: drop_last=True with 10 samples, fewer than one batch "
+                                         r"of 64: this pass yields no batch \(pass drop_last=False, or a "
+                                         r"batch_size of at most 10\)$"):
+        assert list(loader) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.batch_size = 10
+        assert len(list(loader)) == 1
+        assert len(list(DataLoader(X, y, batch_size=64))) == 1
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=0), r"DataLoader: expected batch_size to be a positive int, got 0"),
