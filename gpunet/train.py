@@ -456,14 +456,20 @@ def _as_input(X, dtype, who):
     X = plain_array(who, "X", X)
     if is_array(X):
         return X
+    if isinstance(X, DataLoader):       # its batches (shuffled, maybe) are not X's rows in order
+        raise TypeError(f"{who}: expected X as an array, got a DataLoader; pass its samples: "
+                        f"{who.rpartition('.')[2]}(loader.X)")
+    # Keras' predict(x) given (X, y), the pair evaluate takes
+    pair = ("; X goes alone (labels go with evaluate((X, y)))" if isinstance(X, tuple) and len(X) == 2
+            and all(hasattr(a, "shape") for a in X) else "")
     try:
         a = numpy.asarray(X)
     except (ValueError, TypeError, RuntimeError) as e:     # torch raises RuntimeError too
         raise TypeError(f"{who}: expected X as an array or a (nested) list of numbers, got "
-                        f"{type(X).__name__} that does not convert ({e}){array_hint(X)}") from e
+                        f"{type(X).__name__} that does not convert ({e}){array_hint(X)}{pair}") from e
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{who}: expected X as an array or a (nested) list of numbers, got "
-                        f"{type(X).__name__} converting to dtype {a.dtype}")
+                        f"{type(X).__name__} converting to dtype {a.dtype}{pair}")
     return a.astype(dtype) if dtype is not None and not hasattr(X, "dtype") else a
 
 

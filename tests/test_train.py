@@ -467,6 +467,15 @@ def test_predict_rejects_what_is_not_array_like():
         tr.predict([])
     with pytest.raises(ValueError, match="batch_size"):
         tr.predict(numpy.zeros((2, 8), numpy.float32), batch_size=0)
+    # found by the data audit: a DataLoader was 'got DataLoader converting to dtype object', and
+    # Keras' predict given the (X, y) pair got NumPy's inhomogeneous-shape text alone
+    X, y = numpy.zeros((5, 8), numpy.float32), numpy.zeros(5, numpy.int64)
+    with pytest.raises(TypeError, match=r"^Trainer\.predict: expected X as an array, got a DataLoader; pass "
+                                        r"its samples: predict\(loader\.X\)$"):
+        tr.predict(gpunet.DataLoader(X, y, shuffle=True))
+    with pytest.raises(TypeError, match=r"^Trainer\.predict: .*; X goes alone \(labels go with "
+                                        r"evaluate\(\(X, y\)\)\)$"):
+        tr.predict((X, y))
 
 
 def test_fit_and_evaluate_reject_empty_data(rng):
