@@ -244,10 +244,13 @@ class DataLoader:
     Batches are data: like PyTorch tensors that do not require grad, a first Dense or
     Conv2D layer computes no input gradient for them, and its ``backward`` returns None
     (``gpunet.data.is_data(xb)`` tells; pass ``xb.copy()`` to get ``dx`` for a batch).
-    Without shuffling a batch is a slice of ``X`` (a view: writing into it
-    writes into ``X``; of the device copy when the data is resident); with shuffling it is
-    a copy gathered by fancy indexing with an index array of the data's array module (for
-    resident data that fits twice: a slice of the epoch's shuffled copy). ``len(loader)`` is the number of batches per
+    Without shuffling a batch is a slice of ``X`` (a view, no copy; of the device copy when
+    the data is resident); NumPy views are read-only, so that an in-place edit of a batch
+    (``xb /= 255``) raises NumPy's ``ValueError`` instead of changing ``X`` for every later
+    epoch (PyTorch's batches are copies; ``xb = xb / 255`` or ``xb.copy()`` gives one of
+    your own). With shuffling a batch is a copy gathered by fancy indexing with an index
+    array of the data's array module (for resident data that fits twice: a slice of the
+    epoch's shuffled copy). ``len(loader)`` is the number of batches per
     epoch: ``ceil(N / batch_size)``, or ``N // batch_size`` with ``drop_last``.
 
     Sharding (``comm`` of ``S`` processes, rank ``r``; PyTorch ``DistributedSampler``'s
@@ -436,6 +439,12 @@ class DataLoader:
             if move:
                 xb = to_device(xb, device)
                 yb = None if yb is None else to_device(yb, device)
+            elif index is None and xp is numpy:
+                # views of the data: an in-place edit of a batch (xb /= 255) would change X
+                # for every later epoch; read-only, it raises at the edit instead
+                xb.flags.writeable = False
+                if yb is not None:
+                    yb.flags.writeable = False
             mark_data(xb)
             yield xb if self.y is None else (xb, yb)
 

@@ -217,6 +217,25 @@ def test_a_numpy_matrix_is_taken_as_its_array_and_a_masked_array_refused():
             call()
 
 
+def test_an_in_place_edit_of_an_unshuffled_batch_cannot_change_the_data():
+    """Found by the data audit: batches without shuffling are views of X, and the README's
+    loop with an in-place edit of its batch (xb /= 255) divided X itself, again at every
+    epoch, without a word (PyTorch's batches are copies). The views are now read-only: the
+    edit raises and X stays as it was; shuffled batches are copies of their own, writable."""
+    X = numpy.arange(24, dtype=numpy.float32).reshape(8, 3)
+    y = numpy.arange(8)
+    for xb, yb in DataLoader(X, y, batch_size=3):
+        with pytest.raises(ValueError, match="read-only"):
+            xb /= 255
+        with pytest.raises(ValueError, match="read-only"):
+            yb[0] = 7
+    numpy.testing.assert_array_equal(X, numpy.arange(24, dtype=numpy.float32).reshape(8, 3))
+    numpy.testing.assert_array_equal(y, numpy.arange(8))
+    assert X.flags.writeable and y.flags.writeable
+    for xb, yb in DataLoader(X, y, batch_size=3, shuffle=True, seed=0):
+        xb /= 255
+    numpy.testing.assert_array_equal(X, numpy.arange(24, dtype=numpy.float32).reshape(8, 3))
+
 def test_drop_last_that_drops_every_sample_warns():
     """Found by the data audit: DataLoader(X, y, batch_size=64, drop_last=True) over 10
     samples gave a hand-written loop no batch and no word (the loop trained nothing; PyTorch
