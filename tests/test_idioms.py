@@ -283,3 +283,18 @@ def test_pytorch_s_positional_init_settings_name_the_keyword(call, hint):
                                         r"the second argument is the rng: " + hint):
         call()
     assert gpunet.init.constant((2, 2), value=0.5).tolist() == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_sync_batchnorm_convert_reaches_batch_norms_in_a_list_attribute():
+    from gpunet import distributed as D
+
+    class Blocks(gpunet.Layer):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [Dense(4, 3), gpunet.BatchNorm(3)]
+
+    net = Blocks()
+    gamma = net.blocks[1].gamma
+    D.SyncBatchNorm.convert(net, D.Communicator())
+    assert isinstance(net.blocks[1], D.SyncBatchNorm) and net.blocks[1].gamma is gamma
+    assert isinstance(net.blocks, list) and list(net.state_dict())[2] == "blocks.1.gamma"
