@@ -234,8 +234,18 @@ class Optimizer:
         self._tables = {}                        # fused path: dtype -> (key, table)
         self._dev = None                         # fused path: _mt.DeviceScalars (lr, steps)
         self._steps_on_device = False            # the device's counters are ahead of _steps
-        for p in self.params:                    # so that model.to(...) moves our state too
+        self._link_parameters()
+
+    def _link_parameters(self):
+        """Register with each parameter, so that ``model.to(...)`` moves our state too."""
+        for p in self.params:
             p._optimizers = [r for r in p._optimizers if r() is not None] + [weakref.ref(self)]
+
+    def __setstate__(self, state):
+        """Unpickled (or deep-copied): link to the parameters again, which drop their links
+        to optimizers when pickled (``Parameter.__getstate__``)."""
+        self.__dict__.update(state)
+        self._link_parameters()
 
     def _store(self, h):
         """Set the hyper-parameters ``h``, already checked together by ``_check``: those

@@ -298,3 +298,25 @@ def test_sync_batchnorm_convert_reaches_batch_norms_in_a_list_attribute():
     D.SyncBatchNorm.convert(net, D.Communicator())
     assert isinstance(net.blocks[1], D.SyncBatchNorm) and net.blocks[1].gamma is gamma
     assert isinstance(net.blocks, list) and list(net.state_dict())[2] == "blocks.1.gamma"
+
+
+def test_a_model_and_its_optimizer_pickle_and_deep_copy():
+    import copy
+    import pickle
+
+    model = _mlp()
+    opt = optim.Adam(model, lr=0.01)
+    _step(model, opt)
+    model2, opt2 = pickle.loads(pickle.dumps((model, opt)))      # torch.save((model, opt)) habit
+    assert opt2.params[0] is model2.parameters()[0]
+    for m, o in ((model, opt), (model2, opt2)):
+        _step(m, o)
+    a, b = model.state_dict(), model2.state_dict()
+    assert all(numpy.array_equal(a[k], b[k]) for k in a)           # the copy trains on bit for bit
+    model2.to(dtype=numpy.float64)                                 # its optimizer follows it
+    assert all(v.dtype == numpy.float64 for st in opt2.state for v in st.values())
+    alone = pickle.loads(pickle.dumps(model))
+    assert alone.parameters()[0]._optimizers == []
+    twin = copy.deepcopy(model)                                    # a copy alone belongs to no optimizer
+    twin.to(dtype=numpy.float64)
+    assert all(v.dtype == numpy.float32 for st in opt.state for v in st.values())

@@ -108,6 +108,21 @@ class Parameter:
             for hook in tuple(self._hooks.values()):
                 hook(self)
 
+    def __getstate__(self):
+        """For pickle and ``copy.deepcopy``: everything but the links to optimizers (weak
+        references, which pickle refuses: a model with an optimizer failed with "cannot
+        pickle 'weakref.ReferenceType' object"). An optimizer pickled or copied together with
+        its parameters links itself again (``Optimizer.__setstate__``); a copy of the model
+        alone belongs to no optimizer, as a model loaded in a new process."""
+        state = dict(self.__dict__)
+        state.update(grad=self.grad, name=self.name, decay=self.decay, _hooks=self._hooks)
+        return state
+
+    def __setstate__(self, state):
+        self._optimizers = []
+        for k, v in state.items():
+            setattr(self, k, v)
+
     def register_post_accumulate_grad_hook(self, hook):
         """Call ``hook(self)`` after every ``accumulate``; returns a handle whose
         ``remove()`` unregisters it."""
