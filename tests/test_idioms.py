@@ -320,3 +320,16 @@ def test_a_model_and_its_optimizer_pickle_and_deep_copy():
     twin = copy.deepcopy(model)                                    # a copy alone belongs to no optimizer
     twin.to(dtype=numpy.float64)
     assert all(v.dtype == numpy.float32 for st in opt.state for v in st.values())
+
+
+def test_printing_a_custom_layer_shows_the_layers_it_holds():
+    class Head(gpunet.Layer):
+        def __init__(self):
+            super().__init__()
+            self.body = Sequential(Dense(4, 4, activation="relu"))
+            self.out = [Dense(4, 2)]
+
+    assert repr(Head()) == ("Head(\n  (body): Sequential(\n    (0): Dense(4, 4, activation='relu')\n  )\n"
+                            "  (out.0): Dense(4, 2)\n)")
+    assert repr(Dense(4, 2, activation="relu")) == "Dense(4, 2, activation='relu')"
+    assert repr(ReLU()) == "ReLU()"

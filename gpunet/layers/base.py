@@ -921,8 +921,11 @@ class Layer:
 
     def __repr__(self):
         """One line for a leaf layer; a container lists its children one per line, indented
-        (PyTorch's layout)."""
-        kids = list(self.named_children()) if self._container else []
+        (PyTorch's layout), and so does a layer of your own that holds layers (a subclass
+        that keeps ``Layer.extra_repr``: gpunet's layers describe a child, such as Dense's
+        fused activation, in their ``extra_repr``)."""
+        kids = (list(self.named_children())
+                if self._container or type(self).extra_repr is Layer.extra_repr else [])
         head = f"{type(self).__name__}({self.extra_repr()}"
         if not kids:
             return head + ")"
