@@ -50,6 +50,17 @@ def _got(value) -> str:
     return r if r.startswith(("np.", "numpy.", name)) or value is None else f"{r} ({name})"
 
 
+def unexpected_keyword(who: str, unknown: dict, hints: dict) -> TypeError:
+    """The ``TypeError`` Python raises for an unknown keyword (the first of ``unknown``),
+    plus, for Keras' names in ``hints``, what gpunet takes instead."""
+    k = next(iter(unknown))
+    hint = hints.get(k)
+    if hint is not None and not hint.startswith("gpunet"):
+        hint = f"gpunet takes {hint}"
+    return TypeError(f"{who}() got an unexpected keyword argument {k!r}"
+                     + ("" if hint is None else f"; {hint} (Keras' {k}= is not one of its names)"))
+
+
 def flag(who: str, name: str, value) -> bool:
     """``value`` (a bool or ``numpy.bool_``) as a bool; anything else, even ``0``/``1`` or
     ``"no"``, raises ``TypeError`` (taken by truthiness, ``"no"`` would mean True)."""

@@ -168,6 +168,21 @@ def _hinted_getattr(hints: dict):
 
 # -- optimizers -------------------------------------------------------------------------
 
+#: Keras' optimizer keywords and what gpunet takes instead (named in the TypeError)
+_KERAS_OPTIMIZER = {
+    "learning_rate": "lr=",
+    "beta_1": "betas=(beta_1, beta_2)",
+    "beta_2": "betas=(beta_1, beta_2)",
+    "epsilon": "eps=",
+    "rho": "alpha= (the decay of the squared-gradient average)",
+    "clipnorm": "gpunet.optim.clip_grad_norm(params, max_norm) between backward and step, or "
+                "Trainer(..., clip_grad_norm=max_norm)",
+    "global_clipnorm": "gpunet.optim.clip_grad_norm(params, max_norm) between backward and step, or "
+                       "Trainer(..., clip_grad_norm=max_norm)",
+    "clipvalue": "gpunet.optim.clip_grad_value(params, clip) between backward and step, or "
+                 "Trainer(..., clip_grad_value=clip)",
+}
+
 def _hyper(name, names="_hyper_names", check="_check"):
     """A hyper-parameter as a property: assigning it runs the owner's own check (method
     ``check``) on all its hyper-parameters (listed in attribute ``names``) with the new
@@ -223,8 +238,10 @@ class Optimizer:
                              "the state and the step counts were made for them; create a new optimizer "
                              "over the parameters you want")
 
-    def __init__(self, params, **hyper):
+    def __init__(self, params, _unknown=None, **hyper):
         name = type(self).__name__
+        if _unknown:
+            raise _args.unexpected_keyword(name, _unknown, _KERAS_OPTIMIZER)
         self._params = _as_parameters(params, name)
         self._hyper_names = tuple(hyper)
         self._store(self._check(hyper))
@@ -625,8 +642,8 @@ class SGD(Optimizer):
     weight_decay = _hyper("weight_decay")
     l1 = _hyper("l1")
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0, **unknown):
+        super().__init__(params, _unknown=unknown, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, l1=l1)
 
     def _check(self, h):
@@ -711,8 +728,8 @@ class Adam(Optimizer):
     weight_decay = _hyper("weight_decay")
     l1 = _hyper("l1")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0, **unknown):
+        super().__init__(params, _unknown=unknown, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1)
 
     def _check(self, h):
         who = type(self).__name__
@@ -805,8 +822,8 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        Optimizer.__init__(self, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, **unknown):
+        Optimizer.__init__(self, params, _unknown=unknown, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _decays(self, p):
         return p.decay and float(self.weight_decay) != 0.0
@@ -831,8 +848,8 @@ class RMSProp(Optimizer):
     eps = _hyper("eps")
     momentum = _hyper("momentum")
 
-    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0):
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, **unknown):
+        super().__init__(params, _unknown=unknown, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
 
     def _check(self, h):
         who = type(self).__name__
@@ -901,8 +918,8 @@ class AdaGrad(Optimizer):
 
     eps = _hyper("eps")
 
-    def __init__(self, params, lr=0.01, eps=1e-10):
-        super().__init__(params, lr=lr, eps=eps)
+    def __init__(self, params, lr=0.01, eps=1e-10, **unknown):
+        super().__init__(params, _unknown=unknown, lr=lr, eps=eps)
 
     def _check(self, h):
         who = type(self).__name__

@@ -497,13 +497,7 @@ _KERAS_CALLBACKS = {
 
 
 def _unexpected_keyword(who, unknown, hints=_KERAS_FIT):
-    """The ``TypeError`` Python raises for an unknown keyword, plus gpunet's name for Keras'."""
-    k = next(iter(unknown))
-    hint = hints.get(k)
-    if hint is not None and not hint.startswith("gpunet"):
-        hint = f"gpunet takes {hint}"
-    return TypeError(f"{who}() got an unexpected keyword argument {k!r}"
-                     + ("" if hint is None else f"; {hint} (Keras' {k}= is not one of its names)"))
+    return _args.unexpected_keyword(who, unknown, hints)
 
 
 def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, comm=None):

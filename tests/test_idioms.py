@@ -333,3 +333,17 @@ def test_printing_a_custom_layer_shows_the_layers_it_holds():
                             "  (out.0): Dense(4, 2)\n)")
     assert repr(Dense(4, 2, activation="relu")) == "Dense(4, 2, activation='relu')"
     assert repr(ReLU()) == "ReLU()"
+
+
+@pytest.mark.parametrize("make, hint", [
+    (lambda ps: optim.Adam(ps, learning_rate=1e-3), r"Adam\(\) got an unexpected keyword argument 'learning_rate'; "
+                                                    r"gpunet takes lr= \(Keras' learning_rate= is not one of its names\)"),
+    (lambda ps: optim.AdamW(ps, beta_1=0.8), r"AdamW\(\) .* 'beta_1'; gpunet takes betas=\(beta_1, beta_2\)"),
+    (lambda ps: optim.RMSProp(ps, rho=0.9), r"RMSProp\(\) .* 'rho'; gpunet takes alpha="),
+    (lambda ps: optim.SGD(ps, lr=0.1, clipnorm=1.0), r"SGD\(\) .* 'clipnorm'; gpunet.optim.clip_grad_norm"),
+    (lambda ps: optim.AdaGrad(ps, epsilon=1e-7), r"AdaGrad\(\) .* 'epsilon'; gpunet takes eps="),
+    (lambda ps: optim.SGD(ps, dampening=0.1), r"^SGD\(\) got an unexpected keyword argument 'dampening'$"),
+])
+def test_keras_optimizer_keywords_name_gpunet_s(make, hint):
+    with pytest.raises(TypeError, match=hint):
+        make(Dense(2, 2).parameters())
