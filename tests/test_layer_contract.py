@@ -702,6 +702,10 @@ def test_image_input_mistakes_say_how_to_fix_them(layer, x, hint):
     ("add", r"Sequential\(layer1, layer2, \.\.\.\), or model\.append\(layer\)$"),
     ("cuda", r"model\.to\('cuda'\)$"),
     ("save_weights", r"gpunet\.save\(path, model\)"),
+    ("named_modules", r"model\.modules\(\) yields every layer"),
+    ("apply", r"for layer in model\.modules\(\): fn\(layer\)$"),
+    ("register_forward_hook", r"activation_stats\(model, x\)"),
+    ("trainable_weights", r"model\.parameters\(\) lists the Parameters"),
 ])
 def test_keras_and_pytorch_model_methods_say_where_gpunet_has_them(name, hint):
     """Found by the second first-hour audit: model.fit/compile/predict/add (Keras) and

@@ -549,6 +549,16 @@ _ELSEWHERE = {     # Keras' and PyTorch's model methods: what a gpunet model doe
     "get_weights": "model.state_dict() maps names to NumPy arrays",
     "set_weights": "model.load_state_dict(state)",
     "requires_grad_": _FREEZE,
+    "weights": "model.parameters() lists the Parameters (p.data is the array), model.state_dict() "
+               "maps names to copies",
+    "trainable_weights": "model.parameters() lists the Parameters (p.data is the array); all are trainable",
+    "trainable_variables": "model.parameters() lists the Parameters (p.data is the array); all are trainable",
+    "named_modules": "model.modules() yields every layer, depth first; model.named_children() names "
+                     "the direct ones, model.named_parameters() every parameter",
+    "apply": "for layer in model.modules(): fn(layer)",
+    "register_forward_hook": "gpunet.diagnostics.activation_stats(model, x) gives each layer's output "
+                             "mean, std and zero fraction; for the outputs themselves, run the layers in "
+                             "eval mode one by one: for layer in model: x = layer(x)",
 }
 
 
