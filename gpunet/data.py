@@ -378,10 +378,11 @@ class DataLoader:
 
     def __iter__(self):
         if self.drop_last and not len(self):
-            b = self.batch_size * (1 if self.comm is None else self.comm.size)
-            warnings.warn(f"DataLoader: drop_last=True with {self.num_samples} samples, fewer than one "
-                          f"batch of {b}: this pass yields no batch (pass drop_last=False, or a batch_size "
-                          f"of at most {self.num_samples})", UserWarning, stacklevel=2)
+            size = 1 if self.comm is None else self.comm.size
+            n, most = self.num_samples, self.num_samples // size    # the largest batch_size that yields
+            warnings.warn(f"DataLoader: drop_last=True with {n} sample{'s' * (n != 1)}, fewer than one "
+                          f"batch of {self.batch_size * size}: this pass yields no batch (pass drop_last=False"
+                          + (f", or a batch_size of at most {most})" if most else ")"), UserWarning, stacklevel=2)
         epoch = self.epoch
         self.epoch += 1
         return self._batches(epoch)

@@ -1071,7 +1071,10 @@ class Trainer:
         """Train for ``epochs`` epochs; returns the History (also ``self.history``).
 
         ``train``/``val``: ``(X, y)`` tuples or DataLoaders. For tuples, a DataLoader with
-        ``batch_size``, ``shuffle`` and ``seed`` is built; epoch ``k`` visits the samples in
+        ``batch_size``, ``shuffle`` and ``seed`` is built, which keeps the last, partial batch
+        of ``N % batch_size`` samples (PyTorch's ``drop_last=False``; a DataLoader with
+        ``drop_last=True`` drops it), and the epoch's loss weights each batch by its
+        samples; epoch ``k`` visits the samples in
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
         ``gpunet.load`` continues bit for bit. A fit without ``initial_epoch`` on a Trainer
         that has trained before goes on with the orders after those of its last epoch (so
@@ -1246,8 +1249,10 @@ class Trainer:
         try:
             check_labels("softmax_cross_entropy", logits, y, f.ignore_index)
         except ValueError as e:
+            whose = (f"this process's share of {name}" if name == "val" and self.comm is not None
+                     and self.comm.size > 1 else f"{name}'s")     # _share: contiguous rows of val
             raise ValueError(f"{who}: {name}'s labels do not fit the model's {int(out.shape[1])} outputs "
-                             f"(all {int(y.shape[0])} checked before training; the row is {name}'s): "
+                             f"(all {int(y.shape[0])} checked before training; the row is {whose}): "
                              f"{e}") from None
 
     def _check_val_fits(self, vloader):

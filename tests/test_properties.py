@@ -684,6 +684,7 @@ class _Rank:
         self.rank, self.size = rank, size
 
 
+@pytest.mark.filterwarnings("ignore:DataLoader. drop_last=True with")
 @props(60)
 @given(n=st.integers(1, 40), batch=st.integers(1, 12), shuffle=st.booleans(), drop_last=st.booleans(),
        seed=st.integers(0, 2**32), epochs=st.integers(1, 3))
@@ -709,6 +710,7 @@ def test_dataloader_visits_every_sample_once_per_epoch(n, batch, shuffle, drop_l
         numpy.testing.assert_array_equal(seen, want)
 
 
+@pytest.mark.filterwarnings("ignore:DataLoader. drop_last=True with")
 @props(60)
 @given(n=st.integers(1, 30), size=st.integers(1, 5), batch=st.integers(1, 6), drop_last=st.booleans(),
        seed=st.integers(0, 2**32), epoch=st.integers(0, 2))

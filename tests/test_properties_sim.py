@@ -441,6 +441,7 @@ def test_half_batchnorm_kernels_equal_the_float32_kernels_rounded(seed, c, four,
     numpy.testing.assert_array_equal(to_numpy(dx), _h(to_numpy(dx32)))
 
 
+@pytest.mark.filterwarnings("ignore:DataLoader. drop_last=True with")
 @props(20)
 @given(n=st.integers(1, 40), batch=st.integers(1, 12), shuffle=st.booleans(), drop_last=st.booleans(),
        seed=st.integers(0, 2**32), size=st.integers(1, 3), resident=st.booleans())

@@ -357,6 +357,7 @@ def xent_cases(draw):
                 scale=draw(st.sampled_from([1.0, 30.0, 1e4])), seed=draw(seeds))
 
 
+@pytest.mark.filterwarnings("ignore:SoftmaxCrossEntropy. the logits have 1 column")
 @props(50)
 @given(case=xent_cases())
 def test_softmax_cross_entropy_matches_torch(case):
