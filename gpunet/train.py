@@ -25,7 +25,7 @@ from .backend import array_hint, device_of, get_array_module, is_array, resolve_
 from .amp import GradScaler, MixedPrecision, _check_precision
 from .data import DataLoader, plain_array
 from .functional.losses import check_labels
-from .losses import BCEWithLogits, SoftmaxCrossEntropy
+from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from .layers.base import Layer
 
 #: Seconds between two progress-bar refreshes, each of which reads the running loss and
@@ -782,7 +782,8 @@ class Trainer:
     label scores the fraction it gets right: ``(N, 1, ...)`` outputs (an autoencoder's or a
     mask's) element by element as above, ``(N, C, ...)`` ones position by position by the
     argmax along axis 1; targets that fit neither raise ``ValueError`` naming both shapes
-    (pass ``metrics=()``).
+    (pass ``metrics=()``). For a regression the accuracy means nothing: ``fit`` warns
+    (``RuntimeWarning``) when ``MSELoss`` targets leave ``[0, 1]``.
     Samples whose integer label is the loss's ``ignore_index`` count neither as hits nor
     in the denominator of the accuracy (as Keras leaves a loss's ``ignore_class`` out of
     its metrics), and the loss is the mean over the other samples (each batch's mean
@@ -1158,6 +1159,7 @@ class Trainer:
                                                              "Trainer.fit", "val", self.device)
             _check_monitors(callbacks, self.metrics, vloader is not None)
             self._check_class_labels(loader, "Trainer.fit", "train")
+            self._warn_regression_accuracy(loader)
             if vloader is not None:
                 self._check_val_fits(vloader)
                 self._check_class_labels(vloader, "Trainer.fit", "val")
@@ -1254,6 +1256,23 @@ class Trainer:
             raise ValueError(f"{who}: {name}'s labels do not fit the model's {int(out.shape[1])} outputs "
                              f"(all {int(y.shape[0])} checked before training; the row is {whose}): "
                              f"{e}") from None
+
+    def _warn_regression_accuracy(self, loader):
+        """Before training, with the ``accuracy`` metric and ``MSELoss``: targets outside
+        ``[0, 1]`` (a regression's; one pass over ``y``) make that accuracy (outputs and
+        targets thresholded at 0.5, or their argmax) mean nothing: a ``RuntimeWarning`` says
+        so (house prices scored 'accuracy 1.0' at a loss of 4.7e10)."""
+        y = loader.y
+        if not (self.metrics and isinstance(self.loss_fn, MSELoss)) or y is None or y.dtype.kind not in "iuf":
+            return
+        lo, hi = float(y.min()), float(y.max())
+        if 0.0 <= lo and hi <= 1.0:
+            return
+        warnings.warn(f"Trainer.fit: the accuracy metric scores outputs and targets as classes (above "
+                      f"0.5, or the argmax over columns), but train's targets run from {lo:g} to {hi:g}, "
+                      f"as a regression's do, and its accuracy means nothing there; build the Trainer "
+                      f"with metrics=() (Keras' and PyTorch's default: no metric)", RuntimeWarning,
+                      stacklevel=5)     # fit's caller (through data() and _agree)
 
     def _check_val_fits(self, vloader):
         """The first validation sample through the model and the loss (``evaluate``: eval

@@ -1119,6 +1119,30 @@ def test_labels_outside_the_classes_are_named_by_their_row_before_training(devic
     h = Trainer(model, SoftmaxCrossEntropy(ignore_index=-100), opt).fit((X, bad), epochs=1, progress=False)
     assert numpy.isfinite(h["loss"][0])
 
+
+def test_accuracy_of_a_regression_is_warned_about(rng):
+    """Found by the data audit: MSELoss on house prices (targets 1.5e4 to 4e5) under the
+    default metrics logged 'accuracy 1.0' at a loss of 4.7e10 (every output and target above
+    0.5). fit now warns, before training, that the accuracy means nothing for targets outside
+    [0, 1], pointing at metrics=(); 0/1 or probability targets, and metrics=(), do not warn."""
+    import warnings
+    X, _ = _blobs(rng, n=40)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 1))
+    prices = (X[:, :1] * 3e4 + 2e5).astype(numpy.float32)
+    tr = Trainer(model, gpunet.losses.MSELoss(), optim.SGD(model, lr=0.0))
+    with pytest.warns(RuntimeWarning, match=r"^Trainer\.fit: the accuracy metric scores outputs and targets as "
+                                            r"classes .* but train's targets run from \S+ to \S+, as a "
+                                            r"regression's do, .* build the Trainer with metrics=\(\)") as w:
+        h = tr.fit((X, prices), epochs=1, progress=False)
+    assert w[0].filename == __file__                    # points at the fit call
+    assert "accuracy" in h
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr.fit((X, (prices > 2e5).astype(numpy.float32)), epochs=1, progress=False)
+        Trainer(model, gpunet.losses.MSELoss(), optim.SGD(model, lr=0.0), metrics=()).fit(
+            (X, prices), epochs=1, progress=False)
+
 def test_a_nan_validation_loss_is_warned_about_once_and_recorded(rng):
     """Found by the Trainer audit: NaN validation data gave val_loss nan in the History and
     nothing else. Now a RuntimeWarning names it (once per fit, with the epoch); training
