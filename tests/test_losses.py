@@ -545,6 +545,8 @@ def test_targets_on_another_device_name_the_loss_both_devices_and_the_move(loss_
 
 @pytest.mark.parametrize("labels, hint", [
     (numpy.array([0.0, 1.0, 2.0]), r"got dtype float64; class labels are integer indices: y\.astype\(numpy\.int64\)$"),
+    # found by the data audit: bool labels (y = column == "yes") got no hint
+    (numpy.array([True, False, True]), r"got dtype bool; class labels are integer indices: y\.astype\(numpy\.int64\)$"),
     (numpy.array(["cat", "dog", "cat"]), r"got dtype str96; map class names to indices 0\.\.C-1 first: "
                                          r"names, y = numpy\.unique\(y, return_inverse=True\)$"),
     (numpy.array([[0], [2], [1]]), r"or integer class labels of shape \(3,\), got \(3, 1\); class indices go "

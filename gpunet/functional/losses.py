@@ -58,9 +58,10 @@ def check_labels(name, logits, labels, ignore_index=None, check_values=True):
     xp = get_array_module(logits, labels)
     if labels.ndim == 1:
         if labels.dtype.kind not in "iu":
-            # float labels (a habit from Keras, or y read from a CSV) and class names: say how
-            # to make the integer indices PyTorch's CrossEntropyLoss takes too
-            hint = ("; class labels are integer indices: y.astype(numpy.int64)" if labels.dtype.kind == "f"
+            # float or bool labels (a habit from Keras, y read from a CSV, y = column == "yes")
+            # and class names: say how to make the integer indices PyTorch's CrossEntropyLoss
+            # takes too
+            hint = ("; class labels are integer indices: y.astype(numpy.int64)" if labels.dtype.kind in "fb"
                     else "; map class names to indices 0..C-1 first: "
                          "names, y = numpy.unique(y, return_inverse=True)" if labels.dtype.kind in "US"
                     else "")
