@@ -1228,7 +1228,7 @@ class Trainer:
             self._callbacks = []
         return self.history
 
-    def _check_class_labels(self, loader, who, name):
+    def _check_class_labels(self, loader, who, name, when=" before training"):
         """For a ``SoftmaxCrossEntropy``: every integer class label of ``loader``'s data
         (one pass over ``y``) against the model's number of outputs (one sample through the
         model in eval mode, as ``_check_val_fits`` runs one), so that a label outside
@@ -1251,11 +1251,12 @@ class Trainer:
         try:
             check_labels("softmax_cross_entropy", logits, y, f.ignore_index)
         except ValueError as e:
-            whose = (f"this process's share of {name}" if name == "val" and self.comm is not None
-                     and self.comm.size > 1 else f"{name}'s")     # _share: contiguous rows of val
-            raise ValueError(f"{who}: {name}'s labels do not fit the model's {int(out.shape[1])} outputs "
-                             f"(all {int(y.shape[0])} checked before training; the row is {whose}): "
-                             f"{e}") from None
+            whose = (f"this process's share of {name}" if name != "train" and self.comm is not None
+                     and self.comm.size > 1 else f"{name}'s")     # _share: contiguous rows
+            err = ValueError(f"{who}: {name}'s labels do not fit the model's {int(out.shape[1])} outputs "
+                             f"(all {int(y.shape[0])} checked{when}; the row is {whose}): {e}")
+            err.label_rows = True           # evaluate tells it from an error of the check's forward
+            raise err from None
 
     def _warn_regression_accuracy(self, loader):
         """Before training, with the ``accuracy`` metric and ``MSELoss``: targets outside
@@ -1450,7 +1451,8 @@ class Trainer:
         ``data``: an ``(X, y)`` pair or a DataLoader; empty data raises ``ValueError``. The
         loss is the per-sample mean, as in ``fit``. On a GPU the per-batch losses and
         counts stay on the device and are read once, at the end (one host sync); a bad
-        label raises the loss's ``ValueError`` then. A loss that is not finite is returned
+        label raises the loss's ``ValueError`` then, naming the label's row of ``data`` (a pass
+        that fails on a label checks all of them then). A loss that is not finite is returned
         with a ``RuntimeWarning`` naming the rows of the data that hold NaN or inf (or saying
         there are none: the model's outputs overflow). Under ``comm``, an error on one process
         (its share of the data does not fit) is raised there, and every other process
@@ -1458,7 +1460,7 @@ class Trainer:
         all-reduce of the logs."""
         batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
         self._check_model_device("Trainer.evaluate")
-        logs, loader = self._evaluate(data, batch_size)
+        logs, loader = self._evaluate(data, batch_size, rows=True)
         if not math.isfinite(logs["loss"]):
             note = _nonfinite_note(loader)
             warnings.warn(f"Trainer.evaluate: the loss is {logs['loss']}: "
@@ -1466,14 +1468,27 @@ class Trainer:
                              "outputs overflow on it"), RuntimeWarning, stacklevel=2)
         return logs
 
-    def _evaluate(self, data, batch_size=256):
-        """``evaluate``'s logs, without its warning, and the loader of this process's data."""
+    def _evaluate(self, data, batch_size=256, rows=False):
+        """``evaluate``'s logs, without its warning, and the loader of this process's data.
+        ``rows``: a loss error of the pass is checked against every label of the data
+        (``_check_class_labels``), so that a bad label is named by its row of the data,
+        not of its batch (the check runs only then: nothing is added to a good pass)."""
         loaders = []
 
         def local():
             loaders.append(_as_loader(self._share(data), batch_size, False, 0, self.model.dtype,
                                       "Trainer.evaluate", "data", self.device))
-            return self._evaluate_pass(loaders[0])
+            try:
+                return self._evaluate_pass(loaders[0])
+            except ValueError:
+                if rows:
+                    try:
+                        self._check_class_labels(loaders[0], "Trainer.evaluate", "data", when="")
+                    except Exception as e:
+                        if getattr(e, "label_rows", False):
+                            raise
+                        # else the labels are not the cause: the pass's own error follows
+                raise
         return self._logs(self._agree("Trainer.evaluate", "the evaluation", local)), loaders[0]
 
     def _evaluate_pass(self, loader):

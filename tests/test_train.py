@@ -1098,7 +1098,8 @@ def test_labels_outside_the_classes_are_named_by_their_row_before_training(devic
     row in a shuffled batch ('got 5 at row 2'; y[2] was fine), on a GPU only at the end of
     the epoch; one in val past its first sample failed after an epoch of training. Now fit
     checks every label of train and val against the model's outputs first, naming the row
-    of the data (ignore_index excepted), on every backend, and nothing trains."""
+    of the data (ignore_index excepted), on every backend, and nothing trains; evaluate names
+    the row of the data as well."""
     X, y = _blobs(rng, n=40)
     model = _model().to(device)
     opt = optim.SGD(model, lr=0.1)
@@ -1115,6 +1116,13 @@ def test_labels_outside_the_classes_are_named_by_their_row_before_training(devic
     assert tr.global_step == 0
     for b, p in zip(before, model.parameters()):
         numpy.testing.assert_array_equal(b, gpunet.to_numpy(p.data))
+    # evaluate: the row of the data too (found when its pass fails: a good pass checks nothing more)
+    with pytest.raises(ValueError, match=r"^Trainer\.evaluate: data's labels do not fit the model's 3 outputs "
+                                         r"\(all 40 checked; the row is data's\): softmax_cross_entropy: labels "
+                                         r"must lie in \[0, 3\); got 5 at row 27 "):
+        tr.evaluate((X, bad), batch_size=8)
+    with pytest.raises(ValueError, match=r"^Dense: expected 8 features along axis 1, got shape \(8, 5\)"):
+        tr.evaluate((X[:, :5], bad), batch_size=8)      # not a label error: the pass's own
     bad[27] = -100
     h = Trainer(model, SoftmaxCrossEntropy(ignore_index=-100), opt).fit((X, bad), epochs=1, progress=False)
     assert numpy.isfinite(h["loss"][0])
