@@ -50,7 +50,8 @@ def _shape(shape, who="init"):
 
 
 #: the settings an initializer takes after the contract's (shape, rng, dtype), by keyword
-_BY_KEYWORD = {"init.constant": ("the value", "value=0.5"), "init.normal": ("std and mean", "std=0.02, mean=0.0"),
+_BY_KEYWORD = {"init.constant": ("the value", "value=0.5"),
+               "init.normal": ("std and mean", "std=0.02, mean=0.0"),
                "init.uniform": ("low and high", "low=-0.1, high=0.1")}
 
 
@@ -60,7 +61,8 @@ def _check(who, shape, rng, dtype):
     if rng is not None and not (hasattr(rng, "normal") and hasattr(rng, "uniform")):
         # init.constant(shape, 0.5), init.normal(shape, 0.0, 0.02): PyTorch's nn.init order
         kw = _BY_KEYWORD.get(who) if isinstance(rng, numbers.Real) else None
-        hint = f"; the second argument is the rng: pass {kw[0]} by keyword, {who}(shape, {kw[1]})" if kw else ""
+        hint = (f"; the second argument is the rng: pass {kw[0]} by keyword, {who}(shape, {kw[1]})"
+                if kw else "")
         raise TypeError(f"{who}: expected rng to be None or a numpy.random.Generator, "
                         f"got {type(rng).__name__}{hint}")
     try:

@@ -65,9 +65,9 @@ class Parameter:
     """A trainable array: ``data``, its gradient ``grad`` (None until a backward),
     a ``name`` and ``decay`` (True: L1/L2 weight decay applies; False for biases and
     batch-norm's gamma/beta). ``data`` may be reassigned with another array (``p.data =
-    p.data.astype(numpy.float64)`` casts it); anything else raises ``TypeError``. Optimizers built over it register themselves in
-    ``_optimizers`` (weak references), so that ``Layer.to(dtype=...)`` can cast their
-    state with the parameter.
+    p.data.astype(numpy.float64)`` casts it); anything else raises ``TypeError``.
+    Optimizers built over it register themselves in ``_optimizers`` (weak references), so
+    that ``Layer.to(dtype=...)`` can cast their state with the parameter.
 
     ``register_post_accumulate_grad_hook(hook)`` (PyTorch's name) calls ``hook(param)``
     each time a layer's backward has added into ``grad`` through ``accumulate`` — the

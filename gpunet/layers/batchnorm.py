@@ -54,10 +54,9 @@ class BatchNorm(Layer):
     """
 
     _buffers = ("running_mean", "running_var")
-    gamma = ParameterSlot(optional=lambda layer: not layer.affine,
-                          none_hint=" (this layer has affine=True; BatchNorm(..., affine=False) has no gamma and beta)")
-    beta = ParameterSlot(optional=lambda layer: not layer.affine,
-                         none_hint=" (this layer has affine=True; BatchNorm(..., affine=False) has no gamma and beta)")
+    _no_affine = " (this layer has affine=True; BatchNorm(..., affine=False) has no gamma and beta)"
+    gamma = ParameterSlot(optional=lambda layer: not layer.affine, none_hint=_no_affine)
+    beta = ParameterSlot(optional=lambda layer: not layer.affine, none_hint=_no_affine)
     _nonnegative_buffers = ("running_var",)      # checked by load_state_dict
     eps = _args.real_property(None, "eps", "Added to the variance (a finite number > 0).",
                               low=0.0, low_open=True)
