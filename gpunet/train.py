@@ -106,6 +106,26 @@ def _check_scaler(scaler, precision):
         raise ValueError("Trainer: a loss scaler is for precision='fp16'")
 
 
+def _warn_stale_optimizer(model, optimizer):
+    """Warn (at each ``fit``) when the optimizer holds parameters that are not the model's:
+    the model was edited after the optimizer was built (``model[-1] = Dense(...)``, a layer
+    replaced or removed), so the optimizer updates the old layers and never the new ones,
+    silently (a PyTorch loop behaves the same, without a word). An optimizer over a subset of
+    the model's parameters (freezing the rest) is not warned about."""
+    params = getattr(optimizer, "params", None)
+    if not isinstance(params, list):
+        return
+    mine = {id(p) for p in model.parameters()}
+    stale = sum(id(p) not in mine for p in params)
+    if mine and stale:
+        missing = sum(1 for p in model.parameters() if all(p is not q for q in params))
+        warnings.warn(f"Trainer.fit: the optimizer updates {stale} parameter(s) that are not the model's, "
+                      f"and {missing} of the model's are not in it: was the model edited (a layer "
+                      f"replaced or removed) after the optimizer was built? Those layers will not "
+                      f"train; build the optimizer (and the Trainer) after editing the model",
+                      UserWarning, stacklevel=3)
+
+
 def _check_parts(model, loss_fn, optimizer, scheduler=None, scaler=None):
     """The model is a Layer, the loss a loss object, and the optimizer one that updates some
     of the model's parameters (one built over another model would train nothing)."""
@@ -1166,6 +1186,7 @@ class Trainer:
             return loader, vloader
         loader, vloader = self._agree("Trainer.fit", "the checks of the data before training "
                                       "(train, val and val's first sample through the model)", data)
+        _warn_stale_optimizer(self.model, self.optimizer)
         progress = progress and (self.comm is None or self.comm.rank == 0)
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)

@@ -347,3 +347,21 @@ def test_printing_a_custom_layer_shows_the_layers_it_holds():
 def test_keras_optimizer_keywords_name_gpunet_s(make, hint):
     with pytest.raises(TypeError, match=hint):
         make(Dense(2, 2).parameters())
+
+
+def test_fit_warns_when_the_model_was_edited_after_its_optimizer_was_built():
+    import warnings
+    X = numpy.random.default_rng(0).standard_normal((16, 4)).astype(numpy.float32)
+    y = numpy.arange(16) % 3
+    model = _mlp()
+    opt = optim.SGD(model, lr=0.1)
+    model[-1] = Dense(8, 3)                          # a new head after the optimizer: it would not train
+    trainer = gpunet.Trainer(model, SoftmaxCrossEntropy(), opt)
+    with pytest.warns(UserWarning, match=r"updates 2 parameter\(s\) that are not the model's, and 2 of the "
+                                         r"model's are not in it: was the model edited"):
+        trainer.fit((X, y), epochs=1, progress=False)
+    frozen = _mlp()                                  # an optimizer over a subset: freezing, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpunet.Trainer(frozen, SoftmaxCrossEntropy(), optim.SGD(frozen[1:].parameters(), lr=0.1)).fit(
+            (X, y), epochs=1, progress=False)
