@@ -233,6 +233,10 @@ def _train(args):
             Xte, yte = datasets.load_mnist(args.data_dir, "test")
         except (OSError, ValueError, EOFError) as e:   # missing, unreadable or corrupt IDX files
             raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: {_one_line(e)}") from None
+        if Xte.shape[1] != Xtr.shape[1]:        # the model would fail at the test, after training
+            raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: the test images have "
+                            f"{Xte.shape[1]} pixels, the training images {Xtr.shape[1]}; both splits "
+                            f"must hold images of one size")
         side = int(round(Xtr.shape[1] ** 0.5))
         if side * side != Xtr.shape[1]:
             raise UserError(f"gpunet train: error: --data-dir {args.data_dir}: images of "

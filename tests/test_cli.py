@@ -134,6 +134,22 @@ def test_train_sizes_the_output_layer_from_the_idx_labels(model, tmp_path, capsy
     _final_line(out)
     assert "27 outputs" in err, err
 
+
+def test_test_images_of_another_size_are_one_line(tmp_path):
+    """Found by the data audit: t10k images of another size than the training ones ended in a
+    traceback, for the MLP after all its epochs (at the test), for the CNN in a reshape."""
+    from test_datasets import _write_split
+    rng = numpy.random.default_rng(0)
+    data = tmp_path / "mnist"
+    data.mkdir()
+    for prefix, n, side in (("train", 30, 8), ("t10k", 10, 6)):
+        _write_split(str(data), prefix, rng.integers(0, 256, size=(n, side, side), dtype=numpy.uint8),
+                     rng.integers(0, 10, size=n, dtype=numpy.uint8))
+    for model in ("mlp", "cnn"):
+        _assert_user_error(_gpunet(["train", "--dataset", "mnist", "--data-dir", str(data), "--model", model,
+                                    "--epochs", "1", "--device", "cpu"], tmp_path),
+                           "--data-dir", "the test images have 36 pixels, the training images 64")
+
 # -- user errors, as a user meets them: one line on stderr, exit status 2 ---------------------
 
 _BLOCK_MATPLOTLIB = "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n"
