@@ -1128,6 +1128,28 @@ def test_labels_outside_the_classes_are_named_by_their_row_before_training(devic
     assert numpy.isfinite(h["loss"][0])
 
 
+
+def test_bce_targets_outside_0_1_are_refused_before_training(device, rng):
+    """Found by the data audit: BCEWithLogits with -1/+1 labels (or class indices 0..2) has
+    no minimum, and fit logged losses of -0.06, -6.3, -36.9, -307 over 4 epochs without a
+    word (PyTorch computes them too). fit now refuses such train or val targets before
+    training, naming a row and the fix; 0/1, probability and bool targets train."""
+    X, _ = _blobs(rng, n=40)
+    signs = numpy.where(X[:, :1] > 0, 1.0, -1.0).astype(numpy.float32)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 1)).to(device)
+    tr = Trainer(model, gpunet.losses.BCEWithLogits(), optim.SGD(model, lr=0.5))
+    first = int(numpy.argmax(signs[:, 0] < 0))
+    for train, val, name in (((X, signs), None, "train"), ((X, (signs > 0).astype(numpy.float32)), (X, signs), "val")):
+        with pytest.raises(ValueError, match=rf"^Trainer\.fit: BCEWithLogits takes targets in \[0, 1\] \(0/1 "
+                                             rf"labels or probabilities\), but {name}'s run from -1 to 1 \(row "
+                                             rf"{first}: \[-1\.0\]\), where the loss has no minimum; -1/\+1 labels "
+                                             rf"become 0/1 with \(y \+ 1\) / 2"):
+            tr.fit(train, val=val, epochs=1, progress=False)
+    assert tr.global_step == 0
+    for y in ((signs + 1) / 2, numpy.full_like(signs, 0.3), signs > 0):
+        assert numpy.isfinite(tr.fit((X, y), epochs=1, progress=False)["loss"][0])
+
 def test_accuracy_of_a_regression_is_warned_about(rng):
     """Found by the data audit: MSELoss on house prices (targets 1.5e4 to 4e5) under the
     default metrics logged 'accuracy 1.0' at a loss of 4.7e10 (every output and target above
