@@ -1114,8 +1114,9 @@ class Trainer:
         the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch; and
         with ``SoftmaxCrossEntropy`` every integer label of ``train`` and ``val`` is checked
         against the model's outputs (one pass over ``y``): a label outside ``[0, C)``, other
-        than ``ignore_index``, raises ``ValueError`` naming its row of the data; so does a
-        ``BCEWithLogits`` target outside ``[0, 1]``, where that loss has no minimum.
+        than ``ignore_index``, raises ``ValueError`` naming its row of the data; so do a
+        ``BCEWithLogits`` target outside ``[0, 1]`` and a negative probability target of
+        ``SoftmaxCrossEntropy``, where the loss has no minimum.
         Under ``comm`` these checks (the callbacks' ``on_train_begin`` and each epoch's
         validation too) fail on every process when they fail on one: that process raises
         its error, the others a ``RuntimeError`` naming its rank, rather than waiting for
@@ -1180,12 +1181,12 @@ class Trainer:
                                                              "Trainer.fit", "val", self.device)
             _check_monitors(callbacks, self.metrics, vloader is not None)
             self._check_class_labels(loader, "Trainer.fit", "train")
-            self._check_binary_targets(loader, "Trainer.fit", "train")
+            self._check_target_range(loader, "Trainer.fit", "train")
             self._warn_regression_accuracy(loader)
             if vloader is not None:
                 self._check_val_fits(vloader)
                 self._check_class_labels(vloader, "Trainer.fit", "val")
-                self._check_binary_targets(vloader, "Trainer.fit", "val")
+                self._check_target_range(vloader, "Trainer.fit", "val")
             return loader, vloader
         loader, vloader = self._agree("Trainer.fit", "the checks of the data before training "
                                       "(train, val and val's first sample through the model)", data)
@@ -1282,23 +1283,35 @@ class Trainer:
             err.label_rows = True           # evaluate tells it from an error of the check's forward
             raise err from None
 
-    def _check_binary_targets(self, loader, who, name):
-        """For ``BCEWithLogits``: targets outside ``[0, 1]`` (one pass over ``y``) raise
-        ``ValueError`` naming the first such row, before training: the loss is unbounded
-        below there (-1/+1 labels trained to a loss of -307 in 4 epochs, without a word)."""
-        y = loader.y
-        if not isinstance(self.loss_fn, BCEWithLogits) or y is None or y.dtype.kind not in "iuf":
+    def _check_target_range(self, loader, who, name):
+        """Targets where the loss has no minimum, refused before training with a
+        ``ValueError`` naming the first such row (one pass over ``y``): for
+        ``BCEWithLogits`` targets outside ``[0, 1]`` (-1/+1 labels trained to a loss of -307
+        in 4 epochs, without a word), for ``SoftmaxCrossEntropy`` negative probability
+        targets (-1/+1 one-hot rows)."""
+        f, y = self.loss_fn, loader.y
+        if y is None or y.dtype.kind not in "iuf":
             return
-        xp = get_array_module(y)
-        outside = (y < 0) | (y > 1)
+        if isinstance(f, BCEWithLogits):
+            outside = (y < 0) | (y > 1)
+        elif isinstance(f, SoftmaxCrossEntropy) and y.ndim == 2 and y.dtype.kind == "f":
+            outside = y < 0
+        else:
+            return
         if not bool(outside.any()):
             return
+        xp = get_array_module(y)
         row = int(xp.argmax(outside.reshape(int(y.shape[0]), -1).any(axis=1)))
         lo, hi = float(y.min()), float(y.max())
-        raise ValueError(f"{who}: BCEWithLogits takes targets in [0, 1] (0/1 labels or probabilities), "
-                         f"but {name}'s run from {lo:g} to {hi:g} (row {row}: {to_numpy(y[row]).tolist()}), "
-                         f"where the loss has no minimum; -1/+1 labels become 0/1 with (y + 1) / 2, and "
-                         f"integer labels of more than two classes go with SoftmaxCrossEntropy")
+        if isinstance(f, BCEWithLogits):
+            raise ValueError(f"{who}: BCEWithLogits takes targets in [0, 1] (0/1 labels or probabilities), "
+                             f"but {name}'s run from {lo:g} to {hi:g} (row {row}: {to_numpy(y[row]).tolist()}), "
+                             f"where the loss has no minimum; -1/+1 labels become 0/1 with (y + 1) / 2, and "
+                             f"integer labels of more than two classes go with SoftmaxCrossEntropy")
+        raise ValueError(f"{who}: SoftmaxCrossEntropy takes probability targets of at least 0 (one-hot rows, "
+                         f"or probabilities), but {name}'s run from {lo:g} to {hi:g} (row {row}), where the "
+                         f"loss has no minimum; -1/+1 one-hot rows become 0/1 with (y + 1) / 2, or pass "
+                         f"the class indices y.argmax(1)")
 
     def _warn_regression_accuracy(self, loader):
         """Before training, with the ``accuracy`` metric and ``MSELoss``: targets outside

@@ -1133,7 +1133,8 @@ def test_bce_targets_outside_0_1_are_refused_before_training(device, rng):
     """Found by the data audit: BCEWithLogits with -1/+1 labels (or class indices 0..2) has
     no minimum, and fit logged losses of -0.06, -6.3, -36.9, -307 over 4 epochs without a
     word (PyTorch computes them too). fit now refuses such train or val targets before
-    training, naming a row and the fix; 0/1, probability and bool targets train."""
+    training, naming a row and the fix; 0/1, probability and bool targets train. Negative
+    probability targets of SoftmaxCrossEntropy likewise."""
     X, _ = _blobs(rng, n=40)
     signs = numpy.where(X[:, :1] > 0, 1.0, -1.0).astype(numpy.float32)
     gpunet.manual_seed(0)
@@ -1149,6 +1150,16 @@ def test_bce_targets_outside_0_1_are_refused_before_training(device, rng):
     assert tr.global_step == 0
     for y in ((signs + 1) / 2, numpy.full_like(signs, 0.3), signs > 0):
         assert numpy.isfinite(tr.fit((X, y), epochs=1, progress=False)["loss"][0])
+    # SoftmaxCrossEntropy's probability targets: -1/+1 one-hot rows likewise
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 2)).to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.5))
+    rows = numpy.concatenate([signs, -signs], axis=1)
+    with pytest.raises(ValueError, match=rf"^Trainer\.fit: SoftmaxCrossEntropy takes probability targets of at "
+                                         rf"least 0 .* but train's run from -1 to 1 \(row 0\), where the loss has "
+                                         rf"no minimum; -1/\+1 one-hot rows become 0/1 with \(y \+ 1\) / 2"):
+        tr.fit((X, rows), epochs=1, progress=False)
+    assert numpy.isfinite(tr.fit((X, (rows + 1) / 2), epochs=1, progress=False)["loss"][0])
 
 def test_accuracy_of_a_regression_is_warned_about(rng):
     """Found by the data audit: MSELoss on house prices (targets 1.5e4 to 4e5) under the
