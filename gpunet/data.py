@@ -442,7 +442,9 @@ class DataLoader:
                 yb = None if yb is None else to_device(yb, device)
             elif index is None and xp is numpy:
                 # views of the data: an in-place edit of a batch (xb /= 255) would change X
-                # for every later epoch; read-only, it raises at the edit instead
+                # for every later epoch; read-only, it raises at the edit instead (the flag
+                # costs about 0.6 us per array, timeit, where a copy of a 64x784 float32 batch,
+                # PyTorch's way, took 4.6 us)
                 xb.flags.writeable = False
                 if yb is not None:
                     yb.flags.writeable = False
