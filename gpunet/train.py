@@ -502,7 +502,54 @@ def _check_nonempty(X, who, name):
 
 
 _KERAS_FIT = {"validation_data": "val=(X_val, y_val)", "verbose": "progress=True or False",
-              "validation_split": "split the data yourself and pass val=(X_val, y_val)"}
+              "validation_split": "split the data yourself and pass val=(X_val, y_val)",
+              "x": "the data as one tuple: fit((X, y))", "y": "the data as one tuple: fit((X, y))",
+              "class_weight": "gpunet has no class weights (resample the rarer classes, or write a "
+                              "Loss of your own)",
+              "sample_weight": "gpunet has no sample weights (repeat or resample rows, or write a "
+                               "Loss of your own)",
+              "steps_per_epoch": "gpunet runs each epoch over all of train's batches (for shorter "
+                                 "epochs pass a slice of the data)",
+              "validation_batch_size": "val as a DataLoader, val=DataLoader(X_val, y_val, batch_size=n) "
+                                       "(a tuple val is batched by max(batch_size, 256))",
+              "validation_freq": "gpunet validates after every epoch when given val (to validate less "
+                                 "often, leave val out and call trainer.evaluate((X_val, y_val)) in a "
+                                 "Callback's on_epoch_end)",
+              "validation_steps": "gpunet validates on all of val (pass a slice of it)",
+              "max_queue_size": "gpunet's DataLoader batches in the calling thread",
+              "workers": "gpunet's DataLoader batches in the calling thread",
+              "use_multiprocessing": "gpunet's DataLoader batches in the calling thread"}
+# Keras' keywords of its evaluate and predict, and what gpunet has instead
+_KERAS_EVALUATE = {"x": "the data as one tuple: evaluate((X, y))", "y": "the data as one tuple: evaluate((X, y))",
+                   "verbose": "gpunet's evaluate prints nothing",
+                   "return_dict": "gpunet's evaluate always returns a dict",
+                   "sample_weight": _KERAS_FIT["sample_weight"],
+                   "steps": "gpunet evaluates all of the data (pass a slice of it)",
+                   "callbacks": "gpunet's evaluate takes no callbacks"}
+_KERAS_PREDICT = {"x": "X as the first argument: predict(X)", "verbose": "gpunet's predict prints nothing",
+                  "steps": "gpunet predicts all of X (pass a slice of it)",
+                  "callbacks": "gpunet's predict takes no callbacks"}
+
+
+class _Required:
+    """The default of an argument that has none (``Trainer.fit``'s ``train``): it lets a
+    call with Keras' ``x=`` keyword reach the ``TypeError`` that names gpunet's way, where
+    Python would say only that ``train`` is missing."""
+
+    def __repr__(self):
+        return "<required>"
+
+
+_REQUIRED = _Required()
+
+
+def _required(who, name, value, unknown, hints):
+    """Keras' keywords in ``unknown`` raise the ``TypeError`` naming gpunet's; then a
+    missing ``value`` raises Python's own message for a missing argument."""
+    if unknown:
+        raise _unexpected_keyword(who, unknown, hints)
+    if value is _REQUIRED:
+        raise TypeError(f"{who}() missing 1 required positional argument: {name!r}")
 # Keras' keywords of its EarlyStopping and ModelCheckpoint, and what gpunet has instead
 _KERAS_CALLBACKS = {
     "restore_best_weights": "restore_best=True or False",
@@ -539,18 +586,23 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
         loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                             device=None if device == "cpu" else device, comm=comm)
     else:
-        # an array here is most often Keras' fit(X, y) / evaluate(X, y): y went to the next argument
-        method = who.rpartition(".")[2]
-        hint = (f"; X and y go together as one tuple: {method}((X, y))"
-                + (", and validation data as val=(X_val, y_val)" if method == "fit"
-                   else ", and outputs without labels come from predict(X)" if method == "evaluate" else "")
-                if hasattr(data, "shape") else "")
-        raise TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got "
-                        f"{type(data).__name__}{hint}")
+        raise _not_data(data, who, name)
     if len(loader) == 0:
         raise ValueError(f"{who}: {name} yields no batch ({loader.num_samples} samples, batch_size "
                          f"{loader.batch_size}, drop_last={loader.drop_last})")
     return loader
+
+
+def _not_data(data, who, name):
+    """The ``TypeError`` for ``data`` that is neither an ``(X, y)`` pair nor a DataLoader."""
+    # an array here is most often Keras' fit(X, y) / evaluate(X, y): y went to the next argument
+    method = who.rpartition(".")[2]
+    hint = (f"; X and y go together as one tuple: {method}((X, y))"
+            + (", and validation data as val=(X_val, y_val)" if method == "fit"
+               else ", and outputs without labels come from predict(X)" if method == "evaluate" else "")
+            if hasattr(data, "shape") else "")
+    return TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got "
+                     f"{type(data).__name__}{hint}")
 
 
 def _check_monitors(callbacks, metrics, has_val):
@@ -1087,7 +1139,7 @@ class Trainer:
     def _forward(self, x):
         return self.model.forward(x) if self.amp is None else self.amp.forward(x)
 
-    def fit(self, train, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
+    def fit(self, train=_REQUIRED, val=None, epochs=10, batch_size=64, shuffle=True, seed=0, callbacks=(),
             progress=True, initial_epoch=0, **unknown) -> History:
         """Train for ``epochs`` epochs; returns the History (also ``self.history``).
 
@@ -1153,14 +1205,22 @@ class Trainer:
         there.
 
         Keras' keywords are not taken (a ``TypeError`` names gpunet's): ``validation_data``
-        is ``val``, ``verbose`` is ``progress``; ``validation_split`` has none (split ``X``
-        yourself and pass ``val``).
+        is ``val``, ``verbose`` is ``progress``, ``x=X, y=y`` is the one tuple ``(X, y)``;
+        ``validation_split`` has none (split ``X`` yourself and pass ``val``), nor have
+        ``class_weight``, ``sample_weight``, ``steps_per_epoch``, ``validation_freq``,
+        ``validation_steps`` and ``shuffle="batch"`` (the message says what to do instead);
+        ``validation_batch_size`` is the batch size of a DataLoader passed as ``val``.
         """
-        if unknown:
-            raise _unexpected_keyword("Trainer.fit", unknown)
+        _required("Trainer.fit", "train", train, unknown, _KERAS_FIT)
         epochs = _args.integer("Trainer.fit", "epochs", epochs, low=0)
         initial_epoch = _args.integer("Trainer.fit", "initial_epoch", initial_epoch, low=0)
-        shuffle = _args.flag("Trainer.fit", "shuffle", shuffle)
+        try:
+            shuffle = _args.flag("Trainer.fit", "shuffle", shuffle)
+        except TypeError as e:
+            if not (isinstance(shuffle, str) and shuffle == "batch"):
+                raise
+            raise type(e)(f"{e}; Keras' shuffle='batch' (shuffling in batch-sized chunks, for HDF5 "
+                          f"data) is not one of gpunet's: shuffle=True shuffles the samples") from None
         batch_size = _args.integer("Trainer.fit", "batch_size", batch_size, low=1)
         seed = _args.integer("Trainer.fit", "seed", seed, low=0, none=True)
         progress = _args.flag("Trainer.fit", "progress", progress)
@@ -1500,7 +1560,7 @@ class Trainer:
                              f"model back with model.to({self._device!r})")
 
     # -- inference ---------------------------------------------------------------------------
-    def evaluate(self, data, batch_size=256) -> dict:
+    def evaluate(self, data=_REQUIRED, batch_size=256, **unknown) -> dict:
         """Mean loss (and accuracy) over ``data`` in eval mode; the mode is restored after.
 
         ``data``: an ``(X, y)`` pair or a DataLoader; empty data raises ``ValueError``. The
@@ -1512,7 +1572,11 @@ class Trainer:
         there are none: the model's outputs overflow). Under ``comm``, an error on one process
         (its share of the data does not fit) is raised there, and every other process
         raises a ``RuntimeError`` naming that rank instead of waiting for it in the
-        all-reduce of the logs."""
+        all-reduce of the logs. Keras' ``evaluate(X, y)`` and ``x=``/``y=`` raise
+        ``TypeError`` naming ``evaluate((X, y))``, as Keras' other keywords name gpunet's way."""
+        _required("Trainer.evaluate", "data", data, unknown, _KERAS_EVALUATE)
+        if not isinstance(data, (DataLoader, tuple, list)):    # before batch_size: evaluate(X, y)
+            raise _not_data(data, "Trainer.evaluate", "data")
         batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
         self._check_model_device("Trainer.evaluate")
         logs, loader = self._evaluate(data, batch_size, rows=True)
@@ -1567,7 +1631,7 @@ class Trainer:
             raise_label_error(rec.rows)
         return rec
 
-    def predict(self, X, batch_size=256):
+    def predict(self, X=_REQUIRED, batch_size=256, **unknown):
         """Model outputs for ``X`` in eval mode, in batches of ``batch_size``, concatenated,
         as a NumPy array.
 
@@ -1575,7 +1639,9 @@ class Trainer:
         model raises the layer's dtype error), or an array-like — a list, nested lists —
         which is converted with ``numpy.asarray`` and cast to the model's dtype, as Keras
         does. Anything else raises ``TypeError``; an empty ``X`` raises ``ValueError``.
+        Keras' keywords (``x=``, ``verbose=``) raise ``TypeError`` naming gpunet's way.
         """
+        _required("Trainer.predict", "X", X, unknown, _KERAS_PREDICT)
         X = _as_input(X, self.model.dtype, "Trainer.predict")
         _check_nonempty(X, "Trainer.predict", "X")
         batch_size = _args.integer("Trainer.predict", "batch_size", batch_size, low=1)

@@ -1424,3 +1424,51 @@ def test_metrics_assigned_mid_epoch_count_from_the_next_epoch(xp, device, rng):
     assert "accuracy" not in cb.seen[0]
     hits = gpunet.to_numpy(model(xp.asarray(X))).argmax(1) == y
     assert cb.seen[1]["accuracy"] == pytest.approx(hits.mean())
+
+
+def test_keras_fit_evaluate_predict_keywords_name_gpunets_way():
+    """Found by the leftover audit: Keras' x=/y=, class_weight=, sample_weight=,
+    steps_per_epoch=, validation_batch_size=, validation_freq= got Python's bare 'unexpected
+    keyword argument' (fit(x=X, y=y): "missing 1 required positional argument: 'train'"),
+    shuffle='batch' only 'expected a bool', and evaluate(X, y) complained of batch_size=<the
+    labels>; evaluate's and predict's verbose= and x= were bare too."""
+    (X, y), _ = gpunet.datasets.load_digits()
+    X, y = X[:40], y[:40]
+    gpunet.manual_seed(0)
+    model = gpunet.Sequential(gpunet.Dense(64, 10))
+    t = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model.parameters()))
+    before = model.state_dict()
+    head = r"^Trainer\.{}\(\) got an unexpected keyword argument '{}'; "
+    for call, method, key, says in [
+            (lambda: t.fit(x=X, y=y, epochs=1), "fit", "x", r"gpunet takes the data as one tuple: fit\(\(X, y\)\)"),
+            (lambda: t.fit(X, y=y, epochs=1), "fit", "y", r"gpunet takes the data as one tuple: fit\(\(X, y\)\)"),
+            (lambda: t.fit((X, y), class_weight={0: 2.0}), "fit", "class_weight", "gpunet has no class weights"),
+            (lambda: t.fit((X, y), sample_weight=numpy.ones(40)), "fit", "sample_weight", "gpunet has no sample weights"),
+            (lambda: t.fit((X, y), steps_per_epoch=2), "fit", "steps_per_epoch", "gpunet runs each epoch over all"),
+            (lambda: t.fit((X, y), validation_batch_size=8), "fit", "validation_batch_size",
+             r"gpunet takes val as a DataLoader, val=DataLoader\(X_val, y_val, batch_size=n\)"),
+            (lambda: t.fit((X, y), validation_freq=2), "fit", "validation_freq",
+             r"gpunet validates after every epoch when given val .*trainer\.evaluate\(\(X_val, y_val\)\)"),
+            (lambda: t.fit((X, y), workers=4), "fit", "workers", "gpunet's DataLoader batches in the calling thread"),
+            (lambda: t.evaluate(x=X, y=y), "evaluate", "x", r"gpunet takes the data as one tuple: evaluate\(\(X, y\)\)"),
+            (lambda: t.evaluate((X, y), verbose=0), "evaluate", "verbose", "gpunet's evaluate prints nothing"),
+            (lambda: t.evaluate((X, y), return_dict=True), "evaluate", "return_dict", "gpunet's evaluate always"),
+            (lambda: t.predict(x=X), "predict", "x", r"gpunet takes X as the first argument: predict\(X\)"),
+            (lambda: t.predict(X, verbose=0), "predict", "verbose", "gpunet's predict prints nothing")]:
+        with pytest.raises(TypeError, match=head.format(method, key) + says + rf".* \(Keras' {key}= is not one of its names\)$"):
+            call()
+    with pytest.raises(TypeError, match=r"^Trainer\.fit: expected shuffle to be a bool \(True or False\), got 'batch' "
+                                        r"\(str\); Keras' shuffle='batch' .* shuffle=True shuffles the samples$"):
+        t.fit((X, y), shuffle="batch", epochs=1)
+    with pytest.raises(TypeError, match=r"^Trainer\.evaluate: data must be an \(X, y\) tuple or a DataLoader, got "
+                                        r"ndarray; X and y go together as one tuple: evaluate\(\(X, y\)\)"):
+        t.evaluate(X, y)
+    for f, name in ((t.fit, "train"), (t.evaluate, "data"), (t.predict, "X")):    # Python's own message
+        with pytest.raises(TypeError, match=rf"^Trainer\.{f.__name__}\(\) missing 1 required positional argument: '{name}'$"):
+            f()
+    after = model.state_dict()
+    assert all(numpy.array_equal(before[k], after[k]) for k in before)     # nothing trained
+    # the arguments that are gpunet's still work by keyword
+    assert t.fit(train=(X, y), epochs=1, progress=False).epoch == [0]
+    assert set(t.evaluate(data=(X, y))) == {"loss", "accuracy"}
+    assert t.predict(X=X).shape == (40, 10)
