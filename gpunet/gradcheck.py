@@ -27,7 +27,9 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
     (a layer's parameters are cast for the check and restored after). A layer must be
     deterministic given its buffers: before every forward the check restores each buffer
     and counter (``Layer._buffers``, e.g. dropout's draw counter) to its value at the start,
-    so a dropout layer sees the same mask in every probe.
+    so a dropout layer sees the same mask in every probe; after the check they hold those
+    values again (batch norm's running statistics and dropout's counter are as they were,
+    not advanced by the probes' forwards).
 
     Raises ``AssertionError`` naming the worst element when analytic and numeric
     gradients disagree beyond ``atol + rtol·|numeric|``; returns True otherwise.
@@ -70,6 +72,8 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
         finally:
             for p, data, grad in saved:
                 p.data, p.grad = data, grad
+            for owner, attr, v in buffers:   # leave the statistics and counters as found
+                setattr(owner, attr, v)
         return True
 
     f = layer_or_fn

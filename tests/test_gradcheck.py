@@ -126,6 +126,23 @@ def test_buffers_are_rewound_before_every_forward(xp):
     assert gpunet.gradcheck(CounterOK(), xp.asarray(_x()))
 
 
+def test_leaves_buffers_as_found(xp, device):
+    """The probes' forwards must not advance batch norm's running statistics nor dropout's
+    draw counter: after the check the model's state_dict is the one it had before."""
+    gpunet.manual_seed(0)
+    model = gpunet.Sequential(gpunet.Dense(4, 3), gpunet.BatchNorm(3),
+                              gpunet.Dropout(0.5, seed=3), gpunet.Dense(3, 2)).to(device)
+    before = {k: gpunet.to_numpy(v).copy() if hasattr(v, "shape") else v
+              for k, v in model.state_dict().items()}
+    assert gpunet.gradcheck(model, xp.asarray(_x((5, 4))))
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        got = gpunet.to_numpy(after[k]) if hasattr(after[k], "shape") else after[k]
+        numpy.testing.assert_array_equal(got, v, err_msg=k)
+        assert numpy.asarray(got).dtype == numpy.asarray(v).dtype, k
+
+
 def test_non_contiguous_input_and_parameters(xp, device):
     x = xp.asarray(_x((4, 3))).T                       # (3, 4), Fortran order
     assert gpunet.gradcheck(gpunet.Dense(4, 2).to(device), x)
