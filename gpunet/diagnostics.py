@@ -4,7 +4,8 @@
   layer by layer towards the input are vanishing gradients (deep sigmoid/tanh nets,
   all-small initial weights); norms that grow are exploding ones.
 * ``activation_stats(model, x)``: mean, standard deviation and fraction of exact zeros
-  of every layer's output for a probe batch. A ReLU layer whose zero fraction nears 1 is
+  of every layer's output for a probe batch (the layers inside a ``Residual`` or a nested
+  ``Sequential`` too). A ReLU layer whose zero fraction nears 1 is
   dead; a std collapsing towards 0 layer by layer is a signal that vanishes forward.
 * ``DiagnosticsCallback(x_probe=None)``: records both into the ``History`` each epoch.
 
@@ -61,20 +62,55 @@ def _modes(layer):
     return out
 
 
+def _recorders(layer, prefix, record):
+    """Make every layer inside ``layer`` (children, grandchildren, ...) report its output
+    to ``record(label, y)`` while it runs, labelled by its ``state_dict`` path and class
+    (``"3.block.0:Conv2D"``). A Sequential inside gets no label of its own: its output
+    is its last layer's. The reporter is an instance attribute ``forward`` that shadows the
+    class's; returns the layers that got one (``_unrecord`` removes them)."""
+    done = []
+    for name, child in layer.named_children():
+        path = f"{prefix}{name}"
+        if not isinstance(child, Sequential) and "forward" not in vars(child):
+            def forward(x, _f=child.forward, _label=f"{path}:{type(child).__name__}"):
+                y = _f(x)
+                record(_label, y)
+                return y
+            vars(child)["forward"] = forward
+            done.append(child)
+        done += _recorders(child, path + ".", record)
+    return done
+
+
+def _unrecord(layers):
+    for layer in layers:
+        vars(layer).pop("forward", None)
+
+
 def activation_stats(model, x) -> dict:
     """Statistics of each layer's output for the probe batch ``x``.
 
     Returns ``{label: {"mean": m, "std": s, "zero_fraction": z}}`` with one entry per
     layer of a ``Sequential`` (labels ``"<index>:<LayerClass>"``, e.g. ``"1:ReLU"``; a
-    model that is not a Sequential gives one entry for its output). ``std`` is the
-    population standard deviation over all elements; ``zero_fraction`` the fraction of
-    elements exactly 0.
+    model that is not a Sequential gives one entry for its output, labelled with its class
+    name). ``std`` is the population standard deviation over all elements;
+    ``zero_fraction`` the fraction of elements exactly 0.
 
-    The layers run one by one in eval mode, so nothing a training step reads changes:
+    The layers inside a layer that holds others (a ``Residual``'s block, a nested
+    ``Sequential``) get entries too, in the order they run and before their container's
+    own, labelled with their ``state_dict`` path: in
+    ``Sequential(Conv2D(...), Residual(Sequential(Conv2D(...), BatchNorm(...))))`` the
+    labels are ``"0:Conv2D"``, ``"1.block.0:Conv2D"``, ``"1.block.1:BatchNorm"`` and
+    ``"1:Residual"`` (the sum ``x + block(x)``). A Sequential inside has no entry of its
+    own (its output is its last layer's).
+
+    The layers run in eval mode, so nothing a training step reads changes:
     dropout draws no mask (it is the identity, or the ``1-p`` scaling of classic
     dropout), batch norm uses and keeps its running statistics, and no layer caches
     activations. Every layer's own training flag is restored afterwards. The statistics
-    therefore describe the network as it predicts.
+    therefore describe the network as it predicts; a BatchNorm that has not trained yet
+    normalizes with its initial running statistics (mean 0, variance 1), so its entry is
+    close to its input's.
 
     An ``x`` without samples (0-d, or 0 along axis 0) raises ``ValueError``: its
     statistics would be NaN.
@@ -85,18 +121,27 @@ def activation_stats(model, x) -> dict:
     if shape is not None and (len(shape) == 0 or shape[0] == 0):
         raise ValueError(f"activation_stats: expected a probe batch x with at least one sample "
                          f"along axis 0, got shape {tuple(shape)}")
-    layers = list(model) if isinstance(model, Sequential) else [model]
+    seq = isinstance(model, Sequential)
+    layers = list(model) if seq else [model]
     modes = _modes(model)
-    model.eval()
     labels, values = [], []
+
+    def record(label, y):
+        xp = get_array_module(y)
+        y64 = y.astype(xp.float64)
+        labels.append(label)
+        values.extend((y64.mean(), y64.std(), (y == 0).mean(dtype=xp.float64)))
+
+    model.eval()
+    inside = []
     try:
         for i, layer in enumerate(layers):
+            inside = _recorders(layer, f"{i}." if seq else "", record)
             x = layer.forward(x)
-            xp = get_array_module(x)
-            x64 = x.astype(xp.float64)
-            labels.append(_layer_label(i, layer) if isinstance(model, Sequential) else type(model).__name__)
-            values += [x64.mean(), x64.std(), (x == 0).mean(dtype=xp.float64)]
+            _unrecord(inside)
+            record(_layer_label(i, layer) if seq else type(model).__name__, x)
     finally:
+        _unrecord(inside)
         for layer, mode in modes:
             layer.training = mode
     floats = _to_floats(values)
@@ -116,8 +161,9 @@ class DiagnosticsCallback(Callback):
       no gradient at that step, so every list stays one entry per epoch.
     * with ``x_probe``: ``"act_mean/<label>"``, ``"act_std/<label>"`` and
       ``"act_zero_fraction/<label>"`` from ``activation_stats(model, x_probe)`` at the end
-      of the epoch (labels ``"<index>:<LayerClass>"``). The probe is moved to the model's
-      device and cast to its parameters' dtype.
+      of the epoch (labels ``"<index>:<LayerClass>"``, and ``"<path>:<LayerClass>"`` such
+      as ``"3.block.0:Conv2D"`` for the layers inside a container). The probe is moved to
+      the model's device and cast to its parameters' dtype.
 
     Cost: every step computes the norms on the device (a few small reductions per
     parameter, no host synchronization); only the last step's are read back.

@@ -82,6 +82,41 @@ def test_activation_stats(xp, device, rng):
     assert [l.training for l in model] == [True, False, True, True, True] and model.training
 
 
+def test_activation_stats_see_inside_residual_and_nested_sequential(xp, device, rng):
+    """The layers inside a Residual's block and a nested Sequential are layers the course
+    wants to inspect too (a dead ReLU inside a residual block): each gets an entry, by its
+    state_dict path, in the order it runs and before its container's."""
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(6, 8), gpunet.Residual(Sequential(Dense(8, 8, activation="relu"), BatchNorm(8),
+                                                               Dropout(0.5, mode="classic", seed=1))),
+                       Sequential(Dense(8, 4), Tanh()), gpunet.Residual(ReLU()), Dense(4, 3)).to(device)
+    model[1].block[0].bias.data = xp.full(8, -100.0, dtype=xp.float32)    # a dead ReLU inside
+    x_host = rng.standard_normal((30, 6)).astype(numpy.float32)
+    stats = activation_stats(model, xp.asarray(x_host))
+    assert list(stats) == ["0:Dense", "1.block.0:Dense", "1.block.1:BatchNorm", "1.block.2:Dropout",
+                           "1:Residual", "2.0:Dense", "2.1:Tanh", "2:Sequential", "3.block:ReLU",
+                           "3:Residual", "4:Dense"]
+    assert stats["1.block.0:Dense"]["zero_fraction"] == 1.0
+    # reference: every layer in eval mode by hand, on the host
+    model.eval()
+    host = model.to("cpu")
+    h0 = host[0](x_host)
+    h1 = [host[1].block[0](h0)]
+    h1 += [host[1].block[1](h1[-1])]
+    h1 += [host[1].block[2](h1[-1])]
+    h2 = host[2][0](h0 + h1[-1])
+    want = {"0:Dense": h0, "1.block.0:Dense": h1[0], "1.block.1:BatchNorm": h1[1],
+            "1.block.2:Dropout": h1[2], "1:Residual": h0 + h1[2], "2.0:Dense": h2,
+            "2.1:Tanh": numpy.tanh(h2), "2:Sequential": numpy.tanh(h2),
+            "3.block:ReLU": numpy.maximum(numpy.tanh(h2), 0)}
+    for label, h in want.items():
+        h = h.astype(numpy.float64)
+        assert stats[label]["mean"] == pytest.approx(h.mean(), rel=1e-5, abs=1e-6), label
+        assert stats[label]["std"] == pytest.approx(h.std(), rel=1e-5, abs=1e-6), label
+    # no reporter is left behind on any layer
+    assert not any("forward" in vars(layer) for layer in model.modules())
+
+
 def test_dead_relu_zero_fraction(xp, device, rng):
     layer = Dense(4, 5, activation="relu").to(device)
     layer.bias.data = xp.full(5, -100.0, dtype=xp.float32)     # every unit dead
