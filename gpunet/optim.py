@@ -169,6 +169,8 @@ def _hinted_getattr(hints: dict):
 # -- optimizers -------------------------------------------------------------------------
 
 #: Keras' optimizer keywords and what gpunet takes instead (named in the TypeError)
+_PENALTIES = {"weight_decay": "weight decay (L2)", "l1": "L1 penalty"}
+
 _KERAS_OPTIMIZER = {
     "learning_rate": "lr=",
     "beta_1": "betas=(beta_1, beta_2)",
@@ -241,6 +243,11 @@ class Optimizer:
     def __init__(self, params, _unknown=None, **hyper):
         name = type(self).__name__
         if _unknown:
+            k = next(iter(_unknown))
+            if k in _PENALTIES:      # the course's L1/L2, on an optimizer that lacks them
+                raise TypeError(f"{name}() got an unexpected keyword argument {k!r}: {name} has no "
+                                f"{_PENALTIES[k]}; SGD and Adam take weight_decay= (L2) and l1= (L1), "
+                                f"AdamW a decoupled weight_decay=")
             raise _args.unexpected_keyword(name, _unknown, _KERAS_OPTIMIZER)
         self._params = _as_parameters(params, name)
         self._hyper_names = tuple(hyper)

@@ -2,11 +2,12 @@
 regularization on decay=True parameters only, dtypes, state round trips, clipping,
 schedules and argument checks."""
 import math
+import re
 
 import numpy
 import pytest
 
-from gpunet import optim
+from gpunet import Dense, optim
 from gpunet.backend import to_numpy
 from gpunet.layers.base import Layer, Parameter
 from npz_helpers import through_npz
@@ -768,3 +769,18 @@ def test_pytorch_parameter_habits_say_what_to_pass():
     with pytest.raises(ValueError, match=r"^SGD: expected at least one parameter, got an empty list$"):
         optim.SGD([])
     assert len(optim.SGD(m).params) == len(optim.SGD(iter(m.parameters())).params) == 2
+
+
+@pytest.mark.parametrize("make, key, lacks", [
+    (lambda ps: optim.RMSProp(ps, lr=0.01, weight_decay=1e-4), "weight_decay", "weight decay (L2)"),
+    (lambda ps: optim.AdaGrad(ps, weight_decay=1e-4), "weight_decay", "weight decay (L2)"),
+    (lambda ps: optim.RMSProp(ps, l1=1e-4), "l1", "L1 penalty"),
+    (lambda ps: optim.AdamW(ps, l1=1e-4), "l1", "L1 penalty")])
+def test_l1_l2_on_an_optimizer_without_them_names_those_with_them(make, key, lacks):
+    """The course's L1/L2 on RMSProp/AdaGrad (PyTorch's take weight_decay=) got Python's bare
+    'unexpected keyword argument': the error says which optimizers have them."""
+    ps = Dense(3, 2).parameters()
+    with pytest.raises(TypeError, match=rf"unexpected keyword argument '{key}': \w+ has no "
+                                        rf"{re.escape(lacks)}; SGD and Adam take weight_decay= \(L2\) "
+                                        r"and l1= \(L1\), AdamW a decoupled weight_decay=$"):
+        make(ps)
