@@ -390,7 +390,13 @@ class ModelCheckpoint(Callback):
     ``path`` with ``gpunet.save`` whenever ``monitor`` improves (``save_best_only=False``:
     after every epoch), with metadata ``epoch`` (epochs completed) and the epoch's logs.
     Resume with ``meta = gpunet.load(path, model, optimizer, scheduler=scheduler)`` and
-    ``fit(..., initial_epoch=meta["epoch"])``. Under ``Trainer(comm=...)`` only rank 0
+    ``fit(..., initial_epoch=meta["epoch"])``. ``epoch`` counts the epochs of every ``fit``
+    of the Trainer, as its shuffles do: ``fit(epochs=2)`` twice trains as one
+    ``fit(epochs=4)`` (see ``Trainer.fit``), and the second fit's checkpoints say epoch 3
+    and 4, not 1 and 2 as its History and Keras' ``{epoch}`` would, so a resume with
+    ``fit(epochs=4, initial_epoch=meta["epoch"])`` continues that run bit for bit (with
+    ``epochs=2``, the second fit's own stop, it raises ``ValueError``: the initial epoch is
+    past it), and a template path does not overwrite the first fit's files. Under ``Trainer(comm=...)`` only rank 0
     writes (every process holds the same model and optimizer state; the file resumes on
     any number of processes). With ``precision="fp16"`` the Trainer's
     loss scaler is saved too (``gpunet.load(..., scaler=trainer.scaler)``).
@@ -403,7 +409,7 @@ class ModelCheckpoint(Callback):
     of the file it resumes from; None: the first epoch is saved.
 
     ``path`` may be a template, as Keras' ``filepath`` is: ``"ckpt-{epoch:02d}.npz"`` or
-    ``"best-{val_loss:.3f}.npz"`` is formatted with ``epoch`` (1-based: epochs completed)
+    ``"best-{val_loss:.3f}.npz"`` is formatted with ``epoch`` (the metadata's: epochs completed)
     and the epoch's logs, so each saved epoch gets its own file (without a template, each
     save replaces the one file). A field the logs do not hold raises ``ValueError`` naming
     it and the keys there, at the first save; a path without braces is used as it is."""
@@ -460,11 +466,14 @@ class ModelCheckpoint(Callback):
             if not _improves(self.mode, value, self.best, 0.0):
                 return
             self.best = value
-        path = self._file(epoch, logs)   # on every process: a bad template fails everywhere
+        # the epochs this Trainer has completed over all its fits, which initial_epoch resumes
+        # from: in a second fit, epoch + 1 would name the shuffle of an epoch of the first
+        done = getattr(trainer, "_next_order", int(epoch) + 1)
+        path = self._file(done - 1, logs)   # on every process: a bad template fails everywhere
         if getattr(trainer, "comm", None) is not None and trainer.comm.rank != 0:
             return                       # the processes hold the same model: rank 0 writes
         save(path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
-             scaler=getattr(trainer, "scaler", None), epoch=int(epoch) + 1, **{k: float(v) for k, v in logs.items()})
+             scaler=getattr(trainer, "scaler", None), epoch=done, **{k: float(v) for k, v in logs.items()})
 
 
 def _as_input(X, dtype, who):

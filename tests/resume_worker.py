@@ -4,7 +4,9 @@ CHECKPOINT DEVICE PRECISION GRAPH``, printing one JSON line ``{"loss": [...],
 step count and the final model, optimizer and schedule.
 
 MODE ``full`` trains epochs 0-3 in one go; ``first`` trains epochs 0-1 with a
-ModelCheckpoint writing CHECKPOINT after every epoch; ``resume`` builds everything afresh
+ModelCheckpoint writing CHECKPOINT after every epoch; ``twice`` trains epochs 0-3 as two
+``fit(epochs=2)`` calls on one Trainer, with one ModelCheckpoint writing CHECKPOINT (a
+template) after every epoch of both; ``resume`` builds everything afresh
 (other initial weights and dropout seeds), loads CHECKPOINT and trains epochs 2-3. A tiny
 model with every kind of state a step reads: BatchNorm running statistics, a Dropout
 counter, Adam moments and step counts, a per-step cosine schedule, a GradScaler (fp16)."""
@@ -48,6 +50,11 @@ def main(mode, path, device, precision, graph):
             model, opt, sched, tr = build(0, device, precision, graph)
             h = tr.fit((X, y), epochs=2, callbacks=[gpunet.ModelCheckpoint(
                 path, monitor="loss", save_best_only=False)], **fit)
+        elif mode == "twice":
+            model, opt, sched, tr = build(0, device, precision, graph)
+            ck = gpunet.ModelCheckpoint(path, monitor="loss", save_best_only=False)
+            h = tr.fit((X, y), epochs=2, callbacks=[ck], **fit)
+            h = {"loss": h["loss"] + tr.fit((X, y), epochs=2, callbacks=[ck], **fit)["loss"]}
         else:
             model, opt, sched, tr = build(1, device, precision, graph)
             meta = gpunet.load(path, model, opt, scheduler=sched, scaler=tr.scaler)

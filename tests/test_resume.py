@@ -48,6 +48,24 @@ def test_a_run_resumed_in_a_fresh_process_continues_bit_for_bit(tmp_path, device
     assert [k for k in full["state"] if resumed["state"][k] != full["state"][k]] == []
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["sim"] if sim.compiler() is not None else []))
+def test_a_checkpoint_of_a_second_fit_resumes_bit_for_bit(tmp_path, device):
+    """Found by the leftover audit: a ModelCheckpoint saved the epoch count of the current
+    fit, so after fit(epochs=2) twice the second fit's first checkpoint said epoch 1 (and a
+    'ck-{epoch}' template overwrote the first fit's files): resumed with initial_epoch=1, the
+    run took epoch 1's shuffle where the second fit had taken epoch 3's (fit(epochs=2) twice
+    trains as fit(epochs=4)) and counted 14 steps for 28. The count is now the Trainer's over
+    all its fits: fit(epochs=4, initial_epoch=meta['epoch']) continues bit for bit."""
+    full = _worker("full", tmp_path / "unused.npz", device, "fp32", "")
+    twice = _worker("twice", tmp_path / "ck-{epoch}.npz", device, "fp32", "")
+    assert twice["loss"] == full["loss"] and twice["state"] == full["state"]
+    assert sorted(os.listdir(tmp_path)) == ["ck-1.npz", "ck-2.npz", "ck-3.npz", "ck-4.npz"]
+    resumed = _worker("resume", tmp_path / "ck-3.npz", device, "fp32", "")
+    assert resumed["loss"] == full["loss"][3:]
+    assert resumed["global_step"] == full["global_step"]
+    assert [k for k in full["state"] if resumed["state"][k] != full["state"][k]] == []
+
+
 def _trained(device):
     """A small CNN with BatchNorm and Dropout after 3 SGD-momentum steps on ``device``."""
     gpunet.manual_seed(0)
