@@ -18,6 +18,15 @@ def _as64(layer):
     return saved
 
 
+def _in_eval_mode(layer, path=""):
+    """``"<state_dict path> (<Class>)"`` of each layer in ``layer``'s tree that is in eval mode
+    (``"itself"`` for ``layer``)."""
+    out = [] if layer.training else [f"{path} ({type(layer).__name__})" if path else "itself"]
+    for name, child in layer.named_children():
+        out += _in_eval_mode(child, f"{path}.{name}" if path else name)
+    return out
+
+
 def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
     """Check a layer's (or a function's) backward against central differences.
 
@@ -30,6 +39,10 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
     so a dropout layer sees the same mask in every probe; after the check they hold those
     values again (batch norm's running statistics and dropout's counter are as they were,
     not advanced by the probes' forwards).
+
+    The layer must be in training mode (an eval-mode forward keeps nothing for backward):
+    a backward that fails on a model with layers in eval mode raises ``RuntimeError``
+    naming them.
 
     Raises ``AssertionError`` naming the worst element when analytic and numeric
     gradients disagree beyond ``atol + rtol·|numeric|``; returns True otherwise.
@@ -60,7 +73,15 @@ def gradcheck(layer_or_fn, x, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0):
             y = run(x)
             r = xp.asarray(rng.standard_normal(y.shape))
             layer.zero_grad()
-            dx = layer.backward(r.copy())
+            try:
+                dx = layer.backward(r.copy())
+            except RuntimeError as e:
+                evals = _in_eval_mode(layer)
+                if not evals:
+                    raise
+                raise RuntimeError(f"gradcheck({type(layer).__name__}): backward failed with layers in eval "
+                                   f"mode ({', '.join(evals)}), whose forward keeps nothing for backward: "
+                                   f"call .train() on the layer before gradcheck. The error: {e}") from e
             checks = [("input", x, dx)]
             checks += [(name, p.data, p.grad) for name, p in layer.named_parameters()]
 

@@ -143,6 +143,22 @@ def test_leaves_buffers_as_found(xp, device):
         assert numpy.asarray(got).dtype == numpy.asarray(v).dtype, k
 
 
+def test_eval_mode_layer_is_named_with_the_fix(xp, device):
+    """A model left in eval mode (after evaluating it) failed with 'Dropout.backward called
+    before a training-mode forward', which does not say what to do about gradcheck."""
+    model = gpunet.Sequential(gpunet.Dense(4, 3), gpunet.Sequential(gpunet.ReLU(), gpunet.Dropout(0.5, seed=1)))
+    model.to(device)
+    model.eval()
+    model[0].train()
+    with pytest.raises(RuntimeError, match=re.escape("gradcheck(Sequential): backward failed with layers in "
+                                                     "eval mode (itself, 1 (Sequential), 1.0 (ReLU), 1.1 "
+                                                     "(Dropout)), whose forward keeps nothing for backward: "
+                                                     "call .train() on the layer before gradcheck. The "
+                                                     "error: Dropout.backward called before a training-mode")):
+        gpunet.gradcheck(model, xp.asarray(_x((2, 4))))
+    assert gpunet.gradcheck(model.train(), xp.asarray(_x((2, 4))))
+
+
 def test_non_contiguous_input_and_parameters(xp, device):
     x = xp.asarray(_x((4, 3))).T                       # (3, 4), Fortran order
     assert gpunet.gradcheck(gpunet.Dense(4, 2).to(device), x)
