@@ -114,6 +114,14 @@ def _records(history, who):
     return d
 
 
+def _epoch_axis(ax):
+    """Label ``ax``'s x axis "epoch", with ticks at whole epochs only (matplotlib's default
+    locator puts ticks at 1.2, 1.4, ... for a run of a few epochs)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _epochs(history, n):
     ep = getattr(history, "epoch", None)
     if ep is not None and len(ep) == n:
@@ -155,7 +163,7 @@ def plot_history(history, path):
                 ax.plot(_epochs(history, len(ys)), ys, style, markersize=3, label=label)
         pretty = b.replace("_", " ")
         ax.set_title(pretty.capitalize() if b != "loss" else "Loss")
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(pretty)
         ax.grid(True, alpha=0.3)
         ax.legend()
@@ -254,7 +262,7 @@ def grad_norms(history_or_dict, path):
             xs = _epochs(history_or_dict, len(ys)) if epochs is not None else range(1, len(ys) + 1)
             style = "-" if k.endswith("weight") else ":"
             ax.plot(list(xs), ys, style, marker="o", markersize=3, label=k)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_title("Gradient norm per parameter, last step of each epoch")
         ax.legend(fontsize=7, ncol=max(1, math.ceil(len(names) / 12)), loc="center left",
                   bbox_to_anchor=(1.01, 0.5))

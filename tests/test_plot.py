@@ -49,6 +49,27 @@ def test_plot_history(trained, tmp_path):
     assert_png(tmp_path / "d.png")
 
 
+def test_epoch_ticks_are_whole_epochs(trained, tmp_path, monkeypatch):
+    """A 3-epoch run had ticks at epochs 1.25, 1.5, ...: the epoch axes tick whole epochs."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    drawn = []
+    save = Figure.savefig
+
+    def keep(fig, *a, **kw):
+        drawn.append(fig)
+        return save(fig, *a, **kw)
+    monkeypatch.setattr(Figure, "savefig", keep)
+    _, h = trained
+    plot.plot_history(h, tmp_path / "h.png")
+    plot.grad_norms(h, tmp_path / "g.png")
+    axes = [ax for fig in drawn for ax in fig.axes if ax.get_xlabel() == "epoch"]
+    assert len(axes) == 4          # loss, accuracy, learning rate; grad norms
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_plot_history_rejects_empty(tmp_path):
     pytest.importorskip("matplotlib")
     with pytest.raises(ValueError, match="no loss or metric curves"):
