@@ -14,7 +14,8 @@ validation set is the 360 test digits, with their true labels.
 
    * dropout (input 0.2, hidden 0.5; inverted, and once in the course's classic form);
    * L2 weight decay, ``g += λ·w`` (``Adam(weight_decay=λ)``);
-   * L1, ``g += λ·sign(w)`` (``Adam(l1=λ)``), which drives weights to exactly 0;
+   * L1, ``g += λ·sign(w)`` (``Adam(l1=λ)``), which drives weights to about 0 (a
+     subgradient step: they hover within about one update of 0, not at exactly 0);
    * early stopping on ``val_loss`` with the best weights restored.
 
    Each one trades a little training fit for a smaller gap.
