@@ -26,6 +26,28 @@ from .functional import losses as F
 from .layers.base import output_activation, register_loss_gradient
 
 
+def _probability_rows(prediction) -> bool:
+    """Whether ``prediction`` (``(N, C)`` floats, ``C >= 2``) looks like a softmax's output:
+    every value in ``[0, 1]``, not all of them exactly 0 or 1 (one-hot rows), and every row
+    summing to 1 within ``4 * C`` units of rounding of its dtype, at most 0.01 (a softmax's
+    rounding; the sum is taken in float64). Run once per loss object, at its first call (one host sync
+    on a device), for probabilities that no model's last layer made (``gpunet.Softmax()``
+    built on the spot, ``functional.softmax``): raw logits of real data meet all of it only
+    by a coincidence of the order of that tolerance per row."""
+    if not (getattr(prediction, "ndim", 0) == 2 and prediction.shape[1] >= 2
+            and getattr(getattr(prediction, "dtype", None), "kind", "") == "f"):
+        return False
+    import numpy
+    from .backend import get_array_module
+    xp = get_array_module(prediction)
+    p = prediction.astype(xp.float64)
+    c = int(prediction.shape[1])
+    tol = min(4 * c * float(numpy.finfo(prediction.dtype).eps), 0.01)
+    inside = (p >= 0) & (p <= 1)
+    strict = (p > 0) & (p < 1)
+    return bool(inside.all() & strict.any() & (xp.abs(p.sum(axis=1) - 1) <= tol).all())
+
+
 class Loss:
     #: the output activation this loss applies itself (a model that applies it too, as Keras'
     #: Dense(10, activation="softmax") does, is warned about at the loss's first call)
@@ -46,25 +68,39 @@ class Loss:
             raise ValueError(f"{type(self).__name__}: expected a non-empty batch, got a prediction "
                              f"of shape {tuple(prediction.shape)}")
         if not self._checked_input:
-            self._checked_input = True      # once per loss object: nothing per step
-            if output_activation(prediction) == self._applies:
-                warnings.warn(f"{type(self).__name__}: the prediction is the output of a {self._applies} "
-                              f"(the model's last layer), but this loss applies the {self._applies} "
-                              f"itself and expects raw logits; applied twice it trains slowly and badly. "
-                              f"Remove the model's output {self._applies}{self._hint}",
-                              UserWarning, stacklevel=2)
-            if self._applies == "softmax" and getattr(prediction, "ndim", 0) == 2 and prediction.shape[1] == 1:
-                warnings.warn(f"{type(self).__name__}: the logits have 1 column: the softmax of one column "
-                              f"is 1 whatever the logit, so the loss and its gradient are 0 and nothing "
-                              f"trains. Two classes with one output go with BCEWithLogits() and float 0/1 "
-                              f"targets of shape (N, 1); else give the last layer one output per class",
-                              UserWarning, stacklevel=2)
+            self._check_input(prediction, stacklevel=3)
         loss = self.forward(prediction, target)
         self._handed_out = False
         # remember which output this gradient belongs to: the backward of the layer that
         # produced ``prediction`` checks that its caches come from that same forward
         register_loss_gradient(self._grad, prediction, f"the {type(self).__name__} loss")
         return loss
+
+    def _check_input(self, prediction, stacklevel=2):
+        """The checks of the loss's first call (once per loss object: nothing per step),
+        that the prediction is logits: a warning when it is the output of the activation
+        this loss applies itself (or, for the softmax, looks like one), or of one column.
+        ``Trainer.fit`` runs them before training on the output of one sample, so that on
+        a device the first step syncs no more than the others."""
+        self._checked_input = True
+        if output_activation(prediction) == self._applies:
+            warnings.warn(f"{type(self).__name__}: the prediction is the output of a {self._applies} "
+                          f"(the model's last layer), but this loss applies the {self._applies} "
+                          f"itself and expects raw logits; applied twice it trains slowly and badly. "
+                          f"Remove the model's output {self._applies}{self._hint}",
+                          UserWarning, stacklevel=stacklevel)
+        elif self._applies == "softmax" and _probability_rows(prediction):
+            warnings.warn(f"{type(self).__name__}: every row of the prediction is in [0, 1] and sums "
+                          f"to 1, as a softmax's output does, but this loss applies the softmax itself "
+                          f"and expects raw logits (Keras' from_logits=True); applied twice it trains "
+                          f"slowly and badly. Pass the logits, the input of the softmax{self._hint}",
+                          UserWarning, stacklevel=stacklevel)
+        if self._applies == "softmax" and getattr(prediction, "ndim", 0) == 2 and prediction.shape[1] == 1:
+            warnings.warn(f"{type(self).__name__}: the logits have 1 column: the softmax of one column "
+                          f"is 1 whatever the logit, so the loss and its gradient are 0 and nothing "
+                          f"trains. Two classes with one output go with BCEWithLogits() and float 0/1 "
+                          f"targets of shape (N, 1); else give the last layer one output per class",
+                          UserWarning, stacklevel=stacklevel)
 
     def forward(self, prediction, target):
         raise NotImplementedError
@@ -102,7 +138,10 @@ class SoftmaxCrossEntropy(Loss):
     ``Dense(10, activation="softmax")``, whose loss takes ``from_logits=False``) gets a
     ``UserWarning`` at the loss's first call, as Keras warns when ``from_logits=True`` meets
     a softmax output; so do logits of one column (the loss of one class is 0 whatever the
-    model does: PyTorch computes it without a word).
+    model does: PyTorch computes it without a word), and, when no model's last layer made
+    them, predictions whose every row is in ``[0, 1]`` and sums to 1 (a softmax applied on
+    the spot, ``gpunet.Softmax()(logits)``): checked at the first call only, at the cost of
+    one pass (and on a device one sync) then; loss values are the same either way.
     """
 
     _applies = "softmax"

@@ -1249,6 +1249,7 @@ class Trainer:
             vloader = None if shared is None else _as_loader(shared, max(batch_size, 256), False, 0, dtype,
                                                              "Trainer.fit", "val", self.device)
             _check_monitors(callbacks, self.metrics, vloader is not None)
+            self._check_loss_input(loader)
             self._check_class_labels(loader, "Trainer.fit", "train")
             self._check_target_range(loader, "Trainer.fit", "train")
             self._warn_regression_accuracy(loader)
@@ -1322,6 +1323,24 @@ class Trainer:
             self._callbacks = []
         return self.history
 
+    def _one_output(self, loader):
+        """The model's output for the first sample of ``loader``'s data, in eval mode (the
+        mode is restored): what the checks before training look at."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            return self._forward(self._to_model(loader.X[:1]))
+        finally:
+            self.model.train(was)
+
+    def _check_loss_input(self, loader):
+        """The loss's first-call checks (``Loss._check_input``: a prediction that looks
+        like the output of the activation the loss applies itself, or one column of logits)
+        on the output of one sample before training: on a device they read it (one sync),
+        which the first step would otherwise do."""
+        if not getattr(self.loss_fn, "_checked_input", True):
+            self.loss_fn._check_input(self._one_output(loader))
+
     def _check_class_labels(self, loader, who, name, when=" before training"):
         """For a ``SoftmaxCrossEntropy``: every integer class label of ``loader``'s data
         (one pass over ``y``) against the model's number of outputs (one sample through the
@@ -1332,12 +1351,7 @@ class Trainer:
         f, y = self.loss_fn, loader.y
         if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1 or y.dtype.kind not in "iu":
             return
-        was = self.model.training
-        self.model.eval()
-        try:
-            out = self._forward(self._to_model(loader.X[:1]))
-        finally:
-            self.model.train(was)
+        out = self._one_output(loader)
         if out.ndim != 2:
             return                          # the loss names that at the first step
         xp = get_array_module(y)

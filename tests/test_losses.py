@@ -610,12 +610,15 @@ def test_a_model_ending_in_the_losses_own_activation_is_warned_about_once(model,
                                          rf"model's last layer\), but this loss applies the {act} itself and "
                                          rf"expects raw logits; .* Remove the model's output {act} "):
         loss = float(fn(out, target))
-    assert loss == float(loss_fn()(out.copy(), target))
     import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # a copy of softmax rows: the numeric check's warning
+        assert loss == float(loss_fn()(out.copy(), target))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fn(m(x), target)                       # once per loss object
-        loss_fn()(out.copy(), target)          # an array no model returned: no warning
+        if act != "softmax":                   # (softmax rows that no model returned: the test below)
+            loss_fn()(out.copy(), target)      # an array no model returned: no warning
         logits_model = gpunet.Sequential(gpunet.Dense(4, out.shape[1]))
         loss_fn()(logits_model(x), target)     # logits: none
         gpunet.MSELoss()(out, out.copy())      # MSE applies no activation
@@ -673,3 +676,69 @@ def test_ce_over_one_output_column_warns_that_nothing_trains(xp):
         warnings.simplefilter("error")
         fn(z, y)                                                    # once per loss object
         gpunet.SoftmaxCrossEntropy()(xp.asarray(_logits(3, 2)), y)  # two columns: none
+
+
+def test_probabilities_that_no_model_layer_made_are_warned_about_once(device):
+    """Found by the leftover audit: SoftmaxCrossEntropy()(gpunet.Softmax()(logits), y), a
+    softmax applied on the spot (Keras' from_logits=False habit), got no warning: the check
+    looked only at the layer that produced the prediction. The first call now also checks the
+    numbers (every row in [0, 1], summing to 1 within the dtype's rounding); loss values are
+    unchanged, later calls check nothing, and logits, one-hot rows, log-probabilities and a
+    model's raw outputs do not warn."""
+    import warnings
+    rng = numpy.random.default_rng(0)
+    logits = rng.standard_normal((16, 5)).astype(numpy.float32)
+    y = numpy.arange(16) % 5
+    dev = lambda a: gpunet.to_device(a, device)
+    say = (r"^SoftmaxCrossEntropy: every row of the prediction is in \[0, 1\] and sums to 1, as a softmax's "
+           r"output does, but this loss applies the softmax itself and expects raw logits \(Keras' "
+           r"from_logits=True\); .* Pass the logits, the input of the softmax")
+    for probs in (gpunet.Softmax().to(device)(dev(logits)),        # a layer built on the spot, gone after
+                  gpunet.functional.softmax(dev(logits)),
+                  dev(gpunet.functional.softmax(logits.astype(numpy.float64))),
+                  dev(gpunet.functional.softmax(rng.standard_normal((3, 1000)).astype(numpy.float32) * 8))):
+        fn = gpunet.SoftmaxCrossEntropy()
+        with pytest.warns(UserWarning, match=say):
+            loss = float(fn(probs, dev(y[:probs.shape[0]])))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert float(fn(probs, dev(y[:probs.shape[0]]))) == loss      # once per loss object, same value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pred in (logits, numpy.eye(5, dtype=numpy.float32)[y],          # one-hot rows: exactly 0/1
+                     numpy.abs(logits),                                     # in [0, inf), rows not summing to 1
+                     gpunet.functional.log_softmax(logits),                 # log-probabilities: <= 0
+                     gpunet.Sequential(gpunet.Dense(5, 5)).to(device)(dev(logits))):
+            gpunet.SoftmaxCrossEntropy()(dev(pred), dev(y))
+
+
+def test_trainer_runs_the_first_call_checks_before_training(device):
+    """The probability check of the loss's first call runs in Trainer.fit before the first
+    step, on one sample's output (a custom last layer that returns a softmax: no layer of
+    gpunet's to recognise), so it warns once, and the first step syncs no more than the
+    others (test_sim_budgets holds that count)."""
+    import warnings
+
+    class Probs(gpunet.Layer):                  # a head that returns probabilities
+        def forward(self, x):
+            return gpunet.functional.softmax(x)
+
+        def backward(self, dy):
+            raise AssertionError("not reached: the test stops at the warning")
+
+    X = numpy.random.default_rng(0).standard_normal((20, 4)).astype(numpy.float32)
+    y = numpy.arange(20) % 3
+    model = gpunet.Sequential(gpunet.Dense(4, 3), Probs()).to(device)
+    tr = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model.parameters()))
+
+    class Stop(gpunet.Callback):
+        def on_train_begin(self, trainer):
+            raise KeyboardInterrupt             # after fit's checks, before any step
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyboardInterrupt):
+            tr.fit((X, y), epochs=1, progress=False, callbacks=[Stop()])
+    assert [str(w.message)[:61] for w in seen] == [
+        "SoftmaxCrossEntropy: every row of the prediction is in [0, 1]"]
+    assert tr.global_step == 0 and tr.loss_fn._checked_input
