@@ -11,7 +11,9 @@
 //     dlogits[r, j] = (softmax_j * sum_k t_k - t_j) * scale    (= (softmax - t) * scale
 //                                                                for targets summing to 1)
 // A hard-label row whose label equals ignore_index (when has_ignore) gets loss 0 and a
-// zero gradient.
+// zero gradient. has_ignore is two bits: bit 0, ignore_index applies; bit 1, the host's
+// labels were unsigned (uint64, read here as their int64 bits), which only the record of a
+// bad label keeps, so that the host names a label of 2**63 or more as given, not negative.
 //
 // Labels are checked on the device, without a host sync: a label outside [0, C) (and not
 // ignore_index) gets a zero gradient and a NaN row loss, and is recorded in `status`, a
@@ -158,7 +160,7 @@ template <typename T>
 __device__ __forceinline__ bool unscored(long long y, long long row, int C, long long ignore_index,
                                          int has_ignore, acc_t<T>* row_loss, T* dz,
                                          long long* status, int tid, int nt) {
-    const bool ignored = has_ignore && y == ignore_index;
+    const bool ignored = (has_ignore & 1) && y == ignore_index;
     if (ignored || y < 0 || y >= C) {
         zero_row(dz, C, tid, nt);
         if (tid == 0) {

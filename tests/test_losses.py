@@ -154,6 +154,22 @@ def test_ce_label_equal_to_ignore_index_is_allowed_but_others_are_checked(xp):
         float(gpunet.SoftmaxCrossEntropy(ignore_index=-1)(z, xp.asarray(numpy.array([0, -2, 2]))))
 
 
+@pytest.mark.parametrize("ignore_index", [None, -1, 0])
+def test_ce_uint64_labels_past_int64_are_named_as_given(xp, ignore_index):
+    """Found by the data audit: the device path reads labels as int64, so a uint64 label of
+    2**63 or more was named negative ('e.g. -9223372036854775803 ... ignore_index=-9223...')
+    and 2**64 - 1 with ignore_index=-1 was ignored (its bits are -1's), where NumPy refuses
+    it. The kernel's record of a bad label now keeps that the labels were unsigned, and a
+    negative ignore_index, which no uint64 label equals, leaves them all to the check."""
+    z = xp.asarray(_logits(3, 3))
+    fn = gpunet.SoftmaxCrossEntropy(ignore_index=ignore_index)
+    for label in (2**63 + 5, 2**64 - 1):
+        with pytest.raises(ValueError, match=rf"(e\.g\.|got) {label} at row 1 \(the logits have 3 columns"):
+            float(fn(z, xp.asarray(numpy.array([0, label, 2], numpy.uint64))))
+    ok = numpy.array([0, 1, 2], numpy.uint64)        # below 2**63 nothing changes
+    assert float(fn(z, xp.asarray(ok))) == pytest.approx(float(fn(z, xp.asarray(ok.astype(numpy.int64)))), rel=1e-6)
+
+
 def test_ce_bad_label_on_a_gpu_is_raised_when_a_loss_is_read(gpu_xp):
     """The device-side label check: no host sync at the call; the bad row's loss is NaN and
     its gradient zero; every later loss reads NaN and raises the error (sticky, as CUDA's

@@ -60,6 +60,9 @@ def raise_label_error(device=None):
     if bad == 0:
         return
     st.fill(0)
+    if has_ignore & 2 and label < 0:    # uint64 labels: the int64 bits of 2**63 and more
+        label += 2**64
+    has_ignore &= 1
     from ..functional.losses import label_range_hint
     raise ValueError(f"softmax_cross_entropy (gpunet.cuda.softmax_xent): {bad} label(s) outside "
                      f"[0, {C})" + (f" and not ignore_index={ignore_index}" if has_ignore else "")
@@ -194,8 +197,11 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             if labels.shape != (N,):
                 raise ValueError(f"gpunet.cuda.softmax_xent: integer labels must have shape "
                                  f"{(N,)}, got {labels.shape}")
-            y = cp.ascontiguousarray(labels.astype(cp.int64, copy=False))
+            y = cp.ascontiguousarray(labels.astype(cp.int64, copy=False))   # uint64: the same bits
             n_valid = N
+            unsigned = labels.dtype == cp.uint64
+            if unsigned and ignore_index is not None and int(ignore_index) < 0:
+                ignore_index = None     # no uint64 label equals it (its bits may: 2**64 - 1 and -1)
             if ignore_index is not None and reduction == "mean":
                 # N_valid = max(1, labels != ignore_index) stays on the device
                 n_valid = _divisor(cp, dev, acc, "count")
@@ -220,7 +226,7 @@ def softmax_xent(logits, labels, label_smoothing=0.0, ignore_index=None, reducti
             has_ignore = ignore_index is not None
             args = (z, y, row_loss, dz, numpy.int32(N), numpy.int32(C), eps_t,
                     numpy.int64(int(ignore_index) if has_ignore else -1),
-                    numpy.int32(has_ignore), scale,
+                    numpy.int32(has_ignore | 2 * unsigned), scale,
                     _divisor(cp, dev, acc, "one") if isinstance(n_valid, int) else n_valid,
                     _status_buffer(cp, dev))
         fn((grid,), (threads,), args)
