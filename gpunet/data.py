@@ -209,7 +209,12 @@ class DataLoader:
             the order ``numpy.random.default_rng([seed, k]).permutation(N)``, computed
             on the host with NumPy and therefore identical on every device.
             ``None`` draws a seed from OS entropy once, at construction, and keeps it in
-            ``self.seed`` (so even an unseeded run can be replayed).
+            ``self.seed`` (so even an unseeded run can be replayed). ``gpunet.manual_seed``
+            does not seed it (it seeds the initial weights and Dropout's default seeds), where
+            ``torch.manual_seed`` makes a PyTorch DataLoader's shuffle reproducible: for the
+            same order in every run pass ``seed=`` (an int, or the ``loader.seed`` of a run
+            to replay). ``Trainer.fit`` on an ``(X, y)`` pair shuffles with ``seed=0``
+            unless told otherwise.
         drop_last: a bool, checked as ``shuffle`` is: drop the last, incomplete batch (as in
             PyTorch). With fewer samples than one batch that is every sample: a pass then
             yields nothing and warns (``UserWarning``; ``Trainer`` raises ``ValueError``).

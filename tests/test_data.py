@@ -424,3 +424,23 @@ def test_torch_tensors_are_named_by_layers_and_losses_and_converted_by_the_loade
         numpy.testing.assert_array_equal(t.predict(tX), t.predict(X))
         with pytest.raises(ValueError, match="Dense: expected dtype float32"):
             t.predict(tX64)
+
+
+def test_manual_seed_does_not_seed_an_unseeded_shuffle_and_seed_does():
+    """What the DataLoader docstring and the guide say (the leftover audit: a PyTorch user
+    expects torch.manual_seed to make the shuffle reproducible): after the same
+    gpunet.manual_seed, two DataLoader(shuffle=True, seed=None) draw other seeds from OS
+    entropy, hence other orders; a seed= gives one order, and an unseeded loader's .seed
+    replays its own."""
+    X = numpy.arange(64, dtype=numpy.float32).reshape(32, 2)
+    loaders = []
+    for _ in range(2):
+        gpunet.manual_seed(0)
+        loaders.append(gpunet.DataLoader(X, batch_size=8, shuffle=True))
+    a, b = loaders
+    assert a.seed != b.seed and not numpy.array_equal(a.order(0), b.order(0))   # 1 in 32! alike
+    replay = gpunet.DataLoader(X, batch_size=8, shuffle=True, seed=a.seed)
+    seeded = [gpunet.DataLoader(X, batch_size=8, shuffle=True, seed=7) for _ in range(2)]
+    for k in range(3):
+        numpy.testing.assert_array_equal(replay.order(k), a.order(k))
+        numpy.testing.assert_array_equal(seeded[0].order(k), seeded[1].order(k))
