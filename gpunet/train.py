@@ -610,8 +610,14 @@ def _not_data(data, who, name):
             + (", and validation data as val=(X_val, y_val)" if method == "fit"
                else ", and outputs without labels come from predict(X)" if method == "evaluate" else "")
             if hasattr(data, "shape") else "")
-    return TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got "
-                     f"{type(data).__name__}{hint}")
+    got = type(data).__name__
+    if isinstance(data, (tuple, list)):
+        got = f"a {got} of {len(data)} item{'s' * (len(data) != 1)}"
+        if len(data) == 3:      # Keras' (x, y, sample_weight), its validation_data's form too
+            hint = "; Keras' (X, y, sample_weight) has no gpunet form: gpunet has no sample weights"
+    elif name == "val" and isinstance(data, float):     # Keras' validation_split=0.2
+        hint = "; a fraction is Keras' validation_split, which gpunet does not take: split X yourself"
+    return TypeError(f"{who}: {name} must be an (X, y) tuple or a DataLoader, got {got}{hint}")
 
 
 def _check_monitors(callbacks, metrics, has_val):

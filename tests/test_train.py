@@ -1464,6 +1464,16 @@ def test_keras_fit_evaluate_predict_keywords_name_gpunets_way():
     with pytest.raises(TypeError, match=r"^Trainer\.evaluate: data must be an \(X, y\) tuple or a DataLoader, got "
                                         r"ndarray; X and y go together as one tuple: evaluate\(\(X, y\)\)"):
         t.evaluate(X, y)
+    # Keras' (x, y, sample_weight) tuples and validation_split's fraction passed as val
+    with pytest.raises(TypeError, match=r"^Trainer\.fit: val must be an \(X, y\) tuple or a DataLoader, got a "
+                                        r"tuple of 3 items; Keras' \(X, y, sample_weight\) has no gpunet form: "
+                                        r"gpunet has no sample weights$"):
+        t.fit((X, y), val=(X, y, numpy.ones(40)), epochs=1)
+    with pytest.raises(TypeError, match=r"^Trainer\.evaluate: data must be .* got a list of 1 item$"):
+        t.evaluate([X])
+    with pytest.raises(TypeError, match=r"^Trainer\.fit: val must be .* got float; a fraction is Keras' "
+                                        r"validation_split, which gpunet does not take: split X yourself$"):
+        t.fit((X, y), val=0.2, epochs=1)
     for f, name in ((t.fit, "train"), (t.evaluate, "data"), (t.predict, "X")):    # Python's own message
         with pytest.raises(TypeError, match=rf"^Trainer\.{f.__name__}\(\) missing 1 required positional argument: '{name}'$"):
             f()
