@@ -52,13 +52,28 @@ def _got(value) -> str:
 
 def unexpected_keyword(who: str, unknown: dict, hints: dict) -> TypeError:
     """The ``TypeError`` Python raises for an unknown keyword (the first of ``unknown``),
-    plus, for Keras' names in ``hints``, what gpunet takes instead."""
+    plus, for Keras' names in ``hints``, what gpunet takes instead. A hint may be a pair
+    ``(hint, "PyTorch's")`` for a name that is another framework's."""
     k = next(iter(unknown))
-    hint = hints.get(k)
+    hint, whose = hints.get(k), "Keras'"
+    if isinstance(hint, tuple):
+        hint, whose = hint
     if hint is not None and not hint.startswith("gpunet"):
         hint = f"gpunet takes {hint}"
     return TypeError(f"{who}() got an unexpected keyword argument {k!r}"
-                     + ("" if hint is None else f"; {hint} (Keras' {k}= is not one of its names)"))
+                     + ("" if hint is None else f"; {hint} ({whose} {k}= is not one of its names)"))
+
+
+def set_to_none(who: str, value) -> None:
+    """``zero_grad``'s ``set_to_none`` (PyTorch's keyword): True, PyTorch's default, is what
+    gpunet's ``zero_grad`` does; False (zeros kept in place) raises ``ValueError`` saying so,
+    rather than leaving ``grad`` None where the caller expects zeros."""
+    if flag(who, "set_to_none", value):
+        return
+    raise ValueError(f"{who}: set_to_none=False is not supported: gpunet's zero_grad sets every grad "
+                     f"to None (PyTorch's default, set_to_none=True), and the next backward assigns the "
+                     f"gradients, so the step is the same; for zeros to add into, assign p.grad = "
+                     f"xp.zeros_like(p.data) yourself")
 
 
 def flag(who: str, name: str, value) -> bool:

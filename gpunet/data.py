@@ -120,6 +120,22 @@ def _check_array(name, a):
     return a
 
 
+# PyTorch's DataLoader keywords, and what gpunet has instead (_args.unexpected_keyword)
+_WORKERS = ("gpunet's DataLoader slices arrays you hold, in the calling thread (no worker processes)",
+            "PyTorch's")
+_TORCH_LOADER = {
+    "num_workers": _WORKERS, "persistent_workers": _WORKERS, "prefetch_factor": _WORKERS,
+    "worker_init_fn": _WORKERS, "multiprocessing_context": _WORKERS, "timeout": _WORKERS,
+    "pin_memory": ("gpunet pins on its own: device='cuda' copies (X, y) to the GPU once when it fits, "
+                   "else stages batches through pinned memory", "PyTorch's"),
+    "generator": ("seed= (an int: epoch k's order is a function of (seed, k))", "PyTorch's"),
+    "sampler": ("gpunet has no samplers: shuffle=True, or index the arrays yourself "
+                "(DataLoader(X[idx], y[idx]))", "PyTorch's"),
+    "batch_sampler": ("gpunet has no samplers: batch_size=, shuffle= and drop_last=", "PyTorch's"),
+    "collate_fn": ("gpunet's batches are slices of X and y, with nothing to collate", "PyTorch's"),
+}
+
+
 class _Stager:
     """Host batches to ``device`` through pinned memory on a second stream, one batch ahead.
 
@@ -292,7 +308,15 @@ class DataLoader:
     y = _args.read_only("DataLoader", "y", "The targets given, or None (fixed at construction).", _new_data)
 
     def __init__(self, X, y=None, batch_size=64, shuffle=False, seed=None, drop_last=False,
-                 device=None, comm=None):
+                 device=None, comm=None, **unknown):
+        if unknown:
+            raise _args.unexpected_keyword("DataLoader", unknown, _TORCH_LOADER)
+        if (y is None and isinstance(X, tuple) and len(X) == 2
+                and all(getattr(a, "ndim", 0) >= 1 for a in X)):
+            # PyTorch's DataLoader(TensorDataset(X, y)) habit: NumPy would stack the pair into
+            # two samples when their shapes agree
+            raise TypeError("DataLoader: got an (X, y) tuple as X; X and y go as two arguments: "
+                            "DataLoader(X, y, ...) (an (X, y) tuple is what Trainer.fit takes)")
         X = _check_array("X", X)
         if y is not None:
             y = _check_array("y", y)

@@ -48,16 +48,34 @@ def _probability_rows(prediction) -> bool:
     return bool(inside.all() & strict.any() & (xp.abs(p.sum(axis=1) - 1) <= tol).all())
 
 
+# other frameworks' keywords of their losses, and what gpunet has instead (_args.unexpected_keyword)
+_REDUCE = ("reduction='mean', 'sum' or 'none', PyTorch's own replacement for reduce and size_average",
+           "PyTorch's")
+_OTHER_NAMES = {
+    "from_logits": "gpunet's losses take raw logits (Keras' from_logits=True) and no other input: end "
+                   "the model without its softmax or sigmoid",
+    "weight": ("gpunet has no class weights (resample the rarer classes, or write a Loss of your own)",
+               "PyTorch's"),
+    "pos_weight": ("gpunet has no pos_weight (resample the positive samples, or write a Loss of your "
+                   "own)", "PyTorch's"),
+    "reduce": _REDUCE,
+    "size_average": _REDUCE,
+}
+
+
 class Loss:
     #: the output activation this loss applies itself (a model that applies it too, as Keras'
     #: Dense(10, activation="softmax") does, is warned about at the loss's first call)
     _applies = None
     _hint = ""
     _checked_input = True
+    _other_names = _OTHER_NAMES
     reduction = _args.checked_property(None, "reduction", "'mean', 'sum' or 'none' (checked on assignment).",
                                        lambda who, name, value: F.check_reduction(who, value))
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, reduction="mean", **unknown):
+        if unknown:
+            raise _args.unexpected_keyword(type(self).__name__, unknown, self._other_names)
         self.reduction = reduction
         self._grad = None
         if self._applies is not None:
@@ -154,8 +172,10 @@ class SoftmaxCrossEntropy(Loss):
                                           "rows are left out (an int; checked on assignment).",
                                           _args.integer, none=True)
 
-    def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean"):
-        super().__init__(reduction)
+    _other_names = {**_OTHER_NAMES, "ignore_class": "ignore_index="}
+
+    def __init__(self, label_smoothing=0.0, ignore_index=None, reduction="mean", **unknown):
+        super().__init__(reduction, **unknown)
         self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index
 

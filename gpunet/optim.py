@@ -469,8 +469,12 @@ class Optimizer:
         self._work = {}
         self._tables = {}
 
-    def zero_grad(self):
-        """Set every parameter's ``grad`` to None."""
+    def zero_grad(self, set_to_none=True):
+        """Set every parameter's ``grad`` to None. ``set_to_none``: PyTorch's keyword; True,
+        its default, is what this does, and False raises ``ValueError`` (gpunet keeps no
+        zeroed gradients)."""
+        if set_to_none is not True:
+            _args.set_to_none(f"{type(self).__name__}.zero_grad", set_to_none)
         for p in self.params:
             p.grad = None
 

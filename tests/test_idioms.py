@@ -365,3 +365,68 @@ def test_fit_warns_when_the_model_was_edited_after_its_optimizer_was_built():
         warnings.simplefilter("error")
         gpunet.Trainer(frozen, SoftmaxCrossEntropy(), optim.SGD(frozen[1:].parameters(), lr=0.1)).fit(
             (X, y), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("make, hint", [
+    (lambda: SoftmaxCrossEntropy(weight=numpy.ones(3)), r"^SoftmaxCrossEntropy\(\) got an unexpected keyword "
+     r"argument 'weight'; gpunet has no class weights .* \(PyTorch's weight= is not one of its names\)$"),
+    (lambda: gpunet.BCEWithLogits(pos_weight=numpy.ones(1)), r"^BCEWithLogits\(\) .* 'pos_weight'; gpunet has "
+     r"no pos_weight .* \(PyTorch's pos_weight= is not one of its names\)$"),
+    (lambda: gpunet.MSELoss(size_average=False), r"^MSELoss\(\) .* 'size_average'; gpunet takes reduction='mean', "
+     r"'sum' or 'none', PyTorch's own replacement for reduce and size_average"),
+    (lambda: SoftmaxCrossEntropy(reduce=False), r"'reduce'; gpunet takes reduction="),
+    (lambda: SoftmaxCrossEntropy(from_logits=True), r"'from_logits'; gpunet's losses take raw logits \(Keras' "
+     r"from_logits=True\) .* \(Keras' from_logits= is not one of its names\)$"),
+    (lambda: gpunet.BCEWithLogits(from_logits=False), r"^BCEWithLogits\(\) .* 'from_logits'; gpunet's losses"),
+    (lambda: SoftmaxCrossEntropy(ignore_class=-1), r"'ignore_class'; gpunet takes ignore_index= \(Keras'"),
+    (lambda: SoftmaxCrossEntropy(foo=1), r"^SoftmaxCrossEntropy\(\) got an unexpected keyword argument 'foo'$"),
+    (lambda: gpunet.DataLoader(numpy.zeros((4, 2)), num_workers=4), r"^DataLoader\(\) got an unexpected keyword "
+     r"argument 'num_workers'; gpunet's DataLoader slices arrays you hold, in the calling thread \(no worker "
+     r"processes\) \(PyTorch's num_workers= is not one of its names\)$"),
+    (lambda: gpunet.DataLoader(numpy.zeros((4, 2)), pin_memory=True), r"'pin_memory'; gpunet pins on its own"),
+    (lambda: gpunet.DataLoader(numpy.zeros((4, 2)), shuffle=True, generator=None), r"'generator'; gpunet takes seed="),
+    (lambda: gpunet.DataLoader(numpy.zeros((4, 2)), sampler=None), r"'sampler'; gpunet has no samplers"),
+    (lambda: gpunet.DataLoader(numpy.zeros((4, 2)), collate_fn=None), r"'collate_fn'; gpunet's batches are slices"),
+])
+def test_pytorch_and_keras_loss_and_loader_keywords_name_gpunet_s(make, hint):
+    """Found by the leftover audit: PyTorch's CrossEntropyLoss(weight=), BCEWithLogitsLoss(
+    pos_weight=), the legacy reduce=/size_average=, Keras' from_logits= and ignore_class=,
+    and DataLoader's num_workers=, pin_memory=, generator=, sampler=, collate_fn= got
+    Python's bare 'unexpected keyword argument' (as '__init__() got ...')."""
+    with pytest.raises(TypeError, match=hint):
+        make()
+
+
+def test_keras_reduction_name_and_a_dataset_tuple_say_what_gpunet_takes():
+    """Keras' reduction='sum_over_batch_size' is 'mean'; DataLoader((X, y)), PyTorch's
+    DataLoader(TensorDataset(X, y)) habit, failed inside NumPy's conversion, or, for 1-D X
+    and y of one length, was stacked into a loader of 2 samples without a word."""
+    with pytest.raises(ValueError, match=r"got 'sum_over_batch_size'; Keras' 'sum_over_batch_size' is 'mean'$"):
+        gpunet.MSELoss(reduction="sum_over_batch_size")
+    x = numpy.arange(8, dtype=numpy.float32)
+    for X in ((x.reshape(4, 2), x[:4]), (x, x)):
+        with pytest.raises(TypeError, match=r"^DataLoader: got an \(X, y\) tuple as X; X and y go as two "
+                                            r"arguments: DataLoader\(X, y, \.\.\.\)"):
+            gpunet.DataLoader(X, batch_size=2)
+    assert gpunet.DataLoader([[0.0, 1.0], [2.0, 3.0]]).num_samples == 2     # a list of rows is still data
+
+
+def test_zero_grad_takes_pytorchs_set_to_none():
+    """PyTorch's opt.zero_grad(set_to_none=True) (its default, and what gpunet does) was a
+    TypeError; set_to_none=False, which would leave zeros to add into, raises saying gpunet
+    sets None."""
+    model = _mlp()
+    opt = optim.SGD(model, lr=0.1)
+    _step(model, opt)
+    assert all(p.grad is not None for p in model.parameters())
+    opt.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+    _step(model, opt)
+    model.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+    for zero in (opt.zero_grad, model.zero_grad):
+        with pytest.raises(ValueError, match=r"zero_grad: set_to_none=False is not supported: gpunet's zero_grad "
+                                             r"sets every grad to None .* p\.grad = xp\.zeros_like\(p\.data\)"):
+            zero(set_to_none=False)
+        with pytest.raises(TypeError, match=r"expected set_to_none to be a bool"):
+            zero(set_to_none="yes")

@@ -162,8 +162,8 @@ class DistributedOptimizer:
     def load_state_dict(self, d):
         return self.optimizer.load_state_dict(d)
 
-    def zero_grad(self):
-        self.optimizer.zero_grad()
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none)
 
     def __repr__(self):
         return (f"DistributedOptimizer({self.optimizer!r}, comm={self.comm!r}, "

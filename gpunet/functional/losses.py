@@ -134,7 +134,9 @@ def check_reduction(name, reduction):
     """``reduction`` must be one of ``"mean"``, ``"sum"``, ``"none"`` (PyTorch's meanings)."""
     _data_for_a_setting(name, "reduction 'mean', 'sum' or 'none'", reduction)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
+        keras = ("; Keras' 'sum_over_batch_size' is 'mean'" if reduction in ("sum_over_batch_size", "auto")
+                 else "")
+        raise ValueError(f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}{keras}")
     return reduction
 
 

@@ -734,7 +734,12 @@ class Layer:
         for c in self.children():
             yield from c.modules()
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Set the ``grad`` of every parameter (children's too) to None. ``set_to_none``:
+        PyTorch's keyword; True, its default, is what this does, and False raises
+        ``ValueError`` (gpunet keeps no zeroed gradients)."""
+        if set_to_none is not True:
+            _args.set_to_none(f"{type(self).__name__}.zero_grad", set_to_none)
         for _, p in self.named_parameters():     # a tied Parameter twice: harmless, no set
             p.grad = None
 
