@@ -540,6 +540,13 @@ _KERAS_PREDICT = {"x": "X as the first argument: predict(X)", "verbose": "gpunet
                   "callbacks": "gpunet's predict takes no callbacks"}
 
 
+# Keras' compile keywords, and what gpunet's Trainer takes instead
+_KERAS_COMPILE = {"loss": "loss_fn= (a loss object, e.g. SoftmaxCrossEntropy())",
+                  "jit_compile": "gpunet compiles nothing (Trainer(..., cuda_graph=True) replays a "
+                                 "captured step on a GPU)",
+                  "loss_weights": "gpunet has one loss per Trainer"}
+
+
 class _Required:
     """The default of an argument that has none (``Trainer.fit``'s ``train``): it lets a
     call with Keras' ``x=`` keyword reach the ``TypeError`` that names gpunet's way, where
@@ -957,9 +964,12 @@ class Trainer:
                              "the model (and a precision='fp16' trainer's float16 copies) were moved "
                              "there; " + _NEW_TRAINER)
 
-    def __init__(self, model, loss_fn, optimizer, metrics=("accuracy",), device=None, *,
+    def __init__(self, model, loss_fn=_REQUIRED, optimizer=_REQUIRED, metrics=("accuracy",), device=None, *,
                  scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, clip_grad_value=None,
-                 precision="fp32", scaler=None, comm=None, cuda_graph=False):
+                 precision="fp32", scaler=None, comm=None, cuda_graph=False, **unknown):
+        # Keras' compile(loss=..., optimizer=...) names the loss 'loss'
+        _required("Trainer", "loss_fn", loss_fn, unknown, _KERAS_COMPILE)
+        _required("Trainer", "optimizer", optimizer, {}, {})
         self._model, self._optimizer = model, optimizer
         self._graph = None          # (batch key, CUDAGraph, static x, static y, loss, output)
         self._graph_warm = None     # the batch key of the eager warm-up step

@@ -1474,6 +1474,14 @@ def test_keras_fit_evaluate_predict_keywords_name_gpunets_way():
     with pytest.raises(TypeError, match=r"^Trainer\.fit: val must be .* got float; a fraction is Keras' "
                                         r"validation_split, which gpunet does not take: split X yourself$"):
         t.fit((X, y), val=0.2, epochs=1)
+    # Keras' compile(loss=..., optimizer=...) names, given to the Trainer
+    with pytest.raises(TypeError, match=r"^Trainer\(\) got an unexpected keyword argument 'loss'; gpunet takes "
+                                        r"loss_fn= \(a loss object, e\.g\. SoftmaxCrossEntropy\(\)\) \(Keras' loss= "
+                                        r"is not one of its names\)$"):
+        gpunet.Trainer(model, loss=gpunet.SoftmaxCrossEntropy(), optimizer=t.optimizer)
+    with pytest.raises(TypeError, match=r"^Trainer\(\) missing 1 required positional argument: 'optimizer'$"):
+        gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy())
+    assert gpunet.Trainer(model, loss_fn=gpunet.SoftmaxCrossEntropy(), optimizer=t.optimizer).optimizer is t.optimizer
     for f, name in ((t.fit, "train"), (t.evaluate, "data"), (t.predict, "X")):    # Python's own message
         with pytest.raises(TypeError, match=rf"^Trainer\.{f.__name__}\(\) missing 1 required positional argument: '{name}'$"):
             f()
