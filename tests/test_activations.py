@@ -462,3 +462,19 @@ def test_gelu_layer_repr_and_activation_names():
         dy = numpy.ones((5, 3))
         numpy.testing.assert_array_equal(fused.backward(dy), plain.backward(sep.backward(dy)))
         assert gpunet.gradcheck(fused, x)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus",
+                                  "softmax", "log_softmax"])
+def test_functional_forward_names_a_bad_input(name):
+    """The course's functional.softmax on [1000, 1001] written as ints failed inside NumPy
+    ("Cannot cast ufunc 'exp' output ... to int64"), relu gave integers back, and a list
+    failed on a missing ndim: each forward names itself and the cast."""
+    f = getattr(FA, name)
+    with pytest.raises(ValueError, match=rf"^{name}: expected a floating-point input \(float32 or float64\), "
+                                         rf"got int64; cast the input: x.astype\(numpy.float32\)$"):
+        f(numpy.array([1000, 1001], dtype=numpy.int64))
+    with pytest.raises(TypeError, match=rf"^{name}: expected a NumPy or CuPy array, got list; a list becomes "
+                                        rf"one with numpy.asarray\(x, dtype=numpy.float32\)$"):
+        f([1000.0, 1001.0])
+    assert f(numpy.array([1000.0, 1001.0], dtype=numpy.float32)).dtype == numpy.float32

@@ -9,8 +9,9 @@ whether the backward reads ``x``; when it does not, the forward may overwrite it
 Every body is written once against ``xp`` and runs on NumPy and CuPy, in the input's
 dtype (Python-float constants never promote float32).
 
-Hyper-parameters (``inplace``, ``negative_slope``, ``alpha``, ``axis``) are checked on
-every call, as ``gpunet._args`` checks a constructor's: ``inplace="no"`` would overwrite the
+The input must be a floating-point array (an integer one raises ``ValueError``, anything
+else ``TypeError``, naming the function). Hyper-parameters (``inplace``,
+``negative_slope``, ``alpha``, ``axis``) are checked on every call, as ``gpunet._args`` checks a constructor's: ``inplace="no"`` would overwrite the
 input, a NaN slope would fill the output with NaN. The layers call these per step with
 values their constructors checked, so each check is one type test (and a range test) on
 that path and calls ``gpunet._args`` only for anything else: a bool, a finite Python
@@ -23,7 +24,7 @@ import math
 import numpy
 
 from .. import _args
-from ..backend import get_array_module
+from ..backend import array_hint, get_array_module, is_array
 
 
 def _out(x, inplace):
@@ -39,12 +40,31 @@ def _axis(who, axis, ndim) -> int:
     return axis
 
 
+def _floating(who, x):
+    """Each forward's input: a floating-point NumPy/CuPy array, else ``TypeError`` (not an
+    array) or ``ValueError`` (integer dtype) naming the function and the cast; before, an
+    integer array failed inside NumPy (``exp`` cannot write floats into it) or came back
+    as integers, and a list failed on a missing ``ndim``. One attribute test when it is."""
+    try:
+        if x.dtype.kind == "f":
+            return
+    except AttributeError:
+        pass
+    if not is_array(x):
+        hint = array_hint(x) or ("; a list becomes one with numpy.asarray(x, dtype=numpy.float32)"
+                                 if isinstance(x, (list, tuple)) else "")
+        raise TypeError(f"{who}: expected a NumPy or CuPy array, got {type(x).__name__}{hint}")
+    raise ValueError(f"{who}: expected a floating-point input (float32 or float64), got "
+                     f"{x.dtype.name}; cast the input: x.astype(numpy.float32)")
+
+
 # -- sigmoid: y = 1 / (1 + e^-x)
 def sigmoid(x, inplace=False):
     """``σ(x) = 1/(1+e^-x)`` for ``x >= 0`` and ``e^x/(1+e^x)`` below. Both forms read
     ``e = e^-|x| <= 1``, so nothing overflows, and small outputs keep their relative
     precision (``σ(-20) = 2.06e-9``, where ``(1 + tanh(x/2))/2`` rounds to 0 in float32).
     The numerator is ``max(e, [x >= 0])``, which avoids ``xp.where`` (slow on mixed signs)."""
+    _floating("sigmoid", x)
     if inplace.__class__ is not bool:
         inplace = _args.flag("sigmoid", "inplace", inplace)
     xp = get_array_module(x)
@@ -68,6 +88,7 @@ def sigmoid_backward(dy, x, y):
 
 # -- tanh
 def tanh(x, inplace=False):
+    _floating("tanh", x)
     if inplace.__class__ is not bool:
         inplace = _args.flag("tanh", "inplace", inplace)
     xp = get_array_module(x)
@@ -84,6 +105,7 @@ def tanh_backward(dy, x, y):
 
 # -- ReLU: y = max(x, 0)
 def relu(x, inplace=False):
+    _floating("relu", x)
     if inplace.__class__ is not bool:
         inplace = _args.flag("relu", "inplace", inplace)
     xp = get_array_module(x)
@@ -114,6 +136,7 @@ def relu_mask_times(dy, y):
 #    than plain passes. max(x, slope*x) picks the right branch for any slope <= 1
 #    (negative ones included), min(x, slope*x) for slope > 1; both are exact.
 def leaky_relu(x, negative_slope=0.01, inplace=False):
+    _floating("leaky_relu", x)
     if inplace.__class__ is not bool:
         inplace = _args.flag("leaky_relu", "inplace", inplace)
     s = negative_slope
@@ -147,6 +170,7 @@ def leaky_relu_backward(dy, x, y, negative_slope=0.01):
 # -- ELU: y = x for x > 0, alpha*(e^x - 1) otherwise
 #    = alpha*expm1(min(x, 0)) + max(x, 0): one of the two terms is 0, so this is exact.
 def elu(x, alpha=1.0, inplace=False):
+    _floating("elu", x)
     if alpha.__class__ is not float or alpha - alpha != 0.0:
         alpha = _args.real("elu", "alpha", alpha)
     xp = get_array_module(x)
@@ -212,6 +236,7 @@ def gelu(x, approximate="none", inplace=False):
     Tanh form: ``x·σ(2u)``, ``u = √(2/π)(x + 0.044715x³)`` (``(1 + tanh u)/2 = σ(2u)``),
     which keeps relative precision where ``1 + tanh u`` would cancel (large negative x);
     computed in the input's dtype."""
+    _floating("gelu", x)
     approximate = _gelu_form("gelu", approximate)
     if inplace.__class__ is not bool:
         inplace = _args.flag("gelu", "inplace", inplace)
@@ -338,6 +363,7 @@ def _gelu_tanh_backward(xp, dy, x):
 
 # -- SiLU (swish): y = x σ(x)
 def silu(x, inplace=False):
+    _floating("silu", x)
     y = sigmoid(x)
     y *= x
     return y
@@ -357,6 +383,7 @@ def silu_backward(dy, x, y):
 
 # -- Softplus: y = log(1 + e^x) = max(x, 0) + log1p(e^-|x|), finite for any finite x
 def softplus(x, inplace=False):
+    _floating("softplus", x)
     xp = get_array_module(x)
     t = xp.abs(x)
     xp.negative(t, out=t)
@@ -375,6 +402,7 @@ def softplus_backward(dy, x, y):
 # -- Softmax along an axis, with the row max subtracted: e^(x-m) never overflows and the
 #    result is unchanged, since softmax(x - m) = softmax(x).
 def softmax(x, axis=-1, inplace=False):
+    _floating("softmax", x)
     if axis.__class__ is not int or not -x.ndim <= axis < x.ndim:
         axis = _axis("softmax", axis, x.ndim)
     if inplace.__class__ is not bool:
@@ -399,6 +427,7 @@ def softmax_backward(dy, x, y, axis=-1):
 
 # -- LogSoftmax: y = x - m - log Σ e^(x-m)
 def log_softmax(x, axis=-1, inplace=False):
+    _floating("log_softmax", x)
     if axis.__class__ is not int or not -x.ndim <= axis < x.ndim:
         axis = _axis("log_softmax", axis, x.ndim)
     xp = get_array_module(x)
