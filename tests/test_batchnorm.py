@@ -243,3 +243,19 @@ def test_channel_major_memory_runs_per_channel_and_keeps_layout(rng, order, affi
     assert dx.transpose(order).flags.c_contiguous
     for a, b in ((dx, dxc), (dgamma, dgammac), (dbeta, dbetac)):
         numpy.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_momentum_none_says_the_cumulative_average_is_not_offered():
+    """PyTorch's BatchNorm(momentum=None) got 'expected momentum to be a real number, got None',
+    which does not say that the cumulative average is what is missing, nor what to pass."""
+    msg = (r"^BatchNorm: expected momentum to be a number in \[0, 1\], got None; PyTorch's momentum=None "
+           r"\(a cumulative average of every batch\) is not offered: pass a number \(the weight of each "
+           r"new batch, 0.1 by default\)$")
+    with pytest.raises(TypeError, match=msg):
+        gpunet.BatchNorm(3, momentum=None)
+    bn = gpunet.BatchNorm(3, momentum=0.3)
+    with pytest.raises(TypeError, match=msg):
+        bn.momentum = None
+    assert bn.momentum == 0.3
+    with pytest.raises(ValueError, match=r"^BatchNorm: expected momentum in \[0, 1\], got 1.5$"):
+        bn.momentum = 1.5

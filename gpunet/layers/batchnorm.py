@@ -60,8 +60,8 @@ class BatchNorm(Layer):
     _nonnegative_buffers = ("running_var",)      # checked by load_state_dict
     eps = _args.real_property(None, "eps", "Added to the variance (a finite number > 0).",
                               low=0.0, low_open=True)
-    momentum = _args.real_property(None, "momentum", "The weight of a batch in the running statistics "
-                                   "(a number in [0, 1]).", low=0.0, high=1.0)
+    momentum = _args.checked_property(None, "momentum", "The weight of a batch in the running statistics "
+                                      "(a number in [0, 1]).", lambda who, name, value: _momentum(who, value))
     num_features = _args.read_only(None, "num_features", "Channels (fixed at construction).",
                                    "gamma, beta and the running statistics have num_features entries; "
                                    "create a new layer for another channel count")
@@ -166,3 +166,12 @@ class BatchNorm(Layer):
     def extra_repr(self):
         a = "" if self.affine else ", affine=False"
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{a}"
+
+
+def _momentum(who, value):
+    """``momentum`` in [0, 1]; None (PyTorch's cumulative average) names what to pass instead."""
+    if value is None:
+        raise _args.ArgumentTypeError(f"{who}: expected momentum to be a number in [0, 1], got None; PyTorch's "
+                                      f"momentum=None (a cumulative average of every batch) is not offered: "
+                                      f"pass a number (the weight of each new batch, 0.1 by default)")
+    return _args.real(who, "momentum", value, low=0.0, high=1.0)
