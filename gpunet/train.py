@@ -270,6 +270,8 @@ def _monitored(who, monitor, logs) -> float:
     if monitor not in logs:
         hint = ("; pass val= to fit to get val_* keys" if monitor.startswith("val_")
                 and not any(k.startswith("val_") for k in logs) else "")
+        if monitor in ("acc", "val_acc"):
+            hint += f"; {monitor!r} is Keras' old name of {monitor + 'uracy'!r}"
         raise ValueError(f"{who}: monitor {monitor!r} is not among the epoch's logs {sorted(logs)}{hint}")
     return float(logs[monitor])
 
@@ -633,7 +635,8 @@ def _check_monitors(callbacks, metrics, has_val):
     which this run will not log (no ``val``; no ``"accuracy"`` metric) would only fail at
     the end of the first epoch (Keras warns there and stops nothing). Not once a callback
     of the user's own (a class from outside gpunet) comes first in the list: it may write
-    that key into the logs itself."""
+    that key into the logs itself. Keras' old names ``acc`` and ``val_acc`` raise naming
+    ``accuracy`` and ``val_accuracy``."""
     logged = {"loss", "learning_rate", *metrics}
     if has_val:
         logged |= {f"val_{k}" for k in ("loss", *metrics)}
@@ -643,6 +646,9 @@ def _check_monitors(callbacks, metrics, has_val):
         if not (isinstance(cb, EarlyStopping) or (isinstance(cb, ModelCheckpoint) and cb.save_best_only)):
             continue
         m = cb.monitor
+        if m in ("acc", "val_acc"):     # Keras' old names: they would fail after the first epoch
+            raise ValueError(f"Trainer.fit: {type(cb).__name__} monitors {m!r}, Keras' old name of "
+                             f"{m + 'uracy'!r}, which is the key gpunet logs; monitor={m + 'uracy'!r}")
         if m in logged or m not in ("loss", "accuracy", "val_loss", "val_accuracy"):
             continue
         if m.startswith("val_") and not has_val:

@@ -871,9 +871,10 @@ def test_a_monitor_missing_from_the_logs_is_named_with_what_is_there(rng, tmp_pa
                     (lambda m: ModelCheckpoint(str(tmp_path / "m.npz"), monitor=m), "ModelCheckpoint")):
         model = _model()
         tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
-        with pytest.raises(ValueError, match=rf"{who}: monitor 'val_acc' is not among the epoch's logs "
+        # (a typo; Keras' old 'val_acc' is named before training: test_keras_old_accuracy_names...)
+        with pytest.raises(ValueError, match=rf"{who}: monitor 'val_acuracy' is not among the epoch's logs "
                                              r"\[.*'val_accuracy', 'val_loss'\]$"):
-            tr.fit((X, y), val=(X, y), epochs=1, callbacks=[cb("val_acc")], progress=False)
+            tr.fit((X, y), val=(X, y), epochs=1, callbacks=[cb("val_acuracy")], progress=False)
         with pytest.raises(ValueError, match=rf"{who}: monitor 'val_f1' .*\['accuracy', 'learning_rate', "
                                              r"'loss'\]; pass val= to fit to get val_\* keys"):
             tr.fit((X, y), epochs=1, callbacks=[cb("val_f1")], progress=False)
@@ -1491,3 +1492,24 @@ def test_keras_fit_evaluate_predict_keywords_name_gpunets_way():
     assert t.fit(train=(X, y), epochs=1, progress=False).epoch == [0]
     assert set(t.evaluate(data=(X, y))) == {"loss", "accuracy"}
     assert t.predict(X=X).shape == (40, 10)
+
+
+def test_keras_old_accuracy_names_are_named_before_training():
+    """Found by the leftover audit: EarlyStopping(monitor="val_acc") (Keras 2's key, in many
+    tutorials) trained a whole epoch, then failed listing the logs' keys. It now fails before
+    the first step, naming 'val_accuracy'; past fit's check (a callback of the user's own
+    first) the epoch-end error says it too."""
+    X, y = _blobs(numpy.random.default_rng(0), n=40)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    for cb, m in ((EarlyStopping(monitor="val_acc"), "val_acc"), (ModelCheckpoint("x.npz", monitor="acc"), "acc")):
+        with pytest.raises(ValueError, match=rf"^Trainer\.fit: {type(cb).__name__} monitors '{m}', Keras' old name "
+                                             rf"of '{m}uracy', which is the key gpunet logs; monitor='{m}uracy'$"):
+            tr.fit((X, y), val=(X, y), epochs=1, progress=False, callbacks=[cb])
+        assert tr.global_step == 0
+
+    class Mine(gpunet.Callback):
+        pass
+    with pytest.raises(ValueError, match=r"monitor 'val_acc' is not among the epoch's logs .*; 'val_acc' is Keras' "
+                                         r"old name of 'val_accuracy'$"):
+        tr.fit((X, y), val=(X, y), epochs=1, progress=False, callbacks=[Mine(), EarlyStopping(monitor="val_acc")])
