@@ -462,3 +462,21 @@ def test_conv2d_names_an_empty_batch():
     """Found by fuzzing: N = 0 used to fail inside im2col's reshape, naming no layer."""
     with pytest.raises(ValueError, match=r"Conv2D: expected a non-empty batch, got shape \(0, 2, 5, 5\)"):
         gpunet.Conv2D(2, 3, 3)(numpy.zeros((0, 2, 5, 5), numpy.float32))
+
+
+def test_fused_softmax_must_normalize_over_the_channels():
+    """Conv2D(activation="softmax") normalized over the image width (Softmax()'s axis -1 of
+    NCHW), silently; it names the channel softmax instead, which works."""
+    for act, cls in (("softmax", "Softmax"), ("log_softmax", "LogSoftmax"), (gpunet.Softmax(axis=3), "Softmax")):
+        with pytest.raises(ValueError, match=rf"^Conv2D: a fused \w+ over axis -?\d would normalize over the "
+                                             rf"image width of the \(N, C, H, W\) output, not the channels; "
+                                             rf"for probabilities per pixel, pass activation={cls}\(axis=1\)$"):
+            gpunet.Conv2D(2, 3, 1, activation=act)
+    conv = gpunet.Conv2D(2, 3, 1)
+    with pytest.raises(ValueError, match="not the channels"):
+        conv.activation = "softmax"
+    assert conv.activation is None
+    conv = gpunet.Conv2D(2, 3, 1, activation=gpunet.Softmax(axis=1))
+    y = conv(numpy.random.default_rng(0).standard_normal((2, 2, 3, 4)).astype(numpy.float32))
+    numpy.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+    assert gpunet.Dense(3, 2, activation="softmax").activation.axis == -1     # Dense: the classes' axis

@@ -186,15 +186,18 @@ _BY_NAME = {
 }
 
 
-def activation_property(who: str) -> property:
+def activation_property(who: str, check=None) -> property:
     """``Dense.activation``/``Conv2D.activation`` as a property: assigning it resolves the
     value as the constructor's argument (a name, an activation class or layer, or None), so
     ``layer.activation = "relu"`` applies ReLU from the next forward (the string was stored
     and the forward failed reading its ``needs_input``) and an unknown name raises
-    ``ValueError`` then. ``init`` is not redone: the weights stay as they are."""
+    ``ValueError`` then. ``init`` is not redone: the weights stay as they are.
+    ``check(who, activation)``, when given, vets the resolved activation (and returns it)."""
+    def resolve(who, name, value):
+        act = get(value, who)
+        return act if check is None else check(who, act)
     return _args.checked_property(who, "activation", "The fused activation (an Activation layer or None; "
-                                  "assign a name, a class or a layer).",
-                                  lambda who, name, value: get(value, who), child=True)
+                                  "assign a name, a class or a layer).", resolve, child=True)
 
 
 def get(activation, layer_name="activation"):

@@ -24,7 +24,9 @@ class Conv2D(Layer):
     ``activation`` and ``init`` as for :class:`Dense`: the activation is applied in place when
     its derivative needs only its output; ``init=None`` picks He normal for ReLU-family
     activations and Xavier uniform otherwise, with ``fan_in = in*kh*kw`` and
-    ``fan_out = out*kh*kw`` (``gpunet.init.fans`` of the 4-D weight).
+    ``fan_out = out*kh*kw`` (``gpunet.init.fans`` of the 4-D weight). A fused softmax or
+    log-softmax must be over the channels, ``activation=Softmax(axis=1)``: the name
+    ``"softmax"`` (axis -1, the image width) raises ``ValueError``.
 
     Computed by im2col and one GEMM over the whole batch (on the CPU the output is then an
     NCHW view of batch-last CHWN memory, per-image GEMMs for small images; on a GPU it is
@@ -48,7 +50,7 @@ class Conv2D(Layer):
 
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
-    activation = activation_property("Conv2D")
+    activation = activation_property("Conv2D", lambda who, act: _channel_softmax(who, act))
     weight = ParameterSlot()
     bias = ParameterSlot(optional=lambda layer: True)
     stride = _args.checked_property("Conv2D", "stride", "The (h, w) stride (assign an int or a pair of "
@@ -161,3 +163,17 @@ class Conv2D(Layer):
         if not self.input_grad:
             out += ", input_grad=False"
         return out
+
+
+def _channel_softmax(who, act):
+    """A fused softmax (or log-softmax) of a Conv2D must normalize over the channels (axis 1
+    of the NCHW output): ``activation="softmax"`` would take ``Softmax()``'s default axis -1,
+    the image width, silently (Keras' ``Conv2D(activation="softmax")`` normalizes over its
+    last axis, which is the channels in its NHWC layout)."""
+    axis = getattr(act, "axis", None)
+    if axis is not None and act.name in ("softmax", "log_softmax") and axis not in (1, -3):
+        cls = "Softmax" if act.name == "softmax" else "LogSoftmax"
+        raise ValueError(f"{who}: a fused {act.name} over axis {axis} would normalize over the image "
+                         f"width of the (N, C, H, W) output, not the channels; for probabilities per "
+                         f"pixel, pass activation={cls}(axis=1)")
+    return act
