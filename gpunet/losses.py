@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import warnings
 
+import numpy
+
 from . import _args
+from .backend import get_array_module
 from .functional import losses as F
 from .layers.base import output_activation, register_loss_gradient
 
@@ -37,8 +40,6 @@ def _probability_rows(prediction) -> bool:
     if not (getattr(prediction, "ndim", 0) == 2 and prediction.shape[1] >= 2
             and getattr(getattr(prediction, "dtype", None), "kind", "") == "f"):
         return False
-    import numpy
-    from .backend import get_array_module
     xp = get_array_module(prediction)
     p = prediction.astype(xp.float64)
     c = int(prediction.shape[1])

@@ -1271,13 +1271,14 @@ class Trainer:
             vloader = None if shared is None else _as_loader(shared, max(batch_size, 256), False, 0, dtype,
                                                              "Trainer.fit", "val", self.device)
             _check_monitors(callbacks, self.metrics, vloader is not None)
-            self._check_loss_input(loader)
-            self._check_class_labels(loader, "Trainer.fit", "train")
+            output = self._first_output(loader)     # one sample's, made once for the checks
+            self._check_loss_input(output)
+            self._check_class_labels(loader, "Trainer.fit", "train", output=output)
             self._check_target_range(loader, "Trainer.fit", "train")
             self._warn_regression_accuracy(loader)
             if vloader is not None:
                 self._check_val_fits(vloader)
-                self._check_class_labels(vloader, "Trainer.fit", "val")
+                self._check_class_labels(vloader, "Trainer.fit", "val", output=output)
                 self._check_target_range(vloader, "Trainer.fit", "val")
             return loader, vloader
         loader, vloader = self._agree("Trainer.fit", "the checks of the data before training "
@@ -1355,15 +1356,26 @@ class Trainer:
         finally:
             self.model.train(was)
 
-    def _check_loss_input(self, loader):
+    def _first_output(self, loader):
+        """``output()``: :meth:`_one_output` of ``loader``, run at the first call only and
+        kept, so that the checks before training that need it share one forward."""
+        kept = []
+
+        def output():
+            if not kept:
+                kept.append(self._one_output(loader))
+            return kept[0]
+        return output
+
+    def _check_loss_input(self, output):
         """The loss's first-call checks (``Loss._check_input``: a prediction that looks
         like the output of the activation the loss applies itself, or one column of logits)
-        on the output of one sample before training: on a device they read it (one sync),
+        on ``output()``, one sample's, before training: on a device they read it (one sync),
         which the first step would otherwise do."""
         if not getattr(self.loss_fn, "_checked_input", True):
-            self.loss_fn._check_input(self._one_output(loader))
+            self.loss_fn._check_input(output())
 
-    def _check_class_labels(self, loader, who, name, when=" before training"):
+    def _check_class_labels(self, loader, who, name, when=" before training", output=None):
         """For a ``SoftmaxCrossEntropy``: every integer class label of ``loader``'s data
         (one pass over ``y``) against the model's number of outputs (one sample through the
         model in eval mode, as ``_check_val_fits`` runs one), so that a label outside
@@ -1373,7 +1385,7 @@ class Trainer:
         f, y = self.loss_fn, loader.y
         if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1 or y.dtype.kind not in "iu":
             return
-        out = self._one_output(loader)
+        out = output() if output is not None else self._one_output(loader)   # for the class count
         if out.ndim != 2:
             return                          # the loss names that at the first step
         xp = get_array_module(y)

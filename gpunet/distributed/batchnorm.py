@@ -29,7 +29,7 @@ from .. import _args
 from ..backend import get_array_module
 from ..functional import batchnorm as F
 from ..layers import BatchNorm
-from ..layers.base import Layer, Sequential, _holds_members
+from ..layers.base import _SEQUENCES, Layer, Sequential, _holds_members
 
 
 def _axes(x):
@@ -143,7 +143,7 @@ class SyncBatchNorm(BatchNorm):
                 for k, v in list(vars(layer).items()):
                     if isinstance(v, Layer):
                         setattr(layer, k, swap(v))
-                    elif type(v) in (list, tuple) and _holds_members(k, v):   # a ModuleList-like list
+                    elif type(v) in _SEQUENCES and _holds_members(k, v):   # a ModuleList-like list
                         setattr(layer, k, type(v)(swap(e) if isinstance(e, Layer) else e for e in v))
             return layer
         return swap(model)

@@ -12,6 +12,21 @@ from .base import (Layer, Parameter, ParameterSlot, channels_last_hint, check_ar
 from .dense import default_init
 
 
+
+def _channel_softmax(who, act):
+    """A fused softmax (or log-softmax) of a Conv2D must normalize over the channels (axis 1
+    of the NCHW output): ``activation="softmax"`` would take ``Softmax()``'s default axis -1,
+    the image width, silently (Keras' ``Conv2D(activation="softmax")`` normalizes over its
+    last axis, which is the channels in its NHWC layout)."""
+    axis = getattr(act, "axis", None)
+    if axis is not None and act.name in ("softmax", "log_softmax") and axis not in (1, -3):
+        cls = "Softmax" if act.name == "softmax" else "LogSoftmax"
+        raise ValueError(f"{who}: a fused {act.name} over axis {axis} would normalize over the image "
+                         f"width of the (N, C, H, W) output, not the channels; for probabilities per "
+                         f"pixel, pass activation={cls}(axis=1)")
+    return act
+
+
 class Conv2D(Layer):
     """``y = act(conv2d(x, weight) + bias)`` (cross-correlation, as in PyTorch).
 
@@ -50,7 +65,7 @@ class Conv2D(Layer):
 
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
-    activation = activation_property("Conv2D", lambda who, act: _channel_softmax(who, act))
+    activation = activation_property("Conv2D", _channel_softmax)
     weight = ParameterSlot()
     bias = ParameterSlot(optional=lambda layer: True)
     stride = _args.checked_property("Conv2D", "stride", "The (h, w) stride (assign an int or a pair of "
@@ -163,17 +178,3 @@ class Conv2D(Layer):
         if not self.input_grad:
             out += ", input_grad=False"
         return out
-
-
-def _channel_softmax(who, act):
-    """A fused softmax (or log-softmax) of a Conv2D must normalize over the channels (axis 1
-    of the NCHW output): ``activation="softmax"`` would take ``Softmax()``'s default axis -1,
-    the image width, silently (Keras' ``Conv2D(activation="softmax")`` normalizes over its
-    last axis, which is the channels in its NHWC layout)."""
-    axis = getattr(act, "axis", None)
-    if axis is not None and act.name in ("softmax", "log_softmax") and axis not in (1, -3):
-        cls = "Softmax" if act.name == "softmax" else "LogSoftmax"
-        raise ValueError(f"{who}: a fused {act.name} over axis {axis} would normalize over the image "
-                         f"width of the (N, C, H, W) output, not the channels; for probabilities per "
-                         f"pixel, pass activation={cls}(axis=1)")
-    return act
