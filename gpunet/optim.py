@@ -333,6 +333,13 @@ class Optimizer:
         if not (hasattr(g, "shape") and hasattr(g, "dtype")):
             raise TypeError(f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has a grad "
                             f"that is not an array: {type(g).__name__}")
+        if isinstance(g, numpy.ndarray) is not isinstance(p.data, numpy.ndarray):
+            # a host gradient on a device parameter or the reverse: one device per step (the
+            # fused path also names a grad on another GPU-like device)
+            dg, dp = device_of(g), device_of(p.data)
+            raise TypeError(f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data on "
+                            f"{dp} but grad on {dg}; a gradient must be on its parameter's device: "
+                            f"move it with gpunet.to_device(grad, {dp!r})")
         if p.data.dtype.kind != "f":
             raise ValueError(f"{type(self).__name__}: params[{i}] ({p.name or 'unnamed'}) has data of "
                              f"dtype {p.data.dtype}; expected floating point (float32 or float64)")

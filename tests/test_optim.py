@@ -784,3 +784,23 @@ def test_l1_l2_on_an_optimizer_without_them_names_those_with_them(make, key, lac
                                         rf"{re.escape(lacks)}; SGD and Adam take weight_decay= \(L2\) "
                                         r"and l1= \(L1\), AdamW a decoupled weight_decay=$"):
         make(ps)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, momentum=0.9), optim.Adam, optim.AdamW, optim.RMSProp, optim.AdaGrad])
+def test_step_names_a_grad_on_another_device_than_its_parameter(gpu_xp, gpu_device, make):
+    """A NumPy parameter given a device gradient failed deep in the sim's array module
+    ("output must be a cupy.ndarray, got ndarray", "Unsupported type"); a device parameter
+    given a NumPy gradient was named, but only by the fused path. Both name the optimizer,
+    the parameter and both devices now, before anything changes."""
+    for data_xp, grad_xp in ((numpy, gpu_xp), (gpu_xp, numpy)):
+        p = make_param(data_xp, [1.0, 2.0], dtype=numpy.float32)
+        opt = make([p])
+        name = type(opt).__name__
+        p.grad = grad_xp.asarray(numpy.ones(2, numpy.float32))
+        dp, dg = ("cpu", gpu_device) if data_xp is numpy else (gpu_device, "cpu")
+        with pytest.raises(TypeError, match=rf"{name}: params\[0\] \(w\) has data on {dp}\S* but "
+                                            rf"grad on {dg}\S*; a gradient must be on its parameter's device"):
+            opt.step()
+        numpy.testing.assert_array_equal(to_numpy(p.data), [1.0, 2.0])
+        assert opt.steps == [0]
