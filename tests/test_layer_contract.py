@@ -748,3 +748,37 @@ def test_a_float16_input_points_to_mixed_precision_not_a_float16_model():
             layer(x)
     with pytest.raises(ValueError, match=r"got float16; cast the input \(x\.astype\(numpy\.float64\)\) or the model"):
         gpunet.Dense(4, 3).to(dtype=numpy.float64)(numpy.zeros((2, 4), numpy.float16))
+
+
+@pytest.mark.parametrize("layer, shape, attr, message", [
+    (lambda: gpunet.Dense(4, 3), (5, 4), "bias", "bias is on cpu but weight on sim"),
+    (lambda: gpunet.Dense(4, 3), (5, 4), "weight", "bias is on sim but weight on cpu"),
+    (lambda: gpunet.Conv2D(2, 3, 3, padding=1), (2, 2, 4, 4), "bias", "bias is on cpu but weight on sim"),
+    (lambda: gpunet.BatchNorm(4), (5, 4), "running_var", "running_var is on cpu but running_mean on sim"),
+    (lambda: gpunet.BatchNorm(4), (5, 4), "gamma", "gamma is on cpu but running_mean on sim"),
+    (lambda: gpunet.BatchNorm(2), (2, 2, 4, 4), "beta", "beta is on cpu but running_mean on sim"),
+])
+def test_a_layer_whose_arrays_are_on_two_devices_names_them(layer, shape, attr, message):
+    """A sim model with one parameter reassigned a NumPy array (``p.data = array``, how a
+    user pastes in weights trained elsewhere), given a batch on either device, failed inside
+    the sim's array module ('Unsupported type <class numpy.ndarray>') or named the input as
+    the problem; PyTorch refuses a module whose tensors are on two devices. Now a TypeError
+    names the layer, the two arrays and their devices, and model.to(device) mends it."""
+    if gpunet.sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    x = numpy.random.default_rng(0).standard_normal(shape).astype(numpy.float32)
+    l = layer().to("sim")
+    target = getattr(l, attr)
+    if isinstance(target, gpunet.layers.base.Parameter):
+        target.data = gpunet.to_numpy(target.data)
+    else:
+        setattr(l, attr, gpunet.to_numpy(target))
+    name = type(l).__name__
+    for mode in (l.train, l.eval):
+        for xb in (x, gpunet.to_device(x, "sim")):
+            with pytest.raises(TypeError, match=rf"^{name}: {message}; a layer's parameters and buffers "
+                                                r"must be on one device \(was one reassigned\?\): move the "
+                                                r"model with model\.to\(device\)$"):
+                mode()(xb)
+    l.to("sim")
+    assert gpunet.backend.device_of(l.train()(gpunet.to_device(x, "sim"))) == "sim"

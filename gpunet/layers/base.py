@@ -304,6 +304,22 @@ def check_device(layer, x, p):
                         f"with model.to({dx!r})")
 
 
+def check_same_device(layer, *named):
+    """``named``: ``(name, array)`` pairs of the arrays a layer reads at every call (its
+    parameters and buffers, plain attributes that may be reassigned; None skipped), all on
+    one device, else ``TypeError`` naming the layer and two of them with their devices, as
+    PyTorch refuses a module whose tensors are on two devices (NumPy arrays: one type
+    comparison each)."""
+    named = [(n, a) for n, a in named if a is not None]
+    n0, a0 = named[0]
+    for n, a in named[1:]:
+        bad = device_mismatch(a, a0)
+        if bad is not None:
+            raise TypeError(f"{type(layer).__name__}: {n} is on {bad[0]} but {n0} on {bad[1]}; a "
+                            f"layer's parameters and buffers must be on one device (was one "
+                            f"reassigned?): move the model with model.to(device)")
+
+
 def check_shapes(layer, *named):
     """``named``: ``(name, array, expected shape)`` triples for arrays a layer reads at every
     call (parameters and buffers are plain attributes that may be reassigned): a reassigned

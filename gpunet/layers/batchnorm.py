@@ -6,7 +6,8 @@ import numpy
 from .. import _args
 from ..backend import get_array_module
 from ..functional import batchnorm as F
-from .base import Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_shapes
+from .base import (Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_same_device,
+                   check_shapes)
 
 
 class BatchNorm(Layer):
@@ -103,6 +104,8 @@ class BatchNorm(Layer):
                 or (g is not None and (g.shape != c or b.shape != c))):
             check_shapes(self, ("gamma", g, c), ("beta", b, c), ("running_mean", self.running_mean, c),
                          ("running_var", self.running_var, c))
+        check_same_device(self, ("running_mean", self.running_mean), ("running_var", self.running_var),
+                          ("gamma", g), ("beta", b))
         if not self.training:
             check_device(self, x, self.running_mean)
             return F.batch_norm_eval(x, self.running_mean, self.running_var, g, b, self.eps)

@@ -8,7 +8,7 @@ from ..functional import conv as FC
 from .activations import activation_property, apply_fused
 from ..data import is_data
 from .base import (Layer, Parameter, ParameterSlot, channels_last_hint, check_array, check_device, check_dtype,
-                   check_grad, check_shapes)
+                   check_grad, check_same_device, check_shapes)
 from .dense import default_init
 
 
@@ -124,6 +124,8 @@ class Conv2D(Layer):
         if x.shape[0] == 0:
             raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
         FC.output_size(name, x.shape, self.kernel_size, self.stride, self.padding)
+        if self.bias is not None:
+            check_same_device(self, ("weight", w), ("bias", self.bias.data))
         check_device(self, x, w)
 
     def forward(self, x):

@@ -8,7 +8,8 @@ from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
 from .activations import activation_property, apply_fused
-from .base import Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_shapes
+from .base import (Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_same_device,
+                   check_shapes)
 
 
 def default_init(activation) -> str:
@@ -73,6 +74,8 @@ class Dense(Layer):
         if w.shape != self._shapes[0] or (self.bias is not None and self.bias.data.shape != self._shapes[1]):
             check_shapes(self, ("weight", w, self._shapes[0]),
                          ("bias", self.bias.data if self.bias is not None else None, self._shapes[1]))
+        if self.bias is not None:
+            check_same_device(self, ("weight", w), ("bias", self.bias.data))
         check_device(self, x, w)
         z = matmul(x, w.T)
         if self.bias is not None:
