@@ -901,8 +901,9 @@ class Trainer:
 
     ``clip_grad_norm=max_norm`` rescales the gradients to a global L2 norm of at most
     ``max_norm`` (``gpunet.optim.clip_grad_norm``; the norm before clipping is kept in
-    ``trainer.last_grad_norm``); ``clip_grad_value=c`` clamps each gradient element into
-    ``[-c, c]``. At most one of the two, as in Keras. Clipping happens after the callbacks'
+    ``trainer.last_grad_norm``, a Python float; on a device reading it is one host sync);
+    ``clip_grad_value=c`` clamps each gradient element into ``[-c, c]``. At most one of the
+    two, as in Keras. Clipping happens after the callbacks'
     ``on_backward_end`` (they see the raw gradients) and right before ``optimizer.step()``.
 
     The History records, besides the loss and metrics, ``learning_rate``: the rate of the
@@ -991,7 +992,7 @@ class Trainer:
         self._scheduler = self._clip_grad_norm = self._clip_grad_value = None
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.clip_grad_norm, self.clip_grad_value = clip_grad_norm, clip_grad_value
-        self.last_grad_norm = None
+        self._last_grad_norm = None
         self.metrics = metrics
         if device is not None:
             try:
@@ -1086,6 +1087,17 @@ class Trainer:
     scaler = property(operator.attrgetter("_scaler"), _set_scaler, doc=(
         "The loss scaler of a ``precision=\"fp16\"`` trainer, None otherwise; assigning a "
         "``GradScaler`` replaces it (None: a new default one), checked as the argument is."))
+    @property
+    def last_grad_norm(self):
+        """The global L2 norm of the last step's gradients before clipping (with
+        ``clip_grad_norm=``), a Python float on every device (None before the first clipped
+        step), as the History's values are. On a device the norm stays there during training
+        (``gpunet.optim.clip_grad_norm`` returns a 0-d device array, no host sync per step);
+        each read copies that one number to the host (a host sync), so reading it costs
+        nothing while training and one sync when you look."""
+        v = self._last_grad_norm
+        return v if v is None or type(v) is float else float(v)
+
     cuda_graph = property(operator.attrgetter("_cuda_graph"), _set_cuda_graph, doc=(
         "Whether ``fit`` captures and replays a CUDA graph (a bool; True only on a ``\"cuda\"`` "
         "or ``\"sim\"`` model and without ``comm``; checked on assignment)."))
@@ -1157,7 +1169,7 @@ class Trainer:
                                         or self.clip_grad_value is not None):
             self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm is not None:
-            self.last_grad_norm = _clip_norm(self.optimizer.params, self.clip_grad_norm)
+            self._last_grad_norm = _clip_norm(self.optimizer.params, self.clip_grad_norm)
         elif self.clip_grad_value is not None:
             _clip_value(self.optimizer.params, self.clip_grad_value)
         if self.scaler is None:

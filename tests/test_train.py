@@ -387,6 +387,31 @@ def test_gradient_clipping_matches_a_hand_written_loop(rng, kw, clip):
         assert max(raw) > 0.01
 
 
+def test_last_grad_norm_is_a_python_float_on_every_device(xp, device, rng):
+    """On the sim (a GPU too) ``trainer.last_grad_norm`` was a 0-d device array where the CPU
+    gave a float: a callback that logged it (json.dumps, the History) worked on the CPU and
+    failed on the GPU. It is a float on every device now, read from the device only when
+    asked (no host sync added to the step)."""
+    import json
+    X, y = _blobs(rng, n=64)
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1), clip_grad_norm=0.05)
+    assert tr.last_grad_norm is None
+    seen = []
+
+    class Norms(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            seen.append(trainer._last_grad_norm)    # what the step left, unread
+
+    tr.fit((xp.asarray(X), xp.asarray(y)), epochs=1, batch_size=16, progress=False, callbacks=[Norms()])
+    # the step keeps a device's norm on the device (read back only when asked for)
+    assert all((type(v) is float) == (device == "cpu") for v in seen) and len(seen) == 4
+    norm = tr.last_grad_norm
+    assert type(norm) is float and norm > 0.05
+    assert norm == float(seen[-1])
+    assert json.loads(json.dumps({"norm": norm})) == {"norm": norm}
+
+
 def test_trainer_rejects_bad_scheduler_and_clipping_arguments():
     model = _model()
     opt = optim.SGD(model.parameters(), lr=0.1)
