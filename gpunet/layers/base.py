@@ -787,9 +787,15 @@ class Layer:
 
     @property
     def device(self) -> str:
-        """Device of the first parameter (``"cpu"`` for a layer without parameters)."""
+        """Device of the first parameter; for a layer without parameters, of its first array
+        buffer (``BatchNorm(affine=False)``'s running statistics); ``"cpu"`` for a layer with
+        neither (activations, pooling: they run where their input is)."""
         for p in self.parameters():
             return device_of(p.data)
+        for _, owner, k in self.named_buffers():
+            v = getattr(owner, k)
+            if hasattr(v, "shape"):
+                return device_of(v)
         return "cpu"
 
     @property
