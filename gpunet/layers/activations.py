@@ -117,7 +117,7 @@ class ELU(Activation):
 class GELU(Activation):
     """GELU, ``y = x·Φ(x)`` with ``Φ`` the standard normal CDF, as PyTorch's ``nn.GELU()``;
     ``approximate="tanh"`` gives PyTorch's ``nn.GELU(approximate="tanh")``,
-    ``x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))``, within 4.7e-4 of it. ``activation="gelu"``
+    ``x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))``, within 4.74e-4 of it. ``activation="gelu"``
     (Dense, Conv2D) is the exact form, as ``F.gelu`` and Keras' ``"gelu"``; for the tanh
     form there, pass the layer: ``Dense(..., activation=GELU(approximate="tanh"))``.
     The exact form's precision and cost: ``gpunet.functional.activations.gelu``."""
