@@ -182,6 +182,18 @@ def test_forward_backward_finite_at_large_inputs(xp, name):
     assert y.dtype == numpy.float32 and dx.dtype == numpy.float32
 
 
+def test_sigmoid_keeps_small_outputs_in_float32(xp):
+    """docs/concepts.md and ``functional.activations.sigmoid`` say how it is computed: from
+    ``e = e^-|x|``, not as ``(1 + tanh(x/2))/2`` (the concepts table said so; that form rounds
+    to 0 in float32 below about -17), so ``σ(-20) = 2.06e-9`` keeps its relative precision."""
+    x = numpy.array([-20.0, -50.0, -80.0, 20.0], numpy.float32)
+    y = gpunet.to_numpy(gpunet.Sigmoid()(xp.asarray(x)))
+    x64 = x.astype(numpy.float64)
+    ref = numpy.exp(-numpy.logaddexp(0.0, -x64))          # 1/(1 + e^-x) without overflow
+    numpy.testing.assert_allclose(y, ref, rtol=4 * numpy.finfo(numpy.float32).eps)
+    assert numpy.all((1 + numpy.tanh(x[:3] / 2)) / 2 == 0)   # what the tanh form would give
+
+
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_float32_stays_float32(xp, name):
     x = xp.asarray(_input(seed=5).astype(numpy.float32))
