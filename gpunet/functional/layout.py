@@ -28,3 +28,18 @@ def copy_as(a, like):
     out = numpy.empty_like(like, dtype=a.dtype)     # order "K": like's strides
     out[...] = a
     return out
+
+
+def empty_in(shape, dtype, name):
+    """An uninitialized NumPy ``(N, C, H, W)`` array of ``shape`` in memory order ``name``."""
+    order = ORDERS[name]
+    return numpy.empty(tuple(shape[i] for i in order), dtype=dtype).transpose(numpy.argsort(order))
+
+
+def as_order(a, name):
+    """``a`` (NumPy, 4-D) itself when its memory order is ``name``, else a copy in it."""
+    if memory_order(a) == name:
+        return a
+    out = empty_in(a.shape, a.dtype, name)
+    out[...] = a
+    return out

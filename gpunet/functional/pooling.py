@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy
 
 from .conv import output_size, pad2d, pair
-from .layout import copy_as, memory_order
+from .layout import ORDERS, as_order, copy_as, empty_in, memory_order
 from ..backend import get_array_module
 
 
@@ -204,41 +204,62 @@ def _max_pool_backward(xp, dy, arg, planes, kernel, stride, padding):
 
 # -- average pooling: y = (1/(kh*kw)) Σ_window xpad (zero padding counted)
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """``y (N, C, OH, OW)``: the window sum divided by ``kh*kw`` (padding counted)."""
+    """``y (N, C, OH, OW)``: the window sum divided by ``kh*kw`` (padding counted). On NumPy
+    ``y`` keeps ``x``'s memory order when it is CHWN, CNHW or NCHW (any other: NCHW), as max
+    pooling's does: the window sums run over ``(A, H, W, B)`` planes of that memory."""
     xp, kernel, stride, padding, out_hw = _forward_args("avg_pool2d", x, kernel_size, stride, padding)
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.avg_pool2d(x, kernel, stride, padding, out_hw)
     if x.dtype == numpy.float16:    # float32 sums, rounded once (as the device kernel)
         return avg_pool2d(x.astype(numpy.float32), kernel, stride, padding).astype(numpy.float16)
-    xpad = pad2d(x, padding)
+    layout = memory_order(x)
+    if layout is None:
+        x, layout = numpy.ascontiguousarray(x), "nchw"
+    n, c = x.shape[:2]
+    t = _pad_planes(_to_planes(x, layout), padding, 0.0)
     y = None
     for k, sh, sw in _slices(kernel, stride, out_hw):
         if y is None:
-            y = xpad[:, :, sh, sw].copy()
+            y = t[:, sh, sw].copy()
         else:
-            y += xpad[:, :, sh, sw]
+            y += t[:, sh, sw]
     y *= 1.0 / (kernel[0] * kernel[1])
-    return y
+    return _from_planes(y, layout, n, c)
 
 
-def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
-    """``dx``: every input of a window receives ``dy / (kh*kw)``; overlaps add."""
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, order=None):
+    """``dx``: every input of a window receives ``dy / (kh*kw)``; overlaps add.
+
+    ``order`` (NumPy only; ignored on a GPU, whose kernel returns NCHW): the memory order
+    ``dx`` is made in, ``"chwn"``, ``"cnhw"`` or ``"nchw"`` (``AvgPool2D`` passes its forward
+    input's, so the layer before it gets ``dx`` in the order it gave); ``dy`` is copied into
+    it first when it comes in another (e.g. NCHW through ``Flatten``). None: ``dy``'s own
+    order (NCHW when it is none of the three)."""
     xp = get_array_module(dy)
     kernel, stride, padding = pool_args("avg_pool2d_backward", kernel_size, stride, padding)
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding)
+    if order is not None and order not in ORDERS:
+        raise ValueError(f"avg_pool2d_backward: expected order in {sorted(ORDERS)} or None, "
+                         f"got {order!r}")
     if dy.dtype == numpy.float16:   # float32 sums, rounded once (as the device kernel)
         return avg_pool2d_backward(dy.astype(numpy.float32), x_shape, kernel, stride,
-                                   padding).astype(numpy.float16)
+                                   padding, order).astype(numpy.float16)
+    layout = memory_order(dy)
+    if order is not None and layout != order:
+        dy, layout = as_order(dy, order), order
+    elif layout is None:
+        dy, layout = numpy.ascontiguousarray(dy), "nchw"
     n, c, h, w = x_shape
     (ph, pw) = padding
-    g = dy * (1.0 / (kernel[0] * kernel[1]))
-    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    g = _to_planes(dy, layout) * (1.0 / (kernel[0] * kernel[1]))
+    dxpad = xp.zeros((g.shape[0], h + 2 * ph, w + 2 * pw, g.shape[3]), dtype=dy.dtype)
     for k, sh, sw in _slices(kernel, stride, dy.shape[2:]):
-        dxpad[:, :, sh, sw] += g
-    return dxpad[:, :, ph:ph + h, pw:pw + w] if ph or pw else dxpad
+        dxpad[:, sh, sw] += g
+    dx = _from_planes(dxpad, layout, n, c)
+    return dx[:, :, ph:ph + h, pw:pw + w] if ph or pw else dx
 
 
 # -- global average pooling: y[n, c] = mean_{h,w} x[n, c, h, w]
@@ -247,8 +268,19 @@ def global_avg_pool2d(x):
     return x.mean(axis=(2, 3))
 
 
-def global_avg_pool2d_backward(dy, x_shape):
+def global_avg_pool2d_backward(dy, x_shape, order=None):
+    """``dx (N, C, H, W)``: every input of a plane receives ``dy[n, c] / (H*W)``. ``order``
+    (NumPy only): ``dx``'s memory order, ``"chwn"``, ``"cnhw"`` or ``"nchw"`` (None:
+    NCHW); ``GlobalAvgPool2D`` passes its forward input's, so a convolution's CHWN output
+    gets its gradient in CHWN."""
     xp = get_array_module(dy)
     n, c, h, w = x_shape
     g = dy * (1.0 / (h * w))
-    return xp.broadcast_to(g[:, :, None, None], x_shape).copy()
+    if xp is not numpy or order in (None, "nchw"):
+        return xp.broadcast_to(g[:, :, None, None], x_shape).copy()
+    if order not in ORDERS:
+        raise ValueError(f"global_avg_pool2d_backward: expected order in {sorted(ORDERS)} or None, "
+                         f"got {order!r}")
+    dx = empty_in(x_shape, g.dtype, order)
+    dx[...] = g[:, :, None, None]
+    return dx

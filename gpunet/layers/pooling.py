@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import operator
 
+import numpy
+
 from ..functional import pooling as FP
+from ..functional.layout import memory_order
 from ..functional.conv import output_size
 from .base import Layer, check_array, check_dtype, check_grad
 
@@ -90,13 +93,15 @@ class AvgPool2D(_Pool2D):
         y = FP.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
         if self.training:
             self._shape, self._out_shape, self._dtype = x.shape, y.shape, y.dtype
+            self._order = (memory_order(x) or "nchw") if isinstance(x, numpy.ndarray) else None
         return y
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("AvgPool2D.backward called before a training-mode forward")
         check_grad(self, dy, self._out_shape, self._dtype)
-        return FP.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding)
+        return FP.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding,
+                                      order=self._order if isinstance(dy, numpy.ndarray) else None)
 
 
 class GlobalAvgPool2D(Layer):
@@ -110,10 +115,11 @@ class GlobalAvgPool2D(Layer):
         _check4d(self, x)
         if self.training:
             self._shape, self._dtype = x.shape, x.dtype
+            self._order = (memory_order(x) or "nchw") if isinstance(x, numpy.ndarray) else None
         return FP.global_avg_pool2d(x)
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("GlobalAvgPool2D.backward called before a training-mode forward")
         check_grad(self, dy, self._shape[:2], self._dtype)
-        return FP.global_avg_pool2d_backward(dy, self._shape)
+        return FP.global_avg_pool2d_backward(dy, self._shape, order=self._order)
