@@ -25,6 +25,10 @@ A step is forward, softmax cross-entropy, backward and an SGD update; the two ca
   25 channels, ReLU (lengths 40 → 20 → 10 → 5); Dense(125, 10). Goal: ratio ≥ 1.0.
 * ``2d``: (64, 1, 28, 28) inputs; Conv2D(1, 16, 3, p=1)+ReLU, MaxPool2D(2),
   Conv2D(16, 32, 3, p=1)+ReLU, MaxPool2D(2), Flatten, Dense(1568, 10). Goal: ratio ≥ 0.8.
+
+Three more cases run with ``--cases``, no goal: ``2d-bn`` (batch norm between convolution
+and ReLU, as separate layers), ``2d-avg`` (the same with average pooling) and ``2d-gelu``
+(the same with the exact GELU); ``--cases all`` runs all five.
 """
 import argparse
 import json
@@ -61,6 +65,8 @@ def main(argv=None):
     steps = a.steps or (20 if a.quick else 100)
     warmup = 5 if a.quick else 10
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    if cases == ["all"]:
+        cases = ["1d", "2d", "2d-bn", "2d-avg", "2d-gelu"]
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         print(f"warning: 1-minute load average is {load_before[0]:.2f}; other processes are using "
@@ -93,11 +99,12 @@ def main(argv=None):
           f"torch {torch.__version__}; {rounds} rounds x {steps} steps, {a.threads} thread(s) each; "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     one = a.threads == 1
-    head = f"{'case':<6}{'gpunet ms/step':>16}{'torch ms/step':>15}{'ratio':>8}{'goal':>7}"
+    head = f"{'case':<8}{'gpunet ms/step':>16}{'torch ms/step':>15}{'ratio':>8}{'goal':>7}"
     print(head + (f"{'gpunet cpu ms':>15}{'torch cpu ms':>14}{'cpu ratio':>11}" if one else ""))
     for row in rows:
-        line = (f"{row['case']:<6}{row['gpunet_ms']:>16.3f}{row['torch_ms']:>15.3f}{row['ratio']:>8.2f}"
-                f"{row['goal']:>7.1f}")
+        goal = "-" if row["goal"] is None else f"{row['goal']:.1f}"
+        line = (f"{row['case']:<8}{row['gpunet_ms']:>16.3f}{row['torch_ms']:>15.3f}{row['ratio']:>8.2f}"
+                f"{goal:>7}")
         if one:
             line += f"{row['gpunet_cpu_ms']:>15.3f}{row['torch_cpu_ms']:>14.3f}{row['cpu_ratio']:>11.2f}"
         print(line)

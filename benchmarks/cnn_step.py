@@ -15,6 +15,10 @@ Cases (inputs drawn once from a seeded generator, labels in 0..9):
   padding ``(0, 2)``, 25 channels, ReLU (lengths 40 → 20 → 10 → 5); Flatten; Dense(125, 10).
 * ``2d``: ``(64, 1, 28, 28)``; Conv2D(1, 16, 3, padding=1)+ReLU, MaxPool2D(2),
   Conv2D(16, 32, 3, padding=1)+ReLU, MaxPool2D(2), Flatten, Dense(1568, 10).
+* ``2d-bn``, ``2d-avg``, ``2d-gelu``: ``2d`` with batch norm between each convolution and
+  its activation, as separate layers (Conv2D, BatchNorm, ReLU, MaxPool2D); ``2d-avg`` pools
+  by averaging; ``2d-gelu`` uses the exact GELU. The layers after a CPU convolution run in
+  its channel-major memory: these cases time that chain.
 """
 import argparse
 import json
@@ -29,7 +33,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 
 import numpy  # noqa: E402
 
-SHAPES = {"1d": (100, 1, 1, 40), "2d": (64, 1, 28, 28)}
+SHAPES = {"1d": (100, 1, 1, 40), "2d": (64, 1, 28, 28), "2d-bn": (64, 1, 28, 28),
+          "2d-avg": (64, 1, 28, 28), "2d-gelu": (64, 1, 28, 28)}
 
 
 def gpunet_step(case, x, y, threads=2):
@@ -41,9 +46,15 @@ def gpunet_step(case, x, y, threads=2):
         k = dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2), activation="relu")
         model = L.Sequential(L.Conv2D(1, 25, **k), L.Conv2D(25, 25, **k), L.Conv2D(25, 25, **k),
                              L.Flatten(), L.Dense(125, 10))
-    else:
+    elif case == "2d":
         model = L.Sequential(L.Conv2D(1, 16, 3, padding=1, activation="relu"), L.MaxPool2D(2),
                              L.Conv2D(16, 32, 3, padding=1, activation="relu"), L.MaxPool2D(2),
+                             L.Flatten(), L.Dense(1568, 10))
+    else:
+        act = L.GELU if case == "2d-gelu" else L.ReLU
+        pool = L.AvgPool2D if case == "2d-avg" else L.MaxPool2D
+        model = L.Sequential(L.Conv2D(1, 16, 3, padding=1), L.BatchNorm(16), act(), pool(2),
+                             L.Conv2D(16, 32, 3, padding=1), L.BatchNorm(32), act(), pool(2),
                              L.Flatten(), L.Dense(1568, 10))
     # The input is data: like PyTorch for an input that does not require grad, compute no
     # gradient for it (Conv2D.input_grad, as gpunet bench does for Dense).
@@ -68,9 +79,15 @@ def torch_step(case, x, y, threads=2):
         k = dict(kernel_size=(1, 5), stride=(1, 2), padding=(0, 2))
         model = nn.Sequential(nn.Conv2d(1, 25, **k), nn.ReLU(), nn.Conv2d(25, 25, **k), nn.ReLU(),
                               nn.Conv2d(25, 25, **k), nn.ReLU(), nn.Flatten(), nn.Linear(125, 10))
-    else:
+    elif case == "2d":
         model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(1568, 10))
+    else:
+        act = nn.GELU if case == "2d-gelu" else nn.ReLU
+        pool = nn.AvgPool2d if case == "2d-avg" else nn.MaxPool2d
+        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(), pool(2),
+                              nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), act(), pool(2),
                               nn.Flatten(), nn.Linear(1568, 10))
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
