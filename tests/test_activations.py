@@ -461,13 +461,19 @@ def test_gelu_on_the_gpu_backends_is_the_cpus_bit_for_bit(gpu_xp, dtype, approxi
         assert gpunet.to_numpy(gd).tobytes() == d.tobytes()
 
 
+BLOCKED = [("sigmoid", {}), ("elu", {}), ("elu", {"alpha": -0.5}), ("gelu", {}),
+           ("gelu", {"approximate": "tanh"}), ("silu", {}), ("softplus", {})]
+
+
+@pytest.mark.parametrize("name, kw", BLOCKED, ids=[f"{n}{'-' + str(k) if k else ''}" for n, k in BLOCKED])
 @pytest.mark.parametrize("layout", ["c", "f", "chwn", "strided"])
-@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-def test_gelu_exact_in_blocks_equals_the_whole_array_call(monkeypatch, layout, dtype):
-    """The exact GELU runs large NumPy arrays a cache-sized block at a time
-    (ELEMENTWISE_BLOCK); each element gets the same operations, so y and dx equal the
-    whole-array results bit for bit, in any memory layout (blocks follow memory order; a
-    strided view or a dy in another layout takes the whole-array call)."""
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+def test_activations_in_blocks_equal_the_whole_array_call(monkeypatch, name, kw, layout, dtype):
+    """Activations of several passes run large NumPy arrays a cache-sized block at a time
+    (ELEMENTWISE_BLOCK, in memory order); each element gets the same operations, so y and dx
+    equal the whole-array results bit for bit in any memory layout, inplace=True writes into
+    x exactly where the whole-array call does, and y keeps x's memory order. A strided view,
+    or a dy in another layout than x, takes the whole-array call."""
     rng = numpy.random.default_rng(11)
     base = (rng.standard_normal((5, 4, 6, 7)) * 6).astype(dtype)
     base.flat[:7] = [0.0, -0.0, numpy.inf, -numpy.inf, numpy.nan, 40.0, -40.0]
@@ -475,20 +481,28 @@ def test_gelu_exact_in_blocks_equals_the_whole_array_call(monkeypatch, layout, d
          "chwn": numpy.ascontiguousarray(base.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)}[layout]
     dy = numpy.empty_like(x)
     dy[...] = rng.standard_normal(x.shape)
+    f, g = FA.FORWARD[name], FA.BACKWARD[name]
+
+    def run():
+        with numpy.errstate(all="ignore"):
+            xi = x.copy(order="K")
+            y, yi = f(x, **kw), f(xi, inplace=True, **kw)
+            return (y, yi, xi, g(dy, x, y, **kw), g(numpy.ascontiguousarray(dy), x, y, **kw),
+                    g(dy, x if FA.NEEDS_INPUT[name] else None, y, **kw))
+
     monkeypatch.setattr(FA, "ELEMENTWISE_BLOCK", 10 ** 9)
-    y_whole = FA.gelu(x)
-    dx_whole = FA.gelu_backward(dy, x, y_whole)
-    dx_other = FA.gelu_backward(numpy.ascontiguousarray(dy), x, y_whole)
-    monkeypatch.setattr(FA, "ELEMENTWISE_BLOCK", 37)    # blocks that split rows
-    calls = []
-    real = FA._gelu_exact
-    monkeypatch.setattr(FA, "_gelu_exact", lambda *a, **k: calls.append(1) or real(*a, **k))
-    y = FA.gelu(x)
-    assert len(calls) == (1 if layout == "strided" else -(-x.size // 37))
-    numpy.testing.assert_array_equal(y, y_whole)
-    assert y.strides == x.strides or layout == "strided"
-    numpy.testing.assert_array_equal(FA.gelu_backward(dy, x, y), dx_whole)
-    numpy.testing.assert_array_equal(FA.gelu_backward(numpy.ascontiguousarray(dy), x, y), dx_other)
+    whole = run()
+    monkeypatch.setattr(FA, "ELEMENTWISE_BLOCK", 37)        # blocks that split rows
+    flat_calls = []
+    real = FA._memory_flat
+    monkeypatch.setattr(FA, "_memory_flat", lambda a: flat_calls.append(1) or real(a))
+    blocked = run()
+    if layout != "strided":
+        assert flat_calls, "the blocked path did not run"
+        assert blocked[0].strides == x.strides
+    for got, want in zip(blocked, whole):
+        assert got.dtype == want.dtype
+        numpy.testing.assert_array_equal(got, want)
 
 
 def test_gelu_tanh_form_is_pytorchs_formula():

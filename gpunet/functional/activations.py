@@ -19,6 +19,8 @@ float, an int axis of the input.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import numpy
@@ -58,7 +60,83 @@ def _floating(who, x):
                      f"{x.dtype.name}; cast the input: x.astype(numpy.float32)")
 
 
+# -- Cache-sized blocks. An activation of several elementwise passes (sigmoid 6 forward,
+#    SiLU 9 and 13, the exact GELU about 25 each way) streams a large array through memory
+#    once per pass; on NumPy, arrays of more than ELEMENTWISE_BLOCK elements run a block at a
+#    time in memory order instead, each block's temporaries in cache. Every element gets the
+#    same operations, so the results are those of the whole-array call, bit for bit.
+#    Forward + backward of the layer on (64, 16, 28, 28) float32, one thread (Intel Xeon of
+#    benchmarks/RESULTS.md, busy host, two alternating runs): exact GELU 28.5-30.1 -> 11.5-13.0
+#    ms, tanh GELU 17.1-17.6 -> 7.0-8.6, SiLU 5.9-7.1 -> 3.9-5.8, sigmoid 3.9-4.8 -> 2.6-3.7,
+#    ELU 3.4-5.0 -> 2.7-3.0, softplus 6.5-8.8 -> 3.7-6.3 (tanh, ReLU, leaky ReLU: a pass or
+#    three, left whole).
+ELEMENTWISE_BLOCK = 32768
+
+
+def _memory_flat(a):
+    """``a``'s elements in memory order as a 1-D view, or None when they are not one
+    contiguous block (a strided slice, a broadcast)."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    t = a.transpose(numpy.argsort(a.strides, kind="stable")[::-1])
+    return t.reshape(-1) if t.flags.c_contiguous else None
+
+
+def _forward_in_blocks(fn):
+    """``fn(x, ..., inplace=False)`` (elementwise, ``y`` of ``x``'s dtype) on a NumPy ``x`` of
+    more than ``ELEMENTWISE_BLOCK`` elements: a block at a time. ``y`` is a new array of
+    ``x``'s memory order, or ``x`` itself where ``fn`` writes in place (``inplace=True`` and
+    an activation whose backward needs only ``y``; the others ignore ``inplace``, and keep
+    ``x``, which their backward reads)."""
+    at = list(inspect.signature(fn).parameters).index("inplace")
+
+    @functools.wraps(fn)
+    def run(x, *args, **kw):
+        if type(x) is numpy.ndarray and x.size > ELEMENTWISE_BLOCK and x.dtype.kind == "f":
+            inplace = kw.get("inplace", args[at - 1] if len(args) >= at else False)
+            fx = _memory_flat(x)
+            if fx is not None and (inplace is True or inplace is False):
+                y = fy = None
+                for i in range(0, x.size, ELEMENTWISE_BLOCK):
+                    blk = slice(i, i + ELEMENTWISE_BLOCK)
+                    r = fn(fx[blk], *args, **kw)
+                    if fy is None:                  # the first block: did fn write into x?
+                        if inplace and numpy.may_share_memory(r, fx):
+                            y, fy = x, fx
+                        else:
+                            y = numpy.empty_like(x)
+                            fy = _memory_flat(y)
+                    if fy is not fx:
+                        fy[blk] = r
+                return y
+        return fn(x, *args, **kw)
+    return run
+
+
+def _backward_in_blocks(fn):
+    """``fn(dy, x, y, ...)`` (elementwise, ``dx`` of ``dy``'s dtype) on NumPy arrays of more
+    than ``ELEMENTWISE_BLOCK`` elements, of one shape, dtype and memory order (``x`` or ``y``
+    may be None): a block at a time, into a new array of that order."""
+    @functools.wraps(fn)
+    def run(dy, x, y, *args, **kw):
+        if type(dy) is numpy.ndarray and dy.size > ELEMENTWISE_BLOCK and dy.dtype.kind == "f":
+            given = [a for a in (x, y) if a is not None]
+            if all(type(a) is numpy.ndarray and a.dtype == dy.dtype and a.shape == dy.shape
+                   and a.strides == dy.strides for a in given):
+                flats = [None if a is None else _memory_flat(a) for a in (dy, x, y)]
+                if flats[0] is not None:
+                    dx = numpy.empty_like(dy)
+                    fd = _memory_flat(dx)
+                    for i in range(0, dy.size, ELEMENTWISE_BLOCK):
+                        blk = slice(i, i + ELEMENTWISE_BLOCK)
+                        fd[blk] = fn(*[None if a is None else a[blk] for a in flats], *args, **kw)
+                    return dx
+        return fn(dy, x, y, *args, **kw)
+    return run
+
+
 # -- sigmoid: y = 1 / (1 + e^-x)
+@_forward_in_blocks
 def sigmoid(x, inplace=False):
     """``σ(x) = 1/(1+e^-x)`` for ``x >= 0`` and ``e^x/(1+e^x)`` below. Both forms read
     ``e = e^-|x| <= 1``, so nothing overflows, and small outputs keep their relative
@@ -77,6 +155,7 @@ def sigmoid(x, inplace=False):
     return xp.divide(num, e, out=x if inplace else num)
 
 
+@_backward_in_blocks
 def sigmoid_backward(dy, x, y):
     # dσ/dx = σ(1 - σ): the largest slope is 1/4, which is why deep sigmoid nets vanish.
     xp = get_array_module(dy)
@@ -178,6 +257,7 @@ def leaky_relu_backward(dy, x, y, negative_slope=0.01):
 
 # -- ELU: y = x for x > 0, alpha*(e^x - 1) otherwise
 #    = alpha*expm1(min(x, 0)) + max(x, 0): one of the two terms is 0, so this is exact.
+@_forward_in_blocks
 def elu(x, alpha=1.0, inplace=False):
     _floating("elu", x)
     if alpha.__class__ is not float or alpha - alpha != 0.0:
@@ -191,6 +271,7 @@ def elu(x, alpha=1.0, inplace=False):
     return y
 
 
+@_backward_in_blocks
 def elu_backward(dy, x, y, alpha=1.0):
     # dy/dx = 1 for x > 0, alpha*e^x = y + alpha otherwise; for alpha >= 0, y <= 0 there
     # and y > 0 above, so min(y, 0) + alpha is the derivative except where x > 0.
@@ -222,6 +303,7 @@ def _gelu_form(who, approximate):
     return _args.choice(who, "approximate", approximate, GELU_FORMS)
 
 
+@_forward_in_blocks
 def gelu(x, approximate="none", inplace=False):
     """GELU, ``x·Φ(x)`` with ``Φ(x) = (1 + erf(x/√2))/2``, PyTorch's ``F.gelu`` and Keras'
     ``gelu`` defaults; ``approximate="tanh"`` gives the tanh form (PyTorch's
@@ -257,22 +339,14 @@ def gelu(x, approximate="none", inplace=False):
         s *= x
         return s
     xe = _erf_dtype(x)
-    if xp is numpy and xe is x:
-        y = numpy.empty_like(x)
-        if _in_blocks(_gelu_exact, y, x):
-            return y
-    y = _gelu_exact(xp, xe)
+    q, a, e, wp = _normal_tail(xp, xe)
+    q *= a                                      # |x|·Φ(-|x|)
+    y = xp.maximum(xe, 0)
+    y -= q
     return y if xe is x else y.astype(x.dtype)
 
 
-def _gelu_exact(xp, x, out=None):
-    q, a, e, wp = _normal_tail(xp, x)
-    q *= a                                      # |x|·Φ(-|x|)
-    y = xp.maximum(x, 0, out=out)
-    y -= q
-    return y
-
-
+@_backward_in_blocks
 def gelu_backward(dy, x, y, approximate="none"):
     """``dy·(Φ(x) + x·φ(x))`` (exact) or the tanh form's derivative, from ``x``."""
     approximate = _gelu_form("gelu_backward", approximate)
@@ -283,61 +357,17 @@ def gelu_backward(dy, x, y, approximate="none"):
     # H = (1 + s)/2 and e·w·P = q = Φ(-|x|) (_normal_tail): q - |x|φ below 0 and
     # 1 - q + xφ above, each without cancelling a rounded 1.
     xe = _erf_dtype(x)
-    if xp is numpy and xe is x and dy.dtype == x.dtype and dy.strides == x.strides:
-        dx = numpy.empty_like(x)
-        if _in_blocks(_gelu_exact_grad, dx, dy, x):
-            return dx
-    d = _gelu_exact_grad(xp, dy, xe)
-    return d if d.dtype == dy.dtype else d.astype(dy.dtype)
-
-
-def _gelu_exact_grad(xp, dy, x, out=None):
-    q, a, e, wp = _normal_tail(xp, x)
+    q, a, e, wp = _normal_tail(xp, xe)
     d = xp.multiply(a, _INV_SQRT_2PI)
     d -= wp
     d *= e                                      # |x|·φ(x) - q
-    s = xp.copysign(1.0, x, out=q)              # ±1, in q's memory
+    s = xp.copysign(1.0, xe, out=q)             # ±1, in q's memory
     d *= s
     s += 1.0
     s *= 0.5                                    # H: 1 from +0 on, 0 from -0 down
     d += s
-    return xp.multiply(d, dy, out=out)
-
-
-# Elementwise functions of many passes (the exact GELU: about 25 each way) run on NumPy a
-# block of this many elements at a time, so that their temporaries stay in cache instead of
-# streaming the whole array through memory once per pass. The exact GELU layer, forward +
-# backward, float32, one thread (Intel Xeon of benchmarks/RESULTS.md, busy host, medians):
-# (256, 1024) 7.1-7.2 -> 3.5-4.8 ms; (64, 16, 28, 28) 28.5-30.1 -> 11.5-13.0 ms; 16 Ki
-# elements measured alike; arrays of up to two blocks are unchanged (1.4-1.8 ms on (128, 512)).
-ELEMENTWISE_BLOCK = 32768
-
-
-def _memory_flat(a):
-    """``a``'s elements in memory order as a 1-D view, or None when they are not one
-    contiguous block (a strided slice, a broadcast)."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1)
-    t = a.transpose(numpy.argsort(a.strides, kind="stable")[::-1])
-    return t.reshape(-1) if t.flags.c_contiguous else None
-
-
-def _in_blocks(fn, out, *arrays):
-    """``fn(numpy, *blocks, out=out_block)`` over ``ELEMENTWISE_BLOCK``-element blocks of
-    NumPy ``arrays`` and ``out``, which have one shape and one memory layout (``out`` from
-    ``numpy.empty_like(arrays[-1])``): the same operations on each element as one whole-array
-    call, in cache. False, with nothing written, when the arrays are small or their memory is
-    not one contiguous block each; the caller then makes the whole-array call."""
-    if out.size <= ELEMENTWISE_BLOCK:
-        return False
-    flats = [_memory_flat(a) for a in (out,) + arrays]
-    if any(f is None for f in flats):
-        return False
-    fo, fa = flats[0], flats[1:]
-    for i in range(0, out.size, ELEMENTWISE_BLOCK):
-        blk = slice(i, i + ELEMENTWISE_BLOCK)
-        fn(numpy, *[f[blk] for f in fa], out=fo[blk])
-    return True
+    d *= dy
+    return d if d.dtype == dy.dtype else d.astype(dy.dtype)
 
 
 def _erf_dtype(x):
@@ -426,6 +456,7 @@ def _gelu_tanh_backward(xp, dy, x):
 
 
 # -- SiLU (swish): y = x σ(x)
+@_forward_in_blocks
 def silu(x, inplace=False):
     _floating("silu", x)
     y = sigmoid(x)
@@ -433,6 +464,7 @@ def silu(x, inplace=False):
     return y
 
 
+@_backward_in_blocks
 def silu_backward(dy, x, y):
     # dy/dx = σ(1 + x(1 - σ))
     xp = get_array_module(dy)
@@ -446,6 +478,7 @@ def silu_backward(dy, x, y):
 
 
 # -- Softplus: y = log(1 + e^x) = max(x, 0) + log1p(e^-|x|), finite for any finite x
+@_forward_in_blocks
 def softplus(x, inplace=False):
     _floating("softplus", x)
     xp = get_array_module(x)
@@ -457,6 +490,7 @@ def softplus(x, inplace=False):
     return t
 
 
+@_backward_in_blocks
 def softplus_backward(dy, x, y):
     s = sigmoid(x)
     s *= dy
