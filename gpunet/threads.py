@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import numbers
 import os
 import re
 import sys
 from dataclasses import dataclass, field
+
+from . import _args
 
 __all__ = ["BlasLibrary", "blas_libraries", "get_num_threads", "set_num_threads", "limit",
            "describe", "available_cpus", "default_threads", "SMALL_GEMM_MACS"]
@@ -194,11 +197,18 @@ def get_num_threads() -> int | None:
 def set_num_threads(n: int) -> int:
     """Give every loaded BLAS library ``n`` threads; return the previous count of the first.
 
-    ``n`` must be a positive int. Raises ``RuntimeError`` when no BLAS library this module
-    can drive is loaded (then nothing can be set, and saying so beats ignoring ``n``).
+    ``n`` must be a positive int (a NumPy integer too, as every count gpunet takes); anything
+    else raises ``TypeError`` (also a ``ValueError``), a count below 1 ``ValueError``, both
+    naming this function. Raises ``RuntimeError`` when no BLAS library this module can drive
+    is loaded (then nothing can be set, and saying so beats ignoring ``n``).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of BLAS threads must be a positive integer, got {n!r}")
+    if isinstance(n, _args._BOOLS) or not isinstance(n, numbers.Integral):
+        raise _args.ArgumentTypeError(f"gpunet.threads.set_num_threads: the number of BLAS threads must be a "
+                                      f"positive integer, got {n!r} ({type(n).__name__})")
+    if n < 1:
+        raise ValueError(f"gpunet.threads.set_num_threads: the number of BLAS threads must be a positive "
+                         f"integer, got {n!r}")
+    n = int(n)
     libs = blas_libraries()
     if not libs:
         raise RuntimeError("no BLAS library found in this process that gpunet can set the threads of "

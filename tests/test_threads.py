@@ -90,6 +90,27 @@ def test_bad_counts(bad):
         threads.set_num_threads(bad)
 
 
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (numpy.int64(-1), ValueError), (1.5, TypeError),
+                                     ("2", TypeError), (numpy.True_, TypeError)])
+def test_bad_counts_name_the_function(bad, exc):
+    """The errors name set_num_threads (they said only 'the number of BLAS threads must be
+    ...'), and a wrong type is a TypeError (also a ValueError), as every count of gpunet."""
+    with pytest.raises(exc, match=r"^gpunet\.threads\.set_num_threads: .*positive integer"):
+        threads.set_num_threads(bad)
+
+
+@linux_or_mac
+def test_numpy_integer_counts_count_as_what_they_hold(restore_threads):
+    """A NumPy integer is a count, as for every constructor of gpunet (numpy.int64(4)); it
+    raised 'must be a positive integer, got np.int64(1)' (os.cpu_count() // 2 is an int, but
+    a count computed with NumPy, or read from an array, is not)."""
+    threads.set_num_threads(2)
+    with threads.limit(numpy.int64(1)):
+        assert threads.get_num_threads() == 1
+    assert threads.get_num_threads() == 2
+    assert threads.set_num_threads(numpy.int32(2)) == 2
+
+
 def test_no_blas_found_raises(monkeypatch):
     monkeypatch.setattr(threads, "blas_libraries", lambda: [])
     with pytest.raises(RuntimeError, match="no BLAS library"):
