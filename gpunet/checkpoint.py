@@ -30,6 +30,16 @@ import numpy
 from . import _args
 
 FORMAT_VERSION = 1
+
+
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """``gpunet.load`` of a path where there is no file: a ``FileNotFoundError``, as
+    ``torch.load`` and ``numpy.load`` raise (``except FileNotFoundError:`` starts a run
+    afresh), and also a ``ValueError``, as every other checkpoint that cannot be read.
+    ``filename`` is the path; the message names it."""
+
+    def __str__(self):
+        return str(self.strerror)
 _SCHED_TYPE = "__scheduler__"
 
 
@@ -187,7 +197,7 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
 def _read(path):
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ValueError(f"gpunet.load: {path}: no such file")
+        raise CheckpointNotFoundError(errno.ENOENT, f"gpunet.load: {path}: no such file", path)
     try:
         with open(path, "rb") as f:
             head = f.read(6)
@@ -284,7 +294,9 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
     counters, optimizer moments and step counts, the schedule's epoch — so a resumed run
     continues bit for bit. A missing key or a shape mismatch raises ``ValueError`` naming
     each such key; a file that is not a gpunet checkpoint (a ``.npy`` array, a text file,
-    a truncated or foreign archive) raises ``ValueError`` naming the path. Asking for
+    a truncated or foreign archive) raises ``ValueError`` naming the path, and a path with
+    no file ``FileNotFoundError`` (also a ``ValueError``: :class:`CheckpointNotFoundError`),
+    as ``torch.load`` and ``numpy.load`` raise. Asking for
     optimizer, scheduler or scaler state that the file does not hold (or a scheduler of
     another class than the one saved) raises ``ValueError``; a disabled ``scaler``
     (``enabled=False``) has no state and asks for none. A load that raises changes

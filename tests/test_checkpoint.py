@@ -185,6 +185,20 @@ def test_scheduler_state_round_trip(tmp_path):
         gpunet.save(plain, model, opt, scaler=1)
 
 
+def test_load_of_a_missing_file_is_a_file_not_found_error_naming_it(tmp_path):
+    """As torch.load and numpy.load: a path with no file raises FileNotFoundError, so that
+    ``except FileNotFoundError:`` starts a run afresh (it was a bare ValueError, which that
+    idiom does not catch); still a ValueError too, as every other unreadable checkpoint's."""
+    path = tmp_path / "ckpt.npz"
+    model = _model()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(FileNotFoundError) as e:
+        gpunet.load(path, model)
+    assert isinstance(e.value, ValueError) and e.value.errno == errno.ENOENT
+    assert e.value.filename == str(path) and str(e.value) == f"gpunet.load: {path}: no such file"
+    assert all(numpy.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_load_of_a_folder_names_it(tmp_path):
     d = tmp_path / "ck.npz"
     d.mkdir()
