@@ -428,7 +428,7 @@ class ModelCheckpoint(Callback):
     def __init__(self, path=None, monitor="val_loss", save_best_only=True, mode="auto",
                  initial_value_threshold=None, **unknown):
         if unknown:
-            raise _unexpected_keyword("ModelCheckpoint", unknown, _KERAS_CALLBACKS)
+            raise _unexpected_keyword("ModelCheckpoint", unknown, _KERAS_CHECKPOINT)
         self.path = path
         # any number but NaN; inf is a bar too
         initial_value_threshold = _args.real("ModelCheckpoint", "initial_value_threshold",
@@ -571,7 +571,7 @@ def _required(who, name, value, unknown, hints):
 # Keras' keywords of its EarlyStopping and ModelCheckpoint, and what gpunet has instead
 _KERAS_CALLBACKS = {
     "restore_best_weights": "restore_best=True or False",
-    "verbose": "gpunet's callbacks print nothing (read stopped_epoch, best, best_epoch)",
+    "verbose": "gpunet's callbacks print nothing (read stopped_epoch, best, best_epoch)",   # EarlyStopping's
     "baseline": "gpunet has no baseline (stop in a callback of your own: trainer.stop_training = True)",
     "start_from_epoch": "gpunet counts the patience from the first epoch",
     "filepath": "path (the first argument)",
@@ -579,6 +579,10 @@ _KERAS_CALLBACKS = {
                          "loads only the model)",
     "save_freq": "gpunet writes a checkpoint at the end of an epoch only",
 }
+
+# ModelCheckpoint has neither stopped_epoch nor best_epoch: say what it has
+_KERAS_CHECKPOINT = {**_KERAS_CALLBACKS, "verbose": "gpunet's callbacks print nothing (read best; "
+                                                    "gpunet.load(path, model) returns the saved epoch)"}
 
 
 def _unexpected_keyword(who, unknown, hints=_KERAS_FIT):

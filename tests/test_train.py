@@ -1,5 +1,6 @@
 """Trainer, History and callbacks; checkpoints and bit-for-bit resume."""
 import os
+import re
 
 import numpy
 import pytest
@@ -1378,6 +1379,17 @@ def test_keras_keywords_of_the_callbacks_get_gpunets_names(make, msg):
     does for validation_data=, the TypeError now says gpunet's name or that there is none."""
     with pytest.raises(TypeError, match=msg):
         make()
+
+
+def test_verbose_hint_names_only_attributes_the_callback_has():
+    """ModelCheckpoint(verbose=1) said to 'read stopped_epoch, best, best_epoch', EarlyStopping's
+    attributes; a ModelCheckpoint has only best (the epoch is in the file's metadata)."""
+    for make in (lambda **kw: EarlyStopping(monitor="loss", **kw), lambda **kw: ModelCheckpoint("m.npz", **kw)):
+        with pytest.raises(TypeError) as e:
+            make(verbose=1)
+        named = re.search(r"\(read ([^;)]*)", str(e.value)).group(1).split(", ")
+        callback = make()
+        assert named and all(hasattr(callback, a) for a in named), (str(e.value), named)
 
 
 def test_fit_evaluate_predict_name_a_model_moved_after_the_trainer(gpu_device, rng):
