@@ -31,8 +31,8 @@ import weakref
 import numpy
 
 from . import _args
-from .backend import (array_hint, device_of, host_array, is_array, get_array_module, require_cuda, require_sim,
-                      resolve_device, to_device)
+from .backend import (array_hint, device_mismatch, device_of, host_array, is_array, get_array_module,
+                      require_cuda, require_sim, resolve_device, to_device)
 
 #: A host dataset is copied whole to a GPU device when its bytes are at most this fraction
 #: of the device's free memory (``cupy.cuda.runtime.memGetInfo``, asked once per loader).
@@ -118,6 +118,20 @@ def _check_array(name, a):
         raise ValueError(f"DataLoader: expected {name} with at least one axis (samples along "
                          f"axis 0), got a 0-d array")
     return a
+
+
+def check_same_device(X, y, who, name=None):
+    """``X`` and ``y`` on one device, else ``TypeError`` naming ``who`` (and ``name``, the
+    argument that held them), both devices and the move that mends it: gpunet never copies
+    between host and device behind your back, so a NumPy ``y`` beside a device ``X`` is a
+    mistake to name, not to paper over (a ``device=`` asks to move batches, not to pair
+    arrays that live apart)."""
+    bad = device_mismatch(y, X)
+    if bad is not None:
+        dy, dx = bad
+        where = f"{name}'s " if name else ""
+        raise TypeError(f"{who}: {where}X is on {dx} but {where}y on {dy}; X and y must be on one "
+                        f"device: move one, e.g. gpunet.to_device(y, {dx!r})")
 
 
 # PyTorch's DataLoader keywords, and what gpunet has instead (_args.unexpected_keyword)
@@ -320,7 +334,7 @@ class DataLoader:
         X = _check_array("X", X)
         if y is not None:
             y = _check_array("y", y)
-            get_array_module(X, y)          # raises TypeError on a NumPy/CuPy mix
+            check_same_device(X, y, "DataLoader")
             if y.shape[0] != X.shape[0]:
                 raise ValueError(f"DataLoader: expected X and y with the same number of "
                                  f"samples (axis 0), got X {tuple(X.shape)} and "

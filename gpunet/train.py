@@ -23,7 +23,7 @@ import numpy
 
 from .backend import array_hint, device_of, get_array_module, is_array, resolve_device, to_device, to_numpy, synchronize
 from .amp import GradScaler, MixedPrecision, _check_precision
-from .data import DataLoader, plain_array
+from .data import DataLoader, check_same_device, plain_array
 from .functional.losses import check_labels
 from .losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from .layers.base import Layer
@@ -605,6 +605,8 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
             raise TypeError(f"{who}: {name} must be an (X, y) tuple with labels y, got y=None")
         X = _as_input(X, dtype, who)
         _check_nonempty(X, who, name)
+        if is_array(y):
+            check_same_device(X, y, who, name)
         loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                             device=None if device == "cpu" else device, comm=comm)
     else:

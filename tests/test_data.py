@@ -300,6 +300,29 @@ def test_numpy_device_mix_raises_type_error(gpu_xp, gpu_device):
         DataLoader(numpy.zeros((4, 2)), gpu_xp.zeros(4))
 
 
+def test_x_and_y_on_two_devices_are_named_by_the_caller(gpu_xp, gpu_device):
+    """DataLoader(sim X, NumPy y), and Trainer.fit/evaluate given such a pair, raised
+    'arrays on different devices in one call: sim and cpu' from inside gpunet.backend,
+    naming neither the function nor which of X and y was where. Now the loader, or the
+    Trainer method and its argument, name both arrays and devices and the move."""
+    from gpunet import Dense, SoftmaxCrossEntropy, Trainer, optim
+    X, y = numpy.zeros((8, 4), numpy.float32), numpy.arange(8) % 3
+    dev = gpunet.backend.device_of(gpu_xp.empty(0))
+    fix = r"; X and y must be on one device: move one, e.g. gpunet\.to_device\(y, "
+    with pytest.raises(TypeError, match=rf"^DataLoader: X is on {dev} but y on cpu{fix}'{dev}'\)$"):
+        DataLoader(gpu_xp.asarray(X), y, batch_size=4, device=gpu_device)
+    with pytest.raises(TypeError, match=rf"^DataLoader: X is on cpu but y on {dev}{fix}'cpu'\)$"):
+        DataLoader(X, gpu_xp.asarray(y))
+    model = Dense(4, 3)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with pytest.raises(TypeError, match=rf"^Trainer\.fit: train's X is on {dev} but train's y on cpu{fix}"):
+        tr.fit((gpu_xp.asarray(X), y), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=rf"^Trainer\.fit: val's X is on cpu but val's y on {dev}{fix}"):
+        tr.fit((X, y), val=(X, gpu_xp.asarray(y)), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=rf"^Trainer\.evaluate: data's X is on {dev} but data's y on cpu{fix}"):
+        tr.evaluate((gpu_xp.asarray(X), y))
+
+
 def test_host_data_is_resident_on_a_gpu_device_when_it_fits(gpu_xp, gpu_device, monkeypatch):
     """device= a GPU: data that fits is copied once (on the first pass) and batches are
     gathered there, the same batches as on the host; too large, it moves batch by batch."""
