@@ -796,3 +796,34 @@ def test_device_of_a_layer_without_parameters_is_where_its_buffers_are(xp, devic
     probe = gpunet.diagnostics.DiagnosticsCallback(rng.standard_normal((8, 4)).astype(numpy.float32))
     x = probe._probe(bn)
     assert gpunet.backend.device_of(x) == device and bn(x).shape == (8, 4)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: gpunet.Dense(4, 3), (5, 4)),
+    (lambda: gpunet.Sequential(gpunet.Dense(4, 3), gpunet.ReLU()), (5, 4)),
+    (lambda: gpunet.Flatten(), (2, 2, 3)),
+    (lambda: gpunet.Dropout(0.5, seed=1), (5, 4)),
+    (lambda: gpunet.MaxPool2D(2), (2, 2, 4, 4)),
+    (lambda: gpunet.GlobalAvgPool2D(), (2, 2, 4, 4)),
+    (lambda: gpunet.Residual(gpunet.Dense(4, 4)), (5, 4)),
+])
+def test_a_backward_dy_on_another_device_names_the_layer_and_both_devices(layer, shape):
+    """A hand-written loop that computed dy on the host for a model on the sim (or the
+    reverse): Dense failed with 'arrays on different devices in one call' naming no layer,
+    and Flatten returned a host dx without a word. The outermost backward now names the
+    layer and both devices; the model's own gradient flow (each layer's dy from the next
+    one) is not checked again."""
+    if gpunet.sim.compiler() is None:
+        pytest.skip("needs a C++ compiler for the sim device")
+    x = numpy.random.default_rng(0).standard_normal(shape).astype(numpy.float32)
+    for dev, other in (("sim", "cpu"), ("cpu", "sim")):
+        l = layer().to(dev)
+        name = type(l).__name__
+        y = l.train()(gpunet.to_device(x, dev))
+        dy = gpunet.to_device(numpy.ones(y.shape, numpy.float32), other)
+        with pytest.raises(TypeError, match=rf"^{name}\.backward: expected dy on {dev} \(the device of "
+                                            rf"the forward's output\), got one on {other}; move it with "
+                                            rf"gpunet\.to_device\(dy, '{dev}'\)$"):
+            l.backward(dy)
+        dx = l.backward(gpunet.to_device(dy, dev))
+        assert gpunet.backend.device_of(dx) == dev

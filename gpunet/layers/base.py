@@ -441,6 +441,7 @@ def _wrap_forward(fn):
             d["_fwd_active"] -= 1
         if training:
             d["_cache_call"] = _INVALID_REUSED if reused else n
+            d["_out_type"] = type(y)               # the device kind a backward's dy must have
         if top:                                    # the output a user may hand to a loss
             k = id(y)
             r = _weak(y, _outputs, k)
@@ -504,6 +505,32 @@ def _check_source(layer, dy, outermost=False):
             "they belong to")
 
 
+def _device_kind(array_type):
+    """``"cpu"``, ``"sim"`` or ``"cuda"`` for an array type (from its class, not an array);
+    None for anything else (a custom layer may return what it likes)."""
+    if issubclass(array_type, (numpy.ndarray, numpy.generic)):
+        return "cpu"
+    module = getattr(array_type, "__module__", "") or ""
+    if module.startswith("gpunet.sim"):
+        return "sim"
+    return "cuda" if module.startswith("cupy") else None
+
+
+def _check_dy_device(layer, dy, out_type):
+    """The ``dy`` a user hands to ``backward`` on the device of the training forward's
+    output, else ``TypeError`` naming the layer and both devices (a host gradient for a
+    model on the sim failed deep inside an op, naming neither; layers without parameters,
+    Flatten say, would have returned a host ``dx`` silently). Layers inside a model get
+    their ``dy`` from the next layer's backward, on the same device: checked once, here."""
+    if not is_array(dy):
+        return                       # check_grad names what is not an array
+    got, want = _device_kind(type(dy)), _device_kind(out_type)
+    if got is not None and want is not None and got != want:
+        raise TypeError(f"{type(layer).__name__}.backward: expected dy on {want} (the device of the "
+                        f"forward's output), got one on {got}; move it with gpunet.to_device(dy, "
+                        f"{want!r})")
+
+
 def _related(a, b) -> bool:
     """Whether one of the layers ``a`` and ``b`` is the other or inside it."""
     return any(m is b for m in a.modules()) or any(m is a for m in b.modules())
@@ -520,6 +547,9 @@ def _wrap_backward(fn):
         _check_source(self, dy, outermost=_bwd_depth == 0)
         mine = self.__dict__.get("_fwd_top")
         if _bwd_depth == 0:
+            want = self.__dict__.get("_out_type")
+            if want is not None and type(dy) is not want:
+                _check_dy_device(self, dy, want)
             _bwd_outer = (type(self).__name__, mine)
         elif isinstance(mine, int) and isinstance(_bwd_outer[1], int) and mine != _bwd_outer[1]:
             # a layer inside the model ran a training-mode forward of its own (model[2](h),
