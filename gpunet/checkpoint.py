@@ -312,6 +312,14 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
     A shape mismatch raises either way, and ``strict`` applies to the model's keys only:
     optimizer, scheduler and scaler state must match (an optimizer's state is per
     parameter), and when it does not, the load raises and the model keeps its state too.
+
+    Devices: the file holds NumPy arrays whatever device saved it, and each value is
+    copied onto the device (and into the dtype) of the array it replaces: the model's
+    parameters and buffers where the model is now, the optimizer's state beside its
+    parameters. A run saved from a GPU (or the sim) loads into a model on a CPU-only
+    machine, and back, with nothing to map. PyTorch's ``torch.load`` restores each tensor
+    onto the device it was saved from, hence its ``map_location="cpu"`` on a machine
+    without CUDA; gpunet has no such argument because nothing in the file names a device.
     """
     path = _check_args("gpunet.load", path, model, optimizer)
     strict = _args.flag("gpunet.load", "strict", strict)

@@ -893,6 +893,12 @@ class Layer:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Every parameter and buffer by name (``"0.weight"``, ``"1.running_mean"``, ...), as a
+        NumPy copy on the host whatever the layer's device (a host sync on a GPU). PyTorch's
+        ``state_dict`` hands out its tensors themselves, on their device, so that a later step
+        changes them; gpunet's copies are a snapshot that a later step leaves alone and that
+        ``gpunet.save`` writes as it is, and ``load_state_dict`` copies values back onto the
+        model's device, so a state taken on a GPU loads into a CPU model and back."""
         d = {}
         for k, p in self.named_parameters():
             d[k] = to_numpy(p.data).copy()
