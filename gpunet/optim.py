@@ -997,7 +997,7 @@ def clip_grad_norm(params, max_norm):
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    xp = get_array_module(*grads)
+    xp = _grads_module("clip_grad_norm", params, grads)
     if xp is not numpy:
         return _on_grad_lists(grads, xp, lambda tables, lists: _mt.grad_norm_and_scale(
             tables, lists, max_norm))
@@ -1010,6 +1010,27 @@ def clip_grad_norm(params, max_norm):
         for g in grads:
             g *= c
     return total
+
+
+def _grads_module(who, params, grads):
+    """The array module of ``grads`` (the gradients of ``params`` that have one), else, when
+    they are on more than one device, ``TypeError`` naming ``who``, two of the parameters and
+    their devices (the one-device rule of every gpunet call: never a silent transfer; the
+    norm of gradients on two devices would need one)."""
+    try:
+        return get_array_module(*grads)
+    except TypeError:
+        pass
+    held = [(i, p) for i, p in enumerate(params) if p.grad is not None]
+    (i0, p0), d0 = held[0], device_of(held[0][1].grad)
+    for i, p in held[1:]:
+        d = device_of(p.grad)
+        if d != d0:
+            raise TypeError(f"{who}: the gradients are on more than one device: params[{i0}] "
+                            f"({p0.name or 'unnamed'}) has its grad on {d0}, params[{i}] "
+                            f"({p.name or 'unnamed'}) on {d}; a model's gradients are on its "
+                            f"device: move the model with model.to(device)") from None
+    raise TypeError(f"{who}: the gradients are on more than one device")
 
 
 def _unscale_on_device(grads, inv_scale, found_any):
@@ -1027,7 +1048,7 @@ def clip_grad_value(params, clip):
     params = _as_parameters(params, "clip_grad_value", allow_empty=True)
     clip = _at_least("clip_grad_value", "clip", clip, finite=False)
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not isinstance(grads[0], numpy.ndarray):   # one launch per dtype
+    if grads and _grads_module("clip_grad_value", params, grads) is not numpy:   # one launch per dtype
         xp = get_array_module(*grads)
         _on_grad_lists(grads, xp, lambda tables, lists: [
             _mt.grad_clamp(t, gs, clip) for t, gs in zip(tables, lists)])

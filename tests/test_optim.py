@@ -804,3 +804,24 @@ def test_step_names_a_grad_on_another_device_than_its_parameter(gpu_xp, gpu_devi
             opt.step()
         numpy.testing.assert_array_equal(to_numpy(p.data), [1.0, 2.0])
         assert opt.steps == [0]
+
+
+@pytest.mark.parametrize("clip", [optim.clip_grad_norm, optim.clip_grad_value])
+def test_clipping_gradients_on_two_devices_names_the_function_and_parameters(gpu_xp, gpu_device, clip):
+    """Gradients on two devices: clip_grad_norm raised 'arrays on different devices in one
+    call' from gpunet.backend, naming no function or parameter; clip_grad_value raised that
+    when the first gradient was on the device, and clipped each gradient where it was,
+    silently, when the first was a NumPy one. Both raise naming the function and two
+    parameters with their devices now, in either order, before any gradient changes."""
+    name = clip.__name__
+    for first in (numpy, gpu_xp):
+        second = gpu_xp if first is numpy else numpy
+        a, b = make_param(first, [3.0, 4.0], "a"), make_param(second, [6.0, 8.0], "b")
+        a.grad, b.grad = first.asarray(numpy.array([3.0, 4.0])), second.asarray(numpy.array([6.0, 8.0]))
+        da, db = ("cpu", gpu_device) if first is numpy else (gpu_device, "cpu")
+        with pytest.raises(TypeError, match=rf"^{name}: the gradients are on more than one device: "
+                                            rf"params\[0\] \(a\) has its grad on {da}\S*, params\[1\] \(b\) "
+                                            rf"on {db}\S*; a model's gradients are on its device"):
+            clip([a, b], 1.0)
+        numpy.testing.assert_array_equal(to_numpy(a.grad), [3.0, 4.0])
+        numpy.testing.assert_array_equal(to_numpy(b.grad), [6.0, 8.0])
