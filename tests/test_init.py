@@ -160,6 +160,22 @@ def test_default_init_follows_activation_layer_instances():
     assert float(numpy.abs(d.weight.data).max()) <= math.sqrt(6 / 700)
 
 
+def test_separate_activation_layer_leaves_dense_at_xavier_as_the_guide_says():
+    """Guide §3: the default init looks at the fused activation only; Dense(64, 128), ReLU()
+    starts from Xavier-uniform weights, and Dense(64, 128, init="he_normal"), ReLU() is the
+    fused Dense(64, 128, activation="relu") exactly (same draws, same outputs)."""
+    x = numpy.random.default_rng(0).random((4, 64)).astype(numpy.float32)
+    gpunet.manual_seed(0)
+    fused = gpunet.Sequential(gpunet.Dense(64, 128, activation="relu"))
+    gpunet.manual_seed(0)
+    separate = gpunet.Sequential(gpunet.Dense(64, 128), gpunet.ReLU())
+    gpunet.manual_seed(0)
+    he = gpunet.Sequential(gpunet.Dense(64, 128, init="he_normal"), gpunet.ReLU())
+    assert float(numpy.abs(separate[0].weight.data).max()) <= math.sqrt(6 / (64 + 128))
+    numpy.testing.assert_array_equal(he[0].weight.data, fused[0].weight.data)
+    numpy.testing.assert_array_equal(he(x), fused(x))
+
+
 # -- bad arguments name the initializer (found by fuzzing) -------------------------------------
 
 _ALL = ["zeros", "ones", "constant", "normal", "uniform", "xavier_normal", "xavier_uniform",
