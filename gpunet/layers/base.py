@@ -306,13 +306,15 @@ def check_device(layer, x, p):
 
 def check_same_device(layer, *named):
     """``named``: ``(name, array)`` pairs of the arrays a layer reads at every call (its
-    parameters and buffers, plain attributes that may be reassigned; None skipped), all on
-    one device, else ``TypeError`` naming the layer and two of them with their devices, as
-    PyTorch refuses a module whose tensors are on two devices (NumPy arrays: one type
-    comparison each)."""
-    named = [(n, a) for n, a in named if a is not None]
+    parameters and buffers, plain attributes that may be reassigned; the first never None,
+    the others skipped when None), all on one device, else ``TypeError`` naming the layer
+    and two of them with their devices, as PyTorch refuses a module whose tensors are on
+    two devices. Callers skip the call when every array is a NumPy one (a type comparison
+    each: the CPU's every forward)."""
     n0, a0 = named[0]
     for n, a in named[1:]:
+        if a is None or type(a) is type(a0) is numpy.ndarray:
+            continue
         bad = device_mismatch(a, a0)
         if bad is not None:
             raise TypeError(f"{type(layer).__name__}: {n} is on {bad[0]} but {n0} on {bad[1]}; a "

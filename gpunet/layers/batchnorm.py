@@ -104,8 +104,10 @@ class BatchNorm(Layer):
                 or (g is not None and (g.shape != c or b.shape != c))):
             check_shapes(self, ("gamma", g, c), ("beta", b, c), ("running_mean", self.running_mean, c),
                          ("running_var", self.running_var, c))
-        check_same_device(self, ("running_mean", self.running_mean), ("running_var", self.running_var),
-                          ("gamma", g), ("beta", b))
+        if not (type(self.running_mean) is type(self.running_var) is numpy.ndarray
+                and (g is None or type(g) is type(b) is numpy.ndarray)):
+            check_same_device(self, ("running_mean", self.running_mean), ("running_var", self.running_var),
+                              ("gamma", g), ("beta", b))
         if not self.training:
             check_device(self, x, self.running_mean)
             return F.batch_norm_eval(x, self.running_mean, self.running_var, g, b, self.eps)

@@ -74,7 +74,7 @@ class Dense(Layer):
         if w.shape != self._shapes[0] or (self.bias is not None and self.bias.data.shape != self._shapes[1]):
             check_shapes(self, ("weight", w, self._shapes[0]),
                          ("bias", self.bias.data if self.bias is not None else None, self._shapes[1]))
-        if self.bias is not None:
+        if self.bias is not None and not type(self.bias.data) is type(w) is numpy.ndarray:
             check_same_device(self, ("weight", w), ("bias", self.bias.data))
         check_device(self, x, w)
         z = matmul(x, w.T)
