@@ -37,6 +37,14 @@ SHAPES = {"1d": (100, 1, 1, 40), "2d": (64, 1, 28, 28), "2d-bn": (64, 1, 28, 28)
           "2d-avg": (64, 1, 28, 28), "2d-gelu": (64, 1, 28, 28)}
 
 
+def _bn_cnn(case, seq, conv, bn, relu, gelu, maxpool, avgpool, flatten, dense):
+    """The ``2d-bn``/``2d-avg``/``2d-gelu`` model from either framework's classes."""
+    act = gelu if case == "2d-gelu" else relu
+    pool = avgpool if case == "2d-avg" else maxpool
+    return seq(conv(1, 16, 3, padding=1), bn(16), act(), pool(2),
+               conv(16, 32, 3, padding=1), bn(32), act(), pool(2), flatten(), dense(1568, 10))
+
+
 def gpunet_step(case, x, y, threads=2):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import gpunet
@@ -51,11 +59,8 @@ def gpunet_step(case, x, y, threads=2):
                              L.Conv2D(16, 32, 3, padding=1, activation="relu"), L.MaxPool2D(2),
                              L.Flatten(), L.Dense(1568, 10))
     else:
-        act = L.GELU if case == "2d-gelu" else L.ReLU
-        pool = L.AvgPool2D if case == "2d-avg" else L.MaxPool2D
-        model = L.Sequential(L.Conv2D(1, 16, 3, padding=1), L.BatchNorm(16), act(), pool(2),
-                             L.Conv2D(16, 32, 3, padding=1), L.BatchNorm(32), act(), pool(2),
-                             L.Flatten(), L.Dense(1568, 10))
+        model = _bn_cnn(case, L.Sequential, L.Conv2D, L.BatchNorm, L.ReLU, L.GELU, L.MaxPool2D,
+                        L.AvgPool2D, L.Flatten, L.Dense)
     # The input is data: like PyTorch for an input that does not require grad, compute no
     # gradient for it (Conv2D.input_grad, as gpunet bench does for Dense).
     model[0].input_grad = False
@@ -84,11 +89,8 @@ def torch_step(case, x, y, threads=2):
                               nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Flatten(), nn.Linear(1568, 10))
     else:
-        act = nn.GELU if case == "2d-gelu" else nn.ReLU
-        pool = nn.AvgPool2d if case == "2d-avg" else nn.MaxPool2d
-        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(), pool(2),
-                              nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), act(), pool(2),
-                              nn.Flatten(), nn.Linear(1568, 10))
+        model = _bn_cnn(case, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.GELU,
+                        nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear)
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
