@@ -237,7 +237,9 @@ class Callback:
     ``on_epoch_begin``, then per step ``on_backward_end`` (gradients ready, before the
     optimizer step) and ``on_batch_end``; ``on_epoch_end(trainer, epoch, logs)``, where a
     callback may add keys to ``logs`` (they go into the History) or set
-    ``trainer.stop_training = True``; finally ``on_train_end``, which runs even when
+    ``trainer.stop_training = True`` (set earlier, in ``on_batch_end``, it too takes effect
+    at the end of that epoch, which runs to its last batch and is recorded; Keras' ``fit``
+    stops after the batch); finally ``on_train_end``, which runs even when
     ``fit`` raises after ``on_train_begin`` (a non-finite loss, Ctrl-C), so that
     ``EarlyStopping`` puts the best weights back then too.
 

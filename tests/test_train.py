@@ -1381,6 +1381,22 @@ def test_keras_keywords_of_the_callbacks_get_gpunets_names(make, msg):
         make()
 
 
+def test_stop_training_set_in_on_batch_end_stops_at_the_end_of_that_epoch(rng):
+    """The Callback docstring and guide §6 say so (Keras' fit stops after the batch): the
+    epoch runs to its last batch, is recorded in the History, and no other epoch starts."""
+    X, y = _blobs(rng, n=64)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+
+    class StopAtStep2(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            if step == 2 and trainer.global_step > 8:     # in the second epoch (8 batches each)
+                trainer.stop_training = True
+
+    h = tr.fit((X, y), epochs=5, batch_size=8, progress=False, callbacks=[StopAtStep2()])
+    assert h.epoch == [0, 1] and tr.global_step == 16
+
+
 def test_verbose_hint_names_only_attributes_the_callback_has():
     """ModelCheckpoint(verbose=1) said to 'read stopped_epoch, best, best_epoch', EarlyStopping's
     attributes; a ModelCheckpoint has only best (the epoch is in the file's metadata)."""
