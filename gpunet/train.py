@@ -156,6 +156,62 @@ def _check_parts(model, loss_fn, optimizer, scheduler=None, scaler=None):
 
 _HOOKS = ("on_train_begin", "on_epoch_begin", "on_backward_end", "on_batch_end", "on_epoch_end",
           "on_train_end")
+# what gpunet passes to each hook, for the check of a callback's own hooks before training
+_HOOK_ARGS = {"on_train_begin": ("trainer",), "on_epoch_begin": ("trainer", "epoch"),
+              "on_backward_end": ("trainer",), "on_batch_end": ("trainer", "step", "logs"),
+              "on_epoch_end": ("trainer", "epoch", "logs"), "on_train_end": ("trainer",)}
+_NO_BATCH_BEGIN = (None, "gpunet calls no hook before a batch: on_backward_end(trainer) runs after each "
+                         "backward, on_batch_end(trainer, step, logs) after each step")
+_NO_VALIDATION_HOOK = (None, "gpunet calls no hook around validation: the val_* values are in the logs "
+                             "that on_epoch_end(trainer, epoch, logs) receives")
+_NO_PREDICT_HOOK = (None, "gpunet's predict and evaluate call no callbacks")
+# other frameworks' hooks, which gpunet's Trainer never calls: (gpunet's hook or None, hint)
+_FOREIGN_HOOKS = {
+    "on_train_batch_end": ("on_batch_end", "gpunet's is on_batch_end(trainer, step, logs)"),
+    "on_train_batch_begin": _NO_BATCH_BEGIN, "on_batch_begin": _NO_BATCH_BEGIN,
+    "on_train_batch_start": _NO_BATCH_BEGIN,
+    "on_train_start": ("on_train_begin", "gpunet's is on_train_begin(trainer)"),
+    "on_fit_start": ("on_train_begin", "gpunet's is on_train_begin(trainer)"),
+    "on_fit_end": ("on_train_end", "gpunet's is on_train_end(trainer)"),
+    "on_epoch_start": ("on_epoch_begin", "gpunet's is on_epoch_begin(trainer, epoch)"),
+    "on_train_epoch_start": ("on_epoch_begin", "gpunet's is on_epoch_begin(trainer, epoch)"),
+    "on_train_epoch_end": ("on_epoch_end", "gpunet's is on_epoch_end(trainer, epoch, logs)"),
+    "on_after_backward": ("on_backward_end", "gpunet's is on_backward_end(trainer)"),
+    "on_before_optimizer_step": ("on_backward_end", "gpunet's is on_backward_end(trainer), after the "
+                                                    "backward and before the optimizer step"),
+    **{name: _NO_VALIDATION_HOOK for name in (
+        "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+        "on_validation_start", "on_validation_end", "on_validation_epoch_start",
+        "on_validation_epoch_end", "on_validation_batch_start", "on_validation_batch_end")},
+    **{name: _NO_PREDICT_HOOK for name in (
+        "on_predict_begin", "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")},
+}
+
+
+def _check_hooks(cb, i, who):
+    """A callback's own hooks, before training: one defined with another framework's
+    signature (Keras' ``on_epoch_end(self, epoch, logs)``, without the trainer) raised a
+    ``TypeError`` only at the end of the first epoch, after it trained; one under another
+    framework's name (Keras' ``on_train_batch_end``) was never called, silently. Both raise
+    ``TypeError`` here, naming gpunet's hook. A foreign name is let through when the class
+    also overrides the gpunet hook it stands for (a callback written for both)."""
+    import inspect
+    cls = type(cb)
+    for hook, args in _HOOK_ARGS.items():
+        if getattr(cls, hook, None) is getattr(Callback, hook):
+            continue                        # the base's no-op
+        try:
+            inspect.signature(getattr(cb, hook)).bind(*args)
+        except TypeError:
+            raise TypeError(f"{who}: callbacks[{i}] ({cls.__name__}).{hook} cannot take the arguments gpunet "
+                            f"passes, {hook}({', '.join(args)}) (Keras' hooks take no trainer)") from None
+        except ValueError:                  # no signature to read (a builtin): leave it
+            pass
+    for name, (ours, hint) in _FOREIGN_HOOKS.items():
+        if callable(getattr(cls, name, None)) and (
+                ours is None or getattr(cls, ours, None) is getattr(Callback, ours)):
+            raise TypeError(f"{who}: callbacks[{i}] ({cls.__name__}) defines {name}, another framework's "
+                            f"hook, which gpunet's Trainer never calls; {hint}")
 
 
 def _check_callbacks(callbacks, who):
@@ -173,6 +229,7 @@ def _check_callbacks(callbacks, who):
         if missing:
             raise TypeError(f"{who}: callbacks[{i}] must be a gpunet.train.Callback (with "
                             f"{', '.join(missing)}), got {type(cb).__name__}")
+        _check_hooks(cb, i, who)
     return callbacks
 
 
@@ -242,6 +299,12 @@ class Callback:
     stops after the batch); finally ``on_train_end``, which runs even when
     ``fit`` raises after ``on_train_begin`` (a non-finite loss, Ctrl-C), so that
     ``EarlyStopping`` puts the best weights back then too.
+
+    Every hook takes the trainer first. ``Trainer.fit`` checks a callback's hooks before
+    training: one that cannot take gpunet's arguments (Keras' ``on_epoch_end(self, epoch,
+    logs)``) or one under another framework's name, which gpunet never calls (Keras'
+    ``on_train_batch_end``, Lightning's ``on_validation_epoch_end``), raises ``TypeError``
+    naming gpunet's hook.
 
     ``on_batch_end``'s ``logs["loss"]`` is the batch's loss: a float on the CPU; on a GPU
     the 0-d device array, so that the step stays free of host syncs (``float()`` it to

@@ -1397,6 +1397,52 @@ def test_stop_training_set_in_on_batch_end_stops_at_the_end_of_that_epoch(rng):
     assert h.epoch == [0, 1] and tr.global_step == 16
 
 
+def test_callback_hooks_of_another_framework_are_refused_before_training(rng):
+    """A Keras user's callback: on_train_batch_end was never called (silently), and
+    on_epoch_end(self, epoch, logs) raised Python's 'takes from 2 to 3 positional arguments
+    but 4 were given' at the end of the first epoch, after it trained. Both are refused
+    before training, naming gpunet's hook; a class that also overrides gpunet's hook is
+    left alone."""
+    X, y = _blobs(rng, n=32)
+
+    class KerasBatchEnd(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    class KerasEpochEnd(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            pass
+
+    class LightningValidation(Callback):
+        def on_validation_epoch_end(self, trainer, module):
+            pass
+
+    class Both(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.keras = True
+
+        def on_batch_end(self, trainer, step, logs):
+            self.on_train_batch_end(step, logs)
+
+    cases = [(KerasBatchEnd(), r"defines on_train_batch_end, another framework's hook, which gpunet's Trainer "
+                               r"never calls; gpunet's is on_batch_end\(trainer, step, logs\)"),
+             (KerasEpochEnd(), r"\(KerasEpochEnd\)\.on_epoch_end cannot take the arguments gpunet passes, "
+                               r"on_epoch_end\(trainer, epoch, logs\)"),
+             (LightningValidation(), r"on_validation_epoch_end, .* the val_\* values are in the logs")]
+    for cb, msg in cases:
+        model = _model()
+        tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+        before = model.state_dict()
+        with pytest.raises(TypeError, match=r"^Trainer.fit: callbacks\[1\] .*" + msg):
+            tr.fit((X, y), epochs=2, progress=False, callbacks=[Callback(), cb])
+        assert tr.global_step == 0 and all(numpy.array_equal(before[k], v) for k, v in model.state_dict().items())
+    both = Both()
+    model = _model()
+    Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1)).fit(
+        (X, y), epochs=1, progress=False, callbacks=[both])
+    assert both.keras
+
+
 def test_verbose_hint_names_only_attributes_the_callback_has():
     """ModelCheckpoint(verbose=1) said to 'read stopped_epoch, best, best_epoch', EarlyStopping's
     attributes; a ModelCheckpoint has only best (the epoch is in the file's metadata)."""
