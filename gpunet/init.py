@@ -189,7 +189,17 @@ def get(init, layer_name: str = "init"):
 def make(init, shape, dtype=numpy.float32, layer_name="init"):
     """Draw a weight with ``init`` from the host generator and check what comes back."""
     f = get(init, layer_name)
-    w = numpy.asarray(f(_shape(shape), _random.host_rng()))
+    w = f(_shape(shape), _random.host_rng())
+    if not isinstance(w, numpy.ndarray):
+        from .backend import device_of, is_array
+        if is_array(w) and device_of(w) != "cpu":
+            # weights are drawn on the host, the same on every device, then moved (as
+            # PyTorch's nn.init fills a CPU tensor before module.to(device)); a device
+            # array here would be copied back silently, or refuse conversion deep inside
+            raise TypeError(f"{layer_name}: init returned an array on {device_of(w)}; an init "
+                            f"returns a host (NumPy) array, drawn with the rng it is given, and "
+                            f"the model moves it: model.to({device_of(w)!r})")
+        w = numpy.asarray(w)
     if w.shape != _shape(shape):
         raise ValueError(f"{layer_name}: init returned shape {w.shape}, expected {_shape(shape)}")
     # once per weight, at construction: a weight that is not real numbers, or not finite,

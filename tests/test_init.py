@@ -228,3 +228,20 @@ def test_dense_names_a_callable_init_that_returns_non_finite_or_non_numeric_weig
     silently; one returning strings failed in NumPy's conversion, naming no layer."""
     with pytest.raises(ValueError, match=f"Dense: init returned .*{msg}"):
         gpunet.Dense(4, 3, init=lambda shape, rng: numpy.full(shape, bad))
+
+
+def test_an_init_returning_a_device_array_names_the_layer_and_the_device(gpu_xp, gpu_device):
+    """A callable init that made its weight on the GPU (or the sim) failed inside
+    numpy.asarray with CuPy's 'Implicit conversion to a NumPy array is not allowed', naming
+    no layer; weights are drawn on the host (the same on every device) and then moved, so
+    the TypeError now names the layer, the device and model.to."""
+    dev = gpunet.backend.device_of(gpu_xp.empty(0))
+    on_device = lambda shape, rng: gpu_xp.asarray(rng.standard_normal(shape).astype(numpy.float32))
+    for make, name in ((lambda: gpunet.Dense(4, 3, init=on_device), "Dense"),
+                       (lambda: gpunet.Conv2D(2, 3, 3, init=on_device), "Conv2D")):
+        with pytest.raises(TypeError, match=rf"^{name}: init returned an array on {dev}; an init returns "
+                                            rf"a host \(NumPy\) array, drawn with the rng it is given, and "
+                                            rf"the model moves it: model\.to\('{dev}'\)$"):
+            make()
+    host = lambda shape, rng: rng.standard_normal(shape)        # a host array still works
+    assert gpunet.Dense(4, 3, init=host).to(gpu_device).device == dev
