@@ -199,11 +199,20 @@ class GradScaler:
         if self._fused(optimizer, grads):
             from .optim import _unscale_on_device
             d = self._device_state(grads[0])
-            self._pending[id(optimizer)] = _DeviceCheck(_unscale_on_device(grads, d.inv, d.found))
+            try:
+                total = _unscale_on_device(grads, d.inv, d.found)
+            except TypeError:
+                self._one_device(optimizer, grads)      # names gradients on two devices
+                raise
+            self._pending[id(optimizer)] = _DeviceCheck(total)
             return
         found = False
         if grads:
-            xp = get_array_module(*grads)
+            try:
+                xp = get_array_module(*grads)
+            except TypeError:
+                self._one_device(optimizer, grads)
+                raise
             if self._dev is not None and xp is not numpy:
                 self._scale = float(self._dev.scale.get())
             else:
@@ -229,6 +238,14 @@ class GradScaler:
                 else:
                     g *= inv
         self._pending[id(optimizer)] = found
+
+    @staticmethod
+    def _one_device(optimizer, grads):
+        """Raise ``TypeError`` naming ``GradScaler.unscale_`` and two parameters when
+        ``grads`` are on more than one device (called only once a call has failed, so the
+        step itself pays nothing)."""
+        from .optim import _grads_module
+        _grads_module("GradScaler.unscale_", optimizer.params, grads)
 
     def step(self, optimizer) -> bool:
         """``unscale_`` (if not called yet), then ``optimizer.step()`` unless a gradient was

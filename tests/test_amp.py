@@ -313,3 +313,22 @@ def test_disabled_scaler_state_matches_pytorchs():
     theirs.load_state_dict({})          # accepted there too
     with pytest.raises(RuntimeError, match="empty"):
         torch.amp.GradScaler("cpu").load_state_dict({})
+
+
+def test_unscale_names_gradients_on_two_devices(gpu_xp, gpu_device):
+    """GradScaler.step/unscale_ over gradients on two devices raised 'arrays on different
+    devices in one call' from gpunet.backend (either order: the host path and the fused
+    device path), naming no function or parameter; now GradScaler.unscale_ and two of the
+    parameters with their devices, before any gradient is scaled."""
+    from gpunet.layers.base import Parameter
+    for first in (numpy, gpu_xp):
+        second = gpu_xp if first is numpy else numpy
+        a = Parameter(first.asarray(numpy.ones(3, numpy.float32)), "a")
+        b = Parameter(second.asarray(numpy.ones(3, numpy.float32)), "b")
+        a.grad, b.grad = first.asarray(numpy.full(3, 4.0, numpy.float32)), second.asarray(numpy.full(3, 4.0, numpy.float32))
+        da, db = ("cpu", gpu_device) if first is numpy else (gpu_device, "cpu")
+        with pytest.raises(TypeError, match=rf"^GradScaler\.unscale_: the gradients are on more than one "
+                                            rf"device: params\[0\] \(a\) has its grad on {da}\S*, "
+                                            rf"params\[1\] \(b\) on {db}\S*;"):
+            GradScaler().step(optim.SGD([a, b], lr=0.1))
+        assert float(gpunet.to_numpy(a.grad)[0]) == 4.0 and float(gpunet.to_numpy(b.grad)[0]) == 4.0
