@@ -758,3 +758,15 @@ def test_trainer_runs_the_first_call_checks_before_training(device):
     assert [str(w.message)[:61] for w in seen] == [
         "SoftmaxCrossEntropy: every row of the prediction is in [0, 1]"]
     assert tr.global_step == 0 and tr.loss_fn._checked_input
+
+
+@pytest.mark.parametrize("other", [[0, 2, 1, 1], 1])
+def test_labels_that_are_not_an_array_are_named_so_on_every_device(xp, other):
+    """SoftmaxCrossEntropy given a Python list (or a number) for the labels of logits on the
+    sim said 'expected labels on sim (the device of the logits), got them on cpu' where the
+    CPU said what is wrong: not an array. Every device says that now, as BCEWithLogits and
+    MSELoss already did."""
+    z = xp.asarray(numpy.random.default_rng(0).standard_normal((4, 3)).astype(numpy.float32))
+    with pytest.raises(TypeError, match=rf"^softmax_cross_entropy: expected labels as a NumPy or CuPy "
+                                        rf"array, got {type(other).__name__}"):
+        gpunet.SoftmaxCrossEntropy()(z, other)

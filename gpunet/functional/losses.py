@@ -24,6 +24,7 @@ def _module(name, what, x, other_what, other):
     where the first, the model's output, is)."""
     if type(x) is type(other) is numpy.ndarray:     # the CPU's every call: one comparison
         return numpy
+    _check_array(name, other_what, other)   # a list is not "on the host": it is not an array
     bad = device_mismatch(x, other)
     if bad is not None:
         dx, do = bad
