@@ -65,6 +65,29 @@ _OTHER_NAMES = {
 
 
 class Loss:
+    """Base of the losses: ``loss = loss_fn(prediction, target)`` runs ``forward`` and keeps
+    the gradient it computed, which ``backward()`` hands out once.
+
+    A loss of your own (what the errors for PyTorch's ``weight=`` or Keras' ``class_weight=``
+    suggest): subclass ``Loss``, call ``super().__init__()`` (it takes ``reduction``), and
+    define ``forward(prediction, target)`` that returns the loss (a 0-d array, the mean over
+    the batch for the default ``reduction="mean"``, which is how ``Trainer`` weighs it) and
+    sets ``self._grad`` to its gradient with respect to ``prediction`` (same shape, dtype
+    and device): gpunet has no autograd, so the gradient is written by hand, as a layer's
+    backward is. For instance a weighted squared error::
+
+        class WeightedMSE(gpunet.losses.Loss):
+            def __init__(self, w):
+                super().__init__()
+                self.w = w                                  # per output column, (C,)
+            def forward(self, x, y):
+                d = x - y
+                self._grad = 2 * self.w * d / d.size         # d(mean)/dx
+                return (self.w * d * d).sum() / d.size
+
+    A ``forward`` that sets no gradient raises ``NotImplementedError`` at the call.
+    """
+
     #: the output activation this loss applies itself (a model that applies it too, as Keras'
     #: Dense(10, activation="softmax") does, is warned about at the loss's first call)
     _applies = None
@@ -88,7 +111,14 @@ class Loss:
                              f"of shape {tuple(prediction.shape)}")
         if not self._checked_input:
             self._check_input(prediction, stacklevel=3)
+        self._grad = None
         loss = self.forward(prediction, target)
+        if self._grad is None:      # a Loss of your own whose forward set no gradient
+            raise NotImplementedError(
+                f"{type(self).__name__}.forward returned the loss without its gradient: a gpunet loss "
+                f"computes the gradient with respect to the prediction in forward and keeps it in "
+                f"self._grad, which backward() hands out (gpunet has no autograd; see "
+                f"help(gpunet.losses.Loss))")
         self._handed_out = False
         # remember which output this gradient belongs to: the backward of the layer that
         # produced ``prediction`` checks that its caches come from that same forward

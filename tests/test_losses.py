@@ -1,5 +1,7 @@
 """Losses (DESIGN §5) against torch.nn.functional and against gradcheck in float64."""
 import math
+import re
+import textwrap
 
 import numpy
 import pytest
@@ -770,3 +772,35 @@ def test_labels_that_are_not_an_array_are_named_so_on_every_device(xp, other):
     with pytest.raises(TypeError, match=rf"^softmax_cross_entropy: expected labels as a NumPy or CuPy "
                                         rf"array, got {type(other).__name__}"):
         gpunet.SoftmaxCrossEntropy()(z, other)
+
+
+def test_a_loss_of_your_own_as_the_loss_docstring_shows(rng):
+    """The errors for weight=/class_weight= say 'write a Loss of your own', and Loss had no
+    docstring: a subclass whose forward set no gradient got, at backward(), 'backward called
+    before the loss was computed' (it was computed). Now Loss's docstring gives the contract
+    (forward returns the loss and sets self._grad) and a forward without a gradient raises
+    at the call, naming it; the docstring's WeightedMSE trains with Trainer."""
+    from gpunet.losses import Loss
+
+    class Quartic(Loss):
+        def forward(self, x, y):
+            return ((x - y) ** 4).mean()
+
+    x = numpy.ones((4, 2), numpy.float32)
+    with pytest.raises(NotImplementedError, match=r"^Quartic\.forward returned the loss without its "
+                                                  r"gradient: .*self\._grad"):
+        Quartic()(x, numpy.zeros_like(x))
+
+    ns = {}
+    code = re.search(r"::\n\n(.*?)\n\n", Loss.__doc__, re.S).group(1)
+    exec(textwrap.dedent(code), {"gpunet": gpunet}, ns)
+    X = rng.standard_normal((128, 4)).astype(numpy.float32)
+    Y = (X @ numpy.arange(1.0, 5.0)[:, None]).astype(numpy.float32)
+    gpunet.manual_seed(0)
+    model = gpunet.Sequential(gpunet.Dense(4, 1))
+    loss_fn = ns["WeightedMSE"](numpy.array([2.0], numpy.float32))
+    tr = gpunet.Trainer(model, loss_fn, gpunet.optim.SGD(model, lr=0.05), metrics=())
+    h = tr.fit((X, Y), epochs=30, batch_size=32, progress=False)
+    assert h["loss"][-1] < 1e-3 * h["loss"][0]
+    l_ = loss_fn(model.eval()(X), Y)
+    numpy.testing.assert_allclose(float(l_), float((2.0 * (model(X) - Y) ** 2).mean()), rtol=1e-5)
