@@ -682,6 +682,22 @@ def _as_loader(data, batch_size, shuffle, seed, dtype, who, name, device=None, c
     return loader
 
 
+def _check_loader_settings(loader, batch_size, shuffle, seed):
+    """``fit``'s ``batch_size``, ``shuffle`` and ``seed`` build the loader of ``(X, y)`` data; a
+    DataLoader given as ``train`` batches and shuffles as it was built. A value given to fit
+    that is not fit's default and contradicts the loader's own was ignored silently (fit(loader,
+    batch_size=128) trained with the loader's 32); it raises ``ValueError`` instead, as Keras'
+    fit refuses a batch_size for a dataset."""
+    given = [(name, value, own) for name, value, default, own in (
+        ("batch_size", batch_size, 64, loader.batch_size), ("shuffle", shuffle, True, loader.shuffle),
+        ("seed", seed, 0, loader.seed)) if value != default and value != own]
+    if given:
+        name, value, own = given[0]
+        raise ValueError(f"Trainer.fit: train is a DataLoader, which uses its own {name}={own!r}; fit's "
+                         f"{name}={value!r} applies to (X, y) data only: build the loader with "
+                         f"DataLoader(..., {name}={value!r}), or pass train=(X, y)")
+
+
 def _not_data(data, who, name):
     """The ``TypeError`` for ``data`` that is neither an ``(X, y)`` pair nor a DataLoader."""
     # an array here is most often Keras' fit(X, y) / evaluate(X, y): y went to the next argument
@@ -1258,7 +1274,9 @@ class Trainer:
         """Train for ``epochs`` epochs; returns the History (also ``self.history``).
 
         ``train``/``val``: ``(X, y)`` tuples or DataLoaders. For tuples, a DataLoader with
-        ``batch_size``, ``shuffle`` and ``seed`` is built, which keeps the last, partial batch
+        ``batch_size``, ``shuffle`` and ``seed`` is built (a DataLoader given as ``train`` keeps
+        its own three: one of them given to ``fit`` that contradicts the loader's raises
+        ``ValueError`` rather than being ignored), which keeps the last, partial batch
         of ``N % batch_size`` samples (PyTorch's ``drop_last=False``; a DataLoader with
         ``drop_last=True`` drops it), and the epoch's loss weights each batch by its
         samples; epoch ``k`` visits the samples in
@@ -1338,6 +1356,8 @@ class Trainer:
         batch_size = _args.integer("Trainer.fit", "batch_size", batch_size, low=1)
         seed = _args.integer("Trainer.fit", "seed", seed, low=0, none=True)
         progress = _args.flag("Trainer.fit", "progress", progress)
+        if isinstance(train, DataLoader):
+            _check_loader_settings(train, batch_size, shuffle, seed)
         if initial_epoch > epochs:
             raise ValueError(f"Trainer.fit: initial_epoch={initial_epoch} is past epochs={epochs}; epochs "
                              f"is the epoch to stop at, not the number of epochs to run (as in Keras): "

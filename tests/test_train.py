@@ -1443,6 +1443,26 @@ def test_callback_hooks_of_another_framework_are_refused_before_training(rng):
     assert both.keras
 
 
+def test_fit_refuses_batch_size_shuffle_or_seed_that_a_dataloader_would_ignore(rng):
+    """fit(loader, batch_size=128) trained with the loader's own batch size (32), silently;
+    so did shuffle=False and seed=5. Values that contradict the loader now raise ValueError
+    before training (as Keras' fit refuses a batch_size for a dataset); fit's defaults and
+    values equal to the loader's still train."""
+    X, y = _blobs(rng, n=64)
+    loader = gpunet.DataLoader(X, y, batch_size=32, shuffle=True, seed=0)
+    for kw in (dict(batch_size=128), dict(shuffle=False), dict(seed=5)):
+        model = _model()
+        tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+        name, value = next(iter(kw.items()))
+        with pytest.raises(ValueError, match=rf"^Trainer.fit: train is a DataLoader, which uses its own "
+                                             rf"{name}=.*; fit's {name}={value!r} applies to \(X, y\) data only"):
+            tr.fit(loader, epochs=1, progress=False, **kw)
+        assert tr.global_step == 0
+    tr.fit(loader, epochs=1, batch_size=32, progress=False)
+    tr.fit(loader, epochs=2, progress=False)
+    assert tr.global_step == 3 * 2
+
+
 def test_verbose_hint_names_only_attributes_the_callback_has():
     """ModelCheckpoint(verbose=1) said to 'read stopped_epoch, best, best_epoch', EarlyStopping's
     attributes; a ModelCheckpoint has only best (the epoch is in the file's metadata)."""
