@@ -13,6 +13,7 @@ residency rule), so a step moves no bytes from the host either.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import os
@@ -195,7 +196,6 @@ def _check_hooks(cb, i, who):
     framework's name (Keras' ``on_train_batch_end``) was never called, silently. Both raise
     ``TypeError`` here, naming gpunet's hook. A foreign name is let through when the class
     also overrides the gpunet hook it stands for (a callback written for both)."""
-    import inspect
     cls = type(cb)
     for hook, args in _HOOK_ARGS.items():
         if getattr(cls, hook, None) is getattr(Callback, hook):
@@ -688,9 +688,10 @@ def _check_loader_settings(loader, batch_size, shuffle, seed):
     that is not fit's default and contradicts the loader's own was ignored silently (fit(loader,
     batch_size=128) trained with the loader's 32); it raises ``ValueError`` instead, as Keras'
     fit refuses a batch_size for a dataset."""
-    given = [(name, value, own) for name, value, default, own in (
-        ("batch_size", batch_size, 64, loader.batch_size), ("shuffle", shuffle, True, loader.shuffle),
-        ("seed", seed, 0, loader.seed)) if value != default and value != own]
+    defaults = inspect.signature(Trainer.fit).parameters
+    given = [(name, value, own) for name, value, own in (
+        ("batch_size", batch_size, loader.batch_size), ("shuffle", shuffle, loader.shuffle),
+        ("seed", seed, loader.seed)) if value != defaults[name].default and value != own]
     if given:
         name, value, own = given[0]
         raise ValueError(f"Trainer.fit: train is a DataLoader, which uses its own {name}={own!r}; fit's "
