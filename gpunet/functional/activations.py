@@ -10,12 +10,12 @@ Every body is written once against ``xp`` and runs on NumPy and CuPy, in the inp
 dtype (Python-float constants never promote float32).
 
 The input must be a floating-point array (an integer one raises ``ValueError``, anything
-else ``TypeError``, naming the function). Hyper-parameters (``inplace``,
-``negative_slope``, ``alpha``, ``axis``) are checked on every call, as ``gpunet._args`` checks a constructor's: ``inplace="no"`` would overwrite the
-input, a NaN slope would fill the output with NaN. The layers call these per step with
-values their constructors checked, so each check is one type test (and a range test) on
-that path and calls ``gpunet._args`` only for anything else: a bool, a finite Python
-float, an int axis of the input.
+else ``TypeError``, naming the function). Hyper-parameters (``inplace``, ``negative_slope``,
+``alpha``, ``axis``) are checked on every call, as ``gpunet._args`` checks a constructor's:
+``inplace="no"`` would overwrite the input, a NaN slope would fill the output with NaN.
+The layers call these per step with values their constructors checked, so each check is
+one type test (and a range test) on that path and calls ``gpunet._args`` only for anything
+else: a bool, a finite Python float, an int axis of the input.
 """
 from __future__ import annotations
 

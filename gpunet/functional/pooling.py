@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy
 
-from .conv import output_size, pad2d, pair
-from .layout import ORDERS, as_order, copy_as, empty_in, memory_order
+from .conv import output_size, pair
+from .layout import ORDERS, as_order, empty_in, memory_order
 from ..backend import get_array_module
 
 
@@ -176,7 +176,7 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     argt = _to_planes(arg, layout)
     # dy in arg's layout first (one small copy when it comes otherwise, e.g. NCHW through
     # Flatten): the per-offset passes below are several times slower on mixed layouts
-    dyt = _to_planes(dy if memory_order(dy) == layout else copy_as(dy, arg), layout)
+    dyt = _to_planes(as_order(dy, layout), layout)
     planes = (argt.shape[0],) + tuple(x_shape[2:]) + (argt.shape[3],)
     return _from_planes(_max_pool_backward(xp, dyt, argt, planes, kernel, stride, padding),
                         layout, n, c)
@@ -241,17 +241,12 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, order=
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding)
-    if order is not None and order not in ORDERS:
-        raise ValueError(f"avg_pool2d_backward: expected order in {sorted(ORDERS)} or None, "
-                         f"got {order!r}")
+    _check_order("avg_pool2d_backward", order)
     if dy.dtype == numpy.float16:   # float32 sums, rounded once (as the device kernel)
         return avg_pool2d_backward(dy.astype(numpy.float32), x_shape, kernel, stride,
                                    padding, order).astype(numpy.float16)
-    layout = memory_order(dy)
-    if order is not None and layout != order:
-        dy, layout = as_order(dy, order), order
-    elif layout is None:
-        dy, layout = numpy.ascontiguousarray(dy), "nchw"
+    layout = order or memory_order(dy) or "nchw"
+    dy = as_order(dy, layout)
     n, c, h, w = x_shape
     (ph, pw) = padding
     g = _to_planes(dy, layout) * (1.0 / (kernel[0] * kernel[1]))
@@ -276,11 +271,15 @@ def global_avg_pool2d_backward(dy, x_shape, order=None):
     xp = get_array_module(dy)
     n, c, h, w = x_shape
     g = dy * (1.0 / (h * w))
-    if xp is not numpy or order in (None, "nchw"):
+    if xp is not numpy:
         return xp.broadcast_to(g[:, :, None, None], x_shape).copy()
-    if order not in ORDERS:
-        raise ValueError(f"global_avg_pool2d_backward: expected order in {sorted(ORDERS)} or None, "
-                         f"got {order!r}")
-    dx = empty_in(x_shape, g.dtype, order)
+    _check_order("global_avg_pool2d_backward", order)
+    dx = empty_in(x_shape, g.dtype, order or "nchw")
     dx[...] = g[:, :, None, None]
     return dx
+
+
+def _check_order(who, order):
+    """A backward's ``order=``: None or one of the memory orders of ``layout.ORDERS``."""
+    if order is not None and order not in ORDERS:
+        raise ValueError(f"{who}: expected order in {sorted(ORDERS)} or None, got {order!r}")

@@ -101,7 +101,7 @@ class AvgPool2D(_Pool2D):
             raise RuntimeError("AvgPool2D.backward called before a training-mode forward")
         check_grad(self, dy, self._out_shape, self._dtype)
         return FP.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding,
-                                      order=self._order if isinstance(dy, numpy.ndarray) else None)
+                                      order=self._order)
 
 
 class GlobalAvgPool2D(Layer):
