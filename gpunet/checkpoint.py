@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import stat
+import warnings
 import zipfile
 
 import numpy
@@ -273,6 +274,24 @@ def _restore_all(where, parts, strict=True):
     return first
 
 
+def _warn_left_behind(path, data, scheduler, scaler):
+    """Warn when a load that restores an optimizer (a run being resumed) leaves out the
+    schedule or loss-scaler state the file holds: the optimizer then goes on at the saved
+    rate while a fresh schedule starts again from its epoch 0 at its next step (and a fresh
+    scaler from its initial scale), so the run silently departs from the one saved."""
+    left = []
+    if scheduler is None and _SCHED_TYPE in data:
+        left.append(f"{data[_SCHED_TYPE]} schedule state (pass scheduler=, a "
+                    f"{data[_SCHED_TYPE]} of this optimizer)")
+    if scaler is None and any(k.startswith("scaler/") for k in data):
+        left.append("GradScaler state (pass scaler=, e.g. trainer.scaler of a precision='fp16' "
+                    "Trainer)")
+    if left:
+        warnings.warn(f"gpunet.load: {path} also holds {' and '.join(left)}, which this load "
+                      f"did not restore: a run resumed from it would start the schedule or the loss "
+                      f"scale over instead of continuing them", UserWarning, stacklevel=3)
+
+
 class Metadata(dict):
     """What ``load`` returns: the checkpoint's keyword metadata (a plain ``dict`` in every
     other respect), with ``missing_keys`` and ``unexpected_keys``, the model's keys that the
@@ -298,7 +317,10 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
     no file ``FileNotFoundError`` (also a ``ValueError``: :class:`CheckpointNotFoundError`),
     as ``torch.load`` and ``numpy.load`` raise. Asking for
     optimizer, scheduler or scaler state that the file does not hold (or a scheduler of
-    another class than the one saved) raises ``ValueError``; a disabled ``scaler``
+    another class than the one saved) raises ``ValueError``; a load that restores an
+    ``optimizer`` but leaves out schedule or scaler state the file holds (as
+    ``ModelCheckpoint`` saves them) warns (``UserWarning``), since the run would not continue
+    as saved (a load of the model alone, for inference or fine-tuning, does not); a disabled ``scaler``
     (``enabled=False``) has no state and asks for none. A load that raises changes
     nothing: the model, optimizer, scheduler and scaler keep the state they had (as
     ``load_state_dict`` checks everything before it changes anything).
@@ -346,6 +368,8 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
                              f"or with a disabled one)")
         parts.append((scaler, sc_sd))
     result = _restore_all(where, parts, strict)
+    if optimizer is not None:
+        _warn_left_behind(path, data, scheduler, scaler)
     if strict:
         return Metadata(meta)
     missing, unexpected = result

@@ -185,6 +185,45 @@ def test_scheduler_state_round_trip(tmp_path):
         gpunet.save(plain, model, opt, scaler=1)
 
 
+def test_resuming_an_optimizer_without_the_saved_schedule_or_scaler_warns(tmp_path):
+    """Found by the resume audit: ModelCheckpoint saves the schedule (and, fp16, the loss
+    scaler); gpunet.load(path, model, opt) without scheduler= restored the optimizer's
+    scheduled rate while the Trainer's fresh schedule restarted at its epoch 0 on the next
+    step (ExponentialLR: rate 0.25 saved, 1.0 * 0.5 at the next step instead of 0.125), without
+    a word. A load that restores an optimizer and leaves such state behind warns, naming it;
+    a model-only load (inference, fine-tuning) and a complete load do not."""
+    import warnings
+    model = _model()
+    opt = optim.SGD(model.parameters(), lr=1.0)
+    sched = optim.ExponentialLR(opt, gamma=0.5)
+    sched.step(), sched.step()
+    scaler = gpunet.amp.GradScaler()
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, model, opt, scheduler=sched, scaler=scaler, epoch=2)
+
+    def fresh():
+        m = _model(1)
+        o = optim.SGD(m.parameters(), lr=1.0)
+        return m, o, optim.ExponentialLR(o, gamma=0.5), gpunet.amp.GradScaler()
+
+    m, o, s, sc = fresh()
+    with pytest.warns(UserWarning, match=r"ck\.npz also holds ExponentialLR schedule state \(pass "
+                                         r"scheduler=.*\) and GradScaler state \(pass scaler=.*did not restore"):
+        gpunet.load(path, m, o)
+    assert o.lr == 0.25                                  # the optimizer's rate came back ...
+    m, o, s, sc = fresh()
+    with pytest.warns(UserWarning, match=r"holds GradScaler state") as rec:
+        gpunet.load(path, m, o, scheduler=s)
+    assert "ExponentialLR" not in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m, o, s, sc = fresh()
+        gpunet.load(path, m, o, scheduler=s, scaler=sc)  # everything: no warning
+        assert s.step() == sched.step() == 0.125
+        gpunet.load(path, _model(2))                     # the model alone: no warning
+        gpunet.load(path, _model(2), scaler=gpunet.amp.GradScaler())
+
+
 def test_load_of_a_missing_file_is_a_file_not_found_error_naming_it(tmp_path):
     """As torch.load and numpy.load: a path with no file raises FileNotFoundError, so that
     ``except FileNotFoundError:`` starts a run afresh (it was a bare ValueError, which that
