@@ -244,7 +244,9 @@ class DataLoader:
             ``torch.manual_seed`` makes a PyTorch DataLoader's shuffle reproducible: for the
             same order in every run pass ``seed=`` (an int, or the ``loader.seed`` of a run
             to replay). ``Trainer.fit`` on an ``(X, y)`` pair shuffles with ``seed=0``
-            unless told otherwise.
+            unless told otherwise. A checkpoint holds no loader seed, so a run resumed with
+            ``fit(..., initial_epoch=k)`` on a loader whose seed was drawn shuffles otherwise
+            than the saved run: ``fit`` warns (``UserWarning``).
         drop_last: a bool, checked as ``shuffle`` is: drop the last, incomplete batch (as in
             PyTorch). With fewer samples than one batch that is every sample: a pass then
             yields nothing and warns (``UserWarning``; ``Trainer`` raises ``ValueError``).
@@ -346,6 +348,9 @@ class DataLoader:
         self.shuffle = shuffle
         seed = _args.integer("DataLoader", "seed", seed, low=0, none=True)
         self.seed = int(numpy.random.SeedSequence().entropy) if seed is None else seed
+        # the seed drawn for seed=None (None when given): a run resumed in a new process with
+        # such a loader draws another one, so its shuffles are not the saved run's
+        self._drawn_seed = self.seed if seed is None else None
         self.drop_last = drop_last
         self._X, self._y = X, y
         self.epoch = 0

@@ -127,6 +127,21 @@ def _warn_stale_optimizer(model, optimizer):
                       UserWarning, stacklevel=3)
 
 
+def _warn_unseeded_resume(loader, initial_epoch):
+    """Warn when ``fit(initial_epoch=k)`` resumes a run on a shuffling loader whose seed was
+    drawn at random when it was made (``seed=None``): epoch ``k``'s order is that of
+    ``(seed, k)``, and this seed is not the one the saved run drew, so the resumed epochs
+    visit the samples in other orders than the run that never stopped (nothing else
+    differs, and nothing in a checkpoint holds a loader's seed)."""
+    drawn = getattr(loader, "_drawn_seed", None)
+    if loader.shuffle and drawn is not None and drawn == loader.seed:
+        warnings.warn(f"Trainer.fit: initial_epoch={initial_epoch} resumes a run, but train is shuffled "
+                      f"with a seed drawn at random (seed=None gave {loader.seed}), not the one the saved "
+                      f"run drew: its epochs will visit the samples in other orders than that run's. "
+                      f"Pass seed= (an int; fit's default for (X, y) data is 0) in every run, or the "
+                      f"saved run's loader.seed if you kept it", UserWarning, stacklevel=3)
+
+
 def _check_parts(model, loss_fn, optimizer, scheduler=None, scaler=None):
     """The model is a Layer, the loss a loss object, and the optimizer one that updates some
     of the model's parameters (one built over another model would train nothing)."""
@@ -1388,6 +1403,8 @@ class Trainer:
         loader, vloader = self._agree("Trainer.fit", "the checks of the data before training "
                                       "(train, val and val's first sample through the model)", data)
         _warn_stale_optimizer(self.model, self.optimizer)
+        if initial_epoch:
+            _warn_unseeded_resume(loader, initial_epoch)
         progress = progress and (self.comm is None or self.comm.rank == 0)
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)

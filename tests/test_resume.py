@@ -112,3 +112,40 @@ def test_a_checkpoint_moves_between_devices_unchanged(tmp_path, gpu_device, dire
     assert all(backend.device_of(v).split(":")[0] == dst for st in opt2.state for v in st.values())
     assert backend.device_of(m2[1].running_var).split(":")[0] == dst
     assert m2[4].counter == m[4].counter == 3
+
+
+def test_resuming_on_a_loader_with_a_randomly_drawn_seed_warns():
+    """Found by the resume audit: a DataLoader(shuffle=True) built without seed= draws its seed
+    from OS entropy, so the same script run again to resume (fit(loader, initial_epoch=k))
+    shuffled epochs k.. with another seed than the saved run's: the resumed losses and weights
+    differed from the run that never stopped, without a word (the checkpoint holds no
+    loader seed). fit(initial_epoch=k) on such a loader now warns, naming the drawn seed and
+    seed=; a loader with a seed (given, or assigned afterwards), shuffle=False, fit's (X, y)
+    data with its default seed=0 and a fit from epoch 0 do not."""
+    import warnings
+    rng = numpy.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)).astype(numpy.float32), rng.integers(0, 3, 40)
+
+    def trainer():
+        gpunet.manual_seed(0)
+        m = gpunet.Sequential(gpunet.Dense(4, 3))
+        return gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), optim.SGD(m, lr=0.1))
+
+    # the same script twice: the second run's epoch 1 is not the first run's
+    a, b = gpunet.DataLoader(X, y, batch_size=8, shuffle=True), gpunet.DataLoader(X, y, batch_size=8, shuffle=True)
+    assert not numpy.array_equal(a.order(1), b.order(1))
+    with pytest.warns(UserWarning, match=rf"initial_epoch=1 resumes a run, but train is shuffled with a "
+                                         rf"seed drawn at random \(seed=None gave {b.seed}\).*Pass seed="):
+        trainer().fit(b, epochs=2, initial_epoch=1, progress=False)
+    with pytest.warns(UserWarning, match="seed drawn at random"):
+        trainer().fit((X, y), epochs=2, initial_epoch=1, seed=None, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer().fit(gpunet.DataLoader(X, y, batch_size=8, shuffle=True, seed=4), epochs=2,
+                      initial_epoch=1, progress=False)
+        c = gpunet.DataLoader(X, y, batch_size=8, shuffle=True)
+        c.seed = 11
+        trainer().fit(c, epochs=2, initial_epoch=1, progress=False)
+        trainer().fit(gpunet.DataLoader(X, y, batch_size=8), epochs=2, initial_epoch=1, progress=False)
+        trainer().fit((X, y), epochs=2, initial_epoch=1, progress=False)
+        trainer().fit(gpunet.DataLoader(X, y, batch_size=8, shuffle=True), epochs=1, progress=False)
