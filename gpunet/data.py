@@ -239,7 +239,9 @@ class DataLoader:
             the order ``numpy.random.default_rng([seed, k]).permutation(N)``, computed
             on the host with NumPy and therefore identical on every device.
             ``None`` draws a seed from OS entropy once, at construction, and keeps it in
-            ``self.seed`` (so even an unseeded run can be replayed). ``gpunet.manual_seed``
+            ``self.seed`` (so even an unseeded run can be replayed); with a ``comm`` of
+            several processes, rank 0's draw is broadcast to all of them (so their shares
+            stay disjoint). ``gpunet.manual_seed``
             does not seed it (it seeds the initial weights and Dropout's default seeds), where
             ``torch.manual_seed`` makes a PyTorch DataLoader's shuffle reproducible: for the
             same order in every run pass ``seed=`` (an int, or the ``loader.seed`` of a run
@@ -317,7 +319,7 @@ class DataLoader:
                                    "checked on assignment as by set_epoch).", low=0)
     comm = _args.checked_property("DataLoader", "comm", "None or the communicator the epochs are sharded "
                                   "over (checked on assignment as the argument is).",
-                                  _args.communicator, none=True)
+                                  _args.communicator, none=True, then=lambda self: self._share_drawn_seed())
     _new_data = ("create a new DataLoader(X, y, ...) for other data (the number of samples, a device "
                  "copy of the data and the shards are made from X and y together)")
     X = _args.read_only("DataLoader", "X", "The samples given (fixed at construction).", _new_data)
@@ -356,6 +358,19 @@ class DataLoader:
         self.epoch = 0
         self.comm = comm
         self.device = device        # resolve_device, and no resident copy (_resident, _permute)
+
+    def _share_drawn_seed(self):
+        """With a ``comm`` of several processes, a seed drawn for ``seed=None`` becomes rank
+        0's on every process (one ``bcast_object``, when the loader is made or given ``comm``):
+        each process drew its own, and shares cut from different orders overlap and miss
+        samples, where they must be disjoint (the shards of "Sharding"). A stand-in
+        communicator without ``bcast_object`` (a test's, with ``rank`` and ``size`` only) is
+        used as it is."""
+        comm = self.comm
+        bcast = getattr(comm, "bcast_object", None)
+        if bcast is not None and comm.size > 1 and self._drawn_seed is not None \
+                and self._drawn_seed == self.seed:
+            self.seed = self._drawn_seed = int(bcast(self.seed, root=0))
 
     @property
     def num_samples(self) -> int:
