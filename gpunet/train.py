@@ -261,6 +261,23 @@ def _check_comm(comm, optimizer):
     return comm
 
 
+def _log_float(who, key, value, by=""):
+    """``float(value)`` for the epoch's logs entry ``key``: a number (a Python or NumPy int,
+    float or bool, or a 0-d array; on a device, reading it is one host sync). Anything else
+    (a str, None, a list, an array of several values) raises ``TypeError`` naming the key,
+    ``by`` (the callback that wrote it) and what it got, instead of ``float()``'s own message."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    shape = getattr(value, "shape", None)
+    got = f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else repr(value)[:80]
+    raise TypeError(f"{who}: logs[{key!r}]{by} is {got}; the epoch's logs hold numbers only (one "
+                    f"float per epoch goes into the History): write a float, int or 0-d array, e.g. "
+                    f"logs[{key!r}] = float(value)")
+
+
 class History:
     """Per-epoch records: ``history["loss"]``, ``history["val_accuracy"]``, …
 
@@ -273,9 +290,14 @@ class History:
         self.epoch: list[int] = []
 
     def append(self, epoch: int, logs: dict):
+        """Record one epoch: ``epoch`` and ``float(v)`` of every value of ``logs``. All the
+        values are converted before anything is recorded, so a value that is not a number
+        raises ``TypeError`` naming its key and leaves the History as it was (a half-recorded
+        epoch would leave its lists of different lengths)."""
+        values = {k: _log_float("History.append", k, v) for k, v in logs.items()}
         self.epoch.append(int(epoch))
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(float(v))
+        for k, v in values.items():
+            self.history.setdefault(k, []).append(v)
 
     def __getitem__(self, key):
         try:
@@ -308,7 +330,9 @@ class Callback:
     """Hooks the Trainer calls, in order: ``on_train_begin``; per epoch
     ``on_epoch_begin``, then per step ``on_backward_end`` (gradients ready, before the
     optimizer step) and ``on_batch_end``; ``on_epoch_end(trainer, epoch, logs)``, where a
-    callback may add keys to ``logs`` (they go into the History) or set
+    callback may add keys to ``logs`` (numbers, which go into the History as floats; any other
+    value raises ``TypeError`` naming the key and the callback, and that epoch is not
+    recorded) or set
     ``trainer.stop_training = True`` (set earlier, in ``on_batch_end``, it too takes effect
     at the end of that epoch, which runs to its last batch and is recorded; Keras' ``fit``
     stops after the batch); finally ``on_train_end``, which runs even when
@@ -331,6 +355,17 @@ class Callback:
     def on_batch_end(self, trainer, step, logs): pass
     def on_epoch_end(self, trainer, epoch, logs): pass
     def on_train_end(self, trainer): pass
+
+
+def _check_logs(logs, cb, checked):
+    """After ``cb.on_epoch_end``: each value of the epoch's logs that is not a float yet
+    goes through ``_log_float`` (once: ``checked`` holds the ids seen), so that one a callback
+    wrote that is not a number raises there, naming the callback and the key, before a later
+    callback or the History reads it. The values are left as they were written."""
+    for k, v in logs.items():
+        if type(v) is not float and id(v) not in checked:
+            _log_float("Trainer.fit", k, v, f" (written by {type(cb).__name__}.on_epoch_end)")
+            checked.add(id(v))
 
 
 def _improves(mode, value, best, min_delta):
@@ -1450,8 +1485,10 @@ class Trainer:
                             "an epoch as an improvement)", RuntimeWarning, stacklevel=2)
                 if plateau is not None:     # after validation, before the callbacks (a checkpoint)
                     self.scheduler.step(logs[plateau])
+                checked = set()
                 for cb in self._callbacks:
                     cb.on_epoch_end(self, epoch, logs)
+                    _check_logs(logs, cb, checked)
                 if self.comm is not None:
                     self.stop_training = bool(self.comm.bcast_object(bool(self.stop_training)))
                 self.history.append(epoch, logs)

@@ -1632,3 +1632,48 @@ def test_keras_old_accuracy_names_are_named_before_training():
     with pytest.raises(ValueError, match=r"monitor 'val_acc' is not among the epoch's logs .*; 'val_acc' is Keras' "
                                          r"old name of 'val_accuracy'$"):
         tr.fit((X, y), val=(X, y), epochs=1, progress=False, callbacks=[Mine(), EarlyStopping(monitor="val_acc")])
+
+
+@pytest.mark.parametrize("value, got", [("abc", "'abc'"), (None, "None"), ([1, 2], r"\[1, 2\]"),
+                                        (numpy.array([1.0, 2.0]), r"ndarray of shape \(2,\)")])
+def test_a_callback_logging_a_value_that_is_not_a_number_is_named_and_the_history_stays_whole(rng, value, got):
+    """Found by the failure-path audit: a callback that wrote a str, None, a list or an array
+    into the epoch's logs stopped fit with float()'s own message ("could not convert string to
+    float: 'abc'", raised inside History.append), after the History had recorded the epoch
+    and some keys but not the others (history.epoch == [0], history["custom"] == []). The
+    value is now checked after each callback's on_epoch_end: TypeError naming the key and
+    the callback, and the History keeps only whole epochs."""
+    X, y = _blobs(rng)
+
+    class Writes(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["custom"] = value if epoch == 1 else float(epoch)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with pytest.raises(TypeError, match=rf"^Trainer.fit: logs\['custom'\] \(written by Writes.on_epoch_end\) "
+                                        rf"is {got}; the epoch's logs hold numbers only"):
+        tr.fit((X, y), epochs=3, progress=False, callbacks=[Writes()])
+    h = tr.history
+    assert h.epoch == [0] and all(len(v) == 1 for v in h.history.values()), h.history
+    assert h["custom"] == [0.0]
+    # History.append alone records all of an epoch or nothing
+    with pytest.raises(TypeError, match=r"^History.append: logs\['b'\] is 'x'"):
+        h.append(1, {"loss": 1.0, "b": "x"})
+    assert h.epoch == [0] and h["loss"] == [h["loss"][0]] and "b" not in h
+
+
+def test_numbers_of_every_kind_in_the_logs_go_into_the_history(rng):
+    """What a callback may write: Python and NumPy ints, floats and bools, 0-d arrays, NaN."""
+    X, y = _blobs(rng)
+    values = {"i": 3, "f32": numpy.float32(0.5), "i64": numpy.int64(7), "b": True,
+              "a0": numpy.array(2.5), "nan": float("nan")}
+
+    class Writes(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs.update(values)
+    model = _model()
+    h = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1)).fit(
+        (X, y), epochs=2, progress=False, callbacks=[Writes()])
+    assert [h[k] for k in ("i", "f32", "i64", "b", "a0")] == [[3.0] * 2, [0.5] * 2, [7.0] * 2, [1.0] * 2,
+                                                             [2.5] * 2]
+    assert all(v != v for v in h["nan"])
