@@ -1121,6 +1121,32 @@ def _check_mode_options(args, device):
                          f"{'it' if len(ignored) == 1 else 'them'} out")
 
 
+def _write_json(path, obj):
+    """``--json PATH``: ``obj`` written to a temporary file beside ``path`` and renamed over
+    it, as ``gpunet.save`` writes. The path is checked before the benchmarks run, but it can
+    still fail after them (its folder removed meanwhile, a full disk, a read-only mount):
+    then one line on stderr and status 2 (``SystemExit``), not a traceback, and an older
+    file at ``path`` is left whole; the results are on screen already."""
+    from .checkpoint import _temporary
+    text = json.dumps(obj, indent=1)
+    tmp = None
+    try:
+        fd, tmp = _temporary(os.path.abspath(path))
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        reason = " ".join(str(e).split())
+        raise SystemExit(f"gpunet bench: error: --json {path}: {reason} (the results above were "
+                         f"not written)") from None
+    print(f"raw numbers written to {path}")
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
     from gpunet.backend import resolve_device
@@ -1311,9 +1337,7 @@ def run(args) -> int:
         print()
         print(format_markdown(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"raw numbers written to {args.json}")
+        _write_json(args.json, report)
     return 0
 
 
@@ -1334,10 +1358,8 @@ def run_profile(args, device) -> int:
             out[m] = prof
             print(format_profile(m, prof))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": "cpu", "profile": out, "cpu": cpu_model(), "cpu_vendor": cpu_vendor(),
-                       "threads": threads}, f, indent=1)
-        print(f"raw numbers written to {args.json}")
+        _write_json(args.json, {"device": "cpu", "profile": out, "cpu": cpu_model(), "cpu_vendor": cpu_vendor(),
+                                "threads": threads})
     return 0
 
 
@@ -1397,10 +1419,8 @@ def run_sim(args) -> int:
           "cuBLAS matmul) plus fused = gpunet's own kernels; syncs: host waits; "
           "bytes: host<->device copies")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": "sim", "command": _command_line(args), "precision": precision,
-                       "models": costs}, f, indent=1)
-        print(f"raw numbers written to {args.json}")
+        _write_json(args.json, {"device": "sim", "command": _command_line(args), "precision": precision,
+                                "models": costs})
     return 0
 
 

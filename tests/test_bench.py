@@ -1,10 +1,12 @@
 """``gpunet bench``: the command runs end to end, its table and JSON carry what they claim,
 and a missing PyTorch is said plainly. Timings are recorded, never judged."""
 import json
+import os
 
 import numpy
 import pytest
 
+import gpunet.cli
 from gpunet import bench
 
 TINY = ["--models", "mlp-784-128-10", "--rounds", "2", "--min-time", "0.02", "--no-progress"]
@@ -303,3 +305,44 @@ def test_distributed_takes_every_model_that_models_offers(monkeypatch, capsys):
     assert bench.main(["--distributed", "--quick", "--rounds", "1", "--min-time", "0.01",
                        "--models", "mlp-784-8-10", "--no-progress"]) == 0
     assert "mlp-784-8-10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, last", [
+    (TINY, "format_table"),
+    (["--models", "mlp-784-128-10", "--min-time", "0.02", "--no-progress", "--profile"], "format_profile")])
+def test_a_json_path_that_fails_after_the_run_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, capsys,
+                                                                                   args, last):
+    """Found by the failure-path audit: --json is checked before the benchmarks, but when
+    its folder went away (or the disk filled) during the run, the write at the end raised
+    FileNotFoundError with a traceback and status 1. It is now one line on stderr, status
+    2, and the file is written to a temporary file and renamed, so an older one is never
+    left truncated."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    path = folder / "b.json"
+    real = getattr(bench, last)
+
+    def then_remove(*a, **k):          # the folder goes away while the benchmarks run
+        (folder / "b.json").unlink(missing_ok=True)
+        folder.rmdir()
+        return real(*a, **k)
+    monkeypatch.setattr(bench, last, then_remove)
+    assert gpunet.cli.main(["bench"] + args + ["--json", str(path)]) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gpunet bench: error: --json {path}: ") and "Traceback" not in cap.err
+    assert "No such file or directory" in err[0]
+    assert "mlp-784-128-10" in cap.out      # the results were printed
+
+    # an older file stays whole when the new one cannot be written in full
+    folder.mkdir()
+    path.write_text('{"old": 1}')
+    monkeypatch.setattr(bench, last, real)
+
+    def full_disk(fd, *a, **k):
+        os.close(fd)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(bench.os, "fdopen", full_disk)
+    assert gpunet.cli.main(["bench"] + args + ["--json", str(path)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert json.loads(path.read_text()) == {"old": 1} and os.listdir(folder) == ["b.json"]
