@@ -856,6 +856,58 @@ def _first_layer(model):
     return model
 
 
+class _NonFiniteLoss(Exception):
+    """A training step on the CPU whose loss is not finite, stopped after the loss and before
+    its backward and update (``_halt_if_nonfinite``); ``_train_epoch`` records the loss and
+    raises the ``FloatingPointError`` naming the step."""
+
+    def __init__(self, loss, out):
+        super().__init__("non-finite loss")
+        self.loss, self.out = loss, out
+
+
+def _halt_if_nonfinite(loss, out):
+    """On the CPU (where reading the loss costs nothing), raise ``_NonFiniteLoss`` when the
+    step's loss (its sum, for ``reduction="none"``, as ``_Record`` adds it) is NaN or inf, so
+    that no update is made from its gradients: a diverged run keeps the last finite weights,
+    the optimizer's state and step counts stay those of the steps applied (as
+    ``torch.autograd.detect_anomaly`` stops before ``optimizer.step()``)."""
+    value = loss if loss.ndim == 0 else loss.sum()
+    if not math.isfinite(float(value)):
+        raise _NonFiniteLoss(loss, out)
+
+
+def _divergence_note(model, out) -> str:
+    """For the non-finite-loss error on the CPU: whether the model's output of that step
+    held NaN/inf or was finite (the loss overflowed), and the parameter of the largest
+    magnitude (or those holding NaN/inf): what grew."""
+    parts = []
+    if out is not None:
+        o = to_numpy(out)
+        bad = int(o.size - numpy.isfinite(o).sum())
+        if bad:
+            parts.append(f"its output held {bad} NaN/inf value{'s' * (bad != 1)} of {o.size}")
+        elif o.size:
+            parts.append(f"its output was finite, up to |{float(numpy.abs(o).max()):.3g}|, and the loss "
+                         f"overflowed")
+    worst, broken = None, []
+    for name, p in model.named_parameters():
+        a = to_numpy(p.data)
+        if not a.size:
+            continue
+        if not numpy.isfinite(a).all():
+            broken.append(name)
+        else:
+            m = float(numpy.abs(a).max())
+            if worst is None or m > worst[1]:
+                worst = (name, m)
+    if broken:
+        parts.append(f"parameter{'s' * (len(broken) > 1)} holding NaN/inf: {', '.join(broken)}")
+    elif worst is not None:
+        parts.append(f"the largest parameter is {worst[0]!r}, up to |{worst[1]:.3g}|")
+    return "".join("; " + part for part in parts)
+
+
 class _Record:
     """The running loss and accuracy of one pass, kept on the model's device and read by
     the host in bulk (``read``: one sync), so a step launches 2 small ops for them (argmax,
@@ -1148,6 +1200,8 @@ class Trainer:
         self._next_order = 0        # the shuffle epoch a fit without initial_epoch starts at
         self._callbacks = []
         self._step_lr = None
+        self._halt_nonfinite = False    # fit on the CPU: a non-finite loss stops its step
+        self._halted_out = None         # that step's output, for the error's note
         self.cuda_graph = cuda_graph
 
     def _recapture(self):
@@ -1289,11 +1343,15 @@ class Trainer:
         out = self._forward(xb)
         if self.amp is None:
             loss = self.loss_fn(out, yb)
+            if self._halt_nonfinite:
+                _halt_if_nonfinite(loss, out)
             self.model.zero_grad()
             self.model.backward(self.loss_fn.backward())
         else:
             try:
                 loss = self.loss_fn(out, yb)
+                if self._halt_nonfinite:
+                    _halt_if_nonfinite(loss, out)
                 self.model.zero_grad()
                 self.amp.backward(self.scaler.scale(self.loss_fn.backward()))
             finally:
@@ -1341,7 +1399,12 @@ class Trainer:
         rows of the training data that hold NaN or inf, when there are any) and ends the run
         there, as Keras' ``TerminateOnNaN`` would stop it (the callbacks' ``on_train_end``
         still runs, the epochs before stay in ``trainer.history``, and a ``ModelCheckpoint``
-        file keeps the last good epoch); a non-finite ``val_loss`` is recorded and warned
+        file keeps the last good epoch). On the CPU that step stops after its loss, before its
+        backward and update (Keras applies that update first): the model keeps the weights
+        that gave the loss, and the optimizer's state and ``trainer.global_step`` those of the
+        steps applied; the message adds whether the output held NaN/inf or the loss overflowed,
+        and the largest parameter. On a GPU the loss is read later (below), so the updates up
+        to that read were applied. A non-finite ``val_loss`` is recorded and warned
         about (``RuntimeWarning``, once per fit, naming the rows of ``val`` that hold NaN or
         inf), as validation cannot corrupt the weights.
         Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
@@ -1631,13 +1694,18 @@ class Trainer:
         last_refresh = _clock()
         seen = 0
         try:
+            self._halt_nonfinite = on_host
             for step, (xb, yb) in enumerate(loader):
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 if self.cuda_graph:
                     loss, out, static = self._graph_step(xb, yb)
                     value = rec.add(loss.copy() if static else loss, out, yb, *self._loss_terms())
                 else:
-                    loss, out = self.train_step(xb, yb)
+                    try:
+                        loss, out = self.train_step(xb, yb)
+                    except _NonFiniteLoss as halt:      # CPU: before its backward and update
+                        loss, out = halt.loss, halt.out
+                        self._halted_out = out
                     value = rec.add(loss, out, yb, *self._loss_terms())
                 seen += int(xb.shape[0])
                 if on_host:      # reading is free on the CPU: check every step, as it happens
@@ -1661,6 +1729,7 @@ class Trainer:
             rec.read()
             self._check(rec, epoch, loader)
         finally:
+            self._halt_nonfinite = False
             bar.close()
         synchronize()
         self.last_epoch_seconds = time.perf_counter() - t0
@@ -1731,12 +1800,18 @@ class Trainer:
             except ValueError as e:
                 raise ValueError(f"{e}; at {where}") from None
         note = _nonfinite_note(loader)
+        # on the CPU the step stopped before its backward and update (_halt_if_nonfinite)
+        kept = ("; that step's update was not applied: the model holds the weights that gave this "
+                "loss" + _divergence_note(self.model, self._halted_out) if self.device == "cpu" else
+                f"; read at step {rec.done} (on a GPU the losses are read in bulk): the updates of the "
+                f"steps up to it were applied")
+        self._halted_out = None
         if note:
             raise FloatingPointError(f"non-finite loss {value} at {where}: the training data {note}; "
-                                     f"drop or fill those rows")
+                                     f"drop or fill those rows{kept}")
         raise FloatingPointError(
             f"non-finite loss {value} at {where} "
-            f"(lower the learning rate, clip gradients, or check the inputs)")
+            f"(lower the learning rate, clip gradients, or check the inputs){kept}")
 
     def _record(self, loader):
         """A ``_Record`` for one pass over ``loader`` on the model's device."""

@@ -1677,3 +1677,46 @@ def test_numbers_of_every_kind_in_the_logs_go_into_the_history(rng):
     assert [h[k] for k in ("i", "f32", "i64", "b", "a0")] == [[3.0] * 2, [0.5] * 2, [7.0] * 2, [1.0] * 2,
                                                              [2.5] * 2]
     assert all(v != v for v in h["nan"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_diverging_step_on_the_cpu_is_not_applied(rng, precision):
+    """Found by the failure-path audit: on the CPU, where the loss is read at every step,
+    the step whose loss was inf still ran its backward and optimizer update before fit
+    raised FloatingPointError, so a diverged model was left with the weights of a NaN/inf
+    update (observed: MSE, SGD(lr=50) on the digits, every parameter NaN after 'non-finite
+    loss inf at epoch 1, step 4'), the optimizer's state and step count one step further
+    than any finite loss. The step now stops after its loss: the weights, the optimizer's
+    state and trainer.global_step are those of the last step applied (as
+    torch.autograd.detect_anomaly stops before optimizer.step()), and the message says so
+    and names what grew (the output, the largest parameter)."""
+    X, y = _blobs(rng)
+    Y = (y.astype(numpy.float32) / 2).reshape(-1, 1)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 16, activation="relu"), Dense(16, 1))
+    opt = optim.SGD(model, lr=10.0, momentum=0.9)
+    snaps = []
+
+    class Snap(Callback):           # the state after each applied step
+        def on_batch_end(self, trainer, step, logs):
+            snaps.append((trainer.global_step, model.state_dict(), opt.state_dict()))
+    tr = Trainer(model, gpunet.MSELoss(), opt, metrics=(), precision=precision)
+    with numpy.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            FloatingPointError, match=r"^non-finite loss (inf|nan) at epoch 1, step (\d+) \(lower the learning rate, "
+                                      r"clip gradients, or check the inputs\); that step's update was not applied: "
+                                      r"the model holds the weights that gave this loss; its output (was finite, "
+                                      r"up to \|[^|]+\|, and the loss overflowed|held \d+ NaN/inf values? of 16); "
+                                      r"the largest parameter is '\d\.(weight|bias)', up to \|[^|]+\|$") as e:
+        tr.fit((X, Y), epochs=3, batch_size=16, progress=False, callbacks=[Snap()])
+    step = int(re.search(r"step (\d+)", str(e.value)).group(1))
+    assert step >= 2 and len(snaps) == step - 1
+    last, weights, state = snaps[-1]
+    assert tr.global_step == last == step - 1
+    for k, v in model.state_dict().items():
+        assert numpy.isfinite(v).all(), k
+        numpy.testing.assert_array_equal(v, weights[k])
+    now = opt.state_dict()
+    assert now.keys() == state.keys()
+    assert any(".momentum_buffer" in k or "buf" in k for k in state), sorted(state)
+    for k in state:
+        numpy.testing.assert_array_equal(now[k], state[k], err_msg=k)
