@@ -559,3 +559,105 @@ def test_functional_forward_names_a_bad_input(name):
                                         rf"one with numpy.asarray\(x, dtype=numpy.float32\)$"):
         f([1000.0, 1001.0])
     assert f(numpy.array([1000.0, 1001.0], dtype=numpy.float32)).dtype == numpy.float32
+
+
+PAIRED = [("gelu", {}), ("gelu", {"approximate": "tanh"}), ("silu", {})]
+
+
+@pytest.mark.parametrize("name, kw", PAIRED, ids=["gelu", "gelu-tanh", "silu"])
+@pytest.mark.parametrize("layout", ["c", "f", "chwn", "strided"])
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("block", [37, 10 ** 9], ids=["blocks", "whole"])
+def test_forward_and_derivative_is_forward_and_backward_bit_for_bit(monkeypatch, name, kw, layout,
+                                                                    dtype, block):
+    """FORWARD_AND_DERIVATIVE[name](x) gives FORWARD's y and a factor d with which
+    times_derivative(dy, d) is BACKWARD's dx, bit for bit (NaN, ±inf, ±0 included), both in
+    x's memory order, whole or a block at a time."""
+    monkeypatch.setattr(FA, "ELEMENTWISE_BLOCK", block)
+    rng = numpy.random.default_rng(21)
+    base = (rng.standard_normal((5, 4, 6, 7)) * 6).astype(dtype)
+    base.flat[:7] = [0.0, -0.0, numpy.inf, -numpy.inf, numpy.nan, 40.0, -40.0]
+    x = {"c": base, "f": numpy.asfortranarray(base), "strided": base[:, :, ::2],
+         "chwn": numpy.ascontiguousarray(base.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)}[layout]
+    dy = numpy.empty_like(x)
+    dy[...] = rng.standard_normal(x.shape)
+    dy.flat[7:10] = [numpy.inf, -0.0, numpy.nan]
+    with numpy.errstate(all="ignore"):
+        want_y = FA.FORWARD[name](x, **kw)
+        want_dx = FA.BACKWARD[name](dy, x, want_y, **kw)
+        y, d = FA.FORWARD_AND_DERIVATIVE[name](x, **kw)
+        dx = FA.times_derivative(dy, d)
+    assert y.dtype == want_y.dtype and dx.dtype == want_dx.dtype == dtype
+    assert y.tobytes(order="A") == want_y.tobytes(order="A") and y.strides == want_y.strides
+    assert dx.tobytes(order="A") == want_dx.tobytes(order="A") and dx.strides == want_dx.strides
+
+
+def _paired_layers():
+    return [gpunet.GELU(), gpunet.GELU(approximate="tanh"), gpunet.SiLU()]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["gelu", "gelu-tanh", "silu"])
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float16])
+def test_paired_activation_layers_keep_the_derivative_and_give_the_functional_gradient(index, dtype):
+    """A GELU/SiLU layer in training mode on NumPy keeps the derivative its forward computes,
+    not the input: its backward is the functional backward's dx bit for bit, twice in a row
+    (the kept derivative is not overwritten), and an eval forward keeps nothing."""
+    layer = _paired_layers()[index]
+    rng = numpy.random.default_rng(22)
+    x = (rng.standard_normal((64, 700)) * 4).astype(dtype)       # over ELEMENTWISE_BLOCK
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y = layer(x)
+    assert layer._d is not None and layer._x is None
+    want_y = FA.FORWARD[layer.name](x, **layer._kwargs)
+    want_dx = FA.BACKWARD[layer.name](dy, x, want_y, **layer._kwargs)
+    assert y.tobytes() == want_y.tobytes()
+    assert layer.backward(dy).tobytes() == want_dx.tobytes()
+    assert layer.backward(dy).tobytes() == want_dx.tobytes()
+    layer.eval()
+    layer._d = None
+    assert layer(x).tobytes() == want_y.tobytes() and layer._d is None
+
+
+@pytest.mark.parametrize("index", range(3), ids=["gelu", "gelu-tanh", "silu"])
+def test_fused_paired_activations_give_the_unfused_gradients(index):
+    """Dense and Conv2D with a fused GELU/SiLU keep the derivative in place of the
+    pre-activation in training; their gradients are those of the layer followed by the
+    separate activation, bit for bit."""
+    rng = numpy.random.default_rng(23)
+    cases = [(lambda a: gpunet.Dense(30, 40, activation=a), lambda: gpunet.Dense(30, 40),
+              rng.standard_normal((50, 30)).astype(numpy.float32)),
+             (lambda a: gpunet.Conv2D(3, 8, 3, padding=1, activation=a), lambda: gpunet.Conv2D(3, 8, 3, padding=1),
+              rng.standard_normal((6, 3, 10, 10)).astype(numpy.float32))]
+    for fused_of, plain_of, x in cases:
+        fused = fused_of(_paired_layers()[index])
+        plain, act = plain_of(), _paired_layers()[index]
+        plain.load_state_dict(fused.state_dict())
+        y = fused(x)
+        want_y = act(plain(x))
+        dy = rng.standard_normal(y.shape).astype(numpy.float32)
+        assert type(fused._z).__name__ == "_Derivative"
+        assert y.tobytes(order="A") == want_y.tobytes(order="A")
+        dx = fused.backward(dy)
+        want_dx = plain.backward(act.backward(dy))
+        assert dx.tobytes(order="A") == want_dx.tobytes(order="A")
+        assert fused.weight.grad.tobytes() == plain.weight.grad.tobytes()
+        assert fused.bias.grad.tobytes() == plain.bias.grad.tobytes()
+
+
+def test_an_activation_subclass_with_its_own_backward_keeps_it():
+    """A subclass of GELU that overrides grad_fn (or fn) is called as written: the kept
+    derivative is only for the built-in computation."""
+    class Doubled(gpunet.GELU):
+        def grad_fn(self, dy, x, y):
+            return 2.0 * super().grad_fn(dy, x, y)
+    x = numpy.random.default_rng(24).standard_normal((4, 5))
+    dy = numpy.ones_like(x)
+    for layer in (Doubled(), gpunet.Dense(5, 5, activation=Doubled()).to(dtype=numpy.float64)):
+        z = x if isinstance(layer, gpunet.GELU) else x @ layer.weight.data.T + layer.bias.data
+        layer(x)
+        dx = layer.backward(dy)
+        got = dx if isinstance(layer, gpunet.GELU) else layer.weight.grad
+        want = 2.0 * FA.gelu_backward(dy, z, None)
+        if not isinstance(layer, gpunet.GELU):
+            want = want.T @ x
+        numpy.testing.assert_array_equal(got, want)

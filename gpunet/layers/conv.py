@@ -5,7 +5,7 @@ import numpy
 
 from .. import _args, init as _init
 from ..functional import conv as FC
-from .activations import activation_property, apply_fused
+from .activations import activation_property, apply_fused, fused_backward
 from ..data import is_data
 from .base import (Layer, Parameter, ParameterSlot, channels_last_hint, check_array, check_device, check_dtype,
                    check_grad, check_same_device, check_shapes)
@@ -139,7 +139,7 @@ class Conv2D(Layer):
         z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True,
                             cols_buffer=self._cols if self.training else None,
                             activation="relu" if relu else None)
-        y, z_saved = (z, None) if relu else apply_fused(self.activation, z)
+        y, z_saved = (z, None) if relu else apply_fused(self.activation, z, self.training)
         if self.training:
             self._x, self._cols, self._y, self._z = x, cols, y, z_saved
             self._x_is_data = is_data(x)
@@ -151,7 +151,7 @@ class Conv2D(Layer):
         check_grad(self, dy, self._y.shape, self._y.dtype)
         act, relu = self.activation, self._relu()
         if act is not None and not relu:
-            dy = act.grad_fn(dy, self._z, self._y)
+            dy = fused_backward(act, dy, self._z, self._y)
         dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
                                         cols=self._cols,
                                         need_dx=self.input_grad and not self._x_is_data,

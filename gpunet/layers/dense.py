@@ -7,7 +7,7 @@ from .. import _args, init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
-from .activations import activation_property, apply_fused
+from .activations import activation_property, apply_fused, fused_backward
 from .base import (Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_same_device,
                    check_shapes)
 
@@ -80,7 +80,7 @@ class Dense(Layer):
         z = matmul(x, w.T)
         if self.bias is not None:
             z += self.bias.data
-        y, z_saved = apply_fused(self.activation, z)
+        y, z_saved = apply_fused(self.activation, z, self.training)
         if self.training:
             self._x, self._y, self._z = x, y, z_saved
             self._x_is_data = is_data(x)
@@ -92,7 +92,7 @@ class Dense(Layer):
             raise RuntimeError("Dense.backward called before a training-mode forward")
         check_grad(self, dy, y.shape, y.dtype)
         act = self.activation
-        g = dy if act is None else act.grad_fn(dy, self._z, y)   # dL/dz, z = x W^T + b
+        g = dy if act is None else fused_backward(act, dy, self._z, y)   # dL/dz, z = x W^T + b
         need_dx = self.input_grad and not self._x_is_data
         dx, dw, db = linear_backward(g, x, self.weight.data, need_dx=need_dx,
                                      need_bias=self.bias is not None)
