@@ -461,6 +461,19 @@ def test_gelu_on_the_gpu_backends_is_the_cpus_bit_for_bit(gpu_xp, dtype, approxi
         assert gpunet.to_numpy(gd).tobytes() == d.tobytes()
 
 
+def _laid_out(rng, layout, dtype):
+    """``(x, dy)``: a (5, 4, 6, 7) input with 0, -0, ±inf, NaN and ±40 among wide normal
+    values, in the ``layout`` asked for (``c``, ``f``, ``chwn``: batch-last memory shown as
+    NCHW, ``strided``: a view of every other column), and a ``dy`` in the same layout."""
+    base = (rng.standard_normal((5, 4, 6, 7)) * 6).astype(dtype)
+    base.flat[:7] = [0.0, -0.0, numpy.inf, -numpy.inf, numpy.nan, 40.0, -40.0]
+    x = {"c": base, "f": numpy.asfortranarray(base), "strided": base[:, :, ::2],
+         "chwn": numpy.ascontiguousarray(base.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)}[layout]
+    dy = numpy.empty_like(x)
+    dy[...] = rng.standard_normal(x.shape)
+    return x, dy
+
+
 BLOCKED = [("sigmoid", {}), ("elu", {}), ("elu", {"alpha": -0.5}), ("gelu", {}),
            ("gelu", {"approximate": "tanh"}), ("silu", {}), ("softplus", {})]
 
@@ -474,13 +487,7 @@ def test_activations_in_blocks_equal_the_whole_array_call(monkeypatch, name, kw,
     equal the whole-array results bit for bit in any memory layout, inplace=True writes into
     x exactly where the whole-array call does, and y keeps x's memory order. A strided view,
     or a dy in another layout than x, takes the whole-array call."""
-    rng = numpy.random.default_rng(11)
-    base = (rng.standard_normal((5, 4, 6, 7)) * 6).astype(dtype)
-    base.flat[:7] = [0.0, -0.0, numpy.inf, -numpy.inf, numpy.nan, 40.0, -40.0]
-    x = {"c": base, "f": numpy.asfortranarray(base), "strided": base[:, :, ::2],
-         "chwn": numpy.ascontiguousarray(base.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)}[layout]
-    dy = numpy.empty_like(x)
-    dy[...] = rng.standard_normal(x.shape)
+    x, dy = _laid_out(numpy.random.default_rng(11), layout, dtype)
     f, g = FA.FORWARD[name], FA.BACKWARD[name]
 
     def run():
@@ -574,13 +581,7 @@ def test_forward_and_derivative_is_forward_and_backward_bit_for_bit(monkeypatch,
     times_derivative(dy, d) is BACKWARD's dx, bit for bit (NaN, ±inf, ±0 included), both in
     x's memory order, whole or a block at a time."""
     monkeypatch.setattr(FA, "ELEMENTWISE_BLOCK", block)
-    rng = numpy.random.default_rng(21)
-    base = (rng.standard_normal((5, 4, 6, 7)) * 6).astype(dtype)
-    base.flat[:7] = [0.0, -0.0, numpy.inf, -numpy.inf, numpy.nan, 40.0, -40.0]
-    x = {"c": base, "f": numpy.asfortranarray(base), "strided": base[:, :, ::2],
-         "chwn": numpy.ascontiguousarray(base.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)}[layout]
-    dy = numpy.empty_like(x)
-    dy[...] = rng.standard_normal(x.shape)
+    x, dy = _laid_out(numpy.random.default_rng(21), layout, dtype)
     dy.flat[7:10] = [numpy.inf, -0.0, numpy.nan]
     with numpy.errstate(all="ignore"):
         want_y = FA.FORWARD[name](x, **kw)
