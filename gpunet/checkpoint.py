@@ -98,10 +98,12 @@ def unwritable(path):
 
 def _temporary(real):
     """Create an empty temporary file beside ``real``; return ``(fd, name)``. Created with
-    mode 0666 so that the umask (and a default ACL) applies as to any other new file."""
+    mode 0666 so that the umask (and a default ACL) applies as to any other new file. Its
+    name holds at most the first 50 characters of ``real``'s (at most 200 bytes; 18 more are
+    added), so that a name as long as a file system takes (255 bytes) still gets one."""
     folder, base = os.path.split(real)
     for _ in range(100):
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(folder, f".{base[:50]}.{secrets.token_hex(6)}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
