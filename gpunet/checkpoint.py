@@ -153,8 +153,13 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
     it is. A symlink keeps pointing at the updated file. Every ``OSError`` names ``path``,
     never the temporary file. ``scheduler`` and ``scaler`` (a ``gpunet.amp.GradScaler``)
     are keywords (not metadata); metadata values
-    are JSON-able numbers, strings, bools, None, or lists/dicts of them.
+    are JSON-able numbers, strings, bools, None, or lists/dicts of them. Metadata may take
+    any name (``model="mlp"``, as ``gpunet train --save`` writes); ``optimizer=`` given by
+    keyword, as the signature reads, is the optimizer when its value is one (an object with
+    ``state_dict``) and none was passed third, and metadata otherwise.
     """
+    if optimizer is None and hasattr(metadata.get("optimizer"), "state_dict"):
+        optimizer = metadata.pop("optimizer")     # save(path, model, optimizer=opt)
     path = _check_args("gpunet.save", path, model, optimizer)
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
               "__metadata__": numpy.asarray(json.dumps({k: _jsonable(k, v) for k, v in metadata.items()}))}

@@ -153,6 +153,30 @@ def test_a_file_name_as_long_as_the_file_system_takes_is_saved(tmp_path, name):
     assert os.listdir(tmp_path) == [name]
 
 
+def test_save_takes_the_optimizer_by_keyword_as_its_signature_reads(tmp_path):
+    """Found by the resume audit: gpunet.save(path, model, optimizer=opt), as DESIGN and the
+    guide write the signature (save(path, model, optimizer=None, ...)), raised "TypeError:
+    gpunet.save: metadata 'optimizer' must be a number, string, ..., got Adam": the
+    optimizer is positional-only so that metadata may take any name. An optimizer given by
+    keyword is now the optimizer; a string there is still metadata."""
+    model = _model()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = numpy.ones_like(p.data)
+        opt.step()
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, model, optimizer=opt, epoch=1)
+    m2 = _model(1)
+    o2 = optim.Adam(m2.parameters())
+    assert gpunet.load(path, m2, optimizer=o2) == {"epoch": 1}
+    assert o2.steps == [3] * len(o2.params) and o2.lr == 1e-2
+    gpunet.save(path, model, opt, optimizer="adam")            # metadata, as before
+    assert gpunet.load(path, _model(1), optim.Adam(_model(1).parameters())) == {"optimizer": "adam"}
+    with pytest.raises(TypeError, match=r"metadata 'optimizer' must be"):
+        gpunet.save(path, model, opt, optimizer=opt)           # twice: the keyword is metadata
+
+
 # -- gpunet.load of things that are not checkpoints ------------------------------------------------
 def test_load_npy_says_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.npy"
