@@ -540,6 +540,12 @@ class Optimizer:
         whose hyper-parameters are not this optimizer's (another kind of optimizer saved it,
         e.g. Adam's loaded into SGD or AdamW) raises naming both sets, strictly, as a
         model's ``load_state_dict`` refuses unexpected keys.
+
+        The saved hyper-parameters replace the constructor's, as PyTorch's
+        ``optimizer.load_state_dict`` replaces its ``param_groups``' ``lr``, ``betas``,
+        ``weight_decay``...: ``Adam(params, lr=0.5)`` loaded with a state saved at ``lr=1e-3``
+        goes on at ``1e-3`` (the saved run's rate). To resume with other hyper-parameters,
+        assign them after loading (``opt.lr = 0.5``, ``opt.weight_decay = ...``).
         """
         who = f"{type(self).__name__}.load_state_dict"
         if not hasattr(d, "keys"):
@@ -1201,7 +1207,10 @@ class _Schedule:
 
     def load_state_dict(self, d):
         """Restore ``last_epoch``, ``base_lr``, the hyper-parameters (and counters), and set
-        ``optimizer.lr`` to the restored epoch's rate. Raises ``ValueError`` naming each
+        ``optimizer.lr`` to the restored epoch's rate. The saved hyper-parameters replace the
+        constructor's (``ExponentialLR(opt, gamma=0.9)`` loaded with a state saved at
+        ``gamma=0.5`` goes on with 0.5), as PyTorch's ``load_state_dict`` restores the
+        schedule's ``__dict__``; assign one after loading to change it. Raises ``ValueError`` naming each
         missing key, and a value that is not what the constructor accepts (a count that is
         not an int >= 0, a rate that is not a number >= 0, ...), before changing anything."""
         who = f"{type(self).__name__}.load_state_dict"
