@@ -337,7 +337,8 @@ class Callback:
     at the end of that epoch, which runs to its last batch and is recorded; Keras' ``fit``
     stops after the batch); finally ``on_train_end``, which runs even when
     ``fit`` raises after ``on_train_begin`` (a non-finite loss, Ctrl-C), so that
-    ``EarlyStopping`` puts the best weights back then too.
+    ``EarlyStopping`` puts the best weights back then too, and for every callback even when
+    another one's ``on_train_end`` raises (the first such error is raised after all ran).
 
     Every hook takes the trainer first. ``Trainer.fit`` checks a callback's hooks before
     training: one that cannot take gpunet's arguments (Keras' ``on_epoch_end(self, epoch,
@@ -366,6 +367,21 @@ def _check_logs(logs, cb, checked):
         if type(v) is not float and id(v) not in checked:
             _log_float("Trainer.fit", k, v, f" (written by {type(cb).__name__}.on_epoch_end)")
             checked.add(id(v))
+
+
+def _train_end(callbacks, trainer):
+    """Every callback's ``on_train_end``, even when one of them raises: an error in one does
+    not keep the others from running (``EarlyStopping`` restoring the best weights after a
+    callback before it failed); the first error is raised once all have run."""
+    first = None
+    for cb in callbacks:
+        try:
+            cb.on_train_end(trainer)
+        except Exception as e:
+            if first is None:
+                first = e
+    if first is not None:
+        raise first
 
 
 def _improves(mode, value, best, min_delta):
@@ -1562,9 +1578,8 @@ class Trainer:
         finally:
             if first_input_grad is not None:
                 first.input_grad = first_input_grad
-            for cb in self._callbacks:
-                cb.on_train_end(self)
-            self._callbacks = []
+            callbacks, self._callbacks = self._callbacks, []
+            _train_end(callbacks, self)
         return self.history
 
     def _one_output(self, loader):

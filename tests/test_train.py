@@ -1720,3 +1720,37 @@ def test_a_diverging_step_on_the_cpu_is_not_applied(rng, precision):
     assert any(".momentum_buffer" in k or "buf" in k for k in state), sorted(state)
     for k in state:
         numpy.testing.assert_array_equal(now[k], state[k], err_msg=k)
+
+
+def test_every_on_train_end_runs_when_one_of_them_raises(rng):
+    """Found by the failure-path audit: fit called the callbacks' on_train_end in a plain
+    loop, so a callback whose on_train_end raised kept the ones after it from running:
+    EarlyStopping(restore_best=True) listed after it left the last epoch's weights in the
+    model instead of the best one's. Every on_train_end now runs; the first error is raised
+    after them."""
+    X, y = _blobs(rng)
+    scripted = [1.0, 5.0, 6.0]          # epoch 0 is the best
+    kept = {}
+
+    class Script(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["loss"] = scripted[epoch]
+            if epoch == 0:
+                kept.update(trainer.model.state_dict())
+
+    class Fails(Callback):
+        def on_train_end(self, trainer):
+            raise RuntimeError("a report that could not be written")
+
+    class Ends(Callback):
+        def on_train_end(self, trainer):
+            self.ran = True
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    ends = Ends()
+    with pytest.raises(RuntimeError, match="^a report that could not be written$"):
+        tr.fit((X, y), epochs=3, progress=False,
+               callbacks=[Script(), Fails(), EarlyStopping(monitor="loss", patience=5), ends])
+    assert ends.ran and tr.history.epoch == [0, 1, 2]
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, kept[k], err_msg=k)     # the best epoch's weights are back
