@@ -865,6 +865,16 @@ def _nonfinite_note(loader) -> str:
     return "; ".join(found)
 
 
+def _named_layers(model, prefix=""):
+    """``(state_dict path, layer)`` for every layer inside ``model`` (``"1"``, ``"2.block.0"``),
+    depth first; the model itself is ``"model"``."""
+    if not prefix:
+        yield "model", model
+    for name, child in model.named_children():
+        yield prefix + name, child
+        yield from _named_layers(child, prefix + name + ".")
+
+
 def _first_layer(model):
     """The layer that sees the data (descending into nested Sequentials)."""
     while hasattr(model, "layers") and len(model.layers):
@@ -1430,7 +1440,9 @@ class Trainer:
         against the model's outputs (one pass over ``y``): a label outside ``[0, C)``, other
         than ``ignore_index``, raises ``ValueError`` naming its row of the data; so do a
         ``BCEWithLogits`` target outside ``[0, 1]`` and a negative probability target of
-        ``SoftmaxCrossEntropy``, where the loss has no minimum.
+        ``SoftmaxCrossEntropy``, where the loss has no minimum, and a batch of one sample (the
+        last, ``N % batch_size == 1``) on which a ``BatchNorm`` of the model would get one
+        value per channel and refuse to train, after the epoch's other steps.
         Under ``comm`` these checks (the callbacks' ``on_train_begin`` and each epoch's
         validation too) fail on every process when they fail on one: that process raises
         its error, the others a ``RuntimeError`` naming its rank, rather than waiting for
@@ -1508,6 +1520,7 @@ class Trainer:
             self._check_loss_input(output)
             self._check_class_labels(loader, "Trainer.fit", "train", output=output)
             self._check_target_range(loader, "Trainer.fit", "train")
+            self._check_batches_of_one(loader)
             self._warn_regression_accuracy(loader)
             if vloader is not None:
                 self._check_val_fits(vloader)
@@ -1635,6 +1648,58 @@ class Trainer:
                              f"(all {int(y.shape[0])} checked{when}; the row is {whose}): {e}")
             err.label_rows = True           # evaluate tells it from an error of the check's forward
             raise err from None
+
+    def _check_batches_of_one(self, loader):
+        """Before training: an epoch with a batch of one sample (the last, ``N % batch_size
+        == 1`` without ``drop_last``; every one with ``batch_size=1``) stopped at that batch,
+        after the epoch's other steps had trained, when a BatchNorm of the model saw one value
+        per channel there (its training mode cannot estimate a variance; PyTorch refuses it
+        too). Only then (such a batch, and a BatchNorm in the model), one sample goes through
+        the model in eval mode with each BatchNorm's input shape recorded, and a BatchNorm
+        that would get one value per channel raises ``ValueError`` naming it, the batch and
+        the ways out. (N, C, H, W) inputs with more than one pixel per channel pass. Data
+        sharded over processes (``comm``) is left to the layer's own check."""
+        n, bs = loader.num_samples, loader.batch_size
+        if (self.comm is not None and self.comm.size > 1) or getattr(loader, "comm", None) is not None:
+            return
+        if not (bs == 1 or (n % bs == 1 and not loader.drop_last)):
+            return
+        from .layers.batchnorm import BatchNorm
+        norms = [(path, m) for path, m in _named_layers(self.model) if isinstance(m, BatchNorm)]
+        if not norms:
+            return
+        seen, own = {}, []
+        for path, bn in norms:
+            if id(bn) in seen:
+                continue
+            seen[id(bn)] = None
+            had = vars(bn).get("forward")
+
+            def forward(x, _f=bn.forward, _k=id(bn)):
+                seen[_k] = tuple(x.shape)
+                return _f(x)
+            vars(bn)["forward"] = forward
+            own.append((bn, had))
+        try:
+            self._one_output(loader)
+        finally:
+            for bn, had in own:
+                if had is None:
+                    vars(bn).pop("forward", None)
+                else:
+                    vars(bn)["forward"] = had
+        for path, bn in norms:
+            shape = seen.get(id(bn))
+            if shape is None or len(shape) < 2 or math.prod(shape[2:]) > 1:
+                continue
+            which = (f"batch_size={bs}: every batch holds one sample" if bs == 1 else
+                     f"its last batch holds one sample ({n} samples, batch_size={bs})")
+            raise ValueError(
+                f"Trainer.fit: train would stop at a batch of one sample, after the epoch's other steps "
+                f"trained: {which}, and {type(bn).__name__} {path!r} gets inputs of shape "
+                f"(1, {', '.join(map(str, shape[1:]))}) there, one value per channel, from which "
+                f"training cannot estimate a variance; pass train as DataLoader(X, y, batch_size={bs}, "
+                f"drop_last=True) to drop that batch, or a batch_size that leaves no batch of one")
 
     def _check_target_range(self, loader, who, name):
         """Targets where the loss has no minimum, refused before training with a

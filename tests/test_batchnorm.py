@@ -167,14 +167,18 @@ def test_bad_input(xp):
 
 def test_a_last_batch_of_one_sample_is_named_with_the_fix():
     """Found by the first-hour audit: a Trainer.fit whose epoch ended in a batch of one sample
-    trained the whole epoch, then failed with no hint of the cause; the message says it."""
+    trained the whole epoch, then failed with no hint of the cause; the message says it.
+    (Since the failure-path audit, fit finds that batch before training and names it.)"""
     (X, y), _ = gpunet.datasets.load_digits()
     X, y = X[:5], y[:5]                              # batch_size=2: the last batch holds one
     model = gpunet.Sequential(gpunet.Dense(64, 3), BatchNorm(3), gpunet.Dense(3, 10))
     trainer = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model, lr=0.1))
+    with pytest.raises(ValueError, match=r"its last batch holds one sample \(5 samples, batch_size=2\), and "
+                                         r"BatchNorm '1' gets inputs of shape \(1, 3\).*drop_last=True"):
+        trainer.fit((X, y), epochs=1, batch_size=2, progress=False)
     with pytest.raises(ValueError, match=r"got input shape \(1, 3\); a batch of one sample .*"
                                          r"N % batch_size == 1.*drop_last=True"):
-        trainer.fit((X, y), epochs=1, batch_size=2, progress=False)
+        model[1](numpy.ones((1, 3), numpy.float32))      # the layer's own message, in a loop of one's own
     loader = gpunet.DataLoader(X, y, batch_size=2, drop_last=True)
     trainer.fit(loader, epochs=1, progress=False)       # what the message proposes works
     with pytest.raises(ValueError, match=r"variance, got input shape \(0, 3\)$"):   # no sample: no hint

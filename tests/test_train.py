@@ -1754,3 +1754,41 @@ def test_every_on_train_end_runs_when_one_of_them_raises(rng):
     assert ends.ran and tr.history.epoch == [0, 1, 2]
     for k, v in model.state_dict().items():
         numpy.testing.assert_array_equal(v, kept[k], err_msg=k)     # the best epoch's weights are back
+
+
+def test_a_batch_of_one_sample_that_batchnorm_cannot_train_on_fails_before_training(device, rng):
+    """Found by the failure-path audit: with N % batch_size == 1 the epoch's last batch holds
+    one sample, and a BatchNorm on (N, C) inputs refuses to train on it (as PyTorch's does):
+    fit raised the layer's ValueError there, after the epoch's other steps had trained
+    (observed: 9 samples, batch_size 4: global_step 2, the epoch lost). fit now finds it
+    before the first step, naming the layer, the batch and the ways out; an (N, C, H, W)
+    BatchNorm, which sees H*W values per channel, and a loader with drop_last=True train."""
+    X, y = _blobs(rng, n=9)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 16), Sequential(gpunet.BatchNorm(16)), gpunet.ReLU(), Dense(16, 3)).to(device)
+    before = model.state_dict()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with pytest.raises(ValueError, match=r"^Trainer.fit: train would stop at a batch of one sample, after the "
+                                         r"epoch's other steps trained: its last batch holds one sample \(9 "
+                                         r"samples, batch_size=4\), and BatchNorm '1.0' gets inputs of shape "
+                                         r"\(1, 16\) there, one value per channel.*DataLoader\(X, y, batch_size=4, "
+                                         r"drop_last=True\)"):
+        tr.fit((X, y), epochs=2, batch_size=4, progress=False)
+    assert tr.global_step == 0
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(gpunet.to_numpy(v), gpunet.to_numpy(before[k]), err_msg=k)
+    with pytest.raises(ValueError, match=r"batch_size=1: every batch holds one sample"):
+        tr.fit((X, y), epochs=1, batch_size=1, progress=False)
+    # what trains: the last batch dropped, or a batch size that leaves none of one
+    h = tr.fit(gpunet.DataLoader(X, y, batch_size=4, shuffle=True, seed=0, drop_last=True), epochs=1,
+               progress=False)
+    assert tr.global_step == 2 and len(h.epoch) == 1
+    tr.fit((X, y), epochs=1, batch_size=3, progress=False)
+    # a BatchNorm over (1, C, H, W) with H*W > 1 values per channel trains on one sample
+    gpunet.manual_seed(0)
+    cnn = Sequential(gpunet.Conv2D(1, 4, 3, padding=1), gpunet.BatchNorm(4), gpunet.ReLU(), gpunet.Flatten(),
+                     Dense(4 * 9, 3)).to(device)
+    Xi = X[:, :1].repeat(9, axis=1).reshape(9, 1, 3, 3)
+    tr = Trainer(cnn, SoftmaxCrossEntropy(), optim.SGD(cnn, lr=0.1))
+    tr.fit((Xi, y), epochs=1, batch_size=4, progress=False)
+    assert tr.global_step == 3
