@@ -160,6 +160,13 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
     """
     if optimizer is None and hasattr(metadata.get("optimizer"), "state_dict"):
         optimizer = metadata.pop("optimizer")     # save(path, model, optimizer=opt)
+    return _write(path, model, optimizer, scheduler, scaler, metadata)
+
+
+def _write(path, model, optimizer, scheduler, scaler, metadata):
+    """``save`` with the metadata as a dict, whose keys may be any name (``scheduler`` and
+    ``scaler`` too, which ``save`` takes as keywords: ``ModelCheckpoint`` writes an epoch's
+    logs, whatever a callback named them)."""
     path = _check_args("gpunet.save", path, model, optimizer)
     arrays = {"__format__": numpy.asarray(FORMAT_VERSION, dtype=numpy.int64),
               "__metadata__": numpy.asarray(json.dumps({k: _jsonable(k, v) for k, v in metadata.items()}))}

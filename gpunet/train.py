@@ -545,7 +545,10 @@ class ModelCheckpoint(Callback):
     ``"best-{val_loss:.3f}.npz"`` is formatted with ``epoch`` (the metadata's: epochs completed)
     and the epoch's logs, so each saved epoch gets its own file (without a template, each
     save replaces the one file). A field the logs do not hold raises ``ValueError`` naming
-    it and the keys there, at the first save; a path without braces is used as it is."""
+    it and the keys there, at the first save; a path without braces is used as it is. The
+    metadata and the template hold every key of the epoch's logs (``"scheduler"`` and
+    ``"scaler"`` too), except that ``epoch`` is always the count above: a callback's own
+    logged ``"epoch"`` stays in the History only."""
 
     # checked on assignment too, as the constructor's arguments are
     save_best_only = _args.flag_property("ModelCheckpoint", "save_best_only", "Save only when monitor "
@@ -583,7 +586,7 @@ class ModelCheckpoint(Callback):
         if "{" not in path:
             return path
         try:
-            return path.format(epoch=int(epoch) + 1, **logs)
+            return path.format(**{**logs, "epoch": int(epoch) + 1})
         except (KeyError, IndexError) as e:
             field = repr(e.args[0]) if isinstance(e, KeyError) else "a positional field"
             raise ValueError(f"ModelCheckpoint: path {path!r} asks for {field}, which the epoch's logs "
@@ -593,7 +596,7 @@ class ModelCheckpoint(Callback):
                              f"with epoch and the epoch's logs ({e}); double a literal brace: {{{{ }}}}") from None
 
     def on_epoch_end(self, trainer, epoch, logs):
-        from .checkpoint import save
+        from .checkpoint import _write
         if self.save_best_only:
             value = _monitored("ModelCheckpoint", self.monitor, logs)
             if not _improves(self.mode, value, self.best, 0.0):
@@ -605,8 +608,10 @@ class ModelCheckpoint(Callback):
         path = self._file(done - 1, logs)   # on every process: a bad template fails everywhere
         if getattr(trainer, "comm", None) is not None and trainer.comm.rank != 0:
             return                       # the processes hold the same model: rank 0 writes
-        save(path, trainer.model, trainer.optimizer, scheduler=trainer.scheduler,
-             scaler=getattr(trainer, "scaler", None), epoch=done, **{k: float(v) for k, v in logs.items()})
+        # the logs under their own names, except that 'epoch' is always the count resumed from
+        # (a callback may have logged its own; scheduler= and scaler= are no metadata names here)
+        _write(path, trainer.model, trainer.optimizer, trainer.scheduler, getattr(trainer, "scaler", None),
+               {"epoch": done, **{k: float(v) for k, v in logs.items() if k != "epoch"}})
 
 
 def _as_input(X, dtype, who):

@@ -173,16 +173,16 @@ def resume(comm, out):
     processes: the uninterrupted run."""
     import gpunet.checkpoint as C
     saves = []
-    real = C.save
+    real = C._write                 # what gpunet.save and ModelCheckpoint write the file with
 
     def counting(*a, **k):
         saves.append(a[0])
         return real(*a, **k)
-    C.save = counting
+    C._write = counting
     path = os.path.join(out, "ckpt.npz")
     stop = gpunet.EarlyStopping(monitor="val_loss", patience=100)
     net, opt, h = trainer(comm, path, 2, callbacks=[gpunet.ModelCheckpoint(path, save_best_only=False), stop])
-    C.save = real
+    C._write = real
     net, opt, h3 = trainer(comm, path, 3, initial_epoch=2, net=net, opt=opt)
     arrays = params(net)
     for k in ("loss", "val_loss", "accuracy", "val_accuracy"):

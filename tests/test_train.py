@@ -1363,6 +1363,32 @@ def test_model_checkpoint_formats_a_keras_style_template(rng, tmp_path):
     assert gpunet.load(plain, _model())["epoch"] == 8
 
 
+@pytest.mark.parametrize("key", ["epoch", "scheduler", "scaler"])
+def test_model_checkpoint_saves_logs_named_like_its_own_keywords(rng, tmp_path, key):
+    """Found by the resume audit: a callback that logged 'epoch' (as Lightning logs it),
+    'scheduler' or 'scaler' made every ModelCheckpoint fail at the end of the first epoch
+    with Python's "TypeError: save() got multiple values for keyword argument 'epoch'" (a
+    template path: str.format()'s), losing the epoch's checkpoint. The logs are metadata
+    under their own names; 'epoch' stays the Trainer's count of epochs completed, which a
+    resume needs (the callback's value stays in the History)."""
+    X, y = _blobs(rng)
+
+    class Log(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs[key] = 100.0 + epoch
+
+    for name in ("plain.npz", "ck-{epoch}.npz"):
+        model = _model()
+        tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+        h = tr.fit((X, y), epochs=2, progress=False, callbacks=[
+            Log(), ModelCheckpoint(tmp_path / name, monitor="loss", save_best_only=False)])
+        assert h[key] == [100.0, 101.0]
+        meta = gpunet.load(tmp_path / name.format(epoch=2), _model())
+        assert meta["epoch"] == 2 and meta["loss"] == h["loss"][1]
+        assert key == "epoch" or meta[key] == 101.0
+    assert (tmp_path / "ck-1.npz").exists()
+
+
 @pytest.mark.parametrize("make, msg", [
     (lambda: EarlyStopping(restore_best_weights=True),
      r"^EarlyStopping\(\) got an unexpected keyword argument 'restore_best_weights'; gpunet takes restore_best=True or False"),
