@@ -1514,9 +1514,18 @@ class Trainer:
         dtype = self.model.dtype
         self._graph = self._graph_warm = None    # captured again: the arrays may have changed
 
+        drawn = None
+        if seed is None and self.comm is not None and self.comm.size > 1 and not isinstance(train, DataLoader):
+            # seed=None: every process shuffles with rank 0's draw, agreed on here, before the
+            # checks below, which may fail on one process alone (the loader would agree on it in
+            # a collective among them, leaving the others waiting there)
+            drawn = seed = int(self.comm.bcast_object(int(numpy.random.SeedSequence().entropy), root=0))
+
         def data():         # the data checks: on one process of several, they may fail alone
             loader = _as_loader(train, batch_size, shuffle, seed, dtype, "Trainer.fit", "train",
                                 self.device, self.comm)
+            if drawn is not None:
+                loader._drawn_seed = drawn      # drawn all the same: a resume on it warns
             shared = self._share(val)
             vloader = None if shared is None else _as_loader(shared, max(batch_size, 256), False, 0, dtype,
                                                              "Trainer.fit", "val", self.device)

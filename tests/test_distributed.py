@@ -658,6 +658,34 @@ def test_train_data_refused_on_one_rank_fails_on_every_rank():
     assert isinstance(got[1], RuntimeError) and "failed on rank 0 of 2" in str(got[1]), got
 
 
+def test_unseeded_train_data_refused_on_one_rank_fails_on_every_rank():
+    """fit((X, y), seed=None) under comm: the seed every process shuffles with is rank 0's
+    draw, agreed on before the checks of the data (a collective among them would leave the
+    other ranks waiting when one rank's data fails first): rank 0's empty data raises there,
+    rank 1 a RuntimeError naming rank 0 (it waited in the loader's broadcast of the seed,
+    paired with rank 0's all-reduce of the checks' outcome, until it timed out); with good
+    data both train."""
+    X, y = W.data()
+    nets = [W.model("mlp") for _ in range(2)]
+
+    def work(comm, bad):
+        opt = D.DistributedOptimizer(gpunet.optim.SGD(nets[comm.rank].parameters(), lr=0.05), comm)
+        t = gpunet.Trainer(nets[comm.rank], gpunet.SoftmaxCrossEntropy(), opt, comm=comm)
+        seen = []
+
+        class Seen(gpunet.Callback):
+            def on_epoch_begin(self, trainer, epoch):
+                seen.append(None)
+        data = (X[:0], y[:0]) if bad and comm.rank == 0 else (X, y)
+        t.fit(data, epochs=1, batch_size=16, seed=None, progress=False, callbacks=[Seen()])
+        return seen
+    got = ThreadWorld(2, timeout=10.0).run(lambda comm: work(comm, True))
+    assert isinstance(got[0], ValueError) and "train" in str(got[0]), got
+    assert isinstance(got[1], RuntimeError) and "failed on rank 0 of 2" in str(got[1]), got
+    got = ThreadWorld(2, timeout=10.0).run(lambda comm: work(comm, False))
+    assert got == [[None], [None]], got
+
+
 def test_validation_that_fails_on_one_rank_at_an_epoch_end_fails_on_every_rank():
     """Rank 1's val gets a label outside the classes when its first epoch begins (after the
     checks before training, which would name it): the epoch's evaluate raises the loss's
