@@ -887,6 +887,21 @@ def _first_layer(model):
     return model
 
 
+def _loss_array(loss_fn, loss):
+    """``loss`` as ``loss_fn`` returned it, when it is an array (0-d, or one value per sample
+    as ``reduction="none"`` gives; a NumPy scalar counts): a loss of one's own that returns a
+    Python float, None or a tuple raised ``AttributeError: 'float' object has no attribute
+    'ndim'`` from inside the Trainer's bookkeeping; it raises ``TypeError`` naming the loss
+    and what it returned instead. A type check, no device work."""
+    if type(loss) is numpy.ndarray or is_array(loss):
+        return loss
+    hint = ("; return the array you computed it from (a float() of it also waits for a GPU)"
+            if isinstance(loss, (int, float)) and not isinstance(loss, bool) else "")
+    raise TypeError(f"Trainer: loss_fn {type(loss_fn).__name__} returned {type(loss).__name__}; expected the "
+                    f"loss as an array on the model's device, 0-d (or one value per sample, as "
+                    f"reduction='none' gives), as gpunet's losses return it{hint}")
+
+
 class _NonFiniteLoss(Exception):
     """A training step on the CPU whose loss is not finite, stopped after the loss and before
     its backward and update (``_halt_if_nonfinite``); ``_train_epoch`` records the loss and
@@ -1373,14 +1388,14 @@ class Trainer:
         """The device work of a step: forward, loss, backward, clipping, the update."""
         out = self._forward(xb)
         if self.amp is None:
-            loss = self.loss_fn(out, yb)
+            loss = _loss_array(self.loss_fn, self.loss_fn(out, yb))
             if self._halt_nonfinite:
                 _halt_if_nonfinite(loss, out)
             self.model.zero_grad()
             self.model.backward(self.loss_fn.backward())
         else:
             try:
-                loss = self.loss_fn(out, yb)
+                loss = _loss_array(self.loss_fn, self.loss_fn(out, yb))
                 if self._halt_nonfinite:
                     _halt_if_nonfinite(loss, out)
                 self.model.zero_grad()
@@ -2004,7 +2019,7 @@ class Trainer:
             for xb, yb in loader:
                 xb, yb = self._to_model(xb), self._to_model(yb)
                 out = self._forward(xb)
-                loss = self.loss_fn(out, yb)
+                loss = _loss_array(self.loss_fn, self.loss_fn(out, yb))
                 self.loss_fn._grad = None
                 rec.add(loss, out, yb, *self._loss_terms())
             rec.read()

@@ -1818,3 +1818,40 @@ def test_a_batch_of_one_sample_that_batchnorm_cannot_train_on_fails_before_train
     tr = Trainer(cnn, SoftmaxCrossEntropy(), optim.SGD(cnn, lr=0.1))
     tr.fit((Xi, y), epochs=1, batch_size=4, progress=False)
     assert tr.global_step == 3
+
+
+@pytest.mark.parametrize("returned, got", [(lambda l: float(l), "float; expected the loss as an array.*a float"),
+                                           (lambda l: None, "NoneType; expected the loss as an array"),
+                                           (lambda l: (l, 1), "tuple; expected the loss as an array")])
+def test_a_loss_of_ones_own_that_returns_no_array_is_named(device, rng, returned, got):
+    """Found by the failure-path audit: Trainer takes any loss object with backward(); one
+    that returned a Python float (or None, or a tuple) from its call raised
+    "AttributeError: 'float' object has no attribute 'ndim'" from inside the Trainer's
+    bookkeeping at the first step. It raises TypeError naming the loss and what it returned,
+    before any backward or update, in fit and in evaluate; a NumPy scalar is an array and
+    trains."""
+    X, y = _blobs(rng)
+
+    class MyLoss:
+        def __init__(self, returned):
+            self.inner, self.returned = SoftmaxCrossEntropy(), returned
+
+        def __call__(self, out, yb):
+            return self.returned(self.inner(out, yb))
+
+        def backward(self):
+            return self.inner.backward()
+    model = _model().to(device)
+    before = model.state_dict()
+    tr = Trainer(model, MyLoss(returned), optim.SGD(model, lr=0.1))
+    with pytest.raises(TypeError, match=rf"^Trainer: loss_fn MyLoss returned {got}"):
+        tr.fit((X, y), epochs=1, progress=False)
+    assert tr.global_step == 0
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(gpunet.to_numpy(v), gpunet.to_numpy(before[k]), err_msg=k)
+    with pytest.raises(TypeError, match=rf"^Trainer: loss_fn MyLoss returned {got}"):
+        tr.evaluate((X, y))
+    if device == "cpu":
+        h = Trainer(model, MyLoss(lambda l: numpy.float32(l)), optim.SGD(model, lr=0.1)).fit(
+            (X, y), epochs=1, progress=False)
+        assert numpy.isfinite(h["loss"][0])
