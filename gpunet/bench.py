@@ -1135,15 +1135,14 @@ def _write_json(path, obj):
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
         reason = " ".join(str(e).split())
         raise SystemExit(f"gpunet bench: error: --json {path}: {reason} (the results above were "
                          f"not written)") from None
+    finally:                # also on Ctrl-C: no temporary file is left beside the path
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)
     print(f"raw numbers written to {path}")
 
 

@@ -346,3 +346,11 @@ def test_a_json_path_that_fails_after_the_run_is_one_line_and_keeps_the_old_file
     assert gpunet.cli.main(["bench"] + args + ["--json", str(path)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert json.loads(path.read_text()) == {"old": 1} and os.listdir(folder) == ["b.json"]
+
+    # Ctrl-C while writing: the temporary file goes too
+    def interrupted(fd, *a, **k):
+        os.close(fd)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench.os, "fdopen", interrupted)
+    assert gpunet.cli.main(["bench"] + args + ["--json", str(path)]) == 130
+    assert json.loads(path.read_text()) == {"old": 1} and os.listdir(folder) == ["b.json"]
