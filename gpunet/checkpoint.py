@@ -82,9 +82,12 @@ def _target(path):
 
 def unwritable(path):
     """Why a file cannot be written at ``path`` (``"is a directory"``, ``"no such directory
-    <parent>"``, ``"permission denied"``), or None: checked before a run that ends by
-    writing it, so that it fails before the work, not after (``gpunet train --save``,
-    ``ModelCheckpoint``, ``gpunet bench --json``)."""
+    <parent>"``, ``"permission denied"``, ``"cannot create a file in <parent> (<reason>)"``),
+    or None: checked before a run that ends by writing it, so that it fails before the work,
+    not after (``gpunet train --save``, ``ModelCheckpoint``, ``gpunet bench --json``). Besides
+    the permission bits, it creates and removes an empty temporary file beside ``path``, as
+    ``gpunet.save`` would, which is what finds a read-only file system (root passes the
+    bits). A disk that fills up during the run is still found only by the write."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
@@ -93,6 +96,15 @@ def unwritable(path):
         return f"no such directory {parent}"
     if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return "permission denied"
+    # os.access answers from the mode bits, which root passes; a read-only mount, or a folder
+    # that takes no new files (/proc), says no only when asked: create (and remove) the
+    # temporary file that gpunet.save would create there
+    try:
+        fd, tmp = _temporary(os.path.abspath(path))
+    except OSError as e:
+        return f"cannot create a file in {parent} ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(tmp)
     return None
 
 

@@ -502,3 +502,43 @@ def test_load_strict_must_be_a_bool(tmp_path, bad):
     gpunet.save(path, _model(0))
     with pytest.raises(TypeError, match=rf"^gpunet\.load: expected strict to be a bool \(True or False\), got {re.escape(repr(bad))}"):
         gpunet.load(path, _model(1), strict=bad)
+
+
+def test_a_read_only_file_system_is_found_before_training(tmp_path, monkeypatch, capsys):
+    """Found by the failure-path audit: the checks before a run that ends by writing a file
+    (gpunet train --save, ModelCheckpoint, bench --json) read only the permission bits, which
+    root passes, so a read-only mount (or /proc) was found by the first write: after
+    training (observed: 'gpunet train --save /proc/x.npz' trained 30 epochs, then failed).
+    The check now also creates and removes the temporary file gpunet.save would create.
+    Simulated: creating a file in the folder fails with EROFS, as on a read-only mount."""
+    from gpunet.checkpoint import unwritable
+    import gpunet.cli
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_open = os.open
+
+    def read_only(name, flags, mode=0o777, *a, **k):
+        if os.path.dirname(os.path.abspath(str(name))) == str(folder) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+        return real_open(name, flags, mode, *a, **k)
+    monkeypatch.setattr(os, "open", read_only)
+    assert unwritable(folder / "m.npz") == f"cannot create a file in {folder} (Read-only file system)"
+    assert unwritable(tmp_path / "m.npz") is None and os.listdir(tmp_path) == ["ro"]   # the probe is removed
+
+    assert gpunet.cli.main(["train", "--save", str(folder / "m.npz"), "--epochs", "1", "--quiet",
+                            "--device", "cpu"]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip() == (f"gpunet train: error: --save {folder / 'm.npz'}: cannot create a file in "
+                               f"{folder} (Read-only file system)")
+    assert "test accuracy" not in cap.out
+
+    X = numpy.random.default_rng(0).normal(size=(32, 4)).astype(numpy.float32)
+    y = numpy.arange(32) % 3
+    gpunet.manual_seed(0)
+    model = gpunet.Sequential(gpunet.Dense(4, 3))
+    tr = gpunet.Trainer(model, gpunet.SoftmaxCrossEntropy(), gpunet.optim.SGD(model, lr=0.1))
+    with pytest.raises(ValueError, match=r"^ModelCheckpoint: path .*m\.npz: cannot create a file in .*"
+                                         r"\(Read-only file system\); expected a file path it can write"):
+        tr.fit((X, y), epochs=2, progress=False,
+               callbacks=[gpunet.ModelCheckpoint(folder / "m.npz", monitor="loss")])
+    assert tr.global_step == 0
