@@ -821,8 +821,9 @@ class Layer:
     def device(self) -> str:
         """Device of the first parameter; for a layer without parameters, of its first array
         buffer (``BatchNorm(affine=False)``'s running statistics); ``"cpu"`` for a layer with
-        neither (activations, pooling: they run where their input is)."""
-        for p in self.parameters():
+        neither (activations, pooling: they run where their input is). Reads the first
+        parameter only (``parameters()`` would list them all first)."""
+        for _, p in self.named_parameters():
             return device_of(p.data)
         for _, owner, k in self.named_buffers():
             v = getattr(owner, k)
@@ -833,7 +834,7 @@ class Layer:
     @property
     def dtype(self):
         """dtype of the first parameter (None for a layer without parameters)."""
-        for p in self.parameters():
+        for _, p in self.named_parameters():
             return p.data.dtype
         return None
 
