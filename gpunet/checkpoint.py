@@ -29,6 +29,7 @@ import zipfile
 import numpy
 
 from . import _args
+from .backend import is_array
 
 FORMAT_VERSION = 1
 
@@ -45,7 +46,10 @@ _SCHED_TYPE = "__scheduler__"
 
 
 def _jsonable(name, v):
-    if isinstance(v, (numpy.generic,)):
+    """``v`` as JSON can hold it: NumPy scalars and 0-d arrays of any device (a loss, as the
+    losses return it: a 0-d array, whose ``float()`` is what PyTorch users save of a 0-d
+    tensor; on a GPU, reading it is a host sync) become Python numbers, bools or strings."""
+    if isinstance(v, numpy.generic) or (is_array(v) and v.ndim == 0 and v.dtype.kind in "biufU"):
         v = v.item()
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
@@ -53,8 +57,11 @@ def _jsonable(name, v):
         return [_jsonable(name, x) for x in v]
     if isinstance(v, dict):
         return {str(k): _jsonable(name, x) for k, x in v.items()}
+    shape = getattr(v, "shape", None)
+    hint = (f" of shape {tuple(shape)}: a small array goes as a list ({name}=a.tolist()), weights "
+            f"go into the model's state" if is_array(v) and shape else "")
     raise TypeError(f"gpunet.save: metadata {name!r} must be a number, string, bool, None, or a "
-                    f"list/dict of them, got {type(v).__name__}")
+                    f"list/dict of them, got {type(v).__name__}{hint}")
 
 
 def _target(path):
@@ -165,7 +172,8 @@ def save(path, model, optimizer=None, /, *, scheduler=None, scaler=None, **metad
     it is. A symlink keeps pointing at the updated file. Every ``OSError`` names ``path``,
     never the temporary file. ``scheduler`` and ``scaler`` (a ``gpunet.amp.GradScaler``)
     are keywords (not metadata); metadata values
-    are JSON-able numbers, strings, bools, None, or lists/dicts of them. Metadata may take
+    are JSON-able numbers, strings, bools, None, or lists/dicts of them (a NumPy scalar or a
+    0-d array, such as the loss a loss function returns, counts as its value). Metadata may take
     any name (``model="mlp"``, as ``gpunet train --save`` writes); ``optimizer=`` given by
     keyword, as the signature reads, is the optimizer when its value is one (an object with
     ``state_dict``) and none was passed third, and metadata otherwise.

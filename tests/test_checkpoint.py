@@ -177,6 +177,26 @@ def test_save_takes_the_optimizer_by_keyword_as_its_signature_reads(tmp_path):
         gpunet.save(path, model, opt, optimizer=opt)           # twice: the keyword is metadata
 
 
+def test_a_loss_as_the_losses_return_it_is_saved_as_metadata(tmp_path):
+    """Found by the resume audit: gpunet.save(path, model, loss=loss) with the 0-d array a
+    loss returns (PyTorch users save the 0-d tensor) raised "metadata 'loss' must be a
+    number, ..., got ndarray", on the CPU and the sim. A 0-d array of numbers, bools or
+    text is saved as its value (a host read on a device); a larger array still raises,
+    now saying how to save it."""
+    model = _model()
+    loss = gpunet.SoftmaxCrossEntropy()(model(numpy.ones((2, 4), numpy.float32)), numpy.array([0, 1]))
+    assert isinstance(loss, numpy.ndarray) and loss.shape == ()
+    on_sim = gpunet.to_device(numpy.asarray(2.5, numpy.float32), "sim")
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, model, loss=loss, sim_loss=on_sim, step=numpy.asarray(7), ok=numpy.asarray(True))
+    meta = gpunet.load(path, _model(1))
+    assert meta == {"loss": float(loss), "sim_loss": 2.5, "step": 7, "ok": True}
+    assert type(meta["step"]) is int
+    with pytest.raises(TypeError, match=r"metadata 'scores' must be .*got ndarray of shape \(3,\): a small "
+                                        r"array goes as a list \(scores=a\.tolist\(\)\)"):
+        gpunet.save(path, model, scores=numpy.zeros(3))
+
+
 # -- gpunet.load of things that are not checkpoints ------------------------------------------------
 def test_load_npy_says_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.npy"
