@@ -339,7 +339,17 @@ class Metadata(dict):
         self.unexpected_keys = list(unexpected_keys)
 
 
-def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=True) -> dict:
+# torch.load's keywords, which gpunet.load has no need of
+_TORCH_LOAD = {
+    "map_location": ("gpunet.load needs none: each value is copied onto the device (and into the "
+                     "dtype) of the array it replaces; move the model first, model.to(device)", "torch.load's"),
+    "weights_only": ("gpunet.load needs none: a checkpoint holds arrays only and is read with "
+                     "allow_pickle=False, so loading never runs code", "torch.load's"),
+    "mmap": ("gpunet.load needs none: it reads the arrays into memory once", "torch.load's"),
+}
+
+
+def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=True, **unknown) -> dict:
     """Restore ``model`` (and ``optimizer``, ``scheduler``, a loss ``scaler``) from
     ``path``; return the metadata dict (a :class:`Metadata`).
 
@@ -377,6 +387,8 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
     onto the device it was saved from, hence its ``map_location="cpu"`` on a machine
     without CUDA; gpunet has no such argument because nothing in the file names a device.
     """
+    if unknown:
+        raise _args.unexpected_keyword("load", unknown, _TORCH_LOAD)
     path = _check_args("gpunet.load", path, model, optimizer)
     strict = _args.flag("gpunet.load", "strict", strict)
     data, meta = _read(path)

@@ -197,6 +197,24 @@ def test_a_loss_as_the_losses_return_it_is_saved_as_metadata(tmp_path):
         gpunet.save(path, model, scores=numpy.zeros(3))
 
 
+@pytest.mark.parametrize("kw, hint", [
+    ({"map_location": "cpu"}, r"; gpunet\.load needs none: each value is copied onto the device \(and into the "
+                              r"dtype\) of the array it replaces; move the model first, model\.to\(device\) "
+                              r"\(torch\.load's map_location= is not one of its names\)$"),
+    ({"weights_only": True}, r"; gpunet\.load needs none: a checkpoint holds arrays only and is read with "
+                             r"allow_pickle=False, so loading never runs code \(torch\.load's weights_only="),
+    ({"mmap": True}, r"; gpunet\.load needs none"),
+    ({"foo": 1}, r"$"),
+])
+def test_load_names_what_torch_loads_keywords_are_for(tmp_path, kw, hint):
+    """Found by the resume audit: gpunet.load(path, model, map_location="cpu") (or
+    weights_only=True), as a PyTorch user resumes, raised Python's bare "load() got an
+    unexpected keyword argument"; the TypeError now says why gpunet needs neither."""
+    path = gpunet.save(tmp_path / "ck.npz", _model())
+    with pytest.raises(TypeError, match=rf"^load\(\) got an unexpected keyword argument {next(iter(kw))!r}{hint}"):
+        gpunet.load(path, _model(1), **kw)
+
+
 # -- gpunet.load of things that are not checkpoints ------------------------------------------------
 def test_load_npy_says_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.npy"
