@@ -65,6 +65,16 @@ def _f32(v: float) -> float:
         return float(numpy.float32(v))
 
 
+def _dead_scale(last, backoff) -> str:
+    """The message for a loss scale that has backed off to 0 (``last``: the scale before,
+    when known)."""
+    was = f" (from {last:.3g}, times {backoff:g})" if last is not None else ""
+    return (f"GradScaler: the loss scale fell to 0{was}: every step backed it off, so their gradients held "
+            f"inf/NaN at every scale, and those steps were skipped; a scale of 0 stays 0, so no step "
+            f"would be taken again (torch.amp.GradScaler goes on skipping in silence). Look for NaN/inf "
+            f"in the parameters or the data, or a backward that overflows in float32 too")
+
+
 class GradScaler:
     """Dynamic loss scaling with ``torch.amp.GradScaler``'s constants and update rule.
 
@@ -81,7 +91,11 @@ class GradScaler:
       inf/NaN was found (the step is *skipped*: parameters, optimizer state and step counts
       are unchanged). Returns True when the optimizer stepped.
     * ``update()``: after the step(s) of one iteration: an inf/NaN in any of them sets
-      ``S *= backoff_factor`` and resets the count of clean steps; otherwise the count
+      ``S *= backoff_factor`` and resets the count of clean steps (when that would make
+      ``S`` 0 in float32, after about 165 such iterations in a row from 2**16,
+      ``FloatingPointError`` says so instead: with ``S = 0`` no step is ever taken again; on
+      a device, where ``S`` changes on the device, ``Trainer`` finds it at the end of the
+      epoch); otherwise the count
       grows, and at ``growth_interval`` ``S *= growth_factor`` (if that stays finite in
       float32) and the count restarts. ``update(new_scale)`` sets ``S`` directly.
     * ``get_scale()``, ``state_dict()``/``load_state_dict()`` (keys ``scale``,
@@ -134,6 +148,13 @@ class GradScaler:
         self._dev = None          # _ScalerState on a device: S, 1/S, tracker and flag there
 
     # -- the iteration ---------------------------------------------------------------------
+    def _check_alive(self, where=""):
+        """Raise ``FloatingPointError`` when ``S`` is 0 (on a device it backs off there, out
+        of sight of the host: one read, a host sync). ``Trainer`` calls it once per epoch on
+        a device; the host path raises in ``update`` itself."""
+        if self.enabled and self.get_scale() == 0.0:
+            raise FloatingPointError(_dead_scale(None, self.backoff_factor) + where)
+
     def get_scale(self) -> float:
         """The current scale ``S`` (1.0 when disabled); on a device, a host sync."""
         if not self.enabled:
@@ -290,7 +311,11 @@ class GradScaler:
                 raise RuntimeError("GradScaler.update: no step() or unscale_() since the last update()")
             found = any(bool(f) for f in self._pending.values())
             if found:
-                self._scale = _f32(self._scale * self.backoff_factor)
+                backed = _f32(self._scale * self.backoff_factor)
+                if backed == 0.0:           # 0 stays 0: no step would ever be taken again
+                    self._pending = {}
+                    raise FloatingPointError(_dead_scale(self._scale, self.backoff_factor))
+                self._scale = backed
                 self._growth_tracker = 0
             else:
                 self._growth_tracker += 1

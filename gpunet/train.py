@@ -1841,6 +1841,8 @@ class Trainer:
             self._halt_nonfinite = False
             bar.close()
         synchronize()
+        if self.scaler is not None and self.device != "cpu":   # one read per epoch, not per step
+            self.scaler._check_alive(f" (found at the end of epoch {epoch + 1})")
         self.last_epoch_seconds = time.perf_counter() - t0
         self.last_epoch_samples = rec.seen
         return self._logs(rec)

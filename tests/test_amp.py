@@ -332,3 +332,58 @@ def test_unscale_names_gradients_on_two_devices(gpu_xp, gpu_device):
                                             rf"params\[1\] \(b\) on {db}\S*;"):
             GradScaler().step(optim.SGD([a, b], lr=0.1))
         assert float(gpunet.to_numpy(a.grad)[0]) == 4.0 and float(gpunet.to_numpy(b.grad)[0]) == 4.0
+
+
+class _InfBackward(gpunet.layers.Layer):
+    """Identity whose backward makes every gradient before it inf (a float16 overflow that
+    no loss scale cures)."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy * dy.dtype.type(numpy.inf)
+
+
+def test_a_loss_scale_that_falls_to_zero_stops_the_run(device, rng):
+    """Found by the failure-path audit: with gradients that are inf at every scale, each
+    fp16 step was skipped and the scale halved until it reached 0 in float32; on the CPU
+    the next unscale_ then raised 'ZeroDivisionError: float division by zero' from inside
+    gpunet.amp (observed after 166 steps of the digits MLP), and on the sim the run went on
+    for every epoch asked, each step skipped, the loss constant, without a word (observed:
+    8 epochs, scale 0, the optimizer's step count 0). GradScaler.update now raises
+    FloatingPointError when the scale would become 0 (the host path), and the Trainer reads
+    the scale once per epoch on a device (no read in the step)."""
+    X = rng.normal(size=(200, 8)).astype(numpy.float32)      # 13 steps an epoch
+    y = rng.integers(0, 3, size=200)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 16, activation="relu"), _InfBackward(), Dense(16, 3)).to(device)
+    before = model.state_dict()
+    scaler = GradScaler(init_scale=2.0 ** -140)     # ten halvings from 0 in float32
+    tr = gpunet.Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1), precision="fp16", scaler=scaler)
+    where = r"$" if device == "cpu" else r" \(found at the end of epoch 1\)$"
+    with numpy.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            FloatingPointError, match=r"^GradScaler: the loss scale fell to 0.*every step backed it off.*no step "
+                                      r"would be taken again.*overflows in float32 too" + where):
+        tr.fit((X, y), epochs=3, batch_size=16, progress=False)
+    for k, v in model.state_dict().items():      # every step was skipped
+        numpy.testing.assert_array_equal(gpunet.to_numpy(v), gpunet.to_numpy(before[k]), err_msg=k)
+    assert tr.scaler.get_scale() == (2.0 ** -149 if device == "cpu" else 0.0)
+
+
+def test_the_host_loss_scaler_says_when_its_scale_reaches_zero():
+    """GradScaler alone, as a hand-written loop uses it: update() raises FloatingPointError
+    instead of leaving a scale of 0, which made the next unscale_ divide by zero."""
+    s = GradScaler(init_scale=2.0 ** -148)
+    model = Sequential(Dense(2, 2))
+    opt = optim.SGD(model, lr=0.1)
+    for p in model.parameters():
+        p.grad = numpy.full(p.data.shape, numpy.inf, numpy.float32)
+    with numpy.errstate(over="ignore"):
+        assert s.step(opt) is False
+        s.update()
+        assert s.get_scale() == 2.0 ** -149
+        assert s.step(opt) is False
+    with pytest.raises(FloatingPointError, match=r"^GradScaler: the loss scale fell to 0 \(from 1\.4e-45, times 0\.5\)"):
+        s.update()
+    assert s.get_scale() == 2.0 ** -149
