@@ -1855,3 +1855,39 @@ def test_a_loss_of_ones_own_that_returns_no_array_is_named(device, rng, returned
         h = Trainer(model, MyLoss(lambda l: numpy.float32(l)), optim.SGD(model, lr=0.1)).fit(
             (X, y), epochs=1, progress=False)
         assert numpy.isfinite(h["loss"][0])
+
+
+def test_an_interrupted_fit_leaves_what_the_guide_says(rng):
+    """Guide §4, 'An interrupted fit': Ctrl-C from a callback in the middle of epoch 2 leaves
+    the model in training mode, the first layer's input_grad restored, every on_train_end run
+    (EarlyStopping puts the best epoch's weights back), the completed epoch in the History,
+    and a later fit starts with the interrupted epoch's shuffle (pins documented behaviour)."""
+    X, y = _blobs(rng)
+    orders = []
+
+    class Interrupt(Callback):
+        def on_train_begin(self, trainer):
+            self.base = trainer._next_order     # the shuffle epoch k takes: base + k
+
+        def on_epoch_begin(self, trainer, epoch):
+            orders.append(self.base + epoch)
+
+        def on_batch_end(self, trainer, step, logs):
+            if trainer.epoch == 1 and step == 3:
+                raise KeyboardInterrupt
+
+    class Best(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            self.state = trainer.model.state_dict()
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    best = Best()
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit((X, y), epochs=3, batch_size=32, progress=False,
+               callbacks=[best, Interrupt(), EarlyStopping(monitor="loss")])
+    assert tr.history.epoch == [0] and tr.global_step == 7 + 4
+    assert model.training and model[0].input_grad is True
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, best.state[k], err_msg=k)
+    tr.fit((X, y), epochs=1, batch_size=32, progress=False, callbacks=[Interrupt()])
+    assert orders == [0, 1, 1]
