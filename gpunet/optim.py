@@ -609,6 +609,7 @@ class Optimizer:
                       for i, p in enumerate(self.params)]
         self._work = {}
         self._tables = {}
+        self._loaded = True       # Trainer.fit's resume check reads (and clears) it
         return self
 
     def __repr__(self):

@@ -127,6 +127,27 @@ def _warn_stale_optimizer(model, optimizer):
                       UserWarning, stacklevel=3)
 
 
+def _warn_resume_from_epoch_0(trainer, initial_epoch):
+    """Warn when the first ``fit`` of a Trainer starts at epoch 0 with an optimizer whose
+    state was loaded (``gpunet.load``, ``load_state_dict``) after steps were taken: a resumed
+    run without ``initial_epoch`` takes epoch 0's shuffle again, counts ``global_step`` and
+    ``ModelCheckpoint``'s epochs from 0 (a later resume from such a file starts at the wrong
+    epoch) and, as ``epochs`` is the epoch to stop at, runs that many epochs more. The loaded
+    mark is cleared by any fit, so this is said once per load."""
+    opt = trainer.optimizer
+    opt = getattr(opt, "optimizer", opt)    # a DistributedOptimizer's: the mark is the optimizer's
+    if not getattr(opt, "_loaded", False):
+        return
+    opt._loaded = False
+    taken = max(opt.steps, default=0)
+    if not initial_epoch and trainer.global_step == 0 and taken:
+        warnings.warn(f"Trainer.fit: the optimizer's state was loaded with {taken} steps taken, but fit "
+                      f"starts at epoch 0: to continue the saved run, pass fit(..., initial_epoch="
+                      f"meta['epoch']) (with epochs the epoch to stop at), so that it takes the saved "
+                      f"run's next shuffles and counts its steps and ModelCheckpoint's epochs on from "
+                      f"there", UserWarning, stacklevel=3)
+
+
 def _warn_unseeded_resume(loader, initial_epoch):
     """Warn when ``fit(initial_epoch=k)`` resumes a run on a shuffling loader whose seed was
     drawn at random when it was made (``seed=None``): epoch ``k``'s order is that of
@@ -1561,6 +1582,7 @@ class Trainer:
         _warn_stale_optimizer(self.model, self.optimizer)
         if initial_epoch:
             _warn_unseeded_resume(loader, initial_epoch)
+        _warn_resume_from_epoch_0(self, initial_epoch)
         progress = progress and (self.comm is None or self.comm.rank == 0)
         first = _first_layer(self.model)
         first_input_grad = getattr(first, "input_grad", None)

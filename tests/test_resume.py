@@ -149,3 +149,67 @@ def test_resuming_on_a_loader_with_a_randomly_drawn_seed_warns():
         trainer().fit(gpunet.DataLoader(X, y, batch_size=8), epochs=2, initial_epoch=1, progress=False)
         trainer().fit((X, y), epochs=2, initial_epoch=1, progress=False)
         trainer().fit(gpunet.DataLoader(X, y, batch_size=8, shuffle=True), epochs=1, progress=False)
+
+
+def test_a_resume_that_forgets_initial_epoch_warns(tmp_path):
+    """Found by the resume audit: after gpunet.load of a checkpoint of 2 epochs, fit(epochs=4)
+    without initial_epoch trained epochs 0-3 again: epoch 0's shuffle, global_step from 0,
+    ModelCheckpoint epochs 1.. (a later resume from its file starts at the wrong epoch) and
+    4 epochs instead of the 2 left, without a word. The first fit after a load of stepped
+    optimizer state warns, once; with initial_epoch, on a Trainer that trained before, or
+    after loading a fresh optimizer's state, it does not."""
+    import warnings
+    rng = numpy.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)).astype(numpy.float32), rng.integers(0, 3, 40)
+    path = tmp_path / "last.npz"
+
+    def trainer():
+        gpunet.manual_seed(0)
+        m = gpunet.Sequential(gpunet.Dense(4, 3))
+        return gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), optim.SGD(m, lr=0.1, momentum=0.9))
+
+    t = trainer()
+    t.fit((X, y), epochs=2, batch_size=8, progress=False,
+          callbacks=[gpunet.ModelCheckpoint(path, monitor="loss", save_best_only=False)])
+    t2 = trainer()
+    meta = gpunet.load(path, t2.model, t2.optimizer)
+    with pytest.warns(UserWarning, match=r"optimizer's state was loaded with 10 steps taken, but fit starts "
+                                         r"at epoch 0: to continue the saved run, pass fit\(\.\.\., "
+                                         r"initial_epoch=meta\['epoch'\]\)"):
+        t2.fit((X, y), epochs=1, batch_size=8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t2.fit((X, y), epochs=1, batch_size=8, progress=False)           # said once per load
+        t3 = trainer()
+        gpunet.load(path, t3.model, t3.optimizer)
+        t3.fit((X, y), epochs=4, initial_epoch=meta["epoch"], batch_size=8, progress=False)
+        assert t3.global_step == t.global_step + 10
+        gpunet.load(path, t.model, t.optimizer)                          # a Trainer that trained
+        t.fit((X, y), epochs=1, batch_size=8, progress=False)
+        t4 = trainer()
+        t4.optimizer.load_state_dict(trainer().optimizer.state_dict())   # no step taken
+        t4.fit((X, y), epochs=1, batch_size=8, progress=False)
+
+
+def test_the_resume_warning_sees_through_a_distributed_optimizer(tmp_path):
+    """The mark of a load is the wrapped optimizer's: a DistributedOptimizer (a world of one)
+    warns at the first fit after a load and clears the mark there, so a second Trainer (with
+    the optimizer wrapped anew) does not warn again; the first version of the check cleared a
+    mark it had set on the wrapper, and warned again there."""
+    import warnings
+    from gpunet import distributed
+    rng = numpy.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)).astype(numpy.float32), rng.integers(0, 3, 40)
+    comm = distributed.Communicator()          # a world of one
+    gpunet.manual_seed(0)
+    m = gpunet.Sequential(gpunet.Dense(4, 3))
+    opt = distributed.DistributedOptimizer(optim.SGD(m, lr=0.1), comm)
+    gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), opt, comm=comm).fit((X, y), epochs=1, progress=False)
+    path = gpunet.save(tmp_path / "ck.npz", m, opt)
+    gpunet.load(path, m, opt)
+    with pytest.warns(UserWarning, match="optimizer's state was loaded"):
+        gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), opt, comm=comm).fit((X, y), epochs=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = distributed.DistributedOptimizer(opt.optimizer, comm)    # the same optimizer, rewrapped
+        gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), again, comm=comm).fit((X, y), epochs=1, progress=False)
