@@ -969,7 +969,9 @@ def _divergence_note(model, out) -> str:
             if worst is None or m > worst[1]:
                 worst = (name, m)
     if broken:
-        parts.append(f"parameter{'s' * (len(broken) > 1)} holding NaN/inf: {', '.join(broken)}")
+        parts.append(f"parameter{'s' * (len(broken) > 1)} holding NaN/inf: {', '.join(broken)} (from an "
+                     f"earlier update whose gradients overflowed though its loss was finite, or an "
+                     f"assignment)")
     elif worst is not None:
         parts.append(f"the largest parameter is {worst[0]!r}, up to |{worst[1]:.3g}|")
     return "".join("; " + part for part in parts)
@@ -1468,9 +1470,11 @@ class Trainer:
         still runs, the epochs before stay in ``trainer.history``, and a ``ModelCheckpoint``
         file keeps the last good epoch). On the CPU that step stops after its loss, before its
         backward and update (Keras applies that update first): the model keeps the weights
-        that gave the loss, and the optimizer's state and ``trainer.global_step`` those of the
-        steps applied; the message adds whether the output held NaN/inf or the loss overflowed,
-        and the largest parameter. On a GPU the loss is read later (below), so the updates up
+        that gave the loss (unless ``EarlyStopping(restore_best=True)`` puts its best epoch's
+        back; BatchNorm's running statistics took in that step's batch, as in PyTorch), and
+        the optimizer's state and ``trainer.global_step`` are those of the steps applied; the
+        message adds whether the output held NaN/inf or the loss overflowed, and the largest
+        parameter (or those holding NaN/inf). On a GPU the loss is read later (below), so the updates up
         to that read were applied. A non-finite ``val_loss`` is recorded and warned
         about (``RuntimeWarning``, once per fit, naming the rows of ``val`` that hold NaN or
         inf), as validation cannot corrupt the weights.
@@ -1934,8 +1938,12 @@ class Trainer:
                 raise ValueError(f"{e}; at {where}") from None
         note = _nonfinite_note(loader)
         # on the CPU the step stopped before its backward and update (_halt_if_nonfinite)
-        kept = ("; that step's update was not applied: the model holds the weights that gave this "
-                "loss" + _divergence_note(self.model, self._halted_out) if self.device == "cpu" else
+        restores = any(isinstance(cb, EarlyStopping) and cb.restore_best and cb._best_state is not None
+                       for cb in self._callbacks)
+        kept = ("; that step's update was not applied: " + (
+                    "EarlyStopping(restore_best=True) puts back its best epoch's weights" if restores else
+                    "the model holds the weights that gave this loss")
+                + _divergence_note(self.model, self._halted_out) if self.device == "cpu" else
                 f"; read at step {rec.done} (on a GPU the losses are read in bulk): the updates of the "
                 f"steps up to it were applied")
         self._halted_out = None

@@ -1891,3 +1891,40 @@ def test_an_interrupted_fit_leaves_what_the_guide_says(rng):
         numpy.testing.assert_array_equal(v, best.state[k], err_msg=k)
     tr.fit((X, y), epochs=1, batch_size=32, progress=False, callbacks=[Interrupt()])
     assert orders == [0, 1, 1]
+
+
+def test_the_diverged_step_message_says_when_early_stopping_puts_the_best_weights_back(rng):
+    """66e422d's message said 'the model holds the weights that gave this loss' also when an
+    EarlyStopping(restore_best=True) then put its best epoch's weights back in on_train_end;
+    it says that instead. Weights that an earlier update made NaN are named as such."""
+    X, y = _blobs(rng)
+    Y = (y.astype(numpy.float32) / 2).reshape(-1, 1)
+
+    class Diverge(Callback):            # a rate that blows up from the second epoch on
+        def on_epoch_begin(self, trainer, epoch):
+            trainer.optimizer.lr = 0.01 if epoch == 0 else 10.0
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 16, activation="relu"), Dense(16, 1))
+    tr = Trainer(model, gpunet.MSELoss(), optim.SGD(model, lr=0.01, momentum=0.9), metrics=())
+    best = {}
+
+    class Keep(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 0:
+                best.update(trainer.model.state_dict())
+    with numpy.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            FloatingPointError, match=r"at epoch 2, step \d+ .*; that step's update was not applied: "
+                                      r"EarlyStopping\(restore_best=True\) puts back its best epoch's weights; "):
+        tr.fit((X, Y), epochs=3, batch_size=16, progress=False,
+               callbacks=[Diverge(), Keep(), EarlyStopping(monitor="loss")])
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, best[k], err_msg=k)
+
+    class Poison(Callback):
+        def on_epoch_begin(self, trainer, epoch):
+            trainer.model[0].weight.data[0, 0] = numpy.nan
+    with pytest.raises(FloatingPointError, match=r"the model holds the weights that gave this loss; .*"
+                                                 r"parameter holding NaN/inf: 0\.weight \(from an earlier update "
+                                                 r"whose gradients overflowed though its loss was finite, or an "
+                                                 r"assignment\)$"):
+        tr.fit((X, Y), epochs=1, batch_size=16, progress=False, callbacks=[Poison()])
