@@ -944,10 +944,12 @@ def _halt_if_nonfinite(loss, out):
         raise _NonFiniteLoss(loss, out)
 
 
-def _divergence_note(model, out) -> str:
+def _divergence_note(model, out, half=False) -> str:
     """For the non-finite-loss error on the CPU: whether the model's output of that step
     held NaN/inf or was finite (the loss overflowed), and the parameter of the largest
-    magnitude (or those holding NaN/inf): what grew."""
+    magnitude (or those holding NaN/inf): what grew. ``half`` (``precision="fp16"``): an
+    output with NaN/inf from finite parameters that float32 holds comfortably is most often a
+    float16 activation past 65504, which the note says."""
     parts = []
     if out is not None:
         o = to_numpy(out)
@@ -968,6 +970,10 @@ def _divergence_note(model, out) -> str:
             m = float(numpy.abs(a).max())
             if worst is None or m > worst[1]:
                 worst = (name, m)
+    if half and out is not None and bad and not broken:
+        parts.append("with precision='fp16' the forward runs in float16, whose largest value is 65504: "
+                     "an activation past it is inf (lower the learning rate, or normalize the inputs "
+                     "or the activations, e.g. with BatchNorm)")
     if broken:
         parts.append(f"parameter{'s' * (len(broken) > 1)} holding NaN/inf: {', '.join(broken)} (from an "
                      f"earlier update whose gradients overflowed though its loss was finite, or an "
@@ -1943,7 +1949,8 @@ class Trainer:
         kept = ("; that step's update was not applied: " + (
                     "EarlyStopping(restore_best=True) puts back its best epoch's weights" if restores else
                     "the model holds the weights that gave this loss")
-                + _divergence_note(self.model, self._halted_out) if self.device == "cpu" else
+                + _divergence_note(self.model, self._halted_out, self.precision == "fp16")
+                if self.device == "cpu" else
                 f"; read at step {rec.done} (on a GPU the losses are read in bulk): the updates of the "
                 f"steps up to it were applied")
         self._halted_out = None

@@ -1731,7 +1731,8 @@ def test_a_diverging_step_on_the_cpu_is_not_applied(rng, precision):
             FloatingPointError, match=r"^non-finite loss (inf|nan) at epoch 1, step (\d+) \(lower the learning rate, "
                                       r"clip gradients, or check the inputs\); that step's update was not applied: "
                                       r"the model holds the weights that gave this loss; its output (was finite, "
-                                      r"up to \|[^|]+\|, and the loss overflowed|held \d+ NaN/inf values? of 16); "
+                                      r"up to \|[^|]+\|, and the loss overflowed|held \d+ NaN/inf values? of 16)"
+                                      r"(; with precision='fp16' the forward runs in float16, [^;]+)?; "
                                       r"the largest parameter is '\d\.(weight|bias)', up to \|[^|]+\|$") as e:
         tr.fit((X, Y), epochs=3, batch_size=16, progress=False, callbacks=[Snap()])
     step = int(re.search(r"step (\d+)", str(e.value)).group(1))
@@ -1928,3 +1929,21 @@ def test_the_diverged_step_message_says_when_early_stopping_puts_the_best_weight
                                                  r"whose gradients overflowed though its loss was finite, or an "
                                                  r"assignment\)$"):
         tr.fit((X, Y), epochs=1, batch_size=16, progress=False, callbacks=[Poison()])
+
+
+def test_a_float16_overflow_is_named_in_the_diverged_step_message(rng):
+    """With precision='fp16' a non-finite loss from finite weights is most often a float16
+    activation past 65504 (inputs of 1e4 here): the CPU message says so, and the parameters
+    stay those before the step (the first one: the initial weights)."""
+    X, y = _blobs(rng)
+    model = _model()
+    before = model.state_dict()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1), precision="fp16")
+    with numpy.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            FloatingPointError, match=r"^non-finite loss nan at epoch 1, step 1 .*its output held \d+ NaN/inf "
+                                      r"values of 48; with precision='fp16' the forward runs in float16, whose "
+                                      r"largest value is 65504: an activation past it is inf .*; the largest "
+                                      r"parameter is '0\.weight'"):
+        tr.fit((X * 1e4, y), epochs=1, batch_size=16, progress=False)
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, before[k], err_msg=k)
