@@ -945,9 +945,11 @@ def _halt_if_nonfinite(loss, out):
 
 
 def _divergence_note(model, out, half=False) -> str:
-    """For the non-finite-loss error on the CPU: whether the model's output of that step
-    held NaN/inf or was finite (the loss overflowed), and the parameter of the largest
-    magnitude (or those holding NaN/inf): what grew. ``half`` (``precision="fp16"``): an
+    """For the non-finite-loss error: whether the model's output of that step held NaN/inf
+    or was finite (the loss overflowed; on the CPU, where ``out`` is that step's; None on a
+    GPU, which has run on since), and the parameter of the largest magnitude (or those
+    holding NaN/inf): what grew. On a GPU it reads the parameters (host syncs), once the
+    run has failed. ``half`` (``precision="fp16"``): an
     output with NaN/inf from finite parameters that float32 holds comfortably is most often a
     float16 activation past 65504, which the note says."""
     parts = []
@@ -1952,7 +1954,7 @@ class Trainer:
                 + _divergence_note(self.model, self._halted_out, self.precision == "fp16")
                 if self.device == "cpu" else
                 f"; read at step {rec.done} (on a GPU the losses are read in bulk): the updates of the "
-                f"steps up to it were applied")
+                f"steps up to it were applied" + _divergence_note(self.model, None))
         self._halted_out = None
         if note:
             raise FloatingPointError(f"non-finite loss {value} at {where}: the training data {note}; "

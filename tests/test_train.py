@@ -1947,3 +1947,19 @@ def test_a_float16_overflow_is_named_in_the_diverged_step_message(rng):
         tr.fit((X * 1e4, y), epochs=1, batch_size=16, progress=False)
     for k, v in model.state_dict().items():
         numpy.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_the_diverged_run_message_names_the_parameters_on_a_gpu_too(gpu_device, rng):
+    """On a GPU (the sim here) the losses are read in bulk, so the run has gone on past the
+    step whose loss was not finite; the message says at which step it was read and, read
+    once the run has failed, which parameters hold NaN/inf (or the largest one)."""
+    X, y = _blobs(rng)
+    Y = (y.astype(numpy.float32) / 2).reshape(-1, 1)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 16, activation="relu"), Dense(16, 1)).to(gpu_device)
+    tr = Trainer(model, gpunet.MSELoss(), optim.SGD(model, lr=10.0, momentum=0.9), metrics=())
+    with numpy.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            FloatingPointError, match=r"^non-finite loss (inf|nan) at epoch 1, step \d+ .*; read at step 13 \(on a "
+                                      r"GPU the losses are read in bulk\): the updates of the steps up to it were "
+                                      r"applied; (parameters? holding NaN/inf: |the largest parameter is )"):
+        tr.fit((X, Y), epochs=1, batch_size=16, progress=False)
