@@ -1517,10 +1517,12 @@ class Trainer:
         ``epochs`` is the epoch to stop at, as in Keras: ``initial_epoch=k`` runs epochs
         ``k .. epochs-1``; an ``initial_epoch`` past ``epochs`` raises ``ValueError`` (Keras
         runs nothing, silently). ``trainer.global_step`` counts the optimizer steps of every
-        ``fit``; a fit with ``initial_epoch=k`` on a Trainer that has taken no step yet (a run
-        resumed with ``gpunet.load``) starts it at ``k * len(loader)``, the steps those epochs
-        took (the resume contract keeps the data and the batch size), as Lightning restores
-        its ``global_step`` from a checkpoint.
+        ``fit``; a fit with ``initial_epoch=k`` starts it at ``k * len(loader)``, the steps those
+        epochs took (the resume contract keeps the data and the batch size), as Lightning
+        restores its ``global_step`` from a checkpoint: on a fresh Trainer after
+        ``gpunet.load``, and on this one resumed from a checkpoint after an interrupted fit,
+        whose partial epoch's steps it had counted (continuing this Trainer's own last epoch,
+        the count is that already).
 
         Without ``val``, an ``EarlyStopping`` or best-only ``ModelCheckpoint`` monitoring
         ``val_loss`` or ``val_accuracy`` raises ``ValueError`` before the first epoch (Keras
@@ -1600,10 +1602,11 @@ class Trainer:
         first_input_grad = getattr(first, "input_grad", None)
         plateau = (_plateau_monitor(self.scheduler, self.metrics, vloader is not None)
                    if isinstance(self.scheduler, ReduceLROnPlateau) else None)
-        if initial_epoch and not self.global_step:
-            # a run resumed on a fresh Trainer (gpunet.load, then fit(initial_epoch=k)): the k
+        if initial_epoch:
+            # a run resumed (gpunet.load, then fit(initial_epoch=k)) on a fresh Trainer, or on
+            # this one after an interrupted fit whose partial epoch's steps it counted: the k
             # epochs before took k * len(loader) steps, as the resume contract keeps the data
-            # and the (global) batch size
+            # and the (global) batch size (a fit continuing this Trainer's is there already)
             self.global_step = initial_epoch * len(loader)
         self._callbacks = callbacks
         self.history = History()

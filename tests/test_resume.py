@@ -213,3 +213,39 @@ def test_the_resume_warning_sees_through_a_distributed_optimizer(tmp_path):
         warnings.simplefilter("error")
         again = distributed.DistributedOptimizer(opt.optimizer, comm)    # the same optimizer, rewrapped
         gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), again, comm=comm).fit((X, y), epochs=1, progress=False)
+
+
+def test_a_resume_after_an_interrupted_fit_on_the_same_trainer_counts_its_steps_as_the_run(tmp_path):
+    """Found by the resume audit: a fit interrupted in epoch 2 (Ctrl-C in a callback), then
+    gpunet.load of the epoch-2 checkpoint and fit(initial_epoch=2) on the same Trainer gave
+    the straight run's losses and weights bit for bit but global_step 32 where the run that
+    never stopped has 28: the interrupted epoch's 4 steps were counted too. A fit with
+    initial_epoch now sets it to the steps of the epochs before, as on a fresh Trainer."""
+    rng = numpy.random.default_rng(0)
+    X, y = rng.standard_normal((100, 8)).astype(numpy.float32), rng.integers(0, 3, 100)
+    path = tmp_path / "last.npz"
+
+    def build():
+        gpunet.manual_seed(0)
+        m = gpunet.Sequential(gpunet.Dense(8, 16, activation="relu"), gpunet.Dropout(0.3), gpunet.Dense(16, 3))
+        o = optim.Adam(m, lr=1e-2)
+        return m, o, gpunet.Trainer(m, gpunet.SoftmaxCrossEntropy(), o)
+
+    class Interrupt(gpunet.Callback):
+        def on_batch_end(self, trainer, step, logs):
+            if trainer.epoch == 2 and step == 3:
+                raise KeyboardInterrupt
+
+    fit = dict(batch_size=16, seed=5, progress=False)
+    m, _, full = build()
+    h = full.fit((X, y), epochs=4, **fit)
+    m2, o2, t = build()
+    with pytest.raises(KeyboardInterrupt):
+        t.fit((X, y), epochs=4, callbacks=[Interrupt(), gpunet.ModelCheckpoint(
+            path, monitor="loss", save_best_only=False)], **fit)
+    assert t.global_step == 2 * 7 + 4
+    meta = gpunet.load(path, m2, o2)
+    h2 = t.fit((X, y), epochs=4, initial_epoch=meta["epoch"], **fit)
+    assert h2["loss"] == h["loss"][2:]
+    assert all(numpy.array_equal(v, m2.state_dict()[k]) for k, v in m.state_dict().items())
+    assert t.global_step == full.global_step == 28
