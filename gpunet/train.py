@@ -17,6 +17,8 @@ import inspect
 import math
 import operator
 import os
+import signal
+import threading
 import time
 import warnings
 
@@ -388,6 +390,29 @@ def _check_logs(logs, cb, checked):
         if type(v) is not float and id(v) not in checked:
             _log_float("Trainer.fit", k, v, f" (written by {type(cb).__name__}.on_epoch_end)")
             checked.add(id(v))
+
+
+def _hold_interrupts(trainer):
+    """During ``fit``: a SIGINT handler that holds a Ctrl-C arriving in the middle of a step's
+    update (the optimizer's loop over the parameters, the loss scaler's step and update, the
+    schedule's step, the step count: ``trainer._updating``) until that update is complete, so
+    that an interrupted run never holds some parameters updated and the others not; anywhere
+    else it raises ``KeyboardInterrupt`` at once, as Python's own handler does, and so does a
+    second Ctrl-C during the same update. Installed only in the main thread and over
+    Python's default handler (one of the user's own is left alone); returns the handler to
+    put back, or None."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        return None
+    trainer._updating = trainer._sigint_held = False
+
+    def held(signum, frame):
+        if trainer._updating and not trainer._sigint_held:
+            trainer._sigint_held = True
+            return
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, held)
+    return signal.default_int_handler
 
 
 def _train_end(callbacks, trainer):
@@ -1278,6 +1303,8 @@ class Trainer:
         self._callbacks = []
         self._step_lr = None
         self._halt_nonfinite = False    # fit on the CPU: a non-finite loss stops its step
+        self._updating = False          # inside a step's update (fit holds a Ctrl-C then)
+        self._sigint_held = False       # a Ctrl-C held during the update, raised after it
         self._halted_out = None         # that step's output, for the error's note
         self.cuda_graph = cuda_graph
 
@@ -1376,9 +1403,21 @@ class Trainer:
         """forward → loss → backward → (clip) → update (→ per-step schedule); returns
         ``(loss, output)`` on the device."""
         self._step_lr = float(self.optimizer.lr)
-        loss, out = self._device_step(xb, yb)
-        self._after_step()
+        try:
+            loss, out = self._device_step(xb, yb)
+            self._after_step()
+        finally:
+            self._release_interrupt()
         return loss, out
+
+    def _release_interrupt(self):
+        """The end of a step's update: a Ctrl-C that ``fit``'s handler held during it
+        (``_hold_interrupts``) is raised now, once the update, the schedule's step and the
+        step count are all done."""
+        self._updating = False
+        if self._sigint_held:
+            self._sigint_held = False
+            raise KeyboardInterrupt
 
     def _after_step(self):
         if self.scheduler is not None and self.scheduler_interval == "step":
@@ -1402,17 +1441,21 @@ class Trainer:
         if st is not None and st[0] != key:
             return (*self.train_step(xb, yb), False)
         self._step_lr = float(self.optimizer.lr)
-        if st is None:
-            sx, sy = xb.copy(), yb.copy()
-            g = CUDAGraph(self.device)
-            loss, out = g.capture(self._device_step, sx, sy, model=self.model)
-            self._graph = (key, g, sx, sy, loss, out)
-        else:
-            _, g, sx, sy, loss, out = st
-            sx[...] = xb
-            sy[...] = yb
-            g.replay()
-        self._after_step()
+        try:
+            if st is None:
+                sx, sy = xb.copy(), yb.copy()
+                g = CUDAGraph(self.device)
+                loss, out = g.capture(self._device_step, sx, sy, model=self.model)
+                self._graph = (key, g, sx, sy, loss, out)
+            else:
+                _, g, sx, sy, loss, out = st
+                sx[...] = xb
+                sy[...] = yb
+                self._updating = True       # one launch: the whole step, update included
+                g.replay()
+            self._after_step()
+        finally:
+            self._release_interrupt()
         return loss, out, True
 
     def _device_step(self, xb, yb):
@@ -1438,6 +1481,7 @@ class Trainer:
             sync()
         for cb in self._callbacks:
             cb.on_backward_end(self)
+        self._updating = True       # from here to the step count, a Ctrl-C waits (fit)
         if self.scaler is not None and (self.clip_grad_norm is not None
                                         or self.clip_grad_value is not None):
             self.scaler.unscale_(self.optimizer)
@@ -1486,6 +1530,11 @@ class Trainer:
         to that read were applied. A non-finite ``val_loss`` is recorded and warned
         about (``RuntimeWarning``, once per fit, naming the rows of ``val`` that hold NaN or
         inf), as validation cannot corrupt the weights.
+        A Ctrl-C (SIGINT) that arrives during a step's update (the optimizer's loop over the
+        parameters, the loss scaler, the schedule's step, the step count) is held until that
+        update is complete, then raised, so an interrupted model never holds half an update;
+        anywhere else, and a second one, it is raised at once (a handler installed for the fit,
+        in the main thread, over Python's default one only).
         Empty data raises ``ValueError``. Before the first epoch, ``val``'s first sample goes
         through the model and the loss (as ``evaluate`` runs them), so validation data of
         the wrong shape, dtype or labels fails then, naming ``val``, not after an epoch; and
@@ -1616,6 +1665,7 @@ class Trainer:
             for cb in self._callbacks:
                 cb.on_train_begin(self)
         self._agree("Trainer.fit", "the callbacks' on_train_begin", begin)
+        prior = _hold_interrupts(self)
         try:
             if first_input_grad is not None:
                 first.input_grad = False   # nothing consumes the gradient w.r.t. the data
@@ -1655,6 +1705,8 @@ class Trainer:
                 if self.stop_training:
                     break
         finally:
+            if prior is not None:
+                signal.signal(signal.SIGINT, prior)
             if first_input_grad is not None:
                 first.input_grad = first_input_grad
             callbacks, self._callbacks = self._callbacks, []

@@ -1963,3 +1963,54 @@ def test_the_diverged_run_message_names_the_parameters_on_a_gpu_too(gpu_device, 
                                       r"GPU the losses are read in bulk\): the updates of the steps up to it were "
                                       r"applied; (parameters? holding NaN/inf: |the largest parameter is )"):
         tr.fit((X, Y), epochs=1, batch_size=16, progress=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_ctrl_c_during_an_update_waits_for_the_whole_update(rng, monkeypatch, precision):
+    """Found by the failure-path audit: a Ctrl-C (SIGINT) that arrived while the optimizer
+    looped over the parameters raised KeyboardInterrupt there, leaving the first parameter
+    updated and the others not, and the step uncounted (observed here: after the
+    interrupt, 0.weight held step 3's update, 0.bias, 1.weight and 1.bias step 2's). fit now
+    holds a Ctrl-C that arrives during a step's update until the update and the step count
+    are done, then raises it: the model holds the whole update of that step. A second
+    Ctrl-C does not wait; a Ctrl-C elsewhere is raised at once, as before."""
+    import signal
+    X, y = _blobs(rng)
+
+    def run(interrupt_at=None, twice=False):
+        gpunet.manual_seed(0)
+        model = _model()
+        opt = optim.SGD(model, lr=0.1, momentum=0.9)
+        real = type(opt)._update
+        calls = []
+
+        def update(self, i, p, g, lr):
+            real(self, i, p, g, lr)
+            calls.append(i)
+            if interrupt_at is not None and len(calls) in (interrupt_at, interrupt_at + twice):
+                os.kill(os.getpid(), signal.SIGINT)         # Ctrl-C, in the middle of the loop
+        monkeypatch.setattr(type(opt), "_update", update)
+        scaler = gpunet.amp.GradScaler(init_scale=2.0 ** 8) if precision == "fp16" else None   # no skipped step
+        tr = Trainer(model, SoftmaxCrossEntropy(), opt, precision=precision, scaler=scaler)
+        states = []
+
+        class Record(Callback):
+            def on_batch_end(self, trainer, step, logs):
+                states.append(model.state_dict())
+        try:
+            tr.fit((X, y), epochs=1, batch_size=50, progress=False, callbacks=[Record()])
+        except KeyboardInterrupt:
+            return tr, model, states, True
+        return tr, model, states, False
+    _, _, reference, interrupted = run()
+    assert not interrupted and len(reference) == 4
+    n = len(_model().parameters())
+    tr, model, states, interrupted = run(interrupt_at=2 * n + 1)      # the 1st parameter of step 3
+    assert (interrupted, tr.global_step, len(states)) == (True, 3, 2)
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, reference[2][k], err_msg=k)   # all of step 3's update
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a second Ctrl-C in the same update is not held
+    tr, model, states, interrupted = run(interrupt_at=2 * n + 1, twice=True)
+    assert interrupted and tr.global_step == 2
+    assert any(not numpy.array_equal(v, reference[2][k]) for k, v in model.state_dict().items())
