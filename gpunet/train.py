@@ -1636,6 +1636,7 @@ class Trainer:
             self._check_batches_of_one(loader)
             self._warn_regression_accuracy(loader)
             if vloader is not None:
+                self._check_label_dtype(vloader, "Trainer.fit", "val")
                 self._check_val_fits(vloader)
                 self._check_class_labels(vloader, "Trainer.fit", "val", output=output)
                 self._check_target_range(vloader, "Trainer.fit", "val")
@@ -1750,7 +1751,10 @@ class Trainer:
         data before anything trains. Without it the loss names the row of a batch (a
         shuffled one, at that), and on a GPU only at the next read of the losses."""
         f, y = self.loss_fn, loader.y
-        if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1 or y.dtype.kind not in "iu":
+        if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1:
+            return
+        if y.dtype.kind not in "iu":
+            self._check_label_dtype(loader, who, name)
             return
         out = output() if output is not None else self._one_output(loader)   # for the class count
         if out.ndim != 2:
@@ -1765,6 +1769,22 @@ class Trainer:
             err = ValueError(f"{who}: {name}'s labels do not fit the model's {int(out.shape[1])} outputs "
                              f"(all {int(y.shape[0])} checked{when}; the row is {whose}): {e}")
             err.label_rows = True           # evaluate tells it from an error of the check's forward
+            raise err from None
+
+    def _check_label_dtype(self, loader, who, name):
+        """For a ``SoftmaxCrossEntropy``: 1-D labels that are not integers (float, bool) raise
+        the loss's ``ValueError`` with ``who``, ``name`` and the data's shape, before any pass
+        (else the loss names the shape of a batch, or of ``_check_val_fits``' one sample)."""
+        f, y = self.loss_fn, loader.y
+        if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1 or y.dtype.kind in "iu":
+            return
+        xp = get_array_module(y)
+        try:
+            check_labels("softmax_cross_entropy", xp.broadcast_to(xp.zeros((), "float32"),
+                                                                  (int(y.shape[0]), 1)), y, f.ignore_index)
+        except ValueError as e:
+            err = ValueError(f"{who}: {name}'s labels (y of shape {tuple(y.shape)}): {e}")
+            err.label_rows = True           # evaluate raises it in place of its pass's error
             raise err from None
 
     def _check_batches_of_one(self, loader):

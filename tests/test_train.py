@@ -1156,6 +1156,28 @@ def test_labels_outside_the_classes_are_named_by_their_row_before_training(devic
 
 
 
+def test_float_and_bool_labels_are_named_with_the_data_they_came_in(device, rng):
+    """Found by the inference audit: float class labels (y read from a CSV) or bool ones
+    gave the loss's bare message with the shape of a batch, not of the user's y:
+    'softmax_cross_entropy: expected integer class labels of shape (64,), got dtype float32'
+    from fit, '(256,)' from evaluate, and from fit's val the '(1,)' of its one-sample check.
+    Now fit (train and val, before training) and evaluate name themselves, the data and its
+    shape, on every backend."""
+    X, y = _blobs(rng, n=40)
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    for bad in (y.astype(numpy.float32), y == 1):
+        hint = (rf"softmax_cross_entropy: expected integer class labels of shape \(40,\), got dtype "
+                rf"{bad.dtype.name}; class labels are integer indices: y\.astype\(numpy\.int64\)$")
+        for train, val, name in (((X, bad), None, "train"), ((X, y), (X, bad), "val")):
+            with pytest.raises(ValueError, match=rf"^Trainer\.fit: {name}'s labels \(y of shape \(40,\)\): "
+                                                 + hint):
+                tr.fit(train, val=val, epochs=1, batch_size=8, progress=False)
+        with pytest.raises(ValueError, match=r"^Trainer\.evaluate: data's labels \(y of shape \(40,\)\): " + hint):
+            tr.evaluate((X, bad), batch_size=8)
+    assert tr.global_step == 0
+
+
 def test_bce_targets_outside_0_1_are_refused_before_training(device, rng):
     """Found by the data audit: BCEWithLogits with -1/+1 labels (or class indices 0..2) has
     no minimum, and fit logged losses of -0.06, -6.3, -36.9, -307 over 4 epochs without a
