@@ -2163,10 +2163,22 @@ class Trainer:
         self._check_model_device("Trainer.predict")
         was = self.model.training
         self.model.eval()
-        outs = []
+        n, result = int(X.shape[0]), None
         try:
-            for start in range(0, int(X.shape[0]), batch_size):
-                outs.append(to_numpy(self._forward(self._to_model(X[start:start + batch_size]))))
+            for start in range(0, n, batch_size):
+                out = to_numpy(self._forward(self._to_model(X[start:start + batch_size])))
+                rows = min(batch_size, n - start)
+                if result is None:      # the outputs go straight into one array: not held twice
+                    if out.ndim == 0 or int(out.shape[0]) != rows:
+                        raise ValueError(f"Trainer.predict: expected the model's output with one row per "
+                                         f"sample ({rows} for X[{start}:{start + rows}]), got shape "
+                                         f"{tuple(out.shape)}")
+                    result = numpy.empty((n,) + out.shape[1:], out.dtype)
+                elif out.shape != (rows,) + result.shape[1:] or out.dtype != result.dtype:
+                    raise ValueError(f"Trainer.predict: the model's output for X[{start}:{start + rows}] "
+                                     f"has shape {tuple(out.shape)} and dtype {out.dtype}, the first batch's "
+                                     f"{tuple(result.shape[1:])} per sample and dtype {result.dtype}")
+                result[start:start + rows] = out
         finally:
             self.model.train(was)
-        return numpy.concatenate(outs, axis=0)
+        return result
