@@ -656,8 +656,14 @@ class ModelCheckpoint(Callback):
             return                       # the processes hold the same model: rank 0 writes
         # the logs under their own names, except that 'epoch' is always the count resumed from
         # (a callback may have logged its own; scheduler= and scaler= are no metadata names here)
-        _write(path, trainer.model, trainer.optimizer, trainer.scheduler, getattr(trainer, "scaler", None),
-               {"epoch": done, **{k: float(v) for k, v in logs.items() if k != "epoch"}})
+        try:
+            _write(path, trainer.model, trainer.optimizer, trainer.scheduler, getattr(trainer, "scaler", None),
+                   {"epoch": done, **{k: float(v) for k, v in logs.items() if k != "epoch"}})
+        except OSError as e:    # its folder removed, a full disk: the run stops, the model is still here
+            why = (f"ModelCheckpoint could not save epoch {done} ({e.strerror}); fit stops here, and the "
+                   f"trained model is still in memory: save it elsewhere with gpunet.save(path, "
+                   f"trainer.model, trainer.optimizer)")
+            raise (type(e)(e.errno, why, e.filename) if e.errno is not None else type(e)(why)) from e
 
 
 def _as_input(X, dtype, who):

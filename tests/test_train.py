@@ -2061,3 +2061,29 @@ def test_a_ctrl_c_during_an_update_waits_for_the_whole_update(rng, monkeypatch, 
     tr, model, states, interrupted = run(interrupt_at=2 * n + 1, twice=True)
     assert interrupted and tr.global_step == 2
     assert any(not numpy.array_equal(v, reference[2][k]) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_that_cannot_be_written_mid_run_says_the_model_is_still_there(tmp_path, rng):
+    """Found by the failure-path audit: when ModelCheckpoint's folder was removed during the
+    run, fit stopped with gpunet.save's FileNotFoundError, which named neither the callback
+    nor the epoch, nor that the trained model was still in memory. The error (still the
+    same OSError subclass, with errno and filename) now says all three."""
+    import shutil
+    X, y = _blobs(rng)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+
+    class Remove(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 1:
+                shutil.rmtree(folder)
+    model = _model()
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    with pytest.raises(FileNotFoundError, match=r"ModelCheckpoint could not save epoch 2 \(No such file or "
+                                                r"directory \(no folder .*\)\); fit stops here, and the trained "
+                                                r"model is still in memory: save it elsewhere with gpunet.save") as e:
+        tr.fit((X, y), epochs=4, progress=False,
+               callbacks=[Remove(), ModelCheckpoint(folder / "c.npz", monitor="loss", save_best_only=False)])
+    assert e.value.filename == str(folder / "c.npz") and tr.history.epoch == [0]
+    gpunet.save(tmp_path / "rescued.npz", tr.model, tr.optimizer)       # what the message proposes
+    assert gpunet.load(tmp_path / "rescued.npz", _model()) == {}
