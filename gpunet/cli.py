@@ -460,12 +460,25 @@ def _end_world(code):
         world.abort(code)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``poll`` reports an error on its
+    write end); False where that cannot be asked (no ``poll``, no file descriptor)."""
+    try:
+        import select
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main(argv=None):
     """Run the ``gpunet`` command; returns its exit status.
 
     A user error (a bad option or number, an unusable device, a missing or unreadable
     file, a plot without matplotlib) is one line on stderr, ``gpunet <command>: error:
-    ...``, and status 2; a bug still shows its traceback. ``argv`` is a list of strings
+    ...``, and status 2; a bug still shows its traceback. Ctrl-C: ``gpunet: interrupted``,
+    status 130; stdout closed by its reader (``gpunet info | head -1``): quiet, status 141. ``argv`` is a list of strings
     (None: ``sys.argv[1:]``); one string raises ``TypeError``.
     """
     if isinstance(argv, (str, bytes)):      # main("train --epochs 2") would parse 't', 'r', ...
@@ -486,6 +499,17 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("gpunet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_gone():      # another pipe (a worker's): a failure to show
+            raise
+        # the reader of stdout went away ('gpunet info | head -1'): stop quietly, as cat and
+        # git do, with SIGPIPE's status; stdout goes to devnull so that the interpreter's
+        # final flush does not fail again on the way out
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":

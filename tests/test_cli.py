@@ -399,3 +399,19 @@ def test_path_options_expand_the_home_folder(tmp_path, monkeypatch, capsys):
     assert (home / "m.npz").exists() and not (work / "~").exists()
     assert cli.main(["train", "--dataset", "mnist", "--data-dir=~/nope"]) == 2
     assert f"--data-dir {home / 'nope'}: no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a closed pipe's write end is asked with poll")
+@pytest.mark.parametrize("args", [["info"], ["train", "--epochs", "1", "--quiet", "--device", "cpu"]])
+def test_a_stdout_closed_by_its_reader_ends_quietly(args, tmp_path):
+    """Found by the failure-path audit: 'gpunet info | head -1' (stdout closed by its reader
+    before gpunet wrote) ended in a BrokenPipeError traceback and status 1; so did 'gpunet
+    train --quiet | head -0' at its last line, after training. It now ends quietly with
+    SIGPIPE's status, 141, as cat and git end."""
+    e = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "gpunet.cli", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tmp_path, env=e)
+    p.stdout.close()                   # the reader goes away before gpunet writes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141, err[-3000:]
+    assert err == ""
