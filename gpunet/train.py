@@ -1757,10 +1757,10 @@ class Trainer:
         data before anything trains. Without it the loss names the row of a batch (a
         shuffled one, at that), and on a GPU only at the next read of the losses."""
         f, y = self.loss_fn, loader.y
-        if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1:
+        if not isinstance(f, SoftmaxCrossEntropy) or y is None:
             return
-        if y.dtype.kind not in "iu":
-            self._check_label_dtype(loader, who, name)
+        self._check_label_dtype(loader, who, name)
+        if y.ndim != 1 or y.dtype.kind not in "iu":
             return
         out = output() if output is not None else self._one_output(loader)   # for the class count
         if out.ndim != 2:
@@ -1778,20 +1778,35 @@ class Trainer:
             raise err from None
 
     def _check_label_dtype(self, loader, who, name):
-        """For a ``SoftmaxCrossEntropy``: 1-D labels that are not integers (float, bool) raise
-        the loss's ``ValueError`` with ``who``, ``name`` and the data's shape, before any pass
-        (else the loss names the shape of a batch, or of ``_check_val_fits``' one sample)."""
+        """For a ``SoftmaxCrossEntropy``: labels that no number of classes makes right raise
+        ``ValueError`` with ``who``, ``name`` and the data's shape, before any pass (else the
+        loss names the shape of a batch, or of ``_check_val_fits``' one sample): 1-D labels
+        that are not integers (float, bool), 2-D ones that are not floats (Keras' ``(N, 1)``
+        sparse labels, integer one-hot rows), and any other number of dimensions."""
         f, y = self.loss_fn, loader.y
-        if not isinstance(f, SoftmaxCrossEntropy) or y is None or y.ndim != 1 or y.dtype.kind in "iu":
+        if not isinstance(f, SoftmaxCrossEntropy) or y is None:
             return
-        xp = get_array_module(y)
-        try:
-            check_labels("softmax_cross_entropy", xp.broadcast_to(xp.zeros((), "float32"),
-                                                                  (int(y.shape[0]), 1)), y, f.ignore_index)
-        except ValueError as e:
-            err = ValueError(f"{who}: {name}'s labels (y of shape {tuple(y.shape)}): {e}")
-            err.label_rows = True           # evaluate raises it in place of its pass's error
-            raise err from None
+        n, kind = int(y.shape[0]) if y.ndim else 0, y.dtype.kind
+        if y.ndim == 1 and kind not in "iu":
+            xp = get_array_module(y)
+            try:
+                check_labels("softmax_cross_entropy", xp.broadcast_to(xp.zeros((), "float32"), (n, 1)),
+                             y, f.ignore_index)
+            except ValueError as e:
+                err = ValueError(f"{who}: {name}'s labels (y of shape {tuple(y.shape)}): {e}")
+                err.label_rows = True       # evaluate raises it in place of its pass's error
+                raise err from None
+            return
+        if y.ndim == 1 or (y.ndim == 2 and kind == "f"):
+            return
+        hint = ("" if y.ndim != 2 or kind not in "iub" else
+                "; class indices go as a 1-D array: y.ravel()" if y.shape[1] == 1 else
+                "; one-hot rows go as floats (y.astype(numpy.float32)) or as class indices (y.argmax(1))")
+        err = ValueError(f"{who}: {name}'s labels (y of shape {tuple(y.shape)}, dtype {y.dtype.name}): "
+                         f"SoftmaxCrossEntropy takes integer class labels of shape ({n},) or float "
+                         f"probability targets of shape ({n}, C){hint}")
+        err.label_rows = True
+        raise err
 
     def _check_batches_of_one(self, loader):
         """Before training: an epoch with a batch of one sample (the last, ``N % batch_size

@@ -1203,6 +1203,33 @@ def test_float_and_bool_labels_are_named_with_the_data_they_came_in(device, rng)
     assert tr.global_step == 0
 
 
+def test_labels_of_no_valid_form_are_named_with_the_data_they_came_in(device, rng):
+    """Found by the inference audit: Keras' (N, 1) sparse labels, integer one-hot rows or
+    3-D labels with SoftmaxCrossEntropy gave the loss's message with a batch's shape and no
+    caller ('expected probability targets of shape (64, 3) or integer class labels of shape
+    (64,), got (64, 1)'; evaluate (256, ...), fit's val the (1, ...) of its one-sample
+    check). Now fit (train and val, before training) and evaluate name themselves, the
+    data, its shape and dtype, and the way out, on every backend."""
+    X, y = _blobs(rng, n=40)
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    for bad, hint in ((y[:, None], r"; class indices go as a 1-D array: y\.ravel\(\)$"),
+                      (numpy.eye(3, dtype=numpy.int64)[y], r"; one-hot rows go as floats \(y\.astype\(numpy\."
+                                                           r"float32\)\) or as class indices \(y\.argmax\(1\)\)$"),
+                      (numpy.zeros((40, 3, 1), numpy.float32), r"$")):
+        what = (rf"labels \(y of shape {re.escape(str(bad.shape))}, dtype {bad.dtype.name}\): SoftmaxCrossEntropy "
+                rf"takes integer class labels of shape \(40,\) or float probability targets of shape \(40, C\)"
+                + hint)
+        for train, val, name in (((X, bad), None, "train"), ((X, y), (X, bad), "val")):
+            with pytest.raises(ValueError, match=rf"^Trainer\.fit: {name}'s " + what):
+                tr.fit(train, val=val, epochs=1, batch_size=8, progress=False)
+        with pytest.raises(ValueError, match=r"^Trainer\.evaluate: data's " + what):
+            tr.evaluate((X, bad), batch_size=8)
+    assert tr.global_step == 0
+    onehot = numpy.eye(3, dtype=numpy.float32)[y]      # float probability targets stay valid
+    assert numpy.isfinite(tr.evaluate((X, onehot))["loss"])
+
+
 def test_bce_targets_outside_0_1_are_refused_before_training(device, rng):
     """Found by the data audit: BCEWithLogits with -1/+1 labels (or class indices 0..2) has
     no minimum, and fit logged losses of -0.06, -6.3, -36.9, -307 over 4 epochs without a
