@@ -2176,6 +2176,8 @@ class Trainer:
         which is converted with ``numpy.asarray`` and cast to the model's dtype, as Keras
         does. Anything else raises ``TypeError``; an empty ``X`` raises ``ValueError``.
         Keras' keywords (``x=``, ``verbose=``) raise ``TypeError`` naming gpunet's way.
+        The outputs can differ in the last bits with ``batch_size`` (the BLAS picks its
+        kernel by the number of rows); the same ``batch_size`` gives the same bits.
         """
         _required("Trainer.predict", "X", X, unknown, _KERAS_PREDICT)
         X = _as_input(X, self.model.dtype, "Trainer.predict")
