@@ -115,7 +115,9 @@ def _add_train(sub):
                    help="BLAS threads on the CPU (default: 1 for models whose GEMMs are small, "
                         "else every available CPU; with --distributed, shared by the processes "
                         "of the node); more than the CPUs is allowed, with a note on stderr")
-    p.add_argument("--save", metavar="PATH", type=user_path, default=None, help="write a checkpoint (.npz) here")
+    p.add_argument("--save", metavar="PATH", type=user_path, default=None, help="write a checkpoint (.npz) here (checked before training; should it fail after "
+                        "training, the checkpoint goes to a new file in the temporary folder, which the "
+                        "error names)")
     p.add_argument("--plot", metavar="PATH", type=user_path, default=None,
                    help=f"write loss/accuracy curves (train and test) to an image; the format "
                         f"follows the extension (.png, .svg, .pdf, ...; none: .png is appended); "
@@ -322,12 +324,14 @@ def _train(args):
         if not root:
             return 0
     if args.save:
+        meta = dict(epoch=epochs, dataset=args.dataset, model=args.model, test_accuracy=result["accuracy"])
         try:
-            gpunet.save(args.save, model, opt, scaler=trainer.scaler, epoch=epochs,
-                        dataset=args.dataset, model=args.model,
-                        test_accuracy=result["accuracy"])
+            gpunet.save(args.save, model, opt, scaler=trainer.scaler, **meta)
         except OSError as e:
-            raise UserError(f"gpunet train: error: --save {args.save}: {_one_line(e)}") from None
+            # checked before training, so the path went bad during it (its folder removed, a full
+            # disk): the trained model is not thrown away with the process
+            rescued = _rescue(model, opt, trainer.scaler, meta)
+            raise UserError(f"gpunet train: error: --save {args.save}: {_one_line(e)}; {rescued}") from None
         print(f"saved checkpoint to {args.save}")
     if args.plot:
         try:
@@ -340,6 +344,26 @@ def _train(args):
           f"device {_device_name(device)}{blas}{procs}"
           f"{' | fp16 (loss scale %g)' % trainer.scaler.get_scale() if trainer.scaler else ''}")
     return 0
+
+
+def _rescue(model, opt, scaler, meta) -> str:
+    """After ``--save`` failed at the end of a run: the checkpoint written to a new file in the
+    temporary folder instead (``tempfile.mkstemp``); says where, or that this failed too."""
+    import tempfile
+    import gpunet
+    path = None
+    try:
+        fd, path = tempfile.mkstemp(prefix="gpunet-train-", suffix=".npz")
+        os.close(fd)
+        gpunet.save(path, model, opt, scaler=scaler, **meta)
+    except OSError as e:
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return f"the trained model could not be saved elsewhere either ({_one_line(e)})"
+    return f"the trained model was saved to {path} instead"
 
 
 def _device_name(device):

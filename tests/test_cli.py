@@ -415,3 +415,31 @@ def test_a_stdout_closed_by_its_reader_ends_quietly(args, tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141, err[-3000:]
     assert err == ""
+
+
+def test_a_save_path_that_goes_bad_during_training_does_not_lose_the_model(tmp_path, monkeypatch, capsys):
+    """Found by the failure-path audit: --save is checked before training, but when its folder
+    was removed during the run (or the disk filled) the save after training failed and the
+    trained model went with the process ('gpunet train: error: --save ...: [Errno 2] ...').
+    The checkpoint is now written to a new file in the temporary folder instead, and the one
+    line says where; the status is still 2."""
+    import tempfile
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    spare = tmp_path / "spare"
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    real_fit = gpunet.Trainer.fit
+
+    def fit_then_remove(self, *a, **k):      # the folder goes away while it trains
+        h = real_fit(self, *a, **k)
+        folder.rmdir()
+        return h
+    monkeypatch.setattr(gpunet.Trainer, "fit", fit_then_remove)
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--device", "cpu", "--save", str(folder / "m.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gpunet train: error: --save {folder / 'm.npz'}: "), err
+    m = re.search(r"; the trained model was saved to (\S+) instead$", err[0])
+    assert m and os.path.dirname(m.group(1)) == str(spare), err[0]
+    meta = gpunet.load(m.group(1), gpunet.models.mlp((64, 256, 128, 10)))
+    assert meta["epoch"] == 1 and meta["dataset"] == "digits" and 0 <= meta["test_accuracy"] <= 1
