@@ -1640,7 +1640,7 @@ class Trainer:
             self._check_class_labels(loader, "Trainer.fit", "train", output=output)
             self._check_target_range(loader, "Trainer.fit", "train")
             self._check_batches_of_one(loader)
-            self._warn_regression_accuracy(loader)
+            self._warn_regression_accuracy(loader.y)
             if vloader is not None:
                 self._check_label_dtype(vloader, "Trainer.fit", "val")
                 self._check_val_fits(vloader)
@@ -1890,22 +1890,22 @@ class Trainer:
                          f"loss has no minimum; -1/+1 one-hot rows become 0/1 with (y + 1) / 2, or pass "
                          f"the class indices y.argmax(1)")
 
-    def _warn_regression_accuracy(self, loader):
-        """Before training, with the ``accuracy`` metric and ``MSELoss``: targets outside
-        ``[0, 1]`` (a regression's; one pass over ``y``) make that accuracy (outputs and
-        targets thresholded at 0.5, or their argmax) mean nothing: a ``RuntimeWarning`` says
-        so (house prices scored 'accuracy 1.0' at a loss of 4.7e10)."""
-        y = loader.y
-        if not (self.metrics and isinstance(self.loss_fn, MSELoss)) or y is None or y.dtype.kind not in "iuf":
+    def _warn_regression_accuracy(self, y, who="Trainer.fit", name="train", stacklevel=5):
+        """Before training (and in ``evaluate``), with the ``accuracy`` metric and ``MSELoss``:
+        targets ``y`` outside ``[0, 1]`` (a regression's; one pass over ``y``) make that
+        accuracy (outputs and targets thresholded at 0.5, or their argmax) mean nothing: a
+        ``RuntimeWarning`` says so (house prices scored 'accuracy 1.0' at a loss of 4.7e10)."""
+        if (not (self.metrics and isinstance(self.loss_fn, MSELoss)) or y is None or y.dtype.kind not in "iuf"
+                or y.size == 0):
             return
         lo, hi = float(y.min()), float(y.max())
         if 0.0 <= lo and hi <= 1.0:
             return
-        warnings.warn(f"Trainer.fit: the accuracy metric scores outputs and targets as classes (above "
-                      f"0.5, or the argmax over columns), but train's targets run from {lo:g} to {hi:g}, "
+        warnings.warn(f"{who}: the accuracy metric scores outputs and targets as classes (above "
+                      f"0.5, or the argmax over columns), but {name}'s targets run from {lo:g} to {hi:g}, "
                       f"as a regression's do, and its accuracy means nothing there; build the Trainer "
                       f"with metrics=() (Keras' and PyTorch's default: no metric)", RuntimeWarning,
-                      stacklevel=5)     # fit's caller (through data() and _agree)
+                      stacklevel=stacklevel)    # the caller of fit (through data() and _agree) or evaluate
 
     def _check_val_fits(self, vloader):
         """The first validation sample through the model and the loss (``evaluate``: eval
@@ -2105,7 +2105,9 @@ class Trainer:
         label raises the loss's ``ValueError`` then, naming the label's row of ``data`` (a pass
         that fails on a label checks all of them then). A loss that is not finite is returned
         with a ``RuntimeWarning`` naming the rows of the data that hold NaN or inf (or saying
-        there are none: the model's outputs overflow). Under ``comm``, an error on one process
+        there are none: the model's outputs overflow). With ``MSELoss`` and the accuracy
+        metric, NumPy targets outside [0, 1] warn (``RuntimeWarning``) that the accuracy
+        means nothing for a regression, as ``fit`` does. Under ``comm``, an error on one process
         (its share of the data does not fit) is raised there, and every other process
         raises a ``RuntimeError`` naming that rank instead of waiting for it in the
         all-reduce of the logs. Keras' ``evaluate(X, y)`` and ``x=``/``y=`` raise
@@ -2115,6 +2117,9 @@ class Trainer:
             raise _not_data(data, "Trainer.evaluate", "data")
         batch_size = _args.integer("Trainer.evaluate", "batch_size", batch_size, low=1)
         self._check_model_device("Trainer.evaluate")
+        y = data.y if isinstance(data, DataLoader) else data[1] if len(data) == 2 else None
+        if isinstance(y, numpy.ndarray):    # host labels only: evaluate reads the device once
+            self._warn_regression_accuracy(y, "Trainer.evaluate", "data", stacklevel=3)
         logs, loader = self._evaluate(data, batch_size, rows=True)
         if not math.isfinite(logs["loss"]):
             note = _nonfinite_note(loader)

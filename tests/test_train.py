@@ -1284,6 +1284,29 @@ def test_accuracy_of_a_regression_is_warned_about(rng):
         tr.fit((X, (prices > 2e5).astype(numpy.float32)), epochs=1, progress=False)
         Trainer(model, gpunet.losses.MSELoss(), optim.SGD(model, lr=0.0), metrics=()).fit(
             (X, prices), epochs=1, progress=False)
+def test_accuracy_of_a_regression_is_warned_about_by_evaluate_too(device, rng):
+    """Found by the inference audit: a regression model loaded for inference only (no fit
+    in this process) and scored with evaluate((X, prices)) under the default metrics got
+    {'loss': ..., 'accuracy': 1.0} with no warning: only fit warned. evaluate now warns the
+    same way for NumPy targets (a tuple's or a DataLoader's) outside [0, 1], pointing at its
+    caller; 0/1 targets and metrics=() do not warn."""
+    import warnings
+    X, _ = _blobs(rng, n=40)
+    gpunet.manual_seed(0)
+    model = Sequential(Dense(8, 1)).to(device)
+    prices = (X[:, :1] * 3e4 + 2e5).astype(numpy.float32)
+    tr = Trainer(model, gpunet.losses.MSELoss(), optim.SGD(model, lr=0.0))
+    for data in ((X, prices), gpunet.DataLoader(X, prices, batch_size=16)):
+        with pytest.warns(RuntimeWarning, match=r"^Trainer\.evaluate: the accuracy metric scores outputs and "
+                                                r"targets as classes .* but data's targets run from \S+ to \S+, "
+                                                r"as a regression's do, .* build the Trainer with metrics=\(\)") as w:
+            logs = tr.evaluate(data)
+        assert w[0].filename == __file__ and "accuracy" in logs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr.evaluate((X, (prices > 2e5).astype(numpy.float32)))
+        Trainer(model, gpunet.losses.MSELoss(), optim.SGD(model, lr=0.0), metrics=()).evaluate((X, prices))
+
 
 def test_a_nan_validation_loss_is_warned_about_once_and_recorded(rng):
     """Found by the Trainer audit: NaN validation data gave val_loss nan in the History and
