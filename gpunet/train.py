@@ -1760,6 +1760,16 @@ class Trainer:
         if not isinstance(f, SoftmaxCrossEntropy) or y is None:
             return
         self._check_label_dtype(loader, who, name)
+        if y.ndim == 2:                     # float probability targets (_check_label_dtype)
+            out = output() if output is not None else self._one_output(loader)
+            if out.ndim == 2 and int(y.shape[1]) != int(out.shape[1]):
+                err = ValueError(f"{who}: {name}'s probability targets (y of shape {tuple(y.shape)}) have "
+                                 f"{int(y.shape[1])} columns, but the model gives {int(out.shape[1])} outputs "
+                                 f"(one per class); build the targets with {int(out.shape[1])} columns, or "
+                                 f"give the last layer {int(y.shape[1])} outputs")
+                err.label_rows = True
+                raise err
+            return
         if y.ndim != 1 or y.dtype.kind not in "iu":
             return
         out = output() if output is not None else self._one_output(loader)   # for the class count

@@ -1230,6 +1230,27 @@ def test_labels_of_no_valid_form_are_named_with_the_data_they_came_in(device, rn
     assert numpy.isfinite(tr.evaluate((X, onehot))["loss"])
 
 
+def test_probability_targets_of_the_wrong_width_are_named_with_the_data(device, rng):
+    """Found by the inference audit: float one-hot targets with fewer columns than the model
+    has outputs (5 for 10 classes) gave the loss's message with a batch's shape and no
+    caller ('expected probability targets of shape (64, 10) or integer class labels of shape
+    (64,), got (64, 5)'; evaluate (256, ...)). fit (train, before training) and evaluate
+    now name themselves, the data's shape, the model's output count and both ways out."""
+    X, y = _blobs(rng, n=40)
+    model = _model().to(device)
+    tr = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1))
+    bad = numpy.eye(5, dtype=numpy.float32)[y]
+    what = (r"probability targets \(y of shape \(40, 5\)\) have 5 columns, but the model gives 3 outputs "
+            r"\(one per class\); build the targets with 3 columns, or give the last layer 5 outputs$")
+    with pytest.raises(ValueError, match=r"^Trainer\.fit: train's " + what):
+        tr.fit((X, bad), epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"^Trainer\.evaluate: data's " + what):
+        tr.evaluate((X, bad), batch_size=8)
+    assert tr.global_step == 0
+    good = numpy.eye(3, dtype=numpy.float32)[y]
+    assert numpy.isfinite(tr.fit((X, good), epochs=1, batch_size=8, progress=False)["loss"][0])
+
+
 def test_bce_targets_outside_0_1_are_refused_before_training(device, rng):
     """Found by the data audit: BCEWithLogits with -1/+1 labels (or class indices 0..2) has
     no minimum, and fit logged losses of -0.06, -6.3, -36.9, -307 over 4 epochs without a
