@@ -41,7 +41,7 @@ class Activation(Layer):
 
     def __init__(self):
         super().__init__()
-        self._x = self._y = self._d = None
+        self._x = self._y = None
 
     def fn(self, x, inplace=False):
         return F.FORWARD[self.name](x, inplace=inplace, **self._kwargs)
@@ -71,25 +71,21 @@ class Activation(Layer):
 
     def forward(self, x):
         self._check(x)
-        if self.training:
-            pair = _with_derivative(self, x)
-            if pair is not None:
-                self._y, self._d = pair
-                self._x = None
-                return self._y
-            y = self.fn(x)
+        if not self.training:
+            return self.fn(x)
+        pair = _with_derivative(self, x)
+        if pair is not None:
+            self._y, self._x = pair[0], _Derivative(pair[1])    # the backward's factor, not x
+        else:
+            self._y = self.fn(x)
             self._x = x if self.needs_input else None
-            self._y, self._d = y, None
-            return y
-        return self.fn(x)
+        return self._y
 
     def backward(self, dy):
         if self._y is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before a training-mode forward")
         check_grad(self, dy, self._y.shape, self._y.dtype)
-        if self._d is not None:
-            return F.times_derivative(dy, self._d)
-        return self.grad_fn(dy, self._x, self._y)
+        return fused_backward(self, dy, self._x, self._y)
 
 
 class Identity(Activation):
@@ -197,8 +193,9 @@ def _with_derivative(activation, x):
 
 
 class _Derivative:
-    """What a fused activation's training forward keeps in place of ``z`` when it came from
-    ``FORWARD_AND_DERIVATIVE``: the factor ``d``, ``dL/dz = dy·d``."""
+    """What an activation's training forward keeps in place of its input (a layer's ``_x``,
+    a fused one's ``z``) when it came from ``FORWARD_AND_DERIVATIVE``: the factor ``d``,
+    ``dL/dx = dy·d``."""
     __slots__ = ("d",)
 
     def __init__(self, d):
@@ -225,7 +222,8 @@ def apply_fused(activation, z, training=False):
 
 
 def fused_backward(activation, dy, z_saved, y):
-    """``dL/dz`` of a fused ``activation`` from what :func:`apply_fused` returned."""
+    """``dL/dz`` of ``activation`` from what its training forward kept (``apply_fused``'s
+    ``z_saved``, an activation layer's ``_x``): the input, or a :class:`_Derivative`."""
     if type(z_saved) is _Derivative:
         return F.times_derivative(dy, z_saved.d)
     return activation.grad_fn(dy, z_saved, y)
