@@ -277,9 +277,33 @@ def nccl_calls(comm):
     return out, {}
 
 
+def too_many_processes(out):
+    """``init(device="cuda")`` in more processes than the node has GPUs, with a stand-in CuPy
+    that sees one GPU (the H200 machine's count): each rank writes the error it got."""
+    import types
+    from mpi4py import MPI
+    nccl = types.SimpleNamespace(available=True, get_unique_id=lambda: b"id", NcclCommunicator=lambda *a: None)
+    cuda = types.SimpleNamespace(nccl=nccl, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+                                 Device=lambda i: types.SimpleNamespace(use=lambda: None))
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": nccl})
+    try:
+        D.init(device="cuda")
+        got = "no error"
+    except RuntimeError as e:
+        got = str(e)
+    with open(os.path.join(out, f"gpus.{MPI.COMM_WORLD.Get_rank()}.txt"), "w") as f:
+        f.write(got)
+
+
 def main():
     scenario, out = sys.argv[1], sys.argv[2]
-    comm = D.init(device="cuda") if scenario == "nccl" else D.init()
+    if scenario == "gpus":
+        return too_many_processes(out)
+    # the CPU scenarios ask for the CPU: "auto" takes CUDA where CuPy sees a GPU, and on a
+    # one-GPU machine two processes are refused (the H200 machine, 2026-11-30)
+    comm = D.init(device="cuda" if scenario == "nccl" else "cpu")
     if scenario in ("mlp", "bn", "convbn", "dropout"):
         arrays, info = equivalence(scenario, comm)
     elif scenario == "sim":

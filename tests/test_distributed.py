@@ -26,11 +26,16 @@ import distributed_worker as W  # noqa: E402
 
 def mpiexec():
     """The mpiexec of this interpreter's environment (the mpich wheel puts it beside
-    python), else the one on PATH; None when mpi4py or mpiexec is missing."""
+    python), else the one on PATH; None when mpi4py or mpiexec is missing.
+    ``GPUNET_TEST_MPIEXEC`` names another launcher, or with ``none`` skips the tests that
+    launch one (a machine where the launch hangs: the GPU machine's Open MPI, 2026-11-30)."""
     try:
         import mpi4py  # noqa: F401
     except ImportError:
         return None
+    chosen = os.environ.get("GPUNET_TEST_MPIEXEC")
+    if chosen:
+        return None if chosen.lower() == "none" else shutil.which(chosen)
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.path.exists(here) else shutil.which("mpiexec")
 
@@ -144,6 +149,21 @@ def test_two_processes_on_the_sim_device(tmp_path):
     ref = W.reference("bn")
     for got in run_worker("sim", tmp_path):
         assert_same_model(got, ref, rtol=1e-9)
+
+
+@needs_mpi
+def test_more_processes_than_gpus_are_refused_on_every_rank(tmp_path):
+    """Found on the one-GPU H200 machine (2026-11-30), where the distributed tests hung: two
+    processes asking for CUDA, rank 1 raised (no GPU of its own) while rank 0 went on into
+    the NCCL id's broadcast and waited there for good. Every rank now raises the same error
+    (a stand-in CuPy that sees one GPU here; the run would pass the test's timeout before)."""
+    r, _ = launch([os.path.join(HERE, "distributed_worker.py"), "gpus", str(tmp_path)], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rank in (0, 1):
+        got = (tmp_path / f"gpus.{rank}.txt").read_text()
+        assert got.startswith("gpunet.distributed.init: this node has 1 GPU(s) for its 2 processes: with "
+                              "CUDA each process needs a GPU of its own; start at most"), got
+        assert "init(device='cpu') (gpunet train --distributed --device cpu)" in got
 
 
 @needs_mpi
@@ -756,7 +776,7 @@ def test_trainer_rejects_a_plain_optimizer_with_several_processes():
 def test_cli_train_distributed_under_mpiexec(model, tmp_path):
     path = tmp_path / "m.npz"
     r, _ = launch(["-m", "gpunet.cli", "train", "--distributed", "--model", model, "--epochs", "2",
-                   "--batch-size", "32", "--quiet", "--save", str(path)], timeout=300)
+                   "--batch-size", "32", "--quiet", "--save", str(path), "--device", "cpu"], timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("test accuracy")]
     assert len(lines) == 1 and "2 processes (mpi)" in lines[0]       # rank 0 reports
@@ -781,7 +801,7 @@ def test_bench_distributed_reports_every_figure(tmp_path):
     """The report's structure and ranges, not its speed (timing is benchmarks' business)."""
     out = tmp_path / "b.json"
     r, _ = launch(["-m", "gpunet.cli", "bench", "--distributed", "--quick", "--rounds", "1",
-                   "--min-time", "0.05", "--models", "mlp-784-128-10", "--json", str(out)], timeout=300)
+                   "--min-time", "0.05", "--models", "mlp-784-128-10", "--json", str(out), "--device", "cpu"], timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("gpunet bench --distributed: 2 processes (mpi)") == 1
     import json
@@ -873,7 +893,7 @@ def test_cli_error_in_a_distributed_run_ends_every_process(tmp_path):
     """A diverging run (--lr 1e6): the one-line error, and every process ends (MPI_Abort)
     instead of waiting in a collective for the one that stopped."""
     r, seconds = launch(["-m", "gpunet.cli", "train", "--distributed", "--optimizer", "sgd", "--lr", "1e6",
-                         "--epochs", "3", "--quiet"], timeout=120)
+                         "--epochs", "3", "--quiet", "--device", "cpu"], timeout=120)
     assert r.returncode != 0 and seconds < 30
     assert "gpunet train: error: non-finite loss" in r.stderr
     assert "Traceback" not in r.stderr

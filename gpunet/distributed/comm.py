@@ -387,7 +387,9 @@ def init(device="auto"):
     host), ``"cpu"`` or ``"cuda"``. Not started by an MPI launcher: a world of one (``backend="self"``), MPI is
     not imported. Started by one: mpi4py is required (``pip install 'gpunet[mpi]'``).
     With CUDA each process uses ``cuda:<local_rank>`` (made the current CuPy device): run at
-    most as many processes per node as it has GPUs.
+    most as many processes per node as it has GPUs. More processes than GPUs raise
+    ``RuntimeError`` on every rank (``"auto"`` included: it does not fall back to the CPU
+    silently; ask for ``device="cpu"``).
     """
     global _WORLD
     if _WORLD is not None:
@@ -419,9 +421,15 @@ def init(device="auto"):
             raise RuntimeError("gpunet.distributed.init: NCCL could not be loaded by CuPy; install "
                                "the NCCL runtime (pip install nvidia-nccl-cu13, or -cu12)")
         n_dev = cupy.cuda.runtime.getDeviceCount()
-        if local_rank >= n_dev:
-            raise RuntimeError(f"gpunet.distributed.init: local rank {local_rank} but this node has "
-                               f"{n_dev} GPU(s); start at most {n_dev} processes per node")
+        # every rank raises, or none: a rank raising alone left the others waiting for it in
+        # the bcast below, for good (2 processes on the one-GPU H200 machine, 2026-11-30)
+        if world.allreduce(local_rank >= n_dev, op=MPI.LOR):
+            where = (f"this node has {n_dev} GPU(s) for its {local_size} processes" if local_size > n_dev
+                     else "another node has more processes than GPUs")
+            raise RuntimeError(f"gpunet.distributed.init: {where}: with CUDA each process needs a GPU of "
+                               f"its own; start at most as many processes per node as it has GPUs, or "
+                               f"init(device='cpu') (gpunet train --distributed --device cpu) to reduce "
+                               f"through MPI on the CPU")
         cupy.cuda.Device(local_rank).use()
         uid = nccl.get_unique_id() if world.Get_rank() == 0 else None
         uid = world.bcast(uid, root=0)
