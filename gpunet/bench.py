@@ -1148,7 +1148,7 @@ def _write_json(path, obj):
 
 def run(args) -> int:
     from tqdm.auto import tqdm
-    from gpunet.backend import resolve_device
+    from gpunet.backend import _parse, resolve_device
     if getattr(args, "json", None):         # before the benchmarks, not after them
         from .cli import UserError, _check_writable
         try:
@@ -1156,6 +1156,14 @@ def run(args) -> int:
         except UserError as e:      # SystemExit(str): one line under `python -m gpunet.cli` too
             raise SystemExit(str(e)) from None
     device = args.device
+    # the options a mode would ignore are refused before the device is asked for (--device
+    # sim --compare torch where there is no C++ compiler named the compiler, not the options)
+    try:
+        named = _parse(device)[0] if device.strip().lower() != "auto" else None
+    except ValueError:          # an unknown name: resolve_device's message below
+        named = None
+    if named is not None:
+        _check_mode_options(args, named)
     try:
         device = resolve_device(device)
     except (RuntimeError, ValueError) as e:    # an unknown device, or why there is no CUDA

@@ -177,7 +177,7 @@ def test_save_takes_the_optimizer_by_keyword_as_its_signature_reads(tmp_path):
         gpunet.save(path, model, opt, optimizer=opt)           # twice: the keyword is metadata
 
 
-def test_a_loss_as_the_losses_return_it_is_saved_as_metadata(tmp_path):
+def test_a_loss_as_the_losses_return_it_is_saved_as_metadata(tmp_path, device):
     """Found by the resume audit: gpunet.save(path, model, loss=loss) with the 0-d array a
     loss returns (PyTorch users save the 0-d tensor) raised "metadata 'loss' must be a
     number, ..., got ndarray", on the CPU and the sim. A 0-d array of numbers, bools or
@@ -186,11 +186,11 @@ def test_a_loss_as_the_losses_return_it_is_saved_as_metadata(tmp_path):
     model = _model()
     loss = gpunet.SoftmaxCrossEntropy()(model(numpy.ones((2, 4), numpy.float32)), numpy.array([0, 1]))
     assert isinstance(loss, numpy.ndarray) and loss.shape == ()
-    on_sim = gpunet.to_device(numpy.asarray(2.5, numpy.float32), "sim")
+    on_device = gpunet.to_device(numpy.asarray(2.5, numpy.float32), device)
     path = tmp_path / "ck.npz"
-    gpunet.save(path, model, loss=loss, sim_loss=on_sim, step=numpy.asarray(7), ok=numpy.asarray(True))
+    gpunet.save(path, model, loss=loss, device_loss=on_device, step=numpy.asarray(7), ok=numpy.asarray(True))
     meta = gpunet.load(path, _model(1))
-    assert meta == {"loss": float(loss), "sim_loss": 2.5, "step": 7, "ok": True}
+    assert meta == {"loss": float(loss), "device_loss": 2.5, "step": 7, "ok": True}
     assert type(meta["step"]) is int
     with pytest.raises(TypeError, match=r"metadata 'scores' must be .*got ndarray of shape \(3,\): a small "
                                         r"array goes as a list \(scores=a\.tolist\(\)\)"):

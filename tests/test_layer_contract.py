@@ -784,11 +784,12 @@ def test_a_layer_whose_arrays_are_on_two_devices_names_them(layer, shape, attr, 
     assert gpunet.backend.device_of(l.train()(gpunet.to_device(x, "sim"))) == "sim"
 
 
-def test_device_of_a_layer_without_parameters_is_where_its_buffers_are(xp, device, rng):
+def test_device_of_a_layer_without_parameters_is_where_its_buffers_are(xp, rng):
     """``BatchNorm(affine=False).to("sim").device`` said "cpu" (only parameters were looked
     at) while its running statistics were on the sim, so ``Trainer`` and
     ``diagnostics.activation_stats``, which send batches to ``model.device``, sent them to
     the host and the layer refused them (``DiagnosticsCallback._probe`` below)."""
+    device = gpunet.backend.device_of(xp.empty(0))      # "cuda:0" on CuPy, as a parameter's
     bn = gpunet.BatchNorm(4, affine=False).to(device)
     assert bn.device == device
     assert gpunet.Sequential(gpunet.ReLU(), gpunet.BatchNorm(4, affine=False)).to(device).device == device
