@@ -113,14 +113,18 @@ def test_a_clock_that_stands_still_refreshes_once_per_epoch(monkeypatch):
 
 def test_history_on_the_sim_matches_the_cpu():
     """The device record gives the same History as reading every loss (float32 sums in
-    another order on the device are the only difference: close, not bit-equal)."""
+    another order on the device, and the kernels' last bits carried through two epochs of
+    training, are the only differences: close, not bit-equal). The second epoch's loss is
+    small (3e-4), and a last-bit difference in the weights moves it by 2e-5 of itself on the
+    AMD EPYC host (OpenBLAS's Haswell kernels); a History built wrongly (a step missed or
+    counted twice, a sum of the wrong dtype) is off by a step's share, 1/13 or more."""
     X, y = _blobs()
     hs = []
     for device in ("cpu", "sim"):
         tr = _trainer(device)
         hs.append(tr.fit((X, y), epochs=2, batch_size=B, progress=False))
     for k in ("loss", "accuracy"):
-        numpy.testing.assert_allclose(hs[1][k], hs[0][k], rtol=1e-5)
+        numpy.testing.assert_allclose(hs[1][k], hs[0][k], rtol=1e-4)
 
 
 def test_data_too_large_for_the_device_moves_batch_by_batch(monkeypatch):
