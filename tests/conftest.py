@@ -13,8 +13,16 @@ where there is neither. Sim-only tests (cost counters, launch budgets) take ``si
 which skips where the sim has no C++ compiler (CuPy or not). ``GPUNET_REQUIRE_SIM=1`` (CI)
 turns a missing C++ compiler into an error instead of silently dropping the sim from the
 suite.
+
+``GPUNET_FAILURE_LOG=FILE`` appends each failed or errored test (setup, call or teardown)
+and each collection error to FILE as it happens, traceback and captured output included, so
+that a run stopped by ``timeout`` still leaves every failure so far (pytest prints them only at
+the end); a run stopped by SIGTERM also writes the tests still running. Under pytest-xdist the
+controller writes (it receives every worker's reports), the workers do not.
 """
 import os
+import signal
+import time
 
 import numpy
 import pytest
@@ -76,9 +84,74 @@ def rng():
     return numpy.random.default_rng(1234)
 
 
+class FailureLog:
+    """The ``GPUNET_FAILURE_LOG`` writer (module docstring). The file is opened, appended to
+    and closed for each record, so what is written is in the file when the process is killed
+    (GPU run 4, 2026-11-30: the run was cut off by its time limit while two tests hung, and
+    every failure's traceback went with pytest's summary)."""
+
+    SECTION_CHARS = 20000      # the tail of a long captured output is where the error is
+
+    def __init__(self, path):
+        self.path = path
+        self.running = {}      # nodeid -> time.time() at its start, for the SIGTERM note
+        self.previous = None   # the SIGTERM handler before ours, while ours is set
+
+    def write(self, text):
+        with open(self.path, "a", encoding="utf-8", errors="replace") as f:
+            f.write(text)
+            f.flush()
+
+    def pytest_sessionstart(self, session):
+        self.write(f"==== pytest started {time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()}: "
+                   f"{' '.join(session.config.invocation_params.args)}\n")
+        self.previous = signal.signal(signal.SIGTERM, self.on_sigterm) or signal.SIG_DFL
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        self.write(f"==== pytest finished {time.strftime('%Y-%m-%d %H:%M:%S')}, exit status {int(exitstatus)}\n")
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.running[nodeid] = time.time()
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self.running.pop(nodeid, None)
+
+    def record(self, what, report):
+        text = [f"==== {what} {report.nodeid} at {time.strftime('%H:%M:%S')}"
+                + (f" ({report.duration:.1f} s)" if hasattr(report, "duration") else "") + "\n",
+                report.longreprtext.rstrip() + "\n"]
+        for title, body in getattr(report, "sections", ()):
+            if len(body) > self.SECTION_CHARS:
+                body = f"[... {len(body) - self.SECTION_CHARS} characters left out ...]\n" + body[-self.SECTION_CHARS:]
+            text.append(f"---- {title}\n{body.rstrip()}\n")
+        self.write("".join(text))
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.record("FAILED" if report.when == "call" else f"ERROR at {report.when} of", report)
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.record("ERROR collecting", report)
+
+    def on_sigterm(self, signum, frame):
+        now = time.time()
+        running = "".join(f"  {nodeid} ({now - t0:.0f} s)\n" for nodeid, t0 in self.running.items())
+        self.write(f"==== SIGTERM at {time.strftime('%H:%M:%S')}; still running:\n" + (running or "  (none)\n"))
+        signal.signal(signal.SIGTERM, self.previous)
+        if callable(self.previous):
+            self.previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def pytest_configure(config):
     if os.environ.get("GPUNET_CI_RECORD") or os.environ.get("GPUNET_CI_RERUN"):
         ci_stages.register(config)
+    if os.environ.get("GPUNET_FAILURE_LOG") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(FailureLog(os.environ["GPUNET_FAILURE_LOG"]), "gpunet-failure-log")
 
 
 def pytest_report_header(config):
