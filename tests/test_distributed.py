@@ -94,6 +94,16 @@ def launch(args, n=2, timeout=120):
             out, err = p.communicate()
             pytest.fail(f"mpiexec {' '.join(args)} ran past {timeout} s (killed): a process waiting "
                         f"in a collective?\n{out}\n{err}")
+        except BaseException:
+            # pytest-timeout's limit (its pytest.fail is raised here), ^C, SIGTERM made an
+            # exception: kill the launch before Popen's exit waits for it, which would last as
+            # long as the hang. Two launcher tests hung past pytest's --timeout in GPU run 4
+            # (2026-11-30) and took the rest of the run's report with them.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     return r, time.perf_counter() - t0
 
@@ -131,6 +141,56 @@ def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
         assert int(got["info.size"]) == 2
         assert int(got["info.launched"]) >= W.STEPS     # the buckets started during backward
         assert_same_model(got, ref)
+
+
+@needs_mpi
+def test_a_launch_interrupted_by_a_time_limit_ends_its_processes(tmp_path):
+    """pytest-timeout (its signal method) ends a test by raising in it, here while launch()
+    waits for mpiexec. Before, Popen's exit then waited for the launch, whose processes
+    were still running (their session is their own, so nothing else ended them): the test
+    hung as long as the launch did. A stand-in for the limit (SIGALRM raising, as
+    pytest-timeout's does) after 5 s of a launch whose ranks sleep 60 s, in a process of its
+    own: the exception comes within seconds, and no rank is left."""
+    script = f"""if True:
+        import signal, sys, time
+        sys.path.insert(0, {HERE!r})
+        import test_distributed as TD
+
+        class Limit(Exception):
+            pass
+
+        def on_alarm(*a):
+            raise Limit()
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(5)
+        t0 = time.monotonic()
+        try:
+            TD.launch(["-c", "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w')"
+                             ".close(); time.sleep(60)", {str(tmp_path)!r}], n=2, timeout=100)
+        except Limit:
+            print(f"interrupted; launch() returned after {{time.monotonic() - t0:.1f}} s")
+        """
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stdout + r.stderr
+    seconds = float(r.stdout.split("after ")[1].split(" s")[0])
+    assert seconds < 20, r.stdout          # 60 s (the ranks' sleep) before: Popen waited for them
+    ranks = [int(f.name) for f in tmp_path.iterdir()]
+    assert len(ranks) == 2, ranks          # both started before the limit
+    for _ in range(50):
+        alive = [pid for pid in ranks if _alive(pid)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"ranks {alive} still running after launch() was interrupted"
+
+
+def _alive(pid):
+    """Whether process ``pid`` runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _sim_available():
