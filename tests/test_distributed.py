@@ -87,6 +87,7 @@ def launch(args, n=2, timeout=120):
     # are killed, so that a run hung in a collective fails the test and leaves nothing behind
     with subprocess.Popen([*argv, sys.executable, *args], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as p:
+        previous = _kill_on_sigterm(p)
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -99,13 +100,38 @@ def launch(args, n=2, timeout=120):
             # exception: kill the launch before Popen's exit waits for it, which would last as
             # long as the hang. Two launcher tests hung past pytest's --timeout in GPU run 4
             # (2026-11-30) and took the rest of the run's report with them.
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _killpg(p)
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     return r, time.perf_counter() - t0
+
+
+def _killpg(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_on_sigterm(p):
+    """While launch() waits for ``p``: a SIGTERM to this process kills ``p``'s session too,
+    then ends this process as SIGTERM does (or as the handler before this one does). A
+    time limit's SIGTERM (timeout(1), sent to pytest's process group) does not reach a
+    launch, whose session is its own: its ranks, hung in a collective, would outlive the
+    run and spin through the GPU session's next steps. Returns the handler to restore
+    (None off the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame):
+        _killpg(p)
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(os.getpid(), signal.SIGTERM)
+    previous = signal.signal(signal.SIGTERM, on_sigterm) or signal.SIG_DFL
+    return previous
 
 
 def run_worker(scenario, tmp_path, n=2, timeout=120):
@@ -144,13 +170,21 @@ def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
 
 
 @needs_mpi
-def test_a_launch_interrupted_by_a_time_limit_ends_its_processes(tmp_path):
-    """pytest-timeout (its signal method) ends a test by raising in it, here while launch()
-    waits for mpiexec. Before, Popen's exit then waited for the launch, whose processes
-    were still running (their session is their own, so nothing else ended them): the test
-    hung as long as the launch did. A stand-in for the limit (SIGALRM raising, as
-    pytest-timeout's does) after 5 s of a launch whose ranks sleep 60 s, in a process of its
-    own: the exception comes within seconds, and no rank is left."""
+@pytest.mark.parametrize("how", ["time limit", "SIGTERM"])
+def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
+    """A launch whose 2 ranks sleep 60 s, in a process of its own, interrupted 5 s in.
+
+    time limit: pytest-timeout (its signal method) ends a test by raising in it, here while
+    launch() waits for mpiexec. Before, Popen's exit then waited for the launch, whose
+    processes their own session kept from anything else that ended: the test hung as long
+    as the launch did (GPU run 4's two launcher tests that hung past --timeout 100 until the
+    call's limit). A stand-in: SIGALRM raising, as pytest-timeout's does. The exception now
+    comes within seconds.
+
+    SIGTERM: timeout(1)'s signal to the process group of pytest (GPU sessions run pytest
+    under it) did not reach the launch's session; the ranks outlived the run.
+
+    Either way no rank is left."""
     script = f"""if True:
         import signal, sys, time
         sys.path.insert(0, {HERE!r})
@@ -161,8 +195,9 @@ def test_a_launch_interrupted_by_a_time_limit_ends_its_processes(tmp_path):
 
         def on_alarm(*a):
             raise Limit()
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(5)
+        if {how == "time limit"!r}:
+            signal.signal(signal.SIGALRM, on_alarm)
+            signal.alarm(5)
         t0 = time.monotonic()
         try:
             TD.launch(["-c", "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w')"
@@ -170,18 +205,32 @@ def test_a_launch_interrupted_by_a_time_limit_ends_its_processes(tmp_path):
         except Limit:
             print(f"interrupted; launch() returned after {{time.monotonic() - t0:.1f}} s")
         """
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150)
-    assert r.returncode == 0, r.stdout + r.stderr
-    seconds = float(r.stdout.split("after ")[1].split(" s")[0])
-    assert seconds < 20, r.stdout          # 60 s (the ranks' sleep) before: Popen waited for them
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as p:
+        try:
+            if how == "SIGTERM":
+                t_end = time.monotonic() + 60
+                while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < t_end:
+                    time.sleep(0.1)
+                time.sleep(0.5)                # launch() is waiting by now
+                os.killpg(p.pid, signal.SIGTERM)   # as timeout(1) signals its child's group
+            out, err = p.communicate(timeout=150)
+        finally:
+            _killpg(p)
     ranks = [int(f.name) for f in tmp_path.iterdir()]
-    assert len(ranks) == 2, ranks          # both started before the limit
+    assert len(ranks) == 2, (ranks, out, err)      # both started before the interruption
+    if how == "time limit":
+        assert p.returncode == 0, out + err
+        seconds = float(out.split("after ")[1].split(" s")[0])
+        assert seconds < 20, out       # 60 s (the ranks' sleep) before: Popen waited for them
+    else:
+        assert p.returncode == -signal.SIGTERM, (p.returncode, out, err)
     for _ in range(50):
         alive = [pid for pid in ranks if _alive(pid)]
         if not alive:
             break
         time.sleep(0.1)
-    assert not alive, f"ranks {alive} still running after launch() was interrupted"
+    assert not alive, f"ranks {alive} still running after launch() was interrupted ({how})"
 
 
 def _alive(pid):
