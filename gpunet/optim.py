@@ -61,6 +61,11 @@ __all__ = [
 
 # -- argument checks --------------------------------------------------------------------
 
+# the dtypes of the multi-tensor kernels (kernels/optim.cu); other floating dtypes (float16)
+# are updated on a device one parameter at a time, with the NumPy reference's array operations
+_FUSED_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+
+
 def _listed(value, who, expected):
     """``list(value)`` for an argument that must be a list (or another iterable) of
     something: a string, bytes or an array (iterable, but never meant as such a list) or a
@@ -224,6 +229,14 @@ class Optimizer:
     ``steps`` (the per-parameter step counts) is a list; after a step on a device it is
     read back from the device's counters when asked for (one host sync).
 
+    float16 parameters (a model cast with ``model.to(dtype=numpy.float16)``, PyTorch's
+    ``.half()``) are updated as on the CPU, one parameter at a time with ``_update``'s
+    array operations, on a device too: the multi-tensor kernels have float and double
+    variants only. The step counts then stay on the host. As in PyTorch, ``eps=1e-8``
+    (Adam, RMSProp) and ``1e-10`` (AdaGrad) are 0 in float16, so a gradient element that
+    is 0 at the first step makes 0/0: a float16 model takes SGD, a larger ``eps``, or
+    ``Trainer(..., precision="fp16")`` (float32 master weights).
+
     ``params`` is fixed: the state, the step counts and the parameters' link back to the
     optimizer (``model.to`` moves the state) were made for that list, so assigning it raises
     ``AttributeError`` (before, ``opt.params = other.parameters()`` was stored and the next step
@@ -320,6 +333,12 @@ class Optimizer:
         lr = self._current_lr()
         if not isinstance(self.params[0].data, numpy.ndarray):
             return self._step_fused(lr, found)
+        self._step_per_parameter(lr)
+
+    def _step_per_parameter(self, lr):
+        """The step one parameter at a time, with ``_update`` (the NumPy reference; on a
+        device, the same array operations there): the CPU's step, and a device's for the
+        dtypes that the multi-tensor kernels lack (float16)."""
         # every gradient is checked before any parameter changes (as on a device): a
         # refused step leaves no parameter, state or step count half-updated
         active = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
@@ -397,11 +416,19 @@ class Optimizer:
             active.append(i)
         if not active:
             return
-        xp = get_array_module(self.params[active[0]].data)
-        dev = self._device_scalars(xp, lr)
         groups = {}
         for i in active:
             groups.setdefault(self.params[i].data.dtype, []).append(i)
+        if not all(dtype in _FUSED_DTYPES for dtype in groups):
+            # a model cast to float16 (model.to(dtype=numpy.float16), PyTorch's .half()): the
+            # kernels have float and double variants only, so the step goes one parameter
+            # at a time, with the host's step counts (read back once: a host sync)
+            if found is not None and not bool(numpy.isfinite(float(found))):
+                return                        # the loss scaler found an inf/NaN: skip the step
+            self.steps = self.steps
+            return self._step_per_parameter(lr)
+        xp = get_array_module(self.params[active[0]].data)
+        dev = self._device_scalars(xp, lr)
         for dtype, idx in groups.items():
             rows, grads = [], []
             for i in idx:
@@ -998,6 +1025,12 @@ def clip_grad_norm(params, max_norm):
     launch per dtype, the sum of squares in float64), and ``total`` is a
     0-d float64 array on that device: ``float(total)`` (or printing it) waits for the
     device, so read it only when needed.
+
+    float16 gradients (a model cast with ``model.to(dtype=numpy.float16)``): their norm is
+    taken in float32 on the CPU (in float16 a sum of squares past 65504 would be inf, and
+    nothing clipped), in float64 on a device, and they are scaled in float32 and rounded
+    once; on a device that takes array operations, not the multi-tensor kernels (which
+    have no float16 variant), still without a host sync.
     """
     params = _as_parameters(params, "clip_grad_norm", allow_empty=True)
     max_norm = _at_least("clip_grad_norm", "max_norm", max_norm, finite=False)
@@ -1006,16 +1039,43 @@ def clip_grad_norm(params, max_norm):
         return 0.0
     xp = _grads_module("clip_grad_norm", params, grads)
     if xp is not numpy:
-        return _on_grad_lists(grads, xp, lambda tables, lists: _mt.grad_norm_and_scale(
-            tables, lists, max_norm))
-    norms = xp.stack([xp.linalg.norm(g.ravel()) for g in grads])
+        if all(g.dtype in _FUSED_DTYPES for g in grads):
+            return _on_grad_lists(grads, xp, lambda tables, lists: _mt.grad_norm_and_scale(
+                tables, lists, max_norm))
+        return _clip_norm_by_array_ops(grads, xp, max_norm)
+    # a float16 gradient's norm is taken in float32: in float16 a sum of squares past 65504
+    # is inf (a gradient of 300 elements of 20), which would leave every gradient unclipped
+    norms = xp.stack([xp.linalg.norm((g.astype(numpy.float32) if g.dtype.itemsize < 4 else g).ravel())
+                      for g in grads])
     total = float(xp.linalg.norm(norms))
     if not math.isfinite(total):
         return total
     c = max_norm / (total + 1e-6)
     if c < 1.0:
         for g in grads:
-            g *= c
+            if g.dtype.itemsize < 4:    # in float32, rounded once (NumPy would round c to float16)
+                g[...] = (g.astype(numpy.float32) * c).astype(g.dtype)
+            else:
+                g *= c
+    return total
+
+
+def _clip_norm_by_array_ops(grads, xp, max_norm):
+    """``clip_grad_norm`` on a device when a gradient has a dtype that the multi-tensor
+    kernels lack (float16, a model cast with ``model.to(dtype=numpy.float16)``): the same
+    float64 sum of squares and scaling, by array operations, still without a host sync;
+    a float16 gradient is scaled in float32 and rounded once."""
+    sumsq = xp.zeros((), numpy.float64)
+    for g in grads:
+        sumsq += xp.square(g.astype(numpy.float64)).sum()
+    total = xp.sqrt(sumsq)
+    c = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    c = xp.where(xp.isfinite(total), c, 1.0)        # a non-finite total: gradients as they are
+    for g in grads:
+        if g.dtype.itemsize < 4:
+            g[...] = (g.astype(numpy.float32) * c.astype(numpy.float32)).astype(g.dtype)
+        else:
+            g *= c.astype(g.dtype)
     return total
 
 
@@ -1051,15 +1111,19 @@ def _unscale_on_device(grads, inv_scale, found_any):
 
 def clip_grad_value(params, clip):
     """Clamp every gradient element into ``[-clip, clip]`` in place (as
-    ``torch.nn.utils.clip_grad_value_``). ``params``: a list of Parameters or a Layer."""
+    ``torch.nn.utils.clip_grad_value_``). ``params``: a list of Parameters or a Layer.
+    On a device, one launch per dtype; float16 gradients (no multi-tensor kernel) are
+    clamped by ``xp.clip``, as on the CPU."""
     params = _as_parameters(params, "clip_grad_value", allow_empty=True)
     clip = _at_least("clip_grad_value", "clip", clip, finite=False)
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and _grads_module("clip_grad_value", params, grads) is not numpy:   # one launch per dtype
+    if (grads and _grads_module("clip_grad_value", params, grads) is not numpy   # one launch per dtype
+            and all(g.dtype in _FUSED_DTYPES for g in grads)):
         xp = get_array_module(*grads)
         _on_grad_lists(grads, xp, lambda tables, lists: [
             _mt.grad_clamp(t, gs, clip) for t, gs in zip(tables, lists)])
         return
+    # the CPU, and float16 gradients on a device (no multi-tensor kernel for them)
     for p in params:
         if p.grad is not None:
             xp = get_array_module(p.grad)

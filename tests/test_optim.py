@@ -293,6 +293,29 @@ def test_float32_stays_float32(xp, make):
             assert v.dtype == numpy.float32
 
 
+@pytest.mark.parametrize("make", ALL_OPTIONS, ids=ALL_IDS)
+def test_a_float16_model_steps_on_a_device_as_on_the_cpu(gpu_xp, make):
+    """Found by the dtype audit: a model cast with model.to(dtype=numpy.float16) (PyTorch's
+    .half()) trained on the CPU, but on the sim every optimizer's step failed with a bare
+    KeyError: dtype('float16') from the multi-tensor launch (kernels/optim.cu has float and
+    double variants only). The device now steps float16 parameters one at a time with the
+    same array operations as the CPU: the same numbers (bit for bit on the sim, which
+    computes with NumPy), float16 state, the step counts on the host."""
+    host, dev = _model(numpy, numpy.float16), _model(gpu_xp, numpy.float16)
+    opt_h, opt_d = make(host), make(dev)
+    _train(opt_h, host, _grads(numpy, numpy.float16, 5))
+    _train(opt_d, dev, _grads(gpu_xp, numpy.float16, 5))
+    assert opt_d.steps == [5, 5]
+    for ph, pd in zip(host, dev):
+        assert pd.data.dtype == numpy.float16 and numpy.isfinite(to_numpy(pd.data)).all()
+        if type(pd.data).__module__.startswith("gpunet.sim"):
+            numpy.testing.assert_array_equal(to_numpy(pd.data), ph.data)
+        else:   # CuPy's float16 arithmetic: within a float16 rounding of each operation
+            numpy.testing.assert_allclose(to_numpy(pd.data), ph.data, rtol=1e-2, atol=1e-3)
+    for st in opt_d.state:
+        assert all(v.dtype == numpy.float16 for v in st.values())
+
+
 def test_sgd_float32_arithmetic_is_float32(xp):
     # A float64 lr (e.g. a NumPy scalar) must not turn the update into float64 arithmetic:
     # the result is bit-identical to the update computed with float32 scalars.
@@ -547,6 +570,30 @@ def test_clip_grad_norm_matches_torch():
     assert total == pytest.approx(float(ttotal), rel=1e-13)
     for p, tp in zip(params, tparams):
         numpy.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-13)
+
+
+def test_clip_grad_norm_of_float16_gradients(xp):
+    """Found by the dtype audit: float16 gradients (a model cast to float16) whose sum of
+    squares passes 65504 came back from clip_grad_norm with a norm of inf on the CPU and
+    were left unclipped (NumPy took the norm in float16; torch.nn.utils.clip_grad_norm_
+    gives 346.5 and clips), and on the sim clip_grad_norm and clip_grad_value failed
+    with KeyError: dtype('float16') (no float16 multi-tensor kernel). The norm is now
+    taken in float32 (float64 on a device), the scaling done in float32 and rounded once."""
+    p = make_param(xp, numpy.zeros(300), dtype=numpy.float16)
+    q = make_param(xp, numpy.zeros(3), dtype=numpy.float16)
+    p.grad = xp.asarray(numpy.full(300, 20.0, numpy.float16))
+    q.grad = xp.asarray(numpy.array([1.0, 2.0, 3.0], numpy.float16))
+    total = optim.clip_grad_norm([p, q], 1.0)
+    expected = math.sqrt(300 * 400.0 + 14.0)
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    c = numpy.float32(1.0 / (expected + 1e-6))
+    for r, g in ((p, numpy.full(300, 20.0)), (q, numpy.array([1.0, 2.0, 3.0]))):
+        assert r.grad.dtype == numpy.float16
+        numpy.testing.assert_array_equal(to_numpy(r.grad), (g.astype(numpy.float32) * c).astype(numpy.float16))
+    before = to_numpy(q.grad)
+    optim.clip_grad_value([p, q], 0.005)
+    numpy.testing.assert_array_equal(to_numpy(q.grad), [before[0], numpy.float16(0.005), numpy.float16(0.005)])
+    assert q.grad.dtype == numpy.float16
 
 
 def test_clip_grad_value(xp):
