@@ -452,6 +452,9 @@ class MixedPrecision:
     * ``backward(dy)`` casts the (scaled) output gradient to float16, runs
       ``model.backward``, then puts the masters back with their gradients cast to
       float32 (added to a gradient they already held, so accumulation works as usual).
+    * Every parameter of ``model`` must be float32 when the policy is made: one of another
+      dtype (a float64 model, one cast to float16) raises ``ValueError`` naming it and the
+      cast, ``model.to(dtype=numpy.float32)``.
     * BatchNorm keeps float32 parameters and normalizes a float16 input in float32
       (statistics and running buffers in float32, see ``gpunet.BatchNorm``); on a device
       its half kernels read and write the float16 activations directly. Activations,
@@ -502,10 +505,14 @@ class MixedPrecision:
         self._model, self._dtype = model, dtype
         self._half_params = [p for layer in model.modules()
                              if isinstance(layer, self.HALF_LAYERS) for p in layer.parameters()]
-        for p in self._half_params:
+        for name, p in model.named_parameters():
             if p.data.dtype != numpy.float32:
+                # a float64 model (a gradient check's) or one cast to float16: the policy
+                # makes its own float16 copies from float32 masters
                 raise ValueError(f"MixedPrecision: expected float32 (master) parameters, "
-                                 f"{p.name} is {p.data.dtype.name}")
+                                 f"{name} is {p.data.dtype.name}; mixed precision keeps float32 "
+                                 f"weights and computes in float16 itself: cast the model with "
+                                 f"model.to(dtype=numpy.float32) first")
         self._masters = None       # the float32 data while the float16 copies are in place
 
     def _to_half(self):

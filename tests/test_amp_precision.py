@@ -118,6 +118,30 @@ def test_policy_rejects_non_float32_masters_and_backward_without_forward():
         Trainer(Sequential(Dense(4, 3)), SoftmaxCrossEntropy(), None, precision="fp8")
 
 
+def test_a_model_not_in_float32_is_refused_by_fp16_with_the_parameter_and_the_cast():
+    """Found by the dtype audit: Trainer(..., precision='fp16') on a float64 model (the one
+    a gradient check used) said only 'MixedPrecision: expected float32 (master) parameters,
+    weight is float64', naming neither which weight nor the way out; and a float64
+    BatchNorm in a float32 model passed (only Dense and Conv2D parameters were checked),
+    to fail at the first forward with 'BatchNorm: expected dtype float64 (the parameters'
+    dtype), got float16; cast the input (x.astype(numpy.float64)) or the model
+    (model.to(dtype=numpy.float16))', about an input the user never made. Every parameter
+    is checked now, by its state_dict name, and the message gives the cast."""
+    cast = r"; mixed precision keeps float32 weights and computes in float16 itself: cast the model " \
+           r"with model\.to\(dtype=numpy\.float32\) first$"
+    for dtype in (numpy.float64, numpy.float16):
+        m = Sequential(Dense(4, 3), gpunet.BatchNorm(3)).to(dtype=dtype)
+        with pytest.raises(ValueError, match=rf"^MixedPrecision: expected float32 \(master\) parameters, "
+                                             rf"0\.weight is {numpy.dtype(dtype).name}{cast}"):
+            Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m.parameters()), precision="fp16")
+    m = Sequential(Dense(4, 3), gpunet.BatchNorm(3))
+    m[1].to(dtype=numpy.float64)
+    with pytest.raises(ValueError, match=r"1\.gamma is float64" + cast):
+        Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m.parameters()), precision="fp16")
+    m.to(dtype=numpy.float32)
+    Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m.parameters()), precision="fp16")
+
+
 def test_bfloat16_is_refused_with_the_reason():
     """No bfloat16 (NumPy has none; CuPy 14 only through the optional ml_dtypes): a clear
     ValueError naming why, from the Trainer and from MixedPrecision."""
