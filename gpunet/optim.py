@@ -423,6 +423,15 @@ class Optimizer:
             # a model cast to float16 (model.to(dtype=numpy.float16), PyTorch's .half()): the
             # kernels have float and double variants only, so the step goes one parameter
             # at a time, with the host's step counts (read back once: a host sync)
+            if _graphs.capturing() is not None:
+                # the update's scalars (lr, Adam's bias corrections) are host numbers that a
+                # replay would repeat forever, silently on a real GPU
+                bad = next(dtype for dtype in groups if dtype not in _FUSED_DTYPES)
+                raise RuntimeError(f"{type(self).__name__}: {bad.name} parameters are updated one at "
+                                   f"a time with host scalars, which a CUDA graph cannot capture "
+                                   f"(the multi-tensor kernels have float32 and float64 variants "
+                                   f"only); train without cuda_graph, or in float32 (half precision: "
+                                   f"Trainer(..., precision='fp16'))")
             if found is not None and not bool(numpy.isfinite(float(found))):
                 return                        # the loss scaler found an inf/NaN: skip the step
             self.steps = self.steps

@@ -333,3 +333,26 @@ def test_more_than_64_parameter_tensors_under_a_graph():
     assert losses == want
     for a, b in zip(m.parameters(), me.parameters()):
         numpy.testing.assert_array_equal(to_numpy(a.data), to_numpy(b.data))
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), lambda ps: optim.Adam(ps, eps=1e-3)],
+                         ids=["SGD", "Adam"])
+def test_a_float16_model_is_refused_by_capture_not_replayed_with_stale_scalars(make):
+    """A float16 model (model.to(dtype=numpy.float16)) steps one parameter at a time with
+    host scalars (lr, Adam's bias corrections), the multi-tensor kernels having no float16
+    variant. Trainer(cuda_graph=True) failed with KeyError: dtype('float16') on main; a
+    capture of that step would replay the first step's scalars forever (the sim catches it
+    as a GraphReplayError, a real GPU would not), so the capture is refused, naming why."""
+    X, y = _data()
+    gpunet.manual_seed(0)
+    m = Sequential(Dense(8, 16, activation="relu"), Dense(16, 3)).to(dtype=numpy.float16)
+    t = Trainer(m, SoftmaxCrossEntropy(), make(m.parameters()), device="sim", cuda_graph=True)
+    with pytest.raises(RuntimeError, match=r"float16 parameters are updated one at a time with host "
+                                           r"scalars, which a CUDA graph cannot capture .*; train "
+                                           r"without cuda_graph"):
+        t.fit((X.astype(numpy.float16), y), epochs=1, batch_size=B, progress=False)
+    gpunet.manual_seed(0)
+    m = Sequential(Dense(8, 16, activation="relu"), Dense(16, 3)).to(dtype=numpy.float16)
+    t = Trainer(m, SoftmaxCrossEntropy(), make(m.parameters()), device="sim")
+    h = t.fit((X.astype(numpy.float16), y), epochs=1, batch_size=B, progress=False)
+    assert math.isfinite(h.history["loss"][0]) and m[0].weight.data.dtype == numpy.float16
