@@ -258,17 +258,22 @@ def nccl_calls(comm):
     """On one GPU (a world of one process: NCCL refuses two ranks on one device): NCCL's
     all-reduce and broadcast through the Communicator's own NCCL calls, on its stream and
     ordered by its events, for every dtype it maps. A sum over one rank is the identity,
-    so this checks the calls, the dtype table and the stream order, not a reduction."""
+    so this checks the calls, the dtype table and the stream order, not a reduction.
+
+    The arrays are made on the host in int64 and then cast, as the test's expected values
+    are: ``cupy.arange(1000, dtype="uint8")`` wraps at 256 (CuPy computes ``start + i *
+    step`` in the dtype, as NumPy does), so ``% 97`` of it differed from the test's
+    ``(numpy.arange(1000) % 97 + 1).astype("uint8")`` from index 256 on."""
     import cupy
     from gpunet.distributed.comm import Handle, _nccl_dtype
     assert comm.backend == "nccl" and comm.device.startswith("cuda"), (comm.backend, comm.device)
     out = {}
     for dt in ("float16", "float32", "float64", "int32", "int64", "uint8"):
-        x = cupy.arange(1000, dtype=dt) % 97
+        x = cupy.asarray((numpy.arange(1000) % 97).astype(dt))
         x += 1                                       # queued on the current stream first
         Handle(x, event=comm._nccl_allreduce(x, "sum")).wait()
         out["allreduce." + dt] = cupy.asnumpy(x)
-        y = cupy.arange(300, dtype=dt) % 13
+        y = cupy.asarray((numpy.arange(300) % 13).astype(dt))
         stream = comm._comm_stream()
         comm._after_current(stream)
         comm._nccl.bcast(y.data.ptr, y.size, _nccl_dtype(y), 0, stream.ptr)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import numpy
 import pytest
@@ -273,6 +274,52 @@ def test_more_processes_than_gpus_are_refused_on_every_rank(tmp_path):
         assert got.startswith("gpunet.distributed.init: this node has 1 GPU(s) for its 2 processes: with "
                               "CUDA each process needs a GPU of its own; start at most"), got
         assert "init(device='cpu') (gpunet train --distributed --device cpu)" in got
+
+
+class _HostArray(numpy.ndarray):
+    """A NumPy array with CuPy's ``.data.ptr`` (a stand-in device pointer)."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=id(self))
+
+
+def test_the_nccl_scenario_gives_the_values_its_gpu_test_expects(monkeypatch):
+    """tests/test_cuda_gpu.py::test_nccl_calls_run_on_one_gpu failed in GPU run 4's pytest
+    (traceback lost) while the same worker under ``mpiexec -n 1`` ran (its values were not
+    compared there). The worker made its arrays with ``cupy.arange(n, dtype=dt)``, which for
+    uint8 wraps at 256 as NumPy's does (CuPy's kernel computes ``start + i * step`` in the
+    dtype), while the test expects ``(numpy.arange(n) % 97 + 1).astype(dt)``: 1 against 63
+    at index 256. Here the worker's ``nccl_calls`` runs in this process on a stand-in CuPy
+    made of NumPy (same arange) and a Communicator whose NCCL is one rank (the identity,
+    as on the one-GPU machine), and its outputs must be the GPU test's expected values; the
+    stand-in NCCL also sees each call with the dtype code of its array."""
+    calls = []
+    event = types.SimpleNamespace(done=True)
+    stream = types.SimpleNamespace(ptr=7, record=lambda: event, wait_event=lambda e: None)
+    codes = {dt: k for k, dt in enumerate(("float16", "float32", "float64", "int32", "int64", "uint8"))}
+    nccl = types.SimpleNamespace(NCCL_SUM=0, NCCL_MAX=1, NCCL_MIN=2,
+                                 **{f"NCCL_{dt.upper()}": k for dt, k in codes.items()})
+    cuda = types.SimpleNamespace(nccl=nccl, get_current_stream=lambda: stream,
+                                 Stream=lambda non_blocking=False: stream)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    cupy.arange = lambda *a, **k: numpy.arange(*a, **k).view(_HostArray)
+    cupy.asarray = lambda a: numpy.array(a).view(_HostArray)
+    cupy.asnumpy = lambda a: numpy.array(a)
+    for name, module in (("cupy", cupy), ("cupy.cuda", cuda), ("cupy.cuda.nccl", nccl)):
+        monkeypatch.setitem(sys.modules, name, module)
+    one_rank = types.SimpleNamespace(
+        allReduce=lambda src, dst, n, dtype, op, s: calls.append(("allReduce", n, dtype, op, s)),
+        bcast=lambda buf, n, dtype, root, s: calls.append(("bcast", n, dtype, root, s)))
+    world = types.SimpleNamespace(Get_rank=lambda: 0, Get_size=lambda: 1)
+    comm = D.comm.Communicator(world, device="cuda:0", nccl=one_rank)
+    got, _ = W.nccl_calls(comm)
+    for dt in codes:        # the expected values of test_cuda_gpu.py::test_nccl_calls_run_on_one_gpu
+        numpy.testing.assert_array_equal(got["allreduce." + dt], (numpy.arange(1000) % 97 + 1).astype(dt),
+                                         err_msg=dt)
+        numpy.testing.assert_array_equal(got["bcast." + dt], (numpy.arange(300) % 13).astype(dt), err_msg=dt)
+    assert calls == [c for k in codes.values() for c in (("allReduce", 1000, k, 0, 7), ("bcast", 300, k, 0, 7))]
 
 
 @needs_mpi
