@@ -92,7 +92,7 @@ def launch(args, n=2, timeout=120):
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            _killpg(p)
             out, err = p.communicate()
             pytest.fail(f"mpiexec {' '.join(args)} ran past {timeout} s (killed): a process waiting "
                         f"in a collective?\n{out}\n{err}")
@@ -111,10 +111,42 @@ def launch(args, n=2, timeout=120):
 
 
 def _killpg(p):
+    """SIGKILL to the launch: its process group and every process descended from ``p``
+    (found in /proc before any is killed, while the parent links hold). A launcher may
+    start ranks outside its group: MPICH's hydra starts each rank in a session of its own
+    (setsid), and a rank may start processes of its own."""
+    tree = _descendants(p.pid)
     try:
         os.killpg(p.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass                          # gone meanwhile
+
+
+def _descendants(root):
+    """The pids of ``root``'s descendants, from /proc (none where there is no /proc)."""
+    children = {}
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _kill_on_sigterm(p):
@@ -171,7 +203,7 @@ def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("how", ["time limit", "SIGTERM"])
+@pytest.mark.parametrize("how", ["time limit", "SIGTERM", "time limit, a rank's process in a session of its own"])
 def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
     """A launch whose 2 ranks sleep 60 s, in a process of its own, interrupted 5 s in.
 
@@ -185,7 +217,16 @@ def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
     SIGTERM: timeout(1)'s signal to the process group of pytest (GPU sessions run pytest
     under it) did not reach the launch's session; the ranks outlived the run.
 
+    A rank's process in a session of its own (as MPICH's launcher starts each rank; here
+    each rank forks one that calls setsid and sleeps): the launch's process group, all that
+    was killed, did not hold it, and it slept on, orphaned. Every process descended from
+    the launcher is killed now.
+
     Either way no rank is left."""
+    rank = ("import os, sys, time\n"
+            + ("if os.fork() == 0:\n    os.setsid()\nelse:\n    time.sleep(60)\n    sys.exit()\n"
+               if how.endswith("own") else "")
+            + "open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\ntime.sleep(60)\n")
     script = f"""if True:
         import signal, sys, time
         sys.path.insert(0, {HERE!r})
@@ -196,13 +237,12 @@ def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
 
         def on_alarm(*a):
             raise Limit()
-        if {how == "time limit"!r}:
+        if {how.startswith("time limit")!r}:
             signal.signal(signal.SIGALRM, on_alarm)
             signal.alarm(5)
         t0 = time.monotonic()
         try:
-            TD.launch(["-c", "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w')"
-                             ".close(); time.sleep(60)", {str(tmp_path)!r}], n=2, timeout=100)
+            TD.launch(["-c", {rank!r}, {str(tmp_path)!r}], n=2, timeout=100)
         except Limit:
             print(f"interrupted; launch() returned after {{time.monotonic() - t0:.1f}} s")
         """
@@ -220,7 +260,7 @@ def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
             _killpg(p)
     ranks = [int(f.name) for f in tmp_path.iterdir()]
     assert len(ranks) == 2, (ranks, out, err)      # both started before the interruption
-    if how == "time limit":
+    if how.startswith("time limit"):
         assert p.returncode == 0, out + err
         seconds = float(out.split("after ")[1].split(" s")[0])
         assert seconds < 20, out       # 60 s (the ranks' sleep) before: Popen waited for them
