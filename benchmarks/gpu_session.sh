@@ -84,10 +84,12 @@ if step "gpunet bench --device cuda --compare torch --quick" "${BENCH_S:-120}"; 
         --no-progress --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
     echo "bench rc=$?"; tail -25 "$OUT/bench.txt"
 fi
-echo "== failures.txt (each failed/errored test, the tests running at a cut-off)"
-if [ -f "$OUT/failures.txt" ]; then
-    grep -E "^==== |^  tests/" "$OUT/failures.txt" | head -40
-fi
 echo "== gpu_check output (end)"
-tail -c 5000 "$OUT/gpu_check.txt" 2>/dev/null
+tail -c 4000 "$OUT/gpu_check.txt" 2>/dev/null
+# last, so that the call's output tail holds it: each failed/errored test with its error
+# lines, and the tests running when a pytest call was cut off
+echo "== failures.txt"
+if [ -f "$OUT/failures.txt" ]; then
+    grep -E "^==== |^  tests/|^E  " "$OUT/failures.txt" | cut -c1-300 | head -100
+fi
 echo "== $(( ${TOTAL_S:-480} - (END - $(date +%s)) )) s in all"
