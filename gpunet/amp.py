@@ -41,7 +41,7 @@ import numpy
 
 from . import _args
 from .backend import get_array_module
-from .layers.base import Layer
+from .layers.base import Layer, check_array, check_dtype
 from .layers.conv import Conv2D
 from .layers.dense import Dense
 
@@ -540,7 +540,20 @@ class MixedPrecision:
         self._masters = None
 
     def forward(self, x):
-        """The model's output for ``x`` computed in float16, returned in float32."""
+        """The model's output for ``x`` computed in float16, returned in float32.
+
+        ``x``: float32 (the master weights' dtype) or float16, the inputs PyTorch's autocast
+        takes (it casts float32 only): an integer, bool or float64 input raises
+        ``ValueError`` naming the cast (uint8 images of 0..255: ``x.astype(numpy.float32) /
+        255``), as a float32 model refuses it without mixed precision, instead of being
+        rounded to float16 unscaled."""
+        check_array(self, x)
+        if x.dtype != numpy.float32 and x.dtype != numpy.float16:
+            if x.dtype.kind == "f" and x.dtype.isnative:     # float64: no `or the model` here
+                raise ValueError(f"MixedPrecision: expected a float32 input (or float16), got "
+                                 f"{x.dtype.name}; cast the input: x.astype(numpy.float32) (mixed "
+                                 f"precision computes in float16 from float32 data and weights)")
+            check_dtype(self, x, numpy.float32)
         self._to_half()
         try:
             y = self.model.forward(x.astype(self.dtype))

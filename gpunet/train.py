@@ -1216,7 +1216,9 @@ class Trainer:
     2000 clean steps, x0.5 and the step skipped on inf/NaN gradients); clipping unscales
     first; callbacks' ``on_backward_end`` see the scaled gradients. Evaluate and predict
     run in float16 as well. On a device, loss scaling makes no host sync (the skip decision
-    is the optimizer kernel's, see ``GradScaler``).
+    is the optimizer kernel's, see ``GradScaler``). The data are float32 (or float16), as
+    for PyTorch's autocast: uint8, integer, bool and float64 inputs raise ``ValueError``
+    with the cast, as they do without mixed precision.
 
     ``cuda_graph=True`` (a ``"cuda"`` or ``"sim"`` model): each ``fit`` runs its first
     full-size batch eagerly, captures the second as a CUDA graph (forward, loss, backward,

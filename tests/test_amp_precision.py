@@ -142,6 +142,35 @@ def test_a_model_not_in_float32_is_refused_by_fp16_with_the_parameter_and_the_ca
     Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m.parameters()), precision="fp16")
 
 
+def test_fp16_refuses_the_inputs_a_float32_model_refuses(device):
+    """Found by the dtype audit: with precision='fp16' the Trainer took uint8 images (0..255)
+    without a word, rounding them to float16 unscaled (fit, predict, evaluate all ran, loss
+    ~150 on the data below), and int64, bool and float64 data alike, where precision='fp32'
+    refuses each with the cast that fixes it, and PyTorch's autocast, which casts float32
+    only, refuses them too ('mat1 and mat2 must have the same dtype, but got Byte and
+    Half'). MixedPrecision.forward now takes float32 or float16 only."""
+    rng = numpy.random.default_rng(0)
+    X, y = (rng.random((40, 4)) * 255).astype(numpy.float32), rng.integers(0, 3, 40)
+    m = Sequential(Dense(4, 8), Dense(8, 3))
+    t = Trainer(m, SoftmaxCrossEntropy(), optim.SGD(m.parameters()), device=device, precision="fp16")
+    for dtype, message in (
+            (numpy.uint8, r"expected dtype float32 \(the parameters' dtype\), got uint8; pixels of 0\.\.255 "
+                          r"become floats in \[0, 1\] with x\.astype\(numpy\.float32\) / 255$"),
+            (numpy.int64, r"got int64; cast the input: x\.astype\(numpy\.float32\)$"),
+            (numpy.bool_, r"got bool; cast the input: x\.astype\(numpy\.float32\)$"),
+            (numpy.float64, r"expected a float32 input \(or float16\), got float64; cast the input: "
+                            r"x\.astype\(numpy\.float32\)")):
+        Xd = X.astype(dtype)
+        for call in (lambda: t.fit((Xd, y), epochs=1, batch_size=16, progress=False),
+                     lambda: t.predict(Xd), lambda: t.evaluate((Xd, y))):
+            with pytest.raises(ValueError, match="^MixedPrecision: .*" + message):
+                call()
+    for dtype in (numpy.float32, numpy.float16):
+        t.fit((X.astype(dtype) / 255, y), epochs=1, batch_size=16, progress=False)
+        assert t.predict(X.astype(dtype) / 255).dtype == numpy.float32
+    assert all(p.data.dtype == numpy.float32 for p in m.parameters())
+
+
 def test_bfloat16_is_refused_with_the_reason():
     """No bfloat16 (NumPy has none; CuPy 14 only through the optional ml_dtypes): a clear
     ValueError naming why, from the Trainer and from MixedPrecision."""
