@@ -1,4 +1,5 @@
-"""Weight initializers: ``f(shape, rng=None, dtype=numpy.float32) -> numpy.ndarray``.
+"""Weight initializers: ``f(shape, rng=None, dtype=numpy.float32) -> numpy.ndarray``
+(``dtype=None``, as in PyTorch, means the default: float32).
 
 Every initializer draws on the host from ``rng`` (default: the seeded host generator of
 ``gpunet.random``), so the same seed gives the same weights on every device.
@@ -65,6 +66,9 @@ def _check(who, shape, rng, dtype):
                 if kw else "")
         raise TypeError(f"{who}: expected rng to be None or a numpy.random.Generator, "
                         f"got {type(rng).__name__}{hint}")
+    if dtype is None:
+        # the default, as torch's dtype=None is its default dtype (numpy.dtype(None) is float64)
+        dtype = numpy.float32
     try:
         dt = numpy.dtype(dtype)
     except TypeError:

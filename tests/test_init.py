@@ -77,6 +77,19 @@ def test_contract_signature_and_dtype(name, dtype):
     assert f(7, numpy.random.default_rng(0)).shape == (7,)
 
 
+@pytest.mark.parametrize("name", ["zeros", "ones", "constant", "normal", "uniform", "xavier_normal",
+                                  "xavier_uniform", "he_normal", "he_uniform", "lecun_normal"])
+def test_dtype_none_is_the_default_float32(name):
+    """Found by the dtype audit: dtype=None (a wrapper passing its own dtype=None on, as
+    torch.zeros(..., dtype=None) means the default dtype) gave float64 weights, since
+    numpy.dtype(None) is float64; a float32 model given them by p.data = ... was then of
+    two dtypes. None now means the default, float32, with the same values."""
+    f = getattr(init, name)
+    a = f((4, 5), numpy.random.default_rng(3), dtype=None)
+    assert a.dtype == numpy.float32
+    numpy.testing.assert_array_equal(a, f((4, 5), numpy.random.default_rng(3)))
+
+
 def test_zeros_ones_constant_values():
     numpy.testing.assert_array_equal(init.zeros((2, 3)), numpy.zeros((2, 3)))
     numpy.testing.assert_array_equal(init.ones((2, 3)), numpy.ones((2, 3)))
