@@ -263,3 +263,31 @@ def test_momentum_none_says_the_cumulative_average_is_not_offered():
     assert bn.momentum == 0.3
     with pytest.raises(ValueError, match=r"^BatchNorm: expected momentum in \[0, 1\], got 1.5$"):
         bn.momentum = 1.5
+
+
+def test_functional_batch_norm_refuses_an_affine_part_of_another_dtype(xp):
+    """Found by the dtype audit: gpunet.functional's batch norm given a float32 x and a
+    float64 gamma/beta computed on the CPU, in float32 in training mode and in float64 in
+    eval mode, while on the sim batch_norm_forward raised 'gpunet.cuda.batchnorm_forward:
+    gamma/beta must have dtype float32, got float64'. All three ops now refuse a mix on
+    every device, naming the op and both dtypes; a float16 x with float32 gamma/beta
+    (mixed precision) is still taken."""
+    rng = numpy.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((6, 3)).astype(numpy.float32))
+    g64, b64 = xp.asarray(numpy.ones(3)), xp.asarray(numpy.zeros(3))
+    g32, b32 = g64.astype(numpy.float32), b64.astype(numpy.float32)
+    stats = xp.zeros(3, numpy.float32), xp.ones(3, numpy.float32)
+    msg = r"input dtype float32 differs from the {} dtype float64; cast the {}: {}\.astype\(numpy\.float32\)$"
+    with pytest.raises(ValueError, match="^batch_norm_forward: " + msg.format(*["gamma"] * 3)):
+        F.batch_norm_forward(x, g64, b64)
+    with pytest.raises(ValueError, match="^batch_norm_forward: " + msg.format(*["beta"] * 3)):
+        F.batch_norm_forward(x, g32, b64)
+    with pytest.raises(ValueError, match="^batch_norm_eval: " + msg.format(*["gamma"] * 3)):
+        F.batch_norm_eval(x, *stats, g64, b64)
+    y, mean, var, inv_std = F.batch_norm_forward(x, g32, b32)
+    with pytest.raises(ValueError, match="^batch_norm_backward: " + msg.format(*["gamma"] * 3)):
+        F.batch_norm_backward(y, x, g64, mean, inv_std)
+    assert F.batch_norm_eval(x, *stats, g32, b32).dtype == numpy.float32
+    h = x.astype(numpy.float16)
+    assert F.batch_norm_forward(h, g32, b32)[0].dtype == numpy.float16
+    assert F.batch_norm_eval(h, *stats, g32, b32).dtype == numpy.float16

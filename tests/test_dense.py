@@ -247,3 +247,25 @@ def test_functional_linear(xp):
     dx, dw2, db = linear_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), need_dx=False, need_bias=False)
     assert dx is None and db is None
     numpy.testing.assert_allclose(gpunet.to_numpy(dw2), dy.T @ x, rtol=1e-12)
+
+
+def test_functional_linear_refuses_a_mix_of_dtypes(xp):
+    """Found by the dtype audit: gpunet.functional.linear of a float32 x and a float64 weight
+    returned float64 (NumPy's promotion), and with a float64 bias alone rounded the bias
+    back into a float32 output without a word, where conv2d (and PyTorch's F.linear)
+    refuse a mix. linear and linear_backward now raise ValueError naming both dtypes."""
+    from gpunet.functional import linear, linear_backward
+    rng = numpy.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((4, 3)).astype(numpy.float32))
+    w = xp.asarray(rng.standard_normal((2, 3)).astype(numpy.float32))
+    b = xp.zeros(2, numpy.float32)
+    with pytest.raises(ValueError, match=r"^linear: input dtype float32 differs from the weight dtype float64; "
+                                         r"cast the weight: weight\.astype\(numpy\.float32\)$"):
+        linear(x, w.astype(numpy.float64), b)
+    with pytest.raises(ValueError, match=r"^linear: input dtype float32 differs from the bias dtype float64"):
+        linear(x, w, b.astype(numpy.float64))
+    with pytest.raises(ValueError, match=r"^linear_backward: input dtype float32 differs from the dy dtype float64"):
+        linear_backward(xp.ones((4, 2)), x, w)
+    y = linear(x, w, b)
+    assert y.dtype == numpy.float32
+    assert all(a.dtype == numpy.float32 for a in linear_backward(xp.ones_like(y), x, w))

@@ -67,6 +67,17 @@ def _f32(*vs):
             for v in vs]
 
 
+def _check_affine(name, x, named):
+    """``gamma``/``beta`` (and the like, ``named``) of ``x``'s dtype, or float32 for a float16
+    ``x`` (mixed precision), else ``ValueError`` naming the op: on NumPy a mix was computed
+    in one dtype or another (a float64 gamma: a float32 output in training mode, a float64
+    one in eval mode), where the device's kernels refused it."""
+    for what, a in named:
+        if a is not None and a.dtype != x.dtype and not (x.dtype == numpy.float16 and a.dtype == numpy.float32):
+            raise ValueError(f"{name}: input dtype {x.dtype.name} differs from the {what} dtype "
+                             f"{a.dtype.name}; cast the {what}: {what}.astype(numpy.{x.dtype.name})")
+
+
 def batch_norm_forward(x, gamma, beta, eps=1e-5, running=None):
     """Training-mode batch norm. ``x (N, C[, H, W])``, ``gamma``/``beta`` ``(C,)`` or None.
 
@@ -78,6 +89,7 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5, running=None):
     if eps.__class__ is not float or not 0.0 < eps < math.inf:    # -1 gave NaN, "x" failed in float()
         eps = _args.real("batch_norm_forward", "eps", eps, low=0, low_open=True)
     xp = get_array_module(x, gamma, beta)
+    _check_affine("batch_norm_forward", x, (("gamma", gamma), ("beta", beta)))
     if x.dtype == numpy.float16:
         gamma, beta = _f32(gamma, beta)
     if xp is not numpy:
@@ -136,6 +148,7 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std):
     ``gamma`` is None: they are then the gradients of an identity affine part).
     """
     xp = get_array_module(dy, x, gamma, mean, inv_std)
+    _check_affine("batch_norm_backward", x, (("gamma", gamma),))
     if x.dtype == numpy.float16:
         gamma, mean, inv_std = _f32(gamma, mean, inv_std)
     if xp is not numpy:
@@ -194,10 +207,12 @@ def batch_norm_eval(x, running_mean, running_var, gamma, beta, eps=1e-5):
     """Eval-mode batch norm with fixed statistics:
     ``y = (x - running_mean) / sqrt(running_var + eps) · gamma + beta``, folded into one
     per-channel scale and shift. The statistics are cast to ``x``'s dtype; a float16 ``x``
-    is computed in float32 and ``y`` rounded once."""
+    is computed in float32 and ``y`` rounded once. ``gamma``/``beta`` are of ``x``'s dtype
+    (float32 for a float16 ``x``), as in ``batch_norm_forward`` (``ValueError`` otherwise)."""
     if eps.__class__ is not float or not 0.0 < eps < math.inf:
         eps = _args.real("batch_norm_eval", "eps", eps, low=0, low_open=True)
     xp = get_array_module(x, running_mean, running_var, gamma, beta)
+    _check_affine("batch_norm_eval", x, (("gamma", gamma), ("beta", beta)))
     if x.dtype == numpy.float16:
         return batch_norm_eval(x.astype(numpy.float32), *_f32(running_mean, running_var, gamma, beta),
                                eps).astype(numpy.float16)

@@ -35,8 +35,21 @@ def device_matmul(xp, a, b, out=None):
     return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
 
 
+def same_dtype(name, x, named):
+    """Every array of ``named`` (``(what, array or None)`` pairs) of ``x``'s dtype, else
+    ``ValueError`` naming the op (as ``conv2d`` and PyTorch's ``F.linear`` refuse a mix):
+    NumPy would promote some mixes (a float64 weight made a float32 input's output float64)
+    and round others back in place (a float64 bias added into a float32 output)."""
+    for what, a in named:
+        if a is not None and a.dtype != x.dtype:
+            raise ValueError(f"{name}: input dtype {x.dtype.name} differs from the {what} dtype "
+                             f"{a.dtype.name}; cast the {what}: {what}.astype(numpy.{x.dtype.name})")
+
+
 def linear(x, weight, bias=None):
+    """``x @ weight.T + bias``, all of one dtype (``ValueError`` otherwise)."""
     get_array_module(x, weight, bias)
+    same_dtype("linear", x, (("weight", weight), ("bias", bias)))
     y = matmul(x, weight.T)
     if bias is not None:
         y += bias
@@ -50,6 +63,7 @@ def linear_backward(dy, x, weight, need_dx=True, need_bias=True):
         need_dx = _args.flag("linear_backward", "need_dx", need_dx)
         need_bias = _args.flag("linear_backward", "need_bias", need_bias)
     get_array_module(dy, x, weight)
+    same_dtype("linear_backward", x, (("weight", weight), ("dy", dy)))
     dw = matmul(dy.T, x)
     db = dy.sum(axis=0) if need_bias else None
     dx = matmul(dy, weight) if need_dx else None
