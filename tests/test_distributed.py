@@ -150,11 +150,11 @@ def _descendants(root):
 
 
 def _kill_on_sigterm(p):
-    """While launch() waits for ``p``: a SIGTERM to this process kills ``p``'s session too,
-    then ends this process as SIGTERM does (or as the handler before this one does). A
-    time limit's SIGTERM (timeout(1), sent to pytest's process group) does not reach a
-    launch, whose session is its own: its ranks, hung in a collective, would outlive the
-    run and spin through the GPU session's next steps. Returns the handler to restore
+    """While launch() waits for ``p``: a SIGTERM to this process kills the launch too
+    (``_killpg``), then ends this process as SIGTERM does (or as the handler before this one
+    does). A time limit's SIGTERM (timeout(1), sent to pytest's process group) does not
+    reach a launch, whose session is its own: its ranks, hung in a collective, would outlive
+    the run and spin through the GPU session's next steps. Returns the handler to restore
     (None off the main thread, where no handler can be set)."""
     if threading.current_thread() is not threading.main_thread():
         return None
