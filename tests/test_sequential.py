@@ -273,3 +273,26 @@ def test_an_activation_name_or_a_layer_class_in_a_sequential_says_what_goes_ther
         gpunet.Sequential(gpunet.Dense(4, 3), "leaky_relu")
     with pytest.raises(TypeError, match=r"^Sequential: argument 0 must be a Layer, got str$"):
         gpunet.Sequential("dense")
+
+
+def test_a_dtype_error_in_a_model_of_two_dtypes_names_them_and_the_cast():
+    """Found by the dtype audit: a layer appended to a model cast to float64 is float32 (as
+    in PyTorch, where the forward then fails with 'mat1 and mat2 must have the same
+    dtype'); the forward failed at that layer with 'Dense: expected dtype float32 (the
+    parameters' dtype), got float64; cast the input (x.astype(numpy.float32)) ...', the
+    input being the previous layer's output, not the user's. The note under it now says
+    the model holds two dtypes, which parameters, and the one cast that mends it."""
+    m = gpunet.Sequential(gpunet.Dense(4, 8), gpunet.BatchNorm(8), gpunet.ReLU(), gpunet.Dense(8, 3))
+    m.to(dtype=numpy.float64).append(gpunet.Dense(3, 2))
+    with pytest.raises(ValueError, match=r"^Dense: expected dtype float32") as info:
+        m(numpy.ones((2, 4)))
+    assert info.value.__notes__[-1] == (
+        "(raised by model layer 4: Dense(3, 2))\n(the model's parameters are of 2 dtypes (float64: "
+        "0.weight, 0.bias, 1.gamma and 3 more; float32: 4.weight, 4.bias), as when a layer, made in "
+        "float32, is added to a cast model: model.to(dtype=numpy.float64) makes them one)")
+    m.to(dtype=numpy.float64)
+    assert m(numpy.ones((2, 4))).dtype == numpy.float64
+    one = gpunet.Sequential(gpunet.Dense(4, 3))          # one dtype: the note names the layer only
+    with pytest.raises(ValueError) as info:
+        one(numpy.ones((2, 4)))
+    assert info.value.__notes__[-1] == "(raised by model layer 0: Dense(4, 3))"

@@ -1175,9 +1175,28 @@ class Sequential(Layer):
                 else:
                     path.insert(0, i)
                 e.__notes__[-1] = (f"(raised by model layer {'.'.join(map(str, path))}: "
-                                   f"{e._gpunet_layer})")
+                                   f"{e._gpunet_layer})") + self._mixed_dtypes_note(e)
             raise
         return x
+
+    def _mixed_dtypes_note(self, e):
+        """For a dtype error in a model whose parameters have more than one dtype (a layer
+        added to a model cast to float64 is made in float32, as in PyTorch): which
+        parameters have which dtype, and the cast that makes them one; else ``""``. Read
+        only once a forward has failed."""
+        if "dtype" not in str(e):
+            return ""
+        groups = {}
+        for name, p in self.named_parameters():
+            groups.setdefault(p.data.dtype.name, []).append(name)
+        if len(groups) < 2:
+            return ""
+        first = next(iter(groups))
+        listed = "; ".join(f"{dt}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                           for dt, names in groups.items())
+        return (f"\n(the model's parameters are of {len(groups)} dtypes ({listed}), as when a "
+                f"layer, made in float32, is added to a cast model: model.to(dtype=numpy.{first}) "
+                f"makes them one)")
 
     def backward(self, dy):
         for l in reversed(self.layers):
