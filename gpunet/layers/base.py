@@ -843,7 +843,9 @@ class Layer:
 
         ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"sim"``, or None to stay where
         each array is. ``dtype``: ``numpy.float32``/``float64`` (or their names), or None
-        to keep it. Integer buffers (dropout's counters) are left alone. Optimizers built
+        to keep it; ``numpy.float16`` (PyTorch's ``.half()``) is taken too (see
+        ``gpunet.optim.Optimizer`` on its optimizers; half precision trains better through
+        ``Trainer(..., precision="fp16")``). Integer buffers (dropout's counters) are left alone. Optimizers built
         over these parameters have their state moved and cast the same way, so training
         continues without a new optimizer. The caches of the last forward are invalidated
         (a backward before the next training-mode forward raises).
