@@ -202,3 +202,20 @@ def test_copy_deepcopy_and_pickle_stay_on_the_device():
     for y in (copy.copy(x), copy.deepcopy(x), pickle.loads(pickle.dumps(x))):
         assert isinstance(y, sp.ndarray) and y.data.ptr != x.data.ptr
         numpy.testing.assert_array_equal(y.get(), x.get())
+
+
+def test_host_data_of_a_dtype_cuda_arrays_cannot_hold_is_refused_as_cupy_does():
+    """Found by the dtype audit: the sim took big-endian data (FITS files, binary records)
+    and long double (float128) models to the device, where CuPy refuses them when host data
+    becomes a device array (cupy/_core/_dtype.pyx, check_supported_dtype): a run that
+    worked on the sim failed on the GPU. The sim now raises CuPy's ValueError."""
+    for dt, message in ((">f4", "Unsupported dtype >f4 with big-endian byte-order"),
+                        (">i8", "Unsupported dtype >i8 with big-endian byte-order"),
+                        (numpy.longdouble, f"Unsupported dtype {numpy.dtype(numpy.longdouble)}"),
+                        ("U3", "Unsupported dtype <U3")):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            sp.asarray(numpy.zeros(3, dt))
+    with pytest.raises(ValueError, match="^Unsupported dtype"):
+        gpunet.Dense(3, 2).to(dtype=numpy.longdouble).to("sim")
+    for dt in "?bhilqBHILQefdFD":                  # what a CuPy array holds
+        assert sp.asarray(numpy.zeros(3, dt)).dtype == numpy.dtype(dt)

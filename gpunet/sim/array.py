@@ -186,6 +186,21 @@ def identity(n, dtype=float):
     return eye(n, dtype=dtype)
 
 
+# the dtypes a CuPy array holds (cupy/_core/_dtype.pyx): bool, the integers, float16/32/64,
+# complex64/128; structured dtypes too (as bytes)
+_CUPY_TYPE_CHARS = "?bhilqBHILQefdFD"
+
+
+def _check_supported(dt):
+    """Refuse, as CuPy does when host data becomes a device array, a dtype no CUDA array
+    holds: big-endian data ('Unsupported dtype >f4 with big-endian byte-order') and
+    long double (float128), complex256, strings, datetimes ('Unsupported dtype float128')."""
+    if dt.byteorder == ">":
+        raise ValueError(f"Unsupported dtype {dt} with big-endian byte-order")
+    if dt.char not in _CUPY_TYPE_CHARS and dt.fields is None:
+        raise ValueError(f"Unsupported dtype {dt}")
+
+
 def _host(obj, dtype, order):
     """``obj`` (host data) as a new sim array: one allocation and its bytes host-to-device."""
     if isinstance(obj, (list, tuple)) and _builtins.any(isinstance(v, ndarray) for v in obj):
@@ -195,6 +210,7 @@ def _host(obj, dtype, order):
     h = _np.array(obj, dtype=dtype, order="C" if order in (None, "K", "A") else order, copy=True)
     if h.dtype == object:
         raise ValueError(f"Unsupported dtype object (from {type(obj).__name__})")
+    _check_supported(h.dtype)
     _C.h2d(h.nbytes)
     return _new(h)
 
