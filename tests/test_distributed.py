@@ -681,6 +681,46 @@ class LoopbackComm:
         return obj
 
 
+def test_a_dropped_distributed_optimizer_leaves_no_hooks_that_keep_it():
+    """A DistributedOptimizer made again over the same parameters (a notebook cell run again,
+    a sweep over learning rates on one model): the one dropped used to stay registered on
+    every parameter (its bound method in the hooks), so each new wrapper kept all the old
+    ones alive, with their buffers, and ran their hooks at every backward. The hooks now
+    hold the wrapper weakly and go with it, as a dropped torch DistributedDataParallel's do;
+    the wrapper in use still averages (the loopback world doubles: the mean is the grad)."""
+    import gc
+    import weakref
+    comm = LoopbackComm(rank=1)
+    net = W.model("mlp")
+    X, y = W.data()
+    xb, yb = X[:16], y[:16]
+    loss_fn = gpunet.SoftmaxCrossEntropy()
+    dropped = []
+    for _ in range(5):
+        opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.0), comm, bucket_mb=0.001)
+        dropped.append(weakref.ref(opt))
+        loss_fn(net(xb), yb)
+        net.zero_grad()
+        net.backward(loss_fn.backward())
+        opt.step()
+        del opt
+    gc.collect()
+    assert [r() for r in dropped] == [None] * 5
+    assert all(not p._hooks for p in net.parameters())
+    opt = D.DistributedOptimizer(gpunet.optim.SGD(net.parameters(), lr=0.0), comm, bucket_mb=0.001)
+    assert all(len(p._hooks) == 1 for p in net.parameters())
+    loss_fn(net(xb), yb)
+    net.zero_grad()
+    net.backward(loss_fn.backward())
+    local = [p.grad.copy() for p in net.parameters()]
+    opt.step()
+    assert opt.stats["launched"] == len(opt.buckets) > 1
+    for p, g in zip(net.parameters(), local):
+        numpy.testing.assert_array_equal(p.grad, g)      # (g/2) * 2 is g in binary floating point
+    opt.close()
+    assert all(not p._hooks for p in net.parameters())
+
+
 def test_trainer_on_a_non_root_rank_shows_no_bar_and_writes_no_checkpoint(tmp_path, capsys):
     comm = LoopbackComm(rank=1)
     net = W.model("mlp")

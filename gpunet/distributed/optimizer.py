@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 
 import numpy
 
@@ -68,6 +69,26 @@ def _forwarded(name):
                     doc=f"The wrapped optimizer's {name}.")
 
 
+class _WeakHook:
+    """The gradient hook of a ``DistributedOptimizer``: calls its ``_on_grad`` while it
+    lives, without keeping it alive (the parameters outlive a wrapper that is dropped)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner):
+        self._owner = weakref.ref(owner)
+
+    def __call__(self, p):
+        owner = self._owner()
+        if owner is not None:
+            owner._on_grad(p)
+
+
+def _unhook(handles):
+    for h in handles:
+        h.remove()
+
+
 class DistributedOptimizer:
     """DistributedOptimizer(optimizer, comm, bucket_mb=4.0, compression=None)
 
@@ -92,6 +113,10 @@ class DistributedOptimizer:
     After ``step()`` (with ``comm.size > 1``, without compression) each ``p.grad`` is a view
     of its bucket's buffer, whose contents the step after next overwrites (the next
     ``zero_grad()`` drops the view as usual); copy a gradient to keep it longer.
+
+    The gradient hooks hold the wrapper weakly: a wrapper no longer referenced (made again
+    over the same parameters, say) unregisters them when it goes, as a dropped torch
+    ``DistributedDataParallel`` does; ``close()`` unregisters them at once.
 
     ``no_sync()``: a context in which backwards start no all-reduce (gradient accumulation
     over micro-batches: the reduction then happens at ``step()``). ``trace``: set it to a
@@ -130,8 +155,14 @@ class DistributedOptimizer:
         self._layout = None
         if comm.size > 1:
             self._build()
+            # the hooks hold this wrapper weakly, and it unregisters them when it goes, as a
+            # dropped torch DistributedDataParallel does: a wrapper made again over the same
+            # parameters (a notebook cell run again) leaves no hooks behind that keep the old
+            # one and its buffers alive and run at every backward
+            hook = _WeakHook(self)
             for p in optimizer.params:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
+                self._handles.append(p.register_post_accumulate_grad_hook(hook))
+            weakref.finalize(self, _unhook, list(self._handles))
 
     # -- the wrapped optimizer ------------------------------------------------------------------
     def __getattr__(self, name):
