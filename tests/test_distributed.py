@@ -205,14 +205,14 @@ def test_two_processes_match_one_process_on_the_global_batch(kind, tmp_path):
 @needs_mpi
 @pytest.mark.parametrize("how", ["time limit", "SIGTERM", "time limit, a rank's process in a session of its own"])
 def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
-    """A launch whose 2 ranks sleep 60 s, in a process of its own, interrupted 5 s in.
+    """A launch whose 2 ranks sleep 60 s, in a process of its own, interrupted once both run.
 
     time limit: pytest-timeout (its signal method) ends a test by raising in it, here while
     launch() waits for mpiexec. Before, Popen's exit then waited for the launch, whose
     processes their own session kept from anything else that ended: the test hung as long
     as the launch did (GPU run 4's two launcher tests that hung past --timeout 100 until the
     call's limit). A stand-in: SIGALRM raising, as pytest-timeout's does. The exception now
-    comes within seconds.
+    comes within seconds of the signal.
 
     SIGTERM: timeout(1)'s signal to the process group of pytest (GPU sessions run pytest
     under it) did not reach the launch's session; the ranks outlived the run.
@@ -228,7 +228,7 @@ def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
                if how.endswith("own") else "")
             + "open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\ntime.sleep(60)\n")
     script = f"""if True:
-        import signal, sys, time
+        import os, signal, sys, threading, time
         sys.path.insert(0, {HERE!r})
         import test_distributed as TD
 
@@ -237,14 +237,23 @@ def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
 
         def on_alarm(*a):
             raise Limit()
+
+        fired = []
+
+        def limit_once_started():
+            t_end = time.monotonic() + 60
+            while len(os.listdir({str(tmp_path)!r})) < 2 and time.monotonic() < t_end:
+                time.sleep(0.05)
+            time.sleep(0.5)                  # launch() is waiting by now
+            fired.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGALRM)
         if {how.startswith("time limit")!r}:
             signal.signal(signal.SIGALRM, on_alarm)
-            signal.alarm(5)
-        t0 = time.monotonic()
+            threading.Thread(target=limit_once_started, daemon=True).start()
         try:
             TD.launch(["-c", {rank!r}, {str(tmp_path)!r}], n=2, timeout=100)
         except Limit:
-            print(f"interrupted; launch() returned after {{time.monotonic() - t0:.1f}} s")
+            print(f"interrupted; launch() returned {{time.monotonic() - fired[0]:.1f}} s after the signal")
         """
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True) as p:
@@ -262,7 +271,7 @@ def test_a_launch_interrupted_ends_its_processes(tmp_path, how):
     assert len(ranks) == 2, (ranks, out, err)      # both started before the interruption
     if how.startswith("time limit"):
         assert p.returncode == 0, out + err
-        seconds = float(out.split("after ")[1].split(" s")[0])
+        seconds = float(out.split("returned ")[1].split(" s")[0])
         assert seconds < 20, out       # 60 s (the ranks' sleep) before: Popen waited for them
     else:
         assert p.returncode == -signal.SIGTERM, (p.returncode, out, err)
