@@ -177,9 +177,9 @@ def test_staged_batches_are_the_host_batches_and_ordered_by_events(monkeypatch):
 
 
 def test_a_new_stream_does_not_inherit_a_freed_streams_waits():
-    """The sim's ordering check keys waits by a stream serial, not id(): a freed stream's
-    id comes back for the next stream CPython allocates, and with id() keys that stream
-    inherited the waits (the staged-loader test above then failed now and then)."""
+    """The sim's ordering check keys waits by the stream itself (weakly), not id(): a freed
+    stream's id comes back for the next stream CPython allocates, and with id() keys that
+    stream inherited the waits (the staged-loader test above then failed now and then)."""
     sp = gpunet.backend.require_sim()
     cur = sp.cuda.get_current_stream()
     pinned = numpy.frombuffer(sp.cuda.alloc_pinned_memory(4 * 8), numpy.float32, 8)

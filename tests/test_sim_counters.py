@@ -197,3 +197,43 @@ def test_fused_ops_launch_budgets():
     assert c["kernels"] == {"dropout_apply<float>": 1} and c["allocs"] == 1 and c["syncs"] == 0
     c, _ = _delta(lambda: FD.dropout_backward(x.transpose(1, 0, 2, 3), 0.5, 1, 0, "inverted"))
     assert c["kernels"] == {"copy": 1, "dropout_apply<float>": 1}
+
+
+def test_a_staged_loader_leaves_nothing_behind_on_the_compute_stream_per_pass(monkeypatch):
+    """A DataLoader whose data is not resident stages each pass through a copy stream of its
+    own, which the compute stream waits for. The compute stream (the null stream, alive for
+    the whole process) kept one record per stream it had waited for, keyed by a serial that
+    outlived the stream: one more per pass, for good (103 after 103 passes of a long run).
+    The records go with their streams now; the ordering check still holds."""
+    from gpunet import data as gdata
+    monkeypatch.setattr(gdata, "RESIDENT_FRACTION", 0.0)
+    X = numpy.arange(64 * 4, dtype=numpy.float32).reshape(64, 4)
+    y = numpy.arange(64) % 3
+    loader = gdata.DataLoader(X, y, batch_size=16, shuffle=True, seed=0, device="sim")
+    compute = sp.cuda.get_current_stream()
+
+    def passes(n):
+        total = 0.0
+        for _ in range(n):
+            for xb, yb in loader:
+                total += float(xb.sum()) + float(yb.sum())
+        return total
+
+    assert passes(3) == 3 * (float(X.sum()) + float(y.sum()))
+    assert not loader.resident
+    passes(5)
+    records = len(compute._waits)
+    passes(200)
+    # counted, not traced: NumPy's ctypes keeps a few small blocks of its own for a while
+    # (at the pinned buffers' .ctypes.data), which tracemalloc would mix in
+    assert len(compute._waits) <= records, f"{len(compute._waits)} records after 205 passes"
+    # the check the records serve: a copy on a stream not waited for is still refused
+    copy = sp.cuda.Stream(non_blocking=True)
+    pinned = numpy.frombuffer(sp.cuda.alloc_pinned_memory(4 * 8), numpy.float32, 8)
+    pinned[...] = 1.0
+    d = sp.empty(8, numpy.float32)
+    d.set(pinned, stream=copy)
+    with pytest.raises(RuntimeError, match="wait_event"):
+        d + 1
+    compute.wait_event(copy.record())
+    assert float((d + 1).sum()) == 16.0

@@ -8,7 +8,7 @@ small enough to run block by block on a CPU, yet large enough that every launche
 several blocks and, on inputs of a few ten thousand elements, grid-stride loops of more
 than one pass.
 """
-import itertools as _itertools
+import weakref as _weakref
 import numpy as _np
 
 from . import _counters
@@ -113,17 +113,18 @@ class Stream:
     """
 
     _current: list = []
-    _serials = _itertools.count()
 
     def __init__(self, null=False, non_blocking=False, priority=None):
         self.null = null
         self._non_blocking = bool(non_blocking)
         self._capturing = False
         self._ops = 0          # async operations enqueued on this stream so far
-        self._waits = {}       # other stream's serial -> the last of its operations waited for
-        # a serial that is never reused (an id() is, once a stream is freed: a new stream
-        # would then inherit a dead one's waits and an unordered read would go unnoticed)
-        self._serial = next(Stream._serials)
+        # other stream -> the last of its operations waited for. Keyed by the stream itself,
+        # weakly: an entry goes with its stream (a staged DataLoader makes a copy stream per
+        # pass, which the compute stream waits for: one entry per pass, for good, when keyed
+        # by a serial), and a new stream never inherits a freed one's waits, as it would by
+        # id() (an unordered read would then go unnoticed)
+        self._waits = _weakref.WeakKeyDictionary()
 
     def synchronize(self):
         _counters.sync()
@@ -175,12 +176,12 @@ class Stream:
         if event._at is not None:
             other, seq = event._at
             if other is not self:
-                self._waits[other._serial] = max(self._waits.get(other._serial, 0), seq)
+                self._waits[other] = max(self._waits.get(other, 0), seq)
 
     def _has_waited(self, other, op):
         """Whether this stream waited for an event of ``other`` recorded after its
         operation number ``op``."""
-        return other is self or self._waits.get(other._serial, 0) >= op
+        return other is self or self._waits.get(other, 0) >= op
 
     def __repr__(self):
         return "<sim null stream>" if self.null else f"<sim Stream 0x{id(self):x}>"
