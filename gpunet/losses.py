@@ -183,6 +183,12 @@ class SoftmaxCrossEntropy(Loss):
     ``softmax - target``); ``"none"`` returns the ``(N,)`` row losses, 0 on ignored rows,
     as PyTorch. All rows ignored gives a zero loss and gradient (PyTorch's mean gives NaN).
 
+    dtypes: class indices of any integer dtype (PyTorch takes int64 and uint8 only; int32
+    and int16 come from files); float or bool ones raise ``ValueError`` with the cast. The
+    loss and gradient are in the logits' dtype (probability targets are read in it: float64
+    ones keep a float32 model's loss float32, where PyTorch promotes it to float64), except
+    for float16 logits, whose loss is float32 (gradient float16).
+
     The logits are the raw outputs of the last layer: a model ending in a softmax (Keras'
     ``Dense(10, activation="softmax")``, whose loss takes ``from_logits=False``) gets a
     ``UserWarning`` at the loss's first call, as Keras warns when ``from_logits=True`` meets
@@ -228,7 +234,12 @@ class BCEWithLogits(Loss):
     reduced by ``reduction`` (``"mean"`` over all elements, ``"sum"``, ``"none"``).
 
     ``z`` are raw logits: a model ending in a sigmoid gets a ``UserWarning`` at the loss's
-    first call (see ``SoftmaxCrossEntropy``)."""
+    first call (see ``SoftmaxCrossEntropy``).
+
+    The loss and its gradient are in ``z``'s dtype: ``y`` is read in it (``y.astype(z.dtype)``),
+    so float64 targets from pandas or sklearn keep a float32 model's loss float32, where
+    PyTorch promotes the loss to float64; bool and integer 0/1 targets (masks, labels) are
+    taken as numbers, where PyTorch's ``binary_cross_entropy_with_logits`` refuses them."""
 
     _applies = "sigmoid"
     _hint = " (a logit above 0 is a probability above 0.5)."
@@ -240,7 +251,11 @@ class BCEWithLogits(Loss):
 
 class MSELoss(Loss):
     """Squared error ``(x - y)²``, reduced by ``reduction`` (``"mean"`` over all elements,
-    ``"sum"``, ``"none"``)."""
+    ``"sum"``, ``"none"``).
+
+    The loss and its gradient are in ``x``'s dtype: ``y`` is read in it (``y.astype(x.dtype)``),
+    so float64 or integer regression targets keep a float32 model's loss float32, where
+    PyTorch promotes ``mse_loss`` of a float32 input and a float64 target to float64."""
 
     def forward(self, x, y):
         loss, self._grad = F.mse(x, y, self.reduction)
