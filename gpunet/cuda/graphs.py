@@ -161,9 +161,13 @@ class CUDAGraph:
                     hook()
 
     def keep(self, obj):
-        """Keep ``obj`` (an array the graph reads) alive as long as the graph; once each (the
-        sim's replays re-run the captured step, and with it every ``keep``)."""
-        self._keep.setdefault(id(obj), obj)
+        """Keep ``obj`` (an array the graph reads) alive as long as the graph; once each.
+        At capture only: the sim's replays re-run the captured step, and with it every
+        ``keep``, on the captured buffers, which the graph holds already (an object made
+        anew at each replay, such as the optimizer table patched for gradients past the
+        64 kernel arguments, was kept once per replay: one more per step, for good)."""
+        if self._graph is None:
+            self._keep.setdefault(id(obj), obj)
 
     def _modules(self):
         from ..backend import require_cuda, require_sim
