@@ -590,6 +590,29 @@ def test_sync_batchnorm_in_a_world_of_one_is_batchnorm():
     gpunet.gradcheck(D.SyncBatchNorm(3, comm=one_process_comm()).to(dtype=numpy.float64), x[:4])
 
 
+def test_sync_batchnorm_of_a_float16_model_keeps_float32_statistics():
+    """Found by the dtype audit: SyncBatchNorm in a model cast to float16 (model.to(dtype=
+    numpy.float16)) summed the batch and counted its values in float16, where BatchNorm
+    computes the statistics in float32: a batch of (64, 4, 16, 16) around 5 (a sum of
+    ~82,000, past float16's 65504) gave NaN outputs and inf running means, (128, 4, 32, 32)
+    (a count of 131,072) an OverflowError. In a world of one it is BatchNorm again, bit for
+    bit on the CPU, with float16 outputs, gradients and buffers."""
+    rng = numpy.random.default_rng(0)
+    for shape in ((64, 4, 16, 16), (128, 4, 32, 32)):
+        x = (rng.standard_normal(shape) * 3 + 5).astype(numpy.float16)
+        dy = rng.standard_normal(shape).astype(numpy.float16)
+        bn = gpunet.layers.BatchNorm(4).to(dtype=numpy.float16)
+        sbn = D.SyncBatchNorm(4, comm=one_process_comm()).to(dtype=numpy.float16)
+        y = sbn(x)
+        assert y.dtype == numpy.float16 and numpy.isfinite(y).all()
+        numpy.testing.assert_array_equal(y, bn(x))
+        numpy.testing.assert_array_equal(sbn.backward(dy), bn.backward(dy))
+        for a, b in ((sbn.gamma.grad, bn.gamma.grad), (sbn.beta.grad, bn.beta.grad),
+                     (sbn.running_mean, bn.running_mean), (sbn.running_var, bn.running_var)):
+            assert a.dtype == numpy.float16
+            numpy.testing.assert_array_equal(a, b)
+
+
 def test_sync_batchnorm_convert_keeps_parameters_and_buffers():
     net = gpunet.layers.Sequential(gpunet.layers.Dense(4, 3), gpunet.layers.BatchNorm(3))
     gamma, rm = net[1].gamma, net[1].running_mean

@@ -74,6 +74,11 @@ class SyncBatchNorm(BatchNorm):
         xp = get_array_module(x)
         axes, s = _axes(x), _bcast(x)
         c = self.num_features
+        half = x.dtype == numpy.float16
+        if half:
+            # a model cast to float16: statistics in float32, as BatchNorm's (in float16 the
+            # count and the sums pass 65504: inf running means, NaN outputs)
+            x = x.astype(numpy.float32)
         # one all-reduce for the sums and the count M (exact in floating point below 2**24)
         local = xp.concatenate([x.sum(axis=axes), xp.asarray([x.size // c], dtype=x.dtype)])
         total = self.comm.allreduce(local)
@@ -90,8 +95,9 @@ class SyncBatchNorm(BatchNorm):
             y *= g.reshape(s)
             y += b.reshape(s)
         self._update_running(mean, var, m)
-        self._cache = (x, mean, inv_std, m)
-        return y
+        self._cache = (x, mean, inv_std, m)        # x in float32 for a float16 model: the
+        # float16 dy of its backward takes the float32 branch there
+        return y.astype(numpy.float16) if half else y
 
     def backward(self, dy):
         if self._cache is None:
@@ -116,9 +122,9 @@ class SyncBatchNorm(BatchNorm):
         dx -= sums[:c].reshape(s)
         dx -= xhat * sums[c:].reshape(s)
         dx *= k.reshape(s)
-        if self.affine:
-            self.gamma.accumulate(dgamma)
-            self.beta.accumulate(dbeta)
+        if self.affine:     # float32 sums of a float16 model go back to float16, as in BatchNorm
+            self.gamma.accumulate(dgamma.astype(self.gamma.data.dtype, copy=False))
+            self.beta.accumulate(dbeta.astype(self.beta.data.dtype, copy=False))
         return dx
 
     def extra_repr(self):
