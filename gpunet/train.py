@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 
 import numpy
 
@@ -1453,7 +1454,12 @@ class Trainer:
             if st is None:
                 sx, sy = xb.copy(), yb.copy()
                 g = CUDAGraph(self.device)
-                loss, out = g.capture(self._device_step, sx, sy, model=self.model)
+                # the step is held weakly by the graph, which this Trainer holds: on the sim,
+                # whose replays re-run it, a bound method made the two a reference cycle, and
+                # a dropped Trainer and its model waited for the cyclic gc (the replays come
+                # from this Trainer, so it is alive whenever the step runs)
+                step = weakref.WeakMethod(self._device_step)
+                loss, out = g.capture(lambda x, y: step()(x, y), sx, sy, model=self.model)
                 self._graph = (key, g, sx, sy, loss, out)
             else:
                 _, g, sx, sy, loss, out = st

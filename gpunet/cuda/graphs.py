@@ -66,6 +66,8 @@ addresses. It counts as one launch (``cudaGraphLaunch``) and ``graph_launches``.
 """
 from __future__ import annotations
 
+import weakref
+
 _capture = None
 
 #: Attributes in which layers keep a buffer from one training step for the next to reuse
@@ -125,6 +127,19 @@ def updated_in_place(owner, *names):
     cap.before_replay(hook)
     for a in hook.arrays:
         cap.keep(a)
+
+
+def _weak_replay(cap):
+    """``cap._replay_on_sim`` without holding ``cap`` (see ``CUDAGraph.capture``)."""
+    ref = weakref.ref(cap)
+
+    def replay():
+        owner = ref()
+        if owner is None:
+            raise RuntimeError("gpunet.sim: the CUDAGraph that captured this graph is gone; "
+                               "replay through CUDAGraph.replay")
+        owner._replay_on_sim()
+    return replay
 
 
 class CUDAGraph:
@@ -205,7 +220,10 @@ class CUDAGraph:
                     release_step_buffers(model)
                 fn(*args, **kwargs)
             self._run = run
-            graph._replay = self._replay_on_sim
+            # the sim's Graph calls back into this object at each launch: weakly, so that the
+            # two are no reference cycle, which only the cyclic gc frees (they hold the step's
+            # buffers); whoever launches holds this object (CUDAGraph.replay)
+            graph._replay = _weak_replay(self)
         else:
             for hook in self._hooks:   # as before every replay: the lr of this step, ...
                 hook()
