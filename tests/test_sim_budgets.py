@@ -164,6 +164,12 @@ def test_staged_batches_are_the_host_batches_and_ordered_by_events(monkeypatch):
                     numpy.testing.assert_array_equal(gpunet.to_numpy(u), v)
                 n += 1
             assert n == STEPS and not staged.resident
+    assert_an_unwaited_copy_is_refused()
+
+
+def assert_an_unwaited_copy_is_refused():
+    """A copy on a side stream is refused on the compute stream until that stream waits for
+    it (what a GPU would do silently: read stale data); after the wait it reads right."""
     sp = gpunet.backend.require_sim()
     copy = sp.cuda.Stream(non_blocking=True)
     pinned = numpy.frombuffer(sp.cuda.alloc_pinned_memory(4 * 8), numpy.float32, 8)
