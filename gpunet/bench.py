@@ -542,22 +542,11 @@ def numpy_blas() -> list[dict]:
     """NumPy's BLAS as ``gpunet.threads`` finds it in this process: per library its API,
     version, threading, threads and, for OpenBLAS, the kernels it picked for this CPU
     (``openblas_get_corename``, e.g. ``SkylakeX``, ``Zen``, ``Haswell``)."""
-    import ctypes
     from . import threads
     out = []
     for lib in threads.blas_libraries():
-        d = {"api": lib.api, "version": lib.version, "threading": lib.threading,
-             "threads": lib.get_num_threads(), "path": lib.path, "kernels": None}
-        if lib.api == "openblas":
-            try:
-                handle = ctypes.CDLL(lib.path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-                f = threads._symbol(handle, threads._openblas_names("get_corename"))
-                if f is not None:
-                    f.restype, f.argtypes = ctypes.c_char_p, []
-                    d["kernels"] = (f() or b"").decode(errors="replace") or None
-            except OSError:
-                pass
-        out.append(d)
+        out.append({"api": lib.api, "version": lib.version, "threading": lib.threading,
+                    "threads": lib.get_num_threads(), "path": lib.path, "kernels": lib.kernels or None})
     return out
 
 

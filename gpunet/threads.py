@@ -107,6 +107,10 @@ class BlasLibrary:
     threading: str                # "pthreads", "openmp", "sequential" or "" when unknown
     _get: object = field(repr=False)
     _set: object = field(repr=False)
+    # OpenBLAS: the kernels it picked for this CPU at load ("Haswell", "SkylakeX", ...; its
+    # openblas_get_corename, which OPENBLAS_CORETYPE overrides); "" when unknown. They decide
+    # a product's last bits as much as the thread count does (guide §9).
+    kernels: str = ""
 
     def get_num_threads(self) -> int:
         return int(self._get())
@@ -122,8 +126,10 @@ class BlasLibrary:
 
     def __str__(self):
         threading = f", {self.threading}" if self.threading else ""
+        kernels = f", {self.kernels} kernels" if self.kernels else ""
         n = self.get_num_threads()
-        return f"{self.label} ({os.path.basename(self.path)}{threading}): {n} thread{'s' * (n != 1)}"
+        return (f"{self.label} ({os.path.basename(self.path)}{threading}{kernels}): "
+                f"{n} thread{'s' * (n != 1)}")
 
 
 def _open(path, kind) -> BlasLibrary | None:
@@ -146,7 +152,9 @@ def _open(path, kind) -> BlasLibrary | None:
         parallel = _function(lib, _openblas_names("get_parallel"), ctypes.c_int)
         if parallel is not None:
             threading = {0: "sequential", 1: "pthreads", 2: "openmp"}.get(parallel(), "")
-        return BlasLibrary("openblas", path, version, threading, *calls)
+        corename = _function(lib, _openblas_names("get_corename"), ctypes.c_char_p)
+        kernels = (corename() or b"").decode(errors="replace").strip() if corename is not None else ""
+        return BlasLibrary("openblas", path, version, threading, *calls, kernels=kernels)
     if kind == "mkl":
         calls = _thread_calls(lib, ["MKL_Get_Max_Threads"], ["MKL_Set_Num_Threads"], ctypes.c_int)
         if calls is None:
@@ -232,7 +240,8 @@ def limit(n: int):
 
 
 def describe() -> str:
-    """One line for ``gpunet info`` and ``gpunet train``: library, version, threads."""
+    """One line for ``gpunet info`` and ``gpunet train``: library, version, threads (and
+    OpenBLAS's kernels)."""
     libs = blas_libraries()
     if not libs:
         return "no OpenBLAS/MKL/BLIS library found in this process (thread count unknown)"

@@ -181,6 +181,34 @@ def test_info_shows_blas_and_count():
         assert re.search(rf"(OpenBLAS|MKL|BLIS).*: {n} threads?$", line[0]), line[0]
 
 
+
+@linux_or_mac
+def test_info_names_openblas_kernels():
+    """OpenBLAS's kernels (picked for the CPU at load, OPENBLAS_CORETYPE overrides) decide a
+    product's last bits as much as the thread count does (guide §9), so ``gpunet info`` names
+    them: those OpenBLAS itself reports at load (OPENBLAS_VERBOSE=2 prints 'Core: Haswell' in
+    a DYNAMIC_ARCH build, as NumPy's wheels are) and threadpoolctl reads."""
+    libs = threads.blas_libraries()
+    if not libs or libs[0].api != "openblas":
+        pytest.skip(f"NumPy's BLAS here is not OpenBLAS ({libs[0].label if libs else 'none found'})")
+    p = subprocess.run([sys.executable, "-c", "from gpunet import cli; cli.main(['info'])"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OPENBLAS_VERBOSE": "2"})
+    assert p.returncode == 0, p.stderr
+    core = re.search(r"^Core: (\S+)", p.stderr + p.stdout, re.M)
+    if core is None:
+        pytest.skip("this OpenBLAS does not report its kernels at load (not a DYNAMIC_ARCH build)")
+    line = [l for l in p.stdout.splitlines() if l.startswith("blas")]
+    assert len(line) == 1 and f", {core.group(1)} kernels)" in line[0], (core.group(0), line)
+    assert libs[0].kernels == core.group(1)         # this process: the same environment
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    arch = {os.path.realpath(i["filepath"]): i.get("architecture") for i in threadpoolctl.threadpool_info()
+            if i["internal_api"] == "openblas"}
+    assert arch[os.path.realpath(libs[0].path)] == libs[0].kernels, (arch, libs[0])
+
 def test_train_where_no_blas_is_found(monkeypatch, capsys):
     monkeypatch.setattr(threads, "blas_libraries", lambda: [])
     assert cli.main(["train", "--device", "cpu", "--epochs", "1", "--quiet"]) == 0
