@@ -355,7 +355,8 @@ def load(path, model, optimizer=None, *, scheduler=None, scaler=None, strict=Tru
 
     Everything a training step reads comes back — parameters, buffers, dropout draw
     counters, optimizer moments and step counts, the schedule's epoch — so a resumed run
-    continues bit for bit. A missing key or a shape mismatch raises ``ValueError`` naming
+    continues bit for bit where the products run as before (the same BLAS kernels and
+    thread count on the CPU: guide §9). A missing key or a shape mismatch raises ``ValueError`` naming
     each such key; a file that is not a gpunet checkpoint (a ``.npy`` array, a text file,
     a truncated or foreign archive) raises ``ValueError`` naming the path, and a path with
     no file ``FileNotFoundError`` (also a ``ValueError``: :class:`CheckpointNotFoundError`),

@@ -26,8 +26,9 @@ Conventions, stated once for the whole module:
   ``allow_pickle=False``): hyper-parameters (``"lr"``, ``"momentum"``, ...), ``"num_params"``
   and, for parameter ``i`` (its index in ``params``), ``"state.<i>.step"`` and its buffers
   ``"state.<i>.<buffer>"``. ``load_state_dict`` restores all of it onto each parameter's
-  device and dtype, so a resumed run continues bit for bit (and loading is the way to
-  move an optimizer's state after ``model.to(device)``).
+  device and dtype, so a resumed run continues bit for bit with the same BLAS kernels and
+  thread count (guide §9); loading is also the way to move an optimizer's state after
+  ``model.to(device)``.
 * On a CUDA device (or the sim), ``step()`` is one kernel launch per dtype present, however
   many parameters, over every parameter with a gradient (``kernels/optim.cu``,
   multi-tensor apply), with the NumPy path's arithmetic operation for operation; a

@@ -574,7 +574,8 @@ class ModelCheckpoint(Callback):
     of the Trainer, as its shuffles do: ``fit(epochs=2)`` twice trains as one
     ``fit(epochs=4)`` (see ``Trainer.fit``), and the second fit's checkpoints say epoch 3
     and 4, not 1 and 2 as its History and Keras' ``{epoch}`` would, so a resume with
-    ``fit(epochs=4, initial_epoch=meta["epoch"])`` continues that run bit for bit (with
+    ``fit(epochs=4, initial_epoch=meta["epoch"])`` continues that run bit for bit (on the same
+    BLAS kernels and thread count, guide §9; with
     ``epochs=2``, the second fit's own stop, it raises ``ValueError``: the initial epoch is
     past it), and a template path does not overwrite the first fit's files. Under ``Trainer(comm=...)`` only rank 0
     writes (every process holds the same model and optimizer state; the file resumes on
@@ -1525,7 +1526,8 @@ class Trainer:
         ``drop_last=True`` drops it), and the epoch's loss weights each batch by its
         samples; epoch ``k`` visits the samples in
         the order of ``(seed, k)``, so a run resumed with ``initial_epoch=k`` after
-        ``gpunet.load`` continues bit for bit. A fit without ``initial_epoch`` on a Trainer
+        ``gpunet.load`` continues bit for bit (with the same BLAS kernels and thread count,
+        guide §9). A fit without ``initial_epoch`` on a Trainer
         that has trained before goes on with the orders after those of its last epoch (so
         ``fit(epochs=1)`` in a loop reshuffles at each call, as Keras' ``fit`` and a PyTorch
         ``DataLoader`` do, and ``fit(epochs=5)`` twice takes the orders of one
