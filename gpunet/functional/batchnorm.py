@@ -37,6 +37,7 @@ import numpy
 
 from .. import _args
 from ..backend import get_array_module
+from .linear import same_dtype
 from .layout import ORDERS, copy_as, memory_order
 
 
@@ -69,13 +70,12 @@ def _f32(*vs):
 
 def _check_affine(name, x, named):
     """``gamma``/``beta`` (and the like, ``named``) of ``x``'s dtype, or float32 for a float16
-    ``x`` (mixed precision), else ``ValueError`` naming the op: on NumPy a mix was computed
-    in one dtype or another (a float64 gamma: a float32 output in training mode, a float64
-    one in eval mode), where the device's kernels refused it."""
-    for what, a in named:
-        if a is not None and a.dtype != x.dtype and not (x.dtype == numpy.float16 and a.dtype == numpy.float32):
-            raise ValueError(f"{name}: input dtype {x.dtype.name} differs from the {what} dtype "
-                             f"{a.dtype.name}; cast the {what}: {what}.astype(numpy.{x.dtype.name})")
+    ``x`` (mixed precision), else ``ValueError`` naming the op (``linear``'s check): on NumPy
+    a mix was computed in one dtype or another (a float64 gamma: a float32 output in
+    training mode, a float64 one in eval mode), where the device's kernels refused it."""
+    if x.dtype == numpy.float16:
+        named = [(what, a) for what, a in named if a is None or a.dtype != numpy.float32]
+    same_dtype(name, x, named)
 
 
 def batch_norm_forward(x, gamma, beta, eps=1e-5, running=None):
