@@ -400,6 +400,9 @@ def cmd_info(args):
     print(f"cpu      {cpu_model()} ({os.cpu_count()} logical cores)")
     from gpunet import threads
     print(f"blas     {threads.describe()}")
+    from gpunet import hostkernels
+    print(f"host kernels {hostkernels.status()} (cache {hostkernels.cache_dir()}; "
+          "GPUNET_HOST_KERNELS=0: NumPy only)")
     if backend.cuda_available():
         n = cp.cuda.runtime.getDeviceCount()
         for i in range(n):

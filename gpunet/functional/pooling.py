@@ -17,6 +17,10 @@ rows of NCHW), CNHW or NCHW, and returns ``y``, ``arg`` and ``dx`` in that same 
   (PyTorch's ``count_include_pad=True``, its default).
 * global average pooling: ``(N, C, H, W) -> (N, C)``, the mean over ``H, W``.
 
+Where the host C++ compiler is found, max pooling on NumPy runs in compiled kernels
+(:mod:`gpunet.hostkernels`: one pass each way, the same bits); the NumPy code here is the
+reference they are tested against, and the fallback (``GPUNET_HOST_KERNELS=0``).
+
 On a GPU (CuPy or the sim) max and average pooling are one kernel launch each way
 (``kernels/pooling.cu``: the same operations in the same order, so the same results); they
 read their input in any layout and return NCHW-contiguous arrays.
@@ -30,6 +34,7 @@ import numpy
 
 from .conv import output_size, pair
 from .layout import ORDERS, as_order, empty_in, memory_order
+from .. import hostkernels
 from ..backend import get_array_module
 
 
@@ -122,7 +127,12 @@ def _pad_planes(t, padding, value):
 
 
 def _max_pool(xp, t, kernel, stride, padding, out_hw):
-    """Max pooling of the planes ``t (A, H, W, B)``: ``(y, arg)`` as ``(A, OH, OW, B)``."""
+    """Max pooling of the planes ``t (A, H, W, B)``: ``(y, arg)`` as ``(A, OH, OW, B)``.
+    The compiled kernel (:mod:`gpunet.hostkernels`) gives the same bits in one pass where it
+    is built; the NumPy code below is the reference and the fallback."""
+    done = hostkernels.max_pool(t, kernel, stride, padding, out_hw)
+    if done is not None:
+        return done
     kk = kernel[0] * kernel[1]
     a, b = t.shape[0], t.shape[3]
     y = xp.empty((a,) + out_hw + (b,), dtype=t.dtype)
@@ -174,9 +184,14 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
         arg, layout = numpy.ascontiguousarray(arg), "nchw"
     n, c = x_shape[:2]
     argt = _to_planes(arg, layout)
-    # dy in arg's layout first (one small copy when it comes otherwise, e.g. NCHW through
-    # Flatten): the per-offset passes below are several times slower on mixed layouts
-    dyt = _to_planes(as_order(dy, layout), layout)
+    if argt.dtype == numpy.uint8 and hostkernels.library() is not None:
+        # the compiled kernel reads dy's planes at any strides (a view: no copy for dy of
+        # another layout, e.g. NCHW through Flatten)
+        dyt = _to_planes(dy, layout)
+    else:
+        # dy in arg's layout first (one small copy when it comes otherwise): the per-offset
+        # passes below are several times slower on mixed layouts
+        dyt = _to_planes(as_order(dy, layout), layout)
     planes = (argt.shape[0],) + tuple(x_shape[2:]) + (argt.shape[3],)
     return _from_planes(_max_pool_backward(xp, dyt, argt, planes, kernel, stride, padding),
                         layout, n, c)
@@ -191,6 +206,9 @@ def _max_pool_backward(xp, dy, arg, planes, kernel, stride, padding):
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     # windows that tile the padded input exactly write every element: no zero fill needed
     tiled = stride == kernel and hp == out_hw[0] * kernel[0] and wp == out_hw[1] * kernel[1]
+    dxpad = hostkernels.max_pool_backward(dy, arg, (a, hp, wp, b), kernel, stride, disjoint, tiled)
+    if dxpad is not None:            # the compiled kernel: the same bits as the loop below
+        return dxpad[:, ph:ph + h, pw:pw + w] if ph or pw else dxpad
     dxpad = xp.empty((a, hp, wp, b), dtype=dy.dtype)
     if not tiled:
         dxpad[...] = 0

@@ -1,0 +1,196 @@
+"""Compiled CPU kernels for the NumPy path's memory-bound passes: max pooling forward and
+backward (``pooling.cpp``).
+
+NumPy runs max pooling as one strided copy and ``kh*kw`` elementwise passes; these kernels
+read each input once and write each output once. They compute the **same bits** as the
+NumPy code they replace (``gpunet/functional/pooling.py``): only exact operations
+(compare, select, a multiply by 1.0 or 0.0, the overlapping windows' adds in the same
+order), compiled with ``-ffp-contract=off``. So a machine without a compiler, or with the
+kernels switched off, gets identical results, only slower; the tests check that bit for bit.
+
+They are built on first use with the host C++ compiler (``$CXX``, else ``g++``, ``c++`` or
+``clang++``: the one the sim device uses) and cached in ``$GPUNET_HOST_CACHE`` (default
+``~/.cache/gpunet/host``), keyed on the source, the flags and the compiler's version; a
+build takes about a second, once. x86-64 builds carry AVX-512, AVX2 and baseline clones of
+each kernel, chosen at load time for the CPU at hand, so a shared cache serves every host.
+
+Switches:
+
+* ``GPUNET_HOST_KERNELS=0`` in the environment: NumPy only (read at first use);
+* :func:`set_enabled` in code (returns the previous setting; the tests use it).
+
+No compiler, or a failed build: NumPy only, with one ``RuntimeWarning`` for a failed build
+(none for a missing compiler, the common case on a user's machine). :func:`status` says
+which, and ``gpunet info`` prints it.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("pooling.cpp")
+FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
+ABI = 2
+
+_lock = threading.Lock()
+_state = {"lib": None, "tried": False, "why": None, "enabled": None}
+
+
+def cache_dir() -> Path:
+    d = os.environ.get("GPUNET_HOST_CACHE")
+    return Path(d) if d else Path.home() / ".cache" / "gpunet" / "host"
+
+
+def _compiler():
+    """``argv`` of the host C++ compiler, or None."""
+    env = os.environ.get("CXX")
+    if env:
+        parts = shlex.split(env)
+        exe = shutil.which(parts[0]) if parts else None
+        return [exe, *parts[1:]] if exe else None
+    for name in ("g++", "c++", "clang++"):
+        exe = shutil.which(name)
+        if exe:
+            return [exe]
+    return None
+
+
+def _build(argv) -> Path:
+    version = subprocess.run([*argv, "--version"], capture_output=True, text=True)
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS), " ".join(argv),
+                 version.stdout + version.stderr):
+        h.update(part if isinstance(part, bytes) else part.encode())
+        h.update(b"\0")
+    d = cache_dir()
+    path = d / f"pooling-{h.hexdigest()[:32]}.so"
+    if path.is_file():
+        return path
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=d, prefix=".pooling-") as tmp:
+        out = Path(tmp) / "out.so"
+        r = subprocess.run([*argv, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError((r.stderr or r.stdout).strip()[:2000])
+        os.replace(out, path)      # atomic: a concurrent build writes the same bytes
+    return path
+
+
+def _load():
+    lib, why = None, None
+    argv = _compiler()
+    if argv is None:
+        return None, "no C++ compiler ($CXX, g++, c++, clang++): NumPy only"
+    try:
+        path = _build(argv)
+        lib = ctypes.CDLL(str(path))
+        if lib.gpunet_host_abi() != ABI:
+            raise RuntimeError(f"{path} has ABI {lib.gpunet_host_abi()}, expected {ABI}")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        why = f"the build failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}): NumPy only"
+        warnings.warn(f"gpunet.hostkernels: {why}", RuntimeWarning, stacklevel=3)
+        return None, why
+    p, l, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    for t in ("f32", "f64"):
+        f = getattr(lib, f"gpunet_max_pool_{t}")
+        f.argtypes, f.restype = [p, p, p] + [l] * 12, None
+        f = getattr(lib, f"gpunet_max_pool_backward_{t}")
+        f.argtypes, f.restype = [p] + [l] * 4 + [p, p] + [l] * 10 + [i, i], None
+    return lib, f"built with {argv[0]} ({path.name})"
+
+
+def enabled() -> bool:
+    """Whether the kernels are switched on (``GPUNET_HOST_KERNELS``, :func:`set_enabled`)."""
+    if _state["enabled"] is None:
+        _state["enabled"] = os.environ.get("GPUNET_HOST_KERNELS", "1").strip().lower() not in (
+            "0", "off", "false", "no")
+    return _state["enabled"]
+
+
+def set_enabled(flag: bool) -> bool:
+    """Switch the kernels on or off for this process; returns the previous setting."""
+    if flag.__class__ is not bool:
+        raise TypeError(f"gpunet.hostkernels.set_enabled: expected True or False, got {flag!r}")
+    previous = enabled()
+    _state["enabled"] = flag
+    return previous
+
+
+def library():
+    """The loaded kernels (a ``ctypes.CDLL``), or None: switched off, no compiler, or a
+    failed build (then NumPy does the work). Built on the first call."""
+    if not enabled():
+        return None
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                _state["lib"], _state["why"] = _load()
+                _state["tried"] = True
+    return _state["lib"]
+
+
+def status() -> str:
+    """One line: whether the kernels are in use, and why not."""
+    if not enabled():
+        return "off (GPUNET_HOST_KERNELS=0 or set_enabled(False)): NumPy only"
+    library()
+    return ("on, " if _state["lib"] is not None else "") + _state["why"]
+
+
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+
+
+def max_pool(t, kernel, stride, padding, out_hw):
+    """``(y, arg)`` planes ``(A, OH, OW, B)`` of max pooling over planes ``t (A, H, W, B)``
+    (``arg`` uint8), as ``gpunet.functional.pooling._max_pool`` computes them; None when the
+    kernels are not in use or do not cover the case (then the caller runs NumPy)."""
+    import numpy
+    suffix = _SUFFIX.get(t.dtype.name)
+    if suffix is None or kernel[0] * kernel[1] > 256:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    t = numpy.ascontiguousarray(t)
+    a, h, w, b = t.shape
+    y = numpy.empty((a,) + tuple(out_hw) + (b,), dtype=t.dtype)
+    arg = numpy.empty(y.shape, dtype=numpy.uint8)
+    getattr(lib, f"gpunet_max_pool_{suffix}")(
+        t.ctypes.data, y.ctypes.data, arg.ctypes.data, a, h, w, b, kernel[0], kernel[1],
+        stride[0], stride[1], padding[0], padding[1], out_hw[0], out_hw[1])
+    return y, arg
+
+
+def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
+    """``dx`` planes of the padded input ``padded = (A, HP, WP, B)`` (C-contiguous) from
+    ``dy`` planes ``(A, OH, OW, B)`` (any strides: read in place) and uint8 ``arg`` planes,
+    as ``gpunet.functional.pooling._max_pool_backward`` computes them; None when the
+    kernels are not in use or do not cover the case."""
+    import numpy
+    suffix = _SUFFIX.get(dy.dtype.name)
+    if suffix is None or arg.dtype != numpy.uint8:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    arg = numpy.ascontiguousarray(arg)
+    item = dy.itemsize
+    if any(s % item for s in dy.strides):
+        dy = numpy.ascontiguousarray(dy)
+    dx = numpy.empty(padded, dtype=dy.dtype)
+    a, hp, wp, b = padded
+    getattr(lib, f"gpunet_max_pool_backward_{suffix}")(
+        dy.ctypes.data, *(s // item for s in dy.strides), arg.ctypes.data, dx.ctypes.data, a, hp, wp, b, kernel[0], kernel[1],
+        stride[0], stride[1], dy.shape[1], dy.shape[2], int(disjoint), int(tiled))
+    return dx
+
+
+__all__ = ["enabled", "set_enabled", "library", "status", "cache_dir", "max_pool", "max_pool_backward"]

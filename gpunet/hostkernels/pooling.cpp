@@ -1,0 +1,163 @@
+// gpunet's compiled CPU kernels: max pooling forward and backward on the NumPy path.
+//
+// Planes t (A, H, W, B), C-contiguous: each (H, W) plane holds B interleaved images (the
+// layout gpunet.functional.pooling._to_planes gives). Every result is the same bits as the
+// NumPy code in gpunet/functional/pooling.py computes: only exact operations (compare,
+// select, a multiply by 1 or 0, one add per window in the same offset order), with
+// -ffp-contract=off. Loops over B carry no branch on data (a mask by bit operations), so
+// they vectorize on any x86-64 level; target_clones picks AVX-512/AVX2 where the CPU has it.
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GPUNET_CLONES
+#endif
+
+namespace {
+
+template <typename T> struct Bits;
+template <> struct Bits<float> { typedef uint32_t U; };
+template <> struct Bits<double> { typedef uint64_t U; };
+
+// x where mask is all ones, +0.0 where it is zero: the multiplier 1.0 or 0.0 of NumPy's
+// ``dy * (arg == k)`` (bool promoted to 1.0/0.0), chosen without a branch
+template <typename T>
+inline T one_or_zero(bool on) {
+    typedef typename Bits<T>::U U;
+    const T one = 1;
+    U u;
+    std::memcpy(&u, &one, sizeof u);
+    u &= (U)0 - (U)on;
+    T r;
+    std::memcpy(&r, &u, sizeof r);
+    return r;
+}
+
+template <typename T>
+inline void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restrict__ arg,
+                    long A, long H, long W, long B, long kh, long kw, long sh, long sw,
+                    long ph, long pw, long OH, long OW) {
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    for (long a = 0; a < A; ++a) {
+        const T* ta = t + a * H * W * B;
+        for (long p = 0; p < OH; ++p) {
+            for (long q = 0; q < OW; ++q) {
+                T* __restrict__ yo = y + ((a * OH + p) * OW + q) * B;
+                uint8_t* __restrict__ ao = arg + ((a * OH + p) * OW + q) * B;
+                for (long i = 0; i < kh; ++i) {
+                    for (long j = 0; j < kw; ++j) {
+                        const long h = p * sh + i - ph, w = q * sw + j - pw;
+                        const uint8_t k = (uint8_t)(i * kw + j);
+                        const bool inside = h >= 0 && h < H && w >= 0 && w < W;
+                        if (k == 0) {                 // the window's first member
+                            if (inside) {
+                                const T* __restrict__ src = ta + (h * W + w) * B;
+                                for (long b = 0; b < B; ++b) { yo[b] = src[b]; ao[b] = 0; }
+                            } else {
+                                for (long b = 0; b < B; ++b) { yo[b] = neg_inf; ao[b] = 0; }
+                            }
+                            continue;
+                        }
+                        // padding is -inf: never strictly greater, and max(m, -inf) is m
+                        // (NaN included), so it changes nothing
+                        if (!inside) continue;
+                        const T* __restrict__ src = ta + (h * W + w) * B;
+                        for (long b = 0; b < B; ++b) {
+                            const T v = src[b], m = yo[b];
+                            // NumPy: arg = max(arg, (v > m) * k), arg < k so far
+                            ao[b] = v > m ? k : ao[b];
+                            // NumPy's maximum(m, v): NaN propagates; on equal values the
+                            // second operand (maximum(+0.0, -0.0) is -0.0 in NumPy 2)
+                            yo[b] = (m > v || m != m) ? m : v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// dx planes (A, HP, WP, B) of the padded input, C-contiguous, from arg (A, OH, OW, B)
+// C-contiguous and dy (A, OH, OW, B) at element strides (sa, sp, sq, sb): any layout, read
+// in place. disjoint (stride >= kernel both ways): each element gets at most one window's
+// dy * (arg == k), written; else the windows' contributions are added in offset order
+// k = 0, 1, ... (NumPy's loop order). tiled: the windows cover every element, so no zero
+// fill first.
+template <typename T>
+inline void route(const T* __restrict__ d, long sb, const uint8_t* __restrict__ g, T* __restrict__ o,
+                  long B, uint8_t k, bool add) {
+    if (sb == 1) {
+        if (add) for (long b = 0; b < B; ++b) o[b] = o[b] + d[b] * one_or_zero<T>(g[b] == k);
+        else for (long b = 0; b < B; ++b) o[b] = d[b] * one_or_zero<T>(g[b] == k);
+    } else {
+        if (add) for (long b = 0; b < B; ++b) o[b] = o[b] + d[b * sb] * one_or_zero<T>(g[b] == k);
+        else for (long b = 0; b < B; ++b) o[b] = d[b * sb] * one_or_zero<T>(g[b] == k);
+    }
+}
+
+template <typename T>
+inline void backward(const T* __restrict__ dy, long sa, long sp, long sq, long sb,
+                     const uint8_t* __restrict__ arg, T* __restrict__ dx,
+                     long A, long HP, long WP, long B, long kh, long kw, long sh, long sw,
+                     long OH, long OW, int disjoint, int tiled) {
+    if (!tiled) std::memset(dx, 0, sizeof(T) * (size_t)(A * HP * WP * B));
+    for (long a = 0; a < A; ++a) {
+        if (disjoint) {        // window by window: its dy and arg read once for all offsets
+            for (long p = 0; p < OH; ++p) {
+                for (long q = 0; q < OW; ++q) {
+                    const T* d = dy + a * sa + p * sp + q * sq;
+                    const uint8_t* g = arg + ((a * OH + p) * OW + q) * B;
+                    for (long i = 0; i < kh; ++i)
+                        for (long j = 0; j < kw; ++j)
+                            route<T>(d, sb, g, dx + ((a * HP + p * sh + i) * WP + q * sw + j) * B,
+                                     B, (uint8_t)(i * kw + j), false);
+                }
+            }
+            continue;
+        }
+        for (long i = 0; i < kh; ++i)             // offset by offset: the adds in k order
+            for (long j = 0; j < kw; ++j)
+                for (long p = 0; p < OH; ++p)
+                    for (long q = 0; q < OW; ++q)
+                        route<T>(dy + a * sa + p * sp + q * sq, sb, arg + ((a * OH + p) * OW + q) * B,
+                                 dx + ((a * HP + p * sh + i) * WP + q * sw + j) * B, B,
+                                 (uint8_t)(i * kw + j), true);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int gpunet_host_abi(void) { return 2; }
+
+GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, long A, long H, long W,
+                                       long B, long kh, long kw, long sh, long sw, long ph, long pw,
+                                       long OH, long OW) {
+    forward<float>(t, y, arg, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+}
+
+GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, long A, long H, long W,
+                                       long B, long kh, long kw, long sh, long sw, long ph, long pw,
+                                       long OH, long OW) {
+    forward<double>(t, y, arg, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+}
+
+GPUNET_CLONES void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb,
+                                                const uint8_t* arg, float* dx, long A,
+                                                long HP, long WP, long B, long kh, long kw, long sh,
+                                                long sw, long OH, long OW, int disjoint, int tiled) {
+    backward<float>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled);
+}
+
+GPUNET_CLONES void gpunet_max_pool_backward_f64(const double* dy, long sa, long sp, long sq, long sb,
+                                                const uint8_t* arg, double* dx, long A,
+                                                long HP, long WP, long B, long kh, long kw, long sh,
+                                                long sw, long OH, long OW, int disjoint, int tiled) {
+    backward<double>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled);
+}
+
+}  // extern "C"

@@ -1,0 +1,186 @@
+"""The compiled CPU kernels (gpunet.hostkernels): the same bits as the NumPy code they
+replace, in every layout, dtype and window geometry, with ties, NaN, infinities and signed
+zeros; used where a compiler exists; a clean NumPy fallback where it does not."""
+import os
+import subprocess
+import sys
+
+import numpy
+import pytest
+from hypothesis import given, settings, strategies as st
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+from gpunet import hostkernels
+from gpunet.functional import pooling as FP
+
+HAS_CXX = hostkernels._compiler() is not None
+needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler: the kernels cannot be built here")
+
+
+@pytest.fixture
+def kernels_switch():
+    previous = hostkernels.enabled()
+    yield hostkernels.set_enabled
+    hostkernels.set_enabled(previous)
+
+
+def _bits(a):
+    """The bit patterns of ``a``, every NaN as one pattern: NaN stays NaN in the same places,
+    but which NaN's sign and payload an add or ``inf * 0`` passes on is the instruction
+    order's business, in NumPy's loops as in these kernels."""
+    a = numpy.where(numpy.isnan(a), numpy.nan, a).astype(a.dtype)
+    return a.view(numpy.uint32 if a.dtype == numpy.float32 else
+                  numpy.uint64 if a.dtype == numpy.float64 else numpy.uint16)
+
+
+def _both(switch, fn):
+    switch(False)
+    ref = fn()
+    switch(True)
+    return ref, fn()
+
+
+def _awkward(rng, shape, dtype):
+    """Values with many ties (a few integers), signed zeros, infinities and NaN."""
+    x = rng.integers(-3, 4, shape).astype(dtype)
+    x[x == 0] = numpy.where(rng.random(int((x == 0).sum())) < 0.5, -0.0, 0.0).astype(dtype)
+    special = rng.random(shape)
+    x[special < 0.03] = numpy.inf
+    x[(special >= 0.03) & (special < 0.06)] = -numpy.inf
+    x[(special >= 0.06) & (special < 0.08)] = numpy.nan
+    return x
+
+
+def _layout(x, layout):
+    """``x (N, C, H, W)`` with the same values in CHWN, CNHW or NCHW memory."""
+    if layout == "chwn":
+        return numpy.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    if layout == "cnhw":
+        return numpy.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    return numpy.ascontiguousarray(x)
+
+
+def _check_same(switch, x, k, s, p, dtype_dy):
+    rng = numpy.random.default_rng(1)
+    (y0, a0), (y1, a1) = _both(switch, lambda: FP.max_pool2d(x, k, s, p))
+    numpy.testing.assert_array_equal(_bits(y1), _bits(y0))
+    numpy.testing.assert_array_equal(a1, a0)
+    assert y1.strides == y0.strides and a1.strides == a0.strides and a1.dtype == a0.dtype
+    dy = _awkward(rng, y0.shape, dtype_dy)
+    d0, d1 = _both(switch, lambda: FP.max_pool2d_backward(dy, a0, x.shape, k, s, p))
+    numpy.testing.assert_array_equal(_bits(d1), _bits(d0))
+    assert d1.strides == d0.strides
+    # dy as a view with negative and non-unit strides (read in place by the kernel)
+    dy = _awkward(rng, (y0.shape[0], y0.shape[1], y0.shape[2], 2 * y0.shape[3]), dtype_dy)[..., ::-2]
+    d0, d1 = _both(switch, lambda: FP.max_pool2d_backward(dy, a0, x.shape, k, s, p))
+    numpy.testing.assert_array_equal(_bits(d1), _bits(d0))
+
+
+GEOMETRIES = [((2, 2), None, 0), ((3, 3), 2, 1), ((3, 3), 1, 1), ((2, 3), (1, 2), (1, 0)),
+              ((1, 1), None, 0), ((3, 2), (3, 1), (1, 1)), ((4, 4), 2, 2)]
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("layout", ["chwn", "cnhw", "nchw"])
+@pytest.mark.parametrize("k,s,p", GEOMETRIES)
+def test_same_bits_as_numpy(kernels_switch, dtype, layout, k, s, p):
+    rng = numpy.random.default_rng(0)
+    x = _layout(_awkward(rng, (5, 3, 9, 8), dtype), layout)
+    _check_same(kernels_switch, x, k, s, p, dtype)
+
+
+@needs_cxx
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), c=st.integers(1, 4), h=st.integers(1, 11), w=st.integers(1, 11),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       layout=st.sampled_from(["chwn", "cnhw", "nchw"]), seed=st.integers(0, 2**32 - 1),
+       normal=st.booleans())
+def test_same_bits_as_numpy_any_geometry(n, c, h, w, kh, kw, sh, sw, layout, seed, normal):
+    ph, pw = min(kh // 2, seed % 2), min(kw // 2, (seed >> 1) % 2)
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    rng = numpy.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w), dtype=numpy.float32) if normal else \
+        _awkward(rng, (n, c, h, w), numpy.float32)
+    previous = hostkernels.enabled()
+    try:
+        _check_same(hostkernels.set_enabled, _layout(x, layout), (kh, kw), (sh, sw), (ph, pw),
+                    numpy.float32)
+    finally:
+        hostkernels.set_enabled(previous)
+
+
+@needs_cxx
+def test_kernels_built_and_used_where_a_compiler_exists(kernels_switch):
+    kernels_switch(True)
+    assert hostkernels.library() is not None, hostkernels.status()
+    assert hostkernels.status().startswith("on, built with ")
+    t = numpy.arange(2 * 4 * 4 * 3, dtype=numpy.float32).reshape(2, 4, 4, 3)
+    y, arg = hostkernels.max_pool(t, (2, 2), (2, 2), (0, 0), (2, 2))
+    numpy.testing.assert_array_equal(y, t.reshape(2, 2, 2, 2, 2, 3).max(axis=(2, 4)))
+    assert (arg == 3).all()        # increasing values: the last member of each window wins
+    dx = hostkernels.max_pool_backward(numpy.ones_like(y), arg, t.shape, (2, 2), (2, 2), True, True)
+    numpy.testing.assert_array_equal(dx, (t.reshape(2, 2, 2, 2, 2, 3) == y[:, :, None, :, None])
+                                     .reshape(t.shape).astype(numpy.float32))
+
+
+def test_switched_off_means_numpy(kernels_switch):
+    kernels_switch(False)
+    assert hostkernels.library() is None
+    assert hostkernels.status().startswith("off")
+    t = numpy.zeros((1, 2, 2, 1), numpy.float32)
+    assert hostkernels.max_pool(t, (2, 2), (2, 2), (0, 0), (1, 1)) is None
+    y, arg = FP.max_pool2d(numpy.arange(4, dtype=numpy.float32).reshape(1, 1, 2, 2), 2)
+    assert y.item() == 3 and arg.item() == 3
+
+
+def test_set_enabled_rejects_non_bool():
+    with pytest.raises(TypeError, match="set_enabled: expected True or False, got 'no'"):
+        hostkernels.set_enabled("no")
+
+
+def _child(env_extra, tmp_path):
+    code = ("import warnings, numpy; warnings.simplefilter('always')\n"
+            "from gpunet import hostkernels; from gpunet.functional import pooling as FP\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    y, arg = FP.max_pool2d(numpy.arange(16, dtype=numpy.float32).reshape(1, 1, 4, 4), 2)\n"
+            "print(y.ravel().tolist(), arg.ravel().tolist())\n"
+            "print(hostkernels.status())\n"
+            "print([str(x.message) for x in w])\n")
+    env = {**os.environ, "GPUNET_HOST_CACHE": str(tmp_path / "cache"), **env_extra}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_environment_switch_off(tmp_path):
+    out = _child({"GPUNET_HOST_KERNELS": "0"}, tmp_path)
+    assert out[0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]"
+    assert out[1].startswith("off (GPUNET_HOST_KERNELS=0")
+    assert out[2] == "[]"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_failed_build_warns_once_and_falls_back(tmp_path):
+    out = _child({"CXX": "false", "GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    assert out[0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]"
+    assert out[1].startswith("the build failed (") and out[1].endswith("NumPy only")
+    assert out[2].count("gpunet.hostkernels: the build failed") == 1
+
+
+def test_no_compiler_is_quiet(tmp_path):
+    out = _child({"CXX": "no-such-compiler-gpunet", "GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    assert out[0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]"
+    assert out[1] == "no C++ compiler ($CXX, g++, c++, clang++): NumPy only"
+    assert out[2] == "[]"
+
+
+@needs_cxx
+def test_cache_reused_across_processes(tmp_path):
+    first = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    libs = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    second = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    assert first[1] == second[1] and first[1].startswith("on, built with ")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == libs and len(libs) == 1
