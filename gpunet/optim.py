@@ -48,7 +48,7 @@ import weakref
 
 import numpy
 
-from . import _args
+from . import _args, hostkernels
 from .backend import device_of, get_array_module, to_device, to_numpy
 from .cuda import graphs as _graphs
 from .cuda import optim as _mt
@@ -733,6 +733,11 @@ class SGD(Optimizer):
         if fresh:
             buf = st["momentum_buffer"] = xp.empty_like(p.data)
         nesterov = self.nesterov
+        if not fresh and xp is numpy and hostkernels.sgd(
+                p.data, g, buf, lr, m, wd, l1,
+                (hostkernels.WD if reg and wd != 0.0 else 0) | (hostkernels.L1 if reg and l1 != 0.0 else 0)
+                | (hostkernels.MOMENTUM if buf is not None else 0) | (hostkernels.NESTEROV if nesterov else 0)):
+            return          # the compiled pass: the same bits as the passes below
 
         def passes(w, g, s, t, buf):
             if reg:
@@ -826,6 +831,18 @@ class Adam(Optimizer):
         n = self.steps[i]
         step_size = lr / (1.0 - b1 ** n)
         c2, eps = math.sqrt(1.0 - b2 ** n), float(self.eps)
+        if xp is numpy and type(self)._decayed_grad in (Adam._decayed_grad, AdamW._decayed_grad):
+            wd = float(self.weight_decay)
+            if not decays:
+                flags, factor = 0, 0.0
+            elif self._decoupled:
+                flags, factor = hostkernels.DECOUPLED, 1.0 - lr * wd
+            else:
+                flags, factor = ((hostkernels.WD if wd != 0.0 else 0)
+                                 | (hostkernels.L1 if float(self.l1) != 0.0 else 0)), wd
+            if hostkernels.adam(p.data, g, st["exp_avg"], st["exp_avg_sq"], b1, b2, c2, eps, step_size,
+                                factor, float(self.l1) if not self._decoupled else 0.0, flags):
+                return      # the compiled pass: the same bits as the passes below
 
         def passes(w, g, m, v, s, t):
             if decays:

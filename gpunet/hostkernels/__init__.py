@@ -1,12 +1,17 @@
-"""Compiled CPU kernels for the NumPy path's memory-bound passes: max pooling forward and
-backward (``pooling.cpp``).
+"""Compiled CPU kernels for the NumPy path's memory-bound passes:
 
-NumPy runs max pooling as one strided copy and ``kh*kw`` elementwise passes; these kernels
-read each input once and write each output once. They compute the **same bits** as the
-NumPy code they replace (``gpunet/functional/pooling.py``): only exact operations
-(compare, select, a multiply by 1.0 or 0.0, the overlapping windows' adds in the same
-order), compiled with ``-ffp-contract=off``. So a machine without a compiler, or with the
-kernels switched off, gets identical results, only slower; the tests check that bit for bit.
+* max pooling forward and backward (``pooling.cpp``): NumPy runs it as one strided copy
+  and ``kh*kw`` elementwise passes; the kernels read each input once and write each output
+  once, with only exact operations (compare, select, a multiply by 1.0 or 0.0, the
+  overlapping windows' adds in NumPy's order);
+* the SGD (momentum, Nesterov, L2, L1) and Adam/AdamW updates (``optim.cpp``): one pass
+  over each parameter instead of NumPy's four to fourteen, the same operations in the same
+  order, each rounded to the parameter's dtype as NumPy rounds each pass.
+
+They compute the **same bits** as the NumPy code they replace (``gpunet/functional/pooling.py``,
+``gpunet/optim.py``), compiled with ``-ffp-contract=off`` (no fused multiply-adds). So a
+machine without a compiler, or with the kernels switched off, gets identical results, only
+slower; the tests check that bit for bit. Only the sign and payload of a NaN may differ.
 
 They are built on first use with the host C++ compiler (``$CXX``, else ``g++``, ``c++`` or
 ``clang++``: the one the sim device uses) and cached in ``$GPUNET_HOST_CACHE`` (default
@@ -36,9 +41,9 @@ import threading
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("pooling.cpp")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp"))
 FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
-ABI = 2
+ABI = 2    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "why": None, "enabled": None}
@@ -66,18 +71,19 @@ def _compiler():
 def _build(argv) -> Path:
     version = subprocess.run([*argv, "--version"], capture_output=True, text=True)
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS), " ".join(argv),
+    for part in (*(src.read_bytes() for src in SOURCES), " ".join(FLAGS), " ".join(argv),
                  version.stdout + version.stderr):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
     d = cache_dir()
-    path = d / f"pooling-{h.hexdigest()[:32]}.so"
+    path = d / f"host-{h.hexdigest()[:32]}.so"
     if path.is_file():
         return path
     d.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=d, prefix=".pooling-") as tmp:
+    with tempfile.TemporaryDirectory(dir=d, prefix=".host-") as tmp:
         out = Path(tmp) / "out.so"
-        r = subprocess.run([*argv, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+        r = subprocess.run([*argv, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True,
+                           text=True)
         if r.returncode != 0:
             raise RuntimeError((r.stderr or r.stdout).strip()[:2000])
         os.replace(out, path)      # atomic: a concurrent build writes the same bytes
@@ -98,8 +104,12 @@ def _load():
         why = f"the build failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}): NumPy only"
         warnings.warn(f"gpunet.hostkernels: {why}", RuntimeWarning, stacklevel=3)
         return None, why
-    p, l, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    p, l, i, d = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
     for t in ("f32", "f64"):
+        f = getattr(lib, f"gpunet_sgd_{t}")
+        f.argtypes, f.restype = [p, p, p, l, d, d, d, d, i], None
+        f = getattr(lib, f"gpunet_adam_{t}")
+        f.argtypes, f.restype = [p, p, p, p, l] + [d] * 9 + [i], None
         f = getattr(lib, f"gpunet_max_pool_{t}")
         f.argtypes, f.restype = [p, p, p] + [l] * 12, None
         f = getattr(lib, f"gpunet_max_pool_backward_{t}")
@@ -193,4 +203,55 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
     return dx
 
 
-__all__ = ["enabled", "set_enabled", "library", "status", "cache_dir", "max_pool", "max_pool_backward"]
+# the flags of optim.cpp
+WD, L1, MOMENTUM, NESTEROV, DECOUPLED = 1, 2, 4, 8, 16
+
+
+def _update_arrays(arrays):
+    """The kernel's suffix for these same-shaped, same-dtype, C-contiguous, non-overlapping
+    NumPy arrays (the parameter first), else None (then the NumPy passes run)."""
+    import numpy
+    w = arrays[0]
+    suffix = _SUFFIX.get(w.dtype.name)
+    if suffix is None or library() is None:
+        return None
+    for k, a in enumerate(arrays):
+        if (a.__class__ is not numpy.ndarray or a.dtype != w.dtype or a.shape != w.shape
+                or not a.flags.c_contiguous or (k != 1 and not a.flags.writeable)):
+            return None                             # arrays[1], the gradient, is only read
+        for b in arrays[:k]:
+            if numpy.may_share_memory(a, b):
+                return None
+    return suffix
+
+
+def sgd(w, g, buf, lr, momentum, weight_decay, l1, flags):
+    """One SGD update of ``w`` in place (and of ``buf``, the momentum buffer, with
+    ``MOMENTUM``), as ``gpunet.optim.SGD._update``'s NumPy passes compute it (not the first
+    momentum step, which copies ``g``). ``flags``: ``WD``, ``L1``, ``MOMENTUM``,
+    ``NESTEROV``. False when the kernels are not in use or the arrays do not qualify."""
+    suffix = _update_arrays((w, g) if buf is None else (w, g, buf))
+    if suffix is None:
+        return False
+    getattr(_state["lib"], f"gpunet_sgd_{suffix}")(
+        w.ctypes.data, g.ctypes.data, None if buf is None else buf.ctypes.data, w.size, lr,
+        momentum, weight_decay, l1, flags)
+    return True
+
+
+def adam(w, g, m, v, b1, b2, c2, eps, step_size, weight_decay, l1, flags):
+    """One Adam update of ``w``, ``m`` and ``v`` in place, as ``gpunet.optim.Adam._update``'s
+    NumPy passes compute it; ``flags``: ``WD``, ``L1``, or ``DECOUPLED`` (AdamW: then
+    ``weight_decay`` is the factor ``1 - lr*weight_decay`` that ``w`` is multiplied by
+    first). False when the kernels are not in use or the arrays do not qualify."""
+    suffix = _update_arrays((w, g, m, v))
+    if suffix is None:
+        return False
+    getattr(_state["lib"], f"gpunet_adam_{suffix}")(
+        w.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, w.size, b1, 1.0 - b1, b2,
+        1.0 - b2, c2, eps, step_size, weight_decay, l1, flags)
+    return True
+
+
+__all__ = ["enabled", "set_enabled", "library", "status", "cache_dir", "max_pool", "max_pool_backward", "sgd",
+           "adam"]
