@@ -259,3 +259,40 @@ def test_optimizer_kernels_used(kernels_switch, monkeypatch):
     ro = numpy.ones(3, numpy.float32)
     ro.flags.writeable = False
     assert not hostkernels.sgd(ro, numpy.ones(3, numpy.float32), None, 0.5, 0.0, 0.0, 0.0, 0)
+
+
+# -- ReLU's backward ----------------------------------------------------------------------
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("order", ["C", "F", "chwn", "strided", "mixed"])
+def test_relu_backward_same_bits_as_numpy(kernels_switch, dtype, order):
+    from gpunet.functional import activations as FA
+    rng = numpy.random.default_rng(3)
+    y = _awkward(rng, (6, 5, 4, 7), dtype)
+    dy = _awkward(rng, (6, 5, 4, 7), dtype)
+    if order == "F":
+        y, dy = numpy.asfortranarray(y), numpy.asfortranarray(dy)
+    elif order == "chwn":
+        y, dy = _layout(y, "chwn"), _layout(dy, "chwn")
+    elif order == "strided":
+        y, dy = y[:, :, ::2], dy[:, :, ::2]
+    elif order == "mixed":
+        y = _layout(y, "chwn")
+    r0, r1 = _both(kernels_switch, lambda: FA.relu_backward(dy, None, y))
+    numpy.testing.assert_array_equal(_bits(r1), _bits(r0))
+    assert r1.strides == r0.strides and r1.dtype == r0.dtype
+
+
+@needs_cxx
+def test_relu_kernel_used_only_where_it_applies(kernels_switch):
+    kernels_switch(True)
+    y = numpy.array([[-1.0, 0.0, 2.0], [numpy.nan, -0.0, 3.0]], numpy.float32)
+    dy = numpy.array([[5.0, 6.0, 7.0], [8.0, 9.0, -numpy.inf]], numpy.float32)
+    out = hostkernels.relu_mask_times(dy, y)
+    numpy.testing.assert_array_equal(out, [[0.0, 0.0, 7.0], [0.0, 0.0, -numpy.inf]])
+    assert hostkernels.relu_mask_times(dy, y.T.copy().T) is None           # different strides
+    assert hostkernels.relu_mask_times(dy[:, ::2], y[:, ::2]) is None        # gaps
+    assert hostkernels.relu_mask_times(dy.astype(numpy.float64), y) is None  # mixed dtypes
+    both_f = hostkernels.relu_mask_times(dy.T.copy().T, y.T.copy().T)       # F order both
+    numpy.testing.assert_array_equal(both_f, out)
+    assert both_f.flags.f_contiguous

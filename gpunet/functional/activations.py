@@ -25,7 +25,7 @@ import math
 
 import numpy
 
-from .. import _args
+from .. import _args, hostkernels
 from ..backend import array_hint, get_array_module, is_array
 
 
@@ -234,6 +234,9 @@ def relu_mask_times(dy, y):
     backward between a BatchNorm and a MaxPool2D on (64, 16, 28, 28) from 0.5 to 10.6 ms
     (one thread), and made the BatchNorm backward copy ``dx`` back into its order."""
     if dy.shape == y.shape:
+        out = hostkernels.relu_mask_times(dy, y)    # one compiled pass, the same products
+        if out is not None:
+            return out
         out = numpy.empty_like(y, dtype=dy.dtype)
     else:
         out = numpy.empty(numpy.broadcast_shapes(dy.shape, y.shape), dtype=dy.dtype)
