@@ -296,3 +296,52 @@ def test_relu_kernel_used_only_where_it_applies(kernels_switch):
     both_f = hostkernels.relu_mask_times(dy.T.copy().T, y.T.copy().T)       # F order both
     numpy.testing.assert_array_equal(both_f, out)
     assert both_f.flags.f_contiguous
+
+
+# -- Dense with a bias and a fused ReLU ---------------------------------------------------
+def _dense_step(dtype, activation, bias, seed=5):
+    from gpunet.layers import Dense
+    rng = numpy.random.default_rng(seed)
+    layer = Dense(7, 9, activation=activation, bias=bias).to(dtype=dtype)
+    layer.weight.data[...] = _awkward(rng, (9, 7), dtype) * 0.5
+    if bias:
+        layer.bias.data[...] = _awkward(rng, (9,), dtype)
+        layer.bias.data[:3] = [-0.0, 0.0, -0.0]
+    x = _awkward(rng, (11, 7), dtype)
+    x[:2] = 0.0                       # rows whose z is exactly the bias (signed zeros)
+    x[2] = -0.0
+    y = layer(x)
+    dy = _awkward(rng, y.shape, dtype)
+    dy[:, 0] = -0.0                   # a column of -0.0: its bias gradient is +0.0 in NumPy
+    dx = layer.backward(dy)
+    out = [y.copy(), dx, layer.weight.grad]
+    return out + ([layer.bias.grad] if bias else [])
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("activation,bias", [("relu", True), ("relu", False), (None, True), ("tanh", True)])
+def test_dense_same_bits_as_numpy(kernels_switch, dtype, activation, bias):
+    r0, r1 = _both(kernels_switch, lambda: _dense_step(dtype, activation, bias))
+    for a, b in zip(r1, r0):
+        numpy.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+@needs_cxx
+def test_dense_relu_kernels_used(kernels_switch, monkeypatch):
+    calls = []
+    for name in ("bias_relu", "relu_mask_colsum"):
+        real = getattr(hostkernels, name)
+        monkeypatch.setattr(hostkernels, name, lambda *a, _real=real, _n=name: calls.append(_n) or _real(*a))
+    kernels_switch(True)
+    _dense_step(numpy.float32, "relu", True)
+    assert calls == ["bias_relu", "relu_mask_colsum"]
+    z = numpy.array([[-1.0, -0.0, 2.0]], numpy.float32)
+    assert hostkernels.bias_relu(z, numpy.array([0.5, 0.0, numpy.nan], numpy.float32))
+    assert z.tolist()[0][:2] == [0.0, 0.0] and not numpy.signbit(z[0, 1]) and numpy.isnan(z[0, 2])
+    assert not hostkernels.bias_relu(z, z[0])                                  # overlapping
+    assert not hostkernels.bias_relu(numpy.asfortranarray(numpy.ones((2, 3), numpy.float32)),
+                                     numpy.ones(3, numpy.float32))             # not C order
+    g, db = hostkernels.relu_mask_colsum(numpy.full((2, 2), -0.0, numpy.float32),
+                                         numpy.ones((2, 2), numpy.float32))
+    assert not numpy.signbit(db).any() and numpy.signbit(g).all()

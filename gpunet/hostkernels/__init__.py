@@ -7,7 +7,9 @@
 * the SGD (momentum, Nesterov, L2, L1) and Adam/AdamW updates (``optim.cpp``): one pass
   over each parameter instead of NumPy's four to fourteen, the same operations in the same
   order, each rounded to the parameter's dtype as NumPy rounds each pass;
-* ReLU's backward ``dy * (y > 0)`` (``elementwise.cpp``): one pass instead of two.
+* ReLU's backward ``dy * (y > 0)`` (``elementwise.cpp``): one pass instead of two; in a
+  Dense layer with a bias and a fused ReLU, the bias add and the ReLU in one pass forward,
+  and the mask and the bias gradient's column sum in one pass backward.
 
 They compute the **same bits** as the NumPy code they replace (``gpunet/functional/pooling.py``,
 ``gpunet/optim.py``), compiled with ``-ffp-contract=off`` (no fused multiply-adds). So a
@@ -113,6 +115,10 @@ def _load():
         f.argtypes, f.restype = [p, p, p, p, l] + [d] * 9 + [i], None
         f = getattr(lib, f"gpunet_relu_mask_times_{t}")
         f.argtypes, f.restype = [p, p, p, l], None
+        f = getattr(lib, f"gpunet_bias_relu_{t}")
+        f.argtypes, f.restype = [p, p, l, l], None
+        f = getattr(lib, f"gpunet_relu_mask_colsum_{t}")
+        f.argtypes, f.restype = [p, p, p, p, l, l], None
         f = getattr(lib, f"gpunet_max_pool_{t}")
         f.argtypes, f.restype = [p, p, p] + [l] * 12, None
         f = getattr(lib, f"gpunet_max_pool_backward_{t}")
@@ -290,5 +296,48 @@ def relu_mask_times(dy, y):
     return out
 
 
+def _rows(a, dtype):
+    """Whether ``a`` is a C-contiguous 2-D NumPy array of ``dtype`` (kernels' row operand)."""
+    import numpy
+    return a.__class__ is numpy.ndarray and a.ndim == 2 and a.dtype == dtype and a.flags.c_contiguous
+
+
+def bias_relu(z, b):
+    """``z = maximum(z + b, 0)`` in place over the rows of ``z (rows, cols)``, as a Dense
+    layer's ``z += bias`` and fused ReLU compute it; True when done, False when the kernels
+    are not in use or the arrays do not qualify (C-contiguous, writable ``z``; ``b`` 1-D,
+    contiguous, the same dtype, not overlapping ``z``)."""
+    import numpy
+    suffix = _SUFFIX.get(z.dtype.name)
+    if (suffix is None or not _rows(z, z.dtype) or not z.flags.writeable or b.__class__ is not numpy.ndarray
+            or b.shape != z.shape[1:] or b.dtype != z.dtype or not b.flags.c_contiguous
+            or numpy.may_share_memory(z, b)):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    getattr(lib, f"gpunet_bias_relu_{suffix}")(z.ctypes.data, b.ctypes.data, z.shape[0], z.shape[1])
+    return True
+
+
+def relu_mask_colsum(dy, y):
+    """``(g, db)``: ``g = dy * (y > 0)`` (as :func:`relu_mask_times`) and ``db =
+    g.sum(axis=0)`` (as NumPy sums axis 0: row after row from +0.0) in one pass over
+    ``(rows, cols)`` C-contiguous arrays of one dtype; None when the kernels are not in use
+    or the arrays do not qualify."""
+    import numpy
+    suffix = _SUFFIX.get(y.dtype.name)
+    if suffix is None or not _rows(y, y.dtype) or not _rows(dy, y.dtype) or dy.shape != y.shape:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    g = numpy.empty_like(y)
+    db = numpy.empty(y.shape[1], dtype=y.dtype)
+    getattr(lib, f"gpunet_relu_mask_colsum_{suffix}")(dy.ctypes.data, y.ctypes.data, g.ctypes.data,
+                                                      db.ctypes.data, y.shape[0], y.shape[1])
+    return g, db
+
+
 __all__ = ["enabled", "set_enabled", "library", "status", "cache_dir", "max_pool", "max_pool_backward", "sgd",
-           "adam", "relu_mask_times"]
+           "adam", "relu_mask_times", "bias_relu", "relu_mask_colsum"]

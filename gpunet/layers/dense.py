@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy
 
-from .. import _args, init as _init
+from .. import _args, hostkernels, init as _init
 from ..functional import activations as FA
 from ..functional.linear import linear_backward, matmul
 from ..data import is_data
-from .activations import activation_property, apply_fused, fused_backward
+from .activations import ReLU, activation_property, apply_fused, fused_backward
 from .base import (Layer, Parameter, ParameterSlot, check_device, check_grad, check_input, check_same_device,
                    check_shapes)
 
@@ -78,9 +78,13 @@ class Dense(Layer):
             check_same_device(self, ("weight", w), ("bias", self.bias.data))
         check_device(self, x, w)
         z = matmul(x, w.T)
-        if self.bias is not None:
-            z += self.bias.data
-        y, z_saved = apply_fused(self.activation, z, self.training)
+        if (self.bias is not None and type(self.activation) is ReLU and type(z) is numpy.ndarray
+                and hostkernels.bias_relu(z, self.bias.data)):
+            y, z_saved = z, None    # z + b and the ReLU in one compiled pass: the same bits
+        else:
+            if self.bias is not None:
+                z += self.bias.data
+            y, z_saved = apply_fused(self.activation, z, self.training)
         if self.training:
             self._x, self._y, self._z = x, y, z_saved
             self._x_is_data = is_data(x)
@@ -92,10 +96,17 @@ class Dense(Layer):
             raise RuntimeError("Dense.backward called before a training-mode forward")
         check_grad(self, dy, y.shape, y.dtype)
         act = self.activation
-        g = dy if act is None else fused_backward(act, dy, self._z, y)   # dL/dz, z = x W^T + b
         need_dx = self.input_grad and not self._x_is_data
-        dx, dw, db = linear_backward(g, x, self.weight.data, need_dx=need_dx,
-                                     need_bias=self.bias is not None)
+        fused = None
+        if type(act) is ReLU and self.bias is not None and type(dy) is numpy.ndarray:
+            fused = hostkernels.relu_mask_colsum(dy, y)     # the mask and db in one pass
+        if fused is not None:
+            g, db = fused
+            dx, dw, _ = linear_backward(g, x, self.weight.data, need_dx=need_dx, need_bias=False)
+        else:
+            g = dy if act is None else fused_backward(act, dy, self._z, y)   # dL/dz, z = x W^T + b
+            dx, dw, db = linear_backward(g, x, self.weight.data, need_dx=need_dx,
+                                         need_bias=self.bias is not None)
         self.weight.accumulate(dw)
         if db is not None:
             self.bias.accumulate(db)
