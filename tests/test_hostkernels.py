@@ -345,3 +345,23 @@ def test_dense_relu_kernels_used(kernels_switch, monkeypatch):
     g, db = hostkernels.relu_mask_colsum(numpy.full((2, 2), -0.0, numpy.float32),
                                          numpy.ones((2, 2), numpy.float32))
     assert not numpy.signbit(db).any() and numpy.signbit(g).all()
+
+
+@needs_cxx
+def test_non_native_byte_order_goes_to_numpy(kernels_switch):
+    """'>f4' on a little-endian host (or '<f4' on a big-endian one) has the name float32
+    but not the native layout: the kernels must not read it as native floats."""
+    from gpunet.functional import activations as FA
+    swapped = numpy.dtype(numpy.float32).newbyteorder()
+    rng = numpy.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(swapped)
+    (y0, a0), (y1, a1) = _both(kernels_switch, lambda: FP.max_pool2d(x, 2))
+    numpy.testing.assert_array_equal(y1, y0)
+    numpy.testing.assert_array_equal(y1, x.astype(numpy.float32).reshape(2, 3, 2, 2, 2, 2).max(axis=(3, 5)))
+    dy = rng.standard_normal((5, 6)).astype(swapped)
+    yy = rng.standard_normal((5, 6)).astype(swapped)
+    r0, r1 = _both(kernels_switch, lambda: FA.relu_backward(dy, None, yy))
+    numpy.testing.assert_array_equal(r1, r0)
+    assert hostkernels.relu_mask_times(dy, yy) is None
+    w = numpy.ones(4, swapped)
+    assert not hostkernels.sgd(w, numpy.ones(4, swapped), None, 0.5, 0.0, 0.0, 0.0, 0)

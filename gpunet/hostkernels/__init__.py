@@ -44,6 +44,8 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy
+
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp"))
 FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
 ABI = 2    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
@@ -164,15 +166,16 @@ def status() -> str:
     return ("on, " if _state["lib"] is not None else "") + _state["why"]
 
 
-_SUFFIX = {"float32": "f32", "float64": "f64"}
+# native float32/float64 only (a dict of dtype objects: '>f4' on a little-endian host is not
+# a key, and looking a dtype up is cheaper than its .name)
+_SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
 
 
 def max_pool(t, kernel, stride, padding, out_hw):
     """``(y, arg)`` planes ``(A, OH, OW, B)`` of max pooling over planes ``t (A, H, W, B)``
     (``arg`` uint8), as ``gpunet.functional.pooling._max_pool`` computes them; None when the
     kernels are not in use or do not cover the case (then the caller runs NumPy)."""
-    import numpy
-    suffix = _SUFFIX.get(t.dtype.name)
+    suffix = _SUFFIX.get(t.dtype)
     if suffix is None or kernel[0] * kernel[1] > 256:
         return None
     lib = library()
@@ -193,8 +196,7 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
     ``dy`` planes ``(A, OH, OW, B)`` (any strides: read in place) and uint8 ``arg`` planes,
     as ``gpunet.functional.pooling._max_pool_backward`` computes them; None when the
     kernels are not in use or do not cover the case."""
-    import numpy
-    suffix = _SUFFIX.get(dy.dtype.name)
+    suffix = _SUFFIX.get(dy.dtype)
     if suffix is None or arg.dtype != numpy.uint8:
         return None
     lib = library()
@@ -219,9 +221,8 @@ WD, L1, MOMENTUM, NESTEROV, DECOUPLED = 1, 2, 4, 8, 16
 def _update_arrays(arrays):
     """The kernel's suffix for these same-shaped, same-dtype, C-contiguous, non-overlapping
     NumPy arrays (the parameter first), else None (then the NumPy passes run)."""
-    import numpy
     w = arrays[0]
-    suffix = _SUFFIX.get(w.dtype.name)
+    suffix = _SUFFIX.get(w.dtype)
     if suffix is None or library() is None:
         return None
     for k, a in enumerate(arrays):
@@ -279,8 +280,7 @@ def relu_mask_times(dy, y):
     """``dy * (y > 0)`` in ``y``'s memory order, as
     ``gpunet.functional.activations.relu_mask_times`` computes it, or None when the kernels
     are not in use or the arrays do not qualify (same dtype, shape and strides, dense)."""
-    import numpy
-    suffix = _SUFFIX.get(y.dtype.name)
+    suffix = _SUFFIX.get(y.dtype)
     if (suffix is None or dy.dtype != y.dtype or dy.shape != y.shape or dy.strides != y.strides
             or dy.__class__ is not numpy.ndarray or y.__class__ is not numpy.ndarray or not _dense(y)):
         return None
@@ -298,7 +298,6 @@ def relu_mask_times(dy, y):
 
 def _rows(a, dtype):
     """Whether ``a`` is a C-contiguous 2-D NumPy array of ``dtype`` (kernels' row operand)."""
-    import numpy
     return a.__class__ is numpy.ndarray and a.ndim == 2 and a.dtype == dtype and a.flags.c_contiguous
 
 
@@ -307,8 +306,7 @@ def bias_relu(z, b):
     layer's ``z += bias`` and fused ReLU compute it; True when done, False when the kernels
     are not in use or the arrays do not qualify (C-contiguous, writable ``z``; ``b`` 1-D,
     contiguous, the same dtype, not overlapping ``z``)."""
-    import numpy
-    suffix = _SUFFIX.get(z.dtype.name)
+    suffix = _SUFFIX.get(z.dtype)
     if (suffix is None or not _rows(z, z.dtype) or not z.flags.writeable or b.__class__ is not numpy.ndarray
             or b.shape != z.shape[1:] or b.dtype != z.dtype or not b.flags.c_contiguous
             or numpy.may_share_memory(z, b)):
@@ -325,8 +323,7 @@ def relu_mask_colsum(dy, y):
     g.sum(axis=0)`` (as NumPy sums axis 0: row after row from +0.0) in one pass over
     ``(rows, cols)`` C-contiguous arrays of one dtype; None when the kernels are not in use
     or the arrays do not qualify."""
-    import numpy
-    suffix = _SUFFIX.get(y.dtype.name)
+    suffix = _SUFFIX.get(y.dtype)
     if suffix is None or not _rows(y, y.dtype) or not _rows(dy, y.dtype) or dy.shape != y.shape:
         return None
     lib = library()
