@@ -575,7 +575,7 @@ def blas_summary(facts) -> dict:
 
 
 ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS", "CUPY_TF32", "GPUNET_DEVICE")
+            "MKL_NUM_THREADS", "CUPY_TF32", "GPUNET_DEVICE", "GPUNET_HOST_KERNELS")
 
 
 def worker_facts(framework, device) -> dict:
@@ -595,6 +595,8 @@ def worker_facts(framework, device) -> dict:
         import gpunet
         facts["gpunet"] = gpunet.__version__
         facts["numpy_blas"] = numpy_blas()
+        from gpunet import hostkernels
+        facts["host_kernels"] = hostkernels.status()      # built here, before any timing
         if device.startswith("cuda"):
             from gpunet.backend import cupy_module
             cp = cupy_module()
@@ -985,6 +987,10 @@ def format_markdown(report) -> str:
                          if k in facts.get(fw, {}))
     lines.append("")
     blas = "; ".join(f"{k}'s BLAS {v}" for k, v in report.get("blas", {}).items())
+    hk = facts.get("gpunet", {}).get("host_kernels")
+    if hk and not report["device"].startswith("cuda"):
+        blas += ("; " if blas else "") + ("gpunet's compiled CPU kernels " +
+                                          ("on" if hk.startswith("on") else "off"))
     lines.append(f"{report.get('cpu_vendor', '')} {report['cpu']}; {versions}" + (f"; {blas}" if blas else "")
                  + ("; ratio = PyTorch step time / gpunet step time; " if has_torch else "; ")
                  + ("floor = the same ratio for the step's GEMMs (and im2col/col2im copies) alone; "
@@ -1319,6 +1325,8 @@ def run(args) -> int:
     print(f"gpunet bench on {device}: {hw}, {threads} thread(s); {libs}")
     print(f"OpenBLAS env: {ob or 'OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE not set'}"
           + (" (unset in the workers)" if args.unset_openblas_env else ""))
+    if "host_kernels" in facts.get("gpunet", {}) and not device.startswith("cuda"):
+        print(f"gpunet's compiled CPU kernels: {facts['gpunet']['host_kernels']}")
     for fw in frameworks:
         if "*" in errors[fw]:
             print(f"{fw}: {errors[fw]['*']}")

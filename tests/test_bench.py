@@ -27,6 +27,22 @@ def test_bench_gpunet_alone_writes_json(tmp_path, capsys):
     assert "torch" not in rep["models"]["mlp-784-128-10"]
     assert rep["floor"] is False and "floor" not in rep["models"]["mlp-784-128-10"]   # needs --compare torch
     assert rep["cpu_vendor"] == bench.cpu_vendor() and "numpy" in rep["blas"]
+    # whether gpunet's compiled CPU kernels ran, in the JSON and the header
+    from gpunet import hostkernels
+    assert rep["facts"]["gpunet"]["host_kernels"] == hostkernels.status()
+    assert f"gpunet's compiled CPU kernels: {hostkernels.status()}" in out
+
+
+def test_bench_records_host_kernels_off(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPUNET_HOST_KERNELS", "0")
+    path = tmp_path / "b.json"
+    assert bench.main(TINY + ["--json", str(path), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads(path.read_text())
+    assert rep["facts"]["gpunet"]["host_kernels"].startswith("off")
+    assert rep["env"]["GPUNET_HOST_KERNELS"] == "0"
+    footer = next(line for line in out.splitlines() if "median of" in line and "`gpunet bench" in line)
+    assert "gpunet's compiled CPU kernels off" in footer
 
 
 def test_compare_torch_reports_both_and_the_ratio(tmp_path, capsys):
