@@ -365,3 +365,45 @@ def test_non_native_byte_order_goes_to_numpy(kernels_switch):
     assert hostkernels.relu_mask_times(dy, yy) is None
     w = numpy.ones(4, swapped)
     assert not hostkernels.sgd(w, numpy.ones(4, swapped), None, 0.5, 0.0, 0.0, 0.0, 0)
+
+
+@pytest.mark.parametrize("kernels", ["0", "1"])
+def test_max_pool_backward_refuses_shapes_that_do_not_match(tmp_path, kernels):
+    """A dy larger than arg, or an x_shape too small for the windows, made the compiled
+    backward write past dx ('free(): corrupted unsorted chunks', the process aborted, where
+    NumPy raised a broadcasting error); a smaller dy gave numbers. Now a ValueError naming
+    the function, with or without the kernels, and hostkernels.max_pool_backward itself
+    declines planes its windows do not fit. In a child process: a heap overrun must not
+    take the test run with it."""
+    code = ("import numpy\n"
+            "from gpunet import hostkernels\n"
+            "from gpunet.functional import pooling as FP\n"
+            "x = numpy.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(numpy.float32)\n"
+            "y, arg = FP.max_pool2d(x, 2)\n"
+            "for dy, shape in [(numpy.ones((2, 3, 40, 40), numpy.float32), x.shape),\n"
+            "                  (numpy.ones((2, 3, 1, 1), numpy.float32), x.shape),\n"
+            "                  (numpy.ones((1, 1, 4, 4), numpy.float32), x.shape),\n"
+            "                  (numpy.ones_like(y), (2, 3, 2, 2)), (numpy.ones_like(y), (2, 3, 8, 7))]:\n"
+            "    try:\n"
+            "        FP.max_pool2d_backward(dy, arg, shape, 2)\n"
+            "        print('no error')\n"
+            "    except ValueError as e:\n"
+            "        print(e)\n"
+            "print(FP.max_pool2d_backward(numpy.ones_like(y), arg, x.shape, 2).sum())\n"
+            "dy, arg = numpy.ones((6, 4, 4, 1), numpy.float32), numpy.zeros((6, 4, 4, 1), numpy.uint8)\n"
+            "print([hostkernels.max_pool_backward(d, arg, p, (2, 2), (2, 2), True, False) is None\n"
+            "       for d, p in [(dy, (6, 8, 8, 1)), (dy, (6, 7, 8, 1)), (dy, (6, 8, 7, 1)),\n"
+            "                    (dy, (5, 8, 8, 1)), (dy, (6, 8, 8, 2)), (dy[:3], (6, 8, 8, 1))]])\n")
+    env = {**os.environ, "GPUNET_HOST_CACHE": str(tmp_path / "cache"), "GPUNET_HOST_KERNELS": kernels}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert len(out) == 7, out
+    for line in out[:3]:
+        assert line.startswith("max_pool2d_backward: expected dy of arg's shape (2, 3, 4, 4)"), line
+    assert out[3] == ("max_pool2d_backward: x_shape (2, 3, 2, 2) (padding (0, 0)) is too small for the "
+                      "4x4 windows of kernel (2, 2), stride (2, 2); expected the forward's input shape")
+    assert out[4].startswith("max_pool2d_backward: x_shape (2, 3, 8, 7) (padding (0, 0)) is too small")
+    assert out[5] == "96.0"
+    used = kernels == "1" and HAS_CXX
+    assert out[6] == f"[{not used}, True, True, True, True, True]"

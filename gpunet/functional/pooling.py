@@ -176,6 +176,15 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     if xp is not numpy:
         from ..cuda import pooling as cuda_pool
         return cuda_pool.max_pool2d_backward(dy, arg, x_shape, kernel, stride, padding)
+    if dy.shape != arg.shape or len(x_shape) != 4:
+        raise ValueError(f"max_pool2d_backward: expected dy of arg's shape {tuple(arg.shape)} (the "
+                         f"forward's output) and a 4-D x_shape, got dy {tuple(dy.shape)}, x_shape "
+                         f"{tuple(x_shape)}")
+    if ((dy.shape[2] - 1) * stride[0] + kernel[0] > x_shape[2] + 2 * padding[0]
+            or (dy.shape[3] - 1) * stride[1] + kernel[1] > x_shape[3] + 2 * padding[1]):
+        raise ValueError(f"max_pool2d_backward: x_shape {tuple(x_shape)} (padding {padding}) is too "
+                         f"small for the {dy.shape[2]}x{dy.shape[3]} windows of kernel {kernel}, "
+                         f"stride {stride}; expected the forward's input shape")
     if dy.dtype == numpy.float16:   # float32 sums of overlapping windows, rounded once
         return max_pool2d_backward(dy.astype(numpy.float32), arg, x_shape, kernel, stride,
                                    padding).astype(numpy.float16)

@@ -197,8 +197,11 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
     as ``gpunet.functional.pooling._max_pool_backward`` computes them; None when the
     kernels are not in use or do not cover the case."""
     suffix = _SUFFIX.get(dy.dtype)
-    if suffix is None or arg.dtype != numpy.uint8:
-        return None
+    a, hp, wp, b = padded
+    if (suffix is None or arg.dtype != numpy.uint8 or dy.shape != arg.shape or arg.ndim != 4
+            or (a, b) != (arg.shape[0], arg.shape[3]) or (arg.shape[1] - 1) * stride[0] + kernel[0] > hp
+            or (arg.shape[2] - 1) * stride[1] + kernel[1] > wp):
+        return None         # (also planes that do not fit: the kernel would write past dx)
     lib = library()
     if lib is None:
         return None
@@ -207,7 +210,6 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
     if any(s % item for s in dy.strides):
         dy = numpy.ascontiguousarray(dy)
     dx = numpy.empty(padded, dtype=dy.dtype)
-    a, hp, wp, b = padded
     getattr(lib, f"gpunet_max_pool_backward_{suffix}")(
         dy.ctypes.data, *(s // item for s in dy.strides), arg.ctypes.data, dx.ctypes.data, a, hp, wp, b, kernel[0], kernel[1],
         stride[0], stride[1], dy.shape[1], dy.shape[2], int(disjoint), int(tiled))
