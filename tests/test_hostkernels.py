@@ -2,6 +2,7 @@
 replace, in every layout, dtype and window geometry, with ties, NaN, infinities and signed
 zeros; used where a compiler exists; a clean NumPy fallback where it does not."""
 import os
+import shlex
 import subprocess
 import sys
 
@@ -407,3 +408,47 @@ def test_max_pool_backward_refuses_shapes_that_do_not_match(tmp_path, kernels):
     assert out[5] == "96.0"
     used = kernels == "1" and HAS_CXX
     assert out[6] == f"[{not used}, True, True, True, True, True]"
+
+
+@needs_cxx
+def test_odd_compilers_neither_crash_nor_hang(tmp_path):
+    """A compiler (or $CXX wrapper) whose --version prints bytes that are not UTF-8, whose
+    error messages are in another charset (gcc translates them into the locale's), or that
+    hangs: the kernels are built (garbage is only hashed) or NumPy runs with one warning.
+    On main the first two raised UnicodeDecodeError out of the first max_pool2d, and the
+    last ones hung it (no time limit)."""
+    real = hostkernels._compiler()
+    scripts = {
+        "garbage": f"if [ \"$1\" = --version ]; then printf '\\377\\376 gcc \\351\\n'; exit 0; fi\n"
+                   f"exec {shlex.join(real)} \"$@\"\n",
+        "latin1": "if [ \"$1\" = --version ]; then echo 'g++ 1.0'; exit 0; fi\n"
+                  "printf 'erreur: \\351chec de la compilation\\n' >&2; exit 1\n",
+        "hangs": "exec sleep 60\n",
+        "hangs_building": "if [ \"$1\" = --version ]; then echo 'g++ 1.0'; exit 0; fi\nexec sleep 60\n",
+    }
+    for name, body in scripts.items():
+        (tmp_path / name).write_text("#!/bin/sh\n" + body)
+        (tmp_path / name).chmod(0o755)
+    code = ("import warnings, numpy, time; warnings.simplefilter('always')\n"
+            "from gpunet import hostkernels; from gpunet.functional import pooling as FP\n"
+            "hostkernels.VERSION_TIMEOUT = hostkernels.BUILD_TIMEOUT = 2.0\n"
+            "t = time.perf_counter()\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    y, arg = FP.max_pool2d(numpy.arange(16, dtype=numpy.float32).reshape(1, 1, 4, 4), 2)\n"
+            "print(y.ravel().tolist(), arg.ravel().tolist())\n"
+            "print(hostkernels.status())\n"
+            "print(len(w), time.perf_counter() - t < 20)\n")
+    out = {}
+    for name in scripts:
+        env = {**os.environ, "GPUNET_HOST_CACHE": str(tmp_path / "cache"), "GPUNET_HOST_KERNELS": "1",
+               "CXX": str(tmp_path / name), "PYTHONUTF8": "1"}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        out[name] = r.stdout.splitlines()
+        assert out[name][0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]", (name, out[name])
+    assert out["garbage"][1].startswith("on, built with ") and out["garbage"][2] == "0 True"
+    assert out["latin1"][1] == "the build failed (erreur: \ufffdchec de la compilation): NumPy only"
+    for name in ("hangs", "hangs_building"):
+        assert out[name][1].startswith("the build failed (Command ") and "timed out after 2.0 seconds" in out[name][1]
+        assert out[name][2] == "1 True"

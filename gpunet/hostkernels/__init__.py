@@ -73,8 +73,20 @@ def _compiler():
     return None
 
 
+# seconds a compiler may take to say its version, and to build the kernels (about a second
+# here): a compiler that hangs costs that once per process, then NumPy runs
+VERSION_TIMEOUT, BUILD_TIMEOUT = 30.0, 300.0
+
+
+def _run(argv, timeout):
+    """``subprocess.run`` of the compiler: stdin closed (a wrapper that reads it must not
+    wait on the user's terminal), output kept as bytes (a compiler's messages in the
+    locale's charset, or garbage, must not raise UnicodeDecodeError), a time limit."""
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+
 def _build(argv) -> Path:
-    version = subprocess.run([*argv, "--version"], capture_output=True, text=True)
+    version = _run([*argv, "--version"], VERSION_TIMEOUT)
     h = hashlib.sha256()
     for part in (*(src.read_bytes() for src in SOURCES), " ".join(FLAGS), " ".join(argv),
                  version.stdout + version.stderr):
@@ -87,10 +99,10 @@ def _build(argv) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=d, prefix=".host-") as tmp:
         out = Path(tmp) / "out.so"
-        r = subprocess.run([*argv, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True,
-                           text=True)
+        r = _run([*argv, *FLAGS, *map(str, SOURCES), "-o", str(out)], BUILD_TIMEOUT)
         if r.returncode != 0:
-            raise RuntimeError((r.stderr or r.stdout).strip()[:2000])
+            raise RuntimeError((r.stderr or r.stdout).decode(errors="replace").strip()[:2000]
+                               or f"{argv[0]} exited with status {r.returncode}")
         os.replace(out, path)      # atomic: a concurrent build writes the same bytes
     return path
 
