@@ -1,6 +1,7 @@
 """The compiled CPU kernels (gpunet.hostkernels): the same bits as the NumPy code they
 replace, in every layout, dtype and window geometry, with ties, NaN, infinities and signed
 zeros; used where a compiler exists; a clean NumPy fallback where it does not."""
+import hashlib
 import os
 import shlex
 import subprocess
@@ -186,7 +187,29 @@ def test_cache_reused_across_processes(tmp_path):
     libs = sorted(p.name for p in (tmp_path / "cache").iterdir())
     second = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)
     assert first[1] == second[1] and first[1].startswith("on, built with ")
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == libs and len(libs) == 1
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == libs
+    assert [n.endswith(".so") for n in libs] == [False, True]      # the library and its digest
+
+
+@needs_cxx
+@pytest.mark.parametrize("damage", ["truncated", "no digest", "other bytes"])
+def test_a_damaged_library_in_the_cache_is_rebuilt(tmp_path, damage):
+    """A cached library cut short (a full disk, a crash before its data reached the disk, a
+    partial copy of the cache) killed every later process with SIGBUS when loaded (on main:
+    returncode -7 at the first max_pool2d). The build records the library's SHA-256 next to
+    it; a library that does not match it, or has none, is built again."""
+    first = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    lib = next((tmp_path / "cache").glob("host-*.so"))
+    data = lib.read_bytes()
+    if damage == "truncated":
+        lib.write_bytes(data[:len(data) // 2])
+    elif damage == "no digest":
+        lib.with_suffix(".sha256").unlink()
+    else:
+        lib.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    second = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    assert second == first and first[1].startswith("on, built with ") and first[2] == "[]"
+    assert hashlib.sha256(lib.read_bytes()).hexdigest() == lib.with_suffix(".sha256").read_text()
 
 
 # -- the optimizer updates ----------------------------------------------------------------

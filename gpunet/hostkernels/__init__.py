@@ -94,17 +94,30 @@ def _build(argv) -> Path:
         h.update(b"\0")
     d = cache_dir()
     path = d / f"host-{h.hexdigest()[:32]}.so"
-    if path.is_file():
+    digest = path.with_suffix(".sha256")
+    if _intact(path, digest):
         return path
     d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=d, prefix=".host-") as tmp:
-        out = Path(tmp) / "out.so"
+        out, sums = Path(tmp) / "out.so", Path(tmp) / "out.sha256"
         r = _run([*argv, *FLAGS, *map(str, SOURCES), "-o", str(out)], BUILD_TIMEOUT)
         if r.returncode != 0:
             raise RuntimeError((r.stderr or r.stdout).decode(errors="replace").strip()[:2000]
                                or f"{argv[0]} exited with status {r.returncode}")
+        sums.write_text(hashlib.sha256(out.read_bytes()).hexdigest())
         os.replace(out, path)      # atomic: a concurrent build writes the same bytes
+        os.replace(sums, digest)   # last: a library without its digest is rebuilt
     return path
+
+
+def _intact(path, digest):
+    """Whether the library ``path`` holds the bytes its build recorded in ``digest``: one cut
+    short (a full disk or a crash before the data reached it, a partial copy of the cache)
+    is rebuilt, as loading it killed the process with SIGBUS."""
+    try:
+        return digest.read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return False
 
 
 def _load():
