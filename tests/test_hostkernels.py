@@ -475,3 +475,31 @@ def test_odd_compilers_neither_crash_nor_hang(tmp_path):
     for name in ("hangs", "hangs_building"):
         assert out[name][1].startswith("the build failed (Command ") and "timed out after 2.0 seconds" in out[name][1]
         assert out[name][2] == "1 True"
+
+
+@needs_cxx
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+def test_a_fork_during_the_build_does_not_hang_the_child(tmp_path):
+    """A process forked (multiprocessing's default on Linux) while another thread held the
+    build lock got the lock held by a thread it does not have: its first kernel call waited
+    for good (on main the child is killed by its alarm, -14). The child now starts with a
+    new lock and builds, or finds, the library itself."""
+    code = ("import os, signal, threading, numpy\n"
+            "from gpunet import hostkernels; from gpunet.functional import pooling as FP\n"
+            "held, release = threading.Event(), threading.Event()\n"
+            "def builder():\n"
+            "    with hostkernels._lock:          # as while a build is under way\n"
+            "        held.set(); release.wait()\n"
+            "t = threading.Thread(target=builder); t.start(); held.wait()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    signal.alarm(15)\n"
+            "    y, arg = FP.max_pool2d(numpy.arange(16, dtype=numpy.float32).reshape(1, 1, 4, 4), 2)\n"
+            "    os._exit(0 if y.ravel().tolist() == [5.0, 7.0, 13.0, 15.0] and hostkernels.library() else 3)\n"
+            "release.set(); t.join()\n"
+            "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    env = {**os.environ, "GPUNET_HOST_CACHE": str(tmp_path / "cache"), "GPUNET_HOST_KERNELS": "1"}
+    r = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"

@@ -51,6 +51,17 @@ FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fas
 ABI = 2    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork():
+    # a fork while another thread builds copies the lock held, by a thread the child lacks:
+    # the child's first kernel call then waited on it for good
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 _state = {"lib": None, "tried": False, "why": None, "enabled": None}
 
 
