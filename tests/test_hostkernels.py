@@ -503,3 +503,68 @@ def test_a_fork_during_the_build_does_not_hang_the_child(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0"
+
+
+# -- memory that is not aligned for its dtype ---------------------------------------------
+def _misaligned(a):
+    """``a``'s values, C order, one byte past its dtype's alignment (NumPy allows such
+    arrays: a view into a byte buffer, or a field of a packed record array)."""
+    out = numpy.ndarray(a.shape, a.dtype, numpy.zeros(a.nbytes + 1, numpy.uint8), offset=1)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+# the float-pointer arguments of each kernel (arg, the uint8 one, has no alignment to keep)
+_FLOAT_ARGS = {"max_pool": (0, 1), "max_pool_backward": (0, 6), "sgd": (0, 1, 2), "adam": (0, 1, 2, 3),
+               "relu_mask_times": (0, 1, 2), "bias_relu": (0, 1), "relu_mask_colsum": (0, 1, 2, 3)}
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_misaligned_arrays_never_reach_the_kernels(kernels_switch, monkeypatch, dtype):
+    """A float read through an address that is not a multiple of its alignment is undefined
+    behaviour in C++ (x86 forgives it in scalar code, not in every vector instruction);
+    UBSan reported it in the compiled max pooling backward ('load of misaligned address')
+    for a (1, 1, 1, 1) dy viewed from a packed record array: C-contiguous, so
+    ascontiguousarray handed its address over as it was. The wrappers now copy such arrays
+    (pooling) or leave them to NumPy (the rest); the results stay NumPy's bits."""
+    kernels_switch(True)
+    lib = hostkernels.library()
+    item = numpy.dtype(dtype).itemsize
+    seen = []
+    for kind, positions in _FLOAT_ARGS.items():
+        name = f"gpunet_{kind}_{'f32' if item == 4 else 'f64'}"
+
+        def record(*args, _real=getattr(lib, name), _name=name, _pos=positions):
+            seen.append((_name, [args[i] % item for i in _pos if args[i] is not None]))
+            return _real(*args)
+
+        monkeypatch.setattr(lib, name, record)
+    from gpunet.functional import activations as FA
+    rng = numpy.random.default_rng(9)
+    x = _awkward(rng, (2, 3, 6, 5), dtype)
+    (y0, a0), (y1, a1) = _both(kernels_switch, lambda: FP.max_pool2d(_misaligned(x), 3, 2, 1))
+    numpy.testing.assert_array_equal(_bits(y1), _bits(y0))
+    numpy.testing.assert_array_equal(a1, a0)
+    for dy in (_misaligned(_awkward(rng, y0.shape, dtype)),
+               numpy.zeros((1, 1, 1, 1), [("pad", numpy.uint8), ("v", dtype)])["v"]):
+        shape = (1, 1, 2, 2) if dy.size == 1 else x.shape
+        arg = a0 if dy.size > 1 else numpy.zeros((1, 1, 1, 1), numpy.uint8)
+        d0, d1 = _both(kernels_switch, lambda: FP.max_pool2d_backward(dy, arg, shape, 3, 2, 1))
+        numpy.testing.assert_array_equal(_bits(d1), _bits(d0))
+    yy, dy = _misaligned(_awkward(rng, (7, 5), dtype)), _misaligned(_awkward(rng, (7, 5), dtype))
+    r0, r1 = _both(kernels_switch, lambda: FA.relu_backward(dy, None, yy))
+    numpy.testing.assert_array_equal(_bits(r1), _bits(r0))
+    ok = numpy.ones((7, 5), dtype)
+    hostkernels.relu_mask_colsum(dy, ok)
+    hostkernels.relu_mask_colsum(ok, yy)
+    hostkernels.bias_relu(ok.copy(), _misaligned(numpy.ones(5, dtype)))
+    hostkernels.bias_relu(_misaligned(ok), numpy.ones(5, dtype))
+    w, g = _misaligned(numpy.ones(9, dtype)), numpy.ones(9, dtype)
+    hostkernels.sgd(w, g, None, 0.5, 0.0, 0.0, 0.0, 0)
+    hostkernels.sgd(numpy.ones(9, dtype), _misaligned(g), None, 0.5, 0.0, 0.0, 0.0, 0)
+    hostkernels.adam(numpy.ones(9, dtype), g, numpy.ones(9, dtype), _misaligned(g), 0.9, 0.99, 1.0, 1e-8,
+                     0.1, 0.0, 0.0, 0)
+    assert [k for k, _ in seen if "max_pool" in k], seen          # the pooling kernels ran (on copies)
+    assert all(off == 0 for _, offs in seen for off in offs), seen

@@ -218,6 +218,8 @@ def max_pool(t, kernel, stride, padding, out_hw):
     if lib is None:
         return None
     t = numpy.ascontiguousarray(t)
+    if not t.flags.aligned:     # C order, but a float's address not a multiple of its size: copied
+        t = t.copy()
     a, h, w, b = t.shape
     y = numpy.empty((a,) + tuple(out_hw) + (b,), dtype=t.dtype)
     arg = numpy.empty(y.shape, dtype=numpy.uint8)
@@ -229,9 +231,9 @@ def max_pool(t, kernel, stride, padding, out_hw):
 
 def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
     """``dx`` planes of the padded input ``padded = (A, HP, WP, B)`` (C-contiguous) from
-    ``dy`` planes ``(A, OH, OW, B)`` (any strides: read in place) and uint8 ``arg`` planes,
-    as ``gpunet.functional.pooling._max_pool_backward`` computes them; None when the
-    kernels are not in use or do not cover the case."""
+    ``dy`` planes ``(A, OH, OW, B)`` (any strides: read in place; copied when not aligned)
+    and uint8 ``arg`` planes, as ``gpunet.functional.pooling._max_pool_backward`` computes
+    them; None when the kernels are not in use or do not cover the case."""
     suffix = _SUFFIX.get(dy.dtype)
     a, hp, wp, b = padded
     if (suffix is None or arg.dtype != numpy.uint8 or dy.shape != arg.shape or arg.ndim != 4
@@ -243,8 +245,8 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
         return None
     arg = numpy.ascontiguousarray(arg)
     item = dy.itemsize
-    if any(s % item for s in dy.strides):
-        dy = numpy.ascontiguousarray(dy)
+    if not dy.flags.aligned or any(s % item for s in dy.strides):
+        dy = dy.copy()          # C order, aligned (ascontiguousarray keeps a C-order misaligned one)
     dx = numpy.empty(padded, dtype=dy.dtype)
     getattr(lib, f"gpunet_max_pool_backward_{suffix}")(
         dy.ctypes.data, *(s // item for s in dy.strides), arg.ctypes.data, dx.ctypes.data, a, hp, wp, b, kernel[0], kernel[1],
@@ -257,15 +259,15 @@ WD, L1, MOMENTUM, NESTEROV, DECOUPLED = 1, 2, 4, 8, 16
 
 
 def _update_arrays(arrays):
-    """The kernel's suffix for these same-shaped, same-dtype, C-contiguous, non-overlapping
-    NumPy arrays (the parameter first), else None (then the NumPy passes run)."""
+    """The kernel's suffix for these same-shaped, same-dtype, C-contiguous, aligned,
+    non-overlapping NumPy arrays (the parameter first), else None (then the NumPy passes run)."""
     w = arrays[0]
     suffix = _SUFFIX.get(w.dtype)
     if suffix is None or library() is None:
         return None
     for k, a in enumerate(arrays):
         if (a.__class__ is not numpy.ndarray or a.dtype != w.dtype or a.shape != w.shape
-                or not a.flags.c_contiguous or (k != 1 and not a.flags.writeable)):
+                or not a.flags.c_contiguous or not a.flags.aligned or (k != 1 and not a.flags.writeable)):
             return None                             # arrays[1], the gradient, is only read
         for b in arrays[:k]:
             if numpy.may_share_memory(a, b):
@@ -320,7 +322,8 @@ def relu_mask_times(dy, y):
     are not in use or the arrays do not qualify (same dtype, shape and strides, dense)."""
     suffix = _SUFFIX.get(y.dtype)
     if (suffix is None or dy.dtype != y.dtype or dy.shape != y.shape or dy.strides != y.strides
-            or dy.__class__ is not numpy.ndarray or y.__class__ is not numpy.ndarray or not _dense(y)):
+            or dy.__class__ is not numpy.ndarray or y.__class__ is not numpy.ndarray or not _dense(y)
+            or not (y.flags.aligned and dy.flags.aligned)):
         return None
     lib = library()
     if lib is None:
@@ -336,7 +339,8 @@ def relu_mask_times(dy, y):
 
 def _rows(a, dtype):
     """Whether ``a`` is a C-contiguous 2-D NumPy array of ``dtype`` (kernels' row operand)."""
-    return a.__class__ is numpy.ndarray and a.ndim == 2 and a.dtype == dtype and a.flags.c_contiguous
+    return (a.__class__ is numpy.ndarray and a.ndim == 2 and a.dtype == dtype and a.flags.c_contiguous
+            and a.flags.aligned)
 
 
 def bias_relu(z, b):
@@ -346,7 +350,7 @@ def bias_relu(z, b):
     contiguous, the same dtype, not overlapping ``z``)."""
     suffix = _SUFFIX.get(z.dtype)
     if (suffix is None or not _rows(z, z.dtype) or not z.flags.writeable or b.__class__ is not numpy.ndarray
-            or b.shape != z.shape[1:] or b.dtype != z.dtype or not b.flags.c_contiguous
+            or b.shape != z.shape[1:] or b.dtype != z.dtype or not b.flags.c_contiguous or not b.flags.aligned
             or numpy.may_share_memory(z, b)):
         return False
     lib = library()
