@@ -568,3 +568,31 @@ def test_misaligned_arrays_never_reach_the_kernels(kernels_switch, monkeypatch, 
                      0.1, 0.0, 0.0, 0)
     assert [k for k, _ in seen if "max_pool" in k], seen          # the pooling kernels ran (on copies)
     assert all(off == 0 for _, offs in seen for off in offs), seen
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("out_features", [1, 2, 5])
+def test_dense_relu_bias_grad_same_bits_for_any_width(kernels_switch, dtype, out_features):
+    """Dense(..., out_features=1, activation='relu'): NumPy's dy.sum(axis=0) over a
+    (batch, 1) column is a contiguous sum, done pairwise (8 partial sums), where the
+    compiled relu_mask_colsum adds row after row: the bias gradient differed (float32,
+    batch 1000: -6198.2295 against -6198.2456; float64 from batch 8 on). One column now
+    takes the NumPy passes; wider layers keep the kernel (NumPy sums row by row there)."""
+    from gpunet.layers import Dense
+
+    def step(batch):
+        rng = numpy.random.default_rng(batch)
+        layer = Dense(7, out_features, activation="relu").to(dtype=dtype)
+        layer.weight.data[...] = rng.standard_normal(layer.weight.data.shape)
+        layer.bias.data[...] = rng.standard_normal(layer.bias.data.shape)
+        y = layer(rng.standard_normal((batch, 7)).astype(dtype))
+        layer.backward((rng.standard_normal(y.shape) * 1e3 + 1).astype(dtype))
+        return [y, layer.weight.grad, layer.bias.grad]
+    for batch in (1, 8, 9, 100, 1000, 4097):
+        r0, r1 = _both(kernels_switch, lambda: step(batch))
+        for a, b in zip(r1, r0):
+            numpy.testing.assert_array_equal(_bits(a), _bits(b))
+    kernels_switch(True)
+    y = numpy.ones((100, out_features), dtype)
+    assert (hostkernels.relu_mask_colsum(y, y) is None) == (out_features == 1)

@@ -364,9 +364,11 @@ def relu_mask_colsum(dy, y):
     """``(g, db)``: ``g = dy * (y > 0)`` (as :func:`relu_mask_times`) and ``db =
     g.sum(axis=0)`` (as NumPy sums axis 0: row after row from +0.0) in one pass over
     ``(rows, cols)`` C-contiguous arrays of one dtype; None when the kernels are not in use
-    or the arrays do not qualify."""
+    or the arrays do not qualify. Not for one column: NumPy then sums the contiguous column
+    pairwise (8 partial sums), other bits than row after row."""
     suffix = _SUFFIX.get(y.dtype)
-    if suffix is None or not _rows(y, y.dtype) or not _rows(dy, y.dtype) or dy.shape != y.shape:
+    if (suffix is None or not _rows(y, y.dtype) or not _rows(dy, y.dtype) or dy.shape != y.shape
+            or y.shape[1] == 1):
         return None
     lib = library()
     if lib is None:
