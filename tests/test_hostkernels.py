@@ -181,6 +181,15 @@ def test_no_compiler_is_quiet(tmp_path):
     assert out[2] == "[]"
 
 
+def test_a_cxx_that_is_no_command_line_warns_and_falls_back(tmp_path):
+    """$CXX with an unbalanced quote: shlex.split raised ValueError ('No closing quotation')
+    out of the first max_pool2d (on main the child fails). Now one warning, NumPy."""
+    out = _child({"CXX": 'g++ "-O2', "GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    assert out[0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]"
+    assert out[1] == "$CXX is not a command line (No closing quotation: 'g++ \"-O2'): NumPy only"
+    assert out[2] == f"[{('gpunet.hostkernels: ' + out[1])!r}]"
+
+
 @needs_cxx
 def test_cache_reused_across_processes(tmp_path):
     first = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)

@@ -133,7 +133,12 @@ def _intact(path, digest):
 
 def _load():
     lib, why = None, None
-    argv = _compiler()
+    try:
+        argv = _compiler()
+    except ValueError as e:         # shlex: $CXX='g++ "-O2' has no closing quote
+        why = f"$CXX is not a command line ({e}: {os.environ.get('CXX')!r}): NumPy only"
+        warnings.warn(f"gpunet.hostkernels: {why}", RuntimeWarning, stacklevel=3)
+        return None, why
     if argv is None:
         return None, "no C++ compiler ($CXX, g++, c++, clang++): NumPy only"
     try:
