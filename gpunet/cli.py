@@ -401,8 +401,11 @@ def cmd_info(args):
     from gpunet import threads
     print(f"blas     {threads.describe()}")
     from gpunet import hostkernels
-    print(f"host kernels {hostkernels.status()} (cache {hostkernels.cache_dir()}; "
-          "GPUNET_HOST_KERNELS=0: NumPy only)")
+    try:
+        cache = hostkernels.cache_dir()
+    except RuntimeError as e:       # no $GPUNET_HOST_CACHE and no home directory
+        cache = str(e)
+    print(f"host kernels {hostkernels.status()} (cache {cache}; GPUNET_HOST_KERNELS=0: NumPy only)")
     if backend.cuda_available():
         n = cp.cuda.runtime.getDeviceCount()
         for i in range(n):

@@ -81,6 +81,28 @@ def test_info(capsys):
     assert "gpunet" in out and "numpy" in out and "device" in out and "cpu" in out
 
 
+def test_info_without_a_home_directory(capsys, monkeypatch):
+    """$HOME unset and a user id without a passwd entry (a container run with --user N):
+    pathlib's 'Could not determine home directory.' came out of `gpunet info` as a
+    traceback, from the host kernels' default cache directory. Now info says so."""
+    import pwd
+    from gpunet import hostkernels
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("GPUNET_HOST_CACHE", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    # this process's kernels switched off for the test (no build tried without a cache)
+    monkeypatch.setattr(hostkernels, "_state", {**hostkernels._state, "enabled": False})
+    assert cli.main(["info"]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("host kernels"))
+    assert "(cache no cache directory: no home directory ($HOME unset, no passwd entry); set " \
+           "GPUNET_HOST_CACHE; GPUNET_HOST_KERNELS=0: NumPy only)" in line
+    with pytest.raises(RuntimeError, match=r"no home directory .*; set GPUNET_HOST_CACHE$"):
+        hostkernels.cache_dir()
+
+
 @pytest.mark.parametrize("command", ["train", "bench"])
 def test_help_states_every_default(command):
     """`gpunet train --help` and `gpunet bench --help` say what each option does when it is

@@ -66,8 +66,16 @@ _state = {"lib": None, "tried": False, "why": None, "enabled": None}
 
 
 def cache_dir() -> Path:
+    """``$GPUNET_HOST_CACHE``, else ``~/.cache/gpunet/host``; ``RuntimeError`` when neither
+    is known (``$HOME`` unset and a user id without a passwd entry, as in some containers)."""
     d = os.environ.get("GPUNET_HOST_CACHE")
-    return Path(d) if d else Path.home() / ".cache" / "gpunet" / "host"
+    if d:
+        return Path(d)
+    try:
+        return Path.home() / ".cache" / "gpunet" / "host"
+    except RuntimeError:            # pathlib: 'Could not determine home directory.'
+        raise RuntimeError("no cache directory: no home directory ($HOME unset, no passwd entry); "
+                           "set GPUNET_HOST_CACHE") from None
 
 
 def _compiler():
