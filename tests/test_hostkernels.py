@@ -605,3 +605,30 @@ def test_dense_relu_bias_grad_same_bits_for_any_width(kernels_switch, dtype, out
     kernels_switch(True)
     y = numpy.ones((100, out_features), dtype)
     assert (hostkernels.relu_mask_colsum(y, y) is None) == (out_features == 1)
+
+
+@needs_cxx
+def test_a_cache_shared_with_another_machine_holds_a_library_for_each(tmp_path):
+    """A cache shared by hosts of two machine types (an NFS home seen from x86-64 and
+    aarch64 nodes) whose compilers print the same version: the second host found the
+    first one's library under the same name and could not load it ('the build failed
+    (...: ELF file ... )': NumPy in every process there). Simulated: a first process that
+    takes itself for another machine builds, the library is marked as that machine's
+    (ELF e_machine) with its digest to match, then this host's process runs."""
+    import platform
+    other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
+    code = (f"import platform; platform.machine = lambda: {other!r}\n"
+            "from gpunet import hostkernels; print(hostkernels.status())\n")
+    env = {**os.environ, "GPUNET_HOST_CACHE": str(tmp_path / "cache"), "GPUNET_HOST_KERNELS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("on, built with "), r.stderr
+    (lib,) = (tmp_path / "cache").glob("host-*.so")
+    data = bytearray(lib.read_bytes())
+    if data[:4] == b"\x7fELF" and data[5] == 1:             # little-endian ELF: e_machine at 18
+        data[18:20] = (183 if other == "aarch64" else 62).to_bytes(2, "little")
+        lib.write_bytes(bytes(data))
+        lib.with_suffix(".sha256").write_text(hashlib.sha256(bytes(data)).hexdigest())
+    out = _child({"GPUNET_HOST_KERNELS": "1"}, tmp_path)
+    assert out[0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]"
+    assert out[1].startswith("on, built with ") and out[2] == "[]", out
+    assert len(list((tmp_path / "cache").glob("host-*.so"))) == 2

@@ -18,9 +18,10 @@ slower; the tests check that bit for bit. Only the sign and payload of a NaN may
 
 They are built on first use with the host C++ compiler (``$CXX``, else ``g++``, ``c++`` or
 ``clang++``: the one the sim device uses) and cached in ``$GPUNET_HOST_CACHE`` (default
-``~/.cache/gpunet/host``), keyed on the source, the flags and the compiler's version; a
-build takes about a second, once. x86-64 builds carry AVX-512, AVX2 and baseline clones of
-each kernel, chosen at load time for the CPU at hand, so a shared cache serves every host.
+``~/.cache/gpunet/host``), keyed on the source, the flags, the compiler's version and the
+machine (``x86_64``, ``aarch64``...); a build takes about a second, once. x86-64 builds carry
+AVX-512, AVX2 and baseline clones of each kernel, chosen at load time for the CPU at hand,
+so a shared cache serves every host.
 
 Switches:
 
@@ -36,9 +37,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -107,8 +110,10 @@ def _run(argv, timeout):
 def _build(argv) -> Path:
     version = _run([*argv, "--version"], VERSION_TIMEOUT)
     h = hashlib.sha256()
+    # the machine too: a cache shared by an x86-64 and an aarch64 host (an NFS home) whose
+    # compilers print the same version must hold a library for each
     for part in (*(src.read_bytes() for src in SOURCES), " ".join(FLAGS), " ".join(argv),
-                 version.stdout + version.stderr):
+                 version.stdout + version.stderr, f"{sys.platform} {platform.machine()}"):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
     d = cache_dir()
