@@ -9,7 +9,9 @@
 The parent process finds g++'s ``libasan.so`` / ``libubsan.so`` (``$CXX -print-file-name``),
 and re-runs this script in a child with ``LD_PRELOAD`` of both, ``GPUNET_SIM_SANITIZE=1``
 (the sim runtime and every kernel module are built with ``-fsanitize=address,undefined
--fno-sanitize-recover=all -fno-omit-frame-pointer``, cached apart from the normal build),
+-fno-sanitize-recover=all -fno-omit-frame-pointer``, cached apart from the normal build;
+so are gpunet's compiled CPU kernels, which the NumPy references call: their own edge
+cases are ``tools/host_sanitize.py``'s, which shares this parent/child machinery),
 ``ASAN_OPTIONS=detect_leaks=0`` (the Python interpreter's own allocations are not ours)
 and ``halt_on_error``. The child runs every launcher of ``gpunet/cuda/`` through the
 functional ops on sim arrays, over the edge shapes of issue 11, and compares each result
@@ -83,20 +85,22 @@ def sanitizer_env() -> dict:
     return env
 
 
-def run_parent(argv) -> int:
+def run_parent(argv, script=__file__, name="sim_sanitize") -> int:
+    """Run ``script --child argv`` under :func:`sanitizer_env`; 1 when it fails or its
+    output holds a sanitizer report (``tools/host_sanitize.py`` runs its child here too)."""
     env = sanitizer_env()
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, __file__, "--child", *argv], env=env,
+    p = subprocess.run([sys.executable, str(script), "--child", *argv], env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = p.stdout
     sys.stdout.write(out)
     reports = [line for line in out.splitlines() if _REPORT.search(line)]
     elapsed = time.perf_counter() - t0
     if p.returncode != 0 or reports:
-        print(f"sim_sanitize: FAILED (exit status {p.returncode}, {len(reports)} sanitizer "
+        print(f"{name}: FAILED (exit status {p.returncode}, {len(reports)} sanitizer "
               f"report line(s)) in {elapsed:.1f} s", file=sys.stderr)
         return 1
-    print(f"sim_sanitize: clean in {elapsed:.1f} s")
+    print(f"{name}: clean in {elapsed:.1f} s")
     return 0
 
 
@@ -542,9 +546,15 @@ def run_child(args) -> int:
     from gpunet.sim import runtime
 
     assert runtime.sanitizing(), "the child must run with GPUNET_SIM_SANITIZE=1"
-    todo = [(n, f) for n, f in cases() if not args.k or any(k in n for k in args.k)]
+    return run_cases(cases(), args, "sim_sanitize")
+
+
+def run_cases(all_cases, args, tool) -> int:
+    """Run the ``(name, function)`` cases that ``args.k`` selects; 1 when one fails (an
+    AssertionError) or none is selected. ``tool`` names the tool in the summary lines."""
+    todo = [(n, f) for n, f in all_cases if not args.k or any(k in n for k in args.k)]
     if not todo:      # a -k that matches nothing checks nothing: that is not a clean run
-        print(f"sim_sanitize: no case matches -k {' -k '.join(args.k or [])} (--list prints them)",
+        print(f"{tool}: no case matches -k {' -k '.join(args.k or [])} (--list prints them)",
               flush=True)
         return 1
     failed = []
@@ -559,29 +569,37 @@ def run_child(args) -> int:
         else:
             if args.verbose:
                 print(f"ok   {name}", flush=True)
-    print(f"sim_sanitize: {len(todo) - len(failed)}/{len(todo)} cases match NumPy "
+    print(f"{tool}: {len(todo) - len(failed)}/{len(todo)} cases match NumPy "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     return 1 if failed else 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def tool_main(argv, *, doc, script, name, get_cases, plants, child) -> int:
+    """The command line of a sanitizer tool: ``--list``, ``-k``, ``-v``, ``--plant`` (one
+    of ``plants``); the parent runs ``script`` again as the child (:func:`run_parent`),
+    which calls ``child(args)``. This tool and ``tools/host_sanitize.py`` share it."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--list", action="store_true", help="print the case names and exit")
     ap.add_argument("-k", action="append", help="run only cases whose name contains this")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every case")
-    ap.add_argument("--plant", choices=sorted(PLANTED), help="run a deliberately broken kernel")
+    ap.add_argument("--plant", choices=sorted(plants), help="run a deliberately broken kernel")
     args = ap.parse_args(argv)
     if args.list:
         sys.path.insert(0, str(REPO))
-        for name, _ in cases():
-            print(name)
+        for case, _ in get_cases():
+            print(case)
         return 0
     if args.child:
         sys.path.insert(0, str(REPO))
-        return run_child(args)
+        return child(args)
     rest = [a for a in (argv if argv is not None else sys.argv[1:])]
-    return run_parent(rest)
+    return run_parent(rest, script, name)
+
+
+def main(argv=None) -> int:
+    return tool_main(argv, doc=__doc__, script=__file__, name="sim_sanitize", get_cases=cases,
+                     plants=PLANTED, child=run_child)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,19 @@ so a shared cache serves every host.
 Switches:
 
 * ``GPUNET_HOST_KERNELS=0`` in the environment: NumPy only (read at first use);
-* :func:`set_enabled` in code (returns the previous setting; the tests use it).
+* :func:`set_enabled` in code (returns the previous setting; the tests use it);
+* ``GPUNET_SIM_SANITIZE=1`` (read at first use): built with AddressSanitizer and
+  UndefinedBehaviorSanitizer (``-O1 -g`` and the sim's ``SANITIZE_FLAGS`` in place of
+  ``-O3``: another cache key, a ``host-asan-`` file) and loaded only into a process that
+  runs with g++'s ``libasan`` preloaded; without it each use raises a ``RuntimeError`` that
+  says so (a sanitized library loaded without its runtime ends the process: "ASan runtime
+  does not come first in initial library list"; and a sanitizer run must not fall back to
+  NumPy unnoticed). ``tools/host_sanitize.py`` arranges the preload and runs the kernels
+  over their edge cases. The sim's switch rather than one of its own: it means "everything
+  gpunet compiles into this process runs under the sanitizers"; a process that sets it has
+  the runtime preloaded already (the sim requires it), and the sim's sanitizer run
+  (``tools/sim_sanitize.py``) then checks these kernels too wherever its NumPy references
+  call them, where a separate switch would leave them unchecked or need setting twice.
 
 No compiler, or a failed build: NumPy only, with one ``RuntimeWarning`` for a failed build
 (none for a missing compiler, the common case on a user's machine). :func:`status` says
@@ -65,7 +77,7 @@ def _new_lock_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock_after_fork)
-_state = {"lib": None, "tried": False, "why": None, "enabled": None}
+_state = {"lib": None, "tried": False, "why": None, "enabled": None, "sanitize": None}
 
 
 def cache_dir() -> Path:
@@ -107,24 +119,56 @@ def _run(argv, timeout):
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
 
 
-def _build(argv) -> Path:
+def sanitizing() -> bool:
+    """Whether this process builds the kernels with ASan + UBSan (``GPUNET_SIM_SANITIZE``,
+    read at first use with the sim's rule: set and not ``0``)."""
+    if _state["sanitize"] is None:
+        _state["sanitize"] = os.environ.get("GPUNET_SIM_SANITIZE", "") not in ("", "0")
+    return _state["sanitize"]
+
+
+def _flags(sanitize):
+    """The compiler flags: :data:`FLAGS`, or with ``sanitize`` ``-O1 -g`` and the sim's
+    sanitizer flags in place of ``-O3``."""
+    if not sanitize:
+        return FLAGS
+    from ..sim.runtime import SANITIZE_FLAGS
+    return ("-O1", "-g", *(f for f in FLAGS if f != "-O3"), *SANITIZE_FLAGS)
+
+
+def _check_sanitizer_preloaded():
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    if "libasan" not in maps:
+        raise RuntimeError("gpunet.hostkernels: GPUNET_SIM_SANITIZE=1 builds the compiled CPU kernels "
+                           "with AddressSanitizer, and this process runs without its runtime: "
+                           "preload it (LD_PRELOAD=$(g++ -print-file-name=libasan.so)), as "
+                           "tools/host_sanitize.py does, or unset GPUNET_SIM_SANITIZE")
+
+
+def _build(argv, sources=SOURCES, sanitize=False) -> Path:
+    """The cached library of ``sources`` (the kernels; the sanitizer tool's planted check
+    passes its own) built with :func:`_flags` ``(sanitize)``, which are part of its key."""
+    flags = _flags(sanitize)
     version = _run([*argv, "--version"], VERSION_TIMEOUT)
     h = hashlib.sha256()
     # the machine too: a cache shared by an x86-64 and an aarch64 host (an NFS home) whose
     # compilers print the same version must hold a library for each
-    for part in (*(src.read_bytes() for src in SOURCES), " ".join(FLAGS), " ".join(argv),
+    for part in (*(src.read_bytes() for src in sources), " ".join(flags), " ".join(argv),
                  version.stdout + version.stderr, f"{sys.platform} {platform.machine()}"):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
     d = cache_dir()
-    path = d / f"host-{h.hexdigest()[:32]}.so"
+    path = d / f"host-{'asan-' if sanitize else ''}{h.hexdigest()[:32]}.so"
     digest = path.with_suffix(".sha256")
     if _intact(path, digest):
         return path
     d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=d, prefix=".host-") as tmp:
         out, sums = Path(tmp) / "out.so", Path(tmp) / "out.sha256"
-        r = _run([*argv, *FLAGS, *map(str, SOURCES), "-o", str(out)], BUILD_TIMEOUT)
+        r = _run([*argv, *flags, *map(str, sources), "-o", str(out)], BUILD_TIMEOUT)
         if r.returncode != 0:
             raise RuntimeError((r.stderr or r.stdout).decode(errors="replace").strip()[:2000]
                                or f"{argv[0]} exited with status {r.returncode}")
@@ -154,8 +198,11 @@ def _load():
         return None, why
     if argv is None:
         return None, "no C++ compiler ($CXX, g++, c++, clang++): NumPy only"
+    sanitize = sanitizing()
+    if sanitize:
+        _check_sanitizer_preloaded()    # raises (each call): not a quiet fall back to NumPy
     try:
-        path = _build(argv)
+        path = _build(argv, sanitize=sanitize)
         lib = ctypes.CDLL(str(path))
         if lib.gpunet_host_abi() != ABI:
             raise RuntimeError(f"{path} has ABI {lib.gpunet_host_abi()}, expected {ABI}")
@@ -179,7 +226,7 @@ def _load():
         f.argtypes, f.restype = [p, p, p] + [l] * 12, None
         f = getattr(lib, f"gpunet_max_pool_backward_{t}")
         f.argtypes, f.restype = [p] + [l] * 4 + [p, p] + [l] * 10 + [i, i], None
-    return lib, f"built with {argv[0]} ({path.name})"
+    return lib, f"built with {argv[0]} ({path.name}{', ASan + UBSan' if sanitize else ''})"
 
 
 def enabled() -> bool:
@@ -216,7 +263,10 @@ def status() -> str:
     """One line: whether the kernels are in use, and why not."""
     if not enabled():
         return "off (GPUNET_HOST_KERNELS=0 or set_enabled(False)): NumPy only"
-    library()
+    try:
+        library()
+    except RuntimeError as e:       # the sanitized build refused (``gpunet info`` says why)
+        return f"refused: {e}"
     return ("on, " if _state["lib"] is not None else "") + _state["why"]
 
 
@@ -398,5 +448,5 @@ def relu_mask_colsum(dy, y):
     return g, db
 
 
-__all__ = ["enabled", "set_enabled", "library", "status", "cache_dir", "max_pool", "max_pool_backward", "sgd",
-           "adam", "relu_mask_times", "bias_relu", "relu_mask_colsum"]
+__all__ = ["enabled", "set_enabled", "library", "status", "sanitizing", "cache_dir", "max_pool",
+           "max_pool_backward", "sgd", "adam", "relu_mask_times", "bias_relu", "relu_mask_colsum"]
