@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.filterwarnings(f"ignore:{what} encountered:RuntimeWarn
 
 from gpunet import hostkernels
 from gpunet.functional import pooling as FP
+from hostkernel_cases import awkward as _awkward, in_layout as _layout, nan_bits as _bits
 
 HAS_CXX = hostkernels._compiler() is not None
 needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler: the kernels cannot be built here")
@@ -29,14 +30,6 @@ def kernels_switch():
     hostkernels.set_enabled(previous)
 
 
-def _bits(a):
-    """The bit patterns of ``a``, every NaN as one pattern: NaN stays NaN in the same places,
-    but which NaN's sign and payload an add or ``inf * 0`` passes on is the instruction
-    order's business, in NumPy's loops as in these kernels."""
-    a = numpy.where(numpy.isnan(a), numpy.nan, a).astype(a.dtype)
-    return a.view(numpy.uint32 if a.dtype == numpy.float32 else
-                  numpy.uint64 if a.dtype == numpy.float64 else numpy.uint16)
-
 
 def _both(switch, fn):
     switch(False)
@@ -44,25 +37,6 @@ def _both(switch, fn):
     switch(True)
     return ref, fn()
 
-
-def _awkward(rng, shape, dtype):
-    """Values with many ties (a few integers), signed zeros, infinities and NaN."""
-    x = rng.integers(-3, 4, shape).astype(dtype)
-    x[x == 0] = numpy.where(rng.random(int((x == 0).sum())) < 0.5, -0.0, 0.0).astype(dtype)
-    special = rng.random(shape)
-    x[special < 0.03] = numpy.inf
-    x[(special >= 0.03) & (special < 0.06)] = -numpy.inf
-    x[(special >= 0.06) & (special < 0.08)] = numpy.nan
-    return x
-
-
-def _layout(x, layout):
-    """``x (N, C, H, W)`` with the same values in CHWN, CNHW or NCHW memory."""
-    if layout == "chwn":
-        return numpy.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
-    if layout == "cnhw":
-        return numpy.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-    return numpy.ascontiguousarray(x)
 
 
 def _check_same(switch, x, k, s, p, dtype_dy):

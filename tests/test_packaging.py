@@ -62,7 +62,8 @@ def test_wheel_carries_every_kernel_source(wheel):
             assert z.read(arc) == p.read_bytes(), f"{arc} differs from kernels/{p.name}"
         assert "gpunet/cuda/__init__.py" in names and "gpunet/cuda/loader.py" in names
         # the compiled CPU kernels' source, built on first use (gpunet.hostkernels)
-        for p in (REPO / "gpunet" / "hostkernels").glob("*.cpp"):
+        hk = REPO / "gpunet" / "hostkernels"
+        for p in [*hk.glob("*.cpp"), *hk.glob("*.h")]:
             arc = f"gpunet/hostkernels/{p.name}"
             assert arc in names, f"{arc} missing from {wheel.name}"
             assert z.read(arc) == p.read_bytes()

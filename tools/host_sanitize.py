@@ -84,14 +84,11 @@ def cases():
     from gpunet.functional import pooling as FP
     from gpunet.layers import Dense
     from gpunet.layers.base import Parameter
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from hostkernel_cases import awkward, in_layout, nan_bits   # shared with the tests
 
     SHORT = {numpy.float32: "f32", numpy.float64: "f64"}
     out = []
-
-    def bits(a):
-        a = numpy.asarray(a)
-        a = numpy.where(numpy.isnan(a), numpy.nan, a).astype(a.dtype)
-        return a.view(numpy.uint32 if a.dtype == numpy.float32 else numpy.uint64)
 
     def same(what, ref, got):
         assert len(ref) == len(got), (what, len(ref), len(got))
@@ -99,7 +96,7 @@ def cases():
             r, g = numpy.asarray(r), numpy.asarray(g)
             assert r.dtype == g.dtype and r.shape == g.shape, (what, k, r.dtype, g.dtype, r.shape, g.shape)
             if r.dtype.kind == "f":
-                r, g = bits(r), bits(g)
+                r, g = nan_bits(r), nan_bits(g)
             numpy.testing.assert_array_equal(g, r, err_msg=f"{what}: result {k} differs from NumPy's")
 
     def both(what, fn, kernels):
@@ -113,25 +110,6 @@ def cases():
         for k in kernels:
             assert _calls[k] > before[k], f"{what}: {k} was not called (NumPy did the work)"
         same(what, ref, got)
-
-    def awkward(rng, shape, dtype):
-        """Few distinct values (ties), signed zeros, infinities, NaN."""
-        x = rng.integers(-3, 4, shape).astype(dtype)
-        zero = x == 0
-        x[zero] = numpy.where(rng.random(int(zero.sum())) < 0.5, -0.0, 0.0)
-        u = rng.random(shape)
-        x[u < 0.03] = numpy.inf
-        x[(u >= 0.03) & (u < 0.06)] = -numpy.inf
-        x[(u >= 0.06) & (u < 0.08)] = numpy.nan
-        return x
-
-    def in_layout(x, layout):
-        """``x (N, C, H, W)``'s values in CHWN, CNHW or NCHW memory."""
-        if layout == "chwn":
-            return numpy.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
-        if layout == "cnhw":
-            return numpy.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-        return numpy.ascontiguousarray(x)
 
     def misaligned(a):
         """``a``'s values, C order, one byte off its dtype's alignment."""

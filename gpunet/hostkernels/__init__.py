@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp"))
+HEADERS = (Path(__file__).with_name("common.h"),)     # included by SOURCES: part of the key
 FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
 ABI = 2    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
@@ -137,11 +138,8 @@ def _flags(sanitize):
 
 
 def _check_sanitizer_preloaded():
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return
-    if "libasan" not in maps:
+    from ..sim.runtime import libasan_preloaded
+    if not libasan_preloaded():
         raise RuntimeError("gpunet.hostkernels: GPUNET_SIM_SANITIZE=1 builds the compiled CPU kernels "
                            "with AddressSanitizer, and this process runs without its runtime: "
                            "preload it (LD_PRELOAD=$(g++ -print-file-name=libasan.so)), as "
@@ -156,7 +154,7 @@ def _build(argv, sources=SOURCES, sanitize=False) -> Path:
     h = hashlib.sha256()
     # the machine too: a cache shared by an x86-64 and an aarch64 host (an NFS home) whose
     # compilers print the same version must hold a library for each
-    for part in (*(src.read_bytes() for src in sources), " ".join(flags), " ".join(argv),
+    for part in (*(src.read_bytes() for src in (*sources, *HEADERS)), " ".join(flags), " ".join(argv),
                  version.stdout + version.stderr, f"{sys.platform} {platform.machine()}"):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")

@@ -12,42 +12,15 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GPUNET_CLONES
-#endif
+#include "common.h"
 
 namespace {
 
-template <typename T> struct UInt;
-template <> struct UInt<float> { typedef uint32_t U; };
-template <> struct UInt<double> { typedef uint64_t U; };
+using gpunet_host::one_or_zero;
 
 template <typename T>
 inline void relu_mask_times(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ out, long n) {
-    typedef typename UInt<T>::U U;
-    const T one = 1;
-    U one_bits;
-    std::memcpy(&one_bits, &one, sizeof one_bits);
-    for (long i = 0; i < n; ++i) {
-        U m = one_bits & ((U)0 - (U)(y[i] > 0));       // 1.0 or +0.0, without a branch
-        T mask;
-        std::memcpy(&mask, &m, sizeof mask);
-        out[i] = mask * dy[i];
-    }
-}
-
-template <typename T>
-inline T mask_of(T y) {
-    typedef typename UInt<T>::U U;
-    const T one = 1;
-    U bits;
-    std::memcpy(&bits, &one, sizeof bits);
-    bits &= (U)0 - (U)(y > 0);
-    T mask;
-    std::memcpy(&mask, &bits, sizeof mask);
-    return mask;
+    for (long i = 0; i < n; ++i) out[i] = one_or_zero<T>(y[i] > 0) * dy[i];
 }
 
 template <typename T>
@@ -70,7 +43,7 @@ inline void relu_mask_colsum(const T* __restrict__ dy, const T* __restrict__ y, 
         const T* __restrict__ yi = y + i * cols;
         T* __restrict__ gi = g + i * cols;
         for (long j = 0; j < cols; ++j) {
-            const T v = mask_of(yi[j]) * dyi[j];
+            const T v = one_or_zero<T>(yi[j] > 0) * dyi[j];
             gi[j] = v;
             db[j] = db[j] + v;
         }

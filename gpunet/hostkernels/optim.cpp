@@ -9,11 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GPUNET_CLONES
-#endif
+#include "common.h"
 
 namespace {
 

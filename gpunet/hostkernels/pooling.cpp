@@ -10,31 +10,11 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GPUNET_CLONES
-#endif
+#include "common.h"
 
 namespace {
 
-template <typename T> struct Bits;
-template <> struct Bits<float> { typedef uint32_t U; };
-template <> struct Bits<double> { typedef uint64_t U; };
-
-// x where mask is all ones, +0.0 where it is zero: the multiplier 1.0 or 0.0 of NumPy's
-// ``dy * (arg == k)`` (bool promoted to 1.0/0.0), chosen without a branch
-template <typename T>
-inline T one_or_zero(bool on) {
-    typedef typename Bits<T>::U U;
-    const T one = 1;
-    U u;
-    std::memcpy(&u, &one, sizeof u);
-    u &= (U)0 - (U)on;
-    T r;
-    std::memcpy(&r, &u, sizeof r);
-    return r;
-}
+using gpunet_host::one_or_zero;
 
 template <typename T>
 inline void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restrict__ arg,

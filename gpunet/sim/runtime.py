@@ -170,12 +170,19 @@ def _build(name: str, key: str, make) -> Path:
     return path
 
 
-def _check_sanitizer_preloaded():
+def libasan_preloaded() -> bool:
+    """Whether this process has AddressSanitizer's runtime mapped (True where
+    ``/proc/self/maps`` cannot be read: nothing to check there). The sim and
+    ``gpunet.hostkernels`` refuse their sanitized builds without it."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return
-    if "libasan" not in maps:
+        return True
+    return "libasan" in maps
+
+
+def _check_sanitizer_preloaded():
+    if not libasan_preloaded():
         raise RuntimeError("GPUNET_SIM_SANITIZE=1: this process must run with g++'s "
                            "AddressSanitizer runtime preloaded (LD_PRELOAD=$(g++ "
                            "-print-file-name=libasan.so)); tools/sim_sanitize.py does that")

@@ -1,0 +1,39 @@
+// What gpunet's compiled CPU kernels (pooling.cpp, optim.cpp, elementwise.cpp) share.
+#ifndef GPUNET_HOSTKERNELS_COMMON_H
+#define GPUNET_HOSTKERNELS_COMMON_H
+
+#include <cstdint>
+#include <cstring>
+
+// x86-64 with GCC: AVX-512, AVX2 and baseline clones of each entry point, chosen at load
+// time for the CPU at hand (one cached library serves every x86-64 host)
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GPUNET_CLONES
+#endif
+
+namespace gpunet_host {
+
+template <typename T> struct Bits;
+template <> struct Bits<float> { typedef uint32_t U; };
+template <> struct Bits<double> { typedef uint64_t U; };
+
+// 1.0 when on, +0.0 when not: the multiplier of NumPy's ``dy * (arg == k)`` or
+// ``dy * (y > 0)`` (a bool promoted to 1.0/0.0), chosen by a bit mask, without a branch
+// (a branch on random data vectorizes badly and mispredicts)
+template <typename T>
+inline T one_or_zero(bool on) {
+    typedef typename Bits<T>::U U;
+    const T one = 1;
+    U u;
+    std::memcpy(&u, &one, sizeof u);
+    u &= (U)0 - (U)on;
+    T r;
+    std::memcpy(&r, &u, sizeof r);
+    return r;
+}
+
+}  // namespace gpunet_host
+
+#endif
