@@ -606,3 +606,48 @@ def test_a_cache_shared_with_another_machine_holds_a_library_for_each(tmp_path):
     assert out[0] == "[5.0, 7.0, 13.0, 15.0] [3, 3, 3, 3]"
     assert out[1].startswith("on, built with ") and out[2] == "[]", out
     assert len(list((tmp_path / "cache").glob("host-*.so"))) == 2
+
+
+# -- ReLU's forward -----------------------------------------------------------------------
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("order", ["C", "F", "chwn", "strided"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_same_bits_as_numpy(kernels_switch, dtype, order, inplace):
+    from gpunet.functional import activations as FA
+    x0 = _awkward(numpy.random.default_rng(11), (6, 5, 4, 7), dtype)
+    x0[0, 0, 0, :3] = [-0.0, 0.0, -0.0]
+
+    def run():
+        x = {"C": x0.copy(), "F": numpy.asfortranarray(x0), "chwn": _layout(x0, "chwn"),
+             "strided": x0.copy()[:, :, ::2]}[order]
+        y = FA.relu(x, inplace=inplace)
+        assert (y is x) == inplace
+        return y
+    r0, r1 = _both(kernels_switch, run)
+    numpy.testing.assert_array_equal(_bits(r1), _bits(r0))
+    assert r1.strides == r0.strides and r1.dtype == r0.dtype
+
+
+@needs_cxx
+def test_relu_kernel_used_by_relu_and_conv(kernels_switch, monkeypatch):
+    from gpunet.functional import activations as FA, conv as FC
+    calls = []
+    real = hostkernels.relu
+    monkeypatch.setattr(hostkernels, "relu", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    kernels_switch(True)
+    x = numpy.array([[-1.0, -0.0, numpy.nan, 2.0]], numpy.float32)
+    y = FA.relu(x)
+    assert calls == [(1, 4)] and y is not x
+    assert y[0, :2].tolist() == [0.0, 0.0] and not numpy.signbit(y[0, 1]) and numpy.isnan(y[0, 2])
+    rng = numpy.random.default_rng(0)
+    xs = rng.standard_normal((2, 3, 9, 9)).astype(numpy.float32)     # whole-batch rows (81 > 48)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(numpy.float32)
+    y1 = FC.conv2d(xs, w, None, 1, 1, activation="relu")
+    assert calls[-1] == (2, 4, 9, 9)
+    kernels_switch(False)
+    numpy.testing.assert_array_equal(_bits(FC.conv2d(xs, w, None, 1, 1, activation="relu")), _bits(y1))
+    ro = numpy.ones((2, 2), numpy.float32)
+    ro.flags.writeable = False
+    kernels_switch(True)
+    assert real(ro, inplace=True) is None and real(ro) is not None

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_sanitize  # noqa: E402  (the shared parent/child machinery)
 
 KERNELS = tuple(f"gpunet_{k}_{t}" for k in ("max_pool", "max_pool_backward", "sgd", "adam",
-                                             "relu_mask_times", "bias_relu", "relu_mask_colsum")
+                                             "relu", "relu_mask_times", "bias_relu", "relu_mask_colsum")
                 for t in ("f32", "f64"))
 
 _calls = {}       # kernel name -> calls so far (the child counts them, see _count_calls)
@@ -225,6 +225,18 @@ def cases():
                          [f"gpunet_relu_mask_times_{sfx}"])
 
                 out.append((f"relu_mask_times_{order}_{'x'.join(map(str, shape))}_{sfx}", run))
+
+                def run_fwd(shape=shape, order=order, dtype=dtype, sfx=sfx):
+                    # ReLU's forward, into a new array and in place
+                    x = awkward(numpy.random.default_rng(len(shape) + 1), shape, dtype)
+                    if order == "F":
+                        x = numpy.asfortranarray(x)
+                    elif order == "chwn":
+                        x = in_layout(x, "chwn")
+                    both("relu", lambda: [FA.relu(x), FA.relu(x.copy(order="K"), inplace=True)],
+                         [f"gpunet_relu_{sfx}"])
+
+                out.append((f"relu_{order}_{'x'.join(map(str, shape))}_{sfx}", run_fwd))
 
     # -- Dense with a bias and a fused ReLU: bias_relu forward, relu_mask_colsum backward
     for dtype in (numpy.float32, numpy.float64):

@@ -7,9 +7,11 @@
 * the SGD (momentum, Nesterov, L2, L1) and Adam/AdamW updates (``optim.cpp``): one pass
   over each parameter instead of NumPy's four to fourteen, the same operations in the same
   order, each rounded to the parameter's dtype as NumPy rounds each pass;
-* ReLU's backward ``dy * (y > 0)`` (``elementwise.cpp``): one pass instead of two; in a
-  Dense layer with a bias and a fused ReLU, the bias add and the ReLU in one pass forward,
-  and the mask and the bias gradient's column sum in one pass backward.
+* ReLU forward ``maximum(x, 0)`` (``elementwise.cpp``; NumPy 2.4's ``maximum`` against a
+  scalar has no vector loop: 0.24 against 0.05 ms on 800 K float32) and backward
+  ``dy * (y > 0)`` (one pass instead of two); in a Dense layer with a bias and a fused
+  ReLU, the bias add and the ReLU in one pass forward, and the mask and the bias
+  gradient's column sum in one pass backward.
 
 They compute the **same bits** as the NumPy code they replace (``gpunet/functional/pooling.py``,
 ``gpunet/optim.py``), compiled with ``-ffp-contract=off`` (no fused multiply-adds). So a
@@ -218,6 +220,8 @@ def _load():
         f.argtypes, f.restype = [p, p, p, l], None
         f = getattr(lib, f"gpunet_bias_relu_{t}")
         f.argtypes, f.restype = [p, p, l, l], None
+        f = getattr(lib, f"gpunet_relu_{t}")
+        f.argtypes, f.restype = [p, p, l], None
         f = getattr(lib, f"gpunet_relu_mask_colsum_{t}")
         f.argtypes, f.restype = [p, p, p, p, l, l], None
         f = getattr(lib, f"gpunet_max_pool_{t}")
@@ -403,6 +407,25 @@ def relu_mask_times(dy, y):
     return out
 
 
+def relu(x, inplace=False):
+    """``maximum(x, 0)`` as NumPy computes it (NaN stays, ``-0.0`` gives ``+0.0``), written
+    into ``x`` with ``inplace`` or into a new array of ``x``'s memory order; None when the
+    kernels are not in use or ``x`` does not qualify (a dense, aligned NumPy array of native
+    float32/float64; writable for ``inplace``)."""
+    suffix = _SUFFIX.get(x.dtype)
+    if (suffix is None or x.__class__ is not numpy.ndarray or not _dense(x) or not x.flags.aligned
+            or (inplace and not x.flags.writeable)):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    out = x if inplace else numpy.empty_like(x)
+    if out.strides != x.strides:
+        return None
+    getattr(lib, f"gpunet_relu_{suffix}")(x.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
 def _rows(a, dtype):
     """Whether ``a`` is a C-contiguous 2-D NumPy array of ``dtype`` (kernels' row operand)."""
     return (a.__class__ is numpy.ndarray and a.ndim == 2 and a.dtype == dtype and a.flags.c_contiguous
@@ -447,4 +470,4 @@ def relu_mask_colsum(dy, y):
 
 
 __all__ = ["enabled", "set_enabled", "library", "status", "sanitizing", "cache_dir", "max_pool",
-           "max_pool_backward", "sgd", "adam", "relu_mask_times", "bias_relu", "relu_mask_colsum"]
+           "max_pool_backward", "sgd", "adam", "relu", "relu_mask_times", "bias_relu", "relu_mask_colsum"]

@@ -6,6 +6,9 @@
 // bias_relu: z = maximum(z + b, 0) over the rows of z (rows, cols), in place: a Dense
 // layer's `z += bias` and its fused ReLU (NumPy's maximum: NaN stays, and on equal values
 // the second operand, so -0.0 gives +0.0).
+// relu: out = maximum(x, 0) as NumPy computes it (NaN stays, -0.0 gives +0.0), in place or
+// into another array: NumPy 2.4's maximum against the scalar 0 has no vector loop and took
+// 0.24 ms on 800 K float32 where this takes 0.05 ms.
 // relu_mask_colsum: g = relu_mask_times(dy, y) and db = g.sum(axis=0) over (rows, cols) in
 // one pass: NumPy reduces axis 0 of a C-contiguous array row after row into an output that
 // starts at +0.0 (so a column of -0.0 sums to +0.0); so does this.
@@ -24,12 +27,27 @@ inline void relu_mask_times(const T* __restrict__ dy, const T* __restrict__ y, T
 }
 
 template <typename T>
+inline T relu_of(T v) { return (v > 0 || v != v) ? v : T(0); }
+
+// two loops: one pointer (in place) and two that do not overlap; a single loop over maybe
+// aliased pointers makes GCC check the overlap at run time and, in place, take its scalar path
+template <typename T>
+inline void relu_inplace(T* __restrict__ z, long n) {
+    for (long i = 0; i < n; ++i) z[i] = relu_of(z[i]);
+}
+
+template <typename T>
+inline void relu_into(const T* __restrict__ x, T* __restrict__ out, long n) {
+    for (long i = 0; i < n; ++i) out[i] = relu_of(x[i]);
+}
+
+template <typename T>
 inline void bias_relu(T* __restrict__ z, const T* __restrict__ b, long rows, long cols) {
     for (long i = 0; i < rows; ++i) {
         T* __restrict__ zi = z + i * cols;
         for (long j = 0; j < cols; ++j) {
             const T v = zi[j] + b[j];
-            zi[j] = (v > 0 || v != v) ? v : T(0);
+            zi[j] = relu_of(v);
         }
     }
 }
@@ -53,6 +71,16 @@ inline void relu_mask_colsum(const T* __restrict__ dy, const T* __restrict__ y, 
 }  // namespace
 
 extern "C" {
+
+GPUNET_CLONES void gpunet_relu_f32(const float* x, float* out, long n) {
+    if (x == out) relu_inplace<float>(out, n);
+    else relu_into<float>(x, out, n);
+}
+
+GPUNET_CLONES void gpunet_relu_f64(const double* x, double* out, long n) {
+    if (x == out) relu_inplace<double>(out, n);
+    else relu_into<double>(x, out, n);
+}
 
 GPUNET_CLONES void gpunet_bias_relu_f32(float* z, const float* b, long rows, long cols) {
     bias_relu<float>(z, b, rows, cols);
