@@ -538,6 +538,15 @@ class Optimizer:
             self._work[key] = buf
         return buf[:n].reshape(data.shape)
 
+    def _host_kernels_apply(self):
+        """Whether this optimizer's NumPy update is the library's own, so that a compiled
+        pass (:mod:`gpunet.hostkernels`, the same arithmetic) may stand in for it: a
+        subclass that overrides ``_regularize`` or ``_decayed_grad`` keeps its own NumPy
+        passes."""
+        cls = type(self)
+        return (cls._regularize is Optimizer._regularize
+                and getattr(cls, "_decayed_grad", None) in (None, Adam._decayed_grad, AdamW._decayed_grad))
+
     @staticmethod
     def _regularize(xp, w, g, s, t, weight_decay, l1):
         """``g + weight_decay*w + l1*sign(w)`` written into ``s`` (``t`` is scratch) and
@@ -733,7 +742,7 @@ class SGD(Optimizer):
         if fresh:
             buf = st["momentum_buffer"] = xp.empty_like(p.data)
         nesterov = self.nesterov
-        if not fresh and xp is numpy and hostkernels.sgd(
+        if not fresh and xp is numpy and self._host_kernels_apply() and hostkernels.sgd(
                 p.data, g, buf, lr, m, wd, l1,
                 (hostkernels.WD if reg and wd != 0.0 else 0) | (hostkernels.L1 if reg and l1 != 0.0 else 0)
                 | (hostkernels.MOMENTUM if buf is not None else 0) | (hostkernels.NESTEROV if nesterov else 0)):
@@ -831,7 +840,7 @@ class Adam(Optimizer):
         n = self.steps[i]
         step_size = lr / (1.0 - b1 ** n)
         c2, eps = math.sqrt(1.0 - b2 ** n), float(self.eps)
-        if xp is numpy and type(self)._decayed_grad in (Adam._decayed_grad, AdamW._decayed_grad):
+        if xp is numpy and self._host_kernels_apply():
             wd = float(self.weight_decay)
             if not decays:
                 flags, factor = 0, 0.0

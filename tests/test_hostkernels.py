@@ -651,3 +651,22 @@ def test_relu_kernel_used_by_relu_and_conv(kernels_switch, monkeypatch):
     ro.flags.writeable = False
     kernels_switch(True)
     assert real(ro, inplace=True) is None and real(ro) is not None
+
+
+@needs_cxx
+@pytest.mark.parametrize("base", ["SGD", "Adam"])
+def test_subclass_regularization_is_not_bypassed(kernels_switch, base):
+    """A subclass's own ``_regularize`` keeps the NumPy passes that call it: the kernels
+    would compute the library's L2/L1 instead."""
+    from gpunet import optim
+
+    class Shifted(getattr(optim, base)):
+        @staticmethod
+        def _regularize(xp, w, g, s, t, weight_decay, l1):
+            xp.add(g, 0.5, out=s)           # a gradient shifted by 0.5, whatever the decay
+            return s
+
+    make = lambda ps: Shifted(ps, lr=0.1, weight_decay=1e-3)   # noqa: E731
+    (w0, s0), (w1, s1) = _both(kernels_switch, lambda: _run_optimizer(make, numpy.float32, steps=2))
+    for a, b in zip(w1 + s1, w0 + s0):
+        numpy.testing.assert_array_equal(_bits(a), _bits(b))
