@@ -53,6 +53,26 @@ def _check_same(switch, x, k, s, p, dtype_dy):
     dy = _awkward(rng, (y0.shape[0], y0.shape[1], y0.shape[2], 2 * y0.shape[3]), dtype_dy)[..., ::-2]
     d0, d1 = _both(switch, lambda: FP.max_pool2d_backward(dy, a0, x.shape, k, s, p))
     numpy.testing.assert_array_equal(_bits(d1), _bits(d0))
+    _check_relu_fused(switch, x, a0, k, s, p, dy)
+
+
+def _check_relu_fused(switch, x, arg, k, s, p, dy):
+    """max_pool2d_relu_backward: the bits of relu_mask_times(max_pool2d_backward(...), x)
+    in NumPy, where it applies (no padding, float32/float64); None with the kernels off."""
+    from gpunet.functional.activations import relu_mask_times
+    switch(False)
+    assert FP.max_pool2d_relu_backward(dy, arg, x, k, s, p) is None
+    ref = relu_mask_times(FP.max_pool2d_backward(dy, arg, x.shape, k, s, p), x)
+    switch(True)
+    got = FP.max_pool2d_relu_backward(dy, arg, x, k, s, p)
+    if p not in (0, (0, 0)) or x.dtype == numpy.float16:
+        assert got is None
+        return
+    assert got is not None
+    numpy.testing.assert_array_equal(_bits(got), _bits(ref))
+    # the same memory order (a length-1 axis's stride is anything)
+    assert [s for s, n in zip(got.strides, got.shape) if n > 1] == \
+        [s for s, n in zip(ref.strides, ref.shape) if n > 1]
 
 
 GEOMETRIES = [((2, 2), None, 0), ((3, 3), 2, 1), ((3, 3), 1, 1), ((2, 3), (1, 2), (1, 0)),
@@ -670,3 +690,133 @@ def test_subclass_regularization_is_not_bypassed(kernels_switch, base):
     (w0, s0), (w1, s1) = _both(kernels_switch, lambda: _run_optimizer(make, numpy.float32, steps=2))
     for a, b in zip(w1 + s1, w0 + s0):
         numpy.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+# -- Conv2D(relu) then MaxPool2D in a Sequential: the ReLU's mask in the pooling's pass ----
+def _conv_pool_model(dtype, size, pool, seed=7):
+    """A CNN whose two Conv2D(relu) -> MaxPool2D pairs a Sequential fuses; ``size``: the
+    images' side (28: whole-batch rows, CHWN; 6: the per-image path, NCHW)."""
+    from gpunet.layers import Conv2D, Dense, Flatten, MaxPool2D, Sequential
+    rng = numpy.random.default_rng(seed)
+    k, st_, pd = pool
+    m = Sequential(Conv2D(2, 4, 3, padding=1, activation="relu"), MaxPool2D(k, st_, pd),
+                   Conv2D(4, 5, 3, padding=1, activation="relu"), MaxPool2D(k, st_, pd), Flatten())
+    m.to(dtype=dtype)
+    x = _awkward(rng, (3, 2, size, size), dtype)
+    x[numpy.isnan(x)] = 1.0                  # NaN only where the test puts it
+    for prm in m.parameters():
+        prm.data[...] = rng.integers(-2, 3, prm.data.shape).astype(dtype) * 0.5
+    out = m(x)
+    m.append(Dense(out.shape[1], 3).to(dtype=dtype))
+    m[-1].weight.data[...] = rng.standard_normal((3, out.shape[1])).astype(dtype)
+    return m, x, rng
+
+
+def _conv_pool_grads(dtype, size, pool, seed=7, dy_values=None):
+    m, x, rng = _conv_pool_model(dtype, size, pool, seed)
+    m[0].input_grad = True
+    out = m(x)
+    dy = _awkward(rng, out.shape, dtype) if dy_values is None else dy_values(rng, out.shape, dtype)
+    dx = m.backward(dy)
+    return [dx] + [prm.grad for prm in m.parameters()]
+
+
+POOLS = [(2, None, 0), (3, 2, 0), (2, None, 1), (3, 3, 0)]
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("size", [28, 6, 9])
+@pytest.mark.parametrize("pool", POOLS)
+def test_conv_relu_pool_backward_same_bits(kernels_switch, monkeypatch, dtype, size, pool):
+    """Sequential's fused Conv2D(relu) -> MaxPool2D backward: the bits of the two layers'
+    backwards one after the other (the pair table emptied), and of NumPy (kernels off);
+    the fused kernel runs for every pair it covers (no padding, float32/float64)."""
+    from gpunet.layers import base
+    if size == 6 and pool[0] == 3:
+        size = 9                             # 6 -> 2 after a 3x3 stride-2 pool: too small
+    masked = []
+    real = hostkernels.max_pool_backward
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        masked.append(k.get("mask") is not None and out is not None)
+        return out
+    monkeypatch.setattr(hostkernels, "max_pool_backward", spy)
+    kernels_switch(True)
+    fused = _conv_pool_grads(dtype, size, pool)
+    covered = pool[2] == 0 and dtype != numpy.float16
+    assert sum(masked) == (2 if covered else 0), masked
+    numpy_ref = _both(kernels_switch, lambda: _conv_pool_grads(dtype, size, pool))[0]
+    monkeypatch.setattr(base, "PAIRED_BACKWARD", {})
+    masked.clear()
+    kernels_switch(True)
+    unfused = _conv_pool_grads(dtype, size, pool)
+    assert not any(masked)
+    for a, b, c in zip(fused, unfused, numpy_ref):
+        numpy.testing.assert_array_equal(_bits(a), _bits(b))
+        numpy.testing.assert_array_equal(_bits(a), _bits(c))
+
+
+@needs_cxx
+def test_conv_relu_pool_fusion_only_where_the_mask_is_the_relus(kernels_switch, monkeypatch):
+    """No fusion (and the same gradients) for a Conv2D without ReLU, a subclass of either
+    layer, or a pooling whose input is not the convolution's output; MaxPool2D.backward
+    called on its own returns the unmasked dx."""
+    from gpunet.layers import Conv2D, MaxPool2D, Sequential, pooling as LP
+    kernels_switch(True)
+    calls = []
+    real = LP._conv_relu_backward
+    monkeypatch.setattr(hostkernels, "max_pool_backward",
+                        lambda *a, _r=hostkernels.max_pool_backward, **k:
+                        calls.append(k.get("mask") is not None) or _r(*a, **k))
+    rng = numpy.random.default_rng(2)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(numpy.float32)
+
+    class MyPool(MaxPool2D):
+        pass
+
+    class MyConv(Conv2D):
+        pass
+
+    for conv_cls, act, pool_cls in [(Conv2D, None, MaxPool2D), (Conv2D, "tanh", MaxPool2D),
+                                    (MyConv, "relu", MaxPool2D), (Conv2D, "relu", MyPool)]:
+        m = Sequential(conv_cls(1, 2, 3, padding=1, activation=act), pool_cls(2))
+        out = m(x)
+        calls.clear()
+        m.backward(numpy.ones_like(out))
+        assert calls == [False], (conv_cls, act, pool_cls, calls)
+    # the pooling ran on something else than the convolution's output since
+    conv, pool = Conv2D(1, 2, 3, padding=1, activation="relu"), MaxPool2D(2)
+    h = conv(x)
+    pool(h.copy())
+    assert real(conv, pool, numpy.ones((4, 2, 4, 4), numpy.float32)) is NotImplemented
+    # on its own, the pooling's backward is dy routed to the window maxima, unmasked
+    z = numpy.zeros((1, 1, 2, 2), numpy.float32)
+    pool = MaxPool2D(2)
+    pool(z)
+    numpy.testing.assert_array_equal(pool.backward(numpy.full((1, 1, 1, 1), 3.0, numpy.float32)),
+                                     [[[[3.0, 0.0], [0.0, 0.0]]]])
+
+
+@needs_cxx
+def test_conv_relu_pool_fused_errors_name_the_layer(kernels_switch):
+    """A wrong dy through the fused pair raises as the pooling's own backward does, and
+    leaves nothing set: the next backward runs (fused) and gives the unfused bits."""
+    from gpunet.layers import Conv2D, MaxPool2D, Sequential
+    kernels_switch(True)
+    rng = numpy.random.default_rng(4)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(numpy.float32)
+    m = Sequential(Conv2D(1, 2, 3, padding=1, activation="relu"), MaxPool2D(2))
+    out = m(x)
+    with pytest.raises(ValueError, match=r"MaxPool2D\.backward: expected dy of shape \(4, 2, 4, 4\)"):
+        m.backward(numpy.ones((4, 2, 4, 3), numpy.float32))
+    with pytest.raises(ValueError, match="MaxPool2D.backward: expected dy of dtype float32"):
+        m.backward(numpy.ones(out.shape, numpy.float64))
+    assert not m[1]._relu_input and m[1]._masked is None and m[0]._dy_masked is None
+    dy = rng.standard_normal(out.shape).astype(numpy.float32)
+    m.backward(dy)
+    g = m[0].weight.grad.copy()
+    m.zero_grad()
+    m[0].backward(m[1].backward(dy))             # the two backwards one after the other
+    numpy.testing.assert_array_equal(m[0].weight.grad, g)

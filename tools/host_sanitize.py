@@ -165,6 +165,13 @@ def cases():
                             both(f"max_pool2d_backward ({tag})",
                                  lambda: [FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride, padding)],
                                  [f"gpunet_max_pool_backward_{sfx}"])
+                            if padding == (0, 0):   # with the ReLU's mask (x as the ReLU's output)
+                                both(f"max_pool2d_relu_backward ({tag})",
+                                     lambda: [FP.max_pool2d_relu_backward(dy, arg, x, kernel, stride, padding)
+                                              if hostkernels.enabled() else FA.relu_mask_times(
+                                                  FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride,
+                                                                         padding), x)],
+                                     [f"gpunet_max_pool_backward_{sfx}"])
 
                     geo = "_".join("x".join(map(str, v)) for v in (kernel, stride, padding))
                     out.append((f"pool_{layout}_{'x'.join(map(str, shape))}_k{geo}_{sfx}", run))

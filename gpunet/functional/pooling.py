@@ -206,6 +206,36 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
                         layout, n, c)
 
 
+def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0):
+    """``relu_mask_times(max_pool2d_backward(dy, arg, y.shape, ...), y)`` in one compiled pass:
+    the gradient of a ReLU's input when ``y``, its output, is the pooling's input (a
+    ``Conv2D(..., activation="relu")`` followed by ``MaxPool2D`` in a ``Sequential``). The
+    same bits as the two ops (``dy * (arg == k)`` then ``* (y > 0)``: products by 1 and 0),
+    in ``y``'s memory layout (as ``relu_mask_times`` gives). None where the compiled kernel
+    does not cover the case (then the caller runs the two ops): not NumPy, dtypes other
+    than float32/float64 or not all one, ``y`` in none of CHWN, CNHW and NCHW memory,
+    padding, or the kernels off or not built. It
+    saves a full pass over the pooling's input (``dx`` written once, not written, read and
+    rewritten)."""
+    if not (dy.__class__ is arg.__class__ is y.__class__ is numpy.ndarray) or y.ndim != 4:
+        return None
+    kernel, stride, padding = pool_args("max_pool2d_relu_backward", kernel_size, stride, padding)
+    if padding != (0, 0) or dy.dtype != y.dtype or dy.shape != arg.shape or arg.dtype != numpy.uint8:
+        return None
+    layout = memory_order(y)
+    if layout is None:
+        return None
+    arg = as_order(arg, layout)     # a copy only where they differ (a 1x1 output is "nchw")
+    n, c, h, w = y.shape
+    argt, yt = _to_planes(arg, layout), _to_planes(y, layout)
+    out_hw = arg.shape[2:]
+    disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
+    tiled = stride == kernel and h == out_hw[0] * kernel[0] and w == out_hw[1] * kernel[1]
+    dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
+                                       disjoint, tiled, mask=yt)
+    return None if dx is None else _from_planes(dx, layout, n, c)
+
+
 def _max_pool_backward(xp, dy, arg, planes, kernel, stride, padding):
     """``dx`` planes ``(A, H, W, B)`` from ``dy`` and ``arg`` planes ``(A, OH, OW, B)``."""
     a, h, w, b = planes

@@ -66,7 +66,7 @@ import numpy
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp"))
 HEADERS = (Path(__file__).with_name("common.h"),)     # included by SOURCES: part of the key
 FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
-ABI = 2    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
+ABI = 3    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
 
@@ -227,7 +227,7 @@ def _load():
         f = getattr(lib, f"gpunet_max_pool_{t}")
         f.argtypes, f.restype = [p, p, p] + [l] * 12, None
         f = getattr(lib, f"gpunet_max_pool_backward_{t}")
-        f.argtypes, f.restype = [p] + [l] * 4 + [p, p] + [l] * 10 + [i, i], None
+        f.argtypes, f.restype = [p] + [l] * 4 + [p, p] + [l] * 10 + [i, i, p], None
     return lib, f"built with {argv[0]} ({path.name}{', ASan + UBSan' if sanitize else ''})"
 
 
@@ -299,17 +299,26 @@ def max_pool(t, kernel, stride, padding, out_hw):
     return y, arg
 
 
-def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
+def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled, mask=None):
     """``dx`` planes of the padded input ``padded = (A, HP, WP, B)`` (C-contiguous) from
     ``dy`` planes ``(A, OH, OW, B)`` (any strides: read in place; copied when not aligned)
     and uint8 ``arg`` planes, as ``gpunet.functional.pooling._max_pool_backward`` computes
-    them; None when the kernels are not in use or do not cover the case."""
+    them; None when the kernels are not in use or do not cover the case.
+
+    ``mask``: planes of ``padded``'s shape and ``dy``'s dtype, C-contiguous and aligned (a
+    ReLU's output that the pooling took as its input); ``dx`` is then multiplied by
+    ``mask > 0`` in the same pass, the bits of ``relu_mask_times(dx, mask)`` after the
+    routing. None (NumPy then) for a mask of any other shape, dtype or layout."""
     suffix = _SUFFIX.get(dy.dtype)
     a, hp, wp, b = padded
     if (suffix is None or arg.dtype != numpy.uint8 or dy.shape != arg.shape or arg.ndim != 4
             or (a, b) != (arg.shape[0], arg.shape[3]) or (arg.shape[1] - 1) * stride[0] + kernel[0] > hp
             or (arg.shape[2] - 1) * stride[1] + kernel[1] > wp):
         return None         # (also planes that do not fit: the kernel would write past dx)
+    if mask is not None and (mask.__class__ is not numpy.ndarray or mask.dtype != dy.dtype
+                             or mask.shape != tuple(padded) or not mask.flags.c_contiguous
+                             or not mask.flags.aligned):
+        return None
     lib = library()
     if lib is None:
         return None
@@ -320,7 +329,8 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled):
     dx = numpy.empty(padded, dtype=dy.dtype)
     getattr(lib, f"gpunet_max_pool_backward_{suffix}")(
         dy.ctypes.data, *(s // item for s in dy.strides), arg.ctypes.data, dx.ctypes.data, a, hp, wp, b, kernel[0], kernel[1],
-        stride[0], stride[1], dy.shape[1], dy.shape[2], int(disjoint), int(tiled))
+        stride[0], stride[1], dy.shape[1], dy.shape[2], int(disjoint), int(tiled),
+        None if mask is None else mask.ctypes.data)
     return dx
 
 

@@ -65,10 +65,22 @@ inline void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restr
 // in place. disjoint (stride >= kernel both ways): each element gets at most one window's
 // dy * (arg == k), written; else the windows' contributions are added in offset order
 // k = 0, 1, ... (NumPy's loop order). tiled: the windows cover every element, so no zero
-// fill first.
+// fill first. mask (non-null): planes (A, HP, WP, B) like dx, C-contiguous; dx is then
+// multiplied by (mask > 0), as NumPy's relu_mask_times(dx, mask) does after the routing
+// (a ReLU's backward through its output, the pooling's input): in the same pass where the
+// windows are disjoint, else in a last pass over dx.
 template <typename T>
 inline void route(const T* __restrict__ d, long sb, const uint8_t* __restrict__ g, T* __restrict__ o,
-                  long B, uint8_t k, bool add) {
+                  long B, uint8_t k, bool add, const T* __restrict__ m) {
+    if (m) {                    // disjoint windows only: (dy * (arg == k)) * (mask > 0)
+        if (sb == 1)
+            for (long b = 0; b < B; ++b)
+                o[b] = (d[b] * one_or_zero<T>(g[b] == k)) * one_or_zero<T>(m[b] > 0);
+        else
+            for (long b = 0; b < B; ++b)
+                o[b] = (d[b * sb] * one_or_zero<T>(g[b] == k)) * one_or_zero<T>(m[b] > 0);
+        return;
+    }
     if (sb == 1) {
         if (add) for (long b = 0; b < B; ++b) o[b] = o[b] + d[b] * one_or_zero<T>(g[b] == k);
         else for (long b = 0; b < B; ++b) o[b] = d[b] * one_or_zero<T>(g[b] == k);
@@ -82,7 +94,7 @@ template <typename T>
 inline void backward(const T* __restrict__ dy, long sa, long sp, long sq, long sb,
                      const uint8_t* __restrict__ arg, T* __restrict__ dx,
                      long A, long HP, long WP, long B, long kh, long kw, long sh, long sw,
-                     long OH, long OW, int disjoint, int tiled) {
+                     long OH, long OW, int disjoint, int tiled, const T* __restrict__ mask) {
     if (!tiled) std::memset(dx, 0, sizeof(T) * (size_t)(A * HP * WP * B));
     for (long a = 0; a < A; ++a) {
         if (disjoint) {        // window by window: its dy and arg read once for all offsets
@@ -91,9 +103,11 @@ inline void backward(const T* __restrict__ dy, long sa, long sp, long sq, long s
                     const T* d = dy + a * sa + p * sp + q * sq;
                     const uint8_t* g = arg + ((a * OH + p) * OW + q) * B;
                     for (long i = 0; i < kh; ++i)
-                        for (long j = 0; j < kw; ++j)
-                            route<T>(d, sb, g, dx + ((a * HP + p * sh + i) * WP + q * sw + j) * B,
-                                     B, (uint8_t)(i * kw + j), false);
+                        for (long j = 0; j < kw; ++j) {
+                            const long at = ((a * HP + p * sh + i) * WP + q * sw + j) * B;
+                            route<T>(d, sb, g, dx + at, B, (uint8_t)(i * kw + j), false,
+                                     mask ? mask + at : nullptr);
+                        }
                 }
             }
             continue;
@@ -104,7 +118,11 @@ inline void backward(const T* __restrict__ dy, long sa, long sp, long sq, long s
                     for (long q = 0; q < OW; ++q)
                         route<T>(dy + a * sa + p * sp + q * sq, sb, arg + ((a * OH + p) * OW + q) * B,
                                  dx + ((a * HP + p * sh + i) * WP + q * sw + j) * B, B,
-                                 (uint8_t)(i * kw + j), true);
+                                 (uint8_t)(i * kw + j), true, (const T*)nullptr);
+    }
+    if (mask && !disjoint) {    // overlapping windows: the mask once the sums are complete
+        const long size = A * HP * WP * B;
+        for (long e = 0; e < size; ++e) dx[e] = dx[e] * one_or_zero<T>(mask[e] > 0);
     }
 }
 
@@ -112,7 +130,7 @@ inline void backward(const T* __restrict__ dy, long sa, long sp, long sq, long s
 
 extern "C" {
 
-int gpunet_host_abi(void) { return 2; }
+int gpunet_host_abi(void) { return 3; }
 
 GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, long A, long H, long W,
                                        long B, long kh, long kw, long sh, long sw, long ph, long pw,
@@ -129,15 +147,19 @@ GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg,
 GPUNET_CLONES void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb,
                                                 const uint8_t* arg, float* dx, long A,
                                                 long HP, long WP, long B, long kh, long kw, long sh,
-                                                long sw, long OH, long OW, int disjoint, int tiled) {
-    backward<float>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled);
+                                                long sw, long OH, long OW, int disjoint, int tiled,
+                                                const float* mask) {
+    backward<float>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled,
+                  mask);
 }
 
 GPUNET_CLONES void gpunet_max_pool_backward_f64(const double* dy, long sa, long sp, long sq, long sb,
                                                 const uint8_t* arg, double* dx, long A,
                                                 long HP, long WP, long B, long kh, long kw, long sh,
-                                                long sw, long OH, long OW, int disjoint, int tiled) {
-    backward<double>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled);
+                                                long sw, long OH, long OW, int disjoint, int tiled,
+                                                const double* mask) {
+    backward<double>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled,
+                  mask);
 }
 
 }  // extern "C"

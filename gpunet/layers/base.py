@@ -1081,6 +1081,14 @@ def _check_layer(who, what, l):
         raise TypeError(f"{who}: {what} must be a Layer, got {got}{hint}")
 
 
+# (class of layer i - 1, class of layer i) -> f(layer i - 1, layer i, dy): Sequential's
+# backward runs such an adjacent pair through f, which runs both layers' backward (it may
+# hand the gradient between them in a fused form) and returns the first one's dx, or
+# NotImplemented, having run neither (then each runs as usual). Exact classes: a subclass
+# is never paired. Registered where the pair's classes are defined (layers/pooling.py).
+PAIRED_BACKWARD: dict = {}
+
+
 class Sequential(Layer):
     """Layers applied in order; backward runs them in reverse (the chain rule).
 
@@ -1201,10 +1209,24 @@ class Sequential(Layer):
                 f"makes them one)")
 
     def backward(self, dy):
-        for l in reversed(self.layers):
-            if dy is None:      # the data needs no gradient: nothing further to propagate
-                break
-            dy = l.backward(dy)
+        """The layers' backwards in reverse order, each handed the next one's ``dx``. A pair
+        of adjacent layers listed in :data:`PAIRED_BACKWARD` (a ``Conv2D`` with ReLU, then a
+        ``MaxPool2D``) may hand a gradient between them in a fused form: both backwards
+        still run, and the model's gradients are the same bits."""
+        layers = self.layers
+        i = len(layers)
+        while i and dy is not None:     # None: the data needs no gradient; nothing further
+            i -= 1
+            layer = layers[i]
+            if i:
+                paired = PAIRED_BACKWARD.get((layers[i - 1].__class__, layer.__class__))
+                if paired is not None:
+                    out = paired(layers[i - 1], layer, dy)
+                    if out is not NotImplemented:
+                        dy = out
+                        i -= 1
+                        continue
+            dy = layer.backward(dy)
         return dy
 
     def _summary_rows(self):

@@ -63,6 +63,7 @@ class Conv2D(Layer):
     weight's shape): assigning one raises ``AttributeError``.
     """
 
+    _dy_masked = None   # a dy already through the ReLU's mask (set by pooling._conv_relu_backward)
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
     activation = activation_property("Conv2D", _channel_softmax)
@@ -152,6 +153,8 @@ class Conv2D(Layer):
         act, relu = self.activation, self._relu()
         if act is not None and not relu:
             dy = fused_backward(act, dy, self._z, self._y)
+        if relu and self._dy_masked is dy:
+            relu = False    # the next MaxPool2D applied the ReLU's mask (pooling._conv_relu_backward)
         dx, dw, db = FC.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
                                         cols=self._cols,
                                         need_dx=self.input_grad and not self._x_is_data,

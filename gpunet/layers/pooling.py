@@ -18,7 +18,8 @@ import numpy
 from ..functional import pooling as FP
 from ..functional.layout import memory_order
 from ..functional.conv import output_size
-from .base import Layer, check_array, check_dtype, check_grad
+from .base import PAIRED_BACKWARD, Layer, check_array, check_dtype, check_grad
+from .conv import Conv2D
 
 
 def _check4d(layer, x):
@@ -68,20 +69,69 @@ class _Pool2D(Layer):
 
 class MaxPool2D(_Pool2D):
     """``y[n, c, p, q] = max`` of the window at ``(p*sh - ph, q*sw - pw)``; ``dx`` routes each
-    ``dy`` to the window's first maximal element (ties: first in row-major order)."""
+    ``dy`` to the window's first maximal element (ties: first in row-major order).
+
+    In a ``Sequential``, right after a ``Conv2D(..., activation="relu")`` whose output is
+    its input, on the CPU where gpunet's compiled kernels run: the ``Sequential``'s backward
+    has this layer's backward hand the convolution ``dx * (x > 0)``, the gradient through
+    the ReLU, made in the same pass, and the convolution's backward then skips its own ReLU
+    mask (:func:`_conv_relu_backward`). The model's gradients are the same bits; only the
+    array passed between the two layers differs (``MaxPool2D.backward`` called on its own
+    returns ``dx``)."""
+
+    _x = None                  # the training forward's input (see _conv_relu_backward)
+    _relu_input = False        # set by _conv_relu_backward around its call of backward
+    _masked = None             # the masked gradient backward returned for it, if it did
 
     def forward(self, x):
         self._check(x)
         y, arg = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         if self.training:
             self._shape, self._arg, self._out_shape, self._dtype = x.shape, arg, y.shape, y.dtype
+            self._x = x
         return y
 
     def backward(self, dy):
         if self._shape is None:
             raise RuntimeError("MaxPool2D.backward called before a training-mode forward")
         check_grad(self, dy, self._out_shape, self._dtype)
+        if self._relu_input:
+            dx = FP.max_pool2d_relu_backward(dy, self._arg, self._x, self.kernel_size, self.stride,
+                                             self.padding)
+            if dx is not None:
+                self._masked = dx
+                return dx
         return FP.max_pool2d_backward(dy, self._arg, self._shape, self.kernel_size, self.stride, self.padding)
+
+
+def _conv_relu_backward(conv, pool, dy):
+    """``Sequential.backward`` through ``Conv2D(..., activation="relu")`` then ``MaxPool2D``
+    (both of exactly these classes, so a subclass's own backward always runs): both layers'
+    ``backward`` run, in order, with their checks, but the pooling's returns its gradient
+    already multiplied by the ReLU's mask ``(x > 0)`` (one compiled pass,
+    :func:`gpunet.functional.pooling.max_pool2d_relu_backward`), which the convolution then
+    takes as the gradient of its pre-activation. The same bits as the two backwards one
+    after the other (a product by 1 or 0 either way); it saves a full pass over the
+    convolution's output, and the pass that writes, then rereads the pooling's ``dx``.
+    Only where the pooling's forward input is the convolution's cached output (the mask is
+    the ReLU's own); else, or where the kernel does not cover the case (a GPU, float16,
+    padding, the kernels off), the usual two backwards. Returns the convolution's ``dx``,
+    or ``NotImplemented`` when it did not run them."""
+    if not conv._relu() or pool._x is None or pool._x is not conv.__dict__.get("_y"):
+        return NotImplemented
+    pool._relu_input = True
+    try:
+        d = pool.backward(dy)
+    finally:
+        pool._relu_input = False
+        masked, pool._masked = pool._masked, None
+    if masked is not d:                 # the kernel did not run: dx as usual
+        return conv.backward(d)
+    conv._dy_masked = d
+    try:
+        return conv.backward(d)
+    finally:
+        conv._dy_masked = None
 
 
 class AvgPool2D(_Pool2D):
@@ -123,3 +173,6 @@ class GlobalAvgPool2D(Layer):
             raise RuntimeError("GlobalAvgPool2D.backward called before a training-mode forward")
         check_grad(self, dy, self._shape[:2], self._dtype)
         return FP.global_avg_pool2d_backward(dy, self._shape, order=self._order)
+
+
+PAIRED_BACKWARD[(Conv2D, MaxPool2D)] = _conv_relu_backward
