@@ -820,3 +820,32 @@ def test_conv_relu_pool_fused_errors_name_the_layer(kernels_switch):
     m.zero_grad()
     m[0].backward(m[1].backward(dy))             # the two backwards one after the other
     numpy.testing.assert_array_equal(m[0].weight.grad, g)
+
+
+@needs_cxx
+def test_sgd_kernel_takes_every_parameter_of_a_cnn(kernels_switch, monkeypatch):
+    """A Conv2D's weight gradient comes out C-contiguous (not a view beside the bias column
+    of the GEMM that gives both), so the optimizer's compiled update takes it too: each
+    step after the first (which copies g into the momentum buffer) runs every parameter
+    through the kernel."""
+    from gpunet import optim
+    from gpunet.layers import Conv2D, Flatten, MaxPool2D, Sequential
+    from gpunet.losses import SoftmaxCrossEntropy
+    kernels_switch(True)
+    rng = numpy.random.default_rng(6)
+    m = Sequential(Conv2D(1, 4, 3, padding=1, activation="relu"), MaxPool2D(2),
+                   Conv2D(4, 6, 3, padding=1, activation="relu"), MaxPool2D(2), Flatten())
+    x = rng.standard_normal((8, 1, 28, 28)).astype(numpy.float32)
+    opt = optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    taken = []
+    real = hostkernels.sgd
+    monkeypatch.setattr(hostkernels, "sgd", lambda *a: taken.append(real(*a)) or taken[-1])
+    loss = SoftmaxCrossEntropy()
+    for _ in range(3):
+        m.zero_grad()
+        out = m(x)
+        loss(out, rng.integers(0, out.shape[1], 8))
+        m.backward(loss.backward())
+        assert all(p.grad.flags.c_contiguous for p in m.parameters())
+        opt.step()
+    assert taken == [True] * (2 * len(m.parameters())), taken

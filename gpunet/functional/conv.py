@@ -628,7 +628,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, cols=None, need_dx=True,
         d2 = dy.transpose(1, 2, 3, 0).reshape(o, -1)   # (O, OH*OW*N); a copy unless CHWN dy
         k = weight[0].size
         dwb = _weight_grad(xp, d2, cols, n)            # (O, K), or (O, K+1) with the ones row
-        dw = dwb[:, :k].reshape(weight.shape)
+        # dW C-contiguous (a copy of O*K values when dwb has the bias column): the optimizers'
+        # compiled update takes contiguous gradients, and NumPy's passes run slower on views
+        dw = (numpy.ascontiguousarray(dwb[:, :k]) if dwb.shape[1] > k else dwb).reshape(weight.shape)
         db = None
         if need_bias:
             db = dwb[:, k].copy() if cols.shape[0] > k else d2.sum(axis=1)
