@@ -457,7 +457,8 @@ def test_odd_compilers_neither_crash_nor_hang(tmp_path):
         (tmp_path / name).chmod(0o755)
     code = ("import warnings, numpy, time; warnings.simplefilter('always')\n"
             "from gpunet import hostkernels; from gpunet.functional import pooling as FP\n"
-            "hostkernels.VERSION_TIMEOUT = hostkernels.BUILD_TIMEOUT = 2.0\n"
+            "import os; hostkernels.VERSION_TIMEOUT = 2.0\n"
+            "hostkernels.BUILD_TIMEOUT = float(os.environ['BUILD_TIMEOUT'])\n"
             "t = time.perf_counter()\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    y, arg = FP.max_pool2d(numpy.arange(16, dtype=numpy.float32).reshape(1, 1, 4, 4), 2)\n"
@@ -467,7 +468,9 @@ def test_odd_compilers_neither_crash_nor_hang(tmp_path):
     out = {}
     for name in scripts:
         env = {**os.environ, "GPUNET_HOST_CACHE": str(tmp_path / "cache"), "GPUNET_HOST_KERNELS": "1",
-               "CXX": str(tmp_path / name), "PYTHONUTF8": "1"}
+               "CXX": str(tmp_path / name), "PYTHONUTF8": "1",
+               # a real build (about 2.5 s here) gets time; the hanging ones are cut at 2 s
+               "BUILD_TIMEOUT": "2.0" if name.startswith("hangs") else "120"}
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, (name, r.stderr[-2000:])
@@ -849,3 +852,21 @@ def test_sgd_kernel_takes_every_parameter_of_a_cnn(kernels_switch, monkeypatch):
         assert all(p.grad.flags.c_contiguous for p in m.parameters())
         opt.step()
     assert taken == [True] * (2 * len(m.parameters())), taken
+
+
+@needs_cxx
+@pytest.mark.skipif(__import__("shutil").which("nm") is None, reason="no nm (binutils) to list the library's symbols")
+def test_kernel_bodies_are_inlined_into_their_clones(kernels_switch):
+    """With GCC on x86-64 each entry point has AVX-512/AVX2/baseline clones; a kernel body
+    left as a function of its own is called from every clone in its one baseline (SSE2)
+    build. Max pooling's backward was: 0.16 ms on a (16, 28, 28, 64) float32 plane set, 0.10
+    once inlined. No function of the kernels' namespaces may remain in the library."""
+    kernels_switch(True)
+    lib = hostkernels.library()
+    assert lib is not None
+    syms = subprocess.run(["nm", "-C", lib._name], capture_output=True, text=True, check=True).stdout
+    if ".avx512f" not in syms:
+        pytest.skip("no target_clones in this build (not GCC on x86-64): nothing to check")
+    bodies = [line for line in syms.splitlines()
+              if " t " in line.lower() and ("(anonymous namespace)" in line or "gpunet_host::" in line)]
+    assert not bodies, bodies

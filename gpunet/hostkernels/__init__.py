@@ -21,7 +21,7 @@ slower; the tests check that bit for bit. Only the sign and payload of a NaN may
 They are built on first use with the host C++ compiler (``$CXX``, else ``g++``, ``c++`` or
 ``clang++``: the one the sim device uses) and cached in ``$GPUNET_HOST_CACHE`` (default
 ``~/.cache/gpunet/host``), keyed on the source, the flags, the compiler's version and the
-machine (``x86_64``, ``aarch64``...); a build takes about a second, once. x86-64 builds carry
+machine (``x86_64``, ``aarch64``...); a build takes two to three seconds, once. x86-64 builds carry
 AVX-512, AVX2 and baseline clones of each kernel, chosen at load time for the CPU at hand,
 so a shared cache serves every host.
 
@@ -110,7 +110,7 @@ def _compiler():
     return None
 
 
-# seconds a compiler may take to say its version, and to build the kernels (about a second
+# seconds a compiler may take to say its version, and to build the kernels (2-3 s
 # here): a compiler that hangs costs that once per process, then NumPy runs
 VERSION_TIMEOUT, BUILD_TIMEOUT = 30.0, 300.0
 

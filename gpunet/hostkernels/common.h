@@ -13,6 +13,15 @@
 #define GPUNET_CLONES
 #endif
 
+// Every kernel body is inlined into its entry point: target_clones makes AVX-512/AVX2 copies
+// of the entry points alone, so a body left as a call of its own runs the baseline (SSE2)
+// code under every clone (max pooling's backward did: 0.16 -> 0.09 ms on 3.2 MB)
+#if defined(__GNUC__)
+#define GPUNET_INLINE inline __attribute__((always_inline))
+#else
+#define GPUNET_INLINE inline
+#endif
+
 namespace gpunet_host {
 
 template <typename T> struct Bits;
@@ -23,7 +32,7 @@ template <> struct Bits<double> { typedef uint64_t U; };
 // ``dy * (y > 0)`` (a bool promoted to 1.0/0.0), chosen by a bit mask, without a branch
 // (a branch on random data vectorizes badly and mispredicts)
 template <typename T>
-inline T one_or_zero(bool on) {
+GPUNET_INLINE T one_or_zero(bool on) {
     typedef typename Bits<T>::U U;
     const T one = 1;
     U u;

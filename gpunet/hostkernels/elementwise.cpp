@@ -22,27 +22,27 @@ namespace {
 using gpunet_host::one_or_zero;
 
 template <typename T>
-inline void relu_mask_times(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ out, long n) {
+GPUNET_INLINE void relu_mask_times(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ out, long n) {
     for (long i = 0; i < n; ++i) out[i] = one_or_zero<T>(y[i] > 0) * dy[i];
 }
 
 template <typename T>
-inline T relu_of(T v) { return (v > 0 || v != v) ? v : T(0); }
+GPUNET_INLINE T relu_of(T v) { return (v > 0 || v != v) ? v : T(0); }
 
 // two loops: one pointer (in place) and two that do not overlap; a single loop over maybe
 // aliased pointers makes GCC check the overlap at run time and, in place, take its scalar path
 template <typename T>
-inline void relu_inplace(T* __restrict__ z, long n) {
+GPUNET_INLINE void relu_inplace(T* __restrict__ z, long n) {
     for (long i = 0; i < n; ++i) z[i] = relu_of(z[i]);
 }
 
 template <typename T>
-inline void relu_into(const T* __restrict__ x, T* __restrict__ out, long n) {
+GPUNET_INLINE void relu_into(const T* __restrict__ x, T* __restrict__ out, long n) {
     for (long i = 0; i < n; ++i) out[i] = relu_of(x[i]);
 }
 
 template <typename T>
-inline void bias_relu(T* __restrict__ z, const T* __restrict__ b, long rows, long cols) {
+GPUNET_INLINE void bias_relu(T* __restrict__ z, const T* __restrict__ b, long rows, long cols) {
     for (long i = 0; i < rows; ++i) {
         T* __restrict__ zi = z + i * cols;
         for (long j = 0; j < cols; ++j) {
@@ -53,7 +53,7 @@ inline void bias_relu(T* __restrict__ z, const T* __restrict__ b, long rows, lon
 }
 
 template <typename T>
-inline void relu_mask_colsum(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ g,
+GPUNET_INLINE void relu_mask_colsum(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ g,
                              T* __restrict__ db, long rows, long cols) {
     for (long j = 0; j < cols; ++j) db[j] = T(0);
     for (long i = 0; i < rows; ++i) {

@@ -15,13 +15,13 @@ namespace {
 
 // numpy.sign: 1, -1, 0 for +-0, NaN for NaN
 template <typename T>
-inline T sign(T w) {
+GPUNET_INLINE T sign(T w) {
     return w > 0 ? T(1) : (w < 0 ? T(-1) : (w == 0 ? T(0) : w));
 }
 
 // Optimizer._regularize: s = w*wd + g (or g), then s + sign(w)*l1
 template <typename T>
-inline T regularized(T w, T g, T wd, T l1, bool use_wd, bool use_l1) {
+GPUNET_INLINE T regularized(T w, T g, T wd, T l1, bool use_wd, bool use_l1) {
     T s = use_wd ? w * wd + g : g;
     if (use_l1) {
         T t = sign(w) * l1;
@@ -33,7 +33,7 @@ inline T regularized(T w, T g, T wd, T l1, bool use_wd, bool use_l1) {
 enum { WD = 1, L1 = 2, MOMENTUM = 4, NESTEROV = 8, DECOUPLED = 16 };
 
 template <typename T>
-inline void sgd(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ buf, long n,
+GPUNET_INLINE void sgd(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ buf, long n,
                 T lr, T m, T wd, T l1, int flags) {
     const bool use_wd = flags & WD, use_l1 = flags & L1;
     if (!(flags & MOMENTUM)) {
@@ -67,7 +67,7 @@ inline void sgd(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ buf,
 // w -= (m / (sqrt(v)/c2 + eps)) * step_size. DECOUPLED (AdamW): w *= wd first (wd is then
 // the factor 1 - lr*weight_decay) and g is not regularized.
 template <typename T>
-inline void adam(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+GPUNET_INLINE void adam(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                  long n, T b1, T one_minus_b1, T b2, T one_minus_b2, T c2, T eps, T step_size,
                  T wd, T l1, int flags) {
     const bool use_wd = flags & WD, use_l1 = flags & L1, decoupled = flags & DECOUPLED;

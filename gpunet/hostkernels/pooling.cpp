@@ -17,7 +17,7 @@ namespace {
 using gpunet_host::one_or_zero;
 
 template <typename T>
-inline void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restrict__ arg,
+GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restrict__ arg,
                     long A, long H, long W, long B, long kh, long kw, long sh, long sw,
                     long ph, long pw, long OH, long OW) {
     const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -70,7 +70,7 @@ inline void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restr
 // (a ReLU's backward through its output, the pooling's input): in the same pass where the
 // windows are disjoint, else in a last pass over dx.
 template <typename T>
-inline void route(const T* __restrict__ d, long sb, const uint8_t* __restrict__ g, T* __restrict__ o,
+GPUNET_INLINE void route(const T* __restrict__ d, long sb, const uint8_t* __restrict__ g, T* __restrict__ o,
                   long B, uint8_t k, bool add, const T* __restrict__ m) {
     if (m) {                    // disjoint windows only: (dy * (arg == k)) * (mask > 0)
         if (sb == 1)
@@ -91,7 +91,7 @@ inline void route(const T* __restrict__ d, long sb, const uint8_t* __restrict__ 
 }
 
 template <typename T>
-inline void backward(const T* __restrict__ dy, long sa, long sp, long sq, long sb,
+GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq, long sb,
                      const uint8_t* __restrict__ arg, T* __restrict__ dx,
                      long A, long HP, long WP, long B, long kh, long kw, long sh, long sw,
                      long OH, long OW, int disjoint, int tiled, const T* __restrict__ mask) {
