@@ -32,3 +32,16 @@ def in_layout(x, layout):
     if layout == "cnhw":
         return numpy.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
     return numpy.ascontiguousarray(x)
+
+
+def x_at_arg_positive(x, arg, kernel, stride, padding):
+    """NumPy's ``x[n, c, p*sh - ph + arg // kw, q*sw - pw + arg % kw] > 0`` for every window
+    ``(n, c, p, q)`` of max pooling (an ``arg`` in the padding: False), ``arg`` from
+    ``max_pool2d``; the pairs normalized (``pool_args``)."""
+    (_, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-numpy.inf)
+    n, c, oh, ow = arg.shape
+    pi, qi = numpy.meshgrid(numpy.arange(oh), numpy.arange(ow), indexing="ij")
+    rows = pi[None, None] * sh + arg // kw
+    cols = qi[None, None] * sw + arg % kw
+    return xp[numpy.arange(n)[:, None, None, None], numpy.arange(c)[None, :, None, None], rows, cols] > 0

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.filterwarnings(f"ignore:{what} encountered:RuntimeWarn
 
 from gpunet import hostkernels
 from gpunet.functional import pooling as FP
-from hostkernel_cases import awkward as _awkward, in_layout as _layout, nan_bits as _bits
+from hostkernel_cases import awkward as _awkward, in_layout as _layout, nan_bits as _bits, x_at_arg_positive
 
 HAS_CXX = hostkernels._compiler() is not None
 needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler: the kernels cannot be built here")
@@ -73,6 +73,11 @@ def _check_relu_fused(switch, x, arg, k, s, p, dy):
     # the same memory order (a length-1 axis's stride is anything)
     assert [s for s, n in zip(got.strides, got.shape) if n > 1] == \
         [s for s, n in zip(ref.strides, ref.shape) if n > 1]
+    # with the forward's pos (x at arg > 0) in place of x: the same bits
+    _, arg2, pos = FP.max_pool2d_positive(x, k, s, p)
+    numpy.testing.assert_array_equal(arg2, arg)
+    got = FP.max_pool2d_relu_backward(dy, arg, x, k, s, p, positive=pos)
+    numpy.testing.assert_array_equal(_bits(got), _bits(ref))
 
 
 GEOMETRIES = [((2, 2), None, 0), ((3, 3), 2, 1), ((3, 3), 1, 1), ((2, 3), (1, 2), (1, 0)),
@@ -87,6 +92,31 @@ def test_same_bits_as_numpy(kernels_switch, dtype, layout, k, s, p):
     rng = numpy.random.default_rng(0)
     x = _layout(_awkward(rng, (5, 3, 9, 8), dtype), layout)
     _check_same(kernels_switch, x, k, s, p, dtype)
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("layout", ["chwn", "cnhw", "nchw"])
+@pytest.mark.parametrize("k,s,p", GEOMETRIES)
+def test_max_pool2d_positive(kernels_switch, dtype, layout, k, s, p):
+    """max_pool2d_positive: max_pool2d's y and arg, bit for bit, and pos = x at arg > 0
+    (NaN windows included: y is NaN there but arg, and pos, stay on the earlier maximum);
+    pos None where the kernel does not run (float16, the kernels off)."""
+    rng = numpy.random.default_rng(11)
+    x = _layout(_awkward(rng, (5, 3, 9, 8), dtype), layout)
+    kernels_switch(False)
+    y0, a0 = FP.max_pool2d(x, k, s, p)
+    assert FP.max_pool2d_positive(x, k, s, p)[2] is None
+    kernels_switch(True)
+    y1, a1, pos = FP.max_pool2d_positive(x, k, s, p)
+    numpy.testing.assert_array_equal(_bits(y1), _bits(y0))
+    numpy.testing.assert_array_equal(a1, a0)
+    if dtype == numpy.float16:
+        assert pos is None
+        return
+    assert pos.dtype == numpy.uint8 and pos.strides == a1.strides
+    assert numpy.isnan(y1).any()                  # the NaN windows are exercised
+    numpy.testing.assert_array_equal(pos.astype(bool), x_at_arg_positive(x, a1, *FP.pool_args("test", k, s, p)))
 
 
 @needs_cxx
@@ -738,18 +768,22 @@ def test_conv_relu_pool_backward_same_bits(kernels_switch, monkeypatch, dtype, s
     from gpunet.layers import base
     if size == 6 and pool[0] == 3:
         size = 9                             # 6 -> 2 after a 3x3 stride-2 pool: too small
-    masked = []
+    masked, from_pos = [], []
     real = hostkernels.max_pool_backward
 
     def spy(*a, **k):
         out = real(*a, **k)
-        masked.append(k.get("mask") is not None and out is not None)
+        masked.append((k.get("mask") is not None or k.get("positive") is not None) and out is not None)
+        if out is not None and k.get("positive") is not None:
+            from_pos.append(True)
         return out
     monkeypatch.setattr(hostkernels, "max_pool_backward", spy)
     kernels_switch(True)
     fused = _conv_pool_grads(dtype, size, pool)
     covered = pool[2] == 0 and dtype != numpy.float16
     assert sum(masked) == (2 if covered else 0), masked
+    # disjoint windows read the forward's one byte per window (pos), overlapping ones x
+    assert len(from_pos) == (2 if covered and pool[1] in (None, pool[0]) else 0), from_pos
     numpy_ref = _both(kernels_switch, lambda: _conv_pool_grads(dtype, size, pool))[0]
     monkeypatch.setattr(base, "PAIRED_BACKWARD", {})
     masked.clear()

@@ -85,7 +85,7 @@ def cases():
     from gpunet.layers import Dense
     from gpunet.layers.base import Parameter
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from hostkernel_cases import awkward, in_layout, nan_bits   # shared with the tests
+    from hostkernel_cases import awkward, in_layout, nan_bits, x_at_arg_positive   # shared with the tests
 
     SHORT = {numpy.float32: "f32", numpy.float64: "f64"}
     out = []
@@ -159,19 +159,28 @@ def cases():
                             xm = misaligned(x)
                             both("max_pool2d (misaligned x)",
                                  lambda: FP.max_pool2d(xm, kernel, stride, padding), [f"gpunet_max_pool_{sfx}"])
+                        before = _calls[f"gpunet_max_pool_{sfx}"]
+                        y1, arg1, pos = FP.max_pool2d_positive(x, kernel, stride, padding)   # kernels on
+                        assert _calls[f"gpunet_max_pool_{sfx}"] > before and pos is not None
+                        numpy.testing.assert_array_equal(
+                            pos.astype(bool), x_at_arg_positive(x, arg1, kernel, stride, padding),
+                            err_msg="max_pool2d_positive: pos differs from x[arg] > 0")
                         hostkernels.set_enabled(False)
                         y, arg = FP.max_pool2d(x, kernel, stride, padding)
+                        same("max_pool2d_positive", [y, arg], [y1, arg1])
                         for tag, dy in dy_variants(rng, y.shape, dtype, layout).items():
                             both(f"max_pool2d_backward ({tag})",
                                  lambda: [FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride, padding)],
                                  [f"gpunet_max_pool_backward_{sfx}"])
                             if padding == (0, 0):   # with the ReLU's mask (x as the ReLU's output)
-                                both(f"max_pool2d_relu_backward ({tag})",
-                                     lambda: [FP.max_pool2d_relu_backward(dy, arg, x, kernel, stride, padding)
-                                              if hostkernels.enabled() else FA.relu_mask_times(
-                                                  FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride,
-                                                                         padding), x)],
-                                     [f"gpunet_max_pool_backward_{sfx}"])
+                                for given in (None, pos):   # read from x, or from the forward's pos
+                                    both(f"max_pool2d_relu_backward ({tag}{', pos' if given is not None else ''})",
+                                         lambda: [FP.max_pool2d_relu_backward(dy, arg, x, kernel, stride, padding,
+                                                                              positive=given)
+                                                  if hostkernels.enabled() else FA.relu_mask_times(
+                                                      FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride,
+                                                                             padding), x)],
+                                         [f"gpunet_max_pool_backward_{sfx}"])
 
                     geo = "_".join("x".join(map(str, v)) for v in (kernel, stride, padding))
                     out.append((f"pool_{layout}_{'x'.join(map(str, shape))}_k{geo}_{sfx}", run))

@@ -114,6 +114,25 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return _from_planes(y, layout, n, c), _from_planes(arg, layout, n, c)
 
 
+def max_pool2d_positive(x, kernel_size, stride=None, padding=0):
+    """``(y, arg, pos)``: :func:`max_pool2d`'s ``y`` and ``arg`` (the same bits), and ``pos``
+    (uint8, ``arg``'s shape and layout) 1 where ``x`` at ``arg`` is > 0: what
+    :func:`max_pool2d_relu_backward` takes in place of ``x`` for a ReLU's mask when ``x`` is
+    a ReLU's output (one byte per window instead of the whole input in the backward).
+    ``pos`` is None where the compiled kernel does not run (a GPU, float16, the kernels off
+    or not built, ``x`` in none of CHWN, CNHW and NCHW memory)."""
+    xp, kernel, stride, padding, out_hw = _forward_args("max_pool2d", x, kernel_size, stride, padding)
+    if xp is numpy and x.dtype in (numpy.float32, numpy.float64):
+        layout = memory_order(x)
+        if layout is not None:
+            done = hostkernels.max_pool(_to_planes(x, layout), kernel, stride, padding, out_hw,
+                                        positive=True)
+            if done is not None:
+                n, c = x.shape[:2]
+                return tuple(_from_planes(t, layout, n, c) for t in done)
+    return max_pool2d(x, kernel, stride, padding) + (None,)
+
+
 def _pad_planes(t, padding, value):
     """``t (A, H, W, B)`` with ``padding = (ph, pw)`` rows/columns of ``value`` around each
     plane (``t`` itself when there is none)."""
@@ -194,8 +213,8 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
     n, c = x_shape[:2]
     argt = _to_planes(arg, layout)
     if argt.dtype == numpy.uint8 and hostkernels.library() is not None:
-        # the compiled kernel reads dy's planes at any strides (a view: no copy for dy of
-        # another layout, e.g. NCHW through Flatten)
+        # the compiled kernel takes dy's planes at any strides (copying them itself only
+        # where the images are not adjacent, e.g. NCHW through Flatten)
         dyt = _to_planes(dy, layout)
     else:
         # dy in arg's layout first (one small copy when it comes otherwise): the per-offset
@@ -206,7 +225,7 @@ def max_pool2d_backward(dy, arg, x_shape, kernel_size, stride=None, padding=0):
                         layout, n, c)
 
 
-def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0):
+def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0, positive=None):
     """``relu_mask_times(max_pool2d_backward(dy, arg, y.shape, ...), y)`` in one compiled pass:
     the gradient of a ReLU's input when ``y``, its output, is the pooling's input (a
     ``Conv2D(..., activation="relu")`` followed by ``MaxPool2D`` in a ``Sequential``). The
@@ -216,7 +235,9 @@ def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0):
     than float32/float64 or not all one, ``y`` in none of CHWN, CNHW and NCHW memory,
     padding, or the kernels off or not built. It
     saves a full pass over the pooling's input (``dx`` written once, not written, read and
-    rewritten)."""
+    rewritten). ``positive``: :func:`max_pool2d_positive`'s ``pos`` for this ``arg``; for
+    disjoint windows the mask is then read from it (one byte per window) instead of ``y``,
+    with the same bits."""
     if not (dy.__class__ is arg.__class__ is y.__class__ is numpy.ndarray) or y.ndim != 4:
         return None
     kernel, stride, padding = pool_args("max_pool2d_relu_backward", kernel_size, stride, padding)
@@ -231,8 +252,13 @@ def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0):
     out_hw = arg.shape[2:]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     tiled = stride == kernel and h == out_hw[0] * kernel[0] and w == out_hw[1] * kernel[1]
-    dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
-                                       disjoint, tiled, mask=yt)
+    if positive is not None and disjoint and positive.shape == arg.shape:
+        dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
+                                           disjoint, tiled,
+                                           positive=_to_planes(as_order(positive, layout), layout))
+    else:
+        dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
+                                           disjoint, tiled, mask=yt)
     return None if dx is None else _from_planes(dx, layout, n, c)
 
 

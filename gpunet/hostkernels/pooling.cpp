@@ -16,10 +16,12 @@ namespace {
 
 using gpunet_host::one_or_zero;
 
-template <typename T>
+// pos (POS): planes like arg, 1 where the input at arg (the window's first maximum) is
+// > 0, else 0 (padding at arg: 0): exactly x[arg] > 0
+template <typename T, bool POS>
 GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restrict__ arg,
-                    long A, long H, long W, long B, long kh, long kw, long sh, long sw,
-                    long ph, long pw, long OH, long OW) {
+                    uint8_t* __restrict__ pos, long A, long H, long W, long B, long kh, long kw,
+                    long sh, long sw, long ph, long pw, long OH, long OW) {
     const T neg_inf = -std::numeric_limits<T>::infinity();
     for (long a = 0; a < A; ++a) {
         const T* ta = t + a * H * W * B;
@@ -27,6 +29,7 @@ GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* 
             for (long q = 0; q < OW; ++q) {
                 T* __restrict__ yo = y + ((a * OH + p) * OW + q) * B;
                 uint8_t* __restrict__ ao = arg + ((a * OH + p) * OW + q) * B;
+                uint8_t* __restrict__ po = POS ? pos + ((a * OH + p) * OW + q) * B : nullptr;
                 for (long i = 0; i < kh; ++i) {
                     for (long j = 0; j < kw; ++j) {
                         const long h = p * sh + i - ph, w = q * sw + j - pw;
@@ -55,6 +58,25 @@ GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* 
                         }
                     }
                 }
+                if (POS) {
+                    // without NaN, y is x[arg]'s value (up to the sign of a zero, which > 0
+                    // does not see); a NaN makes y NaN and leaves arg on the earlier maximum
+                    // (or on padding), which is then looked up
+                    unsigned nan = 0;
+                    for (long b = 0; b < B; ++b) {
+                        const T v = yo[b];
+                        po[b] = (uint8_t)(v > 0);
+                        nan |= (unsigned)(v != v);
+                    }
+                    if (nan) {
+                        for (long b = 0; b < B; ++b) {
+                            if (yo[b] == yo[b]) continue;
+                            const long i = ao[b] / kw, j = ao[b] % kw;
+                            const long h = p * sh + i - ph, w = q * sw + j - pw;
+                            po[b] = (uint8_t)(h >= 0 && h < H && w >= 0 && w < W && ta[(h * W + w) * B + b] > 0);
+                        }
+                    }
+                }
             }
         }
     }
@@ -68,10 +90,24 @@ GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* 
 // fill first. mask (non-null): planes (A, HP, WP, B) like dx, C-contiguous; dx is then
 // multiplied by (mask > 0), as NumPy's relu_mask_times(dx, mask) does after the routing
 // (a ReLU's backward through its output, the pooling's input): in the same pass where the
-// windows are disjoint, else in a last pass over dx.
+// windows are disjoint, else in a last pass over dx. pos (non-null, disjoint windows only):
+// the forward's pos planes, like arg: the same product with (x[arg] > 0) in place of
+// (x > 0), which reads 1 byte per window instead of the whole input. The same bits: where
+// arg != k the routed value is dy * 0 (a signed zero, or NaN), which a product by 1 or by
+// +0 leaves as it is, so only x[arg]'s sign test matters.
 template <typename T>
 GPUNET_INLINE void route(const T* __restrict__ d, long sb, const uint8_t* __restrict__ g, T* __restrict__ o,
-                  long B, uint8_t k, bool add, const T* __restrict__ m) {
+                  long B, uint8_t k, bool add, const T* __restrict__ m,
+                  const uint8_t* __restrict__ ps) {
+    if (ps) {                   // disjoint windows only: (dy * (arg == k)) * (x[arg] > 0)
+        if (sb == 1)
+            for (long b = 0; b < B; ++b)
+                o[b] = (d[b] * one_or_zero<T>(g[b] == k)) * one_or_zero<T>(ps[b] != 0);
+        else
+            for (long b = 0; b < B; ++b)
+                o[b] = (d[b * sb] * one_or_zero<T>(g[b] == k)) * one_or_zero<T>(ps[b] != 0);
+        return;
+    }
     if (m) {                    // disjoint windows only: (dy * (arg == k)) * (mask > 0)
         if (sb == 1)
             for (long b = 0; b < B; ++b)
@@ -94,7 +130,8 @@ template <typename T>
 GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq, long sb,
                      const uint8_t* __restrict__ arg, T* __restrict__ dx,
                      long A, long HP, long WP, long B, long kh, long kw, long sh, long sw,
-                     long OH, long OW, int disjoint, int tiled, const T* __restrict__ mask) {
+                     long OH, long OW, int disjoint, int tiled, const T* __restrict__ mask,
+                     const uint8_t* __restrict__ pos) {
     if (!tiled) std::memset(dx, 0, sizeof(T) * (size_t)(A * HP * WP * B));
     for (long a = 0; a < A; ++a) {
         if (disjoint) {        // window by window: its dy and arg read once for all offsets
@@ -102,11 +139,12 @@ GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq,
                 for (long q = 0; q < OW; ++q) {
                     const T* d = dy + a * sa + p * sp + q * sq;
                     const uint8_t* g = arg + ((a * OH + p) * OW + q) * B;
+                    const uint8_t* ps = pos ? pos + ((a * OH + p) * OW + q) * B : nullptr;
                     for (long i = 0; i < kh; ++i)
                         for (long j = 0; j < kw; ++j) {
                             const long at = ((a * HP + p * sh + i) * WP + q * sw + j) * B;
                             route<T>(d, sb, g, dx + at, B, (uint8_t)(i * kw + j), false,
-                                     mask ? mask + at : nullptr);
+                                     mask ? mask + at : nullptr, ps);
                         }
                 }
             }
@@ -118,7 +156,7 @@ GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq,
                     for (long q = 0; q < OW; ++q)
                         route<T>(dy + a * sa + p * sp + q * sq, sb, arg + ((a * OH + p) * OW + q) * B,
                                  dx + ((a * HP + p * sh + i) * WP + q * sw + j) * B, B,
-                                 (uint8_t)(i * kw + j), true, (const T*)nullptr);
+                                 (uint8_t)(i * kw + j), true, (const T*)nullptr, (const uint8_t*)nullptr);
     }
     if (mask && !disjoint) {    // overlapping windows: the mask once the sums are complete
         const long size = A * HP * WP * B;
@@ -130,36 +168,38 @@ GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq,
 
 extern "C" {
 
-int gpunet_host_abi(void) { return 3; }
+int gpunet_host_abi(void) { return 4; }
 
-GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, long A, long H, long W,
-                                       long B, long kh, long kw, long sh, long sw, long ph, long pw,
-                                       long OH, long OW) {
-    forward<float>(t, y, arg, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, long A, long H,
+                                       long W, long B, long kh, long kw, long sh, long sw, long ph,
+                                       long pw, long OH, long OW) {
+    if (pos) forward<float, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else forward<float, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
-GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, long A, long H, long W,
-                                       long B, long kh, long kw, long sh, long sw, long ph, long pw,
-                                       long OH, long OW) {
-    forward<double>(t, y, arg, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, uint8_t* pos, long A, long H,
+                                       long W, long B, long kh, long kw, long sh, long sw, long ph,
+                                       long pw, long OH, long OW) {
+    if (pos) forward<double, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else forward<double, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
 GPUNET_CLONES void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb,
                                                 const uint8_t* arg, float* dx, long A,
                                                 long HP, long WP, long B, long kh, long kw, long sh,
                                                 long sw, long OH, long OW, int disjoint, int tiled,
-                                                const float* mask) {
+                                                const float* mask, const uint8_t* pos) {
     backward<float>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled,
-                  mask);
+                  mask, pos);
 }
 
 GPUNET_CLONES void gpunet_max_pool_backward_f64(const double* dy, long sa, long sp, long sq, long sb,
                                                 const uint8_t* arg, double* dx, long A,
                                                 long HP, long WP, long B, long kh, long kw, long sh,
                                                 long sw, long OH, long OW, int disjoint, int tiled,
-                                                const double* mask) {
+                                                const double* mask, const uint8_t* pos) {
     backward<double>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled,
-                  mask);
+                  mask, pos);
 }
 
 }  // extern "C"

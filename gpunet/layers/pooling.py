@@ -79,16 +79,21 @@ class MaxPool2D(_Pool2D):
     array passed between the two layers differs (``MaxPool2D.backward`` called on its own
     returns ``dx``)."""
 
-    _x = None                  # the training forward's input (see _conv_relu_backward)
+    _x = _pos = None           # the training forward's input and pos (see _conv_relu_backward)
     _relu_input = False        # set by _conv_relu_backward around its call of backward
     _masked = None             # the masked gradient backward returned for it, if it did
 
     def forward(self, x):
         self._check(x)
-        y, arg = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        if self.training and x.__class__ is numpy.ndarray:
+            # pos: whether x at each window's maximum is > 0, the ReLU mask a fused backward
+            # reads (see _conv_relu_backward); None where the compiled kernel did not run
+            y, arg, pos = FP.max_pool2d_positive(x, self.kernel_size, self.stride, self.padding)
+        else:
+            (y, arg), pos = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding), None
         if self.training:
             self._shape, self._arg, self._out_shape, self._dtype = x.shape, arg, y.shape, y.dtype
-            self._x = x
+            self._x, self._pos = x, pos
         return y
 
     def backward(self, dy):
@@ -97,7 +102,7 @@ class MaxPool2D(_Pool2D):
         check_grad(self, dy, self._out_shape, self._dtype)
         if self._relu_input:
             dx = FP.max_pool2d_relu_backward(dy, self._arg, self._x, self.kernel_size, self.stride,
-                                             self.padding)
+                                             self.padding, positive=self._pos)
             if dx is not None:
                 self._masked = dx
                 return dx
@@ -109,8 +114,10 @@ def _conv_relu_backward(conv, pool, dy):
     (both of exactly these classes, so a subclass's own backward always runs): both layers'
     ``backward`` run, in order, with their checks, but the pooling's returns its gradient
     already multiplied by the ReLU's mask ``(x > 0)`` (one compiled pass,
-    :func:`gpunet.functional.pooling.max_pool2d_relu_backward`), which the convolution then
-    takes as the gradient of its pre-activation. The same bits as the two backwards one
+    :func:`gpunet.functional.pooling.max_pool2d_relu_backward`; for disjoint windows the mask
+    comes from the byte per window the training forward kept, whether ``x`` at the window's
+    maximum is > 0, instead of from ``x``), which the convolution then takes as the
+    gradient of its pre-activation. The same bits as the two backwards one
     after the other (a product by 1 or 0 either way); it saves a full pass over the
     convolution's output, and the pass that writes, then rereads the pooling's ``dx``.
     Only where the pooling's forward input is the convolution's cached output (the mask is
