@@ -210,6 +210,7 @@ def profile(spec, min_time=2.0, warmup=20) -> dict:
             out = fn(*args)
             rec[name] = (clock() - t0, gemm[0] - g0)
             return out
+        run._gpunet_passes_output = True    # Sequential may still fuse the layer (layers.pooling)
         return run
 
     layers = list(model.layers)

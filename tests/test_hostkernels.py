@@ -117,6 +117,23 @@ def test_max_pool2d_positive(kernels_switch, dtype, layout, k, s, p):
     assert pos.dtype == numpy.uint8 and pos.strides == a1.strides
     assert numpy.isnan(y1).any()                  # the NaN windows are exercised
     numpy.testing.assert_array_equal(pos.astype(bool), x_at_arg_positive(x, a1, *FP.pool_args("test", k, s, p)))
+    # through the ReLU (relu_input): the pooling of maximum(x, 0), x left as it is; with the
+    # kernels off, x is made maximum(x, 0) in place first: the same results
+    xr = numpy.maximum(x, 0)
+    kernels_switch(False)
+    yr0, ar0 = FP.max_pool2d(xr, k, s, p)
+    x_off = x.copy(order="K")
+    yr_off, ar_off, pos_off = FP.max_pool2d_positive(x_off, k, s, p, relu_input=True)
+    assert pos_off is None
+    numpy.testing.assert_array_equal(_bits(x_off), _bits(xr))
+    numpy.testing.assert_array_equal(_bits(yr_off), _bits(yr0))
+    kernels_switch(True)
+    before = x.copy(order="K")
+    yr1, ar1, posr = FP.max_pool2d_positive(x, k, s, p, relu_input=True)
+    numpy.testing.assert_array_equal(_bits(x), _bits(before))
+    numpy.testing.assert_array_equal(_bits(yr1), _bits(yr0))
+    numpy.testing.assert_array_equal(ar1, ar0)
+    numpy.testing.assert_array_equal(posr.astype(bool), x_at_arg_positive(xr, ar1, *FP.pool_args("test", k, s, p)))
 
 
 @needs_cxx
@@ -768,8 +785,15 @@ def test_conv_relu_pool_backward_same_bits(kernels_switch, monkeypatch, dtype, s
     from gpunet.layers import base
     if size == 6 and pool[0] == 3:
         size = 9                             # 6 -> 2 after a 3x3 stride-2 pool: too small
-    masked, from_pos = [], []
+    masked, from_pos, relu_read = [], [], []
     real = hostkernels.max_pool_backward
+    real_fwd = hostkernels.max_pool
+
+    def spy_fwd(*a, **k):
+        out = real_fwd(*a, **k)
+        relu_read.append(bool(k.get("relu")) and out is not None)
+        return out
+    monkeypatch.setattr(hostkernels, "max_pool", spy_fwd)
 
     def spy(*a, **k):
         out = real(*a, **k)
@@ -782,14 +806,18 @@ def test_conv_relu_pool_backward_same_bits(kernels_switch, monkeypatch, dtype, s
     fused = _conv_pool_grads(dtype, size, pool)
     covered = pool[2] == 0 and dtype != numpy.float16
     assert sum(masked) == (2 if covered else 0), masked
+    # the forward pooled through the ReLU (the convolution left it) wherever the kernel runs
+    assert sum(relu_read) == (0 if dtype == numpy.float16 else 2 * 2), relu_read   # two forwards
     # disjoint windows read the forward's one byte per window (pos), overlapping ones x
     assert len(from_pos) == (2 if covered and pool[1] in (None, pool[0]) else 0), from_pos
     numpy_ref = _both(kernels_switch, lambda: _conv_pool_grads(dtype, size, pool))[0]
     monkeypatch.setattr(base, "PAIRED_BACKWARD", {})
+    monkeypatch.setattr(base, "PAIRED_FORWARD", {})
     masked.clear()
+    relu_read.clear()
     kernels_switch(True)
     unfused = _conv_pool_grads(dtype, size, pool)
-    assert not any(masked)
+    assert not any(masked) and not any(relu_read)
     for a, b, c in zip(fused, unfused, numpy_ref):
         numpy.testing.assert_array_equal(_bits(a), _bits(b))
         numpy.testing.assert_array_equal(_bits(a), _bits(c))
@@ -850,7 +878,7 @@ def test_conv_relu_pool_fused_errors_name_the_layer(kernels_switch):
         m.backward(numpy.ones((4, 2, 4, 3), numpy.float32))
     with pytest.raises(ValueError, match="MaxPool2D.backward: expected dy of dtype float32"):
         m.backward(numpy.ones(out.shape, numpy.float64))
-    assert not m[1]._relu_input and m[1]._masked is None and m[0]._dy_masked is None
+    assert not m[1]._mask_relu and m[1]._masked is None and m[0]._dy_masked is None
     dy = rng.standard_normal(out.shape).astype(numpy.float32)
     m.backward(dy)
     g = m[0].weight.grad.copy()
@@ -904,3 +932,77 @@ def test_kernel_bodies_are_inlined_into_their_clones(kernels_switch):
     bodies = [line for line in syms.splitlines()
               if " t " in line.lower() and ("(anonymous namespace)" in line or "gpunet_host::" in line)]
     assert not bodies, bodies
+
+
+@needs_cxx
+def test_update_addresses_follow_the_arrays(kernels_switch):
+    """The optimizer kernels remember the data address of the arrays they write (parameter,
+    state) while those live: a reassigned ``p.data`` is written at its own address, a dead
+    array's entry goes away, and a gradient that overlaps the parameter still sends the
+    update to NumPy (which the kernel's unaliased loop would get wrong)."""
+    import gc
+    kernels_switch(True)
+    w = numpy.ones(1000, numpy.float32)
+    g = numpy.full(1000, 2.0, numpy.float32)
+    assert hostkernels.sgd(w, g, None, 0.5, 0.0, 0.0, 0.0, 0)
+    assert (w == 0.0).all() and id(w) in hostkernels._ADDRESSES
+    w2 = numpy.ones(1000, numpy.float32)          # a new parameter array (p.data = ...)
+    assert hostkernels.sgd(w2, g, None, 0.25, 0.0, 0.0, 0.0, 0)
+    assert (w2 == 0.5).all() and (w == 0.0).all()
+    key = id(w2)
+    del w2
+    gc.collect()
+    assert key not in hostkernels._ADDRESSES
+    with pytest.raises(ValueError, match="resize"):     # the buffer of a remembered array stays put
+        w.resize(2000, refcheck=False)
+    both = numpy.ones(2000, numpy.float32)
+    assert not hostkernels.sgd(both[:1000], both[500:1500], None, 0.5, 0.0, 0.0, 0.0, 0)
+    assert not hostkernels.sgd(w, g, w, 0.5, 0.9, 0.0, 0.0, hostkernels.MOMENTUM)   # buf is w
+
+
+
+@needs_cxx
+def test_conv_relu_pool_forward_fusion_is_not_seen(kernels_switch, monkeypatch):
+    """Sequential's fused Conv2D(relu) -> MaxPool2D forward: a wrapper recording the
+    convolution's output (an instance-level forward) disarms it, so the recorded output is
+    the ReLU's; a pooling that refuses its input leaves the convolution's output through the
+    ReLU (as it would have been) and a later forward of the convolution alone is not left
+    armed; eval mode and float16 are not fused (the ReLU is in the output there)."""
+    from gpunet.layers import Conv2D, MaxPool2D, Sequential
+    kernels_switch(True)
+    rng = numpy.random.default_rng(8)
+    x = rng.standard_normal((4, 1, 9, 9)).astype(numpy.float32)
+    m = Sequential(Conv2D(1, 3, 3, padding=1, activation="relu"), MaxPool2D(2))
+    seen = []
+    conv_forward = m[0].forward
+    m[0].forward = lambda h: seen.append(conv_forward(h)) or seen[-1]
+    y_wrapped = m(x)
+    assert (seen[0] >= 0).all() and (seen[0] == 0).any()
+    del m[0].forward
+    y = m(x)
+    numpy.testing.assert_array_equal(_bits(y), _bits(y_wrapped))
+    assert (m[0]._y < 0).any()                      # fused: the conv's array kept z
+    # a pooling that refuses its input (a 5x5 window on a 4x4 output)
+    m2 = Sequential(Conv2D(1, 3, 3, activation="relu"), MaxPool2D(8))
+    with pytest.raises(ValueError, match="MaxPool2D"):
+        m2(rng.standard_normal((2, 1, 6, 6)).astype(numpy.float32))
+    assert (m2[0]._y >= 0).all() and m2[0]._relu_pending is None
+    assert (m2[0](rng.standard_normal((2, 1, 6, 6)).astype(numpy.float32)) >= 0).all()
+    # refused by the convolution itself: nothing stays armed for its next forward
+    with pytest.raises(ValueError, match="Conv2D"):
+        m(rng.standard_normal((4, 2, 9, 9)).astype(numpy.float32))
+    assert (m[0](x) >= 0).all()
+    # eval mode and float16: the ReLU in the convolution's output, no pooling through it
+    relu_read = []
+    real = hostkernels.max_pool
+    monkeypatch.setattr(hostkernels, "max_pool",
+                        lambda *a, **k: relu_read.append(bool(k.get("relu"))) or real(*a, **k))
+    m.eval()
+    m(x)
+    m.train()
+    m16 = Sequential(Conv2D(1, 3, 3, padding=1, activation="relu"), MaxPool2D(2)).to(dtype=numpy.float16)
+    m16(x.astype(numpy.float16))
+    assert (m16[0]._y >= 0).all()
+    assert not any(relu_read)
+    m(x)
+    assert relu_read[-1]                            # and armed again in training

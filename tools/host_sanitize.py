@@ -152,7 +152,8 @@ def cases():
                     def run(kernel=kernel, stride=stride, padding=padding, shape=shape, layout=layout,
                             dtype=dtype, sfx=sfx):
                         rng = numpy.random.default_rng([*shape, *kernel, *stride, *padding])
-                        x = in_layout(awkward(rng, shape, dtype), layout)
+                        x_values = awkward(rng, shape, dtype)
+                        x = in_layout(x_values, layout)
                         both("max_pool2d", lambda: FP.max_pool2d(x, kernel, stride, padding),
                              [f"gpunet_max_pool_{sfx}"])
                         if layout == "nchw":        # misaligned C-order input (copied)
@@ -165,9 +166,19 @@ def cases():
                         numpy.testing.assert_array_equal(
                             pos.astype(bool), x_at_arg_positive(x, arg1, kernel, stride, padding),
                             err_msg="max_pool2d_positive: pos differs from x[arg] > 0")
+                        xr = numpy.maximum(x, 0)            # through the ReLU, x left as it is
+                        before = _calls[f"gpunet_max_pool_{sfx}"]
+                        yr1, argr1, posr = FP.max_pool2d_positive(x, kernel, stride, padding, relu_input=True)
+                        assert _calls[f"gpunet_max_pool_{sfx}"] > before and posr is not None
+                        numpy.testing.assert_array_equal(
+                            posr.astype(bool), x_at_arg_positive(xr, argr1, kernel, stride, padding),
+                            err_msg="max_pool2d_positive(relu_input): pos differs from relu(x)[arg] > 0")
                         hostkernels.set_enabled(False)
                         y, arg = FP.max_pool2d(x, kernel, stride, padding)
                         same("max_pool2d_positive", [y, arg], [y1, arg1])
+                        same("max_pool2d_positive (relu_input)", list(FP.max_pool2d(xr, kernel, stride, padding)),
+                             [yr1, argr1])
+                        same("max_pool2d_positive leaves x", [in_layout(x_values, layout)], [x])
                         for tag, dy in dy_variants(rng, y.shape, dtype, layout).items():
                             both(f"max_pool2d_backward ({tag})",
                                  lambda: [FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride, padding)],

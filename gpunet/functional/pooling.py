@@ -114,23 +114,37 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return _from_planes(y, layout, n, c), _from_planes(arg, layout, n, c)
 
 
-def max_pool2d_positive(x, kernel_size, stride=None, padding=0):
+def max_pool2d_positive(x, kernel_size, stride=None, padding=0, relu_input=False):
     """``(y, arg, pos)``: :func:`max_pool2d`'s ``y`` and ``arg`` (the same bits), and ``pos``
     (uint8, ``arg``'s shape and layout) 1 where ``x`` at ``arg`` is > 0: what
     :func:`max_pool2d_relu_backward` takes in place of ``x`` for a ReLU's mask when ``x`` is
     a ReLU's output (one byte per window instead of the whole input in the backward).
     ``pos`` is None where the compiled kernel does not run (a GPU, float16, the kernels off
-    or not built, ``x`` in none of CHWN, CNHW and NCHW memory)."""
+    or not built, ``x`` in none of CHWN, CNHW and NCHW memory).
+
+    ``relu_input=True``: the pooling of ``maximum(x, 0)`` (a ReLU's output, the same bits),
+    ``x`` read through it in the same pass and left holding its pre-activation values
+    where the compiled kernel runs; where it does not, ``x`` is first replaced by
+    ``maximum(x, 0)`` in place (so the results are the same either way)."""
     xp, kernel, stride, padding, out_hw = _forward_args("max_pool2d", x, kernel_size, stride, padding)
     if xp is numpy and x.dtype in (numpy.float32, numpy.float64):
         layout = memory_order(x)
         if layout is not None:
             done = hostkernels.max_pool(_to_planes(x, layout), kernel, stride, padding, out_hw,
-                                        positive=True)
+                                        positive=True, relu=relu_input)
             if done is not None:
                 n, c = x.shape[:2]
                 return tuple(_from_planes(t, layout, n, c) for t in done)
+    if relu_input:
+        relu_in_place(x)
     return max_pool2d(x, kernel, stride, padding) + (None,)
+
+
+def relu_in_place(x):
+    """``x = maximum(x, 0)`` in place (NumPy or CuPy), in one compiled pass where it runs:
+    what a ``Conv2D(..., activation="relu")`` does to its output."""
+    if get_array_module(x) is not numpy or hostkernels.relu(x, inplace=True) is None:
+        get_array_module(x).maximum(x, 0, out=x)
 
 
 def _pad_planes(t, padding, value):

@@ -59,6 +59,7 @@ import sys
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy
@@ -66,7 +67,7 @@ import numpy
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp"))
 HEADERS = (Path(__file__).with_name("common.h"),)     # included by SOURCES: part of the key
 FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
-ABI = 4    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
+ABI = 5    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
 
@@ -225,7 +226,7 @@ def _load():
         f = getattr(lib, f"gpunet_relu_mask_colsum_{t}")
         f.argtypes, f.restype = [p, p, p, p, l, l], None
         f = getattr(lib, f"gpunet_max_pool_{t}")
-        f.argtypes, f.restype = [p, p, p, p] + [l] * 12, None
+        f.argtypes, f.restype = [p, p, p, p, i] + [l] * 12, None
         f = getattr(lib, f"gpunet_max_pool_backward_{t}")
         f.argtypes, f.restype = [p] + [l] * 4 + [p, p] + [l] * 10 + [i, i, p, p], None
     return lib, f"built with {argv[0]} ({path.name}{', ASan + UBSan' if sanitize else ''})"
@@ -277,12 +278,14 @@ def status() -> str:
 _SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
 
 
-def max_pool(t, kernel, stride, padding, out_hw, positive=False):
+def max_pool(t, kernel, stride, padding, out_hw, positive=False, relu=False):
     """``(y, arg)`` planes ``(A, OH, OW, B)`` of max pooling over planes ``t (A, H, W, B)``
     (``arg`` uint8), as ``gpunet.functional.pooling._max_pool`` computes them; None when the
     kernels are not in use or do not cover the case (then the caller runs NumPy).
     ``positive=True``: ``(y, arg, pos)``, ``pos`` (uint8, like ``arg``) 1 where the input at
-    ``arg`` is > 0 (what :func:`max_pool_backward` takes for a ReLU's mask)."""
+    ``arg`` is > 0 (what :func:`max_pool_backward` takes for a ReLU's mask). ``relu=True``:
+    the pooling of ``maximum(t, 0)`` (the same bits as after NumPy's ``maximum``), ``t``
+    read through it and left as it is."""
     suffix = _SUFFIX.get(t.dtype)
     if suffix is None or kernel[0] * kernel[1] > 256:
         return None
@@ -298,7 +301,7 @@ def max_pool(t, kernel, stride, padding, out_hw, positive=False):
     pos = numpy.empty(y.shape, dtype=numpy.uint8) if positive else None
     getattr(lib, f"gpunet_max_pool_{suffix}")(
         t.ctypes.data, y.ctypes.data, arg.ctypes.data, None if pos is None else pos.ctypes.data,
-        a, h, w, b, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out_hw[0],
+        int(relu), a, h, w, b, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out_hw[0],
         out_hw[1])
     return (y, arg) if pos is None else (y, arg, pos)
 
@@ -352,21 +355,52 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled, mask=Non
 WD, L1, MOMENTUM, NESTEROV, DECOUPLED = 1, 2, 4, 8, 16
 
 
+# id(array) -> (weak reference, data address) for the arrays an update writes (parameters
+# and optimizer state live across steps): ``a.ctypes.data`` costs ~0.9 us, three or four
+# times per parameter per step, a tenth of the small MLP's whole optimizer step
+_ADDRESSES: dict = {}
+
+
+def _address(a):
+    """``a.ctypes.data``, remembered while ``a`` lives. Safe: NumPy refuses to resize an array
+    that has a weak reference (``refcheck`` or not), so the buffer of one we hold a weak
+    reference to never moves; a dead array's entry is removed, and ids are checked by
+    identity."""
+    entry = _ADDRESSES.get(id(a))
+    if entry is not None and entry[0]() is a:
+        return entry[1]
+    address = a.ctypes.data
+    key = id(a)
+    try:
+        ref = weakref.ref(a, lambda _r, k=key: _ADDRESSES.pop(k, None))
+    except TypeError:
+        return address
+    _ADDRESSES[key] = (ref, address)
+    return address
+
+
 def _update_arrays(arrays):
-    """The kernel's suffix for these same-shaped, same-dtype, C-contiguous, aligned,
-    non-overlapping NumPy arrays (the parameter first), else None (then the NumPy passes run)."""
+    """``(suffix, addresses)`` for these same-shaped, same-dtype, C-contiguous, aligned,
+    non-overlapping NumPy arrays (the parameter first; all but ``arrays[1]``, the gradient,
+    writeable), else None (then the NumPy passes run)."""
     w = arrays[0]
     suffix = _SUFFIX.get(w.dtype)
     if suffix is None or library() is None:
         return None
+    dtype, shape, nbytes = w.dtype, w.shape, w.nbytes
+    addresses = []
     for k, a in enumerate(arrays):
-        if (a.__class__ is not numpy.ndarray or a.dtype != w.dtype or a.shape != w.shape
-                or not a.flags.c_contiguous or not a.flags.aligned or (k != 1 and not a.flags.writeable)):
-            return None                             # arrays[1], the gradient, is only read
-        for b in arrays[:k]:
-            if numpy.may_share_memory(a, b):
+        if a.__class__ is not numpy.ndarray or a.dtype != dtype or a.shape != shape:
+            return None
+        f = a.flags
+        if not (f.c_contiguous and f.aligned and (k == 1 or f.writeable)):
+            return None
+        at = a.ctypes.data if k == 1 else _address(a)       # a new gradient every step
+        for other in addresses:                              # contiguous: overlap = ranges meet
+            if at < other + nbytes and other < at + nbytes:
                 return None
-    return suffix
+        addresses.append(at)
+    return suffix, addresses
 
 
 def sgd(w, g, buf, lr, momentum, weight_decay, l1, flags):
@@ -374,12 +408,12 @@ def sgd(w, g, buf, lr, momentum, weight_decay, l1, flags):
     ``MOMENTUM``), as ``gpunet.optim.SGD._update``'s NumPy passes compute it (not the first
     momentum step, which copies ``g``). ``flags``: ``WD``, ``L1``, ``MOMENTUM``,
     ``NESTEROV``. False when the kernels are not in use or the arrays do not qualify."""
-    suffix = _update_arrays((w, g) if buf is None else (w, g, buf))
-    if suffix is None:
+    plan = _update_arrays((w, g) if buf is None else (w, g, buf))
+    if plan is None:
         return False
+    suffix, at = plan
     getattr(_state["lib"], f"gpunet_sgd_{suffix}")(
-        w.ctypes.data, g.ctypes.data, None if buf is None else buf.ctypes.data, w.size, lr,
-        momentum, weight_decay, l1, flags)
+        at[0], at[1], None if buf is None else at[2], w.size, lr, momentum, weight_decay, l1, flags)
     return True
 
 
@@ -388,12 +422,13 @@ def adam(w, g, m, v, b1, b2, c2, eps, step_size, weight_decay, l1, flags):
     NumPy passes compute it; ``flags``: ``WD``, ``L1``, or ``DECOUPLED`` (AdamW: then
     ``weight_decay`` is the factor ``1 - lr*weight_decay`` that ``w`` is multiplied by
     first). False when the kernels are not in use or the arrays do not qualify."""
-    suffix = _update_arrays((w, g, m, v))
-    if suffix is None:
+    plan = _update_arrays((w, g, m, v))
+    if plan is None:
         return False
+    suffix, at = plan
     getattr(_state["lib"], f"gpunet_adam_{suffix}")(
-        w.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, w.size, b1, 1.0 - b1, b2,
-        1.0 - b2, c2, eps, step_size, weight_decay, l1, flags)
+        at[0], at[1], at[2], at[3], w.size, b1, 1.0 - b1, b2, 1.0 - b2, c2, eps, step_size,
+        weight_decay, l1, flags)
     return True
 
 

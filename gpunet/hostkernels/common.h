@@ -43,6 +43,10 @@ GPUNET_INLINE T one_or_zero(bool on) {
     return r;
 }
 
+// NumPy's maximum(v, 0): v where v > 0 or v is NaN (NaN propagates), else +0.0 (for -0.0 too)
+template <typename T>
+GPUNET_INLINE T relu_of(T v) { return (v > 0 || v != v) ? v : T(0); }
+
 }  // namespace gpunet_host
 
 #endif

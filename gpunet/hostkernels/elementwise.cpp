@@ -20,14 +20,12 @@
 namespace {
 
 using gpunet_host::one_or_zero;
+using gpunet_host::relu_of;
 
 template <typename T>
 GPUNET_INLINE void relu_mask_times(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ out, long n) {
     for (long i = 0; i < n; ++i) out[i] = one_or_zero<T>(y[i] > 0) * dy[i];
 }
-
-template <typename T>
-GPUNET_INLINE T relu_of(T v) { return (v > 0 || v != v) ? v : T(0); }
 
 // two loops: one pointer (in place) and two that do not overlap; a single loop over maybe
 // aliased pointers makes GCC check the overlap at run time and, in place, take its scalar path

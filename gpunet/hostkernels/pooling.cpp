@@ -15,10 +15,12 @@
 namespace {
 
 using gpunet_host::one_or_zero;
+using gpunet_host::relu_of;
 
 // pos (POS): planes like arg, 1 where the input at arg (the window's first maximum) is
-// > 0, else 0 (padding at arg: 0): exactly x[arg] > 0
-template <typename T, bool POS>
+// > 0, else 0 (padding at arg: 0): exactly x[arg] > 0. RELU: the input is read through
+// relu_of (NumPy's maximum(x, 0)) and not written: the pooling of relu(t), bit for bit
+template <typename T, bool POS, bool RELU>
 GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* __restrict__ arg,
                     uint8_t* __restrict__ pos, long A, long H, long W, long B, long kh, long kw,
                     long sh, long sw, long ph, long pw, long OH, long OW) {
@@ -38,7 +40,7 @@ GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* 
                         if (k == 0) {                 // the window's first member
                             if (inside) {
                                 const T* __restrict__ src = ta + (h * W + w) * B;
-                                for (long b = 0; b < B; ++b) { yo[b] = src[b]; ao[b] = 0; }
+                                for (long b = 0; b < B; ++b) { yo[b] = RELU ? relu_of(src[b]) : src[b]; ao[b] = 0; }
                             } else {
                                 for (long b = 0; b < B; ++b) { yo[b] = neg_inf; ao[b] = 0; }
                             }
@@ -49,7 +51,7 @@ GPUNET_INLINE void forward(const T* __restrict__ t, T* __restrict__ y, uint8_t* 
                         if (!inside) continue;
                         const T* __restrict__ src = ta + (h * W + w) * B;
                         for (long b = 0; b < B; ++b) {
-                            const T v = src[b], m = yo[b];
+                            const T v = RELU ? relu_of(src[b]) : src[b], m = yo[b];
                             // NumPy: arg = max(arg, (v > m) * k), arg < k so far
                             ao[b] = v > m ? k : ao[b];
                             // NumPy's maximum(m, v): NaN propagates; on equal values the
@@ -168,20 +170,24 @@ GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq,
 
 extern "C" {
 
-int gpunet_host_abi(void) { return 4; }
+int gpunet_host_abi(void) { return 5; }
 
-GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, long A, long H,
-                                       long W, long B, long kh, long kw, long sh, long sw, long ph,
-                                       long pw, long OH, long OW) {
-    if (pos) forward<float, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else forward<float, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, int relu,
+                                       long A, long H, long W, long B, long kh, long kw, long sh,
+                                       long sw, long ph, long pw, long OH, long OW) {
+    if (pos && relu) forward<float, true, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else if (pos) forward<float, true, false>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else if (relu) forward<float, false, true>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else forward<float, false, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
-GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, uint8_t* pos, long A, long H,
-                                       long W, long B, long kh, long kw, long sh, long sw, long ph,
-                                       long pw, long OH, long OW) {
-    if (pos) forward<double, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else forward<double, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, uint8_t* pos, int relu,
+                                       long A, long H, long W, long B, long kh, long kw, long sh,
+                                       long sw, long ph, long pw, long OH, long OW) {
+    if (pos && relu) forward<double, true, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else if (pos) forward<double, true, false>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else if (relu) forward<double, false, true>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else forward<double, false, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
 GPUNET_CLONES void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb,

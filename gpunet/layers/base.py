@@ -1087,6 +1087,11 @@ def _check_layer(who, what, l):
 # NotImplemented, having run neither (then each runs as usual). Exact classes: a subclass
 # is never paired. Registered where the pair's classes are defined (layers/pooling.py).
 PAIRED_BACKWARD: dict = {}
+# (class of layer i, class of layer i + 1) -> f(layer i, layer i + 1, x): Sequential's
+# forward calls f just before layer i's forward (x: its input); f may arm the pair to run
+# in a fused form (the two forwards then still run, one after the other, and consume what
+# f set). Registered beside PAIRED_BACKWARD's entries.
+PAIRED_FORWARD: dict = {}
 
 
 class Sequential(Layer):
@@ -1168,8 +1173,14 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def forward(self, x):
+        layers = self.layers
+        last = len(layers) - 1
         try:
-            for l in self.layers:
+            for i, l in enumerate(layers):
+                if i < last:
+                    arm = PAIRED_FORWARD.get((l.__class__, layers[i + 1].__class__))
+                    if arm is not None:
+                        arm(l, layers[i + 1], x)
                 x = l.forward(x)
         except (ValueError, TypeError) as e:
             # which of several alike layers refused its input (the error names its class only):

@@ -64,6 +64,7 @@ class Conv2D(Layer):
     """
 
     _dy_masked = None   # a dy already through the ReLU's mask (set by pooling._conv_relu_backward)
+    _relu_pending = None    # an output left before its ReLU (see pooling._arm_conv_relu_forward)
     input_grad = _args.flag_property(None, "input_grad", "False: ``backward`` computes no input gradient and "
                                        "returns None (default True).")
     activation = activation_property("Conv2D", _channel_softmax)
@@ -130,6 +131,10 @@ class Conv2D(Layer):
         check_device(self, x, w)
 
     def forward(self, x):
+        # armed by pooling._arm_conv_relu_forward (a Sequential whose next layer is a
+        # MaxPool2D): the output is left before the ReLU, which the pooling applies as it
+        # reads (taken before the checks, so that a refused input disarms it)
+        defer = self.__dict__.pop("_defer_relu", None) is not None
         self._check(x)
         w = self.weight.data
         b = self.bias.data if self.bias is not None else None
@@ -137,13 +142,16 @@ class Conv2D(Layer):
         # In training, the previous step's cols is done with (this forward replaces it): let
         # the op overwrite it rather than allocate a new one
         relu = self._relu()
+        defer = defer and relu and self.training
         z, cols = FC.conv2d(x, w, b, self.stride, self.padding, return_cols=True,
                             cols_buffer=self._cols if self.training else None,
-                            activation="relu" if relu else None)
+                            activation="relu" if relu and not defer else None)
         y, z_saved = (z, None) if relu else apply_fused(self.activation, z, self.training)
         if self.training:
             self._x, self._cols, self._y, self._z = x, cols, y, z_saved
             self._x_is_data = is_data(x)
+        if defer:
+            self._relu_pending = y      # for the pooling's forward to take (or to apply here)
         return y
 
     def backward(self, dy):

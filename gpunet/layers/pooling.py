@@ -15,10 +15,11 @@ import operator
 
 import numpy
 
+from .. import hostkernels
 from ..functional import pooling as FP
 from ..functional.layout import memory_order
 from ..functional.conv import output_size
-from .base import PAIRED_BACKWARD, Layer, check_array, check_dtype, check_grad
+from .base import PAIRED_BACKWARD, PAIRED_FORWARD, Layer, check_array, check_dtype, check_grad
 from .conv import Conv2D
 
 
@@ -72,25 +73,47 @@ class MaxPool2D(_Pool2D):
     ``dy`` to the window's first maximal element (ties: first in row-major order).
 
     In a ``Sequential``, right after a ``Conv2D(..., activation="relu")`` whose output is
-    its input, on the CPU where gpunet's compiled kernels run: the ``Sequential``'s backward
-    has this layer's backward hand the convolution ``dx * (x > 0)``, the gradient through
-    the ReLU, made in the same pass, and the convolution's backward then skips its own ReLU
-    mask (:func:`_conv_relu_backward`). The model's gradients are the same bits; only the
-    array passed between the two layers differs (``MaxPool2D.backward`` called on its own
+    its input, on the CPU where gpunet's compiled kernels run (training mode):
+
+    * forward (:func:`_arm_conv_relu_forward`): the convolution leaves its output before the
+      ReLU and this layer pools it through the ReLU in the same pass (the pass that would
+      write the ReLU's output is saved; the convolution's output array keeps the
+      pre-activation values, whose sign is all that the backwards read);
+    * backward (:func:`_conv_relu_backward`): this layer hands the convolution
+      ``dx * (x > 0)``, the gradient through the ReLU, made in the same pass, and the
+      convolution's backward skips its own ReLU mask.
+
+    The model's outputs and gradients are the same bits as without either; what differs is
+    only what passes between the two layers (``MaxPool2D.backward`` called on its own
     returns ``dx``)."""
 
     _x = _pos = None           # the training forward's input and pos (see _conv_relu_backward)
-    _relu_input = False        # set by _conv_relu_backward around its call of backward
+    _mask_relu = False         # set by _conv_relu_backward around its call of backward
     _masked = None             # the masked gradient backward returned for it, if it did
 
     def forward(self, x):
-        self._check(x)
-        if self.training and x.__class__ is numpy.ndarray:
-            # pos: whether x at each window's maximum is > 0, the ReLU mask a fused backward
-            # reads (see _conv_relu_backward); None where the compiled kernel did not run
-            y, arg, pos = FP.max_pool2d_positive(x, self.kernel_size, self.stride, self.padding)
-        else:
-            (y, arg), pos = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding), None
+        # an input that the Conv2D before it left before its ReLU (_arm_conv_relu_forward):
+        # pooled through the ReLU in the same pass, or the ReLU applied here if this raises
+        pending = self.__dict__.pop("_relu_input_of", None)
+        relu_input = pending is not None and pending._relu_pending is x
+        if pending is not None:
+            pending._relu_pending = None
+        try:
+            self._check(x)
+            if self.training and x.__class__ is numpy.ndarray:
+                # pos: whether x at each window's maximum is > 0, the ReLU mask a fused
+                # backward reads (see _conv_relu_backward); None where the kernel did not run
+                y, arg, pos = FP.max_pool2d_positive(x, self.kernel_size, self.stride, self.padding,
+                                                     relu_input=relu_input)
+            else:
+                if relu_input:
+                    FP.relu_in_place(x)
+                    relu_input = False
+                (y, arg), pos = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding), None
+        except BaseException:
+            if relu_input:              # the convolution's output as it would have been
+                FP.relu_in_place(x)
+            raise
         if self.training:
             self._shape, self._arg, self._out_shape, self._dtype = x.shape, arg, y.shape, y.dtype
             self._x, self._pos = x, pos
@@ -100,13 +123,40 @@ class MaxPool2D(_Pool2D):
         if self._shape is None:
             raise RuntimeError("MaxPool2D.backward called before a training-mode forward")
         check_grad(self, dy, self._out_shape, self._dtype)
-        if self._relu_input:
+        if self._mask_relu:
             dx = FP.max_pool2d_relu_backward(dy, self._arg, self._x, self.kernel_size, self.stride,
                                              self.padding, positive=self._pos)
             if dx is not None:
                 self._masked = dx
                 return dx
         return FP.max_pool2d_backward(dy, self._arg, self._shape, self.kernel_size, self.stride, self.padding)
+
+
+def _arm_conv_relu_forward(conv, pool, x):
+    """``Sequential.forward``, before it runs ``Conv2D(..., activation="relu")`` then
+    ``MaxPool2D`` (exactly these classes) on the CPU in training: the convolution leaves
+    its output before the ReLU, and the pooling reads it through the ReLU in its own pass
+    (:func:`gpunet.functional.pooling.max_pool2d_positive` with ``relu_input``), which saves
+    the pass that writes the ReLU's output. Both forwards run, with their checks; the
+    pooling's output, ``arg`` and the gradients are the same bits. What differs: the
+    convolution's output array, which in a Sequential only the pooling reads, keeps the
+    pre-activation values (the convolution's and the pooling's backward read only their
+    sign, ``> 0``, which the ReLU does not change). Not armed where that array could be
+    seen or the pooling's own forward might not run: an instance-level ``forward`` on
+    either layer (a wrapper recording activations; the profiler's timers are marked as
+    passing outputs through), float16
+    (the ReLU there acts before the rounding), eval mode, a GPU or the sim, or the kernels
+    off. If the pooling raises, it applies the ReLU first."""
+    for layer in (conv, pool):          # an instance-level forward: not armed (see above)
+        own = layer.__dict__.get("forward")
+        if own is not None and not getattr(own, "_gpunet_passes_output", False):
+            return
+    if not (conv.training and pool.training) or x.__class__ is not numpy.ndarray \
+            or x.dtype not in (numpy.float32, numpy.float64) or not conv._relu() \
+            or hostkernels.library() is None:
+        return
+    conv._defer_relu = True
+    pool._relu_input_of = conv
 
 
 def _conv_relu_backward(conv, pool, dy):
@@ -126,11 +176,11 @@ def _conv_relu_backward(conv, pool, dy):
     or ``NotImplemented`` when it did not run them."""
     if not conv._relu() or pool._x is None or pool._x is not conv.__dict__.get("_y"):
         return NotImplemented
-    pool._relu_input = True
+    pool._mask_relu = True
     try:
         d = pool.backward(dy)
     finally:
-        pool._relu_input = False
+        pool._mask_relu = False
         masked, pool._masked = pool._masked, None
     if masked is not d:                 # the kernel did not run: dx as usual
         return conv.backward(d)
@@ -182,4 +232,5 @@ class GlobalAvgPool2D(Layer):
         return FP.global_avg_pool2d_backward(dy, self._shape, order=self._order)
 
 
+PAIRED_FORWARD[(Conv2D, MaxPool2D)] = _arm_conv_relu_forward
 PAIRED_BACKWARD[(Conv2D, MaxPool2D)] = _conv_relu_backward
