@@ -251,7 +251,8 @@ def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0, po
     saves a full pass over the pooling's input (``dx`` written once, not written, read and
     rewritten). ``positive``: :func:`max_pool2d_positive`'s ``pos`` for this ``arg``; for
     disjoint windows the mask is then read from it (one byte per window) instead of ``y``,
-    with the same bits."""
+    with the same bits. Only the sign of ``y`` is read, so the ReLU's input serves as well
+    (what a fused Sequential forward leaves, see ``gpunet.layers.pooling``)."""
     if not (dy.__class__ is arg.__class__ is y.__class__ is numpy.ndarray) or y.ndim != 4:
         return None
     kernel, stride, padding = pool_args("max_pool2d_relu_backward", kernel_size, stride, padding)

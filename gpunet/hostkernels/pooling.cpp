@@ -166,6 +166,17 @@ GPUNET_INLINE void backward(const T* __restrict__ dy, long sa, long sp, long sq,
     }
 }
 
+// the forward for a run-time (pos, relu): each combination its own loop
+template <typename T>
+GPUNET_INLINE void forward_any(const T* t, T* y, uint8_t* arg, uint8_t* pos, int relu, long A, long H,
+                               long W, long B, long kh, long kw, long sh, long sw, long ph, long pw,
+                               long OH, long OW) {
+    if (pos && relu) forward<T, true, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else if (pos) forward<T, true, false>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else if (relu) forward<T, false, true>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    else forward<T, false, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+}
+
 }  // namespace
 
 extern "C" {
@@ -175,19 +186,13 @@ int gpunet_host_abi(void) { return 5; }
 GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, int relu,
                                        long A, long H, long W, long B, long kh, long kw, long sh,
                                        long sw, long ph, long pw, long OH, long OW) {
-    if (pos && relu) forward<float, true, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else if (pos) forward<float, true, false>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else if (relu) forward<float, false, true>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else forward<float, false, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    forward_any<float>(t, y, arg, pos, relu, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
 GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, uint8_t* pos, int relu,
                                        long A, long H, long W, long B, long kh, long kw, long sh,
                                        long sw, long ph, long pw, long OH, long OW) {
-    if (pos && relu) forward<double, true, true>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else if (pos) forward<double, true, false>(t, y, arg, pos, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else if (relu) forward<double, false, true>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
-    else forward<double, false, false>(t, y, arg, nullptr, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    forward_any<double>(t, y, arg, pos, relu, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
 }
 
 GPUNET_CLONES void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb,
