@@ -34,7 +34,9 @@ orders reach BLAS; a test checks them against a real step), and for the CNN its 
 and col2im copies (:func:`floor_ops`), once in NumPy and once in PyTorch
 (:func:`floor_step`). ``floor`` is the PyTorch/NumPy time ratio of that work: the step
 ratio gpunet would reach if it added nothing around its GEMMs that PyTorch does not.
-``of floor`` = ratio / floor. The table, the markdown and the JSON name the CPU (vendor,
+``of floor`` = ratio / floor; also, under the table and in the JSON
+(``of_floor_round_median``), the median over rounds of each round's own ratio / floor,
+steadier where the host's speed swings between runs. The table, the markdown and the JSON name the CPU (vendor,
 model) and the BLAS kernels each library picked (OpenBLAS's core name through
 ``gpunet.threads``, PyTorch's build configuration).
 
@@ -910,6 +912,11 @@ def format_table(report) -> str:
         lines.append("floor = the same ratio for the step's GEMMs (and the CNN's im2col/col2im copies) alone, "
                      "NumPy against PyTorch: what this BLAS allows; of floor = ratio / floor "
                      "(1.00x: gpunet adds no more around its GEMMs than PyTorch does).")
+        per_round = [f"{name} {m['of_floor_round_median']:.2f}x" for name, m in report["models"].items()
+                     if "of_floor_round_median" in m]
+        if per_round:
+            lines.append("of floor, median over rounds of each round's ratio / floor (steadier where the "
+                         "host's speed swings between runs): " + ", ".join(per_round))
     if report.get("blas"):
         lines.append(f"CPU: {report.get('cpu_vendor', '?')} {report['cpu']}; BLAS: "
                      + "; ".join(f"{k} {v}" for k, v in report["blas"].items()))
@@ -1302,6 +1309,12 @@ def run(args) -> int:
                                                                fl["torch"]["run_medians_s"])]
                 if "ratio" in entry:
                     entry["of_floor"] = entry["ratio"] / fl["ratio"]
+                    # each round's own ratio / floor (its four timings are seconds apart): on a
+                    # host that swings between a fast and a slow state, the medians above may
+                    # come from different states; the median of these moves less
+                    per = [r / f for r, f in zip(entry["ratio_per_round"], fl["ratio_per_round"])]
+                    entry["of_floor_per_round"] = per
+                    entry["of_floor_round_median"] = statistics.median(per)
                     # the share of gpunet's step that the floor's work takes
                     entry["floor_share"] = fl["numpy"]["median_s"] / entry["gpunet"]["median_s"]
             entry["floor"] = fl

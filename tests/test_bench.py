@@ -65,6 +65,11 @@ def test_compare_torch_reports_both_and_the_ratio(tmp_path, capsys):
     assert len(fl["numpy"]["run_medians_s"]) == 2 and len(fl["torch"]["run_medians_s"]) == 2
     assert len(fl["ratio_per_round"]) == 2
     assert m["of_floor"] == pytest.approx(m["ratio"] / fl["ratio"])
+    per = [r / f for r, f in zip(m["ratio_per_round"], fl["ratio_per_round"])]
+    assert m["of_floor_per_round"] == pytest.approx(per)
+    assert m["of_floor_round_median"] == pytest.approx(sum(per) / 2)      # two rounds
+    assert "median over rounds of each round's ratio / floor" in out and \
+        f"mlp-784-128-10 {m['of_floor_round_median']:.2f}x" in out
     assert m["floor_share"] == pytest.approx(fl["numpy"]["median_s"] / m["gpunet"]["median_s"])
     assert [op["what"] for op in fl["ops"]] == [op["what"] for op in bench.floor_ops(bench.MODELS["mlp-784-128-10"])]
     # the machine and the BLAS kernels, in the JSON, the table and the markdown
