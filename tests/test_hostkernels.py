@@ -1006,3 +1006,21 @@ def test_conv_relu_pool_forward_fusion_is_not_seen(kernels_switch, monkeypatch):
     assert not any(relu_read)
     m(x)
     assert relu_read[-1]                            # and armed again in training
+
+
+@needs_cxx
+def test_positive_mask_only_for_disjoint_windows(kernels_switch):
+    """The one-byte-per-window mask stands for x > 0 only where each input element is in at
+    most one window: for overlapping windows the kernel refuses it (None, then the caller
+    masks from x), whatever the caller says about the windows."""
+    kernels_switch(True)
+    rng = numpy.random.default_rng(9)
+    t = rng.standard_normal((2, 6, 6, 3)).astype(numpy.float32)
+    y, arg, pos = hostkernels.max_pool(t, (3, 3), (2, 2), (0, 0), (2, 2), positive=True)
+    dy = numpy.ones_like(y)
+    for claimed in (True, False):
+        assert hostkernels.max_pool_backward(dy, arg, t.shape, (3, 3), (2, 2), claimed, False,
+                                             positive=pos) is None
+    y, arg, pos = hostkernels.max_pool(t, (2, 2), (2, 2), (0, 0), (3, 3), positive=True)
+    assert hostkernels.max_pool_backward(numpy.ones_like(y), arg, t.shape, (2, 2), (2, 2), True, True,
+                                         positive=pos) is not None

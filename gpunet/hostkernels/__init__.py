@@ -329,7 +329,8 @@ def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled, mask=Non
                              or mask.shape != tuple(padded) or not mask.flags.c_contiguous
                              or not mask.flags.aligned):
         return None
-    if positive is not None and (mask is not None or not disjoint or positive.__class__ is not numpy.ndarray
+    if positive is not None and (mask is not None or stride[0] < kernel[0] or stride[1] < kernel[1]
+                                 or not disjoint or positive.__class__ is not numpy.ndarray
                                  or positive.dtype != numpy.uint8 or positive.shape != arg.shape
                                  or not positive.flags.c_contiguous):
         return None
