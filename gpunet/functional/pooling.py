@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy
 
+from .activations import relu
 from .conv import output_size, pair
 from .layout import ORDERS, as_order, empty_in, memory_order
 from .. import hostkernels
@@ -136,15 +137,8 @@ def max_pool2d_positive(x, kernel_size, stride=None, padding=0, relu_input=False
                 n, c = x.shape[:2]
                 return tuple(_from_planes(t, layout, n, c) for t in done)
     if relu_input:
-        relu_in_place(x)
+        relu(x, inplace=True)
     return max_pool2d(x, kernel, stride, padding) + (None,)
-
-
-def relu_in_place(x):
-    """``x = maximum(x, 0)`` in place (NumPy or CuPy), in one compiled pass where it runs:
-    what a ``Conv2D(..., activation="relu")`` does to its output."""
-    if get_array_module(x) is not numpy or hostkernels.relu(x, inplace=True) is None:
-        get_array_module(x).maximum(x, 0, out=x)
 
 
 def _pad_planes(t, padding, value):
@@ -267,13 +261,13 @@ def max_pool2d_relu_backward(dy, arg, y, kernel_size, stride=None, padding=0, po
     out_hw = arg.shape[2:]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     tiled = stride == kernel and h == out_hw[0] * kernel[0] and w == out_hw[1] * kernel[1]
+    # the mask from the forward's byte per window where it stands for y > 0, else from y
     if positive is not None and disjoint and positive.shape == arg.shape:
-        dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
-                                           disjoint, tiled,
-                                           positive=_to_planes(as_order(positive, layout), layout))
+        mask, positive = None, _to_planes(as_order(positive, layout), layout)
     else:
-        dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
-                                           disjoint, tiled, mask=yt)
+        mask, positive = yt, None
+    dx = hostkernels.max_pool_backward(_to_planes(dy, layout), argt, yt.shape, kernel, stride,
+                                       disjoint, tiled, mask=mask, positive=positive)
     return None if dx is None else _from_planes(dx, layout, n, c)
 
 

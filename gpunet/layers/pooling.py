@@ -16,7 +16,7 @@ import operator
 import numpy
 
 from .. import hostkernels
-from ..functional import pooling as FP
+from ..functional import activations as FA, pooling as FP
 from ..functional.layout import memory_order
 from ..functional.conv import output_size
 from .base import PAIRED_BACKWARD, PAIRED_FORWARD, Layer, check_array, check_dtype, check_grad
@@ -100,19 +100,16 @@ class MaxPool2D(_Pool2D):
             pending._relu_pending = None
         try:
             self._check(x)
-            if self.training and x.__class__ is numpy.ndarray:
-                # pos: whether x at each window's maximum is > 0, the ReLU mask a fused
+            if relu_input:      # armed only in training, on NumPy (_arm_conv_relu_forward)
+                # pos: whether x at each window's maximum is > 0, the ReLU mask the fused
                 # backward reads (see _conv_relu_backward); None where the kernel did not run
                 y, arg, pos = FP.max_pool2d_positive(x, self.kernel_size, self.stride, self.padding,
-                                                     relu_input=relu_input)
+                                                     relu_input=True)
             else:
-                if relu_input:
-                    FP.relu_in_place(x)
-                    relu_input = False
                 (y, arg), pos = FP.max_pool2d(x, self.kernel_size, self.stride, self.padding), None
         except BaseException:
             if relu_input:              # the convolution's output as it would have been
-                FP.relu_in_place(x)
+                FA.relu(x, inplace=True)
             raise
         if self.training:
             self._shape, self._arg, self._out_shape, self._dtype = x.shape, arg, y.shape, y.dtype
