@@ -9,7 +9,10 @@
 // time for the CPU at hand (one cached library serves every x86-64 host)
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// kernels written with AVX-512 vectors for float32, in #pragma GCC target regions
+#define GPUNET_AVX512_REGION 1
 #else
+#define GPUNET_AVX512_REGION 0
 #define GPUNET_CLONES
 #endif
 
@@ -23,6 +26,14 @@
 #endif
 
 namespace gpunet_host {
+
+#if GPUNET_AVX512_REGION
+// whether this CPU runs AVX-512F (the AVX-512 kernels of the regions above)
+inline bool has_avx512f() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+#endif
 
 template <typename T> struct Bits;
 template <> struct Bits<float> { typedef uint32_t U; };
