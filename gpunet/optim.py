@@ -866,6 +866,40 @@ class Adam(Optimizer):
         to it (see :meth:`Optimizer._regularize`)."""
         return self._regularize(xp, w, g, s, t, float(self.weight_decay), float(self.l1))
 
+    def _host_step(self, active, lr):
+        """Every parameter's update in one call of the compiled Adam (``adam_many``: the same
+        bits as ``_update``'s passes, one parameter after another) when all qualify (see
+        :meth:`SGD._host_step`; here not the first step, which creates the zeroed moments).
+        Anything else returns False before any update, and the step runs parameter by
+        parameter."""
+        if not active or not self._host_kernels_apply():
+            return False
+        b1, b2 = (float(b) for b in self.betas)
+        eps, wd = float(self.eps), float(self.weight_decay)
+        l1 = 0.0 if self._decoupled else float(self.l1)
+        steps, state = self.steps, self.state
+        items = []
+        for i, p in active:
+            st = state[i]
+            m, v = st.get("exp_avg"), st.get("exp_avg_sq")
+            if m is None or v is None:
+                return False
+            n = steps[i] + 1
+            step_size = lr / (1.0 - b1 ** n)
+            c2 = math.sqrt(1.0 - b2 ** n)
+            if not self._decays(p):
+                flags, factor = 0, 0.0
+            elif self._decoupled:
+                flags, factor = hostkernels.DECOUPLED, 1.0 - lr * wd
+            else:
+                flags, factor = ((hostkernels.WD if wd != 0.0 else 0) | (hostkernels.L1 if l1 != 0.0 else 0)), wd
+            items.append((p.data, p.grad, m, v, c2, step_size, factor, flags))
+        if not hostkernels.adam_many(items, b1, b2, eps, l1):
+            return False
+        for i, _ in active:
+            steps[i] += 1
+        return True
+
     def _update(self, i, p, g, lr):
         xp = get_array_module(p.data)
         b1, b2 = (float(b) for b in self.betas)

@@ -331,15 +331,16 @@ def test_optimizer_updates_same_bits_as_numpy(kernels_switch, name, dtype):
 @needs_cxx
 def test_optimizer_kernels_used(kernels_switch, monkeypatch):
     calls = []
-    for name in ("sgd", "sgd_many", "adam"):
+    for name in ("sgd", "sgd_many", "adam", "adam_many"):
         real = getattr(hostkernels, name)
         monkeypatch.setattr(hostkernels, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
     kernels_switch(True)
     _run_optimizer(OPTIMIZERS["sgd-momentum"], numpy.float32, steps=2)
-    _run_optimizer(OPTIMIZERS["adam"], numpy.float32, steps=1)
+    _run_optimizer(OPTIMIZERS["adam"], numpy.float32, steps=2)
     # SGD: the first momentum step copies g in NumPy, the second is one call for the three
-    # parameters; Adam: one call per parameter
-    assert calls == ["sgd_many"] + ["adam"] * 3
+    # parameters; Adam: the first step (which creates the moments) one call per parameter,
+    # the second one call for all three
+    assert calls == ["sgd_many"] + ["adam"] * 3 + ["adam_many"]
     lib = hostkernels.library()
     w = numpy.ones(3, numpy.float32)
     assert hostkernels.sgd(w, numpy.full(3, 2.0, numpy.float32), None, 0.5, 0.0, 0.0, 0.0, 0) is True
@@ -391,6 +392,43 @@ def test_sgd_many_refuses_before_updating_anything(kernels_switch):
         before = [a.copy() for a in good]
         item = make(*fresh())
         assert hostkernels.sgd_many([(*good, hostkernels.MOMENTUM), item], 0.5, 0.5, 0.0, 0.0) is False, what
+        for a, a0 in zip(good, before):
+            numpy.testing.assert_array_equal(a, a0, err_msg=what)
+
+
+@needs_cxx
+def test_adam_many_refuses_before_updating_anything(kernels_switch):
+    """adam_many: as sgd_many, every item checked before the call (parameter, gradient and
+    both moments: dtype, shape, layout, writeable, no overlap)."""
+    kernels_switch(True)
+    f32 = numpy.float32
+
+    def fresh():
+        return [numpy.full(4, 1.0, f32), numpy.full(4, 2.0, f32), numpy.zeros(4, f32), numpy.zeros(4, f32)]
+
+    w, g, m, v = fresh()
+    assert hostkernels.adam_many([(w, g, m, v, 1.0, 0.5, 0.0, 0)], 0.5, 0.5, 0.0, 0.0) is True
+    numpy.testing.assert_array_equal(m, [1.0] * 4)          # 0.5 * 0 + 2 * 0.5
+    numpy.testing.assert_array_equal(v, [2.0] * 4)          # 0.5 * 0 + 4 * 0.5
+    assert (w < 1.0).all()
+    ro = numpy.zeros(4, f32)
+    ro.flags.writeable = False
+    wide = numpy.zeros(8, f32)
+    bad = {
+        "overlapping m and v": lambda w, g, m, v: (w, g, wide[:4], wide[2:6]),
+        "overlapping w and g": lambda w, g, m, v: (wide[:4], wide[1:5], m, v),
+        "a strided gradient": lambda w, g, m, v: (w, wide[::2], m, v),
+        "a read-only moment": lambda w, g, m, v: (w, g, ro, v),
+        "a float64 moment": lambda w, g, m, v: (w, g, m, v.astype(numpy.float64)),
+        "another shape": lambda w, g, m, v: (w, g[:3], m, v),
+        "a float64 item after float32 ones": lambda w, g, m, v: tuple(a.astype(numpy.float64) for a in (w, g, m, v)),
+        "a list": lambda w, g, m, v: (w, [2.0] * 4, m, v),
+    }
+    for what, make in bad.items():
+        good = fresh()
+        before = [a.copy() for a in good]
+        item = (*make(*fresh()), 1.0, 0.5, 0.0, 0)
+        assert hostkernels.adam_many([(*good, 1.0, 0.5, 0.0, 0), item], 0.5, 0.5, 0.0, 0.0) is False, what
         for a, a0 in zip(good, before):
             numpy.testing.assert_array_equal(a, a0, err_msg=what)
 

@@ -53,8 +53,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_sanitize  # noqa: E402  (the shared parent/child machinery)
 
-KERNELS = tuple(f"gpunet_{k}_{t}" for k in ("max_pool", "max_pool_backward", "sgd", "adam",
-                                             "relu", "relu_mask_times", "bias_relu", "relu_mask_colsum")
+KERNELS = tuple(f"gpunet_{k}_{t}" for k in ("max_pool", "max_pool_backward", "sgd", "sgd_many", "adam",
+                                             "adam_many", "relu", "relu_mask_times", "bias_relu",
+                                             "relu_mask_colsum")
                 for t in ("f32", "f64"))
 
 _calls = {}       # kernel name -> calls so far (the child counts them, see _count_calls)
@@ -196,20 +197,29 @@ def cases():
                     geo = "_".join("x".join(map(str, v)) for v in (kernel, stride, padding))
                     out.append((f"pool_{layout}_{'x'.join(map(str, shape))}_k{geo}_{sfx}", run))
 
-    # -- the optimizer updates, a few steps each (SGD's first momentum step copies g)
+    # -- the optimizer updates, a few steps each. SGD's steps run as one call for all
+    # parameters (sgd_many; the first momentum step copies g in NumPy), Adam's first step
+    # (which creates the moments) parameter by parameter (adam), the next ones as one call
+    # (adam_many); the per-parameter SGD entry (sgd) runs where the one call is not taken,
+    # here forced with the per-parameter step
+    class SGDPerParameter(optim.SGD):
+        _host_step = optim.Optimizer._host_step
+
     configs = {
-        "sgd": (lambda ps: optim.SGD(ps, lr=0.1), "sgd"),
-        "sgd_momentum": (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), "sgd"),
-        "sgd_nesterov": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True), "sgd"),
-        "sgd_l2": (lambda ps: optim.SGD(ps, lr=0.05, weight_decay=0.01), "sgd"),
-        "sgd_l1": (lambda ps: optim.SGD(ps, lr=0.05, l1=1e-3), "sgd"),
+        "sgd": (lambda ps: optim.SGD(ps, lr=0.1), ("sgd_many",)),
+        "sgd_momentum": (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), ("sgd_many",)),
+        "sgd_nesterov": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True), ("sgd_many",)),
+        "sgd_l2": (lambda ps: optim.SGD(ps, lr=0.05, weight_decay=0.01), ("sgd_many",)),
+        "sgd_l1": (lambda ps: optim.SGD(ps, lr=0.05, l1=1e-3), ("sgd_many",)),
         "sgd_nesterov_l2_l1": (lambda ps: optim.SGD(ps, lr=0.03, momentum=0.8, nesterov=True,
-                                                    weight_decay=1e-3, l1=1e-4), "sgd"),
-        "sgd_momentum_l2": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.5, weight_decay=0.01), "sgd"),
-        "adam": (lambda ps: optim.Adam(ps, lr=1e-3), "adam"),
+                                                    weight_decay=1e-3, l1=1e-4), ("sgd_many",)),
+        "sgd_momentum_l2": (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.5, weight_decay=0.01), ("sgd_many",)),
+        "sgd_per_parameter": (lambda ps: SGDPerParameter(ps, lr=0.03, momentum=0.8, nesterov=True,
+                                                         weight_decay=1e-3, l1=1e-4), ("sgd",)),
+        "adam": (lambda ps: optim.Adam(ps, lr=1e-3), ("adam", "adam_many")),
         "adam_l2_l1": (lambda ps: optim.Adam(ps, lr=3e-3, betas=(0.8, 0.99), eps=1e-6,
-                                             weight_decay=1e-2, l1=1e-3), "adam"),
-        "adamw": (lambda ps: optim.AdamW(ps, lr=2e-3, weight_decay=0.05), "adam"),
+                                             weight_decay=1e-2, l1=1e-3), ("adam", "adam_many")),
+        "adamw": (lambda ps: optim.AdamW(ps, lr=2e-3, weight_decay=0.05), ("adam", "adam_many")),
     }
     for dtype in (numpy.float32, numpy.float64):
         sfx = SHORT[dtype]
@@ -229,7 +239,7 @@ def cases():
                             opt.step()
                         return [p.data] + [numpy.array(v) for st in opt.state for v in st.values()]
 
-                    both(f"{kind} update", steps, [f"gpunet_{kind}_{sfx}"])
+                    both(f"{kind[0]} update", steps, [f"gpunet_{k}_{sfx}" for k in kind])
 
                 out.append((f"optim_{cname}_n{n}_{sfx}", run))
 

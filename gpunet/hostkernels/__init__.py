@@ -66,7 +66,10 @@ import numpy
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp"))
 HEADERS = (Path(__file__).with_name("common.h"),)     # included by SOURCES: part of the key
-FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
+# -fno-math-errno: sqrt (Adam's) is the IEEE square root either way, but a sqrt that may set
+# errno is a library call in the loop, which then does not vectorize (an Adam update of 100 K
+# float32 took 250 us with it, 17 us without)
+FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-w")
 ABI = 6    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
@@ -217,6 +220,8 @@ def _load():
         f.argtypes, f.restype = [p, p, p, l, d, d, d, d, i], None
         f = getattr(lib, f"gpunet_sgd_many_{t}")
         f.argtypes, f.restype = [p, l, d, d, d, d], None
+        f = getattr(lib, f"gpunet_adam_many_{t}")
+        f.argtypes, f.restype = [p, p, l] + [d] * 6, None
         f = getattr(lib, f"gpunet_adam_{t}")
         f.argtypes, f.restype = [p, p, p, p, l] + [d] * 9 + [i], None
         f = getattr(lib, f"gpunet_relu_mask_times_{t}")
@@ -430,6 +435,33 @@ def _data_address(a):
         return a.ctypes.data
 
 
+def _many_addresses(arrays, suffix):
+    """The data addresses of one update's arrays (the parameter, its gradient, its state)
+    for a ``*_many`` call, or None where :func:`_update_arrays` would refuse them: NumPy
+    arrays of the parameter's dtype (``suffix``'s) and shape, C-contiguous, aligned, all but
+    the gradient writeable, no two overlapping. ``None`` entries (no momentum buffer) are
+    skipped."""
+    w = arrays[0]
+    if w.__class__ is not numpy.ndarray or _SUFFIX.get(w.dtype) != suffix:
+        return None
+    dtype, shape, nbytes = w.dtype, w.shape, w.nbytes
+    at = []
+    for k, a in enumerate(arrays):
+        if a is None:
+            continue
+        if a.__class__ is not numpy.ndarray or a.dtype != dtype or a.shape != shape:
+            return None
+        f = a.flags
+        if not (f.c_contiguous and f.aligned and (k == 1 or f.writeable)):
+            return None
+        address = _data_address(a) if k == 1 else _address(a)    # a new gradient every step
+        for other in at:
+            if address < other + nbytes and other < address + nbytes:
+                return None
+        at.append(address)
+    return at
+
+
 def sgd_many(items, lr, momentum, weight_decay, l1):
     """SGD updates of many parameters in one compiled call, in the order given: ``items``
     a sequence of ``(w, g, buf, flags)`` as :func:`sgd` takes them (``buf`` None without
@@ -443,32 +475,39 @@ def sgd_many(items, lr, momentum, weight_decay, l1):
         return False
     rows = []
     for w, g, buf, flags in items:
-        dtype, shape = w.dtype, w.shape
-        if (w.__class__ is not numpy.ndarray or g.__class__ is not numpy.ndarray or g.dtype != dtype
-                or g.shape != shape or _SUFFIX.get(dtype) != suffix):
-            return False
-        fw, fg = w.flags, g.flags
-        if not (fw.c_contiguous and fw.aligned and fw.writeable and fg.c_contiguous and fg.aligned):
-            return False
         if bool(flags & MOMENTUM) is (buf is None):
             return False
-        nbytes = w.nbytes
-        at_w, at_g = _address(w), _data_address(g)
-        if at_g < at_w + nbytes and at_w < at_g + nbytes:
+        at = _many_addresses((w, g, buf), suffix)
+        if at is None:
             return False
-        at_b = 0
-        if buf is not None:
-            if buf.__class__ is not numpy.ndarray or buf.dtype != dtype or buf.shape != shape:
-                return False
-            fb = buf.flags
-            if not (fb.c_contiguous and fb.aligned and fb.writeable):
-                return False
-            at_b = _address(buf)
-            if (at_b < at_w + nbytes and at_w < at_b + nbytes) or (at_b < at_g + nbytes and at_g < at_b + nbytes):
-                return False
-        rows += (at_w, at_g, at_b, w.size, flags)
+        rows += (at[0], at[1], at[2] if buf is not None else 0, w.size, flags)
     table = (ctypes.c_int64 * len(rows))(*rows)
     getattr(_state["lib"], f"gpunet_sgd_many_{suffix}")(table, len(items), lr, momentum, weight_decay, l1)
+    return True
+
+
+def adam_many(items, b1, b2, eps, l1):
+    """Adam/AdamW updates of many parameters in one compiled call, in the order given:
+    ``items`` a sequence of ``(w, g, m, v, c2, step_size, weight_decay, flags)``, each as
+    :func:`adam` takes them (the per-parameter values: a parameter's step count sets ``c2``
+    and ``step_size``, its ``decay`` the factor and flags), with ``b1``, ``b2``, ``eps`` and
+    ``l1`` shared. Checked as :func:`adam` checks each update, one dtype for all; False
+    (nothing updated) when the kernels are not in use or any item does not qualify."""
+    if library() is None or not items:
+        return False
+    suffix = _SUFFIX.get(items[0][0].dtype)
+    if suffix is None:
+        return False
+    rows, reals = [], []
+    for w, g, m, v, c2, step_size, weight_decay, flags in items:
+        at = _many_addresses((w, g, m, v), suffix)
+        if at is None:
+            return False
+        rows += (*at, w.size, flags)
+        reals += (c2, step_size, weight_decay)
+    getattr(_state["lib"], f"gpunet_adam_many_{suffix}")(
+        (ctypes.c_int64 * len(rows))(*rows), (ctypes.c_double * len(reals))(*reals), len(items),
+        b1, 1.0 - b1, b2, 1.0 - b2, eps, l1)
     return True
 
 

@@ -91,6 +91,17 @@ GPUNET_INLINE void adam(T* __restrict__ w, const T* __restrict__ g, T* __restric
     }
 }
 
+template <typename T>
+GPUNET_INLINE void adam_many(const int64_t* rows, const double* reals, long count, double b1, double one_minus_b1,
+                             double b2, double one_minus_b2, double eps, double l1) {
+    for (long r = 0; r < count; ++r) {
+        const int64_t* t = rows + 6 * r;
+        const double* x = reals + 3 * r;
+        adam<T>((T*)t[0], (const T*)t[1], (T*)t[2], (T*)t[3], (long)t[4], (T)b1, (T)one_minus_b1, (T)b2,
+                (T)one_minus_b2, (T)x[0], (T)eps, (T)x[1], (T)x[2], (T)l1, (int)t[5]);
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -123,6 +134,21 @@ GPUNET_CLONES void gpunet_sgd_many_f64(const int64_t* table, long rows, double l
         const int64_t* t = table + 5 * r;
         sgd<double>((double*)t[0], (const double*)t[1], (double*)t[2], (long)t[3], lr, m, wd, l1, (int)t[4]);
     }
+}
+
+// Adam over many parameters in one call (Adam.step and AdamW.step on the CPU): rows of six
+// int64 (w, g, m, v, n, flags) and three doubles (c2, step_size, wd: the per-parameter
+// values of gpunet_adam_*'s arguments), updated in row order, each as gpunet_adam_* updates it
+GPUNET_CLONES void gpunet_adam_many_f32(const int64_t* rows, const double* reals, long count, double b1,
+                                        double one_minus_b1, double b2, double one_minus_b2, double eps,
+                                        double l1) {
+    adam_many<float>(rows, reals, count, b1, one_minus_b1, b2, one_minus_b2, eps, l1);
+}
+
+GPUNET_CLONES void gpunet_adam_many_f64(const int64_t* rows, const double* reals, long count, double b1,
+                                        double one_minus_b1, double b2, double one_minus_b2, double eps,
+                                        double l1) {
+    adam_many<double>(rows, reals, count, b1, one_minus_b1, b2, one_minus_b2, eps, l1);
 }
 
 GPUNET_CLONES void gpunet_adam_f32(float* w, const float* g, float* m, float* v, long n, double b1,
