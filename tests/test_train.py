@@ -2087,6 +2087,21 @@ def test_the_diverged_run_message_names_the_parameters_on_a_gpu_too(gpu_device, 
         tr.fit((X, Y), epochs=1, batch_size=16, progress=False)
 
 
+def _fit_until_interrupted(tr, model, X, y):
+    """``(states, interrupted)``: one epoch of ``tr.fit`` in batches of 50, the model's
+    state_dict after each batch, and whether a KeyboardInterrupt ended it."""
+    states = []
+
+    class Record(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            states.append(model.state_dict())
+    try:
+        tr.fit((X, y), epochs=1, batch_size=50, progress=False, callbacks=[Record()])
+    except KeyboardInterrupt:
+        return states, True
+    return states, False
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_a_ctrl_c_during_an_update_waits_for_the_whole_update(rng, monkeypatch, request, precision):
     """Found by the failure-path audit: a Ctrl-C (SIGINT) that arrived while the optimizer
@@ -2125,16 +2140,7 @@ def test_a_ctrl_c_during_an_update_waits_for_the_whole_update(rng, monkeypatch, 
         monkeypatch.setattr(type(opt), "_update", update)
         scaler = gpunet.amp.GradScaler(init_scale=2.0 ** 8) if precision == "fp16" else None   # no skipped step
         tr = Trainer(model, SoftmaxCrossEntropy(), opt, precision=precision, scaler=scaler)
-        states = []
-
-        class Record(Callback):
-            def on_batch_end(self, trainer, step, logs):
-                states.append(model.state_dict())
-        try:
-            tr.fit((X, y), epochs=1, batch_size=50, progress=False, callbacks=[Record()])
-        except KeyboardInterrupt:
-            return tr, model, states, True
-        return tr, model, states, False
+        return (tr, model, *_fit_until_interrupted(tr, model, X, y))
     _, _, reference, interrupted = run()
     assert not interrupted and len(reference) == 4
     n = len(_model().parameters())
@@ -2177,16 +2183,7 @@ def test_a_ctrl_c_right_after_the_one_call_update_waits_for_the_step_count(rng, 
             return done
         monkeypatch.setattr(hostkernels, "sgd_many", sgd_many)
         tr = Trainer(model, SoftmaxCrossEntropy(), opt)
-        states = []
-
-        class Record(Callback):
-            def on_batch_end(self, trainer, step, logs):
-                states.append(model.state_dict())
-        try:
-            tr.fit((X, y), epochs=1, batch_size=50, progress=False, callbacks=[Record()])
-        except KeyboardInterrupt:
-            return tr, model, states, True, calls
-        return tr, model, states, False, calls
+        return (tr, model, *_fit_until_interrupted(tr, model, X, y), calls)
     _, _, reference, interrupted, calls = run()
     # the first step copies g into the momentum buffers (NumPy), the other three: one call each
     assert not interrupted and len(reference) == 4 and calls == [True] * 3

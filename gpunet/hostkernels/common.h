@@ -9,7 +9,8 @@
 // time for the CPU at hand (one cached library serves every x86-64 host)
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define GPUNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-// kernels written with AVX-512 vectors for float32, in #pragma GCC target regions
+// float32 kernels written with AVX-512 vectors in a #pragma GCC target region (pooling.cpp's
+// gpunet_avx512), called where has_avx512f()
 #define GPUNET_AVX512_REGION 1
 #else
 #define GPUNET_AVX512_REGION 0
@@ -28,7 +29,7 @@
 namespace gpunet_host {
 
 #if GPUNET_AVX512_REGION
-// whether this CPU runs AVX-512F (the AVX-512 kernels of the regions above)
+// whether this CPU runs AVX-512F (pooling.cpp's gpunet_avx512 region needs it)
 inline bool has_avx512f() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");

@@ -8,8 +8,8 @@
 // they vectorize on any x86-64 level; target_clones picks AVX-512/AVX2 where the CPU has it.
 // The float32 forward's windows run 16 images at a time in AVX-512 registers on a CPU that
 // has AVX-512F (gpunet_avx512 below): the compiler's own vectorization of the scalar loop
-// packed and unpacked the byte-wide arg at every window member (0.110 -> 0.070 ms on
-// (16, 28, 28, 64) planes, 0.132 -> 0.106 ms with the ReLU read and pos).
+// packed and unpacked the byte-wide arg at every window member (one thread, (16, 28, 28, 64)
+// planes: 0.101 -> 0.070 ms, 0.132 -> 0.11 ms with the ReLU read and pos).
 #include <cstdint>
 #include <cstring>
 #include <limits>
