@@ -106,19 +106,61 @@ def test_max_pool2d_positive(kernels_switch, dtype, layout, k, s, p):
     _check_positive(kernels_switch, _layout(_awkward(rng, (5, 3, 9, 8), dtype), layout), k, s, p, dtype)
 
 
+@pytest.fixture(params=[2, 0], ids=["avx512", "scalar"])
+def pool_isa(request, kernels_switch):
+    """The float32 pooling forward's vector windows forced to a level (skipped where the
+    CPU lacks it), the best level again afterwards."""
+    kernels_switch(True)
+    if hostkernels.pool_isa() is None:
+        pytest.skip("no compiled kernels here")
+    got = hostkernels.pool_isa(request.param)
+    try:
+        if got != request.param:
+            pytest.skip(f"this CPU has no {hostkernels.POOL_ISA[request.param]} (the best it runs: "
+                        f"{hostkernels.POOL_ISA[got]})")
+        yield request.param
+    finally:
+        hostkernels.pool_isa(-1)
+
+
 @needs_cxx
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("k,s,p", GEOMETRIES)
-def test_wide_batches(kernels_switch, dtype, k, s, p):
-    """Batches of 16 images and more in CHWN planes: on a CPU with AVX-512F the float32
-    forward runs 16 images at a time in registers for each window wholly inside the input,
-    and leaves the rest (here 37 = 2 * 16 + 5, and the windows that reach into the padding)
-    to the scalar loops. Every result, pos and the ReLU-read forward included, the same bits
-    as NumPy, with ties, signed zeros, infinities and NaN windows in the 16-image blocks."""
+def test_wide_batches(kernels_switch, pool_isa, dtype, k, s, p):
+    """Batches of 16 images and more in CHWN planes: with AVX-512F the float32 forward runs
+    16 images at a time in registers for each window wholly inside the input, and leaves the
+    rest (here 37 = 2 * 16 + 5, and the windows that reach into the padding) to the scalar
+    loops; then the scalar loops alone (what a CPU without AVX-512 runs), forced. Every
+    result, pos and the ReLU-read forward included, the same bits as NumPy, with ties, signed
+    zeros, infinities and NaN windows in the vector blocks."""
     rng = numpy.random.default_rng(5)
     x = _layout(_awkward(rng, (37, 2, 9, 8), dtype), "chwn")
     _check_same(kernels_switch, x, k, s, p, dtype)
     _check_positive(kernels_switch, x, k, s, p, dtype)
+    assert hostkernels.pool_isa() == pool_isa
+
+
+@needs_cxx
+def test_pool_isa_is_the_best_the_cpu_runs(kernels_switch):
+    """By default the pooling uses the widest vectors the CPU runs (the flags as Linux
+    lists them), and pool_isa(-1) goes back to that after a forced level."""
+    kernels_switch(True)
+    level = hostkernels.pool_isa()
+    if level is None or hostkernels._compiler() is None:
+        pytest.skip("no compiled kernels here")
+    try:
+        flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    import platform
+    version = subprocess.run([*hostkernels._compiler(), "--version"], capture_output=True, text=True).stdout
+    if platform.machine() not in ("x86_64", "AMD64") or "clang" in version.lower():
+        assert level == 0       # the AVX-512 region is GCC's, on x86-64 only
+        return
+    assert level == (2 if "avx512f" in flags else 0)
+    assert hostkernels.pool_isa(0) == 0
+    assert hostkernels.pool_isa() == 0
+    assert hostkernels.pool_isa(-1) == level
 
 
 def _check_positive(kernels_switch, x, k, s, p, dtype):

@@ -70,7 +70,7 @@ HEADERS = (Path(__file__).with_name("common.h"),)     # included by SOURCES: par
 # errno is a library call in the loop, which then does not vectorize (an Adam update of 100 K
 # float32 took 250 us with it, 17 us without)
 FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-w")
-ABI = 6    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
+ABI = 7    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
 
@@ -215,6 +215,7 @@ def _load():
         warnings.warn(f"gpunet.hostkernels: {why}", RuntimeWarning, stacklevel=3)
         return None, why
     p, l, i, d = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+    lib.gpunet_host_pool_isa.argtypes, lib.gpunet_host_pool_isa.restype = [i], i
     for t in ("f32", "f64"):
         f = getattr(lib, f"gpunet_sgd_{t}")
         f.argtypes, f.restype = [p, p, p, l, d, d, d, d, i], None
@@ -311,6 +312,21 @@ def max_pool(t, kernel, stride, padding, out_hw, positive=False, relu=False):
         int(relu), a, h, w, b, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out_hw[0],
         out_hw[1])
     return (y, arg) if pos is None else (y, arg, pos)
+
+
+POOL_ISA = {0: "scalar", 2: "AVX-512"}
+
+
+def pool_isa(force=None):
+    """The vector windows of the float32 max pooling forward, as a :data:`POOL_ISA` level:
+    2 (AVX-512 registers, 16 images at a time) or 0 (the loop the compiler vectorizes for the
+    CPU's clone); None when the kernels are not in use. ``force`` (the tests' switch, for this
+    process): 0 or 2 to use from now on, capped at what the CPU runs, or -1 for the best it
+    runs (the default). Both levels give the same bits."""
+    lib = library()
+    if lib is None:
+        return None
+    return lib.gpunet_host_pool_isa(-2 if force is None else int(force))
 
 
 def max_pool_backward(dy, arg, padded, kernel, stride, disjoint, tiled, mask=None, positive=None):
