@@ -406,25 +406,12 @@ def _address(a):
 def _update_arrays(arrays):
     """``(suffix, addresses)`` for these same-shaped, same-dtype, C-contiguous, aligned,
     non-overlapping NumPy arrays (the parameter first; all but ``arrays[1]``, the gradient,
-    writeable), else None (then the NumPy passes run)."""
-    w = arrays[0]
-    suffix = _SUFFIX.get(w.dtype)
+    writeable), else None (then the NumPy passes run): :func:`_many_addresses`' checks."""
+    suffix = _SUFFIX.get(arrays[0].dtype)
     if suffix is None or library() is None:
         return None
-    dtype, shape, nbytes = w.dtype, w.shape, w.nbytes
-    addresses = []
-    for k, a in enumerate(arrays):
-        if a.__class__ is not numpy.ndarray or a.dtype != dtype or a.shape != shape:
-            return None
-        f = a.flags
-        if not (f.c_contiguous and f.aligned and (k == 1 or f.writeable)):
-            return None
-        at = a.ctypes.data if k == 1 else _address(a)       # a new gradient every step
-        for other in addresses:                              # contiguous: overlap = ranges meet
-            if at < other + nbytes and other < at + nbytes:
-                return None
-        addresses.append(at)
-    return suffix, addresses
+    addresses = _many_addresses(arrays, suffix)
+    return None if addresses is None else (suffix, addresses)
 
 
 def sgd(w, g, buf, lr, momentum, weight_decay, l1, flags):
@@ -453,7 +440,7 @@ def _data_address(a):
 
 def _many_addresses(arrays, suffix):
     """The data addresses of one update's arrays (the parameter, its gradient, its state)
-    for a ``*_many`` call, or None where :func:`_update_arrays` would refuse them: NumPy
+    for :func:`_update_arrays` and the ``*_many`` calls, or None unless they are NumPy
     arrays of the parameter's dtype (``suffix``'s) and shape, C-contiguous, aligned, all but
     the gradient writeable, no two overlapping. ``None`` entries (no momentum buffer) are
     skipped."""
