@@ -1106,7 +1106,8 @@ def test_kernel_bodies_are_inlined_into_their_clones(kernels_switch):
     build. Max pooling's backward was: 0.16 ms on a (16, 28, 28, 64) float32 plane set, 0.10
     once inlined. No function of the kernels' namespaces may remain in the library (the
     float32 pooling's ``gpunet_avx512`` window functions are functions of their own, compiled
-    for AVX-512 by their ``#pragma GCC target`` region, not the baseline)."""
+    for AVX-512 by their ``#pragma GCC target`` region, not the baseline; the thread team's,
+    namespace ``gpunet_threads``, hold no kernel body: they call the entry points' clones)."""
     kernels_switch(True)
     lib = hostkernels.library()
     assert lib is not None
@@ -1208,3 +1209,154 @@ def test_positive_mask_only_for_disjoint_windows(kernels_switch):
     y, arg, pos = hostkernels.max_pool(t, (2, 2), (2, 2), (0, 0), (3, 3), positive=True)
     assert hostkernels.max_pool_backward(numpy.ones_like(y), arg, t.shape, (2, 2), (2, 2), True, True,
                                          positive=pos) is not None
+
+
+# ---- the thread team (threads.cpp): passes split over threads, OpenBLAS's jobs on them ----
+
+@pytest.fixture
+def pass_threads(request, kernels_switch):
+    """The pooling passes split over ``request.param`` threads (the kernels on), OpenBLAS's
+    count again afterwards."""
+    kernels_switch(True)
+    if hostkernels.pass_threads() is None:
+        pytest.skip("no compiled kernels here")
+    assert hostkernels.pass_threads(request.param) == request.param
+    try:
+        yield request.param
+    finally:
+        hostkernels.pass_threads(0)
+
+
+@needs_cxx
+@pytest.mark.parametrize("pass_threads", [2, 3, 5], indirect=True)
+@pytest.mark.parametrize("dtype,k,s,p", [(numpy.float32, *g) for g in GEOMETRIES]
+                         + [(numpy.float64, *GEOMETRIES[0]), (numpy.float64, *GEOMETRIES[2])])
+def test_split_passes_same_bits(kernels_switch, pass_threads, dtype, k, s, p):
+    """Planes large enough to be split (9 channels of 20 x 20 x 64: over 256 KB), over 2, 3
+    and 5 threads (channel chunks of uneven sizes): forward, pos, the ReLU-read forward,
+    backward with and without the fused mask, the same bits as NumPy."""
+    rng = numpy.random.default_rng(7)
+    x = _layout(_awkward(rng, (64, 9, 20, 20), dtype), "chwn")
+    assert x.nbytes >= 1 << 18
+    _check_same(kernels_switch, x, k, s, p, dtype)
+    _check_positive(kernels_switch, x, k, s, p, dtype)
+    assert hostkernels.pass_threads() == pass_threads
+    assert hostkernels.helpers()[0] >= 1
+
+
+def _team_or_skip(kernels_switch):
+    kernels_switch(True)
+    if hostkernels.library() is None:
+        pytest.skip("no compiled kernels here")
+    if hostkernels.team() is None:
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS with pthreads and the threads callback")
+
+
+@needs_cxx
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_team_runs_openblas_jobs_same_bits(kernels_switch, threads, dtype):
+    """With the team, NumPy's matmuls (large enough for OpenBLAS to split: 2, 3, 4 jobs that
+    wait on each other inside the GEMM) give the bits of OpenBLAS's own threads, and do run
+    through the team; switched off, OpenBLAS's own threads run them again."""
+    from gpunet import threads as T
+    _team_or_skip(kernels_switch)
+    rng = numpy.random.default_rng(3)
+    a = rng.standard_normal((300, 700)).astype(dtype)
+    b = rng.standard_normal((700, 500)).astype(dtype)
+    with T.limit(threads):
+        kernels_switch(False)
+        assert hostkernels.team() is None
+        ref = [a @ b, a.T.copy() @ a, b @ b.T]
+        kernels_switch(True)
+        assert hostkernels.team() is not None and hostkernels.pass_threads() == threads
+        calls = hostkernels.helpers()[1]
+        got = [a @ b, a.T.copy() @ a, b @ b.T]
+        if threads > 1:
+            assert hostkernels.helpers()[1] > calls
+            assert hostkernels.helpers()[0] >= threads - 1
+        kernels_switch(False)
+        calls = hostkernels.helpers()[1]
+        again = a @ b
+        assert hostkernels.helpers()[1] == calls        # OpenBLAS's own threads
+    for r, g in zip(ref, got):
+        numpy.testing.assert_array_equal(g, r)
+    numpy.testing.assert_array_equal(again, ref[0])
+
+
+@needs_cxx
+def test_team_shared_by_python_threads(kernels_switch):
+    """Four Python threads at once (ctypes and NumPy release the GIL), each alternating
+    matmuls and split pooling passes: one of them has the team at a time, the others run
+    their passes alone and OpenBLAS's jobs on threads started for the call. Every result
+    right, and none waits for good."""
+    import threading
+    _team_or_skip(kernels_switch)
+    rng = numpy.random.default_rng(4)
+    a = rng.standard_normal((256, 512)).astype(numpy.float32)
+    x = _layout(rng.standard_normal((64, 16, 16, 16)).astype(numpy.float32), "chwn")
+    ref_mm = a @ a.T
+    kernels_switch(False)
+    ref_pool = FP.max_pool2d(x, 2)
+    kernels_switch(True)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(30):
+                numpy.testing.assert_array_equal(a @ a.T, ref_mm)
+                y, arg = FP.max_pool2d(x, 2)
+                numpy.testing.assert_array_equal(_bits(y), _bits(ref_pool[0]))
+                numpy.testing.assert_array_equal(arg, ref_pool[1])
+        except BaseException as e:      # noqa: BLE001 (reported by the main thread)
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a thread still waits after 120 s"
+    assert not errors, errors[0]
+
+
+_FORK_CHILD = """
+import os, sys, numpy
+from gpunet import hostkernels
+from gpunet.functional import pooling as FP
+a = numpy.random.default_rng(0).standard_normal((400, 600)).astype(numpy.float32)
+x = numpy.random.default_rng(1).standard_normal((16, 8, 28, 28)).astype(numpy.float32)
+ref, ref_pool = a @ a.T, FP.max_pool2d(x, 2)[0]          # the parent's team has helpers now
+team = hostkernels.team()
+pid = os.fork()
+if pid == 0:                    # the child: a team of its own on first use
+    ok = numpy.array_equal(a @ a.T, ref) and numpy.array_equal(FP.max_pool2d(x, 2)[0], ref_pool)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(team, os.waitstatus_to_exitcode(status), numpy.array_equal(a @ a.T, ref))
+"""
+
+
+@needs_cxx
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_team_after_fork(tmp_path):
+    """A child forked after the team ran (its helpers are not copied) runs matmuls and split
+    passes on a team of its own; the parent goes on with its own."""
+    env = {**os.environ, "GPUNET_HOST_CACHE": str(hostkernels.cache_dir())}
+    r = subprocess.run([sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    team, child, parent = r.stdout.split()[-3:]
+    assert (child, parent) == ("0", "True")
+
+
+@needs_cxx
+def test_team_environment_switch_off(tmp_path):
+    """GPUNET_HOST_THREADS=0: NumPy's OpenBLAS keeps its own threads, the passes run on one,
+    and the kernels are on all the same."""
+    code = ("from gpunet import hostkernels as h; import numpy; a = numpy.ones((500, 500), numpy.float32);"
+            " a @ a; print(h.library() is not None, h.team(), h.pass_threads(), h.helpers())")
+    env = {**os.environ, "GPUNET_HOST_CACHE": str(hostkernels.cache_dir()), "GPUNET_HOST_THREADS": "0"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "None", "1", "(0,", "0)"]

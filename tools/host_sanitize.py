@@ -9,7 +9,7 @@
 The parent/child machinery is ``tools/sim_sanitize.py``'s (``run_parent``, ``run_cases``,
 ``tool_main``): the parent re-runs this script in a child with g++'s ``libasan.so`` and
 ``libubsan.so`` in ``LD_PRELOAD`` and ``GPUNET_SIM_SANITIZE=1``, under which
-``gpunet.hostkernels`` builds ``pooling.cpp``, ``optim.cpp`` and ``elementwise.cpp`` with
+``gpunet.hostkernels`` builds ``pooling.cpp``, ``optim.cpp``, ``elementwise.cpp`` and ``threads.cpp`` with
 ``-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer``
 (cached apart from the normal build; the ``target_clones`` stay: the clone this CPU picks
 is the one checked). The parent fails when the child fails, a result differs, or the
@@ -26,7 +26,8 @@ float64, over 1x1 windows, disjoint windows that tile the input and that leave g
 overlapping windows, windows reaching into the padding, rectangular windows and strides,
 a window as large as the input and windows of 255 and 256 elements (the uint8 ``arg``'s
 limit); N = 1, C = 1, odd sizes, N = 17 and 33 (CHWN: past a vector's width of images),
-with ties, signed zeros, infinities and NaN; the backward with ``dy`` in ``arg``'s
+with ties, signed zeros, infinities and NaN; planes large enough to be split over threads,
+forced to three (and NumPy's GEMMs on the thread team, 2 and 3 OpenBLAS jobs at once); the backward with ``dy`` in ``arg``'s
 layout, in another layout, as a negative-stride view, as a view whose strides are not a
 multiple of the item size and one byte off its alignment (an input too). SGD (plain,
 momentum, Nesterov, L2, L1) and Adam / Adam with L2 and L1 / AdamW on 1, 7, 64 and 65537
@@ -196,6 +197,49 @@ def cases():
 
                     geo = "_".join("x".join(map(str, v)) for v in (kernel, stride, padding))
                     out.append((f"pool_{layout}_{'x'.join(map(str, shape))}_k{geo}_{sfx}", run))
+
+    # -- the thread team (threads.cpp): pooling passes large enough to split (over 256 KB),
+    # forced to 3 threads (uneven channel chunks), and NumPy's GEMMs on the team (OpenBLAS's
+    # jobs, which wait on each other, 2 and 3 at once) against OpenBLAS's own threads
+    for dtype in (numpy.float32, numpy.float64):
+        sfx = SHORT[dtype]
+        for kernel, stride, padding in (((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))):
+            def run(kernel=kernel, stride=stride, padding=padding, dtype=dtype, sfx=sfx):
+                hostkernels.pass_threads(3)
+                try:
+                    rng = numpy.random.default_rng(11)
+                    x = in_layout(awkward(rng, (64, 9, 20, 20), dtype), "chwn")
+                    both("max_pool2d (3 threads)", lambda: list(FP.max_pool2d(x, kernel, stride, padding)),
+                         [f"gpunet_max_pool_{sfx}"])
+                    hostkernels.set_enabled(False)
+                    y, arg = FP.max_pool2d(x, kernel, stride, padding)
+                    dy = awkward(rng, y.shape, dtype)
+                    both("max_pool2d_backward (3 threads)",
+                         lambda: [FP.max_pool2d_backward(dy, arg, x.shape, kernel, stride, padding)],
+                         [f"gpunet_max_pool_backward_{sfx}"])
+                finally:
+                    hostkernels.pass_threads(0)
+
+            geo = "_".join("x".join(map(str, v)) for v in (kernel, stride, padding))
+            out.append((f"pool_split3_chwn_64x9x20x20_k{geo}_{sfx}", run))
+
+        def run_gemm(dtype=dtype):
+            from gpunet import threads
+            rng = numpy.random.default_rng(12)
+            a = rng.standard_normal((300, 700)).astype(dtype)
+            b = rng.standard_normal((700, 500)).astype(dtype)
+            for n in (2, 3):
+                with threads.limit(n):
+                    hostkernels.set_enabled(False)
+                    ref = [a @ b, b @ b.T]
+                    hostkernels.set_enabled(True)
+                    calls = hostkernels.helpers()[1]
+                    got = [a @ b, b @ b.T]
+                    assert hostkernels.team() is None or hostkernels.helpers()[1] > calls, \
+                        "the team took no OpenBLAS job"
+                    same(f"matmul on the team ({n} threads)", ref, got)
+
+        out.append((f"team_matmul_{sfx}", run_gemm))
 
     # -- the optimizer updates, a few steps each. SGD's steps run as one call for all
     # parameters (sgd_many; the first momentum step copies g in NumPy), Adam's first step

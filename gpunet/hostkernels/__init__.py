@@ -64,13 +64,13 @@ from pathlib import Path
 
 import numpy
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp"))
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("pooling.cpp", "optim.cpp", "elementwise.cpp", "threads.cpp"))
 HEADERS = (Path(__file__).with_name("common.h"),)     # included by SOURCES: part of the key
 # -fno-math-errno: sqrt (Adam's) is the IEEE square root either way, but a sqrt that may set
 # errno is a library call in the loop, which then does not vectorize (an Adam update of 100 K
 # float32 took 250 us with it, 17 us without)
-FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-w")
-ABI = 7    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
+FLAGS = ("-O3", "-std=c++11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-pthread", "-w")
+ABI = 8    # gpunet_host_abi() in pooling.cpp: bump both when a signature changes
 
 _lock = threading.Lock()
 
@@ -84,7 +84,7 @@ def _new_lock_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock_after_fork)
-_state = {"lib": None, "tried": False, "why": None, "enabled": None, "sanitize": None}
+_state = {"lib": None, "tried": False, "why": None, "enabled": None, "sanitize": None, "team": None}
 
 
 def cache_dir() -> Path:
@@ -216,6 +216,10 @@ def _load():
         return None, why
     p, l, i, d = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
     lib.gpunet_host_pool_isa.argtypes, lib.gpunet_host_pool_isa.restype = [i], i
+    lib.gpunet_host_threads.argtypes, lib.gpunet_host_threads.restype = [i, l], i
+    lib.gpunet_host_blas_install.argtypes, lib.gpunet_host_blas_install.restype = [p, p], None
+    lib.gpunet_host_helpers.argtypes, lib.gpunet_host_helpers.restype = [], i
+    lib.gpunet_host_blas_calls.argtypes, lib.gpunet_host_blas_calls.restype = [], l
     for t in ("f32", "f64"):
         f = getattr(lib, f"gpunet_sgd_{t}")
         f.argtypes, f.restype = [p, p, p, l, d, d, d, d, i], None
@@ -249,12 +253,89 @@ def enabled() -> bool:
 
 
 def set_enabled(flag: bool) -> bool:
-    """Switch the kernels on or off for this process; returns the previous setting."""
+    """Switch the kernels on or off for this process; returns the previous setting. Off also
+    gives NumPy's OpenBLAS its own threads back (see :func:`team`); on again takes them."""
     if flag.__class__ is not bool:
         raise TypeError(f"gpunet.hostkernels.set_enabled: expected True or False, got {flag!r}")
     previous = enabled()
     _state["enabled"] = flag
+    if flag != previous and _state["lib"] is not None:
+        if flag:
+            _install_team(_state["lib"])
+        else:
+            _uninstall_team(_state["lib"])
     return previous
+
+
+def _team_wanted() -> bool:
+    return os.environ.get("GPUNET_HOST_THREADS", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _install_team(lib):
+    """Run NumPy's OpenBLAS's parallel jobs on the kernels' thread team (threads.cpp): where
+    NumPy's BLAS is an OpenBLAS with pthreads and ``openblas_set_threads_callback_function``
+    (0.3.27 and later), and ``GPUNET_HOST_THREADS`` is not ``0``. Else nothing changes, and the
+    passes run on one thread."""
+    _state["team"] = None
+    if not _team_wanted():
+        return
+    from .. import threads
+    libs = threads.blas_libraries()
+    blas = libs[0] if libs else None
+    if blas is None or blas.api != "openblas" or blas.threading != "pthreads":
+        return
+    try:
+        handle = ctypes.CDLL(blas.path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+    except OSError:
+        return
+    setter = threads._symbol(handle, threads._openblas_names("set_threads_callback_function"))
+    getter = threads._symbol(handle, threads._openblas_names("get_num_threads"))
+    if setter is None or getter is None:
+        return
+    lib.gpunet_host_blas_install(ctypes.cast(setter, ctypes.c_void_p).value,
+                                 ctypes.cast(getter, ctypes.c_void_p).value)
+    _state["team"] = blas.label
+
+
+def _uninstall_team(lib):
+    if _state["team"] is not None:
+        lib.gpunet_host_blas_install(None, None)
+        _state["team"] = None
+
+
+def team():
+    """The BLAS library whose parallel jobs run on the kernels' threads (e.g. ``"OpenBLAS
+    0.3.31"``), or None (NumPy's BLAS keeps its own threads; the passes run on one thread).
+
+    A CNN step alternates GEMMs, which OpenBLAS splits over every core, with memory passes
+    (max pooling). OpenBLAS's idle threads spin for about 0.1 s after each GEMM, so a pass
+    split onto a thread of gpunet's own found the other core taken, and ran slower than on one
+    thread. gpunet therefore hands OpenBLAS's jobs to its own team (OpenBLAS's public hook
+    for that) and splits the passes over the same threads, as many as OpenBLAS's thread
+    count (``gpunet.threads.set_num_threads`` sets both). The GEMMs are OpenBLAS's own code
+    and partition: the same bits. ``GPUNET_HOST_THREADS=0`` (read when the kernels load)
+    keeps OpenBLAS's own threads; :func:`set_enabled` ``(False)`` gives them back too."""
+    library()
+    return _state["team"] if enabled() else None
+
+
+def pass_threads(force=None):
+    """The threads the next max pooling pass splits over (OpenBLAS's count where
+    :func:`team` is set, else 1); None when the kernels are not in use. ``force`` (tests): a
+    count to use from now on, or 0 to follow OpenBLAS's count again. Any count gives the
+    same bits: each thread computes whole channels."""
+    lib = library()
+    if lib is None:
+        return None
+    return lib.gpunet_host_threads(-1 if force is None else int(force), -1)
+
+
+def helpers():
+    """``(helper threads started in this process, OpenBLAS parallel calls run by the team)``;
+    None when the kernels were never loaded (also while switched off, the counts go on)."""
+    library()
+    lib = _state["lib"]
+    return None if lib is None else (lib.gpunet_host_helpers(), lib.gpunet_host_blas_calls())
 
 
 def library():
@@ -267,6 +348,8 @@ def library():
             if not _state["tried"]:
                 _state["lib"], _state["why"] = _load()
                 _state["tried"] = True
+                if _state["lib"] is not None:
+                    _install_team(_state["lib"])
     return _state["lib"]
 
 
@@ -278,7 +361,9 @@ def status() -> str:
         library()
     except RuntimeError as e:       # the sanitized build refused (``gpunet info`` says why)
         return f"refused: {e}"
-    return ("on, " if _state["lib"] is not None else "") + _state["why"]
+    team = (f"; {_state['team']}'s threads are gpunet's (GPUNET_HOST_THREADS=0: its own)"
+            if _state["team"] is not None else "")
+    return ("on, " if _state["lib"] is not None else "") + _state["why"] + team
 
 
 # native float32/float64 only (a dict of dtype objects: '>f4' on a little-endian host is not

@@ -26,7 +26,15 @@
 #define GPUNET_INLINE inline
 #endif
 
+// threads.cpp: job(ctx, lo, hi) over items [0, n) in chunks, on the caller and the thread
+// team's helpers (as many threads as gpunet_threads::pass_threads gives), each item once
+namespace gpunet_threads {
+typedef void (*Job)(void* ctx, long lo, long hi);
+void split(Job job, void* ctx, long n);
+}  // namespace gpunet_threads
+
 namespace gpunet_host {
+
 
 #if GPUNET_AVX512_REGION
 // whether this CPU runs AVX-512F (pooling.cpp's gpunet_avx512 region needs it)

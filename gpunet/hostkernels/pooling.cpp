@@ -256,7 +256,7 @@ GPUNET_INLINE void forward_any(const T* t, T* y, uint8_t* arg, uint8_t* pos, int
 
 extern "C" {
 
-int gpunet_host_abi(void) { return 7; }
+int gpunet_host_abi(void) { return 8; }
 
 // The vector windows the float32 max pooling forward uses: 2 (AVX-512 registers) or 0 (the
 // scalar loop only, which the compiler vectorizes for the clone at hand). force -2: just
@@ -275,40 +275,114 @@ int gpunet_host_pool_isa(int force) {
     return level;
 }
 
-GPUNET_CLONES void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, int relu,
-                                       long A, long H, long W, long B, long kh, long kw, long sh,
-                                       long sw, long ph, long pw, long OH, long OW) {
+}  // extern "C"
+
+namespace {
+
+// the arguments of one forward or backward call, shared by the two threads' channel ranges
+struct PoolArgs {
+    const void* t;          // forward: the input planes; backward: dy
+    void* y;                // forward: y; backward: dx
+    uint8_t* arg;
+    uint8_t* pos;
+    const void* mask;       // backward
+    int relu, disjoint, tiled;
+    long A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW;
+    long sa, sp, sq, sb;    // backward: dy's element strides
+};
+
+// channels [lo, hi) of a forward (H, W: the input's) or backward (H, W: the padded input's)
+template <typename T, bool WIDE>
+GPUNET_INLINE void forward_range(const PoolArgs* a, long lo, long hi) {
+    const long in = lo * a->H * a->W * a->B, out = lo * a->OH * a->OW * a->B;
+    const T* t = (const T*)a->t + in;
+    T* y = (T*)a->y + out;
+    uint8_t* pos = a->pos ? a->pos + out : nullptr;
+    forward_any<T, WIDE>(t, y, a->arg + out, pos, a->relu, hi - lo, a->H, a->W, a->B, a->kh, a->kw, a->sh,
+                         a->sw, a->ph, a->pw, a->OH, a->OW);
+}
+
+template <typename T>
+GPUNET_INLINE void backward_range(const PoolArgs* a, long lo, long hi) {
+    const long in = lo * a->H * a->W * a->B, out = lo * a->OH * a->OW * a->B;
+    backward<T>((const T*)a->t + lo * a->sa, a->sa, a->sp, a->sq, a->sb, a->arg + out, (T*)a->y + in, hi - lo,
+                a->H, a->W, a->B, a->kh, a->kw, a->sh, a->sw, a->OH, a->OW, a->disjoint, a->tiled,
+                a->mask ? (const T*)a->mask + in : nullptr, a->pos ? a->pos + out : nullptr);
+}
+
+// a pass of fewer bytes than this (input and output) runs on the caller's thread alone:
+// handing half of it to the helper costs more than it saves
+const long SPLIT_BYTES = 1L << 18;
+
+}  // namespace
+
+extern "C" {
+
+GPUNET_CLONES void gpunet_max_pool_range_f32(const PoolArgs* a, long lo, long hi) {
 #if GPUNET_AVX512_REGION
     if (gpunet_host_pool_isa(-2) == 2) {
-        forward_any<float, true>(t, y, arg, pos, relu, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+        forward_range<float, true>(a, lo, hi);
         return;
     }
 #endif
-    forward_any<float, false>(t, y, arg, pos, relu, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+    forward_range<float, false>(a, lo, hi);
 }
 
-GPUNET_CLONES void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, uint8_t* pos, int relu,
-                                       long A, long H, long W, long B, long kh, long kw, long sh,
-                                       long sw, long ph, long pw, long OH, long OW) {
-    forward_any<double, false>(t, y, arg, pos, relu, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW);
+GPUNET_CLONES void gpunet_max_pool_range_f64(const PoolArgs* a, long lo, long hi) {
+    forward_range<double, false>(a, lo, hi);
 }
 
-GPUNET_CLONES void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb,
-                                                const uint8_t* arg, float* dx, long A,
-                                                long HP, long WP, long B, long kh, long kw, long sh,
-                                                long sw, long OH, long OW, int disjoint, int tiled,
-                                                const float* mask, const uint8_t* pos) {
-    backward<float>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled,
-                  mask, pos);
+GPUNET_CLONES void gpunet_max_pool_backward_range_f32(const PoolArgs* a, long lo, long hi) {
+    backward_range<float>(a, lo, hi);
 }
 
-GPUNET_CLONES void gpunet_max_pool_backward_f64(const double* dy, long sa, long sp, long sq, long sb,
-                                                const uint8_t* arg, double* dx, long A,
-                                                long HP, long WP, long B, long kh, long kw, long sh,
-                                                long sw, long OH, long OW, int disjoint, int tiled,
-                                                const double* mask, const uint8_t* pos) {
-    backward<double>(dy, sa, sp, sq, sb, arg, dx, A, HP, WP, B, kh, kw, sh, sw, OH, OW, disjoint, tiled,
-                  mask, pos);
+GPUNET_CLONES void gpunet_max_pool_backward_range_f64(const PoolArgs* a, long lo, long hi) {
+    backward_range<double>(a, lo, hi);
+}
+
+}  // extern "C"
+
+namespace {
+
+GPUNET_INLINE void run(void (*range)(const PoolArgs*, long, long), const PoolArgs& a, long bytes) {
+    if (bytes < SPLIT_BYTES) {
+        range(&a, 0, a.A);
+        return;
+    }
+    gpunet_threads::split((gpunet_threads::Job)range, (void*)&a, a.A);
+}
+
+}  // namespace
+
+extern "C" {
+
+void gpunet_max_pool_f32(const float* t, float* y, uint8_t* arg, uint8_t* pos, int relu, long A, long H, long W,
+                         long B, long kh, long kw, long sh, long sw, long ph, long pw, long OH, long OW) {
+    const PoolArgs a = {t, y, arg, pos, nullptr, relu, 0, 0, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW, 0, 0, 0, 0};
+    run(gpunet_max_pool_range_f32, a, A * (H * W + OH * OW) * B * (long)sizeof(float));
+}
+
+void gpunet_max_pool_f64(const double* t, double* y, uint8_t* arg, uint8_t* pos, int relu, long A, long H, long W,
+                         long B, long kh, long kw, long sh, long sw, long ph, long pw, long OH, long OW) {
+    const PoolArgs a = {t, y, arg, pos, nullptr, relu, 0, 0, A, H, W, B, kh, kw, sh, sw, ph, pw, OH, OW, 0, 0, 0, 0};
+    run(gpunet_max_pool_range_f64, a, A * (H * W + OH * OW) * B * (long)sizeof(double));
+}
+
+void gpunet_max_pool_backward_f32(const float* dy, long sa, long sp, long sq, long sb, const uint8_t* arg, float* dx,
+                                  long A, long HP, long WP, long B, long kh, long kw, long sh, long sw, long OH,
+                                  long OW, int disjoint, int tiled, const float* mask, const uint8_t* pos) {
+    const PoolArgs a = {dy, dx, (uint8_t*)arg, (uint8_t*)pos, mask, 0, disjoint, tiled, A, HP, WP, B, kh, kw,
+                        sh, sw, 0, 0, OH, OW, sa, sp, sq, sb};
+    run(gpunet_max_pool_backward_range_f32, a, A * (HP * WP + OH * OW) * B * (long)sizeof(float));
+}
+
+void gpunet_max_pool_backward_f64(const double* dy, long sa, long sp, long sq, long sb, const uint8_t* arg,
+                                  double* dx, long A, long HP, long WP, long B, long kh, long kw, long sh, long sw,
+                                  long OH, long OW, int disjoint, int tiled, const double* mask,
+                                  const uint8_t* pos) {
+    const PoolArgs a = {dy, dx, (uint8_t*)arg, (uint8_t*)pos, mask, 0, disjoint, tiled, A, HP, WP, B, kh, kw,
+                        sh, sw, 0, 0, OH, OW, sa, sp, sq, sb};
+    run(gpunet_max_pool_backward_range_f64, a, A * (HP * WP + OH * OW) * B * (long)sizeof(double));
 }
 
 }  // extern "C"
