@@ -323,12 +323,11 @@ def test_a_damaged_library_in_the_cache_is_rebuilt(tmp_path, damage):
 
 
 # -- the optimizer updates ----------------------------------------------------------------
-def _run_optimizer(make, dtype, steps=4, seed=0):
+def _run_optimizer(make, dtype, steps=4, seed=0, shapes=((70000,), (33, 7), (6,))):
     """Parameters (one with decay=False, one large enough for NumPy's blocked passes) after
     ``steps`` updates with fixed awkward gradients; returns (parameters, state arrays)."""
     from gpunet import Parameter
     rng = numpy.random.default_rng(seed)
-    shapes = [(70000,), (33, 7), (6,)]
     params = []
     for k, shape in enumerate(shapes):
         data = rng.standard_normal(shape).astype(dtype)
@@ -1238,10 +1237,31 @@ def test_split_passes_same_bits(kernels_switch, pass_threads, dtype, k, s, p):
     rng = numpy.random.default_rng(7)
     x = _layout(_awkward(rng, (64, 9, 20, 20), dtype), "chwn")
     assert x.nbytes >= 1 << 18
+    splits = hostkernels.helpers()[2]
     _check_same(kernels_switch, x, k, s, p, dtype)
     _check_positive(kernels_switch, x, k, s, p, dtype)
     assert hostkernels.pass_threads() == pass_threads
-    assert hostkernels.helpers()[0] >= 1
+    assert hostkernels.helpers()[0] >= pass_threads - 1 and hostkernels.helpers()[2] > splits
+
+
+@needs_cxx
+@pytest.mark.parametrize("pass_threads", [2, 3], indirect=True)
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_split_optimizer_updates_same_bits(kernels_switch, pass_threads, name, dtype):
+    """SGD and Adam over parameters of more than 2^18 elements in all: one call, split over 2
+    and 3 threads in blocks of 2^14 elements that straddle the parameters' ends (200003,
+    231, 70001, 6 elements): the same bits as NumPy."""
+    shapes = ((200003,), (33, 7), (70001,), (6,))
+    run = lambda: _run_optimizer(OPTIMIZERS[name], dtype, steps=3, shapes=shapes)   # noqa: E731
+    kernels_switch(False)
+    w0, s0 = run()
+    kernels_switch(True)
+    splits = hostkernels.helpers()[2]
+    w1, s1 = run()
+    assert hostkernels.helpers()[2] > splits
+    for a, b in zip(w1 + s1, w0 + s0):
+        numpy.testing.assert_array_equal(_bits(a), _bits(b))
 
 
 def _team_or_skip(kernels_switch):
@@ -1359,4 +1379,4 @@ def test_team_environment_switch_off(tmp_path):
     env = {**os.environ, "GPUNET_HOST_CACHE": str(hostkernels.cache_dir()), "GPUNET_HOST_THREADS": "0"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "None", "1", "(0,", "0)"]
+    assert r.stdout.split() == ["True", "None", "1", "(0,", "0,", "0)"]

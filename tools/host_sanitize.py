@@ -31,7 +31,8 @@ forced to three (and NumPy's GEMMs on the thread team, 2 and 3 OpenBLAS jobs at 
 layout, in another layout, as a negative-stride view, as a view whose strides are not a
 multiple of the item size and one byte off its alignment (an input too). SGD (plain,
 momentum, Nesterov, L2, L1) and Adam / Adam with L2 and L1 / AdamW on 1, 7, 64 and 65537
-elements. ReLU's backward (``relu_mask_times``) on odd shapes in C, F and CHWN memory;
+elements, and 300001 split over three threads. ReLU's backward (``relu_mask_times``) on
+odd shapes in C, F and CHWN memory;
 the Dense layer's fused bias + ReLU forward (``bias_relu``) and its mask + bias gradient
 (``relu_mask_colsum``, from two columns: it leaves one to NumPy) on odd shapes down to 1x1.
 
@@ -267,8 +268,10 @@ def cases():
     }
     for dtype in (numpy.float32, numpy.float64):
         sfx = SHORT[dtype]
-        for n in (1, 7, 64, 65537):
+        for n in (1, 7, 64, 65537, 300001):     # 300001: over 2^18 elements, split over 3 threads
             for cname, (make, kind) in configs.items():
+                if n == 300001 and cname == "sgd_per_parameter":
+                    continue
                 def run(n=n, make=make, kind=kind, dtype=dtype, sfx=sfx):
                     def steps():
                         rng = numpy.random.default_rng(n)
@@ -283,7 +286,13 @@ def cases():
                             opt.step()
                         return [p.data] + [numpy.array(v) for st in opt.state for v in st.values()]
 
-                    both(f"{kind[0]} update", steps, [f"gpunet_{k}_{sfx}" for k in kind])
+                    hostkernels.pass_threads(3 if n > 1 << 18 else 0)
+                    try:
+                        splits = hostkernels.helpers()[2]
+                        both(f"{kind[0]} update", steps, [f"gpunet_{k}_{sfx}" for k in kind])
+                        assert n <= 1 << 18 or hostkernels.helpers()[2] > splits, "not split over threads"
+                    finally:
+                        hostkernels.pass_threads(0)
 
                 out.append((f"optim_{cname}_n{n}_{sfx}", run))
 

@@ -220,6 +220,7 @@ def _load():
     lib.gpunet_host_blas_install.argtypes, lib.gpunet_host_blas_install.restype = [p, p], None
     lib.gpunet_host_helpers.argtypes, lib.gpunet_host_helpers.restype = [], i
     lib.gpunet_host_blas_calls.argtypes, lib.gpunet_host_blas_calls.restype = [], l
+    lib.gpunet_host_team_splits.argtypes, lib.gpunet_host_team_splits.restype = [], l
     for t in ("f32", "f64"):
         f = getattr(lib, f"gpunet_sgd_{t}")
         f.argtypes, f.restype = [p, p, p, l, d, d, d, d, i], None
@@ -331,11 +332,13 @@ def pass_threads(force=None):
 
 
 def helpers():
-    """``(helper threads started in this process, OpenBLAS parallel calls run by the team)``;
-    None when the kernels were never loaded (also while switched off, the counts go on)."""
+    """``(helper threads started in this process, OpenBLAS parallel calls run by the team,
+    passes split over more than one thread)``; None when the kernels were never loaded (the
+    counts go on while they are switched off)."""
     library()
     lib = _state["lib"]
-    return None if lib is None else (lib.gpunet_host_helpers(), lib.gpunet_host_blas_calls())
+    return None if lib is None else (lib.gpunet_host_helpers(), lib.gpunet_host_blas_calls(),
+                                     lib.gpunet_host_team_splits())
 
 
 def library():

@@ -91,17 +91,6 @@ GPUNET_INLINE void adam(T* __restrict__ w, const T* __restrict__ g, T* __restric
     }
 }
 
-template <typename T>
-GPUNET_INLINE void adam_many(const int64_t* rows, const double* reals, long count, double b1, double one_minus_b1,
-                             double b2, double one_minus_b2, double eps, double l1) {
-    for (long r = 0; r < count; ++r) {
-        const int64_t* t = rows + 6 * r;
-        const double* x = reals + 3 * r;
-        adam<T>((T*)t[0], (const T*)t[1], (T*)t[2], (T*)t[3], (long)t[4], (T)b1, (T)one_minus_b1, (T)b2,
-                (T)one_minus_b2, (T)x[0], (T)eps, (T)x[1], (T)x[2], (T)l1, (int)t[5]);
-    }
-}
-
 }  // namespace
 
 extern "C" {
@@ -116,39 +105,108 @@ GPUNET_CLONES void gpunet_sgd_f64(double* w, const double* g, double* buf, long 
     sgd<double>(w, g, buf, n, lr, m, wd, l1, flags);
 }
 
-// SGD over many parameters in one call (SGD.step on the CPU): table rows of five int64
-// (w, g, buf or 0 without momentum, n, flags), updated in row order, each as gpunet_sgd_*
-// updates it; the hyper-parameters are the optimizer's, shared by every row
-GPUNET_CLONES void gpunet_sgd_many_f32(const int64_t* table, long rows, double lr, double m, double wd,
-                                       double l1) {
-    for (long r = 0; r < rows; ++r) {
-        const int64_t* t = table + 5 * r;
-        sgd<float>((float*)t[0], (const float*)t[1], (float*)t[2], (long)t[3], (float)lr, (float)m, (float)wd,
-                   (float)l1, (int)t[4]);
+}  // extern "C"
+
+namespace {
+
+// SGD and Adam over many parameters in one call, split over the thread team
+// (gpunet_threads::split) in blocks of BLOCK elements: every element is updated on its own,
+// so any split gives the same bits
+struct ManyArgs {
+    const int64_t* rows;        // SGD: (w, g, buf or 0, n, flags); Adam: (w, g, m, v, n, flags)
+    const double* reals;        // Adam: (c2, step_size, wd) per row
+    long count;
+    double h[6];                // SGD: lr, m, wd, l1; Adam: b1, 1 - b1, b2, 1 - b2, eps, l1
+};
+
+const long BLOCK = 1L << 14;
+
+// the rows' elements [lo * BLOCK, hi * BLOCK) in row order: f(row, first, length)
+template <int WIDTH, typename F>
+GPUNET_INLINE void blocks(const ManyArgs* a, long lo, long hi, F f) {
+    const long from = lo * BLOCK, to = hi * BLOCK;
+    long start = 0;
+    for (long r = 0; r < a->count && start < to; ++r) {
+        const long n = (long)a->rows[WIDTH * r + (WIDTH - 2)];
+        const long b = from > start ? from - start : 0, e = to - start < n ? to - start : n;
+        if (b < e) f(r, b, e - b);
+        start += n;
     }
 }
 
-GPUNET_CLONES void gpunet_sgd_many_f64(const int64_t* table, long rows, double lr, double m, double wd,
-                                       double l1) {
-    for (long r = 0; r < rows; ++r) {
-        const int64_t* t = table + 5 * r;
-        sgd<double>((double*)t[0], (const double*)t[1], (double*)t[2], (long)t[3], lr, m, wd, l1, (int)t[4]);
-    }
+template <typename T>
+GPUNET_INLINE void sgd_range(const ManyArgs* a, long lo, long hi) {
+    blocks<5>(a, lo, hi, [a](long r, long b, long n) {
+        const int64_t* t = a->rows + 5 * r;
+        sgd<T>((T*)t[0] + b, (const T*)t[1] + b, t[2] ? (T*)t[2] + b : nullptr, n, (T)a->h[0], (T)a->h[1],
+               (T)a->h[2], (T)a->h[3], (int)t[4]);
+    });
+}
+
+template <typename T>
+GPUNET_INLINE void adam_range(const ManyArgs* a, long lo, long hi) {
+    blocks<6>(a, lo, hi, [a](long r, long b, long n) {
+        const int64_t* t = a->rows + 6 * r;
+        const double* x = a->reals + 3 * r;
+        adam<T>((T*)t[0] + b, (const T*)t[1] + b, (T*)t[2] + b, (T*)t[3] + b, n, (T)a->h[0], (T)a->h[1],
+                (T)a->h[2], (T)a->h[3], (T)x[0], (T)a->h[4], (T)x[1], (T)x[2], (T)a->h[5], (int)t[5]);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+GPUNET_CLONES void gpunet_sgd_many_range_f32(const ManyArgs* a, long lo, long hi) { sgd_range<float>(a, lo, hi); }
+GPUNET_CLONES void gpunet_sgd_many_range_f64(const ManyArgs* a, long lo, long hi) { sgd_range<double>(a, lo, hi); }
+GPUNET_CLONES void gpunet_adam_many_range_f32(const ManyArgs* a, long lo, long hi) { adam_range<float>(a, lo, hi); }
+GPUNET_CLONES void gpunet_adam_many_range_f64(const ManyArgs* a, long lo, long hi) { adam_range<double>(a, lo, hi); }
+
+}  // extern "C"
+
+namespace {
+
+// fewer elements than this: the caller's thread alone (a hand-off costs a few microseconds)
+const long SPLIT_ELEMENTS = 1L << 18;
+
+GPUNET_INLINE void run_many(void (*range)(const ManyArgs*, long, long), const ManyArgs& a, int width) {
+    long total = 0;
+    for (long r = 0; r < a.count; ++r) total += (long)a.rows[width * r + (width - 2)];
+    const long nblocks = (total + BLOCK - 1) / BLOCK;
+    if (total < SPLIT_ELEMENTS) range(&a, 0, nblocks);
+    else gpunet_threads::split((gpunet_threads::Job)range, (void*)&a, nblocks);
+}
+
+}  // namespace
+
+extern "C" {
+
+// SGD over many parameters in one call (SGD.step on the CPU): table rows of five int64
+// (w, g, buf or 0 without momentum, n, flags), each updated as gpunet_sgd_* updates it; the
+// hyper-parameters are the optimizer's, shared by every row
+void gpunet_sgd_many_f32(const int64_t* table, long rows, double lr, double m, double wd, double l1) {
+    const ManyArgs a = {table, nullptr, rows, {lr, m, wd, l1, 0, 0}};
+    run_many(gpunet_sgd_many_range_f32, a, 5);
+}
+
+void gpunet_sgd_many_f64(const int64_t* table, long rows, double lr, double m, double wd, double l1) {
+    const ManyArgs a = {table, nullptr, rows, {lr, m, wd, l1, 0, 0}};
+    run_many(gpunet_sgd_many_range_f64, a, 5);
 }
 
 // Adam over many parameters in one call (Adam.step and AdamW.step on the CPU): rows of six
 // int64 (w, g, m, v, n, flags) and three doubles (c2, step_size, wd: the per-parameter
-// values of gpunet_adam_*'s arguments), updated in row order, each as gpunet_adam_* updates it
-GPUNET_CLONES void gpunet_adam_many_f32(const int64_t* rows, const double* reals, long count, double b1,
-                                        double one_minus_b1, double b2, double one_minus_b2, double eps,
-                                        double l1) {
-    adam_many<float>(rows, reals, count, b1, one_minus_b1, b2, one_minus_b2, eps, l1);
+// values of gpunet_adam_*'s arguments), each updated as gpunet_adam_* updates it
+void gpunet_adam_many_f32(const int64_t* rows, const double* reals, long count, double b1, double one_minus_b1,
+                          double b2, double one_minus_b2, double eps, double l1) {
+    const ManyArgs a = {rows, reals, count, {b1, one_minus_b1, b2, one_minus_b2, eps, l1}};
+    run_many(gpunet_adam_many_range_f32, a, 6);
 }
 
-GPUNET_CLONES void gpunet_adam_many_f64(const int64_t* rows, const double* reals, long count, double b1,
-                                        double one_minus_b1, double b2, double one_minus_b2, double eps,
-                                        double l1) {
-    adam_many<double>(rows, reals, count, b1, one_minus_b1, b2, one_minus_b2, eps, l1);
+void gpunet_adam_many_f64(const int64_t* rows, const double* reals, long count, double b1, double one_minus_b1,
+                          double b2, double one_minus_b2, double eps, double l1) {
+    const ManyArgs a = {rows, reals, count, {b1, one_minus_b1, b2, one_minus_b2, eps, l1}};
+    run_many(gpunet_adam_many_range_f64, a, 6);
 }
 
 GPUNET_CLONES void gpunet_adam_f32(float* w, const float* g, float* m, float* v, long n, double b1,

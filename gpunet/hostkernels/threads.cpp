@@ -61,6 +61,7 @@ typedef int (*GetThreads)(void);
 typedef void (*SetCallback)(void*);
 std::atomic<GetThreads> blas_threads{nullptr};
 std::atomic<long> blas_calls{0};    // callbacks taken (tests)
+std::atomic<long> team_splits{0};   // claimed splits run by more than one thread (tests)
 std::atomic<SetCallback> blas_setter{nullptr};
 
 inline void relax() {
@@ -210,6 +211,7 @@ void run(Job job, void* ctx, long n, bool fixed, int threads) {
         job(ctx, 0, 1);
         while (t->done.load() != n - 1) relax();
     } else {
+        team_splits.fetch_add(1, std::memory_order_relaxed);
         claim(t, seq, job, ctx, n, t->chunk.load());
         while (t->done.load() != n) relax();
     }
@@ -277,8 +279,9 @@ int gpunet_host_threads(int force, long spin) {
     return pass_threads();
 }
 
-// helpers started in this process, and OpenBLAS callbacks taken (tests)
+// helpers started in this process, OpenBLAS callbacks taken, passes split (tests)
 int gpunet_host_helpers(void) { return team ? team->helpers.load() : 0; }
 long gpunet_host_blas_calls(void) { return blas_calls.load(); }
+long gpunet_host_team_splits(void) { return team_splits.load(); }
 
 }  // extern "C"
